@@ -1,0 +1,161 @@
+//! One error type for everything the executor can fail at. Each variant has a stable `code`
+//! (what JS callers switch on) and a human message; `details` lists the extra fields the JS
+//! error object carries (abort location, trap kind, limits).
+
+use std::fmt;
+
+/// A value attached to a JS error as a property.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    Str(String),
+    Num(f64),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExecError {
+    /// The definition or options passed by the caller are malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The blob store has no object at this path (or its download rejected).
+    #[error("blob not found: {path}: {message}")]
+    BlobNotFound { path: String, message: String },
+    /// Not WebAssembly, fails validation, or cannot be linked.
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// A function the guest ABI needs is not exported (or has the wrong type).
+    #[error("missing export: {0}")]
+    MissingExport(String),
+    /// The guest imports something it was not granted.
+    #[error("capability denied: {0}")]
+    CapabilityDenied(String),
+    /// The guest called `abort(msg, file, line, col)`.
+    #[error("guest aborted: {message} ({file}:{line}:{column})")]
+    GuestAbort { message: String, file: String, line: u32, column: u32 },
+    /// A WebAssembly trap (out of bounds, unreachable, stack overflow, ...).
+    #[error("wasm trap ({kind}): {message}")]
+    Trap { kind: String, message: String },
+    /// The call ran past `limits.maxExecutionMs`.
+    #[error("execution exceeded the time limit of {limit_ms} ms")]
+    Timeout { limit_ms: u64 },
+    /// The guest tried to grow its memory past the cap.
+    #[error("memory limit of {limit_bytes} bytes exceeded (requested {requested_bytes} bytes)")]
+    OutOfMemory { limit_bytes: u64, requested_bytes: u64 },
+    /// The call used up its fuel budget.
+    #[error("fuel budget of {limit} exhausted")]
+    OutOfFuel { limit: u64 },
+    /// The caller cancelled the call.
+    #[error("execution cancelled")]
+    Cancelled,
+    /// The input could not be serialized to JSON.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The input is larger than the executor accepts.
+    #[error("input of {size} bytes exceeds the limit of {limit} bytes")]
+    InputTooLarge { size: u64, limit: u64 },
+    /// The guest's output is larger than the executor accepts.
+    #[error("output of {size} bytes exceeds the limit of {limit} bytes")]
+    OutputTooLarge { size: u64, limit: u64 },
+    /// The guest returned something that is not a valid string of JSON.
+    #[error("invalid output: {message}")]
+    InvalidOutput { message: String, preview: String },
+    /// A bug or resource failure inside the executor itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ExecError {
+    /// The stable code JS callers see as `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExecError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            ExecError::BlobNotFound { .. } => "BLOB_NOT_FOUND",
+            ExecError::InvalidModule(_) => "INVALID_MODULE",
+            ExecError::MissingExport(_) => "MISSING_EXPORT",
+            ExecError::CapabilityDenied(_) => "CAPABILITY_DENIED",
+            ExecError::GuestAbort { .. } => "GUEST_ABORT",
+            ExecError::Trap { .. } => "TRAP",
+            ExecError::Timeout { .. } => "TIMEOUT",
+            ExecError::OutOfMemory { .. } => "OUT_OF_MEMORY",
+            ExecError::OutOfFuel { .. } => "OUT_OF_FUEL",
+            ExecError::Cancelled => "CANCELLED",
+            ExecError::InvalidInput(_) => "INVALID_INPUT",
+            ExecError::InputTooLarge { .. } => "INPUT_TOO_LARGE",
+            ExecError::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
+            ExecError::InvalidOutput { .. } => "INVALID_OUTPUT",
+            ExecError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Extra properties for the JS error object.
+    pub fn details(&self) -> Vec<(&'static str, Detail)> {
+        use Detail::*;
+        match self {
+            ExecError::BlobNotFound { path, .. } => vec![("path", Str(path.clone()))],
+            ExecError::GuestAbort { message, file, line, column } => vec![
+                ("guestMessage", Str(message.clone())),
+                ("file", Str(file.clone())),
+                ("line", Num(*line as f64)),
+                ("column", Num(*column as f64)),
+            ],
+            ExecError::Trap { kind, .. } => vec![("trapKind", Str(kind.clone()))],
+            ExecError::Timeout { limit_ms } => vec![("limitMs", Num(*limit_ms as f64))],
+            ExecError::OutOfMemory { limit_bytes, requested_bytes } => vec![
+                ("limitBytes", Num(*limit_bytes as f64)),
+                ("requestedBytes", Num(*requested_bytes as f64)),
+            ],
+            ExecError::OutOfFuel { limit } => vec![("limitFuel", Num(*limit as f64))],
+            ExecError::InputTooLarge { size, limit } | ExecError::OutputTooLarge { size, limit } => {
+                vec![("size", Num(*size as f64)), ("limit", Num(*limit as f64))]
+            }
+            ExecError::InvalidOutput { preview, .. } => vec![("preview", Str(preview.clone()))],
+            _ => Vec::new(),
+        }
+    }
+
+    pub(crate) fn internal(what: impl fmt::Display) -> Self {
+        ExecError::Internal(what.to_string())
+    }
+}
+
+pub type Result<T, E = ExecError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_distinct() {
+        let all = [
+            ExecError::InvalidArgument(String::new()),
+            ExecError::BlobNotFound { path: "p".into(), message: String::new() },
+            ExecError::InvalidModule(String::new()),
+            ExecError::MissingExport(String::new()),
+            ExecError::CapabilityDenied(String::new()),
+            ExecError::GuestAbort { message: String::new(), file: String::new(), line: 0, column: 0 },
+            ExecError::Trap { kind: String::new(), message: String::new() },
+            ExecError::Timeout { limit_ms: 1 },
+            ExecError::OutOfMemory { limit_bytes: 1, requested_bytes: 2 },
+            ExecError::OutOfFuel { limit: 1 },
+            ExecError::Cancelled,
+            ExecError::InvalidInput(String::new()),
+            ExecError::InputTooLarge { size: 2, limit: 1 },
+            ExecError::OutputTooLarge { size: 2, limit: 1 },
+            ExecError::InvalidOutput { message: String::new(), preview: String::new() },
+            ExecError::Internal(String::new()),
+        ];
+        let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')));
+    }
+
+    #[test]
+    fn abort_details_carry_location() {
+        let e = ExecError::GuestAbort { message: "boom".into(), file: "a.ts".into(), line: 3, column: 7 };
+        let d = e.details();
+        assert!(d.contains(&("line", Detail::Num(3.0))));
+        assert!(d.contains(&("file", Detail::Str("a.ts".into()))));
+        assert_eq!(e.to_string(), "guest aborted: boom (a.ts:3:7)");
+    }
+}

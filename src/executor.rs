@@ -1,0 +1,408 @@
+//! The executor: load a definition's module, then run a call on a fresh instance (or an actor's
+//! kept one) off the async threads, under the definition's limits and the executor's concurrency.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::actors::{ActorKey, Actors};
+use crate::engine::EngineKind;
+use crate::error::ExecError;
+use crate::host::LogSink;
+use crate::instance::{is_reusable_after, CallOutput, GuestInstance};
+use crate::limits::{CancelFlag, LimitOverrides, Limits};
+use crate::modules::{CacheStats, DefKey, ModuleCache};
+use crate::store::BlobSource;
+
+/// Loom's `ActivityDefinition`, as far as execution goes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Definition {
+    pub name: String,
+    pub version: String,
+    pub wasm_blob_path: String,
+    pub limits: LimitOverrides,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Capabilities {
+    pub network: bool,
+    pub filesystem: bool,
+    pub env: Vec<String>,
+}
+
+impl Definition {
+    fn key(&self) -> DefKey {
+        DefKey { name: self.name.clone(), version: self.version.clone(), path: self.wasm_blob_path.clone() }
+    }
+
+    fn validate(&self) -> Result<(), ExecError> {
+        for (field, v) in [("name", &self.name), ("version", &self.version), ("wasmBlobPath", &self.wasm_blob_path)] {
+            if v.is_empty() {
+                return Err(ExecError::InvalidArgument(format!("definition.{field} must be a non-empty string")));
+            }
+        }
+        if self.capabilities.network {
+            return Err(ExecError::CapabilityDenied(
+                "capabilities.network is not available: the executor has no network host functions yet".into(),
+            ));
+        }
+        if self.capabilities.filesystem {
+            return Err(ExecError::CapabilityDenied(
+                "capabilities.filesystem is not available: the executor grants no filesystem access".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct ExecutorOptions {
+    pub max_cached_modules: NonZeroUsize,
+    pub max_actors: NonZeroUsize,
+    /// Calls running guest code at once; more wait in a queue.
+    pub max_concurrency: NonZeroUsize,
+    /// Limits for definitions that name none.
+    pub defaults: Limits,
+    pub log: Option<Arc<dyn LogSink>>,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        ExecutorOptions {
+            max_cached_modules: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
+            max_actors: NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
+            max_concurrency: cpus,
+            defaults: Limits::default(),
+            log: None,
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Run on this actor's kept instance instead of a fresh one.
+    pub actor_id: Option<String>,
+    pub cancel: CancelFlag,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    pub cache: CacheStats,
+    pub actors: usize,
+}
+
+pub struct Executor {
+    source: Arc<dyn BlobSource>,
+    modules: ModuleCache,
+    actors: Actors,
+    permits: Arc<Semaphore>,
+    opts: ExecutorOptions,
+}
+
+impl Executor {
+    pub fn new(source: Arc<dyn BlobSource>, opts: ExecutorOptions) -> Self {
+        Executor {
+            source,
+            modules: ModuleCache::new(opts.max_cached_modules),
+            actors: Actors::new(opts.max_actors),
+            permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
+            opts,
+        }
+    }
+
+    /// Runs `execute(input_json)` of the definition's module and returns its JSON text.
+    pub async fn execute(&self, def: &Definition, input_json: String, call: CallOptions) -> Result<CallOutput, ExecError> {
+        def.validate()?;
+        let limits = self.opts.defaults.with_overrides(&def.limits)?;
+        if input_json.len() as u64 > limits.max_input_bytes {
+            return Err(ExecError::InputTooLarge { size: input_json.len() as u64, limit: limits.max_input_bytes });
+        }
+        let cancel = call.cancel;
+        let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
+        let key = def.key();
+        let module = cancel.guard(self.modules.get_or_load(&key, kind, self.source.as_ref())).await??;
+        let log = self.opts.log.clone();
+
+        let Some(actor_id) = call.actor_id else {
+            let _permit = cancel.guard(self.permits.acquire()).await?.map_err(ExecError::internal)?;
+            return run_blocking(move || {
+                let mut instance = GuestInstance::new(&module, &limits, &cancel, log)?;
+                instance.call(&input_json, &limits, &cancel)
+            })
+            .await;
+        };
+
+        let slot = self.actors.slot(ActorKey { def: key, actor_id });
+        let mut held = cancel.guard(slot.lock_owned()).await?;
+        let _permit = cancel.guard(self.permits.acquire()).await?.map_err(ExecError::internal)?;
+        run_blocking(move || {
+            let mut instance = match held.take() {
+                // Same bytes, same engine: the actor's state lives on.
+                Some(i) if i.digest == module.digest && i.kind == module.kind => i,
+                _ => GuestInstance::new(&module, &limits, &cancel, log)?,
+            };
+            let result = instance.call(&input_json, &limits, &cancel);
+            if result.as_ref().err().is_none_or(is_reusable_after) {
+                *held = Some(instance);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Forgets an actor's instance (and its state); true if there was one.
+    pub fn drop_actor(&self, def: &Definition, actor_id: &str) -> bool {
+        self.actors.remove(&ActorKey { def: def.key(), actor_id: actor_id.to_string() })
+    }
+
+    /// Drops every cached module, or only those of the activity `name`.
+    pub fn clear_cache(&self, name: Option<&str>) {
+        self.modules.clear(name);
+    }
+
+    pub fn stats(&self) -> ExecutorStats {
+        ExecutorStats { cache: self.modules.stats(), actors: self.actors.len() }
+    }
+}
+
+/// Runs guest code on tokio's blocking pool; a panic there becomes an error, never an abort.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ExecError> + Send + 'static,
+) -> Result<T, ExecError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ExecError::internal(format!("execution task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::MemorySource;
+    use crate::test_guests as g;
+
+    fn setup(blobs: &[(&str, Vec<u8>)]) -> (Executor, Arc<MemorySource>) {
+        let source = Arc::new(MemorySource::new());
+        for (path, bytes) in blobs {
+            source.put(path, bytes.clone());
+        }
+        (Executor::new(source.clone(), ExecutorOptions::default()), source)
+    }
+
+    fn def(name: &str) -> Definition {
+        Definition {
+            name: name.into(),
+            version: "1.0.0".into(),
+            wasm_blob_path: format!("{name}.wasm"),
+            ..Default::default()
+        }
+    }
+
+    async fn run(ex: &Executor, d: &Definition, input: &str) -> Result<CallOutput, ExecError> {
+        ex.execute(d, input.to_string(), CallOptions::default()).await
+    }
+
+    async fn code(ex: &Executor, d: &Definition, input: &str) -> &'static str {
+        run(ex, d, input).await.expect_err("the call should fail").code()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unicode_round_trips_through_the_guest() {
+        let (ex, _) = setup(&[("echo.wasm", g::echo())]);
+        let input = r#"{"message":"héllo 🌍 中文 \"q\" \\ \n","n":1}"#;
+        let out = run(&ex, &def("echo"), input).await.expect("echo works");
+        assert_eq!(out.output, input);
+        assert!(out.peak_memory_bytes >= 65536);
+        assert_eq!(out.fuel_consumed, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fresh_instance_per_call_but_actors_keep_state() {
+        let (ex, _) = setup(&[("counter.wasm", g::counter())]);
+        let d = def("counter");
+        for _ in 0..3 {
+            assert_eq!(run(&ex, &d, "{}").await.expect("ok").output, "1");
+        }
+        let actor = |id: &str| CallOptions { actor_id: Some(id.into()), ..Default::default() };
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(ex.execute(&d, "{}".into(), actor("a")).await.expect("ok").output);
+        }
+        assert_eq!(seen, ["1", "2", "3"]);
+        assert_eq!(ex.execute(&d, "{}".into(), actor("b")).await.expect("ok").output, "1");
+        assert_eq!(ex.stats().actors, 2);
+        assert!(ex.drop_actor(&d, "a"));
+        assert!(!ex.drop_actor(&d, "a"));
+        assert_eq!(ex.execute(&d, "{}".into(), actor("a")).await.expect("ok").output, "1");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cache_hits_misses_and_clear() {
+        let (ex, _) = setup(&[("echo.wasm", g::echo()), ("copy.wasm", g::echo())]);
+        run(&ex, &def("echo"), "1").await.expect("ok");
+        run(&ex, &def("echo"), "2").await.expect("ok");
+        let s = ex.stats().cache;
+        assert_eq!((s.modules, s.hits, s.misses, s.compiles), (1, 1, 1, 1));
+        // Same bytes under another name: a load, but no second compile (keyed by content).
+        run(&ex, &def("copy"), "3").await.expect("ok");
+        let s = ex.stats().cache;
+        assert_eq!((s.modules, s.misses, s.compiles), (1, 2, 1));
+        ex.clear_cache(Some("echo"));
+        assert_eq!(ex.stats().cache.modules, 1, "copy still refers to the module");
+        ex.clear_cache(None);
+        assert_eq!(ex.stats().cache.modules, 0);
+        run(&ex, &def("echo"), "4").await.expect("ok");
+        assert_eq!(ex.stats().cache.compiles, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_first_calls_load_once() {
+        let (ex, _) = setup(&[("echo.wasm", g::echo())]);
+        let ex = Arc::new(ex);
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let ex = ex.clone();
+                tokio::spawn(async move { ex.execute(&def("echo"), format!("{i}"), CallOptions::default()).await })
+            })
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.expect("joined").expect("ok").output, i.to_string());
+        }
+        let s = ex.stats().cache;
+        assert_eq!((s.misses, s.compiles, s.hits), (1, 1, 199));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn failed_loads_are_not_cached() {
+        let (ex, source) = setup(&[]);
+        assert_eq!(code(&ex, &def("echo"), "1").await, "BLOB_NOT_FOUND");
+        source.put("echo.wasm", g::echo());
+        assert_eq!(run(&ex, &def("echo"), "1").await.expect("retried").output, "1");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_modules_get_their_codes() {
+        let (ex, _) = setup(&[
+            ("random.wasm", vec![0x13, 0x37, 0, 1, 2, 3]),
+            ("truncated.wasm", g::echo()[..40].to_vec()),
+            ("noexec.wasm", g::no_execute()),
+            ("wrongsig.wasm", g::wrong_signature()),
+            ("wasi.wasm", g::imports_wasi()),
+            ("unknown.wasm", g::imports_unknown()),
+            ("start.wasm", g::start_trap()),
+        ]);
+        assert_eq!(code(&ex, &def("random"), "1").await, "INVALID_MODULE");
+        assert_eq!(code(&ex, &def("truncated"), "1").await, "INVALID_MODULE");
+        assert_eq!(code(&ex, &def("noexec"), "1").await, "MISSING_EXPORT");
+        let e = run(&ex, &def("wrongsig"), "1").await.expect_err("mistyped");
+        assert_eq!(e.code(), "MISSING_EXPORT");
+        assert!(e.to_string().contains("f64"), "{e}");
+        let e = run(&ex, &def("wasi"), "1").await.expect_err("wasi");
+        assert_eq!(e.code(), "CAPABILITY_DENIED");
+        assert!(e.to_string().contains("wasi_snapshot_preview1.fd_write"), "{e}");
+        let e = run(&ex, &def("unknown"), "1").await.expect_err("unknown import");
+        assert_eq!(e.code(), "INVALID_MODULE");
+        assert!(e.to_string().contains("env.fetch"), "{e}");
+        let e = run(&ex, &def("start"), "1").await.expect_err("start trap");
+        assert!(matches!(&e, ExecError::Trap { kind, .. } if kind == "unreachable_code_reached"), "{e:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn guest_faults_get_their_codes_and_the_executor_goes_on() {
+        let (ex, _) = setup(&[
+            ("abort.wasm", g::aborts()),
+            ("recursion.wasm", g::recursion()),
+            ("badptr.wasm", g::bad_pointer()),
+            ("echo.wasm", g::echo()),
+        ]);
+        let e = run(&ex, &def("abort"), "1").await.expect_err("aborts");
+        assert_eq!(
+            e,
+            ExecError::GuestAbort { message: "boom".into(), file: "guest.ts".into(), line: 12, column: 5 }
+        );
+        let e = run(&ex, &def("recursion"), "1").await.expect_err("overflows");
+        assert!(matches!(&e, ExecError::Trap { kind, .. } if kind == "stack_overflow"), "{e:?}");
+        assert_eq!(code(&ex, &def("badptr"), "1").await, "INVALID_OUTPUT");
+        assert_eq!(run(&ex, &def("echo"), "\"still fine\"").await.expect("ok").output, "\"still fine\"");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn time_limit_interrupts_a_spinning_guest() {
+        let (ex, _) = setup(&[("spin.wasm", g::spin())]);
+        let mut d = def("spin");
+        d.limits.max_execution_ms = Some(100.0);
+        let started = Instant::now();
+        assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100 }));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cancel_stops_a_running_guest() {
+        let (ex, _) = setup(&[("spin.wasm", g::spin())]);
+        let cancel = CancelFlag::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c2.cancel();
+        });
+        let r = ex.execute(&def("spin"), "1".into(), CallOptions { cancel, ..Default::default() }).await;
+        assert_eq!(r, Err(ExecError::Cancelled));
+        let cancel = CancelFlag::new();
+        cancel.cancel();
+        let r = ex.execute(&def("spin"), "1".into(), CallOptions { cancel, ..Default::default() }).await;
+        assert_eq!(r, Err(ExecError::Cancelled), "an already-cancelled call never starts");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn memory_cap_holds() {
+        let (ex, _) = setup(&[("bomb.wasm", g::memory_bomb()), ("echo.wasm", g::echo())]);
+        let mut d = def("bomb");
+        d.limits.max_memory_mb = Some(10.0);
+        let e = run(&ex, &d, "1").await.expect_err("capped");
+        assert_eq!(e.code(), "OUT_OF_MEMORY", "{e:?}");
+        // A big input needs memory too: 3 MB of JSON is 6 MB of UTF-16, over a 4 MB cap.
+        let mut d = def("echo");
+        d.limits.max_memory_mb = Some(4.0);
+        let big = format!("\"{}\"", "x".repeat(3 << 20));
+        assert_eq!(code(&ex, &d, &big).await, "OUT_OF_MEMORY");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fuel_budget_is_deterministic() {
+        let (ex, _) = setup(&[("busy.wasm", g::busy(10_000))]);
+        let mut d = def("busy");
+        d.limits.max_fuel = Some(10_000_000.0);
+        let a = run(&ex, &d, "1").await.expect("enough fuel");
+        let b = run(&ex, &d, "1").await.expect("enough fuel");
+        let used = a.fuel_consumed.expect("metered");
+        assert!(used > 10_000, "{used}");
+        assert_eq!(b.fuel_consumed, Some(used));
+        d.limits.max_fuel = Some(1000.0);
+        assert_eq!(run(&ex, &d, "1").await, Err(ExecError::OutOfFuel { limit: 1000 }));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn size_caps_and_bad_definitions() {
+        let source = Arc::new(MemorySource::new());
+        source.put("echo.wasm", g::echo());
+        let mut opts = ExecutorOptions::default();
+        opts.defaults.max_input_bytes = 100;
+        opts.defaults.max_output_bytes = 100;
+        let ex = Executor::new(source, opts);
+        assert_eq!(code(&ex, &def("echo"), &"1".repeat(101)).await, "INPUT_TOO_LARGE");
+        // 60 characters of JSON are 120 bytes of UTF-16 coming back.
+        assert_eq!(code(&ex, &def("echo"), &"1".repeat(60)).await, "OUTPUT_TOO_LARGE");
+        let mut d = def("echo");
+        d.name.clear();
+        assert_eq!(code(&ex, &d, "1").await, "INVALID_ARGUMENT");
+        let mut d = def("echo");
+        d.capabilities.network = true;
+        assert_eq!(code(&ex, &d, "1").await, "CAPABILITY_DENIED");
+    }
+}

@@ -1,0 +1,20 @@
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+//! loom-wasm-executor: Loom's `WasmActivityExecutor` on wasmtime.
+//!
+//! `binding` is the only module that knows napi; everything else is a plain Rust core that
+//! `cargo test` drives without Node.
+
+pub mod abi;
+pub mod actors;
+pub mod engine;
+pub mod error;
+pub mod executor;
+pub mod host;
+pub mod instance;
+pub mod limits;
+pub mod modules;
+pub mod store;
+
+#[cfg(test)]
+mod test_guests;
