@@ -18,3 +18,5 @@ pub mod store;
 
 #[cfg(test)]
 mod test_guests;
+
+mod binding;

@@ -1,0 +1,29 @@
+//! Core errors as JS `Error` objects: `code` is the stable code, `message` the text, and each
+//! variant's details become properties (`file`, `line`, `trapKind`, ...).
+
+use napi::bindgen_prelude::{JsObjectValue, Unknown};
+use napi::{Env, JsError, JsValue};
+
+use crate::error::{Detail, ExecError};
+
+/// A napi error that throws (or rejects with) the JS error object built for `e`.
+pub fn to_napi(env: &Env, e: &ExecError) -> napi::Error {
+    match build(env, e) {
+        Ok(err) => err,
+        // Could not build the rich object (the env is going away): fall back to a plain one.
+        Err(_) => napi::Error::new(napi::Status::GenericFailure, format!("{}: {e}", e.code())),
+    }
+}
+
+fn build(env: &Env, e: &ExecError) -> napi::Result<napi::Error> {
+    let base = napi::Error::new(e.code().to_string(), e.to_string());
+    let value: Unknown = JsError::from(base).into_unknown(*env);
+    let mut obj = value.coerce_to_object()?;
+    for (name, detail) in e.details() {
+        match detail {
+            Detail::Str(s) => obj.set_named_property(name, s)?,
+            Detail::Num(n) => obj.set_named_property(name, n)?,
+        }
+    }
+    Ok(napi::Error::from(value))
+}

@@ -1,0 +1,221 @@
+//! The napi binding: the only code that knows Node. It reads JS arguments into core types,
+//! hands the call to the core executor on napi's tokio runtime, and turns the result into JS
+//! (`JSON.parse` of the guest's output) or a JS error with a stable `code`.
+
+mod abort;
+mod args;
+mod js_error;
+mod js_store;
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{Function, JsObjectValue, Object, PromiseRaw, Unknown};
+use napi::JsValue;
+use napi::{Env, ValueType};
+use napi_derive::napi;
+
+use crate::error::ExecError;
+use crate::executor::{CallOptions, Executor};
+use crate::instance::CallOutput;
+use js_error::to_napi;
+use js_store::{Downloaded, JsBlobSource};
+
+/// `executor.moduleCache`: kept for Loom's tests, which read `moduleCache.size`.
+#[napi(object)]
+pub struct ModuleCacheView {
+    /// Compiled modules held now.
+    pub size: u32,
+}
+
+#[napi(object)]
+pub struct CacheStats {
+    /// Compiled modules held now.
+    pub modules: u32,
+    /// Calls served by a cached (or already loading) module.
+    pub hits: f64,
+    /// Loads started: downloads, each followed by a compile unless the bytes were known.
+    pub misses: f64,
+    /// Modules compiled.
+    pub compiles: f64,
+    /// Live actor instances.
+    pub actors: u32,
+}
+
+/// Runs Loom activities (WebAssembly modules) on wasmtime, off the Node event loop.
+#[napi]
+pub struct WasmActivityExecutor {
+    inner: Arc<Executor>,
+}
+
+fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
+    let json: Object = env.get_global().and_then(|g| g.get_named_property("JSON")).map_err(ExecError::internal)?;
+    let stringify: Function<Unknown, Unknown> = json.get_named_property("stringify").map_err(ExecError::internal)?;
+    let text = stringify
+        .call(input)
+        .map_err(|e| ExecError::InvalidInput(format!("input is not JSON-serializable: {}", e.reason)))?;
+    match text.get_type().map_err(ExecError::internal)? {
+        ValueType::String => unsafe { text.cast::<String>() }.map_err(ExecError::internal),
+        // `undefined`, a function or a symbol: JSON has no such value; send null as Loom would.
+        _ => Ok("null".to_string()),
+    }
+}
+
+fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> {
+    let json: Object = env.get_global().and_then(|g| g.get_named_property("JSON")).map_err(ExecError::internal)?;
+    let parse: Function<&str, Unknown> = json.get_named_property("parse").map_err(ExecError::internal)?;
+    parse.call(text).map_err(|e| ExecError::InvalidOutput {
+        message: format!("the guest returned text that is not JSON: {}", e.reason),
+        preview: text.chars().take(200).collect(),
+    })
+}
+
+fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>) -> napi::Result<Unknown<'e>> {
+    let mut obj = Object::new(env)?;
+    obj.set_named_property("output", output)?;
+    obj.set_named_property("durationMs", out.duration.as_secs_f64() * 1000.0)?;
+    if let Some(fuel) = out.fuel_consumed {
+        obj.set_named_property("fuelConsumed", fuel as f64)?;
+    }
+    obj.set_named_property("peakMemoryBytes", out.peak_memory_bytes as f64)?;
+    Ok(obj.to_unknown())
+}
+
+#[napi]
+impl WasmActivityExecutor {
+    /// `blobStore` is any object with `download(path): Promise<Buffer | Uint8Array>` (Loom's
+    /// `BlobStore`); it is called with `this` bound to the store.
+    #[napi(constructor, ts_args_type = "blobStore: BlobStore, options?: ExecutorOptions")]
+    pub fn new(env: Env, blob_store: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
+        let build = || -> Result<Self, ExecError> {
+            let opts = args::executor_options(options)?;
+            let store = args::object(blob_store, "blobStore")?;
+            let download = args::prop(&store, "download")?
+                .filter(|d| d.get_type().ok() == Some(ValueType::Function))
+                .ok_or_else(|| ExecError::InvalidArgument("blobStore.download must be a function".into()))?;
+            let download: Function<String, napi::bindgen_prelude::Promise<Downloaded>> =
+                unsafe { download.cast() }.map_err(ExecError::internal)?;
+            let tsfn = download
+                .bind(store)
+                .and_then(|bound| bound.build_threadsafe_function::<String>().callee_handled::<false>().weak::<true>().build())
+                .map_err(ExecError::internal)?;
+            let source = Arc::new(JsBlobSource::new(tsfn));
+            Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)) })
+        };
+        build().map_err(|e| to_napi(&env, &e))
+    }
+
+    /// Runs the activity: resolves to the guest's output, parsed from JSON. With
+    /// `options.actorId`, the call runs on that actor's kept instance (guest globals persist).
+    #[napi(
+        ts_generic_types = "T = any",
+        ts_args_type = "definition: ActivityDefinition, input: unknown, options?: ExecuteOptions",
+        ts_return_type = "Promise<T>"
+    )]
+    pub fn execute<'env>(
+        &self,
+        env: &'env Env,
+        definition: Unknown<'env>,
+        input: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<PromiseRaw<'env, Unknown<'env>>> {
+        self.start(env, definition, input, options, false)
+    }
+
+    /// Like `execute`, and also reports what the call cost.
+    #[napi(
+        ts_generic_types = "T = any",
+        ts_args_type = "definition: ActivityDefinition, input: unknown, options?: ExecuteOptions",
+        ts_return_type = "Promise<ExecutionDetails<T>>"
+    )]
+    pub fn execute_detailed<'env>(
+        &self,
+        env: &'env Env,
+        definition: Unknown<'env>,
+        input: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<PromiseRaw<'env, Unknown<'env>>> {
+        self.start(env, definition, input, options, true)
+    }
+
+    /// Drops all compiled modules, or only those of the activity named `name`.
+    #[napi]
+    pub fn clear_cache(&self, name: Option<String>) {
+        self.inner.clear_cache(name.as_deref());
+    }
+
+    /// Releases an actor's instance (and its state). Returns whether there was one.
+    #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
+    pub fn drop_actor(&self, env: Env, definition: Unknown, actor_id: String) -> napi::Result<bool> {
+        let def = args::definition(definition).map_err(|e| to_napi(&env, &e))?;
+        Ok(self.inner.drop_actor(&def, &actor_id))
+    }
+
+    #[napi]
+    pub fn cache_stats(&self) -> CacheStats {
+        let s = self.inner.stats();
+        CacheStats {
+            modules: s.cache.modules as u32,
+            hits: s.cache.hits as f64,
+            misses: s.cache.misses as f64,
+            compiles: s.cache.compiles as f64,
+            actors: s.actors as u32,
+        }
+    }
+
+    /// Loom's executor kept a `Map` here; its `size` is the number of cached modules.
+    #[napi(getter)]
+    pub fn module_cache(&self) -> ModuleCacheView {
+        ModuleCacheView { size: self.inner.stats().cache.modules as u32 }
+    }
+}
+
+impl WasmActivityExecutor {
+    fn start<'env>(
+        &self,
+        env: &'env Env,
+        definition: Unknown<'env>,
+        input: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+        detailed: bool,
+    ) -> napi::Result<PromiseRaw<'env, Unknown<'env>>> {
+        let mut call = CallOptions::default();
+        let mut hook = None;
+        // Everything that reads JS happens here, on the JS thread; errors reject the promise.
+        let mut prepare = || -> Result<_, ExecError> {
+            let def = args::definition(definition)?;
+            if let Some(o) = options.filter(|o| o.get_type().ok() != Some(ValueType::Undefined)) {
+                let o = args::object(o, "options")?;
+                if let Some(id) = args::prop(&o, "actorId")? {
+                    call.actor_id = Some(args::string(id, "options.actorId")?);
+                }
+                if let Some(signal) = args::prop(&o, "signal")? {
+                    let signal = args::object(signal, "options.signal")?;
+                    hook = abort::attach(env, &signal, &call.cancel)
+                        .map_err(|e| ExecError::InvalidArgument(e.reason.clone()))?;
+                }
+            }
+            let json = stringify_input(env, input)?;
+            Ok((def, json))
+        };
+        let prepared = prepare();
+        let exec = self.inner.clone();
+        let work = async move {
+            Ok(match prepared {
+                Ok((def, json)) => exec.execute(&def, json, call).await,
+                Err(e) => Err(e),
+            })
+        };
+        env.spawn_future_with_callback(work, move |env, result: Result<CallOutput, ExecError>| {
+            if let Some(h) = hook {
+                h.detach(env);
+            }
+            let out = result.map_err(|e| to_napi(env, &e))?;
+            let value = parse_output(env, &out.output).map_err(|e| to_napi(env, &e))?;
+            if detailed {
+                details(env, &out, value)
+            } else {
+                Ok(value)
+            }
+        })
+    }
+}
