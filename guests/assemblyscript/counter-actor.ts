@@ -1,0 +1,22 @@
+// Counter actor: its count lives in a global, so it persists while the executor keeps the
+// instance (execute(..., { actorId })). Actions: increment / decrement (amount, default 1), get, reset.
+import { parse, quote, num } from './lib/json'
+
+let count: i64 = 0
+
+function reply(action: string): string {
+  return '{"count":' + count.toString() + ',"action":' + quote(action) + '}'
+}
+
+export function execute(inputJson: string): string {
+  const input = parse(inputJson)
+  if (input == null) return '{"error":"input is not valid JSON"}'
+  const action = input.getString('action')
+  if (action == null) return '{"error":"missing action"}'
+  const amount = <i64>input.getNumber('amount', 1)
+  if (action == 'increment') count += amount
+  else if (action == 'decrement') count -= amount
+  else if (action == 'reset') count = 0
+  else if (action != 'get') return '{"error":' + quote('unknown action: ' + action) + '}'
+  return reply(action)
+}

@@ -1,0 +1,4 @@
+// Exports `run`, not `execute`.
+export function run(inputJson: string): string {
+  return inputJson
+}

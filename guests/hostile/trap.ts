@@ -1,0 +1,5 @@
+// Hits an `unreachable` instruction.
+export function execute(inputJson: string): string {
+  unreachable()
+  return '{}'
+}
