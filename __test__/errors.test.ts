@@ -1,0 +1,146 @@
+// Every error code, produced by a real module, and the executor still works after each.
+import { randomBytes } from 'node:crypto'
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
+
+const hostile = [
+  'abort', 'trap', 'recursion', 'bad-pointer', 'lying-length', 'lone-surrogate', 'not-json', 'big-output',
+  'unknown-import', 'wasi-import', 'no-execute', 'wrong-signature', 'start-trap',
+]
+
+async function executor() {
+  const store = new MemoryBlobStore()
+  for (const h of hostile) await store.upload(`${h}.wasm`, guest(`hostile/${h}`))
+  await store.upload('echo.wasm', guest('echo'))
+  await store.upload('random.wasm', randomBytes(4096))
+  await store.upload('truncated.wasm', guest('echo').subarray(0, 200))
+  await store.upload('empty.wasm', Buffer.alloc(0))
+  return new WasmActivityExecutor(store)
+}
+
+async function expectStillWorks(ex: WasmActivityExecutor) {
+  expect(await ex.execute(def('echo'), { message: 'alive', times: 1 })).toMatchObject({ result: 'alive' })
+}
+
+describe('error codes', () => {
+  it('BLOB_NOT_FOUND when the store download rejects', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('missing'), {}))
+    expect(e).toBeInstanceOf(Error)
+    expect(e.code).toBe('BLOB_NOT_FOUND')
+    expect(e.path).toBe('missing.wasm')
+    expect(e.message).toContain('Blob not found: missing.wasm')
+    await expectStillWorks(ex)
+  })
+
+  for (const bad of ['random', 'truncated', 'empty']) {
+    it(`INVALID_MODULE for ${bad} bytes`, async () => {
+      const ex = await executor()
+      const e = await failure(ex.execute(def(bad), {}))
+      expect(e.code).toBe('INVALID_MODULE')
+      await expectStillWorks(ex)
+    })
+  }
+
+  it('INVALID_MODULE names an unknown import', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('unknown-import'), {}))
+    expect(e.code).toBe('INVALID_MODULE')
+    expect(e.message).toContain('env.fetch')
+    await expectStillWorks(ex)
+  })
+
+  it('CAPABILITY_DENIED names WASI imports that were not granted', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('wasi-import'), {}))
+    expect(e.code).toBe('CAPABILITY_DENIED')
+    expect(e.message).toContain('wasi_snapshot_preview1.fd_write')
+  })
+
+  it('MISSING_EXPORT when execute is absent or has the wrong signature', async () => {
+    const ex = await executor()
+    const missing = await failure(ex.execute(def('no-execute'), {}))
+    expect(missing.code).toBe('MISSING_EXPORT')
+    expect(missing.message).toContain('execute')
+    const wrong = await failure(ex.execute(def('wrong-signature'), {}))
+    expect(wrong.code).toBe('MISSING_EXPORT')
+    expect(wrong.message).toMatch(/f64/)
+    await expectStillWorks(ex)
+  })
+
+  it('GUEST_ABORT carries the decoded message, file, line and column', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('abort'), { why: 'no' }))
+    expect(e.code).toBe('GUEST_ABORT')
+    expect(e.guestMessage).toBe('refusing input {"why":"no"}')
+    expect(e.file).toBe('guests/hostile/abort.ts')
+    expect(e.line).toBe(3)
+    expect(e.column).toBeGreaterThan(0)
+    expect(e.message).toContain('refusing input')
+    await expectStillWorks(ex)
+  })
+
+  it('TRAP carries the trap kind', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('trap'), {}))
+    expect(e.code).toBe('TRAP')
+    expect(e.trapKind).toBe('unreachable_code_reached')
+    const start = await failure(ex.execute(def('start-trap'), {}))
+    expect(start.code).toBe('TRAP')
+    expect(start.trapKind).toBe('unreachable_code_reached')
+    await expectStillWorks(ex)
+  })
+
+  it('TRAP (stack_overflow) for unbounded recursion, not a crash', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('recursion'), {}))
+    expect(e.code).toBe('TRAP')
+    expect(e.trapKind).toBe('stack_overflow')
+    await expectStillWorks(ex)
+  })
+
+  it('INVALID_INPUT for input JSON cannot hold', async () => {
+    const ex = await executor()
+    const cyclic: any = { a: 1 }
+    cyclic.self = cyclic
+    for (const input of [10n, { big: 1n }, cyclic]) {
+      const e = await failure(ex.execute(def('echo'), input))
+      expect(e.code).toBe('INVALID_INPUT')
+    }
+    const throwing = { toJSON() { throw new Error('nope') } }
+    expect((await failure(ex.execute(def('echo'), throwing))).code).toBe('INVALID_INPUT')
+    await expectStillWorks(ex)
+  })
+
+  it('INVALID_OUTPUT includes the first 200 characters of non-JSON output', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('not-json'), { pad: 'p'.repeat(500) }))
+    expect(e.code).toBe('INVALID_OUTPUT')
+    expect(e.preview).toHaveLength(200)
+    expect(e.preview.startsWith('this is not JSON: {"pad":"ppp')).toBe(true)
+    await expectStillWorks(ex)
+  })
+
+  for (const [name, why] of [
+    ['bad-pointer', 'outside linear memory'],
+    ['lying-length', 'past the end of linear memory'],
+    ['lone-surrogate', 'unpaired surrogate'],
+  ]) {
+    it(`INVALID_OUTPUT for ${name}`, async () => {
+      const ex = await executor()
+      const e = await failure(ex.execute(def(name), {}))
+      expect(e.code).toBe('INVALID_OUTPUT')
+      expect(e.message).toContain(why)
+      await expectStillWorks(ex)
+    })
+  }
+
+  it('OUTPUT_TOO_LARGE for a 50 MB result', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('big-output'), {}))
+    expect(e.code).toBe('OUTPUT_TOO_LARGE')
+    expect(e.size).toBe(50 * 1024 * 1024)
+    await expectStillWorks(ex)
+  })
+})

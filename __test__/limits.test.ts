@@ -1,0 +1,197 @@
+// Limits that hold: time, memory, fuel, cancellation, sizes, concurrency; and the event loop
+// stays free while guests spin.
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
+
+async function executor(options?: ConstructorParameters<typeof WasmActivityExecutor>[1]) {
+  const store = new MemoryBlobStore()
+  for (const h of ['spin', 'memory-bomb', 'big-output']) await store.upload(`${h}.wasm`, guest(`hostile/${h}`))
+  for (const g of ['echo', 'counter-actor', 'mortgage']) await store.upload(`${g}.wasm`, guest(g))
+  return new WasmActivityExecutor(store, options)
+}
+
+const spin = (ms: number) => def('spin', { limits: { maxExecutionMs: ms } })
+
+describe('time', () => {
+  it('maxExecutionMs interrupts while(true) with TIMEOUT, within the deadline plus a tick', async () => {
+    const ex = await executor()
+    await ex.execute(def('echo'), { message: 'warm' }) // engine up, so timing is the guest's
+    const started = performance.now()
+    const e = await failure(ex.execute(spin(200), {}))
+    const took = performance.now() - started
+    expect(e.code).toBe('TIMEOUT')
+    expect(e.limitMs).toBe(200)
+    expect(took).toBeGreaterThanOrEqual(199)
+    // Generous for a loaded CI machine; the point is it is not "never".
+    expect(took).toBeLessThan(2000)
+  })
+
+  it('a timed-out actor is discarded (its state may be torn); the next call starts fresh', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('stateful-spin.wasm', guest('hostile/stateful-spin'))
+    const ex = new WasmActivityExecutor(store)
+    const d = def('stateful-spin', { limits: { maxExecutionMs: 100 } })
+    for (let i = 0; i < 3; i++) await ex.execute(d, { action: 'inc' }, { actorId: 'a' })
+    await ex.execute(d, { action: 'inc' }, { actorId: 'b' })
+    expect(await ex.execute(d, { action: 'get' }, { actorId: 'a' })).toEqual({ count: 3 })
+    expect((await failure(ex.execute(d, { action: 'spin' }, { actorId: 'a' }))).code).toBe('TIMEOUT')
+    expect(await ex.execute(d, { action: 'get' }, { actorId: 'a' })).toEqual({ count: 0 })
+    expect(await ex.execute(d, { action: 'get' }, { actorId: 'b' })).toEqual({ count: 1 })
+  })
+
+  it('16 spinning guests are interrupted while a 10 ms timer keeps firing', async () => {
+    const ex = await executor()
+    await ex.execute(def('echo'), { message: 'warm' })
+    const histogram = monitorEventLoopDelay({ resolution: 1 })
+    let ticks = 0
+    const timer = setInterval(() => ticks++, 10)
+    histogram.enable()
+    const started = performance.now()
+    const results = await Promise.allSettled(Array.from({ length: 16 }, () => ex.execute(spin(300), {})))
+    const took = performance.now() - started
+    histogram.disable()
+    clearInterval(timer)
+    for (const r of results) {
+      expect(r.status).toBe('rejected')
+      expect((r as PromiseRejectedResult).reason.code).toBe('TIMEOUT')
+    }
+    // 16 guests on N cores run in waves of N, each 300 ms: the loop would be blocked for all of
+    // it if a call ran on the JS thread. Here the worst gap stays a fraction of one guest's run.
+    const worstMs = histogram.max / 1e6
+    expect(worstMs).toBeLessThan(150)
+    expect(ticks).toBeGreaterThan((took / 10) * 0.5)
+  })
+})
+
+describe('memory', () => {
+  it('maxMemoryMB caps linear memory: a memory bomb fails with OUT_OF_MEMORY', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('memory-bomb', { limits: { maxMemoryMB: 10 } }), {}))
+    expect(e.code).toBe('OUT_OF_MEMORY')
+    expect(e.limitBytes).toBe(10 * 1024 * 1024)
+    expect(e.requestedBytes).toBeGreaterThan(10 * 1024 * 1024)
+  })
+
+  it('an executor-wide default cap applies when the definition sets none', async () => {
+    const ex = await executor({ maxMemoryMB: 32 })
+    const e = await failure(ex.execute(def('memory-bomb'), {}))
+    expect(e.code).toBe('OUT_OF_MEMORY')
+    expect(e.limitBytes).toBe(32 * 1024 * 1024)
+    // and the built-in default (256 MB) when neither does
+    const e2 = await failure((await executor()).execute(def('memory-bomb'), {}))
+    expect(e2.limitBytes).toBe(256 * 1024 * 1024)
+  })
+
+  it('peakMemoryBytes reports growth', async () => {
+    const ex = await executor()
+    const small = await ex.executeDetailed(def('echo'), { message: 'x' })
+    const big = await ex.executeDetailed(def('echo'), { message: 'x'.repeat(2_000_000) })
+    expect(big.peakMemoryBytes).toBeGreaterThan(small.peakMemoryBytes + 4_000_000)
+  })
+})
+
+describe('fuel', () => {
+  it('maxFuel is a deterministic budget: same input, same fuel; too little gives OUT_OF_FUEL', async () => {
+    const ex = await executor()
+    const input = { principal: 300000, annualRate: 6.5, years: 30, scenarios: 20 }
+    const a = await ex.executeDetailed(def('mortgage', { limits: { maxFuel: 1e9 } }), input)
+    const b = await ex.executeDetailed(def('mortgage', { limits: { maxFuel: 1e9 } }), input)
+    expect(a.fuelConsumed).toBeGreaterThan(10_000)
+    expect(b.fuelConsumed).toBe(a.fuelConsumed)
+    expect(a.output).toEqual(b.output)
+    const e = await failure(ex.execute(def('mortgage', { limits: { maxFuel: 10_000 } }), input))
+    expect(e.code).toBe('OUT_OF_FUEL')
+    expect(e.limitFuel).toBe(10_000)
+  })
+
+  it('a spinning guest with a fuel budget ends in OUT_OF_FUEL before its time limit', async () => {
+    const ex = await executor()
+    const e = await failure(ex.execute(def('spin', { limits: { maxFuel: 1e6, maxExecutionMs: 20_000 } }), {}))
+    expect(e.code).toBe('OUT_OF_FUEL')
+  })
+})
+
+describe('cancellation', () => {
+  it('an AbortSignal interrupts a running guest with CANCELLED', async () => {
+    const ex = await executor()
+    const ac = new AbortController()
+    const call = ex.execute(spin(20_000), {}, { signal: ac.signal })
+    setTimeout(() => ac.abort(), 100)
+    const started = performance.now()
+    const e = await failure(call)
+    expect(e.code).toBe('CANCELLED')
+    expect(performance.now() - started).toBeLessThan(5000)
+  })
+
+  it('an already-aborted signal rejects at once, without running the guest', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('echo.wasm', guest('echo'))
+    const ex = new WasmActivityExecutor(store)
+    const ac = new AbortController()
+    ac.abort()
+    const e = await failure(ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal }))
+    expect(e.code).toBe('CANCELLED')
+    expect(store.downloads).toBe(0)
+  })
+
+  it('a queued call is cancelled before it starts', async () => {
+    const ex = await executor({ maxConcurrency: 1 })
+    const running = ex.execute(spin(500), {})
+    const ac = new AbortController()
+    const queued = ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal })
+    setTimeout(() => ac.abort(), 50)
+    expect((await failure(queued)).code).toBe('CANCELLED')
+    expect((await failure(running)).code).toBe('TIMEOUT')
+  })
+
+  it('a signal reused across many calls does not collect listeners', async () => {
+    const ex = await executor()
+    const ac = new AbortController()
+    let added = 0
+    let removed = 0
+    const add = ac.signal.addEventListener.bind(ac.signal)
+    const remove = ac.signal.removeEventListener.bind(ac.signal)
+    ;(ac.signal as any).addEventListener = (...args: any[]) => (added++, (add as any)(...args))
+    ;(ac.signal as any).removeEventListener = (...args: any[]) => (removed++, (remove as any)(...args))
+    for (let i = 0; i < 20; i++) await ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal })
+    expect(added).toBe(20)
+    expect(removed).toBe(20)
+  })
+})
+
+describe('sizes and concurrency', () => {
+  it('INPUT_TOO_LARGE and OUTPUT_TOO_LARGE follow the executor options', async () => {
+    const ex = await executor({ maxInputBytes: 1000, maxOutputBytes: 1000 })
+    const big = await failure(ex.execute(def('echo'), { message: 'x'.repeat(2000) }))
+    expect(big.code).toBe('INPUT_TOO_LARGE')
+    expect(big.limit).toBe(1000)
+    const out = await failure(ex.execute(def('echo'), { message: 'x'.repeat(300), times: 2 }))
+    expect(out.code).toBe('OUTPUT_TOO_LARGE')
+  })
+
+  it('maxConcurrency queues calls beyond it; all complete', async () => {
+    const ex = await executor({ maxConcurrency: 1 })
+    const t0 = performance.now()
+    const results = await Promise.allSettled([ex.execute(spin(100), {}), ex.execute(spin(100), {})])
+    expect(results.map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(['TIMEOUT', 'TIMEOUT'])
+    // One at a time: the second started only after the first was interrupted.
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(199)
+  })
+
+  it('capabilities are closed: network and filesystem are refused', async () => {
+    const ex = await executor()
+    for (const capabilities of [{ network: true }, { filesystem: true }]) {
+      const e = await failure(ex.execute(def('echo', { capabilities }), { message: 'x' }))
+      expect(e.code).toBe('CAPABILITY_DENIED')
+    }
+  })
+
+  it('invalid executor options throw INVALID_ARGUMENT', () => {
+    const store = new MemoryBlobStore()
+    for (const o of [{ maxConcurrency: 0 }, { maxActors: 1.5 }, { maxMemoryMB: 0 }, { maxExecutionMs: -5 }, 'fast']) {
+      expect(() => new WasmActivityExecutor(store, o as any)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    }
+  })
+})
