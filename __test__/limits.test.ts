@@ -138,7 +138,9 @@ describe('cancellation', () => {
 
   it('a queued call is cancelled before it starts', async () => {
     const ex = await executor({ maxConcurrency: 1 })
-    const running = ex.execute(spin(500), {})
+    await ex.execute(def('echo'), { message: 'warm' })
+    const running = ex.execute(spin(1000), {})
+    await new Promise((r) => setTimeout(r, 200)) // the spin call now holds the only permit
     const ac = new AbortController()
     const queued = ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal })
     setTimeout(() => ac.abort(), 50)

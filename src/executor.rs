@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::actors::{ActorKey, Actors};
+pub use crate::capabilities::Capabilities;
+use crate::capabilities::{authorize, FilesystemConfig, Grants};
 use crate::engine::EngineKind;
 use crate::error::ExecError;
 use crate::host::LogSink;
@@ -25,13 +27,6 @@ pub struct Definition {
     pub capabilities: Capabilities,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Capabilities {
-    pub network: bool,
-    pub filesystem: bool,
-    pub env: Vec<String>,
-}
-
 impl Definition {
     fn key(&self) -> DefKey {
         DefKey { name: self.name.clone(), version: self.version.clone(), path: self.wasm_blob_path.clone() }
@@ -42,16 +37,6 @@ impl Definition {
             if v.is_empty() {
                 return Err(ExecError::InvalidArgument(format!("definition.{field} must be a non-empty string")));
             }
-        }
-        if self.capabilities.network {
-            return Err(ExecError::CapabilityDenied(
-                "capabilities.network is not available: the executor has no network host functions yet".into(),
-            ));
-        }
-        if self.capabilities.filesystem {
-            return Err(ExecError::CapabilityDenied(
-                "capabilities.filesystem is not available: the executor grants no filesystem access".into(),
-            ));
         }
         Ok(())
     }
@@ -66,6 +51,8 @@ pub struct ExecutorOptions {
     /// Limits for definitions that name none.
     pub defaults: Limits,
     pub log: Option<Arc<dyn LogSink>>,
+    /// The directory granted to definitions that ask for `capabilities.filesystem`.
+    pub filesystem: Option<FilesystemConfig>,
 }
 
 impl Default for ExecutorOptions {
@@ -77,6 +64,7 @@ impl Default for ExecutorOptions {
             max_concurrency: cpus,
             defaults: Limits::default(),
             log: None,
+            filesystem: None,
         }
     }
 }
@@ -124,13 +112,15 @@ impl Executor {
         let cancel = call.cancel;
         let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
         let key = def.key();
+        let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref())?;
         let module = cancel.guard(self.modules.get_or_load(&key, kind, self.source.as_ref())).await??;
+        authorize(&module.wasi_imports, &def.capabilities)?;
         let log = self.opts.log.clone();
 
         let Some(actor_id) = call.actor_id else {
             let _permit = cancel.guard(self.permits.acquire()).await?.map_err(ExecError::internal)?;
             return run_blocking(move || {
-                let mut instance = GuestInstance::new(&module, &limits, &cancel, log)?;
+                let mut instance = GuestInstance::new(&module, &limits, &cancel, log, &grants)?;
                 instance.call(&input_json, &limits, &cancel)
             })
             .await;
@@ -143,7 +133,7 @@ impl Executor {
             let mut instance = match held.take() {
                 // Same bytes, same engine: the actor's state lives on.
                 Some(i) if i.digest == module.digest && i.kind == module.kind => i,
-                _ => GuestInstance::new(&module, &limits, &cancel, log)?,
+                _ => GuestInstance::new(&module, &limits, &cancel, log, &grants)?,
             };
             let result = instance.call(&input_json, &limits, &cancel);
             if result.as_ref().err().is_none_or(is_reusable_after) {

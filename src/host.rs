@@ -1,6 +1,7 @@
 //! What the host offers every guest: the per-Store state and the functions a guest may import
-//! (`env.abort`, `env.seed`, `env.trace`, `env.Date.now`, `loom.log`). Nothing else is linked:
-//! no WASI, no host access. Capabilities that grant more are checked before linking.
+//! (`env.abort`, `env.seed`, `env.trace`, `env.Date.now`, `loom.log`). WASI preview1 is linked
+//! only for modules that import it, and such a module runs only when its definition was granted
+//! env or filesystem (see `capabilities`); its WASI context holds just what was granted.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -8,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker, Module};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::abi::assemblyscript::read_text_lossy;
 use crate::engine::{engine, EngineKind};
@@ -19,15 +22,34 @@ pub trait LogSink: Send + Sync {
     fn log(&self, level: &str, message: &str);
 }
 
+/// Log lines one call may emit; past it lines are dropped (a guest logging in a loop must not
+/// flood the host), with one final line saying so.
+pub const LOG_LINES_PER_CALL: u32 = 1000;
+
 /// The data of one Store.
 pub struct HostState {
     pub limiter: MemoryLimiter,
     pub log: Option<Arc<dyn LogSink>>,
+    /// Lines this call may still log.
+    pub log_budget: u32,
+    /// The WASI context, for modules that import WASI.
+    pub wasi: Option<WasiP1Ctx>,
 }
 
 impl HostState {
     pub fn new(max_memory_bytes: u64, log: Option<Arc<dyn LogSink>>) -> Self {
-        HostState { limiter: MemoryLimiter::new(max_memory_bytes), log }
+        HostState { limiter: MemoryLimiter::new(max_memory_bytes), log, log_budget: LOG_LINES_PER_CALL, wasi: None }
+    }
+
+    /// Sends one line to the sink, within the call's budget.
+    fn emit(&mut self, level: &str, message: &str) {
+        let Some(sink) = &self.log else { return };
+        match self.log_budget {
+            0 => {}
+            1 => sink.log("warn", &format!("log limit of {LOG_LINES_PER_CALL} lines per call reached; dropping the rest")),
+            _ => sink.log(level, message),
+        }
+        self.log_budget = self.log_budget.saturating_sub(1);
     }
 }
 
@@ -44,7 +66,10 @@ fn memory_text(caller: &mut Caller<'_, HostState>, ptr: i32) -> String {
     }
 }
 
-fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
+/// The preview1 WASI module name, the only WASI version linked.
+pub const WASI_P1: &str = "wasi_snapshot_preview1";
+
+fn build_linker(kind: EngineKind, with_wasi: bool) -> Result<Linker<HostState>, String> {
     let engine = engine(kind).map_err(|e| e.to_string())?;
     let mut linker = Linker::new(engine);
     let def = |r: wasmtime::Result<&mut Linker<HostState>>| r.map(|_| ()).map_err(|e| format!("{e:#}"));
@@ -75,46 +100,50 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
         "env",
         "trace",
         |mut caller: Caller<'_, HostState>, msg: i32, n: i32, a0: f64, a1: f64, a2: f64, a3: f64, a4: f64| {
-            if caller.data().log.is_none() {
+            if caller.data().log.is_none() || caller.data().log_budget == 0 {
                 return;
             }
             let mut line = memory_text(&mut caller, msg);
             for v in [a0, a1, a2, a3, a4].iter().take(n.clamp(0, 5) as usize) {
                 line.push_str(&format!(" {v}"));
             }
-            if let Some(sink) = &caller.data().log {
-                sink.log("trace", &line);
-            }
+            caller.data_mut().emit("trace", &line);
         },
     ))?;
     def(linker.func_wrap("loom", "log", |mut caller: Caller<'_, HostState>, level: i32, msg: i32| {
-        if caller.data().log.is_none() {
+        if caller.data().log.is_none() || caller.data().log_budget == 0 {
             return;
         }
         let text = memory_text(&mut caller, msg);
         let level = LOG_LEVELS.get(level.clamp(0, 3) as usize).copied().unwrap_or("info");
-        if let Some(sink) = &caller.data().log {
-            sink.log(level, &text);
-        }
+        caller.data_mut().emit(level, &text);
     }))?;
+    if with_wasi {
+        // A store of a WASI module always gets its context at instantiation; an empty, closed
+        // one stands in should that ever be missing (never a panic).
+        p1::add_to_linker_sync(&mut linker, |s: &mut HostState| {
+            s.wasi.get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
+        })
+        .map_err(|e| format!("{e:#}"))?;
+    }
     Ok(linker)
 }
 
-/// The process-wide linker for an engine kind.
-pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError> {
-    static PLAIN: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
-    static METERED: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
-    let cell = match kind {
-        EngineKind::Plain => &PLAIN,
-        EngineKind::Metered => &METERED,
-    };
-    cell.get_or_init(|| build_linker(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+type LinkerCell = OnceLock<Result<Linker<HostState>, String>>;
+
+/// The process-wide linker for an engine kind, with or without WASI.
+pub fn linker(kind: EngineKind, with_wasi: bool) -> Result<&'static Linker<HostState>, ExecError> {
+    static CELLS: [LinkerCell; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = (kind == EngineKind::Metered) as usize * 2 + with_wasi as usize;
+    CELLS[i].get_or_init(|| build_linker(kind, with_wasi)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
 }
 
-/// Refuses imports the host does not offer: WASI (not granted) as `CAPABILITY_DENIED`, anything
-/// else unknown as `INVALID_MODULE`, each naming the imports.
-pub fn check_imports(module: &Module) -> Result<(), ExecError> {
+/// Checks a module's imports against what the host offers and returns its WASI preview1
+/// imports (which need a grant at call time). Other WASI versions are `CAPABILITY_DENIED`;
+/// anything else unknown is `INVALID_MODULE`, each naming the imports.
+pub fn check_imports(module: &Module) -> Result<Vec<String>, ExecError> {
     let mut wasi = Vec::new();
+    let mut other_wasi = Vec::new();
     let mut unknown = Vec::new();
     for imp in module.imports() {
         let (m, n) = (imp.module(), imp.name());
@@ -122,16 +151,18 @@ pub fn check_imports(module: &Module) -> Result<(), ExecError> {
             continue;
         }
         let name = format!("{m}.{n}");
-        if m.starts_with("wasi") {
+        if m == WASI_P1 {
             wasi.push(name);
+        } else if m.starts_with("wasi") {
+            other_wasi.push(name);
         } else {
             unknown.push(name);
         }
     }
-    if !wasi.is_empty() {
+    if !other_wasi.is_empty() {
         return Err(ExecError::CapabilityDenied(format!(
-            "the module imports WASI functions, which are not granted: {}",
-            wasi.join(", ")
+            "only {WASI_P1} can be granted; the module imports {}",
+            other_wasi.join(", ")
         )));
     }
     if !unknown.is_empty() {
@@ -141,5 +172,5 @@ pub fn check_imports(module: &Module) -> Result<(), ExecError> {
             PROVIDED.iter().map(|(m, n)| format!("{m}.{n}")).collect::<Vec<_>>().join(", ")
         )));
     }
-    Ok(())
+    Ok(wasi)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
 use crate::abi::assemblyscript::Exports;
+use crate::capabilities::Grants;
 use crate::engine::{EngineKind, Running};
 use crate::error::ExecError;
 use crate::host::{HostState, LogSink};
@@ -70,9 +71,14 @@ impl GuestInstance {
         limits: &Limits,
         cancel: &CancelFlag,
         log: Option<Arc<dyn LogSink>>,
+        grants: &Grants,
     ) -> Result<GuestInstance, ExecError> {
         let engine = module.pre.module().engine();
-        let mut store = Store::new(engine, HostState::new(limits.max_memory_bytes, log));
+        let mut host = HostState::new(limits.max_memory_bytes, log);
+        if !module.wasi_imports.is_empty() {
+            host.wasi = Some(grants.wasi_context()?);
+        }
+        let mut store = Store::new(engine, host);
         store.limiter(|s| &mut s.limiter);
         arm(&mut store, limits, cancel, module.kind == EngineKind::Metered)?;
         let _running = Running::start()?;
@@ -92,6 +98,7 @@ impl GuestInstance {
     pub fn call(&mut self, input: &str, limits: &Limits, cancel: &CancelFlag) -> Result<CallOutput, ExecError> {
         let metered = self.kind == EngineKind::Metered;
         self.store.data_mut().limiter.set_max(limits.max_memory_bytes);
+        self.store.data_mut().log_budget = crate::host::LOG_LINES_PER_CALL;
         arm(&mut self.store, limits, cancel, metered)?;
         let started = Instant::now();
         let output = {

@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod actors;
+pub mod capabilities;
 pub mod engine;
 pub mod error;
 pub mod executor;

@@ -36,6 +36,8 @@ pub struct CompiledModule {
     pub digest: Digest,
     pub kind: EngineKind,
     pub pre: InstancePre<HostState>,
+    /// WASI preview1 functions it imports (it runs only when granted env or filesystem).
+    pub wasi_imports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,12 +70,12 @@ pub struct ModuleCache {
 pub fn compile(bytes: &[u8], kind: EngineKind) -> Result<CompiledModule, ExecError> {
     let digest: Digest = Sha256::digest(bytes).into();
     let module = Module::new(engine(kind)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
-    check_imports(&module)?;
+    let wasi_imports = check_imports(&module)?;
     assemblyscript::check_exports(&module)?;
-    let pre = linker(kind)?
+    let pre = linker(kind, !wasi_imports.is_empty())?
         .instantiate_pre(&module)
         .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
-    Ok(CompiledModule { digest, kind, pre })
+    Ok(CompiledModule { digest, kind, pre, wasi_imports })
 }
 
 impl ModuleCache {

@@ -3,11 +3,12 @@
 
 use std::num::NonZeroUsize;
 
-use napi::bindgen_prelude::{JsObjectValue, Object, Unknown};
+use napi::bindgen_prelude::{FnArgs, Function, JsObjectValue, Object, Unknown};
 use napi::{JsValue, ValueType};
 
 use crate::error::ExecError;
-use crate::executor::{Capabilities, Definition, ExecutorOptions};
+use crate::capabilities::{Capabilities, FilesystemConfig};
+use crate::executor::{Definition, ExecutorOptions};
 use crate::limits::{LimitOverrides, MIB};
 
 fn bad(what: &str, want: &str) -> ExecError {
@@ -124,6 +125,19 @@ fn bytes(v: Unknown, what: &str) -> Result<u64, ExecError> {
     Ok(n as u64)
 }
 
+/// `options.onLog`, if given: a function `(level, message) => void`.
+pub fn log_callback<'e>(
+    v: Option<Unknown<'e>>,
+) -> Result<Option<Function<'e, FnArgs<(String, String)>, ()>>, ExecError> {
+    let Some(v) = v.filter(|v| matches!(v.get_type(), Ok(ValueType::Object))) else { return Ok(None) };
+    let obj = object(v, "options")?;
+    let Some(f) = prop(&obj, "onLog")? else { return Ok(None) };
+    if kind(&f)? != ValueType::Function {
+        return Err(bad("options.onLog", "a function"));
+    }
+    unsafe { f.cast() }.map(Some).map_err(ExecError::internal)
+}
+
 /// The executor's options (all optional).
 pub fn executor_options(v: Option<Unknown>) -> Result<ExecutorOptions, ExecError> {
     let mut o = ExecutorOptions::default();
@@ -154,6 +168,16 @@ pub fn executor_options(v: Option<Unknown>) -> Result<ExecutorOptions, ExecError
     }
     if let Some(n) = opt(&obj, "maxOutputBytes", w, bytes)? {
         o.defaults.max_output_bytes = n.min(4096 * MIB);
+    }
+    if let Some(fs) = opt(&obj, "filesystem", w, object)? {
+        let w = "options.filesystem";
+        let host_dir = req_string(&fs, "hostDir", w)?;
+        let guest_dir = opt(&fs, "guestDir", w, string)?.unwrap_or_else(|| "/data".into());
+        let writable = opt(&fs, "writable", w, boolean)?.unwrap_or(false);
+        if !std::path::Path::new(&host_dir).is_dir() {
+            return Err(bad("options.filesystem.hostDir", "an existing directory"));
+        }
+        o.filesystem = Some(FilesystemConfig { host_dir: host_dir.into(), guest_dir, writable });
     }
     Ok(o)
 }

@@ -17,10 +17,13 @@ export interface ActivityDefinition {
   wasmBlobPath: string
   inputSchema?: any
   outputSchema?: any
-  /** Closed by default. `network` and `filesystem` are refused with `CAPABILITY_DENIED` (not available yet). */
+  /** Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted. */
   capabilities?: {
+    /** Refused with `CAPABILITY_DENIED`: no network host functions exist yet. */
     network?: boolean
+    /** The directory named by the executor's `options.filesystem`, as a WASI preopen. */
     filesystem?: boolean
+    /** Names of environment variables the guest may read through WASI (only those, if set). */
     env?: string[]
   }
   limits?: {
@@ -55,6 +58,16 @@ export interface ExecutorOptions {
   maxInputBytes?: number
   /** Largest guest output, in bytes of UTF-16 (default 16 MiB). */
   maxOutputBytes?: number
+  /** Guest log lines (`loom.log(level, message)`, `trace`); at most 1000 per call. Default: dropped. */
+  onLog?: (level: 'debug' | 'info' | 'warn' | 'error' | 'trace', message: string) => void
+  /** The directory granted to definitions with `capabilities.filesystem` (none by default). */
+  filesystem?: {
+    hostDir: string
+    /** The guest's name for it (default '/data'). */
+    guestDir?: string
+    /** Read-only unless true. `..` and symlinks cannot leave it either way. */
+    writable?: boolean
+  }
 }
 
 export interface ExecutionDetails<T = any> {

@@ -5,11 +5,12 @@
 mod abort;
 mod args;
 mod js_error;
+mod js_log;
 mod js_store;
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Function, JsObjectValue, Object, PromiseRaw, Unknown};
+use napi::bindgen_prelude::{FnArgs, Function, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
 use napi::{Env, ValueType};
 use napi_derive::napi;
@@ -87,7 +88,16 @@ impl WasmActivityExecutor {
     #[napi(constructor, ts_args_type = "blobStore: BlobStore, options?: ExecutorOptions")]
     pub fn new(env: Env, blob_store: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
         let build = || -> Result<Self, ExecError> {
-            let opts = args::executor_options(options)?;
+            let mut opts = args::executor_options(options)?;
+            if let Some(on_log) = args::log_callback(options)? {
+                let tsfn = on_log
+                    .build_threadsafe_function::<FnArgs<(String, String)>>()
+                    .callee_handled::<false>()
+                    .weak::<true>()
+                    .build()
+                    .map_err(ExecError::internal)?;
+                opts.log = Some(Arc::new(js_log::JsLogSink(tsfn)));
+            }
             let store = args::object(blob_store, "blobStore")?;
             let download = args::prop(&store, "download")?
                 .filter(|d| d.get_type().ok() == Some(ValueType::Function))

@@ -1,0 +1,130 @@
+// Capabilities are closed by default; env and filesystem are granted through WASI preview1 with
+// only what the definition names and the executor offers. And guest log lines reach onLog.
+import { mkdtempSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
+
+async function store() {
+  const s = new MemoryBlobStore()
+  for (const g of ['env', 'fs', 'log']) await s.upload(`${g}.wasm`, guest(`capabilities/${g}`))
+  return s
+}
+
+describe('env', () => {
+  beforeAll(() => {
+    process.env.LOOM_TEST_VISIBLE = 'shown ✓'
+    process.env.LOOM_TEST_HIDDEN = 'secret'
+  })
+  afterAll(() => {
+    delete process.env.LOOM_TEST_VISIBLE
+    delete process.env.LOOM_TEST_HIDDEN
+  })
+
+  it('a WASI guest without a grant is refused with CAPABILITY_DENIED naming its imports', async () => {
+    const ex = new WasmActivityExecutor(await store())
+    const e = await failure(ex.execute(def('env'), {}))
+    expect(e.code).toBe('CAPABILITY_DENIED')
+    expect(e.message).toContain('wasi_snapshot_preview1.environ_get')
+  })
+
+  it('capabilities.env exposes only the named variables', async () => {
+    const ex = new WasmActivityExecutor(await store())
+    const out = await ex.execute(def('env', { capabilities: { env: ['LOOM_TEST_VISIBLE', 'LOOM_TEST_UNSET'] } }), {})
+    expect(out).toEqual({ LOOM_TEST_VISIBLE: 'shown ✓' })
+  })
+})
+
+describe('filesystem', () => {
+  let dir: string
+  let outside: string
+  beforeAll(() => {
+    const base = mkdtempSync(join(tmpdir(), 'loom-fs-'))
+    dir = join(base, 'granted')
+    outside = join(base, 'outside')
+    mkdirSync(dir)
+    mkdirSync(outside)
+    writeFileSync(join(dir, 'hello.txt'), 'hello from the host 🌍')
+    writeFileSync(join(outside, 'secret.txt'), 'do not read')
+    symlinkSync(join(outside, 'secret.txt'), join(dir, 'escape.txt'))
+  })
+
+  const fsDef = def('fs', { capabilities: { filesystem: true } })
+
+  it('is refused when the executor offers no directory', async () => {
+    const ex = new WasmActivityExecutor(await store())
+    expect((await failure(ex.execute(fsDef, { path: 'hello.txt' }))).code).toBe('CAPABILITY_DENIED')
+  })
+
+  it('reads files inside the granted directory', async () => {
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir } })
+    expect(await ex.execute(fsDef, { path: 'hello.txt' })).toEqual({ content: 'hello from the host 🌍' })
+  })
+
+  it('cannot leave it through .. or a symlink', async () => {
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir } })
+    for (const path of ['../outside/secret.txt', 'escape.txt', '/etc/passwd', '../../../../etc/passwd']) {
+      const out = await ex.execute(fsDef, { path })
+      expect(out.errno, path).toBeGreaterThan(0)
+      expect(out.content).toBeUndefined()
+    }
+  })
+
+  it('is read-only unless the executor options say otherwise', async () => {
+    const ro = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir } })
+    expect((await ro.execute(fsDef, { path: 'new.txt', write: 'x' })).errno).toBeGreaterThan(0)
+    const rw = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir, writable: true } })
+    expect(await rw.execute(fsDef, { path: 'new.txt', write: 'written ✓' })).toEqual({ written: 11 })
+    expect(readFileSync(join(dir, 'new.txt'), 'utf8')).toBe('written ✓')
+  })
+
+  it('a missing hostDir is refused at construction', async () => {
+    expect(() => new WasmActivityExecutor(new MemoryBlobStore(), { filesystem: { hostDir: '/no/such/dir' } })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    )
+  })
+})
+
+describe('network', () => {
+  it('is refused with CAPABILITY_DENIED', async () => {
+    const ex = new WasmActivityExecutor(await store())
+    const e = await failure(ex.execute(def('log', { capabilities: { network: true } }), {}))
+    expect(e.code).toBe('CAPABILITY_DENIED')
+  })
+})
+
+describe('log', () => {
+  it('loom.log and trace lines reach options.onLog', async () => {
+    const lines: Array<[string, string]> = []
+    const ex = new WasmActivityExecutor(await store(), { onLog: (level, message) => lines.push([level, message]) })
+    expect(await ex.execute(def('log'), { lines: 4 })).toEqual({ logged: 4 })
+    await new Promise((r) => setTimeout(r, 50)) // lines are delivered asynchronously
+    expect(lines).toEqual([
+      ['debug', 'line 0'],
+      ['info', 'line 1'],
+      ['warn', 'line 2'],
+      ['error', 'line 3'],
+      ['trace', 'traced 1.5 2.5'],
+    ])
+  })
+
+  it('a flood of lines is capped per call; a throwing callback does not hurt the process', async () => {
+    let count = 0
+    const ex = new WasmActivityExecutor(await store(), {
+      onLog: () => {
+        count++
+        throw new Error('callback bug')
+      },
+    })
+    expect(await ex.execute(def('log'), { lines: 5000 })).toEqual({ logged: 5000 })
+    await new Promise((r) => setTimeout(r, 100))
+    expect(count).toBe(1000)
+  })
+
+  it('without onLog, logging guests run and lines are dropped', async () => {
+    const ex = new WasmActivityExecutor(await store())
+    expect(await ex.execute(def('log'), { lines: 3 })).toEqual({ logged: 3 })
+  })
+})

@@ -1,0 +1,16 @@
+// Raw WASI preview1 imports (AssemblyScript's std no longer binds WASI itself).
+@external("wasi_snapshot_preview1", "environ_sizes_get")
+export declare function environ_sizes_get(count: usize, bufSize: usize): u16
+@external("wasi_snapshot_preview1", "environ_get")
+export declare function environ_get(environ: usize, buf: usize): u16
+@external("wasi_snapshot_preview1", "path_open")
+export declare function path_open(
+  dirfd: u32, dirflags: u32, path: usize, pathLen: usize, oflags: u16,
+  rightsBase: u64, rightsInheriting: u64, fdflags: u16, opened: usize,
+): u16
+@external("wasi_snapshot_preview1", "fd_read")
+export declare function fd_read(fd: u32, iovs: usize, iovsLen: usize, nread: usize): u16
+@external("wasi_snapshot_preview1", "fd_write")
+export declare function fd_write(fd: u32, iovs: usize, iovsLen: usize, nwritten: usize): u16
+@external("wasi_snapshot_preview1", "fd_close")
+export declare function fd_close(fd: u32): u16

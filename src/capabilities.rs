@@ -1,0 +1,119 @@
+//! Capabilities: what a definition asks for, what the executor allows, and the WASI context a
+//! granted guest gets. Closed by default: no env, no filesystem, no network.
+
+use std::path::PathBuf;
+
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::error::ExecError;
+
+/// A definition's `capabilities`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Capabilities {
+    pub network: bool,
+    pub filesystem: bool,
+    /// Names of environment variables the guest may read.
+    pub env: Vec<String>,
+}
+
+/// The directory the executor's options offer to definitions that ask for `filesystem`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesystemConfig {
+    pub host_dir: PathBuf,
+    /// Where the guest sees it (WASI preopen name).
+    pub guest_dir: String,
+    pub writable: bool,
+}
+
+/// What one call is granted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grants {
+    pub env: Vec<(String, String)>,
+    pub filesystem: Option<FilesystemConfig>,
+}
+
+impl Grants {
+    /// Resolves a definition's request against the executor's configuration.
+    pub fn resolve(caps: &Capabilities, fs: Option<&FilesystemConfig>) -> Result<Grants, ExecError> {
+        if caps.network {
+            return Err(ExecError::CapabilityDenied(
+                "capabilities.network: no network host functions exist yet (an allow-listed HTTP client is planned)"
+                    .into(),
+            ));
+        }
+        let filesystem = match (caps.filesystem, fs) {
+            (false, _) => None,
+            (true, Some(fs)) => Some(fs.clone()),
+            (true, None) => {
+                return Err(ExecError::CapabilityDenied(
+                    "capabilities.filesystem: the executor has no directory to grant (set options.filesystem.hostDir)"
+                        .into(),
+                ))
+            }
+        };
+        // Only the named variables, and only those that are set.
+        let env = caps.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
+        Ok(Grants { env, filesystem })
+    }
+
+    /// Whether the definition asked for anything WASI provides.
+    pub fn wants_wasi(caps: &Capabilities) -> bool {
+        caps.filesystem || !caps.env.is_empty()
+    }
+
+    /// The WASI context of a granted guest: the granted variables, the granted directory, no
+    /// arguments, no stdio, no network.
+    pub fn wasi_context(&self) -> Result<WasiP1Ctx, ExecError> {
+        let mut b = WasiCtxBuilder::new();
+        for (k, v) in &self.env {
+            b.env(k, v);
+        }
+        if let Some(fs) = &self.filesystem {
+            let perms = if fs.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            b.preopened_dir(&fs.host_dir, &fs.guest_dir, perms).map_err(|e| {
+                ExecError::CapabilityDenied(format!("cannot open {}: {e:#}", fs.host_dir.display()))
+            })?;
+        }
+        Ok(b.build_p1())
+    }
+}
+
+/// A module that imports WASI runs only when its definition asked for env or filesystem.
+pub fn authorize(wasi_imports: &[String], caps: &Capabilities) -> Result<(), ExecError> {
+    if wasi_imports.is_empty() || Grants::wants_wasi(caps) {
+        return Ok(());
+    }
+    Err(ExecError::CapabilityDenied(format!(
+        "the module imports WASI ({}), which needs capabilities.env or capabilities.filesystem",
+        wasi_imports.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_by_default() {
+        let none = Capabilities::default();
+        assert_eq!(Grants::resolve(&none, None), Ok(Grants::default()));
+        let wasi = vec!["wasi_snapshot_preview1.fd_write".to_string()];
+        assert_eq!(authorize(&wasi, &none).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+        assert!(authorize(&[], &none).is_ok());
+        let net = Capabilities { network: true, ..Default::default() };
+        assert_eq!(Grants::resolve(&net, None).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+        let fs = Capabilities { filesystem: true, ..Default::default() };
+        assert_eq!(Grants::resolve(&fs, None).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+    }
+
+    #[test]
+    fn env_grants_only_named_and_set_variables() {
+        std::env::set_var("LOOM_CAP_TEST_A", "a-value");
+        let caps = Capabilities { env: vec!["LOOM_CAP_TEST_A".into(), "LOOM_CAP_TEST_UNSET".into()], ..Default::default() };
+        let g = Grants::resolve(&caps, None).expect("env grants");
+        assert_eq!(g.env, vec![("LOOM_CAP_TEST_A".to_string(), "a-value".to_string())]);
+        assert!(authorize(&["wasi_snapshot_preview1.environ_get".into()], &caps).is_ok());
+        assert!(g.wasi_context().is_ok());
+    }
+}
