@@ -19,6 +19,12 @@ pub enum ExecError {
     /// The blob store has no object at this path (or its download rejected).
     #[error("blob not found: {path}: {message}")]
     BlobNotFound { path: String, message: String },
+    /// The blob store failed (network, 5xx, timeout) — not a missing object.
+    #[error("blob store unavailable: {path}: {message}")]
+    BlobUnavailable { path: String, message: String },
+    /// The module's bytes do not hash to the definition's `sha256`.
+    #[error("integrity mismatch for {path}: expected sha256 {expected}, got {actual}")]
+    IntegrityMismatch { path: String, expected: String, actual: String },
     /// Not WebAssembly, fails validation, or cannot be linked.
     #[error("invalid module: {0}")]
     InvalidModule(String),
@@ -69,6 +75,8 @@ impl ExecError {
         match self {
             ExecError::InvalidArgument(_) => "INVALID_ARGUMENT",
             ExecError::BlobNotFound { .. } => "BLOB_NOT_FOUND",
+            ExecError::BlobUnavailable { .. } => "BLOB_UNAVAILABLE",
+            ExecError::IntegrityMismatch { .. } => "INTEGRITY_MISMATCH",
             ExecError::InvalidModule(_) => "INVALID_MODULE",
             ExecError::MissingExport(_) => "MISSING_EXPORT",
             ExecError::CapabilityDenied(_) => "CAPABILITY_DENIED",
@@ -90,7 +98,14 @@ impl ExecError {
     pub fn details(&self) -> Vec<(&'static str, Detail)> {
         use Detail::*;
         match self {
-            ExecError::BlobNotFound { path, .. } => vec![("path", Str(path.clone()))],
+            ExecError::BlobNotFound { path, .. } | ExecError::BlobUnavailable { path, .. } => {
+                vec![("path", Str(path.clone()))]
+            }
+            ExecError::IntegrityMismatch { path, expected, actual } => vec![
+                ("path", Str(path.clone())),
+                ("expected", Str(expected.clone())),
+                ("actual", Str(actual.clone())),
+            ],
             ExecError::GuestAbort { message, file, line, column } => vec![
                 ("guestMessage", Str(message.clone())),
                 ("file", Str(file.clone())),
@@ -128,6 +143,8 @@ mod tests {
         let all = [
             ExecError::InvalidArgument(String::new()),
             ExecError::BlobNotFound { path: "p".into(), message: String::new() },
+            ExecError::BlobUnavailable { path: "p".into(), message: String::new() },
+            ExecError::IntegrityMismatch { path: "p".into(), expected: String::new(), actual: String::new() },
             ExecError::InvalidModule(String::new()),
             ExecError::MissingExport(String::new()),
             ExecError::CapabilityDenied(String::new()),

@@ -14,8 +14,9 @@ use crate::error::ExecError;
 use crate::host::LogSink;
 use crate::instance::{is_reusable_after, CallOutput, GuestInstance};
 use crate::limits::{CancelFlag, LimitOverrides, Limits};
-use crate::modules::{CacheStats, DefKey, ModuleCache};
-use crate::store::BlobSource;
+use crate::artifacts::ArtifactCache;
+use crate::modules::{hex, parse_digest, CacheStats, DefKey, ModuleCache};
+use crate::store::{BlobSource, RoutedSource};
 
 /// Loom's `ActivityDefinition`, as far as execution goes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +24,8 @@ pub struct Definition {
     pub name: String,
     pub version: String,
     pub wasm_blob_path: String,
+    /// Hex sha256 the module's bytes must hash to (`INTEGRITY_MISMATCH` otherwise).
+    pub sha256: Option<String>,
     pub limits: LimitOverrides,
     pub capabilities: Capabilities,
 }
@@ -45,6 +48,10 @@ impl Definition {
 #[derive(Clone)]
 pub struct ExecutorOptions {
     pub max_cached_modules: NonZeroUsize,
+    /// Compiled code the module cache may hold, in bytes.
+    pub max_cache_bytes: usize,
+    /// Compiled artifacts on disk and/or in a shared store.
+    pub artifacts: ArtifactCache,
     pub max_actors: NonZeroUsize,
     /// Calls running guest code at once; more wait in a queue.
     pub max_concurrency: NonZeroUsize,
@@ -60,6 +67,8 @@ impl Default for ExecutorOptions {
         let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
         ExecutorOptions {
             max_cached_modules: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
+            max_cache_bytes: 512 * 1024 * 1024,
+            artifacts: ArtifactCache::default(),
             max_actors: NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
             max_concurrency: cpus,
             defaults: Limits::default(),
@@ -94,8 +103,8 @@ pub struct Executor {
 impl Executor {
     pub fn new(source: Arc<dyn BlobSource>, opts: ExecutorOptions) -> Self {
         Executor {
-            source,
-            modules: ModuleCache::new(opts.max_cached_modules),
+            source: Arc::new(RoutedSource::new(source)),
+            modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone()),
             actors: Actors::new(opts.max_actors),
             permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
             opts,
@@ -113,7 +122,8 @@ impl Executor {
         let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
         let key = def.key();
         let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref())?;
-        let module = cancel.guard(self.modules.get_or_load(&key, kind, self.source.as_ref())).await??;
+        let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
+        let module = cancel.guard(self.modules.get_or_load(&key, kind, pinned.as_ref(), self.source.as_ref())).await??;
         authorize(&module.wasi_imports, &def.capabilities)?;
         let log = self.opts.log.clone();
 
@@ -142,6 +152,22 @@ impl Executor {
             result
         })
         .await
+    }
+
+    /// Downloads and compiles (or loads from an artifact) a definition's module ahead of traffic,
+    /// filling every cache tier. Returns the module's sha256.
+    pub async fn precompile(&self, def: &Definition) -> Result<String, ExecError> {
+        def.validate()?;
+        let limits = self.opts.defaults.with_overrides(&def.limits)?;
+        let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
+        let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
+        let module = self.modules.get_or_load(&def.key(), kind, pinned.as_ref(), self.source.as_ref()).await?;
+        Ok(hex(&module.digest))
+    }
+
+    /// The sha256 of every cached module.
+    pub fn cached_digests(&self) -> Vec<String> {
+        self.modules.digests()
     }
 
     /// Forgets an actor's instance (and its state); true if there was one.
@@ -394,5 +420,59 @@ mod tests {
         let mut d = def("echo");
         d.capabilities.network = true;
         assert_eq!(code(&ex, &d, "1").await, "CAPABILITY_DENIED");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sha256_pins_the_module_bytes() {
+        use sha2::{Digest as _, Sha256};
+        let (ex, source) = setup(&[("echo.wasm", g::echo())]);
+        let mut d = def("echo");
+        d.sha256 = Some(hex(&Sha256::digest(g::echo()).into()));
+        assert_eq!(run(&ex, &d, "1").await.expect("matching digest").output, "1");
+        assert_eq!(ex.cached_digests(), vec![d.sha256.clone().expect("set")]);
+        // Pinned content already cached is served by its digest, whatever the path (content-addressed).
+        source.put("other.wasm", g::counter());
+        let mut other = def("other");
+        other.sha256 = d.sha256.clone();
+        assert_eq!(run(&ex, &other, "7").await.expect("served by digest").output, "7");
+        // A fresh executor must download: bytes that do not match are refused and never cached.
+        let (fresh, fresh_source) = setup(&[]);
+        fresh_source.put("other.wasm", g::counter());
+        let e = run(&fresh, &other, "1").await.expect_err("mismatch");
+        assert_eq!(e.code(), "INTEGRITY_MISMATCH");
+        assert_eq!((fresh.stats().cache.modules, fresh.stats().cache.compiles), (0, 0));
+        d.sha256 = Some("zz".into());
+        assert_eq!(code(&ex, &d, "1").await, "INVALID_ARGUMENT");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_second_executor_with_the_same_cache_dir_does_not_compile() {
+        let dir = std::env::temp_dir().join(format!("loom-exec-artifacts-{}", std::process::id()));
+        let opts = || ExecutorOptions {
+            artifacts: ArtifactCache { dir: Some(dir.clone()), remote: None },
+            ..Default::default()
+        };
+        let source = Arc::new(MemorySource::new());
+        source.put("echo.wasm", g::echo());
+        let first = Executor::new(source.clone(), opts());
+        assert_eq!(run(&first, &def("echo"), "1").await.expect("ok").output, "1");
+        assert_eq!((first.stats().cache.compiles, first.stats().cache.artifact_hits), (1, 0));
+        let second = Executor::new(source, opts());
+        assert_eq!(run(&second, &def("echo"), "2").await.expect("ok").output, "2");
+        assert_eq!((second.stats().cache.compiles, second.stats().cache.artifact_hits), (0, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_cache_is_bounded_by_bytes() {
+        let source = Arc::new(MemorySource::new());
+        source.put("a.wasm", g::echo());
+        source.put("b.wasm", g::counter());
+        let ex = Executor::new(source, ExecutorOptions { max_cache_bytes: 1, ..Default::default() });
+        run(&ex, &def("a"), "1").await.expect("ok");
+        run(&ex, &def("b"), "1").await.expect("ok");
+        let s = ex.stats().cache;
+        assert_eq!(s.modules, 1, "only the newest module fits");
+        assert!(s.code_bytes > 0);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod actors;
+pub mod artifacts;
 pub mod capabilities;
 pub mod engine;
 pub mod error;

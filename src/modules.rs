@@ -1,6 +1,7 @@
 //! The compiled-module cache: an LRU of compiled modules (with their `InstancePre`) keyed by the
-//! sha256 of the module bytes and the engine kind, an index from a definition
-//! (name, version, blob path) to its digest, and one load in flight per definition.
+//! sha256 of the module bytes and the engine kind, bounded by count and by bytes; an index from a
+//! definition (name, version, blob path) to its digest; one load in flight per definition; and
+//! behind it the artifact tiers (disk, shared store) consulted before compiling.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -12,6 +13,7 @@ use tokio::sync::OnceCell;
 use wasmtime::{InstancePre, Module};
 
 use crate::abi::assemblyscript;
+use crate::artifacts::ArtifactCache;
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
@@ -33,6 +35,8 @@ pub struct DefKey {
 
 /// A module compiled for one engine, ready to instantiate.
 pub struct CompiledModule {
+    /// Bytes of compiled code it holds in memory (for the cache's byte bound).
+    pub code_bytes: usize,
     pub digest: Digest,
     pub kind: EngineKind,
     pub pre: InstancePre<HostState>,
@@ -50,6 +54,10 @@ pub struct CacheStats {
     pub misses: u64,
     /// Modules compiled.
     pub compiles: u64,
+    /// Modules loaded from a compiled artifact (disk or shared store) instead of compiling.
+    pub artifact_hits: u64,
+    /// Compiled code held, in bytes.
+    pub code_bytes: usize,
 }
 
 type Slot = (Digest, EngineKind);
@@ -59,30 +67,83 @@ struct State {
     lru: LruCache<Slot, Arc<CompiledModule>>,
     index: HashMap<DefKey, Digest>,
     stats: CacheStats,
+    max_bytes: usize,
+}
+
+impl State {
+    fn insert(&mut self, key: &DefKey, m: Arc<CompiledModule>) {
+        self.index.insert(key.clone(), m.digest);
+        self.stats.code_bytes += m.code_bytes;
+        if let Some((_, old)) = self.lru.push((m.digest, m.kind), m.clone()) {
+            self.stats.code_bytes -= old.code_bytes;
+        }
+        // Past the byte bound, evict the least recently used (but never the module just added).
+        while self.stats.code_bytes > self.max_bytes && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.stats.code_bytes -= old.code_bytes,
+                None => break,
+            }
+        }
+        let lru = &self.lru;
+        self.index.retain(|_, d| lru.contains(&(*d, EngineKind::Plain)) || lru.contains(&(*d, EngineKind::Metered)));
+    }
+
+    fn remove(&mut self, slot: &Slot) {
+        if let Some(old) = self.lru.pop(slot) {
+            self.stats.code_bytes -= old.code_bytes;
+        }
+    }
 }
 
 pub struct ModuleCache {
     state: Mutex<State>,
     loading: Mutex<HashMap<(DefKey, EngineKind), Loading>>,
+    artifacts: ArtifactCache,
+}
+
+/// Parses a definition's `sha256` (64 hex digits).
+pub fn parse_digest(hex_text: &str) -> Result<Digest, ExecError> {
+    let bad = || ExecError::InvalidArgument(format!("definition.sha256 must be 64 hex digits, got {hex_text:?}"));
+    if hex_text.len() != 64 || !hex_text.is_ascii() {
+        return Err(bad());
+    }
+    let mut d = [0u8; 32];
+    for (i, byte) in d.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex_text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(d)
 }
 
 /// Compiles bytes for an engine and checks them against the host and the guest ABI.
 pub fn compile(bytes: &[u8], kind: EngineKind) -> Result<CompiledModule, ExecError> {
     let digest: Digest = Sha256::digest(bytes).into();
     let module = Module::new(engine(kind)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
+    prepare(module, digest, kind)
+}
+
+/// Checks a compiled module against the host and the guest ABI and pre-links it.
+fn prepare(module: Module, digest: Digest, kind: EngineKind) -> Result<CompiledModule, ExecError> {
     let wasi_imports = check_imports(&module)?;
     assemblyscript::check_exports(&module)?;
     let pre = linker(kind, !wasi_imports.is_empty())?
         .instantiate_pre(&module)
         .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
-    Ok(CompiledModule { digest, kind, pre, wasi_imports })
+    let range = module.image_range();
+    let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
+    Ok(CompiledModule { code_bytes, digest, kind, pre, wasi_imports })
 }
 
 impl ModuleCache {
-    pub fn new(capacity: NonZeroUsize) -> Self {
+    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache) -> Self {
         ModuleCache {
-            state: Mutex::new(State { lru: LruCache::new(capacity), index: HashMap::new(), stats: CacheStats::default() }),
+            state: Mutex::new(State {
+                lru: LruCache::new(capacity),
+                index: HashMap::new(),
+                stats: CacheStats::default(),
+                max_bytes,
+            }),
             loading: Mutex::new(HashMap::new()),
+            artifacts,
         }
     }
 
@@ -91,12 +152,20 @@ impl ModuleCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(&self, key: &DefKey, kind: EngineKind) -> Option<Arc<CompiledModule>> {
+    /// A cached module: by the pinned digest when there is one (content-addressed), else by the
+    /// definition's index entry.
+    fn lookup(&self, key: &DefKey, kind: EngineKind, pinned: Option<&Digest>) -> Option<Arc<CompiledModule>> {
         let mut st = self.state();
-        let digest = *st.index.get(key)?;
+        let digest = match pinned {
+            Some(d) => *d,
+            None => *st.index.get(key)?,
+        };
         let m = st.lru.get(&(digest, kind)).cloned();
         if m.is_some() {
             st.stats.hits += 1;
+            if pinned.is_some() {
+                st.index.insert(key.clone(), digest);
+            }
         }
         m
     }
@@ -107,9 +176,10 @@ impl ModuleCache {
         &self,
         key: &DefKey,
         kind: EngineKind,
+        pinned: Option<&Digest>,
         source: &dyn BlobSource,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        if let Some(m) = self.lookup(key, kind) {
+        if let Some(m) = self.lookup(key, kind, pinned) {
             return Ok(m);
         }
         let flight = (key.clone(), kind);
@@ -121,7 +191,7 @@ impl ModuleCache {
         let result = cell
             .get_or_init(|| {
                 led = true;
-                self.load(key, kind, source)
+                self.load(key, kind, pinned, source)
             })
             .await
             .clone();
@@ -135,34 +205,58 @@ impl ModuleCache {
         result
     }
 
-    async fn load(&self, key: &DefKey, kind: EngineKind, source: &dyn BlobSource) -> Result<Arc<CompiledModule>, ExecError> {
+    async fn load(
+        &self,
+        key: &DefKey,
+        kind: EngineKind,
+        pinned: Option<&Digest>,
+        source: &dyn BlobSource,
+    ) -> Result<Arc<CompiledModule>, ExecError> {
         self.state().stats.misses += 1;
         let bytes = source.fetch(&key.path).await?;
         let digest: Digest = Sha256::digest(&bytes).into();
-        // The same bytes under another name (or a cleared index entry) need no compile.
-        let known = {
-            let mut st = self.state();
-            let m = st.lru.get(&(digest, kind)).cloned();
-            if m.is_some() {
-                st.index.insert(key.clone(), digest);
+        if let Some(expected) = pinned {
+            if *expected != digest {
+                return Err(ExecError::IntegrityMismatch {
+                    path: key.path.clone(),
+                    expected: hex(expected),
+                    actual: hex(&digest),
+                });
             }
-            m
-        };
-        if let Some(m) = known {
-            return Ok(m);
         }
-        let compiled = tokio::task::spawn_blocking(move || compile(&bytes, kind))
-            .await
-            .map_err(|e| ExecError::internal(format!("compile task failed: {e}")))??;
+        // The same bytes under another name (or a cleared index entry) need no compile.
+        {
+            let mut st = self.state();
+            if let Some(m) = st.lru.get(&(digest, kind)).cloned() {
+                st.index.insert(key.clone(), digest);
+                return Ok(m);
+            }
+        }
+        let engine = engine(kind)?;
+        let (compiled, from_artifact) = match self.artifacts.load(&digest, engine).await {
+            Some((module, _tier)) => {
+                let prepared = tokio::task::spawn_blocking(move || prepare(module, digest, kind))
+                    .await
+                    .map_err(|e| ExecError::internal(format!("prepare task failed: {e}")))??;
+                (prepared, true)
+            }
+            None => {
+                let compiled = tokio::task::spawn_blocking(move || compile(&bytes, kind))
+                    .await
+                    .map_err(|e| ExecError::internal(format!("compile task failed: {e}")))??;
+                // Best effort: a cache that cannot be written costs a compile later, not this call.
+                let _ = self.artifacts.save(&digest, engine, compiled.pre.module()).await;
+                (compiled, false)
+            }
+        };
         let compiled = Arc::new(compiled);
         let mut st = self.state();
-        st.stats.compiles += 1;
-        st.index.insert(key.clone(), digest);
-        if let Some(((evicted, _), _)) = st.lru.push((digest, kind), compiled.clone()) {
-            if evicted != digest && !st.lru.iter().any(|((d, _), _)| *d == evicted) {
-                st.index.retain(|_, d| *d != evicted);
-            }
+        if from_artifact {
+            st.stats.artifact_hits += 1;
+        } else {
+            st.stats.compiles += 1;
         }
+        st.insert(key, compiled.clone());
         Ok(compiled)
     }
 
@@ -173,14 +267,15 @@ impl ModuleCache {
             None => {
                 st.lru.clear();
                 st.index.clear();
+                st.stats.code_bytes = 0;
             }
             Some(name) => {
                 let dropped: Vec<Digest> = st.index.iter().filter(|(k, _)| k.name == name).map(|(_, d)| *d).collect();
                 st.index.retain(|k, _| k.name != name);
                 for d in dropped {
                     if !st.index.values().any(|v| *v == d) {
-                        st.lru.pop(&(d, EngineKind::Plain));
-                        st.lru.pop(&(d, EngineKind::Metered));
+                        st.remove(&(d, EngineKind::Plain));
+                        st.remove(&(d, EngineKind::Metered));
                     }
                 }
             }
@@ -195,5 +290,13 @@ impl ModuleCache {
     pub fn stats(&self) -> CacheStats {
         let st = self.state();
         CacheStats { modules: st.lru.len(), ..st.stats }
+    }
+
+    /// The sha256 (hex) of every cached module, most recently used first.
+    pub fn digests(&self) -> Vec<String> {
+        let st = self.state();
+        let mut out: Vec<String> = st.lru.iter().map(|((d, _), _)| hex(d)).collect();
+        out.dedup();
+        out
     }
 }

@@ -1,9 +1,23 @@
-//! Where module bytes come from: the `BlobSource` trait, and an in-memory source.
+//! Where module bytes come from: the `BlobSource` trait, an in-memory source, and sources on the
+//! `object_store` crate parsed from URLs (`memory://`, `file://`, `s3://`, `az://`, `gs://`,
+//! `http(s)://`). A new scheme is a new arm in `ObjectSource::open`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::http::HttpBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjPath;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use url::Url;
 
 use crate::error::ExecError;
 
@@ -41,5 +55,286 @@ impl BlobSource for MemorySource {
                 message: "no blob at this path".into(),
             })
         })
+    }
+}
+
+/// How long one store operation may take, unless the options say `timeoutMs`.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A store on `object_store`, rooted at the URL's prefix. Paths are relative to it and may not
+/// leave it.
+pub struct ObjectSource {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    url: String,
+    writable: bool,
+    timeout: Duration,
+}
+
+fn bad_url(url: &str, why: impl std::fmt::Display) -> ExecError {
+    ExecError::InvalidArgument(format!("blob store URL {url:?}: {why}"))
+}
+
+/// Applies `key=value` options to a builder, refusing keys it does not know.
+fn configure<B, K: std::str::FromStr>(
+    url: &str,
+    mut builder: B,
+    options: &[(String, String)],
+    with: impl Fn(B, K, String) -> B,
+) -> Result<B, ExecError> {
+    for (k, v) in options {
+        let key = k.to_ascii_lowercase().parse::<K>().map_err(|_| bad_url(url, format!("unknown option {k:?}")))?;
+        builder = with(builder, key, v.clone());
+    }
+    Ok(builder)
+}
+
+impl ObjectSource {
+    /// Opens the store a URL names. `options` are object_store configuration keys (credentials,
+    /// endpoint, region, `allow_http`, ...); `timeoutMs` bounds each operation. Cloud builders
+    /// also read the usual environment variables (AWS_*, AZURE_*, GOOGLE_*).
+    pub fn open(url: &str, options: &[(String, String)]) -> Result<ObjectSource, ExecError> {
+        let mut timeout = DEFAULT_STORE_TIMEOUT;
+        let mut opts = Vec::new();
+        for (k, v) in options {
+            if k == "timeoutMs" {
+                let ms: u64 = v.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| bad_url(url, "timeoutMs must be a positive number"))?;
+                timeout = Duration::from_millis(ms);
+            } else {
+                opts.push((k.clone(), v.clone()));
+            }
+        }
+        // `azure://` is an alias of `az://`.
+        let url_text = match url.strip_prefix("azure://") {
+            Some(rest) => format!("az://{rest}"),
+            None => url.to_string(),
+        };
+        let parsed = Url::parse(&url_text).map_err(|e| bad_url(url, e))?;
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: timeout,
+        };
+        let build_err = |e: object_store::Error| bad_url(url, e);
+        let path_prefix = parsed.path().trim_matches('/').to_string();
+        let (store, prefix, writable): (Arc<dyn ObjectStore>, String, bool) = match parsed.scheme() {
+            "memory" => {
+                let host = parsed.host_str().unwrap_or("");
+                (Arc::new(InMemory::new()), format!("{host}/{path_prefix}"), true)
+            }
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|_| bad_url(url, "not an absolute file path"))?;
+                std::fs::create_dir_all(&dir).map_err(|e| bad_url(url, e))?;
+                (Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(build_err)?), String::new(), true)
+            }
+            "s3" | "s3a" => {
+                let b = AmazonS3Builder::from_env().with_url(url_text.clone()).with_retry(retry);
+                let b = configure(url, b, &opts, |b: AmazonS3Builder, k, v| b.with_config(k, v))?;
+                (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
+            }
+            "az" | "abfs" | "abfss" => {
+                let b = MicrosoftAzureBuilder::from_env().with_url(url_text.clone()).with_retry(retry);
+                let b = configure(url, b, &opts, |b: MicrosoftAzureBuilder, k, v| b.with_config(k, v))?;
+                (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
+            }
+            "gs" => {
+                let b = GoogleCloudStorageBuilder::from_env().with_url(url_text.clone()).with_retry(retry);
+                let b = configure(url, b, &opts, |b: GoogleCloudStorageBuilder, k, v| b.with_config(k, v))?;
+                (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
+            }
+            "http" | "https" => {
+                let origin = &parsed[..url::Position::BeforePath];
+                let b = HttpBuilder::new()
+                    .with_url(origin)
+                    .with_retry(retry)
+                    .with_config(ClientConfigKey::AllowHttp, (parsed.scheme() == "http").to_string());
+                let b = configure(url, b, &opts, |b: HttpBuilder, k, v| b.with_config(k, v))?;
+                (Arc::new(b.build().map_err(build_err)?), path_prefix, false)
+            }
+            other => return Err(bad_url(url, format!("unsupported scheme {other:?}"))),
+        };
+        let prefix = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad_url(url, e))?;
+        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The object key for a path under the prefix; `.`/`..` segments and backslashes are refused.
+    fn key(&self, path: &str) -> Result<ObjPath, ExecError> {
+        let mut key = self.prefix.clone();
+        let mut any = false;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            if seg == "." || seg == ".." || seg.contains('\\') {
+                return Err(ExecError::InvalidArgument(format!(
+                    "path {path:?} tries to leave the store's prefix ({})",
+                    self.url
+                )));
+            }
+            key = key.join(seg);
+            any = true;
+        }
+        if !any {
+            return Err(ExecError::InvalidArgument(format!("path {path:?} names no object")));
+        }
+        Ok(key)
+    }
+
+    async fn timed<T>(
+        &self,
+        path: &str,
+        op: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, ExecError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(object_store::Error::NotFound { source, .. })) => {
+                Err(ExecError::BlobNotFound { path: path.to_string(), message: source.to_string() })
+            }
+            Ok(Err(e)) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() }),
+            Err(_) => Err(ExecError::BlobUnavailable {
+                path: path.to_string(),
+                message: format!("timed out after {} ms", self.timeout.as_millis()),
+            }),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Bytes, ExecError> {
+        let key = self.key(path)?;
+        self.timed(path, async { self.store.get(&key).await?.bytes().await }).await
+    }
+
+    pub async fn put(&self, path: &str, data: Bytes) -> Result<(), ExecError> {
+        if !self.writable {
+            return Err(ExecError::InvalidArgument(format!("{} is read-only", self.url)));
+        }
+        let key = self.key(path)?;
+        self.timed(path, async { self.store.put(&key, PutPayload::from(data)).await.map(|_| ()) }).await
+    }
+
+    pub async fn exists(&self, path: &str) -> Result<bool, ExecError> {
+        let key = self.key(path)?;
+        match self.timed(path, self.store.head(&key)).await {
+            Ok(_) => Ok(true),
+            Err(ExecError::BlobNotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ExecError> {
+        if !self.writable {
+            return Err(ExecError::InvalidArgument(format!("{} is read-only", self.url)));
+        }
+        let key = self.key(path)?;
+        match self.timed(path, self.store.delete(&key)).await {
+            Err(ExecError::BlobNotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl BlobSource for ObjectSource {
+    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+        Box::pin(async move { Ok(self.get(path).await?.to_vec()) })
+    }
+}
+
+/// Schemes a `wasmBlobPath` may use to name a module directly, bypassing the executor's store.
+const URL_SCHEMES: &[&str] = &["file", "s3", "s3a", "az", "azure", "abfs", "abfss", "gs", "http", "https"];
+
+/// The executor's store, plus stores opened on demand for paths that are absolute URLs.
+pub struct RoutedSource {
+    default: Arc<dyn BlobSource>,
+    by_origin: Mutex<HashMap<String, Arc<ObjectSource>>>,
+}
+
+impl RoutedSource {
+    pub fn new(default: Arc<dyn BlobSource>) -> Self {
+        RoutedSource { default, by_origin: Mutex::new(HashMap::new()) }
+    }
+
+    /// For an absolute URL: the store of its origin and the path within it.
+    fn route(&self, path: &str) -> Result<Option<(Arc<ObjectSource>, String)>, ExecError> {
+        let Some((scheme, _)) = path.split_once("://") else { return Ok(None) };
+        if !URL_SCHEMES.contains(&scheme) {
+            return Ok(None);
+        }
+        let parsed = Url::parse(path).map_err(|e| ExecError::InvalidArgument(format!("wasmBlobPath {path:?}: {e}")))?;
+        let origin = if scheme == "file" { "file:///".to_string() } else { format!("{scheme}://{}", parsed.authority()) };
+        let mut map = self.by_origin.lock().unwrap_or_else(|p| p.into_inner());
+        let source = match map.get(&origin) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(ObjectSource::open(&origin, &[])?);
+                map.insert(origin, s.clone());
+                s
+            }
+        };
+        Ok(Some((source, parsed.path().to_string())))
+    }
+}
+
+impl BlobSource for RoutedSource {
+    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+        Box::pin(async move {
+            match self.route(path)? {
+                Some((source, key)) => source.get(&key).await.map(|b| b.to_vec()).map_err(|e| match e {
+                    ExecError::BlobNotFound { message, .. } => ExecError::BlobNotFound { path: path.into(), message },
+                    ExecError::BlobUnavailable { message, .. } => ExecError::BlobUnavailable { path: path.into(), message },
+                    other => other,
+                }),
+                None => self.default.fetch(path).await,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_round_trip_and_prefix_safety() {
+        let s = ObjectSource::open("memory://bucket/some/prefix", &[]).expect("opens");
+        assert!(!s.exists("a/b.wasm").await.expect("exists works"));
+        s.put("a/b.wasm", Bytes::from_static(b"abc")).await.expect("put");
+        assert!(s.exists("a/b.wasm").await.expect("exists works"));
+        assert_eq!(s.get("/a/b.wasm").await.expect("get").as_ref(), b"abc");
+        for bad in ["../x", "a/../../x", "./x", "a\\..\\x", ""] {
+            assert_eq!(s.get(bad).await.map_err(|e| e.code()), Err("INVALID_ARGUMENT"), "{bad}");
+        }
+        assert_eq!(s.get("missing").await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        s.delete("a/b.wasm").await.expect("delete");
+        s.delete("a/b.wasm").await.expect("deleting twice is fine");
+        assert!(!s.exists("a/b.wasm").await.expect("exists works"));
+    }
+
+    #[tokio::test]
+    async fn file_store_stays_inside_its_directory() {
+        let dir = std::env::temp_dir().join(format!("loom-store-test-{}", std::process::id()));
+        let url = Url::from_directory_path(&dir).expect("absolute").to_string();
+        let s = ObjectSource::open(&url, &[]).expect("opens");
+        s.put("m/x.wasm", Bytes::from_static(b"bytes")).await.expect("put");
+        assert_eq!(std::fs::read(dir.join("m/x.wasm")).expect("on disk"), b"bytes");
+        assert_eq!(s.get("../outside").await.map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+        let routed = RoutedSource::new(Arc::new(MemorySource::new()));
+        let abs = format!("{url}m/x.wasm");
+        assert_eq!(routed.fetch(&abs).await.expect("absolute file URL"), b"bytes");
+        assert_eq!(routed.fetch("m/x.wasm").await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_urls_and_options_are_refused() {
+        for (url, opts) in [
+            ("ftp://x/y", vec![]),
+            ("not a url", vec![]),
+            ("s3://bucket", vec![("no_such_option".to_string(), "1".to_string())]),
+            ("memory://x", vec![("timeoutMs".to_string(), "soon".to_string())]),
+        ] {
+            assert_eq!(ObjectSource::open(url, &opts).map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"), "{url}");
+        }
+        assert!(ObjectSource::open("s3://bucket/prefix", &[("region".into(), "us-east-1".into())]).is_ok());
+        assert!(ObjectSource::open("azure://container/p", &[("account_name".into(), "devstoreaccount1".into()), ("use_emulator".into(), "true".into())]).is_ok());
     }
 }
