@@ -13,8 +13,13 @@ export interface BlobStore {
 export interface ActivityDefinition {
   name: string
   version: string
-  /** Path of the module in the blob store. */
+  /**
+   * Path of the module in the blob store, or an absolute URL (`file://`, `s3://`, `az://`, `gs://`,
+   * `http(s)://`) read directly with credentials from the environment.
+   */
   wasmBlobPath: string
+  /** Hex sha256 the module's bytes must hash to; others are refused with `INTEGRITY_MISMATCH`. */
+  sha256?: string
   inputSchema?: any
   outputSchema?: any
   /** Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted. */
@@ -46,6 +51,12 @@ export interface ExecuteOptions {
 export interface ExecutorOptions {
   /** Compiled modules kept in the LRU (default 128). */
   maxCachedModules?: number
+  /** Compiled code kept in the LRU, in bytes (default 512 MiB). */
+  maxCacheBytes?: number
+  /** Directory of compiled artifacts (`<sha256>-<engine>.cwasm`) that survive restarts. */
+  cacheDir?: string
+  /** Shared compiled artifacts for a fleet: an `ObjectBlobStore` or a URL. Must be trusted like the code. */
+  artifactStore?: ObjectBlobStore | string
   /** Live actor instances kept in the LRU (default 1000). */
   maxActors?: number
   /** Calls running guest code at once; others queue (default: number of CPUs). */
@@ -84,6 +95,8 @@ export interface ExecutionDetails<T = any> {
 export type WasmExecutorErrorCode =
   | 'INVALID_ARGUMENT'
   | 'BLOB_NOT_FOUND'
+  | 'BLOB_UNAVAILABLE'
+  | 'INTEGRITY_MISMATCH'
   | 'INVALID_MODULE'
   | 'MISSING_EXPORT'
   | 'CAPABILITY_DENIED'
@@ -108,8 +121,11 @@ export interface WasmExecutorError extends Error {
   column?: number
   /** TRAP: e.g. 'stack_overflow', 'unreachable_code_reached', 'memory_out_of_bounds'. */
   trapKind?: string
-  /** BLOB_NOT_FOUND: the path asked for. */
+  /** BLOB_NOT_FOUND, BLOB_UNAVAILABLE, INTEGRITY_MISMATCH: the path asked for. */
   path?: string
+  /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have. */
+  expected?: string
+  actual?: string
   /** INVALID_OUTPUT: the first 200 characters of what the guest returned. */
   preview?: string
   limitMs?: number
@@ -129,6 +145,29 @@ export interface WasmExecutorError extends Error {
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/**
+ * A blob store on a URL: `memory://`, `file:///abs/dir`, `s3://bucket/prefix`,
+ * `az://container/prefix` (or `azure://`), `gs://bucket/prefix`, `http(s)://host/prefix`
+ * (read-only). Paths are relative to the URL's prefix and may not leave it.
+ */
+export declare class ObjectBlobStore {
+  /**
+   * `options` are object_store configuration keys (`access_key_id`, `secret_access_key`,
+   * `endpoint`, `region`, `allow_http`, `account_name`, `use_emulator`, ...) plus `timeoutMs`
+   * for each operation; the usual AWS_*\/AZURE_*\/GOOGLE_* environment variables are honoured.
+   */
+  constructor(url: string, options?: Record<string, string | number | boolean>)
+  /** The URL this store was opened on. */
+  get url(): string
+  /** Stores `data` at `path`; resolves to `path`. */
+  upload(path: string, data: Uint8Array): Promise<string>
+  /** The bytes at `path` (`BLOB_NOT_FOUND` if there are none). */
+  download(path: string): Promise<Buffer>
+  exists(path: string): Promise<boolean>
+  /** Removes `path` (no error if it is already gone). */
+  delete(path: string): Promise<void>
+}
+
 /** Runs Loom activities (WebAssembly modules) on wasmtime, off the Node event loop. */
 export declare class WasmActivityExecutor {
   /**
@@ -143,6 +182,11 @@ export declare class WasmActivityExecutor {
   execute<T = any>(definition: ActivityDefinition, input: unknown, options?: ExecuteOptions): Promise<T>
   /** Like `execute`, and also reports what the call cost. */
   executeDetailed<T = any>(definition: ActivityDefinition, input: unknown, options?: ExecuteOptions): Promise<ExecutionDetails<T>>
+  /**
+   * Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
+   * of traffic, filling every cache tier. Resolves to the module's sha256.
+   */
+  precompile(definition: ActivityDefinition): Promise<string>
   /** Drops all compiled modules, or only those of the activity named `name`. */
   clearCache(name?: string | undefined | null): void
   /** Releases an actor's instance (and its state). Returns whether there was one. */
@@ -161,6 +205,12 @@ export interface CacheStats {
   misses: number
   /** Modules compiled. */
   compiles: number
+  /** Modules loaded from a compiled artifact (`cacheDir` or `artifactStore`) instead of compiling. */
+  artifactHits: number
+  /** Compiled code held in memory, in bytes. */
+  codeBytes: number
+  /** sha256 (hex) of each cached module. */
+  digests: Array<string>
   /** Live actor instances. */
   actors: number
 }

@@ -88,6 +88,7 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
         name: req_string(&obj, "name", "definition")?,
         version: req_string(&obj, "version", "definition")?,
         wasm_blob_path: req_string(&obj, "wasmBlobPath", "definition")?,
+        sha256: opt(&obj, "sha256", "definition", string)?,
         ..Default::default()
     };
     if let Some(l) = opt(&obj, "limits", "definition", object)? {
@@ -149,6 +150,12 @@ pub fn executor_options(v: Option<Unknown>) -> Result<ExecutorOptions, ExecError
     let w = "options";
     if let Some(n) = opt(&obj, "maxCachedModules", w, count)? {
         o.max_cached_modules = n;
+    }
+    if let Some(n) = opt(&obj, "maxCacheBytes", w, bytes)? {
+        o.max_cache_bytes = n.min(usize::MAX as u64) as usize;
+    }
+    if let Some(dir) = opt(&obj, "cacheDir", w, string)? {
+        o.artifacts.dir = Some(dir.into());
     }
     if let Some(n) = opt(&obj, "maxActors", w, count)? {
         o.max_actors = n;

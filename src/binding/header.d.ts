@@ -13,8 +13,13 @@ export interface BlobStore {
 export interface ActivityDefinition {
   name: string
   version: string
-  /** Path of the module in the blob store. */
+  /**
+   * Path of the module in the blob store, or an absolute URL (`file://`, `s3://`, `az://`, `gs://`,
+   * `http(s)://`) read directly with credentials from the environment.
+   */
   wasmBlobPath: string
+  /** Hex sha256 the module's bytes must hash to; others are refused with `INTEGRITY_MISMATCH`. */
+  sha256?: string
   inputSchema?: any
   outputSchema?: any
   /** Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted. */
@@ -46,6 +51,12 @@ export interface ExecuteOptions {
 export interface ExecutorOptions {
   /** Compiled modules kept in the LRU (default 128). */
   maxCachedModules?: number
+  /** Compiled code kept in the LRU, in bytes (default 512 MiB). */
+  maxCacheBytes?: number
+  /** Directory of compiled artifacts (`<sha256>-<engine>.cwasm`) that survive restarts. */
+  cacheDir?: string
+  /** Shared compiled artifacts for a fleet: an `ObjectBlobStore` or a URL. Must be trusted like the code. */
+  artifactStore?: ObjectBlobStore | string
   /** Live actor instances kept in the LRU (default 1000). */
   maxActors?: number
   /** Calls running guest code at once; others queue (default: number of CPUs). */
@@ -84,6 +95,8 @@ export interface ExecutionDetails<T = any> {
 export type WasmExecutorErrorCode =
   | 'INVALID_ARGUMENT'
   | 'BLOB_NOT_FOUND'
+  | 'BLOB_UNAVAILABLE'
+  | 'INTEGRITY_MISMATCH'
   | 'INVALID_MODULE'
   | 'MISSING_EXPORT'
   | 'CAPABILITY_DENIED'
@@ -108,8 +121,11 @@ export interface WasmExecutorError extends Error {
   column?: number
   /** TRAP: e.g. 'stack_overflow', 'unreachable_code_reached', 'memory_out_of_bounds'. */
   trapKind?: string
-  /** BLOB_NOT_FOUND: the path asked for. */
+  /** BLOB_NOT_FOUND, BLOB_UNAVAILABLE, INTEGRITY_MISMATCH: the path asked for. */
   path?: string
+  /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have. */
+  expected?: string
+  actual?: string
   /** INVALID_OUTPUT: the first 200 characters of what the guest returned. */
   preview?: string
   limitMs?: number

@@ -7,10 +7,13 @@ mod args;
 mod js_error;
 mod js_log;
 mod js_store;
+mod object_store;
+
+pub use object_store::ObjectBlobStore;
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{FnArgs, Function, JsObjectValue, Object, PromiseRaw, Unknown};
+use napi::bindgen_prelude::{FnArgs, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
 use napi::{Env, ValueType};
 use napi_derive::napi;
@@ -38,6 +41,12 @@ pub struct CacheStats {
     pub misses: f64,
     /// Modules compiled.
     pub compiles: f64,
+    /// Modules loaded from a compiled artifact (`cacheDir` or `artifactStore`) instead of compiling.
+    pub artifact_hits: f64,
+    /// Compiled code held in memory, in bytes.
+    pub code_bytes: f64,
+    /// sha256 (hex) of each cached module.
+    pub digests: Vec<String>,
     /// Live actor instances.
     pub actors: u32,
 }
@@ -46,6 +55,18 @@ pub struct CacheStats {
 #[napi]
 pub struct WasmActivityExecutor {
     inner: Arc<Executor>,
+}
+
+/// `options.artifactStore`: an `ObjectBlobStore`, or a URL to open one on.
+fn artifact_store(env: &Env, options: Option<Unknown>) -> Result<Option<Arc<crate::store::ObjectSource>>, ExecError> {
+    let Some(o) = options.filter(|o| matches!(o.get_type(), Ok(ValueType::Object))) else { return Ok(None) };
+    let Some(v) = args::prop(&args::object(o, "options")?, "artifactStore")? else { return Ok(None) };
+    if ObjectBlobStore::instance_of(env, &v).map_err(ExecError::internal)? {
+        let native = unsafe { v.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }.map_err(ExecError::internal)?;
+        return Ok(Some(native.source.clone()));
+    }
+    let url = args::string(v, "options.artifactStore")?;
+    Ok(Some(Arc::new(crate::store::ObjectSource::open(&url, &[])?)))
 }
 
 fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
@@ -81,6 +102,24 @@ fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>) -> napi::Res
     Ok(obj.to_unknown())
 }
 
+/// Runs a core future on napi's runtime; resolves with `ok(value)` on the JS thread, or rejects
+/// with the coded JS error.
+pub(crate) fn settle<'env, T, V, F>(
+    env: &'env Env,
+    fut: F,
+    ok: impl FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
+) -> napi::Result<PromiseRaw<'env, V>>
+where
+    T: Send + 'static,
+    V: napi::bindgen_prelude::ToNapiValue,
+    F: std::future::Future<Output = Result<T, ExecError>> + Send + 'static,
+{
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, result: Result<T, ExecError>| {
+        let value = result.map_err(|e| to_napi(env, &e))?;
+        ok(env, value)
+    })
+}
+
 #[napi]
 impl WasmActivityExecutor {
     /// `blobStore` is any object with `download(path): Promise<Buffer | Uint8Array>` (Loom's
@@ -89,6 +128,7 @@ impl WasmActivityExecutor {
     pub fn new(env: Env, blob_store: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
         let build = || -> Result<Self, ExecError> {
             let mut opts = args::executor_options(options)?;
+            opts.artifacts.remote = artifact_store(&env, options)?;
             if let Some(on_log) = args::log_callback(options)? {
                 let tsfn = on_log
                     .build_threadsafe_function::<FnArgs<(String, String)>>()
@@ -97,6 +137,12 @@ impl WasmActivityExecutor {
                     .build()
                     .map_err(ExecError::internal)?;
                 opts.log = Some(Arc::new(js_log::JsLogSink(tsfn)));
+            }
+            if ObjectBlobStore::instance_of(&env, &blob_store).map_err(ExecError::internal)? {
+                let native = unsafe { blob_store.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }
+                    .map_err(ExecError::internal)?;
+                let source: Arc<dyn crate::store::BlobSource> = native.source.clone();
+                return Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)) });
             }
             let store = args::object(blob_store, "blobStore")?;
             let download = args::prop(&store, "download")?
@@ -147,6 +193,15 @@ impl WasmActivityExecutor {
         self.start(env, definition, input, options, true)
     }
 
+    /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
+    /// of traffic, filling every cache tier. Resolves to the module's sha256.
+    #[napi(ts_args_type = "definition: ActivityDefinition", ts_return_type = "Promise<string>")]
+    pub fn precompile<'env>(&self, env: &'env Env, definition: Unknown<'env>) -> napi::Result<PromiseRaw<'env, String>> {
+        let def = args::definition(definition);
+        let exec = self.inner.clone();
+        settle(env, async move { exec.precompile(&def?).await }, |_, digest| Ok(digest))
+    }
+
     /// Drops all compiled modules, or only those of the activity named `name`.
     #[napi]
     pub fn clear_cache(&self, name: Option<String>) {
@@ -168,6 +223,9 @@ impl WasmActivityExecutor {
             hits: s.cache.hits as f64,
             misses: s.cache.misses as f64,
             compiles: s.cache.compiles as f64,
+            artifact_hits: s.cache.artifact_hits as f64,
+            code_bytes: s.cache.code_bytes as f64,
+            digests: self.inner.cached_digests(),
             actors: s.actors as u32,
         }
     }

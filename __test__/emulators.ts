@@ -1,0 +1,82 @@
+// Real object-store services for the tests, started and stopped by the tests themselves on
+// loopback: s3rver (S3) and Azurite (Azure Blob Storage), both from npm.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { root } from './helpers'
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as any).port
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+async function waitForHttp(url: string, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    try {
+      await fetch(url)
+      return
+    } catch {
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  throw new Error(`${url} did not come up within ${ms} ms`)
+}
+
+export interface Service {
+  port: number
+  stop(): Promise<void>
+}
+
+function start(bin: string, args: string[]): ChildProcess {
+  const child = spawn(join(root, 'node_modules', '.bin', bin), args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  child.stderr?.on('data', (d) => process.env.DEBUG_EMULATORS && process.stderr.write(d))
+  return child
+}
+
+function stopper(child: ChildProcess) {
+  return () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null) return resolve()
+      child.once('exit', () => resolve())
+      child.kill('SIGTERM')
+    })
+}
+
+/** s3rver with `bucket` created. */
+export async function startS3(bucket: string): Promise<Service> {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), 's3rver-'))
+  const child = start('s3rver', ['-d', dir, '--address', '127.0.0.1', '--port', String(port), '--silent'])
+  await waitForHttp(`http://127.0.0.1:${port}/`)
+  const res = await fetch(`http://127.0.0.1:${port}/${bucket}`, { method: 'PUT' })
+  if (!res.ok) throw new Error(`creating bucket failed: ${res.status}`)
+  return { port, stop: stopper(child) }
+}
+
+const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+
+/** Azurite's blob service with `container` created. */
+export async function startAzurite(container: string): Promise<Service> {
+  const port = await freePort()
+  const child = start('azurite-blob', [
+    '--inMemoryPersistence', '--disableTelemetry', '--skipApiVersionCheck', '--loose',
+    '--blobHost', '127.0.0.1', '--blobPort', String(port),
+  ])
+  await waitForHttp(`http://127.0.0.1:${port}/`)
+  const { BlobServiceClient } = await import('@azure/storage-blob')
+  const client = BlobServiceClient.fromConnectionString(
+    `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${AZURITE_KEY};` +
+      `BlobEndpoint=http://127.0.0.1:${port}/devstoreaccount1;`,
+  )
+  await client.getContainerClient(container).create()
+  return { port, stop: stopper(child) }
+}

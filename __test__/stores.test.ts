@@ -1,0 +1,265 @@
+// Blob stores on object_store (memory, file, http, S3 via s3rver, Azure via Azurite), sha256
+// pinning, and the compiled-artifact tiers (cacheDir, artifactStore).
+import { execFileSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ObjectBlobStore, WasmActivityExecutor } from '../index'
+import { startAzurite, startS3, type Service } from './emulators'
+import { def, failure, guest, root } from './helpers'
+
+const echoBytes = guest('echo')
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+/** Runs echo through a store and checks the round trip. */
+async function roundTrip(store: ObjectBlobStore) {
+  expect(await store.exists('mods/echo.wasm')).toBe(false)
+  expect(await store.upload('mods/echo.wasm', echoBytes)).toBe('mods/echo.wasm')
+  expect(await store.exists('mods/echo.wasm')).toBe(true)
+  expect(Buffer.compare(await store.download('mods/echo.wasm'), echoBytes)).toBe(0)
+  const ex = new WasmActivityExecutor(store)
+  const d = def('echo', { wasmBlobPath: 'mods/echo.wasm' })
+  expect(await ex.execute(d, { message: 'via store', times: 2 })).toMatchObject({ result: 'via store via store' })
+  expect((await failure(ex.execute(def('echo', { wasmBlobPath: 'mods/missing.wasm' }), {}))).code).toBe('BLOB_NOT_FOUND')
+  await store.delete('mods/echo.wasm')
+  expect(await store.exists('mods/echo.wasm')).toBe(false)
+}
+
+describe('ObjectBlobStore', () => {
+  it('memory:// implements Loom BlobStore and feeds the executor in Rust', async () => {
+    await roundTrip(new ObjectBlobStore('memory://loom/prefix'))
+  })
+
+  it('file:// keeps objects under its directory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-file-store-'))
+    const store = new ObjectBlobStore(pathToFileURL(dir).href)
+    await store.upload('a/b.txt', Buffer.from('on disk'))
+    expect(readFileSync(join(dir, 'a', 'b.txt'), 'utf8')).toBe('on disk')
+    await roundTrip(store)
+  })
+
+  it('refuses paths that try to leave the prefix', async () => {
+    const store = new ObjectBlobStore('memory://x/p')
+    for (const p of ['../escape', 'a/../../b', './a']) {
+      expect((await failure(store.download(p))).code).toBe('INVALID_ARGUMENT')
+      expect((await failure(store.upload(p, Buffer.from('x')))).code).toBe('INVALID_ARGUMENT')
+    }
+  })
+
+  it('refuses unknown schemes and options', () => {
+    expect(() => new ObjectBlobStore('ftp://host/x')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    expect(() => new ObjectBlobStore('s3://b/p', { not_an_option: 'x' })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    )
+  })
+})
+
+describe('http(s):// (a local server)', () => {
+  let server: Server
+  let base: string
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      if (req.url === '/mods/echo.wasm') return res.end(echoBytes)
+      if (req.url === '/mods/broken.wasm') return res.writeHead(500).end('boom')
+      if (req.url === '/mods/hang.wasm') return // never answers
+      res.writeHead(404).end()
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    base = `http://127.0.0.1:${(server.address() as any).port}`
+  })
+  afterAll(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+
+  it('downloads and runs a module; 404 is BLOB_NOT_FOUND, 500 is BLOB_UNAVAILABLE; the executor goes on', async () => {
+    const ex = new WasmActivityExecutor(new ObjectBlobStore(base))
+    expect(await ex.execute(def('echo', { wasmBlobPath: 'mods/echo.wasm' }), { message: 'http' })).toMatchObject({ result: 'http' })
+    expect((await failure(ex.execute(def('nope', { wasmBlobPath: 'mods/nope.wasm' }), {}))).code).toBe('BLOB_NOT_FOUND')
+    const e = await failure(ex.execute(def('broken', { wasmBlobPath: 'mods/broken.wasm' }), {}))
+    expect(e.code).toBe('BLOB_UNAVAILABLE')
+    expect(e.message).toContain('500')
+    expect(await ex.execute(def('echo', { wasmBlobPath: 'mods/echo.wasm' }), { message: 'again' })).toMatchObject({ result: 'again' })
+  })
+
+  it('a download that takes too long is BLOB_UNAVAILABLE after timeoutMs', async () => {
+    const ex = new WasmActivityExecutor(new ObjectBlobStore(base, { timeoutMs: 300 }))
+    const e = await failure(ex.execute(def('hang', { wasmBlobPath: 'mods/hang.wasm' }), {}))
+    expect(e.code).toBe('BLOB_UNAVAILABLE')
+    expect(e.message).toContain('timed out')
+  })
+
+  it('is read-only', async () => {
+    expect((await failure(new ObjectBlobStore(base).upload('x', Buffer.from('y')))).code).toBe('INVALID_ARGUMENT')
+  })
+
+  it('wasmBlobPath may be an absolute URL, whatever the executor store is', async () => {
+    const ex = new WasmActivityExecutor({ download: async () => Buffer.alloc(0) })
+    expect(await ex.execute(def('echo', { wasmBlobPath: `${base}/mods/echo.wasm` }), { message: 'abs' })).toMatchObject({
+      result: 'abs',
+    })
+  })
+})
+
+describe('s3:// (s3rver)', () => {
+  let s3: Service
+  beforeAll(async () => {
+    s3 = await startS3('loom-modules')
+  })
+  afterAll(async () => s3 && (await s3.stop()))
+
+  const open = (port: number) =>
+    new ObjectBlobStore('s3://loom-modules/activities', {
+      endpoint: `http://127.0.0.1:${port}`,
+      allow_http: true,
+      access_key_id: 'S3RVER',
+      secret_access_key: 'S3RVER',
+      region: 'us-east-1',
+    })
+
+  it('round-trips and runs a module', async () => {
+    await roundTrip(open(s3.port))
+  })
+
+  it('shares compiled artifacts: a second executor deserializes instead of compiling', async () => {
+    const modules = open(s3.port)
+    await modules.upload('echo.wasm', echoBytes)
+    const artifacts = new ObjectBlobStore('s3://loom-modules/artifacts', {
+      endpoint: `http://127.0.0.1:${s3.port}`,
+      allow_http: true,
+      access_key_id: 'S3RVER',
+      secret_access_key: 'S3RVER',
+      region: 'us-east-1',
+    })
+    const d = def('echo', { wasmBlobPath: 'echo.wasm' })
+    const first = new WasmActivityExecutor(modules, { artifactStore: artifacts })
+    expect(await first.precompile(d)).toBe(sha(echoBytes))
+    expect(first.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
+    const second = new WasmActivityExecutor(modules, { artifactStore: artifacts })
+    expect(await second.execute(d, { message: 'fleet' })).toMatchObject({ result: 'fleet' })
+    expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
+  })
+})
+
+describe('az:// (Azurite)', () => {
+  let az: Service
+  beforeAll(async () => {
+    az = await startAzurite('loom')
+    process.env.AZURITE_BLOB_STORAGE_URL = `http://127.0.0.1:${az.port}`
+  })
+  afterAll(async () => {
+    delete process.env.AZURITE_BLOB_STORAGE_URL
+    if (az) await az.stop()
+  })
+
+  it('round-trips and runs a module (azure:// too)', async () => {
+    const opts = { account_name: 'devstoreaccount1', use_emulator: true }
+    await roundTrip(new ObjectBlobStore('az://loom/modules', opts))
+    await roundTrip(new ObjectBlobStore('azure://loom/other', opts))
+  })
+})
+
+describe('gs:// (a stand-in for the GCS object endpoint: no GCS emulator ships on npm)', () => {
+  // The real object_store GCS client against a small in-test server that speaks the object
+  // endpoints it uses (PUT/GET/HEAD/DELETE /<bucket>/<object>). The key's `disable_oauth` and
+  // `gcs_base_url` are object_store's switches for a local GCS server: no token is fetched.
+  let server: Server
+  let base: string
+  const objects = new Map<string, Buffer>()
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      const key = decodeURIComponent((req.url ?? '').split('?')[0])
+      const chunks: Buffer[] = []
+      req.on('data', (c) => chunks.push(c))
+      req.on('end', () => {
+        const body = objects.get(key)
+        if (req.method === 'PUT') {
+          objects.set(key, Buffer.concat(chunks))
+          return res.writeHead(200, { etag: '"1"' }).end()
+        }
+        if (req.method === 'DELETE') return res.writeHead(objects.delete(key) ? 204 : 404).end()
+        if (!body) return res.writeHead(404).end()
+        res.writeHead(200, { 'content-length': body.length, etag: '"1"', 'last-modified': new Date(0).toUTCString() })
+        res.end(req.method === 'HEAD' ? undefined : body)
+      })
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    base = `http://127.0.0.1:${(server.address() as any).port}`
+  })
+  afterAll(() => server.close())
+
+  it('round-trips and runs a module', async () => {
+    const key = JSON.stringify({
+      private_key: 'unused',
+      private_key_id: 'unused',
+      client_email: 'test@localhost',
+      disable_oauth: true,
+      gcs_base_url: base,
+    })
+    await roundTrip(new ObjectBlobStore('gs://loom-bucket/modules', { service_account_key: key, allow_http: true }))
+    expect([...objects.keys()]).toEqual([])
+  })
+})
+
+describe('integrity', () => {
+  it('sha256 pins the bytes: a mismatch is INTEGRITY_MISMATCH, never cached or compiled', async () => {
+    const store = new ObjectBlobStore('memory://pin')
+    await store.upload('echo.wasm', echoBytes)
+    const ex = new WasmActivityExecutor(store)
+    const wrong = sha(Buffer.from('something else'))
+    const e = await failure(ex.execute(def('echo', { sha256: wrong }), { message: 'x' }))
+    expect(e.code).toBe('INTEGRITY_MISMATCH')
+    expect(e.expected).toBe(wrong)
+    expect(e.actual).toBe(sha(echoBytes))
+    expect(ex.cacheStats()).toMatchObject({ modules: 0, compiles: 0 })
+    expect(await ex.execute(def('echo', { sha256: sha(echoBytes) }), { message: 'ok' })).toMatchObject({ result: 'ok' })
+    expect(ex.cacheStats().digests).toEqual([sha(echoBytes)])
+  })
+})
+
+describe('cacheDir', () => {
+  const script = (dir: string) => `
+    const { WasmActivityExecutor } = require(${JSON.stringify(join(root, 'index.js'))})
+    const fs = require('fs')
+    const bytes = fs.readFileSync(${JSON.stringify(join(root, 'build', 'echo.wasm'))})
+    const ex = new WasmActivityExecutor({ download: async () => bytes }, { cacheDir: ${JSON.stringify(dir)} })
+    ex.execute({ name: 'echo', version: '1', wasmBlobPath: 'echo.wasm' }, { message: 'proc' }).then((out) => {
+      console.log(JSON.stringify({ out, stats: ex.cacheStats() }))
+    }, (e) => { console.log(JSON.stringify({ error: e.code })) })
+  `
+  const runProcess = (dir: string) => JSON.parse(execFileSync(process.execPath, ['-e', script(dir)], { encoding: 'utf8' }))
+
+  it('a second process runs its first call without compiling', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cache-'))
+    const first = runProcess(dir)
+    expect(first.out.result).toBe('proc')
+    expect(first.stats).toMatchObject({ compiles: 1, artifactHits: 0 })
+    const files = readdirSync(dir)
+    expect(files).toHaveLength(1)
+    expect(files[0]).toMatch(new RegExp(`^${sha(echoBytes)}-[0-9a-f]{16}\\.cwasm$`))
+    const second = runProcess(dir)
+    expect(second.out.result).toBe('proc')
+    expect(second.stats).toMatchObject({ compiles: 0, artifactHits: 1 })
+  })
+
+  it('a corrupt or truncated artifact is discarded and recompiled, never executed', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cache-'))
+    runProcess(dir)
+    const file = join(dir, readdirSync(dir)[0])
+    const bytes = readFileSync(file)
+    bytes[Math.floor(bytes.length / 2)] ^= 0xff
+    writeFileSync(file, bytes)
+    const afterCorrupt = runProcess(dir)
+    expect(afterCorrupt.out.result).toBe('proc')
+    expect(afterCorrupt.stats).toMatchObject({ compiles: 1, artifactHits: 0 })
+    writeFileSync(file, readFileSync(file).subarray(0, 100))
+    const afterTruncate = runProcess(dir)
+    expect(afterTruncate.stats).toMatchObject({ compiles: 1, artifactHits: 0 })
+    // and it was rewritten whole: the next process loads it
+    expect(runProcess(dir).stats).toMatchObject({ compiles: 0, artifactHits: 1 })
+  })
+})
