@@ -1,5 +1,6 @@
 // Loom's own executor tests, unchanged but for the import, then the rest of Loom's contract:
 // the BlobStore it passes, the definitions it builds, the JSON in and out.
+import { createHash } from 'node:crypto'
 import { beforeEach, describe, expect, it } from 'vitest'
 import { WasmActivityExecutor, type ActivityDefinition, type BlobStore } from '../index'
 import { def, failure, guest, MemoryBlobStore, storeWith } from './helpers'
@@ -183,7 +184,9 @@ describe('module cache', () => {
     const store = await storeWith('echo')
     const ex = new WasmActivityExecutor(store)
     for (let i = 0; i < 5; i++) await ex.execute(def('echo'), { message: 'm', times: 1 })
-    expect(ex.cacheStats()).toEqual({ modules: 1, hits: 4, misses: 1, compiles: 1, actors: 0 })
+    expect(ex.cacheStats()).toMatchObject({ modules: 1, hits: 4, misses: 1, compiles: 1, artifactHits: 0, actors: 0 })
+    expect(ex.cacheStats().digests).toEqual([createHash('sha256').update(guest('echo')).digest('hex')])
+    expect(ex.cacheStats().codeBytes).toBeGreaterThan(0)
     expect(store.downloads).toBe(1)
   })
 
