@@ -196,6 +196,12 @@ export declare class WasmActivityExecutor {
   get moduleCache(): ModuleCacheView
 }
 
+/**
+ * An empty async call: one hop to the Rust runtime and back. For `npm run bench` only (the floor
+ * that `execute` is measured against).
+ */
+export declare function benchFloor(): Promise<undefined>
+
 export interface CacheStats {
   /** Compiled modules held now. */
   modules: number

@@ -837,3 +837,4 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.ObjectBlobStore = nativeBinding.ObjectBlobStore
 module.exports.WasmActivityExecutor = nativeBinding.WasmActivityExecutor
+module.exports.benchFloor = nativeBinding.benchFloor

@@ -4,7 +4,7 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
 
 use crate::actors::{ActorKey, Actors};
 pub use crate::capabilities::Capabilities;
@@ -13,9 +13,10 @@ use crate::engine::EngineKind;
 use crate::error::ExecError;
 use crate::host::LogSink;
 use crate::instance::{is_reusable_after, CallOutput, GuestInstance};
+use crate::threads::GuestThreads;
 use crate::limits::{CancelFlag, LimitOverrides, Limits};
 use crate::artifacts::ArtifactCache;
-use crate::modules::{hex, parse_digest, CacheStats, DefKey, ModuleCache};
+use crate::modules::{hex, parse_digest, CacheStats, CompiledModule, DefKey, Digest, ModuleCache};
 use crate::store::{BlobSource, RoutedSource};
 
 /// Loom's `ActivityDefinition`, as far as execution goes.
@@ -97,61 +98,127 @@ pub struct Executor {
     modules: ModuleCache,
     actors: Actors,
     permits: Arc<Semaphore>,
+    threads: GuestThreads,
     opts: ExecutorOptions,
 }
 
+/// Receives a call's result, on a guest thread.
+pub type Done = Box<dyn FnOnce(Result<CallOutput, ExecError>) + Send>;
+
+/// What a call needs once its module is known.
+struct Prepared {
+    limits: Limits,
+    grants: Grants,
+    pinned: Option<Digest>,
+    kind: EngineKind,
+}
+
 impl Executor {
-    pub fn new(source: Arc<dyn BlobSource>, opts: ExecutorOptions) -> Self {
-        Executor {
+    pub fn new(source: Arc<dyn BlobSource>, opts: ExecutorOptions) -> Result<Self, ExecError> {
+        let threads = GuestThreads::new(opts.max_concurrency.get())
+            .map_err(|e| ExecError::internal(format!("cannot start guest threads: {e}")))?;
+        Ok(Executor {
             source: Arc::new(RoutedSource::new(source)),
             modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone()),
             actors: Actors::new(opts.max_actors),
             permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
+            threads,
             opts,
-        }
+        })
     }
 
-    /// Runs `execute(input_json)` of the definition's module and returns its JSON text.
-    pub async fn execute(&self, def: &Definition, input_json: String, call: CallOptions) -> Result<CallOutput, ExecError> {
+    fn prepare(&self, def: &Definition, input: &str, cancel: &CancelFlag) -> Result<Prepared, ExecError> {
         def.validate()?;
         let limits = self.opts.defaults.with_overrides(&def.limits)?;
-        if input_json.len() as u64 > limits.max_input_bytes {
-            return Err(ExecError::InputTooLarge { size: input_json.len() as u64, limit: limits.max_input_bytes });
+        if input.len() as u64 > limits.max_input_bytes {
+            return Err(ExecError::InputTooLarge { size: input.len() as u64, limit: limits.max_input_bytes });
         }
-        let cancel = call.cancel;
+        if cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
         let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
-        let key = def.key();
         let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref())?;
         let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
-        let module = cancel.guard(self.modules.get_or_load(&key, kind, pinned.as_ref(), self.source.as_ref())).await??;
+        Ok(Prepared { limits, grants, pinned, kind })
+    }
+
+    /// Starts a call on a guest thread at once when nothing needs waiting for: the module is
+    /// cached, a concurrency slot is free and the actor (if any) is idle. `done` then receives
+    /// the result on that thread (or an error before it starts). Otherwise hands the arguments
+    /// back untouched, for `execute`.
+    pub fn try_start(
+        &self,
+        def: &Definition,
+        input: String,
+        call: CallOptions,
+        done: Done,
+    ) -> Result<(), (String, CallOptions, Done)> {
+        let p = match self.prepare(def, &input, &call.cancel) {
+            Ok(p) => p,
+            Err(e) => {
+                done(Err(e));
+                return Ok(());
+            }
+        };
+        let key = def.key();
+        let Some(module) = self.modules.peek(&key, p.kind, p.pinned.as_ref()) else {
+            return Err((input, call, done));
+        };
+        if let Err(e) = authorize(&module.wasi_imports, &def.capabilities) {
+            done(Err(e));
+            return Ok(());
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err((input, call, done));
+        };
+        let held = match &call.actor_id {
+            None => None,
+            Some(id) => match self.actors.slot(ActorKey { def: key.clone(), actor_id: id.clone() }).try_lock_owned() {
+                Ok(held) => Some(held),
+                Err(_) => return Err((input, call, done)),
+            },
+        };
+        self.modules.count_hit();
+        let log = self.opts.log.clone();
+        self.threads.submit(move || {
+            let _permit = permit;
+            let result = catch(|| match held {
+                None => run_fresh(&module, &p.limits, &call.cancel, log, &p.grants, &input),
+                Some(held) => run_actor(held, &module, &p.limits, &call.cancel, log, &p.grants, &input),
+            });
+            done(result)
+        });
+        Ok(())
+    }
+
+    /// Runs `execute(input_json)` of the definition's module and returns its JSON text, waiting
+    /// for whatever it needs (download and compile, a concurrency slot, the actor).
+    pub async fn execute(&self, def: &Definition, input_json: String, call: CallOptions) -> Result<CallOutput, ExecError> {
+        let cancel = call.cancel;
+        let p = self.prepare(def, &input_json, &cancel)?;
+        let key = def.key();
+        let module =
+            cancel.guard(self.modules.get_or_load(&key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
         authorize(&module.wasi_imports, &def.capabilities)?;
         let log = self.opts.log.clone();
-
-        let Some(actor_id) = call.actor_id else {
-            let _permit = cancel.guard(self.permits.acquire()).await?.map_err(ExecError::internal)?;
-            return run_blocking(move || {
-                let mut instance = GuestInstance::new(&module, &limits, &cancel, log, &grants)?;
-                instance.call(&input_json, &limits, &cancel)
-            })
-            .await;
-        };
-
-        let slot = self.actors.slot(ActorKey { def: key, actor_id });
-        let mut held = cancel.guard(slot.lock_owned()).await?;
-        let _permit = cancel.guard(self.permits.acquire()).await?.map_err(ExecError::internal)?;
-        run_blocking(move || {
-            let mut instance = match held.take() {
-                // Same bytes, same engine: the actor's state lives on.
-                Some(i) if i.digest == module.digest && i.kind == module.kind => i,
-                _ => GuestInstance::new(&module, &limits, &cancel, log, &grants)?,
-            };
-            let result = instance.call(&input_json, &limits, &cancel);
-            if result.as_ref().err().is_none_or(is_reusable_after) {
-                *held = Some(instance);
+        let held = match call.actor_id {
+            None => None,
+            Some(actor_id) => {
+                let slot = self.actors.slot(ActorKey { def: key, actor_id });
+                Some(cancel.guard(slot.lock_owned()).await?)
             }
-            result
-        })
-        .await
+        };
+        let permit = cancel.guard(self.permits.clone().acquire_owned()).await?.map_err(ExecError::internal)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.threads.submit(move || {
+            let _permit = permit;
+            let result = catch(|| match held {
+                None => run_fresh(&module, &p.limits, &cancel, log, &p.grants, &input_json),
+                Some(held) => run_actor(held, &module, &p.limits, &cancel, log, &p.grants, &input_json),
+            });
+            let _ = tx.send(result);
+        });
+        rx.await.map_err(|_| ExecError::internal("a guest thread dropped its call"))?
     }
 
     /// Downloads and compiles (or loads from an artifact) a definition's module ahead of traffic,
@@ -185,13 +252,42 @@ impl Executor {
     }
 }
 
-/// Runs guest code on tokio's blocking pool; a panic there becomes an error, never an abort.
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ExecError> + Send + 'static,
-) -> Result<T, ExecError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ExecError::internal(format!("execution task failed: {e}")))?
+fn run_fresh(
+    module: &CompiledModule,
+    limits: &Limits,
+    cancel: &CancelFlag,
+    log: Option<Arc<dyn LogSink>>,
+    grants: &Grants,
+    input: &str,
+) -> Result<CallOutput, ExecError> {
+    GuestInstance::new(module, limits, cancel, log, grants)?.call(input, limits, cancel)
+}
+
+fn run_actor(
+    mut held: OwnedMutexGuard<Option<GuestInstance>>,
+    module: &CompiledModule,
+    limits: &Limits,
+    cancel: &CancelFlag,
+    log: Option<Arc<dyn LogSink>>,
+    grants: &Grants,
+    input: &str,
+) -> Result<CallOutput, ExecError> {
+    let mut instance = match held.take() {
+        // Same bytes, same engine: the actor's state lives on.
+        Some(i) if i.digest == module.digest && i.kind == module.kind => i,
+        _ => GuestInstance::new(module, limits, cancel, log, grants)?,
+    };
+    let result = instance.call(input, limits, cancel);
+    if result.as_ref().err().is_none_or(is_reusable_after) {
+        *held = Some(instance);
+    }
+    result
+}
+
+/// A panic in guest-handling code becomes an error, never an abort of the process.
+fn catch(f: impl FnOnce() -> Result<CallOutput, ExecError>) -> Result<CallOutput, ExecError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(ExecError::internal("the call panicked (a bug in the executor)")))
 }
 
 #[cfg(test)]
@@ -207,7 +303,7 @@ mod tests {
         for (path, bytes) in blobs {
             source.put(path, bytes.clone());
         }
-        (Executor::new(source.clone(), ExecutorOptions::default()), source)
+        (Executor::new(source.clone(), ExecutorOptions::default()).expect("executor"), source)
     }
 
     fn def(name: &str) -> Definition {
@@ -410,7 +506,7 @@ mod tests {
         let mut opts = ExecutorOptions::default();
         opts.defaults.max_input_bytes = 100;
         opts.defaults.max_output_bytes = 100;
-        let ex = Executor::new(source, opts);
+        let ex = Executor::new(source, opts).expect("executor");
         assert_eq!(code(&ex, &def("echo"), &"1".repeat(101)).await, "INPUT_TOO_LARGE");
         // 60 characters of JSON are 120 bytes of UTF-16 coming back.
         assert_eq!(code(&ex, &def("echo"), &"1".repeat(60)).await, "OUTPUT_TOO_LARGE");
@@ -454,10 +550,10 @@ mod tests {
         };
         let source = Arc::new(MemorySource::new());
         source.put("echo.wasm", g::echo());
-        let first = Executor::new(source.clone(), opts());
+        let first = Executor::new(source.clone(), opts()).expect("executor");
         assert_eq!(run(&first, &def("echo"), "1").await.expect("ok").output, "1");
         assert_eq!((first.stats().cache.compiles, first.stats().cache.artifact_hits), (1, 0));
-        let second = Executor::new(source, opts());
+        let second = Executor::new(source, opts()).expect("executor");
         assert_eq!(run(&second, &def("echo"), "2").await.expect("ok").output, "2");
         assert_eq!((second.stats().cache.compiles, second.stats().cache.artifact_hits), (0, 1));
         let _ = std::fs::remove_dir_all(&dir);
@@ -468,7 +564,7 @@ mod tests {
         let source = Arc::new(MemorySource::new());
         source.put("a.wasm", g::echo());
         source.put("b.wasm", g::counter());
-        let ex = Executor::new(source, ExecutorOptions { max_cache_bytes: 1, ..Default::default() });
+        let ex = Executor::new(source, ExecutorOptions { max_cache_bytes: 1, ..Default::default() }).expect("executor");
         run(&ex, &def("a"), "1").await.expect("ok");
         run(&ex, &def("b"), "1").await.expect("ok");
         let s = ex.stats().cache;

@@ -17,6 +17,7 @@ pub mod instance;
 pub mod limits;
 pub mod modules;
 pub mod store;
+pub mod threads;
 
 #[cfg(test)]
 mod test_guests;

@@ -170,6 +170,24 @@ impl ModuleCache {
         m
     }
 
+    /// A cached module without counting a hit (the caller counts it once the call starts).
+    pub fn peek(&self, key: &DefKey, kind: EngineKind, pinned: Option<&Digest>) -> Option<Arc<CompiledModule>> {
+        let mut st = self.state();
+        let digest = match pinned {
+            Some(d) => *d,
+            None => *st.index.get(key)?,
+        };
+        let m = st.lru.get(&(digest, kind)).cloned();
+        if m.is_some() && pinned.is_some() {
+            st.index.insert(key.clone(), digest);
+        }
+        m
+    }
+
+    pub fn count_hit(&self) {
+        self.state().stats.hits += 1;
+    }
+
     /// The compiled module of a definition: from the cache, or downloaded and compiled once no
     /// matter how many calls ask at the same time. A failed load is not cached.
     pub async fn get_or_load(

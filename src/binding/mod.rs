@@ -19,7 +19,7 @@ use napi::{Env, ValueType};
 use napi_derive::napi;
 
 use crate::error::ExecError;
-use crate::executor::{CallOptions, Executor};
+use crate::executor::{CallOptions, Done, Executor};
 use crate::instance::CallOutput;
 use js_error::to_napi;
 use js_store::{Downloaded, JsBlobSource};
@@ -102,6 +102,13 @@ fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>) -> napi::Res
     Ok(obj.to_unknown())
 }
 
+/// An empty async call: one hop to the Rust runtime and back. For `npm run bench` only (the floor
+/// that `execute` is measured against).
+#[napi]
+pub fn bench_floor(env: &Env) -> napi::Result<PromiseRaw<'_, ()>> {
+    settle(env, async { Ok(()) }, |_, ()| Ok(()))
+}
+
 /// Runs a core future on napi's runtime; resolves with `ok(value)` on the JS thread, or rejects
 /// with the coded JS error.
 pub(crate) fn settle<'env, T, V, F>(
@@ -142,7 +149,7 @@ impl WasmActivityExecutor {
                 let native = unsafe { blob_store.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }
                     .map_err(ExecError::internal)?;
                 let source: Arc<dyn crate::store::BlobSource> = native.source.clone();
-                return Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)) });
+                return Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)?) });
             }
             let store = args::object(blob_store, "blobStore")?;
             let download = args::prop(&store, "download")?
@@ -155,7 +162,7 @@ impl WasmActivityExecutor {
                 .and_then(|bound| bound.build_threadsafe_function::<String>().callee_handled::<false>().weak::<true>().build())
                 .map_err(ExecError::internal)?;
             let source = Arc::new(JsBlobSource::new(tsfn));
-            Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)) })
+            Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)?) })
         };
         build().map_err(|e| to_napi(&env, &e))
     }
@@ -173,7 +180,7 @@ impl WasmActivityExecutor {
         definition: Unknown<'env>,
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<PromiseRaw<'env, Unknown<'env>>> {
+    ) -> napi::Result<Object<'env>> {
         self.start(env, definition, input, options, false)
     }
 
@@ -189,7 +196,7 @@ impl WasmActivityExecutor {
         definition: Unknown<'env>,
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<PromiseRaw<'env, Unknown<'env>>> {
+    ) -> napi::Result<Object<'env>> {
         self.start(env, definition, input, options, true)
     }
 
@@ -237,6 +244,21 @@ impl WasmActivityExecutor {
     }
 }
 
+/// A JS value produced inside a deferred's resolver (valid in that handle scope).
+struct Raw(napi::sys::napi_value);
+
+impl napi::bindgen_prelude::ToNapiValue for Raw {
+    unsafe fn to_napi_value(_: napi::sys::napi_env, v: Self) -> napi::Result<napi::sys::napi_value> {
+        Ok(v.0)
+    }
+}
+
+/// The abort listener travels with the call's result to the JS thread, where alone it is touched.
+struct SendHook(Option<abort::AbortHook>);
+// SAFETY: the hook holds napi references; it is only read and dropped inside the deferred's
+// resolver, which runs on the JS thread.
+unsafe impl Send for SendHook {}
+
 impl WasmActivityExecutor {
     fn start<'env>(
         &self,
@@ -245,7 +267,7 @@ impl WasmActivityExecutor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
         detailed: bool,
-    ) -> napi::Result<PromiseRaw<'env, Unknown<'env>>> {
+    ) -> napi::Result<Object<'env>> {
         let mut call = CallOptions::default();
         let mut hook = None;
         // Everything that reads JS happens here, on the JS thread; errors reject the promise.
@@ -266,24 +288,34 @@ impl WasmActivityExecutor {
             Ok((def, json))
         };
         let prepared = prepare();
-        let exec = self.inner.clone();
-        let work = async move {
-            Ok(match prepared {
-                Ok((def, json)) => exec.execute(&def, json, call).await,
-                Err(e) => Err(e),
+        let (deferred, promise) = env.create_deferred::<Raw, _>()?;
+        let hook = SendHook(hook);
+        // Settles the promise on the JS thread: JSON.parse of the output, or the coded error.
+        let done: Done = Box::new(move |result: Result<CallOutput, ExecError>| {
+            deferred.resolve(move |env: Env| {
+                let hook = hook;
+                if let Some(h) = hook.0 {
+                    h.detach(&env);
+                }
+                let out = result.map_err(|e| to_napi(&env, &e))?;
+                let value = parse_output(&env, &out.output).map_err(|e| to_napi(&env, &e))?;
+                let value = if detailed { details(&env, &out, value)? } else { value };
+                Ok(Raw(value.raw()))
             })
-        };
-        env.spawn_future_with_callback(work, move |env, result: Result<CallOutput, ExecError>| {
-            if let Some(h) = hook {
-                h.detach(env);
+        });
+        match prepared {
+            Err(e) => done(Err(e)),
+            Ok((def, json)) => {
+                if let Err((json, call, done)) = self.inner.try_start(&def, json, call, done) {
+                    // Something to wait for (a download and compile, a slot, the actor): the async path.
+                    let exec = self.inner.clone();
+                    napi::bindgen_prelude::spawn(async move {
+                        let result = exec.execute(&def, json, call).await;
+                        done(result);
+                    });
+                }
             }
-            let out = result.map_err(|e| to_napi(env, &e))?;
-            let value = parse_output(env, &out.output).map_err(|e| to_napi(env, &e))?;
-            if detailed {
-                details(env, &out, value)
-            } else {
-                Ok(value)
-            }
-        })
+        }
+        Ok(promise)
     }
 }

@@ -1,0 +1,47 @@
+// Measurements that need a fresh process: cold start, and memory per live actor.
+// Usage: node bench/child.mjs cold <native|v8> <module> [cacheDir]
+//        node --expose-gc bench/child.mjs actors <native|v8> <count>
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { V8Executor } from './v8-executor.mjs'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const require = createRequire(import.meta.url)
+const [mode, engine, arg, cacheDir] = process.argv.slice(2)
+
+function store(names) {
+  const blobs = new Map(names.map((n) => [`${n}.wasm`, readFileSync(join(root, 'build', `${n}.wasm`))]))
+  return { download: async (p) => blobs.get(p) }
+}
+
+function executor(names, options) {
+  if (engine === 'v8') return new V8Executor(store(names))
+  const { WasmActivityExecutor } = require(join(root, 'index.js'))
+  return new WasmActivityExecutor(store(names), options)
+}
+
+if (mode === 'cold') {
+  const t0 = performance.now()
+  const ex = executor([arg], cacheDir ? { cacheDir } : undefined)
+  const input = arg === 'mortgage' ? { principal: 1e5, annualRate: 5, years: 1 } : { message: 'cold', times: 1 }
+  await ex.execute({ name: arg, version: '1', wasmBlobPath: `${arg}.wasm` }, input)
+  console.log(JSON.stringify({ ms: performance.now() - t0 }))
+} else if (mode === 'actors') {
+  const count = Number(arg)
+  const ex = executor(['counter-actor'], { maxActors: count + 10 })
+  const def = { name: 'counter-actor', version: '1', wasmBlobPath: 'counter-actor.wasm' }
+  await ex.execute(def, { action: 'get' }, { actorId: 'warm' })
+  globalThis.gc()
+  await new Promise((r) => setTimeout(r, 100))
+  const before = process.memoryUsage().rss
+  for (let i = 0; i < count; i++) await ex.execute(def, { action: 'increment' }, { actorId: `a${i}` })
+  globalThis.gc()
+  await new Promise((r) => setTimeout(r, 100))
+  const after = process.memoryUsage().rss
+  const check = await ex.execute(def, { action: 'get' }, { actorId: 'a0' })
+  if (check.count !== 1) throw new Error('actor lost its state')
+  const linear = engine === 'v8' ? ex.actors.get('a0').exports.memory.buffer.byteLength : 65536
+  console.log(JSON.stringify({ perActorBytes: (after - before) / count, linearBytes: linear }))
+}

@@ -1,0 +1,176 @@
+// npm run bench: the native executor against a V8 executor doing what Loom's does (done well),
+// side by side in one run, alternating rounds, medians reported. Prints a table and writes
+// bench/results.md. Not a test: nothing here asserts.
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { cpus, tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { fileURLToPath } from 'node:url'
+import { V8Executor } from './v8-executor.mjs'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const root = join(here, '..')
+const require = createRequire(import.meta.url)
+const { WasmActivityExecutor, benchFloor } = require(join(root, 'index.js'))
+
+const QUICK = process.env.BENCH_QUICK === '1'
+const ROUNDS = QUICK ? 2 : 5
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const def = (name) => ({ name, version: '1', wasmBlobPath: `${name}.wasm` })
+
+const blobs = new Map(
+  ['echo', 'counter-actor', 'mortgage'].map((n) => [`${n}.wasm`, readFileSync(join(root, 'build', `${n}.wasm`))]),
+)
+const store = { download: async (p) => blobs.get(p) }
+const native = new WasmActivityExecutor(store, { maxActors: 5000 })
+const v8 = new V8Executor(store)
+
+/** Median over rounds of the mean time per call (us) of `n` sequential calls; engines alternate. */
+async function sequential(fns, n) {
+  const times = fns.map(() => [])
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const [i, fn] of fns.entries()) {
+      const t0 = performance.now()
+      for (let k = 0; k < n; k++) await fn(k)
+      times[i].push(((performance.now() - t0) * 1000) / n)
+    }
+  }
+  return times.map(median)
+}
+
+/** Median over rounds of calls per second with `inFlight` calls outstanding until `total` are done. */
+async function throughput(fns, inFlight, total) {
+  const rates = fns.map(() => [])
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const [i, fn] of fns.entries()) {
+      let started = 0
+      const t0 = performance.now()
+      const worker = async () => {
+        while (started < total) {
+          started++
+          await fn()
+        }
+      }
+      await Promise.all(Array.from({ length: inFlight }, worker))
+      rates[i].push(total / ((performance.now() - t0) / 1000))
+    }
+  }
+  return rates.map(median)
+}
+
+const rows = []
+const row = (scenario, unit, nat, peer, floor, higherIsBetter, target) => {
+  const ratio = higherIsBetter ? nat / peer : peer / nat
+  rows.push({ scenario, unit, native: nat, v8: peer, ratio, floor, target })
+  console.error(`  ${scenario}: native ${fmt(nat)} ${unit}, V8 ${fmt(peer)} ${unit}`)
+}
+const fmt = (x) => (x === undefined || x === null ? '' : x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
+
+async function main() {
+  const small = { message: 'hello', times: 2 }
+  // Warm both: compile, first instance, JIT.
+  for (let i = 0; i < 200; i++) {
+    await native.execute(def('echo'), small)
+    await v8.execute(def('echo'), small)
+    await benchFloor()
+  }
+
+  console.error('1. warm sequential latency')
+  const [n1, v1, f1] = await sequential(
+    [() => native.execute(def('echo'), small), () => v8.execute(def('echo'), small), () => benchFloor()],
+    QUICK ? 500 : 2000,
+  )
+  row('warm sequential echo', 'us/call', n1, v1, f1, false, 'V8/native >= 2x; native <= 2x floor')
+
+  console.error('2. throughput')
+  for (const k of [1, 16, 256]) {
+    const total = QUICK ? 1000 : 4000
+    const [n, v, f] = await throughput(
+      [() => native.execute(def('echo'), small), () => v8.execute(def('echo'), small), () => benchFloor()],
+      k,
+      total,
+    )
+    row(`throughput, ${k} in flight`, 'calls/s', n, v, f, true, k === 256 ? 'native/V8 >= 3x' : '')
+  }
+
+  console.error('3. payload scaling')
+  for (const [label, size, n] of [['1 KB', 1024, 500], ['100 KB', 100 * 1024, 100], ['1 MB', 1024 * 1024, 20]]) {
+    const input = { message: 'x'.repeat(size), times: 1 }
+    const [nat, peer] = await sequential(
+      [() => native.execute(def('echo'), input), () => v8.execute(def('echo'), input)],
+      QUICK ? Math.ceil(n / 4) : n,
+    )
+    row(`payload ${label} in and out`, 'us/call', nat, peer, undefined, false, '')
+  }
+
+  console.error('4-5. CPU-bound guest, 8 in flight; event-loop delay meanwhile')
+  // Calibrate the mortgage guest to ~25 ms per call on V8.
+  let scenarios = 100
+  for (;;) {
+    const t0 = performance.now()
+    await v8.execute(def('mortgage'), { principal: 3e5, annualRate: 6.5, years: 30, cpr: 6, cdr: 0.5, scenarios })
+    const ms = performance.now() - t0
+    if (ms > 20 || scenarios > 1e6) break
+    scenarios = Math.ceil(scenarios * Math.max(1.5, 25 / Math.max(ms, 0.1)))
+  }
+  const heavy = { principal: 3e5, annualRate: 6.5, years: 30, cpr: 6, cdr: 0.5, scenarios }
+  const delays = {}
+  const cpuRates = []
+  for (const [name, ex] of [['native', native], ['v8', v8]]) {
+    const h = monitorEventLoopDelay({ resolution: 1 })
+    const timer = setInterval(() => {}, 10)
+    h.enable()
+    const [rate] = await throughput([() => ex.execute(def('mortgage'), heavy)], 8, QUICK ? 16 : 48)
+    // Let the sampling timer fire once more: a loop blocked until now records its delay here.
+    await new Promise((r) => setTimeout(r, 30))
+    h.disable()
+    clearInterval(timer)
+    cpuRates.push(rate)
+    delays[name] = { max: h.max / 1e6, p99: h.percentile(99) / 1e6 }
+  }
+  row(`CPU-bound (${scenarios} scenarios/call), 8 in flight`, 'calls/s', cpuRates[0], cpuRates[1], undefined, true, 'native/V8 >= 1.6x')
+  row('event-loop delay p99 during CPU-bound calls', 'ms', delays.native.p99, delays.v8.p99, undefined, false, 'native <= 5 ms')
+  row('event-loop delay max during CPU-bound calls', 'ms', delays.native.max, delays.v8.max, undefined, false, '')
+
+  console.error('6. cold start (fresh process: download + compile + instantiate + call)')
+  const child = (...args) => JSON.parse(execFileSync(process.execPath, [join(here, 'child.mjs'), ...args], { encoding: 'utf8' }))
+  const cold = (engine, ...rest) => median(Array.from({ length: QUICK ? 1 : 3 }, () => child('cold', engine, 'mortgage', ...rest).ms))
+  row('cold start, first call', 'ms', cold('native'), cold('v8'), undefined, false, '')
+  const cacheDir = mkdtempSync(join(tmpdir(), 'loom-bench-cache-'))
+  child('cold', 'native', 'mortgage', cacheDir)
+  row('cold start, warm artifact cache (cacheDir)', 'ms', cold('native', cacheDir), cold('v8'), undefined, false, '')
+
+  console.error('7. actors')
+  const [na, va] = await sequential(
+    [(k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `b${k % 8}` }),
+     (k) => v8.execute(def('counter-actor'), { action: 'increment' }, { actorId: `b${k % 8}` })],
+    QUICK ? 500 : 2000,
+  )
+  row('actor call (kept instance)', 'us/call', na, va, undefined, false, '')
+  const mem = (engine) => JSON.parse(execFileSync(process.execPath, ['--expose-gc', join(here, 'child.mjs'), 'actors', engine, '1000'], { encoding: 'utf8' }))
+  const nm = mem('native')
+  const vm = mem('v8')
+  row('memory per idle actor (RSS delta / 1000)', 'KiB', nm.perActorBytes / 1024, vm.perActorBytes / 1024, undefined, false,
+    `native <= 1.2x linear memory (${nm.linearBytes / 1024} KiB)`)
+
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+  const header =
+    `Machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}; Node ${process.version}; ` +
+    `loom-wasm-executor ${pkg.version} (wasmtime 48); ${new Date().toISOString().slice(0, 10)}${QUICK ? ' (BENCH_QUICK)' : ''}`
+  const lines = [
+    '| scenario | unit | native | V8 | ratio (better = higher) | floor | target |',
+    '|---|---|---:|---:|---:|---:|---|',
+    ...rows.map((r) => `| ${r.scenario} | ${r.unit} | ${fmt(r.native)} | ${fmt(r.v8)} | ${r.ratio.toFixed(2)}x | ${fmt(r.floor)} | ${r.target} |`),
+  ]
+  const md = `# Benchmark results\n\n${header}\n\nReproduce: \`npm run bench\` (about 2-4 minutes). Ratio: V8/native for times, native/V8 for rates. ` +
+    `Floor: an empty async napi call (\`benchFloor\`), one hop to the Rust runtime and back.\n\n${lines.join('\n')}\n`
+  writeFileSync(join(here, 'results.md'), md)
+  console.log(`\n${header}\n\n${lines.join('\n')}\n\nwritten to bench/results.md`)
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
