@@ -2,7 +2,9 @@
 //! kept one) off the async threads, under the definition's limits and the executor's concurrency.
 
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 
@@ -11,7 +13,7 @@ pub use crate::capabilities::Capabilities;
 use crate::capabilities::{authorize, FilesystemConfig, Grants};
 use crate::engine::EngineKind;
 use crate::error::ExecError;
-use crate::host::LogSink;
+use crate::host::{BufferedLog, LogSink};
 use crate::instance::{is_reusable_after, CallOutput, GuestInstance};
 use crate::threads::GuestThreads;
 use crate::limits::{CancelFlag, LimitOverrides, Limits};
@@ -99,11 +101,48 @@ pub struct Executor {
     actors: Actors,
     permits: Arc<Semaphore>,
     threads: GuestThreads,
+    inline_clock: InlineClock,
     opts: ExecutorOptions,
 }
 
 /// Receives a call's result, on a guest thread.
 pub type Done = Box<dyn FnOnce(Result<CallOutput, ExecError>) + Send>;
+
+/// What `try_start` did with a call.
+pub enum Attempt {
+    /// Done already (inline, or refused before starting).
+    Finished(Result<CallOutput, ExecError>),
+    /// Running on a guest thread; `done` will be called.
+    Started,
+    /// It has to wait (download and compile, a free slot, a busy actor): use `execute`.
+    Wait(String, CallOptions),
+}
+
+/// How long a call may run inline on the caller's thread before it is moved to a guest thread.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
+/// The share of the caller's thread that inline attempts may take, per window.
+const INLINE_WINDOW: Duration = Duration::from_millis(20);
+const INLINE_SHARE: Duration = Duration::from_millis(4);
+
+/// Bounds the time the caller's thread (Node's event loop) spends on inline attempts: at most
+/// `INLINE_SHARE` in any `INLINE_WINDOW`, so a burst of calls cannot hold the loop.
+struct InlineClock(Mutex<(Instant, Duration)>);
+
+impl InlineClock {
+    fn new() -> Self {
+        InlineClock(Mutex::new((Instant::now(), Duration::ZERO)))
+    }
+    fn admit(&self) -> bool {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= INLINE_WINDOW {
+            *w = (Instant::now(), Duration::ZERO);
+        }
+        w.1 < INLINE_SHARE
+    }
+    fn spend(&self, d: Duration) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 += d;
+    }
+}
 
 /// What a call needs once its module is known.
 struct Prepared {
@@ -123,6 +162,7 @@ impl Executor {
             actors: Actors::new(opts.max_actors),
             permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
             threads,
+            inline_clock: InlineClock::new(),
             opts,
         })
     }
@@ -142,53 +182,92 @@ impl Executor {
         Ok(Prepared { limits, grants, pinned, kind })
     }
 
-    /// Starts a call on a guest thread at once when nothing needs waiting for: the module is
-    /// cached, a concurrency slot is free and the actor (if any) is idle. `done` then receives
-    /// the result on that thread (or an error before it starts). Otherwise hands the arguments
-    /// back untouched, for `execute`.
+    /// Starts a call without waiting, when nothing needs waiting for: the module is cached, a
+    /// concurrency slot is free and the actor (if any) is idle.
+    ///
+    /// A fresh-instance call of a module without WASI is first tried right here, on the calling
+    /// thread, for at most `INLINE_BUDGET` (and only while the caller's thread has spent less than
+    /// `INLINE_SHARE` of recent time on such attempts): most activities finish in microseconds,
+    /// and then no thread hand-off is paid at all. An attempt that runs out of budget is thrown
+    /// away (its instance is fresh, its log lines were held back) and the call runs again from
+    /// the start on a guest thread. Actor calls and WASI guests, whose effects cannot be undone,
+    /// always go to a guest thread. `make_done` is called only when the call goes to a guest
+    /// thread; `done` then receives the result there.
     pub fn try_start(
         &self,
         def: &Definition,
         input: String,
         call: CallOptions,
-        done: Done,
-    ) -> Result<(), (String, CallOptions, Done)> {
+        make_done: impl FnOnce() -> Result<Done, ExecError>,
+    ) -> Attempt {
         let p = match self.prepare(def, &input, &call.cancel) {
             Ok(p) => p,
-            Err(e) => {
-                done(Err(e));
-                return Ok(());
-            }
+            Err(e) => return Attempt::Finished(Err(e)),
         };
         let key = def.key();
         let Some(module) = self.modules.peek(&key, p.kind, p.pinned.as_ref()) else {
-            return Err((input, call, done));
+            return Attempt::Wait(input, call);
         };
         if let Err(e) = authorize(&module.wasi_imports, &def.capabilities) {
-            done(Err(e));
-            return Ok(());
+            return Attempt::Finished(Err(e));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return Err((input, call, done));
+            return Attempt::Wait(input, call);
         };
         let held = match &call.actor_id {
             None => None,
             Some(id) => match self.actors.slot(ActorKey { def: key.clone(), actor_id: id.clone() }).try_lock_owned() {
                 Ok(held) => Some(held),
-                Err(_) => return Err((input, call, done)),
+                Err(_) => return Attempt::Wait(input, call),
             },
         };
         self.modules.count_hit();
+        if held.is_none() && module.wasi_imports.is_empty() && module.inline_ok.load(Ordering::Relaxed) {
+            if let Some(result) = self.try_inline(&module, &p, &call.cancel, &input) {
+                return Attempt::Finished(result);
+            }
+        }
+        let done = match make_done() {
+            Ok(done) => done,
+            Err(e) => return Attempt::Finished(Err(e)),
+        };
         let log = self.opts.log.clone();
         self.threads.submit(move || {
             let _permit = permit;
+            let started = Instant::now();
             let result = catch(|| match held {
                 None => run_fresh(&module, &p.limits, &call.cancel, log, &p.grants, &input),
                 Some(held) => run_actor(held, &module, &p.limits, &call.cancel, log, &p.grants, &input),
             });
+            if started.elapsed() < INLINE_BUDGET / 2 {
+                module.inline_ok.store(true, Ordering::Relaxed);
+            }
             done(result)
         });
-        Ok(())
+        Attempt::Started
+    }
+
+    /// One speculative run on the calling thread; `None` when it ran out of budget (or the
+    /// caller's thread has had its share) and must run on a guest thread instead.
+    fn try_inline(&self, module: &CompiledModule, p: &Prepared, cancel: &CancelFlag, input: &str) -> Option<Result<CallOutput, ExecError>> {
+        if !self.inline_clock.admit() {
+            return None;
+        }
+        let mut limits = p.limits.clone();
+        limits.inline_budget = Some(INLINE_BUDGET);
+        let held_back = Arc::new(BufferedLog::default());
+        let log: Option<Arc<dyn LogSink>> = self.opts.log.as_ref().map(|_| held_back.clone() as Arc<dyn LogSink>);
+        let started = Instant::now();
+        let result = catch(|| run_fresh(module, &limits, cancel, log, &p.grants, input));
+        self.inline_clock.spend(started.elapsed());
+        if let Err(ExecError::OverInlineBudget) = result {
+            module.inline_ok.store(false, Ordering::Relaxed);
+            return None;
+        }
+        if let Some(sink) = &self.opts.log {
+            held_back.flush_to(sink.as_ref());
+        }
+        Some(result)
     }
 
     /// Runs `execute(input_json)` of the definition's module and returns its JSON text, waiting
@@ -570,5 +649,32 @@ mod tests {
         let s = ex.stats().cache;
         assert_eq!(s.modules, 1, "only the newest module fits");
         assert!(s.code_bytes > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn short_calls_finish_inline_and_long_ones_move_to_a_guest_thread() {
+        let (ex, _) = setup(&[("echo.wasm", g::echo()), ("spin.wasm", g::spin())]);
+        let no_done = || -> Result<Done, ExecError> { Err(ExecError::internal("should not be needed")) };
+        // Not cached yet: it has to wait.
+        assert!(matches!(ex.try_start(&def("echo"), "1".into(), CallOptions::default(), no_done), Attempt::Wait(..)));
+        run(&ex, &def("echo"), "1").await.expect("loads");
+        match ex.try_start(&def("echo"), "\"inline\"".into(), CallOptions::default(), no_done) {
+            Attempt::Finished(Ok(out)) => assert_eq!(out.output, "\"inline\""),
+            _ => panic!("a short call on a cached module finishes inline"),
+        }
+        // A spinning guest overruns the inline budget and goes on (from the start) on a guest thread.
+        let mut d = def("spin");
+        d.limits.max_execution_ms = Some(300.0);
+        run(&ex, &d, "1").await.expect_err("loads, then times out");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        let make_done = move || -> Result<Done, ExecError> {
+            Ok(Box::new(move |r: Result<CallOutput, ExecError>| {
+                let _ = tx.send(r);
+            }))
+        };
+        assert!(matches!(ex.try_start(&d, "1".into(), CallOptions::default(), make_done), Attempt::Started));
+        assert!(started.elapsed() < Duration::from_millis(100), "the caller's thread was held for {:?}", started.elapsed());
+        assert_eq!(rx.await.expect("done called"), Err(ExecError::Timeout { limit_ms: 300 }));
     }
 }

@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_fuel: Option<u64>,
     pub max_input_bytes: u64,
     pub max_output_bytes: u64,
+    /// A speculative attempt's time budget: past it the call stops with `OverInlineBudget`
+    /// (to be run again elsewhere), well before `timeout`.
+    pub inline_budget: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -37,6 +40,7 @@ impl Default for Limits {
             max_fuel: None,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            inline_budget: None,
         }
     }
 }
@@ -193,7 +197,9 @@ pub fn arm<T: 'static>(
         let fuel = limits.max_fuel.unwrap_or(u64::MAX);
         store.set_fuel(fuel).map_err(ExecError::internal)?;
     }
-    let deadline = Instant::now() + limits.timeout;
+    let now = Instant::now();
+    let deadline = now + limits.timeout;
+    let budget = limits.inline_budget.filter(|b| *b < limits.timeout).map(|b| now + b);
     let limit_ms = limits.timeout.as_millis() as u64;
     let cancel = cancel.clone();
     store.set_epoch_deadline(1);
@@ -201,8 +207,12 @@ pub fn arm<T: 'static>(
         if cancel.is_cancelled() {
             return Err(wasmtime::Error::new(ExecError::Cancelled));
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(wasmtime::Error::new(ExecError::Timeout { limit_ms }));
+        }
+        if budget.is_some_and(|b| now >= b) {
+            return Err(wasmtime::Error::new(ExecError::OverInlineBudget));
         }
         Ok(UpdateDeadline::Continue(1))
     });

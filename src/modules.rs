@@ -42,6 +42,9 @@ pub struct CompiledModule {
     pub pre: InstancePre<HostState>,
     /// WASI preview1 functions it imports (it runs only when granted env or filesystem).
     pub wasi_imports: Vec<String>,
+    /// Whether its calls are worth trying inline (cleared when one runs past the inline budget,
+    /// set again when one finishes well within it).
+    pub inline_ok: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,7 +133,7 @@ fn prepare(module: Module, digest: Digest, kind: EngineKind) -> Result<CompiledM
         .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
     let range = module.image_range();
     let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
-    Ok(CompiledModule { code_bytes, digest, kind, pre, wasi_imports })
+    Ok(CompiledModule { code_bytes, digest, kind, pre, wasi_imports, inline_ok: true.into() })
 }
 
 impl ModuleCache {

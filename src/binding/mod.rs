@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::{FnArgs, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
-use napi::{Env, ValueType};
+use napi::{Env, JsError, ValueType};
 use napi_derive::napi;
 
 use crate::error::ExecError;
-use crate::executor::{CallOptions, Done, Executor};
+use crate::executor::{Attempt, CallOptions, Done, Executor};
 use crate::instance::CallOutput;
 use js_error::to_napi;
 use js_store::{Downloaded, JsBlobSource};
@@ -288,34 +288,77 @@ impl WasmActivityExecutor {
             Ok((def, json))
         };
         let prepared = prepare();
-        let (deferred, promise) = env.create_deferred::<Raw, _>()?;
-        let hook = SendHook(hook);
-        // Settles the promise on the JS thread: JSON.parse of the output, or the coded error.
-        let done: Done = Box::new(move |result: Result<CallOutput, ExecError>| {
-            deferred.resolve(move |env: Env| {
-                let hook = hook;
-                if let Some(h) = hook.0 {
-                    h.detach(&env);
+        let mut hook = Some(SendHook(hook));
+        let mut promise = None;
+        // A promise settled from a guest thread: JSON.parse of the output, or the coded error,
+        // on the JS thread.
+        let mut make_done = || -> Result<Done, ExecError> {
+            let (deferred, p) = env.create_deferred::<Raw, _>().map_err(ExecError::internal)?;
+            promise = Some(p);
+            let hook = hook.take();
+            Ok(Box::new(move |result: Result<CallOutput, ExecError>| {
+                deferred.resolve(move |env: Env| {
+                    if let Some(SendHook(Some(h))) = hook {
+                        h.detach(&env);
+                    }
+                    settled_value(&env, result, detailed).map(Raw)
+                })
+            }))
+        };
+        let attempt = match prepared {
+            Err(e) => Attempt::Finished(Err(e)),
+            Ok((def, json)) => match self.inner.try_start(&def, json, call, &mut make_done) {
+                Attempt::Wait(json, call) => match make_done() {
+                    Ok(done) => {
+                        // Something to wait for (a download and compile, a slot, the actor).
+                        let exec = self.inner.clone();
+                        napi::bindgen_prelude::spawn(async move {
+                            let result = exec.execute(&def, json, call).await;
+                            done(result);
+                        });
+                        Attempt::Started
+                    }
+                    Err(e) => Attempt::Finished(Err(e)),
+                },
+                other => other,
+            },
+        };
+        match (attempt, promise) {
+            (Attempt::Started, Some(p)) => Ok(p),
+            (Attempt::Finished(result), _) => {
+                // Settled now, on this thread: no hand-off at all.
+                if let Some(SendHook(Some(h))) = hook.take() {
+                    h.detach(env);
                 }
-                let out = result.map_err(|e| to_napi(&env, &e))?;
-                let value = parse_output(&env, &out.output).map_err(|e| to_napi(&env, &e))?;
-                let value = if detailed { details(&env, &out, value)? } else { value };
-                Ok(Raw(value.raw()))
-            })
-        });
-        match prepared {
-            Err(e) => done(Err(e)),
-            Ok((def, json)) => {
-                if let Err((json, call, done)) = self.inner.try_start(&def, json, call, done) {
-                    // Something to wait for (a download and compile, a slot, the actor): the async path.
-                    let exec = self.inner.clone();
-                    napi::bindgen_prelude::spawn(async move {
-                        let result = exec.execute(&def, json, call).await;
-                        done(result);
-                    });
-                }
+                settled_now(env, settled_value(env, result, detailed))
             }
+            _ => settled_now(env, Err(to_napi(env, &ExecError::internal("a started call has no promise")))),
         }
-        Ok(promise)
     }
 }
+
+/// The JS value a call settles with: the parsed output (or details), or the coded error.
+fn settled_value(env: &Env, result: Result<CallOutput, ExecError>, detailed: bool) -> napi::Result<napi::sys::napi_value> {
+    let out = result.map_err(|e| to_napi(env, &e))?;
+    let value = parse_output(env, &out.output).map_err(|e| to_napi(env, &e))?;
+    let value = if detailed { details(env, &out, value)? } else { value };
+    Ok(value.raw())
+}
+
+/// A promise already resolved (or rejected) with `value`.
+fn settled_now<'env>(env: &'env Env, value: napi::Result<napi::sys::napi_value>) -> napi::Result<Object<'env>> {
+    use napi::sys;
+    let raw = env.raw();
+    let mut deferred = std::ptr::null_mut();
+    let mut promise = std::ptr::null_mut();
+    napi::check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })?;
+    match value {
+        Ok(v) => napi::check_status!(unsafe { sys::napi_resolve_deferred(raw, deferred, v) })?,
+        Err(e) => {
+            let err = unsafe { JsError::from(e).into_value(raw) };
+            napi::check_status!(unsafe { sys::napi_reject_deferred(raw, deferred, err) })?
+        }
+    }
+    Ok(Object::from_raw(raw, promise))
+}
+
