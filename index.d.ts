@@ -221,8 +221,37 @@ export interface CacheStats {
   actors: number
 }
 
+/**
+ * Compiles `bytes` and describes them: digest, imports and exports with types, and whether
+ * (and why not) they match the guest ABI the executor runs. Throws `INVALID_MODULE` for
+ * bytes that are not WebAssembly.
+ */
+export declare function inspectModule(bytes: Uint8Array): ModuleInfo
+
 /** `executor.moduleCache`: kept for Loom's tests, which read `moduleCache.size`. */
 export interface ModuleCacheView {
   /** Compiled modules held now. */
   size: number
+}
+
+export interface ModuleExport {
+  name: string
+  type: string
+}
+
+export interface ModuleImport {
+  module: string
+  name: string
+  type: string
+}
+
+export interface ModuleInfo {
+  /** Bytes of the module. */
+  size: number
+  sha256: string
+  exports: Array<ModuleExport>
+  imports: Array<ModuleImport>
+  /** The guest ABI it matches ('assemblyscript'), or null with `notes` saying why not. */
+  abi?: string
+  notes: Array<string>
 }

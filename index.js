@@ -838,3 +838,4 @@ module.exports = nativeBinding
 module.exports.ObjectBlobStore = nativeBinding.ObjectBlobStore
 module.exports.WasmActivityExecutor = nativeBinding.WasmActivityExecutor
 module.exports.benchFloor = nativeBinding.benchFloor
+module.exports.inspectModule = nativeBinding.inspectModule

@@ -6,7 +6,6 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { cpus, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { V8Executor } from './v8-executor.mjs'
 
@@ -58,6 +57,20 @@ async function throughput(fns, inFlight, total) {
     }
   }
   return rates.map(median)
+}
+
+/** The delay d such that a moment picked at random in the run waits longer than d 1 % of the time. */
+function weightedP99(delays) {
+  const total = delays.reduce((a, b) => a + b + 10, 0)
+  const over = (d) => delays.reduce((a, g) => a + Math.max(0, g - d), 0) / total
+  let lo = 0
+  let hi = Math.max(0, ...delays)
+  for (let i = 0; i < 50; i++) {
+    const mid = (lo + hi) / 2
+    if (over(mid) > 0.01) lo = mid
+    else hi = mid
+  }
+  return hi
 }
 
 const rows = []
@@ -119,20 +132,25 @@ async function main() {
   const delays = {}
   const cpuRates = []
   for (const [name, ex] of [['native', native], ['v8', v8]]) {
-    const h = monitorEventLoopDelay({ resolution: 1 })
-    const timer = setInterval(() => {}, 10)
-    h.enable()
-    await new Promise((r) => setTimeout(r, 30)) // the sampling timer is armed before the load starts
-    const [rate] = await throughput([() => ex.execute(def('mortgage'), heavy)], 8, QUICK ? 16 : 48)
-    // Let the sampling timer fire once more: a loop blocked until now records its delay here.
+    // A 10 ms timer's gaps. monitorEventLoopDelay cannot sample while the loop is blocked (a
+    // blocked second is one sample), so the p99 here is time-weighted: the delay a timer due at a
+    // random moment of the run waits, 99 % of the time.
+    const gaps = []
+    let last = performance.now()
+    const timer = setInterval(() => {
+      const now = performance.now()
+      gaps.push(now - last)
+      last = now
+    }, 10)
     await new Promise((r) => setTimeout(r, 30))
-    h.disable()
+    const [rate] = await throughput([() => ex.execute(def('mortgage'), heavy)], 8, QUICK ? 16 : 48)
+    await new Promise((r) => setTimeout(r, 30)) // a loop blocked until now records its gap here
     clearInterval(timer)
     cpuRates.push(rate)
-    delays[name] = { max: h.max / 1e6, p99: h.percentile(99) / 1e6 }
+    delays[name] = { max: Math.max(...gaps) - 10, p99: weightedP99(gaps.map((g) => Math.max(0, g - 10))) }
   }
   row(`CPU-bound (${scenarios} scenarios/call), 8 in flight`, 'calls/s', cpuRates[0], cpuRates[1], undefined, true, 'native/V8 >= 1.6x')
-  row('event-loop delay p99 during CPU-bound calls', 'ms', delays.native.p99, delays.v8.p99, undefined, false, 'native <= 5 ms')
+  row('event-loop delay p99 (time-weighted) during CPU-bound calls', 'ms', delays.native.p99, delays.v8.p99, undefined, false, 'native <= 5 ms')
   row('event-loop delay max during CPU-bound calls', 'ms', delays.native.max, delays.v8.max, undefined, false, '')
 
   console.error('6. cold start (fresh process: download + compile + instantiate + call)')

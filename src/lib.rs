@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod host;
+pub mod inspect;
 pub mod instance;
 pub mod limits;
 pub mod modules;

@@ -102,6 +102,47 @@ fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>) -> napi::Res
     Ok(obj.to_unknown())
 }
 
+#[napi(object)]
+pub struct ModuleExport {
+    pub name: String,
+    pub r#type: String,
+}
+
+#[napi(object)]
+pub struct ModuleImport {
+    pub module: String,
+    pub name: String,
+    pub r#type: String,
+}
+
+#[napi(object)]
+pub struct ModuleInfo {
+    /// Bytes of the module.
+    pub size: f64,
+    pub sha256: String,
+    pub exports: Vec<ModuleExport>,
+    pub imports: Vec<ModuleImport>,
+    /// The guest ABI it matches ('assemblyscript'), or null with `notes` saying why not.
+    pub abi: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// Compiles `bytes` and describes them: digest, imports and exports with types, and whether
+/// (and why not) they match the guest ABI the executor runs. Throws `INVALID_MODULE` for
+/// bytes that are not WebAssembly.
+#[napi]
+pub fn inspect_module(env: Env, bytes: napi::bindgen_prelude::Uint8Array) -> napi::Result<ModuleInfo> {
+    let i = crate::inspect::inspect(&bytes).map_err(|e| to_napi(&env, &e))?;
+    Ok(ModuleInfo {
+        size: i.size as f64,
+        sha256: i.sha256,
+        exports: i.exports.into_iter().map(|(name, r#type)| ModuleExport { name, r#type }).collect(),
+        imports: i.imports.into_iter().map(|(module, name, r#type)| ModuleImport { module, name, r#type }).collect(),
+        abi: i.abi,
+        notes: i.notes,
+    })
+}
+
 /// An empty async call: one hop to the Rust runtime and back. For `npm run bench` only (the floor
 /// that `execute` is measured against).
 #[napi]

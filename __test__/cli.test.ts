@@ -1,0 +1,94 @@
+// The loom-wasm CLI, end to end: the real binary spawned, its output, errors and exit statuses.
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { root } from './helpers'
+
+const cli = (args: string[], stdin?: string) => {
+  const r = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), ...args], {
+    cwd: root,
+    input: stdin,
+    encoding: 'utf8',
+  })
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+const wasm = (name: string) => join('build', `${name}.wasm`)
+
+describe('loom-wasm run', () => {
+  it('prints the output for --input JSON, @file and stdin', () => {
+    const inline = cli(['run', wasm('echo'), '--input', '{"message":"hi","times":2}'])
+    expect(inline.status).toBe(0)
+    expect(JSON.parse(inline.stdout)).toEqual({ result: 'hi hi', length: 5, executedBy: 'WASM' })
+    const file = join(mkdtempSync(join(tmpdir(), 'loom-cli-')), 'in.json')
+    writeFileSync(file, '{"message":"from file 🌍"}')
+    expect(JSON.parse(cli(['run', wasm('echo'), '--input', `@${file}`]).stdout).result).toBe('from file 🌍')
+    expect(JSON.parse(cli(['run', wasm('echo')], '{"message":"piped"}').stdout).result).toBe('piped')
+  })
+
+  it('--actor with --repeat keeps state across runs', () => {
+    const r = cli(['run', wasm('counter-actor'), '--input', '{"action":"increment","amount":2}', '--actor', 'a', '--repeat', '3'])
+    expect(r.status).toBe(0)
+    expect(r.stdout.trim().split('\n').map((l) => JSON.parse(l).count)).toEqual([2, 4, 6])
+  })
+
+  it('limits: --timeout, --memory, --fuel end with exit status 4', () => {
+    const t = cli(['run', wasm('hostile/spin'), '--timeout', '100'])
+    expect(t.status).toBe(4)
+    expect(t.stderr).toContain('TIMEOUT')
+    expect(cli(['run', wasm('hostile/memory-bomb'), '--memory', '8']).stderr).toContain('OUT_OF_MEMORY')
+    const f = cli(['run', wasm('mortgage'), '--input', '{"principal":1000,"years":30,"scenarios":50}', '--fuel', '1000'])
+    expect(f.status).toBe(4)
+    expect(f.stderr).toContain('OUT_OF_FUEL')
+  })
+
+  it('guest errors exit 3, load errors 5, usage errors 2; each prints code and message', () => {
+    const abort = cli(['run', wasm('hostile/abort'), '--input', '{"x":1}'])
+    expect(abort.status).toBe(3)
+    expect(abort.stderr).toMatch(/^loom-wasm: GUEST_ABORT: .*refusing input/)
+    expect(cli(['run', wasm('hostile/not-json')]).status).toBe(3)
+    const missing = cli(['run', 'build/no-such.wasm'])
+    expect(missing.status).toBe(5)
+    expect(missing.stderr).toContain('BLOB_NOT_FOUND')
+    expect(cli(['run', wasm('hostile/no-execute')]).status).toBe(5)
+    expect(cli(['run', wasm('echo'), '--input', '{nope'])).toMatchObject({ status: 2 })
+    expect(cli(['run', wasm('echo'), '--bogus', '1'])).toMatchObject({ status: 2 })
+    expect(cli(['run'])).toMatchObject({ status: 2 })
+    expect(cli(['frobnicate'])).toMatchObject({ status: 2 })
+    expect(cli(['run', wasm('echo'), '--timeout', '-1']).status).toBe(2)
+  })
+})
+
+describe('loom-wasm inspect and precompile', () => {
+  it('inspect reports digest, exports, imports and the ABI match', () => {
+    const r = cli(['inspect', wasm('echo')])
+    expect(r.status).toBe(0)
+    const info = JSON.parse(r.stdout)
+    expect(info.sha256).toMatch(/^[0-9a-f]{64}$/)
+    expect(info.abi).toBe('assemblyscript')
+    expect(info.exports.find((e: any) => e.name === 'execute').type).toContain('i32')
+    expect(info.imports).toContainEqual(expect.objectContaining({ module: 'env', name: 'abort' }))
+    const bad = JSON.parse(cli(['inspect', wasm('hostile/no-execute')]).stdout)
+    expect(bad.abi).toBeNull()
+    expect(bad.notes.join(' ')).toContain('execute')
+  })
+
+  it('precompile writes the artifact that later runs load', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cli-cache-'))
+    const r = cli(['precompile', wasm('echo'), '--cache-dir', dir])
+    expect(r.status).toBe(0)
+    const digest = r.stdout.trim()
+    expect(readdirSync(dir)).toEqual([expect.stringMatching(new RegExp(`^${digest}-[0-9a-f]{16}\\.cwasm$`))])
+    expect(cli(['precompile', wasm('echo')]).status).toBe(2)
+    expect(JSON.parse(cli(['run', wasm('echo'), '--cache-dir', dir, '--input', '{"message":"c"}']).stdout).result).toBe('c')
+  })
+
+  it('--help works for each command', () => {
+    for (const args of [['--help'], ['run', '--help'], ['inspect', '--help'], ['precompile', '--help']]) {
+      const r = cli(args)
+      expect(r.status).toBe(0)
+      expect(r.stdout).toContain('loom-wasm')
+    }
+  })
+})

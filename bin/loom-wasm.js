@@ -1,0 +1,174 @@
+#!/usr/bin/env node
+// loom-wasm: run, inspect and precompile Loom WebAssembly activities from the command line.
+'use strict'
+
+const { readFileSync } = require('node:fs')
+const { resolve } = require('node:path')
+
+// Exit statuses, one per class of failure.
+const EXIT = { ok: 0, internal: 1, usage: 2, guest: 3, limit: 4, load: 5 }
+const CLASS = {
+  GUEST_ABORT: 'guest', TRAP: 'guest', INVALID_OUTPUT: 'guest', OUTPUT_TOO_LARGE: 'guest',
+  TIMEOUT: 'limit', OUT_OF_MEMORY: 'limit', OUT_OF_FUEL: 'limit', INPUT_TOO_LARGE: 'limit', CANCELLED: 'limit',
+  BLOB_NOT_FOUND: 'load', BLOB_UNAVAILABLE: 'load', INVALID_MODULE: 'load', MISSING_EXPORT: 'load',
+  CAPABILITY_DENIED: 'load', INTEGRITY_MISMATCH: 'load',
+  INVALID_ARGUMENT: 'usage', INVALID_INPUT: 'usage', USAGE: 'usage',
+}
+
+const HELP = {
+  main: `loom-wasm <command> [options]
+
+Commands:
+  run <module.wasm | url>        run a guest's execute() and print its JSON output
+  inspect <module.wasm | url>    size, sha256, exports, imports, and whether it matches the guest ABI
+  precompile <module.wasm | url> --cache-dir DIR   write its compiled artifact into DIR
+
+Run 'loom-wasm <command> --help' for a command's options.
+Exit status: 0 ok, 1 internal error, 2 usage error, 3 guest error, 4 limit hit, 5 load error.`,
+  run: `loom-wasm run <module.wasm | url> [options]
+
+Runs the module's execute(input) and prints its output as JSON.
+
+Options:
+  --input '<json>'     the input (JSON text)
+  --input @file.json   the input, from a file
+                       (without --input, the input is read from stdin when it is not a terminal, else null)
+  --timeout MS         time limit (default 30000)
+  --memory MB          linear-memory cap (default 256)
+  --fuel N             instruction budget
+  --actor ID           run on one kept instance (guest state persists across --repeat)
+  --repeat N           run N times, printing each output (default 1)
+  --cache-dir DIR      compiled-artifact cache
+  --help`,
+  inspect: `loom-wasm inspect <module.wasm | url>
+
+Prints size, sha256, exports and imports with their types, and which guest ABI the module
+matches (and why not, if none), as JSON.`,
+  precompile: `loom-wasm precompile <module.wasm | url> --cache-dir DIR
+
+Compiles the module and writes its artifact (<sha256>-<engine>.cwasm) into DIR, so later runs and
+executors with the same cacheDir skip compiling. Prints the module's sha256.`,
+}
+
+class UsageError extends Error {
+  constructor(message) {
+    super(message)
+    this.code = 'USAGE'
+  }
+}
+
+function parse(argv) {
+  const [command, ...rest] = argv
+  const opts = { _: [] }
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]
+    if (a === '--help' || a === '-h') opts.help = true
+    else if (a.startsWith('--')) {
+      const key = a.slice(2)
+      if (!['input', 'timeout', 'memory', 'fuel', 'actor', 'repeat', 'cache-dir'].includes(key)) {
+        throw new UsageError(`unknown option ${a}`)
+      }
+      if (i + 1 >= rest.length) throw new UsageError(`${a} needs a value`)
+      opts[key] = rest[++i]
+    } else opts._.push(a)
+  }
+  return { command, opts }
+}
+
+function number(opts, key) {
+  if (opts[key] === undefined) return undefined
+  const n = Number(opts[key])
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${key} must be a positive number`)
+  return n
+}
+
+const isUrl = (s) => /^[a-z][a-z0-9+.-]*:\/\//i.test(s)
+
+/** A blob store and definition for a module given as a path or a URL. */
+function target(spec, extra = {}) {
+  if (!spec) throw new UsageError('missing <module.wasm | url>')
+  const store = isUrl(spec)
+    ? { download: async () => { throw new Error('unreachable: URLs are read natively') } }
+    : { download: async () => readFileSync(resolve(spec)) }
+  const def = { name: spec, version: 'cli', wasmBlobPath: isUrl(spec) ? spec : 'module.wasm', ...extra }
+  return { store, def }
+}
+
+async function readInput(opts) {
+  if (opts.input !== undefined) {
+    const text = opts.input.startsWith('@') ? readFileSync(resolve(opts.input.slice(1)), 'utf8') : opts.input
+    try {
+      return JSON.parse(text)
+    } catch (e) {
+      throw new UsageError(`--input is not JSON: ${e.message}`)
+    }
+  }
+  if (process.stdin.isTTY) return null
+  const chunks = []
+  for await (const c of process.stdin) chunks.push(c)
+  const text = Buffer.concat(chunks).toString('utf8').trim()
+  if (!text) return null
+  try {
+    return JSON.parse(text)
+  } catch (e) {
+    throw new UsageError(`stdin is not JSON: ${e.message}`)
+  }
+}
+
+async function bytesOf(spec) {
+  if (!spec) throw new UsageError('missing <module.wasm | url>')
+  if (!isUrl(spec)) return readFileSync(resolve(spec))
+  const { ObjectBlobStore } = require('..')
+  const u = new URL(spec)
+  const store = new ObjectBlobStore(`${u.protocol}//${u.host}`)
+  return store.download(u.pathname)
+}
+
+async function main(argv) {
+  const { command, opts } = parse(argv)
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    console.log(HELP.main)
+    return command ? EXIT.ok : EXIT.usage
+  }
+  if (!HELP[command] || command === 'main') throw new UsageError(`unknown command ${command}\n\n${HELP.main}`)
+  if (opts.help) {
+    console.log(HELP[command])
+    return EXIT.ok
+  }
+  const { WasmActivityExecutor, inspectModule } = require('..')
+  if (command === 'run') {
+    const limits = { maxExecutionMs: number(opts, 'timeout'), maxMemoryMB: number(opts, 'memory'), maxFuel: number(opts, 'fuel') }
+    const repeat = number(opts, 'repeat') ?? 1
+    if (repeat > 1 && opts.actor === undefined) throw new UsageError('--repeat needs --actor (without it every run starts fresh)')
+    const { store, def } = target(opts._[0], { limits })
+    const input = await readInput(opts)
+    const executor = new WasmActivityExecutor(store, opts['cache-dir'] ? { cacheDir: opts['cache-dir'] } : undefined)
+    for (let i = 0; i < repeat; i++) {
+      const out = await executor.execute(def, input, opts.actor !== undefined ? { actorId: opts.actor } : undefined)
+      console.log(JSON.stringify(out))
+    }
+    return EXIT.ok
+  }
+  if (command === 'inspect') {
+    const info = inspectModule(await bytesOf(opts._[0]))
+    console.log(JSON.stringify({ ...info, abi: info.abi ?? null }, null, 2))
+    return EXIT.ok
+  }
+  if (command === 'precompile') {
+    if (!opts['cache-dir']) throw new UsageError('precompile needs --cache-dir DIR')
+    const { store, def } = target(opts._[0])
+    const executor = new WasmActivityExecutor(store, { cacheDir: opts['cache-dir'] })
+    console.log(await executor.precompile(def))
+    return EXIT.ok
+  }
+  return EXIT.usage
+}
+
+main(process.argv.slice(2)).then(
+  (status) => process.exit(status),
+  (err) => {
+    const code = err && err.code ? err.code : 'INTERNAL'
+    process.stderr.write(`loom-wasm: ${code}: ${err && err.message ? err.message : String(err)}\n`)
+    process.exit(EXIT[CLASS[code]] ?? EXIT.internal)
+  },
+)
