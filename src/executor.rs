@@ -235,10 +235,7 @@ impl Executor {
         self.threads.submit(move || {
             let _permit = permit;
             let started = Instant::now();
-            let result = catch(|| match held {
-                None => run_fresh(&module, &p.limits, &call.cancel, log, &p.grants, &input),
-                Some(held) => run_actor(held, &module, &p.limits, &call.cancel, log, &p.grants, &input),
-            });
+            let result = catch(|| run(held, &module, &p, &call.cancel, log, &input));
             if started.elapsed() < INLINE_BUDGET / 2 {
                 module.inline_ok.store(true, Ordering::Relaxed);
             }
@@ -258,7 +255,9 @@ impl Executor {
         let held_back = Arc::new(BufferedLog::default());
         let log: Option<Arc<dyn LogSink>> = self.opts.log.as_ref().map(|_| held_back.clone() as Arc<dyn LogSink>);
         let started = Instant::now();
-        let result = catch(|| run_fresh(module, &limits, cancel, log, &p.grants, input));
+        let result = catch(|| {
+            GuestInstance::new(module, &limits, cancel, log, &p.grants)?.call(input, &limits, cancel)
+        });
         self.inline_clock.spend(started.elapsed());
         if let Err(ExecError::OverInlineBudget) = result {
             module.inline_ok.store(false, Ordering::Relaxed);
@@ -291,10 +290,7 @@ impl Executor {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.threads.submit(move || {
             let _permit = permit;
-            let result = catch(|| match held {
-                None => run_fresh(&module, &p.limits, &cancel, log, &p.grants, &input_json),
-                Some(held) => run_actor(held, &module, &p.limits, &cancel, log, &p.grants, &input_json),
-            });
+            let result = catch(|| run(held, &module, &p, &cancel, log, &input_json));
             let _ = tx.send(result);
         });
         rx.await.map_err(|_| ExecError::internal("a guest thread dropped its call"))?
@@ -303,11 +299,8 @@ impl Executor {
     /// Downloads and compiles (or loads from an artifact) a definition's module ahead of traffic,
     /// filling every cache tier. Returns the module's sha256.
     pub async fn precompile(&self, def: &Definition) -> Result<String, ExecError> {
-        def.validate()?;
-        let limits = self.opts.defaults.with_overrides(&def.limits)?;
-        let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
-        let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
-        let module = self.modules.get_or_load(&def.key(), kind, pinned.as_ref(), self.source.as_ref()).await?;
+        let p = self.prepare(def, "", &CancelFlag::new())?;
+        let module = self.modules.get_or_load(&def.key(), p.kind, p.pinned.as_ref(), self.source.as_ref()).await?;
         Ok(hex(&module.digest))
     }
 
@@ -331,32 +324,25 @@ impl Executor {
     }
 }
 
-fn run_fresh(
+/// Runs one call: on the actor's kept instance when `held` is given (creating it on the
+/// actor's first call, or when its module changed), else on a fresh instance.
+fn run(
+    held: Option<OwnedMutexGuard<Option<GuestInstance>>>,
     module: &CompiledModule,
-    limits: &Limits,
+    p: &Prepared,
     cancel: &CancelFlag,
     log: Option<Arc<dyn LogSink>>,
-    grants: &Grants,
     input: &str,
 ) -> Result<CallOutput, ExecError> {
-    GuestInstance::new(module, limits, cancel, log, grants)?.call(input, limits, cancel)
-}
-
-fn run_actor(
-    mut held: OwnedMutexGuard<Option<GuestInstance>>,
-    module: &CompiledModule,
-    limits: &Limits,
-    cancel: &CancelFlag,
-    log: Option<Arc<dyn LogSink>>,
-    grants: &Grants,
-    input: &str,
-) -> Result<CallOutput, ExecError> {
+    let Some(mut held) = held else {
+        return GuestInstance::new(module, &p.limits, cancel, log, &p.grants)?.call(input, &p.limits, cancel);
+    };
     let mut instance = match held.take() {
         // Same bytes, same engine: the actor's state lives on.
         Some(i) if i.digest == module.digest && i.kind == module.kind => i,
-        _ => GuestInstance::new(module, limits, cancel, log, grants)?,
+        _ => GuestInstance::new(module, &p.limits, cancel, log, &p.grants)?,
     };
-    let result = instance.call(input, limits, cancel);
+    let result = instance.call(input, &p.limits, cancel);
     if result.as_ref().err().is_none_or(is_reusable_after) {
         *held = Some(instance);
     }

@@ -155,25 +155,8 @@ impl ModuleCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A cached module: by the pinned digest when there is one (content-addressed), else by the
-    /// definition's index entry.
-    fn lookup(&self, key: &DefKey, kind: EngineKind, pinned: Option<&Digest>) -> Option<Arc<CompiledModule>> {
-        let mut st = self.state();
-        let digest = match pinned {
-            Some(d) => *d,
-            None => *st.index.get(key)?,
-        };
-        let m = st.lru.get(&(digest, kind)).cloned();
-        if m.is_some() {
-            st.stats.hits += 1;
-            if pinned.is_some() {
-                st.index.insert(key.clone(), digest);
-            }
-        }
-        m
-    }
-
-    /// A cached module without counting a hit (the caller counts it once the call starts).
+    /// A cached module, by the pinned digest when there is one (content-addressed), else by the
+    /// definition's index entry. Counts no hit (the caller counts it once the call starts).
     pub fn peek(&self, key: &DefKey, kind: EngineKind, pinned: Option<&Digest>) -> Option<Arc<CompiledModule>> {
         let mut st = self.state();
         let digest = match pinned {
@@ -200,7 +183,8 @@ impl ModuleCache {
         pinned: Option<&Digest>,
         source: &dyn BlobSource,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        if let Some(m) = self.lookup(key, kind, pinned) {
+        if let Some(m) = self.peek(key, kind, pinned) {
+            self.count_hit();
             return Ok(m);
         }
         let flight = (key.clone(), kind);
