@@ -38,6 +38,7 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
         pool.total_core_instances(POOL_INSTANCES)
             .total_memories(POOL_INSTANCES)
             .total_tables(POOL_INSTANCES)
+            .total_stacks(POOL_INSTANCES)
             // Keep a little of each slot resident so reuse skips page faults and madvise.
             .linear_memory_keep_resident(64 * 1024)
             .table_keep_resident(4 * 1024);

@@ -64,10 +64,6 @@ pub enum ExecError {
     /// The guest returned something that is not a valid string of JSON.
     #[error("invalid output: {message}")]
     InvalidOutput { message: String, preview: String },
-    /// A speculative inline attempt ran out of its budget; the executor runs the call again on a
-    /// guest thread. Never reaches a caller.
-    #[error("inline attempt over budget")]
-    OverInlineBudget,
     /// A bug or resource failure inside the executor itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,7 +90,7 @@ impl ExecError {
             ExecError::InputTooLarge { .. } => "INPUT_TOO_LARGE",
             ExecError::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
             ExecError::InvalidOutput { .. } => "INVALID_OUTPUT",
-            ExecError::Internal(_) | ExecError::OverInlineBudget => "INTERNAL",
+            ExecError::Internal(_) => "INTERNAL",
         }
     }
 
@@ -164,7 +160,6 @@ mod tests {
             ExecError::InvalidOutput { message: String::new(), preview: String::new() },
             ExecError::Internal(String::new()),
         ];
-        assert_eq!(ExecError::OverInlineBudget.code(), "INTERNAL");
         let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
         codes.sort();
         codes.dedup();

@@ -13,9 +13,9 @@ pub use crate::capabilities::Capabilities;
 use crate::capabilities::{authorize, FilesystemConfig, Grants};
 use crate::engine::EngineKind;
 use crate::error::ExecError;
-use crate::host::{BufferedLog, LogSink};
+use crate::host::LogSink;
 use crate::instance::{is_reusable_after, CallOutput, GuestInstance};
-use crate::threads::GuestThreads;
+use crate::threads::{block_on, GuestThreads};
 use crate::limits::{CancelFlag, LimitOverrides, Limits};
 use crate::artifacts::ArtifactCache;
 use crate::modules::{hex, parse_digest, CacheStats, CompiledModule, DefKey, Digest, ModuleCache};
@@ -185,13 +185,13 @@ impl Executor {
     /// Starts a call without waiting, when nothing needs waiting for: the module is cached, a
     /// concurrency slot is free and the actor (if any) is idle.
     ///
-    /// A fresh-instance call of a module without WASI is first tried right here, on the calling
-    /// thread, for at most `INLINE_BUDGET` (and only while the caller's thread has spent less than
-    /// `INLINE_SHARE` of recent time on such attempts): most activities finish in microseconds,
-    /// and then no thread hand-off is paid at all. An attempt that runs out of budget is thrown
-    /// away (its instance is fresh, its log lines were held back) and the call runs again from
-    /// the start on a guest thread. Actor calls and WASI guests, whose effects cannot be undone,
-    /// always go to a guest thread. `make_done` is called only when the call goes to a guest
+    /// The call (a future: the guest runs on a wasmtime fiber) is first polled right here, on
+    /// the calling thread, with a budget of `INLINE_BUDGET`, and only while the caller's thread
+    /// has spent less than `INLINE_SHARE` of recent time on such starts. Most activities finish
+    /// in microseconds and then pay no thread hand-off at all. One still running at the budget
+    /// yields at the next epoch tick, and the suspended call moves, as it is, to a guest thread
+    /// that finishes it. WASI guests (whose host calls may block) and modules seen to run long
+    /// go to a guest thread directly. `make_done` is called only when the call goes to a guest
     /// thread; `done` then receives the result there.
     pub fn try_start(
         &self,
@@ -200,7 +200,7 @@ impl Executor {
         call: CallOptions,
         make_done: impl FnOnce() -> Result<Done, ExecError>,
     ) -> Attempt {
-        let p = match self.prepare(def, &input, &call.cancel) {
+        let mut p = match self.prepare(def, &input, &call.cancel) {
             Ok(p) => p,
             Err(e) => return Attempt::Finished(Err(e)),
         };
@@ -222,51 +222,37 @@ impl Executor {
             },
         };
         self.modules.count_hit();
-        if held.is_none() && module.wasi_imports.is_empty() && module.inline_ok.load(Ordering::Relaxed) {
-            if let Some(result) = self.try_inline(&module, &p, &call.cancel, &input) {
-                return Attempt::Finished(result);
+        let inline =
+            module.wasi_imports.is_empty() && module.inline_ok.load(Ordering::Relaxed) && self.inline_clock.admit();
+        if inline {
+            p.limits.inline_budget = Some(INLINE_BUDGET);
+        }
+        let log = self.opts.log.clone();
+        let started = Instant::now();
+        let cancel = call.cancel;
+        let m = module.clone();
+        let mut fut: GuestCall = Box::pin(async move { run(held, &m, &p, &cancel, log, &input).await });
+        if inline {
+            let polled = poll_once(&mut fut);
+            self.inline_clock.spend(started.elapsed());
+            match polled {
+                Some(result) => return Attempt::Finished(result),
+                None => module.inline_ok.store(false, Ordering::Relaxed),
             }
         }
         let done = match make_done() {
             Ok(done) => done,
             Err(e) => return Attempt::Finished(Err(e)),
         };
-        let log = self.opts.log.clone();
         self.threads.submit(move || {
             let _permit = permit;
-            let started = Instant::now();
-            let result = catch(|| run(held, &module, &p, &call.cancel, log, &input));
+            let result = catch(|| block_on(fut));
             if started.elapsed() < INLINE_BUDGET / 2 {
                 module.inline_ok.store(true, Ordering::Relaxed);
             }
             done(result)
         });
         Attempt::Started
-    }
-
-    /// One speculative run on the calling thread; `None` when it ran out of budget (or the
-    /// caller's thread has had its share) and must run on a guest thread instead.
-    fn try_inline(&self, module: &CompiledModule, p: &Prepared, cancel: &CancelFlag, input: &str) -> Option<Result<CallOutput, ExecError>> {
-        if !self.inline_clock.admit() {
-            return None;
-        }
-        let mut limits = p.limits.clone();
-        limits.inline_budget = Some(INLINE_BUDGET);
-        let held_back = Arc::new(BufferedLog::default());
-        let log: Option<Arc<dyn LogSink>> = self.opts.log.as_ref().map(|_| held_back.clone() as Arc<dyn LogSink>);
-        let started = Instant::now();
-        let result = catch(|| {
-            GuestInstance::new(module, &limits, cancel, log, &p.grants)?.call(input, &limits, cancel)
-        });
-        self.inline_clock.spend(started.elapsed());
-        if let Err(ExecError::OverInlineBudget) = result {
-            module.inline_ok.store(false, Ordering::Relaxed);
-            return None;
-        }
-        if let Some(sink) = &self.opts.log {
-            held_back.flush_to(sink.as_ref());
-        }
-        Some(result)
     }
 
     /// Runs `execute(input_json)` of the definition's module and returns its JSON text, waiting
@@ -290,7 +276,7 @@ impl Executor {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.threads.submit(move || {
             let _permit = permit;
-            let result = catch(|| run(held, &module, &p, &cancel, log, &input_json));
+            let result = catch(|| block_on(run(held, &module, &p, &cancel, log, &input_json)));
             let _ = tx.send(result);
         });
         rx.await.map_err(|_| ExecError::internal("a guest thread dropped its call"))?
@@ -324,9 +310,23 @@ impl Executor {
     }
 }
 
+/// A guest call in flight: `Send`, so a call suspended on one thread can finish on another.
+type GuestCall = std::pin::Pin<Box<dyn std::future::Future<Output = Result<CallOutput, ExecError>> + Send>>;
+
+/// Polls a call once with a waker that does nothing (a suspended call is moved, not woken);
+/// `None` when it yielded. A panic becomes an error.
+fn poll_once(fut: &mut GuestCall) -> Option<Result<CallOutput, ExecError>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(std::task::Poll::Ready(result)) => Some(result),
+        Ok(std::task::Poll::Pending) => None,
+        Err(_) => Some(Err(ExecError::internal("the call panicked (a bug in the executor)"))),
+    }
+}
+
 /// Runs one call: on the actor's kept instance when `held` is given (creating it on the
 /// actor's first call, or when its module changed), else on a fresh instance.
-fn run(
+async fn run(
     held: Option<OwnedMutexGuard<Option<GuestInstance>>>,
     module: &CompiledModule,
     p: &Prepared,
@@ -335,14 +335,15 @@ fn run(
     input: &str,
 ) -> Result<CallOutput, ExecError> {
     let Some(mut held) = held else {
-        return GuestInstance::new(module, &p.limits, cancel, log, &p.grants)?.call(input, &p.limits, cancel);
+        let mut instance = GuestInstance::new(module, &p.limits, cancel, log, &p.grants).await?;
+        return instance.call(input, &p.limits, cancel).await;
     };
     let mut instance = match held.take() {
         // Same bytes, same engine: the actor's state lives on.
         Some(i) if i.digest == module.digest && i.kind == module.kind => i,
-        _ => GuestInstance::new(module, &p.limits, cancel, log, &p.grants)?,
+        _ => GuestInstance::new(module, &p.limits, cancel, log, &p.grants).await?,
     };
-    let result = instance.call(input, &p.limits, cancel);
+    let result = instance.call(input, &p.limits, cancel).await;
     if result.as_ref().err().is_none_or(is_reusable_after) {
         *held = Some(instance);
     }

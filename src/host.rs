@@ -22,28 +22,6 @@ pub trait LogSink: Send + Sync {
     fn log(&self, level: &str, message: &str);
 }
 
-/// Holds a speculative attempt's log lines until it is known whether the attempt counts.
-#[derive(Default)]
-pub struct BufferedLog {
-    lines: std::sync::Mutex<Vec<(String, String)>>,
-}
-
-impl BufferedLog {
-    /// Sends the held lines on to `sink`.
-    pub fn flush_to(&self, sink: &dyn LogSink) {
-        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()));
-        for (level, message) in lines {
-            sink.log(&level, &message);
-        }
-    }
-}
-
-impl LogSink for BufferedLog {
-    fn log(&self, level: &str, message: &str) {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).push((level.to_string(), message.to_string()));
-    }
-}
-
 /// Log lines one call may emit; past it lines are dropped (a guest logging in a loop must not
 /// flood the host), with one final line saying so.
 pub const LOG_LINES_PER_CALL: u32 = 1000;

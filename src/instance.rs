@@ -66,7 +66,7 @@ fn trap_kind(trap: &Trap) -> String {
 
 impl GuestInstance {
     /// Instantiates a module in a fresh Store (running its start function under the limits).
-    pub fn new(
+    pub async fn new(
         module: &CompiledModule,
         limits: &Limits,
         cancel: &CancelFlag,
@@ -82,7 +82,7 @@ impl GuestInstance {
         store.limiter(|s| &mut s.limiter);
         arm(&mut store, limits, cancel, module.kind == EngineKind::Metered)?;
         let _running = Running::start()?;
-        let instance = module.pre.instantiate(&mut store).map_err(|e| {
+        let instance = module.pre.instantiate_async(&mut store).await.map_err(|e| {
             if e.downcast_ref::<ExecError>().is_some() || e.downcast_ref::<Trap>().is_some() {
                 classify(e, limits)
             } else {
@@ -95,7 +95,7 @@ impl GuestInstance {
 
     /// Runs `execute(input)` under `limits`. After an error the instance may be torn (a trap
     /// midway through guest code): callers discard it unless `is_reusable_after` says otherwise.
-    pub fn call(&mut self, input: &str, limits: &Limits, cancel: &CancelFlag) -> Result<CallOutput, ExecError> {
+    pub async fn call(&mut self, input: &str, limits: &Limits, cancel: &CancelFlag) -> Result<CallOutput, ExecError> {
         let metered = self.kind == EngineKind::Metered;
         self.store.data_mut().limiter.set_max(limits.max_memory_bytes);
         self.store.data_mut().log_budget = crate::host::LOG_LINES_PER_CALL;
@@ -103,7 +103,7 @@ impl GuestInstance {
         let started = Instant::now();
         let output = {
             let _running = Running::start()?;
-            self.exports.call_execute(&mut self.store, input, limits.max_output_bytes, |e| classify(e, limits))?
+            self.exports.call_execute(&mut self.store, input, limits.max_output_bytes, |e| classify(e, limits)).await?
         };
         let duration = started.elapsed();
         let fuel_consumed = if metered {

@@ -27,8 +27,8 @@ pub struct Limits {
     pub max_fuel: Option<u64>,
     pub max_input_bytes: u64,
     pub max_output_bytes: u64,
-    /// A speculative attempt's time budget: past it the call stops with `OverInlineBudget`
-    /// (to be run again elsewhere), well before `timeout`.
+    /// How long the call may run before it yields at an epoch tick (its future returns
+    /// `Pending`), so the caller can move it to another thread. `None`: it never yields.
     pub inline_budget: Option<Duration>,
 }
 
@@ -199,7 +199,7 @@ pub fn arm<T: 'static>(
     }
     let now = Instant::now();
     let deadline = now + limits.timeout;
-    let budget = limits.inline_budget.filter(|b| *b < limits.timeout).map(|b| now + b);
+    let budget = limits.inline_budget.map(|b| now + b);
     let limit_ms = limits.timeout.as_millis() as u64;
     let cancel = cancel.clone();
     store.set_epoch_deadline(1);
@@ -212,7 +212,8 @@ pub fn arm<T: 'static>(
             return Err(wasmtime::Error::new(ExecError::Timeout { limit_ms }));
         }
         if budget.is_some_and(|b| now >= b) {
-            return Err(wasmtime::Error::new(ExecError::OverInlineBudget));
+            // Suspend the fiber; whoever polls next (another thread) resumes it at the next tick.
+            return Ok(UpdateDeadline::Yield(1));
         }
         Ok(UpdateDeadline::Continue(1))
     });

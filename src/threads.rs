@@ -70,6 +70,29 @@ fn worker(s: &Shared) {
     }
 }
 
+/// Drives a future to completion on this thread (a guest call's fiber, possibly suspended
+/// elsewhere before), parking between polls.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => return v,
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
 impl Drop for GuestThreads {
     fn drop(&mut self) {
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;

@@ -6,7 +6,7 @@
 //! class id) and pinned with `__pin` while the host holds them. Results are read from the length
 //! header, never by scanning for a terminator.
 
-use wasmtime::{AsContextMut, ExternType, Instance, Memory, Module, TypedFunc, ValType};
+use wasmtime::{AsContextMut, ExternType, Instance, Memory, Module, Store, TypedFunc, ValType};
 
 use crate::error::ExecError;
 
@@ -77,9 +77,11 @@ impl Exports {
 
     /// Calls `execute(input)` and returns the guest's string. `classify` turns a wasmtime error
     /// (trap, host error) into ours. Fails with `OUTPUT_TOO_LARGE` past `max_output_bytes`.
-    pub fn call_execute(
+    /// Async: the guest runs on a fiber, so a call can be suspended at an epoch tick and
+    /// resumed on another thread.
+    pub async fn call_execute<T: Send + 'static>(
         &self,
-        mut store: impl AsContextMut,
+        store: &mut Store<T>,
         input: &str,
         max_output_bytes: u64,
         classify: impl Fn(wasmtime::Error) -> ExecError,
@@ -89,17 +91,17 @@ impl Exports {
         if byte_len > MAX_AS_OBJECT_BYTES {
             return Err(ExecError::InputTooLarge { size: byte_len, limit: MAX_AS_OBJECT_BYTES });
         }
-        let ptr = self.new.call(&mut store, (byte_len as i32, STRING_CLASS_ID)).map_err(&classify)?;
-        write_utf16(self.memory.data_mut(&mut store), ptr, input, byte_len)?;
+        let ptr = self.new.call_async(&mut *store, (byte_len as i32, STRING_CLASS_ID)).await.map_err(&classify)?;
+        write_utf16(self.memory.data_mut(&mut *store), ptr, input, byte_len)?;
         let pinned = match &self.pin {
-            Some(pin) => Some(pin.call(&mut store, ptr).map_err(&classify)?),
+            Some(pin) => Some(pin.call_async(&mut *store, ptr).await.map_err(&classify)?),
             None => None,
         };
-        let out = self.execute.call(&mut store, ptr).map_err(&classify)?;
+        let out = self.execute.call_async(&mut *store, ptr).await.map_err(&classify)?;
         // Read the result before anything else can allocate (and so collect) in the guest.
-        let result = read_string(self.memory.data(&store), out, max_output_bytes);
+        let result = read_string(self.memory.data(&*store), out, max_output_bytes);
         if let (Some(unpin), Some(p)) = (&self.unpin, pinned) {
-            unpin.call(&mut store, p).map_err(&classify)?;
+            unpin.call_async(&mut *store, p).await.map_err(&classify)?;
         }
         result
     }
