@@ -1,5 +1,6 @@
 //! The executor: load a definition's module, then run a call on a fresh instance (or an actor's
-//! kept one) off the async threads, under the definition's limits and the executor's concurrency.
+//! kept one) under the definition's limits and the executor's concurrency: started on the
+//! caller's thread for at most a millisecond, finished on a guest thread when it needs longer.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,5 @@
-//! A live guest: a Store with its instance, and how one call runs on it (on the calling thread,
-//! which the executor keeps off the JS thread).
+//! A live guest: a Store with its instance, and how one call runs on it: as a future whose guest
+//! code runs on a wasmtime fiber, so a call may start on one thread and finish on another.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
