@@ -24,8 +24,8 @@ pub struct GuestThreads {
     shared: Arc<Shared>,
 }
 
-/// Guest code runs on the thread's own stack (wasmtime's sync calls); leave room beyond the
-/// engine's 1 MiB wasm stack limit for host frames.
+/// Guest code runs on wasmtime's fiber stacks, not these; the threads run host code (the block_on
+/// loop, WASI's blocking runtime, artifact I/O). Generous headroom costs only address space.
 const STACK_BYTES: usize = 8 * 1024 * 1024;
 
 impl GuestThreads {
