@@ -14,8 +14,9 @@ export interface ActivityDefinition {
   name: string
   version: string
   /**
-   * Path of the module in the blob store, or an absolute URL (`file://`, `s3://`, `az://`, `gs://`,
-   * `http(s)://`) read directly with credentials from the environment.
+   * Path of the module in the blob store. An absolute URL (`file://`, `s3://`, `az://`, `gs://`,
+   * `http(s)://`) is read directly (credentials from the environment) only when it falls under one
+   * of the executor's `allowedBlobUrls`; otherwise it is just a path for the store.
    */
   wasmBlobPath: string
   /** Hex sha256 the module's bytes must hash to; others are refused with `INTEGRITY_MISMATCH`. */
@@ -42,33 +43,63 @@ export interface ActivityDefinition {
 }
 
 export interface ExecuteOptions {
-  /** Run on this actor's kept instance, so guest globals persist between calls. */
+  /**
+   * Run on this actor's kept instance, so guest globals persist between calls. Calls to one actor
+   * run one at a time, in the order they were made. Must be a well-formed string (no lone
+   * surrogates).
+   */
   actorId?: string
   /** Cancels a queued or running call (`code: 'CANCELLED'`). */
   signal?: AbortSignal
 }
 
+/** Every numeric option is a whole number in the range given; outside it, `INVALID_ARGUMENT`. */
 export interface ExecutorOptions {
-  /** Compiled modules kept in the LRU (default 128). */
+  /** Compiled modules kept in the LRU (default 128; 1..100000). */
   maxCachedModules?: number
-  /** Compiled code kept in the LRU, in bytes (default 512 MiB). */
+  /** Compiled code kept in the LRU, in bytes (default 512 MiB; 1..1e12). */
   maxCacheBytes?: number
-  /** Directory of compiled artifacts (`<sha256>-<engine>.cwasm`) that survive restarts. */
+  /**
+   * Directory of compiled artifacts (`<sha256>-<engine>.cwasm`) that survive restarts. Created
+   * 0700 if missing; refused if world-writable. Without `artifactKey`, a key is created in it
+   * (`.loom-artifact-key`, mode 0600).
+   */
   cacheDir?: string
-  /** Shared compiled artifacts for a fleet: an `ObjectBlobStore` or a URL. Must be trusted like the code. */
+  /** Shared compiled artifacts for a fleet: an `ObjectBlobStore` or a URL (not `http://`). Needs `artifactKey`. */
   artifactStore?: ObjectBlobStore | string
-  /** Live actor instances kept in the LRU (default 1000). */
+  /** Secret (at least 32 bytes) that authenticates compiled artifacts (HMAC-SHA256); shared by a fleet. */
+  artifactKey?: string | Uint8Array
+  /** Live actor instances kept in the LRU (default 1000; 1..1000000). Only idle actors are evicted. */
   maxActors?: number
-  /** Calls running guest code at once; others queue (default: number of CPUs). */
+  /** Calls running guest code at once; others queue (default: number of CPUs; 1..1024). */
   maxConcurrency?: number
-  /** Default linear-memory cap for definitions that set none (default 256). */
+  /** Default linear-memory cap for definitions that set none (default 256; (0, 4096]). */
   maxMemoryMB?: number
-  /** Default time limit for definitions that set none (default 30000). */
+  /** Default time limit for definitions that set none (default 30000; 1..86400000). */
   maxExecutionMs?: number
-  /** Largest input JSON, in bytes (default 16 MiB). */
+  /** Largest input JSON, in bytes (default 16 MiB; 1..1 GiB). */
   maxInputBytes?: number
-  /** Largest guest output, in bytes of UTF-16 (default 16 MiB). */
+  /** Largest guest output, in bytes of UTF-16 (default 16 MiB; 1..1 GiB). */
   maxOutputBytes?: number
+  /** Deepest nesting of arrays/objects in a guest's output (default 1000; 1..100000): `INVALID_OUTPUT` past it. */
+  maxOutputDepth?: number
+  /** How long a module download may take (default 60000; 1..86400000): `BLOB_UNAVAILABLE` past it. */
+  loadTimeoutMs?: number
+  /** How long calls wait for a compile (default 60000; 1..86400000): `COMPILE_LIMIT` past it. */
+  compileTimeoutMs?: number
+  /** Largest module, in bytes (default 256 MiB; 8..1 GiB): `COMPILE_LIMIT` past it. */
+  maxModuleBytes?: number
+  /** Most functions in a module (default 1000000; 1..1000000): `COMPILE_LIMIT` past it. */
+  maxFunctions?: number
+  /** Largest function body, in bytes (default 7654321; 1..7654321): `COMPILE_LIMIT` past it. */
+  maxFunctionBytes?: number
+  /** Most locals in a function (default 50000; 1..50000): `COMPILE_LIMIT` past it. */
+  maxLocals?: number
+  /**
+   * URL prefixes a definition's `wasmBlobPath` may name directly (e.g. `['s3://bucket/activities/']`),
+   * bypassing the blob store. None by default: every path goes to the store as it is.
+   */
+  allowedBlobUrls?: string[]
   /** Guest log lines (`loom.log(level, message)`, `trace`); at most 1000 per call. Default: dropped. */
   onLog?: (level: 'debug' | 'info' | 'warn' | 'error' | 'trace', message: string) => void
   /** The directory granted to definitions with `capabilities.filesystem` (none by default). */
@@ -83,12 +114,14 @@ export interface ExecutorOptions {
 
 export interface ExecutionDetails<T = any> {
   output: T
-  /** Time spent in the guest's `execute`. */
+  /** Time the guest ran for this call (instantiation and start function included for a fresh instance). */
   durationMs: number
-  /** Fuel used, when the definition set `limits.maxFuel`. */
+  /** Fuel used by the whole call, when the definition set `limits.maxFuel`. */
   fuelConsumed?: number
-  /** Largest linear memory the instance reached, in bytes. */
+  /** Most memory the instance held, all memories and tables together, in bytes. */
   peakMemoryBytes: number
+  /** Actor calls: whether the call ran on an instance created for it (the actor's first call, or the first after its state was lost or dropped). */
+  actorCreated?: boolean
 }
 
 /** Every error the executor raises is an `Error` with one of these codes. */
@@ -98,9 +131,11 @@ export type WasmExecutorErrorCode =
   | 'BLOB_UNAVAILABLE'
   | 'INTEGRITY_MISMATCH'
   | 'INVALID_MODULE'
+  | 'COMPILE_LIMIT'
   | 'MISSING_EXPORT'
   | 'CAPABILITY_DENIED'
   | 'GUEST_ABORT'
+  | 'GUEST_ERROR'
   | 'TRAP'
   | 'TIMEOUT'
   | 'OUT_OF_MEMORY'
@@ -110,11 +145,19 @@ export type WasmExecutorErrorCode =
   | 'INPUT_TOO_LARGE'
   | 'OUTPUT_TOO_LARGE'
   | 'INVALID_OUTPUT'
+  | 'BUSY'
+  | 'CLOSED'
   | 'INTERNAL'
 
 export interface WasmExecutorError extends Error {
   code: WasmExecutorErrorCode
-  /** GUEST_ABORT: the guest's message and where it aborted. */
+  /** Whether the same call may succeed if tried again (true for BLOB_UNAVAILABLE, TIMEOUT, BUSY). */
+  retryable: boolean
+  /** An actor's call failed and its instance was discarded: its state is gone, its next call starts fresh. */
+  actorReset?: boolean
+  /** GUEST_ERROR: the exit code the guest gave (WASI `proc_exit`). */
+  exitCode?: number
+  /** GUEST_ABORT, GUEST_ERROR: the guest's message; GUEST_ABORT: where it aborted. */
   guestMessage?: string
   file?: string
   line?: number
@@ -187,10 +230,24 @@ export declare class WasmActivityExecutor {
    * of traffic, filling every cache tier. Resolves to the module's sha256.
    */
   precompile(definition: ActivityDefinition): Promise<string>
-  /** Drops all compiled modules, or only those of the activity named `name`. */
-  clearCache(name?: string | undefined | null): void
-  /** Releases an actor's instance (and its state). Returns whether there was one. */
+  /** `await using executor = new WasmActivityExecutor(...)`: the same as `close()`. */
+  [globalThis.Symbol.asyncDispose](): Promise<void>
+  /**
+   * Drops all compiled modules, or only those of the activity named `name`. Loads in flight
+   * are not cached when they finish.
+   */
+  clearCache(name?: string): void
+  /**
+   * Releases an actor's instance (and its state). Returns whether there was one. A call
+   * running on it finishes first; calls queued behind it start fresh.
+   */
   dropActor(definition: ActivityDefinition, actorId: string): boolean
+  /**
+   * Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
+   * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
+   * flight have ended. Also `await using executor = ...` (`Symbol.asyncDispose`).
+   */
+  close(): Promise<void>
   cacheStats(): CacheStats
   /** Loom's executor kept a `Map` here; its `size` is the number of cached modules. */
   get moduleCache(): ModuleCacheView
@@ -222,11 +279,12 @@ export interface CacheStats {
 }
 
 /**
- * Compiles `bytes` and describes them: digest, imports and exports with types, and whether
- * (and why not) they match the guest ABI the executor runs. Throws `INVALID_MODULE` for
- * bytes that are not WebAssembly.
+ * Compiles `bytes` (off the JS thread, within the default compile limits) and describes them:
+ * digest, imports and exports with types, and whether (and why not) they match the guest ABI
+ * the executor runs. Rejects with `INVALID_MODULE` for bytes that are not WebAssembly and
+ * `COMPILE_LIMIT` past a limit.
  */
-export declare function inspectModule(bytes: Uint8Array): ModuleInfo
+export declare function inspectModule(bytes: Uint8Array): Promise<ModuleInfo>
 
 /** `executor.moduleCache`: kept for Loom's tests, which read `moduleCache.size`. */
 export interface ModuleCacheView {

@@ -2,7 +2,7 @@
 // pinning, and the compiled-artifact tiers (cacheDir, artifactStore).
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -61,8 +61,10 @@ describe('ObjectBlobStore', () => {
 describe('http(s):// (a local server)', () => {
   let server: Server
   let base: string
+  let requests = 0
   beforeAll(async () => {
     server = createServer((req, res) => {
+      requests++
       if (req.url === '/mods/echo.wasm') return res.end(echoBytes)
       if (req.url === '/mods/broken.wasm') return res.writeHead(500).end('boom')
       if (req.url === '/mods/hang.wasm') return // never answers
@@ -97,11 +99,30 @@ describe('http(s):// (a local server)', () => {
     expect((await failure(new ObjectBlobStore(base).upload('x', Buffer.from('y')))).code).toBe('INVALID_ARGUMENT')
   })
 
-  it('wasmBlobPath may be an absolute URL, whatever the executor store is', async () => {
-    const ex = new WasmActivityExecutor({ download: async () => Buffer.alloc(0) })
+  it('wasmBlobPath may be an absolute URL under an allowed prefix, whatever the executor store is', async () => {
+    const ex = new WasmActivityExecutor({ download: async () => Buffer.alloc(0) }, { allowedBlobUrls: [`${base}/mods/`] })
     expect(await ex.execute(def('echo', { wasmBlobPath: `${base}/mods/echo.wasm` }), { message: 'abs' })).toMatchObject({
       result: 'abs',
     })
+  })
+
+  it('by default an absolute URL is only a path for the executor store (no host fetch)', async () => {
+    const asked: string[] = []
+    const ex = new WasmActivityExecutor({
+      download: async (p: string) => {
+        asked.push(p)
+        throw new Error(`Blob not found: ${p}`)
+      },
+    })
+    const before = requests
+    const e = await failure(ex.execute(def('echo', { wasmBlobPath: `${base}/mods/echo.wasm` }), {}))
+    expect(e.code).toBe('BLOB_NOT_FOUND')
+    expect(asked).toEqual([`${base}/mods/echo.wasm`])
+    expect(requests - before).toBe(0)
+    // file:// too: the host's disk is not an existence oracle.
+    const f = await failure(ex.execute(def('etc', { wasmBlobPath: 'file:///etc/hostname' }), {}))
+    expect(f.code).toBe('BLOB_NOT_FOUND')
+    expect(asked).toContain('file:///etc/hostname')
   })
 })
 
@@ -136,10 +157,11 @@ describe('s3:// (s3rver)', () => {
       region: 'us-east-1',
     })
     const d = def('echo', { wasmBlobPath: 'echo.wasm' })
-    const first = new WasmActivityExecutor(modules, { artifactStore: artifacts })
+    const artifactKey = 'a fleet-wide secret of at least 32 bytes'
+    const first = new WasmActivityExecutor(modules, { artifactStore: artifacts, artifactKey })
     expect(await first.precompile(d)).toBe(sha(echoBytes))
     expect(first.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
-    const second = new WasmActivityExecutor(modules, { artifactStore: artifacts })
+    const second = new WasmActivityExecutor(modules, { artifactStore: artifacts, artifactKey })
     expect(await second.execute(d, { message: 'fleet' })).toMatchObject({ result: 'fleet' })
     expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
   })
@@ -238,9 +260,12 @@ describe('cacheDir', () => {
     const first = runProcess(dir)
     expect(first.out.result).toBe('proc')
     expect(first.stats).toMatchObject({ compiles: 1, artifactHits: 0 })
-    const files = readdirSync(dir)
-    expect(files).toHaveLength(1)
-    expect(files[0]).toMatch(new RegExp(`^${sha(echoBytes)}-[0-9a-f]{16}\\.cwasm$`))
+    const files = readdirSync(dir).sort()
+    // The artifact, and the key that authenticates it (only its owner may read it).
+    expect(files).toHaveLength(2)
+    expect(files[0]).toBe('.loom-artifact-key')
+    expect(statSync(join(dir, files[0])).mode & 0o777).toBe(0o600)
+    expect(files[1]).toMatch(new RegExp(`^${sha(echoBytes)}-[0-9a-f]{16}\\.cwasm$`))
     const second = runProcess(dir)
     expect(second.out.result).toBe('proc')
     expect(second.stats).toMatchObject({ compiles: 0, artifactHits: 1 })
@@ -249,7 +274,7 @@ describe('cacheDir', () => {
   it('a corrupt or truncated artifact is discarded and recompiled, never executed', () => {
     const dir = mkdtempSync(join(tmpdir(), 'loom-cache-'))
     runProcess(dir)
-    const file = join(dir, readdirSync(dir)[0])
+    const file = join(dir, readdirSync(dir).filter((f) => f.endsWith('.cwasm'))[0])
     const bytes = readFileSync(file)
     bytes[Math.floor(bytes.length / 2)] ^= 0xff
     writeFileSync(file, bytes)

@@ -84,14 +84,17 @@ function number(opts, key) {
 
 const isUrl = (s) => /^[a-z][a-z0-9+.-]*:\/\//i.test(s)
 
-/** A blob store and definition for a module given as a path or a URL. */
+/** A blob store and definition for a module given as a path or a URL (a store on its origin). */
 function target(spec, extra = {}) {
   if (!spec) throw new UsageError('missing <module.wasm | url>')
-  const store = isUrl(spec)
-    ? { download: async () => { throw new Error('unreachable: URLs are read natively') } }
-    : { download: async () => readFileSync(resolve(spec)) }
-  const def = { name: spec, version: 'cli', wasmBlobPath: isUrl(spec) ? spec : 'module.wasm', ...extra }
-  return { store, def }
+  if (isUrl(spec)) {
+    const { ObjectBlobStore } = require('..')
+    const u = new URL(spec)
+    const store = new ObjectBlobStore(`${u.protocol}//${u.host}`)
+    return { store, def: { name: spec, version: 'cli', wasmBlobPath: u.pathname, ...extra } }
+  }
+  const store = { download: async () => readFileSync(resolve(spec)) }
+  return { store, def: { name: spec, version: 'cli', wasmBlobPath: 'module.wasm', ...extra } }
 }
 
 async function readInput(opts) {
@@ -150,7 +153,7 @@ async function main(argv) {
     return EXIT.ok
   }
   if (command === 'inspect') {
-    const info = inspectModule(await bytesOf(opts._[0]))
+    const info = await inspectModule(await bytesOf(opts._[0]))
     console.log(JSON.stringify({ ...info, abi: info.abi ?? null }, null, 2))
     return EXIT.ok
   }

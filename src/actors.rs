@@ -1,10 +1,22 @@
-//! Stateful actors: one live instance per (activity, actor id), kept between calls in a bounded
-//! LRU so guest globals persist. A slot's lock serializes the calls of one actor.
+//! Stateful actors: one live instance per (activity, actor id), kept between calls so guest
+//! globals persist.
+//!
+//! - A slot's lock is a fair queue: calls to one actor run one at a time, in the order they
+//!   arrived (a call takes its place in line when it is made, before any waiting).
+//! - Only idle actors are ever evicted (past `maxActors`, or when the process's instance pool runs
+//!   short): an actor with a call running or queued keeps its slot, so no call ever runs beside
+//!   another on a second instance of the same actor.
+//! - `dropActor` on a busy actor marks it: the running call finishes and its instance goes; the
+//!   calls queued behind it start fresh.
 
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Instant;
 
 use lru::LruCache;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::instance::GuestInstance;
 use crate::modules::DefKey;
@@ -15,34 +27,191 @@ pub struct ActorKey {
     pub actor_id: String,
 }
 
-/// An actor's instance; `None` until its first call, or after a call left it unusable.
-pub type ActorSlot = Arc<tokio::sync::Mutex<Option<GuestInstance>>>;
+/// An actor's kept instance; `None` until its first call, or after a call left it unusable.
+#[derive(Default)]
+pub struct ActorState {
+    pub instance: Option<GuestInstance>,
+}
+
+pub struct ActorSlot {
+    state: Arc<tokio::sync::Mutex<ActorState>>,
+    /// Set by `dropActor` while a call holds the slot: its instance goes when the call ends.
+    reset: AtomicBool,
+    /// When a call last finished on it (ms since the process's epoch), for LRU eviction.
+    last_used: AtomicU64,
+}
+
+/// A call's place in an actor's line, taken when the call is made; awaiting it gives the slot.
+pub type Ticket = Pin<Box<dyn Future<Output = Held> + Send>>;
+
+/// The slot, held by one call.
+pub struct Held {
+    pub guard: OwnedMutexGuard<ActorState>,
+    slot: Arc<ActorSlot>,
+}
+
+impl Held {
+    /// Whether `dropActor` asked for this actor to start over; clears the request.
+    pub fn take_reset(&self) -> bool {
+        self.slot.reset.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.slot.last_used.store(now_ms(), Ordering::Relaxed);
+        if self.slot.reset.swap(false, Ordering::AcqRel) {
+            self.guard.instance = None;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+struct Shared {
+    lru: Mutex<LruCache<ActorKey, Arc<ActorSlot>>>,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lru(&self) -> MutexGuard<'_, LruCache<ActorKey, Arc<ActorSlot>>> {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 pub struct Actors {
-    lru: Mutex<LruCache<ActorKey, ActorSlot>>,
+    shared: Arc<Shared>,
+}
+
+/// Every executor's actors, for eviction across the process when the instance pool runs short.
+fn registry() -> MutexGuard<'static, Vec<Weak<Shared>>> {
+    static REGISTRY: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the instance of an idle actor (one whose lock is free); false if it is busy.
+fn evict_if_idle(slot: &ActorSlot) -> bool {
+    match slot.state.try_lock() {
+        Ok(mut st) => {
+            st.instance = None;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 impl Actors {
-    pub fn new(capacity: NonZeroUsize) -> Self {
-        Actors { lru: Mutex::new(LruCache::new(capacity)) }
+    pub fn new(capacity: usize) -> Self {
+        let shared = Arc::new(Shared { lru: Mutex::new(LruCache::unbounded()), capacity: capacity.max(1) });
+        let mut reg = registry();
+        reg.retain(|w| w.strong_count() > 0);
+        reg.push(Arc::downgrade(&shared));
+        Actors { shared }
     }
 
-    fn lru(&self) -> MutexGuard<'_, LruCache<ActorKey, ActorSlot>> {
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes a place in the actor's line (creating its slot if it is new). Must be polled once
+    /// right away to hold the place; the first poll completes at once when the actor is idle.
+    pub fn ticket(&self, key: ActorKey) -> Ticket {
+        let slot = {
+            let mut lru = self.shared.lru();
+            let slot = lru
+                .get_or_insert(key, || {
+                    Arc::new(ActorSlot {
+                        state: Default::default(),
+                        reset: AtomicBool::new(false),
+                        last_used: AtomicU64::new(now_ms()),
+                    })
+                })
+                .clone();
+            // Past capacity, evict the least recently used idle actors (never the one asked for).
+            if lru.len() > self.shared.capacity {
+                let idle: Vec<ActorKey> = lru
+                    .iter()
+                    .rev()
+                    .filter(|(_, s)| !Arc::ptr_eq(s, &slot) && Arc::strong_count(s) == 1)
+                    .take(lru.len() - self.shared.capacity)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in idle {
+                    if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
+                        lru.pop(&k);
+                    }
+                }
+            }
+            slot
+        };
+        let state = slot.state.clone();
+        Box::pin(async move { Held { guard: state.lock_owned().await, slot } })
     }
 
-    /// The actor's slot, created empty if it is new. Creating one past capacity evicts the
-    /// least recently used actor (a call still running on it finishes, then its instance goes).
-    pub fn slot(&self, key: ActorKey) -> ActorSlot {
-        self.lru().get_or_insert(key, Default::default).clone()
-    }
-
-    /// Forgets an actor; true if it existed.
+    /// Forgets an actor and its state; true if it had an instance or a call. A busy actor's
+    /// running call finishes first, and the calls queued behind it start fresh.
     pub fn remove(&self, key: &ActorKey) -> bool {
-        self.lru().pop(key).is_some()
+        let mut lru = self.shared.lru();
+        let Some(slot) = lru.peek(key).cloned() else { return false };
+        let idle = slot.state.try_lock().map(|mut st| st.instance.take().is_some());
+        match idle {
+            Ok(had) => {
+                lru.pop(key);
+                had
+            }
+            Err(_) => {
+                slot.reset.store(true, Ordering::Release);
+                true
+            }
+        }
+    }
+
+    /// Drops every idle actor's instance (an executor closing).
+    pub fn clear(&self) {
+        let mut lru = self.shared.lru();
+        let idle: Vec<ActorKey> =
+            lru.iter().filter(|(_, s)| Arc::strong_count(s) == 1).map(|(k, _)| k.clone()).collect();
+        for k in idle {
+            if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
+                lru.pop(&k);
+            }
+        }
+        for (_, s) in lru.iter() {
+            s.reset.store(true, Ordering::Release);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.lru().len()
+        self.shared.lru().len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Evicts up to `n` idle actors across every executor of the process, least recently used
+/// first. Returns how many went.
+pub fn evict_idle_anywhere(n: usize) -> usize {
+    let executors: Vec<Arc<Shared>> = registry().iter().filter_map(Weak::upgrade).collect();
+    let mut candidates: Vec<(u64, Arc<Shared>, ActorKey)> = Vec::new();
+    for ex in &executors {
+        for (k, s) in ex.lru().iter() {
+            if Arc::strong_count(s) == 1 {
+                candidates.push((s.last_used.load(Ordering::Relaxed), ex.clone(), k.clone()));
+            }
+        }
+    }
+    candidates.sort_by_key(|c| c.0);
+    let mut evicted = 0;
+    for (_, ex, key) in candidates {
+        if evicted == n {
+            break;
+        }
+        let mut lru = ex.lru();
+        if lru.peek(&key).is_some_and(|s| Arc::strong_count(s) == 1 && evict_if_idle(s)) {
+            lru.pop(&key);
+            evicted += 1;
+        }
+    }
+    evicted
 }

@@ -2,33 +2,33 @@
 //! directory (`cacheDir`) and/or a shared object store (`artifactStore`), so a restarted worker,
 //! or a whole fleet, compiles each module once.
 //!
-//! An artifact file is wasmtime's serialized module followed by the sha256 of those bytes and a
-//! magic tag. Loading checks that checksum before handing the bytes to wasmtime, so a corrupt or
-//! truncated file is discarded and recompiled, never executed. The fingerprint covers the
-//! wasmtime version and every engine setting that changes code, so a stale or foreign artifact is
-//! never even looked up.
+//! A compiled artifact is native code: whoever can write one can run code in this process. So
+//! each is authenticated: wasmtime's serialized module, a flags byte, then an HMAC-SHA256 over
+//! the artifact's name (module digest + engine fingerprint), the flags and the module, with a key
+//! only the executor holds: `artifactKey` (required for a shared store, so a fleet shares it), or
+//! a key created with mode 0600 in `cacheDir`. Bytes without a valid tag are discarded and
+//! recompiled, never handed to wasmtime. Plain `http://` stores and world-writable directories
+//! are refused. The fingerprint covers the wasmtime version and every engine setting that
+//! changes code, so a stale or foreign artifact is never even looked up.
 
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Engine, Module};
 
+use crate::digest::{hex, hmac_sha256, same, Digest};
 use crate::error::ExecError;
-use crate::modules::{hex, Digest};
 use crate::store::ObjectSource;
 
-const MAGIC: &[u8; 8] = b"LOOMART1";
-const TRAILER: usize = 32 + MAGIC.len();
-
-/// Where an artifact came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Disk,
-    Remote,
-}
+const MAGIC: &[u8; 8] = b"LOOMART2";
+const TRAILER: usize = 1 + 32 + MAGIC.len();
+/// The key file `cacheDir` gets when no `artifactKey` is given.
+pub const KEY_FILE: &str = ".loom-artifact-key";
+/// Shortest `artifactKey` accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
 
 struct ShaHasher(Sha256);
 
@@ -46,49 +46,94 @@ pub fn fingerprint(engine: &Engine) -> String {
     let mut h = ShaHasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut h);
     h.write(env!("CARGO_PKG_VERSION").as_bytes());
-    hex(&h.0.finalize().into())[..16].to_string()
+    hex(&h.0.finalize())[..16].to_string()
 }
 
-/// Wraps serialized bytes with their checksum.
-fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
-    let sum: [u8; 32] = Sha256::digest(&bytes).into();
-    bytes.extend_from_slice(&sum);
+fn tag(key: &[u8], name: &str, flags: u8, body: &[u8]) -> Digest {
+    hmac_sha256(key, &[MAGIC, name.as_bytes(), &[flags], body])
+}
+
+/// Wraps serialized bytes with their flags and tag.
+fn seal(key: &[u8], name: &str, mut bytes: Vec<u8>, has_start: bool) -> Vec<u8> {
+    let flags = has_start as u8;
+    let mac = tag(key, name, flags, &bytes);
+    bytes.push(flags);
+    bytes.extend_from_slice(&mac);
     bytes.extend_from_slice(MAGIC);
     bytes
 }
 
-/// The serialized bytes, if the checksum holds.
-fn unseal(bytes: &[u8]) -> Option<&[u8]> {
+/// The serialized bytes and whether the module has a start function, if the tag holds.
+fn unseal<'a>(key: &[u8], name: &str, bytes: &'a [u8]) -> Option<(&'a [u8], bool)> {
     let body_len = bytes.len().checked_sub(TRAILER)?;
     let (body, trailer) = bytes.split_at(body_len);
-    let (sum, magic) = trailer.split_at(32);
-    (magic == MAGIC && Sha256::digest(body).as_slice() == sum).then_some(body)
+    let (flags, rest) = trailer.split_at(1);
+    let (mac, magic) = rest.split_at(32);
+    (magic == MAGIC && flags[0] <= 1 && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0] == 1))
 }
 
+/// Where artifacts live and the key that authenticates them.
 #[derive(Default, Clone)]
 pub struct ArtifactCache {
     pub dir: Option<PathBuf>,
     pub remote: Option<Arc<ObjectSource>>,
+    /// `artifactKey`; filled from `dir`'s key file by `open` when not given.
+    pub key: Option<Arc<[u8]>>,
 }
 
 impl ArtifactCache {
+    /// Checks the configuration and settles the key: refuses `http://` stores, a shared store
+    /// without `artifactKey`, a short key, a world-writable directory or a key file others can
+    /// read; creates the directory (0700) and its key file (0600) when needed.
+    pub fn open(mut self) -> Result<ArtifactCache, ExecError> {
+        if let Some(key) = &self.key {
+            if key.len() < MIN_KEY_BYTES {
+                return Err(ExecError::InvalidArgument(format!(
+                    "options.artifactKey must hold at least {MIN_KEY_BYTES} bytes, got {}",
+                    key.len()
+                )));
+            }
+        }
+        if let Some(remote) = &self.remote {
+            if remote.url().starts_with("http://") {
+                return Err(ExecError::InvalidArgument(
+                    "options.artifactStore: plain http:// cannot be trusted with compiled code (use https:// or a cloud store)".into(),
+                ));
+            }
+            if self.key.is_none() {
+                return Err(ExecError::InvalidArgument(
+                    "options.artifactStore needs options.artifactKey (a secret shared by the fleet) to authenticate compiled code".into(),
+                ));
+            }
+        }
+        if let Some(dir) = &self.dir {
+            secure_dir(dir)?;
+            if self.key.is_none() {
+                self.key = Some(dir_key(dir)?.into());
+            }
+        }
+        Ok(self)
+    }
+
     pub fn is_enabled(&self) -> bool {
-        self.dir.is_some() || self.remote.is_some()
+        self.key.is_some() && (self.dir.is_some() || self.remote.is_some())
     }
 
     pub fn name(digest: &Digest, engine: &Engine) -> String {
         format!("{}-{}.cwasm", hex(digest), fingerprint(engine))
     }
 
-    /// A compiled module from the nearest tier that has a sound artifact.
-    pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Module, Tier)> {
+    /// A compiled module (and whether it has a start function) from the nearest tier that has
+    /// an authentic artifact.
+    pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Module, bool)> {
+        let key = self.key.clone()?;
         let name = Self::name(digest, engine);
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             if let Ok(bytes) = tokio::fs::read(&path).await {
-                match deserialize(engine, bytes).await {
-                    Some(m) => return Some((m, Tier::Disk)),
-                    // Corrupt or truncated: never used, removed so it is rewritten.
+                match deserialize(engine, key.clone(), name.clone(), bytes).await {
+                    Some(m) => return Some(m),
+                    // Forged, corrupt or truncated: never used, removed so it is rewritten.
                     None => {
                         let _ = tokio::fs::remove_file(&path).await;
                     }
@@ -97,22 +142,21 @@ impl ArtifactCache {
         }
         let remote = self.remote.as_ref()?;
         let bytes = remote.get(&name).await.ok()?;
-        let module = deserialize(engine, bytes.to_vec()).await?;
+        let module = deserialize(engine, key, name.clone(), bytes.to_vec()).await?;
         if let Some(dir) = &self.dir {
             let _ = write_atomic(dir.clone(), name, bytes.to_vec()).await;
         }
-        Some((module, Tier::Remote))
+        Some(module)
     }
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
     /// written only costs a compile later).
-    pub async fn save(&self, digest: &Digest, engine: &Engine, module: &Module) -> Result<(), ExecError> {
-        if !self.is_enabled() {
-            return Ok(());
-        }
+    pub async fn save(&self, digest: &Digest, engine: &Engine, module: &Module, has_start: bool) -> Result<(), ExecError> {
+        let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = Self::name(digest, engine);
         let m = module.clone();
-        let sealed = tokio::task::spawn_blocking(move || m.serialize().map(seal))
+        let n = name.clone();
+        let sealed = tokio::task::spawn_blocking(move || m.serialize().map(|b| seal(&key, &n, b, has_start)))
             .await
             .map_err(ExecError::internal)?
             .map_err(ExecError::internal)?;
@@ -126,15 +170,72 @@ impl ArtifactCache {
     }
 }
 
-async fn deserialize(engine: &Engine, bytes: Vec<u8>) -> Option<Module> {
+/// Creates `dir` (0700) if missing; refuses one that anybody may write to.
+fn secure_dir(dir: &Path) -> Result<(), ExecError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let bad = |why: String| ExecError::InvalidArgument(format!("options.cacheDir {}: {why}", dir.display()));
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| bad(e.to_string()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(bad("is world-writable: anyone could plant compiled code there (use a private directory)".into()));
+    }
+    Ok(())
+}
+
+/// The directory's key: read from its key file (which only its owner may read), or created.
+fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = dir.join(KEY_FILE);
+    let bad = |why: String| ExecError::InvalidArgument(format!("options.cacheDir key file {}: {why}", path.display()));
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            if !meta.is_file() || meta.mode() & 0o077 != 0 {
+                return Err(bad("must be a plain file only its owner can read and write (mode 0600)".into()));
+            }
+            let key = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+            if key.len() < MIN_KEY_BYTES {
+                return Err(bad(format!("holds {} bytes, fewer than {MIN_KEY_BYTES}", key.len())));
+            }
+            Ok(key)
+        }
+        Err(_) => {
+            let mut key = vec![0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| bad(format!("no randomness for a key: {e}")))?;
+            let tmp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| bad(e.to_string()))?;
+            f.write_all(&key).map_err(|e| bad(e.to_string()))?;
+            drop(f);
+            // Two processes racing: the first rename wins and both read what it wrote.
+            if std::fs::hard_link(&tmp, &path).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+                return dir_key(dir);
+            }
+            let _ = std::fs::remove_file(&tmp);
+            Ok(key)
+        }
+    }
+}
+
+async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u8>) -> Option<(Module, bool)> {
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || {
-        let body = unseal(&bytes)?;
-        // SAFETY: `body` is byte for byte what `Module::serialize` produced for an engine with this
-        // fingerprint (the checksum holds and the name carries the fingerprint); wasmtime checks
-        // its own version and settings header again. An artifact store must be trusted like the
-        // code it holds: whoever can write to it can run native code in this process.
-        unsafe { Module::deserialize(&engine, body) }.ok()
+        let (body, has_start) = unseal(&key, &name, &bytes)?;
+        // SAFETY: `body` is byte for byte what `Module::serialize` produced in a process holding
+        // this executor's artifact key, for an engine with this fingerprint, for the module with
+        // this digest (the HMAC over all three holds); wasmtime checks its own version and
+        // settings header again.
+        unsafe { Module::deserialize(&engine, body) }.ok().map(|m| (m, has_start))
     })
     .await
     .ok()
@@ -144,7 +245,6 @@ async fn deserialize(engine: &Engine, bytes: Vec<u8>) -> Option<Module> {
 /// Writes a file whole or not at all: a temporary file in the same directory, then a rename.
 async fn write_atomic(dir: PathBuf, name: String, bytes: Vec<u8>) -> Result<(), ExecError> {
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes)?;
         std::fs::rename(&tmp, dir.join(&name))
@@ -158,16 +258,30 @@ async fn write_atomic(dir: PathBuf, name: String, bytes: Vec<u8>) -> Result<(), 
 mod tests {
     use super::*;
     use crate::engine::{engine, EngineKind};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("loom-artifacts-{tag}-{}", std::process::id()))
+    }
 
     #[test]
-    fn seal_detects_corruption_and_truncation() {
-        let sealed = seal(b"compiled code".to_vec());
-        assert_eq!(unseal(&sealed), Some(&b"compiled code"[..]));
+    fn seal_detects_forgery_corruption_and_truncation() {
+        let key = [7u8; 32];
+        let sealed = seal(&key, "a", b"compiled code".to_vec(), true);
+        assert_eq!(unseal(&key, "a", &sealed), Some((&b"compiled code"[..], true)));
+        assert_eq!(unseal(&[8u8; 32], "a", &sealed), None, "another key");
+        assert_eq!(unseal(&key, "b", &sealed), None, "another artifact's name");
         let mut flipped = sealed.clone();
         flipped[3] ^= 1;
-        assert_eq!(unseal(&flipped), None);
-        assert_eq!(unseal(&sealed[..sealed.len() - 1]), None);
-        assert_eq!(unseal(&sealed[..10]), None);
+        assert_eq!(unseal(&key, "a", &flipped), None);
+        assert_eq!(unseal(&key, "a", &sealed[..sealed.len() - 1]), None);
+        assert_eq!(unseal(&key, "a", &sealed[..10]), None);
+        // A plain checksum (what anyone can compute) is not enough any more.
+        let mut forged = b"compiled code".to_vec();
+        forged.push(1);
+        forged.extend_from_slice(&Sha256::digest(b"compiled code"));
+        forged.extend_from_slice(MAGIC);
+        assert_eq!(unseal(&key, "a", &forged), None);
     }
 
     #[test]
@@ -178,23 +292,46 @@ mod tests {
         assert_ne!(fingerprint(plain), fingerprint(metered));
     }
 
+    #[test]
+    fn open_refuses_unsafe_configurations() {
+        let code = |c: ArtifactCache| c.open().map(|_| ()).map_err(|e| e.code());
+        let dir = temp("open");
+        let _ = std::fs::remove_dir_all(&dir);
+        let opened = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("creates");
+        assert_eq!(std::fs::metadata(dir.join(KEY_FILE)).expect("key").permissions().mode() & 0o777, 0o600);
+        let again = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("reads");
+        assert_eq!(opened.key, again.key, "the key file is reused");
+        std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let remote = Some(Arc::new(ObjectSource::open("memory://a/b", &[]).expect("store")));
+        assert_eq!(code(ArtifactCache { remote: remote.clone(), ..Default::default() }), Err("INVALID_ARGUMENT"));
+        assert_eq!(code(ArtifactCache { remote: remote.clone(), key: Some(vec![1u8; 8].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+        assert!(code(ArtifactCache { remote, key: Some(vec![1u8; 32].into()), ..Default::default() }).is_ok());
+        let http = Some(Arc::new(ObjectSource::open("http://127.0.0.1:9/x", &[]).expect("store")));
+        assert_eq!(code(ArtifactCache { remote: http, key: Some(vec![1u8; 32].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+    }
+
     #[tokio::test(flavor = "multi_thread")]
-    async fn disk_tier_round_trips_and_discards_corrupt_files() {
-        let dir = std::env::temp_dir().join(format!("loom-artifacts-{}", std::process::id()));
-        let cache = ArtifactCache { dir: Some(dir.clone()), remote: None };
+    async fn disk_tier_round_trips_and_discards_forged_files() {
+        let dir = temp("disk");
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
         let e = engine(EngineKind::Plain).expect("engine");
         let module = Module::new(e, crate::test_guests::echo()).expect("compiles");
         let digest = [7u8; 32];
         assert!(cache.load(&digest, e).await.is_none());
-        cache.save(&digest, e, &module).await.expect("saved");
-        assert!(matches!(cache.load(&digest, e).await, Some((_, Tier::Disk))));
+        cache.save(&digest, e, &module, false).await.expect("saved");
+        assert!(matches!(cache.load(&digest, e).await, Some((_, false))));
         let path = dir.join(ArtifactCache::name(&digest, e));
         let mut bytes = std::fs::read(&path).expect("written");
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&path, &bytes).expect("corrupted");
         assert!(cache.load(&digest, e).await.is_none());
-        assert!(!path.exists(), "a corrupt artifact is removed");
+        assert!(!path.exists(), "a forged or corrupt artifact is removed");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

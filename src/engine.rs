@@ -1,44 +1,128 @@
 //! The process's wasmtime engines and the one epoch ticker that drives their deadlines.
 //!
-//! Two engines share the process: `Plain` (epoch interruption only; the fast path) and
-//! `Metered` (also counts fuel, ~20 % slower), used only by calls that set a fuel budget.
-//! Code compiled for one cannot run on the other, so the module cache keys on the kind.
+//! Engines differ by two choices, each fixed per compiled module (so the module cache keys on
+//! the kind): whether code counts fuel (`maxFuel`; ~20 % slower, so only calls that set a budget
+//! pay for it), and which compiler made it: Cranelift (optimizing; the normal tier) or Winch (a
+//! baseline compiler, linear in the size of the code, for modules whose shape would make
+//! Cranelift's compile time explode).
+//!
+//! Every engine enables the same WebAssembly proposals, listed here one by one: what the guest
+//! ABIs need and nothing else (README lists them).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Strategy, WasmFeatures};
 
 use crate::error::ExecError;
 
 /// How often the ticker bumps the epoch while any call runs: the granularity of timeouts and
 /// cancellation.
 pub const TICK: Duration = Duration::from_millis(1);
-/// Instances the plain engine's pool holds at once, across all executors of the process
-/// (running calls plus live actors).
-pub const POOL_INSTANCES: u32 = 2048;
+/// Instances the pooled engine holds at once, across all executors of the process (running
+/// calls plus live actors), unless the first executor asks for more (`reserve_pool`).
+pub const DEFAULT_POOL_INSTANCES: u32 = 2048;
+/// The most instances a pool may be sized for (each reserves address space for its memory).
+pub const MAX_POOL_INSTANCES: u32 = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineKind {
+    /// Cranelift, epoch interruption only, pooled instances: the fast path.
     Plain,
+    /// Cranelift with fuel metering.
     Metered,
+    /// Winch (baseline), epoch interruption.
+    Baseline,
+    /// Winch with fuel metering.
+    BaselineMetered,
+}
+
+impl EngineKind {
+    pub fn new(metered: bool, baseline: bool) -> EngineKind {
+        match (metered, baseline) {
+            (false, false) => EngineKind::Plain,
+            (true, false) => EngineKind::Metered,
+            (false, true) => EngineKind::Baseline,
+            (true, true) => EngineKind::BaselineMetered,
+        }
+    }
+    pub fn metered(self) -> bool {
+        matches!(self, EngineKind::Metered | EngineKind::BaselineMetered)
+    }
+    pub fn baseline(self) -> bool {
+        matches!(self, EngineKind::Baseline | EngineKind::BaselineMetered)
+    }
+    /// The same engine with the other compiler.
+    pub fn with_baseline(self, baseline: bool) -> EngineKind {
+        EngineKind::new(self.metered(), baseline)
+    }
+    pub const ALL: [EngineKind; 4] =
+        [EngineKind::Plain, EngineKind::Metered, EngineKind::Baseline, EngineKind::BaselineMetered];
+}
+
+static POOL_SIZE: AtomicU32 = AtomicU32::new(0);
+
+/// Asks for a pool of at least `instances` (clamped to `[DEFAULT_POOL_INSTANCES,
+/// MAX_POOL_INSTANCES]`). Only effective before the pooled engine is first used: the first
+/// executor of a process sizes the pool for everyone (later ones share it).
+pub fn reserve_pool(instances: u64) {
+    let n = instances.clamp(DEFAULT_POOL_INSTANCES as u64, MAX_POOL_INSTANCES as u64) as u32;
+    let _ = POOL_SIZE.compare_exchange(0, n, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// The instances the pooled engine holds (its size once created).
+pub fn pool_size() -> u32 {
+    match POOL_SIZE.load(Ordering::SeqCst) {
+        0 => DEFAULT_POOL_INSTANCES,
+        n => n,
+    }
+}
+
+/// The WebAssembly proposals every engine enables, and those it refuses, deliberately.
+fn features(cfg: &mut Config) {
+    // Enabled: what AssemblyScript, Rust, C/Zig (clang) and componentize-js emit by default.
+    cfg.wasm_multi_value(true) // functions returning several values (Rust, C ABIs)
+        .wasm_bulk_memory(true) // memory.copy / memory.fill (AssemblyScript, LLVM)
+        .wasm_features(WasmFeatures::REFERENCE_TYPES, true) // funcref tables (LLVM, componentize-js)
+        .wasm_simd(true) // 128-bit SIMD: deterministic
+        .wasm_extended_const(true) // constant expressions LLVM emits
+        .wasm_component_model(true); // components (the `component` ABI)
+    // Refused: more attack surface than any guest ABI here needs, or behaviour that differs by
+    // host (relaxed SIMD), or state the sandbox does not account for (shared memory, threads).
+    cfg.wasm_features(WasmFeatures::THREADS, false) // shared memory and atomics.wait (also compiled out)
+        .wasm_shared_everything_threads(false)
+        .wasm_multi_memory(false) // one memory per module (the limiter counts all of a Store's anyway)
+        .wasm_memory64(false) // the ABIs pass 32-bit pointers
+        .wasm_relaxed_simd(false) // results differ across CPUs: breaks replay
+        .wasm_tail_call(false) // not supported by the baseline compiler
+        .wasm_features(WasmFeatures::GC | WasmFeatures::FUNCTION_REFERENCES, false)
+        .wasm_features(WasmFeatures::EXCEPTIONS | WasmFeatures::LEGACY_EXCEPTIONS, false)
+        .wasm_features(WasmFeatures::STACK_SWITCHING, false)
+        .wasm_wide_arithmetic(false)
+        .wasm_custom_page_sizes(false)
+        .wasm_features(WasmFeatures::CM_ASYNC, false);
 }
 
 fn config(kind: EngineKind, pooled: bool) -> Config {
     let mut cfg = Config::new();
+    features(&mut cfg);
     cfg.epoch_interruption(true);
-    cfg.consume_fuel(kind == EngineKind::Metered);
+    cfg.consume_fuel(kind.metered());
+    cfg.strategy(if kind.baseline() { Strategy::Winch } else { Strategy::Cranelift });
     cfg.cranelift_opt_level(OptLevel::Speed);
     cfg.parallel_compilation(true);
     cfg.max_wasm_stack(1024 * 1024);
     if pooled {
+        let n = pool_size();
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(POOL_INSTANCES)
-            .total_memories(POOL_INSTANCES)
-            .total_tables(POOL_INSTANCES)
-            .total_stacks(POOL_INSTANCES)
+        pool.total_core_instances(n)
+            .total_memories(n)
+            .total_tables(n)
+            .total_stacks(n)
+            // As many table elements as the limiter allows any instance (the default is 20,000).
+            .table_elements(crate::limits::MAX_TABLE_ELEMENTS as usize)
             // Keep a little of each slot resident so reuse skips page faults and madvise.
             .linear_memory_keep_resident(64 * 1024)
             .table_keep_resident(4 * 1024);
@@ -51,6 +135,10 @@ fn build(kind: EngineKind) -> Result<Engine, String> {
     // The pooling allocator reserves address space up front; where the OS refuses that
     // (a low ulimit -v, say), fall back to allocating on demand rather than failing.
     let pooled = kind == EngineKind::Plain;
+    if pooled {
+        // Fix the size now: later `reserve_pool` calls cannot change a built pool.
+        reserve_pool(pool_size() as u64);
+    }
     let engine = Engine::new(&config(kind, pooled))
         .or_else(|e| if pooled { Engine::new(&config(kind, false)) } else { Err(e) })
         .map_err(|e| format!("cannot create the wasmtime engine: {e:#}"))?;
@@ -60,13 +148,9 @@ fn build(kind: EngineKind) -> Result<Engine, String> {
 
 /// The process-wide engine of this kind, created on first use.
 pub fn engine(kind: EngineKind) -> Result<&'static Engine, ExecError> {
-    static PLAIN: OnceLock<Result<Engine, String>> = OnceLock::new();
-    static METERED: OnceLock<Result<Engine, String>> = OnceLock::new();
-    let cell = match kind {
-        EngineKind::Plain => &PLAIN,
-        EngineKind::Metered => &METERED,
-    };
-    cell.get_or_init(|| build(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+    static CELLS: [OnceLock<Result<Engine, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    CELLS[i].get_or_init(|| build(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
 }
 
 struct Ticker {
@@ -141,7 +225,32 @@ mod tests {
         let a = engine(EngineKind::Plain).expect("plain engine");
         let b = engine(EngineKind::Plain).expect("plain engine");
         assert!(Engine::same(a, b));
-        let m = engine(EngineKind::Metered).expect("metered engine");
-        assert!(!Engine::same(a, m));
+        for k in &EngineKind::ALL[1..] {
+            assert!(!Engine::same(a, engine(*k).expect("engine")), "{k:?}");
+        }
+        assert_eq!(EngineKind::new(true, true), EngineKind::BaselineMetered);
+        assert_eq!(EngineKind::Metered.with_baseline(true), EngineKind::BaselineMetered);
+    }
+
+    #[test]
+    fn only_the_allowed_proposals_validate() {
+        let refused = [
+            ("multi-memory", "(module (memory 1) (memory 1))"),
+            ("memory64", "(module (memory i64 1))"),
+            ("shared memory", "(module (memory 1 1 shared))"),
+            ("tail calls", "(module (func $f return_call $f))"),
+        ];
+        for kind in EngineKind::ALL {
+            let e = engine(kind).expect("engine");
+            for (what, wat) in refused {
+                let bytes = wat::parse_str(wat).expect("parses");
+                assert!(wasmtime::Module::new(e, &bytes).is_err(), "{what} must be refused on {kind:?}");
+            }
+            let ok = wat::parse_str(
+                "(module (memory 1) (func (param i32) (result i32 i32) (memory.fill (i32.const 0) (i32.const 0) (i32.const 1)) (local.get 0) (i32.extend8_s (local.get 0))))",
+            )
+            .expect("parses");
+            wasmtime::Module::new(e, &ok).unwrap_or_else(|err| panic!("bulk memory, multi-value, sign-ext on {kind:?}: {err:#}"));
+        }
     }
 }

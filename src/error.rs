@@ -9,8 +9,11 @@ use std::fmt;
 pub enum Detail {
     Str(String),
     Num(f64),
+    Bool(bool),
 }
 
+/// Every message starts with its code in plain words ("timeout: ...", "out of memory: ..."), so
+/// retry policies that match patterns against `error.message` (Loom's `retryableErrors`) work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExecError {
     /// The definition or options passed by the caller are malformed.
@@ -20,14 +23,17 @@ pub enum ExecError {
     #[error("blob not found: {path}: {message}")]
     BlobNotFound { path: String, message: String },
     /// The blob store failed (network, 5xx, timeout) — not a missing object.
-    #[error("blob store unavailable: {path}: {message}")]
+    #[error("blob unavailable: {path}: {message}")]
     BlobUnavailable { path: String, message: String },
     /// The module's bytes do not hash to the definition's `sha256`.
     #[error("integrity mismatch for {path}: expected sha256 {expected}, got {actual}")]
     IntegrityMismatch { path: String, expected: String, actual: String },
-    /// Not WebAssembly, fails validation, or cannot be linked.
+    /// Not WebAssembly, fails validation, or cannot be linked or instantiated.
     #[error("invalid module: {0}")]
     InvalidModule(String),
+    /// The module is past a compile limit (size, functions, body size, locals, compile time).
+    #[error("compile limit: {0}")]
+    CompileLimit(String),
     /// A function the guest ABI needs is not exported (or has the wrong type).
     #[error("missing export: {0}")]
     MissingExport(String),
@@ -35,38 +41,51 @@ pub enum ExecError {
     #[error("capability denied: {0}")]
     CapabilityDenied(String),
     /// The guest called `abort(msg, file, line, col)`.
-    #[error("guest aborted: {message} ({file}:{line}:{column})")]
+    #[error("guest abort: {message} ({file}:{line}:{column})")]
     GuestAbort { message: String, file: String, line: u32, column: u32 },
+    /// The guest reported a failure its own way (a WASI exit code, an ABI's error call).
+    #[error("guest error: {message}")]
+    GuestError { message: String, exit_code: Option<i32> },
     /// A WebAssembly trap (out of bounds, unreachable, stack overflow, ...).
-    #[error("wasm trap ({kind}): {message}")]
+    #[error("trap ({kind}): {message}")]
     Trap { kind: String, message: String },
     /// The call ran past `limits.maxExecutionMs`.
-    #[error("execution exceeded the time limit of {limit_ms} ms")]
+    #[error("timeout: the call ran past its time limit of {limit_ms} ms")]
     Timeout { limit_ms: u64 },
-    /// The guest tried to grow its memory past the cap.
-    #[error("memory limit of {limit_bytes} bytes exceeded (requested {requested_bytes} bytes)")]
+    /// The guest tried to grow its memories and tables past the cap.
+    #[error("out of memory: the limit of {limit_bytes} bytes would be exceeded (requested {requested_bytes} bytes)")]
     OutOfMemory { limit_bytes: u64, requested_bytes: u64 },
     /// The call used up its fuel budget.
-    #[error("fuel budget of {limit} exhausted")]
+    #[error("out of fuel: the budget of {limit} was used up")]
     OutOfFuel { limit: u64 },
     /// The caller cancelled the call.
-    #[error("execution cancelled")]
+    #[error("cancelled: the call was cancelled")]
     Cancelled,
     /// The input could not be serialized to JSON.
     #[error("invalid input: {0}")]
     InvalidInput(String),
     /// The input is larger than the executor accepts.
-    #[error("input of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error("input too large: {size} bytes, over the limit of {limit} bytes")]
     InputTooLarge { size: u64, limit: u64 },
     /// The guest's output is larger than the executor accepts.
-    #[error("output of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error("output too large: {size} bytes, over the limit of {limit} bytes")]
     OutputTooLarge { size: u64, limit: u64 },
     /// The guest returned something that is not a valid string of JSON.
     #[error("invalid output: {message}")]
     InvalidOutput { message: String, preview: String },
+    /// The process has no room for the call right now (instance pool, fiber stacks); try again.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The executor was closed.
+    #[error("closed: the executor was closed")]
+    Closed,
     /// A bug or resource failure inside the executor itself.
-    #[error("internal error: {0}")]
+    #[error("internal: {0}")]
     Internal(String),
+    /// An actor's call failed and its instance was discarded: the actor's state is gone and its
+    /// next call starts fresh. Code, message and details are the cause's, plus `actorReset`.
+    #[error("{0}; the actor's instance was discarded and its state lost")]
+    ActorReset(Box<ExecError>),
 }
 
 impl ExecError {
@@ -78,9 +97,11 @@ impl ExecError {
             ExecError::BlobUnavailable { .. } => "BLOB_UNAVAILABLE",
             ExecError::IntegrityMismatch { .. } => "INTEGRITY_MISMATCH",
             ExecError::InvalidModule(_) => "INVALID_MODULE",
+            ExecError::CompileLimit(_) => "COMPILE_LIMIT",
             ExecError::MissingExport(_) => "MISSING_EXPORT",
             ExecError::CapabilityDenied(_) => "CAPABILITY_DENIED",
             ExecError::GuestAbort { .. } => "GUEST_ABORT",
+            ExecError::GuestError { .. } => "GUEST_ERROR",
             ExecError::Trap { .. } => "TRAP",
             ExecError::Timeout { .. } => "TIMEOUT",
             ExecError::OutOfMemory { .. } => "OUT_OF_MEMORY",
@@ -90,7 +111,29 @@ impl ExecError {
             ExecError::InputTooLarge { .. } => "INPUT_TOO_LARGE",
             ExecError::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
             ExecError::InvalidOutput { .. } => "INVALID_OUTPUT",
+            ExecError::Busy(_) => "BUSY",
+            ExecError::Closed => "CLOSED",
             ExecError::Internal(_) => "INTERNAL",
+            ExecError::ActorReset(cause) => cause.code(),
+        }
+    }
+
+    /// Whether the same call may succeed if tried again unchanged. A trap, an abort, a limit the
+    /// guest ran into or a bad module fails the same way again; a store that was unavailable, a
+    /// full process or a timeout under load may not.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ExecError::BlobUnavailable { .. } | ExecError::Timeout { .. } | ExecError::Busy(_) => true,
+            ExecError::ActorReset(cause) => cause.retryable(),
+            _ => false,
+        }
+    }
+
+    /// The cause, for an error that wraps one.
+    pub fn root(&self) -> &ExecError {
+        match self {
+            ExecError::ActorReset(cause) => cause.root(),
+            other => other,
         }
     }
 
@@ -112,6 +155,13 @@ impl ExecError {
                 ("line", Num(*line as f64)),
                 ("column", Num(*column as f64)),
             ],
+            ExecError::GuestError { message, exit_code } => {
+                let mut d = vec![("guestMessage", Str(message.clone()))];
+                if let Some(c) = exit_code {
+                    d.push(("exitCode", Num(*c as f64)));
+                }
+                d
+            }
             ExecError::Trap { kind, .. } => vec![("trapKind", Str(kind.clone()))],
             ExecError::Timeout { limit_ms } => vec![("limitMs", Num(*limit_ms as f64))],
             ExecError::OutOfMemory { limit_bytes, requested_bytes } => vec![
@@ -123,6 +173,11 @@ impl ExecError {
                 vec![("size", Num(*size as f64)), ("limit", Num(*limit as f64))]
             }
             ExecError::InvalidOutput { preview, .. } => vec![("preview", Str(preview.clone()))],
+            ExecError::ActorReset(cause) => {
+                let mut d = cause.details();
+                d.push(("actorReset", Bool(true)));
+                d
+            }
             _ => Vec::new(),
         }
     }
@@ -158,6 +213,10 @@ mod tests {
             ExecError::InputTooLarge { size: 2, limit: 1 },
             ExecError::OutputTooLarge { size: 2, limit: 1 },
             ExecError::InvalidOutput { message: String::new(), preview: String::new() },
+            ExecError::CompileLimit(String::new()),
+            ExecError::GuestError { message: String::new(), exit_code: None },
+            ExecError::Busy(String::new()),
+            ExecError::Closed,
             ExecError::Internal(String::new()),
         ];
         let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
@@ -165,6 +224,23 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), all.len());
         assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')));
+        // Each message starts with its code in plain words.
+        for e in &all {
+            let words = e.code().to_lowercase().replace('_', " ");
+            assert!(e.to_string().starts_with(&words), "{e}");
+        }
+        let retryable: Vec<_> = all.iter().filter(|e| e.retryable()).map(|e| e.code()).collect();
+        assert_eq!(retryable, ["BLOB_UNAVAILABLE", "TIMEOUT", "BUSY"]);
+    }
+
+    #[test]
+    fn actor_reset_keeps_the_cause() {
+        let e = ExecError::ActorReset(Box::new(ExecError::Timeout { limit_ms: 5 }));
+        assert_eq!(e.code(), "TIMEOUT");
+        assert!(e.retryable());
+        assert!(e.to_string().starts_with("timeout: "));
+        assert!(e.details().contains(&("actorReset", Detail::Bool(true))));
+        assert_eq!(e.root(), &ExecError::Timeout { limit_ms: 5 });
     }
 
     #[test]
@@ -173,6 +249,6 @@ mod tests {
         let d = e.details();
         assert!(d.contains(&("line", Detail::Num(3.0))));
         assert!(d.contains(&("file", Detail::Str("a.ts".into()))));
-        assert_eq!(e.to_string(), "guest aborted: boom (a.ts:3:7)");
+        assert_eq!(e.to_string(), "guest abort: boom (a.ts:3:7)");
     }
 }

@@ -2,6 +2,10 @@
 //! (`env.abort`, `env.seed`, `env.trace`, `env.Date.now`, `loom.log`). WASI preview1 is linked
 //! only for modules that import it, and such a module runs only when its definition was granted
 //! env or filesystem (see `capabilities`); its WASI context holds just what was granted.
+//!
+//! WASI's functions are linked in their async form: one that waits (a sleep in `poll_oneoff`,
+//! file I/O) suspends the call's fiber instead of blocking a thread, so the call's deadline and
+//! cancellation, which the executor watches around the whole call, end it mid-wait.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -121,7 +125,7 @@ fn build_linker(kind: EngineKind, with_wasi: bool) -> Result<Linker<HostState>, 
     if with_wasi {
         // A store of a WASI module always gets its context at instantiation; an empty, closed
         // one stands in should that ever be missing (never a panic).
-        p1::add_to_linker_sync(&mut linker, |s: &mut HostState| {
+        p1::add_to_linker_async(&mut linker, |s: &mut HostState| {
             s.wasi.get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
         })
         .map_err(|e| format!("{e:#}"))?;
@@ -133,9 +137,12 @@ type LinkerCell = OnceLock<Result<Linker<HostState>, String>>;
 
 /// The process-wide linker for an engine kind, with or without WASI.
 pub fn linker(kind: EngineKind, with_wasi: bool) -> Result<&'static Linker<HostState>, ExecError> {
-    static CELLS: [LinkerCell; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let i = (kind == EngineKind::Metered) as usize * 2 + with_wasi as usize;
-    CELLS[i].get_or_init(|| build_linker(kind, with_wasi)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+    static CELLS: [LinkerCell; 8] = [const { OnceLock::new() }; 8];
+    let k = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    CELLS[k * 2 + with_wasi as usize]
+        .get_or_init(|| build_linker(kind, with_wasi))
+        .as_ref()
+        .map_err(|e| ExecError::Internal(e.clone()))
 }
 
 /// Checks a module's imports against what the host offers and returns its WASI preview1

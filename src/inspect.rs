@@ -1,14 +1,14 @@
 //! What a module is: size, digest, imports and exports with their types, and whether (and why
 //! not) it matches a guest ABI the executor runs. Used by `loom-wasm inspect`.
 
-use sha2::{Digest as _, Sha256};
 use wasmtime::Module;
 
 use crate::abi::assemblyscript;
+use crate::digest::{hex, sha256};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::host::check_imports;
-use crate::modules::hex;
+use crate::shape::{self, CompileLimits};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspection {
@@ -24,8 +24,12 @@ pub struct Inspection {
     pub notes: Vec<String>,
 }
 
+/// Compiles (within the default compile limits) and describes a module. Blocking: run it off
+/// the caller's thread.
 pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
-    let module = Module::new(engine(EngineKind::Plain)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
+    let shape = shape::check(bytes, &CompileLimits::default())?;
+    let kind = EngineKind::Plain.with_baseline(shape.needs_baseline());
+    let module = Module::new(engine(kind)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
     let exports = module.exports().map(|e| (e.name().to_string(), format!("{}", describe(e.ty())))).collect();
     let imports = module
         .imports()
@@ -52,7 +56,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
     };
     Ok(Inspection {
         size: bytes.len(),
-        sha256: hex(&Sha256::digest(bytes).into()),
+        sha256: hex(&sha256(bytes)),
         exports,
         imports,
         abi: (exports_ok && imports_ok).then(|| "assemblyscript".to_string()),

@@ -1,23 +1,44 @@
-//! Limits of one call (time, memory, fuel, sizes) and how they become Store settings.
+//! Limits of one call (time, memory, fuel, sizes) and how they become Store settings: one
+//! deadline, one fuel budget and one memory cap per call, whatever the call runs (start
+//! function, allocation, `execute`).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{ResourceLimiterAsync, Store, UpdateDeadline};
 
 use crate::error::ExecError;
 
 pub const MIB: u64 = 1024 * 1024;
 /// Loom's own default for `maxExecutionMs`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// The longest time limit accepted (a day): past it a "limit" is no limit.
+pub const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 /// Linear memory cap applied when a definition names none.
 pub const DEFAULT_MAX_MEMORY_MB: u64 = 256;
+pub const MAX_MEMORY_MB: f64 = 4096.0;
 pub const DEFAULT_MAX_INPUT_BYTES: u64 = 16 * MIB;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 * MIB;
-/// Table elements a guest may hold (AssemblyScript uses a handful).
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// The largest input or output accepted (an AssemblyScript string holds at most 1 GiB).
+pub const MAX_PAYLOAD_BYTES: u64 = 1024 * MIB;
+/// Deepest nesting of arrays and objects accepted in a guest's output (`JSON.parse` of deeper
+/// text would hold the event loop).
+pub const DEFAULT_MAX_OUTPUT_DEPTH: u32 = 1000;
+/// Table elements a guest may hold across its tables (AssemblyScript uses a handful).
+pub const MAX_TABLE_ELEMENTS: u64 = 100_000;
+/// What one table element costs against the memory cap.
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+/// Memories, tables and instances one Store may hold (components hold several core instances).
+pub const MAX_MEMORIES: usize = 16;
+pub const MAX_TABLES: usize = 64;
+pub const MAX_INSTANCES: usize = 64;
+/// Memory a call may reach while it runs on the caller's thread (Node's event loop): a bulk
+/// memory operation or the page faults of fresh memory are not interrupted by epoch ticks, so
+/// a call about to pass this moves to a guest thread first.
+pub const INLINE_MEMORY_BYTES: u64 = 8 * MIB;
 
 /// Everything that bounds one call, resolved from the definition and the executor's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,9 +48,7 @@ pub struct Limits {
     pub max_fuel: Option<u64>,
     pub max_input_bytes: u64,
     pub max_output_bytes: u64,
-    /// How long the call may run before it yields at an epoch tick (its future returns
-    /// `Pending`), so the caller can move it to another thread. `None`: it never yields.
-    pub inline_budget: Option<Duration>,
+    pub max_output_depth: u32,
 }
 
 impl Default for Limits {
@@ -40,7 +59,7 @@ impl Default for Limits {
             max_fuel: None,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-            inline_budget: None,
+            max_output_depth: DEFAULT_MAX_OUTPUT_DEPTH,
         }
     }
 }
@@ -58,86 +77,183 @@ impl Limits {
     pub fn with_overrides(&self, o: &LimitOverrides) -> Result<Limits, ExecError> {
         let mut l = self.clone();
         if let Some(ms) = o.max_execution_ms {
-            l.timeout = Duration::from_millis(positive_whole("limits.maxExecutionMs", ms)?);
+            l.timeout = Duration::from_millis(whole_in("limits.maxExecutionMs", ms, 1.0, MAX_TIMEOUT_MS)?);
         }
         if let Some(mb) = o.max_memory_mb {
-            if !(mb.is_finite() && mb > 0.0 && mb <= 4096.0) {
+            if !(mb.is_finite() && mb > 0.0 && mb <= MAX_MEMORY_MB) {
                 return Err(ExecError::InvalidArgument(format!(
-                    "limits.maxMemoryMB must be a number in (0, 4096], got {mb}"
+                    "limits.maxMemoryMB must be a number in (0, {MAX_MEMORY_MB}], got {mb}"
                 )));
             }
             l.max_memory_bytes = (mb * MIB as f64) as u64;
         }
         if let Some(fuel) = o.max_fuel {
-            l.max_fuel = Some(positive_whole("limits.maxFuel", fuel)?);
+            l.max_fuel = Some(whole_in("limits.maxFuel", fuel, 1.0, 9.0e15)?);
         }
         Ok(l)
     }
 }
 
-fn positive_whole(name: &str, v: f64) -> Result<u64, ExecError> {
-    if v.is_finite() && v >= 1.0 && v <= 9.0e15 {
+/// A whole number in `[min, max]`, or `INVALID_ARGUMENT` naming the option and the range.
+pub fn whole_in(name: &str, v: f64, min: f64, max: f64) -> Result<u64, ExecError> {
+    if v.is_finite() && v.fract() == 0.0 && v >= min && v <= max {
         Ok(v as u64)
     } else {
-        Err(ExecError::InvalidArgument(format!("{name} must be a positive number, got {v}")))
+        Err(ExecError::InvalidArgument(format!("{name} must be a whole number in [{min}, {max}], got {v}")))
     }
 }
 
-/// Caps linear memory and tables of one Store, and remembers the peak it allowed.
+thread_local! {
+    /// Set while a call is polled on the caller's thread: until when it may run there.
+    static INLINE_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f` (one poll of a call) as an inline attempt that may last until `until`: past it, or
+/// about to touch more than `INLINE_MEMORY_BYTES`, the call yields so it can move.
+pub fn inline_window<R>(until: Instant, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INLINE_UNTIL.with(|c| c.set(None));
+        }
+    }
+    INLINE_UNTIL.with(|c| c.set(Some(until)));
+    let _reset = Reset;
+    f()
+}
+
+/// Whether the current thread is running an inline attempt.
+pub fn in_inline_window() -> bool {
+    INLINE_UNTIL.with(|c| c.get()).is_some()
+}
+
+/// Resolves after returning `Pending` once (waking itself): lets a call's fiber suspend so the
+/// call can move to a guest thread.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Caps all linear memories and tables of one Store together (what a module declares, what it
+/// grows, across every memory and table), and remembers the peak it allowed.
 #[derive(Debug)]
 pub struct MemoryLimiter {
-    max_memory_bytes: u64,
-    peak_memory_bytes: u64,
+    max_bytes: u64,
+    /// Bytes held now by memories and by tables (elements × `TABLE_ELEMENT_BYTES`).
+    memory_bytes: u64,
+    table_elements: u64,
+    peak_bytes: u64,
+    /// What the last approved growth added, taken back if the growth then failed.
+    last_memory_growth: u64,
+    last_table_growth: u64,
 }
 
 impl MemoryLimiter {
-    pub fn new(max_memory_bytes: u64) -> Self {
-        MemoryLimiter { max_memory_bytes, peak_memory_bytes: 0 }
+    pub fn new(max_bytes: u64) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            memory_bytes: 0,
+            table_elements: 0,
+            peak_bytes: 0,
+            last_memory_growth: 0,
+            last_table_growth: 0,
+        }
     }
 
-    pub fn peak_memory_bytes(&self) -> u64 {
-        self.peak_memory_bytes
+    /// The largest total this Store has held.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak_bytes
     }
 
-    /// Sets a new cap (an actor's instance may be reused under a different definition's limits).
-    pub fn set_max(&mut self, max_memory_bytes: u64) {
-        self.max_memory_bytes = max_memory_bytes;
+    /// What the Store holds now.
+    pub fn total_bytes(&self) -> u64 {
+        self.memory_bytes + self.table_elements * TABLE_ELEMENT_BYTES
     }
-}
 
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let desired = desired as u64;
-        if desired > self.max_memory_bytes {
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Sets a new cap (an actor's instance runs under each call's current limits).
+    pub fn set_max(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
+    fn admit(&mut self, new_total: u64) -> wasmtime::Result<()> {
+        if new_total > self.max_bytes {
             // An error (not `Ok(false)`) ends the call at once with a precise cause, instead of
             // handing the guest a -1 that it usually turns into an unrelated trap.
             return Err(wasmtime::Error::new(ExecError::OutOfMemory {
-                limit_bytes: self.max_memory_bytes,
-                requested_bytes: desired,
+                limit_bytes: self.max_bytes,
+                requested_bytes: new_total,
             }));
         }
-        self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
+        self.peak_bytes = self.peak_bytes.max(new_total);
+        Ok(())
+    }
+
+    /// Inline, growth past `INLINE_MEMORY_BYTES` first moves the call off the caller's thread.
+    async fn leave_inline_if_large(new_total: u64) {
+        if new_total > INLINE_MEMORY_BYTES && in_inline_window() {
+            YieldOnce(false).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ResourceLimiterAsync for MemoryLimiter {
+    async fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let growth = (desired as u64).saturating_sub(current as u64);
+        let new_total = self.total_bytes().saturating_add(growth);
+        self.admit(new_total)?;
+        Self::leave_inline_if_large(new_total).await;
+        self.memory_bytes += growth;
+        self.last_memory_growth = growth;
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > MAX_TABLE_ELEMENTS {
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_bytes = self.memory_bytes.saturating_sub(std::mem::take(&mut self.last_memory_growth));
+        Ok(())
+    }
+
+    async fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let growth = (desired as u64).saturating_sub(current as u64);
+        let elements = self.table_elements.saturating_add(growth);
+        if elements > MAX_TABLE_ELEMENTS {
             return Err(wasmtime::Error::new(ExecError::OutOfMemory {
-                limit_bytes: (MAX_TABLE_ELEMENTS * std::mem::size_of::<usize>()) as u64,
-                requested_bytes: (desired * std::mem::size_of::<usize>()) as u64,
+                limit_bytes: MAX_TABLE_ELEMENTS * TABLE_ELEMENT_BYTES,
+                requested_bytes: elements * TABLE_ELEMENT_BYTES,
             }));
         }
+        self.admit(self.memory_bytes.saturating_add(elements * TABLE_ELEMENT_BYTES))?;
+        self.table_elements = elements;
+        self.last_table_growth = growth;
         Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.table_elements = self.table_elements.saturating_sub(std::mem::take(&mut self.last_table_growth));
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -185,11 +301,30 @@ impl CancelFlag {
     }
 }
 
-/// Arms a Store for one call: fuel (when metered), a wall-clock deadline and cancellation, both
-/// checked at every epoch tick of the engine's ticker.
+/// What one call may spend, fixed when the call starts and shared by everything it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub deadline: Instant,
+    pub limit_ms: u64,
+}
+
+impl Budget {
+    pub fn starting_now(limits: &Limits) -> Budget {
+        Budget { deadline: Instant::now() + limits.timeout, limit_ms: limits.timeout.as_millis() as u64 }
+    }
+
+    pub fn timeout(&self) -> ExecError {
+        ExecError::Timeout { limit_ms: self.limit_ms }
+    }
+}
+
+/// Arms a Store for one call: its fuel (when metered) and its deadline and cancellation, both
+/// checked at every epoch tick of the engine's ticker. Called once per call: the start function,
+/// the allocation of the input and `execute` share the budget.
 pub fn arm<T: 'static>(
     store: &mut Store<T>,
     limits: &Limits,
+    budget: Budget,
     cancel: &CancelFlag,
     metered: bool,
 ) -> Result<(), ExecError> {
@@ -197,10 +332,6 @@ pub fn arm<T: 'static>(
         let fuel = limits.max_fuel.unwrap_or(u64::MAX);
         store.set_fuel(fuel).map_err(ExecError::internal)?;
     }
-    let now = Instant::now();
-    let deadline = now + limits.timeout;
-    let budget = limits.inline_budget.map(|b| now + b);
-    let limit_ms = limits.timeout.as_millis() as u64;
     let cancel = cancel.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_ctx| {
@@ -208,11 +339,11 @@ pub fn arm<T: 'static>(
             return Err(wasmtime::Error::new(ExecError::Cancelled));
         }
         let now = Instant::now();
-        if now >= deadline {
-            return Err(wasmtime::Error::new(ExecError::Timeout { limit_ms }));
+        if now >= budget.deadline {
+            return Err(wasmtime::Error::new(budget.timeout()));
         }
-        if budget.is_some_and(|b| now >= b) {
-            // Suspend the fiber; whoever polls next (another thread) resumes it at the next tick.
+        if INLINE_UNTIL.with(|c| c.get()).is_some_and(|until| now >= until) {
+            // Suspend the fiber; a guest thread resumes it.
             return Ok(UpdateDeadline::Yield(1));
         }
         Ok(UpdateDeadline::Continue(1))
@@ -223,6 +354,7 @@ pub fn arm<T: 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     #[test]
     fn overrides_apply_and_reject_nonsense() {
@@ -245,13 +377,50 @@ mod tests {
         assert!(base.with_overrides(&o).is_err());
     }
 
+    fn ready<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the limiter yielded outside an inline window"),
+        }
+    }
+
     #[test]
-    fn limiter_refuses_growth_past_cap_and_tracks_peak() {
-        let mut lim = MemoryLimiter::new(2 * 65536);
-        assert!(lim.memory_growing(0, 65536, None).expect("allowed"));
-        assert!(lim.memory_growing(65536, 2 * 65536, None).expect("allowed"));
-        let err = lim.memory_growing(2 * 65536, 3 * 65536, None).expect_err("over cap");
+    fn limiter_counts_every_memory_and_table_together() {
+        let page = 65536;
+        let mut lim = MemoryLimiter::new(4 * page as u64);
+        // Two memories of two pages each fill the cap; a third memory does not fit.
+        assert!(ready(lim.memory_growing(0, 2 * page, None)).expect("allowed"));
+        assert!(ready(lim.memory_growing(0, 2 * page, None)).expect("allowed"));
+        let err = ready(lim.memory_growing(0, page, None)).expect_err("over cap across memories");
         assert_eq!(err.downcast_ref::<ExecError>().map(|e| e.code()), Some("OUT_OF_MEMORY"));
-        assert_eq!(lim.peak_memory_bytes(), 2 * 65536);
+        assert_eq!(lim.peak_bytes(), 4 * page as u64);
+        // A growth the limiter approved but the memory could not make is taken back.
+        let mut lim = MemoryLimiter::new(4 * page as u64);
+        assert!(ready(lim.memory_growing(0, 3 * page, None)).expect("allowed"));
+        lim.memory_grow_failed(wasmtime::Error::msg("no room")).expect("ok");
+        assert_eq!(lim.total_bytes(), 0);
+        // Tables count against the same cap.
+        let mut lim = MemoryLimiter::new(1000);
+        assert!(ready(lim.table_growing(0, 100, None)).expect("800 bytes"));
+        assert!(ready(lim.table_growing(0, 100, None)).is_err(), "1600 bytes of tables");
+        let mut lim = MemoryLimiter::new(u64::MAX);
+        assert!(ready(lim.table_growing(0, MAX_TABLE_ELEMENTS as usize + 1, None)).is_err());
+    }
+
+    #[test]
+    fn inline_growth_past_the_inline_bound_yields_first() {
+        let mut lim = MemoryLimiter::new(u64::MAX);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let small = inline_window(Instant::now() + Duration::from_secs(1), || {
+            let mut f = std::pin::pin!(lim.memory_growing(0, 65536, None));
+            f.as_mut().poll(&mut cx).is_ready()
+        });
+        assert!(small);
+        let mut lim = MemoryLimiter::new(u64::MAX);
+        let mut f = Box::pin(lim.memory_growing(0, (INLINE_MEMORY_BYTES + 1) as usize, None));
+        let first = inline_window(Instant::now() + Duration::from_secs(1), || f.as_mut().poll(&mut cx).is_ready());
+        assert!(!first, "a large growth yields on the caller's thread");
+        assert!(f.as_mut().poll(&mut cx).is_ready(), "and goes on once moved");
     }
 }

@@ -1,29 +1,30 @@
 //! The compiled-module cache: an LRU of compiled modules (with their `InstancePre`) keyed by the
-//! sha256 of the module bytes and the engine kind, bounded by count and by bytes; an index from a
-//! definition (name, version, blob path) to its digest; one load in flight per definition; and
-//! behind it the artifact tiers (disk, shared store) consulted before compiling.
+//! sha256 of the module bytes and the engine asked for, bounded by count and by bytes; an index
+//! from a definition (name, version, blob path) to its digest; one load in flight per
+//! (definition, engine, pin); one compile in flight per (digest, engine), which outlives the
+//! callers that wait for it and is bounded in time for them; behind it the artifact tiers.
+//!
+//! A `clear` wins over loads in flight: it bumps a generation, and a load that started before
+//! it serves its own callers but is not cached.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use lru::LruCache;
-use sha2::{Digest as _, Sha256};
-use tokio::sync::OnceCell;
+use tokio::sync::{watch, OnceCell, Semaphore};
 use wasmtime::{InstancePre, Module};
 
 use crate::abi::assemblyscript;
 use crate::artifacts::ArtifactCache;
+use crate::digest::{hex, sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
+use crate::inline;
+use crate::shape::{self, CompileLimits, Shape};
 use crate::store::BlobSource;
-
-pub type Digest = [u8; 32];
-
-pub fn hex(d: &Digest) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// What identifies an activity's module before its bytes are known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,13 +39,18 @@ pub struct CompiledModule {
     /// Bytes of compiled code it holds in memory (for the cache's byte bound).
     pub code_bytes: usize,
     pub digest: Digest,
+    /// The engine its code is for (a baseline engine when its shape needed one).
     pub kind: EngineKind,
     pub pre: InstancePre<HostState>,
     /// WASI preview1 functions it imports (it runs only when granted env or filesystem).
     pub wasi_imports: Vec<String>,
-    /// Whether its calls are worth trying inline (cleared when one runs past the inline budget,
-    /// set again when one finishes well within it).
-    pub inline_ok: std::sync::atomic::AtomicBool,
+    /// Whether it has a start function (a trap while instantiating one without is a segment that
+    /// does not fit: an invalid module, not a guest trap).
+    pub has_start: bool,
+    /// Linear memory it starts with, in bytes (all memories).
+    pub initial_memory_bytes: u64,
+    /// Its inline back-off.
+    pub inline: inline::Gate,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,25 +69,54 @@ pub struct CacheStats {
     pub code_bytes: usize,
 }
 
+/// Bounds on loading a module (executor options).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadLimits {
+    /// How long a download may take (`BLOB_UNAVAILABLE` past it).
+    pub load_timeout: Duration,
+    /// How long callers wait for a compile (`COMPILE_LIMIT` past it).
+    pub compile_timeout: Duration,
+    pub compile: CompileLimits,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits {
+            load_timeout: Duration::from_secs(60),
+            compile_timeout: Duration::from_secs(60),
+            compile: CompileLimits::default(),
+        }
+    }
+}
+
+/// A cache slot: the content and the engine asked for (`Plain` or `Metered`; the module in it
+/// may be for that engine's baseline twin).
 type Slot = (Digest, EngineKind);
-type Loading = Arc<OnceCell<Result<Arc<CompiledModule>, ExecError>>>;
+type Flight = (DefKey, EngineKind, Option<Digest>);
+type Loaded = Result<Arc<CompiledModule>, ExecError>;
+type Loading = Arc<OnceCell<Loaded>>;
 
 struct State {
     lru: LruCache<Slot, Arc<CompiledModule>>,
+    capacity: usize,
     index: HashMap<DefKey, Digest>,
     stats: CacheStats,
     max_bytes: usize,
+    /// Bumped by every `clear`.
+    generation: u64,
 }
 
 impl State {
-    fn insert(&mut self, key: &DefKey, m: Arc<CompiledModule>) {
-        self.index.insert(key.clone(), m.digest);
+    fn insert(&mut self, key: Option<&DefKey>, slot: Slot, m: Arc<CompiledModule>) {
+        if let Some(key) = key {
+            self.index.insert(key.clone(), m.digest);
+        }
         self.stats.code_bytes += m.code_bytes;
-        if let Some((_, old)) = self.lru.push((m.digest, m.kind), m.clone()) {
+        if let Some(old) = self.lru.put(slot, m) {
             self.stats.code_bytes -= old.code_bytes;
         }
-        // Past the byte bound, evict the least recently used (but never the module just added).
-        while self.stats.code_bytes > self.max_bytes && self.lru.len() > 1 {
+        // Past a bound, evict the least recently used (but never the module just added).
+        while (self.stats.code_bytes > self.max_bytes || self.lru.len() > self.capacity) && self.lru.len() > 1 {
             match self.lru.pop_lru() {
                 Some((_, old)) => self.stats.code_bytes -= old.code_bytes,
                 None => break,
@@ -100,32 +135,13 @@ impl State {
 
 pub struct ModuleCache {
     state: Mutex<State>,
-    loading: Mutex<HashMap<(DefKey, EngineKind), Loading>>,
+    loading: Mutex<HashMap<Flight, Loading>>,
     artifacts: ArtifactCache,
-}
-
-/// Parses a definition's `sha256` (64 hex digits).
-pub fn parse_digest(hex_text: &str) -> Result<Digest, ExecError> {
-    let bad = || ExecError::InvalidArgument(format!("definition.sha256 must be 64 hex digits, got {hex_text:?}"));
-    if hex_text.len() != 64 || !hex_text.is_ascii() {
-        return Err(bad());
-    }
-    let mut d = [0u8; 32];
-    for (i, byte) in d.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex_text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(d)
-}
-
-/// Compiles bytes for an engine and checks them against the host and the guest ABI.
-pub fn compile(bytes: &[u8], kind: EngineKind) -> Result<CompiledModule, ExecError> {
-    let digest: Digest = Sha256::digest(bytes).into();
-    let module = Module::new(engine(kind)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
-    prepare(module, digest, kind)
+    limits: LoadLimits,
 }
 
 /// Checks a compiled module against the host and the guest ABI and pre-links it.
-fn prepare(module: Module, digest: Digest, kind: EngineKind) -> Result<CompiledModule, ExecError> {
+fn prepare(module: Module, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
     let wasi_imports = check_imports(&module)?;
     assemblyscript::check_exports(&module)?;
     let pre = linker(kind, !wasi_imports.is_empty())?
@@ -133,20 +149,111 @@ fn prepare(module: Module, digest: Digest, kind: EngineKind) -> Result<CompiledM
         .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
     let range = module.image_range();
     let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
-    Ok(CompiledModule { code_bytes, digest, kind, pre, wasi_imports, inline_ok: true.into() })
+    let res = module.resources_required();
+    let initial_memory_bytes =
+        (res.num_memories as u64).saturating_mul(res.max_initial_memory_size.unwrap_or(0).saturating_mul(65536));
+    Ok(CompiledModule {
+        code_bytes,
+        digest,
+        kind,
+        pre,
+        wasi_imports,
+        has_start,
+        initial_memory_bytes,
+        inline: inline::Gate::default(),
+    })
+}
+
+/// Checks a module's shape against the compile limits, then compiles it with the compiler its
+/// shape allows, and checks it against the host and the guest ABI. Blocking: run it off the
+/// caller's thread.
+pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result<CompiledModule, ExecError> {
+    let shape = shape::check(bytes, limits)?;
+    compile_checked(bytes, kind, &shape)
+}
+
+fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<CompiledModule, ExecError> {
+    let kind = kind.with_baseline(shape.needs_baseline());
+    let module = Module::new(engine(kind)?, bytes).map_err(|e| {
+        let e = format!("{e:#}");
+        if kind.baseline() {
+            ExecError::CompileLimit(format!(
+                "a function's shape (locals × blocks = {}) needs the baseline compiler, which cannot compile it: {e}",
+                shape.cost
+            ))
+        } else {
+            ExecError::InvalidModule(e)
+        }
+    })?;
+    prepare(module, sha256(bytes), kind, shape.has_start)
+}
+
+/// One compile in flight per (digest, engine) in the whole process; its result is sent to
+/// everyone waiting. It runs to the end even if they all stop waiting (a compile cannot be
+/// interrupted), so a retried call joins it instead of starting another.
+type CompileKey = (Digest, EngineKind);
+
+fn compiles() -> &'static Mutex<HashMap<CompileKey, watch::Receiver<Option<Loaded>>>> {
+    static COMPILES: OnceLock<Mutex<HashMap<CompileKey, watch::Receiver<Option<Loaded>>>>> = OnceLock::new();
+    COMPILES.get_or_init(Default::default)
+}
+
+/// Compiles running at once in the process; more wait, and one whose callers all left by its
+/// turn is dropped without compiling.
+fn compile_slots() -> &'static Arc<Semaphore> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SLOTS.get_or_init(|| Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))))
+}
+
+/// The compile of `bytes` for `kind`: joined if one is in flight, else started.
+fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits) -> watch::Receiver<Option<Loaded>> {
+    let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rx) = jobs.get(&(digest, kind)) {
+        return rx.clone();
+    }
+    let (tx, rx) = watch::channel(None);
+    jobs.insert((digest, kind), rx.clone());
+    drop(jobs);
+    let Some(rt) = crate::runtime::handle() else {
+        let _ = tx.send(Some(Err(ExecError::internal("no async runtime for compiling"))));
+        return rx;
+    };
+    rt.spawn(async move {
+        let result = match compile_slots().clone().acquire_owned().await {
+            // Only the map's own receiver is left: nobody waits any more.
+            Ok(_) if tx.receiver_count() <= 1 => None,
+            Ok(permit) => {
+                let r = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    compile(&bytes, kind, &limits).map(Arc::new)
+                })
+                .await
+                .unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))));
+                Some(r)
+            }
+            Err(_) => Some(Err(ExecError::internal("compile slots closed"))),
+        };
+        compiles().lock().unwrap_or_else(|p| p.into_inner()).remove(&(digest, kind));
+        let _ = tx.send(Some(result.unwrap_or_else(|| Err(ExecError::Cancelled))));
+    });
+    rx
 }
 
 impl ModuleCache {
-    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache) -> Self {
+    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits) -> Self {
         ModuleCache {
             state: Mutex::new(State {
-                lru: LruCache::new(capacity),
+                // Unbounded map, bounded by `insert`: capacity is not allocated up front.
+                lru: LruCache::unbounded(),
+                capacity: capacity.get(),
                 index: HashMap::new(),
                 stats: CacheStats::default(),
                 max_bytes,
+                generation: 0,
             }),
             loading: Mutex::new(HashMap::new()),
             artifacts,
+            limits,
         }
     }
 
@@ -155,19 +262,16 @@ impl ModuleCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A cached module, by the pinned digest when there is one (content-addressed), else by the
-    /// definition's index entry. Counts no hit (the caller counts it once the call starts).
+    /// A cached module: by the pinned digest when there is one (content-addressed, and the
+    /// definition's index entry is left alone), else by the definition's index entry. Counts no
+    /// hit (the caller counts it once the call starts).
     pub fn peek(&self, key: &DefKey, kind: EngineKind, pinned: Option<&Digest>) -> Option<Arc<CompiledModule>> {
         let mut st = self.state();
         let digest = match pinned {
             Some(d) => *d,
             None => *st.index.get(key)?,
         };
-        let m = st.lru.get(&(digest, kind)).cloned();
-        if m.is_some() && pinned.is_some() {
-            st.index.insert(key.clone(), digest);
-        }
-        m
+        st.lru.get(&(digest, kind)).cloned()
     }
 
     pub fn count_hit(&self) {
@@ -175,7 +279,8 @@ impl ModuleCache {
     }
 
     /// The compiled module of a definition: from the cache, or downloaded and compiled once no
-    /// matter how many calls ask at the same time. A failed load is not cached.
+    /// matter how many calls ask at the same time. A failed load is not cached. With a pin, the
+    /// module returned is always the pinned one.
     pub async fn get_or_load(
         &self,
         key: &DefKey,
@@ -183,11 +288,33 @@ impl ModuleCache {
         pinned: Option<&Digest>,
         source: &dyn BlobSource,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        if let Some(m) = self.peek(key, kind, pinned) {
-            self.count_hit();
-            return Ok(m);
+        let module = match self.peek(key, kind, pinned) {
+            Some(m) => {
+                self.count_hit();
+                m
+            }
+            None => self.load_once(key, kind, pinned, source).await?,
+        };
+        if let Some(expected) = pinned {
+            if module.digest != *expected {
+                return Err(ExecError::IntegrityMismatch {
+                    path: key.path.clone(),
+                    expected: hex(expected),
+                    actual: hex(&module.digest),
+                });
+            }
         }
-        let flight = (key.clone(), kind);
+        Ok(module)
+    }
+
+    async fn load_once(
+        &self,
+        key: &DefKey,
+        kind: EngineKind,
+        pinned: Option<&Digest>,
+        source: &dyn BlobSource,
+    ) -> Result<Arc<CompiledModule>, ExecError> {
+        let flight = (key.clone(), kind, pinned.copied());
         let cell = {
             let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
             loading.entry(flight.clone()).or_default().clone()
@@ -217,9 +344,28 @@ impl ModuleCache {
         pinned: Option<&Digest>,
         source: &dyn BlobSource,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        self.state().stats.misses += 1;
-        let bytes = source.fetch(&key.path).await?;
-        let digest: Digest = Sha256::digest(&bytes).into();
+        let generation = {
+            let mut st = self.state();
+            st.stats.misses += 1;
+            st.generation
+        };
+        let max = self.limits.compile.max_module_bytes;
+        let bytes = match tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ExecError::BlobUnavailable {
+                    path: key.path.clone(),
+                    message: format!("the download took longer than {} ms (loadTimeoutMs)", self.limits.load_timeout.as_millis()),
+                })
+            }
+        };
+        if bytes.len() as u64 > max {
+            return Err(ExecError::CompileLimit(format!(
+                "the module's size in bytes is {}, over the limit of {max} (maxModuleBytes)",
+                bytes.len()
+            )));
+        }
+        let digest = sha256(&bytes);
         if let Some(expected) = pinned {
             if *expected != digest {
                 return Err(ExecError::IntegrityMismatch {
@@ -230,44 +376,67 @@ impl ModuleCache {
             }
         }
         // The same bytes under another name (or a cleared index entry) need no compile.
-        {
-            let mut st = self.state();
-            if let Some(m) = st.lru.get(&(digest, kind)).cloned() {
-                st.index.insert(key.clone(), digest);
-                return Ok(m);
-            }
-        }
-        let engine = engine(kind)?;
-        let (compiled, from_artifact) = match self.artifacts.load(&digest, engine).await {
-            Some((module, _tier)) => {
-                let prepared = tokio::task::spawn_blocking(move || prepare(module, digest, kind))
-                    .await
-                    .map_err(|e| ExecError::internal(format!("prepare task failed: {e}")))??;
-                (prepared, true)
-            }
-            None => {
-                let compiled = tokio::task::spawn_blocking(move || compile(&bytes, kind))
-                    .await
-                    .map_err(|e| ExecError::internal(format!("compile task failed: {e}")))??;
-                // Best effort: a cache that cannot be written costs a compile later, not this call.
-                let _ = self.artifacts.save(&digest, engine, compiled.pre.module()).await;
-                (compiled, false)
-            }
+        let cached = self.state().lru.get(&(digest, kind)).cloned();
+        let (compiled, from_artifact) = match cached {
+            Some(m) => (m, None),
+            None => match self.from_artifact(digest, kind).await {
+                Some(m) => (m, Some(true)),
+                None => (self.compile(bytes, digest, kind).await?, Some(false)),
+            },
         };
-        let compiled = Arc::new(compiled);
         let mut st = self.state();
-        if from_artifact {
-            st.stats.artifact_hits += 1;
-        } else {
-            st.stats.compiles += 1;
+        match from_artifact {
+            Some(true) => st.stats.artifact_hits += 1,
+            Some(false) => st.stats.compiles += 1,
+            None => {}
         }
-        st.insert(key, compiled.clone());
+        if st.generation == generation {
+            st.insert(Some(key), (digest, kind), compiled.clone());
+        }
         Ok(compiled)
     }
 
-    /// Drops every module, or only those of the activity `name`.
+    /// A module from the artifact tiers, for the engine or its baseline twin.
+    async fn from_artifact(&self, digest: Digest, kind: EngineKind) -> Option<Arc<CompiledModule>> {
+        if !self.artifacts.is_enabled() {
+            return None;
+        }
+        for k in [kind, kind.with_baseline(true)] {
+            let engine = engine(k).ok()?;
+            if let Some((module, has_start)) = self.artifacts.load(&digest, engine).await {
+                let prepared = tokio::task::spawn_blocking(move || prepare(module, digest, k, has_start)).await.ok()?;
+                return prepared.ok().map(Arc::new);
+            }
+        }
+        None
+    }
+
+    async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
+        let wait = rx.wait_for(|r| r.is_some());
+        let compiled = match tokio::time::timeout(self.limits.compile_timeout, wait).await {
+            Ok(Ok(r)) => r.clone().unwrap_or_else(|| Err(ExecError::internal("compile finished without a result")))?,
+            Ok(Err(_)) => return Err(ExecError::internal("the compile was dropped")),
+            Err(_) => {
+                return Err(ExecError::CompileLimit(format!(
+                    "compiling took longer than {} ms (compileTimeoutMs); it goes on in the background and a later call may find it cached",
+                    self.limits.compile_timeout.as_millis()
+                )))
+            }
+        };
+        // Best effort: a cache that cannot be written costs a compile later, not this call.
+        if let Ok(engine) = engine(compiled.kind) {
+            let _ = self.artifacts.save(&digest, engine, compiled.pre.module(), compiled.has_start).await;
+        }
+        Ok(compiled)
+    }
+
+    /// Drops every module, or only those of the activity `name`. Loads in flight are not
+    /// cached when they finish, and calls after this start new ones.
     pub fn clear(&self, name: Option<&str>) {
         let mut st = self.state();
+        st.generation += 1;
+        self.loading.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _, _), _| name.is_some_and(|n| k.name != n));
         match name {
             None => {
                 st.lru.clear();
@@ -285,11 +454,6 @@ impl ModuleCache {
                 }
             }
         }
-    }
-
-    /// The digest a definition resolved to, if it is cached.
-    pub fn digest_of(&self, key: &DefKey) -> Option<Digest> {
-        self.state().index.get(key).copied()
     }
 
     pub fn stats(&self) -> CacheStats {

@@ -23,9 +23,11 @@ use crate::error::ExecError;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A store of module bytes addressed by path (Loom's `BlobStore.download`).
+/// A store of module bytes addressed by path (Loom's `BlobStore.download`). `max_bytes` lets a
+/// source refuse an object it can see is too large before reading it (the caller checks the
+/// size of what comes back either way).
 pub trait BlobSource: Send + Sync {
-    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>>;
+    fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>>;
 }
 
 /// Blobs held in memory; what tests and embedders without a store use.
@@ -47,7 +49,7 @@ impl MemorySource {
 }
 
 impl BlobSource for MemorySource {
-    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+    fn fetch<'a>(&'a self, path: &'a str, _max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             let blobs = self.blobs.read().map_err(|_| ExecError::internal("memory source poisoned"))?;
             blobs.get(path).cloned().ok_or_else(|| ExecError::BlobNotFound {
@@ -57,6 +59,12 @@ impl BlobSource for MemorySource {
         })
     }
 }
+
+/// The longest path segment a `file://` store takes: a file name is at most 255 bytes on most
+/// file systems, and object_store writes through a temporary file named `<name>#<n>`.
+pub const MAX_FILE_SEGMENT_BYTES: usize = 240;
+/// The longest whole key (S3's limit, and so the portable one).
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// How long one store operation may take, unless the options say `timeoutMs`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,6 +77,8 @@ pub struct ObjectSource {
     url: String,
     writable: bool,
     timeout: Duration,
+    /// The longest path segment it takes.
+    max_segment: usize,
 }
 
 fn bad_url(url: &str, why: impl std::fmt::Display) -> ExecError {
@@ -154,14 +164,16 @@ impl ObjectSource {
             other => return Err(bad_url(url, format!("unsupported scheme {other:?}"))),
         };
         let prefix = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad_url(url, e))?;
-        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout })
+        let max_segment = if parsed.scheme() == "file" { MAX_FILE_SEGMENT_BYTES } else { MAX_KEY_BYTES };
+        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment })
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The object key for a path under the prefix; `.`/`..` segments and backslashes are refused.
+    /// The object key for a path under the prefix; `.`/`..` segments and backslashes are refused,
+    /// and so are keys no store can hold (a segment over 255 bytes, a key over 1024).
     fn key(&self, path: &str) -> Result<ObjPath, ExecError> {
         let mut key = self.prefix.clone();
         let mut any = false;
@@ -172,11 +184,24 @@ impl ObjectSource {
                     self.url
                 )));
             }
+            if seg.len() > self.max_segment {
+                return Err(ExecError::InvalidArgument(format!(
+                    "path {path:?} has a segment of {} bytes; this store takes at most {}",
+                    seg.len(),
+                    self.max_segment
+                )));
+            }
             key = key.join(seg);
             any = true;
         }
         if !any {
             return Err(ExecError::InvalidArgument(format!("path {path:?} names no object")));
+        }
+        if key.as_ref().len() > MAX_KEY_BYTES {
+            return Err(ExecError::InvalidArgument(format!(
+                "path {path:?} makes a key of {} bytes; at most {MAX_KEY_BYTES} are allowed",
+                key.as_ref().len()
+            )));
         }
         Ok(key)
     }
@@ -200,8 +225,20 @@ impl ObjectSource {
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes, ExecError> {
+        self.get_at_most(path, u64::MAX).await
+    }
+
+    /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
+    pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
         let key = self.key(path)?;
-        self.timed(path, async { self.store.get(&key).await?.bytes().await }).await
+        let result = self.timed(path, self.store.get(&key)).await?;
+        if result.meta.size > max_bytes {
+            return Err(ExecError::CompileLimit(format!(
+                "the module's size in bytes is {}, over the limit of {max_bytes} (maxModuleBytes)",
+                result.meta.size
+            )));
+        }
+        self.timed(path, result.bytes()).await
     }
 
     pub async fn put(&self, path: &str, data: Bytes) -> Result<(), ExecError> {
@@ -234,32 +271,61 @@ impl ObjectSource {
 }
 
 impl BlobSource for ObjectSource {
-    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
-        Box::pin(async move { Ok(self.get(path).await?.to_vec()) })
+    fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+        Box::pin(async move { Ok(self.get_at_most(path, max_bytes).await?.to_vec()) })
     }
 }
 
 /// Schemes a `wasmBlobPath` may use to name a module directly, bypassing the executor's store.
 const URL_SCHEMES: &[&str] = &["file", "s3", "s3a", "az", "azure", "abfs", "abfss", "gs", "http", "https"];
 
-/// The executor's store, plus stores opened on demand for paths that are absolute URLs.
+/// The executor's store, plus stores opened on demand for paths that are absolute URLs under one
+/// of the executor's `allowedBlobUrls` prefixes. By default there are none: every path, URL-like
+/// or not, goes to the store as it is (so a definition cannot make the host read its disk or
+/// reach its network).
 pub struct RoutedSource {
     default: Arc<dyn BlobSource>,
+    allowed: Vec<String>,
     by_origin: Mutex<HashMap<String, Arc<ObjectSource>>>,
 }
 
+/// Checks `allowedBlobUrls` entries: absolute URLs of a known scheme, whose prefix ends at a
+/// path boundary (so `s3://bucket/mod` does not also allow `s3://bucket/modules-evil`).
+pub fn allowed_prefixes(prefixes: &[String]) -> Result<Vec<String>, ExecError> {
+    prefixes
+        .iter()
+        .map(|p| {
+            let bad = |why: &str| ExecError::InvalidArgument(format!("options.allowedBlobUrls: {p:?} {why}"));
+            let (scheme, rest) = p.split_once("://").ok_or_else(|| bad("is not an absolute URL"))?;
+            if !URL_SCHEMES.contains(&scheme) || rest.is_empty() {
+                return Err(bad("is not a URL of a supported scheme (file, s3, az, gs, http, https)"));
+            }
+            Url::parse(p).map_err(|e| bad(&e.to_string()))?;
+            Ok(if p.ends_with('/') { p.clone() } else { format!("{p}/") })
+        })
+        .collect()
+}
+
 impl RoutedSource {
-    pub fn new(default: Arc<dyn BlobSource>) -> Self {
-        RoutedSource { default, by_origin: Mutex::new(HashMap::new()) }
+    pub fn new(default: Arc<dyn BlobSource>, allowed: Vec<String>) -> Self {
+        RoutedSource { default, allowed, by_origin: Mutex::new(HashMap::new()) }
     }
 
-    /// For an absolute URL: the store of its origin and the path within it.
+    /// For an allowed absolute URL: the store of its origin and the path within it.
     fn route(&self, path: &str) -> Result<Option<(Arc<ObjectSource>, String)>, ExecError> {
+        if self.allowed.is_empty() {
+            return Ok(None);
+        }
         let Some((scheme, _)) = path.split_once("://") else { return Ok(None) };
         if !URL_SCHEMES.contains(&scheme) {
             return Ok(None);
         }
         let parsed = Url::parse(path).map_err(|e| ExecError::InvalidArgument(format!("wasmBlobPath {path:?}: {e}")))?;
+        // Compare the normalized URL (no `..`, no percent tricks) with the prefixes.
+        let normalized = parsed.as_str();
+        if normalized != path || !self.allowed.iter().any(|p| normalized.starts_with(p.as_str())) {
+            return Ok(None);
+        }
         let origin = if scheme == "file" { "file:///".to_string() } else { format!("{scheme}://{}", parsed.authority()) };
         let mut map = self.by_origin.lock().unwrap_or_else(|p| p.into_inner());
         let source = match map.get(&origin) {
@@ -275,15 +341,15 @@ impl RoutedSource {
 }
 
 impl BlobSource for RoutedSource {
-    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+    fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             match self.route(path)? {
-                Some((source, key)) => source.get(&key).await.map(|b| b.to_vec()).map_err(|e| match e {
+                Some((source, key)) => source.get_at_most(&key, max_bytes).await.map(|b| b.to_vec()).map_err(|e| match e {
                     ExecError::BlobNotFound { message, .. } => ExecError::BlobNotFound { path: path.into(), message },
                     ExecError::BlobUnavailable { message, .. } => ExecError::BlobUnavailable { path: path.into(), message },
                     other => other,
                 }),
-                None => self.default.fetch(path).await,
+                None => self.default.fetch(path, max_bytes).await,
             }
         })
     }
@@ -300,7 +366,8 @@ mod tests {
         s.put("a/b.wasm", Bytes::from_static(b"abc")).await.expect("put");
         assert!(s.exists("a/b.wasm").await.expect("exists works"));
         assert_eq!(s.get("/a/b.wasm").await.expect("get").as_ref(), b"abc");
-        for bad in ["../x", "a/../../x", "./x", "a\\..\\x", ""] {
+        let very_long = vec!["y".repeat(200); 6].join("/");
+        for bad in ["../x", "a/../../x", "./x", "a\\..\\x", "", &very_long] {
             assert_eq!(s.get(bad).await.map_err(|e| e.code()), Err("INVALID_ARGUMENT"), "{bad}");
         }
         assert_eq!(s.get("missing").await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
@@ -317,10 +384,23 @@ mod tests {
         s.put("m/x.wasm", Bytes::from_static(b"bytes")).await.expect("put");
         assert_eq!(std::fs::read(dir.join("m/x.wasm")).expect("on disk"), b"bytes");
         assert_eq!(s.get("../outside").await.map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
-        let routed = RoutedSource::new(Arc::new(MemorySource::new()));
+        assert_eq!(s.put(&"n".repeat(241), Bytes::from_static(b"x")).await.map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+        s.put(&"n".repeat(240), Bytes::from_static(b"x")).await.expect("a 240-byte file name fits");
         let abs = format!("{url}m/x.wasm");
-        assert_eq!(routed.fetch(&abs).await.expect("absolute file URL"), b"bytes");
-        assert_eq!(routed.fetch("m/x.wasm").await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        // By default an absolute URL is just a path for the executor's store.
+        let closed = RoutedSource::new(Arc::new(MemorySource::new()), Vec::new());
+        assert_eq!(closed.fetch(&abs, u64::MAX).await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        let routed = RoutedSource::new(Arc::new(MemorySource::new()), allowed_prefixes(&[url.clone()]).expect("valid"));
+        assert_eq!(routed.fetch(&abs, u64::MAX).await.expect("allowed absolute file URL"), b"bytes");
+        assert_eq!(routed.fetch(&abs, 2).await.map_err(|e| e.code()), Err("COMPILE_LIMIT"), "size checked first");
+        assert_eq!(routed.fetch("m/x.wasm", u64::MAX).await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        // Outside the prefix, or escaping it, is the store's business again.
+        for other in ["file:///etc/hostname".to_string(), format!("{url}m/../../etc/hostname"), format!("{url}m/%2e%2e/x")] {
+            assert_eq!(routed.fetch(&other, u64::MAX).await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"), "{other}");
+        }
+        for bad in ["relative/path", "ftp://x/y", "s3://"] {
+            assert!(allowed_prefixes(&[bad.to_string()]).is_err(), "{bad}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -29,6 +29,11 @@ fn module(body: &str) -> Vec<u8> {
     wat::parse_str(format!("(module {PRELUDE} {body})")).expect("test guest parses")
 }
 
+/// A guest of the prelude and `body` (which exports `execute`).
+pub fn with_prelude(body: &str) -> Vec<u8> {
+    module(body)
+}
+
 /// Returns its input unchanged.
 pub fn echo() -> Vec<u8> {
     module(r#"(func (export "execute") (param $in i32) (result i32) (local.get $in))"#)

@@ -1,15 +1,18 @@
 //! Reading Loom's JS objects (definitions, options) into core types, with `INVALID_ARGUMENT`
-//! errors that name the offending field.
+//! errors that name the offending field. Every read goes through `js`: a getter that throws is a
+//! coded error (never a pending exception), strings are read strictly as UTF-16, and every
+//! number is checked against its documented range.
 
 use std::num::NonZeroUsize;
 
-use napi::bindgen_prelude::{FnArgs, Function, JsObjectValue, Object, Unknown};
-use napi::{JsValue, ValueType};
+use napi::bindgen_prelude::{FnArgs, FromNapiValue, Function, Object, Unknown};
+use napi::{sys, JsValue, ValueType};
 
-use crate::error::ExecError;
+use super::js;
 use crate::capabilities::{Capabilities, FilesystemConfig};
-use crate::executor::{Definition, ExecutorOptions};
-use crate::limits::{LimitOverrides, MIB};
+use crate::error::ExecError;
+use crate::executor::{ranges, Definition, ExecutorOptions};
+use crate::limits::{whole_in, LimitOverrides};
 
 fn bad(what: &str, want: &str) -> ExecError {
     ExecError::InvalidArgument(format!("{what} must be {want}"))
@@ -19,9 +22,16 @@ fn kind(v: &Unknown) -> Result<ValueType, ExecError> {
     v.get_type().map_err(ExecError::internal)
 }
 
-/// A property, or `None` when it is missing, `undefined` or `null`.
-pub fn prop<'e>(obj: &Object<'e>, key: &str) -> Result<Option<Unknown<'e>>, ExecError> {
-    let v: Unknown = obj.get_named_property(key).map_err(ExecError::internal)?;
+fn env_of<'e>(v: &impl JsValue<'e>) -> sys::napi_env {
+    v.value().env
+}
+
+/// A property, or `None` when it is missing, `undefined` or `null`. `what` names the object
+/// (`definition`, `options`) in errors.
+pub fn prop<'e>(obj: &Object<'e>, key: &str, what: &str) -> Result<Option<Unknown<'e>>, ExecError> {
+    let env = env_of(obj);
+    let raw = js::get(env, obj.raw(), key, &format!("{what}.{key}"))?;
+    let v = unsafe { Unknown::from_napi_value(env, raw) }.map_err(ExecError::internal)?;
     Ok(match kind(&v)? {
         ValueType::Undefined | ValueType::Null => None,
         _ => Some(v),
@@ -36,10 +46,7 @@ pub fn object<'e>(v: Unknown<'e>, what: &str) -> Result<Object<'e>, ExecError> {
 }
 
 pub fn string(v: Unknown, what: &str) -> Result<String, ExecError> {
-    match kind(&v)? {
-        ValueType::String => unsafe { v.cast::<String>() }.map_err(ExecError::internal),
-        _ => Err(bad(what, "a string")),
-    }
+    js::strict_string(env_of(&v), v.raw(), what)
 }
 
 fn number(v: Unknown, what: &str) -> Result<f64, ExecError> {
@@ -63,21 +70,27 @@ fn opt<'e, T>(
     read: impl Fn(Unknown<'e>, &str) -> Result<T, ExecError>,
 ) -> Result<Option<T>, ExecError> {
     let path = format!("{what}.{key}");
-    prop(obj, key)?.map(|v| read(v, &path)).transpose()
+    prop(obj, key, what)?.map(|v| read(v, &path)).transpose()
 }
 
 fn req_string(obj: &Object, key: &str, what: &str) -> Result<String, ExecError> {
     opt(obj, key, what, string)?.ok_or_else(|| bad(&format!("{what}.{key}"), "a string"))
 }
 
-fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
+pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
     let arr = object(v, what)?;
     if !arr.is_array().map_err(ExecError::internal)? {
         return Err(bad(what, "an array of strings"));
     }
-    let len = arr.get_array_length().map_err(ExecError::internal)?;
+    let len = prop(&arr, "length", what)?.map(|l| number(l, what)).transpose()?.unwrap_or(0.0) as u32;
+    if len > 10_000 {
+        return Err(bad(what, "an array of at most 10000 strings"));
+    }
     (0..len)
-        .map(|i| string(arr.get_element::<Unknown>(i).map_err(ExecError::internal)?, &format!("{what}[{i}]")))
+        .map(|i| {
+            let item = prop(&arr, &i.to_string(), what)?.ok_or_else(|| bad(&format!("{what}[{i}]"), "a string"))?;
+            string(item, &format!("{what}[{i}]"))
+        })
         .collect()
 }
 
@@ -110,73 +123,104 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
     Ok(def)
 }
 
-fn count(v: Unknown, what: &str) -> Result<NonZeroUsize, ExecError> {
-    let n = number(v, what)?;
-    if n.fract() != 0.0 || !(1.0..=1e9).contains(&n) {
-        return Err(bad(what, "a whole number >= 1"));
-    }
-    NonZeroUsize::new(n as usize).ok_or_else(|| bad(what, "a whole number >= 1"))
+fn ranged(v: Unknown, what: &str, (min, max): (f64, f64)) -> Result<u64, ExecError> {
+    whole_in(what, number(v, what)?, min, max)
 }
 
-fn bytes(v: Unknown, what: &str) -> Result<u64, ExecError> {
-    let n = number(v, what)?;
-    if !(n.is_finite() && n >= 1.0) {
-        return Err(bad(what, "a positive number of bytes"));
-    }
-    Ok(n as u64)
+fn count(v: Unknown, what: &str, range: (f64, f64)) -> Result<NonZeroUsize, ExecError> {
+    NonZeroUsize::new(ranged(v, what, range)? as usize).ok_or_else(|| bad(what, "at least 1"))
 }
 
 /// `options.onLog`, if given: a function `(level, message) => void`.
-pub fn log_callback<'e>(
-    v: Option<Unknown<'e>>,
-) -> Result<Option<Function<'e, FnArgs<(String, String)>, ()>>, ExecError> {
-    let Some(v) = v.filter(|v| matches!(v.get_type(), Ok(ValueType::Object))) else { return Ok(None) };
-    let obj = object(v, "options")?;
-    let Some(f) = prop(&obj, "onLog")? else { return Ok(None) };
+pub fn log_callback<'e>(options: Option<&Object<'e>>) -> Result<Option<Function<'e, FnArgs<(String, String)>, ()>>, ExecError> {
+    let Some(obj) = options else { return Ok(None) };
+    let Some(f) = prop(obj, "onLog", "options")? else { return Ok(None) };
     if kind(&f)? != ValueType::Function {
         return Err(bad("options.onLog", "a function"));
     }
     unsafe { f.cast() }.map(Some).map_err(ExecError::internal)
 }
 
-/// The executor's options (all optional).
-pub fn executor_options(v: Option<Unknown>) -> Result<ExecutorOptions, ExecError> {
-    let mut o = ExecutorOptions::default();
-    let Some(v) = v else { return Ok(o) };
-    if matches!(kind(&v)?, ValueType::Undefined | ValueType::Null) {
-        return Ok(o);
+/// `options` as an object, or `None` for `undefined`/`null`.
+pub fn options_object<'e>(v: Option<Unknown<'e>>) -> Result<Option<Object<'e>>, ExecError> {
+    match v {
+        None => Ok(None),
+        Some(v) if matches!(kind(&v)?, ValueType::Undefined | ValueType::Null) => Ok(None),
+        Some(v) => object(v, "options").map(Some),
     }
-    let obj = object(v, "options")?;
+}
+
+/// Bytes from a string (its UTF-8) or a Uint8Array/Buffer.
+fn secret(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
+    if kind(&v)? == ValueType::String {
+        return string(v, what).map(String::into_bytes);
+    }
+    let env = env_of(&v);
+    unsafe { napi::bindgen_prelude::Uint8Array::from_napi_value(env, v.raw()) }
+        .map(|a| a.to_vec())
+        .map_err(|_| bad(what, "a string or a Uint8Array"))
+}
+
+/// The executor's options (all optional), each checked against its documented range.
+pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecError> {
+    let mut o = ExecutorOptions::default();
+    let Some(obj) = obj else { return Ok(o) };
     let w = "options";
-    if let Some(n) = opt(&obj, "maxCachedModules", w, count)? {
+    let num = |key: &str| opt(obj, key, w, number);
+    if let Some(n) = opt(obj, "maxCachedModules", w, |v, p| count(v, p, ranges::MAX_CACHED_MODULES))? {
         o.max_cached_modules = n;
     }
-    if let Some(n) = opt(&obj, "maxCacheBytes", w, bytes)? {
-        o.max_cache_bytes = n.min(usize::MAX as u64) as usize;
+    if let Some(n) = opt(obj, "maxCacheBytes", w, |v, p| ranged(v, p, ranges::MAX_CACHE_BYTES))? {
+        o.max_cache_bytes = n as usize;
     }
-    if let Some(dir) = opt(&obj, "cacheDir", w, string)? {
+    if let Some(dir) = opt(obj, "cacheDir", w, string)? {
         o.artifacts.dir = Some(dir.into());
     }
-    if let Some(n) = opt(&obj, "maxActors", w, count)? {
+    if let Some(key) = opt(obj, "artifactKey", w, secret)? {
+        o.artifacts.key = Some(key.into());
+    }
+    if let Some(n) = opt(obj, "maxActors", w, |v, p| count(v, p, ranges::MAX_ACTORS))? {
         o.max_actors = n;
     }
-    if let Some(n) = opt(&obj, "maxConcurrency", w, count)? {
+    if let Some(n) = opt(obj, "maxConcurrency", w, |v, p| count(v, p, ranges::MAX_CONCURRENCY))? {
         o.max_concurrency = n;
     }
     // Executor-wide defaults use the same validation as a definition's limits.
-    let defaults = LimitOverrides {
-        max_memory_mb: opt(&obj, "maxMemoryMB", w, number)?,
-        max_execution_ms: opt(&obj, "maxExecutionMs", w, number)?,
-        max_fuel: None,
-    };
+    let defaults = LimitOverrides { max_memory_mb: num("maxMemoryMB")?, max_execution_ms: num("maxExecutionMs")?, max_fuel: None };
     o.defaults = o.defaults.with_overrides(&defaults)?;
-    if let Some(n) = opt(&obj, "maxInputBytes", w, bytes)? {
+    if let Some(n) = opt(obj, "maxInputBytes", w, |v, p| ranged(v, p, ranges::PAYLOAD_BYTES))? {
         o.defaults.max_input_bytes = n;
     }
-    if let Some(n) = opt(&obj, "maxOutputBytes", w, bytes)? {
-        o.defaults.max_output_bytes = n.min(4096 * MIB);
+    if let Some(n) = opt(obj, "maxOutputBytes", w, |v, p| ranged(v, p, ranges::PAYLOAD_BYTES))? {
+        o.defaults.max_output_bytes = n;
     }
-    if let Some(fs) = opt(&obj, "filesystem", w, object)? {
+    if let Some(n) = opt(obj, "maxOutputDepth", w, |v, p| ranged(v, p, ranges::OUTPUT_DEPTH))? {
+        o.defaults.max_output_depth = n as u32;
+    }
+    let ms = |v, p: &str| ranged(v, p, ranges::TIMEOUT_MS).map(std::time::Duration::from_millis);
+    if let Some(d) = opt(obj, "loadTimeoutMs", w, ms)? {
+        o.load.load_timeout = d;
+    }
+    if let Some(d) = opt(obj, "compileTimeoutMs", w, ms)? {
+        o.load.compile_timeout = d;
+    }
+    let c = &mut o.load.compile;
+    if let Some(n) = opt(obj, "maxModuleBytes", w, |v, p| ranged(v, p, ranges::MODULE_BYTES))? {
+        c.max_module_bytes = n;
+    }
+    if let Some(n) = opt(obj, "maxFunctions", w, |v, p| ranged(v, p, ranges::FUNCTIONS))? {
+        c.max_functions = n;
+    }
+    if let Some(n) = opt(obj, "maxFunctionBytes", w, |v, p| ranged(v, p, ranges::FUNCTION_BYTES))? {
+        c.max_function_bytes = n;
+    }
+    if let Some(n) = opt(obj, "maxLocals", w, |v, p| ranged(v, p, ranges::LOCALS))? {
+        c.max_locals = n;
+    }
+    if let Some(urls) = opt(obj, "allowedBlobUrls", w, string_list)? {
+        o.allowed_blob_urls = urls;
+    }
+    if let Some(fs) = opt(obj, "filesystem", w, object)? {
         let w = "options.filesystem";
         let host_dir = req_string(&fs, "hostDir", w)?;
         let guest_dir = opt(&fs, "guestDir", w, string)?.unwrap_or_else(|| "/data".into());

@@ -1,5 +1,6 @@
-//! Core errors as JS `Error` objects: `code` is the stable code, `message` the text, and each
-//! variant's details become properties (`file`, `line`, `trapKind`, ...).
+//! Core errors as JS `Error` objects: `code` is the stable code, `message` the text (starting
+//! with the code in plain words), `retryable` whether trying again may help, and each variant's
+//! details become properties (`file`, `line`, `trapKind`, `actorReset`, ...).
 
 use napi::bindgen_prelude::{JsObjectValue, Unknown};
 use napi::{Env, JsError, JsValue};
@@ -19,10 +20,12 @@ fn build(env: &Env, e: &ExecError) -> napi::Result<napi::Error> {
     let base = napi::Error::new(e.code().to_string(), e.to_string());
     let value: Unknown = JsError::from(base).into_unknown(*env);
     let mut obj = value.coerce_to_object()?;
+    obj.set_named_property("retryable", e.retryable())?;
     for (name, detail) in e.details() {
         match detail {
             Detail::Str(s) => obj.set_named_property(name, s)?,
             Detail::Num(n) => obj.set_named_property(name, n)?,
+            Detail::Bool(b) => obj.set_named_property(name, b)?,
         }
     }
     Ok(napi::Error::from(value))

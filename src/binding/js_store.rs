@@ -1,5 +1,12 @@
 //! A JS `BlobStore` (any object with `download(path): Promise<Buffer | Uint8Array>`) seen as a
 //! core `BlobSource`, through a weak ThreadsafeFunction whose Promise is awaited in Rust.
+//!
+//! Whatever `download` returns is taken as `await` would take it: `Promise.resolve(value)`
+//! adopts a thenable and wraps a Buffer returned directly. A `download` that throws, a thenable
+//! whose `then` throws, a rejection: each is `BLOB_NOT_FOUND` with the message, and no
+//! exception is ever left pending.
+
+use std::ptr;
 
 use napi::bindgen_prelude::{FromNapiValue, Promise, TypeName, Uint8Array, ValidateNapiValue};
 use napi::threadsafe_function::ThreadsafeFunction;
@@ -39,8 +46,46 @@ impl FromNapiValue for Downloaded {
     }
 }
 
+/// What `download` returned, made a real Promise (on the JS thread).
+pub struct Resolved(Promise<Downloaded>);
+
+impl TypeName for Resolved {
+    fn type_name() -> &'static str {
+        "Promise"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl ValidateNapiValue for Resolved {}
+
+impl FromNapiValue for Resolved {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
+        let fail = |msg: String| napi::Error::new(Status::GenericFailure, msg);
+        let mut global = ptr::null_mut();
+        let mut promise_ctor = ptr::null_mut();
+        let mut resolve = ptr::null_mut();
+        unsafe {
+            if sys::napi_get_global(env, &mut global) != sys::Status::napi_ok
+                || sys::napi_get_named_property(env, global, c"Promise".as_ptr(), &mut promise_ctor) != sys::Status::napi_ok
+                || sys::napi_get_named_property(env, promise_ctor, c"resolve".as_ptr(), &mut resolve) != sys::Status::napi_ok
+            {
+                super::js::take_exception(env);
+                return Err(fail("Promise.resolve is not available".into()));
+            }
+        }
+        let promise = super::js::call(env, promise_ctor, resolve, &[value]).map_err(fail)?;
+        let result = unsafe { Promise::<Downloaded>::from_napi_value(env, promise) };
+        if let Some(msg) = super::js::take_exception(env) {
+            return Err(fail(msg));
+        }
+        result.map(Resolved)
+    }
+}
+
 /// `(path) => store.download(path)`, callable from any thread; weak, so it never keeps Node alive.
-pub type DownloadFn = ThreadsafeFunction<String, Promise<Downloaded>, String, Status, false, true>;
+pub type DownloadFn = ThreadsafeFunction<String, Resolved, String, Status, false, true>;
 
 pub struct JsBlobSource {
     download: DownloadFn,
@@ -53,10 +98,10 @@ impl JsBlobSource {
 }
 
 impl BlobSource for JsBlobSource {
-    fn fetch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+    fn fetch<'a>(&'a self, path: &'a str, _max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             let not_found = |e: napi::Error| ExecError::BlobNotFound { path: path.to_string(), message: e.reason.clone() };
-            let promise = self.download.call_async_catch(path.to_string()).await.map_err(not_found)?;
+            let Resolved(promise) = self.download.call_async_catch(path.to_string()).await.map_err(not_found)?;
             match promise.await.map_err(not_found)? {
                 Downloaded::Bytes(b) => Ok(b),
                 Downloaded::NotBytes(t) => Err(ExecError::InvalidModule(format!(

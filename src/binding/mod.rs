@@ -1,9 +1,11 @@
-//! The napi binding: the only code that knows Node. It reads JS arguments into core types,
-//! hands the call to the core executor on napi's tokio runtime, and turns the result into JS
-//! (`JSON.parse` of the guest's output) or a JS error with a stable `code`.
+//! The napi binding: the only code that knows Node. It reads JS arguments into core types
+//! (strictly: every read that runs user code is guarded, see `js`), starts calls on the core
+//! executor (which polls them once right here and finishes most of them on the spot), and turns
+//! results into JS (`JSON.parse` of the guest's output) or a JS error with a stable `code`.
 
 mod abort;
 mod args;
+mod js;
 mod js_error;
 mod js_log;
 mod js_store;
@@ -11,7 +13,8 @@ mod object_store;
 
 pub use object_store::ObjectBlobStore;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use napi::bindgen_prelude::{FnArgs, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
@@ -22,7 +25,42 @@ use crate::error::ExecError;
 use crate::executor::{Attempt, CallOptions, Done, Executor};
 use crate::instance::CallOutput;
 use js_error::to_napi;
-use js_store::{Downloaded, JsBlobSource};
+use js_store::{JsBlobSource, Resolved};
+
+/// One tokio runtime for the process: napi's futures and the core's waiting share it.
+#[napi_derive::module_init]
+fn init() {
+    if let Ok(rt) = crate::runtime::build() {
+        if crate::runtime::install(rt.handle().clone()) {
+            napi::bindgen_prelude::create_custom_tokio_runtime(rt);
+        }
+    }
+}
+
+/// The executors of each Node environment (the main thread, each worker), closed when that
+/// environment goes away (a worker terminated with calls in flight cancels them).
+fn register(env: &Env, executor: &Arc<Executor>) {
+    static ENVS: OnceLock<Mutex<HashMap<usize, Vec<Weak<Executor>>>>> = OnceLock::new();
+    let envs = ENVS.get_or_init(Default::default);
+    let key = env.raw() as usize;
+    let mut map = envs.lock().unwrap_or_else(|p| p.into_inner());
+    let first = !map.contains_key(&key);
+    let list = map.entry(key).or_default();
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(executor));
+    drop(map);
+    if first {
+        let hooked = env.add_env_cleanup_hook(key, move |key| {
+            let list = envs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key).unwrap_or_default();
+            for ex in list.iter().filter_map(Weak::upgrade) {
+                ex.close();
+            }
+        });
+        if hooked.is_err() {
+            envs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        }
+    }
+}
 
 /// `executor.moduleCache`: kept for Loom's tests, which read `moduleCache.size`.
 #[napi(object)]
@@ -58,9 +96,9 @@ pub struct WasmActivityExecutor {
 }
 
 /// `options.artifactStore`: an `ObjectBlobStore`, or a URL to open one on.
-fn artifact_store(env: &Env, options: Option<Unknown>) -> Result<Option<Arc<crate::store::ObjectSource>>, ExecError> {
-    let Some(o) = options.filter(|o| matches!(o.get_type(), Ok(ValueType::Object))) else { return Ok(None) };
-    let Some(v) = args::prop(&args::object(o, "options")?, "artifactStore")? else { return Ok(None) };
+fn artifact_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<crate::store::ObjectSource>>, ExecError> {
+    let Some(o) = options else { return Ok(None) };
+    let Some(v) = args::prop(o, "artifactStore", "options")? else { return Ok(None) };
     if ObjectBlobStore::instance_of(env, &v).map_err(ExecError::internal)? {
         let native = unsafe { v.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }.map_err(ExecError::internal)?;
         return Ok(Some(native.source.clone()));
@@ -69,29 +107,47 @@ fn artifact_store(env: &Env, options: Option<Unknown>) -> Result<Option<Arc<crat
     Ok(Some(Arc::new(crate::store::ObjectSource::open(&url, &[])?)))
 }
 
+/// `JSON.stringify(input)`; a throw (BigInt, a cycle, a throwing `toJSON` or getter) is
+/// `INVALID_INPUT`, with the exception cleared.
 fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
-    let json: Object = env.get_global().and_then(|g| g.get_named_property("JSON")).map_err(ExecError::internal)?;
-    let stringify: Function<Unknown, Unknown> = json.get_named_property("stringify").map_err(ExecError::internal)?;
-    let text = stringify
-        .call(input)
-        .map_err(|e| ExecError::InvalidInput(format!("input is not JSON-serializable: {}", e.reason)))?;
-    match text.get_type().map_err(ExecError::internal)? {
-        ValueType::String => unsafe { text.cast::<String>() }.map_err(ExecError::internal),
+    let raw = env.raw();
+    let mut global = std::ptr::null_mut();
+    unsafe { napi::sys::napi_get_global(raw, &mut global) };
+    let json = js::get(raw, global, "JSON", "JSON").map_err(ExecError::internal)?;
+    let stringify = js::get(raw, json, "stringify", "JSON.stringify").map_err(ExecError::internal)?;
+    let text = js::call(raw, json, stringify, &[input.raw()])
+        .map_err(|msg| ExecError::InvalidInput(format!("input is not JSON-serializable: {msg}")))?;
+    let mut t = 0;
+    unsafe { napi::sys::napi_typeof(raw, text, &mut t) };
+    if t != napi::sys::ValueType::napi_string {
         // `undefined`, a function or a symbol: JSON has no such value; send null as Loom would.
-        _ => Ok("null".to_string()),
+        return Ok("null".to_string());
     }
+    // JSON.stringify escapes lone surrogates, so its text is always well-formed.
+    js::read_string(raw, text).map_err(|_| ExecError::InvalidInput("input stringified to malformed text".into()))
 }
 
+/// `JSON.parse(text)` (the text's nesting depth was checked off this thread already).
 fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> {
-    let json: Object = env.get_global().and_then(|g| g.get_named_property("JSON")).map_err(ExecError::internal)?;
-    let parse: Function<&str, Unknown> = json.get_named_property("parse").map_err(ExecError::internal)?;
-    parse.call(text).map_err(|e| ExecError::InvalidOutput {
-        message: format!("the guest returned text that is not JSON: {}", e.reason),
+    let raw = env.raw();
+    let mut global = std::ptr::null_mut();
+    unsafe { napi::sys::napi_get_global(raw, &mut global) };
+    let json = js::get(raw, global, "JSON", "JSON").map_err(ExecError::internal)?;
+    let parse = js::get(raw, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
+    let mut s = std::ptr::null_mut();
+    let status = unsafe { napi::sys::napi_create_string_utf8(raw, text.as_ptr().cast(), text.len() as isize, &mut s) };
+    if status != napi::sys::Status::napi_ok {
+        js::take_exception(raw);
+        return Err(ExecError::internal(format!("cannot hand the output to JS (status {status})")));
+    }
+    let value = js::call(raw, json, parse, &[s]).map_err(|msg| ExecError::InvalidOutput {
+        message: format!("the guest returned text that is not JSON: {msg}"),
         preview: text.chars().take(200).collect(),
-    })
+    })?;
+    unsafe { <Unknown as napi::bindgen_prelude::FromNapiValue>::from_napi_value(raw, value) }.map_err(ExecError::internal)
 }
 
-fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>) -> napi::Result<Unknown<'e>> {
+fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>, actor: bool) -> napi::Result<Unknown<'e>> {
     let mut obj = Object::new(env)?;
     obj.set_named_property("output", output)?;
     obj.set_named_property("durationMs", out.duration.as_secs_f64() * 1000.0)?;
@@ -99,6 +155,9 @@ fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>) -> napi::Res
         obj.set_named_property("fuelConsumed", fuel as f64)?;
     }
     obj.set_named_property("peakMemoryBytes", out.peak_memory_bytes as f64)?;
+    if actor {
+        obj.set_named_property("actorCreated", out.actor_created)?;
+    }
     Ok(obj.to_unknown())
 }
 
@@ -127,19 +186,27 @@ pub struct ModuleInfo {
     pub notes: Vec<String>,
 }
 
-/// Compiles `bytes` and describes them: digest, imports and exports with types, and whether
-/// (and why not) they match the guest ABI the executor runs. Throws `INVALID_MODULE` for
-/// bytes that are not WebAssembly.
-#[napi]
-pub fn inspect_module(env: Env, bytes: napi::bindgen_prelude::Uint8Array) -> napi::Result<ModuleInfo> {
-    let i = crate::inspect::inspect(&bytes).map_err(|e| to_napi(&env, &e))?;
-    Ok(ModuleInfo {
-        size: i.size as f64,
-        sha256: i.sha256,
-        exports: i.exports.into_iter().map(|(name, r#type)| ModuleExport { name, r#type }).collect(),
-        imports: i.imports.into_iter().map(|(module, name, r#type)| ModuleImport { module, name, r#type }).collect(),
-        abi: i.abi,
-        notes: i.notes,
+/// Compiles `bytes` (off the JS thread, within the default compile limits) and describes them:
+/// digest, imports and exports with types, and whether (and why not) they match the guest ABI
+/// the executor runs. Rejects with `INVALID_MODULE` for bytes that are not WebAssembly and
+/// `COMPILE_LIMIT` past a limit.
+#[napi(ts_return_type = "Promise<ModuleInfo>")]
+pub fn inspect_module<'env>(env: &'env Env, bytes: napi::bindgen_prelude::Uint8Array) -> napi::Result<PromiseRaw<'env, ModuleInfo>> {
+    let bytes = bytes.to_vec();
+    let work = async move {
+        tokio::task::spawn_blocking(move || crate::inspect::inspect(&bytes))
+            .await
+            .map_err(|e| ExecError::internal(format!("inspect failed: {e}")))?
+    };
+    settle(env, work, |_, i| {
+        Ok(ModuleInfo {
+            size: i.size as f64,
+            sha256: i.sha256,
+            exports: i.exports.into_iter().map(|(name, r#type)| ModuleExport { name, r#type }).collect(),
+            imports: i.imports.into_iter().map(|(module, name, r#type)| ModuleImport { module, name, r#type }).collect(),
+            abi: i.abi,
+            notes: i.notes,
+        })
     })
 }
 
@@ -175,9 +242,10 @@ impl WasmActivityExecutor {
     #[napi(constructor, ts_args_type = "blobStore: BlobStore, options?: ExecutorOptions")]
     pub fn new(env: Env, blob_store: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
         let build = || -> Result<Self, ExecError> {
-            let mut opts = args::executor_options(options)?;
-            opts.artifacts.remote = artifact_store(&env, options)?;
-            if let Some(on_log) = args::log_callback(options)? {
+            let options = args::options_object(options)?;
+            let mut opts = args::executor_options(options.as_ref())?;
+            opts.artifacts.remote = artifact_store(&env, options.as_ref())?;
+            if let Some(on_log) = args::log_callback(options.as_ref())? {
                 let tsfn = on_log
                     .build_threadsafe_function::<FnArgs<(String, String)>>()
                     .callee_handled::<false>()
@@ -186,24 +254,31 @@ impl WasmActivityExecutor {
                     .map_err(ExecError::internal)?;
                 opts.log = Some(Arc::new(js_log::JsLogSink(tsfn)));
             }
-            if ObjectBlobStore::instance_of(&env, &blob_store).map_err(ExecError::internal)? {
-                let native = unsafe { blob_store.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }
-                    .map_err(ExecError::internal)?;
-                let source: Arc<dyn crate::store::BlobSource> = native.source.clone();
-                return Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)?) });
-            }
-            let store = args::object(blob_store, "blobStore")?;
-            let download = args::prop(&store, "download")?
-                .filter(|d| d.get_type().ok() == Some(ValueType::Function))
-                .ok_or_else(|| ExecError::InvalidArgument("blobStore.download must be a function".into()))?;
-            let download: Function<String, napi::bindgen_prelude::Promise<Downloaded>> =
-                unsafe { download.cast() }.map_err(ExecError::internal)?;
-            let tsfn = download
-                .bind(store)
-                .and_then(|bound| bound.build_threadsafe_function::<String>().callee_handled::<false>().weak::<true>().build())
-                .map_err(ExecError::internal)?;
-            let source = Arc::new(JsBlobSource::new(tsfn));
-            Ok(WasmActivityExecutor { inner: Arc::new(Executor::new(source, opts)?) })
+            let source: Arc<dyn crate::store::BlobSource> =
+                if ObjectBlobStore::instance_of(&env, &blob_store).map_err(ExecError::internal)? {
+                    let native = unsafe { blob_store.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }
+                        .map_err(ExecError::internal)?;
+                    native.source.clone()
+                } else {
+                    let store = args::object(blob_store, "blobStore")?;
+                    let download = args::prop(&store, "download", "blobStore")?
+                        .filter(|d| d.get_type().ok() == Some(ValueType::Function))
+                        .ok_or_else(|| ExecError::InvalidArgument("blobStore.download must be a function".into()))?;
+                    let download: Function<String, Resolved> = unsafe { download.cast() }.map_err(ExecError::internal)?;
+                    let tsfn = download
+                        .bind(store)
+                        .and_then(|bound| {
+                            bound.build_threadsafe_function::<String>().callee_handled::<false>().weak::<true>().build()
+                        })
+                        .map_err(|e| {
+                            js::take_exception(env.raw());
+                            ExecError::InvalidArgument(format!("blobStore.download cannot be used: {}", e.reason))
+                        })?;
+                    Arc::new(JsBlobSource::new(tsfn))
+                };
+            let inner = Arc::new(Executor::new(source, opts)?);
+            register(&env, &inner);
+            Ok(WasmActivityExecutor { inner })
         };
         build().map_err(|e| to_napi(&env, &e))
     }
@@ -250,17 +325,44 @@ impl WasmActivityExecutor {
         settle(env, async move { exec.precompile(&def?).await }, |_, digest| Ok(digest))
     }
 
-    /// Drops all compiled modules, or only those of the activity named `name`.
-    #[napi]
-    pub fn clear_cache(&self, name: Option<String>) {
-        self.inner.clear_cache(name.as_deref());
+    /// `await using executor = new WasmActivityExecutor(...)`: the same as `close()`.
+    #[napi(well_known_symbol = "asyncDispose", ts_return_type = "Promise<void>")]
+    pub fn async_dispose<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.close(env)
     }
 
-    /// Releases an actor's instance (and its state). Returns whether there was one.
+    /// Drops all compiled modules, or only those of the activity named `name`. Loads in flight
+    /// are not cached when they finish.
+    #[napi(ts_args_type = "name?: string")]
+    pub fn clear_cache(&self, env: Env, name: Option<Unknown>) -> napi::Result<()> {
+        let name = match name.filter(|n| !matches!(n.get_type(), Ok(ValueType::Undefined | ValueType::Null))) {
+            Some(n) => Some(args::string(n, "name").map_err(|e| to_napi(&env, &e))?),
+            None => None,
+        };
+        self.inner.clear_cache(name.as_deref());
+        Ok(())
+    }
+
+    /// Releases an actor's instance (and its state). Returns whether there was one. A call
+    /// running on it finishes first; calls queued behind it start fresh.
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
-    pub fn drop_actor(&self, env: Env, definition: Unknown, actor_id: String) -> napi::Result<bool> {
-        let def = args::definition(definition).map_err(|e| to_napi(&env, &e))?;
-        Ok(self.inner.drop_actor(&def, &actor_id))
+    pub fn drop_actor(&self, env: Env, definition: Unknown, actor_id: Unknown) -> napi::Result<bool> {
+        let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
+        let (def, id) = read().map_err(|e| to_napi(&env, &e))?;
+        Ok(self.inner.drop_actor(&def, &id))
+    }
+
+    /// Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
+    /// modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
+    /// flight have ended. Also `await using executor = ...` (`Symbol.asyncDispose`).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.inner.close();
+        let inner = self.inner.clone();
+        settle(env, async move {
+            inner.drained().await;
+            Ok(())
+        }, |_, ()| Ok(()))
     }
 
     #[napi]
@@ -314,26 +416,25 @@ impl WasmActivityExecutor {
         // Everything that reads JS happens here, on the JS thread; errors reject the promise.
         let mut prepare = || -> Result<_, ExecError> {
             let def = args::definition(definition)?;
-            if let Some(o) = options.filter(|o| o.get_type().ok() != Some(ValueType::Undefined)) {
-                let o = args::object(o, "options")?;
-                if let Some(id) = args::prop(&o, "actorId")? {
+            if let Some(o) = args::options_object(options)? {
+                if let Some(id) = args::prop(&o, "actorId", "options")? {
                     call.actor_id = Some(args::string(id, "options.actorId")?);
                 }
-                if let Some(signal) = args::prop(&o, "signal")? {
+                if let Some(signal) = args::prop(&o, "signal", "options")? {
                     let signal = args::object(signal, "options.signal")?;
-                    hook = abort::attach(env, &signal, &call.cancel)
-                        .map_err(|e| ExecError::InvalidArgument(e.reason.clone()))?;
+                    hook = abort::attach(env, &signal, &call.cancel)?;
                 }
             }
             let json = stringify_input(env, input)?;
             Ok((def, json))
         };
         let prepared = prepare();
+        let actor = call.actor_id.is_some();
         let mut hook = Some(SendHook(hook));
         let mut promise = None;
         // A promise settled from a guest thread: JSON.parse of the output, or the coded error,
         // on the JS thread.
-        let mut make_done = || -> Result<Done, ExecError> {
+        let make_done = || -> Result<Done, ExecError> {
             let (deferred, p) = env.create_deferred::<Raw, _>().map_err(ExecError::internal)?;
             promise = Some(p);
             let hook = hook.take();
@@ -342,27 +443,13 @@ impl WasmActivityExecutor {
                     if let Some(SendHook(Some(h))) = hook {
                         h.detach(&env);
                     }
-                    settled_value(&env, result, detailed).map(Raw)
+                    settled_value(&env, result, detailed, actor).map(Raw)
                 })
             }))
         };
         let attempt = match prepared {
             Err(e) => Attempt::Finished(Err(e)),
-            Ok((def, json)) => match self.inner.try_start(&def, json, call, &mut make_done) {
-                Attempt::Wait(json, call) => match make_done() {
-                    Ok(done) => {
-                        // Something to wait for (a download and compile, a slot, the actor).
-                        let exec = self.inner.clone();
-                        napi::bindgen_prelude::spawn(async move {
-                            let result = exec.execute(&def, json, call).await;
-                            done(result);
-                        });
-                        Attempt::Started
-                    }
-                    Err(e) => Attempt::Finished(Err(e)),
-                },
-                other => other,
-            },
+            Ok((def, json)) => self.inner.start(&def, json, call, make_done),
         };
         match (attempt, promise) {
             (Attempt::Started, Some(p)) => Ok(p),
@@ -371,7 +458,7 @@ impl WasmActivityExecutor {
                 if let Some(SendHook(Some(h))) = hook.take() {
                     h.detach(env);
                 }
-                settled_now(env, settled_value(env, result, detailed))
+                settled_now(env, settled_value(env, result, detailed, actor))
             }
             _ => settled_now(env, Err(to_napi(env, &ExecError::internal("a started call has no promise")))),
         }
@@ -379,10 +466,15 @@ impl WasmActivityExecutor {
 }
 
 /// The JS value a call settles with: the parsed output (or details), or the coded error.
-fn settled_value(env: &Env, result: Result<CallOutput, ExecError>, detailed: bool) -> napi::Result<napi::sys::napi_value> {
+fn settled_value(
+    env: &Env,
+    result: Result<CallOutput, ExecError>,
+    detailed: bool,
+    actor: bool,
+) -> napi::Result<napi::sys::napi_value> {
     let out = result.map_err(|e| to_napi(env, &e))?;
     let value = parse_output(env, &out.output).map_err(|e| to_napi(env, &e))?;
-    let value = if detailed { details(env, &out, value)? } else { value };
+    let value = if detailed { details(env, &out, value, actor)? } else { value };
     Ok(value.raw())
 }
 

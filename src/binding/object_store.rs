@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Buffer, JsObjectValue, PromiseRaw, Uint8Array, Unknown};
+use napi::bindgen_prelude::{Buffer, PromiseRaw, Uint8Array, Unknown};
 use napi::{Env, ValueType};
 use napi_derive::napi;
 
@@ -28,7 +28,7 @@ pub fn store_options(v: Option<Unknown>) -> Result<Vec<(String, String)>, ExecEr
     let keys = napi::bindgen_prelude::Object::keys(&obj).map_err(ExecError::internal)?;
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        let value: Unknown = obj.get_named_property(&k).map_err(ExecError::internal)?;
+        let Some(value) = args::prop(&obj, &k, "options")? else { continue };
         let text = match value.get_type().map_err(ExecError::internal)? {
             ValueType::String => args::string(value, &k)?,
             ValueType::Number | ValueType::Boolean => {
@@ -50,8 +50,9 @@ impl ObjectBlobStore {
     /// `endpoint`, `region`, `allow_http`, `account_name`, `use_emulator`, ...) plus `timeoutMs`
     /// for each operation; the usual AWS_*/AZURE_*/GOOGLE_* environment variables are honoured.
     #[napi(constructor, ts_args_type = "url: string, options?: Record<string, string | number | boolean>")]
-    pub fn new(env: Env, url: String, options: Option<Unknown>) -> napi::Result<Self> {
+    pub fn new(env: Env, url: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
         let open = || -> Result<Self, ExecError> {
+            let url = args::string(url, "url")?;
             let opts = store_options(options)?;
             Ok(ObjectBlobStore { source: Arc::new(ObjectSource::open(&url, &opts)?) })
         };
@@ -66,29 +67,36 @@ impl ObjectBlobStore {
 
     /// Stores `data` at `path`; resolves to `path`.
     #[napi(ts_args_type = "path: string, data: Uint8Array", ts_return_type = "Promise<string>")]
-    pub fn upload<'env>(&self, env: &'env Env, path: String, data: Uint8Array) -> napi::Result<PromiseRaw<'env, String>> {
+    pub fn upload<'env>(&self, env: &'env Env, path: Unknown, data: Uint8Array) -> napi::Result<PromiseRaw<'env, String>> {
         let source = self.source.clone();
         let bytes = bytes::Bytes::from(data.to_vec());
-        settle(env, async move { source.put(&path, bytes).await.map(|_| path) }, |_, p| Ok(p))
+        let path = args::string(path, "path");
+        settle(env, async move {
+            let path = path?;
+            source.put(&path, bytes).await.map(|_| path)
+        }, |_, p| Ok(p))
     }
 
     /// The bytes at `path` (`BLOB_NOT_FOUND` if there are none).
-    #[napi(ts_return_type = "Promise<Buffer>")]
-    pub fn download<'env>(&self, env: &'env Env, path: String) -> napi::Result<PromiseRaw<'env, Buffer>> {
+    #[napi(ts_args_type = "path: string", ts_return_type = "Promise<Buffer>")]
+    pub fn download<'env>(&self, env: &'env Env, path: Unknown) -> napi::Result<PromiseRaw<'env, Buffer>> {
         let source = self.source.clone();
-        settle(env, async move { source.get(&path).await }, |_, b| Ok(Buffer::from(b.to_vec())))
+        let path = args::string(path, "path");
+        settle(env, async move { source.get(&path?).await }, |_, b| Ok(Buffer::from(b.to_vec())))
     }
 
-    #[napi(ts_return_type = "Promise<boolean>")]
-    pub fn exists<'env>(&self, env: &'env Env, path: String) -> napi::Result<PromiseRaw<'env, bool>> {
+    #[napi(ts_args_type = "path: string", ts_return_type = "Promise<boolean>")]
+    pub fn exists<'env>(&self, env: &'env Env, path: Unknown) -> napi::Result<PromiseRaw<'env, bool>> {
         let source = self.source.clone();
-        settle(env, async move { source.exists(&path).await }, |_, b| Ok(b))
+        let path = args::string(path, "path");
+        settle(env, async move { source.exists(&path?).await }, |_, b| Ok(b))
     }
 
     /// Removes `path` (no error if it is already gone).
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn delete<'env>(&self, env: &'env Env, path: String) -> napi::Result<PromiseRaw<'env, ()>> {
+    #[napi(ts_args_type = "path: string", ts_return_type = "Promise<void>")]
+    pub fn delete<'env>(&self, env: &'env Env, path: Unknown) -> napi::Result<PromiseRaw<'env, ()>> {
         let source = self.source.clone();
-        settle(env, async move { source.delete(&path).await }, |_, ()| Ok(()))
+        let path = args::string(path, "path");
+        settle(env, async move { source.delete(&path?).await }, |_, ()| Ok(()))
     }
 }

@@ -1,0 +1,67 @@
+//! What a guest returns, checked off the caller's thread before it reaches `JSON.parse` there:
+//! its nesting depth (a 16 MiB `[[[[...]]]]` would hold the event loop for most of a second,
+//! and deeper still overflows the stack of whatever walks it next).
+
+use crate::error::ExecError;
+
+/// The deepest nesting of arrays and objects in JSON text (strings skipped, escapes honoured).
+/// Stops counting once past `limit`.
+pub fn depth(text: &str, limit: u32) -> u32 {
+    let mut depth: u32 = 0;
+    let mut deepest: u32 = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    if deepest > limit {
+                        return deepest;
+                    }
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// `INVALID_OUTPUT` for output nested deeper than `max_depth`.
+pub fn check_depth(text: &str, max_depth: u32) -> Result<(), ExecError> {
+    if depth(text, max_depth) > max_depth {
+        return Err(ExecError::InvalidOutput {
+            message: format!("the guest's output nests arrays and objects deeper than {max_depth} levels (maxOutputDepth)"),
+            preview: text.chars().take(200).collect(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_nesting_outside_strings() {
+        assert_eq!(depth("1", 10), 0);
+        assert_eq!(depth(r#"{"a":[1,{"b":[]}]}"#, 10), 4);
+        assert_eq!(depth(r#"["[[[[", "\"[[[", {"x":"]]]"}]"#, 10), 2);
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(depth(&deep, 1000), 1001, "stops counting past the limit");
+        assert_eq!(check_depth(&deep, 1000).map_err(|e| e.code()), Err("INVALID_OUTPUT"));
+        assert!(check_depth(&deep, 5000).is_ok());
+    }
+}

@@ -1,0 +1,45 @@
+//! The tokio runtime the core waits on: timers (deadlines while a guest waits in a host call),
+//! downloads, artifact I/O, compiles on its blocking pool. One per process: the binding hands
+//! the same runtime to napi (`install`), so there is no second set of threads; without one
+//! installed (Rust tests), the core starts its own on first use.
+
+use std::sync::OnceLock;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+static HANDLE: OnceLock<Handle> = OnceLock::new();
+
+/// A runtime shaped for this work: few workers (they only wait and shuttle bytes; guest code
+/// runs on guest threads), timers and I/O enabled.
+pub fn build() -> std::io::Result<Runtime> {
+    let workers = std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1);
+    Builder::new_multi_thread().worker_threads(workers).thread_name("loom-wasm-io").enable_all().build()
+}
+
+/// Makes `handle` the core's runtime. Only the first call (before any use) takes effect.
+pub fn install(handle: Handle) -> bool {
+    HANDLE.set(handle).is_ok()
+}
+
+/// The core's runtime, started on first use if none was installed.
+pub fn handle() -> Option<&'static Handle> {
+    if let Some(h) = HANDLE.get() {
+        return Some(h);
+    }
+    static OWN: OnceLock<Option<Runtime>> = OnceLock::new();
+    let own = OWN.get_or_init(|| build().ok()).as_ref()?;
+    let _ = HANDLE.set(own.handle().clone());
+    HANDLE.get()
+}
+
+/// Runs `f` with the core's runtime as the current one (so tokio timers, I/O and
+/// `spawn_blocking` work from any thread, guest threads and Node's included).
+pub fn enter<R>(f: impl FnOnce() -> R) -> R {
+    match handle() {
+        Some(h) => {
+            let _guard = h.enter();
+            f()
+        }
+        None => f(),
+    }
+}

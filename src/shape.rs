@@ -1,0 +1,169 @@
+//! A module's shape, read before it is compiled, and the compile limits it must fit: size,
+//! functions, body size, locals. Checking first is what keeps a small hostile module from taking
+//! seconds and gigabytes of compile: the optimizing compiler's cost grows with (locals × blocks)
+//! of a function, so a function past `CRANELIFT_COST` goes to the baseline compiler (Winch),
+//! whose cost is linear in the code.
+
+use wasmparser::{Operator, Parser, Payload};
+
+use crate::error::ExecError;
+
+/// Compile limits (executor options). Defaults are V8's own limits, so whatever V8 accepts
+/// compiles here too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileLimits {
+    pub max_module_bytes: u64,
+    pub max_functions: u64,
+    pub max_function_bytes: u64,
+    pub max_locals: u64,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            max_module_bytes: 256 * 1024 * 1024,
+            max_functions: 1_000_000,
+            max_function_bytes: 7_654_321,
+            max_locals: 50_000,
+        }
+    }
+}
+
+/// Past this (locals × blocks) in any one function, the module is compiled by the baseline
+/// compiler. Real code stays far below (an interpreter loop of a few hundred locals and a few
+/// thousand blocks is ~1e6); a hostile function of 10,000 locals and 10,000 `if`s is 1e8.
+pub const CRANELIFT_COST: u64 = 4_000_000;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shape {
+    pub functions: u64,
+    pub largest_body: u64,
+    pub most_locals: u64,
+    /// The largest (locals × blocks) of any function.
+    pub cost: u64,
+    pub has_start: bool,
+}
+
+impl Shape {
+    /// Whether the optimizing compiler would be too slow on it.
+    pub fn needs_baseline(&self) -> bool {
+        self.cost > CRANELIFT_COST
+    }
+}
+
+fn limit(what: &str, got: u64, max: u64, option: &str) -> Result<(), ExecError> {
+    if got > max {
+        return Err(ExecError::CompileLimit(format!("{what} is {got}, over the limit of {max} ({option})")));
+    }
+    Ok(())
+}
+
+/// Reads the shape of a module (or of every core module inside a component) and checks it
+/// against `limits`. Malformed bytes are `INVALID_MODULE`; anything past a limit `COMPILE_LIMIT`.
+pub fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecError> {
+    limit("the module's size in bytes", bytes.len() as u64, limits.max_module_bytes, "maxModuleBytes")?;
+    let invalid = |e: wasmparser::BinaryReaderError| ExecError::InvalidModule(format!("{e}"));
+    let mut shape = Shape::default();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::ImportSection(r) => {
+                for imp in r.into_imports() {
+                    if matches!(imp.map_err(invalid)?.ty, wasmparser::TypeRef::Func(_)) {
+                        shape.functions += 1;
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => {
+                shape.functions += r.count() as u64;
+                limit("the number of functions", shape.functions, limits.max_functions, "maxFunctions")?;
+            }
+            Payload::StartSection { .. } => shape.has_start = true,
+            Payload::CodeSectionEntry(body) => {
+                let size = body.range().len() as u64;
+                limit("a function body's size in bytes", size, limits.max_function_bytes, "maxFunctionBytes")?;
+                shape.largest_body = shape.largest_body.max(size);
+                let mut locals: u64 = 0;
+                for l in body.get_locals_reader().map_err(invalid)? {
+                    let (count, _) = l.map_err(invalid)?;
+                    locals = locals.saturating_add(count as u64);
+                    limit("a function's number of locals", locals, limits.max_locals, "maxLocals")?;
+                }
+                shape.most_locals = shape.most_locals.max(locals);
+                let mut blocks: u64 = 1;
+                let mut ops = body.get_operators_reader().map_err(invalid)?;
+                while !ops.eof() {
+                    if matches!(
+                        ops.read().map_err(invalid)?,
+                        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else
+                    ) {
+                        blocks += 1;
+                    }
+                }
+                shape.cost = shape.cost.max(locals.max(1).saturating_mul(blocks));
+            }
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A guest (echo, on the AssemblyScript ABI) whose `execute` first runs one function with
+    /// `locals` i32 locals and `ifs` sequential `if` blocks that each touch a different local:
+    /// the shape that makes an optimizing compiler quadratic.
+    pub fn compile_bomb(locals: u32, ifs: u32) -> Vec<u8> {
+        let mut body = String::new();
+        for i in 0..ifs {
+            let l = i % locals;
+            body.push_str(&format!("(if (local.get {l}) (then (local.set {l} (i32.add (local.get {l}) (i32.const 1)))))\n"));
+        }
+        crate::test_guests::with_prelude(&format!(
+            "(func $bomb (local {}) {body})
+             (func (export \"execute\") (param $in i32) (result i32) (call $bomb) (local.get $in))",
+            "i32 ".repeat(locals as usize)
+        ))
+    }
+
+    #[test]
+    fn limits_are_checked_before_compiling() {
+        let bomb = compile_bomb(2000, 3000);
+        let shape = check(&bomb, &CompileLimits::default()).expect("within the default limits");
+        // abort (imported), __new, __pin, __unpin, the bomb and execute.
+        assert_eq!((shape.functions, shape.most_locals), (6, 2000));
+        assert!(shape.needs_baseline(), "{shape:?}");
+        let small = check(&crate::test_guests::echo(), &CompileLimits::default()).expect("fits");
+        assert!(!small.needs_baseline());
+        let tight = |f: fn(&mut CompileLimits)| {
+            let mut l = CompileLimits::default();
+            f(&mut l);
+            check(&bomb, &l).map(|_| ()).map_err(|e| e.code())
+        };
+        assert_eq!(tight(|l| l.max_locals = 1999), Err("COMPILE_LIMIT"));
+        assert_eq!(tight(|l| l.max_function_bytes = 100), Err("COMPILE_LIMIT"));
+        assert_eq!(tight(|l| l.max_module_bytes = 100), Err("COMPILE_LIMIT"));
+        assert_eq!(tight(|l| l.max_functions = 0), Err("COMPILE_LIMIT"));
+        assert_eq!(check(b"\0asm\x01\0\0\0\x0a\xff", &CompileLimits::default()).map_err(|e| e.code()), Err("INVALID_MODULE"));
+    }
+}
+
+#[cfg(test)]
+mod bomb_tests {
+    use super::tests::compile_bomb;
+    use crate::engine::EngineKind;
+    use crate::modules::compile;
+    use crate::shape::CompileLimits;
+
+    #[test]
+    fn a_compile_bomb_goes_to_the_baseline_compiler() {
+        let bomb = compile_bomb(10_000, 10_000);
+        let t0 = std::time::Instant::now();
+        let m = compile(&bomb, EngineKind::Plain, &CompileLimits::default()).expect("compiles");
+        eprintln!("bomb of {} bytes: compiled by {:?} in {:?}", bomb.len(), m.kind, t0.elapsed());
+        assert_eq!(m.kind, EngineKind::Baseline);
+        let m = compile(&bomb, EngineKind::Metered, &CompileLimits::default()).expect("compiles");
+        assert_eq!(m.kind, EngineKind::BaselineMetered);
+    }
+}
