@@ -310,9 +310,7 @@ impl Executor {
         };
         let ticket = call.actor_id.map(|actor_id| self.actors.ticket(ActorKey { def: p.key.clone(), actor_id }));
         let mut fut: GuestCall = Box::pin(self.clone().call(p, input, call.cancel, ticket));
-        let started = Instant::now();
-        let polled = limits::inline_window(started + inline::BUDGET, || threads::poll_once(&mut fut));
-        inline::spend(started.elapsed());
+        let polled = limits::inline_window(Instant::now() + inline::BUDGET, || threads::poll_once(&mut fut));
         match polled {
             Ok(Poll::Ready(result)) => Attempt::Finished(result),
             Err(()) => Attempt::Finished(Err(ExecError::internal("the call panicked (a bug in the executor)"))),
@@ -881,3 +879,4 @@ mod tests {
         assert_eq!(rx.await.expect("done called"), Err(ExecError::Timeout { limit_ms: 300 }));
     }
 }
+

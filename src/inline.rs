@@ -1,63 +1,53 @@
 //! Inline starts: how much of the caller's thread (Node's event loop) calls may use before they
-//! move to a guest thread. Two bounds, both process-wide:
+//! move to a guest thread. Three bounds:
 //!
-//! - a clock: inline attempts together may take `SHARE` of the thread's time, with a burst of at
-//!   most `BURST`; an attempt that overruns leaves a debt that later attempts wait out (nothing
-//!   is forgotten at a window's edge);
+//! - each call runs inline for at most `BUDGET`, then yields and moves (see `limits`);
+//! - a chain of inline calls may hold the event loop for at most `MAX_HOLD`: calls whose promises
+//!   are settled at once run as microtasks, so `for (...) await execute(...)` would never let the
+//!   loop turn (timers, I/O). The binding queues a marker on the loop when a chain starts and
+//!   reports when it ran (`loop_turned`); until then, past `MAX_HOLD`, calls go to guest threads,
+//!   whose promises settle on a later turn of the loop. Per thread (each Node worker has its own
+//!   loop); without a loop (Rust callers) there is no chain to bound;
 //! - a gate per module: a module whose call overran its inline budget is kept off the caller's
 //!   thread for its next calls, twice as many after each overrun; a fast call does not undo it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long one call may run inline before it is moved to a guest thread.
 pub const BUDGET: Duration = Duration::from_millis(1);
-/// The share of the caller's thread that inline attempts may take over time.
-const SHARE: f64 = 0.2;
-/// The most inline time that may be spent at once after a quiet spell.
-const BURST: Duration = Duration::from_millis(4);
+/// How long a chain of inline calls may keep the event loop from turning.
+pub const MAX_HOLD: Duration = Duration::from_millis(4);
 /// Inputs larger than this are not run inline: converting them is work enough.
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 
-struct Clock {
-    last: Instant,
-    /// Inline time available now, in seconds; negative while a debt is being waited out.
-    credit: f64,
+thread_local! {
+    /// When the marker now waiting for the loop to turn was queued (none: the loop turned since).
+    static WAITING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-impl Clock {
-    fn new() -> Clock {
-        Clock { last: Instant::now(), credit: BURST.as_secs_f64() }
-    }
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.credit = (self.credit + now.duration_since(self.last).as_secs_f64() * SHARE).min(BURST.as_secs_f64());
-        self.last = now;
-    }
-    fn admit(&mut self) -> bool {
-        self.refill();
-        self.credit > 0.0
-    }
-    fn spend(&mut self, d: Duration) {
-        self.refill();
-        self.credit -= d.as_secs_f64();
-    }
-}
-
-fn clock() -> std::sync::MutexGuard<'static, Clock> {
-    static CLOCK: OnceLock<Mutex<Clock>> = OnceLock::new();
-    CLOCK.get_or_init(|| Mutex::new(Clock::new())).lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether the caller's thread may run a call inline now.
+/// Whether a call on this thread may run inline now: the loop turned less than `MAX_HOLD` ago
+/// (or this thread has no loop watch).
 pub fn admit() -> bool {
-    clock().admit()
+    WAITING_SINCE.with(|w| w.get().is_none_or(|since| since.elapsed() < MAX_HOLD))
 }
 
-/// Records what an inline attempt took (all of it, however far past its budget).
-pub fn spend(d: Duration) {
-    clock().spend(d)
+/// Called by the binding before a call: true when a marker must be queued on the event loop (none
+/// is waiting), so the chain this call starts is timed from now.
+pub fn watch_loop() -> bool {
+    WAITING_SINCE.with(|w| {
+        if w.get().is_some() {
+            return false;
+        }
+        w.set(Some(Instant::now()));
+        true
+    })
+}
+
+/// Called by the binding when its marker ran: the event loop turned.
+pub fn loop_turned() {
+    WAITING_SINCE.with(|w| w.set(None));
 }
 
 /// The per-module back-off.
@@ -100,14 +90,16 @@ mod tests {
     }
 
     #[test]
-    fn overspending_leaves_a_debt() {
-        // Spend far more than the burst: admission stays closed until the debt is paid back at
-        // SHARE of real time.
-        let mut c = Clock::new();
-        assert!(c.admit());
-        c.spend(Duration::from_millis(50));
-        assert!(!c.admit());
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!c.admit(), "20 ms repays only 4 ms of a 50 ms debt");
+    fn a_chain_that_keeps_the_loop_from_turning_is_cut() {
+        assert!(admit(), "no loop watch: nothing to bound");
+        assert!(watch_loop(), "the first call of a chain queues a marker");
+        assert!(!watch_loop(), "one marker at a time");
+        assert!(admit());
+        std::thread::sleep(MAX_HOLD + Duration::from_millis(1));
+        assert!(!admit(), "the loop has not turned for MAX_HOLD");
+        loop_turned();
+        assert!(admit());
+        assert!(watch_loop());
+        loop_turned();
     }
 }

@@ -13,7 +13,13 @@ static HANDLE: OnceLock<Handle> = OnceLock::new();
 /// runs on guest threads), timers and I/O enabled.
 pub fn build() -> std::io::Result<Runtime> {
     let workers = std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1);
-    Builder::new_multi_thread().worker_threads(workers).thread_name("loom-wasm-io").enable_all().build()
+    Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("loom-wasm-io")
+        // Compiles run on its blocking threads: below the event loop, like guest threads.
+        .on_thread_start(crate::threads::lower_priority)
+        .enable_all()
+        .build()
 }
 
 /// Makes `handle` the core's runtime. Only the first call (before any use) takes effect.

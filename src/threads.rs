@@ -34,6 +34,19 @@ fn eager_threads() -> usize {
 }
 /// Guest code runs on wasmtime's fiber stacks, not these; the threads run host code.
 const STACK_BYTES: usize = 2 * 1024 * 1024;
+/// Guest threads (and the runtime's, see `runtime`) run at a lower priority than Node's event
+/// loop: when a core is contended, the loop thread is scheduled first, so guests that keep every
+/// core busy still leave the event loop responsive.
+pub const NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by `NICE` (best effort: where the OS refuses, it stays).
+pub fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, NICE);
+    }
+}
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -167,7 +180,10 @@ fn start_thread(n: usize) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(format!("loom-wasm-guest-{n}"))
         .stack_size(STACK_BYTES)
-        .spawn(worker)
+        .spawn(|| {
+            lower_priority();
+            worker()
+        })
         .map(|_| ())
 }
 

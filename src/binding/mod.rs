@@ -9,6 +9,7 @@ mod js;
 mod js_error;
 mod js_log;
 mod js_store;
+mod loop_watch;
 mod object_store;
 
 pub use object_store::ObjectBlobStore;
@@ -449,7 +450,10 @@ impl WasmActivityExecutor {
         };
         let attempt = match prepared {
             Err(e) => Attempt::Finished(Err(e)),
-            Ok((def, json)) => self.inner.start(&def, json, call, make_done),
+            Ok((def, json)) => {
+                loop_watch::before_call(env);
+                self.inner.start(&def, json, call, make_done)
+            }
         };
         match (attempt, promise) {
             (Attempt::Started, Some(p)) => Ok(p),
