@@ -174,6 +174,10 @@ async function main() {
   row('memory per idle actor (RSS delta / 1000)', 'KiB', nm.perActorBytes / 1024, vm.perActorBytes / 1024, undefined, false,
     `native <= 1.2x linear memory (${nm.linearBytes / 1024} KiB)`)
 
+  console.error('8. worst event-loop gap while hostile guests run')
+  const gap = await hostileGap()
+  row('event-loop gap max, hostile guests (fill 250 MB, 250 MB initial memory, spin, bombs, WASI sleep)', 'ms', gap.native, gap.v8, undefined, false, 'native <= 10 ms')
+
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
   const header =
     `Machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}; Node ${process.version}; ` +
@@ -187,6 +191,82 @@ async function main() {
     `Floor: an empty async napi call (\`benchFloor\`), one hop to the Rust runtime and back.\n\n${lines.join('\n')}\n`
   writeFileSync(join(here, 'results.md'), md)
   console.log(`\n${header}\n\n${lines.join('\n')}\n\nwritten to bench/results.md`)
+}
+
+/** Hand-written hostile guests (WAT, built with wabt) on the AssemblyScript ABI. */
+async function hostileGuests() {
+  const wabt = await require('wabt')()
+  const build = (text) => {
+    const m = wabt.parseWat('g.wat', text, { bulk_memory: true })
+    try {
+      return Buffer.from(m.toBinary({}).buffer)
+    } finally {
+      m.destroy()
+    }
+  }
+  const prelude = `(import "env" "abort" (func $abort (param i32 i32 i32 i32)))
+    (memory (export "memory") 1) (global $h (mut i32) (i32.const 4096))
+    (func (export "__new") (param i32 i32) (result i32) (local $p i32)
+      (local.set $p (i32.add (global.get $h) (i32.const 16)))
+      (i32.store (i32.sub (local.get $p) (i32.const 4)) (local.get 0))
+      (global.set $h (i32.add (local.get $p) (local.get 0))) (local.get $p))
+    (func (export "__pin") (param i32) (result i32) (local.get 0)) (func (export "__unpin") (param i32))
+    (data (i32.const 32) "\\02\\00\\00\\00\\31\\00")`
+  const guest = (body, imports = '') => build(`(module ${imports} ${prelude} ${body})`)
+  return {
+    fill: guest(`(func (export "execute") (param i32) (result i32)
+      (drop (memory.grow (i32.const 4000))) (memory.fill (i32.const 65536) (i32.const 7) (i32.const 262144000)) (i32.const 36))`),
+    initial: build(`(module (memory (export "memory") 4000)
+      (func (export "__new") (param i32 i32) (result i32) (i32.const 64))
+      (func (export "__pin") (param i32) (result i32) (local.get 0)) (func (export "__unpin") (param i32))
+      (func (export "execute") (param i32) (result i32) (memory.fill (i32.const 0) (i32.const 1) (i32.const 262144000))
+        (i32.store (i32.const 32) (i32.const 2)) (i32.store16 (i32.const 36) (i32.const 49)) (i32.const 36)))`),
+    spin: guest(`(func (export "execute") (param i32) (result i32) (loop $l (br $l)) (i32.const 36))`),
+    bomb: guest(`(func (export "execute") (param i32) (result i32) (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i32.const 36))`),
+    recursion: guest(`(func $r (export "execute") (param i32) (result i32) (call $r (local.get 0)))`),
+    sleep: guest(`(func (export "execute") (param i32) (result i32)
+        (i32.store8 (i32.const 1032) (i32.const 0)) (i32.store (i32.const 1040) (i32.const 1))
+        (i64.store (i32.const 1048) (i64.const 50000000))
+        (drop (call $poll (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 3072))) (i32.const 36))`,
+      `(import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))`),
+  }
+}
+
+/** The largest gap of a 1 ms timer while hostile guests are called over and over (each cached first). */
+async function hostileGap() {
+  const guests = await hostileGuests()
+  const hostileBlobs = new Map([...blobs, ...Object.entries(guests).map(([k, v]) => [`${k}.wasm`, v])])
+  const hostileStore = { download: async (p) => hostileBlobs.get(p) }
+  const defs = Object.keys(guests).map((name) => ({
+    ...def(name),
+    limits: { maxExecutionMs: 100, maxMemoryMB: 256 },
+    ...(name === 'sleep' ? { capabilities: { env: ['NONE'] } } : {}),
+  }))
+  const measure = async (ex, runnable) => {
+    for (const d of runnable) await ex.execute(d, {}).catch(() => {})
+    let last = performance.now()
+    let worst = 0
+    const timer = setInterval(() => {
+      const now = performance.now()
+      worst = Math.max(worst, now - last - 1)
+      last = now
+    }, 1)
+    const until = performance.now() + (QUICK ? 1000 : 3000)
+    while (performance.now() < until) {
+      await Promise.allSettled([...runnable.map((d) => ex.execute(d, {})), ex.execute(def('echo'), { message: 'x' })])
+      // Let the loop turn between rounds (a round that never yields would hide its own gap).
+      await new Promise((r) => setImmediate(r))
+      worst = Math.max(worst, performance.now() - last - 1)
+    }
+    clearInterval(timer)
+    return worst
+  }
+  const nativeEx = new WasmActivityExecutor(hostileStore)
+  const nativeGap = await measure(nativeEx, defs)
+  // V8 cannot interrupt a spinning guest or a sleeping one, nor cap memory; give it the ones that end by themselves.
+  const v8Ex = new V8Executor(hostileStore)
+  const v8Gap = await measure(v8Ex, defs.filter((d) => ['fill', 'initial', 'recursion'].includes(d.name)))
+  return { native: nativeGap, v8: v8Gap }
 }
 
 main().catch((e) => {

@@ -17,6 +17,7 @@ pub mod host;
 pub mod inline;
 pub mod inspect;
 pub mod instance;
+pub mod instrument;
 pub mod limits;
 pub mod modules;
 pub mod output;
