@@ -168,6 +168,12 @@ async function main() {
     QUICK ? 500 : 2000,
   )
   row('actor call (kept instance)', 'us/call', na, va, undefined, false, '')
+  const [plain, tx] = await sequential(
+    [(k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `p${k % 8}` }),
+     (k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `t${k % 8}`, transactional: true })],
+    QUICK ? 500 : 2000,
+  )
+  row('actor call, transactional (vs the same call not transactional)', 'us/call', tx, plain, undefined, false, 'transactional <= 2x plain')
   const mem = (engine) => JSON.parse(execFileSync(process.execPath, ['--expose-gc', join(here, 'child.mjs'), 'actors', engine, '1000'], { encoding: 'utf8' }))
   const nm = mem('native')
   const vm = mem('v8')

@@ -31,6 +31,50 @@ pub struct ActorKey {
 #[derive(Default)]
 pub struct ActorState {
     pub instance: Option<GuestInstance>,
+    /// The state after its last good call, for transactional calls (and the module it is of):
+    /// a failed call is undone by restoring it into a fresh instance.
+    pub shadow: Option<(crate::digest::Digest, crate::snapshot::State)>,
+    /// How its memory has grown over its calls (to warn of a runtime that never frees).
+    pub growth: Growth,
+    /// For a durable actor: the version of its snapshot in the actor store that `shadow` is
+    /// (none: not stored yet).
+    pub persisted: Option<crate::actor_store::Version>,
+}
+
+/// Watches an actor's memory across calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Growth {
+    pub first_bytes: u64,
+    pub calls: u64,
+}
+
+impl Growth {
+    /// Calls watched before judging.
+    pub const CALLS: u64 = 200;
+    /// Growth over `CALLS` calls that counts as never freeing (three 64 KiB pages).
+    pub const BYTES: u64 = 3 * 65536;
+
+    /// Records a call that left the instance with `bytes`; the growth per call when the
+    /// instance has grown steadily enough to warn about (once: the watch then stops).
+    pub fn record(&mut self, bytes: u64) -> Option<u64> {
+        if self.calls == u64::MAX {
+            return None;
+        }
+        if self.calls == 0 {
+            self.first_bytes = bytes;
+        }
+        self.calls += 1;
+        if self.calls >= Self::CALLS && bytes >= self.first_bytes + Self::BYTES {
+            let per_call = (bytes - self.first_bytes) / (self.calls - 1);
+            self.calls = u64::MAX;
+            return Some(per_call);
+        }
+        if self.calls >= 50 * Self::CALLS {
+            // Flat for a long while: stop watching.
+            self.calls = u64::MAX;
+        }
+        None
+    }
 }
 
 pub struct ActorSlot {
@@ -62,6 +106,8 @@ impl Drop for Held {
         self.slot.last_used.store(now_ms(), Ordering::Relaxed);
         if self.slot.reset.swap(false, Ordering::AcqRel) {
             self.guard.instance = None;
+            self.guard.shadow = None;
+            self.guard.persisted = None;
         }
     }
 }
@@ -97,6 +143,7 @@ fn evict_if_idle(slot: &ActorSlot) -> bool {
     match slot.state.try_lock() {
         Ok(mut st) => {
             st.instance = None;
+            st.shadow = None;
             true
         }
         Err(_) => false,
@@ -152,7 +199,10 @@ impl Actors {
     pub fn remove(&self, key: &ActorKey) -> bool {
         let mut lru = self.shared.lru();
         let Some(slot) = lru.peek(key).cloned() else { return false };
-        let idle = slot.state.try_lock().map(|mut st| st.instance.take().is_some());
+        let idle = slot.state.try_lock().map(|mut st| {
+            st.shadow = None;
+            st.instance.take().is_some()
+        });
         match idle {
             Ok(had) => {
                 lru.pop(key);

@@ -63,9 +63,17 @@ impl Grants {
     }
 
     /// The WASI context of a granted guest: the granted variables, the granted directory, no
-    /// arguments, no stdio, no network.
-    pub fn wasi_context(&self) -> Result<WasiP1Ctx, ExecError> {
+    /// arguments, no stdio, no network; for a deterministic call, clocks stopped at its `now`
+    /// and randomness from its `seed`.
+    pub fn wasi_context(&self, det: Option<&crate::replay::Determinism>) -> Result<WasiP1Ctx, ExecError> {
         let mut b = WasiCtxBuilder::new();
+        if let Some(det) = det {
+            b.wall_clock(det.wall_clock())
+                .monotonic_clock(crate::replay::FixedMonotonicClock)
+                .secure_random(wasmtime_wasi::Deterministic::new(det.random_bytes()))
+                .insecure_random(wasmtime_wasi::Deterministic::new(det.random_bytes()))
+                .insecure_random_seed(det.seed as u128);
+        }
         for (k, v) in &self.env {
             b.env(k, v);
         }
@@ -114,6 +122,6 @@ mod tests {
         let g = Grants::resolve(&caps, None).expect("env grants");
         assert_eq!(g.env, vec![("LOOM_CAP_TEST_A".to_string(), "a-value".to_string())]);
         assert!(authorize(&["wasi_snapshot_preview1.environ_get".into()], &caps).is_ok());
-        assert!(g.wasi_context().is_ok());
+        assert!(g.wasi_context(None).is_ok());
     }
 }

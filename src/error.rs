@@ -10,6 +10,8 @@ pub enum Detail {
     Str(String),
     Num(f64),
     Bool(bool),
+    /// JSON text, given to JS parsed (as the string itself if it does not parse).
+    Json(String),
 }
 
 /// Every message starts with its code in plain words ("timeout: ...", "out of memory: ..."), so
@@ -73,6 +75,16 @@ pub enum ExecError {
     /// The guest returned something that is not a valid string of JSON.
     #[error("invalid output: {message}")]
     InvalidOutput { message: String, preview: String },
+    /// A snapshot is corrupt, truncated, of another format version, or too large.
+    #[error("snapshot invalid: {0}")]
+    SnapshotInvalid(String),
+    /// A snapshot was taken of another module than the definition's.
+    #[error("snapshot mismatch: the snapshot is of module sha256 {actual}, the definition's is {expected}")]
+    SnapshotMismatch { expected: String, actual: String },
+    /// Another worker advanced this actor in its store first: its state here is stale (dropped);
+    /// the next call reloads it.
+    #[error("actor conflict: {0}")]
+    ActorConflict(String),
     /// The process has no room for the call right now (instance pool, fiber stacks); try again.
     #[error("busy: {0}")]
     Busy(String),
@@ -86,6 +98,10 @@ pub enum ExecError {
     /// next call starts fresh. Code, message and details are the cause's, plus `actorReset`.
     #[error("{0}; the actor's instance was discarded and its state lost")]
     ActorReset(Box<ExecError>),
+    /// A call that timed out or was cancelled after it reported progress: the cause, plus its
+    /// last heartbeat (`lastProgress`), so a workflow can resume where it got to.
+    #[error("{error}")]
+    WithProgress { error: Box<ExecError>, last: String },
 }
 
 impl ExecError {
@@ -111,10 +127,14 @@ impl ExecError {
             ExecError::InputTooLarge { .. } => "INPUT_TOO_LARGE",
             ExecError::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
             ExecError::InvalidOutput { .. } => "INVALID_OUTPUT",
+            ExecError::SnapshotInvalid(_) => "SNAPSHOT_INVALID",
+            ExecError::SnapshotMismatch { .. } => "SNAPSHOT_MISMATCH",
+            ExecError::ActorConflict(_) => "ACTOR_CONFLICT",
             ExecError::Busy(_) => "BUSY",
             ExecError::Closed => "CLOSED",
             ExecError::Internal(_) => "INTERNAL",
             ExecError::ActorReset(cause) => cause.code(),
+            ExecError::WithProgress { error, .. } => error.code(),
         }
     }
 
@@ -123,8 +143,12 @@ impl ExecError {
     /// full process or a timeout under load may not.
     pub fn retryable(&self) -> bool {
         match self {
-            ExecError::BlobUnavailable { .. } | ExecError::Timeout { .. } | ExecError::Busy(_) => true,
+            ExecError::BlobUnavailable { .. }
+            | ExecError::Timeout { .. }
+            | ExecError::Busy(_)
+            | ExecError::ActorConflict(_) => true,
             ExecError::ActorReset(cause) => cause.retryable(),
+            ExecError::WithProgress { error, .. } => error.retryable(),
             _ => false,
         }
     }
@@ -133,6 +157,7 @@ impl ExecError {
     pub fn root(&self) -> &ExecError {
         match self {
             ExecError::ActorReset(cause) => cause.root(),
+            ExecError::WithProgress { error, .. } => error.root(),
             other => other,
         }
     }
@@ -173,9 +198,17 @@ impl ExecError {
                 vec![("size", Num(*size as f64)), ("limit", Num(*limit as f64))]
             }
             ExecError::InvalidOutput { preview, .. } => vec![("preview", Str(preview.clone()))],
+            ExecError::SnapshotMismatch { expected, actual } => {
+                vec![("expected", Str(expected.clone())), ("actual", Str(actual.clone()))]
+            }
             ExecError::ActorReset(cause) => {
                 let mut d = cause.details();
                 d.push(("actorReset", Bool(true)));
+                d
+            }
+            ExecError::WithProgress { error, last } => {
+                let mut d = error.details();
+                d.push(("lastProgress", Json(last.clone())));
                 d
             }
             _ => Vec::new(),
@@ -217,6 +250,9 @@ mod tests {
             ExecError::GuestError { message: String::new(), exit_code: None },
             ExecError::Busy(String::new()),
             ExecError::Closed,
+            ExecError::SnapshotInvalid(String::new()),
+            ExecError::SnapshotMismatch { expected: String::new(), actual: String::new() },
+            ExecError::ActorConflict(String::new()),
             ExecError::Internal(String::new()),
         ];
         let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
@@ -230,7 +266,7 @@ mod tests {
             assert!(e.to_string().starts_with(&words), "{e}");
         }
         let retryable: Vec<_> = all.iter().filter(|e| e.retryable()).map(|e| e.code()).collect();
-        assert_eq!(retryable, ["BLOB_UNAVAILABLE", "TIMEOUT", "BUSY"]);
+        assert_eq!(retryable, ["BLOB_UNAVAILABLE", "TIMEOUT", "BUSY", "ACTOR_CONFLICT"]);
     }
 
     #[test]

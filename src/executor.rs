@@ -19,16 +19,21 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use crate::actors::{self, ActorKey, Actors, Held, Ticket};
+use crate::actors::{ActorKey, Actors, Held, Ticket};
 use crate::artifacts::ArtifactCache;
+use crate::actor_store::ActorStore;
+use crate::call::{growth_warning, run, watched, Prepared};
+use crate::durable::{Durable, Persist};
 pub use crate::capabilities::Capabilities;
 use crate::capabilities::{authorize, FilesystemConfig, Grants};
-use crate::digest::{hex, parse_digest, Digest};
+use crate::digest::{hex, parse_digest};
 use crate::engine::{self, EngineKind};
 use crate::error::ExecError;
 use crate::host::LogSink;
 use crate::inline;
-use crate::instance::{is_reusable_after, CallOutput, GuestInstance};
+use crate::host::Progress;
+use crate::instance::{CallContext, CallOutput};
+use crate::replay::Determinism;
 use crate::limits::{self, Budget, CancelFlag, LimitOverrides, Limits, INLINE_MEMORY_BYTES};
 use crate::modules::{CacheStats, CompiledModule, DefKey, LoadLimits, ModuleCache};
 use crate::store::{allowed_prefixes, BlobSource, RoutedSource};
@@ -44,6 +49,8 @@ pub struct Definition {
     pub sha256: Option<String>,
     pub limits: LimitOverrides,
     pub capabilities: Capabilities,
+    /// The guest's clock and randomness come from the call (`CallOptions::now`, `seed`): replay.
+    pub deterministic: bool,
 }
 
 impl Definition {
@@ -95,6 +102,12 @@ pub struct ExecutorOptions {
     pub filesystem: Option<FilesystemConfig>,
     /// URL prefixes a `wasmBlobPath` may name directly (bypassing the store); none by default.
     pub allowed_blob_urls: Vec<String>,
+    /// Actor calls are transactional unless a call says otherwise: a failed call leaves the actor
+    /// as it was before it.
+    pub transactional: bool,
+    /// Where durable actors' snapshots live (see `durable`).
+    pub actor_store: Option<Arc<dyn ActorStore>>,
+    pub persist: Persist,
 }
 
 impl Default for ExecutorOptions {
@@ -111,16 +124,28 @@ impl Default for ExecutorOptions {
             log: None,
             filesystem: None,
             allowed_blob_urls: Vec::new(),
+            transactional: false,
+            actor_store: None,
+            persist: Persist::Sync,
         }
     }
 }
 
 /// Per-call options.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CallOptions {
     /// Run on this actor's kept instance instead of a fresh one.
     pub actor_id: Option<String>,
     pub cancel: CancelFlag,
+    /// For an actor call: undo the call's effects on the actor if it fails (default: the
+    /// executor's `transactional`).
+    pub transactional: Option<bool>,
+    /// For a deterministic definition: the time (ms since the epoch) and seed the guest sees
+    /// (default 0 and 0).
+    pub now: Option<f64>,
+    pub seed: Option<f64>,
+    /// Where the call's heartbeats (`loom.progress`) go.
+    pub progress: Option<Arc<dyn crate::host::ProgressSink>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -177,16 +202,6 @@ impl Drop for DoneGuard {
 /// A guest call in flight: `Send`, so a call suspended on one thread can finish on another.
 type GuestCall = Pin<Box<dyn Future<Output = Result<CallOutput, ExecError>> + Send>>;
 
-/// What a call needs once its definition is read.
-struct Prepared {
-    key: DefKey,
-    limits: Limits,
-    grants: Grants,
-    capabilities: Capabilities,
-    pinned: Option<Digest>,
-    kind: EngineKind,
-}
-
 /// Removes a call from the in-flight registry when it ends, however it ends.
 struct Inflight<'a>(&'a Executor, u64);
 
@@ -206,49 +221,6 @@ async fn leave_caller_thread() {
         }
         yielded = true;
         cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
-}
-
-/// Runs `guest` until it finishes, its deadline passes or the call is cancelled, whichever
-/// comes first, also while the guest waits in a host call (epoch ticks cover running code).
-/// A guest still running when it leaves the caller's thread counts against its module's inline
-/// gate.
-async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
-    guest: F,
-    budget: Budget,
-    cancel: &CancelFlag,
-    module: &CompiledModule,
-) -> Result<CallOutput, ExecError> {
-    let mut guest = std::pin::pin!(guest);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
-    poll_fn(|cx| {
-        if cancel.is_cancelled() {
-            return Poll::Ready(Err(ExecError::Cancelled));
-        }
-        if let Poll::Ready(r) = guest.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        if limits::in_inline_window() {
-            module.inline.overran();
-            return Poll::Pending;
-        }
-        if Instant::now() >= budget.deadline {
-            return Poll::Ready(Err(budget.timeout()));
-        }
-        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(budget.deadline.into())));
-        if t.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(budget.timeout()));
-        }
-        let c = cancelled.get_or_insert_with(|| {
-            let flag = cancel.clone();
-            Box::pin(async move { flag.cancelled().await })
-        });
-        if c.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(ExecError::Cancelled));
-        }
         Poll::Pending
     })
     .await
@@ -274,7 +246,8 @@ impl Executor {
         })
     }
 
-    fn prepare(&self, def: &Definition, input: &str, cancel: &CancelFlag) -> Result<Prepared, ExecError> {
+    fn prepare(&self, def: &Definition, input: &str, call: &CallOptions) -> Result<Prepared, ExecError> {
+        let cancel = &call.cancel;
         if self.closed.load(Ordering::Acquire) {
             return Err(ExecError::Closed);
         }
@@ -289,7 +262,46 @@ impl Executor {
         let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
         let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref())?;
         let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
-        Ok(Prepared { key: def.key(), limits, grants, capabilities: def.capabilities.clone(), pinned, kind })
+        let key = def.key();
+        let durable = match (&call.actor_id, &self.opts.actor_store) {
+            (Some(id), Some(store)) => {
+                Some(Durable::new(store.clone(), &ActorKey { def: key.clone(), actor_id: id.clone() }, self.opts.persist))
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            key,
+            limits,
+            grants,
+            capabilities: def.capabilities.clone(),
+            pinned,
+            kind,
+            transactional: call.transactional.unwrap_or(self.opts.transactional),
+            actor_id: call.actor_id.clone(),
+            durable,
+            ctx: CallContext {
+                det: def.deterministic.then(|| Determinism {
+                    now_ms: call.now.unwrap_or(0.0),
+                    seed: call.seed.unwrap_or(0.0) as u64,
+                }),
+                progress: Progress { sink: call.progress.clone(), last: Default::default() },
+            },
+        })
+    }
+
+    /// For operations on an actor outside a call (snapshot, restore): the prepared definition,
+    /// its module, and the actor's slot, taken in line after its calls.
+    pub(crate) async fn hold_actor(
+        self: &Arc<Self>,
+        def: &Definition,
+        call: &CallOptions,
+    ) -> Result<(Prepared, Arc<CompiledModule>, Held), ExecError> {
+        let p = self.prepare(def, "", call)?;
+        let id = call.actor_id.clone().unwrap_or_default();
+        let ticket = self.actors.ticket(ActorKey { def: p.key.clone(), actor_id: id });
+        let held = ticket.await;
+        let module = self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref()).await?;
+        Ok((p, module, held))
     }
 
     /// Starts a call. It is polled once right here, on the caller's thread: that takes the
@@ -304,7 +316,7 @@ impl Executor {
         call: CallOptions,
         make_done: impl FnOnce() -> Result<Done, ExecError>,
     ) -> Attempt {
-        let p = match self.prepare(def, &input, &call.cancel) {
+        let p = match self.prepare(def, &input, &call) {
             Ok(p) => p,
             Err(e) => return Attempt::Finished(Err(e)),
         };
@@ -362,17 +374,32 @@ impl Executor {
         }
         let budget = Budget::starting_now(&p.limits);
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
+        let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();
         let log = self.opts.log.clone();
-        let guest = run(held, &module, &p, budget, &cancel, log, &input);
+        let guest = run(held, &module, &p, budget, &cancel, log.clone(), &input);
+        let last_progress = p.ctx.progress.last.clone();
+        let with_progress = |e: ExecError| {
+            let last = last_progress.lock().ok().and_then(|l| l.clone());
+            match last {
+                Some(last) if matches!(e.root(), ExecError::Timeout { .. } | ExecError::Cancelled) => {
+                    ExecError::WithProgress { error: Box::new(e), last }
+                }
+                _ => e,
+            }
+        };
         let out = match watched(guest, budget, &cancel, &module).await {
             // Ended from outside mid-call (deadline or cancel while in a host call): an actor's
-            // instance went with the call.
-            Err(e) if had_state && matches!(e, ExecError::Timeout { .. } | ExecError::Cancelled) => {
-                return Err(ExecError::ActorReset(Box::new(e)))
+            // instance went with the call (unless it keeps a last good state to restore).
+            Err(e) if had_state && !had_shadow && matches!(e, ExecError::Timeout { .. } | ExecError::Cancelled) => {
+                return Err(with_progress(ExecError::ActorReset(Box::new(e))))
             }
-            other => other?,
+            Err(e) => return Err(with_progress(e)),
+            Ok(out) => out,
         };
         crate::output::check_depth(&out.output, p.limits.max_output_depth)?;
+        if let (Some(per_call), Some(sink)) = (out.growth_per_call, log.as_ref()) {
+            sink.log("warn", &growth_warning(&p, per_call, out.memory_bytes));
+        }
         Ok(out)
     }
 
@@ -393,7 +420,7 @@ impl Executor {
     /// Downloads and compiles (or loads from an artifact) a definition's module ahead of traffic,
     /// filling every cache tier. Returns the module's sha256.
     pub async fn precompile(&self, def: &Definition) -> Result<String, ExecError> {
-        let p = self.prepare(def, "", &CancelFlag::new())?;
+        let p = self.prepare(def, "", &CallOptions::default())?;
         let module = self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref()).await?;
         Ok(hex(&module.digest))
     }
@@ -405,8 +432,33 @@ impl Executor {
 
     /// Forgets an actor's instance (and its state); true if there was one. A call running on it
     /// finishes first; calls queued behind it start fresh.
+    /// With an actor store, its stored snapshot is deleted too, in the actor's line: calls made
+    /// after this see no state.
     pub fn drop_actor(&self, def: &Definition, actor_id: &str) -> bool {
-        self.actors.remove(&ActorKey { def: def.key(), actor_id: actor_id.to_string() })
+        let key = ActorKey { def: def.key(), actor_id: actor_id.to_string() };
+        let had = self.actors.remove(&key);
+        let Some(store) = &self.opts.actor_store else { return had };
+        let d = Durable::new(store.clone(), &key, self.opts.persist);
+        let mut ticket = self.actors.ticket(key);
+        // Polled here, so the deletion takes its place in line before any later call.
+        let held = match threads::poll_once(&mut ticket) {
+            Ok(Poll::Ready(held)) => Some(held),
+            _ => None,
+        };
+        let log = self.opts.log.clone();
+        let _ = threads::spawn(async move {
+            let mut held = match held {
+                Some(h) => h,
+                None => ticket.await,
+            };
+            held.guard.instance = None;
+            held.guard.shadow = None;
+            held.guard.persisted = None;
+            if let (Err(e), Some(sink)) = (d.store.delete(&d.key).await, log) {
+                sink.log("warn", &format!("the stored state of a dropped actor was not deleted: {e}"));
+            }
+        });
+        true
     }
 
     /// Drops every cached module, or only those of the activity `name`.
@@ -446,437 +498,6 @@ impl Executor {
     }
 }
 
-/// A fresh instance for a call; when the process's instance pool is full, idle actors anywhere
-/// in the process make room (least recently used first), else `BUSY`.
-async fn instantiate(
-    module: &CompiledModule,
-    p: &Prepared,
-    budget: Budget,
-    cancel: &CancelFlag,
-    log: Option<Arc<dyn LogSink>>,
-    for_actor: bool,
-) -> Result<GuestInstance, ExecError> {
-    if for_actor && module.kind == EngineKind::Plain {
-        // Keep an eighth of the pool for fresh calls: actors alone never fill it.
-        let pool = engine::pool_size() as u64;
-        let live = engine::engine(EngineKind::Plain)?.pooling_allocator_metrics().map_or(0, |m| m.core_instances());
-        if live + pool / 8 >= pool {
-            actors::evict_idle_anywhere(16);
-        }
-    }
-    match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants).await {
-        Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16) > 0 => {
-            GuestInstance::new(module, &p.limits, budget, cancel, log, &p.grants).await
-        }
-        other => other,
-    }
-}
-
-/// Runs one call's guest: on the actor's kept instance when `held` is given (created on the
-/// actor's first call, or when its module changed), else on a fresh instance.
-async fn run(
-    held: Option<Held>,
-    module: &CompiledModule,
-    p: &Prepared,
-    budget: Budget,
-    cancel: &CancelFlag,
-    log: Option<Arc<dyn LogSink>>,
-    input: &str,
-) -> Result<CallOutput, ExecError> {
-    let started = Instant::now();
-    let Some(mut held) = held else {
-        let mut instance = instantiate(module, p, budget, cancel, log, false).await?;
-        return instance.call(input, &p.limits, started).await;
-    };
-    if held.take_reset() {
-        held.guard.instance = None;
-    }
-    let (mut instance, created) = match held.guard.instance.take() {
-        // Same bytes, same metering: the actor's state lives on, under the call's current
-        // limits and grants.
-        Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
-            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants) {
-                held.guard.instance = Some(i);
-                return Err(e);
-            }
-            (i, false)
-        }
-        Some(i) if i.digest == module.digest => {
-            let e = ExecError::InvalidArgument(format!(
-                "actor of {:?} runs on the {} engine since its first call; a call {} limits.maxFuel cannot run on it (dropActor to change)",
-                p.key.name,
-                if i.kind.metered() { "fuel-metered" } else { "unmetered" },
-                if i.kind.metered() { "without" } else { "with" },
-            ));
-            held.guard.instance = Some(i);
-            return Err(e);
-        }
-        _ => (instantiate(module, p, budget, cancel, log, true).await?, true),
-    };
-    match instance.call(input, &p.limits, started).await {
-        Ok(mut out) => {
-            out.actor_created = created;
-            held.guard.instance = Some(instance);
-            Ok(out)
-        }
-        Err(e) if is_reusable_after(&e) => {
-            held.guard.instance = Some(instance);
-            Err(e)
-        }
-        Err(e) if created => Err(e),
-        Err(e) => Err(ExecError::ActorReset(Box::new(e))),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::*;
-    use crate::digest::hex;
-    use crate::store::MemorySource;
-    use crate::test_guests as g;
-    use sha2::{Digest as _, Sha256};
-
-    fn setup(blobs: &[(&str, Vec<u8>)]) -> (Arc<Executor>, Arc<MemorySource>) {
-        let source = Arc::new(MemorySource::new());
-        for (path, bytes) in blobs {
-            source.put(path, bytes.clone());
-        }
-        (Arc::new(Executor::new(source.clone(), ExecutorOptions::default()).expect("executor")), source)
-    }
-
-    fn def(name: &str) -> Definition {
-        Definition {
-            name: name.into(),
-            version: "1.0.0".into(),
-            wasm_blob_path: format!("{name}.wasm"),
-            ..Default::default()
-        }
-    }
-
-    async fn run(ex: &Arc<Executor>, d: &Definition, input: &str) -> Result<CallOutput, ExecError> {
-        ex.execute(d, input.to_string(), CallOptions::default()).await
-    }
-
-    async fn code(ex: &Arc<Executor>, d: &Definition, input: &str) -> &'static str {
-        run(ex, d, input).await.expect_err("the call should fail").code()
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn unicode_round_trips_through_the_guest() {
-        let (ex, _) = setup(&[("echo.wasm", g::echo())]);
-        let input = r#"{"message":"héllo 🌍 中文 \"q\" \\ \n","n":1}"#;
-        let out = run(&ex, &def("echo"), input).await.expect("echo works");
-        assert_eq!(out.output, input);
-        assert!(out.peak_memory_bytes >= 65536);
-        assert_eq!(out.fuel_consumed, None);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn fresh_instance_per_call_but_actors_keep_state() {
-        let (ex, _) = setup(&[("counter.wasm", g::counter())]);
-        let d = def("counter");
-        for _ in 0..3 {
-            assert_eq!(run(&ex, &d, "{}").await.expect("ok").output, "1");
-        }
-        let actor = |id: &str| CallOptions { actor_id: Some(id.into()), ..Default::default() };
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            seen.push(ex.execute(&d, "{}".into(), actor("a")).await.expect("ok").output);
-        }
-        assert_eq!(seen, ["1", "2", "3"]);
-        assert_eq!(ex.execute(&d, "{}".into(), actor("b")).await.expect("ok").output, "1");
-        assert_eq!(ex.stats().actors, 2);
-        assert!(ex.drop_actor(&d, "a"));
-        assert!(!ex.drop_actor(&d, "a"));
-        assert_eq!(ex.execute(&d, "{}".into(), actor("a")).await.expect("ok").output, "1");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn cache_hits_misses_and_clear() {
-        let (ex, _) = setup(&[("echo.wasm", g::echo()), ("copy.wasm", g::echo())]);
-        run(&ex, &def("echo"), "1").await.expect("ok");
-        run(&ex, &def("echo"), "2").await.expect("ok");
-        let s = ex.stats().cache;
-        assert_eq!((s.modules, s.hits, s.misses, s.compiles), (1, 1, 1, 1));
-        // Same bytes under another name: a load, but no second compile (keyed by content).
-        run(&ex, &def("copy"), "3").await.expect("ok");
-        let s = ex.stats().cache;
-        assert_eq!((s.modules, s.misses, s.compiles), (1, 2, 1));
-        ex.clear_cache(Some("echo"));
-        assert_eq!(ex.stats().cache.modules, 1, "copy still refers to the module");
-        ex.clear_cache(None);
-        assert_eq!(ex.stats().cache.modules, 0);
-        run(&ex, &def("echo"), "4").await.expect("ok");
-        assert_eq!(ex.stats().cache.compiles, 2);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn concurrent_first_calls_load_once() {
-        let (ex, _) = setup(&[("echo.wasm", g::echo())]);
-        let calls: Vec<_> = (0..200)
-            .map(|i| {
-                let ex = ex.clone();
-                tokio::spawn(async move { ex.execute(&def("echo"), format!("{i}"), CallOptions::default()).await })
-            })
-            .collect();
-        for (i, c) in calls.into_iter().enumerate() {
-            assert_eq!(c.await.expect("joined").expect("ok").output, i.to_string());
-        }
-        let s = ex.stats().cache;
-        assert_eq!((s.misses, s.compiles, s.hits), (1, 1, 199));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn failed_loads_are_not_cached() {
-        let (ex, source) = setup(&[]);
-        assert_eq!(code(&ex, &def("echo"), "1").await, "BLOB_NOT_FOUND");
-        source.put("echo.wasm", g::echo());
-        assert_eq!(run(&ex, &def("echo"), "1").await.expect("retried").output, "1");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn bad_modules_get_their_codes() {
-        let (ex, _) = setup(&[
-            ("random.wasm", vec![0x13, 0x37, 0, 1, 2, 3]),
-            ("truncated.wasm", g::echo()[..40].to_vec()),
-            ("noexec.wasm", g::no_execute()),
-            ("wrongsig.wasm", g::wrong_signature()),
-            ("wasi.wasm", g::imports_wasi()),
-            ("unknown.wasm", g::imports_unknown()),
-            ("start.wasm", g::start_trap()),
-        ]);
-        assert_eq!(code(&ex, &def("random"), "1").await, "INVALID_MODULE");
-        assert_eq!(code(&ex, &def("truncated"), "1").await, "INVALID_MODULE");
-        assert_eq!(code(&ex, &def("noexec"), "1").await, "MISSING_EXPORT");
-        let e = run(&ex, &def("wrongsig"), "1").await.expect_err("mistyped");
-        assert_eq!(e.code(), "MISSING_EXPORT");
-        assert!(e.to_string().contains("f64"), "{e}");
-        let e = run(&ex, &def("wasi"), "1").await.expect_err("wasi");
-        assert_eq!(e.code(), "CAPABILITY_DENIED");
-        assert!(e.to_string().contains("wasi_snapshot_preview1.fd_write"), "{e}");
-        let e = run(&ex, &def("unknown"), "1").await.expect_err("unknown import");
-        assert_eq!(e.code(), "INVALID_MODULE");
-        assert!(e.to_string().contains("env.fetch"), "{e}");
-        let e = run(&ex, &def("start"), "1").await.expect_err("start trap");
-        assert!(matches!(&e, ExecError::Trap { kind, .. } if kind == "unreachable_code_reached"), "{e:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn guest_faults_get_their_codes_and_the_executor_goes_on() {
-        let (ex, _) = setup(&[
-            ("abort.wasm", g::aborts()),
-            ("recursion.wasm", g::recursion()),
-            ("badptr.wasm", g::bad_pointer()),
-            ("echo.wasm", g::echo()),
-        ]);
-        let e = run(&ex, &def("abort"), "1").await.expect_err("aborts");
-        assert_eq!(
-            e,
-            ExecError::GuestAbort { message: "boom".into(), file: "guest.ts".into(), line: 12, column: 5 }
-        );
-        let e = run(&ex, &def("recursion"), "1").await.expect_err("overflows");
-        assert!(matches!(&e, ExecError::Trap { kind, .. } if kind == "stack_overflow"), "{e:?}");
-        assert_eq!(code(&ex, &def("badptr"), "1").await, "INVALID_OUTPUT");
-        assert_eq!(run(&ex, &def("echo"), "\"still fine\"").await.expect("ok").output, "\"still fine\"");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn time_limit_interrupts_a_spinning_guest() {
-        let (ex, _) = setup(&[("spin.wasm", g::spin())]);
-        let mut d = def("spin");
-        d.limits.max_execution_ms = Some(100.0);
-        let started = Instant::now();
-        assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100 }));
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(100), "{took:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn cancel_stops_a_running_guest() {
-        let (ex, _) = setup(&[("spin.wasm", g::spin())]);
-        let cancel = CancelFlag::new();
-        let c2 = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            c2.cancel();
-        });
-        let r = ex.execute(&def("spin"), "1".into(), CallOptions { cancel, ..Default::default() }).await;
-        assert_eq!(r, Err(ExecError::Cancelled));
-        let cancel = CancelFlag::new();
-        cancel.cancel();
-        let r = ex.execute(&def("spin"), "1".into(), CallOptions { cancel, ..Default::default() }).await;
-        assert_eq!(r, Err(ExecError::Cancelled), "an already-cancelled call never starts");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn memory_cap_holds() {
-        let (ex, _) = setup(&[("bomb.wasm", g::memory_bomb()), ("echo.wasm", g::echo())]);
-        let mut d = def("bomb");
-        d.limits.max_memory_mb = Some(10.0);
-        let e = run(&ex, &d, "1").await.expect_err("capped");
-        assert_eq!(e.code(), "OUT_OF_MEMORY", "{e:?}");
-        // A big input needs memory too: 3 MB of JSON is 6 MB of UTF-16, over a 4 MB cap.
-        let mut d = def("echo");
-        d.limits.max_memory_mb = Some(4.0);
-        let big = format!("\"{}\"", "x".repeat(3 << 20));
-        assert_eq!(code(&ex, &d, &big).await, "OUT_OF_MEMORY");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn fuel_budget_is_deterministic() {
-        let (ex, _) = setup(&[("busy.wasm", g::busy(10_000))]);
-        let mut d = def("busy");
-        d.limits.max_fuel = Some(10_000_000.0);
-        let a = run(&ex, &d, "1").await.expect("enough fuel");
-        let b = run(&ex, &d, "1").await.expect("enough fuel");
-        let used = a.fuel_consumed.expect("metered");
-        assert!(used > 10_000, "{used}");
-        assert_eq!(b.fuel_consumed, Some(used));
-        d.limits.max_fuel = Some(1000.0);
-        assert_eq!(run(&ex, &d, "1").await, Err(ExecError::OutOfFuel { limit: 1000 }));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn size_caps_and_bad_definitions() {
-        let source = Arc::new(MemorySource::new());
-        source.put("echo.wasm", g::echo());
-        let mut opts = ExecutorOptions::default();
-        opts.defaults.max_input_bytes = 100;
-        opts.defaults.max_output_bytes = 100;
-        let ex = Arc::new(Executor::new(source, opts).expect("executor"));
-        assert_eq!(code(&ex, &def("echo"), &"1".repeat(101)).await, "INPUT_TOO_LARGE");
-        // 60 characters of JSON are 120 bytes of UTF-16 coming back.
-        assert_eq!(code(&ex, &def("echo"), &"1".repeat(60)).await, "OUTPUT_TOO_LARGE");
-        let mut d = def("echo");
-        d.name.clear();
-        assert_eq!(code(&ex, &d, "1").await, "INVALID_ARGUMENT");
-        let mut d = def("echo");
-        d.capabilities.network = true;
-        assert_eq!(code(&ex, &d, "1").await, "CAPABILITY_DENIED");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn sha256_pins_the_module_bytes() {
-        let (ex, source) = setup(&[("echo.wasm", g::echo())]);
-        let mut d = def("echo");
-        d.sha256 = Some(hex(&Sha256::digest(g::echo())));
-        assert_eq!(run(&ex, &d, "1").await.expect("matching digest").output, "1");
-        assert_eq!(ex.cached_digests(), vec![d.sha256.clone().expect("set")]);
-        // Pinned content already cached is served by its digest, whatever the path (content-addressed).
-        source.put("other.wasm", g::counter());
-        let mut other = def("other");
-        other.sha256 = d.sha256.clone();
-        assert_eq!(run(&ex, &other, "7").await.expect("served by digest").output, "7");
-        // A fresh executor must download: bytes that do not match are refused and never cached.
-        let (fresh, fresh_source) = setup(&[]);
-        fresh_source.put("other.wasm", g::counter());
-        let e = run(&fresh, &other, "1").await.expect_err("mismatch");
-        assert_eq!(e.code(), "INTEGRITY_MISMATCH");
-        assert_eq!((fresh.stats().cache.modules, fresh.stats().cache.compiles), (0, 0));
-        d.sha256 = Some("zz".into());
-        assert_eq!(code(&ex, &d, "1").await, "INVALID_ARGUMENT");
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_second_executor_with_the_same_cache_dir_does_not_compile() {
-        let dir = std::env::temp_dir().join(format!("loom-exec-artifacts-{}", std::process::id()));
-        let opts = || ExecutorOptions {
-            artifacts: ArtifactCache { dir: Some(dir.clone()), ..Default::default() },
-            ..Default::default()
-        };
-        let source = Arc::new(MemorySource::new());
-        source.put("echo.wasm", g::echo());
-        let first = Arc::new(Executor::new(source.clone(), opts()).expect("executor"));
-        assert_eq!(run(&first, &def("echo"), "1").await.expect("ok").output, "1");
-        assert_eq!((first.stats().cache.compiles, first.stats().cache.artifact_hits), (1, 0));
-        let second = Arc::new(Executor::new(source, opts()).expect("executor"));
-        assert_eq!(run(&second, &def("echo"), "2").await.expect("ok").output, "2");
-        assert_eq!((second.stats().cache.compiles, second.stats().cache.artifact_hits), (0, 1));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn the_cache_is_bounded_by_bytes() {
-        let source = Arc::new(MemorySource::new());
-        source.put("a.wasm", g::echo());
-        source.put("b.wasm", g::counter());
-        let ex = Arc::new(Executor::new(source, ExecutorOptions { max_cache_bytes: 1, ..Default::default() }).expect("executor"));
-        run(&ex, &def("a"), "1").await.expect("ok");
-        run(&ex, &def("b"), "1").await.expect("ok");
-        let s = ex.stats().cache;
-        assert_eq!(s.modules, 1, "only the newest module fits");
-        assert!(s.code_bytes > 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn baseline_code_keeps_time_and_fuel_limits() {
-        // A module whose shape sends it to the baseline compiler, with a spinning `execute`.
-        let mut body = String::new();
-        for i in 0..3000 {
-            body.push_str(&format!("(if (local.get {i}) (then (local.set {i} (i32.const 1))))"));
-        }
-        let bytes = g::with_prelude(&format!(
-            "(func $big (local {}) {body})
-             (func (export \"execute\") (param i32) (result i32) (call $big) (loop $l (br $l)) (i32.const 0))",
-            "i32 ".repeat(3000)
-        ));
-        let (ex, _) = setup(&[("big.wasm", bytes)]);
-        let mut d = def("big");
-        d.limits.max_execution_ms = Some(100.0);
-        assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100 }));
-        d.limits.max_fuel = Some(1_000_000.0);
-        d.limits.max_execution_ms = Some(20_000.0);
-        assert_eq!(run(&ex, &d, "1").await, Err(ExecError::OutOfFuel { limit: 1_000_000 }));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_call_dropped_unfinished_still_reports() {
-        // A job that panics mid-call drops its future: its guard rejects instead of leaving the
-        // caller waiting forever.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let guard = DoneGuard(Some(Box::new(move |r| {
-            let _ = tx.send(r);
-        })));
-        threads::spawn(async move {
-            let _g = guard;
-            panic!("a bug");
-        })
-        .expect("spawned");
-        assert_eq!(rx.await.expect("reported").map_err(|e| e.code()), Err("INTERNAL"));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn short_calls_finish_inline_and_long_ones_move_to_a_guest_thread() {
-        let (ex, _) = setup(&[("echo.wasm", g::echo()), ("spin.wasm", g::spin())]);
-        let no_done = || -> Result<Done, ExecError> { Err(ExecError::internal("should not be needed")) };
-        run(&ex, &def("echo"), "1").await.expect("loads");
-        // Retried: the process-wide inline clock may be spent by other tests right now.
-        let mut inline = false;
-        for _ in 0..200 {
-            if let Attempt::Finished(Ok(out)) = ex.start(&def("echo"), "\"inline\"".into(), CallOptions::default(), no_done) {
-                assert_eq!(out.output, "\"inline\"");
-                inline = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(inline, "a short call on a cached module finishes inline");
-        // A spinning guest overruns the inline budget and goes on on a guest thread.
-        let mut d = def("spin");
-        d.limits.max_execution_ms = Some(300.0);
-        run(&ex, &d, "1").await.expect_err("loads, then times out");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let started = Instant::now();
-        let make_done = move || -> Result<Done, ExecError> {
-            Ok(Box::new(move |r: Result<CallOutput, ExecError>| {
-                let _ = tx.send(r);
-            }))
-        };
-        assert!(matches!(ex.start(&d, "1".into(), CallOptions::default(), make_done), Attempt::Started));
-        assert!(started.elapsed() < Duration::from_millis(100), "the caller's thread was held for {:?}", started.elapsed());
-        assert_eq!(rx.await.expect("done called"), Err(ExecError::Timeout { limit_ms: 300 }));
-    }
-}
-
+#[path = "executor_tests.rs"]
+mod tests;

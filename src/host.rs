@@ -26,6 +26,30 @@ pub trait LogSink: Send + Sync {
     fn log(&self, level: &str, message: &str);
 }
 
+/// Where a call's heartbeats go (`loom.progress(json)`): the call's `onProgress`.
+pub trait ProgressSink: Send + Sync {
+    fn progress(&self, detail: &str);
+}
+
+/// How often heartbeats are delivered at most; the latest one always is, at the end of the call.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Characters of one heartbeat kept.
+pub const MAX_PROGRESS_CHARS: usize = 64 * 1024;
+
+/// A call's heartbeats: the latest (kept for errors: `lastProgress`) and the rate limit.
+#[derive(Clone, Default)]
+pub struct Progress {
+    pub sink: Option<Arc<dyn ProgressSink>>,
+    /// The latest heartbeat of the call, shared with the executor (read when the call fails).
+    pub last: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    sent_at: Option<std::time::Instant>,
+    pending: bool,
+}
+
 /// Log lines one call may emit; past it lines are dropped (a guest logging in a loop must not
 /// flood the host), with one final line saying so.
 pub const LOG_LINES_PER_CALL: u32 = 1000;
@@ -38,11 +62,57 @@ pub struct HostState {
     pub log_budget: u32,
     /// The WASI context, for modules that import WASI.
     pub wasi: Option<WasiP1Ctx>,
+    /// For a deterministic call: the time and randomness the guest sees.
+    pub det: Option<crate::replay::Determinism>,
+    /// The call's heartbeats.
+    pub progress: Progress,
+    progress_state: ProgressState,
 }
 
 impl HostState {
     pub fn new(max_memory_bytes: u64, log: Option<Arc<dyn LogSink>>) -> Self {
-        HostState { limiter: MemoryLimiter::new(max_memory_bytes), log, log_budget: LOG_LINES_PER_CALL, wasi: None }
+        HostState {
+            limiter: MemoryLimiter::new(max_memory_bytes),
+            log,
+            log_budget: LOG_LINES_PER_CALL,
+            wasi: None,
+            det: None,
+            progress: Progress::default(),
+            progress_state: ProgressState::default(),
+        }
+    }
+
+    /// Records a heartbeat; delivers it unless one was delivered within `PROGRESS_INTERVAL`.
+    fn heartbeat(&mut self, detail: String) {
+        if let Ok(mut last) = self.progress.last.lock() {
+            *last = Some(detail.clone());
+        }
+        let Some(sink) = &self.progress.sink else { return };
+        let due = self.progress_state.sent_at.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
+        if due {
+            sink.progress(&detail);
+            self.progress_state.sent_at = Some(std::time::Instant::now());
+            self.progress_state.pending = false;
+        } else {
+            self.progress_state.pending = true;
+        }
+    }
+
+    /// At the end of a call: delivers a heartbeat held back by the rate limit.
+    pub fn flush_progress(&mut self) {
+        if !std::mem::take(&mut self.progress_state.pending) {
+            return;
+        }
+        let last = self.progress.last.lock().ok().and_then(|l| l.clone());
+        if let (Some(sink), Some(detail)) = (&self.progress.sink, last) {
+            sink.progress(&detail);
+        }
+    }
+
+    /// Readies the state for a new call's heartbeats.
+    pub fn set_progress(&mut self, progress: Progress) {
+        self.progress = progress;
+        self.progress_state = ProgressState::default();
     }
 
     /// Sends one line to the sink, within the call's budget.
@@ -59,7 +129,7 @@ impl HostState {
 
 /// Imports the linker satisfies, as (module, name).
 pub const PROVIDED: &[(&str, &str)] =
-    &[("env", "abort"), ("env", "seed"), ("env", "trace"), ("env", "Date.now"), ("loom", "log")];
+    &[("env", "abort"), ("env", "seed"), ("env", "trace"), ("env", "Date.now"), ("loom", "log"), ("loom", "progress")];
 
 const LOG_LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
 
@@ -91,14 +161,28 @@ fn build_linker(kind: EngineKind, with_wasi: bool) -> Result<Linker<HostState>, 
             }))
         },
     ))?;
-    def(linker.func_wrap("env", "seed", || -> f64 {
-        // AssemblyScript seeds Math.random with this; a fresh value per call, like `Date.now()`.
+    def(linker.func_wrap("env", "seed", |caller: Caller<'_, HostState>| -> f64 {
+        // AssemblyScript seeds Math.random with this; a fresh value per call, like `Date.now()`,
+        // unless the call is deterministic.
+        if let Some(det) = caller.data().det {
+            return det.seed_value();
+        }
         let mut h = RandomState::new().build_hasher();
         h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
         (h.finish() >> 11) as f64
     }))?;
-    def(linker.func_wrap("env", "Date.now", || -> f64 {
+    def(linker.func_wrap("env", "Date.now", |caller: Caller<'_, HostState>| -> f64 {
+        if let Some(det) = caller.data().det {
+            return det.now_ms;
+        }
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as f64).unwrap_or(0.0)
+    }))?;
+    def(linker.func_wrap("loom", "progress", |mut caller: Caller<'_, HostState>, msg: i32| {
+        let mut text = memory_text(&mut caller, msg);
+        if text.chars().count() > MAX_PROGRESS_CHARS {
+            text = text.chars().take(MAX_PROGRESS_CHARS).collect();
+        }
+        caller.data_mut().heartbeat(text);
     }))?;
     def(linker.func_wrap(
         "env",

@@ -5,16 +5,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime::{Global, Instance, Memory, PoolConcurrencyLimitError, Store, Trap, Val};
 
 use crate::abi::assemblyscript::Exports;
 use crate::capabilities::Grants;
 use crate::digest::Digest;
 use crate::engine::{EngineKind, Running};
 use crate::error::ExecError;
-use crate::host::{HostState, LogSink};
+use crate::host::{HostState, LogSink, Progress};
+use crate::replay::Determinism;
 use crate::limits::{arm, Budget, CancelFlag, Limits};
 use crate::modules::CompiledModule;
+use crate::snapshot::{GlobalValue, State};
 
 /// What one call produced and what it cost.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,15 +32,31 @@ pub struct CallOutput {
     /// Whether the call ran on an actor instance created for it (its first call, or the first
     /// after its state was lost or dropped).
     pub actor_created: bool,
+    /// The memory (all memories and tables) the instance holds after the call.
+    pub memory_bytes: u64,
+    /// For an actor whose memory grows call after call: the growth per call (said once).
+    pub growth_per_call: Option<u64>,
+}
+
+/// What a call brings besides its limits: its determinism and its heartbeats.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    pub det: Option<Determinism>,
+    pub progress: Progress,
 }
 
 pub struct GuestInstance {
     store: Store<HostState>,
+    instance: Instance,
     exports: Exports,
     pub digest: Digest,
     pub kind: EngineKind,
     /// What its WASI context was built from.
     grants: Grants,
+    /// Its memory and mutable globals, for snapshots (resolved on first use).
+    state: Option<(Option<Memory>, Vec<Global>)>,
+    /// The names those are exported under.
+    state_names: crate::instrument::StateExports,
 }
 
 /// Turns what wasmtime reports into our error: our own errors raised in host code or limits
@@ -101,12 +119,15 @@ impl GuestInstance {
         cancel: &CancelFlag,
         log: Option<Arc<dyn LogSink>>,
         grants: &Grants,
+        ctx: &CallContext,
     ) -> Result<GuestInstance, ExecError> {
         let engine = module.pre.module().engine();
         let mut host = HostState::new(limits.max_memory_bytes, log);
         if !module.wasi_imports.is_empty() {
-            host.wasi = Some(grants.wasi_context()?);
+            host.wasi = Some(grants.wasi_context(ctx.det.as_ref())?);
         }
+        host.det = ctx.det;
+        host.set_progress(ctx.progress.clone());
         let mut store = Store::new(engine, host);
         store.limiter_async(|s| &mut s.limiter);
         arm(&mut store, limits, budget, cancel, module.kind.metered())?;
@@ -114,7 +135,131 @@ impl GuestInstance {
         let instance =
             module.pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
         let exports = Exports::new(&instance, &mut store)?;
-        Ok(GuestInstance { store, exports, digest: module.digest, kind: module.kind, grants: grants.clone() })
+        Ok(GuestInstance {
+            store,
+            instance,
+            exports,
+            digest: module.digest,
+            kind: module.kind,
+            grants: grants.clone(),
+            state: None,
+            state_names: module.state.clone(),
+        })
+    }
+
+    fn state_handles(&mut self) -> Result<(Option<Memory>, Vec<Global>), ExecError> {
+        if self.state.is_none() {
+            let memory = match &self.state_names.memory {
+                Some(name) => Some(
+                    self.instance
+                        .get_memory(&mut self.store, name)
+                        .ok_or_else(|| ExecError::internal(format!("the instrumented memory export {name:?} is missing")))?,
+                ),
+                None => None,
+            };
+            let mut globals = Vec::with_capacity(self.state_names.globals.len());
+            for name in &self.state_names.globals {
+                globals.push(
+                    self.instance
+                        .get_global(&mut self.store, name)
+                        .ok_or_else(|| ExecError::internal(format!("the instrumented global {name:?} is missing")))?,
+                );
+            }
+            self.state = Some((memory, globals));
+        }
+        self.state.clone().ok_or_else(|| ExecError::internal("no state handles"))
+    }
+
+    fn global_values(&mut self, globals: &[Global]) -> Result<Vec<GlobalValue>, ExecError> {
+        globals
+            .iter()
+            .map(|g| match g.get(&mut self.store) {
+                Val::I32(v) => Ok(GlobalValue::I32(v)),
+                Val::I64(v) => Ok(GlobalValue::I64(v)),
+                Val::F32(v) => Ok(GlobalValue::F32(v)),
+                Val::F64(v) => Ok(GlobalValue::F64(v)),
+                Val::V128(v) => Ok(GlobalValue::V128(v.as_u128())),
+                other => Err(ExecError::SnapshotInvalid(format!("a mutable global of type {:?} cannot be snapshotted", other.ty(&self.store)))),
+            })
+            .collect()
+    }
+
+    /// The instance's whole state (memory, mutable globals, host-side ABI state), copied.
+    pub fn capture(&mut self) -> Result<State, ExecError> {
+        let (memory, globals) = self.state_handles()?;
+        let globals = self.global_values(&globals)?;
+        let memory = memory.map(|m| m.data(&self.store).to_vec()).unwrap_or_default();
+        Ok(State { memory, globals, host: Vec::new() })
+    }
+
+    /// Whether this instance's state differs from `state` (compared in place, nothing copied).
+    pub fn differs(&mut self, state: &State) -> Result<bool, ExecError> {
+        let (memory, globals) = self.state_handles()?;
+        if self.global_values(&globals)? != state.globals {
+            return Ok(true);
+        }
+        Ok(match memory {
+            Some(m) => m.data(&self.store) != state.memory.as_slice(),
+            None => !state.memory.is_empty(),
+        })
+    }
+
+    /// Brings `shadow` up to this instance's state, copying only what changed.
+    pub fn update_shadow(&mut self, shadow: &mut State) -> Result<usize, ExecError> {
+        let (memory, globals) = self.state_handles()?;
+        let globals = self.global_values(&globals)?;
+        let copied = match memory {
+            Some(m) => shadow.update_from(m.data(&self.store), &globals, &[]),
+            None => shadow.update_from(&[], &globals, &[]),
+        };
+        Ok(copied)
+    }
+
+    /// Makes this (fresh) instance's state `state`: memory grown to its size and overwritten,
+    /// globals set. Checked first: a state that does not fit this module is refused unchanged.
+    pub async fn restore(&mut self, state: &State) -> Result<(), ExecError> {
+        let (memory, globals) = self.state_handles()?;
+        if globals.len() != state.globals.len() {
+            return Err(ExecError::SnapshotInvalid(format!(
+                "the state has {} mutable globals, the module {}",
+                state.globals.len(),
+                globals.len()
+            )));
+        }
+        let current = self.global_values(&globals)?;
+        if current.iter().zip(&state.globals).any(|(a, b)| std::mem::discriminant(a) != std::mem::discriminant(b)) {
+            return Err(ExecError::SnapshotInvalid("a global's type differs from the module's".into()));
+        }
+        if let Some(m) = memory {
+            let have = m.data_size(&self.store);
+            let want = state.memory.len();
+            if want < have {
+                return Err(ExecError::SnapshotInvalid(format!(
+                    "the state's memory ({want} bytes) is smaller than the module's initial memory ({have} bytes)"
+                )));
+            }
+            if want > have {
+                let pages = ((want - have) / 65536) as u64;
+                m.grow_async(&mut self.store, pages).await.map_err(|e| match e.downcast_ref::<ExecError>() {
+                    Some(e) => e.clone(),
+                    None => ExecError::SnapshotInvalid(format!("cannot grow the memory to {want} bytes: {e:#}")),
+                })?;
+            }
+            m.data_mut(&mut self.store).copy_from_slice(&state.memory);
+        } else if !state.memory.is_empty() {
+            return Err(ExecError::SnapshotInvalid("the state has a memory, the module none".into()));
+        }
+        for (g, v) in globals.iter().zip(&state.globals) {
+            let val = match *v {
+                GlobalValue::I32(x) => Val::I32(x),
+                GlobalValue::I64(x) => Val::I64(x),
+                GlobalValue::F32(x) => Val::F32(x),
+                GlobalValue::F64(x) => Val::F64(x),
+                GlobalValue::V128(x) => Val::V128(x.into()),
+            };
+            g.set(&mut self.store, val).map_err(|e| ExecError::SnapshotInvalid(format!("cannot set a global: {e:#}")))?;
+        }
+        Ok(())
     }
 
     /// Readies a kept instance for a new call under the definition's current limits and grants:
@@ -126,16 +271,20 @@ impl GuestInstance {
         budget: Budget,
         cancel: &CancelFlag,
         grants: &Grants,
+        ctx: &CallContext,
     ) -> Result<(), ExecError> {
         let held = self.store.data().limiter.total_bytes();
         if held > limits.max_memory_bytes {
             return Err(ExecError::OutOfMemory { limit_bytes: limits.max_memory_bytes, requested_bytes: held });
         }
-        if self.store.data().wasi.is_some() && self.grants != *grants {
-            self.store.data_mut().wasi = Some(grants.wasi_context()?);
+        // A deterministic call gets a WASI context of its own (its clocks and randomness).
+        if self.store.data().wasi.is_some() && (self.grants != *grants || ctx.det.is_some()) {
+            self.store.data_mut().wasi = Some(grants.wasi_context(ctx.det.as_ref())?);
             self.grants = grants.clone();
         }
         let data = self.store.data_mut();
+        data.det = ctx.det;
+        data.set_progress(ctx.progress.clone());
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
         arm(&mut self.store, limits, budget, cancel, self.kind.metered())
@@ -147,7 +296,9 @@ impl GuestInstance {
     pub async fn call(&mut self, input: &str, limits: &Limits, started: Instant) -> Result<CallOutput, ExecError> {
         let output = {
             let _running = Running::start()?;
-            self.exports.call_execute(&mut self.store, input, limits.max_output_bytes, |e| classify(e, limits)).await?
+            let r = self.exports.call_execute(&mut self.store, input, limits.max_output_bytes, |e| classify(e, limits)).await;
+            self.store.data_mut().flush_progress();
+            r?
         };
         let fuel_consumed = if self.kind.metered() {
             let left = self.store.get_fuel().map_err(ExecError::internal)?;
@@ -161,7 +312,22 @@ impl GuestInstance {
             fuel_consumed,
             peak_memory_bytes: self.store.data().limiter.peak_bytes(),
             actor_created: false,
+            memory_bytes: self.store.data().limiter.total_bytes(),
+            growth_per_call: None,
         })
+    }
+
+    /// Runs the guest runtime's full collection (`__collect`, AssemblyScript's), if it has one,
+    /// on a budget of its own. False if it failed (the instance may be torn: discard it).
+    pub async fn collect(&mut self, limits: &Limits) -> bool {
+        let Ok(f) = self.instance.get_typed_func::<(), ()>(&mut self.store, "__collect") else { return true };
+        let grants = self.grants.clone();
+        let ctx = CallContext { det: self.store.data().det, progress: Progress::default() };
+        if self.rearm(limits, crate::limits::Budget::starting_now(limits), &CancelFlag::new(), &grants, &ctx).is_err() {
+            return false;
+        }
+        let Ok(_running) = Running::start() else { return false };
+        f.call_async(&mut self.store, ()).await.is_ok()
     }
 
     /// Memory (all memories and tables) the instance holds now.

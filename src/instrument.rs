@@ -22,6 +22,28 @@ pub struct StateExports {
     pub memory: Option<String>,
 }
 
+impl StateExports {
+    /// What an instrumented module exports for snapshots, read back from its exports (a module
+    /// loaded from a compiled artifact has no bytes to instrument again).
+    pub fn of(module: &wasmtime::Module) -> StateExports {
+        let mut globals: Vec<(u32, String)> = module
+            .exports()
+            .filter_map(|e| {
+                let index = e.name().strip_prefix(GLOBAL_PREFIX)?.parse().ok()?;
+                matches!(e.ty(), wasmtime::ExternType::Global(_)).then(|| (index, e.name().to_string()))
+            })
+            .collect();
+        globals.sort();
+        let memories: Vec<String> = module
+            .exports()
+            .filter(|e| matches!(e.ty(), wasmtime::ExternType::Memory(_)))
+            .map(|e| e.name().to_string())
+            .collect();
+        let memory = if memories.iter().any(|m| m == MEMORY_EXPORT) { Some(MEMORY_EXPORT.to_string()) } else { memories.into_iter().next() };
+        StateExports { globals: globals.into_iter().map(|(_, n)| n).collect(), memory }
+    }
+}
+
 const EXPORT_SECTION: u8 = 7;
 /// Sections that come after the export section (start, element, data count, code, data).
 const AFTER_EXPORTS: [u8; 5] = [8, 9, 12, 10, 11];

@@ -6,10 +6,13 @@
 //! `cargo test` drives without Node.
 
 pub mod abi;
+pub mod actor_store;
 pub mod actors;
 pub mod artifacts;
+pub mod call;
 pub mod capabilities;
 pub mod digest;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod executor;
@@ -21,8 +24,10 @@ pub mod instrument;
 pub mod limits;
 pub mod modules;
 pub mod output;
+pub mod replay;
 pub mod runtime;
 pub mod shape;
+pub mod snapshot;
 pub mod store;
 pub mod threads;
 

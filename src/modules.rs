@@ -49,6 +49,10 @@ pub struct CompiledModule {
     pub has_start: bool,
     /// Linear memory it starts with, in bytes (all memories).
     pub initial_memory_bytes: u64,
+    /// What it exports for snapshots (its memory and every mutable global).
+    pub state: crate::instrument::StateExports,
+    /// Its memory right after instantiation (what snapshots are taken against), once asked for.
+    pub initial_image: tokio::sync::OnceCell<Vec<u8>>,
     /// Its inline back-off.
     pub inline: inline::Gate,
 }
@@ -152,6 +156,7 @@ fn prepare(module: Module, digest: Digest, kind: EngineKind, has_start: bool) ->
     let res = module.resources_required();
     let initial_memory_bytes =
         (res.num_memories as u64).saturating_mul(res.max_initial_memory_size.unwrap_or(0).saturating_mul(65536));
+    let state = crate::instrument::StateExports::of(&module);
     Ok(CompiledModule {
         code_bytes,
         digest,
@@ -160,6 +165,8 @@ fn prepare(module: Module, digest: Digest, kind: EngineKind, has_start: bool) ->
         wasi_imports,
         has_start,
         initial_memory_bytes,
+        state,
+        initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
     })
 }
@@ -174,7 +181,10 @@ pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result
 
 fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<CompiledModule, ExecError> {
     let kind = kind.with_baseline(shape.needs_baseline());
-    let module = Module::new(engine(kind)?, bytes).map_err(|e| {
+    let digest = sha256(bytes);
+    // The compiled module is the instrumented one: its whole state can be read and restored.
+    let (instrumented, _) = crate::instrument::instrument(bytes)?;
+    let module = Module::new(engine(kind)?, &instrumented).map_err(|e| {
         let e = format!("{e:#}");
         if kind.baseline() {
             ExecError::CompileLimit(format!(
@@ -185,7 +195,7 @@ fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<Comp
             ExecError::InvalidModule(e)
         }
     })?;
-    prepare(module, sha256(bytes), kind, shape.has_start)
+    prepare(module, digest, kind, shape.has_start)
 }
 
 /// One compile in flight per (digest, engine) in the whole process; its result is sent to

@@ -79,6 +79,10 @@ pub struct ObjectSource {
     timeout: Duration,
     /// The longest path segment it takes.
     max_segment: usize,
+    /// The configuration keys it was opened with (lowercase).
+    option_keys: Vec<String>,
+    /// For `file://`: the directory.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 fn bad_url(url: &str, why: impl std::fmt::Display) -> ExecError {
@@ -126,6 +130,7 @@ impl ObjectSource {
             retry_timeout: timeout,
         };
         let build_err = |e: object_store::Error| bad_url(url, e);
+        let mut local_dir = None;
         let path_prefix = parsed.path().trim_matches('/').to_string();
         let (store, prefix, writable): (Arc<dyn ObjectStore>, String, bool) = match parsed.scheme() {
             "memory" => {
@@ -135,6 +140,7 @@ impl ObjectSource {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|_| bad_url(url, "not an absolute file path"))?;
                 std::fs::create_dir_all(&dir).map_err(|e| bad_url(url, e))?;
+                local_dir = Some(dir.clone());
                 (Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(build_err)?), String::new(), true)
             }
             "s3" | "s3a" => {
@@ -165,11 +171,36 @@ impl ObjectSource {
         };
         let prefix = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad_url(url, e))?;
         let max_segment = if parsed.scheme() == "file" { MAX_FILE_SEGMENT_BYTES } else { MAX_KEY_BYTES };
-        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment })
+        let option_keys = opts.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Whether it was opened with this configuration key.
+    pub fn has_option(&self, key: &str) -> bool {
+        self.option_keys.iter().any(|k| k == key)
+    }
+
+    /// The directory of a `file://` store.
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_dir.clone()
+    }
+
+    /// The underlying object store (for conditional writes).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The object key for a path under the prefix (checked as every other path is).
+    pub fn path(&self, path: &str) -> Result<ObjPath, ExecError> {
+        self.key(path)
     }
 
     /// The object key for a path under the prefix; `.`/`..` segments and backslashes are refused,

@@ -1,8 +1,11 @@
 // Counter actor: its count lives in a global, so it persists while the executor keeps the
-// instance (execute(..., { actorId })). Actions: increment / decrement (amount, default 1), get, reset.
+// instance (execute(..., { actorId })). Actions: increment / decrement (amount, default 1), get, reset;
+// and for the tests of what happens to state when a call fails: fail (increments, then throws),
+// allocate (keeps `amount` more bytes alive).
 import { parse, quote, num } from './lib/json'
 
 let count: i64 = 0
+const kept: Array<Uint8Array> = []
 
 function reply(action: string): string {
   return '{"count":' + count.toString() + ',"action":' + quote(action) + '}'
@@ -17,6 +20,10 @@ export function execute(inputJson: string): string {
   if (action == 'increment') count += amount
   else if (action == 'decrement') count -= amount
   else if (action == 'reset') count = 0
+  else if (action == 'fail') {
+    count += amount
+    throw new Error('failed after changing the count')
+  } else if (action == 'allocate') kept.push(new Uint8Array(<i32>amount))
   else if (action != 'get') return '{"error":' + quote('unknown action: ' + action) + '}'
   return reply(action)
 }

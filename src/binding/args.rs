@@ -49,14 +49,14 @@ pub fn string(v: Unknown, what: &str) -> Result<String, ExecError> {
     js::strict_string(env_of(&v), v.raw(), what)
 }
 
-fn number(v: Unknown, what: &str) -> Result<f64, ExecError> {
+pub fn number(v: Unknown, what: &str) -> Result<f64, ExecError> {
     match kind(&v)? {
         ValueType::Number => unsafe { v.cast::<f64>() }.map_err(ExecError::internal),
         _ => Err(bad(what, "a number")),
     }
 }
 
-fn boolean(v: Unknown, what: &str) -> Result<bool, ExecError> {
+pub fn boolean(v: Unknown, what: &str) -> Result<bool, ExecError> {
     match kind(&v)? {
         ValueType::Boolean => unsafe { v.cast::<bool>() }.map_err(ExecError::internal),
         _ => Err(bad(what, "a boolean")),
@@ -102,6 +102,7 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
         version: req_string(&obj, "version", "definition")?,
         wasm_blob_path: req_string(&obj, "wasmBlobPath", "definition")?,
         sha256: opt(&obj, "sha256", "definition", string)?,
+        deterministic: opt(&obj, "deterministic", "definition", boolean)?.unwrap_or(false),
         ..Default::default()
     };
     if let Some(l) = opt(&obj, "limits", "definition", object)? {
@@ -219,6 +220,16 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     }
     if let Some(urls) = opt(obj, "allowedBlobUrls", w, string_list)? {
         o.allowed_blob_urls = urls;
+    }
+    if let Some(t) = opt(obj, "transactional", w, boolean)? {
+        o.transactional = t;
+    }
+    if let Some(p) = opt(obj, "persist", w, string)? {
+        o.persist = match p.as_str() {
+            "sync" => crate::durable::Persist::Sync,
+            "async" => crate::durable::Persist::Async,
+            _ => return Err(bad("options.persist", "'sync' or 'async'")),
+        };
     }
     if let Some(fs) = opt(obj, "filesystem", w, object)? {
         let w = "options.filesystem";

@@ -51,6 +51,11 @@ export interface ExecuteOptions {
   actorId?: string
   /** Cancels a queued or running call (`code: 'CANCELLED'`). */
   signal?: AbortSignal
+  /**
+   * Actor calls: if the call fails, the actor is left exactly as it was before it (its memory and
+   * globals restored). Default: the executor's `transactional` option.
+   */
+  transactional?: boolean
 }
 
 /** Every numeric option is a whole number in the range given; outside it, `INVALID_ARGUMENT`. */
@@ -100,6 +105,16 @@ export interface ExecutorOptions {
    * bypassing the blob store. None by default: every path goes to the store as it is.
    */
   allowedBlobUrls?: string[]
+  /** Actor calls are transactional unless a call says otherwise (default false). */
+  transactional?: boolean
+  /**
+   * Where durable actors' snapshots live: an `ObjectBlobStore` or a URL whose store can write
+   * conditionally (`file://`, `memory://`, `az://`, `gs://`, `s3://` with `conditional_put: 'etag'`).
+   * An actor not in memory is restored from it; each call that changes an actor stores its snapshot.
+   */
+  actorStore?: ObjectBlobStore | string
+  /** When a durable actor's snapshot is written: before the call resolves (`'sync'`, default) or after (`'async'`). */
+  persist?: 'sync' | 'async'
   /** Guest log lines (`loom.log(level, message)`, `trace`); at most 1000 per call. Default: dropped. */
   onLog?: (level: 'debug' | 'info' | 'warn' | 'error' | 'trace', message: string) => void
   /** The directory granted to definitions with `capabilities.filesystem` (none by default). */
@@ -145,6 +160,9 @@ export type WasmExecutorErrorCode =
   | 'INPUT_TOO_LARGE'
   | 'OUTPUT_TOO_LARGE'
   | 'INVALID_OUTPUT'
+  | 'SNAPSHOT_INVALID'
+  | 'SNAPSHOT_MISMATCH'
+  | 'ACTOR_CONFLICT'
   | 'BUSY'
   | 'CLOSED'
   | 'INTERNAL'

@@ -26,6 +26,10 @@ fn build(env: &Env, e: &ExecError) -> napi::Result<napi::Error> {
             Detail::Str(s) => obj.set_named_property(name, s)?,
             Detail::Num(n) => obj.set_named_property(name, n)?,
             Detail::Bool(b) => obj.set_named_property(name, b)?,
+            Detail::Json(text) => match super::parse_json(env, &text) {
+                Some(v) => obj.set_named_property(name, v)?,
+                None => obj.set_named_property(name, text)?,
+            },
         }
     }
     Ok(napi::Error::from(value))

@@ -108,6 +108,22 @@ fn artifact_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<crat
     Ok(Some(Arc::new(crate::store::ObjectSource::open(&url, &[])?)))
 }
 
+/// `options.actorStore`: an `ObjectBlobStore` or a URL (JS stores cannot write conditionally).
+fn actor_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<dyn crate::actor_store::ActorStore>>, ExecError> {
+    let Some(o) = options else { return Ok(None) };
+    let Some(v) = args::prop(o, "actorStore", "options")? else { return Ok(None) };
+    let source = if ObjectBlobStore::instance_of(env, &v).map_err(ExecError::internal)? {
+        unsafe { v.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }.map_err(ExecError::internal)?.source.clone()
+    } else if v.get_type().map_err(ExecError::internal)? == ValueType::String {
+        Arc::new(crate::store::ObjectSource::open(&args::string(v, "options.actorStore")?, &[])?)
+    } else {
+        return Err(ExecError::InvalidArgument(
+            "options.actorStore must be an ObjectBlobStore or a URL: a JS store cannot do the conditional writes actor ownership needs".into(),
+        ));
+    };
+    crate::actor_store::open(source).map(Some)
+}
+
 /// `JSON.stringify(input)`; a throw (BigInt, a cycle, a throwing `toJSON` or getter) is
 /// `INVALID_INPUT`, with the exception cleared.
 fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
@@ -126,6 +142,11 @@ fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
     }
     // JSON.stringify escapes lone surrogates, so its text is always well-formed.
     js::read_string(raw, text).map_err(|_| ExecError::InvalidInput("input stringified to malformed text".into()))
+}
+
+/// `JSON.parse(text)` for a detail: `None` if it does not parse (the exception cleared).
+pub(crate) fn parse_json<'e>(env: &'e Env, text: &str) -> Option<Unknown<'e>> {
+    parse_output(env, text).ok()
 }
 
 /// `JSON.parse(text)` (the text's nesting depth was checked off this thread already).
@@ -246,6 +267,7 @@ impl WasmActivityExecutor {
             let options = args::options_object(options)?;
             let mut opts = args::executor_options(options.as_ref())?;
             opts.artifacts.remote = artifact_store(&env, options.as_ref())?;
+            opts.actor_store = actor_store(&env, options.as_ref())?;
             if let Some(on_log) = args::log_callback(options.as_ref())? {
                 let tsfn = on_log
                     .build_threadsafe_function::<FnArgs<(String, String)>>()
@@ -324,6 +346,39 @@ impl WasmActivityExecutor {
         let def = args::definition(definition);
         let exec = self.inner.clone();
         settle(env, async move { exec.precompile(&def?).await }, |_, digest| Ok(digest))
+    }
+
+    /// The actor's state as a snapshot (a Buffer): its memory (what differs from the module's
+    /// initial image, compressed), its globals and the ABI's host-side state, with the module's
+    /// sha256. Waits for the actor's running and queued calls.
+    #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string", ts_return_type = "Promise<Buffer>")]
+    pub fn snapshot_actor<'env>(&self, env: &'env Env, definition: Unknown<'env>, actor_id: Unknown<'env>) -> napi::Result<PromiseRaw<'env, napi::bindgen_prelude::Buffer>> {
+        let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
+        let read = read();
+        let exec = self.inner.clone();
+        settle(env, async move {
+            let (def, id) = read?;
+            exec.snapshot_actor(&def, &id).await
+        }, |_, bytes| Ok(napi::bindgen_prelude::Buffer::from(bytes)))
+    }
+
+    /// Makes `snapshot` the actor's state (in line after its calls), checked whole first:
+    /// `SNAPSHOT_INVALID` (corrupt, truncated, another format) or `SNAPSHOT_MISMATCH` (another
+    /// module) leave the actor as it was. With an actor store, the state is stored too.
+    #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string, snapshot: Uint8Array", ts_return_type = "Promise<void>")]
+    pub fn restore_actor<'env>(&self, env: &'env Env, definition: Unknown<'env>, actor_id: Unknown<'env>, snapshot: Unknown<'env>) -> napi::Result<PromiseRaw<'env, ()>> {
+        let read = || -> Result<_, ExecError> {
+            let bytes = unsafe { <napi::bindgen_prelude::Uint8Array as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), snapshot.raw()) }
+                .map_err(|_| ExecError::InvalidArgument("snapshot must be a Uint8Array or Buffer".into()))?
+                .to_vec();
+            Ok((args::definition(definition)?, args::string(actor_id, "actorId")?, bytes))
+        };
+        let read = read();
+        let exec = self.inner.clone();
+        settle(env, async move {
+            let (def, id, bytes) = read?;
+            exec.restore_actor(&def, &id, &bytes).await
+        }, |_, ()| Ok(()))
     }
 
     /// `await using executor = new WasmActivityExecutor(...)`: the same as `close()`.
@@ -420,6 +475,50 @@ impl WasmActivityExecutor {
             if let Some(o) = args::options_object(options)? {
                 if let Some(id) = args::prop(&o, "actorId", "options")? {
                     call.actor_id = Some(args::string(id, "options.actorId")?);
+                }
+                if let Some(t) = args::prop(&o, "transactional", "options")? {
+                    call.transactional = Some(args::boolean(t, "options.transactional")?);
+                }
+                if let Some(n) = args::prop(&o, "now", "options")? {
+                    call.now = Some(args::number(n, "options.now")?);
+                }
+                if let Some(n) = args::prop(&o, "seed", "options")? {
+                    let seed = args::number(n, "options.seed")?;
+                    if !(seed.is_finite() && seed.fract() == 0.0 && (0.0..=9.007_199_254_740_991e15).contains(&seed)) {
+                        return Err(ExecError::InvalidArgument("options.seed must be a whole number in [0, 2^53)".into()));
+                    }
+                    call.seed = Some(seed);
+                }
+                if let Some(f) = args::prop(&o, "onProgress", "options")? {
+                    if f.get_type().map_err(ExecError::internal)? != ValueType::Function {
+                        return Err(ExecError::InvalidArgument("options.onProgress must be a function".into()));
+                    }
+                    // The user's function, called on the JS thread with the heartbeat parsed.
+                    let user: Function<Unknown, Unknown> = unsafe { f.cast() }.map_err(ExecError::internal)?;
+                    let user = user.create_ref().map_err(ExecError::internal)?;
+                    let wrapper = env
+                        .create_function_from_closure::<String, (), _>("onProgress", move |ctx| {
+                            let text: String = ctx.get(0)?;
+                            let env: &Env = ctx.env;
+                            let f = user.borrow_back(env)?;
+                            let value = match parse_json(env, &text) {
+                                Some(v) => v,
+                                None => env.create_string(&text)?.to_unknown(),
+                            };
+                            // A throwing callback is the caller's bug: swallowed, never pending.
+                            if f.call(value).is_err() {
+                                js::take_exception(env.raw());
+                            }
+                            Ok(())
+                        })
+                        .map_err(ExecError::internal)?;
+                    let tsfn = wrapper
+                        .build_threadsafe_function::<String>()
+                        .callee_handled::<false>()
+                        .weak::<true>()
+                        .build()
+                        .map_err(ExecError::internal)?;
+                    call.progress = Some(Arc::new(js_log::JsProgressSink(tsfn)));
                 }
                 if let Some(signal) = args::prop(&o, "signal", "options")? {
                     let signal = args::object(signal, "options.signal")?;

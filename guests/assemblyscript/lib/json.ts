@@ -29,6 +29,11 @@ export class Value {
     return v != null && v.kind == Kind.Num ? v.n : fallback
   }
 
+  getBool(key: string, fallback: bool): bool {
+    const v = this.get(key)
+    return v != null && v.kind == Kind.Bool ? v.b : fallback
+  }
+
   has(key: string): bool {
     return this.get(key) != null
   }

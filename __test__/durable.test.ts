@@ -1,0 +1,240 @@
+// Durable actors: snapshots that move an actor between executors, an actor store that survives a
+// killed worker and decides who owns an actor, on real stores (a file store, Azurite) with
+// worker processes.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ObjectBlobStore, WasmActivityExecutor } from '../index'
+import { startAzurite, startS3, type Service } from './emulators'
+import { def, failure, guest, MemoryBlobStore, root } from './helpers'
+
+async function counterStore() {
+  const store = new MemoryBlobStore()
+  await store.upload('counter.wasm', guest('counter-actor'))
+  await store.upload('echo.wasm', guest('echo'))
+  return store
+}
+
+describe('snapshotActor / restoreActor', () => {
+  it('move an actor from one executor to another', async () => {
+    const store = await counterStore()
+    const a = new WasmActivityExecutor(store)
+    for (const amount of [5, 3]) await a.execute(def('counter'), { action: 'increment', amount }, { actorId: 'c' })
+    const snap = await a.snapshotActor(def('counter'), 'c')
+    expect(Buffer.isBuffer(snap)).toBe(true)
+    expect(snap.length).toBeLessThan(64 * 1024)
+    const b = new WasmActivityExecutor(store)
+    await b.restoreActor(def('counter'), 'c', snap)
+    expect(await b.execute(def('counter'), { action: 'decrement', amount: 2 }, { actorId: 'c' })).toMatchObject({ count: 6 })
+  })
+
+  it('a foreign snapshot is SNAPSHOT_MISMATCH, a corrupt one SNAPSHOT_INVALID; the actor is untouched', async () => {
+    const store = await counterStore()
+    const ex = new WasmActivityExecutor(store)
+    await ex.execute(def('counter'), { action: 'increment', amount: 4 }, { actorId: 'c' })
+    await ex.execute(def('echo'), { message: 'x' }, { actorId: 'e' })
+    const echoSnap = await ex.snapshotActor(def('echo'), 'e')
+    const mismatch = await failure(ex.restoreActor(def('counter'), 'c', echoSnap))
+    expect(mismatch.code).toBe('SNAPSHOT_MISMATCH')
+    const good = await ex.snapshotActor(def('counter'), 'c')
+    for (const bad of [good.subarray(0, good.length - 1), Buffer.from('not a snapshot at all, just some text that is long enough'), Buffer.concat([good, Buffer.from([0])])]) {
+      expect((await failure(ex.restoreActor(def('counter'), 'c', bad))).code).toBe('SNAPSHOT_INVALID')
+    }
+    const flipped = Buffer.from(good)
+    flipped[Math.floor(flipped.length / 2)] ^= 0x10
+    expect((await failure(ex.restoreActor(def('counter'), 'c', flipped))).code).toBe('SNAPSHOT_INVALID')
+    expect(await ex.execute(def('counter'), { action: 'get' }, { actorId: 'c' })).toMatchObject({ count: 4 })
+  })
+})
+
+/** A worker process with its actors in `url`. */
+class Worker {
+  child: ChildProcess
+  private waiting = new Map<number, (v: any) => void>()
+  private next = 0
+  ready: Promise<void>
+  constructor(url: string, options: object = {}, env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(process.execPath, [join(root, '__test__/fixtures/durable-worker.cjs'), url, JSON.stringify(options)], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, ...env },
+    })
+    let ready!: () => void
+    this.ready = new Promise((r) => (ready = r))
+    createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      const msg = JSON.parse(line)
+      if (msg.ready) return ready()
+      this.waiting.get(msg.id)?.(msg)
+      this.waiting.delete(msg.id)
+    })
+  }
+  call(action: string, actorId = 'a', amount?: number): Promise<any> {
+    const id = this.next++
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve)
+      this.child.stdin!.write(JSON.stringify({ id, action, actorId, amount }) + '\n')
+    })
+  }
+  kill() {
+    this.child.kill('SIGKILL')
+    return new Promise((r) => this.child.once('exit', r))
+  }
+}
+
+function handOver(url: () => string, options: () => object = () => ({}), env: () => NodeJS.ProcessEnv = () => ({})) {
+  it('worker A runs the counter to 8 and is killed with SIGKILL; worker B continues at 8', async () => {
+    const a = new Worker(url(), options(), env())
+    await a.ready
+    expect((await a.call('increment', 'h', 5)).ok).toMatchObject({ count: 5 })
+    expect((await a.call('increment', 'h', 3)).ok).toMatchObject({ count: 8 })
+    await a.kill()
+    const b = new Worker(url(), options(), env())
+    await b.ready
+    expect((await b.call('get', 'h')).ok).toMatchObject({ count: 8 })
+    expect((await b.call('decrement', 'h', 2)).ok).toMatchObject({ count: 6 })
+    await b.kill()
+  })
+
+  it('two workers racing on one actor: exactly one wins each step, none is lost', async () => {
+    const workers = [new Worker(url(), options(), env()), new Worker(url(), options(), env())]
+    await Promise.all(workers.map((w) => w.ready))
+    const steps = 40
+    let conflicts = 0
+    const race = async (w: Worker) => {
+      let done = 0
+      while (done < steps) {
+        const r = await w.call('increment', 'race')
+        if (r.ok) done++
+        else if (r.error === 'ACTOR_CONFLICT') conflicts++
+        else throw new Error(`unexpected ${r.error}: ${r.message}`)
+      }
+    }
+    await Promise.all(workers.map(race))
+    const final = await workers[0].call('get', 'race')
+    const total = final.ok ? final.ok.count : (await workers[0].call('get', 'race')).ok.count
+    expect(total).toBe(2 * steps)
+    expect(conflicts).toBeGreaterThan(0) // they did race
+    await Promise.all(workers.map((w) => w.kill()))
+  })
+}
+
+describe('an actor store on a local directory (file://)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'loom-actors-'))
+  handOver(() => `file://${dir}`)
+
+  it('a failed call leaves the stored state; dropActor deletes it', async () => {
+    const store = await counterStore()
+    const actorStore = new ObjectBlobStore(`file://${mkdtempSync(join(tmpdir(), 'loom-actors-'))}`)
+    const ex = new WasmActivityExecutor(store, { actorStore })
+    await ex.execute(def('counter'), { action: 'increment', amount: 7 }, { actorId: 'f' })
+    const e = await failure(ex.execute(def('counter'), { action: 'fail' }, { actorId: 'f' }))
+    expect(e.code).toBe('GUEST_ABORT')
+    expect(e.actorReset).toBeUndefined()
+    const other = new WasmActivityExecutor(store, { actorStore })
+    expect(await other.execute(def('counter'), { action: 'get' }, { actorId: 'f' })).toMatchObject({ count: 7 })
+    other.dropActor(def('counter'), 'f')
+    expect(await other.execute(def('counter'), { action: 'get' }, { actorId: 'f' })).toMatchObject({ count: 0 })
+  })
+})
+
+describe('an actor store on Azurite (az://)', () => {
+  let az: Service
+  beforeAll(async () => {
+    az = await startAzurite('actors')
+  })
+  afterAll(async () => az && (await az.stop()))
+  const env = () => ({ AZURITE_BLOB_STORAGE_URL: `http://127.0.0.1:${az.port}` })
+  handOver(() => 'az://actors/loom', () => ({ account_name: 'devstoreaccount1', use_emulator: true }), env)
+})
+
+describe('stores that cannot write conditionally are refused', () => {
+  let s3: Service
+  beforeAll(async () => {
+    s3 = await startS3('actors')
+  })
+  afterAll(async () => s3 && (await s3.stop()))
+
+  it('http(s):// and s3:// without conditional_put at construction; an S3 endpoint that ignores If-None-Match on first use', async () => {
+    const store = await counterStore()
+    for (const actorStore of ['http://127.0.0.1:9/x', new ObjectBlobStore('s3://actors/loom', { region: 'us-east-1' })]) {
+      expect(() => new WasmActivityExecutor(store, { actorStore } as any)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    }
+    expect(() => new WasmActivityExecutor(store, { actorStore: { download: async () => Buffer.alloc(0) } } as any)).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    )
+    // s3rver 3.7 accepts a create-only write of an existing object: caught by the probe.
+    const s3Store = new ObjectBlobStore('s3://actors/loom', {
+      endpoint: `http://127.0.0.1:${s3.port}`, allow_http: true, access_key_id: 'S3RVER', secret_access_key: 'S3RVER',
+      region: 'us-east-1', conditional_put: 'etag',
+    })
+    const ex = new WasmActivityExecutor(store, { actorStore: s3Store })
+    const e = await failure(ex.execute(def('counter'), { action: 'get' }, { actorId: 's' }))
+    expect(e.code).toBe('INVALID_ARGUMENT')
+    expect(e.message).toContain('ignores conditional writes')
+  })
+})
+
+describe('replay (definition.deterministic)', () => {
+  it('the same snapshot, input and { now, seed } give byte-identical outputs and snapshots over 100 steps', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('replay.wasm', guest('replay-actor'))
+    const d = def('replay', { deterministic: true })
+    const first = new WasmActivityExecutor(store)
+    await first.execute(d, { add: 0 }, { actorId: 'r', now: 1_700_000_000_000, seed: 1 })
+    const start = await first.snapshotActor(d, 'r')
+    const steps = Array.from({ length: 100 }, (_, i) => ({ input: { add: i * 7 }, now: 1_700_000_000_000 + i * 1000, seed: i * 31 + 5 }))
+    const run = async (ex: WasmActivityExecutor) => {
+      const outs: string[] = []
+      const snaps: string[] = []
+      for (const s of steps) {
+        outs.push(JSON.stringify(await ex.execute(d, s.input, { actorId: 'r', now: s.now, seed: s.seed })))
+        snaps.push((await ex.snapshotActor(d, 'r')).toString('base64'))
+      }
+      return { outs, snaps }
+    }
+    const original = await run(first)
+    const replayer = new WasmActivityExecutor(store)
+    await replayer.restoreActor(d, 'r', start)
+    const replayed = await run(replayer)
+    expect(replayed.outs).toEqual(original.outs)
+    expect(replayed.snaps).toEqual(original.snaps)
+    // The clock and randomness really came from the options.
+    expect(JSON.parse(original.outs[3]).now).toBe(1_700_000_003_000)
+    expect(new Set(original.outs.map((o) => JSON.parse(o).random)).size).toBeGreaterThan(90)
+    // Without deterministic, the host's clock shows through.
+    const live = await new WasmActivityExecutor(store).execute(def('replay'), { add: 0 }, { now: 5 })
+    expect(live.now).toBeGreaterThan(1_700_000_000_000)
+  })
+})
+
+describe('heartbeats (loom.progress)', () => {
+  async function progressExecutor() {
+    const store = new MemoryBlobStore()
+    await store.upload('progress.wasm', guest('capabilities/progress'))
+    return new WasmActivityExecutor(store)
+  }
+
+  it('reach onProgress parsed, rate-limited, the last one always', async () => {
+    const ex = await progressExecutor()
+    const seen: any[] = []
+    await ex.execute(def('progress'), { steps: 5000, every: 1 }, { onProgress: (d: any) => seen.push(d) })
+    await new Promise((r) => setTimeout(r, 50))
+    expect(seen.length).toBeGreaterThan(0)
+    expect(seen.length).toBeLessThan(5000)
+    expect(seen[seen.length - 1]).toEqual({ done: 5000 })
+  })
+
+  it('a TIMEOUT or CANCELLED error carries the last heartbeat', async () => {
+    const ex = await progressExecutor()
+    const t = await failure(ex.execute(def('progress', { limits: { maxExecutionMs: 200 } }), { steps: 30, every: 10, hang: true }))
+    expect(t.code).toBe('TIMEOUT')
+    expect(t.lastProgress).toEqual({ done: 30 })
+    const ac = new AbortController()
+    setTimeout(() => ac.abort(), 100)
+    const c = await failure(ex.execute(def('progress'), { steps: 20, every: 20, hang: true }, { signal: ac.signal }))
+    expect(c.code).toBe('CANCELLED')
+    expect(c.lastProgress).toEqual({ done: 20 })
+  })
+})

@@ -1,0 +1,323 @@
+//! Where durable actors keep their snapshots (`options.actorStore`), with the one operation that
+//! makes ownership work: a conditional write. A worker saves an actor's next snapshot only if the
+//! stored one is still the version it loaded (or, for a new actor, only if there is none), so two
+//! workers can never both advance one actor: the loser gets `ACTOR_CONFLICT` and reloads.
+//!
+//! - object stores (`memory://`, `az://`, `gs://`, `s3://` with `conditional_put`): object_store's
+//!   `PutMode::Create` / `PutMode::Update` with the ETag or version read at load;
+//! - `file://`: object_store's local store cannot update conditionally, so this one writes its own
+//!   files: a version counter in each file's header, compared and replaced under an exclusive
+//!   `flock` of a lock file beside it (processes on one machine; not for NFS).
+//!
+//! A store that cannot do conditional writes is refused: `http(s)://` (read-only), `s3://` without
+//! `conditional_put`, and any store whose endpoint accepts a create-only write twice (checked
+//! once, on first use: s3rver does, for one).
+
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use tokio::sync::OnceCell;
+
+use crate::digest::{hex, sha256};
+use crate::error::ExecError;
+use crate::modules::DefKey;
+use crate::store::{BoxFuture, ObjectSource};
+
+/// The version of a stored snapshot, as the store identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Version {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+pub trait ActorStore: Send + Sync {
+    /// The stored snapshot and its version, if there is one.
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>>;
+    /// Stores `bytes` if the stored version is still `expected` (`None`: only if there is none).
+    /// `ACTOR_CONFLICT` otherwise; the new version on success.
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The store key of an actor: readable by activity name, unique by a digest of everything that
+/// identifies it (a well-formed string of any length or content maps to a key every store takes).
+pub fn actor_key(def: &DefKey, actor_id: &str) -> String {
+    let readable: String =
+        def.name.chars().take(48).map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let mut id = Vec::new();
+    for part in [&def.name, &def.version, &def.path, &actor_id.to_string()] {
+        id.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        id.extend_from_slice(part.as_bytes());
+    }
+    format!("actors/{}/{}.snap", if readable.is_empty() { "_" } else { &readable }, hex(&sha256(&id)))
+}
+
+fn conflict(key: &str, why: impl std::fmt::Display) -> ExecError {
+    ExecError::ActorConflict(format!("{key}: {why}; another worker advanced this actor (its state here is dropped and reloaded on the next call)"))
+}
+
+fn unavailable(key: &str, e: impl std::fmt::Display) -> ExecError {
+    ExecError::BlobUnavailable { path: key.to_string(), message: e.to_string() }
+}
+
+/// An actor store on object_store.
+pub struct ObjectActorStore {
+    source: Arc<ObjectSource>,
+    checked: OnceCell<Result<(), ExecError>>,
+}
+
+impl ObjectActorStore {
+    /// Refuses stores that cannot do conditional writes (as far as can be told without a request).
+    pub fn open(source: Arc<ObjectSource>) -> Result<ObjectActorStore, ExecError> {
+        let url = source.url().to_string();
+        if !source.is_writable() {
+            return Err(ExecError::InvalidArgument(format!("options.actorStore {url}: read-only; an actor store must take conditional writes")));
+        }
+        if (url.starts_with("s3://") || url.starts_with("s3a://")) && !source.has_option("conditional_put") {
+            return Err(ExecError::InvalidArgument(format!(
+                "options.actorStore {url}: S3 needs conditional writes for actor ownership: pass the store option conditional_put: 'etag' (S3 supports If-Match since 2024)"
+            )));
+        }
+        Ok(ObjectActorStore { source, checked: OnceCell::new() })
+    }
+
+    /// Once per store: a create-only write made twice must be refused the second time, or the
+    /// store ignores conditions and ownership cannot hold.
+    async fn ensure_conditional(&self) -> Result<(), ExecError> {
+        self.checked
+            .get_or_init(|| async {
+                let mut nonce = [0u8; 8];
+                getrandom::fill(&mut nonce).map_err(ExecError::internal)?;
+                let key = format!("actors/.conditional-probe-{}", hex(&nonce));
+                let store = self.source.object_store();
+                let path = self.source.path(&key)?;
+                let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+                store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await.map_err(|e| unavailable(&key, e))?;
+                let second = store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await;
+                let _ = store.delete(&path).await;
+                match second {
+                    Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+                    Err(object_store::Error::NotImplemented { .. }) | Ok(_) => Err(ExecError::InvalidArgument(format!(
+                        "options.actorStore {}: the store accepted a create-only write of an existing object; it ignores conditional writes, so two workers could both advance an actor",
+                        self.source.url()
+                    ))),
+                    Err(e) => Err(unavailable(&key, e)),
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+impl ActorStore for ObjectActorStore {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        Box::pin(async move {
+            self.ensure_conditional().await?;
+            let path = self.source.path(key)?;
+            match self.source.object_store().get(&path).await {
+                Ok(r) => {
+                    let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
+                    let bytes = r.bytes().await.map_err(|e| unavailable(key, e))?;
+                    Ok(Some((bytes.to_vec(), version)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(unavailable(key, e)),
+            }
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+        Box::pin(async move {
+            self.ensure_conditional().await?;
+            let path = self.source.path(key)?;
+            let mode = match expected {
+                None => PutMode::Create,
+                Some(v) => PutMode::Update(UpdateVersion { e_tag: v.e_tag.clone(), version: v.version.clone() }),
+            };
+            match self.source.object_store().put_opts(&path, PutPayload::from(bytes), PutOptions { mode, ..Default::default() }).await {
+                Ok(r) => Ok(Version { e_tag: r.e_tag, version: r.version }),
+                Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => Err(conflict(key, e)),
+                Err(e) => Err(unavailable(key, e)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(async move { self.source.delete(key).await })
+    }
+
+    fn describe(&self) -> String {
+        self.source.url().to_string()
+    }
+}
+
+/// An actor store in a local directory, with its own conditional writes.
+pub struct FileActorStore {
+    dir: PathBuf,
+}
+
+const FILE_MAGIC: &[u8; 8] = b"LOOMACT1";
+
+impl FileActorStore {
+    pub fn open(dir: PathBuf) -> Result<FileActorStore, ExecError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ExecError::InvalidArgument(format!("options.actorStore {}: {e}", dir.display())))?;
+        Ok(FileActorStore { dir })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, ExecError> {
+        if key.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.len() > crate::store::MAX_FILE_SEGMENT_BYTES) {
+            return Err(ExecError::InvalidArgument(format!("actor store key {key:?}")));
+        }
+        Ok(self.dir.join(key))
+    }
+
+    /// Runs `f` holding an exclusive lock on the key's lock file (blocking: call off the runtime).
+    fn locked<T>(&self, key: &str, f: impl FnOnce(&std::path::Path) -> Result<T, ExecError>) -> Result<T, ExecError> {
+        let path = self.path(key)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| unavailable(key, e))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(unavailable(key, std::io::Error::last_os_error()));
+        }
+        let out = f(&path);
+        drop(lock);
+        out
+    }
+
+    fn read(path: &std::path::Path, key: &str) -> Result<Option<(Vec<u8>, u64)>, ExecError> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable(key, e)),
+        };
+        let mut all = Vec::new();
+        file.read_to_end(&mut all).map_err(|e| unavailable(key, e))?;
+        if all.len() < 16 || &all[..8] != FILE_MAGIC {
+            return Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file")));
+        }
+        let version = u64::from_le_bytes(all[8..16].try_into().map_err(ExecError::internal)?);
+        Ok(Some((all[16..].to_vec(), version)))
+    }
+}
+
+impl ActorStore for FileActorStore {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            let k = key.to_string();
+            let read = tokio::task::spawn_blocking(move || FileActorStore::read(&path, &k)).await.map_err(ExecError::internal)??;
+            Ok(read.map(|(bytes, v)| (bytes, Version { e_tag: None, version: Some(v.to_string()) })))
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+        let expected: Option<u64> = expected.and_then(|v| v.version.as_deref()).and_then(|v| v.parse().ok());
+        let this = FileActorStore { dir: self.dir.clone() };
+        let key = key.to_string();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                this.locked(&key, |path| {
+                    let current = FileActorStore::read(path, &key)?.map(|(_, v)| v);
+                    if current != expected {
+                        return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
+                    }
+                    let next = current.unwrap_or(0) + 1;
+                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                    let mut f = std::fs::File::create(&tmp).map_err(|e| unavailable(&key, e))?;
+                    f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
+                        .map_err(|e| unavailable(&key, e))?;
+                    std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
+                    Ok(Version { e_tag: None, version: Some(next.to_string()) })
+                })
+            })
+            .await
+            .map_err(ExecError::internal)?
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        let this = FileActorStore { dir: self.dir.clone() };
+        let key = key.to_string();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                this.locked(&key, |path| match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
+                    _ => Ok(()),
+                })
+            })
+            .await
+            .map_err(ExecError::internal)?
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+/// The actor store a URL names (`file://` gets the file store with its own conditional writes).
+pub fn open(source: Arc<ObjectSource>) -> Result<Arc<dyn ActorStore>, ExecError> {
+    match source.local_dir() {
+        Some(dir) => Ok(Arc::new(FileActorStore::open(dir)?)),
+        None => Ok(Arc::new(ObjectActorStore::open(source)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exercise(store: &dyn ActorStore) {
+        let key = "actors/t/abc.snap";
+        assert_eq!(store.load(key).await.expect("load"), None);
+        let v1 = store.save(key, b"one".to_vec(), None).await.expect("created");
+        assert_eq!(store.save(key, b"again".to_vec(), None).await.map_err(|e| e.code()), Err("ACTOR_CONFLICT"));
+        let (bytes, loaded) = store.load(key).await.expect("load").expect("stored");
+        assert_eq!((bytes.as_slice(), &loaded), (&b"one"[..], &v1));
+        let v2 = store.save(key, b"two".to_vec(), Some(&v1)).await.expect("updated");
+        // A second worker still holding v1 loses.
+        assert_eq!(store.save(key, b"stale".to_vec(), Some(&v1)).await.map_err(|e| e.code()), Err("ACTOR_CONFLICT"));
+        assert_eq!(store.load(key).await.expect("load").expect("stored"), (b"two".to_vec(), v2));
+        store.delete(key).await.expect("deleted");
+        assert_eq!(store.load(key).await.expect("load"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn memory_and_file_stores_write_conditionally() {
+        let mem = open(Arc::new(ObjectSource::open("memory://actors", &[]).expect("memory"))).expect("conditional");
+        exercise(mem.as_ref()).await;
+        let dir = std::env::temp_dir().join(format!("loom-actor-store-{}", std::process::id()));
+        let url = url::Url::from_directory_path(&dir).expect("absolute").to_string();
+        let file = open(Arc::new(ObjectSource::open(&url, &[]).expect("file"))).expect("conditional");
+        exercise(file.as_ref()).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stores_without_conditional_writes_are_refused() {
+        let http = Arc::new(ObjectSource::open("http://127.0.0.1:9/x", &[]).expect("http"));
+        assert_eq!(open(http).map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+        let s3 = Arc::new(ObjectSource::open("s3://bucket/x", &[("region".into(), "us-east-1".into())]).expect("s3"));
+        assert_eq!(open(s3).map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+    }
+
+    #[test]
+    fn keys_are_store_safe_and_distinct() {
+        let d = DefKey { name: "my activity/ü".into(), version: "1".into(), path: "a.wasm".into() };
+        let a = actor_key(&d, "user-1");
+        assert!(a.starts_with("actors/my_activity__/"), "{a}");
+        assert_ne!(a, actor_key(&d, "user-2"));
+        assert_ne!(actor_key(&d, "ab"), actor_key(&DefKey { name: "my activity/ü".into(), version: "1a".into(), path: "a.wasm".into() }, "b"));
+        assert!(actor_key(&d, &"x".repeat(10_000)).len() < 200);
+    }
+}

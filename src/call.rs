@@ -1,0 +1,228 @@
+//! One call's guest, once its module, its concurrency slot and (for an actor) its place in the
+//! actor's line are held: on a fresh instance or the actor's kept one (created, or restored from
+//! its last good state after a failed transactional call), watched by the call's deadline and
+//! cancellation also while the guest waits in a host call.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use crate::actors::{self, Held};
+use crate::capabilities::{Capabilities, Grants};
+use crate::digest::Digest;
+use crate::engine::{self, EngineKind};
+use crate::error::ExecError;
+use crate::host::LogSink;
+use crate::instance::{is_reusable_after, CallContext, CallOutput, GuestInstance};
+use crate::limits::{self, Budget, CancelFlag, Limits};
+use crate::durable;
+use crate::modules::{CompiledModule, DefKey};
+
+/// What a call needs once its definition is read.
+pub(crate) struct Prepared {
+    pub key: DefKey,
+    pub limits: Limits,
+    pub grants: Grants,
+    pub capabilities: Capabilities,
+    pub pinned: Option<Digest>,
+    pub kind: EngineKind,
+    pub transactional: bool,
+    pub actor_id: Option<String>,
+    /// For an actor call with an actor store: where its snapshots go.
+    pub durable: Option<durable::Durable>,
+    /// Its determinism and heartbeats.
+    pub ctx: CallContext,
+}
+
+/// Runs `guest` until it finishes, its deadline passes or the call is cancelled, whichever
+/// comes first, also while the guest waits in a host call (epoch ticks cover running code).
+/// A guest still running when it leaves the caller's thread counts against its module's inline
+/// gate.
+pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
+    guest: F,
+    budget: Budget,
+    cancel: &CancelFlag,
+    module: &CompiledModule,
+) -> Result<CallOutput, ExecError> {
+    let mut guest = std::pin::pin!(guest);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    poll_fn(|cx| {
+        if cancel.is_cancelled() {
+            return Poll::Ready(Err(ExecError::Cancelled));
+        }
+        if let Poll::Ready(r) = guest.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if limits::in_inline_window() {
+            module.inline.overran();
+            return Poll::Pending;
+        }
+        if Instant::now() >= budget.deadline {
+            return Poll::Ready(Err(budget.timeout()));
+        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(budget.deadline.into())));
+        if t.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(budget.timeout()));
+        }
+        let c = cancelled.get_or_insert_with(|| {
+            let flag = cancel.clone();
+            Box::pin(async move { flag.cancelled().await })
+        });
+        if c.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(ExecError::Cancelled));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A fresh instance for a call; when the process's instance pool is full, idle actors anywhere
+/// in the process make room (least recently used first), else `BUSY`.
+pub(crate) async fn instantiate(
+    module: &CompiledModule,
+    p: &Prepared,
+    budget: Budget,
+    cancel: &CancelFlag,
+    log: Option<Arc<dyn LogSink>>,
+    for_actor: bool,
+) -> Result<GuestInstance, ExecError> {
+    if for_actor && module.kind == EngineKind::Plain {
+        // Keep an eighth of the pool for fresh calls: actors alone never fill it.
+        let pool = engine::pool_size() as u64;
+        let live = engine::engine(EngineKind::Plain)?.pooling_allocator_metrics().map_or(0, |m| m.core_instances());
+        if live + pool / 8 >= pool {
+            actors::evict_idle_anywhere(16);
+        }
+    }
+    match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx).await {
+        Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16) > 0 => {
+            GuestInstance::new(module, &p.limits, budget, cancel, log, &p.grants, &p.ctx).await
+        }
+        other => other,
+    }
+}
+
+/// What the log says of an actor whose memory grows with every call.
+pub(crate) fn growth_warning(p: &Prepared, per_call: u64, now: u64) -> String {
+    let left = p.limits.max_memory_bytes.saturating_sub(now) / per_call.max(1);
+    format!(
+        "actor {:?} of activity {:?} grows its memory by about {per_call} bytes per call ({now} bytes now): its guest \
+         runtime seems never to free (AssemblyScript's --runtime stub keeps every string it allocates). At this rate it \
+         reaches maxMemoryMB in about {left} calls, fails with OUT_OF_MEMORY and loses its state. Build actors with a \
+         collecting runtime (--runtime incremental or minimal).",
+        p.actor_id.as_deref().unwrap_or(""),
+        p.key.name
+    )
+}
+
+/// When an actor's memory passes this share of its cap after a call, its runtime's `__collect`
+/// (if it exports one) is called before the next: a full collection, so the memory it has stops
+/// growing. Memory cannot shrink, so waiting longer only leaves less room.
+const COLLECT_AT: f64 = 0.5;
+
+/// Runs one call's guest: on the actor's kept instance when `held` is given (created on the
+/// actor's first call, restored from its last good state after a failed transactional call, or
+/// new when its module changed), else on a fresh instance.
+pub(crate) async fn run(
+    held: Option<Held>,
+    module: &CompiledModule,
+    p: &Prepared,
+    budget: Budget,
+    cancel: &CancelFlag,
+    log: Option<Arc<dyn LogSink>>,
+    input: &str,
+) -> Result<CallOutput, ExecError> {
+    let started = Instant::now();
+    let Some(mut held) = held else {
+        let mut instance = instantiate(module, p, budget, cancel, log, false).await?;
+        return instance.call(input, &p.limits, started).await;
+    };
+    if held.take_reset() {
+        held.guard.instance = None;
+        held.guard.shadow = None;
+        held.guard.persisted = None;
+    }
+    let keep_shadow = p.transactional || p.durable.is_some();
+    if !keep_shadow {
+        held.guard.shadow = held.guard.shadow.take().filter(|_| held.guard.instance.is_none());
+    }
+    let (mut instance, created) = match held.guard.instance.take() {
+        // Same bytes, same metering: the actor's state lives on, under the call's current
+        // limits and grants.
+        Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
+            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
+                held.guard.instance = Some(i);
+                return Err(e);
+            }
+            (i, false)
+        }
+        Some(i) if i.digest == module.digest => {
+            let e = ExecError::InvalidArgument(format!(
+                "actor of {:?} runs on the {} engine since its first call; a call {} limits.maxFuel cannot run on it (dropActor to change)",
+                p.key.name,
+                if i.kind.metered() { "fuel-metered" } else { "unmetered" },
+                if i.kind.metered() { "without" } else { "with" },
+            ));
+            held.guard.instance = Some(i);
+            return Err(e);
+        }
+        _ => {
+            // No live instance: its last good state is the shadow, or its snapshot in the store.
+            if let (None, Some(d)) = (&held.guard.shadow, &p.durable) {
+                durable::load(&mut held, module, p, d).await?;
+            }
+            let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
+            match held.guard.shadow.take() {
+                Some((digest, state)) if digest == module.digest => {
+                    if let Err(e) = fresh.restore(&state).await {
+                        held.guard.shadow = Some((digest, state));
+                        return Err(e);
+                    }
+                    held.guard.shadow = keep_shadow.then_some((digest, state));
+                    (fresh, false)
+                }
+                _ => {
+                    held.guard.growth = Default::default();
+                    (fresh, true)
+                }
+            }
+        }
+    };
+    if keep_shadow && held.guard.shadow.is_none() {
+        held.guard.shadow = Some((module.digest, instance.capture()?));
+    }
+    match instance.call(input, &p.limits, started).await {
+        Ok(mut out) => {
+            out.actor_created = created;
+            out.memory_bytes = instance.memory_bytes();
+            out.growth_per_call = held.guard.growth.record(out.memory_bytes);
+            if out.memory_bytes as f64 > p.limits.max_memory_bytes as f64 * COLLECT_AT && !instance.collect(&p.limits).await {
+                // A collection that fails may leave the heap torn: the instance goes (a
+                // transactional or durable actor's last good state stays), and the result stands.
+                return Ok(out);
+            }
+            if let Some(d) = &p.durable {
+                // The call counts once its state is stored (or, with persist: 'async', once it
+                // is handed to the store in the actor's line).
+                return durable::persist(held, instance, module, p, d, log).await.map(|()| out);
+            }
+            if let Some((_, shadow)) = held.guard.shadow.as_mut() {
+                instance.update_shadow(shadow)?;
+            }
+            held.guard.instance = Some(instance);
+            Ok(out)
+        }
+        Err(e) if is_reusable_after(&e) && held.guard.shadow.is_none() => {
+            held.guard.instance = Some(instance);
+            Err(e)
+        }
+        // Transactional or durable: the instance goes, the last good state stays (the next call
+        // restores it).
+        Err(e) if held.guard.shadow.is_some() => Err(e),
+        Err(e) if created => Err(e),
+        Err(e) => Err(ExecError::ActorReset(Box::new(e))),
+    }
+}

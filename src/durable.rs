@@ -1,0 +1,192 @@
+//! Durable actors: an actor's state as a snapshot that outlives the process and moves between
+//! workers. `snapshotActor` / `restoreActor` hand snapshots to the caller; with an actor store,
+//! every call that changes an actor writes its snapshot (before the call resolves, with
+//! `persist: 'sync'`), an actor not in memory is restored from the store on its next call, and the
+//! store's conditional writes decide who owns an actor (see `actor_store`).
+//!
+//! What is saved: the instance's linear memory (pages that differ from the module's initial
+//! image), its mutable globals and the ABI's host-side state. A call that fails leaves the stored
+//! state as it was: the next call starts from the last stored snapshot, never a torn instance.
+
+use std::sync::Arc;
+
+use crate::actor_store::{actor_key, ActorStore, Version};
+use crate::actors::{ActorKey, Held};
+use crate::call::{instantiate, Prepared};
+use crate::error::ExecError;
+use crate::executor::{CallOptions, Definition, Executor};
+use crate::host::LogSink;
+use crate::instance::GuestInstance;
+use crate::limits::{Budget, CancelFlag};
+use crate::modules::CompiledModule;
+use crate::snapshot;
+
+/// When a durable actor's snapshot is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Persist {
+    /// Before the call resolves: a resolved call is stored.
+    #[default]
+    Sync,
+    /// After the call resolves, still in the actor's line (the next call waits for it): faster,
+    /// but a crash between the two loses that step, and a failed write is only logged.
+    Async,
+}
+
+/// A durable actor's place in the store.
+#[derive(Clone)]
+pub struct Durable {
+    pub store: Arc<dyn ActorStore>,
+    pub key: String,
+    pub persist: Persist,
+}
+
+impl Durable {
+    pub fn new(store: Arc<dyn ActorStore>, key: &ActorKey, persist: Persist) -> Durable {
+        Durable { store, key: actor_key(&key.def, &key.actor_id), persist }
+    }
+}
+
+/// The module's memory right after instantiation: what snapshots are taken against.
+pub(crate) async fn initial_image<'m>(module: &'m CompiledModule, p: &Prepared) -> Result<&'m Vec<u8>, ExecError> {
+    module
+        .initial_image
+        .get_or_try_init(|| async {
+            // The initial image is the module's own: no call's determinism or heartbeats.
+            let ctx = crate::instance::CallContext::default();
+            let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &p.grants, &ctx).await?;
+            Ok(i.capture()?.memory)
+        })
+        .await
+}
+
+/// Loads an actor's last stored snapshot (if any) as its shadow.
+pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable) -> Result<(), ExecError> {
+    let Some((bytes, version)) = d.store.load(&d.key).await? else {
+        held.guard.persisted = None;
+        return Ok(());
+    };
+    let image = initial_image(module, p).await?;
+    let state = snapshot::decode(&bytes, &module.digest, image, p.limits.max_memory_bytes)?;
+    held.guard.shadow = Some((module.digest, state));
+    held.guard.persisted = Some(version);
+    Ok(())
+}
+
+/// After a successful call: stores the actor's new state if it changed, then keeps the instance.
+/// A conflict (another worker advanced the actor) or a store failure undoes the call here (the
+/// instance goes; the last stored state stays, or is reloaded after a conflict).
+pub(crate) async fn persist(
+    mut held: Held,
+    mut instance: GuestInstance,
+    module: &CompiledModule,
+    p: &Prepared,
+    d: &Durable,
+    log: Option<Arc<dyn LogSink>>,
+) -> Result<(), ExecError> {
+    let changed = match &held.guard.shadow {
+        Some((_, s)) => instance.differs(s)?,
+        None => true,
+    };
+    if !changed && held.guard.persisted.is_some() {
+        held.guard.instance = Some(instance);
+        return Ok(());
+    }
+    let state = instance.capture()?;
+    let bytes = snapshot::encode(&module.digest, &state, initial_image(module, p).await?);
+    let expected = held.guard.persisted.clone();
+    match d.persist {
+        Persist::Sync => {
+            let saved = d.store.save(&d.key, bytes, expected.as_ref()).await;
+            settle(&mut held, saved, instance, (module.digest, state))
+        }
+        Persist::Async => {
+            let store = d.store.clone();
+            let key = d.key.clone();
+            let digest = module.digest;
+            // Ordered: the task holds the actor's line until the write is done.
+            let job = async move {
+                let saved = store.save(&key, bytes, expected.as_ref()).await;
+                if let Err(e) = settle(&mut held, saved, instance, (digest, state)) {
+                    if let Some(sink) = log {
+                        sink.log("warn", &format!("actor snapshot {key} was not stored (persist: 'async'): {e}"));
+                    }
+                }
+            };
+            crate::threads::spawn(job)
+        }
+    }
+}
+
+/// Applies the outcome of a snapshot write to the actor.
+fn settle(
+    held: &mut Held,
+    saved: Result<Version, ExecError>,
+    instance: GuestInstance,
+    state: (crate::digest::Digest, snapshot::State),
+) -> Result<(), ExecError> {
+    match saved {
+        Ok(version) => {
+            held.guard.persisted = Some(version);
+            held.guard.shadow = Some(state);
+            held.guard.instance = Some(instance);
+            Ok(())
+        }
+        Err(e @ ExecError::ActorConflict(_)) => {
+            // Our state is stale: forget it all; the next call reloads the store's.
+            held.guard.shadow = None;
+            held.guard.persisted = None;
+            Err(e)
+        }
+        // Not stored: the call does not count; the last stored state (the shadow) stays.
+        Err(e) => Err(e),
+    }
+}
+
+impl Executor {
+    /// The actor's state as a snapshot (waits for its running and queued calls, in line).
+    pub async fn snapshot_actor(self: &Arc<Self>, def: &Definition, actor_id: &str) -> Result<Vec<u8>, ExecError> {
+        let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
+        let (p, module, mut held) = self.hold_actor(def, &call).await?;
+        if let Some(instance) = held.guard.instance.as_mut() {
+            if instance.digest == module.digest {
+                let state = instance.capture()?;
+                return Ok(snapshot::encode(&module.digest, &state, initial_image(&module, &p).await?));
+            }
+        }
+        if let Some((digest, state)) = &held.guard.shadow {
+            if *digest == module.digest {
+                return Ok(snapshot::encode(digest, state, initial_image(&module, &p).await?));
+            }
+        }
+        if let Some(d) = &p.durable {
+            if let Some((bytes, _)) = d.store.load(&d.key).await? {
+                return Ok(bytes);
+            }
+        }
+        Err(ExecError::InvalidArgument(format!("actor {actor_id:?} of {:?} has no state here to snapshot", def.name)))
+    }
+
+    /// Makes `snapshot` the actor's state: checked whole first (`SNAPSHOT_INVALID`,
+    /// `SNAPSHOT_MISMATCH`), restored into a fresh instance that then replaces the actor's (in
+    /// line after its calls), and stored when the executor has an actor store.
+    pub async fn restore_actor(self: &Arc<Self>, def: &Definition, actor_id: &str, bytes: &[u8]) -> Result<(), ExecError> {
+        let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
+        let (p, module, mut held) = self.hold_actor(def, &call).await?;
+        let state = snapshot::decode(bytes, &module.digest, initial_image(&module, &p).await?, p.limits.max_memory_bytes)?;
+        let budget = Budget::starting_now(&p.limits);
+        let mut fresh = instantiate(&module, &p, budget, &CancelFlag::new(), None, true).await?;
+        fresh.restore(&state).await?;
+        if let Some(d) = &p.durable {
+            // Stored over whatever is there (the caller said this is the state).
+            let expected = match held.guard.persisted.clone() {
+                Some(v) => Some(v),
+                None => d.store.load(&d.key).await?.map(|(_, v)| v),
+            };
+            held.guard.persisted = Some(d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?);
+        }
+        held.guard.instance = Some(fresh);
+        held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));
+        held.guard.growth = Default::default();
+        Ok(())
+    }
+}

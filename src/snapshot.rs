@@ -1,0 +1,297 @@
+//! An instance's state as data: what makes an actor what it is (its linear memory, its mutable
+//! globals, the guest ABI's own host-side state), captured from a live instance and restored into
+//! a fresh one of the same module. The same machinery serves three uses:
+//!
+//! - a **shadow** of the last good state, kept beside a transactional actor and brought up to date
+//!   after each successful call by copying only the pages that changed; a failed call is undone by
+//!   restoring it into a fresh instance;
+//! - a **snapshot**: the state as bytes, only the pages that differ from the module's initial
+//!   image, each run LZ4-compressed, in a versioned format that names the module's sha256 and ends
+//!   with a checksum of everything before it;
+//! - **persistence**: snapshots written to an actor store (see `durable`).
+//!
+//! A snapshot is parsed and checked whole (format, version, module, sizes, every page) before
+//! anything is restored, and it is restored into a new instance that replaces the old one only
+//! once complete: a corrupt snapshot is `SNAPSHOT_INVALID` and a foreign one `SNAPSHOT_MISMATCH`,
+//! never a crash or a half-restored actor.
+
+use crate::digest::{hex, same, sha256, Digest};
+use crate::error::ExecError;
+
+/// Bytes compared and copied as one unit.
+pub const PAGE: usize = 4096;
+const MAGIC: &[u8; 8] = b"LOOMSNAP";
+pub const VERSION: u32 = 1;
+
+/// A mutable global's value, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalValue {
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+    V128(u128),
+}
+
+impl GlobalValue {
+    fn tag(&self) -> u8 {
+        match self {
+            GlobalValue::I32(_) => 0,
+            GlobalValue::I64(_) => 1,
+            GlobalValue::F32(_) => 2,
+            GlobalValue::F64(_) => 3,
+            GlobalValue::V128(_) => 4,
+        }
+    }
+    fn bits(&self) -> u128 {
+        match *self {
+            GlobalValue::I32(v) => v as u32 as u128,
+            GlobalValue::I64(v) => v as u64 as u128,
+            GlobalValue::F32(v) => v as u128,
+            GlobalValue::F64(v) => v as u128,
+            GlobalValue::V128(v) => v,
+        }
+    }
+    fn from(tag: u8, bits: u128) -> Option<GlobalValue> {
+        Some(match tag {
+            0 => GlobalValue::I32(bits as u32 as i32),
+            1 => GlobalValue::I64(bits as u64 as i64),
+            2 => GlobalValue::F32(bits as u32),
+            3 => GlobalValue::F64(bits as u64),
+            4 => GlobalValue::V128(bits),
+            _ => return None,
+        })
+    }
+}
+
+/// An instance's whole state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub memory: Vec<u8>,
+    /// The mutable globals, in the module's order (see `instrument::StateExports`).
+    pub globals: Vec<GlobalValue>,
+    /// The guest ABI's host-side state (opaque here), e.g. Extism's vars.
+    pub host: Vec<u8>,
+}
+
+impl State {
+    /// Brings `self` (a shadow) up to `now`, copying only the pages that differ. Returns how many
+    /// bytes were copied (0: nothing changed).
+    pub fn update_from(&mut self, memory: &[u8], globals: &[GlobalValue], host: &[u8]) -> usize {
+        let mut copied = 0;
+        if self.memory.len() > memory.len() {
+            self.memory.truncate(memory.len());
+        }
+        let common = self.memory.len();
+        for (old, new) in self.memory.chunks_mut(PAGE).zip(memory[..common].chunks(PAGE)) {
+            if old != new {
+                old.copy_from_slice(new);
+                copied += new.len();
+            }
+        }
+        if memory.len() > common {
+            self.memory.extend_from_slice(&memory[common..]);
+            copied += memory.len() - common;
+        }
+        if self.globals != globals {
+            self.globals = globals.to_vec();
+            copied += globals.len() * 16;
+        }
+        if self.host != host {
+            self.host = host.to_vec();
+            copied += host.len();
+        }
+        copied
+    }
+}
+
+fn invalid(why: impl std::fmt::Display) -> ExecError {
+    ExecError::SnapshotInvalid(why.to_string())
+}
+
+/// Serializes `state` of the module `digest`, keeping only the pages that differ from `initial`
+/// (the module's memory right after instantiation).
+pub fn encode(digest: &Digest, state: &State, initial: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + state.globals.len() * 17);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(digest);
+    out.extend_from_slice(&(state.memory.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(state.globals.len() as u32).to_le_bytes());
+    for g in &state.globals {
+        out.push(g.tag());
+        out.extend_from_slice(&g.bits().to_le_bytes());
+    }
+    out.extend_from_slice(&(state.host.len() as u32).to_le_bytes());
+    out.extend_from_slice(&state.host);
+    // Runs of consecutive pages that differ from the initial image.
+    let pages = state.memory.len().div_ceil(PAGE);
+    let differs = |p: usize| {
+        let lo = p * PAGE;
+        let hi = (lo + PAGE).min(state.memory.len());
+        let now = &state.memory[lo..hi];
+        match initial.get(lo..hi.min(initial.len())) {
+            Some(init) if init.len() == now.len() => init != now,
+            _ => now.iter().any(|b| *b != 0),
+        }
+    };
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut p = 0;
+    while p < pages {
+        if differs(p) {
+            let start = p;
+            while p < pages && differs(p) {
+                p += 1;
+            }
+            runs.push((start, p));
+        } else {
+            p += 1;
+        }
+    }
+    out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for (start, end) in runs {
+        let lo = start * PAGE;
+        let hi = (end * PAGE).min(state.memory.len());
+        let packed = lz4_flex::block::compress(&state.memory[lo..hi]);
+        out.extend_from_slice(&(start as u32).to_le_bytes());
+        out.extend_from_slice(&((hi - lo) as u32).to_le_bytes());
+        out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+        out.extend_from_slice(&packed);
+    }
+    let sum = sha256(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ExecError> {
+        if self.0.len() < n {
+            return Err(invalid("the snapshot ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, ExecError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(invalid)?))
+    }
+    fn u64(&mut self) -> Result<u64, ExecError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(invalid)?))
+    }
+}
+
+/// The module digest a snapshot names (checked: format, version, checksum), before decoding it.
+pub fn module_of(bytes: &[u8]) -> Result<Digest, ExecError> {
+    let body_len = bytes.len().checked_sub(32).ok_or_else(|| invalid("the snapshot is too short"))?;
+    let (body, sum) = bytes.split_at(body_len);
+    let mut r = Reader(body);
+    if r.take(8)? != MAGIC {
+        return Err(invalid("not a loom-wasm-executor snapshot"));
+    }
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(invalid(format!("snapshot format version {version}; this executor reads version {VERSION}")));
+    }
+    if !same(&sha256(body), sum) {
+        return Err(invalid("the snapshot's checksum does not match (corrupt or truncated)"));
+    }
+    r.take(32)?.try_into().map_err(invalid)
+}
+
+/// Decodes a snapshot of the module `digest` over `initial`, refusing one larger than
+/// `max_memory` bytes of memory.
+pub fn decode(bytes: &[u8], digest: &Digest, initial: &[u8], max_memory: u64) -> Result<State, ExecError> {
+    let named = module_of(bytes)?;
+    if named != *digest {
+        return Err(ExecError::SnapshotMismatch { expected: hex(digest), actual: hex(&named) });
+    }
+    let mut r = Reader(&bytes[8 + 4 + 32..bytes.len() - 32]);
+    let memory_len = r.u64()?;
+    if memory_len > max_memory || memory_len % 65536 != 0 {
+        return Err(invalid(format!("a memory of {memory_len} bytes (the limit is {max_memory}, in whole 64 KiB pages)")));
+    }
+    let n_globals = r.u32()? as usize;
+    let mut globals = Vec::with_capacity(n_globals.min(1 << 16));
+    for _ in 0..n_globals {
+        let tag = r.take(1)?[0];
+        let bits = u128::from_le_bytes(r.take(16)?.try_into().map_err(invalid)?);
+        globals.push(GlobalValue::from(tag, bits).ok_or_else(|| invalid("a global of an unknown type"))?);
+    }
+    let host_len = r.u32()? as usize;
+    let host = r.take(host_len)?.to_vec();
+    let mut memory = vec![0u8; memory_len as usize];
+    let keep = initial.len().min(memory.len());
+    memory[..keep].copy_from_slice(&initial[..keep]);
+    let runs = r.u32()?;
+    for _ in 0..runs {
+        let start = r.u32()? as usize * PAGE;
+        let len = r.u32()? as usize;
+        let packed_len = r.u32()? as usize;
+        let packed = r.take(packed_len)?;
+        let end = start.checked_add(len).filter(|e| *e <= memory.len()).ok_or_else(|| invalid("a page outside the memory"))?;
+        let page = lz4_flex::block::decompress(packed, len).map_err(|e| invalid(format!("a page does not decompress: {e}")))?;
+        if page.len() != len {
+            return Err(invalid("a page decompresses to the wrong size"));
+        }
+        memory[start..end].copy_from_slice(&page);
+    }
+    if !r.0.is_empty() {
+        return Err(invalid("bytes after the last page"));
+    }
+    Ok(State { memory, globals, host })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let mut memory = vec![0u8; 3 * 65536];
+        memory[10] = 1;
+        memory[70_000..70_010].copy_from_slice(b"0123456789");
+        State { memory, globals: vec![GlobalValue::I32(-5), GlobalValue::F64(1.5f64.to_bits())], host: b"vars".to_vec() }
+    }
+
+    #[test]
+    fn round_trips_with_only_changed_pages() {
+        let s = state();
+        let initial = vec![0u8; 65536];
+        let d = [9u8; 32];
+        let bytes = encode(&d, &s, &initial);
+        assert!(bytes.len() < 2000, "{} bytes for 2 changed pages of 48", bytes.len());
+        assert_eq!(module_of(&bytes).expect("valid"), d);
+        assert_eq!(decode(&bytes, &d, &initial, 1 << 30).expect("decodes"), s);
+    }
+
+    #[test]
+    fn refuses_corrupt_foreign_and_oversized_snapshots() {
+        let s = state();
+        let d = [9u8; 32];
+        let bytes = encode(&d, &s, &[]);
+        let code = |r: Result<State, ExecError>| r.map(|_| ()).map_err(|e| e.code());
+        assert_eq!(code(decode(&bytes, &[1u8; 32], &[], 1 << 30)), Err("SNAPSHOT_MISMATCH"));
+        assert_eq!(code(decode(&bytes, &d, &[], 65536)), Err("SNAPSHOT_INVALID"));
+        for i in [0, 9, 20, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(code(decode(&bad, &d, &[], 1 << 30)), Err("SNAPSHOT_INVALID"), "byte {i}");
+        }
+        for cut in [0, 10, 50, bytes.len() - 1] {
+            assert_eq!(code(decode(&bytes[..cut], &d, &[], 1 << 30)), Err("SNAPSHOT_INVALID"), "cut at {cut}");
+        }
+        assert_eq!(code(decode(b"garbage that is long enough to have a checksum at its end....", &d, &[], 1 << 30)), Err("SNAPSHOT_INVALID"));
+    }
+
+    #[test]
+    fn a_shadow_copies_only_what_changed() {
+        let mut shadow = state();
+        let mut now = shadow.clone();
+        assert_eq!(shadow.update_from(&now.memory, &now.globals, &now.host), 0);
+        now.memory[5000] = 7;
+        now.memory.extend_from_slice(&[0u8; 65536]);
+        assert_eq!(shadow.update_from(&now.memory, &now.globals, &now.host), PAGE + 65536);
+        assert_eq!(shadow, now);
+    }
+}
