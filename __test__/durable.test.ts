@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ObjectBlobStore, WasmActivityExecutor } from '../index'
-import { startAzurite, startS3, type Service } from './emulators'
+import { startAzurite, startMoto, startS3, type Service } from './emulators'
 import { def, failure, guest, MemoryBlobStore, root } from './helpers'
 
 async function counterStore() {
@@ -147,6 +147,19 @@ describe('an actor store on Azurite (az://)', () => {
   afterAll(async () => az && (await az.stop()))
   const env = () => ({ AZURITE_BLOB_STORAGE_URL: `http://127.0.0.1:${az.port}` })
   handOver(() => 'az://actors/loom', () => ({ account_name: 'devstoreaccount1', use_emulator: true }), env)
+})
+
+describe('an actor store on S3 (moto: an S3 emulator that honours conditional writes)', () => {
+  let s3: Service
+  beforeAll(async () => {
+    s3 = await startMoto('actors')
+  }, 600_000)
+  afterAll(async () => s3 && (await s3.stop()))
+  const options = () => ({
+    endpoint: `http://127.0.0.1:${s3.port}`, allow_http: true, access_key_id: 'test', secret_access_key: 'test',
+    region: 'us-east-1', conditional_put: 'etag',
+  })
+  handOver(() => 's3://actors/loom', options)
 })
 
 describe('stores that cannot write conditionally are refused', () => {

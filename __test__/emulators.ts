@@ -80,3 +80,26 @@ export async function startAzurite(container: string): Promise<Service> {
   await client.getContainerClient(container).create()
   return { port, stop: stopper(child) }
 }
+
+/**
+ * moto's S3 server (PyPI), with `bucket` created: an S3 emulator that honours conditional writes
+ * (If-Match / If-None-Match on PUT), which s3rver ignores. Installed on first use into
+ * .cache/moto-venv by pip (python3 -m venv), then reused.
+ */
+export async function startMoto(bucket: string): Promise<Service> {
+  const venv = join(root, '.cache', 'moto-venv')
+  const server = join(venv, 'bin', 'moto_server')
+  const { existsSync } = await import('node:fs')
+  const { execFileSync } = await import('node:child_process')
+  if (!existsSync(server)) {
+    execFileSync('python3', ['-m', 'venv', venv], { stdio: 'inherit' })
+    execFileSync(join(venv, 'bin', 'pip'), ['install', '--quiet', 'moto[server]==5.2.5'], { stdio: 'inherit', timeout: 600_000 })
+  }
+  const port = await freePort()
+  const child = spawn(server, ['-H', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  child.stderr?.on('data', (d) => process.env.DEBUG_EMULATORS && process.stderr.write(d))
+  await waitForHttp(`http://127.0.0.1:${port}/`)
+  const res = await fetch(`http://127.0.0.1:${port}/${bucket}`, { method: 'PUT' })
+  if (!res.ok) throw new Error(`creating bucket failed: ${res.status}`)
+  return { port, stop: stopper(child) }
+}

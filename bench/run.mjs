@@ -79,6 +79,11 @@ const row = (scenario, unit, nat, peer, floor, higherIsBetter, target) => {
   rows.push({ scenario, unit, native: nat, v8: peer, ratio, floor, target })
   console.error(`  ${scenario}: native ${fmt(nat)} ${unit}, V8 ${fmt(peer)} ${unit}`)
 }
+/** A row with no V8 counterpart (V8 cannot snapshot an instance). */
+const own = (scenario, unit, nat, target = '') => {
+  rows.push({ scenario, unit, native: nat, v8: undefined, ratio: undefined, floor: undefined, target })
+  console.error(`  ${scenario}: ${fmt(nat)} ${unit}`)
+}
 const fmt = (x) => (x === undefined || x === null ? '' : x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
 
 async function main() {
@@ -180,6 +185,12 @@ async function main() {
   row('memory per idle actor (RSS delta / 1000)', 'KiB', nm.perActorBytes / 1024, vm.perActorBytes / 1024, undefined, false,
     `native <= 1.2x linear memory (${nm.linearBytes / 1024} KiB)`)
 
+  console.error('10. guest ABIs: warm calls; Extism plugins against Extism\'s own JS SDK')
+  await abiRows()
+
+  console.error('9. durable actors: snapshots, restores, persistence')
+  await durableRows()
+
   console.error('8. worst event-loop gap while hostile guests run')
   const gap = await hostileGap()
   row('event-loop gap max, hostile guests (fill 250 MB, 250 MB initial memory, spin, bombs, WASI sleep)', 'ms', gap.native, gap.v8, undefined, false, 'native <= 10 ms')
@@ -191,12 +202,77 @@ async function main() {
   const lines = [
     '| scenario | unit | native | V8 | ratio (better = higher) | floor | target |',
     '|---|---|---:|---:|---:|---:|---|',
-    ...rows.map((r) => `| ${r.scenario} | ${r.unit} | ${fmt(r.native)} | ${fmt(r.v8)} | ${r.ratio.toFixed(2)}x | ${fmt(r.floor)} | ${r.target} |`),
+    ...rows.map((r) => `| ${r.scenario} | ${r.unit} | ${fmt(r.native)} | ${fmt(r.v8)} | ${r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`} | ${fmt(r.floor)} | ${r.target} |`),
   ]
   const md = `# Benchmark results\n\n${header}\n\nReproduce: \`npm run bench\` (about 2-4 minutes). Ratio: V8/native for times, native/V8 for rates. ` +
     `Floor: an empty async napi call (\`benchFloor\`), one hop to the Rust runtime and back.\n\n${lines.join('\n')}\n`
   writeFileSync(join(here, 'results.md'), md)
   console.log(`\n${header}\n\n${lines.join('\n')}\n\nwritten to bench/results.md`)
+}
+
+/** A warm echo call per ABI; the Extism plugin also through Extism's JS SDK (the V8 column). */
+async function abiRows() {
+  const files = { extism: 'c/plugin.wasm', 'wasi-command (C)': 'c/command.wasm', 'wasi-command (Rust)': 'rust/command.wasm', component: 'js/echo.wasm' }
+  const { existsSync } = await import('node:fs')
+  if (!Object.values(files).every((f) => existsSync(join(root, 'build', f)))) {
+    console.error('  (skipped: run npm run guests:polyglot first)')
+    return
+  }
+  const abiStore = { download: async (p) => readFileSync(join(root, 'build', p)) }
+  const ex = new WasmActivityExecutor(abiStore)
+  const input = { message: 'hello', times: 2 }
+  const n = QUICK ? 200 : 1000
+  const createPlugin = (await import('@extism/extism')).default
+  const sdk = await createPlugin({ wasm: [{ data: readFileSync(join(root, 'build', files.extism)) }] }, { useWasi: false })
+  for (const [abi, file] of Object.entries(files)) {
+    const d = { name: file, version: '1', wasmBlobPath: file }
+    await ex.execute(d, input)
+    if (abi === 'extism') {
+      const text = JSON.stringify(input)
+      const [nat, peer] = await sequential([() => ex.execute(d, input), async () => JSON.parse((await sdk.call('execute', text)).text())], n)
+      row('warm call, Extism plugin (C) — V8 column: Extism JS SDK', 'us/call', nat, peer, undefined, false, '')
+    } else {
+      const [nat] = await sequential([() => ex.execute(d, input)], abi === 'component' ? Math.ceil(n / 10) : n)
+      own(`warm call, ${abi}`, 'us/call', nat)
+    }
+  }
+  await sdk.close()
+}
+
+/** Snapshot size and time, restore time, and what persist: 'sync' adds to an actor call. */
+async function durableRows() {
+  const { randomBytes } = await import('node:crypto')
+  const { ObjectBlobStore } = require(join(root, 'index.js'))
+  const n = QUICK ? 20 : 100
+  const timeOf = async (fn) => {
+    const ts = []
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now()
+      await fn()
+      ts.push((performance.now() - t0) * 1000)
+    }
+    return median(ts)
+  }
+  const counter = def('counter-actor')
+  for (let i = 0; i < 10; i++) await native.execute(counter, { action: 'increment' }, { actorId: 'snap' })
+  const small = await native.snapshotActor(counter, 'snap')
+  own(`snapshot, counter actor (${small.length} bytes)`, 'us', await timeOf(() => native.snapshotActor(counter, 'snap')))
+  own('restore, counter actor', 'us', await timeOf(() => native.restoreActor(counter, 'snap', small)))
+  // An actor holding 1 MB of state: a 512 Ki-character random string, kept (UTF-16) by the stub runtime.
+  const message = randomBytes(384 * 1024).toString('base64')
+  await native.execute(def('echo'), { message, times: 1 }, { actorId: 'big' })
+  const big = await native.snapshotActor(def('echo'), 'big')
+  own(`snapshot, actor with 1 MB of state (${big.length} bytes)`, 'us', await timeOf(() => native.snapshotActor(def('echo'), 'big')))
+  own('restore, actor with 1 MB of state', 'us', await timeOf(() => native.restoreActor(def('echo'), 'big', big)))
+  // persist: 'sync' on a file store, against the same actor call without a store.
+  const dir = mkdtempSync(join(tmpdir(), 'loom-bench-actors-'))
+  const durable = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(`file://${dir}`) })
+  const [withStore, without] = await sequential(
+    [(k) => durable.execute(counter, { action: 'increment' }, { actorId: `d${k % 8}` }),
+     (k) => native.execute(counter, { action: 'increment' }, { actorId: `n${k % 8}` })],
+    QUICK ? 200 : 1000,
+  )
+  own("actor call with persist: 'sync' on a file store (fsync per call)", 'us/call', withStore, `plain: ${fmt(without)} us`)
 }
 
 /** Hand-written hostile guests (WAT, built with wabt) on the AssemblyScript ABI. */

@@ -19,6 +19,8 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Engine, Module};
 
+use crate::modules::{Code, Compiled};
+
 use crate::digest::{hex, hmac_sha256, same, Digest};
 use crate::error::ExecError;
 use crate::store::ObjectSource;
@@ -55,9 +57,12 @@ fn tag(key: &[u8], name: &str, flags: u8, body: &[u8]) -> Digest {
     hmac_sha256(key, &[MAGIC, name.as_bytes(), &[flags], body])
 }
 
+/// Flags byte: bit 0, the module has a start function; bit 1, it is a component.
+const HAS_START: u8 = 1;
+const COMPONENT: u8 = 2;
+
 /// Wraps serialized bytes with their flags and tag.
-fn seal(key: &[u8], name: &str, mut bytes: Vec<u8>, has_start: bool) -> Vec<u8> {
-    let flags = has_start as u8;
+fn seal(key: &[u8], name: &str, mut bytes: Vec<u8>, flags: u8) -> Vec<u8> {
     let mac = tag(key, name, flags, &bytes);
     bytes.push(flags);
     bytes.extend_from_slice(&mac);
@@ -65,13 +70,13 @@ fn seal(key: &[u8], name: &str, mut bytes: Vec<u8>, has_start: bool) -> Vec<u8> 
     bytes
 }
 
-/// The serialized bytes and whether the module has a start function, if the tag holds.
-fn unseal<'a>(key: &[u8], name: &str, bytes: &'a [u8]) -> Option<(&'a [u8], bool)> {
+/// The serialized bytes and their flags, if the tag holds.
+fn unseal<'a>(key: &[u8], name: &str, bytes: &'a [u8]) -> Option<(&'a [u8], u8)> {
     let body_len = bytes.len().checked_sub(TRAILER)?;
     let (body, trailer) = bytes.split_at(body_len);
     let (flags, rest) = trailer.split_at(1);
     let (mac, magic) = rest.split_at(32);
-    (magic == MAGIC && flags[0] <= 1 && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0] == 1))
+    (magic == MAGIC && flags[0] <= (HAS_START | COMPONENT) && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0]))
 }
 
 /// Where artifacts live and the key that authenticates them.
@@ -125,9 +130,9 @@ impl ArtifactCache {
         format!("{}-{}.cwasm", hex(digest), fingerprint(engine))
     }
 
-    /// A compiled module (and whether it has a start function) from the nearest tier that has
-    /// an authentic artifact.
-    pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Module, bool)> {
+    /// Compiled code (and whether it has a start function) from the nearest tier that has an
+    /// authentic artifact.
+    pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool)> {
         let key = self.key.clone()?;
         let name = Self::name(digest, engine);
         if let Some(dir) = &self.dir {
@@ -153,15 +158,13 @@ impl ArtifactCache {
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
     /// written only costs a compile later).
-    pub async fn save(&self, digest: &Digest, engine: &Engine, module: &Module, has_start: bool) -> Result<(), ExecError> {
+    pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, has_start: bool) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = Self::name(digest, engine);
-        let m = module.clone();
+        let flags = if has_start { HAS_START } else { 0 } | if code.is_component() { COMPONENT } else { 0 };
+        let body = code.serialize().map_err(ExecError::internal)?;
         let n = name.clone();
-        let sealed = tokio::task::spawn_blocking(move || m.serialize().map(|b| seal(&key, &n, b, has_start)))
-            .await
-            .map_err(ExecError::internal)?
-            .map_err(ExecError::internal)?;
+        let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
         if let Some(dir) = &self.dir {
             write_atomic(dir.clone(), name.clone(), sealed.clone()).await?;
         }
@@ -229,15 +232,20 @@ fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
     }
 }
 
-async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u8>) -> Option<(Module, bool)> {
+async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u8>) -> Option<(Compiled, bool)> {
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || {
-        let (body, has_start) = unseal(&key, &name, &bytes)?;
-        // SAFETY: `body` is byte for byte what `Module::serialize` produced in a process holding
-        // this executor's artifact key, for an engine with this fingerprint, for the module with
-        // this digest (the HMAC over all three holds); wasmtime checks its own version and
-        // settings header again.
-        unsafe { Module::deserialize(&engine, body) }.ok().map(|m| (m, has_start))
+        let (body, flags) = unseal(&key, &name, &bytes)?;
+        let has_start = flags & HAS_START != 0;
+        // SAFETY: `body` is byte for byte what `Module::serialize` (or `Component::serialize`)
+        // produced in a process holding this executor's artifact key, for an engine with this
+        // fingerprint, for the module with this digest (the HMAC over all three holds); wasmtime
+        // checks its own version and settings header again.
+        if flags & COMPONENT != 0 {
+            unsafe { wasmtime::component::Component::deserialize(&engine, body) }.ok().map(|c| (Compiled::Component(c), has_start))
+        } else {
+            unsafe { Module::deserialize(&engine, body) }.ok().map(|m| (Compiled::Core(m), has_start))
+        }
     })
     .await
     .ok()
@@ -269,8 +277,8 @@ mod tests {
     #[test]
     fn seal_detects_forgery_corruption_and_truncation() {
         let key = [7u8; 32];
-        let sealed = seal(&key, "a", b"compiled code".to_vec(), true);
-        assert_eq!(unseal(&key, "a", &sealed), Some((&b"compiled code"[..], true)));
+        let sealed = seal(&key, "a", b"compiled code".to_vec(), HAS_START);
+        assert_eq!(unseal(&key, "a", &sealed), Some((&b"compiled code"[..], HAS_START)));
         assert_eq!(unseal(&[8u8; 32], "a", &sealed), None, "another key");
         assert_eq!(unseal(&key, "b", &sealed), None, "another artifact's name");
         let mut flipped = sealed.clone();
@@ -322,11 +330,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let cache = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
         let e = engine(EngineKind::Plain).expect("engine");
-        let module = Module::new(e, crate::test_guests::echo()).expect("compiles");
+        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
         let digest = [7u8; 32];
         assert!(cache.load(&digest, e).await.is_none());
-        cache.save(&digest, e, &module, false).await.expect("saved");
-        assert!(matches!(cache.load(&digest, e).await, Some((_, false))));
+        cache.save(&digest, e, &module.code, false).await.expect("saved");
+        assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), false))));
         let path = dir.join(ArtifactCache::name(&digest, e));
         let mut bytes = std::fs::read(&path).expect("written");
         let mid = bytes.len() / 2;

@@ -32,7 +32,7 @@ pub(crate) struct Prepared {
     pub actor_id: Option<String>,
     /// For an actor call with an actor store: where its snapshots go.
     pub durable: Option<durable::Durable>,
-    /// Its determinism and heartbeats.
+    /// Its determinism, heartbeats, and ABI settings.
     pub ctx: CallContext,
 }
 
@@ -138,7 +138,7 @@ pub(crate) async fn run(
     let started = Instant::now();
     let Some(mut held) = held else {
         let mut instance = instantiate(module, p, budget, cancel, log, false).await?;
-        return instance.call(input, &p.limits, started).await;
+        return instance.call(input, &p.limits, started, &p.ctx).await;
     };
     if held.take_reset() {
         held.guard.instance = None;
@@ -194,7 +194,7 @@ pub(crate) async fn run(
     if keep_shadow && held.guard.shadow.is_none() {
         held.guard.shadow = Some((module.digest, instance.capture()?));
     }
-    match instance.call(input, &p.limits, started).await {
+    match instance.call(input, &p.limits, started, &p.ctx).await {
         Ok(mut out) => {
             out.actor_created = created;
             out.memory_bytes = instance.memory_bytes();

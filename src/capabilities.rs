@@ -66,6 +66,23 @@ impl Grants {
     /// arguments, no stdio, no network; for a deterministic call, clocks stopped at its `now`
     /// and randomness from its `seed`.
     pub fn wasi_context(&self, det: Option<&crate::replay::Determinism>) -> Result<WasiP1Ctx, ExecError> {
+        Ok(self.wasi_builder(det)?.build_p1())
+    }
+
+    /// The same, with stdio connected to pipes (a WASI command's input and output).
+    pub fn wasi_context_with_stdio(
+        &self,
+        det: Option<&crate::replay::Determinism>,
+        stdin: wasmtime_wasi::p2::pipe::MemoryInputPipe,
+        stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+        stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    ) -> Result<WasiP1Ctx, ExecError> {
+        let mut b = self.wasi_builder(det)?;
+        b.stdin(stdin).stdout(stdout).stderr(stderr);
+        Ok(b.build_p1())
+    }
+
+    fn wasi_builder(&self, det: Option<&crate::replay::Determinism>) -> Result<WasiCtxBuilder, ExecError> {
         let mut b = WasiCtxBuilder::new();
         if let Some(det) = det {
             b.wall_clock(det.wall_clock())
@@ -83,13 +100,14 @@ impl Grants {
                 ExecError::CapabilityDenied(format!("cannot open {}: {e:#}", fs.host_dir.display()))
             })?;
         }
-        Ok(b.build_p1())
+        Ok(b)
     }
 }
 
-/// A module that imports WASI runs only when its definition asked for env or filesystem.
-pub fn authorize(wasi_imports: &[String], caps: &Capabilities) -> Result<(), ExecError> {
-    if wasi_imports.is_empty() || Grants::wants_wasi(caps) {
+/// A module that imports WASI runs only when its definition asked for env or filesystem, except
+/// a WASI command, whose stdio is its ABI (its context still holds only what was granted).
+pub fn authorize(wasi_imports: &[String], caps: &Capabilities, abi: crate::abi::Abi) -> Result<(), ExecError> {
+    if wasi_imports.is_empty() || Grants::wants_wasi(caps) || abi == crate::abi::Abi::WasiCommand {
         return Ok(());
     }
     Err(ExecError::CapabilityDenied(format!(
@@ -107,8 +125,10 @@ mod tests {
         let none = Capabilities::default();
         assert_eq!(Grants::resolve(&none, None), Ok(Grants::default()));
         let wasi = vec!["wasi_snapshot_preview1.fd_write".to_string()];
-        assert_eq!(authorize(&wasi, &none).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
-        assert!(authorize(&[], &none).is_ok());
+        let abi = crate::abi::Abi::AssemblyScript;
+        assert_eq!(authorize(&wasi, &none, abi).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+        assert!(authorize(&[], &none, abi).is_ok());
+        assert!(authorize(&wasi, &none, crate::abi::Abi::WasiCommand).is_ok());
         let net = Capabilities { network: true, ..Default::default() };
         assert_eq!(Grants::resolve(&net, None).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
         let fs = Capabilities { filesystem: true, ..Default::default() };
@@ -121,7 +141,7 @@ mod tests {
         let caps = Capabilities { env: vec!["LOOM_CAP_TEST_A".into(), "LOOM_CAP_TEST_UNSET".into()], ..Default::default() };
         let g = Grants::resolve(&caps, None).expect("env grants");
         assert_eq!(g.env, vec![("LOOM_CAP_TEST_A".to_string(), "a-value".to_string())]);
-        assert!(authorize(&["wasi_snapshot_preview1.environ_get".into()], &caps).is_ok());
+        assert!(authorize(&["wasi_snapshot_preview1.environ_get".into()], &caps, crate::abi::Abi::AssemblyScript).is_ok());
         assert!(g.wasi_context(None).is_ok());
     }
 }

@@ -51,6 +51,12 @@ pub struct Definition {
     pub capabilities: Capabilities,
     /// The guest's clock and randomness come from the call (`CallOptions::now`, `seed`): replay.
     pub deterministic: bool,
+    /// The guest ABI to run the module with (detected when `None`).
+    pub abi: Option<crate::abi::Abi>,
+    /// The export an Extism plugin's call runs (default `execute`).
+    pub entrypoint: Option<String>,
+    /// What an Extism plugin's `config_get` reads.
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 impl Definition {
@@ -285,6 +291,9 @@ impl Executor {
                     seed: call.seed.unwrap_or(0.0) as u64,
                 }),
                 progress: Progress { sink: call.progress.clone(), last: Default::default() },
+                entrypoint: def.entrypoint.clone().unwrap_or_else(|| "execute".into()),
+                config: Arc::new(def.config.clone()),
+                abi: def.abi,
             },
         })
     }
@@ -367,7 +376,18 @@ impl Executor {
         };
         let module =
             cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
-        authorize(&module.wasi_imports, &p.capabilities)?;
+        let abi = module.abi_for(p.ctx.abi)?;
+        authorize(&module.wasi_imports, &p.capabilities, abi)?;
+        if abi == crate::abi::Abi::Component && (p.transactional || p.durable.is_some()) {
+            return Err(ExecError::InvalidArgument(
+                "a component's state cannot be snapshotted: transactional calls and an actorStore are for core modules".into(),
+            ));
+        }
+        if abi == crate::abi::Abi::WasiCommand && p.actor_id.is_some() {
+            return Err(ExecError::InvalidArgument(
+                "a WASI command module is a one-shot program with no state between runs: it runs stateless only (no actorId)".into(),
+            ));
+        }
         let _permit = cancel.guard(self.permits.clone().acquire_owned()).await?.map_err(ExecError::internal)?;
         if limits::in_inline_window() && !self.inline_ok(&module, &input, held.as_ref()) {
             leave_caller_thread().await;

@@ -64,6 +64,8 @@ pub struct HostState {
     pub wasi: Option<WasiP1Ctx>,
     /// For a deterministic call: the time and randomness the guest sees.
     pub det: Option<crate::replay::Determinism>,
+    /// The Extism kernel's state (an Extism plugin's input, output, vars).
+    pub extism: crate::abi::extism::Kernel,
     /// The call's heartbeats.
     pub progress: Progress,
     progress_state: ProgressState,
@@ -77,13 +79,14 @@ impl HostState {
             log_budget: LOG_LINES_PER_CALL,
             wasi: None,
             det: None,
+            extism: Default::default(),
             progress: Progress::default(),
             progress_state: ProgressState::default(),
         }
     }
 
     /// Records a heartbeat; delivers it unless one was delivered within `PROGRESS_INTERVAL`.
-    fn heartbeat(&mut self, detail: String) {
+    pub(crate) fn heartbeat(&mut self, detail: String) {
         if let Ok(mut last) = self.progress.last.lock() {
             *last = Some(detail.clone());
         }
@@ -116,7 +119,7 @@ impl HostState {
     }
 
     /// Sends one line to the sink, within the call's budget.
-    fn emit(&mut self, level: &str, message: &str) {
+    pub(crate) fn emit(&mut self, level: &str, message: &str) {
         let Some(sink) = &self.log else { return };
         match self.log_budget {
             0 => {}
@@ -143,7 +146,7 @@ fn memory_text(caller: &mut Caller<'_, HostState>, ptr: i32) -> String {
 /// The preview1 WASI module name, the only WASI version linked.
 pub const WASI_P1: &str = "wasi_snapshot_preview1";
 
-fn build_linker(kind: EngineKind, with_wasi: bool) -> Result<Linker<HostState>, String> {
+fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
     let engine = engine(kind).map_err(|e| e.to_string())?;
     let mut linker = Linker::new(engine);
     let def = |r: wasmtime::Result<&mut Linker<HostState>>| r.map(|_| ()).map_err(|e| format!("{e:#}"));
@@ -206,27 +209,22 @@ fn build_linker(kind: EngineKind, with_wasi: bool) -> Result<Linker<HostState>, 
         let level = LOG_LEVELS.get(level.clamp(0, 3) as usize).copied().unwrap_or("info");
         caller.data_mut().emit(level, &text);
     }))?;
-    if with_wasi {
-        // A store of a WASI module always gets its context at instantiation; an empty, closed
-        // one stands in should that ever be missing (never a panic).
-        p1::add_to_linker_async(&mut linker, |s: &mut HostState| {
-            s.wasi.get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
-        })
+    // A store of a WASI module always gets its context at instantiation; an empty, closed one
+    // stands in should that ever be missing (never a panic).
+    p1::add_to_linker_async(&mut linker, |s: &mut HostState| s.wasi.get_or_insert_with(|| WasiCtxBuilder::new().build_p1()))
         .map_err(|e| format!("{e:#}"))?;
-    }
+    crate::abi::extism::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)
 }
 
 type LinkerCell = OnceLock<Result<Linker<HostState>, String>>;
 
-/// The process-wide linker for an engine kind, with or without WASI.
-pub fn linker(kind: EngineKind, with_wasi: bool) -> Result<&'static Linker<HostState>, ExecError> {
-    static CELLS: [LinkerCell; 8] = [const { OnceLock::new() }; 8];
+/// The process-wide linker for an engine kind: every host function a core module may import
+/// (what it may call is decided per module and call: `check_imports`, `authorize`).
+pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError> {
+    static CELLS: [LinkerCell; 4] = [const { OnceLock::new() }; 4];
     let k = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-    CELLS[k * 2 + with_wasi as usize]
-        .get_or_init(|| build_linker(kind, with_wasi))
-        .as_ref()
-        .map_err(|e| ExecError::Internal(e.clone()))
+    CELLS[k].get_or_init(|| build_linker(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
 }
 
 /// Checks a module's imports against what the host offers and returns its WASI preview1
@@ -239,6 +237,9 @@ pub fn check_imports(module: &Module) -> Result<Vec<String>, ExecError> {
     for imp in module.imports() {
         let (m, n) = (imp.module(), imp.name());
         if PROVIDED.contains(&(m, n)) {
+            continue;
+        }
+        if m == crate::abi::extism::MODULE && crate::abi::extism::FUNCTIONS.iter().any(|(f, _, _)| *f == n) {
             continue;
         }
         let name = format!("{m}.{n}");

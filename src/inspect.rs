@@ -3,7 +3,6 @@
 
 use wasmtime::Module;
 
-use crate::abi::assemblyscript;
 use crate::digest::{hex, sha256};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
@@ -18,7 +17,7 @@ pub struct Inspection {
     pub exports: Vec<(String, String)>,
     /// (module, name, type)
     pub imports: Vec<(String, String, String)>,
-    /// The ABI it matches ("assemblyscript"), if any.
+    /// The guest ABI it fits ("assemblyscript", "extism", "wasi-command", "component"), if any.
     pub abi: Option<String>,
     /// Why it does not match, or what it needs (e.g. a WASI grant).
     pub notes: Vec<String>,
@@ -29,6 +28,9 @@ pub struct Inspection {
 pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
     let shape = shape::check(bytes, &CompileLimits::default())?;
     let kind = EngineKind::Plain.with_baseline(shape.needs_baseline());
+    if crate::abi::is_component(bytes) {
+        return inspect_component(bytes, kind);
+    }
     let module = Module::new(engine(kind)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
     let exports = module.exports().map(|e| (e.name().to_string(), format!("{}", describe(e.ty())))).collect();
     let imports = module
@@ -36,8 +38,9 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
         .map(|i| (i.module().to_string(), i.name().to_string(), format!("{}", describe(i.ty()))))
         .collect();
     let mut notes = Vec::new();
-    let exports_ok = match assemblyscript::check_exports(&module) {
-        Ok(()) => true,
+    let detected = crate::abi::detect(&module, None);
+    let exports_ok = match &detected {
+        Ok(_) => true,
         Err(e) => {
             notes.push(e.to_string());
             false
@@ -45,6 +48,10 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
     };
     let imports_ok = match check_imports(&module) {
         Ok(wasi) if wasi.is_empty() => true,
+        Ok(wasi) if detected == Ok(crate::abi::Abi::WasiCommand) => {
+            notes.push(format!("a WASI command: input on stdin, output on stdout (imports {} functions)", wasi.len()));
+            true
+        }
         Ok(wasi) => {
             notes.push(format!("imports WASI ({}): runs only with capabilities.env or capabilities.filesystem", wasi.join(", ")));
             true
@@ -59,8 +66,25 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
         sha256: hex(&sha256(bytes)),
         exports,
         imports,
-        abi: (exports_ok && imports_ok).then(|| "assemblyscript".to_string()),
+        abi: detected.ok().filter(|_| exports_ok && imports_ok).map(|a| a.name().to_string()),
         notes,
+    })
+}
+
+fn inspect_component(bytes: &[u8], kind: EngineKind) -> Result<Inspection, ExecError> {
+    let engine = engine(kind)?;
+    let component = wasmtime::component::Component::new(engine, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
+    let ty = component.component_type();
+    let imports = ty.imports(engine).map(|(n, t)| (n.to_string(), String::new(), format!("{t:?}").chars().take(200).collect())).collect();
+    let exports = ty.exports(engine).map(|(n, t)| (n.to_string(), format!("{t:?}").chars().take(200).collect())).collect();
+    let check = crate::abi::component::check(&component, engine);
+    Ok(Inspection {
+        size: bytes.len(),
+        sha256: hex(&sha256(bytes)),
+        exports,
+        imports,
+        abi: check.is_ok().then(|| "component".to_string()),
+        notes: check.err().map(|e| vec![e.to_string()]).unwrap_or_default(),
     })
 }
 

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use wasmtime::{Global, Instance, Memory, PoolConcurrencyLimitError, Store, Trap, Val};
 
 use crate::abi::assemblyscript::Exports;
+use crate::abi::{component, extism, wasi_command, Abi};
+use crate::modules::Code;
 use crate::capabilities::Grants;
 use crate::digest::Digest;
 use crate::engine::{EngineKind, Running};
@@ -38,17 +40,30 @@ pub struct CallOutput {
     pub growth_per_call: Option<u64>,
 }
 
-/// What a call brings besides its limits: its determinism and its heartbeats.
+/// What a call brings besides its limits: its determinism, its heartbeats, and what its ABI
+/// needs (the ABI a definition forces, an Extism plugin's entrypoint and config).
 #[derive(Clone, Default)]
 pub struct CallContext {
     pub det: Option<Determinism>,
     pub progress: Progress,
+    pub abi: Option<Abi>,
+    pub entrypoint: String,
+    pub config: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+/// How a call crosses into this instance.
+enum Entry {
+    AssemblyScript(Exports),
+    Extism,
+    WasiCommand,
+    Component(component::Execute),
 }
 
 pub struct GuestInstance {
     store: Store<HostState>,
-    instance: Instance,
-    exports: Exports,
+    /// The core instance (none for a component: its state is out of reach).
+    instance: Option<Instance>,
+    entry: Entry,
     pub digest: Digest,
     pub kind: EngineKind,
     /// What its WASI context was built from.
@@ -121,24 +136,45 @@ impl GuestInstance {
         grants: &Grants,
         ctx: &CallContext,
     ) -> Result<GuestInstance, ExecError> {
-        let engine = module.pre.module().engine();
+        let engine = module.code.engine();
         let mut host = HostState::new(limits.max_memory_bytes, log);
         if !module.wasi_imports.is_empty() {
             host.wasi = Some(grants.wasi_context(ctx.det.as_ref())?);
         }
         host.det = ctx.det;
         host.set_progress(ctx.progress.clone());
+        host.extism.config = ctx.config.clone();
+        let abi = module.abi_for(ctx.abi)?;
         let mut store = Store::new(engine, host);
         store.limiter_async(|s| &mut s.limiter);
         arm(&mut store, limits, budget, cancel, module.kind.metered())?;
         let _running = Running::start()?;
-        let instance =
-            module.pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
-        let exports = Exports::new(&instance, &mut store)?;
+        let (instance, entry) = match &module.code {
+            Code::Core(pre) => {
+                let instance = pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
+                let entry = match abi {
+                    Abi::AssemblyScript => Entry::AssemblyScript(Exports::new(&instance, &mut store)?),
+                    Abi::Extism => {
+                        // A WASI reactor's constructors (Extism plugins built for wasm32-wasi).
+                        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                            init.call_async(&mut store, ()).await.map_err(|e| classify(e, limits))?;
+                        }
+                        Entry::Extism
+                    }
+                    Abi::WasiCommand => Entry::WasiCommand,
+                    Abi::Component => return Err(ExecError::internal("a component in a core instance")),
+                };
+                (Some(instance), entry)
+            }
+            Code::Component(pre) => {
+                let instance = pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
+                (None, Entry::Component(component::execute_of(&instance, &mut store)?))
+            }
+        };
         Ok(GuestInstance {
             store,
             instance,
-            exports,
+            entry,
             digest: module.digest,
             kind: module.kind,
             grants: grants.clone(),
@@ -148,10 +184,15 @@ impl GuestInstance {
     }
 
     fn state_handles(&mut self) -> Result<(Option<Memory>, Vec<Global>), ExecError> {
+        let Some(instance) = self.instance else {
+            return Err(ExecError::InvalidArgument(
+                "a component's state cannot be read or restored (no snapshots, transactional or durable calls for components)".into(),
+            ));
+        };
         if self.state.is_none() {
             let memory = match &self.state_names.memory {
                 Some(name) => Some(
-                    self.instance
+                    instance
                         .get_memory(&mut self.store, name)
                         .ok_or_else(|| ExecError::internal(format!("the instrumented memory export {name:?} is missing")))?,
                 ),
@@ -160,7 +201,7 @@ impl GuestInstance {
             let mut globals = Vec::with_capacity(self.state_names.globals.len());
             for name in &self.state_names.globals {
                 globals.push(
-                    self.instance
+                    instance
                         .get_global(&mut self.store, name)
                         .ok_or_else(|| ExecError::internal(format!("the instrumented global {name:?} is missing")))?,
                 );
@@ -189,13 +230,21 @@ impl GuestInstance {
         let (memory, globals) = self.state_handles()?;
         let globals = self.global_values(&globals)?;
         let memory = memory.map(|m| m.data(&self.store).to_vec()).unwrap_or_default();
-        Ok(State { memory, globals, host: Vec::new() })
+        Ok(State { memory, globals, host: self.host_state() })
+    }
+
+    /// The ABI's host-side state as bytes (an Extism plugin's vars).
+    fn host_state(&self) -> Vec<u8> {
+        match self.entry {
+            Entry::Extism => self.store.data().extism.encode_vars(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether this instance's state differs from `state` (compared in place, nothing copied).
     pub fn differs(&mut self, state: &State) -> Result<bool, ExecError> {
         let (memory, globals) = self.state_handles()?;
-        if self.global_values(&globals)? != state.globals {
+        if self.global_values(&globals)? != state.globals || self.host_state() != state.host {
             return Ok(true);
         }
         Ok(match memory {
@@ -208,9 +257,10 @@ impl GuestInstance {
     pub fn update_shadow(&mut self, shadow: &mut State) -> Result<usize, ExecError> {
         let (memory, globals) = self.state_handles()?;
         let globals = self.global_values(&globals)?;
+        let host = self.host_state();
         let copied = match memory {
-            Some(m) => shadow.update_from(m.data(&self.store), &globals, &[]),
-            None => shadow.update_from(&[], &globals, &[]),
+            Some(m) => shadow.update_from(m.data(&self.store), &globals, &host),
+            None => shadow.update_from(&[], &globals, &host),
         };
         Ok(copied)
     }
@@ -249,6 +299,9 @@ impl GuestInstance {
         } else if !state.memory.is_empty() {
             return Err(ExecError::SnapshotInvalid("the state has a memory, the module none".into()));
         }
+        if matches!(self.entry, Entry::Extism) {
+            self.store.data_mut().extism.vars = extism::Kernel::decode_vars(&state.host)?;
+        }
         for (g, v) in globals.iter().zip(&state.globals) {
             let val = match *v {
                 GlobalValue::I32(x) => Val::I32(x),
@@ -285,6 +338,7 @@ impl GuestInstance {
         let data = self.store.data_mut();
         data.det = ctx.det;
         data.set_progress(ctx.progress.clone());
+        data.extism.config = ctx.config.clone();
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
         arm(&mut self.store, limits, budget, cancel, self.kind.metered())
@@ -293,10 +347,23 @@ impl GuestInstance {
     /// Runs `execute(input)` within the budget armed for this call. After an error the instance
     /// may be torn (a trap midway through guest code): callers discard it unless
     /// `is_reusable_after` says otherwise.
-    pub async fn call(&mut self, input: &str, limits: &Limits, started: Instant) -> Result<CallOutput, ExecError> {
+    pub async fn call(&mut self, input: &str, limits: &Limits, started: Instant, ctx: &CallContext) -> Result<CallOutput, ExecError> {
         let output = {
             let _running = Running::start()?;
-            let r = self.exports.call_execute(&mut self.store, input, limits.max_output_bytes, |e| classify(e, limits)).await;
+            let max = limits.max_output_bytes;
+            let classify = |e| classify(e, limits);
+            let r = match &self.entry {
+                Entry::AssemblyScript(exports) => exports.call_execute(&mut self.store, input, max, classify).await,
+                Entry::Extism => match self.instance {
+                    Some(i) => extism::call(&mut self.store, &i, &ctx.entrypoint, input, max, classify).await,
+                    None => Err(ExecError::internal("an Extism plugin without its instance")),
+                },
+                Entry::WasiCommand => match self.instance {
+                    Some(i) => wasi_command::call(&mut self.store, &i, &self.grants, ctx.det.as_ref(), input, max, classify).await,
+                    None => Err(ExecError::internal("a WASI command without its instance")),
+                },
+                Entry::Component(execute) => component::call(&mut self.store, execute, input, max, classify).await,
+            };
             self.store.data_mut().flush_progress();
             r?
         };
@@ -320,9 +387,10 @@ impl GuestInstance {
     /// Runs the guest runtime's full collection (`__collect`, AssemblyScript's), if it has one,
     /// on a budget of its own. False if it failed (the instance may be torn: discard it).
     pub async fn collect(&mut self, limits: &Limits) -> bool {
-        let Ok(f) = self.instance.get_typed_func::<(), ()>(&mut self.store, "__collect") else { return true };
+        let Some(instance) = self.instance else { return true };
+        let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, "__collect") else { return true };
         let grants = self.grants.clone();
-        let ctx = CallContext { det: self.store.data().det, progress: Progress::default() };
+        let ctx = CallContext { det: self.store.data().det, config: self.store.data().extism.config.clone(), ..Default::default() };
         if self.rearm(limits, crate::limits::Budget::starting_now(limits), &CancelFlag::new(), &grants, &ctx).is_err() {
             return false;
         }

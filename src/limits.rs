@@ -151,6 +151,8 @@ pub struct MemoryLimiter {
     /// Bytes held now by memories and by tables (elements × `TABLE_ELEMENT_BYTES`).
     memory_bytes: u64,
     table_elements: u64,
+    /// Memory the host keeps for the guest (an ABI's kernel memory, e.g. Extism's).
+    host_bytes: u64,
     peak_bytes: u64,
     /// What the last approved growth added, taken back if the growth then failed.
     last_memory_growth: u64,
@@ -163,6 +165,7 @@ impl MemoryLimiter {
             max_bytes,
             memory_bytes: 0,
             table_elements: 0,
+            host_bytes: 0,
             peak_bytes: 0,
             last_memory_growth: 0,
             last_table_growth: 0,
@@ -176,7 +179,23 @@ impl MemoryLimiter {
 
     /// What the Store holds now.
     pub fn total_bytes(&self) -> u64 {
-        self.memory_bytes + self.table_elements * TABLE_ELEMENT_BYTES
+        self.memory_bytes + self.table_elements * TABLE_ELEMENT_BYTES + self.host_bytes
+    }
+
+    /// Counts `n` bytes the host keeps for the guest against the cap.
+    pub fn reserve_host(&mut self, n: u64) -> Result<(), ExecError> {
+        let new_total = self.total_bytes().saturating_add(n);
+        if new_total > self.max_bytes {
+            return Err(ExecError::OutOfMemory { limit_bytes: self.max_bytes, requested_bytes: new_total });
+        }
+        self.host_bytes += n;
+        self.peak_bytes = self.peak_bytes.max(new_total);
+        Ok(())
+    }
+
+    /// Gives back host memory counted by `reserve_host`.
+    pub fn release_host(&mut self, n: u64) {
+        self.host_bytes = self.host_bytes.saturating_sub(n);
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -235,7 +254,7 @@ impl ResourceLimiterAsync for MemoryLimiter {
                 requested_bytes: elements * TABLE_ELEMENT_BYTES,
             }));
         }
-        self.admit(self.memory_bytes.saturating_add(elements * TABLE_ELEMENT_BYTES))?;
+        self.admit(self.memory_bytes.saturating_add(self.host_bytes).saturating_add(elements * TABLE_ELEMENT_BYTES))?;
         self.table_elements = elements;
         self.last_table_growth = growth;
         Ok(true)

@@ -16,7 +16,7 @@ use lru::LruCache;
 use tokio::sync::{watch, OnceCell, Semaphore};
 use wasmtime::{InstancePre, Module};
 
-use crate::abi::assemblyscript;
+use crate::abi::{self, Abi};
 use crate::artifacts::ArtifactCache;
 use crate::digest::{hex, sha256, Digest};
 use crate::engine::{engine, EngineKind};
@@ -41,7 +41,7 @@ pub struct CompiledModule {
     pub digest: Digest,
     /// The engine its code is for (a baseline engine when its shape needed one).
     pub kind: EngineKind,
-    pub pre: InstancePre<HostState>,
+    pub code: Code,
     /// WASI preview1 functions it imports (it runs only when granted env or filesystem).
     pub wasi_imports: Vec<String>,
     /// Whether it has a start function (a trap while instantiating one without is a segment that
@@ -49,12 +49,62 @@ pub struct CompiledModule {
     pub has_start: bool,
     /// Linear memory it starts with, in bytes (all memories).
     pub initial_memory_bytes: u64,
+    /// The guest ABI its imports and exports fit (or why none does: said when a call needs it,
+    /// since a definition may force one with `abi`).
+    pub detected: Result<Abi, ExecError>,
     /// What it exports for snapshots (its memory and every mutable global).
     pub state: crate::instrument::StateExports,
     /// Its memory right after instantiation (what snapshots are taken against), once asked for.
     pub initial_image: tokio::sync::OnceCell<Vec<u8>>,
     /// Its inline back-off.
     pub inline: inline::Gate,
+}
+
+/// Compiled code, pre-linked: a core module or a component.
+pub enum Code {
+    Core(InstancePre<HostState>),
+    Component(wasmtime::component::InstancePre<HostState>),
+}
+
+impl Code {
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Code::Core(pre) => pre.module().engine(),
+            Code::Component(pre) => pre.component().engine(),
+        }
+    }
+
+    /// wasmtime's serialized form (a compiled artifact's body).
+    pub fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Code::Core(pre) => pre.module().serialize(),
+            Code::Component(pre) => pre.component().serialize(),
+        }
+    }
+
+    pub fn is_component(&self) -> bool {
+        matches!(self, Code::Component(_))
+    }
+}
+
+/// What comes out of compiling (or deserializing) bytes, before it is checked and pre-linked.
+pub enum Compiled {
+    Core(Module),
+    Component(wasmtime::component::Component),
+}
+
+impl CompiledModule {
+    /// The ABI a call runs it with: the definition's `abi` if it fits, else the detected one.
+    pub fn abi_for(&self, forced: Option<Abi>) -> Result<Abi, ExecError> {
+        match (forced, &self.code) {
+            (Some(abi), _) if Ok(abi) == self.detected => Ok(abi),
+            (Some(abi), Code::Core(pre)) => abi::detect(pre.module(), Some(abi)),
+            (Some(abi), Code::Component(_)) => {
+                Err(ExecError::MissingExport(format!("a component cannot run with the {} ABI", abi.name())))
+            }
+            (None, _) => self.detected.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,11 +194,15 @@ pub struct ModuleCache {
     limits: LoadLimits,
 }
 
-/// Checks a compiled module against the host and the guest ABI and pre-links it.
-fn prepare(module: Module, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
+/// Checks compiled code against the host and the guest ABI and pre-links it.
+fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
+    let module = match compiled {
+        Compiled::Core(module) => module,
+        Compiled::Component(component) => return prepare_component(component, digest, kind),
+    };
     let wasi_imports = check_imports(&module)?;
-    assemblyscript::check_exports(&module)?;
-    let pre = linker(kind, !wasi_imports.is_empty())?
+    let detected = abi::detect(&module, None);
+    let pre = linker(kind)?
         .instantiate_pre(&module)
         .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
     let range = module.image_range();
@@ -161,11 +215,44 @@ fn prepare(module: Module, digest: Digest, kind: EngineKind, has_start: bool) ->
         code_bytes,
         digest,
         kind,
-        pre,
+        code: Code::Core(pre),
         wasi_imports,
         has_start,
         initial_memory_bytes,
+        detected,
         state,
+        initial_image: tokio::sync::OnceCell::new(),
+        inline: inline::Gate::default(),
+    })
+}
+
+fn prepare_component(
+    component: wasmtime::component::Component,
+    digest: Digest,
+    kind: EngineKind,
+) -> Result<CompiledModule, ExecError> {
+    let engine = component.engine().clone();
+    abi::component::check(&component, &engine)?;
+    let pre = abi::component::linker(kind)?
+        .instantiate_pre(&component)
+        .map_err(|e| ExecError::InvalidModule(format!("cannot link the component: {e:#}")))?;
+    let range = component.image_range();
+    let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
+    let res = component.resources_required();
+    let initial_memory_bytes = res
+        .map(|r| (r.num_memories as u64).saturating_mul(r.max_initial_memory_size.unwrap_or(0).saturating_mul(65536)))
+        // Not known until instantiation: assume large (it starts on a guest thread).
+        .unwrap_or(u64::MAX);
+    Ok(CompiledModule {
+        code_bytes,
+        digest,
+        kind,
+        code: Code::Component(pre),
+        wasi_imports: Vec::new(),
+        has_start: true,
+        initial_memory_bytes,
+        detected: Ok(Abi::Component),
+        state: Default::default(),
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
     })
@@ -182,6 +269,12 @@ pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result
 fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<CompiledModule, ExecError> {
     let kind = kind.with_baseline(shape.needs_baseline());
     let digest = sha256(bytes);
+    if abi::is_component(bytes) {
+        let component = wasmtime::component::Component::new(engine(kind)?, bytes).map_err(|e| {
+            ExecError::InvalidModule(format!("{e:#}"))
+        })?;
+        return prepare(Compiled::Component(component), digest, kind, true);
+    }
     // The compiled module is the instrumented one: its whole state can be read and restored.
     let (instrumented, _) = crate::instrument::instrument(bytes)?;
     let module = Module::new(engine(kind)?, &instrumented).map_err(|e| {
@@ -195,7 +288,7 @@ fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<Comp
             ExecError::InvalidModule(e)
         }
     })?;
-    prepare(module, digest, kind, shape.has_start)
+    prepare(Compiled::Core(module), digest, kind, shape.has_start)
 }
 
 /// One compile in flight per (digest, engine) in the whole process; its result is sent to
@@ -413,8 +506,8 @@ impl ModuleCache {
         }
         for k in [kind, kind.with_baseline(true)] {
             let engine = engine(k).ok()?;
-            if let Some((module, has_start)) = self.artifacts.load(&digest, engine).await {
-                let prepared = tokio::task::spawn_blocking(move || prepare(module, digest, k, has_start)).await.ok()?;
+            if let Some((compiled, has_start)) = self.artifacts.load(&digest, engine).await {
+                let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, k, has_start)).await.ok()?;
                 return prepared.ok().map(Arc::new);
             }
         }
@@ -436,7 +529,7 @@ impl ModuleCache {
         };
         // Best effort: a cache that cannot be written costs a compile later, not this call.
         if let Ok(engine) = engine(compiled.kind) {
-            let _ = self.artifacts.save(&digest, engine, compiled.pre.module(), compiled.has_start).await;
+            let _ = self.artifacts.save(&digest, engine, &compiled.code, compiled.has_start).await;
         }
         Ok(compiled)
     }

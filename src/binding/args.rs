@@ -94,6 +94,21 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
         .collect()
 }
 
+/// An object of string values (`{ key: 'value' }`).
+fn string_map(obj: &Object, what: &str) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
+    let keys = Object::keys(obj).map_err(ExecError::internal)?;
+    if keys.len() > 10_000 {
+        return Err(bad(what, "an object of at most 10000 entries"));
+    }
+    let mut map = std::collections::BTreeMap::new();
+    for k in keys {
+        let path = format!("{what}.{k}");
+        let v = prop(obj, &k, what)?.ok_or_else(|| bad(&path, "a string"))?;
+        map.insert(k, string(v, &path)?);
+    }
+    Ok(map)
+}
+
 /// Loom's `ActivityDefinition`.
 pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
     let obj = object(v, "definition")?;
@@ -103,8 +118,15 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
         wasm_blob_path: req_string(&obj, "wasmBlobPath", "definition")?,
         sha256: opt(&obj, "sha256", "definition", string)?,
         deterministic: opt(&obj, "deterministic", "definition", boolean)?.unwrap_or(false),
+        entrypoint: opt(&obj, "entrypoint", "definition", string)?,
         ..Default::default()
     };
+    if let Some(abi) = opt(&obj, "abi", "definition", string)? {
+        def.abi = Some(crate::abi::Abi::parse(&abi)?);
+    }
+    if let Some(config) = opt(&obj, "config", "definition", object)? {
+        def.config = string_map(&config, "definition.config")?;
+    }
     if let Some(l) = opt(&obj, "limits", "definition", object)? {
         let w = "definition.limits";
         def.limits = LimitOverrides {

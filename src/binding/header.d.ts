@@ -21,6 +21,8 @@ export interface ActivityDefinition {
   wasmBlobPath: string
   /** Hex sha256 the module's bytes must hash to; others are refused with `INTEGRITY_MISMATCH`. */
   sha256?: string
+  /** The guest's clock and randomness come from the call's `now` and `seed`: calls can be replayed. */
+  deterministic?: boolean
   inputSchema?: any
   outputSchema?: any
   /** Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted. */
@@ -56,6 +58,12 @@ export interface ExecuteOptions {
    * globals restored). Default: the executor's `transactional` option.
    */
   transactional?: boolean
+  /** For a `deterministic` definition: the time the guest sees, in ms since the epoch (default 0). */
+  now?: number
+  /** For a `deterministic` definition: the seed of the guest's randomness (a whole number, default 0). */
+  seed?: number
+  /** The guest's heartbeats (`loom.progress(json)`), parsed; at most every 100 ms, the last one always. */
+  onProgress?: (detail: any) => void
 }
 
 /** Every numeric option is a whole number in the range given; outside it, `INVALID_ARGUMENT`. */
@@ -173,6 +181,8 @@ export interface WasmExecutorError extends Error {
   retryable: boolean
   /** An actor's call failed and its instance was discarded: its state is gone, its next call starts fresh. */
   actorReset?: boolean
+  /** TIMEOUT, CANCELLED: the call's last heartbeat (`loom.progress`), parsed. */
+  lastProgress?: any
   /** GUEST_ERROR: the exit code the guest gave (WASI `proc_exit`). */
   exitCode?: number
   /** GUEST_ABORT, GUEST_ERROR: the guest's message; GUEST_ABORT: where it aborted. */
@@ -184,7 +194,7 @@ export interface WasmExecutorError extends Error {
   trapKind?: string
   /** BLOB_NOT_FOUND, BLOB_UNAVAILABLE, INTEGRITY_MISMATCH: the path asked for. */
   path?: string
-  /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have. */
+  /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have; SNAPSHOT_MISMATCH: the definition's module and the snapshot's. */
   expected?: string
   actual?: string
   /** INVALID_OUTPUT: the first 200 characters of what the guest returned. */

@@ -1,0 +1,215 @@
+// Guests in any language: Extism plugins (C), WASI command modules (C, Rust) and components
+// (JavaScript), built from source by `npm run guests:polyglot`, under the same promises as the
+// AssemblyScript path: limits, cancellation, actors, cache tiers, typed errors.
+import createPlugin from '@extism/extism'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { WasmActivityExecutor, inspectModule } from '../index'
+import { def, failure, guest, MemoryBlobStore, root } from './helpers'
+import { wat } from './wat'
+
+const built = (path: string) => readFileSync(join(root, 'build', path))
+const echoInputs = [
+  { message: 'hello', times: 2 },
+  { message: 'héllo 🌍 "quoted" \\ back', times: 3 },
+  { message: '', times: 0 },
+  { message: 'x'.repeat(5000), times: 1 },
+  { message: 'line\nbreak\ttab', times: 1 },
+]
+
+async function executorWith(blobs: Record<string, Buffer>, options?: ConstructorParameters<typeof WasmActivityExecutor>[1]) {
+  const store = new MemoryBlobStore()
+  for (const [name, bytes] of Object.entries(blobs)) await store.upload(`${name}.wasm`, bytes)
+  const logs: Array<[string, string]> = []
+  const ex = new WasmActivityExecutor(store, { onLog: (l, m) => logs.push([l, m]), ...options })
+  return { ex, logs, store }
+}
+
+describe('ABI detection', () => {
+  it('inspectModule names each guest ABI', async () => {
+    expect((await inspectModule(guest('echo'))).abi).toBe('assemblyscript')
+    expect((await inspectModule(built('c/plugin.wasm'))).abi).toBe('extism')
+    expect((await inspectModule(built('c/command.wasm'))).abi).toBe('wasi-command')
+    expect((await inspectModule(built('rust/command.wasm'))).abi).toBe('wasi-command')
+    expect((await inspectModule(built('js/echo.wasm'))).abi).toBe('component')
+  })
+
+  it('a module that fits none is INVALID_MODULE saying why each ABI did not fit', async () => {
+    const none = await wat('(module (memory (export "memory") 1) (func (export "run")))')
+    const { ex } = await executorWith({ none })
+    const e = await failure(ex.execute(def('none'), {}))
+    expect(e.code).toBe('INVALID_MODULE')
+    for (const abi of ['assemblyscript', 'wasi-command', 'extism', 'component']) expect(e.message).toContain(abi)
+    // definition.abi forces one; a module that does not fit it is MISSING_EXPORT.
+    const forced = await failure(ex.execute(def('none', { abi: 'extism', entrypoint: 'run' } as any), {}))
+    expect(forced.code).toBe('MISSING_EXPORT')
+    expect((await failure(ex.execute(def('none', { abi: 'cobol' } as any), {}))).code).toBe('INVALID_ARGUMENT')
+  })
+})
+
+describe('Extism plugins (C, built with zig cc)', () => {
+  let plugin: Buffer
+  beforeAll(() => {
+    plugin = built('c/plugin.wasm')
+  })
+  const d = (entrypoint: string, extra: object = {}) => def('plugin', { entrypoint, ...extra } as any)
+
+  it('give the same outputs here as in Extism\'s own JS SDK', async () => {
+    const { ex } = await executorWith({ plugin })
+    const sdk = await createPlugin({ wasm: [{ data: plugin }] }, { useWasi: false, config: { greeting: 'hi' } })
+    for (const input of echoInputs) {
+      const ours = await ex.execute(d('execute'), input)
+      const theirs = JSON.parse((await sdk.call('execute', JSON.stringify(input)))!.text())
+      expect(ours).toEqual(theirs)
+    }
+    const config = await ex.execute(d('config', { config: { greeting: 'hi' } }), {})
+    expect(config).toEqual(JSON.parse((await sdk.call('config', '{}'))!.text()))
+    // Vars: an actor keeps them like the SDK's plugin instance does.
+    for (let i = 0; i < 3; i++) {
+      const ours = await ex.execute(d('count'), { action: 'increment', amount: 2 }, { actorId: 'v' })
+      const theirs = JSON.parse((await sdk.call('count', JSON.stringify({ action: 'increment', amount: 2 })))!.text())
+      expect(ours).toEqual(theirs)
+    }
+    await sdk.close()
+  })
+
+  it('vars are fresh per stateless call, kept per actor, and travel in snapshots', async () => {
+    const { ex, store } = await executorWith({ plugin })
+    for (let i = 0; i < 2; i++) expect(await ex.execute(d('count'), { action: 'increment' })).toMatchObject({ count: 1 })
+    for (const n of [1, 2, 3]) expect(await ex.execute(d('count'), { action: 'increment' }, { actorId: 'a' })).toMatchObject({ count: n })
+    const snap = await ex.snapshotActor(d('count'), 'a')
+    const other = new WasmActivityExecutor(store)
+    await other.restoreActor(d('count'), 'a', snap)
+    expect(await other.execute(d('count'), { action: 'increment' }, { actorId: 'a' })).toMatchObject({ count: 4 })
+  })
+
+  it('error_set and a non-zero return are GUEST_ERROR with the plugin\'s message; logs reach onLog', async () => {
+    const { ex, logs } = await executorWith({ plugin })
+    const e = await failure(ex.execute(d('fail'), {}))
+    expect([e.code, e.guestMessage, e.exitCode, e.retryable]).toEqual(['GUEST_ERROR', 'the plugin refused this input', 1, false])
+    await ex.execute(d('config'), {})
+    await new Promise((r) => setTimeout(r, 50))
+    expect(logs).toContainEqual(['info', 'config read'])
+    expect((await failure(ex.execute(d('missing'), {}))).code).toBe('MISSING_EXPORT')
+  })
+
+  it('a spinning plugin ends in TIMEOUT, a growing one in OUT_OF_MEMORY, a cancelled one in CANCELLED', async () => {
+    const { ex } = await executorWith({ plugin })
+    expect((await failure(ex.execute(d('spin', { limits: { maxExecutionMs: 100 } }), {}))).code).toBe('TIMEOUT')
+    expect((await failure(ex.execute(d('grow', { limits: { maxMemoryMB: 8 } }), {}))).code).toBe('OUT_OF_MEMORY')
+    expect((await failure(ex.execute(d('spin', { limits: { maxFuel: 1e6 } }), {}))).code).toBe('OUT_OF_FUEL')
+    const ac = new AbortController()
+    setTimeout(() => ac.abort(), 50)
+    expect((await failure(ex.execute(d('spin'), {}, { signal: ac.signal }))).code).toBe('CANCELLED')
+  })
+
+  it('a plugin that lies to the kernel traps (bad offsets, lengths, blocks); a huge alloc is OUT_OF_MEMORY', async () => {
+    const lie = (body: string) =>
+      wat(`(module
+        (import "extism:host/env" "load_u64" (func $load (param i64) (result i64)))
+        (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+        (import "extism:host/env" "error_set" (func $err (param i64)))
+        (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+        (import "extism:host/env" "input_load_u8" (func $in8 (param i64) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "execute") (result i32) ${body} (i32.const 0)))`)
+    const cases: Array<[string, string]> = [
+      ['(drop (call $load (i64.const 999999)))', 'TRAP'],
+      ['(drop (call $load (i64.const -8)))', 'TRAP'],
+      ['(call $out (i64.const 1) (i64.const 99999999))', 'TRAP'],
+      ['(call $err (i64.const 12345))', 'TRAP'],
+      ['(drop (call $in8 (i64.const 1000)))', 'TRAP'],
+      ['(drop (call $alloc (i64.const 9000000000)))', 'OUT_OF_MEMORY'],
+    ]
+    for (const [body, code] of cases) {
+      const { ex } = await executorWith({ liar: await lie(body) })
+      const e = await failure(ex.execute(def('liar', { limits: { maxMemoryMB: 16 } }), { a: 1 }))
+      expect([body, e.code]).toEqual([body, code])
+      expect(await ex.execute(def('liar', { limits: { maxMemoryMB: 16 } }) as any, {}).catch((x: any) => x.code)).toBe(code)
+    }
+  })
+
+  it('kernel memory counts against maxMemoryMB (a huge input does not fit a small cap)', async () => {
+    const { ex } = await executorWith({ plugin })
+    const e = await failure(ex.execute(d('execute', { limits: { maxMemoryMB: 2 } }), { message: 'x'.repeat(3_000_000) }))
+    expect(e.code).toBe('OUT_OF_MEMORY')
+  })
+})
+
+describe('WASI command modules (C with zig cc, Rust with rustc)', () => {
+  for (const [lang, path] of [['C', 'c/command.wasm'], ['Rust', 'rust/command.wasm']] as const) {
+    it(`${lang}: input on stdin, output on stdout, the same as the AssemblyScript echo`, async () => {
+      const { ex } = await executorWith({ cmd: built(path), echo: guest('echo') })
+      for (const input of echoInputs) {
+        expect(await ex.execute(def('cmd'), input)).toEqual(await ex.execute(def('echo'), input))
+      }
+    })
+  }
+
+  it('exit code != 0 is GUEST_ERROR with the tail of stderr; stderr lines reach onLog', async () => {
+    const { ex, logs } = await executorWith({ cmd: built('c/command.wasm') })
+    const e = await failure(ex.execute(def('cmd'), { exit: 3 }))
+    expect([e.code, e.exitCode]).toEqual(['GUEST_ERROR', 3])
+    expect(e.message).toContain('refusing: asked to exit with 3')
+    await new Promise((r) => setTimeout(r, 50))
+    expect(logs).toContainEqual(['warn', 'refusing: asked to exit with 3'])
+  })
+
+  it('limits hold: TIMEOUT, OUT_OF_MEMORY, OUTPUT_TOO_LARGE; no actors; no grants beyond the definition\'s', async () => {
+    const { ex } = await executorWith({ cmd: built('c/command.wasm') }, { maxOutputBytes: 100 })
+    expect((await failure(ex.execute(def('cmd', { limits: { maxExecutionMs: 100 } }), { spin: true }))).code).toBe('TIMEOUT')
+    expect((await failure(ex.execute(def('cmd', { limits: { maxMemoryMB: 4 } }), { grow: true }))).code).toBe('OUT_OF_MEMORY')
+    expect((await failure(ex.execute(def('cmd'), { message: 'y'.repeat(200) }))).code).toBe('OUTPUT_TOO_LARGE')
+    const actor = await failure(ex.execute(def('cmd'), { message: 'a' }, { actorId: 'x' }))
+    expect(actor.code).toBe('INVALID_ARGUMENT')
+    expect(actor.message).toContain('stateless')
+  })
+})
+
+describe('components (JavaScript, built with componentize-js against wit/activity.wit)', () => {
+  let component: Buffer
+  beforeAll(() => {
+    component = built('js/echo.wasm')
+  })
+
+  it('run the echo contract; err(message) is GUEST_ERROR; log reaches onLog; an actor keeps its instance', async () => {
+    const { ex, logs } = await executorWith({ js: component, echo: guest('echo') })
+    for (const input of echoInputs) expect(await ex.execute(def('js'), input)).toEqual(await ex.execute(def('echo'), input))
+    const e = await failure(ex.execute(def('js'), { fail: 'no thanks' }))
+    expect([e.code, e.guestMessage]).toEqual(['GUEST_ERROR', 'no thanks'])
+    await ex.execute(def('js'), { message: 'm', log: 'hello from js' })
+    await new Promise((r) => setTimeout(r, 50))
+    expect(logs).toContainEqual(['info', 'hello from js'])
+    for (const n of [1, 2, 3]) expect(await ex.execute(def('js'), { count: true }, { actorId: 'c' })).toEqual({ calls: n })
+    expect(await ex.execute(def('js'), { count: true })).toEqual({ calls: 1 })
+    const t = await failure(ex.execute(def('js'), { count: true }, { actorId: 'c', transactional: true }))
+    expect(t.code).toBe('INVALID_ARGUMENT')
+  })
+
+  it('limits hold: TIMEOUT, OUT_OF_MEMORY, CANCELLED', async () => {
+    const { ex } = await executorWith({ js: component })
+    expect((await failure(ex.execute(def('js', { limits: { maxExecutionMs: 200 } }), { spin: true }))).code).toBe('TIMEOUT')
+    expect((await failure(ex.execute(def('js', { limits: { maxMemoryMB: 64 } }), { grow: 200 }))).code).toBe('OUT_OF_MEMORY')
+    const ac = new AbortController()
+    setTimeout(() => ac.abort(), 100)
+    expect((await failure(ex.execute(def('js'), { spin: true }, { signal: ac.signal }))).code).toBe('CANCELLED')
+  })
+})
+
+describe('every ABI uses the artifact cache', () => {
+  it('a second executor with the same cacheDir loads every guest without compiling', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-abi-cache-'))
+    const blobs = { plugin: built('c/plugin.wasm'), cmd: built('c/command.wasm'), js: built('js/echo.wasm'), echo: guest('echo') }
+    const { ex: first } = await executorWith(blobs, { cacheDir: dir })
+    for (const name of Object.keys(blobs)) await first.precompile(def(name))
+    expect(first.cacheStats()).toMatchObject({ compiles: 4, artifactHits: 0 })
+    const { ex: second } = await executorWith(blobs, { cacheDir: dir })
+    expect(await second.execute(def('plugin'), { message: 'p' })).toMatchObject({ result: 'p' })
+    expect(await second.execute(def('cmd'), { message: 'c' })).toMatchObject({ result: 'c' })
+    expect(await second.execute(def('js'), { message: 'j' })).toMatchObject({ result: 'j' })
+    expect(await second.execute(def('echo'), { message: 'e' })).toMatchObject({ result: 'e' })
+    expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 4 })
+  })
+})

@@ -1,0 +1,92 @@
+//! The component ABI: a WebAssembly component of the world in `wit/activity.wit` (package
+//! `loom:activity`): it exports `execute: func(input: string) -> result<string, string>` and may
+//! import `loom:activity/host` (`log`, `progress`). `ok(json)` is the output, `err(message)` a
+//! `GUEST_ERROR`. Run with wasmtime's component model under the same Store, limiter, epochs and
+//! fuel as core modules; an actor keeps its component instance. A component's internal state
+//! cannot be read or set from outside, so components cannot be snapshotted (transactional and
+//! durable actor calls are refused for them).
+
+use std::sync::OnceLock;
+
+use wasmtime::component::{Component, Instance, Linker, TypedFunc};
+use wasmtime::{Engine, Store};
+
+use crate::engine::{engine, EngineKind};
+use crate::error::ExecError;
+use crate::host::HostState;
+
+pub const HOST_INTERFACE: &str = "loom:activity/host";
+const LOG_LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
+
+pub type Execute = TypedFunc<(String,), (Result<String, String>,)>;
+
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    let mut host = linker.instance(HOST_INTERFACE)?;
+    host.func_wrap("log", |mut store: wasmtime::StoreContextMut<'_, HostState>, (level, message): (String, String)| {
+        let level = LOG_LEVELS.iter().find(|l| **l == level).copied().unwrap_or("info");
+        let data = store.data_mut();
+        if data.log.is_some() && data.log_budget > 0 {
+            data.emit(level, &message);
+        }
+        Ok(())
+    })?;
+    host.func_wrap("progress", |mut store: wasmtime::StoreContextMut<'_, HostState>, (detail,): (String,)| {
+        store.data_mut().heartbeat(detail);
+        Ok(())
+    })?;
+    Ok(linker)
+}
+
+/// The process-wide component linker of an engine kind.
+pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError> {
+    static CELLS: [OnceLock<Result<Linker<HostState>, String>>; 4] = [const { OnceLock::new() }; 4];
+    let k = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    CELLS[k]
+        .get_or_init(|| engine(kind).map_err(|e| e.to_string()).and_then(|e| build_linker(e).map_err(|e| format!("{e:#}"))))
+        .as_ref()
+        .map_err(|e| ExecError::Internal(e.clone()))
+}
+
+/// Whether a component fits the world: it exports `execute` of the right type and imports
+/// nothing but `loom:activity/host`.
+pub fn check(component: &Component, engine: &Engine) -> Result<(), ExecError> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        if name != HOST_INTERFACE && !name.starts_with(&format!("{HOST_INTERFACE}@")) {
+            return Err(ExecError::CapabilityDenied(format!(
+                "the component imports {name}; components get only {HOST_INTERFACE} (see wit/activity.wit)"
+            )));
+        }
+    }
+    if !ty.exports(engine).any(|(name, _)| name == "execute") {
+        return Err(ExecError::MissingExport(
+            "the component does not export `execute: func(input: string) -> result<string, string>` (wit/activity.wit)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The instance's `execute`, typed.
+pub fn execute_of(instance: &Instance, store: &mut Store<HostState>) -> Result<Execute, ExecError> {
+    instance.get_typed_func::<(String,), (Result<String, String>,)>(&mut *store, "execute").map_err(|e| {
+        ExecError::MissingExport(format!("the component's `execute` is not func(input: string) -> result<string, string>: {e:#}"))
+    })
+}
+
+/// Runs `execute(input)`.
+pub async fn call(
+    store: &mut Store<HostState>,
+    execute: &Execute,
+    input: &str,
+    max_output_bytes: u64,
+    classify: impl Fn(wasmtime::Error) -> ExecError,
+) -> Result<String, ExecError> {
+    let (result,) = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(&classify)?;
+    execute.post_return_async(&mut *store).await.map_err(&classify)?;
+    match result {
+        Ok(out) if out.len() as u64 > max_output_bytes => Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes }),
+        Ok(out) => Ok(out),
+        Err(message) => Err(ExecError::GuestError { message, exit_code: None }),
+    }
+}

@@ -1,0 +1,328 @@
+//! The Extism ABI: plugins built with Extism's PDKs run unmodified. The host implements the
+//! `extism:host/env` kernel itself: a block memory of its own (offsets are i64; 0 is "none"),
+//! where the call's input is placed and from which the plugin's output, error and log messages
+//! are read; `config_get` reads `definition.config`; `var_get`/`var_set` keep vars, per actor (and
+//! in its snapshots) or fresh per stateless call. The entrypoint (`definition.entrypoint`,
+//! default `execute`) is `() -> i32`: 0 is success; anything else, or `error_set`, is
+//! `GUEST_ERROR` with the plugin's message. Every offset and length a plugin passes is checked; a
+//! bad one traps. Kernel memory counts against the call's memory cap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::{Caller, Instance, Linker, Module, Store, ValType};
+
+use crate::error::ExecError;
+use crate::host::HostState;
+
+pub const MODULE: &str = "extism:host/env";
+/// Host functions plugins may import from the `extism:host/user` namespace (issue: host functions).
+pub const USER_MODULE: &str = "extism:host/user";
+/// Vars a plugin may keep, in bytes (keys and values).
+pub const MAX_VAR_BYTES: usize = 1024 * 1024;
+
+/// The kernel functions this host implements, with their types (i64 pointers).
+const I: ValType = ValType::I32;
+const L: ValType = ValType::I64;
+pub const FUNCTIONS: &[(&str, &[ValType], &[ValType])] = &[
+    ("input_length", &[], &[L]),
+    ("input_offset", &[], &[L]),
+    ("input_load_u8", &[L], &[I]),
+    ("input_load_u64", &[L], &[L]),
+    ("length", &[L], &[L]),
+    ("length_unsafe", &[L], &[L]),
+    ("alloc", &[L], &[L]),
+    ("free", &[L], &[]),
+    ("load_u8", &[L], &[I]),
+    ("load_u64", &[L], &[L]),
+    ("store_u8", &[L, I], &[]),
+    ("store_u64", &[L, L], &[]),
+    ("output_set", &[L, L], &[]),
+    ("error_set", &[L], &[]),
+    ("error_get", &[], &[L]),
+    ("config_get", &[L], &[L]),
+    ("var_get", &[L], &[L]),
+    ("var_set", &[L, L], &[]),
+    ("log_trace", &[L], &[]),
+    ("log_debug", &[L], &[]),
+    ("log_info", &[L], &[]),
+    ("log_warn", &[L], &[]),
+    ("log_error", &[L], &[]),
+    ("get_log_level", &[], &[I]),
+    ("http_request", &[L, L], &[L]),
+    ("http_status_code", &[], &[I]),
+    ("http_headers", &[], &[L]),
+];
+
+/// The kernel's state in a Store.
+#[derive(Default)]
+pub struct Kernel {
+    mem: Vec<u8>,
+    blocks: BTreeMap<u64, u64>,
+    input: (u64, u64),
+    output: Option<(u64, u64)>,
+    error: Option<u64>,
+    /// Kept between the calls of an actor; part of its snapshots.
+    pub vars: BTreeMap<String, Vec<u8>>,
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
+fn trap(why: impl Into<String>) -> wasmtime::Error {
+    wasmtime::Error::new(ExecError::Trap { kind: "extism_out_of_bounds".into(), message: why.into() })
+}
+
+impl Kernel {
+    /// Empties the block memory for a new call (vars stay) and places the input.
+    pub fn begin(&mut self, input: &[u8], limiter: &mut crate::limits::MemoryLimiter) -> Result<(), ExecError> {
+        limiter.release_host(self.mem.len() as u64);
+        self.mem.clear();
+        self.mem.push(0); // offset 0 is "none"
+        self.blocks.clear();
+        self.output = None;
+        self.error = None;
+        let off = self.alloc(input.len() as u64, limiter).map_err(|e| match e.downcast_ref::<ExecError>() {
+            Some(e) => e.clone(),
+            None => ExecError::internal(e),
+        })?;
+        self.mem[off as usize..].copy_from_slice(input);
+        self.input = (off, input.len() as u64);
+        Ok(())
+    }
+
+    fn alloc(&mut self, n: u64, limiter: &mut crate::limits::MemoryLimiter) -> wasmtime::Result<u64> {
+        limiter.reserve_host(n).map_err(wasmtime::Error::new)?;
+        let off = self.mem.len() as u64;
+        self.mem.resize(self.mem.len() + n as usize, 0);
+        self.blocks.insert(off, n);
+        Ok(off)
+    }
+
+    fn range(&self, off: u64, len: u64) -> wasmtime::Result<std::ops::Range<usize>> {
+        let end = off.checked_add(len).filter(|e| *e <= self.mem.len() as u64 && off > 0);
+        match end {
+            Some(end) => Ok(off as usize..end as usize),
+            None => Err(trap(format!("kernel memory access at {off} (+{len}) is out of bounds ({} bytes)", self.mem.len()))),
+        }
+    }
+
+    fn block(&self, off: u64) -> wasmtime::Result<&[u8]> {
+        let len = *self.blocks.get(&off).ok_or_else(|| trap(format!("{off} is not an allocated block")))?;
+        Ok(&self.mem[self.range(off, len)?])
+    }
+
+    fn text(&self, off: u64) -> wasmtime::Result<String> {
+        Ok(String::from_utf8_lossy(self.block(off)?).into_owned())
+    }
+
+    /// The vars as bytes (for snapshots): count, then (key length, key, value length, value).
+    pub fn encode_vars(&self) -> Vec<u8> {
+        let mut out = (self.vars.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in &self.vars {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    pub fn decode_vars(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, ExecError> {
+        let bad = || ExecError::SnapshotInvalid("the Extism vars of the snapshot are malformed".into());
+        let mut vars = BTreeMap::new();
+        if bytes.is_empty() {
+            return Ok(vars);
+        }
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], ExecError> {
+            let s = bytes.get(at..at.checked_add(n).ok_or_else(bad)?).ok_or_else(bad)?;
+            at += n;
+            Ok(s)
+        };
+        let u32_of = |b: &[u8]| -> Result<usize, ExecError> { Ok(u32::from_le_bytes(b.try_into().map_err(|_| bad())?) as usize) };
+        let count = u32_of(take(4)?)?;
+        for _ in 0..count {
+            let klen = u32_of(take(4)?)?;
+            let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad())?;
+            let vlen = u32_of(take(4)?)?;
+            vars.insert(key, take(vlen)?.to_vec());
+        }
+        Ok(vars)
+    }
+}
+
+/// Whether a core module is an Extism plugin this host can run.
+pub fn check(module: &Module) -> Result<(), String> {
+    super::has_memory(module)?;
+    for imp in module.imports().filter(|i| i.module() == MODULE) {
+        if !FUNCTIONS.iter().any(|(name, _, _)| *name == imp.name()) {
+            return Err(format!("imports {MODULE}.{}, which this host does not implement", imp.name()));
+        }
+    }
+    Ok(())
+}
+
+/// Adds the kernel functions to the linker.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    type C<'a> = Caller<'a, HostState>;
+    linker.func_wrap(MODULE, "input_length", |c: C| c.data().extism.input.1 as i64)?;
+    linker.func_wrap(MODULE, "input_offset", |c: C| c.data().extism.input.0 as i64)?;
+    linker.func_wrap(MODULE, "input_load_u8", |c: C, i: i64| -> wasmtime::Result<i32> {
+        let k = &c.data().extism;
+        let r = k.range(k.input.0.wrapping_add(i as u64), 1).filter_ok(|_| (i as u64) < k.input.1)?;
+        Ok(k.mem[r.start] as i32)
+    })?;
+    linker.func_wrap(MODULE, "input_load_u64", |c: C, i: i64| -> wasmtime::Result<i64> {
+        let k = &c.data().extism;
+        let r = k.range(k.input.0.wrapping_add(i as u64), 8).filter_ok(|_| (i as u64).saturating_add(8) <= k.input.1)?;
+        Ok(i64::from_le_bytes(k.mem[r].try_into().map_err(trap_msg)?))
+    })?;
+    linker.func_wrap(MODULE, "length", |c: C, off: i64| c.data().extism.blocks.get(&(off as u64)).copied().unwrap_or(0) as i64)?;
+    linker.func_wrap(MODULE, "length_unsafe", |c: C, off: i64| c.data().extism.blocks.get(&(off as u64)).copied().unwrap_or(0) as i64)?;
+    linker.func_wrap(MODULE, "alloc", |mut c: C, n: i64| -> wasmtime::Result<i64> {
+        let d = c.data_mut();
+        Ok(d.extism.alloc(n as u64, &mut d.limiter)? as i64)
+    })?;
+    linker.func_wrap(MODULE, "free", |mut c: C, off: i64| {
+        c.data_mut().extism.blocks.remove(&(off as u64));
+    })?;
+    linker.func_wrap(MODULE, "load_u8", |c: C, off: i64| -> wasmtime::Result<i32> {
+        let k = &c.data().extism;
+        Ok(k.mem[k.range(off as u64, 1)?.start] as i32)
+    })?;
+    linker.func_wrap(MODULE, "load_u64", |c: C, off: i64| -> wasmtime::Result<i64> {
+        let k = &c.data().extism;
+        Ok(i64::from_le_bytes(k.mem[k.range(off as u64, 8)?].try_into().map_err(trap_msg)?))
+    })?;
+    linker.func_wrap(MODULE, "store_u8", |mut c: C, off: i64, v: i32| -> wasmtime::Result<()> {
+        let k = &mut c.data_mut().extism;
+        let r = k.range(off as u64, 1)?;
+        k.mem[r.start] = v as u8;
+        Ok(())
+    })?;
+    linker.func_wrap(MODULE, "store_u64", |mut c: C, off: i64, v: i64| -> wasmtime::Result<()> {
+        let k = &mut c.data_mut().extism;
+        let r = k.range(off as u64, 8)?;
+        k.mem[r].copy_from_slice(&v.to_le_bytes());
+        Ok(())
+    })?;
+    linker.func_wrap(MODULE, "output_set", |mut c: C, off: i64, len: i64| -> wasmtime::Result<()> {
+        let k = &mut c.data_mut().extism;
+        k.range(off as u64, len as u64)?;
+        k.output = Some((off as u64, len as u64));
+        Ok(())
+    })?;
+    linker.func_wrap(MODULE, "error_set", |mut c: C, off: i64| -> wasmtime::Result<()> {
+        let k = &mut c.data_mut().extism;
+        if off != 0 {
+            k.block(off as u64)?;
+        }
+        k.error = (off != 0).then_some(off as u64);
+        Ok(())
+    })?;
+    linker.func_wrap(MODULE, "error_get", |c: C| c.data().extism.error.unwrap_or(0) as i64)?;
+    linker.func_wrap(MODULE, "config_get", |mut c: C, off: i64| -> wasmtime::Result<i64> {
+        let d = c.data_mut();
+        let key = d.extism.text(off as u64)?;
+        let Some(value) = d.extism.config.get(&key).cloned() else { return Ok(0) };
+        let at = d.extism.alloc(value.len() as u64, &mut d.limiter)?;
+        d.extism.mem[at as usize..at as usize + value.len()].copy_from_slice(value.as_bytes());
+        Ok(at as i64)
+    })?;
+    linker.func_wrap(MODULE, "var_get", |mut c: C, off: i64| -> wasmtime::Result<i64> {
+        let d = c.data_mut();
+        let key = d.extism.text(off as u64)?;
+        let Some(value) = d.extism.vars.get(&key).cloned() else { return Ok(0) };
+        let at = d.extism.alloc(value.len() as u64, &mut d.limiter)?;
+        d.extism.mem[at as usize..at as usize + value.len()].copy_from_slice(&value);
+        Ok(at as i64)
+    })?;
+    linker.func_wrap(MODULE, "var_set", |mut c: C, key: i64, value: i64| -> wasmtime::Result<()> {
+        let k = &mut c.data_mut().extism;
+        let name = k.text(key as u64)?;
+        if value == 0 {
+            k.vars.remove(&name);
+            return Ok(());
+        }
+        let bytes = k.block(value as u64)?.to_vec();
+        let total: usize = k.vars.iter().filter(|(n, _)| **n != name).map(|(n, v)| n.len() + v.len()).sum();
+        if total + name.len() + bytes.len() > MAX_VAR_BYTES {
+            return Err(wasmtime::Error::new(ExecError::OutOfMemory {
+                limit_bytes: MAX_VAR_BYTES as u64,
+                requested_bytes: (total + name.len() + bytes.len()) as u64,
+            }));
+        }
+        k.vars.insert(name, bytes);
+        Ok(())
+    })?;
+    for (name, level) in [("log_trace", "trace"), ("log_debug", "debug"), ("log_info", "info"), ("log_warn", "warn"), ("log_error", "error")] {
+        linker.func_wrap(MODULE, name, move |mut c: C, off: i64| -> wasmtime::Result<()> {
+            if c.data().log.is_none() || c.data().log_budget == 0 {
+                return Ok(());
+            }
+            let text = c.data().extism.text(off as u64)?;
+            c.data_mut().emit(level, &text);
+            Ok(())
+        })?;
+    }
+    linker.func_wrap(MODULE, "get_log_level", |c: C| if c.data().log.is_some() { 0 } else { i32::MAX })?;
+    // The network capability: denied until it is granted (see the network host functions).
+    let denied = || wasmtime::Error::new(ExecError::CapabilityDenied("the plugin called http_request without capabilities.network".into()));
+    linker.func_wrap(MODULE, "http_request", move |_: C, _: i64, _: i64| -> wasmtime::Result<i64> { Err(denied()) })?;
+    linker.func_wrap(MODULE, "http_status_code", |_: C| 0i32)?;
+    linker.func_wrap(MODULE, "http_headers", |_: C| 0i64)?;
+    Ok(())
+}
+
+trait FilterOk<T> {
+    fn filter_ok(self, f: impl FnOnce(&T) -> bool) -> wasmtime::Result<T>;
+}
+
+impl<T> FilterOk<T> for wasmtime::Result<T> {
+    fn filter_ok(self, f: impl FnOnce(&T) -> bool) -> wasmtime::Result<T> {
+        match self {
+            Ok(v) if f(&v) => Ok(v),
+            Ok(_) => Err(trap("input read past its end")),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn trap_msg(e: impl std::fmt::Display) -> wasmtime::Error {
+    trap(e.to_string())
+}
+
+/// Runs the plugin's entrypoint on `input`; its output as text.
+pub async fn call(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    entrypoint: &str,
+    input: &str,
+    max_output_bytes: u64,
+    classify: impl Fn(wasmtime::Error) -> ExecError,
+) -> Result<String, ExecError> {
+    let f = instance.get_typed_func::<(), i32>(&mut *store, entrypoint).map_err(|_| {
+        ExecError::MissingExport(format!("the plugin does not export `{entrypoint}` as () -> i32 (definition.entrypoint)"))
+    })?;
+    {
+        let d = store.data_mut();
+        d.extism.begin(input.as_bytes(), &mut d.limiter)?;
+    }
+    let rc = f.call_async(&mut *store, ()).await.map_err(&classify)?;
+    let k = &store.data().extism;
+    if let Some(err) = k.error {
+        let message = k.text(err).map_err(&classify)?;
+        return Err(ExecError::GuestError { message, exit_code: Some(rc) });
+    }
+    if rc != 0 {
+        return Err(ExecError::GuestError { message: format!("the plugin returned {rc}"), exit_code: Some(rc) });
+    }
+    let Some((off, len)) = k.output else { return Ok(String::new()) };
+    if len > max_output_bytes {
+        return Err(ExecError::OutputTooLarge { size: len, limit: max_output_bytes });
+    }
+    let bytes = &k.mem[k.range(off, len).map_err(&classify)?];
+    String::from_utf8(bytes.to_vec()).map_err(|e| ExecError::InvalidOutput {
+        message: format!("the plugin's output is not UTF-8: {e}"),
+        preview: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+    })
+}

@@ -1,0 +1,81 @@
+//! The WASI command ABI (the Javy / Shopify Functions convention): a WASI program whose `_start`
+//! reads the input JSON on stdin and writes its output JSON on stdout. stderr lines go to `onLog`
+//! (`warn`); an exit code other than 0 is `GUEST_ERROR` with the tail of stderr. stdout and
+//! stderr are capped (`maxOutputBytes`; 64 KiB of stderr kept). Its WASI context holds the
+//! stdio pipes and nothing the definition did not ask for (env, filesystem). A command is a
+//! one-shot program: it has no state between runs, so it runs stateless only (an actor call is
+//! refused) and cannot call host functions.
+
+use wasmtime::{Instance, Module, Store};
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+
+use crate::capabilities::Grants;
+use crate::error::ExecError;
+use crate::host::HostState;
+use crate::replay::Determinism;
+
+/// stderr kept per run (the tail goes into a `GUEST_ERROR`).
+pub const MAX_STDERR_BYTES: usize = 64 * 1024;
+const TAIL_CHARS: usize = 2000;
+
+/// Whether a core module is a WASI command: it exports `_start` and its memory.
+pub fn check(module: &Module) -> Result<(), String> {
+    super::has_func(module, "_start", &[], &[])?;
+    super::has_memory(module)?;
+    if !module.imports().any(|i| i.module() == crate::host::WASI_P1) {
+        return Err(format!("imports nothing from {}", crate::host::WASI_P1));
+    }
+    Ok(())
+}
+
+/// Runs `_start` with `input` on stdin; stdout as text.
+pub async fn call(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    grants: &Grants,
+    det: Option<&Determinism>,
+    input: &str,
+    max_output_bytes: u64,
+    classify: impl Fn(wasmtime::Error) -> ExecError,
+) -> Result<String, ExecError> {
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(|_| ExecError::MissingExport("the module does not export `_start` as () -> ()".into()))?;
+    let stdout = MemoryOutputPipe::new(max_output_bytes.saturating_add(1) as usize);
+    let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
+    let stdin = MemoryInputPipe::new(input.as_bytes().to_vec());
+    store.data_mut().wasi = Some(grants.wasi_context_with_stdio(det, stdin, stdout.clone(), stderr.clone())?);
+    let result = start.call_async(&mut *store, ()).await;
+    let err_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    {
+        let host = store.data_mut();
+        for line in err_text.lines().filter(|l| !l.is_empty()) {
+            host.emit("warn", line);
+        }
+    }
+    let exit = match result {
+        Ok(()) => 0,
+        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(code) => code.0,
+            None => return Err(classify(e)),
+        },
+    };
+    if exit != 0 {
+        let tail: String = {
+            let chars: Vec<char> = err_text.chars().collect();
+            chars[chars.len().saturating_sub(TAIL_CHARS)..].iter().collect()
+        };
+        return Err(ExecError::GuestError {
+            message: if tail.trim().is_empty() { format!("exit code {exit}") } else { format!("exit code {exit}: {}", tail.trim_end()) },
+            exit_code: Some(exit),
+        });
+    }
+    let out = stdout.contents();
+    if out.len() as u64 > max_output_bytes {
+        return Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes });
+    }
+    String::from_utf8(out.to_vec()).map_err(|e| ExecError::InvalidOutput {
+        message: format!("the program's stdout is not UTF-8: {e}"),
+        preview: String::from_utf8_lossy(&out[..out.len().min(200)]).into_owned(),
+    })
+}
