@@ -83,7 +83,6 @@ pub async fn call(
     classify: impl Fn(wasmtime::Error) -> ExecError,
 ) -> Result<String, ExecError> {
     let (result,) = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(&classify)?;
-    execute.post_return_async(&mut *store).await.map_err(&classify)?;
     match result {
         Ok(out) if out.len() as u64 > max_output_bytes => Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes }),
         Ok(out) => Ok(out),
