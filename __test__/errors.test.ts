@@ -43,10 +43,10 @@ describe('error codes', () => {
     })
   }
 
-  it('INVALID_MODULE names an unknown import', async () => {
+  it('CAPABILITY_DENIED names an import no definition granted (a host function)', async () => {
     const ex = await executor()
     const e = await failure(ex.execute(def('unknown-import'), {}))
-    expect(e.code).toBe('INVALID_MODULE')
+    expect(e.code).toBe('CAPABILITY_DENIED')
     expect(e.message).toContain('env.fetch')
     await expectStillWorks(ex)
   })

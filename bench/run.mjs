@@ -87,6 +87,13 @@ const own = (scenario, unit, nat, target = '') => {
 const fmt = (x) => (x === undefined || x === null ? '' : x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
 
 async function main() {
+  // BENCH_ONLY=host|abi|durable: one section, printed, results.md left alone.
+  const only = { host: hostRows, abi: abiRows, durable: durableRows }[process.env.BENCH_ONLY ?? '']
+  if (only) {
+    await only()
+    for (const r of rows) console.log(`| ${r.scenario} | ${r.unit} | ${fmt(r.native)} | ${fmt(r.v8)} |`)
+    return
+  }
   const small = { message: 'hello', times: 2 }
   // Warm both: compile, first instance, JIT.
   for (let i = 0; i < 200; i++) {
@@ -188,6 +195,9 @@ async function main() {
   console.error('10. guest ABIs: warm calls; Extism plugins against Extism\'s own JS SDK')
   await abiRows()
 
+  console.error('11. host functions: round trips, sync and async; Extism plugins against Extism\'s JS SDK')
+  await hostRows()
+
   console.error('9. durable actors: snapshots, restores, persistence')
   await durableRows()
 
@@ -237,6 +247,76 @@ async function abiRows() {
     }
   }
   await sdk.close()
+}
+
+/** A host function round trip from a guest and back, sync and async; the Extism plugin also through
+ * Extism's JS SDK (its async host functions need `runInWorker`: a worker thread blocked on Atomics). */
+async function hostRows() {
+  const { existsSync } = await import('node:fs')
+  const files = { plugin: 'c/host-plugin.wasm', lookup: 'host/lookup.wasm' }
+  if (!Object.values(files).every((f) => existsSync(join(root, 'build', f)))) {
+    console.error('  (skipped: run npm run guests:polyglot and asbuild:test-guests first)')
+    return
+  }
+  const hostStore = { download: async (p) => readFileSync(join(root, 'build', p)) }
+  const sync = new WasmActivityExecutor(hostStore, { hostFunctions: { 'crm.lookup': (x) => x } })
+  const async_ = new WasmActivityExecutor(hostStore, { hostFunctions: { 'crm.lookup': async (x) => x } })
+  const caps = { capabilities: { hostFunctions: ['crm.lookup'] } }
+  const plugin = { name: 'p', version: '1', wasmBlobPath: files.plugin, entrypoint: 'lookup', ...caps }
+  const as = { name: 'l', version: '1', wasmBlobPath: files.lookup, ...caps }
+  const input = { id: 7, name: 'Ada' }
+  const text = JSON.stringify(input)
+  const n = QUICK ? 200 : 1000
+  const createPlugin = (await import('@extism/extism')).default
+  const wasm = readFileSync(join(root, 'build', files.plugin))
+  const fns = (f) => ({ crm: { lookup: f } })
+  const sdkSync = await createPlugin({ wasm: [{ data: wasm }] }, {
+    useWasi: false,
+    functions: fns((ctx, off) => ctx.store(ctx.read(off).text())),
+  })
+  for (const ex of [sync, async_]) {
+    await ex.execute(plugin, input)
+    await ex.execute({ ...as }, { arg: input })
+  }
+  const [ns, ps] = await sequential([() => sync.execute(plugin, input), async () => JSON.parse((await sdkSync.call('lookup', text)).text())], n)
+  row('host function round trip, sync, Extism plugin — V8 column: Extism JS SDK', 'us/call', ns, ps, undefined, false, '')
+  await sdkSync.close()
+  let sdkAsync
+  try {
+    sdkAsync = await createPlugin({ wasm: [{ data: wasm }] }, {
+      useWasi: false,
+      runInWorker: true,
+      functions: fns(async (ctx, off) => ctx.store(ctx.read(off).text())),
+    })
+    await sdkAsync.call('lookup', text)
+  } catch (e) {
+    console.error(`  (Extism JS SDK async host functions unavailable here: ${e.message})`)
+    sdkAsync = undefined
+  }
+  if (sdkAsync) {
+    const [na, pa] = await sequential([() => async_.execute(plugin, input), async () => JSON.parse((await sdkAsync.call('lookup', text)).text())], n)
+    row('host function round trip, async, Extism plugin — V8 column: Extism JS SDK (runInWorker)', 'us/call', na, pa, undefined, false, '')
+    await sdkAsync.close()
+  } else {
+    const [na] = await sequential([() => async_.execute(plugin, input)], n)
+    own('host function round trip, async, Extism plugin', 'us/call', na)
+  }
+  const [as1] = await sequential([() => sync.execute(as, { arg: input })], n)
+  own('host function round trip, sync, AssemblyScript', 'us/call', as1)
+  const [as2] = await sequential([() => async_.execute(as, { arg: input })], n)
+  own('host function round trip, async, AssemblyScript', 'us/call', as2)
+  const waits = new WasmActivityExecutor(hostStore, {
+    maxConcurrency: 2,
+    hostFunctions: { 'crm.lookup': (x) => new Promise((r) => setTimeout(() => r(x), 50)) },
+  })
+  await waits.execute(as, { arg: 0 })
+  const times = []
+  for (let r = 0; r < ROUNDS; r++) {
+    const t0 = performance.now()
+    await Promise.all(Array.from({ length: 1000 }, (_, i) => waits.execute(as, { arg: i })))
+    times.push(performance.now() - t0)
+  }
+  own('1000 concurrent calls each awaiting a 50 ms host Promise, maxConcurrency 2', 'ms', median(times), 'well under 1000 ms')
 }
 
 /** Snapshot size and time, restore time, and what persist: 'sync' adds to an actor call. */

@@ -45,10 +45,11 @@ function componentize() {
 const guests = [
   {
     language: 'c',
-    outputs: ['plugin.wasm', 'command.wasm'],
+    outputs: ['plugin.wasm', 'host-plugin.wasm', 'command.wasm'],
     build: () => {
       const cc = zig()
       cc(['--target=wasm32-freestanding', '-O2', '-s', '-nostdlib', '-Wl,--no-entry', '-o', 'build/c/plugin.wasm', 'guests/c/plugin.c'])
+      cc(['--target=wasm32-freestanding', '-O2', '-s', '-nostdlib', '-Wl,--no-entry', '-o', 'build/c/host-plugin.wasm', 'guests/c/host-plugin.c'])
       cc(['--target=wasm32-wasi', '-O2', '-s', '-o', 'build/c/command.wasm', 'guests/c/command.c'])
     },
   },

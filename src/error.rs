@@ -85,6 +85,17 @@ pub enum ExecError {
     /// the next call reloads it.
     #[error("actor conflict: {0}")]
     ActorConflict(String),
+    /// A host function (`options.hostFunctions`) threw or rejected: its message, and its `code`
+    /// when the JS error had one (`hostCode`).
+    #[error("host function error: {function}: {message}")]
+    HostFunctionError { function: String, message: String, code: Option<String> },
+    /// A guest's HTTP request broke a rule of the network grant (a host not allowed, a private
+    /// address, a scheme, a cap): `host` names what it tried to reach.
+    #[error("network denied: {message}")]
+    NetworkDenied { host: String, message: String },
+    /// An allowed HTTP request failed on the way (connection refused, reset, timed out).
+    #[error("network error: {message}")]
+    NetworkError { host: String, message: String },
     /// The process has no room for the call right now (instance pool, fiber stacks); try again.
     #[error("busy: {0}")]
     Busy(String),
@@ -130,6 +141,9 @@ impl ExecError {
             ExecError::SnapshotInvalid(_) => "SNAPSHOT_INVALID",
             ExecError::SnapshotMismatch { .. } => "SNAPSHOT_MISMATCH",
             ExecError::ActorConflict(_) => "ACTOR_CONFLICT",
+            ExecError::HostFunctionError { .. } => "HOST_FUNCTION_ERROR",
+            ExecError::NetworkDenied { .. } => "NETWORK_DENIED",
+            ExecError::NetworkError { .. } => "NETWORK_ERROR",
             ExecError::Busy(_) => "BUSY",
             ExecError::Closed => "CLOSED",
             ExecError::Internal(_) => "INTERNAL",
@@ -146,6 +160,7 @@ impl ExecError {
             ExecError::BlobUnavailable { .. }
             | ExecError::Timeout { .. }
             | ExecError::Busy(_)
+            | ExecError::NetworkError { .. }
             | ExecError::ActorConflict(_) => true,
             ExecError::ActorReset(cause) => cause.retryable(),
             ExecError::WithProgress { error, .. } => error.retryable(),
@@ -188,6 +203,14 @@ impl ExecError {
                 d
             }
             ExecError::Trap { kind, .. } => vec![("trapKind", Str(kind.clone()))],
+            ExecError::HostFunctionError { function, code, .. } => {
+                let mut d = vec![("hostFunction", Str(function.clone()))];
+                if let Some(c) = code {
+                    d.push(("hostCode", Str(c.clone())));
+                }
+                d
+            }
+            ExecError::NetworkDenied { host, .. } | ExecError::NetworkError { host, .. } => vec![("host", Str(host.clone()))],
             ExecError::Timeout { limit_ms } => vec![("limitMs", Num(*limit_ms as f64))],
             ExecError::OutOfMemory { limit_bytes, requested_bytes } => vec![
                 ("limitBytes", Num(*limit_bytes as f64)),
@@ -249,6 +272,9 @@ mod tests {
             ExecError::CompileLimit(String::new()),
             ExecError::GuestError { message: String::new(), exit_code: None },
             ExecError::Busy(String::new()),
+            ExecError::HostFunctionError { function: "a.b".into(), message: String::new(), code: None },
+            ExecError::NetworkDenied { host: "h".into(), message: String::new() },
+            ExecError::NetworkError { host: "h".into(), message: String::new() },
             ExecError::Closed,
             ExecError::SnapshotInvalid(String::new()),
             ExecError::SnapshotMismatch { expected: String::new(), actual: String::new() },
@@ -266,7 +292,7 @@ mod tests {
             assert!(e.to_string().starts_with(&words), "{e}");
         }
         let retryable: Vec<_> = all.iter().filter(|e| e.retryable()).map(|e| e.code()).collect();
-        assert_eq!(retryable, ["BLOB_UNAVAILABLE", "TIMEOUT", "BUSY", "ACTOR_CONFLICT"]);
+        assert_eq!(retryable, ["BLOB_UNAVAILABLE", "TIMEOUT", "BUSY", "NETWORK_ERROR", "ACTOR_CONFLICT"]);
     }
 
     #[test]

@@ -30,7 +30,10 @@ use crate::digest::{hex, parse_digest};
 use crate::engine::{self, EngineKind};
 use crate::error::ExecError;
 use crate::host::LogSink;
+use crate::host_functions::{HostAccess, HostFunctions, NetworkCall};
 use crate::inline;
+use crate::network::Network;
+use crate::permit::PermitSlot;
 use crate::host::Progress;
 use crate::instance::{CallContext, CallOutput};
 use crate::replay::Determinism;
@@ -114,6 +117,11 @@ pub struct ExecutorOptions {
     /// Where durable actors' snapshots live (see `durable`).
     pub actor_store: Option<Arc<dyn ActorStore>>,
     pub persist: Persist,
+    /// Functions guests may call by import (`options.hostFunctions`), each only when its
+    /// definition names it in `capabilities.hostFunctions`.
+    pub host_functions: Option<Arc<dyn HostFunctions>>,
+    /// The network granted to definitions that ask for `capabilities.network`.
+    pub network: Option<Arc<Network>>,
 }
 
 impl Default for ExecutorOptions {
@@ -133,6 +141,8 @@ impl Default for ExecutorOptions {
             transactional: false,
             actor_store: None,
             persist: Persist::Sync,
+            host_functions: None,
+            network: None,
         }
     }
 }
@@ -172,6 +182,8 @@ pub struct Executor {
     next_call: AtomicU64,
     /// Told when a call leaves `inflight`.
     drained: tokio::sync::Notify,
+    /// What `options.hostFunctions` offers.
+    host_function_names: Vec<String>,
 }
 
 /// Receives a call's result, on a guest thread.
@@ -239,6 +251,7 @@ impl Executor {
         // Size the process's instance pool for this executor's actors and calls (the first
         // executor of a process decides; the rest share it).
         engine::reserve_pool(opts.max_actors.get() as u64 + 4 * opts.max_concurrency.get() as u64 + 256);
+        let host_function_names = opts.host_functions.as_ref().map(|f| f.names()).unwrap_or_default();
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
             modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load),
@@ -249,6 +262,7 @@ impl Executor {
             inflight: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(0),
             drained: tokio::sync::Notify::new(),
+            host_function_names,
         })
     }
 
@@ -294,6 +308,7 @@ impl Executor {
                 entrypoint: def.entrypoint.clone().unwrap_or_else(|| "execute".into()),
                 config: Arc::new(def.config.clone()),
                 abi: def.abi,
+                access: HostAccess::default(),
             },
         })
     }
@@ -388,11 +403,27 @@ impl Executor {
                 "a WASI command module is a one-shot program with no state between runs: it runs stateless only (no actorId)".into(),
             ));
         }
-        let _permit = cancel.guard(self.permits.clone().acquire_owned()).await?.map_err(ExecError::internal)?;
+        crate::host_functions::authorize(&module.host_imports, &p.capabilities.host_functions, &self.host_function_names)?;
+        crate::network::authorize(module.network_import.as_deref(), p.capabilities.network, self.opts.network.is_some())?;
+        let permit = cancel.guard(self.permits.clone().acquire_owned()).await?.map_err(ExecError::internal)?;
         if limits::in_inline_window() && !self.inline_ok(&module, &input, held.as_ref()) {
             leave_caller_thread().await;
         }
         let budget = Budget::starting_now(&p.limits);
+        let mut p = p;
+        p.ctx.access = HostAccess {
+            functions: self.opts.host_functions.clone(),
+            granted: Arc::new(p.capabilities.host_functions.clone()),
+            activity: p.key.name.clone(),
+            actor_id: p.actor_id.clone(),
+            permit: Some(PermitSlot::new(self.permits.clone(), permit)),
+            network: match (&self.opts.network, p.capabilities.network) {
+                (Some(n), true) => Some(Arc::new(NetworkCall { network: n.clone(), requests: Default::default() })),
+                _ => None,
+            },
+            deadline: Some(budget.deadline),
+            max_result_bytes: p.limits.max_input_bytes,
+        };
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
         let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();
         let log = self.opts.log.clone();
@@ -431,6 +462,8 @@ impl Executor {
             None => module.initial_memory_bytes,
         };
         module.wasi_imports.is_empty()
+            && module.host_imports.is_empty()
+            && module.network_import.is_none()
             && input.len() <= inline::MAX_INPUT_BYTES
             && memory <= INLINE_MEMORY_BYTES
             && module.inline.admit()

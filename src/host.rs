@@ -68,6 +68,8 @@ pub struct HostState {
     pub extism: crate::abi::extism::Kernel,
     /// The call's heartbeats.
     pub progress: Progress,
+    /// The host functions and network this call may reach (none between calls).
+    pub access: crate::host_functions::HostAccess,
     progress_state: ProgressState,
 }
 
@@ -81,6 +83,7 @@ impl HostState {
             det: None,
             extism: Default::default(),
             progress: Progress::default(),
+            access: Default::default(),
             progress_state: ProgressState::default(),
         }
     }
@@ -227,11 +230,22 @@ pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError>
     CELLS[k].get_or_init(|| build_linker(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
 }
 
-/// Checks a module's imports against what the host offers and returns its WASI preview1
-/// imports (which need a grant at call time). Other WASI versions are `CAPABILITY_DENIED`;
-/// anything else unknown is `INVALID_MODULE`, each naming the imports.
-pub fn check_imports(module: &Module) -> Result<Vec<String>, ExecError> {
-    let mut wasi = Vec::new();
+/// A module's imports beyond what every guest gets.
+#[derive(Debug, Clone, Default)]
+pub struct Imports {
+    /// WASI preview1 functions (they need a grant at call time).
+    pub wasi: Vec<String>,
+    /// Host functions (and `loom.http`): granted per definition at call time.
+    pub host: Vec<crate::host_functions::HostImport>,
+    /// The HTTP function it imports, if any (`loom.http`).
+    pub network: Option<String>,
+}
+
+/// Checks a module's imports against what the host offers. Other WASI versions than preview1
+/// are `CAPABILITY_DENIED`; any other import is a host function, granted or refused per call
+/// (an unknown import that is not a function is `INVALID_MODULE`).
+pub fn check_imports(module: &Module) -> Result<Imports, ExecError> {
+    let mut out = Imports::default();
     let mut other_wasi = Vec::new();
     let mut unknown = Vec::new();
     for imp in module.imports() {
@@ -239,16 +253,21 @@ pub fn check_imports(module: &Module) -> Result<Vec<String>, ExecError> {
         if PROVIDED.contains(&(m, n)) {
             continue;
         }
+        // Extism's http_request is refused when called without a grant (Extism's semantics:
+        // plugins often import it without using it).
         if m == crate::abi::extism::MODULE && crate::abi::extism::FUNCTIONS.iter().any(|(f, _, _)| *f == n) {
             continue;
         }
         let name = format!("{m}.{n}");
         if m == WASI_P1 {
-            wasi.push(name);
+            out.wasi.push(name);
         } else if m.starts_with("wasi") {
             other_wasi.push(name);
         } else {
-            unknown.push(name);
+            if (m, n) == crate::host_functions::HTTP_IMPORT {
+                out.network = Some(name);
+            }
+            unknown.push((m, n));
         }
     }
     if !other_wasi.is_empty() {
@@ -257,12 +276,6 @@ pub fn check_imports(module: &Module) -> Result<Vec<String>, ExecError> {
             other_wasi.join(", ")
         )));
     }
-    if !unknown.is_empty() {
-        return Err(ExecError::InvalidModule(format!(
-            "unknown import(s): {} (the host provides {})",
-            unknown.join(", "),
-            PROVIDED.iter().map(|(m, n)| format!("{m}.{n}")).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(wasi)
+    out.host = crate::host_functions::host_imports(module, unknown.into_iter())?;
+    Ok(out)
 }

@@ -47,13 +47,20 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
         }
     };
     let imports_ok = match check_imports(&module) {
-        Ok(wasi) if wasi.is_empty() => true,
-        Ok(wasi) if detected == Ok(crate::abi::Abi::WasiCommand) => {
-            notes.push(format!("a WASI command: input on stdin, output on stdout (imports {} functions)", wasi.len()));
-            true
-        }
-        Ok(wasi) => {
-            notes.push(format!("imports WASI ({}): runs only with capabilities.env or capabilities.filesystem", wasi.join(", ")));
+        Ok(found) => {
+            let wasi = &found.wasi;
+            if !wasi.is_empty() && detected == Ok(crate::abi::Abi::WasiCommand) {
+                notes.push(format!("a WASI command: input on stdin, output on stdout (imports {} functions)", wasi.len()));
+            } else if !wasi.is_empty() {
+                notes.push(format!("imports WASI ({}): runs only with capabilities.env or capabilities.filesystem", wasi.join(", ")));
+            }
+            if let Some(net) = &found.network {
+                notes.push(format!("imports {net}: makes HTTP requests, runs only with capabilities.network and options.network"));
+            }
+            let fns: Vec<&str> = found.host.iter().filter(|h| !h.is_http()).map(|h| h.key.as_str()).collect();
+            if !fns.is_empty() {
+                notes.push(format!("imports host functions ({}): each must be in capabilities.hostFunctions and options.hostFunctions", fns.join(", ")));
+            }
             true
         }
         Err(e) => {

@@ -49,6 +49,8 @@ pub struct CallContext {
     pub abi: Option<Abi>,
     pub entrypoint: String,
     pub config: Arc<std::collections::BTreeMap<String, String>>,
+    /// The host functions and network the call may reach.
+    pub access: crate::host_functions::HostAccess,
 }
 
 /// How a call crosses into this instance.
@@ -144,6 +146,7 @@ impl GuestInstance {
         host.det = ctx.det;
         host.set_progress(ctx.progress.clone());
         host.extism.config = ctx.config.clone();
+        host.access = ctx.access.clone();
         let abi = module.abi_for(ctx.abi)?;
         let mut store = Store::new(engine, host);
         store.limiter_async(|s| &mut s.limiter);
@@ -339,6 +342,7 @@ impl GuestInstance {
         data.det = ctx.det;
         data.set_progress(ctx.progress.clone());
         data.extism.config = ctx.config.clone();
+        data.access = ctx.access.clone();
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
         arm(&mut self.store, limits, budget, cancel, self.kind.metered())
@@ -364,7 +368,10 @@ impl GuestInstance {
                 },
                 Entry::Component(execute) => component::call(&mut self.store, execute, input, max, classify).await,
             };
-            self.store.data_mut().flush_progress();
+            let data = self.store.data_mut();
+            data.flush_progress();
+            // What the call could reach (its concurrency slot among it) ends with it.
+            data.access = Default::default();
             r?
         };
         let fuel_consumed = if self.kind.metered() {

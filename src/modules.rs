@@ -44,6 +44,10 @@ pub struct CompiledModule {
     pub code: Code,
     /// WASI preview1 functions it imports (it runs only when granted env or filesystem).
     pub wasi_imports: Vec<String>,
+    /// Host functions it imports (each granted per definition).
+    pub host_imports: Vec<crate::host_functions::HostImport>,
+    /// The HTTP function it imports, if any.
+    pub network_import: Option<String>,
     /// Whether it has a start function (a trap while instantiating one without is a segment that
     /// does not fit: an invalid module, not a guest trap).
     pub has_start: bool,
@@ -200,9 +204,17 @@ fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool
         Compiled::Core(module) => module,
         Compiled::Component(component) => return prepare_component(component, digest, kind),
     };
-    let wasi_imports = check_imports(&module)?;
+    let imports = check_imports(&module)?;
     let detected = abi::detect(&module, None);
-    let pre = linker(kind)?
+    let base = linker(kind)?;
+    let linked;
+    let linker = if imports.host.is_empty() {
+        base
+    } else {
+        linked = crate::host_functions::link(base, &module, &imports.host)?;
+        &linked
+    };
+    let pre = linker
         .instantiate_pre(&module)
         .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
     let range = module.image_range();
@@ -216,7 +228,9 @@ fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool
         digest,
         kind,
         code: Code::Core(pre),
-        wasi_imports,
+        wasi_imports: imports.wasi,
+        host_imports: imports.host,
+        network_import: imports.network,
         has_start,
         initial_memory_bytes,
         detected,
@@ -249,6 +263,8 @@ fn prepare_component(
         kind,
         code: Code::Component(pre),
         wasi_imports: Vec::new(),
+        host_imports: Vec::new(),
+        network_import: None,
         has_start: true,
         initial_memory_bytes,
         detected: Ok(Abi::Component),

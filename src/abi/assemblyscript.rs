@@ -13,7 +13,7 @@ use crate::error::ExecError;
 /// AssemblyScript's class id of `String`.
 pub const STRING_CLASS_ID: i32 = 2;
 /// AS objects cannot exceed this size (`BLOCK_MAXSIZE` is just under 1 GiB).
-const MAX_AS_OBJECT_BYTES: u64 = (1 << 30) - 16;
+pub(crate) const MAX_AS_OBJECT_BYTES: u64 = (1 << 30) - 16;
 /// Characters of an abort message or file name kept (a hostile guest may claim gigabytes).
 const MAX_ABORT_TEXT_CHARS: usize = 4096;
 
@@ -107,7 +107,7 @@ impl Exports {
     }
 }
 
-fn write_utf16(mem: &mut [u8], ptr: i32, s: &str, byte_len: u64) -> Result<(), ExecError> {
+pub(crate) fn write_utf16(mem: &mut [u8], ptr: i32, s: &str, byte_len: u64) -> Result<(), ExecError> {
     let start = ptr as u32 as usize;
     let end = start.checked_add(byte_len as usize);
     let dst = end.and_then(|end| mem.get_mut(start..end)).ok_or_else(|| {

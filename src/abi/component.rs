@@ -1,6 +1,7 @@
 //! The component ABI: a WebAssembly component of the world in `wit/activity.wit` (package
 //! `loom:activity`): it exports `execute: func(input: string) -> result<string, string>` and may
-//! import `loom:activity/host` (`log`, `progress`). `ok(json)` is the output, `err(message)` a
+//! import `loom:activity/host` (`log`, `progress`, `call` for host functions, `http` for the
+//! network capability). `ok(json)` is the output, `err(message)` a
 //! `GUEST_ERROR`. Run with wasmtime's component model under the same Store, limiter, epochs and
 //! fuel as core modules; an actor keeps its component instance. A component's internal state
 //! cannot be read or set from outside, so components cannot be snapshotted (transactional and
@@ -34,6 +35,31 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     host.func_wrap("progress", |mut store: wasmtime::StoreContextMut<'_, HostState>, (detail,): (String,)| {
         store.data_mut().heartbeat(detail);
         Ok(())
+    })?;
+    // A host function's failure is the guest's to handle (err(message)); a name the definition
+    // was not granted, a timeout or a cancellation ends the call.
+    host.func_wrap_async("call", |store: wasmtime::StoreContextMut<'_, HostState>, (name, input): (String, String)| {
+        let access = store.data().access.clone();
+        Box::new(async move {
+            match access.call(&name, input).await {
+                Ok(out) => Ok((Ok(out),)),
+                Err(ExecError::HostFunctionError { message, .. }) => Ok((Err(message),)),
+                Err(e) => Err(wasmtime::Error::new(e)),
+            }
+        })
+    })?;
+    // An HTTP request under the network grant: a failure on the way is err(message) (as
+    // fetch rejects); a request the grant refuses ends the call (NETWORK_DENIED).
+    host.func_wrap_async("http", |store: wasmtime::StoreContextMut<'_, HostState>, (request,): (String,)| {
+        let access = store.data().access.clone();
+        Box::new(async move {
+            let request = crate::network::HttpRequest::from_json(&request).map_err(wasmtime::Error::new)?;
+            match access.http(request).await {
+                Ok(resp) => Ok((Ok(resp.to_json()),)),
+                Err(ExecError::NetworkError { message, .. }) => Ok((Err(message),)),
+                Err(e) => Err(wasmtime::Error::new(e)),
+            }
+        })
     })?;
     Ok(linker)
 }

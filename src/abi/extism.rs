@@ -16,8 +16,6 @@ use crate::error::ExecError;
 use crate::host::HostState;
 
 pub const MODULE: &str = "extism:host/env";
-/// Host functions plugins may import from the `extism:host/user` namespace (issue: host functions).
-pub const USER_MODULE: &str = "extism:host/user";
 /// Vars a plugin may keep, in bytes (keys and values).
 pub const MAX_VAR_BYTES: usize = 1024 * 1024;
 
@@ -65,6 +63,9 @@ pub struct Kernel {
     /// Kept between the calls of an actor; part of its snapshots.
     pub vars: BTreeMap<String, Vec<u8>>,
     pub config: Arc<BTreeMap<String, String>>,
+    /// The status and headers (JSON) of the call's last HTTP response.
+    http_status: u16,
+    http_headers: Option<String>,
 }
 
 fn trap(why: impl Into<String>) -> wasmtime::Error {
@@ -80,6 +81,8 @@ impl Kernel {
         self.blocks.clear();
         self.output = None;
         self.error = None;
+        self.http_status = 0;
+        self.http_headers = None;
         let off = self.alloc(input.len() as u64, limiter).map_err(|e| match e.downcast_ref::<ExecError>() {
             Some(e) => e.clone(),
             None => ExecError::internal(e),
@@ -95,6 +98,18 @@ impl Kernel {
         self.mem.resize(self.mem.len() + n as usize, 0);
         self.blocks.insert(off, n);
         Ok(off)
+    }
+
+    /// A block's bytes as text (a host function's input).
+    pub(crate) fn read_text(&self, off: u64) -> wasmtime::Result<String> {
+        self.text(off)
+    }
+
+    /// Copies bytes into a new block (a host function's output); its offset.
+    pub(crate) fn write_bytes(&mut self, bytes: &[u8], limiter: &mut crate::limits::MemoryLimiter) -> wasmtime::Result<u64> {
+        let at = self.alloc(bytes.len() as u64, limiter)?;
+        self.mem[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+        Ok(at)
     }
 
     fn range(&self, off: u64, len: u64) -> wasmtime::Result<std::ops::Range<usize>> {
@@ -265,11 +280,31 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         })?;
     }
     linker.func_wrap(MODULE, "get_log_level", |c: C| if c.data().log.is_some() { 0 } else { i32::MAX })?;
-    // The network capability: denied until it is granted (see the network host functions).
-    let denied = || wasmtime::Error::new(ExecError::CapabilityDenied("the plugin called http_request without capabilities.network".into()));
-    linker.func_wrap(MODULE, "http_request", move |_: C, _: i64, _: i64| -> wasmtime::Result<i64> { Err(denied()) })?;
-    linker.func_wrap(MODULE, "http_status_code", |_: C| 0i32)?;
-    linker.func_wrap(MODULE, "http_headers", |_: C| 0i64)?;
+    // The network capability, with Extism's semantics: `http_request(request JSON, body)` returns
+    // the response body's block; `http_status_code` and `http_headers` tell of that response. A
+    // request the grant refuses fails the call (NETWORK_DENIED).
+    linker.func_wrap_async(MODULE, "http_request", |mut c: C, (req, body): (i64, i64)| {
+        Box::new(async move {
+            let (json, body) = {
+                let k = &c.data().extism;
+                (k.text(req as u64)?, if body == 0 { Vec::new() } else { k.block(body as u64)?.to_vec() })
+            };
+            let mut request = crate::network::HttpRequest::from_json(&json).map_err(wasmtime::Error::new)?;
+            request.body = body;
+            let access = c.data().access.clone();
+            let resp = access.http(request).await.map_err(wasmtime::Error::new)?;
+            let d = c.data_mut();
+            d.extism.http_status = resp.status;
+            d.extism.http_headers = Some(resp.headers_json());
+            Ok(d.extism.write_bytes(&resp.body, &mut d.limiter)? as i64)
+        })
+    })?;
+    linker.func_wrap(MODULE, "http_status_code", |c: C| c.data().extism.http_status as i32)?;
+    linker.func_wrap(MODULE, "http_headers", |mut c: C| -> wasmtime::Result<i64> {
+        let d = c.data_mut();
+        let Some(h) = d.extism.http_headers.clone() else { return Ok(0) };
+        Ok(d.extism.write_bytes(h.as_bytes(), &mut d.limiter)? as i64)
+    })?;
     Ok(())
 }
 

@@ -141,6 +141,7 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
             network: opt(&c, "network", w, boolean)?.unwrap_or(false),
             filesystem: opt(&c, "filesystem", w, boolean)?.unwrap_or(false),
             env: opt(&c, "env", w, string_list)?.unwrap_or_default(),
+            host_functions: opt(&c, "hostFunctions", w, string_list)?.unwrap_or_default(),
         };
     }
     Ok(def)
@@ -263,5 +264,39 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
         }
         o.filesystem = Some(FilesystemConfig { host_dir: host_dir.into(), guest_dir, writable });
     }
+    if let Some(net) = opt(obj, "network", w, object)? {
+        o.network = Some(crate::network::Network::new(network_config(&net)?)?);
+    }
     Ok(o)
+}
+
+/// `options.network`: `allowedHosts` (required, may be empty) and its caps.
+fn network_config(obj: &Object) -> Result<crate::network::NetworkConfig, ExecError> {
+    use crate::network::{ranges as r, HostRule, NetworkConfig};
+    let w = "options.network";
+    let mut c = NetworkConfig::default();
+    let hosts = opt(obj, "allowedHosts", w, string_list)?.ok_or_else(|| bad("options.network.allowedHosts", "an array of host patterns"))?;
+    c.allowed_hosts = hosts
+        .iter()
+        .map(|h| HostRule::parse(h).map_err(|why| ExecError::InvalidArgument(format!("options.network.allowedHosts: {why}"))))
+        .collect::<Result<_, _>>()?;
+    if let Some(n) = opt(obj, "maxResponseBytes", w, |v, p| ranged(v, p, r::BYTES))? {
+        c.max_response_bytes = n;
+    }
+    if let Some(n) = opt(obj, "maxRequestBytes", w, |v, p| ranged(v, p, r::BYTES))? {
+        c.max_request_bytes = n;
+    }
+    if let Some(n) = opt(obj, "maxHeaderBytes", w, |v, p| ranged(v, p, r::BYTES))? {
+        c.max_header_bytes = n;
+    }
+    if let Some(n) = opt(obj, "maxRequestsPerCall", w, |v, p| ranged(v, p, r::REQUESTS))? {
+        c.max_requests_per_call = n as u32;
+    }
+    if let Some(n) = opt(obj, "timeoutMs", w, |v, p| ranged(v, p, r::TIMEOUT_MS))? {
+        c.timeout = std::time::Duration::from_millis(n);
+    }
+    if let Some(n) = opt(obj, "maxRedirects", w, |v, p| ranged(v, p, r::REDIRECTS))? {
+        c.max_redirects = n as u32;
+    }
+    Ok(c)
 }

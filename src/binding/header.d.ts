@@ -25,10 +25,22 @@ export interface ActivityDefinition {
   deterministic?: boolean
   inputSchema?: any
   outputSchema?: any
-  /** Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted. */
+  /**
+   * Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted; one
+   * importing a host function only when it is named in `hostFunctions`; one importing `loom.http`
+   * only with `network` (and the executor's `options.network`).
+   */
   capabilities?: {
-    /** Refused with `CAPABILITY_DENIED`: no network host functions exist yet. */
+    /**
+     * HTTP requests under the executor's `options.network` grant (its `allowedHosts`, caps and SSRF
+     * rules). Asking for it is harmless for a module that makes no requests.
+     */
     network?: boolean
+    /**
+     * Host functions (`'namespace.name'`, keys of the executor's `options.hostFunctions`) the guest
+     * may call. Any other imported host function is `CAPABILITY_DENIED` before the guest starts.
+     */
+    hostFunctions?: string[]
     /** The directory named by the executor's `options.filesystem`, as a WASI preopen. */
     filesystem?: boolean
     /** Names of environment variables the guest may read through WASI (only those, if set). */
@@ -125,6 +137,19 @@ export interface ExecutorOptions {
   persist?: 'sync' | 'async'
   /** Guest log lines (`loom.log(level, message)`, `trace`); at most 1000 per call. Default: dropped. */
   onLog?: (level: 'debug' | 'info' | 'warn' | 'error' | 'trace', message: string) => void
+  /**
+   * Functions guests may call by import, keyed `'namespace.name'` (an AssemblyScript
+   * `@external("crm", "lookup")`, an Extism plugin's import `crm.lookup`, a component's
+   * `loom:activity/host.call("crm.lookup", …)`), each only by definitions that name it in
+   * `capabilities.hostFunctions`. JSON in (parsed), JSON out (the value, awaited if a Promise).
+   * While a Promise is pending the guest is suspended and holds no thread nor concurrency slot;
+   * the call's deadline and abort still apply, and fire `ctx.signal`. A throw or rejection fails
+   * the call with `HOST_FUNCTION_ERROR` (`hostFunction`, `hostCode` = the error's `code`); a
+   * component sees it as `err(message)` instead.
+   */
+  hostFunctions?: Record<string, (input: any, ctx: HostFunctionContext) => unknown>
+  /** The network granted to definitions with `capabilities.network` (none by default). */
+  network?: NetworkOptions
   /** The directory granted to definitions with `capabilities.filesystem` (none by default). */
   filesystem?: {
     hostDir: string
@@ -133,6 +158,43 @@ export interface ExecutorOptions {
     /** Read-only unless true. `..` and symlinks cannot leave it either way. */
     writable?: boolean
   }
+}
+
+/** What a host function gets besides its input. */
+export interface HostFunctionContext {
+  /** The calling activity's name. */
+  activity: string
+  /** The actor the call runs on, if any. */
+  actorId?: string
+  /** Aborted when the call ends before the function settles (timeout, cancellation, close). */
+  signal: AbortSignal
+}
+
+/**
+ * The network grant. Checked in Rust for every request and every redirect hop: only http and
+ * https; the host must match `allowedHosts`; a name is resolved and refused if any address is
+ * loopback, private, link-local, unique-local, multicast, reserved or a cloud metadata address
+ * (reachable only by naming the IP literally); no proxies. Violations: `NETWORK_DENIED` (with
+ * `host`); failures on the way: `NETWORK_ERROR` (retryable).
+ */
+export interface NetworkOptions {
+  /**
+   * `'api.example.com'`, `'*.example.org'` (its subdomains), IP literals (`'127.0.0.1'`,
+   * `'[::1]'`), each with an optional `':port'` (any port without one). Required; may be empty.
+   */
+  allowedHosts: string[]
+  /** Bytes of one response body (default 10 MiB; 1..1 GiB). */
+  maxResponseBytes?: number
+  /** Bytes of one request body (default 10 MiB; 1..1 GiB). */
+  maxRequestBytes?: number
+  /** Bytes of one request's headers, and of one response's (default 64 KiB; 1..1 GiB). */
+  maxHeaderBytes?: number
+  /** Requests one call may make (default 100; 1..100000). */
+  maxRequestsPerCall?: number
+  /** One request's time limit, never past the call's deadline (default 30000; 1..3600000). */
+  timeoutMs?: number
+  /** Redirects followed, each checked as the first request (default 5; 0..20). */
+  maxRedirects?: number
 }
 
 export interface ExecutionDetails<T = any> {
@@ -171,13 +233,16 @@ export type WasmExecutorErrorCode =
   | 'SNAPSHOT_INVALID'
   | 'SNAPSHOT_MISMATCH'
   | 'ACTOR_CONFLICT'
+  | 'HOST_FUNCTION_ERROR'
+  | 'NETWORK_DENIED'
+  | 'NETWORK_ERROR'
   | 'BUSY'
   | 'CLOSED'
   | 'INTERNAL'
 
 export interface WasmExecutorError extends Error {
   code: WasmExecutorErrorCode
-  /** Whether the same call may succeed if tried again (true for BLOB_UNAVAILABLE, TIMEOUT, BUSY). */
+  /** Whether the same call may succeed if tried again (true for BLOB_UNAVAILABLE, TIMEOUT, BUSY, ACTOR_CONFLICT, NETWORK_ERROR). */
   retryable: boolean
   /** An actor's call failed and its instance was discarded: its state is gone, its next call starts fresh. */
   actorReset?: boolean
@@ -197,6 +262,11 @@ export interface WasmExecutorError extends Error {
   /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have; SNAPSHOT_MISMATCH: the definition's module and the snapshot's. */
   expected?: string
   actual?: string
+  /** HOST_FUNCTION_ERROR: the host function that failed (`'crm.lookup'`) and its JS error's `code`, if any. */
+  hostFunction?: string
+  hostCode?: string
+  /** NETWORK_DENIED, NETWORK_ERROR: the host the request tried to reach. */
+  host?: string
   /** INVALID_OUTPUT: the first 200 characters of what the guest returned. */
   preview?: string
   limitMs?: number

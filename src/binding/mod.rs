@@ -9,6 +9,7 @@ mod js;
 mod js_error;
 mod js_log;
 mod js_store;
+mod js_host;
 mod loop_watch;
 mod object_store;
 
@@ -268,6 +269,10 @@ impl WasmActivityExecutor {
             let mut opts = args::executor_options(options.as_ref())?;
             opts.artifacts.remote = artifact_store(&env, options.as_ref())?;
             opts.actor_store = actor_store(&env, options.as_ref())?;
+            if let Some(fns) = options.as_ref().map(|o| args::prop(o, "hostFunctions", "options")).transpose()?.flatten() {
+                let fns = args::object(fns, "options.hostFunctions")?;
+                opts.host_functions = Some(Arc::new(js_host::JsHostFunctions::new(&env, fns)?));
+            }
             if let Some(on_log) = args::log_callback(options.as_ref())? {
                 let tsfn = on_log
                     .build_threadsafe_function::<FnArgs<(String, String)>>()

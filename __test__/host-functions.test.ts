@@ -1,0 +1,267 @@
+// options.hostFunctions: JS functions guests call by import, JSON in and out, from every ABI that
+// has imports (AssemblyScript, Extism, components), sync and async, granted per definition, under
+// the call's deadline and cancellation, holding no thread (nor concurrency slot) while they wait.
+import createPlugin from '@extism/extism'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore, root } from './helpers'
+import { guestWat } from './wat'
+
+const built = (path: string) => readFileSync(join(root, 'build', path))
+const grant = (...names: string[]) => ({ capabilities: { hostFunctions: names } })
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+type Options = ConstructorParameters<typeof WasmActivityExecutor>[1]
+
+async function executorWith(blobs: Record<string, Buffer>, options?: Options) {
+  const store = new MemoryBlobStore()
+  for (const [name, bytes] of Object.entries(blobs)) await store.upload(`${name}.wasm`, bytes)
+  return new WasmActivityExecutor(store, options)
+}
+
+const lookup = () => guest('host/lookup')
+
+describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON text in and out)', () => {
+  it('a sync function gets the parsed input and { activity, actorId, signal }; its value comes back', async () => {
+    const seen: any[] = []
+    const ex = await executorWith(
+      { lookup: lookup() },
+      {
+        hostFunctions: {
+          'crm.lookup': (input: any, ctx: any) => {
+            seen.push({ input, activity: ctx.activity, actorId: ctx.actorId, signal: ctx.signal instanceof AbortSignal })
+            return { name: 'Ada', id: input.id, tags: ['é', '🌍'] }
+          },
+        },
+      },
+    )
+    expect(await ex.execute(def('lookup', grant('crm.lookup')), { arg: { id: 7 } })).toEqual({
+      result: { name: 'Ada', id: 7, tags: ['é', '🌍'] },
+      calls: 1,
+    })
+    await ex.execute(def('lookup', grant('crm.lookup')), { arg: { id: 8 } }, { actorId: 'a-1' })
+    expect(seen).toEqual([
+      { input: { id: 7 }, activity: 'lookup', actorId: undefined, signal: true },
+      { input: { id: 8 }, activity: 'lookup', actorId: 'a-1', signal: true },
+    ])
+  })
+
+  it('an async function suspends the guest until its Promise settles; undefined is null', async () => {
+    const ex = await executorWith(
+      { lookup: lookup() },
+      { hostFunctions: { 'crm.lookup': async (input: any) => (await sleep(20), input === 3 ? undefined : { twice: input * 2 }) } },
+    )
+    expect(await ex.execute(def('lookup', grant('crm.lookup')), { times: 3, arg: 21 })).toEqual({ result: { twice: 42 }, calls: 3 })
+    expect(await ex.execute(def('lookup', grant('crm.lookup')), { arg: 3 })).toEqual({ result: null, calls: 1 })
+  })
+
+  it('a throw or a rejection is HOST_FUNCTION_ERROR with the JS message and code; so is a value JSON cannot hold', async () => {
+    const fail = (mode: string) => {
+      if (mode === 'throw') throw Object.assign(new Error('no such customer'), { code: 'E_NOT_FOUND' })
+      if (mode === 'reject') return Promise.reject(Object.assign(new Error('upstream down'), { code: 'E_UPSTREAM' }))
+      if (mode === 'string') return Promise.reject('just a string')
+      if (mode === 'bigint') return { n: 10n }
+      if (mode === 'then') return { get then() { throw new Error('a then getter that throws') } }
+      return 'fine'
+    }
+    const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': fail } })
+    const d = def('lookup', grant('crm.lookup'))
+    const thrown = await failure(ex.execute(d, { arg: 'throw' }))
+    expect([thrown.code, thrown.hostFunction, thrown.hostCode]).toEqual(['HOST_FUNCTION_ERROR', 'crm.lookup', 'E_NOT_FOUND'])
+    expect(thrown.message).toContain('no such customer')
+    expect(thrown).toBeInstanceOf(Error)
+    const rejected = await failure(ex.execute(d, { arg: 'reject' }))
+    expect([rejected.code, rejected.hostCode]).toEqual(['HOST_FUNCTION_ERROR', 'E_UPSTREAM'])
+    expect(rejected.message).toContain('upstream down')
+    expect((await failure(ex.execute(d, { arg: 'string' }))).message).toContain('just a string')
+    expect((await failure(ex.execute(d, { arg: 'bigint' }))).code).toBe('HOST_FUNCTION_ERROR')
+    expect((await failure(ex.execute(d, { arg: 'then' }))).message).toContain('then getter')
+    expect(await ex.execute(d, { arg: 'ok' })).toEqual({ result: 'fine', calls: 1 })
+  })
+
+  it('only granted imports link: CAPABILITY_DENIED names an import the definition or the executor does not grant', async () => {
+    const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': () => 1, 'crm.other': () => 2 } })
+    const called: string[] = []
+    for (const d of [def('lookup'), def('lookup', grant('crm.other')), def('lookup', { capabilities: { network: true } })]) {
+      const e = await failure(ex.execute(d, { arg: 1 }))
+      expect(e.code).toBe('CAPABILITY_DENIED')
+      expect(e.message).toContain('crm.lookup')
+    }
+    const none = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.other': () => called.push('x') } })
+    const e = await failure(none.execute(def('lookup', grant('crm.lookup')), { arg: 1 }))
+    expect(e.code).toBe('CAPABILITY_DENIED')
+    expect(e.message).toContain('options.hostFunctions')
+    expect(called).toEqual([])
+  })
+
+  it('bad options.hostFunctions are INVALID_ARGUMENT at construction', () => {
+    const store = new MemoryBlobStore()
+    for (const hostFunctions of [{ 'crm.lookup': 5 }, { lookup: () => 1 }, { 'a b.c': () => 1 }, 'nope', [() => 1]]) {
+      expect(() => new WasmActivityExecutor(store, { hostFunctions } as any)).toThrow(
+        expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+      )
+    }
+  })
+
+  it('TIMEOUT and CANCELLED end a call whose host Promise is pending, and its ctx.signal fires', async () => {
+    const signals: AbortSignal[] = []
+    const ex = await executorWith(
+      { lookup: lookup() },
+      { hostFunctions: { 'crm.lookup': (_: any, ctx: any) => (signals.push(ctx.signal), new Promise(() => {})) } },
+    )
+    const t0 = performance.now()
+    const e = await failure(ex.execute(def('lookup', { ...grant('crm.lookup'), limits: { maxExecutionMs: 200 } }), { arg: 1 }))
+    expect(e.code).toBe('TIMEOUT')
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(190)
+    const ac = new AbortController()
+    setTimeout(() => ac.abort(), 50)
+    const c = await failure(ex.execute(def('lookup', grant('crm.lookup')), { arg: 1 }, { signal: ac.signal }))
+    expect(c.code).toBe('CANCELLED')
+    await sleep(20)
+    expect(signals.map((s) => s.aborted)).toEqual([true, true])
+    expect(signals[0].reason.name).toBe('AbortError')
+  })
+
+  it('1000 concurrent calls awaiting a 50 ms host Promise run at once on maxConcurrency 2 (no thread or slot held while waiting)', async () => {
+    let pending = 0
+    let most = 0
+    const ex = await executorWith(
+      { lookup: lookup() },
+      {
+        maxConcurrency: 2,
+        hostFunctions: {
+          'crm.lookup': async (n: number) => {
+            most = Math.max(most, ++pending)
+            await sleep(50)
+            pending--
+            return n + 1
+          },
+        },
+      },
+    )
+    const d = def('lookup', grant('crm.lookup'))
+    await ex.execute(d, { arg: 0 }) // compiled
+    const t0 = performance.now()
+    let ticks = 0
+    const timer = setInterval(() => ticks++, 10)
+    const results = await Promise.all(Array.from({ length: 1000 }, (_, i) => ex.execute(d, { arg: i })))
+    const elapsed = performance.now() - t0
+    clearInterval(timer)
+    expect(results.map((r: any) => r.result)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1))
+    // Behaviour, not speed: most host Promises were pending together (serialized on two slots
+    // they could never be more than 2), and the event loop kept turning meanwhile.
+    expect(most).toBeGreaterThanOrEqual(500)
+    expect(ticks).toBeGreaterThan(0)
+    console.log(`1000 calls x 50 ms host Promise, maxConcurrency 2: ${elapsed.toFixed(0)} ms, ${most} pending at once`)
+  })
+
+  it('a host function may call the executor again (no deadlock on maxConcurrency 1)', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('lookup.wasm', lookup())
+    await store.upload('echo.wasm', guest('echo'))
+    const ex: WasmActivityExecutor = new WasmActivityExecutor(store, {
+      maxConcurrency: 1,
+      hostFunctions: { 'crm.lookup': (input: any) => ex.execute(def('echo'), { message: String(input), times: 2 }) },
+    })
+    const out: any = await ex.execute(def('lookup', grant('crm.lookup')), { arg: 'hi' })
+    expect(out.result.result).toBe('hi hi')
+  })
+
+  it('hostile guests: a flood of host calls ends at the deadline; a lying pointer, non-JSON text and a huge answer fail cleanly', async () => {
+    let calls = 0
+    const ex = await executorWith(
+      {
+        lookup: lookup(),
+        liar: await guestWat(
+          `(func (export "execute") (param i32) (result i32) (call $lookup (i32.const 0x7ffffff0)))`,
+          `(import "crm" "lookup" (func $lookup (param i32) (result i32)))`,
+        ),
+        // Passes the AS string "1" with a broken tail: `{` alone, not JSON.
+        garbage: await guestWat(
+          `(data (i32.const 64) "\\02\\00\\00\\00\\7b\\00")
+           (func (export "execute") (param i32) (result i32) (call $lookup (i32.const 68)))`,
+          `(import "crm" "lookup" (func $lookup (param i32) (result i32)))`,
+        ),
+      },
+      { maxInputBytes: 1_000_000, hostFunctions: { 'crm.lookup': (x: any) => (calls++, x === 'big' ? 'x'.repeat(2_000_000) : x) } },
+    )
+    const flood = await failure(ex.execute(def('lookup', { ...grant('crm.lookup'), limits: { maxExecutionMs: 300 } }), { times: 1e9, arg: 1 }))
+    expect(flood.code).toBe('TIMEOUT')
+    expect(calls).toBeGreaterThan(10)
+    for (const name of ['liar', 'garbage']) {
+      const e = await failure(ex.execute(def(name, grant('crm.lookup')), {}))
+      expect(e.code).toBe('INVALID_OUTPUT')
+      expect(e.message).toContain('crm.lookup')
+    }
+    const big = await failure(ex.execute(def('lookup', { ...grant('crm.lookup') }), { arg: 'big' }))
+    expect(big.code).toBe('HOST_FUNCTION_ERROR')
+    expect(big.message).toContain('maxInputBytes')
+    expect(await ex.execute(def('lookup', grant('crm.lookup')), { arg: 2 })).toEqual({ result: 2, calls: 1 })
+  })
+
+  it('an actor keeps its instance across calls that wait on the host', async () => {
+    const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': async (x: any) => (await sleep(5), x) } })
+    const created: boolean[] = []
+    for (let i = 1; i <= 3; i++) {
+      const out: any = await ex.executeDetailed(def('lookup', grant('crm.lookup')), { arg: i }, { actorId: 'a' })
+      expect(out.output).toEqual({ result: i, calls: 1 })
+      created.push(out.actorCreated)
+    }
+    expect(created).toEqual([true, false, false])
+  })
+})
+
+describe('host functions from Extism plugins (C: an import of crm.lookup, (i64) -> i64 memory handles)', () => {
+  it('give the same output here as in Extism\'s JS SDK with the same host function', async () => {
+    const plugin = built('c/host-plugin.wasm')
+    const answer = (input: any) => ({ name: 'Ada', asked: input })
+    const ex = await executorWith({ plugin }, { hostFunctions: { 'crm.lookup': async (x: any) => (await sleep(5), answer(x)) } })
+    const d = def('plugin', { ...grant('crm.lookup'), entrypoint: 'lookup' })
+    const sdk = await createPlugin(
+      { wasm: [{ data: plugin }] },
+      {
+        useWasi: false,
+        functions: {
+          crm: {
+            lookup(ctx: any, off: bigint) {
+              const input = JSON.parse(ctx.read(off).text())
+              return ctx.store(JSON.stringify(answer(input)))
+            },
+          },
+        },
+      },
+    )
+    for (const input of [{ id: 1 }, 'é🌍', [1, 2, 3]]) {
+      const ours = await ex.execute(d, input)
+      const theirs = JSON.parse((await sdk.call('lookup', JSON.stringify(input)))!.text())
+      expect(ours).toEqual(theirs)
+      expect(ours).toEqual({ result: answer(input) })
+    }
+    await sdk.close()
+    const e = await failure(ex.execute(def('plugin', { entrypoint: 'lookup' }), {}))
+    expect([e.code, e.message.includes('crm.lookup')]).toEqual(['CAPABILITY_DENIED', true])
+  })
+})
+
+describe('host functions from components (loom:activity/host.call in wit/activity.wit)', () => {
+  it('a granted name returns its value; a failure is err(message) for the guest; an ungranted name is CAPABILITY_DENIED', async () => {
+    const ex = await executorWith(
+      { js: built('js/echo.wasm') },
+      {
+        hostFunctions: {
+          'crm.lookup': async (x: any) => (await sleep(5), { found: x }),
+          'crm.fail': () => {
+            throw new Error('nope')
+          },
+        },
+      },
+    )
+    const d = def('js', grant('crm.lookup', 'crm.fail'))
+    expect(await ex.execute(d, { hostCall: { name: 'crm.lookup', input: 42 } })).toEqual({ result: { found: 42 } })
+    expect(await ex.execute(d, { hostCall: { name: 'crm.fail', input: 1 } })).toEqual({ hostError: 'nope' })
+    const e = await failure(ex.execute(def('js', grant('crm.lookup')), { hostCall: { name: 'crm.fail', input: 1 } }))
+    expect(e.code).toBe('CAPABILITY_DENIED')
+    expect(e.message).toContain('crm.fail')
+  })
+})

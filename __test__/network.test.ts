@@ -1,0 +1,251 @@
+// The network capability: a definition asks (capabilities.network), the executor grants
+// (options.network.allowedHosts and caps); every request is checked in Rust: scheme, host list,
+// DNS answers against loopback/private/link-local/metadata (SSRF), redirects hop by hop, caps,
+// timeouts. HTTP servers here run on loopback, allowed by their literal IP.
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore, root } from './helpers'
+
+const built = (path: string) => readFileSync(join(root, 'build', path))
+const NET = { capabilities: { network: true } }
+let server: Server
+let port = 0
+let base = ''
+const seen: Array<{ method: string; url: string; headers: Record<string, unknown>; body: string }> = []
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (c) => (body += c))
+    req.on('end', () => {
+      seen.push({ method: req.method!, url: req.url!, headers: req.headers, body })
+      const u = new URL(req.url!, 'http://x')
+      if (u.pathname === '/json') {
+        res.setHeader('content-type', 'application/json')
+        res.setHeader('x-answer', '42')
+        return res.end(JSON.stringify({ hello: 'world', method: req.method, body }))
+      }
+      if (u.pathname === '/status') return (res.statusCode = Number(u.searchParams.get('code'))), res.end('{"failed":true}')
+      if (u.pathname === '/redirect') return res.writeHead(302, { location: u.searchParams.get('to')! }).end()
+      if (u.pathname === '/loop') return res.writeHead(302, { location: '/loop' }).end()
+      if (u.pathname === '/big') return res.end(JSON.stringify({ data: 'x'.repeat(Number(u.searchParams.get('n'))) }))
+      if (u.pathname === '/stream') {
+        // No content-length: a body that keeps coming.
+        const timer = setInterval(() => res.write('x'.repeat(64 * 1024)), 1)
+        res.on('close', () => clearInterval(timer))
+        return
+      }
+      if (u.pathname === '/fat-headers') return res.writeHead(200, { 'x-fat': 'y'.repeat(8000) }).end('{}')
+      if (u.pathname === '/slow') return // never answers
+      res.statusCode = 404
+      res.end('{}')
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  port = (server.address() as AddressInfo).port
+  base = `http://127.0.0.1:${port}`
+})
+
+afterAll(async () => {
+  server.closeAllConnections()
+  await new Promise((r) => server.close(r))
+})
+
+async function executorWith(network: Record<string, unknown> | undefined, blobs: Record<string, Buffer> = {}) {
+  const store = new MemoryBlobStore()
+  await store.upload('http.wasm', guest('host/http'))
+  for (const [name, bytes] of Object.entries(blobs)) await store.upload(`${name}.wasm`, bytes)
+  return new WasmActivityExecutor(store, network ? { network } : {})
+}
+
+/** Runs the AssemblyScript guest with these requests; its responses parsed. */
+async function requests(ex: WasmActivityExecutor, reqs: object[], extra = {}) {
+  const out: any = await ex.execute(def('http', { ...NET, ...extra }), { requests: reqs.map((r) => JSON.stringify(r)) })
+  return out.responses.map((r: any) => ({ ...r, json: r.body.startsWith('{') ? JSON.parse(r.body) : undefined }))
+}
+
+describe('HTTP from AssemblyScript (loom.http: JSON request in, JSON response out)', () => {
+  it('an allowed request goes out with its method, headers and body; the status, headers and body come back', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    const [get, post, notFound] = await requests(ex, [
+      { url: `${base}/json` },
+      { method: 'POST', url: `${base}/json`, headers: { 'x-loom': 'yes' }, body: 'payload é' },
+      { url: `${base}/status?code=503` },
+    ])
+    expect(get.status).toBe(200)
+    expect(get.headers['x-answer']).toBe('42')
+    expect(get.json).toEqual({ hello: 'world', method: 'GET', body: '' })
+    expect(post.json).toEqual({ hello: 'world', method: 'POST', body: 'payload é' })
+    expect(seen.find((s) => s.method === 'POST')!.headers['x-loom']).toBe('yes')
+    expect(notFound.status).toBe(503)
+  })
+
+  it('a redirect to an allowed host is followed', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    const [r] = await requests(ex, [{ url: `${base}/redirect?to=${encodeURIComponent(`${base}/json`)}` }])
+    expect(r.json.hello).toBe('world')
+  })
+
+  it('asking for the network is not enough: CAPABILITY_DENIED without capabilities.network or without options.network', async () => {
+    const granted = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    const e = await failure(granted.execute(def('http'), { requests: [] }))
+    expect([e.code, e.message.includes('loom.http')]).toEqual(['CAPABILITY_DENIED', true])
+    const closed = await executorWith(undefined)
+    const e2 = await failure(closed.execute(def('http', NET), { requests: [] }))
+    expect([e2.code, e2.message.includes('options.network')]).toEqual(['CAPABILITY_DENIED', true])
+  })
+})
+
+describe('every rule of the grant has a denial (NETWORK_DENIED naming the host)', () => {
+  const denied = async (network: Record<string, unknown>, reqs: object[], host: string | RegExp, why: string | RegExp) => {
+    const ex = await executorWith(network)
+    const before = seen.length
+    const e = await failure(requests(ex, reqs))
+    expect(e.code, e.message).toBe('NETWORK_DENIED')
+    if (typeof host === 'string') expect(e.host).toBe(host)
+    else expect(e.host).toMatch(host)
+    expect(e.message).toMatch(why)
+    expect(e.retryable).toBe(false)
+    return { e, reached: seen.length - before }
+  }
+
+  it('a host not in allowedHosts, another port, a subdomain pattern that does not cover it', async () => {
+    expect((await denied({ allowedHosts: ['api.example.com'] }, [{ url: `${base}/json` }], '127.0.0.1', 'allowedHosts')).reached).toBe(0)
+    await denied({ allowedHosts: [`127.0.0.1:${port + 1}`] }, [{ url: `${base}/json` }], '127.0.0.1', 'allowedHosts')
+    await denied({ allowedHosts: ['*.example.org'] }, [{ url: 'https://example.org/' }], 'example.org', 'allowedHosts')
+    await denied({ allowedHosts: ['*.example.org'] }, [{ url: 'https://evil-example.org/' }], 'evil-example.org', 'allowedHosts')
+  })
+
+  it('only http and https', async () => {
+    for (const url of ['ftp://127.0.0.1/x', 'file:///etc/passwd', 'gopher://127.0.0.1:70/']) {
+      await denied({ allowedHosts: ['127.0.0.1'] }, [{ url }], /.*/, 'only http and https')
+    }
+  })
+
+  it('a name that resolves to loopback is refused even when the name is allowed (SSRF); the literal IP is the opt-in', async () => {
+    const { reached } = await denied({ allowedHosts: [`localhost:${port}`] }, [{ url: `http://localhost:${port}/json` }], 'localhost', 'loopback')
+    expect(reached).toBe(0)
+  })
+
+  it('private, link-local and metadata addresses, in any spelling, unless named literally', async () => {
+    const network = { allowedHosts: ['*.example.com', 'example.com'] }
+    for (const url of [
+      'http://169.254.169.254/latest/meta-data/',
+      'http://[fd00:ec2::254]/latest/meta-data/',
+      'http://10.0.0.1/',
+      'http://192.168.1.1/',
+      'http://2130706433/', // 127.0.0.1 in decimal
+      'http://0x7f.0.0.1/',
+      'http://[::ffff:127.0.0.1]/',
+      'http://[::1]/',
+    ]) {
+      await denied(network, [{ url }], /.+/, 'allowedHosts')
+    }
+    // The literal IP named in allowedHosts is reachable, in another spelling too.
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    expect((await requests(ex, [{ url: `http://[::ffff:127.0.0.1]:${port}/json` }]))[0].status).toBe(200)
+  })
+
+  it('redirects are checked hop by hop: to a host not allowed, to a name on loopback, past 5 hops', async () => {
+    const network = { allowedHosts: [`127.0.0.1:${port}`] }
+    const to = (u: string) => `${base}/redirect?to=${encodeURIComponent(u)}`
+    await denied(network, [{ url: to('http://169.254.169.254/latest/meta-data/') }], '169.254.169.254', 'redirect')
+    await denied({ allowedHosts: [`127.0.0.1:${port}`, `localhost:${port}`] }, [{ url: to(`http://localhost:${port}/json`) }], 'localhost', 'loopback')
+    await denied(network, [{ url: `${base}/loop` }], '127.0.0.1', 'redirects')
+  })
+
+  it('caps: response bytes (declared and streamed), request bytes, header bytes both ways, requests per call', async () => {
+    const host = `127.0.0.1:${port}`
+    await denied({ allowedHosts: [host], maxResponseBytes: 1000 }, [{ url: `${base}/big?n=5000` }], '127.0.0.1', 'maxResponseBytes')
+    await denied({ allowedHosts: [host], maxResponseBytes: 1_000_000 }, [{ url: `${base}/stream` }], '127.0.0.1', 'maxResponseBytes')
+    await denied({ allowedHosts: [host], maxRequestBytes: 10 }, [{ method: 'POST', url: `${base}/json`, body: 'y'.repeat(100) }], '127.0.0.1', 'maxRequestBytes')
+    await denied({ allowedHosts: [host], maxHeaderBytes: 1000 }, [{ url: `${base}/json`, headers: { 'x-big': 'z'.repeat(2000) } }], '127.0.0.1', 'maxHeaderBytes')
+    await denied({ allowedHosts: [host], maxHeaderBytes: 4000 }, [{ url: `${base}/fat-headers` }], '127.0.0.1', 'maxHeaderBytes')
+    const { reached } = await denied({ allowedHosts: [host], maxRequestsPerCall: 2 }, [1, 2, 3].map(() => ({ url: `${base}/json` })), '127.0.0.1', 'maxRequestsPerCall')
+    expect(reached).toBe(2)
+  })
+
+  it('bad allowedHosts entries and caps are INVALID_ARGUMENT at construction', () => {
+    const store = new MemoryBlobStore()
+    for (const network of [
+      {},
+      { allowedHosts: ['http://example.com'] },
+      { allowedHosts: ['a.*.com'] },
+      { allowedHosts: ['example.com:0'] },
+      { allowedHosts: [5] },
+      { allowedHosts: [], maxResponseBytes: -1 },
+      { allowedHosts: [], timeoutMs: 0 },
+    ]) {
+      expect(() => new WasmActivityExecutor(store, { network } as any), JSON.stringify(network)).toThrow(
+        expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+      )
+    }
+  })
+})
+
+describe('failures on the way and time', () => {
+  it('a refused connection is NETWORK_ERROR (retryable); a slow server hits timeoutMs, or the call deadline first', async () => {
+    const closed = createServer()
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r))
+    const deadPort = (closed.address() as AddressInfo).port
+    await new Promise((r) => closed.close(r))
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'], timeoutMs: 200 })
+    const refused = await failure(requests(ex, [{ url: `http://127.0.0.1:${deadPort}/` }]))
+    expect([refused.code, refused.retryable, refused.host]).toEqual(['NETWORK_ERROR', true, '127.0.0.1'])
+    const slow = await failure(requests(ex, [{ url: `${base}/slow` }]))
+    expect([slow.code, slow.message.includes('timed out')]).toEqual(['NETWORK_ERROR', true])
+    const patient = await executorWith({ allowedHosts: ['127.0.0.1'] })
+    const t0 = performance.now()
+    const late = await failure(requests(patient, [{ url: `${base}/slow` }], { limits: { maxExecutionMs: 300 } }))
+    expect(late.code).toBe('TIMEOUT')
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(290)
+  })
+})
+
+describe('HTTP from Extism plugins (http_request / http_status_code, Extism\'s semantics)', () => {
+  it('an allowed request returns the body block and its status; a denied one fails the call', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] }, { plugin: built('c/host-plugin.wasm') })
+    const d = def('plugin', { ...NET, entrypoint: 'fetch', capabilities: { network: true, hostFunctions: ['crm.lookup'] } })
+    // The plugin also imports crm.lookup: grant it (never called by `fetch`).
+    const withFns = new WasmActivityExecutor(await storeOf({ plugin: built('c/host-plugin.wasm') }), {
+      network: { allowedHosts: [`127.0.0.1:${port}`] },
+      hostFunctions: { 'crm.lookup': () => null },
+    })
+    expect(await withFns.execute(d, { url: `${base}/json`, method: 'POST', body: 'from C' })).toEqual({
+      status: 200,
+      body: { hello: 'world', method: 'POST', body: 'from C' },
+    })
+    expect(await withFns.execute(d, { url: `${base}/status?code=404` })).toEqual({ status: 404, body: { failed: true } })
+    const e = await failure(withFns.execute(d, { url: 'http://169.254.169.254/' }))
+    expect([e.code, e.host]).toEqual(['NETWORK_DENIED', '169.254.169.254'])
+    const no = await failure(withFns.execute(def('plugin', { entrypoint: 'fetch', capabilities: { hostFunctions: ['crm.lookup'] } }), { url: `${base}/json` }))
+    expect([no.code, no.message.includes('network')]).toEqual(['CAPABILITY_DENIED', true])
+    expect((await failure(ex.execute(d, { url: `${base}/json` }))).code).toBe('CAPABILITY_DENIED')
+  })
+})
+
+describe('HTTP from a JavaScript component (fetch() over loom:activity/host.http)', () => {
+  it('fetch() reaches an allowed host; a failure on the way rejects fetch; a denied host ends the call', async () => {
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'] }, { js: built('js/echo.wasm') })
+    expect(await ex.execute(def('js', NET), { fetch: { url: `${base}/json`, method: 'POST', body: 'from js' } })).toEqual({
+      status: 200,
+      body: { hello: 'world', method: 'POST', body: 'from js' },
+    })
+    const down = (await ex.execute(def('js', NET), { fetch: { url: 'http://127.0.0.1:1/' } })) as any
+    expect(down.fetchError).toMatch(/^fetch failed/)
+    const e = await failure(ex.execute(def('js', NET), { fetch: { url: 'http://169.254.169.254/' } }))
+    expect(e.code).toBe('NETWORK_DENIED')
+    const closed = await failure(ex.execute(def('js'), { fetch: { url: `${base}/json` } }))
+    expect(closed.code).toBe('CAPABILITY_DENIED')
+  })
+})
+
+async function storeOf(blobs: Record<string, Buffer>) {
+  const store = new MemoryBlobStore()
+  for (const [name, bytes] of Object.entries(blobs)) await store.upload(`${name}.wasm`, bytes)
+  return store
+}

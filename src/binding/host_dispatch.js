@@ -1,0 +1,65 @@
+// The JS half of options.hostFunctions, compiled once per executor (src/binding/js_host.rs).
+// Given the user's functions and the native `done(id, error, text)`, it returns `call` (run one
+// host call: JSON.parse the guest's input, call the function with { activity, actorId, signal },
+// settle with JSON.stringify of its value, awaited if it is a thenable) and `abort` (the call
+// ended first: fire its signal). Nothing the user's function does (throw, reject, return a
+// value JSON cannot hold, a `then` getter that throws) escapes: each settles the call as an error.
+(function makeHostDispatcher(fns, done) {
+  'use strict'
+  const table = new Map()
+  for (const key of Object.keys(fns)) {
+    const f = fns[key]
+    if (typeof f !== 'function') {
+      throw new TypeError(`options.hostFunctions[${JSON.stringify(key)}] must be a function`)
+    }
+    if (!/^[^.\s]+\.\S+$/.test(key)) {
+      throw new TypeError(`options.hostFunctions: ${JSON.stringify(key)} is not of the form 'namespace.name'`)
+    }
+    table.set(key, f)
+  }
+  const live = new Map()
+  const settle = (id, error, text) => {
+    if (live.delete(id)) done(id, error, text)
+  }
+  const asError = (e) =>
+    e !== null && (typeof e === 'object' || typeof e === 'function') ? e : new Error(`the host function threw ${String(e)}`)
+  function call(name, input, activity, actorId, id) {
+    const controller = new AbortController()
+    live.set(id, controller)
+    const f = table.get(name)
+    if (f === undefined) return settle(id, new Error(`no host function ${name}`))
+    let value
+    try {
+      const ctx = Object.freeze({ activity, actorId: actorId === null ? undefined : actorId, signal: controller.signal })
+      value = f(JSON.parse(input), ctx)
+    } catch (e) {
+      return settle(id, asError(e))
+    }
+    const finish = (v) => {
+      let text
+      try {
+        text = JSON.stringify(v === undefined ? null : v)
+      } catch (e) {
+        return settle(id, asError(e))
+      }
+      settle(id, null, text === undefined ? 'null' : text)
+    }
+    let then
+    try {
+      then = value !== null && (typeof value === 'object' || typeof value === 'function') ? value.then : undefined
+    } catch (e) {
+      return settle(id, asError(e))
+    }
+    if (typeof then !== 'function') return finish(value)
+    Promise.resolve(value).then(finish, (e) => settle(id, asError(e)))
+  }
+  function abort(id, reason) {
+    const controller = live.get(id)
+    if (controller === undefined) return
+    live.delete(id)
+    const e = new Error(reason)
+    e.name = 'AbortError'
+    controller.abort(e)
+  }
+  return { call, abort, names: [...table.keys()] }
+})

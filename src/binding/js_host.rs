@@ -1,0 +1,165 @@
+//! `options.hostFunctions` as the core's `HostFunctions`: a small JS dispatcher
+//! (`host_dispatch.js`, compiled once per executor) runs each call on the JS thread and settles
+//! it through one native `done(id, error, text)`; Rust waits on a oneshot per call, so no thread
+//! waits while a host Promise is pending. Both directions go through weak ThreadsafeFunctions
+//! (they never keep Node alive). A call whose future is dropped before it settles (timeout,
+//! cancellation, close) fires the function's `ctx.signal`.
+
+use std::collections::HashMap;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::{FnArgs, FromNapiValue, Function, Object, Unknown};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{sys, Env, JsValue, Status};
+
+use super::js;
+use crate::error::ExecError;
+use crate::host_functions::{HostFailure, HostFunctions, HostRequest};
+use crate::store::BoxFuture;
+
+const DISPATCHER: &str = include_str!("host_dispatch.js");
+
+type Settled = Result<String, HostFailure>;
+type Pending = Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Settled>>>>;
+
+type CallArgs = FnArgs<(String, String, String, Option<String>, f64)>;
+type CallFn = ThreadsafeFunction<CallArgs, (), CallArgs, Status, false, true>;
+type AbortArgs = FnArgs<(f64, String)>;
+type AbortFn = ThreadsafeFunction<AbortArgs, (), AbortArgs, Status, false, true>;
+
+pub struct JsHostFunctions {
+    names: Vec<String>,
+    call: CallFn,
+    abort: Arc<AbortFn>,
+    pending: Pending,
+    next: AtomicU64,
+}
+
+/// The JS error's `message` and, when it is a string, its `code`.
+fn failure(env: sys::napi_env, error: sys::napi_value) -> HostFailure {
+    let message = js::describe(env, error);
+    let mut code = None;
+    let mut t = 0;
+    unsafe { sys::napi_typeof(env, error, &mut t) };
+    if t == sys::ValueType::napi_object || t == sys::ValueType::napi_function {
+        let mut c = ptr::null_mut();
+        if unsafe { sys::napi_get_named_property(env, error, c"code".as_ptr(), &mut c) } == sys::Status::napi_ok {
+            let mut ct = 0;
+            unsafe { sys::napi_typeof(env, c, &mut ct) };
+            if ct == sys::ValueType::napi_string {
+                code = js::read_string(env, c).ok();
+            } else if ct == sys::ValueType::napi_number {
+                let mut n = 0f64;
+                unsafe { sys::napi_get_value_double(env, c, &mut n) };
+                code = Some(n.to_string());
+            }
+        }
+        js::take_exception(env);
+    }
+    HostFailure { message, code }
+}
+
+impl JsHostFunctions {
+    /// Reads `options.hostFunctions` (an object of functions keyed `namespace.name`).
+    pub fn new(env: &Env, fns: Object) -> Result<JsHostFunctions, ExecError> {
+        let raw = env.raw();
+        let pending: Pending = Arc::default();
+        let for_done = pending.clone();
+        let done = env
+            .create_function_from_closure::<(), (), _>("done", move |ctx| {
+                let id: f64 = ctx.get(0)?;
+                let error: Unknown = ctx.get(1)?;
+                let settled = match error.get_type()? {
+                    napi::ValueType::Null | napi::ValueType::Undefined => {
+                        let text: Option<String> = ctx.get(2)?;
+                        Ok(text.unwrap_or_else(|| "null".into()))
+                    }
+                    _ => Err(failure(ctx.env.raw(), error.raw())),
+                };
+                let tx = for_done.lock().unwrap_or_else(|p| p.into_inner()).remove(&(id as u64));
+                if let Some(tx) = tx {
+                    let _ = tx.send(settled);
+                }
+                Ok(())
+            })
+            .map_err(ExecError::internal)?;
+        let factory: Unknown = env.run_script(DISPATCHER).map_err(|e| {
+            js::take_exception(raw);
+            ExecError::internal(format!("the host function dispatcher does not compile: {e}"))
+        })?;
+        let mut undefined = ptr::null_mut();
+        unsafe { sys::napi_get_undefined(raw, &mut undefined) };
+        let dispatcher = js::call(raw, undefined, factory.raw(), &[fns.raw(), done.raw()])
+            .map_err(ExecError::InvalidArgument)?;
+        let get_fn = |key: &str| -> Result<sys::napi_value, ExecError> {
+            js::get(raw, dispatcher, key, "the host function dispatcher")
+        };
+        let call: Function<CallArgs, ()> = unsafe { Function::from_napi_value(raw, get_fn("call")?) }.map_err(ExecError::internal)?;
+        let abort: Function<AbortArgs, ()> = unsafe { Function::from_napi_value(raw, get_fn("abort")?) }.map_err(ExecError::internal)?;
+        let call = call
+            .build_threadsafe_function::<CallArgs>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build()
+            .map_err(ExecError::internal)?;
+        let abort = abort
+            .build_threadsafe_function::<AbortArgs>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build()
+            .map_err(ExecError::internal)?;
+        let names_value = js::get(raw, dispatcher, "names", "the host function dispatcher")?;
+        let names = super::args::string_list(unsafe { Unknown::from_napi_value(raw, names_value) }.map_err(ExecError::internal)?, "options.hostFunctions")?;
+        Ok(JsHostFunctions { names, call, abort: Arc::new(abort), pending, next: AtomicU64::new(1) })
+    }
+}
+
+/// Aborts its call on the JS side when dropped before the call settled.
+struct AbortOnDrop {
+    id: u64,
+    settled: bool,
+    pending: Pending,
+    abort: Arc<AbortFn>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        let reason = "the activity call ended (timeout, cancellation or close) before the host function settled".to_string();
+        self.abort.call(FnArgs { data: (self.id as f64, reason) }, ThreadsafeFunctionCallMode::NonBlocking);
+    }
+}
+
+impl HostFunctions for JsHostFunctions {
+    fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    fn call(&self, req: HostRequest) -> BoxFuture<'static, Result<String, HostFailure>> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let status = self.call.call(
+            FnArgs { data: (req.name, req.input, req.activity, req.actor_id, id as f64) },
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
+        if status != Status::Ok {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            let message = format!("the host function could not be called (the JS environment is closing: {status})");
+            return Box::pin(std::future::ready(Err(HostFailure { message, code: None })));
+        }
+        let guard = AbortOnDrop { id, settled: false, pending: self.pending.clone(), abort: self.abort.clone() };
+        Box::pin(async move {
+            // The whole guard moves into the future (not only the field it sets).
+            let mut guard = guard;
+            let r = rx.await;
+            guard.settled = true;
+            r.unwrap_or_else(|_| Err(HostFailure { message: "the host function's result was lost (the JS environment went away)".into(), code: None }))
+        })
+    }
+}

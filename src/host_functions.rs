@@ -1,0 +1,344 @@
+//! Host functions: functions of the embedder (JS functions given as `options.hostFunctions`)
+//! a guest calls by import, JSON text in and out. A module imports one as `namespace.name`; a
+//! call may reach only those its definition names in `capabilities.hostFunctions` (any other
+//! import is `CAPABILITY_DENIED` before the guest starts, named). The same calling path carries
+//! the network capability's request function.
+//!
+//! How a guest passes text depends on the import's type, which is its ABI's convention:
+//! - `(i32) -> i32`: AssemblyScript strings (a pointer to a string; the result a string
+//!   allocated with the guest's `__new`);
+//! - `(i64) -> i64`: Extism memory handles (a block of the kernel's memory, in and out).
+//!
+//! Components reach them through `loom:activity/host.call` (see `abi::component`).
+//!
+//! A host call is asynchronous: while it waits, the guest's fiber is suspended, no thread
+//! waits, and the call gives back its concurrency slot (`permit`). The call's deadline and
+//! cancellation cover the wait; when the call ends mid-wait its future is dropped, which tells
+//! the host (the JS function's `ctx.signal` fires).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{Caller, ExternType, FuncType, Linker, Module, Val, ValType};
+
+use crate::error::ExecError;
+use crate::host::HostState;
+use crate::network::{HttpRequest, Network};
+use crate::permit::PermitSlot;
+use crate::store::BoxFuture;
+
+/// One call of a host function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRequest {
+    /// `namespace.name`.
+    pub name: String,
+    /// JSON text.
+    pub input: String,
+    /// The calling activity's name.
+    pub activity: String,
+    pub actor_id: Option<String>,
+}
+
+/// A host function's failure (a JS throw or rejection): its message and its `code`, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFailure {
+    pub message: String,
+    pub code: Option<String>,
+}
+
+/// What the embedder offers. Dropping a `call` future before it settles aborts the call.
+pub trait HostFunctions: Send + Sync {
+    fn names(&self) -> Vec<String>;
+    fn call(&self, req: HostRequest) -> BoxFuture<'static, Result<String, HostFailure>>;
+}
+
+/// A call's network: the executor's client and the requests this call has made.
+pub struct NetworkCall {
+    pub network: Arc<Network>,
+    pub requests: AtomicU32,
+}
+
+/// What the guest of one call may reach, set on its Store for that call only.
+#[derive(Clone, Default)]
+pub struct HostAccess {
+    pub functions: Option<Arc<dyn HostFunctions>>,
+    /// `capabilities.hostFunctions` of the definition.
+    pub granted: Arc<Vec<String>>,
+    pub activity: String,
+    pub actor_id: Option<String>,
+    /// The call's concurrency slot, given back while it waits.
+    pub permit: Option<Arc<PermitSlot>>,
+    /// Present when the definition asked for the network and the executor grants it.
+    pub network: Option<Arc<NetworkCall>>,
+    /// The call's deadline (a request's timeout ends by it).
+    pub deadline: Option<Instant>,
+    /// Bytes of text a host call may hand the guest (the definition's `maxInputBytes`).
+    pub max_result_bytes: u64,
+}
+
+impl HostAccess {
+    /// Waits for `fut` with the call's concurrency slot given back.
+    async fn without_slot<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match &self.permit {
+            Some(p) => p.without(fut).await,
+            None => fut.await,
+        }
+    }
+
+    /// Calls host function `name` with JSON text `input`.
+    pub async fn call(&self, name: &str, input: String) -> Result<String, ExecError> {
+        if !self.granted.iter().any(|g| g == name) {
+            return Err(ExecError::CapabilityDenied(format!(
+                "the guest called host function {name}, which its definition does not name in capabilities.hostFunctions"
+            )));
+        }
+        let Some(functions) = &self.functions else {
+            return Err(ExecError::CapabilityDenied(format!("host function {name}: the executor has no options.hostFunctions")));
+        };
+        if serde_json::from_str::<serde::de::IgnoredAny>(&input).is_err() {
+            return Err(ExecError::InvalidOutput {
+                message: format!("the guest passed host function {name} text that is not JSON"),
+                preview: input.chars().take(200).collect(),
+            });
+        }
+        let req = HostRequest { name: name.to_string(), input, activity: self.activity.clone(), actor_id: self.actor_id.clone() };
+        let out = self.without_slot(functions.call(req)).await.map_err(|f| ExecError::HostFunctionError {
+            function: name.to_string(),
+            message: f.message,
+            code: f.code,
+        })?;
+        if out.len() as u64 > self.max_result_bytes {
+            return Err(ExecError::HostFunctionError {
+                function: name.to_string(),
+                message: format!("its result is {} bytes of JSON, over the call's maxInputBytes {}", out.len(), self.max_result_bytes),
+                code: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sends an HTTP request under the network grant: JSON request in, JSON response out.
+    pub async fn http(&self, request: HttpRequest) -> Result<crate::network::HttpResponse, ExecError> {
+        let Some(net) = &self.network else {
+            return Err(ExecError::CapabilityDenied(
+                "the guest made an HTTP request without the network capability (capabilities.network and options.network)".into(),
+            ));
+        };
+        let max = net.network.config().max_requests_per_call;
+        if net.requests.fetch_add(1, Ordering::Relaxed) >= max {
+            let host = reqwest::Url::parse(&request.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+            return Err(ExecError::NetworkDenied {
+                message: format!("{host}: over maxRequestsPerCall ({max} requests per call)"),
+                host,
+            });
+        }
+        let deadline = self.deadline.unwrap_or_else(|| Instant::now() + net.network.config().timeout);
+        self.without_slot(net.network.send(request, deadline)).await
+    }
+}
+
+/// How a host import passes text, by its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convention {
+    /// `(i32) -> i32`: AssemblyScript strings.
+    AsString,
+    /// `(i64) -> i64`: Extism kernel memory handles.
+    ExtismHandle,
+}
+
+impl Convention {
+    fn of(ty: &FuncType) -> Option<Convention> {
+        let params: Vec<ValType> = ty.params().collect();
+        let results: Vec<ValType> = ty.results().collect();
+        match (params.as_slice(), results.as_slice()) {
+            ([ValType::I32], [ValType::I32]) => Some(Convention::AsString),
+            ([ValType::I64], [ValType::I64]) => Some(Convention::ExtismHandle),
+            _ => None,
+        }
+    }
+}
+
+/// The AssemblyScript import of the network capability: `loom.http(requestJson) -> responseJson`.
+pub const HTTP_IMPORT: (&str, &str) = ("loom", "http");
+
+/// A function import the process linker does not satisfy: a host function (or `loom.http`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostImport {
+    pub module: String,
+    pub name: String,
+    /// `module.name`, what `capabilities.hostFunctions` names.
+    pub key: String,
+    /// `None`: a type no convention fits (refused when the call starts).
+    pub convention: Option<Convention>,
+    pub ty: String,
+}
+
+impl HostImport {
+    pub fn is_http(&self) -> bool {
+        (self.module.as_str(), self.name.as_str()) == HTTP_IMPORT
+    }
+}
+
+/// A module's host imports, or `INVALID_MODULE` for an unknown import that is not a function.
+pub fn host_imports<'a>(module: &Module, unknown: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Vec<HostImport>, ExecError> {
+    let mut out = Vec::new();
+    for (m, n) in unknown {
+        let Some(imp) = module.imports().find(|i| i.module() == m && i.name() == n) else { continue };
+        let ExternType::Func(ty) = imp.ty() else {
+            return Err(ExecError::InvalidModule(format!(
+                "unknown import {m}.{n} is not a function (the host provides only functions)"
+            )));
+        };
+        out.push(HostImport {
+            module: m.to_string(),
+            name: n.to_string(),
+            key: format!("{m}.{n}"),
+            convention: Convention::of(&ty),
+            ty: ty.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Before a call starts: every host import must be granted by the definition and offered by the
+/// executor (else `CAPABILITY_DENIED`, named), and of a type its ABI's convention fits. (The
+/// network import is `network::authorize`'s.)
+pub fn authorize(imports: &[HostImport], granted: &[String], offered: &[String]) -> Result<(), ExecError> {
+    let denied: Vec<&str> = imports
+        .iter()
+        .filter(|i| !i.is_http() && !granted.iter().any(|g| *g == i.key))
+        .map(|i| i.key.as_str())
+        .collect();
+    if !denied.is_empty() {
+        return Err(ExecError::CapabilityDenied(format!(
+            "the module imports {}, which its definition does not grant (capabilities.hostFunctions)",
+            denied.join(", ")
+        )));
+    }
+    let missing: Vec<&str> = imports
+        .iter()
+        .filter(|i| !i.is_http() && !offered.iter().any(|o| *o == i.key))
+        .map(|i| i.key.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExecError::CapabilityDenied(format!(
+            "the module imports {}, which the executor does not offer (options.hostFunctions)",
+            missing.join(", ")
+        )));
+    }
+    if let Some(bad) = imports.iter().find(|i| i.convention.is_none() || (i.is_http() && i.convention != Some(Convention::AsString))) {
+        return Err(ExecError::InvalidModule(format!(
+            "host import {} has type {}; a host function takes and returns JSON text as (i32) -> i32 (an AssemblyScript string) or (i64) -> i64 (an Extism memory handle)",
+            bad.key, bad.ty
+        )));
+    }
+    Ok(())
+}
+
+/// A linker for a module with host imports: the process linker plus one async function per
+/// import, which dispatches on the Store's `HostAccess` at call time.
+pub fn link(base: &Linker<HostState>, module: &Module, imports: &[HostImport]) -> Result<Linker<HostState>, ExecError> {
+    let mut linker = base.clone();
+    for imp in imports {
+        let Some(ExternType::Func(ty)) = module.imports().find(|i| i.module() == imp.module && i.name() == imp.name).map(|i| i.ty())
+        else {
+            continue;
+        };
+        let import = Arc::new(imp.clone());
+        linker
+            .func_new_async(&imp.module, &imp.name, ty, move |caller, params, results| {
+                let import = import.clone();
+                Box::new(async move { dispatch(caller, &import, params, results).await })
+            })
+            .map_err(|e| ExecError::InvalidModule(format!("cannot link {}: {e:#}", imp.key)))?;
+    }
+    Ok(linker)
+}
+
+async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let convention = imp.convention.ok_or_else(|| wasmtime::Error::new(ExecError::InvalidModule(format!("host import {} has type {}", imp.key, imp.ty))))?;
+    let input = match (convention, params.first()) {
+        (Convention::AsString, Some(Val::I32(ptr))) => read_as(&mut caller, *ptr, &imp.key)?,
+        (Convention::ExtismHandle, Some(Val::I64(off))) => caller.data().extism.read_text(*off as u64)?,
+        _ => return Err(wasmtime::Error::new(ExecError::internal("a host import called with the wrong arguments"))),
+    };
+    let access = caller.data().access.clone();
+    let output = if imp.is_http() {
+        let request = HttpRequest::from_json(&input).map_err(wasmtime::Error::new)?;
+        access.http(request).await.map_err(wasmtime::Error::new)?.to_json()
+    } else {
+        access.call(&imp.key, input).await.map_err(wasmtime::Error::new)?
+    };
+    results[0] = match convention {
+        Convention::AsString => Val::I32(write_as(&mut caller, &output).await?),
+        Convention::ExtismHandle => {
+            let d = caller.data_mut();
+            Val::I64(d.extism.write_bytes(output.as_bytes(), &mut d.limiter)? as i64)
+        }
+    };
+    Ok(())
+}
+
+fn memory(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<wasmtime::Memory> {
+    caller
+        .get_export("memory")
+        .and_then(|e| e.into_memory())
+        .ok_or_else(|| wasmtime::Error::new(ExecError::MissingExport("a host function needs the guest's exported `memory`".into())))
+}
+
+fn read_as(caller: &mut Caller<'_, HostState>, ptr: i32, key: &str) -> wasmtime::Result<String> {
+    let mem = memory(caller)?;
+    let max = caller.data().access.max_result_bytes.max(crate::limits::MAX_PAYLOAD_BYTES);
+    crate::abi::assemblyscript::read_string(mem.data(&*caller), ptr, max).map_err(|e| {
+        wasmtime::Error::new(match e {
+            ExecError::InvalidOutput { message, preview } => {
+                ExecError::InvalidOutput { message: format!("the argument of host import {key}: {message}"), preview }
+            }
+            other => other,
+        })
+    })
+}
+
+/// Allocates an AssemblyScript string with the guest's `__new` and fills it.
+async fn write_as(caller: &mut Caller<'_, HostState>, text: &str) -> wasmtime::Result<i32> {
+    let new = caller
+        .get_export("__new")
+        .and_then(|e| e.into_func())
+        .ok_or_else(|| wasmtime::Error::new(ExecError::MissingExport("a host function returning text needs the guest's `__new` (asc --exportRuntime)".into())))?
+        .typed::<(i32, i32), i32>(&*caller)?;
+    let byte_len = text.encode_utf16().count() as u64 * 2;
+    if byte_len > crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES {
+        return Err(wasmtime::Error::new(ExecError::InputTooLarge { size: byte_len, limit: crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES }));
+    }
+    let ptr = new.call_async(&mut *caller, (byte_len as i32, crate::abi::assemblyscript::STRING_CLASS_ID)).await?;
+    let mem = memory(caller)?;
+    crate::abi::assemblyscript::write_utf16(mem.data_mut(&mut *caller), ptr, text, byte_len).map_err(wasmtime::Error::new)?;
+    Ok(ptr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import(key: &str, convention: Option<Convention>) -> HostImport {
+        let (m, n) = key.split_once('.').unwrap();
+        HostImport { module: m.into(), name: n.into(), key: key.into(), convention, ty: "(func)".into() }
+    }
+
+    #[test]
+    fn authorize_names_what_is_denied() {
+        let crm = import("crm.lookup", Some(Convention::AsString));
+        let granted = vec!["crm.lookup".to_string()];
+        assert!(authorize(&[crm.clone()], &granted, &granted).is_ok());
+        let e = authorize(&[crm.clone()], &[], &granted).unwrap_err();
+        assert_eq!(e.code(), "CAPABILITY_DENIED");
+        assert!(e.to_string().contains("crm.lookup"), "{e}");
+        let e = authorize(&[crm.clone()], &granted, &[]).unwrap_err();
+        assert!(e.to_string().contains("options.hostFunctions"), "{e}");
+        let http = import("loom.http", Some(Convention::AsString));
+        assert!(authorize(&[http], &[], &[]).is_ok(), "the network grant is checked apart");
+        let odd = import("crm.lookup", None);
+        assert_eq!(authorize(&[odd], &granted, &granted).unwrap_err().code(), "INVALID_MODULE");
+    }
+}

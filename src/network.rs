@@ -1,0 +1,602 @@
+//! The network capability: HTTP requests a guest makes through the host, under the executor's
+//! grant (`options.network`). A definition asks (`capabilities.network: true`); every request is
+//! checked here, in Rust, before and while it goes out:
+//!
+//! 1. only `http` and `https`;
+//! 2. the host (and port) must match `allowedHosts` (`api.example.com`, `*.example.org` for its
+//!    subdomains, `:port` to pin a port, IP literals such as `127.0.0.1:8080` or `[::1]:8080`);
+//! 3. a name is resolved by the host, and refused if any address it resolves to is loopback,
+//!    private, link-local, unique-local, multicast, reserved or a cloud metadata address; the
+//!    connection goes only to the addresses checked (no second lookup to rebind). Such an
+//!    address is reachable only when the allow-list names it literally as an IP;
+//! 4. redirects are followed by the host, each hop checked as the first (and at most 5);
+//! 5. caps: request and response body bytes, header bytes, requests per call; a per-request
+//!    timeout inside the call's deadline; no proxies from the environment.
+//!
+//! A broken rule is `NETWORK_DENIED` naming the host; a failure on the way (refused, reset,
+//! timed out) is `NETWORK_ERROR` (retryable). HTTP statuses, 4xx and 5xx included, are the
+//! guest's to read.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+
+use crate::error::ExecError;
+
+/// Ranges of `options.network`'s numeric fields.
+pub mod ranges {
+    pub const BYTES: (f64, f64) = (1.0, 1024.0 * 1024.0 * 1024.0);
+    pub const REQUESTS: (f64, f64) = (1.0, 100_000.0);
+    pub const TIMEOUT_MS: (f64, f64) = (1.0, 3_600_000.0);
+    pub const REDIRECTS: (f64, f64) = (0.0, 20.0);
+}
+
+/// The executor's network grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    pub allowed_hosts: Vec<HostRule>,
+    /// Bytes of one response body (default 10 MiB).
+    pub max_response_bytes: u64,
+    /// Bytes of one request body (default 10 MiB).
+    pub max_request_bytes: u64,
+    /// Bytes of one request's headers, and of one response's (default 64 KiB).
+    pub max_header_bytes: u64,
+    /// Requests one call may make (default 100).
+    pub max_requests_per_call: u32,
+    /// One request's time, from sending to the last body byte (default 30 s; never past the
+    /// call's deadline).
+    pub timeout: Duration,
+    /// Redirects followed (default 5).
+    pub max_redirects: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            allowed_hosts: Vec::new(),
+            max_response_bytes: 10 * 1024 * 1024,
+            max_request_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_requests_per_call: 100,
+            timeout: Duration::from_secs(30),
+            max_redirects: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Pattern {
+    /// A host name, exactly (lowercase, no trailing dot).
+    Name(String),
+    /// `*.suffix`: any name ending in `.suffix` (not `suffix` itself).
+    Subdomains(String),
+    Ip(IpAddr),
+}
+
+/// One entry of `allowedHosts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRule {
+    pattern: Pattern,
+    port: Option<u16>,
+}
+
+impl HostRule {
+    /// `host`, `*.domain`, an IP literal (`[v6]` with a port), each with an optional `:port`.
+    pub fn parse(entry: &str) -> Result<HostRule, String> {
+        let s = entry.trim().to_ascii_lowercase();
+        let bad = |why: &str| Err(format!("{entry:?} is not a host pattern: {why}"));
+        if s.is_empty() {
+            return bad("it is empty");
+        }
+        if s.contains("://") || s.contains('/') {
+            return bad("name hosts, not URLs (api.example.com, *.example.org:443, 127.0.0.1:8080)");
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let Some((ip, after)) = rest.split_once(']') else { return bad("an unclosed [") };
+            match after {
+                "" => (ip.to_string(), None),
+                p if p.starts_with(':') => (ip.to_string(), Some(&p[1..])),
+                _ => return bad("text after ]"),
+            }
+        } else if s.matches(':').count() > 1 {
+            (s.clone(), None) // a bare IPv6 address
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (s.clone(), None),
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return bad("the port is not a number in 1..65535"),
+            },
+        };
+        let pattern = if let Ok(ip) = host.parse::<IpAddr>() {
+            Pattern::Ip(ip)
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            if !is_name(suffix) {
+                return bad("after *. must come a domain name");
+            }
+            Pattern::Subdomains(suffix.trim_end_matches('.').to_string())
+        } else if is_name(&host) {
+            Pattern::Name(host.trim_end_matches('.').to_string())
+        } else {
+            return bad("a host is a domain name, *.domain, or an IP address");
+        };
+        Ok(HostRule { pattern, port })
+    }
+
+    fn matches(&self, host: &Host, port: u16) -> bool {
+        if self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match (&self.pattern, host) {
+            (Pattern::Name(n), Host::Name(h)) => n == h,
+            (Pattern::Subdomains(s), Host::Name(h)) => h.len() > s.len() + 1 && h.ends_with(s.as_str()) && h.as_bytes()[h.len() - s.len() - 1] == b'.',
+            (Pattern::Ip(a), Host::Ip(b)) => a == b || canonical(*a) == canonical(*b),
+            _ => false,
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    let s = s.trim_end_matches('.');
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+impl Host {
+    fn show(&self) -> String {
+        match self {
+            Host::Name(n) => n.clone(),
+            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+            Host::Ip(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// An IPv4 address carried in an IPv6 one (mapped, compatible, NAT64, 6to4) as that IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+            if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+                return IpAddr::V4(tail); // IPv4-compatible (deprecated)
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return IpAddr::V4(tail); // NAT64
+            }
+            if s[0] == 0x2002 {
+                return IpAddr::V4(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8)); // 6to4
+            }
+            ip
+        }
+        v4 => v4,
+    }
+}
+
+/// Why an address is not on the public internet, if it is not: loopback, private, link-local
+/// (cloud metadata at 169.254.169.254 among them), unique-local (fd00:ec2::254), multicast,
+/// reserved, documentation ranges.
+pub fn restricted(ip: IpAddr) -> Option<&'static str> {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Some(match (a, b, c) {
+                _ if v4.is_loopback() => "loopback",
+                _ if v4.is_private() => "private",
+                (169, 254, _) => "link-local (cloud metadata lives here)",
+                (0, _, _) => "this network",
+                (100, b, _) if (64..128).contains(&b) => "shared address space (CGNAT)",
+                (192, 0, 0) => "IETF protocol assignments",
+                (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
+                (198, 18..=19, _) => "benchmarking",
+                (a, _, _) if a >= 224 => "multicast or reserved",
+                _ => return None,
+            })
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(match s[0] {
+                _ if v6.is_loopback() => "loopback",
+                _ if v6.is_unspecified() => "unspecified",
+                x if x & 0xfe00 == 0xfc00 => "unique-local (cloud metadata fd00:ec2::254 lives here)",
+                x if x & 0xffc0 == 0xfe80 => "link-local",
+                x if x & 0xffc0 == 0xfec0 => "site-local",
+                x if x & 0xff00 == 0xff00 => "multicast",
+                0x2001 if s[1] == 0x0db8 => "documentation",
+                0x0100 if s[1..4] == [0, 0, 0] => "discard-only",
+                _ => return None,
+            })
+        }
+    }
+}
+
+/// Before a call starts: a module that imports an HTTP function (`import`) runs only when its
+/// definition asked for the network and the executor grants it. Asking without importing one
+/// is fine (nothing to use).
+pub fn authorize(import: Option<&str>, asked: bool, granted: bool) -> Result<(), ExecError> {
+    match import {
+        Some(name) if !asked => Err(ExecError::CapabilityDenied(format!(
+            "the module imports {name} (HTTP requests), which needs capabilities.network in its definition"
+        ))),
+        Some(name) if !granted => Err(ExecError::CapabilityDenied(format!(
+            "the module imports {name} (HTTP requests) and its definition asks for the network, but the executor grants none (options.network.allowedHosts)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A guest's HTTP request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What the guest gets back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// `{"method"?: "GET", "url": "...", "headers"?: {name: value}, "body"?: "text"}`.
+    pub fn from_json(text: &str) -> Result<HttpRequest, ExecError> {
+        let bad = |why: String| ExecError::NetworkDenied { host: String::new(), message: format!("a malformed request: {why}") };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+        let url = obj.get("url").and_then(|u| u.as_str()).ok_or_else(|| bad("no \"url\" string".into()))?.to_string();
+        let method = match obj.get("method") {
+            None | Some(serde_json::Value::Null) => "GET".to_string(),
+            Some(serde_json::Value::String(m)) => m.clone(),
+            Some(_) => return Err(bad("\"method\" is not a string".into())),
+        };
+        let headers = match obj.get("headers") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Object(h)) => h
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Ok((k.clone(), other.to_string())),
+                })
+                .collect::<Result<_, ExecError>>()?,
+            Some(_) => return Err(bad("\"headers\" is not an object".into())),
+        };
+        let body = match obj.get("body") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+            Some(other) => other.to_string().into_bytes(),
+        };
+        Ok(HttpRequest { method, url, headers, body })
+    }
+}
+
+impl HttpResponse {
+    /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
+    /// U+FFFD for bytes that are not).
+    pub fn to_json(&self) -> String {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &self.headers {
+            match headers.get_mut(k) {
+                Some(serde_json::Value::String(prev)) => {
+                    prev.push_str(", ");
+                    prev.push_str(v);
+                }
+                _ => {
+                    headers.insert(k.clone(), serde_json::Value::String(v.clone()));
+                }
+            }
+        }
+        serde_json::json!({
+            "status": self.status,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&self.body),
+        })
+        .to_string()
+    }
+
+    pub fn headers_json(&self) -> String {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), serde_json::Value::String(v.clone()));
+        }
+        serde_json::Value::Object(headers).to_string()
+    }
+}
+
+/// A refusal raised inside reqwest (by the resolver or the redirect policy), found again in the
+/// error's chain.
+#[derive(Debug)]
+struct Refused {
+    host: String,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Resolves names with the system resolver and refuses any that reaches a restricted address.
+struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves to no address").into());
+            }
+            if let Some((ip, why)) = addrs.iter().find_map(|a| restricted(a.ip()).map(|w| (a.ip(), w))) {
+                let refused = Refused {
+                    host: host.clone(),
+                    message: format!(
+                        "{host} resolves to {ip}, a {why} address; only an allowedHosts entry naming that IP literally reaches it"
+                    ),
+                };
+                return Err(Box::new(refused) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The executor's network: its grant and one HTTP client (connections pooled across calls).
+pub struct Network {
+    config: Arc<NetworkConfig>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").field("config", &self.config).finish()
+    }
+}
+
+/// Checks a URL against the scheme and host rules (not DNS: the resolver does that).
+fn check_url(config: &NetworkConfig, url: &Url) -> Result<(), Refused> {
+    let shown = url.host_str().unwrap_or("").to_string();
+    let deny = |host: &str, message: String| Refused { host: host.to_string(), message };
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(deny(&shown, format!("{}: only http and https requests are allowed", url.scheme())));
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => Host::Name(d.trim_end_matches('.').to_ascii_lowercase()),
+        Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+        None => return Err(deny("", "the URL has no host".into())),
+    };
+    let port = url.port_or_known_default().unwrap_or(0);
+    let shown = host.show();
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(deny(&shown, format!("{shown}: credentials in the URL are not allowed (send a header)")));
+    }
+    if !config.allowed_hosts.iter().any(|r| r.matches(&host, port)) {
+        return Err(deny(&shown, format!("{shown}:{port} is not in options.network.allowedHosts")));
+    }
+    // An IP the allow-list matched is named there literally (patterns of names never match an
+    // IP), so even a private one is the executor's explicit choice.
+    Ok(())
+}
+
+impl Network {
+    pub fn new(config: NetworkConfig) -> Result<Arc<Network>, ExecError> {
+        let config = Arc::new(config);
+        let for_redirects = config.clone();
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > for_redirects.max_redirects as usize {
+                let host = attempt.url().host_str().unwrap_or("").to_string();
+                let message = format!("more than {} redirects", for_redirects.max_redirects);
+                return attempt.error(Refused { host, message });
+            }
+            match check_url(&for_redirects, attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(mut refused) => {
+                    refused.message = format!("a redirect to {}: {}", attempt.url(), refused.message);
+                    attempt.error(refused)
+                }
+            }
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver))
+            .redirect(policy)
+            .connect_timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ExecError::InvalidArgument(format!("options.network: the HTTP client cannot be built: {e}")))?;
+        Ok(Arc::new(Network { config, client }))
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Sends one request under the grant, finishing by `deadline` at the latest.
+    pub async fn send(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, ExecError> {
+        let c = &self.config;
+        let denied = |host: &str, message: String| ExecError::NetworkDenied { host: host.to_string(), message };
+        let url = Url::parse(&req.url).map_err(|e| denied("", format!("{:?} is not a URL: {e}", preview(&req.url))))?;
+        check_url(c, &url).map_err(|r| denied(&r.host, r.message))?;
+        let host = url.host_str().unwrap_or("").to_string();
+        let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| denied(&host, format!("{:?} is not an HTTP method", preview(&req.method))))?;
+        if method == reqwest::Method::CONNECT {
+            return Err(denied(&host, "CONNECT requests are not allowed".into()));
+        }
+        let header_bytes: u64 = req.headers.iter().map(|(k, v)| (k.len() + v.len() + 4) as u64).sum();
+        if header_bytes > c.max_header_bytes {
+            return Err(denied(&host, format!("the request's headers are {header_bytes} bytes, over maxHeaderBytes {}", c.max_header_bytes)));
+        }
+        if req.body.len() as u64 > c.max_request_bytes {
+            return Err(denied(&host, format!("the request's body is {} bytes, over maxRequestBytes {}", req.body.len(), c.max_request_bytes)));
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &req.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| denied(&host, format!("{:?} is not a header name", preview(k))))?;
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|_| denied(&host, format!("the value of header {k} is not a valid header value")))?;
+            headers.append(name, value);
+        }
+        // A request cut short by the call's deadline ends as the call's TIMEOUT (the executor
+        // watches the deadline): its own timeout runs a little past it.
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
+        let timeout = c.timeout.min(left).max(Duration::from_millis(1));
+        let started = Instant::now();
+        let sent = self.client.request(method, url).headers(headers).body(req.body).timeout(timeout).send().await;
+        let mut resp = sent.map_err(|e| self.failure(&host, e))?;
+        let status = resp.status().as_u16();
+        let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
+        if got > c.max_header_bytes {
+            return Err(denied(&host, format!("the response's headers are {got} bytes, over maxHeaderBytes {}", c.max_header_bytes)));
+        }
+        let too_big = |n: u64| denied(&host, format!("the response's body is {n} bytes or more, over maxResponseBytes {}", c.max_response_bytes));
+        if let Some(len) = resp.content_length().filter(|l| *l > c.max_response_bytes) {
+            return Err(too_big(len));
+        }
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let chunk = match tokio::time::timeout(left, resp.chunk()).await {
+                Err(_) => return Err(ExecError::NetworkError { host: host.clone(), message: format!("{host}: the response timed out") }),
+                Ok(r) => r.map_err(|e| self.failure(&host, e))?,
+            };
+            let Some(chunk) = chunk else { break };
+            if body.len() as u64 + chunk.len() as u64 > c.max_response_bytes {
+                return Err(too_big(body.len() as u64 + chunk.len() as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse { status, headers, body })
+    }
+
+    fn failure(&self, host: &str, e: reqwest::Error) -> ExecError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(r) = s.downcast_ref::<Refused>() {
+                return ExecError::NetworkDenied { host: r.host.clone(), message: r.message.clone() };
+            }
+            source = s.source();
+        }
+        let what = if e.is_timeout() { "timed out".to_string() } else { chain(&e) };
+        ExecError::NetworkError { host: host.to_string(), message: format!("{host}: {what}") }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn preview(s: &str) -> String {
+    s.chars().take(100).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[&str]) -> NetworkConfig {
+        NetworkConfig { allowed_hosts: list.iter().map(|s| HostRule::parse(s).unwrap()).collect(), ..Default::default() }
+    }
+
+    fn check(c: &NetworkConfig, url: &str) -> Result<(), String> {
+        check_url(c, &Url::parse(url).unwrap()).map_err(|r| r.message)
+    }
+
+    #[test]
+    fn patterns_parse_and_match() {
+        let c = rules(&["api.example.com", "*.example.org:443", "127.0.0.1:8080", "[::1]:9000", "10.1.2.3"]);
+        assert!(check(&c, "https://api.example.com/x").is_ok());
+        assert!(check(&c, "http://API.Example.com./x").is_ok());
+        assert!(check(&c, "https://a.b.example.org/").is_ok());
+        assert!(check(&c, "https://example.org/").is_err(), "*. is subdomains only");
+        assert!(check(&c, "https://evilexample.org/").is_err());
+        assert!(check(&c, "http://a.example.org/").is_err(), "port 80 is not 443");
+        assert!(check(&c, "http://127.0.0.1:8080/").is_ok());
+        assert!(check(&c, "http://127.0.0.1:8081/").is_err());
+        assert!(check(&c, "http://[::1]:9000/").is_ok());
+        assert!(check(&c, "http://[::ffff:127.0.0.1]:8080/").is_ok(), "the same IP, mapped");
+        assert!(check(&c, "http://10.1.2.3:1234/").is_ok(), "no port: any port");
+        assert!(check(&c, "ftp://api.example.com/").unwrap_err().contains("only http and https"));
+        assert!(check(&c, "http://user:pw@api.example.com/").unwrap_err().contains("credentials"));
+        assert!(check(&c, "http://2130706433:8080/").is_ok(), "127.0.0.1 in decimal is that IP");
+        assert!(check(&c, "http://2130706434:8080/").is_err());
+        for bad in ["", "http://x.com", "a/b", "*", "*.", "a.*.com", "x.com:0", "x.com:99999", "[::1", "ex ample.com"] {
+            assert!(HostRule::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn restricted_addresses() {
+        for ip in [
+            "127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1",
+            "255.255.255.255", "::1", "::", "fd00:ec2::254", "fe80::1", "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1", "::127.0.0.1",
+        ] {
+            assert!(restricted(ip.parse().unwrap()).is_some(), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "93.184.216.34"] {
+            assert!(restricted(ip.parse().unwrap()).is_none(), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_to_private_addresses_are_refused() {
+        let net = Network::new(rules(&["localhost", "*.localhost"])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = net.send(HttpRequest { method: "GET".into(), url: "http://localhost:1/".into(), ..Default::default() }, deadline).await;
+        let e = e.unwrap_err();
+        assert_eq!(e.code(), "NETWORK_DENIED", "{e}");
+        assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn request_json() {
+        let r = HttpRequest::from_json(r#"{"url":"http://x/","headers":{"a":"b","n":1},"body":"hi"}"#).unwrap();
+        assert_eq!((r.method.as_str(), r.headers.len(), r.body.as_slice()), ("GET", 2, &b"hi"[..]));
+        assert_eq!(HttpRequest::from_json("[1]").unwrap_err().code(), "NETWORK_DENIED");
+        let resp = HttpResponse { status: 200, headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())], body: vec![0xff] };
+        let v: serde_json::Value = serde_json::from_str(&resp.to_json()).unwrap();
+        assert_eq!(v["headers"]["a"], "1, 2");
+        assert_eq!(v["body"], "\u{fffd}");
+    }
+}
