@@ -156,6 +156,33 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     console.log(`1000 calls x 50 ms host Promise, maxConcurrency 2: ${elapsed.toFixed(0)} ms, ${most} pending at once`)
   })
 
+  it('a guest running inline calls a sync host function on the JS thread, within execute() (no thread hop)', async () => {
+    let calls = 0
+    const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': (x: any) => (calls++, x) } })
+    const d = def('lookup', grant('crm.lookup'))
+    await ex.execute(d, { arg: 0 })
+    let during = 0
+    for (let i = 0; i < 50; i++) {
+      await sleep(0) // the loop turned: the next call may run inline
+      const before = calls
+      const p = ex.execute(d, { arg: i })
+      if (calls > before) during++
+      expect(await p).toEqual({ result: i, calls: 1 })
+    }
+    expect(during).toBeGreaterThanOrEqual(45)
+  })
+
+  it('a host function that closes the executor mid-call ends that call, and nothing else breaks', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('lookup.wasm', lookup())
+    const ex: WasmActivityExecutor = new WasmActivityExecutor(store, {
+      hostFunctions: { 'crm.lookup': async () => (void ex.close(), await sleep(10), 1) },
+    })
+    const e = await failure(ex.execute(def('lookup', grant('crm.lookup')), { arg: 1 }))
+    expect(['CANCELLED', 'CLOSED']).toContain(e.code)
+    expect((await failure(ex.execute(def('lookup', grant('crm.lookup')), { arg: 1 }))).code).toBe('CLOSED')
+  })
+
   it('a host function may call the executor again (no deadlock on maxConcurrency 1)', async () => {
     const store = new MemoryBlobStore()
     await store.upload('lookup.wasm', lookup())

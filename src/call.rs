@@ -57,7 +57,10 @@ pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
             return Poll::Ready(r);
         }
         if limits::in_inline_window() {
-            module.inline.overran();
+            // Waiting for a host call the caller's thread runs next is no overrun.
+            if !crate::inline::deferred() {
+                module.inline.overran();
+            }
             return Poll::Pending;
         }
         if Instant::now() >= budget.deadline {

@@ -346,7 +346,14 @@ impl Executor {
         };
         let ticket = call.actor_id.map(|actor_id| self.actors.ticket(ActorKey { def: p.key.clone(), actor_id }));
         let mut fut: GuestCall = Box::pin(self.clone().call(p, input, call.cancel, ticket));
-        let polled = limits::inline_window(Instant::now() + inline::BUDGET, || threads::poll_once(&mut fut));
+        let until = Instant::now() + inline::BUDGET;
+        // Between polls, host calls the guest deferred to this thread run (outside the window).
+        let polled = loop {
+            match limits::inline_window(until, || threads::poll_once(&mut fut)) {
+                Ok(Poll::Pending) if inline::run_deferred() => continue,
+                other => break other,
+            }
+        };
         match polled {
             Ok(Poll::Ready(result)) => Attempt::Finished(result),
             Err(()) => Attempt::Finished(Err(ExecError::internal("the call panicked (a bug in the executor)"))),
@@ -462,7 +469,7 @@ impl Executor {
             None => module.initial_memory_bytes,
         };
         module.wasi_imports.is_empty()
-            && module.host_imports.is_empty()
+            && (module.host_imports.is_empty() || inline::has_runner())
             && module.network_import.is_none()
             && input.len() <= inline::MAX_INPUT_BYTES
             && memory <= INLINE_MEMORY_BYTES

@@ -10,8 +10,13 @@
 //!   loop); without a loop (Rust callers) there is no chain to bound;
 //! - a gate per module: a module whose call overran its inline budget is kept off the caller's
 //!   thread for its next calls, twice as many after each overrun; a fast call does not undo it.
+//!
+//! A host function called by a guest running inline can run on the caller's thread too: the
+//! embedder installs a runner (the binding: JS host functions), the host call defers to it and
+//! suspends the guest, the poll returns, the runner runs the function outside the guest's fiber
+//! and the call is polled again. A sync JS host function then costs no thread hop at all.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,10 +32,64 @@ thread_local! {
     static WAITING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
+thread_local! {
+    /// What runs host calls deferred to the caller's thread (installed by the embedder).
+    static RUNNER: RefCell<Option<Box<dyn FnMut() -> bool>>> = const { RefCell::new(None) };
+    /// A host call of the call being polled waits for the runner.
+    static DEFERRED: Cell<bool> = const { Cell::new(false) };
+    /// The runner is running (host code: calls it starts do not run inline).
+    static RUNNING_DEFERRED: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Whether a call on this thread may run inline now: the loop turned less than `MAX_HOLD` ago
-/// (or this thread has no loop watch).
+/// (or this thread has no loop watch), and this is not a call started by a host function run
+/// between the polls of another.
 pub fn admit() -> bool {
-    WAITING_SINCE.with(|w| w.get().is_none_or(|since| since.elapsed() < MAX_HOLD))
+    !RUNNING_DEFERRED.with(Cell::get) && WAITING_SINCE.with(|w| w.get().is_none_or(|since| since.elapsed() < MAX_HOLD))
+}
+
+/// Installs this thread's runner of deferred host calls (once; later calls replace it).
+pub fn install_runner(runner: Box<dyn FnMut() -> bool>) {
+    RUNNER.with(|r| *r.borrow_mut() = Some(runner));
+}
+
+/// Whether this thread can run host calls between polls.
+pub fn has_runner() -> bool {
+    RUNNER.with(|r| r.try_borrow().map(|r| r.is_some()).unwrap_or(true))
+}
+
+/// For a host function called by a guest: true (and noted) when its call can be run by the
+/// runner right after this poll: the guest runs inline on a thread with a runner.
+pub fn defer_to_caller() -> bool {
+    if !crate::limits::in_inline_window() || RUNNING_DEFERRED.with(Cell::get) || !has_runner() {
+        return false;
+    }
+    DEFERRED.with(|d| d.set(true));
+    true
+}
+
+/// Whether the pending poll is waiting for the runner (not an overrun).
+pub fn deferred() -> bool {
+    DEFERRED.with(Cell::get)
+}
+
+/// Runs the host calls deferred during the last poll; true if there were any (poll again).
+pub fn run_deferred() -> bool {
+    if !DEFERRED.with(|d| d.replace(false)) {
+        return false;
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            RUNNING_DEFERRED.with(|r| r.set(false));
+        }
+    }
+    RUNNING_DEFERRED.with(|r| r.set(true));
+    let _done = Done;
+    RUNNER.with(|r| match r.try_borrow_mut() {
+        Ok(mut r) => r.as_mut().is_some_and(|f| f()),
+        Err(_) => false,
+    })
 }
 
 /// Called by the binding before a call: true when a marker must be queued on the event loop (none

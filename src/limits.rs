@@ -111,14 +111,14 @@ thread_local! {
 /// Runs `f` (one poll of a call) as an inline attempt that may last until `until`: past it, or
 /// about to touch more than `INLINE_MEMORY_BYTES`, the call yields so it can move.
 pub fn inline_window<R>(until: Instant, f: impl FnOnce() -> R) -> R {
-    struct Reset;
+    // Restores the window it replaced (a nested call's window ends, the caller's goes on).
+    struct Reset(Option<Instant>);
     impl Drop for Reset {
         fn drop(&mut self) {
-            INLINE_UNTIL.with(|c| c.set(None));
+            INLINE_UNTIL.with(|c| c.set(self.0));
         }
     }
-    INLINE_UNTIL.with(|c| c.set(Some(until)));
-    let _reset = Reset;
+    let _reset = Reset(INLINE_UNTIL.with(|c| c.replace(Some(until))));
     f()
 }
 

@@ -24,13 +24,24 @@
   const asError = (e) =>
     e !== null && (typeof e === 'object' || typeof e === 'function') ? e : new Error(`the host function threw ${String(e)}`)
   function call(name, input, activity, actorId, id) {
-    const controller = new AbortController()
-    live.set(id, controller)
+    // The AbortController is made only if the function reads ctx.signal (most never do).
+    const state = { controller: undefined, reason: undefined }
+    live.set(id, state)
     const f = table.get(name)
     if (f === undefined) return settle(id, new Error(`no host function ${name}`))
+    const ctx = {
+      activity,
+      actorId: actorId === null ? undefined : actorId,
+      get signal() {
+        if (state.controller === undefined) {
+          state.controller = new AbortController()
+          if (state.reason !== undefined) state.controller.abort(state.reason)
+        }
+        return state.controller.signal
+      },
+    }
     let value
     try {
-      const ctx = Object.freeze({ activity, actorId: actorId === null ? undefined : actorId, signal: controller.signal })
       value = f(JSON.parse(input), ctx)
     } catch (e) {
       return settle(id, asError(e))
@@ -54,12 +65,13 @@
     Promise.resolve(value).then(finish, (e) => settle(id, asError(e)))
   }
   function abort(id, reason) {
-    const controller = live.get(id)
-    if (controller === undefined) return
+    const state = live.get(id)
+    if (state === undefined) return
     live.delete(id)
     const e = new Error(reason)
     e.name = 'AbortError'
-    controller.abort(e)
+    state.reason = e
+    if (state.controller !== undefined) state.controller.abort(e)
   }
   return { call, abort, names: [...table.keys()] }
 })

@@ -4,6 +4,11 @@
 //! waits while a host Promise is pending. Both directions go through weak ThreadsafeFunctions
 //! (they never keep Node alive). A call whose future is dropped before it settles (timeout,
 //! cancellation, close) fires the function's `ctx.signal`.
+//!
+//! A guest running inline on the JS thread does not go through the ThreadsafeFunction: its host
+//! call is deferred (see `inline`) and run by this thread's runner right after the poll, outside
+//! the guest's fiber (V8 must run on the thread's own stack); a sync function's answer is there
+//! for the next poll, so the whole call stays on the JS thread.
 
 use std::collections::HashMap;
 use std::ptr;
@@ -29,8 +34,70 @@ type CallFn = ThreadsafeFunction<CallArgs, (), CallArgs, Status, false, true>;
 type AbortArgs = FnArgs<(f64, String)>;
 type AbortFn = ThreadsafeFunction<AbortArgs, (), AbortArgs, Status, false, true>;
 
+/// A napi reference made on a JS thread, only ever used on that thread (deferred calls run on the
+/// thread that made their executor: `call` checks the env).
+#[derive(Clone, Copy)]
+struct JsThreadRef(sys::napi_ref, sys::napi_env);
+// SAFETY: dereferenced only on its own JS thread (see above); elsewhere it is just carried.
+unsafe impl Send for JsThreadRef {}
+unsafe impl Sync for JsThreadRef {}
+
+/// A host call deferred to this thread's runner.
+struct Deferred {
+    dispatcher_call: JsThreadRef,
+    args: (String, String, String, Option<String>, f64),
+    pending: Pending,
+}
+
+thread_local! {
+    static ENV: std::cell::Cell<sys::napi_env> = const { std::cell::Cell::new(ptr::null_mut()) };
+    static QUEUE: std::cell::RefCell<Vec<Deferred>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Weak references to dispatchers' `call`, deleted once their executor is gone.
+    static REFS: std::cell::RefCell<Vec<(std::sync::Weak<()>, sys::napi_ref)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs the deferred host calls on the JS thread (the runner `inline` calls between polls).
+fn run_deferred() -> bool {
+    let calls = QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    let env = ENV.with(std::cell::Cell::get);
+    for d in &calls {
+        let (name, input, activity, actor_id, id) = &d.args;
+        let mut f = ptr::null_mut();
+        let ok = !env.is_null() && unsafe { sys::napi_get_reference_value(env, d.dispatcher_call.0, &mut f) } == sys::Status::napi_ok && !f.is_null();
+        let mut args = [ptr::null_mut(); 5];
+        let made = ok
+            && [name, input, activity].iter().enumerate().all(|(i, s)| unsafe {
+                sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut args[i]) == sys::Status::napi_ok
+            })
+            && unsafe {
+                match actor_id {
+                    Some(a) => sys::napi_create_string_utf8(env, a.as_ptr().cast(), a.len() as isize, &mut args[3]),
+                    None => sys::napi_get_null(env, &mut args[3]),
+                }
+            } == sys::Status::napi_ok
+            && unsafe { sys::napi_create_double(env, *id, &mut args[4]) } == sys::Status::napi_ok;
+        let mut undefined = ptr::null_mut();
+        unsafe { sys::napi_get_undefined(env, &mut undefined) };
+        // The dispatcher settles through `done` (at once for a sync function); it never throws,
+        // but should it, the call fails rather than hang.
+        let failed = if made { js::call(env, undefined, f, &args).err() } else { Some("the host function dispatcher is gone".into()) };
+        if let Some(message) = failed {
+            let tx = d.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*id as u64));
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(HostFailure { message, code: None }));
+            }
+        }
+    }
+    !calls.is_empty()
+}
+
 pub struct JsHostFunctions {
     names: Vec<String>,
+    /// A weak reference to the dispatcher's `call` (valid while `call`, the ThreadsafeFunction
+    /// holding it, lives), for deferred calls on the JS thread.
+    dispatcher_call: JsThreadRef,
+    /// Held while the executor lives: its reference is deleted after (see REFS).
+    _alive: Arc<()>,
     call: CallFn,
     abort: Arc<AbortFn>,
     pending: Pending,
@@ -96,7 +163,27 @@ impl JsHostFunctions {
         let get_fn = |key: &str| -> Result<sys::napi_value, ExecError> {
             js::get(raw, dispatcher, key, "the host function dispatcher")
         };
-        let call: Function<CallArgs, ()> = unsafe { Function::from_napi_value(raw, get_fn("call")?) }.map_err(ExecError::internal)?;
+        let call_raw = get_fn("call")?;
+        let call: Function<CallArgs, ()> = unsafe { Function::from_napi_value(raw, call_raw) }.map_err(ExecError::internal)?;
+        let mut dispatcher_call = ptr::null_mut();
+        if unsafe { sys::napi_create_reference(raw, call_raw, 0, &mut dispatcher_call) } != sys::Status::napi_ok {
+            return Err(ExecError::internal("cannot reference the host function dispatcher"));
+        }
+        let alive = Arc::new(());
+        REFS.with(|refs| {
+            let mut refs = refs.borrow_mut();
+            // References of executors gone since are deleted here, on the thread that made them.
+            refs.retain(|(owner, r)| {
+                let live = owner.strong_count() > 0;
+                if !live {
+                    unsafe { sys::napi_delete_reference(raw, *r) };
+                }
+                live
+            });
+            refs.push((Arc::downgrade(&alive), dispatcher_call));
+        });
+        ENV.with(|e| e.set(raw));
+        crate::inline::install_runner(Box::new(run_deferred));
         let abort: Function<AbortArgs, ()> = unsafe { Function::from_napi_value(raw, get_fn("abort")?) }.map_err(ExecError::internal)?;
         let call = call
             .build_threadsafe_function::<CallArgs>()
@@ -112,7 +199,8 @@ impl JsHostFunctions {
             .map_err(ExecError::internal)?;
         let names_value = js::get(raw, dispatcher, "names", "the host function dispatcher")?;
         let names = super::args::string_list(unsafe { Unknown::from_napi_value(raw, names_value) }.map_err(ExecError::internal)?, "options.hostFunctions")?;
-        Ok(JsHostFunctions { names, call, abort: Arc::new(abort), pending, next: AtomicU64::new(1) })
+        let dispatcher_call = JsThreadRef(dispatcher_call, raw);
+        Ok(JsHostFunctions { names, dispatcher_call, _alive: alive, call, abort: Arc::new(abort), pending, next: AtomicU64::new(1) })
     }
 }
 
@@ -144,6 +232,12 @@ impl HostFunctions for JsHostFunctions {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let on_own_thread = ENV.with(std::cell::Cell::get) == self.dispatcher_call.1;
+        if on_own_thread && crate::inline::defer_to_caller() {
+            let args = (req.name, req.input, req.activity, req.actor_id, id as f64);
+            QUEUE.with(|q| q.borrow_mut().push(Deferred { dispatcher_call: self.dispatcher_call, args, pending: self.pending.clone() }));
+            return self.settled(id, rx);
+        }
         let status = self.call.call(
             FnArgs { data: (req.name, req.input, req.activity, req.actor_id, id as f64) },
             ThreadsafeFunctionCallMode::NonBlocking,
@@ -153,6 +247,13 @@ impl HostFunctions for JsHostFunctions {
             let message = format!("the host function could not be called (the JS environment is closing: {status})");
             return Box::pin(std::future::ready(Err(HostFailure { message, code: None })));
         }
+        self.settled(id, rx)
+    }
+}
+
+impl JsHostFunctions {
+    /// The call's answer; dropped before it comes, the call is aborted on the JS side.
+    fn settled(&self, id: u64, rx: tokio::sync::oneshot::Receiver<Settled>) -> BoxFuture<'static, Result<String, HostFailure>> {
         let guard = AbortOnDrop { id, settled: false, pending: self.pending.clone(), abort: self.abort.clone() };
         Box::pin(async move {
             // The whole guard moves into the future (not only the field it sets).
