@@ -4,7 +4,8 @@
 // timeouts. HTTP servers here run on loopback, allowed by their literal IP.
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
@@ -15,6 +16,7 @@ const NET = { capabilities: { network: true } }
 let server: Server
 let port = 0
 let base = ''
+const cacheDir = mkdtempSync(join(tmpdir(), 'loom-net-cache-'))
 const seen: Array<{ method: string; url: string; headers: Record<string, unknown>; body: string }> = []
 
 beforeAll(async () => {
@@ -59,7 +61,8 @@ async function executorWith(network: Record<string, unknown> | undefined, blobs:
   const store = new MemoryBlobStore()
   await store.upload('http.wasm', guest('host/http'))
   for (const [name, bytes] of Object.entries(blobs)) await store.upload(`${name}.wasm`, bytes)
-  return new WasmActivityExecutor(store, network ? { network } : {})
+  // One artifact cache for the file: the 12 MB JavaScript components compile once.
+  return new WasmActivityExecutor(store, network ? { network, cacheDir } : { cacheDir })
 }
 
 /** Runs the AssemblyScript guest with these requests; its responses parsed. */
@@ -228,7 +231,42 @@ describe('HTTP from Extism plugins (http_request / http_status_code, Extism\'s s
   })
 })
 
-describe('HTTP from a JavaScript component (fetch() over loom:activity/host.http)', () => {
+describe('HTTP from a JavaScript component: componentize-js\'s own fetch() over wasi:http', () => {
+  it('fetch() reaches an allowed host; a failure on the way rejects it; a denied request fails the call even when caught', async () => {
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'] }, { fetch: built('js/fetch.wasm') })
+    const d = def('fetch', NET)
+    expect(await ex.execute(d, { url: `${base}/json`, method: 'POST', headers: { 'x-loom': 'wasi' }, body: 'from wasi:http' })).toEqual({
+      status: 200,
+      contentType: 'application/json',
+      body: { hello: 'world', method: 'POST', body: 'from wasi:http' },
+    })
+    expect(seen.at(-1)!.headers['x-loom']).toBe('wasi')
+    expect(await ex.execute(d, { url: `${base}/status?code=418` })).toMatchObject({ status: 418, body: { failed: true } })
+    const down = (await ex.execute(d, { url: 'http://127.0.0.1:1/' })) as any
+    expect(typeof down.fetchError).toBe('string')
+    // The guest catches the rejection and returns normally: the call still fails.
+    for (const url of ['http://169.254.169.254/latest/meta-data/', `http://localhost:${port}/json`, 'http://example.com/']) {
+      const e = await failure(ex.execute(d, { url }))
+      expect(e.code, url).toBe('NETWORK_DENIED')
+    }
+    const big = await executorWith({ allowedHosts: ['127.0.0.1'], maxResponseBytes: 100 }, { fetch: built('js/fetch.wasm') })
+    expect((await failure(big.execute(d, { url: `${base}/big?n=1000` }))).code).toBe('NETWORK_DENIED')
+    const t0 = performance.now()
+    const late = await failure(ex.execute(def('fetch', { ...NET, limits: { maxExecutionMs: 300 } }), { url: `${base}/slow` }))
+    expect(late.code).toBe('TIMEOUT')
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(290)
+  })
+
+  it('a component importing wasi:http runs only with capabilities.network and options.network', async () => {
+    const granted = await executorWith({ allowedHosts: ['127.0.0.1'] }, { fetch: built('js/fetch.wasm') })
+    const e = await failure(granted.execute(def('fetch'), { url: `${base}/json` }))
+    expect([e.code, e.message.includes('wasi:http/outgoing-handler')]).toEqual(['CAPABILITY_DENIED', true])
+    const closed = await executorWith(undefined, { fetch: built('js/fetch.wasm') })
+    expect((await failure(closed.execute(def('fetch', NET), { url: `${base}/json` }))).code).toBe('CAPABILITY_DENIED')
+  })
+})
+
+describe('HTTP from a JavaScript component (a fetch() over loom:activity/host.http)', () => {
   it('fetch() reaches an allowed host; a failure on the way rejects fetch; a denied host ends the call', async () => {
     const ex = await executorWith({ allowedHosts: ['127.0.0.1'] }, { js: built('js/echo.wasm') })
     expect(await ex.execute(def('js', NET), { fetch: { url: `${base}/json`, method: 'POST', body: 'from js' } })).toEqual({

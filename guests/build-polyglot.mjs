@@ -65,11 +65,14 @@ const guests = [
   },
   {
     language: 'js',
-    outputs: ['echo.wasm'],
+    outputs: ['echo.wasm', 'fetch.wasm'],
     build: () => {
       const cjs = componentize()
       cjs(['guests/js/echo.js', '--wit', 'wit/activity.wit', '--world-name', 'activity',
         '-d', 'stdio', '-d', 'random', '-d', 'clocks', '-d', 'http', '-d', 'fetch-event', '-o', 'build/js/echo.wasm'])
+      // fetch() needs the http feature (wasi:http, and the clocks and randomness it uses).
+      cjs(['guests/js/fetch.js', '--wit', 'wit/activity.wit', '--world-name', 'activity',
+        '-d', 'stdio', '-d', 'fetch-event', '-o', 'build/js/fetch.wasm'])
     },
   },
 ]

@@ -78,6 +78,11 @@ impl Grants {
         Ok(b.build_p1())
     }
 
+    /// A component's WASI preview 2 context: the same grants.
+    pub fn wasi_p2_context(&self, det: Option<&crate::replay::Determinism>) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
+        Ok(self.wasi_builder(det)?.build())
+    }
+
     fn wasi_builder(&self, det: Option<&crate::replay::Determinism>) -> Result<WasiCtxBuilder, ExecError> {
         let mut b = WasiCtxBuilder::new();
         if let Some(det) = det {

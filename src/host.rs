@@ -70,6 +70,8 @@ pub struct HostState {
     pub progress: Progress,
     /// The host functions and network this call may reach (none between calls).
     pub access: crate::host_functions::HostAccess,
+    /// A component's WASI preview 2 state (`wasi_http`).
+    pub component: Option<Box<crate::wasi_http::ComponentWasi>>,
     progress_state: ProgressState,
 }
 
@@ -84,6 +86,7 @@ impl HostState {
             extism: Default::default(),
             progress: Progress::default(),
             access: Default::default(),
+            component: None,
             progress_state: ProgressState::default(),
         }
     }

@@ -75,9 +75,22 @@ pub struct HostAccess {
     pub deadline: Option<Instant>,
     /// Bytes of text a host call may hand the guest (the definition's `maxInputBytes`).
     pub max_result_bytes: u64,
+    /// What fails the call once the guest returns, whatever it did meanwhile (a denied
+    /// `wasi:http` request, which the guest sees only as an error code).
+    pub failure: Arc<std::sync::Mutex<Option<ExecError>>>,
 }
 
 impl HostAccess {
+    /// Makes the call fail with `e` when the guest returns (the first such error is kept).
+    pub fn fail_call(&self, e: ExecError) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert(e);
+    }
+
+    /// The error the call must fail with, if any.
+    pub fn take_failure(&self) -> Option<ExecError> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
     /// Waits for `fut` with the call's concurrency slot given back.
     async fn without_slot<F: std::future::Future>(&self, fut: F) -> F::Output {
         match &self.permit {

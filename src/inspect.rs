@@ -91,7 +91,11 @@ fn inspect_component(bytes: &[u8], kind: EngineKind) -> Result<Inspection, ExecE
         exports,
         imports,
         abi: check.is_ok().then(|| "component".to_string()),
-        notes: check.err().map(|e| vec![e.to_string()]).unwrap_or_default(),
+        notes: match check {
+            Ok(Some(http)) => vec![format!("imports {http}: makes HTTP requests, runs only with capabilities.network and options.network")],
+            Ok(None) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        },
     })
 }
 

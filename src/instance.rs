@@ -170,6 +170,7 @@ impl GuestInstance {
                 (Some(instance), entry)
             }
             Code::Component(pre) => {
+                store.data_mut().component = Some(Box::new(crate::wasi_http::ComponentWasi::new(grants.wasi_p2_context(ctx.det.as_ref())?)));
                 let instance = pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
                 (None, Entry::Component(component::execute_of(&instance, &mut store)?))
             }

@@ -33,6 +33,7 @@ pub mod shape;
 pub mod snapshot;
 pub mod store;
 pub mod threads;
+pub mod wasi_http;
 
 #[cfg(test)]
 mod test_guests;

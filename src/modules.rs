@@ -246,7 +246,7 @@ fn prepare_component(
     kind: EngineKind,
 ) -> Result<CompiledModule, ExecError> {
     let engine = component.engine().clone();
-    abi::component::check(&component, &engine)?;
+    let http = abi::component::check(&component, &engine)?;
     let pre = abi::component::linker(kind)?
         .instantiate_pre(&component)
         .map_err(|e| ExecError::InvalidModule(format!("cannot link the component: {e:#}")))?;
@@ -264,7 +264,7 @@ fn prepare_component(
         code: Code::Component(pre),
         wasi_imports: Vec::new(),
         host_imports: Vec::new(),
-        network_import: None,
+        network_import: http,
         has_start: true,
         initial_memory_bytes,
         detected: Ok(Abi::Component),

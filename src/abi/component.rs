@@ -23,6 +23,10 @@ pub type Execute = TypedFunc<(String,), (Result<String, String>,)>;
 
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
+    // WASI preview 2 (its context holds only what was granted) and wasi:http (sent under the
+    // network grant: see `wasi_http`).
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |mut store: wasmtime::StoreContextMut<'_, HostState>, (level, message): (String, String)| {
         let level = LOG_LEVELS.iter().find(|l| **l == level).copied().unwrap_or("info");
@@ -74,15 +78,32 @@ pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError>
         .map_err(|e| ExecError::Internal(e.clone()))
 }
 
+/// The interface whose import means HTTP requests (it needs the network grant).
+pub const HTTP_INTERFACE: &str = "wasi:http/outgoing-handler";
+
 /// Whether a component fits the world: it exports `execute` of the right type and imports
-/// nothing but `loom:activity/host`.
-pub fn check(component: &Component, engine: &Engine) -> Result<(), ExecError> {
+/// `loom:activity/host` and WASI preview 2 interfaces only (not sockets: network access goes
+/// through wasi:http under the grant). Returns its HTTP import, if any.
+pub fn check(component: &Component, engine: &Engine) -> Result<Option<String>, ExecError> {
     let ty = component.component_type();
+    let mut http = None;
     for (name, _) in ty.imports(engine) {
-        if name != HOST_INTERFACE && !name.starts_with(&format!("{HOST_INTERFACE}@")) {
+        let bare = name.split('@').next().unwrap_or(name);
+        if bare == HOST_INTERFACE {
+            continue;
+        }
+        if bare.starts_with("wasi:sockets/") {
             return Err(ExecError::CapabilityDenied(format!(
-                "the component imports {name}; components get only {HOST_INTERFACE} (see wit/activity.wit)"
+                "the component imports {name}; components reach the network only through wasi:http (or loom:activity/host.http) under the network grant"
             )));
+        }
+        if !bare.starts_with("wasi:") {
+            return Err(ExecError::CapabilityDenied(format!(
+                "the component imports {name}; components get {HOST_INTERFACE} and WASI preview 2 (see wit/activity.wit)"
+            )));
+        }
+        if bare == HTTP_INTERFACE {
+            http = Some(name.to_string());
         }
     }
     if !ty.exports(engine).any(|(name, _)| name == "execute") {
@@ -90,7 +111,7 @@ pub fn check(component: &Component, engine: &Engine) -> Result<(), ExecError> {
             "the component does not export `execute: func(input: string) -> result<string, string>` (wit/activity.wit)".into(),
         ));
     }
-    Ok(())
+    Ok(http)
 }
 
 /// The instance's `execute`, typed.
@@ -108,10 +129,38 @@ pub async fn call(
     max_output_bytes: u64,
     classify: impl Fn(wasmtime::Error) -> ExecError,
 ) -> Result<String, ExecError> {
-    let (result,) = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(&classify)?;
+    let called = execute.call_async(&mut *store, (input.to_string(),)).await;
+    // A request the grant refused fails the call, whatever the guest made of its rejection.
+    if let Some(e) = store.data().access.take_failure() {
+        return Err(e);
+    }
+    let (result,) = called.map_err(&classify)?;
     match result {
         Ok(out) if out.len() as u64 > max_output_bytes => Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes }),
         Ok(out) => Ok(out),
         Err(message) => Err(ExecError::GuestError { message, exit_code: None }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(wat: &str) -> Component {
+        Component::new(engine(EngineKind::Plain).expect("engine"), wat::parse_str(wat).expect("parses")).expect("valid")
+    }
+
+    #[test]
+    fn imports_are_the_host_interface_and_wasi_but_never_sockets() {
+        let e = engine(EngineKind::Plain).expect("engine");
+        let sockets = component(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#);
+        let err = check(&sockets, e).expect_err("sockets refused");
+        assert_eq!(err.code(), "CAPABILITY_DENIED");
+        assert!(err.to_string().contains("wasi:sockets/tcp"), "{err}");
+        let other = component(r#"(component (import "acme:db/query" (instance)))"#);
+        assert_eq!(check(&other, e).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+        let http = component(r#"(component (import "wasi:http/outgoing-handler@0.2.3" (instance)))"#);
+        // Imports fine (the network import is named), but no `execute`.
+        assert_eq!(check(&http, e).map_err(|e| e.code()), Err("MISSING_EXPORT"));
     }
 }
