@@ -114,3 +114,34 @@ describe('the example tells actor authors which runtime to use', () => {
     expect(out).toContain('counts: 5, 8, 6, 6, 0')
   })
 })
+
+describe('actor handles (executor.actor(definition, actorId))', () => {
+  it('run on the same actor as execute(definition, input, { actorId }), in its line; drop() resets it', async () => {
+    const { ex } = await counter()
+    const d = def('counter')
+    const a = ex.actor(d, 'h-1')
+    expect(a.actorId).toBe('h-1')
+    expect(await a.execute({ action: 'increment', amount: 5 })).toMatchObject({ count: 5 })
+    expect(await ex.execute(d, { action: 'increment', amount: 3 }, { actorId: 'h-1' })).toMatchObject({ count: 8 })
+    // Calls made at once run one at a time, in order.
+    const all = await Promise.all([1, 2, 3].map(() => a.execute({ action: 'increment' })))
+    expect(all.map((r: any) => r.count)).toEqual([9, 10, 11])
+    const detailed = await a.executeDetailed({ action: 'get' })
+    expect([detailed.output.count, detailed.actorCreated]).toEqual([11, false])
+    expect(await ex.actor(d, 'h-2').execute({ action: 'get' })).toMatchObject({ count: 0 })
+    expect(a.drop()).toBe(true)
+    expect(await a.execute({ action: 'get' })).toMatchObject({ count: 0 })
+  })
+
+  it('its options cannot move it to another actor; a bad definition is refused when the handle is made', async () => {
+    const { ex } = await counter()
+    const a = ex.actor(def('counter'), 'h')
+    const e = await failure(a.execute({ action: 'get' }, { actorId: 'other' } as any))
+    expect(e.code).toBe('INVALID_ARGUMENT')
+    expect(() => ex.actor({ name: '', version: '1', wasmBlobPath: 'x' } as any, 'h')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    expect(() => ex.actor(def('counter'), 5 as any)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    const ac = new AbortController()
+    ac.abort()
+    expect((await failure(a.execute({ action: 'get' }, { signal: ac.signal }))).code).toBe('CANCELLED')
+  })
+})

@@ -67,7 +67,7 @@ impl Definition {
         DefKey { name: self.name.clone(), version: self.version.clone(), path: self.wasm_blob_path.clone() }
     }
 
-    fn validate(&self) -> Result<(), ExecError> {
+    pub(crate) fn validate(&self) -> Result<(), ExecError> {
         for (field, v) in [("name", &self.name), ("version", &self.version), ("wasmBlobPath", &self.wasm_blob_path)] {
             if v.is_empty() {
                 return Err(ExecError::InvalidArgument(format!("definition.{field} must be a non-empty string")));
@@ -122,6 +122,8 @@ pub struct ExecutorOptions {
     pub host_functions: Option<Arc<dyn HostFunctions>>,
     /// The network granted to definitions that ask for `capabilities.network`.
     pub network: Option<Arc<Network>>,
+    /// New modules run on baseline code first while optimized code compiles (see `modules`).
+    pub tier_up: bool,
 }
 
 impl Default for ExecutorOptions {
@@ -143,6 +145,7 @@ impl Default for ExecutorOptions {
             persist: Persist::Sync,
             host_functions: None,
             network: None,
+            tier_up: true,
         }
     }
 }
@@ -254,7 +257,7 @@ impl Executor {
         let host_function_names = opts.host_functions.as_ref().map(|f| f.names()).unwrap_or_default();
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
-            modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load),
+            modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load, opts.tier_up),
             actors: Actors::new(opts.max_actors.get()),
             permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
             opts,
@@ -482,7 +485,10 @@ impl Executor {
     /// filling every cache tier. Returns the module's sha256.
     pub async fn precompile(&self, def: &Definition) -> Result<String, ExecError> {
         let p = self.prepare(def, "", &CallOptions::default())?;
-        let module = self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref()).await?;
+        // Ahead of traffic: the optimized code, stored in the artifact tiers (a module whose
+        // baseline code runs already waits for its optimized code).
+        let module = self.modules.get_or_load_tiered(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref(), false).await?;
+        let module = self.modules.optimized(module, p.kind).await;
         Ok(hex(&module.digest))
     }
 

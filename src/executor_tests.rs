@@ -425,3 +425,32 @@ mod durable {
         assert_eq!(count(&ex, "y").await, "3");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_modules_run_on_baseline_code_until_optimized_code_takes_over() {
+    // Bytes of its own (a custom section), so no other test's compile of echo is joined.
+    let mut unique = g::echo();
+    unique.extend_from_slice(&[0, 9, 8, b't', b'i', b'e', b'r', b'-', b'u', b'p', b'!']);
+    let (ex, _) = setup(&[("echo.wasm", unique)]);
+    let d = def("echo");
+    assert_eq!(run(&ex, &d, "1").await.expect("first call").output, "1");
+    let kind_now = || ex.modules.peek(&d.key(), EngineKind::Plain, None).map(|m| m.kind);
+    let first = kind_now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ex.stats().cache.tier_ups == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first call ran on Winch code, and the optimized code took the slot once compiled: one
+    // compile counted, one tier-up.
+    assert_eq!(first, Some(EngineKind::Baseline));
+    assert_eq!(kind_now(), Some(EngineKind::Plain));
+    assert_eq!((ex.stats().cache.compiles, ex.stats().cache.tier_ups), (1, 1));
+    assert_eq!(run(&ex, &d, "2").await.expect("optimized call").output, "2");
+
+    let source = Arc::new(MemorySource::new());
+    source.put("echo.wasm", g::echo());
+    let plain = Arc::new(Executor::new(source, ExecutorOptions { tier_up: false, ..Default::default() }).expect("executor"));
+    assert_eq!(run(&plain, &d, "1").await.expect("no tier-up").output, "1");
+    assert_eq!(plain.modules.peek(&d.key(), EngineKind::Plain, None).map(|m| m.kind), Some(EngineKind::Plain));
+    assert_eq!(plain.stats().cache.tier_ups, 0);
+}

@@ -123,6 +123,8 @@ pub struct CacheStats {
     pub compiles: u64,
     /// Modules loaded from a compiled artifact (disk or shared store) instead of compiling.
     pub artifact_hits: u64,
+    /// Modules whose optimized code replaced their baseline code after the first calls.
+    pub tier_ups: u64,
     /// Compiled code held, in bytes.
     pub code_bytes: usize,
 }
@@ -192,10 +194,12 @@ impl State {
 }
 
 pub struct ModuleCache {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     loading: Mutex<HashMap<Flight, Loading>>,
     artifacts: ArtifactCache,
     limits: LoadLimits,
+    /// Compile new modules with the baseline compiler first, the optimizing one in the background.
+    tier_up: bool,
 }
 
 /// Checks compiled code against the host and the guest ABI and pre-links it.
@@ -283,7 +287,9 @@ pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result
 }
 
 fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<CompiledModule, ExecError> {
-    let kind = kind.with_baseline(shape.needs_baseline());
+    // A shape the optimizing compiler would take too long over goes to the baseline one; a
+    // baseline compile asked for (tier-up) stays baseline.
+    let kind = if shape.needs_baseline() { kind.with_baseline(true) } else { kind };
     let digest = sha256(bytes);
     if abi::is_component(bytes) {
         let component = wasmtime::component::Component::new(engine(kind)?, bytes).map_err(|e| {
@@ -359,9 +365,9 @@ fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: Compile
 }
 
 impl ModuleCache {
-    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits) -> Self {
+    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits, tier_up: bool) -> Self {
         ModuleCache {
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 // Unbounded map, bounded by `insert`: capacity is not allocated up front.
                 lru: LruCache::unbounded(),
                 capacity: capacity.get(),
@@ -369,10 +375,11 @@ impl ModuleCache {
                 stats: CacheStats::default(),
                 max_bytes,
                 generation: 0,
-            }),
+            })),
             loading: Mutex::new(HashMap::new()),
             artifacts,
             limits,
+            tier_up,
         }
     }
 
@@ -407,12 +414,24 @@ impl ModuleCache {
         pinned: Option<&Digest>,
         source: &dyn BlobSource,
     ) -> Result<Arc<CompiledModule>, ExecError> {
+        self.get_or_load_tiered(key, kind, pinned, source, self.tier_up).await
+    }
+
+    /// The same, with tier-up or without (`precompile`: optimized code only).
+    pub async fn get_or_load_tiered(
+        &self,
+        key: &DefKey,
+        kind: EngineKind,
+        pinned: Option<&Digest>,
+        source: &dyn BlobSource,
+        tier_up: bool,
+    ) -> Result<Arc<CompiledModule>, ExecError> {
         let module = match self.peek(key, kind, pinned) {
             Some(m) => {
                 self.count_hit();
                 m
             }
-            None => self.load_once(key, kind, pinned, source).await?,
+            None => self.load_once(key, kind, pinned, source, tier_up).await?,
         };
         if let Some(expected) = pinned {
             if module.digest != *expected {
@@ -432,6 +451,7 @@ impl ModuleCache {
         kind: EngineKind,
         pinned: Option<&Digest>,
         source: &dyn BlobSource,
+        tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         let flight = (key.clone(), kind, pinned.copied());
         let cell = {
@@ -442,7 +462,7 @@ impl ModuleCache {
         let result = cell
             .get_or_init(|| {
                 led = true;
-                self.load(key, kind, pinned, source)
+                self.load(key, kind, pinned, source, tier_up)
             })
             .await
             .clone();
@@ -462,6 +482,7 @@ impl ModuleCache {
         kind: EngineKind,
         pinned: Option<&Digest>,
         source: &dyn BlobSource,
+        tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         let generation = {
             let mut st = self.state();
@@ -499,7 +520,15 @@ impl ModuleCache {
         let (compiled, from_artifact) = match cached {
             Some(m) => (m, None),
             None => match self.from_artifact(digest, kind).await {
-                Some(m) => (m, Some(true)),
+                Some(m) => {
+                    // A baseline artifact of a tier-up (the optimized one was not stored yet):
+                    // optimize in the background again.
+                    if m.kind != kind && tier_up && !shape::check(&bytes, &self.limits.compile).is_ok_and(|s| s.needs_baseline()) {
+                        self.tier_up_later(key, bytes, digest, kind, generation, &m);
+                    }
+                    (m, Some(true))
+                }
+                None if tier_up => (self.compile_tiered(key, bytes, digest, kind, generation).await?, Some(false)),
                 None => (self.compile(bytes, digest, kind).await?, Some(false)),
             },
         };
@@ -530,6 +559,65 @@ impl ModuleCache {
         None
     }
 
+    /// Tier-up: a core module the optimizing compiler would take a while over is compiled by the
+    /// baseline compiler (Winch: several times faster to compile, slower code) for the calls that
+    /// wait now, and by Cranelift in the background; when that is done its module takes the
+    /// cache slot (calls after that run optimized code; actors created before keep their
+    /// instance) and its artifact is stored. The 12 MB JavaScript component: 2.3 s with Winch
+    /// against 13 s with Cranelift on 2 busy cores. Loads that join an optimizing compile in
+    /// flight wait for it.
+    async fn compile_tiered(
+        &self,
+        key: &DefKey,
+        bytes: Vec<u8>,
+        digest: Digest,
+        kind: EngineKind,
+        generation: u64,
+    ) -> Result<Arc<CompiledModule>, ExecError> {
+        let optimizing_in_flight = compiles().lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(digest, kind));
+        if kind.baseline() || optimizing_in_flight {
+            return self.compile(bytes, digest, kind).await;
+        }
+        let baseline = match self.compile(bytes.clone(), digest, kind.with_baseline(true)).await {
+            Ok(m) => m,
+            // The baseline compiler cannot take it (or it fails to load): the one compiler, now.
+            Err(_) => return self.compile(bytes, digest, kind).await,
+        };
+        // A shape that needs the baseline compiler stays there (compile_checked chose it).
+        if shape::check(&bytes, &self.limits.compile).is_ok_and(|s| !s.needs_baseline()) {
+            self.tier_up_later(key, bytes, digest, kind, generation, &baseline);
+        }
+        Ok(baseline)
+    }
+
+    /// Compiles `bytes` for `kind` in the background and, once done, puts it in the slot where
+    /// `placeholder` is (unless the slot changed or the cache was cleared meanwhile).
+    fn tier_up_later(&self, key: &DefKey, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
+        let Some(rt) = crate::runtime::handle() else { return };
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
+        let state = self.state.clone();
+        let artifacts = self.artifacts.clone();
+        let key = key.clone();
+        let placeholder = Arc::downgrade(placeholder);
+        rt.spawn(async move {
+            let done = match rx.wait_for(|r| r.is_some()).await {
+                Ok(r) => r.clone(),
+                Err(_) => return,
+            };
+            let Some(Ok(optimized)) = done else { return };
+            if let Ok(engine) = engine(optimized.kind) {
+                let _ = artifacts.save(&digest, engine, &optimized.code, optimized.has_start).await;
+            }
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (digest, kind);
+            let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
+            if st.generation == generation && still {
+                st.insert(Some(&key), slot, optimized);
+                st.stats.tier_ups += 1;
+            }
+        });
+    }
+
     async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
         let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
         let wait = rx.wait_for(|r| r.is_some());
@@ -548,6 +636,29 @@ impl ModuleCache {
             let _ = self.artifacts.save(&digest, engine, &compiled.code, compiled.has_start).await;
         }
         Ok(compiled)
+    }
+
+    /// The optimized code of a module whose baseline code runs while it compiles (tier-up),
+    /// once it is done and stored; the module itself otherwise.
+    pub async fn optimized(&self, module: Arc<CompiledModule>, kind: EngineKind) -> Arc<CompiledModule> {
+        if module.kind == kind {
+            return module;
+        }
+        let job = compiles().lock().unwrap_or_else(|p| p.into_inner()).get(&(module.digest, kind)).cloned();
+        let Some(mut rx) = job else { return module };
+        let done = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone(),
+            Err(_) => return module,
+        };
+        match done {
+            Some(Ok(optimized)) => {
+                if let Ok(engine) = engine(optimized.kind) {
+                    let _ = self.artifacts.save(&optimized.digest, engine, &optimized.code, optimized.has_start).await;
+                }
+                optimized
+            }
+            _ => module,
+        }
     }
 
     /// Drops every module, or only those of the activity `name`. Loads in flight are not

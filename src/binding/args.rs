@@ -247,6 +247,9 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     if let Some(t) = opt(obj, "transactional", w, boolean)? {
         o.transactional = t;
     }
+    if let Some(t) = opt(obj, "tierUp", w, boolean)? {
+        o.tier_up = t;
+    }
     if let Some(p) = opt(obj, "persist", w, string)? {
         o.persist = match p.as_str() {
             "sync" => crate::durable::Persist::Sync,

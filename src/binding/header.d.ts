@@ -56,6 +56,9 @@ export interface ActivityDefinition {
   }
 }
 
+/** The options of an actor handle's call: `ExecuteOptions` without `actorId` (the handle's). */
+export type ActorExecuteOptions = Omit<ExecuteOptions, 'actorId'>
+
 export interface ExecuteOptions {
   /**
    * Run on this actor's kept instance, so guest globals persist between calls. Calls to one actor
@@ -127,6 +130,12 @@ export interface ExecutorOptions {
   allowedBlobUrls?: string[]
   /** Actor calls are transactional unless a call says otherwise (default false). */
   transactional?: boolean
+  /**
+   * A module compiled for the first time runs its first calls on baseline code (Winch: compiled
+   * several times faster, runs slower) while optimized code (Cranelift) compiles in the background
+   * and then takes over (default true). `precompile` waits for the optimized code.
+   */
+  tierUp?: boolean
   /**
    * Where durable actors' snapshots live: an `ObjectBlobStore` or a URL whose store can write
    * conditionally (`file://`, `memory://`, `az://`, `gs://`, `s3://` with `conditional_put: 'etag'`).

@@ -4,7 +4,9 @@
 //! results into JS (`JSON.parse` of the guest's output) or a JS error with a stable `code`.
 
 mod abort;
+mod actor;
 mod args;
+mod call;
 mod js;
 mod js_error;
 mod js_log;
@@ -13,6 +15,7 @@ mod js_host;
 mod loop_watch;
 mod object_store;
 
+pub use actor::WasmActor;
 pub use object_store::ObjectBlobStore;
 
 use std::collections::HashMap;
@@ -20,11 +23,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use napi::bindgen_prelude::{FnArgs, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
-use napi::{Env, JsError, ValueType};
+use napi::{Env, ValueType};
 use napi_derive::napi;
 
 use crate::error::ExecError;
-use crate::executor::{Attempt, CallOptions, Done, Executor};
+use crate::executor::Executor;
 use crate::instance::CallOutput;
 use js_error::to_napi;
 use js_store::{JsBlobSource, Resolved};
@@ -83,6 +86,9 @@ pub struct CacheStats {
     pub compiles: f64,
     /// Modules loaded from a compiled artifact (`cacheDir` or `artifactStore`) instead of compiling.
     pub artifact_hits: f64,
+    /// Modules whose optimized code (Cranelift) replaced the baseline code (Winch) their first
+    /// calls ran on (`tierUp`).
+    pub tier_ups: f64,
     /// Compiled code held in memory, in bytes.
     pub code_bytes: f64,
     /// sha256 (hex) of each cached module.
@@ -127,7 +133,7 @@ fn actor_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<dyn cra
 
 /// `JSON.stringify(input)`; a throw (BigInt, a cycle, a throwing `toJSON` or getter) is
 /// `INVALID_INPUT`, with the exception cleared.
-fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
+pub(crate) fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
     let raw = env.raw();
     let mut global = std::ptr::null_mut();
     unsafe { napi::sys::napi_get_global(raw, &mut global) };
@@ -151,7 +157,7 @@ pub(crate) fn parse_json<'e>(env: &'e Env, text: &str) -> Option<Unknown<'e>> {
 }
 
 /// `JSON.parse(text)` (the text's nesting depth was checked off this thread already).
-fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> {
+pub(crate) fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> {
     let raw = env.raw();
     let mut global = std::ptr::null_mut();
     unsafe { napi::sys::napi_get_global(raw, &mut global) };
@@ -170,7 +176,7 @@ fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> 
     unsafe { <Unknown as napi::bindgen_prelude::FromNapiValue>::from_napi_value(raw, value) }.map_err(ExecError::internal)
 }
 
-fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>, actor: bool) -> napi::Result<Unknown<'e>> {
+pub(crate) fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>, actor: bool) -> napi::Result<Unknown<'e>> {
     let mut obj = Object::new(env)?;
     obj.set_named_property("output", output)?;
     obj.set_named_property("durationMs", out.duration.as_secs_f64() * 1000.0)?;
@@ -325,7 +331,7 @@ impl WasmActivityExecutor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Object<'env>> {
-        self.start(env, definition, input, options, false)
+        call::start_call(&self.inner, env, args::definition(definition), None, input, options, false)
     }
 
     /// Like `execute`, and also reports what the call cost.
@@ -341,7 +347,7 @@ impl WasmActivityExecutor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Object<'env>> {
-        self.start(env, definition, input, options, true)
+        call::start_call(&self.inner, env, args::definition(definition), None, input, options, true)
     }
 
     /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
@@ -404,6 +410,19 @@ impl WasmActivityExecutor {
         Ok(())
     }
 
+    /// A handle on one actor: `handle.execute(input)` runs the activity on it with the
+    /// definition read once, here (faster per call than `execute(definition, input, { actorId })`).
+    #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
+    pub fn actor(&self, env: Env, definition: Unknown, actor_id: Unknown) -> napi::Result<WasmActor> {
+        let read = || -> Result<_, ExecError> {
+            let def = args::definition(definition)?;
+            def.validate()?;
+            Ok((def, args::string(actor_id, "actorId")?))
+        };
+        let (def, actor_id) = read().map_err(|e| to_napi(&env, &e))?;
+        Ok(WasmActor { inner: self.inner.clone(), def, actor_id })
+    }
+
     /// Releases an actor's instance (and its state). Returns whether there was one. A call
     /// running on it finishes first; calls queued behind it start fresh.
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
@@ -435,6 +454,7 @@ impl WasmActivityExecutor {
             misses: s.cache.misses as f64,
             compiles: s.cache.compiles as f64,
             artifact_hits: s.cache.artifact_hits as f64,
+            tier_ups: s.cache.tier_ups as f64,
             code_bytes: s.cache.code_bytes as f64,
             digests: self.inner.cached_digests(),
             actors: s.actors as u32,
@@ -449,7 +469,7 @@ impl WasmActivityExecutor {
 }
 
 /// A JS value produced inside a deferred's resolver (valid in that handle scope).
-struct Raw(napi::sys::napi_value);
+pub(crate) struct Raw(napi::sys::napi_value);
 
 impl napi::bindgen_prelude::ToNapiValue for Raw {
     unsafe fn to_napi_value(_: napi::sys::napi_env, v: Self) -> napi::Result<napi::sys::napi_value> {
@@ -457,149 +477,4 @@ impl napi::bindgen_prelude::ToNapiValue for Raw {
     }
 }
 
-/// The abort listener travels with the call's result to the JS thread, where alone it is touched.
-struct SendHook(Option<abort::AbortHook>);
-// SAFETY: the hook holds napi references; it is only read and dropped inside the deferred's
-// resolver, which runs on the JS thread.
-unsafe impl Send for SendHook {}
-
-impl WasmActivityExecutor {
-    fn start<'env>(
-        &self,
-        env: &'env Env,
-        definition: Unknown<'env>,
-        input: Unknown<'env>,
-        options: Option<Unknown<'env>>,
-        detailed: bool,
-    ) -> napi::Result<Object<'env>> {
-        let mut call = CallOptions::default();
-        let mut hook = None;
-        // Everything that reads JS happens here, on the JS thread; errors reject the promise.
-        let mut prepare = || -> Result<_, ExecError> {
-            let def = args::definition(definition)?;
-            if let Some(o) = args::options_object(options)? {
-                if let Some(id) = args::prop(&o, "actorId", "options")? {
-                    call.actor_id = Some(args::string(id, "options.actorId")?);
-                }
-                if let Some(t) = args::prop(&o, "transactional", "options")? {
-                    call.transactional = Some(args::boolean(t, "options.transactional")?);
-                }
-                if let Some(n) = args::prop(&o, "now", "options")? {
-                    call.now = Some(args::number(n, "options.now")?);
-                }
-                if let Some(n) = args::prop(&o, "seed", "options")? {
-                    let seed = args::number(n, "options.seed")?;
-                    if !(seed.is_finite() && seed.fract() == 0.0 && (0.0..=9.007_199_254_740_991e15).contains(&seed)) {
-                        return Err(ExecError::InvalidArgument("options.seed must be a whole number in [0, 2^53)".into()));
-                    }
-                    call.seed = Some(seed);
-                }
-                if let Some(f) = args::prop(&o, "onProgress", "options")? {
-                    if f.get_type().map_err(ExecError::internal)? != ValueType::Function {
-                        return Err(ExecError::InvalidArgument("options.onProgress must be a function".into()));
-                    }
-                    // The user's function, called on the JS thread with the heartbeat parsed.
-                    let user: Function<Unknown, Unknown> = unsafe { f.cast() }.map_err(ExecError::internal)?;
-                    let user = user.create_ref().map_err(ExecError::internal)?;
-                    let wrapper = env
-                        .create_function_from_closure::<String, (), _>("onProgress", move |ctx| {
-                            let text: String = ctx.get(0)?;
-                            let env: &Env = ctx.env;
-                            let f = user.borrow_back(env)?;
-                            let value = match parse_json(env, &text) {
-                                Some(v) => v,
-                                None => env.create_string(&text)?.to_unknown(),
-                            };
-                            // A throwing callback is the caller's bug: swallowed, never pending.
-                            if f.call(value).is_err() {
-                                js::take_exception(env.raw());
-                            }
-                            Ok(())
-                        })
-                        .map_err(ExecError::internal)?;
-                    let tsfn = wrapper
-                        .build_threadsafe_function::<String>()
-                        .callee_handled::<false>()
-                        .weak::<true>()
-                        .build()
-                        .map_err(ExecError::internal)?;
-                    call.progress = Some(Arc::new(js_log::JsProgressSink(tsfn)));
-                }
-                if let Some(signal) = args::prop(&o, "signal", "options")? {
-                    let signal = args::object(signal, "options.signal")?;
-                    hook = abort::attach(env, &signal, &call.cancel)?;
-                }
-            }
-            let json = stringify_input(env, input)?;
-            Ok((def, json))
-        };
-        let prepared = prepare();
-        let actor = call.actor_id.is_some();
-        let mut hook = Some(SendHook(hook));
-        let mut promise = None;
-        // A promise settled from a guest thread: JSON.parse of the output, or the coded error,
-        // on the JS thread.
-        let make_done = || -> Result<Done, ExecError> {
-            let (deferred, p) = env.create_deferred::<Raw, _>().map_err(ExecError::internal)?;
-            promise = Some(p);
-            let hook = hook.take();
-            Ok(Box::new(move |result: Result<CallOutput, ExecError>| {
-                deferred.resolve(move |env: Env| {
-                    if let Some(SendHook(Some(h))) = hook {
-                        h.detach(&env);
-                    }
-                    settled_value(&env, result, detailed, actor).map(Raw)
-                })
-            }))
-        };
-        let attempt = match prepared {
-            Err(e) => Attempt::Finished(Err(e)),
-            Ok((def, json)) => {
-                loop_watch::before_call(env);
-                self.inner.start(&def, json, call, make_done)
-            }
-        };
-        match (attempt, promise) {
-            (Attempt::Started, Some(p)) => Ok(p),
-            (Attempt::Finished(result), _) => {
-                // Settled now, on this thread: no hand-off at all.
-                if let Some(SendHook(Some(h))) = hook.take() {
-                    h.detach(env);
-                }
-                settled_now(env, settled_value(env, result, detailed, actor))
-            }
-            _ => settled_now(env, Err(to_napi(env, &ExecError::internal("a started call has no promise")))),
-        }
-    }
-}
-
-/// The JS value a call settles with: the parsed output (or details), or the coded error.
-fn settled_value(
-    env: &Env,
-    result: Result<CallOutput, ExecError>,
-    detailed: bool,
-    actor: bool,
-) -> napi::Result<napi::sys::napi_value> {
-    let out = result.map_err(|e| to_napi(env, &e))?;
-    let value = parse_output(env, &out.output).map_err(|e| to_napi(env, &e))?;
-    let value = if detailed { details(env, &out, value, actor)? } else { value };
-    Ok(value.raw())
-}
-
-/// A promise already resolved (or rejected) with `value`.
-fn settled_now<'env>(env: &'env Env, value: napi::Result<napi::sys::napi_value>) -> napi::Result<Object<'env>> {
-    use napi::sys;
-    let raw = env.raw();
-    let mut deferred = std::ptr::null_mut();
-    let mut promise = std::ptr::null_mut();
-    napi::check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })?;
-    match value {
-        Ok(v) => napi::check_status!(unsafe { sys::napi_resolve_deferred(raw, deferred, v) })?,
-        Err(e) => {
-            let err = unsafe { JsError::from(e).into_value(raw) };
-            napi::check_status!(unsafe { sys::napi_reject_deferred(raw, deferred, err) })?
-        }
-    }
-    Ok(Object::from_raw(raw, promise))
-}
 

@@ -1,0 +1,82 @@
+//! `executor.actor(definition, actorId)`: a handle on one actor. Its definition is read once, so
+//! each call skips reading it again (a dozen property reads and string conversions); calls run in
+//! the actor's line like `execute(definition, input, { actorId })`.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{Object, Unknown};
+use napi::Env;
+use napi_derive::napi;
+
+use super::call::start_call;
+use crate::executor::{Definition, Executor};
+
+/// One actor of one activity (from `WasmActivityExecutor.actor`).
+#[napi]
+pub struct WasmActor {
+    pub(crate) inner: Arc<Executor>,
+    pub(crate) def: Definition,
+    pub(crate) actor_id: String,
+}
+
+#[napi]
+impl WasmActor {
+    /// The actor's id.
+    #[napi(getter)]
+    pub fn actor_id(&self) -> String {
+        self.actor_id.clone()
+    }
+
+    /// Runs the activity on this actor: as `executor.execute(definition, input, { ...options, actorId })`.
+    #[napi(
+        ts_generic_types = "T = any",
+        ts_args_type = "input: unknown, options?: ActorExecuteOptions",
+        ts_return_type = "Promise<T>"
+    )]
+    pub fn execute<'env>(
+        &self,
+        env: &'env Env,
+        input: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<Object<'env>> {
+        start_call(
+            &self.inner,
+            env,
+            Ok(self.def.clone()),
+            Some(&self.actor_id),
+            input,
+            options,
+            false,
+        )
+    }
+
+    /// Like `execute`, and also reports what the call cost.
+    #[napi(
+        ts_generic_types = "T = any",
+        ts_args_type = "input: unknown, options?: ActorExecuteOptions",
+        ts_return_type = "Promise<ExecutionDetails<T>>"
+    )]
+    pub fn execute_detailed<'env>(
+        &self,
+        env: &'env Env,
+        input: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<Object<'env>> {
+        start_call(
+            &self.inner,
+            env,
+            Ok(self.def.clone()),
+            Some(&self.actor_id),
+            input,
+            options,
+            true,
+        )
+    }
+
+    /// Drops the actor's instance and state (as `executor.dropActor`); true if there was one. The
+    /// handle stays usable: its next call starts a fresh actor.
+    #[napi]
+    pub fn drop(&self) -> bool {
+        self.inner.drop_actor(&self.def, &self.actor_id)
+    }
+}

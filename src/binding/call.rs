@@ -1,0 +1,190 @@
+//! A call from JS: its options read on the JS thread, its promise settled with the guest's output
+//! (parsed) or a coded error, at once when the call finished inline.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{Function, Object, Unknown};
+use napi::{Env, JsError, JsValue, ValueType};
+
+use super::js_error::to_napi;
+use super::{
+    abort, args, details, js, js_log, loop_watch, parse_json, parse_output, stringify_input, Raw,
+};
+use crate::error::ExecError;
+use crate::executor::{Attempt, CallOptions, Definition, Done, Executor};
+use crate::instance::CallOutput;
+
+/// The abort listener travels with the call's result to the JS thread, where alone it is touched.
+struct SendHook(Option<abort::AbortHook>);
+// SAFETY: the hook holds napi references; it is only read and dropped inside the deferred's
+// resolver, which runs on the JS thread.
+unsafe impl Send for SendHook {}
+
+/// Starts a call: reads its options on this thread, then hands it to the core, which polls it
+/// once here (most finish on the spot: a promise settled at once) or goes on on a guest thread.
+/// `fixed_actor`: the call of an actor handle (its actor; `options.actorId` is refused).
+pub(crate) fn start_call<'env>(
+    inner: &Arc<Executor>,
+    env: &'env Env,
+    definition: Result<Definition, ExecError>,
+    fixed_actor: Option<&str>,
+    input: Unknown<'env>,
+    options: Option<Unknown<'env>>,
+    detailed: bool,
+) -> napi::Result<Object<'env>> {
+    let mut call = CallOptions::default();
+    let mut hook = None;
+    // Everything that reads JS happens here, on the JS thread; errors reject the promise.
+    let prepare = || -> Result<_, ExecError> {
+        let def = definition?;
+        call.actor_id = fixed_actor.map(str::to_string);
+        if let Some(o) = args::options_object(options)? {
+            if let Some(id) = args::prop(&o, "actorId", "options")? {
+                if fixed_actor.is_some() {
+                    return Err(ExecError::InvalidArgument("an actor handle's calls run on its own actor: options.actorId is not taken".into()));
+                }
+                call.actor_id = Some(args::string(id, "options.actorId")?);
+            }
+            if let Some(t) = args::prop(&o, "transactional", "options")? {
+                call.transactional = Some(args::boolean(t, "options.transactional")?);
+            }
+            if let Some(n) = args::prop(&o, "now", "options")? {
+                call.now = Some(args::number(n, "options.now")?);
+            }
+            if let Some(n) = args::prop(&o, "seed", "options")? {
+                let seed = args::number(n, "options.seed")?;
+                if !(seed.is_finite()
+                    && seed.fract() == 0.0
+                    && (0.0..=9.007_199_254_740_991e15).contains(&seed))
+                {
+                    return Err(ExecError::InvalidArgument(
+                        "options.seed must be a whole number in [0, 2^53)".into(),
+                    ));
+                }
+                call.seed = Some(seed);
+            }
+            if let Some(f) = args::prop(&o, "onProgress", "options")? {
+                if f.get_type().map_err(ExecError::internal)? != ValueType::Function {
+                    return Err(ExecError::InvalidArgument(
+                        "options.onProgress must be a function".into(),
+                    ));
+                }
+                // The user's function, called on the JS thread with the heartbeat parsed.
+                let user: Function<Unknown, Unknown> =
+                    unsafe { f.cast() }.map_err(ExecError::internal)?;
+                let user = user.create_ref().map_err(ExecError::internal)?;
+                let wrapper = env
+                    .create_function_from_closure::<String, (), _>("onProgress", move |ctx| {
+                        let text: String = ctx.get(0)?;
+                        let env: &Env = ctx.env;
+                        let f = user.borrow_back(env)?;
+                        let value = match parse_json(env, &text) {
+                            Some(v) => v,
+                            None => env.create_string(&text)?.to_unknown(),
+                        };
+                        // A throwing callback is the caller's bug: swallowed, never pending.
+                        if f.call(value).is_err() {
+                            js::take_exception(env.raw());
+                        }
+                        Ok(())
+                    })
+                    .map_err(ExecError::internal)?;
+                let tsfn = wrapper
+                    .build_threadsafe_function::<String>()
+                    .callee_handled::<false>()
+                    .weak::<true>()
+                    .build()
+                    .map_err(ExecError::internal)?;
+                call.progress = Some(Arc::new(js_log::JsProgressSink(tsfn)));
+            }
+            if let Some(signal) = args::prop(&o, "signal", "options")? {
+                let signal = args::object(signal, "options.signal")?;
+                hook = abort::attach(env, &signal, &call.cancel)?;
+            }
+        }
+        let json = stringify_input(env, input)?;
+        Ok((def, json))
+    };
+    let prepared = prepare();
+    let actor = call.actor_id.is_some();
+    let mut hook = Some(SendHook(hook));
+    let mut promise = None;
+    // A promise settled from a guest thread: JSON.parse of the output, or the coded error,
+    // on the JS thread.
+    let make_done = || -> Result<Done, ExecError> {
+        let (deferred, p) = env
+            .create_deferred::<Raw, _>()
+            .map_err(ExecError::internal)?;
+        promise = Some(p);
+        let hook = hook.take();
+        Ok(Box::new(move |result: Result<CallOutput, ExecError>| {
+            deferred.resolve(move |env: Env| {
+                if let Some(SendHook(Some(h))) = hook {
+                    h.detach(&env);
+                }
+                settled_value(&env, result, detailed, actor).map(Raw)
+            })
+        }))
+    };
+    let attempt = match prepared {
+        Err(e) => Attempt::Finished(Err(e)),
+        Ok((def, json)) => {
+            loop_watch::before_call(env);
+            inner.start(&def, json, call, make_done)
+        }
+    };
+    match (attempt, promise) {
+        (Attempt::Started, Some(p)) => Ok(p),
+        (Attempt::Finished(result), _) => {
+            // Settled now, on this thread: no hand-off at all.
+            if let Some(SendHook(Some(h))) = hook.take() {
+                h.detach(env);
+            }
+            settled_now(env, settled_value(env, result, detailed, actor))
+        }
+        _ => settled_now(
+            env,
+            Err(to_napi(
+                env,
+                &ExecError::internal("a started call has no promise"),
+            )),
+        ),
+    }
+}
+
+/// The JS value a call settles with: the parsed output (or details), or the coded error.
+fn settled_value(
+    env: &Env,
+    result: Result<CallOutput, ExecError>,
+    detailed: bool,
+    actor: bool,
+) -> napi::Result<napi::sys::napi_value> {
+    let out = result.map_err(|e| to_napi(env, &e))?;
+    let value = parse_output(env, &out.output).map_err(|e| to_napi(env, &e))?;
+    let value = if detailed {
+        details(env, &out, value, actor)?
+    } else {
+        value
+    };
+    Ok(value.raw())
+}
+
+/// A promise already resolved (or rejected) with `value`.
+fn settled_now<'env>(
+    env: &'env Env,
+    value: napi::Result<napi::sys::napi_value>,
+) -> napi::Result<Object<'env>> {
+    use napi::sys;
+    let raw = env.raw();
+    let mut deferred = std::ptr::null_mut();
+    let mut promise = std::ptr::null_mut();
+    napi::check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })?;
+    match value {
+        Ok(v) => napi::check_status!(unsafe { sys::napi_resolve_deferred(raw, deferred, v) })?,
+        Err(e) => {
+            let err = unsafe { JsError::from(e).into_value(raw) };
+            napi::check_status!(unsafe { sys::napi_reject_deferred(raw, deferred, err) })?
+        }
+    }
+    Ok(Object::from_raw(raw, promise))
+}
