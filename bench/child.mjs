@@ -1,5 +1,6 @@
 // Measurements that need a fresh process: cold start, and memory per live actor.
 // Usage: node bench/child.mjs cold <native|v8> <module> [cacheDir]
+//        node bench/child.mjs precompile native <module> <cacheDir>
 //        node --expose-gc bench/child.mjs actors <native|v8> <count>
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -22,7 +23,11 @@ function executor(names, options) {
   return new WasmActivityExecutor(store(names), options)
 }
 
-if (mode === 'cold') {
+if (mode === 'precompile') {
+  const ex = executor([arg], { cacheDir })
+  await ex.precompile({ name: arg, version: '1', wasmBlobPath: `${arg}.wasm` })
+  console.log(JSON.stringify({ ms: 0 }))
+} else if (mode === 'cold') {
   const t0 = performance.now()
   const ex = executor([arg], cacheDir ? { cacheDir } : undefined)
   const input = arg === 'mortgage' ? { principal: 1e5, annualRate: 5, years: 1 } : { message: 'cold', times: 1 }

@@ -172,6 +172,15 @@ async function main() {
   const cacheDir = mkdtempSync(join(tmpdir(), 'loom-bench-cache-'))
   child('cold', 'native', 'mortgage', cacheDir)
   row('cold start, warm artifact cache (cacheDir)', 'ms', cold('native', cacheDir), cold('v8'), undefined, false, '')
+  const { existsSync } = await import('node:fs')
+  if (existsSync(join(root, 'build', 'js', 'echo.wasm'))) {
+    // The 12 MB JavaScript component (componentize-js): no V8 column (V8 runs no components).
+    const once = (...rest) => child('cold', 'native', 'js/echo', ...rest).ms
+    own('cold start, 12 MB JS component, first result (Winch tier)', 'ms', once(), '<= 1000 ms')
+    const componentCache = mkdtempSync(join(tmpdir(), 'loom-bench-component-'))
+    child('precompile', 'native', 'js/echo', componentCache)
+    own('cold start, 12 MB JS component, warm cacheDir', 'ms', once(componentCache), '<= 50 ms')
+  }
 
   console.error('7. actors')
   const [na, va] = await sequential(
@@ -180,6 +189,13 @@ async function main() {
     QUICK ? 500 : 2000,
   )
   row('actor call (kept instance)', 'us/call', na, va, undefined, false, '')
+  const handles = Array.from({ length: 8 }, (_, i) => native.actor(def('counter-actor'), `h${i}`))
+  const [nh, vh] = await sequential(
+    [(k) => handles[k % 8].execute({ action: 'increment' }),
+     (k) => v8.execute(def('counter-actor'), { action: 'increment' }, { actorId: `h${k % 8}` })],
+    QUICK ? 500 : 2000,
+  )
+  row('actor call through a handle (executor.actor)', 'us/call', nh, vh, undefined, false, 'native/V8 >= 1.0x')
   const [plain, tx] = await sequential(
     [(k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `p${k % 8}` }),
      (k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `t${k % 8}`, transactional: true })],
