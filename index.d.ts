@@ -56,6 +56,9 @@ export interface ActivityDefinition {
   }
 }
 
+/** The options of an actor handle's call: `ExecuteOptions` without `actorId` (the handle's). */
+export type ActorExecuteOptions = Omit<ExecuteOptions, 'actorId'>
+
 export interface ExecuteOptions {
   /**
    * Run on this actor's kept instance, so guest globals persist between calls. Calls to one actor
@@ -127,6 +130,12 @@ export interface ExecutorOptions {
   allowedBlobUrls?: string[]
   /** Actor calls are transactional unless a call says otherwise (default false). */
   transactional?: boolean
+  /**
+   * A module compiled for the first time runs its first calls on baseline code (Winch: compiled
+   * several times faster, runs slower) while optimized code (Cranelift) compiles in the background
+   * and then takes over (default true). `precompile` waits for the optimized code.
+   */
+  tierUp?: boolean
   /**
    * Where durable actors' snapshots live: an `ObjectBlobStore` or a URL whose store can write
    * conditionally (`file://`, `memory://`, `az://`, `gs://`, `s3://` with `conditional_put: 'etag'`).
@@ -348,6 +357,11 @@ export declare class WasmActivityExecutor {
    */
   clearCache(name?: string): void
   /**
+   * A handle on one actor: `handle.execute(input)` runs the activity on it with the
+   * definition read once, here (faster per call than `execute(definition, input, { actorId })`).
+   */
+  actor(definition: ActivityDefinition, actorId: string): WasmActor
+  /**
    * Releases an actor's instance (and its state). Returns whether there was one. A call
    * running on it finishes first; calls queued behind it start fresh.
    */
@@ -361,6 +375,21 @@ export declare class WasmActivityExecutor {
   cacheStats(): CacheStats
   /** Loom's executor kept a `Map` here; its `size` is the number of cached modules. */
   get moduleCache(): ModuleCacheView
+}
+
+/** One actor of one activity (from `WasmActivityExecutor.actor`). */
+export declare class WasmActor {
+  /** The actor's id. */
+  get actorId(): string
+  /** Runs the activity on this actor: as `executor.execute(definition, input, { ...options, actorId })`. */
+  execute<T = any>(input: unknown, options?: ActorExecuteOptions): Promise<T>
+  /** Like `execute`, and also reports what the call cost. */
+  executeDetailed<T = any>(input: unknown, options?: ActorExecuteOptions): Promise<ExecutionDetails<T>>
+  /**
+   * Drops the actor's instance and state (as `executor.dropActor`); true if there was one. The
+   * handle stays usable: its next call starts a fresh actor.
+   */
+  drop(): boolean
 }
 
 /**
@@ -380,6 +409,11 @@ export interface CacheStats {
   compiles: number
   /** Modules loaded from a compiled artifact (`cacheDir` or `artifactStore`) instead of compiling. */
   artifactHits: number
+  /**
+   * Modules whose optimized code (Cranelift) replaced the baseline code (Winch) their first
+   * calls ran on (`tierUp`).
+   */
+  tierUps: number
   /** Compiled code held in memory, in bytes. */
   codeBytes: number
   /** sha256 (hex) of each cached module. */

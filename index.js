@@ -837,5 +837,6 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.ObjectBlobStore = nativeBinding.ObjectBlobStore
 module.exports.WasmActivityExecutor = nativeBinding.WasmActivityExecutor
+module.exports.WasmActor = nativeBinding.WasmActor
 module.exports.benchFloor = nativeBinding.benchFloor
 module.exports.inspectModule = nativeBinding.inspectModule

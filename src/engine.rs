@@ -23,7 +23,7 @@ use crate::error::ExecError;
 pub const TICK: Duration = Duration::from_millis(1);
 /// Instances the pooled engine holds at once, across all executors of the process (running
 /// calls plus live actors), unless the first executor asks for more (`reserve_pool`).
-pub const DEFAULT_POOL_INSTANCES: u32 = 2048;
+pub const DEFAULT_POOL_INSTANCES: u32 = 1024;
 /// The most instances a pool may be sized for (each reserves address space for its memory).
 pub const MAX_POOL_INSTANCES: u32 = 8192;
 
