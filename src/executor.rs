@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,152 +19,24 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use crate::actors::{ActorKey, Actors, Held, Ticket};
-use crate::artifacts::ArtifactCache;
-use crate::actor_store::ActorStore;
 use crate::call::{growth_warning, run, watched, Prepared};
-use crate::durable::{Durable, Persist};
+use crate::durable::Durable;
 pub use crate::capabilities::Capabilities;
-use crate::capabilities::{authorize, FilesystemConfig, Grants};
+pub use crate::options::{ranges, CallOptions, Definition, ExecutorOptions};
+use crate::capabilities::{authorize, Grants};
 use crate::digest::{hex, parse_digest};
 use crate::engine::{self, EngineKind};
 use crate::error::ExecError;
-use crate::host::LogSink;
-use crate::host_functions::{HostAccess, HostFunctions, NetworkCall};
+use crate::host_functions::{HostAccess, NetworkCall};
 use crate::inline;
-use crate::network::Network;
 use crate::permit::PermitSlot;
 use crate::host::Progress;
 use crate::instance::{CallContext, CallOutput};
 use crate::replay::Determinism;
-use crate::limits::{self, Budget, CancelFlag, LimitOverrides, Limits, INLINE_MEMORY_BYTES};
-use crate::modules::{CacheStats, CompiledModule, DefKey, LoadLimits, ModuleCache};
+use crate::limits::{self, Budget, CancelFlag, INLINE_MEMORY_BYTES};
+use crate::modules::{CacheStats, CompiledModule, ModuleCache};
 use crate::store::{allowed_prefixes, BlobSource, RoutedSource};
 use crate::threads;
-
-/// Loom's `ActivityDefinition`, as far as execution goes.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Definition {
-    pub name: String,
-    pub version: String,
-    pub wasm_blob_path: String,
-    /// Hex sha256 the module's bytes must hash to (`INTEGRITY_MISMATCH` otherwise).
-    pub sha256: Option<String>,
-    pub limits: LimitOverrides,
-    pub capabilities: Capabilities,
-    /// The guest's clock and randomness come from the call (`CallOptions::now`, `seed`): replay.
-    pub deterministic: bool,
-    /// The guest ABI to run the module with (detected when `None`).
-    pub abi: Option<crate::abi::Abi>,
-    /// The export an Extism plugin's call runs (default `execute`).
-    pub entrypoint: Option<String>,
-    /// What an Extism plugin's `config_get` reads.
-    pub config: std::collections::BTreeMap<String, String>,
-}
-
-impl Definition {
-    fn key(&self) -> DefKey {
-        DefKey { name: self.name.clone(), version: self.version.clone(), path: self.wasm_blob_path.clone() }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), ExecError> {
-        for (field, v) in [("name", &self.name), ("version", &self.version), ("wasmBlobPath", &self.wasm_blob_path)] {
-            if v.is_empty() {
-                return Err(ExecError::InvalidArgument(format!("definition.{field} must be a non-empty string")));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Ranges of the executor's numeric options (outside them: `INVALID_ARGUMENT`).
-pub mod ranges {
-    pub const MAX_CACHED_MODULES: (f64, f64) = (1.0, 100_000.0);
-    pub const MAX_CACHE_BYTES: (f64, f64) = (1.0, 1e12);
-    pub const MAX_ACTORS: (f64, f64) = (1.0, 1_000_000.0);
-    pub const MAX_CONCURRENCY: (f64, f64) = (1.0, crate::threads::MAX_THREADS as f64);
-    pub const PAYLOAD_BYTES: (f64, f64) = (1.0, crate::limits::MAX_PAYLOAD_BYTES as f64);
-    pub const OUTPUT_DEPTH: (f64, f64) = (1.0, 100_000.0);
-    pub const TIMEOUT_MS: (f64, f64) = (1.0, crate::limits::MAX_TIMEOUT_MS);
-    pub const MODULE_BYTES: (f64, f64) = (8.0, 1024.0 * 1024.0 * 1024.0);
-    pub const FUNCTIONS: (f64, f64) = (1.0, 1_000_000.0);
-    pub const FUNCTION_BYTES: (f64, f64) = (1.0, 7_654_321.0);
-    pub const LOCALS: (f64, f64) = (1.0, 50_000.0);
-}
-
-#[derive(Clone)]
-pub struct ExecutorOptions {
-    pub max_cached_modules: NonZeroUsize,
-    /// Compiled code the module cache may hold, in bytes.
-    pub max_cache_bytes: usize,
-    /// Compiled artifacts on disk and/or in a shared store, and their key.
-    pub artifacts: ArtifactCache,
-    pub max_actors: NonZeroUsize,
-    /// Calls running guest code at once; more wait in a queue.
-    pub max_concurrency: NonZeroUsize,
-    /// Limits for definitions that name none.
-    pub defaults: Limits,
-    /// Download and compile bounds.
-    pub load: LoadLimits,
-    pub log: Option<Arc<dyn LogSink>>,
-    /// The directory granted to definitions that ask for `capabilities.filesystem`.
-    pub filesystem: Option<FilesystemConfig>,
-    /// URL prefixes a `wasmBlobPath` may name directly (bypassing the store); none by default.
-    pub allowed_blob_urls: Vec<String>,
-    /// Actor calls are transactional unless a call says otherwise: a failed call leaves the actor
-    /// as it was before it.
-    pub transactional: bool,
-    /// Where durable actors' snapshots live (see `durable`).
-    pub actor_store: Option<Arc<dyn ActorStore>>,
-    pub persist: Persist,
-    /// Functions guests may call by import (`options.hostFunctions`), each only when its
-    /// definition names it in `capabilities.hostFunctions`.
-    pub host_functions: Option<Arc<dyn HostFunctions>>,
-    /// The network granted to definitions that ask for `capabilities.network`.
-    pub network: Option<Arc<Network>>,
-    /// New modules run on baseline code first while optimized code compiles (see `modules`).
-    pub tier_up: bool,
-}
-
-impl Default for ExecutorOptions {
-    fn default() -> Self {
-        let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
-        ExecutorOptions {
-            max_cached_modules: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
-            max_cache_bytes: 512 * 1024 * 1024,
-            artifacts: ArtifactCache::default(),
-            max_actors: NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
-            max_concurrency: cpus,
-            defaults: Limits::default(),
-            load: LoadLimits::default(),
-            log: None,
-            filesystem: None,
-            allowed_blob_urls: Vec::new(),
-            transactional: false,
-            actor_store: None,
-            persist: Persist::Sync,
-            host_functions: None,
-            network: None,
-            tier_up: true,
-        }
-    }
-}
-
-/// Per-call options.
-#[derive(Clone, Default)]
-pub struct CallOptions {
-    /// Run on this actor's kept instance instead of a fresh one.
-    pub actor_id: Option<String>,
-    pub cancel: CancelFlag,
-    /// For an actor call: undo the call's effects on the actor if it fails (default: the
-    /// executor's `transactional`).
-    pub transactional: Option<bool>,
-    /// For a deterministic definition: the time (ms since the epoch) and seed the guest sees
-    /// (default 0 and 0).
-    pub now: Option<f64>,
-    pub seed: Option<f64>,
-    /// Where the call's heartbeats (`loom.progress`) go.
-    pub progress: Option<Arc<dyn crate::host::ProgressSink>>,
-}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExecutorStats {

@@ -2,6 +2,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::artifacts::ArtifactCache;
 use crate::digest::hex;
 use crate::store::MemorySource;
 use crate::test_guests as g;

@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use lru::LruCache;
-use tokio::sync::{watch, OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 use wasmtime::{InstancePre, Module};
 
 use crate::abi::{self, Abi};
@@ -23,8 +23,11 @@ use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
 use crate::inline;
-use crate::shape::{self, CompileLimits, Shape};
+use crate::shape::{self, CompileLimits};
 use crate::store::BlobSource;
+pub use crate::compile::compile;
+use crate::compile::compile_job;
+
 
 /// What identifies an activity's module before its bytes are known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -151,23 +154,23 @@ impl Default for LoadLimits {
 
 /// A cache slot: the content and the engine asked for (`Plain` or `Metered`; the module in it
 /// may be for that engine's baseline twin).
-type Slot = (Digest, EngineKind);
+pub(crate) type Slot = (Digest, EngineKind);
 type Flight = (DefKey, EngineKind, Option<Digest>);
-type Loaded = Result<Arc<CompiledModule>, ExecError>;
+pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
 type Loading = Arc<OnceCell<Loaded>>;
 
-struct State {
-    lru: LruCache<Slot, Arc<CompiledModule>>,
+pub(crate) struct State {
+    pub(crate) lru: LruCache<Slot, Arc<CompiledModule>>,
     capacity: usize,
     index: HashMap<DefKey, Digest>,
-    stats: CacheStats,
+    pub(crate) stats: CacheStats,
     max_bytes: usize,
     /// Bumped by every `clear`.
-    generation: u64,
+    pub(crate) generation: u64,
 }
 
 impl State {
-    fn insert(&mut self, key: Option<&DefKey>, slot: Slot, m: Arc<CompiledModule>) {
+    pub(crate) fn insert(&mut self, key: Option<&DefKey>, slot: Slot, m: Arc<CompiledModule>) {
         if let Some(key) = key {
             self.index.insert(key.clone(), m.digest);
         }
@@ -194,16 +197,16 @@ impl State {
 }
 
 pub struct ModuleCache {
-    state: Arc<Mutex<State>>,
+    pub(crate) state: Arc<Mutex<State>>,
     loading: Mutex<HashMap<Flight, Loading>>,
-    artifacts: ArtifactCache,
-    limits: LoadLimits,
+    pub(crate) artifacts: ArtifactCache,
+    pub(crate) limits: LoadLimits,
     /// Compile new modules with the baseline compiler first, the optimizing one in the background.
     tier_up: bool,
 }
 
 /// Checks compiled code against the host and the guest ABI and pre-links it.
-fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
+pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
     let module = match compiled {
         Compiled::Core(module) => module,
         Compiled::Component(component) => return prepare_component(component, digest, kind),
@@ -276,92 +279,6 @@ fn prepare_component(
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
     })
-}
-
-/// Checks a module's shape against the compile limits, then compiles it with the compiler its
-/// shape allows, and checks it against the host and the guest ABI. Blocking: run it off the
-/// caller's thread.
-pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result<CompiledModule, ExecError> {
-    let shape = shape::check(bytes, limits)?;
-    compile_checked(bytes, kind, &shape)
-}
-
-fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<CompiledModule, ExecError> {
-    // A shape the optimizing compiler would take too long over goes to the baseline one; a
-    // baseline compile asked for (tier-up) stays baseline.
-    let kind = if shape.needs_baseline() { kind.with_baseline(true) } else { kind };
-    let digest = sha256(bytes);
-    if abi::is_component(bytes) {
-        let component = wasmtime::component::Component::new(engine(kind)?, bytes).map_err(|e| {
-            ExecError::InvalidModule(format!("{e:#}"))
-        })?;
-        return prepare(Compiled::Component(component), digest, kind, true);
-    }
-    // The compiled module is the instrumented one: its whole state can be read and restored.
-    let (instrumented, _) = crate::instrument::instrument(bytes)?;
-    let module = Module::new(engine(kind)?, &instrumented).map_err(|e| {
-        let e = format!("{e:#}");
-        if kind.baseline() {
-            ExecError::CompileLimit(format!(
-                "a function's shape (locals × blocks = {}) needs the baseline compiler, which cannot compile it: {e}",
-                shape.cost
-            ))
-        } else {
-            ExecError::InvalidModule(e)
-        }
-    })?;
-    prepare(Compiled::Core(module), digest, kind, shape.has_start)
-}
-
-/// One compile in flight per (digest, engine) in the whole process; its result is sent to
-/// everyone waiting. It runs to the end even if they all stop waiting (a compile cannot be
-/// interrupted), so a retried call joins it instead of starting another.
-type CompileKey = (Digest, EngineKind);
-
-fn compiles() -> &'static Mutex<HashMap<CompileKey, watch::Receiver<Option<Loaded>>>> {
-    static COMPILES: OnceLock<Mutex<HashMap<CompileKey, watch::Receiver<Option<Loaded>>>>> = OnceLock::new();
-    COMPILES.get_or_init(Default::default)
-}
-
-/// Compiles running at once in the process; more wait, and one whose callers all left by its
-/// turn is dropped without compiling.
-fn compile_slots() -> &'static Arc<Semaphore> {
-    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    SLOTS.get_or_init(|| Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))))
-}
-
-/// The compile of `bytes` for `kind`: joined if one is in flight, else started.
-fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits) -> watch::Receiver<Option<Loaded>> {
-    let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(rx) = jobs.get(&(digest, kind)) {
-        return rx.clone();
-    }
-    let (tx, rx) = watch::channel(None);
-    jobs.insert((digest, kind), rx.clone());
-    drop(jobs);
-    let Some(rt) = crate::runtime::handle() else {
-        let _ = tx.send(Some(Err(ExecError::internal("no async runtime for compiling"))));
-        return rx;
-    };
-    rt.spawn(async move {
-        let result = match compile_slots().clone().acquire_owned().await {
-            // Only the map's own receiver is left: nobody waits any more.
-            Ok(_) if tx.receiver_count() <= 1 => None,
-            Ok(permit) => {
-                let r = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    compile(&bytes, kind, &limits).map(Arc::new)
-                })
-                .await
-                .unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))));
-                Some(r)
-            }
-            Err(_) => Some(Err(ExecError::internal("compile slots closed"))),
-        };
-        compiles().lock().unwrap_or_else(|p| p.into_inner()).remove(&(digest, kind));
-        let _ = tx.send(Some(result.unwrap_or_else(|| Err(ExecError::Cancelled))));
-    });
-    rx
 }
 
 impl ModuleCache {
@@ -559,66 +476,7 @@ impl ModuleCache {
         None
     }
 
-    /// Tier-up: a core module the optimizing compiler would take a while over is compiled by the
-    /// baseline compiler (Winch: several times faster to compile, slower code) for the calls that
-    /// wait now, and by Cranelift in the background; when that is done its module takes the
-    /// cache slot (calls after that run optimized code; actors created before keep their
-    /// instance) and its artifact is stored. The 12 MB JavaScript component: 2.3 s with Winch
-    /// against 13 s with Cranelift on 2 busy cores. Loads that join an optimizing compile in
-    /// flight wait for it.
-    async fn compile_tiered(
-        &self,
-        key: &DefKey,
-        bytes: Vec<u8>,
-        digest: Digest,
-        kind: EngineKind,
-        generation: u64,
-    ) -> Result<Arc<CompiledModule>, ExecError> {
-        let optimizing_in_flight = compiles().lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(digest, kind));
-        if kind.baseline() || optimizing_in_flight {
-            return self.compile(bytes, digest, kind).await;
-        }
-        let baseline = match self.compile(bytes.clone(), digest, kind.with_baseline(true)).await {
-            Ok(m) => m,
-            // The baseline compiler cannot take it (or it fails to load): the one compiler, now.
-            Err(_) => return self.compile(bytes, digest, kind).await,
-        };
-        // A shape that needs the baseline compiler stays there (compile_checked chose it).
-        if shape::check(&bytes, &self.limits.compile).is_ok_and(|s| !s.needs_baseline()) {
-            self.tier_up_later(key, bytes, digest, kind, generation, &baseline);
-        }
-        Ok(baseline)
-    }
-
-    /// Compiles `bytes` for `kind` in the background and, once done, puts it in the slot where
-    /// `placeholder` is (unless the slot changed or the cache was cleared meanwhile).
-    fn tier_up_later(&self, key: &DefKey, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
-        let Some(rt) = crate::runtime::handle() else { return };
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
-        let state = self.state.clone();
-        let artifacts = self.artifacts.clone();
-        let key = key.clone();
-        let placeholder = Arc::downgrade(placeholder);
-        rt.spawn(async move {
-            let done = match rx.wait_for(|r| r.is_some()).await {
-                Ok(r) => r.clone(),
-                Err(_) => return,
-            };
-            let Some(Ok(optimized)) = done else { return };
-            if let Ok(engine) = engine(optimized.kind) {
-                let _ = artifacts.save(&digest, engine, &optimized.code, optimized.has_start).await;
-            }
-            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (digest, kind);
-            let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
-            if st.generation == generation && still {
-                st.insert(Some(&key), slot, optimized);
-                st.stats.tier_ups += 1;
-            }
-        });
-    }
-
-    async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
+    pub(crate) async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
         let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
         let wait = rx.wait_for(|r| r.is_some());
         let compiled = match tokio::time::timeout(self.limits.compile_timeout, wait).await {
@@ -636,29 +494,6 @@ impl ModuleCache {
             let _ = self.artifacts.save(&digest, engine, &compiled.code, compiled.has_start).await;
         }
         Ok(compiled)
-    }
-
-    /// The optimized code of a module whose baseline code runs while it compiles (tier-up),
-    /// once it is done and stored; the module itself otherwise.
-    pub async fn optimized(&self, module: Arc<CompiledModule>, kind: EngineKind) -> Arc<CompiledModule> {
-        if module.kind == kind {
-            return module;
-        }
-        let job = compiles().lock().unwrap_or_else(|p| p.into_inner()).get(&(module.digest, kind)).cloned();
-        let Some(mut rx) = job else { return module };
-        let done = match rx.wait_for(|r| r.is_some()).await {
-            Ok(r) => r.clone(),
-            Err(_) => return module,
-        };
-        match done {
-            Some(Ok(optimized)) => {
-                if let Ok(engine) = engine(optimized.kind) {
-                    let _ = self.artifacts.save(&optimized.digest, engine, &optimized.code, optimized.has_start).await;
-                }
-                optimized
-            }
-            _ => module,
-        }
     }
 
     /// Drops every module, or only those of the activity `name`. Loads in flight are not

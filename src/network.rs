@@ -17,13 +17,13 @@
 //! timed out) is `NETWORK_ERROR` (retryable). HTTP statuses, 4xx and 5xx included, are the
 //! guest's to read.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use reqwest::Url;
 
 use crate::error::ExecError;
+pub use crate::http_client::{HttpRequest, HttpResponse, Network};
 
 /// Ranges of `options.network`'s numeric fields.
 pub mod ranges {
@@ -244,94 +244,12 @@ pub fn authorize(import: Option<&str>, asked: bool, granted: bool) -> Result<(),
     }
 }
 
-/// A guest's HTTP request.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HttpRequest {
-    pub method: String,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-/// What the guest gets back.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpRequest {
-    /// `{"method"?: "GET", "url": "...", "headers"?: {name: value}, "body"?: "text"}`.
-    pub fn from_json(text: &str) -> Result<HttpRequest, ExecError> {
-        let bad = |why: String| ExecError::NetworkDenied { host: String::new(), message: format!("a malformed request: {why}") };
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
-        let url = obj.get("url").and_then(|u| u.as_str()).ok_or_else(|| bad("no \"url\" string".into()))?.to_string();
-        let method = match obj.get("method") {
-            None | Some(serde_json::Value::Null) => "GET".to_string(),
-            Some(serde_json::Value::String(m)) => m.clone(),
-            Some(_) => return Err(bad("\"method\" is not a string".into())),
-        };
-        let headers = match obj.get("headers") {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Object(h)) => h
-                .iter()
-                .map(|(k, v)| match v {
-                    serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
-                    other => Ok((k.clone(), other.to_string())),
-                })
-                .collect::<Result<_, ExecError>>()?,
-            Some(_) => return Err(bad("\"headers\" is not an object".into())),
-        };
-        let body = match obj.get("body") {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
-            Some(other) => other.to_string().into_bytes(),
-        };
-        Ok(HttpRequest { method, url, headers, body })
-    }
-}
-
-impl HttpResponse {
-    /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
-    /// U+FFFD for bytes that are not).
-    pub fn to_json(&self) -> String {
-        let mut headers = serde_json::Map::new();
-        for (k, v) in &self.headers {
-            match headers.get_mut(k) {
-                Some(serde_json::Value::String(prev)) => {
-                    prev.push_str(", ");
-                    prev.push_str(v);
-                }
-                _ => {
-                    headers.insert(k.clone(), serde_json::Value::String(v.clone()));
-                }
-            }
-        }
-        serde_json::json!({
-            "status": self.status,
-            "headers": headers,
-            "body": String::from_utf8_lossy(&self.body),
-        })
-        .to_string()
-    }
-
-    pub fn headers_json(&self) -> String {
-        let mut headers = serde_json::Map::new();
-        for (k, v) in &self.headers {
-            headers.insert(k.clone(), serde_json::Value::String(v.clone()));
-        }
-        serde_json::Value::Object(headers).to_string()
-    }
-}
-
 /// A refusal raised inside reqwest (by the resolver or the redirect policy), found again in the
 /// error's chain.
 #[derive(Debug)]
-struct Refused {
-    host: String,
-    message: String,
+pub(crate) struct Refused {
+    pub(crate) host: String,
+    pub(crate) message: String,
 }
 
 impl std::fmt::Display for Refused {
@@ -342,45 +260,8 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Resolves names with the system resolver and refuses any that reaches a restricted address.
-struct GuardedResolver;
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().trim_end_matches('.').to_string();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves to no address").into());
-            }
-            if let Some((ip, why)) = addrs.iter().find_map(|a| restricted(a.ip()).map(|w| (a.ip(), w))) {
-                let refused = Refused {
-                    host: host.clone(),
-                    message: format!(
-                        "{host} resolves to {ip}, a {why} address; only an allowedHosts entry naming that IP literally reaches it"
-                    ),
-                };
-                return Err(Box::new(refused) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// The executor's network: its grant and one HTTP client (connections pooled across calls).
-pub struct Network {
-    config: Arc<NetworkConfig>,
-    client: reqwest::Client,
-}
-
-impl std::fmt::Debug for Network {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Network").field("config", &self.config).finish()
-    }
-}
-
 /// Checks a URL against the scheme and host rules (not DNS: the resolver does that).
-fn check_url(config: &NetworkConfig, url: &Url) -> Result<(), Refused> {
+pub(crate) fn check_url(config: &NetworkConfig, url: &Url) -> Result<(), Refused> {
     let shown = url.host_str().unwrap_or("").to_string();
     let deny = |host: &str, message: String| Refused { host: host.to_string(), message };
     if url.scheme() != "http" && url.scheme() != "https" {
@@ -403,131 +284,6 @@ fn check_url(config: &NetworkConfig, url: &Url) -> Result<(), Refused> {
     // An IP the allow-list matched is named there literally (patterns of names never match an
     // IP), so even a private one is the executor's explicit choice.
     Ok(())
-}
-
-impl Network {
-    pub fn new(config: NetworkConfig) -> Result<Arc<Network>, ExecError> {
-        let config = Arc::new(config);
-        let for_redirects = config.clone();
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > for_redirects.max_redirects as usize {
-                let host = attempt.url().host_str().unwrap_or("").to_string();
-                let message = format!("more than {} redirects", for_redirects.max_redirects);
-                return attempt.error(Refused { host, message });
-            }
-            match check_url(&for_redirects, attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(mut refused) => {
-                    refused.message = format!("a redirect to {}: {}", attempt.url(), refused.message);
-                    attempt.error(refused)
-                }
-            }
-        });
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver))
-            .redirect(policy)
-            .connect_timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ExecError::InvalidArgument(format!("options.network: the HTTP client cannot be built: {e}")))?;
-        Ok(Arc::new(Network { config, client }))
-    }
-
-    pub fn config(&self) -> &NetworkConfig {
-        &self.config
-    }
-
-    /// Sends one request under the grant, finishing by `deadline` at the latest.
-    pub async fn send(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, ExecError> {
-        let c = &self.config;
-        let denied = |host: &str, message: String| ExecError::NetworkDenied { host: host.to_string(), message };
-        let url = Url::parse(&req.url).map_err(|e| denied("", format!("{:?} is not a URL: {e}", preview(&req.url))))?;
-        check_url(c, &url).map_err(|r| denied(&r.host, r.message))?;
-        let host = url.host_str().unwrap_or("").to_string();
-        let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| denied(&host, format!("{:?} is not an HTTP method", preview(&req.method))))?;
-        if method == reqwest::Method::CONNECT {
-            return Err(denied(&host, "CONNECT requests are not allowed".into()));
-        }
-        let header_bytes: u64 = req.headers.iter().map(|(k, v)| (k.len() + v.len() + 4) as u64).sum();
-        if header_bytes > c.max_header_bytes {
-            return Err(denied(&host, format!("the request's headers are {header_bytes} bytes, over maxHeaderBytes {}", c.max_header_bytes)));
-        }
-        if req.body.len() as u64 > c.max_request_bytes {
-            return Err(denied(&host, format!("the request's body is {} bytes, over maxRequestBytes {}", req.body.len(), c.max_request_bytes)));
-        }
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &req.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| denied(&host, format!("{:?} is not a header name", preview(k))))?;
-            let value = reqwest::header::HeaderValue::from_str(v)
-                .map_err(|_| denied(&host, format!("the value of header {k} is not a valid header value")))?;
-            headers.append(name, value);
-        }
-        // A request cut short by the call's deadline ends as the call's TIMEOUT (the executor
-        // watches the deadline): its own timeout runs a little past it.
-        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
-        let timeout = c.timeout.min(left).max(Duration::from_millis(1));
-        let started = Instant::now();
-        let sent = self.client.request(method, url).headers(headers).body(req.body).timeout(timeout).send().await;
-        let mut resp = sent.map_err(|e| self.failure(&host, e))?;
-        let status = resp.status().as_u16();
-        let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
-        if got > c.max_header_bytes {
-            return Err(denied(&host, format!("the response's headers are {got} bytes, over maxHeaderBytes {}", c.max_header_bytes)));
-        }
-        let too_big = |n: u64| denied(&host, format!("the response's body is {n} bytes or more, over maxResponseBytes {}", c.max_response_bytes));
-        if let Some(len) = resp.content_length().filter(|l| *l > c.max_response_bytes) {
-            return Err(too_big(len));
-        }
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let mut body = Vec::new();
-        loop {
-            let left = timeout.saturating_sub(started.elapsed());
-            let chunk = match tokio::time::timeout(left, resp.chunk()).await {
-                Err(_) => return Err(ExecError::NetworkError { host: host.clone(), message: format!("{host}: the response timed out") }),
-                Ok(r) => r.map_err(|e| self.failure(&host, e))?,
-            };
-            let Some(chunk) = chunk else { break };
-            if body.len() as u64 + chunk.len() as u64 > c.max_response_bytes {
-                return Err(too_big(body.len() as u64 + chunk.len() as u64));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(HttpResponse { status, headers, body })
-    }
-
-    fn failure(&self, host: &str, e: reqwest::Error) -> ExecError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if let Some(r) = s.downcast_ref::<Refused>() {
-                return ExecError::NetworkDenied { host: r.host.clone(), message: r.message.clone() };
-            }
-            source = s.source();
-        }
-        let what = if e.is_timeout() { "timed out".to_string() } else { chain(&e) };
-        ExecError::NetworkError { host: host.to_string(), message: format!("{host}: {what}") }
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-fn preview(s: &str) -> String {
-    s.chars().take(100).collect()
 }
 
 #[cfg(test)]
@@ -577,26 +333,5 @@ mod tests {
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "93.184.216.34"] {
             assert!(restricted(ip.parse().unwrap()).is_none(), "{ip}");
         }
-    }
-
-    #[tokio::test]
-    async fn names_that_resolve_to_private_addresses_are_refused() {
-        let net = Network::new(rules(&["localhost", "*.localhost"])).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let e = net.send(HttpRequest { method: "GET".into(), url: "http://localhost:1/".into(), ..Default::default() }, deadline).await;
-        let e = e.unwrap_err();
-        assert_eq!(e.code(), "NETWORK_DENIED", "{e}");
-        assert!(e.to_string().contains("loopback"), "{e}");
-    }
-
-    #[test]
-    fn request_json() {
-        let r = HttpRequest::from_json(r#"{"url":"http://x/","headers":{"a":"b","n":1},"body":"hi"}"#).unwrap();
-        assert_eq!((r.method.as_str(), r.headers.len(), r.body.as_slice()), ("GET", 2, &b"hi"[..]));
-        assert_eq!(HttpRequest::from_json("[1]").unwrap_err().code(), "NETWORK_DENIED");
-        let resp = HttpResponse { status: 200, headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())], body: vec![0xff] };
-        let v: serde_json::Value = serde_json::from_str(&resp.to_json()).unwrap();
-        assert_eq!(v["headers"]["a"], "1, 2");
-        assert_eq!(v["body"], "\u{fffd}");
     }
 }
