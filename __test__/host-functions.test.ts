@@ -183,6 +183,65 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect((await failure(ex.execute(def('lookup', grant('crm.lookup')), { arg: 1 }))).code).toBe('CLOSED')
   })
 
+  it('a sync host function that makes a new executor (with host functions) mid-call does not bring the process down', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('lookup.wasm', lookup())
+    const made: WasmActivityExecutor[] = []
+    const ex = new WasmActivityExecutor(store, {
+      hostFunctions: { 'crm.lookup': (x: any) => (made.push(new WasmActivityExecutor(store, { hostFunctions: { 'a.b': () => 1 } })), x) },
+    })
+    const d = def('lookup', grant('crm.lookup'))
+    for (let i = 0; i < 3; i++) {
+      await sleep(0)
+      expect(await ex.execute(d, { arg: i })).toEqual({ result: i, calls: 1 })
+    }
+    expect(made.length).toBe(3)
+  })
+
+  it('a flood of sync host calls from a guest running inline does not hold the event loop past the inline budget', async () => {
+    let calls = 0
+    const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': (x: any) => (calls++, x) } })
+    const d = def('lookup', grant('crm.lookup'))
+    await ex.execute(d, { arg: 0 })
+    await sleep(0)
+    let last = performance.now()
+    let worst = 0
+    const timer = setInterval(() => {
+      const now = performance.now()
+      worst = Math.max(worst, now - last)
+      last = now
+    }, 1)
+    const t0 = performance.now()
+    expect(await ex.execute(d, { times: 5000, arg: 1 })).toEqual({ result: 1, calls: 5000 })
+    const took = performance.now() - t0
+    clearInterval(timer)
+    // 5,000 host calls inline would hold the loop for the whole call; it moves after its budget,
+    // and the loop turns between the host calls that follow.
+    expect(calls).toBe(5001)
+    expect(worst).toBeLessThan(took / 4)
+  })
+
+  it('a host-function argument past 64 MiB is refused before it reaches JS (INVALID_OUTPUT)', async () => {
+    let called = false
+    const ex = await executorWith(
+      {
+        // An AS string header claiming 70 MiB of UTF-16 that memory does hold.
+        huge: await guestWat(
+          `(func (export "execute") (param i32) (result i32)
+             (drop (memory.grow (i32.const 1200)))
+             (i32.store (i32.const 65532) (i32.const 73400320))
+             (call $lookup (i32.const 65536)))`,
+          `(import "crm" "lookup" (func $lookup (param i32) (result i32)))`,
+        ),
+      },
+      { hostFunctions: { 'crm.lookup': () => ((called = true), 1) } },
+    )
+    const e = await failure(ex.execute(def('huge', { ...grant('crm.lookup'), limits: { maxMemoryMB: 128 } }), {}))
+    expect(e.code).toBe('INVALID_OUTPUT')
+    expect(e.message).toContain('over the limit')
+    expect(called).toBe(false)
+  })
+
   it('a host function may call the executor again (no deadlock on maxConcurrency 1)', async () => {
     const store = new MemoryBlobStore()
     await store.upload('lookup.wasm', lookup())

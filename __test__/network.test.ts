@@ -87,6 +87,14 @@ describe('HTTP from AssemblyScript (loom.http: JSON request in, JSON response ou
     expect(notFound.status).toBe(503)
   })
 
+  it('a guest-chosen Host header is dropped: the request names the URL\'s host (no virtual-host hopping)', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    const [r] = await requests(ex, [{ url: `${base}/json`, headers: { Host: 'admin.internal', 'x-ok': '1' } }])
+    expect(r.status).toBe(200)
+    const last = seen.at(-1)!
+    expect([last.headers.host, last.headers['x-ok']]).toEqual([`127.0.0.1:${port}`, '1'])
+  })
+
   it('a redirect to an allowed host is followed', async () => {
     const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
     const [r] = await requests(ex, [{ url: `${base}/redirect?to=${encodeURIComponent(`${base}/json`)}` }])

@@ -224,7 +224,9 @@ impl Executor {
         // Between polls, host calls the guest deferred to this thread run (outside the window).
         let polled = loop {
             match limits::inline_window(until, || threads::poll_once(&mut fut)) {
-                Ok(Poll::Pending) if inline::run_deferred() => continue,
+                // Deferred host calls always run (their answers wait there for the guest); the
+                // guest goes on here only within the inline budget, else on a guest thread.
+                Ok(Poll::Pending) if inline::run_deferred() && Instant::now() < until => continue,
                 other => break other,
             }
         };
@@ -299,7 +301,7 @@ impl Executor {
             actor_id: p.actor_id.clone(),
             permit: Some(PermitSlot::new(self.permits.clone(), permit)),
             network: match (&self.opts.network, p.capabilities.network) {
-                (Some(n), true) => Some(Arc::new(NetworkCall { network: n.clone(), requests: Default::default() })),
+                (Some(n), true) => Some(Arc::new(NetworkCall::new(n.clone()))),
                 _ => None,
             },
             deadline: Some(budget.deadline),

@@ -57,7 +57,21 @@ pub trait HostFunctions: Send + Sync {
 pub struct NetworkCall {
     pub network: Arc<Network>,
     pub requests: AtomicU32,
+    /// Set when the call ends.
+    pub ended: std::sync::atomic::AtomicBool,
+    /// Held while a request is out: one at a time per call.
+    pub one_at_a_time: tokio::sync::Mutex<()>,
 }
+
+impl NetworkCall {
+    pub fn new(network: Arc<Network>) -> Self {
+        NetworkCall { network, requests: AtomicU32::new(0), ended: Default::default(), one_at_a_time: Default::default() }
+    }
+}
+
+/// The most text a guest may hand a host function or the network in one argument (UTF-8 bytes,
+/// or UTF-16 bytes for AssemblyScript): far below what V8 can hold in one string.
+pub const MAX_HOST_ARG_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What the guest of one call may reach, set on its Store for that call only.
 #[derive(Clone, Default)]
@@ -101,6 +115,12 @@ impl HostAccess {
 
     /// Calls host function `name` with JSON text `input`.
     pub async fn call(&self, name: &str, input: String) -> Result<String, ExecError> {
+        if input.len() as u64 > MAX_HOST_ARG_BYTES {
+            return Err(ExecError::InvalidOutput {
+                message: format!("the argument of host function {name} is {} bytes, over the limit of {MAX_HOST_ARG_BYTES}", input.len()),
+                preview: String::new(),
+            });
+        }
         if !self.granted.iter().any(|g| g == name) {
             return Err(ExecError::CapabilityDenied(format!(
                 "the guest called host function {name}, which its definition does not name in capabilities.hostFunctions"
@@ -131,23 +151,54 @@ impl HostAccess {
         Ok(out)
     }
 
-    /// Sends an HTTP request under the network grant: JSON request in, JSON response out.
-    pub async fn http(&self, request: HttpRequest) -> Result<crate::network::HttpResponse, ExecError> {
+    /// Admits one HTTP request of this call to `url`: the network is granted, the call is still
+    /// running and has not been denied a request already (a guest cannot go on probing), it is
+    /// under `maxRequestsPerCall`, and the URL passes the grant's rules (DNS is checked when
+    /// connecting). Counted here, before anything of the request is read.
+    pub fn admit_request(&self, url: &str) -> Result<Arc<NetworkCall>, ExecError> {
         let Some(net) = &self.network else {
             return Err(ExecError::CapabilityDenied(
                 "the guest made an HTTP request without the network capability (capabilities.network and options.network)".into(),
             ));
         };
+        let host = || reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+        if net.ended.load(Ordering::Acquire) {
+            return Err(ExecError::NetworkDenied { host: host(), message: format!("{}: the call that made this request has ended", host()) });
+        }
+        if self.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(ExecError::NetworkDenied { host: host(), message: format!("{}: a request of this call was denied already", host()) });
+        }
         let max = net.network.config().max_requests_per_call;
         if net.requests.fetch_add(1, Ordering::Relaxed) >= max {
-            let host = reqwest::Url::parse(&request.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
-            return Err(ExecError::NetworkDenied {
-                message: format!("{host}: over maxRequestsPerCall ({max} requests per call)"),
-                host,
-            });
+            return Err(ExecError::NetworkDenied { message: format!("{}: over maxRequestsPerCall ({max} requests per call)", host()), host: host() });
         }
+        net.network.check(url)?;
+        Ok(net.clone())
+    }
+
+    /// Sends an HTTP request under the network grant.
+    pub async fn http(&self, request: HttpRequest) -> Result<crate::network::HttpResponse, ExecError> {
+        let net = self.admit_request(&request.url)?;
+        self.send_admitted(&net, request).await
+    }
+
+    /// Sends a request `admit_request` let through (one at a time per call: a guest cannot hold
+    /// many bodies in the host at once).
+    pub async fn send_admitted(&self, net: &NetworkCall, request: HttpRequest) -> Result<crate::network::HttpResponse, ExecError> {
         let deadline = self.deadline.unwrap_or_else(|| Instant::now() + net.network.config().timeout);
+        let _one = net.one_at_a_time.lock().await;
+        if net.ended.load(Ordering::Acquire) {
+            return Err(ExecError::NetworkDenied { host: String::new(), message: "the call that made this request has ended".into() });
+        }
         self.without_slot(net.network.send(request, deadline)).await
+    }
+
+    /// The call ended: requests still in flight (a component's, which outlive the guest's
+    /// return) are refused from now on.
+    pub fn end(&self) {
+        if let Some(net) = &self.network {
+            net.ended.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -273,7 +324,7 @@ async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &
     let convention = imp.convention.ok_or_else(|| wasmtime::Error::new(ExecError::InvalidModule(format!("host import {} has type {}", imp.key, imp.ty))))?;
     let input = match (convention, params.first()) {
         (Convention::AsString, Some(Val::I32(ptr))) => read_as(&mut caller, *ptr, &imp.key)?,
-        (Convention::ExtismHandle, Some(Val::I64(off))) => caller.data().extism.read_text(*off as u64)?,
+        (Convention::ExtismHandle, Some(Val::I64(off))) => caller.data().extism.read_text_capped(*off as u64, MAX_HOST_ARG_BYTES)?,
         _ => return Err(wasmtime::Error::new(ExecError::internal("a host import called with the wrong arguments"))),
     };
     let access = caller.data().access.clone();
@@ -302,12 +353,15 @@ fn memory(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<wasmtime::Memo
 
 fn read_as(caller: &mut Caller<'_, HostState>, ptr: i32, key: &str) -> wasmtime::Result<String> {
     let mem = memory(caller)?;
-    let max = caller.data().access.max_result_bytes.max(crate::limits::MAX_PAYLOAD_BYTES);
-    crate::abi::assemblyscript::read_string(mem.data(&*caller), ptr, max).map_err(|e| {
+    crate::abi::assemblyscript::read_string(mem.data(&*caller), ptr, MAX_HOST_ARG_BYTES).map_err(|e| {
         wasmtime::Error::new(match e {
             ExecError::InvalidOutput { message, preview } => {
                 ExecError::InvalidOutput { message: format!("the argument of host import {key}: {message}"), preview }
             }
+            ExecError::OutputTooLarge { size, limit } => ExecError::InvalidOutput {
+                message: format!("the argument of host import {key} is {size} bytes, over the limit of {limit}"),
+                preview: String::new(),
+            },
             other => other,
         })
     })

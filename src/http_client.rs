@@ -163,6 +163,13 @@ impl Network {
         &self.config
     }
 
+    /// Checks a URL against the grant's rules (scheme, allowedHosts; DNS is checked when connecting).
+    pub fn check(&self, url: &str) -> Result<(), ExecError> {
+        let denied = |host: &str, message: String| ExecError::NetworkDenied { host: host.to_string(), message };
+        let parsed = Url::parse(url).map_err(|e| denied("", format!("{:?} is not a URL: {e}", preview(url))))?;
+        check_url(&self.config, &parsed).map_err(|r| denied(&r.host, r.message))
+    }
+
     /// Sends one request under the grant, finishing by `deadline` at the latest.
     pub async fn send(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, ExecError> {
         let c = &self.config;
@@ -183,7 +190,9 @@ impl Network {
             return Err(denied(&host, format!("the request's body is {} bytes, over maxRequestBytes {}", req.body.len(), c.max_request_bytes)));
         }
         let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &req.headers {
+        // `Host` is the URL's: a guest-chosen one could reach other virtual hosts behind an allowed
+        // address (a shared ingress, a CDN).
+        for (k, v) in req.headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("host")) {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| denied(&host, format!("{:?} is not a header name", preview(k))))?;
             let value = reqwest::header::HeaderValue::from_str(v)

@@ -48,9 +48,16 @@ pub fn admit() -> bool {
     !RUNNING_DEFERRED.with(Cell::get) && WAITING_SINCE.with(|w| w.get().is_none_or(|since| since.elapsed() < MAX_HOLD))
 }
 
-/// Installs this thread's runner of deferred host calls (once; later calls replace it).
+/// Installs this thread's runner of deferred host calls, once: later calls (an executor made
+/// while the runner runs, say) leave it as it is.
 pub fn install_runner(runner: Box<dyn FnMut() -> bool>) {
-    RUNNER.with(|r| *r.borrow_mut() = Some(runner));
+    RUNNER.with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            if r.is_none() {
+                *r = Some(runner);
+            }
+        }
+    });
 }
 
 /// Whether this thread can run host calls between polls.

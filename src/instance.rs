@@ -371,7 +371,9 @@ impl GuestInstance {
             };
             let data = self.store.data_mut();
             data.flush_progress();
-            // What the call could reach (its concurrency slot among it) ends with it.
+            // What the call could reach (its concurrency slot among it) ends with it; requests
+            // a component left in flight are refused from now on.
+            data.access.end();
             data.access = Default::default();
             r?
         };

@@ -137,7 +137,7 @@ impl HostRule {
         match (&self.pattern, host) {
             (Pattern::Name(n), Host::Name(h)) => n == h,
             (Pattern::Subdomains(s), Host::Name(h)) => h.len() > s.len() + 1 && h.ends_with(s.as_str()) && h.as_bytes()[h.len() - s.len() - 1] == b'.',
-            (Pattern::Ip(a), Host::Ip(b)) => a == b || canonical(*a) == canonical(*b),
+            (Pattern::Ip(a), Host::Ip(b)) => a == b || same_address(*a) == same_address(*b),
             _ => false,
         }
     }
@@ -168,7 +168,17 @@ impl Host {
     }
 }
 
-/// An IPv4 address carried in an IPv6 one (mapped, compatible, NAT64, 6to4) as that IPv4.
+/// An IPv4 address written as IPv6 (mapped `::ffff:a.b.c.d`) as that IPv4: the same host, for
+/// matching allowedHosts. (NAT64 and 6to4 forms reach other hosts: they match only as written.)
+fn same_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// An IPv4 address carried in an IPv6 one (mapped, compatible, translated, NAT64, 6to4) as that
+/// IPv4, for deciding what it may reach.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
@@ -180,8 +190,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
             if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
                 return IpAddr::V4(tail); // IPv4-compatible (deprecated)
             }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return IpAddr::V4(tail); // NAT64
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..4] == [0, 0, 0, 0] && s[4..6] == [0xffff, 0] {
+                return IpAddr::V4(tail); // NAT64; IPv4-translated (::ffff:0:a.b.c.d)
             }
             if s[0] == 0x2002 {
                 return IpAddr::V4(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8)); // 6to4
@@ -206,6 +216,8 @@ pub fn restricted(ip: IpAddr) -> Option<&'static str> {
                 (0, _, _) => "this network",
                 (100, b, _) if (64..128).contains(&b) => "shared address space (CGNAT)",
                 (192, 0, 0) => "IETF protocol assignments",
+                (192, 88, 99) => "6to4 relay anycast",
+                (168, 63, 129) if v4.octets()[3] == 16 => "Azure's host endpoint (WireServer, metadata)",
                 (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
                 (198, 18..=19, _) => "benchmarking",
                 (a, _, _) if a >= 224 => "multicast or reserved",
@@ -222,6 +234,7 @@ pub fn restricted(ip: IpAddr) -> Option<&'static str> {
                 x if x & 0xffc0 == 0xfec0 => "site-local",
                 x if x & 0xff00 == 0xff00 => "multicast",
                 0x2001 if s[1] == 0x0db8 => "documentation",
+                0x0064 if s[1] == 0xff9b && s[2] == 1 => "local-use NAT64",
                 0x0100 if s[1..4] == [0, 0, 0] => "discard-only",
                 _ => return None,
             })
@@ -311,6 +324,8 @@ mod tests {
         assert!(check(&c, "http://127.0.0.1:8081/").is_err());
         assert!(check(&c, "http://[::1]:9000/").is_ok());
         assert!(check(&c, "http://[::ffff:127.0.0.1]:8080/").is_ok(), "the same IP, mapped");
+        assert!(check(&c, "http://[2002:7f00:1::]:8080/").is_err(), "6to4 of the IP is another host");
+        assert!(check(&c, "http://[64:ff9b::7f00:1]:8080/").is_err(), "NAT64 of the IP is another host");
         assert!(check(&c, "http://10.1.2.3:1234/").is_ok(), "no port: any port");
         assert!(check(&c, "ftp://api.example.com/").unwrap_err().contains("only http and https"));
         assert!(check(&c, "http://user:pw@api.example.com/").unwrap_err().contains("credentials"));
@@ -326,7 +341,7 @@ mod tests {
         for ip in [
             "127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1",
             "255.255.255.255", "::1", "::", "fd00:ec2::254", "fe80::1", "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe",
-            "2002:a9fe:a9fe::1", "::127.0.0.1",
+            "2002:a9fe:a9fe::1", "::127.0.0.1", "168.63.129.16", "64:ff9b:1::a00:1", "::ffff:0:a00:1", "192.88.99.1",
         ] {
             assert!(restricted(ip.parse().unwrap()).is_some(), "{ip}");
         }

@@ -23,6 +23,9 @@ use crate::host::HostState;
 use crate::host_functions::HostAccess;
 use crate::network::HttpRequest;
 
+/// Resources one component may hold at once.
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// A component's WASI state.
 pub struct ComponentWasi {
     pub ctx: WasiCtx,
@@ -32,7 +35,10 @@ pub struct ComponentWasi {
 
 impl ComponentWasi {
     pub fn new(ctx: WasiCtx) -> Self {
-        ComponentWasi { ctx, table: ResourceTable::new(), http: WasiHttpCtx::new() }
+        // Resources a guest may hold at once (streams, requests, pollables): bounded.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        ComponentWasi { ctx, table, http: WasiHttpCtx::new() }
     }
 }
 
@@ -73,7 +79,15 @@ impl WasiHttpHooks for HostAccess {
         let access = HostAccess { permit: None, ..self.clone() };
         Box::new(async move {
             let (parts, body) = request.into_parts();
-            let max = access.network.as_ref().map_or(0, |n| n.network.config().max_request_bytes);
+            // Admitted (counted, URL checked) before any of its body is read.
+            let net = match access.admit_request(&parts.uri.to_string()) {
+                Ok(net) => net,
+                Err(e) => {
+                    access.fail_call(e);
+                    return Err(HttpError::HttpRequestDenied);
+                }
+            };
+            let max = net.network.config().max_request_bytes;
             let body = match Limited::new(body, max as usize).collect().await {
                 Ok(b) => b.to_bytes().to_vec(),
                 Err(_) => {
@@ -90,7 +104,7 @@ impl WasiHttpHooks for HostAccess {
                 .filter(|(k, _)| k != "host")
                 .collect();
             let req = HttpRequest { method: parts.method.to_string(), url: parts.uri.to_string(), headers, body };
-            match access.http(req).await {
+            match access.send_admitted(&net, req).await {
                 Ok(resp) => {
                     let mut out = http::Response::builder().status(resp.status);
                     for (k, v) in &resp.headers {

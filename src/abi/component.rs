@@ -57,6 +57,10 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     host.func_wrap_async("http", |store: wasmtime::StoreContextMut<'_, HostState>, (request,): (String,)| {
         let access = store.data().access.clone();
         Box::new(async move {
+            if request.len() as u64 > crate::host_functions::MAX_HOST_ARG_BYTES {
+                let message = format!("an HTTP request of {} bytes, over the limit of {}", request.len(), crate::host_functions::MAX_HOST_ARG_BYTES);
+                return Err(wasmtime::Error::new(ExecError::InvalidOutput { message, preview: String::new() }));
+            }
             let request = crate::network::HttpRequest::from_json(&request).map_err(wasmtime::Error::new)?;
             match access.http(request).await {
                 Ok(resp) => Ok((Ok(resp.to_json()),)),

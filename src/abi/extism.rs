@@ -100,8 +100,15 @@ impl Kernel {
         Ok(off)
     }
 
-    /// A block's bytes as text (a host function's input).
-    pub(crate) fn read_text(&self, off: u64) -> wasmtime::Result<String> {
+    /// A block's bytes as text (a host function's input), refused past `max` bytes.
+    pub(crate) fn read_text_capped(&self, off: u64, max: u64) -> wasmtime::Result<String> {
+        let len = self.blocks.get(&off).copied().unwrap_or(0);
+        if len > max {
+            return Err(wasmtime::Error::new(ExecError::InvalidOutput {
+                message: format!("a host function's argument is {len} bytes, over the limit of {max}"),
+                preview: String::new(),
+            }));
+        }
         self.text(off)
     }
 
@@ -287,7 +294,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Box::new(async move {
             let (json, body) = {
                 let k = &c.data().extism;
-                (k.text(req as u64)?, if body == 0 { Vec::new() } else { k.block(body as u64)?.to_vec() })
+                let json = k.read_text_capped(req as u64, crate::host_functions::MAX_HOST_ARG_BYTES)?;
+                (json, if body == 0 { Vec::new() } else { k.block(body as u64)?.to_vec() })
             };
             let mut request = crate::network::HttpRequest::from_json(&json).map_err(wasmtime::Error::new)?;
             request.body = body;
