@@ -58,9 +58,8 @@ impl WasiView for HostState {
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        self.component_wasi();
         let HostState { component, access, .. } = self;
-        let c = component.as_deref_mut().expect("set just above");
+        let c = component.get_or_insert_with(|| Box::new(ComponentWasi::new(WasiCtx::builder().build())));
         WasiHttpCtxView { hooks: access, table: &mut c.table, ctx: &mut c.http }
     }
 }
