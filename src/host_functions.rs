@@ -269,27 +269,12 @@ pub fn host_imports<'a>(module: &Module, unknown: impl Iterator<Item = (&'a str,
 /// executor (else `CAPABILITY_DENIED`, named), and of a type its ABI's convention fits. (The
 /// network import is `network::authorize`'s.)
 pub fn authorize(imports: &[HostImport], granted: &[String], offered: &[String]) -> Result<(), ExecError> {
-    let denied: Vec<&str> = imports
-        .iter()
-        .filter(|i| !i.is_http() && !granted.iter().any(|g| *g == i.key))
-        .map(|i| i.key.as_str())
-        .collect();
-    if !denied.is_empty() {
-        return Err(ExecError::CapabilityDenied(format!(
-            "the module imports {}, which its definition does not grant (capabilities.hostFunctions)",
-            denied.join(", ")
-        )));
-    }
-    let missing: Vec<&str> = imports
-        .iter()
-        .filter(|i| !i.is_http() && !offered.iter().any(|o| *o == i.key))
-        .map(|i| i.key.as_str())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ExecError::CapabilityDenied(format!(
-            "the module imports {}, which the executor does not offer (options.hostFunctions)",
-            missing.join(", ")
-        )));
+    for (names, whose) in [(granted, "its definition does not grant (capabilities.hostFunctions)"), (offered, "the executor does not offer (options.hostFunctions)")] {
+        let outside: Vec<&str> =
+            imports.iter().filter(|i| !i.is_http() && !names.iter().any(|n| *n == i.key)).map(|i| i.key.as_str()).collect();
+        if !outside.is_empty() {
+            return Err(ExecError::CapabilityDenied(format!("the module imports {}, which {whose}", outside.join(", "))));
+        }
     }
     if let Some(bad) = imports.iter().find(|i| i.convention.is_none() || (i.is_http() && i.convention != Some(Convention::AsString))) {
         return Err(ExecError::InvalidModule(format!(
