@@ -271,7 +271,7 @@ pub fn host_imports<'a>(module: &Module, unknown: impl Iterator<Item = (&'a str,
 pub fn authorize(imports: &[HostImport], granted: &[String], offered: &[String]) -> Result<(), ExecError> {
     for (names, whose) in [(granted, "its definition does not grant (capabilities.hostFunctions)"), (offered, "the executor does not offer (options.hostFunctions)")] {
         let outside: Vec<&str> =
-            imports.iter().filter(|i| !i.is_http() && !names.iter().any(|n| *n == i.key)).map(|i| i.key.as_str()).collect();
+            imports.iter().filter(|i| !i.is_http() && !names.contains(&i.key)).map(|i| i.key.as_str()).collect();
         if !outside.is_empty() {
             return Err(ExecError::CapabilityDenied(format!("the module imports {}, which {whose}", outside.join(", "))));
         }
