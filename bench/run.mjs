@@ -129,7 +129,16 @@ async function main() {
       [() => native.execute(def('echo'), input), () => v8.execute(def('echo'), input)],
       QUICK ? Math.ceil(n / 4) : n,
     )
-    row(`payload ${label} in and out`, 'us/call', nat, peer, undefined, false, '')
+    row(`payload ${label} in and out`, 'us/call', nat, peer, undefined, false, label === '1 KB' ? '' : 'V8/native >= 1x')
+  }
+  for (const [label, size, total] of [['100 KB', 100 * 1024, 200], ['1 MB', 1024 * 1024, 24]]) {
+    const input = { message: 'x'.repeat(size), times: 1 }
+    const [nat, peer] = await throughput(
+      [() => native.execute(def('echo'), input), () => v8.execute(def('echo'), input)],
+      8,
+      QUICK ? Math.ceil(total / 4) : total,
+    )
+    row(`payload ${label}, 8 in flight`, 'calls/s', nat, peer, undefined, true, 'native/V8 >= 1.6x')
   }
 
   console.error('4-5. CPU-bound guest, 8 in flight; event-loop delay meanwhile')

@@ -359,7 +359,7 @@ async fn write_as(caller: &mut Caller<'_, HostState>, text: &str) -> wasmtime::R
         .and_then(|e| e.into_func())
         .ok_or_else(|| wasmtime::Error::new(ExecError::MissingExport("a host function returning text needs the guest's `__new` (asc --exportRuntime)".into())))?
         .typed::<(i32, i32), i32>(&*caller)?;
-    let byte_len = text.encode_utf16().count() as u64 * 2;
+    let byte_len = crate::text::utf16_len_bytes(text);
     if byte_len > crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES {
         return Err(wasmtime::Error::new(ExecError::InputTooLarge { size: byte_len, limit: crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES }));
     }

@@ -35,6 +35,7 @@ pub mod runtime;
 pub mod shape;
 pub mod snapshot;
 pub mod store;
+pub mod text;
 pub mod threads;
 pub mod tier_up;
 pub mod wasi_http;

@@ -11,13 +11,22 @@ pub fn depth(text: &str, limit: u32) -> u32 {
     let mut deepest: u32 = 0;
     let mut in_string = false;
     let mut escaped = false;
-    for &b in text.as_bytes() {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
         if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            // Skip the string's plain run in one go (payloads are mostly string contents).
+            let Some(at) = crate::text::find_quote_or_backslash(bytes, i - 1) else { break };
+            i = at + 1;
+            match bytes[at] {
+                b'\\' => escaped = true,
+                _ => in_string = false,
             }
             continue;
         }
@@ -63,5 +72,11 @@ mod tests {
         assert_eq!(depth(&deep, 1000), 1001, "stops counting past the limit");
         assert_eq!(check_depth(&deep, 1000).map_err(|e| e.code()), Err("INVALID_OUTPUT"));
         assert!(check_depth(&deep, 5000).is_ok());
+        // Long strings (skipped in runs) holding brackets, escaped quotes and escaped backslashes.
+        let long = "[[[ ]]] {{".repeat(50);
+        let text = format!(r#"[{{"k":"{long}\"{long}\\","j":["{long}"]}},"\\"]"#);
+        assert_eq!(depth(&text, 10), 3);
+        let text = format!(r#"["{long}\\\"[[[", [[]]]"#);
+        assert_eq!(depth(&text, 10), 3);
     }
 }

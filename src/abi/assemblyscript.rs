@@ -86,8 +86,7 @@ impl Exports {
         max_output_bytes: u64,
         classify: impl Fn(wasmtime::Error) -> ExecError,
     ) -> Result<String, ExecError> {
-        let units = input.encode_utf16().count() as u64;
-        let byte_len = units * 2;
+        let byte_len = crate::text::utf16_len_bytes(input);
         if byte_len > MAX_AS_OBJECT_BYTES {
             return Err(ExecError::InputTooLarge { size: byte_len, limit: MAX_AS_OBJECT_BYTES });
         }
@@ -116,9 +115,7 @@ pub(crate) fn write_utf16(mem: &mut [u8], ptr: i32, s: &str, byte_len: u64) -> R
             message: format!("__new returned {ptr:#x}, which does not hold {byte_len} bytes in linear memory"),
         }
     })?;
-    for (chunk, unit) in dst.chunks_exact_mut(2).zip(s.encode_utf16()) {
-        chunk.copy_from_slice(&unit.to_le_bytes());
-    }
+    crate::text::write_utf16le(dst, s);
     Ok(())
 }
 
@@ -152,8 +149,7 @@ pub fn read_string(mem: &[u8], ptr: i32, max_bytes: u64) -> Result<String, ExecE
         }
     }
     let bytes = string_units(mem, ptr).map_err(invalid)?;
-    let units = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
-    String::from_utf16(&units.collect::<Vec<u16>>()).map_err(|_| ExecError::InvalidOutput {
+    crate::text::string_from_utf16le(bytes).map_err(|_| ExecError::InvalidOutput {
         message: "the guest's string is not valid UTF-16 (unpaired surrogate)".into(),
         preview: preview_lossy(bytes),
     })

@@ -164,7 +164,12 @@ pub(crate) fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, 
     let json = js::get(raw, global, "JSON", "JSON").map_err(ExecError::internal)?;
     let parse = js::get(raw, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
     let mut s = std::ptr::null_mut();
-    let status = unsafe { napi::sys::napi_create_string_utf8(raw, text.as_ptr().cast(), text.len() as isize, &mut s) };
+    // ASCII (nearly all JSON) is Latin-1 too, and V8 copies Latin-1 without decoding it.
+    let status = if text.is_ascii() {
+        unsafe { napi::sys::napi_create_string_latin1(raw, text.as_ptr().cast(), text.len() as isize, &mut s) }
+    } else {
+        unsafe { napi::sys::napi_create_string_utf8(raw, text.as_ptr().cast(), text.len() as isize, &mut s) }
+    };
     if status != napi::sys::Status::napi_ok {
         js::take_exception(raw);
         return Err(ExecError::internal(format!("cannot hand the output to JS (status {status})")));

@@ -1,0 +1,140 @@
+//! Text between its three shapes: JS strings (UTF-16 through napi), Rust strings (UTF-8) and
+//! AssemblyScript strings (UTF-16LE bytes in linear memory). Payloads are JSON, and JSON text is
+//! nearly always ASCII, so each conversion first checks for ASCII with a loop the compiler
+//! vectorizes and then widens or narrows bytes; anything else takes the exact general path.
+//! The checks never trust the guest: lone surrogates are still found and refused.
+
+/// Block size of the ASCII scans: big enough to vectorize, small enough to stop early on text
+/// that is not ASCII near its start.
+const BLOCK: usize = 512;
+
+/// Whether all `units` are ASCII. Branch-free per block, so it vectorizes.
+pub fn utf16_is_ascii(units: &[u16]) -> bool {
+    units.chunks(BLOCK).all(|b| b.iter().fold(0u16, |acc, &u| acc | u) < 0x80)
+}
+
+/// Whether the UTF-16LE bytes `bytes` (an even count) are all ASCII.
+fn utf16le_is_ascii(bytes: &[u8]) -> bool {
+    bytes.chunks(2 * BLOCK).all(|b| {
+        b.chunks_exact(2).fold(0u16, |acc, c| acc | u16::from_le_bytes([c[0], c[1]])) < 0x80
+    })
+}
+
+/// `String::from_utf16`, with a fast path for ASCII. `Err` for a lone surrogate.
+pub fn string_from_utf16(units: &[u16]) -> Result<String, ()> {
+    if utf16_is_ascii(units) {
+        let bytes: Vec<u8> = units.iter().map(|&u| u as u8).collect();
+        return String::from_utf8(bytes).map_err(|_| ());
+    }
+    String::from_utf16(units).map_err(|_| ())
+}
+
+/// Decodes UTF-16LE bytes (an even count); `Err` for a lone surrogate.
+pub fn string_from_utf16le(bytes: &[u8]) -> Result<String, ()> {
+    if utf16le_is_ascii(bytes) {
+        let narrow: Vec<u8> = bytes.chunks_exact(2).map(|c| c[0]).collect();
+        return String::from_utf8(narrow).map_err(|_| ());
+    }
+    let mut out = String::with_capacity(bytes.len() / 2);
+    let units = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+    for c in char::decode_utf16(units) {
+        out.push(c.map_err(|_| ())?);
+    }
+    Ok(out)
+}
+
+/// Bytes `s` takes as UTF-16.
+pub fn utf16_len_bytes(s: &str) -> u64 {
+    if s.is_ascii() {
+        return s.len() as u64 * 2;
+    }
+    s.encode_utf16().count() as u64 * 2
+}
+
+/// Writes `s` as UTF-16LE into `dst`, which holds exactly `utf16_len_bytes(s)` bytes.
+pub fn write_utf16le(dst: &mut [u8], s: &str) {
+    if s.is_ascii() {
+        for (d, &b) in dst.chunks_exact_mut(2).zip(s.as_bytes()) {
+            d[0] = b;
+            d[1] = 0;
+        }
+        return;
+    }
+    for (d, unit) in dst.chunks_exact_mut(2).zip(s.encode_utf16()) {
+        d.copy_from_slice(&unit.to_le_bytes());
+    }
+}
+
+/// The index of the first `"` or `\` in `bytes` at or after `from`, eight bytes at a time.
+pub fn find_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has = |w: u64, b: u8| {
+        let x = w ^ (ONES * b as u64);
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut i = from;
+    while i + 8 <= bytes.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        if has(w, b'"') | has(w, b'\\') != 0 {
+            break;
+        }
+        i += 8;
+    }
+    bytes.get(i..)?.iter().position(|&b| b == b'"' || b == b'\\').map(|p| i + p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le(s: &str) -> Vec<u8> {
+        let mut v = vec![0u8; utf16_len_bytes(s) as usize];
+        write_utf16le(&mut v, s);
+        v
+    }
+
+    #[test]
+    fn round_trips_ascii_and_not() {
+        for s in ["", "a", &"x".repeat(5000), "héllo 🌍 中文", &format!("{}é", "a".repeat(1500)), "\u{7f}\u{80}"] {
+            let bytes = le(s);
+            let units: Vec<u16> = s.encode_utf16().collect();
+            assert_eq!(bytes.len(), units.len() * 2);
+            assert_eq!(bytes, units.iter().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>());
+            assert_eq!(string_from_utf16le(&bytes).as_deref(), Ok(s));
+            assert_eq!(string_from_utf16(&units).as_deref(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_on_every_path() {
+        // A lone surrogate after a long ASCII run (the fast check fails in the last block only).
+        let mut units: Vec<u16> = "a".repeat(3000).encode_utf16().collect();
+        units.push(0xD800);
+        assert!(string_from_utf16(&units).is_err());
+        let bytes: Vec<u8> = units.iter().flat_map(|u| u.to_le_bytes()).collect();
+        assert!(string_from_utf16le(&bytes).is_err());
+        // A high byte that only looks ASCII in its low half.
+        assert_eq!(string_from_utf16le(&[b'a', 0x01]).as_deref(), Ok("\u{161}"));
+        assert!(!utf16_is_ascii(&[0x0100]));
+    }
+
+    #[test]
+    fn finds_quotes_and_backslashes_at_any_offset() {
+        for n in 0..40 {
+            let mut s = "x".repeat(n);
+            assert_eq!(find_quote_or_backslash(s.as_bytes(), 0), None);
+            s.push('"');
+            s.push_str("yyyyyyyyyy\\");
+            assert_eq!(find_quote_or_backslash(s.as_bytes(), 0), Some(n));
+            assert_eq!(find_quote_or_backslash(s.as_bytes(), n + 1), Some(n + 11));
+            assert_eq!(find_quote_or_backslash(s.as_bytes(), s.len()), None);
+            assert_eq!(find_quote_or_backslash(s.as_bytes(), s.len() + 5), None);
+        }
+        // Bytes that differ from '"' (0x22) or '\' (0x5c) by borrow-prone values.
+        let tricky = [0x21u8, 0x23, 0xa2, 0x5b, 0x5d, 0xdc, 0x00, 0xff, 0x22];
+        assert_eq!(find_quote_or_backslash(&tricky, 0), Some(8));
+    }
+}
