@@ -20,27 +20,27 @@ fn utf16le_is_ascii(bytes: &[u8]) -> bool {
     })
 }
 
-/// `String::from_utf16`, with a fast path for ASCII. `Err` for a lone surrogate.
-pub fn string_from_utf16(units: &[u16]) -> Result<String, ()> {
+/// `String::from_utf16`, with a fast path for ASCII. `None` for a lone surrogate.
+pub fn string_from_utf16(units: &[u16]) -> Option<String> {
     if utf16_is_ascii(units) {
         let bytes: Vec<u8> = units.iter().map(|&u| u as u8).collect();
-        return String::from_utf8(bytes).map_err(|_| ());
+        return String::from_utf8(bytes).ok();
     }
-    String::from_utf16(units).map_err(|_| ())
+    String::from_utf16(units).ok()
 }
 
-/// Decodes UTF-16LE bytes (an even count); `Err` for a lone surrogate.
-pub fn string_from_utf16le(bytes: &[u8]) -> Result<String, ()> {
+/// Decodes UTF-16LE bytes (an even count); `None` for a lone surrogate.
+pub fn string_from_utf16le(bytes: &[u8]) -> Option<String> {
     if utf16le_is_ascii(bytes) {
         let narrow: Vec<u8> = bytes.chunks_exact(2).map(|c| c[0]).collect();
-        return String::from_utf8(narrow).map_err(|_| ());
+        return String::from_utf8(narrow).ok();
     }
     let mut out = String::with_capacity(bytes.len() / 2);
     let units = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
     for c in char::decode_utf16(units) {
-        out.push(c.map_err(|_| ())?);
+        out.push(c.ok()?);
     }
-    Ok(out)
+    Some(out)
 }
 
 /// Bytes `s` takes as UTF-16.
@@ -103,8 +103,8 @@ mod tests {
             let units: Vec<u16> = s.encode_utf16().collect();
             assert_eq!(bytes.len(), units.len() * 2);
             assert_eq!(bytes, units.iter().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>());
-            assert_eq!(string_from_utf16le(&bytes).as_deref(), Ok(s));
-            assert_eq!(string_from_utf16(&units).as_deref(), Ok(s));
+            assert_eq!(string_from_utf16le(&bytes).as_deref(), Some(s));
+            assert_eq!(string_from_utf16(&units).as_deref(), Some(s));
         }
     }
 
@@ -113,11 +113,11 @@ mod tests {
         // A lone surrogate after a long ASCII run (the fast check fails in the last block only).
         let mut units: Vec<u16> = "a".repeat(3000).encode_utf16().collect();
         units.push(0xD800);
-        assert!(string_from_utf16(&units).is_err());
+        assert!(string_from_utf16(&units).is_none());
         let bytes: Vec<u8> = units.iter().flat_map(|u| u.to_le_bytes()).collect();
-        assert!(string_from_utf16le(&bytes).is_err());
+        assert!(string_from_utf16le(&bytes).is_none());
         // A high byte that only looks ASCII in its low half.
-        assert_eq!(string_from_utf16le(&[b'a', 0x01]).as_deref(), Ok("\u{161}"));
+        assert_eq!(string_from_utf16le(&[b'a', 0x01]).as_deref(), Some("\u{161}"));
         assert!(!utf16_is_ascii(&[0x0100]));
     }
 

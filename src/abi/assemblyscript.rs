@@ -149,7 +149,7 @@ pub fn read_string(mem: &[u8], ptr: i32, max_bytes: u64) -> Result<String, ExecE
         }
     }
     let bytes = string_units(mem, ptr).map_err(invalid)?;
-    crate::text::string_from_utf16le(bytes).map_err(|_| ExecError::InvalidOutput {
+    crate::text::string_from_utf16le(bytes).ok_or_else(|| ExecError::InvalidOutput {
         message: "the guest's string is not valid UTF-16 (unpaired surrogate)".into(),
         preview: preview_lossy(bytes),
     })

@@ -62,7 +62,7 @@ pub fn read_string(env: sys::napi_env, value: sys::napi_value) -> Result<String,
             return Err(());
         }
         buf.truncate(written);
-        crate::text::string_from_utf16(&buf)
+        crate::text::string_from_utf16(&buf).ok_or(())
     }
 }
 
