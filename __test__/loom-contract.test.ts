@@ -96,6 +96,19 @@ describe('guest results', () => {
     expect(out.length).toBe(message.length)
   })
 
+  // The transcodings take an ASCII fast path block by block: one character that is not ASCII,
+  // anywhere, must send the whole text down the exact path.
+  it('long ASCII payloads with one non-ASCII character at any block position round-trip', async () => {
+    const ex = new WasmActivityExecutor(await storeWith('echo'))
+    for (const odd of ['\u0080', 'ÿ', 'Ā', '€', '🌍', '\ud800', '\udfff', '\u007f']) {
+      for (const at of [0, 254, 255, 256, 510, 511, 512, 513, 1023, 1024, 4095, 9999]) {
+        const message = `${'a'.repeat(at)}${odd}${'b'.repeat(40)}`
+        const out = await ex.execute(def('echo'), { message, times: 1 })
+        expect(out.result, `${JSON.stringify(odd)} at ${at}`).toBe(message)
+      }
+    }
+  })
+
   it('the mortgage guest computes the standard annuity payment', async () => {
     const ex = new WasmActivityExecutor(await storeWith('mortgage'))
     const out = await ex.execute(def('mortgage'), { principal: 300000, annualRate: 6.5, years: 30 })

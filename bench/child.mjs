@@ -12,6 +12,12 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
 const [mode, engine, arg, cacheDir] = process.argv.slice(2)
 
+/** Proportional set size in bytes: a page mapped N times counts 1/N each time. RSS counts a
+ * page of a module's shared copy-on-write memory image once per instance that maps it. */
+function pss() {
+  return Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))[1]) * 1024
+}
+
 function store(names) {
   const blobs = new Map(names.map((n) => [`${n}.wasm`, readFileSync(join(root, 'build', `${n}.wasm`))]))
   return { download: async (p) => blobs.get(p) }
@@ -41,12 +47,14 @@ if (mode === 'precompile') {
   globalThis.gc()
   await new Promise((r) => setTimeout(r, 100))
   const before = process.memoryUsage().rss
+  const pssBefore = pss()
   for (let i = 0; i < count; i++) await ex.execute(def, { action: 'increment' }, { actorId: `a${i}` })
   globalThis.gc()
   await new Promise((r) => setTimeout(r, 100))
   const after = process.memoryUsage().rss
+  const pssAfter = pss()
   const check = await ex.execute(def, { action: 'get' }, { actorId: 'a0' })
   if (check.count !== 1) throw new Error('actor lost its state')
   const linear = engine === 'v8' ? ex.actors.get('a0').exports.memory.buffer.byteLength : 65536
-  console.log(JSON.stringify({ perActorBytes: (after - before) / count, linearBytes: linear }))
+  console.log(JSON.stringify({ perActorBytes: (after - before) / count, perActorPss: (pssAfter - pssBefore) / count, linearBytes: linear }))
 }
