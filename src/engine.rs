@@ -9,7 +9,7 @@
 //! Every engine enables the same WebAssembly proposals, listed here one by one: what the guest
 //! ABIs need and nothing else (README lists them).
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
@@ -21,6 +21,8 @@ use crate::error::ExecError;
 /// How often the ticker bumps the epoch while any call runs: the granularity of timeouts and
 /// cancellation.
 pub const TICK: Duration = Duration::from_millis(1);
+/// Ticks the ticker goes on after the last call ends before it parks.
+const LINGER_TICKS: u32 = 20;
 /// Instances the pooled engine holds at once, across all executors of the process (running
 /// calls plus live actors), unless the first executor asks for more (`reserve_pool`).
 pub const DEFAULT_POOL_INSTANCES: u32 = 1024;
@@ -156,6 +158,8 @@ pub fn engine(kind: EngineKind) -> Result<&'static Engine, ExecError> {
 struct Ticker {
     engines: Mutex<Vec<Engine>>,
     running: AtomicUsize,
+    /// The ticker is parked, or about to park (a call starting must unpark it).
+    parked: AtomicBool,
     thread: OnceLock<Option<Thread>>,
 }
 
@@ -164,6 +168,7 @@ fn ticker() -> &'static Ticker {
     TICKER.get_or_init(|| Ticker {
         engines: Mutex::new(Vec::new()),
         running: AtomicUsize::new(0),
+        parked: AtomicBool::new(false),
         thread: OnceLock::new(),
     })
 }
@@ -176,11 +181,22 @@ fn ticker_thread() -> Option<&'static Thread> {
                 .name("loom-wasm-epoch".into())
                 .spawn(|| {
                     let t = ticker();
+                    let mut idle_ticks = 0;
                     loop {
                         if t.running.load(Ordering::SeqCst) == 0 {
-                            // Idle: sleep until a call starts (spurious wake-ups just loop).
-                            std::thread::park();
-                            continue;
+                            idle_ticks += 1;
+                            if idle_ticks > LINGER_TICKS {
+                                // Idle: sleep until a call starts (spurious wake-ups just loop).
+                                t.parked.store(true, Ordering::SeqCst);
+                                if t.running.load(Ordering::SeqCst) == 0 {
+                                    std::thread::park();
+                                }
+                                t.parked.store(false, Ordering::SeqCst);
+                                idle_ticks = 0;
+                                continue;
+                            }
+                        } else {
+                            idle_ticks = 0;
                         }
                         std::thread::sleep(TICK);
                         if let Ok(engines) = t.engines.lock() {
@@ -203,7 +219,9 @@ impl Running {
     pub fn start() -> Result<Running, ExecError> {
         let thread = ticker_thread()
             .ok_or_else(|| ExecError::Internal("cannot start the epoch ticker thread".into()))?;
-        if ticker().running.fetch_add(1, Ordering::SeqCst) == 0 {
+        // Unparking costs a system call; the ticker lingers a few ticks after the last call, so
+        // calls in quick succession find it awake.
+        if ticker().running.fetch_add(1, Ordering::SeqCst) == 0 && ticker().parked.load(Ordering::SeqCst) {
             thread.unpark();
         }
         Ok(Running(()))

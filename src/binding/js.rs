@@ -2,6 +2,7 @@
 //! that throws, a method that throws) is taken and cleared, never left pending, and becomes a
 //! coded error; strings are read as UTF-16 so distinct JS strings stay distinct.
 
+use std::cell::Cell;
 use std::ptr;
 
 use napi::sys;
@@ -112,4 +113,54 @@ pub fn call(
         return Err(format!("the call failed (status {status})"));
     }
     Ok(out)
+}
+
+/// `JSON`, `JSON.stringify` and `JSON.parse` as they were when this thread's environment first
+/// needed them: every call uses both, and three property reads per call were measurable.
+pub struct JsonFns {
+    pub json: sys::napi_value,
+    pub stringify: sys::napi_value,
+    pub parse: sys::napi_value,
+}
+
+thread_local! {
+    /// The environment the references below belong to (cleared when it is torn down).
+    static JSON_REFS: Cell<Option<(usize, [usize; 3])>> = const { Cell::new(None) };
+}
+
+unsafe extern "C" fn forget_json_refs(_arg: *mut std::ffi::c_void) {
+    JSON_REFS.with(|r| r.set(None));
+}
+
+pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
+    let cached = JSON_REFS.with(Cell::get).filter(|(e, _)| *e == env as usize);
+    if let Some((_, refs)) = cached {
+        let mut vals = [ptr::null_mut(); 3];
+        for (r, v) in refs.iter().zip(vals.iter_mut()) {
+            let status = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, v) };
+            if status != sys::Status::napi_ok || v.is_null() {
+                return Err(ExecError::internal("the cached JSON functions are gone"));
+            }
+        }
+        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2] });
+    }
+    let mut global = ptr::null_mut();
+    unsafe { sys::napi_get_global(env, &mut global) };
+    let json = get(env, global, "JSON", "JSON").map_err(ExecError::internal)?;
+    let stringify = get(env, json, "stringify", "JSON.stringify").map_err(ExecError::internal)?;
+    let parse = get(env, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
+    let mut refs = [0usize; 3];
+    for (v, r) in [json, stringify, parse].iter().zip(refs.iter_mut()) {
+        let mut made = ptr::null_mut();
+        if unsafe { sys::napi_create_reference(env, *v, 1, &mut made) } != sys::Status::napi_ok {
+            // Not cached: this call still has what it needs.
+            return Ok(JsonFns { json, stringify, parse });
+        }
+        *r = made as usize;
+    }
+    let hooked = unsafe { sys::napi_add_env_cleanup_hook(env, Some(forget_json_refs), ptr::null_mut()) };
+    if hooked == sys::Status::napi_ok {
+        JSON_REFS.with(|c| c.set(Some((env as usize, refs))));
+    }
+    Ok(JsonFns { json, stringify, parse })
 }

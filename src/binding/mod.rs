@@ -135,11 +135,8 @@ fn actor_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<dyn cra
 /// `INVALID_INPUT`, with the exception cleared.
 pub(crate) fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
     let raw = env.raw();
-    let mut global = std::ptr::null_mut();
-    unsafe { napi::sys::napi_get_global(raw, &mut global) };
-    let json = js::get(raw, global, "JSON", "JSON").map_err(ExecError::internal)?;
-    let stringify = js::get(raw, json, "stringify", "JSON.stringify").map_err(ExecError::internal)?;
-    let text = js::call(raw, json, stringify, &[input.raw()])
+    let f = js::json_fns(raw)?;
+    let text = js::call(raw, f.json, f.stringify, &[input.raw()])
         .map_err(|msg| ExecError::InvalidInput(format!("input is not JSON-serializable: {msg}")))?;
     let mut t = 0;
     unsafe { napi::sys::napi_typeof(raw, text, &mut t) };
@@ -159,10 +156,7 @@ pub(crate) fn parse_json<'e>(env: &'e Env, text: &str) -> Option<Unknown<'e>> {
 /// `JSON.parse(text)` (the text's nesting depth was checked off this thread already).
 pub(crate) fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> {
     let raw = env.raw();
-    let mut global = std::ptr::null_mut();
-    unsafe { napi::sys::napi_get_global(raw, &mut global) };
-    let json = js::get(raw, global, "JSON", "JSON").map_err(ExecError::internal)?;
-    let parse = js::get(raw, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
+    let f = js::json_fns(raw)?;
     let mut s = std::ptr::null_mut();
     // ASCII (nearly all JSON) is Latin-1 too, and V8 copies Latin-1 without decoding it.
     let status = if text.is_ascii() {
@@ -174,7 +168,7 @@ pub(crate) fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, 
         js::take_exception(raw);
         return Err(ExecError::internal(format!("cannot hand the output to JS (status {status})")));
     }
-    let value = js::call(raw, json, parse, &[s]).map_err(|msg| ExecError::InvalidOutput {
+    let value = js::call(raw, f.json, f.parse, &[s]).map_err(|msg| ExecError::InvalidOutput {
         message: format!("the guest returned text that is not JSON: {msg}"),
         preview: text.chars().take(200).collect(),
     })?;
