@@ -25,7 +25,7 @@ function store(names) {
 
 function executor(names, options) {
   if (engine === 'v8') return new V8Executor(store(names))
-  const { WasmActivityExecutor } = require(join(root, 'index.js'))
+  const { WasmActivityExecutor } = require(root) // the package entry, as users load it
   return new WasmActivityExecutor(store(names), options)
 }
 

@@ -11,8 +11,31 @@ function platform() {
   return `${process.platform}-${process.arch}${libc}`
 }
 
+// The one platform with prebuilt binaries, loaded straight away: napi's generic loader first
+// probes the libc (it reads /usr/bin/ldd) and is itself 800 lines to compile, which is about
+// 2 ms of every cold start. Anything unusual (an override, another libc, no binary) takes the
+// generic path.
+function direct() {
+  if (process.platform !== 'linux' || process.arch !== 'x64' || process.env.NAPI_RS_NATIVE_LIBRARY_PATH) return null
+  const { existsSync } = require('node:fs')
+  const local = require('node:path').join(__dirname, '..', 'loom-wasm-executor.linux-x64-gnu.node')
+  try {
+    return existsSync(local) ? require(local) : require('loom-wasm-executor-linux-x64-gnu')
+  } catch {
+    return null
+  }
+}
+
 try {
-  module.exports = require('../index.js')
+  const binding = direct()
+  if (binding) {
+    if (!Object.prototype.hasOwnProperty.call(binding, '__napiBindingTarget')) {
+      Object.defineProperty(binding, '__napiBindingTarget', { configurable: true, enumerable: true, value: 'native', writable: true })
+    }
+    module.exports = binding
+  } else {
+    module.exports = require('../index.js')
+  }
 } catch (err) {
   const here = platform()
   const e = new Error(
