@@ -36,22 +36,42 @@ pub fn parse_digest(hex_text: &str) -> Result<Digest, ExecError> {
 
 /// HMAC-SHA256 (RFC 2104): what authenticates compiled artifacts and snapshots.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Digest {
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&sha256(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
+    let mut h = HmacSha256::new(key);
     for p in parts {
-        inner.update(p);
+        h.update(p);
     }
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    h.finish()
+}
+
+/// HMAC-SHA256 over bytes that arrive in pieces (a file read a chunk at a time).
+pub struct HmacSha256 {
+    inner: Sha256,
+    key: [u8; 64],
+}
+
+impl HmacSha256 {
+    pub fn new(key: &[u8]) -> Self {
+        let mut k = [0u8; 64];
+        if key.len() > k.len() {
+            k[..32].copy_from_slice(&sha256(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let mut inner = Sha256::new();
+        inner.update(k.map(|b| b ^ 0x36));
+        HmacSha256 { inner, key: k }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.inner.update(bytes);
+    }
+
+    pub fn finish(self) -> Digest {
+        let mut outer = Sha256::new();
+        outer.update(self.key.map(|b| b ^ 0x5c));
+        outer.update(self.inner.finalize());
+        outer.finalize().into()
+    }
 }
 
 /// Compares two digests in time independent of where they differ.
