@@ -271,6 +271,10 @@ pub(crate) enum InPlace {
     NotHere,
 }
 
+/// The largest artifact file loaded: code compiled from the largest module accepted
+/// (`maxModuleBytes`, 256 MiB by default) is well under it.
+const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
+
 /// Bytes of an artifact file read, hashed and copied at a time.
 const CHUNK: usize = 1 << 20;
 
@@ -291,14 +295,26 @@ async fn in_place(engine: &Engine, key: Arc<[u8]>, name: String, path: PathBuf) 
 #[cfg(target_os = "linux")]
 pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &Path) -> InPlace {
     use std::io::{Read, Write};
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::os::unix::io::{AsRawFd, FromRawFd};
-    let mut file = match std::fs::File::open(path) {
+    // Artifacts are regular files this executor wrote. Anything else planted under an artifact's
+    // name is invalid (and removed): a symlink (to /dev/zero, say, an endless read) is refused by
+    // O_NOFOLLOW, and O_NONBLOCK keeps a FIFO from blocking the open forever.
+    let mut file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return InPlace::Missing,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return InPlace::Invalid,
         Err(_) => return InPlace::NotHere,
     };
-    let Ok(len) = file.metadata().map(|m| m.len()) else { return InPlace::NotHere };
+    let Ok(meta) = file.metadata() else { return InPlace::NotHere };
+    if !meta.is_file() {
+        return InPlace::Invalid;
+    }
+    let len = meta.len();
+    if len > MAX_ARTIFACT_BYTES {
+        // A planted sparse giant would otherwise be copied into memory.
+        return InPlace::Invalid;
+    }
     let Some(body_len) = len.checked_sub(TRAILER as u64) else { return InPlace::Invalid };
     // The trailer first (the tag covers the flags before the body); the copy gets these very
     // bytes, so what is checked and what is mapped agree even if the file changes meanwhile.
@@ -509,6 +525,25 @@ mod tests {
             std::fs::write(&path, &good[..cut]).expect("write");
             assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid), "cut at {cut}");
         }
+        // Planted under the artifact's name: a FIFO (whose open would block) and a symlink to an
+        // endless device. Both are invalid at once, and `load` removes them.
+        for plant in ["fifo", "symlink"] {
+            let _ = std::fs::remove_file(&path);
+            if plant == "fifo" {
+                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            } else {
+                std::os::unix::fs::symlink("/dev/zero", &path).expect("symlink");
+            }
+            assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid), "{plant}");
+            assert!(cache.load(&digest, e).await.is_none());
+            assert!(std::fs::symlink_metadata(&path).is_err(), "the planted {plant} is removed");
+        }
+        // A sparse giant is not copied into memory.
+        let giant = std::fs::File::create(&path).expect("create");
+        giant.set_len(MAX_ARTIFACT_BYTES + 1).expect("sparse");
+        assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid));
+        std::fs::write(&path, &good[..10]).expect("write");
         // `load` removes an invalid artifact so it is rewritten.
         assert!(cache.load(&digest, e).await.is_none());
         assert!(!path.exists(), "an invalid artifact is removed");
