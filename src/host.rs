@@ -61,7 +61,7 @@ pub struct HostState {
     /// Lines this call may still log.
     pub log_budget: u32,
     /// The WASI context, for modules that import WASI.
-    pub wasi: Option<WasiP1Ctx>,
+    pub wasi: Option<Box<WasiP1Ctx>>,
     /// For a deterministic call: the time and randomness the guest sees.
     pub det: Option<crate::replay::Determinism>,
     /// The Extism kernel's state (an Extism plugin's input, output, vars).
@@ -217,7 +217,7 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
     }))?;
     // A store of a WASI module always gets its context at instantiation; an empty, closed one
     // stands in should that ever be missing (never a panic).
-    p1::add_to_linker_async(&mut linker, |s: &mut HostState| s.wasi.get_or_insert_with(|| WasiCtxBuilder::new().build_p1()))
+    p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut **s.wasi.get_or_insert_with(|| Box::new(WasiCtxBuilder::new().build_p1())))
         .map_err(|e| format!("{e:#}"))?;
     crate::abi::extism::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)

@@ -73,7 +73,7 @@ pub struct GuestInstance {
     /// Its memory and mutable globals, for snapshots (resolved on first use).
     state: Option<(Option<Memory>, Vec<Global>)>,
     /// The names those are exported under.
-    state_names: crate::instrument::StateExports,
+    state_names: Arc<crate::instrument::StateExports>,
 }
 
 /// Turns what wasmtime reports into our error: our own errors raised in host code or limits
@@ -141,7 +141,7 @@ impl GuestInstance {
         let engine = module.code.engine();
         let mut host = HostState::new(limits.max_memory_bytes, log);
         if !module.wasi_imports.is_empty() {
-            host.wasi = Some(grants.wasi_context(ctx.det.as_ref())?);
+            host.wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
         }
         host.det = ctx.det;
         host.set_progress(ctx.progress.clone());
@@ -336,7 +336,7 @@ impl GuestInstance {
         }
         // A deterministic call gets a WASI context of its own (its clocks and randomness).
         if self.store.data().wasi.is_some() && (self.grants != *grants || ctx.det.is_some()) {
-            self.store.data_mut().wasi = Some(grants.wasi_context(ctx.det.as_ref())?);
+            self.store.data_mut().wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
             self.grants = grants.clone();
         }
         let data = self.store.data_mut();

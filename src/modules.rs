@@ -60,7 +60,7 @@ pub struct CompiledModule {
     /// since a definition may force one with `abi`).
     pub detected: Result<Abi, ExecError>,
     /// What it exports for snapshots (its memory and every mutable global).
-    pub state: crate::instrument::StateExports,
+    pub state: Arc<crate::instrument::StateExports>,
     /// Its memory right after instantiation (what snapshots are taken against), once asked for.
     pub initial_image: tokio::sync::OnceCell<Vec<u8>>,
     /// Its inline back-off.
@@ -229,7 +229,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_
     let res = module.resources_required();
     let initial_memory_bytes =
         (res.num_memories as u64).saturating_mul(res.max_initial_memory_size.unwrap_or(0).saturating_mul(65536));
-    let state = crate::instrument::StateExports::of(&module);
+    let state = Arc::new(crate::instrument::StateExports::of(&module));
     Ok(CompiledModule {
         code_bytes,
         digest,
