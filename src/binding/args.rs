@@ -30,7 +30,7 @@ fn env_of<'e>(v: &impl JsValue<'e>) -> sys::napi_env {
 /// (`definition`, `options`) in errors.
 pub fn prop<'e>(obj: &Object<'e>, key: &str, what: &str) -> Result<Option<Unknown<'e>>, ExecError> {
     let env = env_of(obj);
-    let raw = js::get(env, obj.raw(), key, &format!("{what}.{key}"))?;
+    let raw = js::get_prop(env, obj.raw(), key, what)?;
     let v = unsafe { Unknown::from_napi_value(env, raw) }.map_err(ExecError::internal)?;
     Ok(match kind(&v)? {
         ValueType::Undefined | ValueType::Null => None,
@@ -69,8 +69,7 @@ fn opt<'e, T>(
     what: &str,
     read: impl Fn(Unknown<'e>, &str) -> Result<T, ExecError>,
 ) -> Result<Option<T>, ExecError> {
-    let path = format!("{what}.{key}");
-    prop(obj, key, what)?.map(|v| read(v, &path)).transpose()
+    prop(obj, key, what)?.map(|v| read(v, &format!("{what}.{key}"))).transpose()
 }
 
 fn req_string(obj: &Object, key: &str, what: &str) -> Result<String, ExecError> {

@@ -97,6 +97,21 @@ pub fn get(env: sys::napi_env, obj: sys::napi_value, key: &str, what: &str) -> R
     Ok(out)
 }
 
+/// `obj[key]` as `get`, with the error's description (`{what}.{key}`) made only when there is an
+/// error (a dozen properties are read per call).
+pub fn get_prop(env: sys::napi_env, obj: sys::napi_value, key: &str, what: &str) -> Result<sys::napi_value, ExecError> {
+    let mut out = ptr::null_mut();
+    let name = std::ffi::CString::new(key).map_err(|_| ExecError::internal("a property name with a NUL"))?;
+    let status = unsafe { sys::napi_get_named_property(env, obj, name.as_ptr(), &mut out) };
+    if let Some(msg) = take_exception(env) {
+        return Err(ExecError::InvalidArgument(format!("reading {what}.{key} threw: {msg}")));
+    }
+    if status != sys::Status::napi_ok {
+        return Err(ExecError::InvalidArgument(format!("{what}.{key} cannot be read (status {status})")));
+    }
+    Ok(out)
+}
+
 /// Calls `f` with `this` and `args`; a throw is `Err` with its description (cleared).
 pub fn call(
     env: sys::napi_env,
