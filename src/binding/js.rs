@@ -82,32 +82,32 @@ pub fn strict_string(env: sys::napi_env, value: sys::napi_value, what: &str) -> 
     })
 }
 
-/// `obj[key]`; a getter that throws is `INVALID_ARGUMENT` naming the property, with the
+/// `obj[key]`; a getter that throws is `INVALID_ARGUMENT` naming the property (`what`), with the
 /// exception cleared.
 pub fn get(env: sys::napi_env, obj: sys::napi_value, key: &str, what: &str) -> Result<sys::napi_value, ExecError> {
-    let mut out = ptr::null_mut();
-    let name = std::ffi::CString::new(key).map_err(|_| ExecError::internal("a property name with a NUL"))?;
-    let status = unsafe { sys::napi_get_named_property(env, obj, name.as_ptr(), &mut out) };
-    if let Some(msg) = take_exception(env) {
-        return Err(ExecError::InvalidArgument(format!("reading {what} threw: {msg}")));
-    }
-    if status != sys::Status::napi_ok {
-        return Err(ExecError::InvalidArgument(format!("{what} cannot be read (status {status})")));
-    }
-    Ok(out)
+    read_property(env, obj, key, || what.to_string())
 }
 
-/// `obj[key]` as `get`, with the error's description (`{what}.{key}`) made only when there is an
-/// error (a dozen properties are read per call).
+/// `obj[key]` as `get`, the property named `{what}.{key}` in errors: that text is made only when
+/// there is an error (a dozen properties are read per call).
 pub fn get_prop(env: sys::napi_env, obj: sys::napi_value, key: &str, what: &str) -> Result<sys::napi_value, ExecError> {
+    read_property(env, obj, key, || format!("{what}.{key}"))
+}
+
+fn read_property(
+    env: sys::napi_env,
+    obj: sys::napi_value,
+    key: &str,
+    what: impl Fn() -> String,
+) -> Result<sys::napi_value, ExecError> {
     let mut out = ptr::null_mut();
     let name = std::ffi::CString::new(key).map_err(|_| ExecError::internal("a property name with a NUL"))?;
     let status = unsafe { sys::napi_get_named_property(env, obj, name.as_ptr(), &mut out) };
     if let Some(msg) = take_exception(env) {
-        return Err(ExecError::InvalidArgument(format!("reading {what}.{key} threw: {msg}")));
+        return Err(ExecError::InvalidArgument(format!("reading {} threw: {msg}", what())));
     }
     if status != sys::Status::napi_ok {
-        return Err(ExecError::InvalidArgument(format!("{what}.{key} cannot be read (status {status})")));
+        return Err(ExecError::InvalidArgument(format!("{} cannot be read (status {status})", what())));
     }
     Ok(out)
 }
