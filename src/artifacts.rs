@@ -318,9 +318,10 @@ impl Drop for ReadOnlyMap {
     }
 }
 
-/// Loads an artifact file through a sealed in-memory copy that wasmtime maps as it is: the file
-/// is read a chunk at a time into a memfd, each chunk hashed on the way, the tag checked, the
-/// memfd sealed (nobody can change or shrink it now), and wasmtime maps that memfd. Code pages
+/// Loads an artifact file through a sealed in-memory copy that wasmtime maps as it is: the kernel
+/// copies the file into a memfd a chunk at a time while each finished chunk is hashed from the
+/// memfd, the tag is checked, the memfd sealed (nobody can change or shrink it now), and wasmtime
+/// maps that memfd. Code pages
 /// and the module's memory image then come straight from it, without the copy into a buffer,
 /// the second copy inside `deserialize` and their page faults: for a 37 MB component artifact
 /// that is two 37 MB copies fewer. The original file may change at any moment without effect:
