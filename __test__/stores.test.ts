@@ -287,4 +287,36 @@ describe('cacheDir', () => {
     // and it was rewritten whole: the next process loads it
     expect(runProcess(dir).stats).toMatchObject({ compiles: 0, artifactHits: 1 })
   })
+
+  it('a pinned module whose artifact is at hand is not downloaded; the pin still decides what runs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cache-'))
+    const pinned = def('echo', { sha256: sha(echoBytes) })
+    await new WasmActivityExecutor({ download: async () => echoBytes }, { cacheDir: dir }).precompile(pinned)
+    // A store that lies (another module's bytes under this name) and counts its downloads.
+    const counter = readFileSync(join(root, 'build', 'counter-actor.wasm'))
+    let downloads = 0
+    const liar = { download: async () => (downloads++, counter) }
+    const second = new WasmActivityExecutor(liar, { cacheDir: dir })
+    expect(await second.execute(pinned, { message: 'no download' })).toMatchObject({ result: 'no download' })
+    expect(downloads).toBe(0)
+    expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
+    // Unpinned, the name is what the store holds: no pin, no claim about its bytes.
+    expect(await second.execute(def('echo'), { action: 'get' })).toMatchObject({ count: 0 })
+    expect(downloads).toBe(1)
+    // The artifact tampered with: discarded, and the download is checked against the pin.
+    const file = join(dir, readdirSync(dir).filter((f) => f.endsWith('.cwasm'))[0])
+    const bytes = readFileSync(file)
+    bytes[bytes.length >> 1] ^= 1
+    writeFileSync(file, bytes)
+    const third = new WasmActivityExecutor(liar, { cacheDir: dir })
+    expect((await failure(third.execute(pinned, { message: 'x' }))).code).toBe('INTEGRITY_MISMATCH')
+    expect(downloads).toBe(2)
+    // An honest store again: compiled from the pinned bytes, the artifact written anew.
+    const fourth = new WasmActivityExecutor({ download: async () => echoBytes }, { cacheDir: dir })
+    expect(await fourth.precompile(pinned)).toBe(sha(echoBytes))
+    expect(fourth.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
+    const fifth = new WasmActivityExecutor(liar, { cacheDir: dir })
+    expect(await fifth.execute(pinned, { message: 'from the artifact' })).toMatchObject({ result: 'from the artifact' })
+    expect(downloads).toBe(2)
+  })
 })

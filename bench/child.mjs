@@ -1,5 +1,5 @@
 // Measurements that need a fresh process: cold start, and memory per live actor.
-// Usage: node bench/child.mjs cold <native|v8> <module> [cacheDir]
+// Usage: node bench/child.mjs cold <native|v8> <module> [cacheDir [sha256 pin]]
 //        node bench/child.mjs precompile native <module> <cacheDir>
 //        node --expose-gc bench/child.mjs actors <native|v8> <count>
 import { readFileSync } from 'node:fs'
@@ -10,7 +10,7 @@ import { V8Executor } from './v8-executor.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
-const [mode, engine, arg, cacheDir] = process.argv.slice(2)
+const [mode, engine, arg, cacheDir, pin] = process.argv.slice(2)
 
 /** Proportional set size in bytes: a page mapped N times counts 1/N each time. RSS counts a
  * page of a module's shared copy-on-write memory image once per instance that maps it. */
@@ -19,8 +19,9 @@ function pss() {
 }
 
 function store(names) {
-  const blobs = new Map(names.map((n) => [`${n}.wasm`, readFileSync(join(root, 'build', `${n}.wasm`))]))
-  return { download: async (p) => blobs.get(p) }
+  // Read when asked, as a blob store downloads: a call that needs no download reads nothing.
+  const known = new Set(names.map((n) => `${n}.wasm`))
+  return { download: async (p) => (known.has(p) ? readFileSync(join(root, 'build', p)) : undefined) }
 }
 
 function executor(names, options) {
@@ -37,7 +38,7 @@ if (mode === 'precompile') {
   const t0 = performance.now()
   const ex = executor([arg], cacheDir ? { cacheDir } : undefined)
   const input = arg === 'mortgage' ? { principal: 1e5, annualRate: 5, years: 1 } : { message: 'cold', times: 1 }
-  await ex.execute({ name: arg, version: '1', wasmBlobPath: `${arg}.wasm` }, input)
+  await ex.execute({ name: arg, version: '1', wasmBlobPath: `${arg}.wasm`, ...(pin ? { sha256: pin } : {}) }, input)
   console.log(JSON.stringify({ ms: performance.now() - t0 }))
 } else if (mode === 'actors') {
   const count = Number(arg)

@@ -406,6 +406,22 @@ impl ModuleCache {
             st.stats.misses += 1;
             st.generation
         };
+        // Pinned and compiled already: no download. The pin names the code, and an artifact under
+        // that digest (authenticated by the artifact key) is that code compiled, so what runs
+        // is what the pin allows, whatever the blob store holds now. Only an artifact for this
+        // very engine: a baseline one would need the bytes to tier up.
+        if let Some(&digest) = pinned {
+            if let Some(compiled) = self.load_artifact(digest, &[kind]).await {
+                let mut st = self.state();
+                st.stats.artifact_hits += 1;
+                // By digest only: the blob store was not asked what the name holds, so unpinned
+                // callers of the name still get its own bytes.
+                if st.generation == generation {
+                    st.insert(None, (digest, kind), compiled.clone());
+                }
+                return Ok(compiled);
+            }
+        }
         let max = self.limits.compile.max_module_bytes;
         let bytes = match tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max)).await {
             Ok(r) => r?,
@@ -463,10 +479,15 @@ impl ModuleCache {
 
     /// A module from the artifact tiers, for the engine or its baseline twin.
     async fn from_artifact(&self, digest: Digest, kind: EngineKind) -> Option<Arc<CompiledModule>> {
+        self.load_artifact(digest, &[kind, kind.with_baseline(true)]).await
+    }
+
+    /// The first of these engines' artifacts of a module that loads.
+    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<Arc<CompiledModule>> {
         if !self.artifacts.is_enabled() {
             return None;
         }
-        for k in [kind, kind.with_baseline(true)] {
+        for &k in kinds {
             let engine = engine(k).ok()?;
             if let Some((compiled, has_start)) = self.artifacts.load(&digest, engine).await {
                 let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, k, has_start)).await.ok()?;
