@@ -389,8 +389,20 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
     h.update(MAGIC);
     h.update(name.as_bytes());
     h.update(&[flags]);
+    // Waits until the copy is past `at` (`u64::MAX - 1`: whole); how far it got, or None if it
+    // failed (the file shrank, an I/O error) or the lock was poisoned.
+    let wait_past = |at: u64| -> Option<u64> {
+        let mut p = progress.lock().ok()?;
+        loop {
+            match *p {
+                None => return None,
+                Some(done) if done > at => return Some(done),
+                Some(_) => p = moved.wait(p).ok()?,
+            }
+        }
+    };
     let copied = std::thread::scope(|scope| {
-        scope.spawn(|| {
+        let copier = std::thread::Builder::new().name("loom-artifact-copy".into()).spawn_scoped(scope, || {
             let mut offset: libc::off_t = 0;
             let result = loop {
                 if offset as u64 >= len {
@@ -413,39 +425,24 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
             }
             moved.notify_one();
         });
+        if copier.is_err() {
+            // No thread to be had: the plain path decides.
+            return None;
+        }
         let mut hashed = 0u64;
         while hashed < body_len {
-            let ready = {
-                let Ok(mut p) = progress.lock() else { return false };
-                loop {
-                    match *p {
-                        None => return false,
-                        Some(done) if done > hashed => break done.min(body_len),
-                        Some(_) => match moved.wait(p) {
-                            Ok(g) => p = g,
-                            Err(_) => return false,
-                        },
-                    }
-                }
-            };
+            let Some(done) = wait_past(hashed) else { return Some(false) };
+            let ready = done.min(body_len);
             h.update(view.bytes(hashed as usize, ready as usize));
             hashed = ready;
         }
         // The copy must be whole (the trailer too) before it is trusted.
-        let Ok(mut p) = progress.lock() else { return false };
-        loop {
-            match *p {
-                None => return false,
-                Some(u64::MAX) => return true,
-                Some(_) => match moved.wait(p) {
-                    Ok(g) => p = g,
-                    Err(_) => return false,
-                },
-            }
-        }
+        Some(wait_past(u64::MAX - 1).is_some())
     });
-    if !copied {
-        return InPlace::Invalid;
+    match copied {
+        None => return InPlace::NotHere,
+        Some(false) => return InPlace::Invalid,
+        Some(true) => {}
     }
     // The trailer the flags were read from must be the one copied.
     if view.bytes(body_len as usize, len as usize) != trailer || !same(&h.finish(), mac) {

@@ -164,18 +164,27 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let json = get(env, global, "JSON", "JSON").map_err(ExecError::internal)?;
     let stringify = get(env, json, "stringify", "JSON.stringify").map_err(ExecError::internal)?;
     let parse = get(env, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
+    // Cached only when all three references and the cleanup hook are had; otherwise the
+    // references made are deleted at once (never one leaked per call) and this call still has
+    // what it needs.
     let mut refs = [0usize; 3];
+    let mut made = 0;
     for (v, r) in [json, stringify, parse].iter().zip(refs.iter_mut()) {
-        let mut made = ptr::null_mut();
-        if unsafe { sys::napi_create_reference(env, *v, 1, &mut made) } != sys::Status::napi_ok {
-            // Not cached: this call still has what it needs.
-            return Ok(JsonFns { json, stringify, parse });
+        let mut reference = ptr::null_mut();
+        if unsafe { sys::napi_create_reference(env, *v, 1, &mut reference) } != sys::Status::napi_ok {
+            break;
         }
-        *r = made as usize;
+        *r = reference as usize;
+        made += 1;
     }
-    let hooked = unsafe { sys::napi_add_env_cleanup_hook(env, Some(forget_json_refs), ptr::null_mut()) };
-    if hooked == sys::Status::napi_ok {
+    let hooked = made == refs.len()
+        && unsafe { sys::napi_add_env_cleanup_hook(env, Some(forget_json_refs), ptr::null_mut()) } == sys::Status::napi_ok;
+    if hooked {
         JSON_REFS.with(|c| c.set(Some((env as usize, refs))));
+    } else {
+        for r in &refs[..made] {
+            unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
+        }
     }
     Ok(JsonFns { json, stringify, parse })
 }
