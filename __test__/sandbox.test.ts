@@ -289,6 +289,19 @@ describe('9. loads are bounded', () => {
     expect((await failure(ex.execute(def('echo'), {}))).code).toBe('COMPILE_LIMIT')
   })
 
+  it('a download larger than any maxModuleBytes is refused by its length, never copied', async () => {
+    // 1.5 GiB of untouched zero pages (calloc'd): resident only if something reads them.
+    const giant = new Uint8Array(1.5 * 2 ** 30)
+    const peak = () => Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024
+    const before = peak()
+    const ex = new WasmActivityExecutor({ download: async () => giant })
+    const e = await failure(ex.execute(def('giant'), {}))
+    expect(e.code).toBe('COMPILE_LIMIT')
+    expect(e.message).toContain(String(giant.length))
+    // A copy would have made the process's peak resident size 1.5 GiB larger.
+    expect(peak() - before).toBeLessThan(256 * 2 ** 20)
+  })
+
   it('inspectModule compiles off the JS thread (it returns a promise at once)', async () => {
     const t0 = performance.now()
     const p = inspectModule(guest('mortgage'))

@@ -20,7 +20,13 @@ use crate::store::{BlobSource, BoxFuture};
 pub enum Downloaded {
     Bytes(Vec<u8>),
     NotBytes(ValueType),
+    /// Larger than any `maxModuleBytes` allows: refused by its length, never copied (a store
+    /// handing over gigabytes would otherwise have them copied on the JS thread, doubling them).
+    TooLarge(usize),
 }
+
+/// The largest download ever copied out of JS: the top of `maxModuleBytes`' range.
+const MAX_DOWNLOAD_BYTES: usize = crate::options::ranges::MODULE_BYTES.1 as usize;
 
 impl TypeName for Downloaded {
     fn type_name() -> &'static str {
@@ -36,6 +42,7 @@ impl ValidateNapiValue for Downloaded {}
 impl FromNapiValue for Downloaded {
     unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
         match unsafe { Uint8Array::from_napi_value(env, value) } {
+            Ok(view) if view.len() > MAX_DOWNLOAD_BYTES => Ok(Downloaded::TooLarge(view.len())),
             Ok(view) => Ok(Downloaded::Bytes(view.to_vec())),
             Err(_) => {
                 let mut t = 0;
@@ -98,12 +105,15 @@ impl JsBlobSource {
 }
 
 impl BlobSource for JsBlobSource {
-    fn fetch<'a>(&'a self, path: &'a str, _max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+    fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             let not_found = |e: napi::Error| ExecError::BlobNotFound { path: path.to_string(), message: e.reason.clone() };
             let Resolved(promise) = self.download.call_async_catch(path.to_string()).await.map_err(not_found)?;
             match promise.await.map_err(not_found)? {
                 Downloaded::Bytes(b) => Ok(b),
+                Downloaded::TooLarge(n) => Err(ExecError::CompileLimit(format!(
+                    "the module's size in bytes is {n}, over the limit of {max_bytes} (maxModuleBytes)"
+                ))),
                 Downloaded::NotBytes(t) => Err(ExecError::InvalidModule(format!(
                     "blobStore.download({path:?}) resolved to {t}, expected a Buffer or Uint8Array"
                 ))),
