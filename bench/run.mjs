@@ -254,7 +254,7 @@ async function main() {
     '|---|---|---:|---:|---:|---:|---|',
     ...rows.map((r) => `| ${r.scenario} | ${r.unit} | ${fmt(r.native)} | ${fmt(r.v8)} | ${r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`} | ${fmt(r.floor)} | ${r.target} |`),
   ]
-  const md = `# Benchmark results\n\n${header}\n\nReproduce: \`npm run bench\` (about 6 minutes). Ratio: V8/native for times, native/V8 for rates. ` +
+  const md = `# Benchmark results\n\n${header}\n\nReproduce: \`npm run bench\` (about 2 minutes). Ratio: V8/native for times, native/V8 for rates. ` +
     `Floor: an empty async napi call (\`benchFloor\`), one hop to the Rust runtime and back.\n\n${lines.join('\n')}\n`
   writeFileSync(join(here, 'results.md'), md)
   console.log(`\n${header}\n\n${lines.join('\n')}\n\nwritten to bench/results.md`)
