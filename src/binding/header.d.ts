@@ -19,7 +19,10 @@ export interface ActivityDefinition {
    * of the executor's `allowedBlobUrls`; otherwise it is just a path for the store.
    */
   wasmBlobPath: string
-  /** Hex sha256 the module's bytes must hash to; others are refused with `INTEGRITY_MISMATCH`. */
+  /**
+   * Hex sha256 the module's bytes must hash to; others are refused with `INTEGRITY_MISMATCH`. A pinned module whose
+   * compiled artifact is in `cacheDir` or `artifactStore` is loaded from it without a download.
+   */
   sha256?: string
   /** The guest's clock and randomness come from the call's `now` and `seed`: calls can be replayed. */
   deterministic?: boolean
