@@ -406,7 +406,10 @@ export interface CacheStats {
   modules: number
   /** Calls served by a cached (or already loading) module. */
   hits: number
-  /** Loads started: downloads, each followed by a compile unless the bytes were known. */
+  /**
+   * Loads started: a download (none for a pinned module whose artifact is at hand), then a compile
+   * unless the bytes were known or their artifact loads.
+   */
   misses: number
   /** Modules compiled. */
   compiles: number

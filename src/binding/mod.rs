@@ -80,7 +80,8 @@ pub struct CacheStats {
     pub modules: u32,
     /// Calls served by a cached (or already loading) module.
     pub hits: f64,
-    /// Loads started: downloads, each followed by a compile unless the bytes were known.
+    /// Loads started: a download (none for a pinned module whose artifact is at hand), then a compile
+    /// unless the bytes were known or their artifact loads.
     pub misses: f64,
     /// Modules compiled.
     pub compiles: f64,
