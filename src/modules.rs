@@ -452,7 +452,9 @@ impl ModuleCache {
         let cached = self.state().lru.get(&(digest, kind)).cloned();
         let (compiled, from_artifact) = match cached {
             Some(m) => (m, None),
-            None => match self.from_artifact(digest, kind).await {
+            // The pinned probe above already looked for this engine's artifact (an artifactStore
+            // lookup is a network round trip): only its baseline twin is left to try.
+            None => match self.from_artifact(digest, kind, pinned.is_some()).await {
                 Some(m) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again.
@@ -477,9 +479,12 @@ impl ModuleCache {
         Ok(compiled)
     }
 
-    /// A module from the artifact tiers, for the engine or its baseline twin.
-    async fn from_artifact(&self, digest: Digest, kind: EngineKind) -> Option<Arc<CompiledModule>> {
-        self.load_artifact(digest, &[kind, kind.with_baseline(true)]).await
+    /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline
+    /// twin; each looked for once, also when the engine is its own twin.
+    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<Arc<CompiledModule>> {
+        let kinds = [kind, kind.with_baseline(true)];
+        let end = if kinds[1] == kind { 1 } else { 2 };
+        self.load_artifact(digest, kinds.get(usize::from(tried)..end).unwrap_or(&[])).await
     }
 
     /// The first of these engines' artifacts of a module that loads.
