@@ -1,6 +1,7 @@
 // Actors never lose state silently: a runtime that never frees is called out, a discarded
 // instance says so, and transactional calls undo a failed call's effects.
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
@@ -143,5 +144,43 @@ describe('actor handles (executor.actor(definition, actorId))', () => {
     const ac = new AbortController()
     ac.abort()
     expect((await failure(a.execute({ action: 'get' }, { signal: ac.signal }))).code).toBe('CANCELLED')
+  })
+})
+
+/** Resident KiB of this process's fiber stacks: readable, writable mappings of exactly 2 MiB + 64 KiB. */
+function fiberStackRssKiB(): number {
+  let total = 0
+  let inStack = false
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S+) /.exec(line)
+    if (head) {
+      inStack = head[3].startsWith('rw') && BigInt(`0x${head[2]}`) - BigInt(`0x${head[1]}`) === (2048n + 64n) * 1024n
+      continue
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line)
+    if (rss && inStack) total += Number(rss[1])
+  }
+  return total
+}
+
+describe('idle actors give memory back', () => {
+  it.runIf(process.platform === 'linux')('an actor idle for a second gives back its fiber stack pages, and keeps its state', async () => {
+    const { ex } = await counter({ maxActors: 400 })
+    const d = def('counter')
+    const n = 200
+    for (let i = 0; i < n; i++) await ex.execute(d, { action: 'increment', amount: 2 }, { actorId: `idle-${i}` })
+    const busy = fiberStackRssKiB()
+    // Each actor holds at least a page of its stack; the sweeper gives them back after a second.
+    let idle = busy
+    for (let waited = 0; waited < 15_000 && busy - idle < n * 4 * 0.75; waited += 250) {
+      await new Promise((r) => setTimeout(r, 250))
+      idle = fiberStackRssKiB()
+    }
+    expect(busy - idle).toBeGreaterThanOrEqual(n * 4 * 0.75)
+    // Nothing lost: every actor goes on from its count, on a stack faulted back in.
+    for (let i = 0; i < n; i++) {
+      expect(await ex.execute(d, { action: 'increment' }, { actorId: `idle-${i}` })).toMatchObject({ count: 3 })
+    }
+    expect(fiberStackRssKiB()).toBeGreaterThanOrEqual(idle + n * 4 * 0.75)
   })
 })

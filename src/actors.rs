@@ -83,6 +83,8 @@ pub struct ActorSlot {
     reset: AtomicBool,
     /// When a call last finished on it (ms since the process's epoch), for LRU eviction.
     last_used: AtomicU64,
+    /// A call has ended on it since its fiber stack's pages were last given back.
+    stack_resident: AtomicBool,
 }
 
 /// A call's place in an actor's line, taken when the call is made; awaiting it gives the slot.
@@ -108,6 +110,10 @@ impl Drop for Held {
             self.guard.instance = None;
             self.guard.shadow = None;
             self.guard.persisted = None;
+        }
+        // Still under the actor's lock: the sweeper clears the flag under it too.
+        if self.guard.instance.is_some() && !self.slot.stack_resident.swap(true, Ordering::AcqRel) {
+            crate::fiber_stacks::wake_sweeper();
         }
     }
 }
@@ -170,6 +176,7 @@ impl Actors {
                         state: Default::default(),
                         reset: AtomicBool::new(false),
                         last_used: AtomicU64::new(now_ms()),
+                        stack_resident: AtomicBool::new(false),
                     })
                 })
                 .clone();
@@ -237,6 +244,48 @@ impl Actors {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Gives back the fiber stack pages of every actor in the process idle for `idle_for` (see
+/// `fiber_stacks`); the count of actors that still hold theirs (busy, or not idle long enough).
+pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
+    let executors: Vec<Arc<Shared>> = registry().iter().filter_map(Weak::upgrade).collect();
+    let idle_ms = idle_for.as_millis() as u64;
+    let mut holding = 0;
+    let mut maps = None;
+    for ex in executors {
+        let now = now_ms();
+        let due: Vec<ActorKey> = {
+            let lru = ex.lru();
+            let resident = lru.iter().filter(|(_, s)| s.stack_resident.load(Ordering::Acquire));
+            let (due, recent): (Vec<_>, Vec<_>) =
+                resident.partition(|(_, s)| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) >= idle_ms);
+            holding += recent.len();
+            due.into_iter().map(|(k, _)| k.clone()).collect()
+        };
+        if due.is_empty() {
+            continue;
+        }
+        // One read of the process's maps for the whole sweep (after the actors were chosen);
+        // without one (no /proc), nothing is released, and the actors are not looked at again.
+        let maps = maps.get_or_insert_with(crate::fiber_stacks::Maps::read).as_ref();
+        for key in due {
+            // One actor at a time under the LRU's lock (as eviction does): a call taking its
+            // ticket meanwhile waits for the release, and a call holding the actor is skipped.
+            let lru = ex.lru();
+            let Some(slot) = lru.peek(&key) else { continue };
+            match slot.state.try_lock() {
+                Ok(mut st) => {
+                    if let (Some(instance), Some(maps)) = (st.instance.as_mut(), maps) {
+                        instance.release_stack(maps);
+                    }
+                    slot.stack_resident.store(false, Ordering::Release);
+                }
+                Err(_) => holding += 1,
+            };
+        }
+    }
+    holding
 }
 
 /// Evicts up to `n` idle actors across every executor of the process, least recently used

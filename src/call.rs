@@ -178,6 +178,7 @@ pub(crate) async fn run(
                 durable::load(&mut held, module, p, d).await?;
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
+            fresh.watch_stack();
             match held.guard.shadow.take() {
                 Some((digest, state)) if digest == module.digest => {
                     if let Err(e) = fresh.restore(&state).await {

@@ -116,6 +116,7 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
     cfg.cranelift_opt_level(OptLevel::Speed);
     cfg.parallel_compilation(true);
     cfg.max_wasm_stack(1024 * 1024);
+    cfg.async_stack_size(crate::fiber_stacks::ASYNC_STACK_BYTES);
     if pooled {
         let n = pool_size();
         let mut pool = PoolingAllocationConfig::default();

@@ -441,3 +441,7 @@ impl Executor {
 #[cfg(test)]
 #[path = "executor_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "executor_stack_tests.rs"]
+mod stack_tests;

@@ -455,3 +455,4 @@ async fn new_modules_run_on_baseline_code_until_optimized_code_takes_over() {
     assert_eq!(plain.modules.peek(&d.key(), EngineKind::Plain, None).map(|m| m.kind), Some(EngineKind::Plain));
     assert_eq!(plain.stats().cache.tier_ups, 0);
 }
+

@@ -72,6 +72,8 @@ pub struct HostState {
     pub access: crate::host_functions::HostAccess,
     /// A component's WASI preview 2 state (`wasi_http`).
     pub component: Option<Box<crate::wasi_http::ComponentWasi>>,
+    /// Which fiber stack the Store's guest code runs on (recorded for actors only).
+    pub stack: crate::fiber_stacks::StackProbe,
     progress_state: ProgressState,
 }
 
@@ -87,6 +89,7 @@ impl HostState {
             progress: Progress::default(),
             access: Default::default(),
             component: None,
+            stack: Default::default(),
             progress_state: ProgressState::default(),
         }
     }

@@ -412,6 +412,21 @@ impl GuestInstance {
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.total_bytes()
     }
+
+    /// Records which fiber stack the instance's guest code runs on, so that `release_stack` can
+    /// give its pages back while the instance is idle (for actors: they live between calls).
+    pub fn watch_stack(&mut self) {
+        self.store.call_hook(|mut store, hook| {
+            store.data_mut().stack.on_hook(hook);
+            Ok(())
+        });
+    }
+
+    /// Gives back the resident pages of the instance's fiber stack. Only while no call runs on
+    /// the instance (the caller holds it: `&mut self`, and no fiber of its Store is suspended).
+    pub fn release_stack(&mut self, maps: &crate::fiber_stacks::Maps) -> bool {
+        crate::fiber_stacks::release(maps, &self.store.data().stack)
+    }
 }
 
 /// Whether an instance can serve another call after this error: only when the guest itself

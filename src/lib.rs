@@ -17,6 +17,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod fiber_stacks;
 pub mod host;
 pub mod host_functions;
 pub mod http_client;

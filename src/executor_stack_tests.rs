@@ -1,0 +1,103 @@
+//! The executor's tests of idle actors' fiber stacks (see `fiber_stacks`): released while idle,
+//! with every actor's state intact, also against a sweeper racing the calls.
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::MemorySource;
+use crate::test_guests as g;
+
+fn def(name: &str) -> Definition {
+    Definition { name: name.into(), version: "1.0.0".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() }
+}
+
+/// A counter that recurses 5,000 calls deep on every call (touching a few hundred KiB of its
+/// fiber stack), so a released stack's pages are faulted back in by the next call.
+fn deep_counter() -> Vec<u8> {
+    g::with_prelude(
+        r#"(global $count (mut i32) (i32.const 0))
+        (func $down (param $n i32) (result i32)
+          (if (result i32) (i32.eqz (local.get $n))
+            (then (i32.const 0))
+            (else (i32.add (i32.const 1) (call $down (i32.sub (local.get $n) (i32.const 1)))))))
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (if (i32.ne (call $down (i32.const 5000)) (i32.const 5000)) (then unreachable))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_actors_give_back_their_stack_pages_and_keep_their_state_while_calls_race_the_sweep() {
+    let source = Arc::new(MemorySource::new());
+    source.put("deep.wasm", deep_counter());
+    // Optimized code from the first call: only the pooled engine's stacks are released.
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { tier_up: false, ..Default::default() }).expect("executor"));
+    let d = def("deep");
+    let actor = |id: String| CallOptions { actor_id: Some(id), ..Default::default() };
+    for i in 0..20 {
+        assert_eq!(ex.execute(&d, "{}".into(), actor(format!("a{i}"))).await.expect("first call").output, "1");
+    }
+    // Every idle actor (idle for at least 0 ms) gives its stack back; none is left holding.
+    let before = crate::fiber_stacks::released();
+    assert_eq!(crate::actors::release_idle_stacks(Duration::ZERO), 0);
+    assert!(crate::fiber_stacks::released() >= before + 20, "20 actors' stacks released");
+    for i in 0..20 {
+        assert_eq!(ex.execute(&d, "{}".into(), actor(format!("a{i}"))).await.expect("after release").output, "2");
+    }
+
+    // Hostile: a sweeper that never sleeps, against 8 callers on the same 20 actors. Each
+    // actor's count must go up by exactly one per call, and every call must succeed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweeper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sweeps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                crate::actors::release_idle_stacks(Duration::ZERO);
+                sweeps += 1;
+                // Often, but leaving the other tests of this process a core.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            sweeps
+        })
+    };
+    let released_before = crate::fiber_stacks::released();
+    let mut callers = Vec::new();
+    for c in 0..8usize {
+        let ex = ex.clone();
+        let d = d.clone();
+        callers.push(tokio::spawn(async move {
+            let mut outputs = Vec::new();
+            for n in 0..30usize {
+                let id = format!("a{}", (c * 7 + n * 3) % 20);
+                let out = ex.execute(&d, "{}".into(), CallOptions { actor_id: Some(id.clone()), ..Default::default() }).await;
+                outputs.push((id, out.expect("a call racing the sweeper").output));
+            }
+            outputs
+        }));
+    }
+    let mut calls = std::collections::HashMap::<String, u32>::new();
+    let mut seen = std::collections::HashMap::<String, Vec<u32>>::new();
+    for c in callers {
+        for (id, out) in c.await.expect("caller") {
+            *calls.entry(id.clone()).or_default() += 1;
+            seen.entry(id).or_default().push(out.parse().expect("a digit"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(sweeper.join().expect("sweeper") > 0);
+    assert!(crate::fiber_stacks::released() > released_before, "the sweeper released stacks between calls");
+    // Each actor saw counts 3..=2+calls (mod 10), each exactly once.
+    for (id, n) in &calls {
+        let mut got = seen[id].clone();
+        got.sort_unstable();
+        let mut want: Vec<u32> = (3..3 + n).map(|k| k % 10).collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "actor {id}");
+        let last = ex.execute(&d, "{}".into(), actor(id.clone())).await.expect("final call").output;
+        assert_eq!(last, ((3 + n) % 10).to_string(), "actor {id} kept its count");
+    }
+}

@@ -1,0 +1,311 @@
+//! Gives the pages of an idle actor's fiber stack back to the OS.
+//!
+//! Guest code runs on a wasmtime fiber stack from the pooling allocator. A Store keeps the last
+//! stack it ran on (wasmtime caches it for the Store's next call) for as long as the Store
+//! lives, so every live actor holds one stack, with the pages its calls touched still resident:
+//! 4 KiB at least, more after deep recursion. wasmtime's public API has no way to release a
+//! Store's cached stack, so:
+//! - A call hook on each actor's Store records an address on the running fiber's stack, at each
+//!   entry into wasm from the host (not a nested one). All of a Store's fibers that run
+//!   top-level take its cached stack and cache theirs when they finish. A fiber dropped unfinished
+//!   returns its stack to the pool, but only a dropped call drops one, and a dropped call drops
+//!   the actor's instance too (`call::run` owns the instance while a call runs). So the first
+//!   recorded address names the Store's stack for its whole life. A later entry recorded
+//!   elsewhere marks the Store `mixed`, and its stack is never released.
+//! - A sweep reads /proc/self/maps once, and releases a Store's stack only when the mapping that
+//!   holds the recorded address is exactly a fiber stack: `ASYNC_STACK_BYTES`, readable and
+//!   writable, above a guard page, with the address near its top, and was recorded before the read
+//!   (the Store has held that stack since). Pooled and on-demand stacks alike.
+//! - A sweeper thread releases (`MADV_DONTNEED`) the stacks of actors idle for `IDLE`, each while
+//!   it holds that actor's lock, so no call runs on the stack meanwhile. The next call faults in
+//!   the page or two it needs (a few microseconds, once per idle period).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::CallHook;
+
+/// Each fiber stack's size: wasmtime's default 2 MiB, plus 64 KiB so that no thread stack of the
+/// process (Rust's, Node's and glibc's come in whole MiBs, less their guard) has this size: a
+/// released mapping must be a fiber stack, whatever address a probe recorded.
+pub const ASYNC_STACK_BYTES: usize = (2 * 1024 + 64) * 1024;
+/// How long an actor stays idle before its stack pages go back. An actor called more often
+/// keeps them, and pays no page faults.
+pub const IDLE: Duration = Duration::from_secs(1);
+/// How often the sweeper looks while some actor holds resident stack pages.
+const PERIOD: Duration = Duration::from_millis(250);
+/// How far below its stack's top a top-level entry into wasm may be recorded (in practice, a few
+/// hundred bytes of wasmtime's own frames).
+const NEAR_TOP: usize = 64 * 1024;
+
+/// Where a Store's guest code runs: recorded by its call hook.
+#[derive(Debug, Default)]
+pub struct StackProbe {
+    /// Entries into wasm not yet returned from.
+    depth: u32,
+    /// An address on the stack of the first top-level entry (0: none yet).
+    at: usize,
+    /// A later top-level entry ran on another stack: the recorded one is not surely the Store's.
+    mixed: bool,
+    /// `MAPS_EPOCH` when `at` was recorded.
+    epoch: u64,
+}
+
+impl StackProbe {
+    pub fn on_hook(&mut self, hook: CallHook) {
+        match hook {
+            CallHook::CallingWasm => {
+                if self.depth == 0 {
+                    let marker = 0u8;
+                    let here = std::hint::black_box(&marker) as *const u8 as usize;
+                    if self.at == 0 {
+                        self.epoch = MAPS_EPOCH.load(Ordering::SeqCst);
+                        self.at = here;
+                    } else if here.abs_diff(self.at) > NEAR_TOP {
+                        self.mixed = true;
+                    }
+                }
+                self.depth += 1;
+            }
+            CallHook::ReturningFromWasm => self.depth = self.depth.saturating_sub(1),
+            CallHook::CallingHost | CallHook::ReturningFromHost => {}
+        }
+    }
+
+    /// An address on the Store's own cached stack, when it is known and the Store is out of wasm.
+    pub fn address(&self) -> Option<usize> {
+        (self.depth == 0 && !self.mixed && self.at != 0).then_some(self.at)
+    }
+}
+
+/// One line of /proc/self/maps: its range and whether it is readable and writable.
+#[derive(Debug, Clone, Copy)]
+struct Vma {
+    lo: usize,
+    hi: usize,
+    rw: bool,
+}
+
+fn parse_maps(text: &str) -> Vec<Vma> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (lo, hi) = parts.next()?.split_once('-')?;
+            let perms = parts.next()?;
+            Some(Vma {
+                lo: usize::from_str_radix(lo, 16).ok()?,
+                hi: usize::from_str_radix(hi, 16).ok()?,
+                rw: perms.starts_with("rw"),
+            })
+        })
+        .collect()
+}
+
+/// Bumped by each read of the process's maps; a probe notes the value when it records.
+static MAPS_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// The process's mappings at one moment (one read of /proc/self/maps serves a whole sweep).
+pub struct Maps {
+    vmas: Vec<Vma>,
+    /// Probes recorded at or before this epoch were recorded before the read.
+    epoch: u64,
+    page: usize,
+}
+
+impl Maps {
+    /// Reads the process's mappings (none where there is no /proc).
+    pub fn read() -> Option<Maps> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let epoch = MAPS_EPOCH.fetch_add(1, Ordering::SeqCst);
+        let text = std::fs::read_to_string("/proc/self/maps").ok()?;
+        // SAFETY: a plain query.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|p| *p > 0)?;
+        Some(Maps { vmas: parse_maps(&text), epoch, page })
+    }
+
+    fn containing(&self, a: usize) -> Option<&Vma> {
+        let i = self.vmas.partition_point(|v| v.hi <= a);
+        self.vmas.get(i).filter(|v| v.lo <= a)
+    }
+
+    /// The whole fiber stack that `addr` was recorded on, by the probe's epoch: a readable,
+    /// writable mapping of exactly `ASYNC_STACK_BYTES` above a page that is mapped and not
+    /// writable (its guard), with `addr` near its top. The stack's Store has held it since it
+    /// recorded, so when that was before the read, the mapping read is that stack. Anything else
+    /// (recorded after the read, merged with a neighbour, another size) gives none.
+    fn stack_of(&self, addr: usize, recorded: u64) -> Option<Range<usize>> {
+        if recorded == 0 || recorded > self.epoch {
+            return None;
+        }
+        let v = self.containing(addr)?;
+        let len = ASYNC_STACK_BYTES.next_multiple_of(self.page);
+        let guarded = v.lo >= self.page && self.containing(v.lo - self.page).is_some_and(|g| !g.rw);
+        (v.rw && v.hi - v.lo == len && guarded && v.hi - addr <= NEAR_TOP).then_some(v.lo..v.hi)
+    }
+}
+
+static RELEASED: AtomicU64 = AtomicU64::new(0);
+
+/// Stacks released so far in this process.
+pub fn released() -> u64 {
+    RELEASED.load(Ordering::Relaxed)
+}
+
+/// Releases the resident pages of the stack `probe` recorded. The caller guarantees that the
+/// probe's Store is idle (out of wasm, no fiber of it running or suspended): its stack holds
+/// nothing live, and its next fiber writes its own first frame.
+pub fn release(maps: &Maps, probe: &StackProbe) -> bool {
+    let Some(stack) = probe.address().and_then(|a| maps.stack_of(a, probe.epoch)) else { return false };
+    // SAFETY: the range is exactly one fiber stack mapping (checked against the process's maps),
+    // held by an idle Store: no frame on it is live. MADV_DONTNEED on private anonymous memory
+    // leaves it mapped; its pages read as zero when next touched.
+    let done = unsafe { libc::madvise(stack.start as *mut libc::c_void, stack.len(), libc::MADV_DONTNEED) } == 0;
+    if done {
+        RELEASED.fetch_add(1, Ordering::Relaxed);
+    }
+    done
+}
+
+struct Sweeper {
+    /// Some actor has ended a call since the last sweep.
+    pending: Mutex<bool>,
+    wake: Condvar,
+}
+
+fn sweeper() -> &'static Sweeper {
+    static SWEEPER: OnceLock<Sweeper> = OnceLock::new();
+    SWEEPER.get_or_init(|| Sweeper { pending: Mutex::new(false), wake: Condvar::new() })
+}
+
+/// Tells the sweeper that an actor holds resident stack pages (starting it on first use).
+pub fn wake_sweeper() {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    let s = sweeper();
+    *s.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    s.wake.notify_one();
+    STARTED.get_or_init(|| std::thread::Builder::new().name("loom-wasm-stacks".into()).spawn(sweep_loop).is_ok());
+}
+
+fn sweep_loop() {
+    crate::threads::lower_priority();
+    let s = sweeper();
+    loop {
+        {
+            let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+            while !*pending {
+                pending = s.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+            }
+            *pending = false;
+        }
+        loop {
+            std::thread::sleep(PERIOD);
+            if crate::actors::release_idle_stacks(IDLE) == 0 {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 4096;
+    const LEN: usize = ASYNC_STACK_BYTES;
+
+    /// Maps text for `n` stacks from `base` (a guard page, then `LEN` bytes each), between
+    /// unrelated neighbours.
+    fn pool(base: usize, n: usize) -> String {
+        let mut s = format!("{:x}-{:x} rw-p 00000000 00:00 0\n", base - 3 * PAGE, base - 2 * PAGE);
+        for i in 0..n {
+            let g = base + i * (LEN + PAGE);
+            s += &format!("{:x}-{:x} ---p 00000000 00:00 0\n", g, g + PAGE);
+            s += &format!("{:x}-{:x} rw-p 00000000 00:00 0\n", g + PAGE, g + PAGE + LEN);
+        }
+        let end = base + n * (LEN + PAGE);
+        s += &format!("{:x}-{:x} rw-p 00000000 08:01 12 /usr/lib/x\n", end, end + 2 * PAGE);
+        s
+    }
+
+    fn maps(text: &str, epoch: u64) -> Maps {
+        Maps { vmas: parse_maps(text), epoch, page: PAGE }
+    }
+
+    const BASE: usize = 0x7f00_0000_0000;
+
+    #[test]
+    fn names_each_stack_from_an_address_near_its_top() {
+        let m = maps(&pool(BASE, 5), 7);
+        for i in 0..5 {
+            let top = BASE + (i + 1) * (LEN + PAGE);
+            assert_eq!(m.stack_of(top - 0x80d, 7), Some(top - LEN..top));
+            assert_eq!(m.stack_of(top - NEAR_TOP, 3), Some(top - LEN..top));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        let m = maps(&pool(BASE, 5), 7);
+        let top = BASE + 2 * (LEN + PAGE);
+        // Recorded after the read (its mapping may be newer than the read), or never.
+        assert_eq!(m.stack_of(top - 8, 8), None);
+        assert_eq!(m.stack_of(top - 8, 0), None);
+        // Deep in a stack: not where a top-level entry is recorded.
+        assert_eq!(m.stack_of(top - NEAR_TOP - 1, 7), None);
+        // In a guard page, in a neighbour, in nothing mapped.
+        assert_eq!(m.stack_of(BASE + 8, 7), None);
+        assert_eq!(m.stack_of(BASE - 3 * PAGE + 8, 7), None);
+        assert_eq!(m.stack_of(BASE - PAGE, 7), None);
+        assert_eq!(m.stack_of(BASE + 5 * (LEN + PAGE) + 8, 7), None);
+        // A mapping of another size (merged with a neighbour), or without its guard below.
+        let merged = pool(BASE, 1).replace(&format!("{:x}-{:x} rw-p", BASE + PAGE, BASE + PAGE + LEN), &format!("{:x}-{:x} rw-p", BASE + PAGE, BASE + PAGE + LEN + PAGE));
+        assert_eq!(maps(&merged, 7).stack_of(BASE + PAGE + LEN - 8, 7), None);
+        let unguarded = pool(BASE, 2).replacen("---p", "rw-p", 1);
+        assert_eq!(maps(&unguarded, 7).stack_of(BASE + LEN + PAGE - 8, 7), None);
+        assert!(maps(&unguarded, 7).stack_of(BASE + 2 * (LEN + PAGE) - 8, 7).is_some());
+        assert_eq!(maps("", 7).stack_of(top - 8, 7), None);
+    }
+
+    #[test]
+    fn the_probe_records_the_first_top_level_entry_only() {
+        let mut p = StackProbe::default();
+        assert_eq!(p.address(), None);
+        p.on_hook(CallHook::CallingWasm);
+        assert_eq!(p.address(), None, "in wasm: the stack is in use");
+        p.on_hook(CallHook::CallingHost);
+        p.on_hook(CallHook::ReturningFromHost);
+        p.on_hook(CallHook::ReturningFromWasm);
+        let at = p.address().expect("recorded");
+        assert!(p.epoch > 0);
+        // A nested entry (from a host call) is not recorded.
+        p.on_hook(CallHook::CallingWasm);
+        p.on_hook(CallHook::CallingWasm);
+        p.on_hook(CallHook::ReturningFromWasm);
+        p.on_hook(CallHook::ReturningFromWasm);
+        assert_eq!(p.address(), Some(at));
+        // A top-level entry far away: the Store ran elsewhere, so its stack is no longer sure.
+        std::thread::Builder::new()
+            .spawn(move || {
+                p.on_hook(CallHook::CallingWasm);
+                p.on_hook(CallHook::ReturningFromWasm);
+                assert_eq!(p.address(), None);
+            })
+            .expect("thread")
+            .join()
+            .expect("joined");
+    }
+
+    #[test]
+    fn this_process_has_its_maps_read() {
+        let m = Maps::read().expect("Linux has /proc/self/maps");
+        let local = 0u8;
+        // The test thread's own stack is mapped, but is no fiber stack of ours.
+        let here = std::hint::black_box(&local) as *const u8 as usize;
+        assert!(m.containing(here).is_some_and(|v| v.rw));
+        assert!(MAPS_EPOCH.load(Ordering::SeqCst) > m.epoch);
+    }
+}
