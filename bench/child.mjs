@@ -54,8 +54,19 @@ if (mode === 'precompile') {
   await new Promise((r) => setTimeout(r, 100))
   const after = process.memoryUsage().rss
   const pssAfter = pss()
+  // Idle for 2 s: native actors idle for a second give back their fiber stack's pages.
+  await new Promise((r) => setTimeout(r, 2000))
+  globalThis.gc()
+  const afterIdle = process.memoryUsage().rss
+  const pssIdle = pss()
   const check = await ex.execute(def, { action: 'get' }, { actorId: 'a0' })
   if (check.count !== 1) throw new Error('actor lost its state')
   const linear = engine === 'v8' ? ex.actors.get('a0').exports.memory.buffer.byteLength : 65536
-  console.log(JSON.stringify({ perActorBytes: (after - before) / count, perActorPss: (pssAfter - pssBefore) / count, linearBytes: linear }))
+  console.log(JSON.stringify({
+    perActorBytes: (after - before) / count,
+    perActorPss: (pssAfter - pssBefore) / count,
+    perActorBytesIdle: (afterIdle - before) / count,
+    perActorPssIdle: (pssIdle - pssBefore) / count,
+    linearBytes: linear,
+  }))
 }

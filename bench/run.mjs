@@ -231,6 +231,7 @@ async function main() {
   row('memory per idle actor (RSS delta / 1000)', 'KiB', nm.perActorBytes / 1024, vm.perActorBytes / 1024, undefined, false,
     `native <= 1.2x linear memory (${nm.linearBytes / 1024} KiB)`)
   row('memory per idle actor (PSS delta / 1000)', 'KiB', nm.perActorPss / 1024, vm.perActorPss / 1024, undefined, false, 'native <= V8')
+  row('memory per actor idle 2 s (PSS delta / 1000; fiber stacks given back)', 'KiB', nm.perActorPssIdle / 1024, vm.perActorPssIdle / 1024, undefined, false, 'native <= V8')
 
   console.error('10. guest ABIs: warm calls; Extism plugins against Extism\'s own JS SDK')
   await abiRows()
