@@ -8,10 +8,12 @@
 //! - A call hook on each actor's Store records an address on the running fiber's stack, at each
 //!   entry into wasm from the host (not a nested one). All of a Store's fibers that run
 //!   top-level take its cached stack and cache theirs when they finish. A fiber dropped unfinished
-//!   returns its stack to the pool, but only a dropped call drops one, and a dropped call drops
-//!   the actor's instance too (`call::run` owns the instance while a call runs). So the first
-//!   recorded address names the Store's stack for its whole life. A later entry recorded
-//!   elsewhere marks the Store `mixed`, and its stack is never released.
+//!   (or one that fails to start: wasmtime then returns the stack it took to the pool) loses the
+//!   Store its stack, but only a dropped or failed call does that, and such a call discards the
+//!   actor's instance (`call::run` owns the instance while a call runs, and keeps it after an
+//!   error only when the guest finished normally). So the first recorded address names the
+//!   Store's stack for its whole life. A later entry recorded elsewhere marks the Store `mixed`,
+//!   and its stack is never released.
 //! - A sweep reads /proc/self/maps once, and releases a Store's stack only when the mapping that
 //!   holds the recorded address is exactly a fiber stack: `ASYNC_STACK_BYTES`, readable and
 //!   writable, above a guard page, with the address near its top, and was recorded before the read
