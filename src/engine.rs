@@ -74,6 +74,15 @@ pub fn reserve_pool(instances: u64) {
     let _ = POOL_SIZE.compare_exchange(0, n, Ordering::SeqCst, Ordering::SeqCst);
 }
 
+/// The pool an executor asks for: room for its actors and its calls (a call may hold a few
+/// instances at once). Actors may never take the pool's last eighth (`call::instantiate` evicts
+/// idle ones first), so `max_actors` and the calls must fit in seven eighths of it, or actors
+/// would be evicted before `maxActors` is reached.
+pub fn pool_for(max_actors: u64, max_concurrency: u64) -> u64 {
+    let calls = 4 * max_concurrency;
+    (max_actors + calls + 256).max((max_actors + calls) * 8 / 7 + 1)
+}
+
 /// The instances the pooled engine holds (its size once created).
 pub fn pool_size() -> u32 {
     match POOL_SIZE.load(Ordering::SeqCst) {
@@ -238,6 +247,17 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_sized_for_an_executor_fits_its_actors_under_the_reserve_for_fresh_calls() {
+        for (actors, concurrency) in [(1, 1), (1000, 4), (3000, 8), (7000, 2), (7000, 64), (100_000, 4)] {
+            let pool = pool_for(actors, concurrency);
+            // What `call::instantiate` allows actors, with every call running beside them.
+            assert!(actors + 4 * concurrency + pool / 8 < pool, "{actors} actors, {concurrency} calls: pool {pool}");
+        }
+        // The default executor's pool is as before (no larger pool to build on a cold start).
+        assert_eq!(pool_for(1000, 4), 1000 + 16 + 256);
+    }
 
     #[test]
     fn engines_are_shared_and_distinct_by_kind() {

@@ -124,7 +124,7 @@ impl Executor {
         let allowed = allowed_prefixes(&opts.allowed_blob_urls)?;
         // Size the process's instance pool for this executor's actors and calls (the first
         // executor of a process decides; the rest share it).
-        engine::reserve_pool(opts.max_actors.get() as u64 + 4 * opts.max_concurrency.get() as u64 + 256);
+        engine::reserve_pool(engine::pool_for(opts.max_actors.get() as u64, opts.max_concurrency.get() as u64));
         let host_function_names = opts.host_functions.as_ref().map(|f| f.names()).unwrap_or_default();
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
