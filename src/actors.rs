@@ -252,7 +252,7 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
     let executors: Vec<Arc<Shared>> = registry().iter().filter_map(Weak::upgrade).collect();
     let idle_ms = idle_for.as_millis() as u64;
     let mut holding = 0;
-    let mut maps = None;
+    let mut sweep = crate::fiber_stacks::Sweep::default();
     for ex in executors {
         let now = now_ms();
         let due: Vec<ActorKey> = {
@@ -263,12 +263,6 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
             holding += recent.len();
             due.into_iter().map(|(k, _)| k.clone()).collect()
         };
-        if due.is_empty() {
-            continue;
-        }
-        // One read of the process's maps for the whole sweep (after the actors were chosen);
-        // without one (no /proc), nothing is released, and the actors are not looked at again.
-        let maps = maps.get_or_insert_with(crate::fiber_stacks::Maps::read).as_ref();
         for key in due {
             // One actor at a time under the LRU's lock (as eviction does): a call taking its
             // ticket meanwhile waits for the release, and a call holding the actor is skipped.
@@ -276,8 +270,10 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
             let Some(slot) = lru.peek(&key) else { continue };
             match slot.state.try_lock() {
                 Ok(mut st) => {
-                    if let (Some(instance), Some(maps)) = (st.instance.as_mut(), maps) {
-                        instance.release_stack(maps);
+                    // Released or not (no /proc, a stack not surely its own), it is not looked
+                    // at again until its next call.
+                    if let Some(instance) = st.instance.as_mut() {
+                        instance.release_stack(&mut sweep);
                     }
                     slot.stack_resident.store(false, Ordering::Release);
                 }

@@ -14,14 +14,17 @@
 //!   error only when the guest finished normally). So the first recorded address names the
 //!   Store's stack for its whole life. A later entry recorded elsewhere marks the Store `mixed`,
 //!   and its stack is never released.
-//! - A sweep reads /proc/self/maps once, and releases a Store's stack only when the mapping that
-//!   holds the recorded address is exactly a fiber stack: `ASYNC_STACK_BYTES`, readable and
-//!   writable, above a guard page, with the address near its top, and was recorded before the read
-//!   (the Store has held that stack since). Pooled and on-demand stacks alike.
+//! - A Store's stack is released only when the mapping that holds the recorded address is exactly
+//!   a fiber stack in /proc/self/maps: `ASYNC_STACK_BYTES`, readable and writable, above a guard
+//!   page, with the address near its top, and the address was recorded before the maps were read
+//!   (the Store has held that stack since). A sweep reads the maps at most once; a pool stack,
+//!   mapped for the life of the process, is checked only the first time it is seen. Pooled and
+//!   on-demand stacks alike.
 //! - A sweeper thread releases (`MADV_DONTNEED`) the stacks of actors idle for `IDLE`, each while
 //!   it holds that actor's lock, so no call runs on the stack meanwhile. The next call faults in
 //!   the page or two it needs (a few microseconds, once per idle period).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -53,9 +56,16 @@ pub struct StackProbe {
     mixed: bool,
     /// `MAPS_EPOCH` when `at` was recorded.
     epoch: u64,
+    /// The Store's engine allocates from a pool: its stacks are mapped once, for good.
+    pooled: bool,
 }
 
 impl StackProbe {
+    /// A probe for a Store of an engine that pools its stacks (`pooled`) or maps each on demand.
+    pub fn new(pooled: bool) -> StackProbe {
+        StackProbe { pooled, ..Default::default() }
+    }
+
     pub fn on_hook(&mut self, hook: CallHook) {
         match hook {
             CallHook::CallingWasm => {
@@ -157,19 +167,50 @@ pub fn released() -> u64 {
     RELEASED.load(Ordering::Relaxed)
 }
 
-/// Releases the resident pages of the stack `probe` recorded. The caller guarantees that the
-/// probe's Store is idle (out of wasm, no fiber of it running or suspended): its stack holds
-/// nothing live, and its next fiber writes its own first frame.
-pub fn release(maps: &Maps, probe: &StackProbe) -> bool {
-    let Some(stack) = probe.address().and_then(|a| maps.stack_of(a, probe.epoch)) else { return false };
-    // SAFETY: the range is exactly one fiber stack mapping (checked against the process's maps),
-    // held by an idle Store: no frame on it is live. MADV_DONTNEED on private anonymous memory
-    // leaves it mapped; its pages read as zero when next touched.
-    let done = unsafe { libc::madvise(stack.start as *mut libc::c_void, stack.len(), libc::MADV_DONTNEED) } == 0;
-    if done {
-        RELEASED.fetch_add(1, Ordering::Relaxed);
+/// Pool stacks already checked against the process's maps (lowest byte to end). The pooled
+/// engine lives as long as the process, so its stacks stay where they were found.
+fn pool_stacks() -> std::sync::MutexGuard<'static, BTreeMap<usize, usize>> {
+    static POOL: OnceLock<Mutex<BTreeMap<usize, usize>>> = OnceLock::new();
+    POOL.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One sweep's releases: the process's maps are read at most once, and only for a stack not
+/// checked before (a pool stack is checked once for the life of the process).
+#[derive(Default)]
+pub struct Sweep {
+    maps: Option<Option<Maps>>,
+}
+
+impl Sweep {
+    /// Releases the resident pages of the stack `probe` recorded. The caller guarantees that the
+    /// probe's Store is idle (out of wasm, no fiber of it running or suspended): its stack holds
+    /// nothing live, and its next fiber writes its own first frame.
+    pub fn release(&mut self, probe: &StackProbe) -> bool {
+        let Some(addr) = probe.address() else { return false };
+        let known = probe.pooled.then(|| {
+            let pool = pool_stacks();
+            pool.range(..=addr).next_back().map(|(lo, hi)| *lo..*hi).filter(|r| r.contains(&addr) && r.end - addr <= NEAR_TOP)
+        });
+        let stack = match known.flatten() {
+            Some(stack) => stack,
+            None => {
+                let Some(maps) = self.maps.get_or_insert_with(Maps::read) else { return false };
+                let Some(stack) = maps.stack_of(addr, probe.epoch) else { return false };
+                if probe.pooled {
+                    pool_stacks().insert(stack.start, stack.end);
+                }
+                stack
+            }
+        };
+        // SAFETY: the range is exactly one fiber stack mapping (checked against the process's
+        // maps), held by an idle Store: no frame on it is live. MADV_DONTNEED on private anonymous
+        // memory leaves it mapped; its pages read as zero when next touched.
+        let done = unsafe { libc::madvise(stack.start as *mut libc::c_void, stack.len(), libc::MADV_DONTNEED) } == 0;
+        if done {
+            RELEASED.fetch_add(1, Ordering::Relaxed);
+        }
+        done
     }
-    done
 }
 
 struct Sweeper {
@@ -299,6 +340,67 @@ mod tests {
             .expect("thread")
             .join()
             .expect("joined");
+    }
+
+    /// Pages of `range` resident now.
+    fn resident(range: &Range<usize>) -> usize {
+        let mut vec = vec![0u8; range.len() / PAGE];
+        // SAFETY: the range is mapped (the caller's own mapping); `vec` has a byte per page.
+        assert_eq!(unsafe { libc::mincore(range.start as *mut libc::c_void, range.len(), vec.as_mut_ptr()) }, 0);
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_real_stack_shaped_mapping_is_released_and_a_pool_stack_is_checked_once() {
+        let len = ASYNC_STACK_BYTES;
+        // SAFETY: a fresh private mapping of our own: a guard page, the "stack", and a page above
+        // it that no writable neighbour can merge into.
+        let base = unsafe {
+            let p = libc::mmap(std::ptr::null_mut(), len + 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(libc::mprotect(p, PAGE, libc::PROT_NONE), 0);
+            assert_eq!(libc::mprotect(p.cast::<u8>().add(PAGE + len).cast(), PAGE, libc::PROT_NONE), 0);
+            p as usize
+        };
+        let stack = base + PAGE..base + PAGE + len;
+        let touch = || {
+            for page in 1..=3 {
+                // SAFETY: inside the writable part of our mapping.
+                unsafe { ((stack.end - page * PAGE) as *mut u8).write_volatile(1) };
+            }
+        };
+        touch();
+        assert_eq!(resident(&stack), 3);
+        let probe = |pooled, epoch| StackProbe { depth: 0, at: stack.end - 100, mixed: false, epoch, pooled };
+
+        // Recorded after any read of the maps (epoch beyond): neither kind is released unchecked.
+        assert!(!Sweep::default().release(&probe(false, u64::MAX)));
+        assert!(!Sweep::default().release(&probe(true, u64::MAX)));
+        assert_eq!(resident(&stack), 3);
+        // Recorded before: released, and, for a pool stack, remembered.
+        let before = MAPS_EPOCH.load(Ordering::SeqCst);
+        assert!(Sweep::default().release(&probe(true, before)));
+        assert_eq!(resident(&stack), 0);
+        // SAFETY: as above; the page reads as zero after the release.
+        assert_eq!(unsafe { ((stack.end - PAGE) as *const u8).read_volatile() }, 0);
+        touch();
+        // Now a pool stack needs no read of the maps (an epoch that would fail the check);
+        // an on-demand one still does.
+        assert!(!Sweep::default().release(&probe(false, u64::MAX)));
+        assert!(Sweep::default().release(&probe(true, u64::MAX)));
+        assert_eq!(resident(&stack), 0);
+        // Not a top-level entry's address, or still in wasm: nothing.
+        touch();
+        let deep = StackProbe { at: stack.start + 100, ..probe(true, before) };
+        assert!(!Sweep::default().release(&deep));
+        let running = StackProbe { depth: 1, ..probe(true, before) };
+        assert!(!Sweep::default().release(&running));
+        assert_eq!(resident(&stack), 3);
+
+        // Forget it before unmapping: the address range may be mapped again by anything.
+        pool_stacks().remove(&stack.start);
+        // SAFETY: our own mapping, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, len + 2 * PAGE) };
     }
 
     #[test]

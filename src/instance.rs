@@ -416,6 +416,8 @@ impl GuestInstance {
     /// Records which fiber stack the instance's guest code runs on, so that `release_stack` can
     /// give its pages back while the instance is idle (for actors: they live between calls).
     pub fn watch_stack(&mut self) {
+        let pooled = self.store.engine().pooling_allocator_metrics().is_some();
+        self.store.data_mut().stack = crate::fiber_stacks::StackProbe::new(pooled);
         self.store.call_hook(|mut store, hook| {
             store.data_mut().stack.on_hook(hook);
             Ok(())
@@ -424,8 +426,8 @@ impl GuestInstance {
 
     /// Gives back the resident pages of the instance's fiber stack. Only while no call runs on
     /// the instance (the caller holds it: `&mut self`, and no fiber of its Store is suspended).
-    pub fn release_stack(&mut self, maps: &crate::fiber_stacks::Maps) -> bool {
-        crate::fiber_stacks::release(maps, &self.store.data().stack)
+    pub fn release_stack(&mut self, sweep: &mut crate::fiber_stacks::Sweep) -> bool {
+        sweep.release(&self.store.data().stack)
     }
 }
 
