@@ -163,6 +163,30 @@ function fiberStackRssKiB(): number {
   return total
 }
 
+describe('maxActors is what the process keeps', () => {
+  it('maxActors actors (2,500) all stay live and keep their state: the instance pool is sized past its reserve for fresh calls', () => {
+    // A fresh process: its first executor sizes the pool. Optimized code from the first call, so
+    // every actor is in the pool (baseline code runs outside it).
+    const script = `
+      const { readFileSync } = require('node:fs')
+      const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+      const bytes = readFileSync(${JSON.stringify(join(root, 'build/counter-actor.wasm'))})
+      const ex = new WasmActivityExecutor({ download: async () => bytes }, { maxActors: 2500, maxConcurrency: 2, tierUp: false })
+      const d = { name: 'counter', version: '1', wasmBlobPath: 'counter.wasm' }
+      ;(async () => {
+        for (let i = 0; i < 2500; i++) await ex.execute(d, { action: 'increment' }, { actorId: 'a' + i })
+        let lost = 0
+        for (let i = 0; i < 2500; i++) {
+          const r = await ex.executeDetailed(d, { action: 'increment' }, { actorId: 'a' + i })
+          if (r.output.count !== 2 || r.actorCreated) lost++
+        }
+        console.log(JSON.stringify({ lost, actors: ex.cacheStats().actors }))
+      })()`
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' }))
+    expect(out).toEqual({ lost: 0, actors: 2500 })
+  })
+})
+
 describe('idle actors give memory back', () => {
   it.runIf(process.platform === 'linux')('an actor idle for a second gives back its fiber stack pages, and keeps its state', async () => {
     const { ex } = await counter({ maxActors: 400 })
