@@ -201,6 +201,14 @@ impl Actors {
         Box::pin(async move { Held { guard: state.lock_owned().await, slot } })
     }
 
+    /// Whether an idle actor's instance records its fiber stack (none: busy, or no instance).
+    #[cfg(test)]
+    pub fn stack_watched(&self, key: &ActorKey) -> Option<bool> {
+        let lru = self.shared.lru();
+        let st = lru.peek(key)?.state.try_lock().ok()?;
+        st.instance.as_ref().map(|i| i.stack_watched())
+    }
+
     /// Forgets an actor and its state; true if it had an instance or a call. A busy actor's
     /// running call finishes first, and the calls queued behind it start fresh.
     pub fn remove(&self, key: &ActorKey) -> bool {

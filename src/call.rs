@@ -100,12 +100,17 @@ pub(crate) async fn instantiate(
             actors::evict_idle_anywhere(16);
         }
     }
-    match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx).await {
+    let mut instance = match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx).await {
         Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16) > 0 => {
             GuestInstance::new(module, &p.limits, budget, cancel, log, &p.grants, &p.ctx).await
         }
         other => other,
+    }?;
+    if for_actor {
+        // An actor's instance lives between calls: its fiber stack's pages go back while it idles.
+        instance.watch_stack();
     }
+    Ok(instance)
 }
 
 /// What the log says of an actor whose memory grows with every call.
@@ -178,7 +183,6 @@ pub(crate) async fn run(
                 durable::load(&mut held, module, p, d).await?;
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
-            fresh.watch_stack();
             match held.guard.shadow.take() {
                 Some((digest, state)) if digest == module.digest => {
                     if let Err(e) = fresh.restore(&state).await {

@@ -48,6 +48,17 @@ async fn idle_actors_give_back_their_stack_pages_and_keep_their_state_while_call
         assert_eq!(ex.execute(&d, "{}".into(), actor(format!("a{i}"))).await.expect("after release").output, "2");
     }
 
+    // An actor restored from a snapshot (a fresh instance of its own) is watched too.
+    let snap = ex.snapshot_actor(&d, "a0").await.expect("snapshot");
+    ex.restore_actor(&d, "restored", &snap).await.expect("restore");
+    assert_eq!(ex.execute(&d, "{}".into(), actor("restored".into())).await.expect("restored call").output, "3");
+    let key = |id: &str| crate::actors::ActorKey { def: d.key(), actor_id: id.into() };
+    assert_eq!(ex.actors.stack_watched(&key("restored")), Some(true));
+    assert_eq!(ex.actors.stack_watched(&key("a0")), Some(true));
+    assert_eq!(crate::actors::release_idle_stacks(Duration::ZERO), 0);
+    assert_eq!(ex.execute(&d, "{}".into(), actor("restored".into())).await.expect("after release").output, "4");
+    assert!(ex.drop_actor(&d, "restored"));
+
     // Hostile: a sweeper that never sleeps, against 8 callers on the same 20 actors. Each
     // actor's count must go up by exactly one per call, and every call must succeed.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

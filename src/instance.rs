@@ -424,6 +424,12 @@ impl GuestInstance {
         });
     }
 
+    /// Whether the instance has recorded which stack it runs on (`watch_stack`, then a call).
+    #[cfg(test)]
+    pub fn stack_watched(&self) -> bool {
+        self.store.data().stack.address().is_some()
+    }
+
     /// Gives back the resident pages of the instance's fiber stack. Only while no call runs on
     /// the instance (the caller holds it: `&mut self`, and no fiber of its Store is suspended).
     pub fn release_stack(&mut self, sweep: &mut crate::fiber_stacks::Sweep) -> bool {
