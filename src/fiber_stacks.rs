@@ -7,13 +7,14 @@
 //! Store's cached stack, so:
 //! - A call hook on each actor's Store records an address on the running fiber's stack, at each
 //!   entry into wasm from the host (not a nested one). All of a Store's fibers that run
-//!   top-level take its cached stack and cache theirs when they finish. A fiber dropped unfinished
-//!   (or one that fails to start: wasmtime then returns the stack it took to the pool) loses the
-//!   Store its stack, but only a dropped or failed call does that, and such a call discards the
-//!   actor's instance (`call::run` owns the instance while a call runs, and keeps it after an
-//!   error only when the guest finished normally). So the first recorded address names the
-//!   Store's stack for its whole life. A later entry recorded elsewhere marks the Store `mixed`,
-//!   and its stack is never released.
+//!   top-level take its cached stack and cache theirs when they finish (a fiber dropped unfinished
+//!   is resumed to completion first, and caches its stack too). A fiber that fails to start
+//!   (wasmtime then returns the stack it took to the pool) or that panics loses the Store its
+//!   stack, but such a call fails, and its instance is discarded (`call::run` owns the instance
+//!   while a call runs, and keeps it after an error only when the guest finished normally; a
+//!   panic also leaves the probe's depth above 0, so nothing is released). So the first recorded
+//!   address names the Store's stack for its whole life. A later entry recorded elsewhere marks
+//!   the Store `mixed`, and its stack is never released.
 //! - A Store's stack is released only when the mapping that holds the recorded address is exactly
 //!   a fiber stack in /proc/self/maps: `ASYNC_STACK_BYTES`, readable and writable, above a guard
 //!   page, with the address near its top, and the address was recorded before the maps were read
