@@ -290,6 +290,45 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect(await ex.execute(def('lookup', grant('crm.lookup')), { arg: 2 })).toEqual({ result: 2, calls: 1 })
   })
 
+  it('an actor whose guest is stopped midway by a refused host argument is reset, never kept torn', async () => {
+    // Counts twice per call (n += 1; maybe a host call; n += 1) and returns n as one digit. Input
+    // "bad" (JSON text starting with a quote) passes non-JSON text to crm.lookup between the two
+    // counts: INVALID_OUTPUT stops the guest with n odd. Keeping that instance would make the next
+    // call answer 5. Input [] returns a pointer out of bounds once both counts are done: the
+    // guest finished, so the actor keeps its state.
+    const torn = await guestWat(
+      `(global $n (mut i32) (i32.const 0))
+       (data (i32.const 64) "\\02\\00\\00\\00\\7b\\00")
+       (data (i32.const 96) "\\02\\00\\00\\00\\30\\00")
+       (func (export "execute") (param i32) (result i32)
+         (global.set $n (i32.add (global.get $n) (i32.const 1)))
+         (if (i32.eq (i32.load16_u (local.get 0)) (i32.const 0x22)) (then (drop (call $lookup (i32.const 68)))))
+         (global.set $n (i32.add (global.get $n) (i32.const 1)))
+         (i32.store16 (i32.const 100) (i32.add (i32.const 48) (global.get $n)))
+         (if (i32.eq (i32.load16_u (local.get 0)) (i32.const 0x5b)) (then (return (i32.const 0x7ffffff0))))
+         (i32.const 100))`,
+      `(import "crm" "lookup" (func $lookup (param i32) (result i32)))`,
+    )
+    let called = 0
+    const ex = await executorWith({ torn }, { hostFunctions: { 'crm.lookup': () => (called++, 1) } })
+    const d = def('torn', grant('crm.lookup'))
+    for (const opts of [{ actorId: 'plain' }, { actorId: 'tx', transactional: true }]) {
+      expect(await ex.execute(d, {}, opts)).toBe(2)
+      const e = await failure(ex.execute(d, 'bad', opts))
+      expect(e.code).toBe('INVALID_OUTPUT')
+      expect(e.message).toContain('crm.lookup')
+      // A plain actor loses its state and says so; a transactional one goes back to its last good state.
+      expect(e.actorReset).toBe(opts.transactional ? undefined : true)
+      expect(await ex.execute(d, {}, opts)).toBe(opts.transactional ? 4 : 2)
+      const refused = await failure(ex.execute(d, [], opts))
+      expect(refused.code).toBe('INVALID_OUTPUT')
+      expect(refused.actorReset).toBeUndefined()
+      // Plain: kept at 4 (the refused call's counts); transactional: back to 4 (the last good call's).
+      expect(await ex.execute(d, {}, opts)).toBe(6)
+    }
+    expect(called).toBe(0)
+  })
+
   it('an actor keeps its instance across calls that wait on the host', async () => {
     const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': async (x: any) => (await sleep(5), x) } })
     const created: boolean[] = []

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::engine::{self, EngineKind};
 use crate::error::ExecError;
 use crate::host::LogSink;
-use crate::instance::{is_reusable_after, CallContext, CallOutput, GuestInstance};
+use crate::instance::{CallContext, CallOutput, GuestInstance};
 use crate::limits::{self, Budget, CancelFlag, Limits};
 use crate::durable;
 use crate::modules::{CompiledModule, DefKey};
@@ -223,7 +223,7 @@ pub(crate) async fn run(
             held.guard.instance = Some(instance);
             Ok(out)
         }
-        Err(e) if is_reusable_after(&e) && held.guard.shadow.is_none() => {
+        Err(e) if instance.is_reusable_after(&e) && held.guard.shadow.is_none() => {
             held.guard.instance = Some(instance);
             Err(e)
         }

@@ -74,6 +74,9 @@ pub struct GuestInstance {
     state: Option<(Option<Memory>, Vec<Global>)>,
     /// The names those are exported under.
     state_names: Arc<crate::instrument::StateExports>,
+    /// Whether the last call failed inside guest code (a trap, or an error a host function
+    /// raised while the guest waited on it): the guest stopped midway, its state may be torn.
+    stopped_midway: bool,
 }
 
 /// Turns what wasmtime reports into our error: our own errors raised in host code or limits
@@ -184,6 +187,7 @@ impl GuestInstance {
             grants: grants.clone(),
             state: None,
             state_names: module.state.clone(),
+            stopped_midway: false,
         })
     }
 
@@ -356,7 +360,12 @@ impl GuestInstance {
         let output = {
             let _running = Running::start()?;
             let max = limits.max_output_bytes;
-            let classify = |e| classify(e, limits);
+            // Every error the ABIs classify comes out of a call into guest code.
+            let midway = std::sync::atomic::AtomicBool::new(false);
+            let classify = |e| {
+                midway.store(true, std::sync::atomic::Ordering::Relaxed);
+                classify(e, limits)
+            };
             let r = match &self.entry {
                 Entry::AssemblyScript(exports) => exports.call_execute(&mut self.store, input, max, classify).await,
                 Entry::Extism => match self.instance {
@@ -369,6 +378,7 @@ impl GuestInstance {
                 },
                 Entry::Component(execute) => component::call(&mut self.store, execute, input, max, classify).await,
             };
+            self.stopped_midway = midway.into_inner();
             let data = self.store.data_mut();
             data.flush_progress();
             // What the call could reach (its concurrency slot among it) ends with it; requests
@@ -435,12 +445,14 @@ impl GuestInstance {
     pub fn release_stack(&mut self, sweep: &mut crate::fiber_stacks::Sweep) -> bool {
         sweep.release(&self.store.data().stack)
     }
-}
 
-/// Whether an instance can serve another call after this error: only when the guest itself
-/// finished normally (its output was rejected), or the call never started.
-pub fn is_reusable_after(err: &ExecError) -> bool {
-    matches!(err, ExecError::InvalidOutput { .. } | ExecError::OutputTooLarge { .. } | ExecError::InputTooLarge { .. })
+    /// Whether the instance can serve another call after its last call failed with `err`: only
+    /// when the guest itself finished normally (its output was rejected) or never started (its
+    /// input was refused). The same kinds raised by a host function while the guest waited on
+    /// it stopped the guest midway: its state may be torn.
+    pub fn is_reusable_after(&self, err: &ExecError) -> bool {
+        !self.stopped_midway && matches!(err, ExecError::InvalidOutput { .. } | ExecError::OutputTooLarge { .. } | ExecError::InputTooLarge { .. })
+    }
 }
 
 #[cfg(test)]

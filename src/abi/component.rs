@@ -133,12 +133,12 @@ pub async fn call(
     max_output_bytes: u64,
     classify: impl Fn(wasmtime::Error) -> ExecError,
 ) -> Result<String, ExecError> {
-    let called = execute.call_async(&mut *store, (input.to_string(),)).await;
+    let called = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(&classify);
     // A request the grant refused fails the call, whatever the guest made of its rejection.
     if let Some(e) = store.data().access.take_failure() {
         return Err(e);
     }
-    let (result,) = called.map_err(&classify)?;
+    let (result,) = called?;
     match result {
         Ok(out) if out.len() as u64 > max_output_bytes => Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes }),
         Ok(out) => Ok(out),
