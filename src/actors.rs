@@ -271,25 +271,59 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
             holding += recent.len();
             due.into_iter().map(|(k, _)| k.clone()).collect()
         };
+        // One actor at a time under the LRU's lock (as eviction does): a call taking its ticket
+        // meanwhile waits for the release, and a call holding the actor is skipped. A stack
+        // not checked before waits for a second pass: the maps are read holding no lock.
+        let mut unchecked = Vec::new();
         for key in due {
-            // One actor at a time under the LRU's lock (as eviction does): a call taking its
-            // ticket meanwhile waits for the release, and a call holding the actor is skipped.
-            let lru = ex.lru();
-            let Some(slot) = lru.peek(&key) else { continue };
-            match slot.state.try_lock() {
-                Ok(mut st) => {
-                    // Released or not (no /proc, a stack not surely its own), it is not looked
-                    // at again until its next call.
-                    if let Some(instance) = st.instance.as_mut() {
-                        instance.release_stack(&mut sweep);
-                    }
-                    slot.stack_resident.store(false, Ordering::Release);
+            match release_if_idle(&ex, &key, idle_ms, &mut sweep) {
+                Released::Done => {}
+                Released::Busy => holding += 1,
+                Released::NeedsMaps => unchecked.push(key),
+            }
+        }
+        if !unchecked.is_empty() {
+            sweep.read_maps();
+            for key in unchecked {
+                if let Released::Busy = release_if_idle(&ex, &key, idle_ms, &mut sweep) {
+                    holding += 1;
                 }
-                Err(_) => holding += 1,
-            };
+            }
         }
     }
     holding
+}
+
+enum Released {
+    /// Released, or not to be looked at again until the actor's next call.
+    Done,
+    /// Held by a call, or called within `idle_ms`: its stack stays resident for now.
+    Busy,
+    /// Its stack needs the process's maps read first.
+    NeedsMaps,
+}
+
+/// Releases the fiber stack of actor `key` if it is still idle for `idle_ms` and no call holds it.
+fn release_if_idle(ex: &Shared, key: &ActorKey, idle_ms: u64, sweep: &mut crate::fiber_stacks::Sweep) -> Released {
+    let lru = ex.lru();
+    let Some(slot) = lru.peek(key) else { return Released::Done };
+    let Ok(mut st) = slot.state.try_lock() else { return Released::Busy };
+    // Under the actor's lock: its last call has ended and set both of these.
+    if !slot.stack_resident.load(Ordering::Acquire) {
+        return Released::Done;
+    }
+    if now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle_ms {
+        return Released::Busy;
+    }
+    // Released or not (no /proc, a stack not surely its own), it is not looked at again until
+    // its next call.
+    if let Some(instance) = st.instance.as_mut() {
+        if instance.release_stack(sweep).is_none() {
+            return Released::NeedsMaps;
+        }
+    }
+    slot.stack_resident.store(false, Ordering::Release);
+    Released::Done
 }
 
 /// Evicts up to `n` idle actors across every executor of the process, least recently used

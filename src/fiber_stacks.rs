@@ -176,7 +176,10 @@ fn pool_stacks() -> std::sync::MutexGuard<'static, BTreeMap<usize, usize>> {
 }
 
 /// One sweep's releases: the process's maps are read at most once, and only for a stack not
-/// checked before (a pool stack is checked once for the life of the process).
+/// checked before (a pool stack is checked once for the life of the process). `release` never
+/// reads them itself: its caller may hold locks a call waits on, and a read takes milliseconds
+/// (22 ms with 7,000 actors). It asks for them (`None`); the caller lets go of its locks, calls
+/// `read_maps`, and asks again.
 #[derive(Default)]
 pub struct Sweep {
     maps: Option<Option<Maps>>,
@@ -185,9 +188,10 @@ pub struct Sweep {
 impl Sweep {
     /// Releases the resident pages of the stack `probe` recorded. The caller guarantees that the
     /// probe's Store is idle (out of wasm, no fiber of it running or suspended): its stack holds
-    /// nothing live, and its next fiber writes its own first frame.
-    pub fn release(&mut self, probe: &StackProbe) -> bool {
-        let Some(addr) = probe.address() else { return false };
+    /// nothing live, and its next fiber writes its own first frame. `None`: the stack must be
+    /// checked against the maps first (`read_maps`); after that read it is never `None`.
+    pub fn release(&mut self, probe: &StackProbe) -> Option<bool> {
+        let Some(addr) = probe.address() else { return Some(false) };
         let known = probe.pooled.then(|| {
             let pool = pool_stacks();
             pool.range(..=addr).next_back().map(|(lo, hi)| *lo..*hi).filter(|r| r.contains(&addr) && r.end - addr <= NEAR_TOP)
@@ -195,8 +199,8 @@ impl Sweep {
         let stack = match known.flatten() {
             Some(stack) => stack,
             None => {
-                let Some(maps) = self.maps.get_or_insert_with(Maps::read) else { return false };
-                let Some(stack) = maps.stack_of(addr, probe.epoch) else { return false };
+                let Some(maps) = self.maps.as_ref()? else { return Some(false) };
+                let Some(stack) = maps.stack_of(addr, probe.epoch) else { return Some(false) };
                 if probe.pooled {
                     pool_stacks().insert(stack.start, stack.end);
                 }
@@ -210,7 +214,18 @@ impl Sweep {
         if done {
             RELEASED.fetch_add(1, Ordering::Relaxed);
         }
-        done
+        Some(done)
+    }
+
+    /// Reads the process's maps for this sweep's later releases (once; holding no lock).
+    pub fn read_maps(&mut self) {
+        self.maps.get_or_insert_with(Maps::read);
+    }
+
+    /// Whether this sweep has read the maps.
+    #[cfg(test)]
+    pub fn has_read_maps(&self) -> bool {
+        self.maps.is_some()
     }
 }
 
@@ -259,6 +274,15 @@ mod tests {
     use super::*;
 
     const PAGE: usize = 4096;
+
+    /// A sweep's release as the sweeper makes it: asked again after reading the maps.
+    fn release(probe: &StackProbe) -> bool {
+        let mut sweep = Sweep::default();
+        sweep.release(probe).unwrap_or_else(|| {
+            sweep.read_maps();
+            sweep.release(probe).expect("checked against the maps")
+        })
+    }
     const LEN: usize = ASYNC_STACK_BYTES;
 
     /// Maps text for `n` stacks from `base` (a guard page, then `LEN` bytes each), between
@@ -374,28 +398,36 @@ mod tests {
         assert_eq!(resident(&stack), 3);
         let probe = |pooled, epoch| StackProbe { depth: 0, at: stack.end - 100, mixed: false, epoch, pooled };
 
+        // A stack not known yet is never checked by `release` itself: it asks for the maps.
+        let mut sweep = Sweep::default();
+        assert_eq!(sweep.release(&probe(true, 0)), None);
+        assert_eq!(sweep.release(&probe(false, 0)), None);
+        assert!(!sweep.has_read_maps());
+        assert_eq!(resident(&stack), 3);
         // Recorded after any read of the maps (epoch beyond): neither kind is released unchecked.
-        assert!(!Sweep::default().release(&probe(false, u64::MAX)));
-        assert!(!Sweep::default().release(&probe(true, u64::MAX)));
+        assert!(!release(&probe(false, u64::MAX)));
+        assert!(!release(&probe(true, u64::MAX)));
         assert_eq!(resident(&stack), 3);
         // Recorded before: released, and, for a pool stack, remembered.
         let before = MAPS_EPOCH.load(Ordering::SeqCst);
-        assert!(Sweep::default().release(&probe(true, before)));
+        assert!(release(&probe(true, before)));
         assert_eq!(resident(&stack), 0);
         // SAFETY: as above; the page reads as zero after the release.
         assert_eq!(unsafe { ((stack.end - PAGE) as *const u8).read_volatile() }, 0);
         touch();
         // Now a pool stack needs no read of the maps (an epoch that would fail the check);
         // an on-demand one still does.
-        assert!(!Sweep::default().release(&probe(false, u64::MAX)));
-        assert!(Sweep::default().release(&probe(true, u64::MAX)));
+        assert!(!release(&probe(false, u64::MAX)));
+        let mut sweep = Sweep::default();
+        assert_eq!(sweep.release(&probe(true, u64::MAX)), Some(true));
+        assert!(!sweep.has_read_maps());
         assert_eq!(resident(&stack), 0);
         // Not a top-level entry's address, or still in wasm: nothing.
         touch();
         let deep = StackProbe { at: stack.start + 100, ..probe(true, before) };
-        assert!(!Sweep::default().release(&deep));
+        assert!(!release(&deep));
         let running = StackProbe { depth: 1, ..probe(true, before) };
-        assert!(!Sweep::default().release(&running));
+        assert!(!release(&running));
         assert_eq!(resident(&stack), 3);
 
         // Forget it before unmapping: the address range may be mapped again by anything.

@@ -442,7 +442,8 @@ impl GuestInstance {
 
     /// Gives back the resident pages of the instance's fiber stack. Only while no call runs on
     /// the instance (the caller holds it: `&mut self`, and no fiber of its Store is suspended).
-    pub fn release_stack(&mut self, sweep: &mut crate::fiber_stacks::Sweep) -> bool {
+    /// `None`: the sweep must read the maps first (`Sweep::release`).
+    pub fn release_stack(&mut self, sweep: &mut crate::fiber_stacks::Sweep) -> Option<bool> {
         sweep.release(&self.store.data().stack)
     }
 
