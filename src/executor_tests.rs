@@ -437,13 +437,20 @@ async fn new_modules_run_on_baseline_code_until_optimized_code_takes_over() {
     assert_eq!(run(&ex, &d, "1").await.expect("first call").output, "1");
     let kind_now = || ex.modules.peek(&d.key(), EngineKind::Plain, None).map(|m| m.kind);
     let first = kind_now();
+    // Read after the slot: a tier-up counts in the same critical section that fills the slot.
+    let tier_ups_by_then = ex.stats().cache.tier_ups;
     let deadline = Instant::now() + Duration::from_secs(30);
     while ex.stats().cache.tier_ups == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The first call ran on Winch code, and the optimized code took the slot once compiled: one
-    // compile counted, one tier-up.
-    assert_eq!(first, Some(EngineKind::Baseline));
+    // compile counted, one tier-up. On a busy machine the optimized code can take the slot
+    // before the first look: then that look already counts the tier-up, which only ever replaces
+    // the baseline code a first call was given.
+    assert!(
+        first == Some(EngineKind::Baseline) || (first == Some(EngineKind::Plain) && tier_ups_by_then == 1),
+        "first look: {first:?} with {tier_ups_by_then} tier-ups"
+    );
     assert_eq!(kind_now(), Some(EngineKind::Plain));
     assert_eq!((ex.stats().cache.compiles, ex.stats().cache.tier_ups), (1, 1));
     assert_eq!(run(&ex, &d, "2").await.expect("optimized call").output, "2");
