@@ -209,6 +209,14 @@ impl Actors {
         st.instance.as_ref().map(|i| i.stack_watched())
     }
 
+    /// The engine an idle actor's instance runs on (none: busy, or no instance).
+    #[cfg(test)]
+    pub fn instance_kind(&self, key: &ActorKey) -> Option<crate::engine::EngineKind> {
+        let lru = self.shared.lru();
+        let st = lru.peek(key)?.state.try_lock().ok()?;
+        st.instance.as_ref().map(|i| i.kind)
+    }
+
     /// Forgets an actor and its state; true if it had an instance or a call. A busy actor's
     /// running call finishes first, and the calls queued behind it start fresh.
     pub fn remove(&self, key: &ActorKey) -> bool {

@@ -161,11 +161,17 @@ pub(crate) async fn run(
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
-            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
-                held.guard.instance = Some(i);
-                return Err(e);
+            let moved = if moves_to(&i, module) { move_actor(&mut i, module, p, budget, cancel, log.clone()).await } else { None };
+            match moved {
+                Some(moved) => (moved, false),
+                None => {
+                    if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
+                        held.guard.instance = Some(i);
+                        return Err(e);
+                    }
+                    (i, false)
+                }
             }
-            (i, false)
         }
         Some(i) if i.digest == module.digest => {
             let e = ExecError::InvalidArgument(format!(
@@ -233,4 +239,29 @@ pub(crate) async fn run(
         Err(e) if created => Err(e),
         Err(e) => Err(ExecError::ActorReset(Box::new(e))),
     }
+}
+
+/// Whether an actor's instance moves to `module` before its call: it runs baseline code (it was
+/// made while its module tiered up) and `module` is the optimized code of the same bytes. Only
+/// where its whole state moves with it: not when an instruction changes a table or drops a
+/// segment, nor with a WASI context (open files), nor for a component (its state is out of reach).
+fn moves_to(instance: &GuestInstance, module: &CompiledModule) -> bool {
+    instance.kind.baseline() && !module.kind.baseline() && module.state_in_memory && module.wasi_imports.is_empty()
+}
+
+/// Moves an actor to a fresh instance of `module`: its memory, globals and the ABI's host-side
+/// state are copied across, as a transactional call's last good state is restored. None (the
+/// actor stays where it is, unchanged) if anything on the way fails.
+async fn move_actor(
+    instance: &mut GuestInstance,
+    module: &CompiledModule,
+    p: &Prepared,
+    budget: Budget,
+    cancel: &CancelFlag,
+    log: Option<Arc<dyn LogSink>>,
+) -> Option<GuestInstance> {
+    let state = instance.capture().ok()?;
+    let mut fresh = instantiate(module, p, budget, cancel, log, true).await.ok()?;
+    fresh.restore(&state).await.ok()?;
+    Some(fresh)
 }

@@ -48,7 +48,9 @@ fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<Comp
             ExecError::InvalidModule(e)
         }
     })?;
-    prepare(Compiled::Core(module), digest, kind, shape.has_start)
+    let mut prepared = prepare(Compiled::Core(module), digest, kind, shape.has_start)?;
+    prepared.state_in_memory = !shape.state_outside_memory;
+    Ok(prepared)
 }
 
 /// One compile in flight per (digest, engine) in the whole process; its result is sent to

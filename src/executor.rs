@@ -445,3 +445,7 @@ mod tests;
 #[cfg(test)]
 #[path = "executor_stack_tests.rs"]
 mod stack_tests;
+
+#[cfg(test)]
+#[path = "executor_tier_up_tests.rs"]
+mod tier_up_tests;

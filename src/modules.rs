@@ -65,6 +65,10 @@ pub struct CompiledModule {
     pub initial_image: tokio::sync::OnceCell<Vec<u8>>,
     /// Its inline back-off.
     pub inline: inline::Gate,
+    /// Compiled from bytes in which no instruction changes a table or drops a segment: an
+    /// instance's whole state is its memory, its globals and the ABI's host-side state, so an
+    /// actor can move to another instance of it (tier-up). False when unknown (an artifact).
+    pub state_in_memory: bool,
 }
 
 /// Compiled code, pre-linked: a core module or a component.
@@ -244,6 +248,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_
         state,
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
+        state_in_memory: false,
     })
 }
 
@@ -278,6 +283,7 @@ fn prepare_component(
         state: Default::default(),
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
+        state_in_memory: false,
     })
 }
 

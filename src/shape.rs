@@ -42,6 +42,9 @@ pub struct Shape {
     /// The largest (locals × blocks) of any function.
     pub cost: u64,
     pub has_start: bool,
+    /// Some instruction changes a table or drops a segment: part of an instance's state lives
+    /// outside its memory and globals (what snapshots and moves between instances carry).
+    pub state_outside_memory: bool,
 }
 
 impl Shape {
@@ -92,11 +95,16 @@ pub fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecError> {
                 let mut blocks: u64 = 1;
                 let mut ops = body.get_operators_reader().map_err(invalid)?;
                 while !ops.eof() {
-                    if matches!(
-                        ops.read().map_err(invalid)?,
-                        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else
-                    ) {
-                        blocks += 1;
+                    match ops.read().map_err(invalid)? {
+                        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
+                        Operator::TableSet { .. }
+                        | Operator::TableGrow { .. }
+                        | Operator::TableFill { .. }
+                        | Operator::TableCopy { .. }
+                        | Operator::TableInit { .. }
+                        | Operator::ElemDrop { .. }
+                        | Operator::DataDrop { .. } => shape.state_outside_memory = true,
+                        _ => {}
                     }
                 }
                 shape.cost = shape.cost.max(locals.max(1).saturating_mul(blocks));
@@ -165,5 +173,16 @@ mod bomb_tests {
         assert_eq!(m.kind, EngineKind::Baseline);
         let m = compile(&bomb, EngineKind::Metered, &CompileLimits::default()).expect("compiles");
         assert_eq!(m.kind, EngineKind::BaselineMetered);
+    }
+
+    #[test]
+    fn instructions_that_keep_state_outside_memory_are_noticed() {
+        let shape = |body: &str| crate::shape::check(&crate::test_guests::with_prelude(body), &CompileLimits::default()).expect("valid");
+        assert!(!shape(r#"(func (export "execute") (param i32) (result i32) (local.get 0))"#).state_outside_memory);
+        let table = r#"(table 1 funcref) (elem declare func $f) (func $f)
+            (func (export "execute") (param i32) (result i32) (table.set (i32.const 0) (ref.func $f)) (local.get 0))"#;
+        assert!(shape(table).state_outside_memory);
+        let segment = r#"(data $d "x") (func (export "execute") (param i32) (result i32) (data.drop $d) (local.get 0))"#;
+        assert!(shape(segment).state_outside_memory);
     }
 }

@@ -1,0 +1,109 @@
+//! The executor's tests of actors across a tier-up: an actor made while its module ran on
+//! baseline code moves to the optimized code with its state, unless part of that state lives
+//! where a move cannot carry it.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::actors::ActorKey;
+use crate::engine::EngineKind;
+use crate::store::MemorySource;
+use crate::test_guests as g;
+
+fn def(name: &str) -> Definition {
+    Definition { name: name.into(), version: "1.0.0".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() }
+}
+
+/// `bytes` with a custom section of its own, so no other test's compile of them is joined.
+fn unique(mut bytes: Vec<u8>, tag: &[u8]) -> Vec<u8> {
+    bytes.extend_from_slice(&[0, tag.len() as u8 + 1, tag.len() as u8]);
+    bytes.extend_from_slice(tag);
+    bytes
+}
+
+fn executor(name: &str, bytes: Vec<u8>) -> Arc<Executor> {
+    let source = Arc::new(MemorySource::new());
+    source.put(&format!("{name}.wasm"), bytes);
+    Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"))
+}
+
+async fn call(ex: &Arc<Executor>, d: &Definition, id: &str, transactional: bool) -> CallOutput {
+    let opts = CallOptions { actor_id: Some(id.into()), transactional: Some(transactional), ..Default::default() };
+    ex.execute(d, "{}".into(), opts).await.expect("actor call")
+}
+
+async fn until_tiered_up(ex: &Arc<Executor>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ex.stats().cache.tier_ups == 0 {
+        assert!(Instant::now() < deadline, "no tier-up in 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actor_made_on_baseline_code_moves_to_the_optimized_code_with_its_state() {
+    let ex = executor("counter", unique(g::counter(), b"moves"));
+    let d = def("counter");
+    let key = |id: &str| ActorKey { def: d.key(), actor_id: id.into() };
+    // The first calls get the baseline code: both actors are made on it.
+    assert_eq!(call(&ex, &d, "plain", false).await.output, "1");
+    assert_eq!(call(&ex, &d, "tx", true).await.output, "1");
+    assert_eq!(call(&ex, &d, "plain", false).await.output, "2");
+    for id in ["plain", "tx"] {
+        let kind = ex.actors.instance_kind(&key(id));
+        assert!(matches!(kind, Some(EngineKind::Baseline) | Some(EngineKind::Plain)), "{id}: {kind:?}");
+    }
+    until_tiered_up(&ex).await;
+    let moved = call(&ex, &d, "plain", false).await;
+    assert_eq!((moved.output.as_str(), moved.actor_created), ("3", false));
+    assert_eq!(ex.actors.instance_kind(&key("plain")), Some(EngineKind::Plain));
+    assert_eq!(call(&ex, &d, "tx", true).await.output, "2");
+    assert_eq!(ex.actors.instance_kind(&key("tx")), Some(EngineKind::Plain));
+    for want in ["4", "5"] {
+        assert_eq!(call(&ex, &d, "plain", false).await.output, want);
+    }
+    assert_eq!(call(&ex, &d, "tx", true).await.output, "3");
+    // A snapshot of the moved actor is the state it kept counting on.
+    let snap = ex.snapshot_actor(&d, "plain").await.expect("snapshot");
+    ex.restore_actor(&d, "copy", &snap).await.expect("restore");
+    assert_eq!(call(&ex, &d, "copy", false).await.output, "6");
+}
+
+/// Hostile: a guest whose state is which function sits in its table (`table.set` on every
+/// call). Moving it would bring back the table's first element: its answers would repeat.
+fn table_flipper() -> Vec<u8> {
+    g::with_prelude(
+        r#"(type $answer (func (result i32)))
+        (table $flip 1 funcref)
+        (elem (table $flip) (i32.const 0) func $zero)
+        (elem declare func $zero $one)
+        (func $zero (result i32) (i32.const 0))
+        (func $one (result i32) (i32.const 1))
+        (func (export "execute") (param $in i32) (result i32) (local $v i32) (local $out i32)
+          (local.set $v (call_indirect $flip (type $answer) (i32.const 0)))
+          (if (local.get $v)
+            (then (table.set $flip (i32.const 0) (ref.func $zero)))
+            (else (table.set $flip (i32.const 0) (ref.func $one))))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (local.get $v)))
+          (local.get $out))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actor_whose_state_lives_in_a_table_keeps_its_instance_across_a_tier_up() {
+    let ex = executor("flip", unique(table_flipper(), b"flip"));
+    let d = def("flip");
+    let key = ActorKey { def: d.key(), actor_id: "f".into() };
+    assert_eq!(call(&ex, &d, "f", false).await.output, "0");
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Baseline));
+    until_tiered_up(&ex).await;
+    for want in ["1", "0", "1"] {
+        let out = call(&ex, &d, "f", false).await;
+        assert_eq!((out.output.as_str(), out.actor_created), (want, false));
+    }
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Baseline));
+    // A new actor gets the optimized code.
+    assert_eq!(call(&ex, &d, "new", false).await.output, "0");
+    assert_eq!(ex.actors.instance_kind(&ActorKey { def: d.key(), actor_id: "new".into() }), Some(EngineKind::Plain));
+}
