@@ -262,12 +262,24 @@ impl Actors {
     }
 }
 
+/// What a sweep of idle actors' stacks left.
+pub struct Swept {
+    /// Actors that still hold their stack pages (busy, or not idle long enough).
+    pub holding: usize,
+    /// Some of those were busy (held by a call): when they will be due is not known.
+    pub busy: bool,
+    /// In how long the first of those not busy will be idle long enough.
+    pub next_due_ms: Option<u64>,
+}
+
 /// Gives back the fiber stack pages of every actor in the process idle for `idle_for` (see
-/// `fiber_stacks`); the count of actors that still hold theirs (busy, or not idle long enough).
-pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
+/// `fiber_stacks`).
+pub fn release_idle_stacks(idle_for: std::time::Duration) -> Swept {
     let executors: Vec<Arc<Shared>> = registry().iter().filter_map(Weak::upgrade).collect();
     let idle_ms = idle_for.as_millis() as u64;
     let mut holding = 0;
+    let mut next_due_ms: Option<u64> = None;
+    let mut busy = false;
     let mut sweep = crate::fiber_stacks::Sweep::default();
     for ex in executors {
         let now = now_ms();
@@ -277,6 +289,10 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
             let (due, recent): (Vec<_>, Vec<_>) =
                 resident.partition(|(_, s)| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) >= idle_ms);
             holding += recent.len();
+            for (_, s) in recent {
+                let due_in = idle_ms.saturating_sub(now.saturating_sub(s.last_used.load(Ordering::Relaxed)));
+                next_due_ms = Some(next_due_ms.map_or(due_in, |n| n.min(due_in)));
+            }
             due.into_iter().map(|(k, _)| k.clone()).collect()
         };
         // One actor at a time under the LRU's lock (as eviction does): a call taking its ticket
@@ -286,7 +302,10 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
         for key in due {
             match release_if_idle(&ex, &key, idle_ms, &mut sweep) {
                 Released::Done => {}
-                Released::Busy => holding += 1,
+                Released::Busy => {
+                    holding += 1;
+                    busy = true;
+                }
                 Released::NeedsMaps => unchecked.push(key),
             }
         }
@@ -295,11 +314,12 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> usize {
             for key in unchecked {
                 if let Released::Busy = release_if_idle(&ex, &key, idle_ms, &mut sweep) {
                     holding += 1;
+                    busy = true;
                 }
             }
         }
     }
-    holding
+    Swept { holding, busy, next_due_ms }
 }
 
 enum Released {

@@ -40,7 +40,8 @@ pub const ASYNC_STACK_BYTES: usize = (2 * 1024 + 64) * 1024;
 /// How long an actor stays idle before its stack pages go back. An actor called more often
 /// keeps them, and pays no page faults.
 pub const IDLE: Duration = Duration::from_secs(1);
-/// How often the sweeper looks while some actor holds resident stack pages.
+/// While some actor holds resident stack pages, the sweeper looks again when the first of them
+/// is due, and at least this long after its last look (this often while an actor is busy).
 const PERIOD: Duration = Duration::from_millis(250);
 /// How far below its stack's top a top-level entry into wasm may be recorded (in practice, a few
 /// hundred bytes of wasmtime's own frames).
@@ -260,11 +261,19 @@ fn sweep_loop() {
             }
             *pending = false;
         }
+        // While some actor holds its stack: sweep again when the first idle one is due, or
+        // after PERIOD while one is busy (when its call ends is not known).
+        let mut wait = PERIOD;
         loop {
-            std::thread::sleep(PERIOD);
-            if crate::actors::release_idle_stacks(IDLE) == 0 {
+            std::thread::sleep(wait);
+            let swept = crate::actors::release_idle_stacks(IDLE);
+            if swept.holding == 0 {
                 break;
             }
+            wait = match swept.next_due_ms {
+                Some(ms) if !swept.busy => Duration::from_millis(ms).max(PERIOD),
+                _ => PERIOD,
+            };
         }
     }
 }
