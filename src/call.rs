@@ -161,17 +161,11 @@ pub(crate) async fn run(
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
-            let moved = if moves_to(&i, module) { move_actor(&mut i, module, p, budget, cancel, log.clone()).await } else { None };
-            match moved {
-                Some(moved) => (moved, false),
-                None => {
-                    if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
-                        held.guard.instance = Some(i);
-                        return Err(e);
-                    }
-                    (i, false)
-                }
+            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
+                held.guard.instance = Some(i);
+                return Err(e);
             }
+            (i, false)
         }
         Some(i) if i.digest == module.digest => {
             let e = ExecError::InvalidArgument(format!(
@@ -246,22 +240,54 @@ pub(crate) async fn run(
 /// where its whole state moves with it: not when an instruction changes a table or drops a
 /// segment, nor with a WASI context (open files), nor for a component (its state is out of reach).
 fn moves_to(instance: &GuestInstance, module: &CompiledModule) -> bool {
-    instance.kind.baseline() && !module.kind.baseline() && module.state_in_memory && module.wasi_imports.is_empty()
+    instance.digest == module.digest
+        && instance.kind.baseline()
+        && !module.kind.baseline()
+        && instance.kind.metered() == module.kind.metered()
+        && !instance.stays_put
+        && module.state_in_memory
+        && module.wasi_imports.is_empty()
 }
 
-/// Moves an actor to a fresh instance of `module`: its memory, globals and the ABI's host-side
-/// state are copied across, as a transactional call's last good state is restored. None (the
-/// actor stays where it is, unchanged) if anything on the way fails.
-async fn move_actor(
-    instance: &mut GuestInstance,
-    module: &CompiledModule,
-    p: &Prepared,
-    budget: Budget,
-    cancel: &CancelFlag,
-    log: Option<Arc<dyn LogSink>>,
-) -> Option<GuestInstance> {
-    let state = instance.capture().ok()?;
-    let mut fresh = instantiate(module, p, budget, cancel, log, true).await.ok()?;
-    fresh.restore(&state).await.ok()?;
-    Some(fresh)
+/// Moves an actor made on baseline code to a fresh instance of `module`, its optimized code,
+/// before its call and apart from it: its memory, globals and the ABI's host-side state are
+/// copied across (as a transactional call's last good state is restored). The new instance is
+/// made on a budget of its own with no host access, no log and no eviction (only into room the
+/// pool has to spare), and takes the old one's place only once complete: a move that fails, or
+/// is dropped midway, leaves the actor as it was (and one that failed is not tried again).
+pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared) {
+    match held.guard.instance.as_ref() {
+        Some(old) if moves_to(old, module) && pool_has_room(module) => {}
+        _ => return,
+    }
+    let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), ..Default::default() };
+    let budget = Budget::starting_now(&p.limits);
+    let cancel = CancelFlag::new();
+    // The old instance stays in the actor's place until the new one is complete.
+    let moved = async {
+        let mut fresh = GuestInstance::new(module, &p.limits, budget, &cancel, None, &p.grants, &ctx).await?;
+        let old = held.guard.instance.as_mut().ok_or_else(|| ExecError::internal("the actor's instance went"))?;
+        fresh.take_state_of(old).await?;
+        fresh.watch_stack();
+        Ok::<_, ExecError>(fresh)
+    }
+    .await;
+    match moved {
+        Ok(fresh) => held.guard.instance = Some(fresh),
+        Err(_) => {
+            if let Some(old) = held.guard.instance.as_mut() {
+                old.stays_put = true;
+            }
+        }
+    }
+}
+
+/// Whether the pooled engine has room for one more actor without evicting (see `instantiate`).
+fn pool_has_room(module: &CompiledModule) -> bool {
+    if module.kind != EngineKind::Plain {
+        return true;
+    }
+    let pool = engine::pool_size() as u64;
+    let live = engine::engine(EngineKind::Plain).ok().and_then(|e| e.pooling_allocator_metrics()).map_or(0, |m| m.core_instances());
+    live + 1 + pool / 8 < pool
 }

@@ -292,6 +292,12 @@ impl Executor {
         if limits::in_inline_window() && !self.inline_ok(&module, &input, held.as_ref()) {
             leave_caller_thread().await;
         }
+        // An actor made while its module tiered up moves to the optimized code (not on the
+        // call's budget; a move that cannot be made leaves it as it was).
+        let mut held = held;
+        if let Some(h) = held.as_mut() {
+            crate::call::move_actor(h, &module, &p).await;
+        }
         let budget = Budget::starting_now(&p.limits);
         let mut p = p;
         p.ctx.access = HostAccess {

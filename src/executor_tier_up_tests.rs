@@ -107,3 +107,35 @@ async fn an_actor_whose_state_lives_in_a_table_keeps_its_instance_across_a_tier_
     assert_eq!(call(&ex, &d, "new", false).await.output, "0");
     assert_eq!(ex.actors.instance_kind(&ActorKey { def: d.key(), actor_id: "new".into() }), Some(EngineKind::Plain));
 }
+
+/// A counter that also keeps a funcref in a mutable global: a global no snapshot can hold, so a
+/// move of this actor fails (after its new instance is made) and must leave it as it was.
+fn counter_with_a_funcref_global() -> Vec<u8> {
+    g::with_prelude(
+        r#"(global $count (mut i32) (i32.const 0))
+        (global $last (mut funcref) (ref.null func))
+        (elem declare func $mark)
+        (func $mark)
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (global.set $last (ref.func $mark))
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_that_fails_leaves_the_actor_on_its_instance_with_its_state() {
+    let ex = executor("refglobal", unique(counter_with_a_funcref_global(), b"refglobal"));
+    let d = def("refglobal");
+    let key = ActorKey { def: d.key(), actor_id: "r".into() };
+    assert_eq!(call(&ex, &d, "r", false).await.output, "1");
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Baseline));
+    until_tiered_up(&ex).await;
+    for want in ["2", "3", "4"] {
+        let out = call(&ex, &d, "r", false).await;
+        assert_eq!((out.output.as_str(), out.actor_created), (want, false));
+        assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Baseline));
+    }
+}

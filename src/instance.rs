@@ -77,6 +77,8 @@ pub struct GuestInstance {
     /// Whether the last call failed inside guest code (a trap, or an error a host function
     /// raised while the guest waited on it): the guest stopped midway, its state may be torn.
     stopped_midway: bool,
+    /// A move of this actor instance to optimized code failed: it is not tried again.
+    pub stays_put: bool,
 }
 
 /// Turns what wasmtime reports into our error: our own errors raised in host code or limits
@@ -188,6 +190,7 @@ impl GuestInstance {
             state: None,
             state_names: module.state.clone(),
             stopped_midway: false,
+            stays_put: false,
         })
     }
 
@@ -276,21 +279,38 @@ impl GuestInstance {
     /// Makes this (fresh) instance's state `state`: memory grown to its size and overwritten,
     /// globals set. Checked first: a state that does not fit this module is refused unchanged.
     pub async fn restore(&mut self, state: &State) -> Result<(), ExecError> {
+        self.restore_parts(&state.memory, &state.globals, &state.host).await
+    }
+
+    /// Makes this (fresh) instance's state `old`'s, copied straight from `old`'s memory (an
+    /// instance of the same module bytes, compiled by another compiler: see `call::move_actor`).
+    pub async fn take_state_of(&mut self, old: &mut GuestInstance) -> Result<(), ExecError> {
+        let (memory, globals) = old.state_handles()?;
+        let globals = old.global_values(&globals)?;
+        let host = old.host_state();
+        let bytes: &[u8] = memory.map_or(&[], |m| m.data(&old.store));
+        self.restore_parts(bytes, &globals, &host).await?;
+        let peak = old.store.data().limiter.peak_bytes();
+        self.store.data_mut().limiter.carry_peak(peak);
+        Ok(())
+    }
+
+    async fn restore_parts(&mut self, state_memory: &[u8], state_globals: &[GlobalValue], state_host: &[u8]) -> Result<(), ExecError> {
         let (memory, globals) = self.state_handles()?;
-        if globals.len() != state.globals.len() {
+        if globals.len() != state_globals.len() {
             return Err(ExecError::SnapshotInvalid(format!(
                 "the state has {} mutable globals, the module {}",
-                state.globals.len(),
+                state_globals.len(),
                 globals.len()
             )));
         }
         let current = self.global_values(&globals)?;
-        if current.iter().zip(&state.globals).any(|(a, b)| std::mem::discriminant(a) != std::mem::discriminant(b)) {
+        if current.iter().zip(state_globals).any(|(a, b)| std::mem::discriminant(a) != std::mem::discriminant(b)) {
             return Err(ExecError::SnapshotInvalid("a global's type differs from the module's".into()));
         }
         if let Some(m) = memory {
             let have = m.data_size(&self.store);
-            let want = state.memory.len();
+            let want = state_memory.len();
             if want < have {
                 return Err(ExecError::SnapshotInvalid(format!(
                     "the state's memory ({want} bytes) is smaller than the module's initial memory ({have} bytes)"
@@ -303,14 +323,14 @@ impl GuestInstance {
                     None => ExecError::SnapshotInvalid(format!("cannot grow the memory to {want} bytes: {e:#}")),
                 })?;
             }
-            m.data_mut(&mut self.store).copy_from_slice(&state.memory);
-        } else if !state.memory.is_empty() {
+            m.data_mut(&mut self.store).copy_from_slice(state_memory);
+        } else if !state_memory.is_empty() {
             return Err(ExecError::SnapshotInvalid("the state has a memory, the module none".into()));
         }
         if matches!(self.entry, Entry::Extism) {
-            self.store.data_mut().extism.vars = extism::Kernel::decode_vars(&state.host)?;
+            self.store.data_mut().extism.vars = extism::Kernel::decode_vars(state_host)?;
         }
-        for (g, v) in globals.iter().zip(&state.globals) {
+        for (g, v) in globals.iter().zip(state_globals) {
             let val = match *v {
                 GlobalValue::I32(x) => Val::I32(x),
                 GlobalValue::I64(x) => Val::I64(x),

@@ -177,6 +177,11 @@ impl MemoryLimiter {
         self.peak_bytes
     }
 
+    /// Keeps the peak of the instance this one takes the place of (an actor's move).
+    pub fn carry_peak(&mut self, peak: u64) {
+        self.peak_bytes = self.peak_bytes.max(peak);
+    }
+
     /// What the Store holds now.
     pub fn total_bytes(&self) -> u64 {
         self.memory_bytes + self.table_elements * TABLE_ELEMENT_BYTES + self.host_bytes

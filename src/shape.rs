@@ -97,6 +97,9 @@ pub fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecError> {
                 while !ops.eof() {
                     match ops.read().map_err(invalid)? {
                         Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
+                        // With the proposals `engine::features` allows (no GC, exceptions, threads
+                        // or multi-memory), these are all the instructions that change state
+                        // outside memory and globals. Allowing GC would add struct.set/array.set.
                         Operator::TableSet { .. }
                         | Operator::TableGrow { .. }
                         | Operator::TableFill { .. }
