@@ -126,6 +126,18 @@ pub(crate) fn growth_warning(p: &Prepared, per_call: u64, now: u64) -> String {
     )
 }
 
+/// What the log says of a plain actor whose state went with a failed collection.
+fn collect_failed_warning(p: &Prepared, e: &ExecError) -> String {
+    format!(
+        "actor {:?} of activity {:?} lost its state after a successful call: its runtime's collection (__collect, run \
+         once its memory passes half of maxMemoryMB) failed ({} {e}), and the heap it may have left torn is not kept. \
+         Its next call starts fresh (actorCreated: true); a transactional actor would go back to its last good state.",
+        p.actor_id.as_deref().unwrap_or(""),
+        p.key.name,
+        e.code()
+    )
+}
+
 /// When an actor's memory passes this share of its cap after a call, its runtime's `__collect`
 /// (if it exports one) is called before the next: a full collection, so the memory it has stops
 /// growing. Memory cannot shrink, so waiting longer only leaves less room.
@@ -207,10 +219,20 @@ pub(crate) async fn run(
             out.actor_created = created;
             out.memory_bytes = instance.memory_bytes();
             out.growth_per_call = held.guard.growth.record(out.memory_bytes);
-            if out.memory_bytes as f64 > p.limits.max_memory_bytes as f64 * COLLECT_AT && !instance.collect(&p.limits).await {
-                // A collection that fails may leave the heap torn: the instance goes (a
-                // transactional or durable actor's last good state stays), and the result stands.
-                return Ok(out);
+            if out.memory_bytes as f64 > p.limits.max_memory_bytes as f64 * COLLECT_AT {
+                if let Err(e) = instance.collect(&p.limits).await {
+                    // A collection that fails may leave the heap torn: the instance goes. A
+                    // transactional or durable actor goes back to its last good state, so the
+                    // call fails (it did not count). A plain actor's result stands, and its
+                    // next call starts fresh: said in the log, never silently.
+                    if held.guard.shadow.is_some() {
+                        return Err(e);
+                    }
+                    if let Some(sink) = log.as_ref() {
+                        sink.log("warn", &collect_failed_warning(p, &e));
+                    }
+                    return Ok(out);
+                }
             }
             if let Some(d) = &p.durable {
                 // The call counts once its state is stored (or, with persist: 'async', once it

@@ -455,3 +455,7 @@ mod stack_tests;
 #[cfg(test)]
 #[path = "executor_tier_up_tests.rs"]
 mod tier_up_tests;
+
+#[cfg(test)]
+#[path = "executor_collect_tests.rs"]
+mod collect_tests;

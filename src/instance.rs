@@ -425,17 +425,15 @@ impl GuestInstance {
     }
 
     /// Runs the guest runtime's full collection (`__collect`, AssemblyScript's), if it has one,
-    /// on a budget of its own. False if it failed (the instance may be torn: discard it).
-    pub async fn collect(&mut self, limits: &Limits) -> bool {
-        let Some(instance) = self.instance else { return true };
-        let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, "__collect") else { return true };
+    /// on a budget of its own. An error: it failed, and the instance may be torn (discard it).
+    pub async fn collect(&mut self, limits: &Limits) -> Result<(), ExecError> {
+        let Some(instance) = self.instance else { return Ok(()) };
+        let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, "__collect") else { return Ok(()) };
         let grants = self.grants.clone();
         let ctx = CallContext { det: self.store.data().det, config: self.store.data().extism.config.clone(), ..Default::default() };
-        if self.rearm(limits, crate::limits::Budget::starting_now(limits), &CancelFlag::new(), &grants, &ctx).is_err() {
-            return false;
-        }
-        let Ok(_running) = Running::start() else { return false };
-        f.call_async(&mut self.store, ()).await.is_ok()
+        self.rearm(limits, crate::limits::Budget::starting_now(limits), &CancelFlag::new(), &grants, &ctx)?;
+        let _running = Running::start()?;
+        f.call_async(&mut self.store, ()).await.map_err(|e| classify(e, limits))
     }
 
     /// Memory (all memories and tables) the instance holds now.
