@@ -136,7 +136,8 @@ export interface ExecutorOptions {
   /**
    * A module compiled for the first time runs its first calls on baseline code (Winch: compiled
    * several times faster, runs slower) while optimized code (Cranelift) compiles in the background
-   * and then takes over (default true). `precompile` waits for the optimized code.
+   * and then takes over (default true); an actor made meanwhile moves to it, with its state, at
+   * its next call. `precompile` waits for the optimized code.
    */
   tierUp?: boolean
   /**
