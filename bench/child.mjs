@@ -2,6 +2,7 @@
 // Usage: node bench/child.mjs cold <native|v8> <module> [cacheDir [sha256 pin]]
 //        node bench/child.mjs precompile native <module> <cacheDir>
 //        node --expose-gc bench/child.mjs actors <native|v8> <count>
+//        node bench/child.mjs tierup-actor native
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
@@ -40,6 +41,24 @@ if (mode === 'precompile') {
   const input = arg === 'mortgage' ? { principal: 1e5, annualRate: 5, years: 1 } : { message: 'cold', times: 1 }
   await ex.execute({ name: arg, version: '1', wasmBlobPath: `${arg}.wasm`, ...(pin ? { sha256: pin } : {}) }, input)
   console.log(JSON.stringify({ ms: performance.now() - t0 }))
+} else if (mode === 'tierup-actor') {
+  // An actor made by the module's first call (on baseline code, while the optimized code
+  // compiles) against one made after the tier-up: the first moves to the optimized code.
+  const ex = executor(['mortgage'])
+  const def = { name: 'mortgage', version: '1', wasmBlobPath: 'mortgage.wasm' }
+  const input = { principal: 1e5, annualRate: 5, years: 30, scenarios: 200 }
+  await ex.execute(def, input, { actorId: 'early' })
+  const until = performance.now() + 60_000
+  while (ex.cacheStats().tierUps === 0 && performance.now() < until) await new Promise((r) => setTimeout(r, 10))
+  await ex.execute(def, input, { actorId: 'late' })
+  const best = { early: Infinity, late: Infinity }
+  for (let round = 0; round < 6; round++) {
+    const id = round % 2 ? 'early' : 'late'
+    const t = performance.now()
+    for (let i = 0; i < 30; i++) await ex.execute(def, input, { actorId: id })
+    best[id] = Math.min(best[id], (performance.now() - t) / 30)
+  }
+  console.log(JSON.stringify({ early: best.early, late: best.late, tierUps: ex.cacheStats().tierUps }))
 } else if (mode === 'actors') {
   const count = Number(arg)
   const ex = executor(['counter-actor'], { maxActors: count + 10 })

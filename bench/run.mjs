@@ -219,6 +219,10 @@ async function main() {
     QUICK ? 500 : 2000,
   )
   row('actor call through a handle (executor.actor)', 'us/call', nh, vh, undefined, false, 'native/V8 >= 1.0x')
+  // A fresh process: an actor made by a module's first call runs baseline code until the tier-up.
+  const tier = JSON.parse(execFileSync(process.execPath, [join(here, 'child.mjs'), 'tierup-actor', 'native'], { encoding: 'utf8' }))
+  own('CPU-bound actor call (mortgage, 200 scenarios), actor made during the tier-up', 'ms/call', tier.early, 'as one made after it')
+  own('CPU-bound actor call (mortgage, 200 scenarios), actor made after the tier-up', 'ms/call', tier.late)
   const [plain, tx] = await sequential(
     [(k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `p${k % 8}` }),
      (k) => native.execute(def('counter-actor'), { action: 'increment' }, { actorId: `t${k % 8}`, transactional: true })],
