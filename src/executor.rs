@@ -268,7 +268,7 @@ impl Executor {
         if self.closed.load(Ordering::Acquire) {
             return Err(ExecError::Closed);
         }
-        let held = match ticket {
+        let mut held = match ticket {
             Some(t) => Some(cancel.guard(t).await?),
             None => None,
         };
@@ -294,7 +294,6 @@ impl Executor {
         }
         // An actor made while its module tiered up moves to the optimized code (not on the
         // call's budget; a move that cannot be made leaves it as it was).
-        let mut held = held;
         if let Some(h) = held.as_mut() {
             crate::call::move_actor(h, &module, &p).await;
         }
