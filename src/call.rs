@@ -41,12 +41,11 @@ pub(crate) struct Prepared {
 /// A guest still running when it leaves the caller's thread counts against its module's inline
 /// gate.
 pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
-    guest: F,
+    mut guest: Pin<&mut F>,
     budget: Budget,
     cancel: &CancelFlag,
     module: &CompiledModule,
 ) -> Result<CallOutput, ExecError> {
-    let mut guest = std::pin::pin!(guest);
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     poll_fn(|cx| {
@@ -192,12 +191,12 @@ pub(crate) async fn run(
         _ => {
             // No live instance: its last good state is the shadow, or its snapshot in the store.
             if let (None, Some(d)) = (&held.guard.shadow, &p.durable) {
-                durable::load(&mut held, module, p, d).await?;
+                Box::pin(durable::load(&mut held, module, p, d)).await?;
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
             match held.guard.shadow.take() {
                 Some((digest, state)) if digest == module.digest => {
-                    if let Err(e) = fresh.restore(&state).await {
+                    if let Err(e) = Box::pin(fresh.restore(&state)).await {
                         held.guard.shadow = Some((digest, state));
                         return Err(e);
                     }
@@ -220,7 +219,7 @@ pub(crate) async fn run(
             out.memory_bytes = instance.memory_bytes();
             out.growth_per_call = held.guard.growth.record(out.memory_bytes);
             if out.memory_bytes as f64 > p.limits.max_memory_bytes as f64 * COLLECT_AT {
-                if let Err(e) = instance.collect(&p.limits).await {
+                if let Err(e) = Box::pin(instance.collect(&p.limits)).await {
                     // A collection that fails may leave the heap torn: the instance goes. A
                     // transactional or durable actor goes back to its last good state, so the
                     // call fails (it did not count). A plain actor's result stands, and its
@@ -237,7 +236,7 @@ pub(crate) async fn run(
             if let Some(d) = &p.durable {
                 // The call counts once its state is stored (or, with persist: 'async', once it
                 // is handed to the store in the actor's line).
-                return durable::persist(held, instance, module, p, d, log).await.map(|()| out);
+                return Box::pin(durable::persist(held, instance, module, p, d, log)).await.map(|()| out);
             }
             if let Some((_, shadow)) = held.guard.shadow.as_mut() {
                 instance.update_shadow(shadow)?;
@@ -285,14 +284,15 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), ..Default::default() };
     let budget = Budget::starting_now(&p.limits);
     let cancel = CancelFlag::new();
-    // The old instance stays in the actor's place until the new one is complete.
-    let moved = async {
+    // The old instance stays in the actor's place until the new one is complete. (Boxed: the
+    // move is rare, and its state would otherwise enlarge every call's future.)
+    let moved = Box::pin(async {
         let mut fresh = GuestInstance::new(module, &p.limits, budget, &cancel, None, &p.grants, &ctx).await?;
         let old = held.guard.instance.as_mut().ok_or_else(|| ExecError::internal("the actor's instance went"))?;
         fresh.take_state_of(old).await?;
         fresh.watch_stack();
         Ok::<_, ExecError>(fresh)
-    }
+    })
     .await;
     match moved {
         Ok(fresh) => held.guard.instance = Some(fresh),

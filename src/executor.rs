@@ -316,7 +316,6 @@ impl Executor {
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
         let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();
         let log = self.opts.log.clone();
-        let guest = run(held, &module, &p, budget, &cancel, log.clone(), &input);
         let last_progress = p.ctx.progress.last.clone();
         let with_progress = |e: ExecError| {
             let last = last_progress.lock().ok().and_then(|l| l.clone());
@@ -327,7 +326,10 @@ impl Executor {
                 _ => e,
             }
         };
-        let out = match watched(guest, budget, &cancel, &module).await {
+        // The guest's future is the bulk of a call's state: boxed once, so the call's own future
+        // stays small (each move of a future copies all of it).
+        let mut guest = Box::pin(run(held, &module, &p, budget, &cancel, log.clone(), &input));
+        let out = match watched(guest.as_mut(), budget, &cancel, &module).await {
             // Ended from outside mid-call (deadline or cancel while in a host call): an actor's
             // instance went with the call (unless it keeps a last good state to restore).
             Err(e) if had_state && !had_shadow && matches!(e, ExecError::Timeout { .. } | ExecError::Cancelled) => {

@@ -354,7 +354,8 @@ impl ModuleCache {
                 self.count_hit();
                 m
             }
-            None => self.load_once(key, kind, pinned, source, tier_up).await?,
+            // Boxed: a miss is rare, and its state would otherwise enlarge every call's future.
+            None => Box::pin(self.load_once(key, kind, pinned, source, tier_up)).await?,
         };
         if let Some(expected) = pinned {
             if module.digest != *expected {
