@@ -193,6 +193,20 @@ describe('actors', () => {
 })
 
 describe('module cache', () => {
+  it('reports the memory freed instance slots keep resident, and a 100 KB call leaves its slot 2 MiB', async () => {
+    const ex = new WasmActivityExecutor(await storeWith('echo'))
+    await ex.precompile(def('echo')) // optimized code: the pooled engine
+    const message = 'x'.repeat(100 * 1024)
+    const out = await ex.executeDetailed(def('echo'), { message, times: 1 })
+    expect(out.output.length).toBe(message.length)
+    expect(out.peakMemoryBytes).toBeGreaterThanOrEqual(2 * 1024 * 1024)
+    // The call's slot was reset in place and keeps its first 2 MiB for the next instance.
+    expect(ex.cacheStats().poolIdleResidentBytes).toBeGreaterThanOrEqual(2 * 1024 * 1024)
+    // Which the next call (fresh instance, same slot) finds zeroed: the guest's output is its own.
+    const again = await ex.execute(def('echo'), { message: 'y', times: 2 })
+    expect(again).toMatchObject({ result: 'y y', length: 3 })
+  })
+
   it('downloads and compiles once, then hits', async () => {
     const store = await storeWith('echo')
     const ex = new WasmActivityExecutor(store)

@@ -30,16 +30,17 @@ pub const DEFAULT_POOL_INSTANCES: u32 = 1024;
 pub const MAX_POOL_INSTANCES: u32 = 8192;
 /// Linear memory a pool slot keeps resident (reset in place) for its next instance: what an
 /// AssemblyScript guest given a 100 KB JSON payload touches (436 page faults a call otherwise,
-/// about 1.3 ms of its 4). The reset is blind: every byte below this and below the memory's size
-/// is reset, touched or not (2 MiB: ~45 us), so a module with a larger memory it hardly touches
-/// (a C guest's 16 MiB) pays that much more per call. Wasmtime's PAGEMAP_SCAN mode would reset
-/// only the pages written, but it skips dirty pages that are swapped out, and the next instance
-/// in the slot would read them (wasmtime PR 14357): not used.
+/// 1.5-2 ms of its 4). The reset is blind: every byte below this and below the memory's size is
+/// reset, touched or not (2 MiB: ~45 us), so a module with a larger memory it hardly touches (a C
+/// guest's 16 MiB) pays that much more per call, and its freed slot keeps 2 MiB. Nothing trims
+/// freed slots later: after a burst of N instances, up to N slots keep up to this much each until
+/// they are used again (`cacheStats().poolIdleResidentBytes`). Wasmtime's PAGEMAP_SCAN mode would
+/// reset only the pages written, but it skips dirty pages that are swapped out, and the next
+/// instance in the slot would read them (wasmtime PR 14357): off.
 pub const KEEP_RESIDENT_BYTES: usize = 2 * 1024 * 1024;
-/// Freed slots kept warm for their module's next instance before allocation reuses the least
-/// recently freed one rather than a never-used one: the slots a process ever uses are at most
-/// the most instances it held at once plus this many, each keeping at most
-/// `KEEP_RESIDENT_BYTES` resident once freed.
+/// Freed slots kept for their module's next instance before allocation takes the least recently
+/// freed slot rather than a never-used one (split across the pool's shards, one per CPU): fewer
+/// slots touched over a process's life than wasmtime's default of 100.
 pub const UNUSED_WARM_SLOTS: u32 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,9 +153,9 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
             // (memset, or the data image copied back) and stay resident: the next instance skips
             // the page faults (the rest is given back with madvise).
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            // What the slots freed and not yet reused may keep resident is bounded by this many
-            // slots (beyond it, allocation reuses the least recently freed slot, not a fresh one).
             .max_unused_warm_slots(UNUSED_WARM_SLOTS)
+            // Explicitly off, whatever wasmtime's default becomes (see `KEEP_RESIDENT_BYTES`).
+            .pagemap_scan(wasmtime::Enabled::No)
             .table_keep_resident(4 * 1024);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
@@ -176,11 +177,21 @@ fn build(kind: EngineKind) -> Result<Engine, String> {
     Ok(engine)
 }
 
+static CELLS: [OnceLock<Result<Engine, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+
 /// The process-wide engine of this kind, created on first use.
 pub fn engine(kind: EngineKind) -> Result<&'static Engine, ExecError> {
-    static CELLS: [OnceLock<Result<Engine, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let i = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
     CELLS[i].get_or_init(|| build(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+}
+
+/// Linear memory that freed slots of the pooled engine keep resident (0 before it is built).
+pub fn pool_idle_resident_bytes() -> u64 {
+    let i = EngineKind::ALL.iter().position(|k| *k == EngineKind::Plain).unwrap_or(0);
+    match CELLS[i].get() {
+        Some(Ok(e)) => e.pooling_allocator_metrics().map_or(0, |m| m.unused_memory_bytes_resident() as u64),
+        _ => 0,
+    }
 }
 
 struct Ticker {
@@ -278,10 +289,12 @@ mod tests {
     }
 
     /// Hostile: a guest leaves bytes in its data image, in the part of its slot kept resident,
-    /// past it, and in memory it grew; the next instance in the same slot sees none of them.
+    /// past it, and in memory it grew; the next instance in the same slot sees none of them, and
+    /// the slot keeps the part it may keep resident.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_freed_slot_keeps_pages_resident_but_none_of_its_last_instances_bytes() {
         let e = engine(EngineKind::Plain).expect("engine");
+        assert!(e.pooling_allocator_metrics().is_some(), "the pooled engine, not its unpooled fallback");
         let kept = KEEP_RESIDENT_BYTES as i32;
         let wat = format!(
             r#"(module (memory (export "memory") 64) (data (i32.const 1024) "image")
@@ -290,7 +303,6 @@ mod tests {
                    (i32.store (i32.const 8192) (i32.const 1))
                    (i32.store (i32.const {last_kept}) (i32.const 2))
                    (i32.store (i32.const {past}) (i32.const 3))
-                   (drop (memory.grow (i32.const 16)))
                    (i32.store (i32.const {grown}) (i32.const 4)))
                  (func (export "peek") (param i32) (result i32) (i32.load (local.get 0))))"#,
             last_kept = kept - 4,
@@ -313,12 +325,17 @@ mod tests {
             for at in [8192, kept - 4, kept + 4096] {
                 assert_eq!(peek.call_async(&mut store, at).await.expect("peek"), 0, "round {round}: byte {at} is zero");
             }
+            // The memory the last round grew, grown again: zero too.
+            memory.grow_async(&mut store, 16).await.expect("grows");
+            assert_eq!(peek.call_async(&mut store, 64 * 65536 + 4096).await.expect("peek"), 0, "round {round}: grown memory is zero");
             let dirty = instance.get_typed_func::<(), ()>(&mut store, "dirty").expect("dirty");
             dirty.call_async(&mut store, ()).await.expect("dirty");
             assert_eq!(peek.call_async(&mut store, 64 * 65536 + 4096).await.expect("peek"), 4);
         }
         // Other tests share the pool, so a round may get another slot; most reuse the last one's.
         assert!(bases.windows(2).any(|w| w[0] == w[1]), "some round reused the slot the last one freed: {bases:x?}");
+        // This module's freed slot keeps its first KEEP_RESIDENT_BYTES (all of them were reset).
+        assert!(pool_idle_resident_bytes() >= KEEP_RESIDENT_BYTES as u64, "{}", pool_idle_resident_bytes());
     }
 
     #[test]

@@ -42,6 +42,8 @@ use crate::threads;
 pub struct ExecutorStats {
     pub cache: CacheStats,
     pub actors: usize,
+    /// Process-wide: linear memory freed pool slots keep resident for their next instance.
+    pub pool_idle_resident_bytes: u64,
 }
 
 pub struct Executor {
@@ -329,7 +331,11 @@ impl Executor {
         // The guest's future is the bulk of a call's state: boxed once, so the call's own future
         // stays small (each move of a future copies all of it).
         let mut guest = Box::pin(run(held, &module, &p, budget, &cancel, log.clone(), &input));
-        let out = match watched(guest.as_mut(), budget, &cancel, &module).await {
+        let ended = watched(guest.as_mut(), budget, &cancel, &module).await;
+        // Finished or interrupted, the guest goes now (an interrupted one still holds the actor's
+        // instance and a pool slot).
+        drop(guest);
+        let out = match ended {
             // Ended from outside mid-call (deadline or cancel while in a host call): an actor's
             // instance went with the call (unless it keeps a last good state to restore).
             Err(e) if had_state && !had_shadow && matches!(e, ExecError::Timeout { .. } | ExecError::Cancelled) => {
@@ -441,7 +447,11 @@ impl Executor {
     }
 
     pub fn stats(&self) -> ExecutorStats {
-        ExecutorStats { cache: self.modules.stats(), actors: self.actors.len() }
+        ExecutorStats {
+            cache: self.modules.stats(),
+            actors: self.actors.len(),
+            pool_idle_resident_bytes: engine::pool_idle_resident_bytes(),
+        }
     }
 }
 

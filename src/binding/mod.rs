@@ -96,6 +96,9 @@ pub struct CacheStats {
     pub digests: Vec<String>,
     /// Live actor instances.
     pub actors: u32,
+    /// Process-wide: linear memory that freed instance slots keep resident (zeroed) so the next
+    /// instance skips page faults, at most 2 MiB a slot, until the slot is used again.
+    pub pool_idle_resident_bytes: f64,
 }
 
 /// Runs Loom activities (WebAssembly modules) on wasmtime, off the Node event loop.
@@ -458,6 +461,7 @@ impl WasmActivityExecutor {
             code_bytes: s.cache.code_bytes as f64,
             digests: self.inner.cached_digests(),
             actors: s.actors as u32,
+            pool_idle_resident_bytes: s.pool_idle_resident_bytes as f64,
         }
     }
 
