@@ -194,19 +194,23 @@ pub(crate) async fn run(
                 Box::pin(durable::load(&mut held, module, p, d)).await?;
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
-            match held.guard.shadow.take() {
-                Some((digest, state)) if digest == module.digest => {
-                    if let Err(e) = Box::pin(fresh.restore(&state)).await {
-                        held.guard.shadow = Some((digest, state));
-                        return Err(e);
-                    }
-                    held.guard.shadow = keep_shadow.then_some((digest, state));
-                    (fresh, false)
+            // Restored from where it lies: a call ended midway (its deadline, a cancel) leaves
+            // the last good state in place for the next one.
+            let restored = match &held.guard.shadow {
+                Some((digest, state)) if *digest == module.digest => {
+                    Box::pin(fresh.restore(state)).await?;
+                    true
                 }
-                _ => {
-                    held.guard.growth = Default::default();
-                    (fresh, true)
-                }
+                _ => false,
+            };
+            if !restored || !keep_shadow {
+                held.guard.shadow = None;
+            }
+            if restored {
+                (fresh, false)
+            } else {
+                held.guard.growth = Default::default();
+                (fresh, true)
             }
         }
     };

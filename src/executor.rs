@@ -470,3 +470,7 @@ mod tier_up_tests;
 #[cfg(test)]
 #[path = "executor_collect_tests.rs"]
 mod collect_tests;
+
+#[cfg(test)]
+#[path = "executor_restore_tests.rs"]
+mod restore_tests;

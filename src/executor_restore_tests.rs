@@ -1,0 +1,62 @@
+//! The executor's test of a transactional actor's last good state when the call restoring it
+//! into a fresh instance ends midway (cancelled, or past its deadline): the state stays for the
+//! next call, never lost silently.
+use super::*;
+use crate::store::MemorySource;
+use crate::test_guests as g;
+
+/// A counter: an input starting `[` grows its memory to 10 MiB (past the 8 MiB a call may touch
+/// on the caller's thread), one starting `"` traps, any other counts.
+fn big_counter() -> Vec<u8> {
+    g::with_prelude(
+        r#"(global $count (mut i32) (i32.const 0))
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (if (i32.eq (i32.load16_u (local.get $in)) (i32.const 0x5b))
+            (then (if (i32.lt_u (memory.size) (i32.const 160))
+              (then (drop (memory.grow (i32.sub (i32.const 160) (memory.size))))))))
+          (if (i32.eq (i32.load16_u (local.get $in)) (i32.const 0x22)) (then unreachable))
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
+
+fn call_options(actor: &str, transactional: bool, cancel: CancelFlag) -> CallOptions {
+    CallOptions { actor_id: Some(actor.into()), transactional: Some(transactional), cancel, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_cancelled_while_it_restores_the_last_good_state_leaves_it_for_the_next() {
+    let source = Arc::new(MemorySource::new());
+    source.put("big.wasm", big_counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let d = Definition { name: "big".into(), version: "1".into(), wasm_blob_path: "big.wasm".into(), ..Default::default() };
+    let tx = |input: &str| ex.execute(&d, input.into(), call_options("a", true, CancelFlag::new()));
+    assert_eq!(tx("[1]").await.expect("grows and counts").output, "1");
+    assert_eq!(tx("{}").await.expect("counts").output, "2");
+    // Growing past 8 MiB on this thread was an overrun: the module's next calls of a small
+    // actor keep off this thread for a while. Another actor's calls wait that out.
+    for _ in 0..40 {
+        ex.execute(&d, "{}".into(), call_options("b", false, CancelFlag::new())).await.expect("counts");
+    }
+    // A trap: the instance goes, its last good state (2) stays for the next call to restore.
+    assert_eq!(tx("\"trap\"").await.expect_err("traps").code(), "TRAP");
+    // The next call starts here, makes a fresh instance and restores the state into it: growing
+    // its memory to the state's 10 MiB moves the call off this thread, and it is cancelled
+    // before it goes on there (its first step elsewhere sees the cancel).
+    let cancel = CancelFlag::new();
+    let (sent, got) = tokio::sync::oneshot::channel();
+    let flag = cancel.clone();
+    let attempt = ex.start(&d, "{}".into(), call_options("a", true, cancel), move || {
+        flag.cancel();
+        Ok(Box::new(move |r| {
+            let _ = sent.send(r);
+        }))
+    });
+    assert!(matches!(attempt, Attempt::Started), "the restore moved the call off this thread");
+    assert_eq!(got.await.expect("a result").expect_err("cancelled").code(), "CANCELLED");
+    // The state is where it was: the count goes on from 2.
+    let next = tx("{}").await.expect("restores");
+    assert_eq!((next.output.as_str(), next.actor_created), ("3", false));
+}
