@@ -44,9 +44,10 @@ async fn idle_actors_give_back_their_stack_pages_and_keep_their_state_while_call
     let early = crate::actors::release_idle_stacks(Duration::from_secs(60));
     assert!(early.holding >= 20, "{} holding", early.holding);
     assert!(early.next_due_ms.is_some_and(|ms| (1..=60_000).contains(&ms)), "{:?}", early.next_due_ms);
-    // Every idle actor (idle for at least 0 ms) gives its stack back; none is left holding.
+    // Every idle actor (idle for at least 0 ms) gives its stack back. (The sweep is process-wide:
+    // what it leaves holding are other tests' busy actors, so this test counts its own releases.)
     let before = crate::fiber_stacks::released();
-    assert_eq!(crate::actors::release_idle_stacks(Duration::ZERO).holding, 0);
+    crate::actors::release_idle_stacks(Duration::ZERO);
     assert!(crate::fiber_stacks::released() >= before + 20, "20 actors' stacks released");
     for i in 0..20 {
         assert_eq!(ex.execute(&d, "{}".into(), actor(format!("a{i}"))).await.expect("after release").output, "2");
@@ -59,7 +60,10 @@ async fn idle_actors_give_back_their_stack_pages_and_keep_their_state_while_call
     let key = |id: &str| crate::actors::ActorKey { def: d.key(), actor_id: id.into() };
     assert_eq!(ex.actors.stack_watched(&key("restored")), Some(true));
     assert_eq!(ex.actors.stack_watched(&key("a0")), Some(true));
-    assert_eq!(crate::actors::release_idle_stacks(Duration::ZERO).holding, 0);
+    // The 20 actors (called again since) and the restored one.
+    let before = crate::fiber_stacks::released();
+    crate::actors::release_idle_stacks(Duration::ZERO);
+    assert!(crate::fiber_stacks::released() >= before + 21, "21 actors' stacks released");
     assert_eq!(ex.execute(&d, "{}".into(), actor("restored".into())).await.expect("after release").output, "4");
     assert!(ex.drop_actor(&d, "restored"));
 
