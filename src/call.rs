@@ -91,13 +91,8 @@ pub(crate) async fn instantiate(
     log: Option<Arc<dyn LogSink>>,
     for_actor: bool,
 ) -> Result<GuestInstance, ExecError> {
-    if for_actor && module.kind == EngineKind::Plain {
-        // Keep an eighth of the pool for fresh calls: actors alone never fill it.
-        let pool = engine::pool_size() as u64;
-        let live = engine::engine(EngineKind::Plain)?.pooling_allocator_metrics().map_or(0, |m| m.core_instances());
-        if live + pool / 8 >= pool {
-            actors::evict_idle_anywhere(16);
-        }
+    if for_actor && module.kind == EngineKind::Plain && room_for_actors() == 0 {
+        actors::evict_idle_anywhere(16);
     }
     let mut instance = match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx).await {
         Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16) > 0 => {
@@ -308,12 +303,16 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     }
 }
 
-/// Whether the pooled engine has room for one more actor without evicting (see `instantiate`).
+/// Whether the pooled engine has room for one more actor beside the one moving, without
+/// evicting (see `instantiate`).
 fn pool_has_room(module: &CompiledModule) -> bool {
-    if module.kind != EngineKind::Plain {
-        return true;
-    }
+    module.kind != EngineKind::Plain || room_for_actors() > 1
+}
+
+/// Instances the pooled engine can still give actors: an eighth of the pool is kept for fresh
+/// calls, so actors alone never fill it.
+fn room_for_actors() -> u64 {
     let pool = engine::pool_size() as u64;
     let live = engine::engine(EngineKind::Plain).ok().and_then(|e| e.pooling_allocator_metrics()).map_or(0, |m| m.core_instances());
-    live + 1 + pool / 8 < pool
+    (pool - pool / 8).saturating_sub(live)
 }
