@@ -96,7 +96,9 @@ pub(crate) async fn persist(
     let expected = held.guard.persisted.clone();
     match d.persist {
         Persist::Sync => {
+            let unsure = Unsure(Some(&mut held));
             let saved = d.store.save(&d.key, bytes, expected.as_ref()).await;
+            unsure.disarm();
             settle(&mut held, saved, instance, (module.digest, state))
         }
         Persist::Async => {
@@ -113,6 +115,27 @@ pub(crate) async fn persist(
                 }
             };
             crate::threads::spawn(job)
+        }
+    }
+}
+
+/// Armed while a write is in flight. Dropped armed (the call ended mid-write: its deadline, a
+/// cancel), the write may or may not have landed, so the actor forgets its state here and its
+/// next call reloads the store's; keeping the old one would make that call's write a spurious
+/// `ACTOR_CONFLICT` whenever the write landed.
+struct Unsure<'a>(Option<&'a mut Held>);
+
+impl Unsure<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unsure<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            held.guard.shadow = None;
+            held.guard.persisted = None;
         }
     }
 }
