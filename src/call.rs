@@ -53,6 +53,9 @@ pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
             return Poll::Ready(Err(ExecError::Cancelled));
         }
         if let Poll::Ready(r) = guest.as_mut().poll(cx) {
+            if limits::in_inline_window() {
+                module.inline.finished_inline();
+            }
             return Poll::Ready(r);
         }
         if limits::in_inline_window() {

@@ -350,6 +350,72 @@ async fn short_calls_finish_inline_and_long_ones_move_to_a_guest_thread() {
     assert_eq!(rx.await.expect("done called"), Err(ExecError::Timeout { limit_ms: 300 }));
 }
 
+/// Runs one call started here: whether it finished inline, and its result.
+async fn attempt(ex: &Arc<Executor>, d: &Definition, input: &str) -> (bool, Result<CallOutput, ExecError>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let make_done = move || -> Result<Done, ExecError> {
+        Ok(Box::new(move |r: Result<CallOutput, ExecError>| {
+            let _ = tx.send(r);
+        }))
+    };
+    match ex.start(d, input.into(), CallOptions::default(), make_done) {
+        Attempt::Finished(r) => (true, r),
+        Attempt::Started => (false, rx.await.expect("done called")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_that_overran_now_and_then_runs_inline_again_after_calls_that_finish_inline() {
+    // Echoes its input, or spins until its deadline when the input starts with `[`.
+    let sometimes = g::with_prelude(
+        r#"(func (export "execute") (param $in i32) (result i32)
+          (if (i32.eq (i32.load16_u (local.get $in)) (i32.const 0x5b)) (then (loop $l (br $l))))
+          (local.get $in))"#,
+    );
+    let (ex, _) = setup(&[("sometimes.wasm", sometimes)]);
+    let mut d = def("sometimes");
+    d.limits.max_execution_ms = Some(20.0);
+    // The optimized code (a tier-up would bring a module with a gate of its own).
+    ex.precompile(&d).await.expect("compiles");
+    // Calls kept off this thread before the next one runs here.
+    let back_off = || async {
+        let mut off = 0;
+        while !attempt(&ex, &d, "1").await.0 {
+            off += 1;
+        }
+        off
+    };
+    // An overrun: a spinning call admitted here (after the back-off of the one before).
+    let overrun = || async {
+        back_off().await;
+        let (inline, r) = attempt(&ex, &d, "[").await;
+        assert!(!inline, "a spinning call moves off this thread");
+        assert_eq!(r.map_err(|e| e.code()).expect_err("spins"), "TIMEOUT");
+    };
+    for _ in 0..6 {
+        overrun().await;
+    }
+    // Six overruns: the module is kept off this thread for the next 16 << 5 calls.
+    let off = back_off().await;
+    assert!(off >= 500, "six overruns back off for hundreds of calls, not {off}");
+    // Six runs of calls that finish here forgive them all: one more overrun backs off 16 calls
+    // (without forgiveness, 16 << 6, and twice as many each round). On a busy machine a call
+    // preempted for a millisecond is an overrun too, and it voids the run it falls in: a few
+    // rounds.
+    let mut offs = Vec::new();
+    for _ in 0..5 {
+        for _ in 0..6 * crate::inline::FORGIVE_AFTER {
+            attempt(&ex, &d, "1").await.1.expect("echoes");
+        }
+        overrun().await;
+        offs.push(back_off().await);
+        if offs.last().is_some_and(|&off| off < 128) {
+            return;
+        }
+    }
+    panic!("never forgiven: calls kept off this thread after one overrun, each round: {offs:?}");
+}
+
 mod durable {
     use super::*;
     use crate::actor_store;

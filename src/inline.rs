@@ -9,7 +9,10 @@
 //!   whose promises settle on a later turn of the loop. Per thread (each Node worker has its own
 //!   loop); without a loop (Rust callers) there is no chain to bound;
 //! - a gate per module: a module whose call overran its inline budget is kept off the caller's
-//!   thread for its next calls, twice as many after each overrun; a fast call does not undo it.
+//!   thread for its next calls, twice as many after each overrun. `FORGIVE_AFTER` calls in a row
+//!   that finish inline forgive one overrun: a module that overruns now and then (a busy machine
+//!   preempting the thread mid-call) is not kept off the thread for good, one that keeps
+//!   overrunning is.
 //!
 //! A host function called by a guest running inline can run on the caller's thread too: the
 //! embedder installs a runner (the binding: JS host functions), the host call defers to it and
@@ -116,12 +119,17 @@ pub fn loop_turned() {
     WAITING_SINCE.with(|w| w.set(None));
 }
 
+/// Calls in a row that finish inline, after an overrun, that forgive it.
+pub const FORGIVE_AFTER: u32 = 1024;
+
 /// The per-module back-off.
 #[derive(Debug, Default)]
 pub struct Gate {
     overruns: AtomicU32,
     /// Calls still to be kept off the caller's thread.
     skip: AtomicU32,
+    /// Calls that finished inline since the last overrun (or forgiveness).
+    clean: AtomicU32,
 }
 
 impl Gate {
@@ -134,7 +142,20 @@ impl Gate {
     /// caller's thread (at most about a million).
     pub fn overran(&self) {
         let n = self.overruns.fetch_add(1, Ordering::Relaxed).min(16);
+        self.clean.store(0, Ordering::Relaxed);
         self.skip.store(16u32 << n, Ordering::Relaxed);
+    }
+
+    /// A call finished inline, within its budget: `FORGIVE_AFTER` of them in a row forgive one
+    /// overrun (the next back-off is half as long).
+    pub fn finished_inline(&self) {
+        if self.overruns.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if self.clean.fetch_add(1, Ordering::Relaxed) + 1 >= FORGIVE_AFTER {
+            self.clean.store(0, Ordering::Relaxed);
+            let _ = self.overruns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -150,9 +171,40 @@ mod tests {
         let refused = (0..100).take_while(|_| !g.admit()).count();
         assert_eq!(refused, 16);
         assert!(g.admit(), "a fast call after the back-off does not reset the count");
+        g.finished_inline();
         g.overran();
         let refused = (0..100).take_while(|_| !g.admit()).count();
         assert_eq!(refused, 32);
+    }
+
+    /// How many calls the gate refuses right after one more overrun.
+    fn back_off_after_an_overrun(g: &Gate) -> usize {
+        g.overran();
+        (0..1 << 22).take_while(|_| !g.admit()).count()
+    }
+
+    #[test]
+    fn calls_that_finish_inline_forgive_an_overrun_now_and_then_but_not_a_module_that_keeps_overrunning() {
+        // Now and then (a busy machine): each overrun is followed by a long clean run.
+        let g = Gate::default();
+        for _ in 0..3 {
+            assert_eq!(back_off_after_an_overrun(&g), 16, "forgiven since the last one");
+            (0..FORGIVE_AFTER).for_each(|_| g.finished_inline());
+        }
+        // One call short of the run forgives nothing.
+        back_off_after_an_overrun(&g);
+        (0..FORGIVE_AFTER - 1).for_each(|_| g.finished_inline());
+        assert_eq!(back_off_after_an_overrun(&g), 32);
+        // A module that overruns every few hundred calls backs off longer each time.
+        let g = Gate::default();
+        let refused: Vec<usize> = (0..6)
+            .map(|_| {
+                let r = back_off_after_an_overrun(&g);
+                (0..FORGIVE_AFTER / 4).for_each(|_| g.finished_inline());
+                r
+            })
+            .collect();
+        assert_eq!(refused, [16, 32, 64, 128, 256, 512]);
     }
 
     #[test]
