@@ -42,7 +42,7 @@ impl WasmActor {
         start_call(
             &self.inner,
             env,
-            Ok(self.def.clone()),
+            Ok(&self.def),
             Some(&self.actor_id),
             input,
             options,
@@ -65,7 +65,7 @@ impl WasmActor {
         start_call(
             &self.inner,
             env,
-            Ok(self.def.clone()),
+            Ok(&self.def),
             Some(&self.actor_id),
             input,
             options,

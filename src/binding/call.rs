@@ -26,7 +26,7 @@ unsafe impl Send for SendHook {}
 pub(crate) fn start_call<'env>(
     inner: &Arc<Executor>,
     env: &'env Env,
-    definition: Result<Definition, ExecError>,
+    definition: Result<&Definition, ExecError>,
     fixed_actor: Option<&str>,
     input: Unknown<'env>,
     options: Option<Unknown<'env>>,
@@ -130,7 +130,7 @@ pub(crate) fn start_call<'env>(
         Err(e) => Attempt::Finished(Err(e)),
         Ok((def, json)) => {
             loop_watch::before_call(env);
-            inner.start(&def, json, call, make_done)
+            inner.start(def, json, call, make_done)
         }
     };
     match (attempt, promise) {

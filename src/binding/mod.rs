@@ -334,7 +334,7 @@ impl WasmActivityExecutor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Object<'env>> {
-        call::start_call(&self.inner, env, args::definition(definition), None, input, options, false)
+        call::start_call(&self.inner, env, args::definition(definition).as_ref().map_err(Clone::clone), None, input, options, false)
     }
 
     /// Like `execute`, and also reports what the call cost.
@@ -350,7 +350,7 @@ impl WasmActivityExecutor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Object<'env>> {
-        call::start_call(&self.inner, env, args::definition(definition), None, input, options, true)
+        call::start_call(&self.inner, env, args::definition(definition).as_ref().map_err(Clone::clone), None, input, options, true)
     }
 
     /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
