@@ -374,7 +374,8 @@ async fn a_module_that_overran_now_and_then_runs_inline_again_after_calls_that_f
     );
     let (ex, _) = setup(&[("sometimes.wasm", sometimes)]);
     let mut d = def("sometimes");
-    d.limits.max_execution_ms = Some(20.0);
+    // Long enough that a starved epoch ticker cannot end a spinning call before it moves.
+    d.limits.max_execution_ms = Some(100.0);
     // The optimized code (a tier-up would bring a module with a gate of its own).
     ex.precompile(&d).await.expect("compiles");
     // Calls kept off this thread before the next one runs here.

@@ -9,8 +9,8 @@
 //!   whose promises settle on a later turn of the loop. Per thread (each Node worker has its own
 //!   loop); without a loop (Rust callers) there is no chain to bound;
 //! - a gate per module: a module whose call overran its inline budget is kept off the caller's
-//!   thread for its next calls, twice as many after each overrun. `FORGIVE_AFTER` calls in a row
-//!   that finish inline forgive one overrun: a module that overruns now and then (a busy machine
+//!   thread for its next calls, twice as many after each overrun. `FORGIVE_AFTER` calls that
+//!   finish inline with no overrun between forgive one overrun: a module that overruns now and then (a busy machine
 //!   preempting the thread mid-call) is not kept off the thread for good, one that keeps
 //!   overrunning is.
 //!
@@ -146,14 +146,17 @@ impl Gate {
         self.skip.store(16u32 << n, Ordering::Relaxed);
     }
 
-    /// A call finished inline, within its budget: `FORGIVE_AFTER` of them in a row forgive one
-    /// overrun (the next back-off is half as long).
+    /// A call finished on the caller's thread without being moved (its result or its error,
+    /// such as a trap): `FORGIVE_AFTER` of them with no overrun between forgive one overrun (the
+    /// next back-off is half as long). Calls refused by the gate or moved for other reasons
+    /// count neither way.
     pub fn finished_inline(&self) {
         if self.overruns.load(Ordering::Relaxed) == 0 {
             return;
         }
-        if self.clean.fetch_add(1, Ordering::Relaxed) + 1 >= FORGIVE_AFTER {
-            self.clean.store(0, Ordering::Relaxed);
+        let next = |c: u32| if c + 1 >= FORGIVE_AFTER { 0 } else { c + 1 };
+        let before = self.clean.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(next(c)));
+        if before.is_ok_and(|c| next(c) == 0) {
             let _ = self.overruns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
