@@ -29,6 +29,21 @@ fn call_options(actor: &str, transactional: bool, cancel: CancelFlag) -> CallOpt
     CallOptions { actor_id: Some(actor.into()), transactional: Some(transactional), cancel, ..Default::default() }
 }
 
+/// Starts a call here that must leave this thread (it waits, or grows its memory), cancels it
+/// exactly then (`make_done` runs only when it leaves), and returns its error's code.
+async fn cancelled_once_it_leaves(ex: &Arc<Executor>, d: &Definition, options: CallOptions) -> &'static str {
+    let cancel = options.cancel.clone();
+    let (sent, got) = tokio::sync::oneshot::channel();
+    let attempt = ex.start(d, "{}".into(), options, move || {
+        cancel.cancel();
+        Ok(Box::new(move |r| {
+            let _ = sent.send(r);
+        }))
+    });
+    assert!(matches!(attempt, Attempt::Started), "the call left this thread");
+    got.await.expect("a result").expect_err("cancelled").code()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_cancelled_while_it_restores_the_last_good_state_leaves_it_for_the_next() {
     let source = Arc::new(MemorySource::new());
@@ -48,17 +63,7 @@ async fn a_call_cancelled_while_it_restores_the_last_good_state_leaves_it_for_th
     // The next call starts here, makes a fresh instance and restores the state into it: growing
     // its memory to the state's 10 MiB moves the call off this thread, and it is cancelled
     // before it goes on there (its first step elsewhere sees the cancel).
-    let cancel = CancelFlag::new();
-    let (sent, got) = tokio::sync::oneshot::channel();
-    let flag = cancel.clone();
-    let attempt = ex.start(&d, "{}".into(), call_options("a", true, cancel), move || {
-        flag.cancel();
-        Ok(Box::new(move |r| {
-            let _ = sent.send(r);
-        }))
-    });
-    assert!(matches!(attempt, Attempt::Started), "the restore moved the call off this thread");
-    assert_eq!(got.await.expect("a result").expect_err("cancelled").code(), "CANCELLED");
+    assert_eq!(cancelled_once_it_leaves(&ex, &d, call_options("a", true, CancelFlag::new())).await, "CANCELLED");
     // The state is where it was: the count goes on from 2.
     let next = tx("{}").await.expect("restores");
     assert_eq!((next.output.as_str(), next.actor_created), ("3", false));
@@ -112,17 +117,7 @@ async fn count_after_a_write_cut_short(lands: bool) -> (String, bool) {
     // The third call's write never answers: the call waits off this thread and is cancelled
     // there (`make_done` runs only when it leaves).
     store.hang.store(true, Ordering::SeqCst);
-    let cancel = CancelFlag::new();
-    let (sent, got) = tokio::sync::oneshot::channel();
-    let flag = cancel.clone();
-    let attempt = ex.start(&d, "{}".into(), call_options("a", false, cancel), move || {
-        flag.cancel();
-        Ok(Box::new(move |r| {
-            let _ = sent.send(r);
-        }))
-    });
-    assert!(matches!(attempt, Attempt::Started), "the write moved the call off this thread");
-    assert_eq!(got.await.expect("a result").expect_err("cancelled").code(), "CANCELLED");
+    assert_eq!(cancelled_once_it_leaves(&ex, &d, call_options("a", false, CancelFlag::new())).await, "CANCELLED");
     let next = call(CancelFlag::new()).await.expect("goes on from the store's state");
     (next.output, next.actor_created)
 }
