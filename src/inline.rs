@@ -10,9 +10,9 @@
 //!   loop); without a loop (Rust callers) there is no chain to bound;
 //! - a gate per module: a module whose call overran its inline budget is kept off the caller's
 //!   thread for its next calls, twice as many after each overrun. `FORGIVE_AFTER` calls that
-//!   finish inline with no overrun between forgive one overrun: a module that overruns now and then (a busy machine
-//!   preempting the thread mid-call) is not kept off the thread for good, one that keeps
-//!   overrunning is.
+//!   finish inline with no overrun between forgive one overrun: a module that overruns now and
+//!   then (a busy machine preempting the thread mid-call) is not kept off the thread for good,
+//!   one that keeps overrunning is.
 //!
 //! A host function called by a guest running inline can run on the caller's thread too: the
 //! embedder installs a runner (the binding: JS host functions), the host call defers to it and
@@ -119,7 +119,7 @@ pub fn loop_turned() {
     WAITING_SINCE.with(|w| w.set(None));
 }
 
-/// Calls in a row that finish inline, after an overrun, that forgive it.
+/// Calls that finish inline, with no overrun between, that forgive one overrun.
 pub const FORGIVE_AFTER: u32 = 1024;
 
 /// The per-module back-off.
