@@ -113,6 +113,45 @@ describe('error codes', () => {
     await expectStillWorks(ex)
   })
 
+  // `execute` stringifies in JS and hands the native side the text (src/binding/fast_paths.js):
+  // what the caller sees must be what the all-native path gave.
+  it('execute and an actor handle run the toJSON of their input once, and report its throw as INVALID_INPUT', async () => {
+    const ex = await executor()
+    const handle = ex.actor(def('echo'), 'a')
+    for (const run of [(i: unknown) => ex.execute(def('echo'), i), (i: unknown) => handle.execute(i)]) {
+      let calls = 0
+      const once = { toJSON() { calls++; throw new Error(`nope ${calls}`) } }
+      const p = run(once)
+      expect(p).toBeInstanceOf(Promise)
+      const e = await failure(p)
+      expect(e.code).toBe('INVALID_INPUT')
+      expect(e.message).toContain('nope 1')
+      expect(calls).toBe(1)
+      let gets = 0
+      const getter = { get message() { gets++; return 'counted' }, times: 1 }
+      expect(await run(getter)).toMatchObject({ result: 'counted' })
+      expect(gets).toBe(1)
+      for (const bad of [10n, { big: 1n }]) expect((await failure(run(bad))).code).toBe('INVALID_INPUT')
+    }
+    // The native halves are not left on the prototypes for any caller to feed text of its choice.
+    expect('__executeJson' in WasmActivityExecutor.prototype).toBe(false)
+    expect('__executeJson' in handle).toBe(false)
+    await expectStillWorks(ex)
+  })
+
+  it('an actor handle reports output that is not JSON as INVALID_OUTPUT, with its preview', async () => {
+    const ex = await executor()
+    const handle = ex.actor(def('not-json'), 'a')
+    const p = handle.execute({ pad: 'q'.repeat(300) })
+    expect(p).toBeInstanceOf(Promise)
+    const e = await failure(p)
+    expect(e).toBeInstanceOf(Error)
+    expect(e.code).toBe('INVALID_OUTPUT')
+    expect(e.preview.startsWith('this is not JSON: {"pad":"qqq')).toBe(true)
+    expect(e.preview).toHaveLength(200)
+    await expectStillWorks(ex)
+  })
+
   it('INVALID_OUTPUT includes the first 200 characters of non-JSON output', async () => {
     const ex = await executor()
     const e = await failure(ex.execute(def('not-json'), { pad: 'p'.repeat(500) }))

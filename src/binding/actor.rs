@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Object, Unknown};
+use napi::bindgen_prelude::Unknown;
 use napi::Env;
 use napi_derive::napi;
 
-use super::call::start_call;
+use super::call::{start_call, Input, Settle};
 use crate::executor::{Definition, Executor};
 
 /// One actor of one activity (from `WasmActivityExecutor.actor`).
@@ -38,16 +38,16 @@ impl WasmActor {
         env: &'env Env,
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<Object<'env>> {
-        start_call(
-            &self.inner,
-            env,
-            Ok(&self.def),
-            Some(&self.actor_id),
-            input,
-            options,
-            false,
-        )
+    ) -> napi::Result<Unknown<'env>> {
+        start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Value(input), options, Settle::Output)
+    }
+
+    /// `execute` for `fast_paths.js`, which stringified the input: the output's JSON text when
+    /// the call finished on the spot, else the call's promise. Taken off the prototype by
+    /// `fast_paths.js` (only its `execute` calls it).
+    #[napi(js_name = "__executeJson", skip_typescript)]
+    pub fn execute_json<'env>(&self, env: &'env Env, json: String, options: Option<Unknown<'env>>) -> napi::Result<Unknown<'env>> {
+        start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Json(json), options, Settle::TextNow)
     }
 
     /// Like `execute`, and also reports what the call cost.
@@ -61,16 +61,8 @@ impl WasmActor {
         env: &'env Env,
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<Object<'env>> {
-        start_call(
-            &self.inner,
-            env,
-            Ok(&self.def),
-            Some(&self.actor_id),
-            input,
-            options,
-            true,
-        )
+    ) -> napi::Result<Unknown<'env>> {
+        start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Value(input), options, Settle::Details)
     }
 
     /// Drops the actor's instance and state (as `executor.dropActor`); true if there was one. The

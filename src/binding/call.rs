@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Function, Object, Unknown};
+use napi::bindgen_prelude::{Function, Unknown};
 use napi::{Env, JsError, JsValue, ValueType};
 
 use super::js_error::to_napi;
@@ -20,6 +20,25 @@ struct SendHook(Option<abort::AbortHook>);
 // resolver, which runs on the JS thread.
 unsafe impl Send for SendHook {}
 
+/// A call's input: a JS value (stringified here), or its JSON text (from `fast_paths.js`, which
+/// called `JSON.stringify` in JS).
+pub(crate) enum Input<'env> {
+    Value(Unknown<'env>),
+    Json(String),
+}
+
+/// What a call settles with.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Settle {
+    /// The output, parsed.
+    Output,
+    /// The output and what the call cost (`executeDetailed`).
+    Details,
+    /// As `Output`, except that a call finished on the spot returns the output's JSON text
+    /// itself, not a promise: `fast_paths.js` parses it in JS.
+    TextNow,
+}
+
 /// Starts a call: reads its options on this thread, then hands it to the core, which polls it
 /// once here (most finish on the spot: a promise settled at once) or goes on on a guest thread.
 /// `fixed_actor`: the call of an actor handle (its actor; `options.actorId` is refused).
@@ -28,10 +47,11 @@ pub(crate) fn start_call<'env>(
     env: &'env Env,
     definition: Result<&Definition, ExecError>,
     fixed_actor: Option<&str>,
-    input: Unknown<'env>,
+    input: Input<'env>,
     options: Option<Unknown<'env>>,
-    detailed: bool,
-) -> napi::Result<Object<'env>> {
+    settle: Settle,
+) -> napi::Result<Unknown<'env>> {
+    let detailed = settle == Settle::Details;
     let mut call = CallOptions::default();
     let mut hook = None;
     // Everything that reads JS happens here, on the JS thread; errors reject the promise.
@@ -102,7 +122,10 @@ pub(crate) fn start_call<'env>(
                 hook = abort::attach(env, &signal, &call.cancel)?;
             }
         }
-        let json = stringify_input(env, input)?;
+        let json = match input {
+            Input::Value(v) => stringify_input(env, v)?,
+            Input::Json(text) => text,
+        };
         Ok((def, json))
     };
     let prepared = prepare();
@@ -134,7 +157,17 @@ pub(crate) fn start_call<'env>(
         }
     };
     match (attempt, promise) {
-        (Attempt::Started, Some(p)) => Ok(p),
+        (Attempt::Started, Some(p)) => Ok(p.to_unknown()),
+        (Attempt::Finished(Ok(out)), _) if settle == Settle::TextNow => {
+            if let Some(SendHook(Some(h))) = hook.take() {
+                h.detach(env);
+            }
+            match js::new_string(env.raw(), &out.output) {
+                // SAFETY: a string napi just made in this scope.
+                Ok(s) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), s) }),
+                Err(e) => settled_now(env, Err(to_napi(env, &e))),
+            }
+        }
         (Attempt::Finished(result), _) => {
             // Settled now, on this thread: no hand-off at all.
             if let Some(SendHook(Some(h))) = hook.take() {
@@ -169,11 +202,18 @@ fn settled_value(
     Ok(value.raw())
 }
 
+/// A promise settled as the call that returned `text` would be: for `fast_paths.js`, when its
+/// `JSON.parse` of a call's output threw (the coded `INVALID_OUTPUT` error, with its preview).
+pub(crate) fn settle_output<'env>(env: &'env Env, text: &str) -> napi::Result<Unknown<'env>> {
+    let value = parse_output(env, text).map(|v| v.raw()).map_err(|e| to_napi(env, &e));
+    settled_now(env, value)
+}
+
 /// A promise already resolved (or rejected) with `value`.
-fn settled_now<'env>(
+pub(crate) fn settled_now<'env>(
     env: &'env Env,
     value: napi::Result<napi::sys::napi_value>,
-) -> napi::Result<Object<'env>> {
+) -> napi::Result<Unknown<'env>> {
     use napi::sys;
     let raw = env.raw();
     let mut deferred = std::ptr::null_mut();
@@ -186,5 +226,6 @@ fn settled_now<'env>(
             napi::check_status!(unsafe { sys::napi_reject_deferred(raw, deferred, err) })?
         }
     }
-    Ok(Object::from_raw(raw, promise))
+    // SAFETY: the promise napi just made in this scope.
+    Ok(unsafe { Unknown::from_raw_unchecked(raw, promise) })
 }

@@ -188,3 +188,19 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     }
     Ok(JsonFns { json, stringify, parse })
 }
+
+/// A JS string of `text`: ASCII (nearly all JSON) is Latin-1 too, and V8 copies Latin-1 without
+/// decoding it.
+pub fn new_string(env: sys::napi_env, text: &str) -> Result<sys::napi_value, ExecError> {
+    let mut s = ptr::null_mut();
+    let status = if text.is_ascii() {
+        unsafe { sys::napi_create_string_latin1(env, text.as_ptr().cast(), text.len() as isize, &mut s) }
+    } else {
+        unsafe { sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut s) }
+    };
+    if status != sys::Status::napi_ok {
+        take_exception(env);
+        return Err(ExecError::internal(format!("cannot hand the output to JS (status {status})")));
+    }
+    Ok(s)
+}

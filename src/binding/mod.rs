@@ -7,6 +7,7 @@ mod abort;
 mod actor;
 mod args;
 mod call;
+mod fast_paths;
 mod js;
 mod js_error;
 mod js_log;
@@ -161,17 +162,7 @@ pub(crate) fn parse_json<'e>(env: &'e Env, text: &str) -> Option<Unknown<'e>> {
 pub(crate) fn parse_output<'e>(env: &'e Env, text: &str) -> Result<Unknown<'e>, ExecError> {
     let raw = env.raw();
     let f = js::json_fns(raw)?;
-    let mut s = std::ptr::null_mut();
-    // ASCII (nearly all JSON) is Latin-1 too, and V8 copies Latin-1 without decoding it.
-    let status = if text.is_ascii() {
-        unsafe { napi::sys::napi_create_string_latin1(raw, text.as_ptr().cast(), text.len() as isize, &mut s) }
-    } else {
-        unsafe { napi::sys::napi_create_string_utf8(raw, text.as_ptr().cast(), text.len() as isize, &mut s) }
-    };
-    if status != napi::sys::Status::napi_ok {
-        js::take_exception(raw);
-        return Err(ExecError::internal(format!("cannot hand the output to JS (status {status})")));
-    }
+    let s = js::new_string(raw, text)?;
     let value = js::call(raw, f.json, f.parse, &[s]).map_err(|msg| ExecError::InvalidOutput {
         message: format!("the guest returned text that is not JSON: {msg}"),
         preview: text.chars().take(200).collect(),
@@ -333,8 +324,24 @@ impl WasmActivityExecutor {
         definition: Unknown<'env>,
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<Object<'env>> {
-        call::start_call(&self.inner, env, args::definition(definition).as_ref().map_err(Clone::clone), None, input, options, false)
+    ) -> napi::Result<Unknown<'env>> {
+        let def = args::definition(definition);
+        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Value(input), options, call::Settle::Output)
+    }
+
+    /// `execute` for `fast_paths.js`, which stringified the input: the output's JSON text when
+    /// the call finished on the spot, else the call's promise. Taken off the prototype by
+    /// `fast_paths.js` (only its `execute` calls it).
+    #[napi(js_name = "__executeJson", skip_typescript)]
+    pub fn execute_json<'env>(
+        &self,
+        env: &'env Env,
+        definition: Unknown<'env>,
+        json: String,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<Unknown<'env>> {
+        let def = args::definition(definition);
+        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Json(json), options, call::Settle::TextNow)
     }
 
     /// Like `execute`, and also reports what the call cost.
@@ -349,8 +356,9 @@ impl WasmActivityExecutor {
         definition: Unknown<'env>,
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<Object<'env>> {
-        call::start_call(&self.inner, env, args::definition(definition).as_ref().map_err(Clone::clone), None, input, options, true)
+    ) -> napi::Result<Unknown<'env>> {
+        let def = args::definition(definition);
+        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Value(input), options, call::Settle::Details)
     }
 
     /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
