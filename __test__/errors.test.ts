@@ -139,6 +139,24 @@ describe('error codes', () => {
     await expectStillWorks(ex)
   })
 
+  it('execute and executeDetailed use the JSON functions of when the addon loaded, not a later patch', async () => {
+    const ex = await executor()
+    const { parse, stringify } = JSON
+    let patched = 0
+    JSON.parse = (() => { patched++; return { patched: true } }) as any
+    JSON.stringify = (() => { patched++; return '{"patched":true}' }) as any
+    try {
+      const input = { message: 'fresh', times: 1 }
+      expect(await ex.execute(def('echo'), input)).toMatchObject({ result: 'fresh' })
+      expect(await ex.actor(def('echo'), 'j').execute(input)).toMatchObject({ result: 'fresh' })
+      expect((await ex.executeDetailed(def('echo'), input)).output).toMatchObject({ result: 'fresh' })
+    } finally {
+      JSON.parse = parse
+      JSON.stringify = stringify
+    }
+    expect(patched).toBe(0)
+  })
+
   it('an actor handle reports output that is not JSON as INVALID_OUTPUT, with its preview', async () => {
     const ex = await executor()
     const handle = ex.actor(def('not-json'), 'a')

@@ -16,6 +16,9 @@ const SCRIPT: &str = include_str!("fast_paths.js");
 #[napi(module_exports)]
 pub fn install(exports: Object, env: Env) -> napi::Result<()> {
     let raw = env.raw();
+    // The native side's `JSON` functions (`executeDetailed`, errors' details) are taken now too,
+    // so that both sides use those the global `JSON` held when the addon loaded.
+    let _ = js::json_fns(raw);
     let installed = (|| -> napi::Result<()> {
         let executor: Unknown = exports.get_named_property("WasmActivityExecutor")?;
         let actor: Unknown = exports.get_named_property("WasmActor")?;
