@@ -141,20 +141,34 @@ describe('error codes', () => {
 
   it('execute and executeDetailed use the JSON functions of when the addon loaded, not a later patch', async () => {
     const ex = await executor()
+    await ex.precompile(def('echo'))
     const { parse, stringify } = JSON
+    const NativePromise = Promise
+    const resolve = Promise.resolve
+    const call = Function.prototype.call
     let patched = 0
+    const seen: unknown[] = []
     JSON.parse = (() => { patched++; return { patched: true } }) as any
     JSON.stringify = (() => { patched++; return '{"patched":true}' }) as any
+    // A patched Function.prototype.call would get the native halves as `this`.
+    Function.prototype.call = function (this: unknown, ...args: unknown[]) { seen.push(this); return Reflect.apply(this as any, args[0], args.slice(1)) } as any
+    Promise.resolve = (() => { patched++; return NativePromise.reject(new Error('patched')) }) as any
+    const results: unknown[] = []
     try {
       const input = { message: 'fresh', times: 1 }
-      expect(await ex.execute(def('echo'), input)).toMatchObject({ result: 'fresh' })
-      expect(await ex.actor(def('echo'), 'j').execute(input)).toMatchObject({ result: 'fresh' })
-      expect((await ex.executeDetailed(def('echo'), input)).output).toMatchObject({ result: 'fresh' })
+      results.push(ex.execute(def('echo'), input), ex.actor(def('echo'), 'j').execute(input), ex.executeDetailed(def('echo'), input))
     } finally {
       JSON.parse = parse
       JSON.stringify = stringify
+      Function.prototype.call = call
+      Promise.resolve = resolve
     }
+    const [a, b, c] = await Promise.all(results) as any[]
+    expect(a).toMatchObject({ result: 'fresh' })
+    expect(b).toMatchObject({ result: 'fresh' })
+    expect(c.output).toMatchObject({ result: 'fresh' })
     expect(patched).toBe(0)
+    expect(seen.filter((f: any) => typeof f === 'function' && /executeJson/.test(f.name))).toEqual([])
   })
 
   it('an actor handle reports output that is not JSON as INVALID_OUTPUT, with its preview', async () => {

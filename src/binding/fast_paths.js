@@ -6,7 +6,11 @@
 // hold and an output that does not parse are reported by the native code, with their codes.
 (function installFastPaths(Executor, Actor, settleOutput) {
   'use strict'
+  // Everything the wrappers call is taken now: a later patch of JSON, Promise or
+  // Function.prototype.call neither changes what `execute` does nor reaches the native halves.
   const { stringify, parse } = JSON
+  const apply = Reflect.apply
+  const resolved = Promise.resolve.bind(Promise)
   // A stand-in whose JSON.stringify throws `e` again: the native path then reports the input as it
   // reports any it cannot stringify (INVALID_INPUT), without running the caller's toJSON or getters
   // a second time.
@@ -19,7 +23,7 @@
     } catch {
       return settleOutput(r)
     }
-    return Promise.resolve(value)
+    return resolved(value)
   }
   const install = (proto, withDefinition) => {
     const native = proto.execute
@@ -32,20 +36,21 @@
           try {
             text = stringify(input)
           } catch (e) {
-            return native.call(this, definition, rethrowing(e), options)
+            return apply(native, this, [definition, rethrowing(e), options])
           }
-          return settle(json.call(this, definition, text === undefined ? 'null' : text, options))
+          return settle(apply(json, this, [definition, text === undefined ? 'null' : text, options]))
         }
       : function execute(input, options) {
           let text
           try {
             text = stringify(input)
           } catch (e) {
-            return native.call(this, rethrowing(e), options)
+            return apply(native, this, [rethrowing(e), options])
           }
-          return settle(json.call(this, text === undefined ? 'null' : text, options))
+          return settle(apply(json, this, [text === undefined ? 'null' : text, options]))
         }
-    Object.defineProperty(proto, 'execute', { value: execute, writable: true, configurable: true, enumerable: false })
+    // As napi defines methods: writable, configurable, enumerable.
+    Object.defineProperty(proto, 'execute', { value: execute, writable: true, configurable: true, enumerable: true })
   }
   install(Executor.prototype, true)
   install(Actor.prototype, false)

@@ -35,6 +35,20 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
     })();
     if installed.is_err() {
         js::take_exception(raw);
+        // The native halves take text that is never checked as JSON: without their wrappers,
+        // they leave the prototypes.
+        for class in ["WasmActivityExecutor", "WasmActor"] {
+            let proto = js::get(raw, exports.raw(), class, class).and_then(|c| js::get(raw, c, "prototype", class));
+            if let Ok(proto) = proto {
+                let mut key = std::ptr::null_mut();
+                let mut deleted = false;
+                unsafe {
+                    napi::sys::napi_create_string_utf8(raw, c"__executeJson".as_ptr(), 13, &mut key);
+                    napi::sys::napi_delete_property(raw, proto, key, &mut deleted);
+                }
+            }
+            js::take_exception(raw);
+        }
     }
     Ok(())
 }
