@@ -13,6 +13,8 @@ const SCRIPT: &str = include_str!("fast_paths.js");
 
 /// Installs the fast paths. Should anything here fail, the classes keep their native `execute`
 /// (slower by the JSON crossings, the same otherwise): loading the addon never fails on it.
+/// napi-rs keeps one `module_exports` hook per crate (a second would silently replace this one):
+/// anything else that must run as the addon loads in an environment belongs here.
 #[napi(module_exports)]
 pub fn install(exports: Object, env: Env) -> napi::Result<()> {
     let raw = env.raw();
