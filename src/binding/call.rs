@@ -158,22 +158,20 @@ pub(crate) fn start_call<'env>(
     };
     match (attempt, promise) {
         (Attempt::Started, Some(p)) => Ok(p.to_unknown()),
-        (Attempt::Finished(Ok(out)), _) if settle == Settle::TextNow => {
-            if let Some(SendHook(Some(h))) = hook.take() {
-                h.detach(env);
-            }
-            match js::new_string(env.raw(), &out.output) {
-                // SAFETY: a string napi just made in this scope.
-                Ok(s) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), s) }),
-                Err(e) => settled_now(env, Err(to_napi(env, &e))),
-            }
-        }
         (Attempt::Finished(result), _) => {
             // Settled now, on this thread: no hand-off at all.
             if let Some(SendHook(Some(h))) = hook.take() {
                 h.detach(env);
             }
-            settled_now(env, settled_value(env, result, detailed, actor))
+            match result {
+                // `fast_paths.js` parses the text itself.
+                Ok(out) if settle == Settle::TextNow => match js::new_string(env.raw(), &out.output) {
+                    // SAFETY: a string napi just made in this scope.
+                    Ok(s) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), s) }),
+                    Err(e) => settled_now(env, Err(to_napi(env, &e))),
+                },
+                result => settled_now(env, settled_value(env, result, detailed, actor)),
+            }
         }
         _ => settled_now(
             env,
@@ -210,7 +208,7 @@ pub(crate) fn settle_output<'env>(env: &'env Env, text: &str) -> napi::Result<Un
 }
 
 /// A promise already resolved (or rejected) with `value`.
-pub(crate) fn settled_now<'env>(
+fn settled_now<'env>(
     env: &'env Env,
     value: napi::Result<napi::sys::napi_value>,
 ) -> napi::Result<Unknown<'env>> {
