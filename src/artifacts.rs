@@ -531,6 +531,9 @@ mod tests {
         let metered = engine(EngineKind::Metered).expect("engine");
         assert_eq!(fingerprint(plain), fingerprint(plain));
         assert_ne!(fingerprint(plain), fingerprint(metered));
+        // The pool is not a setting of the code: the unpooled twin loads the pooled engine's
+        // artifacts (`unpooled_first`).
+        assert_eq!(fingerprint(plain), fingerprint(engine(EngineKind::PlainUnpooled).expect("engine")));
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub enum EngineKind {
     Baseline,
     /// Winch with fuel metering.
     BaselineMetered,
+    /// `Plain`'s settings without the instance pool, so it loads `Plain`'s artifacts (they name
+    /// the same fingerprint). Building the pool takes 3-6 ms (one guard-page `mprotect` per
+    /// fiber stack), so an artifact loaded before it exists runs here while the pool is built in
+    /// the background, and then gives its cache slot to its pooled copy (`unpooled_first`).
+    PlainUnpooled,
 }
 
 impl EngineKind {
@@ -74,8 +79,13 @@ impl EngineKind {
     pub fn with_baseline(self, baseline: bool) -> EngineKind {
         EngineKind::new(self.metered(), baseline)
     }
-    pub const ALL: [EngineKind; 4] =
-        [EngineKind::Plain, EngineKind::Metered, EngineKind::Baseline, EngineKind::BaselineMetered];
+    pub const ALL: [EngineKind; 5] =
+        [EngineKind::Plain, EngineKind::Metered, EngineKind::Baseline, EngineKind::BaselineMetered, EngineKind::PlainUnpooled];
+
+    /// This kind's place in `ALL` (per-kind tables are indexed by it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 static POOL_SIZE: AtomicU32 = AtomicU32::new(0);
@@ -177,18 +187,21 @@ fn build(kind: EngineKind) -> Result<Engine, String> {
     Ok(engine)
 }
 
-static CELLS: [OnceLock<Result<Engine, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+static CELLS: [OnceLock<Result<Engine, String>>; EngineKind::ALL.len()] = [const { OnceLock::new() }; EngineKind::ALL.len()];
 
 /// The process-wide engine of this kind, created on first use.
 pub fn engine(kind: EngineKind) -> Result<&'static Engine, ExecError> {
-    let i = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-    CELLS[i].get_or_init(|| build(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+    CELLS[kind.index()].get_or_init(|| build(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+}
+
+/// Whether the process's engine of this kind has been built (or failed to build).
+pub fn built(kind: EngineKind) -> bool {
+    CELLS[kind.index()].get().is_some()
 }
 
 /// Linear memory that freed slots of the pooled engine keep resident (0 before it is built).
 pub fn pool_idle_resident_bytes() -> u64 {
-    let i = EngineKind::ALL.iter().position(|k| *k == EngineKind::Plain).unwrap_or(0);
-    match CELLS[i].get() {
+    match CELLS[EngineKind::Plain.index()].get() {
         Some(Ok(e)) => e.pooling_allocator_metrics().map_or(0, |m| m.unused_memory_bytes_resident() as u64),
         _ => 0,
     }
@@ -347,6 +360,11 @@ mod tests {
             assert!(!Engine::same(a, engine(*k).expect("engine")), "{k:?}");
         }
         assert_eq!(EngineKind::new(true, true), EngineKind::BaselineMetered);
+        for (i, k) in EngineKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
+        let twin = engine(EngineKind::PlainUnpooled).expect("twin");
+        assert!(a.pooling_allocator_metrics().is_some() && twin.pooling_allocator_metrics().is_none());
         assert_eq!(EngineKind::Metered.with_baseline(true), EngineKind::BaselineMetered);
     }
 

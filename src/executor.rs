@@ -474,3 +474,7 @@ mod collect_tests;
 #[cfg(test)]
 #[path = "executor_restore_tests.rs"]
 mod restore_tests;
+
+#[cfg(test)]
+#[path = "executor_unpooled_tests.rs"]
+mod unpooled_tests;

@@ -231,9 +231,8 @@ type LinkerCell = OnceLock<Result<Linker<HostState>, String>>;
 /// The process-wide linker for an engine kind: every host function a core module may import
 /// (what it may call is decided per module and call: `check_imports`, `authorize`).
 pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError> {
-    static CELLS: [LinkerCell; 4] = [const { OnceLock::new() }; 4];
-    let k = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-    CELLS[k].get_or_init(|| build_linker(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
+    static CELLS: [LinkerCell; EngineKind::ALL.len()] = [const { OnceLock::new() }; EngineKind::ALL.len()];
+    CELLS[kind.index()].get_or_init(|| build_linker(kind)).as_ref().map_err(|e| ExecError::Internal(e.clone()))
 }
 
 /// A module's imports beyond what every guest gets.

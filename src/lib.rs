@@ -39,6 +39,7 @@ pub mod store;
 pub mod text;
 pub mod threads;
 pub mod tier_up;
+pub mod unpooled_first;
 pub mod wasi_http;
 
 #[cfg(test)]

@@ -132,6 +132,9 @@ pub struct CacheStats {
     pub artifact_hits: u64,
     /// Modules whose optimized code replaced their baseline code after the first calls.
     pub tier_ups: u64,
+    /// Modules loaded unpooled from an artifact before the instance pool was built, whose pooled
+    /// copy then took their place (`unpooled_first`).
+    pub pooled_later: u64,
     /// Compiled code held, in bytes.
     pub code_bytes: usize,
 }
@@ -207,6 +210,9 @@ pub struct ModuleCache {
     pub(crate) limits: LoadLimits,
     /// Compile new modules with the baseline compiler first, the optimizing one in the background.
     tier_up: bool,
+    /// Whether the instance pool is built (else a `Plain` artifact loads unpooled first; tests
+    /// replace this to take that path in a process whose pool exists).
+    pub(crate) pool_ready: fn() -> bool,
 }
 
 /// Checks compiled code against the host and the guest ABI and pre-links it.
@@ -287,6 +293,14 @@ fn prepare_component(
     })
 }
 
+/// The module of an artifact for this very engine: `None` if no tier holds an authentic one, an
+/// error if it does not load or link.
+pub(crate) async fn artifact_module(artifacts: &ArtifactCache, digest: Digest, kind: EngineKind) -> Option<Result<CompiledModule, ExecError>> {
+    let engine = engine(kind).ok()?;
+    let (compiled, has_start) = artifacts.load(&digest, engine).await?;
+    tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, has_start)).await.ok()
+}
+
 impl ModuleCache {
     pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits, tier_up: bool) -> Self {
         ModuleCache {
@@ -303,6 +317,7 @@ impl ModuleCache {
             artifacts,
             limits,
             tier_up,
+            pool_ready: || crate::engine::built(EngineKind::Plain),
         }
     }
 
@@ -426,6 +441,10 @@ impl ModuleCache {
                 if st.generation == generation {
                     st.insert(None, (digest, kind), compiled.clone());
                 }
+                drop(st);
+                if compiled.kind == EngineKind::PlainUnpooled {
+                    self.pool_later(None, digest, generation, &compiled);
+                }
                 return Ok(compiled);
             }
         }
@@ -465,7 +484,7 @@ impl ModuleCache {
                 Some(m) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again.
-                    if m.kind != kind && tier_up && !shape::check(&bytes, &self.limits.compile).is_ok_and(|s| s.needs_baseline()) {
+                    if m.kind.baseline() && m.kind != kind && tier_up && !shape::check(&bytes, &self.limits.compile).is_ok_and(|s| s.needs_baseline()) {
                         self.tier_up_later(key, bytes, digest, kind, generation, &m);
                     }
                     (m, Some(true))
@@ -483,6 +502,11 @@ impl ModuleCache {
         if st.generation == generation {
             st.insert(Some(key), (digest, kind), compiled.clone());
         }
+        drop(st);
+        // Loaded before the pool was built: its pooled copy takes the slot later.
+        if compiled.kind == EngineKind::PlainUnpooled && from_artifact == Some(true) {
+            self.pool_later(Some(key), digest, generation, &compiled);
+        }
         Ok(compiled)
     }
 
@@ -494,16 +518,16 @@ impl ModuleCache {
         self.load_artifact(digest, kinds.get(usize::from(tried)..end).unwrap_or(&[])).await
     }
 
-    /// The first of these engines' artifacts of a module that loads.
+    /// The first of these engines' artifacts of a module that loads. A `Plain` one loads on the
+    /// unpooled twin while the pool is not built yet (the caller then calls `pool_later`).
     async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<Arc<CompiledModule>> {
         if !self.artifacts.is_enabled() {
             return None;
         }
         for &k in kinds {
-            let engine = engine(k).ok()?;
-            if let Some((compiled, has_start)) = self.artifacts.load(&digest, engine).await {
-                let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, k, has_start)).await.ok()?;
-                return prepared.ok().map(Arc::new);
+            let k = if k == EngineKind::Plain && !(self.pool_ready)() { EngineKind::PlainUnpooled } else { k };
+            if let Some(m) = artifact_module(&self.artifacts, digest, k).await {
+                return m.ok().map(Arc::new);
             }
         }
         None

@@ -74,9 +74,9 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
 
 /// The process-wide component linker of an engine kind.
 pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError> {
-    static CELLS: [OnceLock<Result<Linker<HostState>, String>>; 4] = [const { OnceLock::new() }; 4];
-    let k = EngineKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-    CELLS[k]
+    static CELLS: [OnceLock<Result<Linker<HostState>, String>>; EngineKind::ALL.len()] =
+        [const { OnceLock::new() }; EngineKind::ALL.len()];
+    CELLS[kind.index()]
         .get_or_init(|| engine(kind).map_err(|e| e.to_string()).and_then(|e| build_linker(e).map_err(|e| format!("{e:#}"))))
         .as_ref()
         .map_err(|e| ExecError::Internal(e.clone()))
