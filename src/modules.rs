@@ -401,7 +401,15 @@ impl ModuleCache {
         let result = cell
             .get_or_init(|| {
                 led = true;
-                self.load(key, kind, pinned, source, tier_up)
+                async move {
+                    // A load that finished between this caller's look in the cache and here (it
+                    // left no flight to join): no second load.
+                    if let Some(m) = self.peek(key, kind, pinned) {
+                        self.count_hit();
+                        return Ok(m);
+                    }
+                    self.load(key, kind, pinned, source, tier_up).await
+                }
             })
             .await
             .clone();
