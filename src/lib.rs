@@ -33,6 +33,7 @@ pub mod output;
 pub mod permit;
 pub mod replay;
 pub mod runtime;
+pub mod sealed_copy;
 pub mod shape;
 pub mod snapshot;
 pub mod store;
