@@ -23,7 +23,7 @@ use crate::modules::{Code, Compiled};
 
 use crate::digest::{hex, hmac_sha256, same, Digest};
 use crate::error::ExecError;
-use crate::sealed_copy::{in_place, InPlace};
+use crate::sealed_copy::{in_place, InPlace, SealedCopy};
 use crate::store::ObjectSource;
 
 pub(crate) const MAGIC: &[u8; 8] = b"LOOMART2";
@@ -134,12 +134,17 @@ impl ArtifactCache {
     /// Compiled code (and whether it has a start function) from the nearest tier that has an
     /// authentic artifact.
     pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool)> {
+        self.load_sealed(digest, engine).await.map(|(c, has_start, _)| (c, has_start))
+    }
+
+    /// The same, with the artifact's sealed copy when it was loaded through one (from `dir`).
+    pub async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool, Option<SealedCopy>)> {
         let key = self.key.clone()?;
         let name = Self::name(digest, engine);
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             match in_place(engine, key.clone(), name.clone(), path.clone()).await {
-                InPlace::Loaded(m) => return Some(m),
+                InPlace::Loaded((c, has_start), sealed) => return Some((c, has_start, Some(sealed))),
                 InPlace::Invalid => {
                     let _ = tokio::fs::remove_file(&path).await;
                 }
@@ -147,7 +152,7 @@ impl ArtifactCache {
                 InPlace::NotHere => {
                     if let Ok(bytes) = tokio::fs::read(&path).await {
                         match deserialize(engine, key.clone(), name.clone(), bytes).await {
-                            Some(m) => return Some(m),
+                            Some((c, has_start)) => return Some((c, has_start, None)),
                             // Forged, corrupt or truncated: never used, removed so it is rewritten.
                             None => {
                                 let _ = tokio::fs::remove_file(&path).await;
@@ -159,11 +164,11 @@ impl ArtifactCache {
         }
         let remote = self.remote.as_ref()?;
         let bytes = remote.get(&name).await.ok()?;
-        let module = deserialize(engine, key, name.clone(), bytes.to_vec()).await?;
+        let (c, has_start) = deserialize(engine, key, name.clone(), bytes.to_vec()).await?;
         if let Some(dir) = &self.dir {
             let _ = write_atomic(dir.clone(), name, bytes.to_vec()).await;
         }
-        Some(module)
+        Some((c, has_start, None))
     }
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
@@ -381,7 +386,7 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o644, "written for its owner alone to change, whatever the umask");
         let good = std::fs::read(&path).expect("read");
-        let InPlace::Loaded((Compiled::Core(m), true)) = in_place_blocking(e, &key, &name, &path) else {
+        let InPlace::Loaded((Compiled::Core(m), true), _) = in_place_blocking(e, &key, &name, &path) else {
             panic!("an authentic artifact loads")
         };
         // The file cut short and rewritten while the module lives: the module maps the sealed

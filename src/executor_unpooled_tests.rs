@@ -145,3 +145,25 @@ async fn a_cache_cleared_before_the_pooled_copy_is_ready_stays_cleared() {
     assert_eq!(s.modules, 0, "{s:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hostile: the artifact file is overwritten right after the first call. The pooled copy maps
+/// the sealed copy that was checked, not the file, so it comes all the same; the file itself is
+/// never trusted (a new executor finds it invalid and compiles).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pooled_copy_maps_the_checked_sealed_copy_not_the_file() {
+    let (ex, source, dir) = warm("rewritten", &[("counter", unique(g::counter(), b"unpooled-rewritten"))]).await;
+    let d = def("counter");
+    assert_eq!(actor_call(&ex, &d, "a").await.output, "1");
+    for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+        if entry.path().extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(entry.path(), b"not an artifact").expect("rewrite");
+        }
+    }
+    until_pooled(&ex, 1).await;
+    assert_eq!(ex.modules.peek(&d.key(), EngineKind::Plain, None).expect("cached").kind, EngineKind::Plain);
+    assert_eq!(actor_call(&ex, &d, "b").await.output, "1");
+    let fresh = executor(source, &dir, false);
+    assert_eq!(actor_call(&fresh, &d, "a").await.output, "1");
+    assert_eq!((fresh.stats().cache.artifact_hits, fresh.stats().cache.compiles), (0, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

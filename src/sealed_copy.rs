@@ -13,12 +13,46 @@ use crate::modules::Compiled;
 
 /// What loading an artifact file through a sealed copy came to.
 pub(crate) enum InPlace {
-    Loaded((Compiled, bool)),
+    Loaded((Compiled, bool), SealedCopy),
     /// Its tag does not hold (forged, corrupt, truncated).
     Invalid,
     Missing,
     /// Not for this path: load it the plain way (another OS, no memfd, an I/O error).
     NotHere,
+}
+
+/// An artifact's authenticated copy, sealed: nothing can change or shrink it any more, so any
+/// engine of the artifact's fingerprint may map it without reading or checking it again (the
+/// pooled engine, for code first loaded on its unpooled twin: `unpooled_first`).
+#[derive(Clone)]
+pub struct SealedCopy {
+    file: Arc<std::fs::File>,
+    flags: u8,
+}
+
+impl SealedCopy {
+    /// Whether the module has a start function.
+    pub fn has_start(&self) -> bool {
+        self.flags & HAS_START != 0
+    }
+
+    /// The compiled code, mapped for `engine`; None if wasmtime refuses it (another
+    /// fingerprint, say: wasmtime checks its own version and settings header).
+    pub fn load(&self, engine: &Engine) -> Option<Compiled> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: the memfd holds the bytes whose tag `in_place_blocking` checked (see
+        // `artifacts::deserialize` for what the tag proves), sealed before this value was made,
+        // so they cannot change while wasmtime maps them; wasmtime ignores the trailer after
+        // its image.
+        if self.flags & COMPONENT != 0 {
+            // Components take a path: this process's own descriptor of the sealed copy.
+            let fd_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            unsafe { wasmtime::component::Component::deserialize_file(engine, fd_path) }.ok().map(Compiled::Component)
+        } else {
+            let file = self.file.try_clone().ok()?;
+            unsafe { Module::deserialize_open_file(engine, file) }.ok().map(Compiled::Core)
+        }
+    }
 }
 
 /// The largest artifact file loaded: code compiled from the largest module accepted
@@ -204,21 +238,11 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
     if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
         return InPlace::NotHere;
     }
-    let has_start = flags & HAS_START != 0;
-    // SAFETY: the memfd holds the bytes whose tag was just checked (see `deserialize` for what
-    // the tag proves); it is sealed, so they cannot change while wasmtime maps them; wasmtime
-    // ignores the trailer after its image.
-    let loaded = if flags & COMPONENT != 0 {
-        // Components take a path: this process's own descriptor of the sealed copy.
-        let fd_path = format!("/proc/self/fd/{}", copy.as_raw_fd());
-        unsafe { wasmtime::component::Component::deserialize_file(engine, fd_path) }.map(Compiled::Component)
-    } else {
-        unsafe { Module::deserialize_open_file(engine, copy) }.map(Compiled::Core)
-    };
-    match loaded {
-        Ok(c) => InPlace::Loaded((c, has_start)),
+    let sealed = SealedCopy { file: Arc::new(copy), flags };
+    match sealed.load(engine) {
+        Some(c) => InPlace::Loaded((c, sealed.has_start()), sealed),
         // Authentic but refused by wasmtime (no /proc, say): the plain path decides.
-        Err(_) => InPlace::NotHere,
+        None => InPlace::NotHere,
     }
 }
 
