@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { describe, expect, it } from 'vitest'
 import { ObjectBlobStore, WasmActivityExecutor, inspectModule } from '../index'
-import { def, failure, guest, MemoryBlobStore, root } from './helpers'
+import { def, failure, guest, MemoryBlobStore, root, storeWith } from './helpers'
 import { guestWat } from './wat'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -348,5 +348,38 @@ describe('held in the same round (kept so)', () => {
       wrong += results.reduce((a, b) => a + b, 0)
     }
     expect(wrong).toBe(0)
+  })
+})
+
+describe('11. the first calls of a fresh process, from a warm cacheDir', () => {
+  // In a fresh process, code loaded from the artifact cache runs before the instance pool exists
+  // (on an engine without one) and moves to the pooled engine once the pool is built.
+  it('keep their time and memory limits, and actors keep their state across the move', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-fresh-'))
+    const names = ['hostile/spin', 'hostile/memory-bomb', 'counter-actor']
+    const warm = new WasmActivityExecutor(await storeWith(...names), { cacheDir: dir })
+    for (const n of names) await warm.precompile(def(n))
+    const script = `
+      const { readFileSync } = require('node:fs')
+      const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+      const store = { download: async (p) => readFileSync(${JSON.stringify(join(root, 'build'))} + '/' + p) }
+      const ex = new WasmActivityExecutor(store, { cacheDir: ${JSON.stringify(dir)} })
+      const def = (name, limits) => ({ name, version: '1.0.0', wasmBlobPath: name + '.wasm', limits })
+      const code = (p) => p.then(() => 'ok', (e) => e.code)
+      ;(async () => {
+        const spin = await code(ex.execute(def('hostile/spin', { maxExecutionMs: 100 }), {}))
+        const bomb = await code(ex.execute(def('hostile/memory-bomb', { maxMemoryMB: 4 }), {}))
+        const counts = []
+        const inc = async (id) => counts.push((await ex.execute(def('counter-actor'), { action: 'increment' }, { actorId: id })).count)
+        await inc('early')
+        await new Promise((r) => setTimeout(r, 300))
+        await inc('early')
+        await inc('late')
+        await inc('early')
+        const { artifactHits, compiles } = ex.cacheStats()
+        console.log(JSON.stringify({ spin, bomb, counts, artifactHits, compiles }))
+      })()`
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 }))
+    expect(out).toEqual({ spin: 'TIMEOUT', bomb: 'OUT_OF_MEMORY', counts: [1, 2, 1, 3], artifactHits: 3, compiles: 0 })
   })
 })
