@@ -187,11 +187,19 @@ async function main() {
 
   console.error('6. cold start (fresh process: download + compile + instantiate + call)')
   const child = (...args) => JSON.parse(execFileSync(process.execPath, [join(here, 'child.mjs'), ...args], { encoding: 'utf8' }))
-  const cold = (engine, ...rest) => median(Array.from({ length: QUICK ? 1 : 3 }, () => child('cold', engine, 'mortgage', ...rest).ms))
-  row('cold start, first call', 'ms', cold('native'), cold('v8'), undefined, false, '')
+  // Median over fresh processes of the whole (ms) and of its parts (load, call).
+  const colds = (engine, ...rest) => Array.from({ length: QUICK ? 1 : 3 }, () => child('cold', engine, 'mortgage', ...rest))
+  const part = (runs, key) => median(runs.map((r) => r[key]))
+  const nativeCold = colds('native')
+  row('cold start, first call', 'ms', part(nativeCold, 'ms'), part(colds('v8'), 'ms'), undefined, false, '')
+  own('cold start, first call: loading the addon, making the executor', 'ms', part(nativeCold, 'load'))
+  own('cold start, first call: the call (download, compile, instantiate, run)', 'ms', part(nativeCold, 'call'))
   const cacheDir = mkdtempSync(join(tmpdir(), 'loom-bench-cache-'))
   child('cold', 'native', 'mortgage', cacheDir)
-  row('cold start, warm artifact cache (cacheDir)', 'ms', cold('native', cacheDir), cold('v8'), undefined, false, '')
+  const warmCold = colds('native', cacheDir)
+  row('cold start, warm artifact cache (cacheDir)', 'ms', part(warmCold, 'ms'), part(colds('v8'), 'ms'), undefined, false, '')
+  own('cold start, warm cacheDir: loading the addon, making the executor', 'ms', part(warmCold, 'load'))
+  own('cold start, warm cacheDir: the call (download, artifact load, instantiate, run)', 'ms', part(warmCold, 'call'))
   const { existsSync } = await import('node:fs')
   if (existsSync(join(root, 'build', 'js', 'echo.wasm'))) {
     // The 12 MB JavaScript component (componentize-js): no V8 column (V8 runs no components).
