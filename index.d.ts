@@ -421,6 +421,11 @@ export interface CacheStats {
    * calls ran on (`tierUp`).
    */
   tierUps: number
+  /**
+   * Modules a fresh process loaded from an artifact before its instance pool was built (they
+   * ran outside the pool meanwhile) whose pooled copy then took their place.
+   */
+  pooledLater: number
   /** Compiled code held in memory, in bytes. */
   codeBytes: number
   /** sha256 (hex) of each cached module. */

@@ -395,6 +395,18 @@ mod tests {
         let image = m.serialize().expect("serializes");
         assert!(image.starts_with(&good[..good.len() - TRAILER]), "the module reads the sealed copy, not the file");
         std::fs::write(&path, &good).expect("restore");
+        // The sealed copy maps into another engine of the fingerprint (the unpooled twin) as the
+        // bytes that were checked, whatever the file holds by then; never into another fingerprint.
+        let Some((Compiled::Core(_), true, Some(sealed))) = cache.load_sealed(&digest, e).await else {
+            panic!("loaded through a sealed copy")
+        };
+        std::fs::write(&path, b"rewritten").expect("rewrite");
+        let Some(Compiled::Core(again)) = sealed.load(engine(EngineKind::PlainUnpooled).expect("twin")) else {
+            panic!("the sealed copy maps again")
+        };
+        assert!(again.serialize().expect("serializes").starts_with(&good[..good.len() - TRAILER]));
+        assert!(sealed.load(engine(EngineKind::Metered).expect("metered")).is_none(), "another fingerprint is refused");
+        std::fs::write(&path, &good).expect("restore");
         // The wrong key or the wrong name: its tag does not hold.
         assert!(matches!(in_place_blocking(e, &[1u8; 32], &name, &path), InPlace::Invalid));
         assert!(matches!(in_place_blocking(e, &key, "other.cwasm", &path), InPlace::Invalid));

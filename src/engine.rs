@@ -1,7 +1,8 @@
 //! The process's wasmtime engines and the one epoch ticker that drives their deadlines.
 //!
 //! Engines differ by two choices, each fixed per compiled module (so the module cache keys on
-//! the kind): whether code counts fuel (`maxFuel`; ~20 % slower, so only calls that set a budget
+//! the kind), and the optimized, unmetered one has an unpooled twin (`PlainUnpooled`): whether
+//! code counts fuel (`maxFuel`; ~20 % slower, so only calls that set a budget
 //! pay for it), and which compiler made it: Cranelift (optimizing; the normal tier) or Winch (a
 //! baseline compiler, linear in the size of the code, for modules whose shape would make
 //! Cranelift's compile time explode).
@@ -75,7 +76,8 @@ impl EngineKind {
     pub fn baseline(self) -> bool {
         matches!(self, EngineKind::Baseline | EngineKind::BaselineMetered)
     }
-    /// The same engine with the other compiler.
+    /// The same engine with the other compiler (`PlainUnpooled` gives its baseline twin, and
+    /// `Plain` back: the unpooled twin is only chosen by `unpooled_first`).
     pub fn with_baseline(self, baseline: bool) -> EngineKind {
         EngineKind::new(self.metered(), baseline)
     }

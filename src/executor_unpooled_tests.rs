@@ -87,6 +87,7 @@ async fn an_artifact_loaded_before_the_pool_runs_unpooled_and_then_gives_way_to_
     assert_eq!(actor_call(&ex, &d, "late").await.output, "1");
     assert_eq!(ex.actors.instance_kind(&key("late")), Some(EngineKind::Plain));
     assert_eq!(actor_call(&ex, &d, "early").await.output, "3");
+    assert_eq!(ex.stats().cache.pooled_later, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

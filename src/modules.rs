@@ -161,7 +161,7 @@ impl Default for LoadLimits {
 }
 
 /// A cache slot: the content and the engine asked for (`Plain` or `Metered`; the module in it
-/// may be for that engine's baseline twin).
+/// may be for that engine's baseline twin, or, for `Plain`, its unpooled twin: `unpooled_first`).
 pub(crate) type Slot = (Digest, EngineKind);
 type Flight = (DefKey, EngineKind, Option<Digest>);
 pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
@@ -197,7 +197,7 @@ impl State {
         self.index.retain(|_, d| lru.contains(&(*d, EngineKind::Plain)) || lru.contains(&(*d, EngineKind::Metered)));
     }
 
-    fn remove(&mut self, slot: &Slot) {
+    pub(crate) fn remove(&mut self, slot: &Slot) {
         if let Some(old) = self.lru.pop(slot) {
             self.stats.code_bytes -= old.code_bytes;
         }
@@ -454,10 +454,10 @@ impl ModuleCache {
                 // callers of the name still get its own bytes.
                 if st.generation == generation {
                     st.insert(None, (digest, kind), compiled.clone());
-                }
-                drop(st);
-                if compiled.kind == EngineKind::PlainUnpooled {
-                    self.pool_later(None, digest, generation, &compiled, sealed);
+                    drop(st);
+                    if compiled.kind == EngineKind::PlainUnpooled {
+                        self.pool_later(digest, generation, &compiled, sealed);
+                    }
                 }
                 return Ok(compiled);
             }
@@ -513,13 +513,20 @@ impl ModuleCache {
             Some(false) => st.stats.compiles += 1,
             None => {}
         }
+        let slot = (digest, kind);
+        // Found cached, it may have given its slot to newer code since (a tier-up, a pooled
+        // copy): the newer code stays, and is what this call runs.
+        let compiled = match (from_artifact, st.lru.peek(&slot)) {
+            (None, Some(now)) => now.clone(),
+            _ => compiled,
+        };
         if st.generation == generation {
-            st.insert(Some(key), (digest, kind), compiled.clone());
-        }
-        drop(st);
-        // Loaded before the pool was built: its pooled copy takes the slot later.
-        if compiled.kind == EngineKind::PlainUnpooled && from_artifact == Some(true) {
-            self.pool_later(Some(key), digest, generation, &compiled, sealed);
+            st.insert(Some(key), slot, compiled.clone());
+            drop(st);
+            // Loaded before the pool was built: its pooled copy takes the slot later.
+            if compiled.kind == EngineKind::PlainUnpooled && from_artifact == Some(true) {
+                self.pool_later(digest, generation, &compiled, sealed);
+            }
         }
         Ok(compiled)
     }

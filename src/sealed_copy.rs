@@ -38,7 +38,7 @@ impl SealedCopy {
 
     /// The compiled code, mapped for `engine`; None if wasmtime refuses it (another
     /// fingerprint, say: wasmtime checks its own version and settings header).
-    pub fn load(&self, engine: &Engine) -> Option<Compiled> {
+    pub(crate) fn load(&self, engine: &Engine) -> Option<Compiled> {
         use std::os::unix::io::AsRawFd;
         // SAFETY: the memfd holds the bytes whose tag `in_place_blocking` checked (see
         // `artifacts::deserialize` for what the tag proves), sealed before this value was made,

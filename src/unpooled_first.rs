@@ -2,7 +2,9 @@
 //! runs on the pool-less twin of the pooled engine while the pool is built in the background;
 //! then the pooled engine maps the same sealed copy of the artifact (no second read, copy or
 //! check: 30 ms of two cores for the 12 MB component's 37 MB), or loads the artifact again if it
-//! came from the remote tier, and that copy takes the cache slot.
+//! was not loaded through one (the remote tier, the plain read), and that copy takes the cache
+//! slot. Until then the module's calls and actors are not counted against the pool (as
+//! `maxFuel` calls are not).
 //!
 //! Building the pool costs 3-6 ms of system calls (a guard page `mprotect`ed per fiber stack,
 //! about 1,300 of them by default), which a fresh process with a warm `cacheDir` would otherwise
@@ -15,18 +17,19 @@ use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::engine::{engine, EngineKind};
-use crate::modules::{artifact_module, prepare, CompiledModule, DefKey, ModuleCache};
+use crate::modules::{artifact_module, prepare, CompiledModule, ModuleCache};
 use crate::sealed_copy::SealedCopy;
 
 impl ModuleCache {
     /// Builds the pool in the background and puts the artifact's pooled copy in the slot where
     /// `placeholder` (its unpooled copy) is, unless the slot changed or the cache was cleared
-    /// meanwhile. The pooled copy maps the artifact's sealed copy when there is one (no second
-    /// read, copy or check of the file), else loads the artifact again; one that is gone or
-    /// changed by then leaves the unpooled copy in place.
+    /// meanwhile (the definitions' index is left as the loads set it). The pooled copy maps the
+    /// artifact's sealed copy when there is one (no second read, copy or check of the file), else
+    /// loads the artifact again. Should that fail (the artifact gone or changed meanwhile), the
+    /// unpooled copy leaves its slot, so that the next call loads the module anew rather than run
+    /// outside the pool for good.
     pub(crate) fn pool_later(
         &self,
-        key: Option<&DefKey>,
         digest: Digest,
         generation: u64,
         placeholder: &Arc<CompiledModule>,
@@ -35,34 +38,38 @@ impl ModuleCache {
         let Some(rt) = crate::runtime::handle() else { return };
         let state = self.state.clone();
         let artifacts = self.artifacts.clone();
-        let key = key.cloned();
         let placeholder = Arc::downgrade(placeholder);
         rt.spawn(async move {
             // Milliseconds of system calls: not on a runtime worker.
-            let Ok(Ok(pooled_engine)) = tokio::task::spawn_blocking(|| engine(EngineKind::Plain)).await else { return };
-            if placeholder.strong_count() == 0 {
-                return;
-            }
-            let pooled = match sealed {
-                Some(copy) => tokio::task::spawn_blocking(move || {
-                    let compiled = copy.load(pooled_engine)?;
-                    prepare(compiled, digest, EngineKind::Plain, copy.has_start()).ok()
-                })
-                .await
-                .ok()
-                .flatten(),
-                None => match artifact_module(&artifacts, digest, EngineKind::Plain).await {
-                    Some((Ok(m), _)) => Some(m),
-                    _ => None,
+            let pooled = match tokio::task::spawn_blocking(|| engine(EngineKind::Plain)).await {
+                _ if placeholder.strong_count() == 0 => return,
+                Ok(Ok(pooled_engine)) => match sealed {
+                    Some(copy) => tokio::task::spawn_blocking(move || {
+                        let compiled = copy.load(pooled_engine)?;
+                        prepare(compiled, digest, EngineKind::Plain, copy.has_start()).ok()
+                    })
+                    .await
+                    .ok()
+                    .flatten(),
+                    None => match artifact_module(&artifacts, digest, EngineKind::Plain).await {
+                        Some((Ok(m), _)) => Some(m),
+                        _ => None,
+                    },
                 },
+                _ => None,
             };
-            let Some(pooled) = pooled else { return };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             let slot = (digest, EngineKind::Plain);
             let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
-            if st.generation == generation && still {
-                st.insert(key.as_ref(), slot, Arc::new(pooled));
-                st.stats.pooled_later += 1;
+            if st.generation != generation || !still {
+                return;
+            }
+            match pooled {
+                Some(pooled) => {
+                    st.insert(None, slot, Arc::new(pooled));
+                    st.stats.pooled_later += 1;
+                }
+                None => st.remove(&slot),
             }
         });
     }

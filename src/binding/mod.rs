@@ -91,6 +91,9 @@ pub struct CacheStats {
     /// Modules whose optimized code (Cranelift) replaced the baseline code (Winch) their first
     /// calls ran on (`tierUp`).
     pub tier_ups: f64,
+    /// Modules a fresh process loaded from an artifact before its instance pool was built (they
+    /// ran outside the pool meanwhile) whose pooled copy then took their place.
+    pub pooled_later: f64,
     /// Compiled code held in memory, in bytes.
     pub code_bytes: f64,
     /// sha256 (hex) of each cached module.
@@ -466,6 +469,7 @@ impl WasmActivityExecutor {
             compiles: s.cache.compiles as f64,
             artifact_hits: s.cache.artifact_hits as f64,
             tier_ups: s.cache.tier_ups as f64,
+            pooled_later: s.cache.pooled_later as f64,
             code_bytes: s.cache.code_bytes as f64,
             digests: self.inner.cached_digests(),
             actors: s.actors as u32,
