@@ -14,12 +14,6 @@ fn def(name: &str) -> Definition {
     Definition { name: name.into(), version: "1.0.0".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() }
 }
 
-/// `bytes` with a custom section of its own, so no other test's compile of them is joined.
-fn unique(mut bytes: Vec<u8>, tag: &[u8]) -> Vec<u8> {
-    bytes.extend_from_slice(&[0, tag.len() as u8 + 1, tag.len() as u8]);
-    bytes.extend_from_slice(tag);
-    bytes
-}
 
 fn executor(name: &str, bytes: Vec<u8>) -> Arc<Executor> {
     let source = Arc::new(MemorySource::new());
@@ -42,7 +36,7 @@ async fn until_tiered_up(ex: &Arc<Executor>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_actor_made_on_baseline_code_moves_to_the_optimized_code_with_its_state() {
-    let ex = executor("counter", unique(g::counter(), b"moves"));
+    let ex = executor("counter", g::unique(g::counter(), b"moves"));
     let d = def("counter");
     let key = |id: &str| ActorKey { def: d.key(), actor_id: id.into() };
     // The first calls get the baseline code: both actors are made on it.
@@ -92,7 +86,7 @@ fn table_flipper() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_actor_whose_state_lives_in_a_table_keeps_its_instance_across_a_tier_up() {
-    let ex = executor("flip", unique(table_flipper(), b"flip"));
+    let ex = executor("flip", g::unique(table_flipper(), b"flip"));
     let d = def("flip");
     let key = ActorKey { def: d.key(), actor_id: "f".into() };
     assert_eq!(call(&ex, &d, "f", false).await.output, "0");
@@ -127,7 +121,7 @@ fn counter_with_a_funcref_global() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_move_that_fails_leaves_the_actor_on_its_instance_with_its_state() {
-    let ex = executor("refglobal", unique(counter_with_a_funcref_global(), b"refglobal"));
+    let ex = executor("refglobal", g::unique(counter_with_a_funcref_global(), b"refglobal"));
     let d = def("refglobal");
     let key = ActorKey { def: d.key(), actor_id: "r".into() };
     assert_eq!(call(&ex, &d, "r", false).await.output, "1");

@@ -2,7 +2,7 @@
 //! (`unpooled_first`): they run on the pool-less twin engine, with every limit, until their
 //! pooled copy takes their cache slot; actors made meanwhile keep their instance and state.
 //! The test process's pool exists already, so each executor here is told it does not.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,6 @@ fn def(name: &str) -> Definition {
     Definition { name: name.into(), version: "1.0.0".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() }
 }
 
-/// `bytes` with a custom section of its own, so that no other test's artifact or compile is shared.
-fn unique(mut bytes: Vec<u8>, tag: &[u8]) -> Vec<u8> {
-    bytes.extend_from_slice(&[0, tag.len() as u8 + 1, tag.len() as u8]);
-    bytes.extend_from_slice(tag);
-    bytes
-}
 
 fn dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("loom-unpooled-{tag}-{}", std::process::id()));
@@ -32,8 +26,8 @@ fn dir(tag: &str) -> PathBuf {
     d
 }
 
-fn executor(source: Arc<MemorySource>, dir: &PathBuf, pool_ready: bool) -> Arc<Executor> {
-    let opts = ExecutorOptions { artifacts: ArtifactCache { dir: Some(dir.clone()), ..Default::default() }, ..Default::default() };
+fn executor(source: Arc<MemorySource>, dir: &Path, pool_ready: bool) -> Arc<Executor> {
+    let opts = ExecutorOptions { artifacts: ArtifactCache { dir: Some(dir.to_path_buf()), ..Default::default() }, ..Default::default() };
     let mut ex = Executor::new(source, opts).expect("executor");
     if !pool_ready {
         ex.modules.pool_ready = || false;
@@ -71,7 +65,7 @@ async fn actor_call(ex: &Arc<Executor>, d: &Definition, id: &str) -> CallOutput 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_artifact_loaded_before_the_pool_runs_unpooled_and_then_gives_way_to_its_pooled_copy() {
-    let (ex, _, dir) = warm("swap", &[("counter", unique(g::counter(), b"unpooled-swap"))]).await;
+    let (ex, _, dir) = warm("swap", &[("counter", g::unique(g::counter(), b"unpooled-swap"))]).await;
     let d = def("counter");
     let key = |id: &str| ActorKey { def: d.key(), actor_id: id.into() };
     assert_eq!(actor_call(&ex, &d, "early").await.output, "1");
@@ -97,7 +91,7 @@ async fn an_artifact_loaded_before_the_pool_runs_unpooled_and_then_gives_way_to_
 async fn unpooled_code_keeps_the_time_and_memory_limits() {
     let (ex, _, dir) = warm(
         "hostile",
-        &[("spin", unique(g::spin(), b"unpooled-spin")), ("bomb", unique(g::memory_bomb(), b"unpooled-bomb"))],
+        &[("spin", g::unique(g::spin(), b"unpooled-spin")), ("bomb", g::unique(g::memory_bomb(), b"unpooled-bomb"))],
     )
     .await;
     let mut spin = def("spin");
@@ -119,7 +113,7 @@ async fn unpooled_code_keeps_the_time_and_memory_limits() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pinned_module_loads_unpooled_without_a_download_and_is_swapped_by_digest() {
-    let bytes = unique(g::echo(), b"unpooled-pin");
+    let bytes = g::unique(g::echo(), b"unpooled-pin");
     let (_, _, dir) = warm("pinned", &[("echo", bytes.clone())]).await;
     // A blob store that holds nothing: the pin names the code, the artifact is that code.
     let ex = executor(Arc::new(MemorySource::new()), &dir, false);
@@ -136,7 +130,7 @@ async fn a_pinned_module_loads_unpooled_without_a_download_and_is_swapped_by_dig
 /// Hostile: the cache is cleared while the pooled copy loads; the copy must not come back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_cleared_before_the_pooled_copy_is_ready_stays_cleared() {
-    let (ex, _, dir) = warm("cleared", &[("echo", unique(g::echo(), b"unpooled-clear"))]).await;
+    let (ex, _, dir) = warm("cleared", &[("echo", g::unique(g::echo(), b"unpooled-clear"))]).await;
     let d = def("echo");
     assert_eq!(ex.execute(&d, "1".into(), CallOptions::default()).await.expect("runs").output, "1");
     ex.modules.clear(None);
@@ -152,7 +146,7 @@ async fn a_cache_cleared_before_the_pooled_copy_is_ready_stays_cleared() {
 /// never trusted (a new executor finds it invalid and compiles).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pooled_copy_maps_the_checked_sealed_copy_not_the_file() {
-    let (ex, source, dir) = warm("rewritten", &[("counter", unique(g::counter(), b"unpooled-rewritten"))]).await;
+    let (ex, source, dir) = warm("rewritten", &[("counter", g::unique(g::counter(), b"unpooled-rewritten"))]).await;
     let d = def("counter");
     assert_eq!(actor_call(&ex, &d, "a").await.output, "1");
     for entry in std::fs::read_dir(&dir).expect("dir").flatten() {

@@ -25,6 +25,14 @@ const PRELUDE: &str = r#"
   (data (i32.const 96) "\10\00\00\00g\00u\00e\00s\00t\00.\00t\00s\00")
 "#;
 
+/// `bytes` with a custom section of its own (named by `tag`), so that no other test's compile or
+/// artifact of the same guest is shared.
+pub fn unique(mut bytes: Vec<u8>, tag: &[u8]) -> Vec<u8> {
+    bytes.extend_from_slice(&[0, tag.len() as u8 + 1, tag.len() as u8]);
+    bytes.extend_from_slice(tag);
+    bytes
+}
+
 fn module(body: &str) -> Vec<u8> {
     wat::parse_str(format!("(module {PRELUDE} {body})")).expect("test guest parses")
 }
