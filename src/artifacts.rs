@@ -144,7 +144,7 @@ impl ArtifactCache {
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             match in_place(engine, key.clone(), name.clone(), path.clone()).await {
-                InPlace::Loaded((c, has_start), sealed) => return Some((c, has_start, Some(sealed))),
+                InPlace::Loaded(c, sealed) => return Some((c, sealed.has_start(), Some(sealed))),
                 InPlace::Invalid => {
                     let _ = tokio::fs::remove_file(&path).await;
                 }
@@ -386,9 +386,10 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o644, "written for its owner alone to change, whatever the umask");
         let good = std::fs::read(&path).expect("read");
-        let InPlace::Loaded((Compiled::Core(m), true), _) = in_place_blocking(e, &key, &name, &path) else {
+        let InPlace::Loaded(Compiled::Core(m), sealed) = in_place_blocking(e, &key, &name, &path) else {
             panic!("an authentic artifact loads")
         };
+        assert!(sealed.has_start(), "saved with a start function");
         // The file cut short and rewritten while the module lives: the module maps the sealed
         // copy, so reading every page of it (serialize) neither faults nor sees the change.
         std::fs::write(&path, b"short").expect("rewrite");

@@ -13,7 +13,8 @@ use crate::modules::Compiled;
 
 /// What loading an artifact file through a sealed copy came to.
 pub(crate) enum InPlace {
-    Loaded((Compiled, bool), SealedCopy),
+    /// The code, and the sealed copy it maps (which says whether it has a start function).
+    Loaded(Compiled, SealedCopy),
     /// Its tag does not hold (forged, corrupt, truncated).
     Invalid,
     Missing,
@@ -240,7 +241,7 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
     }
     let sealed = SealedCopy { file: Arc::new(copy), flags };
     match sealed.load(engine) {
-        Some(c) => InPlace::Loaded((c, sealed.has_start()), sealed),
+        Some(c) => InPlace::Loaded(c, sealed),
         // Authentic but refused by wasmtime (no /proc, say): the plain path decides.
         None => InPlace::NotHere,
     }
