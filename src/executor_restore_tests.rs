@@ -69,11 +69,24 @@ async fn a_call_cancelled_while_it_restores_the_last_good_state_leaves_it_for_th
     assert_eq!((next.output.as_str(), next.actor_created), ("3", false));
 }
 
-/// An actor store whose next write, once armed, never answers: after it lands, or before.
+/// An actor store whose next write, once armed, never answers: after it lands, or before. It
+/// cancels the call that writes (`cut_short`) once that write hangs, so the cancel always finds
+/// the call in its write (cancelled any earlier, the call would leave the write armed for the
+/// next call's, which then hung until its deadline).
 struct HangsOnce {
     inner: Arc<dyn ActorStore>,
     hang: AtomicBool,
     lands: bool,
+    cut_short: std::sync::Mutex<Option<CancelFlag>>,
+}
+
+impl HangsOnce {
+    async fn hang_cancelling(&self) {
+        if let Some(cancel) = self.cut_short.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            cancel.cancel();
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 impl ActorStore for HangsOnce {
@@ -84,11 +97,11 @@ impl ActorStore for HangsOnce {
         Box::pin(async move {
             let hang = self.hang.swap(false, Ordering::SeqCst);
             if hang && !self.lands {
-                std::future::pending::<()>().await;
+                self.hang_cancelling().await;
             }
             let saved = self.inner.save(key, bytes, expected).await;
             if hang {
-                std::future::pending::<()>().await;
+                self.hang_cancelling().await;
             }
             saved
         })
@@ -106,7 +119,7 @@ impl ActorStore for HangsOnce {
 async fn count_after_a_write_cut_short(lands: bool) -> (String, bool) {
     let url = format!("memory://hangs-once-{lands}");
     let inner = actor_store::open(Arc::new(ObjectSource::open(&url, &[]).expect("store"))).expect("conditional");
-    let store = Arc::new(HangsOnce { inner, hang: AtomicBool::new(false), lands });
+    let store = Arc::new(HangsOnce { inner, hang: AtomicBool::new(false), lands, cut_short: Default::default() });
     let source = Arc::new(MemorySource::new());
     source.put("counter.wasm", g::counter());
     let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
@@ -114,10 +127,12 @@ async fn count_after_a_write_cut_short(lands: bool) -> (String, bool) {
     let call = |cancel: CancelFlag| ex.execute(&d, "{}".into(), call_options("a", false, cancel));
     assert_eq!(call(CancelFlag::new()).await.expect("counts").output, "1");
     assert_eq!(call(CancelFlag::new()).await.expect("counts").output, "2");
-    // The third call's write never answers: the call waits off this thread and is cancelled
-    // there (`make_done` runs only when it leaves).
+    // The third call's write never answers, and the call is cancelled while it waits for it.
+    let cancel = CancelFlag::new();
+    *store.cut_short.lock().expect("lock") = Some(cancel.clone());
     store.hang.store(true, Ordering::SeqCst);
-    assert_eq!(cancelled_once_it_leaves(&ex, &d, call_options("a", false, CancelFlag::new())).await, "CANCELLED");
+    assert_eq!(call(cancel).await.expect_err("cancelled").code(), "CANCELLED");
+    assert!(!store.hang.load(Ordering::SeqCst), "the third call reached its write");
     let next = call(CancelFlag::new()).await.expect("goes on from the store's state");
     (next.output, next.actor_created)
 }
