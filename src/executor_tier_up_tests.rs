@@ -133,3 +133,39 @@ async fn a_move_that_fails_leaves_the_actor_on_its_instance_with_its_state() {
         assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Baseline));
     }
 }
+
+/// An echo with `n` more functions, each a few instructions: the optimizing compiler takes a
+/// while over it, so its tier-up lands after a small module's.
+fn slow_to_optimize_echo(n: usize) -> Vec<u8> {
+    let filler: String = (0..n)
+        .map(|i| format!("(func (param $x i32) (result i32) (i32.add (i32.mul (local.get $x) (i32.const {i})) (i32.const 7)))"))
+        .collect();
+    g::with_prelude(&format!(r#"(func (export "execute") (param $in i32) (result i32) (local.get $in)) {filler}"#))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tier_up_that_lands_late_leaves_the_definition_on_its_latest_code() {
+    // The definition runs an echo (baseline code, its optimized code compiling); then its blob
+    // becomes a counter, which a fuel-metered call loads (the definition now means the counter).
+    // The echo's optimized code lands after that: it takes the echo's slot, but the definition
+    // stays on the counter (before, the tier-up pointed the definition back at the echo).
+    let source = Arc::new(MemorySource::new());
+    source.put("late.wasm", g::unique(slow_to_optimize_echo(3000), b"late-echo"));
+    let ex = Arc::new(Executor::new(source.clone(), ExecutorOptions::default()).expect("executor"));
+    let plain = def("late");
+    let echoed = ex.execute(&plain, "{\"x\":1}".into(), CallOptions::default()).await.expect("echoes");
+    assert_eq!(echoed.output, "{\"x\":1}");
+    source.put("late.wasm", g::unique(g::counter(), b"late-counter"));
+    let mut metered = def("late");
+    metered.limits.max_fuel = Some(10_000_000.0);
+    let counted = ex.execute(&metered, "{\"x\":1}".into(), CallOptions::default()).await.expect("counts");
+    assert_eq!(counted.output, "1");
+    // Both tier-ups (the echo's, the counter's metered code) have landed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ex.stats().cache.tier_ups < 2 {
+        assert!(Instant::now() < deadline, "tier-ups: {}", ex.stats().cache.tier_ups);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = ex.execute(&plain, "{\"x\":1}".into(), CallOptions::default()).await.expect("runs");
+    assert_eq!(after.output, "1", "the definition went back to the echo");
+}

@@ -499,11 +499,11 @@ impl ModuleCache {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again.
                     if m.kind.baseline() && m.kind != kind && tier_up && !shape::check(&bytes, &self.limits.compile).is_ok_and(|s| s.needs_baseline()) {
-                        self.tier_up_later(key, bytes, digest, kind, generation, &m);
+                        self.tier_up_later(bytes, digest, kind, generation, &m);
                     }
                     (m, Some(true), sealed)
                 }
-                None if tier_up => (self.compile_tiered(key, bytes, digest, kind, generation).await?, Some(false), None),
+                None if tier_up => (self.compile_tiered(bytes, digest, kind, generation).await?, Some(false), None),
                 None => (self.compile(bytes, digest, kind).await?, Some(false), None),
             },
         };

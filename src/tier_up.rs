@@ -7,7 +7,7 @@ use crate::compile::{compile_job, compiles};
 use crate::digest::Digest;
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
-use crate::modules::{CompiledModule, DefKey, ModuleCache};
+use crate::modules::{CompiledModule, ModuleCache};
 use crate::shape;
 
 impl ModuleCache {
@@ -20,7 +20,6 @@ impl ModuleCache {
     /// flight wait for it.
     pub(crate) async fn compile_tiered(
         &self,
-        key: &DefKey,
         bytes: Vec<u8>,
         digest: Digest,
         kind: EngineKind,
@@ -37,19 +36,21 @@ impl ModuleCache {
         };
         // A shape that needs the baseline compiler stays there (compile_checked chose it).
         if shape::check(&bytes, &self.limits.compile).is_ok_and(|s| !s.needs_baseline()) {
-            self.tier_up_later(key, bytes, digest, kind, generation, &baseline);
+            self.tier_up_later(bytes, digest, kind, generation, &baseline);
         }
         Ok(baseline)
     }
 
     /// Compiles `bytes` for `kind` in the background and, once done, puts it in the slot where
-    /// `placeholder` is (unless the slot changed or the cache was cleared meanwhile).
-    pub(crate) fn tier_up_later(&self, key: &DefKey, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
+    /// `placeholder` is (unless the slot changed or the cache was cleared meanwhile). Which
+    /// module a definition means is left alone: a load since (of new bytes, for the other engine
+    /// kind) may have moved it to other code, and the optimized copy of the old must not take it
+    /// back.
+    pub(crate) fn tier_up_later(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
         let Some(rt) = crate::runtime::handle() else { return };
         let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
         let state = self.state.clone();
         let artifacts = self.artifacts.clone();
-        let key = key.clone();
         let placeholder = Arc::downgrade(placeholder);
         rt.spawn(async move {
             let done = match rx.wait_for(|r| r.is_some()).await {
@@ -64,7 +65,7 @@ impl ModuleCache {
             let slot = (digest, kind);
             let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
             if st.generation == generation && still {
-                st.insert(Some(&key), slot, optimized);
+                st.insert(None, slot, optimized);
                 st.stats.tier_ups += 1;
             }
         });
