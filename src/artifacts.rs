@@ -3,8 +3,9 @@
 //! or a whole fleet, compiles each module once.
 //!
 //! A compiled artifact is native code: whoever can write one can run code in this process. So
-//! each is authenticated: wasmtime's serialized module, a flags byte, then an HMAC-SHA256 over
-//! the artifact's name (module digest + engine fingerprint), the flags and the module, with a key
+//! each is authenticated: wasmtime's serialized module, a flags byte, then a MAC (keyed BLAKE3,
+//! `ArtifactTag`) over the artifact's name (module digest + engine fingerprint), the flags and the
+//! module, with a key
 //! only the executor holds: `artifactKey` (required for a shared store, so a fleet shares it), or
 //! a key created with mode 0600 in `cacheDir`. Bytes without a valid tag are discarded and
 //! recompiled, never handed to wasmtime. Plain `http://` stores and world-writable directories
@@ -21,12 +22,13 @@ use wasmtime::{Engine, Module};
 
 use crate::modules::{Code, Compiled};
 
-use crate::digest::{hex, hmac_sha256, same, Digest};
+use crate::digest::{hex, same, ArtifactTag, Digest};
 use crate::error::ExecError;
 use crate::sealed_copy::{in_place, InPlace, SealedCopy};
 use crate::store::ObjectSource;
 
-pub(crate) const MAGIC: &[u8; 8] = b"LOOMART2";
+/// The trailer's magic; `LOOMART2` artifacts (HMAC-SHA256 tags) read as invalid and are made again.
+pub(crate) const MAGIC: &[u8; 8] = b"LOOMART3";
 pub(crate) const TRAILER: usize = 1 + 32 + MAGIC.len();
 /// The key file `cacheDir` gets when no `artifactKey` is given.
 pub const KEY_FILE: &str = ".loom-artifact-key";
@@ -55,7 +57,7 @@ pub fn fingerprint(engine: &Engine) -> String {
 }
 
 fn tag(key: &[u8], name: &str, flags: u8, body: &[u8]) -> Digest {
-    hmac_sha256(key, &[MAGIC, name.as_bytes(), &[flags], body])
+    ArtifactTag::of(key, &[MAGIC, name.as_bytes(), &[flags], body])
 }
 
 /// Flags byte: bit 0, the module has a start function; bit 1, it is a component.
@@ -254,7 +256,7 @@ async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u
         let has_start = flags & HAS_START != 0;
         // SAFETY: `body` is byte for byte what `Module::serialize` (or `Component::serialize`)
         // produced in a process holding this executor's artifact key, for an engine with this
-        // fingerprint, for the module with this digest (the HMAC over all three holds); wasmtime
+        // fingerprint, for the module with this digest (the tag over all three holds); wasmtime
         // checks its own version and settings header again.
         if flags & COMPONENT != 0 {
             unsafe { wasmtime::component::Component::deserialize(&engine, body) }.ok().map(|c| (Compiled::Component(c), has_start))

@@ -34,43 +34,35 @@ pub fn parse_digest(hex_text: &str) -> Result<Digest, ExecError> {
     Ok(d)
 }
 
-/// HMAC-SHA256 (RFC 2104): what authenticates compiled artifacts and snapshots.
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Digest {
-    let mut h = HmacSha256::new(key);
-    for p in parts {
-        h.update(p);
-    }
-    h.finish()
-}
+/// What authenticates compiled artifacts: BLAKE3 in its keyed mode (a MAC), under a key derived
+/// from the executor's artifact key. Over the 37 MB artifact of the 12 MB component it takes
+/// 13-15 ms here, against 25 ms for HMAC-SHA256 with the CPU's SHA extensions (a fresh process
+/// loading that artifact hashes all of it before the first call).
+pub struct ArtifactTag(blake3::Hasher);
 
-/// HMAC-SHA256 over bytes that arrive in pieces (a file read a chunk at a time).
-pub struct HmacSha256 {
-    inner: Sha256,
-    key: [u8; 64],
-}
+/// The context BLAKE3 derives the tag's key in: a different purpose would derive another key.
+const TAG_CONTEXT: &str = "loom-wasm-executor 2026-12-01 compiled artifact tag";
 
-impl HmacSha256 {
+impl ArtifactTag {
     pub fn new(key: &[u8]) -> Self {
-        let mut k = [0u8; 64];
-        if key.len() > k.len() {
-            k[..32].copy_from_slice(&sha256(key));
-        } else {
-            k[..key.len()].copy_from_slice(key);
-        }
-        let mut inner = Sha256::new();
-        inner.update(k.map(|b| b ^ 0x36));
-        HmacSha256 { inner, key: k }
+        ArtifactTag(blake3::Hasher::new_keyed(&blake3::derive_key(TAG_CONTEXT, key)))
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
-        self.inner.update(bytes);
+        self.0.update(bytes);
     }
 
     pub fn finish(self) -> Digest {
-        let mut outer = Sha256::new();
-        outer.update(self.key.map(|b| b ^ 0x5c));
-        outer.update(self.inner.finalize());
-        outer.finalize().into()
+        self.0.finalize().into()
+    }
+
+    /// The tag of `parts` one after another.
+    pub fn of(key: &[u8], parts: &[&[u8]]) -> Digest {
+        let mut t = ArtifactTag::new(key);
+        for p in parts {
+            t.update(p);
+        }
+        t.finish()
     }
 }
 
@@ -94,14 +86,18 @@ mod tests {
     }
 
     #[test]
-    fn hmac_matches_rfc_4231() {
-        // Test case 2 of RFC 4231.
-        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        // Test case 6: a key longer than the block.
-        let mac = hmac_sha256(&[0xaa; 131], &[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
-        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-        assert!(same(&mac, &mac));
-        assert!(!same(&mac, &sha256(b"x")));
+    fn artifact_tags_depend_on_key_and_every_byte_and_not_on_how_bytes_arrive() {
+        let key = [7u8; 32];
+        let whole = ArtifactTag::of(&key, &[b"what do ya want for nothing?"]);
+        assert_eq!(whole, ArtifactTag::of(&key, &[b"what do ya ", b"want for nothing?"]));
+        // Keyed BLAKE3 under the derived key: the same as the reference's.
+        let derived = blake3::derive_key(TAG_CONTEXT, &key);
+        assert_eq!(whole, *blake3::keyed_hash(&derived, b"what do ya want for nothing?").as_bytes());
+        assert_ne!(whole, ArtifactTag::of(&[8u8; 32], &[b"what do ya want for nothing?"]));
+        assert_ne!(whole, ArtifactTag::of(&key, &[b"what do ya want for nothing!"]));
+        // Keys of any length (a user's artifactKey is at least 32 bytes, may be longer).
+        assert_ne!(ArtifactTag::of(&[7u8; 64], &[b"x"]), ArtifactTag::of(&[7u8; 32], &[b"x"]));
+        assert!(same(&whole, &whole));
+        assert!(!same(&whole, &sha256(b"x")));
     }
 }

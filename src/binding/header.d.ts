@@ -98,7 +98,7 @@ export interface ExecutorOptions {
   cacheDir?: string
   /** Shared compiled artifacts for a fleet: an `ObjectBlobStore` or a URL (not `http://`). Needs `artifactKey`. */
   artifactStore?: ObjectBlobStore | string
-  /** Secret (at least 32 bytes) that authenticates compiled artifacts (HMAC-SHA256); shared by a fleet. */
+  /** Secret (at least 32 bytes) that authenticates compiled artifacts (a keyed-BLAKE3 MAC); shared by a fleet. */
   artifactKey?: string | Uint8Array
   /** Live actor instances kept in the LRU (default 1000; 1..1000000). Only idle actors are evicted. */
   maxActors?: number
