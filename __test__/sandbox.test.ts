@@ -253,7 +253,7 @@ describe('8. compiled artifacts are authenticated', () => {
     await other.precompile(def('counter'))
     const { createHash } = require('node:crypto')
     const body = readFileSync(join(dir, file)).subarray(0, -41)
-    writeFileSync(join(dir, file), Buffer.concat([body, Buffer.from([0]), createHash('sha256').update(body).digest(), Buffer.from('LOOMART2')]))
+    writeFileSync(join(dir, file), Buffer.concat([body, Buffer.from([0]), createHash('sha256').update(body).digest(), Buffer.from('LOOMART3')]))
     const { ex: victim } = await executorWith({ echo: guest('echo') }, { cacheDir: dir })
     expect(await victim.execute(def('echo'), { message: 'safe' })).toMatchObject({ result: 'safe' })
     expect(victim.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
