@@ -169,3 +169,29 @@ async fn a_tier_up_that_lands_late_leaves_the_definition_on_its_latest_code() {
     let after = ex.execute(&plain, "{\"x\":1}".into(), CallOptions::default()).await.expect("runs");
     assert_eq!(after.output, "1", "the definition went back to the echo");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_modules_first_call_does_not_wait_behind_other_modules_tier_ups() {
+    // Two modules' first calls leave their optimized code compiling in the background (a while:
+    // 20,000 functions each); a third module's first call compiles and runs before either lands
+    // (before, the two tier-ups held both compile slots of this 2-core machine and it waited).
+    let source = Arc::new(MemorySource::new());
+    for name in ["slow-a", "slow-b"] {
+        source.put(&format!("{name}.wasm"), g::unique(slow_to_optimize_echo(20_000), name.as_bytes()));
+    }
+    source.put("quick.wasm", g::unique(g::echo(), b"quick"));
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    for name in ["slow-a", "slow-b"] {
+        let out = ex.execute(&def(name), "{\"x\":1}".into(), CallOptions::default()).await.expect("echoes");
+        assert_eq!(out.output, "{\"x\":1}");
+    }
+    let quick = ex.execute(&def("quick"), "{\"q\":2}".into(), CallOptions::default()).await.expect("echoes");
+    assert_eq!(quick.output, "{\"q\":2}");
+    assert_eq!(ex.stats().cache.tier_ups, 0, "the first call of a new module waited for other modules' tier-ups");
+    // Both still land (one after the other).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ex.stats().cache.tier_ups < 3 {
+        assert!(Instant::now() < deadline, "tier-ups: {}", ex.stats().cache.tier_ups);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -27,7 +27,7 @@ use crate::inline;
 use crate::shape::{self, CompileLimits};
 use crate::store::BlobSource;
 pub use crate::compile::compile;
-use crate::compile::compile_job;
+use crate::compile::{compile_job, Urgency};
 
 
 /// What identifies an activity's module before its bytes are known.
@@ -556,7 +556,7 @@ impl ModuleCache {
     }
 
     pub(crate) async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Now);
         let wait = rx.wait_for(|r| r.is_some());
         let compiled = match tokio::time::timeout(self.limits.compile_timeout, wait).await {
             Ok(Ok(r)) => r.clone().unwrap_or_else(|| Err(ExecError::internal("compile finished without a result")))?,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::compile::{compile_job, compiles};
+use crate::compile::{compile_job, compiles, Urgency};
 use crate::digest::Digest;
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
@@ -48,7 +48,7 @@ impl ModuleCache {
     /// back.
     pub(crate) fn tier_up_later(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
         let Some(rt) = crate::runtime::handle() else { return };
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile);
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background);
         let state = self.state.clone();
         let artifacts = self.artifacts.clone();
         let placeholder = Arc::downgrade(placeholder);
