@@ -194,6 +194,8 @@ async function main() {
   row('cold start, first call', 'ms', part(nativeCold, 'ms'), part(colds('v8'), 'ms'), undefined, false, '')
   own('cold start, first call: loading the addon, making the executor', 'ms', part(nativeCold, 'load'))
   own('cold start, first call: the call (download, compile, instantiate, run)', 'ms', part(nativeCold, 'call'))
+  const nexts = (engine) => Array.from({ length: QUICK ? 1 : 3 }, () => child('cold-next', engine, 'mortgage'))
+  row("cold start, a second new module's first call (the first tiering up)", 'ms', part(nexts('native'), 'ms'), part(nexts('v8'), 'ms'), undefined, false, '')
   const cacheDir = mkdtempSync(join(tmpdir(), 'loom-bench-cache-'))
   child('cold', 'native', 'mortgage', cacheDir)
   const warmCold = colds('native', cacheDir)
