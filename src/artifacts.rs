@@ -53,6 +53,9 @@ pub fn fingerprint(engine: &Engine) -> String {
     h.write(env!("CARGO_PKG_VERSION").as_bytes());
     // What modules are rewritten into before compiling (see `instrument`).
     h.write(b"instrumentation 1");
+    // How artifacts are sealed: another format is another name, so two versions sharing a store
+    // (a rolling deploy) never overwrite each other's artifacts as invalid.
+    h.write(MAGIC);
     hex(&h.0.finalize())[..16].to_string()
 }
 

@@ -5,9 +5,10 @@
 //! lower priority).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Module;
 
 use crate::abi;
@@ -59,8 +60,31 @@ fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<Comp
 /// interrupted), so a retried call joins it instead of starting another.
 type CompileKey = (Digest, EngineKind);
 
-pub(crate) fn compiles() -> &'static Mutex<HashMap<CompileKey, watch::Receiver<Option<Loaded>>>> {
-    static COMPILES: OnceLock<Mutex<HashMap<CompileKey, watch::Receiver<Option<Loaded>>>>> = OnceLock::new();
+/// A compile in flight: its result, for everyone waiting, and whether a call waits for it.
+#[derive(Clone)]
+pub(crate) struct Job {
+    pub rx: watch::Receiver<Option<Loaded>>,
+    hurried: Arc<Hurried>,
+}
+
+#[derive(Default)]
+struct Hurried {
+    yes: AtomicBool,
+    notify: Notify,
+}
+
+impl Job {
+    /// A call waits for this compile now: a background one still queued for its slot takes a
+    /// call's slot instead, and one that has not started runs at the calls' priority (one that
+    /// has started goes on where it is).
+    pub(crate) fn hurry(&self) {
+        self.hurried.yes.store(true, Ordering::SeqCst);
+        self.hurried.notify.notify_waiters();
+    }
+}
+
+pub(crate) fn compiles() -> &'static Mutex<HashMap<CompileKey, Job>> {
+    static COMPILES: OnceLock<Mutex<HashMap<CompileKey, Job>>> = OnceLock::new();
     COMPILES.get_or_init(Default::default)
 }
 
@@ -76,19 +100,22 @@ pub(crate) enum Urgency {
 /// turn is dropped without compiling. Background compiles have a slot of their own: they never
 /// hold one a call waits for (a worker's first calls of new modules, one after another, each
 /// waited behind the tier-ups of the modules before).
+const BACKGROUND_SLOTS: u32 = 1;
+
 fn compile_slots(urgency: Urgency) -> &'static Arc<Semaphore> {
     static NOW: OnceLock<Arc<Semaphore>> = OnceLock::new();
     static BACKGROUND: OnceLock<Arc<Semaphore>> = OnceLock::new();
     match urgency {
         Urgency::Now => NOW.get_or_init(|| Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))),
-        Urgency::Background => BACKGROUND.get_or_init(|| Arc::new(Semaphore::new(1))),
+        Urgency::Background => BACKGROUND.get_or_init(|| Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize))),
     }
 }
 
-/// How much lower than the process's the background compiles' threads run (their nice value):
-/// where a call waits for the CPU, they get about a tenth of it (the kernel's weights for nice 0
-/// and 10 are 1024 and 110); on idle cores, all of it.
-const BACKGROUND_NICE: libc::c_int = 10;
+/// The nice value of the background compiles' threads: below the calls' compiles and guest
+/// threads (`threads::NICE`, 10), which are below the event loop (0). Where a call's compile or a
+/// guest waits for the CPU, a background compile gets about a quarter of it (the kernel's
+/// weights for nice 10 and 15 are 110 and 36); on idle cores, all of it.
+const BACKGROUND_NICE: i32 = crate::threads::NICE + 5;
 
 /// The threads background compiles run on, at lower priority: wasmtime compiles a module's
 /// functions in parallel on the rayon pool it is called in, and on the process's shared pool a
@@ -100,57 +127,72 @@ fn background_pool() -> Option<&'static rayon::ThreadPool> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
             .thread_name(|i| format!("loom-wasm-tier-up-{i}"))
-            .start_handler(|_| lower_this_threads_priority())
+            .start_handler(|_| crate::threads::set_nice(BACKGROUND_NICE))
             .build()
             .ok()
     })
     .as_ref()
 }
 
-/// Raises the calling thread's nice value (on Linux the nice value is per thread). Best effort:
-/// a thread that stays at the process's priority only competes as before.
-fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread; no memory is passed.
-    unsafe {
-        let tid = libc::gettid();
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + BACKGROUND_NICE).min(19));
+/// A compile slot for a job: a call's, or, for a background job, the background one, unless a
+/// call comes to wait for the job before that is free.
+async fn slot(urgency: Urgency, hurried: &Hurried) -> Result<OwnedSemaphorePermit, AcquireError> {
+    if urgency == Urgency::Now {
+        return compile_slots(Urgency::Now).clone().acquire_owned().await;
+    }
+    loop {
+        let hurry = hurried.notify.notified();
+        tokio::pin!(hurry);
+        hurry.as_mut().enable();
+        if hurried.yes.load(Ordering::SeqCst) {
+            return compile_slots(Urgency::Now).clone().acquire_owned().await;
+        }
+        tokio::select! {
+            permit = compile_slots(Urgency::Background).clone().acquire_owned() => return permit,
+            _ = &mut hurry => {}
+        }
     }
 }
 
-/// The nice value of the calling thread (for tests).
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) fn this_threads_nice() -> i32 {
-    // SAFETY: as above.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+/// Holds every background compile slot until dropped (tests: background compiles wait). All
+/// the semaphore has, should it ever be the calls' one again.
+#[cfg(test)]
+pub(crate) async fn hold_background_slots() -> OwnedSemaphorePermit {
+    let slots = compile_slots(Urgency::Background);
+    let n = (slots.available_permits() as u32).max(BACKGROUND_SLOTS);
+    slots.clone().acquire_many_owned(n).await.expect("slots open")
 }
 
 /// The compile of `bytes` for `kind`: joined if one is in flight (whatever its urgency), else
 /// started.
 pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency) -> watch::Receiver<Option<Loaded>> {
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(rx) = jobs.get(&(digest, kind)) {
-        return rx.clone();
+    if let Some(job) = jobs.get(&(digest, kind)) {
+        if urgency == Urgency::Now {
+            job.hurry();
+        }
+        return job.rx.clone();
     }
     let (tx, rx) = watch::channel(None);
-    jobs.insert((digest, kind), rx.clone());
+    let hurried = Arc::new(Hurried::default());
+    jobs.insert((digest, kind), Job { rx: rx.clone(), hurried: hurried.clone() });
     drop(jobs);
     let Some(rt) = crate::runtime::handle() else {
         let _ = tx.send(Some(Err(ExecError::internal("no async runtime for compiling"))));
         return rx;
     };
     rt.spawn(async move {
-        let result = match compile_slots(urgency).clone().acquire_owned().await {
+        let result = match slot(urgency, &hurried).await {
             // Only the map's own receiver is left: nobody waits any more.
             Ok(_) if tx.receiver_count() <= 1 => None,
             Ok(permit) => {
                 let r = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let run = || compile(&bytes, kind, &limits).map(Arc::new);
-                    match (urgency, background_pool()) {
-                        (Urgency::Background, Some(pool)) => pool.install(run),
-                        _ => run(),
+                    let background = urgency == Urgency::Background && !hurried.yes.load(Ordering::SeqCst);
+                    match background.then(background_pool).flatten() {
+                        Some(pool) => pool.install(run),
+                        None => run(),
                     }
                 })
                 .await
@@ -165,19 +207,16 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
     rx
 }
 
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
     #[test]
-    fn background_compiles_run_at_lower_priority_than_the_process() {
-        let here = this_threads_nice();
+    fn background_compiles_run_below_the_calls_compiles_and_guests() {
         let pool = background_pool().expect("a background pool");
-        let (nice, name) = pool.install(|| (this_threads_nice(), std::thread::current().name().map(String::from)));
-        assert_eq!(nice, (here + BACKGROUND_NICE).min(19), "on {name:?}");
+        let (nice, name) = pool.install(|| (crate::threads::this_threads_nice(), std::thread::current().name().map(String::from)));
+        // Whatever thread built the pool (its threads would inherit that thread's nice value).
+        assert!(nice >= BACKGROUND_NICE && nice > crate::threads::NICE, "nice {nice} on {name:?}");
         assert!(name.is_some_and(|n| n.starts_with("loom-wasm-tier-up-")));
-        // The caller's thread keeps its priority.
-        assert_eq!(this_threads_nice(), here);
     }
 }

@@ -171,27 +171,46 @@ async fn a_tier_up_that_lands_late_leaves_the_definition_on_its_latest_code() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_new_modules_first_call_does_not_wait_behind_other_modules_tier_ups() {
-    // Two modules' first calls leave their optimized code compiling in the background (a while:
-    // 20,000 functions each); a third module's first call compiles and runs before either lands
-    // (before, the two tier-ups held both compile slots of this 2-core machine and it waited).
+async fn a_new_modules_first_call_does_not_wait_for_background_compiles() {
+    // Background compiles (tier-ups) are held back here: a module's first call that needed one
+    // of their slots would wait for ever (before, tier-ups took the compile slots calls wait for:
+    // on 2 cores, two of them made a new module's first call wait).
     let source = Arc::new(MemorySource::new());
-    for name in ["slow-a", "slow-b"] {
-        source.put(&format!("{name}.wasm"), g::unique(slow_to_optimize_echo(20_000), name.as_bytes()));
-    }
-    source.put("quick.wasm", g::unique(g::echo(), b"quick"));
+    source.put("held-a.wasm", g::unique(g::echo(), b"held-a"));
+    source.put("held-b.wasm", g::unique(g::echo(), b"held-b"));
     let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
-    for name in ["slow-a", "slow-b"] {
-        let out = ex.execute(&def(name), "{\"x\":1}".into(), CallOptions::default()).await.expect("echoes");
-        assert_eq!(out.output, "{\"x\":1}");
+    let held = crate::compile::hold_background_slots().await;
+    for (name, input) in [("held-a", "{\"a\":1}"), ("held-b", "{\"b\":2}")] {
+        let d = def(name);
+        let call = ex.execute(&d, input.into(), CallOptions::default());
+        let out = tokio::time::timeout(Duration::from_secs(30), call).await.expect("not waiting for a background slot");
+        assert_eq!(out.expect("echoes").output, input);
     }
-    let quick = ex.execute(&def("quick"), "{\"q\":2}".into(), CallOptions::default()).await.expect("echoes");
-    assert_eq!(quick.output, "{\"q\":2}");
-    assert_eq!(ex.stats().cache.tier_ups, 0, "the first call of a new module waited for other modules' tier-ups");
-    // Both still land (one after the other).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ex.stats().cache.tier_ups < 3 {
+    assert_eq!(ex.stats().cache.tier_ups, 0, "a tier-up ran while the background slots were held");
+    // Let go, both tier-ups land.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ex.stats().cache.tier_ups < 2 {
         assert!(Instant::now() < deadline, "tier-ups: {}", ex.stats().cache.tier_ups);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_waits_for_a_queued_tier_up_hurries_it() {
+    // A module's optimized code is queued in the background (its slot held here); `precompile`,
+    // and an executor without tier-up loading the same module, wait for exactly that compile:
+    // it takes a call's slot instead of waiting behind the background queue.
+    let source = Arc::new(MemorySource::new());
+    source.put("hurried.wasm", g::unique(g::counter(), b"hurried"));
+    let ex = Arc::new(Executor::new(source.clone(), ExecutorOptions::default()).expect("executor"));
+    let plain = Arc::new(Executor::new(source, ExecutorOptions { tier_up: false, ..Default::default() }).expect("executor"));
+    let held = crate::compile::hold_background_slots().await;
+    assert_eq!(ex.execute(&def("hurried"), "{}".into(), CallOptions::default()).await.expect("counts").output, "1");
+    let optimized = tokio::time::timeout(Duration::from_secs(30), ex.precompile(&def("hurried"))).await;
+    assert!(optimized.expect("precompile hurried the queued compile").is_ok());
+    let other = tokio::time::timeout(Duration::from_secs(30), plain.execute(&def("hurried"), "{}".into(), CallOptions::default())).await;
+    assert_eq!(other.expect("not behind the background queue").expect("counts").output, "1");
+    assert_eq!(plain.stats().cache.compiles, 1);
+    drop(held);
 }

@@ -41,11 +41,23 @@ pub const NICE: i32 = 10;
 
 /// Lowers the calling thread's priority by `NICE` (best effort: where the OS refuses, it stays).
 pub fn lower_priority() {
+    set_nice(NICE);
+}
+
+/// Sets the calling thread's nice value (on Linux a per-thread attribute); best effort, as above.
+pub fn set_nice(nice: i32) {
     // SAFETY: plain syscalls on the calling thread.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, NICE);
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
+}
+
+/// The calling thread's nice value (tests).
+#[cfg(test)]
+pub fn this_threads_nice() -> i32 {
+    // SAFETY: as above.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
 }
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -78,7 +78,10 @@ impl ModuleCache {
             return module;
         }
         let job = compiles().lock().unwrap_or_else(|p| p.into_inner()).get(&(module.digest, kind)).cloned();
-        let Some(mut rx) = job else { return module };
+        let Some(job) = job else { return module };
+        // `precompile` waits for it: not behind other modules' tier-ups.
+        job.hurry();
+        let mut rx = job.rx;
         let done = match rx.wait_for(|r| r.is_some()).await {
             Ok(r) => r.clone(),
             Err(_) => return module,
