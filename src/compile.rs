@@ -67,10 +67,22 @@ pub(crate) struct Job {
     hurried: Arc<Hurried>,
 }
 
+/// Whether a background job is still of use, asked when its slot comes: a tier-up's module may
+/// have left its cache (cleared, evicted, its executor dropped) while it queued.
+pub(crate) type Wanted = Box<dyn Fn() -> bool + Send + Sync>;
+
 #[derive(Default)]
 struct Hurried {
     yes: AtomicBool,
     notify: Notify,
+    /// Those who asked for it in the background: it runs if any still wants it.
+    wanted: Mutex<Vec<Wanted>>,
+}
+
+impl Hurried {
+    fn still_wanted(&self) -> bool {
+        self.yes.load(Ordering::SeqCst) || self.wanted.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|w| w())
+    }
 }
 
 impl Job {
@@ -164,17 +176,23 @@ pub(crate) async fn hold_background_slots() -> OwnedSemaphorePermit {
 }
 
 /// The compile of `bytes` for `kind`: joined if one is in flight (whatever its urgency), else
-/// started.
-pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency) -> watch::Receiver<Option<Loaded>> {
+/// started. A background one (`wanted` says whether its result is still of use) is dropped
+/// when its slot comes if nobody wants it any more.
+pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(job) = jobs.get(&(digest, kind)) {
-        if urgency == Urgency::Now {
-            job.hurry();
+        match (urgency, wanted) {
+            (Urgency::Now, _) => job.hurry(),
+            (Urgency::Background, Some(w)) => job.hurried.wanted.lock().unwrap_or_else(|p| p.into_inner()).push(w),
+            (Urgency::Background, None) => {}
         }
         return job.rx.clone();
     }
     let (tx, rx) = watch::channel(None);
     let hurried = Arc::new(Hurried::default());
+    if let Some(w) = wanted {
+        hurried.wanted.lock().unwrap_or_else(|p| p.into_inner()).push(w);
+    }
     jobs.insert((digest, kind), Job { rx: rx.clone(), hurried: hurried.clone() });
     drop(jobs);
     let Some(rt) = crate::runtime::handle() else {
@@ -185,6 +203,8 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
         let result = match slot(urgency, &hurried).await {
             // Only the map's own receiver is left: nobody waits any more.
             Ok(_) if tx.receiver_count() <= 1 => None,
+            // A tier-up of modules that all left their caches meanwhile.
+            Ok(_) if urgency == Urgency::Background && !hurried.still_wanted() => None,
             Ok(permit) => {
                 let r = tokio::task::spawn_blocking(move || {
                     let _permit = permit;

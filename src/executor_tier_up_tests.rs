@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::actors::ActorKey;
+use crate::artifacts::ArtifactCache;
 use crate::engine::EngineKind;
 use crate::store::MemorySource;
 use crate::test_guests as g;
@@ -213,4 +214,54 @@ async fn a_call_that_waits_for_a_queued_tier_up_hurries_it() {
     assert_eq!(other.expect("not behind the background queue").expect("counts").output, "1");
     assert_eq!(plain.stats().cache.compiles, 1);
     drop(held);
+}
+
+/// The artifacts (one per compiled tier) in `dir`.
+fn artifacts_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))).count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_tier_up_whose_module_left_every_cache_is_dropped() {
+    // Two executors run the same new module; its optimized code queues in the background (its
+    // slot held here). The first executor's cache is cleared: the compile still runs for the
+    // second. Then the same with both gone: it is dropped when its slot comes, not compiled (a
+    // stale tier-up held the one background slot that live ones wait for).
+    for keep_one in [true, false] {
+        let dir = std::env::temp_dir().join(format!("loom-stale-tier-up-{keep_one}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = g::unique(g::counter(), format!("stale-{keep_one}").as_bytes());
+        let digest = crate::digest::sha256(&bytes);
+        let source = Arc::new(MemorySource::new());
+        source.put("stale.wasm", bytes);
+        let opts = || ExecutorOptions { artifacts: ArtifactCache { dir: Some(dir.clone()), ..Default::default() }, ..Default::default() };
+        let first = Arc::new(Executor::new(source.clone(), opts()).expect("executor"));
+        let second = Arc::new(Executor::new(source.clone(), ExecutorOptions::default()).expect("executor"));
+        let held = crate::compile::hold_background_slots().await;
+        for ex in [&first, &second] {
+            assert_eq!(ex.execute(&def("stale"), "{}".into(), CallOptions::default()).await.expect("counts").output, "1");
+        }
+        assert_eq!(artifacts_in(&dir), 1, "the baseline code's artifact");
+        first.clear_cache(None);
+        if !keep_one {
+            second.clear_cache(None);
+        }
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::compile::compiles().lock().expect("lock").contains_key(&(digest, EngineKind::Plain)) {
+            assert!(Instant::now() < deadline, "the background compile never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if keep_one {
+            // The second executor's tier-up lands; the first one's stores the artifact.
+            while second.stats().cache.tier_ups < 1 || artifacts_in(&dir) < 2 {
+                assert!(Instant::now() < deadline, "tier-ups {}, artifacts {}", second.stats().cache.tier_ups, artifacts_in(&dir));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } else {
+            // Time for a compile's result to be stored, had there been one.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!((second.stats().cache.tier_ups, artifacts_in(&dir)), (0, 1), "the dropped tier-up was compiled");
+        }
+    }
 }

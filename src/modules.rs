@@ -556,7 +556,7 @@ impl ModuleCache {
     }
 
     pub(crate) async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Now);
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Now, None);
         let wait = rx.wait_for(|r| r.is_some());
         let compiled = match tokio::time::timeout(self.limits.compile_timeout, wait).await {
             Ok(Ok(r)) => r.clone().unwrap_or_else(|| Err(ExecError::internal("compile finished without a result")))?,

@@ -16,8 +16,9 @@ impl ModuleCache {
     /// wait now, and by Cranelift in the background; when that is done its module takes the
     /// cache slot (calls after that run optimized code; actors created before keep their
     /// instance) and its artifact is stored. The 12 MB JavaScript component: 2.3 s with Winch
-    /// against 13 s with Cranelift on 2 busy cores. Loads that join an optimizing compile in
-    /// flight wait for it.
+    /// against 13 s with Cranelift on 2 busy cores. An optimizing compile of the module already
+    /// in flight (another executor's tier-up, say) is joined by the background part, not waited
+    /// for: the baseline compile is the sooner answer.
     pub(crate) async fn compile_tiered(
         &self,
         bytes: Vec<u8>,
@@ -25,8 +26,7 @@ impl ModuleCache {
         kind: EngineKind,
         generation: u64,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        let optimizing_in_flight = compiles().lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(digest, kind));
-        if kind.baseline() || optimizing_in_flight {
+        if kind.baseline() {
             return self.compile(bytes, digest, kind).await;
         }
         let baseline = match self.compile(bytes.clone(), digest, kind.with_baseline(true)).await {
@@ -48,10 +48,22 @@ impl ModuleCache {
     /// back.
     pub(crate) fn tier_up_later(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
         let Some(rt) = crate::runtime::handle() else { return };
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background);
-        let state = self.state.clone();
-        let artifacts = self.artifacts.clone();
+        let slot = (digest, kind);
+        // Held weakly: a dropped executor's tier-ups are not kept for it.
+        let state = Arc::downgrade(&self.state);
         let placeholder = Arc::downgrade(placeholder);
+        // Still of use: the cache not cleared since and the baseline code still held somewhere (in
+        // its slot, or by the load that is about to put it there: the job may get its slot before
+        // that); not once it was evicted and dropped, the cache cleared or the executor dropped.
+        let waits = {
+            let (state, placeholder) = (state.clone(), placeholder.clone());
+            move || {
+                placeholder.strong_count() > 0
+                    && state.upgrade().is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).generation == generation)
+            }
+        };
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, Some(Box::new(waits)));
+        let artifacts = self.artifacts.clone();
         rt.spawn(async move {
             let done = match rx.wait_for(|r| r.is_some()).await {
                 Ok(r) => r.clone(),
@@ -61,8 +73,8 @@ impl ModuleCache {
             if let Ok(engine) = engine(optimized.kind) {
                 let _ = artifacts.save(&digest, engine, &optimized.code, optimized.has_start).await;
             }
+            let Some(state) = state.upgrade() else { return };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (digest, kind);
             let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
             if st.generation == generation && still {
                 st.insert(None, slot, optimized);
