@@ -69,7 +69,7 @@ pub(crate) struct Job {
 
 /// Whether a background job is still of use, asked when its slot comes: a tier-up's module may
 /// have left its cache (cleared, evicted, its executor dropped) while it queued.
-pub(crate) type Wanted = Box<dyn Fn() -> bool + Send + Sync>;
+pub(crate) type Wanted = Arc<dyn Fn() -> bool + Send + Sync>;
 
 #[derive(Default)]
 struct Hurried {
@@ -81,7 +81,9 @@ struct Hurried {
 
 impl Hurried {
     fn still_wanted(&self) -> bool {
-        self.yes.load(Ordering::SeqCst) || self.wanted.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|w| w())
+        // Asked without the list's lock held (each takes its cache's lock).
+        let wanted: Vec<Wanted> = self.wanted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.yes.load(Ordering::SeqCst) || wanted.iter().any(|w| w())
     }
 }
 

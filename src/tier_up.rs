@@ -62,7 +62,7 @@ impl ModuleCache {
                     && state.upgrade().is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).generation == generation)
             }
         };
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, Some(Box::new(waits)));
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, Some(Arc::new(waits)));
         let artifacts = self.artifacts.clone();
         rt.spawn(async move {
             let done = match rx.wait_for(|r| r.is_some()).await {
