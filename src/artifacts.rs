@@ -142,14 +142,15 @@ impl ArtifactCache {
         self.load_sealed(digest, engine).await.map(|(c, has_start, _)| (c, has_start))
     }
 
-    /// The same, with the artifact's sealed copy when it was loaded through one (from `dir`).
-    pub async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool, Option<SealedCopy>)> {
+    /// The same, with the artifact as checked (its sealed copy, or its authenticated bytes), which
+    /// another engine of its fingerprint may load without reading, downloading or checking it again.
+    pub(crate) async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool, Option<Checked>)> {
         let key = self.key.clone()?;
         let name = Self::name(digest, engine);
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             match in_place(engine, key.clone(), name.clone(), path.clone()).await {
-                InPlace::Loaded(c, sealed) => return Some((c, sealed.has_start(), Some(sealed))),
+                InPlace::Loaded(c, sealed) => return Some((c, sealed.has_start(), Some(Checked::Sealed(sealed)))),
                 InPlace::Invalid => {
                     let _ = tokio::fs::remove_file(&path).await;
                 }
@@ -157,7 +158,7 @@ impl ArtifactCache {
                 InPlace::NotHere => {
                     if let Ok(bytes) = tokio::fs::read(&path).await {
                         match deserialize(engine, key.clone(), name.clone(), bytes).await {
-                            Some((c, has_start)) => return Some((c, has_start, None)),
+                            Some((c, checked)) => return Some((c, checked.has_start(), Some(Checked::Bytes(checked)))),
                             // Forged, corrupt or truncated: never used, removed so it is rewritten.
                             None => {
                                 let _ = tokio::fs::remove_file(&path).await;
@@ -169,11 +170,11 @@ impl ArtifactCache {
         }
         let remote = self.remote.as_ref()?;
         let bytes = remote.get(&name).await.ok()?;
-        let (c, has_start) = deserialize(engine, key, name.clone(), bytes.to_vec()).await?;
+        let (c, checked) = deserialize(engine, key, name.clone(), bytes.to_vec()).await?;
         if let Some(dir) = &self.dir {
             let _ = write_atomic(dir.clone(), name, bytes.to_vec()).await;
         }
-        Some((c, has_start, None))
+        Some((c, checked.has_start(), Some(Checked::Bytes(checked))))
     }
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
@@ -252,20 +253,75 @@ fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
     }
 }
 
-async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u8>) -> Option<(Compiled, bool)> {
-    let engine = engine.clone();
-    tokio::task::spawn_blocking(move || {
-        let (body, flags) = unseal(&key, &name, &bytes)?;
-        let has_start = flags & HAS_START != 0;
+/// An artifact as it was checked when loaded: another engine of its fingerprint (the pooled
+/// engine, for code first loaded on its unpooled twin: `unpooled_first`) loads it from here
+/// without reading, downloading or checking it again.
+#[derive(Clone)]
+pub(crate) enum Checked {
+    /// Its sealed in-memory copy (an artifact file).
+    Sealed(SealedCopy),
+    /// Its authenticated bytes (downloaded from the shared store, or read where no sealed copy
+    /// can be made): only this process holds them, and nothing writes to them.
+    Bytes(Arc<CheckedBytes>),
+}
+
+pub(crate) struct CheckedBytes {
+    /// The whole artifact, trailer included; the tag over it held.
+    sealed: Vec<u8>,
+    flags: u8,
+}
+
+impl CheckedBytes {
+    /// Checks `sealed` (an artifact named `name`); None if its tag does not hold.
+    fn check(key: &[u8], name: &str, sealed: Vec<u8>) -> Option<CheckedBytes> {
+        let (_, flags) = unseal(key, name, &sealed)?;
+        Some(CheckedBytes { sealed, flags })
+    }
+
+    fn has_start(&self) -> bool {
+        self.flags & HAS_START != 0
+    }
+
+    /// The code, for `engine`; None if wasmtime refuses it (another fingerprint, say).
+    fn load(&self, engine: &Engine) -> Option<Compiled> {
+        let body = &self.sealed[..self.sealed.len() - TRAILER];
         // SAFETY: `body` is byte for byte what `Module::serialize` (or `Component::serialize`)
         // produced in a process holding this executor's artifact key, for an engine with this
-        // fingerprint, for the module with this digest (the tag over all three holds); wasmtime
-        // checks its own version and settings header again.
-        if flags & COMPONENT != 0 {
-            unsafe { wasmtime::component::Component::deserialize(&engine, body) }.ok().map(|c| (Compiled::Component(c), has_start))
+        // fingerprint, for the module with this digest (the tag over all three held in `check`,
+        // and nothing has written to these bytes since); wasmtime checks its own version and
+        // settings header again.
+        if self.flags & COMPONENT != 0 {
+            unsafe { wasmtime::component::Component::deserialize(engine, body) }.ok().map(Compiled::Component)
         } else {
-            unsafe { Module::deserialize(&engine, body) }.ok().map(|m| (Compiled::Core(m), has_start))
+            unsafe { Module::deserialize(engine, body) }.ok().map(Compiled::Core)
         }
+    }
+}
+
+impl Checked {
+    pub(crate) fn has_start(&self) -> bool {
+        match self {
+            Checked::Sealed(copy) => copy.has_start(),
+            Checked::Bytes(bytes) => bytes.has_start(),
+        }
+    }
+
+    /// The code, for `engine` (blocking: a copy or a mapping of the whole artifact).
+    pub(crate) fn load(&self, engine: &Engine) -> Option<Compiled> {
+        match self {
+            Checked::Sealed(copy) => copy.load(engine),
+            Checked::Bytes(bytes) => bytes.load(engine),
+        }
+    }
+}
+
+/// Checks an artifact's bytes and loads them for `engine`, keeping them for another engine.
+async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u8>) -> Option<(Compiled, Arc<CheckedBytes>)> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let checked = CheckedBytes::check(&key, &name, bytes)?;
+        let compiled = checked.load(&engine)?;
+        Some((compiled, Arc::new(checked)))
     })
     .await
     .ok()
@@ -373,6 +429,35 @@ mod tests {
         assert!(cache.load(&digest, e).await.is_none());
         assert!(!path.exists(), "a forged or corrupt artifact is removed");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_downloaded_artifact_loads_into_the_twin_from_its_checked_bytes_not_a_second_download() {
+        let store = Arc::new(ObjectSource::open("memory://artifacts-checked", &[]).expect("store"));
+        let cache = ArtifactCache { remote: Some(store.clone()), key: Some(vec![5u8; 32].into()), ..Default::default() }.open().expect("opens");
+        let e = engine(EngineKind::Plain).expect("engine");
+        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+        let digest = [11u8; 32];
+        let name = ArtifactCache::name(&digest, e);
+        cache.save(&digest, e, &module.code, true).await.expect("saved");
+        let good = store.get(&name).await.expect("stored").to_vec();
+        let Some((Compiled::Core(_), true, Some(checked @ Checked::Bytes(_)))) = cache.load_sealed(&digest, e).await else {
+            panic!("downloaded and checked")
+        };
+        // The store loses it (or is changed): the twin loads the bytes that were checked.
+        store.put(&name, Bytes::from_static(b"not an artifact")).await.expect("overwritten");
+        let Some(Compiled::Core(again)) = checked.load(engine(EngineKind::PlainUnpooled).expect("twin")) else {
+            panic!("the checked bytes load again")
+        };
+        assert!(again.serialize().expect("serializes").starts_with(&good[..good.len() - TRAILER]));
+        assert!(checked.has_start());
+        assert!(checked.load(engine(EngineKind::Metered).expect("metered")).is_none(), "another fingerprint is refused");
+        // What the store holds now is not an artifact: refused, nothing checked to keep.
+        assert!(cache.load_sealed(&digest, e).await.is_none());
+        // Nor is one sealed under another key.
+        let other = ArtifactCache { remote: Some(store.clone()), key: Some(vec![6u8; 32].into()), ..Default::default() }.open().expect("opens");
+        other.save(&digest, e, &module.code, true).await.expect("saved");
+        assert!(cache.load_sealed(&digest, e).await.is_none());
     }
 
     #[tokio::test(flavor = "multi_thread")]

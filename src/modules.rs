@@ -18,7 +18,7 @@ use wasmtime::{InstancePre, Module};
 
 use crate::abi::{self, Abi};
 use crate::artifacts::ArtifactCache;
-use crate::sealed_copy::SealedCopy;
+use crate::artifacts::Checked;
 use crate::digest::{hex, sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
@@ -300,7 +300,7 @@ pub(crate) async fn artifact_module(
     artifacts: &ArtifactCache,
     digest: Digest,
     kind: EngineKind,
-) -> Option<(Result<CompiledModule, ExecError>, Option<SealedCopy>)> {
+) -> Option<(Result<CompiledModule, ExecError>, Option<Checked>)> {
     let engine = engine(kind).ok()?;
     let (compiled, has_start, sealed) = artifacts.load_sealed(&digest, engine).await?;
     let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, has_start)).await.ok()?;
@@ -533,7 +533,7 @@ impl ModuleCache {
 
     /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline
     /// twin; each looked for once, also when the engine is its own twin.
-    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Option<SealedCopy>)> {
+    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Option<Checked>)> {
         let kinds = [kind, kind.with_baseline(true)];
         let end = if kinds[1] == kind { 1 } else { 2 };
         self.load_artifact(digest, kinds.get(usize::from(tried)..end).unwrap_or(&[])).await
@@ -542,7 +542,7 @@ impl ModuleCache {
     /// The first of these engines' artifacts of a module that loads (and its sealed copy, if it
     /// was loaded through one). A `Plain` one loads on the unpooled twin while the pool is not
     /// built yet (the caller then calls `pool_later`).
-    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Option<SealedCopy>)> {
+    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Option<Checked>)> {
         if !self.artifacts.is_enabled() {
             return None;
         }

@@ -1,9 +1,9 @@
 //! Unpooled first: a module loaded from an artifact before the process's instance pool exists
 //! runs on the pool-less twin of the pooled engine while the pool is built in the background;
 //! then the pooled engine maps the same sealed copy of the artifact (no second read, copy or
-//! check: 30 ms of two cores for the 12 MB component's 37 MB), or loads the artifact again if it
-//! was not loaded through one (the remote tier, the plain read), and that copy takes the cache
-//! slot. Until then the module's calls and actors are not counted against the pool (as
+//! check: 30 ms of two cores for the 12 MB component's 37 MB), or deserializes the same checked
+//! bytes (an artifact downloaded from the shared store is not downloaded again), and that copy
+//! takes the cache slot. Until then the module's calls and actors are not counted against the pool (as
 //! `maxFuel` calls are not).
 //!
 //! Building the pool costs 3-6 ms of system calls (a guard page `mprotect`ed per fiber stack,
@@ -18,14 +18,14 @@ use std::sync::Arc;
 use crate::digest::Digest;
 use crate::engine::{engine, EngineKind};
 use crate::modules::{artifact_module, prepare, CompiledModule, ModuleCache};
-use crate::sealed_copy::SealedCopy;
+use crate::artifacts::Checked;
 
 impl ModuleCache {
     /// Builds the pool in the background and puts the artifact's pooled copy in the slot where
     /// `placeholder` (its unpooled copy) is, unless the slot changed or the cache was cleared
-    /// meanwhile (the definitions' index is left as the loads set it). The pooled copy maps the
-    /// artifact's sealed copy when there is one (no second read, copy or check of the file), else
-    /// loads the artifact again. Should that fail (the artifact gone or changed meanwhile), the
+    /// meanwhile (the definitions' index is left as the loads set it). The pooled copy loads the
+    /// artifact as it was checked (its sealed copy, or its checked bytes: no second read, download
+    /// or check), else loads the artifact again. Should that fail (the artifact gone or changed meanwhile), the
     /// unpooled copy leaves its slot, so that the next call loads the module anew rather than run
     /// outside the pool for good.
     pub(crate) fn pool_later(
@@ -33,7 +33,7 @@ impl ModuleCache {
         digest: Digest,
         generation: u64,
         placeholder: &Arc<CompiledModule>,
-        sealed: Option<SealedCopy>,
+        checked: Option<Checked>,
     ) {
         let Some(rt) = crate::runtime::handle() else { return };
         let state = self.state.clone();
@@ -43,7 +43,7 @@ impl ModuleCache {
             // Milliseconds of system calls: not on a runtime worker.
             let pooled = match tokio::task::spawn_blocking(|| engine(EngineKind::Plain)).await {
                 _ if placeholder.strong_count() == 0 => return,
-                Ok(Ok(pooled_engine)) => match sealed {
+                Ok(Ok(pooled_engine)) => match checked {
                     Some(copy) => tokio::task::spawn_blocking(move || {
                         let compiled = copy.load(pooled_engine)?;
                         prepare(compiled, digest, EngineKind::Plain, copy.has_start()).ok()
