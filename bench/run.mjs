@@ -88,8 +88,12 @@ const own = (scenario, unit, nat, target = '') => {
 const fmt = (x) => (x === undefined || x === null ? '' : x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))
 
 async function main() {
-  // BENCH_ONLY=host|abi|durable: one section, printed, results.md left alone.
-  const only = { host: hostRows, abi: abiRows, durable: durableRows }[process.env.BENCH_ONLY ?? '']
+  // BENCH_ONLY=host|abi|durable|hostile: one section, printed, results.md left alone.
+  const hostileRows = async () => {
+    const gap = await hostileGap()
+    row('event-loop gap max, hostile guests', 'ms', gap.native, gap.v8, undefined, false, 'native <= 10 ms')
+  }
+  const only = { host: hostRows, abi: abiRows, durable: durableRows, hostile: hostileRows }[process.env.BENCH_ONLY ?? '']
   if (only) {
     await only()
     for (const r of rows) console.log(`| ${r.scenario} | ${r.unit} | ${fmt(r.native)} | ${fmt(r.v8)} |`)
