@@ -180,6 +180,19 @@ pub(crate) async fn hold_background_slots() -> OwnedSemaphorePermit {
 /// The compile of `bytes` for `kind`: joined if one is in flight (whatever its urgency), else
 /// started. A background one (`wanted` says whether its result is still of use) is dropped
 /// when its slot comes if nobody wants it any more.
+/// Whether a job whose slot came is of no use any more, and if so takes it out of the map. Only
+/// the map's own receiver left (nobody waits), or a tier-up of modules that all left their caches
+/// meanwhile. Decided under the map's lock: a caller joining meanwhile either made it wanted (its
+/// receiver; a call's hurry) or finds it gone and starts its own, never a dropped job's `Cancelled`.
+fn dropped_unwanted(digest: Digest, kind: EngineKind, urgency: Urgency, tx: &watch::Sender<Option<Loaded>>, hurried: &Hurried) -> bool {
+    let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
+    let unwanted = tx.receiver_count() <= 1 || (urgency == Urgency::Background && !hurried.still_wanted());
+    if unwanted {
+        jobs.remove(&(digest, kind));
+    }
+    unwanted
+}
+
 pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(job) = jobs.get(&(digest, kind)) {
@@ -203,12 +216,13 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
     };
     rt.spawn(async move {
         let result = match slot(urgency, &hurried).await {
-            // Only the map's own receiver is left: nobody waits any more.
-            Ok(_) if tx.receiver_count() <= 1 => None,
-            // A tier-up of modules that all left their caches meanwhile.
-            Ok(_) if urgency == Urgency::Background && !hurried.still_wanted() => None,
+            Ok(_) if dropped_unwanted(digest, kind, urgency, &tx, &hurried) => {
+                // Out of the map already: a caller from now on starts a compile of its own.
+                let _ = tx.send(Some(Err(ExecError::Cancelled)));
+                return;
+            }
             Ok(permit) => {
-                let r = tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let run = || compile(&bytes, kind, &limits).map(Arc::new);
                     let background = urgency == Urgency::Background && !hurried.yes.load(Ordering::SeqCst);
@@ -218,13 +232,12 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
                     }
                 })
                 .await
-                .unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))));
-                Some(r)
+                .unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))))
             }
-            Err(_) => Some(Err(ExecError::internal("compile slots closed"))),
+            Err(_) => Err(ExecError::internal("compile slots closed")),
         };
         compiles().lock().unwrap_or_else(|p| p.into_inner()).remove(&(digest, kind));
-        let _ = tx.send(Some(result.unwrap_or_else(|| Err(ExecError::Cancelled))));
+        let _ = tx.send(Some(result));
     });
     rx
 }
