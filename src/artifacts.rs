@@ -139,18 +139,18 @@ impl ArtifactCache {
     /// Compiled code (and whether it has a start function) from the nearest tier that has an
     /// authentic artifact.
     pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool)> {
-        self.load_sealed(digest, engine).await.map(|(c, has_start, _)| (c, has_start))
+        self.load_sealed(digest, engine).await.map(|(c, checked)| (c, checked.has_start()))
     }
 
     /// The same, with the artifact as checked (its sealed copy, or its authenticated bytes), which
     /// another engine of its fingerprint may load without reading, downloading or checking it again.
-    pub(crate) async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool, Option<Checked>)> {
+    pub(crate) async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, Checked)> {
         let key = self.key.clone()?;
         let name = Self::name(digest, engine);
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             match in_place(engine, key.clone(), name.clone(), path.clone()).await {
-                InPlace::Loaded(c, sealed) => return Some((c, sealed.has_start(), Some(Checked::Sealed(sealed)))),
+                InPlace::Loaded(c, sealed) => return Some((c, Checked::Sealed(sealed))),
                 InPlace::Invalid => {
                     let _ = tokio::fs::remove_file(&path).await;
                 }
@@ -158,7 +158,7 @@ impl ArtifactCache {
                 InPlace::NotHere => {
                     if let Ok(bytes) = tokio::fs::read(&path).await {
                         match deserialize(engine, key.clone(), name.clone(), bytes).await {
-                            Some((c, checked)) => return Some((c, checked.has_start(), Some(Checked::Bytes(checked)))),
+                            Some((c, checked)) => return Some((c, Checked::Bytes(checked))),
                             // Forged, corrupt or truncated: never used, removed so it is rewritten.
                             None => {
                                 let _ = tokio::fs::remove_file(&path).await;
@@ -174,7 +174,7 @@ impl ArtifactCache {
         if let Some(dir) = &self.dir {
             let _ = write_atomic(dir.clone(), name, bytes.to_vec()).await;
         }
-        Some((c, checked.has_start(), Some(Checked::Bytes(checked))))
+        Some((c, Checked::Bytes(checked)))
     }
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
@@ -441,7 +441,7 @@ mod tests {
         let name = ArtifactCache::name(&digest, e);
         cache.save(&digest, e, &module.code, true).await.expect("saved");
         let good = store.get(&name).await.expect("stored").to_vec();
-        let Some((Compiled::Core(_), true, Some(checked @ Checked::Bytes(_)))) = cache.load_sealed(&digest, e).await else {
+        let Some((Compiled::Core(_), checked @ Checked::Bytes(_))) = cache.load_sealed(&digest, e).await else {
             panic!("downloaded and checked")
         };
         // The store loses it (or is changed): the twin loads the bytes that were checked.
@@ -488,9 +488,10 @@ mod tests {
         std::fs::write(&path, &good).expect("restore");
         // The sealed copy maps into another engine of the fingerprint (the unpooled twin) as the
         // bytes that were checked, whatever the file holds by then; never into another fingerprint.
-        let Some((Compiled::Core(_), true, Some(sealed))) = cache.load_sealed(&digest, e).await else {
+        let Some((Compiled::Core(_), sealed @ Checked::Sealed(_))) = cache.load_sealed(&digest, e).await else {
             panic!("loaded through a sealed copy")
         };
+        assert!(sealed.has_start());
         std::fs::write(&path, b"rewritten").expect("rewrite");
         let Some(Compiled::Core(again)) = sealed.load(engine(EngineKind::PlainUnpooled).expect("twin")) else {
             panic!("the sealed copy maps again")

@@ -295,16 +295,17 @@ fn prepare_component(
 }
 
 /// The module of an artifact for this very engine: `None` if no tier holds an authentic one, an
-/// error if it does not load or link; with the artifact's sealed copy if it was loaded through one.
-pub(crate) async fn artifact_module(
+/// error if it does not load or link; with the artifact as it was checked (for the pooled copy).
+async fn artifact_module(
     artifacts: &ArtifactCache,
     digest: Digest,
     kind: EngineKind,
-) -> Option<(Result<CompiledModule, ExecError>, Option<Checked>)> {
+) -> Option<(Result<CompiledModule, ExecError>, Checked)> {
     let engine = engine(kind).ok()?;
-    let (compiled, has_start, sealed) = artifacts.load_sealed(&digest, engine).await?;
+    let (compiled, checked) = artifacts.load_sealed(&digest, engine).await?;
+    let has_start = checked.has_start();
     let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, has_start)).await.ok()?;
-    Some((prepared, sealed))
+    Some((prepared, checked))
 }
 
 impl ModuleCache {
@@ -447,7 +448,7 @@ impl ModuleCache {
         // is what the pin allows, whatever the blob store holds now. Only an artifact for this
         // very engine: a baseline one would need the bytes to tier up.
         if let Some(&digest) = pinned {
-            if let Some((compiled, sealed)) = self.load_artifact(digest, &[kind]).await {
+            if let Some((compiled, checked)) = self.load_artifact(digest, &[kind]).await {
                 let mut st = self.state();
                 st.stats.artifact_hits += 1;
                 // By digest only: the blob store was not asked what the name holds, so unpinned
@@ -456,7 +457,7 @@ impl ModuleCache {
                     st.insert(None, (digest, kind), compiled.clone());
                     drop(st);
                     if compiled.kind == EngineKind::PlainUnpooled {
-                        self.pool_later(digest, generation, &compiled, sealed);
+                        self.pool_later(digest, generation, &compiled, checked);
                     }
                 }
                 return Ok(compiled);
@@ -490,18 +491,18 @@ impl ModuleCache {
         }
         // The same bytes under another name (or a cleared index entry) need no compile.
         let cached = self.state().lru.get(&(digest, kind)).cloned();
-        let (compiled, from_artifact, sealed) = match cached {
+        let (compiled, from_artifact, checked) = match cached {
             Some(m) => (m, None, None),
             // The pinned probe above already looked for this engine's artifact (an artifactStore
             // lookup is a network round trip): only its baseline twin is left to try.
             None => match self.from_artifact(digest, kind, pinned.is_some()).await {
-                Some((m, sealed)) => {
+                Some((m, checked)) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again.
                     if m.kind.baseline() && m.kind != kind && tier_up && !shape::check(&bytes, &self.limits.compile).is_ok_and(|s| s.needs_baseline()) {
                         self.tier_up_later(bytes, digest, kind, generation, &m);
                     }
-                    (m, Some(true), sealed)
+                    (m, Some(true), Some(checked))
                 }
                 None if tier_up => (self.compile_tiered(bytes, digest, kind, generation).await?, Some(false), None),
                 None => (self.compile(bytes, digest, kind).await?, Some(false), None),
@@ -524,8 +525,8 @@ impl ModuleCache {
             st.insert(Some(key), slot, compiled.clone());
             drop(st);
             // Loaded before the pool was built: its pooled copy takes the slot later.
-            if compiled.kind == EngineKind::PlainUnpooled && from_artifact == Some(true) {
-                self.pool_later(digest, generation, &compiled, sealed);
+            if let (EngineKind::PlainUnpooled, Some(checked)) = (compiled.kind, checked) {
+                self.pool_later(digest, generation, &compiled, checked);
             }
         }
         Ok(compiled)
@@ -533,23 +534,23 @@ impl ModuleCache {
 
     /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline
     /// twin; each looked for once, also when the engine is its own twin.
-    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Option<Checked>)> {
+    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Checked)> {
         let kinds = [kind, kind.with_baseline(true)];
         let end = if kinds[1] == kind { 1 } else { 2 };
         self.load_artifact(digest, kinds.get(usize::from(tried)..end).unwrap_or(&[])).await
     }
 
-    /// The first of these engines' artifacts of a module that loads (and its sealed copy, if it
-    /// was loaded through one). A `Plain` one loads on the unpooled twin while the pool is not
+    /// The first of these engines' artifacts of a module that loads (and the artifact as it was
+    /// checked). A `Plain` one loads on the unpooled twin while the pool is not
     /// built yet (the caller then calls `pool_later`).
-    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Option<Checked>)> {
+    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Checked)> {
         if !self.artifacts.is_enabled() {
             return None;
         }
         for &k in kinds {
             let k = if k == EngineKind::Plain && !(self.pool_ready)() { EngineKind::PlainUnpooled } else { k };
-            if let Some((m, sealed)) = artifact_module(&self.artifacts, digest, k).await {
-                return m.ok().map(|m| (Arc::new(m), sealed));
+            if let Some((m, checked)) = artifact_module(&self.artifacts, digest, k).await {
+                return m.ok().map(|m| (Arc::new(m), checked));
             }
         }
         None

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::engine::{engine, EngineKind};
-use crate::modules::{artifact_module, prepare, CompiledModule, ModuleCache};
+use crate::modules::{prepare, CompiledModule, ModuleCache};
 use crate::artifacts::Checked;
 
 impl ModuleCache {
@@ -25,37 +25,29 @@ impl ModuleCache {
     /// `placeholder` (its unpooled copy) is, unless the slot changed or the cache was cleared
     /// meanwhile (the definitions' index is left as the loads set it). The pooled copy loads the
     /// artifact as it was checked (its sealed copy, or its checked bytes: no second read, download
-    /// or check), else loads the artifact again. Should that fail (the artifact gone or changed meanwhile), the
-    /// unpooled copy leaves its slot, so that the next call loads the module anew rather than run
-    /// outside the pool for good.
+    /// or check). Should that fail, the unpooled copy leaves its slot, so that the next call loads
+    /// the module anew rather than run outside the pool for good.
     pub(crate) fn pool_later(
         &self,
         digest: Digest,
         generation: u64,
         placeholder: &Arc<CompiledModule>,
-        checked: Option<Checked>,
+        checked: Checked,
     ) {
         let Some(rt) = crate::runtime::handle() else { return };
         let state = self.state.clone();
-        let artifacts = self.artifacts.clone();
         let placeholder = Arc::downgrade(placeholder);
         rt.spawn(async move {
             // Milliseconds of system calls: not on a runtime worker.
             let pooled = match tokio::task::spawn_blocking(|| engine(EngineKind::Plain)).await {
                 _ if placeholder.strong_count() == 0 => return,
-                Ok(Ok(pooled_engine)) => match checked {
-                    Some(copy) => tokio::task::spawn_blocking(move || {
-                        let compiled = copy.load(pooled_engine)?;
-                        prepare(compiled, digest, EngineKind::Plain, copy.has_start()).ok()
-                    })
-                    .await
-                    .ok()
-                    .flatten(),
-                    None => match artifact_module(&artifacts, digest, EngineKind::Plain).await {
-                        Some((Ok(m), _)) => Some(m),
-                        _ => None,
-                    },
-                },
+                Ok(Ok(pooled_engine)) => tokio::task::spawn_blocking(move || {
+                    let compiled = checked.load(pooled_engine)?;
+                    prepare(compiled, digest, EngineKind::Plain, checked.has_start()).ok()
+                })
+                .await
+                .ok()
+                .flatten(),
                 _ => None,
             };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
