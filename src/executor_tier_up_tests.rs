@@ -198,6 +198,35 @@ async fn a_new_modules_first_call_does_not_wait_for_background_compiles() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_tier_up_landing_is_not_a_use_of_its_module() {
+    // Two cached modules at most: an echo (its tier-up held back), then a module that stays on
+    // baseline code (no tier-up of its own). The echo's tier-up lands after that: the echo is
+    // still the least recently used, so a third module evicts it and not the one in use (before,
+    // the landing counted as a use, and which module a third evicted depended on when it landed).
+    let source = Arc::new(MemorySource::new());
+    source.put("old.wasm", g::unique(g::echo(), b"lru-old"));
+    source.put("used.wasm", g::unique(crate::shape::tests::compile_bomb(2000, 3000), b"lru-used"));
+    source.put("new.wasm", g::unique(g::counter(), b"lru-new"));
+    let options = ExecutorOptions { max_cached_modules: std::num::NonZeroUsize::new(2).expect("2"), ..Default::default() };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let run = |name: &'static str| {
+        let ex = ex.clone();
+        async move { ex.execute(&def(name), "{\"x\":1}".into(), CallOptions::default()).await.expect("runs") }
+    };
+    let held = crate::compile::hold_background_slots().await;
+    run("old").await;
+    run("used").await;
+    drop(held);
+    until_tiered_up(&ex).await;
+    run("new").await;
+    assert_eq!(ex.stats().cache.compiles, 3);
+    run("used").await;
+    assert_eq!(ex.stats().cache.compiles, 3, "the module in use was evicted");
+    run("old").await;
+    assert_eq!(ex.stats().cache.compiles, 4, "the least recently used module stayed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_call_that_waits_for_a_queued_tier_up_hurries_it() {
     // A module's optimized code is queued in the background (its slot held here); `precompile`,
     // and an executor without tier-up loading the same module, wait for exactly that compile:

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -186,7 +186,31 @@ impl State {
         if let Some(old) = self.lru.put(slot, m) {
             self.stats.code_bytes -= old.code_bytes;
         }
-        // Past a bound, evict the least recently used (but never the module just added).
+        self.evict_over_bounds();
+    }
+
+    /// Newer code of a module (its tier-up, its pooled copy) in the slot where `old` is, if it is
+    /// still there; false if not. Not a use: the slot keeps its place in the eviction order (a
+    /// tier-up landing must not keep a module that calls stopped using, and evict one they use).
+    pub(crate) fn swap(&mut self, slot: &Slot, old: &Weak<CompiledModule>, new: Arc<CompiledModule>) -> bool {
+        if !self.holds(slot, old) {
+            return false;
+        }
+        let Some(held) = self.lru.peek_mut(slot) else { return false };
+        let (added, removed) = (new.code_bytes, held.code_bytes);
+        *held = new;
+        self.stats.code_bytes = self.stats.code_bytes + added - removed;
+        self.evict_over_bounds();
+        true
+    }
+
+    /// Whether `slot` holds `module` (not looked up as a use).
+    pub(crate) fn holds(&self, slot: &Slot, module: &Weak<CompiledModule>) -> bool {
+        self.lru.peek(slot).is_some_and(|m| module.upgrade().is_some_and(|o| Arc::ptr_eq(m, &o)))
+    }
+
+    /// Past a bound, evicts the least recently used (but never the last module).
+    fn evict_over_bounds(&mut self) {
         while (self.stats.code_bytes > self.max_bytes || self.lru.len() > self.capacity) && self.lru.len() > 1 {
             match self.lru.pop_lru() {
                 Some((_, old)) => self.stats.code_bytes -= old.code_bytes,

@@ -75,9 +75,7 @@ impl ModuleCache {
             }
             let Some(state) = state.upgrade() else { return };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
-            if st.generation == generation && still {
-                st.insert(None, slot, optimized);
+            if st.generation == generation && st.swap(&slot, &placeholder, optimized) {
                 st.stats.tier_ups += 1;
             }
         });

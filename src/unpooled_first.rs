@@ -52,16 +52,17 @@ impl ModuleCache {
             };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             let slot = (digest, EngineKind::Plain);
-            let still = st.lru.peek(&slot).is_some_and(|m| placeholder.upgrade().is_some_and(|p| Arc::ptr_eq(m, &p)));
-            if st.generation != generation || !still {
+            if st.generation != generation {
                 return;
             }
             match pooled {
                 Some(pooled) => {
-                    st.insert(None, slot, Arc::new(pooled));
-                    st.stats.pooled_later += 1;
+                    if st.swap(&slot, &placeholder, Arc::new(pooled)) {
+                        st.stats.pooled_later += 1;
+                    }
                 }
-                None => st.remove(&slot),
+                None if st.holds(&slot, &placeholder) => st.remove(&slot),
+                None => {}
             }
         });
     }
