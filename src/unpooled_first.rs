@@ -57,9 +57,8 @@ impl ModuleCache {
             }
             match pooled {
                 Some(pooled) => {
-                    if st.swap(&slot, &placeholder, Arc::new(pooled)) {
-                        st.stats.pooled_later += 1;
-                    }
+                    let swapped = st.swap(&slot, &placeholder, Arc::new(pooled));
+                    st.stats.pooled_later += u64::from(swapped);
                 }
                 None if st.holds(&slot, &placeholder) => st.remove(&slot),
                 None => {}
