@@ -89,8 +89,8 @@ impl Hurried {
 
 impl Job {
     /// A call waits for this compile now: a background one still queued for its slot takes a
-    /// call's slot instead, and one that has not started runs at the calls' priority (one that
-    /// has started goes on where it is).
+    /// call's slot instead and runs at the calls' priority; one running already is raced by a
+    /// compile at the calls' priority (`unless_hurried`).
     pub(crate) fn hurry(&self) {
         self.hurried.yes.store(true, Ordering::SeqCst);
         self.hurried.notify.notify_waiters();
@@ -193,6 +193,67 @@ fn dropped_unwanted(digest: Digest, kind: EngineKind, urgency: Urgency, tx: &wat
     unwanted
 }
 
+/// A compile on a blocking thread holding `permit`: in the background pool (`background`, at
+/// its lower priority) or where the calls' compiles run.
+fn run_compile(
+    bytes: Arc<Vec<u8>>,
+    digest: Digest,
+    kind: EngineKind,
+    limits: CompileLimits,
+    permit: OwnedSemaphorePermit,
+    background: bool,
+) -> impl std::future::Future<Output = Loaded> {
+    let compiling = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        #[cfg(test)]
+        if background {
+            running_held::wait_while_held(&digest);
+        }
+        #[cfg(not(test))]
+        let _ = digest;
+        let run = || compile(&bytes, kind, &limits).map(Arc::new);
+        match background.then(background_pool).flatten() {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }
+    });
+    async move { compiling.await.unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}")))) }
+}
+
+/// A background compile's result; should a call come to wait for it while it runs (at the lower
+/// priority, where guests and calls' compiles leave it a quarter of a busy core, and no thread
+/// may raise its priority back), a compile at a call's priority races it and the first result
+/// is the job's. The other runs to its end (a compile cannot be stopped midway) and is dropped.
+async fn unless_hurried(
+    running: impl std::future::Future<Output = Loaded>,
+    bytes: Arc<Vec<u8>>,
+    digest: Digest,
+    kind: EngineKind,
+    limits: CompileLimits,
+    hurried: &Hurried,
+) -> Loaded {
+    tokio::pin!(running);
+    let hurry = hurried.notify.notified();
+    tokio::pin!(hurry);
+    hurry.as_mut().enable();
+    if !hurried.yes.load(Ordering::SeqCst) {
+        tokio::select! {
+            done = &mut running => return done,
+            _ = &mut hurry => {}
+        }
+    }
+    let permit = tokio::select! {
+        done = &mut running => return done,
+        permit = compile_slots(Urgency::Now).clone().acquire_owned() => permit,
+    };
+    let Ok(permit) = permit else { return running.await };
+    let now = run_compile(bytes, digest, kind, limits, permit, false);
+    tokio::select! {
+        done = &mut running => done,
+        done = now => done,
+    }
+}
+
 pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(job) = jobs.get(&(digest, kind)) {
@@ -222,17 +283,13 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
                 return;
             }
             Ok(permit) => {
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    let run = || compile(&bytes, kind, &limits).map(Arc::new);
-                    let background = urgency == Urgency::Background && !hurried.yes.load(Ordering::SeqCst);
-                    match background.then(background_pool).flatten() {
-                        Some(pool) => pool.install(run),
-                        None => run(),
-                    }
-                })
-                .await
-                .unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))))
+                let bytes = Arc::new(bytes);
+                if urgency == Urgency::Background && !hurried.yes.load(Ordering::SeqCst) {
+                    let running = run_compile(bytes.clone(), digest, kind, limits, permit, true);
+                    unless_hurried(running, bytes, digest, kind, limits, &hurried).await
+                } else {
+                    run_compile(bytes, digest, kind, limits, permit, false).await
+                }
             }
             Err(_) => Err(ExecError::internal("compile slots closed")),
         };
@@ -240,6 +297,45 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
         let _ = tx.send(Some(result));
     });
     rx
+}
+
+/// Tests: a background compile of a module held here stops once running (its slot taken,
+/// before compiling) until the module is released.
+#[cfg(test)]
+pub(crate) mod running_held {
+    use std::collections::HashMap;
+    use std::sync::{Condvar, Mutex, OnceLock};
+
+    use crate::digest::Digest;
+
+    /// Held modules, and whether a compile of each waits now.
+    fn state() -> &'static (Mutex<HashMap<Digest, bool>>, Condvar) {
+        static STATE: OnceLock<(Mutex<HashMap<Digest, bool>>, Condvar)> = OnceLock::new();
+        STATE.get_or_init(Default::default)
+    }
+
+    pub(crate) fn hold(digest: Digest) {
+        state().0.lock().expect("held").insert(digest, false);
+    }
+
+    pub(crate) fn release(digest: &Digest) {
+        state().0.lock().expect("held").remove(digest);
+        state().1.notify_all();
+    }
+
+    /// Whether a background compile of `digest` is running and stopped here.
+    pub(crate) fn waiting(digest: &Digest) -> bool {
+        state().0.lock().expect("held").get(digest).copied().unwrap_or(false)
+    }
+
+    pub(crate) fn wait_while_held(digest: &Digest) {
+        let (held, released) = state();
+        let mut held = held.lock().expect("held");
+        while let Some(waiting) = held.get_mut(digest) {
+            *waiting = true;
+            held = released.wait(held).expect("held");
+        }
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

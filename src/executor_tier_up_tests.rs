@@ -245,6 +245,39 @@ async fn a_call_that_waits_for_a_queued_tier_up_hurries_it() {
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_waits_for_a_running_tier_up_gets_a_compile_at_its_own_priority() {
+    // The module's optimized code compiles in the background and is stopped midway (here: held
+    // once running; in life, a quarter of a core that guests keep busy, at a priority no thread
+    // may raise back). `precompile` waits for that compile: a compile at a call's priority races
+    // it, and the first result is everyone's (before, it waited for the background one).
+    let bytes = g::unique(g::counter(), b"raced");
+    let digest = crate::digest::sha256(&bytes);
+    struct Release(crate::digest::Digest);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            crate::compile::running_held::release(&self.0);
+        }
+    }
+    crate::compile::running_held::hold(digest);
+    let _release = Release(digest);
+    let ex = executor("raced", bytes);
+    assert_eq!(call(&ex, &def("raced"), "a", false).await.output, "1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !crate::compile::running_held::waiting(&digest) {
+        assert!(Instant::now() < deadline, "the tier-up never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let optimized = tokio::time::timeout(Duration::from_secs(30), ex.precompile(&def("raced"))).await;
+    assert_eq!(optimized.expect("not waiting for the held compile").expect("compiles"), crate::digest::hex(&digest));
+    // The optimized code took the slot: a new actor runs on it, while the held compile still waits.
+    until_tiered_up(&ex).await;
+    assert!(crate::compile::running_held::waiting(&digest));
+    assert_eq!(call(&ex, &def("raced"), "b", false).await.output, "1");
+    let key = ActorKey { def: def("raced").key(), actor_id: "b".into() };
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Plain));
+}
+
 /// The artifacts (one per compiled tier) in `dir`.
 fn artifacts_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))).count())
