@@ -139,6 +139,9 @@ describe('cancellation', () => {
   it('a queued call is cancelled before it starts', async () => {
     const ex = await executor({ maxConcurrency: 1 })
     await ex.execute(def('echo'), { message: 'warm' })
+    // Compiled first: the spin call takes the only permit as it starts (a load of its own could
+    // take longer than the wait below on a loaded machine, and the echo would take the permit).
+    await ex.precompile(spin(1000))
     const running = ex.execute(spin(1000), {})
     await new Promise((r) => setTimeout(r, 200)) // the spin call now holds the only permit
     const ac = new AbortController()
