@@ -170,9 +170,11 @@ impl ArtifactCache {
         }
         let remote = self.remote.as_ref()?;
         let bytes = remote.get(&name).await.ok()?;
-        let (c, checked) = deserialize(engine, key, name.clone(), bytes.to_vec()).await?;
+        // Taken over without a copy where the download is the bytes' only owner.
+        let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
         if let Some(dir) = &self.dir {
-            let _ = write_atomic(dir.clone(), name, bytes.to_vec()).await;
+            // The bytes just checked: no second copy of the download.
+            let _ = write_atomic(dir.clone(), name, checked.clone()).await;
         }
         Some((c, Checked::Bytes(checked)))
     }
@@ -187,7 +189,7 @@ impl ArtifactCache {
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
         if let Some(dir) = &self.dir {
-            write_atomic(dir.clone(), name.clone(), sealed.clone()).await?;
+            write_atomic(dir.clone(), name.clone(), Arc::new(sealed.clone())).await?;
         }
         if let Some(remote) = &self.remote {
             remote.put(&name, Bytes::from(sealed)).await?;
@@ -271,6 +273,13 @@ pub(crate) struct CheckedBytes {
     flags: u8,
 }
 
+impl AsRef<[u8]> for CheckedBytes {
+    /// The whole artifact as it was checked.
+    fn as_ref(&self) -> &[u8] {
+        &self.sealed
+    }
+}
+
 impl CheckedBytes {
     /// Checks `sealed` (an artifact named `name`); None if its tag does not hold.
     fn check(key: &[u8], name: &str, sealed: Vec<u8>) -> Option<CheckedBytes> {
@@ -329,7 +338,7 @@ async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u
 }
 
 /// Writes a file whole or not at all: a temporary file in the same directory, then a rename.
-async fn write_atomic(dir: PathBuf, name: String, bytes: Vec<u8>) -> Result<(), ExecError> {
+async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -337,7 +346,7 @@ async fn write_atomic(dir: PathBuf, name: String, bytes: Vec<u8>) -> Result<(), 
         // Writable by its owner alone whatever the umask: what `in_place` requires.
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all(&bytes)?;
+        f.write_all((*bytes).as_ref())?;
         drop(f);
         std::fs::rename(&tmp, dir.join(&name))
     })
@@ -458,6 +467,33 @@ mod tests {
         let other = ArtifactCache { remote: Some(store.clone()), key: Some(vec![6u8; 32].into()), ..Default::default() }.open().expect("opens");
         other.save(&digest, e, &module.code, true).await.expect("saved");
         assert!(cache.load_sealed(&digest, e).await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_downloaded_artifact_is_written_to_the_directory_as_it_was_checked() {
+        let dir = temp("from-remote");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(ObjectSource::open("memory://artifacts-to-dir", &[]).expect("store"));
+        let key: Arc<[u8]> = vec![9u8; 32].into();
+        let fleet = ArtifactCache { remote: Some(store.clone()), key: Some(key.clone()), ..Default::default() }.open().expect("opens");
+        let e = engine(EngineKind::Plain).expect("engine");
+        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+        let digest = [13u8; 32];
+        let name = ArtifactCache::name(&digest, e);
+        fleet.save(&digest, e, &module.code, false).await.expect("saved");
+        let stored = store.get(&name).await.expect("stored").to_vec();
+        let worker =
+            ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
+        assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
+        assert_eq!(std::fs::read(dir.join(&name)).expect("written"), stored, "the file is the artifact, byte for byte");
+        // The store loses it: the directory's copy loads (in place).
+        store.put(&name, Bytes::from_static(b"gone")).await.expect("overwritten");
+        assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), _))));
+        // A forged download is neither loaded nor written.
+        let _ = std::fs::remove_file(dir.join(&name));
+        assert!(worker.load_sealed(&digest, e).await.is_none());
+        assert!(!dir.join(&name).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread")]
