@@ -342,7 +342,11 @@ async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + S
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Unique per write: two saves of one artifact in a process (a tier-up's and a
+        // `precompile`'s) would otherwise write the same file at once.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         // Writable by its owner alone whatever the umask: what `in_place` requires.
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;

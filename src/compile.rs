@@ -1,8 +1,9 @@
 //! Compiling: a module's shape checked against the compile limits, then compiled by the compiler
 //! the shape allows (or the one asked for: the baseline compiler of a tier-up), checked against
-//! the host and pre-linked; one compile in flight per (digest, engine) in the whole process,
+//! the host and pre-linked; one compile job in flight per (digest, engine) in the whole process,
 //! running on the runtime's blocking threads at most one per core (and one in the background, at
-//! lower priority).
+//! lower priority; a call that comes to wait for that one while it runs races it with a second
+//! compile at its own priority, see `unless_hurried`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,8 +56,8 @@ fn compile_checked(bytes: &[u8], kind: EngineKind, shape: &Shape) -> Result<Comp
     Ok(prepared)
 }
 
-/// One compile in flight per (digest, engine) in the whole process; its result is sent to
-/// everyone waiting. It runs to the end even if they all stop waiting (a compile cannot be
+/// One compile job in flight per (digest, engine) in the whole process (two compiles while a
+/// call races a running background one); its result is sent to everyone waiting. It runs to the end even if they all stop waiting (a compile cannot be
 /// interrupted), so a retried call joins it instead of starting another.
 type CompileKey = (Digest, EngineKind);
 
@@ -200,7 +201,7 @@ fn run_compile(
     digest: Digest,
     kind: EngineKind,
     limits: CompileLimits,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     background: bool,
 ) -> impl std::future::Future<Output = Loaded> {
     let compiling = tokio::task::spawn_blocking(move || {
@@ -222,8 +223,10 @@ fn run_compile(
 
 /// A background compile's result; should a call come to wait for it while it runs (at the lower
 /// priority, where guests and calls' compiles leave it a quarter of a busy core, and no thread
-/// may raise its priority back), a compile at a call's priority races it and the first result
-/// is the job's. The other runs to its end (a compile cannot be stopped midway) and is dropped.
+/// may raise its priority back), a compile at a call's priority races it, in a call's slot while
+/// the race lasts. The first success is the job's result (an error only once both failed). The
+/// other runs to its end (a compile cannot be stopped midway) and is dropped: the background one
+/// in its slot, the call's one without a slot (the slot goes to whoever waits for it).
 async fn unless_hurried(
     running: impl std::future::Future<Output = Loaded>,
     bytes: Arc<Vec<u8>>,
@@ -247,11 +250,24 @@ async fn unless_hurried(
         permit = compile_slots(Urgency::Now).clone().acquire_owned() => permit,
     };
     let Ok(permit) = permit else { return running.await };
-    let now = run_compile(bytes, digest, kind, limits, permit, false);
-    tokio::select! {
-        done = &mut running => done,
-        done = now => done,
-    }
+    let now = run_compile(bytes, digest, kind, limits, None, false);
+    tokio::pin!(now);
+    let mut permit = Some(permit);
+    let done = tokio::select! {
+        done = &mut running => match done {
+            Ok(m) => Ok(m),
+            Err(_) => now.await,
+        },
+        done = &mut now => {
+            permit = None;
+            match done {
+                Ok(m) => Ok(m),
+                Err(_) => running.await,
+            }
+        }
+    };
+    drop(permit);
+    done
 }
 
 pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
@@ -285,10 +301,10 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
             Ok(permit) => {
                 let bytes = Arc::new(bytes);
                 if urgency == Urgency::Background && !hurried.yes.load(Ordering::SeqCst) {
-                    let running = run_compile(bytes.clone(), digest, kind, limits, permit, true);
+                    let running = run_compile(bytes.clone(), digest, kind, limits, Some(permit), true);
                     unless_hurried(running, bytes, digest, kind, limits, &hurried).await
                 } else {
-                    run_compile(bytes, digest, kind, limits, permit, false).await
+                    run_compile(bytes, digest, kind, limits, Some(permit), false).await
                 }
             }
             Err(_) => Err(ExecError::internal("compile slots closed")),

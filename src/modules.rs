@@ -190,8 +190,10 @@ impl State {
     }
 
     /// Newer code of a module (its tier-up, its pooled copy) in the slot where `old` is, if it is
-    /// still there; false if not. Not a use: the slot keeps its place in the eviction order (a
-    /// tier-up landing must not keep a module that calls stopped using, and evict one they use).
+    /// still there; whether the new code is in the cache after (larger code may push the cache
+    /// past its byte bound, and the slot out with it). Not a use: the slot keeps its place in the
+    /// eviction order (a tier-up landing must not keep a module that calls stopped using, and
+    /// evict one they use).
     pub(crate) fn swap(&mut self, slot: &Slot, old: &Weak<CompiledModule>, new: Arc<CompiledModule>) -> bool {
         if !self.holds(slot, old) {
             return false;
@@ -201,7 +203,7 @@ impl State {
         *held = new;
         self.stats.code_bytes = self.stats.code_bytes + added - removed;
         self.evict_over_bounds();
-        true
+        self.lru.contains(slot)
     }
 
     /// Whether `slot` holds `module` (not looked up as a use).
