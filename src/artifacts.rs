@@ -444,16 +444,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An echo compiled and saved under `digest` to `store` (sealed with `key`): the cache that
+    /// saved it, the module, the artifact's name and its bytes as stored.
+    async fn saved_remotely(
+        store: &Arc<ObjectSource>,
+        key: Arc<[u8]>,
+        digest: &Digest,
+        has_start: bool,
+    ) -> (ArtifactCache, crate::modules::CompiledModule, String, Vec<u8>) {
+        let cache = ArtifactCache { remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
+        let e = engine(EngineKind::Plain).expect("engine");
+        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+        let name = ArtifactCache::name(digest, e);
+        cache.save(digest, e, &module.code, has_start).await.expect("saved");
+        let stored = store.get(&name).await.expect("stored").to_vec();
+        (cache, module, name, stored)
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_downloaded_artifact_loads_into_the_twin_from_its_checked_bytes_not_a_second_download() {
         let store = Arc::new(ObjectSource::open("memory://artifacts-checked", &[]).expect("store"));
-        let cache = ArtifactCache { remote: Some(store.clone()), key: Some(vec![5u8; 32].into()), ..Default::default() }.open().expect("opens");
-        let e = engine(EngineKind::Plain).expect("engine");
-        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
         let digest = [11u8; 32];
-        let name = ArtifactCache::name(&digest, e);
-        cache.save(&digest, e, &module.code, true).await.expect("saved");
-        let good = store.get(&name).await.expect("stored").to_vec();
+        let (cache, module, name, good) = saved_remotely(&store, vec![5u8; 32].into(), &digest, true).await;
+        let e = engine(EngineKind::Plain).expect("engine");
         let Some((Compiled::Core(_), checked @ Checked::Bytes(_))) = cache.load_sealed(&digest, e).await else {
             panic!("downloaded and checked")
         };
@@ -479,13 +492,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = Arc::new(ObjectSource::open("memory://artifacts-to-dir", &[]).expect("store"));
         let key: Arc<[u8]> = vec![9u8; 32].into();
-        let fleet = ArtifactCache { remote: Some(store.clone()), key: Some(key.clone()), ..Default::default() }.open().expect("opens");
-        let e = engine(EngineKind::Plain).expect("engine");
-        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
         let digest = [13u8; 32];
-        let name = ArtifactCache::name(&digest, e);
-        fleet.save(&digest, e, &module.code, false).await.expect("saved");
-        let stored = store.get(&name).await.expect("stored").to_vec();
+        let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
+        let e = engine(EngineKind::Plain).expect("engine");
         let worker =
             ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
         assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
