@@ -496,7 +496,7 @@ mod tests {
         let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
         let e = engine(EngineKind::Plain).expect("engine");
         let worker =
-            ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
+            ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key) }.open().expect("opens");
         assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
         assert_eq!(std::fs::read(dir.join(&name)).expect("written"), stored, "the file is the artifact, byte for byte");
         // The store loses it: the directory's copy loads (in place).
