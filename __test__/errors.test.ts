@@ -134,7 +134,7 @@ describe('error codes', () => {
       for (const bad of [10n, { big: 1n }]) expect((await failure(run(bad))).code).toBe('INVALID_INPUT')
     }
     // The native halves are not left on the prototypes for any caller to feed text of its choice.
-    expect('__executeJson' in WasmActivityExecutor.prototype).toBe(false)
+    for (const half of ['__executeJson', '__executeFlat']) expect(half in WasmActivityExecutor.prototype).toBe(false)
     expect('__executeJson' in handle).toBe(false)
     await expectStillWorks(ex)
   })
@@ -168,7 +168,7 @@ describe('error codes', () => {
     expect(b).toMatchObject({ result: 'fresh' })
     expect(c.output).toMatchObject({ result: 'fresh' })
     expect(patched).toBe(0)
-    expect(seen.filter((f: any) => typeof f === 'function' && /executeJson/.test(f.name))).toEqual([])
+    expect(seen.filter((f: any) => typeof f === 'function' && /execute(Json|Flat)/.test(f.name))).toEqual([])
   })
 
   it('an actor handle reports output that is not JSON as INVALID_OUTPUT, with its preview', async () => {
@@ -213,5 +213,88 @@ describe('error codes', () => {
     expect(e.code).toBe('OUTPUT_TOO_LARGE')
     expect(e.size).toBe(50 * 1024 * 1024)
     await expectStillWorks(ex)
+  })
+})
+
+// `execute` reads the definition's and the options' fields in JS and hands them over
+// (src/binding/fast_paths.js); `executeDetailed` reads them through Node-API. Both must refuse the
+// same things with the same errors, read the same properties in the same order, each once, and
+// never throw synchronously.
+describe('the definition and options, read in JS by execute', () => {
+  const base = () => ({ name: 'echo', version: '1', wasmBlobPath: 'echo.wasm' })
+  const input = { message: 'x', times: 1 }
+  const cases: Array<[string, any, any]> = [
+    ['name a number', { ...base(), name: 5 }, undefined],
+    ['version missing', { name: 'echo', wasmBlobPath: 'echo.wasm' }, undefined],
+    ['wasmBlobPath with a lone surrogate', { ...base(), wasmBlobPath: 'echo\ud800.wasm' }, undefined],
+    ['sha256 not hex', { ...base(), sha256: 'zz' }, undefined],
+    ['deterministic a string', { ...base(), deterministic: 'yes' }, undefined],
+    ['entrypoint a number', { ...base(), entrypoint: 7 }, undefined],
+    ['abi unknown', { ...base(), abi: 'cobol' }, undefined],
+    ['config with a number', { ...base(), config: { a: 1 } }, undefined],
+    ['limits a string', { ...base(), limits: 'x' }, undefined],
+    ['limits with a negative memory', { ...base(), limits: { maxMemoryMB: -1 } }, undefined],
+    ['capabilities.env not a list', { ...base(), capabilities: { env: 'X' } }, undefined],
+    ['the definition null', null, undefined],
+    ['the definition a string', 'echo', undefined],
+    ['options a number', base(), 5],
+    ['options.actorId a number', base(), { actorId: 5 }],
+    ['options.transactional a string', base(), { transactional: 'yes' }],
+    ['options.now a string', base(), { now: 'x' }],
+    ['options.seed a fraction', base(), { seed: 1.5 }],
+    ['options.onProgress a string', base(), { onProgress: 'x' }],
+    ['options.signal a number', base(), { signal: 5 }],
+    ['a definition getter that throws', { ...base(), get limits() { throw new Error('limits getter') } }, undefined],
+    ['an options getter that throws', base(), { get seed() { throw new Error('seed getter') } }],
+    ['a getter that throws a non-Error', { ...base(), get version() { throw 42 } }, undefined], // eslint-disable-line no-throw-literal
+  ]
+  for (const [what, d, o] of cases) {
+    it(`refuses ${what} as the native path does`, async () => {
+      const ex = await executor()
+      const p = ex.execute(d, input, o)
+      expect(p).toBeInstanceOf(Promise)
+      const inJs = await failure(p)
+      const native = await failure(ex.executeDetailed(d, input, o))
+      expect(inJs).toBeInstanceOf(Error)
+      expect(inJs.code).toBe('INVALID_ARGUMENT')
+      expect([inJs.code, inJs.message]).toEqual([native.code, native.message])
+      await expectStillWorks(ex)
+    })
+  }
+
+  it('reads the same properties as the native path, in its order, each once', async () => {
+    const ex = await executor()
+    const reads: string[] = []
+    const counted = (target: object, prefix: string) =>
+      new Proxy(target, {
+        get(t, k, r) {
+          if (typeof k === 'string') reads.push(`${prefix}.${k}`)
+          return Reflect.get(t, k, r)
+        },
+      })
+    const d = counted({ ...base(), limits: { maxMemoryMB: 64 }, config: { k: 'v' } }, 'definition') as any
+    const o = counted({ actorId: 'counted', transactional: false }, 'options') as any
+    expect(await ex.execute(d, input, o)).toMatchObject({ result: 'x' })
+    const inJs = reads.splice(0)
+    expect((await ex.executeDetailed(d, input, o)).output).toMatchObject({ result: 'x' })
+    expect(inJs).toEqual(reads)
+    expect(inJs).toContain('definition.capabilities')
+    expect(inJs).toContain('options.signal')
+    expect(new Set(inJs).size).toBe(inJs.length)
+    // Without options, none is read; a definition that is a function is read as an object.
+    reads.length = 0
+    const fn = Object.assign(Object.defineProperty(() => {}, 'name', { value: 'echo' }), { version: '1', wasmBlobPath: 'echo.wasm' })
+    expect(await ex.execute(fn as any, input)).toMatchObject({ result: 'x' })
+    expect(await ex.execute(d, input)).toMatchObject({ result: 'x' })
+    expect(reads.filter((r) => r.startsWith('options.'))).toEqual([])
+  })
+
+  it('passes what it read, not what a getter returns on a second read', async () => {
+    const ex = await executor()
+    let path = 0
+    // A path that changes on every read: the call must use the one read, once.
+    const shifty = { name: 'echo', version: '1', get wasmBlobPath() { return path++ === 0 ? 'echo.wasm' : 'missing.wasm' } }
+    expect(await ex.execute(shifty, input)).toMatchObject({ result: 'x' })
+    expect(path).toBe(1)
   })
 })

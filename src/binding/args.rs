@@ -31,11 +31,7 @@ fn env_of<'e>(v: &impl JsValue<'e>) -> sys::napi_env {
 pub fn prop<'e>(obj: &Object<'e>, key: &str, what: &str) -> Result<Option<Unknown<'e>>, ExecError> {
     let env = env_of(obj);
     let raw = js::get_prop(env, obj.raw(), key, what)?;
-    let v = unsafe { Unknown::from_napi_value(env, raw) }.map_err(ExecError::internal)?;
-    Ok(match kind(&v)? {
-        ValueType::Undefined | ValueType::Null => None,
-        _ => Some(v),
-    })
+    present(unsafe { Unknown::from_napi_value(env, raw) }.map_err(ExecError::internal)?)
 }
 
 pub fn object<'e>(v: Unknown<'e>, what: &str) -> Result<Object<'e>, ExecError> {
@@ -69,7 +65,7 @@ fn opt<'e, T>(
     what: &str,
     read: impl Fn(Unknown<'e>, &str) -> Result<T, ExecError>,
 ) -> Result<Option<T>, ExecError> {
-    prop(obj, key, what)?.map(|v| read(v, &format!("{what}.{key}"))).transpose()
+    as_field(prop(obj, key, what)?, what, key, read)
 }
 
 fn req_string(obj: &Object, key: &str, what: &str) -> Result<String, ExecError> {
@@ -108,25 +104,60 @@ fn string_map(obj: &Object, what: &str) -> Result<std::collections::BTreeMap<Str
     Ok(map)
 }
 
-/// Loom's `ActivityDefinition`.
+/// Loom's `ActivityDefinition`, read property by property.
 pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
     let obj = object(v, "definition")?;
+    definition_from(|key| prop(&obj, key, "definition"))
+}
+
+/// The definition's own properties, in the order they are read (`fast_paths.js` reads them in
+/// this order and hands them over as they are).
+pub const DEFINITION_FIELDS: [&str; 10] =
+    ["name", "version", "wasmBlobPath", "sha256", "deterministic", "entrypoint", "abi", "config", "limits", "capabilities"];
+
+/// The field `key` of `values`, handed over from JS in the order of `names`.
+pub fn field_of<'e>(values: &[Unknown<'e>], names: &[&str], key: &str) -> Result<Option<Unknown<'e>>, ExecError> {
+    match names.iter().position(|n| *n == key).and_then(|i| values.get(i)) {
+        Some(v) => present(*v),
+        None => Err(ExecError::internal(format!("no field {key} was handed over"))),
+    }
+}
+
+/// A value handed over from JS, as `prop` reports a property: `None` for `undefined` and `null`.
+pub fn present(v: Unknown) -> Result<Option<Unknown>, ExecError> {
+    Ok(match kind(&v)? {
+        ValueType::Undefined | ValueType::Null => None,
+        _ => Some(v),
+    })
+}
+
+/// A definition from its fields (`field(key)`, `None` when missing): read from the object here,
+/// or already read by `fast_paths.js`. Each field is checked as it is taken, in
+/// `DEFINITION_FIELDS` order; the first bad one is the error.
+pub fn definition_from<'e>(
+    mut field: impl FnMut(&str) -> Result<Option<Unknown<'e>>, ExecError>,
+) -> Result<Definition, ExecError> {
+    const W: &str = "definition";
+    let name = as_field(field("name")?, W, "name", string)?.ok_or_else(|| bad("definition.name", "a string"))?;
+    let version = as_field(field("version")?, W, "version", string)?.ok_or_else(|| bad("definition.version", "a string"))?;
+    let wasm_blob_path =
+        as_field(field("wasmBlobPath")?, W, "wasmBlobPath", string)?.ok_or_else(|| bad("definition.wasmBlobPath", "a string"))?;
     let mut def = Definition {
-        name: req_string(&obj, "name", "definition")?,
-        version: req_string(&obj, "version", "definition")?,
-        wasm_blob_path: req_string(&obj, "wasmBlobPath", "definition")?,
-        sha256: opt(&obj, "sha256", "definition", string)?,
-        deterministic: opt(&obj, "deterministic", "definition", boolean)?.unwrap_or(false),
-        entrypoint: opt(&obj, "entrypoint", "definition", string)?,
+        name,
+        version,
+        wasm_blob_path,
+        sha256: as_field(field("sha256")?, W, "sha256", string)?,
+        deterministic: as_field(field("deterministic")?, W, "deterministic", boolean)?.unwrap_or(false),
+        entrypoint: as_field(field("entrypoint")?, W, "entrypoint", string)?,
         ..Default::default()
     };
-    if let Some(abi) = opt(&obj, "abi", "definition", string)? {
+    if let Some(abi) = as_field(field("abi")?, W, "abi", string)? {
         def.abi = Some(crate::abi::Abi::parse(&abi)?);
     }
-    if let Some(config) = opt(&obj, "config", "definition", object)? {
+    if let Some(config) = as_field(field("config")?, W, "config", object)? {
         def.config = string_map(&config, "definition.config")?;
     }
-    if let Some(l) = opt(&obj, "limits", "definition", object)? {
+    if let Some(l) = as_field(field("limits")?, W, "limits", object)? {
         let w = "definition.limits";
         def.limits = LimitOverrides {
             max_memory_mb: opt(&l, "maxMemoryMB", w, number)?,
@@ -134,7 +165,7 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
             max_fuel: opt(&l, "maxFuel", w, number)?,
         };
     }
-    if let Some(c) = opt(&obj, "capabilities", "definition", object)? {
+    if let Some(c) = as_field(field("capabilities")?, W, "capabilities", object)? {
         let w = "definition.capabilities";
         def.capabilities = Capabilities {
             network: opt(&c, "network", w, boolean)?.unwrap_or(false),
@@ -144,6 +175,16 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
         };
     }
     Ok(def)
+}
+
+/// A field's value through `read`, its path (`{what}.{key}`) made only when it is there.
+fn as_field<'e, T>(
+    v: Option<Unknown<'e>>,
+    what: &str,
+    key: &str,
+    read: impl FnOnce(Unknown<'e>, &str) -> Result<T, ExecError>,
+) -> Result<Option<T>, ExecError> {
+    v.map(|v| read(v, &format!("{what}.{key}"))).transpose()
 }
 
 fn ranged(v: Unknown, what: &str, (min, max): (f64, f64)) -> Result<u64, ExecError> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Function, Unknown};
+use napi::bindgen_prelude::{Function, Object, Unknown};
 use napi::{Env, JsError, JsValue, ValueType};
 
 use super::js_error::to_napi;
@@ -27,6 +27,30 @@ pub(crate) enum Input<'env> {
     Json(String),
 }
 
+/// A call's options: the object, read here, or its fields as `fast_paths.js` read them
+/// (`OPTION_FIELDS` order).
+pub(crate) enum Options<'env> {
+    Value(Option<Unknown<'env>>),
+    Fields([Unknown<'env>; 6]),
+}
+
+/// The options a call reads, in order.
+pub(crate) const OPTION_FIELDS: [&str; 6] = ["actorId", "transactional", "now", "seed", "onProgress", "signal"];
+
+enum Source<'env> {
+    Object(Object<'env>),
+    Fields([Unknown<'env>; 6]),
+}
+
+impl<'env> Source<'env> {
+    fn get(&self, key: &str) -> Result<Option<Unknown<'env>>, ExecError> {
+        match self {
+            Source::Object(o) => args::prop(o, key, "options"),
+            Source::Fields(f) => args::field_of(f, &OPTION_FIELDS, key),
+        }
+    }
+}
+
 /// What a call settles with.
 #[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Settle {
@@ -48,7 +72,7 @@ pub(crate) fn start_call<'env>(
     definition: Result<&Definition, ExecError>,
     fixed_actor: Option<&str>,
     input: Input<'env>,
-    options: Option<Unknown<'env>>,
+    options: Options<'env>,
     settle: Settle,
 ) -> napi::Result<Unknown<'env>> {
     let detailed = settle == Settle::Details;
@@ -58,20 +82,24 @@ pub(crate) fn start_call<'env>(
     let prepare = || -> Result<_, ExecError> {
         let def = definition?;
         call.actor_id = fixed_actor.map(str::to_string);
-        if let Some(o) = args::options_object(options)? {
-            if let Some(id) = args::prop(&o, "actorId", "options")? {
+        let source = match options {
+            Options::Value(v) => args::options_object(v)?.map(Source::Object),
+            Options::Fields(f) => Some(Source::Fields(f)),
+        };
+        if let Some(o) = source {
+            if let Some(id) = o.get("actorId")? {
                 if fixed_actor.is_some() {
                     return Err(ExecError::InvalidArgument("an actor handle's calls run on its own actor: options.actorId is not taken".into()));
                 }
                 call.actor_id = Some(args::string(id, "options.actorId")?);
             }
-            if let Some(t) = args::prop(&o, "transactional", "options")? {
+            if let Some(t) = o.get("transactional")? {
                 call.transactional = Some(args::boolean(t, "options.transactional")?);
             }
-            if let Some(n) = args::prop(&o, "now", "options")? {
+            if let Some(n) = o.get("now")? {
                 call.now = Some(args::number(n, "options.now")?);
             }
-            if let Some(n) = args::prop(&o, "seed", "options")? {
+            if let Some(n) = o.get("seed")? {
                 let seed = args::number(n, "options.seed")?;
                 if !(seed.is_finite()
                     && seed.fract() == 0.0
@@ -83,7 +111,7 @@ pub(crate) fn start_call<'env>(
                 }
                 call.seed = Some(seed);
             }
-            if let Some(f) = args::prop(&o, "onProgress", "options")? {
+            if let Some(f) = o.get("onProgress")? {
                 if f.get_type().map_err(ExecError::internal)? != ValueType::Function {
                     return Err(ExecError::InvalidArgument(
                         "options.onProgress must be a function".into(),
@@ -117,7 +145,7 @@ pub(crate) fn start_call<'env>(
                     .map_err(ExecError::internal)?;
                 call.progress = Some(Arc::new(js_log::JsProgressSink(tsfn)));
             }
-            if let Some(signal) = args::prop(&o, "signal", "options")? {
+            if let Some(signal) = o.get("signal")? {
                 let signal = args::object(signal, "options.signal")?;
                 hook = abort::attach(env, &signal, &call.cancel)?;
             }
@@ -208,7 +236,7 @@ pub(crate) fn settle_output<'env>(env: &'env Env, text: &str) -> napi::Result<Un
 }
 
 /// A promise already resolved (or rejected) with `value`.
-fn settled_now<'env>(
+pub(crate) fn settled_now<'env>(
     env: &'env Env,
     value: napi::Result<napi::sys::napi_value>,
 ) -> napi::Result<Unknown<'env>> {

@@ -1,13 +1,60 @@
 //! `execute` with its JSON in JS: `fast_paths.js`, run once per Node environment as the addon
 //! loads, wraps `WasmActivityExecutor.prototype.execute` and `WasmActor.prototype.execute` so that
 //! the input's `JSON.stringify` and the output's `JSON.parse` run in JS, not through Node-API
-//! calls from Rust. The native halves (`__executeJson`) are taken off the prototypes by the script.
+//! calls from Rust. The executor's wrapper also reads the definition's and the options' fields in
+//! JS (a property read there costs a few nanoseconds; through Node-API, each costs a string key
+//! made and looked up, a guarded call and a check for an exception) and hands them over as
+//! arguments, checked here as the all-native path checks them. The native halves
+//! (`__executeFlat`, `__executeJson`) are taken off the prototypes by the script.
 
-use napi::bindgen_prelude::{JsObjectValue, Object, Unknown};
-use napi::{Env, JsValue};
+use napi::bindgen_prelude::{FromNapiValue, JsObjectValue, Object, Unknown};
+use napi::{Env, JsValue, ValueType};
 use napi_derive::napi;
 
-use super::{call, js, Raw};
+use super::call::{self, start_call, Input, Options, Settle};
+use super::js_error::to_napi;
+use super::{args, js, Raw, WasmActivityExecutor};
+use crate::error::ExecError;
+
+#[napi]
+impl WasmActivityExecutor {
+    /// `execute` for `fast_paths.js`, which read the definition's fields and the options' fields
+    /// (in `args::DEFINITION_FIELDS` and `call::OPTION_FIELDS` order) and stringified the input:
+    /// `input` is its JSON text, or a value whose `JSON.stringify` throws what the caller's did.
+    /// Returns the output's JSON text when the call finished on the spot, else the call's promise.
+    #[allow(clippy::too_many_arguments)]
+    #[napi(js_name = "__executeFlat", skip_typescript)]
+    pub fn execute_flat<'env>(
+        &self,
+        env: &'env Env,
+        input: Unknown<'env>,
+        name: Unknown<'env>,
+        version: Unknown<'env>,
+        wasm_blob_path: Unknown<'env>,
+        sha256: Unknown<'env>,
+        deterministic: Unknown<'env>,
+        entrypoint: Unknown<'env>,
+        abi: Unknown<'env>,
+        config: Unknown<'env>,
+        limits: Unknown<'env>,
+        capabilities: Unknown<'env>,
+        actor_id: Unknown<'env>,
+        transactional: Unknown<'env>,
+        now: Unknown<'env>,
+        seed: Unknown<'env>,
+        on_progress: Unknown<'env>,
+        signal: Unknown<'env>,
+    ) -> napi::Result<Unknown<'env>> {
+        let fields = [name, version, wasm_blob_path, sha256, deterministic, entrypoint, abi, config, limits, capabilities];
+        let def = args::definition_from(|key| args::field_of(&fields, &args::DEFINITION_FIELDS, key));
+        let input = match input.get_type() {
+            Ok(ValueType::String) => Input::Json(unsafe { String::from_napi_value(env.raw(), input.raw()) }?),
+            _ => Input::Value(input),
+        };
+        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal]);
+        start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, input, options, Settle::TextNow)
+    }
+}
 
 const SCRIPT: &str = include_str!("fast_paths.js");
 
@@ -28,10 +75,17 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
             let text: String = ctx.get(0)?;
             call::settle_output(ctx.env, &text).map(|v| Raw(v.raw()))
         })?;
+        // A getter of the definition or the options threw while `fast_paths.js` read it: the
+        // call is refused as the all-native path refuses it (`INVALID_ARGUMENT`, a rejected promise).
+        let threw = env.create_function_from_closure::<(String, Unknown), Raw, _>("readThrew", |ctx| {
+            let (what, error): (String, Unknown) = ctx.args()?;
+            let e = ExecError::InvalidArgument(format!("reading {what} threw: {}", js::describe(ctx.env.raw(), error.raw())));
+            call::settled_now(ctx.env, Err(to_napi(ctx.env, &e))).map(|v| Raw(v.raw()))
+        })?;
         let script: Unknown = env.run_script(SCRIPT)?;
         let mut undefined = std::ptr::null_mut();
         unsafe { napi::sys::napi_get_undefined(raw, &mut undefined) };
-        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw()])
+        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), threw.raw()])
             .map(|_| ())
             .map_err(napi::Error::from_reason)
     })();
@@ -42,11 +96,13 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
         for class in ["WasmActivityExecutor", "WasmActor"] {
             let proto = js::get(raw, exports.raw(), class, class).and_then(|c| js::get(raw, c, "prototype", class));
             if let Ok(proto) = proto {
-                let mut key = std::ptr::null_mut();
-                let mut deleted = false;
-                unsafe {
-                    napi::sys::napi_create_string_utf8(raw, c"__executeJson".as_ptr(), 13, &mut key);
-                    napi::sys::napi_delete_property(raw, proto, key, &mut deleted);
+                for half in [c"__executeJson", c"__executeFlat"] {
+                    let mut key = std::ptr::null_mut();
+                    let mut deleted = false;
+                    unsafe {
+                        napi::sys::napi_create_string_utf8(raw, half.as_ptr(), half.to_bytes().len() as isize, &mut key);
+                        napi::sys::napi_delete_property(raw, proto, key, &mut deleted);
+                    }
                 }
             }
             js::take_exception(raw);

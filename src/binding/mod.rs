@@ -329,22 +329,7 @@ impl WasmActivityExecutor {
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Unknown<'env>> {
         let def = args::definition(definition);
-        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Value(input), options, call::Settle::Output)
-    }
-
-    /// `execute` for `fast_paths.js`, which stringified the input: the output's JSON text when
-    /// the call finished on the spot, else the call's promise. Taken off the prototype by
-    /// `fast_paths.js` (only its `execute` calls it).
-    #[napi(js_name = "__executeJson", skip_typescript)]
-    pub fn execute_json<'env>(
-        &self,
-        env: &'env Env,
-        definition: Unknown<'env>,
-        json: String,
-        options: Option<Unknown<'env>>,
-    ) -> napi::Result<Unknown<'env>> {
-        let def = args::definition(definition);
-        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Json(json), options, call::Settle::TextNow)
+        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Value(input), call::Options::Value(options), call::Settle::Output)
     }
 
     /// Like `execute`, and also reports what the call cost.
@@ -361,7 +346,7 @@ impl WasmActivityExecutor {
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Unknown<'env>> {
         let def = args::definition(definition);
-        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Value(input), options, call::Settle::Details)
+        call::start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, call::Input::Value(input), call::Options::Value(options), call::Settle::Details)
     }
 
     /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
