@@ -174,7 +174,25 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
     cfg
 }
 
+/// Starts the threads compiles spread a module's functions over (rayon's global pool, which
+/// wasmtime compiles on), each at the priority of calls' compiles (`threads::NICE`). Threads
+/// inherit the priority of the thread that starts them: left to start on first use, they ran at
+/// whatever the first thread to compile ran at (the runtime's blocking threads today, by
+/// chance; a test's thread at the event loop's priority). Background compiles have a pool of
+/// their own (`compile::background_pool`).
+fn start_compile_threads() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        // Fails only if the global pool was started already (by another user of rayon).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("loom-wasm-compile-{i}"))
+            .start_handler(|_| crate::threads::lower_priority())
+            .build_global();
+    });
+}
+
 fn build(kind: EngineKind) -> Result<Engine, String> {
+    start_compile_threads();
     // The pooling allocator reserves address space up front; where the OS refuses that
     // (a low ulimit -v, say), fall back to allocating on demand rather than failing.
     let pooled = kind == EngineKind::Plain;
@@ -291,6 +309,24 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compile_threads_run_at_the_calls_priority_whoever_compiles_first() {
+        // The engine is built, and a module compiled, from a thread at the lowest priority: the
+        // compile threads it may be the first to start must not inherit it (nor a test thread's 0).
+        let nices = std::thread::spawn(|| {
+            crate::threads::set_nice(19);
+            let e = engine(EngineKind::Baseline).expect("engine");
+            let wat = r#"(module (import "env" "f" (func (param i32) (result i32)))
+                (func (export "g") (param i32) (result i32) (call 0 (local.get 0))))"#;
+            wasmtime::Module::new(e, wat::parse_str(wat).expect("parses")).expect("compiles");
+            rayon::broadcast(|_| crate::threads::this_threads_nice())
+        })
+        .join()
+        .expect("the compiling thread ran");
+        assert!(!nices.is_empty());
+        assert!(nices.iter().all(|n| *n == crate::threads::NICE), "compile threads' nice values: {nices:?}");
+    }
 
     #[test]
     fn a_pool_sized_for_an_executor_fits_its_actors_under_the_reserve_for_fresh_calls() {
