@@ -247,6 +247,13 @@ describe('the definition and options, read in JS by execute', () => {
     ['a definition getter that throws', { ...base(), get limits() { throw new Error('limits getter') } }, undefined],
     ['an options getter that throws', base(), { get seed() { throw new Error('seed getter') } }],
     ['a getter that throws a non-Error', { ...base(), get version() { throw 42 } }, undefined], // eslint-disable-line no-throw-literal
+    ['a throw whose message getter throws', { ...base(), get sha256() { throw { get message() { throw new Error('inner') } } } }, undefined],
+    ['a revoked Proxy as the definition', (() => { const p = Proxy.revocable(base(), {}); p.revoke(); return p.proxy })(), undefined],
+    // Two faults: the first field in the native order is the error, whichever getter threw.
+    ['a bad field before a getter that throws', { name: 5, get version() { throw new Error('later') }, wasmBlobPath: 'echo.wasm' }, undefined],
+    ['a getter that throws before a bad field', { ...base(), get sha256() { throw new Error('first') }, abi: 'cobol' }, undefined],
+    ['a bad definition and an options getter that throws', { ...base(), limits: 'x' }, { get seed() { throw new Error('seed') } }],
+    ['a bad option before an options getter that throws', base(), { actorId: 5, get seed() { throw new Error('seed') } }],
   ]
   for (const [what, d, o] of cases) {
     it(`refuses ${what} as the native path does`, async () => {
@@ -281,12 +288,26 @@ describe('the definition and options, read in JS by execute', () => {
     expect(inJs).toContain('definition.capabilities')
     expect(inJs).toContain('options.signal')
     expect(new Set(inJs).size).toBe(inJs.length)
-    // Without options, none is read; a definition that is a function is read as an object.
+    // A getter that throws stops the reading there, as the native reading stops.
+    const throwing = counted({ ...base(), get deterministic() { throw new Error('stop') } }, 'definition') as any
     reads.length = 0
+    const refused = await failure(ex.execute(throwing, input, o))
+    const inJsThrowing = reads.splice(0)
+    await failure(ex.executeDetailed(throwing, input, o))
+    expect(inJsThrowing).toEqual(reads)
+    expect(inJsThrowing.at(-1)).toBe('definition.deterministic')
+    expect(refused.code).toBe('INVALID_ARGUMENT')
+    // Null options are none; a definition that is a function is read as an object.
     const fn = Object.assign(Object.defineProperty(() => {}, 'name', { value: 'echo' }), { version: '1', wasmBlobPath: 'echo.wasm' })
-    expect(await ex.execute(fn as any, input)).toMatchObject({ result: 'x' })
-    expect(await ex.execute(d, input)).toMatchObject({ result: 'x' })
-    expect(reads.filter((r) => r.startsWith('options.'))).toEqual([])
+    expect(await ex.execute(fn as any, input, null as any)).toMatchObject({ result: 'x' })
+  })
+
+  it('does not read the input of a call refused for a getter that threw', async () => {
+    const ex = await executor()
+    let stringified = 0
+    const watched = { toJSON() { stringified++; return {} } }
+    const e = await failure(ex.execute({ ...base(), get name(): string { throw new Error('no name') } }, watched))
+    expect([e.code, stringified]).toEqual(['INVALID_ARGUMENT', 0])
   })
 
   it('passes what it read, not what a getter returns on a second read', async () => {

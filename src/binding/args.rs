@@ -115,6 +115,29 @@ pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
 pub const DEFINITION_FIELDS: [&str; 10] =
     ["name", "version", "wasmBlobPath", "sha256", "deterministic", "entrypoint", "abi", "config", "limits", "capabilities"];
 
+/// A getter that threw while `fast_paths.js` read the fields (`at`: `definition.version`, say).
+/// The read is refused as the all-native read refuses it: at that field, once the fields before
+/// it are checked (an earlier bad field is the error, as it would have stopped the read there).
+pub struct Threw {
+    at: String,
+    error: ExecError,
+}
+
+impl Threw {
+    pub fn new(env: sys::napi_env, at: String, thrown: sys::napi_value) -> Threw {
+        let error = ExecError::InvalidArgument(format!("reading {at} threw: {}", js::describe(env, thrown)));
+        Threw { at, error }
+    }
+
+    /// Refuses the field `{what}.{key}` if it is the one whose getter threw.
+    pub fn check(threw: Option<&Threw>, what: &str, key: &str) -> Result<(), ExecError> {
+        match threw {
+            Some(t) if t.at.split_once('.') == Some((what, key)) => Err(t.error.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The field `key` of `values`, handed over from JS in the order of `names`.
 pub fn field_of<'e>(values: &[Unknown<'e>], names: &[&str], key: &str) -> Result<Option<Unknown<'e>>, ExecError> {
     match names.iter().position(|n| *n == key).and_then(|i| values.get(i)) {

@@ -28,10 +28,10 @@ pub(crate) enum Input<'env> {
 }
 
 /// A call's options: the object, read here, or its fields as `fast_paths.js` read them
-/// (`OPTION_FIELDS` order).
+/// (`OPTION_FIELDS` order; with the getter that threw, if one did).
 pub(crate) enum Options<'env> {
     Value(Option<Unknown<'env>>),
-    Fields([Unknown<'env>; 6]),
+    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>),
 }
 
 /// The options a call reads, in order.
@@ -39,14 +39,17 @@ pub(crate) const OPTION_FIELDS: [&str; 6] = ["actorId", "transactional", "now", 
 
 enum Source<'env> {
     Object(Object<'env>),
-    Fields([Unknown<'env>; 6]),
+    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>),
 }
 
 impl<'env> Source<'env> {
     fn get(&self, key: &str) -> Result<Option<Unknown<'env>>, ExecError> {
         match self {
             Source::Object(o) => args::prop(o, key, "options"),
-            Source::Fields(f) => args::field_of(f, &OPTION_FIELDS, key),
+            Source::Fields(f, threw) => {
+                args::Threw::check(threw.as_deref(), "options", key)?;
+                args::field_of(f, &OPTION_FIELDS, key)
+            }
         }
     }
 }
@@ -84,7 +87,7 @@ pub(crate) fn start_call<'env>(
         call.actor_id = fixed_actor.map(str::to_string);
         let source = match options {
             Options::Value(v) => args::options_object(v)?.map(Source::Object),
-            Options::Fields(f) => Some(Source::Fields(f)),
+            Options::Fields(f, threw) => Some(Source::Fields(f, threw)),
         };
         if let Some(o) = source {
             if let Some(id) = o.get("actorId")? {
@@ -236,7 +239,7 @@ pub(crate) fn settle_output<'env>(env: &'env Env, text: &str) -> napi::Result<Un
 }
 
 /// A promise already resolved (or rejected) with `value`.
-pub(crate) fn settled_now<'env>(
+fn settled_now<'env>(
     env: &'env Env,
     value: napi::Result<napi::sys::napi_value>,
 ) -> napi::Result<Unknown<'env>> {

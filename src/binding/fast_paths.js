@@ -1,16 +1,19 @@
 // The JS half of `execute` (src/binding/fast_paths.rs), installed once per Node environment when
 // the addon loads. `JSON.stringify` of the input and `JSON.parse` of the output run here, in JS:
 // called from Rust through Node-API they cost about 1.5 us more per call. The executor's `execute`
-// also reads the definition's and the options' fields here, each once, in the order the native
+// also reads the definition's and the options' own fields here, each once, in the order the native
 // side reads them, and hands them over as arguments: read through Node-API, they cost a few
 // microseconds per call. A call that finished on the spot comes back as the output's JSON text;
 // any other comes back as its promise, which the native side settles exactly as before. Errors
-// stay the native ones: the fields are checked by the native code (`INVALID_ARGUMENT` naming the
-// field), a getter that throws is reported as the native side reports it, an input that JSON
-// cannot hold and an output that does not parse are reported by the native code, with their codes.
-// One difference, in calls refused anyway: the options' getters run even when the definition
-// holds a field of the wrong type (the native path stops reading at the first bad field).
-(function installFastPaths(Executor, Actor, settleOutput, readThrew) {
+// stay the native ones: the fields are checked by the native code, in order (`INVALID_ARGUMENT`
+// naming the first bad one); a getter that throws stops the reading here, and the native side
+// refuses the call at that field once the fields before it are checked, as its own reading would
+// have; an input that JSON cannot hold and an output that does not parse are reported by the
+// native code, with their codes. What differs, in calls refused anyway: the getters of the fields
+// after a bad one (the options' included) run, and the input's `toJSON` runs, before the call is
+// refused; the fields of `limits`, `config` and `capabilities` are read (natively) after the
+// options' getters ran, not before.
+(function installFastPaths(Executor, Actor, settleOutput) {
   'use strict'
   // Everything the wrappers call is taken now: a later patch of JSON, Promise or
   // Function.prototype.call neither changes what `execute` does nor reaches the native halves.
@@ -36,11 +39,13 @@
   const define = (proto, execute) =>
     Object.defineProperty(proto, 'execute', { value: execute, writable: true, configurable: true, enumerable: true })
 
+  // The native halves leave the prototypes whatever happens next: they take text they never
+  // check as JSON.
   const executor = Executor.prototype
   const executeNative = executor.execute
   const flat = executor.__executeFlat
+  delete executor.__executeFlat
   if (typeof executeNative === 'function' && typeof flat === 'function') {
-    delete executor.__executeFlat
     define(executor, function execute(definition, input, options) {
       const d = definition
       const o = options
@@ -51,6 +56,8 @@
       let name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi, config, limits, capabilities
       let actorId, transactional, now, seed, onProgress, signal
       let at = 'definition.name'
+      let threwAt
+      let thrown
       try {
         name = d.name
         at = 'definition.version'
@@ -86,16 +93,20 @@
           signal = o.signal
         }
       } catch (e) {
-        return readThrew(at, e)
+        // The call is refused at this field, or at a bad one before it: its input is not read.
+        threwAt = at
+        thrown = e
       }
-      let text
-      try {
-        text = stringify(input)
-        if (text === undefined) text = 'null'
-      } catch (e) {
-        text = rethrowing(e)
+      let text = 'null'
+      if (threwAt === undefined) {
+        try {
+          text = stringify(input)
+          if (text === undefined) text = 'null'
+        } catch (e) {
+          text = rethrowing(e)
+        }
       }
-      return settle(apply(flat, this, [text, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
+      return settle(apply(flat, this, [text, threwAt, thrown, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
         config, limits, capabilities, actorId, transactional, now, seed, onProgress, signal]))
     })
   }
@@ -103,8 +114,8 @@
   const actor = Actor.prototype
   const actorNative = actor.execute
   const json = actor.__executeJson
+  delete actor.__executeJson
   if (typeof actorNative === 'function' && typeof json === 'function') {
-    delete actor.__executeJson
     define(actor, function execute(input, options) {
       let text
       try {

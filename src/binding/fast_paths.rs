@@ -12,22 +12,24 @@ use napi::{Env, JsValue, ValueType};
 use napi_derive::napi;
 
 use super::call::{self, start_call, Input, Options, Settle};
-use super::js_error::to_napi;
 use super::{args, js, Raw, WasmActivityExecutor};
-use crate::error::ExecError;
 
 #[napi]
 impl WasmActivityExecutor {
     /// `execute` for `fast_paths.js`, which read the definition's fields and the options' fields
     /// (in `args::DEFINITION_FIELDS` and `call::OPTION_FIELDS` order) and stringified the input:
     /// `input` is its JSON text, or a value whose `JSON.stringify` throws what the caller's did.
-    /// Returns the output's JSON text when the call finished on the spot, else the call's promise.
+    /// Should a getter have thrown, `threw_at` names its field (`definition.version`), `thrown` is
+    /// what it threw, and the fields after it are `undefined`. Returns the output's JSON text when
+    /// the call finished on the spot, else the call's promise.
     #[allow(clippy::too_many_arguments)]
     #[napi(js_name = "__executeFlat", skip_typescript)]
     pub fn execute_flat<'env>(
         &self,
         env: &'env Env,
         input: Unknown<'env>,
+        threw_at: Unknown<'env>,
+        thrown: Unknown<'env>,
         name: Unknown<'env>,
         version: Unknown<'env>,
         wasm_blob_path: Unknown<'env>,
@@ -45,13 +47,22 @@ impl WasmActivityExecutor {
         on_progress: Unknown<'env>,
         signal: Unknown<'env>,
     ) -> napi::Result<Unknown<'env>> {
+        let threw = match threw_at.get_type() {
+            // SAFETY: a string (checked), in this call's scope.
+            Ok(ValueType::String) => Some(Box::new(args::Threw::new(env.raw(), unsafe { String::from_napi_value(env.raw(), threw_at.raw()) }?, thrown.raw()))),
+            _ => None,
+        };
         let fields = [name, version, wasm_blob_path, sha256, deterministic, entrypoint, abi, config, limits, capabilities];
-        let def = args::definition_from(|key| args::field_of(&fields, &args::DEFINITION_FIELDS, key));
+        let def = args::definition_from(|key| {
+            args::Threw::check(threw.as_deref(), "definition", key)?;
+            args::field_of(&fields, &args::DEFINITION_FIELDS, key)
+        });
         let input = match input.get_type() {
+            // SAFETY: a string (checked), in this call's scope.
             Ok(ValueType::String) => Input::Json(unsafe { String::from_napi_value(env.raw(), input.raw()) }?),
             _ => Input::Value(input),
         };
-        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal]);
+        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal], threw);
         start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, input, options, Settle::TextNow)
     }
 }
@@ -75,17 +86,10 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
             let text: String = ctx.get(0)?;
             call::settle_output(ctx.env, &text).map(|v| Raw(v.raw()))
         })?;
-        // A getter of the definition or the options threw while `fast_paths.js` read it: the
-        // call is refused as the all-native path refuses it (`INVALID_ARGUMENT`, a rejected promise).
-        let threw = env.create_function_from_closure::<(String, Unknown), Raw, _>("readThrew", |ctx| {
-            let (what, error): (String, Unknown) = ctx.args()?;
-            let e = ExecError::InvalidArgument(format!("reading {what} threw: {}", js::describe(ctx.env.raw(), error.raw())));
-            call::settled_now(ctx.env, Err(to_napi(ctx.env, &e))).map(|v| Raw(v.raw()))
-        })?;
         let script: Unknown = env.run_script(SCRIPT)?;
         let mut undefined = std::ptr::null_mut();
         unsafe { napi::sys::napi_get_undefined(raw, &mut undefined) };
-        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), threw.raw()])
+        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw()])
             .map(|_| ())
             .map_err(napi::Error::from_reason)
     })();
