@@ -149,7 +149,7 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
     cfg.consume_fuel(kind.metered());
     cfg.strategy(if kind.baseline() { Strategy::Winch } else { Strategy::Cranelift });
     cfg.cranelift_opt_level(OptLevel::Speed);
-    cfg.parallel_compilation(true);
+    cfg.parallel_compilation(STARTED.get() != Some(&CompileThreads::None));
     cfg.max_wasm_stack(1024 * 1024);
     cfg.async_stack_size(crate::fiber_stacks::ASYNC_STACK_BYTES);
     if pooled {
@@ -181,17 +181,29 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
 /// chance; a test's thread at the event loop's priority). Background compiles have a pool of
 /// their own (`compile::background_pool`).
 fn start_compile_threads() {
-    static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
-        // Fails if the global pool was started already (by another user of rayon), or if its
-        // threads could not start (a thread limit): rayon's first parallel use then fails alike,
-        // and the compile reports it as an error (the compile runs on a thread of its own).
-        let _ = rayon::ThreadPoolBuilder::new()
+        let started = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("loom-wasm-compile-{i}"))
             .start_handler(|_| crate::threads::lower_priority())
             .build_global();
+        // An error with a cause is threads that could not start (a thread limit): rayon's global
+        // pool then stays unusable for good, and engines compile on the calling thread instead.
+        // Without one, the pool was started already (by another user of rayon) and works.
+        match started {
+            Err(e) if std::error::Error::source(&e).is_some() => CompileThreads::None,
+            _ => CompileThreads::Started,
+        }
     });
 }
+
+/// Whether rayon's global pool is there for wasmtime's parallel compilation.
+#[derive(Clone, Copy, PartialEq)]
+enum CompileThreads {
+    Started,
+    None,
+}
+
+static STARTED: OnceLock<CompileThreads> = OnceLock::new();
 
 fn build(kind: EngineKind) -> Result<Engine, String> {
     start_compile_threads();
