@@ -69,7 +69,12 @@ fn opt<'e, T>(
 }
 
 fn req_string(obj: &Object, key: &str, what: &str) -> Result<String, ExecError> {
-    opt(obj, key, what, string)?.ok_or_else(|| bad(&format!("{what}.{key}"), "a string"))
+    required_string(prop(obj, key, what)?, what, key)
+}
+
+/// A field that must be a string (`{what}.{key}` in errors).
+fn required_string(v: Option<Unknown>, what: &str, key: &str) -> Result<String, ExecError> {
+    as_field(v, what, key, string)?.ok_or_else(|| bad(&format!("{what}.{key}"), "a string"))
 }
 
 pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
@@ -161,14 +166,10 @@ pub fn definition_from<'e>(
     mut field: impl FnMut(&str) -> Result<Option<Unknown<'e>>, ExecError>,
 ) -> Result<Definition, ExecError> {
     const W: &str = "definition";
-    let name = as_field(field("name")?, W, "name", string)?.ok_or_else(|| bad("definition.name", "a string"))?;
-    let version = as_field(field("version")?, W, "version", string)?.ok_or_else(|| bad("definition.version", "a string"))?;
-    let wasm_blob_path =
-        as_field(field("wasmBlobPath")?, W, "wasmBlobPath", string)?.ok_or_else(|| bad("definition.wasmBlobPath", "a string"))?;
     let mut def = Definition {
-        name,
-        version,
-        wasm_blob_path,
+        name: required_string(field("name")?, W, "name")?,
+        version: required_string(field("version")?, W, "version")?,
+        wasm_blob_path: required_string(field("wasmBlobPath")?, W, "wasmBlobPath")?,
         sha256: as_field(field("sha256")?, W, "sha256", string)?,
         deterministic: as_field(field("deterministic")?, W, "deterministic", boolean)?.unwrap_or(false),
         entrypoint: as_field(field("entrypoint")?, W, "entrypoint", string)?,
