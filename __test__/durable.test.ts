@@ -1,8 +1,8 @@
 // Durable actors: snapshots that move an actor between executors, an actor store that survives a
 // killed worker and decides who owns an actor, on real stores (a file store, Azurite) with
 // worker processes.
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync } from 'node:fs'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readdirSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -137,6 +137,108 @@ describe('an actor store on a local directory (file://)', () => {
     other.dropActor(def('counter'), 'f')
     expect(await other.execute(def('counter'), { action: 'get' }, { actorId: 'f' })).toMatchObject({ count: 0 })
   })
+})
+
+/** Every file under `dir` whose name ends with `ext`. */
+function filesUnder(dir: string, ext: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).map((f) => join(dir, f)).filter((f) => f.endsWith(ext) && statSync(f).isFile())
+}
+
+/** This process's OS threads. */
+const threadCount = () => readdirSync('/proc/self/task').length
+
+/** Another process holding an exclusive flock on `path` until `release` is called. */
+async function holdLock(path: string): Promise<{ release: () => Promise<void> }> {
+  const holder = spawn('python3', ['-c', `import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()`, path], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  await new Promise((resolve, reject) => {
+    holder.stdout!.once('data', resolve)
+    holder.once('exit', reject)
+  })
+  return {
+    release: async () => {
+      const exited = new Promise((r) => holder.once('exit', r))
+      holder.stdin!.end()
+      await exited
+    },
+  }
+}
+
+describe('a hostile or stuck file:// actor store', () => {
+  const quick = def('counter', { limits: { maxExecutionMs: 300 } })
+
+  it('a lock held by another process: calls end at their deadline, leave no thread behind, and their writes never land', async () => {
+    const store = await counterStore()
+    const dir = mkdtempSync(join(tmpdir(), 'loom-actors-'))
+    const ex = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(`file://${dir}`) })
+    expect(await ex.execute(quick, { action: 'increment' }, { actorId: 'l' })).toMatchObject({ count: 1 })
+    const [lock] = filesUnder(dir, '.lock')
+    const holder = await holdLock(lock)
+    const before = threadCount()
+    for (let i = 0; i < 8; i++) {
+      const started = Date.now()
+      const e = await failure(ex.execute(quick, { action: 'increment' }, { actorId: 'l' }))
+      expect(e.code).toBe('TIMEOUT')
+      expect(Date.now() - started).toBeLessThan(5000)
+    }
+    // Each call's wait for the lock stopped with the call (before: one thread stuck in flock per call).
+    await new Promise((r) => setTimeout(r, 200))
+    expect(threadCount()).toBeLessThanOrEqual(before + 1)
+    await holder.release()
+    await new Promise((r) => setTimeout(r, 200))
+    // None of the eight timed-out increments was written once the lock came free: the store holds 1.
+    expect(await ex.execute(quick, { action: 'increment' }, { actorId: 'l' })).toMatchObject({ count: 2 })
+    const other = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(`file://${dir}`) })
+    expect(await other.execute(quick, { action: 'get' }, { actorId: 'l' })).toMatchObject({ count: 2 })
+  }, 60_000)
+
+  it('a FIFO, a symlink or a giant planted where a snapshot is: SNAPSHOT_INVALID at once, nothing read or followed', async () => {
+    const store = await counterStore()
+    const dir = mkdtempSync(join(tmpdir(), 'loom-actors-'))
+    const url = `file://${dir}`
+    const first = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
+    await first.execute(quick, { action: 'increment' }, { actorId: 'p' })
+    const [snap] = filesUnder(dir, '.snap')
+    const secret = join(mkdtempSync(join(tmpdir(), 'loom-secret-')), 'secret')
+    writeFileSync(secret, 'not a snapshot')
+    const before = threadCount()
+    const plants: Array<[string, () => void]> = [
+      ['a FIFO (an open that would block forever)', () => execFileSync('mkfifo', [snap])],
+      ['a symlink', () => symlinkSync(secret, snap)],
+      // 1 GiB, sparse: over what an actor with a 256 MiB memory limit can need.
+      ['a giant', () => execFileSync('truncate', ['-s', '1G', snap])],
+    ]
+    for (const [what, plant] of plants) {
+      unlinkSync(snap)
+      plant()
+      const fresh = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
+      const started = Date.now()
+      const e = await failure(fresh.execute(def('counter'), { action: 'get' }, { actorId: 'p' }))
+      expect(e.code, what).toBe('SNAPSHOT_INVALID')
+      expect(Date.now() - started, what).toBeLessThan(5000)
+    }
+    expect(threadCount()).toBeLessThanOrEqual(before + 1)
+  }, 60_000)
+
+  it('a FIFO planted as the lock file, a symlink as the temporary file: refused or removed, never written through', async () => {
+    const store = await counterStore()
+    const dir = mkdtempSync(join(tmpdir(), 'loom-actors-'))
+    const ex = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(`file://${dir}`) })
+    await ex.execute(quick, { action: 'increment' }, { actorId: 'q' })
+    const [lock] = filesUnder(dir, '.lock')
+    unlinkSync(lock)
+    execFileSync('mkfifo', [lock])
+    const e = await failure(ex.execute(def('counter'), { action: 'increment' }, { actorId: 'q' }))
+    expect(e.code).toBe('BLOB_UNAVAILABLE')
+    unlinkSync(lock)
+    // The writer's temporary file (`<key>.tmp<pid>`) planted as a link to a file of the victim's.
+    const victim = join(mkdtempSync(join(tmpdir(), 'loom-victim-')), 'victim')
+    writeFileSync(victim, 'precious')
+    symlinkSync(victim, lock.replace(/\.lock$/, `.tmp${process.pid}`))
+    expect(await ex.execute(def('counter'), { action: 'increment' }, { actorId: 'q' })).toMatchObject({ count: 2 })
+    expect(execFileSync('cat', [victim]).toString()).toBe('precious')
+  }, 60_000)
 })
 
 describe('an actor store on Azurite (az://)', () => {

@@ -7,16 +7,23 @@
 //!   `PutMode::Create` / `PutMode::Update` with the ETag or version read at load;
 //! - `file://`: object_store's local store cannot update conditionally, so this one writes its own
 //!   files: a version counter in each file's header, compared and replaced under an exclusive
-//!   `flock` of a lock file beside it (processes on one machine; not for NFS).
+//!   `flock` of a lock file beside it (processes on one machine; not for NFS). The lock is tried,
+//!   not waited on in the kernel: a write gives up after `LOCK_WAIT`, or as soon as its call has
+//!   gone, so a lock another process keeps holds no thread here and its write never lands. What
+//!   is in the directory is not trusted: files are opened without following links or blocking on
+//!   FIFOs, and the writer's temporary file is created anew (`O_EXCL`).
 //!
 //! A store that cannot do conditional writes is refused: `http(s)://` (read-only), `s3://` without
 //! `conditional_put`, and any store whose endpoint accepts a create-only write twice (checked
 //! once, on first use: s3rver does, for one).
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use tokio::sync::OnceCell;
@@ -34,8 +41,9 @@ pub struct Version {
 }
 
 pub trait ActorStore: Send + Sync {
-    /// The stored snapshot and its version, if there is one.
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>>;
+    /// The stored snapshot and its version, if there is one; `SNAPSHOT_INVALID` without reading it
+    /// if it is over `max_bytes` (what the actor's memory limit allows: `snapshot::max_encoded_len`).
+    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>>;
     /// Stores `bytes` if the stored version is still `expected` (`None`: only if there is none).
     /// `ACTOR_CONFLICT` otherwise; the new version on success.
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>>;
@@ -63,6 +71,12 @@ fn conflict(key: &str, why: impl std::fmt::Display) -> ExecError {
 
 fn unavailable(key: &str, e: impl std::fmt::Display) -> ExecError {
     ExecError::BlobUnavailable { path: key.to_string(), message: e.to_string() }
+}
+
+fn too_large(key: &str, size: u64, max_bytes: u64) -> ExecError {
+    ExecError::SnapshotInvalid(format!(
+        "{key}: the stored snapshot is {size} bytes, more than an actor within this memory limit can need ({max_bytes})"
+    ))
 }
 
 /// An actor store on object_store.
@@ -115,11 +129,12 @@ impl ObjectActorStore {
 }
 
 impl ActorStore for ObjectActorStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         Box::pin(async move {
             self.ensure_conditional().await?;
             let path = self.source.path(key)?;
             match self.source.object_store().get(&path).await {
+                Ok(r) if r.meta.size > max_bytes => Err(too_large(key, r.meta.size, max_bytes)),
                 Ok(r) => {
                     let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
                     let bytes = r.bytes().await.map_err(|e| unavailable(key, e))?;
@@ -176,46 +191,142 @@ impl FileActorStore {
         }
         Ok(self.dir.join(key))
     }
+}
 
+/// Opens a file of the store that must be a regular file: a symlink is not followed
+/// (`O_NOFOLLOW`: ELOOP), and a FIFO or device planted in its place neither blocks the open
+/// (`O_NONBLOCK`) nor is used.
+fn open_regular(path: &Path, options: &mut std::fs::OpenOptions) -> std::io::Result<std::fs::File> {
+    let file = options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Longest a write waits for another process's lock on an actor (a stuck or stopped worker on
+/// this machine); a call's own deadline, or the call going away, stops the wait sooner.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Set when the future waiting on a blocking store operation is dropped (its call's deadline, a
+/// cancel): the operation stops waiting for the lock rather than hold a thread, and its write
+/// never lands.
+struct Abandoned(Arc<AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs a blocking store operation off the runtime, told (`gone`) when its caller has left.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce(&AtomicBool) -> Result<T, ExecError> + Send + 'static) -> Result<T, ExecError> {
+    let gone = Arc::new(AtomicBool::new(false));
+    let _mark = Abandoned(gone.clone());
+    tokio::task::spawn_blocking(move || f(&gone)).await.map_err(ExecError::internal)?
+}
+
+impl FileActorStore {
     /// Runs `f` holding an exclusive lock on the key's lock file (blocking: call off the runtime).
-    fn locked<T>(&self, key: &str, f: impl FnOnce(&std::path::Path) -> Result<T, ExecError>) -> Result<T, ExecError> {
+    fn locked<T>(&self, key: &str, gone: &AtomicBool, f: impl FnOnce(&Path) -> Result<T, ExecError>) -> Result<T, ExecError> {
+        self.locked_within(key, gone, LOCK_WAIT, f)
+    }
+
+    /// `locked`, waiting at most `limit` for the lock, and not at all once `gone` is set: the lock
+    /// is tried without blocking, between sleeps of up to 20 ms.
+    fn locked_within<T>(
+        &self,
+        key: &str,
+        gone: &AtomicBool,
+        limit: Duration,
+        f: impl FnOnce(&Path) -> Result<T, ExecError>,
+    ) -> Result<T, ExecError> {
         let path = self.path(key)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
         }
         let lock_path = path.with_extension("lock");
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| unavailable(key, e))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(unavailable(key, std::io::Error::last_os_error()));
+        let lock = open_regular(&lock_path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
+            .map_err(|e| unavailable(key, format!("its lock file: {e}")))?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
+                _ => return Err(unavailable(key, err)),
+            }
+            if gone.load(Ordering::Relaxed) {
+                return Err(unavailable(key, "the call ended while another process held the actor's lock; nothing was written"));
+            }
+            if started.elapsed() >= limit {
+                return Err(unavailable(key, format!("another process held the actor's lock for {} ms; nothing was written", limit.as_millis())));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
         let out = f(&path);
         drop(lock);
         out
     }
 
-    fn read(path: &std::path::Path, key: &str) -> Result<Option<(Vec<u8>, u64)>, ExecError> {
-        let mut file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(unavailable(key, e)),
-        };
-        let mut all = Vec::new();
-        file.read_to_end(&mut all).map_err(|e| unavailable(key, e))?;
-        if all.len() < 16 || &all[..8] != FILE_MAGIC {
-            return Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file")));
+    /// The key's file, if there is one: a regular file (anything else is `SNAPSHOT_INVALID`).
+    fn open_stored(path: &Path, key: &str) -> Result<Option<std::fs::File>, ExecError> {
+        match open_regular(path, std::fs::OpenOptions::new().read(true)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file ({e})")))
+            }
+            Err(e) => Err(unavailable(key, e)),
         }
-        let version = u64::from_le_bytes(all[8..16].try_into().map_err(ExecError::internal)?);
-        Ok(Some((all[16..].to_vec(), version)))
+    }
+
+    /// The stored file's version (its header only), if there is one.
+    fn version(path: &Path, key: &str) -> Result<Option<u64>, ExecError> {
+        let Some(file) = FileActorStore::open_stored(path, key)? else { return Ok(None) };
+        let mut header = Vec::with_capacity(16);
+        file.take(16).read_to_end(&mut header).map_err(|e| unavailable(key, e))?;
+        FileActorStore::header(&header, key).map(Some)
+    }
+
+    /// The version in a file's first 16 bytes (its magic first).
+    fn header(all: &[u8], key: &str) -> Result<u64, ExecError> {
+        match all.get(..16) {
+            Some(h) if &h[..8] == FILE_MAGIC => Ok(u64::from_le_bytes(h[8..16].try_into().map_err(ExecError::internal)?)),
+            _ => Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file"))),
+        }
+    }
+
+    fn read(path: &Path, key: &str, max_bytes: u64) -> Result<Option<(Vec<u8>, u64)>, ExecError> {
+        let Some(file) = FileActorStore::open_stored(path, key)? else { return Ok(None) };
+        let size = file.metadata().map_err(|e| unavailable(key, e))?.len();
+        let max_file = max_bytes.saturating_add(16);
+        if size > max_file {
+            return Err(too_large(key, size, max_bytes));
+        }
+        let mut all = Vec::new();
+        // Bounded whatever the file does meanwhile (it may grow).
+        file.take(max_file.saturating_add(1)).read_to_end(&mut all).map_err(|e| unavailable(key, e))?;
+        if all.len() as u64 > max_file {
+            return Err(too_large(key, all.len() as u64, max_bytes));
+        }
+        let version = FileActorStore::header(&all, key)?;
+        all.drain(..16);
+        Ok(Some((all, version)))
     }
 }
 
 impl ActorStore for FileActorStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         Box::pin(async move {
             let path = self.path(key)?;
             let k = key.to_string();
-            let read = tokio::task::spawn_blocking(move || FileActorStore::read(&path, &k)).await.map_err(ExecError::internal)??;
+            let read = off_runtime(move |_| FileActorStore::read(&path, &k, max_bytes)).await?;
             Ok(read.map(|(bytes, v)| (bytes, Version { e_tag: None, version: Some(v.to_string()) })))
         })
     }
@@ -224,40 +335,43 @@ impl ActorStore for FileActorStore {
         let expected: Option<u64> = expected.and_then(|v| v.version.as_deref()).and_then(|v| v.parse().ok());
         let this = FileActorStore { dir: self.dir.clone() };
         let key = key.to_string();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                this.locked(&key, |path| {
-                    let current = FileActorStore::read(path, &key)?.map(|(_, v)| v);
-                    if current != expected {
-                        return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
-                    }
-                    let next = current.unwrap_or(0) + 1;
-                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                    let mut f = std::fs::File::create(&tmp).map_err(|e| unavailable(&key, e))?;
-                    f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
-                        .map_err(|e| unavailable(&key, e))?;
-                    std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
-                    Ok(Version { e_tag: None, version: Some(next.to_string()) })
-                })
+        Box::pin(off_runtime(move |gone| {
+            this.locked(&key, gone, |path| {
+                let current = FileActorStore::version(path, &key)?;
+                if current != expected {
+                    return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
+                }
+                let next = current.unwrap_or(0) + 1;
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                // A leftover (a crash) or a planted link goes first; the new file is created, never
+                // opened through a link that appeared meanwhile (O_EXCL).
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(unavailable(&key, e)),
+                    _ => {}
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&tmp)
+                    .map_err(|e| unavailable(&key, e))?;
+                f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
+                    .map_err(|e| unavailable(&key, e))?;
+                std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
+                Ok(Version { e_tag: None, version: Some(next.to_string()) })
             })
-            .await
-            .map_err(ExecError::internal)?
-        })
+        }))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
         let this = FileActorStore { dir: self.dir.clone() };
         let key = key.to_string();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                this.locked(&key, |path| match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
-                    _ => Ok(()),
-                })
+        Box::pin(off_runtime(move |gone| {
+            this.locked(&key, gone, |path| match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
+                _ => Ok(()),
             })
-            .await
-            .map_err(ExecError::internal)?
-        })
+        }))
     }
 
     fn describe(&self) -> String {
@@ -279,17 +393,17 @@ mod tests {
 
     async fn exercise(store: &dyn ActorStore) {
         let key = "actors/t/abc.snap";
-        assert_eq!(store.load(key).await.expect("load"), None);
+        assert_eq!(store.load(key, 1 << 20).await.expect("load"), None);
         let v1 = store.save(key, b"one".to_vec(), None).await.expect("created");
         assert_eq!(store.save(key, b"again".to_vec(), None).await.map_err(|e| e.code()), Err("ACTOR_CONFLICT"));
-        let (bytes, loaded) = store.load(key).await.expect("load").expect("stored");
+        let (bytes, loaded) = store.load(key, 1 << 20).await.expect("load").expect("stored");
         assert_eq!((bytes.as_slice(), &loaded), (&b"one"[..], &v1));
         let v2 = store.save(key, b"two".to_vec(), Some(&v1)).await.expect("updated");
         // A second worker still holding v1 loses.
         assert_eq!(store.save(key, b"stale".to_vec(), Some(&v1)).await.map_err(|e| e.code()), Err("ACTOR_CONFLICT"));
-        assert_eq!(store.load(key).await.expect("load").expect("stored"), (b"two".to_vec(), v2));
+        assert_eq!(store.load(key, 1 << 20).await.expect("load").expect("stored"), (b"two".to_vec(), v2));
         store.delete(key).await.expect("deleted");
-        assert_eq!(store.load(key).await.expect("load"), None);
+        assert_eq!(store.load(key, 1 << 20).await.expect("load"), None);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -300,6 +414,81 @@ mod tests {
         let url = url::Url::from_directory_path(&dir).expect("absolute").to_string();
         let file = open(Arc::new(ObjectSource::open(&url, &[]).expect("file"))).expect("conditional");
         exercise(file.as_ref()).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn scratch(name: &str) -> (PathBuf, FileActorStore) {
+        let dir = std::env::temp_dir().join(format!("loom-actor-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (dir.clone(), FileActorStore::open(dir).expect("dir"))
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for_up_to_its_limit_and_not_once_the_caller_left() {
+        let (dir, store) = scratch("lock");
+        let key = "actors/t/held.snap";
+        std::fs::create_dir_all(dir.join("actors/t")).expect("dir");
+        // Another open file description holds the lock (as another process would).
+        let holder = std::fs::File::create(dir.join("actors/t/held.lock")).expect("lock file");
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let ran = AtomicBool::new(false);
+        let stay = AtomicBool::new(false);
+        let started = Instant::now();
+        let waited = store.locked_within(key, &stay, Duration::from_millis(150), |_| Ok(ran.store(true, Ordering::Relaxed)));
+        assert_eq!(waited.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
+        // The caller leaves 50 ms into a wait that could last a minute: the wait ends with it.
+        let gone = Arc::new(AtomicBool::new(false));
+        let leave = gone.clone();
+        let leaver = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            leave.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        let left = store.locked_within(key, &gone, Duration::from_secs(60), |_| Ok(ran.store(true, Ordering::Relaxed)));
+        assert_eq!(left.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        leaver.join().expect("leaver");
+        assert!(!ran.load(Ordering::Relaxed), "nothing runs without the lock");
+        drop(holder);
+        assert!(store.locked_within(key, &stay, Duration::from_millis(150), |_| Ok(true)).expect("free now"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn planted_files_are_refused_without_blocking_or_following() {
+        let (dir, store) = scratch("plant");
+        let key = "actors/t/p.snap";
+        let snap = dir.join(key);
+        std::fs::create_dir_all(snap.parent().expect("parent")).expect("dir");
+        let fifo = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        let outside = dir.join("outside");
+        std::fs::write(&outside, b"LOOMACT1\x05\0\0\0\0\0\0\0secret").expect("outside");
+        // A FIFO would block the open forever; a link would be followed.
+        fifo(&snap);
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        std::fs::remove_file(&snap).expect("fifo");
+        std::os::unix::fs::symlink(&outside, &snap).expect("link");
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        std::fs::remove_file(&snap).expect("link");
+        // Over what the actor's memory limit allows: refused from its size, before it is read.
+        std::fs::File::create(&snap).and_then(|f| f.set_len(1 << 30)).expect("sparse giant");
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        std::fs::remove_file(&snap).expect("giant");
+        // The lock file a FIFO: refused, not waited on.
+        let _ = std::fs::remove_file(dir.join("actors/t/p.lock"));
+        fifo(&dir.join("actors/t/p.lock"));
+        assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        std::fs::remove_file(dir.join("actors/t/p.lock")).expect("fifo");
+        // The temporary file a link to another file: the link goes, the other file stays as it was.
+        std::os::unix::fs::symlink(&outside, dir.join(format!("actors/t/p.tmp{}", std::process::id()))).expect("link");
+        store.save(key, b"state".to_vec(), None).await.expect("saved");
+        assert_eq!(std::fs::read(&outside).expect("outside"), b"LOOMACT1\x05\0\0\0\0\0\0\0secret");
+        assert_eq!(store.load(key, 1 << 20).await.expect("load").map(|(b, _)| b), Some(b"state".to_vec()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -61,7 +61,7 @@ pub(crate) async fn initial_image<'m>(module: &'m CompiledModule, p: &Prepared) 
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
 pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable) -> Result<(), ExecError> {
-    let Some((bytes, version)) = d.store.load(&d.key).await? else {
+    let Some((bytes, version)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? else {
         held.guard.persisted = None;
         return Ok(());
     };
@@ -182,7 +182,7 @@ impl Executor {
             }
         }
         if let Some(d) = &p.durable {
-            if let Some((bytes, _)) = d.store.load(&d.key).await? {
+            if let Some((bytes, _)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? {
                 return Ok(bytes);
             }
         }
@@ -203,7 +203,7 @@ impl Executor {
             // Stored over whatever is there (the caller said this is the state).
             let expected = match held.guard.persisted.clone() {
                 Some(v) => Some(v),
-                None => d.store.load(&d.key).await?.map(|(_, v)| v),
+                None => d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await?.map(|(_, v)| v),
             };
             held.guard.persisted = Some(d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?);
         }

@@ -109,6 +109,13 @@ fn invalid(why: impl std::fmt::Display) -> ExecError {
     ExecError::SnapshotInvalid(why.to_string())
 }
 
+/// The most bytes a snapshot of an instance with at most `max_memory` bytes of memory can take,
+/// generously: its memory, LZ4's worst case on it, and 64 MiB for globals, host state and
+/// headers. A stored "snapshot" over it is refused before it is read.
+pub fn max_encoded_len(max_memory: u64) -> u64 {
+    max_memory.saturating_add(max_memory / 32).saturating_add(64 << 20)
+}
+
 /// Serializes `state` of the module `digest`, keeping only the pages that differ from `initial`
 /// (the module's memory right after instantiation).
 pub fn encode(digest: &Digest, state: &State, initial: &[u8]) -> Vec<u8> {
