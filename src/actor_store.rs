@@ -18,7 +18,6 @@
 //! once, on first use: s3rver does, for one).
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +31,7 @@ use crate::digest::{hex, sha256};
 use crate::error::ExecError;
 use crate::modules::DefKey;
 use crate::store::{BoxFuture, ObjectSource};
+use crate::untrusted_dir::{create_fresh, open_regular, refused};
 
 /// The version of a stored snapshot, as the store identifies it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -193,17 +193,6 @@ impl FileActorStore {
     }
 }
 
-/// Opens a file of the store that must be a regular file: a symlink is not followed
-/// (`O_NOFOLLOW`: ELOOP), and a FIFO or device planted in its place neither blocks the open
-/// (`O_NONBLOCK`) nor is used.
-fn open_regular(path: &Path, options: &mut std::fs::OpenOptions) -> std::io::Result<std::fs::File> {
-    let file = options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
-    }
-    Ok(file)
-}
-
 /// Longest a write waits for another process's lock on an actor (a stuck or stopped worker on
 /// this machine); a call's own deadline, or the call going away, stops the wait sooner.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -279,7 +268,7 @@ impl FileActorStore {
         match open_regular(path, std::fs::OpenOptions::new().read(true)) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(e) if refused(&e) => {
                 Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file ({e})")))
             }
             Err(e) => Err(unavailable(key, e)),
@@ -343,18 +332,8 @@ impl ActorStore for FileActorStore {
                 }
                 let next = current.unwrap_or(0) + 1;
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                // A leftover (a crash) or a planted link goes first; the new file is created, never
-                // opened through a link that appeared meanwhile (O_EXCL).
-                match std::fs::remove_file(&tmp) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(unavailable(&key, e)),
-                    _ => {}
-                }
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&tmp)
-                    .map_err(|e| unavailable(&key, e))?;
+                // Created anew: a leftover (a crash) or a planted link goes first.
+                let mut f = create_fresh(&tmp, 0o644).map_err(|e| unavailable(&key, e))?;
                 f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
                     .map_err(|e| unavailable(&key, e))?;
                 std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;

@@ -156,7 +156,7 @@ impl ArtifactCache {
                 }
                 InPlace::Missing => {}
                 InPlace::NotHere => {
-                    if let Ok(bytes) = tokio::fs::read(&path).await {
+                    if let Some(bytes) = read_bounded(path.clone()).await {
                         match deserialize(engine, key.clone(), name.clone(), bytes).await {
                             Some((c, checked)) => return Some((c, Checked::Bytes(checked))),
                             // Forged, corrupt or truncated: never used, removed so it is rewritten.
@@ -324,6 +324,21 @@ impl Checked {
     }
 }
 
+/// An artifact file's bytes, for the plain path: a regular file (not followed through a link,
+/// not a FIFO that blocks) of at most `MAX_ARTIFACT_BYTES`.
+async fn read_bounded(path: PathBuf) -> Option<Vec<u8>> {
+    use std::io::Read;
+    tokio::task::spawn_blocking(move || {
+        let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).ok()?;
+        let mut bytes = Vec::new();
+        file.take(crate::sealed_copy::MAX_ARTIFACT_BYTES).read_to_end(&mut bytes).ok()?;
+        Some(bytes)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Checks an artifact's bytes and loads them for `engine`, keeping them for another engine.
 async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u8>) -> Option<(Compiled, Arc<CheckedBytes>)> {
     let engine = engine.clone();
@@ -341,14 +356,15 @@ async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u
 async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         // Unique per write: two saves of one artifact in a process (a tier-up's and a
         // `precompile`'s) would otherwise write the same file at once.
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         // Writable by its owner alone whatever the umask: what `in_place` requires.
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+        // Created anew: a link planted under the name (the directory may be writable by its
+        // group) is removed, not written through.
+        let mut f = crate::untrusted_dir::create_fresh(&tmp, 0o644)?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         f.write_all((*bytes).as_ref())?;
         drop(f);
@@ -360,230 +376,5 @@ async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + S
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sealed_copy::{in_place_blocking, MAX_ARTIFACT_BYTES};
-    use crate::engine::{engine, EngineKind};
-    use std::os::unix::fs::PermissionsExt;
-
-    fn temp(tag: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("loom-artifacts-{tag}-{}", std::process::id()))
-    }
-
-    #[test]
-    fn seal_detects_forgery_corruption_and_truncation() {
-        let key = [7u8; 32];
-        let sealed = seal(&key, "a", b"compiled code".to_vec(), HAS_START);
-        assert_eq!(unseal(&key, "a", &sealed), Some((&b"compiled code"[..], HAS_START)));
-        assert_eq!(unseal(&[8u8; 32], "a", &sealed), None, "another key");
-        assert_eq!(unseal(&key, "b", &sealed), None, "another artifact's name");
-        let mut flipped = sealed.clone();
-        flipped[3] ^= 1;
-        assert_eq!(unseal(&key, "a", &flipped), None);
-        assert_eq!(unseal(&key, "a", &sealed[..sealed.len() - 1]), None);
-        assert_eq!(unseal(&key, "a", &sealed[..10]), None);
-        // A plain checksum (what anyone can compute) is not enough any more.
-        let mut forged = b"compiled code".to_vec();
-        forged.push(1);
-        forged.extend_from_slice(&Sha256::digest(b"compiled code"));
-        forged.extend_from_slice(MAGIC);
-        assert_eq!(unseal(&key, "a", &forged), None);
-    }
-
-    #[test]
-    fn fingerprints_differ_by_engine_settings() {
-        let plain = engine(EngineKind::Plain).expect("engine");
-        let metered = engine(EngineKind::Metered).expect("engine");
-        assert_eq!(fingerprint(plain), fingerprint(plain));
-        assert_ne!(fingerprint(plain), fingerprint(metered));
-        // The pool is not a setting of the code: the unpooled twin loads the pooled engine's
-        // artifacts (`unpooled_first`).
-        assert_eq!(fingerprint(plain), fingerprint(engine(EngineKind::PlainUnpooled).expect("engine")));
-    }
-
-    #[test]
-    fn open_refuses_unsafe_configurations() {
-        let code = |c: ArtifactCache| c.open().map(|_| ()).map_err(|e| e.code());
-        let dir = temp("open");
-        let _ = std::fs::remove_dir_all(&dir);
-        let opened = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("creates");
-        assert_eq!(std::fs::metadata(dir.join(KEY_FILE)).expect("key").permissions().mode() & 0o777, 0o600);
-        let again = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("reads");
-        assert_eq!(opened.key, again.key, "the key file is reused");
-        std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let remote = Some(Arc::new(ObjectSource::open("memory://a/b", &[]).expect("store")));
-        assert_eq!(code(ArtifactCache { remote: remote.clone(), ..Default::default() }), Err("INVALID_ARGUMENT"));
-        assert_eq!(code(ArtifactCache { remote: remote.clone(), key: Some(vec![1u8; 8].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
-        assert!(code(ArtifactCache { remote, key: Some(vec![1u8; 32].into()), ..Default::default() }).is_ok());
-        let http = Some(Arc::new(ObjectSource::open("http://127.0.0.1:9/x", &[]).expect("store")));
-        assert_eq!(code(ArtifactCache { remote: http, key: Some(vec![1u8; 32].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn disk_tier_round_trips_and_discards_forged_files() {
-        let dir = temp("disk");
-        let _ = std::fs::remove_dir_all(&dir);
-        let cache = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
-        let e = engine(EngineKind::Plain).expect("engine");
-        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
-        let digest = [7u8; 32];
-        assert!(cache.load(&digest, e).await.is_none());
-        cache.save(&digest, e, &module.code, false).await.expect("saved");
-        assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), false))));
-        let path = dir.join(ArtifactCache::name(&digest, e));
-        let mut bytes = std::fs::read(&path).expect("written");
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&path, &bytes).expect("corrupted");
-        assert!(cache.load(&digest, e).await.is_none());
-        assert!(!path.exists(), "a forged or corrupt artifact is removed");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// An echo compiled and saved under `digest` to `store` (sealed with `key`): the cache that
-    /// saved it, the module, the artifact's name and its bytes as stored.
-    async fn saved_remotely(
-        store: &Arc<ObjectSource>,
-        key: Arc<[u8]>,
-        digest: &Digest,
-        has_start: bool,
-    ) -> (ArtifactCache, crate::modules::CompiledModule, String, Vec<u8>) {
-        let cache = ArtifactCache { remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
-        let e = engine(EngineKind::Plain).expect("engine");
-        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
-        let name = ArtifactCache::name(digest, e);
-        cache.save(digest, e, &module.code, has_start).await.expect("saved");
-        let stored = store.get(&name).await.expect("stored").to_vec();
-        (cache, module, name, stored)
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_downloaded_artifact_loads_into_the_twin_from_its_checked_bytes_not_a_second_download() {
-        let store = Arc::new(ObjectSource::open("memory://artifacts-checked", &[]).expect("store"));
-        let digest = [11u8; 32];
-        let (cache, module, name, good) = saved_remotely(&store, vec![5u8; 32].into(), &digest, true).await;
-        let e = engine(EngineKind::Plain).expect("engine");
-        let Some((Compiled::Core(_), checked @ Checked::Bytes(_))) = cache.load_sealed(&digest, e).await else {
-            panic!("downloaded and checked")
-        };
-        // The store loses it (or is changed): the twin loads the bytes that were checked.
-        store.put(&name, Bytes::from_static(b"not an artifact")).await.expect("overwritten");
-        let Some(Compiled::Core(again)) = checked.load(engine(EngineKind::PlainUnpooled).expect("twin")) else {
-            panic!("the checked bytes load again")
-        };
-        assert!(again.serialize().expect("serializes").starts_with(&good[..good.len() - TRAILER]));
-        assert!(checked.has_start());
-        assert!(checked.load(engine(EngineKind::Metered).expect("metered")).is_none(), "another fingerprint is refused");
-        // What the store holds now is not an artifact: refused, nothing checked to keep.
-        assert!(cache.load_sealed(&digest, e).await.is_none());
-        // Nor is one sealed under another key.
-        let other = ArtifactCache { remote: Some(store.clone()), key: Some(vec![6u8; 32].into()), ..Default::default() }.open().expect("opens");
-        other.save(&digest, e, &module.code, true).await.expect("saved");
-        assert!(cache.load_sealed(&digest, e).await.is_none());
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_downloaded_artifact_is_written_to_the_directory_as_it_was_checked() {
-        let dir = temp("from-remote");
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(ObjectSource::open("memory://artifacts-to-dir", &[]).expect("store"));
-        let key: Arc<[u8]> = vec![9u8; 32].into();
-        let digest = [13u8; 32];
-        let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
-        let e = engine(EngineKind::Plain).expect("engine");
-        let worker =
-            ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key) }.open().expect("opens");
-        assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
-        assert_eq!(std::fs::read(dir.join(&name)).expect("written"), stored, "the file is the artifact, byte for byte");
-        // The store loses it: the directory's copy loads (in place).
-        store.put(&name, Bytes::from_static(b"gone")).await.expect("overwritten");
-        assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), _))));
-        // A forged download is neither loaded nor written.
-        let _ = std::fs::remove_file(dir.join(&name));
-        assert!(worker.load_sealed(&digest, e).await.is_none());
-        assert!(!dir.join(&name).exists());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
-        let dir = temp("inplace");
-        let _ = std::fs::remove_dir_all(&dir);
-        let cache = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
-        let key = cache.key.clone().expect("key");
-        let e = engine(EngineKind::Plain).expect("engine");
-        let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
-        let digest = [9u8; 32];
-        let name = ArtifactCache::name(&digest, e);
-        let path = dir.join(&name);
-        assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Missing));
-        cache.save(&digest, e, &module.code, true).await.expect("saved");
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o644, "written for its owner alone to change, whatever the umask");
-        let good = std::fs::read(&path).expect("read");
-        let InPlace::Loaded(Compiled::Core(m), sealed) = in_place_blocking(e, &key, &name, &path) else {
-            panic!("an authentic artifact loads")
-        };
-        assert!(sealed.has_start(), "saved with a start function");
-        // The file cut short and rewritten while the module lives: the module maps the sealed
-        // copy, so reading every page of it (serialize) neither faults nor sees the change.
-        std::fs::write(&path, b"short").expect("rewrite");
-        let image = m.serialize().expect("serializes");
-        assert!(image.starts_with(&good[..good.len() - TRAILER]), "the module reads the sealed copy, not the file");
-        std::fs::write(&path, &good).expect("restore");
-        // The sealed copy maps into another engine of the fingerprint (the unpooled twin) as the
-        // bytes that were checked, whatever the file holds by then; never into another fingerprint.
-        let Some((Compiled::Core(_), sealed @ Checked::Sealed(_))) = cache.load_sealed(&digest, e).await else {
-            panic!("loaded through a sealed copy")
-        };
-        assert!(sealed.has_start());
-        std::fs::write(&path, b"rewritten").expect("rewrite");
-        let Some(Compiled::Core(again)) = sealed.load(engine(EngineKind::PlainUnpooled).expect("twin")) else {
-            panic!("the sealed copy maps again")
-        };
-        assert!(again.serialize().expect("serializes").starts_with(&good[..good.len() - TRAILER]));
-        assert!(sealed.load(engine(EngineKind::Metered).expect("metered")).is_none(), "another fingerprint is refused");
-        std::fs::write(&path, &good).expect("restore");
-        // The wrong key or the wrong name: its tag does not hold.
-        assert!(matches!(in_place_blocking(e, &[1u8; 32], &name, &path), InPlace::Invalid));
-        assert!(matches!(in_place_blocking(e, &key, "other.cwasm", &path), InPlace::Invalid));
-        // One flipped bit anywhere (first byte, body, flags, tag, magic), or a cut: invalid.
-        for at in [0, good.len() / 3, good.len() - TRAILER - 1, good.len() - TRAILER, good.len() - 9, good.len() - 1] {
-            let mut bad = good.clone();
-            bad[at] ^= 1;
-            std::fs::write(&path, &bad).expect("write");
-            assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid), "bit flipped at {at}");
-        }
-        for cut in [good.len() - 7, 10, 0] {
-            std::fs::write(&path, &good[..cut]).expect("write");
-            assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid), "cut at {cut}");
-        }
-        // Planted under the artifact's name: a FIFO (whose open would block) and a symlink to an
-        // endless device. Both are invalid at once, and `load` removes them.
-        for plant in ["fifo", "symlink"] {
-            let _ = std::fs::remove_file(&path);
-            if plant == "fifo" {
-                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-            } else {
-                std::os::unix::fs::symlink("/dev/zero", &path).expect("symlink");
-            }
-            assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid), "{plant}");
-            assert!(cache.load(&digest, e).await.is_none());
-            assert!(std::fs::symlink_metadata(&path).is_err(), "the planted {plant} is removed");
-        }
-        // A sparse giant is not copied into memory.
-        let giant = std::fs::File::create(&path).expect("create");
-        giant.set_len(MAX_ARTIFACT_BYTES + 1).expect("sparse");
-        assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid));
-        std::fs::write(&path, &good[..10]).expect("write");
-        // `load` removes an invalid artifact so it is rewritten.
-        assert!(cache.load(&digest, e).await.is_none());
-        assert!(!path.exists(), "an invalid artifact is removed");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+#[path = "artifacts_tests.rs"]
+mod tests;

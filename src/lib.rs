@@ -41,6 +41,7 @@ pub mod text;
 pub mod threads;
 pub mod tier_up;
 pub mod unpooled_first;
+pub mod untrusted_dir;
 pub mod wasi_http;
 
 #[cfg(test)]

@@ -1,0 +1,67 @@
+//! Files in a directory that others may write to (an actor store's, a `cacheDir`): what is there
+//! is opened without following a link or blocking on a FIFO, and what is written goes into a file
+//! created anew, never through a link planted under its name.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Opens `path` with `options` if it is a regular file: a symlink is not followed (`O_NOFOLLOW`:
+/// ELOOP), and a FIFO or device in its place neither blocks the open (`O_NONBLOCK`) nor is used
+/// (`InvalidData`).
+pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Whether `open_regular` refused what it found (a link, a FIFO, a device).
+pub fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidData
+}
+
+/// Creates `path` anew for writing, with `mode`: whatever is there (a leftover of a crash, a
+/// planted link) is removed first, and the file is created exclusively (`O_EXCL`, which never
+/// follows a link), so bytes written to it cannot land in a file elsewhere.
+pub fn create_fresh(path: &Path, mode: u32) -> io::Result<File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_fifos_are_neither_followed_nor_waited_on_and_writes_stay_here() {
+        let dir = std::env::temp_dir().join(format!("loom-untrusted-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        let planted = dir.join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).expect("link");
+        let e = open_regular(&planted, OpenOptions::new().read(true)).expect_err("a link");
+        assert!(refused(&e), "{e}");
+        // Written under the link's name: the link goes, the victim stays.
+        use std::io::Write;
+        create_fresh(&planted, 0o600).and_then(|mut f| f.write_all(b"ours")).expect("created");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+        assert_eq!(std::fs::read(&planted).expect("ours"), b"ours");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = open_regular(&fifo, OpenOptions::new().read(true)).expect_err("a FIFO");
+        assert!(refused(&e), "{e}");
+        // No reader: a write open fails at once rather than wait for one.
+        assert!(open_regular(&fifo, OpenOptions::new().write(true)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
