@@ -42,6 +42,24 @@ describe('ObjectBlobStore', () => {
     await roundTrip(store)
   })
 
+  it('file://: a FIFO under a module name is BLOB_UNAVAILABLE at once, and no thread is left waiting for a writer', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-file-store-'))
+    execFileSync('mkfifo', [join(dir, 'fifo.wasm')])
+    const ex = new WasmActivityExecutor(new ObjectBlobStore(pathToFileURL(dir).href), { loadTimeoutMs: 2000 })
+    const threads = () => readdirSync('/proc/self/task').length
+    await failure(ex.execute(def('warm-up', { wasmBlobPath: 'none.wasm' }), {}))
+    const before = threads()
+    for (let i = 0; i < 6; i++) {
+      const started = Date.now()
+      const e = await failure(ex.execute(def(`fifo${i}`, { wasmBlobPath: 'fifo.wasm' }), {}))
+      expect(e.code).toBe('BLOB_UNAVAILABLE')
+      expect(e.message).toContain('not a regular file')
+      // Before: each call ran into its loadTimeoutMs, and its thread stayed blocked in open().
+      expect(Date.now() - started).toBeLessThan(2000)
+    }
+    expect(threads()).toBeLessThanOrEqual(before + 1)
+  })
+
   it('refuses paths that try to leave the prefix', async () => {
     const store = new ObjectBlobStore('memory://x/p')
     for (const p of ['../escape', 'a/../../b', './a']) {

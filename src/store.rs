@@ -20,6 +20,7 @@ use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, 
 use url::Url;
 
 use crate::error::ExecError;
+use crate::untrusted_dir::{read_regular, LocalRead};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -83,6 +84,8 @@ pub struct ObjectSource {
     option_keys: Vec<String>,
     /// For `file://`: the directory.
     local_dir: Option<std::path::PathBuf>,
+    /// For `file://`: the store, whose reads this source makes itself (`read_local`).
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 fn bad_url(url: &str, why: impl std::fmt::Display) -> ExecError {
@@ -131,6 +134,7 @@ impl ObjectSource {
         };
         let build_err = |e: object_store::Error| bad_url(url, e);
         let mut local_dir = None;
+        let mut local = None;
         let path_prefix = parsed.path().trim_matches('/').to_string();
         let (store, prefix, writable): (Arc<dyn ObjectStore>, String, bool) = match parsed.scheme() {
             "memory" => {
@@ -141,7 +145,9 @@ impl ObjectSource {
                 let dir = parsed.to_file_path().map_err(|_| bad_url(url, "not an absolute file path"))?;
                 std::fs::create_dir_all(&dir).map_err(|e| bad_url(url, e))?;
                 local_dir = Some(dir.clone());
-                (Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(build_err)?), String::new(), true)
+                let fs = Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(build_err)?);
+                local = Some(fs.clone());
+                (fs, String::new(), true)
             }
             "s3" | "s3a" => {
                 let b = AmazonS3Builder::from_env().with_url(url_text.clone()).with_retry(retry);
@@ -172,7 +178,7 @@ impl ObjectSource {
         let prefix = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad_url(url, e))?;
         let max_segment = if parsed.scheme() == "file" { MAX_FILE_SEGMENT_BYTES } else { MAX_KEY_BYTES };
         let option_keys = opts.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
-        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir })
+        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir, local })
     }
 
     pub fn url(&self) -> &str {
@@ -262,6 +268,10 @@ impl ObjectSource {
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
         let key = self.key(path)?;
+        if let Some(local) = &self.local {
+            let file = local.path_to_filesystem(&key).map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() })?;
+            return self.read_local(path, file, max_bytes).await;
+        }
         let result = self.timed(path, self.store.get(&key)).await?;
         if result.meta.size > max_bytes {
             return Err(ExecError::CompileLimit(format!(
@@ -270,6 +280,24 @@ impl ObjectSource {
             )));
         }
         self.timed(path, result.bytes()).await
+    }
+
+/// A `file://` object's bytes, read here rather than by object_store, whose read of a FIFO
+    /// planted under the name blocks a thread for good (one per call, each past its
+    /// `loadTimeoutMs`): the file is opened without blocking (links are followed, as
+    /// object_store does) and must be a regular file.
+    async fn read_local(&self, path: &str, file: std::path::PathBuf, max_bytes: u64) -> Result<Bytes, ExecError> {
+        let unavailable = |message: String| ExecError::BlobUnavailable { path: path.to_string(), message };
+        match tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(move || read_regular(&file, max_bytes))).await {
+            Ok(Ok(Ok(bytes))) => Ok(Bytes::from(bytes)),
+            Ok(Ok(Err(LocalRead::NotFound(message)))) => Err(ExecError::BlobNotFound { path: path.to_string(), message }),
+            Ok(Ok(Err(LocalRead::TooLarge(size)))) => Err(ExecError::CompileLimit(format!(
+                "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"
+            ))),
+            Ok(Ok(Err(LocalRead::Unavailable(message)))) => Err(unavailable(message)),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!("timed out after {} ms", self.timeout.as_millis()))),
+        }
     }
 
     pub async fn put(&self, path: &str, data: Bytes) -> Result<(), ExecError> {
@@ -424,6 +452,15 @@ mod tests {
         let routed = RoutedSource::new(Arc::new(MemorySource::new()), allowed_prefixes(&[url.clone()]).expect("valid"));
         assert_eq!(routed.fetch(&abs, u64::MAX).await.expect("allowed absolute file URL"), b"bytes");
         assert_eq!(routed.fetch(&abs, 2).await.map_err(|e| e.code()), Err("COMPILE_LIMIT"), "size checked first");
+        // A FIFO under a module's name: refused at once, no thread left waiting for a writer.
+        let c = std::ffi::CString::new(dir.join("m/f.wasm").as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(s.get("m/f.wasm").await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        // A link to a module in the store is read as object_store reads it: followed.
+        std::os::unix::fs::symlink(dir.join("m/x.wasm"), dir.join("m/l.wasm")).expect("link");
+        assert_eq!(s.get("m/l.wasm").await.expect("linked").as_ref(), b"bytes");
+        assert_eq!(s.get_at_most("m/x.wasm", 2).await.map_err(|e| e.code()), Err("COMPILE_LIMIT"));
         assert_eq!(routed.fetch("m/x.wasm", u64::MAX).await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
         // Outside the prefix, or escaping it, is the store's business again.
         for other in ["file:///etc/hostname".to_string(), format!("{url}m/../../etc/hostname"), format!("{url}m/%2e%2e/x")] {

@@ -34,6 +34,35 @@ pub fn create_fresh(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
+/// Why a local read gave nothing.
+pub enum LocalRead {
+    NotFound(String),
+    TooLarge(u64),
+    Unavailable(String),
+}
+
+/// A regular file's bytes, if it has at most `max_bytes` (blocking): opened without blocking on a
+/// FIFO (links are followed: a blob store's layout may use them), and bounded whatever the file
+/// does meanwhile.
+pub fn read_regular(file: &Path, max_bytes: u64) -> Result<Vec<u8>, LocalRead> {
+    use std::io::Read;
+    let f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LocalRead::NotFound(e.to_string())),
+        Err(e) => return Err(LocalRead::Unavailable(e.to_string())),
+    };
+    let meta = f.metadata().map_err(|e| LocalRead::Unavailable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(LocalRead::Unavailable("not a regular file".into()));
+    }
+    if meta.len() > max_bytes {
+        return Err(LocalRead::TooLarge(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.take(meta.len()).read_to_end(&mut bytes).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
