@@ -48,6 +48,9 @@ pub trait ActorStore: Send + Sync {
     /// `ACTOR_CONFLICT` otherwise; the new version on success.
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
+    /// The stored snapshot's version, if there is one, without reading the snapshot (what a
+    /// restore writes over, whatever its size).
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>>;
     /// Where it is, for messages.
     fn describe(&self) -> String;
 }
@@ -166,6 +169,18 @@ impl ActorStore for ObjectActorStore {
         Box::pin(async move { self.source.delete(key).await })
     }
 
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        Box::pin(async move {
+            self.ensure_conditional().await?;
+            let path = self.source.path(key)?;
+            match self.source.object_store().head(&path).await {
+                Ok(meta) => Ok(Some(Version { e_tag: meta.e_tag, version: meta.version })),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(unavailable(key, e)),
+            }
+        })
+    }
+
     fn describe(&self) -> String {
         self.source.url().to_string()
     }
@@ -190,6 +205,15 @@ impl FileActorStore {
             return Err(ExecError::InvalidArgument(format!("actor store key {key:?}")));
         }
         Ok(self.dir.join(key))
+    }
+
+    /// The key's path, refused (`BLOB_UNAVAILABLE`) where a directory below the store's is a link:
+    /// reads, writes and deletes would go to wherever it points.
+    fn checked_path(&self, key: &str) -> Result<PathBuf, ExecError> {
+        let path = self.path(key)?;
+        // The file itself is checked where it is opened (`open_regular`).
+        crate::untrusted_dir::no_links_below(&self.dir, path.parent().unwrap_or(&path)).map_err(|e| unavailable(key, e))?;
+        Ok(path)
     }
 }
 
@@ -230,7 +254,7 @@ impl FileActorStore {
         limit: Duration,
         f: impl FnOnce(&Path) -> Result<T, ExecError>,
     ) -> Result<T, ExecError> {
-        let path = self.path(key)?;
+        let path = self.checked_path(key)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
         }
@@ -242,6 +266,10 @@ impl FileActorStore {
         loop {
             // SAFETY: flock on a descriptor we own; released when `lock` is closed.
             if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                // Got it only after the call left: not written after all.
+                if gone.load(Ordering::Relaxed) {
+                    return Err(unavailable(key, "the call ended while another process held the actor's lock; nothing was written"));
+                }
                 break;
             }
             let err = std::io::Error::last_os_error();
@@ -313,7 +341,7 @@ impl FileActorStore {
 impl ActorStore for FileActorStore {
     fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         Box::pin(async move {
-            let path = self.path(key)?;
+            let path = self.checked_path(key)?;
             let k = key.to_string();
             let read = off_runtime(move |_| FileActorStore::read(&path, &k, max_bytes)).await?;
             Ok(read.map(|(bytes, v)| (bytes, Version { e_tag: None, version: Some(v.to_string()) })))
@@ -351,6 +379,15 @@ impl ActorStore for FileActorStore {
                 _ => Ok(()),
             })
         }))
+    }
+
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        Box::pin(async move {
+            let path = self.checked_path(key)?;
+            let k = key.to_string();
+            let version = off_runtime(move |_| FileActorStore::version(&path, &k)).await?;
+            Ok(version.map(|v| Version { e_tag: None, version: Some(v.to_string()) }))
+        })
     }
 
     fn describe(&self) -> String {
@@ -454,9 +491,13 @@ mod tests {
         assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
         assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
         std::fs::remove_file(&snap).expect("link");
-        // Over what the actor's memory limit allows: refused from its size, before it is read.
-        std::fs::File::create(&snap).and_then(|f| f.set_len(1 << 30)).expect("sparse giant");
-        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        // Over what the actor's memory limit allows: refused from its size, before it is read
+        // (a well-formed header, so that only the size can refuse it).
+        std::fs::write(&snap, b"LOOMACT1\x01\0\0\0\0\0\0\0").and_then(|_| std::fs::OpenOptions::new().write(true).open(&snap)?.set_len(1 << 30)).expect("sparse giant");
+        let giant = store.load(key, 1 << 20).await.map_err(|e| (e.code(), e.to_string()));
+        assert!(matches!(&giant, Err(("SNAPSHOT_INVALID", m)) if m.contains("more than an actor")), "{giant:?}");
+        // Its version is read from the header alone (a restore writes over it).
+        assert_eq!(store.version(key).await.expect("version"), Some(Version { e_tag: None, version: Some("1".into()) }));
         std::fs::remove_file(&snap).expect("giant");
         // The lock file a FIFO: refused, not waited on.
         let _ = std::fs::remove_file(dir.join("actors/t/p.lock"));
@@ -468,6 +509,19 @@ mod tests {
         store.save(key, b"state".to_vec(), None).await.expect("saved");
         assert_eq!(std::fs::read(&outside).expect("outside"), b"LOOMACT1\x05\0\0\0\0\0\0\0secret");
         assert_eq!(store.load(key, 1 << 20).await.expect("load").map(|(b, _)| b), Some(b"state".to_vec()));
+        // A directory of the store replaced by a link to another: nothing read, written or
+        // deleted there.
+        let elsewhere = dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+        std::fs::copy(&snap, elsewhere.join("p.snap")).expect("a snapshot there");
+        std::fs::rename(dir.join("actors/t"), dir.join("moved")).expect("moved");
+        std::os::unix::fs::symlink(&elsewhere, dir.join("actors/t")).expect("link");
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert_eq!(store.delete(key).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        let mut there: Vec<_> = std::fs::read_dir(&elsewhere).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        there.sort();
+        assert_eq!(there, vec![std::ffi::OsString::from("p.snap")]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -169,7 +169,8 @@ impl ArtifactCache {
             }
         }
         let remote = self.remote.as_ref()?;
-        let bytes = remote.get(&name).await.ok()?;
+        // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
+        let bytes = remote.get_at_most(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES).await.ok()?;
         // Taken over without a copy where the download is the bytes' only owner.
         let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
         if let Some(dir) = &self.dir {
@@ -222,11 +223,19 @@ fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
     let path = dir.join(KEY_FILE);
     let bad = |why: String| ExecError::InvalidArgument(format!("options.cacheDir key file {}: {why}", path.display()));
     match std::fs::symlink_metadata(&path) {
-        Ok(meta) => {
-            if !meta.is_file() || meta.mode() & 0o077 != 0 {
-                return Err(bad("must be a plain file only its owner can read and write (mode 0600)".into()));
+        Ok(_) => {
+            use std::io::Read;
+            let plain = || bad("must be a plain file only its owner (this process's user) can read and write (mode 0600)".into());
+            // Checked on the file opened (no link followed, no FIFO waited on), not on the name:
+            // a swap in between cannot get through, nor a key file of another user's making.
+            let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).map_err(|_| plain())?;
+            let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+            // SAFETY: geteuid has no preconditions.
+            if meta.mode() & 0o077 != 0 || meta.uid() != unsafe { libc::geteuid() } {
+                return Err(plain());
             }
-            let key = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+            let mut key = Vec::new();
+            file.take(1 << 16).read_to_end(&mut key).map_err(|e| bad(e.to_string()))?;
             if key.len() < MIN_KEY_BYTES {
                 return Err(bad(format!("holds {} bytes, fewer than {MIN_KEY_BYTES}", key.len())));
             }
@@ -330,6 +339,9 @@ async fn read_bounded(path: PathBuf) -> Option<Vec<u8>> {
     use std::io::Read;
     tokio::task::spawn_blocking(move || {
         let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).ok()?;
+        if file.metadata().ok()?.len() > crate::sealed_copy::MAX_ARTIFACT_BYTES {
+            return None;
+        }
         let mut bytes = Vec::new();
         file.take(crate::sealed_copy::MAX_ARTIFACT_BYTES).read_to_end(&mut bytes).ok()?;
         Some(bytes)

@@ -50,6 +50,25 @@ fn open_refuses_unsafe_configurations() {
     assert_eq!(opened.key, again.key, "the key file is reused");
     std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).expect("chmod");
     assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+    // A key file of another user's making (0600, so mode alone says nothing): whoever made it
+    // knows the key. Only root can hand a file to another user to show it.
+    std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    if std::os::unix::fs::chown(dir.join(KEY_FILE), Some(4242), None).is_ok() {
+        assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+    }
+    // A FIFO or a link in its place: refused at once, not waited on nor followed.
+    let key = std::fs::read(dir.join(KEY_FILE)).expect("key");
+    std::fs::remove_file(dir.join(KEY_FILE)).expect("rm");
+    let c = std::ffi::CString::new(dir.join(KEY_FILE).as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+    std::fs::remove_file(dir.join(KEY_FILE)).expect("rm");
+    let elsewhere = temp("open-elsewhere");
+    std::fs::write(&elsewhere, &key).and_then(|_| std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600))).expect("key elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, dir.join(KEY_FILE)).expect("link");
+    assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+    let _ = std::fs::remove_file(&elsewhere);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     assert_eq!(code(ArtifactCache { dir: Some(dir.clone()), ..Default::default() }), Err("INVALID_ARGUMENT"));
     let _ = std::fs::remove_dir_all(&dir);

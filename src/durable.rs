@@ -203,7 +203,7 @@ impl Executor {
             // Stored over whatever is there (the caller said this is the state).
             let expected = match held.guard.persisted.clone() {
                 Some(v) => Some(v),
-                None => d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await?.map(|(_, v)| v),
+                None => d.store.version(&d.key).await?,
             };
             held.guard.persisted = Some(d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?);
         }

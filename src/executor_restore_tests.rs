@@ -93,6 +93,9 @@ impl ActorStore for HangsOnce {
     fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         self.inner.load(key, max_bytes)
     }
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        self.inner.version(key)
+    }
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
         Box::pin(async move {
             let hang = self.hang.swap(false, Ordering::SeqCst);

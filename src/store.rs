@@ -310,6 +310,17 @@ impl ObjectSource {
 
     pub async fn exists(&self, path: &str) -> Result<bool, ExecError> {
         let key = self.key(path)?;
+        if let Some(local) = &self.local {
+            // From metadata: object_store's head opens the file, and would block on a FIFO.
+            let file = local.path_to_filesystem(&key).map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() })?;
+            let found = tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(move || crate::untrusted_dir::is_regular_file(&file))).await;
+            return match found {
+                Ok(Ok(Ok(found))) => Ok(found),
+                Ok(Ok(Err(e))) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() }),
+                Ok(Err(e)) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() }),
+                Err(_) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: format!("timed out after {} ms", self.timeout.as_millis()) }),
+            };
+        }
         match self.timed(path, self.store.head(&key)).await {
             Ok(_) => Ok(true),
             Err(ExecError::BlobNotFound { .. }) => Ok(false),
@@ -456,7 +467,14 @@ mod tests {
         let c = std::ffi::CString::new(dir.join("m/f.wasm").as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert_eq!(s.get("m/f.wasm").await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        let started = std::time::Instant::now();
+        let fifo = s.get("m/f.wasm").await.map_err(|e| (e.code(), e.to_string()));
+        assert!(matches!(&fifo, Err(("BLOB_UNAVAILABLE", m)) if m.contains("not a regular file")), "{fifo:?}");
+        assert!(!s.exists("m/f.wasm").await.expect("exists answers"), "a FIFO is not an object");
+        assert!(started.elapsed() < Duration::from_secs(5), "no wait for a writer: {:?}", started.elapsed());
+        // A directory under the name is no object, as object_store reports it.
+        assert_eq!(s.get("m").await.map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        assert!(s.exists("m/x.wasm").await.expect("exists"));
         // A link to a module in the store is read as object_store reads it: followed.
         std::os::unix::fs::symlink(dir.join("m/x.wasm"), dir.join("m/l.wasm")).expect("link");
         assert_eq!(s.get("m/l.wasm").await.expect("linked").as_ref(), b"bytes");

@@ -12,8 +12,21 @@ use std::path::Path;
 /// (`InvalidData`).
 pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     let file = options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    blocking_regular(file)
+}
+
+/// `file` if it is a regular file, switched back to blocking I/O (some FUSE and network
+/// filesystems honour `O_NONBLOCK` on regular files and would answer `EAGAIN`).
+fn blocking_regular(file: File) -> io::Result<File> {
+    use std::os::unix::io::AsRawFd;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    // SAFETY: fcntl on a descriptor `file` owns.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(file)
 }
@@ -21,6 +34,29 @@ pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> 
 /// Whether `open_regular` refused what it found (a link, a FIFO, a device).
 pub fn refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidData
+}
+
+/// Refuses (`InvalidData`) a symlink among the components of `path` below `root` (`O_NOFOLLOW`
+/// only covers the last one): a directory of a store replaced by a link to another directory
+/// would take its reads, writes and deletes there. What is missing is fine (it is created later).
+/// A swap between this check and the use of the path can still get through.
+pub fn no_links_below(root: &Path, path: &Path) -> io::Result<()> {
+    let Ok(rest) = path.strip_prefix(root) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "outside the store's directory"));
+    };
+    let mut at = root.to_path_buf();
+    for part in rest.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is a link", at.display())))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Creates `path` anew for writing, with `mode`: whatever is there (a leftover of a crash, a
@@ -36,30 +72,62 @@ pub fn create_fresh(path: &Path, mode: u32) -> io::Result<File> {
 
 /// Why a local read gave nothing.
 pub enum LocalRead {
+    /// Nothing there, or a directory (as object_store reports one).
     NotFound(String),
     TooLarge(u64),
     Unavailable(String),
 }
 
-/// A regular file's bytes, if it has at most `max_bytes` (blocking): opened without blocking on a
-/// FIFO (links are followed: a blob store's layout may use them), and bounded whatever the file
-/// does meanwhile.
+/// Whether a regular file is at `path` (links followed), from its metadata: a FIFO is never
+/// opened to find out.
+pub fn is_regular_file(path: &Path) -> io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta.is_file()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A regular file's bytes, if it has at most `max_bytes` (blocking). Links are followed (a blob
+/// store's layout may use them), but what is not a regular file is refused from its metadata
+/// before it is opened (a device's open may act) and again once open (a swap meanwhile), without
+/// blocking on a FIFO; a file that changes size while it is read is refused, not cut short.
 pub fn read_regular(file: &Path, max_bytes: u64) -> Result<Vec<u8>, LocalRead> {
     use std::io::Read;
-    let f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file) {
+    let not_regular = |meta: &std::fs::Metadata| {
+        if meta.is_dir() {
+            LocalRead::NotFound("is a directory".into())
+        } else {
+            LocalRead::Unavailable("not a regular file".into())
+        }
+    };
+    match std::fs::metadata(file) {
+        Ok(meta) if !meta.is_file() => return Err(not_regular(&meta)),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LocalRead::NotFound(e.to_string())),
+        Err(e) => return Err(LocalRead::Unavailable(e.to_string())),
+    }
+    let f = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LocalRead::NotFound(e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LocalRead::NotFound(e.to_string())),
         Err(e) => return Err(LocalRead::Unavailable(e.to_string())),
     };
     let meta = f.metadata().map_err(|e| LocalRead::Unavailable(e.to_string()))?;
     if !meta.is_file() {
-        return Err(LocalRead::Unavailable("not a regular file".into()));
+        return Err(not_regular(&meta));
     }
+    let f = blocking_regular(f).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
     if meta.len() > max_bytes {
         return Err(LocalRead::TooLarge(meta.len()));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    f.take(meta.len()).read_to_end(&mut bytes).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
+    let mut bytes = Vec::new();
+    // A sparse giant must not abort the process on an allocation it cannot have.
+    let len = usize::try_from(meta.len()).map_err(|_| LocalRead::Unavailable("too large to hold".into()))?;
+    bytes.try_reserve_exact(len).map_err(|e| LocalRead::Unavailable(format!("{} bytes: {e}", meta.len())))?;
+    f.take(meta.len().saturating_add(1)).read_to_end(&mut bytes).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
+    if bytes.len() as u64 != meta.len() {
+        return Err(LocalRead::Unavailable(format!("changed while being read ({} bytes, then {})", meta.len(), bytes.len())));
+    }
     Ok(bytes)
 }
 
