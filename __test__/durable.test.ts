@@ -203,19 +203,23 @@ describe('a hostile or stuck file:// actor store', () => {
     const secret = join(mkdtempSync(join(tmpdir(), 'loom-secret-')), 'secret')
     writeFileSync(secret, 'not a snapshot')
     const before = threadCount()
-    const plants: Array<[string, () => void]> = [
-      ['a FIFO (an open that would block forever)', () => execFileSync('mkfifo', [snap])],
-      ['a symlink', () => symlinkSync(secret, snap)],
-      // 1 GiB, sparse: over what an actor with a 256 MiB memory limit can need.
-      ['a giant', () => execFileSync('truncate', ['-s', '1G', snap])],
+    const plants: Array<[string, () => void, string]> = [
+      ['a FIFO (an open that would block forever)', () => execFileSync('mkfifo', [snap]), 'not a regular file'],
+      ['a symlink', () => symlinkSync(secret, snap), 'not an actor store file'],
+      // 1 GiB, sparse, behind a well-formed header: over what an actor with a 256 MiB memory limit can need.
+      ['a giant', () => {
+        writeFileSync(snap, Buffer.concat([Buffer.from('LOOMACT1'), Buffer.alloc(8)]))
+        execFileSync('truncate', ['-s', '1G', snap])
+      }, 'more than an actor'],
     ]
-    for (const [what, plant] of plants) {
+    for (const [what, plant, why] of plants) {
       unlinkSync(snap)
       plant()
       const fresh = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
       const started = Date.now()
       const e = await failure(fresh.execute(def('counter'), { action: 'get' }, { actorId: 'p' }))
       expect(e.code, what).toBe('SNAPSHOT_INVALID')
+      expect(e.message, what).toContain(why)
       expect(Date.now() - started, what).toBeLessThan(5000)
     }
     expect(threadCount()).toBeLessThanOrEqual(before + 1)
