@@ -80,13 +80,19 @@ fn open_refuses_unsafe_configurations() {
     assert_eq!(code(ArtifactCache { remote: http, key: Some(vec![1u8; 32].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn disk_tier_round_trips_and_discards_forged_files() {
-    let dir = temp("disk");
+/// An empty disk tier in a fresh directory, the plain engine and the echo guest compiled for it.
+fn echo_and_a_fresh_disk_tier(tag: &str) -> (PathBuf, ArtifactCache, &'static Engine, crate::modules::CompiledModule) {
+    let dir = temp(tag);
     let _ = std::fs::remove_dir_all(&dir);
     let cache = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
     let e = engine(EngineKind::Plain).expect("engine");
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    (dir, cache, e, module)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_tier_round_trips_and_discards_forged_files() {
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("disk");
     let digest = [7u8; 32];
     assert!(cache.load(&digest, e).await.is_none());
     cache.save(&digest, e, &module.code, false).await.expect("saved");
@@ -246,11 +252,7 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_planted_as_the_temporary_file_is_not_written_through() {
-    let dir = temp("planted");
-    let _ = std::fs::remove_dir_all(&dir);
-    let cache = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
-    let e = engine(EngineKind::Plain).expect("engine");
-    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("planted");
     let digest = [9u8; 32];
     let name = ArtifactCache::name(&digest, e);
     let victim = temp("planted-victim");
