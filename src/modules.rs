@@ -640,3 +640,7 @@ impl ModuleCache {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "modules_tests.rs"]
+mod tests;
