@@ -224,7 +224,9 @@ fn run_compile(
 /// A background compile's result; should a call come to wait for it while it runs (at the lower
 /// priority, where guests and calls' compiles leave it a quarter of a busy core, and no thread
 /// may raise its priority back), a compile at a call's priority races it, in a call's slot while
-/// the race lasts. The first success is the job's result (an error only once both failed). The
+/// the race lasts. The first success is the job's result (an error only once both failed; one the
+/// running compile meets while the call's waits for a slot is the result: the same bytes on the
+/// same engine). The
 /// other runs to its end (a compile cannot be stopped midway) and is dropped: the background one
 /// in its slot, the call's one without a slot (the slot goes to whoever waits for it).
 async fn unless_hurried(
@@ -357,6 +359,57 @@ pub(crate) mod running_held {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// A module that stands for the running (background) compile's result.
+    fn theirs() -> Arc<CompiledModule> {
+        Arc::new(compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles"))
+    }
+
+    /// `unless_hurried` hurried from the start, racing `running` with a real compile of `bytes`.
+    async fn race(running: impl std::future::Future<Output = Loaded>, bytes: Vec<u8>) -> Loaded {
+        let hurried = Hurried::default();
+        hurried.yes.store(true, Ordering::SeqCst);
+        unless_hurried(running, Arc::new(bytes), [0x5a; 32], EngineKind::Plain, Default::default(), &hurried).await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_hurried_compile_is_raced_and_the_first_success_is_the_result() {
+        let echo = crate::test_guests::echo();
+        let garbage = b"\0asm\x01\0\0\0 not a module".to_vec();
+        let failed = || Err::<Arc<CompiledModule>, _>(ExecError::internal("the running compile failed"));
+        // The running compile never ends (a busy core's quarter): the call's compile is the result.
+        let won = race(std::future::pending(), echo.clone()).await.expect("the call's compile");
+        assert_eq!(won.digest, sha256(&echo));
+        // The running compile is done first: its module, not a second one.
+        let mine = theirs();
+        let first = race(std::future::ready(Ok(mine.clone())), echo.clone()).await.expect("theirs");
+        assert!(Arc::ptr_eq(&first, &mine));
+        // The running compile fails once the race is on: the call's compile still decides. (One
+        // that fails before the call's compile got a slot is the result at once: the same bytes on
+        // the same engine.)
+        let fails_soon = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            failed()
+        };
+        assert!(race(fails_soon, echo.clone()).await.is_ok());
+        // The call's compile fails first: an error only once the running one failed too, and the
+        // running one's success is the result when it comes (later).
+        let later = theirs();
+        let slow = {
+            let later = later.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Ok(later)
+            }
+        };
+        let kept = race(slow, garbage.clone()).await.expect("theirs, later");
+        assert!(Arc::ptr_eq(&kept, &later));
+        let slow_failure = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            failed()
+        };
+        assert!(race(slow_failure, garbage).await.is_err());
+    }
 
     #[test]
     fn background_compiles_run_below_the_calls_compiles_and_guests() {
