@@ -9,7 +9,8 @@
 //!   files: a version counter in each file's header, compared and replaced under an exclusive
 //!   `flock` of a lock file beside it (processes on one machine; not for NFS). The lock is tried,
 //!   not waited on in the kernel: a write gives up after `LOCK_WAIT`, or as soon as its call has
-//!   gone, so a lock another process keeps holds no thread here and its write never lands. What
+//!   gone, so a lock another process keeps holds no thread here, and a write that had not got
+//!   the lock when its call left is not made. What
 //!   is in the directory is not trusted: files are opened without following links or blocking on
 //!   FIFOs, and the writer's temporary file is created anew (`O_EXCL`).
 //!
@@ -270,6 +271,9 @@ impl FileActorStore {
                 if gone.load(Ordering::Relaxed) {
                     return Err(unavailable(key, "the call ended while another process held the actor's lock; nothing was written"));
                 }
+                // Checked again now: whoever held the lock may have put a link in a directory's
+                // place meanwhile.
+                self.checked_path(key)?;
                 break;
             }
             let err = std::io::Error::last_os_error();
@@ -304,7 +308,7 @@ impl FileActorStore {
     }
 
     /// The stored file's version (its header only), if there is one.
-    fn version(path: &Path, key: &str) -> Result<Option<u64>, ExecError> {
+    fn stored_version(path: &Path, key: &str) -> Result<Option<u64>, ExecError> {
         let Some(file) = FileActorStore::open_stored(path, key)? else { return Ok(None) };
         let mut header = Vec::with_capacity(16);
         file.take(16).read_to_end(&mut header).map_err(|e| unavailable(key, e))?;
@@ -340,10 +344,11 @@ impl FileActorStore {
 
 impl ActorStore for FileActorStore {
     fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        let this = FileActorStore { dir: self.dir.clone() };
         Box::pin(async move {
-            let path = self.checked_path(key)?;
             let k = key.to_string();
-            let read = off_runtime(move |_| FileActorStore::read(&path, &k, max_bytes)).await?;
+            // Its checks stat the directories: off the runtime, as the read.
+            let read = off_runtime(move |_| FileActorStore::read(&this.checked_path(&k)?, &k, max_bytes)).await?;
             Ok(read.map(|(bytes, v)| (bytes, Version { e_tag: None, version: Some(v.to_string()) })))
         })
     }
@@ -354,7 +359,7 @@ impl ActorStore for FileActorStore {
         let key = key.to_string();
         Box::pin(off_runtime(move |gone| {
             this.locked(&key, gone, |path| {
-                let current = FileActorStore::version(path, &key)?;
+                let current = FileActorStore::stored_version(path, &key)?;
                 if current != expected {
                     return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
                 }
@@ -382,10 +387,10 @@ impl ActorStore for FileActorStore {
     }
 
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        let this = FileActorStore { dir: self.dir.clone() };
         Box::pin(async move {
-            let path = self.checked_path(key)?;
             let k = key.to_string();
-            let version = off_runtime(move |_| FileActorStore::version(&path, &k)).await?;
+            let version = off_runtime(move |_| FileActorStore::stored_version(&this.checked_path(&k)?, &k)).await?;
             Ok(version.map(|v| Version { e_tag: None, version: Some(v.to_string()) }))
         })
     }
@@ -467,6 +472,10 @@ mod tests {
         leaver.join().expect("leaver");
         assert!(!ran.load(Ordering::Relaxed), "nothing runs without the lock");
         drop(holder);
+        // A caller already gone when the lock comes free: nothing runs.
+        let left = store.locked_within(key, &AtomicBool::new(true), Duration::from_millis(150), |_| Ok(ran.store(true, Ordering::Relaxed)));
+        assert_eq!(left.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert!(!ran.load(Ordering::Relaxed));
         assert!(store.locked_within(key, &stay, Duration::from_millis(150), |_| Ok(true)).expect("free now"));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -519,6 +528,7 @@ mod tests {
         assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
         assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
         assert_eq!(store.delete(key).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert_eq!(store.version(key).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
         let mut there: Vec<_> = std::fs::read_dir(&elsewhere).expect("list").map(|e| e.expect("entry").file_name()).collect();
         there.sort();
         assert_eq!(there, vec![std::ffi::OsString::from("p.snap")]);

@@ -225,14 +225,14 @@ fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
     match std::fs::symlink_metadata(&path) {
         Ok(_) => {
             use std::io::Read;
-            let plain = || bad("must be a plain file only its owner (this process's user) can read and write (mode 0600)".into());
+            let plain = |why: String| bad(format!("must be a plain file only its owner (this process's user) can read and write (mode 0600): {why}"));
             // Checked on the file opened (no link followed, no FIFO waited on), not on the name:
             // a swap in between cannot get through, nor a key file of another user's making.
-            let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).map_err(|_| plain())?;
+            let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).map_err(|e| plain(e.to_string()))?;
             let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
             // SAFETY: geteuid has no preconditions.
             if meta.mode() & 0o077 != 0 || meta.uid() != unsafe { libc::geteuid() } {
-                return Err(plain());
+                return Err(plain(format!("mode {:o}, owner {}", meta.mode() & 0o7777, meta.uid())));
             }
             let mut key = Vec::new();
             file.take(1 << 16).read_to_end(&mut key).map_err(|e| bad(e.to_string()))?;
@@ -253,10 +253,15 @@ fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
                 .map_err(|e| bad(e.to_string()))?;
             f.write_all(&key).map_err(|e| bad(e.to_string()))?;
             drop(f);
-            // Two processes racing: the first rename wins and both read what it wrote.
-            if std::fs::hard_link(&tmp, &path).is_err() {
+            // Two processes racing: the first link wins and both read what it wrote. Any other
+            // failure (a filesystem without hard links) is reported: read again, it would fail
+            // the same way, without end.
+            if let Err(e) = std::fs::hard_link(&tmp, &path) {
                 let _ = std::fs::remove_file(&tmp);
-                return dir_key(dir);
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    return dir_key(dir);
+                }
+                return Err(bad(format!("cannot create it: {e}")));
             }
             let _ = std::fs::remove_file(&tmp);
             Ok(key)
