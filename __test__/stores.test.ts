@@ -49,7 +49,7 @@ describe('ObjectBlobStore', () => {
     const threads = () => readdirSync('/proc/self/task').length
     await failure(ex.execute(def('warm-up', { wasmBlobPath: 'none.wasm' }), {}))
     const before = threads()
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < 24; i++) {
       const started = Date.now()
       const e = await failure(ex.execute(def(`fifo${i}`, { wasmBlobPath: 'fifo.wasm' }), {}))
       expect(e.code).toBe('BLOB_UNAVAILABLE')
@@ -57,7 +57,8 @@ describe('ObjectBlobStore', () => {
       // Before: each call ran into its loadTimeoutMs, and its thread stayed blocked in open().
       expect(Date.now() - started).toBeLessThan(2000)
     }
-    expect(threads()).toBeLessThanOrEqual(before + 1)
+    // Before: one more thread per call, for good. Pools may still grow by a thread or two.
+    expect(threads()).toBeLessThanOrEqual(before + 3)
   })
 
   it('refuses paths that try to leave the prefix', async () => {
