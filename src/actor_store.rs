@@ -223,8 +223,8 @@ impl FileActorStore {
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Set when the future waiting on a blocking store operation is dropped (its call's deadline, a
-/// cancel): the operation stops waiting for the lock rather than hold a thread, and its write
-/// never lands.
+/// cancel): the operation stops waiting for the lock rather than hold a thread, and a write that
+/// had not got the lock by then is not made.
 struct Abandoned(Arc<AtomicBool>);
 
 impl Drop for Abandoned {
@@ -262,6 +262,7 @@ impl FileActorStore {
         let lock_path = path.with_extension("lock");
         let lock = open_regular(&lock_path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
             .map_err(|e| unavailable(key, format!("its lock file: {e}")))?;
+        let left = || unavailable(key, "the call ended while another process held the actor's lock; nothing was written");
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -269,7 +270,7 @@ impl FileActorStore {
             if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 // Got it only after the call left: not written after all.
                 if gone.load(Ordering::Relaxed) {
-                    return Err(unavailable(key, "the call ended while another process held the actor's lock; nothing was written"));
+                    return Err(left());
                 }
                 // Checked again now: whoever held the lock may have put a link in a directory's
                 // place meanwhile.
@@ -282,7 +283,7 @@ impl FileActorStore {
                 _ => return Err(unavailable(key, err)),
             }
             if gone.load(Ordering::Relaxed) {
-                return Err(unavailable(key, "the call ended while another process held the actor's lock; nothing was written"));
+                return Err(left());
             }
             if started.elapsed() >= limit {
                 return Err(unavailable(key, format!("another process held the actor's lock for {} ms; nothing was written", limit.as_millis())));
