@@ -268,9 +268,8 @@ impl ObjectSource {
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
         let key = self.key(path)?;
-        if let Some(local) = &self.local {
-            let file = local.path_to_filesystem(&key).map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() })?;
-            return self.read_local(path, file, max_bytes).await;
+        if self.local.is_some() {
+            return self.read_local(path, &key, max_bytes).await;
         }
         let result = self.timed(path, self.store.get(&key)).await?;
         if result.meta.size > max_bytes {
@@ -286,15 +285,30 @@ impl ObjectSource {
     /// planted under the name blocks a thread for good (one per call, each past its
     /// `loadTimeoutMs`): the file is opened without blocking (links are followed, as
     /// object_store does) and must be a regular file.
-    async fn read_local(&self, path: &str, file: std::path::PathBuf, max_bytes: u64) -> Result<Bytes, ExecError> {
-        let unavailable = |message: String| ExecError::BlobUnavailable { path: path.to_string(), message };
-        match tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(move || read_regular(&file, max_bytes))).await {
-            Ok(Ok(Ok(bytes))) => Ok(Bytes::from(bytes)),
-            Ok(Ok(Err(LocalRead::NotFound(message)))) => Err(ExecError::BlobNotFound { path: path.to_string(), message }),
-            Ok(Ok(Err(LocalRead::TooLarge(size)))) => Err(ExecError::CompileLimit(format!(
+    async fn read_local(&self, path: &str, key: &ObjPath, max_bytes: u64) -> Result<Bytes, ExecError> {
+        match self.on_local_file(path, key, move |file| read_regular(&file, max_bytes)).await? {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(LocalRead::NotFound(message)) => Err(ExecError::BlobNotFound { path: path.to_string(), message }),
+            Err(LocalRead::TooLarge(size)) => Err(ExecError::CompileLimit(format!(
                 "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"
             ))),
-            Ok(Ok(Err(LocalRead::Unavailable(message)))) => Err(unavailable(message)),
+            Err(LocalRead::Unavailable(message)) => Err(ExecError::BlobUnavailable { path: path.to_string(), message }),
+        }
+    }
+
+    /// Runs `f` on a `file://` object's file off the runtime, under the store's timeout
+    /// (`BLOB_UNAVAILABLE` past it, or when the file has no path).
+    async fn on_local_file<T: Send + 'static>(
+        &self,
+        path: &str,
+        key: &ObjPath,
+        f: impl FnOnce(std::path::PathBuf) -> T + Send + 'static,
+    ) -> Result<T, ExecError> {
+        let unavailable = |message: String| ExecError::BlobUnavailable { path: path.to_string(), message };
+        let local = self.local.as_ref().ok_or_else(|| ExecError::internal("not a file:// store"))?;
+        let file = local.path_to_filesystem(key).map_err(|e| unavailable(e.to_string()))?;
+        match tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(move || f(file))).await {
+            Ok(Ok(done)) => Ok(done),
             Ok(Err(e)) => Err(unavailable(e.to_string())),
             Err(_) => Err(unavailable(format!("timed out after {} ms", self.timeout.as_millis()))),
         }
@@ -310,16 +324,12 @@ impl ObjectSource {
 
     pub async fn exists(&self, path: &str) -> Result<bool, ExecError> {
         let key = self.key(path)?;
-        if let Some(local) = &self.local {
+        if self.local.is_some() {
             // From metadata: object_store's head opens the file, and would block on a FIFO.
-            let file = local.path_to_filesystem(&key).map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() })?;
-            let found = tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(move || crate::untrusted_dir::is_regular_file(&file))).await;
-            return match found {
-                Ok(Ok(Ok(found))) => Ok(found),
-                Ok(Ok(Err(e))) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() }),
-                Ok(Err(e)) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() }),
-                Err(_) => Err(ExecError::BlobUnavailable { path: path.to_string(), message: format!("timed out after {} ms", self.timeout.as_millis()) }),
-            };
+            return self
+                .on_local_file(path, &key, |file| crate::untrusted_dir::is_regular_file(&file))
+                .await?
+                .map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() });
         }
         match self.timed(path, self.store.head(&key)).await {
             Ok(_) => Ok(true),
