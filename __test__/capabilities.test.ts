@@ -1,6 +1,7 @@
 // Capabilities are closed by default; env and filesystem are granted through WASI preview1 with
 // only what the definition names and the executor offers. And guest log lines reach onLog.
-import { mkdtempSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -78,6 +79,32 @@ describe('filesystem', () => {
     const rw = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir, writable: true } })
     expect(await rw.execute(fsDef, { path: 'new.txt', write: 'written ✓' })).toEqual({ written: 11 })
     expect(readFileSync(join(dir, 'new.txt'), 'utf8')).toBe('written ✓')
+  })
+
+  it('a FIFO or device in the granted directory is refused at once, not opened (no thread left blocked)', async () => {
+    // Whoever shares the directory can leave a FIFO in it: opening one blocks until a writer
+    // comes, which would hold a thread for good each call (the call itself ends at its deadline).
+    execFileSync('mkfifo', [join(dir, 'pipe')])
+    symlinkSync('pipe', join(dir, 'pipe-link'))
+    symlinkSync('hello.txt', join(dir, 'hello-link'))
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir, writable: true } })
+    const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 2000 } })
+    const threads = () => readdirSync('/proc/self/task').length
+    await ex.execute(slow, { path: 'hello.txt' })
+    const before = threads()
+    const started = Date.now()
+    for (let i = 0; i < 8; i++) {
+      // ENOTSUP (58) for the FIFO, to read or to write; the link, not followed, fails by itself (ELOOP).
+      expect(await ex.execute(slow, { path: 'pipe' })).toEqual({ errno: 58 })
+      expect(await ex.execute(slow, { path: 'pipe', write: 'x' })).toEqual({ errno: 58 })
+      expect((await ex.execute(slow, { path: 'pipe-link' })).errno).toBeGreaterThan(0)
+      expect(await ex.execute(slow, { path: 'pipe-link', follow: true })).toEqual({ errno: 58 })
+    }
+    expect(Date.now() - started).toBeLessThan(2000)
+    // A pool may grow by a thread or two; the leak added one per call for good.
+    expect(threads()).toBeLessThanOrEqual(before + 3)
+    expect(await ex.execute(slow, { path: 'hello.txt' })).toEqual({ content: 'hello from the host 🌍' })
+    expect(await ex.execute(slow, { path: 'hello-link', follow: true })).toEqual({ content: 'hello from the host 🌍' })
   })
 
   it('a missing hostDir is refused at construction', async () => {

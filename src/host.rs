@@ -222,6 +222,7 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
     // stands in should that ever be missing (never a panic).
     p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut **s.wasi.get_or_insert_with(|| Box::new(WasiCtxBuilder::new().build_p1())))
         .map_err(|e| format!("{e:#}"))?;
+    crate::wasi_open::shadow_p1(&mut linker).map_err(|e| format!("{e:#}"))?;
     crate::abi::extism::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)
 }

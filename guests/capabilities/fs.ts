@@ -1,5 +1,5 @@
 // Reads (or with "write", writes) a file relative to the first preopened directory (fd 3).
-// Input {"path": "...", "write"?: "..."}; output {"content": "..."}, {"written": n} or {"errno": n}.
+// Input {"path": "...", "write"?: "...", "follow"?: true (follow a final symlink)}; output {"content": "..."}, {"written": n} or {"errno": n}.
 import { fd_close, fd_read, fd_write, path_open } from './wasi'
 import { parse, quote } from '../assemblyscript/lib/json'
 
@@ -22,8 +22,9 @@ export function execute(inputJson: string): string {
   const pathBytes = String.UTF8.encode(path)
   const opened = new ArrayBuffer(4)
   const writing = text != null
+  const follow: u32 = input.getBool('follow', false) ? 1 : 0
   const e = path_open(
-    PREOPEN, 0, changetype<usize>(pathBytes), pathBytes.byteLength,
+    PREOPEN, follow, changetype<usize>(pathBytes), pathBytes.byteLength,
     writing ? O_CREAT | O_TRUNC : 0,
     writing ? RIGHT_FD_WRITE : RIGHT_FD_READ, 0, 0, changetype<usize>(opened),
   )
