@@ -134,3 +134,85 @@ pub fn busy(iterations: u32) -> Vec<u8> {
           (local.get $in))"#
     ))
 }
+
+/// A component (WASI preview 2) that opens, for reading, the path its input names (a JSON string)
+/// in its first preopened directory, following links: `{"opened":true}`, or `{"error":N}` with
+/// N the index of wasi:filesystem's `error-code` (27: unsupported, 20: no-entry).
+pub fn fs_open_component() -> Vec<u8> {
+    let error_codes = "\"access\" \"would-block\" \"already\" \"bad-descriptor\" \"busy\" \"deadlock\" \"quota\" \
+        \"exist\" \"file-too-large\" \"illegal-byte-sequence\" \"in-progress\" \"interrupted\" \"invalid\" \"io\" \
+        \"is-directory\" \"loop\" \"too-many-links\" \"message-size\" \"name-too-long\" \"no-device\" \"no-entry\" \
+        \"no-lock\" \"insufficient-memory\" \"insufficient-space\" \"not-directory\" \"not-empty\" \
+        \"not-recoverable\" \"unsupported\" \"no-tty\" \"no-such-device\" \"overflow\" \"not-permitted\" \"pipe\" \
+        \"read-only\" \"invalid-seek\" \"text-file-busy\" \"cross-device\"";
+    wat::parse_str(format!(
+        r#"(component $C
+  (import "wasi:filesystem/types@0.2.0" (instance $types
+    (export "descriptor" (type $desc (sub resource)))
+    (type $pf (flags "symlink-follow"))
+    (export "path-flags" (type $pfe (eq $pf)))
+    (type $of (flags "create" "directory" "exclusive" "truncate"))
+    (export "open-flags" (type $ofe (eq $of)))
+    (type $df (flags "read" "write" "file-integrity-sync" "data-integrity-sync" "requested-write-sync" "mutate-directory"))
+    (export "descriptor-flags" (type $dfe (eq $df)))
+    (type $ec (enum {error_codes}))
+    (export "error-code" (type $ece (eq $ec)))
+    (type $own (own $desc))
+    (type $borrow (borrow $desc))
+    (type $res (result $own (error $ece)))
+    (export "[method]descriptor.open-at" (func (param "self" $borrow) (param "path-flags" $pfe) (param "path" string)
+      (param "open-flags" $ofe) (param "flags" $dfe) (result $res)))))
+  (alias export $types "descriptor" (type $desc))
+  (import "wasi:filesystem/preopens@0.2.0" (instance $preopens
+    (alias outer $C $desc (type $d))
+    (export "descriptor" (type $de (eq $d)))
+    (type $own (own $de))
+    (type $t (tuple $own string))
+    (type $l (list $t))
+    (export "get-directories" (func (result $l)))))
+  (core module $libc
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at (i32.and (i32.add (global.get $bump) (i32.sub (local.get $align) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $bump (i32.add (local.get $at) (local.get $size)))
+      (local.get $at)))
+  (core instance $libc (instantiate $libc))
+  (core func $open_at (canon lower (func $types "[method]descriptor.open-at")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $get_dirs (canon lower (func $preopens "get-directories")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "open-at" (func $open_at (param i32 i32 i32 i32 i32 i32 i32)))
+    (import "host" "get-directories" (func $get_dirs (param i32)))
+    (data (i32.const 256) "{{\"opened\":true}}")
+    (data (i32.const 288) "{{\"error\":00}}")
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $code i32)
+      (call $get_dirs (i32.const 16))
+      ;; the first preopen's handle; the path is the input without its quotes
+      (call $open_at (i32.load (i32.load (i32.const 16))) (i32.const 1)
+        (i32.add (local.get $p) (i32.const 1)) (i32.sub (local.get $len) (i32.const 2))
+        (i32.const 0) (i32.const 1) (i32.const 32))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (if (i32.eqz (i32.load8_u (i32.const 32)))
+        (then (i32.store (i32.const 68) (i32.const 256)) (i32.store (i32.const 72) (i32.const 15)))
+        (else
+          (local.set $code (i32.load8_u (i32.const 36)))
+          (i32.store8 (i32.const 297) (i32.add (i32.const 48) (i32.div_u (local.get $code) (i32.const 10))))
+          (i32.store8 (i32.const 298) (i32.add (i32.const 48) (i32.rem_u (local.get $code) (i32.const 10))))
+          (i32.store (i32.const 68) (i32.const 288)) (i32.store (i32.const 72) (i32.const 12))))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main
+    (with "libc" (instance $libc))
+    (with "host" (instance (export "open-at" (func $open_at)) (export "get-directories" (func $get_dirs))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#
+    ))
+    .expect("test component parses")
+}

@@ -26,6 +26,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     // WASI preview 2 (its context holds only what was granted) and wasi:http (sent under the
     // network grant: see `wasi_http`).
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::wasi_open::shadow_p2(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |mut store: wasmtime::StoreContextMut<'_, HostState>, (level, message): (String, String)| {
