@@ -148,7 +148,16 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
     cfg.epoch_interruption(true);
     cfg.consume_fuel(kind.metered());
     cfg.strategy(if kind.baseline() { Strategy::Winch } else { Strategy::Cranelift });
-    cfg.cranelift_opt_level(OptLevel::Speed);
+    if kind.baseline() {
+        // Winch compiles the functions; Cranelift still compiles the trampolines, one for each
+        // function type of the module (host calls) and one per exported function: 22 for the
+        // 22 KB mortgage guest, most of its first compile (a module with 17 types compiles in
+        // 4-5 ms, one with a single type in 1). Their code barely matters: compile them fast.
+        cfg.cranelift_opt_level(OptLevel::None);
+        cfg.cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass);
+    } else {
+        cfg.cranelift_opt_level(OptLevel::Speed);
+    }
     cfg.parallel_compilation(STARTED.get() != Some(&CompileThreads::None));
     cfg.max_wasm_stack(1024 * 1024);
     cfg.async_stack_size(crate::fiber_stacks::ASYNC_STACK_BYTES);
