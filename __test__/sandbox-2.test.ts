@@ -384,3 +384,34 @@ describe('11. the first calls of a fresh process, from a warm cacheDir', () => {
     await warm.close()
   })
 })
+
+describe('loading the addon again', () => {
+  it('a second load into the same environment (a module registry reset, a VM context) works and does not abort Node', () => {
+    // Jest's resetModules, vitest's vm pools and others load a native addon afresh into the same
+    // Node environment: each load registers the module again, with a new napi_env. A cleanup
+    // hook registered twice with the same (function, argument) aborts the whole process.
+    const addon = join(root, 'loom-wasm-executor.linux-x64-gnu.node')
+    const code = `
+      const bytes = require('node:fs').readFileSync(${JSON.stringify(join(root, 'build', 'echo.wasm'))})
+      const def = { name: 'echo', version: '1', wasmBlobPath: 'echo.wasm' }
+      const run = async (binding, message) => {
+        const ex = new binding.WasmActivityExecutor({ download: async () => bytes })
+        const out = await ex.execute(def, { message })
+        await ex.close()
+        return out.result
+      }
+      const load = () => { const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(addon)}); return m.exports }
+      ;(async () => {
+        const first = load()
+        const a = await run(first, 'first')
+        const second = load()
+        const b = await run(second, 'second')
+        const c = await run(first, 'first again')
+        const third = load()
+        console.log(JSON.stringify([a, b, c, await run(third, 'third')]))
+      })().catch((e) => { console.error(e); process.exit(2) })
+    `
+    const out = execFileSync(process.execPath, ['-e', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    expect(JSON.parse(out)).toEqual(['first', 'second', 'first again', 'third'])
+  })
+})

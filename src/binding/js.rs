@@ -2,7 +2,7 @@
 //! that throws, a method that throws) is taken and cleared, never left pending, and becomes a
 //! coded error; strings are read as UTF-16 so distinct JS strings stay distinct.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::ptr;
 
 use napi::sys;
@@ -139,17 +139,22 @@ pub struct JsonFns {
 }
 
 thread_local! {
-    /// The environment the references below belong to (cleared when it is torn down).
-    static JSON_REFS: Cell<Option<(usize, [usize; 3])>> = const { Cell::new(None) };
+    /// Per `napi_env` of this thread, the references to `JSON`, `JSON.stringify` and
+    /// `JSON.parse` (an entry leaves when its environment is torn down). Usually one; each
+    /// further load of the addon into a Node environment (a module registry reset, a VM
+    /// context) registers the module again with a new `napi_env`, used alongside the first.
+    static JSON_REFS: RefCell<Vec<(usize, [usize; 3])>> = const { RefCell::new(Vec::new()) };
 }
 
-unsafe extern "C" fn forget_json_refs(_arg: *mut std::ffi::c_void) {
-    JSON_REFS.with(|r| r.set(None));
+/// Its argument is the `napi_env` the references were made in, so each registration is unique:
+/// Node aborts the process on a cleanup hook added twice with the same function and argument.
+unsafe extern "C" fn forget_json_refs(env: *mut std::ffi::c_void) {
+    JSON_REFS.with(|r| r.borrow_mut().retain(|(e, _)| *e != env as usize));
 }
 
 pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
-    let cached = JSON_REFS.with(Cell::get).filter(|(e, _)| *e == env as usize);
-    if let Some((_, refs)) = cached {
+    let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| *refs));
+    if let Some(refs) = cached {
         let mut vals = [ptr::null_mut(); 3];
         for (r, v) in refs.iter().zip(vals.iter_mut()) {
             let status = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, v) };
@@ -178,9 +183,9 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
         made += 1;
     }
     let hooked = made == refs.len()
-        && unsafe { sys::napi_add_env_cleanup_hook(env, Some(forget_json_refs), ptr::null_mut()) } == sys::Status::napi_ok;
+        && unsafe { sys::napi_add_env_cleanup_hook(env, Some(forget_json_refs), env.cast()) } == sys::Status::napi_ok;
     if hooked {
-        JSON_REFS.with(|c| c.set(Some((env as usize, refs))));
+        JSON_REFS.with(|c| c.borrow_mut().push((env as usize, refs)));
     } else {
         for r in &refs[..made] {
             unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
