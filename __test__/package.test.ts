@@ -49,6 +49,23 @@ describe('installed from tarballs', () => {
     expect(execFileSync(process.execPath, ['esm.mjs'], { cwd: project, encoding: 'utf8' }).trim()).toBe('installed')
   })
 
+  it('ESM and CommonJS get the very same binding, with every export named for ESM', () => {
+    // lib/load.mjs names the exports itself (Node would otherwise read them out of load.cjs's
+    // text, and out of napi's loader, on every ESM import: 10-20 ms of a cold start).
+    writeFileSync(
+      join(project, 'same.mjs'),
+      `import { createRequire } from 'node:module'\n` +
+        `import * as ns from 'loom-wasm-executor'\n` +
+        `const cjs = createRequire(import.meta.url)('loom-wasm-executor')\n` +
+        `const named = Object.keys(ns).filter((k) => k !== 'default').sort()\n` +
+        `console.log(JSON.stringify({ named, cjs: Object.keys(cjs).sort(), same: ns.default === cjs && named.every((k) => ns[k] === cjs[k]) }))`,
+    )
+    const out = JSON.parse(execFileSync(process.execPath, ['same.mjs'], { cwd: project, encoding: 'utf8' }))
+    expect(out.named).toEqual(out.cjs)
+    expect(out.named).toContain('WasmActivityExecutor')
+    expect(out.same).toBe(true)
+  })
+
   it('runs an activity via require (CJS)', () => {
     writeFileSync(join(project, 'cjs.cjs'), `const { WasmActivityExecutor } = require('loom-wasm-executor')\nconst { readFileSync } = require('node:fs')\n${program}`)
     expect(execFileSync(process.execPath, ['cjs.cjs'], { cwd: project, encoding: 'utf8' }).trim()).toBe('installed')
