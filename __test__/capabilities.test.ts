@@ -1,7 +1,7 @@
 // Capabilities are closed by default; env and filesystem are granted through WASI preview1 with
 // only what the definition names and the executor offers. And guest log lines reach onLog.
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -105,6 +105,57 @@ describe('filesystem', () => {
     expect(threads()).toBeLessThanOrEqual(before + 3)
     expect(await ex.execute(slow, { path: 'hello.txt' })).toEqual({ content: 'hello from the host 🌍' })
     expect(await ex.execute(slow, { path: 'hello-link', follow: true })).toEqual({ content: 'hello from the host 🌍' })
+  })
+
+  it("setting a FIFO's times through a followed link is refused too (it opened the FIFO to set them)", async () => {
+    const here = mkdtempSync(join(tmpdir(), 'loom-fs-touch-'))
+    execFileSync('mkfifo', [join(here, 'pipe')])
+    symlinkSync('pipe', join(here, 'pipe-link'))
+    writeFileSync(join(here, 'file.txt'), 'x')
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here, writable: true } })
+    const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 2000 } })
+    const started = Date.now()
+    expect(await ex.execute(slow, { op: 'touch', path: 'pipe-link', follow: true })).toEqual({ errno: 58 })
+    expect(await ex.execute(slow, { op: 'touch', path: 'pipe', follow: true })).toEqual({ errno: 58 })
+    expect(Date.now() - started).toBeLessThan(2000)
+    expect(await ex.execute(slow, { op: 'touch', path: 'file.txt', follow: true })).toEqual({ done: true })
+  })
+
+  it('a guest renaming a FIFO back and forth cannot slip it under a name another call opens', async () => {
+    // One call flips pipe <-> x while another opens x in a loop: between a look that found
+    // nothing and the open, the FIFO could arrive (before: a thread blocked for good each round).
+    const here = mkdtempSync(join(tmpdir(), 'loom-fs-race-'))
+    execFileSync('mkfifo', [join(here, 'pipe')])
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here, writable: true } })
+    const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 10000 } })
+    const threads = () => readdirSync('/proc/self/task').length
+    await ex.execute(slow, { op: 'open-loop', path: 'none', times: 1 })
+    const before = threads()
+    for (let round = 0; round < 3; round++) {
+      const [flips, opens] = await Promise.all([
+        ex.execute(slow, { op: 'flip', path: 'pipe', to: 'x', times: 2000 }),
+        ex.execute(slow, { op: 'open-loop', path: 'x', times: 2000 }),
+      ])
+      expect(flips).toEqual({ done: true })
+      // The open finds nothing, or the FIFO (refused): never a wait.
+      expect([JSON.stringify({ done: true }), JSON.stringify({ errno: 58 })]).toContain(JSON.stringify(opens))
+    }
+    expect(threads()).toBeLessThanOrEqual(before + 3)
+  })
+
+  it.skipIf(!existsSync('/dev/shm'))('a FIFO whose time the WASI stat cannot express is refused, not opened', async () => {
+    // tmpfs keeps a modification time past 2554, which preview 1's stat answers with EOVERFLOW:
+    // the look must not take its failure as leave to open.
+    const here = mkdtempSync(join('/dev/shm', 'loom-fs-future-'))
+    execFileSync('mkfifo', [join(here, 'future')])
+    execFileSync('touch', ['-m', '-d', '2700-01-01', join(here, 'future')])
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here } })
+    const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 2000 } })
+    try {
+      expect(await ex.execute(slow, { path: 'future' })).toEqual({ errno: 61 })
+    } finally {
+      rmSync(here, { recursive: true, force: true })
+    }
   })
 
   it('a missing hostDir is refused at construction', async () => {

@@ -137,7 +137,8 @@ pub fn busy(iterations: u32) -> Vec<u8> {
 
 /// A component (WASI preview 2) that opens, for reading, the path its input names (a JSON string)
 /// in its first preopened directory, following links: `{"opened":true}`, or `{"error":N}` with
-/// N the index of wasi:filesystem's `error-code` (27: unsupported, 20: no-entry).
+/// N the index of wasi:filesystem's `error-code` (27: unsupported, 20: no-entry). A path written
+/// `+path` has its times set to now instead (following links): `{"done":true}` or the error.
 pub fn fs_open_component() -> Vec<u8> {
     let error_codes = "\"access\" \"would-block\" \"already\" \"bad-descriptor\" \"busy\" \"deadlock\" \"quota\" \
         \"exist\" \"file-too-large\" \"illegal-byte-sequence\" \"in-progress\" \"interrupted\" \"invalid\" \"io\" \
@@ -157,11 +158,18 @@ pub fn fs_open_component() -> Vec<u8> {
     (export "descriptor-flags" (type $dfe (eq $df)))
     (type $ec (enum {error_codes}))
     (export "error-code" (type $ece (eq $ec)))
+    (type $dt (record (field "seconds" u64) (field "nanoseconds" u32)))
+    (export "datetime" (type $dte (eq $dt)))
+    (type $nt (variant (case "no-change") (case "now") (case "timestamp" $dte)))
+    (export "new-timestamp" (type $nte (eq $nt)))
     (type $own (own $desc))
     (type $borrow (borrow $desc))
     (type $res (result $own (error $ece)))
+    (type $unit (result (error $ece)))
     (export "[method]descriptor.open-at" (func (param "self" $borrow) (param "path-flags" $pfe) (param "path" string)
-      (param "open-flags" $ofe) (param "flags" $dfe) (result $res)))))
+      (param "open-flags" $ofe) (param "flags" $dfe) (result $res)))
+    (export "[method]descriptor.set-times-at" (func (param "self" $borrow) (param "path-flags" $pfe) (param "path" string)
+      (param "data-access-timestamp" $nte) (param "data-modification-timestamp" $nte) (result $unit)))))
   (alias export $types "descriptor" (type $desc))
   (import "wasi:filesystem/preopens@0.2.0" (instance $preopens
     (alias outer $C $desc (type $d))
@@ -182,34 +190,50 @@ pub fn fs_open_component() -> Vec<u8> {
   (core instance $libc (instantiate $libc))
   (core func $open_at (canon lower (func $types "[method]descriptor.open-at")
     (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $set_times (canon lower (func $types "[method]descriptor.set-times-at")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
   (core func $get_dirs (canon lower (func $preopens "get-directories")
     (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
   (core module $main
     (import "libc" "memory" (memory 1))
     (import "host" "open-at" (func $open_at (param i32 i32 i32 i32 i32 i32 i32)))
+    (import "host" "set-times-at" (func $set_times (param i32 i32 i32 i32 i32 i64 i32 i32 i64 i32 i32)))
     (import "host" "get-directories" (func $get_dirs (param i32)))
     (data (i32.const 256) "{{\"opened\":true}}")
     (data (i32.const 288) "{{\"error\":00}}")
-    (func (export "execute") (param $p i32) (param $len i32) (result i32)
-      (local $code i32)
-      (call $get_dirs (i32.const 16))
-      ;; the first preopen's handle; the path is the input without its quotes
-      (call $open_at (i32.load (i32.load (i32.const 16))) (i32.const 1)
-        (i32.add (local.get $p) (i32.const 1)) (i32.sub (local.get $len) (i32.const 2))
-        (i32.const 0) (i32.const 1) (i32.const 32))
+    (data (i32.const 320) "{{\"done\":true}}")
+    ;; ok(JSON text) at 64: ok_ptr/ok_len when `failed` is 0, else {{"error":code}}
+    (func $answer (param $failed i32) (param $code i32) (param $ok_ptr i32) (param $ok_len i32) (result i32)
       (i32.store8 (i32.const 64) (i32.const 0))
-      (if (i32.eqz (i32.load8_u (i32.const 32)))
-        (then (i32.store (i32.const 68) (i32.const 256)) (i32.store (i32.const 72) (i32.const 15)))
+      (if (i32.eqz (local.get $failed))
+        (then (i32.store (i32.const 68) (local.get $ok_ptr)) (i32.store (i32.const 72) (local.get $ok_len)))
         (else
-          (local.set $code (i32.load8_u (i32.const 36)))
           (i32.store8 (i32.const 297) (i32.add (i32.const 48) (i32.div_u (local.get $code) (i32.const 10))))
           (i32.store8 (i32.const 298) (i32.add (i32.const 48) (i32.rem_u (local.get $code) (i32.const 10))))
           (i32.store (i32.const 68) (i32.const 288)) (i32.store (i32.const 72) (i32.const 12))))
       (i32.const 64))
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $dir i32)
+      (call $get_dirs (i32.const 16))
+      ;; the first preopen's handle; the path is the input without its quotes
+      (local.set $dir (i32.load (i32.load (i32.const 16))))
+      (if (i32.eq (i32.load8_u (i32.add (local.get $p) (i32.const 1))) (i32.const 43))
+        (then
+          ;; "+path": set-times-at(dir, follow, path, now, now); result<_, error-code>: the code at +1
+          (call $set_times (local.get $dir) (i32.const 1)
+            (i32.add (local.get $p) (i32.const 2)) (i32.sub (local.get $len) (i32.const 3))
+            (i32.const 1) (i64.const 0) (i32.const 0) (i32.const 1) (i64.const 0) (i32.const 0) (i32.const 32))
+          (return (call $answer (i32.load8_u (i32.const 32)) (i32.load8_u (i32.const 33)) (i32.const 320) (i32.const 13)))))
+      (call $open_at (local.get $dir) (i32.const 1)
+        (i32.add (local.get $p) (i32.const 1)) (i32.sub (local.get $len) (i32.const 2))
+        (i32.const 0) (i32.const 1) (i32.const 32))
+      ;; result<own<descriptor>, error-code>: the code at +4
+      (call $answer (i32.load8_u (i32.const 32)) (i32.load8_u (i32.const 36)) (i32.const 256) (i32.const 15)))
     (func (export "cabi_post_execute") (param i32)))
   (core instance $m (instantiate $main
     (with "libc" (instance $libc))
-    (with "host" (instance (export "open-at" (func $open_at)) (export "get-directories" (func $get_dirs))))))
+    (with "host" (instance (export "open-at" (func $open_at)) (export "set-times-at" (func $set_times))
+      (export "get-directories" (func $get_dirs))))))
   (func (export "execute") (param "input" string) (result (result string (error string)))
     (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
       (post-return (core func $m "cabi_post_execute")))))"#

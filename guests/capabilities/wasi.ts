@@ -14,3 +14,11 @@ export declare function fd_read(fd: u32, iovs: usize, iovsLen: usize, nread: usi
 export declare function fd_write(fd: u32, iovs: usize, iovsLen: usize, nwritten: usize): u16
 @external("wasi_snapshot_preview1", "fd_close")
 export declare function fd_close(fd: u32): u16
+@external("wasi_snapshot_preview1", "path_filestat_set_times")
+export declare function path_filestat_set_times(
+  dirfd: u32, flags: u32, path: usize, pathLen: usize, atim: u64, mtim: u64, fstFlags: u16,
+): u16
+@external("wasi_snapshot_preview1", "path_rename")
+export declare function path_rename(
+  dirfd: u32, oldPath: usize, oldLen: usize, newDirfd: u32, newPath: usize, newLen: usize,
+): u16
