@@ -386,6 +386,40 @@ describe('11. the first calls of a fresh process, from a warm cacheDir', () => {
 })
 
 describe('loading the addon again', () => {
+  it('workers that load it one after another, the main thread never, all work (a recycling worker pool)', () => {
+    // When the last environment using the addon goes, napi-rs shuts down the runtime it was
+    // given; the core kept using it, so every later worker's calls failed with INTERNAL.
+    const code = `
+      const { Worker, isMainThread, workerData, parentPort } = require('node:worker_threads')
+      if (isMainThread) {
+        ;(async () => {
+          const results = []
+          for (let i = 0; i < 3; i++) {
+            results.push(await new Promise((resolve, reject) => {
+              const w = new Worker(__filename, { workerData: i })
+              w.once('message', resolve)
+              w.once('error', reject)
+            }))
+            await new Promise((r) => setTimeout(r, 50))
+          }
+          console.log(JSON.stringify(results))
+        })().catch((e) => { console.error(e); process.exit(2) })
+      } else {
+        const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+        const bytes = require('node:fs').readFileSync(${JSON.stringify(join(root, 'build', 'echo.wasm'))})
+        const ex = new WasmActivityExecutor({ download: async () => bytes })
+        ex.precompile({ name: 'echo', version: '1', wasmBlobPath: 'echo.wasm' })
+          .then(() => ex.execute({ name: 'echo', version: '1', wasmBlobPath: 'echo.wasm' }, { message: 'w' + workerData }))
+          .then((o) => o.result, (e) => e.code + ': ' + e.message)
+          .then((r) => { parentPort.postMessage(r); return ex.close() })
+      }
+    `
+    const file = join(mkdtempSync(join(tmpdir(), 'loom-workers-')), 'pool.cjs')
+    writeFileSync(file, code)
+    const out = execFileSync(process.execPath, [file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    expect(JSON.parse(out)).toEqual(['w0', 'w1', 'w2'])
+  })
+
   it('a second load into the same environment (a module registry reset, a VM context) works and does not abort Node', () => {
     // Jest's resetModules, vitest's vm pools and others load a native addon afresh into the same
     // Node environment: each load registers the module again, with a new napi_env. A cleanup

@@ -1,7 +1,7 @@
 //! The tokio runtime the core waits on: timers (deadlines while a guest waits in a host call),
-//! downloads, artifact I/O, compiles on its blocking pool. One per process: the binding hands
-//! the same runtime to napi (`install`), so there is no second set of threads; without one
-//! installed (Rust tests), the core starts its own on first use.
+//! downloads, artifact I/O, compiles on its blocking pool. One per process, started on first use
+//! and never shut down (napi-rs is given a runtime of its own: it shuts down the one it holds when
+//! the last Node environment using the addon goes, and a later worker would find this one shut).
 
 use std::sync::OnceLock;
 
@@ -20,11 +20,6 @@ pub fn build() -> std::io::Result<Runtime> {
         .on_thread_start(crate::threads::lower_priority)
         .enable_all()
         .build()
-}
-
-/// Makes `handle` the core's runtime. Only the first call (before any use) takes effect.
-pub fn install(handle: Handle) -> bool {
-    HANDLE.set(handle).is_ok()
 }
 
 /// The core's runtime, started on first use if none was installed.

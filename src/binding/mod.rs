@@ -33,13 +33,17 @@ use crate::instance::CallOutput;
 use js_error::to_napi;
 use js_store::{JsBlobSource, Resolved};
 
-/// One tokio runtime for the process: napi's futures and the core's waiting share it.
+/// The core's runtime is its own, for the life of the process (`runtime::handle`). napi-rs gets a
+/// small one of its own (one worker: it only awaits the core's work for `settle`), because napi-rs
+/// shuts down the runtime it holds when the last Node environment using the addon goes: with the
+/// core's handed over, a worker pool's next worker found the core's runtime shut (every call
+/// `INTERNAL`) when the main thread had never loaded the addon.
 #[napi_derive::module_init]
 fn init() {
-    if let Ok(rt) = crate::runtime::build() {
-        if crate::runtime::install(rt.handle().clone()) {
-            napi::bindgen_prelude::create_custom_tokio_runtime(rt);
-        }
+    let _ = crate::runtime::handle();
+    let napi_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("loom-wasm-napi").enable_all().build();
+    if let Ok(rt) = napi_rt {
+        napi::bindgen_prelude::create_custom_tokio_runtime(rt);
     }
 }
 
@@ -240,11 +244,11 @@ pub fn inspect_module<'env>(env: &'env Env, bytes: napi::bindgen_prelude::Uint8A
 /// that `execute` is measured against).
 #[napi]
 pub fn bench_floor(env: &Env) -> napi::Result<PromiseRaw<'_, ()>> {
-    settle(env, async { Ok(()) }, |_, ()| Ok(()))
+    env.spawn_future_with_callback(async { Ok(()) }, |_, ()| Ok(()))
 }
 
-/// Runs a core future on napi's runtime; resolves with `ok(value)` on the JS thread, or rejects
-/// with the coded JS error.
+/// Runs a core future on the core's runtime (napi's only awaits it); resolves with `ok(value)` on
+/// the JS thread, or rejects with the coded JS error.
 pub(crate) fn settle<'env, T, V, F>(
     env: &'env Env,
     fut: F,
@@ -255,6 +259,13 @@ where
     V: napi::bindgen_prelude::ToNapiValue,
     F: std::future::Future<Output = Result<T, ExecError>> + Send + 'static,
 {
+    let core = crate::runtime::handle().cloned();
+    let fut = async move {
+        match core {
+            Some(rt) => rt.spawn(fut).await.unwrap_or_else(|e| Err(ExecError::internal(format!("the work ended without a result: {e}")))),
+            None => fut.await,
+        }
+    };
     env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, result: Result<T, ExecError>| {
         let value = result.map_err(|e| to_napi(env, &e))?;
         ok(env, value)
