@@ -1,12 +1,14 @@
 // Capabilities are closed by default; env and filesystem are granted through WASI preview1 with
 // only what the definition names and the executor offers. And guest log lines reach onLog.
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def, failure, guest, MemoryBlobStore } from './helpers'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 async function store() {
   const s = new MemoryBlobStore()
@@ -141,6 +143,41 @@ describe('filesystem', () => {
       expect([JSON.stringify({ done: true }), JSON.stringify({ errno: 58 })]).toContain(JSON.stringify(opens))
     }
     expect(threads()).toBeLessThanOrEqual(before + 3)
+  })
+
+  it('an open that blocks anyway (a file leased by another process) holds up nothing but renames in its directory, until its call ends', async () => {
+    const leased = mkdtempSync(join(tmpdir(), 'loom-fs-lease-'))
+    const other = mkdtempSync(join(tmpdir(), 'loom-fs-other-'))
+    for (const d of [leased, other]) writeFileSync(join(d, 'hello.txt'), 'hello')
+    writeFileSync(join(leased, 'leased.txt'), 'x')
+    // A read lease: another process's open for writing waits until it is given up.
+    const holder = spawn('python3', ['-c', [
+      'import fcntl, os, signal, sys, time',
+      'signal.signal(signal.SIGIO, signal.SIG_IGN)',
+      `fd = os.open(${JSON.stringify(join(leased, 'leased.txt'))}, os.O_RDONLY)`,
+      'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)',
+      'print("leased", flush=True)',
+      'time.sleep(20)',
+    ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] })
+    try {
+      await new Promise((resolve) => holder.stdout!.once('data', resolve))
+      const x = new WasmActivityExecutor(await store(), { filesystem: { hostDir: leased, writable: true } })
+      const y = new WasmActivityExecutor(await store(), { filesystem: { hostDir: other, writable: true } })
+      const d = (ms: number) => def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: ms } })
+      const stuck = failure(x.execute(d(2000), { path: 'leased.txt', write: 'y' }))
+      await sleep(200)
+      const started = Date.now()
+      // Another directory: renames and opens as usual.
+      expect(await y.execute(d(8000), { op: 'flip', path: 'hello.txt', to: 'moved.txt', times: 3 })).toEqual({ done: true })
+      expect(await y.execute(d(8000), { path: 'hello.txt' })).toEqual({ content: 'hello' })
+      // The same directory: opens as usual; a rename waits for the stuck call's end.
+      expect(await x.execute(d(8000), { path: 'hello.txt' })).toEqual({ content: 'hello' })
+      expect(Date.now() - started).toBeLessThan(1500)
+      expect(await x.execute(d(8000), { op: 'flip', path: 'hello.txt', to: 'moved.txt', times: 1 })).toEqual({ done: true })
+      expect((await stuck).code).toBe('TIMEOUT')
+    } finally {
+      holder.kill()
+    }
   })
 
   it.skipIf(!existsSync('/dev/shm'))('a FIFO whose time the WASI stat cannot express is refused, not opened', async () => {

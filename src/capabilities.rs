@@ -53,6 +53,11 @@ impl Grants {
         Ok(Grants { env, filesystem })
     }
 
+    /// The lock of looks and renames of the granted directory (`wasi_open`), if one is granted.
+    pub fn path_lock(&self) -> Option<crate::wasi_open::PathLock> {
+        self.filesystem.as_ref().map(|fs| crate::wasi_open::path_lock(&fs.host_dir))
+    }
+
     /// Whether the definition asked for anything WASI provides.
     pub fn wants_wasi(caps: &Capabilities) -> bool {
         caps.filesystem || !caps.env.is_empty()

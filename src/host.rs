@@ -72,6 +72,8 @@ pub struct HostState {
     pub access: crate::host_functions::HostAccess,
     /// A component's WASI preview 2 state (`wasi_http`).
     pub component: Option<Box<crate::wasi_http::ComponentWasi>>,
+    /// The granted directory's lock of looks and renames (`wasi_open`), with a filesystem grant.
+    pub paths: Option<crate::wasi_open::PathLock>,
     /// Which fiber stack the Store's guest code runs on (recorded for actors only).
     pub stack: crate::fiber_stacks::StackProbe,
     progress_state: ProgressState,
@@ -89,6 +91,7 @@ impl HostState {
             progress: Progress::default(),
             access: Default::default(),
             component: None,
+            paths: None,
             stack: Default::default(),
             progress_state: ProgressState::default(),
         }

@@ -147,6 +147,7 @@ impl GuestInstance {
         let mut host = HostState::new(limits.max_memory_bytes, log);
         if !module.wasi_imports.is_empty() {
             host.wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
+            host.paths = grants.path_lock();
         }
         host.det = ctx.det;
         host.set_progress(ctx.progress.clone());
@@ -176,6 +177,7 @@ impl GuestInstance {
             }
             Code::Component(pre) => {
                 store.data_mut().component = Some(Box::new(crate::wasi_http::ComponentWasi::new(grants.wasi_p2_context(ctx.det.as_ref())?)));
+                store.data_mut().paths = grants.path_lock();
                 let instance = pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
                 (None, Entry::Component(component::execute_of(&instance, &mut store)?))
             }
@@ -361,6 +363,7 @@ impl GuestInstance {
         // A deterministic call gets a WASI context of its own (its clocks and randomness).
         if self.store.data().wasi.is_some() && (self.grants != *grants || ctx.det.is_some()) {
             self.store.data_mut().wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
+            self.store.data_mut().paths = grants.path_lock();
             self.grants = grants.clone();
         }
         let data = self.store.data_mut();

@@ -9,16 +9,25 @@
 //! to set its times when it follows links; preview 2 `open-at` and `set-times-at`, for
 //! components) looks at the path first (a `stat`, which does not block on them) and refuses
 //! anything but a regular file, a directory or a link not followed (whose open then fails by
-//! itself) with `ENOTSUP` / `unsupported`. A path that does not exist goes on (an open may create
-//! a regular file); any other failure of the look is the call's answer (preview 1 answers
-//! `EOVERFLOW` for a file time past 2554, which its stat cannot express).
+//! itself) with `ENOTSUP` / `unsupported`. A look that fails lets the open go on and give its own
+//! answer (a path that does not exist may be created as a regular file), except preview 1's
+//! `EOVERFLOW` for a file time past 2554, which its stat cannot express: that is the answer. An
+//! exclusive create (`O_CREAT|O_EXCL`) never opens what is there and is not looked at, nor are
+//! times set without following links (no open then).
 //!
-//! The look and the open are one step for guests: they hold `PATHS` for reading, and the WASI
-//! functions that can put a FIFO under another name (rename, link, symlink) hold it for writing,
-//! so a guest renaming a FIFO back and forth cannot slip it under a name another call has just
-//! looked at. Another process doing so at that very instant still can.
+//! The look and the open are one step for guests: per granted directory, they hold its lock
+//! (`PathLock`) for reading, and the WASI functions that can put a FIFO under another name
+//! (rename, link, symlink) take it for writing, so a guest renaming a FIFO back and forth cannot
+//! slip it under a name another call has just looked at. Another process doing so at that very
+//! instant still can. A writer waits without queueing ahead of readers (it tries every
+//! millisecond): an open that blocks anyway (a lease another process holds, a network filesystem)
+//! delays only renames in that directory, until its call ends.
 
-use tokio::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use wasmtime::component::{Linker as ComponentLinker, LinkerInstance, Resource};
 use wasmtime::{AsContextMut, Caller, Extern, Linker, StoreContextMut};
 use wasmtime_wasi::filesystem::WasiFilesystemView as _;
@@ -33,8 +42,42 @@ use wiggle::{GuestMemory, GuestPtr};
 
 use crate::host::HostState;
 
-/// Held for reading from a path's look to its open, for writing by renames, links and symlinks.
-static PATHS: RwLock<()> = RwLock::const_new(());
+/// A granted directory's lock: held for reading from a path's look to its open, for writing by
+/// renames, links and symlinks.
+pub type PathLock = Arc<RwLock<()>>;
+
+/// The lock of the directory `dir` (as the executor's options name it), shared by every call
+/// granted it in the process.
+pub fn path_lock(dir: &Path) -> PathLock {
+    static LOCKS: Mutex<Vec<(PathBuf, Weak<RwLock<()>>)>> = Mutex::new(Vec::new());
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(lock) = locks.iter().find(|(d, _)| d == dir).and_then(|(_, w)| w.upgrade()) {
+        return lock;
+    }
+    locks.retain(|(_, w)| w.strong_count() > 0);
+    let lock = Arc::new(RwLock::new(()));
+    locks.push((dir.to_path_buf(), Arc::downgrade(&lock)));
+    lock
+}
+
+/// The read side, for a look and its open (nothing without a granted directory: no path opens).
+async fn read(lock: &Option<PathLock>) -> Option<RwLockReadGuard<'_, ()>> {
+    match lock {
+        Some(lock) => Some(lock.read().await),
+        None => None,
+    }
+}
+
+/// The write side, taken without queueing ahead of readers: tried every millisecond until free.
+async fn write(lock: &Option<PathLock>) -> Option<RwLockWriteGuard<'_, ()>> {
+    let lock = lock.as_ref()?;
+    loop {
+        if let Ok(guard) = lock.try_write() {
+            return Some(guard);
+        }
+        crate::runtime::enter(|| tokio::time::sleep(Duration::from_millis(1))).await;
+    }
+}
 
 /// Whether a path of this type may be opened.
 fn openable(t: Filetype) -> bool {
@@ -60,25 +103,17 @@ fn parts<'a>(caller: &'a mut Caller<'_, HostState>) -> wasmtime::Result<(&'a mut
 
 /// The look (preview 1): `None` to go on to the open, `Some(errno)` to answer with; a trap (a
 /// path outside the guest's memory) is the call's end, as the open would make it.
-async fn look_p1(
-    ctx: &mut WasiP1Ctx,
-    mem: &mut GuestMemory<'_>,
-    fd: i32,
-    flags: i32,
-    path: i32,
-    len: i32,
-    exclusive: bool,
-) -> wasmtime::Result<Option<i32>> {
+async fn look_p1(ctx: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>, fd: i32, flags: i32, path: i32, len: i32) -> wasmtime::Result<Option<i32>> {
     let target = GuestPtr::<str>::new((path as u32, len as u32));
     let flags = Lookupflags::from_bits_truncate(flags as u32);
     match ctx.path_filestat_get(mem, Fd::from(fd as u32), flags, target).await {
-        // Created exclusively: what is there answers EEXIST, as the open would.
-        Ok(_) if exclusive => Ok(Some(Errno::Exist as i32)),
         Ok(stat) if openable(stat.filetype) => Ok(None),
         Ok(_) => Ok(Some(Errno::Notsup as i32)),
         Err(e) => match e.downcast() {
-            Ok(Errno::Noent) => Ok(None),
-            Ok(errno) => Ok(Some(errno as i32)),
+            // Something is there, but its times do not fit preview 1's stat: its type is unknown.
+            Ok(Errno::Overflow) => Ok(Some(Errno::Overflow as i32)),
+            // The open meets the same failure (a path that does not exist may be created).
+            Ok(_) => Ok(None),
             Err(trap) => Err(trap),
         },
     }
@@ -101,11 +136,14 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap_async(P1, "path_open", |mut caller: Caller<'_, HostState>, args: OpenArgs| {
         Box::new(async move {
             let (fd, dirflags, path, len, oflags, base, inheriting, fdflags, opened) = args;
-            let (ctx, mut mem) = parts(&mut caller)?;
-            let _paths = PATHS.read().await;
             let exclusive = Oflags::from_bits_truncate(oflags as u16).contains(Oflags::CREAT | Oflags::EXCL);
-            if let Some(errno) = look_p1(ctx, &mut mem, fd, dirflags, path, len, exclusive).await? {
-                return Ok(errno);
+            let lock = caller.data().paths.clone().filter(|_| !exclusive);
+            let _paths = read(&lock).await;
+            if !exclusive {
+                let (ctx, mut mem) = parts(&mut caller)?;
+                if let Some(errno) = look_p1(ctx, &mut mem, fd, dirflags, path, len).await? {
+                    return Ok(errno);
+                }
             }
             let (ctx, mut mem) = parts(&mut caller)?;
             p1::path_open(ctx, &mut mem, fd, dirflags, path, len, oflags, base, inheriting, fdflags, opened).await
@@ -116,10 +154,15 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "path_filestat_set_times",
         |mut caller: Caller<'_, HostState>, (fd, flags, path, len, atim, mtim, which): (i32, i32, i32, i32, i64, i64, i32)| {
             Box::new(async move {
-                let (ctx, mut mem) = parts(&mut caller)?;
-                let _paths = PATHS.read().await;
-                if let Some(errno) = look_p1(ctx, &mut mem, fd, flags, path, len, false).await? {
-                    return Ok(errno);
+                // Only a followed link's target is opened to set its times.
+                let follow = Lookupflags::from_bits_truncate(flags as u32).contains(Lookupflags::SYMLINK_FOLLOW);
+                let lock = caller.data().paths.clone().filter(|_| follow);
+                let _paths = read(&lock).await;
+                if follow {
+                    let (ctx, mut mem) = parts(&mut caller)?;
+                    if let Some(errno) = look_p1(ctx, &mut mem, fd, flags, path, len).await? {
+                        return Ok(errno);
+                    }
                 }
                 let (ctx, mut mem) = parts(&mut caller)?;
                 p1::path_filestat_set_times(ctx, &mut mem, fd, flags, path, len, atim, mtim, which).await
@@ -131,7 +174,8 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "path_rename",
         |mut caller: Caller<'_, HostState>, (fd, old, old_len, new_fd, new, new_len): (i32, i32, i32, i32, i32, i32)| {
             Box::new(async move {
-                let _paths = PATHS.write().await;
+                let lock = caller.data().paths.clone();
+                let _paths = write(&lock).await;
                 let (ctx, mut mem) = parts(&mut caller)?;
                 p1::path_rename(ctx, &mut mem, fd, old, old_len, new_fd, new, new_len).await
             })
@@ -143,7 +187,8 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, HostState>,
          (fd, flags, old, old_len, new_fd, new, new_len): (i32, i32, i32, i32, i32, i32, i32)| {
             Box::new(async move {
-                let _paths = PATHS.write().await;
+                let lock = caller.data().paths.clone();
+                let _paths = write(&lock).await;
                 let (ctx, mut mem) = parts(&mut caller)?;
                 p1::path_link(ctx, &mut mem, fd, flags, old, old_len, new_fd, new, new_len).await
             })
@@ -154,7 +199,8 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "path_symlink",
         |mut caller: Caller<'_, HostState>, (old, old_len, fd, new, new_len): (i32, i32, i32, i32, i32)| {
             Box::new(async move {
-                let _paths = PATHS.write().await;
+                let lock = caller.data().paths.clone();
+                let _paths = write(&lock).await;
                 let (ctx, mut mem) = parts(&mut caller)?;
                 p1::path_symlink(ctx, &mut mem, old, old_len, fd, new, new_len).await
             })
@@ -171,21 +217,11 @@ type View<'a> = wasmtime_wasi::filesystem::WasiFilesystemCtxView<'a>;
 type P2Result<T> = wasmtime::Result<(Result<T, ErrorCode>,)>;
 
 /// The look (preview 2): `Err(code)` to answer with, `Ok(())` to go on.
-async fn look_p2(
-    view: &mut View<'_>,
-    dir: &Resource<Descriptor>,
-    flags: PathFlags,
-    path: &str,
-    exclusive: bool,
-) -> wasmtime::Result<Result<(), ErrorCode>> {
+/// (A failed look lets the open give its own answer; this stat has no trouble with file times.)
+async fn look_p2(view: &mut View<'_>, dir: &Resource<Descriptor>, flags: PathFlags, path: &str) -> Result<(), ErrorCode> {
     match HostDescriptor::stat_at(view, Resource::new_borrow(dir.rep()), flags, path.to_string()).await {
-        Ok(_) if exclusive => Ok(Err(ErrorCode::Exist)),
-        Ok(stat) if openable_p2(stat.type_) => Ok(Ok(())),
-        Ok(_) => Ok(Err(ErrorCode::Unsupported)),
-        Err(e) => match view.convert_error_code(e)? {
-            ErrorCode::NoEntry => Ok(Ok(())),
-            code => Ok(Err(code)),
-        },
+        Ok(stat) if !openable_p2(stat.type_) => Err(ErrorCode::Unsupported),
+        _ => Ok(()),
     }
 }
 
@@ -212,11 +248,14 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
         |mut store: StoreContextMut<'_, HostState>,
          (dir, path_flags, path, oflags, flags): (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags)| {
             Box::new(async move {
-                let mut view = store.data_mut().filesystem();
-                let _paths = PATHS.read().await;
                 let exclusive = oflags.contains(OpenFlags::CREATE | OpenFlags::EXCLUSIVE);
-                if let Err(code) = look_p2(&mut view, &dir, path_flags, &path, exclusive).await? {
-                    return Ok((Err(code),));
+                let lock = store.data().paths.clone().filter(|_| !exclusive);
+                let _paths = read(&lock).await;
+                let mut view = store.data_mut().filesystem();
+                if !exclusive {
+                    if let Err(code) = look_p2(&mut view, &dir, path_flags, &path).await {
+                        return Ok((Err(code),));
+                    }
                 }
                 let r = HostDescriptor::open_at(&mut view, dir, path_flags, path, oflags, flags).await;
                 answer(&mut view, r)
@@ -228,10 +267,15 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
         |mut store: StoreContextMut<'_, HostState>,
          (dir, path_flags, path, atim, mtim): (Resource<Descriptor>, PathFlags, String, NewTimestamp, NewTimestamp)| {
             Box::new(async move {
+                // Only a followed link's target is opened to set its times.
+                let follow = path_flags.contains(PathFlags::SYMLINK_FOLLOW);
+                let lock = store.data().paths.clone().filter(|_| follow);
+                let _paths = read(&lock).await;
                 let mut view = store.data_mut().filesystem();
-                let _paths = PATHS.read().await;
-                if let Err(code) = look_p2(&mut view, &dir, path_flags, &path, false).await? {
-                    return Ok((Err(code),));
+                if follow {
+                    if let Err(code) = look_p2(&mut view, &dir, path_flags, &path).await {
+                        return Ok((Err(code),));
+                    }
                 }
                 let r = HostDescriptor::set_times_at(&mut view, dir, path_flags, path, atim, mtim).await;
                 answer(&mut view, r)
@@ -243,8 +287,9 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
         |mut store: StoreContextMut<'_, HostState>,
          (dir, old, new_dir, new): (Resource<Descriptor>, String, Resource<Descriptor>, String)| {
             Box::new(async move {
+                let lock = store.data().paths.clone();
+                let _paths = write(&lock).await;
                 let mut view = store.data_mut().filesystem();
-                let _paths = PATHS.write().await;
                 let r = HostDescriptor::rename_at(&mut view, dir, old, new_dir, new).await;
                 answer(&mut view, r)
             })
@@ -255,8 +300,9 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
         |mut store: StoreContextMut<'_, HostState>,
          (dir, flags, old, new_dir, new): (Resource<Descriptor>, PathFlags, String, Resource<Descriptor>, String)| {
             Box::new(async move {
+                let lock = store.data().paths.clone();
+                let _paths = write(&lock).await;
                 let mut view = store.data_mut().filesystem();
-                let _paths = PATHS.write().await;
                 let r = HostDescriptor::link_at(&mut view, dir, flags, old, new_dir, new).await;
                 answer(&mut view, r)
             })
@@ -266,8 +312,9 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
         "[method]descriptor.symlink-at",
         |mut store: StoreContextMut<'_, HostState>, (dir, old, new): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
+                let lock = store.data().paths.clone();
+                let _paths = write(&lock).await;
                 let mut view = store.data_mut().filesystem();
-                let _paths = PATHS.write().await;
                 let r = HostDescriptor::symlink_at(&mut view, dir, old, new).await;
                 answer(&mut view, r)
             })

@@ -45,6 +45,7 @@ pub async fn call(
     let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
     let stdin = MemoryInputPipe::new(input.as_bytes().to_vec());
     store.data_mut().wasi = Some(Box::new(grants.wasi_context_with_stdio(det, stdin, stdout.clone(), stderr.clone())?));
+    store.data_mut().paths = grants.path_lock();
     let result = start.call_async(&mut *store, ()).await;
     let err_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
     {
