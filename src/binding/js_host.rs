@@ -50,7 +50,9 @@ struct Deferred {
 }
 
 thread_local! {
-    static ENV: std::cell::Cell<sys::napi_env> = const { std::cell::Cell::new(ptr::null_mut()) };
+    /// The environments of this thread whose executors have host functions (usually one; the
+    /// addon loaded again into the same Node environment registers with another).
+    static ENVS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
     static QUEUE: std::cell::RefCell<Vec<Deferred>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Weak references to dispatchers' `call`, deleted once their executor is gone.
     static REFS: std::cell::RefCell<Vec<(std::sync::Weak<()>, sys::napi_ref)>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -59,8 +61,9 @@ thread_local! {
 /// Runs the deferred host calls on the JS thread (the runner `inline` calls between polls).
 fn run_deferred() -> bool {
     let calls = QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
-    let env = ENV.with(std::cell::Cell::get);
     for d in &calls {
+        // The environment of the dispatcher that asked for it.
+        let env = d.dispatcher_call.1;
         let (name, input, activity, actor_id, id) = &d.args;
         let mut f = ptr::null_mut();
         let ok = !env.is_null() && unsafe { sys::napi_get_reference_value(env, d.dispatcher_call.0, &mut f) } == sys::Status::napi_ok && !f.is_null();
@@ -182,7 +185,12 @@ impl JsHostFunctions {
             });
             refs.push((Arc::downgrade(&alive), dispatcher_call));
         });
-        ENV.with(|e| e.set(raw));
+        ENVS.with(|e| {
+            let mut envs = e.borrow_mut();
+            if !envs.contains(&(raw as usize)) {
+                envs.push(raw as usize);
+            }
+        });
         crate::inline::install_runner(Box::new(run_deferred));
         let abort: Function<AbortArgs, ()> = unsafe { Function::from_napi_value(raw, get_fn("abort")?) }.map_err(ExecError::internal)?;
         let call = call
@@ -232,7 +240,7 @@ impl HostFunctions for JsHostFunctions {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let on_own_thread = ENV.with(std::cell::Cell::get) == self.dispatcher_call.1;
+        let on_own_thread = ENVS.with(|e| e.borrow().contains(&(self.dispatcher_call.1 as usize)));
         if on_own_thread && crate::inline::defer_to_caller() {
             let args = (req.name, req.input, req.activity, req.actor_id, id as f64);
             QUEUE.with(|q| q.borrow_mut().push(Deferred { dispatcher_call: self.dispatcher_call, args, pending: self.pending.clone() }));
