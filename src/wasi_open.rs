@@ -40,7 +40,7 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 use wasmtime_wasi::WasiCtxBuilder;
 use wiggle::{GuestMemory, GuestPtr};
 
-use crate::host::HostState;
+use crate::host::{HostState, WASI_P1 as P1};
 
 /// A granted directory's lock: held for reading from a path's look to its open, for writing by
 /// renames, links and symlinks.
@@ -127,8 +127,6 @@ pub fn shadow_p1(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(false);
     r
 }
-
-const P1: &str = "wasi_snapshot_preview1";
 
 type OpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
 
