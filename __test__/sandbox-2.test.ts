@@ -448,4 +448,56 @@ describe('loading the addon again', () => {
     const out = execFileSync(process.execPath, ['-e', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
     expect(JSON.parse(out)).toEqual(['first', 'second', 'first again', 'third'])
   })
+
+  it('an ObjectBlobStore from an earlier load is one; an object merely inheriting its prototype is not', () => {
+    // napi-rs's instanceof checks the latest load's constructor: a store made by an earlier load
+    // was refused as artifactStore/actorStore, and a plain object with the class's prototype got
+    // INTERNAL from a failed unwrap. Native objects are recognised by their type tag now; the
+    // prototype-only object is a JS store by its shape (it has a `download`), refused elsewhere.
+    const addon = join(root, 'loom-wasm-executor.linux-x64-gnu.node')
+    const dir = mkdtempSync(join(tmpdir(), 'loom-second-load-'))
+    const code = `
+      const fs = require('node:fs')
+      const bytes = fs.readFileSync(${JSON.stringify(join(root, 'build', 'counter-actor.wasm'))})
+      const dir = ${JSON.stringify(dir)}
+      fs.mkdirSync(dir + '/blobs'); fs.mkdirSync(dir + '/artifacts'); fs.mkdirSync(dir + '/actors')
+      fs.writeFileSync(dir + '/blobs/counter.wasm', bytes)
+      const load = () => { const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(addon)}); return m.exports }
+      const outcome = (p) => p.then((v) => v, (e) => e.code)
+      ;(async () => {
+        const first = load()
+        const blobs = new first.ObjectBlobStore('file://' + dir + '/blobs')
+        const artifacts = new first.ObjectBlobStore('file://' + dir + '/artifacts')
+        const actors = new first.ObjectBlobStore('file://' + dir + '/actors')
+        const second = load()
+        const key = 'k'.repeat(32)
+        const def = { name: 'counter', version: '1', wasmBlobPath: 'counter.wasm' }
+        const ex = new second.WasmActivityExecutor(blobs, { artifactStore: artifacts, artifactKey: key, actorStore: actors })
+        const a = await ex.execute(def, { action: 'increment', amount: 4 }, { actorId: 'a' })
+        await ex.close()
+        const spoof = Object.create(second.ObjectBlobStore.prototype)
+        const attempts = {}
+        for (const [name, make] of Object.entries({
+          blobStore: () => new second.WasmActivityExecutor(spoof),
+          artifactStore: () => new second.WasmActivityExecutor(blobs, { artifactStore: spoof, artifactKey: key }),
+          actorStore: () => new second.WasmActivityExecutor(blobs, { actorStore: spoof }),
+        })) {
+          try { await make().close(); attempts[name] = 'made' } catch (e) { attempts[name] = e.code }
+        }
+        console.log(JSON.stringify({
+          count: a.count,
+          artifacts: fs.readdirSync(dir + '/artifacts').length > 0,
+          actors: fs.readdirSync(dir + '/actors', { recursive: true }).length > 0,
+          attempts,
+        }))
+      })().catch((e) => { console.error(e); process.exit(2) })
+    `
+    const out = execFileSync(process.execPath, ['-e', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    expect(JSON.parse(out)).toEqual({
+      count: 4,
+      artifacts: true,
+      actors: true,
+      attempts: { blobStore: 'made', artifactStore: 'INVALID_ARGUMENT', actorStore: 'INVALID_ARGUMENT' },
+    })
+  })
 })

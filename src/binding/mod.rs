@@ -22,7 +22,7 @@ pub use object_store::ObjectBlobStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use napi::bindgen_prelude::{FnArgs, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Unknown};
+use napi::bindgen_prelude::{FnArgs, Function, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
 use napi::{Env, ValueType};
 use napi_derive::napi;
@@ -115,13 +115,31 @@ pub struct WasmActivityExecutor {
     inner: Arc<Executor>,
 }
 
+/// The store behind `v` when it is an `ObjectBlobStore` made by any load of this addon into this
+/// environment: recognised by the object's type tag and its wrapped native value, not by
+/// `instanceof` (which checks the latest load's constructor, and which an object made with the
+/// class's prototype but no native value passes).
+fn native_store(env: &Env, v: &Unknown) -> Option<Arc<crate::store::ObjectSource>> {
+    if v.get_type().ok()? != ValueType::Object {
+        return None;
+    }
+    // SAFETY: `from_napi_value` unwraps the object and checks its type tag before any cast; an
+    // object without both is an `Err` (no exception is left pending).
+    let native = unsafe {
+        <napi::bindgen_prelude::ClassInstance<ObjectBlobStore> as napi::bindgen_prelude::FromNapiValue>::from_napi_value(
+            env.raw(),
+            v.raw(),
+        )
+    };
+    native.ok().map(|n| n.source.clone())
+}
+
 /// `options.artifactStore`: an `ObjectBlobStore`, or a URL to open one on.
 fn artifact_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<crate::store::ObjectSource>>, ExecError> {
     let Some(o) = options else { return Ok(None) };
     let Some(v) = args::prop(o, "artifactStore", "options")? else { return Ok(None) };
-    if ObjectBlobStore::instance_of(env, &v).map_err(ExecError::internal)? {
-        let native = unsafe { v.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }.map_err(ExecError::internal)?;
-        return Ok(Some(native.source.clone()));
+    if let Some(source) = native_store(env, &v) {
+        return Ok(Some(source));
     }
     let url = args::string(v, "options.artifactStore")?;
     Ok(Some(Arc::new(crate::store::ObjectSource::open(&url, &[])?)))
@@ -131,8 +149,8 @@ fn artifact_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<crat
 fn actor_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<dyn crate::actor_store::ActorStore>>, ExecError> {
     let Some(o) = options else { return Ok(None) };
     let Some(v) = args::prop(o, "actorStore", "options")? else { return Ok(None) };
-    let source = if ObjectBlobStore::instance_of(env, &v).map_err(ExecError::internal)? {
-        unsafe { v.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }.map_err(ExecError::internal)?.source.clone()
+    let source = if let Some(source) = native_store(env, &v) {
+        source
     } else if v.get_type().map_err(ExecError::internal)? == ValueType::String {
         Arc::new(crate::store::ObjectSource::open(&args::string(v, "options.actorStore")?, &[])?)
     } else {
@@ -297,10 +315,8 @@ impl WasmActivityExecutor {
                 opts.log = Some(Arc::new(js_log::JsLogSink(tsfn)));
             }
             let source: Arc<dyn crate::store::BlobSource> =
-                if ObjectBlobStore::instance_of(&env, &blob_store).map_err(ExecError::internal)? {
-                    let native = unsafe { blob_store.cast::<napi::bindgen_prelude::ClassInstance<ObjectBlobStore>>() }
-                        .map_err(ExecError::internal)?;
-                    native.source.clone()
+                if let Some(source) = native_store(&env, &blob_store) {
+                    source
                 } else {
                     let store = args::object(blob_store, "blobStore")?;
                     let download = args::prop(&store, "download", "blobStore")?
