@@ -186,6 +186,50 @@ describe('filesystem', () => {
     }
   })
 
+  it('opens stuck in the kernel hold at most 64 threads, on a pool of their own: compiles and other calls go on', async () => {
+    // What no look can prevent (a lease, a hung network filesystem, a FIFO planted by another
+    // process between the look and the open) strands the thread that opens. Those threads were
+    // the blocking pool's that compiles, downloads and artifacts share: 512 of them stopped it all.
+    const leased = mkdtempSync(join(tmpdir(), 'loom-fs-stuck-'))
+    writeFileSync(join(leased, 'leased.txt'), 'x')
+    const holder = spawn('python3', ['-c', [
+      'import fcntl, os, signal, sys, time',
+      'signal.signal(signal.SIGIO, signal.SIG_IGN)',
+      `fd = os.open(${JSON.stringify(join(leased, 'leased.txt'))}, os.O_RDONLY)`,
+      'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)',
+      'print("leased", flush=True)',
+      'time.sleep(40)',
+    ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const stuckInOpen = () =>
+      readdirSync('/proc/self/task').flatMap((t) => {
+        try {
+          if (!/^(257|437) /.test(readFileSync(`/proc/self/task/${t}/syscall`, 'utf8'))) return []
+          return [readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim()]
+        } catch {
+          return []
+        }
+      })
+    try {
+      await new Promise((resolve) => holder.stdout!.once('data', resolve))
+      const x = new WasmActivityExecutor(await store(), { filesystem: { hostDir: leased, writable: true }, maxConcurrency: 100 })
+      const d = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 500 } })
+      const codes = await Promise.all(Array.from({ length: 100 }, () => failure(x.execute(d, { path: 'leased.txt', write: 'y' })).then((e) => e.code)))
+      expect(new Set(codes)).toEqual(new Set(['TIMEOUT']))
+      const stuck = stuckInOpen()
+      expect(stuck.length).toBeGreaterThan(0)
+      expect(stuck.length).toBeLessThanOrEqual(64)
+      expect(new Set(stuck)).toEqual(new Set(['loom-wasm-files']))
+      // A module never compiled before, and a call without files, while those threads wait.
+      const other = new MemoryBlobStore()
+      for (const g of ['echo', 'mortgage']) await other.upload(`${g}.wasm`, guest(g))
+      const fresh = new WasmActivityExecutor(other)
+      expect(await fresh.execute(def('mortgage'), { principal: 100000, annualRate: 6, years: 30, scenarios: 1 })).toBeTypeOf('object')
+      expect(await fresh.execute(def('echo'), { message: 'on' })).toMatchObject({ result: 'on' })
+    } finally {
+      holder.kill()
+    }
+  })
+
   it.skipIf(!existsSync('/dev/shm'))('a FIFO whose time the WASI stat cannot express is refused, not opened', async () => {
     // tmpfs keeps a modification time past 2554, which preview 1's stat answers with EOVERFLOW:
     // the look must not take its failure as leave to open.

@@ -39,12 +39,14 @@ pub(crate) struct Prepared {
 /// Runs `guest` until it finishes, its deadline passes or the call is cancelled, whichever
 /// comes first, also while the guest waits in a host call (epoch ticks cover running code).
 /// A guest still running when it leaves the caller's thread counts against its module's inline
-/// gate.
+/// gate. A guest granted a directory runs with the file runtime current (`runtime::files`), so
+/// its file operations use that runtime's threads.
 pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
     mut guest: Pin<&mut F>,
     budget: Budget,
     cancel: &CancelFlag,
     module: &CompiledModule,
+    files: bool,
 ) -> Result<CallOutput, ExecError> {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
@@ -52,7 +54,7 @@ pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
         if cancel.is_cancelled() {
             return Poll::Ready(Err(ExecError::Cancelled));
         }
-        if let Poll::Ready(r) = guest.as_mut().poll(cx) {
+        if let Poll::Ready(r) = crate::runtime::with_files(files, || guest.as_mut().poll(cx)) {
             if limits::in_inline_window() {
                 module.inline.finished_inline();
             }

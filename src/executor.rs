@@ -331,7 +331,8 @@ impl Executor {
         // The guest's future is the bulk of a call's state: boxed once, so the call's own future
         // stays small (each move of a future copies all of it).
         let mut guest = Box::pin(run(held, &module, &p, budget, &cancel, log.clone(), &input));
-        let ended = watched(guest.as_mut(), budget, &cancel, &module).await;
+        let files = p.grants.filesystem.is_some();
+        let ended = watched(guest.as_mut(), budget, &cancel, &module, files).await;
         // Finished or interrupted, the guest goes now (an interrupted one still holds the actor's
         // instance and a pool slot).
         drop(guest);
