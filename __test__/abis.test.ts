@@ -34,6 +34,12 @@ describe('ABI detection', () => {
     expect((await inspectModule(built('c/command.wasm'))).abi).toBe('wasi-command')
     expect((await inspectModule(built('rust/command.wasm'))).abi).toBe('wasi-command')
     expect((await inspectModule(built('js/echo.wasm'))).abi).toBe('component')
+    // Anything but bytes rejects (never throws) with INVALID_ARGUMENT.
+    for (const notBytes of [undefined, {}, 'echo', 5]) {
+      const p = (inspectModule as any)(notBytes)
+      expect(p).toBeInstanceOf(Promise)
+      expect((await failure(p)).code).toBe('INVALID_ARGUMENT')
+    }
   })
 
   it('a module that fits none is INVALID_MODULE saying why each ABI did not fit', async () => {
@@ -131,6 +137,44 @@ describe('Extism plugins (C, built with zig cc)', () => {
     }
   })
 
+  it('a flood of tiny blocks meets maxMemoryMB (each block costs its bookkeeping); a huge log line is cut', async () => {
+    // alloc(1) n times, then the output "1". A 1-byte block was counted as 1 byte while the
+    // host kept an entry for it: 1.2 GiB of host memory past a 32 MiB cap.
+    const flood = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (import "extism:host/env" "input_length" (func $len (result i64)))
+      (import "extism:host/env" "log_info" (func $log (param i64)))
+      (memory (export "memory") 1)
+      (func (export "execute") (result i32)
+        (local $n i64) (local $b i64)
+        ;; The input's length picks the mode: 1 byte "1" logs a 1 MiB line; else n = length * 10,000.
+        (if (i64.eq (call $len) (i64.const 1))
+          (then (call $log (call $alloc (i64.const 1048576))))
+          (else
+            (local.set $n (i64.mul (call $len) (i64.const 10000)))
+            (loop $more
+              (drop (call $alloc (i64.const 1)))
+              (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+              (br_if $more (i64.gt_s (local.get $n) (i64.const 0))))))
+        (local.set $b (call $alloc (i64.const 1)))
+        (call $store (local.get $b) (i32.const 49))
+        (call $out (local.get $b) (i64.const 1))
+        (i32.const 0)))`)
+    const { ex, logs } = await executorWith({ flood })
+    const d = def('flood', { limits: { maxMemoryMB: 16 } })
+    // 100,000 blocks fit 16 MiB; 300,000 do not (their bytes alone would: 0.3 MB).
+    expect(await ex.execute(d, 'x'.repeat(8))).toBe(1)
+    const e = await failure(ex.execute(d, 'x'.repeat(28)))
+    expect(e.code).toBe('OUT_OF_MEMORY')
+    expect(await ex.execute(d, 1)).toBe(1)
+    await new Promise((r) => setTimeout(r, 50))
+    const line = logs.find(([level]) => level === 'info')
+    expect(line?.[1].length).toBe(4097)
+    expect(line?.[1].endsWith('…')).toBe(true)
+  })
+
   it('kernel memory counts against maxMemoryMB (a huge input does not fit a small cap)', async () => {
     const { ex } = await executorWith({ plugin })
     const e = await failure(ex.execute(d('execute', { limits: { maxMemoryMB: 2 } }), { message: 'x'.repeat(3_000_000) }))
@@ -155,6 +199,11 @@ describe('WASI command modules (C with zig cc, Rust with rustc)', () => {
     expect(e.message).toContain('refusing: asked to exit with 3')
     await new Promise((r) => setTimeout(r, 50))
     expect(logs).toContainEqual(['warn', 'refusing: asked to exit with 3'])
+    // Codes wasmtime-wasi itself refuses (past 125) are the guest's answer too, not a TRAP.
+    for (const code of [126, 255, -1]) {
+      const past = await failure(ex.execute(def('cmd'), { exit: code }))
+      expect([past.code, past.exitCode, past.message]).toEqual(['GUEST_ERROR', code, `guest error: exit code ${code}: refusing: asked to exit with ${code}`])
+    }
   })
 
   it('limits hold: TIMEOUT, OUT_OF_MEMORY, OUTPUT_TOO_LARGE; no actors; no grants beyond the definition\'s', async () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def, failure, guest, MemoryBlobStore, root } from './helpers'
-import { guestWat } from './wat'
+import { guestWat, wat } from './wat'
 
 const built = (path: string) => readFileSync(join(root, 'build', path))
 const grant = (...names: string[]) => ({ capabilities: { hostFunctions: names } })
@@ -245,6 +245,39 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect(e.code).toBe('INVALID_OUTPUT')
     expect(e.message).toContain('over the limit')
     expect(called).toBe(false)
+  })
+
+  it("a guest whose __new calls a host function while the host hands back a result is stopped at once (TRAP host_reentry)", async () => {
+    // Unrefused, each level took a fiber stack: ~31,000 levels held the process's every memory
+    // mapping, and the next JS allocation aborted Node.
+    let calls = 0
+    const reentrant = await wat(`(module
+      (import "crm" "lookup" (func $lookup (param i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $heap (mut i32) (i32.const 4096))
+      (global $started (mut i32) (i32.const 0))
+      (func (export "__new") (param $size i32) (param $id i32) (result i32)
+        (local $ptr i32)
+        ;; Every allocation after the input's calls the host again.
+        (if (global.get $started) (then (drop (call $lookup (i32.const 36)))))
+        (local.set $ptr (i32.add (global.get $heap) (i32.const 16)))
+        (i32.store (i32.sub (local.get $ptr) (i32.const 4)) (local.get $size))
+        (global.set $heap (i32.and (i32.add (i32.add (local.get $ptr) (local.get $size)) (i32.const 15)) (i32.const -16)))
+        (local.get $ptr))
+      (func (export "__pin") (param i32) (result i32) (local.get 0))
+      (func (export "__unpin") (param i32))
+      (data (i32.const 32) "\\02\\00\\00\\00\\31\\00")
+      (func (export "execute") (param i32) (result i32)
+        (global.set $started (i32.const 1))
+        (call $lookup (i32.const 36))))`)
+    const ex = await executorWith({ reentrant, lookup: lookup() }, { hostFunctions: { 'crm.lookup': () => (calls++, 1) } })
+    const e = await failure(ex.execute(def('reentrant', grant('crm.lookup')), {}))
+    expect(e.code).toBe('TRAP')
+    expect(e.trapKind).toBe('host_reentry')
+    expect(e.message).toContain('crm.lookup')
+    expect(calls).toBe(1)
+    // The flag is per call: a well-behaved guest's host calls on the same executor go on.
+    expect(await ex.execute(def('lookup', grant('crm.lookup')), { times: 3, arg: 2 })).toEqual({ result: 1, calls: 3 })
   })
 
   it('a host function may call the executor again (no deadlock on maxConcurrency 1)', async () => {

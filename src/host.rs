@@ -35,6 +35,20 @@ pub trait ProgressSink: Send + Sync {
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Characters of one heartbeat kept.
 pub const MAX_PROGRESS_CHARS: usize = 64 * 1024;
+/// The longest log line handed to `onLog`, in characters (as AssemblyScript's messages); past it
+/// the line is cut and ends with `…`.
+pub const MAX_LOG_CHARS: usize = 4096;
+
+/// Cuts `s` to `max` characters, marking the cut with `…`.
+pub fn truncate_chars(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+        s.push('…');
+    }
+}
 
 /// A call's heartbeats: the latest (kept for errors: `lastProgress`) and the rate limit.
 #[derive(Clone, Default)]
@@ -76,6 +90,9 @@ pub struct HostState {
     pub paths: Option<crate::wasi_open::PathLock>,
     /// Which fiber stack the Store's guest code runs on (recorded for actors only).
     pub stack: crate::fiber_stacks::StackProbe,
+    /// The host is calling into the guest (its `__new`, for a host function's result): a host
+    /// function called from there is refused (each nested call would take another fiber stack).
+    pub in_guest_for_host: bool,
     progress_state: ProgressState,
 }
 
@@ -93,12 +110,14 @@ impl HostState {
             component: None,
             paths: None,
             stack: Default::default(),
+            in_guest_for_host: false,
             progress_state: ProgressState::default(),
         }
     }
 
     /// Records a heartbeat; delivers it unless one was delivered within `PROGRESS_INTERVAL`.
-    pub(crate) fn heartbeat(&mut self, detail: String) {
+    pub(crate) fn heartbeat(&mut self, mut detail: String) {
+        truncate_chars(&mut detail, MAX_PROGRESS_CHARS);
         if let Ok(mut last) = self.progress.last.lock() {
             *last = Some(detail.clone());
         }
@@ -136,6 +155,12 @@ impl HostState {
         match self.log_budget {
             0 => {}
             1 => sink.log("warn", &format!("log limit of {LOG_LINES_PER_CALL} lines per call reached; dropping the rest")),
+            _ if message.len() > MAX_LOG_CHARS => {
+                // Each line becomes a JS string on the event loop: a guest's 200 MB line stalled it.
+                let mut line = message.to_string();
+                truncate_chars(&mut line, MAX_LOG_CHARS);
+                sink.log(level, &line)
+            }
             _ => sink.log(level, message),
         }
         self.log_budget = self.log_budget.saturating_sub(1);
@@ -193,10 +218,7 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as f64).unwrap_or(0.0)
     }))?;
     def(linker.func_wrap("loom", "progress", |mut caller: Caller<'_, HostState>, msg: i32| {
-        let mut text = memory_text(&mut caller, msg);
-        if text.chars().count() > MAX_PROGRESS_CHARS {
-            text = text.chars().take(MAX_PROGRESS_CHARS).collect();
-        }
+        let text = memory_text(&mut caller, msg);
         caller.data_mut().heartbeat(text);
     }))?;
     def(linker.func_wrap(
@@ -226,6 +248,12 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
     p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut **s.wasi.get_or_insert_with(|| Box::new(WasiCtxBuilder::new().build_p1())))
         .map_err(|e| format!("{e:#}"))?;
     crate::wasi_open::shadow_p1(&mut linker).map_err(|e| format!("{e:#}"))?;
+    // wasmtime-wasi refuses exit codes past 125 (a host error: `TRAP`); any code a guest exits
+    // with is its answer (`GUEST_ERROR` with `exitCode`, 0 a success), as its C `exit(255)` means.
+    linker.allow_shadowing(true);
+    let exit = linker.func_wrap(WASI_P1, "proc_exit", |code: i32| -> wasmtime::Result<()> { Err(wasmtime_wasi::I32Exit(code).into()) }).map(|_| ());
+    linker.allow_shadowing(false);
+    exit.map_err(|e| format!("{e:#}"))?;
     crate::abi::extism::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)
 }

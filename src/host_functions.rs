@@ -307,6 +307,14 @@ pub fn link(base: &Linker<HostState>, module: &Module, imports: &[HostImport]) -
 
 async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
     let convention = imp.convention.ok_or_else(|| wasmtime::Error::new(ExecError::InvalidModule(format!("host import {} has type {}", imp.key, imp.ty))))?;
+    if caller.data().in_guest_for_host {
+        // Unrefused, a guest whose `__new` calls a host function nests without end, a fiber
+        // stack (two mappings) per level: ~31,000 levels exhausted the process's mappings.
+        return Err(wasmtime::Error::new(ExecError::Trap {
+            kind: "host_reentry".into(),
+            message: format!("host import {} was called from the guest's `__new` while the host was handing back a host function's result", imp.key),
+        }));
+    }
     let input = match (convention, params.first()) {
         (Convention::AsString, Some(Val::I32(ptr))) => read_as(&mut caller, *ptr, &imp.key)?,
         (Convention::ExtismHandle, Some(Val::I64(off))) => caller.data().extism.read_text_capped(*off as u64, MAX_HOST_ARG_BYTES)?,
@@ -363,7 +371,10 @@ async fn write_as(caller: &mut Caller<'_, HostState>, text: &str) -> wasmtime::R
     if byte_len > crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES {
         return Err(wasmtime::Error::new(ExecError::InputTooLarge { size: byte_len, limit: crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES }));
     }
-    let ptr = new.call_async(&mut *caller, (byte_len as i32, crate::abi::assemblyscript::STRING_CLASS_ID)).await?;
+    caller.data_mut().in_guest_for_host = true;
+    let ptr = new.call_async(&mut *caller, (byte_len as i32, crate::abi::assemblyscript::STRING_CLASS_ID)).await;
+    caller.data_mut().in_guest_for_host = false;
+    let ptr = ptr?;
     let mem = memory(caller)?;
     crate::abi::assemblyscript::write_utf16(mem.data_mut(&mut *caller), ptr, text, byte_len).map_err(wasmtime::Error::new)?;
     Ok(ptr)

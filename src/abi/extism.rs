@@ -57,6 +57,8 @@ pub const FUNCTIONS: &[(&str, &[ValType], &[ValType])] = &[
 pub struct Kernel {
     mem: Vec<u8>,
     blocks: BTreeMap<u64, u64>,
+    /// Bytes this call's blocks hold against `maxMemoryMB` (their bytes and `BLOCK_OVERHEAD` each).
+    reserved: u64,
     input: (u64, u64),
     output: Option<(u64, u64)>,
     error: Option<u64>,
@@ -68,6 +70,9 @@ pub struct Kernel {
     http_headers: Option<String>,
 }
 
+/// What one block costs the host beside its bytes (its entry in `blocks`), counted against the cap.
+const BLOCK_OVERHEAD: u64 = 64;
+
 fn trap(why: impl Into<String>) -> wasmtime::Error {
     wasmtime::Error::new(ExecError::Trap { kind: "extism_out_of_bounds".into(), message: why.into() })
 }
@@ -75,7 +80,8 @@ fn trap(why: impl Into<String>) -> wasmtime::Error {
 impl Kernel {
     /// Empties the block memory for a new call (vars stay) and places the input.
     pub fn begin(&mut self, input: &[u8], limiter: &mut crate::limits::MemoryLimiter) -> Result<(), ExecError> {
-        limiter.release_host(self.mem.len() as u64);
+        limiter.release_host(self.reserved);
+        self.reserved = 0;
         self.mem.clear();
         self.mem.push(0); // offset 0 is "none"
         self.blocks.clear();
@@ -93,7 +99,11 @@ impl Kernel {
     }
 
     fn alloc(&mut self, n: u64, limiter: &mut crate::limits::MemoryLimiter) -> wasmtime::Result<u64> {
-        limiter.reserve_host(n).map_err(wasmtime::Error::new)?;
+        // A block costs its entry in `blocks` too: counted, so a flood of 1-byte blocks meets
+        // the cap as soon as their bytes would (it took 1.2 GiB past a 32 MiB cap).
+        let cost = n.saturating_add(BLOCK_OVERHEAD);
+        limiter.reserve_host(cost).map_err(wasmtime::Error::new)?;
+        self.reserved += cost;
         let off = self.mem.len() as u64;
         self.mem.resize(self.mem.len() + n as usize, 0);
         self.blocks.insert(off, n);
@@ -134,6 +144,17 @@ impl Kernel {
 
     fn text(&self, off: u64) -> wasmtime::Result<String> {
         Ok(String::from_utf8_lossy(self.block(off)?).into_owned())
+    }
+
+    /// A block's first `max` bytes as text (a cut character shows as U+FFFD), with `…` when
+    /// the block is longer.
+    fn text_prefix(&self, off: u64, max: usize) -> wasmtime::Result<String> {
+        let block = self.block(off)?;
+        let mut s = String::from_utf8_lossy(&block[..block.len().min(max)]).into_owned();
+        if block.len() > max {
+            s.push('…');
+        }
+        Ok(s)
     }
 
     /// The vars as bytes (for snapshots): count, then (key length, key, value length, value).
@@ -281,7 +302,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if c.data().log.is_none() || c.data().log_budget == 0 {
                 return Ok(());
             }
-            let text = c.data().extism.text(off as u64)?;
+            // Only what a line can show is read (a block may be the whole kernel memory).
+            let text = c.data().extism.text_prefix(off as u64, crate::host::MAX_LOG_CHARS * 4 + 4)?;
             c.data_mut().emit(level, &text);
             Ok(())
         })?;
