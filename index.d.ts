@@ -76,7 +76,7 @@ export interface ExecuteOptions {
    * globals restored). Default: the executor's `transactional` option.
    */
   transactional?: boolean
-  /** For a `deterministic` definition: the time the guest sees, in ms since the epoch (default 0). */
+  /** For a `deterministic` definition: the time the guest sees, in ms since the epoch within Date's range [0, 8.64e15] (default 0). */
   now?: number
   /** For a `deterministic` definition: the seed of the guest's randomness (a whole number, default 0). */
   seed?: number

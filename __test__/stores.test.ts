@@ -74,6 +74,9 @@ describe('ObjectBlobStore', () => {
     expect(() => new ObjectBlobStore('s3://b/p', { not_an_option: 'x' })).toThrow(
       expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
     )
+    // Options whose keys cannot be listed: a coded error, no stray exception.
+    const trap = new Proxy({}, { ownKeys() { throw new Error('ownKeys trap') } })
+    expect(() => new ObjectBlobStore('s3://b/p', trap)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('ownKeys trap') }))
   })
 })
 

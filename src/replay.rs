@@ -33,7 +33,8 @@ impl Determinism {
     }
 
     pub fn wall_clock(&self) -> FixedWallClock {
-        FixedWallClock(Duration::from_secs_f64((self.now_ms / 1000.0).max(0.0)))
+        // `options.now` is checked to Date's range; a time no Duration holds would panic.
+        FixedWallClock(Duration::try_from_secs_f64((self.now_ms / 1000.0).max(0.0)).unwrap_or_default())
     }
 }
 

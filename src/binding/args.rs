@@ -95,8 +95,17 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
 }
 
 /// An object of string values (`{ key: 'value' }`).
+/// An object's own enumerable string keys; a throw (a Proxy's `ownKeys` trap, a revoked Proxy)
+/// is `INVALID_ARGUMENT`, with the exception cleared.
+pub fn keys(obj: &Object, what: &str) -> Result<Vec<String>, ExecError> {
+    Object::keys(obj).map_err(|e| match js::take_exception(env_of(obj)) {
+        Some(msg) => ExecError::InvalidArgument(format!("listing the keys of {what} threw: {msg}")),
+        None => ExecError::InvalidArgument(format!("the keys of {what} cannot be listed: {}", e.reason)),
+    })
+}
+
 fn string_map(obj: &Object, what: &str) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
-    let keys = Object::keys(obj).map_err(ExecError::internal)?;
+    let keys = keys(obj, what)?;
     if keys.len() > 10_000 {
         return Err(bad(what, "an object of at most 10000 entries"));
     }
@@ -236,6 +245,18 @@ pub fn options_object<'e>(v: Option<Unknown<'e>>) -> Result<Option<Object<'e>>, 
         Some(v) if matches!(kind(&v)?, ValueType::Undefined | ValueType::Null) => Ok(None),
         Some(v) => object(v, "options").map(Some),
     }
+}
+
+/// The bytes of a Uint8Array/Buffer, copied.
+pub fn bytes(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
+    if kind(&v)? != ValueType::Object {
+        return Err(bad(what, "a Uint8Array"));
+    }
+    let env = env_of(&v);
+    unsafe { napi::bindgen_prelude::Uint8Array::from_napi_value(env, v.raw()) }.map(|a| a.to_vec()).map_err(|_| {
+        js::take_exception(env);
+        bad(what, "a Uint8Array")
+    })
 }
 
 /// Bytes from a string (its UTF-8) or a Uint8Array/Buffer.

@@ -100,7 +100,12 @@ pub(crate) fn start_call<'env>(
                 call.transactional = Some(args::boolean(t, "options.transactional")?);
             }
             if let Some(n) = o.get("now")? {
-                call.now = Some(args::number(n, "options.now")?);
+                let now = args::number(n, "options.now")?;
+                // Date's own range: past it no clock can show the time (and NaN is no time).
+                if !(0.0..=8.64e15).contains(&now) {
+                    return Err(ExecError::InvalidArgument("options.now must be a time in ms since 1970 within Date's range [0, 8.64e15]".into()));
+                }
+                call.now = Some(now);
             }
             if let Some(n) = o.get("seed")? {
                 let seed = args::number(n, "options.seed")?;

@@ -238,10 +238,12 @@ pub struct ModuleInfo {
 /// digest, imports and exports with types, and whether (and why not) they match the guest ABI
 /// the executor runs. Rejects with `INVALID_MODULE` for bytes that are not WebAssembly and
 /// `COMPILE_LIMIT` past a limit.
-#[napi(ts_return_type = "Promise<ModuleInfo>")]
-pub fn inspect_module<'env>(env: &'env Env, bytes: napi::bindgen_prelude::Uint8Array) -> napi::Result<PromiseRaw<'env, ModuleInfo>> {
-    let bytes = bytes.to_vec();
+#[napi(ts_args_type = "bytes: Uint8Array", ts_return_type = "Promise<ModuleInfo>")]
+pub fn inspect_module<'env>(env: &'env Env, bytes: Unknown<'env>) -> napi::Result<PromiseRaw<'env, ModuleInfo>> {
+    // Anything but bytes rejects with INVALID_ARGUMENT, as every other refusal does.
+    let bytes = args::bytes(bytes, "bytes");
     let work = async move {
+        let bytes = bytes?;
         tokio::task::spawn_blocking(move || crate::inspect::inspect(&bytes))
             .await
             .map_err(|e| ExecError::internal(format!("inspect failed: {e}")))?

@@ -25,7 +25,7 @@ pub fn store_options(v: Option<Unknown>) -> Result<Vec<(String, String)>, ExecEr
         return Ok(Vec::new());
     };
     let obj = args::object(v, "options")?;
-    let keys = napi::bindgen_prelude::Object::keys(&obj).map_err(ExecError::internal)?;
+    let keys = args::keys(&obj, "options")?;
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
         let Some(value) = args::prop(&obj, &k, "options")? else { continue };
