@@ -373,7 +373,8 @@ export declare class WasmActivityExecutor {
   /**
    * Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
    * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
-   * flight have ended. Also `await using executor = ...` (`Symbol.asyncDispose`).
+   * flight have ended and the actor store's writes under way (`persist: 'async'`,
+   * `dropActor`) are done. Also `await using executor = ...` (`Symbol.asyncDispose`).
    */
   close(): Promise<void>
   cacheStats(): CacheStats

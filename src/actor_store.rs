@@ -6,7 +6,8 @@
 //! - object stores (`memory://`, `az://`, `gs://`, `s3://` with `conditional_put`): object_store's
 //!   `PutMode::Create` / `PutMode::Update` with the ETag or version read at load;
 //! - `file://`: object_store's local store cannot update conditionally, so this one writes its own
-//!   files: a version counter in each file's header, compared and replaced under an exclusive
+//!   files: a version in each file's header (random, so never one a deleted actor had), compared
+//!   and replaced under an exclusive
 //!   `flock` of a lock file beside it (processes on one machine; not for NFS). The lock is tried,
 //!   not waited on in the kernel: a write gives up after `LOCK_WAIT`, or as soon as its call has
 //!   gone, so a lock another process keeps holds no thread here, and a write that had not got
@@ -71,6 +72,18 @@ pub fn actor_key(def: &DefKey, actor_id: &str) -> String {
 
 fn conflict(key: &str, why: impl std::fmt::Display) -> ExecError {
     ExecError::ActorConflict(format!("{key}: {why}; another worker advanced this actor (its state here is dropped and reloaded on the next call)"))
+}
+
+/// A file version other than `current` and 0, from the OS's randomness.
+fn fresh_version(current: Option<u64>) -> Result<u64, ExecError> {
+    loop {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(ExecError::internal)?;
+        let v = u64::from_le_bytes(b);
+        if v != 0 && Some(v) != current {
+            return Ok(v);
+        }
+    }
 }
 
 fn unavailable(key: &str, e: impl std::fmt::Display) -> ExecError {
@@ -364,7 +377,10 @@ impl ActorStore for FileActorStore {
                 if current != expected {
                     return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
                 }
-                let next = current.unwrap_or(0) + 1;
+                // A version never stored before (random, not a count): after a delete, a count
+                // started again at 1 and a worker still holding the deleted actor's "1" wrote
+                // over the new actor's state without a conflict.
+                let next = fresh_version(current)?;
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
                 // Created anew: a leftover (a crash) or a planted link goes first.
                 let mut f = create_fresh(&tmp, 0o644).map_err(|e| unavailable(&key, e))?;

@@ -32,17 +32,56 @@ pub enum Persist {
     Async,
 }
 
+/// Store writes still under way after their calls returned (a `persist: 'async'` snapshot, a
+/// dropped actor's delete): an executor's `close()` waits for them, so a worker that exits once
+/// it resolves keeps every step its calls acknowledged.
+#[derive(Default)]
+pub struct Pending {
+    writes: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// One write in `Pending`, until dropped.
+pub struct PendingWrite(Arc<Pending>);
+
+impl Pending {
+    pub fn start(self: &Arc<Self>) -> PendingWrite {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        PendingWrite(self.clone())
+    }
+
+    /// Resolves once no write is under way.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.writes.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        self.0.writes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.done.notify_waiters();
+    }
+}
+
 /// A durable actor's place in the store.
 #[derive(Clone)]
 pub struct Durable {
     pub store: Arc<dyn ActorStore>,
     pub key: String,
     pub persist: Persist,
+    /// The executor's writes under way (see `Pending`).
+    pub pending: Arc<Pending>,
 }
 
 impl Durable {
-    pub fn new(store: Arc<dyn ActorStore>, key: &ActorKey, persist: Persist) -> Durable {
-        Durable { store, key: actor_key(&key.def, &key.actor_id), persist }
+    pub fn new(store: Arc<dyn ActorStore>, key: &ActorKey, persist: Persist, pending: Arc<Pending>) -> Durable {
+        Durable { store, key: actor_key(&key.def, &key.actor_id), persist, pending }
     }
 }
 
@@ -105,8 +144,10 @@ pub(crate) async fn persist(
             let store = d.store.clone();
             let key = d.key.clone();
             let digest = module.digest;
+            let write = d.pending.start();
             // Ordered: the task holds the actor's line until the write is done.
             let job = async move {
+                let _write = write;
                 let saved = store.save(&key, bytes, expected.as_ref()).await;
                 if let Err(e) = settle(&mut held, saved, instance, (digest, state)) {
                     if let Some(sink) = log {

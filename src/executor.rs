@@ -58,6 +58,8 @@ pub struct Executor {
     next_call: AtomicU64,
     /// Told when a call leaves `inflight`.
     drained: tokio::sync::Notify,
+    /// Actor-store writes under way after their calls (`close` waits for them too).
+    pending: Arc<crate::durable::Pending>,
     /// What `options.hostFunctions` offers.
     host_function_names: Vec<String>,
 }
@@ -138,6 +140,7 @@ impl Executor {
             inflight: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(0),
             drained: tokio::sync::Notify::new(),
+            pending: Default::default(),
             host_function_names,
         })
     }
@@ -161,7 +164,7 @@ impl Executor {
         let key = def.key();
         let durable = match (&call.actor_id, &self.opts.actor_store) {
             (Some(id), Some(store)) => {
-                Some(Durable::new(store.clone(), &ActorKey { def: key.clone(), actor_id: id.clone() }, self.opts.persist))
+                Some(Durable::new(store.clone(), &ActorKey { def: key.clone(), actor_id: id.clone() }, self.opts.persist, self.pending.clone()))
             }
             _ => None,
         };
@@ -392,7 +395,8 @@ impl Executor {
         let key = ActorKey { def: def.key(), actor_id: actor_id.to_string() };
         let had = self.actors.remove(&key);
         let Some(store) = &self.opts.actor_store else { return had };
-        let d = Durable::new(store.clone(), &key, self.opts.persist);
+        let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
+        let write = self.pending.start();
         let mut ticket = self.actors.ticket(key);
         // Polled here, so the deletion takes its place in line before any later call.
         let held = match threads::poll_once(&mut ticket) {
@@ -401,6 +405,7 @@ impl Executor {
         };
         let log = self.opts.log.clone();
         let _ = threads::spawn(async move {
+            let _write = write;
             let mut held = match held {
                 Some(h) => h,
                 None => ticket.await,
@@ -432,15 +437,16 @@ impl Executor {
         self.modules.clear(None);
     }
 
-    /// Resolves once no call is in flight.
+    /// Resolves once no call is in flight and no actor-store write is under way.
     pub async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
             if self.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-                return;
+                break;
             }
             notified.await;
         }
+        self.pending.idle().await;
     }
 
     pub fn is_closed(&self) -> bool {

@@ -462,7 +462,8 @@ impl WasmActivityExecutor {
 
     /// Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
     /// modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
-    /// flight have ended. Also `await using executor = ...` (`Symbol.asyncDispose`).
+    /// flight have ended and the actor store's writes under way (`persist: 'async'`,
+    /// `dropActor`) are done. Also `await using executor = ...` (`Symbol.asyncDispose`).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
         self.inner.close();
