@@ -280,6 +280,28 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect(await ex.execute(def('lookup', grant('crm.lookup')), { times: 3, arg: 2 })).toEqual({ result: 1, calls: 3 })
   })
 
+  it("a host-function argument past the call's maxInputBytes is refused before it reaches the JS thread", async () => {
+    // JS parses it on the event loop: 60 MiB held it for over a second.
+    let called = false
+    const ex = await executorWith(
+      {
+        // An AS string of 40,000 bytes (20,000 UTF-16 units) in memory the guest has.
+        big: await guestWat(
+          `(func (export "execute") (param i32) (result i32)
+             (drop (memory.grow (i32.const 1)))
+             (i32.store (i32.const 65532) (i32.const 40000))
+             (call $lookup (i32.const 65536)))`,
+          `(import "crm" "lookup" (func $lookup (param i32) (result i32)))`,
+        ),
+      },
+      { maxInputBytes: 10_000, hostFunctions: { 'crm.lookup': () => ((called = true), 1) } },
+    )
+    const e = await failure(ex.execute(def('big', grant('crm.lookup')), {}))
+    expect(e.code).toBe('INVALID_OUTPUT')
+    expect(e.message).toContain("over the call's maxInputBytes 10000")
+    expect(called).toBe(false)
+  })
+
   it('a host function may call the executor again (no deadlock on maxConcurrency 1)', async () => {
     const store = new MemoryBlobStore()
     await store.upload('lookup.wasm', lookup())

@@ -88,6 +88,7 @@ pub struct HostAccess {
     /// The call's deadline (a request's timeout ends by it).
     pub deadline: Option<Instant>,
     /// Bytes of text a host call may hand the guest (the definition's `maxInputBytes`).
+    /// The call's `maxInputBytes`: the most JSON a host function is handed or may return.
     pub max_result_bytes: u64,
     /// What fails the call once the guest returns, whatever it did meanwhile (a denied
     /// `wasi:http` request, which the guest sees only as an error code).
@@ -118,6 +119,18 @@ impl HostAccess {
         if input.len() as u64 > MAX_HOST_ARG_BYTES {
             return Err(ExecError::InvalidOutput {
                 message: format!("the argument of host function {name} is {} bytes, over the limit of {MAX_HOST_ARG_BYTES}", input.len()),
+                preview: String::new(),
+            });
+        }
+        // The JS thread parses the argument: bounded as the call's own input is (a 60 MiB
+        // argument held the event loop for over a second).
+        if input.len() as u64 > self.max_result_bytes {
+            return Err(ExecError::InvalidOutput {
+                message: format!(
+                    "the argument of host function {name} is {} bytes, over the call's maxInputBytes {}",
+                    input.len(),
+                    self.max_result_bytes
+                ),
                 preview: String::new(),
             });
         }
