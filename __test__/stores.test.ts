@@ -2,7 +2,7 @@
 // pinning, and the compiled-artifact tiers (cacheDir, artifactStore).
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -59,6 +59,32 @@ describe('ObjectBlobStore', () => {
     }
     // Before: one more thread per call, for good. Pools may still grow by a thread or two.
     expect(threads()).toBeLessThanOrEqual(before + 3)
+  })
+
+  it('file://: download() refuses a giant from its size and stops reading once it times out', async () => {
+    // A sparse file takes no disk: download() read all of it (4 GiB → 3.3 GiB of RSS), and kept
+    // reading after its timeout had rejected the call.
+    const dir = mkdtempSync(join(tmpdir(), 'loom-file-store-'))
+    const giant = join(dir, 'giant.bin')
+    writeFileSync(giant, '')
+    truncateSync(giant, 4 * 1024 ** 3)
+    const store = new ObjectBlobStore(pathToFileURL(dir).href, { timeoutMs: 30 })
+    const e = await failure(store.download('giant.bin'))
+    expect(e.code).toBe('BLOB_UNAVAILABLE')
+    expect(e.message).toContain('over the 1073741824 bytes a download may return')
+    truncateSync(giant, 1000 * 1024 ** 2)
+    const before = process.memoryUsage().rss
+    const slow = await failure(store.download('giant.bin'))
+    expect(slow.code).toBe('BLOB_UNAVAILABLE')
+    expect(slow.message).toContain('timed out')
+    let peak = 0
+    for (let i = 0; i < 30; i++) {
+      peak = Math.max(peak, process.memoryUsage().rss - before)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    // Stopped within a chunk of the timeout, not after reading the 1000 MiB.
+    expect(peak).toBeLessThan(400 * 1024 ** 2)
+    rmSync(dir, { recursive: true, force: true })
   })
 
   it('refuses paths that try to leave the prefix', async () => {

@@ -67,6 +67,18 @@ pub const MAX_FILE_SEGMENT_BYTES: usize = 240;
 /// The longest whole key (S3's limit, and so the portable one).
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// The largest object `ObjectBlobStore.download()` returns (the top of `maxModuleBytes`' range).
+pub const MAX_DOWNLOAD_BYTES: u64 = crate::options::ranges::MODULE_BYTES.1 as u64;
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How long one store operation may take, unless the options say `timeoutMs`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -265,6 +277,18 @@ impl ObjectSource {
         self.get_at_most(path, u64::MAX).await
     }
 
+    /// `download()`'s bytes: at most `MAX_DOWNLOAD_BYTES`, refused from the object's size before
+    /// it is read (a sparse file of 4 GiB takes no disk and would take 4 GiB here, twice).
+    pub async fn download(&self, path: &str) -> Result<Bytes, ExecError> {
+        self.get_at_most(path, MAX_DOWNLOAD_BYTES).await.map_err(|e| match e {
+            ExecError::CompileLimit(_) => ExecError::BlobUnavailable {
+                path: path.to_string(),
+                message: format!("the object is over the {MAX_DOWNLOAD_BYTES} bytes a download may return"),
+            },
+            other => other,
+        })
+    }
+
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
         let key = self.key(path)?;
@@ -286,7 +310,11 @@ impl ObjectSource {
     /// `loadTimeoutMs`): the file is opened without blocking (links are followed, as
     /// object_store does) and must be a regular file.
     async fn read_local(&self, path: &str, key: &ObjPath, max_bytes: u64) -> Result<Bytes, ExecError> {
-        match self.on_local_file(path, key, move |file| read_regular(&file, max_bytes)).await? {
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reading = gone.clone();
+        // Set however this future ends (done, timed out, dropped): the read stops at its next chunk.
+        let _stop = StopOnDrop(gone);
+        match self.on_local_file(path, key, move |file| read_regular(&file, max_bytes, &reading)).await? {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(LocalRead::NotFound(message)) => Err(ExecError::BlobNotFound { path: path.to_string(), message }),
             Err(LocalRead::TooLarge(size)) => Err(ExecError::CompileLimit(format!(

@@ -92,7 +92,9 @@ pub fn is_regular_file(path: &Path) -> io::Result<bool> {
 /// store's layout may use them), but what is not a regular file is refused from its metadata
 /// before it is opened (a device's open may act) and again once open (a swap meanwhile), without
 /// blocking on a FIFO; a file that changes size while it is read is refused, not cut short.
-pub fn read_regular(file: &Path, max_bytes: u64) -> Result<Vec<u8>, LocalRead> {
+/// It gives up (`Unavailable`) between chunks once `gone` is set: a caller that stopped waiting
+/// (a timeout) does not leave a thread reading a giant on its behalf.
+pub fn read_regular(file: &Path, max_bytes: u64, gone: &std::sync::atomic::AtomicBool) -> Result<Vec<u8>, LocalRead> {
     use std::io::Read;
     let not_regular = |meta: &std::fs::Metadata| {
         if meta.is_dir() {
@@ -124,7 +126,17 @@ pub fn read_regular(file: &Path, max_bytes: u64) -> Result<Vec<u8>, LocalRead> {
     // A sparse giant must not abort the process on an allocation it cannot have.
     let len = usize::try_from(meta.len()).map_err(|_| LocalRead::Unavailable("too large to hold".into()))?;
     bytes.try_reserve_exact(len).map_err(|e| LocalRead::Unavailable(format!("{} bytes: {e}", meta.len())))?;
-    f.take(meta.len().saturating_add(1)).read_to_end(&mut bytes).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
+    let mut f = f.take(meta.len().saturating_add(1));
+    const CHUNK: u64 = 1 << 20;
+    loop {
+        if gone.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LocalRead::Unavailable("abandoned by its caller".into()));
+        }
+        let read = (&mut f).take(CHUNK).read_to_end(&mut bytes).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
+        if read == 0 {
+            break;
+        }
+    }
     if bytes.len() as u64 != meta.len() {
         return Err(LocalRead::Unavailable(format!("changed while being read ({} bytes, then {})", meta.len(), bytes.len())));
     }

@@ -82,7 +82,7 @@ impl ObjectBlobStore {
     pub fn download<'env>(&self, env: &'env Env, path: Unknown) -> napi::Result<PromiseRaw<'env, Buffer>> {
         let source = self.source.clone();
         let path = args::string(path, "path");
-        settle(env, async move { source.get(&path?).await }, |_, b| Ok(Buffer::from(b.to_vec())))
+        settle(env, async move { source.download(&path?).await }, |_, b| Ok(Buffer::from(b.to_vec())))
     }
 
     #[napi(ts_args_type = "path: string", ts_return_type = "Promise<boolean>")]
