@@ -22,7 +22,7 @@ pub use object_store::ObjectBlobStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use napi::bindgen_prelude::{FnArgs, Function, JsObjectValue, Object, PromiseRaw, Unknown};
+use napi::bindgen_prelude::{FnArgs, JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
 use napi::{Env, ValueType};
 use napi_derive::napi;
@@ -31,7 +31,7 @@ use crate::error::ExecError;
 use crate::executor::Executor;
 use crate::instance::CallOutput;
 use js_error::to_napi;
-use js_store::{JsBlobSource, Resolved};
+use js_store::JsBlobSource;
 
 /// The core's runtime is its own, for the life of the process (`runtime::handle`). napi-rs gets a
 /// small one of its own (one worker: it only awaits the core's work for `settle`), because napi-rs
@@ -324,12 +324,12 @@ impl WasmActivityExecutor {
                     let download = args::prop(&store, "download", "blobStore")?
                         .filter(|d| d.get_type().ok() == Some(ValueType::Function))
                         .ok_or_else(|| ExecError::InvalidArgument("blobStore.download must be a function".into()))?;
-                    let download: Function<String, Resolved> = unsafe { download.cast() }.map_err(ExecError::internal)?;
-                    let tsfn = download
-                        .bind(store)
-                        .and_then(|bound| {
-                            bound.build_threadsafe_function::<String>().callee_handled::<false>().weak::<true>().build()
-                        })
+                    let sized = js_store::sized_download(&env, store, download, opts.load.compile.max_module_bytes)?;
+                    let tsfn = sized
+                        .build_threadsafe_function::<String>()
+                        .callee_handled::<false>()
+                        .weak::<true>()
+                        .build()
                         .map_err(|e| {
                             js::take_exception(env.raw());
                             ExecError::InvalidArgument(format!("blobStore.download cannot be used: {}", e.reason))
