@@ -183,11 +183,20 @@ impl Kernel {
         };
         let u32_of = |b: &[u8]| -> Result<usize, ExecError> { Ok(u32::from_le_bytes(b.try_into().map_err(|_| bad())?) as usize) };
         let count = u32_of(take(4)?)?;
+        let mut total = 0usize;
         for _ in 0..count {
             let klen = u32_of(take(4)?)?;
             let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad())?;
             let vlen = u32_of(take(4)?)?;
+            // What `var_set` allows, no more: a snapshot cannot give an actor vars a plugin could not set.
+            total += klen + vlen;
+            if total > MAX_VAR_BYTES {
+                return Err(ExecError::SnapshotInvalid(format!("the Extism vars of the snapshot are over {MAX_VAR_BYTES} bytes")));
+            }
             vars.insert(key, take(vlen)?.to_vec());
+        }
+        if at != bytes.len() {
+            return Err(bad());
         }
         Ok(vars)
     }

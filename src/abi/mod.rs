@@ -166,5 +166,12 @@ mod tests {
             assert!(extism::Kernel::decode_vars(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(extism::Kernel::decode_vars(&[255, 255, 255, 255]).is_err());
+        // Trailing bytes, and more than var_set allows.
+        assert!(extism::Kernel::decode_vars(&[bytes.as_slice(), &[0]].concat()).is_err());
+        let mut big = extism::Kernel::default();
+        big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES]);
+        assert_eq!(extism::Kernel::decode_vars(&big.encode_vars()).map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES - 1]);
+        assert_eq!(extism::Kernel::decode_vars(&big.encode_vars()).map(|v| v.len()), Ok(1));
     }
 }
