@@ -328,6 +328,15 @@ describe('the executor and process stay usable', () => {
     // The peak resident size (KiB) did not grow by a copy of the 256 MiB.
     expect(process.resourceUsage().maxRSS - peakBefore).toBeLessThan(128 * 1024)
     expect(seenThis).toBe(store)
+    // A subclass whose byteLength getter lies is measured all the same.
+    class Lying extends Uint8Array {
+      get byteLength() {
+        return 10
+      }
+    }
+    const liar = new WasmActivityExecutor({ download: async () => new Lying(big.buffer, big.byteOffset, big.length) }, { maxModuleBytes: 1024 })
+    expect((await failure(liar.execute(def('echo'), {}))).code).toBe('COMPILE_LIMIT')
+    expect(process.resourceUsage().maxRSS - peakBefore).toBeLessThan(128 * 1024)
     // Under the limit: as before.
     const ok = new WasmActivityExecutor({ download: async () => guest('echo') }, { maxModuleBytes: 1024 * 1024 })
     expect(await ok.execute(def('echo'), { message: 'fits' })).toMatchObject({ result: 'fits' })

@@ -43,6 +43,7 @@ beforeAll(async () => {
       }
       if (u.pathname === '/fat-headers') return res.writeHead(200, { 'x-fat': 'y'.repeat(8000) }).end('{}')
       if (u.pathname === '/slow') return // never answers
+      if (u.pathname === '/later') return void setTimeout(() => res.end('{}'), 200)
       res.statusCode = 404
       res.end('{}')
     })
@@ -263,6 +264,23 @@ describe('HTTP from a JavaScript component: componentize-js\'s own fetch() over 
     const late = await failure(ex.execute(def('fetch', { ...NET, limits: { maxExecutionMs: 300 } }), { url: `${base}/slow` }))
     expect(late.code).toBe('TIMEOUT')
     expect(performance.now() - t0).toBeGreaterThanOrEqual(290)
+  })
+
+  it("bodies a component holds in the host count against its maxMemoryMB: responses kept unread across calls, requests sent at once", async () => {
+    // Unbudgeted, an actor keeping its responses held 500 MiB more per call (3 GiB after 6 calls,
+    // its guest memory 9 MiB), and 100 requests of 10 MiB at once held 2 GiB.
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'] }, { fetch: built('js/fetch.wasm') })
+    const d = def('fetch', { ...NET, limits: { maxMemoryMB: 48 } })
+    const keep = { url: `${base}/big?n=${2 * 1024 * 1024}`, keep: 10 }
+    expect(await ex.execute(d, keep, { actorId: 'keeper' })).toEqual({ kept: 10 })
+    expect(await ex.execute(d, keep, { actorId: 'keeper' })).toEqual({ kept: 20 })
+    expect((await failure(ex.execute(d, keep, { actorId: 'keeper' }))).code).toBe('OUT_OF_MEMORY')
+    // Another instance has its own budget.
+    expect(await ex.execute(d, { ...keep, keep: 5 })).toEqual({ kept: 5 })
+    const posts = await failure(ex.execute(d, { url: `${base}/later`, post: { n: 10, size: 8 * 1024 * 1024 } }))
+    expect(posts.code).toBe('OUT_OF_MEMORY')
+    // Within the budget, as before.
+    expect(await ex.execute(d, { url: `${base}/later`, post: { n: 2, size: 8 * 1024 * 1024 } })).toEqual({ statuses: [200, 200] })
   })
 
   it('a component importing wasi:http runs only with capabilities.network and options.network', async () => {

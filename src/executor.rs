@@ -317,6 +317,7 @@ impl Executor {
             deadline: Some(budget.deadline),
             max_result_bytes: p.limits.max_input_bytes,
             failure: Default::default(),
+            http_held: None,
         };
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
         let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();

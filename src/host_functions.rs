@@ -87,12 +87,13 @@ pub struct HostAccess {
     pub network: Option<Arc<NetworkCall>>,
     /// The call's deadline (a request's timeout ends by it).
     pub deadline: Option<Instant>,
-    /// Bytes of text a host call may hand the guest (the definition's `maxInputBytes`).
     /// The call's `maxInputBytes`: the most JSON a host function is handed or may return.
     pub max_result_bytes: u64,
     /// What fails the call once the guest returns, whatever it did meanwhile (a denied
     /// `wasi:http` request, which the guest sees only as an error code).
     pub failure: Arc<std::sync::Mutex<Option<ExecError>>>,
+    /// A component's `wasi:http` bodies held in the host (set by `wasi_http` from its Store).
+    pub http_held: Option<Arc<crate::wasi_http::HeldBytes>>,
 }
 
 impl HostAccess {

@@ -11,6 +11,8 @@
 //! the rejection: a guest cannot probe the network by catching denials.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -26,11 +28,82 @@ use crate::network::HttpRequest;
 /// Resources one component may hold at once.
 pub const MAX_RESOURCES: usize = 10_000;
 
+/// The bytes of `wasi:http` bodies a component's Store holds in the host: requests' bodies being
+/// read before they are sent, responses' bodies until the guest drops them (kept across an
+/// actor's calls). They count against a budget of the instance's `maxMemoryMB`, apart from its
+/// own memory: unbudgeted, 100 requests of 10 MiB in one call, or responses kept unread call
+/// after call, held gigabytes outside every cap.
+#[derive(Default)]
+pub struct HeldBytes {
+    bytes: AtomicU64,
+    cap: AtomicU64,
+}
+
+/// Bytes charged to `HeldBytes`, given back when dropped.
+struct Charge {
+    held: Option<Arc<HeldBytes>>,
+    n: u64,
+}
+
+impl Charge {
+    fn new(held: Option<Arc<HeldBytes>>) -> Self {
+        Charge { held, n: 0 }
+    }
+
+    /// Charges `n` more bytes; `OUT_OF_MEMORY` past the budget (nothing charged then).
+    fn add(&mut self, n: u64) -> Result<(), ExecError> {
+        let Some(held) = &self.held else { return Ok(()) };
+        let cap = held.cap.load(Ordering::Relaxed);
+        let before = held.bytes.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > cap {
+            held.bytes.fetch_sub(n, Ordering::AcqRel);
+            return Err(ExecError::OutOfMemory { limit_bytes: cap, requested_bytes: before.saturating_add(n) });
+        }
+        self.n += n;
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            held.bytes.fetch_sub(self.n, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A response body that keeps its bytes charged until the guest drops it.
+struct Charged {
+    inner: WasiBody,
+    _charge: Charge,
+}
+
+impl http_body::Body for Charged {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, HttpError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A component's WASI state.
 pub struct ComponentWasi {
     pub ctx: WasiCtx,
     pub table: ResourceTable,
     pub http: WasiHttpCtx,
+    pub held: Arc<HeldBytes>,
 }
 
 impl ComponentWasi {
@@ -38,7 +111,7 @@ impl ComponentWasi {
         // Resources a guest may hold at once (streams, requests, pollables): bounded.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
-        ComponentWasi { ctx, table, http: WasiHttpCtx::new() }
+        ComponentWasi { ctx, table, http: WasiHttpCtx::new(), held: Default::default() }
     }
 }
 
@@ -58,8 +131,10 @@ impl WasiView for HostState {
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        let HostState { component, access, .. } = self;
+        let HostState { component, access, limiter, .. } = self;
         let c = component.get_or_insert_with(|| Box::new(ComponentWasi::new(WasiCtx::builder().build())));
+        c.held.cap.store(limiter.max_bytes(), Ordering::Relaxed);
+        access.http_held = Some(c.held.clone());
         WasiHttpCtxView { hooks: access, table: &mut c.table, ctx: &mut c.http }
     }
 }
@@ -87,15 +162,27 @@ impl WasiHttpHooks for HostAccess {
                 }
             };
             let max = net.network.config().max_request_bytes;
-            let body = match Limited::new(body, max as usize).collect().await {
-                Ok(b) => b.to_bytes().to_vec(),
-                Err(_) => {
-                    let host = parts.uri.host().unwrap_or("").to_string();
-                    let message = format!("{host}: the request's body is over maxRequestBytes {max} (or failed)");
-                    access.fail_call(ExecError::NetworkDenied { host, message });
-                    return Err(HttpError::HttpRequestBodySize(None));
+            // Read frame by frame, each charged as it comes (see `HeldBytes`).
+            let mut charge = Charge::new(access.http_held.clone());
+            let mut body = Limited::new(body, max as usize);
+            let mut bytes = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let data = match frame {
+                    Ok(frame) => frame.into_data().unwrap_or_default(),
+                    Err(_) => {
+                        let host = parts.uri.host().unwrap_or("").to_string();
+                        let message = format!("{host}: the request's body is over maxRequestBytes {max} (or failed)");
+                        access.fail_call(ExecError::NetworkDenied { host, message });
+                        return Err(HttpError::HttpRequestBodySize(None));
+                    }
+                };
+                if let Err(e) = charge.add(data.len() as u64) {
+                    access.fail_call(e);
+                    return Err(HttpError::InternalError(Some("the bodies held in the host are over maxMemoryMB".into())));
                 }
-            };
+                bytes.extend_from_slice(&data);
+            }
+            let body = bytes;
             let headers = parts
                 .headers
                 .iter()
@@ -105,11 +192,18 @@ impl WasiHttpHooks for HostAccess {
             let req = HttpRequest { method: parts.method.to_string(), url: parts.uri.to_string(), headers, body };
             match access.send_admitted(&net, req).await {
                 Ok(resp) => {
+                    drop(charge);
+                    let mut charge = Charge::new(access.http_held.clone());
+                    if let Err(e) = charge.add(resp.body.len() as u64) {
+                        access.fail_call(e);
+                        return Err(HttpError::InternalError(Some("the bodies held in the host are over maxMemoryMB".into())));
+                    }
                     let mut out = http::Response::builder().status(resp.status);
                     for (k, v) in &resp.headers {
                         out = out.header(k, v);
                     }
-                    let body = Full::new(Bytes::from(resp.body)).map_err(|never| match never {}).boxed_unsync();
+                    let inner = Full::new(Bytes::from(resp.body)).map_err(|never| match never {}).boxed_unsync();
+                    let body = Charged { inner, _charge: charge }.boxed_unsync();
                     let out = out.body(body).map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
                     Ok((out, Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>))
                 }

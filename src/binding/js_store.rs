@@ -103,12 +103,16 @@ impl FromNapiValue for Resolved {
 /// their length (a BigInt), measured on the JS thread before anything is copied: a store handing
 /// over 1000 MiB for a 1 KiB limit had them copied on the event loop (2.9 s) only to be refused.
 /// A throw of `download` itself stays synchronous, and its value is adopted as `await` would.
-const SIZED: &str = "(function (apply, resolve, isView) {
+/// The length is read with the typed arrays' own `byteLength` getter, taken when the script
+/// runs (a subclass's getter could say 10 for 1000 MiB).
+const SIZED: &str = "(function (apply, resolve, isView, byteLength) {
+  const length = (v) => { try { return apply(byteLength, v, []) } catch { return 0 } }
   return function sized(store, download, max) {
-    const atMost = (v) => (isView(v) && v.byteLength > max ? BigInt(v.byteLength) : v)
+    const atMost = (v) => { const n = isView(v) ? length(v) : 0; return n > max ? BigInt(n) : v }
     return function (path) { return resolve(apply(download, store, [path])).then(atMost) }
   }
-})(Reflect.apply, Promise.resolve.bind(Promise), ArrayBuffer.isView)";
+})(Reflect.apply, Promise.resolve.bind(Promise), ArrayBuffer.isView,
+   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteLength').get)";
 
 /// `download` of `store`, wrapped by `SIZED` for a limit of `max_bytes`.
 pub fn sized_download<'env>(
