@@ -16,6 +16,21 @@ async function store() {
   return s
 }
 
+/** Another process holding a read lease on `path` for `seconds` (an open for writing waits until
+ * it is given up; the holder ignores the kernel's signal to give it up). */
+function leaseHolder(path: string, seconds: number) {
+  const process = spawn('python3', ['-c', [
+    'import fcntl, os, signal, sys, time',
+    'signal.signal(signal.SIGIO, signal.SIG_IGN)',
+    `fd = os.open(${JSON.stringify(path)}, os.O_RDONLY)`,
+    'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)',
+    'print("leased", flush=True)',
+    `time.sleep(${seconds})`,
+  ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const leased = new Promise((resolve) => process.stdout!.once('data', resolve))
+  return { process, leased }
+}
+
 describe('env', () => {
   beforeAll(() => {
     process.env.LOOM_TEST_VISIBLE = 'shown ✓'
@@ -157,16 +172,9 @@ describe('filesystem', () => {
     for (const d of [leased, other]) writeFileSync(join(d, 'hello.txt'), 'hello')
     writeFileSync(join(leased, 'leased.txt'), 'x')
     // A read lease: another process's open for writing waits until it is given up.
-    const holder = spawn('python3', ['-c', [
-      'import fcntl, os, signal, sys, time',
-      'signal.signal(signal.SIGIO, signal.SIG_IGN)',
-      `fd = os.open(${JSON.stringify(join(leased, 'leased.txt'))}, os.O_RDONLY)`,
-      'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)',
-      'print("leased", flush=True)',
-      'time.sleep(20)',
-    ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const holder = leaseHolder(join(leased, 'leased.txt'), 20)
     try {
-      await new Promise((resolve) => holder.stdout!.once('data', resolve))
+      await holder.leased
       const x = new WasmActivityExecutor(await store(), { filesystem: { hostDir: leased, writable: true } })
       const y = new WasmActivityExecutor(await store(), { filesystem: { hostDir: other, writable: true } })
       const d = (ms: number) => def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: ms } })
@@ -182,7 +190,7 @@ describe('filesystem', () => {
       expect(await x.execute(d(8000), { op: 'flip', path: 'hello.txt', to: 'moved.txt', times: 1 })).toEqual({ done: true })
       expect((await stuck).code).toBe('TIMEOUT')
     } finally {
-      holder.kill()
+      holder.process.kill()
     }
   })
 
@@ -192,14 +200,7 @@ describe('filesystem', () => {
     // the blocking pool's that compiles, downloads and artifacts share: 512 of them stopped it all.
     const leased = mkdtempSync(join(tmpdir(), 'loom-fs-stuck-'))
     writeFileSync(join(leased, 'leased.txt'), 'x')
-    const holder = spawn('python3', ['-c', [
-      'import fcntl, os, signal, sys, time',
-      'signal.signal(signal.SIGIO, signal.SIG_IGN)',
-      `fd = os.open(${JSON.stringify(join(leased, 'leased.txt'))}, os.O_RDONLY)`,
-      'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)',
-      'print("leased", flush=True)',
-      'time.sleep(40)',
-    ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const holder = leaseHolder(join(leased, 'leased.txt'), 40)
     const stuckInOpen = () =>
       readdirSync('/proc/self/task').flatMap((t) => {
         try {
@@ -210,7 +211,7 @@ describe('filesystem', () => {
         }
       })
     try {
-      await new Promise((resolve) => holder.stdout!.once('data', resolve))
+      await holder.leased
       const x = new WasmActivityExecutor(await store(), { filesystem: { hostDir: leased, writable: true }, maxConcurrency: 100 })
       const d = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 500 } })
       const codes = await Promise.all(Array.from({ length: 100 }, () => failure(x.execute(d, { path: 'leased.txt', write: 'y' })).then((e) => e.code)))
@@ -226,7 +227,7 @@ describe('filesystem', () => {
       expect(await fresh.execute(def('mortgage'), { principal: 100000, annualRate: 6, years: 30, scenarios: 1 })).toBeTypeOf('object')
       expect(await fresh.execute(def('echo'), { message: 'on' })).toMatchObject({ result: 'on' })
     } finally {
-      holder.kill()
+      holder.process.kill()
     }
   })
 
