@@ -175,6 +175,34 @@ describe('Extism plugins (C, built with zig cc)', () => {
     expect(line?.[1].endsWith('…')).toBe(true)
   })
 
+  it("a huge error_set is cut to 4096 characters; a call's blocks go when it ends (an actor's next call under a lower cap)", async () => {
+    // error_set of a 560 MiB block made a message longer than any JS string: Node exited, or the
+    // call never settled. An actor kept its last call's blocks, counted against its next call.
+    const plugin = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "error_set" (func $err (param i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (import "extism:host/env" "input_length" (func $len (result i64)))
+      (memory (export "memory") 1)
+      (func (export "execute") (result i32)
+        (local $b i64)
+        ;; Input of 1 byte: fail with a 32 MiB error; of 3: 32 MiB of blocks, then "1"; else just "1".
+        (if (i64.eq (call $len) (i64.const 1))
+          (then (call $err (call $alloc (i64.const 33554432))) (return (i32.const 1))))
+        (if (i64.eq (call $len) (i64.const 3))
+          (then (drop (call $alloc (i64.const 33554432)))))
+        (local.set $b (call $alloc (i64.const 1)))
+        (call $store (local.get $b) (i32.const 49))
+        (call $out (local.get $b) (i64.const 1))
+        (i32.const 0)))`)
+    const { ex } = await executorWith({ plugin })
+    const e = await failure(ex.execute(def('plugin', { limits: { maxMemoryMB: 64 } }), 1))
+    expect([e.code, e.guestMessage.length, e.guestMessage.endsWith('…')]).toEqual(['GUEST_ERROR', 4097, true])
+    expect(await ex.execute(def('plugin', { limits: { maxMemoryMB: 64 } }), 123, { actorId: 'a' })).toBe(1)
+    expect(await ex.execute(def('plugin', { limits: { maxMemoryMB: 16 } }), 12, { actorId: 'a' })).toBe(1)
+  })
+
   it('kernel memory counts against maxMemoryMB (a huge input does not fit a small cap)', async () => {
     const { ex } = await executorWith({ plugin })
     const e = await failure(ex.execute(d('execute', { limits: { maxMemoryMB: 2 } }), { message: 'x'.repeat(3_000_000) }))
@@ -228,6 +256,9 @@ describe('components (JavaScript, built with componentize-js against wit/activit
     for (const input of echoInputs) expect(await ex.execute(def('js'), input)).toEqual(await ex.execute(def('echo'), input))
     const e = await failure(ex.execute(def('js'), { fail: 'no thanks' }))
     expect([e.code, e.guestMessage]).toEqual(['GUEST_ERROR', 'no thanks'])
+    // A long err(message) is cut as log lines are.
+    const long = await failure(ex.execute(def('js'), { fail: 'y'.repeat(100_000) }))
+    expect([long.code, long.guestMessage.length, long.guestMessage.endsWith('…')]).toEqual(['GUEST_ERROR', 4097, true])
     await ex.execute(def('js'), { message: 'm', log: 'hello from js' })
     await new Promise((r) => setTimeout(r, 50))
     expect(logs).toContainEqual(['info', 'hello from js'])

@@ -41,7 +41,7 @@ beforeAll(async () => {
         res.on('close', () => clearInterval(timer))
         return
       }
-      if (u.pathname === '/fat-headers') return res.writeHead(200, { 'x-fat': 'y'.repeat(8000) }).end('{}')
+      if (u.pathname === '/fat-headers') return res.writeHead(200, { 'x-fat': 'y'.repeat(Number(u.searchParams.get('n') ?? 8000)) }).end('{}')
       if (u.pathname === '/slow') return // never answers
       if (u.pathname === '/later') return void setTimeout(() => res.end('{}'), 200)
       res.statusCode = 404
@@ -275,6 +275,12 @@ describe('HTTP from a JavaScript component: componentize-js\'s own fetch() over 
     expect(await ex.execute(d, keep, { actorId: 'keeper' })).toEqual({ kept: 10 })
     expect(await ex.execute(d, keep, { actorId: 'keeper' })).toEqual({ kept: 20 })
     expect((await failure(ex.execute(d, keep, { actorId: 'keeper' }))).code).toBe('OUT_OF_MEMORY')
+    // Headers count with their response: 100 of 60 KB per call, under a 16 MiB cap.
+    const heady = def('fetch', { ...NET, limits: { maxMemoryMB: 16 } })
+    const fat = { url: `${base}/fat-headers?n=60000`, keep: 100 }
+    expect(await ex.execute(heady, fat, { actorId: 'heady' })).toEqual({ kept: 100 })
+    expect(await ex.execute(heady, fat, { actorId: 'heady' })).toEqual({ kept: 200 })
+    expect((await failure(ex.execute(heady, fat, { actorId: 'heady' }))).code).toBe('OUT_OF_MEMORY')
     // Another instance has its own budget.
     expect(await ex.execute(d, { ...keep, keep: 5 })).toEqual({ kept: 5 })
     const posts = await failure(ex.execute(d, { url: `${base}/later`, post: { n: 10, size: 8 * 1024 * 1024 } }))

@@ -194,7 +194,9 @@ impl WasiHttpHooks for HostAccess {
                 Ok(resp) => {
                     drop(charge);
                     let mut charge = Charge::new(access.http_held.clone());
-                    if let Err(e) = charge.add(resp.body.len() as u64) {
+                    // Its headers stay in the host with it, read by the guest when it likes.
+                    let header_bytes: usize = resp.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                    if let Err(e) = charge.add((resp.body.len() + header_bytes) as u64) {
                         access.fail_call(e);
                         return Err(HttpError::InternalError(Some("the bodies held in the host are over maxMemoryMB".into())));
                     }

@@ -143,7 +143,10 @@ pub async fn call(
     match result {
         Ok(out) if out.len() as u64 > max_output_bytes => Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes }),
         Ok(out) => Ok(out),
-        Err(message) => Err(ExecError::GuestError { message, exit_code: None }),
+        Err(mut message) => {
+            crate::host::truncate_chars(&mut message, crate::host::MAX_LOG_CHARS);
+            Err(ExecError::GuestError { message, exit_code: None })
+        }
     }
 }
 

@@ -110,6 +110,17 @@ impl Kernel {
         Ok(off)
     }
 
+    /// Ends a call: its blocks and their memory go (vars stay).
+    pub fn end(&mut self, limiter: &mut crate::limits::MemoryLimiter) {
+        limiter.release_host(self.reserved);
+        self.reserved = 0;
+        self.mem = vec![0];
+        self.blocks = BTreeMap::new();
+        self.input = (0, 0);
+        self.output = None;
+        self.error = None;
+    }
+
     /// A block's bytes as text (a host function's input), refused past `max` bytes.
     pub(crate) fn read_text_capped(&self, off: u64, max: u64) -> wasmtime::Result<String> {
         let len = self.blocks.get(&off).copied().unwrap_or(0);
@@ -381,10 +392,24 @@ pub async fn call(
         let d = store.data_mut();
         d.extism.begin(input.as_bytes(), &mut d.limiter)?;
     }
-    let rc = f.call_async(&mut *store, ()).await.map_err(&classify)?;
-    let k = &store.data().extism;
+    let rc = f.call_async(&mut *store, ()).await;
+    let out = match rc {
+        Ok(rc) => outcome(&store.data().extism, rc, max_output_bytes, &classify),
+        Err(e) => Err(classify(e)),
+    };
+    // The call's blocks go now, however it ended: an idle actor kept the last call's kernel
+    // memory (its pages touched, no longer counted), twice its cap per actor.
+    let d = store.data_mut();
+    d.extism.end(&mut d.limiter);
+    out
+}
+
+/// The call's result from the kernel's state once the plugin returned `rc`.
+fn outcome(k: &Kernel, rc: i32, max_output_bytes: u64, classify: &impl Fn(wasmtime::Error) -> ExecError) -> Result<String, ExecError> {
     if let Some(err) = k.error {
-        let message = k.text(err).map_err(&classify)?;
+        // Cut as log lines are: a 560 MiB error was longer than any JS string (Node exited).
+        let mut message = k.text_prefix(err, crate::host::MAX_LOG_CHARS * 4 + 4).map_err(classify)?;
+        crate::host::truncate_chars(&mut message, crate::host::MAX_LOG_CHARS);
         return Err(ExecError::GuestError { message, exit_code: Some(rc) });
     }
     if rc != 0 {
@@ -394,7 +419,7 @@ pub async fn call(
     if len > max_output_bytes {
         return Err(ExecError::OutputTooLarge { size: len, limit: max_output_bytes });
     }
-    let bytes = &k.mem[k.range(off, len).map_err(&classify)?];
+    let bytes = &k.mem[k.range(off, len).map_err(classify)?];
     String::from_utf8(bytes.to_vec()).map_err(|e| ExecError::InvalidOutput {
         message: format!("the plugin's output is not UTF-8: {e}"),
         preview: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
