@@ -24,7 +24,7 @@ use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
 use crate::inline;
-use crate::shape::{self, CompileLimits};
+use crate::shape::CompileLimits;
 use crate::store::BlobSource;
 pub use crate::compile::compile;
 use crate::compile::{compile_job, Urgency};
@@ -524,8 +524,9 @@ impl ModuleCache {
             None => match self.from_artifact(digest, kind, pinned.is_some()).await {
                 Some((m, checked)) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
-                    // optimize in the background again.
-                    if m.kind.baseline() && m.kind != kind && tier_up && !shape::check(&bytes, &self.limits.compile).is_ok_and(|s| s.needs_baseline()) {
+                    // optimize in the background again (refused there for a shape that needs
+                    // the baseline compiler).
+                    if m.kind.baseline() && m.kind != kind && tier_up {
                         self.tier_up_later(bytes, digest, kind, generation, &m);
                     }
                     (m, Some(true), Some(checked))

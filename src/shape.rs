@@ -64,6 +64,16 @@ fn limit(what: &str, got: u64, max: u64, option: &str) -> Result<(), ExecError> 
 /// Reads the shape of a module (or of every core module inside a component) and checks it
 /// against `limits`. Malformed bytes are `INVALID_MODULE`; anything past a limit `COMPILE_LIMIT`.
 pub fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecError> {
+    read(bytes, limits, true)
+}
+
+/// `check` without walking the instructions: the limits hold the same, but `cost` and
+/// `state_outside_memory` are left unknown (0 and false).
+pub fn check_limits(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecError> {
+    read(bytes, limits, false)
+}
+
+fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecError> {
     limit("the module's size in bytes", bytes.len() as u64, limits.max_module_bytes, "maxModuleBytes")?;
     let invalid = |e: wasmparser::BinaryReaderError| ExecError::InvalidModule(format!("{e}"));
     let mut shape = Shape::default();
@@ -92,6 +102,9 @@ pub fn check(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecError> {
                     limit("a function's number of locals", locals, limits.max_locals, "maxLocals")?;
                 }
                 shape.most_locals = shape.most_locals.max(locals);
+                if !walk {
+                    continue;
+                }
                 let mut blocks: u64 = 1;
                 let mut ops = body.get_operators_reader().map_err(invalid)?;
                 while !ops.eof() {
@@ -147,15 +160,20 @@ pub(crate) mod tests {
         assert!(shape.needs_baseline(), "{shape:?}");
         let small = check(&crate::test_guests::echo(), &CompileLimits::default()).expect("fits");
         assert!(!small.needs_baseline());
-        let tight = |f: fn(&mut CompileLimits)| {
-            let mut l = CompileLimits::default();
-            f(&mut l);
-            check(&bomb, &l).map(|_| ()).map_err(|e| e.code())
-        };
-        assert_eq!(tight(|l| l.max_locals = 1999), Err("COMPILE_LIMIT"));
-        assert_eq!(tight(|l| l.max_function_bytes = 100), Err("COMPILE_LIMIT"));
-        assert_eq!(tight(|l| l.max_module_bytes = 100), Err("COMPILE_LIMIT"));
-        assert_eq!(tight(|l| l.max_functions = 0), Err("COMPILE_LIMIT"));
+        // Without the walk of the instructions: the same limits, the cost unknown.
+        let light = check_limits(&bomb, &CompileLimits::default()).expect("within the default limits");
+        assert_eq!((light.functions, light.most_locals, light.cost), (6, 2000, 0));
+        for read in [check, check_limits] {
+            let tight = |f: fn(&mut CompileLimits)| {
+                let mut l = CompileLimits::default();
+                f(&mut l);
+                read(&bomb, &l).map(|_| ()).map_err(|e| e.code())
+            };
+            assert_eq!(tight(|l| l.max_locals = 1999), Err("COMPILE_LIMIT"));
+            assert_eq!(tight(|l| l.max_function_bytes = 100), Err("COMPILE_LIMIT"));
+            assert_eq!(tight(|l| l.max_module_bytes = 100), Err("COMPILE_LIMIT"));
+            assert_eq!(tight(|l| l.max_functions = 0), Err("COMPILE_LIMIT"));
+        }
         assert_eq!(check(b"\0asm\x01\0\0\0\x0a\xff", &CompileLimits::default()).map_err(|e| e.code()), Err("INVALID_MODULE"));
     }
 }
