@@ -175,6 +175,30 @@ describe('Extism plugins (C, built with zig cc)', () => {
     expect(line?.[1].endsWith('…')).toBe(true)
   })
 
+  it('a plugin built for WASI that ends with proc_exit: 0 is a success with its output, n is GUEST_ERROR with exitCode n', async () => {
+    // Extism's own runtime takes proc_exit(n) as the plugin's return code; here it was a TRAP.
+    const exits = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (import "extism:host/env" "input_length" (func $len (result i64)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "execute") (result i32)
+        (local $b i64)
+        (local.set $b (call $alloc (i64.const 1)))
+        (call $store (local.get $b) (i32.const 49))
+        (call $out (local.get $b) (i64.const 1))
+        ;; Input "1" (length 1) exits with 0; anything longer with 3.
+        (call $exit (select (i32.const 0) (i32.const 3) (i64.eq (call $len) (i64.const 1))))
+        (unreachable)))`)
+    const { ex } = await executorWith({ exits })
+    const d = def('exits', { capabilities: { env: ['HOME'] } })
+    expect(await ex.execute(d, 1)).toBe(1)
+    const e = await failure(ex.execute(d, 12))
+    expect([e.code, e.exitCode]).toEqual(['GUEST_ERROR', 3])
+  })
+
   it("a huge error_set is cut to 4096 characters; a call's blocks go when it ends (an actor's next call under a lower cap)", async () => {
     // error_set of a 560 MiB block made a message longer than any JS string: Node exited, or the
     // call never settled. An actor kept its last call's blocks, counted against its next call.

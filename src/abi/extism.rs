@@ -392,7 +392,12 @@ pub async fn call(
         let d = store.data_mut();
         d.extism.begin(input.as_bytes(), &mut d.limiter)?;
     }
-    let rc = f.call_async(&mut *store, ()).await;
+    // A plugin built for WASI may end with `proc_exit(n)`: its return code n, as Extism's own
+    // runtime takes it (0 a success), not a trap.
+    let rc = f.call_async(&mut *store, ()).await.or_else(|e| match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        Some(exit) => Ok(exit.0),
+        None => Err(e),
+    });
     let out = match rc {
         Ok(rc) => outcome(&store.data().extism, rc, max_output_bytes, &classify),
         Err(e) => Err(classify(e)),
