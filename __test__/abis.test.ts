@@ -27,6 +27,26 @@ async function executorWith(blobs: Record<string, Buffer>, options?: Constructor
   return { ex, logs, store }
 }
 
+/** An Extism plugin of hand-written WAT: `body` is its `execute`'s (returning 0 after it), with the
+ * kernel's alloc, store_u8, output_set, input_length, log_info and error_set imported, and
+ * `$one` setting the output "1". */
+function kernelPlugin(body: string, imports = ''): Promise<Buffer> {
+  return wat(`(module
+    (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+    (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+    (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+    (import "extism:host/env" "input_length" (func $len (result i64)))
+    (import "extism:host/env" "log_info" (func $log (param i64)))
+    (import "extism:host/env" "error_set" (func $err (param i64)))
+    ${imports}
+    (memory (export "memory") 1)
+    (func $one (local $b i64)
+      (local.set $b (call $alloc (i64.const 1)))
+      (call $store (local.get $b) (i32.const 49))
+      (call $out (local.get $b) (i64.const 1)))
+    (func (export "execute") (result i32) ${body} (i32.const 0)))`)
+}
+
 describe('ABI detection', () => {
   it('inspectModule names each guest ABI', async () => {
     expect((await inspectModule(guest('echo'))).abi).toBe('assemblyscript')
@@ -140,28 +160,18 @@ describe('Extism plugins (C, built with zig cc)', () => {
   it('a flood of tiny blocks meets maxMemoryMB (each block costs its bookkeeping); a huge log line is cut', async () => {
     // alloc(1) n times, then the output "1". A 1-byte block was counted as 1 byte while the
     // host kept an entry for it: 1.2 GiB of host memory past a 32 MiB cap.
-    const flood = await wat(`(module
-      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
-      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
-      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
-      (import "extism:host/env" "input_length" (func $len (result i64)))
-      (import "extism:host/env" "log_info" (func $log (param i64)))
-      (memory (export "memory") 1)
-      (func (export "execute") (result i32)
-        (local $n i64) (local $b i64)
-        ;; The input's length picks the mode: 1 byte "1" logs a 1 MiB line; else n = length * 10,000.
-        (if (i64.eq (call $len) (i64.const 1))
-          (then (call $log (call $alloc (i64.const 1048576))))
-          (else
-            (local.set $n (i64.mul (call $len) (i64.const 10000)))
-            (loop $more
-              (drop (call $alloc (i64.const 1)))
-              (local.set $n (i64.sub (local.get $n) (i64.const 1)))
-              (br_if $more (i64.gt_s (local.get $n) (i64.const 0))))))
-        (local.set $b (call $alloc (i64.const 1)))
-        (call $store (local.get $b) (i32.const 49))
-        (call $out (local.get $b) (i64.const 1))
-        (i32.const 0)))`)
+    const flood = await kernelPlugin(`
+      (local $n i64)
+      ;; The input's length picks the mode: 1 byte "1" logs a 1 MiB line; else n = length * 10,000.
+      (if (i64.eq (call $len) (i64.const 1))
+        (then (call $log (call $alloc (i64.const 1048576))))
+        (else
+          (local.set $n (i64.mul (call $len) (i64.const 10000)))
+          (loop $more
+            (drop (call $alloc (i64.const 1)))
+            (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+            (br_if $more (i64.gt_s (local.get $n) (i64.const 0))))))
+      (call $one)`)
     const { ex, logs } = await executorWith({ flood })
     const d = def('flood', { limits: { maxMemoryMB: 16 } })
     // 100,000 blocks fit 16 MiB; 300,000 do not (their bytes alone would: 0.3 MB).
@@ -177,21 +187,13 @@ describe('Extism plugins (C, built with zig cc)', () => {
 
   it('a plugin built for WASI that ends with proc_exit: 0 is a success with its output, n is GUEST_ERROR with exitCode n', async () => {
     // Extism's own runtime takes proc_exit(n) as the plugin's return code; here it was a TRAP.
-    const exits = await wat(`(module
-      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
-      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
-      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
-      (import "extism:host/env" "input_length" (func $len (result i64)))
-      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-      (memory (export "memory") 1)
-      (func (export "execute") (result i32)
-        (local $b i64)
-        (local.set $b (call $alloc (i64.const 1)))
-        (call $store (local.get $b) (i32.const 49))
-        (call $out (local.get $b) (i64.const 1))
-        ;; Input "1" (length 1) exits with 0; anything longer with 3.
-        (call $exit (select (i32.const 0) (i32.const 3) (i64.eq (call $len) (i64.const 1))))
-        (unreachable)))`)
+    const exits = await kernelPlugin(
+      `(call $one)
+      ;; Input "1" (length 1) exits with 0; anything longer with 3.
+      (call $exit (select (i32.const 0) (i32.const 3) (i64.eq (call $len) (i64.const 1))))
+      (unreachable)`,
+      '(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))',
+    )
     const { ex } = await executorWith({ exits })
     const d = def('exits', { capabilities: { env: ['HOME'] } })
     expect(await ex.execute(d, 1)).toBe(1)
@@ -202,24 +204,13 @@ describe('Extism plugins (C, built with zig cc)', () => {
   it("a huge error_set is cut to 4096 characters; a call's blocks go when it ends (an actor's next call under a lower cap)", async () => {
     // error_set of a 560 MiB block made a message longer than any JS string: Node exited, or the
     // call never settled. An actor kept its last call's blocks, counted against its next call.
-    const plugin = await wat(`(module
-      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
-      (import "extism:host/env" "error_set" (func $err (param i64)))
-      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
-      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
-      (import "extism:host/env" "input_length" (func $len (result i64)))
-      (memory (export "memory") 1)
-      (func (export "execute") (result i32)
-        (local $b i64)
-        ;; Input of 1 byte: fail with a 32 MiB error; of 3: 32 MiB of blocks, then "1"; else just "1".
-        (if (i64.eq (call $len) (i64.const 1))
-          (then (call $err (call $alloc (i64.const 33554432))) (return (i32.const 1))))
-        (if (i64.eq (call $len) (i64.const 3))
-          (then (drop (call $alloc (i64.const 33554432)))))
-        (local.set $b (call $alloc (i64.const 1)))
-        (call $store (local.get $b) (i32.const 49))
-        (call $out (local.get $b) (i64.const 1))
-        (i32.const 0)))`)
+    const plugin = await kernelPlugin(`
+      ;; Input of 1 byte: fail with a 32 MiB error; of 3: 32 MiB of blocks, then "1"; else just "1".
+      (if (i64.eq (call $len) (i64.const 1))
+        (then (call $err (call $alloc (i64.const 33554432))) (return (i32.const 1))))
+      (if (i64.eq (call $len) (i64.const 3))
+        (then (drop (call $alloc (i64.const 33554432)))))
+      (call $one)`)
     const { ex } = await executorWith({ plugin })
     const e = await failure(ex.execute(def('plugin', { limits: { maxMemoryMB: 64 } }), 1))
     expect([e.code, e.guestMessage.length, e.guestMessage.endsWith('…')]).toEqual(['GUEST_ERROR', 4097, true])

@@ -264,10 +264,7 @@ fn secret(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
     if kind(&v)? == ValueType::String {
         return string(v, what).map(String::into_bytes);
     }
-    let env = env_of(&v);
-    unsafe { napi::bindgen_prelude::Uint8Array::from_napi_value(env, v.raw()) }
-        .map(|a| a.to_vec())
-        .map_err(|_| bad(what, "a string or a Uint8Array"))
+    bytes(v, what).map_err(|_| bad(what, "a string or a Uint8Array"))
 }
 
 /// The executor's options (all optional), each checked against its documented range.
