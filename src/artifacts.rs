@@ -244,13 +244,19 @@ fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
         Err(_) => {
             let mut key = vec![0u8; 32];
             getrandom::fill(&mut key).map_err(|e| bad(format!("no randomness for a key: {e}")))?;
-            let tmp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| bad(e.to_string()))?;
+            // A name no other writer uses: threads of one process (workers) share its pid, and a
+            // process killed here leaves its file behind for the next one of that pid (a
+            // container's Node is often pid 1 every time).
+            let (tmp, mut f) = loop {
+                let mut nonce = [0u8; 8];
+                getrandom::fill(&mut nonce).map_err(|e| bad(format!("no randomness for a name: {e}")))?;
+                let tmp = dir.join(format!("{KEY_FILE}.{}.{:016x}.tmp", std::process::id(), u64::from_le_bytes(nonce)));
+                match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+                    Ok(f) => break (tmp, f),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(bad(e.to_string())),
+                }
+            };
             f.write_all(&key).map_err(|e| bad(e.to_string()))?;
             drop(f);
             // Two processes racing: the first link wins and both read what it wrote. Any other

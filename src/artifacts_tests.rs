@@ -267,3 +267,28 @@ async fn a_link_planted_as_the_temporary_file_is_not_written_through() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&victim);
 }
+
+#[test]
+fn threads_racing_for_a_new_directory_key_all_get_the_winners() {
+    for round in 0..20 {
+        let dir = temp(&format!("key-race-{round}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // What a process of this pid killed while making the key left behind (the old name).
+        std::fs::write(dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id())), b"stale").expect("stale");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let racers: Vec<_> = (0..6)
+            .map(|_| {
+                let (dir, start) = (dir.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    dir_key(&dir).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let keys: Vec<_> = racers.into_iter().map(|r| r.join().expect("no panic").expect("every racer gets a key")).collect();
+        assert!(keys.iter().all(|k| k == &keys[0]), "one key for all");
+        assert_eq!(std::fs::read(dir.join(KEY_FILE)).expect("key file"), keys[0]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
