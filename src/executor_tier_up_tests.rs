@@ -328,3 +328,22 @@ async fn a_queued_tier_up_whose_module_left_every_cache_is_dropped() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_baseline_compile_past_compile_timeout_ms_is_not_followed_by_an_optimizing_one() {
+    // ~20,000 initializer items: a few hundred ms of Winch, far past a 20 ms compileTimeoutMs.
+    let bytes = g::unique(g::init_bomb(20_000), b"deadline");
+    let digest = crate::digest::sha256(&bytes);
+    let source = Arc::new(MemorySource::new());
+    source.put("slow.wasm", bytes);
+    let mut options = ExecutorOptions::default();
+    options.load.compile_timeout = Duration::from_millis(20);
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let err = ex.execute(&def("slow"), "{}".into(), CallOptions::default()).await.expect_err("past its compile time");
+    assert_eq!(err.code(), "COMPILE_LIMIT", "{err}");
+    // The baseline compile goes on in the background (it cannot be stopped); no optimizing compile
+    // was started for the call on top of it (it fell back to one, with a fresh timeout, before).
+    let jobs = crate::compile::compiles().lock().unwrap_or_else(|p| p.into_inner());
+    assert!(jobs.contains_key(&(digest, EngineKind::Baseline)), "the baseline compile is still running");
+    assert!(!jobs.contains_key(&(digest, EngineKind::Plain)), "an optimizing compile was started too");
+}

@@ -584,9 +584,20 @@ impl ModuleCache {
     }
 
     pub(crate) async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {
+        self.compile_until(bytes, digest, kind, tokio::time::Instant::now() + self.limits.compile_timeout).await
+    }
+
+    /// `compile`, waited for until `deadline` (what is left of a call's `compileTimeoutMs`).
+    pub(crate) async fn compile_until(
+        &self,
+        bytes: Vec<u8>,
+        digest: Digest,
+        kind: EngineKind,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<CompiledModule>, ExecError> {
         let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Now, None);
         let wait = rx.wait_for(|r| r.is_some());
-        let compiled = match tokio::time::timeout(self.limits.compile_timeout, wait).await {
+        let compiled = match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(r)) => r.clone().unwrap_or_else(|| Err(ExecError::internal("compile finished without a result")))?,
             Ok(Err(_)) => return Err(ExecError::internal("the compile was dropped")),
             Err(_) => {

@@ -28,10 +28,15 @@ impl ModuleCache {
         if kind.baseline() {
             return self.compile(bytes, digest, kind).await;
         }
-        let baseline = match self.compile(bytes.clone(), digest, kind.with_baseline(true)).await {
+        // One `compileTimeoutMs` for the call, whichever compilers it takes.
+        let deadline = tokio::time::Instant::now() + self.limits.compile_timeout;
+        let baseline = match self.compile_until(bytes.clone(), digest, kind.with_baseline(true), deadline).await {
             Ok(m) => m,
+            // Out of time: no second compile (it could not be stopped either), and the call is
+            // refused at its limit, not at twice it.
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
             // The baseline compiler cannot take it (or it fails to load): the one compiler, now.
-            Err(_) => return self.compile(bytes, digest, kind).await,
+            Err(_) => return self.compile_until(bytes, digest, kind, deadline).await,
         };
         // A shape that needs the baseline compiler stays there: the background compile finds it
         // and refuses (found here, the walk of every instruction delayed the first result: ~60
