@@ -22,6 +22,13 @@ function bomb(locals: number, ifs: number) {
     (func (export "execute") (param $in i32) (result i32) (call $bomb) (local.get $in))`)
 }
 
+/** Echo with an element segment of `items` `ref.null func` items written as expressions, which
+ * wasmtime compiles into code run as an instance starts (~15 us of compile each). */
+function initBomb(items: number) {
+  return guestWat(`(table ${items} funcref) (elem (i32.const 0) funcref ${'(ref.null func) '.repeat(items)})
+    (func (export "execute") (param $in i32) (result i32) (local.get $in))`)
+}
+
 describe('1. compilation is bounded', () => {
   it('a 10,000-locals × 10,000-ifs module compiles fast (baseline compiler) and runs', async () => {
     const store = new MemoryBlobStore()
@@ -41,6 +48,19 @@ describe('1. compilation is bounded', () => {
       expect(e.code).toBe('COMPILE_LIMIT')
       expect(e.message).toContain(Object.keys(options)[0])
     }
+  })
+
+  it("a module's initializers are limited too (maxInitInstructions): 300 KB of element items would take seconds of compile", async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('init.wasm', await initBomb(100_001))
+    await store.upload('small.wasm', await initBomb(2_000))
+    const refused = await failure(new WasmActivityExecutor(store).execute(def('init'), { ok: 1 }))
+    expect(refused.code).toBe('COMPILE_LIMIT')
+    expect(refused.message).toContain('maxInitInstructions')
+    // The same option lowered and raised.
+    const low = await failure(new WasmActivityExecutor(store, { maxInitInstructions: 1000 }).execute(def('small'), {}))
+    expect(low.message).toMatch(/initializers .* is 2001, over the limit of 1000 \(maxInitInstructions\)/)
+    expect(await new WasmActivityExecutor(store, { maxInitInstructions: 2001 }).execute(def('small'), { ok: 2 })).toEqual({ ok: 2 })
   })
 
   it('callers stop waiting for a compile at compileTimeoutMs; cancelling a waiting caller works', async () => {

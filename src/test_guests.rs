@@ -240,3 +240,13 @@ pub fn fs_open_component() -> Vec<u8> {
     ))
     .expect("test component parses")
 }
+
+/// Echo, with an element segment of `items` `ref.null func` items written as expressions: code
+/// wasmtime compiles for the instance's start, ~15 us per item (`shape::Shape::init_instructions`).
+pub fn init_bomb(items: usize) -> Vec<u8> {
+    module(&format!(
+        r#"(table {items} funcref) (elem (i32.const 0) funcref {})
+        (func (export "execute") (param $in i32) (result i32) (local.get $in))"#,
+        "(ref.null func) ".repeat(items)
+    ))
+}

@@ -323,6 +323,9 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     if let Some(n) = opt(obj, "maxLocals", w, |v, p| ranged(v, p, ranges::LOCALS))? {
         c.max_locals = n;
     }
+    if let Some(n) = opt(obj, "maxInitInstructions", w, |v, p| ranged(v, p, ranges::INIT_INSTRUCTIONS))? {
+        c.max_init_instructions = n;
+    }
     if let Some(urls) = opt(obj, "allowedBlobUrls", w, string_list)? {
         o.allowed_blob_urls = urls;
     }

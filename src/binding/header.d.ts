@@ -127,6 +127,12 @@ export interface ExecutorOptions {
   /** Most locals in a function (default 50000; 1..50000): `COMPILE_LIMIT` past it. */
   maxLocals?: number
   /**
+   * Most instructions in a module's initializers: element items written as expressions, segment
+   * offsets and global values that are not a single constant (default 100000; 1..10000000).
+   * wasmtime compiles them into code, at ~15 us per item: `COMPILE_LIMIT` past it.
+   */
+  maxInitInstructions?: number
+  /**
    * URL prefixes a definition's `wasmBlobPath` may name directly (e.g. `['s3://bucket/activities/']`),
    * bypassing the blob store. None by default: every path goes to the store as it is.
    */
