@@ -190,6 +190,25 @@ describe('actors', () => {
     expect((await ex.execute(d, { action: 'get' }, { actorId: 'c' })).count).toBe(3)
     expect((await ex.execute(d, { action: 'get' }, { actorId: 'a' })).count).toBe(0)
   })
+
+  it('are back to maxActors once a burst of calls on new actors ends (those busy at eviction go as their calls end)', async () => {
+    const ex = new WasmActivityExecutor(await storeWith('counter-actor'), { maxActors: 4, maxConcurrency: 1 })
+    const d = def('counter-actor')
+    // An input over 64 KiB starts on a guest thread: every call takes its actor's place at once,
+    // so each new actor finds all the others busy.
+    const pad = 'x'.repeat(70 * 1024)
+    const ids = Array.from({ length: 40 }, (_, i) => `burst${i}`)
+    const out = await Promise.all(ids.map((id) => ex.execute(d, { action: 'increment', amount: 1, pad }, { actorId: id })))
+    expect(out.map((o: any) => o.count)).toEqual(ids.map(() => 1))
+    // A call's promise may settle a moment before its actor is let go on its thread.
+    let actors = ex.cacheStats().actors
+    for (let i = 0; i < 200 && actors > 4; i++) {
+      await new Promise((r) => setTimeout(r, 10))
+      actors = ex.cacheStats().actors
+    }
+    expect(actors).toBe(4)
+    await ex.close()
+  })
 })
 
 describe('module cache', () => {

@@ -94,6 +94,9 @@ pub type Ticket = Pin<Box<dyn Future<Output = Held> + Send>>;
 pub struct Held {
     pub guard: OwnedMutexGuard<ActorState>,
     slot: Arc<ActorSlot>,
+    /// The executor's actors, to evict down to `maxActors` when this call ends (only when more
+    /// were held than that, which a burst of calls on new actors leaves).
+    shared: Weak<Shared>,
 }
 
 impl Held {
@@ -115,6 +118,14 @@ impl Drop for Held {
         if self.guard.instance.is_some() && !self.slot.stack_resident.swap(true, Ordering::AcqRel) {
             crate::fiber_stacks::wake_sweeper();
         }
+        // The actors past capacity were busy when the last one was made: evict now that one of
+        // them is done (this one stays: the most recently used; its lock is still held here,
+        // and `trim` only tries the others' locks).
+        if let Some(shared) = self.shared.upgrade() {
+            if shared.over.load(Ordering::Acquire) {
+                shared.trim(&self.slot);
+            }
+        }
     }
 }
 
@@ -126,11 +137,39 @@ fn now_ms() -> u64 {
 struct Shared {
     lru: Mutex<LruCache<ActorKey, Arc<ActorSlot>>>,
     capacity: usize,
+    /// More actors are held than `capacity`: the last eviction found too few idle ones.
+    over: AtomicBool,
 }
 
 impl Shared {
     fn lru(&self) -> MutexGuard<'_, LruCache<ActorKey, Arc<ActorSlot>>> {
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evicts the least recently used idle actors (never `keep`) down to capacity.
+    fn trim(&self, keep: &Arc<ActorSlot>) {
+        let mut lru = self.lru();
+        Self::trim_locked(&mut lru, self.capacity, keep);
+        self.over.store(lru.len() > self.capacity, Ordering::Release);
+    }
+
+    fn trim_locked(lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, capacity: usize, keep: &Arc<ActorSlot>) {
+        if lru.len() <= capacity {
+            return;
+        }
+        // Idle: held by the cache alone (a call holds its slot from its ticket to its end).
+        let idle: Vec<ActorKey> = lru
+            .iter()
+            .rev()
+            .filter(|(_, s)| !Arc::ptr_eq(s, keep) && Arc::strong_count(s) == 1)
+            .take(lru.len() - capacity)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in idle {
+            if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
+                lru.pop(&k);
+            }
+        }
     }
 }
 
@@ -173,7 +212,7 @@ fn evict_if_idle_pooled(slot: &ActorSlot) -> bool {
 
 impl Actors {
     pub fn new(capacity: usize) -> Self {
-        let shared = Arc::new(Shared { lru: Mutex::new(LruCache::unbounded()), capacity: capacity.max(1) });
+        let shared = Arc::new(Shared { lru: Mutex::new(LruCache::unbounded()), capacity: capacity.max(1), over: AtomicBool::new(false) });
         let mut reg = registry();
         reg.retain(|w| w.strong_count() > 0);
         reg.push(Arc::downgrade(&shared));
@@ -195,25 +234,15 @@ impl Actors {
                     })
                 })
                 .clone();
-            // Past capacity, evict the least recently used idle actors (never the one asked for).
-            if lru.len() > self.shared.capacity {
-                let idle: Vec<ActorKey> = lru
-                    .iter()
-                    .rev()
-                    .filter(|(_, s)| !Arc::ptr_eq(s, &slot) && Arc::strong_count(s) == 1)
-                    .take(lru.len() - self.shared.capacity)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in idle {
-                    if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
-                        lru.pop(&k);
-                    }
-                }
-            }
+            // Past capacity, evict the least recently used idle actors (never the one asked for);
+            // those left over are evicted as their calls end.
+            Shared::trim_locked(&mut lru, self.shared.capacity, &slot);
+            self.shared.over.store(lru.len() > self.shared.capacity, Ordering::Release);
             slot
         };
         let state = slot.state.clone();
-        Box::pin(async move { Held { guard: state.lock_owned().await, slot } })
+        let shared = Arc::downgrade(&self.shared);
+        Box::pin(async move { Held { guard: state.lock_owned().await, slot, shared } })
     }
 
     /// Whether an idle actor's instance records its fiber stack (none: busy, or no instance).
