@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { root } from './helpers'
+import { guestWat } from './wat'
 
 const cli = (args: string[], stdin?: string) => {
   const r = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), ...args], {
@@ -57,6 +58,18 @@ describe('loom-wasm run', () => {
     expect(cli(['run'])).toMatchObject({ status: 2 })
     expect(cli(['frobnicate'])).toMatchObject({ status: 2 })
     expect(cli(['run', wasm('echo'), '--timeout', '-1']).status).toBe(2)
+  })
+
+  it('a guest error of a WASI command exits 3, a compile limit 4 (not 1: internal is INTERNAL alone)', async () => {
+    const failed = cli(['run', wasm('c/command'), '--input', '{"exit":3}'])
+    expect(failed.stderr).toMatch(/^loom-wasm: GUEST_ERROR: /)
+    expect(failed.status).toBe(3)
+    // 60,000 locals: past maxLocals (50,000), refused before compiling.
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cli-'))
+    writeFileSync(join(dir, 'locals.wasm'), await guestWat('(func (local ' + 'i32 '.repeat(60_000) + ')) (func (export "execute") (param i32) (result i32) (local.get 0))'))
+    const limit = cli(['run', join(dir, 'locals.wasm')])
+    expect(limit.stderr).toMatch(/^loom-wasm: COMPILE_LIMIT: .*maxLocals/)
+    expect(limit.status).toBe(4)
   })
 })
 

@@ -7,11 +7,15 @@ const { resolve } = require('node:path')
 
 // Exit statuses, one per class of failure.
 const EXIT = { ok: 0, internal: 1, usage: 2, guest: 3, limit: 4, load: 5 }
+// Every code of README's table has its class; only INTERNAL (and anything unknown) is 1.
 const CLASS = {
-  GUEST_ABORT: 'guest', TRAP: 'guest', INVALID_OUTPUT: 'guest', OUTPUT_TOO_LARGE: 'guest',
+  GUEST_ABORT: 'guest', GUEST_ERROR: 'guest', TRAP: 'guest', INVALID_OUTPUT: 'guest', OUTPUT_TOO_LARGE: 'guest',
+  HOST_FUNCTION_ERROR: 'guest',
   TIMEOUT: 'limit', OUT_OF_MEMORY: 'limit', OUT_OF_FUEL: 'limit', INPUT_TOO_LARGE: 'limit', CANCELLED: 'limit',
+  COMPILE_LIMIT: 'limit', BUSY: 'limit', NETWORK_DENIED: 'limit', CLOSED: 'limit',
   BLOB_NOT_FOUND: 'load', BLOB_UNAVAILABLE: 'load', INVALID_MODULE: 'load', MISSING_EXPORT: 'load',
-  CAPABILITY_DENIED: 'load', INTEGRITY_MISMATCH: 'load',
+  CAPABILITY_DENIED: 'load', INTEGRITY_MISMATCH: 'load', NETWORK_ERROR: 'load', SNAPSHOT_INVALID: 'load',
+  SNAPSHOT_MISMATCH: 'load', ACTOR_CONFLICT: 'load',
   INVALID_ARGUMENT: 'usage', INVALID_INPUT: 'usage', USAGE: 'usage',
 }
 
