@@ -127,9 +127,9 @@ export interface ExecutorOptions {
   /** Most locals in a function (default 50000; 1..50000): `COMPILE_LIMIT` past it. */
   maxLocals?: number
   /**
-   * Most instructions in a module's initializers: element items written as expressions, segment
-   * offsets and global values that are not a single constant (default 100000; 1..10000000).
-   * wasmtime compiles them into code, at ~15 us per item: `COMPILE_LIMIT` past it.
+   * Most items in the code wasmtime compiles from a module's initializers (segments it cannot
+   * precompute, item by item; global values that are not one constant), run whole as an instance
+   * starts (default 10000; 1..20000): `COMPILE_LIMIT` past it.
    */
   maxInitInstructions?: number
   /**

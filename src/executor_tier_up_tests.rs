@@ -347,3 +347,22 @@ async fn a_baseline_compile_past_compile_timeout_ms_is_not_followed_by_an_optimi
     assert!(jobs.contains_key(&(digest, EngineKind::Baseline)), "the baseline compile is still running");
     assert!(!jobs.contains_key(&(digest, EngineKind::Plain)), "an optimizing compile was started too");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_code_at_the_largest_max_init_instructions_runs_on_the_baseline_engine() {
+    // The prelude's 2 segments, the computed one (1 + its 3 instructions) and 19,994 more: 20,000,
+    // the option's largest value. The baseline engine's start-up code keeps stack slots per
+    // segment; 60,000 outgrew the fiber stack and wasmtime aborted the process.
+    let bytes = g::unique(g::data_bomb(19_994), b"start-up");
+    let source = Arc::new(MemorySource::new());
+    source.put("data.wasm", bytes.clone());
+    let mut options = ExecutorOptions::default();
+    options.load.compile.max_init_instructions = crate::options::ranges::INIT_INSTRUCTIONS.1 as u64;
+    let ex = Arc::new(Executor::new(source.clone(), options.clone()).expect("executor"));
+    let out = ex.execute(&def("data"), "\"x\"".into(), CallOptions::default()).await.expect("runs on baseline code");
+    assert_eq!(out.output, "\"x\"");
+    // One more is refused before compiling.
+    source.put("more.wasm", g::unique(g::data_bomb(19_995), b"start-up"));
+    let err = ex.execute(&def("more"), "\"x\"".into(), CallOptions::default()).await.expect_err("past the limit");
+    assert_eq!(err.code(), "COMPILE_LIMIT", "{err}");
+}

@@ -24,6 +24,7 @@ pub mod http_client;
 pub mod inline;
 pub mod inspect;
 pub mod instance;
+pub mod initializers;
 pub mod instrument;
 pub mod limits;
 pub mod modules;

@@ -27,7 +27,7 @@ impl Default for CompileLimits {
             max_functions: 1_000_000,
             max_function_bytes: 7_654_321,
             max_locals: 50_000,
-            max_init_instructions: 100_000,
+            max_init_instructions: 10_000,
         }
     }
 }
@@ -45,11 +45,8 @@ pub struct Shape {
     /// The largest (locals × blocks) of any function.
     pub cost: u64,
     pub has_start: bool,
-    /// Instructions in the initializers wasmtime turns into code it compiles, one function run
-    /// when an instance starts: element items written as expressions, a segment's offset or a
-    /// global's initial value that is not a single constant, and one for each element segment.
-    /// That code costs ~15 us of compile per item (Winch; ~25 us Cranelift) where V8 evaluates
-    /// them at instantiation: 100,000 `ref.null func` items, a 300 KB module, took 1.5 s.
+    /// Items of the code wasmtime compiles from the initializers, run whole as an instance starts
+    /// (`initializers`; the sum over a component's core modules).
     pub init_instructions: u64,
     /// Some instruction changes a table or drops a segment: part of an instance's state lives
     /// outside its memory and globals (what snapshots and moves between instances carry).
@@ -64,40 +61,21 @@ impl Shape {
 }
 
 impl Shape {
+    /// Adds a finished module's initializers to the whole's.
     fn add_init(&mut self, n: u64, limits: &CompileLimits) -> Result<(), ExecError> {
         self.init_instructions = self.init_instructions.saturating_add(n);
+        self.add_init_checked(0, limits)
+    }
+
+    /// Checks the whole so far with `n` more of the module being read.
+    fn add_init_checked(&self, n: u64, limits: &CompileLimits) -> Result<(), ExecError> {
         limit(
-            "the number of instructions in the module's initializers (element items, segment offsets, global values)",
-            self.init_instructions,
+            "the items of the code compiled from the module's initializers (segments not precomputed, computed values)",
+            self.init_instructions.saturating_add(n),
             limits.max_init_instructions,
             "maxInitInstructions",
         )
     }
-}
-
-/// The instructions of a constant expression (its final `end` not counted).
-fn instructions(expr: &wasmparser::ConstExpr) -> wasmparser::Result<u64> {
-    let mut ops = expr.get_operators_reader();
-    let mut n = 0;
-    while !ops.eof() {
-        if !matches!(ops.read()?, Operator::End) {
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
-/// What an offset or a global's initial value adds to the initializers' code: nothing for a
-/// single constant (wasmtime evaluates it without code), else its instructions.
-fn init_cost(expr: &wasmparser::ConstExpr) -> wasmparser::Result<u64> {
-    let mut ops = expr.get_operators_reader();
-    let first = ops.read()?;
-    let constant = matches!(
-        first,
-        Operator::I32Const { .. } | Operator::I64Const { .. } | Operator::F32Const { .. } | Operator::F64Const { .. } | Operator::V128Const { .. }
-    );
-    let n = instructions(expr)?;
-    Ok(if constant && n == 1 { 0 } else { n })
 }
 
 fn limit(what: &str, got: u64, max: u64, option: &str) -> Result<(), ExecError> {
@@ -123,8 +101,17 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     limit("the module's size in bytes", bytes.len() as u64, limits.max_module_bytes, "maxModuleBytes")?;
     let invalid = |e: wasmparser::BinaryReaderError| ExecError::InvalidModule(format!("{e}"));
     let mut shape = Shape::default();
+    // Each core module's (a component holds several, each with its own start-up code).
+    let mut init = crate::initializers::Initializers::default();
     for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(invalid)? {
+        let payload = payload.map_err(invalid)?;
+        if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
+            shape.add_init(init.items, limits)?;
+            init = Default::default();
+        }
+        init.read(&payload).map_err(invalid)?;
+        shape.add_init_checked(init.items, limits)?;
+        match payload {
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
                     if matches!(imp.map_err(invalid)?.ty, wasmparser::TypeRef::Func(_)) {
@@ -137,33 +124,6 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 limit("the number of functions", shape.functions, limits.max_functions, "maxFunctions")?;
             }
             Payload::StartSection { .. } => shape.has_start = true,
-            Payload::ElementSection(r) => {
-                for element in r {
-                    let element = element.map_err(invalid)?;
-                    let mut n: u64 = 1;
-                    if let wasmparser::ElementKind::Active { offset_expr, .. } = &element.kind {
-                        n += init_cost(offset_expr).map_err(invalid)?;
-                    }
-                    if let wasmparser::ElementItems::Expressions(_, items) = element.items {
-                        for item in items {
-                            n += instructions(&item.map_err(invalid)?).map_err(invalid)?.max(1);
-                        }
-                    }
-                    shape.add_init(n, limits)?;
-                }
-            }
-            Payload::GlobalSection(r) => {
-                for global in r {
-                    shape.add_init(init_cost(&global.map_err(invalid)?.init_expr).map_err(invalid)?, limits)?;
-                }
-            }
-            Payload::DataSection(r) => {
-                for data in r {
-                    if let wasmparser::DataKind::Active { offset_expr, .. } = &data.map_err(invalid)?.kind {
-                        shape.add_init(init_cost(offset_expr).map_err(invalid)?, limits)?;
-                    }
-                }
-            }
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len() as u64;
                 limit("a function body's size in bytes", size, limits.max_function_bytes, "maxFunctionBytes")?;
@@ -201,6 +161,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             _ => {}
         }
     }
+    shape.add_init(init.items, limits)?;
     Ok(shape)
 }
 
@@ -256,10 +217,10 @@ pub(crate) mod tests {
         let execute = r#"(func (export "execute") (param i32) (result i32) (local.get 0))"#;
         // The prelude's globals and data segments are single constants: nothing to compile.
         assert_eq!(init(execute), 0);
-        // Function indices: none either, but the segment itself.
-        assert_eq!(init(&format!("(table 2 funcref) (elem (i32.const 0) func 1 2) {execute}")), 1);
-        // Items written as expressions, each compiled: the segment and its 3 items.
-        assert_eq!(init(&format!("(table 3 funcref) (elem (i32.const 0) funcref (ref.null func) (ref.func 1) (ref.null func)) {execute}")), 4);
+        // Function indices into a table they fit: a precomputed table, nothing either.
+        assert_eq!(init(&format!("(table 2 funcref) (elem (i32.const 0) func 1 2) {execute}")), 0);
+        // Items written as expressions, each compiled: the segment, its offset and its 3 items.
+        assert_eq!(init(&format!("(table 3 funcref) (elem (i32.const 0) funcref (ref.null func) (ref.func 1) (ref.null func)) {execute}")), 5);
         // Values computed from imports (extended constants): their instructions.
         let imported = wat::parse_str(
             r#"(module (import "env" "base" (global $base i32)) (memory 1)
@@ -267,9 +228,18 @@ pub(crate) mod tests {
                 (data (offset (global.get $base)) "x"))"#,
         )
         .expect("parses");
-        assert_eq!(check(&imported, &CompileLimits::default()).expect("valid").init_instructions, 4);
+        // The global's 3 instructions; the data segment at a computed offset and its 1.
+        assert_eq!(check(&imported, &CompileLimits::default()).expect("valid").init_instructions, 5);
         let bomb = crate::test_guests::init_bomb(2000);
-        assert_eq!(check(&bomb, &CompileLimits::default()).expect("under the default").init_instructions, 2001);
+        assert_eq!(check(&bomb, &CompileLimits::default()).expect("under the default").init_instructions, 2002);
+        // A component's core modules add up.
+        let twice = wat::parse_str(format!(
+            "(component (core module {}) (core module {}))",
+            r#"(memory 1) (data (offset (i32.add (i32.const 0) (i32.const 0))) "a")"#,
+            r#"(memory 1) (data (offset (i32.add (i32.const 0) (i32.const 0))) "a")"#
+        ))
+        .expect("parses");
+        assert_eq!(check(&twice, &CompileLimits::default()).expect("valid").init_instructions, 8);
         for read in [check, check_limits] {
             let limits = CompileLimits { max_init_instructions: 2000, ..Default::default() };
             let refused = read(&bomb, &limits).expect_err("over the limit");

@@ -250,3 +250,14 @@ pub fn init_bomb(items: usize) -> Vec<u8> {
         "(ref.null func) ".repeat(items)
     ))
 }
+
+/// Echo, with `segments` empty data segments after one at a computed offset: wasmtime gives up
+/// its memory image and runs every segment as code when an instance starts, the form of start-up
+/// code whose stack frame grows fastest on the baseline engine (`initializers`).
+pub fn data_bomb(segments: usize) -> Vec<u8> {
+    module(&format!(
+        r#"(data (offset (i32.add (i32.const 0) (i32.const 0))) "") {}
+        (func (export "execute") (param $in i32) (result i32) (local.get $in))"#,
+        r#"(data (i32.const 0) "") "#.repeat(segments)
+    ))
+}
