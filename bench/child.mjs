@@ -8,7 +8,6 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { V8Executor } from './v8-executor.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
@@ -26,19 +25,25 @@ function store(names) {
   return { download: async (p) => (known.has(p) ? readFileSync(join(root, 'build', p)) : undefined) }
 }
 
-function executor(names, options) {
-  if (engine === 'v8') return new V8Executor(store(names))
+/** Loads the executor's module, as a user's first import of it does, and makes one. Both sides
+ * load theirs here, inside the cold rows' clocks: this addon (CommonJS, as `require` loads the
+ * package entry) and V8's executor module (ESM, as the bench's copy of Loom's TS class is). */
+async function executor(names, options) {
+  if (engine === 'v8') {
+    const { V8Executor } = await import('./v8-executor.mjs')
+    return new V8Executor(store(names))
+  }
   const { WasmActivityExecutor } = require(root) // the package entry, as users load it
   return new WasmActivityExecutor(store(names), options)
 }
 
 if (mode === 'precompile') {
-  const ex = executor([arg], { cacheDir })
+  const ex = await executor([arg], { cacheDir })
   await ex.precompile({ name: arg, version: '1', wasmBlobPath: `${arg}.wasm` })
   console.log(JSON.stringify({ ms: 0 }))
 } else if (mode === 'cold') {
   const t0 = performance.now()
-  const ex = executor([arg], cacheDir ? { cacheDir } : undefined)
+  const ex = await executor([arg], cacheDir ? { cacheDir } : undefined)
   // The breakdown: loading the addon and making the executor, then the first call (download,
   // compile or artifact load, instantiate, run).
   const load = performance.now() - t0
@@ -49,7 +54,7 @@ if (mode === 'precompile') {
 } else if (mode === 'cold-next') {
   // A worker starting with several activities: the first call of a second new module, while the
   // first one's optimized code compiles in the background (V8: its lazy compile of the second).
-  const ex = executor(['counter-actor', arg])
+  const ex = await executor(['counter-actor', arg])
   await ex.execute({ name: 'counter-actor', version: '1', wasmBlobPath: 'counter-actor.wasm' }, { action: 'get' })
   // Whether the first one's optimized code had landed when the second call started (it should not have).
   const landed = engine === 'native' ? ex.cacheStats().tierUps : 0
@@ -59,7 +64,7 @@ if (mode === 'precompile') {
 } else if (mode === 'tierup-actor') {
   // An actor made by the module's first call (on baseline code, while the optimized code
   // compiles) against one made after the tier-up: the first moves to the optimized code.
-  const ex = executor(['mortgage'])
+  const ex = await executor(['mortgage'])
   const def = { name: 'mortgage', version: '1', wasmBlobPath: 'mortgage.wasm' }
   const input = { principal: 1e5, annualRate: 5, years: 30, scenarios: 200 }
   await ex.execute(def, input, { actorId: 'early' })
@@ -76,7 +81,7 @@ if (mode === 'precompile') {
   console.log(JSON.stringify({ early: best.early, late: best.late, tierUps: ex.cacheStats().tierUps }))
 } else if (mode === 'actors') {
   const count = Number(arg)
-  const ex = executor(['counter-actor'], { maxActors: count + 10 })
+  const ex = await executor(['counter-actor'], { maxActors: count + 10 })
   const def = { name: 'counter-actor', version: '1', wasmBlobPath: 'counter-actor.wasm' }
   await ex.execute(def, { action: 'get' }, { actorId: 'warm' })
   globalThis.gc()
