@@ -331,8 +331,9 @@ async fn a_queued_tier_up_whose_module_left_every_cache_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_baseline_compile_past_compile_timeout_ms_is_not_followed_by_an_optimizing_one() {
-    // ~20,000 initializer items: a few hundred ms of Winch, far past a 20 ms compileTimeoutMs.
-    let bytes = g::unique(g::init_bomb(20_000), b"deadline");
+    // 9,000 start-up items (under the default limit): 100 ms or more of Winch, far past a 20 ms
+    // compileTimeoutMs.
+    let bytes = g::unique(g::init_bomb(9_000), b"deadline");
     let digest = crate::digest::sha256(&bytes);
     let source = Arc::new(MemorySource::new());
     source.put("slow.wasm", bytes);
@@ -343,17 +344,24 @@ async fn a_baseline_compile_past_compile_timeout_ms_is_not_followed_by_an_optimi
     assert_eq!(err.code(), "COMPILE_LIMIT", "{err}");
     // The baseline compile goes on in the background (it cannot be stopped); no optimizing compile
     // was started for the call on top of it (it fell back to one, with a fresh timeout, before).
-    let jobs = crate::compile::compiles().lock().unwrap_or_else(|p| p.into_inner());
-    assert!(jobs.contains_key(&(digest, EngineKind::Baseline)), "the baseline compile is still running");
-    assert!(!jobs.contains_key(&(digest, EngineKind::Plain)), "an optimizing compile was started too");
+    // (The map's lock is let go before asserting: a failure here must not poison it for the
+    // other tests.)
+    let (baseline, optimized) = {
+        let jobs = crate::compile::compiles().lock().unwrap_or_else(|p| p.into_inner());
+        (jobs.contains_key(&(digest, EngineKind::Baseline)), jobs.contains_key(&(digest, EngineKind::Plain)))
+    };
+    assert!(baseline, "the baseline compile is still running");
+    assert!(!optimized, "an optimizing compile was started too");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_up_code_at_the_largest_max_init_instructions_runs_on_the_baseline_engine() {
-    // The prelude's 2 segments, the computed one (1 + its 3 instructions) and 19,994 more: 20,000,
-    // the option's largest value. The baseline engine's start-up code keeps stack slots per
-    // segment; 60,000 outgrew the fiber stack and wasmtime aborted the process.
-    let bytes = g::unique(g::data_bomb(19_994), b"start-up");
+    // The prelude's 2 segments, the computed one (its offset: 3 instructions) and 3,996 more, 5
+    // each: 19,998, at most the option's largest value. The baseline engine's start-up code
+    // keeps stack slots per segment; 60,000 outgrew the fiber stack and wasmtime aborted the
+    // process.
+    assert_eq!(crate::initializers::DATA_SEGMENT_ITEMS, 5);
+    let bytes = g::unique(g::data_bomb(3_996), b"start-up");
     let source = Arc::new(MemorySource::new());
     source.put("data.wasm", bytes.clone());
     let mut options = ExecutorOptions::default();
@@ -362,7 +370,7 @@ async fn start_up_code_at_the_largest_max_init_instructions_runs_on_the_baseline
     let out = ex.execute(&def("data"), "\"x\"".into(), CallOptions::default()).await.expect("runs on baseline code");
     assert_eq!(out.output, "\"x\"");
     // One more is refused before compiling.
-    source.put("more.wasm", g::unique(g::data_bomb(19_995), b"start-up"));
+    source.put("more.wasm", g::unique(g::data_bomb(3_997), b"start-up"));
     let err = ex.execute(&def("more"), "\"x\"".into(), CallOptions::default()).await.expect_err("past the limit");
     assert_eq!(err.code(), "COMPILE_LIMIT", "{err}");
 }

@@ -37,6 +37,15 @@ impl Default for CompileLimits {
 /// thousand blocks is ~1e6); a hostile function of 10,000 locals and 10,000 `if`s is 1e8.
 pub const CRANELIFT_COST: u64 = 4_000_000;
 
+/// A function type of more parameters and results than this is wide (see `WIDE_SIGNATURE_SLOTS`).
+pub const WIDE_SIGNATURE: u64 = 16;
+/// Most parameters and results of all functions of wide types together (a component's core modules'
+/// summed). wasmtime has Cranelift compile a trampoline for each exported or referenced function
+/// and each imported type, ~2 us of compile per parameter or result: 480 exported functions of
+/// 1,000 parameters and 1,000 results, an 8 KB module, took 2.1 s (58.9 s in a component of four
+/// such modules; review G). Real code passes a handful; this allows ~0.2 s of such trampolines.
+pub const WIDE_SIGNATURE_SLOTS: u64 = 100_000;
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shape {
     pub functions: u64,
@@ -48,6 +57,8 @@ pub struct Shape {
     /// Items of the code wasmtime compiles from the initializers, run whole as an instance starts
     /// (`initializers`; the sum over a component's core modules).
     pub init_instructions: u64,
+    /// Parameters and results of the functions whose types are wide (`WIDE_SIGNATURE`).
+    pub wide_signature_slots: u64,
     /// Some instruction changes a table or drops a segment: part of an instance's state lives
     /// outside its memory and globals (what snapshots and moves between instances carry).
     pub state_outside_memory: bool,
@@ -101,27 +112,64 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     limit("the module's size in bytes", bytes.len() as u64, limits.max_module_bytes, "maxModuleBytes")?;
     let invalid = |e: wasmparser::BinaryReaderError| ExecError::InvalidModule(format!("{e}"));
     let mut shape = Shape::default();
-    // Each core module's (a component holds several, each with its own start-up code).
+    // Each core module's (a component holds several, each with its own start-up code and types).
     let mut init = crate::initializers::Initializers::default();
+    // Parameters and results of each function type of the module being read.
+    let mut type_slots: Vec<u64> = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
             shape.add_init(init.items, limits)?;
             init = Default::default();
+            type_slots.clear();
         }
         init.read(&payload).map_err(invalid)?;
         shape.add_init_checked(init.items, limits)?;
+        if init.table_elements > crate::limits::MAX_TABLE_ELEMENTS {
+            return Err(ExecError::CompileLimit(format!(
+                "the tables' initial sizes add up to {} elements, over the {} an instance may hold",
+                init.table_elements,
+                crate::limits::MAX_TABLE_ELEMENTS
+            )));
+        }
+        let function_of_type = |shape: &mut Shape, ty: u32| -> Result<(), ExecError> {
+            let slots = type_slots.get(ty as usize).copied().unwrap_or(0);
+            if slots > WIDE_SIGNATURE {
+                shape.wide_signature_slots = shape.wide_signature_slots.saturating_add(slots);
+                if shape.wide_signature_slots > WIDE_SIGNATURE_SLOTS {
+                    return Err(ExecError::CompileLimit(format!(
+                        "functions of more than {WIDE_SIGNATURE} parameters and results have {} of them in all, over the limit of {WIDE_SIGNATURE_SLOTS}",
+                        shape.wide_signature_slots
+                    )));
+                }
+            }
+            Ok(())
+        };
         match payload {
+            Payload::TypeSection(r) => {
+                for group in r {
+                    for sub in group.map_err(invalid)?.into_types() {
+                        type_slots.push(match &sub.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => (f.params().len() + f.results().len()) as u64,
+                            _ => 0,
+                        });
+                    }
+                }
+            }
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
-                    if matches!(imp.map_err(invalid)?.ty, wasmparser::TypeRef::Func(_)) {
+                    if let wasmparser::TypeRef::Func(ty) = imp.map_err(invalid)?.ty {
                         shape.functions += 1;
+                        function_of_type(&mut shape, ty)?;
                     }
                 }
             }
             Payload::FunctionSection(r) => {
                 shape.functions += r.count() as u64;
                 limit("the number of functions", shape.functions, limits.max_functions, "maxFunctions")?;
+                for ty in r {
+                    function_of_type(&mut shape, ty.map_err(invalid)?)?;
+                }
             }
             Payload::StartSection { .. } => shape.has_start = true,
             Payload::CodeSectionEntry(body) => {
@@ -212,6 +260,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tables_past_what_an_instance_may_hold_and_wide_signatures_are_refused() {
+        let code = |wat: &str| check(&wat::parse_str(wat).expect("parses"), &CompileLimits::default()).map(|_| ()).map_err(|e| e.to_string());
+        // 100 tables of 2^20 elements, a function index at the end of each: 524 MB of
+        // precomputed tables (review G), for a module no instance of which could exist.
+        let tables: String = (0..100).map(|i| format!("(table $t{i} 1048576 funcref) (elem (table $t{i}) (i32.const 1048575) func 0)")).collect();
+        let refused = code(&format!("(module (func) {tables})")).expect_err("refused");
+        assert!(refused.contains("initial sizes add up to"), "{refused}");
+        assert_eq!(code("(module (table 100000 funcref))"), Ok(()));
+        assert!(code("(module (table 60000 funcref) (table 40001 funcref))").is_err());
+        // Wide signatures: 16 parameters and results are free; past that, all of them count.
+        let wide = |n: usize, params: usize| {
+            let funcs: String = (0..n).map(|i| format!("(func (export \"f{i}\") (param {}) unreachable)", "i32 ".repeat(params))).collect();
+            code(&format!("(module {funcs})"))
+        };
+        assert_eq!(wide(10_000, 16), Ok(()));
+        assert_eq!(wide(99, 1000), Ok(()));
+        let refused = wide(101, 1000).expect_err("over the limit");
+        assert!(refused.contains("over the limit of 100000"), "{refused}");
+        // Imported functions of a wide type count too.
+        let imports: String = (0..101).map(|i| format!("(import \"env\" \"f{i}\" (func (param {})))", "i64 ".repeat(1000))).collect();
+        assert!(code(&format!("(module {imports})")).is_err());
+    }
+
+    #[test]
     fn initializers_compiled_into_code_are_counted_and_limited() {
         let init = |wat: &str| check(&crate::test_guests::with_prelude(wat), &CompileLimits::default()).expect("valid").init_instructions;
         let execute = r#"(func (export "execute") (param i32) (result i32) (local.get 0))"#;
@@ -229,7 +301,8 @@ pub(crate) mod tests {
         )
         .expect("parses");
         // The global's 3 instructions; the data segment at a computed offset and its 1.
-        assert_eq!(check(&imported, &CompileLimits::default()).expect("valid").init_instructions, 5);
+        let data = crate::initializers::DATA_SEGMENT_ITEMS;
+        assert_eq!(check(&imported, &CompileLimits::default()).expect("valid").init_instructions, 3 + data + 1);
         let bomb = crate::test_guests::init_bomb(2000);
         assert_eq!(check(&bomb, &CompileLimits::default()).expect("under the default").init_instructions, 2002);
         // A component's core modules add up.
@@ -239,7 +312,7 @@ pub(crate) mod tests {
             r#"(memory 1) (data (offset (i32.add (i32.const 0) (i32.const 0))) "a")"#
         ))
         .expect("parses");
-        assert_eq!(check(&twice, &CompileLimits::default()).expect("valid").init_instructions, 8);
+        assert_eq!(check(&twice, &CompileLimits::default()).expect("valid").init_instructions, 2 * (data + 3));
         for read in [check, check_limits] {
             let limits = CompileLimits { max_init_instructions: 2000, ..Default::default() };
             let refused = read(&bomb, &limits).expect_err("over the limit");
