@@ -63,6 +63,22 @@ describe('1. compilation is bounded', () => {
     expect(await new WasmActivityExecutor(store, { maxInitInstructions: 2002 }).execute(def('small'), { ok: 2 })).toEqual({ ok: 2 })
   })
 
+  it('tables no instance could hold and wide signatures are refused before compiling (a few KB made 524 MB of code or seconds of compile)', async () => {
+    const store = new MemoryBlobStore()
+    const tables = Array.from({ length: 3 }, (_, i) => `(table $t${i} 40000 funcref) (elem (table $t${i}) (i32.const 39999) func $f)`).join(' ')
+    await store.upload('tables.wasm', await guestWat(`(func $f) ${tables} (func (export "execute") (param i32) (result i32) (local.get 0))`))
+    const wide = Array.from({ length: 101 }, (_, i) => `(func (export "w${i}") (param ${'i32 '.repeat(1000)}) unreachable)`).join(' ')
+    await store.upload('wide.wasm', await guestWat(`${wide} (func (export "execute") (param i32) (result i32) (local.get 0))`))
+    const ex = new WasmActivityExecutor(store)
+    const t = await failure(ex.execute(def('tables'), {}))
+    expect(t.code).toBe('COMPILE_LIMIT')
+    expect(t.message).toContain('120000 elements, over the 100000 an instance may hold')
+    const w = await failure(ex.execute(def('wide'), {}))
+    expect(w.code).toBe('COMPILE_LIMIT')
+    expect(w.message).toContain('functions of more than 16 parameters and results have 101000')
+    expect(ex.cacheStats().compiles).toBe(0)
+  })
+
   it('callers stop waiting for a compile at compileTimeoutMs; the compile goes on for later callers', async () => {
     const store = new MemoryBlobStore()
     // A module whose compile surely takes far longer than 1 ms (5,000 start-up items: 100 ms or
