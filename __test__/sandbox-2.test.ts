@@ -75,7 +75,7 @@ describe('1. compilation is bounded', () => {
     expect(t.message).toContain('120000 elements, over the 100000 an instance may hold')
     const w = await failure(ex.execute(def('wide'), {}))
     expect(w.code).toBe('COMPILE_LIMIT')
-    expect(w.message).toContain('functions of more than 16 parameters and results have 101000')
+    expect(w.message).toContain('functions and types of more than 16 parameters and results have 101000')
     expect(ex.cacheStats().compiles).toBe(0)
   })
 

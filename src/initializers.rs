@@ -47,6 +47,9 @@ pub struct Initializers {
     /// The defined tables' initial elements: wasmtime precomputes a table of function indices up to
     /// a segment's end (5 bytes an entry in the artifact), up to 2^20 entries per table.
     pub table_elements: u64,
+    /// The memory images wasmtime builds from the data segments: each memory's extent from its
+    /// lowest to its highest byte of data.
+    pub image_bytes: u64,
     imported_tables: u32,
     imported_memories: u32,
     tables: Vec<Table>,
@@ -212,6 +215,9 @@ impl Initializers {
                 });
                 if !(image && dense) {
                     self.items = self.items.saturating_add(segments.saturating_mul(DATA_SEGMENT_ITEMS)).saturating_add(offsets);
+                } else {
+                    let extents = extent.iter().filter(|e| e.0 > 0).map(|&(_, low, high)| high - low);
+                    self.image_bytes = self.image_bytes.saturating_add(extents.sum());
                 }
             }
             _ => {}

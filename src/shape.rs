@@ -45,6 +45,18 @@ pub const WIDE_SIGNATURE: u64 = 16;
 /// 1,000 parameters and 1,000 results, an 8 KB module, took 2.1 s (58.9 s in a component of four
 /// such modules; review G). Real code passes a handful; this allows ~0.2 s of such trampolines.
 pub const WIDE_SIGNATURE_SLOTS: u64 = 100_000;
+/// Most function types (a component's core modules' summed): wasmtime compiles a trampoline for
+/// each, used or not, ~45 us apiece: 65,536 types, 721 KB, took 3 s and 984 MiB (review H). The
+/// 12 MB JavaScript component has 148.
+pub const MAX_FUNCTION_TYPES: u64 = 10_000;
+/// Most canonical functions (lifts, lowers, ...) of a component: wasmtime compiles an adapter for
+/// each lift and lower pair, 0.16-0.35 ms apiece (review H: 10,000 took 1.6-3.5 s). The 12 MB
+/// JavaScript component has 5, the one that fetches 64.
+pub const MAX_CANONICAL_FUNCTIONS: u64 = 2_000;
+/// Memory images beyond this plus twice the module's size are refused: wasmtime builds one for a
+/// memory whose data segments span under 16 MiB however little data they hold (two bytes 16 MiB
+/// apart: a 16 MiB image from 30 bytes; 40 core modules of that in a 1.5 KB component held 1.5 GB).
+pub const IMAGE_ALLOWANCE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shape {
@@ -57,8 +69,14 @@ pub struct Shape {
     /// Items of the code wasmtime compiles from the initializers, run whole as an instance starts
     /// (`initializers`; the sum over a component's core modules).
     pub init_instructions: u64,
-    /// Parameters and results of the functions whose types are wide (`WIDE_SIGNATURE`).
+    /// Parameters and results of the functions and types that are wide (`WIDE_SIGNATURE`).
     pub wide_signature_slots: u64,
+    /// Function types, canonical functions, table elements and memory-image bytes of all the core
+    /// modules (and the component) read so far.
+    pub function_types: u64,
+    pub canonical_functions: u64,
+    pub table_elements: u64,
+    pub image_bytes: u64,
     /// Some instruction changes a table or drops a segment: part of an instance's state lives
     /// outside its memory and globals (what snapshots and moves between instances carry).
     pub state_outside_memory: bool,
@@ -87,6 +105,16 @@ impl Shape {
             "maxInitInstructions",
         )
     }
+}
+
+fn wide_limit(shape: &Shape) -> Result<(), ExecError> {
+    if shape.wide_signature_slots > WIDE_SIGNATURE_SLOTS {
+        return Err(ExecError::CompileLimit(format!(
+            "functions and types of more than {WIDE_SIGNATURE} parameters and results have {} of them in all, over the limit of {WIDE_SIGNATURE_SLOTS}",
+            shape.wide_signature_slots
+        )));
+    }
+    Ok(())
 }
 
 fn limit(what: &str, got: u64, max: u64, option: &str) -> Result<(), ExecError> {
@@ -120,41 +148,60 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
         let payload = payload.map_err(invalid)?;
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
             shape.add_init(init.items, limits)?;
+            shape.table_elements = shape.table_elements.saturating_add(init.table_elements);
+            shape.image_bytes = shape.image_bytes.saturating_add(init.image_bytes);
             init = Default::default();
             type_slots.clear();
         }
         init.read(&payload).map_err(invalid)?;
         shape.add_init_checked(init.items, limits)?;
-        if init.table_elements > crate::limits::MAX_TABLE_ELEMENTS {
+        // A component's core instances share one store, and its limits: the tables of all count.
+        let tables = shape.table_elements.saturating_add(init.table_elements);
+        if tables > crate::limits::MAX_TABLE_ELEMENTS {
             return Err(ExecError::CompileLimit(format!(
-                "the tables' initial sizes add up to {} elements, over the {} an instance may hold",
-                init.table_elements,
+                "the tables' initial sizes add up to {tables} elements, over the {} an instance may hold",
                 crate::limits::MAX_TABLE_ELEMENTS
+            )));
+        }
+        let images = shape.image_bytes.saturating_add(init.image_bytes);
+        let allowed = IMAGE_ALLOWANCE_BYTES.saturating_add(2 * bytes.len() as u64);
+        if images > allowed {
+            return Err(ExecError::CompileLimit(format!(
+                "the memory images of its data segments would take {images} bytes, over the {allowed} allowed a module of {} bytes",
+                bytes.len()
             )));
         }
         let function_of_type = |shape: &mut Shape, ty: u32| -> Result<(), ExecError> {
             let slots = type_slots.get(ty as usize).copied().unwrap_or(0);
             if slots > WIDE_SIGNATURE {
                 shape.wide_signature_slots = shape.wide_signature_slots.saturating_add(slots);
-                if shape.wide_signature_slots > WIDE_SIGNATURE_SLOTS {
-                    return Err(ExecError::CompileLimit(format!(
-                        "functions of more than {WIDE_SIGNATURE} parameters and results have {} of them in all, over the limit of {WIDE_SIGNATURE_SLOTS}",
-                        shape.wide_signature_slots
-                    )));
-                }
             }
-            Ok(())
+            wide_limit(shape)
         };
         match payload {
             Payload::TypeSection(r) => {
                 for group in r {
                     for sub in group.map_err(invalid)?.into_types() {
-                        type_slots.push(match &sub.composite_type.inner {
-                            wasmparser::CompositeInnerType::Func(f) => (f.params().len() + f.results().len()) as u64,
+                        let slots = match &sub.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => {
+                                shape.function_types += 1;
+                                limit("the number of function types", shape.function_types, MAX_FUNCTION_TYPES, "a fixed limit")?;
+                                (f.params().len() + f.results().len()) as u64
+                            }
                             _ => 0,
-                        });
+                        };
+                        type_slots.push(slots);
+                        // Each type's own trampoline, used or not.
+                        if slots > WIDE_SIGNATURE {
+                            shape.wide_signature_slots = shape.wide_signature_slots.saturating_add(slots);
+                        }
                     }
                 }
+                wide_limit(&shape)?;
+            }
+            Payload::ComponentCanonicalSection(r) => {
+                shape.canonical_functions = shape.canonical_functions.saturating_add(u64::from(r.count()));
+                limit("the number of canonical functions", shape.canonical_functions, MAX_CANONICAL_FUNCTIONS, "a fixed limit")?;
             }
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
@@ -278,9 +325,24 @@ pub(crate) mod tests {
         assert_eq!(wide(99, 1000), Ok(()));
         let refused = wide(101, 1000).expect_err("over the limit");
         assert!(refused.contains("over the limit of 100000"), "{refused}");
-        // Imported functions of a wide type count too.
+        // Imported functions of a wide type count too, and so do types no function has.
         let imports: String = (0..101).map(|i| format!("(import \"env\" \"f{i}\" (func (param {})))", "i64 ".repeat(1000))).collect();
         assert!(code(&format!("(module {imports})")).is_err());
+        let types: String = (0..101).map(|i| format!("(type (func (param {}) (result {})))", "i32 ".repeat(500 + i), "i64 ".repeat(500))).collect();
+        assert!(code(&format!("(module {types})")).expect_err("unused wide types").contains("functions and types"));
+        // So many types (a trampoline each), however narrow.
+        let narrow: String = (0..10_001).map(|i| format!("(type (func (param {})))", "i32 ".repeat(i % 7) + &"f64 ".repeat(i / 7 % 9))).collect();
+        assert!(code(&format!("(module {narrow})")).expect_err("types").contains("function types"));
+        // A component's core modules share one instance's limits: their tables add up.
+        let table = "(core module (table 60000 funcref))";
+        assert!(code(&format!("(component {table} {table})")).expect_err("tables").contains("120000 elements"));
+        // Memory images: two bytes 16 MiB apart make a 16 MiB image; one is allowed, two are not.
+        let sparse = r#"(core module (memory 257) (data (i32.const 0) "\01") (data (i32.const 16777214) "\02"))"#;
+        assert_eq!(code(&format!("(component {sparse})")), Ok(()));
+        assert!(code(&format!("(component {sparse} {sparse})")).expect_err("images").contains("memory images"));
+        // Canonical functions (an adapter each).
+        let lowers: String = (0..2_001).map(|_| "(core func (canon lower (func $f)))").collect();
+        assert!(code(&format!("(component (import \"f\" (func $f)) {lowers})")).expect_err("canon").contains("canonical functions"));
     }
 
     #[test]
