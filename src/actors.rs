@@ -39,6 +39,9 @@ pub struct ActorState {
     /// For a durable actor: the version of its snapshot in the actor store that `shadow` is
     /// (none: not stored yet).
     pub persisted: Option<crate::actor_store::Version>,
+    /// `shadow` is the state a fresh instance was made with (no call has counted since): a call
+    /// restored from it runs on a fresh actor (`actorCreated`).
+    pub pristine: bool,
 }
 
 /// Watches an actor's memory across calls.

@@ -207,7 +207,7 @@ pub(crate) async fn run(
                 held.guard.shadow = None;
             }
             if restored {
-                (fresh, false)
+                (fresh, held.guard.pristine)
             } else {
                 held.guard.growth = Default::default();
                 (fresh, true)
@@ -216,6 +216,7 @@ pub(crate) async fn run(
     };
     if keep_shadow && held.guard.shadow.is_none() {
         held.guard.shadow = Some((module.digest, instance.capture()?));
+        held.guard.pristine = created;
     }
     match instance.call(input, &p.limits, started, &p.ctx).await {
         Ok(mut out) => {
@@ -237,6 +238,8 @@ pub(crate) async fn run(
                     return Ok(out);
                 }
             }
+            // The call counts: the last good state is no longer the one the actor was made with.
+            held.guard.pristine = false;
             if let Some(d) = &p.durable {
                 // The call counts once its state is stored (or, with persist: 'async', once it
                 // is handed to the store in the actor's line).

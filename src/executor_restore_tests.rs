@@ -148,3 +148,22 @@ async fn a_call_cancelled_while_it_stores_a_durable_actor_leaves_the_next_call_t
     assert_eq!(count_after_a_write_cut_short(true).await, ("4".to_string(), false));
     assert_eq!(count_after_a_write_cut_short(false).await, ("3".to_string(), false));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transactional_actor_whose_first_call_failed_starts_as_created() {
+    // Its last good state is the one it was made with: the next call runs on an instance with no
+    // state of its own, and says so (review E saw `actorCreated: false` there, so a caller that
+    // sets an actor up on `actorCreated` never did).
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter_trapping());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let call = |input: &str| ex.execute(&d, input.into(), call_options("a", true, CancelFlag::new()));
+    assert_eq!(call("\"t\"").await.expect_err("traps").code(), "TRAP");
+    let first = call("{}").await.expect("counts");
+    assert_eq!((first.output.as_str(), first.actor_created), ("1", true));
+    // A failure after a good call goes back to that call's state, which is no fresh actor.
+    assert_eq!(call("\"t\"").await.expect_err("traps").code(), "TRAP");
+    let next = call("{}").await.expect("counts");
+    assert_eq!((next.output.as_str(), next.actor_created), ("2", false));
+}

@@ -261,3 +261,17 @@ pub fn data_bomb(segments: usize) -> Vec<u8> {
         r#"(data (i32.const 0) "") "#.repeat(segments)
     ))
 }
+
+/// `counter`, but a call whose input is 3 characters long (`"t"`) traps after counting: a call
+/// that fails midway, its state torn.
+pub fn counter_trapping() -> Vec<u8> {
+    module(
+        r#"(global $count (mut i32) (i32.const 0))
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (if (i32.eq (i32.load (i32.sub (local.get $in) (i32.const 4))) (i32.const 6)) (then unreachable))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
