@@ -107,6 +107,7 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
     let image = initial_image(module, p).await?;
     let state = snapshot::decode(&bytes, &module.digest, image, p.limits.max_memory_bytes)?;
     held.guard.shadow = Some((module.digest, state));
+    held.guard.pristine = false;
     held.guard.persisted = Some(version);
     Ok(())
 }
@@ -250,6 +251,7 @@ impl Executor {
         }
         held.guard.instance = Some(fresh);
         held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));
+        held.guard.pristine = false;
         held.guard.growth = Default::default();
         Ok(())
     }
