@@ -53,6 +53,10 @@ pub const MAX_FUNCTION_TYPES: u64 = 10_000;
 /// each lift and lower pair, 0.16-0.35 ms apiece (review H: 10,000 took 1.6-3.5 s). The 12 MB
 /// JavaScript component has 5, the one that fetches 64.
 pub const MAX_CANONICAL_FUNCTIONS: u64 = 2_000;
+/// Most effective size of the function types of a component's canonical lifts and lowers, summed
+/// (`component_types`): an adapter's compile grows with it, ~1 us a unit (ten adapters of a
+/// record of 990 records of 1,000 fields, a few KB, took 12.5 s).
+pub const MAX_ADAPTER_UNITS: u64 = 100_000;
 /// Memory images beyond this plus twice the module's size are refused: wasmtime builds one for a
 /// memory whose data segments span under 16 MiB however little data they hold (two bytes 16 MiB
 /// apart: a 16 MiB image from 30 bytes; 40 core modules of that in a 1.5 KB component held 1.5 GB).
@@ -144,6 +148,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     let mut init = crate::initializers::Initializers::default();
     // Parameters and results of each function type of the module being read.
     let mut type_slots: Vec<u64> = Vec::new();
+    let mut component = crate::component_types::ComponentTypes::default();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
@@ -155,6 +160,13 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
         }
         init.read(&payload).map_err(invalid)?;
         shape.add_init_checked(init.items, limits)?;
+        component.read(&payload).map_err(invalid)?;
+        if component.adapter_units > MAX_ADAPTER_UNITS {
+            return Err(ExecError::CompileLimit(format!(
+                "the function types of its canonical lifts and lowers add up to an effective size of {}, over the limit of {MAX_ADAPTER_UNITS}",
+                component.adapter_units
+            )));
+        }
         // A component's core instances share one store, and its limits: the tables of all count.
         let tables = shape.table_elements.saturating_add(init.table_elements);
         if tables > crate::limits::MAX_TABLE_ELEMENTS {
