@@ -42,11 +42,7 @@ impl ComponentTypes {
                     self.scopes.push(Vec::new());
                 }
             }
-            Payload::End(_) => {
-                if self.open.pop() == Some(Encoding::Component) {
-                    self.scopes.pop();
-                }
-            }
+            Payload::End(_) => self.close(),
             Payload::ComponentTypeSection(r) => {
                 for ty in r.clone() {
                     let ty = ty?;
@@ -101,6 +97,13 @@ impl ComponentTypes {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The innermost binary ends (a component's type index space with it).
+    fn close(&mut self) {
+        if self.open.pop() == Some(Encoding::Component) {
+            self.scopes.pop();
+        }
     }
 
     fn push(&mut self, size: u64) {
