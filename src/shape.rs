@@ -57,6 +57,10 @@ pub const MAX_CANONICAL_FUNCTIONS: u64 = 2_000;
 /// (`component_types`): an adapter's compile grows with it, ~1 us a unit (ten adapters of a
 /// record of 990 records of 1,000 fields, a few KB, took 12.5 s).
 pub const MAX_ADAPTER_UNITS: u64 = 100_000;
+/// Most component instances once flattened, through every level of nesting
+/// (`component_types`): each is built again with its adapters and core instances. Composed
+/// components have a handful.
+pub const MAX_COMPONENT_INSTANCES: u64 = 100;
 /// Memory images beyond this plus twice the module's size are refused: wasmtime builds one for a
 /// memory whose data segments span under 16 MiB however little data they hold (two bytes 16 MiB
 /// apart: a 16 MiB image from 30 bytes; 40 core modules of that in a 1.5 KB component held 1.5 GB).
@@ -161,6 +165,12 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
         init.read(&payload).map_err(invalid)?;
         shape.add_init_checked(init.items, limits)?;
         component.read(&payload).map_err(invalid)?;
+        if component.component_instances > MAX_COMPONENT_INSTANCES {
+            return Err(ExecError::CompileLimit(format!(
+                "its nested components make {} component instances once flattened, over the limit of {MAX_COMPONENT_INSTANCES}",
+                component.component_instances
+            )));
+        }
         if component.adapter_units > MAX_ADAPTER_UNITS {
             return Err(ExecError::CompileLimit(format!(
                 "the function types of its canonical lifts and lowers add up to an effective size of {}, over the limit of {MAX_ADAPTER_UNITS}",
