@@ -198,43 +198,43 @@ impl ComponentTypes {
                 size
             }
             ComponentType::Component(decls) => {
-                let mut local = Vec::new();
-                for d in decls.iter() {
-                    let size = match d {
-                        ComponentTypeDeclaration::Type(t) => Some(self.type_size(t, Some(&local))),
-                        ComponentTypeDeclaration::Alias(a) => type_alias(a).then_some(self.max_type),
-                        ComponentTypeDeclaration::Export { ty: ComponentTypeRef::Type(b), .. }
-                        | ComponentTypeDeclaration::Import(wasmparser::ComponentImport { ty: ComponentTypeRef::Type(b), .. }) => {
-                            Some(self.bounds(b, Some(&local)))
-                        }
-                        _ => None,
-                    };
-                    if let Some(size) = size {
-                        self.max_type = self.max_type.max(size.min(SATURATED));
-                        local.push(size.min(SATURATED));
-                    }
-                }
+                self.declarations(decls.iter().map(|d| match d {
+                    ComponentTypeDeclaration::Type(t) => Decl::Type(t),
+                    ComponentTypeDeclaration::Alias(a) => Decl::Alias(a),
+                    ComponentTypeDeclaration::Export { ty: ComponentTypeRef::Type(b), .. }
+                    | ComponentTypeDeclaration::Import(wasmparser::ComponentImport { ty: ComponentTypeRef::Type(b), .. }) => Decl::Bounds(b),
+                    _ => Decl::Other,
+                }));
                 1
             }
             ComponentType::Instance(decls) => {
-                let mut local = Vec::new();
-                for d in decls.iter() {
-                    let size = match d {
-                        InstanceTypeDeclaration::Type(t) => Some(self.type_size(t, Some(&local))),
-                        InstanceTypeDeclaration::Alias(a) => type_alias(a).then_some(self.max_type),
-                        InstanceTypeDeclaration::Export { ty: ComponentTypeRef::Type(b), .. } => Some(self.bounds(b, Some(&local))),
-                        _ => None,
-                    };
-                    if let Some(size) = size {
-                        self.max_type = self.max_type.max(size.min(SATURATED));
-                        local.push(size.min(SATURATED));
-                    }
-                }
+                self.declarations(decls.iter().map(|d| match d {
+                    InstanceTypeDeclaration::Type(t) => Decl::Type(t),
+                    InstanceTypeDeclaration::Alias(a) => Decl::Alias(a),
+                    InstanceTypeDeclaration::Export { ty: ComponentTypeRef::Type(b), .. } => Decl::Bounds(b),
+                    _ => Decl::Other,
+                }));
                 1
             }
             ComponentType::Resource { .. } => 1,
         };
         size.min(SATURATED)
+    }
+
+    /// Reads a component or instance type's declarations in an index space of their own.
+    fn declarations<'d>(&mut self, decls: impl Iterator<Item = Decl<'d>>) {
+        let mut local = Vec::new();
+        for d in decls {
+            let size = match d {
+                Decl::Type(t) => self.type_size(t, Some(&local)),
+                Decl::Alias(a) if type_alias(a) => self.max_type,
+                Decl::Bounds(b) => self.bounds(b, Some(&local)),
+                Decl::Alias(_) | Decl::Other => continue,
+            }
+            .min(SATURATED);
+            self.max_type = self.max_type.max(size);
+            local.push(size);
+        }
     }
 
     fn defined(&self, d: &ComponentDefinedType, decl: Option<&[u64]>) -> u64 {
@@ -254,6 +254,16 @@ impl ComponentTypes {
             ComponentDefinedType::Future(v) | ComponentDefinedType::Stream(v) => 1 + v.as_ref().map_or(0, |v| self.value(v, decl)),
         }
     }
+}
+
+/// What a declaration in a component or instance type adds to its type index space.
+enum Decl<'d> {
+    Type(&'d ComponentType<'d>),
+    Alias(&'d ComponentAlias<'d>),
+    /// An import or export of a type.
+    Bounds(&'d TypeBounds),
+    /// Nothing (a core type, a function, an instance).
+    Other,
 }
 
 /// Whether an alias adds to the component type index space (aliases of core types, modules,

@@ -279,6 +279,8 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
         }
     }
     shape.add_init(init.items, limits)?;
+    shape.table_elements = shape.table_elements.saturating_add(init.table_elements);
+    shape.image_bytes = shape.image_bytes.saturating_add(init.image_bytes);
     Ok(shape)
 }
 
