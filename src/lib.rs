@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod call;
 pub mod capabilities;
 pub mod compile;
+pub mod compiled_module;
 pub mod component_types;
 pub mod digest;
 pub mod durable;

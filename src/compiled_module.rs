@@ -1,0 +1,173 @@
+//! A module compiled for one engine, checked against the host and its guest ABI and pre-linked:
+//! what the module cache holds and instances are made from.
+
+use std::sync::Arc;
+
+use wasmtime::{InstancePre, Module};
+
+use crate::abi::{self, Abi};
+use crate::digest::Digest;
+use crate::engine::EngineKind;
+use crate::error::ExecError;
+use crate::host::{check_imports, linker, HostState};
+use crate::inline;
+
+/// A module compiled for one engine, ready to instantiate.
+pub struct CompiledModule {
+    /// Bytes of compiled code it holds in memory (for the cache's byte bound).
+    pub code_bytes: usize,
+    pub digest: Digest,
+    /// The engine its code is for (a baseline engine when its shape needed one).
+    pub kind: EngineKind,
+    pub code: Code,
+    /// WASI preview1 functions it imports (it runs only when granted env or filesystem).
+    pub wasi_imports: Vec<String>,
+    /// Host functions it imports (each granted per definition).
+    pub host_imports: Vec<crate::host_functions::HostImport>,
+    /// The HTTP function it imports, if any.
+    pub network_import: Option<String>,
+    /// Whether it has a start function (a trap while instantiating one without is a segment that
+    /// does not fit: an invalid module, not a guest trap).
+    pub has_start: bool,
+    /// Linear memory it starts with, in bytes (all memories).
+    pub initial_memory_bytes: u64,
+    /// The guest ABI its imports and exports fit (or why none does: said when a call needs it,
+    /// since a definition may force one with `abi`).
+    pub detected: Result<Abi, ExecError>,
+    /// What it exports for snapshots (its memory and every mutable global).
+    pub state: Arc<crate::instrument::StateExports>,
+    /// Its memory right after instantiation (what snapshots are taken against), once asked for.
+    pub initial_image: tokio::sync::OnceCell<Vec<u8>>,
+    /// Its inline back-off.
+    pub inline: inline::Gate,
+    /// Compiled from bytes in which no instruction changes a table or drops a segment: an
+    /// instance's whole state is its memory, its globals and the ABI's host-side state, so an
+    /// actor can move to another instance of it (tier-up). False when unknown (an artifact).
+    pub state_in_memory: bool,
+}
+
+/// Compiled code, pre-linked: a core module or a component.
+pub enum Code {
+    Core(InstancePre<HostState>),
+    Component(wasmtime::component::InstancePre<HostState>),
+}
+
+impl Code {
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Code::Core(pre) => pre.module().engine(),
+            Code::Component(pre) => pre.component().engine(),
+        }
+    }
+
+    /// wasmtime's serialized form (a compiled artifact's body).
+    pub fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Code::Core(pre) => pre.module().serialize(),
+            Code::Component(pre) => pre.component().serialize(),
+        }
+    }
+
+    pub fn is_component(&self) -> bool {
+        matches!(self, Code::Component(_))
+    }
+}
+
+/// What comes out of compiling (or deserializing) bytes, before it is checked and pre-linked.
+pub enum Compiled {
+    Core(Module),
+    Component(wasmtime::component::Component),
+}
+
+impl CompiledModule {
+    /// The ABI a call runs it with: the definition's `abi` if it fits, else the detected one.
+    pub fn abi_for(&self, forced: Option<Abi>) -> Result<Abi, ExecError> {
+        match (forced, &self.code) {
+            (Some(abi), _) if Ok(abi) == self.detected => Ok(abi),
+            (Some(abi), Code::Core(pre)) => abi::detect(pre.module(), Some(abi)),
+            (Some(abi), Code::Component(_)) => {
+                Err(ExecError::MissingExport(format!("a component cannot run with the {} ABI", abi.name())))
+            }
+            (None, _) => self.detected.clone(),
+        }
+    }
+}
+
+
+/// Checks compiled code against the host and the guest ABI and pre-links it.
+pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
+    let module = match compiled {
+        Compiled::Core(module) => module,
+        Compiled::Component(component) => return prepare_component(component, digest, kind),
+    };
+    let imports = check_imports(&module)?;
+    let detected = abi::detect(&module, None);
+    let base = linker(kind)?;
+    let linked;
+    let linker = if imports.host.is_empty() {
+        base
+    } else {
+        linked = crate::host_functions::link(base, &module, &imports.host)?;
+        &linked
+    };
+    let pre = linker
+        .instantiate_pre(&module)
+        .map_err(|e| ExecError::InvalidModule(format!("cannot link: {e:#}")))?;
+    let range = module.image_range();
+    let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
+    let res = module.resources_required();
+    let initial_memory_bytes =
+        (res.num_memories as u64).saturating_mul(res.max_initial_memory_size.unwrap_or(0).saturating_mul(65536));
+    let state = Arc::new(crate::instrument::StateExports::of(&module));
+    Ok(CompiledModule {
+        code_bytes,
+        digest,
+        kind,
+        code: Code::Core(pre),
+        wasi_imports: imports.wasi,
+        host_imports: imports.host,
+        network_import: imports.network,
+        has_start,
+        initial_memory_bytes,
+        detected,
+        state,
+        initial_image: tokio::sync::OnceCell::new(),
+        inline: inline::Gate::default(),
+        state_in_memory: false,
+    })
+}
+
+fn prepare_component(
+    component: wasmtime::component::Component,
+    digest: Digest,
+    kind: EngineKind,
+) -> Result<CompiledModule, ExecError> {
+    let engine = component.engine().clone();
+    let http = abi::component::check(&component, &engine)?;
+    let pre = abi::component::linker(kind)?
+        .instantiate_pre(&component)
+        .map_err(|e| ExecError::InvalidModule(format!("cannot link the component: {e:#}")))?;
+    let range = component.image_range();
+    let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
+    let res = component.resources_required();
+    let initial_memory_bytes = res
+        .map(|r| (r.num_memories as u64).saturating_mul(r.max_initial_memory_size.unwrap_or(0).saturating_mul(65536)))
+        // Not known until instantiation: assume large (it starts on a guest thread).
+        .unwrap_or(u64::MAX);
+    Ok(CompiledModule {
+        code_bytes,
+        digest,
+        kind,
+        code: Code::Component(pre),
+        wasi_imports: Vec::new(),
+        host_imports: Vec::new(),
+        network_import: http,
+        has_start: true,
+        initial_memory_bytes,
+        detected: Ok(Abi::Component),
+        state: Default::default(),
+        initial_image: tokio::sync::OnceCell::new(),
+        inline: inline::Gate::default(),
+        state_in_memory: false,
+    })
+}
