@@ -31,6 +31,7 @@ pub mod instrument;
 pub mod limits;
 pub mod modules;
 pub mod network;
+pub mod open_files;
 pub mod options;
 pub mod output;
 pub mod permit;

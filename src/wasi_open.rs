@@ -37,10 +37,12 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, Host as _, HostDescriptor, NewTimestamp, OpenFlags, PathFlags,
 };
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::ReaddirIterator;
+use wasmtime_wasi::{WasiCtxBuilder, WasiView as _};
 use wiggle::{GuestMemory, GuestPtr};
 
 use crate::host::{HostState, WASI_P1 as P1};
+use crate::open_files::{self, Refusal};
 
 /// A granted directory's lock: held for reading from a path's look to its open, for writing by
 /// renames, links and symlinks.
@@ -119,6 +121,23 @@ async fn look_p1(ctx: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>, fd: i32, flags:
     }
 }
 
+/// Refuses an open past the descriptors its instance or the process may hold (`open_files`) with
+/// what the OS would answer, preview 1 (its table holds only WASI's files, directories and stdio).
+fn admit_p1(ctx: &mut WasiP1Ctx) -> Option<i32> {
+    match open_files::admit(ctx.ctx().table.iter_mut().count()) {
+        Ok(()) => None,
+        Err(Refusal::Instance) => Some(Errno::Mfile as i32),
+        Err(Refusal::Process) => Some(Errno::Nfile as i32),
+    }
+}
+
+/// The same, preview 2: a component's table also holds its streams and HTTP resources, so only
+/// descriptors and directory streams count; the answer is what an OS `EMFILE` becomes (`io`).
+fn admit_p2(view: &mut View<'_>) -> Result<(), ErrorCode> {
+    let held = view.table.iter_mut().filter(|e| e.is::<Descriptor>() || e.is::<ReaddirIterator>()).count();
+    open_files::admit(held).map_err(|_| ErrorCode::Io)
+}
+
 /// Shadows preview 1's functions that open or rename paths in a core module's `linker` (after
 /// `p1::add_to_linker_async`).
 pub fn shadow_p1(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -137,6 +156,9 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let exclusive = Oflags::from_bits_truncate(oflags as u16).contains(Oflags::CREAT | Oflags::EXCL);
             let lock = caller.data().paths.clone().filter(|_| !exclusive);
             let _paths = read(&lock).await;
+            if let Some(errno) = admit_p1(parts(&mut caller)?.0) {
+                return Ok(errno);
+            }
             if !exclusive {
                 let (ctx, mut mem) = parts(&mut caller)?;
                 if let Some(errno) = look_p1(ctx, &mut mem, fd, dirflags, path, len).await? {
@@ -250,6 +272,9 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
                 let lock = store.data().paths.clone().filter(|_| !exclusive);
                 let _paths = read(&lock).await;
                 let mut view = store.data_mut().filesystem();
+                if let Err(code) = admit_p2(&mut view) {
+                    return Ok((Err(code),));
+                }
                 if !exclusive {
                     if let Err(code) = look_p2(&mut view, &dir, path_flags, &path).await {
                         return Ok((Err(code),));
@@ -276,6 +301,20 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
                     }
                 }
                 let r = HostDescriptor::set_times_at(&mut view, dir, path_flags, path, atim, mtim).await;
+                answer(&mut view, r)
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.read-directory",
+        |mut store: StoreContextMut<'_, HostState>, (dir,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                // Its stream holds a descriptor of its own until the guest drops it.
+                let mut view = store.data_mut().filesystem();
+                if let Err(code) = admit_p2(&mut view) {
+                    return Ok((Err(code),));
+                }
+                let r = HostDescriptor::read_directory(&mut view, dir).await;
                 answer(&mut view, r)
             })
         },

@@ -1,0 +1,103 @@
+// Hostile review rounds J and K: each test reproduces a way through that a reviewer found, and
+// failed on the code from before its fix.
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def } from './helpers'
+import { guestWat } from './wat'
+
+const dirs: string[] = []
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'loom-sandbox-3-'))
+  dirs.push(d)
+  writeFileSync(join(d, 'f'), 'x')
+  return d
+}
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true })
+})
+
+/** An output of `$num`: an AS string of the decimal of n (the guest's answer is a JSON number). */
+const NUM = `
+  (func $num (param $n i32) (result i32)
+    (local $p i32) (local $len i32) (local $t i32) (local $i i32)
+    (local.set $t (local.get $n)) (local.set $len (i32.const 1))
+    (block $d (loop $l (local.set $t (i32.div_u (local.get $t) (i32.const 10)))
+      (br_if $d (i32.eqz (local.get $t))) (local.set $len (i32.add (local.get $len) (i32.const 1))) (br $l)))
+    (local.set $p (call $new (i32.shl (local.get $len) (i32.const 1)) (i32.const 2)))
+    (local.set $i (local.get $len))
+    (loop $w
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (i32.store16 (i32.add (local.get $p) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.add (i32.const 48) (i32.rem_u (local.get $n) (i32.const 10))))
+      (local.set $n (i32.div_u (local.get $n) (i32.const 10)))
+      (br_if $w (i32.gt_u (local.get $i) (i32.const 0))))
+    (local.get $p))`
+
+/** A guest that opens its preopened directory (fd 3) `times` times, closing each one it opened
+ * when `close`; it answers `opened * 100 + the errno that stopped it` (0 if none did). */
+function opener(times: number, close: boolean): Promise<Buffer> {
+  return guestWat(
+    `${NUM}
+    (data (i32.const 64) ".")
+    (func (export "execute") (param i32) (result i32) (local $i i32) (local $errno i32)
+      (block $out (loop $l
+        (br_if $out (i32.ge_u (local.get $i) (i32.const ${times})))
+        (local.set $errno (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 1)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 128)))
+        (br_if $out (local.get $errno))
+        ${close ? '(drop (call $close (i32.load (i32.const 128))))' : ''}
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (call $num (i32.add (i32.mul (local.get $i) (i32.const 100)) (local.get $errno))))`,
+    `(import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+     (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))`,
+  )
+}
+
+const EMFILE = 33
+const ENFILE = 41
+
+describe('J1. descriptors a guest may hold', () => {
+  it('an instance holds at most 1024 open files; a second actor still opens its own, and closing frees them', async () => {
+    const dir = tempDir()
+    const blobs: Record<string, Buffer> = { 'keep.wasm': await opener(5000, false), 'close.wasm': await opener(5000, true) }
+    const ex = new WasmActivityExecutor({ download: async (p: string) => blobs[p] }, { filesystem: { hostDir: dir } })
+    const keep = def('keep', { capabilities: { filesystem: true } })
+    for (const actorId of ['a', 'b']) {
+      const output = await ex.execute(keep, {}, { actorId })
+      // Refused with EMFILE once its table (stdio and the preopen included) holds 1024.
+      expect(output % 100).toBe(EMFILE)
+      expect(Math.floor(output / 100)).toBeGreaterThan(1000)
+      expect(Math.floor(output / 100)).toBeLessThan(1024)
+    }
+    // The kept actor still holds its files: a second call of it is refused at once.
+    expect(await ex.execute(keep, {}, { actorId: 'a' })).toBe(EMFILE)
+    // A guest that closes what it opens may open any number of times.
+    expect(await ex.execute(def('close', { capabilities: { filesystem: true } }), {})).toBe(5000 * 100)
+    await ex.close()
+  })
+
+  it("guests never take the process's last descriptors: with `ulimit -n 256`, Node still opens files and other guests still run", () => {
+    const dir = tempDir()
+    return opener(5000, false).then((wasm) => {
+      const path = join(dir, 'flood.wasm')
+      writeFileSync(path, wasm)
+      const fixture = join(__dirname, 'fixtures', 'descriptor-flood.cjs')
+      const r = spawnSync('bash', ['-c', `ulimit -n 256 && exec "${process.execPath}" "${fixture}" "${path}" "${dir}"`], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      })
+      expect(r.status, r.stderr).toBe(0)
+      const out = JSON.parse(r.stdout.trim().split('\n').pop()!)
+      // The guest was stopped by the process's reserve (the top quarter, from 192 on), not its own bound.
+      expect(out.got % 100).toBe(ENFILE)
+      expect(Math.floor(out.got / 100)).toBeLessThan(192)
+      expect(out.hostError).toBe(null)
+      expect(out.hostOpened).toBe(32)
+      expect(out.echoed).toEqual({ result: 'hi', length: 2, executedBy: 'WASM' })
+    })
+  }, 60_000)
+})
