@@ -278,7 +278,7 @@ export interface WasmExecutorError extends Error {
   trapKind?: string
   /** BLOB_NOT_FOUND, BLOB_UNAVAILABLE, INTEGRITY_MISMATCH: the path asked for. */
   path?: string
-  /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have; SNAPSHOT_MISMATCH: the definition's module and the snapshot's. */
+  /** INTEGRITY_MISMATCH: the sha256 the definition pinned and the one the bytes have; SNAPSHOT_MISMATCH: the definition's module and the one the snapshot (or the live actor's state) is of. */
   expected?: string
   actual?: string
   /** HOST_FUNCTION_ERROR: the host function that failed (`'crm.lookup'`) and its JS error's `code`, if any. */

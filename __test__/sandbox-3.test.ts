@@ -1,12 +1,13 @@
 // Hostile review rounds J and K: each test reproduces a way through that a reviewer found, and
 // failed on the code from before its fix.
 import { spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { WasmActivityExecutor } from '../index'
-import { def } from './helpers'
+import { ObjectBlobStore, WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
 import { guestWat } from './wat'
 
 const dirs: string[] = []
@@ -100,4 +101,49 @@ describe('J1. descriptors a guest may hold', () => {
       expect(out.echoed).toEqual({ result: 'hi', length: 2, executedBy: 'WASM' })
     })
   }, 60_000)
+})
+
+/** The counter actor with a custom section appended: the same code, other bytes (another sha256). */
+function counterWithSection(): Buffer {
+  const name = Buffer.from('other')
+  return Buffer.concat([guest('counter-actor'), Buffer.from([0, name.length + 1, name.length]), name])
+}
+
+describe('K1. an actor whose module changes under it keeps its state', () => {
+  const inc = { action: 'increment', amount: 1 }
+
+  for (const kind of ['plain', 'transactional', 'durable'] as const) {
+    it(`${kind}: a call on other bytes is SNAPSHOT_MISMATCH, the state is kept, and the old bytes go on from it`, async () => {
+      const store = new MemoryBlobStore()
+      await store.upload('counter.wasm', guest('counter-actor'))
+      const actorStore = kind === 'durable' ? new ObjectBlobStore(`file://${tempDir()}`) : undefined
+      const ex = new WasmActivityExecutor(store, { actorStore, transactional: kind === 'transactional' })
+      const d = def('counter')
+      for (let i = 0; i < 5; i++) await ex.execute(d, inc, { actorId: 'a' })
+      // New bytes at the same path, the cache cleared: the actor's state is of the old module.
+      await store.upload('counter.wasm', counterWithSection())
+      ex.clearCache()
+      const e = await failure(ex.execute(d, inc, { actorId: 'a' }))
+      expect(e.code).toBe('SNAPSHOT_MISMATCH')
+      expect(e.actual).toBe(createHash('sha256').update(guest('counter-actor')).digest('hex'))
+      expect(e.expected).toBe(createHash('sha256').update(counterWithSection()).digest('hex'))
+      // A new actor runs on the new bytes.
+      expect((await ex.execute(d, inc, { actorId: 'b' })).count).toBe(1)
+      // Back on the old bytes, the actor goes on from 5 (a durable one's stored state too).
+      await store.upload('counter.wasm', guest('counter-actor'))
+      ex.clearCache()
+      expect((await ex.execute(d, inc, { actorId: 'a' })).count).toBe(6)
+      if (actorStore) {
+        const other = new WasmActivityExecutor(store, { actorStore })
+        expect((await other.execute(d, { action: 'get' }, { actorId: 'a' })).count).toBe(6)
+        await other.close()
+      }
+      // dropActor lets it start on the new bytes.
+      await store.upload('counter.wasm', counterWithSection())
+      ex.clearCache()
+      expect(await ex.dropActor(d, 'a')).toBe(true)
+      expect((await ex.execute(d, inc, { actorId: 'a' })).count).toBe(1)
+      await ex.close()
+    })
+  }
 })

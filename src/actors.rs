@@ -44,6 +44,13 @@ pub struct ActorState {
     pub pristine: bool,
 }
 
+impl ActorState {
+    /// The module its state is of, if it holds any (its live instance, else its shadow).
+    pub fn state_digest(&self) -> Option<crate::digest::Digest> {
+        self.instance.as_ref().map(|i| i.digest).or_else(|| self.shadow.as_ref().map(|(d, _)| *d))
+    }
+}
+
 /// Watches an actor's memory across calls.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Growth {

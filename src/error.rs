@@ -79,7 +79,7 @@ pub enum ExecError {
     #[error("snapshot invalid: {0}")]
     SnapshotInvalid(String),
     /// A snapshot was taken of another module than the definition's.
-    #[error("snapshot mismatch: the snapshot is of module sha256 {actual}, the definition's is {expected}")]
+    #[error("snapshot mismatch: the actor's state (or snapshot) is of module sha256 {actual}, the definition's is {expected}")]
     SnapshotMismatch { expected: String, actual: String },
     /// Another worker advanced this actor in its store first: its state here is stale (dropped);
     /// the next call reloads it.
