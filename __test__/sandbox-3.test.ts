@@ -147,3 +147,42 @@ describe('K1. an actor whose module changes under it keeps its state', () => {
     })
   }
 })
+
+describe('K3. state a snapshot cannot hold', () => {
+  /** Calls the function in table slot 0 (first `one`, answering 1), then puts `two` there. */
+  const tableSetter = () =>
+    guestWat(`${NUM}
+      (type $t (func (result i32)))
+      (table 1 funcref)
+      (elem (i32.const 0) $one)
+      (elem declare func $two)
+      (func $one (result i32) (i32.const 1))
+      (func $two (result i32) (i32.const 2))
+      (func (export "execute") (param i32) (result i32) (local $v i32)
+        (local.set $v (call_indirect (type $t) (i32.const 0)))
+        (table.set (i32.const 0) (ref.func $two))
+        (call $num (local.get $v)))`)
+
+  it('a module that changes its tables runs as a plain actor, and transactional, durable and snapshot calls are refused, from an artifact too', async () => {
+    const wasm = await tableSetter()
+    const blobs = { download: async () => wasm }
+    const cacheDir = tempDir()
+    const d = def('tables')
+    for (const round of ['compiled', 'from the artifact']) {
+      const ex = new WasmActivityExecutor(blobs, { cacheDir })
+      // A plain actor keeps its table: 1, then 2.
+      expect(await ex.execute(d, {}, { actorId: 'p' })).toBe(1)
+      expect(await ex.execute(d, {}, { actorId: 'p' })).toBe(2)
+      // A rollback would restore memory and globals onto the initial table, silently.
+      const t = await failure(ex.execute(d, {}, { actorId: 't', transactional: true }))
+      expect(t.code, round).toBe('INVALID_ARGUMENT')
+      expect(t.message).toContain('changes tables or drops segments')
+      expect((await failure(ex.snapshotActor(d, 'p'))).code).toBe('INVALID_ARGUMENT')
+      const durable = new WasmActivityExecutor(blobs, { cacheDir, actorStore: new ObjectBlobStore(`file://${tempDir()}`) })
+      expect((await failure(durable.execute(d, {}, { actorId: 'd' }))).code).toBe('INVALID_ARGUMENT')
+      if (round === 'from the artifact') expect(ex.cacheStats().artifactHits).toBeGreaterThan(0)
+      await ex.close()
+      await durable.close()
+    }
+  })
+})

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Engine, Module};
 
+use crate::compiled_module::Facts;
 use crate::modules::{Code, Compiled};
 
 use crate::digest::{hex, same, ArtifactTag, Digest};
@@ -53,6 +54,8 @@ pub fn fingerprint(engine: &Engine) -> String {
     h.write(env!("CARGO_PKG_VERSION").as_bytes());
     // What modules are rewritten into before compiling (see `instrument`).
     h.write(b"instrumentation 1");
+    // Artifacts before the flag of state outside memory said nothing of it.
+    h.write(b"state flag 1");
     // How artifacts are sealed: another format is another name, so two versions sharing a store
     // (a rolling deploy) never overwrite each other's artifacts as invalid.
     h.write(MAGIC);
@@ -63,9 +66,18 @@ fn tag(key: &[u8], name: &str, flags: u8, body: &[u8]) -> Digest {
     ArtifactTag::of(key, &[MAGIC, name.as_bytes(), &[flags], body])
 }
 
-/// Flags byte: bit 0, the module has a start function; bit 1, it is a component.
+/// Flags byte: bit 0, the module has a start function; bit 1, it is a component; bit 2, its
+/// instructions change tables or drop segments (its state is not all in memory and globals).
 pub(crate) const HAS_START: u8 = 1;
 pub(crate) const COMPONENT: u8 = 2;
+pub(crate) const STATE_OUTSIDE_MEMORY: u8 = 4;
+/// Every flag.
+pub(crate) const FLAGS: u8 = HAS_START | COMPONENT | STATE_OUTSIDE_MEMORY;
+
+/// The facts an artifact's flags hold.
+pub(crate) fn facts_of(flags: u8) -> Facts {
+    Facts { has_start: flags & HAS_START != 0, state_in_memory: flags & STATE_OUTSIDE_MEMORY == 0 }
+}
 
 /// Wraps serialized bytes with their flags and tag.
 fn seal(key: &[u8], name: &str, mut bytes: Vec<u8>, flags: u8) -> Vec<u8> {
@@ -82,7 +94,7 @@ fn unseal<'a>(key: &[u8], name: &str, bytes: &'a [u8]) -> Option<(&'a [u8], u8)>
     let (body, trailer) = bytes.split_at(body_len);
     let (flags, rest) = trailer.split_at(1);
     let (mac, magic) = rest.split_at(32);
-    (magic == MAGIC && flags[0] <= (HAS_START | COMPONENT) && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0]))
+    (magic == MAGIC && flags[0] <= FLAGS && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0]))
 }
 
 /// Where artifacts live and the key that authenticates them.
@@ -136,10 +148,10 @@ impl ArtifactCache {
         format!("{}-{}.cwasm", hex(digest), fingerprint(engine))
     }
 
-    /// Compiled code (and whether it has a start function) from the nearest tier that has an
+    /// Compiled code (and what its flags say of the module) from the nearest tier that has an
     /// authentic artifact.
-    pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, bool)> {
-        self.load_sealed(digest, engine).await.map(|(c, checked)| (c, checked.has_start()))
+    pub async fn load(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, Facts)> {
+        self.load_sealed(digest, engine).await.map(|(c, checked)| (c, checked.facts()))
     }
 
     /// The same, with the artifact as checked (its sealed copy, or its authenticated bytes), which
@@ -182,10 +194,12 @@ impl ArtifactCache {
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
     /// written only costs a compile later).
-    pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, has_start: bool) -> Result<(), ExecError> {
+    pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = Self::name(digest, engine);
-        let flags = if has_start { HAS_START } else { 0 } | if code.is_component() { COMPONENT } else { 0 };
+        let flags = if facts.has_start { HAS_START } else { 0 }
+            | if code.is_component() { COMPONENT } else { 0 }
+            | if facts.state_in_memory { 0 } else { STATE_OUTSIDE_MEMORY };
         let body = code.serialize().map_err(ExecError::internal)?;
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
@@ -307,8 +321,8 @@ impl CheckedBytes {
         Some(CheckedBytes { sealed, flags })
     }
 
-    fn has_start(&self) -> bool {
-        self.flags & HAS_START != 0
+    fn facts(&self) -> Facts {
+        facts_of(self.flags)
     }
 
     /// The code, for `engine`; None if wasmtime refuses it (another fingerprint, say).
@@ -328,10 +342,10 @@ impl CheckedBytes {
 }
 
 impl Checked {
-    pub(crate) fn has_start(&self) -> bool {
+    pub(crate) fn facts(&self) -> Facts {
         match self {
-            Checked::Sealed(copy) => copy.has_start(),
-            Checked::Bytes(bytes) => bytes.has_start(),
+            Checked::Sealed(copy) => copy.facts(),
+            Checked::Bytes(bytes) => bytes.facts(),
         }
     }
 

@@ -95,8 +95,8 @@ async fn disk_tier_round_trips_and_discards_forged_files() {
     let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("disk");
     let digest = [7u8; 32];
     assert!(cache.load(&digest, e).await.is_none());
-    cache.save(&digest, e, &module.code, false).await.expect("saved");
-    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), false))));
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
+    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), Facts { has_start: false, state_in_memory: true }))));
     let path = dir.join(ArtifactCache::name(&digest, e));
     let mut bytes = std::fs::read(&path).expect("written");
     let mid = bytes.len() / 2;
@@ -119,7 +119,8 @@ async fn saved_remotely(
     let e = engine(EngineKind::Plain).expect("engine");
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
     let name = ArtifactCache::name(digest, e);
-    cache.save(digest, e, &module.code, has_start).await.expect("saved");
+    let facts = crate::compiled_module::Facts { has_start, ..module.facts() };
+    cache.save(digest, e, &module.code, facts).await.expect("saved");
     let stored = store.get(&name).await.expect("stored").to_vec();
     (cache, module, name, stored)
 }
@@ -139,7 +140,7 @@ async fn a_downloaded_artifact_loads_into_the_twin_from_its_checked_bytes_not_a_
         panic!("the checked bytes load again")
     };
     assert!(again.serialize().expect("serializes").starts_with(&good[..good.len() - TRAILER]));
-    assert!(checked.has_start());
+    assert!(checked.facts().has_start);
     assert!(checked.load(engine(EngineKind::Metered).expect("metered")).is_none(), "another fingerprint is refused");
     // What the store holds now is not an artifact: refused, nothing checked to keep.
     assert!(cache.load_sealed(&digest, e).await.is_none());
@@ -191,7 +192,7 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
     let InPlace::Loaded(Compiled::Core(m), sealed) = in_place_blocking(e, &key, &name, &path) else {
         panic!("an authentic artifact loads")
     };
-    assert!(sealed.has_start(), "saved with a start function");
+    assert!(sealed.facts().has_start, "saved with a start function");
     // The file cut short and rewritten while the module lives: the module maps the sealed
     // copy, so reading every page of it (serialize) neither faults nor sees the change.
     std::fs::write(&path, b"short").expect("rewrite");
@@ -203,7 +204,7 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
     let Some((Compiled::Core(_), sealed @ Checked::Sealed(_))) = cache.load_sealed(&digest, e).await else {
         panic!("loaded through a sealed copy")
     };
-    assert!(sealed.has_start());
+    assert!(sealed.facts().has_start);
     std::fs::write(&path, b"rewritten").expect("rewrite");
     let Some(Compiled::Core(again)) = sealed.load(engine(EngineKind::PlainUnpooled).expect("twin")) else {
         panic!("the sealed copy maps again")
@@ -261,9 +262,9 @@ async fn a_link_planted_as_the_temporary_file_is_not_written_through() {
     for n in 0..4096 {
         std::os::unix::fs::symlink(&victim, dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))).expect("link");
     }
-    cache.save(&digest, e, &module.code, false).await.expect("saved");
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
-    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), false))));
+    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), Facts { has_start: false, state_in_memory: true }))));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&victim);
 }

@@ -165,6 +165,9 @@ pub(crate) async fn run(
         held.guard.persisted = None;
     }
     let keep_shadow = p.transactional || p.durable.is_some();
+    if keep_shadow {
+        module.check_state_capturable()?;
+    }
     if !keep_shadow {
         held.guard.shadow = held.guard.shadow.take().filter(|_| held.guard.instance.is_none());
     }

@@ -16,6 +16,7 @@ use crate::abi;
 use crate::digest::{sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
+use crate::compiled_module::Facts;
 use crate::modules::{prepare, Compiled, CompiledModule, Loaded};
 use crate::shape::{self, CompileLimits, Shape};
 
@@ -50,7 +51,7 @@ fn compile_checked(bytes: &[u8], digest: Digest, kind: EngineKind, shape: &Shape
         let component = wasmtime::component::Component::new(engine(kind)?, bytes).map_err(|e| {
             ExecError::InvalidModule(format!("{e:#}"))
         })?;
-        return prepare(Compiled::Component(component), digest, kind, true);
+        return prepare(Compiled::Component(component), digest, kind, Facts { has_start: true, state_in_memory: false });
     }
     // The compiled module is the instrumented one: its whole state can be read and restored.
     let (instrumented, _) = crate::instrument::instrument(bytes)?;
@@ -65,9 +66,8 @@ fn compile_checked(bytes: &[u8], digest: Digest, kind: EngineKind, shape: &Shape
             ExecError::InvalidModule(e)
         }
     })?;
-    let mut prepared = prepare(Compiled::Core(module), digest, kind, shape.has_start)?;
-    prepared.state_in_memory = !shape.state_outside_memory;
-    Ok(prepared)
+    let facts = Facts { has_start: shape.has_start, state_in_memory: !shape.state_outside_memory };
+    prepare(Compiled::Core(module), digest, kind, facts)
 }
 
 /// One compile job in flight per (digest, engine) in the whole process (two compiles while a

@@ -42,8 +42,40 @@ pub struct CompiledModule {
     pub inline: inline::Gate,
     /// Compiled from bytes in which no instruction changes a table or drops a segment: an
     /// instance's whole state is its memory, its globals and the ABI's host-side state, so an
-    /// actor can move to another instance of it (tier-up). False when unknown (an artifact).
+    /// actor can move to another instance of it (tier-up), and its state can be captured and
+    /// restored (snapshots, transactional and durable calls). An artifact's flags carry it.
     pub state_in_memory: bool,
+}
+
+/// What a module's bytes said that its compiled code cannot (kept in an artifact's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    pub has_start: bool,
+    /// See `CompiledModule::state_in_memory`.
+    pub state_in_memory: bool,
+}
+
+impl CompiledModule {
+    pub fn facts(&self) -> Facts {
+        Facts { has_start: self.has_start, state_in_memory: self.state_in_memory }
+    }
+
+    /// Refuses what needs an instance's whole state (transactional and durable calls, snapshots)
+    /// for a module whose state is not all in its memory and globals: a component's is out of
+    /// reach, and a core module that changes tables or drops segments at run time would be
+    /// restored without those changes (its table.set undone by a rollback, silently).
+    pub fn check_state_capturable(&self) -> Result<(), ExecError> {
+        if self.state_in_memory || self.code.is_component() {
+            // (A component is refused where its state is read, with its own reason.)
+            return Ok(());
+        }
+        Err(ExecError::InvalidArgument(
+            "the module changes tables or drops segments at run time (table.set, table.grow, table.fill, table.copy, \
+             table.init, elem.drop or data.drop), state a snapshot cannot hold: no snapshots, transactional or durable \
+             calls for it"
+                .into(),
+        ))
+    }
 }
 
 /// Compiled code, pre-linked: a core module or a component.
@@ -95,7 +127,8 @@ impl CompiledModule {
 
 
 /// Checks compiled code against the host and the guest ABI and pre-links it.
-pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_start: bool) -> Result<CompiledModule, ExecError> {
+pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, facts: Facts) -> Result<CompiledModule, ExecError> {
+    let Facts { has_start, state_in_memory } = facts;
     let module = match compiled {
         Compiled::Core(module) => module,
         Compiled::Component(component) => return prepare_component(component, digest, kind),
@@ -133,7 +166,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, has_
         state,
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
-        state_in_memory: false,
+        state_in_memory,
     })
 }
 

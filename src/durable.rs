@@ -212,6 +212,7 @@ impl Executor {
     pub async fn snapshot_actor(self: &Arc<Self>, def: &Definition, actor_id: &str) -> Result<Vec<u8>, ExecError> {
         let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
         let (p, module, mut held) = self.hold_actor(def, &call).await?;
+        module.check_state_capturable()?;
         if let Some(instance) = held.guard.instance.as_mut() {
             if instance.digest == module.digest {
                 let state = instance.capture()?;
@@ -237,6 +238,7 @@ impl Executor {
     pub async fn restore_actor(self: &Arc<Self>, def: &Definition, actor_id: &str, bytes: &[u8]) -> Result<(), ExecError> {
         let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
         let (p, module, mut held) = self.hold_actor(def, &call).await?;
+        module.check_state_capturable()?;
         let state = snapshot::decode(bytes, &module.digest, initial_image(&module, &p).await?, p.limits.max_memory_bytes)?;
         let budget = Budget::starting_now(&p.limits);
         let mut fresh = instantiate(&module, &p, budget, &CancelFlag::new(), None, true).await?;

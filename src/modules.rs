@@ -166,8 +166,8 @@ async fn artifact_module(
 ) -> Option<(Result<CompiledModule, ExecError>, Checked)> {
     let engine = engine(kind).ok()?;
     let (compiled, checked) = artifacts.load_sealed(&digest, engine).await?;
-    let has_start = checked.has_start();
-    let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, has_start)).await.ok()?;
+    let facts = checked.facts();
+    let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, facts)).await.ok()?;
     Some((prepared, checked))
 }
 
@@ -446,7 +446,7 @@ impl ModuleCache {
         };
         // Best effort: a cache that cannot be written costs a compile later, not this call.
         if let Ok(engine) = engine(compiled.kind) {
-            let _ = self.artifacts.save(&digest, engine, &compiled.code, compiled.has_start).await;
+            let _ = self.artifacts.save(&digest, engine, &compiled.code, compiled.facts()).await;
         }
         Ok(compiled)
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::{Engine, Module};
 
-use crate::artifacts::{COMPONENT, HAS_START, MAGIC, TRAILER};
+use crate::artifacts::{COMPONENT, FLAGS, MAGIC, TRAILER};
 use crate::digest::same;
 use crate::modules::Compiled;
 
@@ -32,9 +32,9 @@ pub struct SealedCopy {
 }
 
 impl SealedCopy {
-    /// Whether the module has a start function.
-    pub fn has_start(&self) -> bool {
-        self.flags & HAS_START != 0
+    /// What its flags say of the module.
+    pub fn facts(&self) -> crate::compiled_module::Facts {
+        crate::artifacts::facts_of(self.flags)
     }
 
     /// The compiled code, mapped for `engine`; None if wasmtime refuses it (another
@@ -150,7 +150,7 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
     let (flags, rest) = trailer.split_at(1);
     let (mac, magic) = rest.split_at(32);
     let flags = flags[0];
-    if magic != MAGIC || flags > (HAS_START | COMPONENT) {
+    if magic != MAGIC || flags > FLAGS {
         return InPlace::Invalid;
     }
     // SAFETY: a plain system call with a NUL-terminated name; the descriptor it returns is owned

@@ -75,7 +75,7 @@ impl ModuleCache {
             };
             let Some(Ok(optimized)) = done else { return };
             if let Ok(engine) = engine(optimized.kind) {
-                let _ = artifacts.save(&digest, engine, &optimized.code, optimized.has_start).await;
+                let _ = artifacts.save(&digest, engine, &optimized.code, optimized.facts()).await;
             }
             let Some(state) = state.upgrade() else { return };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,7 +103,7 @@ impl ModuleCache {
         match done {
             Some(Ok(optimized)) => {
                 if let Ok(engine) = engine(optimized.kind) {
-                    let _ = self.artifacts.save(&optimized.digest, engine, &optimized.code, optimized.has_start).await;
+                    let _ = self.artifacts.save(&optimized.digest, engine, &optimized.code, optimized.facts()).await;
                 }
                 optimized
             }
