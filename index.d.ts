@@ -46,7 +46,10 @@ export interface ActivityDefinition {
     hostFunctions?: string[]
     /** The directory named by the executor's `options.filesystem`, as a WASI preopen. */
     filesystem?: boolean
-    /** Names of environment variables the guest may read through WASI (only those, if set). */
+    /**
+     * Names of environment variables the guest may read through WASI (only those, if set). Each must
+     * be offered by the executor's `options.env`, else `CAPABILITY_DENIED`.
+     */
     env?: string[]
   }
   limits?: {
@@ -177,6 +180,12 @@ export interface ExecutorOptions {
     /** Read-only unless true. `..` and symlinks cannot leave it either way. */
     writable?: boolean
   }
+  /**
+   * The environment variables definitions may ask for in `capabilities.env` (none by default):
+   * names of the process's variables (read at each call), or the variables themselves as
+   * `{ NAME: 'value' }` (the process's environment is then not read).
+   */
+  env?: string[] | Record<string, string>
 }
 
 /** What a host function gets besides its input. */

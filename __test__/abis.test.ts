@@ -194,7 +194,7 @@ describe('Extism plugins (C, built with zig cc)', () => {
       (unreachable)`,
       '(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))',
     )
-    const { ex } = await executorWith({ exits })
+    const { ex } = await executorWith({ exits }, { env: ['HOME'] })
     const d = def('exits', { capabilities: { env: ['HOME'] } })
     expect(await ex.execute(d, 1)).toBe(1)
     const e = await failure(ex.execute(d, 12))

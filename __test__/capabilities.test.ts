@@ -49,9 +49,33 @@ describe('env', () => {
   })
 
   it('capabilities.env exposes only the named variables', async () => {
-    const ex = new WasmActivityExecutor(await store())
+    const ex = new WasmActivityExecutor(await store(), { env: ['LOOM_TEST_VISIBLE', 'LOOM_TEST_UNSET', 'LOOM_TEST_HIDDEN'] })
     const out = await ex.execute(def('env', { capabilities: { env: ['LOOM_TEST_VISIBLE', 'LOOM_TEST_UNSET'] } }), {})
     expect(out).toEqual({ LOOM_TEST_VISIBLE: 'shown ✓' })
+  })
+
+  it("a definition is granted only variables the executor offers (options.env): the process's secrets stay out of reach", async () => {
+    // Definitions may come from workflow data; any of them could name AWS_SECRET_ACCESS_KEY.
+    const asks = def('env', { capabilities: { env: ['LOOM_TEST_HIDDEN'] } })
+    for (const options of [undefined, { env: ['LOOM_TEST_VISIBLE'] }, { env: { LOOM_TEST_VISIBLE: 'x' } }]) {
+      const e = await failure(new WasmActivityExecutor(await store(), options).execute(asks, {}))
+      expect(e.code).toBe('CAPABILITY_DENIED')
+      expect(e.message).toContain('LOOM_TEST_HIDDEN')
+    }
+    // Values the executor gives are what the guest reads; the process's are not read then.
+    const given = new WasmActivityExecutor(await store(), { env: { LOOM_TEST_HIDDEN: 'given', LOOM_TEST_VISIBLE: 'also ✓' } })
+    const out = await given.execute(def('env', { capabilities: { env: ['LOOM_TEST_HIDDEN', 'LOOM_TEST_VISIBLE'] } }), {})
+    expect(out).toEqual({ LOOM_TEST_HIDDEN: 'given', LOOM_TEST_VISIBLE: 'also ✓' })
+    // What cannot be a variable is refused when the executor is made.
+    for (const env of ['HOME', [''], ['A=B'], { 'A=B': 'x' }, { A: 'x\0y' }, [1], { A: 1 }] as any[]) {
+      let thrown: any
+      try {
+        new WasmActivityExecutor(await store(), { env })
+      } catch (e) {
+        thrown = e
+      }
+      expect(thrown?.code, JSON.stringify(env)).toBe('INVALID_ARGUMENT')
+    }
   })
 })
 

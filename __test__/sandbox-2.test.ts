@@ -163,7 +163,7 @@ describe('4. a kept actor runs under the current grants and limits', () => {
     try {
       const store = new MemoryBlobStore()
       await store.upload('env.wasm', guest('capabilities/env'))
-      const ex = new WasmActivityExecutor(store)
+      const ex = new WasmActivityExecutor(store, { env: ['LOOM_ACTOR_SECRET', 'LOOM_OTHER'] })
       const granted = def('env', { capabilities: { env: ['LOOM_ACTOR_SECRET', 'LOOM_OTHER'] } })
       expect(await ex.execute(granted, {}, { actorId: 'e' })).toEqual({ LOOM_ACTOR_SECRET: 'visible' })
       const narrowed = def('env', { capabilities: { env: ['LOOM_OTHER'] } })

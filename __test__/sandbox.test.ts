@@ -116,7 +116,7 @@ describe('3. WASI host calls keep the time limit and cancellation', () => {
   const granted = { capabilities: { env: ['LOOM_NOTHING'] } }
 
   it('a guest sleeping 5 s in poll_oneoff times out at maxExecutionMs', async () => {
-    const { ex } = await executorWith({ sleep: await sleeper(5000) })
+    const { ex } = await executorWith({ sleep: await sleeper(5000) }, { env: ['LOOM_NOTHING'] })
     const t0 = performance.now()
     const e = await failure(ex.execute(def('sleep', { ...granted, limits: { maxExecutionMs: 200 } }), {}))
     const took = performance.now() - t0
@@ -125,7 +125,7 @@ describe('3. WASI host calls keep the time limit and cancellation', () => {
   })
 
   it('an AbortSignal ends a guest sleeping in poll_oneoff', async () => {
-    const { ex } = await executorWith({ sleep: await sleeper(5000) })
+    const { ex } = await executorWith({ sleep: await sleeper(5000) }, { env: ['LOOM_NOTHING'] })
     const ac = new AbortController()
     setTimeout(() => ac.abort(), 100)
     const t0 = performance.now()
@@ -135,7 +135,7 @@ describe('3. WASI host calls keep the time limit and cancellation', () => {
   })
 
   it('a short sleep still completes', async () => {
-    const { ex } = await executorWith({ sleep: await sleeper(20) })
+    const { ex } = await executorWith({ sleep: await sleeper(20) }, { env: ['LOOM_NOTHING'] })
     expect(await ex.execute(def('sleep', granted), {})).toBe(1)
   })
 })
@@ -429,7 +429,7 @@ describe('12. errors tell retry policies what they are', () => {
       `(func (export "execute") (param i32) (result i32) (call $exit (i32.const 3)) (i32.const 36))`,
       `(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))`,
     )
-    const { ex } = await executorWith({ segment, exit })
+    const { ex } = await executorWith({ segment, exit }, { env: ['X'] })
     expect((await failure(ex.execute(def('segment'), {}))).code).toBe('INVALID_MODULE')
     const e = await failure(ex.execute(def('exit', { capabilities: { env: ['X'] } }), {}))
     expect([e.code, e.exitCode]).toEqual(['GUEST_ERROR', 3])

@@ -28,6 +28,31 @@ pub struct FilesystemConfig {
     pub writable: bool,
 }
 
+/// The environment the executor offers (`options.env`): a definition is granted only variables
+/// named here. Nothing by default: definitions may come from workflow data, and the process's
+/// environment holds its own secrets (the object stores' credentials, say).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum EnvOffer {
+    #[default]
+    Nothing,
+    /// These variables of the process's environment, read at each call (only those set).
+    Names(Vec<String>),
+    /// These variables, with these values (the process's environment is not read).
+    Values(Vec<(String, String)>),
+}
+
+impl EnvOffer {
+    /// The value offered under `name`: `Err` if it is not offered, `Ok(None)` if it is but unset.
+    fn value(&self, name: &str) -> Result<Option<String>, ()> {
+        match self {
+            EnvOffer::Nothing => Err(()),
+            EnvOffer::Names(names) if names.iter().any(|n| n == name) => Ok(std::env::var(name).ok()),
+            EnvOffer::Values(values) => values.iter().find(|(k, _)| k == name).map(|(_, v)| Some(v.clone())).ok_or(()),
+            EnvOffer::Names(_) => Err(()),
+        }
+    }
+}
+
 /// What one call is granted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
@@ -37,7 +62,7 @@ pub struct Grants {
 
 impl Grants {
     /// Resolves a definition's request against the executor's configuration.
-    pub fn resolve(caps: &Capabilities, fs: Option<&FilesystemConfig>) -> Result<Grants, ExecError> {
+    pub fn resolve(caps: &Capabilities, fs: Option<&FilesystemConfig>, offer: &EnvOffer) -> Result<Grants, ExecError> {
         let filesystem = match (caps.filesystem, fs) {
             (false, _) => None,
             (true, Some(fs)) => Some(fs.clone()),
@@ -48,8 +73,19 @@ impl Grants {
                 ))
             }
         };
-        // Only the named variables, and only those that are set.
-        let env = caps.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
+        // Only the named variables the executor offers, and only those that are set.
+        let mut env = Vec::new();
+        for name in &caps.env {
+            match offer.value(name) {
+                Ok(Some(value)) => env.push((name.clone(), value)),
+                Ok(None) => {}
+                Err(()) => {
+                    return Err(ExecError::CapabilityDenied(format!(
+                        "capabilities.env: {name:?} is not offered by the executor (options.env names the variables definitions may read)"
+                    )))
+                }
+            }
+        }
         Ok(Grants { env, filesystem })
     }
 
@@ -129,7 +165,7 @@ mod tests {
     #[test]
     fn closed_by_default() {
         let none = Capabilities::default();
-        assert_eq!(Grants::resolve(&none, None), Ok(Grants::default()));
+        assert_eq!(Grants::resolve(&none, None, &EnvOffer::Nothing), Ok(Grants::default()));
         let wasi = vec!["wasi_snapshot_preview1.fd_write".to_string()];
         let abi = crate::abi::Abi::AssemblyScript;
         assert_eq!(authorize(&wasi, &none, abi).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
@@ -137,18 +173,34 @@ mod tests {
         assert!(authorize(&wasi, &none, crate::abi::Abi::WasiCommand).is_ok());
         // Asking for the network is no WASI grant; what may use it is checked per module.
         let net = Capabilities { network: true, ..Default::default() };
-        assert_eq!(Grants::resolve(&net, None), Ok(Grants::default()));
+        assert_eq!(Grants::resolve(&net, None, &EnvOffer::Nothing), Ok(Grants::default()));
         let fs = Capabilities { filesystem: true, ..Default::default() };
-        assert_eq!(Grants::resolve(&fs, None).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+        assert_eq!(Grants::resolve(&fs, None, &EnvOffer::Nothing).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
     }
 
     #[test]
     fn env_grants_only_named_and_set_variables() {
         std::env::set_var("LOOM_CAP_TEST_A", "a-value");
         let caps = Capabilities { env: vec!["LOOM_CAP_TEST_A".into(), "LOOM_CAP_TEST_UNSET".into()], ..Default::default() };
-        let g = Grants::resolve(&caps, None).expect("env grants");
+        let offered = EnvOffer::Names(vec!["LOOM_CAP_TEST_A".into(), "LOOM_CAP_TEST_UNSET".into()]);
+        let g = Grants::resolve(&caps, None, &offered).expect("env grants");
         assert_eq!(g.env, vec![("LOOM_CAP_TEST_A".to_string(), "a-value".to_string())]);
+        // Values the executor gives are what the guest sees; the process's are not read.
+        let given = EnvOffer::Values(vec![("LOOM_CAP_TEST_A".into(), "given".into()), ("LOOM_CAP_TEST_UNSET".into(), "x".into())]);
+        let g2 = Grants::resolve(&caps, None, &given).expect("env grants");
+        assert_eq!(g2.env, vec![("LOOM_CAP_TEST_A".to_string(), "given".to_string()), ("LOOM_CAP_TEST_UNSET".to_string(), "x".to_string())]);
         assert!(authorize(&["wasi_snapshot_preview1.environ_get".into()], &caps, crate::abi::Abi::AssemblyScript).is_ok());
         assert!(g.wasi_context(None).is_ok());
+    }
+
+    #[test]
+    fn env_not_offered_by_the_executor_is_denied() {
+        std::env::set_var("LOOM_CAP_TEST_SECRET", "secret");
+        let caps = Capabilities { env: vec!["LOOM_CAP_TEST_SECRET".into()], ..Default::default() };
+        for offer in [EnvOffer::Nothing, EnvOffer::Names(vec!["OTHER".into()]), EnvOffer::Values(vec![("OTHER".into(), "v".into())])] {
+            let denied = Grants::resolve(&caps, None, &offer).expect_err("not offered");
+            assert_eq!(denied.code(), "CAPABILITY_DENIED");
+            assert!(denied.to_string().contains("LOOM_CAP_TEST_SECRET"), "{denied}");
+        }
     }
 }

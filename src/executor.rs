@@ -159,7 +159,7 @@ impl Executor {
             return Err(ExecError::Cancelled);
         }
         let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
-        let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref())?;
+        let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref(), &self.opts.env)?;
         let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
         let key = def.key();
         let durable = match (&call.actor_id, &self.opts.actor_store) {

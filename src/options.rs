@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::actor_store::ActorStore;
 use crate::artifacts::ArtifactCache;
-use crate::capabilities::{Capabilities, FilesystemConfig};
+use crate::capabilities::{Capabilities, EnvOffer, FilesystemConfig};
 use crate::durable::Persist;
 use crate::error::ExecError;
 use crate::host::LogSink;
@@ -85,6 +85,8 @@ pub struct ExecutorOptions {
     pub log: Option<Arc<dyn LogSink>>,
     /// The directory granted to definitions that ask for `capabilities.filesystem`.
     pub filesystem: Option<FilesystemConfig>,
+    /// The environment variables definitions may ask for in `capabilities.env`.
+    pub env: EnvOffer,
     /// URL prefixes a `wasmBlobPath` may name directly (bypassing the store); none by default.
     pub allowed_blob_urls: Vec<String>,
     /// Actor calls are transactional unless a call says otherwise: a failed call leaves the actor
@@ -115,6 +117,7 @@ impl Default for ExecutorOptions {
             load: LoadLimits::default(),
             log: None,
             filesystem: None,
+            env: EnvOffer::Nothing,
             allowed_blob_urls: Vec::new(),
             transactional: false,
             actor_store: None,

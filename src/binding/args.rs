@@ -352,10 +352,38 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
         }
         o.filesystem = Some(FilesystemConfig { host_dir: host_dir.into(), guest_dir, writable });
     }
+    if let Some(env) = opt(obj, "env", w, |v, p| env_offer(v, p))? {
+        o.env = env;
+    }
     if let Some(net) = opt(obj, "network", w, object)? {
         o.network = Some(crate::network::Network::new(network_config(&net)?)?);
     }
     Ok(o)
+}
+
+/// `options.env`: names of the process's variables (an array) or the variables themselves (an
+/// object of strings). A name holds no `=` or NUL, a value no NUL (WASI could not pass them).
+fn env_offer(v: Unknown, what: &str) -> Result<crate::capabilities::EnvOffer, ExecError> {
+    use crate::capabilities::EnvOffer;
+    let name_ok = |k: &str| !k.is_empty() && !k.contains(['=', '\0']);
+    let offer = if object(v, what)?.is_array().map_err(ExecError::internal)? {
+        EnvOffer::Names(string_list(v, what)?)
+    } else {
+        let map = string_map(&object(v, what)?, what)?;
+        if let Some((k, _)) = map.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(bad(&format!("{what}.{k}"), "a string without NUL"));
+        }
+        EnvOffer::Values(map.into_iter().collect())
+    };
+    let names: Vec<&String> = match &offer {
+        EnvOffer::Names(n) => n.iter().collect(),
+        EnvOffer::Values(v) => v.iter().map(|(k, _)| k).collect(),
+        EnvOffer::Nothing => Vec::new(),
+    };
+    match names.into_iter().find(|k| !name_ok(k)) {
+        Some(k) => Err(bad(&format!("{what} ({k:?})"), "variable names, not empty, without '=' or NUL")),
+        None => Ok(offer),
+    }
 }
 
 /// `options.network`: `allowedHosts` (required, may be empty) and its caps.
