@@ -39,6 +39,9 @@ pub enum Persist {
 pub struct Pending {
     writes: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
+    /// Store keys of dropped actors whose delete failed: their next call deletes again before
+    /// anything (and fails if it still cannot), so the state `dropActor` dropped never comes back.
+    undeleted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One write in `Pending`, until dropped.
@@ -48,6 +51,21 @@ impl Pending {
     pub fn start(self: &Arc<Self>) -> PendingWrite {
         self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         PendingWrite(self.clone())
+    }
+
+    /// Records whether a dropped actor's stored state was deleted.
+    pub fn set_undeleted(&self, key: &str, undeleted: bool) {
+        let mut set = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
+        if undeleted {
+            set.insert(key.to_string());
+        } else {
+            set.remove(key);
+        }
+    }
+
+    /// Whether the actor at `key` was dropped and its stored state not yet deleted.
+    pub fn is_undeleted(&self, key: &str) -> bool {
+        self.undeleted.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
     }
 
     /// Resolves once no write is under way.
@@ -100,6 +118,14 @@ pub(crate) async fn initial_image<'m>(module: &'m CompiledModule, p: &Prepared) 
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
 pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable) -> Result<(), ExecError> {
+    if d.pending.is_undeleted(&d.key) {
+        // Dropped, but its delete failed: delete first; the call fails while it cannot (a
+        // dropped actor's state must not come back).
+        d.store.delete(&d.key).await?;
+        d.pending.set_undeleted(&d.key, false);
+        held.guard.persisted = None;
+        return Ok(());
+    }
     let Some((bytes, version)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? else {
         held.guard.persisted = None;
         return Ok(());
@@ -224,7 +250,7 @@ impl Executor {
                 return Ok(snapshot::encode(digest, state, initial_image(&module, &p).await?));
             }
         }
-        if let Some(d) = &p.durable {
+        if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
             if let Some((bytes, _)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? {
                 return Ok(bytes);
             }
@@ -250,6 +276,8 @@ impl Executor {
                 None => d.store.version(&d.key).await?,
             };
             held.guard.persisted = Some(d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?);
+            // What was stored is the actor's state now, dropped before or not.
+            d.pending.set_undeleted(&d.key, false);
         }
         held.guard.instance = Some(fresh);
         held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));

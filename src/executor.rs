@@ -414,8 +414,11 @@ impl Executor {
             held.guard.instance = None;
             held.guard.shadow = None;
             held.guard.persisted = None;
-            if let (Err(e), Some(sink)) = (d.store.delete(&d.key).await, log) {
-                sink.log("warn", &format!("the stored state of a dropped actor was not deleted: {e}"));
+            // Not deleted: its next call deletes again first, and fails while it cannot.
+            let deleted = d.store.delete(&d.key).await;
+            d.pending.set_undeleted(&d.key, deleted.is_err());
+            if let (Err(e), Some(sink)) = (deleted, log) {
+                sink.log("warn", &format!("the stored state of a dropped actor was not deleted (its next call tries again first): {e}"));
             }
         });
         true

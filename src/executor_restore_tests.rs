@@ -167,3 +167,56 @@ async fn a_transactional_actor_whose_first_call_failed_starts_as_created() {
     let next = call("{}").await.expect("counts");
     assert_eq!((next.output.as_str(), next.actor_created), ("2", false));
 }
+
+/// An actor store whose deletes fail while `fail` is set.
+struct DeleteFails {
+    inner: Arc<dyn ActorStore>,
+    fail: AtomicBool,
+}
+
+impl ActorStore for DeleteFails {
+    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        self.inner.load(key, max_bytes)
+    }
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        self.inner.version(key)
+    }
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+        self.inner.save(key, bytes, expected)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() }) });
+        }
+        self.inner.delete(key)
+    }
+    fn describe(&self) -> String {
+        "delete-fails".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_actor_whose_delete_failed_never_comes_back_from_the_store() {
+    // Review K: dropActor said true, its delete failed (only logged), and the next call loaded the
+    // stored state again: the dropped count went on.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://delete-fails", &[]).expect("store"))).expect("conditional");
+    let store = Arc::new(DeleteFails { inner, fail: AtomicBool::new(false) });
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let call = || ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new()));
+    for n in ["1", "2", "3"] {
+        assert_eq!(call().await.expect("counts").output, n);
+    }
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(ex.drop_actor(&d, "a"));
+    ex.drained().await;
+    // The store still holds 3; the next call deletes again first and fails while it cannot.
+    assert_eq!(call().await.expect_err("the delete still fails").code(), "BLOB_UNAVAILABLE");
+    assert!(ex.snapshot_actor(&d, "a").await.is_err(), "no state to snapshot");
+    store.fail.store(false, Ordering::SeqCst);
+    let fresh = call().await.expect("starts fresh");
+    assert_eq!((fresh.output.as_str(), fresh.actor_created), ("1", true));
+    assert_eq!(call().await.expect("counts").output, "2");
+}
