@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { ObjectBlobStore, WasmActivityExecutor } from '../index'
 import { def, failure, guest, MemoryBlobStore } from './helpers'
-import { guestWat } from './wat'
+import { guestWat, wat } from './wat'
 
 const dirs: string[] = []
 function tempDir(): string {
@@ -184,5 +184,42 @@ describe('K3. state a snapshot cannot hold', () => {
       await ex.close()
       await durable.close()
     }
+  })
+})
+
+describe('K5. Extism vars count what they cost the host', () => {
+  /** A plugin setting `n` vars of distinct 3-byte keys, each to a 1-byte value. */
+  const setter = (n: number) =>
+    wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "var_set" (func $set (param i64 i64)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (memory (export "memory") 1)
+      (func $letter (param $k i64) (param $at i64) (param $n i32)
+        (call $store (i64.add (local.get $k) (local.get $at)) (i32.add (i32.const 65) (i32.rem_u (local.get $n) (i32.const 26)))))
+      (func (export "execute") (result i32) (local $i i32) (local $k i64) (local $v i64)
+        (local.set $v (call $alloc (i64.const 1)))
+        (loop $l
+          (local.set $k (call $alloc (i64.const 3)))
+          (call $letter (local.get $k) (i64.const 0) (local.get $i))
+          (call $letter (local.get $k) (i64.const 1) (i32.div_u (local.get $i) (i32.const 26)))
+          (call $letter (local.get $k) (i64.const 2) (i32.div_u (local.get $i) (i32.const 676)))
+          (call $set (local.get $k) (local.get $v))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const ${n}))))
+        ;; The output: the value's byte, "1".
+        (call $store (local.get $v) (i32.const 49))
+        (call $out (local.get $v) (i64.const 1))
+        (i32.const 0)))`)
+
+  it('17,000 vars of 3 bytes are past the 1 MiB of vars (64 bytes each besides its bytes); 15,000 fit', async () => {
+    // 400,000 such vars held 54 MiB of host memory where 1.2 MB was counted.
+    const blobs: Record<string, Buffer> = { 'many.wasm': await setter(17_000), 'fit.wasm': await setter(15_000) }
+    const ex = new WasmActivityExecutor({ download: async (p: string) => blobs[p] })
+    const e = await failure(ex.execute(def('many'), {}))
+    expect(e.code).toBe('OUT_OF_MEMORY')
+    expect(await ex.execute(def('fit'), {}, { actorId: 'a' })).toBe(1)
+    await ex.close()
   })
 })

@@ -16,8 +16,11 @@ use crate::error::ExecError;
 use crate::host::HostState;
 
 pub const MODULE: &str = "extism:host/env";
-/// Vars a plugin may keep, in bytes (keys and values).
+/// Vars a plugin may keep, in bytes (keys and values, and `VAR_OVERHEAD` per var).
 pub const MAX_VAR_BYTES: usize = 1024 * 1024;
+/// What a var costs the host besides its key and value bytes (its map entry and their headers),
+/// counted against `MAX_VAR_BYTES`: 400,000 vars of 3 bytes held 54 MiB where 1.2 MB was counted.
+pub const VAR_OVERHEAD: usize = 64;
 
 /// The kernel functions this host implements, with their types (i64 pointers).
 const I: ValType = ValType::I32;
@@ -200,7 +203,7 @@ impl Kernel {
             let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad())?;
             let vlen = u32_of(take(4)?)?;
             // What `var_set` allows, no more: a snapshot cannot give an actor vars a plugin could not set.
-            total += klen + vlen;
+            total += klen + vlen + VAR_OVERHEAD;
             if total > MAX_VAR_BYTES {
                 return Err(ExecError::SnapshotInvalid(format!("the Extism vars of the snapshot are over {MAX_VAR_BYTES} bytes")));
             }
@@ -285,6 +288,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "error_get", |c: C| c.data().extism.error.unwrap_or(0) as i64)?;
     linker.func_wrap(MODULE, "config_get", |mut c: C, off: i64| -> wasmtime::Result<i64> {
         let d = c.data_mut();
+        // No key longer than the longest there is can match: not decoded (a 256 MiB block of
+        // invalid UTF-8 decoded to 768 MiB of replacement characters).
+        let longest = d.extism.config.keys().map(String::len).max().unwrap_or(0);
+        if d.extism.block(off as u64)?.len() > longest {
+            return Ok(0);
+        }
         let key = d.extism.text(off as u64)?;
         let Some(value) = d.extism.config.get(&key).cloned() else { return Ok(0) };
         let at = d.extism.alloc(value.len() as u64, &mut d.limiter)?;
@@ -293,6 +302,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap(MODULE, "var_get", |mut c: C, off: i64| -> wasmtime::Result<i64> {
         let d = c.data_mut();
+        if d.extism.block(off as u64)?.len() > MAX_VAR_BYTES {
+            return Ok(0);
+        }
         let key = d.extism.text(off as u64)?;
         let Some(value) = d.extism.vars.get(&key).cloned() else { return Ok(0) };
         let at = d.extism.alloc(value.len() as u64, &mut d.limiter)?;
@@ -301,19 +313,26 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap(MODULE, "var_set", |mut c: C, key: i64, value: i64| -> wasmtime::Result<()> {
         let k = &mut c.data_mut().extism;
+        let over = |requested: usize| {
+            wasmtime::Error::new(ExecError::OutOfMemory { limit_bytes: MAX_VAR_BYTES as u64, requested_bytes: requested as u64 })
+        };
+        // Sizes first: nothing is decoded or copied past the limit.
+        let key_len = k.block(key as u64)?.len();
+        let value_len = if value == 0 { 0 } else { k.block(value as u64)?.len() };
+        if key_len > MAX_VAR_BYTES {
+            return if value == 0 { Ok(()) } else { Err(over(key_len + value_len)) };
+        }
         let name = k.text(key as u64)?;
         if value == 0 {
             k.vars.remove(&name);
             return Ok(());
         }
-        let bytes = k.block(value as u64)?.to_vec();
-        let total: usize = k.vars.iter().filter(|(n, _)| **n != name).map(|(n, v)| n.len() + v.len()).sum();
-        if total + name.len() + bytes.len() > MAX_VAR_BYTES {
-            return Err(wasmtime::Error::new(ExecError::OutOfMemory {
-                limit_bytes: MAX_VAR_BYTES as u64,
-                requested_bytes: (total + name.len() + bytes.len()) as u64,
-            }));
+        let total: usize = k.vars.iter().filter(|(n, _)| **n != name).map(|(n, v)| n.len() + v.len() + VAR_OVERHEAD).sum();
+        let requested = total.saturating_add(name.len() + value_len + VAR_OVERHEAD);
+        if requested > MAX_VAR_BYTES {
+            return Err(over(requested));
         }
+        let bytes = k.block(value as u64)?.to_vec();
         k.vars.insert(name, bytes);
         Ok(())
     })?;

@@ -171,7 +171,7 @@ mod tests {
         let mut big = extism::Kernel::default();
         big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES]);
         assert_eq!(extism::Kernel::decode_vars(&big.encode_vars()).map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
-        big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES - 1]);
+        big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES - 1 - extism::VAR_OVERHEAD]);
         assert_eq!(extism::Kernel::decode_vars(&big.encode_vars()).map(|v| v.len()), Ok(1));
     }
 }
