@@ -2,6 +2,8 @@
 // failed on the code from before its fix.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { createServer } from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -222,4 +224,38 @@ describe('K5. Extism vars count what they cost the host', () => {
     expect(await ex.execute(def('fit'), {}, { actorId: 'a' })).toBe(1)
     await ex.close()
   })
+})
+
+describe('J3. close() closes the network', () => {
+  it("a pooled keep-alive connection closes with the executor, not 30 s later", async () => {
+    const open = new Set<Socket>()
+    const server = createServer((_req, res) => res.end('{}'))
+    server.keepAliveTimeout = 120_000 // the server keeps it; only the client can close it
+    server.on('connection', (s) => {
+      open.add(s)
+      s.on('close', () => open.delete(s))
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    const port = (server.address() as AddressInfo).port
+    try {
+      const ex = new WasmActivityExecutor(
+        { download: async () => guest('host/http') },
+        { network: { allowedHosts: [`127.0.0.1:${port}`] } },
+      )
+      const out: any = await ex.execute(def('http', { capabilities: { network: true } }), {
+        requests: [JSON.stringify({ url: `http://127.0.0.1:${port}/` })],
+      })
+      expect(out.responses[0].status).toBe(200)
+      expect(open.size).toBe(1) // kept alive in the executor's pool
+      await ex.close()
+      const deadline = Date.now() + 10_000
+      while (open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      expect(open.size).toBe(0)
+      // The executor stays usable as a JS object: a call after close is CLOSED.
+      expect((await failure(ex.execute(def('http'), {}))).code).toBe('CLOSED')
+    } finally {
+      server.closeAllConnections()
+      await new Promise((r) => server.close(r))
+    }
+  }, 30_000)
 })

@@ -439,6 +439,9 @@ impl Executor {
         }
         self.actors.clear();
         self.modules.clear(None);
+        if let Some(network) = &self.opts.network {
+            network.close();
+        }
     }
 
     /// Resolves once no call is in flight and no actor-store write is under way.

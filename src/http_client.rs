@@ -121,7 +121,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// The executor's network: its grant and one HTTP client (connections pooled across calls).
 pub struct Network {
     config: Arc<NetworkConfig>,
-    client: reqwest::Client,
+    /// Taken by `close`: its pooled connections close with it, not 30 s later when idle.
+    client: std::sync::Mutex<Option<reqwest::Client>>,
 }
 
 impl std::fmt::Debug for Network {
@@ -156,7 +157,12 @@ impl Network {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ExecError::InvalidArgument(format!("options.network: the HTTP client cannot be built: {e}")))?;
-        Ok(Arc::new(Network { config, client }))
+        Ok(Arc::new(Network { config, client: std::sync::Mutex::new(Some(client)) }))
+    }
+
+    /// Closes the pooled connections; later requests fail with `CLOSED` (the executor's close).
+    pub fn close(&self) {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -204,7 +210,8 @@ impl Network {
         let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
         let timeout = c.timeout.min(left).max(Duration::from_millis(1));
         let started = Instant::now();
-        let sent = self.client.request(method, url).headers(headers).body(req.body).timeout(timeout).send().await;
+        let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(ExecError::Closed)?;
+        let sent = client.request(method, url).headers(headers).body(req.body).timeout(timeout).send().await;
         let mut resp = sent.map_err(|e| self.failure(&host, e))?;
         let status = resp.status().as_u16();
         let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
