@@ -337,7 +337,12 @@ async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &
     let access = caller.data().access.clone();
     let output = if imp.is_http() {
         let request = HttpRequest::from_json(&input).map_err(wasmtime::Error::new)?;
-        access.http(request).await.map_err(wasmtime::Error::new)?.to_json()
+        let units = match convention {
+            Convention::AsString => crate::http_client::TextUnits::Utf16,
+            Convention::ExtismHandle => crate::http_client::TextUnits::Utf8,
+        };
+        let response = access.http(request).await.map_err(wasmtime::Error::new)?;
+        response.to_json_within(caller.data().limiter.max_bytes(), units).map_err(wasmtime::Error::new)?
     } else {
         access.call(&imp.key, input).await.map_err(wasmtime::Error::new)?
     };

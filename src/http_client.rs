@@ -60,7 +60,59 @@ impl HttpRequest {
     }
 }
 
+/// Counts what JSON text written to it would be: UTF-8 bytes and UTF-16 units.
+#[derive(Default)]
+struct Measure {
+    utf8: u64,
+    utf16: u64,
+}
+
+impl std::io::Write for Measure {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.utf8 += buf.len() as u64;
+        // A unit per character (a byte that is no continuation), two for one past U+FFFF.
+        self.utf16 += buf.iter().map(|b| match b {
+            0x80..=0xBF => 0,
+            0xF0..=0xF7 => 2,
+            _ => 1,
+        }).sum::<u64>();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How a guest holds text: the unit `to_json_within` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextUnits {
+    /// AssemblyScript strings: two bytes per UTF-16 unit.
+    Utf16,
+    /// Extism blocks and component strings: UTF-8 bytes.
+    Utf8,
+}
+
 impl HttpResponse {
+    /// `to_json`, when its text fits in `max_bytes` of a guest holding it as `units`; else
+    /// `OUT_OF_MEMORY` before the text is built. Escaping makes a body up to six times longer
+    /// (a control byte is `\u0001`): a 10 MiB body made 60 MiB of host memory per call before the
+    /// guest's allocator refused it.
+    pub fn to_json_within(&self, max_bytes: u64, units: TextUnits) -> Result<String, ExecError> {
+        let mut m = Measure::default();
+        let body = String::from_utf8_lossy(&self.body);
+        let _ = serde_json::to_writer(&mut m, &*body);
+        let _ = std::io::Write::write_all(&mut m, self.headers_json().as_bytes());
+        let bytes = match units {
+            TextUnits::Utf16 => m.utf16.saturating_mul(2),
+            TextUnits::Utf8 => m.utf8,
+        }
+        .saturating_add(64);
+        if bytes > max_bytes {
+            return Err(ExecError::OutOfMemory { limit_bytes: max_bytes, requested_bytes: bytes });
+        }
+        Ok(self.to_json())
+    }
+
     /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
     /// U+FFFD for bytes that are not).
     pub fn to_json(&self) -> String {
@@ -299,5 +351,22 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&resp.to_json()).unwrap();
         assert_eq!(v["headers"]["a"], "1, 2");
         assert_eq!(v["body"], "\u{fffd}");
+    }
+
+    #[test]
+    fn a_response_whose_json_would_not_fit_the_guest_is_refused_before_it_is_built() {
+        // A control byte escapes to six characters: 1,000 of them are 6,000 characters.
+        let resp = HttpResponse { status: 200, headers: vec![], body: vec![1; 1000] };
+        let len = resp.to_json().len() as u64;
+        assert!(len > 6000);
+        assert_eq!(resp.to_json_within(len + 64, TextUnits::Utf8).map(|s| s.len() as u64), Ok(len));
+        assert_eq!(resp.to_json_within(len - 100, TextUnits::Utf8).map_err(|e| e.code()), Err("OUT_OF_MEMORY"));
+        // As AssemblyScript holds it: two bytes per unit; a character past U+FFFF is two units.
+        assert_eq!(resp.to_json_within(len + 64, TextUnits::Utf16).map_err(|e| e.code()), Err("OUT_OF_MEMORY"));
+        assert!(resp.to_json_within(2 * len + 64, TextUnits::Utf16).is_ok());
+        let astral = HttpResponse { status: 200, headers: vec![], body: "😀".repeat(100).into_bytes() };
+        let units = astral.to_json().encode_utf16().count() as u64;
+        assert!(astral.to_json_within(2 * units + 64, TextUnits::Utf16).is_ok());
+        assert!(astral.to_json_within(2 * units - 4, TextUnits::Utf16).is_err());
     }
 }

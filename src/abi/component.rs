@@ -57,6 +57,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     // fetch rejects); a request the grant refuses ends the call (NETWORK_DENIED).
     host.func_wrap_async("http", |store: wasmtime::StoreContextMut<'_, HostState>, (request,): (String,)| {
         let access = store.data().access.clone();
+        let max_bytes = store.data().limiter.max_bytes();
         Box::new(async move {
             if request.len() as u64 > crate::host_functions::MAX_HOST_ARG_BYTES {
                 let message = format!("an HTTP request of {} bytes, over the limit of {}", request.len(), crate::host_functions::MAX_HOST_ARG_BYTES);
@@ -64,7 +65,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             }
             let request = crate::network::HttpRequest::from_json(&request).map_err(wasmtime::Error::new)?;
             match access.http(request).await {
-                Ok(resp) => Ok((Ok(resp.to_json()),)),
+                Ok(resp) => Ok((Ok(resp.to_json_within(max_bytes, crate::http_client::TextUnits::Utf8).map_err(wasmtime::Error::new)?),)),
                 Err(ExecError::NetworkError { message, .. }) => Ok((Err(message),)),
                 Err(e) => Err(wasmtime::Error::new(e)),
             }
