@@ -19,6 +19,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod file_actor_store;
 pub mod fiber_stacks;
 pub mod host;
 pub mod host_functions;

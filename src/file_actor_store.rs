@@ -1,0 +1,367 @@
+//! The `file://` actor store: snapshots in a local directory, with its own conditional writes
+//! (object_store's local store cannot update conditionally). A version in each file's header
+//! (random, so never one a deleted actor had) is compared and replaced under an exclusive `flock`
+//! of a lock file beside it (processes on one machine; not for NFS). The lock is tried, not waited
+//! on in the kernel: a write gives up after `LOCK_WAIT`, or as soon as its call has gone, so a lock
+//! another process keeps holds no thread here, and a write that had not got the lock when its
+//! call left is not made. What is in the directory is not trusted: files are opened without
+//! following links or blocking on FIFOs, and the writer's temporary file is created anew (`O_EXCL`).
+
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Version};
+use crate::error::ExecError;
+use crate::store::BoxFuture;
+use crate::untrusted_dir::{create_fresh, open_regular, refused};
+
+
+/// An actor store in a local directory, with its own conditional writes.
+pub struct FileActorStore {
+    dir: PathBuf,
+}
+
+const FILE_MAGIC: &[u8; 8] = b"LOOMACT1";
+
+impl FileActorStore {
+    pub fn open(dir: PathBuf) -> Result<FileActorStore, ExecError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ExecError::InvalidArgument(format!("options.actorStore {}: {e}", dir.display())))?;
+        Ok(FileActorStore { dir })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, ExecError> {
+        if key.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.len() > crate::store::MAX_FILE_SEGMENT_BYTES) {
+            return Err(ExecError::InvalidArgument(format!("actor store key {key:?}")));
+        }
+        Ok(self.dir.join(key))
+    }
+
+    /// The key's path, refused (`BLOB_UNAVAILABLE`) where a directory below the store's is a link:
+    /// reads, writes and deletes would go to wherever it points.
+    fn checked_path(&self, key: &str) -> Result<PathBuf, ExecError> {
+        let path = self.path(key)?;
+        // The file itself is checked where it is opened (`open_regular`).
+        crate::untrusted_dir::no_links_below(&self.dir, path.parent().unwrap_or(&path)).map_err(|e| unavailable(key, e))?;
+        Ok(path)
+    }
+}
+
+/// Longest a write waits for another process's lock on an actor (a stuck or stopped worker on
+/// this machine); a call's own deadline, or the call going away, stops the wait sooner.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Set when the future waiting on a blocking store operation is dropped (its call's deadline, a
+/// cancel): the operation stops waiting for the lock rather than hold a thread, and a write that
+/// had not got the lock by then is not made.
+struct Abandoned(Arc<AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs a blocking store operation off the runtime, told (`gone`) when its caller has left.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce(&AtomicBool) -> Result<T, ExecError> + Send + 'static) -> Result<T, ExecError> {
+    let gone = Arc::new(AtomicBool::new(false));
+    let _mark = Abandoned(gone.clone());
+    tokio::task::spawn_blocking(move || f(&gone)).await.map_err(ExecError::internal)?
+}
+
+impl FileActorStore {
+    /// Runs `f` holding an exclusive lock on the key's lock file (blocking: call off the runtime).
+    fn locked<T>(&self, key: &str, gone: &AtomicBool, f: impl FnOnce(&Path) -> Result<T, ExecError>) -> Result<T, ExecError> {
+        self.locked_within(key, gone, LOCK_WAIT, f)
+    }
+
+    /// `locked`, waiting at most `limit` for the lock, and not at all once `gone` is set: the lock
+    /// is tried without blocking, between sleeps of up to 20 ms.
+    fn locked_within<T>(
+        &self,
+        key: &str,
+        gone: &AtomicBool,
+        limit: Duration,
+        f: impl FnOnce(&Path) -> Result<T, ExecError>,
+    ) -> Result<T, ExecError> {
+        let path = self.checked_path(key)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = open_regular(&lock_path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
+            .map_err(|e| unavailable(key, format!("its lock file: {e}")))?;
+        let left = || unavailable(key, "the call ended while another process held the actor's lock; nothing was written");
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                // Got it only after the call left: not written after all.
+                if gone.load(Ordering::Relaxed) {
+                    return Err(left());
+                }
+                // Checked again now: whoever held the lock may have put a link in a directory's
+                // place meanwhile.
+                self.checked_path(key)?;
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
+                _ => return Err(unavailable(key, err)),
+            }
+            if gone.load(Ordering::Relaxed) {
+                return Err(left());
+            }
+            if started.elapsed() >= limit {
+                return Err(unavailable(key, format!("another process held the actor's lock for {} ms; nothing was written", limit.as_millis())));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        let out = f(&path);
+        drop(lock);
+        out
+    }
+
+    /// The key's file, if there is one: a regular file (anything else is `SNAPSHOT_INVALID`).
+    fn open_stored(path: &Path, key: &str) -> Result<Option<std::fs::File>, ExecError> {
+        match open_regular(path, std::fs::OpenOptions::new().read(true)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if refused(&e) => {
+                Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file ({e})")))
+            }
+            Err(e) => Err(unavailable(key, e)),
+        }
+    }
+
+    /// The stored file's version (its header only), if there is one.
+    fn stored_version(path: &Path, key: &str) -> Result<Option<u64>, ExecError> {
+        let Some(file) = FileActorStore::open_stored(path, key)? else { return Ok(None) };
+        let mut header = Vec::with_capacity(16);
+        file.take(16).read_to_end(&mut header).map_err(|e| unavailable(key, e))?;
+        FileActorStore::header(&header, key).map(Some)
+    }
+
+    /// The version in a file's first 16 bytes (its magic first).
+    fn header(all: &[u8], key: &str) -> Result<u64, ExecError> {
+        match all.get(..16) {
+            Some(h) if &h[..8] == FILE_MAGIC => Ok(u64::from_le_bytes(h[8..16].try_into().map_err(ExecError::internal)?)),
+            _ => Err(ExecError::SnapshotInvalid(format!("{key}: not an actor store file"))),
+        }
+    }
+
+    fn read(path: &Path, key: &str, max_bytes: u64) -> Result<Option<(Vec<u8>, u64)>, ExecError> {
+        let Some(file) = FileActorStore::open_stored(path, key)? else { return Ok(None) };
+        let size = file.metadata().map_err(|e| unavailable(key, e))?.len();
+        let max_file = max_bytes.saturating_add(16);
+        if size > max_file {
+            return Err(too_large(key, size, max_bytes));
+        }
+        let mut all = Vec::new();
+        // Bounded whatever the file does meanwhile (it may grow).
+        file.take(max_file.saturating_add(1)).read_to_end(&mut all).map_err(|e| unavailable(key, e))?;
+        if all.len() as u64 > max_file {
+            return Err(too_large(key, all.len() as u64, max_bytes));
+        }
+        let version = FileActorStore::header(&all, key)?;
+        all.drain(..16);
+        Ok(Some((all, version)))
+    }
+}
+
+impl ActorStore for FileActorStore {
+    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        let this = FileActorStore { dir: self.dir.clone() };
+        Box::pin(async move {
+            let k = key.to_string();
+            // Its checks stat the directories: off the runtime, as the read.
+            let read = off_runtime(move |_| FileActorStore::read(&this.checked_path(&k)?, &k, max_bytes)).await?;
+            Ok(read.map(|(bytes, v)| (bytes, Version { e_tag: None, version: Some(v.to_string()) })))
+        })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+        let expected: Option<u64> = expected.and_then(|v| v.version.as_deref()).and_then(|v| v.parse().ok());
+        let this = FileActorStore { dir: self.dir.clone() };
+        let key = key.to_string();
+        Box::pin(off_runtime(move |gone| {
+            this.locked(&key, gone, |path| {
+                let current = FileActorStore::stored_version(path, &key)?;
+                if current != expected {
+                    return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
+                }
+                // A version never stored before (random, not a count): after a delete, a count
+                // started again at 1 and a worker still holding the deleted actor's "1" wrote
+                // over the new actor's state without a conflict.
+                let next = fresh_version(current)?;
+                // One name per actor, written only under its lock: what is there now is a leftover
+                // of a writer killed mid-write (of any process), which goes first, so a crash leaves
+                // at most one such file per actor until its next write (named per process, each
+                // killed writer's stayed for good: 44-63 MB each).
+                let tmp = path.with_extension("tmp");
+                // Created anew: a leftover (a crash) or a planted link goes first.
+                let mut f = create_fresh(&tmp, 0o644).map_err(|e| unavailable(&key, e))?;
+                f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
+                    .map_err(|e| unavailable(&key, e))?;
+                std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
+                Ok(Version { e_tag: None, version: Some(next.to_string()) })
+            })
+        }))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        let this = FileActorStore { dir: self.dir.clone() };
+        let key = key.to_string();
+        Box::pin(off_runtime(move |gone| {
+            this.locked(&key, gone, |path| {
+                // A killed writer's leftover goes with the actor.
+                let _ = std::fs::remove_file(path.with_extension("tmp"));
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
+                    _ => Ok(()),
+                }
+            })
+        }))
+    }
+
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        let this = FileActorStore { dir: self.dir.clone() };
+        Box::pin(async move {
+            let k = key.to_string();
+            let version = off_runtime(move |_| FileActorStore::stored_version(&this.checked_path(&k)?, &k)).await?;
+            Ok(version.map(|v| Version { e_tag: None, version: Some(v.to_string()) }))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_writer_killed_mid_write_leaves_at_most_one_file_that_the_next_write_or_delete_removes() {
+        let (dir, store) = scratch("leftover");
+        let key = "actors/t/k.snap";
+        store.save(key, b"one".to_vec(), None).await.expect("saved");
+        // What a writer killed between its create and its rename leaves (any process's).
+        let leftover = dir.join("actors/t/k.tmp");
+        std::fs::write(&leftover, vec![7u8; 4096]).expect("leftover");
+        let v = store.version(key).await.expect("version");
+        store.save(key, b"two".to_vec(), v.as_ref()).await.expect("saved over it");
+        assert!(!leftover.exists(), "the next write replaces it");
+        assert_eq!(std::fs::read_dir(dir.join("actors/t")).expect("dir").count(), 2, "the snapshot and its lock file");
+        std::fs::write(&leftover, b"x").expect("leftover");
+        store.delete(key).await.expect("deleted");
+        assert!(!leftover.exists(), "a delete removes it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn scratch(name: &str) -> (PathBuf, FileActorStore) {
+        let dir = std::env::temp_dir().join(format!("loom-actor-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (dir.clone(), FileActorStore::open(dir).expect("dir"))
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for_up_to_its_limit_and_not_once_the_caller_left() {
+        let (dir, store) = scratch("lock");
+        let key = "actors/t/held.snap";
+        std::fs::create_dir_all(dir.join("actors/t")).expect("dir");
+        // Another open file description holds the lock (as another process would).
+        let holder = std::fs::File::create(dir.join("actors/t/held.lock")).expect("lock file");
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let ran = AtomicBool::new(false);
+        let stay = AtomicBool::new(false);
+        let started = Instant::now();
+        let waited = store.locked_within(key, &stay, Duration::from_millis(150), |_| Ok(ran.store(true, Ordering::Relaxed)));
+        assert_eq!(waited.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
+        // The caller leaves 50 ms into a wait that could last a minute: the wait ends with it.
+        let gone = Arc::new(AtomicBool::new(false));
+        let leave = gone.clone();
+        let leaver = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            leave.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        let left = store.locked_within(key, &gone, Duration::from_secs(60), |_| Ok(ran.store(true, Ordering::Relaxed)));
+        assert_eq!(left.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        leaver.join().expect("leaver");
+        assert!(!ran.load(Ordering::Relaxed), "nothing runs without the lock");
+        drop(holder);
+        // A caller already gone when the lock comes free: nothing runs.
+        let left = store.locked_within(key, &AtomicBool::new(true), Duration::from_millis(150), |_| Ok(ran.store(true, Ordering::Relaxed)));
+        assert_eq!(left.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert!(!ran.load(Ordering::Relaxed));
+        assert!(store.locked_within(key, &stay, Duration::from_millis(150), |_| Ok(true)).expect("free now"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn planted_files_are_refused_without_blocking_or_following() {
+        let (dir, store) = scratch("plant");
+        let key = "actors/t/p.snap";
+        let snap = dir.join(key);
+        std::fs::create_dir_all(snap.parent().expect("parent")).expect("dir");
+        let fifo = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        let outside = dir.join("outside");
+        std::fs::write(&outside, b"LOOMACT1\x05\0\0\0\0\0\0\0secret").expect("outside");
+        // A FIFO would block the open forever; a link would be followed.
+        fifo(&snap);
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        std::fs::remove_file(&snap).expect("fifo");
+        std::os::unix::fs::symlink(&outside, &snap).expect("link");
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        std::fs::remove_file(&snap).expect("link");
+        // Over what the actor's memory limit allows: refused from its size, before it is read
+        // (a well-formed header, so that only the size can refuse it).
+        std::fs::write(&snap, b"LOOMACT1\x01\0\0\0\0\0\0\0").and_then(|_| std::fs::OpenOptions::new().write(true).open(&snap)?.set_len(1 << 30)).expect("sparse giant");
+        let giant = store.load(key, 1 << 20).await.map_err(|e| (e.code(), e.to_string()));
+        assert!(matches!(&giant, Err(("SNAPSHOT_INVALID", m)) if m.contains("more than an actor")), "{giant:?}");
+        // Its version is read from the header alone (a restore writes over it).
+        assert_eq!(store.version(key).await.expect("version"), Some(Version { e_tag: None, version: Some("1".into()) }));
+        std::fs::remove_file(&snap).expect("giant");
+        // The lock file a FIFO: refused, not waited on.
+        let _ = std::fs::remove_file(dir.join("actors/t/p.lock"));
+        fifo(&dir.join("actors/t/p.lock"));
+        assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        std::fs::remove_file(dir.join("actors/t/p.lock")).expect("fifo");
+        // The temporary file a link to another file: the link goes, the other file stays as it was.
+        std::os::unix::fs::symlink(&outside, dir.join("actors/t/p.tmp")).expect("link");
+        store.save(key, b"state".to_vec(), None).await.expect("saved");
+        assert_eq!(std::fs::read(&outside).expect("outside"), b"LOOMACT1\x05\0\0\0\0\0\0\0secret");
+        assert_eq!(store.load(key, 1 << 20).await.expect("load").map(|(b, _)| b), Some(b"state".to_vec()));
+        // A directory of the store replaced by a link to another: nothing read, written or
+        // deleted there.
+        let elsewhere = dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+        std::fs::copy(&snap, elsewhere.join("p.snap")).expect("a snapshot there");
+        std::fs::rename(dir.join("actors/t"), dir.join("moved")).expect("moved");
+        std::os::unix::fs::symlink(&elsewhere, dir.join("actors/t")).expect("link");
+        assert_eq!(store.load(key, 1 << 20).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert_eq!(store.save(key, b"x".to_vec(), None).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert_eq!(store.delete(key).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        assert_eq!(store.version(key).await.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+        let mut there: Vec<_> = std::fs::read_dir(&elsewhere).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        there.sort();
+        assert_eq!(there, vec![std::ffi::OsString::from("p.snap")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+}
