@@ -129,6 +129,8 @@ describe('K1. an actor whose module changes under it keeps its state', () => {
       expect(e.code).toBe('SNAPSHOT_MISMATCH')
       expect(e.actual).toBe(createHash('sha256').update(guest('counter-actor')).digest('hex'))
       expect(e.expected).toBe(createHash('sha256').update(counterWithSection()).digest('hex'))
+      // Its snapshot is refused the same way (review L: "has no state here" before).
+      expect((await failure(ex.snapshotActor(d, 'a'))).code).toBe('SNAPSHOT_MISMATCH')
       // A new actor runs on the new bytes.
       expect((await ex.execute(d, inc, { actorId: 'b' })).count).toBe(1)
       // Back on the old bytes, the actor goes on from 5 (a durable one's stored state too).
@@ -258,4 +260,19 @@ describe('J3. close() closes the network', () => {
       await new Promise((r) => server.close(r))
     }
   }, 30_000)
+})
+
+describe('L4. options.env reads only its own keys', () => {
+  it('a key added to Object.prototype is not offered', async () => {
+    const proto = Object.prototype as any
+    proto.LOOM_POLLUTED = 'from the prototype'
+    try {
+      const ex = new WasmActivityExecutor({ download: async () => guest('capabilities/env') }, { env: { LOOM_OWN: 'own' } })
+      const e = await failure(ex.execute(def('env', { capabilities: { env: ['LOOM_POLLUTED'] } }), {}))
+      expect(e.code).toBe('CAPABILITY_DENIED')
+      expect(await ex.execute(def('env', { capabilities: { env: ['LOOM_OWN'] } }), {})).toEqual({ LOOM_OWN: 'own' })
+    } finally {
+      delete proto.LOOM_POLLUTED
+    }
+  })
 })

@@ -236,7 +236,12 @@ pub fn decode(bytes: &[u8], digest: &Digest, initial: &[u8], max_memory: u64) ->
     // that is invalid anywhere costs nothing. (A forged one whose runs each covered the whole
     // memory made 25.6 GiB of decompression, 24 s, from 100 MiB, before its last byte failed it.)
     let runs = r.u32()?;
-    let mut pages = Vec::with_capacity((runs as usize).min(memory.len() / PAGE + 1));
+    // Runs are apart and none is empty: there cannot be more than pages (a forged snapshot of
+    // millions of empty runs held 32 bytes each before it failed: 1.4 GiB from 300 MiB).
+    if runs as usize > memory.len().div_ceil(PAGE) {
+        return Err(invalid(format!("{runs} runs of pages in a memory of {} pages", memory.len().div_ceil(PAGE))));
+    }
+    let mut pages = Vec::with_capacity(runs as usize);
     let mut next = 0usize;
     for _ in 0..runs {
         let start = (r.u32()? as usize).checked_mul(PAGE).ok_or_else(|| invalid("a page outside the memory"))?;
@@ -245,6 +250,9 @@ pub fn decode(bytes: &[u8], digest: &Digest, initial: &[u8], max_memory: u64) ->
         let packed = r.take(packed_len)?;
         if start < next {
             return Err(invalid("runs of pages out of order or overlapping"));
+        }
+        if len == 0 {
+            return Err(invalid("an empty run of pages"));
         }
         let end = start.checked_add(len).filter(|e| *e <= memory.len()).ok_or_else(|| invalid("a page outside the memory"))?;
         next = end;
@@ -353,6 +361,13 @@ mod tests {
         // bytes are garbage would otherwise be what it fails on.
         let trailing = forged(&d, whole as u64, &[(0, whole, vec![0xff; 64])], &[0]);
         assert!(code(decode(&trailing, &d, &[], 1 << 30)).expect_err("trailer").contains("bytes after the last page"));
+        // Empty runs (each passed the order check, and was held until the end), and more runs than
+        // the memory has pages.
+        let empty = forged(&d, whole as u64, &[(0, 0, vec![]), (0, 0, vec![])], &[]);
+        assert!(code(decode(&empty, &d, &[], 1 << 30)).expect_err("empty").contains("empty run"));
+        let pages = (whole as usize / PAGE) as u32;
+        let many: Vec<_> = (0..=pages).map(|p| (p, PAGE as u32, vec![])).collect();
+        assert!(code(decode(&forged(&d, whole as u64, &many, &[]), &d, &[], 1 << 30)).expect_err("many").contains("runs of pages in a memory"));
     }
 
     #[test]

@@ -241,6 +241,113 @@ pub fn fs_open_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
+/// A component that opens `f` in its first preopened directory N times (N its input, a JSON
+/// number), each time keeping a stream of the file (`read-via-stream`) and dropping the
+/// descriptor: the host file stays open through the stream. Answers `opened * 100 + code`, code
+/// the `error-code` index that stopped it (13: io), or 99 when `read-via-stream` failed.
+pub fn fs_stream_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:io/streams@0.2.0" (instance $streams (export "input-stream" (type (sub resource)))))
+  (alias export $streams "input-stream" (type $is))
+  (import "wasi:filesystem/types@0.2.0" (instance $types
+    (alias outer $C $is (type $is_outer))
+    (export "input-stream" (type $ise (eq $is_outer)))
+    (export "descriptor" (type $desc (sub resource)))
+    (type $pf (flags "symlink-follow"))
+    (export "path-flags" (type $pfe (eq $pf)))
+    (type $of (flags "create" "directory" "exclusive" "truncate"))
+    (export "open-flags" (type $ofe (eq $of)))
+    (type $df (flags "read" "write" "file-integrity-sync" "data-integrity-sync" "requested-write-sync" "mutate-directory"))
+    (export "descriptor-flags" (type $dfe (eq $df)))
+    (type $ec (enum "access" "would-block" "already" "bad-descriptor" "busy" "deadlock" "quota" "exist"
+      "file-too-large" "illegal-byte-sequence" "in-progress" "interrupted" "invalid" "io" "is-directory" "loop"
+      "too-many-links" "message-size" "name-too-long" "no-device" "no-entry" "no-lock" "insufficient-memory"
+      "insufficient-space" "not-directory" "not-empty" "not-recoverable" "unsupported" "no-tty" "no-such-device"
+      "overflow" "not-permitted" "pipe" "read-only" "invalid-seek" "text-file-busy" "cross-device"))
+    (export "error-code" (type $ece (eq $ec)))
+    (type $own (own $desc))
+    (type $borrow (borrow $desc))
+    (type $res (result $own (error $ece)))
+    (type $own_is (own $ise))
+    (type $sres (result $own_is (error $ece)))
+    (export "[method]descriptor.open-at" (func (param "self" $borrow) (param "path-flags" $pfe) (param "path" string)
+      (param "open-flags" $ofe) (param "flags" $dfe) (result $res)))
+    (export "[method]descriptor.read-via-stream" (func (param "self" $borrow) (param "offset" u64) (result $sres)))))
+  (alias export $types "descriptor" (type $desc))
+  (import "wasi:filesystem/preopens@0.2.0" (instance $preopens
+    (alias outer $C $desc (type $d))
+    (export "descriptor" (type $de (eq $d)))
+    (type $own (own $de))
+    (type $t (tuple $own string))
+    (type $l (list $t))
+    (export "get-directories" (func (result $l)))))
+  (core module $libc
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at (i32.and (i32.add (global.get $bump) (i32.sub (local.get $align) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $bump (i32.add (local.get $at) (local.get $size)))
+      (local.get $at)))
+  (core instance $libc (instantiate $libc))
+  (core func $open_at (canon lower (func $types "[method]descriptor.open-at")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $read_via_stream (canon lower (func $types "[method]descriptor.read-via-stream")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $get_dirs (canon lower (func $preopens "get-directories")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $drop_desc (canon resource.drop $desc))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "open-at" (func $open_at (param i32 i32 i32 i32 i32 i32 i32)))
+    (import "host" "read-via-stream" (func $rvs (param i32 i64 i32)))
+    (import "host" "get-directories" (func $get_dirs (param i32)))
+    (import "host" "drop-descriptor" (func $drop (param i32)))
+    (data (i32.const 200) "f")
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $n i32) (local $i i32) (local $dir i32) (local $fd i32) (local $ok i32) (local $code i32) (local $t i32)
+      ;; N: the input's digits
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $len)))
+        (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
+          (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (call $get_dirs (i32.const 16))
+      (local.set $dir (i32.load (i32.load (i32.const 16))))
+      (block $out (loop $l (br_if $out (i32.ge_u (local.get $ok) (local.get $n)))
+        ;; open-at(dir, 0, "f", 0, read): result<own<descriptor>, error-code> at 32
+        (call $open_at (local.get $dir) (i32.const 0) (i32.const 200) (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32))
+        (if (i32.load8_u (i32.const 32)) (then (local.set $code (i32.load8_u (i32.const 36))) (br $out)))
+        (local.set $fd (i32.load (i32.const 36)))
+        ;; the stream is kept; the descriptor goes
+        (call $rvs (local.get $fd) (i64.const 0) (i32.const 48))
+        (if (i32.load8_u (i32.const 48)) (then (local.set $code (i32.const 99)) (br $out)))
+        (call $drop (local.get $fd))
+        (local.set $ok (i32.add (local.get $ok) (i32.const 1))) (br $l)))
+      ;; ok(decimal of ok * 100 + code), written backwards from 1040
+      (local.set $t (i32.add (i32.mul (local.get $ok) (i32.const 100)) (local.get $code)))
+      (local.set $i (i32.const 1040))
+      (loop $w (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+        (i32.store8 (local.get $i) (i32.add (i32.const 48) (i32.rem_u (local.get $t) (i32.const 10))))
+        (local.set $t (i32.div_u (local.get $t) (i32.const 10)))
+        (br_if $w (local.get $t)))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (local.get $i))
+      (i32.store (i32.const 72) (i32.sub (i32.const 1040) (local.get $i)))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main
+    (with "libc" (instance $libc))
+    (with "host" (instance (export "open-at" (func $open_at)) (export "read-via-stream" (func $read_via_stream))
+      (export "get-directories" (func $get_dirs)) (export "drop-descriptor" (func $drop_desc))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+    )
+    .expect("test component parses")
+}
+
 /// Echo, with an element segment of `items` `ref.null func` items written as expressions: code
 /// wasmtime compiles for the instance's start, ~15 us per item (`shape::Shape::init_instructions`).
 pub fn init_bomb(items: usize) -> Vec<u8> {

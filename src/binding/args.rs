@@ -94,16 +94,35 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
         .collect()
 }
 
-/// An object of string values (`{ key: 'value' }`).
-/// An object's own enumerable string keys; a throw (a Proxy's `ownKeys` trap, a revoked Proxy)
-/// is `INVALID_ARGUMENT`, with the exception cleared.
+/// An object's own enumerable string keys (not its prototypes': a key someone added to
+/// `Object.prototype` is no option); a throw (a Proxy's `ownKeys` trap, a revoked Proxy) is
+/// `INVALID_ARGUMENT`, with the exception cleared.
 pub fn keys(obj: &Object, what: &str) -> Result<Vec<String>, ExecError> {
-    Object::keys(obj).map_err(|e| match js::take_exception(env_of(obj)) {
-        Some(msg) => ExecError::InvalidArgument(format!("listing the keys of {what} threw: {msg}")),
-        None => ExecError::InvalidArgument(format!("the keys of {what} cannot be listed: {}", e.reason)),
-    })
+    let env = env_of(obj);
+    let mut names = std::ptr::null_mut();
+    // SAFETY: a plain Node-API call on a live object of this env; `names` is written on success.
+    let status = unsafe {
+        sys::napi_get_all_property_names(
+            env,
+            obj.value().value,
+            sys::KeyCollectionMode::own_only,
+            sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
+            sys::KeyConversion::numbers_to_strings,
+            &mut names,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        return Err(match js::take_exception(env) {
+            Some(msg) => ExecError::InvalidArgument(format!("listing the keys of {what} threw: {msg}")),
+            None => ExecError::InvalidArgument(format!("the keys of {what} cannot be listed (status {status})")),
+        });
+    }
+    // SAFETY: `names` is the array Node-API just returned for this env.
+    let names = unsafe { Unknown::from_napi_value(env, names) }.map_err(ExecError::internal)?;
+    string_list(names, what)
 }
 
+/// An object of string values (`{ key: 'value' }`).
 fn string_map(obj: &Object, what: &str) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
     let keys = keys(obj, what)?;
     if keys.len() > 10_000 {
