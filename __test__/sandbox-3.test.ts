@@ -276,3 +276,56 @@ describe('L4. options.env reads only its own keys', () => {
     }
   })
 })
+
+describe("M5. a deterministic call's clocks and randomness stay in that call", () => {
+  /** Answers [realtime ns, monotonic ns, 8 random bytes] as hex strings (WASI preview 1). */
+  const clocks = () =>
+    guestWat(
+      `(func $hex (param $v i64) (param $at i32) (local $k i32) (local $n i32)
+        (loop $l
+          (local.set $n (i32.wrap_i64 (i64.and (i64.shr_u (local.get $v)
+            (i64.extend_i32_u (i32.sub (i32.const 60) (i32.shl (local.get $k) (i32.const 2))))) (i64.const 15))))
+          (i32.store16 (i32.add (local.get $at) (i32.shl (local.get $k) (i32.const 1)))
+            (select (i32.add (local.get $n) (i32.const 48)) (i32.add (local.get $n) (i32.const 87)) (i32.lt_u (local.get $n) (i32.const 10))))
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $k) (i32.const 16)))))
+      (func $ch (param $at i32) (param $c i32) (i32.store16 (local.get $at) (local.get $c)))
+      (func (export "execute") (param i32) (result i32)
+        (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 1000)))
+        (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 1008)))
+        (drop (call $rand (i32.const 1016) (i32.const 8)))
+        (i32.store (i32.const 8188) (i32.const 116))
+        (call $ch (i32.const 8192) (i32.const 91)) (call $ch (i32.const 8194) (i32.const 34))
+        (call $hex (i64.load (i32.const 1000)) (i32.const 8196))
+        (call $ch (i32.const 8228) (i32.const 34)) (call $ch (i32.const 8230) (i32.const 44)) (call $ch (i32.const 8232) (i32.const 34))
+        (call $hex (i64.load (i32.const 1008)) (i32.const 8234))
+        (call $ch (i32.const 8266) (i32.const 34)) (call $ch (i32.const 8268) (i32.const 44)) (call $ch (i32.const 8270) (i32.const 34))
+        (call $hex (i64.load (i32.const 1016)) (i32.const 8272))
+        (call $ch (i32.const 8304) (i32.const 34)) (call $ch (i32.const 8306) (i32.const 93))
+        (i32.const 8192))`,
+      `(import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+       (import "wasi_snapshot_preview1" "random_get" (func $rand (param i32 i32) (result i32)))`,
+    )
+
+  it("an actor's call after a deterministic one reads the real clock and fresh randomness", async () => {
+    const wasm = await clocks()
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { env: { X: '1' } })
+    const det = def('clocks', { deterministic: true, capabilities: { env: ['X'] } } as any)
+    const plain = def('clocks', { capabilities: { env: ['X'] } })
+    const ms = (o: string[]) => Number(BigInt('0x' + o[0]) / 1_000_000n)
+    const fresh = await ex.execute(det, null, { now: 2000, seed: 7 })
+    expect(ms(fresh)).toBe(2000)
+    for (const actorId of ['a', 'b']) {
+      if (actorId === 'b') expect(Math.abs(ms(await ex.execute(plain, null, { actorId })) - Date.now())).toBeLessThan(60_000)
+      const d = await ex.execute(det, null, { actorId, now: 2000, seed: 7 })
+      // The same as a fresh deterministic call: replayable.
+      expect(d).toEqual(fresh)
+      const after = await ex.execute(plain, null, { actorId })
+      expect(Math.abs(ms(after) - Date.now())).toBeLessThan(60_000)
+      expect(after[2]).not.toBe(fresh[2])
+      // And the next deterministic call is deterministic again.
+      expect(await ex.execute(det, null, { actorId, now: 2000, seed: 7 })).toEqual(fresh)
+    }
+    await ex.close()
+  })
+})

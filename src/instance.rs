@@ -70,6 +70,9 @@ pub struct GuestInstance {
     pub kind: EngineKind,
     /// What its WASI context was built from.
     grants: Grants,
+    /// Its WASI context is a deterministic call's (clocks stopped at its `now`, randomness from
+    /// its `seed`): the next call gets one of its own, whatever it is.
+    wasi_det: bool,
     /// Its memory and mutable globals, for snapshots (resolved on first use).
     state: Option<(Option<Memory>, Vec<Global>)>,
     /// The names those are exported under.
@@ -189,6 +192,7 @@ impl GuestInstance {
             digest: module.digest,
             kind: module.kind,
             grants: grants.clone(),
+            wasi_det: ctx.det.is_some(),
             state: None,
             state_names: module.state.clone(),
             stopped_midway: false,
@@ -360,11 +364,22 @@ impl GuestInstance {
         if held > limits.max_memory_bytes {
             return Err(ExecError::OutOfMemory { limit_bytes: limits.max_memory_bytes, requested_bytes: held });
         }
-        // A deterministic call gets a WASI context of its own (its clocks and randomness).
-        if self.store.data().wasi.is_some() && (self.grants != *grants || ctx.det.is_some()) {
-            self.store.data_mut().wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
-            self.store.data_mut().paths = grants.path_lock();
+        // A deterministic call gets a WASI context of its own (its clocks and randomness), and so
+        // does the call after one: a deterministic call's stopped clocks and seeded randomness
+        // stayed for the actor's later calls (their "secure" random bytes predictable from a seed
+        // the workflow chose). A component keeps its resource table (its open descriptors).
+        if self.grants != *grants || ctx.det.is_some() || self.wasi_det {
+            let data = self.store.data_mut();
+            if data.wasi.is_some() {
+                data.wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
+                data.paths = grants.path_lock();
+            }
+            if let Some(component) = data.component.as_mut() {
+                component.ctx = grants.wasi_p2_context(ctx.det.as_ref())?;
+                data.paths = grants.path_lock();
+            }
             self.grants = grants.clone();
+            self.wasi_det = ctx.det.is_some();
         }
         let data = self.store.data_mut();
         data.det = ctx.det;
