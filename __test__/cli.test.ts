@@ -107,3 +107,37 @@ describe('loom-wasm inspect and precompile', () => {
     }
   })
 })
+
+describe('review M: output into a pipe, odd arguments', () => {
+  const bin = join(root, 'bin', 'loom-wasm.js')
+  const sh = (script: string) => spawnSync('bash', ['-c', script], { cwd: root, encoding: 'utf8', timeout: 60_000 })
+
+  it('an output of megabytes reaches a slow reader whole (it was cut at 64 KiB, with status 0)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cli-pipe-'))
+    const message = 'x'.repeat(2_000_000)
+    writeFileSync(join(dir, 'in.json'), JSON.stringify({ message }))
+    const expected = JSON.stringify({ result: message, length: message.length, executedBy: 'WASM' }).length + 1
+    const r = sh(`"${process.execPath}" "${bin}" run ${wasm('echo')} --input @${join(dir, 'in.json')} | (sleep 1; wc -c); exit \${PIPESTATUS[0]}`)
+    expect(r.status, r.stderr).toBe(0)
+    expect(Number(r.stdout.trim())).toBe(expected)
+  })
+
+  it('a reader that closes early ends the run quietly', () => {
+    const r = sh(`"${process.execPath}" "${bin}" run ${wasm('counter-actor')} --input '{"action":"get"}' --actor a --repeat 20000 | head -1; exit \${PIPESTATUS[0]}`)
+    expect(JSON.parse(r.stdout.trim()).count).toBe(0)
+    expect(r.stderr).toBe('')
+    expect(r.status).toBe(0)
+  })
+
+  it('a missing --input file is a usage error, a missing module to inspect is BLOB_NOT_FOUND, --repeat is whole, commands are only commands', () => {
+    const missing = cli(['run', wasm('echo'), '--input', '@/nonexistent/in.json'])
+    expect([missing.status, missing.stderr]).toEqual([2, expect.stringContaining('--input /nonexistent/in.json: no such file')])
+    const inspect = cli(['inspect', '/nonexistent/m.wasm'])
+    expect([inspect.status, inspect.stderr]).toEqual([5, expect.stringContaining('BLOB_NOT_FOUND')])
+    expect(cli(['run', wasm('counter-actor'), '--actor', 'a', '--repeat', '1.5', '--input', '{}']).status).toBe(2)
+    for (const command of ['constructor', 'toString', '__proto__']) {
+      const r = cli([command, '--help'])
+      expect([r.status, r.stderr], command).toEqual([2, expect.stringContaining('unknown command')])
+    }
+  })
+})

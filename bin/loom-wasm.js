@@ -86,6 +86,31 @@ function number(opts, key) {
   return n
 }
 
+function count(opts, key) {
+  const n = number(opts, key)
+  if (n !== undefined && !Number.isSafeInteger(n)) throw new UsageError(`--${key} must be a whole number`)
+  return n
+}
+
+/** A file the user named: its bytes, or the failure a missing module is (`BLOB_NOT_FOUND`). */
+function readNamed(path, what) {
+  try {
+    return readFileSync(resolve(path))
+  } catch (e) {
+    const err = new Error(`${what} ${path}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`)
+    err.code = what === 'module' && e.code === 'ENOENT' ? 'BLOB_NOT_FOUND' : 'USAGE'
+    throw err
+  }
+}
+
+/** Writes a line to stdout, waiting while the pipe is full (a guest's output may be megabytes). */
+function print(text) {
+  return new Promise((done) => {
+    if (process.stdout.write(text + '\n')) done()
+    else process.stdout.once('drain', done)
+  })
+}
+
 const isUrl = (s) => /^[a-z][a-z0-9+.-]*:\/\//i.test(s)
 
 /** A blob store and definition for a module given as a path or a URL (a store on its origin). */
@@ -103,7 +128,7 @@ function target(spec, extra = {}) {
 
 async function readInput(opts) {
   if (opts.input !== undefined) {
-    const text = opts.input.startsWith('@') ? readFileSync(resolve(opts.input.slice(1)), 'utf8') : opts.input
+    const text = opts.input.startsWith('@') ? readNamed(opts.input.slice(1), '--input').toString('utf8') : opts.input
     try {
       return JSON.parse(text)
     } catch (e) {
@@ -124,7 +149,7 @@ async function readInput(opts) {
 
 async function bytesOf(spec) {
   if (!spec) throw new UsageError('missing <module.wasm | url>')
-  if (!isUrl(spec)) return readFileSync(resolve(spec))
+  if (!isUrl(spec)) return readNamed(spec, 'module')
   const { ObjectBlobStore } = require('..')
   const u = new URL(spec)
   const store = new ObjectBlobStore(`${u.protocol}//${u.host}`)
@@ -134,48 +159,58 @@ async function bytesOf(spec) {
 async function main(argv) {
   const { command, opts } = parse(argv)
   if (!command || command === '--help' || command === '-h' || command === 'help') {
-    console.log(HELP.main)
+    await print(HELP.main)
     return command ? EXIT.ok : EXIT.usage
   }
-  if (!HELP[command] || command === 'main') throw new UsageError(`unknown command ${command}\n\n${HELP.main}`)
+  if (!Object.hasOwn(HELP, command) || command === 'main') throw new UsageError(`unknown command ${command}\n\n${HELP.main}`)
   if (opts.help) {
-    console.log(HELP[command])
+    await print(HELP[command])
     return EXIT.ok
   }
   const { WasmActivityExecutor, inspectModule } = require('..')
   if (command === 'run') {
     const limits = { maxExecutionMs: number(opts, 'timeout'), maxMemoryMB: number(opts, 'memory'), maxFuel: number(opts, 'fuel') }
-    const repeat = number(opts, 'repeat') ?? 1
+    const repeat = count(opts, 'repeat') ?? 1
     if (repeat > 1 && opts.actor === undefined) throw new UsageError('--repeat needs --actor (without it every run starts fresh)')
     const { store, def } = target(opts._[0], { limits })
     const input = await readInput(opts)
     const executor = new WasmActivityExecutor(store, opts['cache-dir'] ? { cacheDir: opts['cache-dir'] } : undefined)
     for (let i = 0; i < repeat; i++) {
       const out = await executor.execute(def, input, opts.actor !== undefined ? { actorId: opts.actor } : undefined)
-      console.log(JSON.stringify(out))
+      await print(JSON.stringify(out))
     }
     return EXIT.ok
   }
   if (command === 'inspect') {
     const info = await inspectModule(await bytesOf(opts._[0]))
-    console.log(JSON.stringify({ ...info, abi: info.abi ?? null }, null, 2))
+    await print(JSON.stringify({ ...info, abi: info.abi ?? null }, null, 2))
     return EXIT.ok
   }
   if (command === 'precompile') {
     if (!opts['cache-dir']) throw new UsageError('precompile needs --cache-dir DIR')
     const { store, def } = target(opts._[0])
     const executor = new WasmActivityExecutor(store, { cacheDir: opts['cache-dir'] })
-    console.log(await executor.precompile(def))
+    await print(await executor.precompile(def))
     return EXIT.ok
   }
   return EXIT.usage
 }
 
-main(process.argv.slice(2)).then(
-  (status) => process.exit(status),
-  (err) => {
-    const code = err && err.code ? err.code : 'INTERNAL'
-    process.stderr.write(`loom-wasm: ${code}: ${err && err.message ? err.message : String(err)}\n`)
-    process.exit(EXIT[CLASS[code]] ?? EXIT.internal)
-  },
-)
+/** Exits once what was written has reached stdout and stderr (an exit at once cut a piped output
+ * at 64 KiB, with status 0). */
+function exit(status) {
+  process.exitCode = status
+  let left = 2
+  const done = () => --left === 0 && process.exit(status)
+  process.stdout.write('', done)
+  process.stderr.write('', done)
+}
+
+// A reader that closed early (`| head`) wants no more: not a failure of ours.
+process.stdout.on('error', (e) => process.exit(e && e.code === 'EPIPE' ? EXIT.ok : EXIT.internal))
+
+main(process.argv.slice(2)).then(exit, (err) => {
+  const code = err && err.code ? err.code : 'INTERNAL'
+  process.stderr.write(`loom-wasm: ${code}: ${err && err.message ? err.message : String(err)}\n`)
+  exit(EXIT[CLASS[code]] ?? EXIT.internal)
+})
