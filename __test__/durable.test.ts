@@ -383,6 +383,18 @@ describe('heartbeats (loom.progress)', () => {
     expect(seen[seen.length - 1]).toEqual({ done: 5000 })
   })
 
+  it('the last heartbeat reaches onProgress before the call settles, short calls included (review M)', async () => {
+    const ex = await progressExecutor()
+    for (let round = 0; round < 20; round++) {
+      const seen: any[] = []
+      await ex.execute(def('progress'), { steps: 3, every: 1 }, { onProgress: (d: any) => seen.push(d) })
+      expect(seen.at(-1), `round ${round}`).toEqual({ done: 3 })
+      // Nothing older arrives after it.
+      await new Promise((r) => setTimeout(r, 5))
+      expect(seen.at(-1)).toEqual({ done: 3 })
+    }
+  })
+
   it('a TIMEOUT or CANCELLED error carries the last heartbeat', async () => {
     const ex = await progressExecutor()
     const t = await failure(ex.execute(def('progress', { limits: { maxExecutionMs: 200 } }), { steps: 30, every: 10, hang: true }))

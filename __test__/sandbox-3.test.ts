@@ -329,3 +329,34 @@ describe("M5. a deterministic call's clocks and randomness stay in that call", (
     await ex.close()
   })
 })
+
+describe('M4. heartbeats up to their limit', () => {
+  /** Sends one heartbeat: {"c":"aaa…"} with `n` a's, built in the guest. */
+  const beat = (n: number) =>
+    guestWat(
+      `(func (export "execute") (param i32) (result i32) (local $s i32) (local $i i32) (local $len i32)
+        (local.set $len (i32.add (i32.const ${n}) (i32.const 8)))
+        (local.set $s (call $new (i32.shl (local.get $len) (i32.const 1)) (i32.const 2)))
+        ;; {"c":" then the a's, then "}
+        (i32.store16 (local.get $s) (i32.const 123)) (i32.store16 offset=2 (local.get $s) (i32.const 34))
+        (i32.store16 offset=4 (local.get $s) (i32.const 99)) (i32.store16 offset=6 (local.get $s) (i32.const 34))
+        (i32.store16 offset=8 (local.get $s) (i32.const 58)) (i32.store16 offset=10 (local.get $s) (i32.const 34))
+        (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (i32.const ${n})))
+          (i32.store16 offset=12 (i32.add (local.get $s) (i32.shl (local.get $i) (i32.const 1))) (i32.const 97))
+          (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+        (i32.store16 offset=12 (i32.add (local.get $s) (i32.shl (local.get $i) (i32.const 1))) (i32.const 34))
+        (i32.store16 offset=14 (i32.add (local.get $s) (i32.shl (local.get $i) (i32.const 1))) (i32.const 125))
+        (call $progress (local.get $s))
+        (i32.const 36))`,
+      `(import "loom" "progress" (func $progress (param i32)))`,
+    )
+
+  it('a heartbeat of 20,000 characters arrives whole and parsed (it was cut at 4,096, and so no JSON)', async () => {
+    const wasm = await beat(20_000)
+    const ex = new WasmActivityExecutor({ download: async () => wasm })
+    const seen: any[] = []
+    await ex.execute(def('beat'), {}, { onProgress: (d: any) => seen.push(d) })
+    expect(seen).toHaveLength(1)
+    expect(seen[0]).toEqual({ c: 'a'.repeat(20_000) })
+  })
+})

@@ -16,7 +16,7 @@ use wasmtime::{Caller, Linker, Module};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::abi::assemblyscript::read_text_lossy;
+use crate::abi::assemblyscript::read_text_lossy_up_to;
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::limits::MemoryLimiter;
@@ -174,8 +174,13 @@ pub const PROVIDED: &[(&str, &str)] =
 const LOG_LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
 
 fn memory_text(caller: &mut Caller<'_, HostState>, ptr: i32) -> String {
+    memory_text_up_to(caller, ptr, crate::abi::assemblyscript::MAX_ABORT_TEXT_CHARS)
+}
+
+/// `memory_text`, cut at `max_units` UTF-16 units.
+fn memory_text_up_to(caller: &mut Caller<'_, HostState>, ptr: i32, max_units: usize) -> String {
     match caller.get_export("memory").and_then(|e| e.into_memory()) {
-        Some(mem) => read_text_lossy(mem.data(&*caller), ptr),
+        Some(mem) => read_text_lossy_up_to(mem.data(&*caller), ptr, max_units),
         None => String::new(),
     }
 }
@@ -218,7 +223,8 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as f64).unwrap_or(0.0)
     }))?;
     def(linker.func_wrap("loom", "progress", |mut caller: Caller<'_, HostState>, msg: i32| {
-        let text = memory_text(&mut caller, msg);
+        // A heartbeat's whole text, up to its limit (as a diagnostic's, it was cut at 4,096).
+        let text = memory_text_up_to(&mut caller, msg, MAX_PROGRESS_CHARS);
         caller.data_mut().heartbeat(text);
     }))?;
     def(linker.func_wrap(

@@ -15,7 +15,7 @@ pub const STRING_CLASS_ID: i32 = 2;
 /// AS objects cannot exceed this size (`BLOCK_MAXSIZE` is just under 1 GiB).
 pub(crate) const MAX_AS_OBJECT_BYTES: u64 = (1 << 30) - 16;
 /// Characters of an abort message or file name kept (a hostile guest may claim gigabytes).
-const MAX_ABORT_TEXT_CHARS: usize = 4096;
+pub const MAX_ABORT_TEXT_CHARS: usize = 4096;
 
 /// What the module must export, with the exact types, checked once when it is compiled.
 pub fn check_exports(module: &Module) -> Result<(), ExecError> {
@@ -158,12 +158,17 @@ pub fn read_string(mem: &[u8], ptr: i32, max_bytes: u64) -> Result<String, ExecE
 /// Reads a string for a diagnostic (abort message, file name): lossy and truncated, `None` for
 /// null, a placeholder for a bad pointer.
 pub fn read_text_lossy(mem: &[u8], ptr: i32) -> String {
+    read_text_lossy_up_to(mem, ptr, MAX_ABORT_TEXT_CHARS)
+}
+
+/// `read_text_lossy`, cut at `max_units` UTF-16 units (with `…` when longer).
+pub fn read_text_lossy_up_to(mem: &[u8], ptr: i32, max_units: usize) -> String {
     if ptr == 0 {
         return String::new();
     }
     match string_units(mem, ptr) {
         Ok(bytes) => {
-            let limit = bytes.len().min(MAX_ABORT_TEXT_CHARS * 2);
+            let limit = bytes.len().min(max_units.saturating_mul(2));
             let units: Vec<u16> = bytes[..limit].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
             let mut s = String::from_utf16_lossy(&units);
             if limit < bytes.len() {

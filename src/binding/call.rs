@@ -81,6 +81,7 @@ pub(crate) fn start_call<'env>(
     let detailed = settle == Settle::Details;
     let mut call = CallOptions::default();
     let mut hook = None;
+    let mut progress: Option<Arc<Progress>> = None;
     // Everything that reads JS happens here, on the JS thread; errors reject the promise.
     let prepare = || -> Result<_, ExecError> {
         let def = definition?;
@@ -128,19 +129,15 @@ pub(crate) fn start_call<'env>(
                 // The user's function, called on the JS thread with the heartbeat parsed.
                 let user: Function<Unknown, Unknown> =
                     unsafe { f.cast() }.map_err(ExecError::internal)?;
-                let user = user.create_ref().map_err(ExecError::internal)?;
+                let user = Arc::new(Progress { user: user.create_ref().map_err(ExecError::internal)?, line: Default::default() });
+                progress = Some(user.clone());
+                let line = user.line.clone();
                 let wrapper = env
                     .create_function_from_closure::<String, (), _>("onProgress", move |ctx| {
                         let text: String = ctx.get(0)?;
-                        let env: &Env = ctx.env;
-                        let f = user.borrow_back(env)?;
-                        let value = match parse_json(env, &text) {
-                            Some(v) => v,
-                            None => env.create_string(&text)?.to_unknown(),
-                        };
-                        // A throwing callback is the caller's bug: swallowed, never pending.
-                        if f.call(value).is_err() {
-                            js::take_exception(env.raw());
+                        let (seq, detail) = text.split_once(' ').unwrap_or(("0", ""));
+                        if user.line.take(seq.parse().unwrap_or(0)) {
+                            user.deliver(ctx.env, detail)?;
                         }
                         Ok(())
                     })
@@ -151,7 +148,7 @@ pub(crate) fn start_call<'env>(
                     .weak::<true>()
                     .build()
                     .map_err(ExecError::internal)?;
-                call.progress = Some(Arc::new(js_log::JsProgressSink(tsfn)));
+                call.progress = Some(Arc::new(js_log::JsProgressSink { tsfn, line }));
             }
             if let Some(signal) = o.get("signal")? {
                 let signal = args::object(signal, "options.signal")?;
@@ -176,10 +173,14 @@ pub(crate) fn start_call<'env>(
             .map_err(ExecError::internal)?;
         promise = Some(p);
         let hook = hook.take();
+        let progress = progress.clone();
         Ok(Box::new(move |result: Result<CallOutput, ExecError>| {
             deferred.resolve(move |env: Env| {
                 if let Some(SendHook(Some(h))) = hook {
                     h.detach(&env);
+                }
+                if let Some(p) = progress {
+                    p.flush(&env)?;
                 }
                 settled_value(&env, result, detailed, actor).map(Raw)
             })
@@ -198,6 +199,9 @@ pub(crate) fn start_call<'env>(
             // Settled now, on this thread: no hand-off at all.
             if let Some(SendHook(Some(h))) = hook.take() {
                 h.detach(env);
+            }
+            if let Some(p) = progress.take() {
+                p.flush(env)?;
             }
             match result {
                 // `fast_paths.js` parses the text itself.
@@ -262,4 +266,34 @@ fn settled_now<'env>(
     }
     // SAFETY: the promise napi just made in this scope.
     Ok(unsafe { Unknown::from_raw_unchecked(raw, promise) })
+}
+
+/// A call's `onProgress`: the user's function and the line of its heartbeats.
+struct Progress {
+    user: napi::bindgen_prelude::FunctionRef<Unknown<'static>, Unknown<'static>>,
+    line: Arc<js_log::ProgressLine>,
+}
+
+impl Progress {
+    /// Calls the user's function with a heartbeat (parsed, else the text); a throw is the caller's
+    /// bug: swallowed, never pending.
+    fn deliver(&self, env: &Env, detail: &str) -> napi::Result<()> {
+        let f = self.user.borrow_back(env)?;
+        let value = match parse_json(env, detail) {
+            Some(v) => v,
+            None => env.create_string(detail)?.to_unknown(),
+        };
+        if f.call(value).is_err() {
+            js::take_exception(env.raw());
+        }
+        Ok(())
+    }
+
+    /// Delivers the newest heartbeat if the queue has not yet: before the call's promise settles.
+    fn flush(&self, env: &Env) -> napi::Result<()> {
+        match self.line.undelivered() {
+            Some(detail) => self.deliver(env, &detail),
+            None => Ok(()),
+        }
+    }
 }
