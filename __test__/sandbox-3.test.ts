@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -359,4 +359,31 @@ describe('M4. heartbeats up to their limit', () => {
     expect(seen).toHaveLength(1)
     expect(seen[0]).toEqual({ c: 'a'.repeat(20_000) })
   })
+})
+
+describe('M6. maxOutputBytes counts UTF-16 bytes on every ABI', () => {
+  const built = (p: string) => readFileSync(join(__dirname, '..', 'build', p))
+  it('an output of exactly the limit passes and one over it is OUTPUT_TOO_LARGE, for ASCII and CJK text alike', async () => {
+    const blobs: Record<string, Buffer> = {
+      'echo.wasm': guest('echo'),
+      'plugin.wasm': built('c/plugin.wasm'),
+      'cmd.wasm': built('c/command.wasm'),
+      'js.wasm': built('js/echo.wasm'),
+    }
+    const store = { download: async (p: string) => blobs[p] }
+    const cacheDir = tempDir() // the JS component compiles once
+    const free = new WasmActivityExecutor(store, { cacheDir })
+    for (const name of ['echo', 'plugin', 'cmd', 'js']) {
+      for (const message of ['x'.repeat(300), '漢'.repeat(150)]) {
+        const out = await free.execute(def(name), { message })
+        // What JS holds: two bytes per UTF-16 unit (the guests write compact JSON).
+        const size = JSON.stringify(out).length * 2
+        const at = new WasmActivityExecutor(store, { cacheDir, maxOutputBytes: size })
+        expect(await at.execute(def(name), { message }), `${name} at the limit`).toEqual(out)
+        const under = new WasmActivityExecutor(store, { cacheDir, maxOutputBytes: size - 2 })
+        const e = await failure(under.execute(def(name), { message }))
+        expect([e.code, e.size, e.limit], `${name} over it`).toEqual(['OUTPUT_TOO_LARGE', size, size - 2])
+      }
+    }
+  }, 60_000)
 })

@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_INPUT_BYTES: u64 = 16 * MIB;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 * MIB;
 /// The largest input or output accepted (an AssemblyScript string holds at most 1 GiB).
 pub const MAX_PAYLOAD_BYTES: u64 = 1024 * MIB;
+/// The largest `maxOutputBytes`: V8's longest string, 2^29 - 24 UTF-16 units (an output past it
+/// could only fail when handed to JS).
+pub const MAX_OUTPUT_BYTES: u64 = ((1 << 29) - 24) * 2;
 /// Deepest nesting of arrays and objects accepted in a guest's output (`JSON.parse` of deeper
 /// text would hold the event loop).
 pub const DEFAULT_MAX_OUTPUT_DEPTH: u32 = 1000;

@@ -57,6 +57,8 @@ pub mod ranges {
     pub const MAX_ACTORS: (f64, f64) = (1.0, 1_000_000.0);
     pub const MAX_CONCURRENCY: (f64, f64) = (1.0, crate::threads::MAX_THREADS as f64);
     pub const PAYLOAD_BYTES: (f64, f64) = (1.0, crate::limits::MAX_PAYLOAD_BYTES as f64);
+    /// Outputs: at most the longest string V8 makes (2^29 - 24 UTF-16 units).
+    pub const OUTPUT_BYTES: (f64, f64) = (1.0, crate::limits::MAX_OUTPUT_BYTES as f64);
     pub const OUTPUT_DEPTH: (f64, f64) = (1.0, 100_000.0);
     pub const TIMEOUT_MS: (f64, f64) = (1.0, crate::limits::MAX_TIMEOUT_MS);
     pub const MODULE_BYTES: (f64, f64) = (8.0, 1024.0 * 1024.0 * 1024.0);

@@ -44,6 +44,23 @@ pub fn string_from_utf16le(bytes: &[u8]) -> Option<String> {
 }
 
 /// Bytes `s` takes as UTF-16.
+/// An output held in UTF-8 (`bytes`, already valid text) as `maxOutputBytes` counts it: in UTF-16
+/// bytes, as JS holds it (an ASCII output of N bytes is 2N; measured in UTF-8, ASCII reached twice
+/// the limit, and 540 MB of it passed a 1 GiB limit only to fail as no JS string can be that long).
+pub fn check_output_size(text: &str, max_bytes: u64) -> Result<(), crate::error::ExecError> {
+    let size = utf16_len_bytes(text);
+    if size > max_bytes {
+        return Err(crate::error::ExecError::OutputTooLarge { size, limit: max_bytes });
+    }
+    Ok(())
+}
+
+/// Whether UTF-8 text of `utf8_len` bytes is surely over `max_bytes` in UTF-16 (each character
+/// takes at least two thirds as many bytes there): checked before the text is read at all.
+pub fn surely_over(utf8_len: u64, max_bytes: u64) -> bool {
+    utf8_len.saturating_mul(2) / 3 > max_bytes
+}
+
 pub fn utf16_len_bytes(s: &str) -> u64 {
     if s.is_ascii() {
         return s.len() as u64 * 2;

@@ -142,8 +142,7 @@ pub async fn call(
     }
     let (result,) = called?;
     match result {
-        Ok(out) if out.len() as u64 > max_output_bytes => Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes }),
-        Ok(out) => Ok(out),
+        Ok(out) => crate::text::check_output_size(&out, max_output_bytes).map(|()| out),
         Err(mut message) => {
             crate::host::truncate_chars(&mut message, crate::host::MAX_LOG_CHARS);
             Err(ExecError::GuestError { message, exit_code: None })

@@ -440,12 +440,14 @@ fn outcome(k: &Kernel, rc: i32, max_output_bytes: u64, classify: &impl Fn(wasmti
         return Err(ExecError::GuestError { message: format!("the plugin returned {rc}"), exit_code: Some(rc) });
     }
     let Some((off, len)) = k.output else { return Ok(String::new()) };
-    if len > max_output_bytes {
-        return Err(ExecError::OutputTooLarge { size: len, limit: max_output_bytes });
+    if crate::text::surely_over(len, max_output_bytes) {
+        return Err(ExecError::OutputTooLarge { size: len.saturating_mul(2) / 3, limit: max_output_bytes });
     }
     let bytes = &k.mem[k.range(off, len).map_err(classify)?];
-    String::from_utf8(bytes.to_vec()).map_err(|e| ExecError::InvalidOutput {
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| ExecError::InvalidOutput {
         message: format!("the plugin's output is not UTF-8: {e}"),
         preview: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
-    })
+    })?;
+    crate::text::check_output_size(&text, max_output_bytes)?;
+    Ok(text)
 }

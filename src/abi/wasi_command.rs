@@ -41,7 +41,10 @@ pub async fn call(
     let start = instance
         .get_typed_func::<(), ()>(&mut *store, "_start")
         .map_err(|_| ExecError::MissingExport("the module does not export `_start` as () -> ()".into()))?;
-    let stdout = MemoryOutputPipe::new(max_output_bytes.saturating_add(1) as usize);
+    // stdout is UTF-8, the limit UTF-16 bytes: a character takes at most three halves as many
+    // bytes here. A pipe filled to its capacity was cut: the output is over the limit.
+    let capacity = (max_output_bytes.saturating_mul(3) / 2).saturating_add(4);
+    let stdout = MemoryOutputPipe::new(capacity.min(usize::MAX as u64) as usize);
     let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
     let stdin = MemoryInputPipe::new(input.as_bytes().to_vec());
     store.data_mut().wasi = Some(Box::new(grants.wasi_context_with_stdio(det, stdin, stdout.clone(), stderr.clone())?));
@@ -72,11 +75,13 @@ pub async fn call(
         });
     }
     let out = stdout.contents();
-    if out.len() as u64 > max_output_bytes {
-        return Err(ExecError::OutputTooLarge { size: out.len() as u64, limit: max_output_bytes });
+    if out.len() as u64 >= capacity || crate::text::surely_over(out.len() as u64, max_output_bytes) {
+        return Err(ExecError::OutputTooLarge { size: out.len() as u64 * 2 / 3, limit: max_output_bytes });
     }
-    String::from_utf8(out.to_vec()).map_err(|e| ExecError::InvalidOutput {
+    let text = String::from_utf8(out.to_vec()).map_err(|e| ExecError::InvalidOutput {
         message: format!("the program's stdout is not UTF-8: {e}"),
         preview: String::from_utf8_lossy(&out[..out.len().min(200)]).into_owned(),
-    })
+    })?;
+    crate::text::check_output_size(&text, max_output_bytes)?;
+    Ok(text)
 }

@@ -316,7 +316,7 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     if let Some(n) = opt(obj, "maxInputBytes", w, |v, p| ranged(v, p, ranges::PAYLOAD_BYTES))? {
         o.defaults.max_input_bytes = n;
     }
-    if let Some(n) = opt(obj, "maxOutputBytes", w, |v, p| ranged(v, p, ranges::PAYLOAD_BYTES))? {
+    if let Some(n) = opt(obj, "maxOutputBytes", w, |v, p| ranged(v, p, ranges::OUTPUT_BYTES))? {
         o.defaults.max_output_bytes = n;
     }
     if let Some(n) = opt(obj, "maxOutputDepth", w, |v, p| ranged(v, p, ranges::OUTPUT_DEPTH))? {

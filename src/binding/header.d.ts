@@ -113,7 +113,7 @@ export interface ExecutorOptions {
   maxExecutionMs?: number
   /** Largest input JSON, in bytes (default 16 MiB; 1..1 GiB). */
   maxInputBytes?: number
-  /** Largest guest output, in bytes of UTF-16 (default 16 MiB; 1..1 GiB). */
+  /** Largest guest output, in bytes of UTF-16 as JS holds it, on every ABI (default 16 MiB; 1..1073741776, V8's longest string). */
   maxOutputBytes?: number
   /** Deepest nesting of arrays/objects in a guest's output (default 1000; 1..100000): `INVALID_OUTPUT` past it. */
   maxOutputDepth?: number
