@@ -5,10 +5,10 @@ import { createHash } from 'node:crypto'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { ObjectBlobStore, WasmActivityExecutor } from '../index'
+import { inspectModule, ObjectBlobStore, WasmActivityExecutor } from '../index'
 import { def, failure, guest, MemoryBlobStore } from './helpers'
 import { guestWat, wat } from './wat'
 
@@ -386,4 +386,21 @@ describe('M6. maxOutputBytes counts UTF-16 bytes on every ABI', () => {
       }
     }
   }, 60_000)
+})
+
+describe('M7. inspectModule is bounded like a compile', () => {
+  it('64 inspections at once compile one per core, not 64 threads at once', async () => {
+    const threads = () => Number(/Threads:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1])
+    const bytes = guest('mortgage')
+    await inspectModule(bytes) // the runtime's own threads are up
+    const before = threads()
+    let most = before
+    const watch = setInterval(() => (most = Math.max(most, threads())), 1)
+    const all = await Promise.all(Array.from({ length: 64 }, () => inspectModule(bytes)))
+    clearInterval(watch)
+    most = Math.max(most, threads())
+    expect(new Set(all.map((i) => i.sha256)).size).toBe(1)
+    expect(all[0].abi).toBe('assemblyscript')
+    expect(most - before).toBeLessThanOrEqual(availableParallelism() + 2)
+  })
 })

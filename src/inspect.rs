@@ -23,11 +23,27 @@ pub struct Inspection {
     pub notes: Vec<String>,
 }
 
+/// At most this many inspections compile at once in the process (one per core): each is a whole
+/// compile, and 64 at once started 63 threads compiling the same bytes.
+pub fn permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
 /// Compiles (within the default compile limits) and describes a module. Blocking: run it off
-/// the caller's thread.
+/// the caller's thread, holding one of `permits`. Describing needs the module's types, not fast
+/// code: the baseline compiler (linear in the code) does it, the optimizing one only for what the
+/// baseline cannot compile (the 12 MB JS component took 15 s of CPU with the optimizing one).
 pub fn inspect(bytes: &[u8]) -> Result<Inspection, ExecError> {
     let shape = shape::check(bytes, &CompileLimits::default())?;
-    let kind = EngineKind::Plain.with_baseline(shape.needs_baseline());
+    let baseline = inspect_with(bytes, EngineKind::Baseline);
+    match baseline {
+        Err(ExecError::InvalidModule(_)) if !shape.needs_baseline() => inspect_with(bytes, EngineKind::Plain),
+        other => other,
+    }
+}
+
+fn inspect_with(bytes: &[u8], kind: EngineKind) -> Result<Inspection, ExecError> {
     if crate::abi::is_component(bytes) {
         return inspect_component(bytes, kind);
     }

@@ -244,6 +244,7 @@ pub fn inspect_module<'env>(env: &'env Env, bytes: Unknown<'env>) -> napi::Resul
     let bytes = args::bytes(bytes, "bytes");
     let work = async move {
         let bytes = bytes?;
+        let _permit = crate::inspect::permits().acquire().await.map_err(ExecError::internal)?;
         tokio::task::spawn_blocking(move || crate::inspect::inspect(&bytes))
             .await
             .map_err(|e| ExecError::internal(format!("inspect failed: {e}")))?
