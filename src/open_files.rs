@@ -46,7 +46,7 @@ fn reserve_start() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
         return u64::MAX;
     }
-    let soft = lim.rlim_cur as u64;
+    let soft = lim.rlim_cur;
     soft.saturating_sub((soft / 4).max(MIN_RESERVE))
 }
 
