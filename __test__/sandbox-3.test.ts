@@ -404,3 +404,33 @@ describe('M7. inspectModule is bounded like a compile', () => {
     expect(most - before).toBeLessThanOrEqual(availableParallelism() + 2)
   })
 })
+
+describe('N1. the newest heartbeat arrives even when the call is ended from outside', () => {
+  it('a heartbeat held back by the rate limit reaches onProgress before a TIMEOUT or CANCELLED while the guest waits in a host call', async () => {
+    // {"a":1}, then {"a":2} within the 100 ms, then a host function that never answers.
+    const wasm = await guestWat(
+      `(data (i32.const 200) "\\0e\\00\\00\\00{\\00\\"\\00a\\00\\"\\00:\\001\\00}\\00")
+      (data (i32.const 300) "\\0e\\00\\00\\00{\\00\\"\\00a\\00\\"\\00:\\002\\00}\\00")
+      (data (i32.const 400) "\\04\\00\\00\\00{\\00}\\00")
+      (func (export "execute") (param i32) (result i32)
+        (call $progress (i32.const 204))
+        (call $progress (i32.const 304))
+        (drop (call $wait (i32.const 404)))
+        (i32.const 36))`,
+      `(import "loom" "progress" (func $progress (param i32)))
+       (import "h" "wait" (func $wait (param i32) (result i32)))`,
+    )
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { hostFunctions: { 'h.wait': () => new Promise(() => {}) } })
+    for (const mode of ['timeout', 'cancel']) {
+      const seen: any[] = []
+      const ac = new AbortController()
+      const d = def('g', { capabilities: { hostFunctions: ['h.wait'] }, limits: { maxExecutionMs: mode === 'timeout' ? 300 : 10_000 } })
+      if (mode === 'cancel') setTimeout(() => ac.abort(), 150)
+      const e = await failure(ex.execute(d, {}, { onProgress: (p: any) => seen.push(p), signal: ac.signal }))
+      expect(e.code).toBe(mode === 'timeout' ? 'TIMEOUT' : 'CANCELLED')
+      expect(e.lastProgress).toEqual({ a: 2 })
+      expect(seen, mode).toEqual([{ a: 1 }, { a: 2 }])
+    }
+    await ex.close()
+  })
+})

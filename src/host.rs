@@ -29,6 +29,9 @@ pub trait LogSink: Send + Sync {
 /// Where a call's heartbeats go (`loom.progress(json)`): the call's `onProgress`.
 pub trait ProgressSink: Send + Sync {
     fn progress(&self, detail: &str);
+    /// A heartbeat the rate limit holds back: kept as the newest, for delivery when the call
+    /// settles should no later one be sent (a call ended from outside never sends it).
+    fn held(&self, _detail: &str) {}
 }
 
 /// How often heartbeats are delivered at most; the latest one always is, at the end of the call.
@@ -128,6 +131,7 @@ impl HostState {
             self.progress_state.sent_at = Some(std::time::Instant::now());
             self.progress_state.pending = false;
         } else {
+            sink.held(&detail);
             self.progress_state.pending = true;
         }
     }

@@ -101,7 +101,7 @@ impl HttpResponse {
         let mut m = Measure::default();
         let body = String::from_utf8_lossy(&self.body);
         let _ = serde_json::to_writer(&mut m, &*body);
-        let _ = std::io::Write::write_all(&mut m, self.headers_json().as_bytes());
+        let _ = serde_json::to_writer(&mut m, &self.merged_headers());
         let bytes = match units {
             TextUnits::Utf16 => m.utf16.saturating_mul(2),
             TextUnits::Utf8 => m.utf8,
@@ -116,6 +116,16 @@ impl HttpResponse {
     /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
     /// U+FFFD for bytes that are not).
     pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "status": self.status,
+            "headers": self.merged_headers(),
+            "body": String::from_utf8_lossy(&self.body),
+        })
+        .to_string()
+    }
+
+    /// The headers as a JSON object, a repeated name's values joined by ", ".
+    fn merged_headers(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut headers = serde_json::Map::new();
         for (k, v) in &self.headers {
             match headers.get_mut(k) {
@@ -128,12 +138,7 @@ impl HttpResponse {
                 }
             }
         }
-        serde_json::json!({
-            "status": self.status,
-            "headers": headers,
-            "body": String::from_utf8_lossy(&self.body),
-        })
-        .to_string()
+        headers
     }
 
     pub fn headers_json(&self) -> String {

@@ -194,12 +194,20 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     Ok(JsonFns { json, stringify, parse })
 }
 
+/// UTF-8 text longer than this goes to V8 as UTF-16 (V8's longest string, in units: 2^29 - 24).
+const UTF8_DIRECT_MAX: usize = (1 << 29) - 24;
+
 /// A JS string of `text`: ASCII (nearly all JSON) is Latin-1 too, and V8 copies Latin-1 without
 /// decoding it.
 pub fn new_string(env: sys::napi_env, text: &str) -> Result<sys::napi_value, ExecError> {
     let mut s = ptr::null_mut();
     let status = if text.is_ascii() {
         unsafe { sys::napi_create_string_latin1(env, text.as_ptr().cast(), text.len() as isize, &mut s) }
+    } else if text.len() > UTF8_DIRECT_MAX {
+        // V8 refuses UTF-8 input longer than its longest string, whatever the string's length
+        // would be: long non-ASCII text goes as UTF-16 (CJK of 537 MB in UTF-8 is 358 MB there).
+        let units: Vec<u16> = text.encode_utf16().collect();
+        unsafe { sys::napi_create_string_utf16(env, units.as_ptr(), units.len() as isize, &mut s) }
     } else {
         unsafe { sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut s) }
     };

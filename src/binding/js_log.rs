@@ -75,4 +75,8 @@ impl ProgressSink for JsProgressSink {
         let seq = self.line.record(detail);
         self.tsfn.call_with_return_value(format!("{seq} {detail}"), ThreadsafeFunctionCallMode::NonBlocking, |_, _| Ok(()));
     }
+
+    fn held(&self, detail: &str) {
+        self.line.record(detail);
+    }
 }
