@@ -491,7 +491,8 @@ async function hostileGap() {
     clearInterval(timer)
     return worst
   }
-  const nativeEx = new WasmActivityExecutor(hostileStore)
+  // The sleeping guest is granted WASI through a variable the executor offers.
+  const nativeEx = new WasmActivityExecutor(hostileStore, { env: ['NONE'] })
   const nativeGap = await measure(nativeEx, defs)
   // V8 cannot interrupt a spinning guest or a sleeping one, nor cap memory; give it the ones that end by themselves.
   const v8Ex = new V8Executor(hostileStore)
