@@ -131,6 +131,13 @@ describe('K1. an actor whose module changes under it keeps its state', () => {
       expect(e.expected).toBe(createHash('sha256').update(counterWithSection()).digest('hex'))
       // Its snapshot is refused the same way (review L: "has no state here" before).
       expect((await failure(ex.snapshotActor(d, 'a'))).code).toBe('SNAPSHOT_MISMATCH')
+      if (actorStore) {
+        // And from the store, by an executor that does not hold the actor (review O: the stored
+        // bytes of the other module were handed back unchecked).
+        const fresh = new WasmActivityExecutor(store, { actorStore })
+        expect((await failure(fresh.snapshotActor(d, 'a'))).code).toBe('SNAPSHOT_MISMATCH')
+        await fresh.close()
+      }
       // A new actor runs on the new bytes.
       expect((await ex.execute(d, inc, { actorId: 'b' })).count).toBe(1)
       // Back on the old bytes, the actor goes on from 5 (a durable one's stored state too).

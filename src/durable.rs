@@ -39,9 +39,12 @@ pub enum Persist {
 pub struct Pending {
     writes: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
-    /// Store keys of dropped actors whose delete failed: their next call deletes again before
-    /// anything (and fails if it still cannot), so the state `dropActor` dropped never comes back.
-    undeleted: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Store keys of dropped actors whose delete failed, with the version the dropped state had
+    /// (if known): their next call deletes again before anything (and fails if it still cannot),
+    /// so the state `dropActor` dropped never comes back, unless another worker has stored a
+    /// newer one since (that is not deleted: review O saw a retried delete wipe another
+    /// executor's acknowledged steps).
+    undeleted: std::sync::Mutex<std::collections::HashMap<String, Option<Version>>>,
 }
 
 /// One write in `Pending`, until dropped.
@@ -53,19 +56,24 @@ impl Pending {
         PendingWrite(self.clone())
     }
 
-    /// Records whether a dropped actor's stored state was deleted.
-    pub fn set_undeleted(&self, key: &str, undeleted: bool) {
-        let mut set = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
-        if undeleted {
-            set.insert(key.to_string());
-        } else {
-            set.remove(key);
-        }
+    /// Records a dropped actor's stored state as not deleted (`Some(version it had)`), or as
+    /// settled (`None`).
+    pub fn set_undeleted(&self, key: &str, undeleted: Option<Option<Version>>) {
+        let mut map = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
+        match undeleted {
+            Some(version) => map.insert(key.to_string(), version),
+            None => map.remove(key),
+        };
     }
 
-    /// Whether the actor at `key` was dropped and its stored state not yet deleted.
+    /// The version a dropped actor's undeleted state had (`Some(None)`: unknown), if it was
+    /// dropped and its stored state not yet deleted.
+    pub fn undeleted(&self, key: &str) -> Option<Option<Version>> {
+        self.undeleted.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
     pub fn is_undeleted(&self, key: &str) -> bool {
-        self.undeleted.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+        self.undeleted(key).is_some()
     }
 
     /// Resolves once no write is under way.
@@ -118,13 +126,18 @@ pub(crate) async fn initial_image<'m>(module: &'m CompiledModule, p: &Prepared) 
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
 pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable) -> Result<(), ExecError> {
-    if d.pending.is_undeleted(&d.key) {
+    if let Some(dropped) = d.pending.undeleted(&d.key) {
         // Dropped, but its delete failed: delete first; the call fails while it cannot (a
-        // dropped actor's state must not come back).
-        d.store.delete(&d.key).await?;
-        d.pending.set_undeleted(&d.key, false);
-        held.guard.persisted = None;
-        return Ok(());
+        // dropped actor's state must not come back). Unless what is stored now is newer than
+        // what was dropped (another worker's steps since): that is the actor's state.
+        let now = d.store.version(&d.key).await?;
+        if dropped.is_none() || now.is_none() || now == dropped {
+            d.store.delete(&d.key).await?;
+            d.pending.set_undeleted(&d.key, None);
+            held.guard.persisted = None;
+            return Ok(());
+        }
+        d.pending.set_undeleted(&d.key, None);
     }
     let Some((bytes, version)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? else {
         held.guard.persisted = None;
@@ -256,6 +269,12 @@ impl Executor {
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
             if let Some((bytes, _)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? {
+                // What the store holds is not trusted: checked (format, checksum, module) as a
+                // call's load would check it.
+                let named = snapshot::module_of(&bytes)?;
+                if named != module.digest {
+                    return Err(ExecError::SnapshotMismatch { expected: crate::digest::hex(&module.digest), actual: crate::digest::hex(&named) });
+                }
                 return Ok(bytes);
             }
         }
@@ -281,7 +300,7 @@ impl Executor {
             };
             held.guard.persisted = Some(d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?);
             // What was stored is the actor's state now, dropped before or not.
-            d.pending.set_undeleted(&d.key, false);
+            d.pending.set_undeleted(&d.key, None);
         }
         held.guard.instance = Some(fresh);
         held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));

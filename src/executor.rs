@@ -414,9 +414,12 @@ impl Executor {
             held.guard.instance = None;
             held.guard.shadow = None;
             held.guard.persisted = None;
-            // Not deleted: its next call deletes again first, and fails while it cannot.
+            // The version of what is dropped (if the store can say): a retried delete removes only that.
+            let dropped = d.store.version(&d.key).await.ok().flatten();
+            // Not deleted: its next call deletes again first (what was dropped, not what another
+            // worker stored since), and fails while it cannot.
             let deleted = d.store.delete(&d.key).await;
-            d.pending.set_undeleted(&d.key, deleted.is_err());
+            d.pending.set_undeleted(&d.key, deleted.is_err().then_some(dropped));
             if let (Err(e), Some(sink)) = (deleted, log) {
                 sink.log("warn", &format!("the stored state of a dropped actor was not deleted (its next call tries again first): {e}"));
             }

@@ -220,3 +220,31 @@ async fn a_dropped_actor_whose_delete_failed_never_comes_back_from_the_store() {
     assert_eq!((fresh.output.as_str(), fresh.actor_created), ("1", true));
     assert_eq!(call().await.expect("counts").output, "2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_delete_leaves_what_another_worker_stored_after_the_drop() {
+    // Review O: executor A's drop failed; B went on from the stored state (3, 4) and A's next
+    // call's retried delete removed B's acknowledged steps.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retried-delete", &[]).expect("store"))).expect("conditional");
+    let failing = Arc::new(DeleteFails { inner: inner.clone(), fail: AtomicBool::new(false) });
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
+    let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let call = |ex: Arc<Executor>| {
+        let d = d.clone();
+        async move { ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await }
+    };
+    assert_eq!(call(a.clone()).await.expect("counts").output, "1");
+    assert_eq!(call(a.clone()).await.expect("counts").output, "2");
+    failing.fail.store(true, Ordering::SeqCst);
+    assert!(a.drop_actor(&d, "a"));
+    a.drained().await;
+    failing.fail.store(false, Ordering::SeqCst);
+    // B stores newer steps.
+    assert_eq!(call(b.clone()).await.expect("counts").output, "3");
+    assert_eq!(call(b.clone()).await.expect("counts").output, "4");
+    // A's next call finds a newer state than it dropped: that is the actor's state now.
+    assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "5");
+}

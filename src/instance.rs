@@ -364,6 +364,15 @@ impl GuestInstance {
         if held > limits.max_memory_bytes {
             return Err(ExecError::OutOfMemory { limit_bytes: limits.max_memory_bytes, requested_bytes: held });
         }
+        // A component's open descriptors live in its resource table beside everything else it
+        // holds: a revoked directory cannot be taken back from it (review O: a kept handle read and
+        // wrote the directory after the definition dropped `filesystem`). Its grants are fixed for
+        // its life, as its engine is.
+        if self.store.data().component.is_some() && self.grants != *grants {
+            return Err(ExecError::InvalidArgument(
+                "a component actor runs under the capabilities of its first call: they cannot change while it lives (dropActor to change them)".into(),
+            ));
+        }
         // A deterministic call gets a WASI context of its own (its clocks and randomness), and so
         // does the call after one: a deterministic call's stopped clocks and seeded randomness
         // stayed for the actor's later calls (their "secure" random bytes predictable from a seed

@@ -410,6 +410,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_component_actor_keeps_the_capabilities_of_its_first_call() {
+        // Review O: a component actor kept its preopen's handle after the definition dropped
+        // `filesystem`, and read and wrote the directory through it.
+        let dir = std::env::temp_dir().join(format!("loom-wasi-revoke-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("hello.txt"), "hello").expect("file");
+        let source = Arc::new(MemorySource::new());
+        source.put("fs.wasm", g::fs_open_component());
+        let options = ExecutorOptions {
+            filesystem: Some(FilesystemConfig { host_dir: dir.clone(), guest_dir: "/data".into(), writable: false }),
+            ..Default::default()
+        };
+        let ex = Arc::new(Executor::new(source, options).expect("executor"));
+        let granted = Definition {
+            name: "fs".into(),
+            version: "1".into(),
+            wasm_blob_path: "fs.wasm".into(),
+            capabilities: Capabilities { filesystem: true, ..Default::default() },
+            ..Default::default()
+        };
+        let revoked = Definition { capabilities: Capabilities::default(), ..granted.clone() };
+        let actor = || CallOptions { actor_id: Some("a".into()), ..Default::default() };
+        let out = |r: Result<crate::instance::CallOutput, crate::error::ExecError>| r.map(|o| o.output).map_err(|e| e.code());
+        assert_eq!(out(ex.execute(&granted, "\"hello.txt\"".into(), actor()).await), Ok(r#"{"opened":true}"#.to_string()));
+        assert_eq!(out(ex.execute(&revoked, "\"hello.txt\"".into(), actor()).await), Err("INVALID_ARGUMENT"));
+        // Under the grants it was made with, it goes on.
+        assert_eq!(out(ex.execute(&granted, "\"hello.txt\"".into(), actor()).await), Ok(r#"{"opened":true}"#.to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The soft limit of open files up to the hard one (the test opens more than 1,024 at once).
     fn raise_open_file_limit() {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
