@@ -126,6 +126,7 @@ impl Grants {
 
     fn wasi_builder(&self, det: Option<&crate::replay::Determinism>) -> Result<WasiCtxBuilder, ExecError> {
         let mut b = WasiCtxBuilder::new();
+        b.monotonic_clock(crate::replay::ProcessMonotonicClock);
         if let Some(det) = det {
             b.wall_clock(det.wall_clock())
                 .monotonic_clock(crate::replay::FixedMonotonicClock)
