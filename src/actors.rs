@@ -49,6 +49,17 @@ impl ActorState {
     pub fn state_digest(&self) -> Option<crate::digest::Digest> {
         self.instance.as_ref().map(|i| i.digest).or_else(|| self.shadow.as_ref().map(|(d, _)| *d))
     }
+
+    /// `SNAPSHOT_MISMATCH` if it holds state of another module than `digest` (its state is kept).
+    pub fn check_module(&self, digest: &crate::digest::Digest) -> Result<(), crate::error::ExecError> {
+        match self.state_digest().filter(|d| d != digest) {
+            Some(other) => Err(crate::error::ExecError::SnapshotMismatch {
+                expected: crate::digest::hex(digest),
+                actual: crate::digest::hex(&other),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Watches an actor's memory across calls.

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::actors::{self, Held};
 use crate::capabilities::{Capabilities, Grants};
-use crate::digest::{hex, Digest};
+use crate::digest::Digest;
 use crate::engine::{self, EngineKind};
 use crate::error::ExecError;
 use crate::host::LogSink;
@@ -175,9 +175,7 @@ pub(crate) async fn run(
     // pin, new bytes at its path after `clearCache`), its state is kept and the call refused, as
     // a snapshot of another module is; never a silent fresh start (which a durable actor would
     // then store over its state).
-    if let Some(other) = held.guard.state_digest().filter(|d| *d != module.digest) {
-        return Err(ExecError::SnapshotMismatch { expected: hex(&module.digest), actual: hex(&other) });
-    }
+    held.guard.check_module(&module.digest)?;
     let (mut instance, created) = match held.guard.instance.take() {
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.

@@ -253,9 +253,7 @@ impl Executor {
         let (p, module, mut held) = self.hold_actor(def, &call).await?;
         module.check_state_capturable()?;
         // State of other bytes than the definition's now is no snapshot of this module.
-        if let Some(other) = held.guard.state_digest().filter(|d| *d != module.digest) {
-            return Err(ExecError::SnapshotMismatch { expected: crate::digest::hex(&module.digest), actual: crate::digest::hex(&other) });
-        }
+        held.guard.check_module(&module.digest)?;
         if let Some(instance) = held.guard.instance.as_mut() {
             if instance.digest == module.digest {
                 let state = instance.capture()?;

@@ -382,24 +382,8 @@ mod tests {
         // Review L: a component kept a stream of each file it opened and dropped the descriptor;
         // only descriptors were counted, and one actor held 9,990 host files.
         raise_open_file_limit();
-        let dir = std::env::temp_dir().join(format!("loom-wasi-streams-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("f"), "x").expect("file");
-        let source = Arc::new(MemorySource::new());
-        source.put("fs.wasm", g::fs_stream_component());
-        let options = ExecutorOptions {
-            filesystem: Some(FilesystemConfig { host_dir: dir.clone(), guest_dir: "/data".into(), writable: false }),
-            ..Default::default()
-        };
-        let ex = Arc::new(Executor::new(source, options).expect("executor"));
-        let def = Definition {
-            name: "fs".into(),
-            version: "1".into(),
-            wasm_blob_path: "fs.wasm".into(),
-            capabilities: Capabilities { filesystem: true, ..Default::default() },
-            ..Default::default()
-        };
+        let dir = scratch_dir("streams", "f", "x");
+        let (ex, def) = fs_executor(&dir, g::fs_stream_component(), false);
         let out = ex.execute(&def, "3000".into(), CallOptions::default()).await.expect("runs").output;
         let n: u64 = out.parse().expect("a number");
         // Stopped by the instance's bound with `io`, short of 1024 (its stdio and preopen count).
@@ -414,24 +398,8 @@ mod tests {
     async fn a_component_actor_keeps_the_capabilities_of_its_first_call() {
         // Review O: a component actor kept its preopen's handle after the definition dropped
         // `filesystem`, and read and wrote the directory through it.
-        let dir = std::env::temp_dir().join(format!("loom-wasi-revoke-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("hello.txt"), "hello").expect("file");
-        let source = Arc::new(MemorySource::new());
-        source.put("fs.wasm", g::fs_open_component());
-        let options = ExecutorOptions {
-            filesystem: Some(FilesystemConfig { host_dir: dir.clone(), guest_dir: "/data".into(), writable: false }),
-            ..Default::default()
-        };
-        let ex = Arc::new(Executor::new(source, options).expect("executor"));
-        let granted = Definition {
-            name: "fs".into(),
-            version: "1".into(),
-            wasm_blob_path: "fs.wasm".into(),
-            capabilities: Capabilities { filesystem: true, ..Default::default() },
-            ..Default::default()
-        };
+        let dir = scratch_dir("revoke", "hello.txt", "hello");
+        let (ex, granted) = fs_executor(&dir, g::fs_open_component(), false);
         let revoked = Definition { capabilities: Capabilities::default(), ..granted.clone() };
         let actor = || CallOptions { actor_id: Some("a".into()), ..Default::default() };
         let out = |r: Result<crate::instance::CallOutput, crate::error::ExecError>| r.map(|o| o.output).map_err(|e| e.code());
@@ -440,6 +408,34 @@ mod tests {
         // Under the grants it was made with, it goes on.
         assert_eq!(out(ex.execute(&granted, "\"hello.txt\"".into(), actor()).await), Ok(r#"{"opened":true}"#.to_string()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fresh directory for a test, holding `file` with `text`.
+    fn scratch_dir(tag: &str, file: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("loom-wasi-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join(file), text).expect("file");
+        dir
+    }
+
+    /// An executor granting `dir` to definitions that ask, and a definition of `component` that asks.
+    fn fs_executor(dir: &std::path::Path, component: Vec<u8>, writable: bool) -> (Arc<Executor>, Definition) {
+        let source = Arc::new(MemorySource::new());
+        source.put("fs.wasm", component);
+        let options = ExecutorOptions {
+            filesystem: Some(FilesystemConfig { host_dir: dir.to_path_buf(), guest_dir: "/data".into(), writable }),
+            ..Default::default()
+        };
+        let ex = Arc::new(Executor::new(source, options).expect("executor"));
+        let def = Definition {
+            name: "fs".into(),
+            version: "1".into(),
+            wasm_blob_path: "fs.wasm".into(),
+            capabilities: Capabilities { filesystem: true, ..Default::default() },
+            ..Default::default()
+        };
+        (ex, def)
     }
 
     /// The soft limit of open files up to the hard one (the test opens more than 1,024 at once).
@@ -459,29 +455,13 @@ mod tests {
     /// left a thread blocked in `open()`).
     #[tokio::test(flavor = "multi_thread")]
     async fn a_component_cannot_open_a_fifo() {
-        let dir = std::env::temp_dir().join(format!("loom-wasi-open-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("hello.txt"), "hello").expect("file");
+        let dir = scratch_dir("open", "hello.txt", "hello");
         let fifo = std::ffi::CString::new(dir.join("pipe").into_os_string().into_encoded_bytes()).expect("path");
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
         std::os::unix::fs::symlink("pipe", dir.join("pipe-link")).expect("link");
 
-        let source = Arc::new(MemorySource::new());
-        source.put("fs.wasm", g::fs_open_component());
-        let options = ExecutorOptions {
-            filesystem: Some(FilesystemConfig { host_dir: dir.clone(), guest_dir: "/data".into(), writable: true }),
-            ..Default::default()
-        };
-        let ex = Arc::new(Executor::new(source, options).expect("executor"));
-        let def = Definition {
-            name: "fs".into(),
-            version: "1".into(),
-            wasm_blob_path: "fs.wasm".into(),
-            capabilities: Capabilities { filesystem: true, ..Default::default() },
-            limits: LimitOverrides { max_execution_ms: Some(2000.0), ..Default::default() },
-            ..Default::default()
-        };
+        let (ex, def) = fs_executor(&dir, g::fs_open_component(), true);
+        let def = Definition { limits: LimitOverrides { max_execution_ms: Some(2000.0), ..Default::default() }, ..def };
         let run = |input: &str| {
             let (ex, def, input) = (ex.clone(), def.clone(), input.to_string());
             async move { ex.execute(&def, input, CallOptions::default()).await.map(|o| o.output) }
