@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ObjectBlobStore, WasmActivityExecutor } from '../index'
-import { startAzurite, startMoto, startS3, type Service } from './emulators'
+import { startAzurite, startLossyProxy, startMoto, startS3, type Service } from './emulators'
 import { def, failure, guest, MemoryBlobStore, root } from './helpers'
 
 async function counterStore() {
@@ -83,7 +83,9 @@ class Worker {
   }
 }
 
-function handOver(url: () => string, options: () => object = () => ({}), env: () => NodeJS.ProcessEnv = () => ({})) {
+// `mustConflict`: whether the race must show an ACTOR_CONFLICT. Where answers get lost, a write's
+// retry waits ~100 ms, the other worker runs alone meanwhile, and the two may never collide.
+function handOver(url: () => string, options: () => object = () => ({}), env: () => NodeJS.ProcessEnv = () => ({}), mustConflict = true) {
   it('worker A runs the counter to 8 and is killed with SIGKILL; worker B continues at 8', async () => {
     const a = new Worker(url(), options(), env())
     await a.ready
@@ -115,7 +117,7 @@ function handOver(url: () => string, options: () => object = () => ({}), env: ()
     const final = await workers[0].call('get', 'race')
     const total = final.ok ? final.ok.count : (await workers[0].call('get', 'race')).ok.count
     expect(total).toBe(2 * steps)
-    expect(conflicts).toBeGreaterThan(0) // they did race
+    if (mustConflict) expect(conflicts).toBeGreaterThan(0) // they did race
     await Promise.all(workers.map((w) => w.kill()))
   })
 }
@@ -304,6 +306,73 @@ describe('an actor store on S3 (moto: an S3 emulator that honours conditional wr
     region: 'us-east-1', conditional_put: 'etag',
   })
   handOver(() => 's3://actors/loom', options)
+})
+
+// object_store retries a PUT whose answer was a 5xx or never came; the retry then fails its
+// condition on the write that did land. Before, that was ACTOR_CONFLICT for a step that was
+// stored: the caller retried it and the count went one over (seen once in CI: 81 for 80 steps).
+describe('an actor store on S3 whose answers get lost (moto behind a lossy proxy)', () => {
+  let s3: Service
+  let proxy: Service
+  let lose: (method: string, path: string) => boolean | ((status: number) => Promise<void>) = () => false
+  const snapshotPut = (method: string, path: string) => method === 'PUT' && path.includes('/actors/') && !path.includes('probe')
+  beforeAll(async () => {
+    s3 = await startMoto('lossy')
+    proxy = await startLossyProxy(s3.port, (m, p) => lose(m, p))
+  }, 600_000)
+  afterAll(async () => {
+    await proxy?.stop()
+    await s3?.stop()
+  })
+  const options = (port = proxy.port) => ({
+    endpoint: `http://127.0.0.1:${port}`, allow_http: true, access_key_id: 'test', secret_access_key: 'test',
+    region: 'us-east-1', conditional_put: 'etag',
+  })
+  const executor = async (port?: number) =>
+    new WasmActivityExecutor(await counterStore(), { actorStore: new ObjectBlobStore('s3://lossy/loom', options(port)) })
+  const step = (ex: WasmActivityExecutor, actorId: string, action = 'increment') => ex.execute(def('counter'), { action }, { actorId })
+
+  it('a write that landed but whose answer was lost counts once: its call succeeds, the step is stored once', async () => {
+    let n = 0
+    lose = (m, p) => snapshotPut(m, p) && ++n % 2 === 1 // every first attempt
+    const ex = await executor()
+    for (let i = 1; i <= 5; i++) expect(await step(ex, 'l')).toMatchObject({ count: i })
+    lose = () => false
+    expect(n).toBe(10) // each step: a lost attempt, then its retry
+    expect(await step(await executor(s3.port), 'l', 'get')).toMatchObject({ count: 5 })
+  })
+
+  it('a lost answer checked only after another worker stored on top of it: the call counts, the next reloads', async () => {
+    const a = await executor()
+    const b = await executor(s3.port)
+    expect(await step(a, 's')).toMatchObject({ count: 1 })
+    let landed!: (status: number) => void
+    const hasLanded = new Promise<number>((r) => (landed = r))
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    let armed = true
+    lose = (m, p) => {
+      if (!armed || !snapshotPut(m, p)) return false
+      armed = false
+      return (status) => (landed(status), released)
+    }
+    const held = step(a, 's')
+    expect(await hasLanded).toBe(200) // A's count 2 is stored; A has not heard so
+    expect(await step(b, 's')).toMatchObject({ count: 3 }) // B builds on it
+    release()
+    expect(await held).toMatchObject({ count: 2 })
+    lose = () => false
+    expect(await step(a, 's')).toMatchObject({ count: 4 }) // reloaded B's 3, no ACTOR_CONFLICT
+    expect(await step(await executor(s3.port), 's', 'get')).toMatchObject({ count: 4 })
+  })
+
+  describe('worker processes whose every third write answer is lost', () => {
+    beforeAll(() => {
+      let n = 0
+      lose = (m, p) => snapshotPut(m, p) && ++n % 3 === 0
+    })
+    handOver(() => 's3://lossy/loom', () => options(), undefined, false)
+  })
 })
 
 describe('stores that cannot write conditionally are refused', () => {

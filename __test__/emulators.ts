@@ -103,3 +103,46 @@ export async function startMoto(bucket: string): Promise<Service> {
   if (!res.ok) throw new Error(`creating bucket failed: ${res.status}`)
   return { port, stop: stopper(child) }
 }
+
+/**
+ * An HTTP proxy on loopback in front of `targetPort` that can lose answers: for each request,
+ * `lose(method, path)` says whether the target's answer is to be lost. A lost request is still
+ * forwarded and answered by the target (a write lands), but its client gets a 500 instead: what a
+ * network or an overloaded endpoint does to a write whose answer never arrives. If `lose` returns
+ * a function, it is called with the target's status once the target has answered, and the 500
+ * waits for the promise it returns.
+ */
+export async function startLossyProxy(
+  targetPort: number,
+  lose: (method: string, path: string) => boolean | ((status: number) => Promise<void>),
+): Promise<Service> {
+  const http = await import('node:http')
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c) => chunks.push(c))
+    req.on('end', () => {
+      const verdict = lose(req.method ?? 'GET', req.url ?? '/')
+      const upstream = http.request(
+        { host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          const body: Buffer[] = []
+          answer.on('data', (c) => body.push(c))
+          answer.on('end', async () => {
+            if (verdict === false) {
+              res.writeHead(answer.statusCode ?? 502, answer.headers)
+              return res.end(Buffer.concat(body))
+            }
+            if (verdict !== true) await verdict(answer.statusCode ?? 0)
+            res.writeHead(500, { 'content-type': 'application/xml' })
+            res.end('<Error><Code>InternalError</Code><Message>answer lost by the test proxy</Message></Error>')
+          })
+        },
+      )
+      upstream.on('error', () => res.destroy())
+      upstream.end(Buffer.concat(chunks))
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
+  const port = (server.address() as any).port
+  return { port, stop: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()) }) }
+}

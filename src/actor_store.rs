@@ -8,13 +8,19 @@
 //! - `file://`: object_store's local store cannot update conditionally, so `file_actor_store`
 //!   writes its own files, each with a version in its header, under a lock.
 //!
+//! A write whose answer was lost may still have landed: object_store retries a `PUT` after a 5xx
+//! or a timeout, and the retry then fails its condition on our own write. So each object write
+//! carries an id in the object's metadata, with the ids of the writes before it; a failed write
+//! reads the object's metadata back and counts as done if its id is there (the call then returns
+//! its result instead of a spurious `ACTOR_CONFLICT` whose step was stored all the same).
+//!
 //! A store that cannot do conditional writes is refused: `http(s)://` (read-only), `s3://` without
 //! `conditional_put`, and any store whose endpoint accepts a create-only write twice (checked
 //! once, on first use: s3rver does, for one).
 
 use std::sync::Arc;
 
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use tokio::sync::OnceCell;
 
 use crate::digest::{hex, sha256};
@@ -22,20 +28,58 @@ use crate::error::ExecError;
 use crate::modules::DefKey;
 use crate::store::{BoxFuture, ObjectSource};
 
-/// The version of a stored snapshot, as the store identifies it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The version of a stored snapshot, as the store identifies it (`e_tag`, `version`), with the
+/// ids of the writes that made it, newest first, where the store keeps them (object stores).
+#[derive(Debug, Clone, Default)]
 pub struct Version {
     pub e_tag: Option<String>,
     pub version: Option<String>,
+    pub writes: Vec<String>,
 }
+
+/// Two versions are the same stored object whatever the write ids read with them.
+impl PartialEq for Version {
+    fn eq(&self, other: &Version) -> bool {
+        (&self.e_tag, &self.version) == (&other.e_tag, &other.version)
+    }
+}
+impl Eq for Version {}
+
+/// What a save did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Stored; this is the stored version now.
+    Current(Version),
+    /// Stored, but another worker has already stored a newer state on top of it (the write's
+    /// answer was lost, and by the time it was checked the actor had moved on): the call
+    /// counts, and the actor's state here is stale (reloaded on its next call).
+    Superseded,
+}
+
+impl Saved {
+    /// The stored version, if it is still the newest.
+    pub fn current(self) -> Option<Version> {
+        match self {
+            Saved::Current(v) => Some(v),
+            Saved::Superseded => None,
+        }
+    }
+}
+
+/// The metadata entry holding an object's write ids (lowercase letters only: Azure wants an
+/// identifier, S3 lowercases names).
+const WRITES: &str = "loomwrites";
+/// How many write ids an object keeps: a lost answer is recognised as long as fewer other
+/// writes have landed on top of it by the time it is checked.
+const KEPT_WRITES: usize = 16;
 
 pub trait ActorStore: Send + Sync {
     /// The stored snapshot and its version, if there is one; `SNAPSHOT_INVALID` without reading it
     /// if it is over `max_bytes` (what the actor's memory limit allows: `snapshot::max_encoded_len`).
     fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>>;
     /// Stores `bytes` if the stored version is still `expected` (`None`: only if there is none).
-    /// `ACTOR_CONFLICT` otherwise; the new version on success.
-    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>>;
+    /// `ACTOR_CONFLICT` otherwise; what it did on success.
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
     /// The stored snapshot's version, if there is one, without reading the snapshot (what a
     /// restore writes over, whatever its size).
@@ -140,7 +184,7 @@ impl ActorStore for ObjectActorStore {
             match self.source.object_store().get(&path).await {
                 Ok(r) if r.meta.size > max_bytes => Err(too_large(key, r.meta.size, max_bytes)),
                 Ok(r) => {
-                    let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
+                    let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) };
                     let bytes = r.bytes().await.map_err(|e| unavailable(key, e))?;
                     Ok(Some((bytes.to_vec(), version)))
                 }
@@ -150,7 +194,7 @@ impl ActorStore for ObjectActorStore {
         })
     }
 
-    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
         Box::pin(async move {
             self.ensure_conditional().await?;
             let path = self.source.path(key)?;
@@ -158,10 +202,23 @@ impl ActorStore for ObjectActorStore {
                 None => PutMode::Create,
                 Some(v) => PutMode::Update(UpdateVersion { e_tag: v.e_tag.clone(), version: v.version.clone() }),
             };
-            match self.source.object_store().put_opts(&path, PutPayload::from(bytes), PutOptions { mode, ..Default::default() }).await {
-                Ok(r) => Ok(Version { e_tag: r.e_tag, version: r.version }),
-                Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => Err(conflict(key, e)),
-                Err(e) => Err(unavailable(key, e)),
+            let mut nonce = [0u8; 8];
+            getrandom::fill(&mut nonce).map_err(ExecError::internal)?;
+            let id = hex(&nonce);
+            let before = expected.map(|v| v.writes.as_slice()).unwrap_or_default();
+            let writes: Vec<String> = std::iter::once(&id).chain(before.iter().take(KEPT_WRITES - 1)).cloned().collect();
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::Metadata(WRITES.into()), writes.join(",").into());
+            let put = PutOptions { mode, attributes, ..Default::default() };
+            match self.source.object_store().put_opts(&path, PutPayload::from(bytes), put).await {
+                Ok(r) => Ok(Saved::Current(Version { e_tag: r.e_tag, version: r.version, writes })),
+                // Failed as far as this answer says; but a retry meeting our own first attempt
+                // fails its condition, and a lost answer may hide a write that landed.
+                Err(e) => match self.stored_by(&path, &id).await {
+                    Some(saved) => Ok(saved),
+                    None if matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Err(conflict(key, e)),
+                    None => Err(unavailable(key, e)),
+                },
             }
         })
     }
@@ -174,16 +231,42 @@ impl ActorStore for ObjectActorStore {
         Box::pin(async move {
             self.ensure_conditional().await?;
             let path = self.source.path(key)?;
-            match self.source.object_store().head(&path).await {
-                Ok(meta) => Ok(Some(Version { e_tag: meta.e_tag, version: meta.version })),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(unavailable(key, e)),
-            }
+            self.head(&path).await.map_err(|e| unavailable(key, e))
         })
     }
 
     fn describe(&self) -> String {
         self.source.url().to_string()
+    }
+}
+
+impl ObjectActorStore {
+    /// The stored object's version, with its write ids (`None`: none stored).
+    async fn head(&self, path: &object_store::path::Path) -> Result<Option<Version>, object_store::Error> {
+        match self.source.object_store().get_opts(path, GetOptions { head: true, ..Default::default() }).await {
+            Ok(r) => Ok(Some(Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the write `id` landed, read back after its answer said it failed: `Current` if it
+    /// is the stored object, `Superseded` if writes of other workers have landed on top of it;
+    /// `None` if it is not among the stored object's writes (or they cannot be read).
+    async fn stored_by(&self, path: &object_store::path::Path, id: &str) -> Option<Saved> {
+        let stored = self.head(path).await.ok()??;
+        match stored.writes.iter().position(|w| w == id)? {
+            0 => Some(Saved::Current(stored)),
+            _ => Some(Saved::Superseded),
+        }
+    }
+}
+
+/// An object's write ids, newest first, from its metadata (none from a store that drops it).
+fn writes_of(attributes: &Attributes) -> Vec<String> {
+    match attributes.get(&Attribute::Metadata(WRITES.into())) {
+        Some(v) => v.as_ref().split(',').filter(|w| w.len() == 16 && w.bytes().all(|b| b.is_ascii_hexdigit())).take(KEPT_WRITES).map(str::to_string).collect(),
+        None => Vec::new(),
     }
 }
 
@@ -202,11 +285,11 @@ mod tests {
     async fn exercise(store: &dyn ActorStore) {
         let key = "actors/t/abc.snap";
         assert_eq!(store.load(key, 1 << 20).await.expect("load"), None);
-        let v1 = store.save(key, b"one".to_vec(), None).await.expect("created");
+        let v1 = store.save(key, b"one".to_vec(), None).await.expect("created").current().expect("current");
         assert_eq!(store.save(key, b"again".to_vec(), None).await.map_err(|e| e.code()), Err("ACTOR_CONFLICT"));
         let (bytes, loaded) = store.load(key, 1 << 20).await.expect("load").expect("stored");
         assert_eq!((bytes.as_slice(), &loaded), (&b"one"[..], &v1));
-        let v2 = store.save(key, b"two".to_vec(), Some(&v1)).await.expect("updated");
+        let v2 = store.save(key, b"two".to_vec(), Some(&v1)).await.expect("updated").current().expect("current");
         // A second worker still holding v1 loses.
         assert_eq!(store.save(key, b"stale".to_vec(), Some(&v1)).await.map_err(|e| e.code()), Err("ACTOR_CONFLICT"));
         assert_eq!(store.load(key, 1 << 20).await.expect("load").expect("stored"), (b"two".to_vec(), v2));
@@ -223,6 +306,34 @@ mod tests {
         let file = open(Arc::new(ObjectSource::open(&url, &[]).expect("file"))).expect("conditional");
         exercise(file.as_ref()).await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn object_writes_carry_their_ids_newest_first_and_a_bounded_history() {
+        let store = open(Arc::new(ObjectSource::open("memory://actors", &[]).expect("memory"))).expect("conditional");
+        let key = "actors/t/ids.snap";
+        let mut v = store.save(key, b"0".to_vec(), None).await.expect("created").current().expect("current");
+        assert_eq!(v.writes.len(), 1);
+        for i in 1..40 {
+            let next = store.save(key, vec![i], Some(&v)).await.expect("updated").current().expect("current");
+            assert_eq!(next.writes.len(), (i as usize + 1).min(KEPT_WRITES));
+            assert_eq!(next.writes[1..], v.writes[..next.writes.len() - 1], "the write before it comes next");
+            assert_ne!(next.writes[0], v.writes[0]);
+            v = next;
+        }
+        let (_, loaded) = store.load(key, 1 << 20).await.expect("load").expect("stored");
+        assert_eq!(loaded.writes, v.writes, "read back with the object");
+        assert_eq!(store.version(key).await.expect("version").expect("stored").writes, v.writes);
+    }
+
+    #[test]
+    fn write_ids_from_a_store_are_only_taken_well_formed() {
+        let mut a = Attributes::new();
+        a.insert(Attribute::Metadata(WRITES.into()), format!("0123456789abcdef,x,{},,0123456789ABCDEF", "f".repeat(17)).into());
+        assert_eq!(writes_of(&a), ["0123456789abcdef", "0123456789ABCDEF"]);
+        a.insert(Attribute::Metadata(WRITES.into()), vec!["0123456789abcdef"; 100].join(",").into());
+        assert_eq!(writes_of(&a).len(), KEPT_WRITES);
+        assert!(writes_of(&Attributes::new()).is_empty());
     }
 
     #[test]

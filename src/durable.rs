@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::actor_store::{actor_key, ActorStore, Version};
+use crate::actor_store::{actor_key, ActorStore, Saved, Version};
 use crate::actors::{ActorKey, Held};
 use crate::call::{instantiate, Prepared};
 use crate::error::ExecError;
@@ -224,15 +224,22 @@ impl Drop for Unsure<'_> {
 /// Applies the outcome of a snapshot write to the actor.
 fn settle(
     held: &mut Held,
-    saved: Result<Version, ExecError>,
+    saved: Result<Saved, ExecError>,
     instance: GuestInstance,
     state: (crate::digest::Digest, snapshot::State),
 ) -> Result<(), ExecError> {
     match saved {
-        Ok(version) => {
+        Ok(Saved::Current(version)) => {
             held.guard.persisted = Some(version);
             held.guard.shadow = Some(state);
             held.guard.instance = Some(instance);
+            Ok(())
+        }
+        Ok(Saved::Superseded) => {
+            // Stored (the call counts), and another worker has stored a newer state since: ours
+            // is stale; the next call reloads the store's.
+            held.guard.shadow = None;
+            held.guard.persisted = None;
             Ok(())
         }
         Err(e @ ExecError::ActorConflict(_)) => {
@@ -296,9 +303,17 @@ impl Executor {
                 Some(v) => Some(v),
                 None => d.store.version(&d.key).await?,
             };
-            held.guard.persisted = Some(d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?);
+            let saved = d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?;
             // What was stored is the actor's state now, dropped before or not.
             d.pending.set_undeleted(&d.key, None);
+            let Some(version) = saved.current() else {
+                // Stored, and already followed by another worker's state: reloaded next call.
+                held.guard.instance = None;
+                held.guard.shadow = None;
+                held.guard.persisted = None;
+                return Ok(());
+            };
+            held.guard.persisted = Some(version);
         }
         held.guard.instance = Some(fresh);
         held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));

@@ -3,7 +3,7 @@
 //! the next call, never lost silently; while it stores a durable actor's new state, the next call
 //! takes whatever the store holds, never a spurious `ACTOR_CONFLICT`.
 use super::*;
-use crate::actor_store::{self, ActorStore, Version};
+use crate::actor_store::{self, ActorStore, Saved, Version};
 use crate::store::{BoxFuture, MemorySource, ObjectSource};
 use crate::test_guests as g;
 use std::sync::atomic::AtomicBool;
@@ -96,7 +96,7 @@ impl ActorStore for HangsOnce {
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
         self.inner.version(key)
     }
-    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
         Box::pin(async move {
             let hang = self.hang.swap(false, Ordering::SeqCst);
             if hang && !self.lands {
@@ -181,7 +181,7 @@ impl ActorStore for DeleteFails {
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
         self.inner.version(key)
     }
-    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
         self.inner.save(key, bytes, expected)
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {

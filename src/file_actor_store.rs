@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Version};
+use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Saved, Version};
 use crate::error::ExecError;
 use crate::store::BoxFuture;
 use crate::untrusted_dir::{create_fresh, open_regular, refused};
@@ -183,11 +183,11 @@ impl ActorStore for FileActorStore {
             let k = key.to_string();
             // Its checks stat the directories: off the runtime, as the read.
             let read = off_runtime(move |_| FileActorStore::read(&this.checked_path(&k)?, &k, max_bytes)).await?;
-            Ok(read.map(|(bytes, v)| (bytes, Version { e_tag: None, version: Some(v.to_string()) })))
+            Ok(read.map(|(bytes, v)| (bytes, Version { version: Some(v.to_string()), ..Default::default() })))
         })
     }
 
-    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Version, ExecError>> {
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
         let expected: Option<u64> = expected.and_then(|v| v.version.as_deref()).and_then(|v| v.parse().ok());
         let this = FileActorStore { dir: self.dir.clone() };
         let key = key.to_string();
@@ -211,7 +211,7 @@ impl ActorStore for FileActorStore {
                 f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
                     .map_err(|e| unavailable(&key, e))?;
                 std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
-                Ok(Version { e_tag: None, version: Some(next.to_string()) })
+                Ok(Saved::Current(Version { version: Some(next.to_string()), ..Default::default() }))
             })
         }))
     }
@@ -236,7 +236,7 @@ impl ActorStore for FileActorStore {
         Box::pin(async move {
             let k = key.to_string();
             let version = off_runtime(move |_| FileActorStore::stored_version(&this.checked_path(&k)?, &k)).await?;
-            Ok(version.map(|v| Version { e_tag: None, version: Some(v.to_string()) }))
+            Ok(version.map(|v| Version { version: Some(v.to_string()), ..Default::default() }))
         })
     }
 
@@ -335,7 +335,7 @@ mod tests {
         let giant = store.load(key, 1 << 20).await.map_err(|e| (e.code(), e.to_string()));
         assert!(matches!(&giant, Err(("SNAPSHOT_INVALID", m)) if m.contains("more than an actor")), "{giant:?}");
         // Its version is read from the header alone (a restore writes over it).
-        assert_eq!(store.version(key).await.expect("version"), Some(Version { e_tag: None, version: Some("1".into()) }));
+        assert_eq!(store.version(key).await.expect("version"), Some(Version { version: Some("1".into()), ..Default::default() }));
         std::fs::remove_file(&snap).expect("giant");
         // The lock file a FIFO: refused, not waited on.
         let _ = std::fs::remove_file(dir.join("actors/t/p.lock"));
