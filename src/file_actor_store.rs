@@ -176,6 +176,14 @@ impl FileActorStore {
     }
 }
 
+/// Syncs the directory holding `path`, making a rename or removal in it durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 impl ActorStore for FileActorStore {
     fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         let this = FileActorStore { dir: self.dir.clone() };
@@ -211,6 +219,9 @@ impl ActorStore for FileActorStore {
                 f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
                     .map_err(|e| unavailable(&key, e))?;
                 std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
+                // The rename is durable once its directory is synced: a power cut before that
+                // could bring back the previous snapshot after this call was acknowledged.
+                sync_dir(path).map_err(|e| unavailable(&key, e))?;
                 Ok(Saved::Current(Version { version: Some(next.to_string()), ..Default::default() }))
             })
         }))
@@ -225,7 +236,9 @@ impl ActorStore for FileActorStore {
                 let _ = std::fs::remove_file(path.with_extension("tmp"));
                 match std::fs::remove_file(path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
-                    _ => Ok(()),
+                    // Synced as a write is: a dropped actor must not come back after a power cut.
+                    Ok(()) => sync_dir(path).map_err(|e| unavailable(&key, e)),
+                    Err(_) => Ok(()),
                 }
             })
         }))
