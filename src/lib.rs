@@ -48,6 +48,7 @@ pub mod tier_up;
 pub mod unpooled_first;
 pub mod untrusted_dir;
 pub mod wasi_http;
+pub mod wasi_listing;
 pub mod wasi_open;
 
 #[cfg(test)]

@@ -348,6 +348,116 @@ pub fn fs_stream_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
+/// A component that makes N `read-directory` listings of its preopen and keeps them (input "N"), or
+/// reads each whole and drops it (input "dN"). Output: ok × 1,000,000 + the first listing's entries
+/// × 100 + the error code that stopped it (`insufficient-memory` is 22).
+pub fn fs_listing_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:filesystem/types@0.2.0" (instance $types
+    (export "descriptor" (type $desc (sub resource)))
+    (export "directory-entry-stream" (type $des (sub resource)))
+    (type $dt (enum "unknown" "block-device" "character-device" "directory" "fifo" "symbolic-link" "regular-file" "socket"))
+    (export "descriptor-type" (type $dte (eq $dt)))
+    (type $de (record (field "type" $dte) (field "name" string)))
+    (export "directory-entry" (type $dee (eq $de)))
+    (type $ec (enum "access" "would-block" "already" "bad-descriptor" "busy" "deadlock" "quota" "exist"
+      "file-too-large" "illegal-byte-sequence" "in-progress" "interrupted" "invalid" "io" "is-directory" "loop"
+      "too-many-links" "message-size" "name-too-long" "no-device" "no-entry" "no-lock" "insufficient-memory"
+      "insufficient-space" "not-directory" "not-empty" "not-recoverable" "unsupported" "no-tty" "no-such-device"
+      "overflow" "not-permitted" "pipe" "read-only" "invalid-seek" "text-file-busy" "cross-device"))
+    (export "error-code" (type $ece (eq $ec)))
+    (type $borrow (borrow $desc))
+    (type $own_des (own $des))
+    (type $rd (result $own_des (error $ece)))
+    (export "[method]descriptor.read-directory" (func (param "self" $borrow) (result $rd)))
+    (type $borrow_des (borrow $des))
+    (type $opt (option $dee))
+    (type $rde (result $opt (error $ece)))
+    (export "[method]directory-entry-stream.read-directory-entry" (func (param "self" $borrow_des) (result $rde)))))
+  (alias export $types "descriptor" (type $desc))
+  (alias export $types "directory-entry-stream" (type $des))
+  (import "wasi:filesystem/preopens@0.2.0" (instance $preopens
+    (alias outer $C $desc (type $d))
+    (export "descriptor" (type $de (eq $d)))
+    (type $own (own $de))
+    (type $t (tuple $own string))
+    (type $l (list $t))
+    (export "get-directories" (func (result $l)))))
+  (core module $libc
+    (memory (export "memory") 16)
+    (global $bump (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at (i32.and (i32.add (global.get $bump) (i32.sub (local.get $align) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $bump (i32.add (local.get $at) (local.get $size)))
+      ;; names are read and forgotten: the bump starts over past 512 KiB
+      (if (i32.gt_u (global.get $bump) (i32.const 524288)) (then (global.set $bump (i32.const 4096))))
+      (local.get $at)))
+  (core instance $libc (instantiate $libc))
+  (core func $read_dir (canon lower (func $types "[method]descriptor.read-directory")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $read_entry (canon lower (func $types "[method]directory-entry-stream.read-directory-entry")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $get_dirs (canon lower (func $preopens "get-directories")
+    (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $drop_des (canon resource.drop $des))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "read-directory" (func $read_dir (param i32 i32)))
+    (import "host" "read-entry" (func $read_entry (param i32 i32)))
+    (import "host" "get-directories" (func $get_dirs (param i32)))
+    (import "host" "drop-stream" (func $drop (param i32)))
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $n i32) (local $i i32) (local $dir i32) (local $s i32) (local $ok i32) (local $code i32) (local $t i32)
+      (local $drop i32) (local $first i32) (local $count i32)
+      (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 100)) (then (local.set $drop (i32.const 1)) (local.set $i (i32.const 1))))
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $len)))
+        (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
+          (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (call $get_dirs (i32.const 16))
+      (local.set $dir (i32.load (i32.load (i32.const 16))))
+      (local.set $first (i32.const -1))
+      (block $out (loop $l (br_if $out (i32.ge_u (local.get $ok) (local.get $n)))
+        (call $read_dir (local.get $dir) (i32.const 32))
+        (if (i32.load8_u (i32.const 32)) (then (local.set $code (i32.load8_u (i32.const 36))) (br $out)))
+        (local.set $s (i32.load (i32.const 36)))
+        (if (i32.or (local.get $drop) (i32.lt_s (local.get $first) (i32.const 0))) (then
+          ;; read it whole: result<option<directory-entry>, error-code> at 48
+          (local.set $count (i32.const 0))
+          (block $end (loop $e
+            (call $read_entry (local.get $s) (i32.const 48))
+            (br_if $end (i32.load8_u (i32.const 48)))
+            (br_if $end (i32.eqz (i32.load8_u (i32.const 52))))
+            (local.set $count (i32.add (local.get $count) (i32.const 1))) (br $e)))
+          (if (i32.lt_s (local.get $first) (i32.const 0)) (then (local.set $first (local.get $count))))))
+        (if (local.get $drop) (then (call $drop (local.get $s))))
+        (local.set $ok (i32.add (local.get $ok) (i32.const 1))) (br $l)))
+      (if (i32.lt_s (local.get $first) (i32.const 0)) (then (local.set $first (i32.const 0))))
+      (local.set $t (i32.add (i32.add (i32.mul (local.get $ok) (i32.const 1000000)) (i32.mul (local.get $first) (i32.const 100))) (local.get $code)))
+      (local.set $i (i32.const 1040))
+      (loop $w (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+        (i32.store8 (local.get $i) (i32.add (i32.const 48) (i32.rem_u (local.get $t) (i32.const 10))))
+        (local.set $t (i32.div_u (local.get $t) (i32.const 10)))
+        (br_if $w (local.get $t)))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (local.get $i))
+      (i32.store (i32.const 72) (i32.sub (i32.const 1040) (local.get $i)))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main
+    (with "libc" (instance $libc))
+    (with "host" (instance (export "read-directory" (func $read_dir)) (export "read-entry" (func $read_entry))
+      (export "get-directories" (func $get_dirs)) (export "drop-stream" (func $drop_des))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+    )
+    .expect("test component parses")
+}
+
 /// Echo, with an element segment of `items` `ref.null func` items written as expressions: code
 /// wasmtime compiles for the instance's start, ~15 us per item (`shape::Shape::init_instructions`).
 pub fn init_bomb(items: usize) -> Vec<u8> {

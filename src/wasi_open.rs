@@ -37,7 +37,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, Host as _, HostDescriptor, NewTimestamp, OpenFlags, PathFlags,
 };
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, ReaddirIterator};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{WasiCtxBuilder, WasiView as _};
 use wiggle::{GuestMemory, GuestPtr};
 
@@ -134,11 +134,11 @@ fn admit_p1(ctx: &mut WasiP1Ctx) -> Option<i32> {
 /// The same, preview 2: descriptors, directory streams and every stream count (a file's stream
 /// keeps the file open after its descriptor is dropped: counting descriptors alone, one actor held
 /// 9,990 files); HTTP resources do not. The answer is what an OS `EMFILE` becomes (`io`).
-fn admit_p2(view: &mut View<'_>) -> Result<(), ErrorCode> {
+pub(crate) fn admit_p2(view: &mut View<'_>) -> Result<(), ErrorCode> {
     let held = view
         .table
         .iter_mut()
-        .filter(|e| e.is::<Descriptor>() || e.is::<ReaddirIterator>() || e.is::<DynInputStream>() || e.is::<DynOutputStream>())
+        .filter(|e| e.is::<Descriptor>() || e.is::<crate::wasi_listing::Listing>() || e.is::<DynInputStream>() || e.is::<DynOutputStream>())
         .count();
     open_files::admit(held).map_err(|_| ErrorCode::Io)
 }
@@ -262,7 +262,10 @@ fn answer<T>(view: &mut View<'_>, r: wasmtime_wasi::p2::FsResult<T>) -> P2Result
 /// `p2::add_to_linker_async`).
 pub fn shadow_p2(linker: &mut ComponentLinker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let r = linker.instance(P2_TYPES).and_then(|mut types| shadow_p2_functions(&mut types));
+    let r = linker.instance(P2_TYPES).and_then(|mut types| {
+        shadow_p2_functions(&mut types)?;
+        crate::wasi_listing::shadow(&mut types)
+    });
     linker.allow_shadowing(false);
     r
 }
@@ -306,20 +309,6 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
                     }
                 }
                 let r = HostDescriptor::set_times_at(&mut view, dir, path_flags, path, atim, mtim).await;
-                answer(&mut view, r)
-            })
-        },
-    )?;
-    types.func_wrap_async(
-        "[method]descriptor.read-directory",
-        |mut store: StoreContextMut<'_, HostState>, (dir,): (Resource<Descriptor>,)| {
-            Box::new(async move {
-                // Its stream holds a descriptor of its own until the guest drops it.
-                let mut view = store.data_mut().filesystem();
-                if let Err(code) = admit_p2(&mut view) {
-                    return Ok((Err(code),));
-                }
-                let r = HostDescriptor::read_directory(&mut view, dir).await;
                 answer(&mut view, r)
             })
         },
@@ -391,6 +380,31 @@ mod tests {
         assert!((1000..1024).contains(&(n / 100)), "{out}");
         // A call with fewer is not refused.
         assert_eq!(ex.execute(&def, "500".into(), CallOptions::default()).await.expect("runs").output, "50000");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_component_s_directory_listings_count_against_its_memory_cap_until_dropped() {
+        // Review O: each listing was read whole into host memory and kept until dropped, outside
+        // maxMemoryMB (~5.5 MB per listing of 20,000 long names, up to 1024 listings).
+        let dir = scratch_dir("listings", "f", "x");
+        for i in 0..2000 {
+            std::fs::write(dir.join(format!("{i:0>200}")), "").expect("file");
+        }
+        let (ex, mut def) = fs_executor(&dir, g::fs_listing_component(), false);
+        def.limits.max_memory_mb = Some(16.0);
+        let run = |input: &str| {
+            let (ex, def, input) = (ex.clone(), def.clone(), input.to_string());
+            async move { ex.execute(&def, input.into(), CallOptions::default()).await.expect("runs").output.parse::<u64>().expect("a number") }
+        };
+        // Kept: ~530 KB each (2001 entries, 64 bytes and a 200-byte name each) fill the 16 MiB cap
+        // (less the guest's 1 MiB) after 28 or so, and the next is `insufficient-memory`.
+        let kept = run("1000").await;
+        assert_eq!(kept % 100, 22, "{kept}");
+        assert_eq!(kept / 100 % 10_000, 2001, "the listing holds the directory: {kept}");
+        assert!((20..=30).contains(&(kept / 1_000_000)), "{kept}");
+        // Dropped as they are read: given back each time, none refused.
+        assert_eq!(run("d1000").await, 1000 * 1_000_000 + 2001 * 100);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
