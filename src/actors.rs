@@ -219,9 +219,9 @@ fn evict_if_idle(slot: &ActorSlot) -> bool {
 /// `evict_if_idle` for an actor whose eviction gives the instance pool a slot back: not one whose
 /// instance lives outside the pool (fuel-metered, baseline or unpooled code), which would lose its
 /// state for nothing.
-fn evict_if_idle_pooled(slot: &ActorSlot) -> bool {
+fn evict_if_idle_in(slot: &ActorSlot, pooled: bool) -> bool {
     match slot.state.try_lock() {
-        Ok(st) if st.instance.as_ref().is_some_and(|i| i.kind != crate::engine::EngineKind::Plain) => false,
+        Ok(st) if !st.instance.as_ref().is_some_and(|i| (i.kind == crate::engine::EngineKind::Plain) == pooled) => false,
         Ok(mut st) => {
             st.instance = None;
             st.shadow = None;
@@ -419,9 +419,10 @@ fn release_if_idle(ex: &Shared, key: &ActorKey, idle_ms: u64, sweep: &mut crate:
     Released::Done
 }
 
-/// Evicts up to `n` idle actors on pooled instances across every executor of the process, least
-/// recently used first, to give the pool room. Returns how many went.
-pub fn evict_idle_anywhere(n: usize) -> usize {
+/// Evicts up to `n` idle actors on pooled instances (`pooled`) or on instances outside the pool
+/// across every executor of the process, least recently used first, to give the pool (or the
+/// process's instances outside it) room. Returns how many went.
+pub fn evict_idle_anywhere(n: usize, pooled: bool) -> usize {
     let executors: Vec<Arc<Shared>> = registry().iter().filter_map(Weak::upgrade).collect();
     let mut candidates: Vec<(u64, Arc<Shared>, ActorKey)> = Vec::new();
     for ex in &executors {
@@ -438,7 +439,7 @@ pub fn evict_idle_anywhere(n: usize) -> usize {
             break;
         }
         let mut lru = ex.lru();
-        if lru.peek(&key).is_some_and(|s| Arc::strong_count(s) == 1 && evict_if_idle_pooled(s)) {
+        if lru.peek(&key).is_some_and(|s| Arc::strong_count(s) == 1 && evict_if_idle_in(s, pooled)) {
             lru.pop(&key);
             evicted += 1;
         }

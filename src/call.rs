@@ -86,8 +86,9 @@ pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
     .await
 }
 
-/// A fresh instance for a call; when the process's instance pool is full, idle actors anywhere
-/// in the process make room (least recently used first), else `BUSY`.
+/// A fresh instance for a call; when the process's instance pool (or its room for instances
+/// outside the pool) is full, idle actors of that kind anywhere in the process make room (least
+/// recently used first), else `BUSY`.
 pub(crate) async fn instantiate(
     module: &CompiledModule,
     p: &Prepared,
@@ -97,10 +98,12 @@ pub(crate) async fn instantiate(
     for_actor: bool,
 ) -> Result<GuestInstance, ExecError> {
     if for_actor && module.kind == EngineKind::Plain && room_for_actors() == 0 {
-        actors::evict_idle_anywhere(16);
+        actors::evict_idle_anywhere(16, true);
     }
+    let pooled = module.kind == EngineKind::Plain;
     let mut instance = match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx).await {
-        Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16) > 0 => {
+        // The pool, or the process's room for instances outside it (`unpooled_slots`), is full.
+        Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16, pooled) > 0 => {
             GuestInstance::new(module, &p.limits, budget, cancel, log, &p.grants, &p.ctx).await
         }
         other => other,

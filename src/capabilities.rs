@@ -127,6 +127,9 @@ impl Grants {
     fn wasi_builder(&self, det: Option<&crate::replay::Determinism>) -> Result<WasiCtxBuilder, ExecError> {
         let mut b = WasiCtxBuilder::new();
         b.monotonic_clock(crate::replay::ProcessMonotonicClock);
+        // One `get-random-bytes` at most 1 MiB (64 MiB by default: a single host call of ~230 ms,
+        // past the call's deadline, review Q).
+        b.max_random_size(MAX_RANDOM_BYTES);
         if let Some(det) = det {
             b.wall_clock(det.wall_clock())
                 .monotonic_clock(crate::replay::FixedMonotonicClock)
@@ -146,6 +149,9 @@ impl Grants {
         Ok(b)
     }
 }
+
+/// What one WASI preview 2 `get-random-bytes` may ask for (larger asks trap).
+pub const MAX_RANDOM_BYTES: u64 = 1024 * 1024;
 
 /// A module that imports WASI runs only when its definition asked for env or filesystem, except
 /// a WASI command, whose stdio is its ABI (its context still holds only what was granted).

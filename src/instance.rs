@@ -82,6 +82,9 @@ pub struct GuestInstance {
     stopped_midway: bool,
     /// A move of this actor instance to optimized code failed: it is not tried again.
     pub stays_put: bool,
+    /// Counted among the process's instances outside the pool while it lives (dropped after
+    /// the Store: fields drop in order).
+    _unpooled: Option<crate::unpooled_slots::UnpooledSlot>,
 }
 
 /// Turns what wasmtime reports into our error: our own errors raised in host code or limits
@@ -157,6 +160,10 @@ impl GuestInstance {
         host.extism.config = ctx.config.clone();
         host.access = ctx.access.clone();
         let abi = module.abi_for(ctx.abi)?;
+        let unpooled = match engine.pooling_allocator_metrics() {
+            Some(_) => None,
+            None => Some(crate::unpooled_slots::UnpooledSlot::take()?),
+        };
         let mut store = Store::new(engine, host);
         store.limiter_async(|s| &mut s.limiter);
         arm(&mut store, limits, budget, cancel, module.kind.metered())?;
@@ -197,6 +204,7 @@ impl GuestInstance {
             state_names: module.state.clone(),
             stopped_midway: false,
             stays_put: false,
+            _unpooled: unpooled,
         })
     }
 

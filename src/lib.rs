@@ -46,6 +46,7 @@ pub mod text;
 pub mod threads;
 pub mod tier_up;
 pub mod unpooled_first;
+pub mod unpooled_slots;
 pub mod untrusted_dir;
 pub mod wasi_http;
 pub mod wasi_listing;

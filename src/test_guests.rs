@@ -458,6 +458,101 @@ pub fn fs_listing_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
+/// A component that makes one outgoing request and sets its method to `other` of as many `A`s as
+/// its input says; it answers 1 if that was taken, 0 if refused.
+pub fn http_method_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:http/types@0.2.0" (instance $t
+    (export "fields" (type $f (sub resource)))
+    (export "outgoing-request" (type $req (sub resource)))
+    (type $m (variant (case "get") (case "head") (case "post") (case "put") (case "delete") (case "connect")
+      (case "options") (case "trace") (case "patch") (case "other" string)))
+    (export "method" (type $me (eq $m)))
+    (export "[constructor]fields" (func (result (own $f))))
+    (export "[constructor]outgoing-request" (func (param "headers" (own $f)) (result (own $req))))
+    (export "[method]outgoing-request.set-method" (func (param "self" (borrow $req)) (param "method" $me) (result (result))))))
+  (core module $libc
+    (memory (export "memory") 2)
+    (global $bump (mut i32) (i32.const 65536))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at (i32.and (i32.add (global.get $bump) (i32.sub (local.get $align) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $bump (i32.add (local.get $at) (local.get $size)))
+      (local.get $at)))
+  (core instance $libc (instantiate $libc))
+  (core func $fnew (canon lower (func $t "[constructor]fields")))
+  (core func $rnew (canon lower (func $t "[constructor]outgoing-request")))
+  (core func $setm (canon lower (func $t "[method]outgoing-request.set-method") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "fnew" (func $fnew (result i32)))
+    (import "host" "rnew" (func $rnew (param i32) (result i32)))
+    (import "host" "setm" (func $setm (param i32 i32 i32 i32) (result i32)))
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $n i32) (local $i i32)
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $len)))
+        (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
+          (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (memory.fill (i32.const 2048) (i32.const 65) (local.get $n))
+      ;; other(name): case 9, the name at 2048; ok is 0, err 1
+      (i32.store8 (i32.const 1039) (i32.sub (i32.const 49)
+        (call $setm (call $rnew (call $fnew)) (i32.const 9) (i32.const 2048) (local.get $n))))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc))
+    (with "host" (instance (export "fnew" (func $fnew)) (export "rnew" (func $rnew)) (export "setm" (func $setm))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+    )
+    .expect("test component parses")
+}
+
+/// A component that asks wasi:random for as many bytes as its input says, once; answers "1".
+pub fn random_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:random/random@0.2.0" (instance $r
+    (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
+  (core module $libc
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $pages i32)
+      ;; a fresh region past the end each time
+      (local.set $pages (i32.add (i32.shr_u (local.get $size) (i32.const 16)) (i32.const 1)))
+      (i32.mul (memory.grow (local.get $pages)) (i32.const 65536))))
+  (core instance $libc (instantiate $libc))
+  (core func $get (canon lower (func $r "get-random-bytes") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "get" (func $get (param i64 i32)))
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $n i64) (local $i i32)
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $len)))
+        (local.set $n (i64.add (i64.mul (local.get $n) (i64.const 10))
+          (i64.extend_i32_u (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (call $get (local.get $n) (i32.const 32))
+      (i32.store8 (i32.const 1039) (i32.const 49))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc)) (with "host" (instance (export "get" (func $get))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+    )
+    .expect("test component parses")
+}
+
 /// Echo, with an element segment of `items` `ref.null func` items written as expressions: code
 /// wasmtime compiles for the instance's start, ~15 us per item (`shape::Shape::init_instructions`).
 pub fn init_bomb(items: usize) -> Vec<u8> {

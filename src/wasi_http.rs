@@ -141,7 +141,42 @@ impl WasiHttpView for HostState {
 
 type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>;
 
+/// What one write to an outgoing body's stream may hold in the host until the request is sent
+/// (wasmtime-wasi-http buffers one such write per body; 1 MiB by default: review Q held 2 MiB
+/// per unsent body, 6.7 GB from one call).
+const BODY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The longest method name a request may have (wasmtime-wasi-http takes any token: review Q
+/// stored 16 MiB per request, 4.9 GB in 10 s).
+pub const MAX_METHOD_BYTES: usize = 64;
+
+/// Shadows wasi:http's `set-method` in a component `linker` (after wasmtime-wasi-http's): a method
+/// name past `MAX_METHOD_BYTES` is refused (the guest gets `err`).
+pub fn shadow(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
+    use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
+    linker.allow_shadowing(true);
+    let r = linker.instance("wasi:http/types@0.2.12").and_then(|mut types| {
+        types.func_wrap(
+            "[method]outgoing-request.set-method",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>,
+             (request, method): (wasmtime::component::Resource<HostOutgoingRequest>, Method)| {
+                if matches!(&method, Method::Other(name) if name.len() > MAX_METHOD_BYTES) {
+                    return Ok((Err(()),));
+                }
+                Ok((store.data_mut().http().set_method(request, method)?,))
+            },
+        )
+    });
+    linker.allow_shadowing(false);
+    r
+}
+
 impl WasiHttpHooks for HostAccess {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -217,5 +252,59 @@ impl WasiHttpHooks for HostAccess {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::capabilities::Capabilities;
+    use crate::executor::{CallOptions, Executor};
+    use crate::http_client::Network;
+    use crate::network::{HostRule, NetworkConfig};
+    use crate::options::{Definition, ExecutorOptions};
+    use crate::store::MemorySource;
+    use crate::test_guests as g;
+
+    fn executor(network: bool) -> (Arc<Executor>, Definition) {
+        let source = Arc::new(MemorySource::new());
+        source.put("m.wasm", g::http_method_component());
+        let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
+        let options = ExecutorOptions { network: network.then(|| Network::new(config).expect("network")), ..Default::default() };
+        let ex = Arc::new(Executor::new(source, options).expect("executor"));
+        let caps = Capabilities { network, ..Default::default() };
+        (ex, Definition { name: "m".into(), version: "1".into(), wasm_blob_path: "m.wasm".into(), capabilities: caps, ..Default::default() })
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wasi_http_types_need_the_network_grant_and_method_names_are_short() {
+        // Review Q: a component granted nothing imported wasi:http/types and stored a 16 MiB
+        // method name in each of thousands of requests (4.9 GB in 10 s).
+        let (ex, def) = executor(false);
+        assert_eq!(ex.execute(&def, "3".into(), CallOptions::default()).await.map_err(|e| e.code()).map(|o| o.output), Err("CAPABILITY_DENIED"));
+        let (ex, def) = executor(true);
+        let set = |n: usize| {
+            let (ex, def) = (ex.clone(), def.clone());
+            async move { ex.execute(&def, n.to_string(), CallOptions::default()).await.expect("runs").output }
+        };
+        assert_eq!(set(super::MAX_METHOD_BYTES).await, "1");
+        assert_eq!(set(super::MAX_METHOD_BYTES + 1).await, "0");
+        assert_eq!(set(60_000).await, "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_get_random_bytes_asks_for_at_most_1_mib() {
+        // Review Q: one 64 MiB ask was a ~230 ms host call, past a 1 ms deadline.
+        let source = Arc::new(MemorySource::new());
+        source.put("r.wasm", g::random_component());
+        let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+        let def = Definition { name: "r".into(), version: "1".into(), wasm_blob_path: "r.wasm".into(), ..Default::default() };
+        let ask = |n: u64| {
+            let (ex, def) = (ex.clone(), def.clone());
+            async move { ex.execute(&def, n.to_string(), CallOptions::default()).await.map(|o| o.output).map_err(|e| e.code()) }
+        };
+        assert_eq!(ask(crate::capabilities::MAX_RANDOM_BYTES).await, Ok("1".to_string()));
+        assert_eq!(ask(crate::capabilities::MAX_RANDOM_BYTES + 1).await, Err("TRAP"));
     }
 }

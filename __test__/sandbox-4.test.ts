@@ -1,0 +1,48 @@
+// Hostile review rounds P and Q (see also the Rust tests named for them): each test reproduces a
+// way through that a reviewer found, and failed on the code from before its fix.
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def } from './helpers'
+import { guestWat } from './wat'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('review P: one tenant and the whole process', () => {
+  it('P1: maxFuel calls parked in a host function: past 2,000 live instances outside the pool, BUSY (retryable); the parked ones finish', async () => {
+    // Before: nothing bounded them; 12,000 such calls took the process to vm.max_map_count and
+    // Node aborted (a wasmtime munmap panicked, or V8 could not map its heap).
+    const wasm = await guestWat(
+      `(func (export "execute") (param i32) (result i32) (drop (call $wait (i32.const 36))) (i32.const 36))`,
+      `(import "h" "wait" (func $wait (param i32) (result i32)))`,
+    )
+    let hold = false
+    let parked = 0
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    const ex = new WasmActivityExecutor(
+      { download: async () => wasm },
+      { hostFunctions: { 'h.wait': async () => { if (hold) { parked++; await released } return 1 } } },
+    )
+    const d = def('p', { capabilities: { hostFunctions: ['h.wait'] }, limits: { maxFuel: 1e9, maxMemoryMB: 1 } })
+    await ex.execute(d, {})
+    hold = true
+    const codes: Record<string, number> = {}
+    let settled = 0
+    const calls = Array.from({ length: 2100 }, () =>
+      ex.execute(d, {}).then(
+        () => { codes.ok = (codes.ok ?? 0) + 1 },
+        (e) => { codes[e.code] = (codes[e.code] ?? 0) + 1; if (e.code === 'BUSY') expect(e.retryable).toBe(true) },
+      ).finally(() => settled++),
+    )
+    const deadline = Date.now() + 50_000
+    while (parked + settled < 2100 && Date.now() < deadline) await sleep(10)
+    expect({ parked, ...codes }).toEqual({ parked: 2000, BUSY: 100 })
+    release()
+    await Promise.all(calls)
+    expect(codes).toEqual({ ok: 2000, BUSY: 100 })
+    // The room comes back as they end.
+    hold = false
+    await expect(ex.execute(d, {})).resolves.toBeDefined()
+    await ex.close()
+  }, 60_000)
+})
