@@ -216,12 +216,17 @@ fn evict_if_idle(slot: &ActorSlot) -> bool {
     }
 }
 
-/// `evict_if_idle` for an actor whose eviction gives the instance pool a slot back: not one whose
-/// instance lives outside the pool (fuel-metered, baseline or unpooled code), which would lose its
-/// state for nothing.
+/// `evict_if_idle` for an actor whose eviction gives the instance pool (`pooled`), or the room for
+/// instances outside it, a slot back: not one whose instance lives on the other side (fuel-metered,
+/// baseline or unpooled code, or pooled), which would lose its state for nothing. An actor without
+/// an instance goes only to make room in the pool, as before.
 fn evict_if_idle_in(slot: &ActorSlot, pooled: bool) -> bool {
+    let frees = |st: &ActorState| match &st.instance {
+        Some(i) => (i.kind == crate::engine::EngineKind::Plain) == pooled,
+        None => pooled,
+    };
     match slot.state.try_lock() {
-        Ok(st) if !st.instance.as_ref().is_some_and(|i| (i.kind == crate::engine::EngineKind::Plain) == pooled) => false,
+        Ok(st) if !frees(&st) => false,
         Ok(mut st) => {
             st.instance = None;
             st.shadow = None;
