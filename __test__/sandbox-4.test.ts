@@ -2,7 +2,7 @@
 // way through that a reviewer found, and failed on the code from before its fix.
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
-import { def } from './helpers'
+import { def, guest } from './helpers'
 import { guestWat } from './wat'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -37,6 +37,11 @@ describe('review P: one tenant and the whole process', () => {
     const deadline = Date.now() + 50_000
     while (parked + settled < 2100 && Date.now() < deadline) await sleep(10)
     expect({ parked, ...codes }).toEqual({ parked: 2000, BUSY: 100 })
+    // Meanwhile another tenant's new module still runs: its first calls skip the baseline tier
+    // (outside the pool, where there is no room) for optimized code in the pool (before: BUSY).
+    const other = new WasmActivityExecutor({ download: async () => guest('echo') })
+    expect(await other.execute(def('echo'), { message: 'there' })).toMatchObject({ result: 'there' })
+    await other.close()
     release()
     await Promise.all(calls)
     expect(codes).toEqual({ ok: 2000, BUSY: 100 })
