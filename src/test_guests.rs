@@ -514,6 +514,44 @@ pub fn http_method_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
+/// A component that makes as many wasi:http `fields` as its input says and keeps them; answers "1".
+pub fn fields_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:http/types@0.2.0" (instance $t
+    (export "fields" (type $f (sub resource)))
+    (export "[constructor]fields" (func (result (own $f))))))
+  (core module $libc
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096)))
+  (core instance $libc (instantiate $libc))
+  (core func $fnew (canon lower (func $t "[constructor]fields")))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "fnew" (func $fnew (result i32)))
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $n i32) (local $i i32)
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $len)))
+        (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
+          (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (local.set $i (i32.const 0))
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+        (drop (call $fnew)) (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (i32.store8 (i32.const 1039) (i32.const 49))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc)) (with "host" (instance (export "fnew" (func $fnew))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+    )
+    .expect("test component parses")
+}
+
 /// A component that asks wasi:random for as many bytes as its input says, once; answers "1".
 pub fn random_component() -> Vec<u8> {
     wat::parse_str(

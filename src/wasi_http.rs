@@ -25,8 +25,11 @@ use crate::host::HostState;
 use crate::host_functions::HostAccess;
 use crate::network::HttpRequest;
 
-/// Resources one component may hold at once.
-pub const MAX_RESOURCES: usize = 10_000;
+/// Resources one component may hold at once: its open files (at most 1024, see `open_files`) and
+/// as many again. What the host keeps for each is bounded (a `fields` 128 KiB, a request's body
+/// write 64 KiB), not counted against `maxMemoryMB`: 10,000 had let a component granted the
+/// network hold 1.25 GB of `fields` (review Q).
+pub const MAX_RESOURCES: usize = 2048;
 
 /// The bytes of `wasi:http` bodies a component's Store holds in the host: requests' bodies being
 /// read before they are sent, responses' bodies until the guest drops them (kept across an
@@ -270,6 +273,7 @@ mod tests {
     fn executor(network: bool) -> (Arc<Executor>, Definition) {
         let source = Arc::new(MemorySource::new());
         source.put("m.wasm", g::http_method_component());
+        source.put("f.wasm", g::fields_component());
         let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
         let options = ExecutorOptions { network: network.then(|| Network::new(config).expect("network")), ..Default::default() };
         let ex = Arc::new(Executor::new(source, options).expect("executor"));
@@ -306,5 +310,18 @@ mod tests {
         };
         assert_eq!(ask(crate::capabilities::MAX_RANDOM_BYTES).await, Ok("1".to_string()));
         assert_eq!(ask(crate::capabilities::MAX_RANDOM_BYTES + 1).await, Err("TRAP"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_component_holds_at_most_max_resources() {
+        // Review Q: 10,000 `fields` of 128 KiB each were 1.25 GB of host memory.
+        let (ex, def) = executor(true);
+        let def = Definition { wasm_blob_path: "f.wasm".into(), name: "f".into(), ..def };
+        let make = |n: usize| {
+            let (ex, def) = (ex.clone(), def.clone());
+            async move { ex.execute(&def, n.to_string(), CallOptions::default()).await.map(|o| o.output).map_err(|e| e.code()) }
+        };
+        assert_eq!(make(super::MAX_RESOURCES - 16).await, Ok("1".to_string()));
+        assert_eq!(make(super::MAX_RESOURCES + 1).await, Err("TRAP"));
     }
 }
