@@ -2,7 +2,7 @@
 // way through that a reviewer found, and failed on the code from before its fix.
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
-import { def, guest } from './helpers'
+import { def, guest, MemoryBlobStore } from './helpers'
 import { guestWat } from './wat'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -50,4 +50,36 @@ describe('review P: one tenant and the whole process', () => {
     await expect(ex.execute(d, {})).resolves.toBeDefined()
     await ex.close()
   }, 60_000)
+})
+
+describe('review S: operations on an actor take their place in its line when made', () => {
+  for (const durable of [false, true]) {
+    it(`S1: restoreActor / snapshotActor then execute, not awaited between: served in that order${durable ? ' (actor store)' : ''}`, async () => {
+      // Before: they joined the line only once their task ran, so in most rounds the execute went
+      // first: its acknowledged +1 was wiped by the restore (stored, then overwritten), and a
+      // snapshot taken "before" a +100 held it.
+      const d = def('counter')
+      const store = new MemoryBlobStore()
+      await store.upload('counter.wasm', guest('counter-actor'))
+      for (let round = 0; round < 10; round++) {
+        const ex = new WasmActivityExecutor(store, durable ? { actorStore: `memory://s1-${round}/x` } : {})
+        await ex.execute(d, { action: 'increment', amount: 10 }, { actorId: 'a' })
+        const ten = await ex.snapshotActor(d, 'a')
+        await ex.execute(d, { action: 'increment', amount: 5 }, { actorId: 'a' })
+        const restored = ex.restoreActor(d, 'a', ten)
+        const inc = ex.execute(d, { action: 'increment', amount: 1 }, { actorId: 'a' })
+        await restored
+        expect(await inc).toMatchObject({ count: 11 })
+        expect(await ex.execute(d, { action: 'get' }, { actorId: 'a' })).toMatchObject({ count: 11 })
+        const snap = ex.snapshotActor(d, 'a')
+        const big = ex.execute(d, { action: 'increment', amount: 100 }, { actorId: 'a' })
+        const other = new WasmActivityExecutor(store)
+        await other.restoreActor(d, 'z', await snap)
+        expect(await other.execute(d, { action: 'get' }, { actorId: 'z' })).toMatchObject({ count: 11 })
+        expect(await big).toMatchObject({ count: 111 })
+        await other.close()
+        await ex.close()
+      }
+    })
+  }
 })

@@ -8,13 +8,14 @@
 //! image), its mutable globals and the ABI's host-side state. A call that fails leaves the stored
 //! state as it was: the next call starts from the last stored snapshot, never a torn instance.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use crate::actor_store::{actor_key, ActorStore, Saved, Version};
 use crate::actors::{ActorKey, Held};
 use crate::call::{instantiate, Prepared};
 use crate::error::ExecError;
-use crate::executor::{CallOptions, Definition, Executor};
+use crate::executor::{Definition, Executor, Lined};
 use crate::host::LogSink;
 use crate::instance::GuestInstance;
 use crate::limits::{Budget, CancelFlag};
@@ -254,10 +255,16 @@ fn settle(
 }
 
 impl Executor {
-    /// The actor's state as a snapshot (waits for its running and queued calls, in line).
-    pub async fn snapshot_actor(self: &Arc<Self>, def: &Definition, actor_id: &str) -> Result<Vec<u8>, ExecError> {
-        let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
-        let (p, module, mut held) = self.hold_actor(def, &call).await?;
+    /// The actor's state as a snapshot (in line: after the calls made before it, before those
+    /// made after it; the place is taken when this is called).
+    pub fn snapshot_actor(self: &Arc<Self>, def: &Definition, actor_id: &str) -> impl Future<Output = Result<Vec<u8>, ExecError>> + Send + 'static {
+        let lined = self.line_up(def, actor_id);
+        let (this, def, actor_id) = (self.clone(), def.clone(), actor_id.to_string());
+        async move { this.snapshot_in_line(&def, &actor_id, lined?).await }
+    }
+
+    async fn snapshot_in_line(self: &Arc<Self>, def: &Definition, actor_id: &str, lined: Lined) -> Result<Vec<u8>, ExecError> {
+        let (p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
         // State of other bytes than the definition's now is no snapshot of this module.
         held.guard.check_module(&module.digest)?;
@@ -289,9 +296,14 @@ impl Executor {
     /// Makes `snapshot` the actor's state: checked whole first (`SNAPSHOT_INVALID`,
     /// `SNAPSHOT_MISMATCH`), restored into a fresh instance that then replaces the actor's (in
     /// line after its calls), and stored when the executor has an actor store.
-    pub async fn restore_actor(self: &Arc<Self>, def: &Definition, actor_id: &str, bytes: &[u8]) -> Result<(), ExecError> {
-        let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
-        let (p, module, mut held) = self.hold_actor(def, &call).await?;
+    pub fn restore_actor(self: &Arc<Self>, def: &Definition, actor_id: &str, bytes: &[u8]) -> impl Future<Output = Result<(), ExecError>> + Send + 'static {
+        let lined = self.line_up(def, actor_id);
+        let (this, bytes) = (self.clone(), bytes.to_vec());
+        async move { this.restore_in_line(&bytes, lined?).await }
+    }
+
+    async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
+        let (p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
         let state = snapshot::decode(bytes, &module.digest, initial_image(&module, &p).await?, p.limits.max_memory_bytes)?;
         let budget = Budget::starting_now(&p.limits);

@@ -98,6 +98,9 @@ impl Drop for DoneGuard {
 /// A guest call in flight: `Send`, so a call suspended on one thread can finish on another.
 type GuestCall = Pin<Box<dyn Future<Output = Result<CallOutput, ExecError>> + Send>>;
 
+/// An operation's place in an actor's line (`Executor::line_up`), with its prepared definition.
+pub(crate) type Lined = (Prepared, Ticket);
+
 /// Removes a call from the in-flight registry when it ends, however it ends.
 struct Inflight<'a>(&'a Executor, u64);
 
@@ -192,16 +195,26 @@ impl Executor {
         })
     }
 
-    /// For operations on an actor outside a call (snapshot, restore): the prepared definition,
-    /// its module, and the actor's slot, taken in line after its calls.
-    pub(crate) async fn hold_actor(
-        self: &Arc<Self>,
-        def: &Definition,
-        call: &CallOptions,
-    ) -> Result<(Prepared, Arc<CompiledModule>, Held), ExecError> {
-        let p = self.prepare(def, "", call)?;
-        let id = call.actor_id.clone().unwrap_or_default();
-        let ticket = self.actors.ticket(ActorKey { def: p.key.clone(), actor_id: id });
+    /// Takes the actor's place in its line now, as `execute` does when it is called, for an
+    /// operation on the actor that then waits its turn (`hold`): `snapshotActor` and
+    /// `restoreActor` made before or after a call are served before or after it (they used to
+    /// join the line only once their task ran: a restore made before an `execute` could land
+    /// after it and wipe its acknowledged step, review S).
+    pub(crate) fn line_up(self: &Arc<Self>, def: &Definition, actor_id: &str) -> Result<Lined, ExecError> {
+        let call = CallOptions { actor_id: Some(actor_id.to_string()), ..Default::default() };
+        let p = self.prepare(def, "", &call)?;
+        let mut ticket = self.actors.ticket(ActorKey { def: p.key.clone(), actor_id: actor_id.to_string() });
+        // The first poll queues on the actor's (fair) lock, or takes it when the actor is idle.
+        let ticket: Ticket = match threads::poll_once(&mut ticket) {
+            Ok(Poll::Ready(held)) => Box::pin(std::future::ready(held)),
+            Ok(Poll::Pending) => ticket,
+            Err(()) => return Err(ExecError::internal("taking the actor's place panicked (a bug in the executor)")),
+        };
+        Ok((p, ticket))
+    }
+
+    /// Waits for the actor's turn (its place taken by `line_up`) and finds its module.
+    pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Prepared, Arc<CompiledModule>, Held), ExecError> {
         let held = ticket.await;
         let module = self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref()).await?;
         Ok((p, module, held))

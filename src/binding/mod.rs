@@ -394,12 +394,9 @@ impl WasmActivityExecutor {
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string", ts_return_type = "Promise<Buffer>")]
     pub fn snapshot_actor<'env>(&self, env: &'env Env, definition: Unknown<'env>, actor_id: Unknown<'env>) -> napi::Result<PromiseRaw<'env, napi::bindgen_prelude::Buffer>> {
         let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
-        let read = read();
-        let exec = self.inner.clone();
-        settle(env, async move {
-            let (def, id) = read?;
-            exec.snapshot_actor(&def, &id).await
-        }, |_, bytes| Ok(napi::bindgen_prelude::Buffer::from(bytes)))
+        // In the actor's line from now, as a call made now would be.
+        let snapshot = read().map(|(def, id)| self.inner.snapshot_actor(&def, &id));
+        settle(env, async move { snapshot?.await }, |_, bytes| Ok(napi::bindgen_prelude::Buffer::from(bytes)))
     }
 
     /// Makes `snapshot` the actor's state (in line after its calls), checked whole first:
@@ -413,12 +410,9 @@ impl WasmActivityExecutor {
                 .to_vec();
             Ok((args::definition(definition)?, args::string(actor_id, "actorId")?, bytes))
         };
-        let read = read();
-        let exec = self.inner.clone();
-        settle(env, async move {
-            let (def, id, bytes) = read?;
-            exec.restore_actor(&def, &id, &bytes).await
-        }, |_, ()| Ok(()))
+        // In the actor's line from now, as a call made now would be.
+        let restore = read().map(|(def, id, bytes)| self.inner.restore_actor(&def, &id, &bytes));
+        settle(env, async move { restore?.await }, |_, ()| Ok(()))
     }
 
     /// `await using executor = new WasmActivityExecutor(...)`: the same as `close()`.
