@@ -37,6 +37,12 @@ impl Default for CompileLimits {
 /// thousand blocks is ~1e6); a hostile function of 10,000 locals and 10,000 `if`s is 1e8.
 pub const CRANELIFT_COST: u64 = 4_000_000;
 
+/// Past this sum of (locals × blocks) over all its functions, too: the bound above is per
+/// function, and review S had 40 functions just under it cost 188 s of optimizing compile in the
+/// background (4.7 s each), going on after `close()` and holding up other executors' tier-ups.
+/// The 12 MB JavaScript component sums to 3.1e6; a function at `CRANELIFT_COST` takes ~5 s.
+pub const CRANELIFT_MODULE_COST: u64 = 8_000_000;
+
 /// A function type of more parameters and results than this is wide (see `WIDE_SIGNATURE_SLOTS`).
 pub const WIDE_SIGNATURE: u64 = 16;
 /// Most parameters and results of all functions of wide types together (a component's core modules'
@@ -73,6 +79,8 @@ pub struct Shape {
     pub most_locals: u64,
     /// The largest (locals × blocks) of any function.
     pub cost: u64,
+    /// The sum of (locals × blocks) over all functions.
+    pub total_cost: u64,
     pub has_start: bool,
     /// Items of the code wasmtime compiles from the initializers, run whole as an instance starts
     /// (`initializers`; the sum over a component's core modules).
@@ -93,7 +101,7 @@ pub struct Shape {
 impl Shape {
     /// Whether the optimizing compiler would be too slow on it.
     pub fn needs_baseline(&self) -> bool {
-        self.cost > CRANELIFT_COST
+        self.cost > CRANELIFT_COST || self.total_cost > CRANELIFT_MODULE_COST
     }
 }
 
@@ -274,6 +282,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                     }
                 }
                 shape.cost = shape.cost.max(locals.max(1).saturating_mul(blocks));
+                shape.total_cost = shape.total_cost.saturating_add(locals.max(1).saturating_mul(blocks));
             }
             _ => {}
         }
@@ -302,6 +311,19 @@ pub(crate) mod tests {
              (func (export \"execute\") (param $in i32) (result i32) (call $bomb) (local.get $in))",
             "i32 ".repeat(locals as usize)
         ))
+    }
+
+    #[test]
+    fn many_functions_each_under_the_bound_need_the_baseline_compiler_together() {
+        // Review S: 40 functions of 1999 locals and 2000 loops, each just under CRANELIFT_COST,
+        // took 188 s of optimizing compile in the background.
+        let bombs: String = (0..3).map(|i| format!("(func $b{i} (local {}) {})", "i32 ".repeat(1000), "(loop)".repeat(3000))).collect();
+        let three = crate::test_guests::with_prelude(&format!("{bombs} (func (export \"execute\") (param $in i32) (result i32) (local.get $in))"));
+        let shape = check(&three, &CompileLimits::default()).expect("within the limits");
+        assert!(shape.cost <= CRANELIFT_COST, "each under the bound: {shape:?}");
+        assert!(shape.total_cost > CRANELIFT_MODULE_COST && shape.needs_baseline(), "{shape:?}");
+        let two = crate::test_guests::with_prelude(&format!("{} (func (export \"execute\") (param $in i32) (result i32) (local.get $in))", &bombs[..bombs.len() * 2 / 3]));
+        assert!(!check(&two, &CompileLimits::default()).expect("within the limits").needs_baseline());
     }
 
     #[test]
