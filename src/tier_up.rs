@@ -30,12 +30,6 @@ impl ModuleCache {
         }
         // One `compileTimeoutMs` for the call, whichever compilers it takes.
         let deadline = tokio::time::Instant::now() + self.limits.compile_timeout;
-        if crate::unpooled_slots::live() >= crate::unpooled_slots::MAX_UNPOOLED * 3 / 4 {
-            // Baseline code runs outside the pool, where the room is nearly gone (one tenant's
-            // `maxFuel` calls parked in host functions, say): its calls would be `BUSY`. The
-            // optimized compile takes longer, but its code runs in the pool.
-            return self.compile_until(bytes, digest, kind, deadline).await;
-        }
         let baseline = match self.compile_until(bytes.clone(), digest, kind.with_baseline(true), deadline).await {
             Ok(m) => m,
             // Out of time: no second compile (it could not be stopped either), and the call is
