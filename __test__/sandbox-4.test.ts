@@ -1,5 +1,8 @@
 // Hostile review rounds P and Q (see also the Rust tests named for them): each test reproduces a
 // way through that a reviewer found, and failed on the code from before its fix.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def, guest, MemoryBlobStore } from './helpers'
@@ -77,4 +80,34 @@ describe('review S: operations on an actor take their place in its line when mad
       }
     })
   }
+})
+
+describe('review T: close() and operations on an actor', () => {
+  it('T1: a restoreActor made before close() never writes after close() resolved (it ends CANCELLED or CLOSED; close waits for a write under way)', async () => {
+    // Before: close() resolved at once; the restore, waiting for its module's download, stored its
+    // snapshot 1.5 s later, over the steps another worker had acknowledged meanwhile.
+    const bytes = guest('counter-actor')
+    const d = def('c')
+    const dir = mkdtempSync(join(tmpdir(), 'loom-sandbox-4-'))
+    const store = `file://${dir}`
+    const e0 = new WasmActivityExecutor({ download: async () => bytes })
+    await e0.execute(d, { action: 'increment', amount: 42 }, { actorId: 'a' })
+    const snap = await e0.snapshotActor(d, 'a')
+    await e0.close()
+    const w1 = new WasmActivityExecutor({ download: async () => (await sleep(1500), bytes) }, { actorStore: store })
+    const restored = w1.restoreActor(d, 'a', snap).then(() => 'ok', (e) => e.code)
+    const snapped = w1.snapshotActor(d, 'a').then(() => 'ok', (e) => e.code)
+    await w1.close()
+    const w2 = new WasmActivityExecutor({ download: async () => bytes }, { actorStore: store })
+    for (let i = 1; i <= 5; i++) expect(await w2.execute(d, { action: 'increment', amount: 1 }, { actorId: 'a' })).toMatchObject({ count: i })
+    await w2.close()
+    // CLOSED if close() came before its task started, CANCELLED if while it waited.
+    expect(await restored).toMatch(/^(CANCELLED|CLOSED)$/)
+    expect(await snapped).toMatch(/^(CANCELLED|CLOSED)$/)
+    await sleep(300)
+    const w3 = new WasmActivityExecutor({ download: async () => bytes }, { actorStore: store })
+    expect(await w3.execute(d, { action: 'get' }, { actorId: 'a' })).toMatchObject({ count: 5 })
+    await w3.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
 })

@@ -264,7 +264,7 @@ impl Executor {
     }
 
     async fn snapshot_in_line(self: &Arc<Self>, def: &Definition, actor_id: &str, lined: Lined) -> Result<Vec<u8>, ExecError> {
-        let (p, module, mut held) = self.hold(lined).await?;
+        let (_in_flight, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
         // State of other bytes than the definition's now is no snapshot of this module.
         held.guard.check_module(&module.digest)?;
@@ -303,7 +303,7 @@ impl Executor {
     }
 
     async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
-        let (p, module, mut held) = self.hold(lined).await?;
+        let (_in_flight, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
         let state = snapshot::decode(bytes, &module.digest, initial_image(&module, &p).await?, p.limits.max_memory_bytes)?;
         let budget = Budget::starting_now(&p.limits);

@@ -101,8 +101,9 @@ type GuestCall = Pin<Box<dyn Future<Output = Result<CallOutput, ExecError>> + Se
 /// An operation's place in an actor's line (`Executor::line_up`), with its prepared definition.
 pub(crate) type Lined = (Prepared, Ticket);
 
-/// Removes a call from the in-flight registry when it ends, however it ends.
-struct Inflight<'a>(&'a Executor, u64);
+/// Removes a call (or an operation on an actor, `Executor::hold`) from the in-flight registry
+/// when it ends, however it ends.
+pub(crate) struct Inflight<'a>(&'a Executor, u64);
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
@@ -213,11 +214,22 @@ impl Executor {
         Ok((p, ticket))
     }
 
-    /// Waits for the actor's turn (its place taken by `line_up`) and finds its module.
-    pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Prepared, Arc<CompiledModule>, Held), ExecError> {
-        let held = ticket.await;
-        let module = self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref()).await?;
-        Ok((p, module, held))
+    /// Waits for the actor's turn (its place taken by `line_up`) and finds its module, as an
+    /// operation in flight: `close()` ends the wait (`CANCELLED`; `CLOSED` if it came first) and
+    /// waits for what follows (a restore's store write) while the returned guard lives. Review T:
+    /// a restore made before `close()` still wrote its snapshot 1.5 s after `close()` resolved,
+    /// over the steps another worker had acknowledged since.
+    pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Inflight<'_>, Prepared, Arc<CompiledModule>, Held), ExecError> {
+        let cancel = CancelFlag::new();
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
+        let inflight = Inflight(self, id);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ExecError::Closed);
+        }
+        let held = cancel.guard(ticket).await?;
+        let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
+        Ok((inflight, p, module, held))
     }
 
     /// Starts a call. It is polled once right here, on the caller's thread: that takes the
