@@ -43,6 +43,15 @@ pub const CRANELIFT_COST: u64 = 4_000_000;
 /// The 12 MB JavaScript component sums to 3.1e6; a function at `CRANELIFT_COST` takes ~5 s.
 pub const CRANELIFT_MODULE_COST: u64 = 8_000_000;
 
+/// Past this many instructions in one function, or this sum of their squares over a module, too:
+/// straight-line code escapes (locals × blocks), and the optimizing compiler's time grows faster
+/// than its length (review T: one function of 2 locals, no blocks and 120,000 instructions took
+/// 11.7 s, 60,000 took 1.9 s). The largest real guest here, the 12 MB JavaScript component, has a
+/// function of 81,744 instructions and sums to 2.9e10; a module within both bounds costs about
+/// what it does (~30 s of CPU).
+pub const CRANELIFT_OPS: u64 = 100_000;
+pub const CRANELIFT_MODULE_OPS_SQUARED: u64 = 40_000_000_000;
+
 /// A function type of more parameters and results than this is wide (see `WIDE_SIGNATURE_SLOTS`).
 pub const WIDE_SIGNATURE: u64 = 16;
 /// Most parameters and results of all functions of wide types together (a component's core modules'
@@ -81,6 +90,10 @@ pub struct Shape {
     pub cost: u64,
     /// The sum of (locals × blocks) over all functions.
     pub total_cost: u64,
+    /// The most instructions in one function, and the sum of their squares over all functions
+    /// (what the optimizing compiler's time grows with in straight-line code).
+    pub most_ops: u64,
+    pub ops_squared: u64,
     pub has_start: bool,
     /// Items of the code wasmtime compiles from the initializers, run whole as an instance starts
     /// (`initializers`; the sum over a component's core modules).
@@ -101,7 +114,10 @@ pub struct Shape {
 impl Shape {
     /// Whether the optimizing compiler would be too slow on it.
     pub fn needs_baseline(&self) -> bool {
-        self.cost > CRANELIFT_COST || self.total_cost > CRANELIFT_MODULE_COST
+        self.cost > CRANELIFT_COST
+            || self.total_cost > CRANELIFT_MODULE_COST
+            || self.most_ops > CRANELIFT_OPS
+            || self.ops_squared > CRANELIFT_MODULE_OPS_SQUARED
     }
 }
 
@@ -264,8 +280,11 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                     continue;
                 }
                 let mut blocks: u64 = 1;
+                let mut n_ops: u64 = 0;
+                // (Counted with the blocks; see `CRANELIFT_OPS`.)
                 let mut ops = body.get_operators_reader().map_err(invalid)?;
                 while !ops.eof() {
+                    n_ops += 1;
                     match ops.read().map_err(invalid)? {
                         Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
                         // With the proposals `engine::features` allows (no GC, exceptions, threads
@@ -283,6 +302,8 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 }
                 shape.cost = shape.cost.max(locals.max(1).saturating_mul(blocks));
                 shape.total_cost = shape.total_cost.saturating_add(locals.max(1).saturating_mul(blocks));
+                shape.most_ops = shape.most_ops.max(n_ops);
+                shape.ops_squared = shape.ops_squared.saturating_add(n_ops.saturating_mul(n_ops));
             }
             _ => {}
         }
@@ -324,6 +345,29 @@ pub(crate) mod tests {
         assert!(shape.total_cost > CRANELIFT_MODULE_COST && shape.needs_baseline(), "{shape:?}");
         let two = crate::test_guests::with_prelude(&format!("{} (func (export \"execute\") (param $in i32) (result i32) (local.get $in))", &bombs[..bombs.len() * 2 / 3]));
         assert!(!check(&two, &CompileLimits::default()).expect("within the limits").needs_baseline());
+    }
+
+    #[test]
+    fn long_straight_line_functions_need_the_baseline_compiler() {
+        // Review T: 2 locals, no blocks: (locals × blocks) is 2 whatever the length.
+        let straight = |groups: usize| {
+            let body = "(local.set 1 (i32.xor (local.get 1) (i32.mul (local.get 0) (i32.const 7))))".repeat(groups);
+            crate::test_guests::with_prelude(&format!(
+                "(func $s (local i32 i32) {body}) (func (export \"execute\") (param $in i32) (result i32) (call $s) (local.get $in))"
+            ))
+        };
+        // Six instructions a group.
+        let long = check(&straight(CRANELIFT_OPS as usize / 6 + 1), &CompileLimits::default()).expect("within the limits");
+        assert!(long.cost < 10 && long.most_ops > CRANELIFT_OPS && long.needs_baseline(), "{long:?}");
+        let short = check(&straight(CRANELIFT_OPS as usize / 6 - 10), &CompileLimits::default()).expect("within the limits");
+        assert!(!short.needs_baseline(), "{short:?}");
+        // Real guests stay on the optimizing compiler (the JavaScript component where it is built).
+        for guest in ["build/echo.wasm", "build/mortgage.wasm", "build/js/echo.wasm"] {
+            match std::fs::read(guest) {
+                Ok(bytes) => assert!(!check(&bytes, &CompileLimits::default()).expect("fits").needs_baseline(), "{guest}"),
+                Err(_) => assert!(guest.starts_with("build/js/"), "{guest} is built by npm install"),
+            }
+        }
     }
 
     #[test]
