@@ -105,6 +105,12 @@ export interface ExecutorOptions {
   artifactKey?: string | Uint8Array
   /** Live actor instances kept in the LRU (default 1000; 1..1000000). Only idle actors are evicted. */
   maxActors?: number
+  /**
+   * Memory this executor's live actors may hold together, in MiB: their instances' memories and the
+   * shadows transactional and durable actors keep (default: half the machine's memory; 1..1e9).
+   * Past it, idle actors are evicted, least recently used first (their state goes unless durable).
+   */
+  maxActorMemoryMB?: number
   /** Calls running guest code at once; others queue (default: number of CPUs; 1..1024). */
   maxConcurrency?: number
   /** Default linear-memory cap for definitions that set none (default 256; (0, 4096]). */

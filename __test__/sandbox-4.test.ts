@@ -111,3 +111,33 @@ describe('review T: close() and operations on an actor', () => {
     rmSync(dir, { recursive: true, force: true })
   })
 })
+
+describe('review P: memory held by idle actors', () => {
+  it('P2: maxActorMemoryMB bounds what an executor\'s live actors hold together: past it, the least recently used idle ones go', async () => {
+    // Before: only maxActors × each definition's own maxMemoryMB bounded it (20 idle actors of
+    // 150 MiB held 3 GB).
+    const wasm = await guestWat(`(func (export "execute") (param i32) (result i32)
+      (if (i32.lt_u (memory.size) (i32.const 32)) (then (drop (memory.grow (i32.const 31))) (memory.fill (i32.const 65536) (i32.const 1) (i32.const 2031616))))
+      (i32.const 36))`)
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { maxActorMemoryMB: 8 })
+    const d = def('m')
+    // Each actor holds 2 MiB: four fit in 8 MiB.
+    for (let i = 0; i < 6; i++) expect((await ex.executeDetailed(d, {}, { actorId: `a${i}` })).actorCreated).toBe(true)
+    // a0 and a1 went when a4 and a5 came; the last four are kept.
+    const recent = []
+    for (const i of [5, 4, 3, 2]) recent.push((await ex.executeDetailed(d, {}, { actorId: `a${i}` })).actorCreated)
+    expect(recent).toEqual([false, false, false, false])
+    expect((await ex.executeDetailed(d, {}, { actorId: 'a0' })).actorCreated).toBe(true)
+    // a0's return pushed out the least recently used: a5.
+    expect((await ex.executeDetailed(d, {}, { actorId: 'a2' })).actorCreated).toBe(false)
+    expect((await ex.executeDetailed(d, {}, { actorId: 'a5' })).actorCreated).toBe(true)
+    const kept = new WasmActivityExecutor({ download: async () => wasm }, { maxActorMemoryMB: 16 })
+    for (let i = 0; i < 6; i++) await kept.execute(d, {}, { actorId: `a${i}` })
+    const keptAgain = []
+    for (let i = 0; i < 6; i++) keptAgain.push((await kept.executeDetailed(d, {}, { actorId: `a${i}` })).actorCreated)
+    expect(keptAgain).toEqual([false, false, false, false, false, false])
+    await expect(new Promise((r) => r(new WasmActivityExecutor({ download: async () => wasm }, { maxActorMemoryMB: 0 })))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+    await ex.close()
+    await kept.close()
+  })
+})

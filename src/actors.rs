@@ -42,6 +42,17 @@ pub struct ActorState {
     /// `shadow` is the state a fresh instance was made with (no call has counted since): a call
     /// restored from it runs on a fresh actor (`actorCreated`).
     pub pristine: bool,
+    /// What its executor's actor memory (`maxActorMemoryMB`) counts for it now.
+    charged: u64,
+}
+
+impl ActorState {
+    /// What it holds in memory: its instance's memories and tables and its shadow.
+    fn held_bytes(&self) -> u64 {
+        let instance = self.instance.as_ref().map_or(0, |i| i.memory_bytes());
+        let shadow = self.shadow.as_ref().map_or(0, |(_, s)| s.memory.len() as u64);
+        instance.saturating_add(shadow)
+    }
 }
 
 impl ActorState {
@@ -100,12 +111,22 @@ impl Growth {
 
 pub struct ActorSlot {
     state: Arc<tokio::sync::Mutex<ActorState>>,
+    /// Its executor's count of the memory its actors hold (`maxActorMemoryMB`).
+    memory: Arc<AtomicU64>,
     /// Set by `dropActor` while a call holds the slot: its instance goes when the call ends.
     reset: AtomicBool,
     /// When a call last finished on it (ms since the process's epoch), for LRU eviction.
     last_used: AtomicU64,
     /// A call has ended on it since its fiber stack's pages were last given back.
     stack_resident: AtomicBool,
+}
+
+impl ActorSlot {
+    /// Its actor holds nothing now (evicted, dropped): its count goes.
+    fn uncharge(&self, st: &mut ActorState) {
+        let charged = std::mem::take(&mut st.charged);
+        self.memory.fetch_sub(charged, Ordering::AcqRel);
+    }
 }
 
 /// A call's place in an actor's line, taken when the call is made; awaiting it gives the slot.
@@ -135,6 +156,14 @@ impl Drop for Held {
             self.guard.shadow = None;
             self.guard.persisted = None;
         }
+        // What the actor holds now counts against its executor's `maxActorMemoryMB`.
+        let now = self.guard.held_bytes();
+        let before = std::mem::replace(&mut self.guard.charged, now);
+        let total = if now >= before {
+            self.slot.memory.fetch_add(now - before, Ordering::AcqRel) + (now - before)
+        } else {
+            self.slot.memory.fetch_sub(before - now, Ordering::AcqRel) - (before - now)
+        };
         // Still under the actor's lock: the sweeper clears the flag under it too.
         if self.guard.instance.is_some() && !self.slot.stack_resident.swap(true, Ordering::AcqRel) {
             crate::fiber_stacks::wake_sweeper();
@@ -145,6 +174,9 @@ impl Drop for Held {
         if let Some(shared) = self.shared.upgrade() {
             if shared.over.load(Ordering::Acquire) {
                 shared.trim(&self.slot);
+            }
+            if total > shared.max_memory {
+                shared.trim_memory(&self.slot);
             }
         }
     }
@@ -158,6 +190,9 @@ fn now_ms() -> u64 {
 struct Shared {
     lru: Mutex<LruCache<ActorKey, Arc<ActorSlot>>>,
     capacity: usize,
+    /// The memory its actors hold together (`ActorState::charged`), and its cap.
+    memory: Arc<AtomicU64>,
+    max_memory: u64,
     /// More actors are held than `capacity`: the last eviction found too few idle ones.
     over: AtomicBool,
 }
@@ -172,6 +207,23 @@ impl Shared {
         let mut lru = self.lru();
         Self::trim_locked(&mut lru, self.capacity, keep);
         self.over.store(lru.len() > self.capacity, Ordering::Release);
+    }
+
+    /// Evicts the least recently used idle actors (never `keep`) until its actors hold at most
+    /// `max_memory` (review P: 20 idle actors of 150 MiB each held 3 GB, bounded only by
+    /// `maxActors` × a `maxMemoryMB` each definition chooses).
+    fn trim_memory(&self, keep: &Arc<ActorSlot>) {
+        let mut lru = self.lru();
+        let idle: Vec<ActorKey> =
+            lru.iter().rev().filter(|(_, s)| !Arc::ptr_eq(s, keep) && Arc::strong_count(s) == 1).map(|(k, _)| k.clone()).collect();
+        for k in idle {
+            if self.memory.load(Ordering::Acquire) <= self.max_memory {
+                break;
+            }
+            if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
+                lru.pop(&k);
+            }
+        }
     }
 
     fn trim_locked(lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, capacity: usize, keep: &Arc<ActorSlot>) {
@@ -210,6 +262,7 @@ fn evict_if_idle(slot: &ActorSlot) -> bool {
         Ok(mut st) => {
             st.instance = None;
             st.shadow = None;
+            slot.uncharge(&mut st);
             true
         }
         Err(_) => false,
@@ -230,6 +283,7 @@ fn evict_if_idle_in(slot: &ActorSlot, pooled: bool) -> bool {
         Ok(mut st) => {
             st.instance = None;
             st.shadow = None;
+            slot.uncharge(&mut st);
             true
         }
         Err(_) => false,
@@ -237,8 +291,14 @@ fn evict_if_idle_in(slot: &ActorSlot, pooled: bool) -> bool {
 }
 
 impl Actors {
-    pub fn new(capacity: usize) -> Self {
-        let shared = Arc::new(Shared { lru: Mutex::new(LruCache::unbounded()), capacity: capacity.max(1), over: AtomicBool::new(false) });
+    pub fn new(capacity: usize, max_memory: u64) -> Self {
+        let shared = Arc::new(Shared {
+            lru: Mutex::new(LruCache::unbounded()),
+            capacity: capacity.max(1),
+            over: AtomicBool::new(false),
+            memory: Arc::new(AtomicU64::new(0)),
+            max_memory,
+        });
         let mut reg = registry();
         reg.retain(|w| w.strong_count() > 0);
         reg.push(Arc::downgrade(&shared));
@@ -254,6 +314,7 @@ impl Actors {
                 .get_or_insert(key, || {
                     Arc::new(ActorSlot {
                         state: Default::default(),
+                        memory: self.shared.memory.clone(),
                         reset: AtomicBool::new(false),
                         last_used: AtomicU64::new(now_ms()),
                         stack_resident: AtomicBool::new(false),
@@ -294,7 +355,9 @@ impl Actors {
         let Some(slot) = lru.peek(key).cloned() else { return false };
         let idle = slot.state.try_lock().map(|mut st| {
             st.shadow = None;
-            st.instance.take().is_some()
+            let had = st.instance.take().is_some();
+            slot.uncharge(&mut st);
+            had
         });
         match idle {
             Ok(had) => {

@@ -55,6 +55,8 @@ pub mod ranges {
     pub const MAX_CACHED_MODULES: (f64, f64) = (1.0, 100_000.0);
     pub const MAX_CACHE_BYTES: (f64, f64) = (1.0, 1e12);
     pub const MAX_ACTORS: (f64, f64) = (1.0, 1_000_000.0);
+    /// `maxActorMemoryMB`.
+    pub const MAX_ACTOR_MEMORY_MB: (f64, f64) = (1.0, 1e9);
     pub const MAX_CONCURRENCY: (f64, f64) = (1.0, crate::threads::MAX_THREADS as f64);
     pub const PAYLOAD_BYTES: (f64, f64) = (1.0, crate::limits::MAX_PAYLOAD_BYTES as f64);
     /// Outputs: at most the longest string V8 makes (2^29 - 24 UTF-16 units).
@@ -78,6 +80,10 @@ pub struct ExecutorOptions {
     /// Compiled artifacts on disk and/or in a shared store, and their key.
     pub artifacts: ArtifactCache,
     pub max_actors: NonZeroUsize,
+    /// The memory this executor's live actors may hold together (their instances' memories and
+    /// the shadows of transactional and durable ones); past it, idle actors are evicted, least
+    /// recently used first.
+    pub max_actor_memory_bytes: u64,
     /// Calls running guest code at once; more wait in a queue.
     pub max_concurrency: NonZeroUsize,
     /// Limits for definitions that name none.
@@ -114,6 +120,7 @@ impl Default for ExecutorOptions {
             max_cache_bytes: 512 * 1024 * 1024,
             artifacts: ArtifactCache::default(),
             max_actors: NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
+            max_actor_memory_bytes: default_actor_memory_bytes(),
             max_concurrency: cpus,
             defaults: Limits::default(),
             load: LoadLimits::default(),
@@ -148,3 +155,13 @@ pub struct CallOptions {
     pub progress: Option<Arc<dyn crate::host::ProgressSink>>,
 }
 
+/// `maxActorMemoryMB` unless set: half the machine's physical memory (4 GiB where it cannot be
+/// read).
+pub fn default_actor_memory_bytes() -> u64 {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page) / 2,
+        _ => 4 << 30,
+    }
+}

@@ -307,6 +307,9 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     if let Some(n) = opt(obj, "maxActors", w, |v, p| count(v, p, ranges::MAX_ACTORS))? {
         o.max_actors = n;
     }
+    if let Some(mb) = opt(obj, "maxActorMemoryMB", w, |v, p| ranged(v, p, ranges::MAX_ACTOR_MEMORY_MB))? {
+        o.max_actor_memory_bytes = mb.saturating_mul(1024 * 1024);
+    }
     if let Some(n) = opt(obj, "maxConcurrency", w, |v, p| count(v, p, ranges::MAX_CONCURRENCY))? {
         o.max_concurrency = n;
     }
