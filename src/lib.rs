@@ -6,6 +6,7 @@
 //! `cargo test` drives without Node.
 
 pub mod abi;
+pub mod actor_growth;
 pub mod actor_store;
 pub mod actors;
 pub mod artifacts;
@@ -52,6 +53,8 @@ pub mod wasi_http;
 pub mod wasi_listing;
 pub mod wasi_open;
 
+#[cfg(test)]
+mod test_components;
 #[cfg(test)]
 mod test_guests;
 
