@@ -137,6 +137,31 @@ describe('review P: memory held by idle actors', () => {
     for (let i = 0; i < 6; i++) keptAgain.push((await kept.executeDetailed(d, {}, { actorId: `a${i}` })).actorCreated)
     expect(keptAgain).toEqual([false, false, false, false, false, false])
     await expect(new Promise((r) => r(new WasmActivityExecutor({ download: async () => wasm }, { maxActorMemoryMB: 0 })))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' })
+
+    // Review U: a busy actor over the budget on its own made every call's end evict every idle
+    // actor, for nothing. Now idle actors go only when they can cover the excess.
+    const big = await guestWat(`(func (export "execute") (param i32) (result i32)
+      (if (i32.lt_u (memory.size) (i32.const 256)) (then (drop (memory.grow (i32.const 255)))))
+      (drop (call $wait (i32.const 36))) (i32.const 36))`, `(import "h" "wait" (func $wait (param i32) (result i32)))`)
+    let hold = false
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    const blobs = new Map([['m.wasm', wasm], ['big.wasm', big]])
+    const both = new WasmActivityExecutor(
+      { download: async (path: string) => blobs.get(path)! },
+      { maxActorMemoryMB: 8, hostFunctions: { 'h.wait': async () => { if (hold) await released; return 1 } } },
+    )
+    const bigDef = def('big', { capabilities: { hostFunctions: ['h.wait'] } })
+    await both.execute(bigDef, {}, { actorId: 'h' }) // 16 MiB, over the 8 on its own
+    hold = true
+    const busy = both.execute(bigDef, {}, { actorId: 'h' })
+    for (let i = 0; i < 2; i++) await both.execute(d, {}, { actorId: `t${i}` })
+    const tiny = []
+    for (let i = 0; i < 2; i++) tiny.push((await both.executeDetailed(d, {}, { actorId: `t${i}` })).actorCreated)
+    expect(tiny).toEqual([false, false])
+    release()
+    await busy
+    await both.close()
     await ex.close()
     await kept.close()
   })
