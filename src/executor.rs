@@ -221,12 +221,7 @@ impl Executor {
     /// over the steps another worker had acknowledged since.
     pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Inflight<'_>, Prepared, Arc<CompiledModule>, Held), ExecError> {
         let cancel = CancelFlag::new();
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
-        let inflight = Inflight(self, id);
-        if self.closed.load(Ordering::Acquire) {
-            return Err(ExecError::Closed);
-        }
+        let inflight = self.enter_flight(&cancel)?;
         let held = cancel.guard(ticket).await?;
         let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
         Ok((inflight, p, module, held))
@@ -290,14 +285,21 @@ impl Executor {
         }
     }
 
-    /// The whole life of one call, as one future.
-    async fn call(self: Arc<Self>, p: Prepared, input: String, cancel: CancelFlag, ticket: Option<Ticket>) -> Result<CallOutput, ExecError> {
+    /// Registers a call (or an operation on an actor) in flight, so that `close()` cancels it
+    /// with `cancel` and waits for it while the returned guard lives; `CLOSED` if it came after.
+    fn enter_flight(&self, cancel: &CancelFlag) -> Result<Inflight<'_>, ExecError> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
-        let _inflight = Inflight(&self, id);
+        let inflight = Inflight(self, id);
         if self.closed.load(Ordering::Acquire) {
             return Err(ExecError::Closed);
         }
+        Ok(inflight)
+    }
+
+    /// The whole life of one call, as one future.
+    async fn call(self: Arc<Self>, p: Prepared, input: String, cancel: CancelFlag, ticket: Option<Ticket>) -> Result<CallOutput, ExecError> {
+        let _inflight = self.enter_flight(&cancel)?;
         let mut held = match ticket {
             Some(t) => Some(cancel.guard(t).await?),
             None => None,

@@ -6,7 +6,7 @@
 //! idle). Without a bound, one guest opening its directory 30,000 times took every descriptor of
 //! the process: Node's own opens, sockets and the instance pool's memfds then failed, for every
 //! tenant. So an open a guest asks for (preview 1 `path_open`; preview 2 `open-at` and
-//! `read-directory`, whose stream holds a descriptor) is refused, with what the OS would answer
+//! `read-directory`, whose listing counts as one: `wasi_listing`) is refused, with what the OS would answer
 //! (`EMFILE` / `ENFILE` in preview 1), when its instance holds `MAX_PER_INSTANCE` already, or when
 //! the process's lowest free descriptor is in the reserve: the top quarter of its
 //! `RLIMIT_NOFILE` soft limit (at least `MIN_RESERVE`). The OS hands out the lowest free number,

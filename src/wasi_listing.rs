@@ -14,10 +14,11 @@ use std::collections::VecDeque;
 use wasmtime::component::{LinkerInstance, Resource, ResourceType};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi::filesystem::WasiFilesystemView as _;
-use wasmtime_wasi::p2::bindings::filesystem::types::{Descriptor, DirectoryEntry, ErrorCode, Host as _, HostDescriptor};
+use wasmtime_wasi::p2::bindings::filesystem::types::{Descriptor, DirectoryEntry, ErrorCode, HostDescriptor};
 use wasmtime_wasi::p2::FsResult;
 
 use crate::host::HostState;
+use crate::wasi_open::answer;
 
 /// What one entry costs the host besides its name.
 const ENTRY_BYTES: u64 = 64;
@@ -47,7 +48,7 @@ pub fn shadow(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::Result<()>
                 }
                 let read = match HostDescriptor::read_directory(&mut view, dir).await {
                     Ok(stream) => view.table.delete(stream)?,
-                    Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
+                    Err(e) => return answer(&mut view, Err(e)),
                 };
                 let mut bytes = 0u64;
                 let entries: VecDeque<_> = read
@@ -67,13 +68,8 @@ pub fn shadow(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::Result<()>
         |mut store: StoreContextMut<'_, HostState>, (stream,): (Resource<Listing>,)| {
             Box::new(async move {
                 let mut view = store.data_mut().filesystem();
-                let next = view.table.get_mut(&stream)?.entries.pop_front();
-                let r: wasmtime::Result<(Result<Option<DirectoryEntry>, ErrorCode>,)> = match next {
-                    None => Ok((Ok(None),)),
-                    Some(Ok(entry)) => Ok((Ok(Some(entry)),)),
-                    Some(Err(e)) => Ok((Err(view.convert_error_code(e)?),)),
-                };
-                r
+                let next = view.table.get_mut(&stream)?.entries.pop_front().transpose();
+                answer(&mut view, next)
             })
         },
     )?;

@@ -251,7 +251,7 @@ async fn look_p2(view: &mut View<'_>, dir: &Resource<Descriptor>, flags: PathFla
 }
 
 /// A preview 2 result, its error converted as wasmtime-wasi's own bindings do.
-fn answer<T>(view: &mut View<'_>, r: wasmtime_wasi::p2::FsResult<T>) -> P2Result<T> {
+pub(crate) fn answer<T>(view: &mut View<'_>, r: wasmtime_wasi::p2::FsResult<T>) -> P2Result<T> {
     match r {
         Ok(v) => Ok((Ok(v),)),
         Err(e) => Ok((Err(view.convert_error_code(e)?),)),
