@@ -12,6 +12,16 @@ import { guestWat, wat } from './wat'
 const built = (path: string) => readFileSync(join(root, 'build', path))
 const grant = (...names: string[]) => ({ capabilities: { hostFunctions: names } })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+/** A real promise whose own `then`, or whose `constructor` getter, throws. */
+const badPromise = (what: 'then' | 'constructor') => {
+  const p: any = Promise.resolve(1)
+  const thrower = () => {
+    throw new Error(`a promise whose ${what} throws`)
+  }
+  if (what === 'then') p.then = thrower
+  else Object.defineProperty(p, 'constructor', { get: thrower })
+  return p
+}
 type Options = ConstructorParameters<typeof WasmActivityExecutor>[1]
 
 async function executorWith(blobs: Record<string, Buffer>, options?: Options) {
@@ -63,6 +73,8 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
       if (mode === 'string') return Promise.reject('just a string')
       if (mode === 'bigint') return { n: 10n }
       if (mode === 'then') return { get then() { throw new Error('a then getter that throws') } }
+      if (mode === 'promiseThen') return badPromise('then')
+      if (mode === 'promiseCtor') return badPromise('constructor')
       return 'fine'
     }
     const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': fail } })
@@ -77,7 +89,19 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect((await failure(ex.execute(d, { arg: 'string' }))).message).toContain('just a string')
     expect((await failure(ex.execute(d, { arg: 'bigint' }))).code).toBe('HOST_FUNCTION_ERROR')
     expect((await failure(ex.execute(d, { arg: 'then' }))).message).toContain('then getter')
+    // A real promise whose own `then`, or whose `constructor` getter, throws (review V: either
+    // escaped the dispatcher, and Node died).
+    for (const arg of ['promiseThen', 'promiseCtor']) {
+      const e = await failure(ex.execute(d, { arg }))
+      expect([e.code, e.message]).toEqual(['HOST_FUNCTION_ERROR', expect.stringContaining(`a promise whose ${arg === 'promiseThen' ? 'then' : 'constructor'} throws`)])
+    }
     expect(await ex.execute(d, { arg: 'ok' })).toEqual({ result: 'fine', calls: 1 })
+    // The same from a guest thread: 5,000 host calls outrun the inline budget, and the 3,000th
+    // answers with such a promise.
+    let n = 0
+    const threaded = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': () => (++n === 3000 ? badPromise('then') : 1) } })
+    const late = await failure(threaded.execute(d, { times: 5000, arg: 1 }))
+    expect([late.code, n]).toEqual(['HOST_FUNCTION_ERROR', 3000])
   })
 
   it('only granted imports link: CAPABILITY_DENIED names an import the definition or the executor does not grant', async () => {

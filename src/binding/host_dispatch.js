@@ -3,7 +3,8 @@
 // host call: JSON.parse the guest's input, call the function with { activity, actorId, signal },
 // settle with JSON.stringify of its value, awaited if it is a thenable) and `abort` (the call
 // ended first: fire its signal). Nothing the user's function does (throw, reject, return a
-// value JSON cannot hold, a `then` getter that throws) escapes: each settles the call as an error.
+// value JSON cannot hold, a `then` getter or a promise's own `then` or `constructor` that
+// throws) escapes: each settles the call as an error.
 (function makeHostDispatcher(fns, done) {
   'use strict'
   const table = new Map()
@@ -62,7 +63,13 @@
       return settle(id, asError(e))
     }
     if (typeof then !== 'function') return finish(value)
-    Promise.resolve(value).then(finish, (e) => settle(id, asError(e)))
+    try {
+      // Promise.resolve reads a promise's `constructor` and returns the promise itself, whose own
+      // `then` is then called: either may be the user's and throw.
+      Promise.resolve(value).then(finish, (e) => settle(id, asError(e)))
+    } catch (e) {
+      settle(id, asError(e))
+    }
   }
   function abort(id, reason) {
     const state = live.get(id)
