@@ -60,6 +60,25 @@ describe('loom-wasm run', () => {
     expect(cli(['run', wasm('echo'), '--timeout', '-1']).status).toBe(2)
   })
 
+  it("a guest's text reaches the terminal with its control characters escaped (review V)", async () => {
+    // The abort message sets the window title, clears the screen, writes in red and returns the
+    // cursor to overwrite the line's start; C1's CSI and a bidi override too.
+    const message = '\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE: all tests passed\x1b[0m\r\u009b2J\u202e\n'
+    const utf16 = Buffer.from(message, 'utf16le')
+    const header = Buffer.alloc(4)
+    header.writeUInt32LE(utf16.length)
+    const escaped = [...Buffer.concat([header, utf16])].map((b) => '\\' + b.toString(16).padStart(2, '0')).join('')
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cli-'))
+    writeFileSync(join(dir, 'ansi.wasm'), await guestWat(`(data (i32.const 1000) "${escaped}")
+      (func (export "execute") (param i32) (result i32) (call $abort (i32.const 1004) (i32.const 0) (i32.const 0) (i32.const 0)) (unreachable))`))
+    const r = cli(['run', join(dir, 'ansi.wasm'), '--input', '1'])
+    expect(r.status).toBe(3)
+    expect(r.stderr).toMatch(/^loom-wasm: GUEST_ABORT: /)
+    expect(r.stderr).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/)
+    expect(r.stderr.split('\n')).toEqual([expect.stringContaining('\\u001b]0;pwned\\u0007\\u001b[2J\\u001b[31mFAKE'), ''])
+    expect(r.stderr).toContain('\\u000d\\u009b2J\\u202e\\u000a')
+  })
+
   it('a guest error of a WASI command exits 3, a compile limit 4 (not 1: internal is INTERNAL alone)', async () => {
     const failed = cli(['run', wasm('c/command'), '--input', '{"exit":3}'])
     expect(failed.stderr).toMatch(/^loom-wasm: GUEST_ERROR: /)

@@ -209,8 +209,15 @@ function exit(status) {
 // A reader that closed early (`| head`) wants no more: not a failure of ours.
 process.stdout.on('error', (e) => process.exit(e && e.code === 'EPIPE' ? EXIT.ok : EXIT.internal))
 
+/** Text for a terminal: control characters (C0, DEL, C1) and bidirectional overrides written as
+ * `\\uXXXX`, so that a guest's message (an abort's, a trap's) cannot retitle the window, clear the
+ * screen, move the cursor to overwrite a line or forge one of its own. */
+const printable = (text) =>
+  String(text).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+
 main(process.argv.slice(2)).then(exit, (err) => {
   const code = err && err.code ? err.code : 'INTERNAL'
-  process.stderr.write(`loom-wasm: ${code}: ${err && err.message ? err.message : String(err)}\n`)
+  process.stderr.write(`loom-wasm: ${printable(code)}: ${printable(err && err.message ? err.message : String(err))}\n`)
   exit(EXIT[CLASS[code]] ?? EXIT.internal)
 })
