@@ -1,6 +1,6 @@
 //! Tests of `artifacts`: the artifact tiers, their keys and what they refuse.
 use super::*;
-use crate::sealed_copy::{in_place_blocking, MAX_ARTIFACT_BYTES};
+use crate::sealed_copy::{in_place_blocking, MAX_ARTIFACT_BYTES, MAX_ARTIFACT_HOLES};
 use crate::engine::{engine, EngineKind};
 use std::os::unix::fs::PermissionsExt;
 
@@ -248,6 +248,20 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
     let giant = std::fs::File::create(&path).expect("create");
     giant.set_len(MAX_ARTIFACT_BYTES + 1).expect("sparse");
     assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid));
+    // Under the limit but sparse, with the key's own tag over its zeros (the most a planter
+    // could forge): refused for its holes before anything is copied (review V: 2 GiB less 41
+    // bytes, 4 KiB of disk, took 2 GiB of memory and 9 s to copy before its tag failed). The
+    // same bytes written whole pass the look and the tag, and only wasmtime refuses them.
+    let zeros = seal(&key, &name, vec![0u8; (MAX_ARTIFACT_HOLES + (1 << 20)) as usize], 0);
+    let body_len = zeros.len() - TRAILER;
+    let _ = std::fs::remove_file(&path);
+    let sparse = std::fs::File::create(&path).expect("create");
+    sparse.set_len(body_len as u64).expect("sparse");
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &zeros[body_len..], body_len as u64).expect("trailer");
+    assert!(crate::untrusted_dir::holes_over(&sparse, zeros.len() as u64, MAX_ARTIFACT_HOLES));
+    assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid));
+    std::fs::write(&path, &zeros).expect("write");
+    assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::NotHere));
     std::fs::write(&path, &good[..10]).expect("write");
     // `load` removes an invalid artifact so it is rewritten.
     assert!(cache.load(&digest, e).await.is_none());

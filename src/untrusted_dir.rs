@@ -31,6 +31,44 @@ fn blocking_regular(file: File) -> io::Result<File> {
     Ok(file)
 }
 
+/// Whether `file` (of `len` bytes) is mostly never written: its holes (`SEEK_HOLE`) add up to more
+/// than `max_hole_bytes`, or it is in more than 1,024 pieces. A sparse file takes no disk but reads
+/// as zeros: planted under a name whose file is read whole (an artifact), a few KiB of disk would
+/// cost as many bytes of memory as its length, and the time to copy them. A filesystem that cannot
+/// tell holes reports none. The file's offset is left at 0.
+pub fn holes_over(file: &File, len: u64, max_hole_bytes: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    let len = len.min(i64::MAX as u64) as i64;
+    let mut at: i64 = 0;
+    let mut holes: u64 = 0;
+    let mut verdict = true;
+    for _ in 0..1024 {
+        // SAFETY: lseek on a descriptor `file` owns.
+        let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+        if hole < 0 || hole >= len {
+            // No hole before the end (or no way to tell).
+            verdict = false;
+            break;
+        }
+        // SAFETY: as above. ENXIO: no data after `hole`, the rest is one.
+        let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+        let next = if data < 0 { len } else { data.min(len) };
+        holes += (next - hole) as u64;
+        if holes > max_hole_bytes {
+            break;
+        }
+        if next >= len {
+            verdict = false;
+            break;
+        }
+        at = next;
+    }
+    // SAFETY: as above.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    verdict
+}
+
 /// Whether `open_regular` refused what it found (a link, a FIFO, a device).
 pub fn refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidData
@@ -146,6 +184,33 @@ pub fn read_regular(file: &Path, max_bytes: u64, gone: &std::sync::atomic::Atomi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holes_are_counted_and_written_files_have_none() {
+        use std::os::unix::fs::FileExt;
+        let path = std::env::temp_dir().join(format!("loom-untrusted-holes-{}", std::process::id()));
+        let mib = 1u64 << 20;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).expect("create");
+        file.write_all_at(&vec![1u8; mib as usize], 0).expect("write");
+        assert!(!holes_over(&file, mib, 0), "written whole");
+        // 8 MiB of hole after the first MiB, then one more written MiB; then a hole to the end.
+        file.write_all_at(&vec![1u8; mib as usize], 9 * mib).expect("write");
+        assert!(holes_over(&file, 10 * mib, 4 * mib));
+        assert!(!holes_over(&file, 10 * mib, 8 * mib));
+        file.set_len(20 * mib).expect("grow");
+        assert!(holes_over(&file, 20 * mib, 12 * mib), "the hole at the end counts");
+        assert!(!holes_over(&file, 20 * mib, 18 * mib));
+        // More than 1,024 pieces: too many to count.
+        for i in 0..1100u64 {
+            file.write_all_at(&[1], 20 * mib + i * 8192).expect("write");
+        }
+        assert!(holes_over(&file, 20 * mib + 1100 * 8192, u64::MAX));
+        // The offset is back at the start for a reader.
+        let mut first = [0u8; 4];
+        std::io::Read::read_exact(&mut &file, &mut first).expect("read");
+        assert_eq!(first, [1; 4]);
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn links_and_fifos_are_neither_followed_nor_waited_on_and_writes_stay_here() {
