@@ -60,6 +60,10 @@ pub const FUNCTIONS: &[(&str, &[ValType], &[ValType])] = &[
 pub struct Kernel {
     mem: Vec<u8>,
     blocks: BTreeMap<u64, u64>,
+    /// Freed blocks inside `mem`, by offset and by (size, offset): reused by `alloc`, and given
+    /// back when they reach the end of `mem`.
+    freed: BTreeMap<u64, u64>,
+    freed_by_size: std::collections::BTreeSet<(u64, u64)>,
     /// Bytes this call's blocks hold against `maxMemoryMB` (their bytes and `BLOCK_OVERHEAD` each).
     reserved: u64,
     input: (u64, u64),
@@ -88,6 +92,8 @@ impl Kernel {
         self.mem.clear();
         self.mem.push(0); // offset 0 is "none"
         self.blocks.clear();
+        self.freed.clear();
+        self.freed_by_size.clear();
         self.output = None;
         self.error = None;
         self.http_status = 0;
@@ -104,6 +110,22 @@ impl Kernel {
     fn alloc(&mut self, n: u64, limiter: &mut crate::limits::MemoryLimiter) -> wasmtime::Result<u64> {
         // A block costs its entry in `blocks` too: counted, so a flood of 1-byte blocks meets
         // the cap as soon as their bytes would (it took 1.2 GiB past a 32 MiB cap).
+        let fit = if n == 0 { None } else { self.freed_by_size.range((n, 0)..).next().copied() };
+        if let Some((len, off)) = fit {
+            // The smallest freed block that fits; what it has past `n` stays free, a block of
+            // its own (whose record is counted). Handed out zeroed, as a new block is.
+            if len > n {
+                limiter.reserve_host(BLOCK_OVERHEAD).map_err(wasmtime::Error::new)?;
+                self.reserved += BLOCK_OVERHEAD;
+                self.freed.insert(off + n, len - n);
+                self.freed_by_size.insert((len - n, off + n));
+            }
+            self.freed.remove(&off);
+            self.freed_by_size.remove(&(len, off));
+            self.mem[off as usize..(off + n) as usize].fill(0);
+            self.blocks.insert(off, n);
+            return Ok(off);
+        }
         let cost = n.saturating_add(BLOCK_OVERHEAD);
         limiter.reserve_host(cost).map_err(wasmtime::Error::new)?;
         self.reserved += cost;
@@ -113,12 +135,34 @@ impl Kernel {
         Ok(off)
     }
 
+    /// Frees a block (an offset that is none is ignored, as a second free is): reused by a later
+    /// `alloc`, and its bytes given back to `maxMemoryMB` once nothing past it is held, so a
+    /// plugin that allocates and frees in a loop runs in the memory of its largest blocks.
+    fn free(&mut self, off: u64, limiter: &mut crate::limits::MemoryLimiter) {
+        let Some(len) = self.blocks.remove(&off) else { return };
+        self.freed.insert(off, len);
+        self.freed_by_size.insert((len, off));
+        while let Some((&off, &len)) = self.freed.last_key_value() {
+            if off + len != self.mem.len() as u64 {
+                break;
+            }
+            self.freed.remove(&off);
+            self.freed_by_size.remove(&(len, off));
+            self.mem.truncate(off as usize);
+            let cost = len + BLOCK_OVERHEAD;
+            limiter.release_host(cost);
+            self.reserved = self.reserved.saturating_sub(cost);
+        }
+    }
+
     /// Ends a call: its blocks and their memory go (vars stay).
     pub fn end(&mut self, limiter: &mut crate::limits::MemoryLimiter) {
         limiter.release_host(self.reserved);
         self.reserved = 0;
         self.mem = vec![0];
         self.blocks = BTreeMap::new();
+        self.freed = BTreeMap::new();
+        self.freed_by_size = Default::default();
         self.input = (0, 0);
         self.output = None;
         self.error = None;
@@ -249,7 +293,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(d.extism.alloc(n as u64, &mut d.limiter)? as i64)
     })?;
     linker.func_wrap(MODULE, "free", |mut c: C, off: i64| {
-        c.data_mut().extism.blocks.remove(&(off as u64));
+        let d = c.data_mut();
+        d.extism.free(off as u64, &mut d.limiter);
     })?;
     linker.func_wrap(MODULE, "load_u8", |c: C, off: i64| -> wasmtime::Result<i32> {
         let k = &c.data().extism;
@@ -450,4 +495,61 @@ fn outcome(k: &Kernel, rc: i32, max_output_bytes: u64, classify: &impl Fn(wasmti
     })?;
     crate::text::check_output_size(&text, max_output_bytes)?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::MemoryLimiter;
+
+    #[test]
+    fn freed_blocks_are_reused_zeroed_without_overlap_and_given_back() {
+        let mut lim = MemoryLimiter::new(32 << 20);
+        let mut k = Kernel::default();
+        k.begin(b"{}", &mut lim).expect("begin");
+        let (base, base_len) = (lim.total_bytes(), k.mem.len());
+        // Review V: alloc(1 MiB) and free in a loop met a 32 MiB cap after 32 rounds.
+        for _ in 0..1000 {
+            let b = k.alloc(1 << 20, &mut lim).expect("alloc");
+            k.free(b, &mut lim);
+        }
+        assert_eq!((lim.total_bytes(), k.mem.len()), (base, base_len));
+        // A freed block inside the memory is reused, smallest fit first, split, and zeroed.
+        let a = k.alloc(100, &mut lim).expect("a");
+        let small = k.alloc(20, &mut lim).expect("small");
+        let b = k.alloc(10, &mut lim).expect("b");
+        k.mem[a as usize..a as usize + 100].fill(0xff);
+        k.mem[small as usize..small as usize + 20].fill(0xee);
+        k.free(a, &mut lim);
+        k.free(small, &mut lim);
+        assert_eq!(k.alloc(15, &mut lim).expect("fits the small one"), small);
+        let c = k.alloc(40, &mut lim).expect("c");
+        let d = k.alloc(60, &mut lim).expect("d");
+        assert_eq!((c, d), (a, a + 40));
+        assert!(k.mem[a as usize..a as usize + 100].iter().all(|&x| x == 0), "handed out zeroed");
+        let mut ranges: Vec<(u64, u64)> = k.blocks.iter().map(|(&o, &l)| (o, o + l)).collect();
+        ranges.sort();
+        assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0), "no two blocks overlap: {ranges:?}");
+        assert_eq!(k.mem.len() as u64, b + 10, "nothing grew");
+        // A second free, or of what is no block, changes nothing.
+        let held = lim.total_bytes();
+        k.free(a + 1, &mut lim);
+        k.free(0, &mut lim);
+        k.free(u64::MAX, &mut lim);
+        assert_eq!(lim.total_bytes(), held);
+        // Freed from the end back, every byte and record goes back.
+        for off in [b, d, c, small, small + 15, 1] {
+            k.free(off, &mut lim);
+        }
+        assert_eq!((lim.total_bytes(), k.mem.len()), (base - 2 - BLOCK_OVERHEAD, 1), "the input freed too");
+        // Under a cap, reuse needs no more than the split's record.
+        let mut tight = MemoryLimiter::new(1000);
+        let mut k = Kernel::default();
+        k.begin(b"", &mut tight).expect("begin");
+        let big = k.alloc(700, &mut tight).expect("fits");
+        let _pin = k.alloc(1, &mut tight).expect("fits");
+        assert!(k.alloc(700, &mut tight).is_err(), "over the cap");
+        k.free(big, &mut tight);
+        assert_eq!(k.alloc(700, &mut tight).expect("reused"), big);
+    }
 }
