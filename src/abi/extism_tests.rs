@@ -1,0 +1,54 @@
+//! Tests of `extism`: the kernel's block memory.
+use super::*;
+use crate::limits::MemoryLimiter;
+
+#[test]
+fn freed_blocks_are_reused_zeroed_without_overlap_and_given_back() {
+    let mut lim = MemoryLimiter::new(32 << 20);
+    let mut k = Kernel::default();
+    k.begin(b"{}", &mut lim).expect("begin");
+    let (base, base_len) = (lim.total_bytes(), k.mem.len());
+    // Review V: alloc(1 MiB) and free in a loop met a 32 MiB cap after 32 rounds.
+    for _ in 0..1000 {
+        let b = k.alloc(1 << 20, &mut lim).expect("alloc");
+        k.free(b, &mut lim);
+    }
+    assert_eq!((lim.total_bytes(), k.mem.len()), (base, base_len));
+    // A freed block inside the memory is reused, smallest fit first, split, and zeroed.
+    let a = k.alloc(100, &mut lim).expect("a");
+    let small = k.alloc(20, &mut lim).expect("small");
+    let b = k.alloc(10, &mut lim).expect("b");
+    k.mem[a as usize..a as usize + 100].fill(0xff);
+    k.mem[small as usize..small as usize + 20].fill(0xee);
+    k.free(a, &mut lim);
+    k.free(small, &mut lim);
+    assert_eq!(k.alloc(15, &mut lim).expect("fits the small one"), small);
+    let c = k.alloc(40, &mut lim).expect("c");
+    let d = k.alloc(60, &mut lim).expect("d");
+    assert_eq!((c, d), (a, a + 40));
+    assert!(k.mem[a as usize..a as usize + 100].iter().all(|&x| x == 0), "handed out zeroed");
+    let mut ranges: Vec<(u64, u64)> = k.blocks.iter().map(|(&o, &l)| (o, o + l)).collect();
+    ranges.sort();
+    assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0), "no two blocks overlap: {ranges:?}");
+    assert_eq!(k.mem.len() as u64, b + 10, "nothing grew");
+    // A second free, or of what is no block, changes nothing.
+    let held = lim.total_bytes();
+    k.free(a + 1, &mut lim);
+    k.free(0, &mut lim);
+    k.free(u64::MAX, &mut lim);
+    assert_eq!(lim.total_bytes(), held);
+    // Freed from the end back, every byte and record goes back.
+    for off in [b, d, c, small, small + 15, 1] {
+        k.free(off, &mut lim);
+    }
+    assert_eq!((lim.total_bytes(), k.mem.len()), (base - 2 - BLOCK_OVERHEAD, 1), "the input freed too");
+    // Under a cap, reuse needs no more than the split's record.
+    let mut tight = MemoryLimiter::new(1000);
+    let mut k = Kernel::default();
+    k.begin(b"", &mut tight).expect("begin");
+    let big = k.alloc(700, &mut tight).expect("fits");
+    let _pin = k.alloc(1, &mut tight).expect("fits");
+    assert!(k.alloc(700, &mut tight).is_err(), "over the cap");
+    k.free(big, &mut tight);
+    assert_eq!(k.alloc(700, &mut tight).expect("reused"), big);
+}
