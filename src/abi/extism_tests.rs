@@ -14,6 +14,7 @@ fn freed_blocks_are_reused_zeroed_without_overlap_and_given_back() {
         k.free(b, &mut lim);
     }
     assert_eq!((lim.total_bytes(), k.mem.len()), (base, base_len));
+    assert!(k.mem.capacity() < 64 << 10, "the freed pages are given back too: {}", k.mem.capacity());
     // A freed block inside the memory is reused, smallest fit first, split, and zeroed.
     let a = k.alloc(100, &mut lim).expect("a");
     let small = k.alloc(20, &mut lim).expect("small");
@@ -51,4 +52,31 @@ fn freed_blocks_are_reused_zeroed_without_overlap_and_given_back() {
     assert!(k.alloc(700, &mut tight).is_err(), "over the cap");
     k.free(big, &mut tight);
     assert_eq!(k.alloc(700, &mut tight).expect("reused"), big);
+}
+
+#[test]
+fn one_free_gives_back_a_bounded_number_of_blocks_and_later_frees_the_rest() {
+    let mut lim = MemoryLimiter::new(1 << 30);
+    let mut k = Kernel::default();
+    k.begin(b"", &mut lim).expect("begin");
+    let base = lim.total_bytes();
+    let n = FREE_STEPS * 2 + 10;
+    let blocks: Vec<u64> = (0..n).map(|_| k.alloc(1, &mut lim).expect("alloc")).collect();
+    // All but the last freed from the front: none of them is at the end, so nothing goes back.
+    for &b in &blocks[..n - 1] {
+        k.free(b, &mut lim);
+    }
+    assert_eq!(k.freed.len(), n - 1);
+    k.free(blocks[n - 1], &mut lim);
+    assert_eq!(k.freed.len(), n - FREE_STEPS, "one call gave back FREE_STEPS blocks");
+    // A second free of that block is no free; the next frees take the rest, in turn.
+    k.free(blocks[n - 1], &mut lim);
+    assert_eq!(k.freed.len(), n - FREE_STEPS);
+    let b = k.alloc(1, &mut lim).expect("alloc");
+    k.free(b, &mut lim);
+    assert_eq!(k.freed.len(), n - 2 * FREE_STEPS);
+    let c = k.alloc(1, &mut lim).expect("alloc");
+    k.free(c, &mut lim);
+    assert!(k.freed.is_empty(), "{} left", k.freed.len());
+    assert_eq!((lim.total_bytes(), k.mem.len()), (base, 1));
 }
