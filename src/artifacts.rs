@@ -364,8 +364,9 @@ async fn read_bounded(path: PathBuf) -> Option<Vec<u8>> {
     use std::io::Read;
     tokio::task::spawn_blocking(move || {
         let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).ok()?;
-        let len = file.metadata().ok()?.len();
-        if len > crate::sealed_copy::MAX_ARTIFACT_BYTES || crate::untrusted_dir::holes_over(&file, len, crate::sealed_copy::MAX_ARTIFACT_HOLES) {
+        let meta = file.metadata().ok()?;
+        let len = meta.len();
+        if !crate::sealed_copy::one_name(&meta) || len > crate::sealed_copy::MAX_ARTIFACT_BYTES || crate::untrusted_dir::holes_over(&file, len, crate::sealed_copy::MAX_ARTIFACT_HOLES) {
             return None;
         }
         let mut bytes = Vec::new();

@@ -262,6 +262,14 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
     assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid));
     std::fs::write(&path, &zeros).expect("write");
     assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::NotHere));
+    // A file with another name (a hard link: its disk paid once for any number of artifacts'
+    // names) is refused unread, even a valid artifact.
+    std::fs::write(&path, &good).expect("write");
+    let other = path.with_extension("also");
+    std::fs::hard_link(&path, &other).expect("link");
+    assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Invalid));
+    std::fs::remove_file(&other).expect("unlink");
+    assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Loaded(..)));
     std::fs::write(&path, &good[..10]).expect("write");
     // `load` removes an invalid artifact so it is rewritten.
     assert!(cache.load(&digest, e).await.is_none());

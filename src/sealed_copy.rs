@@ -66,6 +66,14 @@ pub(crate) const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
 /// module's size (`shape`), and modules whose memory images are that empty are small.
 pub(crate) const MAX_ARTIFACT_HOLES: u64 = 64 << 20;
 
+/// Whether a file has no other name (hard link). Artifacts are written under a temporary name and
+/// renamed into place, so one of ours has one; a file linked under many artifacts' names would
+/// take its disk once and be copied into memory for each (review W: a 1 GiB file under three
+/// names, 1 GiB copied for each module).
+pub(crate) fn one_name(meta: &std::fs::Metadata) -> bool {
+    std::os::unix::fs::MetadataExt::nlink(meta) <= 1
+}
+
 /// Bytes of an artifact file copied at a time (and hashed as each is done).
 const CHUNK: usize = 4 << 20;
 
@@ -138,7 +146,7 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
         Err(_) => return InPlace::NotHere,
     };
     let Ok(meta) = file.metadata() else { return InPlace::NotHere };
-    if !meta.is_file() {
+    if !meta.is_file() || !one_name(&meta) {
         return InPlace::Invalid;
     }
     let len = meta.len();
