@@ -77,6 +77,18 @@ describe('loom-wasm run', () => {
     expect(r.stderr).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/)
     expect(r.stderr.split('\n')).toEqual([expect.stringContaining('\\u001b]0;pwned\\u0007\\u001b[2J\\u001b[31mFAKE'), ''])
     expect(r.stderr).toContain('\\u000d\\u009b2J\\u202e\\u000a')
+    // On stdout, JSON.stringify escapes C0 but not C1 controls, bidi overrides or zero-width
+    // marks (review W): a guest's output and an export's name (inspect) come out escaped, as the
+    // same JSON.
+    const disguised = '\u202eA\u009b2J\u009b31mforged\u200b\u2028'
+    const out = cli(['run', wasm('echo'), '--input', JSON.stringify({ message: disguised })])
+    expect(out.status).toBe(0)
+    expect(out.stdout).not.toMatch(/[\u007f-\u009f\u200b-\u200f\u2028\u202e]/)
+    expect(JSON.parse(out.stdout).result).toBe(disguised)
+    writeFileSync(join(dir, 'named.wasm'), await guestWat('(func (export "x\\e2\\80\\aeevil\\c2\\9b2J") (param i32) (result i32) (local.get 0))'))
+    const info = cli(['inspect', join(dir, 'named.wasm')])
+    expect(info.stdout).not.toMatch(/[\u007f-\u009f\u202e]/)
+    expect(JSON.parse(info.stdout).exports).toContainEqual(expect.objectContaining({ name: 'x\u202eevil\u009b2J' }))
   })
 
   it('a guest error of a WASI command exits 3, a compile limit 4 (not 1: internal is INTERNAL alone)', async () => {

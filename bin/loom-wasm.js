@@ -103,6 +103,20 @@ function readNamed(path, what) {
   }
 }
 
+// Characters a terminal acts on or that disguise text: DEL, C1 controls (U+009B is a CSI),
+// zero-width and bidirectional marks and overrides, line and paragraph separators.
+const DISGUISING = '\\u007f-\\u009f\\u200b-\\u200f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069'
+const escape = (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`
+
+/** Text for a terminal: C0 controls and `DISGUISING` written as `\uXXXX`, so that a guest's message
+ * (an abort's, a trap's) cannot retitle the window, clear the screen, move the cursor to overwrite a
+ * line or forge one of its own. */
+const printable = (text) => String(text).replace(new RegExp(`[\\u0000-\\u001f${DISGUISING}]`, 'g'), escape)
+
+/** JSON for a terminal: `JSON.stringify` escapes C0 controls but not `DISGUISING`, which can only
+ * be inside its strings, where an escape is the same text. */
+const json = (value, indent) => JSON.stringify(value, null, indent).replace(new RegExp(`[${DISGUISING}]`, 'g'), escape)
+
 /** Writes a line to stdout, waiting while the pipe is full (a guest's output may be megabytes). */
 function print(text) {
   return new Promise((done) => {
@@ -177,13 +191,13 @@ async function main(argv) {
     const executor = new WasmActivityExecutor(store, opts['cache-dir'] ? { cacheDir: opts['cache-dir'] } : undefined)
     for (let i = 0; i < repeat; i++) {
       const out = await executor.execute(def, input, opts.actor !== undefined ? { actorId: opts.actor } : undefined)
-      await print(JSON.stringify(out))
+      await print(json(out))
     }
     return EXIT.ok
   }
   if (command === 'inspect') {
     const info = await inspectModule(await bytesOf(opts._[0]))
-    await print(JSON.stringify({ ...info, abi: info.abi ?? null }, null, 2))
+    await print(json({ ...info, abi: info.abi ?? null }, 2))
     return EXIT.ok
   }
   if (command === 'precompile') {
@@ -209,12 +223,6 @@ function exit(status) {
 // A reader that closed early (`| head`) wants no more: not a failure of ours.
 process.stdout.on('error', (e) => process.exit(e && e.code === 'EPIPE' ? EXIT.ok : EXIT.internal))
 
-/** Text for a terminal: control characters (C0, DEL, C1) and bidirectional overrides written as
- * `\\uXXXX`, so that a guest's message (an abort's, a trap's) cannot retitle the window, clear the
- * screen, move the cursor to overwrite a line or forge one of its own. */
-const printable = (text) =>
-  String(text).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 
 main(process.argv.slice(2)).then(exit, (err) => {
   const code = err && err.code ? err.code : 'INTERNAL'
