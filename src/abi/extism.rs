@@ -83,8 +83,28 @@ const BLOCK_OVERHEAD: u64 = 64;
 /// Most freed blocks `free` gives back in one call.
 const FREE_STEPS: usize = 4096;
 
-/// Unused room in the kernel memory past which `free` gives it back to the allocator.
-const SHRINK_SLACK: usize = 64 << 10;
+/// Gives the whole pages of `mem`'s spare capacity back to the OS, keeping the capacity (so
+/// growth stays amortized: reallocating down and up again would copy the kernel memory each
+/// time). What is no longer counted must not stay held, and truncating keeps the pages written
+/// when the blocks there were made (review W: 127 MiB resident under a 64 MiB cap).
+fn release_spare(mem: &mut Vec<u8>) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let Ok(page) = usize::try_from(page) else { return };
+    if !page.is_power_of_two() {
+        return;
+    }
+    let base = mem.as_mut_ptr() as usize;
+    let start = (base + mem.len()).next_multiple_of(page);
+    let end = (base + mem.capacity()) & !(page - 1);
+    if end >= start + 16 * page {
+        // SAFETY: [start, end) is whole pages inside the Vec's own allocation, past its length:
+        // memory nothing reads (spare capacity is uninitialized to the Vec) and no allocator
+        // metadata (that lies outside the allocation). MADV_DONTNEED leaves the range mapped,
+        // reading as zeros, as the Vec's next growth writes it anyway.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
 
 fn trap(why: impl Into<String>) -> wasmtime::Error {
     wasmtime::Error::new(ExecError::Trap { kind: "extism_out_of_bounds".into(), message: why.into() })
@@ -148,6 +168,7 @@ impl Kernel {
         let Some(len) = self.blocks.remove(&off) else { return };
         self.freed.insert(off, len);
         self.freed_by_size.insert((len, off));
+        let held = self.mem.len();
         // At most `FREE_STEPS` blocks go back per call (host work is not interrupted: 4M
         // one-byte blocks freed at once took 280 ms past a call's deadline, review W); later
         // frees take the rest.
@@ -163,10 +184,8 @@ impl Kernel {
             limiter.release_host(cost);
             self.reserved = self.reserved.saturating_sub(cost);
         }
-        // What is no longer counted must not stay held: truncating keeps the pages, written
-        // when the blocks were made (review W: 127 MiB resident under a 64 MiB cap).
-        if self.mem.capacity() - self.mem.len() >= SHRINK_SLACK {
-            self.mem.shrink_to_fit();
+        if self.mem.len() < held {
+            release_spare(&mut self.mem);
         }
     }
 
