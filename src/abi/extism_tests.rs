@@ -1,4 +1,5 @@
 //! Tests of `extism`: the kernel's block memory.
+use super::kernel::{BLOCK_OVERHEAD, FREE_STEPS};
 use super::*;
 use crate::limits::MemoryLimiter;
 
