@@ -337,7 +337,7 @@ impl GuestInstance {
                     None => ExecError::SnapshotInvalid(format!("cannot grow the memory to {want} bytes: {e:#}")),
                 })?;
             }
-            m.data_mut(&mut self.store).copy_from_slice(state_memory);
+            crate::snapshot::write_memory(m.data_mut(&mut self.store), have, state_memory);
         } else if !state_memory.is_empty() {
             return Err(ExecError::SnapshotInvalid("the state has a memory, the module none".into()));
         }
