@@ -8,6 +8,7 @@ mod actor;
 mod args;
 mod call;
 mod fast_paths;
+mod inspect;
 mod js;
 mod js_error;
 mod js_log;
@@ -207,58 +208,6 @@ pub(crate) fn details<'e>(env: &'e Env, out: &CallOutput, output: Unknown<'e>, a
         obj.set_named_property("actorCreated", out.actor_created)?;
     }
     Ok(obj.to_unknown())
-}
-
-#[napi(object)]
-pub struct ModuleExport {
-    pub name: String,
-    pub r#type: String,
-}
-
-#[napi(object)]
-pub struct ModuleImport {
-    pub module: String,
-    pub name: String,
-    pub r#type: String,
-}
-
-#[napi(object)]
-pub struct ModuleInfo {
-    /// Bytes of the module.
-    pub size: f64,
-    pub sha256: String,
-    pub exports: Vec<ModuleExport>,
-    pub imports: Vec<ModuleImport>,
-    /// The guest ABI it matches ('assemblyscript'), or null with `notes` saying why not.
-    pub abi: Option<String>,
-    pub notes: Vec<String>,
-}
-
-/// Compiles `bytes` (off the JS thread, within the default compile limits) and describes them:
-/// digest, imports and exports with types, and whether (and why not) they match the guest ABI
-/// the executor runs. Rejects with `INVALID_MODULE` for bytes that are not WebAssembly and
-/// `COMPILE_LIMIT` past a limit.
-#[napi(ts_args_type = "bytes: Uint8Array", ts_return_type = "Promise<ModuleInfo>")]
-pub fn inspect_module<'env>(env: &'env Env, bytes: Unknown<'env>) -> napi::Result<PromiseRaw<'env, ModuleInfo>> {
-    // Anything but bytes rejects with INVALID_ARGUMENT, as every other refusal does.
-    let bytes = args::bytes(bytes, "bytes");
-    let work = async move {
-        let bytes = bytes?;
-        let _permit = crate::inspect::permits().acquire().await.map_err(ExecError::internal)?;
-        tokio::task::spawn_blocking(move || crate::inspect::inspect(&bytes))
-            .await
-            .map_err(|e| ExecError::internal(format!("inspect failed: {e}")))?
-    };
-    settle(env, work, |_, i| {
-        Ok(ModuleInfo {
-            size: i.size as f64,
-            sha256: i.sha256,
-            exports: i.exports.into_iter().map(|(name, r#type)| ModuleExport { name, r#type }).collect(),
-            imports: i.imports.into_iter().map(|(module, name, r#type)| ModuleImport { module, name, r#type }).collect(),
-            abi: i.abi,
-            notes: i.notes,
-        })
-    })
 }
 
 /// An empty async call: one hop to the Rust runtime and back. For `npm run bench` only (the floor
