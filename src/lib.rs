@@ -57,6 +57,8 @@ pub mod wasi_open;
 mod test_components;
 #[cfg(test)]
 mod test_guests;
+#[cfg(test)]
+mod test_pages;
 
 // napi registers its exports at load time; test builds leave them unreferenced.
 #[cfg_attr(test, allow(dead_code))]

@@ -299,17 +299,6 @@ mod tests {
         State { memory, globals: vec![GlobalValue::I32(-5), GlobalValue::F64(1.5f64.to_bits())], host: b"vars".to_vec() }
     }
 
-    /// How many pages of `at` are resident (mincore).
-    fn resident_pages(at: &[u8]) -> usize {
-        let start = (at.as_ptr() as usize) & !(PAGE - 1);
-        let end = (at.as_ptr() as usize + at.len()).next_multiple_of(PAGE);
-        let mut vec = vec![0u8; (end - start) / PAGE];
-        // SAFETY: mincore only reads the page tables of the range and writes one byte per page.
-        let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
-        assert_eq!(rc, 0, "mincore");
-        vec.iter().filter(|&&v| v & 1 == 1).count()
-    }
-
     #[test]
     fn a_mostly_empty_state_writes_only_its_data_into_fresh_memory() {
         let len = 64 << 20;
@@ -322,7 +311,7 @@ mod tests {
         dst[..PAGE].fill(9); // what the instance had before: overwritten whole
         write_memory(&mut dst, PAGE, &src);
         // Before anything reads it (a read maps the zero page, which mincore counts).
-        let resident = resident_pages(&dst);
+        let resident = crate::test_pages::resident_pages(dst.as_ptr(), dst.len());
         assert!(resident <= 8, "{resident} pages of the fresh memory resident for 3 pages of data");
         assert!(dst == src, "the memory reads as the state");
         // A state shorter than the memory, or a fresh mark past it, writes what both have.

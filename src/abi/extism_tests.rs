@@ -2,18 +2,7 @@
 use super::kernel::{BLOCK_OVERHEAD, FREE_STEPS};
 use super::*;
 use crate::limits::MemoryLimiter;
-
-/// How many pages of the `len` bytes from `at` are resident (mincore).
-fn resident_pages(at: &[u8], len: usize) -> usize {
-    let page = 4096usize;
-    let start = (at.as_ptr() as usize) & !(page - 1);
-    let end = (at.as_ptr() as usize + len).next_multiple_of(page);
-    let mut vec = vec![0u8; (end - start) / page];
-    // SAFETY: mincore only reads the page tables of the range and writes one byte per page.
-    let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
-    assert_eq!(rc, 0, "mincore");
-    vec.iter().filter(|&&v| v & 1 == 1).count()
-}
+use crate::test_pages::resident_pages;
 
 #[test]
 fn freed_blocks_are_reused_zeroed_without_overlap_and_given_back() {
@@ -28,7 +17,7 @@ fn freed_blocks_are_reused_zeroed_without_overlap_and_given_back() {
     }
     assert_eq!((lim.total_bytes(), k.mem.len()), (base, base_len));
     // The freed pages go back to the OS (the capacity stays, for growth): resident no more.
-    let pages = resident_pages(&k.mem[..0], k.mem.capacity());
+    let pages = resident_pages(k.mem.as_ptr(), k.mem.capacity());
     assert!(pages <= 2, "{pages} pages of 1 MiB freed stay resident");
     // A freed block inside the memory is reused, smallest fit first, split, and zeroed.
     let a = k.alloc(100, &mut lim).expect("a");
