@@ -3,7 +3,7 @@
 // bench/results.md. Not a test: nothing here asserts.
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { cpus, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -17,6 +17,14 @@ const { WasmActivityExecutor, benchFloor } = require(join(root, 'index.js'))
 
 const QUICK = process.env.BENCH_QUICK === '1'
 const ROUNDS = QUICK ? 2 : 5
+// Temporary directories (artifact caches, an actor store), removed as the process exits.
+const scratchDirs = []
+const scratch = (prefix) => {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  scratchDirs.push(dir)
+  return dir
+}
+process.on('exit', () => scratchDirs.forEach((dir) => rmSync(dir, { recursive: true, force: true })))
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const def = (name) => ({ name, version: '1', wasmBlobPath: `${name}.wasm` })
 
@@ -205,7 +213,7 @@ async function main() {
   row('cold start, first call: the call (download, compile, instantiate, run)', 'ms', part(nativeCold, 'call'), part(v8Cold, 'call'), undefined, false, '')
   const nexts = (engine) => Array.from({ length: QUICK ? 1 : 3 }, () => child('cold-next', engine, 'mortgage'))
   row("cold start, a second new module's first call (the first tiering up)", 'ms', part(nexts('native'), 'ms'), part(nexts('v8'), 'ms'), undefined, false, '')
-  const cacheDir = mkdtempSync(join(tmpdir(), 'loom-bench-cache-'))
+  const cacheDir = scratch('loom-bench-cache-')
   child('cold', 'native', 'mortgage', cacheDir)
   const warmCold = colds('native', cacheDir)
   row('cold start, warm artifact cache (cacheDir)', 'ms', part(warmCold, 'ms'), part(colds('v8'), 'ms'), undefined, false, '')
@@ -216,7 +224,7 @@ async function main() {
     // The 12 MB JavaScript component (componentize-js): no V8 column (V8 runs no components).
     const once = (...rest) => child('cold', 'native', 'js/echo', ...rest).ms
     own('cold start, 12 MB JS component, first result (Winch tier)', 'ms', once(), '<= 1000 ms')
-    const componentCache = mkdtempSync(join(tmpdir(), 'loom-bench-component-'))
+    const componentCache = scratch('loom-bench-component-')
     child('precompile', 'native', 'js/echo', componentCache)
     own('cold start, 12 MB JS component, warm cacheDir', 'ms', once(componentCache), '<= 50 ms')
     // With a sha256 pin in the definition, the artifact is that module compiled: no download.
@@ -413,7 +421,7 @@ async function durableRows() {
   own(`snapshot, actor with 1 MB of state (${big.length} bytes)`, 'us', await timeOf(() => native.snapshotActor(def('echo'), 'big')))
   own('restore, actor with 1 MB of state', 'us', await timeOf(() => native.restoreActor(def('echo'), 'big', big)))
   // persist: 'sync' on a file store, against the same actor call without a store.
-  const dir = mkdtempSync(join(tmpdir(), 'loom-bench-actors-'))
+  const dir = scratch('loom-bench-actors-')
   const durable = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(`file://${dir}`) })
   const [withStore, without] = await sequential(
     [(k) => durable.execute(counter, { action: 'increment' }, { actorId: `d${k % 8}` }),

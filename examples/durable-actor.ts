@@ -3,7 +3,7 @@
 // here; s3://, az://, gs:// work the same), then is killed with SIGKILL. Worker B, a fresh
 // process, continues the same actor at 8: its state was in the store, not in A's memory.
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -44,7 +44,9 @@ function start(name: string, storeUrl: string) {
 }
 
 async function main() {
-  const storeUrl = `file://${mkdtempSync(join(tmpdir(), 'loom-durable-example-'))}`
+  const dir = mkdtempSync(join(tmpdir(), 'loom-durable-example-'))
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }))
+  const storeUrl = `file://${dir}`
   console.log(`1. Worker A runs actor 'order-42'; its snapshots go to ${storeUrl}`)
   const a = start('A', storeUrl)
   await a.send({ action: 'increment', amount: 5 })

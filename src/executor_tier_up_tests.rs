@@ -326,6 +326,7 @@ async fn a_queued_tier_up_whose_module_left_every_cache_is_dropped() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert_eq!((second.stats().cache.tier_ups, artifacts_in(&dir)), (0, 1), "the dropped tier-up was compiled");
         }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
