@@ -96,6 +96,19 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
       expect([e.code, e.message]).toEqual(['HOST_FUNCTION_ERROR', expect.stringContaining(`a promise whose ${arg === 'promiseThen' ? 'then' : 'constructor'} throws`)])
     }
     expect(await ex.execute(d, { arg: 'ok' })).toEqual({ result: 'fine', calls: 1 })
+    // A thrown or rejected string near V8's longest: the message naming it could not be made
+    // whole (review Y: the dispatcher's RangeError escaped, and Node died). It is cut.
+    const longest = 'x'.repeat(2 ** 29 - 40)
+    const huge = await executorWith({ lookup: lookup() }, {
+      hostFunctions: { 'crm.lookup': (mode: string) => {
+        if (mode === 'throw') throw longest
+        return Promise.reject(longest)
+      } },
+    })
+    for (const arg of ['throw', 'reject']) {
+      const e = await failure(huge.execute(d, { arg }))
+      expect([e.code, e.message.length < 70_000, e.message]).toEqual(['HOST_FUNCTION_ERROR', true, expect.stringContaining('xxxxxxxx')])
+    }
     // The same from a guest thread: 5,000 host calls outrun the inline budget, and the 3,000th
     // answers with such a promise.
     let n = 0

@@ -22,8 +22,13 @@
   const settle = (id, error, text) => {
     if (live.delete(id)) done(id, error, text)
   }
-  const asError = (e) =>
-    e !== null && (typeof e === 'object' || typeof e === 'function') ? e : new Error(`the host function threw ${String(e)}`)
+  // A thrown primitive becomes an Error naming it, cut (near V8's longest string, the whole
+  // message could not be made, and that RangeError would escape).
+  const asError = (e) => {
+    if (e !== null && (typeof e === 'object' || typeof e === 'function')) return e
+    const text = String(e)
+    return new Error(`the host function threw ${text.length > 4096 ? `${text.slice(0, 4096)}...` : text}`)
+  }
   function call(name, input, activity, actorId, id) {
     // The AbortController is made only if the function reads ctx.signal (most never do).
     const state = { controller: undefined, reason: undefined }
