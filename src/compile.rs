@@ -135,7 +135,7 @@ fn compile_slots(urgency: Urgency) -> &'static Arc<Semaphore> {
     static NOW: OnceLock<Arc<Semaphore>> = OnceLock::new();
     static BACKGROUND: OnceLock<Arc<Semaphore>> = OnceLock::new();
     match urgency {
-        Urgency::Now => NOW.get_or_init(|| Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))),
+        Urgency::Now => NOW.get_or_init(|| Arc::new(Semaphore::new(crate::threads::cpus()))),
         Urgency::Background => BACKGROUND.get_or_init(|| Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize))),
     }
 }
@@ -154,7 +154,7 @@ fn background_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .num_threads(crate::threads::cpus())
             .thread_name(|i| format!("loom-wasm-tier-up-{i}"))
             .start_handler(|_| crate::threads::set_nice(BACKGROUND_NICE))
             .build()

@@ -191,10 +191,15 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
 /// their own (`compile::background_pool`).
 fn start_compile_threads() {
     STARTED.get_or_init(|| {
-        let started = rayon::ThreadPoolBuilder::new()
+        let mut pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("loom-wasm-compile-{i}"))
-            .start_handler(|_| crate::threads::lower_priority())
-            .build_global();
+            .start_handler(|_| crate::threads::lower_priority());
+        // The count is given, so that rayon does not read the cgroup's files again (see
+        // threads::cpus), unless RAYON_NUM_THREADS sets it (rayon reads that only when none is).
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            pool = pool.num_threads(crate::threads::cpus());
+        }
+        let started = pool.build_global();
         // An error with a cause is threads that could not start (a thread limit): rayon's global
         // pool then stays unusable for good, and engines compile on the calling thread instead.
         // Without one, the pool was started already (by another user of rayon) and works.

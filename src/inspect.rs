@@ -27,7 +27,7 @@ pub struct Inspection {
 /// compile, and 64 at once started 63 threads compiling the same bytes.
 pub fn permits() -> &'static tokio::sync::Semaphore {
     static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(crate::threads::cpus()))
 }
 
 /// Compiles (within the default compile limits) and describes a module. Blocking: run it off

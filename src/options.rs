@@ -114,7 +114,7 @@ pub struct ExecutorOptions {
 
 impl Default for ExecutorOptions {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        let cpus = NonZeroUsize::new(crate::threads::cpus()).unwrap_or(NonZeroUsize::MIN);
         ExecutorOptions {
             max_cached_modules: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
             max_cache_bytes: 512 * 1024 * 1024,

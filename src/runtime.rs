@@ -12,7 +12,7 @@ static HANDLE: OnceLock<Handle> = OnceLock::new();
 /// A runtime shaped for this work: few workers (they only wait and shuttle bytes; guest code
 /// runs on guest threads), timers and I/O enabled.
 pub fn build() -> std::io::Result<Runtime> {
-    let workers = std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1);
+    let workers = crate::threads::cpus().min(2);
     Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("loom-wasm-io")

@@ -26,11 +26,19 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How long queued work waits for a busy pool before another thread is started for it.
 const STARVED: Duration = Duration::from_millis(1);
 
+/// The CPUs this process may use, read once: `available_parallelism` reads the cgroup's quota
+/// files each time (100-250 us in a fresh process here), and start-up asked it seven times, four
+/// of them on the first call's path.
+pub fn cpus() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Threads started at once when work arrives and none is idle; past this, the monitor starts
 /// more only for work that waited `STARVED`.
 fn eager_threads() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).max(2) * 2)
+    *N.get_or_init(|| cpus().max(2) * 2)
 }
 /// Guest code runs on wasmtime's fiber stacks, not these; the threads run host code.
 const STACK_BYTES: usize = 2 * 1024 * 1024;
