@@ -134,6 +134,7 @@ impl Executor {
         // executor of a process decides; the rest share it).
         engine::reserve_pool(engine::pool_for(opts.max_actors.get() as u64, opts.max_concurrency.get() as u64));
         let host_function_names = opts.host_functions.as_ref().map(|f| f.names()).unwrap_or_default();
+        crate::warm_up::start(crate::warm_up::first_engine(opts.artifacts.is_enabled(), opts.tier_up));
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
             modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load, opts.tier_up),

@@ -52,6 +52,7 @@ pub mod untrusted_dir;
 pub mod wasi_http;
 pub mod wasi_listing;
 pub mod wasi_open;
+pub mod warm_up;
 
 #[cfg(test)]
 mod test_components;
