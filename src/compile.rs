@@ -183,6 +183,13 @@ async fn slot(urgency: Urgency, hurried: &Hurried) -> Result<OwnedSemaphorePermi
     }
 }
 
+/// Holds every call compile slot until dropped (tests: compiles a call waits for queue).
+#[cfg(test)]
+pub(crate) async fn hold_call_slots() -> OwnedSemaphorePermit {
+    let slots = compile_slots(Urgency::Now);
+    slots.clone().acquire_many_owned(crate::threads::cpus() as u32).await.expect("slots open")
+}
+
 /// Holds every background compile slot until dropped (tests: background compiles wait). All
 /// the semaphore has, should it ever be the calls' one again.
 #[cfg(test)]

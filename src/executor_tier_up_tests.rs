@@ -246,6 +246,31 @@ async fn a_call_that_waits_for_a_queued_tier_up_hurries_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn close_cancels_a_precompile_waiting_for_optimized_code() {
+    // Review Z: `precompile` was no call in flight. After `close` it went on waiting for the
+    // optimized code (a 12 MB component's, 19 s), held up the process's exit, and resolved on the
+    // closed executor. Here its compile is queued (every slot held) when the executor closes.
+    let source = Arc::new(MemorySource::new());
+    source.put("closing.wasm", g::unique(g::counter(), b"closing"));
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let background = crate::compile::hold_background_slots().await;
+    assert_eq!(ex.execute(&def("closing"), "{}".into(), CallOptions::default()).await.expect("counts").output, "1");
+    let calls = crate::compile::hold_call_slots().await;
+    let waiting = tokio::spawn({
+        let ex = ex.clone();
+        async move { ex.precompile(&def("closing")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the optimized code cannot compile yet");
+    ex.close();
+    let ended = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("ended by close").expect("joined");
+    assert!(matches!(ended, Err(ExecError::Cancelled)), "{ended:?}");
+    tokio::time::timeout(Duration::from_secs(5), ex.drained()).await.expect("close waits for nothing left");
+    assert!(matches!(ex.precompile(&def("closing")).await, Err(ExecError::Closed)));
+    drop((calls, background));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_call_that_waits_for_a_running_tier_up_gets_a_compile_at_its_own_priority() {
     // The module's optimized code compiles in the background and is stopped midway (here: held
     // once running; in life, a quarter of a core that guests keep busy, at a priority no thread
