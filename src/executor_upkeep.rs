@@ -1,0 +1,124 @@
+//! An executor's work besides calls: filling the caches ahead of traffic (`precompile`),
+//! forgetting actors and modules, closing (and waiting for what is in flight), and its stats.
+//! A child of `executor`, so the executor's fields stay private to the two.
+
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use super::{Executor, ExecutorStats};
+use crate::actors::ActorKey;
+use crate::digest::hex;
+use crate::durable::Durable;
+use crate::engine;
+use crate::error::ExecError;
+use crate::limits::CancelFlag;
+use crate::options::{CallOptions, Definition};
+use crate::threads;
+
+impl Executor {
+    /// Downloads and compiles (or loads from an artifact) a definition's module ahead of traffic,
+    /// filling every cache tier. Returns the module's sha256.
+    pub async fn precompile(&self, def: &Definition) -> Result<String, ExecError> {
+        let p = self.prepare(def, "", &CallOptions::default())?;
+        // A call in flight like any other: `close` cancels it and waits for it (review Z: it went
+        // on waiting for a 12 MB component's optimized code for 19 s after `close`, holding up
+        // the process's exit). A compile nobody waits for any more is dropped if it has not
+        // started.
+        let cancel = CancelFlag::new();
+        let _inflight = self.enter_flight(&cancel)?;
+        // Ahead of traffic: the optimized code, stored in the artifact tiers (a module whose
+        // baseline code runs already waits for its optimized code).
+        let load = self.modules.get_or_load_tiered(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref(), false);
+        let module = cancel.guard(load).await??;
+        let module = cancel.guard(self.modules.optimized(module, p.kind)).await?;
+        Ok(hex(&module.digest))
+    }
+
+    /// The sha256 of every cached module.
+    pub fn cached_digests(&self) -> Vec<String> {
+        self.modules.digests()
+    }
+
+    /// Forgets an actor's instance (and its state); true if there was one. A call running on it
+    /// finishes first; calls queued behind it start fresh.
+    /// With an actor store, its stored snapshot is deleted too, in the actor's line: calls made
+    /// after this see no state.
+    pub fn drop_actor(&self, def: &Definition, actor_id: &str) -> bool {
+        let key = ActorKey { def: def.key(), actor_id: actor_id.to_string() };
+        let had = self.actors.remove(&key);
+        let Some(store) = &self.opts.actor_store else { return had };
+        let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
+        let write = self.pending.start();
+        let mut ticket = self.actors.ticket(key);
+        // Polled here, so the deletion takes its place in line before any later call.
+        let held = match threads::poll_once(&mut ticket) {
+            Ok(Poll::Ready(held)) => Some(held),
+            _ => None,
+        };
+        let log = self.opts.log.clone();
+        let _ = threads::spawn(async move {
+            let _write = write;
+            let mut held = match held {
+                Some(h) => h,
+                None => ticket.await,
+            };
+            held.guard.instance = None;
+            held.guard.shadow = None;
+            held.guard.persisted = None;
+            // The version of what is dropped (if the store can say): a retried delete removes only that.
+            let dropped = d.store.version(&d.key).await.ok().flatten();
+            // Not deleted: its next call deletes again first (what was dropped, not what another
+            // worker stored since), and fails while it cannot.
+            let deleted = d.store.delete(&d.key).await;
+            d.pending.set_undeleted(&d.key, deleted.is_err().then_some(dropped));
+            if let (Err(e), Some(sink)) = (deleted, log) {
+                sink.log("warn", &format!("the stored state of a dropped actor was not deleted (its next call tries again first): {e}"));
+            }
+        });
+        true
+    }
+
+    /// Drops every cached module, or only those of the activity `name`.
+    pub fn clear_cache(&self, name: Option<&str>) {
+        self.modules.clear(name);
+    }
+
+    /// Closes the executor: calls in flight are cancelled, actors and cached modules released,
+    /// and later calls fail with `CLOSED`. Idempotent.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let flags: Vec<CancelFlag> = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for f in flags {
+            f.cancel();
+        }
+        self.actors.clear();
+        self.modules.clear(None);
+        if let Some(network) = &self.opts.network {
+            network.close();
+        }
+    }
+
+    /// Resolves once no call is in flight and no actor-store write is under way.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                break;
+            }
+            notified.await;
+        }
+        self.pending.idle().await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> ExecutorStats {
+        ExecutorStats {
+            cache: self.modules.stats(),
+            actors: self.actors.len(),
+            pool_idle_resident_bytes: engine::pool_idle_resident_bytes(),
+        }
+    }
+}
