@@ -319,10 +319,11 @@ describe('every ABI uses the artifact cache', () => {
   it('a second executor with the same cacheDir loads every guest without compiling', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'loom-abi-cache-'))
     const blobs = { plugin: built('c/plugin.wasm'), cmd: built('c/command.wasm'), js: built('js/echo.wasm'), echo: guest('echo') }
-    const { ex: first } = await executorWith(blobs, { cacheDir: dir })
+    const { ex: first } = await executorWith(blobs, { cacheDir: dir, shareCode: false })
     for (const name of Object.keys(blobs)) await first.precompile(def(name))
     expect(first.cacheStats()).toMatchObject({ compiles: 4, artifactHits: 0 })
-    const { ex: second } = await executorWith(blobs, { cacheDir: dir })
+    // shareCode: false, or the second would take the code the first holds (see "Code shared").
+    const { ex: second } = await executorWith(blobs, { cacheDir: dir, shareCode: false })
     expect(await second.execute(def('plugin'), { message: 'p' })).toMatchObject({ result: 'p' })
     expect(await second.execute(def('cmd'), { message: 'c' })).toMatchObject({ result: 'c' })
     expect(await second.execute(def('js'), { message: 'j' })).toMatchObject({ result: 'j' })

@@ -212,6 +212,10 @@ describe('actors', () => {
 })
 
 describe('module cache', () => {
+  // Tests that count one executor's compiles: code another test's executor still holds would
+  // otherwise be shared (a shared hit, no compile).
+  const alone = { shareCode: false }
+
   it('reports the memory freed instance slots keep resident, and a 100 KB call leaves its slot 2 MiB', async () => {
     const ex = new WasmActivityExecutor(await storeWith('echo'))
     await ex.precompile(def('echo')) // optimized code: the pooled engine
@@ -228,7 +232,7 @@ describe('module cache', () => {
 
   it('downloads and compiles once, then hits', async () => {
     const store = await storeWith('echo')
-    const ex = new WasmActivityExecutor(store)
+    const ex = new WasmActivityExecutor(store, alone)
     for (let i = 0; i < 5; i++) await ex.execute(def('echo'), { message: 'm', times: 1 })
     expect(ex.cacheStats()).toMatchObject({ modules: 1, hits: 4, misses: 1, compiles: 1, artifactHits: 0, actors: 0 })
     expect(ex.cacheStats().digests).toEqual([createHash('sha256').update(guest('echo')).digest('hex')])
@@ -238,7 +242,7 @@ describe('module cache', () => {
 
   it('1000 concurrent first calls download and compile once, and all succeed', async () => {
     const store = await storeWith('echo')
-    const ex = new WasmActivityExecutor(store)
+    const ex = new WasmActivityExecutor(store, alone)
     const results = await Promise.all(
       Array.from({ length: 1000 }, (_, i) => ex.execute(def('echo'), { message: `#${i}`, times: 2 })),
     )
@@ -251,14 +255,14 @@ describe('module cache', () => {
     const store = new MemoryBlobStore()
     await store.upload('a.wasm', guest('echo'))
     await store.upload('b.wasm', guest('echo'))
-    const ex = new WasmActivityExecutor(store)
+    const ex = new WasmActivityExecutor(store, alone)
     await ex.execute(def('a'), { message: 'x' })
     await ex.execute(def('b'), { message: 'x' })
     expect(ex.cacheStats()).toMatchObject({ modules: 1, misses: 2, compiles: 1 })
   })
 
   it('clearCache() drops all modules, clearCache(name) only that activity', async () => {
-    const ex = new WasmActivityExecutor(await storeWith('echo', 'counter-actor'))
+    const ex = new WasmActivityExecutor(await storeWith('echo', 'counter-actor'), alone)
     await ex.execute(def('echo'), { message: 'x' })
     await ex.execute(def('counter-actor'), { action: 'get' })
     expect(ex.moduleCache.size).toBe(2)
@@ -271,13 +275,44 @@ describe('module cache', () => {
   })
 
   it('is bounded by maxCachedModules', async () => {
-    const ex = new WasmActivityExecutor(await storeWith('echo', 'counter-actor', 'mortgage'), { maxCachedModules: 2 })
+    const ex = new WasmActivityExecutor(await storeWith('echo', 'counter-actor', 'mortgage'), { ...alone, maxCachedModules: 2 })
     await ex.execute(def('echo'), { message: 'x' })
     await ex.execute(def('counter-actor'), { action: 'get' })
     await ex.execute(def('mortgage'), { principal: 1, years: 1 })
     expect(ex.moduleCache.size).toBe(2)
     await ex.execute(def('echo'), { message: 'x' })
     expect(ex.cacheStats().compiles).toBe(4)
+  })
+
+  it('a new executor takes the code another executor of the process holds (shareCode), by content only', async () => {
+    // Bytes no other test compiles: the echo guest with a custom section of its own.
+    const bytes = Buffer.concat([guest('echo'), Buffer.from([0, 12, 11]), Buffer.from('shared-code')])
+    const first = new WasmActivityExecutor({ download: async () => bytes }, { tierUp: false })
+    expect(await first.execute(def('echo'), { message: 'a', times: 1 })).toMatchObject({ result: 'a' })
+    expect(first.cacheStats()).toMatchObject({ compiles: 1, sharedHits: 0 })
+    const second = new WasmActivityExecutor({ download: async () => bytes })
+    expect(await second.execute(def('echo'), { message: 'b', times: 2 })).toMatchObject({ result: 'b b' })
+    expect(second.cacheStats()).toMatchObject({ modules: 1, misses: 1, compiles: 0, sharedHits: 1 })
+    expect(second.moduleCache.size).toBe(1)
+    // A store that serves other bytes under the same name gets the code of its own bytes: code
+    // is found by the sha256 of what was downloaded, never by name.
+    const liar = new WasmActivityExecutor({ download: async () => guest('counter-actor') })
+    expect(await liar.execute(def('echo'), { action: 'increment' })).toMatchObject({ count: 1 })
+    expect(liar.cacheStats().sharedHits).toBe(0)
+    // shareCode: false neither takes nor offers; a value that is not a boolean is refused.
+    const apart = new WasmActivityExecutor({ download: async () => bytes }, { shareCode: false })
+    await apart.execute(def('echo'), { message: 'c' })
+    expect(apart.cacheStats()).toMatchObject({ compiles: 1, sharedHits: 0 })
+    expect(() => new WasmActivityExecutor({ download: async () => bytes }, { shareCode: 'yes' } as any)).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    )
+    // Closed executors hold nothing: once none holds the code, the next executor compiles it.
+    for (const ex of [first, second, liar, apart]) await ex.close()
+    const last = new WasmActivityExecutor({ download: async () => bytes })
+    await last.execute(def('echo'), { message: 'd' })
+    expect(last.cacheStats()).toMatchObject({ sharedHits: 0 })
+    expect(last.cacheStats().compiles).toBe(1)
+    await last.close()
   })
 
   it('copies downloaded bytes: mutating the buffer afterwards does not matter', async () => {

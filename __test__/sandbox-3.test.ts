@@ -180,7 +180,8 @@ describe('K3. state a snapshot cannot hold', () => {
     const cacheDir = tempDir()
     const d = def('tables')
     for (const round of ['compiled', 'from the artifact']) {
-      const ex = new WasmActivityExecutor(blobs, { cacheDir })
+      // shareCode: false: the second round must load the artifact, not the first round's code.
+      const ex = new WasmActivityExecutor(blobs, { cacheDir, shareCode: false })
       // A plain actor keeps its table: 1, then 2.
       expect(await ex.execute(d, {}, { actorId: 'p' })).toBe(1)
       expect(await ex.execute(d, {}, { actorId: 'p' })).toBe(2)
@@ -189,7 +190,7 @@ describe('K3. state a snapshot cannot hold', () => {
       expect(t.code, round).toBe('INVALID_ARGUMENT')
       expect(t.message).toContain('changes tables or drops segments')
       expect((await failure(ex.snapshotActor(d, 'p'))).code).toBe('INVALID_ARGUMENT')
-      const durable = new WasmActivityExecutor(blobs, { cacheDir, actorStore: new ObjectBlobStore(`file://${tempDir()}`) })
+      const durable = new WasmActivityExecutor(blobs, { cacheDir, shareCode: false, actorStore: new ObjectBlobStore(`file://${tempDir()}`) })
       expect((await failure(durable.execute(d, {}, { actorId: 'd' }))).code).toBe('INVALID_ARGUMENT')
       if (round === 'from the artifact') expect(ex.cacheStats().artifactHits).toBeGreaterThan(0)
       await ex.close()

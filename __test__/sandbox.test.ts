@@ -217,7 +217,9 @@ describe('7. a sha256 pin cannot be bypassed', () => {
     let release!: () => void
     const gate = new Promise<void>((r) => (release = r))
     const slow = { download: async (p: string) => (await gate, store.download(p)) }
-    const ex = new WasmActivityExecutor(slow)
+    // shareCode: false: with echo's code held by another executor, the pinned call would take it
+    // without joining the load (what runs is still what the pin allows).
+    const ex = new WasmActivityExecutor(slow, { shareCode: false })
     const unpinned = ex.execute(def('m'), { action: 'get' })
     const pinned = failure(ex.execute(def('m', { sha256: sha(guest('echo')) }), { message: 'x' }))
     release()
@@ -254,7 +256,8 @@ describe('8. compiled artifacts are authenticated', () => {
     const { createHash } = require('node:crypto')
     const body = readFileSync(join(dir, file)).subarray(0, -41)
     writeFileSync(join(dir, file), Buffer.concat([body, Buffer.from([0]), createHash('sha256').update(body).digest(), Buffer.from('LOOMART3')]))
-    const { ex: victim } = await executorWith({ echo: guest('echo') }, { cacheDir: dir })
+    // shareCode: false, or it would take the code `ex` holds and never look at the artifact.
+    const { ex: victim } = await executorWith({ echo: guest('echo') }, { cacheDir: dir, shareCode: false })
     expect(await victim.execute(def('echo'), { message: 'safe' })).toMatchObject({ result: 'safe' })
     expect(victim.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
   })

@@ -206,10 +206,11 @@ describe('s3:// (s3rver)', () => {
     })
     const d = def('echo', { wasmBlobPath: 'echo.wasm' })
     const artifactKey = 'a fleet-wide secret of at least 32 bytes'
-    const first = new WasmActivityExecutor(modules, { artifactStore: artifacts, artifactKey })
+    const first = new WasmActivityExecutor(modules, { artifactStore: artifacts, artifactKey, shareCode: false })
     expect(await first.precompile(d)).toBe(sha(echoBytes))
     expect(first.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
-    const second = new WasmActivityExecutor(modules, { artifactStore: artifacts, artifactKey })
+    // shareCode: false, or the second would take the code the first holds (see "Code shared").
+    const second = new WasmActivityExecutor(modules, { artifactStore: artifacts, artifactKey, shareCode: false })
     expect(await second.execute(d, { message: 'fleet' })).toMatchObject({ result: 'fleet' })
     expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
   })
@@ -346,7 +347,9 @@ describe('cacheDir', () => {
     const counter = readFileSync(join(root, 'build', 'counter-actor.wasm'))
     let downloads = 0
     const liar = { download: async () => (downloads++, counter) }
-    const second = new WasmActivityExecutor(liar, { cacheDir: dir })
+    // shareCode: false throughout: each executor here must go to the artifact, not to the code
+    // another one holds.
+    const second = new WasmActivityExecutor(liar, { cacheDir: dir, shareCode: false })
     expect(await second.execute(pinned, { message: 'no download' })).toMatchObject({ result: 'no download' })
     expect(downloads).toBe(0)
     expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
@@ -358,14 +361,14 @@ describe('cacheDir', () => {
     const bytes = readFileSync(file)
     bytes[bytes.length >> 1] ^= 1
     writeFileSync(file, bytes)
-    const third = new WasmActivityExecutor(liar, { cacheDir: dir })
+    const third = new WasmActivityExecutor(liar, { cacheDir: dir, shareCode: false })
     expect((await failure(third.execute(pinned, { message: 'x' }))).code).toBe('INTEGRITY_MISMATCH')
     expect(downloads).toBe(2)
     // An honest store again: compiled from the pinned bytes, the artifact written anew.
-    const fourth = new WasmActivityExecutor({ download: async () => echoBytes }, { cacheDir: dir })
+    const fourth = new WasmActivityExecutor({ download: async () => echoBytes }, { cacheDir: dir, shareCode: false })
     expect(await fourth.precompile(pinned)).toBe(sha(echoBytes))
     expect(fourth.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
-    const fifth = new WasmActivityExecutor(liar, { cacheDir: dir })
+    const fifth = new WasmActivityExecutor(liar, { cacheDir: dir, shareCode: false })
     expect(await fifth.execute(pinned, { message: 'from the artifact' })).toMatchObject({ result: 'from the artifact' })
     expect(downloads).toBe(2)
   })

@@ -219,6 +219,14 @@ async function main() {
   row('cold start, warm artifact cache (cacheDir)', 'ms', part(warmCold, 'ms'), part(colds('v8'), 'ms'), undefined, false, '')
   own('cold start, warm cacheDir: loading the addon, making the executor', 'ms', part(warmCold, 'load'))
   own('cold start, warm cacheDir: the call (download, artifact load, instantiate, run)', 'ms', part(warmCold, 'call'))
+  // An executor per test, as Loom's test files make them: a new executor's first call of a module
+  // another executor of the process holds (V8: its process-wide cache of compiled wasm). `native`
+  // and `v8` hold mortgage's optimized code by now; each new executor is left to the GC.
+  const newExecutor = (make) => async () => {
+    await make().execute(def('mortgage'), { principal: 1e5, annualRate: 5, years: 1 })
+  }
+  const [newNative, newV8] = await sequential([newExecutor(() => new WasmActivityExecutor(store)), newExecutor(() => new V8Executor(store))], 20)
+  row("a new executor's first call of a module the process holds (an executor per test)", 'us', newNative, newV8, undefined, false, '')
   const { existsSync } = await import('node:fs')
   if (existsSync(join(root, 'build', 'js', 'echo.wasm'))) {
     // The 12 MB JavaScript component (componentize-js): no V8 column (V8 runs no components).

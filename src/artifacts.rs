@@ -211,6 +211,24 @@ impl ArtifactCache {
         }
         Ok(())
     }
+
+    /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
+    /// written only to the tiers that lack its artifact.
+    pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let name = Self::name(digest, engine);
+        let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
+        let in_remote = match &self.remote {
+            Some(remote) => remote.exists(&name).await.unwrap_or(false),
+            None => true,
+        };
+        if in_dir && in_remote {
+            return Ok(());
+        }
+        self.save(digest, engine, code, facts).await
+    }
 }
 
 /// Creates `dir` (0700) if missing; refuses one that anybody may write to.

@@ -137,7 +137,7 @@ impl Executor {
         crate::warm_up::start(crate::warm_up::first_engine(opts.artifacts.is_enabled(), opts.tier_up));
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
-            modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load, opts.tier_up),
+            modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load, opts.tier_up, opts.share_code),
             actors: Actors::new(opts.max_actors.get(), opts.max_actor_memory_bytes),
             permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
             opts,

@@ -2,17 +2,17 @@
 //! sha256 of the module bytes and the engine asked for, bounded by count and by bytes; an index
 //! from a definition (name, version, blob path) to its digest; one load in flight per
 //! (definition, engine, pin); one compile in flight per (digest, engine), which outlives the
-//! callers that wait for it and is bounded in time for them; behind it the artifact tiers.
+//! callers that wait for it and is bounded in time for them; behind it the code the process's
+//! other executors hold (`shared_code`) and the artifact tiers.
 //!
 //! A `clear` wins over loads in flight: it bumps a generation, and a load that started before
 //! it serves its own callers but is not cached.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lru::LruCache;
 use tokio::sync::OnceCell;
 use crate::artifacts::ArtifactCache;
 use crate::artifacts::Checked;
@@ -51,6 +51,8 @@ pub struct CacheStats {
     /// Modules loaded unpooled from an artifact before the instance pool was built, whose pooled
     /// copy then took their place (`unpooled_first`).
     pub pooled_later: u64,
+    /// Modules taken from another executor of the process that held the same code (`shareCode`).
+    pub shared_hits: u64,
     /// Compiled code held, in bytes.
     pub code_bytes: usize,
 }
@@ -75,75 +77,10 @@ impl Default for LoadLimits {
     }
 }
 
-/// A cache slot: the content and the engine asked for (`Plain` or `Metered`; the module in it
-/// may be for that engine's baseline twin, or, for `Plain`, its unpooled twin: `unpooled_first`).
-pub(crate) type Slot = (Digest, EngineKind);
+pub(crate) use crate::cache_state::State;
 type Flight = (DefKey, EngineKind, Option<Digest>);
 pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
 type Loading = Arc<OnceCell<Loaded>>;
-
-pub(crate) struct State {
-    pub(crate) lru: LruCache<Slot, Arc<CompiledModule>>,
-    capacity: usize,
-    index: HashMap<DefKey, Digest>,
-    pub(crate) stats: CacheStats,
-    max_bytes: usize,
-    /// Bumped by every `clear`.
-    pub(crate) generation: u64,
-}
-
-impl State {
-    pub(crate) fn insert(&mut self, key: Option<&DefKey>, slot: Slot, m: Arc<CompiledModule>) {
-        if let Some(key) = key {
-            self.index.insert(key.clone(), m.digest);
-        }
-        self.stats.code_bytes += m.code_bytes;
-        if let Some(old) = self.lru.put(slot, m) {
-            self.stats.code_bytes -= old.code_bytes;
-        }
-        self.evict_over_bounds();
-    }
-
-    /// Newer code of a module (its tier-up, its pooled copy) in the slot where `old` is, if it is
-    /// still there; whether the new code is in the cache after (larger code may push the cache
-    /// past its byte bound, and the slot out with it). Not a use: the slot keeps its place in the
-    /// eviction order (a tier-up landing must not keep a module that calls stopped using, and
-    /// evict one they use).
-    pub(crate) fn swap(&mut self, slot: &Slot, old: &Weak<CompiledModule>, new: Arc<CompiledModule>) -> bool {
-        if !self.holds(slot, old) {
-            return false;
-        }
-        let Some(held) = self.lru.peek_mut(slot) else { return false };
-        let (added, removed) = (new.code_bytes, held.code_bytes);
-        *held = new;
-        self.stats.code_bytes = self.stats.code_bytes + added - removed;
-        self.evict_over_bounds();
-        self.lru.contains(slot)
-    }
-
-    /// Whether `slot` holds `module` (not looked up as a use).
-    pub(crate) fn holds(&self, slot: &Slot, module: &Weak<CompiledModule>) -> bool {
-        self.lru.peek(slot).is_some_and(|m| module.upgrade().is_some_and(|o| Arc::ptr_eq(m, &o)))
-    }
-
-    /// Past a bound, evicts the least recently used (but never the last module).
-    fn evict_over_bounds(&mut self) {
-        while (self.stats.code_bytes > self.max_bytes || self.lru.len() > self.capacity) && self.lru.len() > 1 {
-            match self.lru.pop_lru() {
-                Some((_, old)) => self.stats.code_bytes -= old.code_bytes,
-                None => break,
-            }
-        }
-        let lru = &self.lru;
-        self.index.retain(|_, d| lru.contains(&(*d, EngineKind::Plain)) || lru.contains(&(*d, EngineKind::Metered)));
-    }
-
-    pub(crate) fn remove(&mut self, slot: &Slot) {
-        if let Some(old) = self.lru.pop(slot) {
-            self.stats.code_bytes -= old.code_bytes;
-        }
-    }
-}
 
 pub struct ModuleCache {
     pub(crate) state: Arc<Mutex<State>>,
@@ -172,17 +109,9 @@ async fn artifact_module(
 }
 
 impl ModuleCache {
-    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits, tier_up: bool) -> Self {
+    pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits, tier_up: bool, share: bool) -> Self {
         ModuleCache {
-            state: Arc::new(Mutex::new(State {
-                // Unbounded map, bounded by `insert`: capacity is not allocated up front.
-                lru: LruCache::unbounded(),
-                capacity: capacity.get(),
-                index: HashMap::new(),
-                stats: CacheStats::default(),
-                max_bytes,
-                generation: 0,
-            })),
+            state: Arc::new(Mutex::new(State::new(capacity, max_bytes, share))),
             loading: Mutex::new(HashMap::new()),
             artifacts,
             limits,
@@ -311,6 +240,9 @@ impl ModuleCache {
         // is what the pin allows, whatever the blob store holds now. Only an artifact for this
         // very engine: a baseline one would need the bytes to tier up.
         if let Some(&digest) = pinned {
+            if let Some(shared) = self.take_shared(&digest, kind, None, generation).await {
+                return Ok(shared);
+            }
             if let Some((compiled, checked)) = self.load_artifact(digest, &[kind]).await {
                 let mut st = self.state();
                 st.stats.artifact_hits += 1;
@@ -354,6 +286,11 @@ impl ModuleCache {
         }
         // The same bytes under another name (or a cleared index entry) need no compile.
         let cached = self.state().lru.get(&(digest, kind)).cloned();
+        if cached.is_none() {
+            if let Some(shared) = self.take_shared(&digest, kind, Some(key), generation).await {
+                return Ok(shared);
+            }
+        }
         let (compiled, from_artifact, checked) = match cached {
             Some(m) => (m, None, None),
             // The pinned probe above already looked for this engine's artifact (an artifactStore
@@ -394,6 +331,26 @@ impl ModuleCache {
             }
         }
         Ok(compiled)
+    }
+
+    /// Code another executor of the process holds for these bytes and this engine (`shareCode`),
+    /// cached here as its own (under `key` too, if the bytes were downloaded for it), and written
+    /// to this executor's artifact tiers if they lack it, as code it compiled would be.
+    async fn take_shared(&self, digest: &Digest, kind: EngineKind, key: Option<&DefKey>, generation: u64) -> Option<Arc<CompiledModule>> {
+        let shared = {
+            let mut st = self.state();
+            let shared = if st.share { crate::shared_code::find(digest, kind)? } else { return None };
+            st.stats.shared_hits += 1;
+            if st.generation == generation {
+                st.insert(key, (*digest, kind), shared.clone());
+            }
+            shared
+        };
+        if let Ok(engine) = engine(shared.kind) {
+            // Best effort, as after a compile: a cache that cannot be written costs a compile later.
+            let _ = self.artifacts.save_missing(digest, engine, &shared.code, shared.facts()).await;
+        }
+        Some(shared)
     }
 
     /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline

@@ -9,7 +9,7 @@ fn echo(bytes: usize) -> Arc<CompiledModule> {
 }
 
 fn cache(max_bytes: usize) -> ModuleCache {
-    ModuleCache::new(NonZeroUsize::new(8).expect("nonzero"), max_bytes, ArtifactCache::default(), LoadLimits::default(), false)
+    ModuleCache::new(NonZeroUsize::new(8).expect("nonzero"), max_bytes, ArtifactCache::default(), LoadLimits::default(), false, false)
 }
 
 #[test]

@@ -110,6 +110,10 @@ pub struct ExecutorOptions {
     pub network: Option<Arc<Network>>,
     /// New modules run on baseline code first while optimized code compiles (see `modules`).
     pub tier_up: bool,
+    /// Code is shared with the process's other executors (`shared_code`). Off by default here
+    /// (the JS binding turns it on): this crate's tests count compiles per executor while other
+    /// tests compile the same guests at the same time.
+    pub share_code: bool,
 }
 
 impl Default for ExecutorOptions {
@@ -134,6 +138,7 @@ impl Default for ExecutorOptions {
             host_functions: None,
             network: None,
             tier_up: true,
+            share_code: false,
         }
     }
 }

@@ -288,7 +288,8 @@ fn secret(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
 
 /// The executor's options (all optional), each checked against its documented range.
 pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecError> {
-    let mut o = ExecutorOptions::default();
+    // Code is shared between the process's executors unless an executor says not to.
+    let mut o = ExecutorOptions { share_code: true, ..ExecutorOptions::default() };
     let Some(obj) = obj else { return Ok(o) };
     let w = "options";
     let num = |key: &str| opt(obj, key, w, number);
@@ -356,6 +357,9 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     }
     if let Some(t) = opt(obj, "tierUp", w, boolean)? {
         o.tier_up = t;
+    }
+    if let Some(t) = opt(obj, "shareCode", w, boolean)? {
+        o.share_code = t;
     }
     if let Some(p) = opt(obj, "persist", w, string)? {
         o.persist = match p.as_str() {

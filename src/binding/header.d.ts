@@ -156,6 +156,14 @@ export interface ExecutorOptions {
    */
   tierUp?: boolean
   /**
+   * Take compiled code another executor of this process holds for the same module bytes (by
+   * sha256) and engine, instead of compiling it or loading its artifact, and offer this one's
+   * (default true; `cacheStats().sharedHits` counts what was taken). Held weakly: code no open
+   * executor holds is not kept. Code compiled under another executor's compile limits is used as
+   * it is, as an artifact is; `maxModuleBytes` still bounds every download.
+   */
+  shareCode?: boolean
+  /**
    * Where durable actors' snapshots live: an `ObjectBlobStore` or a URL whose store can write
    * conditionally (`file://`, `memory://`, `az://`, `gs://`, `s3://` with `conditional_put: 'etag'`).
    * An actor not in memory is restored from it; each call that changes an actor stores its snapshot.

@@ -99,6 +99,9 @@ pub struct CacheStats {
     /// Modules a fresh process loaded from an artifact before its instance pool was built (they
     /// ran outside the pool meanwhile) whose pooled copy then took their place.
     pub pooled_later: f64,
+    /// Modules taken from another executor of this process that held the same code compiled for
+    /// the same engine (`shareCode`): neither compiled nor loaded from an artifact.
+    pub shared_hits: f64,
     /// Compiled code held in memory, in bytes.
     pub code_bytes: f64,
     /// sha256 (hex) of each cached module.
@@ -429,6 +432,7 @@ impl WasmActivityExecutor {
             artifact_hits: s.cache.artifact_hits as f64,
             tier_ups: s.cache.tier_ups as f64,
             pooled_later: s.cache.pooled_later as f64,
+            shared_hits: s.cache.shared_hits as f64,
             code_bytes: s.cache.code_bytes as f64,
             digests: self.inner.cached_digests(),
             actors: s.actors as u32,
