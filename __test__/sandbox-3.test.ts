@@ -450,3 +450,62 @@ describe('N1. the newest heartbeat arrives even when the call is ended from outs
     await ex.close()
   })
 })
+
+describe('S1. a snapshot is taken against the module alone, not against whoever asked first', () => {
+  // An Extism plugin whose `_initialize` copies its WASI environment into memory; `execute`
+  // returns that string. A pristine actor's memory is then its initial image exactly.
+  const envPlugin = () =>
+    wat(`(module
+      (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store_u8 (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $output_set (param i64 i64)))
+      (memory (export "memory") 1)
+      (func (export "_initialize") (drop (call $environ_get (i32.const 1024) (i32.const 2048))))
+      (func (export "execute") (result i32)
+        (local $n i32) (local $off i64) (local $i i32)
+        (block $done (loop $l
+          (br_if $done (i32.eqz (i32.load8_u (i32.add (i32.const 2048) (local.get $n)))))
+          (local.set $n (i32.add (local.get $n) (i32.const 1)))
+          (br $l)))
+        (local.set $off (call $alloc (i64.extend_i32_u (i32.add (local.get $n) (i32.const 2)))))
+        (call $store_u8 (local.get $off) (i32.const 34))
+        (block $d2 (loop $l2
+          (br_if $d2 (i32.ge_u (local.get $i) (local.get $n)))
+          (call $store_u8 (i64.add (local.get $off) (i64.extend_i32_u (i32.add (local.get $i) (i32.const 1))))
+                          (i32.load8_u (i32.add (i32.const 2048) (local.get $i))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $l2)))
+        (call $store_u8 (i64.add (local.get $off) (i64.extend_i32_u (i32.add (local.get $n) (i32.const 1)))) (i32.const 34))
+        (call $output_set (local.get $off) (i64.extend_i32_u (i32.add (local.get $n) (i32.const 2))))
+        (i32.const 0)))`)
+
+  it("another tenant's environment never comes back in a restored actor (review S)", async () => {
+    const bytes = await envPlugin()
+    const store = () => ({ download: async () => bytes })
+    const d = def('cfg', { capabilities: { env: ['TOKEN'] } })
+    // The attacker's pristine actor, snapshotted in an executor of its own.
+    const a1 = new WasmActivityExecutor(store(), { env: { TOKEN: 'attacker' }, shareCode: false })
+    expect(await a1.execute(d, {}, { actorId: 'x' })).toBe('TOKEN=attacker')
+    const snap = await a1.snapshotActor(d, 'x')
+    await a1.close()
+    // The victim's executor computes the module's image first (its snapshot), with its secret
+    // in the environment; the attacker's next executor takes the victim's code.
+    const victim = new WasmActivityExecutor(store(), { env: { TOKEN: 'victim-secret' }, tierUp: false })
+    expect(await victim.execute(d, {}, { actorId: 'v' })).toBe('TOKEN=victim-secret')
+    await victim.snapshotActor(d, 'v')
+    const a2 = new WasmActivityExecutor(store(), { env: { TOKEN: 'attacker' } })
+    await a2.restoreActor(d, 'x', snap)
+    expect(await a2.execute(d, {}, { actorId: 'x' })).toBe('TOKEN=attacker')
+    expect(a2.cacheStats().sharedHits).toBe(1)
+    // And the other way round: the victim's own snapshot, restored where the attacker made the
+    // image, keeps the victim's configuration.
+    const vsnap = await victim.snapshotActor(d, 'v')
+    const a3 = new WasmActivityExecutor(store(), { env: { TOKEN: 'attacker' }, tierUp: false, shareCode: false })
+    await a3.execute(d, {}, { actorId: 'y' })
+    await a3.snapshotActor(d, 'y')
+    await a3.restoreActor(d, 'v', vsnap)
+    expect(await a3.execute(d, {}, { actorId: 'v' })).toBe('TOKEN=victim-secret')
+    for (const ex of [victim, a2, a3]) await ex.close()
+  })
+})

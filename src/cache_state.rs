@@ -10,6 +10,7 @@ use lru::LruCache;
 use crate::digest::Digest;
 use crate::engine::EngineKind;
 use crate::modules::{CacheStats, CompiledModule, DefKey};
+use crate::shape::CompileLimits;
 
 /// A cache slot: the content and the engine asked for (`Plain` or `Metered`; the module in it
 /// may be for that engine's baseline twin, or, for `Plain`, its unpooled twin: `unpooled_first`).
@@ -24,10 +25,12 @@ pub(crate) struct State {
     pub(crate) generation: u64,
     /// Code is shared with the process's other executors (`shared_code`).
     pub(crate) share: bool,
+    /// The executor's compile limits, which code it shares was checked against.
+    pub(crate) compile_limits: CompileLimits,
 }
 
 impl State {
-    pub(crate) fn new(capacity: NonZeroUsize, max_bytes: usize, share: bool) -> State {
+    pub(crate) fn new(capacity: NonZeroUsize, max_bytes: usize, share: bool, compile_limits: CompileLimits) -> State {
         State {
             // Unbounded map, bounded by `insert`: capacity is not allocated up front.
             lru: LruCache::unbounded(),
@@ -37,6 +40,7 @@ impl State {
             max_bytes,
             generation: 0,
             share,
+            compile_limits,
         }
     }
 
@@ -46,7 +50,7 @@ impl State {
         }
         self.stats.code_bytes += m.code_bytes;
         if self.share {
-            crate::shared_code::offer(slot.1, &m);
+            crate::shared_code::offer(slot.1, &self.compile_limits, &m);
         }
         if let Some(old) = self.lru.put(slot, m) {
             self.stats.code_bytes -= old.code_bytes;
@@ -66,7 +70,7 @@ impl State {
         let Some(held) = self.lru.peek_mut(slot) else { return false };
         let (added, removed) = (new.code_bytes, held.code_bytes);
         if self.share {
-            crate::shared_code::offer(slot.1, &new);
+            crate::shared_code::offer(slot.1, &self.compile_limits, &new);
         }
         *held = new;
         self.stats.code_bytes = self.stats.code_bytes + added - removed;

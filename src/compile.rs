@@ -70,10 +70,14 @@ fn compile_checked(bytes: &[u8], digest: Digest, kind: EngineKind, shape: &Shape
     prepare(Compiled::Core(module), digest, kind, facts)
 }
 
-/// One compile job in flight per (digest, engine) in the whole process (two compiles while a
-/// call races a running background one); its result is sent to everyone waiting. It runs to the end even if they all stop waiting (a compile cannot be
+/// One compile job in flight per (digest, engine, compile limits) in the whole process (two
+/// compiles while a call races a running background one); its result is sent to everyone waiting.
+/// The limits are part of the key: a job checks the module's shape against its first caller's
+/// limits, so an executor with other limits joining it would get its verdict (review S: a
+/// `maxFunctions: 1` executor's compile failed another executor's valid module, and a strict one
+/// got code its limits refuse). It runs to the end even if they all stop waiting (a compile cannot be
 /// interrupted), so a retried call joins it instead of starting another.
-type CompileKey = (Digest, EngineKind);
+type CompileKey = (Digest, EngineKind, CompileLimits);
 
 /// A compile in flight: its result, for everyone waiting, and whether a call waits for it.
 #[derive(Clone)]
@@ -206,11 +210,11 @@ pub(crate) async fn hold_background_slots() -> OwnedSemaphorePermit {
 /// the map's own receiver left (nobody waits), or a tier-up of modules that all left their caches
 /// meanwhile. Decided under the map's lock: a caller joining meanwhile either made it wanted (its
 /// receiver; a call's hurry) or finds it gone and starts its own, never a dropped job's `Cancelled`.
-fn dropped_unwanted(digest: Digest, kind: EngineKind, urgency: Urgency, tx: &watch::Sender<Option<Loaded>>, hurried: &Hurried) -> bool {
+fn dropped_unwanted(key: CompileKey, urgency: Urgency, tx: &watch::Sender<Option<Loaded>>, hurried: &Hurried) -> bool {
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
     let unwanted = tx.receiver_count() <= 1 || (urgency == Urgency::Background && !hurried.still_wanted());
     if unwanted {
-        jobs.remove(&(digest, kind));
+        jobs.remove(&key);
     }
     unwanted
 }
@@ -292,8 +296,9 @@ async fn unless_hurried(
 }
 
 pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
+    let key = (digest, kind, limits);
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(job) = jobs.get(&(digest, kind)) {
+    if let Some(job) = jobs.get(&key) {
         match (urgency, wanted) {
             (Urgency::Now, _) => job.hurry(),
             (Urgency::Background, Some(w)) => job.hurried.wanted.lock().unwrap_or_else(|p| p.into_inner()).push(w),
@@ -306,7 +311,7 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
     if let Some(w) = wanted {
         hurried.wanted.lock().unwrap_or_else(|p| p.into_inner()).push(w);
     }
-    jobs.insert((digest, kind), Job { rx: rx.clone(), hurried: hurried.clone() });
+    jobs.insert(key, Job { rx: rx.clone(), hurried: hurried.clone() });
     drop(jobs);
     let Some(rt) = crate::runtime::handle() else {
         let _ = tx.send(Some(Err(ExecError::internal("no async runtime for compiling"))));
@@ -314,7 +319,7 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
     };
     rt.spawn(async move {
         let result = match slot(urgency, &hurried).await {
-            Ok(_) if dropped_unwanted(digest, kind, urgency, &tx, &hurried) => {
+            Ok(_) if dropped_unwanted(key, urgency, &tx, &hurried) => {
                 // Out of the map already: a caller from now on starts a compile of its own.
                 let _ = tx.send(Some(Err(ExecError::Cancelled)));
                 return;
@@ -330,7 +335,7 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
             }
             Err(_) => Err(ExecError::internal("compile slots closed")),
         };
-        compiles().lock().unwrap_or_else(|p| p.into_inner()).remove(&(digest, kind));
+        compiles().lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         let _ = tx.send(Some(result));
     });
     rx

@@ -45,6 +45,9 @@ pub struct CompiledModule {
     /// actor can move to another instance of it (tier-up), and its state can be captured and
     /// restored (snapshots, transactional and durable calls). An artifact's flags carry it.
     pub state_in_memory: bool,
+    /// Loaded from an artifact: trusted within the key that authenticated it, so never shared
+    /// with other executors (`shared_code`), which may hold other keys and would seal it with theirs.
+    pub from_artifact: bool,
 }
 
 /// What a module's bytes said that its compiled code cannot (kept in an artifact's flags).
@@ -167,6 +170,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, fact
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
         state_in_memory,
+        from_artifact: false,
     })
 }
 
@@ -202,5 +206,6 @@ fn prepare_component(
         initial_image: tokio::sync::OnceCell::new(),
         inline: inline::Gate::default(),
         state_in_memory: false,
+        from_artifact: false,
     })
 }

@@ -112,14 +112,23 @@ impl Durable {
     }
 }
 
-/// The module's memory right after instantiation: what snapshots are taken against.
+/// The module's memory right after instantiation: what snapshots are taken against. A function
+/// of the module alone, the same in every executor and process: made with nothing granted (no
+/// environment, no directory), the clock stopped at 0 and randomness from seed 0. Under the
+/// grants of whoever asked first, it held what an initializer read from them (review S: one
+/// tenant's `TOKEN` came back in another tenant's restored actor, through the module object
+/// their executors share or the compile they joined), and a snapshot restored by another worker
+/// with other grants or randomness took its unchanged pages from an image that differed.
 pub(crate) async fn initial_image<'m>(module: &'m CompiledModule, p: &Prepared) -> Result<&'m Vec<u8>, ExecError> {
     module
         .initial_image
         .get_or_try_init(|| async {
-            // The initial image is the module's own: no call's determinism or heartbeats.
-            let ctx = crate::instance::CallContext::default();
-            let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &p.grants, &ctx).await?;
+            let ctx = crate::instance::CallContext {
+                det: Some(crate::replay::Determinism { now_ms: 0.0, seed: 0 }),
+                ..Default::default()
+            };
+            let none = crate::capabilities::Grants::default();
+            let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &none, &ctx).await?;
             Ok(i.capture()?.memory)
         })
         .await

@@ -336,7 +336,7 @@ async fn a_queued_tier_up_whose_module_left_every_cache_is_dropped() {
         }
         drop(held);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while crate::compile::compiles().lock().expect("lock").contains_key(&(digest, EngineKind::Plain)) {
+        while crate::compile::compiles().lock().expect("lock").contains_key(&(digest, EngineKind::Plain, crate::shape::CompileLimits::default())) {
             assert!(Instant::now() < deadline, "the background compile never ended");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -374,7 +374,7 @@ async fn a_baseline_compile_past_compile_timeout_ms_is_not_followed_by_an_optimi
     // other tests.)
     let (baseline, optimized) = {
         let jobs = crate::compile::compiles().lock().unwrap_or_else(|p| p.into_inner());
-        (jobs.contains_key(&(digest, EngineKind::Baseline)), jobs.contains_key(&(digest, EngineKind::Plain)))
+        (jobs.contains_key(&(digest, EngineKind::Baseline, crate::shape::CompileLimits::default())), jobs.contains_key(&(digest, EngineKind::Plain, crate::shape::CompileLimits::default())))
     };
     assert!(baseline, "the baseline compile is still running");
     assert!(!optimized, "an optimizing compile was started too");

@@ -105,13 +105,14 @@ async fn artifact_module(
     let (compiled, checked) = artifacts.load_sealed(&digest, engine).await?;
     let facts = checked.facts();
     let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, facts)).await.ok()?;
+    let prepared = prepared.map(|m| CompiledModule { from_artifact: true, ..m });
     Some((prepared, checked))
 }
 
 impl ModuleCache {
     pub fn new(capacity: NonZeroUsize, max_bytes: usize, artifacts: ArtifactCache, limits: LoadLimits, tier_up: bool, share: bool) -> Self {
         ModuleCache {
-            state: Arc::new(Mutex::new(State::new(capacity, max_bytes, share))),
+            state: Arc::new(Mutex::new(State::new(capacity, max_bytes, share, limits.compile))),
             loading: Mutex::new(HashMap::new()),
             artifacts,
             limits,
@@ -240,9 +241,6 @@ impl ModuleCache {
         // is what the pin allows, whatever the blob store holds now. Only an artifact for this
         // very engine: a baseline one would need the bytes to tier up.
         if let Some(&digest) = pinned {
-            if let Some(shared) = self.take_shared(&digest, kind, None, generation).await {
-                return Ok(shared);
-            }
             if let Some((compiled, checked)) = self.load_artifact(digest, &[kind]).await {
                 let mut st = self.state();
                 st.stats.artifact_hits += 1;
@@ -287,7 +285,7 @@ impl ModuleCache {
         // The same bytes under another name (or a cleared index entry) need no compile.
         let cached = self.state().lru.get(&(digest, kind)).cloned();
         if cached.is_none() {
-            if let Some(shared) = self.take_shared(&digest, kind, Some(key), generation).await {
+            if let Some(shared) = self.take_shared(&digest, kind, Some(key), generation, tier_up.then_some(&bytes)).await {
                 return Ok(shared);
             }
         }
@@ -335,17 +333,32 @@ impl ModuleCache {
 
     /// Code another executor of the process holds for these bytes and this engine (`shareCode`),
     /// cached here as its own (under `key` too, if the bytes were downloaded for it), and written
-    /// to this executor's artifact tiers if they lack it, as code it compiled would be.
-    async fn take_shared(&self, digest: &Digest, kind: EngineKind, key: Option<&DefKey>, generation: u64) -> Option<Arc<CompiledModule>> {
+    /// to this executor's artifact tiers if they lack it, as code it compiled would be. Baseline
+    /// code of a tier-up in progress only with the bytes to tier up (`tier_bytes`): this slot
+    /// joins that tier-up's compile.
+    async fn take_shared(
+        &self,
+        digest: &Digest,
+        kind: EngineKind,
+        key: Option<&DefKey>,
+        generation: u64,
+        tier_bytes: Option<&Vec<u8>>,
+    ) -> Option<Arc<CompiledModule>> {
         let shared = {
             let mut st = self.state();
-            let shared = if st.share { crate::shared_code::find(digest, kind)? } else { return None };
+            let shared = if st.share { crate::shared_code::find(digest, kind, &st.compile_limits)? } else { return None };
+            if shared.kind != kind && tier_bytes.is_none() {
+                return None;
+            }
             st.stats.shared_hits += 1;
             if st.generation == generation {
                 st.insert(key, (*digest, kind), shared.clone());
             }
             shared
         };
+        if let (true, Some(bytes)) = (shared.kind != kind, tier_bytes) {
+            self.tier_up_later(bytes.clone(), *digest, kind, generation, &shared);
+        }
         if let Ok(engine) = engine(shared.kind) {
             // Best effort, as after a compile: a cache that cannot be written costs a compile later.
             let _ = self.artifacts.save_missing(digest, engine, &shared.code, shared.facts()).await;

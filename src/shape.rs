@@ -10,7 +10,7 @@ use crate::error::ExecError;
 
 /// Compile limits (executor options). Defaults are V8's own limits, so whatever V8 accepts
 /// compiles here too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CompileLimits {
     pub max_module_bytes: u64,
     pub max_functions: u64,

@@ -91,7 +91,7 @@ impl ModuleCache {
         if module.kind == kind {
             return module;
         }
-        let job = compiles().lock().unwrap_or_else(|p| p.into_inner()).get(&(module.digest, kind)).cloned();
+        let job = compiles().lock().unwrap_or_else(|p| p.into_inner()).get(&(module.digest, kind, self.limits.compile)).cloned();
         let Some(job) = job else { return module };
         // `precompile` waits for it: not behind other modules' tier-ups.
         job.hurry();

@@ -43,7 +43,7 @@ impl ModuleCache {
                 _ if placeholder.strong_count() == 0 => return,
                 Ok(Ok(pooled_engine)) => tokio::task::spawn_blocking(move || {
                     let compiled = checked.load(pooled_engine)?;
-                    prepare(compiled, digest, EngineKind::Plain, checked.facts()).ok()
+                    prepare(compiled, digest, EngineKind::Plain, checked.facts()).ok().map(|m| CompiledModule { from_artifact: true, ..m })
                 })
                 .await
                 .ok()

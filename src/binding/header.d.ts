@@ -156,11 +156,11 @@ export interface ExecutorOptions {
    */
   tierUp?: boolean
   /**
-   * Take compiled code another executor of this process holds for the same module bytes (by
-   * sha256) and engine, instead of compiling it or loading its artifact, and offer this one's
-   * (default true; `cacheStats().sharedHits` counts what was taken). Held weakly: code no open
-   * executor holds is not kept. Code compiled under another executor's compile limits is used as
-   * it is, as an artifact is; `maxModuleBytes` still bounds every download.
+   * Take compiled code another executor of this process holds for the same downloaded bytes (by
+   * sha256), engine and compile limits, instead of compiling it or loading its artifact, and offer
+   * this one's (default true; `cacheStats().sharedHits` counts what was taken). Held weakly: code
+   * no open executor holds is not kept. A sha256 pin alone takes nothing (the bytes must be
+   * downloaded), and code loaded from an artifact is never offered.
    */
   shareCode?: boolean
   /**
