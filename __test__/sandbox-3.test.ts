@@ -451,17 +451,17 @@ describe('N1. the newest heartbeat arrives even when the call is ended from outs
   })
 })
 
-describe('S1. a snapshot is taken against the module alone, not against whoever asked first', () => {
+describe("S1. a snapshot is taken against the image of the restoring executor's own grants, not whoever asked first", () => {
   // An Extism plugin whose `_initialize` copies its WASI environment into memory; `execute`
   // returns that string. A pristine actor's memory is then its initial image exactly.
-  const envPlugin = () =>
+  const envPlugin = (initializer = '(func (export "_initialize") (drop (call $environ_get (i32.const 1024) (i32.const 2048))))') =>
     wat(`(module
       (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
       (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
       (import "extism:host/env" "store_u8" (func $store_u8 (param i64 i32)))
       (import "extism:host/env" "output_set" (func $output_set (param i64 i64)))
       (memory (export "memory") 1)
-      (func (export "_initialize") (drop (call $environ_get (i32.const 1024) (i32.const 2048))))
+      ${initializer}
       (func (export "execute") (result i32)
         (local $n i32) (local $off i64) (local $i i32)
         (block $done (loop $l
@@ -498,14 +498,36 @@ describe('S1. a snapshot is taken against the module alone, not against whoever 
     await a2.restoreActor(d, 'x', snap)
     expect(await a2.execute(d, {}, { actorId: 'x' })).toBe('TOKEN=attacker')
     expect(a2.cacheStats().sharedHits).toBe(1)
-    // And the other way round: the victim's own snapshot, restored where the attacker made the
-    // image, keeps the victim's configuration.
-    const vsnap = await victim.snapshotActor(d, 'v')
-    const a3 = new WasmActivityExecutor(store(), { env: { TOKEN: 'attacker' }, tierUp: false, shareCode: false })
+    // And the other way round (review S's poison): the attacker's executor makes the image of a
+    // module first; the victim's executor takes that module and restores its own snapshot: it gets
+    // its own configuration back, not the attacker's.
+    const other = Buffer.concat([bytes, Buffer.from([0, 6, 5]), Buffer.from('other')])
+    const otherStore = () => ({ download: async () => other })
+    const own = new WasmActivityExecutor(otherStore(), { env: { TOKEN: 'victim-secret' }, shareCode: false })
+    await own.execute(d, {}, { actorId: 'w' })
+    const vsnap = await own.snapshotActor(d, 'w')
+    await own.close()
+    const a3 = new WasmActivityExecutor(otherStore(), { env: { TOKEN: 'attacker' }, tierUp: false })
     await a3.execute(d, {}, { actorId: 'y' })
     await a3.snapshotActor(d, 'y')
-    await a3.restoreActor(d, 'v', vsnap)
-    expect(await a3.execute(d, {}, { actorId: 'v' })).toBe('TOKEN=victim-secret')
-    for (const ex of [victim, a2, a3]) await ex.close()
+    const victim2 = new WasmActivityExecutor(otherStore(), { env: { TOKEN: 'victim-secret' } })
+    await victim2.restoreActor(d, 'w', vsnap)
+    expect(await victim2.execute(d, {}, { actorId: 'w' })).toBe('TOKEN=victim-secret')
+    expect(victim2.cacheStats().sharedHits).toBe(1)
+    for (const ex of [victim, a2, a3, victim2]) await ex.close()
+  })
+
+  it('an initializer that needs its grants still snapshots and persists (review T)', async () => {
+    // Traps unless the environment it is granted is there: an image made with nothing granted
+    // failed every snapshot and durable call of it.
+    const bytes = await envPlugin(`(func (export "_initialize")
+      (drop (call $environ_get (i32.const 1024) (i32.const 2048)))
+      (if (i32.eqz (i32.load8_u (i32.const 2048))) (then unreachable)))`)
+    const d = def('needs', { capabilities: { env: ['TOKEN'] } })
+    const ex = new WasmActivityExecutor({ download: async () => bytes }, { env: { TOKEN: 't' }, actorStore: new ObjectBlobStore('memory://') })
+    expect(await ex.execute(d, {}, { actorId: 'a' })).toBe('TOKEN=t')
+    expect(await ex.execute(d, {}, { actorId: 'a' })).toBe('TOKEN=t')
+    expect((await ex.snapshotActor(d, 'a')).length).toBeGreaterThan(0)
+    await ex.close()
   })
 })

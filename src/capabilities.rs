@@ -20,7 +20,7 @@ pub struct Capabilities {
 }
 
 /// The directory the executor's options offer to definitions that ask for `filesystem`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FilesystemConfig {
     pub host_dir: PathBuf,
     /// Where the guest sees it (WASI preopen name).
@@ -54,7 +54,7 @@ impl EnvOffer {
 }
 
 /// What one call is granted.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
     pub env: Vec<(String, String)>,
     pub filesystem: Option<FilesystemConfig>,

@@ -12,6 +12,9 @@ use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
 use crate::inline;
 
+/// A module's initial images, one per set of grants it was instantiated under.
+pub type InitialImages = std::sync::Mutex<std::collections::HashMap<crate::capabilities::Grants, Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>>>;
+
 /// A module compiled for one engine, ready to instantiate.
 pub struct CompiledModule {
     /// Bytes of compiled code it holds in memory (for the cache's byte bound).
@@ -36,8 +39,10 @@ pub struct CompiledModule {
     pub detected: Result<Abi, ExecError>,
     /// What it exports for snapshots (its memory and every mutable global).
     pub state: Arc<crate::instrument::StateExports>,
-    /// Its memory right after instantiation (what snapshots are taken against), once asked for.
-    pub initial_image: tokio::sync::OnceCell<Vec<u8>>,
+    /// Its memory right after instantiation (what snapshots are taken against), once asked for,
+    /// per grants: an initializer may copy the environment or files it is granted into memory, and
+    /// the module is shared by executors (and joined compiles) of other tenants (`durable::initial_image`).
+    pub initial_images: InitialImages,
     /// Its inline back-off.
     pub inline: inline::Gate,
     /// Compiled from bytes in which no instruction changes a table or drops a segment: an
@@ -167,7 +172,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, fact
         initial_memory_bytes,
         detected,
         state,
-        initial_image: tokio::sync::OnceCell::new(),
+        initial_images: Default::default(),
         inline: inline::Gate::default(),
         state_in_memory,
         from_artifact: false,
@@ -203,7 +208,7 @@ fn prepare_component(
         initial_memory_bytes,
         detected: Ok(Abi::Component),
         state: Default::default(),
-        initial_image: tokio::sync::OnceCell::new(),
+        initial_images: Default::default(),
         inline: inline::Gate::default(),
         state_in_memory: false,
         from_artifact: false,

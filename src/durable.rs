@@ -112,26 +112,24 @@ impl Durable {
     }
 }
 
-/// The module's memory right after instantiation: what snapshots are taken against. A function
-/// of the module alone, the same in every executor and process: made with nothing granted (no
-/// environment, no directory), the clock stopped at 0 and randomness from seed 0. Under the
-/// grants of whoever asked first, it held what an initializer read from them (review S: one
-/// tenant's `TOKEN` came back in another tenant's restored actor, through the module object
-/// their executors share or the compile they joined), and a snapshot restored by another worker
-/// with other grants or randomness took its unchanged pages from an image that differed.
-pub(crate) async fn initial_image<'m>(module: &'m CompiledModule, p: &Prepared) -> Result<&'m Vec<u8>, ExecError> {
-    module
-        .initial_image
-        .get_or_try_init(|| async {
-            let ctx = crate::instance::CallContext {
-                det: Some(crate::replay::Determinism { now_ms: 0.0, seed: 0 }),
-                ..Default::default()
-            };
-            let none = crate::capabilities::Grants::default();
-            let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &none, &ctx).await?;
-            Ok(i.capture()?.memory)
-        })
-        .await
+/// The module's memory right after instantiation under these grants: what snapshots are taken
+/// against. One per set of grants: an initializer may copy the environment or files it is granted
+/// into memory, and the module object is shared by executors of other tenants (`shareCode`) and
+/// by concurrent loads that joined one compile. Made once under the first asker's grants, it held
+/// what the initializer read from them (review S: one tenant's `TOKEN` came back in another
+/// tenant's restored actor). Not made with nothing granted instead (review T): snapshots already
+/// stored were taken against these images, an initializer may need its grants (it then trapped on
+/// every snapshot and durable call) and a stopped clock may never move.
+pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared) -> Result<Arc<Vec<u8>>, ExecError> {
+    let cell = module.initial_images.lock().unwrap_or_else(|e| e.into_inner()).entry(p.grants.clone()).or_default().clone();
+    cell.get_or_try_init(|| async {
+        // The initial image is the module's own: no call's determinism or heartbeats.
+        let ctx = crate::instance::CallContext::default();
+        let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &p.grants, &ctx).await?;
+        Ok(Arc::new(i.capture()?.memory))
+    })
+    .await
+    .cloned()
 }
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
@@ -154,7 +152,7 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
         return Ok(());
     };
     let image = initial_image(module, p).await?;
-    let state = snapshot::decode(&bytes, &module.digest, image, p.limits.max_memory_bytes)?;
+    let state = snapshot::decode(&bytes, &module.digest, &image, p.limits.max_memory_bytes)?;
     held.guard.shadow = Some((module.digest, state));
     held.guard.pristine = false;
     held.guard.persisted = Some(version);
@@ -181,7 +179,7 @@ pub(crate) async fn persist(
         return Ok(());
     }
     let state = instance.capture()?;
-    let bytes = snapshot::encode(&module.digest, &state, initial_image(module, p).await?);
+    let bytes = snapshot::encode(&module.digest, &state, &initial_image(module, p).await?);
     let expected = held.guard.persisted.clone();
     match d.persist {
         Persist::Sync => {
@@ -280,12 +278,12 @@ impl Executor {
         if let Some(instance) = held.guard.instance.as_mut() {
             if instance.digest == module.digest {
                 let state = instance.capture()?;
-                return Ok(snapshot::encode(&module.digest, &state, initial_image(&module, &p).await?));
+                return Ok(snapshot::encode(&module.digest, &state, &initial_image(&module, &p).await?));
             }
         }
         if let Some((digest, state)) = &held.guard.shadow {
             if *digest == module.digest {
-                return Ok(snapshot::encode(digest, state, initial_image(&module, &p).await?));
+                return Ok(snapshot::encode(digest, state, &initial_image(&module, &p).await?));
             }
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
@@ -314,7 +312,7 @@ impl Executor {
     async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
         let (_in_flight, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
-        let state = snapshot::decode(bytes, &module.digest, initial_image(&module, &p).await?, p.limits.max_memory_bytes)?;
+        let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p).await?, p.limits.max_memory_bytes)?;
         let budget = Budget::starting_now(&p.limits);
         let mut fresh = instantiate(&module, &p, budget, &CancelFlag::new(), None, true).await?;
         fresh.restore(&state).await?;

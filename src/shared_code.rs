@@ -11,9 +11,9 @@
 //! offered: code loaded from an artifact (trusted under the key that authenticated it, which the
 //! taker may not hold, and would seal with its own), and the unpooled copy of one loaded before the
 //! pool was built. What is shared is code checked against the host and pre-linked by process-wide
-//! engines and linkers; the module's initial image (`durable::initial_image`) is made with nothing
-//! granted, so it is the same whoever makes it. Executors sharing a module share its inline
-//! back-off too (`inline::Gate`): performance only.
+//! engines and linkers; the module's initial images (`durable::initial_image`) are kept per set of
+//! grants, so no executor sees one made under another's environment or files. Executors sharing a
+//! module share its inline back-off too (`inline::Gate`): performance only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
