@@ -1,7 +1,7 @@
 //! The compiled-module cache: an LRU of compiled modules (with their `InstancePre`) keyed by the
 //! sha256 of the module bytes and the engine asked for, bounded by count and by bytes; an index
 //! from a definition (name, version, blob path) to its digest; one load in flight per
-//! (definition, engine, pin); one compile in flight per (digest, engine), which outlives the
+//! (definition, engine, pin); one compile in flight per (digest, engine, compile limits), which outlives the
 //! callers that wait for it and is bounded in time for them; behind it the code the process's
 //! other executors hold (`shared_code`) and the artifact tiers.
 //!
