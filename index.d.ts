@@ -461,6 +461,11 @@ export interface CacheStats {
    * the same engine (`shareCode`): neither compiled nor loaded from an artifact.
    */
   sharedHits: number
+  /**
+   * Of `artifactHits`, the artifacts loaded while their download ran, from the definition's
+   * hint in `cacheDir` (the module its bytes were last time), and kept: the bytes were that module.
+   */
+  hintedHits: number
   /** Compiled code held in memory, in bytes. */
   codeBytes: number
   /** sha256 (hex) of each cached module. */

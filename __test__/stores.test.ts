@@ -312,14 +312,53 @@ describe('cacheDir', () => {
     expect(first.out.result).toBe('proc')
     expect(first.stats).toMatchObject({ compiles: 1, artifactHits: 0 })
     const files = readdirSync(dir).sort()
-    // The artifact, and the key that authenticates it (only its owner may read it).
-    expect(files).toHaveLength(2)
+    // The artifact, the key that authenticates it (only its owner may read it), and the hint
+    // that says which module the definition named (see the next test).
+    expect(files).toHaveLength(3)
     expect(files[0]).toBe('.loom-artifact-key')
     expect(statSync(join(dir, files[0])).mode & 0o777).toBe(0o600)
-    expect(files[1]).toMatch(new RegExp(`^${sha(echoBytes)}-[0-9a-f]{16}\\.cwasm$`))
+    const artifact = files.filter((f) => f.endsWith('.cwasm'))
+    expect(artifact).toHaveLength(1)
+    expect(artifact[0]).toMatch(new RegExp(`^${sha(echoBytes)}-[0-9a-f]{16}\\.cwasm$`))
+    const hint = files.filter((f) => f.endsWith('.hint'))
+    expect(hint).toHaveLength(1)
+    expect(hint[0]).toMatch(/^[0-9a-f]{64}\.hint$/)
+    expect(readFileSync(join(dir, hint[0]), 'utf8')).toBe(sha(echoBytes))
     const second = runProcess(dir)
     expect(second.out.result).toBe('proc')
-    expect(second.stats).toMatchObject({ compiles: 0, artifactHits: 1 })
+    // The artifact loaded while the download ran (the hint named it).
+    expect(second.stats).toMatchObject({ compiles: 0, artifactHits: 1, hintedHits: 1 })
+  })
+
+  it("a definition's hint loads its artifact while the download runs, kept only for the very bytes downloaded", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-hints-'))
+    const incremental = guest('echo-incremental')
+    let bytes = echoBytes
+    const store = { download: async () => bytes }
+    const d = def('echo')
+    // shareCode: false, or each executor would take the code the one before holds.
+    const opts = { cacheDir: dir, shareCode: false, tierUp: false }
+    const hintFile = () => readdirSync(dir).filter((f) => f.endsWith('.hint'))
+    await new WasmActivityExecutor(store, opts).execute(d, { message: 'a' })
+    expect(hintFile()).toHaveLength(1)
+    const hint = join(dir, hintFile()[0])
+    expect(readFileSync(hint, 'utf8')).toBe(sha(echoBytes))
+    const second = new WasmActivityExecutor(store, opts)
+    expect(await second.execute(d, { message: 'b' })).toMatchObject({ result: 'b' })
+    expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1, hintedHits: 1 })
+    // New bytes under the definition: the hinted artifact is authentic, but of the old bytes.
+    bytes = incremental
+    const third = new WasmActivityExecutor(store, opts)
+    expect(await third.execute(d, { message: 'c' })).toMatchObject({ result: 'c' })
+    expect(third.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0, hintedHits: 0, digests: [sha(incremental)] })
+    expect(readFileSync(hint, 'utf8')).toBe(sha(incremental))
+    // A planted hint naming another module whose artifact is here: the bytes decide.
+    writeFileSync(hint, sha(echoBytes))
+    const fourth = new WasmActivityExecutor(store, opts)
+    expect(await fourth.execute(d, { message: 'd' })).toMatchObject({ result: 'd' })
+    expect(fourth.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1, hintedHits: 0, digests: [sha(incremental)] })
+    expect(readFileSync(hint, 'utf8')).toBe(sha(incremental))
+    rmSync(dir, { recursive: true, force: true })
   })
 
   it('a corrupt or truncated artifact is discarded and recompiled, never executed', () => {

@@ -410,7 +410,7 @@ async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u
 }
 
 /// Writes a file whole or not at all: a temporary file in the same directory, then a rename.
-async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
+pub(crate) async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         // Unique per write: two saves of one artifact in a process (a tier-up's and a
@@ -423,9 +423,15 @@ async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + S
         // group) is removed, not written through.
         let mut f = crate::untrusted_dir::create_fresh(&tmp, 0o644)?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all((*bytes).as_ref())?;
-        drop(f);
-        std::fs::rename(&tmp, dir.join(&name))
+        let written = f.write_all((*bytes).as_ref()).and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, dir.join(&name))
+        });
+        // Not left behind when the name cannot be taken (a directory planted under it, a full disk).
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     })
     .await
     .map_err(ExecError::internal)?

@@ -19,6 +19,7 @@ use crate::artifacts::Checked;
 use crate::digest::{hex, sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
+use crate::module_artifacts;
 use crate::shape::CompileLimits;
 use crate::store::BlobSource;
 pub use crate::compile::compile;
@@ -53,6 +54,9 @@ pub struct CacheStats {
     pub pooled_later: u64,
     /// Modules taken from another executor of the process that held the same code (`shareCode`).
     pub shared_hits: u64,
+    /// Artifact loads started from a definition's hint while its download ran (`artifact_hints`),
+    /// and kept: the bytes were the hinted module. Counted in `artifact_hits` too.
+    pub hinted: u64,
     /// Compiled code held, in bytes.
     pub code_bytes: usize,
 }
@@ -92,21 +96,6 @@ pub struct ModuleCache {
     /// Whether the instance pool is built (else a `Plain` artifact loads unpooled first; tests
     /// replace this to take that path in a process whose pool exists).
     pub(crate) pool_ready: fn() -> bool,
-}
-
-/// The module of an artifact for this very engine: `None` if no tier holds an authentic one, an
-/// error if it does not load or link; with the artifact as it was checked (for the pooled copy).
-async fn artifact_module(
-    artifacts: &ArtifactCache,
-    digest: Digest,
-    kind: EngineKind,
-) -> Option<(Result<CompiledModule, ExecError>, Checked)> {
-    let engine = engine(kind).ok()?;
-    let (compiled, checked) = artifacts.load_sealed(&digest, engine).await?;
-    let facts = checked.facts();
-    let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, facts)).await.ok()?;
-    let prepared = prepared.map(|m| CompiledModule { from_artifact: true, ..m });
-    Some((prepared, checked))
 }
 
 impl ModuleCache {
@@ -256,6 +245,9 @@ impl ModuleCache {
                 return Ok(compiled);
             }
         }
+        // With a cacheDir, the artifact of the module this definition named last time loads
+        // while the download and its sha256 run; it is kept only if the bytes are that module.
+        let (hint, guess) = if pinned.is_none() { self.speculate(key, kind).await } else { (None, None) };
         let max = self.limits.compile.max_module_bytes;
         let bytes = match tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max)).await {
             Ok(r) => r?,
@@ -282,6 +274,17 @@ impl ModuleCache {
                 });
             }
         }
+        // Only when it changed (a first load, new bytes): a warm start writes nothing.
+        if hint != Some(digest) && pinned.is_none() {
+            if let Some(dir) = self.artifacts.dir.clone().filter(|_| self.artifacts.is_enabled()) {
+                crate::artifact_hints::write(dir, &key.name, &key.version, &key.path, digest).await;
+            }
+        }
+        // A wrong guess is left to finish on its own, unused.
+        let guessed = match guess.filter(|_| hint == Some(digest)) {
+            Some(loading) => loading.await.ok().flatten(),
+            None => None,
+        };
         // The same bytes under another name (or a cleared index entry) need no compile.
         let cached = self.state().lru.get(&(digest, kind)).cloned();
         if cached.is_none() {
@@ -293,7 +296,13 @@ impl ModuleCache {
             Some(m) => (m, None, None),
             // The pinned probe above already looked for this engine's artifact (an artifactStore
             // lookup is a network round trip): only its baseline twin is left to try.
-            None => match self.from_artifact(digest, kind, pinned.is_some()).await {
+            None => match match guessed {
+                Some(found) => {
+                    self.state().stats.hinted += 1;
+                    Some(found)
+                }
+                None => self.from_artifact(digest, kind, pinned.is_some()).await,
+            } {
                 Some((m, checked)) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again (refused there for a shape that needs
@@ -369,25 +378,31 @@ impl ModuleCache {
     /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline
     /// twin; each looked for once, also when the engine is its own twin.
     async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Checked)> {
-        let kinds = [kind, kind.with_baseline(true)];
-        let end = if kinds[1] == kind { 1 } else { 2 };
-        self.load_artifact(digest, kinds.get(usize::from(tried)..end).unwrap_or(&[])).await
+        module_artifacts::from_artifact(&self.artifacts, self.pool_ready, digest, kind, tried).await
     }
 
-    /// The first of these engines' artifacts of a module that loads (and the artifact as it was
-    /// checked). A `Plain` one loads on the unpooled twin while the pool is not
-    /// built yet (the caller then calls `pool_later`).
+    /// The first of these engines' artifacts of a module that loads (`module_artifacts::load_artifact`).
     async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Checked)> {
-        if !self.artifacts.is_enabled() {
-            return None;
+        module_artifacts::load_artifact(&self.artifacts, self.pool_ready, digest, kinds).await
+    }
+
+    /// The digest `key`'s bytes had last time (`artifact_hints`, in `cacheDir`) and, unless that
+    /// module's code is at hand already (cached here, or held by another executor), the load of
+    /// its artifact, under way.
+    async fn speculate(&self, key: &DefKey, kind: EngineKind) -> (Option<Digest>, Option<tokio::task::JoinHandle<Option<(Arc<CompiledModule>, Checked)>>>) {
+        let Some(dir) = self.artifacts.dir.as_ref().filter(|_| self.artifacts.is_enabled()) else { return (None, None) };
+        let Some(hint) = crate::artifact_hints::read(dir, &key.name, &key.version, &key.path).await else { return (None, None) };
+        let at_hand = {
+            let st = self.state();
+            st.lru.peek(&(hint, kind)).is_some()
+                || (st.share && crate::shared_code::find(&hint, kind, &st.compile_limits).is_some())
+        };
+        if at_hand {
+            return (Some(hint), None);
         }
-        for &k in kinds {
-            let k = if k == EngineKind::Plain && !(self.pool_ready)() { EngineKind::PlainUnpooled } else { k };
-            if let Some((m, checked)) = artifact_module(&self.artifacts, digest, k).await {
-                return m.ok().map(|m| (Arc::new(m), checked));
-            }
-        }
-        None
+        let (artifacts, pool_ready) = (self.artifacts.clone(), self.pool_ready);
+        let loading = tokio::spawn(async move { module_artifacts::from_artifact(&artifacts, pool_ready, hint, kind, false).await });
+        (Some(hint), Some(loading))
     }
 
     pub(crate) async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {

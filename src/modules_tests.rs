@@ -49,3 +49,80 @@ fn newer_code_that_pushes_the_cache_past_its_bytes_may_push_its_own_slot_out() {
     assert!(st.lru.peek(&new_slot).is_some());
     assert_eq!(st.stats.code_bytes, 300);
 }
+
+/// A definition's hint (`artifact_hints`): the artifact it names loads while the download runs,
+/// and is kept only for the very bytes downloaded.
+mod hints {
+    use std::sync::Arc;
+
+    use crate::artifact_hints::hint_name;
+    use crate::digest::{hex, sha256};
+    use crate::executor::Executor;
+    use crate::options::{CallOptions, Definition, ExecutorOptions};
+    use crate::store::MemorySource;
+    use crate::test_guests as g;
+
+    fn with_dir(dir: &std::path::Path, bytes: &[u8]) -> Arc<Executor> {
+        let source = Arc::new(MemorySource::new());
+        source.put("e.wasm", bytes.to_vec());
+        let artifacts = crate::artifacts::ArtifactCache { dir: Some(dir.to_path_buf()), ..Default::default() };
+        Arc::new(Executor::new(source, ExecutorOptions { share_code: false, tier_up: false, artifacts, ..Default::default() }).expect("executor"))
+    }
+
+    fn def() -> Definition {
+        Definition { name: "e".into(), version: "1".into(), wasm_blob_path: "e.wasm".into(), ..Default::default() }
+    }
+
+    async fn call(ex: &Arc<Executor>) -> String {
+        ex.execute(&def(), r#"{"message":"hi","times":2}"#.into(), CallOptions::default()).await.expect("runs").output
+    }
+
+    /// Whether the hint file names `bytes`' module.
+    fn hint_says(dir: &std::path::Path, bytes: &[u8]) -> bool {
+        std::fs::read(dir.join(hint_name("e", "1", "e.wasm"))).is_ok_and(|t| t == hex(&sha256(bytes)).as_bytes())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_hinted_artifact_is_kept_only_when_the_downloaded_bytes_are_that_module() {
+        let dir = std::env::temp_dir().join(format!("loom-hints-exec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let echo = g::unique(g::echo(), b"hints-1");
+        // The first load compiles, writes the artifact and the hint.
+        let writer = with_dir(&dir, &echo);
+        let expected = call(&writer).await;
+        assert_eq!(writer.stats().cache.compiles, 1);
+        assert!(hint_says(&dir, &echo), "the hint names the module");
+        // A cold start: the hinted artifact, loaded beside the download, is the module.
+        let reader = with_dir(&dir, &echo);
+        assert_eq!(call(&reader).await, expected);
+        let s = reader.stats().cache;
+        assert_eq!((s.compiles, s.artifact_hits, s.hinted), (0, 1, 1));
+
+        // The definition's bytes changed: the hint names the old module, whose artifact is there
+        // and authentic; it is not what runs, and the hint follows the new bytes.
+        let counter = g::unique(g::counter(), b"hints-2");
+        let changed = with_dir(&dir, &counter);
+        let out = call(&changed).await;
+        assert_ne!(out, expected, "the old module ran for new bytes");
+        let s = changed.stats().cache;
+        assert_eq!((s.compiles, s.artifact_hits, s.hinted), (1, 0, 0));
+        assert!(hint_says(&dir, &counter), "the hint follows the bytes");
+
+        // Garbage, or a directory, under the hint's name: an ordinary artifact load.
+        let file = dir.join(hint_name("e", "1", "e.wasm"));
+        std::fs::write(&file, b"not a digest").expect("plant");
+        let again = with_dir(&dir, &counter);
+        assert_eq!(call(&again).await, out);
+        let s = again.stats().cache;
+        assert_eq!((s.compiles, s.artifact_hits, s.hinted), (0, 1, 0));
+        let _ = std::fs::remove_file(&file);
+        std::fs::create_dir(&file).expect("plant a directory");
+        let last = with_dir(&dir, &counter);
+        assert_eq!(call(&last).await, out);
+        assert_eq!((last.stats().cache.artifact_hits, last.stats().cache.hinted), (1, 0));
+        // Its hint could not be written over the directory, and left no temporary file behind.
+        let names: Vec<String> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

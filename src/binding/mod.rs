@@ -102,6 +102,9 @@ pub struct CacheStats {
     /// Modules taken from another executor of this process that held the same code compiled for
     /// the same engine (`shareCode`): neither compiled nor loaded from an artifact.
     pub shared_hits: f64,
+    /// Of `artifactHits`, the artifacts loaded while their download ran, from the definition's
+    /// hint in `cacheDir` (the module its bytes were last time), and kept: the bytes were that module.
+    pub hinted_hits: f64,
     /// Compiled code held in memory, in bytes.
     pub code_bytes: f64,
     /// sha256 (hex) of each cached module.
@@ -433,6 +436,7 @@ impl WasmActivityExecutor {
             tier_ups: s.cache.tier_ups as f64,
             pooled_later: s.cache.pooled_later as f64,
             shared_hits: s.cache.shared_hits as f64,
+            hinted_hits: s.cache.hinted as f64,
             code_bytes: s.cache.code_bytes as f64,
             digests: self.inner.cached_digests(),
             actors: s.actors as u32,
