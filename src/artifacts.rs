@@ -192,6 +192,21 @@ impl ArtifactCache {
         Some((c, Checked::Bytes(checked)))
     }
 
+    /// A guessed artifact (`artifact_hints`): from `cacheDir` only, through its sealed copy, given
+    /// up once `stop` is set. A guess is no reason to touch the directory: an artifact that does
+    /// not check (another executor's key, say) is left where it is, and nothing is downloaded.
+    pub(crate) async fn load_guess(&self, digest: &Digest, engine: &Engine, stop: Arc<std::sync::atomic::AtomicBool>) -> Option<(Compiled, Checked)> {
+        let key = self.key.clone()?;
+        let name = Self::name(digest, engine);
+        let path = self.dir.as_ref()?.join(&name);
+        let engine = engine.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &path, &stop)).await;
+        match loaded {
+            Ok(InPlace::Loaded(c, sealed)) => Some((c, Checked::Sealed(sealed))),
+            _ => None,
+        }
+    }
+
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
     /// written only costs a compile later).
     pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {

@@ -319,3 +319,33 @@ fn threads_racing_for_a_new_directory_key_all_get_the_winners() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Review H: a guess (`artifact_hints`) never removes what it finds; a stopped one loads nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_nothing() {
+    use std::sync::atomic::AtomicBool;
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("guess");
+    let digest = [9u8; 32];
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
+    let path = dir.join(ArtifactCache::name(&digest, e));
+    let go = || Arc::new(AtomicBool::new(false));
+    assert!(cache.load_guess(&digest, e, go()).await.is_some());
+    // Another executor's key on the same directory: not its artifact, and not its to remove.
+    let other = ArtifactCache { dir: Some(dir.clone()), key: Some(vec![5u8; 32].into()), ..Default::default() };
+    assert!(other.load_guess(&digest, e, go()).await.is_none());
+    assert!(path.exists(), "a guess removed an artifact it could not check");
+    // Corrupt: still left for a load that downloaded the bytes to judge.
+    let mut bytes = std::fs::read(&path).expect("written");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("corrupted");
+    assert!(cache.load_guess(&digest, e, go()).await.is_none());
+    assert!(path.exists());
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("restored");
+    // Stopped before it starts: nothing loaded, nothing removed.
+    assert!(cache.load_guess(&digest, e, Arc::new(AtomicBool::new(true))).await.is_none());
+    assert!(path.exists());
+    assert!(cache.load_guess(&digest, e, go()).await.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}

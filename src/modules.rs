@@ -89,6 +89,9 @@ type Loading = Arc<OnceCell<Loaded>>;
 pub struct ModuleCache {
     pub(crate) state: Arc<Mutex<State>>,
     loading: Mutex<HashMap<Flight, Loading>>,
+    /// Definitions whose last download failed: no guessed artifact for them until one succeeds
+    /// (review H: callers retrying through a store's outage each had a 37 MB artifact loaded).
+    unfetched: Mutex<std::collections::HashSet<DefKey>>,
     pub(crate) artifacts: ArtifactCache,
     pub(crate) limits: LoadLimits,
     /// Compile new modules with the baseline compiler first, the optimizing one in the background.
@@ -103,6 +106,7 @@ impl ModuleCache {
         ModuleCache {
             state: Arc::new(Mutex::new(State::new(capacity, max_bytes, share, limits.compile))),
             loading: Mutex::new(HashMap::new()),
+            unfetched: Mutex::new(Default::default()),
             artifacts,
             limits,
             tier_up,
@@ -249,13 +253,28 @@ impl ModuleCache {
         // while the download and its sha256 run; it is kept only if the bytes are that module.
         let (hint, guess) = if pinned.is_none() { self.speculate(key, kind).await } else { (None, None) };
         let max = self.limits.compile.max_module_bytes;
-        let bytes = match tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(ExecError::BlobUnavailable {
-                    path: key.path.clone(),
-                    message: format!("the download took longer than {} ms (loadTimeoutMs)", self.limits.load_timeout.as_millis()),
-                })
+        let fetched = match tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max)).await {
+            Ok(r) => r,
+            Err(_) => Err(ExecError::BlobUnavailable {
+                path: key.path.clone(),
+                message: format!("the download took longer than {} ms (loadTimeoutMs)", self.limits.load_timeout.as_millis()),
+            }),
+        };
+        let bytes = {
+            let mut unfetched = self.unfetched.lock().unwrap_or_else(|p| p.into_inner());
+            match fetched {
+                Ok(bytes) => {
+                    unfetched.remove(key);
+                    bytes
+                }
+                Err(e) => {
+                    // Bounded: past 1,024 definitions failing at once, guesses resume for all.
+                    if unfetched.len() >= 1024 {
+                        unfetched.clear();
+                    }
+                    unfetched.insert(key.clone());
+                    return Err(e);
+                }
             }
         };
         if bytes.len() as u64 > max {
@@ -280,9 +299,9 @@ impl ModuleCache {
                 crate::artifact_hints::write(dir, &key.name, &key.version, &key.path, digest).await;
             }
         }
-        // A wrong guess is left to finish on its own, unused.
+        // A wrong guess stops (dropped here; on an early return above, there).
         let guessed = match guess.filter(|_| hint == Some(digest)) {
-            Some(loading) => loading.await.ok().flatten(),
+            Some(guess) => guess.finish().await,
             None => None,
         };
         // The same bytes under another name (or a cleared index entry) need no compile.
@@ -378,18 +397,18 @@ impl ModuleCache {
     /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline
     /// twin; each looked for once, also when the engine is its own twin.
     async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Checked)> {
-        module_artifacts::from_artifact(&self.artifacts, self.pool_ready, digest, kind, tried).await
+        module_artifacts::from_artifact(&self.artifacts, self.pool_ready, digest, kind, tried, None).await
     }
 
     /// The first of these engines' artifacts of a module that loads (`module_artifacts::load_artifact`).
     async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Checked)> {
-        module_artifacts::load_artifact(&self.artifacts, self.pool_ready, digest, kinds).await
+        module_artifacts::load_artifact(&self.artifacts, self.pool_ready, digest, kinds, None).await
     }
 
     /// The digest `key`'s bytes had last time (`artifact_hints`, in `cacheDir`) and, unless that
-    /// module's code is at hand already (cached here, or held by another executor), the load of
-    /// its artifact, under way.
-    async fn speculate(&self, key: &DefKey, kind: EngineKind) -> (Option<Digest>, Option<tokio::task::JoinHandle<Option<(Arc<CompiledModule>, Checked)>>>) {
+    /// module's code is at hand already (cached here, or held by another executor) or the last
+    /// download failed, the load of its artifact, under way (`Guess`).
+    async fn speculate(&self, key: &DefKey, kind: EngineKind) -> (Option<Digest>, Option<module_artifacts::Guess>) {
         let Some(dir) = self.artifacts.dir.as_ref().filter(|_| self.artifacts.is_enabled()) else { return (None, None) };
         let Some(hint) = crate::artifact_hints::read(dir, &key.name, &key.version, &key.path).await else { return (None, None) };
         let at_hand = {
@@ -397,12 +416,10 @@ impl ModuleCache {
             st.lru.peek(&(hint, kind)).is_some()
                 || (st.share && crate::shared_code::find(&hint, kind, &st.compile_limits).is_some())
         };
-        if at_hand {
+        if at_hand || self.unfetched.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
             return (Some(hint), None);
         }
-        let (artifacts, pool_ready) = (self.artifacts.clone(), self.pool_ready);
-        let loading = tokio::spawn(async move { module_artifacts::from_artifact(&artifacts, pool_ready, hint, kind, false).await });
-        (Some(hint), Some(loading))
+        (Some(hint), module_artifacts::Guess::start(&self.artifacts, self.pool_ready, hint, kind))
     }
 
     pub(crate) async fn compile(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind) -> Result<Arc<CompiledModule>, ExecError> {

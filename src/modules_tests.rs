@@ -125,4 +125,34 @@ mod hints {
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Review H: a definition whose download failed gets no guess until a download succeeds
+    /// (callers retrying through an outage each had the hinted artifact loaded for nothing).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_guess_after_a_failed_download_until_one_succeeds() {
+        let dir = std::env::temp_dir().join(format!("loom-hints-outage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let echo = g::unique(g::echo(), b"hints-3");
+        call(&with_dir(&dir, &echo)).await;
+        assert!(hint_says(&dir, &echo));
+        let source = Arc::new(MemorySource::new());
+        let artifacts = crate::artifacts::ArtifactCache { dir: Some(dir.clone()), ..Default::default() };
+        let ex = Arc::new(Executor::new(source.clone(), ExecutorOptions { share_code: false, tier_up: false, artifacts, ..Default::default() }).expect("executor"));
+        for _ in 0..3 {
+            let err = ex.execute(&def(), "{}".into(), CallOptions::default()).await.expect_err("nothing in the store");
+            assert_eq!(err.code(), "BLOB_NOT_FOUND");
+        }
+        // Back: this load goes the plain way, and the hint holds.
+        source.put("e.wasm", echo.clone());
+        call(&ex).await;
+        let s = ex.stats().cache;
+        assert_eq!((s.compiles, s.artifact_hits, s.hinted), (0, 1, 0));
+        assert!(hint_says(&dir, &echo));
+        // After a download that succeeded, guesses resume.
+        ex.clear_cache(None);
+        call(&ex).await;
+        let s = ex.stats().cache;
+        assert_eq!((s.compiles, s.artifact_hits, s.hinted), (0, 2, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -134,6 +134,13 @@ pub(crate) async fn in_place(engine: &Engine, key: Arc<[u8]>, name: String, path
 
 #[cfg(target_os = "linux")]
 pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &Path) -> InPlace {
+    in_place_unless(engine, key, name, path, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// `in_place_blocking`, given up (`NotHere`) once `stop` is set: checked before the copy starts
+/// and at each chunk, so a load nobody waits for any more stops within one chunk.
+#[cfg(target_os = "linux")]
+pub(crate) fn in_place_unless(engine: &Engine, key: &[u8], name: &str, path: &Path, stop: &std::sync::atomic::AtomicBool) -> InPlace {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::os::unix::io::{AsRawFd, FromRawFd};
     // Artifacts are regular files this executor wrote. Anything else planted under an artifact's
@@ -209,6 +216,9 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
                 if offset as u64 >= len {
                     break Some(offset as u64);
                 }
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break None;
+                }
                 let n = CHUNK.min((len - offset as u64) as usize);
                 // SAFETY: both descriptors are open for the whole call; `offset` is ours.
                 let sent = unsafe { libc::sendfile(copy.as_raw_fd(), file.as_raw_fd(), &mut offset, n) };
@@ -241,6 +251,7 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
         Some(wait_past(u64::MAX - 1).is_some())
     });
     match copied {
+        _ if stop.load(std::sync::atomic::Ordering::Relaxed) => return InPlace::NotHere,
         None => return InPlace::NotHere,
         Some(false) => return InPlace::Invalid,
         Some(true) => {}
@@ -265,6 +276,11 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn in_place_blocking(_: &Engine, _: &[u8], _: &str, _: &Path) -> InPlace {
+    InPlace::NotHere
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn in_place_unless(_: &Engine, _: &[u8], _: &str, _: &Path, _: &std::sync::atomic::AtomicBool) -> InPlace {
     InPlace::NotHere
 }
 
