@@ -195,12 +195,17 @@ impl ArtifactCache {
     /// A guessed artifact (`artifact_hints`): from `cacheDir` only, through its sealed copy, given
     /// up once `stop` is set. A guess is no reason to touch the directory: an artifact that does
     /// not check (another executor's key, say) is left where it is, and nothing is downloaded.
-    pub(crate) async fn load_guess(&self, digest: &Digest, engine: &Engine, stop: Arc<std::sync::atomic::AtomicBool>) -> Option<(Compiled, Checked)> {
+    /// `stop` goes along into the blocking copy and is let go of only when that has ended (the
+    /// caller counts guesses under way by it).
+    pub(crate) async fn load_guess<S>(&self, digest: &Digest, engine: &Engine, stop: Arc<S>) -> Option<(Compiled, Checked)>
+    where
+        S: AsRef<std::sync::atomic::AtomicBool> + Send + Sync + 'static,
+    {
         let key = self.key.clone()?;
         let name = Self::name(digest, engine);
         let path = self.dir.as_ref()?.join(&name);
         let engine = engine.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &path, &stop)).await;
+        let loaded = tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &path, (*stop).as_ref())).await;
         match loaded {
             Ok(InPlace::Loaded(c, sealed)) => Some((c, Checked::Sealed(sealed))),
             _ => None,

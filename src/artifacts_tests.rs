@@ -324,11 +324,17 @@ fn threads_racing_for_a_new_directory_key_all_get_the_winners() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_nothing() {
     use std::sync::atomic::AtomicBool;
+    struct Flag(AtomicBool);
+    impl AsRef<AtomicBool> for Flag {
+        fn as_ref(&self) -> &AtomicBool {
+            &self.0
+        }
+    }
     let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("guess");
     let digest = [9u8; 32];
     cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
     let path = dir.join(ArtifactCache::name(&digest, e));
-    let go = || Arc::new(AtomicBool::new(false));
+    let go = || Arc::new(Flag(AtomicBool::new(false)));
     assert!(cache.load_guess(&digest, e, go()).await.is_some());
     // Another executor's key on the same directory: not its artifact, and not its to remove.
     let other = ArtifactCache { dir: Some(dir.clone()), key: Some(vec![5u8; 32].into()), ..Default::default() };
@@ -344,7 +350,7 @@ async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_noth
     bytes[mid] ^= 0xff;
     std::fs::write(&path, &bytes).expect("restored");
     // Stopped before it starts: nothing loaded, nothing removed.
-    assert!(cache.load_guess(&digest, e, Arc::new(AtomicBool::new(true))).await.is_none());
+    assert!(cache.load_guess(&digest, e, Arc::new(Flag(AtomicBool::new(true)))).await.is_none());
     assert!(path.exists());
     assert!(cache.load_guess(&digest, e, go()).await.is_some());
     let _ = std::fs::remove_dir_all(&dir);

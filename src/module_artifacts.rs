@@ -16,7 +16,7 @@ async fn artifact_module(
     artifacts: &ArtifactCache,
     digest: Digest,
     kind: EngineKind,
-    guess: Option<&Arc<AtomicBool>>,
+    guess: Option<&Arc<Place>>,
 ) -> Option<(Result<CompiledModule, ExecError>, Checked)> {
     let engine = engine(kind).ok()?;
     let (compiled, checked) = match guess {
@@ -36,7 +36,7 @@ pub(crate) async fn from_artifact(
     digest: Digest,
     kind: EngineKind,
     tried: bool,
-    guess: Option<&Arc<AtomicBool>>,
+    guess: Option<&Arc<Place>>,
 ) -> Option<(Arc<CompiledModule>, Checked)> {
     let kinds = [kind, kind.with_baseline(true)];
     let end = if kinds[1] == kind { 1 } else { 2 };
@@ -51,14 +51,14 @@ pub(crate) async fn load_artifact(
     pool_ready: fn() -> bool,
     digest: Digest,
     kinds: &[EngineKind],
-    guess: Option<&Arc<AtomicBool>>,
+    guess: Option<&Arc<Place>>,
 ) -> Option<(Arc<CompiledModule>, Checked)> {
     if !artifacts.is_enabled() {
         return None;
     }
     for &k in kinds {
         let k = if k == EngineKind::Plain && !pool_ready() { EngineKind::PlainUnpooled } else { k };
-        if guess.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+        if guess.is_some_and(|place| place.stop.load(Ordering::Relaxed)) {
             return None;
         }
         if let Some((m, checked)) = artifact_module(artifacts, digest, k, guess).await {
@@ -74,16 +74,29 @@ pub(crate) async fn load_artifact(
 const MAX_GUESSES: usize = 2;
 static GUESSES: AtomicUsize = AtomicUsize::new(0);
 
-/// A guessed artifact load under way (`ModuleCache::speculate`): dropped unused (the bytes are
-/// another module, the download failed), it stops within one chunk of its copy and gives its
-/// place back. It reads `cacheDir` only and never removes what it finds there.
+/// A guessed artifact load (`ModuleCache::speculate`), under way or done and waiting for the
+/// download to say whether it is the module: dropped unused (the bytes are another module, the
+/// download failed), it stops within one chunk of its copy. It reads `cacheDir` only and never
+/// removes what it finds there.
 pub(crate) struct Guess {
     loading: tokio::task::JoinHandle<Option<(Arc<CompiledModule>, Checked)>>,
-    stop: Arc<AtomicBool>,
+    place: Arc<Place>,
 }
 
-/// A place among the `MAX_GUESSES`, given back when its load ends or is dropped.
-struct Place;
+/// A guess's place among the `MAX_GUESSES` and its stop flag: held by the guess, its task and
+/// its blocking copy, and given back when the last of them lets go. So a finished guess holding
+/// its loaded artifact while a slow download runs keeps its place (review I: guesses that had
+/// finished were not counted, and 40 calls on a slow store held 1.4 GB of sealed copies), and a
+/// stopped one keeps it until its copy has really stopped.
+pub(crate) struct Place {
+    stop: AtomicBool,
+}
+
+impl AsRef<AtomicBool> for Place {
+    fn as_ref(&self) -> &AtomicBool {
+        &self.stop
+    }
+}
 
 impl Drop for Place {
     fn drop(&mut self) {
@@ -96,14 +109,10 @@ impl Guess {
     /// process has `MAX_GUESSES` under way already.
     pub(crate) fn start(artifacts: &ArtifactCache, pool_ready: fn() -> bool, digest: Digest, kind: EngineKind) -> Option<Guess> {
         GUESSES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_GUESSES).then_some(n + 1)).ok()?;
-        let place = Place;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (artifacts, flag) = (artifacts.clone(), stop.clone());
-        let loading = tokio::spawn(async move {
-            let _place = place;
-            from_artifact(&artifacts, pool_ready, digest, kind, false, Some(&flag)).await
-        });
-        Some(Guess { loading, stop })
+        let place = Arc::new(Place { stop: AtomicBool::new(false) });
+        let (artifacts, held) = (artifacts.clone(), place.clone());
+        let loading = tokio::spawn(async move { from_artifact(&artifacts, pool_ready, digest, kind, false, Some(&held)).await });
+        Some(Guess { loading, place })
     }
 
     /// What it loaded, once done.
@@ -114,31 +123,44 @@ impl Guess {
 
 impl Drop for Guess {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.place.stop.store(true, Ordering::Relaxed);
         self.loading.abort();
     }
 }
+
+/// Tests that take guesses' places, or count guesses kept, run one at a time.
+#[cfg(test)]
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cache_dir(tag: &str) -> (std::path::PathBuf, ArtifactCache) {
+        let dir = std::env::temp_dir().join(format!("loom-guesses-{tag}-{}", std::process::id()));
+        let artifacts = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
+        (dir, artifacts)
+    }
+
+    /// A guess, once a place is free (another test's guess may hold one for a moment).
+    async fn take(artifacts: &ArtifactCache, digest: Digest) -> Guess {
+        for _ in 0..400 {
+            if let Some(guess) = Guess::start(artifacts, || true, digest, EngineKind::Plain) {
+                return guess;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("no place came free")
+    }
+
     /// Guesses dropped unused give their places back: were one kept, the process would stop
     /// guessing after `MAX_GUESSES` of them.
     #[tokio::test(flavor = "multi_thread")]
     async fn dropped_guesses_give_their_places_back() {
-        let dir = std::env::temp_dir().join(format!("loom-guesses-{}", std::process::id()));
-        let artifacts = ArtifactCache { dir: Some(dir.clone()), ..Default::default() }.open().expect("opens");
+        let _serial = SERIAL.lock().await;
+        let (dir, artifacts) = cache_dir("dropped");
         for round in 0..(MAX_GUESSES * 5) {
-            let mut started = None;
-            for _ in 0..400 {
-                started = Guess::start(&artifacts, || true, [round as u8; 32], EngineKind::Plain);
-                if started.is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-            let guess = started.expect("a place came free");
+            let guess = take(&artifacts, [round as u8; 32]).await;
             if round % 2 == 0 {
                 drop(guess);
             } else {
@@ -146,5 +168,38 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Review I: a guess that has finished keeps its place (and what it loaded) until it is
+    /// claimed or dropped, so no more than `MAX_GUESSES` loaded artifacts wait on slow downloads.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_finished_guess_keeps_its_place_until_it_is_claimed_or_dropped() {
+        let _serial = SERIAL.lock().await;
+        let (dir, artifacts) = cache_dir("finished");
+        let held: Vec<Guess> = all_places(&artifacts).await;
+        for _ in 0..400 {
+            if held.iter().all(|g| g.loading.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(held.iter().all(|g| g.loading.is_finished()));
+        assert!(Guess::start(&artifacts, || true, [200; 32], EngineKind::Plain).is_none(), "a finished guess gave its place back");
+        let mut held = held.into_iter();
+        drop(held.next());
+        let again = take(&artifacts, [201; 32]).await;
+        for g in held.chain([again]) {
+            assert!(g.finish().await.is_none());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `MAX_GUESSES` guesses, each of a module with no artifact.
+    async fn all_places(artifacts: &ArtifactCache) -> Vec<Guess> {
+        let mut held = Vec::new();
+        for i in 0..MAX_GUESSES {
+            held.push(take(artifacts, [100 + i as u8; 32]).await);
+        }
+        held
     }
 }

@@ -84,6 +84,7 @@ mod hints {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn the_hinted_artifact_is_kept_only_when_the_downloaded_bytes_are_that_module() {
+        let _serial = crate::module_artifacts::SERIAL.lock().await;
         let dir = std::env::temp_dir().join(format!("loom-hints-exec-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let echo = g::unique(g::echo(), b"hints-1");
@@ -130,6 +131,7 @@ mod hints {
     /// (callers retrying through an outage each had the hinted artifact loaded for nothing).
     #[tokio::test(flavor = "multi_thread")]
     async fn no_guess_after_a_failed_download_until_one_succeeds() {
+        let _serial = crate::module_artifacts::SERIAL.lock().await;
         let dir = std::env::temp_dir().join(format!("loom-hints-outage-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let echo = g::unique(g::echo(), b"hints-3");

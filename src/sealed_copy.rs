@@ -143,6 +143,9 @@ pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &
 pub(crate) fn in_place_unless(engine: &Engine, key: &[u8], name: &str, path: &Path, stop: &std::sync::atomic::AtomicBool) -> InPlace {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::os::unix::io::{AsRawFd, FromRawFd};
+    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        return InPlace::NotHere;
+    }
     // Artifacts are regular files this executor wrote. Anything else planted under an artifact's
     // name is invalid (and removed): a symlink (to /dev/zero, say, an endless read) is refused by
     // O_NOFOLLOW, and O_NONBLOCK keeps a FIFO from blocking the open forever.
