@@ -80,8 +80,15 @@ static GUESSES: AtomicUsize = AtomicUsize::new(0);
 /// removes what it finds there.
 pub(crate) struct Guess {
     loading: tokio::task::JoinHandle<Option<(Arc<CompiledModule>, Checked)>>,
+    /// What it loaded, once `loading` finished (a finished handle is not polled again).
+    done: Option<Option<(Arc<CompiledModule>, Checked)>>,
     place: Arc<Place>,
 }
+
+/// How long a finished guess waits for its download before it is dropped (and its place and
+/// loaded copy with it): review J had two downloads that never settled hold both places, and so
+/// stop every guess in the process, for as long as their `loadTimeoutMs` (up to a day).
+pub(crate) const GUESS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A guess's place among the `MAX_GUESSES` and its stop flag: held by the guess, its task and
 /// its blocking copy, and given back when the last of them lets go. So a finished guess holding
@@ -112,12 +119,36 @@ impl Guess {
         let place = Arc::new(Place { stop: AtomicBool::new(false) });
         let (artifacts, held) = (artifacts.clone(), place.clone());
         let loading = tokio::spawn(async move { from_artifact(&artifacts, pool_ready, digest, kind, false, Some(&held)).await });
-        Some(Guess { loading, place })
+        Some(Guess { loading, done: None, place })
+    }
+
+    /// Returns `GUESS_WAIT` after the load finished (cancel-safe: what it loaded is kept).
+    pub(crate) async fn waited_out(&mut self) {
+        if self.done.is_none() {
+            self.done = Some((&mut self.loading).await.ok().flatten());
+        }
+        tokio::time::sleep(GUESS_WAIT).await;
     }
 
     /// What it loaded, once done.
     pub(crate) async fn finish(mut self) -> Option<(Arc<CompiledModule>, Checked)> {
-        (&mut self.loading).await.ok().flatten()
+        match self.done.take() {
+            Some(done) => done,
+            None => (&mut self.loading).await.ok().flatten(),
+        }
+    }
+}
+
+/// `download` awaited beside a guess, which is dropped (its place and loaded copy given back) once
+/// it has waited `GUESS_WAIT` after finishing, not held as long as a slow download.
+pub(crate) async fn beside<F: std::future::Future>(download: F, guess: &mut Option<Guess>) -> F::Output {
+    tokio::pin!(download);
+    loop {
+        let Some(waiting) = guess.as_mut() else { return download.await };
+        tokio::select! {
+            r = &mut download => return r,
+            () = waiting.waited_out() => *guess = None,
+        }
     }
 }
 
@@ -189,6 +220,25 @@ mod tests {
         drop(held.next());
         let again = take(&artifacts, [201; 32]).await;
         for g in held.chain([again]) {
+            assert!(g.finish().await.is_none());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Review J: a finished guess beside a download that does not settle is let go after
+    /// `GUESS_WAIT`, its place with it; beside a download that settles first, it is kept.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_finished_guess_waits_for_its_download_no_longer_than_guess_wait() {
+        let _serial = SERIAL.lock().await;
+        let (dir, artifacts) = cache_dir("wait");
+        let mut guess = Some(take(&artifacts, [150; 32]).await);
+        let quick = tokio::time::sleep(std::time::Duration::from_millis(50));
+        beside(quick, &mut guess).await;
+        assert!(guess.is_some(), "let go before its download settled");
+        let hung = tokio::time::timeout(GUESS_WAIT + std::time::Duration::from_millis(500), std::future::pending::<()>());
+        assert!(beside(hung, &mut guess).await.is_err());
+        assert!(guess.is_none(), "held for the whole download");
+        for g in all_places(&artifacts).await {
             assert!(g.finish().await.is_none());
         }
         let _ = std::fs::remove_dir_all(&dir);

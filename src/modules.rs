@@ -251,9 +251,10 @@ impl ModuleCache {
         }
         // With a cacheDir, the artifact of the module this definition named last time loads
         // while the download and its sha256 run; it is kept only if the bytes are that module.
-        let (hint, guess) = if pinned.is_none() { self.speculate(key, kind).await } else { (None, None) };
+        let (hint, mut guess) = if pinned.is_none() { self.speculate(key, kind).await } else { (None, None) };
         let max = self.limits.compile.max_module_bytes;
-        let fetched = match tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max)).await {
+        let fetch = tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max));
+        let fetched = match module_artifacts::beside(fetch, &mut guess).await {
             Ok(r) => r,
             Err(_) => Err(ExecError::BlobUnavailable {
                 path: key.path.clone(),
