@@ -68,7 +68,8 @@ pub(crate) async fn load_artifact(
     None
 }
 
-/// Guessed artifact loads (`artifact_hints`) under way in the process at most: a guess is only
+/// Guesses (`artifact_hints`) the process holds at most, under way or done and waiting for their
+/// download (see `Place`): a guess is only
 /// worth the cores that are idle while downloads run, and wrong guesses (bytes that changed under
 /// many definitions at once) must not pile up (review H: 40 of them took 900 MB and 1.4 s of CPU).
 const MAX_GUESSES: usize = 2;
