@@ -287,6 +287,23 @@ describe('9. loads are bounded', () => {
     expect(performance.now() - t0).toBeLessThan(5000)
   })
 
+  it('a download whose promise is garbage-collected unsettled is BLOB_UNAVAILABLE when it is collected', () => {
+    // Nothing references the promise but the executor's callbacks on it: nothing can ever settle
+    // it. It used to be BLOB_NOT_FOUND ("oneshot canceled"), as if the store had rejected.
+    const script = `
+      const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+      const ex = new WasmActivityExecutor({ download: () => new Promise(() => {}) }, { loadTimeoutMs: 600000 })
+      let out
+      ex.execute({ name: 'lost', version: '1', wasmBlobPath: 'lost.wasm' }, {}).then(
+        () => { out = { settled: 'resolved' } },
+        (e) => { out = { code: e.code, retryable: e.retryable, message: e.message } })
+      const wait = (n) => (out || n === 0) ? console.log(JSON.stringify(out ?? null)) : (gc(), setTimeout(() => wait(n - 1), 50))
+      wait(200)`
+    const out = JSON.parse(execFileSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' }))
+    expect(out).toMatchObject({ code: 'BLOB_UNAVAILABLE', retryable: true })
+    expect(out.message).toContain('garbage-collected unsettled')
+  })
+
   it('a module past maxModuleBytes is COMPILE_LIMIT', async () => {
     const { ex } = await executorWith({ echo: guest('echo') }, { maxModuleBytes: 1000 })
     expect((await failure(ex.execute(def('echo'), {}))).code).toBe('COMPILE_LIMIT')

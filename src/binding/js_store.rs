@@ -4,7 +4,8 @@
 //! Whatever `download` returns is taken as `await` would take it: `Promise.resolve(value)`
 //! adopts a thenable and wraps a Buffer returned directly. A `download` that throws, a thenable
 //! whose `then` throws, a rejection: each is `BLOB_NOT_FOUND` with the message, and no
-//! exception is ever left pending.
+//! exception is ever left pending. A promise garbage-collected unsettled (nothing could ever settle
+//! it) is `BLOB_UNAVAILABLE` as soon as it is collected.
 
 use std::ptr;
 
@@ -145,12 +146,35 @@ impl JsBlobSource {
     }
 }
 
+/// What napi-rs's `Promise` answers when its promise was garbage-collected unsettled: its
+/// callbacks went with it, and so did the sending half of its channel (`oneshot::Canceled`, shown
+/// by napi-rs as this text). A store whose download rejects with exactly this string, and no
+/// cause, is taken the same way: either way the store gave no answer.
+const COLLECTED_UNSETTLED: &str = "oneshot canceled";
+
+/// Whether `promise.await` failed because the promise can never settle, not because it rejected.
+/// Such a download is `BLOB_UNAVAILABLE` (the store did not answer; a retry asks it again) at
+/// once, not after `loadTimeoutMs`, and not `BLOB_NOT_FOUND` as a rejection is.
+fn is_collected_unsettled(e: &napi::Error) -> bool {
+    e.status == Status::GenericFailure && e.cause.is_none() && e.reason == COLLECTED_UNSETTLED
+}
+
 impl BlobSource for JsBlobSource {
     fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             let not_found = |e: napi::Error| ExecError::BlobNotFound { path: path.to_string(), message: e.reason.clone() };
             let Resolved(promise) = self.download.call_async_catch(path.to_string()).await.map_err(not_found)?;
-            match promise.await.map_err(not_found)? {
+            let settled = match promise.await {
+                Ok(settled) => settled,
+                Err(e) if is_collected_unsettled(&e) => {
+                    return Err(ExecError::BlobUnavailable {
+                        path: path.to_string(),
+                        message: "blobStore.download's promise was garbage-collected unsettled: nothing could ever settle it".into(),
+                    })
+                }
+                Err(e) => return Err(not_found(e)),
+            };
+            match settled {
                 Downloaded::Bytes(b) => Ok(b),
                 Downloaded::TooLarge(n) => Err(ExecError::CompileLimit(format!(
                     "the module's size in bytes is {n}, over the limit of {max_bytes} (maxModuleBytes)"
