@@ -119,9 +119,10 @@ impl Durable {
 /// what the initializer read from them (review S: one tenant's `TOKEN` came back in another
 /// tenant's restored actor). Not made with nothing granted instead (review T): snapshots already
 /// stored were taken against these images, an initializer may need its grants (it then trapped on
-/// every snapshot and durable call) and a stopped clock may never move.
+/// every snapshot and durable call) and a stopped clock may never move. The module keeps the
+/// images of its `MAX_INITIAL_IMAGES` most recently used sets of grants; another is made again.
 pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared) -> Result<Arc<Vec<u8>>, ExecError> {
-    let cell = module.initial_images.lock().unwrap_or_else(|e| e.into_inner()).entry(p.grants.clone()).or_default().clone();
+    let cell = module.initial_images.cell(&p.grants);
     cell.get_or_try_init(|| async {
         // The initial image is the module's own: no call's determinism or heartbeats.
         let ctx = crate::instance::CallContext::default();

@@ -248,3 +248,42 @@ async fn a_retried_delete_leaves_what_another_worker_stored_after_the_drop() {
     // A's next call finds a newer state than it dropped: that is the actor's state now.
     assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "5");
 }
+
+/// A module keeps the initial images (what snapshots are taken against) of its
+/// `MAX_INITIAL_IMAGES` most recently used sets of grants, however many are asked for: each used
+/// to stay for as long as the module was cached. A set whose image went makes it again, and its
+/// snapshots still restore.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_keeps_a_bounded_number_of_initial_images() {
+    use crate::capabilities::EnvOffer;
+    use crate::compiled_module::MAX_INITIAL_IMAGES;
+    use crate::engine::EngineKind;
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::unique(g::counter(), b"bounded-images"));
+    let names: Vec<String> = (0..5).map(|i| format!("V{i}")).collect();
+    let env = EnvOffer::Values(names.iter().map(|n| (n.clone(), format!("{n}-value"))).collect());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { env, tier_up: false, ..Default::default() }).expect("executor"));
+    // Each subset of the five names offered is a set of grants of its own: 32 of them.
+    let asking = |mask: usize| Definition {
+        name: "counter".into(),
+        version: "1".into(),
+        wasm_blob_path: "counter.wasm".into(),
+        capabilities: Capabilities { env: names.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, n)| n.clone()).collect(), ..Default::default() },
+        ..Default::default()
+    };
+    let actor = |id: &str| CallOptions { actor_id: Some(id.into()), ..Default::default() };
+    let mut first = None;
+    for mask in 0..32 {
+        let d = asking(mask);
+        ex.execute(&d, "{}".into(), actor(&format!("a{mask}"))).await.expect("call");
+        let snap = ex.snapshot_actor(&d, &format!("a{mask}")).await.expect("snapshot");
+        first.get_or_insert(snap);
+    }
+    let module = ex.modules.peek(&asking(0).key(), EngineKind::Plain, None).expect("cached");
+    assert_eq!(module.initial_images.len(), MAX_INITIAL_IMAGES, "one image per set of grants used lately, not 32");
+    // The first set's image went long ago: made again, the snapshot taken against it restores.
+    ex.restore_actor(&asking(0), "back", &first.expect("a snapshot")).await.expect("restore");
+    let out = ex.execute(&asking(0), "{}".into(), actor("back")).await.expect("call");
+    assert_eq!(out.output, "2", "the restored count (1) went on");
+    assert_eq!(module.initial_images.len(), MAX_INITIAL_IMAGES);
+}
