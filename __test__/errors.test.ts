@@ -324,3 +324,36 @@ describe('the definition and options, read in JS by execute', () => {
     expect(path).toBe(1)
   })
 })
+
+describe('keys have a length limit (8 KiB)', () => {
+  // Each of these is kept as a key (the module index, the actor cache, failed downloads):
+  // unbounded, 1,000 actor ids of 256 KiB held 271 MiB (review K).
+  const long = 'x'.repeat(8 * 1024 + 1)
+  const limit = 'x'.repeat(8 * 1024)
+
+  it('refuses a name, version, wasmBlobPath or actorId past it with INVALID_ARGUMENT, and takes one at it', async () => {
+    const ex = await executor()
+    for (const [field, d] of [
+      ['definition.name', { ...def('echo'), name: long }],
+      ['definition.version', { ...def('echo'), version: long }],
+      ['definition.wasmBlobPath', { ...def('echo'), wasmBlobPath: long }],
+    ] as const) {
+      const e = await failure(ex.execute(d, { message: 'x', times: 1 }))
+      expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining(`${field} is 8193 bytes long`)])
+    }
+    for (const e of [
+      await failure(ex.execute(def('echo'), { message: 'x', times: 1 }, { actorId: long })),
+      await failure(ex.actor(def('echo'), long).execute({ message: 'x', times: 1 })),
+      await failure(ex.snapshotActor(def('echo'), long)),
+    ]) {
+      expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('actorId is 8193 bytes long')])
+    }
+    // A multi-byte character counts its UTF-8 bytes.
+    const wide = 'é'.repeat(4 * 1024 + 1)
+    expect((await failure(ex.execute({ ...def('echo'), name: wide }, {}))).code).toBe('INVALID_ARGUMENT')
+    expect(await ex.execute({ ...def('echo'), name: limit }, { message: 'x', times: 1 }, { actorId: limit })).toMatchObject({ result: 'x' })
+    expect(ex.dropActor({ ...def('echo'), name: limit }, limit)).toBe(true)
+    expect(ex.dropActor(def('echo'), long)).toBe(false)
+    await expectStillWorks(ex)
+  })
+})

@@ -156,6 +156,9 @@ impl Executor {
             return Err(ExecError::Closed);
         }
         def.validate()?;
+        if let Some(id) = &call.actor_id {
+            crate::options::check_length("actorId", id)?;
+        }
         let limits = self.opts.defaults.with_overrides(&def.limits)?;
         if input.len() as u64 > limits.max_input_bytes {
             return Err(ExecError::InputTooLarge { size: input.len() as u64, limit: limits.max_input_bytes });

@@ -44,6 +44,11 @@ impl Executor {
     /// With an actor store, its stored snapshot is deleted too, in the actor's line: calls made
     /// after this see no state.
     pub fn drop_actor(&self, def: &Definition, actor_id: &str) -> bool {
+        // No actor is ever made under an id or a definition past the length limits: nothing to
+        // drop, and nothing to remember should the store's delete fail.
+        if def.validate().is_err() || crate::options::check_length("actorId", actor_id).is_err() {
+            return false;
+        }
         let key = ActorKey { def: def.key(), actor_id: actor_id.to_string() };
         let had = self.actors.remove(&key);
         let Some(store) = &self.opts.actor_store else { return had };

@@ -9,6 +9,7 @@
 //! it serves its own callers but is not cached.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -86,12 +87,32 @@ type Flight = (DefKey, EngineKind, Option<Digest>);
 pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
 type Loading = Arc<OnceCell<Loaded>>;
 
+/// Removes a load's flight from the map when the load ends or is dropped, unless a later flight
+/// has taken its place.
+struct LeaveFlight<'a> {
+    loading: &'a Mutex<HashMap<Flight, Loading>>,
+    flight: Flight,
+    cell: Loading,
+}
+
+impl Drop for LeaveFlight<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if loading.get(&self.flight).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            loading.remove(&self.flight);
+        }
+    }
+}
+
 pub struct ModuleCache {
     pub(crate) state: Arc<Mutex<State>>,
     loading: Mutex<HashMap<Flight, Loading>>,
     /// Definitions whose last download failed: no guessed artifact for them until one succeeds
     /// (review H: callers retrying through a store's outage each had a 37 MB artifact loaded).
-    unfetched: Mutex<std::collections::HashSet<DefKey>>,
+    /// Held as keyed hashes of their `DefKey` (review K: 1,024 failed paths of 256 KiB each held
+    /// 265 MiB); a collision only costs a definition its guess.
+    unfetched: Mutex<std::collections::HashSet<u64>>,
+    unfetched_keys: std::collections::hash_map::RandomState,
     pub(crate) artifacts: ArtifactCache,
     pub(crate) limits: LoadLimits,
     /// Compile new modules with the baseline compiler first, the optimizing one in the background.
@@ -107,6 +128,7 @@ impl ModuleCache {
             state: Arc::new(Mutex::new(State::new(capacity, max_bytes, share, limits.compile))),
             loading: Mutex::new(HashMap::new()),
             unfetched: Mutex::new(Default::default()),
+            unfetched_keys: Default::default(),
             artifacts,
             limits,
             tier_up,
@@ -190,6 +212,10 @@ impl ModuleCache {
             let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
             loading.entry(flight.clone()).or_default().clone()
         };
+        // The flight leaves the map however this ends: finished, or dropped midway (a call
+        // cancelled or past its deadline; review K: 12,000 aborted loads of distinct names kept
+        // their entries, +237 MiB).
+        let _leave = LeaveFlight { loading: &self.loading, flight, cell: cell.clone() };
         let mut led = false;
         let result = cell
             .get_or_init(|| {
@@ -208,10 +234,6 @@ impl ModuleCache {
             .clone();
         if !led {
             self.state().stats.hits += 1;
-        }
-        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-        if loading.get(&flight).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            loading.remove(&flight);
         }
         result
     }
@@ -265,7 +287,7 @@ impl ModuleCache {
             let mut unfetched = self.unfetched.lock().unwrap_or_else(|p| p.into_inner());
             match fetched {
                 Ok(bytes) => {
-                    unfetched.remove(key);
+                    unfetched.remove(&self.unfetched_keys.hash_one(key));
                     bytes
                 }
                 Err(e) => {
@@ -273,7 +295,7 @@ impl ModuleCache {
                     if unfetched.len() >= 1024 {
                         unfetched.clear();
                     }
-                    unfetched.insert(key.clone());
+                    unfetched.insert(self.unfetched_keys.hash_one(key));
                     return Err(e);
                 }
             }
@@ -417,7 +439,7 @@ impl ModuleCache {
             st.lru.peek(&(hint, kind)).is_some()
                 || (st.share && crate::shared_code::find(&hint, kind, &st.compile_limits).is_some())
         };
-        if at_hand || self.unfetched.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+        if at_hand || self.unfetched.lock().unwrap_or_else(|p| p.into_inner()).contains(&self.unfetched_keys.hash_one(key)) {
             return (Some(hint), None);
         }
         (Some(hint), module_artifacts::Guess::start(&self.artifacts, self.pool_ready, hint, kind))

@@ -45,9 +45,23 @@ impl Definition {
             if v.is_empty() {
                 return Err(ExecError::InvalidArgument(format!("definition.{field} must be a non-empty string")));
             }
+            check_length(&format!("definition.{field}"), v)?;
         }
         Ok(())
     }
+}
+
+/// The longest `name`, `version`, `wasmBlobPath` and actor id, in UTF-8 bytes. Each is kept as a
+/// key (the module index, the actor cache, failed downloads, dropped actors): unbounded, 1,000
+/// actor ids of 256 KiB held 271 MiB (review K). A presigned object-store URL is 1-2 KB.
+pub const MAX_KEY_BYTES: usize = 8 * 1024;
+
+/// `INVALID_ARGUMENT` for a key longer than `MAX_KEY_BYTES`.
+pub(crate) fn check_length(field: &str, v: &str) -> Result<(), ExecError> {
+    if v.len() > MAX_KEY_BYTES {
+        return Err(ExecError::InvalidArgument(format!("{field} is {} bytes long, over the limit of {MAX_KEY_BYTES}", v.len())));
+    }
+    Ok(())
 }
 
 /// Ranges of the executor's numeric options (outside them: `INVALID_ARGUMENT`).

@@ -16,7 +16,8 @@ export interface ActivityDefinition {
   /**
    * Path of the module in the blob store. An absolute URL (`file://`, `s3://`, `az://`, `gs://`,
    * `http(s)://`) is read directly (credentials from the environment) only when it falls under one
-   * of the executor's `allowedBlobUrls`; otherwise it is just a path for the store.
+   * of the executor's `allowedBlobUrls`; otherwise it is just a path for the store. At most 8 KiB
+   * in UTF-8, as `name` and `version`.
    */
   wasmBlobPath: string
   /**
@@ -69,7 +70,7 @@ export interface ExecuteOptions {
   /**
    * Run on this actor's kept instance, so guest globals persist between calls. Calls to one actor
    * run one at a time, in the order they were made. Must be a well-formed string (no lone
-   * surrogates).
+   * surrogates) of at most 8 KiB in UTF-8.
    */
   actorId?: string
   /** Cancels a queued or running call (`code: 'CANCELLED'`). */
