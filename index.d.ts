@@ -387,7 +387,10 @@ export declare class WasmActivityExecutor {
   [globalThis.Symbol.asyncDispose](): Promise<void>
   /**
    * Drops all compiled modules, or only those of the activity named `name`. Loads in flight
-   * are not cached when they finish.
+   * are not cached when they finish. By `name`, a module is found through the definitions
+   * that loaded it lately (the executor remembers the last max(4 x maxCachedModules, 1024)):
+   * one whose definitions were all forgotten stays until evicted; a call naming it again
+   * downloads and checks its bytes first, so it never runs code of other bytes.
    */
   clearCache(name?: string): void
   /**

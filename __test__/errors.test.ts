@@ -343,11 +343,12 @@ describe('keys have a length limit (8 KiB)', () => {
     }
     for (const e of [
       await failure(ex.execute(def('echo'), { message: 'x', times: 1 }, { actorId: long })),
-      await failure(ex.actor(def('echo'), long).execute({ message: 'x', times: 1 })),
       await failure(ex.snapshotActor(def('echo'), long)),
     ]) {
       expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('actorId is 8193 bytes long')])
     }
+    // A handle is refused when it is made, as a bad definition is.
+    expect(() => ex.actor(def('echo'), long)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('actorId is 8193 bytes long') }))
     // A multi-byte character counts its UTF-8 bytes.
     const wide = 'é'.repeat(4 * 1024 + 1)
     expect((await failure(ex.execute({ ...def('echo'), name: wide }, {}))).code).toBe('INVALID_ARGUMENT')

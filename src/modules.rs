@@ -87,19 +87,27 @@ type Flight = (DefKey, EngineKind, Option<Digest>);
 pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
 type Loading = Arc<OnceCell<Loaded>>;
 
-/// Removes a load's flight from the map when the load ends or is dropped, unless a later flight
-/// has taken its place.
+/// A caller's hold on a load's flight: the only reference to its cell the caller has. The last
+/// caller to leave (finished, or dropped midway) takes the flight out of the map, unless a later
+/// flight has taken its place.
 struct LeaveFlight<'a> {
     loading: &'a Mutex<HashMap<Flight, Loading>>,
     flight: Flight,
-    cell: Loading,
+    cell: Option<Loading>,
 }
 
 impl Drop for LeaveFlight<'_> {
     fn drop(&mut self) {
         let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-        if loading.get(&self.flight).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
-            loading.remove(&self.flight);
+        // Counted and released under the lock: of two callers leaving at once, the second sees
+        // the first gone.
+        if let Some(cell) = self.cell.take() {
+            let mine = loading.get(&self.flight).is_some_and(|c| Arc::ptr_eq(c, &cell));
+            // Held by the map and by this caller alone.
+            if mine && Arc::strong_count(&cell) == 2 {
+                loading.remove(&self.flight);
+            }
+            drop(cell);
         }
     }
 }
@@ -212,10 +220,12 @@ impl ModuleCache {
             let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
             loading.entry(flight.clone()).or_default().clone()
         };
-        // The flight leaves the map however this ends: finished, or dropped midway (a call
-        // cancelled or past its deadline; review K: 12,000 aborted loads of distinct names kept
-        // their entries, +237 MiB).
-        let _leave = LeaveFlight { loading: &self.loading, flight, cell: cell.clone() };
+        // The flight leaves the map when its last caller leaves, finished or dropped midway (a
+        // call cancelled or past its deadline; review K: 12,000 aborted loads of distinct names
+        // kept their entries, +237 MiB). Not before: callers coming meanwhile join it (review L:
+        // removed when any caller was cancelled, each later caller downloaded and compiled again).
+        let leave = LeaveFlight { loading: &self.loading, flight, cell: Some(cell) };
+        let Some(cell) = leave.cell.as_ref() else { return Err(ExecError::internal("a load without its flight")) };
         let mut led = false;
         let result = cell
             .get_or_init(|| {
@@ -490,9 +500,9 @@ impl ModuleCache {
             }
             Some(name) => {
                 let dropped: Vec<Digest> = st.index.iter().filter(|(k, _)| k.name == name).map(|(_, d)| *d).collect();
-                st.index.retain(|k, _| k.name != name);
+                crate::cache_state::retain_index(&mut st.index, |k, _| k.name != name);
                 for d in dropped {
-                    if !st.index.values().any(|v| *v == d) {
+                    if !st.index.iter().any(|(_, v)| *v == d) {
                         st.remove(&(d, EngineKind::Plain));
                         st.remove(&(d, EngineKind::Metered));
                     }

@@ -75,15 +75,23 @@ async fn a_load_dropped_midway_leaves_no_flight_behind() {
         assert!(tokio::time::timeout(std::time::Duration::from_millis(2), load).await.is_err(), "never answers");
     }
     assert_eq!(cache.loading.lock().unwrap_or_else(|p| p.into_inner()).len(), 0);
-    // Two callers of one definition share a flight; the one dropped first leaves it to the other.
+    // Callers of one definition share a flight: the one dropped first (the leader here) leaves
+    // it to the others, and a caller coming then joins it (review L: each later caller had
+    // started a download and a compile of its own); the last to leave takes it out.
     let k = key("shared".into());
-    let (first, second) = (cache.get_or_load(&k, EngineKind::Plain, None, &Never), cache.get_or_load(&k, EngineKind::Plain, None, &Never));
-    let (mut first, mut second) = (Box::pin(first), Box::pin(second));
+    let flights = || cache.loading.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let (mut first, mut second) = (Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &Never)), Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &Never)));
     assert!(futures_poll(&mut first).is_none() && futures_poll(&mut second).is_none());
-    assert_eq!(cache.loading.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
+    assert_eq!(flights(), 1);
     drop(first);
+    assert_eq!(flights(), 1, "the other caller still waits on it");
+    let mut third = Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &Never));
+    assert!(futures_poll(&mut third).is_none());
+    assert_eq!(flights(), 1, "joined, not a second flight");
     drop(second);
-    assert_eq!(cache.loading.lock().unwrap_or_else(|p| p.into_inner()).len(), 0);
+    assert_eq!(flights(), 1);
+    drop(third);
+    assert_eq!(flights(), 0);
 }
 
 /// Polls a future once; `None` while it is pending.
@@ -104,8 +112,13 @@ fn the_index_of_definitions_is_bounded() {
     let module = echo(100);
     let slot = (module.digest, EngineKind::Plain);
     let max = st.max_index();
+    let hot = key("in-use".into());
+    st.insert(Some(&hot), slot, module.clone());
     for i in 0..max + 500 {
         st.insert(Some(&key(format!("alias-{i}"))), slot, module.clone());
+        // A definition in use keeps its entry: the least recently used go (review L: with an
+        // arbitrary one evicted, definitions in use were downloaded again thousands of times).
+        assert_eq!(st.index.get(&hot), Some(&module.digest), "after {i} one-off names");
     }
     assert_eq!(st.index.len(), max);
     // The newest alias is always there: the definition just loaded finds its module next time.

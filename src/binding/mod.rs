@@ -377,7 +377,10 @@ impl WasmActivityExecutor {
     }
 
     /// Drops all compiled modules, or only those of the activity named `name`. Loads in flight
-    /// are not cached when they finish.
+    /// are not cached when they finish. By `name`, a module is found through the definitions
+    /// that loaded it lately (the executor remembers the last max(4 x maxCachedModules, 1024)):
+    /// one whose definitions were all forgotten stays until evicted; a call naming it again
+    /// downloads and checks its bytes first, so it never runs code of other bytes.
     #[napi(ts_args_type = "name?: string")]
     pub fn clear_cache(&self, env: Env, name: Option<Unknown>) -> napi::Result<()> {
         let name = match name.filter(|n| !matches!(n.get_type(), Ok(ValueType::Undefined | ValueType::Null))) {
@@ -395,7 +398,9 @@ impl WasmActivityExecutor {
         let read = || -> Result<_, ExecError> {
             let def = args::definition(definition)?;
             def.validate()?;
-            Ok((def, args::string(actor_id, "actorId")?))
+            let actor_id = args::string(actor_id, "actorId")?;
+            crate::options::check_length("actorId", &actor_id)?;
+            Ok((def, actor_id))
         };
         let (def, actor_id) = read().map_err(|e| to_napi(&env, &e))?;
         Ok(WasmActor { inner: self.inner.clone(), def, actor_id })
