@@ -10,42 +10,8 @@ use crate::digest::Digest;
 use crate::engine::EngineKind;
 use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
+use crate::initial_images::InitialImages;
 use crate::inline;
-
-/// A module's initial images, one per set of grants it was instantiated under: the
-/// `MAX_INITIAL_IMAGES` most recently used. Unbounded, they grew by the module's initial memory
-/// with every set of grants ever asked for while the module stayed cached: a variable offered by
-/// name and rotated (a token), each tenant's executor giving its own value to a shared module, or
-/// definitions asking for every subset of the names offered. An image dropped is made again when
-/// asked for, as a new process makes it (see `durable::initial_image`).
-pub struct InitialImages(std::sync::Mutex<lru::LruCache<crate::capabilities::Grants, ImageCell>>);
-
-/// One set of grants' image, made once by whichever asker comes first.
-pub type ImageCell = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
-
-/// How many sets of grants keep their image per module.
-pub const MAX_INITIAL_IMAGES: usize = 8;
-
-impl Default for InitialImages {
-    fn default() -> Self {
-        let cap = std::num::NonZeroUsize::new(MAX_INITIAL_IMAGES).unwrap_or(std::num::NonZeroUsize::MIN);
-        InitialImages(std::sync::Mutex::new(lru::LruCache::new(cap)))
-    }
-}
-
-impl InitialImages {
-    /// The cell of `grants`' image (made empty if there is none; the least recently used goes).
-    pub fn cell(&self, grants: &crate::capabilities::Grants) -> ImageCell {
-        let mut images = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        images.get_or_insert(grants.clone(), Default::default).clone()
-    }
-
-    /// How many sets of grants hold a cell now.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
 
 /// A module compiled for one engine, ready to instantiate.
 pub struct CompiledModule {

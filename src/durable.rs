@@ -17,6 +17,7 @@ use crate::call::{instantiate, Prepared};
 use crate::error::ExecError;
 use crate::executor::{Definition, Executor, Lined};
 use crate::host::LogSink;
+use crate::initial_images::Image;
 use crate::instance::GuestInstance;
 use crate::limits::{Budget, CancelFlag};
 use crate::modules::CompiledModule;
@@ -120,17 +121,22 @@ impl Durable {
 /// tenant's restored actor). Not made with nothing granted instead (review T): snapshots already
 /// stored were taken against these images, an initializer may need its grants (it then trapped on
 /// every snapshot and durable call) and a stopped clock may never move. The module keeps the
-/// images of its `MAX_INITIAL_IMAGES` most recently used sets of grants; another is made again.
-pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared) -> Result<Arc<Vec<u8>>, ExecError> {
-    let cell = module.initial_images.cell(&p.grants);
-    cell.get_or_try_init(|| async {
-        // The initial image is the module's own: no call's determinism or heartbeats.
-        let ctx = crate::instance::CallContext::default();
-        let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &p.grants, &ctx).await?;
-        Ok(Arc::new(without_zero_tail(i.capture()?.memory)))
-    })
-    .await
-    .cloned()
+/// images of its `MAX_INITIAL_IMAGES` most recently used sets of grants, and the process
+/// `MAX_IMAGE_BYTES` of images together (`initial_images`); another is made again.
+pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared) -> Result<Arc<Image>, ExecError> {
+    let images = &module.initial_images;
+    let cell = images.cell(&p.grants);
+    let image = cell
+        .get_or_try_init(|| async {
+            // The initial image is the module's own: no call's determinism or heartbeats.
+            let ctx = crate::instance::CallContext::default();
+            let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &p.grants, &ctx).await?;
+            Ok::<_, ExecError>(images.image(without_zero_tail(i.capture()?.memory)))
+        })
+        .await?
+        .clone();
+    images.used(&p.grants, &cell);
+    Ok(image)
 }
 
 /// The image without its zero pages at the end: snapshots compare, and restores fill, the

@@ -256,7 +256,7 @@ async fn a_retried_delete_leaves_what_another_worker_stored_after_the_drop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_module_keeps_a_bounded_number_of_initial_images() {
     use crate::capabilities::EnvOffer;
-    use crate::compiled_module::MAX_INITIAL_IMAGES;
+    use crate::initial_images::MAX_INITIAL_IMAGES;
     use crate::engine::EngineKind;
     let source = Arc::new(MemorySource::new());
     source.put("counter.wasm", g::unique(g::counter(), b"bounded-images"));

@@ -30,6 +30,7 @@ pub mod http_client;
 pub mod inline;
 pub mod inspect;
 pub mod instance;
+pub mod initial_images;
 pub mod initializers;
 pub mod instrument;
 pub mod limits;
