@@ -149,9 +149,10 @@ impl InitialImages {
     /// least recently used go while the images alive are past the budget (this one too, when it
     /// is the last one left).
     pub fn used(&self, grants: &Grants, cell: &ImageCell) {
-        let mut order = self.budget.order.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order = lock(&self.budget.order);
         let id = Arc::as_ptr(cell) as usize;
-        let known = order.get(&id).is_some_and(|k| k.cell.as_ptr() == Arc::as_ptr(cell));
+        // An entry's `Weak` keeps its cell's allocation, so no other cell has that address.
+        let known = order.get(&id).is_some();
         // Kept only while its module still holds it (another set's image may have pushed it out).
         let held = lock(&self.cells).peek(grants).is_some_and(|c| Arc::ptr_eq(c, cell));
         if !known && held {
@@ -234,6 +235,33 @@ mod tests {
         drop(make(&m, 1, 3 * MIB).await);
         assert_eq!(budget.held(), 0);
         assert!(lock(&budget.order).is_empty());
+    }
+
+    /// Many askers racing over four modules' images: when they are done, what is alive fits the
+    /// budget, and the budget's order holds exactly the images the modules keep.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_askers_leave_the_budget_and_the_modules_in_agreement() {
+        let budget = Budget::new(2 * MIB as u64);
+        let modules: Arc<Vec<InitialImages>> = Arc::new((0..4).map(|_| InitialImages::new(budget.clone())).collect());
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let modules = modules.clone();
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        let m = &modules[(t + i) % 4];
+                        drop(make(m, (t * 7 + i) % 11, 256 * 1024).await);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("no panic");
+        }
+        assert!(budget.held() <= 2 * MIB as u64, "{} bytes alive", budget.held());
+        let kept: usize = modules.iter().map(|m| lock(&m.cells).iter().filter(|(_, c)| c.initialized()).count()).sum();
+        assert_eq!(lock(&budget.order).len(), kept);
+        assert_eq!(budget.held(), (kept * 256 * 1024) as u64);
     }
 
     #[tokio::test]
