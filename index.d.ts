@@ -400,14 +400,16 @@ export declare class WasmActivityExecutor {
   actor(definition: ActivityDefinition, actorId: string): WasmActor
   /**
    * Releases an actor's instance (and its state). Returns whether there was one. A call
-   * running on it finishes first; calls queued behind it start fresh.
+   * running on it finishes first; calls queued behind it start fresh. With an actor store, its
+   * stored snapshot is deleted in the actor's line; a failed delete is retried by its next call
+   * and in the background (1 s, doubling up to 5 min) until done or `close()`.
    */
   dropActor(definition: ActivityDefinition, actorId: string): boolean
   /**
    * Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
    * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
    * flight have ended and the actor store's writes under way (`persist: 'async'`,
-   * `dropActor`) are done. Also `await using executor = ...` (`Symbol.asyncDispose`).
+   * `dropActor`'s first attempt) are done, and stops the retries of failed deletes. Also `await using executor = ...` (`Symbol.asyncDispose`).
    */
   close(): Promise<void>
   cacheStats(): CacheStats

@@ -241,6 +241,15 @@ pub struct Actors {
     shared: Arc<Shared>,
 }
 
+/// An executor's actors while it lives (`Actors::downgrade`).
+pub struct WeakActors(Weak<Shared>);
+
+impl WeakActors {
+    pub fn upgrade(&self) -> Option<Actors> {
+        self.0.upgrade().map(|shared| Actors { shared })
+    }
+}
+
 /// Every executor's actors, for eviction across the process when the instance pool runs short.
 fn registry() -> MutexGuard<'static, Vec<Weak<Shared>>> {
     static REGISTRY: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
@@ -294,6 +303,11 @@ impl Actors {
         reg.retain(|w| w.strong_count() > 0);
         reg.push(Arc::downgrade(&shared));
         Actors { shared }
+    }
+
+    /// A handle that does not keep these actors alive (a background task's).
+    pub fn downgrade(&self) -> WeakActors {
+        WeakActors(Arc::downgrade(&self.shared))
     }
 
     /// Takes a place in the actor's line (creating its slot if it is new). Must be polled once

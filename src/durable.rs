@@ -47,6 +47,9 @@ pub struct Pending {
     /// newer one since (that is not deleted: review O saw a retried delete wipe another
     /// executor's acknowledged steps).
     undeleted: std::sync::Mutex<std::collections::HashMap<String, Option<Version>>>,
+    /// Set when the executor closes or goes: background retries of failed deletes stop.
+    stopped: std::sync::atomic::AtomicBool,
+    stopping: tokio::sync::Notify,
 }
 
 /// One write in `Pending`, until dropped.
@@ -76,6 +79,24 @@ impl Pending {
 
     pub fn is_undeleted(&self, key: &str) -> bool {
         self.undeleted(key).is_some()
+    }
+
+    /// Stops the background retries of failed deletes (the executor closed or went).
+    pub fn stop_retries(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        self.stopping.notify_waiters();
+    }
+
+    /// Waits `wait`; false (at once) if the retries are stopped before or meanwhile.
+    pub async fn retry_after(&self, wait: std::time::Duration) -> bool {
+        let stopping = self.stopping.notified();
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => !self.stopped.load(std::sync::atomic::Ordering::Acquire),
+            _ = stopping => false,
+        }
     }
 
     /// Resolves once no write is under way.
@@ -152,18 +173,11 @@ fn without_zero_tail(mut memory: Vec<u8>) -> Vec<u8> {
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
 pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable) -> Result<(), ExecError> {
-    if let Some(dropped) = d.pending.undeleted(&d.key) {
-        // Dropped, but its delete failed: delete first; the call fails while it cannot (a
-        // dropped actor's state must not come back). Unless what is stored now is newer than
-        // what was dropped (another worker's steps since): that is the actor's state.
-        let now = d.store.version(&d.key).await?;
-        if dropped.is_none() || now.is_none() || now == dropped {
-            d.store.delete(&d.key).await?;
-            d.pending.set_undeleted(&d.key, None);
-            held.guard.persisted = None;
-            return Ok(());
-        }
-        d.pending.set_undeleted(&d.key, None);
+    // Dropped, but its delete failed: delete first; the call fails while it cannot (a dropped
+    // actor's state must not come back).
+    if delete_dropped(d).await? == Dropped::Deleted {
+        held.guard.persisted = None;
+        return Ok(());
     }
     let Some((bytes, version)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? else {
         held.guard.persisted = None;
@@ -175,6 +189,32 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
     held.guard.pristine = false;
     held.guard.persisted = Some(version);
     Ok(())
+}
+
+/// What `delete_dropped` found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The actor's stored state was not left over from a failed drop.
+    No,
+    /// It was, and is deleted now.
+    Deleted,
+    /// It was, but what is stored now is newer than what was dropped (another worker's steps
+    /// since): that is the actor's state, and stays.
+    Superseded,
+}
+
+/// Deletes a dropped actor's stored state whose delete failed (in the actor's line: a call's
+/// load, or a background retry); an error while the store still cannot.
+pub(crate) async fn delete_dropped(d: &Durable) -> Result<Dropped, ExecError> {
+    let Some(dropped) = d.pending.undeleted(&d.key) else { return Ok(Dropped::No) };
+    let now = d.store.version(&d.key).await?;
+    if dropped.is_none() || now.is_none() || now == dropped {
+        d.store.delete(&d.key).await?;
+        d.pending.set_undeleted(&d.key, None);
+        return Ok(Dropped::Deleted);
+    }
+    d.pending.set_undeleted(&d.key, None);
+    Ok(Dropped::Superseded)
 }
 
 /// After a successful call: stores the actor's new state if it changed, then keeps the instance.

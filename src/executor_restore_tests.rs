@@ -172,6 +172,14 @@ async fn a_transactional_actor_whose_first_call_failed_starts_as_created() {
 struct DeleteFails {
     inner: Arc<dyn ActorStore>,
     fail: AtomicBool,
+    /// Deletes asked for, failed or not.
+    deletes: std::sync::atomic::AtomicUsize,
+}
+
+impl DeleteFails {
+    fn new(inner: Arc<dyn ActorStore>) -> Arc<DeleteFails> {
+        Arc::new(DeleteFails { inner, fail: AtomicBool::new(false), deletes: Default::default() })
+    }
 }
 
 impl ActorStore for DeleteFails {
@@ -185,6 +193,7 @@ impl ActorStore for DeleteFails {
         self.inner.save(key, bytes, expected)
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Box::pin(async { Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() }) });
         }
@@ -200,7 +209,7 @@ async fn a_dropped_actor_whose_delete_failed_never_comes_back_from_the_store() {
     // Review K: dropActor said true, its delete failed (only logged), and the next call loaded the
     // stored state again: the dropped count went on.
     let inner = actor_store::open(Arc::new(ObjectSource::open("memory://delete-fails", &[]).expect("store"))).expect("conditional");
-    let store = Arc::new(DeleteFails { inner, fail: AtomicBool::new(false) });
+    let store = DeleteFails::new(inner);
     let source = Arc::new(MemorySource::new());
     source.put("counter.wasm", g::counter());
     let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
@@ -226,7 +235,7 @@ async fn a_retried_delete_leaves_what_another_worker_stored_after_the_drop() {
     // Review O: executor A's drop failed; B went on from the stored state (3, 4) and A's next
     // call's retried delete removed B's acknowledged steps.
     let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retried-delete", &[]).expect("store"))).expect("conditional");
-    let failing = Arc::new(DeleteFails { inner: inner.clone(), fail: AtomicBool::new(false) });
+    let failing = DeleteFails::new(inner.clone());
     let source = Arc::new(MemorySource::new());
     source.put("counter.wasm", g::counter());
     let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
@@ -247,6 +256,91 @@ async fn a_retried_delete_leaves_what_another_worker_stored_after_the_drop() {
     assert_eq!(call(b.clone()).await.expect("counts").output, "4");
     // A's next call finds a newer state than it dropped: that is the actor's state now.
     assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "5");
+}
+
+/// Waits (up to 10 s) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{what}: not within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_delete_is_retried_in_the_background_until_the_store_takes_it() {
+    // Review K6: a dropped actor never called again kept its state in the store, and its entry
+    // in the executor's memory, for good, once its delete had failed.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-delete", &[]).expect("store"))).expect("conditional");
+    let store = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let key = actor_store::actor_key(&d.key(), "a");
+    for n in ["1", "2"] {
+        assert_eq!(ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts").output, n);
+    }
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(ex.drop_actor(&d, "a"));
+    ex.drained().await;
+    assert!(ex.pending.is_undeleted(&key));
+    // Retried while the store still fails (the first retry a second after the drop).
+    let tried = store.deletes.load(Ordering::SeqCst);
+    eventually("a retry", || store.deletes.load(Ordering::SeqCst) > tried).await;
+    assert!(inner.version(&key).await.expect("version").is_some(), "still stored: the store fails");
+    assert!(ex.pending.is_undeleted(&key));
+    // The store recovers: with no call at all, the state goes, and so does the entry.
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("the retried delete", || !ex.pending.is_undeleted(&key)).await;
+    assert_eq!(inner.version(&key).await.expect("version"), None, "deleted from the store");
+    let fresh = ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("starts fresh");
+    assert_eq!((fresh.output.as_str(), fresh.actor_created), ("1", true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_background_retry_leaves_what_another_worker_stored_after_the_drop() {
+    // As review O's case, with the retry instead of A's next call: B's steps stay.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-newer", &[]).expect("store"))).expect("conditional");
+    let failing = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
+    let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let key = actor_store::actor_key(&d.key(), "a");
+    let call = |ex: Arc<Executor>| {
+        let d = d.clone();
+        async move { ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await }
+    };
+    assert_eq!(call(a.clone()).await.expect("counts").output, "1");
+    failing.fail.store(true, Ordering::SeqCst);
+    assert!(a.drop_actor(&d, "a"));
+    a.drained().await;
+    assert_eq!(call(b.clone()).await.expect("counts").output, "2");
+    failing.fail.store(false, Ordering::SeqCst);
+    eventually("the retry", || !a.pending.is_undeleted(&key)).await;
+    assert!(inner.version(&key).await.expect("version").is_some(), "B's state stays");
+    assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_stops_the_retries() {
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-close", &[]).expect("store"))).expect("conditional");
+    let store = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts");
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(ex.drop_actor(&d, "a"));
+    ex.drained().await;
+    // Closed before the first retry (a second after the drop): none runs, now or later.
+    ex.close();
+    let tried = store.deletes.load(Ordering::SeqCst);
+    tokio::time::sleep(super::upkeep::RETRY_FIRST * 3 + std::time::Duration::from_millis(200)).await;
+    assert_eq!(store.deletes.load(Ordering::SeqCst), tried, "no retry after close");
 }
 
 /// A module keeps the initial images (what snapshots are taken against) of its

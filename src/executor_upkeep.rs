@@ -4,9 +4,10 @@
 
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Duration;
 
 use super::{Executor, ExecutorStats};
-use crate::actors::ActorKey;
+use crate::actors::{ActorKey, WeakActors};
 use crate::digest::hex;
 use crate::durable::Durable;
 use crate::engine;
@@ -14,6 +15,26 @@ use crate::error::ExecError;
 use crate::limits::CancelFlag;
 use crate::options::{CallOptions, Definition};
 use crate::threads;
+
+/// The first wait before a failed delete of a dropped actor's state is tried again; each
+/// failure doubles it, up to `RETRY_MAX`.
+pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Tries a dropped actor's failed delete again, in the actor's line, until it is done (or a call
+/// or a restore has settled it) or the executor closes or goes: a dropped actor that is never
+/// called again would otherwise keep its state in the store, and its entry in `Pending`, for good.
+async fn retry_delete(actors: WeakActors, key: ActorKey, d: Durable) {
+    let mut wait = RETRY_FIRST;
+    while d.pending.retry_after(wait).await && d.pending.is_undeleted(&d.key) {
+        let Some(ticket) = actors.upgrade().map(|a| a.ticket(key.clone())) else { return };
+        let _held = ticket.await;
+        if crate::durable::delete_dropped(&d).await.is_ok() {
+            return;
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
 
 impl Executor {
     /// Downloads and compiles (or loads from an artifact) a definition's module ahead of traffic,
@@ -54,31 +75,37 @@ impl Executor {
         let Some(store) = &self.opts.actor_store else { return had };
         let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
         let write = self.pending.start();
-        let mut ticket = self.actors.ticket(key);
+        let mut ticket = self.actors.ticket(key.clone());
         // Polled here, so the deletion takes its place in line before any later call.
         let held = match threads::poll_once(&mut ticket) {
             Ok(Poll::Ready(held)) => Some(held),
             _ => None,
         };
         let log = self.opts.log.clone();
+        let actors = self.actors.downgrade();
         let _ = threads::spawn(async move {
-            let _write = write;
-            let mut held = match held {
-                Some(h) => h,
-                None => ticket.await,
+            let deleted = {
+                let _write = write;
+                let mut held = match held {
+                    Some(h) => h,
+                    None => ticket.await,
+                };
+                held.guard.instance = None;
+                held.guard.shadow = None;
+                held.guard.persisted = None;
+                // The version of what is dropped (if the store can say): a retried delete removes only that.
+                let dropped = d.store.version(&d.key).await.ok().flatten();
+                // Not deleted: its next call deletes again first (what was dropped, not what
+                // another worker stored since), and fails while it cannot.
+                let deleted = d.store.delete(&d.key).await;
+                d.pending.set_undeleted(&d.key, deleted.is_err().then_some(dropped));
+                deleted
             };
-            held.guard.instance = None;
-            held.guard.shadow = None;
-            held.guard.persisted = None;
-            // The version of what is dropped (if the store can say): a retried delete removes only that.
-            let dropped = d.store.version(&d.key).await.ok().flatten();
-            // Not deleted: its next call deletes again first (what was dropped, not what another
-            // worker stored since), and fails while it cannot.
-            let deleted = d.store.delete(&d.key).await;
-            d.pending.set_undeleted(&d.key, deleted.is_err().then_some(dropped));
-            if let (Err(e), Some(sink)) = (deleted, log) {
-                sink.log("warn", &format!("the stored state of a dropped actor was not deleted (its next call tries again first): {e}"));
+            let Err(e) = deleted else { return };
+            if let Some(sink) = log {
+                sink.log("warn", &format!("the stored state of a dropped actor was not deleted (retried in the background, and by its next call first): {e}"));
             }
+            retry_delete(actors, key, d).await;
         });
         true
     }
@@ -92,6 +119,7 @@ impl Executor {
     /// and later calls fail with `CLOSED`. Idempotent.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.pending.stop_retries();
         let flags: Vec<CancelFlag> = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for f in flags {
             f.cancel();
@@ -125,5 +153,12 @@ impl Executor {
             actors: self.actors.len(),
             pool_idle_resident_bytes: engine::pool_idle_resident_bytes(),
         }
+    }
+}
+
+impl Drop for Executor {
+    /// An executor that goes without `close()` stops its background retries too.
+    fn drop(&mut self) {
+        self.pending.stop_retries();
     }
 }
