@@ -409,7 +409,8 @@ export declare class WasmActivityExecutor {
    * Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
    * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
    * flight have ended and the actor store's writes under way (`persist: 'async'`,
-   * `dropActor`'s first attempt) are done, and stops the retries of failed deletes. Also `await using executor = ...` (`Symbol.asyncDispose`).
+   * `dropActor`'s first attempt) are done; stops the retries of failed deletes. Also
+   * `await using executor = ...` (`Symbol.asyncDispose`).
    */
   close(): Promise<void>
   cacheStats(): CacheStats

@@ -4,7 +4,9 @@
 // timeouts. HTTP servers here run on loopback, allowed by their literal IP.
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -215,6 +217,54 @@ describe('failures on the way and time', () => {
     const late = await failure(requests(patient, [{ url: `${base}/slow` }], { limits: { maxExecutionMs: 300 } }))
     expect(late.code).toBe('TIMEOUT')
     expect(performance.now() - t0).toBeGreaterThanOrEqual(290)
+  })
+})
+
+describe('connections: pooled, and bounded whatever hosts a guest reaches', () => {
+  // Servers in a process of their own: the descriptors counted here are the executor's.
+  let servers: ChildProcess
+  let ports: number[] = []
+  beforeAll(async () => {
+    const code = `const { createServer } = require('node:http'); const ports = [];
+      (async () => { for (let i = 0; i < 150; i++) { const s = createServer((q, r) => r.end('{}')); s.keepAliveTimeout = 120000;
+        await new Promise((r) => s.listen(0, '127.0.0.1', r)); ports.push(s.address().port) }
+        process.stdout.write(JSON.stringify(ports) + '\\n') })()`
+    servers = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] })
+    ports = JSON.parse(await new Promise<string>((r) => createInterface({ input: servers.stdout! }).once('line', r)))
+  })
+  afterAll(() => void servers.kill())
+  const descriptors = () => readdirSync('/proc/self/fd').length
+
+  it('a guest reaching 150 hosts (every port of an IP allowed without one) leaves at most 64 connections open, not 150', async () => {
+    // Hostile: reqwest's pool kept an idle connection (a descriptor) per host reached in the last
+    // 30 s, with no bound on hosts: enough of them runs the process out of descriptors.
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'], maxRequestsPerCall: 1000 })
+    const before = descriptors()
+    for (const half of [ports.slice(0, 75), ports.slice(75)]) {
+      const out = await requests(ex, half.map((p) => ({ url: `http://127.0.0.1:${p}/` })))
+      expect(out.map((r: any) => r.status)).toEqual(half.map(() => 200))
+    }
+    const held = descriptors() - before
+    expect(held).toBeLessThanOrEqual(64 + 8)
+    expect(held).toBeGreaterThan(0)
+    await ex.close()
+  })
+
+  it('a guest reaching one host reuses its connection across requests and calls', async () => {
+    let opened = 0
+    const count = () => opened++
+    server.on('connection', count)
+    try {
+      const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+      for (let call = 0; call < 3; call++) {
+        const out = await requests(ex, Array.from({ length: 5 }, () => ({ url: `${base}/json` })))
+        expect(out.map((r: any) => r.status)).toEqual([200, 200, 200, 200, 200])
+      }
+      expect(opened).toBe(1)
+      await ex.close()
+    } finally {
+      server.off('connection', count)
+    }
   })
 })
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 
 use crate::error::ExecError;
+use crate::http_pool::{Hosts, Pool, IDLE_TIMEOUT, MAX_IDLE_PER_HOST};
 use crate::network::{check_url, restricted, NetworkConfig, Refused};
 
 /// A guest's HTTP request.
@@ -150,6 +151,16 @@ impl HttpResponse {
     }
 }
 
+/// Records a use of a host in its pool's `Hosts` when dropped: when the request's connection goes
+/// back to the pool (its idle time starts then).
+struct Touch<'a>(&'a Hosts, &'a Url);
+
+impl Drop for Touch<'_> {
+    fn drop(&mut self) {
+        self.0.touch(self.1);
+    }
+}
+
 /// Resolves names with the system resolver and refuses any that reaches a restricted address.
 struct GuardedResolver;
 
@@ -175,11 +186,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// The executor's network: its grant and one HTTP client (connections pooled across calls).
+/// The executor's network: its grant and its HTTP client (connections pooled across calls, to a
+/// bounded number of hosts: `http_pool`).
 pub struct Network {
     config: Arc<NetworkConfig>,
-    /// Taken by `close`: its pooled connections close with it, not 30 s later when idle.
-    client: std::sync::Mutex<Option<reqwest::Client>>,
+    /// Closed by `close`: its pooled connections close with it, not 30 s later when idle.
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Network {
@@ -191,37 +203,50 @@ impl std::fmt::Debug for Network {
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Arc<Network>, ExecError> {
         let config = Arc::new(config);
-        let for_redirects = config.clone();
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > for_redirects.max_redirects as usize {
-                let host = attempt.url().host_str().unwrap_or("").to_string();
-                let message = format!("more than {} redirects", for_redirects.max_redirects);
-                return attempt.error(Refused { host, message });
-            }
-            match check_url(&for_redirects, attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(mut refused) => {
-                    refused.message = format!("a redirect to {}: {}", attempt.url(), refused.message);
-                    attempt.error(refused)
-                }
-            }
-        });
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver))
-            .redirect(policy)
-            .connect_timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ExecError::InvalidArgument(format!("options.network: the HTTP client cannot be built: {e}")))?;
-        Ok(Arc::new(Network { config, client: std::sync::Mutex::new(Some(client)) }))
+        let for_clients = config.clone();
+        let pool = Pool::new(Box::new(move |hosts| client(for_clients.clone(), hosts)))?;
+        Ok(Arc::new(Network { config, pool }))
     }
 
     /// Closes the pooled connections; later requests fail with `CLOSED` (the executor's close).
     pub fn close(&self) {
-        self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.pool.close();
     }
+}
 
+/// One client of the network: names resolved by `GuardedResolver`, every redirect hop checked
+/// against the grant (and recorded in `hosts`, the hosts its pool may hold connections to).
+fn client(config: Arc<NetworkConfig>, hosts: Arc<Hosts>) -> Result<reqwest::Client, ExecError> {
+    let for_redirects = config.clone();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > for_redirects.max_redirects as usize {
+            let host = attempt.url().host_str().unwrap_or("").to_string();
+            let message = format!("more than {} redirects", for_redirects.max_redirects);
+            return attempt.error(Refused { host, message });
+        }
+        match check_url(&for_redirects, attempt.url()) {
+            Ok(()) => {
+                hosts.touch(attempt.url());
+                attempt.follow()
+            }
+            Err(mut refused) => {
+                refused.message = format!("a redirect to {}: {}", attempt.url(), refused.message);
+                attempt.error(refused)
+            }
+        }
+    });
+    reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver))
+        .redirect(policy)
+        .connect_timeout(config.timeout)
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .build()
+        .map_err(|e| ExecError::InvalidArgument(format!("options.network: the HTTP client cannot be built: {e}")))
+}
+
+impl Network {
     pub fn config(&self) -> &NetworkConfig {
         &self.config
     }
@@ -267,9 +292,12 @@ impl Network {
         let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
         let timeout = c.timeout.min(left).max(Duration::from_millis(1));
         let started = Instant::now();
-        let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(ExecError::Closed)?;
+        let (client, hosts) = self.pool.client_for(&url)?;
         let sent = client.request(method, url).headers(headers).body(req.body).timeout(timeout).send().await;
         let mut resp = sent.map_err(|e| self.failure(&host, e))?;
+        // The connection goes back to the pool when the body has been read: its idle time starts then.
+        let last_hop = resp.url().clone();
+        let _touch = Touch(&hosts, &last_hop);
         let status = resp.status().as_u16();
         let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
         if got > c.max_header_bytes {

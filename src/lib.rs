@@ -27,6 +27,7 @@ pub mod fiber_stacks;
 pub mod host;
 pub mod host_functions;
 pub mod http_client;
+pub mod http_pool;
 pub mod inline;
 pub mod inspect;
 pub mod instance;

@@ -407,7 +407,9 @@ impl WasmActivityExecutor {
     }
 
     /// Releases an actor's instance (and its state). Returns whether there was one. A call
-    /// running on it finishes first; calls queued behind it start fresh.
+    /// running on it finishes first; calls queued behind it start fresh. With an actor store, its
+    /// stored snapshot is deleted in the actor's line; a failed delete is retried by its next call
+    /// and in the background (1 s, doubling up to 5 min) until done or `close()`.
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
     pub fn drop_actor(&self, env: Env, definition: Unknown, actor_id: Unknown) -> napi::Result<bool> {
         let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
@@ -418,7 +420,8 @@ impl WasmActivityExecutor {
     /// Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
     /// modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
     /// flight have ended and the actor store's writes under way (`persist: 'async'`,
-    /// `dropActor`) are done. Also `await using executor = ...` (`Symbol.asyncDispose`).
+    /// `dropActor`'s first attempt) are done; stops the retries of failed deletes. Also
+    /// `await using executor = ...` (`Symbol.asyncDispose`).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
         self.inner.close();
