@@ -160,6 +160,34 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect(signals[0].reason.name).toBe('AbortError')
   })
 
+  it('a call that ends before its host call reaches the JS thread does not run the function (the abort came first)', async () => {
+    // Hostile race: the host call and its abort travel on two queues. With the JS thread busy
+    // while 1,500 calls on guest threads each make a host call and time out, Node runs at most
+    // 1,000 queued host calls per turn and the aborts could get there first: some functions then
+    // ran after their calls had ended, with a signal that never fired (10 of 1,500 here).
+    const signals: AbortSignal[] = []
+    const ex = await executorWith(
+      { lookup: lookup() },
+      {
+        maxConcurrency: 1024,
+        hostFunctions: { 'crm.lookup': (_: any, ctx: any) => (signals.push(ctx.signal), new Promise((r) => setTimeout(r, 50))) },
+      },
+    )
+    const d = def('lookup', { ...grant('crm.lookup'), limits: { maxExecutionMs: 100 } })
+    await ex.execute(d, { arg: 0 })
+    signals.length = 0
+    // Inputs over 64 KiB start on guest threads: their host calls take the queue.
+    const pad = 'x'.repeat(70_000)
+    const calls = Array.from({ length: 1500 }, (_, i) => ex.execute(d, { pad, arg: i }))
+    const until = Date.now() + 600
+    while (Date.now() < until) {}
+    const codes = (await Promise.allSettled(calls)).map((r) => (r.status === 'rejected' ? r.reason.code : 'ok'))
+    expect(new Set(codes)).toEqual(new Set(['TIMEOUT']))
+    await sleep(100)
+    expect(signals.length).toBeGreaterThan(500)
+    expect(signals.filter((s) => !s.aborted).length).toBe(0)
+  })
+
   it('1000 concurrent calls awaiting a 50 ms host Promise run at once on maxConcurrency 2 (no thread or slot held while waiting)', async () => {
     let pending = 0
     let most = 0

@@ -19,6 +19,11 @@
     table.set(key, f)
   }
   const live = new Map()
+  // Calls whose abort came first: the abort and the call travel on two queues, and a call that
+  // ended before its host call reached this thread must not run it (it ran, its signal never
+  // fired, and nobody read its result). Rust aborts only calls not yet settled, so each id here
+  // has its call on the way, which takes it out.
+  const early = new Set()
   const settle = (id, error, text) => {
     if (live.delete(id)) done(id, error, text)
   }
@@ -30,6 +35,7 @@
     return new Error(`the host function threw ${text.length > 4096 ? `${text.slice(0, 4096)}...` : text}`)
   }
   function call(name, input, activity, actorId, id) {
+    if (early.delete(id)) return
     // The AbortController is made only if the function reads ctx.signal (most never do).
     const state = { controller: undefined, reason: undefined }
     live.set(id, state)
@@ -78,7 +84,7 @@
   }
   function abort(id, reason) {
     const state = live.get(id)
-    if (state === undefined) return
+    if (state === undefined) return void early.add(id)
     live.delete(id)
     const e = new Error(reason)
     e.name = 'AbortError'

@@ -225,7 +225,11 @@ impl Drop for AbortOnDrop {
         if self.settled {
             return;
         }
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        // Settled on the JS side already (its answer not read yet): nothing to abort. Otherwise
+        // the dispatcher aborts the call, or skips it if the abort gets there first.
+        if self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id).is_none() {
+            return;
+        }
         let reason = "the activity call ended (timeout, cancellation or close) before the host function settled".to_string();
         self.abort.call(FnArgs { data: (self.id as f64, reason) }, ThreadsafeFunctionCallMode::NonBlocking);
     }
