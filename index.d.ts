@@ -399,10 +399,11 @@ export declare class WasmActivityExecutor {
    */
   actor(definition: ActivityDefinition, actorId: string): WasmActor
   /**
-   * Releases an actor's instance (and its state). Returns whether there was one. A call
-   * running on it finishes first; calls queued behind it start fresh. With an actor store, its
-   * stored snapshot is deleted in the actor's line; a failed delete is retried by its next call
-   * and in the background (1 s, doubling up to 5 min) until done or `close()`.
+   * Releases an actor's instance (and its state). Returns whether there was one (always true
+   * with an actor store, which may hold one). A call running on it finishes first; calls
+   * queued behind it start fresh. With an actor store, the version of its snapshot stored at
+   * the drop is deleted in the actor's line; a failed delete is retried by its next call and
+   * in the background (1 s, doubling up to 5 min) until done or `close()`.
    */
   dropActor(definition: ActivityDefinition, actorId: string): boolean
   /**

@@ -81,6 +81,20 @@ pub trait ActorStore: Send + Sync {
     /// `ACTOR_CONFLICT` otherwise; what it did on success.
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
+    /// Deletes the stored snapshot only if it is still `version` (a dropped actor's, whose first
+    /// delete failed): true if none of that version is stored any more (deleted now, or gone),
+    /// false if another is stored (another worker's since, which stays). This default compares,
+    /// then deletes: a write landing between the two is lost (object stores have no conditional
+    /// delete); the file store does both under the actor's lock.
+    fn delete_if<'a>(&'a self, key: &'a str, version: &'a Version) -> BoxFuture<'a, Result<bool, ExecError>> {
+        Box::pin(async move {
+            match self.version(key).await? {
+                None => Ok(true),
+                Some(now) if now == *version => self.delete(key).await.map(|()| true),
+                Some(_) => Ok(false),
+            }
+        })
+    }
     /// The stored snapshot's version, if there is one, without reading the snapshot (what a
     /// restore writes over, whatever its size).
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>>;

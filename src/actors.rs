@@ -121,9 +121,10 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.slot.last_used.store(now_ms(), Ordering::Relaxed);
         if self.slot.reset.swap(false, Ordering::AcqRel) {
+            // `persisted` stays: the stored version that `dropActor`'s delete, next in line,
+            // removes alone (a call next in line loads the actor again, which sets it).
             self.guard.instance = None;
             self.guard.shadow = None;
-            self.guard.persisted = None;
         }
         // What the actor holds now counts against its executor's `maxActorMemoryMB`.
         let now = self.guard.held_bytes();
@@ -353,25 +354,26 @@ impl Actors {
         st.instance.as_ref().map(|i| i.kind)
     }
 
-    /// Forgets an actor and its state; true if it had an instance or a call. A busy actor's
-    /// running call finishes first, and the calls queued behind it start fresh.
-    pub fn remove(&self, key: &ActorKey) -> bool {
+    /// Forgets an actor and its state; true if it had an instance or a call, and an idle actor's
+    /// stored version (`persisted`). A busy actor's running call finishes first, and the calls
+    /// queued behind it start fresh (its `persisted` stays for the one next in line).
+    pub fn remove(&self, key: &ActorKey) -> (bool, Option<crate::actor_store::Version>) {
         let mut lru = self.shared.lru();
-        let Some(slot) = lru.peek(key).cloned() else { return false };
+        let Some(slot) = lru.peek(key).cloned() else { return (false, None) };
         let idle = slot.state.try_lock().map(|mut st| {
             st.shadow = None;
             let had = st.instance.take().is_some();
             slot.uncharge(&mut st);
-            had
+            (had, st.persisted.take())
         });
         match idle {
-            Ok(had) => {
+            Ok(removed) => {
                 lru.pop(key);
-                had
+                removed
             }
             Err(_) => {
                 slot.reset.store(true, Ordering::Release);
-                true
+                (true, None)
             }
         }
     }

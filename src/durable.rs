@@ -83,8 +83,21 @@ impl Pending {
 
     /// Stops the background retries of failed deletes (the executor closed or went).
     pub fn stop_retries(&self) {
+        // Under the lock `start_retry` holds: an attempt is either counted before this (and
+        // `close` waits for it) or never starts.
+        let _undeleted = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
         self.stopped.store(true, std::sync::atomic::Ordering::Release);
         self.stopping.notify_waiters();
+    }
+
+    /// A retry's attempt on `key`, counted as a write under way (`close` waits for it); none
+    /// once the retries are stopped or the key is settled.
+    pub fn start_retry(self: &Arc<Self>, key: &str) -> Option<PendingWrite> {
+        let undeleted = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) || !undeleted.contains_key(key) {
+            return None;
+        }
+        Some(self.start())
     }
 
     /// Waits `wait`; false (at once) if the retries are stopped before or meanwhile.
@@ -204,17 +217,18 @@ pub(crate) enum Dropped {
 }
 
 /// Deletes a dropped actor's stored state whose delete failed (in the actor's line: a call's
-/// load, or a background retry); an error while the store still cannot.
+/// load, or a background retry); an error while the store still cannot. Only the version that
+/// was dropped is deleted (`ActorStore::delete_if`); when that version is not known (the store
+/// could not say at the drop), whatever is stored, which only a call's load does (the caller
+/// asked for the actor after dropping it), never a background retry.
 pub(crate) async fn delete_dropped(d: &Durable) -> Result<Dropped, ExecError> {
     let Some(dropped) = d.pending.undeleted(&d.key) else { return Ok(Dropped::No) };
-    let now = d.store.version(&d.key).await?;
-    if dropped.is_none() || now.is_none() || now == dropped {
-        d.store.delete(&d.key).await?;
-        d.pending.set_undeleted(&d.key, None);
-        return Ok(Dropped::Deleted);
-    }
+    let gone = match &dropped {
+        Some(version) => d.store.delete_if(&d.key, version).await?,
+        None => d.store.delete(&d.key).await.map(|()| true)?,
+    };
     d.pending.set_undeleted(&d.key, None);
-    Ok(Dropped::Superseded)
+    Ok(if gone { Dropped::Deleted } else { Dropped::Superseded })
 }
 
 /// After a successful call: stores the actor's new state if it changed, then keeps the instance.

@@ -174,11 +174,23 @@ struct DeleteFails {
     fail: AtomicBool,
     /// Deletes asked for, failed or not.
     deletes: std::sync::atomic::AtomicUsize,
+    /// While set, `version` fails too (the store cannot say what it holds).
+    versions_fail: AtomicBool,
+    /// While set, a delete takes 300 ms before it answers; `ended` counts those answered.
+    slow: AtomicBool,
+    ended: std::sync::atomic::AtomicUsize,
 }
 
 impl DeleteFails {
     fn new(inner: Arc<dyn ActorStore>) -> Arc<DeleteFails> {
-        Arc::new(DeleteFails { inner, fail: AtomicBool::new(false), deletes: Default::default() })
+        Arc::new(DeleteFails {
+            inner,
+            fail: AtomicBool::new(false),
+            deletes: Default::default(),
+            versions_fail: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
+            ended: Default::default(),
+        })
     }
 }
 
@@ -187,6 +199,9 @@ impl ActorStore for DeleteFails {
         self.inner.load(key, max_bytes)
     }
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        if self.versions_fail.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() }) });
+        }
         self.inner.version(key)
     }
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
@@ -194,10 +209,16 @@ impl ActorStore for DeleteFails {
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() }) });
-        }
-        self.inner.delete(key)
+        Box::pin(async move {
+            if self.slow.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                self.ended.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() });
+            }
+            self.inner.delete(key).await
+        })
     }
     fn describe(&self) -> String {
         "delete-fails".into()
@@ -322,6 +343,86 @@ async fn a_background_retry_leaves_what_another_worker_stored_after_the_drop() {
     eventually("the retry", || !a.pending.is_undeleted(&key)).await;
     assert!(inner.version(&key).await.expect("version").is_some(), "B's state stays");
     assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_store_cannot_say_what_was_dropped_the_retry_deletes_only_what_this_executor_knew() {
+    // Review M: the drop's version read failed too, so the retry deleted whatever was stored:
+    // another executor's acknowledged state, restored after the drop. It now deletes only the
+    // version this executor last stored, and leaves B's.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-unknown", &[]).expect("store"))).expect("conditional");
+    let failing = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
+    let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let key = actor_store::actor_key(&d.key(), "a");
+    let call = |ex: Arc<Executor>| {
+        let d = d.clone();
+        async move { ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await }
+    };
+    assert_eq!(call(a.clone()).await.expect("counts").output, "1");
+    failing.fail.store(true, Ordering::SeqCst);
+    failing.versions_fail.store(true, Ordering::SeqCst);
+    assert!(a.drop_actor(&d, "a"));
+    a.drained().await;
+    // B stores a state of its own (a restore of A's snapshot, then a step: "2").
+    assert_eq!(call(b.clone()).await.expect("counts").output, "2");
+    failing.fail.store(false, Ordering::SeqCst);
+    failing.versions_fail.store(false, Ordering::SeqCst);
+    eventually("the retry", || !a.pending.is_undeleted(&key)).await;
+    assert!(inner.version(&key).await.expect("version").is_some(), "B's state stays");
+    assert_eq!(call(b.clone()).await.expect("counts").output, "3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drop_whose_version_nobody_knows_is_not_retried_in_the_background() {
+    // A fresh executor drops an actor it never loaded while the store can say nothing: what it
+    // dropped is unknown, so only its next call deletes (it asked for the actor after dropping it).
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-nobody-knows", &[]).expect("store"))).expect("conditional");
+    let failing = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let b = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(inner.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let key = actor_store::actor_key(&d.key(), "a");
+    assert_eq!(b.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts").output, "1");
+    let a = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
+    failing.fail.store(true, Ordering::SeqCst);
+    failing.versions_fail.store(true, Ordering::SeqCst);
+    assert!(a.drop_actor(&d, "a"), "its stored state is deleted");
+    a.drained().await;
+    assert!(a.pending.is_undeleted(&key));
+    failing.fail.store(false, Ordering::SeqCst);
+    failing.versions_fail.store(false, Ordering::SeqCst);
+    let tried = failing.deletes.load(Ordering::SeqCst);
+    tokio::time::sleep(super::upkeep::RETRY_FIRST * 2).await;
+    assert_eq!(failing.deletes.load(Ordering::SeqCst), tried, "no background retry");
+    assert!(inner.version(&key).await.expect("version").is_some());
+    let fresh = a.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("starts fresh");
+    assert_eq!((fresh.output.as_str(), fresh.actor_created), ("1", true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_waits_for_a_retry_under_way() {
+    // Review M: a retry's delete landed after `close()` had resolved.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-under-way", &[]).expect("store"))).expect("conditional");
+    let store = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts");
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(ex.drop_actor(&d, "a"));
+    ex.drained().await;
+    store.slow.store(true, Ordering::SeqCst);
+    let tried = store.deletes.load(Ordering::SeqCst);
+    eventually("a retry under way", || store.deletes.load(Ordering::SeqCst) > tried).await;
+    ex.close();
+    ex.drained().await;
+    assert_eq!(store.ended.load(Ordering::SeqCst), 1, "the attempt under way had answered");
 }
 
 #[tokio::test(flavor = "multi_thread")]

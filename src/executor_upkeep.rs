@@ -24,11 +24,14 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Tries a dropped actor's failed delete again, in the actor's line, until it is done (or a call
 /// or a restore has settled it) or the executor closes or goes: a dropped actor that is never
 /// called again would otherwise keep its state in the store, and its entry in `Pending`, for good.
+/// Only for a drop whose version is known: it deletes that version alone, never another
+/// worker's state stored since. `close` waits for an attempt under way; none starts after it.
 async fn retry_delete(actors: WeakActors, key: ActorKey, d: Durable) {
     let mut wait = RETRY_FIRST;
-    while d.pending.retry_after(wait).await && d.pending.is_undeleted(&d.key) {
+    while d.pending.retry_after(wait).await {
         let Some(ticket) = actors.upgrade().map(|a| a.ticket(key.clone())) else { return };
         let _held = ticket.await;
+        let Some(_attempt) = d.pending.start_retry(&d.key) else { return };
         if crate::durable::delete_dropped(&d).await.is_ok() {
             return;
         }
@@ -71,7 +74,7 @@ impl Executor {
             return false;
         }
         let key = ActorKey { def: def.key(), actor_id: actor_id.to_string() };
-        let had = self.actors.remove(&key);
+        let (had, persisted) = self.actors.remove(&key);
         let Some(store) = &self.opts.actor_store else { return had };
         let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
         let write = self.pending.start();
@@ -92,20 +95,30 @@ impl Executor {
                 };
                 held.guard.instance = None;
                 held.guard.shadow = None;
-                held.guard.persisted = None;
-                // The version of what is dropped (if the store can say): a retried delete removes only that.
-                let dropped = d.store.version(&d.key).await.ok().flatten();
-                // Not deleted: its next call deletes again first (what was dropped, not what
-                // another worker stored since), and fails while it cannot.
-                let deleted = d.store.delete(&d.key).await;
-                d.pending.set_undeleted(&d.key, deleted.is_err().then_some(dropped));
-                deleted
+                // The version of what is dropped: the store's now, or, if it cannot say, the last
+                // this executor loaded or stored. Only that version is deleted, now and when
+                // retried: not what another worker stored since.
+                let known = held.guard.persisted.take().or(persisted);
+                let dropped = match d.store.version(&d.key).await {
+                    Ok(now) => now,
+                    Err(_) => known,
+                };
+                let deleted = match &dropped {
+                    Some(version) => d.store.delete_if(&d.key, version).await.map(|_| ()),
+                    None => d.store.delete(&d.key).await,
+                };
+                // Not deleted: its next call deletes again first, and fails while it cannot.
+                d.pending.set_undeleted(&d.key, deleted.is_err().then_some(dropped.clone()));
+                deleted.err().map(|e| (e, dropped.is_some()))
             };
-            let Err(e) = deleted else { return };
+            let Some((e, known)) = deleted else { return };
             if let Some(sink) = log {
-                sink.log("warn", &format!("the stored state of a dropped actor was not deleted (retried in the background, and by its next call first): {e}"));
+                let retried = if known { "retried in the background, and by its next call first" } else { "its next call deletes it first" };
+                sink.log("warn", &format!("the stored state of a dropped actor was not deleted ({retried}): {e}"));
             }
-            retry_delete(actors, key, d).await;
+            if known {
+                retry_delete(actors, key, d).await;
+            }
         });
         true
     }

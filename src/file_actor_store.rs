@@ -244,6 +244,27 @@ impl ActorStore for FileActorStore {
         }))
     }
 
+    fn delete_if<'a>(&'a self, key: &'a str, version: &'a Version) -> BoxFuture<'a, Result<bool, ExecError>> {
+        let expected: Option<u64> = version.version.as_deref().and_then(|v| v.parse().ok());
+        let this = FileActorStore { dir: self.dir.clone() };
+        let key = key.to_string();
+        Box::pin(off_runtime(move |gone| {
+            // Compared and deleted under the actor's lock: no write lands between the two.
+            this.locked(&key, gone, |path| match FileActorStore::stored_version(path, &key)? {
+                None => Ok(true),
+                Some(now) if Some(now) == expected => {
+                    let _ = std::fs::remove_file(path.with_extension("tmp"));
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
+                        Ok(()) => sync_dir(path).map(|()| true).map_err(|e| unavailable(&key, e)),
+                        Err(_) => Ok(true),
+                    }
+                }
+                Some(_) => Ok(false),
+            })
+        }))
+    }
+
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
         let this = FileActorStore { dir: self.dir.clone() };
         Box::pin(async move {
@@ -277,6 +298,22 @@ mod tests {
         std::fs::write(&leftover, b"x").expect("leftover");
         store.delete(key).await.expect("deleted");
         assert!(!leftover.exists(), "a delete removes it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_conditional_delete_removes_only_the_version_it_names() {
+        let (dir, store) = scratch("delete-if");
+        let key = "actors/t/k.snap";
+        store.save(key, b"one".to_vec(), None).await.expect("saved");
+        let first = store.version(key).await.expect("version").expect("stored");
+        store.save(key, b"two".to_vec(), Some(&first)).await.expect("saved over it");
+        assert!(!store.delete_if(key, &first).await.expect("compared"), "another version is stored");
+        assert_eq!(store.load(key, 1 << 20).await.expect("load").map(|(b, _)| b), Some(b"two".to_vec()));
+        let second = store.version(key).await.expect("version").expect("stored");
+        assert!(store.delete_if(key, &second).await.expect("deleted"));
+        assert_eq!(store.version(key).await.expect("version"), None);
+        assert!(store.delete_if(key, &second).await.expect("nothing stored"), "gone is gone");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

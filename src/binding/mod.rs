@@ -406,10 +406,11 @@ impl WasmActivityExecutor {
         Ok(WasmActor { inner: self.inner.clone(), def, actor_id })
     }
 
-    /// Releases an actor's instance (and its state). Returns whether there was one. A call
-    /// running on it finishes first; calls queued behind it start fresh. With an actor store, its
-    /// stored snapshot is deleted in the actor's line; a failed delete is retried by its next call
-    /// and in the background (1 s, doubling up to 5 min) until done or `close()`.
+    /// Releases an actor's instance (and its state). Returns whether there was one (always true
+    /// with an actor store, which may hold one). A call running on it finishes first; calls
+    /// queued behind it start fresh. With an actor store, the version of its snapshot stored at
+    /// the drop is deleted in the actor's line; a failed delete is retried by its next call and
+    /// in the background (1 s, doubling up to 5 min) until done or `close()`.
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
     pub fn drop_actor(&self, env: Env, definition: Unknown, actor_id: Unknown) -> napi::Result<bool> {
         let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
