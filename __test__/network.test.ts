@@ -34,7 +34,7 @@ beforeAll(async () => {
         return res.end(JSON.stringify({ hello: 'world', method: req.method, body }))
       }
       if (u.pathname === '/status') return (res.statusCode = Number(u.searchParams.get('code'))), res.end('{"failed":true}')
-      if (u.pathname === '/redirect') return res.writeHead(302, { location: u.searchParams.get('to')! }).end()
+      if (u.pathname === '/redirect') return res.writeHead(Number(u.searchParams.get('code') ?? 302), { location: u.searchParams.get('to')! }).end()
       if (u.pathname === '/loop') return res.writeHead(302, { location: '/loop' }).end()
       if (u.pathname === '/big') return res.end(JSON.stringify({ data: 'x'.repeat(Number(u.searchParams.get('n'))) }))
       if (u.pathname === '/stream') {
@@ -102,6 +102,26 @@ describe('HTTP from AssemblyScript (loom.http: JSON request in, JSON response ou
     const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
     const [r] = await requests(ex, [{ url: `${base}/redirect?to=${encodeURIComponent(`${base}/json`)}` }])
     expect(r.json.hello).toBe('world')
+  })
+
+  it('a redirect is followed as browsers do: a 303 (and a POST\'s 301 or 302) becomes a GET without a body, a 307 or 308 repeats the request; credentials stay with their origin', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    const post = (code: number, to = '/json') => ({
+      method: 'POST',
+      url: `${base}/redirect?code=${code}&to=${encodeURIComponent(to)}`,
+      headers: { 'content-type': 'text/plain', authorization: 'Bearer s3cret', 'x-keep': 'k' },
+      body: 'the body',
+    })
+    const out = await requests(ex, [post(303), post(302), post(301), post(307), post(308)])
+    expect(out.map((r: any) => [r.json.method, r.json.body])).toEqual([
+      ['GET', ''], ['GET', ''], ['GET', ''], ['POST', 'the body'], ['POST', 'the body'],
+    ])
+    const last = seen.at(-1)!
+    expect([last.headers.authorization, last.headers['x-keep'], last.headers['content-type']]).toEqual(['Bearer s3cret', 'k', 'text/plain'])
+    // The same address in another spelling is another origin: the credentials are not sent there.
+    const [other] = await requests(ex, [post(307, `http://[::ffff:127.0.0.1]:${port}/json`)])
+    expect(other.json).toEqual({ hello: 'world', method: 'POST', body: 'the body' })
+    expect([seen.at(-1)!.headers.authorization, seen.at(-1)!.headers['x-keep']]).toEqual([undefined, 'k'])
   })
 
   it('asking for the network is not enough: CAPABILITY_DENIED without capabilities.network or without options.network', async () => {
@@ -225,8 +245,12 @@ describe('connections: pooled, and bounded whatever hosts a guest reaches', () =
   let servers: ChildProcess
   let ports: number[] = []
   beforeAll(async () => {
+    // /to/A/B/...: a redirect to port A with the rest of the path; the end answers.
     const code = `const { createServer } = require('node:http'); const ports = [];
-      (async () => { for (let i = 0; i < 150; i++) { const s = createServer((q, r) => r.end('{}')); s.keepAliveTimeout = 120000;
+      const answer = (q, r) => { const [, to, first, ...rest] = q.url.split('/');
+        if (to !== 'to' || !first) return r.end('{}');
+        r.writeHead(302, { location: 'http://127.0.0.1:' + first + '/to/' + rest.join('/') }).end() };
+      (async () => { for (let i = 0; i < 150; i++) { const s = createServer(answer); s.keepAliveTimeout = 120000;
         await new Promise((r) => s.listen(0, '127.0.0.1', r)); ports.push(s.address().port) }
         process.stdout.write(JSON.stringify(ports) + '\\n') })()`
     servers = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] })
@@ -234,18 +258,38 @@ describe('connections: pooled, and bounded whatever hosts a guest reaches', () =
   })
   afterAll(() => void servers.kill())
   const descriptors = () => readdirSync('/proc/self/fd').length
+  /** The descriptor count once it has stopped changing (a closed executor's connections close as their tasks end). */
+  const settled = async () => {
+    for (let last = -1, now = descriptors(); ; last = now, now = descriptors()) {
+      if (now === last) return now
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
 
-  it('a guest reaching 150 hosts (every port of an IP allowed without one) leaves at most 64 connections open, not 150', async () => {
+  it('a guest reaching 150 hosts (every port of an IP allowed without one) leaves at most 32 connections open, not 150', async () => {
     // Hostile: reqwest's pool kept an idle connection (a descriptor) per host reached in the last
     // 30 s, with no bound on hosts: enough of them runs the process out of descriptors.
     const ex = await executorWith({ allowedHosts: ['127.0.0.1'], maxRequestsPerCall: 1000 })
-    const before = descriptors()
+    const before = await settled()
     for (const half of [ports.slice(0, 75), ports.slice(75)]) {
       const out = await requests(ex, half.map((p) => ({ url: `http://127.0.0.1:${p}/` })))
       expect(out.map((r: any) => r.status)).toEqual(half.map(() => 200))
     }
     const held = descriptors() - before
-    expect(held).toBeLessThanOrEqual(64 + 8)
+    expect(held).toBeLessThanOrEqual(32 + 8)
+    expect(held).toBeGreaterThan(0)
+    await ex.close()
+  })
+
+  it('redirect hops count as hosts too: 30 requests each redirected through 5 hosts leave at most 32 connections open', async () => {
+    // Hostile: hops followed inside the HTTP client went to its pool whatever the bound.
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'], maxRequestsPerCall: 1000 })
+    const before = await settled()
+    const chains = Array.from({ length: 30 }, (_, i) => ports.slice(i * 5, i * 5 + 5))
+    const out = await requests(ex, chains.map(([first, ...rest]) => ({ url: `http://127.0.0.1:${first}/to/${rest.join('/')}/` })))
+    expect(out.map((r: any) => r.status)).toEqual(chains.map(() => 200))
+    const held = descriptors() - before
+    expect(held).toBeLessThanOrEqual(32 + 8)
     expect(held).toBeGreaterThan(0)
     await ex.close()
   })
@@ -260,7 +304,10 @@ describe('connections: pooled, and bounded whatever hosts a guest reaches', () =
         const out = await requests(ex, Array.from({ length: 5 }, () => ({ url: `${base}/json` })))
         expect(out.map((r: any) => r.status)).toEqual([200, 200, 200, 200, 200])
       }
-      expect(opened).toBe(1)
+      // Not 15: one, or now and then two (hyper hands a finished connection back to the pool
+      // from a task of its own, which the next request can outrun).
+      expect(opened).toBeGreaterThanOrEqual(1)
+      expect(opened).toBeLessThanOrEqual(2)
       await ex.close()
     } finally {
       server.off('connection', count)

@@ -1,6 +1,7 @@
 //! The network capability's HTTP client (see `network` for the grant and its rules): a guest's
-//! request as JSON, sent by one reqwest client per executor whose resolver refuses restricted
-//! addresses and whose redirect policy re-checks every hop; caps and timeouts on the way.
+//! request as JSON, sent by the executor's reqwest clients (`http_pool`), whose resolver refuses
+//! restricted addresses; redirects followed here, each hop checked as the first; caps and
+//! timeouts on the way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 
 use crate::error::ExecError;
-use crate::http_pool::{Hosts, Pool, IDLE_TIMEOUT, MAX_IDLE_PER_HOST};
+use crate::http_pool::{Pool, IDLE_TIMEOUT};
 use crate::network::{check_url, restricted, NetworkConfig, Refused};
 
 /// A guest's HTTP request.
@@ -151,16 +152,6 @@ impl HttpResponse {
     }
 }
 
-/// Records a use of a host in its pool's `Hosts` when dropped: when the request's connection goes
-/// back to the pool (its idle time starts then).
-struct Touch<'a>(&'a Hosts, &'a Url);
-
-impl Drop for Touch<'_> {
-    fn drop(&mut self) {
-        self.0.touch(self.1);
-    }
-}
-
 /// Resolves names with the system resolver and refuses any that reaches a restricted address.
 struct GuardedResolver;
 
@@ -203,8 +194,7 @@ impl std::fmt::Debug for Network {
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Arc<Network>, ExecError> {
         let config = Arc::new(config);
-        let for_clients = config.clone();
-        let pool = Pool::new(Box::new(move |hosts| client(for_clients.clone(), hosts)))?;
+        let pool = Pool::new(|idle| client(&config, idle))?;
         Ok(Arc::new(Network { config, pool }))
     }
 
@@ -214,34 +204,17 @@ impl Network {
     }
 }
 
-/// One client of the network: names resolved by `GuardedResolver`, every redirect hop checked
-/// against the grant (and recorded in `hosts`, the hosts its pool may hold connections to).
-fn client(config: Arc<NetworkConfig>, hosts: Arc<Hosts>) -> Result<reqwest::Client, ExecError> {
-    let for_redirects = config.clone();
-    let policy = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() > for_redirects.max_redirects as usize {
-            let host = attempt.url().host_str().unwrap_or("").to_string();
-            let message = format!("more than {} redirects", for_redirects.max_redirects);
-            return attempt.error(Refused { host, message });
-        }
-        match check_url(&for_redirects, attempt.url()) {
-            Ok(()) => {
-                hosts.touch(attempt.url());
-                attempt.follow()
-            }
-            Err(mut refused) => {
-                refused.message = format!("a redirect to {}: {}", attempt.url(), refused.message);
-                attempt.error(refused)
-            }
-        }
-    });
+/// One client of the network, keeping at most `idle` idle connections per host: names resolved
+/// by `GuardedResolver`; no redirect followed (`send` follows them, each hop checked and sent
+/// through its own host's client).
+fn client(config: &NetworkConfig, idle: usize) -> Result<reqwest::Client, ExecError> {
     reqwest::Client::builder()
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver))
-        .redirect(policy)
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.timeout)
         .pool_idle_timeout(IDLE_TIMEOUT)
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_max_idle_per_host(idle)
         .build()
         .map_err(|e| ExecError::InvalidArgument(format!("options.network: the HTTP client cannot be built: {e}")))
 }
@@ -292,12 +265,24 @@ impl Network {
         let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
         let timeout = c.timeout.min(left).max(Duration::from_millis(1));
         let started = Instant::now();
-        let (client, hosts) = self.pool.client_for(&url)?;
-        let sent = client.request(method, url).headers(headers).body(req.body).timeout(timeout).send().await;
-        let mut resp = sent.map_err(|e| self.failure(&host, e))?;
-        // The connection goes back to the pool when the body has been read: its idle time starts then.
-        let last_hop = resp.url().clone();
-        let _touch = Touch(&hosts, &last_hop);
+        let (mut url, mut method, mut headers, mut body) = (url, method, headers, req.body);
+        let mut hops = 0;
+        // Held until the body has been read: the connection goes back to the pool then.
+        let (mut resp, _lease) = loop {
+            let lease = self.pool.client_for(&url)?;
+            let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+            let sent = lease.client.request(method.clone(), url.clone()).headers(headers.clone()).body(body.clone()).timeout(left).send().await;
+            let resp = sent.map_err(|e| self.failure(&host, e))?;
+            let Some(next) = redirect_target(&resp) else { break (resp, lease) };
+            let next_host = next.host_str().unwrap_or("").to_string();
+            if hops >= c.max_redirects {
+                return Err(denied(&next_host, format!("more than {} redirects", c.max_redirects)));
+            }
+            check_url(c, &next).map_err(|r| denied(&r.host, format!("a redirect to {next}: {}", r.message)))?;
+            hops += 1;
+            redirected(resp.status(), &mut method, &mut headers, &mut body, &url, &next);
+            url = next;
+        };
         let status = resp.status().as_u16();
         let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
         if got > c.max_header_bytes {
@@ -338,6 +323,41 @@ impl Network {
         }
         let what = if e.is_timeout() { "timed out".to_string() } else { chain(&e) };
         ExecError::NetworkError { host: host.to_string(), message: format!("{host}: {what}") }
+    }
+}
+
+/// Where a redirect response sends the request (301, 302, 303, 307, 308 with a `Location` that
+/// is a URL, relative to the request's); none for any other response, which is the answer.
+fn redirect_target(resp: &reqwest::Response) -> Option<Url> {
+    if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    resp.url().join(location).ok()
+}
+
+/// The request a redirect makes of the last (as browsers and reqwest do): a 303, and a 301 or 302
+/// of a POST, become a GET without a body; credentials go only to the origin they were given for.
+fn redirected(status: reqwest::StatusCode, method: &mut reqwest::Method, headers: &mut reqwest::header::HeaderMap, body: &mut Vec<u8>, from: &Url, to: &Url) {
+    use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, PROXY_AUTHORIZATION, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+    let to_get = match status.as_u16() {
+        303 => *method != reqwest::Method::HEAD,
+        301 | 302 => *method == reqwest::Method::POST,
+        _ => false,
+    };
+    if to_get {
+        *method = reqwest::Method::GET;
+        body.clear();
+        for name in [CONTENT_TYPE, CONTENT_LENGTH, CONTENT_ENCODING, TRANSFER_ENCODING] {
+            headers.remove(name);
+        }
+    }
+    let origin = |u: &Url| (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default());
+    if origin(from) != origin(to) {
+        for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE] {
+            headers.remove(name);
+        }
+        headers.remove("cookie2");
     }
 }
 

@@ -257,7 +257,7 @@ pub fn authorize(import: Option<&str>, asked: bool, granted: bool) -> Result<(),
     }
 }
 
-/// A refusal raised inside reqwest (by the resolver or the redirect policy), found again in the
+/// A refusal: a URL's by `check_url`, or one raised inside reqwest by the resolver, found again in the
 /// error's chain.
 #[derive(Debug)]
 pub(crate) struct Refused {
