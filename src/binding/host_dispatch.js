@@ -1,11 +1,12 @@
 // The JS half of options.hostFunctions, compiled once per executor (src/binding/js_host.rs).
-// Given the user's functions and the native `done(id, error, text)`, it returns `call` (run one
-// host call: JSON.parse the guest's input, call the function with { activity, actorId, signal },
-// settle with JSON.stringify of its value, awaited if it is a thenable) and `abort` (the call
-// ended first: fire its signal). Nothing the user's function does (throw, reject, return a
+// Given the user's functions, the native `done(id, error, text)` and the native `wanted(id)`
+// (whether the activity call is still waiting for it), it returns `call` (run one host call, if
+// still wanted: JSON.parse the guest's input, call the function with { activity, actorId,
+// signal }, settle with JSON.stringify of its value, awaited if it is a thenable) and `abort`
+// (the call ended first: fire its signal). Nothing the user's function does (throw, reject, return a
 // value JSON cannot hold, a `then` getter or a promise's own `then` or `constructor` that
 // throws) escapes: each settles the call as an error.
-(function makeHostDispatcher(fns, done) {
+(function makeHostDispatcher(fns, done, wanted) {
   'use strict'
   const table = new Map()
   for (const key of Object.keys(fns)) {
@@ -19,11 +20,6 @@
     table.set(key, f)
   }
   const live = new Map()
-  // Calls whose abort came first: the abort and the call travel on two queues, and a call that
-  // ended before its host call reached this thread must not run it (it ran, its signal never
-  // fired, and nobody read its result). Rust aborts only calls not yet settled, so each id here
-  // has its call on the way, which takes it out.
-  const early = new Set()
   const settle = (id, error, text) => {
     if (live.delete(id)) done(id, error, text)
   }
@@ -35,7 +31,10 @@
     return new Error(`the host function threw ${text.length > 4096 ? `${text.slice(0, 4096)}...` : text}`)
   }
   function call(name, input, activity, actorId, id) {
-    if (early.delete(id)) return
+    // A call that ended before its host call reached this thread does not run it: it would run
+    // after a TIMEOUT its caller may retry, with a signal that never fires. Asked here, not
+    // told: the call and its abort travel on two queues, which Node drains in either order.
+    if (!wanted(id)) return
     // The AbortController is made only if the function reads ctx.signal (most never do).
     const state = { controller: undefined, reason: undefined }
     live.set(id, state)
@@ -84,7 +83,8 @@
   }
   function abort(id, reason) {
     const state = live.get(id)
-    if (state === undefined) return void early.add(id)
+    // Settled already, or never run (no longer wanted when it came).
+    if (state === undefined) return
     live.delete(id)
     const e = new Error(reason)
     e.name = 'AbortError'

@@ -155,13 +155,20 @@ impl JsHostFunctions {
                 Ok(())
             })
             .map_err(ExecError::internal)?;
+        let for_wanted = pending.clone();
+        let wanted = env
+            .create_function_from_closure::<(), bool, _>("wanted", move |ctx| {
+                let id: f64 = ctx.get(0)?;
+                Ok(for_wanted.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(id as u64)))
+            })
+            .map_err(ExecError::internal)?;
         let factory: Unknown = env.run_script(DISPATCHER).map_err(|e| {
             js::take_exception(raw);
             ExecError::internal(format!("the host function dispatcher does not compile: {e}"))
         })?;
         let mut undefined = ptr::null_mut();
         unsafe { sys::napi_get_undefined(raw, &mut undefined) };
-        let dispatcher = js::call(raw, undefined, factory.raw(), &[fns.raw(), done.raw()])
+        let dispatcher = js::call(raw, undefined, factory.raw(), &[fns.raw(), done.raw(), wanted.raw()])
             .map_err(ExecError::InvalidArgument)?;
         let get_fn = |key: &str| -> Result<sys::napi_value, ExecError> {
             js::get(raw, dispatcher, key, "the host function dispatcher")
@@ -226,7 +233,7 @@ impl Drop for AbortOnDrop {
             return;
         }
         // Settled on the JS side already (its answer not read yet): nothing to abort. Otherwise
-        // the dispatcher aborts the call, or skips it if the abort gets there first.
+        // the dispatcher aborts the call; one it has not run yet is no longer `wanted`, and skipped.
         if self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id).is_none() {
             return;
         }
