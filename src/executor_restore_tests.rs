@@ -225,6 +225,35 @@ impl ActorStore for DeleteFails {
     }
 }
 
+/// Executor A over a store whose deletes (and version reads) can be made to fail, and B over
+/// the same store as it is; the counter guest as actor "a".
+struct TwoWorkers {
+    inner: Arc<dyn ActorStore>,
+    failing: Arc<DeleteFails>,
+    a: Arc<Executor>,
+    b: Arc<Executor>,
+    d: Definition,
+    key: String,
+}
+
+impl TwoWorkers {
+    fn new(url: &str) -> TwoWorkers {
+        let inner = actor_store::open(Arc::new(ObjectSource::open(url, &[]).expect("store"))).expect("conditional");
+        let failing = DeleteFails::new(inner.clone());
+        let source = Arc::new(MemorySource::new());
+        source.put("counter.wasm", g::counter());
+        let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
+        let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner.clone()), ..Default::default() }).expect("executor"));
+        let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+        let key = actor_store::actor_key(&d.key(), "a");
+        TwoWorkers { inner, failing, a, b, d, key }
+    }
+
+    async fn call(&self, ex: &Arc<Executor>) -> Result<CallOutput, ExecError> {
+        ex.execute(&self.d, "{}".into(), call_options("a", false, CancelFlag::new())).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_actor_whose_delete_failed_never_comes_back_from_the_store() {
     // Review K: dropActor said true, its delete failed (only logged), and the next call loaded the
@@ -255,28 +284,19 @@ async fn a_dropped_actor_whose_delete_failed_never_comes_back_from_the_store() {
 async fn a_retried_delete_leaves_what_another_worker_stored_after_the_drop() {
     // Review O: executor A's drop failed; B went on from the stored state (3, 4) and A's next
     // call's retried delete removed B's acknowledged steps.
-    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retried-delete", &[]).expect("store"))).expect("conditional");
-    let failing = DeleteFails::new(inner.clone());
-    let source = Arc::new(MemorySource::new());
-    source.put("counter.wasm", g::counter());
-    let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
-    let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner), ..Default::default() }).expect("executor"));
-    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
-    let call = |ex: Arc<Executor>| {
-        let d = d.clone();
-        async move { ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await }
-    };
-    assert_eq!(call(a.clone()).await.expect("counts").output, "1");
-    assert_eq!(call(a.clone()).await.expect("counts").output, "2");
+    let w = TwoWorkers::new("memory://retried-delete");
+    let (failing, a, b, d) = (&w.failing, &w.a, &w.b, &w.d);
+    assert_eq!(w.call(a).await.expect("counts").output, "1");
+    assert_eq!(w.call(a).await.expect("counts").output, "2");
     failing.fail.store(true, Ordering::SeqCst);
-    assert!(a.drop_actor(&d, "a"));
+    assert!(a.drop_actor(d, "a"));
     a.drained().await;
     failing.fail.store(false, Ordering::SeqCst);
     // B stores newer steps.
-    assert_eq!(call(b.clone()).await.expect("counts").output, "3");
-    assert_eq!(call(b.clone()).await.expect("counts").output, "4");
+    assert_eq!(w.call(b).await.expect("counts").output, "3");
+    assert_eq!(w.call(b).await.expect("counts").output, "4");
     // A's next call finds a newer state than it dropped: that is the actor's state now.
-    assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "5");
+    assert_eq!(w.call(a).await.expect("goes on from B's").output, "5");
 }
 
 /// Waits (up to 10 s) until `done` holds.
@@ -322,27 +342,17 @@ async fn a_failed_delete_is_retried_in_the_background_until_the_store_takes_it()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_background_retry_leaves_what_another_worker_stored_after_the_drop() {
     // As review O's case, with the retry instead of A's next call: B's steps stay.
-    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-newer", &[]).expect("store"))).expect("conditional");
-    let failing = DeleteFails::new(inner.clone());
-    let source = Arc::new(MemorySource::new());
-    source.put("counter.wasm", g::counter());
-    let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
-    let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner.clone()), ..Default::default() }).expect("executor"));
-    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
-    let key = actor_store::actor_key(&d.key(), "a");
-    let call = |ex: Arc<Executor>| {
-        let d = d.clone();
-        async move { ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await }
-    };
-    assert_eq!(call(a.clone()).await.expect("counts").output, "1");
+    let w = TwoWorkers::new("memory://retry-newer");
+    let (inner, failing, a, b, d, key) = (&w.inner, &w.failing, &w.a, &w.b, &w.d, &w.key);
+    assert_eq!(w.call(a).await.expect("counts").output, "1");
     failing.fail.store(true, Ordering::SeqCst);
-    assert!(a.drop_actor(&d, "a"));
+    assert!(a.drop_actor(d, "a"));
     a.drained().await;
-    assert_eq!(call(b.clone()).await.expect("counts").output, "2");
+    assert_eq!(w.call(b).await.expect("counts").output, "2");
     failing.fail.store(false, Ordering::SeqCst);
     eventually("the retry", || !a.pending.is_undeleted(&key)).await;
     assert!(inner.version(&key).await.expect("version").is_some(), "B's state stays");
-    assert_eq!(call(a.clone()).await.expect("goes on from B's").output, "3");
+    assert_eq!(w.call(a).await.expect("goes on from B's").output, "3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -350,30 +360,20 @@ async fn when_the_store_cannot_say_what_was_dropped_the_retry_deletes_only_what_
     // Review M: the drop's version read failed too, so the retry deleted whatever was stored:
     // another executor's acknowledged state, restored after the drop. It now deletes only the
     // version this executor last stored, and leaves B's.
-    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-unknown", &[]).expect("store"))).expect("conditional");
-    let failing = DeleteFails::new(inner.clone());
-    let source = Arc::new(MemorySource::new());
-    source.put("counter.wasm", g::counter());
-    let a = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(failing.clone()), ..Default::default() }).expect("executor"));
-    let b = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(inner.clone()), ..Default::default() }).expect("executor"));
-    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
-    let key = actor_store::actor_key(&d.key(), "a");
-    let call = |ex: Arc<Executor>| {
-        let d = d.clone();
-        async move { ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await }
-    };
-    assert_eq!(call(a.clone()).await.expect("counts").output, "1");
+    let w = TwoWorkers::new("memory://retry-unknown");
+    let (inner, failing, a, b, d, key) = (&w.inner, &w.failing, &w.a, &w.b, &w.d, &w.key);
+    assert_eq!(w.call(a).await.expect("counts").output, "1");
     failing.fail.store(true, Ordering::SeqCst);
     failing.versions_fail.store(true, Ordering::SeqCst);
-    assert!(a.drop_actor(&d, "a"));
+    assert!(a.drop_actor(d, "a"));
     a.drained().await;
     // B stores a state of its own (a restore of A's snapshot, then a step: "2").
-    assert_eq!(call(b.clone()).await.expect("counts").output, "2");
+    assert_eq!(w.call(b).await.expect("counts").output, "2");
     failing.fail.store(false, Ordering::SeqCst);
     failing.versions_fail.store(false, Ordering::SeqCst);
     eventually("the retry", || !a.pending.is_undeleted(&key)).await;
     assert!(inner.version(&key).await.expect("version").is_some(), "B's state stays");
-    assert_eq!(call(b.clone()).await.expect("counts").output, "3");
+    assert_eq!(w.call(b).await.expect("counts").output, "3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
