@@ -46,10 +46,20 @@ pub struct Pending {
     /// so the state `dropActor` dropped never comes back, unless another worker has stored a
     /// newer one since (that is not deleted: review O saw a retried delete wipe another
     /// executor's acknowledged steps).
-    undeleted: std::sync::Mutex<std::collections::HashMap<String, Option<Version>>>,
+    undeleted: std::sync::Mutex<Undeleted>,
     /// Set when the executor closes or goes: background retries of failed deletes stop.
     stopped: std::sync::atomic::AtomicBool,
     stopping: tokio::sync::Notify,
+}
+
+/// Dropped actors whose delete failed, by store key, and those being retried in the background.
+#[derive(Default)]
+struct Undeleted {
+    /// The version the dropped state had (`None`: unknown).
+    versions: std::collections::HashMap<String, Option<Version>>,
+    /// Keys with a background retry loop: one per key, however many drops failed (review N: 100,000
+    /// failed drops of one actor ran 100,000 loops, +195 MiB).
+    retrying: std::collections::HashSet<String>,
 }
 
 /// One write in `Pending`, until dropped.
@@ -64,7 +74,7 @@ impl Pending {
     /// Records a dropped actor's stored state as not deleted (`Some(version it had)`), or as
     /// settled (`None`).
     pub fn set_undeleted(&self, key: &str, undeleted: Option<Option<Version>>) {
-        let mut map = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
+        let map = &mut self.lock_undeleted().versions;
         match undeleted {
             Some(version) => map.insert(key.to_string(), version),
             None => map.remove(key),
@@ -74,7 +84,30 @@ impl Pending {
     /// The version a dropped actor's undeleted state had (`Some(None)`: unknown), if it was
     /// dropped and its stored state not yet deleted.
     pub fn undeleted(&self, key: &str) -> Option<Option<Version>> {
-        self.undeleted.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.lock_undeleted().versions.get(key).cloned()
+    }
+
+    fn lock_undeleted(&self) -> std::sync::MutexGuard<'_, Undeleted> {
+        self.undeleted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `key`'s background retry loop: false if it has one already (which goes on with
+    /// the newer drop's version) or the retries are stopped.
+    pub fn claim_retry(&self, key: &str) -> bool {
+        let mut u = self.lock_undeleted();
+        !self.stopped.load(std::sync::atomic::Ordering::Acquire) && u.retrying.insert(key.to_string())
+    }
+
+    /// Whether `key`'s retry loop goes on after an attempt: while its state is undeleted with a
+    /// known version (a drop since included) and the retries are not stopped; else its claim is
+    /// given up.
+    pub fn retry_goes_on(&self, key: &str) -> bool {
+        let mut u = self.lock_undeleted();
+        if !self.stopped.load(std::sync::atomic::Ordering::Acquire) && matches!(u.versions.get(key), Some(Some(_))) {
+            return true;
+        }
+        u.retrying.remove(key);
+        false
     }
 
     pub fn is_undeleted(&self, key: &str) -> bool {
@@ -85,16 +118,17 @@ impl Pending {
     pub fn stop_retries(&self) {
         // Under the lock `start_retry` holds: an attempt is either counted before this (and
         // `close` waits for it) or never starts.
-        let _undeleted = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
+        let _undeleted = self.lock_undeleted();
         self.stopped.store(true, std::sync::atomic::Ordering::Release);
         self.stopping.notify_waiters();
     }
 
     /// A retry's attempt on `key`, counted as a write under way (`close` waits for it); none
-    /// once the retries are stopped or the key is settled.
+    /// once the retries are stopped, the key is settled, or its dropped version is unknown (only
+    /// a call's load deletes that).
     pub fn start_retry(self: &Arc<Self>, key: &str) -> Option<PendingWrite> {
-        let undeleted = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
-        if self.stopped.load(std::sync::atomic::Ordering::Acquire) || !undeleted.contains_key(key) {
+        let undeleted = self.lock_undeleted();
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) || !matches!(undeleted.versions.get(key), Some(Some(_))) {
             return None;
         }
         Some(self.start())

@@ -25,18 +25,24 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// or a restore has settled it) or the executor closes or goes: a dropped actor that is never
 /// called again would otherwise keep its state in the store, and its entry in `Pending`, for good.
 /// Only for a drop whose version is known: it deletes that version alone, never another
-/// worker's state stored since. `close` waits for an attempt under way; none starts after it.
+/// worker's state stored since. One loop per actor (`Pending::claim_retry`), which goes on with
+/// the version of a drop that failed while it ran. `close` waits for an attempt under way; none
+/// starts after it.
 async fn retry_delete(actors: WeakActors, key: ActorKey, d: Durable) {
     let mut wait = RETRY_FIRST;
     while d.pending.retry_after(wait).await {
-        let Some(ticket) = actors.upgrade().map(|a| a.ticket(key.clone())) else { return };
+        let Some(ticket) = actors.upgrade().map(|a| a.ticket(key.clone())) else { break };
         let _held = ticket.await;
-        let Some(_attempt) = d.pending.start_retry(&d.key) else { return };
-        if crate::durable::delete_dropped(&d).await.is_ok() {
+        if let Some(_attempt) = d.pending.start_retry(&d.key) {
+            let deleted = crate::durable::delete_dropped(&d).await.is_ok();
+            wait = if deleted { RETRY_FIRST } else { (wait * 2).min(RETRY_MAX) };
+        }
+        if !d.pending.retry_goes_on(&d.key) {
             return;
         }
-        wait = (wait * 2).min(RETRY_MAX);
     }
+    // Stopped (or the executor gone): the claim goes.
+    let _ = d.pending.retry_goes_on(&d.key);
 }
 
 impl Executor {
@@ -100,6 +106,13 @@ impl Executor {
                 // retried: not what another worker stored since.
                 let known = held.guard.persisted.take().or(persisted);
                 let dropped = match d.store.version(&d.key).await {
+                    // Nothing stored: nothing to delete, and nothing left of an earlier drop
+                    // (review N: taken as "unknown", the next call deleted what another worker
+                    // stored after the drop).
+                    Ok(None) => {
+                        d.pending.set_undeleted(&d.key, None);
+                        return;
+                    }
                     Ok(now) => now,
                     Err(_) => known,
                 };
@@ -116,7 +129,7 @@ impl Executor {
                 let retried = if known { "retried in the background, and by its next call first" } else { "its next call deletes it first" };
                 sink.log("warn", &format!("the stored state of a dropped actor was not deleted ({retried}): {e}"));
             }
-            if known {
+            if known && d.pending.claim_retry(&d.key) {
                 retry_delete(actors, key, d).await;
             }
         });
