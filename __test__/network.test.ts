@@ -34,7 +34,11 @@ beforeAll(async () => {
         return res.end(JSON.stringify({ hello: 'world', method: req.method, body }))
       }
       if (u.pathname === '/status') return (res.statusCode = Number(u.searchParams.get('code'))), res.end('{"failed":true}')
-      if (u.pathname === '/redirect') return res.writeHead(Number(u.searchParams.get('code') ?? 302), { location: u.searchParams.get('to')! }).end()
+      if (u.pathname === '/redirect') {
+        const fat = Number(u.searchParams.get('fat') ?? 0)
+        return res.writeHead(Number(u.searchParams.get('code') ?? 302), { location: u.searchParams.get('to')!, ...(fat ? { 'x-fat': 'y'.repeat(fat) } : {}) }).end()
+      }
+      if (u.pathname === '/long-redirect') return res.writeHead(302, { location: `/json?${'q'.repeat(Number(u.searchParams.get('n')))}` }).end()
       if (u.pathname === '/loop') return res.writeHead(302, { location: '/loop' }).end()
       if (u.pathname === '/big') return res.end(JSON.stringify({ data: 'x'.repeat(Number(u.searchParams.get('n'))) }))
       if (u.pathname === '/stream') {
@@ -184,6 +188,12 @@ describe('every rule of the grant has a denial (NETWORK_DENIED naming the host)'
     expect((await requests(ex, [{ url: `http://[::ffff:127.0.0.1]:${port}/json` }]))[0].status).toBe(200)
   })
 
+  it('a failure on a redirect hop names that hop\'s host', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`, '[::1]'] })
+    const e = await failure(requests(ex, [{ url: `${base}/redirect?to=${encodeURIComponent('http://[::1]:1/')}` }]))
+    expect([e.code, e.host]).toEqual(['NETWORK_ERROR', '[::1]'])
+  })
+
   it('redirects are checked hop by hop: to a host not allowed, to a name on loopback, past 5 hops', async () => {
     const network = { allowedHosts: [`127.0.0.1:${port}`] }
     const to = (u: string) => `${base}/redirect?to=${encodeURIComponent(u)}`
@@ -199,6 +209,16 @@ describe('every rule of the grant has a denial (NETWORK_DENIED naming the host)'
     await denied({ allowedHosts: [host], maxRequestBytes: 10 }, [{ method: 'POST', url: `${base}/json`, body: 'y'.repeat(100) }], '127.0.0.1', 'maxRequestBytes')
     await denied({ allowedHosts: [host], maxHeaderBytes: 1000 }, [{ url: `${base}/json`, headers: { 'x-big': 'z'.repeat(2000) } }], '127.0.0.1', 'maxHeaderBytes')
     await denied({ allowedHosts: [host], maxHeaderBytes: 4000 }, [{ url: `${base}/fat-headers` }], '127.0.0.1', 'maxHeaderBytes')
+    // A redirect's headers count as the answer's do (review N: a hop of 200 KB was followed).
+    const fatHop = `${base}/redirect?fat=8000&to=${encodeURIComponent('/json')}`
+    await denied({ allowedHosts: [host], maxHeaderBytes: 4000 }, [{ url: fatHop }], '127.0.0.1', 'maxHeaderBytes')
+    // The URL is in the request's head: over maxHeaderBytes, or over what a request can carry,
+    // it is refused before it is sent, from the guest or from a redirect (review N: a builder
+    // error, retryable NETWORK_ERROR, the whole URL in its message).
+    const long = await denied({ allowedHosts: [host], maxHeaderBytes: 1000 }, [{ url: `${base}/json?${'q'.repeat(2000)}` }], '127.0.0.1', 'maxHeaderBytes')
+    expect(long.reached).toBe(0)
+    const { e: longHop } = await denied({ allowedHosts: [host], maxHeaderBytes: 1 << 20 }, [{ url: `${base}/long-redirect?n=70000` }], '127.0.0.1', 'the most an HTTP request carries')
+    expect(longHop.message.length).toBeLessThan(1000)
     const { reached } = await denied({ allowedHosts: [host], maxRequestsPerCall: 2 }, [1, 2, 3].map(() => ({ url: `${base}/json` })), '127.0.0.1', 'maxRequestsPerCall')
     expect(reached).toBe(2)
   })

@@ -237,7 +237,7 @@ impl Network {
         let denied = |host: &str, message: String| ExecError::NetworkDenied { host: host.to_string(), message };
         let url = Url::parse(&req.url).map_err(|e| denied("", format!("{:?} is not a URL: {e}", preview(&req.url))))?;
         check_url(c, &url).map_err(|r| denied(&r.host, r.message))?;
-        let host = url.host_str().unwrap_or("").to_string();
+        let mut host = url.host_str().unwrap_or("").to_string();
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| denied(&host, format!("{:?} is not an HTTP method", preview(&req.method))))?;
         if method == reqwest::Method::CONNECT {
@@ -273,21 +273,25 @@ impl Network {
             let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
             let sent = lease.client.request(method.clone(), url.clone()).headers(headers.clone()).body(body.clone()).timeout(left).send().await;
             let resp = sent.map_err(|e| self.failure(&host, e))?;
+            // Every hop's headers count, a redirect's too.
+            let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
+            if got > c.max_header_bytes {
+                return Err(denied(&host, format!("the response's headers are {got} bytes, over maxHeaderBytes {}", c.max_header_bytes)));
+            }
             let Some(next) = redirect_target(&resp) else { break (resp, lease) };
             let next_host = next.host_str().unwrap_or("").to_string();
             if hops >= c.max_redirects {
                 return Err(denied(&next_host, format!("more than {} redirects", c.max_redirects)));
             }
-            check_url(c, &next).map_err(|r| denied(&r.host, format!("a redirect to {next}: {}", r.message)))?;
+            let shown = preview(next.as_str());
+            check_url(c, &next).map_err(|r| denied(&r.host, format!("a redirect to {shown}: {}", r.message)))?;
             hops += 1;
             redirected(resp.status(), &mut method, &mut headers, &mut body, &url, &next);
+            // Failures from here on are the hop's host's.
+            host = next_host;
             url = next;
         };
         let status = resp.status().as_u16();
-        let got: u64 = resp.headers().iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum();
-        if got > c.max_header_bytes {
-            return Err(denied(&host, format!("the response's headers are {got} bytes, over maxHeaderBytes {}", c.max_header_bytes)));
-        }
         let too_big = |n: u64| denied(&host, format!("the response's body is {n} bytes or more, over maxResponseBytes {}", c.max_response_bytes));
         if let Some(len) = resp.content_length().filter(|l| *l > c.max_response_bytes) {
             return Err(too_big(len));
@@ -321,7 +325,8 @@ impl Network {
             }
             source = s.source();
         }
-        let what = if e.is_timeout() { "timed out".to_string() } else { chain(&e) };
+        // Without the URL, which may be long and carry the guest's secrets.
+        let what = if e.is_timeout() { "timed out".to_string() } else { chain(&e.without_url()) };
         ExecError::NetworkError { host: host.to_string(), message: format!("{host}: {what}") }
     }
 }

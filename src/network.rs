@@ -273,7 +273,10 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Checks a URL against the scheme and host rules (not DNS: the resolver does that).
+/// The longest URL an HTTP request is sent with (the `http` crate's bound on a URI).
+pub(crate) const MAX_URL_BYTES: u64 = 65_534;
+
+/// Checks a URL against the scheme and host rules and its length (not DNS: the resolver does that).
 pub(crate) fn check_url(config: &NetworkConfig, url: &Url) -> Result<(), Refused> {
     let shown = url.host_str().unwrap_or("").to_string();
     let deny = |host: &str, message: String| Refused { host: host.to_string(), message };
@@ -293,6 +296,15 @@ pub(crate) fn check_url(config: &NetworkConfig, url: &Url) -> Result<(), Refused
     }
     if !config.allowed_hosts.iter().any(|r| r.matches(&host, port)) {
         return Err(deny(&shown, format!("{shown}:{port} is not in options.network.allowedHosts")));
+    }
+    // The URL goes in the request's head: it counts against maxHeaderBytes, and an HTTP request
+    // carries at most MAX_URL_BYTES of it (past that the client failed to build the request, a
+    // retryable NETWORK_ERROR whose message held the whole URL).
+    let len = url.as_str().len() as u64;
+    let limit = config.max_header_bytes.min(MAX_URL_BYTES);
+    if len > limit {
+        let why = if limit == MAX_URL_BYTES { "the most an HTTP request carries" } else { "maxHeaderBytes" };
+        return Err(deny(&shown, format!("the URL is {len} bytes, over {why} ({limit})")));
     }
     // An IP the allow-list matched is named there literally (patterns of names never match an
     // IP), so even a private one is the executor's explicit choice.
