@@ -233,6 +233,8 @@ describe('every rule of the grant has a denial (NETWORK_DENIED naming the host)'
       { allowedHosts: [5] },
       { allowedHosts: [], maxResponseBytes: -1 },
       { allowedHosts: [], timeoutMs: 0 },
+      // A misspelt cap is refused, not left at its default (review N: maxRedirect was ignored).
+      { allowedHosts: [], maxRedirect: 0 },
     ]) {
       expect(() => new WasmActivityExecutor(store, { network } as any), JSON.stringify(network)).toThrow(
         expect.objectContaining({ code: 'INVALID_ARGUMENT' }),

@@ -416,6 +416,11 @@ fn env_offer(v: Unknown, what: &str) -> Result<crate::capabilities::EnvOffer, Ex
 fn network_config(obj: &Object) -> Result<crate::network::NetworkConfig, ExecError> {
     use crate::network::{ranges as r, HostRule, NetworkConfig};
     let w = "options.network";
+    // A grant: a misspelt cap (`maxRedirect`) would be a looser one than asked for, silently.
+    const KNOWN: [&str; 7] = ["allowedHosts", "maxResponseBytes", "maxRequestBytes", "maxHeaderBytes", "maxRequestsPerCall", "timeoutMs", "maxRedirects"];
+    if let Some(k) = keys(obj, w)?.into_iter().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ExecError::InvalidArgument(format!("{w}.{k} is not an option (the network's are {})", KNOWN.join(", "))));
+    }
     let mut c = NetworkConfig::default();
     let hosts = opt(obj, "allowedHosts", w, string_list)?.ok_or_else(|| bad("options.network.allowedHosts", "an array of host patterns"))?;
     c.allowed_hosts = hosts
