@@ -441,15 +441,11 @@ async fn many_failed_drops_of_one_actor_retry_in_one_loop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn close_waits_for_a_retry_under_way() {
     // Review M: a retry's delete landed after `close()` had resolved.
-    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-under-way", &[]).expect("store"))).expect("conditional");
-    let store = DeleteFails::new(inner.clone());
-    let source = Arc::new(MemorySource::new());
-    source.put("counter.wasm", g::counter());
-    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
-    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
-    ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts");
+    let w = TwoWorkers::new("memory://retry-under-way");
+    let (ex, store) = (&w.a, &w.failing);
+    w.call(ex).await.expect("counts");
     store.fail.store(true, Ordering::SeqCst);
-    assert!(ex.drop_actor(&d, "a"));
+    assert!(ex.drop_actor(&w.d, "a"));
     ex.drained().await;
     store.slow.store(true, Ordering::SeqCst);
     let tried = store.deletes.load(Ordering::SeqCst);
@@ -461,15 +457,11 @@ async fn close_waits_for_a_retry_under_way() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn close_stops_the_retries() {
-    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://retry-close", &[]).expect("store"))).expect("conditional");
-    let store = DeleteFails::new(inner.clone());
-    let source = Arc::new(MemorySource::new());
-    source.put("counter.wasm", g::counter());
-    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
-    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
-    ex.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts");
+    let w = TwoWorkers::new("memory://retry-close");
+    let (ex, store) = (&w.a, &w.failing);
+    w.call(ex).await.expect("counts");
     store.fail.store(true, Ordering::SeqCst);
-    assert!(ex.drop_actor(&d, "a"));
+    assert!(ex.drop_actor(&w.d, "a"));
     ex.drained().await;
     // Closed before the first retry (a second after the drop): none runs, now or later.
     ex.close();
