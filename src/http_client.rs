@@ -265,7 +265,8 @@ impl Network {
         let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
         let timeout = c.timeout.min(left).max(Duration::from_millis(1));
         let started = Instant::now();
-        let (mut url, mut method, mut headers, mut body) = (url, method, headers, req.body);
+        // Shared, not copied, by each hop's request (a body may be 10 MiB).
+        let (mut url, mut method, mut headers, mut body) = (url, method, headers, bytes::Bytes::from(req.body));
         let mut hops = 0;
         // Held until the body has been read: the connection goes back to the pool then.
         let (mut resp, _lease) = loop {
@@ -343,7 +344,7 @@ fn redirect_target(resp: &reqwest::Response) -> Option<Url> {
 
 /// The request a redirect makes of the last (as browsers and reqwest do): a 303, and a 301 or 302
 /// of a POST, become a GET without a body; credentials go only to the origin they were given for.
-fn redirected(status: reqwest::StatusCode, method: &mut reqwest::Method, headers: &mut reqwest::header::HeaderMap, body: &mut Vec<u8>, from: &Url, to: &Url) {
+fn redirected(status: reqwest::StatusCode, method: &mut reqwest::Method, headers: &mut reqwest::header::HeaderMap, body: &mut bytes::Bytes, from: &Url, to: &Url) {
     use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, PROXY_AUTHORIZATION, TRANSFER_ENCODING, WWW_AUTHENTICATE};
     let to_get = match status.as_u16() {
         303 => *method != reqwest::Method::HEAD,
@@ -352,7 +353,7 @@ fn redirected(status: reqwest::StatusCode, method: &mut reqwest::Method, headers
     };
     if to_get {
         *method = reqwest::Method::GET;
-        body.clear();
+        *body = bytes::Bytes::new();
         for name in [CONTENT_TYPE, CONTENT_LENGTH, CONTENT_ENCODING, TRANSFER_ENCODING] {
             headers.remove(name);
         }
