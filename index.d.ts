@@ -88,7 +88,7 @@ export interface ExecuteOptions {
   onProgress?: (detail: any) => void
 }
 
-/** Every numeric option is a whole number in the range given; outside it, `INVALID_ARGUMENT`. */
+/** Every numeric option is a whole number in the range given; outside it, `INVALID_ARGUMENT`. A key that is none of these (or, in `filesystem` and `network`, none of theirs) is `INVALID_ARGUMENT` too. */
 export interface ExecutorOptions {
   /** Compiled modules kept in the LRU (default 128; 1..100000). */
   maxCachedModules?: number

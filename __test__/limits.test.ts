@@ -1,5 +1,8 @@
 // Limits that hold: time, memory, fuel, cancellation, sizes, concurrency; and the event loop
 // stays free while guests spin.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
@@ -197,6 +200,46 @@ describe('sizes and concurrency', () => {
     const store = new MemoryBlobStore()
     for (const o of [{ maxConcurrency: 0 }, { maxActors: 1.5 }, { maxMemoryMB: 0 }, { maxExecutionMs: -5 }, 'fast']) {
       expect(() => new WasmActivityExecutor(store, o as any)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    }
+  })
+
+  it('a key that is none of the options is INVALID_ARGUMENT naming it: a misspelt limit is not left at its default', () => {
+    const store = new MemoryBlobStore()
+    const refused = (o: object) => {
+      try {
+        new WasmActivityExecutor(store, o as any).close()
+      } catch (e: any) {
+        return [e.code, e.message]
+      }
+      return ['constructed']
+    }
+    expect(refused({ maxExecutionMS: 10 })).toEqual(['INVALID_ARGUMENT', expect.stringContaining('options.maxExecutionMS is not an option (did you mean maxExecutionMs?)')])
+    expect(refused({ maxMemoryMb: 1 })).toEqual(['INVALID_ARGUMENT', expect.stringContaining('did you mean maxMemoryMB?')])
+    expect(refused({ log: () => {} })).toEqual(['INVALID_ARGUMENT', expect.stringContaining('options.log is not an option (did you mean onLog?)')])
+    expect(refused({ fastMode: true })).toEqual(['INVALID_ARGUMENT', expect.stringContaining('options.fastMode is not an option (the options are maxCachedModules, ')])
+    const [code, long] = refused({ ['x'.repeat(100000)]: 1 })
+    expect([code, long.length < 2000]).toEqual(['INVALID_ARGUMENT', true])
+    const dir = mkdtempSync(join(tmpdir(), 'loom-opts-'))
+    try {
+      // A misspelt grant: `writeable` would have left the directory read-only, silently.
+      expect(refused({ filesystem: { hostDir: dir, writeable: true } })).toEqual(['INVALID_ARGUMENT', expect.stringContaining('options.filesystem.writeable is not an option (did you mean writable?)')])
+      // Every option README's table names is taken (the list the constructor checks against agrees with it).
+      const readme = readFileSync(join(__dirname, '..', 'README.md'), 'utf8')
+      const table = readme.slice(readme.indexOf('### Executor options'), readme.indexOf('\n#', readme.indexOf('### Executor options') + 5))
+      const documented = [...table.matchAll(/^\| `(\w+)` \|/gm)].map((m) => m[1]).sort()
+      const valid: Record<string, unknown> = {
+        maxCachedModules: 4, maxCacheBytes: 1 << 20, cacheDir: join(dir, 'cache'), artifactStore: `file://${join(dir, 'artifacts')}`,
+        artifactKey: 'k'.repeat(32), maxActors: 10, maxActorMemoryMB: 64, maxConcurrency: 1, maxMemoryMB: 16, maxExecutionMs: 1000,
+        maxInputBytes: 1000, maxOutputBytes: 1000, maxOutputDepth: 10, loadTimeoutMs: 1000, compileTimeoutMs: 1000,
+        maxModuleBytes: 1 << 20, maxFunctions: 100, maxFunctionBytes: 1000, maxLocals: 100, maxInitInstructions: 100,
+        allowedBlobUrls: [], transactional: true, tierUp: false, shareCode: false, actorStore: `file://${join(dir, 'actors')}`,
+        persist: 'async', onLog: () => {}, filesystem: { hostDir: dir, guestDir: '/d', writable: true }, env: [], hostFunctions: {},
+        network: { allowedHosts: [] },
+      }
+      expect(documented).toEqual(Object.keys(valid).sort())
+      expect(refused(valid)).toEqual(['constructed'])
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
     }
   })
 })

@@ -286,12 +286,58 @@ fn secret(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
     bytes(v, what).map_err(|_| bad(what, "a string or a Uint8Array"))
 }
 
+/// Every option the constructor reads (README's "Executor options"). A key that is none of them
+/// is refused: a misspelt limit (`maxMemoryMb`, `maxExecutionMS`) would otherwise leave its
+/// default in force, silently, and a misspelt grant (`writeable`) a different one than asked for.
+const EXECUTOR_OPTIONS: [&str; 31] = [
+    "maxCachedModules", "maxCacheBytes", "cacheDir", "artifactStore", "artifactKey", "maxActors", "maxActorMemoryMB",
+    "maxConcurrency", "maxMemoryMB", "maxExecutionMs", "maxInputBytes", "maxOutputBytes", "maxOutputDepth",
+    "loadTimeoutMs", "compileTimeoutMs", "maxModuleBytes", "maxFunctions", "maxFunctionBytes", "maxLocals",
+    "maxInitInstructions", "allowedBlobUrls", "transactional", "tierUp", "shareCode", "actorStore", "persist",
+    "onLog", "filesystem", "env", "hostFunctions", "network",
+];
+
+/// `INVALID_ARGUMENT` for the first own enumerable key of `obj` that is not in `known`, naming the
+/// known key nearest to it if it is a likely misspelling (at most two edits, case aside).
+fn only_known(obj: &Object, what: &str, known: &[&str]) -> Result<(), ExecError> {
+    let Some(k) = keys(obj, what)?.into_iter().find(|k| !known.contains(&k.as_str())) else { return Ok(()) };
+    let near = known.iter().map(|n| (edits(&n.to_ascii_lowercase(), &k.to_ascii_lowercase()), n)).filter(|(d, _)| *d <= 2).min();
+    let hint = match near.map(|(_, n)| n) {
+        Some(n) => format!(" (did you mean {n}?)"),
+        None => format!(" (the options are {})", known.join(", ")),
+    };
+    // A key is named whole only if short: the message is not the caller's 100 KB key again.
+    let shown: String = if k.chars().count() > 64 { k.chars().take(64).chain("...".chars()).collect() } else { k };
+    Err(ExecError::InvalidArgument(format!("{what}.{shown} is not an option{hint}")))
+}
+
+/// Levenshtein distance between two short strings (option names; a key longer than 64 bytes is
+/// no near miss and is not compared).
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() > 64 || b.len() > 64 {
+        return usize::MAX;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// The executor's options (all optional), each checked against its documented range.
 pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecError> {
     // Code is shared between the process's executors unless an executor says not to.
     let mut o = ExecutorOptions { share_code: true, ..ExecutorOptions::default() };
     let Some(obj) = obj else { return Ok(o) };
     let w = "options";
+    only_known(obj, w, &EXECUTOR_OPTIONS)?;
     let num = |key: &str| opt(obj, key, w, number);
     if let Some(n) = opt(obj, "maxCachedModules", w, |v, p| count(v, p, ranges::MAX_CACHED_MODULES))? {
         o.max_cached_modules = n;
@@ -370,6 +416,7 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     }
     if let Some(fs) = opt(obj, "filesystem", w, object)? {
         let w = "options.filesystem";
+        only_known(&fs, w, &["hostDir", "guestDir", "writable"])?;
         let host_dir = req_string(&fs, "hostDir", w)?;
         let guest_dir = opt(&fs, "guestDir", w, string)?.unwrap_or_else(|| "/data".into());
         let writable = opt(&fs, "writable", w, boolean)?.unwrap_or(false);
@@ -417,10 +464,7 @@ fn network_config(obj: &Object) -> Result<crate::network::NetworkConfig, ExecErr
     use crate::network::{ranges as r, HostRule, NetworkConfig};
     let w = "options.network";
     // A grant: a misspelt cap (`maxRedirect`) would be a looser one than asked for, silently.
-    const KNOWN: [&str; 7] = ["allowedHosts", "maxResponseBytes", "maxRequestBytes", "maxHeaderBytes", "maxRequestsPerCall", "timeoutMs", "maxRedirects"];
-    if let Some(k) = keys(obj, w)?.into_iter().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ExecError::InvalidArgument(format!("{w}.{k} is not an option (the network's are {})", KNOWN.join(", "))));
-    }
+    only_known(obj, w, &["allowedHosts", "maxResponseBytes", "maxRequestBytes", "maxHeaderBytes", "maxRequestsPerCall", "timeoutMs", "maxRedirects"])?;
     let mut c = NetworkConfig::default();
     let hosts = opt(obj, "allowedHosts", w, string_list)?.ok_or_else(|| bad("options.network.allowedHosts", "an array of host patterns"))?;
     c.allowed_hosts = hosts
