@@ -346,6 +346,7 @@ impl Executor {
                 _ => None,
             },
             deadline: Some(budget.deadline),
+            cancel: Some(cancel.clone()),
             max_result_bytes: p.limits.max_input_bytes,
             failure: Default::default(),
             http_held: None,

@@ -24,12 +24,13 @@ use wasmtime::{Caller, ExternType, FuncType, Linker, Module, Val, ValType};
 
 use crate::error::ExecError;
 use crate::host::HostState;
+use crate::limits::CancelFlag;
 use crate::network::{HttpRequest, Network};
 use crate::permit::PermitSlot;
 use crate::store::BoxFuture;
 
 /// One call of a host function.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct HostRequest {
     /// `namespace.name`.
     pub name: String,
@@ -38,6 +39,23 @@ pub struct HostRequest {
     /// The calling activity's name.
     pub activity: String,
     pub actor_id: Option<String>,
+    /// Whether the activity call is over, for a host that starts the function later.
+    pub call: CallLife,
+}
+
+/// What ends an activity call from outside: its deadline and its cancellation. A host that runs
+/// a host function later than asked (the JS thread was busy) asks it first, so a call past its
+/// deadline or cancelled does not run it, even before its thread has dropped the call's future.
+#[derive(Debug, Clone, Default)]
+pub struct CallLife {
+    pub deadline: Option<Instant>,
+    pub cancel: Option<CancelFlag>,
+}
+
+impl CallLife {
+    pub fn is_over(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d) || self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
 }
 
 /// A host function's failure (a JS throw or rejection): its message and its `code`, if any.
@@ -87,6 +105,8 @@ pub struct HostAccess {
     pub network: Option<Arc<NetworkCall>>,
     /// The call's deadline (a request's timeout ends by it).
     pub deadline: Option<Instant>,
+    /// The call's cancellation (host functions run later than asked check it).
+    pub cancel: Option<CancelFlag>,
     /// The call's `maxInputBytes`: the most JSON a host function is handed or may return.
     pub max_result_bytes: u64,
     /// What fails the call once the guest returns, whatever it did meanwhile (a denied
@@ -149,7 +169,13 @@ impl HostAccess {
                 preview: input.chars().take(200).collect(),
             });
         }
-        let req = HostRequest { name: name.to_string(), input, activity: self.activity.clone(), actor_id: self.actor_id.clone() };
+        let req = HostRequest {
+            name: name.to_string(),
+            input,
+            activity: self.activity.clone(),
+            actor_id: self.actor_id.clone(),
+            call: CallLife { deadline: self.deadline, cancel: self.cancel.clone() },
+        };
         let out = self.without_slot(functions.call(req)).await.map_err(|f| ExecError::HostFunctionError {
             function: name.to_string(),
             message: f.message,
@@ -422,5 +448,19 @@ mod tests {
         assert!(authorize(&[http], &[], &[]).is_ok(), "the network grant is checked apart");
         let odd = import("crm.lookup", None);
         assert_eq!(authorize(&[odd], &granted, &granted).unwrap_err().code(), "INVALID_MODULE");
+    }
+
+    #[test]
+    fn a_call_is_over_past_its_deadline_or_once_cancelled() {
+        let soon = Instant::now() + std::time::Duration::from_millis(30);
+        let cancel = CancelFlag::new();
+        let life = CallLife { deadline: Some(soon), cancel: Some(cancel.clone()) };
+        assert!(!life.is_over());
+        cancel.cancel();
+        assert!(life.is_over(), "cancelled");
+        let life = CallLife { deadline: Some(soon), cancel: Some(CancelFlag::new()) };
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(life.is_over(), "past its deadline");
+        assert!(!CallLife::default().is_over(), "no deadline, no cancel: a call that only its own end ends");
     }
 }

@@ -21,13 +21,14 @@ use napi::{sys, Env, JsValue, Status};
 
 use super::js;
 use crate::error::ExecError;
-use crate::host_functions::{HostFailure, HostFunctions, HostRequest};
+use crate::host_functions::{CallLife, HostFailure, HostFunctions, HostRequest};
 use crate::store::BoxFuture;
 
 const DISPATCHER: &str = include_str!("host_dispatch.js");
 
 type Settled = Result<String, HostFailure>;
-type Pending = Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Settled>>>>;
+/// Host calls sent to the JS thread and not settled yet, with what ends their activity call.
+type Pending = Arc<Mutex<HashMap<u64, (tokio::sync::oneshot::Sender<Settled>, CallLife)>>>;
 
 type CallArgs = FnArgs<(String, String, String, Option<String>, f64)>;
 type CallFn = ThreadsafeFunction<CallArgs, (), CallArgs, Status, false, true>;
@@ -86,7 +87,7 @@ fn run_deferred() -> bool {
         let failed = if made { js::call(env, undefined, f, &args).err() } else { Some("the host function dispatcher is gone".into()) };
         if let Some(message) = failed {
             let tx = d.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*id as u64));
-            if let Some(tx) = tx {
+            if let Some((tx, _)) = tx {
                 let _ = tx.send(Err(HostFailure { message, code: None }));
             }
         }
@@ -149,7 +150,7 @@ impl JsHostFunctions {
                     _ => Err(failure(ctx.env.raw(), error.raw())),
                 };
                 let tx = for_done.lock().unwrap_or_else(|p| p.into_inner()).remove(&(id as u64));
-                if let Some(tx) = tx {
+                if let Some((tx, _)) = tx {
                     let _ = tx.send(settled);
                 }
                 Ok(())
@@ -159,7 +160,9 @@ impl JsHostFunctions {
         let wanted = env
             .create_function_from_closure::<(), bool, _>("wanted", move |ctx| {
                 let id: f64 = ctx.get(0)?;
-                Ok(for_wanted.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(id as u64)))
+                // Not wanted once its call ended, or is past its deadline or cancelled (its
+                // thread, busy or starved, may not have dropped the call yet).
+                Ok(for_wanted.lock().unwrap_or_else(|p| p.into_inner()).get(&(id as u64)).is_some_and(|(_, life)| !life.is_over()))
             })
             .map_err(ExecError::internal)?;
         let factory: Unknown = env.run_script(DISPATCHER).map_err(|e| {
@@ -250,7 +253,7 @@ impl HostFunctions for JsHostFunctions {
     fn call(&self, req: HostRequest) -> BoxFuture<'static, Result<String, HostFailure>> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (tx, req.call.clone()));
         let on_own_thread = ENVS.with(|e| e.borrow().contains(&(self.dispatcher_call.1 as usize)));
         if on_own_thread && crate::inline::defer_to_caller() {
             let args = (req.name, req.input, req.activity, req.actor_id, id as f64);
