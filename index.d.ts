@@ -32,7 +32,8 @@ export interface ActivityDefinition {
   /**
    * Closed by default. A module importing WASI runs only when `env` or `filesystem` is granted; one
    * importing a host function only when it is named in `hostFunctions`; one importing `loom.http`
-   * only with `network` (and the executor's `options.network`).
+   * only with `network` (and the executor's `options.network`). A key that is none of these is
+   * `INVALID_ARGUMENT` (so is one in `limits`).
    */
   capabilities?: {
     /**
@@ -66,6 +67,7 @@ export interface ActivityDefinition {
 /** The options of an actor handle's call: `ExecuteOptions` without `actorId` (the handle's). */
 export type ActorExecuteOptions = Omit<ExecuteOptions, 'actorId'>
 
+/** A key that is none of these is `INVALID_ARGUMENT` (a misspelt `actorId` would run the call on a fresh instance). */
 export interface ExecuteOptions {
   /**
    * Run on this actor's kept instance, so guest globals persist between calls. Calls to one actor

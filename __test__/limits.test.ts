@@ -242,4 +242,89 @@ describe('sizes and concurrency', () => {
       rmSync(dir, { recursive: true, force: true })
     }
   })
+
+  it("a key that a definition's limits or capabilities, or a call's options, do not take is INVALID_ARGUMENT naming it, on every path", async () => {
+    // A misspelt limit left its default in force (maxExecutionMS: 10 ran guests for 30 s), a
+    // misspelt actorID ran each call on a fresh instance (the actor's state silently not kept).
+    const ex = await executor()
+    const handle = ex.actor(def('counter-actor'), 'h')
+    const inc = { action: 'increment' }
+    // Each surface that reads them: execute (read in JS), executeDetailed and the handle (read
+    // natively), precompile and actor() (the definition only).
+    const paths: Record<string, (d: any, o?: any) => Promise<unknown>> = {
+      execute: (d, o) => ex.execute(d, inc, o),
+      executeDetailed: (d, o) => ex.executeDetailed(d, inc, o),
+      handle: (d, o) => (d === undefined ? handle.execute(inc, o) : ex.actor(d, 'h2').execute(inc, o)),
+      precompile: (d) => ex.precompile(d),
+    }
+    const refusal = async (p: () => Promise<unknown>) => {
+      try {
+        await p()
+      } catch (e: any) {
+        return [e.code, e.message]
+      }
+      return ['ran']
+    }
+    const dd = (extra: object) => def('counter-actor', extra as any)
+    // Every documented key; inherited, symbol and non-enumerable keys are not looked at.
+    const limits = Object.assign(Object.create({ inherited: 1 }), { maxMemoryMB: 16, maxExecutionMs: 5000, maxFuel: 1e9, [Symbol('s')]: 1 })
+    Object.defineProperty(limits, 'hidden', { value: 1, enumerable: false })
+    const capabilities = { network: false, filesystem: false, env: [], hostFunctions: [] }
+    const full = dd({ limits, capabilities })
+    for (const [path, run] of Object.entries(paths)) {
+      expect([path, await refusal(() => run(dd({ limits: { maxExecutionMS: 10 } })))]).toEqual([
+        path,
+        ['INVALID_ARGUMENT', expect.stringContaining('definition.limits.maxExecutionMS is not a field of definition.limits (did you mean maxExecutionMs?)')],
+      ])
+      expect([path, await refusal(() => run(dd({ capabilities: { hostFunction: ['crm.lookup'] } })))]).toEqual([
+        path,
+        ['INVALID_ARGUMENT', expect.stringContaining('definition.capabilities.hostFunction is not a field of definition.capabilities (did you mean hostFunctions?)')],
+      ])
+      expect([path, await refusal(() => run(dd({ limits: { timeout: 10 } })))]).toEqual([
+        path,
+        ['INVALID_ARGUMENT', expect.stringContaining('(it takes maxMemoryMB, maxExecutionMs, maxFuel)')],
+      ])
+      // A key of 100,000 characters is named cut.
+      const [code, long] = await refusal(() => run(dd({ limits: { ['x'.repeat(100_000)]: 1 } })))
+      expect([path, code, long.length < 2000]).toEqual([path, 'INVALID_ARGUMENT', true])
+      // A Proxy whose keys cannot be listed.
+      const trap = new Proxy({}, { ownKeys: () => { throw new Error('no keys') } })
+      expect([path, (await refusal(() => run(dd({ limits: trap }))))[0]]).toEqual([path, 'INVALID_ARGUMENT'])
+      if (path === 'precompile') continue
+      const d = path === 'handle' ? undefined : dd({})
+      expect([path, await refusal(() => run(d, { actorID: 'a' }))]).toEqual([
+        path,
+        ['INVALID_ARGUMENT', expect.stringContaining('options.actorID is not an option (did you mean actorId?)')],
+      ])
+      expect([path, (await refusal(() => run(d, { signal: new AbortController().signal, retries: 3 })))[1]]).toEqual([
+        path,
+        expect.stringContaining('options.retries is not an option (the options are actorId, transactional, now, seed, onProgress, signal)'),
+      ])
+      expect([path, (await refusal(() => run(d, trap)))[0]]).toEqual([path, 'INVALID_ARGUMENT'])
+      // What a call takes still runs: every documented key (`full`).
+      const options = { transactional: true, onProgress: () => {}, signal: new AbortController().signal, ...(path === 'handle' ? {} : { actorId: 'ok' }) }
+      expect([path, await refusal(() => run(full, options))]).toEqual([path, ['ran']])
+    }
+    // The handle's own definition was read once, when it was made: a bad one is refused there.
+    expect(() => ex.actor(dd({ limits: { maxMemoryMb: 1 } }), 'h3')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    // The calls that ran with actorId 'ok' (execute, executeDetailed) ran on its instance.
+    expect(await ex.execute(full, inc, { actorId: 'ok' })).toEqual({ count: 3, action: 'increment' })
+    // The documented shapes agree with what is taken (index.d.ts: ActivityDefinition's limits and
+    // capabilities, ExecuteOptions).
+    const dts = readFileSync(join(__dirname, '..', 'index.d.ts'), 'utf8')
+    const block = (start: string) => {
+      const from = dts.indexOf(start)
+      let depth = 0
+      for (let i = dts.indexOf('{', from); i < dts.length; i++) {
+        if (dts[i] === '{') depth++
+        if (dts[i] === '}' && --depth === 0) return dts.slice(dts.indexOf('{', from) + 1, i)
+      }
+      return ''
+    }
+    const fields = (text: string) => [...text.replace(/\/\*[\s\S]*?\*\//g, '').matchAll(/^\s{2,4}(\w+)\?:/gm)].map((m) => m[1])
+    expect(fields(block('  limits?: {'))).toEqual(['maxMemoryMB', 'maxExecutionMs', 'maxFuel'])
+    expect(fields(block('  capabilities?: {'))).toEqual(['network', 'hostFunctions', 'filesystem', 'env'])
+    expect(fields(block('export interface ExecuteOptions {')).sort()).toEqual(['actorId', 'now', 'onProgress', 'seed', 'signal', 'transactional'])
+    await ex.close()
+  })
 })

@@ -140,7 +140,37 @@ fn string_map(obj: &Object, what: &str) -> Result<std::collections::BTreeMap<Str
 /// Loom's `ActivityDefinition`, read property by property.
 pub fn definition(v: Unknown) -> Result<Definition, ExecError> {
     let obj = object(v, "definition")?;
-    definition_from(|key| prop(&obj, key, "definition"))
+    definition_from(|key| prop(&obj, key, "definition"), KeyCheck::List)
+}
+
+/// The keys `definition.limits` takes.
+pub const LIMIT_FIELDS: [&str; 3] = ["maxMemoryMB", "maxExecutionMs", "maxFuel"];
+/// The keys `definition.capabilities` takes.
+pub const CAPABILITY_FIELDS: [&str; 4] = ["network", "filesystem", "env", "hostFunctions"];
+
+/// How a call's objects (`definition.limits`, `definition.capabilities`, the options) are checked
+/// for keys they do not take: a misspelt limit (`maxExecutionMS`) would leave the default in force,
+/// a misspelt `actorID` run the call on a fresh instance, each silently.
+pub enum KeyCheck<'a> {
+    /// List the object's keys here (through Node-API).
+    List,
+    /// `fast_paths.js` listed them (a `for...in` there is far cheaper): the path of the first key
+    /// no object took (`definition.limits.maxExecutionMS`), if any.
+    Found(Option<&'a str>),
+}
+
+impl KeyCheck<'_> {
+    /// `INVALID_ARGUMENT` if `obj` (`what`) has an own enumerable key not in `known`.
+    pub fn check(&self, obj: Option<&Object>, what: &str, known: &[&str]) -> Result<(), ExecError> {
+        match (self, obj) {
+            (KeyCheck::List, Some(obj)) => only_known(obj, what, known),
+            (KeyCheck::List, None) => Ok(()),
+            (KeyCheck::Found(found), _) => match found.and_then(|p| p.strip_prefix(what)).and_then(|k| k.strip_prefix('.')) {
+                Some(key) => Err(unknown_key(what, key.to_string(), known)),
+                None => Ok(()),
+            },
+        }
+    }
 }
 
 /// The definition's own properties, in the order they are read (`fast_paths.js` reads them in
@@ -169,6 +199,14 @@ impl Threw {
             _ => Ok(()),
         }
     }
+
+    /// Refuses the object `what` itself if listing its keys threw (a Proxy's `ownKeys`).
+    pub fn check_whole(threw: Option<&Threw>, what: &str) -> Result<(), ExecError> {
+        match threw {
+            Some(t) if t.at == what => Err(t.error.clone()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The field `key` of `values`, handed over from JS in the order of `names`.
@@ -192,6 +230,7 @@ pub fn present(v: Unknown) -> Result<Option<Unknown>, ExecError> {
 /// `DEFINITION_FIELDS` order; the first bad one is the error.
 pub fn definition_from<'e>(
     mut field: impl FnMut(&str) -> Result<Option<Unknown<'e>>, ExecError>,
+    keys: KeyCheck,
 ) -> Result<Definition, ExecError> {
     const W: &str = "definition";
     let mut def = Definition {
@@ -211,6 +250,7 @@ pub fn definition_from<'e>(
     }
     if let Some(l) = as_field(field("limits")?, W, "limits", object)? {
         let w = "definition.limits";
+        keys.check(Some(&l), w, &LIMIT_FIELDS)?;
         def.limits = LimitOverrides {
             max_memory_mb: opt(&l, "maxMemoryMB", w, number)?,
             max_execution_ms: opt(&l, "maxExecutionMs", w, number)?,
@@ -219,6 +259,7 @@ pub fn definition_from<'e>(
     }
     if let Some(c) = as_field(field("capabilities")?, W, "capabilities", object)? {
         let w = "definition.capabilities";
+        keys.check(Some(&c), w, &CAPABILITY_FIELDS)?;
         def.capabilities = Capabilities {
             network: opt(&c, "network", w, boolean)?.unwrap_or(false),
             filesystem: opt(&c, "filesystem", w, boolean)?.unwrap_or(false),
@@ -299,16 +340,26 @@ const EXECUTOR_OPTIONS: [&str; 31] = [
 
 /// `INVALID_ARGUMENT` for the first own enumerable key of `obj` that is not in `known`, naming the
 /// known key nearest to it if it is a likely misspelling (at most two edits, case aside).
-fn only_known(obj: &Object, what: &str, known: &[&str]) -> Result<(), ExecError> {
-    let Some(k) = keys(obj, what)?.into_iter().find(|k| !known.contains(&k.as_str())) else { return Ok(()) };
+pub fn only_known(obj: &Object, what: &str, known: &[&str]) -> Result<(), ExecError> {
+    match keys(obj, what)?.into_iter().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(unknown_key(what, k, known)),
+        None => Ok(()),
+    }
+}
+
+/// The error for key `k` of `what`, which takes only `known`.
+fn unknown_key(what: &str, k: String, known: &[&str]) -> ExecError {
     let near = known.iter().map(|n| (edits(&n.to_ascii_lowercase(), &k.to_ascii_lowercase()), n)).filter(|(d, _)| *d <= 2).min();
+    let options = what.starts_with("options");
     let hint = match near.map(|(_, n)| n) {
         Some(n) => format!(" (did you mean {n}?)"),
-        None => format!(" (the options are {})", known.join(", ")),
+        None if options => format!(" (the options are {})", known.join(", ")),
+        None => format!(" (it takes {})", known.join(", ")),
     };
     // A key is named whole only if short: the message is not the caller's 100 KB key again.
     let shown: String = if k.chars().count() > 64 { k.chars().take(64).chain("...".chars()).collect() } else { k };
-    Err(ExecError::InvalidArgument(format!("{what}.{shown} is not an option{hint}")))
+    let what_it_is = if options { "an option".to_string() } else { format!("a field of {what}") };
+    ExecError::InvalidArgument(format!("{what}.{shown} is not {what_it_is}{hint}"))
 }
 
 /// Levenshtein distance between two short strings (option names; a key longer than 64 bytes is

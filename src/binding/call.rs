@@ -31,7 +31,9 @@ pub(crate) enum Input<'env> {
 /// (`OPTION_FIELDS` order; with the getter that threw, if one did).
 pub(crate) enum Options<'env> {
     Value(Option<Unknown<'env>>),
-    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>),
+    /// The fields, the getter that threw if one did, and the path of the first key of the
+    /// definition's objects or the options that none takes, if any (`fast_paths.js` listed them).
+    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>, Option<String>),
 }
 
 /// The options a call reads, in order.
@@ -39,16 +41,28 @@ pub(crate) const OPTION_FIELDS: [&str; 6] = ["actorId", "transactional", "now", 
 
 enum Source<'env> {
     Object(Object<'env>),
-    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>),
+    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>, Option<String>),
 }
 
 impl<'env> Source<'env> {
     fn get(&self, key: &str) -> Result<Option<Unknown<'env>>, ExecError> {
         match self {
             Source::Object(o) => args::prop(o, key, "options"),
-            Source::Fields(f, threw) => {
+            Source::Fields(f, threw, _) => {
                 args::Threw::check(threw.as_deref(), "options", key)?;
                 args::field_of(f, &OPTION_FIELDS, key)
+            }
+        }
+    }
+
+    /// `INVALID_ARGUMENT` for a key no option is (`actorID` would run the call on a fresh
+    /// instance, its actor's state silently not kept).
+    fn only_known(&self) -> Result<(), ExecError> {
+        match self {
+            Source::Object(o) => args::KeyCheck::List.check(Some(o), "options", &OPTION_FIELDS),
+            Source::Fields(_, threw, unknown) => {
+                args::Threw::check_whole(threw.as_deref(), "options")?;
+                args::KeyCheck::Found(unknown.as_deref()).check(None, "options", &OPTION_FIELDS)
             }
         }
     }
@@ -88,9 +102,10 @@ pub(crate) fn start_call<'env>(
         call.actor_id = fixed_actor.map(str::to_string);
         let source = match options {
             Options::Value(v) => args::options_object(v)?.map(Source::Object),
-            Options::Fields(f, threw) => Some(Source::Fields(f, threw)),
+            Options::Fields(f, threw, unknown) => Some(Source::Fields(f, threw, unknown)),
         };
         if let Some(o) = source {
+            o.only_known()?;
             if let Some(id) = o.get("actorId")? {
                 if fixed_actor.is_some() {
                     return Err(ExecError::InvalidArgument("an actor handle's calls run on its own actor: options.actorId is not taken".into()));

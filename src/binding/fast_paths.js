@@ -13,7 +13,7 @@
 // after a bad one (the options' included) run, and the input's `toJSON` runs, before the call is
 // refused; the fields of `limits`, `config` and `capabilities` are read (natively) after the
 // options' getters ran, not before.
-(function installFastPaths(Executor, Actor, settleOutput) {
+(function installFastPaths(Executor, Actor, settleOutput, knownJson) {
   'use strict'
   // Everything the wrappers call is taken now: a later patch of JSON, Promise or
   // Function.prototype.call neither changes what `execute` does nor reaches the native halves.
@@ -35,6 +35,20 @@
     return resolved(value)
   }
   const isObject = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function'
+  // The keys `limits`, `capabilities` and the options take (args::LIMIT_FIELDS, ...): the first
+  // own enumerable key of one that it does not take is handed over (a misspelt limit or actorId
+  // is INVALID_ARGUMENT there). A `for...in` here costs tens of nanoseconds; listing the keys
+  // through Node-API, a microsecond or more.
+  const known = parse(knownJson)
+  const hasOwn = Object.prototype.hasOwnProperty
+  const firstUnknown = (obj, keys) => {
+    for (const k in obj) {
+      let takes = false
+      for (let i = 0; i < keys.length; i++) if (keys[i] === k) takes = true
+      if (!takes && apply(hasOwn, obj, [k])) return k
+    }
+    return undefined
+  }
   // As napi defines methods: writable, configurable, enumerable.
   const define = (proto, execute) =>
     Object.defineProperty(proto, 'execute', { value: execute, writable: true, configurable: true, enumerable: true })
@@ -58,6 +72,8 @@
       let at = 'definition.name'
       let threwAt
       let thrown
+      let unknown
+      let k
       try {
         name = d.name
         at = 'definition.version'
@@ -76,9 +92,15 @@
         config = d.config
         at = 'definition.limits'
         limits = d.limits
+        if (isObject(limits) && (k = firstUnknown(limits, known.limits)) !== undefined) unknown = `definition.limits.${k}`
         at = 'definition.capabilities'
         capabilities = d.capabilities
+        if (unknown === undefined && isObject(capabilities) && (k = firstUnknown(capabilities, known.capabilities)) !== undefined) {
+          unknown = `definition.capabilities.${k}`
+        }
         if (!noOptions) {
+          at = 'options'
+          if (unknown === undefined && (k = firstUnknown(o, known.options)) !== undefined) unknown = `options.${k}`
           at = 'options.actorId'
           actorId = o.actorId
           at = 'options.transactional'
@@ -106,7 +128,7 @@
           text = rethrowing(e)
         }
       }
-      return settle(apply(flat, this, [text, threwAt, thrown, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
+      return settle(apply(flat, this, [text, threwAt, thrown, unknown, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
         config, limits, capabilities, actorId, transactional, now, seed, onProgress, signal]))
     })
   }

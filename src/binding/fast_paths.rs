@@ -20,7 +20,9 @@ impl WasmActivityExecutor {
     /// (in `args::DEFINITION_FIELDS` and `call::OPTION_FIELDS` order) and stringified the input:
     /// `input` is its JSON text, or a value whose `JSON.stringify` throws what the caller's did.
     /// Should a getter have thrown, `threw_at` names its field (`definition.version`), `thrown` is
-    /// what it threw, and the fields after it are `undefined`. Returns the output's JSON text when
+    /// what it threw, and the fields after it are `undefined`. `unknown` is the path of the first
+    /// key of `limits`, `capabilities` or the options that none of them takes
+    /// (`options.actorID`), if the script found one. Returns the output's JSON text when
     /// the call finished on the spot, else the call's promise.
     #[allow(clippy::too_many_arguments)]
     #[napi(js_name = "__executeFlat", skip_typescript)]
@@ -30,6 +32,7 @@ impl WasmActivityExecutor {
         input: Unknown<'env>,
         threw_at: Unknown<'env>,
         thrown: Unknown<'env>,
+        unknown: Unknown<'env>,
         name: Unknown<'env>,
         version: Unknown<'env>,
         wasm_blob_path: Unknown<'env>,
@@ -52,17 +55,25 @@ impl WasmActivityExecutor {
             Ok(ValueType::String) => Some(Box::new(args::Threw::new(env.raw(), unsafe { String::from_napi_value(env.raw(), threw_at.raw()) }?, thrown.raw()))),
             _ => None,
         };
+        let unknown = match unknown.get_type() {
+            // SAFETY: a string (checked), in this call's scope.
+            Ok(ValueType::String) => Some(unsafe { String::from_napi_value(env.raw(), unknown.raw()) }?),
+            _ => None,
+        };
         let fields = [name, version, wasm_blob_path, sha256, deterministic, entrypoint, abi, config, limits, capabilities];
-        let def = args::definition_from(|key| {
-            args::Threw::check(threw.as_deref(), "definition", key)?;
-            args::field_of(&fields, &args::DEFINITION_FIELDS, key)
-        });
+        let def = args::definition_from(
+            |key| {
+                args::Threw::check(threw.as_deref(), "definition", key)?;
+                args::field_of(&fields, &args::DEFINITION_FIELDS, key)
+            },
+            args::KeyCheck::Found(unknown.as_deref()),
+        );
         let input = match input.get_type() {
             // SAFETY: a string (checked), in this call's scope.
             Ok(ValueType::String) => Input::Json(unsafe { String::from_napi_value(env.raw(), input.raw()) }?),
             _ => Input::Value(input),
         };
-        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal], threw);
+        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal], threw, unknown);
         start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, input, options, Settle::TextNow)
     }
 }
@@ -89,7 +100,14 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
         let script: Unknown = env.run_script(SCRIPT)?;
         let mut undefined = std::ptr::null_mut();
         unsafe { napi::sys::napi_get_undefined(raw, &mut undefined) };
-        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw()])
+        // The keys each object takes (JSON), from the lists the native side checks against.
+        let known = serde_json::json!({
+            "limits": args::LIMIT_FIELDS,
+            "capabilities": args::CAPABILITY_FIELDS,
+            "options": call::OPTION_FIELDS,
+        });
+        let known = env.create_string(&known.to_string())?;
+        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), known.raw()])
             .map(|_| ())
             .map_err(napi::Error::from_reason)
     })();
