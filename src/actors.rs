@@ -88,6 +88,9 @@ pub struct ActorSlot {
     last_used: AtomicU64,
     /// A call has ended on it since its fiber stack's pages were last given back.
     stack_resident: AtomicBool,
+    /// Set while the last place taken in its line is a `dropActor`'s: that drop's flag, which the
+    /// next drop sets if it comes right behind (see `drop_ticket`).
+    last_drop: std::sync::Mutex<Option<Arc<AtomicBool>>>,
 }
 
 impl ActorSlot {
@@ -314,6 +317,20 @@ impl Actors {
     /// Takes a place in the actor's line (creating its slot if it is new). Must be polled once
     /// right away to hold the place; the first poll completes at once when the actor is idle.
     pub fn ticket(&self, key: ActorKey) -> Ticket {
+        self.line_up(key, None)
+    }
+
+    /// A `dropActor`'s place in the actor's line, and its flag: set once another drop has taken
+    /// the place right behind it, with nothing between. That drop deletes all this one would (the
+    /// store's state when its turn comes, which nothing in between can have changed), so this one
+    /// need not try: N drops queued behind a stuck store (a `file://` lock held elsewhere, 30 s
+    /// per attempt) held up `close()` N times 30 s.
+    pub fn drop_ticket(&self, key: ActorKey) -> (Ticket, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (self.line_up(key, Some(flag.clone())), flag)
+    }
+
+    fn line_up(&self, key: ActorKey, dropping: Option<Arc<AtomicBool>>) -> Ticket {
         let slot = {
             let mut lru = self.shared.lru();
             let slot = lru
@@ -324,9 +341,18 @@ impl Actors {
                         reset: AtomicBool::new(false),
                         last_used: AtomicU64::new(now_ms()),
                         stack_resident: AtomicBool::new(false),
+                        last_drop: Default::default(),
                     })
                 })
                 .clone();
+            // Under the LRU's lock, as the place in line is (the ticket is polled right after).
+            {
+                let mut last = slot.last_drop.lock().unwrap_or_else(|p| p.into_inner());
+                if let (Some(before), Some(_)) = (last.as_ref(), dropping.as_ref()) {
+                    before.store(true, Ordering::Release);
+                }
+                *last = dropping;
+            }
             // Past capacity, evict the least recently used idle actors (never the one asked for);
             // those left over are evicted as their calls end.
             Shared::trim_locked(&mut lru, self.shared.capacity, &slot);

@@ -470,6 +470,51 @@ async fn close_stops_the_retries() {
     assert_eq!(store.deletes.load(Ordering::SeqCst), tried, "no retry after close");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn drops_queued_back_to_back_behind_a_stuck_store_try_once() {
+    // N drops of one actor queued behind a store that takes its timeout to fail (a `file://`
+    // lock held by another process: 30 s) each tried in turn: `close()` waited N times 30 s.
+    let w = TwoWorkers::new("memory://drops-back-to-back");
+    let (ex, store) = (&w.a, &w.failing);
+    w.call(ex).await.expect("counts");
+    store.fail.store(true, Ordering::SeqCst);
+    store.slow.store(true, Ordering::SeqCst);
+    assert!(ex.drop_actor(&w.d, "a"));
+    eventually("the first drop's delete under way", || store.deletes.load(Ordering::SeqCst) == 1).await;
+    // Five more behind it, nothing in between: only the last one tries.
+    for _ in 0..5 {
+        ex.drop_actor(&w.d, "a");
+    }
+    ex.close();
+    ex.drained().await;
+    assert_eq!((store.deletes.load(Ordering::SeqCst), store.ended.load(Ordering::SeqCst)), (2, 2), "the first and the last drop tried");
+    // The state is still stored (every delete failed): another worker still sees it, as it did
+    // after one failed drop.
+    assert!(w.inner.version(&w.key).await.expect("version").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_between_two_drops_sees_no_state_and_both_drops_try() {
+    // The first drop is superseded only by a drop right behind it: with a call between, it
+    // deletes first, and the call starts fresh (it would have loaded the dropped state).
+    let w = TwoWorkers::new("memory://drop-call-drop");
+    let (ex, store) = (&w.a, &w.failing);
+    for n in ["1", "2"] {
+        assert_eq!(w.call(ex).await.expect("counts").output, n);
+    }
+    store.slow.store(true, Ordering::SeqCst);
+    assert!(ex.drop_actor(&w.d, "a"));
+    // Polled once: the call takes its place in line now, behind the first drop.
+    let mut between = Box::pin(w.call(ex));
+    assert!(matches!(crate::threads::poll_once(&mut between), Ok(std::task::Poll::Pending)), "waits behind the first drop");
+    assert!(ex.drop_actor(&w.d, "a"));
+    let out = between.await.expect("counts");
+    assert_eq!((out.output.as_str(), out.actor_created), ("1", true), "the call came after the first drop");
+    ex.drained().await;
+    assert_eq!(w.inner.version(&w.key).await.expect("version"), None, "the second drop deleted the call's state");
+    assert_eq!(store.ended.load(Ordering::SeqCst), 2, "each drop deleted what it found");
+}
+
 /// A module keeps the initial images (what snapshots are taken against) of its
 /// `MAX_INITIAL_IMAGES` most recently used sets of grants, however many are asked for: each used
 /// to stay for as long as the module was cached. A set whose image went makes it again, and its

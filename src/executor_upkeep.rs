@@ -84,7 +84,7 @@ impl Executor {
         let Some(store) = &self.opts.actor_store else { return had };
         let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
         let write = self.pending.start();
-        let mut ticket = self.actors.ticket(key.clone());
+        let (mut ticket, superseded) = self.actors.drop_ticket(key.clone());
         // Polled here, so the deletion takes its place in line before any later call.
         let held = match threads::poll_once(&mut ticket) {
             Ok(Poll::Ready(held)) => Some(held),
@@ -101,6 +101,15 @@ impl Executor {
                 };
                 held.guard.instance = None;
                 held.guard.shadow = None;
+                // Another drop came right behind this one: it deletes what this one would (and
+                // knows the version this one knew), so this one does not try. N drops queued
+                // behind a stuck store held up `close()` N times the store's timeout.
+                if superseded.load(std::sync::atomic::Ordering::Acquire) {
+                    if held.guard.persisted.is_none() {
+                        held.guard.persisted = persisted;
+                    }
+                    return;
+                }
                 // The version of what is dropped: the store's now, or, if it cannot say, the last
                 // this executor loaded or stored. Only that version is deleted, now and when
                 // retried: not what another worker stored since.
