@@ -249,12 +249,13 @@ describe('sizes and concurrency', () => {
     const ex = await executor()
     const handle = ex.actor(def('counter-actor'), 'h')
     const inc = { action: 'increment' }
+    let handles = 0
     // Each surface that reads them: execute (read in JS), executeDetailed and the handle (read
     // natively), precompile and actor() (the definition only).
     const paths: Record<string, (d: any, o?: any) => Promise<unknown>> = {
       execute: (d, o) => ex.execute(d, inc, o),
       executeDetailed: (d, o) => ex.executeDetailed(d, inc, o),
-      handle: (d, o) => (d === undefined ? handle.execute(inc, o) : ex.actor(d, 'h2').execute(inc, o)),
+      handle: (d, o) => (d === undefined ? handle.execute(inc, o) : ex.actor(d, `h${++handles}`).execute(inc, o)),
       precompile: (d) => ex.precompile(d),
     }
     const refusal = async (p: () => Promise<unknown>) => {
@@ -287,9 +288,15 @@ describe('sizes and concurrency', () => {
       // A key of 100,000 characters is named cut.
       const [code, long] = await refusal(() => run(dd({ limits: { ['x'.repeat(100_000)]: 1 } })))
       expect([path, code, long.length < 2000]).toEqual([path, 'INVALID_ARGUMENT', true])
-      // A Proxy whose keys cannot be listed.
+      // A Proxy whose keys cannot be listed: the same error on every path; one whose prototype
+      // cannot be read is no matter (only own keys are listed).
       const trap = new Proxy({}, { ownKeys: () => { throw new Error('no keys') } })
-      expect([path, (await refusal(() => run(dd({ limits: trap }))))[0]]).toEqual([path, 'INVALID_ARGUMENT'])
+      expect([path, await refusal(() => run(dd({ limits: trap })))]).toEqual([
+        path,
+        ['INVALID_ARGUMENT', expect.stringMatching(/listing the keys of definition\.limits threw: (Error: )?no keys/)],
+      ])
+      const noProto = () => new Proxy({}, { getPrototypeOf: () => { throw new Error('no prototype') } })
+      expect([path, await refusal(() => run(dd({ limits: noProto(), capabilities: noProto() })))]).toEqual([path, ['ran']])
       if (path === 'precompile') continue
       const d = path === 'handle' ? undefined : dd({})
       expect([path, await refusal(() => run(d, { actorID: 'a' }))]).toEqual([
@@ -300,7 +307,8 @@ describe('sizes and concurrency', () => {
         path,
         expect.stringContaining('options.retries is not an option (the options are actorId, transactional, now, seed, onProgress, signal)'),
       ])
-      expect([path, (await refusal(() => run(d, trap)))[0]]).toEqual([path, 'INVALID_ARGUMENT'])
+      expect([path, await refusal(() => run(d, trap))]).toEqual([path, ['INVALID_ARGUMENT', expect.stringMatching(/listing the keys of options threw: (Error: )?no keys/)]])
+      expect([path, await refusal(() => run(d, noProto()))]).toEqual([path, ['ran']])
       // What a call takes still runs: every documented key (`full`).
       const options = { transactional: true, onProgress: () => {}, signal: new AbortController().signal, ...(path === 'handle' ? {} : { actorId: 'ok' }) }
       expect([path, await refusal(() => run(full, options))]).toEqual([path, ['ran']])

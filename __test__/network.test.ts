@@ -222,7 +222,7 @@ describe('every rule of the grant has a denial (NETWORK_DENIED naming the host)'
     // A head past what the client reads at all (about 400 KiB), in an answer or a redirect, is
     // refused as a head over maxHeaderBytes is (it was a retryable NETWORK_ERROR).
     for (const url of [`${base}/fat-headers?n=1000000`, `${base}/long-redirect?n=1000000`]) {
-      const { e: huge } = await denied({ allowedHosts: [host], maxHeaderBytes: 1 << 20 }, [{ url }], '127.0.0.1', 'the response\'s head is over what the client reads')
+      const { e: huge } = await denied({ allowedHosts: [host], maxHeaderBytes: 1 << 20 }, [{ url }], '127.0.0.1', 'the response\'s head is more than the client reads')
       expect([huge.retryable, huge.message.length < 1000]).toEqual([false, true])
     }
     const { reached } = await denied({ allowedHosts: [host], maxRequestsPerCall: 2 }, [1, 2, 3].map(() => ({ url: `${base}/json` })), '127.0.0.1', 'maxRequestsPerCall')

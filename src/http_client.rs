@@ -324,12 +324,12 @@ impl Network {
             if let Some(r) = s.downcast_ref::<Refused>() {
                 return ExecError::NetworkDenied { host: r.host.clone(), message: r.message.clone() };
             }
-            // A head past what the client reads (hyper's buffer, about 400 KiB): refused as a head
-            // over maxHeaderBytes is, not a failure a retry helps (a 1 MB `Location` was a
-            // retryable NETWORK_ERROR).
+            // A head past what the client reads (hyper's buffer, about 400 KiB; 100 headers; a
+            // name of 64 KiB; a Content-Length past u64): refused as a head over maxHeaderBytes is,
+            // not a failure a retry helps (a 1 MB `Location` was a retryable NETWORK_ERROR).
             if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse_too_large) {
                 let max = self.config().max_header_bytes;
-                let message = format!("the response's head is over what the client reads (about 400 KiB; maxHeaderBytes {max})");
+                let message = format!("the response's head is more than the client reads (about 400 KiB, 100 headers; maxHeaderBytes {max})");
                 return ExecError::NetworkDenied { host: host.to_string(), message };
             }
             source = s.source();

@@ -188,8 +188,13 @@ pub struct Threw {
 
 impl Threw {
     pub fn new(env: sys::napi_env, at: String, thrown: sys::napi_value) -> Threw {
-        let error = ExecError::InvalidArgument(format!("reading {at} threw: {}", js::describe(env, thrown)));
-        Threw { at, error }
+        // `keys of {path}`: listing the object's keys threw (a Proxy's `ownKeys`), worded as
+        // `keys` words it, and refused at that object.
+        let (at, error) = match at.strip_prefix("keys of ") {
+            Some(path) => (path.to_string(), format!("listing the keys of {path} threw: {}", js::describe(env, thrown))),
+            None => (at.clone(), format!("reading {at} threw: {}", js::describe(env, thrown))),
+        };
+        Threw { at, error: ExecError::InvalidArgument(error) }
     }
 
     /// Refuses the field `{what}.{key}` if it is the one whose getter threw.

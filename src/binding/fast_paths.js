@@ -12,7 +12,10 @@
 // native code, with their codes. What differs, in calls refused anyway: the getters of the fields
 // after a bad one (the options' included) run, and the input's `toJSON` runs, before the call is
 // refused; the fields of `limits`, `config` and `capabilities` are read (natively) after the
-// options' getters ran, not before.
+// options' getters ran, not before. The keys of `limits`, `capabilities` and the options are listed
+// here too (`Object.keys`: own, enumerable, strings, as natively), right after each object is read:
+// the first key none of them takes is handed over, and the native side refuses the call at that
+// object, in its order (a listing that throws, as a getter that throws).
 (function installFastPaths(Executor, Actor, settleOutput, knownJson) {
   'use strict'
   // Everything the wrappers call is taken now: a later patch of JSON, Promise or
@@ -39,13 +42,15 @@
   // own enumerable key of one that it does not take is handed over (a misspelt limit or actorId
   // is INVALID_ARGUMENT there). A `for...in` here costs tens of nanoseconds; listing the keys
   // through Node-API, a microsecond or more.
+  // Own enumerable string keys, as the native side lists them (Object.keys, taken now).
   const known = parse(knownJson)
-  const hasOwn = Object.prototype.hasOwnProperty
+  const ownKeys = Object.keys
   const firstUnknown = (obj, keys) => {
-    for (const k in obj) {
+    const have = ownKeys(obj)
+    for (let j = 0; j < have.length; j++) {
       let takes = false
-      for (let i = 0; i < keys.length; i++) if (keys[i] === k) takes = true
-      if (!takes && apply(hasOwn, obj, [k])) return k
+      for (let i = 0; i < keys.length; i++) if (keys[i] === have[j]) takes = true
+      if (!takes) return have[j]
     }
     return undefined
   }
@@ -92,14 +97,16 @@
         config = d.config
         at = 'definition.limits'
         limits = d.limits
+        at = 'keys of definition.limits'
         if (isObject(limits) && (k = firstUnknown(limits, known.limits)) !== undefined) unknown = `definition.limits.${k}`
         at = 'definition.capabilities'
         capabilities = d.capabilities
+        at = 'keys of definition.capabilities'
         if (unknown === undefined && isObject(capabilities) && (k = firstUnknown(capabilities, known.capabilities)) !== undefined) {
           unknown = `definition.capabilities.${k}`
         }
         if (!noOptions) {
-          at = 'options'
+          at = 'keys of options'
           if (unknown === undefined && (k = firstUnknown(o, known.options)) !== undefined) unknown = `options.${k}`
           at = 'options.actorId'
           actorId = o.actorId
