@@ -154,7 +154,7 @@ pub const CAPABILITY_FIELDS: [&str; 4] = ["network", "filesystem", "env", "hostF
 pub enum KeyCheck<'a> {
     /// List the object's keys here (through Node-API).
     List,
-    /// `fast_paths.js` listed them (a `for...in` there is far cheaper): the path of the first key
+    /// `fast_paths.js` listed them (`Object.keys` there is far cheaper): the path of the first key
     /// no object took (`definition.limits.maxExecutionMS`), if any.
     Found(Option<&'a str>),
 }
