@@ -127,6 +127,18 @@ mod tests {
         use crate::store::MemorySource;
         use crate::test_guests as g;
 
+        /// Waits (5 s at most) until no executor holds `bytes`' code. A call's instance, which
+        /// holds its module, is dropped on its thread just after the call's result is sent, so
+        /// the code of an executor closed right after a call can outlive `close()` by a moment
+        /// (on a loaded machine, long enough for a new executor's call to take it).
+        async fn forgotten(bytes: &[u8]) {
+            let digest = sha256(bytes);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while super::find(&digest, crate::engine::EngineKind::Plain, &crate::shape::CompileLimits::default()).is_some() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+
         fn executor(blobs: &[(&str, Vec<u8>)], share_code: bool) -> Arc<Executor> {
             let source = Arc::new(MemorySource::new());
             for (path, bytes) in blobs {
@@ -189,6 +201,7 @@ mod tests {
             for ex in [first, second, pinned] {
                 ex.close();
             }
+            forgotten(&blobs[0].1).await;
             let last = executor(&blobs, true);
             echo(&last, &def("e", "e.wasm")).await;
             assert_eq!((last.stats().cache.compiles, last.stats().cache.shared_hits), (1, 0));
@@ -322,6 +335,7 @@ mod tests {
             let writer = with_dir();
             echo(&writer, &def("e", "e.wasm")).await;
             writer.close();
+            forgotten(&bytes).await;
             let loader = with_dir();
             echo(&loader, &def("e", "e.wasm")).await;
             assert_eq!(loader.stats().cache.artifact_hits, 1);
