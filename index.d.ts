@@ -102,6 +102,13 @@ export interface ExecutorOptions {
    * (`.loom-artifact-key`, mode 0600).
    */
   cacheDir?: string
+  /**
+   * What `cacheDir`'s artifacts and hints may take on disk, in bytes (default 1 GiB; 1..1e15).
+   * Past it, the least recently used (written or loaded) are removed, oldest first; an artifact
+   * larger than the whole bound is not written there. Files not named as this executor names its
+   * own are never counted or removed.
+   */
+  maxCacheDirBytes?: number
   /** Shared compiled artifacts for a fleet: an `ObjectBlobStore` or a URL (not `http://`). Needs `artifactKey`. */
   artifactStore?: ObjectBlobStore | string
   /** Secret (at least 32 bytes) that authenticates compiled artifacts (a keyed-BLAKE3 MAC); shared by a fleet. */

@@ -228,7 +228,7 @@ describe('sizes and concurrency', () => {
       const table = readme.slice(readme.indexOf('### Executor options'), readme.indexOf('\n#', readme.indexOf('### Executor options') + 5))
       const documented = [...table.matchAll(/^\| `(\w+)` \|/gm)].map((m) => m[1]).sort()
       const valid: Record<string, unknown> = {
-        maxCachedModules: 4, maxCacheBytes: 1 << 20, cacheDir: join(dir, 'cache'), artifactStore: `file://${join(dir, 'artifacts')}`,
+        maxCachedModules: 4, maxCacheBytes: 1 << 20, cacheDir: join(dir, 'cache'), maxCacheDirBytes: 1 << 30, artifactStore: `file://${join(dir, 'artifacts')}`,
         artifactKey: 'k'.repeat(32), maxActors: 10, maxActorMemoryMB: 64, maxConcurrency: 1, maxMemoryMB: 16, maxExecutionMs: 1000,
         maxInputBytes: 1000, maxOutputBytes: 1000, maxOutputDepth: 10, loadTimeoutMs: 1000, compileTimeoutMs: 1000,
         maxModuleBytes: 1 << 20, maxFunctions: 100, maxFunctionBytes: 1000, maxLocals: 100, maxInitInstructions: 100,

@@ -2,7 +2,7 @@
 // pinning, and the compiled-artifact tiers (cacheDir, artifactStore).
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -359,6 +359,96 @@ describe('cacheDir', () => {
     expect(fourth.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1, hintedHits: 0, digests: [sha(incremental)] })
     expect(readFileSync(hint, 'utf8')).toBe(sha(incremental))
     rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('is bounded (maxCacheDirBytes): the least recently used go, a file loaded counts as used, nothing not ours is touched', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-bound-'))
+    const outside = mkdtempSync(join(tmpdir(), 'loom-bound-outside-'))
+    try {
+      const bytes: Record<string, Buffer> = { echo: echoBytes, mortgage: guest('mortgage'), 'counter-actor': guest('counter-actor') }
+      const store = { download: async (path: string) => bytes[path.replace(/\.wasm$/, '')] }
+      // The executor's files: regular files under its names (a link under one is not).
+      const ours = () => readdirSync(dir).filter((f) => /^[0-9a-f]{64}(-[0-9a-f]{16}\.cwasm|\.hint)$/.test(f) && lstatSync(join(dir, f)).isFile())
+      const onDisk = (names: string[]) => names.reduce((n, f) => n + statSync(join(dir, f)).blocks * 512, 0)
+      const artifactOf = (name: string) => readdirSync(dir).find((f) => f.startsWith(sha(bytes[name])) && f.endsWith('.cwasm'))!
+      // Room for two artifacts and their hints, not three (echo ~64 KiB, mortgage ~76, counter ~72 on disk).
+      const bound = 160 << 10
+      // shareCode: false, one compiler: each executor goes to the directory, one artifact per module.
+      const opts = { cacheDir: dir, shareCode: false, tierUp: false, maxCacheDirBytes: bound }
+      const first = new WasmActivityExecutor(store, opts)
+      await first.execute(def('echo'), { message: 'a' })
+      expect(await first.execute(def('mortgage'), { principal: 100000, annualRate: 6, years: 30, scenarios: 1 })).toBeTypeOf('object')
+      await expect.poll(() => ours().length).toBe(4)
+      const [echo, mortgage] = [artifactOf('echo'), artifactOf('mortgage')]
+      // echo written long ago, mortgage less long ago.
+      const ago = (s: number) => new Date(Date.now() - s * 1000)
+      for (const f of ours()) utimesSync(join(dir, f), ago(200), ago(200))
+      utimesSync(join(dir, echo), ago(300), ago(300))
+      // Not ours, however old or large: a user's file, and a link under an artifact's name to a
+      // file outside. A write that died two hours ago (ours: it goes) and one under way (stays).
+      writeFileSync(join(dir, 'notes.txt'), Buffer.alloc(1 << 20, 1))
+      utimesSync(join(dir, 'notes.txt'), ago(10000), ago(10000))
+      writeFileSync(join(outside, 'precious'), Buffer.alloc(300 << 10, 1))
+      const link = join(dir, `${'ab'.repeat(32)}-0123456789abcdef.cwasm`)
+      symlinkSync(join(outside, 'precious'), link)
+      const dead = join(dir, `.${echo}.999999.0.tmp`)
+      writeFileSync(dead, Buffer.alloc(8192, 1))
+      utimesSync(dead, ago(7200), ago(7200))
+      const underWay = join(dir, `.${mortgage}.999999.1.tmp`)
+      writeFileSync(underWay, Buffer.alloc(4096, 1))
+
+      // Loading echo's artifact makes it the most recently used.
+      const second = new WasmActivityExecutor(store, opts)
+      await second.execute(def('echo'), { message: 'b' })
+      expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
+      await expect.poll(() => statSync(join(dir, echo)).mtimeMs > Date.now() - 60_000).toBe(true)
+      // A third module's artifact passes the bound: mortgage goes (and its hint), not echo.
+      await second.execute(def('counter-actor'), { action: 'increment' })
+      await expect.poll(() => existsSync(join(dir, mortgage)), { timeout: 5000 }).toBe(false)
+      expect(existsSync(join(dir, echo))).toBe(true)
+      expect(existsSync(join(dir, artifactOf('counter-actor')))).toBe(true)
+      await expect.poll(() => existsSync(dead), { timeout: 5000 }).toBe(false)
+      expect(onDisk([...ours(), `.${mortgage}.999999.1.tmp`])).toBeLessThanOrEqual(bound)
+      expect(ours().filter((f) => f.endsWith('.cwasm')).sort()).toEqual([echo, artifactOf('counter-actor')].sort())
+      for (const kept of ['notes.txt', '.loom-artifact-key', `.${mortgage}.999999.1.tmp`]) expect(existsSync(join(dir, kept))).toBe(true)
+      expect(lstatSync(link).isSymbolicLink()).toBe(true)
+      expect(statSync(join(outside, 'precious')).size).toBe(300 << 10)
+      // The survivors load.
+      const third = new WasmActivityExecutor(store, opts)
+      await third.execute(def('echo'), { message: 'c' })
+      await third.execute(def('counter-actor'), { action: 'increment' })
+      expect(third.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 2 })
+
+      // A bound lowered since: the next executor to open the directory prunes it (a second later).
+      new WasmActivityExecutor(store, { ...opts, maxCacheDirBytes: 1 })
+      await expect.poll(() => ours(), { timeout: 5000 }).toEqual([])
+      for (const kept of ['notes.txt', '.loom-artifact-key', `.${mortgage}.999999.1.tmp`]) expect(existsSync(join(dir, kept))).toBe(true)
+      expect(lstatSync(link).isSymbolicLink()).toBe(true)
+
+      // An artifact larger than the whole bound is not written at all; calls still run.
+      const small = mkdtempSync(join(tmpdir(), 'loom-bound-small-'))
+      const tiny = { ...opts, cacheDir: small, maxCacheDirBytes: 10_000 }
+      expect(await new WasmActivityExecutor(store, tiny).execute(def('echo'), { message: 'd' })).toMatchObject({ result: 'd' })
+      expect(readdirSync(small).filter((f) => f.endsWith('.cwasm'))).toEqual([])
+      const again = new WasmActivityExecutor(store, tiny)
+      await again.execute(def('echo'), { message: 'e' })
+      expect(again.cacheStats()).toMatchObject({ compiles: 1, artifactHits: 0 })
+      rmSync(small, { recursive: true, force: true })
+
+      // Out of range or not a whole number: refused, naming the option.
+      for (const bad of [0, -1, 1.5, 1e16, NaN, '1000']) {
+        let caught: any
+        try {
+          new WasmActivityExecutor(store, { cacheDir: dir, maxCacheDirBytes: bad as any })
+        } catch (e) {
+          caught = e
+        }
+        expect([String(bad), caught?.code, String(caught?.message).includes('maxCacheDirBytes')]).toEqual([String(bad), 'INVALID_ARGUMENT', true])
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+      rmSync(outside, { recursive: true, force: true })
+    }
   })
 
   it('a corrupt or truncated artifact is discarded and recompiled, never executed', () => {

@@ -30,7 +30,13 @@ pub(crate) fn hint_name(name: &str, version: &str, path: &str) -> String {
 /// The digest the definition's bytes had last time, if `dir` holds a readable hint for it.
 pub(crate) async fn read(dir: &Path, name: &str, version: &str, path: &str) -> Option<Digest> {
     let file = dir.join(hint_name(name, version, path));
-    tokio::task::spawn_blocking(move || read_blocking(&file)).await.ok().flatten()
+    let at = file.clone();
+    let hint = tokio::task::spawn_blocking(move || read_blocking(&at)).await.ok().flatten();
+    if hint.is_some() {
+        // Used now: the last to go when the directory is pruned.
+        crate::cache_dir_bound::touch_later(file);
+    }
+    hint
 }
 
 fn read_blocking(file: &Path) -> Option<Digest> {
@@ -56,9 +62,10 @@ fn parse(text: &[u8]) -> Option<Digest> {
 
 /// Records that the definition's bytes are `digest` now (best effort: a hint not written costs
 /// the next cold start its overlap, nothing else).
-pub(crate) async fn write(dir: PathBuf, name: &str, version: &str, path: &str, digest: Digest) {
+/// Counted against the directory's bound as artifacts are (`cache_dir_bound`).
+pub(crate) async fn write(cache: &crate::artifacts::ArtifactCache, dir: PathBuf, name: &str, version: &str, path: &str, digest: Digest) {
     let text: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(hex(&digest).into_bytes());
-    let _ = crate::artifacts::write_atomic(dir, hint_name(name, version, path), text).await;
+    let _ = cache.write_to_dir(&dir, hint_name(name, version, path), text).await;
 }
 
 #[cfg(test)]
@@ -89,7 +96,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let d = sha256(b"bytes");
         assert_eq!(read(&dir, "a", "1", "a.wasm").await, None);
-        write(dir.clone(), "a", "1", "a.wasm", d).await;
+        write(&crate::artifacts::ArtifactCache::default(), dir.clone(), "a", "1", "a.wasm", d).await;
         assert_eq!(read(&dir, "a", "1", "a.wasm").await, Some(d));
         // A FIFO planted under another definition's hint neither blocks nor reads as a hint.
         let fifo = dir.join(hint_name("b", "1", "b.wasm"));

@@ -104,6 +104,9 @@ pub struct ArtifactCache {
     pub remote: Option<Arc<ObjectSource>>,
     /// `artifactKey`; filled from `dir`'s key file by `open` when not given.
     pub key: Option<Arc<[u8]>>,
+    /// `maxCacheDirBytes`: what `dir`'s artifacts and hints may take on disk (`cache_dir_bound`);
+    /// `cache_dir_bound::DEFAULT_MAX_BYTES` when not given.
+    pub max_dir_bytes: Option<u64>,
 }
 
 impl ArtifactCache {
@@ -136,8 +139,27 @@ impl ArtifactCache {
             if self.key.is_none() {
                 self.key = Some(dir_key(dir)?.into());
             }
+            crate::cache_dir_bound::on_open(dir.clone(), self.dir_bound());
         }
         Ok(self)
+    }
+
+    /// What `dir`'s files of ours may take on disk.
+    pub(crate) fn dir_bound(&self) -> u64 {
+        self.max_dir_bytes.unwrap_or(crate::cache_dir_bound::DEFAULT_MAX_BYTES)
+    }
+
+    /// Writes an artifact (or a hint) to `dir` and keeps the directory within its bound; an
+    /// artifact over the whole bound is not written.
+    pub(crate) async fn write_to_dir(&self, dir: &Path, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
+        let len = (*bytes).as_ref().len() as u64;
+        let max = self.dir_bound();
+        if len > max {
+            return Ok(());
+        }
+        write_atomic(dir.to_path_buf(), name.clone(), bytes).await?;
+        crate::cache_dir_bound::wrote(dir, max, &name, len);
+        Ok(())
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -162,7 +184,11 @@ impl ArtifactCache {
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             match in_place(engine, key.clone(), name.clone(), path.clone()).await {
-                InPlace::Loaded(c, sealed) => return Some((c, Checked::Sealed(sealed))),
+                InPlace::Loaded(c, sealed) => {
+                    // Used now: the last to go when the directory is pruned.
+                    crate::cache_dir_bound::touch_later(path);
+                    return Some((c, Checked::Sealed(sealed)));
+                }
                 InPlace::Invalid => {
                     let _ = tokio::fs::remove_file(&path).await;
                 }
@@ -170,7 +196,10 @@ impl ArtifactCache {
                 InPlace::NotHere => {
                     if let Some(bytes) = read_bounded(path.clone()).await {
                         match deserialize(engine, key.clone(), name.clone(), bytes).await {
-                            Some((c, checked)) => return Some((c, Checked::Bytes(checked))),
+                            Some((c, checked)) => {
+                                crate::cache_dir_bound::touch_later(path);
+                                return Some((c, Checked::Bytes(checked)));
+                            }
                             // Forged, corrupt or truncated: never used, removed so it is rewritten.
                             None => {
                                 let _ = tokio::fs::remove_file(&path).await;
@@ -187,7 +216,7 @@ impl ArtifactCache {
         let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
         if let Some(dir) = &self.dir {
             // The bytes just checked: no second copy of the download.
-            let _ = write_atomic(dir.clone(), name, checked.clone()).await;
+            let _ = self.write_to_dir(dir, name, checked.clone()).await;
         }
         Some((c, Checked::Bytes(checked)))
     }
@@ -205,9 +234,13 @@ impl ArtifactCache {
         let name = Self::name(digest, engine);
         let path = self.dir.as_ref()?.join(&name);
         let engine = engine.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &path, (*stop).as_ref())).await;
+        let at = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &at, (*stop).as_ref())).await;
         match loaded {
-            Ok(InPlace::Loaded(c, sealed)) => Some((c, Checked::Sealed(sealed))),
+            Ok(InPlace::Loaded(c, sealed)) => {
+                crate::cache_dir_bound::touch_later(path);
+                Some((c, Checked::Sealed(sealed)))
+            }
             _ => None,
         }
     }
@@ -224,7 +257,7 @@ impl ArtifactCache {
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
         if let Some(dir) = &self.dir {
-            write_atomic(dir.clone(), name.clone(), Arc::new(sealed.clone())).await?;
+            self.write_to_dir(dir, name.clone(), Arc::new(sealed.clone())).await?;
         }
         if let Some(remote) = &self.remote {
             remote.put(&name, Bytes::from(sealed)).await?;

@@ -164,7 +164,7 @@ async fn a_downloaded_artifact_is_written_to_the_directory_as_it_was_checked() {
     let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
     let e = engine(EngineKind::Plain).expect("engine");
     let worker =
-        ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key) }.open().expect("opens");
+        ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), max_dir_bytes: None }.open().expect("opens");
     assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
     assert_eq!(std::fs::read(dir.join(&name)).expect("written"), stored, "the file is the artifact, byte for byte");
     // The store loses it: the directory's copy loads (in place).

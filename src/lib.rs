@@ -12,6 +12,7 @@ pub mod actors;
 pub mod artifact_hints;
 pub mod artifacts;
 pub mod call;
+pub mod cache_dir_bound;
 pub mod cache_state;
 pub mod capabilities;
 pub mod compile;

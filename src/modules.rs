@@ -329,7 +329,7 @@ impl ModuleCache {
         // Only when it changed (a first load, new bytes): a warm start writes nothing.
         if hint != Some(digest) && pinned.is_none() {
             if let Some(dir) = self.artifacts.dir.clone().filter(|_| self.artifacts.is_enabled()) {
-                crate::artifact_hints::write(dir, &key.name, &key.version, &key.path, digest).await;
+                crate::artifact_hints::write(&self.artifacts, dir, &key.name, &key.version, &key.path, digest).await;
             }
         }
         // A wrong guess stops (dropped here; on an early return above, there).

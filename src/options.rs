@@ -68,6 +68,8 @@ pub(crate) fn check_length(field: &str, v: &str) -> Result<(), ExecError> {
 pub mod ranges {
     pub const MAX_CACHED_MODULES: (f64, f64) = (1.0, 100_000.0);
     pub const MAX_CACHE_BYTES: (f64, f64) = (1.0, 1e12);
+    /// `maxCacheDirBytes`: what `cacheDir`'s artifacts and hints may take on disk.
+    pub const MAX_CACHE_DIR_BYTES: (f64, f64) = (1.0, 1e15);
     pub const MAX_ACTORS: (f64, f64) = (1.0, 1_000_000.0);
     /// `maxActorMemoryMB`.
     pub const MAX_ACTOR_MEMORY_MB: (f64, f64) = (1.0, 1e9);

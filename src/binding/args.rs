@@ -335,8 +335,8 @@ fn secret(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
 /// Every option the constructor reads (README's "Executor options"). A key that is none of them
 /// is refused: a misspelt limit (`maxMemoryMb`, `maxExecutionMS`) would otherwise leave its
 /// default in force, silently, and a misspelt grant (`writeable`) a different one than asked for.
-const EXECUTOR_OPTIONS: [&str; 31] = [
-    "maxCachedModules", "maxCacheBytes", "cacheDir", "artifactStore", "artifactKey", "maxActors", "maxActorMemoryMB",
+const EXECUTOR_OPTIONS: [&str; 32] = [
+    "maxCachedModules", "maxCacheBytes", "cacheDir", "maxCacheDirBytes", "artifactStore", "artifactKey", "maxActors", "maxActorMemoryMB",
     "maxConcurrency", "maxMemoryMB", "maxExecutionMs", "maxInputBytes", "maxOutputBytes", "maxOutputDepth",
     "loadTimeoutMs", "compileTimeoutMs", "maxModuleBytes", "maxFunctions", "maxFunctionBytes", "maxLocals",
     "maxInitInstructions", "allowedBlobUrls", "transactional", "tierUp", "shareCode", "actorStore", "persist",
@@ -403,6 +403,9 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     }
     if let Some(dir) = opt(obj, "cacheDir", w, string)? {
         o.artifacts.dir = Some(dir.into());
+    }
+    if let Some(n) = opt(obj, "maxCacheDirBytes", w, |v, p| ranged(v, p, ranges::MAX_CACHE_DIR_BYTES))? {
+        o.artifacts.max_dir_bytes = Some(n);
     }
     if let Some(key) = opt(obj, "artifactKey", w, secret)? {
         o.artifacts.key = Some(key.into());

@@ -1,0 +1,406 @@
+//! The bound on `cacheDir`'s size (`maxCacheDirBytes`): past it, the artifacts and hints used
+//! least recently go, oldest first, until what is left fits.
+//!
+//! Without a bound the directory only grew: every module ever compiled left its artifacts (one per
+//! tier; the 12 MB JavaScript component's is 37 MB), every definition ever loaded its hint, and a
+//! write that died with its process its temporary file. Whoever can have modules compiled (new
+//! versions at every deploy, or a caller naming new modules) could fill the disk.
+//!
+//! What is ours is told by its name alone: `<sha256>-<engine>.cwasm`, `<sha256>.hint`, and the
+//! temporary files `write_atomic` makes of them. Nothing else in the directory (its key file, a
+//! user's own files, a subdirectory) is counted or removed, and nothing is followed: a link planted
+//! under an artifact's name is not a regular file, so it is left alone (and so is what it points
+//! to). "Used" is the file's mtime: written, or refreshed (`touch`) when an artifact or a hint is
+//! read, so a module loaded at every start stays however long ago it was compiled. A temporary
+//! file is counted but never removed while fresh (a write under way, maybe another process's);
+//! one over an hour old is a write that died, and goes whatever the bound.
+//!
+//! Pruning runs on the runtime's blocking pool: once when an executor opens the directory, and
+//! after writes (artifacts, hints) adding up to a sixteenth of the bound since the last scan, so
+//! the directory passes its bound by at most that much; at most one scan per directory at a time
+//! in the process (requests made meanwhile are served by one more scan). An artifact larger than
+//! the bound is not written to the directory at all. Processes sharing a directory
+//! each prune it; a file removed under another process's load is already open there (the load
+//! reads what it opened), and at worst a module is compiled again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// `maxCacheDirBytes` unless set.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+/// A temporary file of ours this old is a write that died with its process.
+const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+/// How long after an executor opens the directory its scan waits: not on a cold start's path.
+const OPEN_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Artifact,
+    Hint,
+    Temporary,
+}
+
+fn lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What a name in `cacheDir` is, if one of ours.
+fn kind_of(name: &str) -> Option<Kind> {
+    if let Some(stem) = name.strip_suffix(".cwasm") {
+        let (digest, engine) = stem.split_once('-')?;
+        return (lower_hex(digest, 64) && lower_hex(engine, 16)).then_some(Kind::Artifact);
+    }
+    if let Some(digest) = name.strip_suffix(".hint") {
+        return lower_hex(digest, 64).then_some(Kind::Hint);
+    }
+    // `.<artifact or hint name>.<pid>.<n>.tmp` (`artifacts::write_atomic`).
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = inner.rsplitn(3, '.');
+    let (n, pid, target) = (parts.next()?, parts.next()?, parts.next()?);
+    let numeric = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    (numeric(n) && numeric(pid) && matches!(kind_of(target)?, Kind::Artifact | Kind::Hint)).then_some(Kind::Temporary)
+}
+
+/// What one scan did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Pruned {
+    /// Files removed (artifacts, hints, dead temporary files).
+    pub files: u64,
+    /// Their size on disk.
+    pub bytes: u64,
+    /// What the directory's files of ours take on disk after the scan.
+    pub left: u64,
+}
+
+struct Entry {
+    name: String,
+    kind: Kind,
+    bytes: u64,
+    used: SystemTime,
+}
+
+/// The files of ours in `dir` (regular files only: nothing is followed).
+fn list(dir: &Path) -> Vec<Entry> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(kind) = kind_of(&name) else { continue };
+        // `DirEntry::metadata` does not follow a link.
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        // What it takes on disk (a hint of 64 bytes takes a block); a filesystem that reports no
+        // blocks is taken at its length.
+        let bytes = if meta.blocks() > 0 { meta.blocks().saturating_mul(512) } else { meta.len() };
+        found.push(Entry { name, kind, bytes, used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
+    }
+    found
+}
+
+/// Removes the least recently used artifacts and hints of `dir` until its files of ours take at
+/// most `max_bytes` on disk, never `keep` (a name just written), and every temporary file of ours
+/// that has been there over an hour. Blocking.
+pub fn prune(dir: &Path, max_bytes: u64, keep: Option<&str>) -> Pruned {
+    let now = SystemTime::now();
+    let mut done = Pruned::default();
+    let mut entries = list(dir);
+    let remove = |e: &Entry, done: &mut Pruned| {
+        // Gone already (another process's scan) counts as removed.
+        match std::fs::remove_file(dir.join(&e.name)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => false,
+            _ => {
+                done.files += 1;
+                done.bytes += e.bytes;
+                true
+            }
+        }
+    };
+    entries.retain(|e| {
+        let dead = e.kind == Kind::Temporary && now.duration_since(e.used).is_ok_and(|age| age > STALE_TEMPORARY);
+        !(dead && remove(e, &mut done))
+    });
+    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    if total > max_bytes {
+        let mut candidates: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Temporary && Some(e.name.as_str()) != keep).collect();
+        candidates.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.name.cmp(&b.name)));
+        for e in candidates {
+            if total <= max_bytes {
+                break;
+            }
+            if remove(e, &mut done) {
+                total -= e.bytes;
+            }
+        }
+    }
+    done.left = total;
+    done
+}
+
+/// Marks `path` used now (its mtime), best effort and without following a link. Blocking.
+pub fn touch(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    // Both times to now: what write access alone allows (no need to own the file).
+    // SAFETY: `c` is a NUL-terminated path; a null `times` means now.
+    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), libc::AT_SYMLINK_NOFOLLOW) };
+}
+
+/// `touch`, off the caller's path (on the runtime's blocking pool).
+pub fn touch_later(path: PathBuf) {
+    if let Some(rt) = crate::runtime::handle() {
+        drop(rt.spawn_blocking(move || touch(&path)));
+    }
+}
+
+/// Per directory: a scan under way, the bound and name of the request waiting for the next one,
+/// and what has been written since the last one began.
+#[derive(Default)]
+struct Scans {
+    running: bool,
+    next: Option<(u64, Option<String>)>,
+    written: u64,
+}
+
+fn scans() -> &'static Mutex<HashMap<PathBuf, Scans>> {
+    static SCANS: std::sync::OnceLock<Mutex<HashMap<PathBuf, Scans>>> = std::sync::OnceLock::new();
+    SCANS.get_or_init(Default::default)
+}
+
+/// Prunes `dir` to `max_bytes` on the runtime's blocking pool, keeping `keep`, after `delay`.
+/// Requests made while a scan of `dir` runs are served by one more scan, to the smallest bound
+/// asked (executors sharing a directory may bound it differently).
+pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Duration) {
+    let Some(rt) = crate::runtime::handle() else { return };
+    {
+        let Ok(mut all) = scans().lock() else { return };
+        let scan = all.entry(dir.clone()).or_default();
+        scan.next = Some(match scan.next.take() {
+            Some((m, k)) => (m.min(max_bytes), keep.or(k)),
+            None => (max_bytes, keep),
+        });
+        if scan.running {
+            return;
+        }
+        scan.running = true;
+    }
+    rt.spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        loop {
+            let next = {
+                let Ok(mut all) = scans().lock() else { return };
+                let Some(scan) = all.get_mut(&dir) else { return };
+                match scan.next.take() {
+                    Some(next) => {
+                        scan.written = 0;
+                        next
+                    }
+                    None => {
+                        // Nothing written since this scan began: nothing to remember (a process
+                        // opening many directories, one per test, keeps no entry for each).
+                        if scan.written == 0 {
+                            all.remove(&dir);
+                        } else {
+                            scan.running = false;
+                        }
+                        return;
+                    }
+                }
+            };
+            let d = dir.clone();
+            let (max, keep) = next;
+            if tokio::task::spawn_blocking(move || prune(&d, max, keep.as_deref())).await.is_err() {
+                if let Ok(mut all) = scans().lock() {
+                    if let Some(scan) = all.get_mut(&dir) {
+                        scan.running = false;
+                    }
+                }
+                return;
+            }
+        }
+    });
+}
+
+/// Notes that `name` (`bytes` long) was just written to `dir`. Once what was written since the
+/// last scan reaches a sixteenth of the bound, `dir` is pruned, keeping `name`: the directory may
+/// pass its bound by that much between scans, and a flood of small writes (a hint per new
+/// definition) costs one scan per sixteenth, not one per file.
+pub fn wrote(dir: &Path, max_bytes: u64, name: &str, bytes: u64) {
+    let due = {
+        let Ok(mut all) = scans().lock() else { return };
+        let scan = all.entry(dir.to_path_buf()).or_default();
+        // A file takes a block at least.
+        scan.written = scan.written.saturating_add(bytes.max(4096));
+        scan.written >= (max_bytes / 16).max(1)
+    };
+    if due {
+        request(dir.to_path_buf(), max_bytes, Some(name.to_owned()), Duration::ZERO);
+    }
+}
+
+/// Prunes `dir` once an executor has opened it (a bound lowered since the last run takes hold).
+pub fn on_open(dir: PathBuf, max_bytes: u64) {
+    request(dir, max_bytes, None, OPEN_DELAY);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory of this test's own (removed with it).
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("loom-cache-dir-bound-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("dir");
+            Dir(p)
+        }
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn only_names_of_ours_are_ours() {
+        assert_eq!(kind_of(&format!("{A}-0123456789abcdef.cwasm")), Some(Kind::Artifact));
+        assert_eq!(kind_of(&format!("{A}.hint")), Some(Kind::Hint));
+        assert_eq!(kind_of(&format!(".{A}-0123456789abcdef.cwasm.4242.7.tmp")), Some(Kind::Temporary));
+        assert_eq!(kind_of(&format!(".{A}.hint.1.0.tmp")), Some(Kind::Temporary));
+        for other in [
+            ".loom-artifact-key".to_string(),
+            ".loom-artifact-key.12.00ff00ff00ff00ff.tmp".to_string(),
+            format!("{}-0123456789abcdef.cwasm", A.to_uppercase()),
+            format!("{A}-0123456789abcde.cwasm"),
+            format!("{A}0-0123456789abcdef.cwasm"),
+            format!("{A}.hint.bak"),
+            format!(".{A}.hint.x.0.tmp"),
+            format!(".{A}.hint.1..tmp"),
+            format!(".notes.txt.1.2.tmp"),
+            "notes.txt".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(kind_of(&other), None, "{other}");
+        }
+    }
+
+    fn file(dir: &Path, name: &str, bytes: usize, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![1u8; bytes]).expect("write");
+        let when = SystemTime::now() - Duration::from_secs(age_s);
+        std::fs::File::options().write(true).open(&path).expect("open").set_modified(when).expect("mtime");
+        path
+    }
+
+    fn artifact(i: u8) -> String {
+        format!("{}-0123456789abcdef.cwasm", hex_digest(i))
+    }
+
+    fn hex_digest(i: u8) -> String {
+        format!("{i:02x}").repeat(32)
+    }
+
+    #[test]
+    fn the_least_recently_used_go_first_and_nothing_else_is_touched() {
+        let dir = Dir::new("lru");
+        let d = dir.path();
+        // Five artifacts of 100 KiB, artifact(0) the oldest; a hint older than all of them.
+        for i in 0..5u8 {
+            file(d, &artifact(i), 100 << 10, 100 - u64::from(i) * 10);
+        }
+        file(d, &format!("{}.hint", hex_digest(9)), 64, 500);
+        // Not ours, however old or large: a user's file, the key file, a subdirectory and a
+        // link under artifacts' names, the link's target outside the directory.
+        let notes = file(d, "notes.txt", 300 << 10, 10_000);
+        let key = file(d, ".loom-artifact-key", 32, 10_000);
+        std::fs::create_dir(d.join(artifact(7))).expect("subdir");
+        let outside = Dir::new("lru-outside");
+        let target = file(outside.path(), "precious", 300 << 10, 10_000);
+        std::os::unix::fs::symlink(&target, d.join(artifact(8))).expect("link");
+        // A write that died two hours ago, and one under way.
+        let dead = file(d, &format!(".{}.4242.0.tmp", artifact(5)), 50 << 10, 7200);
+        let fresh = file(d, &format!(".{}.4242.1.tmp", artifact(6)), 50 << 10, 5);
+
+        let done = prune(d, 360 << 10, None);
+        // The dead write, the hint and the two oldest artifacts; left: three artifacts and the fresh
+        // write (350 KiB, and what blocks round up to).
+        for gone in [dead.clone(), d.join(format!("{}.hint", hex_digest(9))), d.join(artifact(0)), d.join(artifact(1))] {
+            assert!(!gone.exists(), "{} still there", gone.display());
+        }
+        for kept in [d.join(artifact(2)), d.join(artifact(3)), d.join(artifact(4)), fresh, notes, key, target, d.join(artifact(7))] {
+            assert!(kept.exists(), "{} removed", kept.display());
+        }
+        assert!(std::fs::symlink_metadata(d.join(artifact(8))).is_ok(), "the link was removed");
+        assert_eq!(done.files, 4);
+        assert!(done.left <= 360 << 10 && done.left >= 350 << 10, "{done:?}");
+        // Under the bound: nothing more goes.
+        assert_eq!(prune(d, 360 << 10, None).files, 0);
+    }
+
+    #[test]
+    fn a_name_just_written_is_kept_and_a_used_one_counts_as_new() {
+        let dir = Dir::new("keep");
+        let d = dir.path();
+        for i in 0..3u8 {
+            file(d, &artifact(i), 100 << 10, 100 - u64::from(i) * 10);
+        }
+        // artifact(0) is the oldest, but just loaded: it counts as used now.
+        touch(&d.join(artifact(0)));
+        // Room for one: artifact(1) is named as just written, so it stays though older than (2).
+        let done = prune(d, 100 << 10, Some(&artifact(1)));
+        assert_eq!(done.files, 2, "{done:?}");
+        assert!(d.join(artifact(1)).exists());
+        assert!(!d.join(artifact(0)).exists() && !d.join(artifact(2)).exists());
+    }
+
+    #[test]
+    fn writes_prune_once_they_add_up_to_a_sixteenth_of_the_bound() {
+        let dir = Dir::new("wrote");
+        let d = dir.path();
+        // Four artifacts of 60 KiB and a hint: over a bound of 160 KiB by two; a sixteenth is 10 KiB.
+        for i in 0..4u8 {
+            file(d, &artifact(i), 60 << 10, 100 - u64::from(i));
+        }
+        let left = || (0..4u8).filter(|i| d.join(artifact(*i)).exists()).count();
+        // Two hints' writes (a block each): 8 KiB, under a sixteenth. Nothing is scanned.
+        file(d, &format!("{}.hint", hex_digest(9)), 64, 0);
+        wrote(d, 160 << 10, &format!("{}.hint", hex_digest(9)), 64);
+        wrote(d, 160 << 10, &format!("{}.hint", hex_digest(9)), 64);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(left(), 4);
+        // A third: 12 KiB written since the last scan. The two oldest go, the hint stays.
+        wrote(d, 160 << 10, &format!("{}.hint", hex_digest(9)), 64);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while left() > 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(left(), 2);
+        assert!(!d.join(artifact(0)).exists() && !d.join(artifact(1)).exists());
+        assert!(d.join(format!("{}.hint", hex_digest(9))).exists());
+    }
+
+    #[test]
+    fn touch_does_not_follow_a_link() {
+        let outside = Dir::new("touch-outside");
+        let target = file(outside.path(), "precious", 10, 10_000);
+        let before = std::fs::metadata(&target).expect("meta").modified().expect("mtime");
+        let dir = Dir::new("touch");
+        let link = dir.path().join(artifact(1));
+        std::os::unix::fs::symlink(&target, &link).expect("link");
+        touch(&link);
+        assert_eq!(std::fs::metadata(&target).expect("meta").modified().expect("mtime"), before);
+    }
+}
