@@ -402,7 +402,10 @@ describe('cacheDir', () => {
       await second.execute(def('echo'), { message: 'b' })
       expect(second.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 1 })
       await expect.poll(() => statSync(join(dir, echo)).mtimeMs > Date.now() - 60_000).toBe(true)
-      // A third module's artifact passes the bound: mortgage goes (and its hint), not echo.
+      // A third module's artifact passes the bound: mortgage goes (and its hint), not echo. After
+      // the scan the first executor's opening scheduled (a second after it), so that this one is
+      // the write's own (the second executor's opening, within a minute to the same bound, scans nothing).
+      await new Promise((r) => setTimeout(r, 1200))
       await second.execute(def('counter-actor'), { action: 'increment' })
       await expect.poll(() => existsSync(join(dir, mortgage)), { timeout: 5000 }).toBe(false)
       expect(existsSync(join(dir, echo))).toBe(true)
@@ -419,6 +422,11 @@ describe('cacheDir', () => {
       await third.execute(def('counter-actor'), { action: 'increment' })
       expect(third.cacheStats()).toMatchObject({ compiles: 0, artifactHits: 2 })
 
+      // A constructor that throws prunes nothing, whatever bound it was given.
+      const before = ours().sort()
+      expect(() => new WasmActivityExecutor(store, { ...opts, maxCacheDirBytes: 1, allowedBlobUrls: ['not a url'] })).toThrow()
+      await new Promise((r) => setTimeout(r, 1500))
+      expect(ours().sort()).toEqual(before)
       // A bound lowered since: the next executor to open the directory prunes it (a second later).
       new WasmActivityExecutor(store, { ...opts, maxCacheDirBytes: 1 })
       await expect.poll(() => ours(), { timeout: 5000 }).toEqual([])

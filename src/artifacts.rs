@@ -139,9 +139,16 @@ impl ArtifactCache {
             if self.key.is_none() {
                 self.key = Some(dir_key(dir)?.into());
             }
-            crate::cache_dir_bound::on_open(dir.clone(), self.dir_bound());
         }
         Ok(self)
+    }
+
+    /// Keeps `dir` within its bound from now on (`cache_dir_bound`): called once the executor
+    /// that opened it exists, so a constructor that fails prunes nothing.
+    pub(crate) fn watch_dir(&self) {
+        if let Some(dir) = &self.dir {
+            crate::cache_dir_bound::on_open(dir.clone(), self.dir_bound());
+        }
     }
 
     /// What `dir`'s files of ours may take on disk.
@@ -154,7 +161,8 @@ impl ArtifactCache {
     pub(crate) async fn write_to_dir(&self, dir: &Path, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
         let len = (*bytes).as_ref().len() as u64;
         let max = self.dir_bound();
-        if len > max {
+        // As it will be counted: in blocks on disk.
+        if len.div_ceil(4096).saturating_mul(4096) > max {
             return Ok(());
         }
         write_atomic(dir.to_path_buf(), name.clone(), bytes).await?;

@@ -15,11 +15,13 @@
 //! file is counted but never removed while fresh (a write under way, maybe another process's);
 //! one over an hour old is a write that died, and goes whatever the bound.
 //!
-//! Pruning runs on the runtime's blocking pool: once when an executor opens the directory, and
-//! after writes (artifacts, hints) adding up to a sixteenth of the bound since the last scan, so
-//! the directory passes its bound by at most that much; at most one scan per directory at a time
-//! in the process (requests made meanwhile are served by one more scan). An artifact larger than
-//! the bound is not written to the directory at all. Processes sharing a directory
+//! Pruning runs on the runtime's blocking pool: a second after an executor opens the directory
+//! (at most once a minute per directory and bound in a process), and after writes (artifacts,
+//! hints) adding up to a sixteenth of the bound since the last scan, so the directory passes its
+//! bound by about that much (and the write that crossed it) per process writing to it; at most
+//! one scan per directory at a time in the process (requests made meanwhile are served by one
+//! more scan). An artifact larger than the bound is not written to the directory at all. An
+//! mtime over a minute ahead of the clock counts as the oldest. Processes sharing a directory
 //! each prune it; a file removed under another process's load is already open there (the load
 //! reads what it opened), and at worst a module is compiled again.
 
@@ -34,6 +36,14 @@ pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 /// How long after an executor opens the directory its scan waits: not on a cold start's path.
 const OPEN_DELAY: Duration = Duration::from_secs(1);
+/// An executor opening a directory scanned on an open this recently, to this bound or a smaller
+/// one, schedules no scan: a process making an executor every few milliseconds (one per test)
+/// would otherwise scan without pause.
+const OPEN_RESCAN: Duration = Duration::from_secs(60);
+/// How far ahead of the clock an mtime may be and still count as it is.
+const FUTURE_SLACK: Duration = Duration::from_secs(60);
+/// Directories whose bookkeeping is kept; past it, that of idle ones is forgotten.
+const MAX_DIRS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -82,7 +92,7 @@ struct Entry {
 }
 
 /// The files of ours in `dir` (regular files only: nothing is followed).
-fn list(dir: &Path) -> Vec<Entry> {
+fn list(dir: &Path, now: SystemTime) -> Vec<Entry> {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut found = Vec::new();
@@ -97,7 +107,11 @@ fn list(dir: &Path) -> Vec<Entry> {
         // What it takes on disk (a hint of 64 bytes takes a block); a filesystem that reports no
         // blocks is taken at its length.
         let bytes = if meta.blocks() > 0 { meta.blocks().saturating_mul(512) } else { meta.len() };
-        found.push(Entry { name, kind, bytes, used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
+        // An mtime over a minute ahead (a clock that jumped, a restored backup, a file planted
+        // by a group writer) would keep a file forever and make everything else go first: it
+        // counts as the oldest instead.
+        let used = meta.modified().ok().filter(|t| t.duration_since(now).map_or(true, |ahead| ahead <= FUTURE_SLACK));
+        found.push(Entry { name, kind, bytes, used: used.unwrap_or(SystemTime::UNIX_EPOCH) });
     }
     found
 }
@@ -108,7 +122,7 @@ fn list(dir: &Path) -> Vec<Entry> {
 pub fn prune(dir: &Path, max_bytes: u64, keep: Option<&str>) -> Pruned {
     let now = SystemTime::now();
     let mut done = Pruned::default();
-    let mut entries = list(dir);
+    let mut entries = list(dir, now);
     let remove = |e: &Entry, done: &mut Pruned| {
         // Gone already (another process's scan) counts as removed.
         match std::fs::remove_file(dir.join(&e.name)) {
@@ -164,6 +178,23 @@ struct Scans {
     running: bool,
     next: Option<(u64, Option<String>)>,
     written: u64,
+    /// When an open last scheduled a scan, and to what bound.
+    opened: Option<(std::time::Instant, u64)>,
+}
+
+impl Scans {
+    fn idle(&self) -> bool {
+        !self.running && self.next.is_none() && self.opened.is_none_or(|(at, _)| at.elapsed() >= OPEN_RESCAN)
+    }
+}
+
+/// The bookkeeping of `dir`, made if missing; past `MAX_DIRS` directories, that of idle ones is
+/// forgotten first (what they had written since their last scan counts from zero again).
+fn entry<'a>(all: &'a mut HashMap<PathBuf, Scans>, dir: &Path) -> &'a mut Scans {
+    if all.len() >= MAX_DIRS && !all.contains_key(dir) {
+        all.retain(|_, scan| !scan.idle());
+    }
+    all.entry(dir.to_path_buf()).or_default()
 }
 
 fn scans() -> &'static Mutex<HashMap<PathBuf, Scans>> {
@@ -178,7 +209,7 @@ pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Durati
     let Some(rt) = crate::runtime::handle() else { return };
     {
         let Ok(mut all) = scans().lock() else { return };
-        let scan = all.entry(dir.clone()).or_default();
+        let scan = entry(&mut all, &dir);
         scan.next = Some(match scan.next.take() {
             Some((m, k)) => (m.min(max_bytes), keep.or(k)),
             None => (max_bytes, keep),
@@ -202,13 +233,7 @@ pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Durati
                         next
                     }
                     None => {
-                        // Nothing written since this scan began: nothing to remember (a process
-                        // opening many directories, one per test, keeps no entry for each).
-                        if scan.written == 0 {
-                            all.remove(&dir);
-                        } else {
-                            scan.running = false;
-                        }
+                        scan.running = false;
                         return;
                     }
                 }
@@ -234,7 +259,7 @@ pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Durati
 pub fn wrote(dir: &Path, max_bytes: u64, name: &str, bytes: u64) {
     let due = {
         let Ok(mut all) = scans().lock() else { return };
-        let scan = all.entry(dir.to_path_buf()).or_default();
+        let scan = entry(&mut all, dir);
         // A file takes a block at least.
         scan.written = scan.written.saturating_add(bytes.max(4096));
         scan.written >= (max_bytes / 16).max(1)
@@ -244,8 +269,17 @@ pub fn wrote(dir: &Path, max_bytes: u64, name: &str, bytes: u64) {
     }
 }
 
-/// Prunes `dir` once an executor has opened it (a bound lowered since the last run takes hold).
+/// Prunes `dir` once an executor has opened it (a bound lowered since the last run takes hold),
+/// unless an open scheduled a scan to this bound or a smaller one within `OPEN_RESCAN`.
 pub fn on_open(dir: PathBuf, max_bytes: u64) {
+    {
+        let Ok(mut all) = scans().lock() else { return };
+        let scan = entry(&mut all, &dir);
+        if scan.opened.is_some_and(|(at, bound)| at.elapsed() < OPEN_RESCAN && bound <= max_bytes) {
+            return;
+        }
+        scan.opened = Some((std::time::Instant::now(), max_bytes));
+    }
     request(dir, max_bytes, None, OPEN_DELAY);
 }
 
@@ -390,6 +424,26 @@ mod tests {
         assert_eq!(left(), 2);
         assert!(!d.join(artifact(0)).exists() && !d.join(artifact(1)).exists());
         assert!(d.join(format!("{}.hint", hex_digest(9))).exists());
+    }
+
+    #[test]
+    fn an_mtime_far_ahead_counts_as_the_oldest() {
+        let dir = Dir::new("future");
+        let d = dir.path();
+        file(d, &artifact(0), 100 << 10, 100);
+        file(d, &artifact(1), 100 << 10, 50);
+        // A day ahead: planted, or a clock that jumped. It goes first, not last.
+        let ahead = d.join(artifact(2));
+        std::fs::write(&ahead, vec![1u8; 100 << 10]).expect("write");
+        std::fs::File::options().write(true).open(&ahead).expect("open").set_modified(SystemTime::now() + Duration::from_secs(86_400)).expect("mtime");
+        // And a temporary file as far ahead is a dead write.
+        let tmp = d.join(format!(".{}.1.0.tmp", artifact(3)));
+        std::fs::write(&tmp, b"x").expect("write");
+        std::fs::File::options().write(true).open(&tmp).expect("open").set_modified(SystemTime::now() + Duration::from_secs(86_400)).expect("mtime");
+        let done = prune(d, 200 << 10, None);
+        assert_eq!(done.files, 2, "{done:?}");
+        assert!(!ahead.exists() && !tmp.exists());
+        assert!(d.join(artifact(0)).exists() && d.join(artifact(1)).exists());
     }
 
     #[test]

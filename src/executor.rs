@@ -135,6 +135,8 @@ impl Executor {
         engine::reserve_pool(engine::pool_for(opts.max_actors.get() as u64, opts.max_concurrency.get() as u64));
         let host_function_names = opts.host_functions.as_ref().map(|f| f.names()).unwrap_or_default();
         crate::warm_up::start(crate::warm_up::first_engine(opts.artifacts.is_enabled(), opts.tier_up));
+        // Nothing fails past here: a constructor that throws leaves the directory as it was.
+        opts.artifacts.watch_dir();
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
             modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load, opts.tier_up, opts.share_code),
