@@ -151,6 +151,16 @@ impl ArtifactCache {
         }
     }
 
+    /// Marks the `dir` artifacts of these modules (digest, and the engine their code is for)
+    /// used now, off the caller's path.
+    pub(crate) fn refresh(&self, held: Vec<(Digest, crate::engine::EngineKind)>) {
+        let Some(dir) = self.dir.clone() else { return };
+        let paths = move || {
+            held.into_iter().filter_map(|(digest, kind)| crate::engine::engine(kind).ok().map(|e| dir.join(Self::name(&digest, e)))).collect()
+        };
+        crate::cache_dir_bound::touch_all_later(paths);
+    }
+
     /// What `dir`'s files of ours may take on disk.
     pub(crate) fn dir_bound(&self) -> u64 {
         self.max_dir_bytes.unwrap_or(crate::cache_dir_bound::DEFAULT_MAX_BYTES)

@@ -11,7 +11,8 @@
 //! user's own files, a subdirectory) is counted or removed, and nothing is followed: a link planted
 //! under an artifact's name is not a regular file, so it is left alone (and so is what it points
 //! to). "Used" is the file's mtime: written, or refreshed (`touch`) when an artifact or a hint is
-//! read, so a module loaded at every start stays however long ago it was compiled. A temporary
+//! read, so a module loaded at every start stays however long ago it was compiled, and every ten
+//! minutes of calls for the modules an executor serves from memory. A temporary
 //! file is counted but never removed while fresh (a write under way, maybe another process's);
 //! one over an hour old is a write that died, and goes whatever the bound.
 //!
@@ -42,6 +43,8 @@ const OPEN_DELAY: Duration = Duration::from_secs(1);
 const OPEN_RESCAN: Duration = Duration::from_secs(60);
 /// How far ahead of the clock an mtime may be and still count as it is.
 const FUTURE_SLACK: Duration = Duration::from_secs(60);
+/// How often an executor's cache hits mark the artifacts of the modules it holds used.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(600);
 /// Directories whose bookkeeping is kept; past it, that of idle ones is forgotten.
 const MAX_DIRS: usize = 1024;
 
@@ -168,6 +171,13 @@ pub fn touch(path: &Path) {
 pub fn touch_later(path: PathBuf) {
     if let Some(rt) = crate::runtime::handle() {
         drop(rt.spawn_blocking(move || touch(&path)));
+    }
+}
+
+/// `touch` of each path `paths` makes, off the caller's path.
+pub fn touch_all_later(paths: impl FnOnce() -> Vec<PathBuf> + Send + 'static) {
+    if let Some(rt) = crate::runtime::handle() {
+        drop(rt.spawn_blocking(move || paths().iter().for_each(|p| touch(p))));
     }
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct State {
     pub(crate) share: bool,
     /// The executor's compile limits, which code it shares was checked against.
     pub(crate) compile_limits: CompileLimits,
+    /// When the `cacheDir` artifacts of the modules held here were last marked used
+    /// (`ModuleCache::count_hit`).
+    pub(crate) refreshed: std::time::Instant,
 }
 
 impl State {
@@ -43,6 +46,7 @@ impl State {
             generation: 0,
             share,
             compile_limits,
+            refreshed: std::time::Instant::now(),
         }
     }
 

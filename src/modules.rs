@@ -161,8 +161,18 @@ impl ModuleCache {
         st.lru.get(&(digest, kind)).cloned()
     }
 
+    /// Counts a hit; with a `cacheDir`, every `REFRESH_EVERY` also marks the artifacts of the
+    /// modules held here used (`cache_dir_bound`): a module served from memory for days would
+    /// otherwise see its artifact pruned as unused, and the next process compile it again.
     pub fn count_hit(&self) {
-        self.state().stats.hits += 1;
+        let mut st = self.state();
+        st.stats.hits += 1;
+        if self.artifacts.dir.is_some() && st.refreshed.elapsed() >= crate::cache_dir_bound::REFRESH_EVERY {
+            st.refreshed = std::time::Instant::now();
+            let held: Vec<(Digest, EngineKind)> = st.lru.iter().map(|(_, m)| (m.digest, m.kind)).collect();
+            drop(st);
+            self.artifacts.refresh(held);
+        }
     }
 
     /// The compiled module of a definition: from the cache, or downloaded and compiled once no

@@ -233,3 +233,37 @@ mod hints {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The artifacts of modules served from memory are marked used every `REFRESH_EVERY` of hits, so
+/// pruning a shared `cacheDir` keeps them however long ago they were loaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn hits_mark_the_artifacts_of_modules_held_used() {
+    use std::time::{Duration, Instant, SystemTime};
+    let dir = std::env::temp_dir().join(format!("loom-refresh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let artifacts = ArtifactCache { dir: Some(dir.clone()), ..Default::default() };
+    let cache = ModuleCache::new(NonZeroUsize::new(8).expect("nonzero"), 1 << 30, artifacts, LoadLimits::default(), false, false);
+    let module = echo(100);
+    let path = dir.join(ArtifactCache::name(&module.digest, engine(module.kind).expect("engine")));
+    std::fs::write(&path, b"artifact").expect("write");
+    let long_ago = SystemTime::now() - Duration::from_secs(86_400);
+    let age = || std::fs::metadata(&path).expect("meta").modified().expect("mtime");
+    let set_old = || std::fs::File::options().write(true).open(&path).expect("open").set_modified(long_ago).expect("mtime");
+    set_old();
+    cache.state().insert(None, (module.digest, EngineKind::Plain), module.clone());
+    // A hit within ten minutes of the last refresh touches nothing.
+    cache.count_hit();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(age(), long_ago);
+    // Ten minutes later, the next hit marks it used.
+    let Some(earlier) = Instant::now().checked_sub(crate::cache_dir_bound::REFRESH_EVERY) else { return };
+    cache.state().refreshed = earlier;
+    cache.count_hit();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while age() == long_ago && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(age() > SystemTime::now() - Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(&dir);
+}
