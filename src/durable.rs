@@ -57,9 +57,27 @@ pub struct Pending {
 struct Undeleted {
     /// The version the dropped state had (`None`: unknown).
     versions: std::collections::HashMap<String, Option<Version>>,
-    /// Keys with a background retry loop: one per key, however many drops failed (review N: 100,000
-    /// failed drops of one actor ran 100,000 loops, +195 MiB).
+    /// Keys with a background retry loop, or queued for one: one per key, however many drops
+    /// failed (review N: 100,000 failed drops of one actor ran 100,000 loops, +195 MiB).
     retrying: std::collections::HashSet<String>,
+    /// Loops running (at most `MAX_RETRY_LOOPS`), and the keys waiting for one: a loop done
+    /// with its key takes the next (100,000 actors dropped while the store failed each had a loop
+    /// of its own, ~2 KiB each, and each retried against the store as it came back).
+    loops: usize,
+    queued: std::collections::VecDeque<(ActorKey, String)>,
+}
+
+/// Background retry loops of failed deletes an executor runs at once; more dropped actors wait
+/// in a queue (a few hundred bytes each) for one of them.
+pub const MAX_RETRY_LOOPS: usize = 64;
+
+/// What `Pending::claim_retry` decided for a dropped actor whose delete failed.
+#[derive(Debug, PartialEq)]
+pub enum RetryClaim {
+    /// Start a loop for it.
+    Loop,
+    /// A loop will take it (queued), or it has one, or the retries are stopped.
+    No,
 }
 
 /// One write in `Pending`, until dropped.
@@ -91,11 +109,42 @@ impl Pending {
         self.undeleted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claims `key`'s background retry loop: false if it has one already (which goes on with
-    /// the newer drop's version) or the retries are stopped.
-    pub fn claim_retry(&self, key: &str) -> bool {
+    /// Claims a background retry for `actor` (store key `key`): a loop of its own while fewer
+    /// than `MAX_RETRY_LOOPS` run, else a place in the queue the loops take keys from. Nothing if
+    /// it has one already (which goes on with the newer drop's version) or the retries are stopped.
+    pub fn claim_retry(&self, actor: &ActorKey, key: &str) -> RetryClaim {
         let mut u = self.lock_undeleted();
-        !self.stopped.load(std::sync::atomic::Ordering::Acquire) && u.retrying.insert(key.to_string())
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) || !u.retrying.insert(key.to_string()) {
+            return RetryClaim::No;
+        }
+        if u.loops < MAX_RETRY_LOOPS {
+            u.loops += 1;
+            return RetryClaim::Loop;
+        }
+        u.queued.push_back((actor.clone(), key.to_string()));
+        RetryClaim::No
+    }
+
+    /// For a loop done with its key: the next queued actor whose dropped state is still undeleted
+    /// with a known version (others leave the queue). None, and the loop ends, when there is none
+    /// or the retries are stopped (the queue is then emptied).
+    pub fn next_queued(&self) -> Option<(ActorKey, String)> {
+        let mut u = self.lock_undeleted();
+        let stopped = self.stopped.load(std::sync::atomic::Ordering::Acquire);
+        while let Some((actor, key)) = u.queued.pop_front() {
+            if !stopped && matches!(u.versions.get(&key), Some(Some(_))) {
+                return Some((actor, key));
+            }
+            u.retrying.remove(&key);
+        }
+        u.loops = u.loops.saturating_sub(1);
+        None
+    }
+
+    /// Loops running and actors queued for one (for tests and stats).
+    pub fn retries(&self) -> (usize, usize) {
+        let u = self.lock_undeleted();
+        (u.loops, u.queued.len())
     }
 
     /// Whether `key`'s retry loop goes on after an attempt: while its state is undeleted with a

@@ -439,6 +439,47 @@ async fn many_failed_drops_of_one_actor_retry_in_one_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn many_dropped_actors_retry_in_a_bounded_number_of_loops() {
+    // 100,000 actors dropped while the store failed each had a retry loop of its own (~2 KiB
+    // each), and each retried against the store as it came back. Past `MAX_RETRY_LOOPS`, they
+    // wait in a queue the loops take from.
+    use crate::durable::MAX_RETRY_LOOPS;
+    let n = MAX_RETRY_LOOPS * 3 + 8;
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://many-actors-retry", &[]).expect("store"))).expect("conditional");
+    let store = DeleteFails::new(inner.clone());
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    let key = |i: usize| actor_store::actor_key(&d.key(), &format!("a{i}"));
+    for i in 0..n {
+        let out = ex.execute(&d, "{}".into(), call_options(&format!("a{i}"), false, CancelFlag::new())).await.expect("counts");
+        assert_eq!(out.output, "1");
+    }
+    store.fail.store(true, Ordering::SeqCst);
+    for i in 0..n {
+        assert!(ex.drop_actor(&d, &format!("a{i}")));
+    }
+    ex.drained().await;
+    assert_eq!(ex.pending.retries(), (MAX_RETRY_LOOPS, n - MAX_RETRY_LOOPS));
+    // While the store fails, only the loops' actors are retried (the first retry a second after
+    // the drop, the next two seconds after that).
+    let tried = store.deletes.load(Ordering::SeqCst);
+    tokio::time::sleep(RETRY_FIRST * 3 / 2).await;
+    assert_eq!(store.deletes.load(Ordering::SeqCst) - tried, MAX_RETRY_LOOPS);
+    // The store recovers: every dropped actor's state goes, with no call, and the loops end.
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("every retried delete", || (0..n).all(|i| !ex.pending.is_undeleted(&key(i)))).await;
+    for i in 0..n {
+        assert_eq!(inner.version(&key(i)).await.expect("version"), None, "a{i} deleted from the store");
+    }
+    eventually("the loops end", || ex.pending.retries() == (0, 0)).await;
+    // A call of a dropped actor starts fresh.
+    let fresh = ex.execute(&d, "{}".into(), call_options("a0", false, CancelFlag::new())).await.expect("starts fresh");
+    assert_eq!((fresh.output.as_str(), fresh.actor_created), ("1", true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn close_waits_for_a_retry_under_way() {
     // Review M: a retry's delete landed after `close()` had resolved.
     let w = TwoWorkers::new("memory://retry-under-way");

@@ -26,16 +26,33 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// called again would otherwise keep its state in the store, and its entry in `Pending`, for good.
 /// Only for a drop whose version is known: it deletes that version alone, never another
 /// worker's state stored since. One loop per actor (`Pending::claim_retry`), which goes on with
-/// the version of a drop that failed while it ran. `close` waits for an attempt under way; none
-/// starts after it.
-async fn retry_delete(actors: WeakActors, key: ActorKey, d: Durable) {
-    let mut wait = RETRY_FIRST;
+/// the version of a drop that failed while it ran; at most `MAX_RETRY_LOOPS` loops, the actors
+/// past them queued for the next loop free. `close` waits for an attempt under way; none starts
+/// after it.
+async fn retry_delete(actors: WeakActors, mut key: ActorKey, mut d: Durable) {
+    let mut first = RETRY_FIRST;
+    loop {
+        retry_one(&actors, &key, &d, first).await;
+        // At most `MAX_RETRY_LOOPS` loops: a loop done with its actor takes the next queued one,
+        // and tries it at once (it has waited in the queue; the store took the last delete, or a
+        // call settled the last actor).
+        let Some((next, store_key)) = d.pending.next_queued() else { return };
+        d = Durable { key: store_key, ..d };
+        key = next;
+        first = Duration::ZERO;
+    }
+}
+
+/// `retry_delete` of one actor, its first attempt after `first`, until its delete is done (or
+/// settled otherwise) or the retries stop.
+async fn retry_one(actors: &WeakActors, key: &ActorKey, d: &Durable, first: Duration) {
+    let mut wait = first;
     while d.pending.retry_after(wait).await {
         let Some(ticket) = actors.upgrade().map(|a| a.ticket(key.clone())) else { break };
         let _held = ticket.await;
         if let Some(_attempt) = d.pending.start_retry(&d.key) {
             let deleted = crate::durable::delete_dropped(&d).await.is_ok();
-            wait = if deleted { RETRY_FIRST } else { (wait * 2).min(RETRY_MAX) };
+            wait = if deleted { RETRY_FIRST } else { (wait * 2).clamp(RETRY_FIRST, RETRY_MAX) };
         }
         if !d.pending.retry_goes_on(&d.key) {
             return;
@@ -138,7 +155,7 @@ impl Executor {
                 let retried = if known { "retried in the background, and by its next call first" } else { "its next call deletes it first" };
                 sink.log("warn", &format!("the stored state of a dropped actor was not deleted ({retried}): {e}"));
             }
-            if known && d.pending.claim_retry(&d.key) {
+            if known && d.pending.claim_retry(&key, &d.key) == crate::durable::RetryClaim::Loop {
                 retry_delete(actors, key, d).await;
             }
         });
