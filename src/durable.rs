@@ -71,6 +71,16 @@ struct Undeleted {
 /// in a queue (a few hundred bytes each) for one of them.
 pub const MAX_RETRY_LOOPS: usize = 64;
 
+/// Which actor a retry loop tries next (`Pending::after_attempt`).
+#[derive(Debug, PartialEq)]
+pub enum NextRetry {
+    Same,
+    /// Another actor, and its store key.
+    Other(ActorKey, String),
+    /// None: the loop ends.
+    Done,
+}
+
 /// What `Pending::claim_retry` decided for a dropped actor whose delete failed.
 #[derive(Debug, PartialEq)]
 pub enum RetryClaim {
@@ -125,38 +135,38 @@ impl Pending {
         RetryClaim::No
     }
 
-    /// For a loop done with its key: the next queued actor whose dropped state is still undeleted
-    /// with a known version (others leave the queue). None, and the loop ends, when there is none
-    /// or the retries are stopped (the queue is then emptied).
-    pub fn next_queued(&self) -> Option<(ActorKey, String)> {
+    /// After a retry loop's attempt on `actor` (store key `key`; `going`: the retries were not
+    /// stopped before it): which actor the loop tries next. While the actor's state is still
+    /// undeleted with a known version, itself, unless others wait in the queue: it then goes to
+    /// the queue's back and the loop takes the next, so actors whose deletes keep failing (a key
+    /// the store refuses) cannot hold every loop while the rest could be deleted. Otherwise the
+    /// next queued actor still undeleted with a known version (others leave the queue). `Done`,
+    /// and the loop ends, when there is none or the retries are stopped (the queue is emptied).
+    pub fn after_attempt(&self, actor: &ActorKey, key: &str, going: bool) -> NextRetry {
         let mut u = self.lock_undeleted();
-        let stopped = self.stopped.load(std::sync::atomic::Ordering::Acquire);
-        while let Some((actor, key)) = u.queued.pop_front() {
-            if !stopped && matches!(u.versions.get(&key), Some(Some(_))) {
-                return Some((actor, key));
+        let stopped = !going || self.stopped.load(std::sync::atomic::Ordering::Acquire);
+        if !stopped && matches!(u.versions.get(key), Some(Some(_))) {
+            if u.queued.is_empty() {
+                return NextRetry::Same;
             }
-            u.retrying.remove(&key);
+            u.queued.push_back((actor.clone(), key.to_string()));
+        } else {
+            u.retrying.remove(key);
+        }
+        while let Some((next, next_key)) = u.queued.pop_front() {
+            if !stopped && matches!(u.versions.get(&next_key), Some(Some(_))) {
+                return if next_key == key { NextRetry::Same } else { NextRetry::Other(next, next_key) };
+            }
+            u.retrying.remove(&next_key);
         }
         u.loops = u.loops.saturating_sub(1);
-        None
+        NextRetry::Done
     }
 
     /// Loops running and actors queued for one (for tests and stats).
     pub fn retries(&self) -> (usize, usize) {
         let u = self.lock_undeleted();
         (u.loops, u.queued.len())
-    }
-
-    /// Whether `key`'s retry loop goes on after an attempt: while its state is undeleted with a
-    /// known version (a drop since included) and the retries are not stopped; else its claim is
-    /// given up.
-    pub fn retry_goes_on(&self, key: &str) -> bool {
-        let mut u = self.lock_undeleted();
-        if !self.stopped.load(std::sync::atomic::Ordering::Acquire) && matches!(u.versions.get(key), Some(Some(_))) {
-            return true;
-        }
-        u.retrying.remove(key);
-        false
     }
 
     pub fn is_undeleted(&self, key: &str) -> bool {

@@ -180,6 +180,8 @@ struct DeleteFails {
     /// While set, a delete takes 300 ms before it answers; `ended` counts those answered.
     slow: AtomicBool,
     ended: std::sync::atomic::AtomicUsize,
+    /// Keys whose deletes always fail (the store refuses them).
+    refused: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl DeleteFails {
@@ -191,6 +193,7 @@ impl DeleteFails {
             versions_fail: AtomicBool::new(false),
             slow: AtomicBool::new(false),
             ended: Default::default(),
+            refused: Default::default(),
         })
     }
 }
@@ -215,7 +218,7 @@ impl ActorStore for DeleteFails {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 self.ended.fetch_add(1, Ordering::SeqCst);
             }
-            if self.fail.load(Ordering::SeqCst) {
+            if self.fail.load(Ordering::SeqCst) || self.refused.lock().expect("refused").contains(key) {
                 return Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() });
             }
             self.inner.delete(key).await
@@ -477,6 +480,29 @@ async fn many_dropped_actors_retry_in_a_bounded_number_of_loops() {
     // A call of a dropped actor starts fresh.
     let fresh = ex.execute(&d, "{}".into(), call_options("a0", false, CancelFlag::new())).await.expect("starts fresh");
     assert_eq!((fresh.output.as_str(), fresh.actor_created), ("1", true));
+
+    // Actors whose deletes the store keeps refusing do not hold the loops from the others: the
+    // first actors to fail hold every loop, and once the store is back for all but them, the
+    // queued ones are deleted all the same (taken in turn).
+    let again = |i: usize| format!("b{i}");
+    let key = |i: usize| actor_store::actor_key(&d.key(), &again(i));
+    for i in 0..n {
+        ex.execute(&d, "{}".into(), call_options(&again(i), false, CancelFlag::new())).await.expect("counts");
+    }
+    store.refused.lock().expect("refused").extend((0..MAX_RETRY_LOOPS).map(key));
+    store.fail.store(true, Ordering::SeqCst);
+    for i in 0..n {
+        assert!(ex.drop_actor(&d, &again(i)));
+    }
+    ex.drained().await;
+    assert_eq!(ex.pending.retries(), (MAX_RETRY_LOOPS, n - MAX_RETRY_LOOPS));
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("the deletes the store takes", || (MAX_RETRY_LOOPS..n).all(|i| !ex.pending.is_undeleted(&key(i)))).await;
+    assert!((0..MAX_RETRY_LOOPS).all(|i| ex.pending.is_undeleted(&key(i))), "the refused ones stay undeleted");
+    // They are still retried, a loop each now that nothing else waits; closing ends the loops.
+    assert_eq!(ex.pending.retries(), (MAX_RETRY_LOOPS, 0));
+    ex.close();
+    eventually("the loops end", || ex.pending.retries() == (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,39 +27,43 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Only for a drop whose version is known: it deletes that version alone, never another
 /// worker's state stored since. One loop per actor (`Pending::claim_retry`), which goes on with
 /// the version of a drop that failed while it ran; at most `MAX_RETRY_LOOPS` loops, the actors
-/// past them queued for the next loop free. `close` waits for an attempt under way; none starts
-/// after it.
+/// past them queued, and taken in turn (`Pending::after_attempt`). `close` waits for an attempt
+/// under way; none starts after it.
 async fn retry_delete(actors: WeakActors, mut key: ActorKey, mut d: Durable) {
-    let mut first = RETRY_FIRST;
+    use crate::durable::NextRetry;
+    let mut wait = RETRY_FIRST;
     loop {
-        retry_one(&actors, &key, &d, first).await;
-        // At most `MAX_RETRY_LOOPS` loops: a loop done with its actor takes the next queued one,
-        // and tries it at once (it has waited in the queue; the store took the last delete, or a
-        // call settled the last actor).
-        let Some((next, store_key)) = d.pending.next_queued() else { return };
-        d = Durable { key: store_key, ..d };
-        key = next;
-        first = Duration::ZERO;
-    }
-}
-
-/// `retry_delete` of one actor, its first attempt after `first`, until its delete is done (or
-/// settled otherwise) or the retries stop.
-async fn retry_one(actors: &WeakActors, key: &ActorKey, d: &Durable, first: Duration) {
-    let mut wait = first;
-    while d.pending.retry_after(wait).await {
-        let Some(ticket) = actors.upgrade().map(|a| a.ticket(key.clone())) else { break };
-        let _held = ticket.await;
-        if let Some(_attempt) = d.pending.start_retry(&d.key) {
-            let deleted = crate::durable::delete_dropped(&d).await.is_ok();
-            wait = if deleted { RETRY_FIRST } else { (wait * 2).clamp(RETRY_FIRST, RETRY_MAX) };
+        let mut going = d.pending.retry_after(wait).await;
+        let mut deleted = false;
+        if going {
+            match actors.upgrade().map(|a| a.ticket(key.clone())) {
+                Some(ticket) => {
+                    let _held = ticket.await;
+                    if let Some(_attempt) = d.pending.start_retry(&d.key) {
+                        deleted = crate::durable::delete_dropped(&d).await.is_ok();
+                    }
+                }
+                // The executor is gone.
+                None => going = false,
+            }
         }
-        if !d.pending.retry_goes_on(&d.key) {
-            return;
-        }
+        // At most `MAX_RETRY_LOOPS` loops: each goes on with its actor, or takes the next queued
+        // one (at once after a delete the store took: the actor has waited in the queue).
+        let moved = match d.pending.after_attempt(&key, &d.key, going) {
+            NextRetry::Same => false,
+            NextRetry::Other(next, store_key) => {
+                d = Durable { key: store_key, ..d };
+                key = next;
+                true
+            }
+            NextRetry::Done => return,
+        };
+        wait = match (deleted, moved) {
+            (true, true) => Duration::ZERO,
+            (true, false) => RETRY_FIRST,
+            (false, _) => (wait * 2).clamp(RETRY_FIRST, RETRY_MAX),
+        };
     }
-    // Stopped (or the executor gone): the claim goes.
-    let _ = d.pending.retry_goes_on(&d.key);
 }
 
 impl Executor {

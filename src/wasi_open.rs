@@ -393,6 +393,9 @@ mod tests {
         }
         let (ex, mut def) = fs_executor(&dir, g::fs_listing_component(), false);
         def.limits.max_memory_mb = Some(16.0);
+        // Reading 2,000,000 entries takes ~6 s alone, mostly in the kernel, and took over the 30 s
+        // default in a CI run with builds beside it: this test is about memory, not time.
+        def.limits.max_execution_ms = Some(300_000.0);
         let run = |input: &str| {
             let (ex, def, input) = (ex.clone(), def.clone(), input.to_string());
             async move { ex.execute(&def, input.into(), CallOptions::default()).await.expect("runs").output.parse::<u64>().expect("a number") }
