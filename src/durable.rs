@@ -173,13 +173,27 @@ impl Pending {
         self.undeleted(key).is_some()
     }
 
-    /// Stops the background retries of failed deletes (the executor closed or went).
+    /// Stops the background retries of failed deletes (the executor closed or went); the actors
+    /// queued for a loop leave the queue at once.
     pub fn stop_retries(&self) {
         // Under the lock `start_retry` holds: an attempt is either counted before this (and
         // `close` waits for it) or never starts.
-        let _undeleted = self.lock_undeleted();
+        let mut u = self.lock_undeleted();
         self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        let queued = std::mem::take(&mut u.queued);
+        for (_, key) in queued {
+            u.retrying.remove(&key);
+        }
         self.stopping.notify_waiters();
+    }
+
+    /// A retry loop that ended without `after_attempt` saying so (its task panicked: a store's
+    /// bug): its actor's claim and its place among the loops are given back, so later failed
+    /// drops still get loops (the actors queued meanwhile wait for the next loop to start).
+    pub fn loop_lost(&self, key: &str) {
+        let mut u = self.lock_undeleted();
+        u.retrying.remove(key);
+        u.loops = u.loops.saturating_sub(1);
     }
 
     /// A retry's attempt on `key`, counted as a write under way (`close` waits for it); none

@@ -182,6 +182,8 @@ struct DeleteFails {
     ended: std::sync::atomic::AtomicUsize,
     /// Keys whose deletes always fail (the store refuses them).
     refused: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// While set, a delete panics (a store's bug).
+    panics: AtomicBool,
 }
 
 impl DeleteFails {
@@ -194,6 +196,7 @@ impl DeleteFails {
             slow: AtomicBool::new(false),
             ended: Default::default(),
             refused: Default::default(),
+            panics: AtomicBool::new(false),
         })
     }
 }
@@ -218,6 +221,7 @@ impl ActorStore for DeleteFails {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 self.ended.fetch_add(1, Ordering::SeqCst);
             }
+            assert!(!self.panics.load(Ordering::SeqCst), "a store's bug");
             if self.fail.load(Ordering::SeqCst) || self.refused.lock().expect("refused").contains(key) {
                 return Err(ExecError::BlobUnavailable { path: "actors".into(), message: "the store is down".into() });
             }
@@ -464,11 +468,12 @@ async fn many_dropped_actors_retry_in_a_bounded_number_of_loops() {
         assert!(ex.drop_actor(&d, &format!("a{i}")));
     }
     ex.drained().await;
-    assert_eq!(ex.pending.retries(), (MAX_RETRY_LOOPS, n - MAX_RETRY_LOOPS));
-    // While the store fails, only the loops' actors are retried (the first retry a second after
-    // the drop, the next two seconds after that).
+    // Claimed just after each drop's first attempt, which `drained` waits for.
+    eventually("the claims", || ex.pending.retries() == (MAX_RETRY_LOOPS, n - MAX_RETRY_LOOPS)).await;
+    // While the store fails, 64 deletes at a time (the loops' first retries a second after the
+    // drops, their next two seconds after that, each with the next actor in turn).
     let tried = store.deletes.load(Ordering::SeqCst);
-    tokio::time::sleep(RETRY_FIRST * 3 / 2).await;
+    tokio::time::sleep(RETRY_FIRST * 2).await;
     assert_eq!(store.deletes.load(Ordering::SeqCst) - tried, MAX_RETRY_LOOPS);
     // The store recovers: every dropped actor's state goes, with no call, and the loops end.
     store.fail.store(false, Ordering::SeqCst);
@@ -495,14 +500,37 @@ async fn many_dropped_actors_retry_in_a_bounded_number_of_loops() {
         assert!(ex.drop_actor(&d, &again(i)));
     }
     ex.drained().await;
-    assert_eq!(ex.pending.retries(), (MAX_RETRY_LOOPS, n - MAX_RETRY_LOOPS));
+    // Claimed just after each drop's first attempt, which `drained` waits for.
+    eventually("the claims", || ex.pending.retries() == (MAX_RETRY_LOOPS, n - MAX_RETRY_LOOPS)).await;
     store.fail.store(false, Ordering::SeqCst);
     eventually("the deletes the store takes", || (MAX_RETRY_LOOPS..n).all(|i| !ex.pending.is_undeleted(&key(i)))).await;
     assert!((0..MAX_RETRY_LOOPS).all(|i| ex.pending.is_undeleted(&key(i))), "the refused ones stay undeleted");
     // They are still retried, a loop each now that nothing else waits; closing ends the loops.
-    assert_eq!(ex.pending.retries(), (MAX_RETRY_LOOPS, 0));
+    eventually("a loop for each refused one", || ex.pending.retries() == (MAX_RETRY_LOOPS, 0)).await;
     ex.close();
     eventually("the loops end", || ex.pending.retries() == (0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_loop_lost_to_a_panic_in_the_store_gives_its_place_back() {
+    // Its place among the 64 and its actor's claim were kept for good: 64 such panics and no
+    // failed drop of the executor was retried again, nor ever one of that actor.
+    let w = TwoWorkers::new("memory://retry-panic");
+    assert_eq!(w.call(&w.a).await.expect("counts").output, "1");
+    w.failing.fail.store(true, Ordering::SeqCst);
+    assert!(w.a.drop_actor(&w.d, "a"));
+    // The loop is claimed just after the drop's first attempt, which `drained` waits for.
+    eventually("a loop", || w.a.pending.retries() == (1, 0)).await;
+    w.failing.panics.store(true, Ordering::SeqCst);
+    eventually("the loop lost", || w.a.pending.retries() == (0, 0)).await;
+    // The next failed drop of the actor gets a loop again, which deletes once the store can.
+    w.failing.panics.store(false, Ordering::SeqCst);
+    assert!(w.a.drop_actor(&w.d, "a"));
+    // The loop is claimed just after the drop's first attempt, which `drained` waits for.
+    eventually("a loop", || w.a.pending.retries() == (1, 0)).await;
+    w.failing.fail.store(false, Ordering::SeqCst);
+    eventually("the retried delete", || !w.a.pending.is_undeleted(&w.key)).await;
+    assert_eq!(w.inner.version(&w.key).await.expect("version"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]

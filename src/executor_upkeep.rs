@@ -25,22 +25,38 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// or a restore has settled it) or the executor closes or goes: a dropped actor that is never
 /// called again would otherwise keep its state in the store, and its entry in `Pending`, for good.
 /// Only for a drop whose version is known: it deletes that version alone, never another
-/// worker's state stored since. One loop per actor (`Pending::claim_retry`), which goes on with
+/// worker's state stored since. One claim per actor (`Pending::claim_retry`), which goes on with
 /// the version of a drop that failed while it ran; at most `MAX_RETRY_LOOPS` loops, the actors
 /// past them queued, and taken in turn (`Pending::after_attempt`). `close` waits for an attempt
 /// under way; none starts after it.
-async fn retry_delete(actors: WeakActors, mut key: ActorKey, mut d: Durable) {
+async fn retry_delete(actors: WeakActors, key: ActorKey, d: Durable) {
     use crate::durable::NextRetry;
+    /// The loop's place and its actor's claim, given back if the loop ends any other way than
+    /// `Done` (a panic in the store drops the task).
+    struct Claim {
+        d: Durable,
+        key: ActorKey,
+        done: bool,
+    }
+    impl Drop for Claim {
+        fn drop(&mut self) {
+            if !self.done {
+                self.d.pending.loop_lost(&self.d.key);
+            }
+        }
+    }
+    let mut c = Claim { d, key, done: false };
     let mut wait = RETRY_FIRST;
     loop {
-        let mut going = d.pending.retry_after(wait).await;
-        let mut deleted = false;
+        let mut going = c.d.pending.retry_after(wait).await;
+        let (mut tried, mut deleted) = (false, false);
         if going {
-            match actors.upgrade().map(|a| a.ticket(key.clone())) {
+            match actors.upgrade().map(|a| a.ticket(c.key.clone())) {
                 Some(ticket) => {
                     let _held = ticket.await;
-                    if let Some(_attempt) = d.pending.start_retry(&d.key) {
-                        deleted = crate::durable::delete_dropped(&d).await.is_ok();
+                    if let Some(_attempt) = c.d.pending.start_retry(&c.d.key) {
+                        tried = true;
+                        deleted = crate::durable::delete_dropped(&c.d).await.is_ok();
                     }
                 }
                 // The executor is gone.
@@ -49,19 +65,25 @@ async fn retry_delete(actors: WeakActors, mut key: ActorKey, mut d: Durable) {
         }
         // At most `MAX_RETRY_LOOPS` loops: each goes on with its actor, or takes the next queued
         // one (at once after a delete the store took: the actor has waited in the queue).
-        let moved = match d.pending.after_attempt(&key, &d.key, going) {
+        let moved = match c.d.pending.after_attempt(&c.key, &c.d.key, going) {
             NextRetry::Same => false,
             NextRetry::Other(next, store_key) => {
-                d = Durable { key: store_key, ..d };
-                key = next;
+                c.d.key = store_key;
+                c.key = next;
                 true
             }
-            NextRetry::Done => return,
+            NextRetry::Done => {
+                c.done = true;
+                return;
+            }
         };
-        wait = match (deleted, moved) {
-            (true, true) => Duration::ZERO,
-            (true, false) => RETRY_FIRST,
-            (false, _) => (wait * 2).clamp(RETRY_FIRST, RETRY_MAX),
+        wait = match (tried, deleted, moved) {
+            (true, true, true) => Duration::ZERO,
+            (true, true, false) => RETRY_FIRST,
+            (true, false, _) => (wait * 2).clamp(RETRY_FIRST, RETRY_MAX),
+            // No attempt (a call settled the actor meanwhile): the store was not asked, and the
+            // wait stays as it was.
+            (false, _, _) => wait.max(RETRY_FIRST),
         };
     }
 }
