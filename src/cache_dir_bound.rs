@@ -16,6 +16,10 @@
 //! file is counted but never removed while fresh (a write under way, maybe another process's);
 //! one over an hour old is a write that died, and goes whatever the bound.
 //!
+//! A scan holds the directory by a handle (`held_dir`): it lists, looks at and removes names in
+//! the directory its path named when it began, so a link in that path repointed mid-scan cannot
+//! take its deletes elsewhere.
+//!
 //! Pruning runs on the runtime's blocking pool: a second after an executor opens the directory
 //! (at most once a minute per directory and bound in a process), and after writes (artifacts,
 //! hints) adding up to a sixteenth of the bound since the last scan, so the directory passes its
@@ -30,6 +34,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use crate::held_dir::HeldDir;
 
 /// `maxCacheDirBytes` unless set.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -95,26 +101,23 @@ struct Entry {
 }
 
 /// The files of ours in `dir` (regular files only: nothing is followed).
-fn list(dir: &Path, now: SystemTime) -> Vec<Entry> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+fn list(dir: &HeldDir, now: SystemTime) -> Vec<Entry> {
+    let Ok(names) = dir.names() else { return Vec::new() };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+    for name in names {
         let Some(kind) = kind_of(&name) else { continue };
-        // `DirEntry::metadata` does not follow a link.
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.file_type().is_file() {
+        // The entry itself: a link is not followed.
+        let Ok(meta) = dir.stat(&name) else { continue };
+        if !meta.regular {
             continue;
         }
-        // What it takes on disk (a hint of 64 bytes takes a block); a filesystem that reports no
-        // blocks is taken at its length.
-        let bytes = if meta.blocks() > 0 { meta.blocks().saturating_mul(512) } else { meta.len() };
+        // What it takes on disk (a hint of 64 bytes takes a block).
+        let bytes = meta.disk_bytes;
         // An mtime over a minute ahead (a clock that jumped, a restored backup, a file planted
         // by a group writer) would keep a file forever and make everything else go first: it
         // counts as the oldest instead.
-        let used = meta.modified().ok().filter(|t| t.duration_since(now).map_or(true, |ahead| ahead <= FUTURE_SLACK));
-        found.push(Entry { name, kind, bytes, used: used.unwrap_or(SystemTime::UNIX_EPOCH) });
+        let ahead = meta.modified.duration_since(now).is_ok_and(|ahead| ahead > FUTURE_SLACK);
+        found.push(Entry { name, kind, bytes, used: if ahead { SystemTime::UNIX_EPOCH } else { meta.modified } });
     }
     found
 }
@@ -125,10 +128,13 @@ fn list(dir: &Path, now: SystemTime) -> Vec<Entry> {
 pub fn prune(dir: &Path, max_bytes: u64, keep: Option<&str>) -> Pruned {
     let now = SystemTime::now();
     let mut done = Pruned::default();
-    let mut entries = list(dir, now);
+    // Held by a handle for the whole scan: names are listed in, and removed from, the directory
+    // `dir` named when the scan began, whatever it is repointed to meanwhile (`held_dir`).
+    let Ok(held) = HeldDir::open(dir) else { return done };
+    let mut entries = list(&held, now);
     let remove = |e: &Entry, done: &mut Pruned| {
         // Gone already (another process's scan) counts as removed.
-        match std::fs::remove_file(dir.join(&e.name)) {
+        match held.remove(&e.name) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => false,
             _ => {
                 done.files += 1;
@@ -454,6 +460,22 @@ mod tests {
         assert_eq!(done.files, 2, "{done:?}");
         assert!(!ahead.exists() && !tmp.exists());
         assert!(d.join(artifact(0)).exists() && d.join(artifact(1)).exists());
+    }
+
+    #[test]
+    fn a_directory_reached_through_a_link_is_pruned_itself() {
+        let dir = Dir::new("through");
+        let d = dir.path();
+        for i in 0..3u8 {
+            file(d, &artifact(i), 100 << 10, 100 - u64::from(i) * 10);
+        }
+        let outside = Dir::new("through-link");
+        let link = outside.path().join("cache");
+        std::os::unix::fs::symlink(d, &link).expect("link");
+        let done = prune(&link, 100 << 10, None);
+        assert_eq!(done.files, 2, "{done:?}");
+        assert!(!d.join(artifact(0)).exists() && !d.join(artifact(1)).exists() && d.join(artifact(2)).exists());
+        assert!(std::fs::symlink_metadata(&link).is_ok(), "the link itself was removed");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod error;
 pub mod executor;
 pub mod file_actor_store;
 pub mod fiber_stacks;
+pub mod held_dir;
 pub mod host;
 pub mod host_functions;
 pub mod http_client;
