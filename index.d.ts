@@ -377,7 +377,8 @@ export declare class WasmActivityExecutor {
   executeDetailed<T = any>(definition: ActivityDefinition, input: unknown, options?: ExecuteOptions): Promise<ExecutionDetails<T>>
   /**
    * Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
-   * of traffic, filling every cache tier. Resolves to the module's sha256.
+   * of traffic, filling every cache tier. Resolves to the module's sha256, once `cacheDir` (if
+   * any) is within `maxCacheDirBytes`.
    */
   precompile(definition: ActivityDefinition): Promise<string>
   /**

@@ -1,6 +1,6 @@
 // The loom-wasm CLI, end to end: the real binary spawned, its output, errors and exit statuses.
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -128,6 +128,41 @@ describe('loom-wasm inspect and precompile', () => {
     ])
     expect(cli(['precompile', wasm('echo')]).status).toBe(2)
     expect(JSON.parse(cli(['run', wasm('echo'), '--cache-dir', dir, '--input', '{"message":"c"}']).stdout).result).toBe('c')
+  })
+
+  it('--max-cache-dir-bytes keeps --cache-dir under its bound, and refuses an artifact larger than it', () => {
+    const onDisk = (dir: string, f: string) => statSync(join(dir, f)).blocks * 512
+    const artifacts = (dir: string) => readdirSync(dir).filter((f) => f.endsWith('.cwasm'))
+    // What mortgage's artifact takes, alone.
+    const alone = mkdtempSync(join(tmpdir(), 'loom-cli-bound-'))
+    expect(cli(['precompile', wasm('mortgage'), '--cache-dir', alone]).status).toBe(0)
+    const [mortgageArtifact] = artifacts(alone)
+    const mortgageBytes = onDisk(alone, mortgageArtifact)
+    // Echo's artifact first, then mortgage's under a bound with room for it (and a few hints)
+    // but not for both: echo's goes before the command ends, mortgage's stays and loads.
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cli-bound-'))
+    expect(cli(['precompile', wasm('echo'), '--cache-dir', dir]).status).toBe(0)
+    const [echoArtifact] = artifacts(dir)
+    expect(onDisk(dir, echoArtifact)).toBeGreaterThan(3 * 4096)
+    const bound = mortgageBytes + 3 * 4096
+    const r = cli(['precompile', wasm('mortgage'), '--cache-dir', dir, '--max-cache-dir-bytes', String(bound)])
+    expect(r.status, r.stderr).toBe(0)
+    expect(artifacts(dir)).toEqual([mortgageArtifact])
+    const run = cli(['run', wasm('mortgage'), '--cache-dir', dir, '--max-cache-dir-bytes', String(bound), '--input', '{"principal":100000,"annualRate":5,"years":1}'])
+    expect(run.status, run.stderr).toBe(0)
+    expect(JSON.parse(run.stdout).monthlyPayment).toBeGreaterThan(0)
+    // A bound the artifact does not fit in: nothing is written, and the command says so.
+    const small = mkdtempSync(join(tmpdir(), 'loom-cli-bound-'))
+    const refused = cli(['precompile', wasm('mortgage'), '--cache-dir', small, '--max-cache-dir-bytes', String(mortgageBytes - 4096)])
+    expect(refused.status).toBe(2)
+    expect(refused.stderr).toContain('was not written')
+    expect(artifacts(small)).toEqual([])
+    // Bad values and a bound without a directory are usage errors.
+    for (const bad of ['0', '-1', '1.5', 'many', '1e16']) {
+      const b = cli(['precompile', wasm('echo'), '--cache-dir', small, '--max-cache-dir-bytes', bad])
+      expect(b.status, bad).toBe(2)
+    }
+    expect(cli(['run', wasm('echo'), '--max-cache-dir-bytes', '1000000']).stderr).toContain('needs --cache-dir')
   })
 
   it('--help works for each command', () => {

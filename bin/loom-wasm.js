@@ -25,7 +25,8 @@ const HELP = {
 Commands:
   run <module.wasm | url>        run a guest's execute() and print its JSON output
   inspect <module.wasm | url>    size, sha256, exports, imports, and whether it matches the guest ABI
-  precompile <module.wasm | url> --cache-dir DIR   write its compiled artifact into DIR
+  precompile <module.wasm | url> --cache-dir DIR [--max-cache-dir-bytes N]
+                                 write its compiled artifact into DIR
 
 Run 'loom-wasm <command> --help' for a command's options.
 Exit status: 0 ok, 1 internal error, 2 usage error, 3 guest error, 4 limit hit, 5 load error.`,
@@ -43,15 +44,20 @@ Options:
   --actor ID           run on one kept instance (guest state persists across --repeat)
   --repeat N           run N times, printing each output (default 1)
   --cache-dir DIR      compiled-artifact cache
+  --max-cache-dir-bytes N
+                       what DIR's artifacts and hints may take on disk (default 1 GiB);
+                       past it the least recently used go
   --help`,
   inspect: `loom-wasm inspect <module.wasm | url>
 
 Prints size, sha256, exports and imports with their types, and which guest ABI the module
 matches (and why not, if none), as JSON.`,
-  precompile: `loom-wasm precompile <module.wasm | url> --cache-dir DIR
+  precompile: `loom-wasm precompile <module.wasm | url> --cache-dir DIR [--max-cache-dir-bytes N]
 
 Compiles the module and writes its artifact (<sha256>-<engine>.cwasm) into DIR, so later runs and
-executors with the same cacheDir skip compiling. Prints the module's sha256.`,
+executors with the same cacheDir skip compiling. Prints the module's sha256. With
+--max-cache-dir-bytes N (default 1 GiB), DIR is kept under N bytes on disk (the least recently used
+artifacts and hints go), and an artifact larger than N is not written: a usage error.`,
 }
 
 class UsageError extends Error {
@@ -69,7 +75,7 @@ function parse(argv) {
     if (a === '--help' || a === '-h') opts.help = true
     else if (a.startsWith('--')) {
       const key = a.slice(2)
-      if (!['input', 'timeout', 'memory', 'fuel', 'actor', 'repeat', 'cache-dir'].includes(key)) {
+      if (!['input', 'timeout', 'memory', 'fuel', 'actor', 'repeat', 'cache-dir', 'max-cache-dir-bytes'].includes(key)) {
         throw new UsageError(`unknown option ${a}`)
       }
       if (i + 1 >= rest.length) throw new UsageError(`${a} needs a value`)
@@ -77,6 +83,15 @@ function parse(argv) {
     } else opts._.push(a)
   }
   return { command, opts }
+}
+
+/** The executor's cache options from --cache-dir and --max-cache-dir-bytes (the executor checks the
+ * bound's range: `INVALID_ARGUMENT`). */
+function cacheOptions(opts) {
+  const bound = count(opts, 'max-cache-dir-bytes')
+  if (bound !== undefined && !opts['cache-dir']) throw new UsageError('--max-cache-dir-bytes needs --cache-dir DIR')
+  if (!opts['cache-dir']) return undefined
+  return bound === undefined ? { cacheDir: opts['cache-dir'] } : { cacheDir: opts['cache-dir'], maxCacheDirBytes: bound }
 }
 
 function number(opts, key) {
@@ -188,7 +203,7 @@ async function main(argv) {
     if (repeat > 1 && opts.actor === undefined) throw new UsageError('--repeat needs --actor (without it every run starts fresh)')
     const { store, def } = target(opts._[0], { limits })
     const input = await readInput(opts)
-    const executor = new WasmActivityExecutor(store, opts['cache-dir'] ? { cacheDir: opts['cache-dir'] } : undefined)
+    const executor = new WasmActivityExecutor(store, cacheOptions(opts))
     for (let i = 0; i < repeat; i++) {
       const out = await executor.execute(def, input, opts.actor !== undefined ? { actorId: opts.actor } : undefined)
       await print(json(out))
@@ -203,8 +218,15 @@ async function main(argv) {
   if (command === 'precompile') {
     if (!opts['cache-dir']) throw new UsageError('precompile needs --cache-dir DIR')
     const { store, def } = target(opts._[0])
-    const executor = new WasmActivityExecutor(store, { cacheDir: opts['cache-dir'] })
-    await print(await executor.precompile(def))
+    const executor = new WasmActivityExecutor(store, cacheOptions(opts))
+    const digest = await executor.precompile(def)
+    // An artifact larger than the bound is not written (the executor's rule): say so, rather than
+    // print a digest whose artifact no later run finds.
+    const { readdirSync } = require('node:fs')
+    if (!readdirSync(opts['cache-dir']).some((f) => f.startsWith(`${digest}-`) && f.endsWith('.cwasm'))) {
+      throw new UsageError(`the artifact of ${digest} was not written: larger than --max-cache-dir-bytes, or ${opts['cache-dir']} is not writable`)
+    }
+    await print(digest)
     return EXIT.ok
   }
   return EXIT.usage

@@ -151,6 +151,13 @@ impl ArtifactCache {
         }
     }
 
+    /// Prunes `dir` to its bound now, and waits for it.
+    pub(crate) async fn settle_dir(&self) {
+        if let Some(dir) = &self.dir {
+            crate::cache_dir_bound::settle(dir.clone(), self.dir_bound()).await;
+        }
+    }
+
     /// Marks the `dir` artifacts of these modules (digest, and the engine their code is for)
     /// used now, off the caller's path.
     pub(crate) fn refresh(&self, held: Vec<(Digest, crate::engine::EngineKind)>) {

@@ -335,7 +335,8 @@ impl WasmActivityExecutor {
     }
 
     /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
-    /// of traffic, filling every cache tier. Resolves to the module's sha256.
+    /// of traffic, filling every cache tier. Resolves to the module's sha256, once `cacheDir` (if
+    /// any) is within `maxCacheDirBytes`.
     #[napi(ts_args_type = "definition: ActivityDefinition", ts_return_type = "Promise<string>")]
     pub fn precompile<'env>(&self, env: &'env Env, definition: Unknown<'env>) -> napi::Result<PromiseRaw<'env, String>> {
         let def = args::definition(definition);
