@@ -1,6 +1,7 @@
 //! The compiled-module cache's state: its slots (an LRU bounded by count and by bytes), the
 //! index from a definition to its module's digest, its counters and its generation (`modules`).
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
 
@@ -21,6 +22,10 @@ pub(crate) struct State {
     /// (review L: with an arbitrary entry evicted, 20 definitions in use were downloaded again
     /// 16,118 times among 3,000 one-off names).
     pub(crate) index: LruCache<DefKey, Digest>,
+    /// The activity names each cached module was loaded for, for `clear(name)`: an index entry may
+    /// have been evicted while its module stays, and a pinned module loaded from its artifact has
+    /// none (it is found by digest).
+    pub(crate) names: HashMap<Digest, Names>,
     pub(crate) stats: CacheStats,
     max_bytes: usize,
     /// Bumped by every `clear`.
@@ -41,6 +46,7 @@ impl State {
             lru: LruCache::unbounded(),
             capacity: capacity.get(),
             index: LruCache::unbounded(),
+            names: HashMap::new(),
             stats: CacheStats::default(),
             max_bytes,
             generation: 0,
@@ -59,6 +65,7 @@ impl State {
             while self.index.len() > self.max_index() {
                 self.index.pop_lru();
             }
+            self.note_name(m.digest, &key.name);
         }
         self.stats.code_bytes += m.code_bytes;
         if self.share {
@@ -68,6 +75,11 @@ impl State {
             self.stats.code_bytes -= old.code_bytes;
         }
         self.evict_over_bounds();
+    }
+
+    /// Notes that the module `digest` was loaded for the activity `name`.
+    pub(crate) fn note_name(&mut self, digest: Digest, name: &str) {
+        self.names.entry(digest).or_default().add(name);
     }
 
     /// How many definitions the index names modules for: a few per cached module.
@@ -108,14 +120,72 @@ impl State {
                 None => break,
             }
         }
+        self.forget_gone();
+    }
+
+    /// Drops the index entries and names of modules no longer held.
+    fn forget_gone(&mut self) {
         let lru = &self.lru;
-        retain_index(&mut self.index, |_, d| lru.contains(&(*d, EngineKind::Plain)) || lru.contains(&(*d, EngineKind::Metered)));
+        let held = |d: &Digest| lru.contains(&(*d, EngineKind::Plain)) || lru.contains(&(*d, EngineKind::Metered));
+        retain_index(&mut self.index, |_, d| held(d));
+        self.names.retain(|d, _| held(d));
     }
 
     pub(crate) fn remove(&mut self, slot: &Slot) {
         if let Some(old) = self.lru.pop(slot) {
             self.stats.code_bytes -= old.code_bytes;
         }
+        self.forget_gone();
+    }
+
+    /// Forgets every module and name.
+    pub(crate) fn clear_all(&mut self) {
+        self.lru.clear();
+        self.index.clear();
+        self.names.clear();
+        self.stats.code_bytes = 0;
+    }
+
+    /// Drops the modules loaded for the activity `name` only, and its index entries: a module
+    /// another activity was loaded for too stays (so does one past `Names`' count, unless known to be
+    /// `name`'s alone).
+    pub(crate) fn clear_name(&mut self, name: &str) {
+        retain_index(&mut self.index, |k, _| k.name != name);
+        let dropped: Vec<Digest> = self.names.iter_mut().filter_map(|(d, n)| n.forget(name).then_some(*d)).collect();
+        for d in dropped {
+            self.remove(&(d, EngineKind::Plain));
+            self.remove(&(d, EngineKind::Metered));
+        }
+    }
+}
+
+/// The activity names a module was loaded for: at most `NAMES_KEPT` (review K: 20,000 names of
+/// the same bytes), then only that there were more.
+#[derive(Default)]
+pub(crate) struct Names {
+    list: Vec<String>,
+    more: bool,
+}
+
+const NAMES_KEPT: usize = 16;
+
+impl Names {
+    fn add(&mut self, name: &str) {
+        if self.list.iter().any(|n| n == name) {
+            return;
+        }
+        if self.list.len() < NAMES_KEPT {
+            self.list.push(name.to_owned());
+        } else {
+            self.more = true;
+        }
+    }
+
+    /// Forgets `name`; whether it was the module's last known name (its module may go).
+    fn forget(&mut self, name: &str) -> bool {
+        let before = self.list.len();
+        self.list.retain(|n| n != name);
+        self.list.len() < before && self.list.is_empty() && !self.more
     }
 }
 

@@ -283,6 +283,7 @@ impl ModuleCache {
                 // callers of the name still get its own bytes.
                 if st.generation == generation {
                     st.insert(None, (digest, kind), compiled.clone());
+                    st.note_name(digest, &key.name);
                     drop(st);
                     if compiled.kind == EngineKind::PlainUnpooled {
                         self.pool_later(digest, generation, &compiled, checked);
@@ -503,21 +504,8 @@ impl ModuleCache {
         st.generation += 1;
         self.loading.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _, _), _| name.is_some_and(|n| k.name != n));
         match name {
-            None => {
-                st.lru.clear();
-                st.index.clear();
-                st.stats.code_bytes = 0;
-            }
-            Some(name) => {
-                let dropped: Vec<Digest> = st.index.iter().filter(|(k, _)| k.name == name).map(|(_, d)| *d).collect();
-                crate::cache_state::retain_index(&mut st.index, |k, _| k.name != name);
-                for d in dropped {
-                    if !st.index.iter().any(|(_, v)| *v == d) {
-                        st.remove(&(d, EngineKind::Plain));
-                        st.remove(&(d, EngineKind::Metered));
-                    }
-                }
-            }
+            None => st.clear_all(),
+            Some(name) => st.clear_name(name),
         }
     }
 

@@ -125,6 +125,49 @@ fn the_index_of_definitions_is_bounded() {
     assert_eq!(st.index.get(&key(format!("alias-{}", max + 499))), Some(&module.digest));
 }
 
+/// The echo guest compiled anew, under a digest of its own (`d` repeated).
+fn module_as(d: u8) -> Arc<CompiledModule> {
+    let mut m = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    m.digest = [d; 32];
+    Arc::new(m)
+}
+
+/// `clear(name)` found a name's modules through the index only: a module whose index entry a
+/// flood of other definitions had pushed out, or a pinned one loaded from its artifact (found by
+/// digest, with no entry), stayed cached.
+#[test]
+fn clearing_a_name_drops_its_modules_even_without_their_index_entries() {
+    let cache = cache(1 << 30);
+    let mut st = cache.state.lock().unwrap_or_else(|p| p.into_inner());
+    let (a, b, pinned) = (module_as(1), module_as(2), module_as(3));
+    let held = |st: &State, m: &Arc<CompiledModule>, kind| st.lru.peek(&(m.digest, kind)).is_some();
+    st.insert(Some(&key("a".into())), (a.digest, EngineKind::Plain), a.clone());
+    for i in 0..st.max_index() {
+        st.insert(Some(&key(format!("one-off-{i}"))), (b.digest, EngineKind::Plain), b.clone());
+    }
+    assert!(st.index.iter().all(|(k, _)| k.name != "a"), "a's entry was pushed out");
+    // Pinned and loaded from its artifact: cached by digest, with no index entry; "q" loaded it too.
+    st.insert(None, (pinned.digest, EngineKind::Metered), pinned.clone());
+    st.note_name(pinned.digest, "p");
+    st.insert(Some(&key("q".into())), (pinned.digest, EngineKind::Plain), pinned.clone());
+
+    st.clear_name("a");
+    assert!(!held(&st, &a, EngineKind::Plain));
+    st.clear_name("p");
+    assert!(held(&st, &pinned, EngineKind::Metered) && held(&st, &pinned, EngineKind::Plain), "q was loaded for it too");
+    st.clear_name("q");
+    assert!(!held(&st, &pinned, EngineKind::Metered) && !held(&st, &pinned, EngineKind::Plain));
+    // Loaded for more names than are kept: clearing the ones kept leaves it (others may use it).
+    for i in 0..16 {
+        st.clear_name(&format!("one-off-{i}"));
+    }
+    assert!(held(&st, &b, EngineKind::Plain));
+    assert_eq!((st.lru.len(), st.names.len()), (1, 1));
+    // Evicted or cleared, a module's names go with it.
+    st.clear_all();
+    assert!(st.names.is_empty() && st.index.is_empty());
+}
+
 /// A definition's hint (`artifact_hints`): the artifact it names loads while the download runs,
 /// and is kept only for the very bytes downloaded.
 mod hints {
