@@ -377,8 +377,9 @@ export declare class WasmActivityExecutor {
   executeDetailed<T = any>(definition: ActivityDefinition, input: unknown, options?: ExecuteOptions): Promise<ExecutionDetails<T>>
   /**
    * Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
-   * of traffic, filling every cache tier. Resolves to the module's sha256, once `cacheDir` (if
-   * any) is within `maxCacheDirBytes`.
+   * of traffic, filling every cache tier. Resolves to the module's sha256; with a `cacheDir`,
+   * after pruning it to `maxCacheDirBytes` (the module's artifact kept) when something was
+   * written to it since its last scan (waiting at most 10 s).
    */
   precompile(definition: ActivityDefinition): Promise<string>
   /**

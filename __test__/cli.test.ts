@@ -1,6 +1,7 @@
 // The loom-wasm CLI, end to end: the real binary spawned, its output, errors and exit statuses.
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { mkdtempSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -151,12 +152,17 @@ describe('loom-wasm inspect and precompile', () => {
     const run = cli(['run', wasm('mortgage'), '--cache-dir', dir, '--max-cache-dir-bytes', String(bound), '--input', '{"principal":100000,"annualRate":5,"years":1}'])
     expect(run.status, run.stderr).toBe(0)
     expect(JSON.parse(run.stdout).monthlyPayment).toBeGreaterThan(0)
-    // A bound the artifact does not fit in: nothing is written, and the command says so.
+    // A bound the artifact does not fit in: nothing is written, and the command says so, though
+    // an artifact of that module for another engine (an older addon's, an hour old) is there.
     const small = mkdtempSync(join(tmpdir(), 'loom-cli-bound-'))
+    const digest = createHash('sha256').update(readFileSync(wasm('mortgage'))).digest('hex')
+    const other = join(small, `${digest}-0123456789abcdef.cwasm`)
+    writeFileSync(other, Buffer.alloc(3000, 1))
+    utimesSync(other, new Date(Date.now() - 3600_000), new Date(Date.now() - 3600_000))
     const refused = cli(['precompile', wasm('mortgage'), '--cache-dir', small, '--max-cache-dir-bytes', String(mortgageBytes - 4096)])
     expect(refused.status).toBe(2)
     expect(refused.stderr).toContain('was not written')
-    expect(artifacts(small)).toEqual([])
+    expect(artifacts(small)).toEqual([`${digest}-0123456789abcdef.cwasm`])
     // Bad values and a bound without a directory are usage errors.
     for (const bad of ['0', '-1', '1.5', 'many', '1e16']) {
       const b = cli(['precompile', wasm('echo'), '--cache-dir', small, '--max-cache-dir-bytes', bad])

@@ -3,7 +3,7 @@
 'use strict'
 
 const { readFileSync } = require('node:fs')
-const { resolve } = require('node:path')
+const { join, resolve } = require('node:path')
 
 // Exit statuses, one per class of failure.
 const EXIT = { ok: 0, internal: 1, usage: 2, guest: 3, limit: 4, load: 5 }
@@ -88,7 +88,9 @@ function parse(argv) {
 /** The executor's cache options from --cache-dir and --max-cache-dir-bytes (the executor checks the
  * bound's range: `INVALID_ARGUMENT`). */
 function cacheOptions(opts) {
-  const bound = count(opts, 'max-cache-dir-bytes')
+  const text = opts['max-cache-dir-bytes']
+  if (text !== undefined && !/^[0-9]+$/.test(text)) throw new UsageError('--max-cache-dir-bytes must be a whole number of bytes (digits only)')
+  const bound = text === undefined ? undefined : Number(text)
   if (bound !== undefined && !opts['cache-dir']) throw new UsageError('--max-cache-dir-bytes needs --cache-dir DIR')
   if (!opts['cache-dir']) return undefined
   return bound === undefined ? { cacheDir: opts['cache-dir'] } : { cacheDir: opts['cache-dir'], maxCacheDirBytes: bound }
@@ -218,13 +220,26 @@ async function main(argv) {
   if (command === 'precompile') {
     if (!opts['cache-dir']) throw new UsageError('precompile needs --cache-dir DIR')
     const { store, def } = target(opts._[0])
-    const executor = new WasmActivityExecutor(store, cacheOptions(opts))
+    const options = cacheOptions(opts)
+    const executor = new WasmActivityExecutor(store, options)
+    // Whole seconds: some filesystems keep mtimes at that grain.
+    const started = Math.floor(Date.now() / 1000) * 1000 - 1000
     const digest = await executor.precompile(def)
     // An artifact larger than the bound is not written (the executor's rule): say so, rather than
-    // print a digest whose artifact no later run finds.
-    const { readdirSync } = require('node:fs')
-    if (!readdirSync(opts['cache-dir']).some((f) => f.startsWith(`${digest}-`) && f.endsWith('.cwasm'))) {
-      throw new UsageError(`the artifact of ${digest} was not written: larger than --max-cache-dir-bytes, or ${opts['cache-dir']} is not writable`)
+    // print a digest whose artifact no later run finds. `precompile` marks the artifact it wrote or
+    // loaded used (its mtime), so one of another engine's (an older addon's) does not count.
+    const { readdirSync, lstatSync } = require('node:fs')
+    const dir = opts['cache-dir']
+    const fresh = readdirSync(dir).some((f) => {
+      if (!f.startsWith(`${digest}-`) || !f.endsWith('.cwasm')) return false
+      const st = lstatSync(join(dir, f))
+      return st.isFile() && st.mtimeMs >= started
+    })
+    if (!fresh) {
+      const why = options.maxCacheDirBytes !== undefined ? `larger than --max-cache-dir-bytes ${options.maxCacheDirBytes}, or ` : ''
+      const err = new Error(`the artifact of ${digest} was not written to ${dir} (${why}the directory could not be written)`)
+      err.code = options.maxCacheDirBytes !== undefined ? 'USAGE' : 'INTERNAL'
+      throw err
     }
     await print(digest)
     return EXIT.ok

@@ -151,10 +151,11 @@ impl ArtifactCache {
         }
     }
 
-    /// Prunes `dir` to its bound now, and waits for it.
-    pub(crate) async fn settle_dir(&self) {
+    /// Leaves `dir` within its bound before it resolves, keeping (and marking used) the artifact
+    /// of `digest` for `engine` (`cache_dir_bound::settle`).
+    pub(crate) async fn settle_dir(&self, digest: &Digest, engine: &Engine) {
         if let Some(dir) = &self.dir {
-            crate::cache_dir_bound::settle(dir.clone(), self.dir_bound()).await;
+            crate::cache_dir_bound::settle(dir.clone(), self.dir_bound(), Some(Self::name(digest, engine))).await;
         }
     }
 

@@ -104,7 +104,9 @@ struct Entry {
 
 /// The files of ours in `dir` (regular files only: nothing is followed).
 fn list(dir: &HeldDir, now: SystemTime) -> Vec<Entry> {
-    let Ok(names) = dir.names() else { return Vec::new() };
+    // Only names of ours are kept from the listing: a directory holding many other files costs
+    // no memory for them.
+    let Ok(names) = dir.names_where(|name| kind_of(name).is_some()) else { return Vec::new() };
     let mut found = Vec::new();
     for name in names {
         let Some(kind) = kind_of(&name) else { continue };
@@ -149,7 +151,9 @@ pub fn prune(dir: &Path, max_bytes: u64, keep: Option<&str>) -> Pruned {
         let dead = e.kind == Kind::Temporary && now.duration_since(e.used).is_ok_and(|age| age > STALE_TEMPORARY);
         !(dead && remove(e, &mut done))
     });
-    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    // Saturating: sizes are a writer's to choose (a sparse file's length), and a sum that wrapped
+    // would stop pruning.
+    let mut total: u64 = entries.iter().fold(0, |t, e| t.saturating_add(e.bytes));
     if total > max_bytes {
         let mut candidates: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Temporary && Some(e.name.as_str()) != keep).collect();
         candidates.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.name.cmp(&b.name)));
@@ -194,6 +198,8 @@ pub fn touch_all_later(paths: impl FnOnce() -> Vec<PathBuf> + Send + 'static) {
 #[derive(Default)]
 struct Scans {
     running: bool,
+    /// Wakes a scan waiting out its delay (`settle` wants it now).
+    hurry: std::sync::Arc<tokio::sync::Notify>,
     next: Option<(u64, Option<String>)>,
     written: u64,
     /// When an open last scheduled a scan, and to what bound.
@@ -225,7 +231,7 @@ fn scans() -> &'static Mutex<HashMap<PathBuf, Scans>> {
 /// asked (executors sharing a directory may bound it differently).
 pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Duration) {
     let Some(rt) = crate::runtime::handle() else { return };
-    {
+    let hurry = {
         let Ok(mut all) = scans().lock() else { return };
         let scan = entry(&mut all, &dir);
         scan.next = Some(match scan.next.take() {
@@ -236,10 +242,14 @@ pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Durati
             return;
         }
         scan.running = true;
-    }
+        scan.hurry.clone()
+    };
     rt.spawn(async move {
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = hurry.notified() => {}
+            }
         }
         loop {
             let next = {
@@ -279,11 +289,29 @@ fn settled() -> &'static tokio::sync::Notify {
     SETTLED.get_or_init(Default::default)
 }
 
-/// Prunes `dir` to `max_bytes` now and resolves once that scan has run (`precompile`: a CLI
-/// process exits right after, before a scan its write started in the background would run), or
-/// after `SETTLE_WAIT` (scans kept going by other writers' requests).
-pub async fn settle(dir: PathBuf, max_bytes: u64) {
-    request(dir.clone(), max_bytes, None, Duration::ZERO);
+/// Leaves `dir` within `max_bytes` before it resolves (`precompile`: a CLI process exits right
+/// after, before a scan its write started in the background would run): when something was
+/// written since the last scan began, or a scan is under way or waiting out its delay, a scan
+/// runs now (keeping `keep`, the artifact just made or loaded, marked used first) and is waited
+/// for, at most `SETTLE_WAIT` (scans kept going by other writers' requests). Otherwise, or without
+/// the runtime, it resolves at once: nothing was added since the directory was last brought
+/// within its bound.
+pub async fn settle(dir: PathBuf, max_bytes: u64, keep: Option<String>) {
+    if let Some(name) = &keep {
+        // Used now, before any scan looks: loaded from memory or disk, it may be the oldest.
+        let path = dir.join(name);
+        let _ = tokio::task::spawn_blocking(move || touch(&path)).await;
+    }
+    let hurry = {
+        let Ok(all) = scans().lock() else { return };
+        match all.get(&dir) {
+            Some(scan) if scan.running || scan.written > 0 => scan.hurry.clone(),
+            _ => return,
+        }
+    };
+    request(dir.clone(), max_bytes, keep, Duration::ZERO);
+    // A scan waiting out its open delay starts now (a permit is kept if it is not waiting yet).
+    hurry.notify_one();
     let ended = async {
         loop {
             // Registered before the check: an end notified in between is not missed.

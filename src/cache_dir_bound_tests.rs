@@ -190,17 +190,35 @@ fn touch_does_not_follow_a_link() {
 }
 
 #[test]
-fn settle_resolves_once_the_directory_is_within_its_bound() {
+fn settle_prunes_only_what_was_added_since_the_last_scan_and_keeps_the_name_given() {
     let dir = Dir::new("settle");
     let d = dir.path();
     for i in 0..3u8 {
         file(d, &artifact(i), 100 << 10, 100 - u64::from(i) * 10);
     }
     let handle = crate::runtime::handle().expect("runtime");
-    // No scan was requested before: `settle` asks for one and waits for it.
-    handle.block_on(settle(d.to_path_buf(), 100 << 10));
-    assert!(!d.join(artifact(0)).exists() && !d.join(artifact(1)).exists() && d.join(artifact(2)).exists());
-    // Under its bound: it resolves at once, removing nothing.
-    handle.block_on(settle(d.to_path_buf(), 100 << 10));
-    assert!(d.join(artifact(2)).exists());
+    // Nothing written or scanned here since this process began: nothing to settle.
+    handle.block_on(settle(d.to_path_buf(), 100 << 10, None));
+    assert_eq!((0..3u8).filter(|i| d.join(artifact(*i)).exists()).count(), 3);
+    // A write (under a sixteenth: no scan of its own); then settle, keeping the oldest, which
+    // was just loaded (review: with nothing kept, the module precompile had just made went).
+    wrote(d, 100 << 10, &artifact(2), 4096);
+    handle.block_on(settle(d.to_path_buf(), 100 << 10, Some(artifact(0))));
+    assert!(d.join(artifact(0)).exists(), "the name given was pruned");
+    assert!(!d.join(artifact(1)).exists() && !d.join(artifact(2)).exists());
+}
+
+#[test]
+fn settle_does_not_wait_out_an_open_scan_s_delay() {
+    let dir = Dir::new("settle-hurry");
+    let d = dir.path();
+    for i in 0..2u8 {
+        file(d, &artifact(i), 100 << 10, 100 - u64::from(i) * 10);
+    }
+    let handle = crate::runtime::handle().expect("runtime");
+    // An open's scan, waiting an hour: settle starts it now (else it would give up after
+    // SETTLE_WAIT with nothing pruned).
+    request(d.to_path_buf(), 100 << 10, None, Duration::from_secs(3600));
+    handle.block_on(settle(d.to_path_buf(), 100 << 10, None));
+    assert!(!d.join(artifact(0)).exists() && d.join(artifact(1)).exists());
 }

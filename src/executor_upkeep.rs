@@ -104,9 +104,10 @@ impl Executor {
         let load = self.modules.get_or_load_tiered(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref(), false);
         let module = cancel.guard(load).await??;
         let module = cancel.guard(self.modules.optimized(module, p.kind)).await?;
-        // With a `cacheDir`, it is left within its bound (the artifact just written the newest in
-        // it): a process that precompiles and exits (the CLI) would not see a background scan.
-        cancel.guard(self.modules.artifacts.settle_dir()).await?;
+        // With a `cacheDir`, it is left within its bound, this module's artifact kept: a process
+        // that precompiles and exits (the CLI) would not see a background scan.
+        let engine = crate::engine::engine(module.kind)?;
+        cancel.guard(self.modules.artifacts.settle_dir(&module.digest, engine)).await?;
         Ok(hex(&module.digest))
     }
 

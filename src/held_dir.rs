@@ -48,6 +48,12 @@ impl HeldDir {
 
     /// The names in the directory (not `.` and `..`; those that are not UTF-8 are skipped).
     pub fn names(&self) -> io::Result<Vec<String>> {
+        self.names_where(|_| true)
+    }
+
+    /// The names in the directory that `wanted` keeps. A listing cut short by an error is an
+    /// error, not a shorter list.
+    pub fn names_where(&self, wanted: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
         // A descriptor of its own for the stream (`closedir` closes it), from the held one: the
         // same directory, whatever its path names now.
         // SAFETY: `openat` relative to a descriptor we own, with a NUL-terminated name.
@@ -64,23 +70,33 @@ impl HeldDir {
             return Err(e);
         }
         let mut names = Vec::new();
-        loop {
+        let failed = loop {
+            // `readdir` tells the end from an error only by errno.
+            // SAFETY: writing the calling thread's errno.
+            unsafe { *libc::__errno_location() = 0 };
             // SAFETY: `stream` is open; the entry it returns is valid until the next call.
             let entry = unsafe { libc::readdir(stream) };
             if entry.is_null() {
-                break;
+                // SAFETY: reading the calling thread's errno.
+                let errno = unsafe { *libc::__errno_location() };
+                break (errno != 0).then(|| io::Error::from_raw_os_error(errno));
             }
-            // SAFETY: `d_name` is NUL-terminated within the entry.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            // The record may be shorter than `dirent`'s 256-byte `d_name`: no reference to the
+            // whole array is made, only a pointer to its start (NUL-terminated within the record).
+            // SAFETY: `entry` is a valid record until the next `readdir`.
+            let name = unsafe { CStr::from_ptr(std::ptr::addr_of!((*entry).d_name).cast()) };
             if let Ok(name) = name.to_str() {
-                if name != "." && name != ".." {
+                if name != "." && name != ".." && wanted(name) {
                     names.push(name.to_owned());
                 }
             }
-        }
+        };
         // SAFETY: closes the stream and its descriptor, once.
         unsafe { libc::closedir(stream) };
-        Ok(names)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(names),
+        }
     }
 
     /// The entry `name` itself (a link is described, not followed).
