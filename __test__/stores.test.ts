@@ -508,5 +508,11 @@ describe('cacheDir', () => {
     const fifth = new WasmActivityExecutor(liar, { cacheDir: dir, shareCode: false })
     expect(await fifth.execute(pinned, { message: 'from the artifact' })).toMatchObject({ result: 'from the artifact' })
     expect(downloads).toBe(2)
+    // Cached by its digest (no download named it), it is still the activity's to clear.
+    expect(fifth['moduleCache'].size).toBe(1)
+    fifth.clearCache('another-activity')
+    expect(fifth['moduleCache'].size).toBe(1)
+    fifth.clearCache('echo')
+    expect(fifth['moduleCache'].size).toBe(0)
   })
 })
