@@ -407,19 +407,24 @@ describe('11. the first calls of a fresh process, from a warm cacheDir', () => {
       const code = (p) => p.then(() => 'ok', (e) => e.code)
       const inc = async (id) => (await ex.execute(def('counter-actor'), { action: 'increment' }, { actorId: id })).count
       ;(async () => {
-        // All three load while the pool is not built yet (building it takes milliseconds).
+        // All three load while the pool is not built yet (building it takes milliseconds; under
+        // load a second or third load may end after it, and loads pooled at once: a CI run
+        // counted 2 moves).
         const [spin, bomb, first] = await Promise.all([
           code(ex.execute(def('hostile/spin', { maxExecutionMs: 100 }), {})),
           code(ex.execute(def('hostile/memory-bomb', { maxMemoryMB: 4 }), {})),
           inc('early'),
         ])
-        for (let i = 0; i < 500 && ex.cacheStats().pooledLater < 3; i++) await new Promise((r) => setTimeout(r, 10))
+        for (let i = 0; i < 500 && ex.cacheStats().pooledLater < 1; i++) await new Promise((r) => setTimeout(r, 10))
+        await new Promise((r) => setTimeout(r, 200))
         const counts = [first, await inc('early'), await inc('late'), await inc('early')]
         const { artifactHits, compiles, pooledLater } = ex.cacheStats()
         console.log(JSON.stringify({ spin, bomb, counts, artifactHits, compiles, pooledLater }))
       })()`
     const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 }))
-    expect(out).toEqual({ spin: 'TIMEOUT', bomb: 'OUT_OF_MEMORY', counts: [1, 2, 1, 3], artifactHits: 3, compiles: 0, pooledLater: 3 })
+    expect(out).toMatchObject({ spin: 'TIMEOUT', bomb: 'OUT_OF_MEMORY', counts: [1, 2, 1, 3], artifactHits: 3, compiles: 0 })
+    expect(out.pooledLater).toBeGreaterThanOrEqual(1)
+    expect(out.pooledLater).toBeLessThanOrEqual(3)
     await warm.close()
   })
 })
