@@ -397,11 +397,11 @@ export declare class WasmActivityExecutor {
   /** `await using executor = new WasmActivityExecutor(...)`: the same as `close()`. */
   [globalThis.Symbol.asyncDispose](): Promise<void>
   /**
-   * Drops all compiled modules, or only those of the activity named `name`. Loads in flight
-   * are not cached when they finish. By `name`, a module is found through the definitions
-   * that loaded it lately (the executor remembers the last max(4 x maxCachedModules, 1024)):
-   * one whose definitions were all forgotten stays until evicted; a call naming it again
-   * downloads and checks its bytes first, so it never runs code of other bytes.
+   * Drops all compiled modules, or only those loaded for the activity named `name` (a module
+   * another activity was loaded for too stays, as does one loaded under more than 16 names).
+   * Loads in flight of the activities cleared are not cached when they finish; other
+   * activities' loads, tier-ups and pooled copies go on. Calls after this download and check
+   * the activity's bytes again.
    */
   clearCache(name?: string): void
   /**

@@ -3,7 +3,7 @@
 'use strict'
 
 const { readFileSync } = require('node:fs')
-const { join, resolve } = require('node:path')
+const { resolve } = require('node:path')
 
 // Exit statuses, one per class of failure.
 const EXIT = { ok: 0, internal: 1, usage: 2, guest: 3, limit: 4, load: 5 }
@@ -222,20 +222,18 @@ async function main(argv) {
     const { store, def } = target(opts._[0])
     const options = cacheOptions(opts)
     const executor = new WasmActivityExecutor(store, options)
-    // Whole seconds: some filesystems keep mtimes at that grain.
-    const started = Math.floor(Date.now() / 1000) * 1000 - 1000
     const digest = await executor.precompile(def)
     // An artifact larger than the bound is not written (the executor's rule): say so, rather than
-    // print a digest whose artifact no later run finds. `precompile` marks the artifact it wrote or
-    // loaded used (its mtime), so one of another engine's (an older addon's) does not count.
-    const { readdirSync, lstatSync } = require('node:fs')
+    // print a digest whose artifact no later run finds. Checked as a later run would find it: a
+    // fresh executor (not sharing this one's code) loading the pinned module with no download,
+    // which only this engine's optimized artifact in DIR allows (an older engine's, or the
+    // baseline code's, does not count).
     const dir = opts['cache-dir']
-    const fresh = readdirSync(dir).some((f) => {
-      if (!f.startsWith(`${digest}-`) || !f.endsWith('.cwasm')) return false
-      const st = lstatSync(join(dir, f))
-      return st.isFile() && st.mtimeMs >= started
-    })
-    if (!fresh) {
+    const refuse = { download: async () => Promise.reject(Object.assign(new Error('not in the cache'), { code: 'BLOB_NOT_FOUND' })) }
+    const check = new WasmActivityExecutor(refuse, { ...options, shareCode: false })
+    const written = await check.precompile({ ...def, sha256: digest }).then(() => check.cacheStats().artifactHits === 1, () => false)
+    await check.close()
+    if (!written) {
       const why = options.maxCacheDirBytes !== undefined ? `larger than --max-cache-dir-bytes ${options.maxCacheDirBytes}, or ` : ''
       const err = new Error(`the artifact of ${digest} was not written to ${dir} (${why}the directory could not be written)`)
       err.code = options.maxCacheDirBytes !== undefined ? 'USAGE' : 'INTERNAL'

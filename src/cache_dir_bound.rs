@@ -155,7 +155,10 @@ pub fn prune(dir: &Path, max_bytes: u64, keep: Option<&str>) -> Pruned {
     // would stop pruning.
     let mut total: u64 = entries.iter().fold(0, |t, e| t.saturating_add(e.bytes));
     if total > max_bytes {
-        let mut candidates: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Temporary && Some(e.name.as_str()) != keep).collect();
+        // `keep` is kept only if it fits the bound by itself (an artifact over it is never written,
+        // so one found there is not kept either).
+        let kept = |e: &Entry| Some(e.name.as_str()) == keep && e.bytes <= max_bytes;
+        let mut candidates: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Temporary && !kept(e)).collect();
         candidates.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.name.cmp(&b.name)));
         for e in candidates {
             if total <= max_bytes {
@@ -200,6 +203,9 @@ struct Scans {
     running: bool,
     /// Wakes a scan waiting out its delay (`settle` wants it now).
     hurry: std::sync::Arc<tokio::sync::Notify>,
+    /// Whether a scan is waiting out its delay: only then is it woken (a wake-up stored for no
+    /// one would cut a later open's delay short, putting its scan on a cold start's path).
+    delaying: bool,
     next: Option<(u64, Option<String>)>,
     written: u64,
     /// When an open last scheduled a scan, and to what bound.
@@ -242,13 +248,20 @@ pub fn request(dir: PathBuf, max_bytes: u64, keep: Option<String>, delay: Durati
             return;
         }
         scan.running = true;
+        scan.delaying = !delay.is_zero();
         scan.hurry.clone()
     };
+    let d = dir.clone();
     rt.spawn(async move {
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = hurry.notified() => {}
+            }
+            if let Ok(mut all) = scans().lock() {
+                if let Some(scan) = all.get_mut(&d) {
+                    scan.delaying = false;
+                }
             }
         }
         loop {
@@ -302,16 +315,21 @@ pub async fn settle(dir: PathBuf, max_bytes: u64, keep: Option<String>) {
         let path = dir.join(name);
         let _ = tokio::task::spawn_blocking(move || touch(&path)).await;
     }
-    let hurry = {
+    {
         let Ok(all) = scans().lock() else { return };
-        match all.get(&dir) {
-            Some(scan) if scan.running || scan.written > 0 => scan.hurry.clone(),
-            _ => return,
+        if !all.get(&dir).is_some_and(|scan| scan.running || scan.written > 0) {
+            return;
         }
-    };
+    }
     request(dir.clone(), max_bytes, keep, Duration::ZERO);
-    // A scan waiting out its open delay starts now (a permit is kept if it is not waiting yet).
-    hurry.notify_one();
+    {
+        let Ok(all) = scans().lock() else { return };
+        // A scan waiting out its open delay starts now (a wake-up is kept if it has not begun
+        // to wait yet; none is given when no scan waits).
+        if let Some(scan) = all.get(&dir).filter(|scan| scan.delaying) {
+            scan.hurry.notify_one();
+        }
+    }
     let ended = async {
         loop {
             // Registered before the check: an end notified in between is not missed.

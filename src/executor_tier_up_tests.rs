@@ -400,3 +400,48 @@ async fn start_up_code_at_the_largest_max_init_instructions_runs_on_the_baseline
     let err = ex.execute(&def("more"), "\"x\"".into(), CallOptions::default()).await.expect_err("past the limit");
     assert_eq!(err.code(), "COMPILE_LIMIT", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clear_of_another_activity_does_not_stop_a_tier_up() {
+    // Review: every `clearCache(name)` voided the tier-ups (and pooled copies) in flight of all
+    // activities: their modules stayed on baseline code until evicted.
+    let ex = executor("slow", g::unique(slow_to_optimize_echo(3000), b"cleared-other"));
+    let out = ex.execute(&def("slow"), "{\"x\":1}".into(), CallOptions::default()).await.expect("echoes");
+    assert_eq!(out.output, "{\"x\":1}");
+    assert_eq!(ex.stats().cache.tier_ups, 0, "the optimized code landed before the clear");
+    ex.clear_cache(Some("another-activity"));
+    until_tiered_up(&ex).await;
+    assert_eq!(ex.stats().cache.modules, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn precompile_from_a_baseline_artifact_waits_for_the_optimized_code_and_stores_it() {
+    // Review: with only a module's baseline artifact in `cacheDir` (its process ended before the
+    // tier-up landed), `precompile` took the baseline code and stopped there, writing no optimized
+    // artifact.
+    let dir = std::env::temp_dir().join(format!("loom-baseline-only-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bytes = g::unique(g::counter(), b"baseline-only");
+    let digest = crate::digest::sha256(&bytes);
+    let source = Arc::new(MemorySource::new());
+    source.put("base.wasm", bytes);
+    let opts = || ExecutorOptions { artifacts: ArtifactCache { dir: Some(dir.clone()), ..Default::default() }, ..Default::default() };
+    {
+        let held = crate::compile::hold_background_slots().await;
+        let first = Arc::new(Executor::new(source.clone(), opts()).expect("executor"));
+        assert_eq!(first.execute(&def("base"), "{}".into(), CallOptions::default()).await.expect("counts").output, "1");
+        first.close();
+        drop(held);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while crate::compile::compiles().lock().expect("lock").contains_key(&(digest, EngineKind::Plain, crate::shape::CompileLimits::default())) {
+        assert!(Instant::now() < deadline, "the background compile never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(artifacts_in(&dir), 1, "only the baseline code's artifact");
+    let second = Arc::new(Executor::new(source.clone(), opts()).expect("executor"));
+    second.precompile(&def("base")).await.expect("precompiles");
+    assert_eq!(artifacts_in(&dir), 2, "no optimized artifact was stored");
+    assert_eq!(second.stats().cache.artifact_hits, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

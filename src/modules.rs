@@ -281,12 +281,12 @@ impl ModuleCache {
                 st.stats.artifact_hits += 1;
                 // By digest only: the blob store was not asked what the name holds, so unpinned
                 // callers of the name still get its own bytes.
-                if st.generation == generation {
+                if st.unchanged_for(generation, Some(&key.name)) {
                     st.insert(None, (digest, kind), compiled.clone());
                     st.note_name(digest, &key.name);
                     drop(st);
                     if compiled.kind == EngineKind::PlainUnpooled {
-                        self.pool_later(digest, generation, &compiled, checked);
+                        self.pool_later(digest, &compiled, checked);
                     }
                 }
                 return Ok(compiled);
@@ -369,8 +369,10 @@ impl ModuleCache {
                 Some((m, checked)) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again (refused there for a shape that needs
-                    // the baseline compiler).
-                    if m.kind.baseline() && m.kind != kind && tier_up {
+                    // the baseline compiler), also where no tier-up was asked for: `precompile`
+                    // waits for it (review: it stopped at the baseline code, and wrote no
+                    // optimized artifact), and `tierUp: false` would run baseline code for good.
+                    if m.kind.baseline() && m.kind != kind {
                         self.tier_up_later(bytes, digest, kind, generation, &m);
                     }
                     (m, Some(true), Some(checked))
@@ -392,12 +394,12 @@ impl ModuleCache {
             (None, Some(now)) => now.clone(),
             _ => compiled,
         };
-        if st.generation == generation {
+        if st.unchanged_for(generation, Some(&key.name)) {
             st.insert(Some(key), slot, compiled.clone());
             drop(st);
             // Loaded before the pool was built: its pooled copy takes the slot later.
             if let (EngineKind::PlainUnpooled, Some(checked)) = (compiled.kind, checked) {
-                self.pool_later(digest, generation, &compiled, checked);
+                self.pool_later(digest, &compiled, checked);
             }
         }
         Ok(compiled)
@@ -423,7 +425,7 @@ impl ModuleCache {
                 return None;
             }
             st.stats.shared_hits += 1;
-            if st.generation == generation {
+            if st.unchanged_for(generation, key.map(|k| k.name.as_str())) {
                 st.insert(key, (*digest, kind), shared.clone());
             }
             shared
@@ -501,7 +503,7 @@ impl ModuleCache {
     /// cached when they finish, and calls after this start new ones.
     pub fn clear(&self, name: Option<&str>) {
         let mut st = self.state();
-        st.generation += 1;
+        st.note_clear(name);
         self.loading.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _, _), _| name.is_some_and(|n| k.name != n));
         match name {
             None => st.clear_all(),

@@ -168,6 +168,33 @@ fn clearing_a_name_drops_its_modules_even_without_their_index_entries() {
     assert!(st.names.is_empty() && st.index.is_empty());
 }
 
+/// A load in flight is voided by a clear of everything or of its own activity, not of another's;
+/// past the clears remembered, it counts as voided.
+#[test]
+fn only_clears_of_its_own_activity_void_a_load_in_flight() {
+    let cache = cache(1 << 30);
+    let mut st = cache.state.lock().unwrap_or_else(|p| p.into_inner());
+    let since = st.generation;
+    st.note_clear(Some("other"));
+    assert!(st.unchanged_for(since, Some("mine")));
+    assert!(!st.unchanged_for(since, Some("other")));
+    assert!(!st.unchanged_for(since, None), "a load for no name cannot tell");
+    st.note_clear(Some("mine"));
+    assert!(!st.unchanged_for(since, Some("mine")));
+    let later = st.generation;
+    assert!(st.unchanged_for(later, Some("mine")));
+    st.note_clear(None);
+    assert!(!st.unchanged_for(later, Some("third")));
+    let after_all = st.generation;
+    for i in 0..100 {
+        st.note_clear(Some(&format!("n{i}")));
+    }
+    assert!(!st.unchanged_for(after_all, Some("mine")), "clears were forgotten since: unknown");
+    let recent = st.generation;
+    st.note_clear(Some("n5"));
+    assert!(st.unchanged_for(recent, Some("mine")));
+}
+
 /// A definition's hint (`artifact_hints`): the artifact it names loads while the download runs,
 /// and is kept only for the very bytes downloaded.
 mod hints {

@@ -63,7 +63,11 @@ impl ModuleCache {
             let (state, placeholder) = (state.clone(), placeholder.clone());
             move || {
                 placeholder.strong_count() > 0
-                    && state.upgrade().is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).generation == generation)
+                    && state.upgrade().is_some_and(|s| {
+                        let st = s.lock().unwrap_or_else(|p| p.into_inner());
+                        // A clear since that left the module in its slot (another activity's).
+                        st.generation == generation || st.holds(&slot, &placeholder)
+                    })
             }
         };
         let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, Some(Arc::new(waits)));
@@ -79,7 +83,8 @@ impl ModuleCache {
             }
             let Some(state) = state.upgrade() else { return };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.generation == generation && st.swap(&slot, &placeholder, optimized) {
+            // A clear that dropped the module took it from its slot: `swap` refuses then.
+            if st.swap(&slot, &placeholder, optimized) {
                 st.stats.tier_ups += 1;
             }
         });

@@ -30,7 +30,6 @@ impl ModuleCache {
     pub(crate) fn pool_later(
         &self,
         digest: Digest,
-        generation: u64,
         placeholder: &Arc<CompiledModule>,
         checked: Checked,
     ) {
@@ -52,9 +51,8 @@ impl ModuleCache {
             };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             let slot = (digest, EngineKind::Plain);
-            if st.generation != generation {
-                return;
-            }
+            // A clear that dropped the module took it from its slot (or a load since put other
+            // code there): `swap` and `holds` see that. A clear of another activity changes nothing.
             match pooled {
                 Some(pooled) => {
                     let swapped = st.swap(&slot, &placeholder, Arc::new(pooled));
