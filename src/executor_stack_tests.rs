@@ -70,20 +70,27 @@ async fn idle_actors_give_back_their_stack_pages_and_keep_their_state_while_call
     // Hostile: a sweeper that never sleeps, against 8 callers on the same 20 actors. Each
     // actor's count must go up by exactly one per call, and every call must succeed.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swept = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sweeper = {
-        let stop = stop.clone();
+        let (stop, swept) = (stop.clone(), swept.clone());
         std::thread::spawn(move || {
-            let mut sweeps = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 crate::actors::release_idle_stacks(Duration::ZERO);
-                sweeps += 1;
+                swept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Often, but leaving the other tests of this process a core.
                 std::thread::sleep(Duration::from_micros(200));
             }
-            sweeps
         })
     };
+    // Under load the 240 calls could all end before the sweeper's thread first ran (a full
+    // `cargo test` here: 0 sweeps): the calls start once it has swept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while swept.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the sweeper never ran");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let released_before = crate::fiber_stacks::released();
+    let swept_before = swept.load(std::sync::atomic::Ordering::Relaxed);
     let mut callers = Vec::new();
     for c in 0..8usize {
         let ex = ex.clone();
@@ -106,9 +113,14 @@ async fn idle_actors_give_back_their_stack_pages_and_keep_their_state_while_call
             seen.entry(id).or_default().push(out.parse().expect("a digit"));
         }
     }
+    // A sweep begun after the calls began (under load, maybe only once they ended).
+    while swept.load(std::sync::atomic::Ordering::Relaxed) < swept_before + 2 {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(30), "the sweeper stopped");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(sweeper.join().expect("sweeper") > 0);
-    assert!(crate::fiber_stacks::released() > released_before, "the sweeper released stacks between calls");
+    sweeper.join().expect("sweeper");
+    assert!(crate::fiber_stacks::released() > released_before, "the sweeper released stacks");
     // Each actor saw counts 3..=2+calls (mod 10), each exactly once.
     for (id, n) in &calls {
         let mut got = seen[id].clone();
