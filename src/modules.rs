@@ -6,7 +6,9 @@
 //! other executors hold (`shared_code`) and the artifact tiers.
 //!
 //! A `clear` wins over loads in flight: it bumps a generation, and a load that started before
-//! it serves its own callers but is not cached.
+//! a clear of everything or of its own activity serves its own callers but is not cached
+//! (`State::unchanged_for`); `clear(name)` finds the modules loaded for `name` by the names noted
+//! with each module (`State::names`), not through the bounded index alone.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
