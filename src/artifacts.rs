@@ -159,12 +159,14 @@ impl ArtifactCache {
         }
     }
 
-    /// Marks the `dir` artifacts of these modules (digest, and the engine their code is for)
-    /// used now, off the caller's path.
-    pub(crate) fn refresh(&self, held: Vec<(Digest, crate::engine::EngineKind)>) {
+    /// Marks the `dir` artifacts of these modules (digest, and the engine their code is for) and
+    /// the hints of these definitions used now, off the caller's path.
+    pub(crate) fn refresh(&self, held: Vec<(Digest, crate::engine::EngineKind)>, named: Vec<crate::modules::DefKey>) {
         let Some(dir) = self.dir.clone() else { return };
         let paths = move || {
-            held.into_iter().filter_map(|(digest, kind)| crate::engine::engine(kind).ok().map(|e| dir.join(Self::name(&digest, e)))).collect()
+            let artifacts = held.into_iter().filter_map(|(digest, kind)| crate::engine::engine(kind).ok().map(|e| dir.join(Self::name(&digest, e))));
+            let hints = named.iter().map(|k| dir.join(crate::artifact_hints::hint_name(&k.name, &k.version, &k.path)));
+            artifacts.chain(hints).collect()
         };
         crate::cache_dir_bound::touch_all_later(paths);
     }

@@ -12,7 +12,8 @@
 //! under an artifact's name is not a regular file, so it is left alone (and so is what it points
 //! to). "Used" is the file's mtime: written, or refreshed (`touch`) when an artifact or a hint is
 //! read, so a module loaded at every start stays however long ago it was compiled, and every ten
-//! minutes of calls for the modules an executor serves from memory. A temporary
+//! minutes of calls for the modules an executor serves from memory (and the hints of the definitions
+//! that name them). A temporary
 //! file is counted but never removed while fresh (a write under way, maybe another process's);
 //! one over an hour old is a write that died, and goes whatever the bound.
 //!

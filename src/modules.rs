@@ -164,16 +164,19 @@ impl ModuleCache {
     }
 
     /// Counts a hit; with a `cacheDir`, every `REFRESH_EVERY` also marks the artifacts of the
-    /// modules held here used (`cache_dir_bound`): a module served from memory for days would
-    /// otherwise see its artifact pruned as unused, and the next process compile it again.
+    /// modules held here, and the hints of the definitions that name them, used
+    /// (`cache_dir_bound`): a module served from memory for days would otherwise see its artifact
+    /// pruned as unused, and the next process compile it again (or, its hint gone, download
+    /// before it loads the artifact).
     pub fn count_hit(&self) {
         let mut st = self.state();
         st.stats.hits += 1;
         if self.artifacts.dir.is_some() && st.refreshed.elapsed() >= crate::cache_dir_bound::REFRESH_EVERY {
             st.refreshed = std::time::Instant::now();
             let held: Vec<(Digest, EngineKind)> = st.lru.iter().map(|(_, m)| (m.digest, m.kind)).collect();
+            let named: Vec<DefKey> = st.index.iter().map(|(k, _)| k.clone()).collect();
             drop(st);
-            self.artifacts.refresh(held);
+            self.artifacts.refresh(held, named);
         }
     }
 

@@ -321,11 +321,17 @@ async fn hits_mark_the_artifacts_of_modules_held_used() {
     let age = || std::fs::metadata(&path).expect("meta").modified().expect("mtime");
     let set_old = || std::fs::File::options().write(true).open(&path).expect("open").set_modified(long_ago).expect("mtime");
     set_old();
-    cache.state().insert(None, (module.digest, EngineKind::Plain), module.clone());
+    // The hint of the definition that named it, as old.
+    let k = key("refreshed".into());
+    let hint = dir.join(crate::artifact_hints::hint_name(&k.name, &k.version, &k.path));
+    std::fs::write(&hint, b"hint").expect("write");
+    std::fs::File::options().write(true).open(&hint).expect("open").set_modified(long_ago).expect("mtime");
+    let hint_age = || std::fs::metadata(&hint).expect("meta").modified().expect("mtime");
+    cache.state().insert(Some(&k), (module.digest, EngineKind::Plain), module.clone());
     // A hit within ten minutes of the last refresh touches nothing.
     cache.count_hit();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(age(), long_ago);
+    assert_eq!((age(), hint_age()), (long_ago, long_ago));
     // Ten minutes later, the next hit marks it used.
     let Some(earlier) = Instant::now().checked_sub(crate::cache_dir_bound::REFRESH_EVERY) else { return };
     cache.state().refreshed = earlier;
@@ -335,5 +341,9 @@ async fn hits_mark_the_artifacts_of_modules_held_used() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(age() > SystemTime::now() - Duration::from_secs(60));
+    while hint_age() == long_ago && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(hint_age() > SystemTime::now() - Duration::from_secs(60), "the definition's hint was not marked used");
     let _ = std::fs::remove_dir_all(&dir);
 }
