@@ -101,13 +101,18 @@ pub(crate) async fn instantiate(
         actors::evict_idle_anywhere(16, true);
     }
     let pooled = module.kind == EngineKind::Plain;
-    let mut instance = match GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx).await {
-        // The pool, or the process's room for instances outside it (`unpooled_slots`), is full.
-        Err(ExecError::Busy(_)) if actors::evict_idle_anywhere(16, pooled) > 0 => {
-            GuestInstance::new(module, &p.limits, budget, cancel, log, &p.grants, &p.ctx).await
-        }
-        other => other,
-    }?;
+    let new = || GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx);
+    let mut made = new().await;
+    // The pool, or the process's room for instances outside it (`unpooled_slots`), is full:
+    // spent instances the reaper's thread has yet to drop give back their slots first, then
+    // idle actors make room.
+    if matches!(made, Err(ExecError::Busy(_))) && pooled && crate::reaper::settle() > 0 {
+        made = new().await;
+    }
+    if matches!(made, Err(ExecError::Busy(_))) && actors::evict_idle_anywhere(16, pooled) > 0 {
+        made = new().await;
+    }
+    let mut instance = made?;
     if for_actor {
         // An actor's instance lives between calls: its fiber stack's pages go back while it idles.
         instance.watch_stack();
@@ -160,7 +165,13 @@ pub(crate) async fn run(
     let started = Instant::now();
     let Some(mut held) = held else {
         let mut instance = instantiate(module, p, budget, cancel, log, false).await?;
-        return instance.call(input, &p.limits, started, &p.ctx).await;
+        let out = instance.call(input, &p.limits, started, &p.ctx).await;
+        // After a failure the instance goes here, at once: a guest stopped in a host call is
+        // let go of now (its pending host function aborted), not later.
+        if out.is_ok() {
+            instance.discard();
+        }
+        return out;
     };
     if held.take_reset() {
         held.guard.instance = None;

@@ -433,3 +433,7 @@ mod restore_tests;
 #[cfg(test)]
 #[path = "executor_unpooled_tests.rs"]
 mod unpooled_tests;
+
+#[cfg(test)]
+#[path = "executor_reaper_tests.rs"]
+mod reaper_tests;

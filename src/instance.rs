@@ -53,6 +53,13 @@ pub struct CallContext {
     pub access: crate::host_functions::HostAccess,
 }
 
+/// Below this much memory, resetting an instance's pool slot (a memset of its memory, a few
+/// microseconds for 256 KiB) costs no more than handing the instance to the reaper's thread.
+pub const DROP_LATER_BYTES: u64 = 256 * 1024;
+/// Above this much, an instance is dropped where its call ended: the reaper holds at most
+/// `reaper::MAX_QUEUED` of them, and their memory stays resident until dropped.
+pub const DROP_HERE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// How a call crosses into this instance.
 enum Entry {
     AssemblyScript(Exports),
@@ -320,6 +327,19 @@ impl GuestInstance {
         self.rearm(limits, crate::limits::Budget::starting_now(limits), &CancelFlag::new(), &grants, &ctx)?;
         let _running = Running::start()?;
         f.call_async(&mut self.store, ()).await.map_err(|e| classify(e, limits))
+    }
+
+    /// Drops the instance, on the reaper's thread (`reaper`) when resetting its pool slot costs
+    /// more than handing it over: its memory is at least `DROP_LATER_BYTES` (the reset zeroes up
+    /// to `engine::KEEP_RESIDENT_BYTES` of it, touched or not) and at most `DROP_HERE_BYTES` (what
+    /// may wait there, resident, is bounded), and it holds no files (their descriptors count
+    /// against the process's: `open_files`).
+    pub fn discard(self) {
+        let pooled = self.kind == EngineKind::Plain && self._unpooled.is_none();
+        let bytes = self.memory_bytes();
+        if pooled && (DROP_LATER_BYTES..=DROP_HERE_BYTES).contains(&bytes) && self.grants.filesystem.is_none() {
+            crate::reaper::drop_later(self);
+        }
     }
 
     /// Memory (all memories and tables) the instance holds now.

@@ -44,6 +44,7 @@ pub mod open_files;
 pub mod options;
 pub mod output;
 pub mod permit;
+pub mod reaper;
 pub mod replay;
 pub mod runtime;
 pub mod sealed_copy;

@@ -172,3 +172,18 @@ pub fn counter_trapping() -> Vec<u8> {
           (local.get $out))"#,
     )
 }
+
+/// Grows its memory to 8 pages (512 KiB, enough for its instance to be dropped on the reaper's
+/// thread), answers whether the byte at 400,000 was already written ("1") or not ("0"), then
+/// writes 64 KiB there: an instance that saw another's memory would answer "1".
+pub fn leftover_probe() -> Vec<u8> {
+    module(
+        r#"(func (export "execute") (param $in i32) (result i32) (local $out i32) (local $seen i32)
+          (if (i32.lt_u (memory.size) (i32.const 8)) (then (drop (memory.grow (i32.sub (i32.const 8) (memory.size))))))
+          (local.set $seen (i32.ne (i32.load8_u (i32.const 400000)) (i32.const 0)))
+          (memory.fill (i32.const 400000) (i32.const 0xab) (i32.const 65536))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (local.get $seen)))
+          (local.get $out))"#,
+    )
+}
