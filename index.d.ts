@@ -493,7 +493,8 @@ export interface CacheStats {
   actors: number
   /**
    * Process-wide: linear memory that freed instance slots keep resident (zeroed) so the next
-   * instance skips page faults, at most 2 MiB a slot, until the slot is used again.
+   * instance skips page faults, at most 2 MiB a slot, until the slot is used again. A slot
+   * counts once reset: the last calls' may still be resetting, off their path.
    */
   poolIdleResidentBytes: number
 }

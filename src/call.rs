@@ -104,9 +104,11 @@ pub(crate) async fn instantiate(
     let new = || GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx);
     let mut made = new().await;
     // The pool, or the process's room for instances outside it (`unpooled_slots`), is full:
-    // spent instances the reaper's thread has yet to drop give back their slots first, then
-    // idle actors make room.
-    if matches!(made, Err(ExecError::Busy(_))) && pooled && crate::reaper::settle() > 0 {
+    // spent instances the reaper's thread has yet to drop give back their slots first (tried
+    // again whatever `settle` found: the reaper may have freed one in between), then idle actors
+    // make room.
+    if matches!(made, Err(ExecError::Busy(_))) && pooled {
+        crate::reaper::settle();
         made = new().await;
     }
     if matches!(made, Err(ExecError::Busy(_))) && actors::evict_idle_anywhere(16, pooled) > 0 {
@@ -344,5 +346,7 @@ fn pool_has_room(module: &CompiledModule) -> bool {
 fn room_for_actors() -> u64 {
     let pool = engine::pool_size() as u64;
     let live = engine::engine(EngineKind::Plain).ok().and_then(|e| e.pooling_allocator_metrics()).map_or(0, |m| m.core_instances());
-    (pool - pool / 8).saturating_sub(live)
+    // Spent instances waiting for the reaper's thread hold slots only for a moment.
+    let spent = crate::reaper::holding() as u64;
+    (pool - pool / 8).saturating_sub(live.saturating_sub(spent))
 }

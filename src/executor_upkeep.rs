@@ -230,8 +230,6 @@ impl Executor {
     }
 
     pub fn stats(&self) -> ExecutorStats {
-        // The pool as calls left it: their spent instances' slots reset and given back.
-        crate::reaper::settle();
         ExecutorStats {
             cache: self.modules.stats(),
             actors: self.actors.len(),

@@ -331,12 +331,14 @@ impl GuestInstance {
 
     /// Drops the instance, on the reaper's thread (`reaper`) when resetting its pool slot costs
     /// more than handing it over: its memory is at least `DROP_LATER_BYTES` (the reset zeroes up
-    /// to `engine::KEEP_RESIDENT_BYTES` of it, touched or not) and at most `DROP_HERE_BYTES` (what
-    /// may wait there, resident, is bounded), and it holds no files (their descriptors count
-    /// against the process's: `open_files`).
+    /// to `engine::KEEP_RESIDENT_BYTES` of it, touched or not), it holds at most `DROP_HERE_BYTES`
+    /// with what a component holds in the host (`wasi:http` bodies), so that what may wait there
+    /// is bounded, and it holds no files (their descriptors count against the process's:
+    /// `open_files`).
     pub fn discard(self) {
         let pooled = self.kind == EngineKind::Plain && self._unpooled.is_none();
-        let bytes = self.memory_bytes();
+        let host = self.store.data().component.as_ref().map_or(0, |c| c.held.now());
+        let bytes = self.memory_bytes().saturating_add(host);
         if pooled && (DROP_LATER_BYTES..=DROP_HERE_BYTES).contains(&bytes) && self.grants.filesystem.is_none() {
             crate::reaper::drop_later(self);
         }

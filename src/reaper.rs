@@ -45,9 +45,10 @@ struct Reaper {
 
 /// The process's reaper (none if its thread could not start: everything is dropped in place).
 fn reaper() -> Option<&'static Reaper> {
-    static REAPER: OnceLock<Option<&'static Reaper>> = OnceLock::new();
     *REAPER.get_or_init(Reaper::start)
 }
+
+static REAPER: OnceLock<Option<&'static Reaper>> = OnceLock::new();
 
 impl Reaper {
     /// A reaper with its thread, for the life of the process.
@@ -109,9 +110,12 @@ impl Reaper {
     }
 }
 
-/// A drop that panics loses only itself: the thread (the reaper's, or one settling) goes on.
+/// A drop that panics loses only itself (and whatever it held: a pool slot it did not give back
+/// stays taken), said on stderr: the thread (the reaper's, or one settling) goes on.
 fn drop_quietly(spent: Spent) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(spent)));
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(spent))).is_err() {
+        eprintln!("loom-wasm-executor: dropping a spent instance panicked; what it held may stay taken");
+    }
 }
 
 /// Drops `spent` on the reaper's thread, or here when `MAX_QUEUED` already wait (or the thread
@@ -129,10 +133,18 @@ pub fn handed_over() -> u64 {
     HANDED_OVER.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Drops handed over and not yet done (each holds a pool slot until then).
+pub fn holding() -> usize {
+    REAPER.get().copied().flatten().map_or(0, |r| {
+        let q = r.lock();
+        q.items.len() + usize::from(q.busy)
+    })
+}
+
 /// Returns once every drop handed over before it is done: those still queued are dropped here,
 /// and one under way on the reaper's thread is waited for. How many there were (0: none).
 pub fn settle() -> usize {
-    reaper().map_or(0, Reaper::settle)
+    REAPER.get().copied().flatten().map_or(0, Reaper::settle)
 }
 
 #[cfg(test)]

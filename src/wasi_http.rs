@@ -42,6 +42,13 @@ pub struct HeldBytes {
     cap: AtomicU64,
 }
 
+impl HeldBytes {
+    /// Bytes held now.
+    pub fn now(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
 /// Bytes charged to `HeldBytes`, given back when dropped.
 struct Charge {
     held: Option<Arc<HeldBytes>>,

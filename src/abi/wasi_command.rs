@@ -50,6 +50,9 @@ pub async fn call(
     store.data_mut().wasi = Some(Box::new(grants.wasi_context_with_stdio(det, stdin, stdout.clone(), stderr.clone())?));
     store.data_mut().paths = grants.path_lock();
     let result = start.call_async(&mut *store, ()).await;
+    // The program has ended: its context goes now, with its pipes' contents (stdin's copy of the
+    // input; stdout and stderr are read through the clones here), not whenever the Store does.
+    store.data_mut().wasi = None;
     let err_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
     {
         let host = store.data_mut();
