@@ -109,6 +109,13 @@ pub fn pool_for(max_actors: u64, max_concurrency: u64) -> u64 {
     (max_actors + calls + 256).max((max_actors + calls) * 8 / 7 + 1)
 }
 
+/// Fiber stacks the pool keeps beyond one per instance, for host-to-guest calls made from a host
+/// function (each holds one only while it runs, microseconds): one for each of the calls that can
+/// run guest code at once, in practice.
+pub fn nested_stacks(instances: u32) -> u32 {
+    (instances / 8).max(64)
+}
+
 /// The instances the pooled engine holds (its size once created).
 pub fn pool_size() -> u32 {
     match POOL_SIZE.load(Ordering::SeqCst) {
@@ -167,7 +174,12 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
         pool.total_core_instances(n)
             .total_memories(n)
             .total_tables(n)
-            .total_stacks(n)
+            // A stack per instance, and some to spare: a host function's text result is written
+            // through the guest's `__new`, called from the host function on a fiber of its own,
+            // while the call's fiber keeps its stack. With every instance's stack taken (calls
+            // parked in async host functions filling the pool), the first of them resumed found
+            // none and failed BUSY, its host function's work done.
+            .total_stacks(n + nested_stacks(n))
             // As many table elements as the limiter allows any instance (the default is 20,000).
             .table_elements(crate::limits::MAX_TABLE_ELEMENTS as usize)
             // A freed slot's first `KEEP_RESIDENT_BYTES` of linear memory are reset in place
