@@ -10,8 +10,9 @@
 //! What is handed over is bounded: at most `MAX_QUEUED` wait at once (past that, the caller
 //! drops its own), so a busy machine, where this low-priority thread gets little time, keeps at
 //! most that many pool slots in limbo and falls back to dropping in place. The slot goes back to
-//! the pool only once reset, as before: a later instance never sees a guest's data. Whoever
-//! needs the pool's true state (a full pool about to refuse, `cacheStats`) calls `settle` first.
+//! the pool only once reset, as before: a later instance never sees a guest's data. An
+//! instantiation the full pool refused calls `settle` and tries again; the room kept for actors
+//! leaves out the slots held here (`holding`).
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, OnceLock};
