@@ -7,9 +7,10 @@
 //! finished inline, before its promise settled. Handed here instead, it runs beside the next
 //! call.
 //!
-//! What is handed over is bounded: at most `MAX_QUEUED` wait at once (past that, the caller
-//! drops its own), so a busy machine, where this low-priority thread gets little time, keeps at
-//! most that many pool slots in limbo and falls back to dropping in place. The slot goes back to
+//! What is handed over is bounded: at most `MAX_QUEUED` wait at once, besides the one being
+//! dropped (past that, the caller drops its own), so a busy machine, where this low-priority
+//! thread gets little time, keeps at most that many pool slots in limbo and falls back to
+//! dropping in place. The slot goes back to
 //! the pool only once reset, as before: a later instance never sees a guest's data. An
 //! instantiation the full pool refused calls `settle` and tries again; the room kept for actors
 //! leaves out the slots held here (`holding`).
@@ -24,6 +25,10 @@ type Spent = Box<dyn Send>;
 /// MiB less resident (freed slots keep their first 2 MiB).
 pub const MAX_QUEUED: usize = 2;
 
+/// The longest `settle` waits for the drop under way on the thread (a drop takes microseconds to
+/// a millisecond; the thread's low priority may make it wait longer on a busy machine).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Drops handed over to the thread since the process started.
 static HANDED_OVER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -34,6 +39,8 @@ struct Queue {
     busy: bool,
     /// The thread is waiting for work (a hand-over must wake it).
     asleep: bool,
+    /// Drops the thread has finished.
+    done: u64,
 }
 
 struct Reaper {
@@ -80,13 +87,24 @@ impl Reaper {
     }
 
     fn settle(&self) -> usize {
-        let queued: Vec<Spent> = self.lock().items.drain(..).collect();
-        let mut settled = queued.len();
+        let (queued, busy, done) = {
+            let mut q = self.lock();
+            (q.items.drain(..).collect::<Vec<Spent>>(), q.busy, q.done)
+        };
+        let settled = queued.len() + usize::from(busy);
         queued.into_iter().for_each(drop_quietly);
-        let mut q = self.lock();
-        while q.busy {
-            settled = settled.max(1);
-            q = self.done.wait(q).unwrap_or_else(|p| p.into_inner());
+        if busy {
+            // Only the drop under way now: those handed over meanwhile are not waited for (a
+            // stream of them would keep the thread busy for good), nor past `SETTLE_WAIT`.
+            let until = std::time::Instant::now() + SETTLE_WAIT;
+            let mut q = self.lock();
+            while q.done == done {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = self.done.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
         }
         settled
     }
@@ -106,6 +124,7 @@ impl Reaper {
             drop_quietly(spent);
             q = self.lock();
             q.busy = false;
+            q.done += 1;
             self.done.notify_all();
         }
     }
@@ -143,7 +162,8 @@ pub fn holding() -> usize {
 }
 
 /// Returns once every drop handed over before it is done: those still queued are dropped here,
-/// and one under way on the reaper's thread is waited for. How many there were (0: none).
+/// and one under way on the reaper's thread is waited for (at most `SETTLE_WAIT`). How many there
+/// were (0: none).
 pub fn settle() -> usize {
     REAPER.get().copied().flatten().map_or(0, Reaper::settle)
 }
@@ -193,6 +213,35 @@ mod tests {
         let threads = on.lock().unwrap().clone();
         assert_eq!(threads.len(), 1);
         assert_ne!(threads[0], here, "dropped on the reaper's thread");
+    }
+
+    #[test]
+    fn settle_waits_only_for_the_drop_under_way_not_for_a_stream_of_them() {
+        // Before: the thread took the next drop without letting go of the lock, so a settle
+        // woken by the last drop's end found the thread busy again, for as long as drops came.
+        let r = Reaper::start().expect("a thread");
+        let streaming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let stream = {
+            let (streaming, dropped) = (streaming.clone(), dropped.clone());
+            std::thread::spawn(move || {
+                let until = std::time::Instant::now() + Duration::from_secs(20);
+                while streaming.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    r.hand_over(Box::new(Probe(dropped.clone(), Duration::from_millis(1))));
+                }
+            })
+        };
+        while dropped.load(Ordering::SeqCst) < 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let before = r.lock().done;
+        r.settle();
+        let during = r.lock().done - before;
+        let still = streaming.swap(false, Ordering::SeqCst);
+        stream.join().expect("stream");
+        assert!(still, "settle returned only once the stream of drops had stopped (after 20 s)");
+        // The one under way, and a few more begun before settle looked: not the stream's.
+        assert!(during <= 10, "settle waited for {during} drops the thread took after it began");
     }
 
     #[test]
