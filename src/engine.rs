@@ -110,8 +110,8 @@ pub fn pool_for(max_actors: u64, max_concurrency: u64) -> u64 {
 }
 
 /// Fiber stacks the pool keeps beyond one per instance, for host-to-guest calls made from a host
-/// function (each holds one only while it runs, microseconds): one for each of the calls that can
-/// run guest code at once, in practice.
+/// function (each holds one while it runs; a guest decides how long): `nested_stacks.rs` lets no
+/// more than this many run at once.
 pub fn nested_stacks(instances: u32) -> u32 {
     (instances / 8).max(64)
 }

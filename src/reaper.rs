@@ -16,6 +16,7 @@
 //! leaves out the slots held here (`holding`).
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::{Condvar, Mutex, OnceLock};
 
 type Spent = Box<dyn Send>;
@@ -134,7 +135,8 @@ impl Reaper {
 /// stays taken), said on stderr: the thread (the reaper's, or one settling) goes on.
 fn drop_quietly(spent: Spent) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(spent))).is_err() {
-        eprintln!("loom-wasm-executor: dropping a spent instance panicked; what it held may stay taken");
+        // Not `eprintln!`, which panics when stderr cannot be written (a full non-blocking pipe).
+        let _ = writeln!(std::io::stderr(), "loom-wasm-executor: dropping a spent instance panicked; what it held may stay taken");
     }
 }
 
