@@ -1,10 +1,10 @@
 // A host function's text result goes back to an AssemblyScript guest through the guest's own
-// `__new`, which runs on a fiber stack of its own while the call's stack stays held. The pool
-// keeps a few such stacks (`engine::nested_stacks`: 128 for this file's pool of 1,024, sized by
-// its first executor: vitest runs each file in a process of its own). A guest decides how long its
-// `__new` runs: a hostile one spends its whole deadline there. Calls past the spare stacks wait for
-// one (`src/nested_stacks.rs`). Before, they took stacks the pool keeps for its instances' calls:
-// in this test 44 of the hostile calls, all 20 honest ones and a resumed parked one failed BUSY.
+// `__new`, which runs on a fiber stack of its own while the call's stack stays held, and wasmtime
+// keeps that second stack (the Store's cached one) until the call's own fiber ends. A pool of
+// 1,024 instances (this file's, sized by its first executor: vitest runs each file in a process of
+// its own) has two stacks per instance (`engine::spare_stacks`). It had one per instance and an
+// eighth to spare, and a review found two ways to run out, each making honest calls of other
+// modules BUSY (their instances were there).
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def } from './helpers'
@@ -50,8 +50,10 @@ const slowNew = (spin: number, tag: number) =>
 
 const count = (codes: string[]) => codes.reduce<Record<string, number>>((m, c) => ((m[c] = (m[c] ?? 0) + 1), m), {})
 
-describe("the spare fiber stacks for a guest's __new", () => {
-  it('calls past them wait for one instead of failing BUSY, however long hostile guests hold theirs', async () => {
+describe("the fiber stacks a guest's __new runs on", () => {
+  it('a hostile __new that runs until its deadline makes no other call BUSY', async () => {
+    // Before: 44 of the hostile calls, all 20 honest ones and a resumed parked one were BUSY
+    // (4 of 4 runs).
     // 800 calls parked in a host function hold 800 instances of the pool (1,024: this executor
     // sizes it) and a fiber stack each. On the pooled engine (optimized code: no tier-up).
     const parkWasm = await guestWat(
@@ -96,5 +98,40 @@ describe("the spare fiber stacks for a guest's __new", () => {
     })
     await ex.close()
     await parker.close()
+  }, 120_000)
+
+  it('calls that wait in a host function after one returned them text fill the pool without BUSY', async () => {
+    // Each call holds two stacks while it waits: its own and the one its `__new` ran on. Before,
+    // only 576 of 1,000 got there (2 x 576 = 1,152 stacks), 424 were BUSY, and so were honest calls.
+    const both = await guestWat(
+      `(func (export "execute") (param i32) (result i32) (drop (call $give (i32.const 36))) (drop (call $wait (i32.const 36))) (i32.const 36))`,
+      `(import "h" "give" (func $give (param i32) (result i32))) (import "h" "wait" (func $wait (param i32) (result i32)))`,
+    )
+    const honest = await slowNew(0, 0)
+    const waiting: (() => void)[] = []
+    const ex = new WasmActivityExecutor(
+      { download: async (p: string) => (p === 'both.wasm' ? both : honest) },
+      {
+        maxActors: 1,
+        maxConcurrency: 4,
+        tierUp: false,
+        hostFunctions: { 'h.give': () => 1, 'h.wait': () => new Promise<number>((r) => waiting.push(() => r(1))) },
+      },
+    )
+    const d = def('both', { capabilities: { hostFunctions: ['h.give', 'h.wait'] } })
+    const h = def('honest', { capabilities: { hostFunctions: ['h.give'] } })
+    await ex.precompile(d)
+    await ex.precompile(h)
+    const parked = Array.from({ length: 1000 }, () => ex.execute(d, 1).then(() => 'ok', (e) => e.code))
+    const settled = Promise.all(parked)
+    let done = false
+    void settled.then(() => (done = true))
+    while (waiting.length < parked.length && !done) await new Promise((r) => setTimeout(r, 5))
+    expect(waiting.length).toBe(1000)
+    const honestCalls: string[] = []
+    for (let i = 0; i < 10; i++) honestCalls.push(await ex.execute(h, 1).then(() => 'ok', (e) => e.code))
+    waiting.forEach((r) => r())
+    expect({ honest: count(honestCalls), parked: count(await settled) }).toEqual({ honest: { ok: 10 }, parked: { ok: 1000 } })
+    await ex.close()
   }, 120_000)
 })

@@ -109,11 +109,19 @@ pub fn pool_for(max_actors: u64, max_concurrency: u64) -> u64 {
     (max_actors + calls + 256).max((max_actors + calls) * 8 / 7 + 1)
 }
 
-/// Fiber stacks the pool keeps beyond one per instance, for host-to-guest calls made from a host
-/// function (each holds one while it runs; a guest decides how long): `nested_stacks.rs` lets no
-/// more than this many run at once.
-pub fn nested_stacks(instances: u32) -> u32 {
-    (instances / 8).max(64)
+/// Fiber stacks the pool keeps beyond one per instance. A call runs on one; a host function
+/// returning text to an AssemblyScript guest calls the guest's `__new` on a second (the guest's
+/// own host calls from there are refused, so never a third), and wasmtime keeps that second stack
+/// as the Store's cached one until the call's own fiber ends (then the call's stack goes back to
+/// the pool). So a call that goes on to wait in another host function holds two: with an eighth
+/// to spare, 576 such calls took every stack of a pool of 1,024, and every other call was `BUSY`.
+/// A stack per instance more would make that impossible, but each stack is two memory mappings:
+/// at the largest pool, full, with its live instances' memories (about three mappings each) and
+/// `unpooled_slots`' instances, the process would pass `vm.max_map_count` (65,530), where Node
+/// aborts. So: a second stack for each instance of the default pool (1,024), and 1,024 spare in
+/// larger pools (as many as before at the largest: ~59,000 mappings at most).
+pub fn spare_stacks(instances: u32) -> u32 {
+    instances.min(DEFAULT_POOL_INSTANCES)
 }
 
 /// The instances the pooled engine holds (its size once created).
@@ -179,12 +187,8 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
         pool.total_core_instances(n)
             .total_memories(n)
             .total_tables(n)
-            // A stack per instance, and some to spare: a host function's text result is written
-            // through the guest's `__new`, called from the host function on a fiber of its own,
-            // while the call's fiber keeps its stack. With every instance's stack taken (calls
-            // parked in async host functions filling the pool), the first of them resumed found
-            // none and failed BUSY, its host function's work done.
-            .total_stacks(n + nested_stacks(n))
+            // A stack per instance, and second stacks for host-to-guest calls (`spare_stacks`).
+            .total_stacks(n + spare_stacks(n))
             // As many table elements as the limiter allows any instance (the default is 20,000).
             .table_elements(crate::limits::MAX_TABLE_ELEMENTS as usize)
             // A freed slot's first `KEEP_RESIDENT_BYTES` of linear memory are reset in place
@@ -434,6 +438,18 @@ mod tests {
         assert!(bases.windows(2).any(|w| w[0] == w[1]), "some round reused the slot the last one freed: {bases:x?}");
         // This module's freed slot keeps its first KEEP_RESIDENT_BYTES (all of them were reset).
         assert!(pool_idle_resident_bytes() >= KEEP_RESIDENT_BYTES as u64, "{}", pool_idle_resident_bytes());
+    }
+
+    #[test]
+    fn the_largest_pool_full_stays_inside_the_process_mappings_limit() {
+        // Every instance of the default pool can hold its two stacks.
+        assert_eq!(spare_stacks(DEFAULT_POOL_INSTANCES), DEFAULT_POOL_INSTANCES);
+        // Two mappings per stack (guard page and stack), about three per live pooled instance's
+        // memory and table (7,000 idle actors added 21,020), six per instance outside the pool
+        // and two per stack of its own (measured), a few hundred of Node's: under 65,530.
+        let n = MAX_POOL_INSTANCES as usize;
+        let mappings = 2 * (n + spare_stacks(MAX_POOL_INSTANCES) as usize) + 3 * n + 8 * crate::unpooled_slots::MAX_UNPOOLED + 500;
+        assert!(mappings < 60_000, "{mappings}");
     }
 
     /// Baseline code has no address map (its first compile is shorter): a trap's backtrace

@@ -128,7 +128,7 @@ impl HostAccess {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
     /// Waits for `fut` with the call's concurrency slot given back.
-    pub(crate) async fn without_slot<F: std::future::Future>(&self, fut: F) -> F::Output {
+    async fn without_slot<F: std::future::Future>(&self, fut: F) -> F::Output {
         match &self.permit {
             Some(p) => p.without(fut).await,
             None => fut.await,
@@ -416,18 +416,11 @@ async fn write_as(caller: &mut Caller<'_, HostState>, text: &str) -> wasmtime::R
     if byte_len > crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES {
         return Err(wasmtime::Error::new(ExecError::InputTooLarge { size: byte_len, limit: crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES }));
     }
-    // The call runs on a fiber stack of its own: one of the pool's spare ones (see `nested_stacks`).
-    let spare = match crate::nested_stacks::try_take() {
-        Some(s) => s,
-        None => {
-            let access = caller.data().access.clone();
-            crate::nested_stacks::wait(&access).await.map_err(wasmtime::Error::new)?
-        }
-    };
+    // The call runs on a fiber stack of its own, which the Store keeps (its one cached stack)
+    // until the call's own fiber ends (`engine::spare_stacks`).
     caller.data_mut().in_guest_for_host = true;
     let ptr = new.call_async(&mut *caller, (byte_len as i32, crate::abi::assemblyscript::STRING_CLASS_ID)).await;
     caller.data_mut().in_guest_for_host = false;
-    drop(spare);
     let ptr = ptr?;
     let mem = memory(caller)?;
     crate::abi::assemblyscript::write_utf16(mem.data_mut(&mut *caller), ptr, text, byte_len).map_err(wasmtime::Error::new)?;

@@ -39,7 +39,6 @@ pub mod instrument;
 pub mod limits;
 pub mod module_artifacts;
 pub mod modules;
-pub mod nested_stacks;
 pub mod network;
 pub mod open_files;
 pub mod options;
