@@ -1,10 +1,10 @@
 // A host function's text result goes back to an AssemblyScript guest through the guest's own
 // `__new`, which runs on a fiber stack of its own while the call's stack stays held, and wasmtime
-// keeps that second stack (the Store's cached one) until the call's own fiber ends. A pool of
-// 1,024 instances (this file's, sized by its first executor: vitest runs each file in a process of
-// its own) has two stacks per instance (`engine::spare_stacks`). It had one per instance and an
-// eighth to spare, and a review found two ways to run out, each making honest calls of other
-// modules BUSY (their instances were there).
+// keeps that second stack (the Store's cached one) until the call's own fiber ends. The pool has
+// two stacks per instance (`engine::STACKS_PER_INSTANCE`; this file's pool is 1,024 instances,
+// sized by its first executor: vitest runs each file in a process of its own). It had one per
+// instance and an eighth to spare, and reviews found ways to run out, each making honest calls of
+// other modules BUSY (their instances were there). `stacks-default-pool.test.ts` has the third.
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def } from './helpers'

@@ -27,8 +27,15 @@ const LINGER_TICKS: u32 = 20;
 /// Instances the pooled engine holds at once, across all executors of the process (running
 /// calls plus live actors), unless the first executor asks for more (`reserve_pool`).
 pub const DEFAULT_POOL_INSTANCES: u32 = 1024;
-/// The most instances a pool may be sized for (each reserves address space for its memory).
-pub const MAX_POOL_INSTANCES: u32 = 8192;
+/// The most instances a pool may be sized for (each reserves address space for its memory), so
+/// that the pool, full, stays inside the process's memory mappings (`pool_mappings`). It was 8,192,
+/// which with its stacks and memories (~59,000 mappings) and instances outside the pool passed
+/// `vm.max_map_count` (a review reached 65,518; past it Node aborts).
+pub const MAX_POOL_INSTANCES: u32 = 6144;
+/// What a process may map, counted here: the pool and the instances outside it
+/// (`unpooled_slots`) share it, leaving the rest of `vm.max_map_count`'s default (65,530) to Node,
+/// V8, compiled modules and files.
+pub const MAPPINGS_BUDGET: usize = 58_000;
 /// Linear memory a pool slot keeps resident (reset in place) for its next instance: what an
 /// AssemblyScript guest given a 100 KB JSON payload touches (436 page faults a call otherwise,
 /// 1.5-2 ms of its 4). The reset is blind: every byte below this and below the memory's size is
@@ -109,19 +116,21 @@ pub fn pool_for(max_actors: u64, max_concurrency: u64) -> u64 {
     (max_actors + calls + 256).max((max_actors + calls) * 8 / 7 + 1)
 }
 
-/// Fiber stacks the pool keeps beyond one per instance. A call runs on one; a host function
-/// returning text to an AssemblyScript guest calls the guest's `__new` on a second (the guest's
-/// own host calls from there are refused, so never a third), and wasmtime keeps that second stack
-/// as the Store's cached one until the call's own fiber ends (then the call's stack goes back to
-/// the pool). So a call that goes on to wait in another host function holds two: with an eighth
-/// to spare, 576 such calls took every stack of a pool of 1,024, and every other call was `BUSY`.
-/// A stack per instance more would make that impossible, but each stack is two memory mappings:
-/// at the largest pool, full, with its live instances' memories (about three mappings each) and
-/// `unpooled_slots`' instances, the process would pass `vm.max_map_count` (65,530), where Node
-/// aborts. So: a second stack for each instance of the default pool (1,024), and 1,024 spare in
-/// larger pools (as many as before at the largest: ~59,000 mappings at most).
-pub fn spare_stacks(instances: u32) -> u32 {
-    instances.min(DEFAULT_POOL_INSTANCES)
+/// Fiber stacks the pool keeps per instance. A call runs on one; a host function returning text
+/// to an AssemblyScript guest calls the guest's `__new` on a second (the guest's own host calls
+/// from there are refused, so never a third), and wasmtime caches that second stack in the Store
+/// until the call's own fiber ends (then it goes back to the pool, and the call's is cached). So
+/// a call that goes on to wait in another host function holds two: with an eighth to spare, 576
+/// such calls took every stack of a pool of 1,024, and every other call was `BUSY`.
+pub const STACKS_PER_INSTANCE: u32 = 2;
+
+/// Memory mappings a pool of `instances` may hold at most: two per fiber stack (its guard page
+/// and the stack), and about four per slot once used (its memory, a module's data image mapped
+/// into it at an offset, and the rest of its reservation; measured 4.07 per slot for a Rust
+/// guest's image at 1 MiB, 3.0 for AssemblyScript's; freed slots keep theirs).
+pub fn pool_mappings(instances: u32) -> usize {
+    let n = instances as usize;
+    2 * STACKS_PER_INSTANCE as usize * n + 4 * n
 }
 
 /// The instances the pooled engine holds (its size once created).
@@ -187,8 +196,8 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
         pool.total_core_instances(n)
             .total_memories(n)
             .total_tables(n)
-            // A stack per instance, and second stacks for host-to-guest calls (`spare_stacks`).
-            .total_stacks(n + spare_stacks(n))
+            // Two stacks per instance: all a Store holds (`STACKS_PER_INSTANCE`).
+            .total_stacks(n * STACKS_PER_INSTANCE)
             // As many table elements as the limiter allows any instance (the default is 20,000).
             .table_elements(crate::limits::MAX_TABLE_ELEMENTS as usize)
             // A freed slot's first `KEEP_RESIDENT_BYTES` of linear memory are reset in place
@@ -441,15 +450,18 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_pool_full_stays_inside_the_process_mappings_limit() {
-        // Every instance of the default pool can hold its two stacks.
-        assert_eq!(spare_stacks(DEFAULT_POOL_INSTANCES), DEFAULT_POOL_INSTANCES);
-        // Two mappings per stack (guard page and stack), about three per live pooled instance's
-        // memory and table (7,000 idle actors added 21,020), six per instance outside the pool
-        // and two per stack of its own (measured), a few hundred of Node's: under 65,530.
-        let n = MAX_POOL_INSTANCES as usize;
-        let mappings = 2 * (n + spare_stacks(MAX_POOL_INSTANCES) as usize) + 3 * n + 8 * crate::unpooled_slots::MAX_UNPOOLED + 500;
-        assert!(mappings < 60_000, "{mappings}");
+    fn the_largest_pool_full_leaves_room_for_instances_outside_it_inside_the_mappings_budget() {
+        use crate::unpooled_slots::{max_unpooled_for, MAPPINGS_PER_UNPOOLED};
+        for n in [DEFAULT_POOL_INSTANCES, 1264, 4096, MAX_POOL_INSTANCES] {
+            let unpooled = max_unpooled_for(n);
+            assert!(pool_mappings(n) + unpooled * MAPPINGS_PER_UNPOOLED <= MAPPINGS_BUDGET, "{n}");
+            // Room outside the pool for more than a few calls, even beside the largest pool.
+            assert!(unpooled >= 900, "{n}: {unpooled}");
+        }
+        // The default executor's pool (2 CPUs) keeps the 2,000 instances outside it it had.
+        assert_eq!(max_unpooled_for(1264), 2000);
+        // With what Node, V8 and the rest map (a few thousand), under vm.max_map_count's default.
+        assert!(MAPPINGS_BUDGET + 5_000 < 65_530);
     }
 
     /// Baseline code has no address map (its first compile is shorter): a trap's backtrace

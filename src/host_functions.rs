@@ -417,7 +417,7 @@ async fn write_as(caller: &mut Caller<'_, HostState>, text: &str) -> wasmtime::R
         return Err(wasmtime::Error::new(ExecError::InputTooLarge { size: byte_len, limit: crate::abi::assemblyscript::MAX_AS_OBJECT_BYTES }));
     }
     // The call runs on a fiber stack of its own, which the Store keeps (its one cached stack)
-    // until the call's own fiber ends (`engine::spare_stacks`).
+    // until the call's own fiber ends (`engine::STACKS_PER_INSTANCE`).
     caller.data_mut().in_guest_for_host = true;
     let ptr = new.call_async(&mut *caller, (byte_len as i32, crate::abi::assemblyscript::STRING_CLASS_ID)).await;
     caller.data_mut().in_guest_for_host = false;
