@@ -91,6 +91,23 @@ pub enum Code {
 }
 
 impl Code {
+    /// The memory mappings an instance of it outside the pool may hold (`unpooled_slots`): for a
+    /// component whose needs are not known before it is instantiated, as many memories and
+    /// tables as a Store may hold.
+    pub fn unpooled_mappings(&self) -> usize {
+        let (memories, tables) = match self {
+            Code::Core(pre) => {
+                let r = pre.module().resources_required();
+                (r.num_memories, r.num_tables)
+            }
+            Code::Component(pre) => match pre.component().resources_required() {
+                Some(r) => (r.num_memories, r.num_tables),
+                None => (crate::limits::MAX_MEMORIES as u32, crate::limits::MAX_TABLES as u32),
+            },
+        };
+        crate::unpooled_slots::mappings_of(memories, tables)
+    }
+
     pub fn engine(&self) -> &wasmtime::Engine {
         match self {
             Code::Core(pre) => pre.module().engine(),

@@ -169,7 +169,7 @@ impl GuestInstance {
         let abi = module.abi_for(ctx.abi)?;
         let unpooled = match engine.pooling_allocator_metrics() {
             Some(_) => None,
-            None => Some(crate::unpooled_slots::UnpooledSlot::take()?),
+            None => Some(crate::unpooled_slots::UnpooledSlot::take(module.code.unpooled_mappings())?),
         };
         let mut store = Store::new(engine, host);
         store.limiter_async(|s| &mut s.limiter);
