@@ -155,10 +155,16 @@ impl State {
         self.lru.peek(slot).is_some_and(|m| module.upgrade().is_some_and(|o| Arc::ptr_eq(m, &o)))
     }
 
-    /// Past a bound, evicts the least recently used (but never the last module).
+    /// Past a bound, evicts the least recently used (but never the last module). One bound is the
+    /// process's: at `MAX_LIVE_MODULES` compiled modules, each insert evicts this cache's least
+    /// recently used, so that the next load finds room unless other executors (or calls) hold
+    /// them all.
     fn evict_over_bounds(&mut self) {
         let mut gone = Vec::new();
-        while (self.stats.code_bytes > self.max_bytes || self.lru.len() > self.capacity) && self.lru.len() > 1 {
+        // One for the process's bound (what goes may still be held elsewhere: no more for it).
+        let mut for_process = crate::compiled_module::live_modules() >= crate::compiled_module::MAX_LIVE_MODULES;
+        while (self.stats.code_bytes > self.max_bytes || self.lru.len() > self.capacity || for_process) && self.lru.len() > 1 {
+            for_process = false;
             match self.lru.pop_lru() {
                 Some(((digest, _), old)) => {
                     self.stats.code_bytes -= old.code_bytes;

@@ -1,6 +1,7 @@
 //! A module compiled for one engine, checked against the host and its guest ABI and pre-linked:
 //! what the module cache holds and instances are made from.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use wasmtime::{InstancePre, Module};
@@ -12,6 +13,44 @@ use crate::error::ExecError;
 use crate::host::{check_imports, linker, HostState};
 use crate::initial_images::InitialImages;
 use crate::inline;
+
+/// Compiled modules the process may hold at once, across executors: each maps its code (2-3
+/// memory mappings; a review compiled 30,079 tiny modules into one cache, with `maxCachedModules`
+/// at 100,000, before the process reached `vm.max_map_count` and crashed). With the pool and the
+/// instances outside it (`engine::MAPPINGS_BUDGET`), under the limit.
+pub const MAX_LIVE_MODULES: usize = 2000;
+
+static LIVE_MODULES: AtomicUsize = AtomicUsize::new(0);
+
+/// Compiled modules alive in the process now.
+pub fn live_modules() -> usize {
+    LIVE_MODULES.load(Ordering::Acquire)
+}
+
+/// One compiled module alive, counted until dropped.
+#[derive(Debug)]
+pub struct LiveModule(());
+
+impl LiveModule {
+    /// A place for one more compiled module, or `BUSY` when the process holds `MAX_LIVE_MODULES`
+    /// (caches evict their least recently used as they pass it: see `cache_state`).
+    pub fn take() -> Result<LiveModule, ExecError> {
+        LIVE_MODULES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_LIVE_MODULES).then_some(n + 1))
+            .map(|_| LiveModule(()))
+            .map_err(|_| {
+                ExecError::Busy(format!(
+                    "the process holds {MAX_LIVE_MODULES} compiled modules, the most it may (each maps memory); retry when executors have let some go (maxCachedModules, clearCache, close)"
+                ))
+            })
+    }
+}
+
+impl Drop for LiveModule {
+    fn drop(&mut self) {
+        LIVE_MODULES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A module compiled for one engine, ready to instantiate.
 pub struct CompiledModule {
@@ -51,6 +90,8 @@ pub struct CompiledModule {
     /// Loaded from an artifact: trusted within the key that authenticated it, so never shared
     /// with other executors (`shared_code`), which may hold other keys and would seal it with theirs.
     pub from_artifact: bool,
+    /// Counts it among the process's compiled modules (`MAX_LIVE_MODULES`).
+    pub live: LiveModule,
 }
 
 /// What a module's bytes said that its compiled code cannot (kept in an artifact's flags).
@@ -156,6 +197,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, fact
         Compiled::Core(module) => module,
         Compiled::Component(component) => return prepare_component(component, digest, kind),
     };
+    let live = LiveModule::take()?;
     let imports = check_imports(&module)?;
     let detected = abi::detect(&module, None);
     let base = linker(kind)?;
@@ -191,6 +233,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, fact
         inline: inline::Gate::default(),
         state_in_memory,
         from_artifact: false,
+        live,
     })
 }
 
@@ -199,6 +242,7 @@ fn prepare_component(
     digest: Digest,
     kind: EngineKind,
 ) -> Result<CompiledModule, ExecError> {
+    let live = LiveModule::take()?;
     let engine = component.engine().clone();
     let http = abi::component::check(&component, &engine)?;
     let pre = abi::component::linker(kind)?
@@ -227,5 +271,6 @@ fn prepare_component(
         inline: inline::Gate::default(),
         state_in_memory: false,
         from_artifact: false,
+        live,
     })
 }
