@@ -5,13 +5,18 @@ import wabtInit from 'wabt'
 
 let wabt: Awaited<ReturnType<typeof wabtInit>> | undefined
 
-/** The ABI's common part: memory, a growing bump allocator `__new`, `__pin`/`__unpin`, `abort`. */
-export const PRELUDE = `
+/**
+ * The ABI's common part: memory, a growing bump allocator `__new`, `__pin`/`__unpin`, `abort`.
+ * `first` runs at the start of each `__new` (with `locals` declared), for a guest whose `__new`
+ * does more than allocate.
+ */
+export const prelude = (first = '', locals = '') => `
   (import "env" "abort" (func $abort (param i32 i32 i32 i32)))
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 4096))
   (func $new (export "__new") (param $size i32) (param $id i32) (result i32)
-    (local $ptr i32) (local $end i32)
+    (local $ptr i32) (local $end i32) ${locals}
+    ${first}
     (local.set $ptr (i32.add (global.get $heap) (i32.const 16)))
     (local.set $end (i32.add (local.get $ptr) (local.get $size)))
     (block $done
@@ -28,6 +33,9 @@ export const PRELUDE = `
   (data (i32.const 32) "\\02\\00\\00\\00\\31\\00")
 `
 
+/** `prelude()`: the ABI's common part, its `__new` only allocating. */
+export const PRELUDE = prelude()
+
 /** Compiles WAT text (features: wabt's flags, e.g. { multi_memory: true }). */
 export async function wat(text: string, features: Record<string, boolean> = {}): Promise<Buffer> {
   wabt ??= await wabtInit()
@@ -39,7 +47,7 @@ export async function wat(text: string, features: Record<string, boolean> = {}):
   }
 }
 
-/** A guest on the ABI: PRELUDE, then `body` (which exports `execute`). */
-export function guestWat(body: string, imports = ''): Promise<Buffer> {
-  return wat(`(module ${imports} ${PRELUDE} ${body})`)
+/** A guest on the ABI: its imports, PRELUDE (or another `prelude`), then `body` (which exports `execute`). */
+export function guestWat(body: string, imports = '', common = PRELUDE): Promise<Buffer> {
+  return wat(`(module ${imports} ${common} ${body})`)
 }
