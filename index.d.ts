@@ -414,7 +414,8 @@ export declare class WasmActivityExecutor {
    * with an actor store, which may hold one). A call running on it finishes first; calls
    * queued behind it start fresh. With an actor store, the version of its snapshot stored at
    * the drop is deleted in the actor's line; a failed delete is retried by its next call and
-   * in the background (1 s, doubling up to 5 min) until done or `close()`.
+   * in the background (1 s, doubling up to 5 min) until done or `close()`. After `close()`,
+   * throws `CLOSED` (a closed executor touches no store: another worker may own the actor now).
    */
   dropActor(definition: ActivityDefinition, actorId: string): boolean
   /**
@@ -440,7 +441,7 @@ export declare class WasmActor {
   executeDetailed<T = any>(input: unknown, options?: ActorExecuteOptions): Promise<ExecutionDetails<T>>
   /**
    * Drops the actor's instance and state (as `executor.dropActor`); true if there was one. The
-   * handle stays usable: its next call starts a fresh actor.
+   * handle stays usable: its next call starts a fresh actor. After `close()`, throws `CLOSED`.
    */
   drop(): boolean
 }

@@ -20,6 +20,7 @@ let port = 0
 let base = ''
 const cacheDir = mkdtempSync(join(tmpdir(), 'loom-net-cache-'))
 const seen: Array<{ method: string; url: string; headers: Record<string, unknown>; body: string }> = []
+const paced = new Map<string, number>()
 
 beforeAll(async () => {
   server = createServer((req, res) => {
@@ -44,6 +45,20 @@ beforeAll(async () => {
       if (u.pathname === '/stream') {
         // No content-length: a body that keeps coming.
         const timer = setInterval(() => res.write('x'.repeat(64 * 1024)), 1)
+        res.on('close', () => clearInterval(timer))
+        return
+      }
+      if (u.pathname === '/paced') {
+        // 1 MiB at a time, every 30 ms, n (10) in all, no content-length: how many went out
+        // before the client let go is kept under the request's id.
+        const id = u.searchParams.get('id')!
+        const n = Number(u.searchParams.get('n') ?? 10)
+        paced.set(id, 0)
+        const timer = setInterval(() => {
+          res.write('p'.repeat(1 << 20))
+          paced.set(id, paced.get(id)! + 1)
+          if (paced.get(id) === n) clearInterval(timer), res.end()
+        }, 30)
         res.on('close', () => clearInterval(timer))
         return
       }
@@ -200,6 +215,19 @@ describe('every rule of the grant has a denial (NETWORK_DENIED naming the host)'
     await denied(network, [{ url: to('http://169.254.169.254/latest/meta-data/') }], '169.254.169.254', 'redirect')
     await denied({ allowedHosts: [`127.0.0.1:${port}`, `localhost:${port}`] }, [{ url: to(`http://localhost:${port}/json`) }], 'localhost', 'loopback')
     await denied(network, [{ url: `${base}/loop` }], '127.0.0.1', 'redirects')
+  })
+
+  it('a body the guest could not hold is OUT_OF_MEMORY as soon as that much came, not read on to maxResponseBytes (review AA)', async () => {
+    // Before: the host read all 10 MiB for a guest capped at 1 MiB (250 such calls at once took
+    // 2.7 GiB of host memory: a call waiting on the network holds no concurrency slot).
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`], maxResponseBytes: 20 << 20 })
+    const e = await failure(requests(ex, [{ url: `${base}/paced?id=aa` }], { limits: { maxMemoryMB: 1 } }))
+    expect(e.code, e.message).toBe('OUT_OF_MEMORY')
+    await new Promise((r) => setTimeout(r, 100))
+    expect(paced.get('aa')).toBeLessThanOrEqual(4)
+    // Room enough, the same body comes whole.
+    const [whole] = await requests(ex, [{ url: `${base}/paced?id=ab&n=3` }])
+    expect(whole.body.length).toBe(3 << 20)
   })
 
   it('caps: response bytes (declared and streamed), request bytes, header bytes both ways, requests per call', async () => {

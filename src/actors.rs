@@ -149,7 +149,7 @@ impl Drop for Held {
                 shared.trim(&self.slot);
             }
             if total > shared.max_memory {
-                shared.trim_memory(&self.slot);
+                shared.trim_memory(&self.slot, now);
             }
         }
     }
@@ -186,10 +186,13 @@ impl Shared {
     /// `max_memory` (review P: 20 idle actors of 150 MiB each held 3 GB, bounded only by
     /// `maxActors` × a `maxMemoryMB` each definition chooses). Only as many as cover the excess
     /// are looked at (review U: collecting every idle actor made each call on a new actor 16×
-    /// slower with 5,000 of them), and none goes when all the idle ones could not cover it: the
-    /// excess is then held by busy actors (one big actor in a long call had every other actor
-    /// evicted at each call's end, for nothing).
-    fn trim_memory(&self, keep: &Arc<ActorSlot>) {
+    /// slower with 5,000 of them). When all the idle ones cannot cover it, they go all the same
+    /// unless busy actors alone hold more than the cap (one big actor in a long call had every
+    /// other actor evicted at each call's end, for nothing): the actor that just ran (`keep`,
+    /// holding `kept`) may be over the cap by itself (review AA: twelve idle actors of 80 MiB
+    /// under a cap of 64 MiB all stayed, 944 MiB, since no other could cover the excess its own
+    /// share made).
+    fn trim_memory(&self, keep: &Arc<ActorSlot>, kept: u64) {
         let mut lru = self.lru();
         let excess = self.memory.load(Ordering::Acquire).saturating_sub(self.max_memory);
         if excess == 0 {
@@ -212,7 +215,11 @@ impl Shared {
             }
         }
         if covered < excess {
-            return;
+            // Every idle actor was looked at: the rest is held by `keep` and busy actors.
+            let busy = self.memory.load(Ordering::Acquire).saturating_sub(kept).saturating_sub(covered);
+            if busy >= self.max_memory {
+                return;
+            }
         }
         for k in chosen {
             if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {

@@ -107,6 +107,9 @@ pub struct ArtifactCache {
     /// `maxCacheDirBytes`: what `dir`'s artifacts and hints may take on disk (`cache_dir_bound`);
     /// `cache_dir_bound::DEFAULT_MAX_BYTES` when not given.
     pub max_dir_bytes: Option<u64>,
+    /// The compile limits of the executor: its artifacts are of modules these limits allowed,
+    /// and are named for them (`name_for`).
+    pub limits: crate::shape::CompileLimits,
 }
 
 impl ArtifactCache {
@@ -123,7 +126,7 @@ impl ArtifactCache {
             }
         }
         if let Some(remote) = &self.remote {
-            if remote.url().starts_with("http://") {
+            if remote.is_plain_http() {
                 return Err(ExecError::InvalidArgument(
                     "options.artifactStore: plain http:// cannot be trusted with compiled code (use https:// or a cloud store)".into(),
                 ));
@@ -155,7 +158,7 @@ impl ArtifactCache {
     /// of `digest` for `engine` (`cache_dir_bound::settle`).
     pub(crate) async fn settle_dir(&self, digest: &Digest, engine: &Engine) {
         if let Some(dir) = &self.dir {
-            crate::cache_dir_bound::settle(dir.clone(), self.dir_bound(), Some(Self::name(digest, engine))).await;
+            crate::cache_dir_bound::settle(dir.clone(), self.dir_bound(), Some(self.name(digest, engine))).await;
         }
     }
 
@@ -163,8 +166,11 @@ impl ArtifactCache {
     /// the hints of these definitions used now, off the caller's path.
     pub(crate) fn refresh(&self, held: Vec<(Digest, crate::engine::EngineKind)>, named: Vec<crate::modules::DefKey>) {
         let Some(dir) = self.dir.clone() else { return };
+        let limits = self.limits;
         let paths = move || {
-            let artifacts = held.into_iter().filter_map(|(digest, kind)| crate::engine::engine(kind).ok().map(|e| dir.join(Self::name(&digest, e))));
+            let artifacts = held
+                .into_iter()
+                .filter_map(|(digest, kind)| crate::engine::engine(kind).ok().map(|e| dir.join(Self::name_for(&digest, e, &limits))));
             let hints = named.iter().map(|k| dir.join(crate::artifact_hints::hint_name(&k.name, &k.version, &k.path)));
             artifacts.chain(hints).collect()
         };
@@ -194,8 +200,32 @@ impl ArtifactCache {
         self.key.is_some() && (self.dir.is_some() || self.remote.is_some())
     }
 
-    pub fn name(digest: &Digest, engine: &Engine) -> String {
-        format!("{}-{}.cwasm", hex(digest), fingerprint(engine))
+    /// The name of the artifact of `digest` for `engine` this cache reads and writes.
+    pub fn name(&self, digest: &Digest, engine: &Engine) -> String {
+        Self::name_for(digest, engine, &self.limits)
+    }
+
+    /// `<sha256>-<engine fingerprint>.cwasm`, the fingerprint folding in the compile limits the
+    /// module was checked against when they are not the defaults (not `maxModuleBytes`, which a
+    /// download is checked against whatever is cached): an executor loads only artifacts its
+    /// own limits allowed, as with `shareCode` (review AA: a strict executor ran code from a
+    /// `cacheDir` that a lenient one had filled, which its `maxFunctions: 1` or
+    /// `maxInitInstructions` refused when compiling). The tag covers the name, so the limits too.
+    pub fn name_for(digest: &Digest, engine: &Engine, limits: &crate::shape::CompileLimits) -> String {
+        let engine_part = fingerprint(engine);
+        let defaults = crate::shape::CompileLimits { max_module_bytes: limits.max_module_bytes, ..Default::default() };
+        let engine_part = match *limits == defaults {
+            true => engine_part,
+            false => {
+                let l = limits;
+                let text = format!(
+                    "{engine_part} functions {} function bytes {} locals {} init {}",
+                    l.max_functions, l.max_function_bytes, l.max_locals, l.max_init_instructions
+                );
+                hex(&crate::digest::sha256(text.as_bytes()))[..16].to_string()
+            }
+        };
+        format!("{}-{}.cwasm", hex(digest), engine_part)
     }
 
     /// Compiled code (and what its flags say of the module) from the nearest tier that has an
@@ -208,7 +238,7 @@ impl ArtifactCache {
     /// another engine of its fingerprint may load without reading, downloading or checking it again.
     pub(crate) async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, Checked)> {
         let key = self.key.clone()?;
-        let name = Self::name(digest, engine);
+        let name = self.name(digest, engine);
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
             match in_place(engine, key.clone(), name.clone(), path.clone()).await {
@@ -259,7 +289,7 @@ impl ArtifactCache {
         S: AsRef<std::sync::atomic::AtomicBool> + Send + Sync + 'static,
     {
         let key = self.key.clone()?;
-        let name = Self::name(digest, engine);
+        let name = self.name(digest, engine);
         let path = self.dir.as_ref()?.join(&name);
         let engine = engine.clone();
         let at = path.clone();
@@ -277,7 +307,7 @@ impl ArtifactCache {
     /// written only costs a compile later).
     pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
-        let name = Self::name(digest, engine);
+        let name = self.name(digest, engine);
         let flags = if facts.has_start { HAS_START } else { 0 }
             | if code.is_component() { COMPONENT } else { 0 }
             | if facts.state_in_memory { 0 } else { STATE_OUTSIDE_MEMORY };
@@ -299,7 +329,7 @@ impl ArtifactCache {
         if !self.is_enabled() {
             return Ok(());
         }
-        let name = Self::name(digest, engine);
+        let name = self.name(digest, engine);
         let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
         let in_remote = match &self.remote {
             Some(remote) => remote.exists(&name).await.unwrap_or(false),

@@ -76,8 +76,13 @@ fn open_refuses_unsafe_configurations() {
     assert_eq!(code(ArtifactCache { remote: remote.clone(), ..Default::default() }), Err("INVALID_ARGUMENT"));
     assert_eq!(code(ArtifactCache { remote: remote.clone(), key: Some(vec![1u8; 8].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
     assert!(code(ArtifactCache { remote, key: Some(vec![1u8; 32].into()), ..Default::default() }).is_ok());
-    let http = Some(Arc::new(ObjectSource::open("http://127.0.0.1:9/x", &[]).expect("store")));
-    assert_eq!(code(ArtifactCache { remote: http, key: Some(vec![1u8; 32].into()), ..Default::default() }), Err("INVALID_ARGUMENT"));
+    // Plain HTTP however it is spelt (the URL parser takes any case and trims blanks around it).
+    for url in ["http://127.0.0.1:9/x", "HTTP://127.0.0.1:9/x", "Http://127.0.0.1:9/x", " http://127.0.0.1:9/x"] {
+        let http = Some(Arc::new(ObjectSource::open(url, &[]).expect("store")));
+        assert_eq!(code(ArtifactCache { remote: http, key: Some(vec![1u8; 32].into()), ..Default::default() }), Err("INVALID_ARGUMENT"), "{url}");
+    }
+    let https = Some(Arc::new(ObjectSource::open("HTTPS://127.0.0.1:9/x", &[]).expect("store")));
+    assert!(code(ArtifactCache { remote: https, key: Some(vec![1u8; 32].into()), ..Default::default() }).is_ok());
 }
 
 /// An empty disk tier in a fresh directory, the plain engine and the echo guest compiled for it.
@@ -101,7 +106,7 @@ async fn disk_tier_round_trips_and_discards_forged_files() {
     let outside = [8u8; 32];
     cache.save(&outside, e, &module.code, Facts { has_start: true, state_in_memory: false }).await.expect("saved");
     assert!(matches!(cache.load(&outside, e).await, Some((_, Facts { has_start: true, state_in_memory: false }))));
-    let path = dir.join(ArtifactCache::name(&digest, e));
+    let path = dir.join(ArtifactCache::name_for(&digest, e, &Default::default()));
     let mut bytes = std::fs::read(&path).expect("written");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -122,7 +127,7 @@ async fn saved_remotely(
     let cache = ArtifactCache { remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
     let e = engine(EngineKind::Plain).expect("engine");
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
-    let name = ArtifactCache::name(digest, e);
+    let name = ArtifactCache::name_for(digest, e, &Default::default());
     let facts = crate::compiled_module::Facts { has_start, ..module.facts() };
     cache.save(digest, e, &module.code, facts).await.expect("saved");
     let stored = store.get(&name).await.expect("stored").to_vec();
@@ -164,7 +169,7 @@ async fn a_downloaded_artifact_is_written_to_the_directory_as_it_was_checked() {
     let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
     let e = engine(EngineKind::Plain).expect("engine");
     let worker =
-        ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), max_dir_bytes: None }.open().expect("opens");
+        ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), max_dir_bytes: None, limits: Default::default() }.open().expect("opens");
     assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
     assert_eq!(std::fs::read(dir.join(&name)).expect("written"), stored, "the file is the artifact, byte for byte");
     // The store loses it: the directory's copy loads (in place).
@@ -186,7 +191,7 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
     let e = engine(EngineKind::Plain).expect("engine");
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
     let digest = [9u8; 32];
-    let name = ArtifactCache::name(&digest, e);
+    let name = ArtifactCache::name_for(&digest, e, &Default::default());
     let path = dir.join(&name);
     assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Missing));
     cache.save(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true }).await.expect("saved");
@@ -281,7 +286,7 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
 async fn a_link_planted_as_the_temporary_file_is_not_written_through() {
     let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("planted");
     let digest = [9u8; 32];
-    let name = ArtifactCache::name(&digest, e);
+    let name = ArtifactCache::name_for(&digest, e, &Default::default());
     let victim = temp("planted-victim");
     std::fs::write(&victim, b"precious").expect("victim");
     // Every temporary name this process's next writes could take (a counter per process).
@@ -333,7 +338,7 @@ async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_noth
     let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("guess");
     let digest = [9u8; 32];
     cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
-    let path = dir.join(ArtifactCache::name(&digest, e));
+    let path = dir.join(ArtifactCache::name_for(&digest, e, &Default::default()));
     let go = || Arc::new(Flag(AtomicBool::new(false)));
     assert!(cache.load_guess(&digest, e, go()).await.is_some());
     // Another executor's key on the same directory: not its artifact, and not its to remove.

@@ -306,19 +306,23 @@ fn moves_to(instance: &GuestInstance, module: &CompiledModule) -> bool {
 /// copied across (as a transactional call's last good state is restored). The new instance is
 /// made on a budget of its own with no host access, no log and no eviction (only into room the
 /// pool has to spare), and takes the old one's place only once complete: a move that fails, or
-/// is dropped midway, leaves the actor as it was (and one that failed is not tried again).
-pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared) {
+/// is dropped midway, leaves the actor as it was (and one that failed is not tried again). The
+/// call's `cancel` ends it as it ends the call (its signal, `close()`): a start function that
+/// spins would otherwise hold the call, and its concurrency slot, until the move's own deadline.
+pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared, cancel: &CancelFlag) {
     match held.guard.instance.as_ref() {
         Some(old) if moves_to(old, module) && pool_has_room(module) => {}
         _ => return,
     }
+    if cancel.is_cancelled() {
+        return;
+    }
     let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), ..Default::default() };
     let budget = Budget::starting_now(&p.limits);
-    let cancel = CancelFlag::new();
     // The old instance stays in the actor's place until the new one is complete. (Boxed: the
     // move is rare, and its state would otherwise enlarge every call's future.)
     let moved = Box::pin(async {
-        let mut fresh = GuestInstance::new(module, &p.limits, budget, &cancel, None, &p.grants, &ctx).await?;
+        let mut fresh = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
         let old = held.guard.instance.as_mut().ok_or_else(|| ExecError::internal("the actor's instance went"))?;
         fresh.take_state_of(old).await?;
         fresh.watch_stack();
@@ -327,6 +331,8 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     .await;
     match moved {
         Ok(fresh) => held.guard.instance = Some(fresh),
+        // A move cancelled with its call may be tried again by the next call.
+        Err(_) if cancel.is_cancelled() => {}
         Err(_) => {
             if let Some(old) = held.guard.instance.as_mut() {
                 old.stays_put = true;

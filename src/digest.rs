@@ -24,7 +24,8 @@ pub fn hex(d: &[u8]) -> String {
 /// Parses a definition's `sha256` (64 hex digits).
 pub fn parse_digest(hex_text: &str) -> Result<Digest, ExecError> {
     let bad = || ExecError::InvalidArgument(format!("definition.sha256 must be 64 hex digits, got {hex_text:?}"));
-    if hex_text.len() != 64 || !hex_text.is_ascii() {
+    // Hex digits only: `from_str_radix` alone would take a sign (`+5` for `05`).
+    if hex_text.len() != 64 || !hex_text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut d = [0u8; 32];
@@ -80,7 +81,9 @@ mod tests {
         let d = sha256(b"abc");
         assert_eq!(hex(&d), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(parse_digest(&hex(&d)).expect("valid"), d);
-        for bad in ["zz", "", &"g".repeat(64), &"é".repeat(32)] {
+        // A sign is not a hex digit, though `from_str_radix` takes one (`+b` for `0b`).
+        let signed = format!("+{}", &hex(&d)[1..]);
+        for bad in ["zz", "", &"g".repeat(64), &"é".repeat(32), &signed, &format!("-{}", &hex(&d)[1..])] {
             assert_eq!(parse_digest(bad).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
         }
     }

@@ -483,8 +483,21 @@ impl Executor {
     /// `SNAPSHOT_MISMATCH`), restored into a fresh instance that then replaces the actor's (in
     /// line after its calls), and stored when the executor has an actor store.
     pub fn restore_actor(self: &Arc<Self>, def: &Definition, actor_id: &str, bytes: &[u8]) -> impl Future<Output = Result<(), ExecError>> + Send + 'static {
-        let lined = self.line_up(def, actor_id);
-        let (this, bytes) = (self.clone(), bytes.to_vec());
+        // Refused by its length before it is copied: no snapshot of this definition's memory limit
+        // is longer, and a load from the actor store refuses the same (review AA: a 1 GiB Buffer
+        // was copied on the JS thread, 4.3 s, before it was found not to be a snapshot; a
+        // restore stored 90 MiB that every later load refused).
+        let lined = self.line_up(def, actor_id).and_then(|lined| {
+            let max = snapshot::max_encoded_len(lined.0.limits.max_memory_bytes);
+            match bytes.len() as u64 > max {
+                true => Err(ExecError::SnapshotInvalid(format!(
+                    "the snapshot is {} bytes, more than one of an actor of this definition's memory limit can be ({max})",
+                    bytes.len()
+                ))),
+                false => Ok(lined),
+            }
+        });
+        let (this, bytes) = (self.clone(), if lined.is_ok() { bytes.to_vec() } else { Vec::new() });
         async move { this.restore_in_line(&bytes, lined?).await }
     }
 

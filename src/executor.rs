@@ -128,6 +128,7 @@ async fn leave_caller_thread() {
 
 impl Executor {
     pub fn new(source: Arc<dyn BlobSource>, mut opts: ExecutorOptions) -> Result<Self, ExecError> {
+        opts.artifacts.limits = opts.load.compile;
         opts.artifacts = opts.artifacts.clone().open()?;
         let allowed = allowed_prefixes(&opts.allowed_blob_urls)?;
         // Size the process's instance pool for this executor's actors and calls (the first
@@ -331,9 +332,9 @@ impl Executor {
             leave_caller_thread().await;
         }
         // An actor made while its module tiered up moves to the optimized code (not on the
-        // call's budget; a move that cannot be made leaves it as it was).
+        // call's budget, but ended by its cancel; a move that cannot be made leaves it as it was).
         if let Some(h) = held.as_mut() {
-            crate::call::move_actor(h, &module, &p).await;
+            crate::call::move_actor(h, &module, &p, &cancel).await;
         }
         let budget = Budget::starting_now(&p.limits);
         let mut p = p;

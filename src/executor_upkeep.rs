@@ -128,6 +128,12 @@ impl Executor {
         }
         let key = ActorKey { def: def.key(), actor_id: actor_id.to_string() };
         let (had, persisted) = self.actors.remove(&key);
+        // Closed, the executor has handed its actors over: the store's version may be another
+        // worker's by now (review AA: a drop after close() deleted an acknowledged step of the
+        // worker that took the actor over).
+        if self.is_closed() {
+            return had;
+        }
         let Some(store) = &self.opts.actor_store else { return had };
         let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
         let write = self.pending.start();

@@ -216,21 +216,22 @@ impl HostAccess {
         Ok(net.clone())
     }
 
-    /// Sends an HTTP request under the network grant.
-    pub async fn http(&self, request: HttpRequest) -> Result<crate::network::HttpResponse, ExecError> {
+    /// Sends an HTTP request under the network grant; a response body over `max_body` (what the
+    /// guest can hold) is `OUT_OF_MEMORY` once that much has come.
+    pub async fn http(&self, request: HttpRequest, max_body: u64) -> Result<crate::network::HttpResponse, ExecError> {
         let net = self.admit_request(&request.url)?;
-        self.send_admitted(&net, request).await
+        self.send_admitted(&net, request, max_body).await
     }
 
     /// Sends a request `admit_request` let through (one at a time per call: a guest cannot hold
     /// many bodies in the host at once).
-    pub async fn send_admitted(&self, net: &NetworkCall, request: HttpRequest) -> Result<crate::network::HttpResponse, ExecError> {
+    pub async fn send_admitted(&self, net: &NetworkCall, request: HttpRequest, max_body: u64) -> Result<crate::network::HttpResponse, ExecError> {
         let deadline = self.deadline.unwrap_or_else(|| Instant::now() + net.network.config().timeout);
         let _one = net.one_at_a_time.lock().await;
         if net.ended.load(Ordering::Acquire) {
             return Err(ExecError::NetworkDenied { host: String::new(), message: "the call that made this request has ended".into() });
         }
-        self.without_slot(net.network.send(request, deadline)).await
+        self.without_slot(net.network.send(request, deadline, max_body)).await
     }
 
     /// The call ended: requests still in flight (a component's, which outlive the guest's
@@ -367,8 +368,9 @@ async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &
             Convention::AsString => crate::http_client::TextUnits::Utf16,
             Convention::ExtismHandle => crate::http_client::TextUnits::Utf8,
         };
-        let response = access.http(request).await.map_err(wasmtime::Error::new)?;
-        response.to_json_within(caller.data().limiter.max_bytes(), units).map_err(wasmtime::Error::new)?
+        let max_bytes = caller.data().limiter.max_bytes();
+        let response = access.http(request, max_bytes).await.map_err(wasmtime::Error::new)?;
+        response.to_json_within(max_bytes, units).map_err(wasmtime::Error::new)?
     } else {
         access.call(&imp.key, input).await.map_err(wasmtime::Error::new)?
     };

@@ -23,11 +23,13 @@ pub struct HttpRequest {
 }
 
 /// What the guest gets back.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The body's share of the process's budget for bodies in flight, given back with it.
+    pub held: Option<crate::bodies_in_flight::Held>,
 }
 
 impl HttpRequest {
@@ -231,8 +233,11 @@ impl Network {
         check_url(&self.config, &parsed).map_err(|r| denied(&r.host, r.message))
     }
 
-    /// Sends one request under the grant, finishing by `deadline` at the latest.
-    pub async fn send(&self, req: HttpRequest, deadline: Instant) -> Result<HttpResponse, ExecError> {
+    /// Sends one request under the grant, finishing by `deadline` at the latest. A body over
+    /// `max_body` (what the guest could hold: its memory limit) is `OUT_OF_MEMORY` as soon as that
+    /// much has come, not read on to `maxResponseBytes`; every body holds its bytes of the
+    /// process's budget (`bodies_in_flight`) as they come.
+    pub async fn send(&self, req: HttpRequest, deadline: Instant, max_body: u64) -> Result<HttpResponse, ExecError> {
         let c = &self.config;
         let denied = |host: &str, message: String| ExecError::NetworkDenied { host: host.to_string(), message };
         let url = Url::parse(&req.url).map_err(|e| denied("", format!("{:?} is not a URL: {e}", preview(&req.url))))?;
@@ -302,20 +307,48 @@ impl Network {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
+        let over_guest = |n: u64| ExecError::OutOfMemory { limit_bytes: max_body, requested_bytes: n };
+        let timed_out = || ExecError::NetworkError { host: host.clone(), message: format!("{host}: the response timed out") };
+        let over_budget = |budget: u64| ExecError::NetworkDenied {
+            host: host.clone(),
+            message: format!("{host}: the response's body is more than the host holds for bodies in flight ({budget} bytes)"),
+        };
+        let mut held = crate::bodies_in_flight::Budget::process().hold();
+        // A declared length is held whole before any of it is read (bodies holding part of
+        // theirs cannot then keep each other waiting).
+        if let Some(len) = resp.content_length() {
+            if len > max_body {
+                return Err(over_guest(len));
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, held.cover(len)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(r) => r.map_err(|e| over_budget(e.0))?,
+            }
+        }
         let mut body = Vec::new();
         loop {
             let left = timeout.saturating_sub(started.elapsed());
             let chunk = match tokio::time::timeout(left, resp.chunk()).await {
-                Err(_) => return Err(ExecError::NetworkError { host: host.clone(), message: format!("{host}: the response timed out") }),
+                Err(_) => return Err(timed_out()),
                 Ok(r) => r.map_err(|e| self.failure(&host, e))?,
             };
             let Some(chunk) = chunk else { break };
-            if body.len() as u64 + chunk.len() as u64 > c.max_response_bytes {
-                return Err(too_big(body.len() as u64 + chunk.len() as u64));
+            let len = body.len() as u64 + chunk.len() as u64;
+            if len > c.max_response_bytes {
+                return Err(too_big(len));
+            }
+            if len > max_body {
+                return Err(over_guest(len));
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, held.cover(len)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(r) => r.map_err(|e| over_budget(e.0))?,
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(HttpResponse { status, headers, body })
+        Ok(HttpResponse { status, headers, body, held: Some(held) })
     }
 
     fn failure(&self, host: &str, e: reqwest::Error) -> ExecError {
@@ -403,7 +436,7 @@ mod tests {
     async fn names_that_resolve_to_private_addresses_are_refused() {
         let net = Network::new(rules(&["localhost", "*.localhost"])).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let e = net.send(HttpRequest { method: "GET".into(), url: "http://localhost:1/".into(), ..Default::default() }, deadline).await;
+        let e = net.send(HttpRequest { method: "GET".into(), url: "http://localhost:1/".into(), ..Default::default() }, deadline, u64::MAX).await;
         let e = e.unwrap_err();
         assert_eq!(e.code(), "NETWORK_DENIED", "{e}");
         assert!(e.to_string().contains("loopback"), "{e}");
@@ -414,7 +447,7 @@ mod tests {
         let r = HttpRequest::from_json(r#"{"url":"http://x/","headers":{"a":"b","n":1},"body":"hi"}"#).unwrap();
         assert_eq!((r.method.as_str(), r.headers.len(), r.body.as_slice()), ("GET", 2, &b"hi"[..]));
         assert_eq!(HttpRequest::from_json("[1]").unwrap_err().code(), "NETWORK_DENIED");
-        let resp = HttpResponse { status: 200, headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())], body: vec![0xff] };
+        let resp = HttpResponse { status: 200, headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())], body: vec![0xff], held: None };
         let v: serde_json::Value = serde_json::from_str(&resp.to_json()).unwrap();
         assert_eq!(v["headers"]["a"], "1, 2");
         assert_eq!(v["body"], "\u{fffd}");
@@ -423,7 +456,7 @@ mod tests {
     #[test]
     fn a_response_whose_json_would_not_fit_the_guest_is_refused_before_it_is_built() {
         // A control byte escapes to six characters: 1,000 of them are 6,000 characters.
-        let resp = HttpResponse { status: 200, headers: vec![], body: vec![1; 1000] };
+        let resp = HttpResponse { status: 200, headers: vec![], body: vec![1; 1000], held: None };
         let len = resp.to_json().len() as u64;
         assert!(len > 6000);
         assert_eq!(resp.to_json_within(len + 64, TextUnits::Utf8).map(|s| s.len() as u64), Ok(len));
@@ -431,7 +464,7 @@ mod tests {
         // As AssemblyScript holds it: two bytes per unit; a character past U+FFFF is two units.
         assert_eq!(resp.to_json_within(len + 64, TextUnits::Utf16).map_err(|e| e.code()), Err("OUT_OF_MEMORY"));
         assert!(resp.to_json_within(2 * len + 64, TextUnits::Utf16).is_ok());
-        let astral = HttpResponse { status: 200, headers: vec![], body: "😀".repeat(100).into_bytes() };
+        let astral = HttpResponse { status: 200, headers: vec![], body: "😀".repeat(100).into_bytes(), held: None };
         let units = astral.to_json().encode_utf16().count() as u64;
         assert!(astral.to_json_within(2 * units + 64, TextUnits::Utf16).is_ok());
         assert!(astral.to_json_within(2 * units - 4, TextUnits::Utf16).is_err());

@@ -146,6 +146,14 @@ impl GuestInstance {
         }
         if matches!(self.entry, Entry::Extism) {
             self.store.data_mut().extism.vars = extism::Kernel::decode_vars(state_host)?;
+        } else if !state_host.is_empty() {
+            // Only Extism keeps host-side state: bytes for another ABI are a forgery, which a
+            // transactional or durable actor's shadow would otherwise keep, uncounted (review AA:
+            // 200 MiB per restore, 2 GiB held under a maxActorMemoryMB of 32).
+            return Err(ExecError::SnapshotInvalid(format!(
+                "the snapshot has {} bytes of host-side state; this module's ABI keeps none",
+                state_host.len()
+            )));
         }
         for (g, v) in globals.iter().zip(state_globals) {
             let val = match *v {

@@ -11,6 +11,7 @@ pub mod actor_store;
 pub mod actors;
 pub mod artifact_hints;
 pub mod artifacts;
+pub mod bodies_in_flight;
 pub mod call;
 pub mod cache_dir_bound;
 pub mod cache_state;

@@ -315,7 +315,7 @@ async fn hits_mark_the_artifacts_of_modules_held_used() {
     let artifacts = ArtifactCache { dir: Some(dir.clone()), ..Default::default() };
     let cache = ModuleCache::new(NonZeroUsize::new(8).expect("nonzero"), 1 << 30, artifacts, LoadLimits::default(), false, false);
     let module = echo(100);
-    let path = dir.join(ArtifactCache::name(&module.digest, engine(module.kind).expect("engine")));
+    let path = dir.join(ArtifactCache::name_for(&module.digest, engine(module.kind).expect("engine"), &Default::default()));
     std::fs::write(&path, b"artifact").expect("write");
     let long_ago = SystemTime::now() - Duration::from_secs(86_400);
     let age = || std::fs::metadata(&path).expect("meta").modified().expect("mtime");

@@ -176,13 +176,17 @@ pub struct CallOptions {
     pub progress: Option<Arc<dyn crate::host::ProgressSink>>,
 }
 
-/// `maxActorMemoryMB` unless set: half the machine's physical memory (4 GiB where it cannot be
-/// read).
+/// `maxActorMemoryMB` unless set: half the machine's physical memory.
 pub fn default_actor_memory_bytes() -> u64 {
+    physical_memory_bytes() / 2
+}
+
+/// The machine's physical memory (8 GiB where it cannot be read).
+pub fn physical_memory_bytes() -> u64 {
     // SAFETY: sysconf only reads system configuration.
     let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
     match (u64::try_from(pages), u64::try_from(page)) {
-        (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page) / 2,
-        _ => 4 << 30,
+        (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page),
+        _ => 8 << 30,
     }
 }

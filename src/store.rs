@@ -98,6 +98,8 @@ pub struct ObjectSource {
     local_dir: Option<std::path::PathBuf>,
     /// For `file://`: the store, whose reads this source makes itself (`read_local`).
     local: Option<Arc<LocalFileSystem>>,
+    /// Its scheme is `http` (as the URL parser reads it: any case, blanks around it trimmed).
+    plain_http: bool,
 }
 
 fn bad_url(url: &str, why: impl std::fmt::Display) -> ExecError {
@@ -190,11 +192,18 @@ impl ObjectSource {
         let prefix = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad_url(url, e))?;
         let max_segment = if parsed.scheme() == "file" { MAX_FILE_SEGMENT_BYTES } else { MAX_KEY_BYTES };
         let option_keys = opts.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
-        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir, local })
+        let plain_http = parsed.scheme() == "http";
+        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir, local, plain_http })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether it talks plain (unencrypted) HTTP: its scheme as the URL parser read it, not its
+    /// text (`HTTP://` and ` http://` are plain HTTP too).
+    pub fn is_plain_http(&self) -> bool {
+        self.plain_http
     }
 
     pub fn is_writable(&self) -> bool {

@@ -86,6 +86,8 @@ impl Drop for Charge {
 struct Charged {
     inner: WasiBody,
     _charge: Charge,
+    /// Its share of the process's budget for bodies (`bodies_in_flight`), until the guest drops it.
+    _held: Option<crate::bodies_in_flight::Held>,
 }
 
 impl http_body::Body for Charged {
@@ -235,8 +237,12 @@ impl WasiHttpHooks for HostAccess {
                 .filter(|(k, _)| k != "host")
                 .collect();
             let req = HttpRequest { method: parts.method.to_string(), url: parts.uri.to_string(), headers, body };
-            match access.send_admitted(&net, req).await {
-                Ok(resp) => {
+            // What the guest's budget has room for: a body past it fails once that much came.
+            let room = access.http_held.as_ref().map_or(u64::MAX, |h| {
+                h.cap.load(Ordering::Relaxed).saturating_sub(h.bytes.load(Ordering::Relaxed))
+            });
+            match access.send_admitted(&net, req, room).await {
+                Ok(mut resp) => {
                     drop(charge);
                     let mut charge = Charge::new(access.http_held.clone());
                     // Its headers stay in the host with it, read by the guest when it likes.
@@ -250,7 +256,7 @@ impl WasiHttpHooks for HostAccess {
                         out = out.header(k, v);
                     }
                     let inner = Full::new(Bytes::from(resp.body)).map_err(|never| match never {}).boxed_unsync();
-                    let body = Charged { inner, _charge: charge }.boxed_unsync();
+                    let body = Charged { inner, _charge: charge, _held: resp.held.take() }.boxed_unsync();
                     let out = out.body(body).map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
                     Ok((out, Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>))
                 }

@@ -65,7 +65,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
                 return Err(wasmtime::Error::new(ExecError::InvalidOutput { message, preview: String::new() }));
             }
             let request = crate::network::HttpRequest::from_json(&request).map_err(wasmtime::Error::new)?;
-            match access.http(request).await {
+            match access.http(request, max_bytes).await {
                 Ok(resp) => Ok((Ok(resp.to_json_within(max_bytes, crate::http_client::TextUnits::Utf8).map_err(wasmtime::Error::new)?),)),
                 Err(ExecError::NetworkError { message, .. }) => Ok((Err(message),)),
                 Err(e) => Err(wasmtime::Error::new(e)),

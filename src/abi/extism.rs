@@ -203,7 +203,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let mut request = crate::network::HttpRequest::from_json(&json).map_err(wasmtime::Error::new)?;
             request.body = body;
             let access = c.data().access.clone();
-            let resp = access.http(request).await.map_err(wasmtime::Error::new)?;
+            let max_bytes = c.data().limiter.max_bytes();
+            let resp = access.http(request, max_bytes).await.map_err(wasmtime::Error::new)?;
             let d = c.data_mut();
             d.extism.http_status = resp.status;
             d.extism.http_headers = Some(resp.headers_json());

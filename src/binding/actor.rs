@@ -66,9 +66,12 @@ impl WasmActor {
     }
 
     /// Drops the actor's instance and state (as `executor.dropActor`); true if there was one. The
-    /// handle stays usable: its next call starts a fresh actor.
+    /// handle stays usable: its next call starts a fresh actor. After `close()`, throws `CLOSED`.
     #[napi]
-    pub fn drop(&self) -> bool {
-        self.inner.drop_actor(&self.def, &self.actor_id)
+    pub fn drop(&self, env: Env) -> napi::Result<bool> {
+        if self.inner.is_closed() {
+            return Err(super::js_error::to_napi(&env, &crate::error::ExecError::Closed));
+        }
+        Ok(self.inner.drop_actor(&self.def, &self.actor_id))
     }
 }

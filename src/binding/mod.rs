@@ -363,9 +363,9 @@ impl WasmActivityExecutor {
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string, snapshot: Uint8Array", ts_return_type = "Promise<void>")]
     pub fn restore_actor<'env>(&self, env: &'env Env, definition: Unknown<'env>, actor_id: Unknown<'env>, snapshot: Unknown<'env>) -> napi::Result<PromiseRaw<'env, ()>> {
         let read = || -> Result<_, ExecError> {
+            // A view: `restore_actor` checks its length before copying it.
             let bytes = unsafe { <napi::bindgen_prelude::Uint8Array as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), snapshot.raw()) }
-                .map_err(|_| ExecError::InvalidArgument("snapshot must be a Uint8Array or Buffer".into()))?
-                .to_vec();
+                .map_err(|_| ExecError::InvalidArgument("snapshot must be a Uint8Array or Buffer".into()))?;
             Ok((args::definition(definition)?, args::string(actor_id, "actorId")?, bytes))
         };
         // In the actor's line from now, as a call made now would be.
@@ -413,11 +413,15 @@ impl WasmActivityExecutor {
     /// with an actor store, which may hold one). A call running on it finishes first; calls
     /// queued behind it start fresh. With an actor store, the version of its snapshot stored at
     /// the drop is deleted in the actor's line; a failed delete is retried by its next call and
-    /// in the background (1 s, doubling up to 5 min) until done or `close()`.
+    /// in the background (1 s, doubling up to 5 min) until done or `close()`. After `close()`,
+    /// throws `CLOSED` (a closed executor touches no store: another worker may own the actor now).
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string")]
     pub fn drop_actor(&self, env: Env, definition: Unknown, actor_id: Unknown) -> napi::Result<bool> {
         let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
         let (def, id) = read().map_err(|e| to_napi(&env, &e))?;
+        if self.inner.is_closed() {
+            return Err(to_napi(&env, &ExecError::Closed));
+        }
         Ok(self.inner.drop_actor(&def, &id))
     }
 

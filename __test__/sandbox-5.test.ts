@@ -1,0 +1,145 @@
+// Hostile review round AA (see also the Rust tests named for it): each test reproduces a way
+// through that a reviewer found, and failed on the code from before its fix.
+import { createHash } from 'node:crypto'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { ObjectBlobStore, WasmActivityExecutor } from '../index'
+import { def, failure, storeWith } from './helpers'
+import { guestWat } from './wat'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('review AA: an actor moving to optimized code', () => {
+  it('AA1: the move re-runs the start function under the call: its signal and close() end it, and the move is tried again by the next call', async () => {
+    // The start function spins only after time T: the actor is made before T (on baseline code,
+    // while the module tiers up); its next call after T first moves it to the optimized code,
+    // which runs the start function again on a fresh instance. Before: that move had a cancel
+    // flag of its own, so the call's signal and close() waited for its own deadline (20 s here).
+    const T = Date.now() + 1500
+    const wasm = await guestWat(
+      `(func $start (if (f64.gt (call $now) (f64.const ${T})) (then (loop $l (br $l)))))
+       (start $start)
+       (func (export "execute") (param i32) (result i32) (i32.const 36))`,
+      `(import "env" "Date.now" (func $now (result f64)))`,
+    )
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { tierUp: true })
+    const d = def('u1', { limits: { maxExecutionMs: 20_000 } })
+    expect(await ex.execute(d, {}, { actorId: 'a' })).toBe(1)
+    const until = Date.now() + 15_000
+    while ((ex.cacheStats().tierUps < 1 || Date.now() <= T + 50) && Date.now() < until) await sleep(20)
+    expect(ex.cacheStats().tierUps).toBeGreaterThanOrEqual(1)
+
+    const ac = new AbortController()
+    const started = Date.now()
+    setTimeout(() => ac.abort(), 200)
+    const aborted = await failure(ex.execute(d, {}, { actorId: 'a', signal: ac.signal }))
+    expect(aborted.code).toBe('CANCELLED')
+    expect(Date.now() - started).toBeLessThan(5_000)
+
+    // Cancelled, the move is not written off: the next call tries it again (and spins again).
+    const next = failure(ex.execute(d, {}, { actorId: 'a' }))
+    await sleep(300)
+    const closing = Date.now()
+    await ex.close()
+    expect(Date.now() - closing).toBeLessThan(5_000)
+    expect(['CANCELLED', 'CLOSED']).toContain((await next).code)
+  }, 60_000)
+})
+
+describe('review AA: compiled artifacts and the limits of the executor loading them', () => {
+  it('AA2: an artifact a lenient executor left in cacheDir is not run by one whose compile limits refuse the module', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-aa2-'))
+    const store = await storeWith('mortgage')
+    const input = { principal: 1e5, annualRate: 5, years: 1 }
+    const lenient = new WasmActivityExecutor(store, { cacheDir: dir, shareCode: false })
+    await lenient.precompile(def('mortgage'))
+    await lenient.close()
+    // Before: the strict executor loaded the lenient one's artifact and ran the module.
+    const strict = new WasmActivityExecutor(store, { cacheDir: dir, shareCode: false, maxFunctions: 1 })
+    expect((await failure(strict.execute(def('mortgage'), input))).code).toBe('COMPILE_LIMIT')
+    expect(strict.cacheStats().artifactHits).toBe(0)
+    await strict.close()
+    // An executor of the same limits as the one that wrote it still loads it.
+    const same = new WasmActivityExecutor(store, { cacheDir: dir, shareCode: false })
+    expect(await same.execute(def('mortgage'), input)).toHaveProperty('monthlyPayment')
+    expect(same.cacheStats().artifactHits).toBe(1)
+    await same.close()
+  }, 60_000)
+})
+
+/** A snapshot with `host` as its host-side section, its checksum made good again. */
+function withHostSection(snapshot: Buffer, host: Buffer): Buffer {
+  let at = 8 + 4 + 32 + 8
+  const globals = snapshot.readUInt32LE(at)
+  at += 4 + 17 * globals
+  const hostLen = snapshot.readUInt32LE(at)
+  const len = Buffer.alloc(4)
+  len.writeUInt32LE(host.length)
+  const body = Buffer.concat([snapshot.subarray(0, at), len, host, snapshot.subarray(at + 4 + hostLen, snapshot.length - 32)])
+  return Buffer.concat([body, createHash('sha256').update(body).digest()])
+}
+
+describe('review AA: actors\' memory and snapshots', () => {
+  it('AA3: maxActorMemoryMB evicts the other idle actors when the one that just ran is over it by itself', async () => {
+    // Before: none went (the others could not cover the excess the last one's own share made):
+    // twelve idle actors of 80 MiB each stayed under a cap of 64 MiB.
+    const ex = new WasmActivityExecutor(await storeWith('counter-actor'), { maxActorMemoryMB: 8 })
+    const d = def('counter-actor', { limits: { maxMemoryMB: 64 } })
+    for (let i = 0; i < 4; i++) {
+      await ex.execute(d, { action: 'allocate', amount: 12 << 20 }, { actorId: `a${i}` })
+      expect(ex.cacheStats().actors).toBe(1)
+    }
+    // Under the cap, actors stay together as before.
+    const small = new WasmActivityExecutor(await storeWith('counter-actor'), { maxActorMemoryMB: 64 })
+    for (let i = 0; i < 4; i++) await small.execute(d, { action: 'increment' }, { actorId: `s${i}` })
+    expect(small.cacheStats().actors).toBe(4)
+    await Promise.all([ex.close(), small.close()])
+  })
+
+  it('AA4: a snapshot with host-side state for an ABI that keeps none is refused (it was kept, uncounted, in the shadow)', async () => {
+    const ex = new WasmActivityExecutor(await storeWith('counter-actor'), { transactional: true, maxActorMemoryMB: 32 })
+    const d = def('counter-actor')
+    await ex.execute(d, { action: 'increment' }, { actorId: 'a' })
+    const good = Buffer.from(await ex.snapshotActor(d, 'a'))
+    expect(withHostSection(good, Buffer.alloc(0)).equals(good)).toBe(true)
+    const forged = withHostSection(good, Buffer.alloc(1 << 20, 7))
+    const e = await failure(ex.restoreActor(d, 'a', forged))
+    expect(e.code).toBe('SNAPSHOT_INVALID')
+    expect(e.message).toMatch(/host-side state/)
+    // The actor is as it was.
+    expect(await ex.execute(d, { action: 'get' }, { actorId: 'a' })).toMatchObject({ count: 1 })
+    await ex.close()
+  })
+
+  it('AA5: restoreActor refuses, by its length and before copying it, a snapshot longer than any of the definition\'s memory limit', async () => {
+    // Before: a restore stored 90 MiB under maxMemoryMB 16 that every later load refused, and a
+    // 1 GiB Buffer was copied on the JS thread before it was found not to be a snapshot.
+    const ex = new WasmActivityExecutor(await storeWith('counter-actor'))
+    const d = def('counter-actor', { limits: { maxMemoryMB: 16 } })
+    const e = await failure(ex.restoreActor(d, 'a', Buffer.alloc(81 << 20)))
+    expect(e.code).toBe('SNAPSHOT_INVALID')
+    expect(e.message).toMatch(/more than one of an actor of this definition's memory limit/)
+    await ex.close()
+  })
+
+  it('AA6: dropActor after close() throws CLOSED and leaves the store alone (another worker owns the actor now)', async () => {
+    const url = `file://${mkdtempSync(join(tmpdir(), 'loom-aa6-'))}`
+    const store = await storeWith('counter-actor')
+    const d = def('counter-actor')
+    const a = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
+    await a.execute(d, { action: 'increment' }, { actorId: 'x' })
+    const handle = a.actor(d, 'x')
+    await a.close()
+    const b = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
+    await b.execute(d, { action: 'increment' }, { actorId: 'x' })
+    await b.close()
+    // Before: true, and B's acknowledged step was deleted.
+    expect(() => a.dropActor(d, 'x')).toThrow(expect.objectContaining({ code: 'CLOSED' }))
+    expect(() => handle.drop()).toThrow(expect.objectContaining({ code: 'CLOSED' }))
+    const c = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
+    expect(await c.execute(d, { action: 'get' }, { actorId: 'x' })).toMatchObject({ count: 2 })
+    await c.close()
+  })
+})
