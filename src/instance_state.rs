@@ -57,7 +57,18 @@ impl GuestInstance {
     pub fn capture(&mut self) -> Result<State, ExecError> {
         let (memory, globals) = self.state_handles()?;
         let globals = self.global_values(&globals)?;
-        let memory = memory.map(|m| m.data(&self.store).to_vec()).unwrap_or_default();
+        // Only the pages that hold data are written into the copy (zeroed memory from the
+        // allocator, untouched until written): a memory grown without being used, or claimed by
+        // a restored snapshot, was copied whole at every persist (review AA: a 3 KB snapshot
+        // claiming 1 GiB made 1 GiB resident and 1.2-1.8 s of host time per call).
+        let memory = memory
+            .map(|m| {
+                let src = m.data(&self.store);
+                let mut copy = vec![0u8; src.len()];
+                crate::snapshot::write_memory(&mut copy, 0, src);
+                copy
+            })
+            .unwrap_or_default();
         Ok(State { memory, globals, host: self.host_state() })
     }
 
