@@ -214,15 +214,27 @@ pub(crate) async fn run(
         }
         _ => {
             // No live instance: its last good state is the shadow, or its snapshot in the store.
+            let mut loaded = false;
             if let (None, Some(d)) = (&held.guard.shadow, &p.durable) {
                 Box::pin(durable::load(&mut held, module, p, d)).await?;
+                loaded = held.guard.shadow.is_some();
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
             // Restored from where it lies: a call ended midway (its deadline, a cancel) leaves
             // the last good state in place for the next one.
             let restored = match &held.guard.shadow {
                 Some((digest, state)) if *digest == module.digest => {
-                    Box::pin(fresh.restore(state)).await?;
+                    match Box::pin(fresh.restore(state)).await {
+                        // A stored state that does not fit the module is not kept: the next call
+                        // reads the store again (review AA: once the store was repaired, the
+                        // executor that had read the bad state still failed every call).
+                        Err(e @ ExecError::SnapshotInvalid(_)) if loaded => {
+                            held.guard.shadow = None;
+                            held.guard.persisted = None;
+                            return Err(e);
+                        }
+                        r => r?,
+                    }
                     true
                 }
                 _ => false,

@@ -335,6 +335,10 @@ impl Executor {
         // call's budget, but ended by its cancel; a move that cannot be made leaves it as it was).
         if let Some(h) = held.as_mut() {
             crate::call::move_actor(h, &module, &p, &cancel).await;
+            // Cancelled during the move: the actor is as it was (not reset), and the call ends.
+            if cancel.is_cancelled() {
+                return Err(ExecError::Cancelled);
+            }
         }
         let budget = Budget::starting_now(&p.limits);
         let mut p = p;

@@ -11,7 +11,6 @@ pub mod actor_store;
 pub mod actors;
 pub mod artifact_hints;
 pub mod artifacts;
-pub mod bodies_in_flight;
 pub mod call;
 pub mod cache_dir_bound;
 pub mod cache_state;

@@ -86,8 +86,6 @@ impl Drop for Charge {
 struct Charged {
     inner: WasiBody,
     _charge: Charge,
-    /// Its share of the process's budget for bodies (`bodies_in_flight`), until the guest drops it.
-    _held: Option<crate::bodies_in_flight::Held>,
 }
 
 impl http_body::Body for Charged {
@@ -242,7 +240,7 @@ impl WasiHttpHooks for HostAccess {
                 h.cap.load(Ordering::Relaxed).saturating_sub(h.bytes.load(Ordering::Relaxed))
             });
             match access.send_admitted(&net, req, room).await {
-                Ok(mut resp) => {
+                Ok(resp) => {
                     drop(charge);
                     let mut charge = Charge::new(access.http_held.clone());
                     // Its headers stay in the host with it, read by the guest when it likes.
@@ -256,7 +254,7 @@ impl WasiHttpHooks for HostAccess {
                         out = out.header(k, v);
                     }
                     let inner = Full::new(Bytes::from(resp.body)).map_err(|never| match never {}).boxed_unsync();
-                    let body = Charged { inner, _charge: charge, _held: resp.held.take() }.boxed_unsync();
+                    let body = Charged { inner, _charge: charge }.boxed_unsync();
                     let out = out.body(body).map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
                     Ok((out, Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>))
                 }
