@@ -209,6 +209,23 @@ fn settle_prunes_only_what_was_added_since_the_last_scan_and_keeps_the_name_give
 }
 
 #[test]
+fn writes_that_reach_a_sixteenth_do_not_wait_out_an_open_scan_s_delay() {
+    let dir = Dir::new("wrote-hurry");
+    let d = dir.path();
+    for i in 0..2u8 {
+        file(d, &artifact(i), 100 << 10, 100 - u64::from(i) * 10);
+    }
+    // An open's scan, waiting an hour; then writes adding up to a sixteenth of the bound.
+    request(d.to_path_buf(), 100 << 10, None, Duration::from_secs(3600));
+    wrote(d, 100 << 10, &artifact(1), 100 << 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.join(artifact(0)).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!d.join(artifact(0)).exists() && d.join(artifact(1)).exists());
+}
+
+#[test]
 fn settle_does_not_wait_out_an_open_scan_s_delay() {
     let dir = Dir::new("settle-hurry");
     let d = dir.path();
