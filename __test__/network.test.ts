@@ -5,7 +5,7 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -369,6 +369,47 @@ describe('connections: pooled, and bounded whatever hosts a guest reaches', () =
       server.off('connection', count)
     }
   })
+
+  it("requests are refused, not sent, once the process's descriptors left are its reserve: Node keeps its own (review AA)", async () => {
+    // Before: each call waiting on the network held a socket, and none holds a concurrency slot:
+    // under a limit of 1,024, 1,000 such calls took every descriptor, and Node's own opens failed.
+    const stall = spawn(process.execPath, ['-e', `require('node:net').createServer(() => {}).listen(0, '127.0.0.1', function () { console.log(this.address().port) })`], { stdio: ['ignore', 'pipe', 'inherit'] })
+    try {
+      const port = Number(await new Promise<string>((r) => createInterface({ input: stall.stdout! }).once('line', r)))
+      const dir = mkdtempSync(join(tmpdir(), 'loom-fds-'))
+      const script = join(dir, 'fds.cjs')
+      writeFileSync(script, `
+        const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+        const fs = require('node:fs')
+        const bytes = fs.readFileSync(${JSON.stringify(join(root, 'build', 'host', 'http.wasm'))})
+        ;(async () => {
+          const ex = new WasmActivityExecutor({ download: async () => bytes }, { network: { allowedHosts: ['127.0.0.1:${port}'] } })
+          const d = { name: 'http', version: '1', wasmBlobPath: 'http.wasm', capabilities: { network: true }, limits: { maxExecutionMs: 3000, maxMemoryMB: 1 } }
+          const request = { requests: [JSON.stringify({ url: 'http://127.0.0.1:${port}/' })] }
+          const calls = Array.from({ length: 600 }, () => ex.execute(d, request).then(() => 'ok', (e) => e.code + (/short of file descriptors/.test(e.message) ? ' (descriptors)' : '')))
+          await new Promise((r) => setTimeout(r, 1500))
+          let open
+          try { fs.closeSync(fs.openSync(__filename, 'r')); open = 'ok' } catch (e) { open = e.code }
+          const codes = {}
+          for (const c of await Promise.all(calls)) codes[c] = (codes[c] || 0) + 1
+          await ex.close()
+          console.log(JSON.stringify({ open, codes }))
+        })()`)
+      const out = await new Promise<string>((resolve, reject) => {
+        const child = spawn('bash', ['-c', `ulimit -n 512 && exec "${process.execPath}" "${script}"`], { stdio: ['ignore', 'pipe', 'inherit'] })
+        let text = ''
+        child.stdout!.on('data', (c) => (text += c))
+        child.on('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`exit ${code}: ${text}`))))
+      })
+      const { open, codes } = JSON.parse(out)
+      expect(open).toBe('ok')
+      expect(codes['NETWORK_ERROR (descriptors)']).toBeGreaterThan(0)
+      // The rest waited on the silent server until their deadline.
+      expect(Object.keys(codes).sort()).toEqual(['NETWORK_ERROR (descriptors)', 'TIMEOUT'])
+    } finally {
+      stall.kill()
+    }
+  }, 60_000)
 })
 
 describe('HTTP from Extism plugins (http_request / http_status_code, Extism\'s semantics)', () => {

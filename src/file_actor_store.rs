@@ -8,7 +8,6 @@
 //! following links or blocking on FIFOs, and the writer's temporary file is created anew (`O_EXCL`).
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +29,8 @@ const FILE_MAGIC: &[u8; 8] = b"LOOMACT1";
 
 impl FileActorStore {
     pub fn open(dir: PathBuf) -> Result<FileActorStore, ExecError> {
-        private_dirs(&dir).map_err(|e| ExecError::InvalidArgument(format!("options.actorStore {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ExecError::InvalidArgument(format!("options.actorStore {}: {e}", dir.display())))?;
         Ok(FileActorStore { dir })
     }
 
@@ -90,14 +90,11 @@ impl FileActorStore {
     ) -> Result<T, ExecError> {
         let path = self.checked_path(key)?;
         if let Some(parent) = path.parent() {
-            private_dirs(parent).map_err(|e| unavailable(key, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
         }
         let lock_path = path.with_extension("lock");
-        let open_lock = || {
-            open_regular(&lock_path, std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600))
-                .map_err(|e| unavailable(key, format!("its lock file: {e}")))
-        };
-        let mut lock = open_lock()?;
+        let lock = open_regular(&lock_path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
+            .map_err(|e| unavailable(key, format!("its lock file: {e}")))?;
         let left = || unavailable(key, "the call ended while another process held the actor's lock; nothing was written");
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
@@ -107,12 +104,6 @@ impl FileActorStore {
                 // Got it only after the call left: not written after all.
                 if gone.load(Ordering::Relaxed) {
                     return Err(left());
-                }
-                // A delete removes the lock file with the actor, holding it: a lock got on the
-                // removed file is no lock on the actor. The file under the name now is locked instead.
-                if !still_named(&lock, &lock_path) {
-                    lock = open_lock()?;
-                    continue;
                 }
                 // Checked again now: whoever held the lock may have put a link in a directory's
                 // place meanwhile.
@@ -224,8 +215,7 @@ impl ActorStore for FileActorStore {
                 // killed writer's stayed for good: 44-63 MB each).
                 let tmp = path.with_extension("tmp");
                 // Created anew: a leftover (a crash) or a planted link goes first.
-                // Only the owner reads an actor's memory (as `cacheDir`'s artifacts: 0600 in 0700).
-                let mut f = create_fresh(&tmp, 0o600).map_err(|e| unavailable(&key, e))?;
+                let mut f = create_fresh(&tmp, 0o644).map_err(|e| unavailable(&key, e))?;
                 f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
                     .map_err(|e| unavailable(&key, e))?;
                 std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
@@ -242,10 +232,8 @@ impl ActorStore for FileActorStore {
         let key = key.to_string();
         Box::pin(off_runtime(move |gone| {
             this.locked(&key, gone, |path| {
-                // A killed writer's leftover goes with the actor, and so does its lock file (one
-                // per actor ever made stayed: review AA), removed while held (see `still_named`).
+                // A killed writer's leftover goes with the actor.
                 let _ = std::fs::remove_file(path.with_extension("tmp"));
-                let _ = std::fs::remove_file(path.with_extension("lock"));
                 match std::fs::remove_file(path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
                     // Synced as a write is: a dropped actor must not come back after a power cut.
@@ -266,7 +254,6 @@ impl ActorStore for FileActorStore {
                 None => Ok(true),
                 Some(now) if Some(now) == expected => {
                     let _ = std::fs::remove_file(path.with_extension("tmp"));
-                    let _ = std::fs::remove_file(path.with_extension("lock"));
                     match std::fs::remove_file(path) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
                         Ok(()) => sync_dir(path).map(|()| true).map_err(|e| unavailable(&key, e)),
@@ -292,19 +279,6 @@ impl ActorStore for FileActorStore {
     }
 }
 
-/// Creates `dir` and its missing parents for the owner alone (0700).
-fn private_dirs(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-/// Whether `lock` is still the file named `path` (not removed, nor replaced, since it was opened).
-fn still_named(lock: &std::fs::File, path: &Path) -> bool {
-    match (lock.metadata(), std::fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,55 +298,6 @@ mod tests {
         std::fs::write(&leftover, b"x").expect("leftover");
         store.delete(key).await.expect("deleted");
         assert!(!leftover.exists(), "a delete removes it");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_deleted_actor_leaves_no_lock_file_and_its_files_are_the_owners_alone() {
-        use std::os::unix::fs::PermissionsExt;
-        let (dir, store) = scratch("lock-gone");
-        // Review AA: 200 actors made and dropped left 201 lock files.
-        for i in 0..20 {
-            let key = format!("actors/t/k{i}.snap");
-            store.save(&key, b"one".to_vec(), None).await.expect("saved");
-            if i % 2 == 0 {
-                store.delete(&key).await.expect("deleted");
-            } else {
-                let v = store.version(&key).await.expect("version").expect("stored");
-                assert!(store.delete_if(&key, &v).await.expect("deleted"));
-            }
-        }
-        assert_eq!(std::fs::read_dir(dir.join("actors/t")).expect("dir").count(), 0);
-        store.save("actors/t/kept.snap", b"state".to_vec(), None).await.expect("saved");
-        let mode = |p: &str| std::fs::metadata(dir.join(p)).expect("meta").permissions().mode() & 0o777;
-        assert_eq!((mode("actors"), mode("actors/t"), mode("actors/t/kept.snap"), mode("actors/t/kept.lock")), (0o700, 0o700, 0o600, 0o600));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_lock_got_on_a_removed_lock_file_is_taken_again_on_the_file_there_now() {
-        let (dir, store) = scratch("lock-again");
-        std::fs::create_dir_all(dir.join("actors/t")).expect("dir");
-        let lock = dir.join("actors/t/k.lock");
-        // Held by another open file description, then removed while held (as a delete does).
-        let holder = std::fs::File::create(&lock).expect("lock file");
-        // SAFETY: flock on a descriptor owned here.
-        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
-        let gone = AtomicBool::new(false);
-        // Whether another process, opening the name now, would be kept out by the waiter's lock.
-        let kept_out = |p: &Path| -> Result<bool, ExecError> {
-            let other = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(p.with_extension("lock")).expect("opens");
-            // SAFETY: flock on a descriptor owned here.
-            Ok(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0)
-        };
-        let got = std::thread::scope(|s| {
-            let waiter = s.spawn(|| store.locked("actors/t/k.snap", &gone, kept_out));
-            std::thread::sleep(Duration::from_millis(50));
-            std::fs::remove_file(&lock).expect("removed");
-            drop(holder);
-            waiter.join().expect("joined")
-        });
-        assert_eq!(got.map_err(|e| e.code()), Ok(true), "the waiter locked the file named now, not the removed one");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -276,6 +276,16 @@ impl Network {
         let mut hops = 0;
         // Held until the body has been read: the connection goes back to the pool then.
         let (mut resp, _lease) = loop {
+            // A request may open a socket: none numbered into the process's reserve of
+            // descriptors (`open_files`), as for a guest's files. Calls waiting on the network
+            // hold no concurrency slot, so each held one: under a hard limit of 1,024, 1,000
+            // such calls took every descriptor, and Node's own opens failed (review AA).
+            if !crate::open_files::process_has_room() {
+                return Err(ExecError::NetworkError {
+                    host: host.clone(),
+                    message: format!("{host}: the process is short of file descriptors (those left are kept for Node and the host)"),
+                });
+            }
             let lease = self.pool.client_for(&url)?;
             let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
             let sent = lease.client.request(method.clone(), url.clone()).headers(headers.clone()).body(body.clone()).timeout(left).send().await;
