@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ActivityDefinition, BlobStore } from '../index'
@@ -51,4 +52,14 @@ export async function failure(p: Promise<unknown>): Promise<any> {
     return e
   }
   throw new Error('expected the call to fail, but it succeeded')
+}
+
+/** `snapshot` (a copy) claiming a memory of `bytes` (the u64 after magic, version and module
+ * digest), its checksum (the last 32 bytes: sha256 of the rest) made good again. */
+export function claimingMemory(snapshot: Uint8Array, bytes: number): Buffer {
+  const snap = Buffer.from(snapshot)
+  const body = snap.subarray(0, snap.length - 32)
+  body.writeBigUInt64LE(BigInt(bytes), 8 + 4 + 32)
+  createHash('sha256').update(body).digest().copy(snap, snap.length - 32)
+  return snap
 }
