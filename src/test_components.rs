@@ -324,11 +324,23 @@ pub fn fs_listing_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
-/// A component that makes one outgoing request and sets its method to `other` of as many `A`s as
-/// its input says; it answers 1 if that was taken, 0 if refused.
-pub fn http_method_component() -> Vec<u8> {
-    wat::parse_str(
-        r#"(component $C
+/// What `http_setter_component` sets on its request.
+pub enum RequestPart {
+    /// `set-method` to `other` of the name.
+    Method,
+    /// `set-authority` to `some` of it.
+    Authority,
+}
+
+/// A component that makes one outgoing request and sets its method (to `other`) or its authority
+/// to as many `A`s as its input says; it answers 1 if that was taken, 0 if refused.
+pub fn http_setter_component(part: RequestPart) -> Vec<u8> {
+    // Both lower to (self, case, pointer, length): `other` is the method's case 9, `some` 1.
+    let (setter, param, case) = match part {
+        RequestPart::Method => ("set-method", r#"(param "method" $me)"#, "9"),
+        RequestPart::Authority => ("set-authority", r#"(param "authority" (option string))"#, "1"),
+    };
+    let text = r#"(component $C
   (import "wasi:http/types@0.2.0" (instance $t
     (export "fields" (type $f (sub resource)))
     (export "outgoing-request" (type $req (sub resource)))
@@ -337,7 +349,7 @@ pub fn http_method_component() -> Vec<u8> {
     (export "method" (type $me (eq $m)))
     (export "[constructor]fields" (func (result (own $f))))
     (export "[constructor]outgoing-request" (func (param "headers" (own $f)) (result (own $req))))
-    (export "[method]outgoing-request.set-method" (func (param "self" (borrow $req)) (param "method" $me) (result (result))))))
+    (export "[method]outgoing-request.SETTER" (func (param "self" (borrow $req)) PARAM (result (result))))))
   (core module $libc
     (memory (export "memory") 2)
     (global $bump (mut i32) (i32.const 65536))
@@ -350,7 +362,7 @@ pub fn http_method_component() -> Vec<u8> {
   (core instance $libc (instantiate $libc))
   (core func $fnew (canon lower (func $t "[constructor]fields")))
   (core func $rnew (canon lower (func $t "[constructor]outgoing-request")))
-  (core func $setm (canon lower (func $t "[method]outgoing-request.set-method") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core func $setm (canon lower (func $t "[method]outgoing-request.SETTER") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
   (core module $main
     (import "libc" "memory" (memory 1))
     (import "host" "fnew" (func $fnew (result i32)))
@@ -363,9 +375,9 @@ pub fn http_method_component() -> Vec<u8> {
           (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
         (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
       (memory.fill (i32.const 2048) (i32.const 65) (local.get $n))
-      ;; other(name): case 9, the name at 2048; ok is 0, err 1
+      ;; other(name) or some(name), the name at 2048; ok is 0, err 1
       (i32.store8 (i32.const 1039) (i32.sub (i32.const 49)
-        (call $setm (call $rnew (call $fnew)) (i32.const 9) (i32.const 2048) (local.get $n))))
+        (call $setm (call $rnew (call $fnew)) (i32.const CASE) (i32.const 2048) (local.get $n))))
       (i32.store8 (i32.const 64) (i32.const 0))
       (i32.store (i32.const 68) (i32.const 1039))
       (i32.store (i32.const 72) (i32.const 1))
@@ -375,9 +387,8 @@ pub fn http_method_component() -> Vec<u8> {
     (with "host" (instance (export "fnew" (func $fnew)) (export "rnew" (func $rnew)) (export "setm" (func $setm))))))
   (func (export "execute") (param "input" string) (result (result string (error string)))
     (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
-      (post-return (core func $m "cabi_post_execute")))))"#,
-    )
-    .expect("test component parses")
+      (post-return (core func $m "cabi_post_execute")))))"#;
+    wat::parse_str(text.replace("SETTER", setter).replace("PARAM", param).replace("CASE", case)).expect("test component parses")
 }
 
 /// A component that makes as many wasi:http `fields` as its input says and keeps them; answers "1".

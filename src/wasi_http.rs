@@ -27,8 +27,9 @@ use crate::network::HttpRequest;
 
 /// Resources one component may hold at once: its open files (at most 1024, see `open_files`) and
 /// as many again. What the host keeps for each is bounded (a `fields` 128 KiB, a request's body
-/// write 64 KiB), not counted against `maxMemoryMB`: 10,000 had let a component granted the
-/// network hold 1.25 GB of `fields` (review Q).
+/// write 64 KiB, its path 64 KiB, its method 64 bytes, its authority 512 bytes), not counted
+/// against `maxMemoryMB`: 10,000 had let a component granted the network hold 1.25 GB of
+/// `fields` (review Q).
 pub const MAX_RESOURCES: usize = 2048;
 
 /// The bytes of `wasi:http` bodies a component's Store holds in the host: requests' bodies being
@@ -160,8 +161,14 @@ const BODY_CHUNK_BYTES: usize = 64 * 1024;
 /// stored 16 MiB per request, 4.9 GB in 10 s).
 pub const MAX_METHOD_BYTES: usize = 64;
 
-/// Shadows wasi:http's `set-method` in a component `linker` (after wasmtime-wasi-http's): a method
-/// name past `MAX_METHOD_BYTES` is refused (the guest gets `err`).
+/// The longest authority (`host:port`) a request may have: a DNS name is at most 253 bytes.
+/// wasmtime-wasi-http takes any length (review AB: 120 unsent requests of 40 MiB held 5 GB under
+/// a `maxMemoryMB` of 64, kept by an idle actor).
+pub const MAX_AUTHORITY_BYTES: usize = 512;
+
+/// Shadows wasi:http's `set-method` and `set-authority` in a component `linker` (after
+/// wasmtime-wasi-http's): a method name past `MAX_METHOD_BYTES` or an authority past
+/// `MAX_AUTHORITY_BYTES` is refused (the guest gets `err`). The path is at most 64 KiB there.
 pub fn shadow(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
     use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
@@ -175,6 +182,16 @@ pub fn shadow(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::
                     return Ok((Err(()),));
                 }
                 Ok((store.data_mut().http().set_method(request, method)?,))
+            },
+        )?;
+        types.func_wrap(
+            "[method]outgoing-request.set-authority",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>,
+             (request, authority): (wasmtime::component::Resource<HostOutgoingRequest>, Option<String>)| {
+                if authority.as_ref().is_some_and(|a| a.len() > MAX_AUTHORITY_BYTES) {
+                    return Ok((Err(()),));
+                }
+                Ok((store.data_mut().http().set_authority(request, authority)?,))
             },
         )
     });
@@ -283,7 +300,8 @@ mod tests {
 
     fn executor(network: bool) -> (Arc<Executor>, Definition) {
         let source = Arc::new(MemorySource::new());
-        source.put("m.wasm", g::http_method_component());
+        source.put("m.wasm", g::http_setter_component(g::RequestPart::Method));
+        source.put("a.wasm", g::http_setter_component(g::RequestPart::Authority));
         source.put("f.wasm", g::fields_component());
         let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
         let options = ExecutorOptions { network: network.then(|| Network::new(config).expect("network")), ..Default::default() };
@@ -306,6 +324,22 @@ mod tests {
         assert_eq!(set(super::MAX_METHOD_BYTES).await, "1");
         assert_eq!(set(super::MAX_METHOD_BYTES + 1).await, "0");
         assert_eq!(set(60_000).await, "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn authorities_are_short() {
+        // Review AB: wasmtime-wasi-http kept any authority: 120 unsent requests of 40 MiB held
+        // 5 GB in the host under a maxMemoryMB of 64.
+        let (ex, mut def) = executor(true);
+        def.wasm_blob_path = "a.wasm".into();
+        def.name = "a".into();
+        let set = |n: usize| {
+            let (ex, def) = (ex.clone(), def.clone());
+            async move { ex.execute(&def, n.to_string(), CallOptions::default()).await.expect("runs").output }
+        };
+        assert_eq!(set(super::MAX_AUTHORITY_BYTES).await, "1");
+        assert_eq!(set(super::MAX_AUTHORITY_BYTES + 1).await, "0");
+        assert_eq!(set(100_000).await, "0");
     }
 
     #[tokio::test(flavor = "multi_thread")]
