@@ -79,6 +79,8 @@ impl ActorState {
 }
 
 pub struct ActorSlot {
+    /// Its key in the executor's actors (to leave them when it ends up holding nothing).
+    key: ActorKey,
     state: Arc<tokio::sync::Mutex<ActorState>>,
     /// Its executor's count of the memory its actors hold (`maxActorMemoryMB`).
     memory: Arc<AtomicU64>,
@@ -141,10 +143,23 @@ impl Drop for Held {
         if self.guard.instance.is_some() && !self.slot.stack_resident.swap(true, Ordering::AcqRel) {
             crate::fiber_stacks::wake_sweeper();
         }
-        // The actors past capacity were busy when the last one was made: evict now that one of
-        // them is done (this one stays: the most recently used; its lock is still held here,
-        // and `trim` only tries the others' locks).
         if let Some(shared) = self.shared.upgrade() {
+            // A call that left the actor holding nothing (its first call failed: a missing blob,
+            // a trap; a `snapshotActor` of an unknown actor, a refused `restoreActor`) leaves no
+            // slot behind unless a call waits in line (review AB: 10 failing calls on new ids
+            // evicted 10 actors with state under `maxActors`, and 50,000 with long keys held
+            // 1.7 GB). Under the LRU's lock, where tickets are taken: none can come in between.
+            let g = &self.guard;
+            if g.instance.is_none() && g.shadow.is_none() && g.persisted.is_none() {
+                let mut lru = shared.lru();
+                if Arc::strong_count(&self.slot) == 2 && lru.peek(&self.slot.key).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+                    lru.pop(&self.slot.key);
+                    shared.over.store(lru.len() > shared.capacity, Ordering::Release);
+                }
+            }
+            // More actors than `maxActors` (a new one was made, or they were busy when the last
+            // was): evict now that this call is done (this one stays: the most recently used; its
+            // lock is still held here, and `trim` only tries the others' locks).
             if shared.over.load(Ordering::Acquire) {
                 shared.trim(&self.slot);
             }
@@ -340,18 +355,23 @@ impl Actors {
     fn line_up(&self, key: ActorKey, dropping: Option<Arc<AtomicBool>>) -> Ticket {
         let slot = {
             let mut lru = self.shared.lru();
-            let slot = lru
-                .get_or_insert(key, || {
-                    Arc::new(ActorSlot {
+            // The key is cloned (into the slot) only for a new actor.
+            let slot = match lru.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Arc::new(ActorSlot {
+                        key: key.clone(),
                         state: Default::default(),
                         memory: self.shared.memory.clone(),
                         reset: AtomicBool::new(false),
                         last_used: AtomicU64::new(now_ms()),
                         stack_resident: AtomicBool::new(false),
                         last_drop: Default::default(),
-                    })
-                })
-                .clone();
+                    });
+                    lru.put(key, slot.clone());
+                    slot
+                }
+            };
             // Under the LRU's lock, as the place in line is (the ticket is polled right after).
             {
                 let mut last = slot.last_drop.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,10 +380,12 @@ impl Actors {
                 }
                 *last = dropping;
             }
-            // Past capacity, evict the least recently used idle actors (never the one asked for);
-            // those left over are evicted as their calls end.
-            Shared::trim_locked(&mut lru, self.shared.capacity, &slot);
-            self.shared.over.store(lru.len() > self.shared.capacity, Ordering::Release);
+            // Past capacity, the least recently used idle actors are evicted when a call ends, not
+            // here: a new actor whose first call fails holds nothing and goes (see `Held`), and
+            // must not have pushed out one that holds state.
+            if lru.len() > self.shared.capacity {
+                self.shared.over.store(true, Ordering::Release);
+            }
             slot
         };
         let state = slot.state.clone();

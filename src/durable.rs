@@ -270,7 +270,8 @@ pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared) -> Resu
     let image = cell
         .get_or_try_init(|| async {
             // The initial image is the module's own: no call's determinism or heartbeats.
-            let ctx = crate::instance::CallContext::default();
+            let mut ctx = crate::instance::CallContext::default();
+            ctx.access.making_image = true;
             let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), &CancelFlag::new(), None, &p.grants, &ctx).await?;
             Ok::<_, ExecError>(images.image(without_zero_tail(i.capture()?.memory)))
         })

@@ -357,6 +357,7 @@ impl Executor {
             max_result_bytes: p.limits.max_input_bytes,
             failure: Default::default(),
             http_held: None,
+            making_image: false,
         };
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
         let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();
@@ -442,3 +443,7 @@ mod unpooled_tests;
 #[cfg(test)]
 #[path = "executor_reaper_tests.rs"]
 mod reaper_tests;
+
+#[cfg(test)]
+#[path = "executor_actor_slot_tests.rs"]
+mod actor_slot_tests;

@@ -41,6 +41,9 @@ pub struct HostRequest {
     pub actor_id: Option<String>,
     /// Whether the activity call is over, for a host that starts the function later.
     pub call: CallLife,
+    /// The most JSON text the result may be (the call's `maxInputBytes`): a host that holds the
+    /// result elsewhere checks it there, before copying it.
+    pub max_result_bytes: u64,
 }
 
 /// What ends an activity call from outside: its deadline and its cancellation. A host that runs
@@ -114,6 +117,9 @@ pub struct HostAccess {
     pub failure: Arc<std::sync::Mutex<Option<ExecError>>>,
     /// A component's `wasi:http` bodies held in the host (set by `wasi_http` from its Store).
     pub http_held: Option<Arc<crate::wasi_http::HeldBytes>>,
+    /// The instance makes a module's initial image (`durable::initial_image`), which snapshots
+    /// are taken against: no call's host functions run there.
+    pub making_image: bool,
 }
 
 impl HostAccess {
@@ -137,6 +143,14 @@ impl HostAccess {
 
     /// Calls host function `name` with JSON text `input`.
     pub async fn call(&self, name: &str, input: String) -> Result<String, ExecError> {
+        if self.making_image {
+            // Its answer would be in the image: another process (another answer) restoring a
+            // snapshot against its own image would get other memory than was saved. It had been
+            // refused as an argument over a maxInputBytes of 0 (INVALID_OUTPUT, review AB).
+            return Err(ExecError::CapabilityDenied(format!(
+                "the module's start function calls host function {name}: its state cannot be snapshotted (actorStore, snapshotActor and restoreActor need a start function that calls none)"
+            )));
+        }
         if input.len() as u64 > MAX_HOST_ARG_BYTES {
             return Err(ExecError::InvalidOutput {
                 message: format!("the argument of host function {name} is {} bytes, over the limit of {MAX_HOST_ARG_BYTES}", input.len()),
@@ -175,6 +189,7 @@ impl HostAccess {
             activity: self.activity.clone(),
             actor_id: self.actor_id.clone(),
             call: CallLife { deadline: self.deadline, cancel: self.cancel.clone() },
+            max_result_bytes: self.max_result_bytes,
         };
         let out = self.without_slot(functions.call(req)).await.map_err(|f| ExecError::HostFunctionError {
             function: name.to_string(),

@@ -47,9 +47,20 @@ impl Definition {
             }
             check_length(&format!("definition.{field}"), v)?;
         }
+        let config: usize = self.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if config > MAX_CONFIG_BYTES {
+            return Err(ExecError::InvalidArgument(format!(
+                "definition.config holds {config} bytes of keys and values, over the limit of {MAX_CONFIG_BYTES}"
+            )));
+        }
         Ok(())
     }
 }
+
+/// The most bytes of keys and values `definition.config` may hold. Each actor keeps its call's
+/// copy: unbounded, 40 actors of a 16 MiB config held 640 MiB outside `maxActorMemoryMB`
+/// (review AB). Larger data is the call's input.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 /// The longest `name`, `version`, `wasmBlobPath` and actor id, in UTF-8 bytes. Each is kept as a
 /// key (the module index, the actor cache, failed downloads, dropped actors): unbounded, 1,000
@@ -188,5 +199,25 @@ pub fn physical_memory_bytes() -> u64 {
     match (u64::try_from(pages), u64::try_from(page)) {
         (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page),
         _ => 8 << 30,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_holds_at_most_64_kib_of_keys_and_values() {
+        let def = |entries: &[(&str, usize)]| Definition {
+            name: "p".into(),
+            version: "1".into(),
+            wasm_blob_path: "p.wasm".into(),
+            config: entries.iter().map(|(k, n)| (k.to_string(), "v".repeat(*n))).collect(),
+            ..Default::default()
+        };
+        assert!(def(&[("a", MAX_CONFIG_BYTES - 2), ("b", 0)]).validate().is_ok());
+        let over = def(&[("a", MAX_CONFIG_BYTES - 2), ("b", 1)]).validate().map_err(|e| e.code());
+        assert_eq!(over, Err("INVALID_ARGUMENT"));
+        assert_eq!(def(&[("a", 16 << 20)]).validate().map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
     }
 }

@@ -150,6 +150,11 @@ impl ObjectSource {
         let mut local_dir = None;
         let mut local = None;
         let path_prefix = parsed.path().trim_matches('/').to_string();
+        // memory:// and file:// take no option but timeoutMs: any other (a misspelt `timeoutMS`)
+        // would leave its default in force, silently (review AB).
+        if let (Some((k, _)), "memory" | "file") = (opts.first(), parsed.scheme()) {
+            return Err(bad_url(url, format!("unknown option {k:?} (a {} store takes only timeoutMs)", parsed.scheme())));
+        }
         let (store, prefix, writable): (Arc<dyn ObjectStore>, String, bool) = match parsed.scheme() {
             "memory" => {
                 let host = parsed.host_str().unwrap_or("");
@@ -544,10 +549,14 @@ mod tests {
             ("not a url", vec![]),
             ("s3://bucket", vec![("no_such_option".to_string(), "1".to_string())]),
             ("memory://x", vec![("timeoutMs".to_string(), "soon".to_string())]),
+            // Review AB: a misspelt timeoutMs was taken silently by these two.
+            ("memory://x", vec![("timeoutMS".to_string(), "5".to_string())]),
+            ("file:///tmp/loom-store-options", vec![("region".to_string(), "x".to_string())]),
         ] {
             assert_eq!(ObjectSource::open(url, &opts).map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"), "{url}");
         }
         assert!(ObjectSource::open("s3://bucket/prefix", &[("region".into(), "us-east-1".into())]).is_ok());
+        assert!(ObjectSource::open("memory://x", &[("timeoutMs".into(), "5".into())]).is_ok());
         assert!(ObjectSource::open("azure://container/p", &[("account_name".into(), "devstoreaccount1".into()), ("use_emulator".into(), "true".into())]).is_ok());
     }
 }

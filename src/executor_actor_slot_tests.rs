@@ -1,0 +1,44 @@
+//! Review AB: what an executor keeps for actors whose operations failed before they held state.
+use std::num::NonZeroUsize;
+
+use super::*;
+use crate::store::MemorySource;
+use crate::test_guests as g;
+
+fn def(name: &str) -> Definition {
+    Definition { name: name.into(), version: "1".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() }
+}
+
+fn actor(id: &str) -> CallOptions {
+    CallOptions { actor_id: Some(id.into()), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operations_that_leave_an_actor_without_state_leave_no_actor_to_evict_others() {
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    source.put("aborts.wasm", g::aborts());
+    let options = ExecutorOptions { max_actors: NonZeroUsize::new(10).expect("10"), ..Default::default() };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    for i in 0..10 {
+        let out = ex.execute(&def("counter"), "1".into(), actor(&format!("real-{i}"))).await.expect("counts");
+        assert_eq!(out.output, "1");
+    }
+    // Each of these failed on an actor id never seen; before, each left an empty actor behind,
+    // and past maxActors the real ones were evicted (their state lost: 0 of 10 kept).
+    for i in 0..5 {
+        let missing = ex.execute(&def("missing"), "1".into(), actor(&format!("ghost-{i}"))).await;
+        assert_eq!(missing.map(|_| ()).map_err(|e| e.code()), Err("BLOB_NOT_FOUND"));
+        let aborted = ex.execute(&def("aborts"), "1".into(), actor(&format!("aborts-{i}"))).await;
+        assert!(aborted.is_err());
+        let snapshot = ex.snapshot_actor(&def("counter"), &format!("unknown-{i}")).await;
+        assert_eq!(snapshot.map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+        let restored = ex.restore_actor(&def("counter"), &format!("junk-{i}"), b"not a snapshot").await;
+        assert_eq!(restored.map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+    }
+    assert_eq!(ex.stats().actors, 10);
+    for i in 0..10 {
+        let out = ex.execute(&def("counter"), "1".into(), actor(&format!("real-{i}"))).await.expect("counts");
+        assert_eq!(out.output, "2", "real-{i} kept its state");
+    }
+}
