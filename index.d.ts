@@ -347,7 +347,8 @@ export declare class ObjectBlobStore {
   /**
    * `options` are object_store configuration keys (`access_key_id`, `secret_access_key`,
    * `endpoint`, `region`, `allow_http`, `account_name`, `use_emulator`, ...) plus `timeoutMs`
-   * for each operation; the usual AWS_*\/AZURE_*\/GOOGLE_* environment variables are honoured.
+   * for each operation (`memory://` and `file://` take only `timeoutMs`; an unknown key is
+   * `INVALID_ARGUMENT`); the usual AWS_*\/AZURE_*\/GOOGLE_* environment variables are honoured.
    */
   constructor(url: string, options?: Record<string, string | number | boolean>)
   /** The URL this store was opened on. */

@@ -101,18 +101,24 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     }
     expect(await ex.execute(d, { arg: 'ok' })).toEqual({ result: 'fine', calls: 1 })
     // A thrown or rejected string near V8's longest: the message naming it could not be made
-    // whole (review Y: the dispatcher's RangeError escaped, and Node died). It is cut.
+    // whole (review Y: the dispatcher's RangeError escaped, and Node died). Nor is it read: an
+    // Error's message or code that long was read whole (review AB: 2 GB and 1.3 s of the event
+    // loop), only to be cut after. A shorter one is cut.
     const longest = 'x'.repeat(2 ** 29 - 40)
     const huge = await executorWith({ lookup: lookup() }, {
       hostFunctions: { 'crm.lookup': (mode: string) => {
         if (mode === 'throw') throw longest
+        if (mode === 'error') throw Object.assign(new Error(longest), { code: longest })
+        if (mode === 'long') throw new Error('y'.repeat(500_000))
         return Promise.reject(longest)
       } },
     })
-    for (const arg of ['throw', 'reject']) {
+    for (const arg of ['throw', 'reject', 'error']) {
       const e = await failure(huge.execute(d, { arg }))
-      expect([e.code, e.message.length < 70_000, e.message]).toEqual(['HOST_FUNCTION_ERROR', true, expect.stringContaining('xxxxxxxx')])
+      expect([e.code, e.message.length < 70_000, e.message]).toEqual(['HOST_FUNCTION_ERROR', true, expect.stringContaining(`${longest.length} characters, too long to read`)])
     }
+    const long = await failure(huge.execute(d, { arg: 'long' }))
+    expect([long.message.length < 70_000, long.message]).toEqual([true, expect.stringContaining('yyyyyyyy')])
     // The same from a guest thread: 5,000 host calls outrun the inline budget, and the 3,000th
     // answers with such a promise.
     let n = 0
@@ -460,7 +466,7 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
           `(import "crm" "lookup" (func $lookup (param i32) (result i32)))`,
         ),
       },
-      { maxInputBytes: 1_000_000, hostFunctions: { 'crm.lookup': (x: any) => (calls++, x === 'big' ? 'x'.repeat(2_000_000) : x) } },
+      { maxInputBytes: 1_000_000, hostFunctions: { 'crm.lookup': (x: any) => (calls++, x === 'big' ? 'x'.repeat(2_000_000) : x === 'wide' ? 'é'.repeat(600_000) : x) } },
     )
     const flood = await failure(ex.execute(def('lookup', { ...grant('crm.lookup'), limits: { maxExecutionMs: 300 } }), { times: 1e9, arg: 1 }))
     expect(flood.code).toBe('TIMEOUT')
@@ -473,6 +479,13 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     const big = await failure(ex.execute(def('lookup', { ...grant('crm.lookup') }), { arg: 'big' }))
     expect(big.code).toBe('HOST_FUNCTION_ERROR')
     expect(big.message).toContain('maxInputBytes')
+    // Refused on the JS thread by its length, before Rust copies it (review AA: a 400 MB result
+    // was copied first, about 0.6 s of the event loop).
+    expect(big.message).toContain('at least 2000002 bytes of JSON')
+    // 600,002 UTF-16 units pass that check; their 1,200,002 bytes of UTF-8 do not pass Rust's.
+    const wide = await failure(ex.execute(def('lookup', grant('crm.lookup')), { arg: 'wide' }))
+    expect(wide.code).toBe('HOST_FUNCTION_ERROR')
+    expect(wide.message).toContain('1200002 bytes of JSON')
     expect(await ex.execute(def('lookup', grant('crm.lookup')), { arg: 2 })).toEqual({ result: 2, calls: 1 })
   })
 

@@ -5,7 +5,7 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { ObjectBlobStore, WasmActivityExecutor } from '../index'
+import { ObjectBlobStore, WasmActivityExecutor, WasmActor } from '../index'
 import { claimingMemory, def, failure, storeWith } from './helpers'
 import { guestWat } from './wat'
 
@@ -189,5 +189,56 @@ describe('review AA: actors\' memory and snapshots', () => {
     const c = new WasmActivityExecutor(store, { actorStore: new ObjectBlobStore(url) })
     expect(await c.execute(d, { action: 'get' }, { actorId: 'x' })).toMatchObject({ count: 2 })
     await c.close()
+  })
+})
+
+describe('review AA, left then: calls the classes cannot take are INVALID_ARGUMENT', () => {
+  const invalid = expect.objectContaining({ code: 'INVALID_ARGUMENT', name: 'TypeError' })
+
+  it('a constructor called without `new` is refused, and wraps nothing (it made the global object an executor nothing could close)', async () => {
+    const store = await storeWith('counter-actor')
+    expect(() => (WasmActivityExecutor as any)(store)).toThrow(invalid)
+    expect(() => (ObjectBlobStore as any)(`file://${tmpdir()}`)).toThrow(invalid)
+    expect(() => new (WasmActor as any)()).toThrow(invalid)
+    expect(() => (WasmActor as any)()).toThrow(invalid)
+    // Before, the global object was an executor and a store from then on.
+    expect(() => WasmActivityExecutor.prototype.clearCache.call(globalThis)).toThrow(invalid)
+    expect(() => Object.getOwnPropertyDescriptor(ObjectBlobStore.prototype, 'url')!.get!.call(globalThis)).toThrow(invalid)
+  })
+
+  it("every method and getter called on another object throws it (V8's 'Illegal invocation' had no code)", () => {
+    for (const C of [WasmActivityExecutor, ObjectBlobStore, WasmActor]) {
+      const keys = Object.getOwnPropertyNames(C.prototype).filter((k) => k !== 'constructor')
+      expect(keys.length).toBeGreaterThan(3)
+      for (const key of keys) {
+        const d = Object.getOwnPropertyDescriptor(C.prototype, key)!
+        const f = (d.value ?? d.get) as Function
+        expect(() => f.call({}, def('echo'), {}), `${C.name}.${key}`).toThrow(invalid)
+      }
+    }
+    // An argument napi converts itself (bytes that are not a typed array).
+    expect(() => new ObjectBlobStore(`file://${tmpdir()}`).upload('k', 5 as any)).toThrow(invalid)
+  })
+
+  it('subclasses, instanceof and the Loom contract work as before', async () => {
+    const store = await storeWith('counter-actor')
+    class Mine extends WasmActivityExecutor {
+      calls = 0
+      override async execute(d: any, input: any, options?: any) {
+        this.calls++
+        return super.execute(d, input, options)
+      }
+    }
+    const mine = new Mine(store)
+    expect(mine).toBeInstanceOf(WasmActivityExecutor)
+    expect(mine.constructor).toBe(Mine)
+    expect(new WasmActivityExecutor(store).constructor).toBe(WasmActivityExecutor)
+    expect(await mine.execute(def('counter-actor'), { action: 'increment', amount: 4 }, { actorId: 'a' })).toMatchObject({ count: 4 })
+    expect(mine.calls).toBe(1)
+    expect((mine as any)['moduleCache'].size).toBe(1)
+    const handle = mine.actor(def('counter-actor'), 'a')
+    expect(handle).toBeInstanceOf(WasmActor)
+    expect(await handle.execute({ action: 'get' })).toMatchObject({ count: 4 })
+    await mine.close()
   })
 })

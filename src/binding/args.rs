@@ -26,12 +26,20 @@ fn env_of<'e>(v: &impl JsValue<'e>) -> sys::napi_env {
     v.value().env
 }
 
-/// A property, or `None` when it is missing, `undefined` or `null`. `what` names the object
-/// (`definition`, `options`) in errors.
+/// A property, or `None` when it is missing, `undefined` or `null`, or comes from
+/// `Object.prototype` (see `js::inherited_from_object`). `what` names the object (`definition`,
+/// `options`) in errors.
 pub fn prop<'e>(obj: &Object<'e>, key: &str, what: &str) -> Result<Option<Unknown<'e>>, ExecError> {
     let env = env_of(obj);
     let raw = js::get_prop(env, obj.raw(), key, what)?;
-    present(unsafe { Unknown::from_napi_value(env, raw) }.map_err(ExecError::internal)?)
+    let v = present(unsafe { Unknown::from_napi_value(env, raw) }.map_err(ExecError::internal)?)?;
+    if v.is_some() {
+        let name = std::ffi::CString::new(key).map_err(|_| ExecError::internal("a property name with a NUL"))?;
+        if js::inherited_from_object(env, obj.raw(), &name, || format!("{what}.{key}"))? {
+            return Ok(None);
+        }
+    }
+    Ok(v)
 }
 
 pub fn object<'e>(v: Unknown<'e>, what: &str) -> Result<Object<'e>, ExecError> {
@@ -478,6 +486,11 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
         only_known(&fs, w, &["hostDir", "guestDir", "writable"])?;
         let host_dir = req_string(&fs, "hostDir", w)?;
         let guest_dir = opt(&fs, "guestDir", w, string)?.unwrap_or_else(|| "/data".into());
+        // The name guests see the directory under: a path (a NUL, an empty name or 1 MiB of one
+        // were taken as they came: review AB).
+        if guest_dir.is_empty() || guest_dir.len() > 4096 || guest_dir.contains('\0') {
+            return Err(bad("options.filesystem.guestDir", "a path of 1 to 4096 bytes, without NUL"));
+        }
         let writable = opt(&fs, "writable", w, boolean)?.unwrap_or(false);
         if !std::path::Path::new(&host_dir).is_dir() {
             return Err(bad("options.filesystem.hostDir", "an existing directory"));

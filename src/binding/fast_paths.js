@@ -16,8 +16,11 @@
 // here too (`Object.keys`: own, enumerable, strings, as natively), right after each object is read:
 // the first key none of them takes is handed over, and the native side refuses the call at that
 // object, in its order (a listing that throws, as a getter that throws).
-(function installFastPaths(Executor, Actor, settleOutput, knownJson) {
+(function installFastPaths(Executor, Actor, settleOutput, knownJson, classGuard) {
   'use strict'
+  // class_guards.js's `coded`: a call on an object that is not an executor (or actor) throws a
+  // TypeError with code INVALID_ARGUMENT, as the other methods do.
+  const coded = typeof classGuard === 'function' ? classGuard : (e) => e
   // Everything the wrappers call is taken now: a later patch of JSON, Promise or
   // Function.prototype.call neither changes what `execute` does nor reaches the native halves.
   const { stringify, parse } = JSON
@@ -38,6 +41,22 @@
     return resolved(value)
   }
   const isObject = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function'
+  // A field that comes from Object.prototype (a key someone added there, a prototype pollution
+  // elsewhere in the process: `Object.prototype.capabilities = ...`) is no field: obeyed, it
+  // would be a grant nobody made. The caller's own prototypes (a class's getters,
+  // `Object.create(base)`) count. As the native reads (js::inherited_from_object).
+  const objectPrototype = Object.prototype
+  const hasOwn = Object.hasOwn
+  const prototypeOf = Object.getPrototypeOf
+  const inherited = (o, k) => {
+    for (let p = o, n = 0; p !== null; p = prototypeOf(p), n++) {
+      if (p === objectPrototype) return true
+      if (hasOwn(p, k)) return false
+      if (n === 10000) throw new TypeError('its prototype chain does not end')
+    }
+    return false
+  }
+  const clean = (o, k, v) => (v === undefined || v === null || !hasOwn(objectPrototype, k) || !inherited(o, k) ? v : undefined)
   // The keys `limits`, `capabilities` and the options take (args::LIMIT_FIELDS, ...): the first
   // own enumerable key of one that it does not take is handed over (a misspelt limit or actorId
   // is INVALID_ARGUMENT there). `Object.keys` (taken now) lists the own enumerable string keys, as
@@ -79,27 +98,27 @@
       let unknown
       let k
       try {
-        name = d.name
+        name = clean(d, 'name', d.name)
         at = 'definition.version'
-        version = d.version
+        version = clean(d, 'version', d.version)
         at = 'definition.wasmBlobPath'
-        wasmBlobPath = d.wasmBlobPath
+        wasmBlobPath = clean(d, 'wasmBlobPath', d.wasmBlobPath)
         at = 'definition.sha256'
-        sha256 = d.sha256
+        sha256 = clean(d, 'sha256', d.sha256)
         at = 'definition.deterministic'
-        deterministic = d.deterministic
+        deterministic = clean(d, 'deterministic', d.deterministic)
         at = 'definition.entrypoint'
-        entrypoint = d.entrypoint
+        entrypoint = clean(d, 'entrypoint', d.entrypoint)
         at = 'definition.abi'
-        abi = d.abi
+        abi = clean(d, 'abi', d.abi)
         at = 'definition.config'
-        config = d.config
+        config = clean(d, 'config', d.config)
         at = 'definition.limits'
-        limits = d.limits
+        limits = clean(d, 'limits', d.limits)
         at = 'keys of definition.limits'
         if (isObject(limits) && (k = firstUnknown(limits, known.limits)) !== undefined) unknown = `definition.limits.${k}`
         at = 'definition.capabilities'
-        capabilities = d.capabilities
+        capabilities = clean(d, 'capabilities', d.capabilities)
         at = 'keys of definition.capabilities'
         if (unknown === undefined && isObject(capabilities) && (k = firstUnknown(capabilities, known.capabilities)) !== undefined) {
           unknown = `definition.capabilities.${k}`
@@ -108,17 +127,17 @@
           at = 'keys of options'
           if (unknown === undefined && (k = firstUnknown(o, known.options)) !== undefined) unknown = `options.${k}`
           at = 'options.actorId'
-          actorId = o.actorId
+          actorId = clean(o, 'actorId', o.actorId)
           at = 'options.transactional'
-          transactional = o.transactional
+          transactional = clean(o, 'transactional', o.transactional)
           at = 'options.now'
-          now = o.now
+          now = clean(o, 'now', o.now)
           at = 'options.seed'
-          seed = o.seed
+          seed = clean(o, 'seed', o.seed)
           at = 'options.onProgress'
-          onProgress = o.onProgress
+          onProgress = clean(o, 'onProgress', o.onProgress)
           at = 'options.signal'
-          signal = o.signal
+          signal = clean(o, 'signal', o.signal)
         }
       } catch (e) {
         // The call is refused at this field, or at a bad one before it: its input is not read.
@@ -134,8 +153,14 @@
           text = rethrowing(e)
         }
       }
-      return settle(apply(flat, this, [text, threwAt, thrown, unknown, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
-        config, limits, capabilities, actorId, transactional, now, seed, onProgress, signal]))
+      let r
+      try {
+        r = apply(flat, this, [text, threwAt, thrown, unknown, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
+          config, limits, capabilities, actorId, transactional, now, seed, onProgress, signal])
+      } catch (e) {
+        throw coded(e, 'WasmActivityExecutor.prototype.execute')
+      }
+      return settle(r)
     })
   }
 
@@ -151,7 +176,13 @@
       } catch (e) {
         return apply(actorNative, this, [rethrowing(e), options])
       }
-      return settle(apply(json, this, [text === undefined ? 'null' : text, options]))
+      let r
+      try {
+        r = apply(json, this, [text === undefined ? 'null' : text, options])
+      } catch (e) {
+        throw coded(e, 'WasmActor.prototype.execute')
+      }
+      return settle(r)
     })
   }
 })

@@ -90,6 +90,7 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
     // The native side's `JSON` functions (`executeDetailed`, errors' details) are taken now too,
     // so that both sides use those the global `JSON` held when the addon loaded.
     let _ = js::json_fns(raw);
+    let coded = super::class_guards::install(&env, &exports);
     let installed = (|| -> napi::Result<()> {
         let executor: Unknown = exports.get_named_property("WasmActivityExecutor")?;
         let actor: Unknown = exports.get_named_property("WasmActor")?;
@@ -107,7 +108,8 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
             "options": call::OPTION_FIELDS,
         });
         let known = env.create_string(&known.to_string())?;
-        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), known.raw()])
+        let coded = coded.unwrap_or(undefined);
+        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), known.raw(), coded])
             .map(|_| ())
             .map_err(napi::Error::from_reason)
     })();

@@ -2,7 +2,8 @@
 // Given the user's functions, the native `done(id, error, text)` and the native `wanted(id)`
 // (whether the activity call is still waiting for it), it returns `call` (run one host call, if
 // still wanted: JSON.parse the guest's input, call the function with { activity, actorId,
-// signal }, settle with JSON.stringify of its value, awaited if it is a thenable) and `abort`
+// signal }, settle with JSON.stringify of its value, awaited if it is a thenable; text longer
+// than the call's maxInputBytes is refused here, before Rust copies it) and `abort`
 // (the call ended first: fire its signal). Nothing the user's function does (throw, reject, return a
 // value JSON cannot hold, a `then` getter or a promise's own `then` or `constructor` that
 // throws) escapes: each settles the call as an error.
@@ -25,12 +26,16 @@
   }
   // A thrown primitive becomes an Error naming it, cut (near V8's longest string, the whole
   // message could not be made, and that RangeError would escape).
+  // Past a million characters it is not even cut: V8 makes a string whole before it slices it,
+  // and a text made by `repeat` costs its maker nothing (an Error's message, likewise, is not
+  // read natively past that: js::read_text).
   const asError = (e) => {
     if (e !== null && (typeof e === 'object' || typeof e === 'function')) return e
     const text = String(e)
+    if (text.length > 1048576) return new Error(`the host function threw a text of ${text.length} characters, too long to read`)
     return new Error(`the host function threw ${text.length > 4096 ? `${text.slice(0, 4096)}...` : text}`)
   }
-  function call(name, input, activity, actorId, id) {
+  function call(name, input, activity, actorId, id, maxResult) {
     // A call that ended before its host call reached this thread does not run it: it would run
     // after a TIMEOUT its caller may retry, with a signal that never fires. Asked here, not
     // told: the call and its abort travel on two queues, which Node drains in either order.
@@ -63,6 +68,11 @@
         text = JSON.stringify(v === undefined ? null : v)
       } catch (e) {
         return settle(id, asError(e))
+      }
+      // Each UTF-16 unit is at least one byte of UTF-8: longer text is over the limit, however
+      // it encodes (Rust checks the bytes of what passes).
+      if (text !== undefined && text.length > maxResult) {
+        return settle(id, new Error(`its result is at least ${text.length} bytes of JSON, over the call's maxInputBytes ${maxResult}`))
       }
       settle(id, null, text === undefined ? 'null' : text)
     }

@@ -24,14 +24,34 @@ pub fn take_exception(env: sys::napi_env) -> Option<String> {
     }
 }
 
-/// `value.message` when it is a string, else `String(value)`; never throws.
+/// The longest text of a JS error that is read (UTF-16 units). Longer, it is not read at all: V8
+/// makes a string whole before any of it can be copied out, and a message made by `repeat` costs
+/// its maker nothing (review AB: a host function's 512M-character message took 2 GB and 1.3 s of
+/// the event loop to read, to be cut to 64 KiB after).
+pub const MAX_READ_TEXT_UNITS: usize = 1 << 20;
+
+/// `text` as `read_string` reads it, or, past `MAX_READ_TEXT_UNITS`, a note of its length.
+pub fn read_text(env: sys::napi_env, value: sys::napi_value) -> Result<String, ()> {
+    let mut len = 0usize;
+    // SAFETY: a length query (no buffer) on a value of this env.
+    if unsafe { sys::napi_get_value_string_utf16(env, value, ptr::null_mut(), 0, &mut len) } != sys::Status::napi_ok {
+        return Err(());
+    }
+    if len > MAX_READ_TEXT_UNITS {
+        return Ok(format!("(a text of {len} characters, too long to read)"));
+    }
+    read_string(env, value)
+}
+
+/// `value.message` when it is a string, else `String(value)`; never throws. Text past
+/// `MAX_READ_TEXT_UNITS` is not read (see `read_text`).
 pub fn describe(env: sys::napi_env, value: sys::napi_value) -> String {
     unsafe {
         let mut t = 0;
         if sys::napi_typeof(env, value, &mut t) == sys::Status::napi_ok && t == sys::ValueType::napi_object {
             let mut msg = ptr::null_mut();
             if sys::napi_get_named_property(env, value, c"message".as_ptr(), &mut msg) == sys::Status::napi_ok {
-                if let Ok(s) = read_string(env, msg) {
+                if let Ok(s) = read_text(env, msg) {
                     return s;
                 }
             }
@@ -39,7 +59,7 @@ pub fn describe(env: sys::napi_env, value: sys::napi_value) -> String {
         }
         let mut s = ptr::null_mut();
         if sys::napi_coerce_to_string(env, value, &mut s) == sys::Status::napi_ok {
-            if let Ok(s) = read_string(env, s) {
+            if let Ok(s) = read_text(env, s) {
                 return s;
             }
         }
@@ -131,19 +151,21 @@ pub fn call(
 }
 
 /// `JSON`, `JSON.stringify` and `JSON.parse` as they were when this thread's environment first
-/// needed them: every call uses both, and three property reads per call were measurable.
+/// needed them: every call uses both, and three property reads per call were measurable. With
+/// them, `Object.prototype` (for `inherited_from_object`).
 pub struct JsonFns {
     pub json: sys::napi_value,
     pub stringify: sys::napi_value,
     pub parse: sys::napi_value,
+    pub object_prototype: sys::napi_value,
 }
 
 thread_local! {
-    /// Per `napi_env` of this thread, the references to `JSON`, `JSON.stringify` and
-    /// `JSON.parse` (an entry leaves when its environment is torn down). Usually one; each
+    /// Per `napi_env` of this thread, the references to `JSON`, `JSON.stringify`, `JSON.parse`
+    /// and `Object.prototype` (an entry leaves when its environment is torn down). Usually one; each
     /// further load of the addon into a Node environment (a module registry reset, a VM
     /// context) registers the module again with a new `napi_env`, used alongside the first.
-    static JSON_REFS: RefCell<Vec<(usize, [usize; 3])>> = const { RefCell::new(Vec::new()) };
+    static JSON_REFS: RefCell<Vec<(usize, [usize; 4])>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Its argument is the `napi_env` the references were made in, so each registration is unique:
@@ -152,29 +174,99 @@ unsafe extern "C" fn forget_json_refs(env: *mut std::ffi::c_void) {
     JSON_REFS.with(|r| r.borrow_mut().retain(|(e, _)| *e != env as usize));
 }
 
+/// `Object.prototype` as it was when the addon loaded in `env` (`json_fns` caches it): what a
+/// key read from an object must not come from (see `inherited_from_object`).
+fn object_prototype(env: sys::napi_env) -> Result<sys::napi_value, ExecError> {
+    let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| refs[3]));
+    let mut v = ptr::null_mut();
+    match cached {
+        Some(r) if unsafe { sys::napi_get_reference_value(env, r as sys::napi_ref, &mut v) } == sys::Status::napi_ok && !v.is_null() => Ok(v),
+        _ => json_fns(env).map(|j| j.object_prototype),
+    }
+}
+
+/// Whether `obj[key]` (just read, `present`) comes from `Object.prototype`: a key someone added
+/// there (a prototype pollution elsewhere in the process: `Object.prototype.filesystem = ...`)
+/// is no field of a definition or an option, and obeying it would be a grant nobody made.
+/// Prototypes of the caller's own (a class's getters, `Object.create(base)`) still count. One
+/// Node-API call when `Object.prototype` lacks the key, as it does unless polluted.
+pub fn inherited_from_object(
+    env: sys::napi_env,
+    obj: sys::napi_value,
+    key: &std::ffi::CStr,
+    what: impl Fn() -> String,
+) -> Result<bool, ExecError> {
+    let proto = object_prototype(env)?;
+    let mut polluted = false;
+    if unsafe { sys::napi_has_named_property(env, proto, key.as_ptr(), &mut polluted) } != sys::Status::napi_ok || !polluted {
+        take_exception(env);
+        return Ok(false);
+    }
+    let threw = |env| {
+        let msg = take_exception(env).unwrap_or_else(|| "it cannot be read".into());
+        ExecError::InvalidArgument(format!("reading {} threw: {msg}", what()))
+    };
+    let mut at = obj;
+    // A Proxy's prototype chain may not end: at most this many steps.
+    for _ in 0..10_000 {
+        let mut same = false;
+        if unsafe { sys::napi_strict_equals(env, at, proto, &mut same) } != sys::Status::napi_ok {
+            return Err(threw(env));
+        }
+        if same {
+            return Ok(true);
+        }
+        let mut key_value = ptr::null_mut();
+        let mut own = false;
+        let ok = unsafe {
+            sys::napi_create_string_utf8(env, key.as_ptr(), key.to_bytes().len() as isize, &mut key_value) == sys::Status::napi_ok
+                && sys::napi_has_own_property(env, at, key_value, &mut own) == sys::Status::napi_ok
+        };
+        if !ok {
+            return Err(threw(env));
+        }
+        if own {
+            return Ok(false);
+        }
+        let mut next = ptr::null_mut();
+        if unsafe { sys::napi_get_prototype(env, at, &mut next) } != sys::Status::napi_ok {
+            return Err(threw(env));
+        }
+        let mut t = 0;
+        unsafe { sys::napi_typeof(env, next, &mut t) };
+        if t == sys::ValueType::napi_null {
+            return Ok(false);
+        }
+        at = next;
+    }
+    Err(ExecError::InvalidArgument(format!("{}: its prototype chain does not end", what())))
+}
+
 pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| *refs));
     if let Some(refs) = cached {
-        let mut vals = [ptr::null_mut(); 3];
+        let mut vals = [ptr::null_mut(); 4];
         for (r, v) in refs.iter().zip(vals.iter_mut()) {
             let status = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, v) };
             if status != sys::Status::napi_ok || v.is_null() {
                 return Err(ExecError::internal("the cached JSON functions are gone"));
             }
         }
-        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2] });
+        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3] });
     }
     let mut global = ptr::null_mut();
     unsafe { sys::napi_get_global(env, &mut global) };
     let json = get(env, global, "JSON", "JSON").map_err(ExecError::internal)?;
     let stringify = get(env, json, "stringify", "JSON.stringify").map_err(ExecError::internal)?;
     let parse = get(env, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
-    // Cached only when all three references and the cleanup hook are had; otherwise the
+    let object = get(env, global, "Object", "Object").map_err(ExecError::internal)?;
+    let object_prototype = get(env, object, "prototype", "Object.prototype").map_err(ExecError::internal)?;
+    // Cached only when all four references and the cleanup hook are had; otherwise the
     // references made are deleted at once (never one leaked per call) and this call still has
     // what it needs.
-    let mut refs = [0usize; 3];
+    let mut refs = [0usize; 4];
     let mut made = 0;
-    for (v, r) in [json, stringify, parse].iter().zip(refs.iter_mut()) {
+    for (v, r) in [json, stringify, parse, object_prototype].iter().zip(refs.iter_mut()) {
         let mut reference = ptr::null_mut();
         if unsafe { sys::napi_create_reference(env, *v, 1, &mut reference) } != sys::Status::napi_ok {
             break;
@@ -191,7 +283,7 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
             unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
         }
     }
-    Ok(JsonFns { json, stringify, parse })
+    Ok(JsonFns { json, stringify, parse, object_prototype })
 }
 
 /// UTF-8 text longer than this goes to V8 as UTF-16 (V8's longest string, in units: 2^29 - 24).

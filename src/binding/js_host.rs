@@ -30,7 +30,7 @@ type Settled = Result<String, HostFailure>;
 /// Host calls sent to the JS thread and not settled yet, with what ends their activity call.
 type Pending = Arc<Mutex<HashMap<u64, (tokio::sync::oneshot::Sender<Settled>, CallLife)>>>;
 
-type CallArgs = FnArgs<(String, String, String, Option<String>, f64)>;
+type CallArgs = FnArgs<(String, String, String, Option<String>, f64, f64)>;
 type CallFn = ThreadsafeFunction<CallArgs, (), CallArgs, Status, false, true>;
 type AbortArgs = FnArgs<(f64, String)>;
 type AbortFn = ThreadsafeFunction<AbortArgs, (), AbortArgs, Status, false, true>;
@@ -46,7 +46,7 @@ unsafe impl Sync for JsThreadRef {}
 /// A host call deferred to this thread's runner.
 struct Deferred {
     dispatcher_call: JsThreadRef,
-    args: (String, String, String, Option<String>, f64),
+    args: (String, String, String, Option<String>, f64, f64),
     pending: Pending,
 }
 
@@ -65,10 +65,10 @@ fn run_deferred() -> bool {
     for d in &calls {
         // The environment of the dispatcher that asked for it.
         let env = d.dispatcher_call.1;
-        let (name, input, activity, actor_id, id) = &d.args;
+        let (name, input, activity, actor_id, id, max_result) = &d.args;
         let mut f = ptr::null_mut();
         let ok = !env.is_null() && unsafe { sys::napi_get_reference_value(env, d.dispatcher_call.0, &mut f) } == sys::Status::napi_ok && !f.is_null();
-        let mut args = [ptr::null_mut(); 5];
+        let mut args = [ptr::null_mut(); 6];
         let made = ok
             && [name, input, activity].iter().enumerate().all(|(i, s)| unsafe {
                 sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut args[i]) == sys::Status::napi_ok
@@ -79,7 +79,8 @@ fn run_deferred() -> bool {
                     None => sys::napi_get_null(env, &mut args[3]),
                 }
             } == sys::Status::napi_ok
-            && unsafe { sys::napi_create_double(env, *id, &mut args[4]) } == sys::Status::napi_ok;
+            && unsafe { sys::napi_create_double(env, *id, &mut args[4]) } == sys::Status::napi_ok
+            && unsafe { sys::napi_create_double(env, *max_result, &mut args[5]) } == sys::Status::napi_ok;
         let mut undefined = ptr::null_mut();
         unsafe { sys::napi_get_undefined(env, &mut undefined) };
         // The dispatcher settles through `done` (at once for a sync function); it never throws,
@@ -120,7 +121,7 @@ fn failure(env: sys::napi_env, error: sys::napi_value) -> HostFailure {
             let mut ct = 0;
             unsafe { sys::napi_typeof(env, c, &mut ct) };
             if ct == sys::ValueType::napi_string {
-                code = js::read_string(env, c).ok();
+                code = js::read_text(env, c).ok();
             } else if ct == sys::ValueType::napi_number {
                 let mut n = 0f64;
                 unsafe { sys::napi_get_value_double(env, c, &mut n) };
@@ -256,12 +257,12 @@ impl HostFunctions for JsHostFunctions {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (tx, req.call.clone()));
         let on_own_thread = ENVS.with(|e| e.borrow().contains(&(self.dispatcher_call.1 as usize)));
         if on_own_thread && crate::inline::defer_to_caller() {
-            let args = (req.name, req.input, req.activity, req.actor_id, id as f64);
+            let args = (req.name, req.input, req.activity, req.actor_id, id as f64, req.max_result_bytes as f64);
             QUEUE.with(|q| q.borrow_mut().push(Deferred { dispatcher_call: self.dispatcher_call, args, pending: self.pending.clone() }));
             return self.settled(id, rx);
         }
         let status = self.call.call(
-            FnArgs { data: (req.name, req.input, req.activity, req.actor_id, id as f64) },
+            FnArgs { data: (req.name, req.input, req.activity, req.actor_id, id as f64, req.max_result_bytes as f64) },
             ThreadsafeFunctionCallMode::NonBlocking,
         );
         if status != Status::Ok {

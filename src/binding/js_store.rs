@@ -104,16 +104,30 @@ impl FromNapiValue for Resolved {
 /// their length (a BigInt), measured on the JS thread before anything is copied: a store handing
 /// over 1000 MiB for a 1 KiB limit had them copied on the event loop (2.9 s) only to be refused.
 /// A throw of `download` itself stays synchronous, and its value is adopted as `await` would.
-/// The length is read with the typed arrays' own `byteLength` getter, taken when the script
-/// runs (a subclass's getter could say 10 for 1000 MiB).
-const SIZED: &str = "(function (apply, resolve, isView, byteLength) {
+/// Nothing of the store's can skip the measure or fake its answer (review AB):
+/// - the length is read with the typed arrays' own `byteLength` getter, taken when the script
+///   runs (a subclass's getter could say 10 for 1000 MiB);
+/// - the measure is chained with `Promise.prototype.then` as it was then (a promise's own `then`
+///   skipped it);
+/// - a view on a buffer that can grow (resizable, growable) is copied as measured (it grew
+///   between the measure and the copy, up to 1 GiB);
+/// - a BigInt the store itself resolves to is boxed (it was taken for the measure's answer).
+const SIZED: &str = "(function (apply, resolve, then, isView, byteLength, bufferOf, offsetOf) {
   const length = (v) => { try { return apply(byteLength, v, []) } catch { return 0 } }
+  const canGrow = (v) => { try { const b = apply(bufferOf, v, []); return b.resizable === true || b.growable === true } catch { return false } }
   return function sized(store, download, max) {
-    const atMost = (v) => { const n = isView(v) ? length(v) : 0; return n > max ? BigInt(n) : v }
-    return function (path) { return resolve(apply(download, store, [path])).then(atMost) }
+    const atMost = (v) => {
+      if (typeof v === 'bigint') return Object(v)
+      const n = isView(v) ? length(v) : 0
+      if (n > max) return BigInt(n)
+      return n > 0 && canGrow(v) ? new Uint8Array(new Uint8Array(apply(bufferOf, v, []), apply(offsetOf, v, []), n)) : v
+    }
+    return function (path) { return apply(then, resolve(apply(download, store, [path])), [atMost]) }
   }
-})(Reflect.apply, Promise.resolve.bind(Promise), ArrayBuffer.isView,
-   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteLength').get)";
+})(Reflect.apply, Promise.resolve.bind(Promise), Promise.prototype.then, ArrayBuffer.isView,
+   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteLength').get,
+   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'buffer').get,
+   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteOffset').get)";
 
 /// `download` of `store`, wrapped by `SIZED` for a limit of `max_bytes`.
 pub fn sized_download<'env>(

@@ -7,6 +7,7 @@ mod abort;
 mod actor;
 mod args;
 mod call;
+mod class_guards;
 mod fast_paths;
 mod inspect;
 mod js;

@@ -48,7 +48,8 @@ use napi::JsValue;
 impl ObjectBlobStore {
     /// `options` are object_store configuration keys (`access_key_id`, `secret_access_key`,
     /// `endpoint`, `region`, `allow_http`, `account_name`, `use_emulator`, ...) plus `timeoutMs`
-    /// for each operation; the usual AWS_*/AZURE_*/GOOGLE_* environment variables are honoured.
+    /// for each operation (`memory://` and `file://` take only `timeoutMs`; an unknown key is
+    /// `INVALID_ARGUMENT`); the usual AWS_*/AZURE_*/GOOGLE_* environment variables are honoured.
     #[napi(constructor, ts_args_type = "url: string, options?: Record<string, string | number | boolean>")]
     pub fn new(env: Env, url: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
         let open = || -> Result<Self, ExecError> {
