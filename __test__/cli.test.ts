@@ -13,12 +13,40 @@ const cli = (args: string[], stdin?: string) => {
     cwd: root,
     input: stdin,
     encoding: 'utf8',
+    // A CLI that hangs fails its test (status null), not the whole run.
+    timeout: 60_000,
   })
   return { status: r.status, stdout: r.stdout, stderr: r.stderr }
 }
 const wasm = (name: string) => join('build', `${name}.wasm`)
 
 describe('loom-wasm run', () => {
+  it('reads only regular files it names, and URLs as URLs (review AB)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-cli-ab-'))
+    const fifo = join(dir, 'fifo')
+    spawnSync('mkfifo', [fifo])
+    // Before: a FIFO waited forever; /dev/zero filled memory until the process was killed.
+    // A module `run` loads through its blob store fails to load (5); the others are usage errors.
+    const cases: [string[], number][] = [
+      [['run', fifo], 5],
+      [['inspect', fifo], 2],
+      [['run', wasm('echo'), '--input', `@${fifo}`], 2],
+      [['inspect', '/dev/zero'], 2],
+      [['run', wasm('echo'), '--input', '@/dev/zero'], 2],
+    ]
+    for (const [args, status] of cases) {
+      const r = cli(args)
+      expect([r.status, r.stderr], args.join(' ')).toEqual([status, expect.stringContaining('not a regular file')])
+    }
+    // A path with a space, in a file:// URL (percent-encoded there): it was looked for encoded.
+    writeFileSync(join(dir, 'a b.wasm'), readFileSync(join(root, wasm('echo'))))
+    const spaced = cli(['run', `file://${join(dir, 'a b.wasm').replace(/ /g, '%20')}`, '--input', '{"message":"hi"}'])
+    expect([spaced.status, spaced.stdout && JSON.parse(spaced.stdout).result]).toEqual([0, 'hi'])
+    // A URL that does not parse is the user's mistake (exit 2), not an internal error (1).
+    const bad = cli(['run', 'http://exa mple.com/x.wasm'])
+    expect([bad.status, bad.stderr]).toEqual([2, expect.stringContaining('USAGE')])
+  })
+
   it('prints the output for --input JSON, @file and stdin', () => {
     const inline = cli(['run', wasm('echo'), '--input', '{"message":"hi","times":2}'])
     expect(inline.status).toBe(0)

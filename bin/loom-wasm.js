@@ -2,7 +2,7 @@
 // loom-wasm: run, inspect and precompile Loom WebAssembly activities from the command line.
 'use strict'
 
-const { readFileSync } = require('node:fs')
+const { closeSync, constants, fstatSync, openSync, readSync } = require('node:fs')
 const { resolve } = require('node:path')
 
 // Exit statuses, one per class of failure.
@@ -109,14 +109,46 @@ function count(opts, key) {
   return n
 }
 
-/** A file the user named: its bytes, or the failure a missing module is (`BLOB_NOT_FOUND`). */
+/** The most bytes a named file is read for: the executor's default maxModuleBytes. */
+const MAX_NAMED_BYTES = 256 * 1024 * 1024
+
+/** A file the user named: its bytes, or the failure a missing module is (`BLOB_NOT_FOUND`). Only a
+ * regular file is read, and at most MAX_NAMED_BYTES of it (a FIFO waited forever, opened and read
+ * on this thread; /dev/zero filled memory until the system killed the process). */
 function readNamed(path, what) {
+  let fd
   try {
-    return readFileSync(resolve(path))
+    // Non-blocking: opening a FIFO with no writer waits otherwise (it is refused just after).
+    fd = openSync(resolve(path), constants.O_RDONLY | (constants.O_NONBLOCK ?? 0))
+    const stat = fstatSync(fd)
+    const size = stat.isFile() ? stat.size : -1
+    if (size < 0) throw Object.assign(new Error('not a regular file'), { code: 'NOT_A_FILE' })
+    const bytes = Buffer.allocUnsafe(Math.min(size, MAX_NAMED_BYTES) + 1)
+    let n = 0
+    for (let got = 1; got > 0 && n < bytes.length; n += got) got = readSync(fd, bytes, n, bytes.length - n, null)
+    if (n > MAX_NAMED_BYTES) {
+      const err = new Error(`${what} ${path}: over ${MAX_NAMED_BYTES} bytes`)
+      err.code = what === 'module' ? 'COMPILE_LIMIT' : 'INPUT_TOO_LARGE'
+      throw err
+    }
+    return bytes.subarray(0, n)
   } catch (e) {
+    if (e.code === 'COMPILE_LIMIT' || e.code === 'INPUT_TOO_LARGE') throw e
     const err = new Error(`${what} ${path}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`)
     err.code = what === 'module' && e.code === 'ENOENT' ? 'BLOB_NOT_FOUND' : 'USAGE'
     throw err
+  } finally {
+    if (fd !== undefined) closeSync(fd)
+  }
+}
+
+/** A URL the user named, and the object's key in its store (the path, percent-decoded). */
+function parseUrl(spec) {
+  try {
+    const u = new URL(spec)
+    return { origin: `${u.protocol}//${u.host}`, key: decodeURIComponent(u.pathname) }
+  } catch (e) {
+    throw new UsageError(`${spec} is not a URL: ${e.message}`)
   }
 }
 
@@ -149,11 +181,11 @@ function target(spec, extra = {}) {
   if (!spec) throw new UsageError('missing <module.wasm | url>')
   if (isUrl(spec)) {
     const { ObjectBlobStore } = require('..')
-    const u = new URL(spec)
-    const store = new ObjectBlobStore(`${u.protocol}//${u.host}`)
-    return { store, def: { name: spec, version: 'cli', wasmBlobPath: u.pathname, ...extra } }
+    const { origin, key } = parseUrl(spec)
+    const store = new ObjectBlobStore(origin)
+    return { store, def: { name: spec, version: 'cli', wasmBlobPath: key, ...extra } }
   }
-  const store = { download: async () => readFileSync(resolve(spec)) }
+  const store = { download: async () => readNamed(spec, 'module') }
   return { store, def: { name: spec, version: 'cli', wasmBlobPath: 'module.wasm', ...extra } }
 }
 
@@ -182,9 +214,8 @@ async function bytesOf(spec) {
   if (!spec) throw new UsageError('missing <module.wasm | url>')
   if (!isUrl(spec)) return readNamed(spec, 'module')
   const { ObjectBlobStore } = require('..')
-  const u = new URL(spec)
-  const store = new ObjectBlobStore(`${u.protocol}//${u.host}`)
-  return store.download(u.pathname)
+  const { origin, key } = parseUrl(spec)
+  return new ObjectBlobStore(origin).download(key)
 }
 
 async function main(argv) {
