@@ -52,6 +52,12 @@ pub struct ActorState {
 }
 
 impl ActorState {
+    /// It holds nothing a fresh actor would not have: no instance, no stored version, and no
+    /// shadow but the fresh state it was made with (a first call that failed).
+    fn is_empty(&self) -> bool {
+        self.instance.is_none() && self.persisted.is_none() && (self.shadow.is_none() || self.pristine)
+    }
+
     /// What it holds in memory: its instance's memories and tables and its shadow.
     fn held_bytes(&self) -> u64 {
         let instance = self.instance.as_ref().map_or(0, |i| i.memory_bytes());
@@ -81,6 +87,9 @@ impl ActorState {
 pub struct ActorSlot {
     /// Its key in the executor's actors (to leave them when it ends up holding nothing).
     key: ActorKey,
+    /// It holds state (`!ActorState::is_empty` when its last call ended): it counts toward
+    /// `maxActors` (`Shared::holding`). Changed under the LRU's lock only.
+    holds: AtomicBool,
     state: Arc<tokio::sync::Mutex<ActorState>>,
     /// Its executor's count of the memory its actors hold (`maxActorMemoryMB`).
     memory: Arc<AtomicU64>,
@@ -144,28 +153,35 @@ impl Drop for Held {
             crate::fiber_stacks::wake_sweeper();
         }
         if let Some(shared) = self.shared.upgrade() {
-            // A call that left the actor holding nothing (its first call failed: a missing blob,
-            // a trap; a `snapshotActor` of an unknown actor, a refused `restoreActor`) leaves no
-            // slot behind unless a call waits in line (review AB: 10 failing calls on new ids
-            // evicted 10 actors with state under `maxActors`, and 50,000 with long keys held
-            // 1.7 GB). Under the LRU's lock, where tickets are taken: none can come in between.
-            let g = &self.guard;
-            if g.instance.is_none() && g.shadow.is_none() && g.persisted.is_none() {
-                let mut lru = shared.lru();
-                if Arc::strong_count(&self.slot) == 2 && lru.peek(&self.slot.key).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
-                    lru.pop(&self.slot.key);
-                    shared.over.store(lru.len() > shared.capacity, Ordering::Release);
-                }
-            }
-            // More actors than `maxActors` (a new one was made, or they were busy when the last
-            // was): evict now that this call is done (this one stays: the most recently used; its
-            // lock is still held here, and `trim` only tries the others' locks).
-            if shared.over.load(Ordering::Acquire) {
-                shared.trim(&self.slot);
-            }
+            shared.settle(&self.slot, self.guard.is_empty(), 2);
             if total > shared.max_memory {
                 shared.trim_memory(&self.slot, now);
             }
+        }
+    }
+}
+
+/// A call's place in line until it holds the slot: dropped before then (its call cancelled or
+/// timed out in line), the slot is settled as a call's end settles it, should it hold nothing
+/// and nobody else want it (review AB: a first call that failed while the next in line was
+/// cancelled left an empty actor behind, and enough of them evicted the live ones).
+struct InLine {
+    slot: Arc<ActorSlot>,
+    shared: Weak<Shared>,
+    /// Still in line (cleared once the slot is held).
+    armed: bool,
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade().filter(|_| self.armed) else { return };
+        // Under its lock, if free: a call holding it settles it when it ends.
+        let empty = match self.slot.state.try_lock() {
+            Ok(st) => st.is_empty(),
+            Err(_) => return,
+        };
+        if empty {
+            shared.settle(&self.slot, true, 2);
         }
     }
 }
@@ -181,8 +197,10 @@ struct Shared {
     /// The memory its actors hold together (`ActorState::charged`), and its cap.
     memory: Arc<AtomicU64>,
     max_memory: u64,
-    /// More actors are held than `capacity`: the last eviction found too few idle ones.
-    over: AtomicBool,
+    /// How many of its actors hold state (`ActorSlot::holds`): what `capacity` bounds. Actors
+    /// in their first call, and those whose first call failed, hold nothing and do not count:
+    /// they had evicted actors with state (review AB).
+    holding: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -190,11 +208,48 @@ impl Shared {
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Evicts the least recently used idle actors (never `keep`) down to capacity.
-    fn trim(&self, keep: &Arc<ActorSlot>) {
+    fn over(&self) -> bool {
+        self.holding.load(Ordering::Acquire) > self.capacity
+    }
+
+    /// Takes `key` out of the actors (its count with it, if it held state).
+    fn pop(&self, lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, key: &ActorKey) {
+        if let Some(slot) = lru.pop(key) {
+            if slot.holds.swap(false, Ordering::AcqRel) {
+                self.holding.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// What an actor's call leaves (`slot`, now `empty` or not; `refs`: the references to it
+    /// when nobody but the LRU and the caller holds it): counted as holding state or not; an
+    /// empty one nobody else holds leaves the actors (review AB: failing calls on new
+    /// ids evicted live actors, and 50,000 with long keys held 1.7 GB); past `maxActors`, the
+    /// least recently used idle actors go (never `slot`: the most recently used; its lock is
+    /// held by the caller or free, and `trim` only tries the others' locks).
+    fn settle(&self, slot: &Arc<ActorSlot>, empty: bool, refs: usize) {
+        // Nothing changes for an actor that keeps holding state under maxActors: no lock.
+        if !empty && slot.holds.load(Ordering::Acquire) && !self.over() {
+            return;
+        }
         let mut lru = self.lru();
-        Self::trim_locked(&mut lru, self.capacity, keep);
-        self.over.store(lru.len() > self.capacity, Ordering::Release);
+        // Not its actors' any more (evicted, dropped): nothing to count.
+        if !lru.peek(&slot.key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            return;
+        }
+        if empty && Arc::strong_count(slot) == refs {
+            // Under the LRU's lock, where places in line are taken: none can come in between.
+            self.pop(&mut lru, &slot.key);
+        } else if slot.holds.swap(!empty, Ordering::AcqRel) != !empty {
+            if empty {
+                self.holding.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                self.holding.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if self.over() {
+            self.trim_locked(&mut lru, slot);
+        }
     }
 
     /// Evicts the least recently used idle actors (never `keep`) until its actors hold at most
@@ -238,26 +293,35 @@ impl Shared {
         }
         for k in chosen {
             if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
-                lru.pop(&k);
+                self.pop(&mut lru, &k);
             }
         }
     }
 
-    fn trim_locked(lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, capacity: usize, keep: &Arc<ActorSlot>) {
-        if lru.len() <= capacity {
+    /// Evicts the least recently used idle actors holding state (never `keep`) until at most
+    /// `capacity` hold state; idle ones holding nothing met on the way go too.
+    fn trim_locked(&self, lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, keep: &Arc<ActorSlot>) {
+        let mut excess = self.holding.load(Ordering::Acquire).saturating_sub(self.capacity);
+        if excess == 0 {
             return;
         }
         // Idle: held by the cache alone (a call holds its slot from its ticket to its end).
-        let idle: Vec<ActorKey> = lru
-            .iter()
-            .rev()
-            .filter(|(_, s)| !Arc::ptr_eq(s, keep) && Arc::strong_count(s) == 1)
-            .take(lru.len() - capacity)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut idle = Vec::new();
+        for (k, s) in lru.iter().rev() {
+            if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 {
+                continue;
+            }
+            idle.push(k.clone());
+            if s.holds.load(Ordering::Acquire) {
+                excess -= 1;
+                if excess == 0 {
+                    break;
+                }
+            }
+        }
         for k in idle {
             if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
-                lru.pop(&k);
+                self.pop(lru, &k);
             }
         }
     }
@@ -321,7 +385,7 @@ impl Actors {
         let shared = Arc::new(Shared {
             lru: Mutex::new(LruCache::unbounded()),
             capacity: capacity.max(1),
-            over: AtomicBool::new(false),
+            holding: Default::default(),
             memory: Arc::new(AtomicU64::new(0)),
             max_memory,
         });
@@ -361,6 +425,7 @@ impl Actors {
                 None => {
                     let slot = Arc::new(ActorSlot {
                         key: key.clone(),
+                        holds: AtomicBool::new(false),
                         state: Default::default(),
                         memory: self.shared.memory.clone(),
                         reset: AtomicBool::new(false),
@@ -380,17 +445,19 @@ impl Actors {
                 }
                 *last = dropping;
             }
-            // Past capacity, the least recently used idle actors are evicted when a call ends, not
-            // here: a new actor whose first call fails holds nothing and goes (see `Held`), and
-            // must not have pushed out one that holds state.
-            if lru.len() > self.shared.capacity {
-                self.shared.over.store(true, Ordering::Release);
-            }
+            // Past capacity, the least recently used idle actors are evicted when a call leaves
+            // its actor holding state (`Shared::settle`), not here: a new actor whose first call
+            // fails holds nothing and goes, and must not have pushed out one that holds state.
             slot
         };
         let state = slot.state.clone();
-        let shared = Arc::downgrade(&self.shared);
-        Box::pin(async move { Held { guard: state.lock_owned().await, slot, shared } })
+        let in_line = InLine { slot, shared: Arc::downgrade(&self.shared), armed: true };
+        Box::pin(async move {
+            let mut in_line = in_line;
+            let guard = state.lock_owned().await;
+            in_line.armed = false;
+            Held { guard, slot: in_line.slot.clone(), shared: in_line.shared.clone() }
+        })
     }
 
     /// Whether an idle actor's instance records its fiber stack (none: busy, or no instance).
@@ -423,7 +490,7 @@ impl Actors {
         });
         match idle {
             Ok(removed) => {
-                lru.pop(key);
+                self.shared.pop(&mut lru, key);
                 removed
             }
             Err(_) => {
@@ -440,7 +507,7 @@ impl Actors {
             lru.iter().filter(|(_, s)| Arc::strong_count(s) == 1).map(|(k, _)| k.clone()).collect();
         for k in idle {
             if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
-                lru.pop(&k);
+                self.shared.pop(&mut lru, &k);
             }
         }
         for (_, s) in lru.iter() {
@@ -478,7 +545,7 @@ pub fn evict_idle_anywhere(n: usize, pooled: bool) -> usize {
         }
         let mut lru = ex.lru();
         if lru.peek(&key).is_some_and(|s| Arc::strong_count(s) == 1 && evict_if_idle_in(s, pooled)) {
-            lru.pop(&key);
+            ex.pop(&mut lru, &key);
             evicted += 1;
         }
     }

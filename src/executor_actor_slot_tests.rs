@@ -42,3 +42,40 @@ async fn operations_that_leave_an_actor_without_state_leave_no_actor_to_evict_ot
         assert_eq!(out.output, "2", "real-{i} kept its state");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_and_transactional_first_calls_that_fail_evict_no_live_actor() {
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    source.put("spin.wasm", g::spin());
+    source.put("aborts.wasm", g::aborts());
+    let options = ExecutorOptions { max_actors: NonZeroUsize::new(10).expect("10"), ..Default::default() };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    for i in 0..10 {
+        ex.execute(&def("counter"), "1".into(), actor(&format!("real-{i}"))).await.expect("counts");
+    }
+    // Ten first calls at once, each timing out: the first to end had seen the others' (busy,
+    // empty) actors past maxActors and evicted the live ones (follow-up review AB: 1 of 10 kept).
+    let mut spin = def("spin");
+    spin.limits.max_execution_ms = Some(100.0);
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let (ex, d) = (ex.clone(), spin.clone());
+            tokio::spawn(async move { ex.execute(&d, "1".into(), actor(&format!("ghost-{i}"))).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("joins").map(|_| ()).map_err(|e| e.code()), Err("TIMEOUT"));
+    }
+    // A transactional first call that fails keeps the fresh state as its last good one: that is
+    // nothing to keep either (0 of 10 kept).
+    for i in 0..5 {
+        let tx = CallOptions { actor_id: Some(format!("tx-{i}")), transactional: Some(true), ..Default::default() };
+        assert!(ex.execute(&def("aborts"), "1".into(), tx).await.is_err());
+    }
+    assert_eq!(ex.stats().actors, 10);
+    for i in 0..10 {
+        let out = ex.execute(&def("counter"), "1".into(), actor(&format!("real-{i}"))).await.expect("counts");
+        assert_eq!(out.output, "2", "real-{i} kept its state");
+    }
+}

@@ -330,15 +330,19 @@ pub enum RequestPart {
     Method,
     /// `set-authority` to `some` of it.
     Authority,
+    /// `set-path-with-query` to `some` of it.
+    Path,
 }
 
-/// A component that makes one outgoing request and sets its method (to `other`) or its authority
-/// to as many `A`s as its input says; it answers 1 if that was taken, 0 if refused.
+/// A component that makes one outgoing request and sets its method (to `other`), its authority or
+/// its path to as many `A`s (`/`s for a path) as its input says; it answers 1 if that was taken, 0 if refused.
 pub fn http_setter_component(part: RequestPart) -> Vec<u8> {
     // Both lower to (self, case, pointer, length): `other` is the method's case 9, `some` 1.
-    let (setter, param, case) = match part {
-        RequestPart::Method => ("set-method", r#"(param "method" $me)"#, "9"),
-        RequestPart::Authority => ("set-authority", r#"(param "authority" (option string))"#, "1"),
+    // Filled with `A`s, a path with `/`s.
+    let (setter, param, case, fill) = match part {
+        RequestPart::Method => ("set-method", r#"(param "method" $me)"#, "9", "65"),
+        RequestPart::Authority => ("set-authority", r#"(param "authority" (option string))"#, "1", "65"),
+        RequestPart::Path => ("set-path-with-query", r#"(param "path-with-query" (option string))"#, "1", "47"),
     };
     let text = r#"(component $C
   (import "wasi:http/types@0.2.0" (instance $t
@@ -374,7 +378,7 @@ pub fn http_setter_component(part: RequestPart) -> Vec<u8> {
         (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
           (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
         (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
-      (memory.fill (i32.const 2048) (i32.const 65) (local.get $n))
+      (memory.fill (i32.const 2048) (i32.const FILL) (local.get $n))
       ;; other(name) or some(name), the name at 2048; ok is 0, err 1
       (i32.store8 (i32.const 1039) (i32.sub (i32.const 49)
         (call $setm (call $rnew (call $fnew)) (i32.const CASE) (i32.const 2048) (local.get $n))))
@@ -388,7 +392,7 @@ pub fn http_setter_component(part: RequestPart) -> Vec<u8> {
   (func (export "execute") (param "input" string) (result (result string (error string)))
     (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
       (post-return (core func $m "cabi_post_execute")))))"#;
-    wat::parse_str(text.replace("SETTER", setter).replace("PARAM", param).replace("CASE", case)).expect("test component parses")
+    wat::parse_str(text.replace("SETTER", setter).replace("PARAM", param).replace("CASE", case).replace("FILL", fill)).expect("test component parses")
 }
 
 /// A component that makes as many wasi:http `fields` as its input says and keeps them; answers "1".

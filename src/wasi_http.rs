@@ -27,7 +27,7 @@ use crate::network::HttpRequest;
 
 /// Resources one component may hold at once: its open files (at most 1024, see `open_files`) and
 /// as many again. What the host keeps for each is bounded (a `fields` 128 KiB, a request's body
-/// write 64 KiB, its path 64 KiB, its method 64 bytes, its authority 512 bytes), not counted
+/// write 64 KiB, its path 16 KiB, its method 64 bytes, its authority 512 bytes), not counted
 /// against `maxMemoryMB`: 10,000 had let a component granted the network hold 1.25 GB of
 /// `fields` (review Q).
 pub const MAX_RESOURCES: usize = 2048;
@@ -166,9 +166,13 @@ pub const MAX_METHOD_BYTES: usize = 64;
 /// a `maxMemoryMB` of 64, kept by an idle actor).
 pub const MAX_AUTHORITY_BYTES: usize = 512;
 
-/// Shadows wasi:http's `set-method` and `set-authority` in a component `linker` (after
-/// wasmtime-wasi-http's): a method name past `MAX_METHOD_BYTES` or an authority past
-/// `MAX_AUTHORITY_BYTES` is refused (the guest gets `err`). The path is at most 64 KiB there.
+/// The longest path and query a request may have. wasmtime-wasi-http takes 64 KiB: 2,000 unsent
+/// requests held 127 MiB per idle actor outside `maxMemoryMB` (follow-up review AB).
+pub const MAX_PATH_BYTES: usize = 16 * 1024;
+
+/// Shadows wasi:http's `set-method`, `set-authority` and `set-path-with-query` in a component
+/// `linker` (after wasmtime-wasi-http's): a method name past `MAX_METHOD_BYTES`, an authority past
+/// `MAX_AUTHORITY_BYTES` or a path past `MAX_PATH_BYTES` is refused (the guest gets `err`).
 pub fn shadow(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
     use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
@@ -192,6 +196,16 @@ pub fn shadow(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::
                     return Ok((Err(()),));
                 }
                 Ok((store.data_mut().http().set_authority(request, authority)?,))
+            },
+        )?;
+        types.func_wrap(
+            "[method]outgoing-request.set-path-with-query",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>,
+             (request, path): (wasmtime::component::Resource<HostOutgoingRequest>, Option<String>)| {
+                if path.as_ref().is_some_and(|p| p.len() > MAX_PATH_BYTES) {
+                    return Ok((Err(()),));
+                }
+                Ok((store.data_mut().http().set_path_with_query(request, path)?,))
             },
         )
     });
@@ -302,6 +316,7 @@ mod tests {
         let source = Arc::new(MemorySource::new());
         source.put("m.wasm", g::http_setter_component(g::RequestPart::Method));
         source.put("a.wasm", g::http_setter_component(g::RequestPart::Authority));
+        source.put("p.wasm", g::http_setter_component(g::RequestPart::Path));
         source.put("f.wasm", g::fields_component());
         let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
         let options = ExecutorOptions { network: network.then(|| Network::new(config).expect("network")), ..Default::default() };
@@ -340,6 +355,20 @@ mod tests {
         assert_eq!(set(super::MAX_AUTHORITY_BYTES).await, "1");
         assert_eq!(set(super::MAX_AUTHORITY_BYTES + 1).await, "0");
         assert_eq!(set(100_000).await, "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn paths_are_at_most_16_kib() {
+        // Follow-up review AB: 64 KiB paths of 2,000 unsent requests held 127 MiB per idle actor.
+        let (ex, mut def) = executor(true);
+        def.wasm_blob_path = "p.wasm".into();
+        def.name = "p".into();
+        let set = |n: usize| {
+            let (ex, def) = (ex.clone(), def.clone());
+            async move { ex.execute(&def, n.to_string(), CallOptions::default()).await.expect("runs").output }
+        };
+        assert_eq!(set(super::MAX_PATH_BYTES).await, "1");
+        assert_eq!(set(super::MAX_PATH_BYTES + 1).await, "0");
     }
 
     #[tokio::test(flavor = "multi_thread")]
