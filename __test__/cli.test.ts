@@ -1,7 +1,7 @@
 // The loom-wasm CLI, end to end: the real binary spawned, its output, errors and exit statuses.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -42,6 +42,13 @@ describe('loom-wasm run', () => {
     writeFileSync(join(dir, 'a b.wasm'), readFileSync(join(root, wasm('echo'))))
     const spaced = cli(['run', `file://${join(dir, 'a b.wasm').replace(/ /g, '%20')}`, '--input', '{"message":"hi"}'])
     expect([spaced.status, spaced.stdout && JSON.parse(spaced.stdout).result]).toEqual([0, 'hi'])
+    // A file that states a size of 0 (/proc) is read to its end (it was read for 1 byte: "L").
+    expect(cli(['run', wasm('echo'), '--input', '@/proc/version']).stderr).toContain('"Linux vers')
+    // Stdin is bounded as a named file is (`< /dev/zero` filled memory).
+    const zero = openSync('/dev/zero', 'r')
+    const flood = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), 'run', wasm('echo')], { cwd: root, stdio: [zero, 'pipe', 'pipe'], encoding: 'utf8', timeout: 60_000 })
+    closeSync(zero)
+    expect([flood.status, flood.stderr]).toEqual([4, expect.stringContaining('INPUT_TOO_LARGE')])
     // A URL that does not parse is the user's mistake (exit 2), not an internal error (1).
     const bad = cli(['run', 'http://exa mple.com/x.wasm'])
     expect([bad.status, bad.stderr]).toEqual([2, expect.stringContaining('USAGE')])

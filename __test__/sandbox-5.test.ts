@@ -201,6 +201,9 @@ describe('review AA, left then: calls the classes cannot take are INVALID_ARGUME
     expect(() => (ObjectBlobStore as any)(`file://${tmpdir()}`)).toThrow(invalid)
     expect(() => new (WasmActor as any)()).toThrow(invalid)
     expect(() => (WasmActor as any)()).toThrow(invalid)
+    // The native constructor is not the guard's prototype (follow-up review AB: called through
+    // it, the global object became an executor again).
+    for (const C of [WasmActivityExecutor, ObjectBlobStore, WasmActor]) expect(Object.getPrototypeOf(C)).toBe(Function.prototype)
     // Before, the global object was an executor and a store from then on.
     expect(() => WasmActivityExecutor.prototype.clearCache.call(globalThis)).toThrow(invalid)
     expect(() => Object.getOwnPropertyDescriptor(ObjectBlobStore.prototype, 'url')!.get!.call(globalThis)).toThrow(invalid)
@@ -208,12 +211,13 @@ describe('review AA, left then: calls the classes cannot take are INVALID_ARGUME
 
   it("every method and getter called on another object throws it (V8's 'Illegal invocation' had no code)", () => {
     for (const C of [WasmActivityExecutor, ObjectBlobStore, WasmActor]) {
-      const keys = Object.getOwnPropertyNames(C.prototype).filter((k) => k !== 'constructor')
+      // Symbols too (Symbol.asyncDispose).
+      const keys = Reflect.ownKeys(C.prototype).filter((k) => k !== 'constructor')
       expect(keys.length).toBeGreaterThan(3)
       for (const key of keys) {
         const d = Object.getOwnPropertyDescriptor(C.prototype, key)!
         const f = (d.value ?? d.get) as Function
-        expect(() => f.call({}, def('echo'), {}), `${C.name}.${key}`).toThrow(invalid)
+        expect(() => f.call({}, def('echo'), {}), `${C.name}.${String(key)}`).toThrow(invalid)
       }
     }
     // An argument napi converts itself (bytes that are not a typed array).

@@ -33,6 +33,17 @@ describe('review AB: keys added to Object.prototype are no options and no fields
     // Before: { content: 'host secret' }.
     expect((await failure(ex.execute(fsDef, { path: 'secret.txt' }))).code).toBe('CAPABILITY_DENIED')
     await ex.close()
+    // Nor through a Proxy (Node-API read a Proxy's prototype as null: any Proxy passed, follow-up
+    // review AB), as options, as a definition, or as its capabilities.
+    const viaProxy = await polluted('filesystem', { hostDir: dir }, async () => new WasmActivityExecutor(await store(), new Proxy({}, {})))
+    expect((await failure(viaProxy.execute(fsDef, { path: 'secret.txt' }))).code).toBe('CAPABILITY_DENIED')
+    await viaProxy.close()
+    const offered = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir } })
+    const proxied = () => offered.executeDetailed(new Proxy(def('fs'), {}), { path: 'secret.txt' })
+    expect((await failure(polluted('capabilities', { filesystem: true }, proxied))).code).toBe('CAPABILITY_DENIED')
+    const caps = () => offered.execute(def('fs', { capabilities: new Proxy({}, {}) as any }), { path: 'secret.txt' })
+    expect((await failure(polluted('filesystem', true, caps))).code).toBe('CAPABILITY_DENIED')
+    await offered.close()
     // The same option given as the executor's own is obeyed.
     const granted = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir } })
     expect(await granted.execute(fsDef, { path: 'secret.txt' })).toEqual({ content: 'host secret' })
@@ -99,6 +110,29 @@ describe("review AB: a transactional actor's last good state", () => {
 })
 
 describe("review AB: a JS blob store cannot skip the measure of what it hands over", () => {
+  it("a promise's species is not what chains the measure either", async () => {
+    let species = 0
+    const big = Buffer.alloc(1 << 20)
+    const ex = new WasmActivityExecutor({
+      download() {
+        const p = Promise.resolve(big)
+        let reads = 0
+        // `Promise` for Promise.resolve (which then returns p itself), an Evil species for `then`.
+        class Evil extends Promise<any> {
+          constructor(run: any) {
+            species++
+            super((resolve, reject) => run(() => resolve(big), reject))
+          }
+        }
+        Object.defineProperty(p, 'constructor', { get: () => (reads++ === 0 ? Promise : { [Symbol.species]: Evil }) })
+        return p
+      },
+    }, { maxModuleBytes: 65536 })
+    expect((await failure(ex.execute(def('echo'), {}))).code).toBe('COMPILE_LIMIT')
+    expect(species).toBe(0)
+    await ex.close()
+  })
+
   it("a promise's own `then` is not what chains the measure", async () => {
     let ownThen = 0
     const big = Buffer.alloc(1 << 20)
@@ -112,6 +146,19 @@ describe("review AB: a JS blob store cannot skip the measure of what it hands ov
     }, { maxModuleBytes: 65536 })
     expect((await failure(ex.execute(def('echo'), {}))).code).toBe('COMPILE_LIMIT')
     expect(ownThen).toBe(0)
+    await ex.close()
+  })
+
+  it('a view whose `then` getter grows its buffer after the measure: only what was measured is copied', async () => {
+    const wasm = guest('echo')
+    const buffer = new (ArrayBuffer as any)(wasm.length, { maxByteLength: wasm.length + (4 << 20) })
+    const view = new Uint8Array(buffer)
+    view.set(wasm)
+    let thenReads = 0
+    Object.defineProperty(view, 'then', { get: () => (thenReads++ > 0 && buffer.resize(wasm.length + (4 << 20)), undefined) })
+    Object.defineProperty(buffer, 'resizable', { value: false })
+    const ex = new WasmActivityExecutor({ download: async () => view }, { maxModuleBytes: wasm.length + 1024 })
+    expect(await ex.execute(def('echo'), { message: 'hi' })).toMatchObject({ result: 'hi' })
     await ex.close()
   })
 
@@ -156,5 +203,26 @@ describe('review AB: a start function that calls a host function', () => {
     const e = await failure(ex.snapshotActor(d, 'a'))
     expect([e.code, e.message]).toEqual(['CAPABILITY_DENIED', expect.stringContaining('start function calls host function crm.lookup')])
     await ex.close()
+  })
+})
+
+describe('review AB: errors that cost the host to read', () => {
+  it("a blob store's error of half a gigabyte of text is not read; one whose getters throw such errors does not hang the loop", async () => {
+    const longest = 'x'.repeat(2 ** 29 - 40)
+    const ex = new WasmActivityExecutor({ download: async () => Promise.reject(Object.assign(new Error(longest), { code: 'E_LONG' })) })
+    const e = await failure(ex.execute(def('echo'), {}))
+    expect([e.code, e.message.length < 70_000, e.message]).toEqual(['BLOB_NOT_FOUND', true, expect.stringContaining(`${longest.length} characters, too long to read`)])
+    await ex.close()
+    // An error whose message getter and toString throw such errors again: describing it recursed
+    // twice per level, and the event loop hung (follow-up review AB).
+    const nasty = (): any => {
+      const e = Object.create(Error.prototype)
+      Object.defineProperty(e, 'message', { get: () => { throw nasty() } })
+      e.toString = () => { throw nasty() }
+      return e
+    }
+    const d = { name: 'echo', version: '1', get wasmBlobPath(): string { throw nasty() } }
+    const getter = await failure(new WasmActivityExecutor(new MemoryBlobStore()).execute(d as any, {}))
+    expect(getter.code).toBe('INVALID_ARGUMENT')
   })
 })

@@ -120,18 +120,18 @@ function readNamed(path, what) {
   try {
     // Non-blocking: opening a FIFO with no writer waits otherwise (it is refused just after).
     fd = openSync(resolve(path), constants.O_RDONLY | (constants.O_NONBLOCK ?? 0))
-    const stat = fstatSync(fd)
-    const size = stat.isFile() ? stat.size : -1
-    if (size < 0) throw Object.assign(new Error('not a regular file'), { code: 'NOT_A_FILE' })
-    const bytes = Buffer.allocUnsafe(Math.min(size, MAX_NAMED_BYTES) + 1)
+    // Not a pipe either (stdin is read when no --input is given).
+    if (!fstatSync(fd).isFile()) throw Object.assign(new Error('not a regular file (pipe it to stdin instead)'), { code: 'NOT_A_FILE' })
+    // Read to its end, whatever size it states (a /proc file states 0).
+    const chunks = []
     let n = 0
-    for (let got = 1; got > 0 && n < bytes.length; n += got) got = readSync(fd, bytes, n, bytes.length - n, null)
-    if (n > MAX_NAMED_BYTES) {
-      const err = new Error(`${what} ${path}: over ${MAX_NAMED_BYTES} bytes`)
-      err.code = what === 'module' ? 'COMPILE_LIMIT' : 'INPUT_TOO_LARGE'
-      throw err
+    for (let got = -1; got !== 0 && n <= MAX_NAMED_BYTES; n += got) {
+      const chunk = Buffer.allocUnsafe(1 << 20)
+      got = readSync(fd, chunk, 0, chunk.length, null)
+      chunks.push(chunk.subarray(0, got))
     }
-    return bytes.subarray(0, n)
+    if (n > MAX_NAMED_BYTES) throw tooLarge(what, path)
+    return Buffer.concat(chunks, n)
   } catch (e) {
     if (e.code === 'COMPILE_LIMIT' || e.code === 'INPUT_TOO_LARGE') throw e
     const err = new Error(`${what} ${path}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`)
@@ -140,6 +140,13 @@ function readNamed(path, what) {
   } finally {
     if (fd !== undefined) closeSync(fd)
   }
+}
+
+/** The error for a named file or stdin over MAX_NAMED_BYTES. */
+function tooLarge(what, path) {
+  const err = new Error(`${what}${path === undefined ? '' : ` ${path}`}: over ${MAX_NAMED_BYTES} bytes`)
+  err.code = what === 'module' ? 'COMPILE_LIMIT' : 'INPUT_TOO_LARGE'
+  return err
 }
 
 /** A URL the user named, and the object's key in its store (the path, percent-decoded). */
@@ -200,7 +207,13 @@ async function readInput(opts) {
   }
   if (process.stdin.isTTY) return null
   const chunks = []
-  for await (const c of process.stdin) chunks.push(c)
+  let n = 0
+  for await (const c of process.stdin) {
+    n += c.length
+    // Bounded as a named file is (`< /dev/zero` filled memory).
+    if (n > MAX_NAMED_BYTES) throw tooLarge('stdin')
+    chunks.push(c)
+  }
   const text = Buffer.concat(chunks).toString('utf8').trim()
   if (!text) return null
   try {

@@ -65,9 +65,9 @@
     if (typeof native !== 'function') continue
     const proto = native.prototype
     for (const key of Reflect.ownKeys(proto)) {
-      if (key === 'constructor' || skip.includes(key) || typeof key !== 'string') continue
+      if (key === 'constructor' || skip.includes(key)) continue
       const d = Object.getOwnPropertyDescriptor(proto, key)
-      const what = `${name}.prototype.${key}`
+      const what = typeof key === 'symbol' ? `${name}.prototype[${key.description}]` : `${name}.prototype.${key}`
       if (typeof d.value === 'function') d.value = guard(d.value, what)
       if (typeof d.get === 'function') d.get = guard(d.get, what)
       if (typeof d.set === 'function') d.set = guard(d.set, what)
@@ -85,8 +85,12 @@
     }
     Object.defineProperty(Guarded, 'name', { value: name })
     Guarded.prototype = proto
-    // Statics, if any, as the native class has them.
-    Object.setPrototypeOf(Guarded, native)
+    // Statics, if any, copied: the native constructor is not reachable from JS any more (as the
+    // guard's prototype, `Object.getPrototypeOf(WasmActivityExecutor).call(globalThis)` wrapped
+    // the global object again: follow-up review AB).
+    for (const key of Reflect.ownKeys(native)) {
+      if (!['length', 'name', 'prototype'].includes(key)) Object.defineProperty(Guarded, key, Object.getOwnPropertyDescriptor(native, key))
+    }
     Object.defineProperty(proto, 'constructor', { value: Guarded, writable: true, configurable: true, enumerable: false })
     exports[name] = Guarded
   }

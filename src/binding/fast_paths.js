@@ -16,7 +16,7 @@
 // here too (`Object.keys`: own, enumerable, strings, as natively), right after each object is read:
 // the first key none of them takes is handed over, and the native side refuses the call at that
 // object, in its order (a listing that throws, as a getter that throws).
-(function installFastPaths(Executor, Actor, settleOutput, knownJson, classGuard) {
+(function installFastPaths(Executor, Actor, settleOutput, knownJson, classGuard, inheritedFrom) {
   'use strict'
   // class_guards.js's `coded`: a call on an object that is not an executor (or actor) throws a
   // TypeError with code INVALID_ARGUMENT, as the other methods do.
@@ -44,18 +44,10 @@
   // A field that comes from Object.prototype (a key someone added there, a prototype pollution
   // elsewhere in the process: `Object.prototype.capabilities = ...`) is no field: obeyed, it
   // would be a grant nobody made. The caller's own prototypes (a class's getters,
-  // `Object.create(base)`) count. As the native reads (js::inherited_from_object).
+  // `Object.create(base)`) count. `inherited` is inherited.js's, which the native reads use too.
   const objectPrototype = Object.prototype
   const hasOwn = Object.hasOwn
-  const prototypeOf = Object.getPrototypeOf
-  const inherited = (o, k) => {
-    for (let p = o, n = 0; p !== null; p = prototypeOf(p), n++) {
-      if (p === objectPrototype) return true
-      if (hasOwn(p, k)) return false
-      if (n === 10000) throw new TypeError('its prototype chain does not end')
-    }
-    return false
-  }
+  const inherited = typeof inheritedFrom === 'function' ? inheritedFrom : () => false
   const clean = (o, k, v) => (v === undefined || v === null || !hasOwn(objectPrototype, k) || !inherited(o, k) ? v : undefined)
   // The keys `limits`, `capabilities` and the options take (args::LIMIT_FIELDS, ...): the first
   // own enumerable key of one that it does not take is handed over (a misspelt limit or actorId

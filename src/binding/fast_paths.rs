@@ -109,7 +109,8 @@ pub fn install(exports: Object, env: Env) -> napi::Result<()> {
         });
         let known = env.create_string(&known.to_string())?;
         let coded = coded.unwrap_or(undefined);
-        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), known.raw(), coded])
+        let inherited = js::json_fns(raw).map(|j| j.inherited).map_err(|e| napi::Error::from_reason(e.to_string()))?;
+        js::call(raw, undefined, script.raw(), &[executor.raw(), actor.raw(), settle.raw(), known.raw(), coded, inherited])
             .map(|_| ())
             .map_err(napi::Error::from_reason)
     })();

@@ -43,6 +43,19 @@ pub fn read_text(env: sys::napi_env, value: sys::napi_value) -> Result<String, (
     read_string(env, value)
 }
 
+/// Clears the pending JS exception, if any, without looking at it: one thrown while an error is
+/// described is not described in turn (an error whose `message` getter and `toString` throw
+/// such errors recursed twice per level: the event loop hung, review AB).
+fn clear_exception(env: sys::napi_env) {
+    let mut pending = false;
+    let mut err = ptr::null_mut();
+    unsafe {
+        if sys::napi_is_exception_pending(env, &mut pending) == sys::Status::napi_ok && pending {
+            sys::napi_get_and_clear_last_exception(env, &mut err);
+        }
+    }
+}
+
 /// `value.message` when it is a string, else `String(value)`; never throws. Text past
 /// `MAX_READ_TEXT_UNITS` is not read (see `read_text`).
 pub fn describe(env: sys::napi_env, value: sys::napi_value) -> String {
@@ -55,7 +68,7 @@ pub fn describe(env: sys::napi_env, value: sys::napi_value) -> String {
                     return s;
                 }
             }
-            take_exception(env);
+            clear_exception(env);
         }
         let mut s = ptr::null_mut();
         if sys::napi_coerce_to_string(env, value, &mut s) == sys::Status::napi_ok {
@@ -63,7 +76,7 @@ pub fn describe(env: sys::napi_env, value: sys::napi_value) -> String {
                 return s;
             }
         }
-        take_exception(env);
+        clear_exception(env);
         "a JavaScript value that cannot be shown".into()
     }
 }
@@ -158,14 +171,17 @@ pub struct JsonFns {
     pub stringify: sys::napi_value,
     pub parse: sys::napi_value,
     pub object_prototype: sys::napi_value,
+    /// `inherited.js`'s `inherited(o, k)`.
+    pub inherited: sys::napi_value,
 }
 
 thread_local! {
-    /// Per `napi_env` of this thread, the references to `JSON`, `JSON.stringify`, `JSON.parse`
-    /// and `Object.prototype` (an entry leaves when its environment is torn down). Usually one; each
+    /// Per `napi_env` of this thread, the references to `JSON`, `JSON.stringify`, `JSON.parse`,
+    /// `Object.prototype` and `inherited.js`'s function (an entry leaves when its environment is
+    /// torn down). Usually one; each
     /// further load of the addon into a Node environment (a module registry reset, a VM
     /// context) registers the module again with a new `napi_env`, used alongside the first.
-    static JSON_REFS: RefCell<Vec<(usize, [usize; 4])>> = const { RefCell::new(Vec::new()) };
+    static JSON_REFS: RefCell<Vec<(usize, [usize; 5])>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Its argument is the `napi_env` the references were made in, so each registration is unique:
@@ -174,85 +190,62 @@ unsafe extern "C" fn forget_json_refs(env: *mut std::ffi::c_void) {
     JSON_REFS.with(|r| r.borrow_mut().retain(|(e, _)| *e != env as usize));
 }
 
-/// `Object.prototype` as it was when the addon loaded in `env` (`json_fns` caches it): what a
-/// key read from an object must not come from (see `inherited_from_object`).
-fn object_prototype(env: sys::napi_env) -> Result<sys::napi_value, ExecError> {
-    let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| refs[3]));
-    let mut v = ptr::null_mut();
-    match cached {
-        Some(r) if unsafe { sys::napi_get_reference_value(env, r as sys::napi_ref, &mut v) } == sys::Status::napi_ok && !v.is_null() => Ok(v),
-        _ => json_fns(env).map(|j| j.object_prototype),
-    }
-}
-
 /// Whether `obj[key]` (just read, `present`) comes from `Object.prototype`: a key someone added
 /// there (a prototype pollution elsewhere in the process: `Object.prototype.filesystem = ...`)
 /// is no field of a definition or an option, and obeying it would be a grant nobody made.
-/// Prototypes of the caller's own (a class's getters, `Object.create(base)`) still count. One
-/// Node-API call when `Object.prototype` lacks the key, as it does unless polluted.
+/// Prototypes of the caller's own (a class's getters, `Object.create(base)`) still count. A few
+/// Node-API calls when `Object.prototype` lacks the key, as it does unless polluted; the walk
+/// is `inherited.js` (JS's own, which sees through a Proxy). Covers data put there: an accessor
+/// put there runs when the field is read, before this looks.
 pub fn inherited_from_object(
     env: sys::napi_env,
     obj: sys::napi_value,
     key: &std::ffi::CStr,
     what: impl Fn() -> String,
 ) -> Result<bool, ExecError> {
-    let proto = object_prototype(env)?;
+    let object_prototype = cached(env, 3)?;
     let mut polluted = false;
-    if unsafe { sys::napi_has_named_property(env, proto, key.as_ptr(), &mut polluted) } != sys::Status::napi_ok || !polluted {
+    if unsafe { sys::napi_has_named_property(env, object_prototype, key.as_ptr(), &mut polluted) } != sys::Status::napi_ok || !polluted {
         take_exception(env);
         return Ok(false);
     }
-    let threw = |env| {
-        let msg = take_exception(env).unwrap_or_else(|| "it cannot be read".into());
-        ExecError::InvalidArgument(format!("reading {} threw: {msg}", what()))
-    };
-    let mut at = obj;
-    // A Proxy's prototype chain may not end: at most this many steps.
-    for _ in 0..10_000 {
-        let mut same = false;
-        if unsafe { sys::napi_strict_equals(env, at, proto, &mut same) } != sys::Status::napi_ok {
-            return Err(threw(env));
-        }
-        if same {
-            return Ok(true);
-        }
-        let mut key_value = ptr::null_mut();
-        let mut own = false;
-        let ok = unsafe {
-            sys::napi_create_string_utf8(env, key.as_ptr(), key.to_bytes().len() as isize, &mut key_value) == sys::Status::napi_ok
-                && sys::napi_has_own_property(env, at, key_value, &mut own) == sys::Status::napi_ok
-        };
-        if !ok {
-            return Err(threw(env));
-        }
-        if own {
-            return Ok(false);
-        }
-        let mut next = ptr::null_mut();
-        if unsafe { sys::napi_get_prototype(env, at, &mut next) } != sys::Status::napi_ok {
-            return Err(threw(env));
-        }
-        let mut t = 0;
-        unsafe { sys::napi_typeof(env, next, &mut t) };
-        if t == sys::ValueType::napi_null {
-            return Ok(false);
-        }
-        at = next;
+    let mut key_value = ptr::null_mut();
+    if unsafe { sys::napi_create_string_utf8(env, key.as_ptr(), key.to_bytes().len() as isize, &mut key_value) } != sys::Status::napi_ok {
+        return Err(ExecError::internal("cannot make a property name"));
     }
-    Err(ExecError::InvalidArgument(format!("{}: its prototype chain does not end", what())))
+    let mut undefined = ptr::null_mut();
+    unsafe { sys::napi_get_undefined(env, &mut undefined) };
+    let answer = call(env, undefined, cached(env, 4)?, &[obj, key_value])
+        .map_err(|msg| ExecError::InvalidArgument(format!("reading {} threw: {msg}", what())))?;
+    let mut inherited = false;
+    unsafe { sys::napi_get_value_bool(env, answer, &mut inherited) };
+    Ok(inherited)
+}
+
+/// One of `json_fns`' values (by its index there), read alone: one Node-API call.
+fn cached(env: sys::napi_env, index: usize) -> Result<sys::napi_value, ExecError> {
+    let r = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| refs[index]));
+    let mut v = ptr::null_mut();
+    match r {
+        Some(r) if unsafe { sys::napi_get_reference_value(env, r as sys::napi_ref, &mut v) } == sys::Status::napi_ok && !v.is_null() => Ok(v),
+        _ => {
+            let fns = json_fns(env)?;
+            Ok([fns.json, fns.stringify, fns.parse, fns.object_prototype, fns.inherited][index])
+        }
+    }
 }
 
 pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| *refs));
     if let Some(refs) = cached {
-        let mut vals = [ptr::null_mut(); 4];
+        let mut vals = [ptr::null_mut(); 5];
         for (r, v) in refs.iter().zip(vals.iter_mut()) {
             let status = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, v) };
             if status != sys::Status::napi_ok || v.is_null() {
                 return Err(ExecError::internal("the cached JSON functions are gone"));
             }
         }
-        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3] });
+        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3], inherited: vals[4] });
     }
     let mut global = ptr::null_mut();
     unsafe { sys::napi_get_global(env, &mut global) };
@@ -261,12 +254,13 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let parse = get(env, json, "parse", "JSON.parse").map_err(ExecError::internal)?;
     let object = get(env, global, "Object", "Object").map_err(ExecError::internal)?;
     let object_prototype = get(env, object, "prototype", "Object.prototype").map_err(ExecError::internal)?;
-    // Cached only when all four references and the cleanup hook are had; otherwise the
+    let inherited = run_script(env, INHERITED)?;
+    // Cached only when all five references and the cleanup hook are had; otherwise the
     // references made are deleted at once (never one leaked per call) and this call still has
     // what it needs.
-    let mut refs = [0usize; 4];
+    let mut refs = [0usize; 5];
     let mut made = 0;
-    for (v, r) in [json, stringify, parse, object_prototype].iter().zip(refs.iter_mut()) {
+    for (v, r) in [json, stringify, parse, object_prototype, inherited].iter().zip(refs.iter_mut()) {
         let mut reference = ptr::null_mut();
         if unsafe { sys::napi_create_reference(env, *v, 1, &mut reference) } != sys::Status::napi_ok {
             break;
@@ -283,7 +277,24 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
             unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
         }
     }
-    Ok(JsonFns { json, stringify, parse, object_prototype })
+    Ok(JsonFns { json, stringify, parse, object_prototype, inherited })
+}
+
+const INHERITED: &str = include_str!("inherited.js");
+
+/// The value of a script's text (the addon's own scripts).
+fn run_script(env: sys::napi_env, text: &str) -> Result<sys::napi_value, ExecError> {
+    let mut source = ptr::null_mut();
+    let mut out = ptr::null_mut();
+    let ok = unsafe {
+        sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut source) == sys::Status::napi_ok
+            && sys::napi_run_script(env, source, &mut out) == sys::Status::napi_ok
+    };
+    if !ok {
+        let msg = take_exception(env).unwrap_or_default();
+        return Err(ExecError::internal(format!("an addon script does not run: {msg}")));
+    }
+    Ok(out)
 }
 
 /// UTF-8 text longer than this goes to V8 as UTF-16 (V8's longest string, in units: 2^29 - 24).

@@ -41,21 +41,36 @@ impl TypeName for Downloaded {
 impl ValidateNapiValue for Downloaded {}
 
 impl FromNapiValue for Downloaded {
+    /// `SIZED`'s answer, `[length, value]`: the view's length as measured (at most the limit) and
+    /// the view, whose first `length` bytes are copied (its buffer may have grown since); a
+    /// length over the limit and no value; or -1 and what the store gave that is no view.
     unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
-        match unsafe { Uint8Array::from_napi_value(env, value) } {
-            Ok(view) if view.len() > MAX_DOWNLOAD_BYTES => Ok(Downloaded::TooLarge(view.len())),
-            Ok(view) => Ok(Downloaded::Bytes(view.to_vec())),
+        let mut n = -1f64;
+        let mut v = std::ptr::null_mut();
+        let mut length = std::ptr::null_mut();
+        let read = unsafe {
+            sys::napi_get_element(env, value, 0, &mut length) == sys::Status::napi_ok
+                && sys::napi_get_value_double(env, length, &mut n) == sys::Status::napi_ok
+                && sys::napi_get_element(env, value, 1, &mut v) == sys::Status::napi_ok
+        };
+        super::js::take_exception(env);
+        if !read {
+            return Ok(Downloaded::NotBytes(ValueType::Unknown));
+        }
+        let mut t = 0;
+        unsafe { sys::napi_typeof(env, v, &mut t) };
+        let t = ValueType::from(t);
+        if n < 0.0 {
+            return Ok(Downloaded::NotBytes(t));
+        }
+        if t == ValueType::Null || n > MAX_DOWNLOAD_BYTES as f64 {
+            return Ok(Downloaded::TooLarge(n as usize));
+        }
+        match unsafe { Uint8Array::from_napi_value(env, v) } {
+            Ok(view) => Ok(Downloaded::Bytes(view[..(n as usize).min(view.len())].to_vec())),
+            // A view of another kind (a DataView, a Uint16Array).
             Err(_) => {
-                let mut t = 0;
-                unsafe { sys::napi_typeof(env, value, &mut t) };
-                let t = ValueType::from(t);
-                if t == ValueType::BigInt {
-                    // `SIZED`'s answer for bytes over the executor's maxModuleBytes: their length.
-                    let (mut n, mut lossless) = (0u64, false);
-                    if unsafe { sys::napi_get_value_bigint_uint64(env, value, &mut n, &mut lossless) } == sys::Status::napi_ok {
-                        return Ok(Downloaded::TooLarge(usize::try_from(n).unwrap_or(usize::MAX)));
-                    }
-                }
+                super::js::take_exception(env);
                 Ok(Downloaded::NotBytes(t))
             }
         }
@@ -101,33 +116,62 @@ impl FromNapiValue for Resolved {
 }
 
 /// Wraps a store's `download` so that bytes over the executor's `maxModuleBytes` are answered by
-/// their length (a BigInt), measured on the JS thread before anything is copied: a store handing
-/// over 1000 MiB for a 1 KiB limit had them copied on the event loop (2.9 s) only to be refused.
-/// A throw of `download` itself stays synchronous, and its value is adopted as `await` would.
-/// Nothing of the store's can skip the measure or fake its answer (review AB):
+/// their length, measured on the JS thread before anything is copied: a store handing over 1000
+/// MiB for a 1 KiB limit had them copied on the event loop (2.9 s) only to be refused. A throw of
+/// `download` itself stays synchronous, and its value is adopted as `await` would. Nothing of the
+/// store's can skip the measure or fake its answer (reviews AB):
+/// - the value is awaited, and measured right then: no `then` of the store's, and no species of
+///   its promise, chains it (each skipped the measure);
 /// - the length is read with the typed arrays' own `byteLength` getter, taken when the script
 ///   runs (a subclass's getter could say 10 for 1000 MiB);
-/// - the measure is chained with `Promise.prototype.then` as it was then (a promise's own `then`
-///   skipped it);
-/// - a view on a buffer that can grow (resizable, growable) is copied as measured (it grew
-///   between the measure and the copy, up to 1 GiB);
-/// - a BigInt the store itself resolves to is boxed (it was taken for the measure's answer).
-const SIZED: &str = "(function (apply, resolve, then, isView, byteLength, bufferOf, offsetOf) {
-  const length = (v) => { try { return apply(byteLength, v, []) } catch { return 0 } }
-  const canGrow = (v) => { try { const b = apply(bufferOf, v, []); return b.resizable === true || b.growable === true } catch { return false } }
-  return function sized(store, download, max) {
-    const atMost = (v) => {
-      if (typeof v === 'bigint') return Object(v)
-      const n = isView(v) ? length(v) : 0
-      if (n > max) return BigInt(n)
-      return n > 0 && canGrow(v) ? new Uint8Array(new Uint8Array(apply(bufferOf, v, []), apply(offsetOf, v, []), n)) : v
+/// - the answer is an array of ours, `[length, view]` (see `Downloaded`): resolving it runs none
+///   of the store's code (a `then` getter on the view grew its buffer after the measure), and
+///   only the bytes measured are copied;
+/// - an error's text over a million characters is not read (`js::read_text`): it is replaced
+///   here, before napi reads it whole.
+const SIZED: &str = "(function (apply, isView, byteLength) {
+  const length = (v) => { try { return apply(byteLength, v, []) } catch { return -1 } }
+  const LONG = 1048576
+  const told = (n) => new Error(`(a text of ${n} characters, too long to read)`)
+  const shorten = (e) => {
+    try {
+      if (typeof e === 'string' && e.length > LONG) return told(e.length)
+      if (e === null || typeof e !== 'object') return e
+      const message = e.message
+      const code = e.code
+      const long = (t) => typeof t === 'string' && t.length > LONG
+      if (!long(message) && !long(code)) return e
+      const out = long(message) ? told(message.length) : new Error(String(message))
+      if (typeof code === 'string' && !long(code)) out.code = code
+      return out
+    } catch {
+      return new Error('the blob store threw an error that cannot be read')
     }
-    return function (path) { return apply(then, resolve(apply(download, store, [path])), [atMost]) }
   }
-})(Reflect.apply, Promise.resolve.bind(Promise), Promise.prototype.then, ArrayBuffer.isView,
-   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteLength').get,
-   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'buffer').get,
-   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteOffset').get)";
+  return function sized(store, download, max) {
+    const measured = async (r) => {
+      let v
+      try {
+        v = await r
+      } catch (e) {
+        throw shorten(e)
+      }
+      if (!isView(v)) return [-1, v]
+      const n = length(v)
+      return n > max ? [n, null] : [n, v]
+    }
+    return function (path) {
+      let r
+      try {
+        r = apply(download, store, [path])
+      } catch (e) {
+        throw shorten(e)
+      }
+      return measured(r)
+    }
+  }
+})(Reflect.apply, ArrayBuffer.isView,
+   Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), 'byteLength').get)";
 
 /// `download` of `store`, wrapped by `SIZED` for a limit of `max_bytes`.
 pub fn sized_download<'env>(

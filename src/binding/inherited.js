@@ -1,0 +1,19 @@
+// Whether `o[k]` comes from Object.prototype (js::inherited_from_object, and fast_paths.js's
+// reads): a key someone added there (a prototype pollution elsewhere in the process) is no field
+// of a definition and no option. The walk is JS's own (Object.getPrototypeOf, Object.hasOwn,
+// taken when the addon loads): through Node-API, a Proxy's prototype reads as null, and any
+// Proxy passed what the pollution put there. A Proxy's traps run as they would for the read.
+(function makeInherited() {
+  'use strict'
+  const objectPrototype = Object.prototype
+  const hasOwn = Object.hasOwn
+  const prototypeOf = Object.getPrototypeOf
+  return function inherited(o, k) {
+    for (let p = o, n = 0; p !== null; p = prototypeOf(p), n++) {
+      if (p === objectPrototype) return true
+      if (hasOwn(p, k)) return false
+      if (n === 10000) throw new TypeError('its prototype chain does not end')
+    }
+    return false
+  }
+})()
