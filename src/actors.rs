@@ -23,6 +23,10 @@ pub use stacks::{release_idle_stacks, Swept};
 
 #[path = "actor_stacks.rs"]
 mod stacks;
+#[path = "actor_eviction.rs"]
+mod eviction;
+pub use eviction::evict_idle_anywhere;
+use eviction::{evict_if_idle, registry};
 use crate::instance::GuestInstance;
 use crate::modules::DefKey;
 
@@ -117,7 +121,8 @@ pub type Ticket = Pin<Box<dyn Future<Output = Held> + Send>>;
 
 /// The slot, held by one call.
 pub struct Held {
-    pub guard: OwnedMutexGuard<ActorState>,
+    /// Released in `drop` before the actor is forgotten (see there).
+    pub guard: std::mem::ManuallyDrop<OwnedMutexGuard<ActorState>>,
     slot: Arc<ActorSlot>,
     /// The executor's actors, to evict down to `maxActors` when this call ends (only when more
     /// were held than that, which a burst of calls on new actors leaves).
@@ -152,11 +157,21 @@ impl Drop for Held {
         if self.guard.instance.is_some() && !self.slot.stack_resident.swap(true, Ordering::AcqRel) {
             crate::fiber_stacks::wake_sweeper();
         }
-        if let Some(shared) = self.shared.upgrade() {
-            shared.settle(&self.slot, self.guard.is_empty(), 2);
+        let empty = self.guard.is_empty();
+        let shared = self.shared.upgrade();
+        if let Some(shared) = &shared {
+            shared.count(&self.slot, !empty);
             if total > shared.max_memory {
                 shared.trim_memory(&self.slot, now);
             }
+        }
+        // SAFETY: dropped once, here; never used after (`drop` ends below).
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.guard) };
+        // An actor left holding nothing is forgotten once its lock is free: a call cancelled in
+        // line while this one ended looks again then (`InLine`), and whichever looks last finds
+        // nobody else wanting it (follow-up reviews AB).
+        if let (true, Some(shared)) = (empty, shared) {
+            shared.forget_if_empty(&self.slot, 2);
         }
     }
 }
@@ -174,14 +189,8 @@ struct InLine {
 
 impl Drop for InLine {
     fn drop(&mut self) {
-        let Some(shared) = self.shared.upgrade().filter(|_| self.armed) else { return };
-        // Under its lock, if free: a call holding it settles it when it ends.
-        let empty = match self.slot.state.try_lock() {
-            Ok(st) => st.is_empty(),
-            Err(_) => return,
-        };
-        if empty {
-            shared.settle(&self.slot, true, 2);
+        if let Some(shared) = self.shared.upgrade().filter(|_| self.armed) {
+            shared.forget_if_empty(&self.slot, 2);
         }
     }
 }
@@ -221,15 +230,12 @@ impl Shared {
         }
     }
 
-    /// What an actor's call leaves (`slot`, now `empty` or not; `refs`: the references to it
-    /// when nobody but the LRU and the caller holds it): counted as holding state or not; an
-    /// empty one nobody else holds leaves the actors (review AB: failing calls on new
-    /// ids evicted live actors, and 50,000 with long keys held 1.7 GB); past `maxActors`, the
-    /// least recently used idle actors go (never `slot`: the most recently used; its lock is
-    /// held by the caller or free, and `trim` only tries the others' locks).
-    fn settle(&self, slot: &Arc<ActorSlot>, empty: bool, refs: usize) {
+    /// What an actor's call leaves it (`slot`, holding state or not), counted toward `maxActors`;
+    /// past it, the least recently used idle actors go (never `slot`: the most recently used;
+    /// its lock is held by the caller, and `trim` only tries the others' locks).
+    fn count(&self, slot: &Arc<ActorSlot>, holds: bool) {
         // Nothing changes for an actor that keeps holding state under maxActors: no lock.
-        if !empty && slot.holds.load(Ordering::Acquire) && !self.over() {
+        if slot.holds.load(Ordering::Acquire) == holds && !self.over() {
             return;
         }
         let mut lru = self.lru();
@@ -237,14 +243,11 @@ impl Shared {
         if !lru.peek(&slot.key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             return;
         }
-        if empty && Arc::strong_count(slot) == refs {
-            // Under the LRU's lock, where places in line are taken: none can come in between.
-            self.pop(&mut lru, &slot.key);
-        } else if slot.holds.swap(!empty, Ordering::AcqRel) != !empty {
-            if empty {
-                self.holding.fetch_sub(1, Ordering::AcqRel);
-            } else {
+        if slot.holds.swap(holds, Ordering::AcqRel) != holds {
+            if holds {
                 self.holding.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.holding.fetch_sub(1, Ordering::AcqRel);
             }
         }
         if self.over() {
@@ -252,77 +255,23 @@ impl Shared {
         }
     }
 
-    /// Evicts the least recently used idle actors (never `keep`) until its actors hold at most
-    /// `max_memory` (review P: 20 idle actors of 150 MiB each held 3 GB, bounded only by
-    /// `maxActors` × a `maxMemoryMB` each definition chooses). Only as many as cover the excess
-    /// are looked at (review U: collecting every idle actor made each call on a new actor 16×
-    /// slower with 5,000 of them). When all the idle ones cannot cover it, they go all the same
-    /// unless busy actors alone hold more than the cap (one big actor in a long call had every
-    /// other actor evicted at each call's end, for nothing): the actor that just ran (`keep`,
-    /// holding `kept`) may be over the cap by itself (review AA: twelve idle actors of 80 MiB
-    /// under a cap of 64 MiB all stayed, 944 MiB, since no other could cover the excess its own
-    /// share made).
-    fn trim_memory(&self, keep: &Arc<ActorSlot>, kept: u64) {
+    /// Forgets `slot` if it holds nothing and nobody but the LRU and the caller (`refs` references
+    /// in all) holds it: no call in line, none running (its lock free). Failing calls on new ids
+    /// had evicted live actors, and 50,000 with long keys held 1.7 GB (review AB). Under the
+    /// LRU's lock, where places in line are taken, with the actor's lock tried under it (as
+    /// `trim` does): nothing can come in between.
+    fn forget_if_empty(&self, slot: &Arc<ActorSlot>, refs: usize) {
         let mut lru = self.lru();
-        let excess = self.memory.load(Ordering::Acquire).saturating_sub(self.max_memory);
-        if excess == 0 {
+        if Arc::strong_count(slot) != refs || !lru.peek(&slot.key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             return;
         }
-        let mut chosen = Vec::new();
-        let mut covered = 0u64;
-        for (k, s) in lru.iter().rev() {
-            if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 {
-                continue;
-            }
-            let Ok(st) = s.state.try_lock() else { continue };
-            if st.charged == 0 {
-                continue;
-            }
-            covered = covered.saturating_add(st.charged);
-            chosen.push(k.clone());
-            if covered >= excess {
-                break;
-            }
-        }
-        if covered < excess {
-            // Every idle actor was looked at: the rest is held by `keep` and busy actors.
-            let busy = self.memory.load(Ordering::Acquire).saturating_sub(kept).saturating_sub(covered);
-            if busy >= self.max_memory {
-                return;
-            }
-        }
-        for k in chosen {
-            if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
-                self.pop(&mut lru, &k);
-            }
-        }
-    }
-
-    /// Evicts the least recently used idle actors holding state (never `keep`) until at most
-    /// `capacity` hold state; idle ones holding nothing met on the way go too.
-    fn trim_locked(&self, lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, keep: &Arc<ActorSlot>) {
-        let mut excess = self.holding.load(Ordering::Acquire).saturating_sub(self.capacity);
-        if excess == 0 {
-            return;
-        }
-        // Idle: held by the cache alone (a call holds its slot from its ticket to its end).
-        let mut idle = Vec::new();
-        for (k, s) in lru.iter().rev() {
-            if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 {
-                continue;
-            }
-            idle.push(k.clone());
-            if s.holds.load(Ordering::Acquire) {
-                excess -= 1;
-                if excess == 0 {
-                    break;
-                }
-            }
-        }
-        for k in idle {
-            if lru.peek(&k).is_some_and(|s| evict_if_idle(s)) {
-                self.pop(lru, &k);
-            }
+        let Ok(mut state) = slot.state.try_lock() else { return };
+        if state.is_empty() {
+            // A pristine shadow (a transactional first call's) goes with it, and its charge.
+            state.shadow = None;
+            slot.uncharge(&mut state);
+            drop(state);
+            self.pop(&mut lru, &slot.key);
         }
     }
 }
@@ -337,46 +286,6 @@ pub struct WeakActors(Weak<Shared>);
 impl WeakActors {
     pub fn upgrade(&self) -> Option<Actors> {
         self.0.upgrade().map(|shared| Actors { shared })
-    }
-}
-
-/// Every executor's actors, for eviction across the process when the instance pool runs short.
-fn registry() -> MutexGuard<'static, Vec<Weak<Shared>>> {
-    static REGISTRY: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Takes the instance of an idle actor (one whose lock is free); false if it is busy.
-fn evict_if_idle(slot: &ActorSlot) -> bool {
-    match slot.state.try_lock() {
-        Ok(mut st) => {
-            st.instance = None;
-            st.shadow = None;
-            slot.uncharge(&mut st);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// `evict_if_idle` for an actor whose eviction gives the instance pool (`pooled`), or the room for
-/// instances outside it, a slot back: not one whose instance lives on the other side (fuel-metered,
-/// baseline or unpooled code, or pooled), which would lose its state for nothing. An actor without
-/// an instance goes only to make room in the pool, as before.
-fn evict_if_idle_in(slot: &ActorSlot, pooled: bool) -> bool {
-    let frees = |st: &ActorState| match &st.instance {
-        Some(i) => (i.kind == crate::engine::EngineKind::Plain) == pooled,
-        None => pooled,
-    };
-    match slot.state.try_lock() {
-        Ok(st) if !frees(&st) => false,
-        Ok(mut st) => {
-            st.instance = None;
-            st.shadow = None;
-            slot.uncharge(&mut st);
-            true
-        }
-        Err(_) => false,
     }
 }
 
@@ -456,7 +365,7 @@ impl Actors {
             let mut in_line = in_line;
             let guard = state.lock_owned().await;
             in_line.armed = false;
-            Held { guard, slot: in_line.slot.clone(), shared: in_line.shared.clone() }
+            Held { guard: std::mem::ManuallyDrop::new(guard), slot: in_line.slot.clone(), shared: in_line.shared.clone() }
         })
     }
 
@@ -519,35 +428,13 @@ impl Actors {
         self.shared.lru().len()
     }
 
+    /// What its actors' memory counts now (`maxActorMemoryMB`).
+    #[cfg(test)]
+    pub fn held_memory(&self) -> u64 {
+        self.shared.memory.load(Ordering::Acquire)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Evicts up to `n` idle actors on pooled instances (`pooled`) or on instances outside the pool
-/// across every executor of the process, least recently used first, to give the pool (or the
-/// process's instances outside it) room. Returns how many went.
-pub fn evict_idle_anywhere(n: usize, pooled: bool) -> usize {
-    let executors: Vec<Arc<Shared>> = registry().iter().filter_map(Weak::upgrade).collect();
-    let mut candidates: Vec<(u64, Arc<Shared>, ActorKey)> = Vec::new();
-    for ex in &executors {
-        for (k, s) in ex.lru().iter() {
-            if Arc::strong_count(s) == 1 {
-                candidates.push((s.last_used.load(Ordering::Relaxed), ex.clone(), k.clone()));
-            }
-        }
-    }
-    candidates.sort_by_key(|c| c.0);
-    let mut evicted = 0;
-    for (_, ex, key) in candidates {
-        if evicted == n {
-            break;
-        }
-        let mut lru = ex.lru();
-        if lru.peek(&key).is_some_and(|s| Arc::strong_count(s) == 1 && evict_if_idle_in(s, pooled)) {
-            ex.pop(&mut lru, &key);
-            evicted += 1;
-        }
-    }
-    evicted
 }

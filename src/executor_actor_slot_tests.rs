@@ -68,12 +68,14 @@ async fn overlapping_and_transactional_first_calls_that_fail_evict_no_live_actor
         assert_eq!(c.await.expect("joins").map(|_| ()).map_err(|e| e.code()), Err("TIMEOUT"));
     }
     // A transactional first call that fails keeps the fresh state as its last good one: that is
-    // nothing to keep either (0 of 10 kept).
+    // nothing to keep either (0 of 10 kept), nor to count against maxActorMemoryMB once gone.
+    let held = ex.actors.held_memory();
     for i in 0..5 {
         let tx = CallOptions { actor_id: Some(format!("tx-{i}")), transactional: Some(true), ..Default::default() };
         assert!(ex.execute(&def("aborts"), "1".into(), tx).await.is_err());
     }
     assert_eq!(ex.stats().actors, 10);
+    assert_eq!(ex.actors.held_memory(), held);
     for i in 0..10 {
         let out = ex.execute(&def("counter"), "1".into(), actor(&format!("real-{i}"))).await.expect("counts");
         assert_eq!(out.output, "2", "real-{i} kept its state");
