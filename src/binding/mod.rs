@@ -8,6 +8,7 @@ mod actor;
 mod args;
 mod call;
 mod class_guards;
+mod executor_options;
 mod fast_paths;
 mod inspect;
 mod js;
@@ -258,7 +259,7 @@ impl WasmActivityExecutor {
     pub fn new(env: Env, blob_store: Unknown, options: Option<Unknown>) -> napi::Result<Self> {
         let build = || -> Result<Self, ExecError> {
             let options = args::options_object(options)?;
-            let mut opts = args::executor_options(options.as_ref())?;
+            let mut opts = executor_options::executor_options(options.as_ref())?;
             opts.artifacts.remote = artifact_store(&env, options.as_ref())?;
             opts.actor_store = actor_store(&env, options.as_ref())?;
             if let Some(fns) = options.as_ref().map(|o| args::prop(o, "hostFunctions", "options")).transpose()?.flatten() {
