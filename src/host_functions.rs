@@ -80,13 +80,33 @@ pub struct NetworkCall {
     pub requests: AtomicU32,
     /// Set when the call ends.
     pub ended: std::sync::atomic::AtomicBool,
+    /// Wakes the requests still out when the call ends (`ended_wait`).
+    ended_signal: tokio::sync::Notify,
     /// Held while a request is out: one at a time per call.
     pub one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl NetworkCall {
     pub fn new(network: Arc<Network>) -> Self {
-        NetworkCall { network, requests: AtomicU32::new(0), ended: Default::default(), one_at_a_time: Default::default() }
+        NetworkCall {
+            network,
+            requests: AtomicU32::new(0),
+            ended: Default::default(),
+            ended_signal: Default::default(),
+            one_at_a_time: Default::default(),
+        }
+    }
+
+    /// Resolves once the call has ended.
+    pub async fn ended_wait(&self) {
+        let notified = self.ended_signal.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: an end between the two still wakes it.
+        notified.as_mut().enable();
+        if self.ended.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -250,10 +270,11 @@ impl HostAccess {
     }
 
     /// The call ended: requests still in flight (a component's, which outlive the guest's
-    /// return) are refused from now on.
+    /// return) are refused from now on, and those out are dropped (`ended_wait`).
     pub fn end(&self) {
         if let Some(net) = &self.network {
             net.ended.store(true, Ordering::Release);
+            net.ended_signal.notify_waiters();
         }
     }
 }

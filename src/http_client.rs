@@ -244,6 +244,11 @@ impl Network {
         let url = Url::parse(&req.url).map_err(|e| denied("", format!("{:?} is not a URL: {e}", preview(&req.url))))?;
         check_url(c, &url).map_err(|r| denied(&r.host, r.message))?;
         let mut host = url.host_str().unwrap_or("").to_string();
+        // As wasi:http's (review AC: a 4 MiB method went out on the request line, past
+        // maxHeaderBytes, from an AssemblyScript or Extism guest).
+        if req.method.len() > crate::wasi_http::MAX_METHOD_BYTES {
+            return Err(denied(&host, format!("the method is {} bytes, over {}", req.method.len(), crate::wasi_http::MAX_METHOD_BYTES)));
+        }
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| denied(&host, format!("{:?} is not an HTTP method", preview(&req.method))))?;
         if method == reqwest::Method::CONNECT {
@@ -431,6 +436,22 @@ mod tests {
         let e = e.unwrap_err();
         assert_eq!(e.code(), "NETWORK_DENIED", "{e}");
         assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn methods_are_at_most_64_bytes() {
+        // Review AC: a 4 MiB method went out on the request line, past maxHeaderBytes.
+        let net = Network::new(rules(&["127.0.0.1:1"])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let long = "A".repeat(crate::wasi_http::MAX_METHOD_BYTES + 1);
+        let e = net.send(HttpRequest { method: long, url: "http://127.0.0.1:1/".into(), ..Default::default() }, deadline, u64::MAX).await;
+        let e = e.unwrap_err();
+        assert_eq!(e.code(), "NETWORK_DENIED", "{e}");
+        assert!(e.to_string().contains("the method is 65 bytes"), "{e}");
+        // One of 64 gets as far as connecting (nothing listens on port 1).
+        let fits = "A".repeat(crate::wasi_http::MAX_METHOD_BYTES);
+        let e = net.send(HttpRequest { method: fits, url: "http://127.0.0.1:1/".into(), ..Default::default() }, deadline, u64::MAX).await;
+        assert_eq!(e.unwrap_err().code(), "NETWORK_ERROR");
     }
 
     #[test]

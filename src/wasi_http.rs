@@ -270,7 +270,16 @@ impl WasiHttpHooks for HostAccess {
             let room = access.http_held.as_ref().map_or(u64::MAX, |h| {
                 h.cap.load(Ordering::Relaxed).saturating_sub(h.bytes.load(Ordering::Relaxed))
             });
-            match access.send_admitted(&net, req, room).await {
+            // A request still out when its call ends goes with it: an actor's guest that returned
+            // without awaiting it had it go on downloading, its body uncounted until whole, one
+            // more per call (review AC: 30 calls held 240 MiB under maxMemoryMB 16).
+            let sent = tokio::select! {
+                sent = access.send_admitted(&net, req, room) => sent,
+                () = net.ended_wait() => {
+                    return Err(HttpError::InternalError(Some("the call that made this request has ended".into())));
+                }
+            };
+            match sent {
                 Ok(resp) => {
                     drop(charge);
                     let mut charge = Charge::new(access.http_held.clone());
