@@ -95,9 +95,7 @@ pub(super) fn registry() -> MutexGuard<'static, Vec<Weak<Shared>>> {
 pub(super) fn evict_if_idle(slot: &ActorSlot) -> bool {
     match slot.state.try_lock() {
         Ok(mut st) => {
-            st.instance = None;
-            st.shadow = None;
-            slot.uncharge(&mut st);
+            slot.forget_state(&mut st);
             true
         }
         Err(_) => false,
@@ -116,9 +114,7 @@ fn evict_if_idle_in(slot: &ActorSlot, pooled: bool) -> bool {
     match slot.state.try_lock() {
         Ok(st) if !frees(&st) => false,
         Ok(mut st) => {
-            st.instance = None;
-            st.shadow = None;
-            slot.uncharge(&mut st);
+            slot.forget_state(&mut st);
             true
         }
         Err(_) => false,

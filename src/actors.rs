@@ -114,6 +114,13 @@ impl ActorSlot {
         let charged = std::mem::take(&mut st.charged);
         self.memory.fetch_sub(charged, Ordering::AcqRel);
     }
+
+    /// Drops its instance and its shadow (an eviction), and their count.
+    fn forget_state(&self, st: &mut ActorState) {
+        st.instance = None;
+        st.shadow = None;
+        self.uncharge(st);
+    }
 }
 
 /// A call's place in an actor's line, taken when the call is made; awaiting it gives the slot.
@@ -268,8 +275,7 @@ impl Shared {
         let Ok(mut state) = slot.state.try_lock() else { return };
         if state.is_empty() {
             // A pristine shadow (a transactional first call's) goes with it, and its charge.
-            state.shadow = None;
-            slot.uncharge(&mut state);
+            slot.forget_state(&mut state);
             drop(state);
             self.pop(&mut lru, &slot.key);
         }
