@@ -142,8 +142,9 @@ describe('filesystem', () => {
       expect(await ex.execute(slow, { path: 'pipe-link', follow: true })).toEqual({ errno: 58 })
     }
     expect(Date.now() - started).toBeLessThan(2000)
-    // A pool may grow by a thread or two; the leak added one per call for good.
-    expect(threads()).toBeLessThanOrEqual(before + 3)
+    // A pool may grow by a few threads (+6 once on a loaded 2-core CI run); the leak added one
+    // per call for good: +32 here.
+    expect(threads()).toBeLessThanOrEqual(before + 10)
     expect(await ex.execute(slow, { path: 'hello.txt' })).toEqual({ content: 'hello from the host 🌍' })
     expect(await ex.execute(slow, { path: 'hello-link', follow: true })).toEqual({ content: 'hello from the host 🌍' })
   })
