@@ -204,7 +204,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Why an address is not on the public internet, if it is not: loopback, private, link-local
 /// (cloud metadata at 169.254.169.254 among them), unique-local (fd00:ec2::254), multicast,
-/// reserved, documentation ranges.
+/// reserved, documentation ranges, IETF protocol assignments (Teredo among them), SRv6 identifiers.
 pub fn restricted(ip: IpAddr) -> Option<&'static str> {
     match canonical(ip) {
         IpAddr::V4(v4) => {
@@ -234,6 +234,9 @@ pub fn restricted(ip: IpAddr) -> Option<&'static str> {
                 x if x & 0xffc0 == 0xfec0 => "site-local",
                 x if x & 0xff00 == 0xff00 => "multicast",
                 0x2001 if s[1] == 0x0db8 => "documentation",
+                0x2001 if s[1] & 0xfe00 == 0 => "IETF protocol assignments (Teredo 2001::/32 among them)",
+                0x3fff if s[1] & 0xf000 == 0 => "documentation",
+                0x5f00 => "segment routing (SRv6) identifiers",
                 0x0064 if s[1] == 0xff9b && s[2] == 1 => "local-use NAT64",
                 0x0100 if s[1..4] == [0, 0, 0] => "discard-only",
                 _ => return None,
@@ -354,10 +357,12 @@ mod tests {
             "127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1",
             "255.255.255.255", "::1", "::", "fd00:ec2::254", "fe80::1", "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe",
             "2002:a9fe:a9fe::1", "::127.0.0.1", "168.63.129.16", "64:ff9b:1::a00:1", "::ffff:0:a00:1", "192.88.99.1",
+            "2001::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:1ff::1", "2001:20::1", "3fff::1", "3fff:fff::1",
+            "5f00::1", "2001:db8::1",
         ] {
             assert!(restricted(ip.parse().unwrap()).is_some(), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "93.184.216.34"] {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "93.184.216.34", "2001:200::1", "2001:4860:4860::8888", "3fff:1000::1", "5f01::1"] {
             assert!(restricted(ip.parse().unwrap()).is_none(), "{ip}");
         }
     }
