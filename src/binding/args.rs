@@ -96,7 +96,10 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
     }
     (0..len)
         .map(|i| {
-            let item = prop(&arr, &i.to_string(), what)?.ok_or_else(|| bad(&format!("{what}[{i}]"), "a string"))?;
+            let key = i.to_string();
+            let item = prop(&arr, &key, what)?;
+            let own = item.is_some() && js::has_own(env_of(&arr), arr.raw(), &key, || format!("{what}[{i}]"))?;
+            let item = item.filter(|_| own).ok_or_else(|| bad(&format!("{what}[{i}]"), "a string (a hole is none, whatever Array.prototype holds)"))?;
             string(item, &format!("{what}[{i}]"))
         })
         .collect()

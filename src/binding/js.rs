@@ -121,6 +121,25 @@ pub fn get(env: sys::napi_env, obj: sys::napi_value, key: &str, what: &str) -> R
     read_property(env, obj, key, || what.to_string())
 }
 
+/// Whether `obj` has `key` as its own property (an array's hole does not: reading it reads
+/// `Array.prototype`, which anyone may have added to); a throw (a Proxy's trap) is
+/// `INVALID_ARGUMENT` naming the property (`what`), with the exception cleared.
+pub fn has_own(env: sys::napi_env, obj: sys::napi_value, key: &str, what: impl Fn() -> String) -> Result<bool, ExecError> {
+    let mut key_value = ptr::null_mut();
+    if unsafe { sys::napi_create_string_utf8(env, key.as_ptr().cast(), key.len() as isize, &mut key_value) } != sys::Status::napi_ok {
+        return Err(ExecError::internal("cannot make a property name"));
+    }
+    let mut own = false;
+    let status = unsafe { sys::napi_has_own_property(env, obj, key_value, &mut own) };
+    if let Some(msg) = take_exception(env) {
+        return Err(ExecError::InvalidArgument(format!("reading {} threw: {msg}", what())));
+    }
+    if status != sys::Status::napi_ok {
+        return Err(ExecError::InvalidArgument(format!("{} cannot be read (status {status})", what())));
+    }
+    Ok(own)
+}
+
 /// `obj[key]` as `get`, the property named `{what}.{key}` in errors: that text is made only when
 /// there is an error (a dozen properties are read per call).
 pub fn get_prop(env: sys::napi_env, obj: sys::napi_value, key: &str, what: &str) -> Result<sys::napi_value, ExecError> {

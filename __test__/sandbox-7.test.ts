@@ -1,0 +1,67 @@
+// Hostile review round AD: each test reproduces a way through that a reviewer (or the list of
+// what earlier rounds left) found, and failed on the code from before its fix.
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
+import { guestWat } from './wat'
+
+/** Runs `f` with `Array.prototype[index]` set (a prototype pollution elsewhere in the process). */
+function arrayPolluted<T>(index: number, value: unknown, f: () => T): T {
+  Object.defineProperty(Array.prototype, index, { value, configurable: true, writable: true, enumerable: true })
+  try {
+    return f()
+  } finally {
+    delete (Array.prototype as any)[index]
+  }
+}
+
+describe("a list's hole is no entry, whatever Array.prototype holds", () => {
+  beforeAll(() => {
+    process.env.LOOM_AD_VISIBLE = 'shown'
+    process.env.LOOM_AD_SECRET = 'secret'
+  })
+  afterAll(() => {
+    delete process.env.LOOM_AD_VISIBLE
+    delete process.env.LOOM_AD_SECRET
+  })
+
+  it('options.env, capabilities.env, allowedHosts and allowedBlobUrls with a hole are refused', async () => {
+    const store = new MemoryBlobStore()
+    await store.upload('env.wasm', guest('capabilities/env'))
+    // Before: the hole read Array.prototype[1], so the executor offered the secret and the guest read it.
+    // eslint-disable-next-line no-sparse-arrays
+    const offer = ['LOOM_AD_VISIBLE', , 'LOOM_AD_OTHER']
+    const made = arrayPolluted(1, 'LOOM_AD_SECRET', () => {
+      try {
+        return new WasmActivityExecutor(store, { env: offer as string[] })
+      } catch (e) {
+        return e as any
+      }
+    })
+    expect(made.code).toBe('INVALID_ARGUMENT')
+    expect(made.message).toContain('options.env[1]')
+    for (const options of [{ network: { allowedHosts: ['a.example', , 'b.example'] } }, { allowedBlobUrls: ['https://a.example/', ,] }]) {
+      const thrown = arrayPolluted(1, '*', () => {
+        try {
+          return new WasmActivityExecutor(store, options as any)
+        } catch (e) {
+          return e as any
+        }
+      })
+      expect(thrown.code, JSON.stringify(options)).toBe('INVALID_ARGUMENT')
+    }
+    // A definition's list the same: its hole asks for nothing it did not name.
+    const ex = new WasmActivityExecutor(store, { env: ['LOOM_AD_VISIBLE', 'LOOM_AD_SECRET'] })
+    // eslint-disable-next-line no-sparse-arrays
+    const asks = def('env', { capabilities: { env: ['LOOM_AD_VISIBLE', , 'LOOM_AD_VISIBLE'] as string[] } })
+    const e = await arrayPolluted(1, 'LOOM_AD_SECRET', () => failure(ex.execute(asks, {})))
+    expect(e.code).toBe('INVALID_ARGUMENT')
+    expect(e.message).toContain('capabilities.env[1]')
+    // Own entries still count.
+    expect(await ex.execute(def('env', { capabilities: { env: ['LOOM_AD_VISIBLE'] } }), {})).toEqual({ LOOM_AD_VISIBLE: 'shown' })
+    await ex.close()
+  })
+})
