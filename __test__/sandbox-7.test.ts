@@ -65,3 +65,30 @@ describe("a list's hole is no entry, whatever Array.prototype holds", () => {
     await ex.close()
   })
 })
+
+describe('a durable actor whose start function calls a host function', () => {
+  it('is refused before its start function or execute call the host (a retry loop repeated their effects)', async () => {
+    const wasm = await guestWat(`
+      (func $start (drop (call $charge (i32.const 36))))
+      (start $start)
+      (func (export "execute") (param i32) (result i32)
+        (drop (call $charge (i32.const 36)))
+        (i32.store16 (i32.const 100) (i32.const 49))
+        (i32.store (i32.const 96) (i32.const 2))
+        (i32.const 100))`, `(import "billing" "charge" (func $charge (param i32) (result i32)))`)
+    let charges = 0
+    const actorStore = `file://${mkdtempSync(join(tmpdir(), 'loom-ad-durable-'))}`
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { actorStore, hostFunctions: { 'billing.charge': () => ++charges } })
+    const d = def('charges', { capabilities: { hostFunctions: ['billing.charge'] } })
+    for (let retry = 0; retry < 3; retry++) {
+      const e = await failure(ex.execute(d, {}, { actorId: 'a' }))
+      expect([e.code, e.message]).toEqual(['CAPABILITY_DENIED', expect.stringContaining('start function calls host function billing.charge')])
+    }
+    // Before: each attempt charged twice (the start function and execute) and then failed.
+    expect(charges).toBe(0)
+    // Not durable, the same module runs, and charges.
+    expect(await ex.execute(d, {})).toBe(1)
+    expect(charges).toBe(2)
+    await ex.close()
+  })
+})

@@ -294,6 +294,10 @@ fn without_zero_tail(mut memory: Vec<u8>) -> Vec<u8> {
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
 pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable) -> Result<(), ExecError> {
+    // The image first, before anything the call runs: one that cannot be made (a start function
+    // calling a host function) fails the call before the guest's start function and `execute`
+    // have called the host, whose effects a retry would repeat (review AB).
+    let image = initial_image(module, p).await?;
     // Dropped, but its delete failed: delete first; the call fails while it cannot (a dropped
     // actor's state must not come back).
     if delete_dropped(d).await? == Dropped::Deleted {
@@ -304,7 +308,6 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
         held.guard.persisted = None;
         return Ok(());
     };
-    let image = initial_image(module, p).await?;
     let state = snapshot::decode(&bytes, &module.digest, &image, p.limits.max_memory_bytes)?;
     held.guard.shadow = Some((module.digest, state));
     held.guard.pristine = false;
