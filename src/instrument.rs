@@ -91,14 +91,17 @@ pub fn instrument(bytes: &[u8]) -> Result<(Vec<u8>, StateExports), ExecError> {
             sections.push((id, range));
         }
     }
-    let taken = |name: &str| exports.iter().any(|(n, _, _)| n == name);
+    // The reserved names are read back from a compiled module's exports (`StateExports::of`,
+    // whatever their kind or mutability): a module of its own exporting one, say an immutable
+    // `__loom_g9`, had its snapshots fail to restore, its transactional and durable actors
+    // unusable after their first rollback or restart (review AD).
+    if let Some((name, _, _)) = exports.iter().find(|(n, _, _)| n.starts_with(GLOBAL_PREFIX) || n == MEMORY_EXPORT) {
+        return Err(ExecError::InvalidModule(format!("the module exports the reserved name {name:?}")));
+    }
     let mut state = StateExports::default();
     let mut added: Vec<(String, ExportKind, u32)> = Vec::new();
     for g in &mutable {
         let name = format!("{GLOBAL_PREFIX}{g}");
-        if taken(&name) {
-            return Err(ExecError::InvalidModule(format!("the module exports the reserved name {name:?}")));
-        }
         added.push((name.clone(), ExportKind::Global, *g));
         state.globals.push(name);
     }
@@ -190,5 +193,22 @@ mod tests {
         wasmparser::Validator::new().validate_all(&out).expect("valid: export section before start");
         let unchanged = wat::parse_str("(module (func))").expect("parses");
         assert_eq!(instrument(&unchanged).expect("ok").0, unchanged);
+    }
+
+    #[test]
+    fn reserved_names_are_refused_whatever_they_export() {
+        for export in [
+            r#"(global (export "__loom_g9") i32 (i32.const 7))"#,
+            r#"(global (export "__loom_g0") (mut i32) (i32.const 7))"#,
+            r#"(func (export "__loom_gx"))"#,
+            r#"(func (export "__loom_memory"))"#,
+            r#"(memory (export "__loom_memory") 1)"#,
+        ] {
+            let bytes = wat::parse_str(format!("(module (global (mut i32) (i32.const 0)) {export})")).expect("parses");
+            let e = instrument(&bytes).expect_err(export);
+            assert!(matches!(&e, ExecError::InvalidModule(m) if m.contains("reserved name")), "{export}: {e:?}");
+        }
+        let own = wat::parse_str(r#"(module (memory (export "memory") 1) (global (export "__loom") i32 (i32.const 1)))"#).expect("parses");
+        assert!(instrument(&own).is_ok(), "other names are the module's own");
     }
 }
