@@ -89,8 +89,15 @@ impl FileActorStore {
         f: impl FnOnce(&Path) -> Result<T, ExecError>,
     ) -> Result<T, ExecError> {
         let path = self.checked_path(key)?;
-        if let Some(parent) = path.parent() {
+        if let Some(parent) = path.parent().filter(|p| !p.is_dir()) {
             std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
+            // The new directories' entries made durable too, up to the store's own: a snapshot
+            // synced into a directory whose entry was not could vanish with a power cut (review AD).
+            let mut made = parent;
+            while made != self.dir.as_path() && made.starts_with(&self.dir) {
+                sync_dir(made).map_err(|e| unavailable(key, e))?;
+                made = made.parent().unwrap_or(&self.dir);
+            }
         }
         let lock_path = path.with_extension("lock");
         let lock = open_regular(&lock_path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
