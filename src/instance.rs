@@ -104,15 +104,15 @@ pub fn classify(err: wasmtime::Error, limits: &Limits) -> ExecError {
         if *trap == Trap::OutOfFuel {
             return ExecError::OutOfFuel { limit: limits.max_fuel.unwrap_or(0) };
         }
-        return ExecError::Trap { kind: trap_kind(trap), message: format!("{err:#}") };
+        return ExecError::Trap { kind: trap_kind(trap), message: crate::trap_text::describe(&err) };
     }
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return ExecError::GuestError { message: format!("the guest exited with code {}", exit.0), exit_code: Some(exit.0) };
     }
     if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-        return ExecError::Busy(format!("no room in the process's instance pool: {err:#}"));
+        return ExecError::Busy(format!("no room in the process's instance pool: {}", crate::trap_text::describe(&err)));
     }
-    ExecError::Trap { kind: "host".into(), message: format!("{err:#}") }
+    ExecError::Trap { kind: "host".into(), message: crate::trap_text::describe(&err) }
 }
 
 /// `StackOverflow` -> `stack_overflow`.
@@ -136,7 +136,7 @@ fn trap_kind(trap: &Trap) -> String {
 fn instantiate_error(e: wasmtime::Error, limits: &Limits, module: &CompiledModule) -> ExecError {
     let is_trap = e.downcast_ref::<Trap>().is_some_and(|t| *t != Trap::OutOfFuel && *t != Trap::Interrupt);
     if is_trap && !module.has_start {
-        return ExecError::InvalidModule(format!("cannot instantiate: {e:#}"));
+        return ExecError::InvalidModule(format!("cannot instantiate: {}", crate::trap_text::describe(&e)));
     }
     match classify(e, limits) {
         ExecError::Trap { kind, message } if kind == "host" => ExecError::InvalidModule(format!("cannot instantiate: {message}")),

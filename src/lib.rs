@@ -55,6 +55,7 @@ pub mod store;
 pub mod text;
 pub mod threads;
 pub mod tier_up;
+pub mod trap_text;
 pub mod unpooled_first;
 pub mod unpooled_slots;
 pub mod untrusted_dir;
