@@ -152,6 +152,12 @@ export interface ExecutorOptions {
    */
   maxInitInstructions?: number
   /**
+   * Most machine code a module may compile to, in bytes, estimated from its instructions before
+   * it is compiled (default 256 MiB; 1 MiB..64 GiB): `COMPILE_LIMIT` past it. A compile's memory
+   * peaks at about four times its code; common code is estimated a few times over what it makes.
+   */
+  maxCodeBytes?: number
+  /**
    * URL prefixes a definition's `wasmBlobPath` may name directly (e.g. `['s3://bucket/activities/']`),
    * bypassing the blob store. None by default: every path goes to the store as it is.
    */

@@ -231,7 +231,7 @@ describe('sizes and concurrency', () => {
         maxCachedModules: 4, maxCacheBytes: 1 << 20, cacheDir: join(dir, 'cache'), maxCacheDirBytes: 1 << 30, artifactStore: `file://${join(dir, 'artifacts')}`,
         artifactKey: 'k'.repeat(32), maxActors: 10, maxActorMemoryMB: 64, maxConcurrency: 1, maxMemoryMB: 16, maxExecutionMs: 1000,
         maxInputBytes: 1000, maxOutputBytes: 1000, maxOutputDepth: 10, loadTimeoutMs: 1000, compileTimeoutMs: 1000,
-        maxModuleBytes: 1 << 20, maxFunctions: 100, maxFunctionBytes: 1000, maxLocals: 100, maxInitInstructions: 100,
+        maxModuleBytes: 1 << 20, maxFunctions: 100, maxFunctionBytes: 1000, maxLocals: 100, maxInitInstructions: 100, maxCodeBytes: 8 << 20,
         allowedBlobUrls: [], transactional: true, tierUp: false, shareCode: false, actorStore: `file://${join(dir, 'actors')}`,
         persist: 'async', onLog: () => {}, filesystem: { hostDir: dir, guestDir: '/d', writable: true }, env: [], hostFunctions: {},
         network: { allowedHosts: [] },

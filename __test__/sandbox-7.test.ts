@@ -92,3 +92,42 @@ describe('a durable actor whose start function calls a host function', () => {
     await ex.close()
   })
 })
+
+describe('modules whose compile or traps cost the host far more than their bytes', () => {
+  it('a module of indirect calls past maxCodeBytes is refused before it compiles; the same under a larger one runs', async () => {
+    // 5 bytes of wasm, 185 of machine code: 17 MB of them compiled to 626 MB and peaked at 2.7 GB.
+    const body = '(call_indirect (type $t) (i32.const 0))'.repeat(40_000)
+    const wasm = await guestWat(`(type $t (func)) (table 1 funcref) (elem (i32.const 0) $nop) (func $nop)
+      (func $calls ${body})
+      (func (export "execute") (param i32) (result i32) (i32.const 36))`)
+    const store = { download: async () => wasm }
+    const tight = new WasmActivityExecutor(store, { maxCodeBytes: 4 << 20 })
+    const e = await failure(tight.execute(def('calls'), {}))
+    expect([e.code, e.message]).toEqual(['COMPILE_LIMIT', expect.stringContaining('maxCodeBytes')])
+    await tight.close()
+    const roomy = new WasmActivityExecutor(store, { maxCodeBytes: 64 << 20 })
+    expect(await roomy.execute(def('calls'), {})).toBe(1)
+    await roomy.close()
+  })
+
+  it("a trap in a function named by megabytes is refused at load, not copied into every frame of each trap's backtrace", async () => {
+    const wasm = await guestWat(`(func $deep (param i32) (if (local.get 0) (then (call $deep (i32.sub (local.get 0) (i32.const 1)))) (else unreachable)))
+      (func (export "execute") (param i32) (result i32) (call $deep (i32.const 10)) (i32.const 36))`)
+    const named = (name: string) => {
+      const bytes = Buffer.from(name)
+      const leb = (n: number) => { const out = []; do { let b = n & 0x7f; n >>>= 7; if (n) b |= 0x80; out.push(b) } while (n); return out }
+      // Function 4 ($deep, after abort, __new, __pin and __unpin) gets the name.
+      const sub = Buffer.from([...leb(1), ...leb(4), ...leb(bytes.length), ...bytes])
+      const content = Buffer.concat([Buffer.from([4, ...Buffer.from('name')]), Buffer.from([1, ...leb(sub.length)]), sub])
+      return Buffer.concat([wasm, Buffer.from([0, ...leb(content.length)]), content])
+    }
+    const ex = new WasmActivityExecutor({ download: async (p: string) => named(p === 'short.wasm' ? 'deep' : 'x'.repeat(1 << 20)) })
+    // Before: 1 MiB copied into each of 11 frames and written whole into the message, each trap.
+    const e = await failure(ex.execute(def('long'), {}))
+    expect([e.code, e.message]).toEqual(['COMPILE_LIMIT', expect.stringContaining('name section')])
+    const trap = await failure(ex.execute(def('short'), {}))
+    expect([trap.code, trap.trapKind]).toEqual(['TRAP', 'unreachable_code_reached'])
+    expect(trap.message).toContain('!deep')
+    await ex.close()
+  })
+})

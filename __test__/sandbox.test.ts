@@ -187,6 +187,7 @@ describe('6. option values cannot crash the process', () => {
     ['maxMemoryMB', 1e6], ['maxExecutionMs', 1e12], ['loadTimeoutMs', 0], ['compileTimeoutMs', NaN],
     ['maxModuleBytes', 1e12], ['maxFunctions', 1e9], ['maxFunctionBytes', 1e9], ['maxLocals', 1e9],
     ['maxActors', 1.5], ['maxActors', '10'], ['maxInitInstructions', 0], ['maxInitInstructions', 20_001],
+    ['maxCodeBytes', 1000], ['maxCodeBytes', 2 ** 36 + 1],
   ]
   for (const [key, value] of bad) {
     it(`${key}: ${String(value)} is INVALID_ARGUMENT naming the option and its range`, () => {

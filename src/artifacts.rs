@@ -219,8 +219,16 @@ impl ArtifactCache {
             false => {
                 let l = limits;
                 let text = format!(
-                    "{engine_part} functions {} function bytes {} locals {} init {}",
-                    l.max_functions, l.max_function_bytes, l.max_locals, l.max_init_instructions
+                    "{engine_part} functions {} function bytes {} locals {} init {}{}",
+                    l.max_functions,
+                    l.max_function_bytes,
+                    l.max_locals,
+                    l.max_init_instructions,
+                    // Added later: an executor of the default maxCodeBytes keeps the names of before.
+                    match l.max_code_bytes == crate::shape::DEFAULT_MAX_CODE_BYTES {
+                        true => String::new(),
+                        false => format!(" code {}", l.max_code_bytes),
+                    }
                 );
                 hex(&crate::digest::sha256(text.as_bytes()))[..16].to_string()
             }

@@ -27,13 +27,13 @@ pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result
     compile_digested(bytes, sha256(bytes), kind, limits, false)
 }
 
-/// `compile` of bytes whose digest is known. A component compiled by the baseline compiler has
-/// only its limits checked (its instructions are not walked: what the walk finds matters only to
-/// the optimizing compiler and to core modules' snapshots; 12 MB took ~60 ms). `tier_up`: the
-/// optimized code of a module already running on baseline code, refused for a shape that needs
-/// the baseline compiler (it would be compiled again as it is).
+/// `compile` of bytes whose digest is known. Every compile walks the instructions first, a
+/// component's on the baseline compiler too (~60 ms for the 12 MB JavaScript component, skipped
+/// until review AD): the estimate of the machine code they make (`maxCodeBytes`) bounds the
+/// compile's memory. `tier_up`: the optimized code of a module already running on baseline
+/// code, refused for a shape that needs the baseline compiler (it would be compiled again as it is).
 pub(crate) fn compile_digested(bytes: &[u8], digest: Digest, kind: EngineKind, limits: &CompileLimits, tier_up: bool) -> Result<CompiledModule, ExecError> {
-    let shape = if kind.baseline() && abi::is_component(bytes) { shape::check_limits(bytes, limits)? } else { shape::check(bytes, limits)? };
+    let shape = shape::check(bytes, limits)?;
     if tier_up && shape.needs_baseline() && !kind.baseline() {
         return Err(ExecError::CompileLimit(format!(
             "a function's shape (locals × blocks = {}) keeps the module on the baseline compiler",

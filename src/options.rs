@@ -99,6 +99,8 @@ pub mod ranges {
     pub const FUNCTIONS: (f64, f64) = (1.0, 1_000_000.0);
     pub const FUNCTION_BYTES: (f64, f64) = (1.0, 7_654_321.0);
     pub const LOCALS: (f64, f64) = (1.0, 50_000.0);
+    /// `maxCodeBytes`: 1 MiB to 64 GiB of estimated machine code.
+    pub const CODE_BYTES: (f64, f64) = (1048576.0, 68_719_476_736.0);
     /// At most twice the default: the baseline engine's start-up code keeps a stack slot or a few
     /// per item (`initializers`), and 60,000 data segments outgrew a fiber stack.
     pub const INIT_INSTRUCTIONS: (f64, f64) = (1.0, 20_000.0);

@@ -18,6 +18,9 @@ pub struct CompileLimits {
     pub max_locals: u64,
     /// Instructions in the module's initializers (see `Shape::init_instructions`).
     pub max_init_instructions: u64,
+    /// The machine code the module's functions compile to, estimated before compiling
+    /// (`code_estimate`), in bytes.
+    pub max_code_bytes: u64,
 }
 
 impl Default for CompileLimits {
@@ -28,9 +31,14 @@ impl Default for CompileLimits {
             max_function_bytes: 7_654_321,
             max_locals: 50_000,
             max_init_instructions: 10_000,
+            max_code_bytes: DEFAULT_MAX_CODE_BYTES,
         }
     }
 }
+
+/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at about a quarter of it.
+/// Estimated code of this much takes about a gigabyte at the compile's peak.
+pub const DEFAULT_MAX_CODE_BYTES: u64 = 256 << 20;
 
 /// Past this (locals × blocks) in any one function, the module is compiled by the baseline
 /// compiler. Real code stays far below (an interpreter loop of a few hundred locals and a few
@@ -43,7 +51,8 @@ pub const CRANELIFT_COST: u64 = 4_000_000;
 /// The 12 MB JavaScript component sums to 3.1e6; a function at `CRANELIFT_COST` takes ~5 s.
 pub const CRANELIFT_MODULE_COST: u64 = 8_000_000;
 
-/// Past this many instructions in one function, or this sum of their squares over a module, too:
+/// Past this many instructions in one function, or this sum of their squares over a module, too
+/// (instructions weighted by `code_estimate::cranelift_weight`: an indirect call counts 5):
 /// straight-line code escapes (locals × blocks), and the optimizing compiler's time grows faster
 /// than its length (review T: one function of 2 locals, no blocks and 120,000 instructions took
 /// 11.7 s, 60,000 took 1.9 s). The largest real guest here, the 12 MB JavaScript component, has a
@@ -94,6 +103,9 @@ pub struct Shape {
     /// (what the optimizing compiler's time grows with in straight-line code).
     pub most_ops: u64,
     pub ops_squared: u64,
+    /// The machine code the baseline compiler would make of all its functions, estimated
+    /// (`code_estimate::winch_bytes`).
+    pub code_estimate: u64,
     pub has_start: bool,
     /// Items of the code wasmtime compiles from the initializers, run whole as an instance starts
     /// (`initializers`; the sum over a component's core modules).
@@ -265,6 +277,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 }
             }
             Payload::StartSection { .. } => shape.has_start = true,
+            Payload::CustomSection(c) if c.name() == "name" => crate::name_section::check(c.data(), c.data_offset())?,
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len() as u64;
                 limit("a function body's size in bytes", size, limits.max_function_bytes, "maxFunctionBytes")?;
@@ -284,8 +297,11 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 // (Counted with the blocks; see `CRANELIFT_OPS`.)
                 let mut ops = body.get_operators_reader().map_err(invalid)?;
                 while !ops.eof() {
-                    n_ops += 1;
-                    match ops.read().map_err(invalid)? {
+                    let (op, at) = ops.read_with_offset().map_err(invalid)?;
+                    n_ops += crate::code_estimate::cranelift_weight(&op);
+                    let simd = bytes.get(at) == Some(&0xfd);
+                    shape.code_estimate = shape.code_estimate.saturating_add(crate::code_estimate::winch_bytes(&op, simd));
+                    match op {
                         Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
                         // With the proposals `engine::features` allows (no GC, exceptions, threads
                         // or multi-memory), these are all the instructions that change state
@@ -311,6 +327,12 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.add_init(init.items, limits)?;
     shape.table_elements = shape.table_elements.saturating_add(init.table_elements);
     shape.image_bytes = shape.image_bytes.saturating_add(init.image_bytes);
+    limit(
+        "the machine code its functions compile to, estimated from their instructions,",
+        shape.code_estimate,
+        limits.max_code_bytes,
+        "maxCodeBytes",
+    )?;
     Ok(shape)
 }
 

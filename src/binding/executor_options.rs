@@ -21,11 +21,11 @@ fn secret(v: Unknown, what: &str) -> Result<Vec<u8>, ExecError> {
 /// Every option the constructor reads (README's "Executor options"). A key that is none of them
 /// is refused: a misspelt limit (`maxMemoryMb`, `maxExecutionMS`) would otherwise leave its
 /// default in force, silently, and a misspelt grant (`writeable`) a different one than asked for.
-const EXECUTOR_OPTIONS: [&str; 32] = [
+const EXECUTOR_OPTIONS: [&str; 33] = [
     "maxCachedModules", "maxCacheBytes", "cacheDir", "maxCacheDirBytes", "artifactStore", "artifactKey", "maxActors", "maxActorMemoryMB",
     "maxConcurrency", "maxMemoryMB", "maxExecutionMs", "maxInputBytes", "maxOutputBytes", "maxOutputDepth",
     "loadTimeoutMs", "compileTimeoutMs", "maxModuleBytes", "maxFunctions", "maxFunctionBytes", "maxLocals",
-    "maxInitInstructions", "allowedBlobUrls", "transactional", "tierUp", "shareCode", "actorStore", "persist",
+    "maxInitInstructions", "maxCodeBytes", "allowedBlobUrls", "transactional", "tierUp", "shareCode", "actorStore", "persist",
     "onLog", "filesystem", "env", "hostFunctions", "network",
 ];
 
@@ -95,6 +95,9 @@ pub fn executor_options(obj: Option<&Object>) -> Result<ExecutorOptions, ExecErr
     }
     if let Some(n) = opt(obj, "maxInitInstructions", w, |v, p| ranged(v, p, ranges::INIT_INSTRUCTIONS))? {
         c.max_init_instructions = n;
+    }
+    if let Some(n) = opt(obj, "maxCodeBytes", w, |v, p| ranged(v, p, ranges::CODE_BYTES))? {
+        c.max_code_bytes = n;
     }
     if let Some(urls) = opt(obj, "allowedBlobUrls", w, string_list)? {
         o.allowed_blob_urls = urls;

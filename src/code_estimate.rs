@@ -1,0 +1,137 @@
+//! What a function's instructions cost to compile, weighed one instruction at a time as the
+//! shape walk reads them (`shape`): the machine code the baseline compiler (Winch) makes of each,
+//! and its weight in the optimizing compiler's time.
+//!
+//! Winch's code is linear in the instructions, but not in their bytes: `i32.const 0;
+//! call_indirect` is 5 bytes of wasm and 185 bytes of machine code, so a 17 MB module of them
+//! compiled to 626 MB of code and took 2.7 GB at its peak (review AD; the default
+//! `maxModuleBytes` of 256 MiB would have been about 9 GB of code). The compile cannot be stopped
+//! midway, so the bound is checked before it starts, on this estimate (`maxCodeBytes`).
+//!
+//! The bytes below are upper bounds measured on x86-64 (wasmtime 48's Winch), each instruction
+//! repeated over 256 KB of functions and the code divided by the repetitions, the whole pattern
+//! counted against its costly instruction (`i32.const 0; call_indirect` as the `call_indirect`).
+//! Common code is overestimated a few times over (it is mostly the cheap instructions); the
+//! patterns that expand most are estimated within a few percent.
+
+use wasmparser::Operator;
+
+/// Estimated machine code, in bytes, of one instruction compiled by Winch. `simd`: the
+/// instruction is one of the 0xfd prefix (vector instructions).
+pub fn winch_bytes(op: &Operator, simd: bool) -> u64 {
+    use Operator::*;
+    match op {
+        // Table bounds, signature check, lazy table initialisation: 185 bytes measured.
+        CallIndirect { .. } | ReturnCallIndirect { .. } | CallRef { .. } | ReturnCallRef { .. } => 200,
+        // 127.5 (table.get, with its lazy initialisation) and 65.5 (table.set) measured; the
+        // other table and bulk-memory instructions call into the host: 110-134 measured.
+        TableGet { .. } | TableGrow { .. } | TableFill { .. } | TableCopy { .. } | TableInit { .. } | ElemDrop { .. } => 140,
+        MemoryCopy { .. } | MemoryFill { .. } | MemoryInit { .. } | DataDrop { .. } => 140,
+        TableSet { .. } => 80,
+        // Trapping float-to-int conversions: 87.6-104.5; saturating ones: 121.5.
+        I32TruncF32S | I32TruncF32U | I32TruncF64S | I32TruncF64U | I64TruncF32S | I64TruncF32U | I64TruncF64S | I64TruncF64U => 112,
+        I32TruncSatF32S | I32TruncSatF32U | I32TruncSatF64S | I32TruncSatF64U | I64TruncSatF32S | I64TruncSatF32U
+        | I64TruncSatF64S | I64TruncSatF64U => 128,
+        // A jump table: an entry per target.
+        BrTable { targets } => 48u64.saturating_add(8 * u64::from(targets.len())),
+        // 51.3-54.5 measured.
+        F32Min | F32Max | F64Min | F64Max | F32ConvertI64U | F64ConvertI64U => 64,
+        I32DivS | I32DivU | I32RemS | I32RemU | I64DivS | I64DivU | I64RemS | I64RemU => 48,
+        MemoryGrow { .. } | Call { .. } | ReturnCall { .. } | RefFunc { .. } => 32,
+        // The vector instructions: 10-58 measured (`i32x4.trunc_sat_f32x4_u`), most under 40.
+        _ if simd => 64,
+        LocalGet { .. } | LocalSet { .. } | LocalTee { .. } | GlobalGet { .. } | GlobalSet { .. } | I32Const { .. }
+        | I64Const { .. } | F32Const { .. } | F64Const { .. } | Drop | Nop | Block { .. } | Loop { .. } | End | Else
+        | Br { .. } | BrIf { .. } | If { .. } | Return | Unreachable | MemorySize { .. } => 16,
+        _ => 24,
+    }
+}
+
+/// An instruction's weight in the optimizing compiler's time (`shape::CRANELIFT_OPS` and its
+/// sum of squares count weighted instructions): each indirect call is several blocks (the
+/// table's bounds, the lazy initialisation, the signature), and a function of them cost
+/// Cranelift about 19 times what one of as many plain instructions did (review AD: 1.0 MB of
+/// them, four functions within both bounds, took 105 s of CPU and 1.9 GB in the background;
+/// 128 KB in one function 10.4 s).
+pub fn cranelift_weight(op: &Operator) -> u64 {
+    match op {
+        Operator::CallIndirect { .. } | Operator::ReturnCallIndirect { .. } | Operator::CallRef { .. } | Operator::ReturnCallRef { .. } => 5,
+        Operator::TableGet { .. } => 3,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{engine, EngineKind};
+    use crate::shape::{check, CompileLimits, CRANELIFT_OPS};
+
+    /// A module of 8 functions, each `pattern` (WAT instructions) repeated `n` times.
+    fn repeated(pattern: &str, n: usize) -> Vec<u8> {
+        let body = pattern.repeat(n);
+        let funcs: String = (0..8).map(|_| format!("(func (local v128 i64 f64 i32) {body})\n")).collect();
+        let wat = format!(
+            "(module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $target) (memory 1) (func $target) {funcs})"
+        );
+        wat::parse_str(wat).expect("parses")
+    }
+
+    /// The machine code Winch makes of `bytes` (the compiled image: code, its tables, data).
+    fn winch_code(bytes: &[u8]) -> u64 {
+        let module = wasmtime::Module::new(engine(EngineKind::Baseline).expect("engine"), bytes).expect("compiles");
+        (module.image_range().end as u64) - (module.image_range().start as u64)
+    }
+
+    #[test]
+    fn the_estimate_bounds_what_winch_makes_and_is_close_where_code_expands_most() {
+        for (pattern, close) in [
+            ("(call_indirect (type $t) (i32.const 0))", true),
+            ("(drop (table.get 0 (i32.const 0)))", true),
+            ("(memory.copy (i32.const 0) (i32.const 0) (i32.const 0))", true),
+            ("(local.set 1 (i64.trunc_f64_u (local.get 2)))", true),
+            ("(local.set 1 (i64.trunc_sat_f64_u (local.get 2)))", true),
+            ("(local.set 2 (f64.min (local.get 2) (local.get 2)))", false),
+            ("(local.set 0 (i8x16.popcnt (local.get 0)))", false),
+            ("(local.set 3 (i32.add (local.get 3) (i32.load (i32.const 0))))", false),
+            ("(call $target)", false),
+        ] {
+            let bytes = repeated(pattern, 4000);
+            let estimate = check(&bytes, &CompileLimits::default()).expect("fits").code_estimate;
+            let real = winch_code(&bytes);
+            assert!(estimate >= real, "{pattern}: estimated {estimate}, made {real}");
+            if close {
+                assert!(estimate <= real * 3 / 2, "{pattern}: estimated {estimate}, made {real}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_module_past_max_code_bytes_is_refused_before_compiling_a_component_too() {
+        let ci = "(call_indirect (type $t) (i32.const 0))";
+        let bytes = repeated(ci, 20_000);
+        let tight = CompileLimits { max_code_bytes: 16 << 20, ..Default::default() };
+        let e = check(&bytes, &tight).expect_err("over");
+        assert_eq!(e.code(), "COMPILE_LIMIT");
+        assert!(e.to_string().contains("maxCodeBytes"), "{e}");
+        assert!(check(&bytes, &CompileLimits::default()).is_ok(), "1 MB of indirect calls fits the default");
+        // Inside a component, on the baseline compiler: its core modules' instructions are
+        // weighed too (a component's were not walked before its first compile).
+        let body = ci.repeat(20_000);
+        let funcs: String = (0..8).map(|_| format!("(func {body})\n")).collect();
+        let component = wat::parse_str(format!(
+            "(component (core module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $target) (func $target) {funcs}))"
+        ))
+        .expect("parses");
+        let e = crate::compile::compile(&component, EngineKind::Baseline, &tight).err().expect("refused");
+        assert!(e.to_string().contains("maxCodeBytes"), "{e}");
+    }
+
+    #[test]
+    fn indirect_calls_weigh_more_for_the_optimizing_compiler() {
+        // 26,000 indirect calls in one function (52,000 instructions): 10.4 s of Cranelift.
+        let body = "(call_indirect (type $t) (i32.const 0))".repeat(26_000);
+        let bytes = wat::parse_str(format!("(module (type $t (func)) (table 1 funcref) (func {body}))")).expect("parses");
+        let shape = check(&bytes, &CompileLimits::default()).expect("fits");
+        assert!(shape.most_ops > CRANELIFT_OPS && shape.needs_baseline(), "{shape:?}");
+    }
+}
