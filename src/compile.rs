@@ -191,8 +191,9 @@ fn large_pool() -> Option<&'static rayon::ThreadPool> {
 
 /// Gives the compile's freed memory back to the system: the allocator keeps what a large
 /// compile freed (review AD: 0.8-1 GB stayed resident after background compiles of 400 KB
-/// modules whose code expands most). Run after compiles of large modules and tier-ups, on a
-/// blocking thread of its own (it walks the allocator's arenas), not on a call's way.
+/// modules whose code expands most). Run after tier-ups, on a blocking thread of its own (it
+/// walks the allocator's arenas, locking each). Not after a call's compile: it would run while
+/// the call instantiates and runs the module, and hold up their allocations.
 fn give_back_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: glibc's malloc_trim takes only the padding to keep; it is thread-safe.
@@ -263,7 +264,6 @@ fn run_compile(
     permit: Option<OwnedSemaphorePermit>,
     background: bool,
 ) -> impl std::future::Future<Output = Loaded> {
-    let bytes_len = bytes.len();
     let compiling = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         #[cfg(test)]
@@ -281,10 +281,9 @@ fn run_compile(
             None => run(),
         }
     });
-    let heavy = background || bytes_len > LARGE_MODULE_BYTES;
     async move {
         let loaded = compiling.await.unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))));
-        if heavy {
+        if background {
             drop(tokio::task::spawn_blocking(give_back_memory));
         }
         loaded

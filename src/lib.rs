@@ -14,6 +14,7 @@ pub mod artifacts;
 pub mod call;
 pub mod cache_dir_bound;
 pub mod cache_state;
+pub mod body_walk;
 pub mod capabilities;
 pub mod code_estimate;
 pub mod compile;

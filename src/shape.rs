@@ -4,7 +4,7 @@
 //! of a function, so a function past `CRANELIFT_COST` goes to the baseline compiler (Winch),
 //! whose cost is linear in the code.
 
-use wasmparser::{Operator, Parser, Payload};
+use wasmparser::{Parser, Payload};
 
 use crate::error::ExecError;
 
@@ -36,7 +36,7 @@ impl Default for CompileLimits {
     }
 }
 
-/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at about a quarter of it.
+/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at 83 MB, a third of it.
 /// Estimated code of this much takes about a gigabyte at the compile's peak.
 pub const DEFAULT_MAX_CODE_BYTES: u64 = 256 << 20;
 
@@ -189,6 +189,8 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     // Parameters and results of each function type of the module being read.
     let mut type_slots: Vec<u64> = Vec::new();
     let mut component = crate::component_types::ComponentTypes::default();
+    // The function bodies to walk, with their locals (walked together at the end).
+    let mut bodies = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
@@ -289,37 +291,9 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                     limit("a function's number of locals", locals, limits.max_locals, "maxLocals")?;
                 }
                 shape.most_locals = shape.most_locals.max(locals);
-                if !walk {
-                    continue;
+                if walk {
+                    bodies.push((body, locals));
                 }
-                let mut blocks: u64 = 1;
-                let mut n_ops: u64 = 0;
-                // (Counted with the blocks; see `CRANELIFT_OPS`.)
-                let mut ops = body.get_operators_reader().map_err(invalid)?;
-                while !ops.eof() {
-                    let (op, at) = ops.read_with_offset().map_err(invalid)?;
-                    n_ops += crate::code_estimate::cranelift_weight(&op);
-                    let simd = bytes.get(at) == Some(&0xfd);
-                    shape.code_estimate = shape.code_estimate.saturating_add(crate::code_estimate::winch_bytes(&op, simd));
-                    match op {
-                        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
-                        // With the proposals `engine::features` allows (no GC, exceptions, threads
-                        // or multi-memory), these are all the instructions that change state
-                        // outside memory and globals. Allowing GC would add struct.set/array.set.
-                        Operator::TableSet { .. }
-                        | Operator::TableGrow { .. }
-                        | Operator::TableFill { .. }
-                        | Operator::TableCopy { .. }
-                        | Operator::TableInit { .. }
-                        | Operator::ElemDrop { .. }
-                        | Operator::DataDrop { .. } => shape.state_outside_memory = true,
-                        _ => {}
-                    }
-                }
-                shape.cost = shape.cost.max(locals.max(1).saturating_mul(blocks));
-                shape.total_cost = shape.total_cost.saturating_add(locals.max(1).saturating_mul(blocks));
-                shape.most_ops = shape.most_ops.max(n_ops);
-                shape.ops_squared = shape.ops_squared.saturating_add(n_ops.saturating_mul(n_ops));
             }
             _ => {}
         }
@@ -327,6 +301,13 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.add_init(init.items, limits)?;
     shape.table_elements = shape.table_elements.saturating_add(init.table_elements);
     shape.image_bytes = shape.image_bytes.saturating_add(init.image_bytes);
+    let costs = crate::body_walk::walk_all(bytes, &bodies).map_err(invalid)?;
+    shape.cost = costs.cost;
+    shape.total_cost = costs.total_cost;
+    shape.most_ops = costs.most_ops;
+    shape.ops_squared = costs.ops_squared;
+    shape.code_estimate = costs.code_estimate;
+    shape.state_outside_memory = costs.state_outside_memory;
     limit(
         "the machine code its functions compile to, estimated from their instructions,",
         shape.code_estimate,
