@@ -156,15 +156,18 @@ const BACKGROUND_NICE: i32 = crate::threads::NICE + 5;
 /// no thread could be started (background compiles then share the common pool).
 fn background_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(crate::threads::cpus())
-            .thread_name(|i| format!("loom-wasm-tier-up-{i}"))
-            .start_handler(|_| crate::threads::set_nice(BACKGROUND_NICE))
-            .build()
-            .ok()
-    })
-    .as_ref()
+    POOL.get_or_init(|| compile_pool("loom-wasm-tier-up", || crate::threads::set_nice(BACKGROUND_NICE))).as_ref()
+}
+
+/// A pool of a thread per CPU named `name-<i>`, each running `start` first; None if no thread
+/// could be started.
+fn compile_pool(name: &'static str, start: fn()) -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(crate::threads::cpus())
+        .thread_name(move |i| format!("{name}-{i}"))
+        .start_handler(move |_| start())
+        .build()
+        .ok()
 }
 
 /// Modules past this many bytes compile on a pool of their own (`large_pool`).
@@ -178,15 +181,7 @@ const LARGE_MODULE_BYTES: usize = 1 << 20;
 /// thread could be started (they then share the common pool).
 fn large_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(crate::threads::cpus())
-            .thread_name(|i| format!("loom-wasm-compile-large-{i}"))
-            .start_handler(|_| crate::threads::lower_priority())
-            .build()
-            .ok()
-    })
-    .as_ref()
+    POOL.get_or_init(|| compile_pool("loom-wasm-compile-large", crate::threads::lower_priority)).as_ref()
 }
 
 /// Gives the compile's freed memory back to the system: the allocator keeps what a large
