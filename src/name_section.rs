@@ -12,43 +12,50 @@ pub const MAX_NAME_BYTES: u64 = 64 * 1024;
 
 /// Refuses a `name` section (`data`, its contents) that names a module or function by more than
 /// `MAX_NAME_BYTES`. Read by hand: wasmparser refuses a module name past 100,000 bytes where
-/// wasmtime, which ignores a name section it cannot read, might not; what cannot be read here is
-/// left to it.
+/// wasmtime, which ignores a name section it cannot read, might not. A section that stops being
+/// readable midway still counts the names before (and the length of the one it stops in):
+/// wasmtime keeps the names it read before an error (review AD: a huge name followed by a
+/// truncated entry passed).
 pub fn check(data: &[u8], offset: usize) -> Result<(), ExecError> {
     let mut r = BinaryReader::new(data, offset);
+    let mut longest = 0;
     while !r.eof() {
-        let Ok(longest) = next_subsection(&mut r) else { return Ok(()) };
+        let read = next_subsection(&mut r, &mut longest);
         if longest > MAX_NAME_BYTES {
             return Err(ExecError::CompileLimit(format!(
                 "its name section names a module or function by {longest} bytes, over the limit of {MAX_NAME_BYTES} (a fixed limit)"
             )));
         }
+        if read.is_err() {
+            break;
+        }
     }
     Ok(())
 }
 
-/// Reads one subsection, answering the length of its longest module or function name (0 for
-/// other subsections).
-fn next_subsection(r: &mut BinaryReader) -> wasmparser::Result<u64> {
+/// Reads one subsection, keeping in `longest` the length of the longest module or function name
+/// seen (as each length is read, before its bytes).
+fn next_subsection(r: &mut BinaryReader, longest: &mut u64) -> wasmparser::Result<()> {
     let id = r.read_u8()?;
     let size = r.read_var_u32()? as usize;
+    // A subsection that claims more than is left is read as far as it goes.
+    let size = size.min(r.bytes_remaining());
     let mut sub = BinaryReader::new(r.read_bytes(size)?, 0);
-    Ok(match id {
+    match id {
         // The module's name.
-        0 => u64::from(sub.read_var_u32()?),
+        0 => *longest = (*longest).max(u64::from(sub.read_var_u32()?)),
         // The functions' names: (index, name) pairs.
         1 => {
-            let mut longest = 0;
             for _ in 0..sub.read_var_u32()? {
                 sub.read_var_u32()?;
                 let len = sub.read_var_u32()?;
-                longest = longest.max(u64::from(len));
+                *longest = (*longest).max(u64::from(len));
                 sub.read_bytes(len as usize)?;
             }
-            longest
         }
-        _ => 0,
-    })
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -58,6 +65,11 @@ mod tests {
 
     /// A module whose name section names it `module` and its function `function`.
     fn named(module: &str, function: &str) -> Vec<u8> {
+        named_then(module, function, &[])
+    }
+
+    /// `named`, the functions' subsection claiming a second entry whose bytes are `tail`.
+    fn named_then(module: &str, function: &str, tail: &[u8]) -> Vec<u8> {
         let mut bytes = wat::parse_str("(module (func (export \"f\")))").expect("parses");
         let leb = |mut n: usize, out: &mut Vec<u8>| loop {
             let b = (n & 0x7f) as u8;
@@ -70,9 +82,10 @@ mod tests {
         let mut sub0 = Vec::new();
         leb(module.len(), &mut sub0);
         sub0.extend_from_slice(module.as_bytes());
-        let mut sub1 = vec![1, 0];
+        let mut sub1 = vec![if tail.is_empty() { 1 } else { 2 }, 0];
         leb(function.len(), &mut sub1);
         sub1.extend_from_slice(function.as_bytes());
+        sub1.extend_from_slice(tail);
         let mut content = vec![4];
         content.extend_from_slice(b"name");
         for (id, sub) in [(0u8, sub0), (1u8, sub1)] {
@@ -92,7 +105,10 @@ mod tests {
         let ok = "n".repeat(MAX_NAME_BYTES as usize);
         assert!(shape_check(&named("m", &ok), &CompileLimits::default()).is_ok());
         assert!(shape_check(&named(&ok, "f"), &CompileLimits::default()).is_ok());
-        for bytes in [named("m", &long), named(&long, "f")] {
+        // A huge name followed by an entry cut short: wasmtime keeps what it read before the error.
+        // (The second entry: function 1, a name of 100 bytes of which 3 are there.)
+        let cut = named_then("m", &long, &[1, 100, b'a', b'b', b'c']);
+        for bytes in [named("m", &long), named(&long, "f"), cut] {
             let e = shape_check(&bytes, &CompileLimits::default()).expect_err("refused");
             assert_eq!(e.code(), "COMPILE_LIMIT");
             assert!(e.to_string().contains("name section"), "{e}");
