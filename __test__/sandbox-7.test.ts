@@ -93,6 +93,20 @@ describe('a durable actor whose start function calls a host function', () => {
   })
 })
 
+describe("a durable actor's initial image is made as part of its first call", () => {
+  it("so the call's signal ends a start function that spins in it (it had run to its own deadline, holding the call's slot)", async () => {
+    const wasm = await guestWat(`(func $start (loop $spin (br $spin))) (start $start)
+      (func (export "execute") (param i32) (result i32) (i32.const 36))`)
+    const actorStore = `file://${mkdtempSync(join(tmpdir(), 'loom-ad-image-'))}`
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { actorStore, maxConcurrency: 1, maxExecutionMs: 60_000 })
+    const signal = AbortSignal.timeout(200)
+    const e = await failure(ex.execute(def('spins'), {}, { actorId: 'a', signal }))
+    // Before the follow-up's fix: TIMEOUT, after the whole maxExecutionMs.
+    expect(e.code).toBe('CANCELLED')
+    await ex.close()
+  })
+})
+
 describe('modules whose compile or traps cost the host far more than their bytes', () => {
   it('a module of indirect calls past maxCodeBytes is refused before it compiles; the same under a larger one runs', async () => {
     // 5 bytes of wasm, 185 of machine code: 17 MB of them compiled to 626 MB and peaked at 2.7 GB.

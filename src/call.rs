@@ -216,7 +216,7 @@ pub(crate) async fn run(
             // No live instance: its last good state is the shadow, or its snapshot in the store.
             let mut loaded = false;
             if let (None, Some(d)) = (&held.guard.shadow, &p.durable) {
-                Box::pin(durable::load(&mut held, module, p, d)).await?;
+                Box::pin(durable::load(&mut held, module, p, d, cancel)).await?;
                 loaded = held.guard.shadow.is_some();
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
