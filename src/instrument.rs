@@ -30,7 +30,11 @@ impl StateExports {
             .exports()
             .filter_map(|e| {
                 let index = e.name().strip_prefix(GLOBAL_PREFIX)?.parse().ok()?;
-                matches!(e.ty(), wasmtime::ExternType::Global(_)).then(|| (index, e.name().to_string()))
+                // Only mutable globals are ours: a module compiled before its own reserved names
+                // were refused (its artifact cached) may export an immutable one, which a restore
+                // could not set (review AD's follow-up).
+                let ours = matches!(e.ty(), wasmtime::ExternType::Global(g) if g.mutability() == wasmtime::Mutability::Var);
+                ours.then(|| (index, e.name().to_string()))
             })
             .collect();
         globals.sort();
@@ -210,5 +214,17 @@ mod tests {
         }
         let own = wat::parse_str(r#"(module (memory (export "memory") 1) (global (export "__loom") i32 (i32.const 1)))"#).expect("parses");
         assert!(instrument(&own).is_ok(), "other names are the module's own");
+    }
+
+    #[test]
+    fn state_exports_read_back_are_mutable_globals_only() {
+        // As an artifact of a build before the reserved names were refused would hold it.
+        let bytes = wat::parse_str(
+            r#"(module (global (export "__loom_g9") i32 (i32.const 7)) (global (export "__loom_g0") (mut i32) (i32.const 1)))"#,
+        )
+        .expect("parses");
+        let engine = crate::engine::engine(crate::engine::EngineKind::Plain).expect("engine");
+        let module = wasmtime::Module::new(engine, &bytes).expect("compiles");
+        assert_eq!(StateExports::of(&module).globals, vec!["__loom_g0"]);
     }
 }
