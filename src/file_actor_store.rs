@@ -29,8 +29,17 @@ const FILE_MAGIC: &[u8; 8] = b"LOOMACT1";
 
 impl FileActorStore {
     pub fn open(dir: PathBuf) -> Result<FileActorStore, ExecError> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ExecError::InvalidArgument(format!("options.actorStore {}: {e}", dir.display())))?;
+        let bad = |e: std::io::Error| ExecError::InvalidArgument(format!("options.actorStore {}: {e}", dir.display()));
+        // The directories made here are synced into their parents, as those made per key are.
+        let existing = dir.ancestors().find(|a| a.is_dir()).map(Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(bad)?;
+        if let Some(existing) = existing.filter(|e| *e != dir) {
+            let mut made = dir.as_path();
+            while made != existing.as_path() && made.starts_with(&existing) {
+                sync_dir(made).map_err(bad)?;
+                made = made.parent().unwrap_or(&existing);
+            }
+        }
         Ok(FileActorStore { dir })
     }
 
