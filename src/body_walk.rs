@@ -6,7 +6,38 @@
 use rayon::prelude::*;
 use wasmparser::{BinaryReaderError, FunctionBody, Operator};
 
-use crate::code_estimate::{cranelift_weight, winch_bytes};
+use crate::code_estimate::{cranelift_weight, function_bytes, winch_bytes};
+
+/// A function body to walk.
+pub struct Body<'a> {
+    pub body: FunctionBody<'a>,
+    /// Its locals, and the 8-byte stack words they and its parameters take.
+    pub locals: u64,
+    pub local_words: u64,
+    /// Which core module it is in (an index into the `Signatures` given with it).
+    pub module: usize,
+}
+
+/// A core module's function types (parameters, results) and each function's type, imports first.
+#[derive(Debug, Default)]
+pub struct Signatures {
+    pub types: Vec<(u64, u64)>,
+    pub functions: Vec<u32>,
+    pub imported: usize,
+    /// Bodies read so far (the next one's index is `imported + defined`).
+    pub defined: usize,
+}
+
+impl Signatures {
+    /// The parameters and results of function `index` (0 if unknown: validation refuses that).
+    pub fn of_function(&self, index: usize) -> (u64, u64) {
+        self.functions.get(index).map_or((0, 0), |ty| self.of_type(*ty))
+    }
+
+    pub fn of_type(&self, ty: u32) -> (u64, u64) {
+        self.types.get(ty as usize).copied().unwrap_or((0, 0))
+    }
+}
 
 /// Function bodies past this many bytes in all are walked in parallel (on the rayon pool the
 /// compile runs in).
@@ -38,24 +69,27 @@ impl Costs {
     }
 }
 
-/// Walks `bodies` (each with its number of locals) of the module `bytes`.
-pub fn walk_all(bytes: &[u8], bodies: &[(FunctionBody<'_>, u64)]) -> Result<Costs, BinaryReaderError> {
-    let size: usize = bodies.iter().map(|(b, _)| b.range().len()).sum();
+/// Walks `bodies` of the module `bytes`.
+pub fn walk_all(bytes: &[u8], bodies: &[Body<'_>], signatures: &[Signatures]) -> Result<Costs, BinaryReaderError> {
+    let size: usize = bodies.iter().map(|b| b.body.range().len()).sum();
+    let none = Signatures::default();
+    let walk_one = |b: &Body<'_>| walk(bytes, b, signatures.get(b.module).unwrap_or(&none));
     if size < PARALLEL_FROM_BYTES {
-        return bodies.iter().try_fold(Costs::default(), |all, (b, locals)| Ok(all.join(walk(bytes, b, *locals)?)));
+        return bodies.iter().try_fold(Costs::default(), |all, b| Ok(all.join(walk_one(b)?)));
     }
-    bodies.par_iter().map(|(b, locals)| walk(bytes, b, *locals)).try_reduce(Costs::default, |a, b| Ok(a.join(b)))
+    bodies.par_iter().map(walk_one).try_reduce(Costs::default, |a, b| Ok(a.join(b)))
 }
 
-fn walk(bytes: &[u8], body: &FunctionBody<'_>, locals: u64) -> Result<Costs, BinaryReaderError> {
-    let mut c = Costs::default();
+fn walk(bytes: &[u8], b: &Body<'_>, sigs: &Signatures) -> Result<Costs, BinaryReaderError> {
+    let (body, locals) = (&b.body, b.locals);
+    let mut c = Costs { code_estimate: function_bytes(b.local_words), ..Default::default() };
     let mut blocks: u64 = 1;
     let mut n_ops: u64 = 0;
     let mut ops = body.get_operators_reader()?;
     while !ops.eof() {
         let (op, at) = ops.read_with_offset()?;
         n_ops += cranelift_weight(&op);
-        c.code_estimate = c.code_estimate.saturating_add(winch_bytes(&op, bytes.get(at) == Some(&0xfd)));
+        c.code_estimate = c.code_estimate.saturating_add(winch_bytes(&op, bytes.get(at) == Some(&0xfd), sigs));
         match op {
             Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
             // With the proposals `engine::features` allows (no GC, exceptions, threads or

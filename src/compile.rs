@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Module;
@@ -33,7 +34,11 @@ pub fn compile(bytes: &[u8], kind: EngineKind, limits: &CompileLimits) -> Result
 /// compile's memory. `tier_up`: the optimized code of a module already running on baseline
 /// code, refused for a shape that needs the baseline compiler (it would be compiled again as it is).
 pub(crate) fn compile_digested(bytes: &[u8], digest: Digest, kind: EngineKind, limits: &CompileLimits, tier_up: bool) -> Result<CompiledModule, ExecError> {
-    let shape = shape::check(bytes, limits)?;
+    compile_shaped(bytes, digest, kind, shape::check(bytes, limits)?, tier_up)
+}
+
+/// `compile_digested` of a module whose shape was checked.
+fn compile_shaped(bytes: &[u8], digest: Digest, kind: EngineKind, shape: Shape, tier_up: bool) -> Result<CompiledModule, ExecError> {
     if tier_up && shape.needs_baseline() && !kind.baseline() {
         return Err(ExecError::CompileLimit(format!(
             "a function's shape (locals × blocks = {}) keeps the module on the baseline compiler",
@@ -170,8 +175,18 @@ fn compile_pool(name: &'static str, start: fn()) -> Option<rayon::ThreadPool> {
         .ok()
 }
 
-/// Modules past this many bytes compile on a pool of their own (`large_pool`).
+/// Modules past this many bytes, or whose code is estimated past this, compile on a pool of
+/// their own (`large_pool`).
 const LARGE_MODULE_BYTES: usize = 1 << 20;
+const LARGE_CODE_ESTIMATE: u64 = 16 << 20;
+
+/// `f` on `pool`'s threads (its parallel parts on them), or on the process's shared pool.
+fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+    match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
 
 /// The threads calls' compiles of large modules run on: on the process's shared pool, the
 /// hundreds of functions of one queued ahead of every other call's, so that one tenant's 12 MB
@@ -179,16 +194,20 @@ const LARGE_MODULE_BYTES: usize = 1 << 20;
 /// baseline compiler; 12-19 s, past `compileTimeoutMs`, with the optimizing one: review AD).
 /// Small modules keep the shared pool to themselves; large ones share this one. None if no
 /// thread could be started (they then share the common pool).
-fn large_pool() -> Option<&'static rayon::ThreadPool> {
+pub(crate) fn large_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| compile_pool("loom-wasm-compile-large", crate::threads::lower_priority)).as_ref()
 }
 
+/// How long after a call's heavy compile its freed memory is given back (`give_back_memory`).
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
 /// Gives the compile's freed memory back to the system: the allocator keeps what a large
 /// compile freed (review AD: 0.8-1 GB stayed resident after background compiles of 400 KB
-/// modules whose code expands most). Run after tier-ups, on a blocking thread of its own (it
-/// walks the allocator's arenas, locking each). Not after a call's compile: it would run while
-/// the call instantiates and runs the module, and hold up their allocations.
+/// modules whose code expands most; 1.2 GB after a call's compile of 200,000 tiny functions
+/// with `tierUp` off). Run after heavy compiles, on a blocking thread of its own (it walks the
+/// allocator's arenas, locking each): at once after a tier-up, `TRIM_AFTER` a call's, not while
+/// the call instantiates and runs the module.
 fn give_back_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: glibc's malloc_trim takes only the padding to keep; it is thread-safe.
@@ -266,20 +285,32 @@ fn run_compile(
             running_held::wait_while_held(&digest);
         }
         let run = || compile_digested(&bytes, digest, kind, &limits, background).map(Arc::new);
-        let pool = match background {
-            true => background_pool(),
-            false if bytes.len() > LARGE_MODULE_BYTES => large_pool(),
-            false => None,
-        };
-        match pool {
-            Some(pool) => pool.install(run),
-            None => run(),
+        // (The result, and whether the compile was a heavy one.)
+        match background {
+            true => (in_pool(background_pool(), run), true),
+            false if bytes.len() > LARGE_MODULE_BYTES => (in_pool(large_pool(), run), true),
+            // Small in bytes, but maybe not in work (100,000 tiny functions in 800 KB held a
+            // small module 1.2-4.9 s: review AD's follow-up): its shape decides, read here (the
+            // walk of a module this small is a few milliseconds, on this thread).
+            false => match shape::check(&bytes, &limits) {
+                Err(e) => (Err(e), false),
+                Ok(shape) => {
+                    let heavy = shape.code_estimate > LARGE_CODE_ESTIMATE;
+                    let pool = heavy.then(large_pool).flatten();
+                    (in_pool(pool, || compile_shaped(&bytes, digest, kind, shape, false).map(Arc::new)), heavy)
+                }
+            },
         }
     });
     async move {
-        let loaded = compiling.await.unwrap_or_else(|e| Err(ExecError::internal(format!("the compile panicked: {e}"))));
-        if background {
-            drop(tokio::task::spawn_blocking(give_back_memory));
+        let (loaded, heavy) = compiling.await.unwrap_or_else(|e| (Err(ExecError::internal(format!("the compile panicked: {e}"))), false));
+        if heavy {
+            // After a call's compile, once the call has most likely instantiated and run.
+            let later = if background { Duration::ZERO } else { TRIM_AFTER };
+            drop(tokio::spawn(async move {
+                tokio::time::sleep(later).await;
+                drop(tokio::task::spawn_blocking(give_back_memory));
+            }));
         }
         loaded
     }

@@ -18,8 +18,8 @@ pub struct CompileLimits {
     pub max_locals: u64,
     /// Instructions in the module's initializers (see `Shape::init_instructions`).
     pub max_init_instructions: u64,
-    /// The machine code the module's functions compile to, estimated before compiling
-    /// (`code_estimate`), in bytes.
+    /// What the module's compile may cost, estimated before compiling (`code_estimate`: its
+    /// functions, their locals and instructions, as the machine code they make), in bytes.
     pub max_code_bytes: u64,
 }
 
@@ -36,8 +36,8 @@ impl Default for CompileLimits {
     }
 }
 
-/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at 83 MB, a third of it.
-/// Estimated code of this much takes about a gigabyte at the compile's peak.
+/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at 149 MB. A compile
+/// estimated at this much takes about a gigabyte at its peak.
 pub const DEFAULT_MAX_CODE_BYTES: u64 = 256 << 20;
 
 /// Past this (locals × blocks) in any one function, the module is compiled by the baseline
@@ -189,8 +189,10 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     // Parameters and results of each function type of the module being read.
     let mut type_slots: Vec<u64> = Vec::new();
     let mut component = crate::component_types::ComponentTypes::default();
-    // The function bodies to walk, with their locals (walked together at the end).
-    let mut bodies = Vec::new();
+    // The function bodies to walk (walked together at the end), and each core module's function
+    // signatures (what a call and a function's start compile to grows with).
+    let mut bodies: Vec<crate::body_walk::Body> = Vec::new();
+    let mut signatures: Vec<crate::body_walk::Signatures> = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
@@ -199,6 +201,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             shape.image_bytes = shape.image_bytes.saturating_add(init.image_bytes);
             init = Default::default();
             type_slots.clear();
+            signatures.push(Default::default());
         }
         init.read(&payload).map_err(invalid)?;
         shape.add_init_checked(init.items, limits)?;
@@ -242,14 +245,18 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             Payload::TypeSection(r) => {
                 for group in r {
                     for sub in group.map_err(invalid)?.into_types() {
-                        let slots = match &sub.composite_type.inner {
+                        let (params, results) = match &sub.composite_type.inner {
                             wasmparser::CompositeInnerType::Func(f) => {
                                 shape.function_types += 1;
                                 limit("the number of function types", shape.function_types, MAX_FUNCTION_TYPES, "a fixed limit")?;
-                                (f.params().len() + f.results().len()) as u64
+                                (f.params().len() as u64, f.results().len() as u64)
                             }
-                            _ => 0,
+                            _ => (0, 0),
                         };
+                        let slots = params + results;
+                        if let Some(sigs) = signatures.last_mut() {
+                            sigs.types.push((params, results));
+                        }
                         type_slots.push(slots);
                         // Each type's own trampoline, used or not.
                         if slots > WIDE_SIGNATURE {
@@ -267,6 +274,10 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 for imp in r.into_imports() {
                     if let wasmparser::TypeRef::Func(ty) = imp.map_err(invalid)?.ty {
                         shape.functions += 1;
+                        if let Some(sigs) = signatures.last_mut() {
+                            sigs.imported += 1;
+                            sigs.functions.push(ty);
+                        }
                         function_of_type(&mut shape, ty)?;
                     }
                 }
@@ -275,7 +286,11 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 shape.functions += r.count() as u64;
                 limit("the number of functions", shape.functions, limits.max_functions, "maxFunctions")?;
                 for ty in r {
-                    function_of_type(&mut shape, ty.map_err(invalid)?)?;
+                    let ty = ty.map_err(invalid)?;
+                    function_of_type(&mut shape, ty)?;
+                    if let Some(sigs) = signatures.last_mut() {
+                        sigs.functions.push(ty);
+                    }
                 }
             }
             Payload::StartSection { .. } => shape.has_start = true,
@@ -285,14 +300,24 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 limit("a function body's size in bytes", size, limits.max_function_bytes, "maxFunctionBytes")?;
                 shape.largest_body = shape.largest_body.max(size);
                 let mut locals: u64 = 0;
+                // 8-byte stack words: the baseline compiler zeroes each at the function's start.
+                let mut local_words: u64 = 0;
                 for l in body.get_locals_reader().map_err(invalid)? {
-                    let (count, _) = l.map_err(invalid)?;
+                    let (count, ty) = l.map_err(invalid)?;
                     locals = locals.saturating_add(count as u64);
                     limit("a function's number of locals", locals, limits.max_locals, "maxLocals")?;
+                    let words = if ty == wasmparser::ValType::V128 { 2 } else { 1 };
+                    local_words = local_words.saturating_add(words * count as u64);
                 }
                 shape.most_locals = shape.most_locals.max(locals);
+                let module = signatures.len().saturating_sub(1);
+                let params = signatures.last_mut().map_or(0, |sigs| {
+                    let index = sigs.imported + sigs.defined;
+                    sigs.defined += 1;
+                    sigs.of_function(index).0
+                });
                 if walk {
-                    bodies.push((body, locals));
+                    bodies.push(crate::body_walk::Body { body, locals, local_words: local_words + params, module });
                 }
             }
             _ => {}
@@ -301,7 +326,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.add_init(init.items, limits)?;
     shape.table_elements = shape.table_elements.saturating_add(init.table_elements);
     shape.image_bytes = shape.image_bytes.saturating_add(init.image_bytes);
-    let costs = crate::body_walk::walk_all(bytes, &bodies).map_err(invalid)?;
+    let costs = crate::body_walk::walk_all(bytes, &bodies, &signatures).map_err(invalid)?;
     shape.cost = costs.cost;
     shape.total_cost = costs.total_cost;
     shape.most_ops = costs.most_ops;
@@ -309,7 +334,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.code_estimate = costs.code_estimate;
     shape.state_outside_memory = costs.state_outside_memory;
     limit(
-        "the machine code its functions compile to, estimated from their instructions,",
+        "its compile, estimated from its functions, their locals and instructions as the machine code they make,",
         shape.code_estimate,
         limits.max_code_bytes,
         "maxCodeBytes",

@@ -152,9 +152,9 @@ export interface ExecutorOptions {
    */
   maxInitInstructions?: number
   /**
-   * Most machine code a module may compile to, in bytes, estimated from its instructions before
-   * it is compiled (default 256 MiB; 1 MiB..64 GiB): `COMPILE_LIMIT` past it. A compile's memory
-   * peaks at about four times its code; common code is estimated a few times over what it makes.
+   * Most a module's compile may cost, in bytes, estimated before it starts from its functions,
+   * their locals and instructions as the machine code they make (default 256 MiB; 1 MiB..64 GiB):
+   * `COMPILE_LIMIT` past it. The compile's memory peaks at about four times the estimate.
    */
   maxCodeBytes?: number
   /**
