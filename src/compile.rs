@@ -284,22 +284,30 @@ fn run_compile(
         if background {
             running_held::wait_while_held(&digest);
         }
-        let run = || compile_digested(&bytes, digest, kind, &limits, background).map(Arc::new);
-        // (The result, and whether the compile was a heavy one.)
-        match background {
-            true => (in_pool(background_pool(), run), true),
-            false if bytes.len() > LARGE_MODULE_BYTES => (in_pool(large_pool(), run), true),
+        let heavy = |shape: &Shape| bytes.len() > LARGE_MODULE_BYTES || shape.code_estimate > LARGE_CODE_ESTIMATE;
+        // Checked and compiled on `pool`'s threads (the walk of a large module's instructions too).
+        let on = |pool| {
+            in_pool(pool, || {
+                let shape = shape::check(&bytes, &limits)?;
+                let heavy = heavy(&shape);
+                compile_shaped(&bytes, digest, kind, shape, background).map(|m| (Arc::new(m), heavy))
+            })
+        };
+        let compiled = match background {
+            true => on(background_pool()),
+            false if bytes.len() > LARGE_MODULE_BYTES => on(large_pool()),
             // Small in bytes, but maybe not in work (100,000 tiny functions in 800 KB held a
             // small module 1.2-4.9 s: review AD's follow-up): its shape decides, read here (the
             // walk of a module this small is a few milliseconds, on this thread).
-            false => match shape::check(&bytes, &limits) {
-                Err(e) => (Err(e), false),
-                Ok(shape) => {
-                    let heavy = shape.code_estimate > LARGE_CODE_ESTIMATE;
-                    let pool = heavy.then(large_pool).flatten();
-                    (in_pool(pool, || compile_shaped(&bytes, digest, kind, shape, false).map(Arc::new)), heavy)
-                }
-            },
+            false => shape::check(&bytes, &limits).and_then(|shape| {
+                let heavy = heavy(&shape);
+                in_pool(heavy.then(large_pool).flatten(), || compile_shaped(&bytes, digest, kind, shape, false)).map(|m| (Arc::new(m), heavy))
+            }),
+        };
+        // (The result, and whether the compile was a heavy one.)
+        match compiled {
+            Ok((m, heavy)) => (Ok(m), heavy),
+            Err(e) => (Err(e), false),
         }
     });
     async move {
