@@ -4,7 +4,7 @@
 //! 4.3 million instructions took 85 ms on one thread, on the way to its first result.
 
 use rayon::prelude::*;
-use wasmparser::{BinaryReaderError, FunctionBody, Operator};
+use wasmparser::{BinaryReaderError, ElementItems, ExternalKind, FunctionBody, Operator, Payload};
 
 use crate::code_estimate::{cranelift_weight, function_bytes, winch_bytes};
 
@@ -14,6 +14,8 @@ pub struct Body<'a> {
     /// Its locals, and the 8-byte stack words they and its parameters take.
     pub locals: u64,
     pub local_words: u64,
+    /// Its results (what its `return` carries).
+    pub results: u64,
     /// Which core module it is in (an index into the `Signatures` given with it).
     pub module: usize,
 }
@@ -26,6 +28,74 @@ pub struct Signatures {
     pub imported: usize,
     /// Bodies read so far (the next one's index is `imported + defined`).
     pub defined: usize,
+    /// The functions that escape (exported, in an element segment, or in a global's value):
+    /// wasmtime compiles each a trampoline more, with the optimizing compiler.
+    escaping: Vec<bool>,
+    pub escaping_count: u64,
+}
+
+impl Signatures {
+    /// Notes the functions `payload` makes escape.
+    pub fn note_escaping(&mut self, payload: &Payload<'_>) -> Result<(), BinaryReaderError> {
+        match payload {
+            Payload::ExportSection(r) => {
+                for e in r.clone() {
+                    let e = e?;
+                    if e.kind == ExternalKind::Func {
+                        self.escapes(e.index);
+                    }
+                }
+            }
+            Payload::ElementSection(r) => {
+                for element in r.clone() {
+                    match element?.items {
+                        ElementItems::Functions(f) => {
+                            for index in f {
+                                self.escapes(index?);
+                            }
+                        }
+                        ElementItems::Expressions(_, exprs) => {
+                            for expr in exprs {
+                                self.escapes_in(expr?.get_operators_reader())?;
+                            }
+                        }
+                    }
+                }
+            }
+            Payload::GlobalSection(r) => {
+                for g in r.clone() {
+                    self.escapes_in(g?.init_expr.get_operators_reader())?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn escapes_in(&mut self, mut ops: wasmparser::OperatorsReader<'_>) -> Result<(), BinaryReaderError> {
+        while !ops.eof() {
+            if let Operator::RefFunc { function_index } = ops.read()? {
+                self.escapes(function_index);
+            }
+        }
+        Ok(())
+    }
+
+    fn escapes(&mut self, index: u32) {
+        let i = index as usize;
+        // Indices past the module's functions (read before these sections) are refused by
+        // validation; not counted, nor made room for.
+        if i >= self.functions.len() {
+            return;
+        }
+        if self.escaping.len() < self.functions.len() {
+            self.escaping.resize(self.functions.len(), false);
+        }
+        if !self.escaping[i] {
+            self.escaping[i] = true;
+            self.escaping_count += 1;
+        }
+    }
 }
 
 impl Signatures {
@@ -80,16 +150,55 @@ pub fn walk_all(bytes: &[u8], bodies: &[Body<'_>], signatures: &[Signatures]) ->
     bodies.par_iter().map(walk_one).try_reduce(Costs::default, |a, b| Ok(a.join(b)))
 }
 
+/// The values label `depth` (0: the innermost) carries.
+fn label(labels: &[u64], depth: u32) -> u64 {
+    labels.len().checked_sub(1 + depth as usize).and_then(|i| labels.get(i)).copied().unwrap_or(0)
+}
+
+/// The values a block of `ty` carries to its label: its results, or a loop's parameters.
+fn block_values(sigs: &Signatures, ty: &wasmparser::BlockType, is_loop: bool) -> u64 {
+    match ty {
+        wasmparser::BlockType::Empty => 0,
+        wasmparser::BlockType::Type(_) => u64::from(!is_loop),
+        wasmparser::BlockType::FuncType(t) => {
+            let (params, results) = sigs.of_type(*t);
+            if is_loop {
+                params
+            } else {
+                results
+            }
+        }
+    }
+}
+
 fn walk(bytes: &[u8], b: &Body<'_>, sigs: &Signatures) -> Result<Costs, BinaryReaderError> {
     let (body, locals) = (&b.body, b.locals);
     let mut c = Costs { code_estimate: function_bytes(b.local_words), ..Default::default() };
     let mut blocks: u64 = 1;
     let mut n_ops: u64 = 0;
+    // The values each enclosing label carries (a block's or if's results, a loop's parameters),
+    // the function's own outermost: a branch moves that many (`code_estimate::winch_bytes`).
+    let mut labels: Vec<u64> = vec![b.results];
     let mut ops = body.get_operators_reader()?;
     while !ops.eof() {
         let (op, at) = ops.read_with_offset()?;
         n_ops += cranelift_weight(&op);
-        c.code_estimate = c.code_estimate.saturating_add(winch_bytes(&op, bytes.get(at) == Some(&0xfd), sigs));
+        let carried = match &op {
+            Operator::Br { relative_depth } | Operator::BrIf { relative_depth } => label(&labels, *relative_depth),
+            Operator::BrTable { targets } => label(&labels, targets.default()),
+            Operator::Return => labels.first().copied().unwrap_or(0),
+            Operator::End | Operator::Else => labels.last().copied().unwrap_or(0),
+            _ => 0,
+        };
+        c.code_estimate = c.code_estimate.saturating_add(winch_bytes(&op, bytes.get(at) == Some(&0xfd), sigs, carried));
+        match &op {
+            Operator::Block { blockty } | Operator::If { blockty } => labels.push(block_values(sigs, blockty, false)),
+            Operator::Loop { blockty } => labels.push(block_values(sigs, blockty, true)),
+            Operator::End => {
+                labels.pop();
+            }
+            _ => {}
+        }
         match op {
             Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } | Operator::Else => blocks += 1,
             // With the proposals `engine::features` allows (no GC, exceptions, threads or

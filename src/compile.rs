@@ -285,29 +285,31 @@ fn run_compile(
             running_held::wait_while_held(&digest);
         }
         let heavy = |shape: &Shape| bytes.len() > LARGE_MODULE_BYTES || shape.code_estimate > LARGE_CODE_ESTIMATE;
-        // Checked and compiled on `pool`'s threads (the walk of a large module's instructions too).
+        // Checked and compiled on `pool`'s threads (the walk of a large module's instructions
+        // too): the result, and whether the compile was a heavy one (its memory is given back
+        // after it, failed or not).
         let on = |pool| {
-            in_pool(pool, || {
-                let shape = shape::check(&bytes, &limits)?;
-                let heavy = heavy(&shape);
-                compile_shaped(&bytes, digest, kind, shape, background).map(|m| (Arc::new(m), heavy))
+            in_pool(pool, || match shape::check(&bytes, &limits) {
+                Err(e) => (Err(e), false),
+                Ok(shape) => {
+                    let heavy = heavy(&shape);
+                    (compile_shaped(&bytes, digest, kind, shape, background).map(Arc::new), heavy)
+                }
             })
         };
-        let compiled = match background {
+        match background {
             true => on(background_pool()),
             false if bytes.len() > LARGE_MODULE_BYTES => on(large_pool()),
             // Small in bytes, but maybe not in work (100,000 tiny functions in 800 KB held a
             // small module 1.2-4.9 s: review AD's follow-up): its shape decides, read here (the
             // walk of a module this small is a few milliseconds, on this thread).
-            false => shape::check(&bytes, &limits).and_then(|shape| {
-                let heavy = heavy(&shape);
-                in_pool(heavy.then(large_pool).flatten(), || compile_shaped(&bytes, digest, kind, shape, false)).map(|m| (Arc::new(m), heavy))
-            }),
-        };
-        // (The result, and whether the compile was a heavy one.)
-        match compiled {
-            Ok((m, heavy)) => (Ok(m), heavy),
-            Err(e) => (Err(e), false),
+            false => match shape::check(&bytes, &limits) {
+                Err(e) => (Err(e), false),
+                Ok(shape) => {
+                    let heavy = heavy(&shape);
+                    (in_pool(heavy.then(large_pool).flatten(), || compile_shaped(&bytes, digest, kind, shape, false)).map(Arc::new), heavy)
+                }
+            },
         }
     });
     async move {

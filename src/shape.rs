@@ -36,7 +36,7 @@ impl Default for CompileLimits {
     }
 }
 
-/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at 149 MB. A compile
+/// `maxCodeBytes`' default: the 12 MB JavaScript component is estimated at 163 MB. A compile
 /// estimated at this much takes about a gigabyte at its peak.
 pub const DEFAULT_MAX_CODE_BYTES: u64 = 256 << 20;
 
@@ -204,6 +204,9 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             signatures.push(Default::default());
         }
         init.read(&payload).map_err(invalid)?;
+        if let Some(sigs) = signatures.last_mut() {
+            sigs.note_escaping(&payload).map_err(invalid)?;
+        }
         shape.add_init_checked(init.items, limits)?;
         component.read(&payload).map_err(invalid)?;
         if component.component_instances > MAX_COMPONENT_INSTANCES {
@@ -311,13 +314,13 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 }
                 shape.most_locals = shape.most_locals.max(locals);
                 let module = signatures.len().saturating_sub(1);
-                let params = signatures.last_mut().map_or(0, |sigs| {
+                let (params, results) = signatures.last_mut().map_or((0, 0), |sigs| {
                     let index = sigs.imported + sigs.defined;
                     sigs.defined += 1;
-                    sigs.of_function(index).0
+                    sigs.of_function(index)
                 });
                 if walk {
-                    bodies.push(crate::body_walk::Body { body, locals, local_words: local_words + params, module });
+                    bodies.push(crate::body_walk::Body { body, locals, local_words: local_words + params, results, module });
                 }
             }
             _ => {}
@@ -331,7 +334,8 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.total_cost = costs.total_cost;
     shape.most_ops = costs.most_ops;
     shape.ops_squared = costs.ops_squared;
-    shape.code_estimate = costs.code_estimate;
+    let escaping: u64 = signatures.iter().map(|s| s.escaping_count).sum();
+    shape.code_estimate = costs.code_estimate.saturating_add(crate::code_estimate::ESCAPING_FUNCTION_BYTES.saturating_mul(escaping));
     shape.state_outside_memory = costs.state_outside_memory;
     limit(
         "its compile, estimated from its functions, their locals and instructions as the machine code they make,",
