@@ -107,6 +107,20 @@ describe("a durable actor's initial image is made as part of its first call", ()
   })
 })
 
+describe("restoreActor makes the module's initial image as an operation close() ends", () => {
+  it('so close() ends a start function that spins in it (close had waited out maxExecutionMs)', async () => {
+    const wasm = await guestWat(`(func $start (loop $spin (br $spin))) (start $start)
+      (func (export "execute") (param i32) (result i32) (i32.const 36))`)
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { maxExecutionMs: 60_000 })
+    // The image is made before the snapshot is decoded: any bytes reach it.
+    const restoring = failure(ex.restoreActor(def('spins'), 'a', Buffer.from('not a snapshot')))
+    await new Promise((r) => setTimeout(r, 200))
+    await ex.close()
+    // Before: close() and the restore waited for the start function's TIMEOUT, after 60 s.
+    expect((await restoring).code).toBe('CANCELLED')
+  })
+})
+
 describe('modules whose compile or traps cost the host far more than their bytes', () => {
   it('a module of indirect calls past maxCodeBytes is refused before it compiles; the same under a larger one runs', async () => {
     // 5 bytes of wasm, 185 of machine code: 17 MB of them compiled to 626 MB and peaked at 2.7 GB.

@@ -279,7 +279,7 @@ pub(crate) async fn run(
             if let Some(d) = &p.durable {
                 // The call counts once its state is stored (or, with persist: 'async', once it
                 // is handed to the store in the actor's line).
-                return Box::pin(durable::persist(held, instance, module, p, d, log)).await.map(|()| out);
+                return Box::pin(durable::persist(held, instance, module, p, d, cancel, log)).await.map(|()| out);
             }
             if let Some((_, shadow)) = held.guard.shadow.as_mut() {
                 instance.update_shadow(shadow)?;

@@ -355,6 +355,7 @@ pub(crate) async fn persist(
     module: &CompiledModule,
     p: &Prepared,
     d: &Durable,
+    cancel: &CancelFlag,
     log: Option<Arc<dyn LogSink>>,
 ) -> Result<(), ExecError> {
     let changed = match &held.guard.shadow {
@@ -366,7 +367,7 @@ pub(crate) async fn persist(
         return Ok(());
     }
     let state = instance.capture()?;
-    let bytes = snapshot::encode(&module.digest, &state, &initial_image(module, p, &CancelFlag::new()).await?);
+    let bytes = snapshot::encode(&module.digest, &state, &initial_image(module, p, cancel).await?);
     let expected = held.guard.persisted.clone();
     match d.persist {
         Persist::Sync => {
@@ -458,19 +459,19 @@ impl Executor {
     }
 
     async fn snapshot_in_line(self: &Arc<Self>, def: &Definition, actor_id: &str, lined: Lined) -> Result<Vec<u8>, ExecError> {
-        let (_in_flight, p, module, mut held) = self.hold(lined).await?;
+        let (_in_flight, cancel, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
         // State of other bytes than the definition's now is no snapshot of this module.
         held.guard.check_module(&module.digest)?;
         if let Some(instance) = held.guard.instance.as_mut() {
             if instance.digest == module.digest {
                 let state = instance.capture()?;
-                return Ok(snapshot::encode(&module.digest, &state, &initial_image(&module, &p, &CancelFlag::new()).await?));
+                return Ok(snapshot::encode(&module.digest, &state, &initial_image(&module, &p, &cancel).await?));
             }
         }
         if let Some((digest, state)) = &held.guard.shadow {
             if *digest == module.digest {
-                return Ok(snapshot::encode(digest, state, &initial_image(&module, &p, &CancelFlag::new()).await?));
+                return Ok(snapshot::encode(digest, state, &initial_image(&module, &p, &cancel).await?));
             }
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
@@ -510,11 +511,11 @@ impl Executor {
     }
 
     async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
-        let (_in_flight, p, module, mut held) = self.hold(lined).await?;
+        let (_in_flight, cancel, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
-        let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, &CancelFlag::new()).await?, p.limits.max_memory_bytes)?;
+        let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, &cancel).await?, p.limits.max_memory_bytes)?;
         let budget = Budget::starting_now(&p.limits);
-        let mut fresh = instantiate(&module, &p, budget, &CancelFlag::new(), None, true).await?;
+        let mut fresh = instantiate(&module, &p, budget, &cancel, None, true).await?;
         fresh.restore(&state).await?;
         if let Some(d) = &p.durable {
             // Stored over whatever is there (the caller said this is the state).

@@ -226,12 +226,14 @@ impl Executor {
     /// waits for what follows (a restore's store write) while the returned guard lives. Review T:
     /// a restore made before `close()` still wrote its snapshot 1.5 s after `close()` resolved,
     /// over the steps another worker had acknowledged since.
-    pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Inflight<'_>, Prepared, Arc<CompiledModule>, Held), ExecError> {
+    /// The returned flag is the operation's: `close()` sets it, and what the operation runs of the
+    /// guest (an initial image, a fresh instance) ends on it.
+    pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Inflight<'_>, CancelFlag, Prepared, Arc<CompiledModule>, Held), ExecError> {
         let cancel = CancelFlag::new();
         let inflight = self.enter_flight(&cancel)?;
         let held = cancel.guard(ticket).await?;
         let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
-        Ok((inflight, p, module, held))
+        Ok((inflight, cancel, p, module, held))
     }
 
     /// Starts a call. It is polled once right here, on the caller's thread: that takes the
