@@ -408,7 +408,8 @@ export declare class WasmActivityExecutor {
    * another activity was loaded for too stays, as does one loaded under more than 16 names).
    * Loads in flight of the activities cleared are not cached when they finish; other
    * activities' loads, tier-ups and pooled copies go on. Calls after this download and check
-   * the activity's bytes again.
+   * the activity's bytes again. It also forgets the process's refused compiles (README, "Cache
+   * tiers").
    */
   clearCache(name?: string): void
   /**

@@ -19,6 +19,7 @@ use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::compiled_module::Facts;
 use crate::modules::{prepare, Compiled, CompiledModule, Loaded};
+use crate::refused_compiles;
 use crate::shape::{self, CompileLimits, Shape};
 
 /// Checks a module's shape against the compile limits, then compiles it with the compiler its
@@ -281,6 +282,8 @@ fn run_compile(
     let compiling = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         #[cfg(test)]
+        pool_tests::count_run(&digest);
+        #[cfg(test)]
         if background {
             running_held::wait_while_held(&digest);
         }
@@ -379,6 +382,10 @@ async fn unless_hurried(
 
 pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
     let key = (digest, kind, limits);
+    // Refused before: refused again, without a compile.
+    if let Some(e) = refused_compiles::refused().get(&key) {
+        return watch::channel(Some(Err(e))).1;
+    }
     let mut jobs = compiles().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(job) = jobs.get(&key) {
         match (urgency, wanted) {
@@ -417,6 +424,11 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
             }
             Err(_) => Err(ExecError::internal("compile slots closed")),
         };
+        // A call's compile only: a tier-up's refuses shapes a call's compile takes to the
+        // baseline compiler.
+        if let (Err(e), Urgency::Now) = (&result, urgency) {
+            refused_compiles::refused().note(key, e);
+        }
         compiles().lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         let _ = tx.send(Some(result));
     });

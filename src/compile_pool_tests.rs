@@ -1,6 +1,7 @@
 //! Which threads calls' compiles run on (`compile::large_pool`).
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::*;
@@ -41,4 +42,42 @@ async fn a_small_modules_compile_does_not_wait_behind_a_large_ones() {
     drop(held);
     pending.await.expect("joins").expect("compiles once the pool is free");
     busy.await.expect("joins").expect("compiles once the pool is free");
+}
+
+/// Compiles run, by module.
+fn runs() -> &'static Mutex<HashMap<Digest, usize>> {
+    static RUNS: OnceLock<Mutex<HashMap<Digest, usize>>> = OnceLock::new();
+    RUNS.get_or_init(Default::default)
+}
+
+pub(super) fn count_run(digest: &Digest) {
+    *runs().lock().expect("runs").entry(*digest).or_default() += 1;
+}
+
+async fn compiled_now(bytes: &[u8], kind: EngineKind) -> Loaded {
+    let mut rx = compile_job(bytes.to_vec(), sha256(bytes), kind, CompileLimits::default(), Urgency::Now, None);
+    let loaded = rx.wait_for(|r| r.is_some()).await.expect("a result").clone().expect("sent");
+    loaded
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_the_host_refused_is_refused_again_without_a_compile() {
+    // Compiles, and cannot be linked (review AD: each call compiled it again).
+    let unlinkable = wat::parse_str(r#"(module (import "nowhere" "m" (memory 1)) (func (export "g")))"#).expect("parses");
+    let digest = sha256(&unlinkable);
+    let first = compiled_now(&unlinkable, EngineKind::Baseline).await.err().expect("refused");
+    assert_eq!(first.code(), "INVALID_MODULE", "{first}");
+    for _ in 0..3 {
+        assert_eq!(compiled_now(&unlinkable, EngineKind::Baseline).await.err(), Some(first.clone()));
+    }
+    assert_eq!(runs().lock().expect("runs").get(&digest), Some(&1));
+    // Another engine compiles it (and is refused) on its own.
+    assert!(compiled_now(&unlinkable, EngineKind::BaselineMetered).await.is_err());
+    assert_eq!(runs().lock().expect("runs").get(&digest), Some(&2));
+    // A module that compiles is compiled again (its code is the caches' to keep, not this list's).
+    let fine = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "refused-compiles-test")))"#).expect("parses");
+    for _ in 0..2 {
+        compiled_now(&fine, EngineKind::Baseline).await.expect("compiles");
+    }
+    assert_eq!(runs().lock().expect("runs").get(&sha256(&fine)), Some(&2));
 }

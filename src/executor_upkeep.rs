@@ -198,8 +198,10 @@ impl Executor {
         true
     }
 
-    /// Drops every cached module, or only those of the activity `name`.
+    /// Drops every cached module, or only those of the activity `name`, and forgets the
+    /// process's refused compiles (`refused_compiles`).
     pub fn clear_cache(&self, name: Option<&str>) {
+        crate::refused_compiles::refused().clear();
         self.modules.clear(name);
     }
 

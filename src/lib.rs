@@ -48,6 +48,7 @@ pub mod options;
 pub mod output;
 pub mod permit;
 pub mod reaper;
+pub mod refused_compiles;
 pub mod replay;
 pub mod runtime;
 pub mod sealed_copy;
