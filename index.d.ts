@@ -261,7 +261,7 @@ export interface ExecutionDetails<T = any> {
   durationMs: number
   /** Fuel used by the whole call, when the definition set `limits.maxFuel`. */
   fuelConsumed?: number
-  /** Most memory the instance held, all memories and tables together, in bytes. */
+  /** Most memory the instance held, all memories and tables together (and its own metadata when over 64 KiB), in bytes. */
   peakMemoryBytes: number
   /** Actor calls: whether the call ran on an instance created for it (the actor's first call, or the first after its state was lost or dropped). */
   actorCreated?: boolean

@@ -255,8 +255,9 @@ describe('8. compiled artifacts are authenticated', () => {
     const { ex: other } = await executorWith({ counter: guest('counter-actor') }, { cacheDir: mkdtempSync(join(tmpdir(), 'loom-forge2-')) })
     await other.precompile(def('counter'))
     const { createHash } = require('node:crypto')
-    const body = readFileSync(join(dir, file)).subarray(0, -41)
-    writeFileSync(join(dir, file), Buffer.concat([body, Buffer.from([0]), createHash('sha256').update(body).digest(), Buffer.from('LOOMART3')]))
+    const sealed = readFileSync(join(dir, file))
+    const body = sealed.subarray(0, -41)
+    writeFileSync(join(dir, file), Buffer.concat([body, Buffer.from([0]), createHash('sha256').update(body).digest(), sealed.subarray(-8)]))
     // shareCode: false, or it would take the code `ex` holds and never look at the artifact.
     const { ex: victim } = await executorWith({ echo: guest('echo') }, { cacheDir: dir, shareCode: false })
     expect(await victim.execute(def('echo'), { message: 'safe' })).toMatchObject({ result: 'safe' })

@@ -65,7 +65,7 @@ impl ActorState {
     /// What it holds in memory: its instance's memories and tables and its shadow.
     fn held_bytes(&self) -> u64 {
         let instance = self.instance.as_ref().map_or(0, |i| i.memory_bytes());
-        let shadow = self.shadow.as_ref().map_or(0, |(_, s)| s.memory.len() as u64);
+        let shadow = self.shadow.as_ref().map_or(0, |(_, s)| (s.memory.len() + s.globals.len() * std::mem::size_of::<crate::snapshot::GlobalValue>()) as u64);
         instance.saturating_add(shadow)
     }
 }

@@ -29,7 +29,7 @@ use crate::sealed_copy::{in_place, InPlace, SealedCopy};
 use crate::store::ObjectSource;
 
 /// The trailer's magic; `LOOMART2` artifacts (HMAC-SHA256 tags) read as invalid and are made again.
-pub(crate) const MAGIC: &[u8; 8] = b"LOOMART3";
+pub(crate) const MAGIC: &[u8; 8] = b"LOOMART4";
 pub(crate) const TRAILER: usize = 1 + 32 + MAGIC.len();
 /// The key file `cacheDir` gets when no `artifactKey` is given.
 pub const KEY_FILE: &str = ".loom-artifact-key";
@@ -67,16 +67,29 @@ fn tag(key: &[u8], name: &str, flags: u8, body: &[u8]) -> Digest {
 }
 
 /// Flags byte: bit 0, the module has a start function; bit 1, it is a component; bit 2, its
-/// instructions change tables or drop segments (its state is not all in memory and globals).
+/// instructions change tables or drop segments (its state is not all in memory and globals);
+/// bits 3-7, the bucket of its instances' metadata (`instance_metadata::bucket`; since
+/// `LOOMART4`).
 pub(crate) const HAS_START: u8 = 1;
 pub(crate) const COMPONENT: u8 = 2;
 pub(crate) const STATE_OUTSIDE_MEMORY: u8 = 4;
-/// Every flag.
-pub(crate) const FLAGS: u8 = HAS_START | COMPONENT | STATE_OUTSIDE_MEMORY;
+const INSTANCE_SHIFT: u8 = 3;
 
 /// The facts an artifact's flags hold.
 pub(crate) fn facts_of(flags: u8) -> Facts {
-    Facts { has_start: flags & HAS_START != 0, state_in_memory: flags & STATE_OUTSIDE_MEMORY == 0 }
+    Facts {
+        has_start: flags & HAS_START != 0,
+        state_in_memory: flags & STATE_OUTSIDE_MEMORY == 0,
+        instance_bytes: crate::instance_metadata::charged(flags >> INSTANCE_SHIFT),
+    }
+}
+
+/// The flags byte of `facts` (of a component if `component`).
+pub(crate) fn flags_of(facts: Facts, component: bool) -> u8 {
+    (if facts.has_start { HAS_START } else { 0 })
+        | if component { COMPONENT } else { 0 }
+        | if facts.state_in_memory { 0 } else { STATE_OUTSIDE_MEMORY }
+        | crate::instance_metadata::bucket(facts.instance_bytes) << INSTANCE_SHIFT
 }
 
 /// Wraps serialized bytes with their flags and tag.
@@ -94,7 +107,7 @@ fn unseal<'a>(key: &[u8], name: &str, bytes: &'a [u8]) -> Option<(&'a [u8], u8)>
     let (body, trailer) = bytes.split_at(body_len);
     let (flags, rest) = trailer.split_at(1);
     let (mac, magic) = rest.split_at(32);
-    (magic == MAGIC && flags[0] <= FLAGS && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0]))
+    (magic == MAGIC && same(&tag(key, name, flags[0], body), mac)).then_some((body, flags[0]))
 }
 
 /// Where artifacts live and the key that authenticates them.
@@ -316,9 +329,7 @@ impl ArtifactCache {
     pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = self.name(digest, engine);
-        let flags = if facts.has_start { HAS_START } else { 0 }
-            | if code.is_component() { COMPONENT } else { 0 }
-            | if facts.state_in_memory { 0 } else { STATE_OUTSIDE_MEMORY };
+        let flags = flags_of(facts, code.is_component());
         let body = code.serialize().map_err(ExecError::internal)?;
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;

@@ -101,11 +101,11 @@ async fn disk_tier_round_trips_and_discards_forged_files() {
     let digest = [7u8; 32];
     assert!(cache.load(&digest, e).await.is_none());
     cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
-    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), Facts { has_start: false, state_in_memory: true }))));
+    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), Facts { has_start: false, state_in_memory: true, instance_bytes: 0 }))));
     // What the bytes said of state outside memory comes back with the code.
     let outside = [8u8; 32];
-    cache.save(&outside, e, &module.code, Facts { has_start: true, state_in_memory: false }).await.expect("saved");
-    assert!(matches!(cache.load(&outside, e).await, Some((_, Facts { has_start: true, state_in_memory: false }))));
+    cache.save(&outside, e, &module.code, Facts { has_start: true, state_in_memory: false, instance_bytes: 1 << 20 }).await.expect("saved");
+    assert!(matches!(cache.load(&outside, e).await, Some((_, Facts { has_start: true, state_in_memory: false, instance_bytes: 1048576 }))));
     let path = dir.join(ArtifactCache::name_for(&digest, e, &Default::default()));
     let mut bytes = std::fs::read(&path).expect("written");
     let mid = bytes.len() / 2;
@@ -155,7 +155,7 @@ async fn a_downloaded_artifact_loads_into_the_twin_from_its_checked_bytes_not_a_
     assert!(cache.load_sealed(&digest, e).await.is_none());
     // Nor is one sealed under another key.
     let other = ArtifactCache { remote: Some(store.clone()), key: Some(vec![6u8; 32].into()), ..Default::default() }.open().expect("opens");
-    other.save(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true }).await.expect("saved");
+    other.save(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true, instance_bytes: 0 }).await.expect("saved");
     assert!(cache.load_sealed(&digest, e).await.is_none());
 }
 
@@ -194,7 +194,7 @@ async fn artifacts_load_through_a_sealed_copy_the_file_cannot_change() {
     let name = ArtifactCache::name_for(&digest, e, &Default::default());
     let path = dir.join(&name);
     assert!(matches!(in_place_blocking(e, &key, &name, &path), InPlace::Missing));
-    cache.save(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true }).await.expect("saved");
+    cache.save(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true, instance_bytes: 0 }).await.expect("saved");
     let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode, 0o644, "written for its owner alone to change, whatever the umask");
     let good = std::fs::read(&path).expect("read");
@@ -295,7 +295,7 @@ async fn a_link_planted_as_the_temporary_file_is_not_written_through() {
     }
     cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
-    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), Facts { has_start: false, state_in_memory: true }))));
+    assert!(matches!(cache.load(&digest, e).await, Some((Compiled::Core(_), Facts { has_start: false, state_in_memory: true, instance_bytes: 0 }))));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&victim);
 }

@@ -57,7 +57,8 @@ fn compile_checked(bytes: &[u8], digest: Digest, kind: EngineKind, shape: &Shape
         let component = wasmtime::component::Component::new(engine(kind)?, bytes).map_err(|e| {
             ExecError::InvalidModule(format!("{e:#}"))
         })?;
-        return prepare(Compiled::Component(component), digest, kind, Facts { has_start: true, state_in_memory: false });
+        let facts = Facts { has_start: true, state_in_memory: false, instance_bytes: shape.charged_instance_bytes() };
+        return prepare(Compiled::Component(component), digest, kind, facts);
     }
     // The compiled module is the instrumented one: its whole state can be read and restored.
     let (instrumented, _) = crate::instrument::instrument(bytes)?;
@@ -72,7 +73,7 @@ fn compile_checked(bytes: &[u8], digest: Digest, kind: EngineKind, shape: &Shape
             ExecError::InvalidModule(e)
         }
     })?;
-    let facts = Facts { has_start: shape.has_start, state_in_memory: !shape.state_outside_memory };
+    let facts = Facts { has_start: shape.has_start, state_in_memory: !shape.state_outside_memory, instance_bytes: shape.charged_instance_bytes() };
     prepare(Compiled::Core(module), digest, kind, facts)
 }
 

@@ -87,6 +87,8 @@ pub struct CompiledModule {
     /// actor can move to another instance of it (tier-up), and its state can be captured and
     /// restored (snapshots, transactional and durable calls). An artifact's flags carry it.
     pub state_in_memory: bool,
+    /// See `Facts::instance_bytes`.
+    pub instance_bytes: u64,
     /// Loaded from an artifact: trusted within the key that authenticated it, so never shared
     /// with other executors (`shared_code`), which may hold other keys and would seal it with theirs.
     pub from_artifact: bool,
@@ -98,13 +100,16 @@ pub struct CompiledModule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     pub has_start: bool,
+    /// What an instance's own metadata (wasmtime's `VMContext`: its globals, imports, escaping
+    /// functions) is counted as against its memory limit (`instance_metadata::charged`).
+    pub instance_bytes: u64,
     /// See `CompiledModule::state_in_memory`.
     pub state_in_memory: bool,
 }
 
 impl CompiledModule {
     pub fn facts(&self) -> Facts {
-        Facts { has_start: self.has_start, state_in_memory: self.state_in_memory }
+        Facts { has_start: self.has_start, state_in_memory: self.state_in_memory, instance_bytes: self.instance_bytes }
     }
 
     /// Refuses what needs an instance's whole state (transactional and durable calls, snapshots)
@@ -192,10 +197,10 @@ impl CompiledModule {
 
 /// Checks compiled code against the host and the guest ABI and pre-links it.
 pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, facts: Facts) -> Result<CompiledModule, ExecError> {
-    let Facts { has_start, state_in_memory } = facts;
+    let Facts { has_start, state_in_memory, instance_bytes } = facts;
     let module = match compiled {
         Compiled::Core(module) => module,
-        Compiled::Component(component) => return prepare_component(component, digest, kind),
+        Compiled::Component(component) => return prepare_component(component, digest, kind, instance_bytes),
     };
     let live = LiveModule::take()?;
     let imports = check_imports(&module)?;
@@ -232,6 +237,7 @@ pub(crate) fn prepare(compiled: Compiled, digest: Digest, kind: EngineKind, fact
         initial_images: Default::default(),
         inline: inline::Gate::default(),
         state_in_memory,
+        instance_bytes,
         from_artifact: false,
         live,
     })
@@ -241,6 +247,7 @@ fn prepare_component(
     component: wasmtime::component::Component,
     digest: Digest,
     kind: EngineKind,
+    instance_bytes: u64,
 ) -> Result<CompiledModule, ExecError> {
     let live = LiveModule::take()?;
     let engine = component.engine().clone();
@@ -270,6 +277,7 @@ fn prepare_component(
         initial_images: Default::default(),
         inline: inline::Gate::default(),
         state_in_memory: false,
+        instance_bytes,
         from_artifact: false,
         live,
     })

@@ -202,6 +202,11 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
             .total_stacks(n * STACKS_PER_INSTANCE)
             // As many table elements as the limiter allows any instance (the default is 20,000).
             .table_elements(crate::limits::MAX_TABLE_ELEMENTS as usize)
+            // No bound of its own on an instance's metadata (wasmtime's default is 1 MiB: a module
+            // of 40,000 exported functions ran on the baseline compiler, could not tier up, and
+            // was INVALID_MODULE with tierUp: false): it counts against the instance's memory
+            // limit (`instance_metadata`) on every engine.
+            .max_core_instance_size(1 << 30)
             // A freed slot's first `KEEP_RESIDENT_BYTES` of linear memory are reset in place
             // (memset, or the data image copied back) and stay resident: the next instance skips
             // the page faults (the rest is given back with madvise).

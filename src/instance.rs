@@ -158,6 +158,8 @@ impl GuestInstance {
     ) -> Result<GuestInstance, ExecError> {
         let engine = module.code.engine();
         let mut host = HostState::new(limits.max_memory_bytes, log);
+        // Its metadata, outside its memories and tables, counted as the host memory it is.
+        host.limiter.reserve_host(module.instance_bytes)?;
         if !module.wasi_imports.is_empty() {
             host.wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
             host.paths = grants.path_lock();

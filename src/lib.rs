@@ -37,6 +37,7 @@ pub mod inspect;
 pub mod instance;
 pub mod initial_images;
 pub mod initializers;
+pub mod instance_metadata;
 pub mod instrument;
 pub mod limits;
 pub mod module_artifacts;

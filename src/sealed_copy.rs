@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::{Engine, Module};
 
-use crate::artifacts::{COMPONENT, FLAGS, MAGIC, TRAILER};
+use crate::artifacts::{COMPONENT, MAGIC, TRAILER};
 use crate::digest::same;
 use crate::modules::Compiled;
 
@@ -175,7 +175,7 @@ pub(crate) fn in_place_unless(engine: &Engine, key: &[u8], name: &str, path: &Pa
     let (flags, rest) = trailer.split_at(1);
     let (mac, magic) = rest.split_at(32);
     let flags = flags[0];
-    if magic != MAGIC || flags > FLAGS {
+    if magic != MAGIC {
         return InPlace::Invalid;
     }
     // SAFETY: a plain system call with a NUL-terminated name; the descriptor it returns is owned

@@ -121,9 +121,17 @@ pub struct Shape {
     /// Some instruction changes a table or drops a segment: part of an instance's state lives
     /// outside its memory and globals (what snapshots and moves between instances carry).
     pub state_outside_memory: bool,
+    /// What an instance holds in the host besides its memories and tables, summed over the core
+    /// modules (`instance_metadata`).
+    pub instance_bytes: u64,
 }
 
 impl Shape {
+    /// What each of its instances is counted as for its metadata (`instance_metadata::charged`).
+    pub fn charged_instance_bytes(&self) -> u64 {
+        crate::instance_metadata::charged(crate::instance_metadata::bucket(self.instance_bytes))
+    }
+
     /// Whether the optimizing compiler would be too slow on it.
     pub fn needs_baseline(&self) -> bool {
         self.cost > CRANELIFT_COST
@@ -204,6 +212,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             signatures.push(Default::default());
         }
         init.read(&payload).map_err(invalid)?;
+        crate::instance_metadata::read(&payload, &mut shape.instance_bytes).map_err(invalid)?;
         if let Some(sigs) = signatures.last_mut() {
             sigs.note_escaping(&payload).map_err(invalid)?;
         }
@@ -336,6 +345,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.ops_squared = costs.ops_squared;
     let escaping: u64 = signatures.iter().map(|s| s.escaping_count).sum();
     shape.code_estimate = costs.code_estimate.saturating_add(crate::code_estimate::ESCAPING_FUNCTION_BYTES.saturating_mul(escaping));
+    shape.instance_bytes = shape.instance_bytes.saturating_add(crate::instance_metadata::escaping(escaping));
     shape.state_outside_memory = costs.state_outside_memory;
     limit(
         "its compile, estimated from its functions, their locals and instructions as the machine code they make,",

@@ -83,7 +83,7 @@ mod tests {
         let engine = crate::engine::engine(kind).unwrap();
         let code = wasmtime::Module::new(engine, &bytes).unwrap();
         let digest = crate::digest::sha256(&bytes);
-        Arc::new(prepare(Compiled::Core(code), digest, kind, Facts { has_start: false, state_in_memory: true }).unwrap())
+        Arc::new(prepare(Compiled::Core(code), digest, kind, Facts { has_start: false, state_in_memory: true, instance_bytes: 0 }).unwrap())
     }
 
     #[test]

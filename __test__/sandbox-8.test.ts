@@ -1,0 +1,40 @@
+// Hostile review round AE (mutation fuzzing of modules, and random sequences of API calls): each
+// test reproduces a way through that a reviewer found, and failed on the code from before its fix.
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure } from './helpers'
+import { guestWat } from './wat'
+
+/** A guest of `n` mutable i64 globals: 16 bytes each in every instance's metadata (wasmtime's VMContext). */
+function manyGlobals(n: number): Promise<Buffer> {
+  const globals = Array.from({ length: n }, (_, i) => `(global (mut i64) (i64.const ${i}))`).join('\n')
+  return guestWat(`(func (export "execute") (param i32) (result i32) (i32.const 36)) ${globals}`)
+}
+
+describe("an instance's own metadata counts against its memory limits", () => {
+  it('120,000 globals (1.9 MB per instance, in a 0.8 MB module) count in maxMemoryMB, maxActorMemoryMB and peakMemoryBytes', async () => {
+    // Before: 999,000 globals held 16 MB per actor outside every bound (100 actors: 2.4 GB).
+    const wasm = await manyGlobals(120_000)
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { maxActorMemoryMB: 8 })
+    const d = def('globals')
+    const out = await ex.executeDetailed(d, {})
+    expect(out.peakMemoryBytes).toBeGreaterThanOrEqual(120_000 * 16)
+    // Each actor is counted 2 MiB and a page: three fit in 8 MiB, not six.
+    for (let i = 0; i < 6; i++) expect((await ex.executeDetailed(d, {}, { actorId: `a${i}` })).actorCreated).toBe(true)
+    expect((await ex.executeDetailed(d, {}, { actorId: 'a5' })).actorCreated).toBe(false)
+    expect((await ex.executeDetailed(d, {}, { actorId: 'a0' })).actorCreated).toBe(true)
+    // Under a limit smaller than its metadata, an instance is refused.
+    const e = await failure(ex.execute(def('globals', { limits: { maxMemoryMB: 1 } }), {}))
+    expect(e.code).toBe('OUT_OF_MEMORY')
+    await ex.close()
+  })
+
+  it('a module over the instance pool\'s old metadata bound runs with tierUp: false as with tier-up', async () => {
+    // Before: INVALID_MODULE with tierUp: false (the pool refused over 1 MiB of metadata); with
+    // tier-up it ran on the baseline compiler and never tiered up.
+    const wasm = await manyGlobals(70_000)
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { tierUp: false })
+    expect(await ex.execute(def('globals'), {})).toBe(1)
+    await ex.close()
+  })
+})
