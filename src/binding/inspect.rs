@@ -34,7 +34,8 @@ pub struct ModuleInfo {
 }
 
 /// Compiles `bytes` (off the JS thread, within the default compile limits) and describes them:
-/// digest, imports and exports with types, and whether (and why not) they match the guest ABI
+/// digest, imports and exports with types (the first 10,000 of each, a note saying how many
+/// there are past that), and whether (and why not) they match the guest ABI
 /// the executor runs. Rejects with `INVALID_MODULE` for bytes that are not WebAssembly and
 /// `COMPILE_LIMIT` past a limit.
 #[napi(ts_args_type = "bytes: Uint8Array", ts_return_type = "Promise<ModuleInfo>")]
