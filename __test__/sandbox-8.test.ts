@@ -38,3 +38,34 @@ describe("an instance's own metadata counts against its memory limits", () => {
     await ex.close()
   })
 })
+
+describe('an executor whose callbacks hold it', () => {
+  it('is collected once closed: close() lets go of download, onLog and host functions', async () => {
+    // Before: none of them were ever collected (each callback's function was held by the
+    // executor's own thread-safe function, and the callback held the executor).
+    require('node:v8').setFlagsFromString('--expose-gc')
+    const gc: () => void = require('node:vm').runInNewContext('gc')
+    const wasm = await guestWat(`(func (export "execute") (param i32) (result i32) (i32.const 36))`)
+    let collected = 0
+    const registry = new FinalizationRegistry(() => collected++)
+    const make = async (which: string) => {
+      const ex: WasmActivityExecutor = new WasmActivityExecutor(
+        { download: async () => (which === 'download' ? ex && wasm : wasm) },
+        {
+          ...(which === 'onLog' ? { onLog: () => ex.cacheStats() } : {}),
+          ...(which === 'hostFunctions' ? { hostFunctions: { 'h.f': () => ex.cacheStats().modules } } : {}),
+        },
+      )
+      registry.register(ex, which)
+      expect(await ex.execute(def('c'), {})).toBe(1)
+      await ex.close()
+    }
+    const kinds = ['download', 'onLog', 'hostFunctions']
+    for (const which of kinds) await make(which)
+    for (let i = 0; i < 50 && collected < kinds.length; i++) {
+      gc()
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    expect(collected).toBe(kinds.length)
+  })
+})

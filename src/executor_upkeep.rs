@@ -205,6 +205,22 @@ impl Executor {
         self.modules.clear(name);
     }
 
+    /// After `close()` and once drained: lets go of the embedder's callbacks (its blob store's
+    /// `download`, `onLog`, host functions), which may hold the executor's own handle (review AE:
+    /// such an executor was never collected, closed or not).
+    pub fn release_embedder(&self) {
+        if !self.is_closed() {
+            return;
+        }
+        self.source.release();
+        if let Some(log) = &self.opts.log {
+            log.release();
+        }
+        if let Some(fns) = &self.opts.host_functions {
+            fns.release();
+        }
+    }
+
     /// Closes the executor: calls in flight are cancelled, actors and cached modules released,
     /// and later calls fail with `CLOSED`. Idempotent.
     pub fn close(&self) {

@@ -24,6 +24,8 @@ use crate::limits::MemoryLimiter;
 /// Where guest log lines go (`loom.log(level, message)` and `env.trace`).
 pub trait LogSink: Send + Sync {
     fn log(&self, level: &str, message: &str);
+    /// As `BlobSource::release`: nothing logs after it.
+    fn release(&self) {}
 }
 
 /// Where a call's heartbeats go (`loom.progress(json)`): the call's `onProgress`.

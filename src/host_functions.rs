@@ -73,6 +73,8 @@ pub struct HostFailure {
 pub trait HostFunctions: Send + Sync {
     fn names(&self) -> Vec<String>;
     fn call(&self, req: HostRequest) -> BoxFuture<'static, Result<String, HostFailure>>;
+    /// As `BlobSource::release`: nothing calls after it.
+    fn release(&self) {}
 }
 
 /// A call's network: the executor's client and the requests this call has made.

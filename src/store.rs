@@ -29,6 +29,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// size of what comes back either way).
 pub trait BlobSource: Send + Sync {
     fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>>;
+    /// Lets go of what it holds of its embedder (a JS store's function) once its executor is
+    /// closed and drained: nothing fetches after that.
+    fn release(&self) {}
 }
 
 /// Blobs held in memory; what tests and embedders without a store use.
@@ -463,6 +466,10 @@ impl RoutedSource {
 }
 
 impl BlobSource for RoutedSource {
+    fn release(&self) {
+        self.default.release();
+    }
+
     fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             match self.route(path)? {

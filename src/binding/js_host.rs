@@ -103,8 +103,11 @@ pub struct JsHostFunctions {
     dispatcher_call: JsThreadRef,
     /// Held while the executor lives: its reference is deleted after (see REFS).
     _alive: Arc<()>,
-    call: CallFn,
-    abort: Arc<AbortFn>,
+    /// The dispatcher's `call` and `abort`, until the executor is closed (`release`): they hold
+    /// the host functions, which may hold the executor (review AE: an executor reachable from
+    /// its own host functions was never collected, closed or not).
+    call: Mutex<Option<Arc<CallFn>>>,
+    abort: Mutex<Option<Arc<AbortFn>>>,
     pending: Pending,
     next: AtomicU64,
 }
@@ -219,7 +222,15 @@ impl JsHostFunctions {
         let names_value = js::get(raw, dispatcher, "names", "the host function dispatcher")?;
         let names = super::args::string_list(unsafe { Unknown::from_napi_value(raw, names_value) }.map_err(ExecError::internal)?, "options.hostFunctions")?;
         let dispatcher_call = JsThreadRef(dispatcher_call, raw);
-        Ok(JsHostFunctions { names, dispatcher_call, _alive: alive, call, abort: Arc::new(abort), pending, next: AtomicU64::new(1) })
+        Ok(JsHostFunctions {
+            names,
+            dispatcher_call,
+            _alive: alive,
+            call: Mutex::new(Some(Arc::new(call))),
+            abort: Mutex::new(Some(Arc::new(abort))),
+            pending,
+            next: AtomicU64::new(1),
+        })
     }
 }
 
@@ -228,7 +239,7 @@ struct AbortOnDrop {
     id: u64,
     settled: bool,
     pending: Pending,
-    abort: Arc<AbortFn>,
+    abort: Option<Arc<AbortFn>>,
 }
 
 impl Drop for AbortOnDrop {
@@ -242,7 +253,9 @@ impl Drop for AbortOnDrop {
             return;
         }
         let reason = "the activity call ended (timeout, cancellation or close) before the host function settled".to_string();
-        self.abort.call(FnArgs { data: (self.id as f64, reason) }, ThreadsafeFunctionCallMode::NonBlocking);
+        if let Some(abort) = &self.abort {
+            abort.call(FnArgs { data: (self.id as f64, reason) }, ThreadsafeFunctionCallMode::NonBlocking);
+        }
     }
 }
 
@@ -251,7 +264,15 @@ impl HostFunctions for JsHostFunctions {
         self.names.clone()
     }
 
+    fn release(&self) {
+        self.call.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.abort.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     fn call(&self, req: HostRequest) -> BoxFuture<'static, Result<String, HostFailure>> {
+        let Some(call) = self.call.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Box::pin(std::future::ready(Err(HostFailure { message: "the executor is closed".into(), code: None })));
+        };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (tx, req.call.clone()));
@@ -261,7 +282,7 @@ impl HostFunctions for JsHostFunctions {
             QUEUE.with(|q| q.borrow_mut().push(Deferred { dispatcher_call: self.dispatcher_call, args, pending: self.pending.clone() }));
             return self.settled(id, rx);
         }
-        let status = self.call.call(
+        let status = call.call(
             FnArgs { data: (req.name, req.input, req.activity, req.actor_id, id as f64, req.max_result_bytes as f64) },
             ThreadsafeFunctionCallMode::NonBlocking,
         );
@@ -277,7 +298,8 @@ impl HostFunctions for JsHostFunctions {
 impl JsHostFunctions {
     /// The call's answer; dropped before it comes, the call is aborted on the JS side.
     fn settled(&self, id: u64, rx: tokio::sync::oneshot::Receiver<Settled>) -> BoxFuture<'static, Result<String, HostFailure>> {
-        let guard = AbortOnDrop { id, settled: false, pending: self.pending.clone(), abort: self.abort.clone() };
+        let abort = self.abort.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let guard = AbortOnDrop { id, settled: false, pending: self.pending.clone(), abort };
         Box::pin(async move {
             // The whole guard moves into the future (not only the field it sets).
             let mut guard = guard;

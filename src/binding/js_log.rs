@@ -8,17 +8,24 @@ use crate::host::{LogSink, ProgressSink};
 
 pub type LogFn = ThreadsafeFunction<FnArgs<(String, String)>, (), FnArgs<(String, String)>, Status, false, true>;
 
-pub struct JsLogSink(pub LogFn);
+/// `onLog`, until its executor is closed (`release`).
+pub struct JsLogSink(pub std::sync::Mutex<Option<LogFn>>);
 
 impl LogSink for JsLogSink {
     fn log(&self, level: &str, message: &str) {
+        let sink = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(f) = sink.as_ref() else { return };
         // Non-blocking and fire-and-forget: a throwing callback is the caller's bug and is
         // swallowed here rather than raised as an uncaught exception.
-        self.0.call_with_return_value(
+        f.call_with_return_value(
             FnArgs { data: (level.to_string(), message.to_string()) },
             ThreadsafeFunctionCallMode::NonBlocking,
             |_, _| Ok(()),
         );
+    }
+
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

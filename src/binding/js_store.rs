@@ -8,6 +8,7 @@
 //! it) is `BLOB_UNAVAILABLE` as soon as it is collected.
 
 use std::ptr;
+use std::sync::Arc;
 
 use napi::bindgen_prelude::{FromNapiValue, Promise, TypeName, Uint8Array, ValidateNapiValue};
 use napi::threadsafe_function::ThreadsafeFunction;
@@ -195,12 +196,13 @@ pub fn sized_download<'env>(
 pub type DownloadFn = ThreadsafeFunction<String, Resolved, String, Status, false, true>;
 
 pub struct JsBlobSource {
-    download: DownloadFn,
+    /// Until its executor is closed (`release`).
+    download: std::sync::Mutex<Option<Arc<DownloadFn>>>,
 }
 
 impl JsBlobSource {
     pub fn new(download: DownloadFn) -> Self {
-        JsBlobSource { download }
+        JsBlobSource { download: std::sync::Mutex::new(Some(Arc::new(download))) }
     }
 }
 
@@ -218,10 +220,15 @@ fn is_collected_unsettled(e: &napi::Error) -> bool {
 }
 
 impl BlobSource for JsBlobSource {
+    fn release(&self) {
+        self.download.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     fn fetch<'a>(&'a self, path: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, ExecError>> {
         Box::pin(async move {
             let not_found = |e: napi::Error| ExecError::BlobNotFound { path: path.to_string(), message: e.reason.clone() };
-            let Resolved(promise) = self.download.call_async_catch(path.to_string()).await.map_err(not_found)?;
+            let download = self.download.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(ExecError::Closed)?;
+            let Resolved(promise) = download.call_async_catch(path.to_string()).await.map_err(not_found)?;
             let settled = match promise.await {
                 Ok(settled) => settled,
                 Err(e) if is_collected_unsettled(&e) => {
