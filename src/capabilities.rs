@@ -161,7 +161,7 @@ pub fn authorize(wasi_imports: &[String], caps: &Capabilities, abi: crate::abi::
     }
     Err(ExecError::CapabilityDenied(format!(
         "the module imports WASI ({}), which needs capabilities.env or capabilities.filesystem",
-        wasi_imports.join(", ")
+        crate::trap_text::name_list(wasi_imports, 20)
     )))
 }
 

@@ -207,6 +207,7 @@ fn config(kind: EngineKind, pooled: bool) -> Config {
             // was INVALID_MODULE with tierUp: false): it counts against the instance's memory
             // limit (`instance_metadata`) on every engine.
             .max_core_instance_size(1 << 30)
+            .max_component_instance_size(1 << 30)
             // A freed slot's first `KEEP_RESIDENT_BYTES` of linear memory are reset in place
             // (memset, or the data image copied back) and stay resident: the next instance skips
             // the page faults (the rest is given back with madvise).

@@ -322,7 +322,7 @@ pub fn check_imports(module: &Module) -> Result<Imports, ExecError> {
     if !other_wasi.is_empty() {
         return Err(ExecError::CapabilityDenied(format!(
             "only {WASI_P1} can be granted; the module imports {}",
-            other_wasi.join(", ")
+            crate::trap_text::name_list(&other_wasi, 20)
         )));
     }
     out.host = crate::host_functions::host_imports(module, unknown.into_iter())?;

@@ -58,16 +58,27 @@ fn inspect_with(bytes: &[u8], kind: EngineKind) -> Result<Inspection, ExecError>
         return inspect_component(bytes, kind);
     }
     let module = Module::new(engine(kind)?, bytes).map_err(|e| ExecError::InvalidModule(format!("{e:#}")))?;
-    let exports = module.exports().take(MAX_LISTED).map(|e| (e.name().to_string(), format!("{}", describe(e.ty())))).collect();
-    let imports = module
+    let mut left = MAX_LISTED_BYTES;
+    let mut fits = |text: usize| {
+        left = left.saturating_sub(text);
+        left > 0
+    };
+    let exports: Vec<(String, String)> = module
+        .exports()
+        .take(MAX_LISTED)
+        .map(|e| (e.name().to_string(), format!("{}", describe(e.ty()))))
+        .take_while(|(n, t)| fits(n.len() + t.len()))
+        .collect();
+    let imports: Vec<(String, String, String)> = module
         .imports()
         .take(MAX_LISTED)
         .map(|i| (i.module().to_string(), i.name().to_string(), format!("{}", describe(i.ty()))))
+        .take_while(|(m, n, t)| fits(m.len() + n.len() + t.len()))
         .collect();
     let mut notes = Vec::new();
-    for (what, n) in [("imports", module.imports().len()), ("exports", module.exports().len())] {
-        if n > MAX_LISTED {
-            notes.push(format!("lists the first {MAX_LISTED} of its {n} {what}"));
+    for (what, listed, n) in [("imports", imports.len(), module.imports().len()), ("exports", exports.len(), module.exports().len())] {
+        if n > listed {
+            notes.push(format!("lists the first {listed} of its {n} {what}"));
         }
     }
     let detected = crate::abi::detect(&module, None);
@@ -134,15 +145,14 @@ fn inspect_component(bytes: &[u8], kind: EngineKind) -> Result<Inspection, ExecE
 /// Imports and exports listed at most (each list): the result is built on the JS thread, and a
 /// module of 330,000 imports and as many exports (12 MB) held it 0.7 s (review AE).
 pub const MAX_LISTED: usize = 10_000;
+/// Bytes of names and types listed at most, both lists together (2,000 imports of 99 KB names
+/// made 207 million characters: review AE's follow-up).
+pub const MAX_LISTED_BYTES: usize = 1 << 20;
 
-/// Names joined for a note: the first 100, and how many more (a note joining 330,000 names was
-/// 9.5 million characters).
+/// Names joined for a note: the first 100 (a note joining 330,000 names was 9.5 million
+/// characters), each cut to 256 bytes.
 fn named<S: AsRef<str>>(names: &[S]) -> String {
-    let shown: Vec<&str> = names.iter().take(100).map(|n| n.as_ref()).collect();
-    match names.len().saturating_sub(shown.len()) {
-        0 => shown.join(", "),
-        more => format!("{}, and {more} more", shown.join(", ")),
-    }
+    crate::trap_text::name_list(names, 100)
 }
 
 fn describe(ty: wasmtime::ExternType) -> String {
@@ -188,5 +198,12 @@ mod tests {
         assert!(i.notes.contains(&format!("lists the first {MAX_LISTED} of its {n} exports")), "{:?}", i.notes);
         let host = i.notes.iter().find(|n| n.starts_with("imports host functions")).expect("a note of them");
         assert!(host.contains("m.f99, and 9950 more") && host.len() < 2000, "{host}");
+        // Long names: at most MAX_LISTED_BYTES of them are listed.
+        let name = "n".repeat(8_000);
+        let imports: String = (0..200).map(|i| format!(r#"(import "m" "{i}{name}" (func))"#)).collect();
+        let i = inspect(&wat::parse_str(format!("(module {imports})")).expect("parses")).expect("valid");
+        assert!(i.imports.len() < 140 && i.imports.len() > 120, "{}", i.imports.len());
+        assert!(i.notes.contains(&format!("lists the first {} of its 200 imports", i.imports.len())), "{:?}", i.notes);
+        assert!(i.notes.iter().all(|n| n.len() < 100 * 300 + 200));
     }
 }

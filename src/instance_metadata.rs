@@ -1,6 +1,6 @@
 //! What an instance holds in the host besides its memories and tables: wasmtime's `VMContext`
-//! (16 bytes per global, imported or defined, about 32 per imported function and per function
-//! that escapes, some per table, memory and type). Nothing bounded it: a 7 MB module of 999,000
+//! (16 bytes per global, imported or defined, about 64 per imported function and 32 per function
+//! that escapes, some per table, memory and type), for each core instance. Nothing bounded it: a 7 MB module of 999,000
 //! globals held 16 MB per instance outside `maxMemoryMB`, and 100 of its actors 2.4 GB outside
 //! `maxActorMemoryMB` (review AE). It is counted now against the instance's memory limit, as
 //! host memory (`limits::StoreLimiter::reserve_host`), when it is over `UNCOUNTED_BYTES`.
@@ -8,7 +8,7 @@
 //! The count is made from the bytes (`shape`), rounded up to a power of two and kept in an
 //! artifact's flags (`bucket`), so code loaded from an artifact is counted as compiled code is.
 
-use wasmparser::{Payload, TypeRef};
+use wasmparser::{ComponentAlias, ComponentExternalKind, ComponentOuterAliasKind, ComponentTypeRef, Encoding, Payload, TypeRef};
 
 /// Metadata up to this much is not counted (every module has some: `peakMemoryBytes` stays its
 /// memories and tables for all but modules of thousands of globals or escaping functions).
@@ -17,43 +17,172 @@ pub const UNCOUNTED_BYTES: u64 = 64 * 1024;
 /// Bytes per item, rounded up from wasmtime 48's `VMOffsets`.
 const GLOBAL_BYTES: u64 = 16;
 const FUNCTION_BYTES: u64 = 32;
+/// An imported function: its slot, and the Store's own copy of the host function (review AE's
+/// follow-up measured 55-60 bytes each).
+const IMPORTED_FUNCTION_BYTES: u64 = 64;
 const TABLE_OR_MEMORY_BYTES: u64 = 64;
 const TYPE_BYTES: u64 = 4;
 const TAG_BYTES: u64 = 16;
 /// Per core module: the `Instance` and the `VMContext`'s fixed part.
 const MODULE_BYTES: u64 = 1024;
 
-/// Adds what `payload` puts in an instance's metadata to `bytes` (escaping functions are added
-/// by `escaping`, once they are all known).
-pub fn read(payload: &Payload<'_>, bytes: &mut u64) -> Result<(), wasmparser::BinaryReaderError> {
-    let add = match payload {
-        Payload::Version { encoding: wasmparser::Encoding::Module, .. } => MODULE_BYTES,
-        Payload::ImportSection(r) => {
-            let mut n = 0u64;
-            for imp in r.clone().into_imports() {
-                n = n.saturating_add(match imp?.ty {
-                    TypeRef::Func(_) | TypeRef::FuncExact(_) => FUNCTION_BYTES,
-                    TypeRef::Global(_) => GLOBAL_BYTES,
-                    TypeRef::Table(_) | TypeRef::Memory(_) => TABLE_OR_MEMORY_BYTES,
-                    TypeRef::Tag(_) => TAG_BYTES,
-                });
-            }
-            n
-        }
-        Payload::GlobalSection(r) => GLOBAL_BYTES.saturating_mul(r.count().into()),
-        Payload::TableSection(r) => TABLE_OR_MEMORY_BYTES.saturating_mul(r.count().into()),
-        Payload::MemorySection(r) => TABLE_OR_MEMORY_BYTES.saturating_mul(r.count().into()),
-        Payload::TagSection(r) => TAG_BYTES.saturating_mul(r.count().into()),
-        Payload::TypeSection(r) => TYPE_BYTES.saturating_mul(r.count().into()),
-        _ => 0,
-    };
-    *bytes = bytes.saturating_add(add);
-    Ok(())
+/// An instance's metadata, read from a binary's payloads in order: a core module's own, or a
+/// component's, which is that of each core instance it makes (review AE's follow-up: a core
+/// module of 100,000 globals instantiated 20 times in one component was counted once, and 40
+/// actors held 1.3 GB under `maxActorMemoryMB: 100`), with its nested components' once for each
+/// instance of them.
+#[derive(Default)]
+pub struct Metadata {
+    /// What the binary being read is nested in, innermost last.
+    open: Vec<Encoding>,
+    /// The components being read, innermost last.
+    frames: Vec<Frame>,
+    /// The core module being read's metadata so far.
+    module: u64,
+    /// The whole binary's, once it has ended.
+    pub bytes: u64,
 }
 
-/// What `escaping` functions that escape add.
-pub fn escaping(escaping: u64) -> u64 {
-    FUNCTION_BYTES.saturating_mul(escaping)
+/// A component being read.
+#[derive(Default)]
+struct Frame {
+    /// Each core module's metadata, by index (when `modules_in_order`).
+    modules: Vec<u64>,
+    /// Each nested component's, for one instance of it, by index (when `components_in_order`).
+    components: Vec<u64>,
+    /// Whether the index spaces hold only the modules and components defined here (no import,
+    /// alias or export added an index): else every index stands for the largest.
+    modules_in_order: bool,
+    components_in_order: bool,
+    /// Summed over the core instances and the component instances it makes.
+    instances: u64,
+}
+
+impl Frame {
+    fn new() -> Frame {
+        Frame { modules_in_order: true, components_in_order: true, ..Default::default() }
+    }
+}
+
+/// The entry at `index` when the space is in order and holds it, else the largest.
+fn at(space: &[u64], in_order: bool, index: u32) -> u64 {
+    let largest = space.iter().copied().max().unwrap_or(0);
+    match in_order {
+        true => space.get(index as usize).copied().unwrap_or(largest),
+        false => largest,
+    }
+}
+
+impl Metadata {
+    /// Takes in one payload; `escaping` is the functions that escape in the core module being
+    /// read (final at its end).
+    pub fn read(&mut self, payload: &Payload<'_>, escaping: u64) -> Result<(), wasmparser::BinaryReaderError> {
+        let in_module = self.open.last() == Some(&Encoding::Module);
+        match payload {
+            Payload::Version { encoding, .. } => {
+                self.open.push(*encoding);
+                match encoding {
+                    Encoding::Module => self.module = MODULE_BYTES,
+                    Encoding::Component => self.frames.push(Frame::new()),
+                }
+            }
+            Payload::End(_) => self.close(escaping),
+            Payload::ImportSection(r) if in_module => {
+                for imp in r.clone().into_imports() {
+                    self.module = self.module.saturating_add(match imp?.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => IMPORTED_FUNCTION_BYTES,
+                        TypeRef::Global(_) => GLOBAL_BYTES,
+                        TypeRef::Table(_) | TypeRef::Memory(_) => TABLE_OR_MEMORY_BYTES,
+                        TypeRef::Tag(_) => TAG_BYTES,
+                    });
+                }
+            }
+            Payload::GlobalSection(r) if in_module => self.add(GLOBAL_BYTES, r.count()),
+            Payload::TableSection(r) if in_module => self.add(TABLE_OR_MEMORY_BYTES, r.count()),
+            Payload::MemorySection(r) if in_module => self.add(TABLE_OR_MEMORY_BYTES, r.count()),
+            Payload::TagSection(r) if in_module => self.add(TAG_BYTES, r.count()),
+            Payload::TypeSection(r) if in_module => self.add(TYPE_BYTES, r.count()),
+            Payload::InstanceSection(r) => {
+                for instance in r.clone() {
+                    if let wasmparser::Instance::Instantiate { module_index, .. } = instance? {
+                        if let Some(f) = self.frames.last_mut() {
+                            f.instances = f.instances.saturating_add(at(&f.modules, f.modules_in_order, module_index));
+                        }
+                    }
+                }
+            }
+            Payload::ComponentInstanceSection(r) => {
+                for instance in r.clone() {
+                    if let wasmparser::ComponentInstance::Instantiate { component_index, .. } = instance? {
+                        if let Some(f) = self.frames.last_mut() {
+                            f.instances = f.instances.saturating_add(at(&f.components, f.components_in_order, component_index));
+                        }
+                    }
+                }
+            }
+            // Indices added to the spaces otherwise than by definitions here.
+            Payload::ComponentImportSection(r) => {
+                for import in r.clone() {
+                    match import?.ty {
+                        ComponentTypeRef::Module(_) => self.shift(true),
+                        ComponentTypeRef::Component(_) => self.shift(false),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::ComponentAliasSection(r) => {
+                for alias in r.clone() {
+                    match alias? {
+                        ComponentAlias::Outer { kind: ComponentOuterAliasKind::CoreModule, .. }
+                        | ComponentAlias::InstanceExport { kind: ComponentExternalKind::Module, .. } => self.shift(true),
+                        ComponentAlias::Outer { kind: ComponentOuterAliasKind::Component, .. }
+                        | ComponentAlias::InstanceExport { kind: ComponentExternalKind::Component, .. } => self.shift(false),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::ComponentExportSection(r) => {
+                for export in r.clone() {
+                    match export?.kind {
+                        ComponentExternalKind::Module => self.shift(true),
+                        ComponentExternalKind::Component => self.shift(false),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, each: u64, count: u32) {
+        self.module = self.module.saturating_add(each.saturating_mul(count.into()));
+    }
+
+    fn shift(&mut self, modules: bool) {
+        if let Some(f) = self.frames.last_mut() {
+            match modules {
+                true => f.modules_in_order = false,
+                false => f.components_in_order = false,
+            }
+        }
+    }
+
+    fn close(&mut self, escaping: u64) {
+        let (bytes, module) = match self.open.pop() {
+            Some(Encoding::Module) => (self.module.saturating_add(FUNCTION_BYTES.saturating_mul(escaping)), true),
+            Some(Encoding::Component) => match self.frames.pop() {
+                Some(f) => (f.instances, false),
+                None => return,
+            },
+            None => return,
+        };
+        match self.frames.last_mut() {
+            Some(f) if module => f.modules.push(bytes),
+            Some(f) => f.components.push(bytes),
+            None => self.bytes = bytes,
+        }
+    }
 }
 
 /// The bucket (0..=31) of an instance's metadata of `bytes`: 0 up to `UNCOUNTED_BYTES`, else the
@@ -81,6 +210,52 @@ pub fn charged(b: u8) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metadata_of(text: &str) -> u64 {
+        let bytes = wat::parse_str(text).expect("parses");
+        let mut m = Metadata::default();
+        let mut escaping = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+            let payload = payload.expect("valid");
+            if let Payload::Version { encoding: Encoding::Module, .. } = payload {
+                escaping.push(0);
+            }
+            if let Payload::ExportSection(r) = &payload {
+                if let Some(e) = escaping.last_mut() {
+                    *e += r.clone().into_iter().filter(|x| x.as_ref().is_ok_and(|x| x.kind == wasmparser::ExternalKind::Func)).count() as u64;
+                }
+            }
+            m.read(&payload, escaping.last().copied().unwrap_or(0)).expect("reads");
+        }
+        m.bytes
+    }
+
+    #[test]
+    fn a_core_module_counts_its_globals_imports_and_escaping_functions() {
+        let globals: String = (0..1000).map(|_| "(global (mut i64) (i64.const 0))").collect();
+        let base = metadata_of("(module)");
+        assert_eq!(base, MODULE_BYTES);
+        assert_eq!(metadata_of(&format!("(module {globals})")), MODULE_BYTES + 1000 * GLOBAL_BYTES);
+        let imports: String = (0..10).map(|i| format!(r#"(import "m" "f{i}" (func))"#)).collect();
+        let exports: String = (0..7).map(|i| format!(r#"(func (export "e{i}"))"#)).collect();
+        assert_eq!(metadata_of(&format!("(module {imports} {exports})")), MODULE_BYTES + 10 * IMPORTED_FUNCTION_BYTES + 7 * FUNCTION_BYTES + TYPE_BYTES);
+    }
+
+    #[test]
+    fn a_component_counts_each_core_instance_and_each_nested_components_instance() {
+        let globals: String = (0..1000).map(|_| "(global (mut i64) (i64.const 0))").collect();
+        let one = MODULE_BYTES + 1000 * GLOBAL_BYTES;
+        // Review AE's follow-up: one core module instantiated 20 times was counted once.
+        let instances: String = (0..20).map(|_| "(core instance (instantiate $m))").collect();
+        assert_eq!(metadata_of(&format!("(component (core module $m {globals}) (core module $small) {instances} (core instance (instantiate $small)))")), 20 * one + MODULE_BYTES);
+        // A nested component instantiated 3 times, each making 2 instances of its module.
+        let nested = format!("(component $inner (core module $m {globals}) (core instance (instantiate $m)) (core instance (instantiate $m)))");
+        let outer = format!("(component {nested} (instance (instantiate $inner)) (instance (instantiate $inner)) (instance (instantiate $inner)))");
+        assert_eq!(metadata_of(&outer), 3 * 2 * one);
+        // An imported module shifts the index space: every instance counts as the largest.
+        let shifted = format!(r#"(component (import "m" (core module $imp)) (core module $big {globals}) (core module $small) (core instance (instantiate $small)))"#);
+        assert_eq!(metadata_of(&shifted), one);
+    }
 
     #[test]
     fn buckets_hold_their_bytes_within_twice() {

@@ -121,8 +121,8 @@ pub struct Shape {
     /// Some instruction changes a table or drops a segment: part of an instance's state lives
     /// outside its memory and globals (what snapshots and moves between instances carry).
     pub state_outside_memory: bool,
-    /// What an instance holds in the host besides its memories and tables, summed over the core
-    /// modules (`instance_metadata`).
+    /// What an instance holds in the host besides its memories and tables: its core module's, or
+    /// each of a component's core instances' (`instance_metadata`).
     pub instance_bytes: u64,
 }
 
@@ -201,6 +201,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     // signatures (what a call and a function's start compile to grows with).
     let mut bodies: Vec<crate::body_walk::Body> = Vec::new();
     let mut signatures: Vec<crate::body_walk::Signatures> = Vec::new();
+    let mut metadata = crate::instance_metadata::Metadata::default();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
@@ -212,7 +213,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             signatures.push(Default::default());
         }
         init.read(&payload).map_err(invalid)?;
-        crate::instance_metadata::read(&payload, &mut shape.instance_bytes).map_err(invalid)?;
+        metadata.read(&payload, signatures.last().map_or(0, |s| s.escaping_count)).map_err(invalid)?;
         if let Some(sigs) = signatures.last_mut() {
             sigs.note_escaping(&payload).map_err(invalid)?;
         }
@@ -345,7 +346,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     shape.ops_squared = costs.ops_squared;
     let escaping: u64 = signatures.iter().map(|s| s.escaping_count).sum();
     shape.code_estimate = costs.code_estimate.saturating_add(crate::code_estimate::ESCAPING_FUNCTION_BYTES.saturating_mul(escaping));
-    shape.instance_bytes = shape.instance_bytes.saturating_add(crate::instance_metadata::escaping(escaping));
+    shape.instance_bytes = metadata.bytes;
     shape.state_outside_memory = costs.state_outside_memory;
     limit(
         "its compile, estimated from its functions, their locals and instructions as the machine code they make,",

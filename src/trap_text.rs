@@ -58,8 +58,19 @@ fn frames(out: &mut Bounded, b: &WasmBacktrace) -> std::fmt::Result {
     Ok(())
 }
 
+/// Names joined for an error or a note: the first `max`, each cut as `short` cuts it, and how
+/// many more there are (review AE's follow-up: a refusal joining 2,000 import names of 99 KB
+/// each, 188 MB of text, held the JS thread 400 ms per call).
+pub(crate) fn name_list<S: AsRef<str>>(names: &[S], max: usize) -> String {
+    let shown: Vec<std::borrow::Cow<'_, str>> = names.iter().take(max).map(|n| short(n.as_ref())).collect();
+    match names.len().saturating_sub(shown.len()) {
+        0 => shown.join(", "),
+        more => format!("{}, and {more} more", shown.join(", ")),
+    }
+}
+
 /// `name`, or its first `MAX_NAME` bytes (on a character boundary) and how long it was.
-fn short(name: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn short(name: &str) -> std::borrow::Cow<'_, str> {
     if name.len() <= MAX_NAME {
         return name.into();
     }
