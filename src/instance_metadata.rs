@@ -23,6 +23,8 @@ const IMPORTED_FUNCTION_BYTES: u64 = 64;
 const TABLE_OR_MEMORY_BYTES: u64 = 64;
 const TYPE_BYTES: u64 = 4;
 const TAG_BYTES: u64 = 16;
+/// A component's resource type: its destructor's slot and its `ResourceType`.
+const RESOURCE_BYTES: u64 = 32;
 /// Per core module: the `Instance` and the `VMContext`'s fixed part.
 const MODULE_BYTES: u64 = 1024;
 
@@ -39,8 +41,20 @@ pub struct Metadata {
     frames: Vec<Frame>,
     /// The core module being read's metadata so far.
     module: u64,
+    /// The largest core module's, and the most resource types one component defines.
+    largest_module: u64,
+    most_resources: u64,
+    /// Some instance is of a module or component reached otherwise than by its index among
+    /// those defined where it is made (an import, an alias, an export): the whole binary is then
+    /// counted as `MAX_INSTANCES` of its largest module (review AE's second follow-up: modules
+    /// reached by an outer alias counted nothing, 492 MB per actor charged 64 KiB).
+    unresolved: bool,
     /// The whole binary's, once it has ended.
     pub bytes: u64,
+    /// Resource types once every component instance is made (each instance of a component
+    /// defines its own; review AE's second follow-up: 200,000 in a component instantiated 20
+    /// times held 125 MB per actor).
+    pub resources: u64,
 }
 
 /// A component being read.
@@ -56,6 +70,11 @@ struct Frame {
     components_in_order: bool,
     /// Summed over the core instances and the component instances it makes.
     instances: u64,
+    /// Resource types it defines (or imports fresh), and its component instances' in all.
+    resources: u64,
+    nested_resources: u64,
+    /// Each nested component's resource types once made, by index.
+    component_resources: Vec<u64>,
 }
 
 impl Frame {
@@ -64,13 +83,9 @@ impl Frame {
     }
 }
 
-/// The entry at `index` when the space is in order and holds it, else the largest.
-fn at(space: &[u64], in_order: bool, index: u32) -> u64 {
-    let largest = space.iter().copied().max().unwrap_or(0);
-    match in_order {
-        true => space.get(index as usize).copied().unwrap_or(largest),
-        false => largest,
-    }
+/// The entry at `index` when the space is in order and holds it.
+fn at(space: &[u64], in_order: bool, index: u32) -> Option<u64> {
+    space.get(index as usize).copied().filter(|_| in_order)
 }
 
 impl Metadata {
@@ -106,7 +121,10 @@ impl Metadata {
                 for instance in r.clone() {
                     if let wasmparser::Instance::Instantiate { module_index, .. } = instance? {
                         if let Some(f) = self.frames.last_mut() {
-                            f.instances = f.instances.saturating_add(at(&f.modules, f.modules_in_order, module_index));
+                            match at(&f.modules, f.modules_in_order, module_index) {
+                                Some(bytes) => f.instances = f.instances.saturating_add(bytes),
+                                None => self.unresolved = true,
+                            }
                         }
                     }
                 }
@@ -115,8 +133,21 @@ impl Metadata {
                 for instance in r.clone() {
                     if let wasmparser::ComponentInstance::Instantiate { component_index, .. } = instance? {
                         if let Some(f) = self.frames.last_mut() {
-                            f.instances = f.instances.saturating_add(at(&f.components, f.components_in_order, component_index));
+                            match (at(&f.components, f.components_in_order, component_index), f.component_resources.get(component_index as usize)) {
+                                (Some(bytes), Some(resources)) => {
+                                    f.instances = f.instances.saturating_add(bytes);
+                                    f.nested_resources = f.nested_resources.saturating_add(*resources);
+                                }
+                                _ => self.unresolved = true,
+                            }
                         }
+                    }
+                }
+            }
+            Payload::ComponentTypeSection(r) => {
+                for ty in r.clone() {
+                    if let wasmparser::ComponentType::Resource { .. } = ty? {
+                        self.add_resource();
                     }
                 }
             }
@@ -126,6 +157,7 @@ impl Metadata {
                     match import?.ty {
                         ComponentTypeRef::Module(_) => self.shift(true),
                         ComponentTypeRef::Component(_) => self.shift(false),
+                        ComponentTypeRef::Type(wasmparser::TypeBounds::SubResource) => self.add_resource(),
                         _ => {}
                     }
                 }
@@ -155,6 +187,13 @@ impl Metadata {
         Ok(())
     }
 
+    fn add_resource(&mut self) {
+        if let Some(f) = self.frames.last_mut() {
+            f.resources = f.resources.saturating_add(1);
+            self.most_resources = self.most_resources.max(f.resources);
+        }
+    }
+
     fn add(&mut self, each: u64, count: u32) {
         self.module = self.module.saturating_add(each.saturating_mul(count.into()));
     }
@@ -169,18 +208,39 @@ impl Metadata {
     }
 
     fn close(&mut self, escaping: u64) {
-        let (bytes, module) = match self.open.pop() {
-            Some(Encoding::Module) => (self.module.saturating_add(FUNCTION_BYTES.saturating_mul(escaping)), true),
+        let (bytes, resources, module) = match self.open.pop() {
+            Some(Encoding::Module) => {
+                let bytes = self.module.saturating_add(FUNCTION_BYTES.saturating_mul(escaping));
+                self.largest_module = self.largest_module.max(bytes);
+                (bytes, 0, true)
+            }
             Some(Encoding::Component) => match self.frames.pop() {
-                Some(f) => (f.instances, false),
+                Some(f) => {
+                    let resources = f.resources.saturating_add(f.nested_resources);
+                    (f.instances.saturating_add(RESOURCE_BYTES.saturating_mul(f.resources)), resources, false)
+                }
                 None => return,
             },
             None => return,
         };
         match self.frames.last_mut() {
             Some(f) if module => f.modules.push(bytes),
-            Some(f) => f.components.push(bytes),
-            None => self.bytes = bytes,
+            Some(f) => {
+                f.components.push(bytes);
+                f.component_resources.push(resources);
+            }
+            None if self.unresolved => {
+                // Whatever each instance is: at most a Store's instances of the largest module,
+                // and at most the flattened component instances of the most resources.
+                let instances = crate::limits::MAX_INSTANCES as u64;
+                let components = crate::shape::MAX_COMPONENT_INSTANCES;
+                self.resources = self.most_resources.saturating_mul(components).max(resources);
+                self.bytes = self.largest_module.saturating_mul(instances).saturating_add(RESOURCE_BYTES.saturating_mul(self.resources)).max(bytes);
+            }
+            None => {
+                self.bytes = bytes;
+                self.resources = resources;
+            }
         }
     }
 }
@@ -252,9 +312,28 @@ mod tests {
         let nested = format!("(component $inner (core module $m {globals}) (core instance (instantiate $m)) (core instance (instantiate $m)))");
         let outer = format!("(component {nested} (instance (instantiate $inner)) (instance (instantiate $inner)) (instance (instantiate $inner)))");
         assert_eq!(metadata_of(&outer), 3 * 2 * one);
-        // An imported module shifts the index space: every instance counts as the largest.
+        // An imported module shifts the index space: the binary counts as a Store's most
+        // instances of its largest module.
+        let most = crate::limits::MAX_INSTANCES as u64 * one;
         let shifted = format!(r#"(component (import "m" (core module $imp)) (core module $big {globals}) (core module $small) (core instance (instantiate $small)))"#);
-        assert_eq!(metadata_of(&shifted), one);
+        assert_eq!(metadata_of(&shifted), most);
+        // Review AE's second follow-up: a module reached by an outer alias counted nothing.
+        let outer = format!("(component (core module $big {globals}) (component $c (alias outer 1 $big (core module $m)) (core instance (instantiate $m)) (core instance (instantiate $m))) (instance (instantiate $c)))");
+        assert_eq!(metadata_of(&outer), most);
+        let exported = format!(r#"(component (component $c (core module $big {globals}) (export "m" (core module $big))) (instance $i (instantiate $c)) (alias export $i "m" (core module $m)) (core instance (instantiate $m)))"#);
+        assert_eq!(metadata_of(&exported), most);
+    }
+
+    #[test]
+    fn resource_types_count_for_each_instance_of_the_component_that_defines_them() {
+        let resources: String = (0..1000).map(|_| "(type (resource (rep i32)))").collect();
+        let bytes = wat::parse_str(format!("(component $outer (component $c {resources}) (instance (instantiate $c)) (instance (instantiate $c)) (instance (instantiate $c)) {resources})")).expect("parses");
+        let mut m = Metadata::default();
+        for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+            m.read(&payload.expect("valid"), 0).expect("reads");
+        }
+        assert_eq!(m.resources, 4 * 1000);
+        assert_eq!(m.bytes, 4 * 1000 * RESOURCE_BYTES);
     }
 
     #[test]

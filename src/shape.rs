@@ -85,6 +85,10 @@ pub const MAX_ADAPTER_UNITS: u64 = 100_000;
 /// (`component_types`): each is built again with its adapters and core instances. Composed
 /// components have a handful.
 pub const MAX_COMPONENT_INSTANCES: u64 = 100;
+/// Resource types of a component once its instances are all made (each instance of a nested
+/// component defines its own; review AE's second follow-up: 400,000 in a component instantiated
+/// 50 times took 2.2 GB to compile, then 650 MB per instance).
+pub const MAX_RESOURCE_TYPES: u64 = 100_000;
 /// Memory images beyond this plus twice the module's size are refused: wasmtime builds one for a
 /// memory whose data segments span under 16 MiB however little data they hold (two bytes 16 MiB
 /// apart: a 16 MiB image from 30 bytes; 40 core modules of that in a 1.5 KB component held 1.5 GB).
@@ -347,6 +351,7 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     let escaping: u64 = signatures.iter().map(|s| s.escaping_count).sum();
     shape.code_estimate = costs.code_estimate.saturating_add(crate::code_estimate::ESCAPING_FUNCTION_BYTES.saturating_mul(escaping));
     shape.instance_bytes = metadata.bytes;
+    limit("the resource types its component instances define", metadata.resources, MAX_RESOURCE_TYPES, "a fixed limit")?;
     shape.state_outside_memory = costs.state_outside_memory;
     limit(
         "its compile, estimated from its functions, their locals and instructions as the machine code they make,",
