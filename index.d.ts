@@ -431,7 +431,8 @@ export declare class WasmActivityExecutor {
    * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
    * flight have ended and the actor store's writes under way (`persist: 'async'`,
    * `dropActor`'s first attempt) are done, and then lets go of the blob store's `download`,
-   * `onLog` and the host functions; stops the retries of failed deletes. Also
+   * `onLog` (log lines queued before may still arrive) and the host functions; stops the
+   * retries of failed deletes. Also
    * `await using executor = ...` (`Symbol.asyncDispose`).
    */
   close(): Promise<void>

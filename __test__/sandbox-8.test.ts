@@ -2,7 +2,7 @@
 // test reproduces a way through that a reviewer found, and failed on the code from before its fix.
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
-import { def, failure } from './helpers'
+import { def, failure, guest } from './helpers'
 import { guestWat } from './wat'
 
 /** A guest of `n` mutable i64 globals: 16 bytes each in every instance's metadata (wasmtime's VMContext). */
@@ -67,5 +67,35 @@ describe('an executor whose callbacks hold it', () => {
       await new Promise((r) => setTimeout(r, 20))
     }
     expect(collected).toBe(kinds.length)
+  })
+})
+
+describe("guests' log lines wait for onLog in a bounded queue", () => {
+  it('past 4,096 lines queued, lines are dropped and the next line says how many', async () => {
+    // Before: every line waited, however many (32 calls at once held 3.4 GB of lines).
+    const wasm = guest('capabilities/log')
+    const lines: string[] = []
+    const onLog = (_level: string, message: string) => {
+      lines.push(message)
+      const until = performance.now() + 1 // a slow onLog: 1 ms a line
+      while (performance.now() < until);
+    }
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { onLog, maxConcurrency: 4 })
+    const calls = Array.from({ length: 8 }, () => ex.execute(def('log'), { lines: 900 }))
+    for (const out of await Promise.all(calls)) expect(out).toEqual({ logged: 900 })
+    // Let the queue drain, then one more line brings the count of those dropped.
+    for (let seen = -1; seen !== lines.length; ) {
+      seen = lines.length
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    await ex.execute(def('log'), { lines: 1 })
+    await new Promise((r) => setTimeout(r, 50))
+    const notes = lines.filter((m) => /^loom-wasm-executor: \d+ log lines were dropped/.test(m))
+    expect(notes.length).toBeGreaterThan(0)
+    const dropped = notes.reduce((n, m) => n + Number(/(\d+) log lines/.exec(m)![1]), 0)
+    // Every line of the 8 calls (900 and a trace each) and the last call's was delivered or counted.
+    expect(lines.length - notes.length + dropped).toBe(8 * 901 + 2)
+    expect(dropped).toBeGreaterThan(0)
+    await ex.close()
   })
 })

@@ -273,7 +273,7 @@ impl WasmActivityExecutor {
                     .weak::<true>()
                     .build()
                     .map_err(ExecError::internal)?;
-                opts.log = Some(Arc::new(js_log::JsLogSink(std::sync::Mutex::new(Some(tsfn)))));
+                opts.log = Some(Arc::new(js_log::JsLogSink::new(tsfn)));
             }
             let source: Arc<dyn crate::store::BlobSource> =
                 if let Some(source) = native_store(&env, &blob_store) {
@@ -432,7 +432,8 @@ impl WasmActivityExecutor {
     /// modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
     /// flight have ended and the actor store's writes under way (`persist: 'async'`,
     /// `dropActor`'s first attempt) are done, and then lets go of the blob store's `download`,
-    /// `onLog` and the host functions; stops the retries of failed deletes. Also
+    /// `onLog` (log lines queued before may still arrive) and the host functions; stops the
+    /// retries of failed deletes. Also
     /// `await using executor = ...` (`Symbol.asyncDispose`).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
