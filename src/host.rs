@@ -60,6 +60,10 @@ pub fn truncate_chars(s: &mut String, max: usize) {
 /// delivered when the call ends). Per call only, 32 calls at once sending 64K characters each
 /// held the JS thread 2.3-5.9 s (review AE's second follow-up).
 pub const PROGRESS_BYTES_PER_INTERVAL: u64 = 512 * 1024;
+/// A call's heartbeat goes past the process's budget after this long without one delivered, or
+/// if it is at most `PROGRESS_SMALL_BYTES`.
+pub const PROGRESS_STARVED: std::time::Duration = std::time::Duration::from_secs(1);
+pub const PROGRESS_SMALL_BYTES: usize = 1024;
 
 /// The process's heartbeat bytes in the current interval.
 pub(crate) struct ProgressWindow(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
@@ -70,13 +74,13 @@ impl ProgressWindow {
     }
 
     /// Whether a heartbeat of `bytes` may go now (counted if so). The first of an interval always
-    /// may, whatever its size.
-    pub(crate) fn admit(&self, bytes: u64, now: std::time::Instant) -> bool {
+    /// may, whatever its size, and so does one `forced`.
+    pub(crate) fn admit(&self, bytes: u64, now: std::time::Instant, forced: bool) -> bool {
         let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if w.0.is_none_or(|start| now.duration_since(start) >= PROGRESS_INTERVAL) {
             *w = (Some(now), 0);
         }
-        if w.1 > 0 && w.1.saturating_add(bytes) > PROGRESS_BYTES_PER_INTERVAL {
+        if !forced && w.1 > 0 && w.1.saturating_add(bytes) > PROGRESS_BYTES_PER_INTERVAL {
             return false;
         }
         w.1 = w.1.saturating_add(bytes);
@@ -162,7 +166,12 @@ impl HostState {
         }
         let Some(sink) = &self.progress.sink else { return };
         let due = self.progress_state.sent_at.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
-        if due && progress_window().admit(detail.len() as u64, std::time::Instant::now()) {
+        // A call's first heartbeat, one after a second without any, and a small one go whatever
+        // the process's budget: else calls flooding it starved every other tenant's (a 2-byte
+        // heartbeat waited 4.6 s: review AE's third follow-up).
+        let starved = self.progress_state.sent_at.is_none_or(|t| t.elapsed() >= PROGRESS_STARVED);
+        let force = starved || detail.len() <= PROGRESS_SMALL_BYTES;
+        if due && progress_window().admit(detail.len() as u64, std::time::Instant::now(), force) {
             sink.progress(&detail);
             self.progress_state.sent_at = Some(std::time::Instant::now());
             self.progress_state.pending = false;
@@ -373,11 +382,12 @@ mod tests {
         let w = ProgressWindow::new();
         let t0 = Instant::now();
         let each = PROGRESS_BYTES_PER_INTERVAL / 4;
-        assert!((0..4).all(|_| w.admit(each, t0)));
-        assert!(!w.admit(1, t0 + Duration::from_millis(50)), "past the budget, within the interval");
-        assert!(w.admit(each, t0 + PROGRESS_INTERVAL), "a new interval");
+        assert!((0..4).all(|_| w.admit(each, t0, false)));
+        assert!(!w.admit(1, t0 + Duration::from_millis(50), false), "past the budget, within the interval");
+        assert!(w.admit(1, t0 + Duration::from_millis(50), true), "unless forced (a starved call's, a small one)");
+        assert!(w.admit(each, t0 + PROGRESS_INTERVAL, false), "a new interval");
         let big = Instant::now() + Duration::from_secs(5);
-        assert!(w.admit(10 * PROGRESS_BYTES_PER_INTERVAL, big), "the first of an interval goes, whatever its size");
-        assert!(!w.admit(1, big));
+        assert!(w.admit(10 * PROGRESS_BYTES_PER_INTERVAL, big, false), "the first of an interval goes, whatever its size");
+        assert!(!w.admit(1, big, false));
     }
 }
