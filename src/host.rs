@@ -44,6 +44,17 @@ pub const MAX_PROGRESS_CHARS: usize = 64 * 1024;
 /// the line is cut and ends with `…`.
 pub const MAX_LOG_CHARS: usize = 4096;
 
+/// The first `max` characters of `s`, the cut marked with `…` (as `truncate_chars`, copying only
+/// what is kept).
+pub fn cut_chars(s: &str, max: usize) -> String {
+    if s.len() > max {
+        if let Some((at, _)) = s.char_indices().nth(max) {
+            return format!("{}…", &s[..at]);
+        }
+    }
+    s.to_string()
+}
+
 /// Cuts `s` to `max` characters, marking the cut with `…`.
 pub fn truncate_chars(s: &mut String, max: usize) {
     if s.len() <= max {

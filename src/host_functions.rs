@@ -166,17 +166,19 @@ impl HostAccess {
 
     /// Calls host function `name` with JSON text `input`.
     pub async fn call(&self, name: &str, input: String) -> Result<String, ExecError> {
+        // The name is the guest's (a component's `call` takes any string): errors show its start.
+        let shown = crate::trap_text::short(name);
         if self.making_image {
             // Its answer would be in the image: another process (another answer) restoring a
             // snapshot against its own image would get other memory than was saved. It had been
             // refused as an argument over a maxInputBytes of 0 (INVALID_OUTPUT, review AB).
             return Err(ExecError::CapabilityDenied(format!(
-                "the module's start function calls host function {name}: its state cannot be snapshotted (actorStore, snapshotActor and restoreActor need a start function that calls none)"
+                "the module's start function calls host function {shown}: its state cannot be snapshotted (actorStore, snapshotActor and restoreActor need a start function that calls none)"
             )));
         }
         if input.len() as u64 > MAX_HOST_ARG_BYTES {
             return Err(ExecError::InvalidOutput {
-                message: format!("the argument of host function {name} is {} bytes, over the limit of {MAX_HOST_ARG_BYTES}", input.len()),
+                message: format!("the argument of host function {shown} is {} bytes, over the limit of {MAX_HOST_ARG_BYTES}", input.len()),
                 preview: String::new(),
             });
         }
@@ -185,7 +187,7 @@ impl HostAccess {
         if input.len() as u64 > self.max_result_bytes {
             return Err(ExecError::InvalidOutput {
                 message: format!(
-                    "the argument of host function {name} is {} bytes, over the call's maxInputBytes {}",
+                    "the argument of host function {shown} is {} bytes, over the call's maxInputBytes {}",
                     input.len(),
                     self.max_result_bytes
                 ),
@@ -194,15 +196,15 @@ impl HostAccess {
         }
         if !self.granted.iter().any(|g| g == name) {
             return Err(ExecError::CapabilityDenied(format!(
-                "the guest called host function {name}, which its definition does not name in capabilities.hostFunctions"
+                "the guest called host function {shown}, which its definition does not name in capabilities.hostFunctions"
             )));
         }
         let Some(functions) = &self.functions else {
-            return Err(ExecError::CapabilityDenied(format!("host function {name}: the executor has no options.hostFunctions")));
+            return Err(ExecError::CapabilityDenied(format!("host function {shown}: the executor has no options.hostFunctions")));
         };
         if serde_json::from_str::<serde::de::IgnoredAny>(&input).is_err() {
             return Err(ExecError::InvalidOutput {
-                message: format!("the guest passed host function {name} text that is not JSON"),
+                message: format!("the guest passed host function {shown} text that is not JSON"),
                 preview: input.chars().take(200).collect(),
             });
         }

@@ -471,3 +471,53 @@ pub fn random_component() -> Vec<u8> {
     )
     .expect("test component parses")
 }
+
+/// A component that fills its memory with as many `x` as its input says, then sends them as a log
+/// line, a heartbeat, and the name of a host function it calls (with `{}`); answers "1".
+pub fn host_strings_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component
+  (import "loom:activity/host" (instance $h
+    (export "log" (func (param "level" string) (param "message" string)))
+    (export "progress" (func (param "detail" string)))
+    (export "call" (func (param "name" string) (param "input" string) (result (result string (error string)))))))
+  (core module $libc
+    (memory (export "memory") 8)
+    (global $next (mut i32) (i32.const 262144))
+    (func (export "realloc") (param i32 i32 i32) (param $size i32) (result i32)
+      (global.set $next (i32.add (global.get $next) (local.get $size)))
+      (i32.sub (global.get $next) (local.get $size))))
+  (core instance $libc (instantiate $libc))
+  (core func $log (canon lower (func $h "log") (memory (core memory $libc "memory"))))
+  (core func $progress (canon lower (func $h "progress") (memory (core memory $libc "memory"))))
+  (core func $call (canon lower (func $h "call") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "log" (func $log (param i32 i32 i32 i32)))
+    (import "host" "progress" (func $progress (param i32 i32)))
+    (import "host" "call" (func $call (param i32 i32 i32 i32 i32)))
+    (data (i32.const 1024) "info{}")
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $n i32) (local $i i32)
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $len)))
+        (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
+          (i32.sub (i32.load8_u (i32.add (local.get $p) (local.get $i))) (i32.const 48))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (memory.fill (i32.const 65536) (i32.const 120) (local.get $n))
+      (call $log (i32.const 1024) (i32.const 4) (i32.const 65536) (local.get $n))
+      (call $progress (i32.const 65536) (local.get $n))
+      (call $call (i32.const 65536) (local.get $n) (i32.const 1028) (i32.const 2) (i32.const 2048))
+      (i32.store8 (i32.const 1039) (i32.const 49))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc))
+    (with "host" (instance (export "log" (func $log)) (export "progress" (func $progress)) (export "call" (func $call))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+    )
+    .expect("test component parses")
+}

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use wasmtime::component::{Component, Instance, Linker, TypedFunc};
+use wasmtime::component::{Component, Instance, Linker, TypedFunc, WasmStr};
 use wasmtime::{Engine, Store};
 
 use crate::engine::{engine, EngineKind};
@@ -30,23 +30,35 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::wasi_http::shadow(&mut linker)?;
     let mut host = linker.instance(HOST_INTERFACE)?;
-    host.func_wrap("log", |mut store: wasmtime::StoreContextMut<'_, HostState>, (level, message): (String, String)| {
-        let level = LOG_LEVELS.iter().find(|l| **l == level).copied().unwrap_or("info");
-        let data = store.data_mut();
-        if data.log.is_some() && data.log_budget > 0 {
-            data.emit(level, &message);
+    // The strings are read in place in the guest's memory: only what is kept is copied (taken as
+    // `String`s, wasmtime copied a guest's whole string, up to its memory, into the host first).
+    host.func_wrap("log", |mut store: wasmtime::StoreContextMut<'_, HostState>, (level, message): (WasmStr, WasmStr)| {
+        if store.data().log.is_none() || store.data().log_budget == 0 {
+            return Ok(());
         }
+        let level = {
+            let level = level.to_str(&store)?;
+            LOG_LEVELS.iter().find(|l| **l == level).copied().unwrap_or("info")
+        };
+        let message = crate::host::cut_chars(&message.to_str(&store)?, crate::host::MAX_LOG_CHARS);
+        store.data_mut().emit(level, &message);
         Ok(())
     })?;
-    host.func_wrap("progress", |mut store: wasmtime::StoreContextMut<'_, HostState>, (detail,): (String,)| {
+    host.func_wrap("progress", |mut store: wasmtime::StoreContextMut<'_, HostState>, (detail,): (WasmStr,)| {
+        let detail = crate::host::cut_chars(&detail.to_str(&store)?, crate::host::MAX_PROGRESS_CHARS);
         store.data_mut().heartbeat(detail);
         Ok(())
     })?;
     // A host function's failure is the guest's to handle (err(message)); a name the definition
     // was not granted, a timeout or a cancellation ends the call.
-    host.func_wrap_async("call", |store: wasmtime::StoreContextMut<'_, HostState>, (name, input): (String, String)| {
+    host.func_wrap_async("call", |store: wasmtime::StoreContextMut<'_, HostState>, (name, input): (WasmStr, WasmStr)| {
         let access = store.data().access.clone();
+        let args = owned_within(&store, &name, "the name of a host function").and_then(|name| {
+            let input = owned_within(&store, &input, &format!("the argument of host function {}", crate::trap_text::short(&name)))?;
+            Ok((name, input))
+        });
         Box::new(async move {
+            let (name, input) = args?;
             match access.call(&name, input).await {
                 Ok(out) => Ok((Ok(out),)),
                 Err(ExecError::HostFunctionError { message, .. }) => Ok((Err(message),)),
@@ -56,15 +68,12 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     })?;
     // An HTTP request under the network grant: a failure on the way is err(message) (as
     // fetch rejects); a request the grant refuses ends the call (NETWORK_DENIED).
-    host.func_wrap_async("http", |store: wasmtime::StoreContextMut<'_, HostState>, (request,): (String,)| {
+    host.func_wrap_async("http", |store: wasmtime::StoreContextMut<'_, HostState>, (request,): (WasmStr,)| {
         let access = store.data().access.clone();
         let max_bytes = store.data().limiter.max_bytes();
+        let request = owned_within(&store, &request, "an HTTP request");
         Box::new(async move {
-            if request.len() as u64 > crate::host_functions::MAX_HOST_ARG_BYTES {
-                let message = format!("an HTTP request of {} bytes, over the limit of {}", request.len(), crate::host_functions::MAX_HOST_ARG_BYTES);
-                return Err(wasmtime::Error::new(ExecError::InvalidOutput { message, preview: String::new() }));
-            }
-            let request = crate::network::HttpRequest::from_json(&request).map_err(wasmtime::Error::new)?;
+            let request = crate::network::HttpRequest::from_json(&request?).map_err(wasmtime::Error::new)?;
             match access.http(request, max_bytes).await {
                 Ok(resp) => Ok((Ok(resp.to_json_within(max_bytes, crate::http_client::TextUnits::Utf8).map_err(wasmtime::Error::new)?),)),
                 Err(ExecError::NetworkError { message, .. }) => Ok((Err(message),)),
@@ -73,6 +82,17 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         })
     })?;
     Ok(linker)
+}
+
+/// A guest's string, copied if it is at most `MAX_HOST_ARG_BYTES` (`what` names it in the error).
+fn owned_within(store: &wasmtime::StoreContextMut<'_, HostState>, s: &WasmStr, what: &str) -> wasmtime::Result<String> {
+    let text = s.to_str(store)?;
+    let max = crate::host_functions::MAX_HOST_ARG_BYTES;
+    if text.len() as u64 > max {
+        let message = format!("{what} is {} bytes, over the limit of {max}", text.len());
+        return Err(wasmtime::Error::new(ExecError::InvalidOutput { message, preview: String::new() }));
+    }
+    Ok(text.into_owned())
 }
 
 /// The process-wide component linker of an engine kind.
@@ -159,6 +179,51 @@ pub async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::Executor;
+    use crate::options::{CallOptions, Definition, ExecutorOptions};
+    use crate::store::MemorySource;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl crate::host::LogSink for Seen {
+        fn log(&self, _level: &str, message: &str) {
+            self.0.lock().expect("seen").push(message.into());
+        }
+    }
+
+    impl crate::host::ProgressSink for Seen {
+        fn progress(&self, detail: &str) {
+            self.0.lock().expect("seen").push(detail.into());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_guests_log_line_heartbeat_and_host_function_name_are_cut_to_what_is_kept() {
+        let source = Arc::new(MemorySource::new());
+        source.put("h.wasm", crate::test_components::host_strings_component());
+        let lines = Arc::new(Seen::default());
+        let ex = Arc::new(Executor::new(source, ExecutorOptions { log: Some(lines.clone()), ..Default::default() }).expect("executor"));
+        let def = Definition { name: "h".into(), version: "1".into(), wasm_blob_path: "h.wasm".into(), ..Default::default() };
+        let beats = Arc::new(Seen::default());
+        let n = 200_000;
+        let options = CallOptions { progress: Some(beats.clone()), ..Default::default() };
+        let err = ex.execute(&def, n.to_string(), options).await.expect_err("an ungranted host function");
+        assert_eq!(err.code(), "CAPABILITY_DENIED");
+        let text = err.to_string();
+        assert!(text.len() < 1024 && text.contains(&format!("({n} bytes)")), "{}", &text[..text.len().min(2048)]);
+        let cut = |max: usize| vec![format!("{}…", "x".repeat(max))];
+        assert_eq!(*lines.0.lock().expect("lines"), cut(crate::host::MAX_LOG_CHARS));
+        assert_eq!(*beats.0.lock().expect("beats"), cut(crate::host::MAX_PROGRESS_CHARS));
+        // Short ones whole.
+        let beats = Arc::new(Seen::default());
+        let options = CallOptions { progress: Some(beats.clone()), ..Default::default() };
+        let err = ex.execute(&def, "3".into(), options).await.expect_err("an ungranted host function");
+        assert!(err.to_string().contains("host function xxx,"), "{err}");
+        assert_eq!(*beats.0.lock().expect("beats"), vec!["xxx".to_string()]);
+        assert_eq!(lines.0.lock().expect("lines").last().map(String::as_str), Some("xxx"));
+    }
 
     fn component(wat: &str) -> Component {
         Component::new(engine(EngineKind::Plain).expect("engine"), wat::parse_str(wat).expect("parses")).expect("valid")
