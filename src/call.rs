@@ -269,7 +269,7 @@ pub(crate) async fn run(
                         return Err(e);
                     }
                     if let Some(sink) = log.as_ref() {
-                        sink.log("warn", &collect_failed_warning(p, &e));
+                        sink.warn(&collect_failed_warning(p, &e));
                     }
                     return Ok(out);
                 }

@@ -387,7 +387,7 @@ pub(crate) async fn persist(
                 let saved = store.save(&key, bytes, expected.as_ref()).await;
                 if let Err(e) = settle(&mut held, saved, instance, (digest, state)) {
                     if let Some(sink) = log {
-                        sink.log("warn", &format!("actor snapshot {key} was not stored (persist: 'async'): {e}"));
+                        sink.warn(&format!("actor snapshot {key} was not stored (persist: 'async'): {e}"));
                     }
                 }
             };

@@ -393,7 +393,7 @@ impl Executor {
         };
         crate::output::check_depth(&out.output, p.limits.max_output_depth)?;
         if let (Some(per_call), Some(sink)) = (out.growth_per_call, log.as_ref()) {
-            sink.log("warn", &growth_warning(&p, per_call, out.memory_bytes));
+            sink.warn(&growth_warning(&p, per_call, out.memory_bytes));
         }
         Ok(out)
     }

@@ -189,7 +189,7 @@ impl Executor {
             let Some((e, known)) = deleted else { return };
             if let Some(sink) = log {
                 let retried = if known { "retried in the background, and by its next call first" } else { "its next call deletes it first" };
-                sink.log("warn", &format!("the stored state of a dropped actor was not deleted ({retried}): {e}"));
+                sink.warn(&format!("the stored state of a dropped actor was not deleted ({retried}): {e}"));
             }
             if known && d.pending.claim_retry(&key, &d.key) == crate::durable::RetryClaim::Loop {
                 retry_delete(actors, key, d).await;

@@ -24,6 +24,11 @@ use crate::limits::MemoryLimiter;
 /// Where guest log lines go (`loom.log(level, message)` and `env.trace`).
 pub trait LogSink: Send + Sync {
     fn log(&self, level: &str, message: &str);
+    /// A warning of the host's own (a snapshot not stored, a collection that failed, memory
+    /// growth): it must not be lost to guests flooding the sink.
+    fn warn(&self, message: &str) {
+        self.log("warn", message)
+    }
     /// As `BlobSource::release`: nothing logs after it.
     fn release(&self) {}
 }

@@ -8,7 +8,7 @@ use napi::{Env, JsError, JsValue, ValueType};
 
 use super::js_error::to_napi;
 use super::{
-    abort, args, details, js, js_log, loop_watch, parse_json, parse_output, stringify_input, Raw,
+    abort, args, details, js, js_log, loop_watch, parse_output, stringify_input, Raw,
 };
 use crate::error::ExecError;
 use crate::executor::{Attempt, CallOptions, Definition, Done, Executor};
@@ -148,17 +148,15 @@ pub(crate) fn start_call<'env>(
                 progress = Some(user.clone());
                 let line = user.line.clone();
                 let wrapper = env
-                    .create_function_from_closure::<String, (), _>("onProgress", move |ctx| {
-                        let text: String = ctx.get(0)?;
-                        let (seq, detail) = text.split_once(' ').unwrap_or(("0", ""));
-                        if user.line.take(seq.parse().unwrap_or(0)) {
-                            user.deliver(ctx.env, detail)?;
+                    .create_function_from_closure::<u32, (), _>("onProgress", move |ctx| {
+                        if let Some(detail) = user.line.sent() {
+                            user.deliver(ctx.env, &detail)?;
                         }
                         Ok(())
                     })
                     .map_err(ExecError::internal)?;
                 let tsfn = wrapper
-                    .build_threadsafe_function::<String>()
+                    .build_threadsafe_function::<u32>()
                     .callee_handled::<false>()
                     .weak::<true>()
                     .build()
@@ -294,10 +292,13 @@ impl Progress {
     /// bug: swallowed, never pending.
     fn deliver(&self, env: &Env, detail: &str) -> napi::Result<()> {
         let f = self.user.borrow_back(env)?;
-        let value = match parse_json(env, detail) {
-            Some(v) => v,
-            None => env.create_string(detail)?.to_unknown(),
-        };
+        // One JS string, parsed, or itself if it is not JSON.
+        let raw = env.raw();
+        let json = js::json_fns(raw).map_err(|e| napi::Error::from_reason(e.to_string()))?;
+        let text = js::new_string(raw, detail).map_err(|e| napi::Error::from_reason(e.to_string()))?;
+        let value = js::call(raw, json.json, json.parse, &[text]).unwrap_or(text);
+        // SAFETY: a value napi just made in this scope.
+        let value = unsafe { <Unknown as napi::bindgen_prelude::FromNapiValue>::from_napi_value(raw, value) }?;
         if f.call(value).is_err() {
             js::take_exception(env.raw());
         }
