@@ -27,6 +27,15 @@ const TAG_BYTES: u64 = 16;
 const RESOURCE_BYTES: u64 = 32;
 /// Per core module: the `Instance` and the `VMContext`'s fixed part.
 const MODULE_BYTES: u64 = 1024;
+/// A canonical function: its lowering's and trampoline's slots in the component's context, and
+/// the fused adapter's imports and exports in the core instance wasmtime makes for a component's
+/// adapters, counted as one more core module (review AI: 999 lifts lowered again in a component
+/// instantiated 20 times held 3.5 MiB per actor, 2.1 MiB charged).
+const CANONICAL_BYTES: u64 = 96;
+/// The most canonical functions once flattened, and an adapters' module for each component instance:
+/// what an unresolved binary's adapters count.
+const UNRESOLVED_ADAPTERS: u64 =
+    CANONICAL_BYTES * crate::shape::MAX_CANONICAL_FUNCTIONS + MODULE_BYTES * crate::shape::MAX_COMPONENT_INSTANCES;
 
 /// An instance's metadata, read from a binary's payloads in order: a core module's own, or a
 /// component's, which is that of each core instance it makes (review AE's follow-up: a core
@@ -72,6 +81,8 @@ struct Frame {
     instances: u64,
     /// Resource types it defines (or imports fresh), and its component instances' in all.
     resources: u64,
+    /// Its own canonical functions.
+    canonicals: u64,
     nested_resources: u64,
     /// Each nested component's resource types once made, by index.
     component_resources: Vec<u64>,
@@ -142,6 +153,11 @@ impl Metadata {
                             }
                         }
                     }
+                }
+            }
+            Payload::ComponentCanonicalSection(r) => {
+                if let Some(f) = self.frames.last_mut() {
+                    f.canonicals = f.canonicals.saturating_add(r.count().into());
                 }
             }
             Payload::ComponentTypeSection(r) => {
@@ -217,7 +233,11 @@ impl Metadata {
             Some(Encoding::Component) => match self.frames.pop() {
                 Some(f) => {
                     let resources = f.resources.saturating_add(f.nested_resources);
-                    (f.instances.saturating_add(RESOURCE_BYTES.saturating_mul(f.resources)), resources, false)
+                    let adapters = match f.canonicals {
+                        0 => 0,
+                        n => MODULE_BYTES.saturating_add(CANONICAL_BYTES.saturating_mul(n)),
+                    };
+                    (f.instances.saturating_add(RESOURCE_BYTES.saturating_mul(f.resources)).saturating_add(adapters), resources, false)
                 }
                 None => return,
             },
@@ -235,7 +255,14 @@ impl Metadata {
                 let instances = crate::limits::MAX_INSTANCES as u64;
                 let components = crate::shape::MAX_COMPONENT_INSTANCES;
                 self.resources = self.most_resources.saturating_mul(components).max(resources);
-                self.bytes = self.largest_module.saturating_mul(instances).saturating_add(RESOURCE_BYTES.saturating_mul(self.resources)).max(bytes);
+                // And the most canonical functions once flattened, and an adapters' module for
+                // each component instance.
+                self.bytes = self
+                    .largest_module
+                    .saturating_mul(instances)
+                    .saturating_add(RESOURCE_BYTES.saturating_mul(self.resources))
+                    .saturating_add(UNRESOLVED_ADAPTERS)
+                    .max(bytes);
             }
             None => {
                 self.bytes = bytes;
@@ -314,7 +341,7 @@ mod tests {
         assert_eq!(metadata_of(&outer), 3 * 2 * one);
         // An imported module shifts the index space: the binary counts as a Store's most
         // instances of its largest module.
-        let most = crate::limits::MAX_INSTANCES as u64 * one;
+        let most = crate::limits::MAX_INSTANCES as u64 * one + UNRESOLVED_ADAPTERS;
         let shifted = format!(r#"(component (import "m" (core module $imp)) (core module $big {globals}) (core module $small) (core instance (instantiate $small)))"#);
         assert_eq!(metadata_of(&shifted), most);
         // Review AE's second follow-up: a module reached by an outer alias counted nothing.
@@ -334,6 +361,18 @@ mod tests {
         }
         assert_eq!(m.resources, 4 * 1000);
         assert_eq!(m.bytes, 4 * 1000 * RESOURCE_BYTES);
+    }
+
+    #[test]
+    fn canonical_functions_count_for_each_instance_of_their_component() {
+        // Review AI: wasmtime makes a core instance of fused adapters for each component instance
+        // that lowers lifted functions, with slots for each (3.5 MiB per actor, 2.1 MiB charged).
+        let core = "(core module $m (func (export \"f\"))) (core instance $i (instantiate $m))";
+        let pairs: String = (0..10).map(|k| format!("(func $l{k} (canon lift (core func $i \"f\"))) (core func (canon lower (func $l{k})))")).collect();
+        let module = MODULE_BYTES + TYPE_BYTES + FUNCTION_BYTES;
+        let one = module + MODULE_BYTES + 20 * CANONICAL_BYTES;
+        assert_eq!(metadata_of(&format!("(component {core} {pairs})")), one);
+        assert_eq!(metadata_of(&format!("(component (component $c {core} {pairs}) (instance (instantiate $c)) (instance (instantiate $c)))")), 2 * one);
     }
 
     #[test]

@@ -73,8 +73,10 @@ pub const WIDE_SIGNATURE_SLOTS: u64 = 100_000;
 /// each, used or not, ~45 us apiece: 65,536 types, 721 KB, took 3 s and 984 MiB (review H). The
 /// 12 MB JavaScript component has 148.
 pub const MAX_FUNCTION_TYPES: u64 = 10_000;
-/// Most canonical functions (lifts, lowers, ...) of a component: wasmtime compiles an adapter for
-/// each lift and lower pair, 0.16-0.35 ms apiece (review H: 10,000 took 1.6-3.5 s). The 12 MB
+/// Most canonical functions (lifts, lowers, ...) of a component, in its bytes and once its nested
+/// components are flattened (`component_types`): wasmtime compiles an adapter for each lift and
+/// lower pair, 0.09-0.35 ms apiece whatever the type (review H: 10,000 took 1.6-3.5 s; review AI:
+/// 48,951 made by instantiating a nested component 49 times took 4.3 s and 760 MB). The 12 MB
 /// JavaScript component has 5, the one that fetches 64.
 pub const MAX_CANONICAL_FUNCTIONS: u64 = 2_000;
 /// Most effective size of the function types of a component's canonical lifts and lowers, summed
@@ -192,6 +194,26 @@ pub fn check_limits(bytes: &[u8], limits: &CompileLimits) -> Result<Shape, ExecE
     read(bytes, limits, false)
 }
 
+/// A component's strings cross into the host in UTF-8 only: wasmtime decodes a string of another
+/// encoding whole into a new one before the host sees any of it (review AI: a 128 MiB Latin-1
+/// heartbeat, of which 65,536 characters are kept, took 256 MB of host memory and 0.7 s past the
+/// call's deadline), while UTF-8 is read in place. Lifts and lowers that name another encoding are
+/// refused (composing two UTF-16 components with each other is refused with them).
+fn utf8_only(canon: &wasmparser::CanonicalFunction) -> Result<(), ExecError> {
+    use wasmparser::{CanonicalFunction, CanonicalOption};
+    let (CanonicalFunction::Lift { options, .. } | CanonicalFunction::Lower { options, .. }) = canon else { return Ok(()) };
+    match options.iter().find(|o| matches!(o, CanonicalOption::UTF16 | CanonicalOption::CompactUTF16)) {
+        Some(o) => Err(ExecError::InvalidModule(format!(
+            "a canonical lift or lower takes strings as {}: components exchange strings with this executor in UTF-8 only",
+            match o {
+                CanonicalOption::UTF16 => "UTF-16",
+                _ => "Latin-1 or UTF-16",
+            }
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecError> {
     limit("the module's size in bytes", bytes.len() as u64, limits.max_module_bytes, "maxModuleBytes")?;
     let invalid = |e: wasmparser::BinaryReaderError| ExecError::InvalidModule(format!("{e}"));
@@ -227,6 +249,12 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             return Err(ExecError::CompileLimit(format!(
                 "its nested components make {} component instances once flattened, over the limit of {MAX_COMPONENT_INSTANCES}",
                 component.component_instances
+            )));
+        }
+        if component.canonical_functions > MAX_CANONICAL_FUNCTIONS {
+            return Err(ExecError::CompileLimit(format!(
+                "its nested components make {} canonical functions once flattened, over the limit of {MAX_CANONICAL_FUNCTIONS}",
+                component.canonical_functions
             )));
         }
         if component.adapter_units > MAX_ADAPTER_UNITS {
@@ -286,6 +314,9 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             Payload::ComponentCanonicalSection(r) => {
                 shape.canonical_functions = shape.canonical_functions.saturating_add(u64::from(r.count()));
                 limit("the number of canonical functions", shape.canonical_functions, MAX_CANONICAL_FUNCTIONS, "a fixed limit")?;
+                for canon in r {
+                    utf8_only(&canon.map_err(invalid)?)?;
+                }
             }
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
@@ -481,6 +512,42 @@ pub(crate) mod tests {
         // Canonical functions (an adapter each).
         let lowers: String = (0..2_001).map(|_| "(core func (canon lower (func $f)))").collect();
         assert!(code(&format!("(component (import \"f\" (func $f)) {lowers})")).expect_err("canon").contains("canonical functions"));
+        // Once flattened (review AI: 999 lifts lowered again, in a component instantiated 49
+        // times, took 4.3 s and 760 MB to compile).
+        let nested = |lifts: usize, instances: usize| {
+            let core = "(core module $m (func (export \"f\"))) (core instance $i (instantiate $m))";
+            let pairs: String = (0..lifts).map(|k| format!("(func $l{k} (canon lift (core func $i \"f\"))) (core func (canon lower (func $l{k})))")).collect();
+            let made: String = (0..instances).map(|_| "(instance (instantiate $c))").collect();
+            code(&format!("(component (component $c {core} {pairs}) {made})"))
+        };
+        assert_eq!(nested(100, 10), Ok(()));
+        let refused = nested(100, 11).expect_err("2,200 once flattened");
+        assert!(refused.contains("2200 canonical functions once flattened"), "{refused}");
+        assert!(nested(999, 49).is_err());
+    }
+
+    #[test]
+    fn components_exchange_strings_in_utf8_only() {
+        // Review AI: a Latin-1 string was decoded whole in the host (256 MB for a 128 MiB one).
+        let code = |wat: &str| check(&wat::parse_str(wat).expect("parses"), &CompileLimits::default()).map(|_| ()).map_err(|e| e.to_string());
+        let lower = |encoding: &str| {
+            let wat = format!(
+                r#"(component (import "log" (func $log (param "m" string)))
+                  (core module $m (memory (export "memory") 1)) (core instance $i (instantiate $m))
+                  (core func (canon lower (func $log) (memory (core memory $i "memory")) {encoding})))"#
+            );
+            code(&wat)
+        };
+        assert_eq!(lower(""), Ok(()));
+        assert_eq!(lower("string-encoding=utf8"), Ok(()));
+        assert!(lower("string-encoding=utf16").expect_err("UTF-16").contains("UTF-8 only"));
+        assert!(lower("string-encoding=latin1+utf16").expect_err("Latin-1").contains("UTF-8 only"));
+        let lift = r#"(component (core module $m (memory (export "memory") 1) (func (export "f") (param i32 i32))
+              (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))
+            (core instance $i (instantiate $m))
+            (func (export "f") (param "s" string) (canon lift (core func $i "f") (memory (core memory $i "memory"))
+              (realloc (core func $i "realloc")) string-encoding=utf16)))"#;
+        assert!(code(lift).expect_err("a lift too").contains("UTF-8 only"));
     }
 
     #[test]
