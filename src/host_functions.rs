@@ -117,6 +117,13 @@ impl NetworkCall {
 /// or UTF-16 bytes for AssemblyScript): far below what V8 can hold in one string.
 pub const MAX_HOST_ARG_BYTES: u64 = 64 * 1024 * 1024;
 
+/// What one call's host-function arguments together may cost the JS thread to parse
+/// (`output::js_units`): about 0.3 s of `JSON.parse` (a million objects, or eight million
+/// numbers); a string of any length counts one. Each argument is bounded by `maxInputBytes`, but
+/// not how many a call passes: one of 16 MiB of `[{},{},...]` took 1.6 s to parse, and a guest
+/// passing it again and again held the JS thread 95% of its 30 s (review AI).
+pub const MAX_HOST_ARG_UNITS: u64 = 8_000_000;
+
 /// What the guest of one call may reach, set on its Store for that call only.
 #[derive(Clone, Default)]
 pub struct HostAccess {
@@ -143,6 +150,8 @@ pub struct HostAccess {
     /// The instance makes a module's initial image (`durable::initial_image`), which snapshots
     /// are taken against: no call's host functions run there.
     pub making_image: bool,
+    /// What the call's host-function arguments so far cost the JS thread (`output::js_units`).
+    pub arg_units: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HostAccess {
@@ -206,6 +215,17 @@ impl HostAccess {
             return Err(ExecError::InvalidOutput {
                 message: format!("the guest passed host function {shown} text that is not JSON"),
                 preview: input.chars().take(200).collect(),
+            });
+        }
+        let units = crate::output::js_units(&input);
+        let spent = self.arg_units.fetch_add(units, std::sync::atomic::Ordering::Relaxed).saturating_add(units);
+        if spent > MAX_HOST_ARG_UNITS {
+            return Err(ExecError::InvalidOutput {
+                message: format!(
+                    "the arguments the guest passed host functions in this call hold more JSON values than the JS thread parses for one call ({spent} units, over {MAX_HOST_ARG_UNITS}: each array or object counts {}, other values 1)",
+                    crate::output::CONTAINER_UNITS
+                ),
+                preview: String::new(),
             });
         }
         let req = HostRequest {
@@ -517,6 +537,41 @@ mod tests {
         let long: Vec<HostImport> = (0..50).map(|i| import(&format!("m.{i}{}", "x".repeat(10_000)), Some(Convention::AsString))).collect();
         let e = authorize(&long, &[], &[]).unwrap_err().to_string();
         assert!(e.contains(", and 30 more") && e.len() < 20 * 300 + 200, "{}", e.len());
+    }
+
+    struct Echo;
+
+    impl HostFunctions for Echo {
+        fn names(&self) -> Vec<String> {
+            vec!["crm.lookup".into()]
+        }
+        fn call(&self, req: HostRequest) -> BoxFuture<'static, Result<String, HostFailure>> {
+            Box::pin(async move { Ok(req.input.len().to_string()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_calls_host_function_arguments_together_cost_the_js_thread_at_most_a_budget() {
+        let access = HostAccess {
+            functions: Some(Arc::new(Echo)),
+            granted: Arc::new(vec!["crm.lookup".into()]),
+            max_result_bytes: 16 << 20,
+            ..Default::default()
+        };
+        // Review AI: 16 MiB of `[{},{},...]` passed again and again (1.6 s of JSON.parse each).
+        let objects = |n: usize| format!("[{}{{}}]", "{},".repeat(n - 1));
+        let per_call = (MAX_HOST_ARG_UNITS / (crate::output::CONTAINER_UNITS + 1)) as usize;
+        assert!(access.call("crm.lookup", objects(per_call / 2)).await.is_ok());
+        let e = access.call("crm.lookup", objects(per_call / 2 + 10)).await.expect_err("past the call's budget");
+        assert_eq!(e.code(), "INVALID_OUTPUT");
+        assert!(e.to_string().contains("JSON values"), "{e}");
+        // Strings count once whatever their length; a new call has its whole budget.
+        let text = format!("\"{}\"", "x,{[".repeat(1 << 20));
+        let fresh = HostAccess { arg_units: Default::default(), ..access.clone() };
+        for _ in 0..100 {
+            assert!(fresh.call("crm.lookup", text.clone()).await.is_ok());
+        }
+        assert!(fresh.call("crm.lookup", objects(per_call / 2)).await.is_ok());
     }
 
     #[test]
