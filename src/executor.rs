@@ -170,6 +170,7 @@ impl Executor {
             return Err(ExecError::Cancelled);
         }
         let kind = if limits.max_fuel.is_some() { EngineKind::Metered } else { EngineKind::Plain };
+        let max_depth = limits.max_output_depth;
         let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref(), &self.opts.env)?;
         let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
         let key = def.key();
@@ -194,7 +195,7 @@ impl Executor {
                     now_ms: call.now.unwrap_or(0.0),
                     seed: call.seed.unwrap_or(0.0) as u64,
                 }),
-                progress: Progress { sink: call.progress.clone(), last: Default::default() },
+                progress: Progress { sink: call.progress.clone(), last: Default::default(), max_depth },
                 entrypoint: def.entrypoint.clone().unwrap_or_else(|| "execute".into()),
                 config: Arc::new(def.config.clone()),
                 abi: def.abi,

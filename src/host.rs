@@ -110,11 +110,19 @@ fn progress_window() -> &'static ProgressWindow {
 }
 
 /// A call's heartbeats: the latest (kept for errors: `lastProgress`) and the rate limit.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Progress {
     pub sink: Option<Arc<dyn ProgressSink>>,
     /// The latest heartbeat of the call, shared with the executor (read when the call fails).
     pub last: Arc<std::sync::Mutex<Option<String>>>,
+    /// The call's `maxOutputDepth`: a heartbeat nested deeper arrives as text.
+    pub max_depth: u32,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { sink: None, last: Default::default(), max_depth: crate::limits::DEFAULT_MAX_OUTPUT_DEPTH }
+    }
 }
 
 #[derive(Default)]
@@ -177,6 +185,12 @@ impl HostState {
     /// Records a heartbeat; delivers it unless one was delivered within `PROGRESS_INTERVAL`.
     pub(crate) fn heartbeat(&mut self, mut detail: String) {
         truncate_chars(&mut detail, MAX_PROGRESS_CHARS);
+        if crate::output::depth(&detail, self.progress.max_depth) > self.progress.max_depth {
+            // As the JSON of its text, which parses to the text: as outputs, no deeper than
+            // `maxOutputDepth` reaches JS (review AI: a heartbeat 32,768 levels deep made the
+            // JSON.stringify of `lastProgress` throw RangeError).
+            detail = serde_json::Value::String(detail).to_string();
+        }
         if let Ok(mut last) = self.progress.last.lock() {
             *last = Some(detail.clone());
         }
@@ -392,6 +406,31 @@ pub fn check_imports(module: &Module) -> Result<Imports, ExecError> {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    struct Beats(std::sync::Mutex<Vec<String>>);
+
+    impl ProgressSink for Beats {
+        fn progress(&self, detail: &str) {
+            self.0.lock().expect("beats").push(detail.into());
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_nested_past_max_output_depth_arrives_as_the_json_of_its_text() {
+        let beats = Arc::new(Beats::default());
+        let mut state = HostState::new(1 << 20, None);
+        state.set_progress(Progress { sink: Some(beats.clone()), last: Default::default(), max_depth: 3 });
+        state.heartbeat("[[[1]]]".into());
+        state.flush_progress();
+        let deep = "[[[[1]]]]".to_string();
+        state.set_progress(Progress { sink: Some(beats.clone()), last: state.progress.last.clone(), max_depth: 3 });
+        state.heartbeat(deep.clone());
+        let quoted = serde_json::Value::String(deep.clone()).to_string();
+        assert_eq!(*beats.0.lock().expect("beats"), vec!["[[[1]]]".to_string(), quoted.clone()]);
+        assert_eq!(state.progress.last.lock().expect("last").as_deref(), Some(quoted.as_str()), "lastProgress too");
+        assert_eq!(serde_json::from_str::<String>(&quoted).expect("parses"), deep);
+    }
 
     #[test]
     fn the_processs_heartbeats_share_a_budget_per_interval() {
