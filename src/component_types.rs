@@ -44,6 +44,24 @@ pub struct ComponentTypes {
     /// same component (review AI: a 68 KB component of 1,998 in a nested component instantiated
     /// 49 times, 98,000 units of `func()`, took 4.3 s of CPU and 760 MB to compile).
     pub canonical_functions: u64,
+    /// Some component instantiates one whose cost is not known before compiling (one it
+    /// imports, or takes from an instance's exports).
+    pub unknown_instantiated: bool,
+}
+
+/// What one instance of a component makes once flattened.
+#[derive(Default, Clone, Copy)]
+struct Cost {
+    units: u64,
+    instances: u64,
+    canonicals: u64,
+}
+
+impl Cost {
+    fn add(self, o: Cost) -> Cost {
+        let sum = |a: u64, b: u64| a.saturating_add(b).min(SATURATED);
+        Cost { units: sum(self.units, o.units), instances: sum(self.instances, o.instances), canonicals: sum(self.canonicals, o.canonicals) }
+    }
 }
 
 /// A component being read.
@@ -51,19 +69,16 @@ pub struct ComponentTypes {
 struct Frame {
     /// Its type index space (each type's effective size).
     types: Vec<u64>,
-    /// Its own canonical functions' units.
+    /// Its own canonical functions, and their units.
     units: u64,
-    /// The components it instantiates.
-    instantiations: u64,
-    /// Its nested components' units, each for one instance of it.
-    nested: u64,
-    /// Its nested components' own flattened instances, each for one instance of it.
-    nested_instances: u64,
-    /// Its own canonical functions, and its nested components' flattened, each for one instance.
     canonicals: u64,
-    nested_canonicals: u64,
+    /// Its component index space: what one instance of each makes (`None`: not known before
+    /// compiling, one it imports or takes from an instance), whether it is defined here, and
+    /// whether it was instantiated.
+    components: Vec<(Option<Cost>, bool, bool)>,
+    /// What the instances it makes make, summed.
+    made: Cost,
 }
-
 impl ComponentTypes {
     /// Takes in one payload of the binary (the core modules' are ignored).
     pub fn read(&mut self, payload: &Payload) -> wasmparser::Result<()> {
@@ -84,9 +99,13 @@ impl ComponentTypes {
             }
             Payload::ComponentImportSection(r) => {
                 for import in r.clone() {
-                    if let ComponentTypeRef::Type(bounds) = import?.ty {
-                        let size = self.bounds(&bounds, None);
-                        self.push(size);
+                    match import?.ty {
+                        ComponentTypeRef::Type(bounds) => {
+                            let size = self.bounds(&bounds, None);
+                            self.push(size);
+                        }
+                        ComponentTypeRef::Component(_) => self.push_component(None, false),
+                        _ => {}
                     }
                 }
             }
@@ -103,6 +122,18 @@ impl ComponentTypes {
                                 .unwrap_or(self.max_type);
                             self.push(size);
                         }
+                        ComponentAlias::InstanceExport { kind: ComponentExternalKind::Component, .. } => self.push_component(None, false),
+                        // Another index of a component of an enclosing one (review AI's follow-up:
+                        // instantiated 49 times there, it was counted once).
+                        ComponentAlias::Outer { kind: ComponentOuterAliasKind::Component, count, index } => {
+                            let cost = self
+                                .scopes
+                                .len()
+                                .checked_sub(1 + count as usize)
+                                .and_then(|s| self.scopes[s].components.get(index as usize))
+                                .and_then(|c| c.0);
+                            self.push_component(cost, false);
+                        }
                         _ => {}
                     }
                 }
@@ -110,15 +141,22 @@ impl ComponentTypes {
             Payload::ComponentExportSection(r) => {
                 for export in r.clone() {
                     let export = export?;
-                    if export.kind == ComponentExternalKind::Type {
-                        let size = self.local(export.index, None);
-                        self.push(size);
+                    match export.kind {
+                        ComponentExternalKind::Type => {
+                            let size = self.local(export.index, None);
+                            self.push(size);
+                        }
+                        ComponentExternalKind::Component => {
+                            let cost = self.scopes.last().and_then(|f| f.components.get(export.index as usize)).and_then(|c| c.0);
+                            self.push_component(cost, false);
+                        }
+                        _ => {}
                     }
                 }
             }
             Payload::ComponentCanonicalSection(r) => {
                 if let Some(frame) = self.scopes.last_mut() {
-                    frame.canonicals = frame.canonicals.saturating_add(u64::from(r.count()));
+                    frame.canonicals = frame.canonicals.saturating_add(u64::from(r.count())).min(SATURATED);
                 }
                 for canon in r.clone() {
                     let units = match canon? {
@@ -133,9 +171,15 @@ impl ComponentTypes {
             }
             Payload::ComponentInstanceSection(r) => {
                 for instance in r.clone() {
-                    if let wasmparser::ComponentInstance::Instantiate { .. } = instance? {
-                        if let Some(frame) = self.scopes.last_mut() {
-                            frame.instantiations += 1;
+                    if let wasmparser::ComponentInstance::Instantiate { component_index, .. } = instance? {
+                        let Some(frame) = self.scopes.last_mut() else { continue };
+                        match frame.components.get_mut(component_index as usize) {
+                            Some((Some(cost), _, instantiated)) => {
+                                *instantiated = true;
+                                let one = Cost { instances: cost.instances.saturating_add(1), ..*cost };
+                                frame.made = frame.made.add(one);
+                            }
+                            _ => self.unknown_instantiated = true,
                         }
                     }
                 }
@@ -145,30 +189,31 @@ impl ComponentTypes {
         Ok(())
     }
 
-    /// The innermost binary ends: a component's units, with its nested components' once for each
-    /// component it instantiates (whichever it is: an upper bound), go to its parent, or are the
-    /// whole binary's.
+    /// The innermost binary ends: what one instance of a component makes (its own canonical
+    /// functions, what each instance it makes makes, and once what each component it defines but
+    /// never instantiates would) goes into its parent's component index space, or is the whole
+    /// binary's.
     fn close(&mut self) {
         if self.open.pop() != Some(Encoding::Component) {
             return;
         }
         let Some(frame) = self.scopes.pop() else { return };
-        let total = frame.units.saturating_add(frame.nested.saturating_mul(frame.instantiations.max(1))).min(SATURATED);
-        // Each instance it makes, and within each what that one makes (whichever nested
-        // component it is: an upper bound).
-        let instances = frame.instantiations.saturating_mul(frame.nested_instances.saturating_add(1)).min(SATURATED);
-        let canonicals = frame.canonicals.saturating_add(frame.nested_canonicals.saturating_mul(frame.instantiations.max(1))).min(SATURATED);
-        match self.scopes.last_mut() {
-            Some(parent) => {
-                parent.nested = parent.nested.saturating_add(total).min(SATURATED);
-                parent.nested_instances = parent.nested_instances.saturating_add(instances).min(SATURATED);
-                parent.nested_canonicals = parent.nested_canonicals.saturating_add(canonicals).min(SATURATED);
-            }
-            None => {
-                self.adapter_units = total;
-                self.component_instances = instances;
-                self.canonical_functions = canonicals;
-            }
+        let own = Cost { units: frame.units, instances: 0, canonicals: frame.canonicals };
+        let unused = frame.components.iter().filter(|(_, defined, instantiated)| *defined && !instantiated).filter_map(|c| c.0);
+        let cost = unused.fold(own.add(frame.made), |sum, c| sum.add(Cost { instances: 0, ..c }));
+        if self.scopes.is_empty() {
+            self.adapter_units = cost.units;
+            self.component_instances = cost.instances;
+            self.canonical_functions = cost.canonicals;
+        } else {
+            self.push_component(Some(cost), true);
+        }
+    }
+
+    /// A component's index in the innermost component's space.
+    fn push_component(&mut self, cost: Option<Cost>, defined: bool) {
+        if let Some(frame) = self.scopes.last_mut() {
+            frame.components.push((cost, defined, false));
         }
     }
 

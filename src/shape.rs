@@ -251,6 +251,11 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 component.component_instances
             )));
         }
+        if component.unknown_instantiated {
+            return Err(ExecError::CompileLimit(
+                "it instantiates a component it imports or takes from an instance: what that makes cannot be counted before compiling".into(),
+            ));
+        }
         if component.canonical_functions > MAX_CANONICAL_FUNCTIONS {
             return Err(ExecError::CompileLimit(format!(
                 "its nested components make {} canonical functions once flattened, over the limit of {MAX_CANONICAL_FUNCTIONS}",
@@ -524,6 +529,20 @@ pub(crate) mod tests {
         let refused = nested(100, 11).expect_err("2,200 once flattened");
         assert!(refused.contains("2200 canonical functions once flattened"), "{refused}");
         assert!(nested(999, 49).is_err());
+        // Reached by an outer alias, or passed in (review AI's follow-up: either was counted
+        // once, and compiled 4.2 s and 820 MB).
+        let inner = {
+            let core = "(core module $m (func (export \"f\"))) (core instance $i (instantiate $m))";
+            let pairs: String = (0..100).map(|k| format!("(func $l{k} (canon lift (core func $i \"f\"))) (core func (canon lower (func $l{k})))")).collect();
+            format!("(component $inner {core} {pairs})")
+        };
+        let made = |n: usize| (0..n).map(|_| "(instance (instantiate $c))").collect::<String>();
+        let outer = |n: usize| code(&format!("(component {inner} (component $d (alias outer 1 $inner (component $c)) {}) (instance (instantiate $d)))", made(n)));
+        // (The root's own $inner, never instantiated there, counts once too.)
+        assert_eq!(outer(9), Ok(()));
+        assert!(outer(10).expect_err("2,200").contains("2200 canonical functions once flattened"));
+        let passed = format!(r#"(component {inner} (component $d (import "c" (component $c)) {}) (instance (instantiate $d (with "c" (component $inner)))))"#, made(1));
+        assert!(code(&passed).expect_err("imported").contains("instantiates a component it imports"));
     }
 
     #[test]
