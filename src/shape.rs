@@ -256,6 +256,13 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
                 "it instantiates a component it imports or takes from an instance: what that makes cannot be counted before compiling".into(),
             ));
         }
+        if component.core_instances > crate::limits::MAX_INSTANCES as u64 {
+            return Err(ExecError::CompileLimit(format!(
+                "its components make {} core instances once flattened, over the {} an instance may hold",
+                component.core_instances,
+                crate::limits::MAX_INSTANCES
+            )));
+        }
         if component.canonical_functions > MAX_CANONICAL_FUNCTIONS {
             return Err(ExecError::CompileLimit(format!(
                 "its nested components make {} canonical functions once flattened, over the limit of {MAX_CANONICAL_FUNCTIONS}",
@@ -538,6 +545,13 @@ pub(crate) mod tests {
         };
         let made = |n: usize| (0..n).map(|_| "(instance (instantiate $c))").collect::<String>();
         let outer = |n: usize| code(&format!("(component {inner} (component $d (alias outer 1 $inner (component $c)) {}) (instance (instantiate $d)))", made(n)));
+        // Core instances once flattened: past the Store's 64, refused before compiling.
+        let cores = |n: usize| {
+            let made: String = (0..n).map(|_| "(instance (instantiate $c))").collect();
+            code(&format!("(component (component $c (core module $m) (core instance (instantiate $m)) (core instance (instantiate $m))) {made})"))
+        };
+        assert_eq!(cores(32), Ok(()));
+        assert!(cores(33).expect_err("66").contains("66 core instances once flattened"));
         // (The root's own $inner, never instantiated there, counts once too.)
         assert_eq!(outer(9), Ok(()));
         assert!(outer(10).expect_err("2,200").contains("2200 canonical functions once flattened"));
