@@ -362,6 +362,7 @@ impl Executor {
             http_held: None,
             making_image: false,
             arg_cost: Default::default(),
+            started: Some(Instant::now()),
         };
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
         let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();

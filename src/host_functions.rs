@@ -118,12 +118,16 @@ impl NetworkCall {
 pub const MAX_HOST_ARG_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What one call's host-function arguments together may cost the JS thread to parse, estimated
-/// (`output::js_cost`, nanoseconds): 0.4 s. The first argument is taken whatever its estimate (it
-/// is at most `maxInputBytes`, as the call's output is), later ones within this. Each argument
+/// (`output::js_cost`, nanoseconds): 0.4 s, and a tenth of the time the call has run (an agent's
+/// loop passing its conversation each turn runs for as long as it needs; a guest cannot hold the
+/// thread more than about a tenth of its call past the first 0.4 s). The first argument is taken
+/// whatever its estimate (it is at most `maxInputBytes`, as the call's output is). Each argument
 /// was bounded, but not how many a call passed: one of 16 MiB of `[{},{},...]` took 1.6 s to
 /// parse, and a guest passing it again and again held the JS thread 95% of its 30 s (review AI);
 /// counting values alone missed objects' keys, long numbers and strings (its follow-up: 93%).
 pub const MAX_HOST_ARG_COST_NS: u64 = 400_000_000;
+/// The share of the call's time that adds to `MAX_HOST_ARG_COST_NS`, as a divisor.
+pub const HOST_ARG_COST_SHARE: u32 = 10;
 
 /// What the guest of one call may reach, set on its Store for that call only.
 #[derive(Clone, Default)]
@@ -151,8 +155,10 @@ pub struct HostAccess {
     /// The instance makes a module's initial image (`durable::initial_image`), which snapshots
     /// are taken against: no call's host functions run there.
     pub making_image: bool,
-    /// What the call's host-function arguments so far cost the JS thread (`output::js_cost`).
+    /// What the call's host-function arguments so far cost the JS thread (`output::js_cost`),
+    /// and when the call started (none: no share of its time adds to the budget).
     pub arg_cost: Arc<std::sync::atomic::AtomicU64>,
+    pub started: Option<Instant>,
 }
 
 impl HostAccess {
@@ -220,12 +226,14 @@ impl HostAccess {
         }
         let cost = crate::output::js_cost(&input);
         let before = self.arg_cost.fetch_add(cost, std::sync::atomic::Ordering::Relaxed);
-        if before > 0 && before.saturating_add(cost) > MAX_HOST_ARG_COST_NS {
+        let share = self.started.map_or(0, |t| (t.elapsed() / HOST_ARG_COST_SHARE).as_nanos() as u64);
+        let allowed = MAX_HOST_ARG_COST_NS.saturating_add(share);
+        if before > 0 && before.saturating_add(cost) > allowed {
             return Err(ExecError::InvalidOutput {
                 message: format!(
-                    "the arguments the guest passed host functions in this call would take the JS thread about {} ms to parse, over the {} ms one call may take",
+                    "the arguments the guest passed host functions in this call would take the JS thread about {} ms to parse, over the {} ms the call may take so far (400 ms and a tenth of the time it has run)",
                     before.saturating_add(cost) / 1_000_000,
-                    MAX_HOST_ARG_COST_NS / 1_000_000
+                    allowed / 1_000_000
                 ),
                 preview: String::new(),
             });
@@ -571,11 +579,18 @@ mod tests {
         // Its follow-up: an object's keys are dearer than its values.
         let a = access();
         let text = format!("\"{}\"", "x".repeat(1 << 20));
-        for _ in 0..50 {
+        for _ in 0..25 {
             assert!(a.call("crm.lookup", text.clone()).await.is_ok(), "a string costs little a byte");
         }
         let keys = format!("{{{}\"k\":0}}", (0..300_000).map(|k| format!("\"k{k}\":0,")).collect::<String>());
         assert!(a.call("crm.lookup", keys.clone()).await.is_err());
+        // A tenth of the time the call has run adds to it (review AI's second follow-up: an agent
+        // passing its 200 KB conversation at each of 300 turns was refused at the 130th).
+        let a = HostAccess { started: Some(Instant::now() - std::time::Duration::from_secs(10)), ..access() };
+        for _ in 0..8 {
+            assert!(a.call("crm.lookup", objects(500_000)).await.is_ok(), "0.4 s and 1 s of 10 s");
+        }
+        assert!(a.call("crm.lookup", objects(500_000)).await.is_err());
         // The first argument goes whatever its cost (it is at most maxInputBytes).
         let a = access();
         assert!(a.call("crm.lookup", objects(1_300_000)).await.is_ok());
