@@ -4,34 +4,31 @@
 
 use crate::error::ExecError;
 
-/// Calls `each` with every byte of JSON text outside its strings (escapes honoured), until it
-/// returns false.
-fn structure(text: &str, mut each: impl FnMut(u8) -> bool) {
-    let mut in_string = false;
-    let mut escaped = false;
+/// Calls `each(byte, 1)` with every byte of JSON text outside its strings, and `each(b'"', len)`
+/// with each string of `len` bytes, quotes included (escapes honoured), until it returns false.
+fn structure(text: &str, mut each: impl FnMut(u8, usize) -> bool) {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
+        let (b, start) = (bytes[i], i);
         i += 1;
-        if in_string {
-            if escaped {
-                escaped = false;
-                continue;
+        if b == b'"' {
+            // To the closing quote, skipping the string's plain runs in one go (payloads are
+            // mostly string contents) and each escaped character.
+            loop {
+                match crate::text::find_quote_or_backslash(bytes, i) {
+                    None => i = bytes.len(),
+                    Some(at) if bytes[at] == b'\\' => {
+                        i = (at + 2).min(bytes.len());
+                        continue;
+                    }
+                    Some(at) => i = at + 1,
+                }
+                break;
             }
-            // Skip the string's plain run in one go (payloads are mostly string contents).
-            let Some(at) = crate::text::find_quote_or_backslash(bytes, i - 1) else { break };
-            i = at + 1;
-            match bytes[at] {
-                b'\\' => escaped = true,
-                _ => in_string = false,
-            }
-            continue;
         }
-        match b {
-            b'"' => in_string = true,
-            _ if !each(b) => return,
-            _ => {}
+        if !each(b, i - start) {
+            return;
         }
     }
 }
@@ -41,7 +38,7 @@ fn structure(text: &str, mut each: impl FnMut(u8) -> bool) {
 pub fn depth(text: &str, limit: u32) -> u32 {
     let mut depth: u32 = 0;
     let mut deepest: u32 = 0;
-    structure(text, |b| {
+    structure(text, |b, _| {
         match b {
             b'[' | b'{' => {
                 depth += 1;
@@ -61,39 +58,17 @@ pub fn depth(text: &str, limit: u32) -> u32 {
 /// 14-20 ns a byte; `[1,1,...]` 10 ns a byte; a string's contents 1.5-3.4 ns a byte in `JSON.parse`,
 /// and up to 7.5 ns a byte of non-ASCII text with its conversion to a JS string: its second follow-up).
 pub fn js_cost(text: &str) -> u64 {
-    let bytes = text.as_bytes();
     let mut cost: u64 = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i;
-                i += 1;
-                // To the closing quote, skipping escaped characters.
-                loop {
-                    match crate::text::find_quote_or_backslash(bytes, i) {
-                        None => {
-                            i = bytes.len();
-                            break;
-                        }
-                        Some(at) if bytes[at] == b'\\' => i = at + 2,
-                        Some(at) => {
-                            i = at + 1;
-                            break;
-                        }
-                    }
-                }
-                let len = (i.min(bytes.len()) - start) as u64;
-                cost = cost.saturating_add(COST_STRING + COST_STRING_BYTE * len);
-                continue;
-            }
-            b'{' | b'[' => cost += COST_CONTAINER,
-            b':' => cost += COST_MEMBER,
-            b' ' | b'\n' | b'\r' | b'\t' => cost += COST_STRING_BYTE,
-            _ => cost += COST_BYTE,
-        }
-        i += 1;
-    }
+    structure(text, |b, len| {
+        cost = cost.saturating_add(match b {
+            b'"' => COST_STRING + COST_STRING_BYTE * len as u64,
+            b'{' | b'[' => COST_CONTAINER,
+            b':' => COST_MEMBER,
+            b' ' | b'\n' | b'\r' | b'\t' => COST_STRING_BYTE,
+            _ => COST_BYTE,
+        });
+        true
+    });
     cost
 }
 
