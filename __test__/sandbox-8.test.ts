@@ -99,3 +99,41 @@ describe("guests' log lines wait for onLog in a bounded queue", () => {
     await ex.close()
   })
 })
+
+describe("guests' log lines reach onLog a turn's share at a time", () => {
+  it('at most 256 lines a turn of the event loop from each wake-up, every line delivered', async () => {
+    // Before (review AI): every line was its own call from a thread-safe function, which Node runs
+    // up to 1,000 of per turn: guests logging faster than onLog took them held the loop 40-58 ms
+    // a turn for as long as they logged.
+    const wasm = guest('capabilities/log')
+    const lines: string[] = []
+    const onLog = (_level: string, message: string) => {
+      lines.push(message)
+      const until = performance.now() + 0.02 // onLog slower than the guests log
+      while (performance.now() < until);
+    }
+    const ex = new WasmActivityExecutor({ download: async () => wasm }, { onLog, maxConcurrency: 4 })
+    let turns = 0
+    let most = 0
+    let seen = 0
+    let watching = true
+    const watch = () => {
+      turns++
+      most = Math.max(most, lines.length - seen)
+      seen = lines.length
+      if (watching) setImmediate(watch)
+    }
+    setImmediate(watch)
+    const calls = Array.from({ length: 4 }, () => ex.execute(def('log'), { lines: 900 }))
+    for (const out of await Promise.all(calls)) expect(out).toEqual({ logged: 900 })
+    while (lines.length < 4 * 901) await new Promise((r) => setImmediate(r))
+    watching = false
+    expect(lines.filter((m) => /log lines were dropped/.test(m))).toEqual([])
+    expect(lines.length).toBe(4 * 901)
+    // Two wake-ups (the guests', the last turn's) may each deliver their share in one turn.
+    expect(most).toBeLessThanOrEqual(2 * 256)
+    expect(most).toBeGreaterThan(0)
+    expect(turns).toBeGreaterThan((4 * 901) / 512)
+    await ex.close()
+  })
+})

@@ -1,13 +1,13 @@
 //! `options.onLog(level, message)`: guest log lines delivered to JS without blocking the guest.
 
-use napi::bindgen_prelude::FnArgs;
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::Status;
-use std::sync::atomic::{AtomicU64, Ordering};
+use napi::{Env, Status};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use crate::host::{LogSink, ProgressSink};
-
-pub type LogFn = ThreadsafeFunction<FnArgs<(String, String)>, (), FnArgs<(String, String)>, Status, false, true>;
 
 /// Lines queued for `onLog` at most, and their bytes: past either, lines are dropped (and
 /// counted, and said in the next line that is queued). Unbounded, guests logging faster than the
@@ -15,91 +15,188 @@ pub type LogFn = ThreadsafeFunction<FnArgs<(String, String)>, (), FnArgs<(String
 /// thread a second per batch for as long as they logged (review AE's second follow-up).
 /// (A call's own budget, `host::LOG_LINES_PER_CALL`, fits several times: a call run on the JS
 /// thread queues all its lines before any is delivered.)
-const MAX_QUEUED_LINES: u64 = 4096;
+const MAX_QUEUED_LINES: usize = 4096;
 const MAX_QUEUED_BYTES: u64 = 16 << 20;
 /// Kept past those for the host's own warnings (and the note of dropped lines): guests flooding
 /// the queue got them dropped (review AE's third follow-up).
-const RESERVED_LINES: u64 = 256;
+const RESERVED_LINES: usize = 256;
 const RESERVED_BYTES: u64 = 1 << 20;
+/// Lines delivered in one turn of the event loop at most, and the time spent on them: the rest
+/// wait for the next turn. Each line was its own call from the thread-safe function, which Node
+/// runs up to 1,000 of per turn: guests logging long lines held the loop 40-58 ms a turn for as
+/// long as they logged (review AI).
+const LINES_PER_TURN: usize = 256;
+const TIME_PER_TURN: Duration = Duration::from_millis(2);
 
-/// `onLog`, until its executor is closed (`release`).
+/// What wakes the JS thread to deliver lines: the payload says which of the two woke it.
+type Nudge = ThreadsafeFunction<u32, (), u32, Status, false, true>;
+const FROM_GUESTS: u32 = 0;
+const FROM_LAST_TURN: u32 = 1;
+
+/// `onLog`, until its executor is closed (`release`). Guest threads queue lines and nudge the
+/// JS thread when nothing was waiting; there, lines are delivered a turn's budget at a time.
 pub struct JsLogSink {
-    f: std::sync::Mutex<Option<LogFn>>,
-    queued: std::sync::Arc<Queued>,
+    queue: Arc<LogQueue>,
+    nudges: Arc<Mutex<Option<Nudges>>>,
 }
 
-/// What is queued for the JS thread now, and what was dropped since the last line queued.
+/// Two thread-safe functions over one delivering function: a turn that runs out of its budget
+/// wakes the other one. (Node runs a thread-safe function's calls queued during its own
+/// callback in the same turn; libuv wakes each handle once per turn.)
+struct Nudges {
+    from_guests: Nudge,
+    from_last_turn: Nudge,
+}
+
+impl Nudges {
+    fn send(&self, which: u32) -> bool {
+        let f = match which {
+            FROM_GUESTS => &self.from_guests,
+            _ => &self.from_last_turn,
+        };
+        f.call_with_return_value(which, ThreadsafeFunctionCallMode::NonBlocking, |_, _| Ok(())) == Status::Ok
+    }
+}
+
+/// The lines waiting for the JS thread, what was dropped since the last line queued, and whether
+/// the JS thread has been woken for them.
 #[derive(Default)]
-struct Queued {
-    lines: AtomicU64,
-    bytes: AtomicU64,
-    dropped: AtomicU64,
+struct LogQueue {
+    state: Mutex<Waiting>,
 }
 
-impl Queued {
-    /// Takes a place for a line of `bytes`, unless the queue is full (for a host's line, unless
-    /// its reserve is full too).
-    fn admit(&self, bytes: u64, host: bool) -> bool {
+#[derive(Default)]
+struct Waiting {
+    lines: VecDeque<(String, String)>,
+    bytes: u64,
+    dropped: u64,
+    woken: bool,
+}
+
+impl Waiting {
+    /// Queues a line of `bytes` unless the queue is full (for a host's line, unless its reserve
+    /// is full too).
+    fn admit(&mut self, level: String, message: String, host: bool) -> bool {
         let (max_lines, max_bytes) = match host {
             true => (MAX_QUEUED_LINES + RESERVED_LINES, MAX_QUEUED_BYTES + RESERVED_BYTES),
             false => (MAX_QUEUED_LINES, MAX_QUEUED_BYTES),
         };
-        let lines = self.lines.fetch_add(1, Ordering::AcqRel);
-        let total = self.bytes.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
-        if lines < max_lines && total <= max_bytes {
-            return true;
-        }
-        self.leave(bytes);
-        false
-    }
-
-    fn leave(&self, bytes: u64) {
-        self.lines.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
-    }
-}
-
-impl JsLogSink {
-    pub fn new(f: LogFn) -> JsLogSink {
-        JsLogSink { f: std::sync::Mutex::new(Some(f)), queued: Default::default() }
-    }
-
-    /// Queues a line (`host`: one of the host's own); false if the queue is full.
-    fn send(&self, f: &LogFn, level: String, message: String, host: bool) -> bool {
         let bytes = (level.len() + message.len()) as u64;
-        if !self.queued.admit(bytes, host) {
+        if self.lines.len() >= max_lines || self.bytes + bytes > max_bytes {
             return false;
         }
-        let queued = self.queued.clone();
-        // Non-blocking and fire-and-forget: a throwing callback is the caller's bug and is
-        // swallowed here rather than raised as an uncaught exception.
-        let status = f.call_with_return_value(FnArgs { data: (level, message) }, ThreadsafeFunctionCallMode::NonBlocking, {
-            let queued = queued.clone();
-            move |_, _| {
-                queued.leave(bytes);
-                Ok(())
-            }
-        });
-        if status != Status::Ok {
-            queued.leave(bytes);
-        }
+        self.bytes += bytes;
+        self.lines.push_back((level, message));
         true
     }
 }
 
-impl JsLogSink {
-    fn line(&self, level: &str, message: &str, host: bool) {
-        let sink = self.f.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(f) = sink.as_ref() else { return };
-        let dropped = self.queued.dropped.swap(0, Ordering::AcqRel);
-        if dropped > 0 {
-            let note = format!("loom-wasm-executor: {dropped} log lines were dropped: onLog fell behind the guests' logging");
-            if !self.send(f, "warn".into(), note, true) {
-                self.queued.dropped.fetch_add(dropped, Ordering::AcqRel);
+impl LogQueue {
+    /// Queues a line (`host`: one of the host's own), after the note of lines dropped before it
+    /// if any; true if the JS thread must be woken for it.
+    fn push(&self, level: &str, message: &str, host: bool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.dropped > 0 {
+            let note = format!("loom-wasm-executor: {} log lines were dropped: onLog fell behind the guests' logging", s.dropped);
+            // In the places of the line it comes with: a guest's line, its note, no more, did
+            // not take the host's reserve (a flood's notes filled it).
+            if s.admit("warn".into(), note, host) {
+                s.dropped = 0;
             }
         }
-        if !self.send(f, level.to_string(), message.to_string(), host) {
-            self.queued.dropped.fetch_add(1, Ordering::AcqRel);
+        if !s.admit(level.to_string(), message.to_string(), host) {
+            s.dropped += 1;
+        }
+        let wake = !s.woken && !s.lines.is_empty();
+        s.woken |= wake;
+        wake
+    }
+
+    /// The next line to deliver; `None` when there is none (the next line queued wakes the JS
+    /// thread again).
+    fn next(&self) -> Option<(String, String)> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let line = s.lines.pop_front();
+        match &line {
+            Some((level, message)) => s.bytes -= (level.len() + message.len()) as u64,
+            None => s.woken = false,
+        }
+        line
+    }
+
+    /// Whether lines wait (if none, the next line queued wakes the JS thread again).
+    fn waiting(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.woken = !s.lines.is_empty();
+        s.woken
+    }
+
+    /// The JS thread could not be woken (its executor is closed): the next line tries again.
+    fn not_woken(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).woken = false;
+    }
+}
+
+impl JsLogSink {
+    pub fn new(env: &Env, on_log: Function<'_, FnArgs<(String, String)>, ()>) -> napi::Result<JsLogSink> {
+        let queue = Arc::new(LogQueue::default());
+        let nudges: Arc<Mutex<Option<Nudges>>> = Default::default();
+        let deliver = Delivery { queue: queue.clone(), on_log: on_log.create_ref()?, nudges: Arc::downgrade(&nudges) };
+        let f = env.create_function_from_closure::<u32, (), _>("onLog", move |ctx| {
+            deliver.turn(ctx.env, ctx.get::<u32>(0).unwrap_or(FROM_GUESTS));
+            Ok(())
+        })?;
+        let nudge = || f.build_threadsafe_function::<u32>().callee_handled::<false>().weak::<true>().build();
+        *nudges.lock().unwrap_or_else(|p| p.into_inner()) = Some(Nudges { from_guests: nudge()?, from_last_turn: nudge()? });
+        Ok(JsLogSink { queue, nudges })
+    }
+
+    fn line(&self, level: &str, message: &str, host: bool) {
+        let nudges = self.nudges.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(nudges) = nudges.as_ref() else { return };
+        if self.queue.push(level, message, host) && !nudges.send(FROM_GUESTS) {
+            self.queue.not_woken();
+        }
+    }
+}
+
+/// On the JS thread: the lines' way to `onLog`.
+struct Delivery {
+    queue: Arc<LogQueue>,
+    on_log: FunctionRef<FnArgs<(String, String)>, ()>,
+    /// Weak: the functions hold this one (the executor's sink holds them).
+    nudges: Weak<Mutex<Option<Nudges>>>,
+}
+
+impl Delivery {
+    /// Delivers lines for one turn's budget; if lines still wait, wakes the JS thread again
+    /// through the other thread-safe function (every line now if it cannot: the executor is
+    /// closed, and so fewer lines will come).
+    fn turn(&self, env: &Env, woken_by: u32) {
+        let Ok(on_log) = self.on_log.borrow_back(env) else { return };
+        let started = Instant::now();
+        let mut budget = true;
+        for n in 0.. {
+            if budget && (n == LINES_PER_TURN || started.elapsed() >= TIME_PER_TURN) {
+                if !self.queue.waiting() {
+                    return;
+                }
+                let other = match woken_by {
+                    FROM_GUESTS => FROM_LAST_TURN,
+                    _ => FROM_GUESTS,
+                };
+                let nudges = self.nudges.upgrade();
+                let nudges = nudges.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
+                if nudges.as_ref().and_then(|n| n.as_ref()).is_some_and(|n| n.send(other)) {
+                    return;
+                }
+                budget = false;
+            }
+            let Some((level, message)) = self.queue.next() else { return };
+            // A throwing callback is the caller's bug: swallowed, never pending.
+            if on_log.call(FnArgs { data: (level, message) }).is_err() {
+                crate::binding::js::take_exception(env.raw());
+            }
         }
     }
 }
@@ -114,7 +211,7 @@ impl LogSink for JsLogSink {
     }
 
     fn release(&self) {
-        self.f.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.nudges.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -201,26 +298,61 @@ impl ProgressSink for JsProgressSink {
 mod tests {
     use super::*;
 
+    fn lines(q: &LogQueue) -> Vec<String> {
+        std::iter::from_fn(|| q.next()).map(|(_, m)| m).collect()
+    }
+
+    fn note(n: usize) -> String {
+        format!("loom-wasm-executor: {n} log lines were dropped: onLog fell behind the guests' logging")
+    }
+
     #[test]
     fn guests_lines_cannot_take_the_place_kept_for_the_hosts_warnings() {
-        let q = Queued::default();
-        let guests = (0..2 * MAX_QUEUED_LINES).take_while(|_| q.admit(10, false)).count() as u64;
-        assert_eq!(guests, MAX_QUEUED_LINES);
-        let host = (0..2 * RESERVED_LINES).take_while(|_| q.admit(10, true)).count() as u64;
-        assert_eq!(host, RESERVED_LINES);
-        assert!(!q.admit(10, false) && !q.admit(10, true));
-        q.leave(10);
-        assert!(q.admit(10, true) && !q.admit(10, false), "a place freed in the reserve is the host's");
-        for _ in 0..=RESERVED_LINES {
-            q.leave(10);
+        let q = LogQueue::default();
+        for i in 0..2 * MAX_QUEUED_LINES {
+            q.push("info", &format!("guest {i}"), false);
         }
-        assert!(q.admit(10, false), "lines delivered free places for guests");
+        for _ in 0..RESERVED_LINES {
+            q.push("warn", "host", true);
+        }
+        q.push("info", "no place", false);
+        q.next();
+        // The place freed is the host's (a guest's line, and the note of those dropped that would
+        // come with it, wait for the queue to go below its guests' part).
+        q.push("info", "no place either", false);
+        let mut expected: Vec<String> = (1..MAX_QUEUED_LINES).map(|i| format!("guest {i}")).collect();
+        expected.push(note(MAX_QUEUED_LINES));
+        expected.extend(std::iter::repeat_n("host".to_string(), RESERVED_LINES - 1));
+        assert_eq!(lines(&q), expected);
+        // Emptied, the next line brings the count of those dropped since.
+        q.push("info", "after", false);
+        assert_eq!(lines(&q), [note(3), "after".to_string()]);
+        assert_eq!(q.state.lock().unwrap().bytes, 0);
         // In bytes as in lines.
-        let q = Queued::default();
-        assert!(q.admit(MAX_QUEUED_BYTES, false));
-        assert!(!q.admit(1, false));
-        assert!(q.admit(RESERVED_BYTES, true));
-        assert!(!q.admit(1, true));
+        let q = LogQueue::default();
+        q.push("info", &"x".repeat(MAX_QUEUED_BYTES as usize - 4), false);
+        q.push("info", "", false);
+        q.push("warn", "h", true);
+        q.push("warn", &"y".repeat(RESERVED_BYTES as usize), true);
+        let s = q.state.lock().unwrap();
+        assert_eq!(s.lines.iter().map(|(_, m)| m.len()).collect::<Vec<_>>(), [MAX_QUEUED_BYTES as usize - 4, note(1).len(), 1]);
+        assert_eq!((s.bytes, s.dropped), (MAX_QUEUED_BYTES + 4 + note(1).len() as u64 + 5, 1));
+    }
+
+    #[test]
+    fn the_js_thread_is_woken_once_for_lines_waiting_and_again_once_they_are_all_taken() {
+        let q = LogQueue::default();
+        assert!(q.push("info", "a", false), "the first line wakes the JS thread");
+        assert!(!q.push("info", "b", false), "it is woken already");
+        assert!(q.waiting(), "a turn out of budget: lines wait, it stays woken");
+        assert!(!q.push("info", "c", false));
+        assert_eq!(lines(&q), ["a", "b", "c"]);
+        assert!(q.push("info", "d", false), "all taken: the next line wakes it again");
+        assert_eq!(q.next().map(|(_, m)| m).as_deref(), Some("d"));
+        assert!(!q.waiting(), "none left when the budget ran out");
+        assert!(q.push("info", "e", false));
+        q.not_woken();
+        assert!(q.push("info", "f", false), "a wake that could not be sent is tried again");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use object_store::ObjectBlobStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use napi::bindgen_prelude::{FnArgs, JsObjectValue, Object, PromiseRaw, Unknown};
+use napi::bindgen_prelude::{JsObjectValue, Object, PromiseRaw, Unknown};
 use napi::JsValue;
 use napi::{Env, ValueType};
 use napi_derive::napi;
@@ -267,13 +267,7 @@ impl WasmActivityExecutor {
                 opts.host_functions = Some(Arc::new(js_host::JsHostFunctions::new(&env, fns)?));
             }
             if let Some(on_log) = args::log_callback(options.as_ref())? {
-                let tsfn = on_log
-                    .build_threadsafe_function::<FnArgs<(String, String)>>()
-                    .callee_handled::<false>()
-                    .weak::<true>()
-                    .build()
-                    .map_err(ExecError::internal)?;
-                opts.log = Some(Arc::new(js_log::JsLogSink::new(tsfn)));
+                opts.log = Some(Arc::new(js_log::JsLogSink::new(&env, on_log).map_err(ExecError::internal)?));
             }
             let source: Arc<dyn crate::store::BlobSource> =
                 if let Some(source) = native_store(&env, &blob_store) {
