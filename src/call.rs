@@ -254,7 +254,15 @@ pub(crate) async fn run(
         held.guard.shadow = Some((module.digest, instance.capture()?));
         held.guard.pristine = created;
     }
-    match instance.call(input, &p.limits, started, &p.ctx).await {
+    let mut result = instance.call(input, &p.limits, started, &p.ctx).await;
+    if let (Ok(out), true) = (&result, keep_shadow) {
+        // Output the caller would refuse (`JSON.parse`, the depth) fails the call here, before its
+        // state counts.
+        if let Err(e) = crate::output::check_json(&out.output, p.limits.max_output_depth) {
+            result = Err(e);
+        }
+    }
+    match result {
         Ok(mut out) => {
             out.actor_created = created;
             out.memory_bytes = instance.memory_bytes();

@@ -452,3 +452,7 @@ mod reaper_tests;
 #[cfg(test)]
 #[path = "executor_actor_slot_tests.rs"]
 mod actor_slot_tests;
+
+#[cfg(test)]
+#[path = "executor_refused_output_tests.rs"]
+mod refused_output_tests;
