@@ -100,6 +100,11 @@ pub trait ActorStore: Send + Sync {
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>>;
     /// Where it is, for messages.
     fn describe(&self) -> String;
+    /// Resolves once no operation whose caller left goes on in this process (a write on a
+    /// blocking thread runs to its end whoever waits for it): `close()` waits for it.
+    fn settled(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The store key of an actor: readable by activity name, unique by a digest of everything that

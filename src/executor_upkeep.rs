@@ -237,7 +237,8 @@ impl Executor {
         }
     }
 
-    /// Resolves once no call is in flight and no actor-store write is under way.
+    /// Resolves once no call is in flight and no actor-store write is under way (nor one a call
+    /// that ended left running).
     pub async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
@@ -247,6 +248,9 @@ impl Executor {
             notified.await;
         }
         self.pending.idle().await;
+        if let Some(store) = &self.opts.actor_store {
+            store.settled().await;
+        }
     }
 
     pub fn is_closed(&self) -> bool {

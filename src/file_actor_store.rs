@@ -21,8 +21,35 @@ use crate::untrusted_dir::{create_fresh, open_regular, refused};
 
 
 /// An actor store in a local directory, with its own conditional writes.
+#[derive(Clone)]
 pub struct FileActorStore {
     dir: PathBuf,
+    /// Its operations on blocking threads now, whose callers may have left (a write goes on to
+    /// its end): `settled` waits for them.
+    running: Arc<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    count: std::sync::Mutex<usize>,
+    done: tokio::sync::Notify,
+}
+
+/// One operation counted in `Running` until it ends (on its blocking thread, whoever waits).
+struct Counted(Arc<Running>);
+
+impl Counted {
+    fn new(running: &Arc<Running>) -> Counted {
+        *running.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Counted(running.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        *self.0.count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.done.notify_waiters();
+    }
 }
 
 const FILE_MAGIC: &[u8; 8] = b"LOOMACT1";
@@ -40,7 +67,7 @@ impl FileActorStore {
                 made = made.parent().unwrap_or(&existing);
             }
         }
-        Ok(FileActorStore { dir })
+        Ok(FileActorStore { dir, running: Default::default() })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, ExecError> {
@@ -75,11 +102,20 @@ impl Drop for Abandoned {
     }
 }
 
-/// Runs a blocking store operation off the runtime, told (`gone`) when its caller has left.
-async fn off_runtime<T: Send + 'static>(f: impl FnOnce(&AtomicBool) -> Result<T, ExecError> + Send + 'static) -> Result<T, ExecError> {
-    let gone = Arc::new(AtomicBool::new(false));
-    let _mark = Abandoned(gone.clone());
-    tokio::task::spawn_blocking(move || f(&gone)).await.map_err(ExecError::internal)?
+impl FileActorStore {
+    /// Runs a blocking store operation off the runtime, told (`gone`) when its caller has left,
+    /// and counted until it ends.
+    async fn off_runtime<T: Send + 'static>(&self, f: impl FnOnce(&AtomicBool) -> Result<T, ExecError> + Send + 'static) -> Result<T, ExecError> {
+        let gone = Arc::new(AtomicBool::new(false));
+        let _mark = Abandoned(gone.clone());
+        let counted = Counted::new(&self.running);
+        tokio::task::spawn_blocking(move || {
+            let _counted = counted;
+            f(&gone)
+        })
+        .await
+        .map_err(ExecError::internal)?
+    }
 }
 
 impl FileActorStore {
@@ -202,90 +238,108 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 
 impl ActorStore for FileActorStore {
     fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
-        let this = FileActorStore { dir: self.dir.clone() };
+        let this = self.clone();
         Box::pin(async move {
             let k = key.to_string();
             // Its checks stat the directories: off the runtime, as the read.
-            let read = off_runtime(move |_| FileActorStore::read(&this.checked_path(&k)?, &k, max_bytes)).await?;
+            let read = self.off_runtime(move |_| FileActorStore::read(&this.checked_path(&k)?, &k, max_bytes)).await?;
             Ok(read.map(|(bytes, v)| (bytes, Version { version: Some(v.to_string()), ..Default::default() })))
         })
     }
 
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
         let expected: Option<u64> = expected.and_then(|v| v.version.as_deref()).and_then(|v| v.parse().ok());
-        let this = FileActorStore { dir: self.dir.clone() };
+        let this = self.clone();
         let key = key.to_string();
-        Box::pin(off_runtime(move |gone| {
-            this.locked(&key, gone, |path| {
-                let current = FileActorStore::stored_version(path, &key)?;
-                if current != expected {
-                    return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
-                }
-                // A version never stored before (random, not a count): after a delete, a count
-                // started again at 1 and a worker still holding the deleted actor's "1" wrote
-                // over the new actor's state without a conflict.
-                let next = fresh_version(current)?;
-                // One name per actor, written only under its lock: what is there now is a leftover
-                // of a writer killed mid-write (of any process), which goes first, so a crash leaves
-                // at most one such file per actor until its next write (named per process, each
-                // killed writer's stayed for good: 44-63 MB each).
-                let tmp = path.with_extension("tmp");
-                // Created anew: a leftover (a crash) or a planted link goes first.
-                let mut f = create_fresh(&tmp, 0o644).map_err(|e| unavailable(&key, e))?;
-                f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
-                    .map_err(|e| unavailable(&key, e))?;
-                std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
-                // The rename is durable once its directory is synced: a power cut before that
-                // could bring back the previous snapshot after this call was acknowledged.
-                sync_dir(path).map_err(|e| unavailable(&key, e))?;
-                Ok(Saved::Current(Version { version: Some(next.to_string()), ..Default::default() }))
+        Box::pin(async move {
+            self.off_runtime(move |gone| {
+                this.locked(&key, gone, |path| {
+                    let current = FileActorStore::stored_version(path, &key)?;
+                    if current != expected {
+                        return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
+                    }
+                    // A version never stored before (random, not a count): after a delete, a count
+                    // started again at 1 and a worker still holding the deleted actor's "1" wrote
+                    // over the new actor's state without a conflict.
+                    let next = fresh_version(current)?;
+                    // One name per actor, written only under its lock: what is there now is a leftover
+                    // of a writer killed mid-write (of any process), which goes first, so a crash leaves
+                    // at most one such file per actor until its next write (named per process, each
+                    // killed writer's stayed for good: 44-63 MB each).
+                    let tmp = path.with_extension("tmp");
+                    // Created anew: a leftover (a crash) or a planted link goes first.
+                    let mut f = create_fresh(&tmp, 0o644).map_err(|e| unavailable(&key, e))?;
+                    f.write_all(FILE_MAGIC).and_then(|_| f.write_all(&next.to_le_bytes())).and_then(|_| f.write_all(&bytes)).and_then(|_| f.sync_data())
+                        .map_err(|e| unavailable(&key, e))?;
+                    #[cfg(test)]
+                    tests::before_commit(&key);
+                    // The call gone while it wrote (its deadline, a cancel, `close()`): not stored after
+                    // all, as a write that had not got the lock (review AJ: it landed after the call was
+                    // reported cancelled, and after `close()` resolved).
+                    if gone.load(Ordering::Relaxed) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(unavailable(&key, "the call ended while its snapshot was written; nothing was stored"));
+                    }
+                    std::fs::rename(&tmp, path).map_err(|e| unavailable(&key, e))?;
+                    // The rename is durable once its directory is synced: a power cut before that
+                    // could bring back the previous snapshot after this call was acknowledged.
+                    sync_dir(path).map_err(|e| unavailable(&key, e))?;
+                    Ok(Saved::Current(Version { version: Some(next.to_string()), ..Default::default() }))
+                })
             })
-        }))
+            .await
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
-        let this = FileActorStore { dir: self.dir.clone() };
+        let this = self.clone();
         let key = key.to_string();
-        Box::pin(off_runtime(move |gone| {
-            this.locked(&key, gone, |path| {
-                // A killed writer's leftover goes with the actor.
-                let _ = std::fs::remove_file(path.with_extension("tmp"));
-                match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
-                    // Synced as a write is: a dropped actor must not come back after a power cut.
-                    Ok(()) => sync_dir(path).map_err(|e| unavailable(&key, e)),
-                    Err(_) => Ok(()),
-                }
+        Box::pin(async move {
+            self.off_runtime(move |gone| {
+                this.locked(&key, gone, |path| {
+                    // A killed writer's leftover goes with the actor.
+                    let _ = std::fs::remove_file(path.with_extension("tmp"));
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
+                        // Synced as a write is: a dropped actor must not come back after a power cut.
+                        Ok(()) => sync_dir(path).map_err(|e| unavailable(&key, e)),
+                        Err(_) => Ok(()),
+                    }
+                })
             })
-        }))
+            .await
+        })
     }
 
     fn delete_if<'a>(&'a self, key: &'a str, version: &'a Version) -> BoxFuture<'a, Result<bool, ExecError>> {
         let expected: Option<u64> = version.version.as_deref().and_then(|v| v.parse().ok());
-        let this = FileActorStore { dir: self.dir.clone() };
+        let this = self.clone();
         let key = key.to_string();
-        Box::pin(off_runtime(move |gone| {
-            // Compared and deleted under the actor's lock: no write lands between the two.
-            this.locked(&key, gone, |path| match FileActorStore::stored_version(path, &key)? {
-                None => Ok(true),
-                Some(now) if Some(now) == expected => {
-                    let _ = std::fs::remove_file(path.with_extension("tmp"));
-                    match std::fs::remove_file(path) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
-                        Ok(()) => sync_dir(path).map(|()| true).map_err(|e| unavailable(&key, e)),
-                        Err(_) => Ok(true),
+        Box::pin(async move {
+            self.off_runtime(move |gone| {
+                // Compared and deleted under the actor's lock: no write lands between the two.
+                this.locked(&key, gone, |path| match FileActorStore::stored_version(path, &key)? {
+                    None => Ok(true),
+                    Some(now) if Some(now) == expected => {
+                        let _ = std::fs::remove_file(path.with_extension("tmp"));
+                        match std::fs::remove_file(path) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(unavailable(&key, e)),
+                            Ok(()) => sync_dir(path).map(|()| true).map_err(|e| unavailable(&key, e)),
+                            Err(_) => Ok(true),
+                        }
                     }
-                }
-                Some(_) => Ok(false),
+                    Some(_) => Ok(false),
+                })
             })
-        }))
+            .await
+        })
     }
 
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
-        let this = FileActorStore { dir: self.dir.clone() };
+        let this = self.clone();
         Box::pin(async move {
             let k = key.to_string();
-            let version = off_runtime(move |_| FileActorStore::stored_version(&this.checked_path(&k)?, &k)).await?;
+            let version = self.off_runtime(move |_| FileActorStore::stored_version(&this.checked_path(&k)?, &k)).await?;
             Ok(version.map(|v| Version { version: Some(v.to_string()), ..Default::default() }))
         })
     }
@@ -293,11 +347,67 @@ impl ActorStore for FileActorStore {
     fn describe(&self) -> String {
         format!("file://{}", self.dir.display())
     }
+
+    fn settled(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let done = self.running.done.notified();
+                if *self.running.count.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys whose writes, once their file is written, wait for the test (told on its channel)
+    /// before they commit.
+    type Pause = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+    static PAUSED: std::sync::Mutex<Vec<(String, Pause)>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn before_commit(key: &str) {
+        let pause = {
+            let mut paused = PAUSED.lock().unwrap_or_else(|p| p.into_inner());
+            let at = paused.iter().position(|(k, _)| k == key);
+            at.map(|at| paused.remove(at).1)
+        };
+        if let Some((reached, go_on)) = pause {
+            let _ = reached.send(());
+            let _ = go_on.recv();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_write_whose_call_left_is_not_committed_and_settled_waits_for_it() {
+        // Review AJ: a cancelled call's write, once it had the lock, ran to its end, after the
+        // call was reported cancelled and after `close()` (which had nothing to wait for) resolved.
+        let (dir, store) = scratch("left-mid-write");
+        let key = "actors/t/left.snap";
+        store.save(key, b"one".to_vec(), None).await.expect("saved");
+        let first = store.version(key).await.expect("version").expect("stored");
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (go_on, go_on_rx) = std::sync::mpsc::channel();
+        PAUSED.lock().expect("lock").push((key.to_string(), (reached_tx, go_on_rx)));
+        let writer = store.clone();
+        let expected = first.clone();
+        let write = tokio::spawn(async move { writer.save(key, b"two".to_vec(), Some(&expected)).await });
+        tokio::task::spawn_blocking(move || reached.recv()).await.expect("joined").expect("the write reached its commit");
+        // Its call leaves (its deadline, a cancel, close()): the future goes.
+        write.abort();
+        assert!(write.await.expect_err("aborted").is_cancelled());
+        let settled = tokio::time::timeout(Duration::from_millis(200), store.settled()).await;
+        assert!(settled.is_err(), "settled waits for the write still running");
+        go_on.send(()).expect("go on");
+        store.settled().await;
+        assert_eq!(store.load(key, 1 << 20).await.expect("load").map(|(b, v)| (b, v)), Some((b"one".to_vec(), first)), "not committed");
+        assert!(!dir.join("actors/t/left.tmp").exists(), "its file is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_writer_killed_mid_write_leaves_at_most_one_file_that_the_next_write_or_delete_removes() {
