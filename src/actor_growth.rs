@@ -30,9 +30,35 @@ impl Growth {
             return Some(per_call);
         }
         if self.calls >= 50 * Self::CALLS {
-            // Flat for a long while: stop watching.
-            self.calls = u64::MAX;
+            // Flat for a long while: the watch starts again from here (it stopped for good, and
+            // growth that began later ran the actor out of memory unannounced: review AJ).
+            self.calls = 0;
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first call that warns, of `calls` growing by a page each after `flat` flat ones.
+    fn warned_at(flat: u64, calls: u64) -> Option<u64> {
+        let mut g = Growth::default();
+        let base = 1 << 20;
+        (0..flat).for_each(|_| assert_eq!(g.record(base), None));
+        (1..=calls).find(|i| g.record(base + i * 65536).is_some())
+    }
+
+    #[test]
+    fn steady_growth_is_told_once_however_long_the_actor_was_flat_before() {
+        assert_eq!(warned_at(0, 1000), Some(Growth::CALLS));
+        for flat in [Growth::CALLS, 50 * Growth::CALLS - 1, 50 * Growth::CALLS, 200_000] {
+            let at = warned_at(flat, 1000).unwrap_or_else(|| panic!("growth after {flat} flat calls unannounced"));
+            assert!(at <= 2 * Growth::CALLS, "{flat} flat calls: told after {at} growing ones");
+        }
+        let mut g = Growth::default();
+        let told = (1..=100_000u64).filter(|i| g.record(i * 65536).is_some()).count();
+        assert_eq!(told, 1, "once");
     }
 }
