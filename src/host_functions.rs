@@ -290,18 +290,27 @@ impl HostAccess {
     /// guest can hold) is `OUT_OF_MEMORY` once that much has come.
     pub async fn http(&self, request: HttpRequest, max_body: u64) -> Result<crate::network::HttpResponse, ExecError> {
         let net = self.admit_request(&request.url)?;
-        self.send_admitted(&net, request, max_body).await
+        self.send_admitted(&net, request, || max_body, |response| response).await
     }
 
-    /// Sends a request `admit_request` let through (one at a time per call: a guest cannot hold
-    /// many bodies in the host at once).
-    pub async fn send_admitted(&self, net: &NetworkCall, request: HttpRequest, max_body: u64) -> Result<crate::network::HttpResponse, ExecError> {
+    /// Sends a request `admit_request` let through, one at a time per call (a guest cannot hold
+    /// many bodies in the host at once): its body's most (`max_body`) is taken once it is its
+    /// turn, and its response handed to `keep` before the next one's turn (what the guest has room
+    /// for counts the one before: two components' requests sent at once were each read as far as
+    /// the room before either, 2x `maxMemoryMB`: review AJ).
+    pub async fn send_admitted<T>(
+        &self,
+        net: &NetworkCall,
+        request: HttpRequest,
+        max_body: impl FnOnce() -> u64,
+        keep: impl FnOnce(crate::network::HttpResponse) -> T,
+    ) -> Result<T, ExecError> {
         let deadline = self.deadline.unwrap_or_else(|| Instant::now() + net.network.config().timeout);
         let _one = net.one_at_a_time.lock().await;
         if net.ended.load(Ordering::Acquire) {
             return Err(ExecError::NetworkDenied { host: String::new(), message: "the call that made this request has ended".into() });
         }
-        self.without_slot(net.network.send(request, deadline, max_body)).await
+        self.without_slot(net.network.send(request, deadline, max_body())).await.map(keep)
     }
 
     /// The call ended: requests still in flight (a component's, which outlive the guest's

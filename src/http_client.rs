@@ -95,35 +95,44 @@ pub enum TextUnits {
 }
 
 impl HttpResponse {
-    /// `to_json`, when its text fits in `max_bytes` of a guest holding it as `units`; else
-    /// `OUT_OF_MEMORY` before the text is built. Escaping makes a body up to six times longer
-    /// (a control byte is `\u0001`): a 10 MiB body made 60 MiB of host memory per call before the
-    /// guest's allocator refused it.
+    /// `to_json`, when its text fits in `max_bytes` of a guest holding it as `units`, and in
+    /// `max_bytes` as the host builds it (UTF-8); else `OUT_OF_MEMORY` before the text is built.
+    /// Escaping makes a body up to six times longer (a control byte is `\u0001`): a 10 MiB body
+    /// made 60 MiB of host memory per call before the guest's allocator refused it. A byte that
+    /// is not UTF-8 is one UTF-16 unit but three bytes here: 120 MiB of them under a guest's
+    /// 256 MiB made 1.2 GB of host memory (review AJ; the text was built through a JSON value too).
     pub fn to_json_within(&self, max_bytes: u64, units: TextUnits) -> Result<String, ExecError> {
-        let mut m = Measure::default();
         let body = String::from_utf8_lossy(&self.body);
+        let headers = self.merged_headers();
+        let mut m = Measure::default();
         let _ = serde_json::to_writer(&mut m, &*body);
-        let _ = serde_json::to_writer(&mut m, &self.merged_headers());
+        let _ = serde_json::to_writer(&mut m, &headers);
         let bytes = match units {
-            TextUnits::Utf16 => m.utf16.saturating_mul(2),
+            TextUnits::Utf16 => m.utf16.saturating_mul(2).max(m.utf8),
             TextUnits::Utf8 => m.utf8,
         }
         .saturating_add(64);
         if bytes > max_bytes {
             return Err(ExecError::OutOfMemory { limit_bytes: max_bytes, requested_bytes: bytes });
         }
-        Ok(self.to_json())
+        Ok(Self::json_text(self.status, &headers, &body))
     }
 
     /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
     /// U+FFFD for bytes that are not).
     pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "status": self.status,
-            "headers": self.merged_headers(),
-            "body": String::from_utf8_lossy(&self.body),
-        })
-        .to_string()
+        Self::json_text(self.status, &self.merged_headers(), &String::from_utf8_lossy(&self.body))
+    }
+
+    /// The response's JSON text, written straight from its parts.
+    fn json_text(status: u16, headers: &serde_json::Map<String, serde_json::Value>, body: &str) -> String {
+        #[derive(serde::Serialize)]
+        struct Text<'a> {
+            status: u16,
+            headers: &'a serde_json::Map<String, serde_json::Value>,
+            body: &'a str,
+        }
+        serde_json::to_string(&Text { status, headers, body }).unwrap_or_default()
     }
 
     /// The headers as a JSON object, a repeated name's values joined by ", ".
@@ -480,5 +489,12 @@ mod tests {
         let units = astral.to_json().encode_utf16().count() as u64;
         assert!(astral.to_json_within(2 * units + 64, TextUnits::Utf16).is_ok());
         assert!(astral.to_json_within(2 * units - 4, TextUnits::Utf16).is_err());
+        // Bytes that are not UTF-8: a unit each as AssemblyScript holds them, three bytes each as
+        // the host builds the text; the larger counts.
+        let lossy = HttpResponse { status: 200, headers: vec![], body: vec![0xff; 1000] };
+        let text = lossy.to_json();
+        assert!(text.len() > 3000 && text.encode_utf16().count() < 1100);
+        assert_eq!(lossy.to_json_within(text.len() as u64 + 64, TextUnits::Utf16).map(|t| t == text), Ok(true));
+        assert_eq!(lossy.to_json_within(text.len() as u64 - 100, TextUnits::Utf16).map_err(|e| e.code()), Err("OUT_OF_MEMORY"));
     }
 }

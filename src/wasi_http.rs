@@ -266,29 +266,32 @@ impl WasiHttpHooks for HostAccess {
                 .filter(|(k, _)| k != "host")
                 .collect();
             let req = HttpRequest { method: parts.method.to_string(), url: parts.uri.to_string(), headers, body };
-            // What the guest's budget has room for: a body past it fails once that much came.
-            let room = access.http_held.as_ref().map_or(u64::MAX, |h| {
-                h.cap.load(Ordering::Relaxed).saturating_sub(h.bytes.load(Ordering::Relaxed))
-            });
+            // What the guest's budget has room for when it is this request's turn: a body past it
+            // fails once that much came. Its response is charged in its turn.
+            let held = access.http_held.clone();
+            let room = || held.as_ref().map_or(u64::MAX, |h| h.cap.load(Ordering::Relaxed).saturating_sub(h.bytes.load(Ordering::Relaxed)));
+            let keep = |resp: crate::network::HttpResponse| {
+                drop(charge);
+                let mut charge = Charge::new(access.http_held.clone());
+                // Its headers stay in the host with it, read by the guest when it likes.
+                let header_bytes: usize = resp.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                charge.add((resp.body.len() + header_bytes) as u64).map(|()| (resp, charge))
+            };
             // A request still out when its call ends goes with it: an actor's guest that returned
             // without awaiting it had it go on downloading, its body uncounted until whole, one
             // more per call (review AC: 30 calls held 240 MiB under maxMemoryMB 16).
             let sent = tokio::select! {
-                sent = access.send_admitted(&net, req, room) => sent,
+                sent = access.send_admitted(&net, req, room, keep) => sent,
                 () = net.ended_wait() => {
                     return Err(HttpError::InternalError(Some("the call that made this request has ended".into())));
                 }
             };
             match sent {
-                Ok(resp) => {
-                    drop(charge);
-                    let mut charge = Charge::new(access.http_held.clone());
-                    // Its headers stay in the host with it, read by the guest when it likes.
-                    let header_bytes: usize = resp.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-                    if let Err(e) = charge.add((resp.body.len() + header_bytes) as u64) {
-                        access.fail_call(e);
-                        return Err(HttpError::InternalError(Some("the bodies held in the host are over maxMemoryMB".into())));
-                    }
+                Ok(Err(e)) => {
+                    access.fail_call(e);
+                    Err(HttpError::InternalError(Some("the bodies held in the host are over maxMemoryMB".into())))
+                }
+                Ok(Ok((resp, charge))) => {
                     let mut out = http::Response::builder().status(resp.status);
                     for (k, v) in &resp.headers {
                         out = out.header(k, v);
