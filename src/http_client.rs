@@ -102,10 +102,17 @@ impl HttpResponse {
     /// is not UTF-8 is one UTF-16 unit but three bytes here: 120 MiB of them under a guest's
     /// 256 MiB made 1.2 GB of host memory (review AJ; the text was built through a JSON value too).
     pub fn to_json_within(&self, max_bytes: u64, units: TextUnits) -> Result<String, ExecError> {
-        let body = String::from_utf8_lossy(&self.body);
         let headers = self.merged_headers();
-        let mut m = Measure::default();
-        let _ = serde_json::to_writer(&mut m, &*body);
+        // Measured from the bytes as they are: the text with U+FFFD in place is made only if it fits.
+        // Each valid run's quotes are taken off again: the body has two.
+        let mut m = Measure { utf8: 2, utf16: 2 };
+        for chunk in self.body.utf8_chunks() {
+            let _ = serde_json::to_writer(&mut m, chunk.valid());
+            (m.utf8, m.utf16) = (m.utf8 - 2, m.utf16 - 2);
+            if !chunk.invalid().is_empty() {
+                let _ = std::io::Write::write(&mut m, "\u{fffd}".as_bytes());
+            }
+        }
         let _ = serde_json::to_writer(&mut m, &headers);
         let bytes = match units {
             TextUnits::Utf16 => m.utf16.saturating_mul(2).max(m.utf8),
@@ -115,24 +122,42 @@ impl HttpResponse {
         if bytes > max_bytes {
             return Err(ExecError::OutOfMemory { limit_bytes: max_bytes, requested_bytes: bytes });
         }
-        Ok(Self::json_text(self.status, &headers, &body))
+        Ok(Self::json_text(self.status, &headers, &self.body))
     }
 
     /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
     /// U+FFFD for bytes that are not).
     pub fn to_json(&self) -> String {
-        Self::json_text(self.status, &self.merged_headers(), &String::from_utf8_lossy(&self.body))
+        Self::json_text(self.status, &self.merged_headers(), &self.body)
     }
 
-    /// The response's JSON text, written straight from its parts.
-    fn json_text(status: u16, headers: &serde_json::Map<String, serde_json::Value>, body: &str) -> String {
-        #[derive(serde::Serialize)]
-        struct Text<'a> {
-            status: u16,
-            headers: &'a serde_json::Map<String, serde_json::Value>,
-            body: &'a str,
+    /// The response's JSON text, written straight from its parts (the body's text with U+FFFD
+    /// in place is never made whole on its own).
+    fn json_text(status: u16, headers: &serde_json::Map<String, serde_json::Value>, body: &[u8]) -> String {
+        /// Writes a JSON string's contents: what serde_json writes, but its quotes.
+        struct Contents<'a>(&'a mut Vec<u8>, bool);
+        impl std::io::Write for Contents<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let skip = usize::from(std::mem::take(&mut self.1) && !buf.is_empty());
+                self.0.extend_from_slice(&buf[skip..]);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        serde_json::to_string(&Text { status, headers, body }).unwrap_or_default()
+        let mut out = format!("{{\"status\":{status},\"headers\":").into_bytes();
+        let _ = serde_json::to_writer(&mut out, headers);
+        out.extend_from_slice(b",\"body\":\"");
+        for chunk in body.utf8_chunks() {
+            let _ = serde_json::to_writer(Contents(&mut out, true), chunk.valid());
+            out.pop();
+            if !chunk.invalid().is_empty() {
+                out.extend_from_slice("\u{fffd}".as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\"}");
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// The headers as a JSON object, a repeated name's values joined by ", ".
@@ -472,6 +497,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&resp.to_json()).unwrap();
         assert_eq!(v["headers"]["a"], "1, 2");
         assert_eq!(v["body"], "\u{fffd}");
+        // Written from the bytes: text, escapes and bytes that are not UTF-8 (one U+FFFD per
+        // bad sequence, as from_utf8_lossy).
+        let body = b"a\x01\"\\\xff\xfe\xe2\x82 \xf0\x9f\x98\x80 z\xe2".to_vec();
+        let resp = HttpResponse { status: 404, headers: vec![("k".into(), "v\"".into())], body: body.clone() };
+        let text = resp.to_json();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((v["status"].as_u64(), v["headers"]["k"].as_str()), (Some(404), Some("v\"")));
+        assert_eq!(v["body"].as_str(), Some(&*String::from_utf8_lossy(&body)));
+        assert_eq!(resp.to_json_within(text.len() as u64 + 64, TextUnits::Utf8).ok(), Some(text));
     }
 
     #[test]
