@@ -71,23 +71,23 @@ struct Waiting {
     bytes: u64,
     dropped: u64,
     woken: bool,
+    /// Its executor is closed: no line is queued any more.
+    closed: bool,
 }
 
 impl Waiting {
-    /// Queues a line of `bytes` unless the queue is full (for a host's line, unless its reserve
-    /// is full too).
-    fn admit(&mut self, level: String, message: String, host: bool) -> bool {
+    /// Whether `lines` more lines of `bytes` fit (for a host's line, in its reserve too).
+    fn fits(&self, lines: usize, bytes: u64, host: bool) -> bool {
         let (max_lines, max_bytes) = match host {
             true => (MAX_QUEUED_LINES + RESERVED_LINES, MAX_QUEUED_BYTES + RESERVED_BYTES),
             false => (MAX_QUEUED_LINES, MAX_QUEUED_BYTES),
         };
-        let bytes = (level.len() + message.len()) as u64;
-        if self.lines.len() >= max_lines || self.bytes + bytes > max_bytes {
-            return false;
-        }
-        self.bytes += bytes;
+        self.lines.len() + lines <= max_lines && self.bytes + bytes <= max_bytes
+    }
+
+    fn queue(&mut self, level: String, message: String) {
+        self.bytes += (level.len() + message.len()) as u64;
         self.lines.push_back((level, message));
-        true
     }
 }
 
@@ -96,16 +96,23 @@ impl LogQueue {
     /// if any; true if the JS thread must be woken for it.
     fn push(&self, level: &str, message: &str, host: bool) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.closed {
+            return false;
+        }
+        let bytes = (level.len() + message.len()) as u64;
         if s.dropped > 0 {
             let note = format!("loom-wasm-executor: {} log lines were dropped: onLog fell behind the guests' logging", s.dropped);
-            // In the places of the line it comes with: a guest's line, its note, no more, did
-            // not take the host's reserve (a flood's notes filled it).
-            if s.admit("warn".into(), note, host) {
+            // Only with the line it comes with, in that line's places: a guest's line's note did
+            // not take the host's reserve (a flood's notes filled it), and a freed place went to a
+            // note while its line was dropped (review AJ's follow-up).
+            if s.fits(2, bytes + note.len() as u64 + 4, host) {
+                s.queue("warn".into(), note);
                 s.dropped = 0;
             }
         }
-        if !s.admit(level.to_string(), message.to_string(), host) {
-            s.dropped += 1;
+        match s.fits(1, bytes, host) {
+            true => s.queue(level.to_string(), message.to_string()),
+            false => s.dropped += 1,
         }
         let wake = !s.woken && !s.lines.is_empty();
         s.woken |= wake;
@@ -134,6 +141,18 @@ impl LogQueue {
     /// The JS thread could not be woken (its executor is closed): the next line tries again.
     fn not_woken(&self) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).woken = false;
+    }
+
+    /// No line is queued from now on; true if none waits for the JS thread (else the lines
+    /// waiting are still delivered, a turn's share at a time).
+    fn close(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.closed = true;
+        !s.woken
+    }
+
+    fn closed(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed
     }
 }
 
@@ -170,9 +189,19 @@ struct Delivery {
 
 impl Delivery {
     /// Delivers lines for one turn's budget; if lines still wait, wakes the JS thread again
-    /// through the other thread-safe function (every line now if it cannot: the executor is
-    /// closed, and so fewer lines will come).
+    /// through the other thread-safe function (every line now if it cannot, which does not
+    /// happen: a closed executor's functions stay until its lines are delivered).
     fn turn(&self, env: &Env, woken_by: u32) {
+        self.deliver(env, woken_by);
+        // All delivered, the executor closed: its functions go (and with them `onLog`).
+        if self.queue.closed() && !self.queue.waiting() {
+            if let Some(nudges) = self.nudges.upgrade() {
+                nudges.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+        }
+    }
+
+    fn deliver(&self, env: &Env, woken_by: u32) {
         let Ok(on_log) = self.on_log.borrow_back(env) else { return };
         let started = Instant::now();
         let mut budget = true;
@@ -210,8 +239,14 @@ impl LogSink for JsLogSink {
         self.line("warn", message, true)
     }
 
+    /// No line is queued any more; the functions (and `onLog`) go once the lines waiting are
+    /// delivered (delivered all in one turn once the functions had gone: seconds with a slow
+    /// `onLog`, review AJ's follow-up).
     fn release(&self) {
-        self.nudges.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut nudges = self.nudges.lock().unwrap_or_else(|p| p.into_inner());
+        if self.queue.close() {
+            nudges.take();
+        }
     }
 }
 
@@ -353,6 +388,28 @@ mod tests {
         assert!(q.push("info", "e", false));
         q.not_woken();
         assert!(q.push("info", "f", false), "a wake that could not be sent is tried again");
+        // Closed: lines waiting are still delivered, none is queued any more.
+        assert!(!q.close(), "lines wait: the functions stay for them");
+        assert!(!q.push("info", "g", false));
+        assert_eq!(lines(&q), ["e", "f"]);
+        assert!(q.close() && q.closed(), "none waits");
+    }
+
+    #[test]
+    fn a_note_of_dropped_lines_comes_only_with_its_line() {
+        // A place freed by a flood's full queue went to a note, the line with it dropped.
+        let q = LogQueue::default();
+        for i in 0..MAX_QUEUED_LINES + 10 {
+            q.push("info", &format!("{i}"), false);
+        }
+        q.next();
+        q.push("info", "fits alone", false);
+        q.push("info", "no place", false);
+        let got = lines(&q);
+        assert_eq!(got.last().map(String::as_str), Some("fits alone"));
+        assert!(!got.iter().any(|m| m.contains("dropped")));
+        q.push("info", "after", false);
+        assert_eq!(lines(&q), [note(11), "after".to_string()]);
     }
 
     #[test]
