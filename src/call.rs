@@ -245,7 +245,7 @@ pub(crate) async fn run(
             if restored {
                 (fresh, held.guard.pristine)
             } else {
-                held.guard.growth = Default::default();
+                held.guard.growth = held.guard.growth.next_instance();
                 (fresh, true)
             }
         }
@@ -266,7 +266,11 @@ pub(crate) async fn run(
         Ok(mut out) => {
             out.actor_created = created;
             out.memory_bytes = instance.memory_bytes();
-            out.growth_per_call = held.guard.growth.record(out.memory_bytes);
+            // Told now, whatever becomes of the call (a warning for a call that then failed was
+            // never told: review AJ).
+            if let (Some(per_call), Some(sink)) = (held.guard.growth.record(out.memory_bytes), log.as_ref()) {
+                sink.warn(&growth_warning(p, per_call, out.memory_bytes));
+            }
             if out.memory_bytes as f64 > p.limits.max_memory_bytes as f64 * COLLECT_AT {
                 if let Err(e) = Box::pin(instance.collect(&p.limits)).await {
                     // A collection that fails may leave the heap torn: the instance goes. A

@@ -538,7 +538,7 @@ impl Executor {
         held.guard.instance = Some(fresh);
         held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));
         held.guard.pristine = false;
-        held.guard.growth = Default::default();
+        held.guard.growth = held.guard.growth.next_instance();
         Ok(())
     }
 }

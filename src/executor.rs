@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use crate::actors::{ActorKey, Actors, Held, Ticket};
-use crate::call::{growth_warning, run, watched, Prepared};
+use crate::call::{run, watched, Prepared};
 use crate::durable::Durable;
 pub use crate::capabilities::Capabilities;
 pub use crate::options::{ranges, CallOptions, Definition, ExecutorOptions};
@@ -395,9 +395,6 @@ impl Executor {
             Ok(out) => out,
         };
         crate::output::check_depth(&out.output, p.limits.max_output_depth)?;
-        if let (Some(per_call), Some(sink)) = (out.growth_per_call, log.as_ref()) {
-            sink.warn(&growth_warning(&p, per_call, out.memory_bytes));
-        }
         Ok(out)
     }
 

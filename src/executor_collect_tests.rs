@@ -8,8 +8,9 @@ use crate::host::LogSink;
 use crate::store::MemorySource;
 use crate::test_guests as g;
 
+/// The lines logged, in order.
 #[derive(Default)]
-struct Lines(Mutex<Vec<(String, String)>>);
+pub(super) struct Lines(pub(super) Mutex<Vec<(String, String)>>);
 
 impl LogSink for Lines {
     fn log(&self, level: &str, message: &str) {

@@ -36,8 +36,6 @@ pub struct CallOutput {
     pub actor_created: bool,
     /// The memory (all memories and tables) the instance holds after the call.
     pub memory_bytes: u64,
-    /// For an actor whose memory grows call after call: the growth per call (said once).
-    pub growth_per_call: Option<u64>,
 }
 
 /// What a call brings besides its limits: its determinism, its heartbeats, and what its ABI
@@ -315,7 +313,6 @@ impl GuestInstance {
             peak_memory_bytes: self.store.data().limiter.peak_bytes(),
             actor_created: false,
             memory_bytes: self.store.data().limiter.total_bytes(),
-            growth_per_call: None,
         })
     }
 
