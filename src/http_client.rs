@@ -146,9 +146,9 @@ impl HttpResponse {
                 Ok(())
             }
         }
-        let mut out = format!("{{\"status\":{status},\"headers\":").into_bytes();
-        let _ = serde_json::to_writer(&mut out, headers);
-        out.extend_from_slice(b",\"body\":\"");
+        // The keys in the order they always came (a JSON value's, sorted), for guests that pass
+        // the text on as it is.
+        let mut out = b"{\"body\":\"".to_vec();
         for chunk in body.utf8_chunks() {
             let _ = serde_json::to_writer(Contents(&mut out, true), chunk.valid());
             out.pop();
@@ -156,7 +156,9 @@ impl HttpResponse {
                 out.extend_from_slice("\u{fffd}".as_bytes());
             }
         }
-        out.extend_from_slice(b"\"}");
+        out.extend_from_slice(b"\",\"headers\":");
+        let _ = serde_json::to_writer(&mut out, headers);
+        out.extend_from_slice(format!(",\"status\":{status}}}").as_bytes());
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -505,7 +507,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!((v["status"].as_u64(), v["headers"]["k"].as_str()), (Some(404), Some("v\"")));
         assert_eq!(v["body"].as_str(), Some(&*String::from_utf8_lossy(&body)));
-        assert_eq!(resp.to_json_within(text.len() as u64 + 64, TextUnits::Utf8).ok(), Some(text));
+        assert_eq!(resp.to_json_within(text.len() as u64 + 64, TextUnits::Utf8).ok(), Some(text.clone()));
+        assert!(text.starts_with(r#"{"body":"a\u0001\"\\"#) && text.ends_with(r#""headers":{"k":"v\""},"status":404}"#), "{text}");
     }
 
     #[test]
