@@ -103,9 +103,49 @@ pub fn find_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
     bytes.get(i..)?.iter().position(|&b| b == b'"' || b == b'\\').map(|p| i + p)
 }
 
+/// The index of the first byte at or after `from` that ends a run of a JSON string's plain
+/// contents (`"`, `\\` or a control byte below 0x20), eight bytes at a time.
+pub fn find_json_string_special(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has = |w: u64, b: u8| {
+        let x = w ^ (ONES * b as u64);
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    // A byte below 0x20 (one with its high bit set is not).
+    let control = |w: u64| w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+    let mut i = from;
+    while i + 8 <= bytes.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        if has(w, b'"') | has(w, b'\\') | control(w) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    bytes.get(i..)?.iter().position(|&b| special(b)).map(|p| i + p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_string_specials_are_found_wherever_they_are() {
+        for len in 0..40 {
+            for at in 0..len {
+                for special in [b'"', b'\\', 0x00, 0x1f] {
+                    let mut v: Vec<u8> = (0..len).map(|i| [b'a', 0x20, 0x7f, 0x80, 0xff, b'!'][i % 6]).collect();
+                    assert_eq!(find_json_string_special(&v, 0), None);
+                    v[at] = special;
+                    assert_eq!(find_json_string_special(&v, 0), Some(at), "{len} {at} {special}");
+                    assert_eq!(find_json_string_special(&v, at + 1), None);
+                }
+            }
+        }
+    }
 
     fn le(s: &str) -> Vec<u8> {
         let mut v = vec![0u8; utf16_len_bytes(s) as usize];
