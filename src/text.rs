@@ -82,50 +82,46 @@ pub fn write_utf16le(dst: &mut [u8], s: &str) {
     }
 }
 
-/// The index of the first `"` or `\` in `bytes` at or after `from`, eight bytes at a time.
-pub fn find_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has = |w: u64, b: u8| {
-        let x = w ^ (ONES * b as u64);
-        x.wrapping_sub(ONES) & !x & HIGHS
-    };
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` that is `b` (and maybe of bytes above one that is).
+fn has_byte(w: u64, b: u8) -> u64 {
+    let x = w ^ (ONES * b as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The index of the first byte at or after `from` that `hit` takes, skipping eight bytes at a
+/// time while `word_may_hit` says none of them can be one.
+fn find_by_words(bytes: &[u8], from: usize, word_may_hit: impl Fn(u64) -> bool, hit: impl Fn(u8) -> bool) -> Option<usize> {
     let mut i = from;
     while i + 8 <= bytes.len() {
         let mut w = [0u8; 8];
         w.copy_from_slice(&bytes[i..i + 8]);
-        let w = u64::from_le_bytes(w);
-        if has(w, b'"') | has(w, b'\\') != 0 {
+        if word_may_hit(u64::from_le_bytes(w)) {
             break;
         }
         i += 8;
     }
-    bytes.get(i..)?.iter().position(|&b| b == b'"' || b == b'\\').map(|p| i + p)
+    bytes.get(i..)?.iter().position(|&b| hit(b)).map(|p| i + p)
+}
+
+/// The index of the first `"` or `\` in `bytes` at or after `from`, eight bytes at a time.
+pub fn find_quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
+    find_by_words(bytes, from, |w| has_byte(w, b'"') | has_byte(w, b'\\') != 0, |b| b == b'"' || b == b'\\')
 }
 
 /// The index of the first byte at or after `from` that ends a run of a JSON string's plain
 /// contents (`"`, `\\` or a control byte below 0x20), eight bytes at a time.
 pub fn find_json_string_special(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has = |w: u64, b: u8| {
-        let x = w ^ (ONES * b as u64);
-        x.wrapping_sub(ONES) & !x & HIGHS
-    };
     // A byte below 0x20 (one with its high bit set is not).
     let control = |w: u64| w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    let special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
-    let mut i = from;
-    while i + 8 <= bytes.len() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&bytes[i..i + 8]);
-        let w = u64::from_le_bytes(w);
-        if has(w, b'"') | has(w, b'\\') | control(w) != 0 {
-            break;
-        }
-        i += 8;
-    }
-    bytes.get(i..)?.iter().position(|&b| special(b)).map(|p| i + p)
+    find_by_words(
+        bytes,
+        from,
+        |w| has_byte(w, b'"') | has_byte(w, b'\\') | control(w) != 0,
+        |b| b == b'"' || b == b'\\' || b < 0x20,
+    )
 }
 
 #[cfg(test)]
