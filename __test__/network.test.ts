@@ -42,6 +42,8 @@ beforeAll(async () => {
       if (u.pathname === '/long-redirect') return res.writeHead(302, { location: `/json?${'q'.repeat(Number(u.searchParams.get('n')))}` }).end()
       if (u.pathname === '/loop') return res.writeHead(302, { location: '/loop' }).end()
       if (u.pathname === '/big') return res.end(JSON.stringify({ data: 'x'.repeat(Number(u.searchParams.get('n'))) }))
+      // JSON of n bytes that parses to 0 (a large body, a small answer).
+      if (u.pathname === '/spaces') return res.end(' '.repeat(Number(u.searchParams.get('n')) - 1) + '0')
       if (u.pathname === '/stream') {
         // No content-length: a body that keeps coming.
         const timer = setInterval(() => res.write('x'.repeat(64 * 1024)), 1)
@@ -481,6 +483,17 @@ describe('HTTP from a JavaScript component: componentize-js\'s own fetch() over 
     expect(posts.code).toBe('OUT_OF_MEMORY')
     // Within the budget, as before.
     expect(await ex.execute(d, { url: `${base}/later`, post: { n: 2, size: 8 * 1024 * 1024 } })).toEqual({ statuses: [200, 200] })
+  })
+
+  it('large bodies and many fetches: the pollable componentize-js keeps per 8 KiB read is not counted against the resource cap', async () => {
+    // Counted, a 16 MiB body (2,048 reads) or an actor's 16th fetch of 1 MiB trapped with "resource
+    // table has no free keys". Those pollables are paid for from maxMemoryMB instead (see README).
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'], maxResponseBytes: 32 << 20 }, { fetch: built('js/fetch.wasm') })
+    const d = def('fetch', { ...NET, limits: { maxMemoryMB: 128 } })
+    expect(await ex.execute(d, { url: `${base}/spaces?n=${17 << 20}` })).toMatchObject({ status: 200, body: 0 })
+    for (let i = 0; i < 24; i++) {
+      expect(await ex.execute(d, { url: `${base}/spaces?n=${1 << 20}` }, { actorId: 'reader' })).toMatchObject({ status: 200, body: 0 })
+    }
   })
 
   it('a component importing wasi:http runs only with capabilities.network and options.network', async () => {

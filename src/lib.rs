@@ -45,6 +45,7 @@ pub mod modules;
 pub mod name_section;
 pub mod network;
 pub mod open_files;
+pub mod pollables;
 pub mod options;
 pub mod output;
 pub mod permit;

@@ -115,6 +115,8 @@ pub struct ComponentWasi {
     pub table: ResourceTable,
     pub http: WasiHttpCtx,
     pub held: Arc<HeldBytes>,
+    /// The table's slots held for pollables (see `pollables`).
+    pub pollables: crate::pollables::PollableSlots,
 }
 
 impl ComponentWasi {
@@ -122,20 +124,19 @@ impl ComponentWasi {
         // Resources a guest may hold at once (streams, requests, pollables): bounded.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
-        ComponentWasi { ctx, table, http: WasiHttpCtx::new(), held: Default::default() }
+        ComponentWasi { ctx, table, http: WasiHttpCtx::new(), held: Default::default(), pollables: Default::default() }
     }
 }
 
-impl HostState {
-    fn component_wasi(&mut self) -> &mut ComponentWasi {
-        // Every component store gets its context at instantiation; an empty one stands in.
-        self.component.get_or_insert_with(|| Box::new(ComponentWasi::new(WasiCtx::builder().build())))
-    }
+/// A store's component context: every component store gets its own at instantiation; an empty one
+/// stands in.
+pub(crate) fn component_wasi(component: &mut Option<Box<ComponentWasi>>) -> &mut ComponentWasi {
+    component.get_or_insert_with(|| Box::new(ComponentWasi::new(WasiCtx::builder().build())))
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let c = self.component_wasi();
+        let c = component_wasi(&mut self.component);
         WasiCtxView { ctx: &mut c.ctx, table: &mut c.table }
     }
 }
@@ -143,7 +144,7 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         let HostState { component, access, limiter, .. } = self;
-        let c = component.get_or_insert_with(|| Box::new(ComponentWasi::new(WasiCtx::builder().build())));
+        let c = component_wasi(component);
         c.held.cap.store(limiter.max_bytes(), Ordering::Relaxed);
         access.http_held = Some(c.held.clone());
         WasiHttpCtxView { hooks: access, table: &mut c.table, ctx: &mut c.http }
