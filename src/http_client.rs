@@ -122,18 +122,20 @@ impl HttpResponse {
         if bytes > max_bytes {
             return Err(ExecError::OutOfMemory { limit_bytes: max_bytes, requested_bytes: bytes });
         }
-        Ok(Self::json_text(self.status, &headers, &self.body))
+        // `m.utf8` is the text's length but for its keys and the status (35 bytes at most).
+        Ok(Self::json_text(self.status, &headers, &self.body, m.utf8.saturating_add(40) as usize))
     }
 
     /// `{"status": 200, "headers": {name: value}, "body": "text"}` (the body as UTF-8, with
     /// U+FFFD for bytes that are not).
     pub fn to_json(&self) -> String {
-        Self::json_text(self.status, &self.merged_headers(), &self.body)
+        Self::json_text(self.status, &self.merged_headers(), &self.body, self.body.len() + 64)
     }
 
     /// The response's JSON text, written straight from its parts (the body's text with U+FFFD
-    /// in place is never made whole on its own).
-    fn json_text(status: u16, headers: &serde_json::Map<String, serde_json::Value>, body: &[u8]) -> String {
+    /// in place is never made whole on its own) into `capacity` bytes made at once (grown, a
+    /// large body's text had taken up to twice its length).
+    fn json_text(status: u16, headers: &serde_json::Map<String, serde_json::Value>, body: &[u8], capacity: usize) -> String {
         /// Writes a JSON string's contents: what serde_json writes, but its quotes.
         struct Contents<'a>(&'a mut Vec<u8>, bool);
         impl std::io::Write for Contents<'_> {
@@ -148,7 +150,8 @@ impl HttpResponse {
         }
         // The keys in the order they always came (a JSON value's, sorted), for guests that pass
         // the text on as it is.
-        let mut out = b"{\"body\":\"".to_vec();
+        let mut out = Vec::with_capacity(capacity);
+        out.extend_from_slice(b"{\"body\":\"");
         for chunk in body.utf8_chunks() {
             let _ = serde_json::to_writer(Contents(&mut out, true), chunk.valid());
             out.pop();
@@ -533,5 +536,15 @@ mod tests {
         assert!(text.len() > 3000 && text.encode_utf16().count() < 1100);
         assert_eq!(lossy.to_json_within(text.len() as u64 + 64, TextUnits::Utf16).map(|t| t == text), Ok(true));
         assert_eq!(lossy.to_json_within(text.len() as u64 - 100, TextUnits::Utf16).map_err(|e| e.code()), Err("OUT_OF_MEMORY"));
+    }
+
+    #[test]
+    fn a_response_text_is_made_in_one_allocation_of_its_size() {
+        // Grown as it was written, a 1 MiB body's text took 2 MiB (AJF1: host memory of a response).
+        for body in [vec![b'x'; 1 << 20], vec![0xff; 100_000], "😀".repeat(50_000).into_bytes(), vec![1; 10_000]] {
+            let resp = HttpResponse { status: 200, headers: vec![("content-type".into(), "text/plain".into())], body };
+            let text = resp.to_json_within(u64::MAX, TextUnits::Utf8).expect("fits");
+            assert!(text.capacity() >= text.len() && text.capacity() <= text.len() + 64, "{} of {}", text.capacity(), text.len());
+        }
     }
 }
