@@ -146,6 +146,9 @@ pub(crate) fn too_large(key: &str, size: u64, max_bytes: u64) -> ExecError {
     ))
 }
 
+/// How long a write whose answer said it failed is read back while the store cannot be read.
+pub const READ_BACK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An actor store on object_store.
 pub struct ObjectActorStore {
     source: Arc<ObjectSource>,
@@ -234,9 +237,13 @@ impl ActorStore for ObjectActorStore {
                 // Failed as far as this answer says; but a retry meeting our own first attempt
                 // fails its condition, and a lost answer may hide a write that landed.
                 Err(e) => match self.stored_by(&path, &id).await {
-                    Some(saved) => Ok(saved),
-                    None if matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Err(conflict(key, e)),
-                    None => Err(unavailable(key, e)),
+                    Ok(Some(saved)) => Ok(saved),
+                    Ok(None) if matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Err(conflict(key, e)),
+                    Ok(None) => Err(unavailable(key, e)),
+                    Err(unread) => Err(unavailable(
+                        key,
+                        format!("{e}; whether the write landed could not be read back for {} s ({unread}): it may have", READ_BACK_PATIENCE.as_secs()),
+                    )),
                 },
             }
         })
@@ -271,13 +278,29 @@ impl ObjectActorStore {
 
     /// Whether the write `id` landed, read back after its answer said it failed: `Current` if it
     /// is the stored object, `Superseded` if writes of other workers have landed on top of it;
-    /// `None` if it is not among the stored object's writes (or they cannot be read).
-    async fn stored_by(&self, path: &object_store::path::Path, id: &str) -> Option<Saved> {
-        let stored = self.head(path).await.ok()??;
-        match stored.writes.iter().position(|w| w == id)? {
-            0 => Some(Saved::Current(stored)),
-            _ => Some(Saved::Superseded),
-        }
+    /// `None` if it is not among the stored object's writes. A read that fails is tried again
+    /// for `READ_BACK_PATIENCE` (a call's deadline may end the wait sooner): taken as "not
+    /// stored", a write that had landed was reported failed and its retry applied it twice
+    /// (review AK: 11 for 10 steps).
+    async fn stored_by(&self, path: &object_store::path::Path, id: &str) -> Result<Option<Saved>, object_store::Error> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        let stored = loop {
+            match self.head(path).await {
+                Ok(stored) => break stored,
+                Err(e) if started.elapsed() + pause > READ_BACK_PATIENCE => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        };
+        let Some(stored) = stored else { return Ok(None) };
+        Ok(match stored.writes.iter().position(|w| w == id) {
+            Some(0) => Some(Saved::Current(stored)),
+            Some(_) => Some(Saved::Superseded),
+            None => None,
+        })
     }
 }
 

@@ -444,8 +444,15 @@ fn settle(
             held.guard.persisted = None;
             Err(e)
         }
-        // Not stored: the call does not count; the last stored state (the shadow) stays.
-        Err(e) => Err(e),
+        // Not stored, or not known to be (its outcome could not be read back): the call fails,
+        // and the actor's next call reloads the store's state, the last stored one or this one
+        // if it landed after all (kept here, the shadow made that call's write a spurious
+        // `ACTOR_CONFLICT` whenever it had: review AK).
+        Err(e) => {
+            held.guard.shadow = None;
+            held.guard.persisted = None;
+            Err(e)
+        }
     }
 }
 
