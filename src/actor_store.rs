@@ -171,30 +171,42 @@ impl ObjectActorStore {
     }
 
     /// Once per store: a create-only write made twice must be refused the second time, or the
-    /// store ignores conditions and ownership cannot hold.
+    /// store ignores conditions and ownership cannot hold. Only an answer is kept (the store
+    /// takes conditions, or it ignores them); a failure on the way is tried again by the next
+    /// use (kept, one outage at an executor's start, or one lost answer, had its actor store
+    /// fail every call until a restart: review AK).
     async fn ensure_conditional(&self) -> Result<(), ExecError> {
-        self.checked
-            .get_or_init(|| async {
-                let mut nonce = [0u8; 8];
-                getrandom::fill(&mut nonce).map_err(ExecError::internal)?;
-                let key = format!("actors/.conditional-probe-{}", hex(&nonce));
-                let store = self.source.object_store();
-                let path = self.source.path(&key)?;
-                let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
-                store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await.map_err(|e| unavailable(&key, e))?;
-                let second = store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await;
+        self.checked.get_or_try_init(|| self.probe_conditional()).await?.clone()
+    }
+
+    /// The probe: `Ok(answer)`, or the failure that kept it from one.
+    async fn probe_conditional(&self) -> Result<Result<(), ExecError>, ExecError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(ExecError::internal)?;
+        let key = format!("actors/.conditional-probe-{}", hex(&nonce));
+        let store = self.source.object_store();
+        let path = self.source.path(&key)?;
+        let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        let first = store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await;
+        let second = match first {
+            Ok(_) => store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await,
+            // The key is this probe's own: refused, the first attempt's answer was lost and the
+            // client's retry met it (the store took the condition).
+            Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => Err(e),
+            Err(e) => {
                 let _ = store.delete(&path).await;
-                match second {
-                    Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
-                    Err(object_store::Error::NotImplemented { .. }) | Ok(_) => Err(ExecError::InvalidArgument(format!(
-                        "options.actorStore {}: the store accepted a create-only write of an existing object; it ignores conditional writes, so two workers could both advance an actor",
-                        self.source.url()
-                    ))),
-                    Err(e) => Err(unavailable(&key, e)),
-                }
-            })
-            .await
-            .clone()
+                return Err(unavailable(&key, e));
+            }
+        };
+        let _ = store.delete(&path).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(Ok(())),
+            Err(object_store::Error::NotImplemented { .. }) | Ok(_) => Ok(Err(ExecError::InvalidArgument(format!(
+                "options.actorStore {}: the store accepted a create-only write of an existing object; it ignores conditional writes, so two workers could both advance an actor",
+                self.source.url()
+            )))),
+            Err(e) => Err(unavailable(&key, e)),
+        }
     }
 }
 
