@@ -417,6 +417,10 @@ impl Drop for Unsure<'_> {
     }
 }
 
+/// How many times a restore is stored over a newer state before it gives up (other workers
+/// storing in between each time).
+const RESTORE_TRIES: u32 = 4;
+
 /// Applies the outcome of a snapshot write to the actor.
 fn settle(
     held: &mut Held,
@@ -525,12 +529,34 @@ impl Executor {
         let mut fresh = instantiate(&module, &p, budget, &cancel, None, true).await?;
         fresh.restore(&state).await?;
         if let Some(d) = &p.durable {
-            // Stored over whatever is there (the caller said this is the state).
-            let expected = match held.guard.persisted.clone() {
-                Some(v) => Some(v),
-                None => d.store.version(&d.key).await?,
+            // Stored over whatever is there (the caller said this is the state), also over a
+            // newer state another worker stored since this one last loaded or stored (kept
+            // expecting its own version, a stale holder's restore was ACTOR_CONFLICT for good:
+            // review AK). Failed, its outcome may be unknown: the state here is forgotten.
+            let persisted = held.guard.persisted.clone();
+            let saved = async {
+                let mut expected = match persisted {
+                    Some(v) => Some(v),
+                    None => d.store.version(&d.key).await?,
+                };
+                for tries in 1.. {
+                    match d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await {
+                        Err(ExecError::ActorConflict(_)) if tries < RESTORE_TRIES => expected = d.store.version(&d.key).await?,
+                        saved => return saved,
+                    }
+                }
+                unreachable!("the loop returns")
+            }
+            .await;
+            let saved = match saved {
+                Ok(saved) => saved,
+                Err(e) => {
+                    held.guard.instance = None;
+                    held.guard.shadow = None;
+                    held.guard.persisted = None;
+                    return Err(e);
+                }
             };
-            let saved = d.store.save(&d.key, bytes.to_vec(), expected.as_ref()).await?;
             // What was stored is the actor's state now, dropped before or not.
             d.pending.set_undeleted(&d.key, None);
             let Some(version) = saved.current() else {
