@@ -1,9 +1,8 @@
 //! The network capability's HTTP client (see `network` for the grant and its rules): a guest's
-//! request as JSON, sent by the executor's reqwest clients (`http_pool`), whose resolver refuses
+//! request as JSON, sent by the executor's reqwest clients (`http_pool`), whose resolver (`resolver`) refuses
 //! restricted addresses; redirects followed here, each hop checked as the first; caps and
 //! timeouts on the way.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use reqwest::Url;
 
 use crate::error::ExecError;
 use crate::http_pool::{Pool, IDLE_TIMEOUT};
-use crate::network::{check_url, restricted, NetworkConfig, Refused};
+use crate::network::{check_url, NetworkConfig, Refused};
 
 /// A guest's HTTP request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -208,31 +207,6 @@ impl HttpResponse {
     }
 }
 
-/// Resolves names with the system resolver and refuses any that reaches a restricted address.
-struct GuardedResolver;
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().trim_end_matches('.').to_string();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves to no address").into());
-            }
-            if let Some((ip, why)) = addrs.iter().find_map(|a| restricted(a.ip()).map(|w| (a.ip(), w))) {
-                let refused = Refused {
-                    host: host.clone(),
-                    message: format!(
-                        "{host} resolves to {ip}, a {why} address; only an allowedHosts entry naming that IP literally reaches it"
-                    ),
-                };
-                return Err(Box::new(refused) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// The executor's network: its grant and its HTTP client (connections pooled across calls, to a
 /// bounded number of hosts: `http_pool`).
 pub struct Network {
@@ -250,7 +224,9 @@ impl std::fmt::Debug for Network {
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Arc<Network>, ExecError> {
         let config = Arc::new(config);
-        let pool = Pool::new(|idle| client(&config, idle))?;
+        // Both of its clients take their turns from one set (see `resolver`).
+        let lookups = crate::resolver::Lookups::default();
+        let pool = Pool::new(|idle| client(&config, idle, &lookups))?;
         Ok(Arc::new(Network { config, pool }))
     }
 
@@ -261,12 +237,12 @@ impl Network {
 }
 
 /// One client of the network, keeping at most `idle` idle connections per host: names resolved
-/// by `GuardedResolver`; no redirect followed (`send` follows them, each hop checked and sent
+/// by `resolver::GuardedResolver`; no redirect followed (`send` follows them, each hop checked and sent
 /// through its own host's client).
-fn client(config: &NetworkConfig, idle: usize) -> Result<reqwest::Client, ExecError> {
+fn client(config: &NetworkConfig, idle: usize, lookups: &crate::resolver::Lookups) -> Result<reqwest::Client, ExecError> {
     reqwest::Client::builder()
         .no_proxy()
-        .dns_resolver(Arc::new(GuardedResolver))
+        .dns_resolver(Arc::new(crate::resolver::GuardedResolver { lookups: lookups.clone() }))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.timeout)
         .pool_idle_timeout(IDLE_TIMEOUT)

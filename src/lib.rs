@@ -51,6 +51,7 @@ pub mod output;
 pub mod permit;
 pub mod reaper;
 pub mod refused_compiles;
+pub mod resolver;
 pub mod replay;
 pub mod runtime;
 pub mod sealed_copy;
