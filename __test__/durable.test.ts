@@ -403,6 +403,19 @@ describe('an actor store on S3 whose answers get lost (moto behind a lossy proxy
     expect(await step(await executor(s3.port), 'h', 'get')).toMatchObject({ count: 4 })
   })
 
+  it("the store's timeoutMs bounds a write whose answer hangs; the write is then read back (review AK: 12 s under timeoutMs 1000)", async () => {
+    let held = 0
+    lose = (m, p) => snapshotPut(m, p) && held++ === 0 && (() => new Promise<void>((r) => setTimeout(r, 4000)))
+    const ex = new WasmActivityExecutor(await counterStore(), {
+      actorStore: new ObjectBlobStore('s3://lossy/loom', { ...options(), timeoutMs: '500' }),
+    })
+    const t0 = performance.now()
+    expect(await step(ex, 't')).toMatchObject({ count: 1 }) // it landed: found by the read-back
+    expect(performance.now() - t0).toBeLessThan(3000)
+    lose = () => false
+    expect(await step(ex, 't')).toMatchObject({ count: 2 })
+  })
+
   it("a failure of the first use's check that the store takes conditions is tried again, not kept (review AK: the store failed every call)", async () => {
     const probe = (m: string, p: string) => m === 'PUT' && p.includes('conditional-probe')
     let n = 0

@@ -187,18 +187,18 @@ impl ObjectActorStore {
         let store = self.source.object_store();
         let path = self.source.path(&key)?;
         let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
-        let first = store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await;
+        let first = self.within(store.put_opts(&path, PutPayload::from_static(b"probe"), create())).await;
         let second = match first {
-            Ok(_) => store.put_opts(&path, PutPayload::from_static(b"probe"), create()).await,
+            Ok(_) => self.within(store.put_opts(&path, PutPayload::from_static(b"probe"), create())).await,
             // The key is this probe's own: refused, the first attempt's answer was lost and the
             // client's retry met it (the store took the condition).
             Err(e @ (object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => Err(e),
             Err(e) => {
-                let _ = store.delete(&path).await;
+                let _ = self.within(store.delete(&path)).await;
                 return Err(unavailable(&key, e));
             }
         };
-        let _ = store.delete(&path).await;
+        let _ = self.within(store.delete(&path)).await;
         match second {
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(Ok(())),
             Err(object_store::Error::NotImplemented { .. }) | Ok(_) => Ok(Err(ExecError::InvalidArgument(format!(
@@ -215,13 +215,16 @@ impl ActorStore for ObjectActorStore {
         Box::pin(async move {
             self.ensure_conditional().await?;
             let path = self.source.path(key)?;
-            match self.source.object_store().get(&path).await {
-                Ok(r) if r.meta.size > max_bytes => Err(too_large(key, r.meta.size, max_bytes)),
-                Ok(r) => {
-                    let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) };
-                    let bytes = r.bytes().await.map_err(|e| unavailable(key, e))?;
-                    Ok(Some((bytes.to_vec(), version)))
+            let read = self.within(async {
+                let r = self.source.object_store().get(&path).await?;
+                if r.meta.size > max_bytes {
+                    return Ok(Err(too_large(key, r.meta.size, max_bytes)));
                 }
+                let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) };
+                Ok(Ok((r.bytes().await?.to_vec(), version)))
+            });
+            match read.await {
+                Ok(read) => read.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(unavailable(key, e)),
             }
@@ -244,7 +247,8 @@ impl ActorStore for ObjectActorStore {
             let mut attributes = Attributes::new();
             attributes.insert(Attribute::Metadata(WRITES.into()), writes.join(",").into());
             let put = PutOptions { mode, attributes, ..Default::default() };
-            match self.source.object_store().put_opts(&path, PutPayload::from(bytes), put).await {
+            // Past `timeoutMs` its outcome is unknown as after a lost answer: read back below.
+            match self.within(self.source.object_store().put_opts(&path, PutPayload::from(bytes), put)).await {
                 Ok(r) => Ok(Saved::Current(Version { e_tag: r.e_tag, version: r.version, writes })),
                 // Failed as far as this answer says; but a retry meeting our own first attempt
                 // fails its condition, and a lost answer may hide a write that landed.
@@ -279,9 +283,19 @@ impl ActorStore for ObjectActorStore {
 }
 
 impl ObjectActorStore {
+    /// One operation under the store's `timeoutMs` (object_store's client bounds its retries by
+    /// it, not a request that hangs: review AK saw a held write take 12 s under `timeoutMs: 1000`).
+    async fn within<T>(&self, op: impl std::future::Future<Output = Result<T, object_store::Error>>) -> Result<T, object_store::Error> {
+        let limit = self.source.timeout();
+        match tokio::time::timeout(limit, op).await {
+            Ok(done) => done,
+            Err(_) => Err(object_store::Error::Generic { store: "actor store", source: format!("timed out after {} ms", limit.as_millis()).into() }),
+        }
+    }
+
     /// The stored object's version, with its write ids (`None`: none stored).
     async fn head(&self, path: &object_store::path::Path) -> Result<Option<Version>, object_store::Error> {
-        match self.source.object_store().get_opts(path, GetOptions { head: true, ..Default::default() }).await {
+        match self.within(self.source.object_store().get_opts(path, GetOptions { head: true, ..Default::default() })).await {
             Ok(r) => Ok(Some(Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),

@@ -229,6 +229,11 @@ impl ObjectSource {
     }
 
     /// The underlying object store (for conditional writes).
+    /// How long one operation may take (`timeoutMs`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
