@@ -435,6 +435,19 @@ describe('an actor store on S3 whose answers get lost (moto behind a lossy proxy
     expect(await step(ex, 't')).toMatchObject({ count: 2 })
   })
 
+  it('calls waiting on the actor store hold no concurrency slot: a stateless call goes first (review AK: it waited 3.2 s behind them)', async () => {
+    lose = (m, p) => snapshotPut(m, p) && (() => new Promise<void>((r) => setTimeout(r, 800))) // answers late (then lost: read back)
+    const ex = new WasmActivityExecutor(await counterStore(), { maxConcurrency: 2, actorStore: new ObjectBlobStore('s3://lossy/loom', options()) })
+    const order: string[] = []
+    const durable = Array.from({ length: 6 }, (_, i) => step(ex, `slot-${i}`).then(() => order.push(`durable ${i}`)))
+    await new Promise((r) => setTimeout(r, 300)) // all six are writing now
+    await ex.execute(def('counter'), { action: 'get' }).then(() => order.push('stateless'))
+    await Promise.all(durable)
+    lose = () => false
+    expect(order[0]).toBe('stateless')
+    expect(order.length).toBe(7)
+  })
+
   it("a failure of the first use's check that the store takes conditions is tried again, not kept (review AK: the store failed every call)", async () => {
     const probe = (m: string, p: string) => m === 'PUT' && p.includes('conditional-probe')
     let n = 0

@@ -304,11 +304,11 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
     let image = initial_image(module, p, cancel).await?;
     // Dropped, but its delete failed: delete first; the call fails while it cannot (a dropped
     // actor's state must not come back).
-    if delete_dropped(d).await? == Dropped::Deleted {
+    if off_slot(p, delete_dropped(d)).await? == Dropped::Deleted {
         held.guard.persisted = None;
         return Ok(());
     }
-    let Some((bytes, version)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? else {
+    let Some((bytes, version)) = off_slot(p, d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes))).await? else {
         held.guard.persisted = None;
         return Ok(());
     };
@@ -317,6 +317,16 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
     held.guard.pristine = false;
     held.guard.persisted = Some(version);
     Ok(())
+}
+
+/// Store I/O of a call, without its concurrency slot: `maxConcurrency` counts calls running guest
+/// code (held, 20 durable calls writing to a slow store held up a stateless call 3.2 s at
+/// `maxConcurrency: 2`: review AK).
+async fn off_slot<F: Future>(p: &Prepared, io: F) -> F::Output {
+    match &p.ctx.access.permit {
+        Some(slot) => slot.without(io).await,
+        None => io.await,
+    }
 }
 
 /// What `delete_dropped` found.
@@ -369,6 +379,10 @@ pub(crate) async fn persist(
     let state = instance.capture()?;
     let bytes = snapshot::encode(&module.digest, &state, &initial_image(module, p, cancel).await?);
     let expected = held.guard.persisted.clone();
+    // No guest code runs after this: the slot goes to the next call while the store writes.
+    if let Some(slot) = &p.ctx.access.permit {
+        slot.release();
+    }
     match d.persist {
         Persist::Sync => {
             let unsure = Unsure(Some(&mut held));

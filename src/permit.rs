@@ -17,6 +17,11 @@ impl PermitSlot {
         Arc::new(PermitSlot { sem, held: Mutex::new(Some(permit)) })
     }
 
+    /// Gives the slot back for good (the call runs no more guest code).
+    pub fn release(&self) {
+        drop(self.held.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
     /// Runs `wait` without the slot, then takes a slot again (in line with calls that want one)
     /// before the guest goes on.
     pub async fn without<F: Future>(&self, wait: F) -> F::Output {
