@@ -195,10 +195,6 @@ impl GuestInstance {
             Code::Component(pre) => {
                 store.data_mut().component = Some(Box::new(crate::wasi_http::ComponentWasi::new(grants.wasi_p2_context(ctx.det.as_ref())?)));
                 store.data_mut().paths = grants.path_lock();
-                // Handles past wasmtime's default of 100,000: pollables, paid for from
-                // `maxMemoryMB` (`pollables`), run out with the budget, not before it (an actor
-                // fetching 1 MiB a call trapped at its 770th call, review AK).
-                store.set_max_component_handles(crate::pollables::max_handles(limits.max_memory_bytes));
                 let instance = pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
                 (None, Entry::Component(component::execute_of(&instance, &mut store)?))
             }
