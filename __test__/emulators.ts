@@ -115,6 +115,7 @@ export async function startMoto(bucket: string): Promise<Service> {
 export async function startLossyProxy(
   targetPort: number,
   lose: (method: string, path: string) => boolean | ((status: number) => Promise<void>),
+  strip: string[] = [], // request headers not passed on (a store that ignores them)
 ): Promise<Service> {
   const http = await import('node:http')
   const server = http.createServer((req, res) => {
@@ -122,6 +123,7 @@ export async function startLossyProxy(
     req.on('data', (c) => chunks.push(c))
     req.on('end', () => {
       const verdict = lose(req.method ?? 'GET', req.url ?? '/')
+      for (const h of strip) delete req.headers[h]
       const upstream = http.request(
         { host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers },
         (answer) => {
