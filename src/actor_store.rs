@@ -80,6 +80,12 @@ pub trait ActorStore: Send + Sync {
     /// Stores `bytes` if the stored version is still `expected` (`None`: only if there is none).
     /// `ACTOR_CONFLICT` otherwise; what it did on success.
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>>;
+    /// As `save`, for a write no call waits on (`persist: 'async'`): one whose answer was lost is
+    /// read back once, not waited on while the store cannot be read (an outage held `close()`
+    /// and the actor's line 30 s, with a read every half second per write: review AK's follow-up).
+    fn save_unwaited<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
+        self.save(key, bytes, expected)
+    }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
     /// Deletes the stored snapshot only if it is still `version` (a dropped actor's, whose first
     /// delete failed): true if none of that version is stored any more (deleted now, or gone),
@@ -263,37 +269,11 @@ impl ActorStore for ObjectActorStore {
     }
 
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
-        Box::pin(async move {
-            self.ensure_conditional().await?;
-            let path = self.source.path(key)?;
-            let mode = match expected {
-                None => PutMode::Create,
-                Some(v) => PutMode::Update(UpdateVersion { e_tag: v.e_tag.clone(), version: v.version.clone() }),
-            };
-            let mut nonce = [0u8; 8];
-            getrandom::fill(&mut nonce).map_err(ExecError::internal)?;
-            let id = hex(&nonce);
-            let before = expected.map(|v| v.writes.as_slice()).unwrap_or_default();
-            let writes: Vec<String> = std::iter::once(&id).chain(before.iter().take(KEPT_WRITES - 1)).cloned().collect();
-            let mut attributes = Attributes::new();
-            attributes.insert(Attribute::Metadata(WRITES.into()), writes.join(",").into());
-            let put = PutOptions { mode, attributes, ..Default::default() };
-            // Past `timeoutMs` its outcome is unknown as after a lost answer: read back below.
-            match self.within(self.source.object_store().put_opts(&path, PutPayload::from(bytes), put)).await {
-                Ok(r) => Ok(Saved::Current(Version { e_tag: r.e_tag, version: r.version, writes })),
-                // Failed as far as this answer says; but a retry meeting our own first attempt
-                // fails its condition, and a lost answer may hide a write that landed.
-                Err(e) => match self.stored_by(&path, &id).await {
-                    Ok(Some(saved)) => Ok(saved),
-                    Ok(None) if matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Err(conflict(key, e)),
-                    Ok(None) => Err(unavailable(key, e)),
-                    Err(unread) => Err(unavailable(
-                        key,
-                        format!("{e}; whether the write landed could not be read back for {} s ({unread}): it may have", READ_BACK_PATIENCE.as_secs()),
-                    )),
-                },
-            }
-        })
+        Box::pin(self.save_reading_back(key, bytes, expected, READ_BACK_PATIENCE))
+    }
+
+    fn save_unwaited<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
+        Box::pin(self.save_reading_back(key, bytes, expected, std::time::Duration::ZERO))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
@@ -314,6 +294,39 @@ impl ActorStore for ObjectActorStore {
 }
 
 impl ObjectActorStore {
+    /// `save`, reading a write whose answer said it failed back for up to `patience`.
+    async fn save_reading_back(&self, key: &str, bytes: Vec<u8>, expected: Option<&Version>, patience: std::time::Duration) -> Result<Saved, ExecError> {
+        self.ensure_conditional().await?;
+        let path = self.source.path(key)?;
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(UpdateVersion { e_tag: v.e_tag.clone(), version: v.version.clone() }),
+        };
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(ExecError::internal)?;
+        let id = hex(&nonce);
+        let before = expected.map(|v| v.writes.as_slice()).unwrap_or_default();
+        let writes: Vec<String> = std::iter::once(&id).chain(before.iter().take(KEPT_WRITES - 1)).cloned().collect();
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::Metadata(WRITES.into()), writes.join(",").into());
+        let put = PutOptions { mode, attributes, ..Default::default() };
+        // Past `timeoutMs` its outcome is unknown as after a lost answer: read back below.
+        match self.within(self.source.object_store().put_opts(&path, PutPayload::from(bytes), put)).await {
+            Ok(r) => Ok(Saved::Current(Version { e_tag: r.e_tag, version: r.version, writes })),
+            // Failed as far as this answer says; but a retry meeting our own first attempt
+            // fails its condition, and a lost answer may hide a write that landed.
+            Err(e) => match self.stored_by(&path, &id, patience).await {
+                Ok(Some(saved)) => Ok(saved),
+                Ok(None) if matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Err(conflict(key, e)),
+                Ok(None) => Err(unavailable(key, e)),
+                Err(unread) => Err(unavailable(
+                    key,
+                    format!("{e}; whether the write landed could not be read back ({unread}): it may have"),
+                )),
+            },
+        }
+    }
+
     /// One operation under the store's `timeoutMs` (object_store's client bounds its retries by
     /// it, not a request that hangs: review AK saw a held write take 12 s under `timeoutMs: 1000`).
     async fn within<T>(&self, op: impl std::future::Future<Output = Result<T, object_store::Error>>) -> Result<T, object_store::Error> {
@@ -336,16 +349,16 @@ impl ObjectActorStore {
     /// Whether the write `id` landed, read back after its answer said it failed: `Current` if it
     /// is the stored object, `Superseded` if writes of other workers have landed on top of it;
     /// `None` if it is not among the stored object's writes. A read that fails is tried again
-    /// for `READ_BACK_PATIENCE` (a call's deadline may end the wait sooner): taken as "not
+    /// for `patience` (a call's deadline may end the wait sooner): taken as "not
     /// stored", a write that had landed was reported failed and its retry applied it twice
     /// (review AK: 11 for 10 steps).
-    async fn stored_by(&self, path: &object_store::path::Path, id: &str) -> Result<Option<Saved>, object_store::Error> {
+    async fn stored_by(&self, path: &object_store::path::Path, id: &str, patience: std::time::Duration) -> Result<Option<Saved>, object_store::Error> {
         let started = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(50);
         let stored = loop {
             match self.head(path).await {
                 Ok(stored) => break stored,
-                Err(e) if started.elapsed() + pause > READ_BACK_PATIENCE => return Err(e),
+                Err(e) if started.elapsed() + pause > patience => return Err(e),
                 Err(_) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(2));

@@ -398,7 +398,7 @@ pub(crate) async fn persist(
             // Ordered: the task holds the actor's line until the write is done.
             let job = async move {
                 let _write = write;
-                let saved = store.save(&key, bytes, expected.as_ref()).await;
+                let saved = store.save_unwaited(&key, bytes, expected.as_ref()).await;
                 if let Err(e) = settle(&mut held, saved, instance, (digest, state)) {
                     if let Some(sink) = log {
                         sink.warn(&format!("actor snapshot {key} was not stored (persist: 'async'): {e}"));
@@ -548,7 +548,9 @@ impl Executor {
             // expecting its own version, a stale holder's restore was ACTOR_CONFLICT for good:
             // review AK). Failed, its outcome may be unknown: the state here is forgotten.
             let persisted = held.guard.persisted.clone();
-            let saved = async {
+            // Ended by `close()` too (a write whose answer was lost, read back while the store
+            // could not be read, held `close()` 29 s: review AK's follow-up).
+            let saved = cancel.guard(async {
                 let mut expected = match persisted {
                     Some(v) => Some(v),
                     None => d.store.version(&d.key).await?,
@@ -560,8 +562,9 @@ impl Executor {
                     }
                 }
                 unreachable!("the loop returns")
-            }
-            .await;
+            })
+            .await
+            .and_then(|saved| saved);
             let saved = match saved {
                 Ok(saved) => saved,
                 Err(e) => {
