@@ -159,25 +159,6 @@ describe('an actor store on a local directory (file://)', () => {
     expect(await other.execute(def('counter'), { action: 'get' }, { actorId: 'f' })).toMatchObject({ count: 0 })
   })
 
-  it('a drop deletes the state this worker last had; a newer one another worker stored stays (review AK)', async () => {
-    // Taken from the store when the drop ran, the version deleted could be a step another
-    // worker acknowledged after dropActor had returned.
-    const store = await counterStore()
-    const url = `file://${mkdtempSync(join(tmpdir(), 'loom-actors-'))}`
-    const a = new WasmActivityExecutor(store, { actorStore: url })
-    const b = new WasmActivityExecutor(store, { actorStore: url })
-    const o = { actorId: 'k' }
-    expect(await a.execute(def('counter'), { action: 'increment', amount: 1 }, o)).toMatchObject({ count: 1 })
-    expect(await b.execute(def('counter'), { action: 'increment', amount: 1 }, o)).toMatchObject({ count: 2 })
-    a.dropActor(def('counter'), 'k')
-    await a.close() // its delete is done
-    const c = new WasmActivityExecutor(store, { actorStore: url })
-    expect(await c.execute(def('counter'), { action: 'get' }, o)).toMatchObject({ count: 2 })
-    // What this worker had is deleted.
-    c.dropActor(def('counter'), 'k')
-    expect(await c.execute(def('counter'), { action: 'get' }, o)).toMatchObject({ count: 0 })
-  })
-
   it('an actor dropped and made anew elsewhere: a worker still holding its old state gets ACTOR_CONFLICT', async () => {
     // The file store's versions counted from 1 again after a delete: A's stale "version 1"
     // matched B's new actor, and A's write silently replaced B's state.

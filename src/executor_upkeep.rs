@@ -163,24 +163,20 @@ impl Executor {
                     }
                     return;
                 }
-                // The version of what is dropped: the last this executor loaded or stored, or,
-                // with none here, the store's now. Only that version is deleted, now and when
-                // retried: a newer one is another worker's and stays (taken from the store when
-                // the drop ran, a step another worker had acknowledged after `dropActor` returned
-                // was deleted: review AK).
-                let dropped = match held.guard.persisted.take().or(persisted) {
-                    Some(known) => Some(known),
-                    None => match d.store.version(&d.key).await {
-                        // Nothing stored: nothing to delete, and nothing left of an earlier drop
-                        // (review N: taken as "unknown", the next call deleted what another
-                        // worker stored after the drop).
-                        Ok(None) => {
-                            d.pending.set_undeleted(&d.key, None);
-                            return;
-                        }
-                        Ok(now) => now,
-                        Err(_) => None,
-                    },
+                // The version of what is dropped: the store's now, or, if it cannot say, the last
+                // this executor loaded or stored. Only that version is deleted, now and when
+                // retried: not what another worker stored since.
+                let known = held.guard.persisted.take().or(persisted);
+                let dropped = match d.store.version(&d.key).await {
+                    // Nothing stored: nothing to delete, and nothing left of an earlier drop
+                    // (review N: taken as "unknown", the next call deleted what another worker
+                    // stored after the drop).
+                    Ok(None) => {
+                        d.pending.set_undeleted(&d.key, None);
+                        return;
+                    }
+                    Ok(now) => now,
+                    Err(_) => known,
                 };
                 let deleted = match &dropped {
                     Some(version) => d.store.delete_if(&d.key, version).await.map(|_| ()),
