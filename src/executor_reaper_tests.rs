@@ -38,8 +38,10 @@ async fn instances_dropped_on_the_reapers_thread_leave_nothing_to_the_next_guest
     for call in calls {
         assert!(call.await.expect("task").iter().all(|o| o == "0"), "a concurrent call found a byte another guest wrote");
     }
-    // Most of them went to the reaper (the others found two waiting there and were dropped in
-    // place).
+    // Some of them went to the reaper, so the checks above covered its drops. How many depends on
+    // the scheduler: the reaper's thread runs at low priority, and on a loaded machine most calls
+    // find two waiting there and drop in place (94 of 600 on a clean-clone CI run, where this
+    // asked for 100 and failed).
     let went = crate::reaper::handed_over() - handed;
-    assert!(went >= 100, "{went} of 600 instances were handed to the reaper");
+    assert!(went > 0, "none of 600 instances was handed to the reaper");
 }
