@@ -262,8 +262,8 @@ impl std::fmt::Debug for Network {
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Arc<Network>, ExecError> {
         let config = Arc::new(config);
-        // Both of its clients take their turns from one set (see `resolver`).
-        let lookups = crate::resolver::Lookups::default();
+        // Both of its clients share one resolver (and its cache; see `resolver`).
+        let lookups = crate::resolver::Lookups::system();
         let pool = Pool::new(|idle| client(&config, idle, &lookups))?;
         Ok(Arc::new(Network { config, pool }))
     }

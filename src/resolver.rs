@@ -1,48 +1,67 @@
-//! The network capability's name resolution: the system resolver, with a bound on the lookups
-//! running at once, and names that reach a restricted address refused.
+//! The network capability's name resolution: an asynchronous resolver (hickory's, with the
+//! system's `/etc/resolv.conf` and hosts file), and names that reach a restricted address refused.
 //!
-//! `getaddrinfo` cannot be interrupted: a lookup that hangs holds its thread until the resolver's
-//! own timeouts end it, whatever became of its call. Unbounded, a guest allowed `*.domain` that
-//! asked for fresh names under a hung resolver filled the runtime's 512 blocking threads, which
-//! compiles and store I/O share: another executor's first compile waited 14-20 s, also after the
-//! attack and `close()` (review AK). Now an executor's network runs at most
-//! `LOOKUPS_PER_NETWORK` lookups at once and the process `LOOKUPS_PER_PROCESS`; a call waiting
-//! for its turn holds no thread and leaves the queue when it ends.
+//! The system resolver (`getaddrinfo`) cannot be interrupted: a lookup that hangs holds its thread
+//! until the resolver's own timeouts end it, whatever became of its call. Unbounded, a guest
+//! allowed `*.domain` that asked for fresh names under a hung resolver filled the runtime's 512
+//! blocking threads, which compiles and store I/O share (review AK). Bounded (8 lookups per
+//! executor, 32 per process), a burst of 8 calls to hung names froze every other lookup of the
+//! executor for the resolver's timeout, and four executors froze the process's (review AKF1: 9 s
+//! with glibc's defaults, for good under a sustained attack). A lookup here is a future: it holds
+//! no thread and no turn, and it ends, its socket closed, when its call ends. The thread-bound
+//! lookups with their turns stay only where the system's configuration cannot be read.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
+use hickory_resolver::TokioResolver;
 use tokio::sync::Semaphore;
 
 use crate::network::{restricted, Refused};
 
-/// Lookups one executor's network runs at once.
+/// Lookups one executor's network runs at once on threads (without the asynchronous resolver).
 pub const LOOKUPS_PER_NETWORK: usize = 8;
 
-/// Lookups the process runs at once, all executors together.
+/// Lookups the process runs at once on threads, all executors together.
 pub const LOOKUPS_PER_PROCESS: usize = 32;
+
+/// Answers the asynchronous resolver keeps (hickory's default is 32).
+const CACHED_ANSWERS: usize = 256;
 
 static PROCESS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(LOOKUPS_PER_PROCESS)));
 
-/// The turns of one executor's lookups.
+/// How one executor's network looks names up.
 #[derive(Clone)]
-pub struct Lookups {
-    network: Arc<Semaphore>,
-}
-
-impl Default for Lookups {
-    fn default() -> Self {
-        Lookups { network: Arc::new(Semaphore::new(LOOKUPS_PER_NETWORK)) }
-    }
+pub enum Lookups {
+    /// As futures, with the system's configuration.
+    Async(TokioResolver),
+    /// With `getaddrinfo` on blocking threads, taking turns: at most `LOOKUPS_PER_NETWORK` here.
+    Threads(Arc<Semaphore>),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Lookups {
+    /// The asynchronous resolver with the system's configuration, else lookups on threads.
+    pub fn system() -> Lookups {
+        match TokioResolver::builder_tokio() {
+            Ok(mut b) => {
+                b.options_mut().cache_size = CACHED_ANSWERS;
+                Lookups::Async(b.build())
+            }
+            Err(_) => Lookups::threads(),
+        }
+    }
+
+    /// Lookups on threads, in turn.
+    pub fn threads() -> Lookups {
+        Lookups::Threads(Arc::new(Semaphore::new(LOOKUPS_PER_NETWORK)))
+    }
+
     /// Runs `lookup` on a blocking thread in its turn; the turn is held until `lookup` returns,
     /// even past the end of the caller's future.
-    pub async fn run<T: Send + 'static>(&self, lookup: impl FnOnce() -> T + Send + 'static) -> Result<T, BoxError> {
-        let network = self.network.clone().acquire_owned().await?;
+    async fn on_thread<T: Send + 'static>(network: &Arc<Semaphore>, lookup: impl FnOnce() -> T + Send + 'static) -> Result<T, BoxError> {
+        let network = network.clone().acquire_owned().await?;
         let process = PROCESS.clone().acquire_owned().await?;
         Ok(tokio::task::spawn_blocking(move || {
             let _turns = (network, process);
@@ -50,10 +69,21 @@ impl Lookups {
         })
         .await?)
     }
+
+    /// The addresses of `host` (no trailing dot), port 0.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
+        match self {
+            Lookups::Async(resolver) => Ok(resolver.lookup_ip(host).await?.iter().map(|ip| SocketAddr::new(ip, 0)).collect()),
+            Lookups::Threads(network) => {
+                let name = host.to_string();
+                Ok(Self::on_thread(network, move || std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0)).map(Iterator::collect::<Vec<_>>))
+                    .await??)
+            }
+        }
+    }
 }
 
-/// Resolves names with the system resolver, in turn, and refuses any that reaches a restricted
-/// address.
+/// Resolves names, and refuses any that reaches a restricted address.
 pub struct GuardedResolver {
     pub lookups: Lookups,
 }
@@ -63,10 +93,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().trim_end_matches('.').to_string();
         let lookups = self.lookups.clone();
         Box::pin(async move {
-            let name = host.clone();
-            let addrs: Vec<SocketAddr> = lookups
-                .run(move || std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0)).map(Iterator::collect::<Vec<_>>))
-                .await??;
+            let addrs = lookups.addresses(&host).await?;
             if addrs.is_empty() {
                 return Err(format!("{host} resolves to no address").into());
             }
@@ -94,7 +121,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn hung_lookups_hold_at_most_their_turns_and_waiting_calls_hold_nothing() {
-        let lookups = Lookups::default();
+        let network = Arc::new(Semaphore::new(LOOKUPS_PER_NETWORK));
         let (running, most, started) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let hang = |running: Arc<AtomicUsize>, most: Arc<AtomicUsize>, started: Arc<AtomicUsize>| {
             move || {
@@ -108,8 +135,8 @@ mod tests {
         // 100 calls whose lookups hang, each given up by its call after 50 ms.
         let calls: Vec<_> = (0..100)
             .map(|_| {
-                let (l, f) = (lookups.clone(), hang(running.clone(), most.clone(), started.clone()));
-                tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(50), l.run(f)).await.is_err() })
+                let (n, f) = (network.clone(), hang(running.clone(), most.clone(), started.clone()));
+                tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(50), Lookups::on_thread(&n, f)).await.is_err() })
             })
             .collect();
         for c in calls {
@@ -119,9 +146,100 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), LOOKUPS_PER_NETWORK);
         assert_eq!(most.load(Ordering::SeqCst), LOOKUPS_PER_NETWORK);
         // Their turns come back when they return, not when their calls ended.
-        assert_eq!(lookups.network.available_permits(), 0);
+        assert_eq!(network.available_permits(), 0);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(lookups.network.available_permits(), LOOKUPS_PER_NETWORK);
-        assert_eq!(lookups.run(|| 7).await.expect("runs"), 7);
+        assert_eq!(network.available_permits(), LOOKUPS_PER_NETWORK);
+        assert_eq!(Lookups::on_thread(&network, || 7).await.expect("runs"), 7);
+    }
+
+    /// A DNS server on loopback for `lookups`: names starting with "hang" are never answered,
+    /// "loop" ones are 127.0.0.1, others 44.1.1.1 (A; no AAAA records). Counts the queries.
+    async fn fake_dns() -> (SocketAddr, Arc<AtomicUsize>) {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("binds");
+        let (addr, queries) = (socket.local_addr().expect("addr"), Arc::new(AtomicUsize::new(0)));
+        let counted = queries.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let q = &buf[..n];
+                let (mut i, mut first) = (12, String::new());
+                while i < n && q[i] != 0 {
+                    if first.is_empty() {
+                        first = String::from_utf8_lossy(&q[i + 1..i + 1 + q[i] as usize]).to_lowercase();
+                    }
+                    i += 1 + q[i] as usize;
+                }
+                if first.starts_with("hang") || i + 5 > n {
+                    continue;
+                }
+                let a = u16::from_be_bytes([q[i + 1], q[i + 2]]) == 1;
+                let mut r = q[..2].to_vec();
+                r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+                r.extend_from_slice(&q[12..i + 5]);
+                if a {
+                    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                    r.extend_from_slice(if first.starts_with("loop") { &[127, 0, 0, 1] } else { &[44, 1, 1, 1] });
+                }
+                let _ = socket.send_to(&r, from).await;
+            }
+        });
+        (addr, queries)
+    }
+
+    /// The asynchronous resolver asking only `server`, with a long timeout (30 s, 5 attempts: a
+    /// lookup of a hung name lasts minutes unless its caller ends it).
+    fn resolver_at(server: SocketAddr) -> Lookups {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        let mut config = ResolverConfig::new();
+        config.add_name_server(NameServerConfig::new(server, hickory_resolver::proto::xfer::Protocol::Udp));
+        let mut b = TokioResolver::builder_with_config(config, hickory_resolver::name_server::TokioConnectionProvider::default());
+        b.options_mut().timeout = Duration::from_secs(30);
+        b.options_mut().attempts = 5;
+        Lookups::Async(b.build())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lookups_of_hung_names_hold_nothing_other_lookups_wait_for() {
+        let (server, queries) = fake_dns().await;
+        let lookups = resolver_at(server);
+        // 200 lookups of names never answered, far past the 8 turns lookups on threads had.
+        let hung: Vec<_> = (0..200)
+            .map(|i| {
+                let l = lookups.clone();
+                tokio::spawn(async move { l.addresses(&format!("hang-{i}.test")).await.is_ok() })
+            })
+            .collect();
+        while queries.load(Ordering::SeqCst) < 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Other names are answered meanwhile, while every hung lookup is still waiting.
+        for i in 0..20 {
+            let got = lookups.addresses(&format!("pub-{i}.test")).await.expect("answered");
+            assert_eq!(got, vec![SocketAddr::from(([44, 1, 1, 1], 0))]);
+        }
+        assert!(hung.iter().all(|h| !h.is_finished()), "the hung lookups were still waiting");
+        // Their calls end: so do they, at once (a lookup on a thread ran on to the resolver's timeout).
+        for h in &hung {
+            h.abort();
+        }
+        for h in hung {
+            assert!(h.await.expect_err("ended by its caller").is_cancelled());
+        }
+        // A name reaching a restricted address is refused through this resolver too.
+        let resolver = GuardedResolver { lookups };
+        let name: reqwest::dns::Name = "loop-1.test".parse().expect("a name");
+        let e = reqwest::dns::Resolve::resolve(&resolver, name).await.err().expect("refused");
+        assert!(e.downcast_ref::<Refused>().is_some_and(|r| r.message.contains("127.0.0.1")), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_system_resolver_is_asynchronous_and_knows_localhost() {
+        let lookups = Lookups::system();
+        // Where the configuration cannot be read, lookups run on threads, as `getaddrinfo` does.
+        let readable = std::fs::read_to_string("/etc/resolv.conf").is_ok();
+        assert_eq!(matches!(lookups, Lookups::Async(_)), readable);
+        let got = lookups.addresses("localhost").await.expect("localhost resolves");
+        assert!(!got.is_empty() && got.iter().all(|a| a.ip().is_loopback()), "{got:?}");
     }
 }
