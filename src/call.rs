@@ -272,13 +272,22 @@ pub(crate) async fn run(
                 sink.warn(&growth_warning(p, per_call, out.memory_bytes));
             }
             if out.memory_bytes as f64 > p.limits.max_memory_bytes as f64 * COLLECT_AT {
-                if let Err(e) = Box::pin(instance.collect(&p.limits)).await {
+                let collected = Box::pin(instance.collect(&p.limits)).await;
+                // The collection is the call's work: its time and fuel count.
+                out.duration = started.elapsed();
+                out.fuel_consumed = instance.fuel_consumed(&p.limits).or(out.fuel_consumed);
+                if let Err(e) = collected {
                     // A collection that fails may leave the heap torn: the instance goes. A
                     // transactional or durable actor goes back to its last good state, so the
-                    // call fails (it did not count). A plain actor's result stands, and its
-                    // next call starts fresh: said in the log, never silently.
+                    // call fails (it did not count). One that ran out of the call's time or fuel,
+                    // or was cancelled, fails the call (the state went with it). Else a plain
+                    // actor's result stands, and its next call starts fresh: said in the log,
+                    // never silently.
                     if held.guard.shadow.is_some() {
                         return Err(e);
+                    }
+                    if matches!(e, ExecError::Timeout { .. } | ExecError::OutOfFuel { .. } | ExecError::Cancelled) {
+                        return Err(if created { e } else { ExecError::ActorReset(Box::new(e)) });
                     }
                     if let Some(sink) = log.as_ref() {
                         sink.warn(&collect_failed_warning(p, &e));

@@ -76,3 +76,84 @@ async fn a_transactional_actor_whose_collection_fails_fails_the_call_and_goes_ba
     assert_eq!((back.output.as_str(), back.actor_created), ("2", false));
     assert!(lines.0.lock().expect("lines").is_empty());
 }
+
+/// A counter that fills 10 of its 16 pages on its first call, and whose `__collect`, after a call
+/// whose input is a JSON string, spins for good (`"s..."`) or runs 100,000 rounds (`"b..."`).
+fn counter_with_a_costly_collect() -> Vec<u8> {
+    g::with_prelude(
+        r#"(global $count (mut i32) (i32.const 0))
+        (global $mode (mut i32) (i32.const 0))
+        (func (export "__collect") (local $i i32)
+          (if (i32.eq (global.get $mode) (i32.const 0x73)) (then (loop $spin (br $spin))))
+          (if (i32.eq (global.get $mode) (i32.const 0x62))
+            (then (loop $burn (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $burn (i32.lt_u (local.get $i) (i32.const 100000)))))))
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (if (i32.lt_u (memory.size) (i32.const 10)) (then (drop (memory.grow (i32.const 9)))))
+          (global.set $mode (i32.const 0))
+          (if (i32.eq (i32.load16_u (local.get $in)) (i32.const 0x22))
+            (then (global.set $mode (i32.load16_u offset=2 (local.get $in)))))
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
+
+fn costly(limits: impl FnOnce(&mut Definition)) -> (Arc<Executor>, Definition) {
+    let source = Arc::new(MemorySource::new());
+    source.put("costly.wasm", counter_with_a_costly_collect());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let mut d = Definition { name: "costly".into(), version: "1.0.0".into(), wasm_blob_path: "costly.wasm".into(), ..Default::default() };
+    d.limits.max_memory_mb = Some(1.0);
+    limits(&mut d);
+    (ex, d)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_runs_within_the_calls_deadline_and_a_spinning_one_fails_it() {
+    // Review AL2: the collection had a deadline of its own; a spinning `__collect` made a call
+    // of 200 ms succeed after 400.
+    let (ex, d) = costly(|d| d.limits.max_execution_ms = Some(200.0));
+    for transactional in [false, true] {
+        let d = Definition { name: format!("costly-{transactional}"), ..d.clone() };
+        assert_eq!(call(&ex, &d, "{}", transactional).await.expect("collects").output, "1");
+        let e = call(&ex, &d, "\"s\"", transactional).await.expect_err("the collection spins past the deadline");
+        assert_eq!(e.code(), "TIMEOUT");
+        // A plain actor's state went with it, and the error says so; a transactional one goes back.
+        assert_eq!(matches!(e, ExecError::ActorReset(_)), !transactional, "{e:?}");
+        let next = call(&ex, &d, "{}", transactional).await.expect("runs");
+        let expected = if transactional { ("2", false) } else { ("1", true) };
+        assert_eq!((next.output.as_str(), next.actor_created), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_is_ended_by_the_calls_cancel() {
+    // Its own cancel, which nothing fired, let the call resolve after an abort and held close().
+    let (ex, d) = costly(|d| d.limits.max_execution_ms = Some(20_000.0));
+    assert_eq!(call(&ex, &d, "{}", false).await.expect("collects").output, "1");
+    let cancel = CancelFlag::new();
+    let fire = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        fire.cancel();
+    });
+    let opts = CallOptions { actor_id: Some("a".into()), cancel, ..Default::default() };
+    let e = ex.execute(&d, "\"s\"".into(), opts).await.expect_err("cancelled in the collection");
+    assert_eq!(e.code(), "CANCELLED");
+    assert!(matches!(e, ExecError::ActorReset(_)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_spends_the_calls_fuel_and_counts_in_it() {
+    let (ex, d) = costly(|d| d.limits.max_fuel = Some(5_000_000.0));
+    let plain = call(&ex, &d, "{}", false).await.expect("collects");
+    let burnt = call(&ex, &d, "\"b\"", false).await.expect("collects");
+    let (plain, burnt) = (plain.fuel_consumed.expect("metered"), burnt.fuel_consumed.expect("metered"));
+    assert!(burnt >= plain + 100_000, "the collection's 100,000 rounds count: {plain} then {burnt}");
+    // A spinning one runs out of the call's fuel (not a fresh 5,000,000 of its own) and fails it.
+    let e = call(&ex, &d, "\"s\"", false).await.expect_err("out of fuel");
+    assert_eq!(e.code(), "OUT_OF_FUEL");
+    assert!(matches!(e, ExecError::ActorReset(_)), "{e:?}");
+}

@@ -317,15 +317,24 @@ impl GuestInstance {
     }
 
     /// Runs the guest runtime's full collection (`__collect`, AssemblyScript's), if it has one,
-    /// on a budget of its own. An error: it failed, and the instance may be torn (discard it).
+    /// right after a call, as part of it: within what is left of the call's deadline and fuel,
+    /// ended by its cancel (the Store is still armed for it). It had a budget of its own, fresh
+    /// time and fuel and a cancel nothing fired: a spinning `__collect` doubled every actor
+    /// call's time and fuel, outlived an aborted signal, and held `close()` for its
+    /// `maxExecutionMs` (review AL2). An error: it failed, and the instance may be torn (discard
+    /// it).
     pub async fn collect(&mut self, limits: &Limits) -> Result<(), ExecError> {
         let Some(instance) = self.instance else { return Ok(()) };
         let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, "__collect") else { return Ok(()) };
-        let grants = self.grants.clone();
-        let ctx = CallContext { det: self.store.data().det, config: self.store.data().extism.config.clone(), ..Default::default() };
-        self.rearm(limits, crate::limits::Budget::starting_now(limits), &CancelFlag::new(), &grants, &ctx)?;
         let _running = Running::start()?;
         f.call_async(&mut self.store, ()).await.map_err(|e| classify(e, limits))
+    }
+
+    /// The fuel the call armed by the last `rearm` (or instantiation) has used so far, when
+    /// metered.
+    pub fn fuel_consumed(&self, limits: &Limits) -> Option<u64> {
+        let left = self.store.get_fuel().ok().filter(|_| self.kind.metered())?;
+        limits.max_fuel.map(|max| max.saturating_sub(left))
     }
 
     /// Drops the instance, on the reaper's thread (`reaper`) when resetting its pool slot costs
