@@ -216,7 +216,7 @@ pub(crate) async fn run(
             // No live instance: its last good state is the shadow, or its snapshot in the store.
             let mut loaded = false;
             if let (None, Some(d)) = (&held.guard.shadow, &p.durable) {
-                Box::pin(durable::load(&mut held, module, p, d, cancel)).await?;
+                Box::pin(durable::load(&mut held, module, p, d, budget, cancel)).await?;
                 loaded = held.guard.shadow.is_some();
             }
             let mut fresh = instantiate(module, p, budget, cancel, log.clone(), true).await?;
@@ -300,7 +300,7 @@ pub(crate) async fn run(
             if let Some(d) = &p.durable {
                 // The call counts once its state is stored (or, with persist: 'async', once it
                 // is handed to the store in the actor's line).
-                return Box::pin(durable::persist(held, instance, module, p, d, cancel, log)).await.map(|()| out);
+                return Box::pin(durable::persist(held, instance, module, p, d, budget, cancel, log)).await.map(|()| out);
             }
             if let Some((_, shadow)) = held.guard.shadow.as_mut() {
                 instance.update_shadow(shadow)?;
@@ -337,12 +337,13 @@ fn moves_to(instance: &GuestInstance, module: &CompiledModule) -> bool {
 /// Moves an actor made on baseline code to a fresh instance of `module`, its optimized code,
 /// before its call and apart from it: its memory, globals and the ABI's host-side state are
 /// copied across (as a transactional call's last good state is restored). The new instance is
-/// made on a budget of its own with no host access, no log and no eviction (only into room the
-/// pool has to spare), and takes the old one's place only once complete: a move that fails, or
-/// is dropped midway, leaves the actor as it was (and one that failed is not tried again). The
-/// call's `cancel` ends it as it ends the call (its signal, `close()`): a start function that
-/// spins would otherwise hold the call, and its concurrency slot, until the move's own deadline.
-pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared, cancel: &CancelFlag) {
+/// made on the call's budget (its deadline; the fuel its start function spends is the call's),
+/// with no host access, no log and no eviction (only into room the pool has to spare), and takes
+/// the old one's place only once complete: a move that fails, or is dropped midway, leaves the
+/// actor as it was (and one that failed is not tried again). The call's `cancel` ends it as it
+/// ends the call (its signal, `close()`). On a budget of its own, a start function spinning
+/// there made a 2 s call succeed after 3.4 s and spend twice its maxFuel (review AL2F).
+pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared, budget: Budget, cancel: &CancelFlag) {
     match held.guard.instance.as_ref() {
         Some(old) if moves_to(old, module) && pool_has_room(module) => {}
         _ => return,
@@ -351,11 +352,12 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
         return;
     }
     let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), ..Default::default() };
-    let budget = Budget::starting_now(&p.limits);
     // The old instance stays in the actor's place until the new one is complete. (Boxed: the
     // move is rare, and its state would otherwise enlarge every call's future.)
     let moved = Box::pin(async {
         let mut fresh = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
+        // The start function's fuel is the call's too (`rearm` gives the call what is left).
+        fresh.fuel_spent = fresh.fuel_consumed(&p.limits).unwrap_or(0);
         let old = held.guard.instance.as_mut().ok_or_else(|| ExecError::internal("the actor's instance went"))?;
         fresh.take_state_of(old).await?;
         fresh.watch_stack();

@@ -268,7 +268,7 @@ impl Durable {
 /// `cancel` ends the making as it ends the call that asked (its `signal`, `close()`): made on a
 /// durable actor's first call, a start function that spun held the call, its concurrency slot
 /// and `close()` until its own deadline (review AD's follow-up).
-pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared, cancel: &CancelFlag) -> Result<Arc<Image>, ExecError> {
+pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared, budget: Budget, cancel: &CancelFlag) -> Result<Arc<Image>, ExecError> {
     let images = &module.initial_images;
     let cell = images.cell(&p.grants);
     let image = cell
@@ -276,7 +276,7 @@ pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared, cancel:
             // The initial image is the module's own: no call's determinism or heartbeats.
             let mut ctx = crate::instance::CallContext::default();
             ctx.access.making_image = true;
-            let mut i = GuestInstance::new(module, &p.limits, Budget::starting_now(&p.limits), cancel, None, &p.grants, &ctx).await?;
+            let mut i = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
             Ok::<_, ExecError>(images.image(without_zero_tail(i.capture()?.memory)))
         })
         .await?
@@ -297,11 +297,11 @@ fn without_zero_tail(mut memory: Vec<u8>) -> Vec<u8> {
 }
 
 /// Loads an actor's last stored snapshot (if any) as its shadow.
-pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable, cancel: &CancelFlag) -> Result<(), ExecError> {
+pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared, d: &Durable, budget: Budget, cancel: &CancelFlag) -> Result<(), ExecError> {
     // The image first, before anything the call runs: one that cannot be made (a start function
     // calling a host function) fails the call before the guest's start function and `execute`
     // have called the host, whose effects a retry would repeat (review AB).
-    let image = initial_image(module, p, cancel).await?;
+    let image = initial_image(module, p, budget, cancel).await?;
     // Dropped, but its delete failed: delete first; the call fails while it cannot (a dropped
     // actor's state must not come back).
     if off_slot(p, delete_dropped(d)).await? == Dropped::Deleted {
@@ -365,6 +365,7 @@ pub(crate) async fn persist(
     module: &CompiledModule,
     p: &Prepared,
     d: &Durable,
+    budget: Budget,
     cancel: &CancelFlag,
     log: Option<Arc<dyn LogSink>>,
 ) -> Result<(), ExecError> {
@@ -377,7 +378,9 @@ pub(crate) async fn persist(
         return Ok(());
     }
     let state = instance.capture()?;
-    let bytes = snapshot::encode(&module.digest, &state, &initial_image(module, p, cancel).await?);
+    // An image pushed out since the load is made again within the call's deadline (it had one of
+    // its own: a start function spinning there made a 1 s call succeed after 1.6 s, review AL2F).
+    let bytes = snapshot::encode(&module.digest, &state, &initial_image(module, p, budget, cancel).await?);
     let expected = held.guard.persisted.clone();
     // No guest code runs after this: the slot goes to the next call while the store writes.
     if let Some(slot) = &p.ctx.access.permit {
@@ -491,12 +494,12 @@ impl Executor {
         if let Some(instance) = held.guard.instance.as_mut() {
             if instance.digest == module.digest {
                 let state = instance.capture()?;
-                return Ok(snapshot::encode(&module.digest, &state, &initial_image(&module, &p, &cancel).await?));
+                return Ok(snapshot::encode(&module.digest, &state, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?));
             }
         }
         if let Some((digest, state)) = &held.guard.shadow {
             if *digest == module.digest {
-                return Ok(snapshot::encode(digest, state, &initial_image(&module, &p, &cancel).await?));
+                return Ok(snapshot::encode(digest, state, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?));
             }
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
@@ -538,7 +541,7 @@ impl Executor {
     async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
         let (_in_flight, cancel, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
-        let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, &cancel).await?, p.limits.max_memory_bytes)?;
+        let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?, p.limits.max_memory_bytes)?;
         let budget = Budget::starting_now(&p.limits);
         let mut fresh = instantiate(&module, &p, budget, &cancel, None, true).await?;
         fresh.restore(&state).await?;

@@ -334,16 +334,16 @@ impl Executor {
         if limits::in_inline_window() && !self.inline_ok(&module, &input, held.as_ref()) {
             leave_caller_thread().await;
         }
-        // An actor made while its module tiered up moves to the optimized code (not on the
-        // call's budget, but ended by its cancel; a move that cannot be made leaves it as it was).
+        let budget = Budget::starting_now(&p.limits);
+        // An actor made while its module tiered up moves to the optimized code (on the call's
+        // budget, ended by its cancel; a move that cannot be made leaves it as it was).
         if let Some(h) = held.as_mut() {
-            crate::call::move_actor(h, &module, &p, &cancel).await;
+            crate::call::move_actor(h, &module, &p, budget, &cancel).await;
             // Cancelled during the move: the actor is as it was (not reset), and the call ends.
             if cancel.is_cancelled() {
                 return Err(ExecError::Cancelled);
             }
         }
-        let budget = Budget::starting_now(&p.limits);
         let mut p = p;
         p.ctx.access = HostAccess {
             functions: self.opts.host_functions.clone(),

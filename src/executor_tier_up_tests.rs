@@ -445,3 +445,41 @@ async fn precompile_from_a_baseline_artifact_waits_for_the_optimized_code_and_st
     assert_eq!(second.stats().cache.artifact_hits, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A counter whose start function runs 300,000 rounds of a loop (fuel the call pays).
+fn counter_with_a_costly_start() -> Vec<u8> {
+    g::with_prelude(
+        r#"(global $count (mut i32) (i32.const 0))
+        (func $burn (local $i i32)
+          (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 300000)))))
+        (start $burn)
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moves_start_function_spends_the_calls_fuel() {
+    // Review AL2F: the move ran on a budget of its own, a fresh maxFuel (and deadline) before
+    // the call's: a call could spend twice its maxFuel, and fuelConsumed left the move out.
+    let ex = executor("startburn", g::unique(counter_with_a_costly_start(), b"startburn"));
+    let mut d = def("startburn");
+    d.limits.max_fuel = Some(50_000_000.0);
+    let key = ActorKey { def: d.key(), actor_id: "m".into() };
+    let first = call(&ex, &d, "m", false).await;
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::BaselineMetered));
+    let start = first.fuel_consumed.expect("metered");
+    assert!(start > 300_000, "the start function's rounds count in the first call: {start}");
+    until_tiered_up(&ex).await;
+    let moved = call(&ex, &d, "m", false).await;
+    assert_eq!((moved.output.as_str(), moved.actor_created), ("2", false));
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Metered), "it moved");
+    let then = call(&ex, &d, "m", false).await;
+    assert_eq!(then.output, "3");
+    let (moved, then) = (moved.fuel_consumed.expect("metered"), then.fuel_consumed.expect("metered"));
+    assert!(moved >= then + 300_000, "the move's start function is the call's: {moved} against {then} for a call without a move");
+}

@@ -87,6 +87,9 @@ pub struct GuestInstance {
     stopped_midway: bool,
     /// A move of this actor instance to optimized code failed: it is not tried again.
     pub stays_put: bool,
+    /// Fuel spent for the next call before it was armed (a move's start function): the next
+    /// `rearm` gives the call what is left.
+    pub fuel_spent: u64,
     /// Counted among the process's instances outside the pool while it lives (dropped after
     /// the Store: fields drop in order).
     _unpooled: Option<crate::unpooled_slots::UnpooledSlot>,
@@ -211,6 +214,7 @@ impl GuestInstance {
             state_names: module.state.clone(),
             stopped_midway: false,
             stays_put: false,
+            fuel_spent: 0,
             _unpooled: unpooled,
         })
     }
@@ -263,7 +267,12 @@ impl GuestInstance {
         data.access = ctx.access.clone();
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
-        arm(&mut self.store, limits, budget, cancel, self.kind.metered())
+        arm(&mut self.store, limits, budget, cancel, self.kind.metered())?;
+        let spent = std::mem::take(&mut self.fuel_spent);
+        if let (true, Some(max), true) = (self.kind.metered(), limits.max_fuel, spent > 0) {
+            self.store.set_fuel(max.saturating_sub(spent)).map_err(ExecError::internal)?;
+        }
+        Ok(())
     }
 
     /// Runs `execute(input)` within the budget armed for this call. After an error the instance
