@@ -16,8 +16,7 @@
 //! held 1.2 MB each (314 MB per executor): name servers are asked over UDP only (an answer fits
 //! a datagram), answers are kept at most `MAX_TTL`, and the cache holds `CACHED_ANSWERS`.
 //! Lookups in flight are bounded, so the shared system resolver is not flooded: at most
-//! `LOOKUPS_PER_DOMAIN` under one domain (a hostile authority holds only its own names') and
-//! `LOOKUPS_IN_FLIGHT` in the process; their turns end with their calls. The hosts file is read
+//! `LOOKUPS_PER_EXECUTOR` per executor, their turns ending with their calls. The hosts file is read
 //! once per process (and again when it changes), not once per executor on the JS thread (a 6 MB
 //! ad-block file took 124 MB and 376 ms per constructor). As glibc, A and AAAA are asked at
 //! once (every address must be allowed) and `attempts` counts tries, not retries.
@@ -42,55 +41,20 @@ const CACHED_ANSWERS: usize = 32;
 /// The longest an answer is kept, whatever its TTL.
 const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Asynchronous lookups in flight at once under one domain (its last two labels), process-wide.
-pub const LOOKUPS_PER_DOMAIN: usize = 16;
-
-/// Asynchronous lookups in flight at once in the process.
-pub const LOOKUPS_IN_FLIGHT: usize = 512;
-
-static IN_FLIGHT: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(LOOKUPS_IN_FLIGHT)));
-
-/// The turns of each domain with lookups in flight (an entry goes with its last turn).
-static DOMAINS: LazyLock<std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Semaphore>>>> =
-    LazyLock::new(Default::default);
-
-/// The domain `host` is under, for its turns: its last two labels.
-fn domain_of(host: &str) -> String {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
-    match (dots.next(), dots.next()) {
-        (Some(_), Some(i)) => host[i + 1..].to_string(),
-        _ => host,
-    }
-}
-
-/// Waits for a turn of `host`'s domain and of the process.
-async fn turn(host: &str) -> Result<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit), BoxError> {
-    let domain = {
-        let mut domains = DOMAINS.lock().unwrap_or_else(|p| p.into_inner());
-        let key = domain_of(host);
-        match domains.get(&key).and_then(std::sync::Weak::upgrade) {
-            Some(d) => d,
-            None => {
-                domains.retain(|_, d| d.strong_count() > 0);
-                let d = Arc::new(Semaphore::new(LOOKUPS_PER_DOMAIN));
-                domains.insert(key, Arc::downgrade(&d));
-                d
-            }
-        }
-    };
-    let domain = domain.acquire_owned().await?;
-    let process = IN_FLIGHT.clone().acquire_owned().await?;
-    Ok((domain, process))
-}
+/// Asynchronous lookups one executor's network has in flight at once: the shared system
+/// resolver is not flooded (500 calls had 500 queries out), and a tenant's hung lookups hold only
+/// its own executor's turns (turns shared by domain, or by the process, let one executor's calls
+/// to hung names under `evil.co.uk` hold another's under `bank.co.uk` past its deadline: review
+/// AL1F). Each turn ends with its call.
+pub const LOOKUPS_PER_EXECUTOR: usize = 64;
 
 static PROCESS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(LOOKUPS_PER_PROCESS)));
 
 /// How one executor's network looks names up.
 #[derive(Clone)]
 pub enum Lookups {
-    /// As futures, with the system's configuration.
-    Async(TokioResolver),
+    /// As futures, with the system's configuration, in turn.
+    Async(TokioResolver, Arc<Semaphore>),
     /// With `getaddrinfo` on blocking threads, taking turns: at most `LOOKUPS_PER_NETWORK` here.
     Threads(Arc<Semaphore>),
 }
@@ -107,7 +71,7 @@ impl Lookups {
             return Lookups::threads();
         }
         let config = hickory_resolver::config::ResolverConfig::from_parts(config.domain().cloned(), config.search().to_vec(), udp);
-        Lookups::Async(Self::resolver(config, options))
+        Lookups::Async(Self::resolver(config, options), Arc::new(Semaphore::new(LOOKUPS_PER_EXECUTOR)))
     }
 
     /// The asynchronous resolver with `config` and the system's `options`, bounded as above.
@@ -145,9 +109,12 @@ impl Lookups {
     /// The addresses of `host` (no trailing dot), port 0.
     pub async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
         match self {
-            Lookups::Async(resolver) => match hosts::lookup(host).await {
+            Lookups::Async(resolver, turns) => match hosts::lookup(host).await {
                 Some(found) => Ok(found.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect()),
-                None => Self::ask(resolver, host).await,
+                None => {
+                    let _turn = turns.acquire().await?;
+                    Self::ask(resolver, host).await
+                }
             },
             Lookups::Threads(network) => {
                 let name = host.to_string();
@@ -157,14 +124,17 @@ impl Lookups {
         }
     }
 
-    /// Asks the name servers, in turn.
+    /// Asks the name servers.
     async fn ask(resolver: &TokioResolver, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
-        let _turn = turn(host).await?;
         match resolver.lookup_ip(host).await {
                 Ok(found) => Ok(found.iter().map(|ip| SocketAddr::new(ip, 0)).collect()),
                 // Said plainly (hickory's own text is its query's Debug form).
                 Err(e) if e.is_nx_domain() => Err(format!("{host} does not exist (NXDOMAIN)").into()),
-                Err(e) if e.is_no_records_found() => Err(format!("{host} has no address").into()),
+                // Name servers are asked over UDP only: an answer too large for a datagram comes
+                // back truncated, and empty.
+                Err(e) if e.is_no_records_found() => {
+                    Err(format!("{host} has no address (or more than fit in one UDP answer, about 70: TCP is not used)").into())
+                }
                 Err(e) => Err(e.into()),
         }
     }
@@ -287,21 +257,21 @@ mod tests {
         let mut options = hickory_resolver::config::ResolverOpts::default();
         options.timeout = Duration::from_secs(30);
         options.attempts = 5;
-        Lookups::Async(Lookups::resolver(config, options))
+        Lookups::Async(Lookups::resolver(config, options), Arc::new(Semaphore::new(LOOKUPS_PER_EXECUTOR)))
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn lookups_of_hung_names_hold_nothing_other_lookups_wait_for() {
         let (server, queries) = fake_dns().await;
         let lookups = resolver_at(server);
-        // 200 lookups of names never answered, far past the 8 turns lookups on threads had.
-        let hung: Vec<_> = (0..200)
+        // 40 lookups of names never answered, past the 8 turns lookups on threads had.
+        let hung: Vec<_> = (0..40)
             .map(|i| {
                 let l = lookups.clone();
                 tokio::spawn(async move { l.addresses(&format!("hang-{i}.test")).await.is_ok() })
             })
             .collect();
-        while queries.load(Ordering::SeqCst) < 200 {
+        while queries.load(Ordering::SeqCst) < 80 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Other names are answered meanwhile, while every hung lookup is still waiting.
@@ -319,7 +289,7 @@ mod tests {
         }
         // A name without an address is said plainly.
         let e = lookups.addresses("noaddr-1.test").await.expect_err("no address");
-        assert_eq!(e.to_string(), "noaddr-1.test has no address");
+        assert!(e.to_string().starts_with("noaddr-1.test has no address"), "{e}");
         // A name reaching a restricted address is refused through this resolver too.
         let resolver = GuardedResolver { lookups };
         let name: reqwest::dns::Name = "loop-1.test".parse().expect("a name");
@@ -332,42 +302,39 @@ mod tests {
         let lookups = Lookups::system();
         // Where the configuration cannot be read, lookups run on threads, as `getaddrinfo` does.
         let readable = std::fs::read_to_string("/etc/resolv.conf").is_ok();
-        assert_eq!(matches!(lookups, Lookups::Async(_)), readable);
+        assert_eq!(matches!(lookups, Lookups::Async(..)), readable);
         let got = lookups.addresses("localhost").await.expect("localhost resolves");
         assert!(!got.is_empty() && got.iter().all(|a| a.ip().is_loopback()), "{got:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn hung_names_under_one_domain_hold_only_that_domains_turns() {
+    async fn hung_lookups_hold_only_their_executors_turns_until_their_calls_end() {
         let (server, queries) = fake_dns().await;
-        let lookups = resolver_at(server);
-        assert_eq!(domain_of("hang-1.Evil.test."), "evil.test");
-        assert_eq!(domain_of("x.evil.test"), "evil.test");
-        assert_eq!(domain_of("localhost"), "localhost");
-        // 100 lookups of hung names under evil.test: only that domain's turns reach the server.
+        let (attacked, other) = (resolver_at(server), resolver_at(server));
+        // 100 lookups of hung names: only the executor's turns reach the server.
         let hung: Vec<_> = (0..100)
             .map(|i| {
-                let l = lookups.clone();
-                tokio::spawn(async move { l.addresses(&format!("hang-{i}.evil.test")).await.is_ok() })
+                let l = attacked.clone();
+                tokio::spawn(async move { l.addresses(&format!("hang-{i}.evil.co.uk")).await.is_ok() })
             })
             .collect();
-        while queries.load(Ordering::SeqCst) < LOOKUPS_PER_DOMAIN {
+        while queries.load(Ordering::SeqCst) < 2 * LOOKUPS_PER_EXECUTOR {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // Names under other domains are answered meanwhile.
-        let got = lookups.addresses("pub.other.test").await.expect("answered");
+        // Another executor's names, under the same public suffix, are answered meanwhile.
+        let got = other.addresses("api.bank.co.uk").await.expect("answered");
         assert_eq!(got, vec![SocketAddr::from(([44, 1, 1, 1], 0))]);
         // A and AAAA are asked at once: each hung lookup sent two queries, and no more went out.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let other = 2;
-        assert_eq!(queries.load(Ordering::SeqCst), 2 * LOOKUPS_PER_DOMAIN + other);
-        // A name of evil.test waits for a turn, which the hung lookups give back as their calls end.
+        assert_eq!(queries.load(Ordering::SeqCst), 2 * LOOKUPS_PER_EXECUTOR + 2);
+        // This executor's next lookup waits for a turn, which the hung lookups give back as their
+        // calls end.
         let waiting = {
-            let l = lookups.clone();
-            tokio::spawn(async move { l.addresses("ok.evil.test").await.map_err(|e| e.to_string()) })
+            let l = attacked.clone();
+            tokio::spawn(async move { l.addresses("ok.example.test").await.map_err(|e| e.to_string()) })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "it waits for one of evil.test's turns");
+        assert!(!waiting.is_finished(), "it waits for one of the executor's turns");
         for h in &hung {
             h.abort();
         }
