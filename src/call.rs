@@ -192,6 +192,11 @@ pub(crate) async fn run(
     // a snapshot of another module is; never a silent fresh start (which a durable actor would
     // then store over its state).
     held.guard.check_module(&module.digest)?;
+    // Moved to optimized code before this call: the instance it left, as it was, goes back if
+    // the call runs out of its time or fuel, or is cancelled (the move took part of them: a
+    // start function costing most of the budget turned a call that fit into a reset, review
+    // AL3).
+    let mut moved_from = held.guard.instance.as_mut().and_then(|i| i.moved_from.take());
     let (mut instance, created) = match held.guard.instance.take() {
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
@@ -255,6 +260,15 @@ pub(crate) async fn run(
         held.guard.pristine = created;
     }
     let mut result = instance.call(input, &p.limits, started, &p.ctx).await;
+    let budget_error = |e: &ExecError| matches!(e, ExecError::Timeout { .. } | ExecError::OutOfFuel { .. } | ExecError::Cancelled);
+    let mut move_back = |held: &mut Held, e: ExecError| match moved_from.take() {
+        Some(mut old) if budget_error(&e) => {
+            old.stays_put = true;
+            held.guard.instance = Some(*old);
+            Err(e)
+        }
+        _ => Err(ExecError::ActorReset(Box::new(e))),
+    };
     if let (Ok(out), true) = (&result, keep_shadow) {
         // Output the caller would refuse (`JSON.parse`, the depth) fails the call here, before its
         // state counts.
@@ -286,8 +300,8 @@ pub(crate) async fn run(
                     if held.guard.shadow.is_some() {
                         return Err(e);
                     }
-                    if matches!(e, ExecError::Timeout { .. } | ExecError::OutOfFuel { .. } | ExecError::Cancelled) {
-                        return Err(if created { e } else { ExecError::ActorReset(Box::new(e)) });
+                    if budget_error(&e) {
+                        return if created { Err(e) } else { move_back(&mut held, e) };
                     }
                     if let Some(sink) = log.as_ref() {
                         sink.warn(&collect_failed_warning(p, &e));
@@ -316,7 +330,7 @@ pub(crate) async fn run(
         // restores it).
         Err(e) if held.guard.shadow.is_some() => Err(e),
         Err(e) if created => Err(e),
-        Err(e) => Err(ExecError::ActorReset(Box::new(e))),
+        Err(e) => move_back(&mut held, e),
     }
 }
 
@@ -343,13 +357,13 @@ fn moves_to(instance: &GuestInstance, module: &CompiledModule) -> bool {
 /// actor as it was (and one that failed is not tried again). The call's `cancel` ends it as it
 /// ends the call (its signal, `close()`). On a budget of its own, a start function spinning
 /// there made a 2 s call succeed after 3.4 s and spend twice its maxFuel (review AL2F).
-pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared, budget: Budget, cancel: &CancelFlag) {
+pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared, budget: Budget, cancel: &CancelFlag) -> Result<(), ExecError> {
     match held.guard.instance.as_ref() {
         Some(old) if moves_to(old, module) && pool_has_room(module) => {}
-        _ => return,
+        _ => return Ok(()),
     }
     if cancel.is_cancelled() {
-        return;
+        return Ok(());
     }
     let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), ..Default::default() };
     // The old instance stays in the actor's place until the new one is complete. (Boxed: the
@@ -365,15 +379,26 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     })
     .await;
     match moved {
-        Ok(fresh) => held.guard.instance = Some(fresh),
+        Ok(mut fresh) => {
+            // The old instance is kept until the call has counted (`run`).
+            fresh.moved_from = held.guard.instance.take().map(Box::new);
+            held.guard.instance = Some(fresh);
+        }
         // A move cancelled with its call may be tried again by the next call.
         Err(_) if cancel.is_cancelled() => {}
-        Err(_) => {
+        Err(e) => {
             if let Some(old) = held.guard.instance.as_mut() {
                 old.stays_put = true;
             }
+            // One that ran out of the call's time or fuel ends the call, the actor as it was (run
+            // on after it, the call timed out in the guest and reset the actor: review AL3). It
+            // is not tried again: a start function that never fits would fail every call.
+            if matches!(e, ExecError::Timeout { .. } | ExecError::OutOfFuel { .. }) {
+                return Err(e);
+            }
         }
     }
+    Ok(())
 }
 
 /// Whether the pooled engine has room for one more actor beside the one moving, without

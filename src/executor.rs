@@ -338,9 +338,15 @@ impl Executor {
         // An actor made while its module tiered up moves to the optimized code (on the call's
         // budget, ended by its cancel; a move that cannot be made leaves it as it was).
         if let Some(h) = held.as_mut() {
-            crate::call::move_actor(h, &module, &p, budget, &cancel).await;
-            // Cancelled during the move: the actor is as it was (not reset), and the call ends.
+            // Out of the call's budget in the move: the actor is as it was (not reset), and the
+            // call ends.
+            crate::call::move_actor(h, &module, &p, budget, &cancel).await?;
+            // Cancelled during the move: likewise (the fuel a finished move spent is not the
+            // next call's).
             if cancel.is_cancelled() {
+                if let Some(i) = h.guard.instance.as_mut() {
+                    i.fuel_spent = 0;
+                }
                 return Err(ExecError::Cancelled);
             }
         }

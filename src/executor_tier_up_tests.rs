@@ -483,3 +483,46 @@ async fn a_moves_start_function_spends_the_calls_fuel() {
     let (moved, then) = (moved.fuel_consumed.expect("metered"), then.fuel_consumed.expect("metered"));
     assert!(moved >= then + 300_000, "the move's start function is the call's: {moved} against {then} for a call without a move");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_out_of_the_calls_fuel_ends_the_call_and_leaves_the_actor_as_it_was() {
+    // Review AL3: the call ran on after such a move, ran out in the guest and reset the actor.
+    let ex = executor("startburn2", g::unique(counter_with_a_costly_start(), b"startburn2"));
+    let mut d = def("startburn2");
+    d.limits.max_fuel = Some(50_000_000.0);
+    let key = ActorKey { def: d.key(), actor_id: "m".into() };
+    let start = call(&ex, &d, "m", false).await.fuel_consumed.expect("metered");
+    until_tiered_up(&ex).await;
+    let mut short = d.clone();
+    short.limits.max_fuel = Some((start / 2) as f64);
+    let opts = CallOptions { actor_id: Some("m".into()), ..Default::default() };
+    let e = ex.execute(&short, "{}".into(), opts).await.expect_err("the move runs out of fuel");
+    assert_eq!(e.code(), "OUT_OF_FUEL");
+    assert!(!matches!(e, ExecError::ActorReset(_)), "the actor was not touched: {e:?}");
+    // It stays on its instance, with its state, and is not moved again.
+    let next = call(&ex, &d, "m", false).await;
+    assert_eq!((next.output.as_str(), next.actor_created), ("2", false));
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::BaselineMetered));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_the_move_left_short_of_fuel_leaves_the_actor_on_its_old_instance() {
+    // Review AL3: a move that fit, leaving the call too little fuel, reset the actor when the
+    // call then ran out in the guest.
+    let ex = executor("startburn3", g::unique(counter_with_a_costly_start(), b"startburn3"));
+    let mut d = def("startburn3");
+    d.limits.max_fuel = Some(50_000_000.0);
+    let key = ActorKey { def: d.key(), actor_id: "m".into() };
+    let first = call(&ex, &d, "m", false).await.fuel_consumed.expect("metered");
+    until_tiered_up(&ex).await;
+    // Fuel for the start function and a little of `execute` (which takes about 74).
+    let mut short = d.clone();
+    short.limits.max_fuel = Some((first - 74 + 30) as f64);
+    let opts = CallOptions { actor_id: Some("m".into()), ..Default::default() };
+    let e = ex.execute(&short, "{}".into(), opts).await.expect_err("out of fuel");
+    assert_eq!(e.code(), "OUT_OF_FUEL");
+    assert!(!matches!(e, ExecError::ActorReset(_)), "the actor kept its state: {e:?}");
+    let next = call(&ex, &d, "m", false).await;
+    assert_eq!((next.output.as_str(), next.actor_created), ("2", false));
+    assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::BaselineMetered));
+}

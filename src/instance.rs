@@ -90,6 +90,9 @@ pub struct GuestInstance {
     /// Fuel spent for the next call before it was armed (a move's start function): the next
     /// `rearm` gives the call what is left.
     pub fuel_spent: u64,
+    /// The instance this one was moved from before the next call (`call::move_actor`), kept
+    /// untouched until that call has counted.
+    pub moved_from: Option<Box<GuestInstance>>,
     /// Counted among the process's instances outside the pool while it lives (dropped after
     /// the Store: fields drop in order).
     _unpooled: Option<crate::unpooled_slots::UnpooledSlot>,
@@ -215,6 +218,7 @@ impl GuestInstance {
             stopped_midway: false,
             stays_put: false,
             fuel_spent: 0,
+            moved_from: None,
             _unpooled: unpooled,
         })
     }
