@@ -16,7 +16,8 @@
 //! held 1.2 MB each (314 MB per executor): name servers are asked over UDP only (an answer fits
 //! a datagram), answers are kept at most `MAX_TTL`, and the cache holds `CACHED_ANSWERS`.
 //! Lookups in flight are bounded, so the shared system resolver is not flooded: at most
-//! `LOOKUPS_PER_EXECUTOR` per executor, their turns ending with their calls. The hosts file is read
+//! `LOOKUPS_PER_EXECUTOR` per executor and `LOOKUPS_PER_DOMAIN` of those under one domain, their
+//! turns ending with their calls. The hosts file is read
 //! once per process (and again when it changes), not once per executor on the JS thread (a 6 MB
 //! ad-block file took 124 MB and 376 ms per constructor). As glibc, A and AAAA are asked at
 //! once (every address must be allowed) and `attempts` counts tries, not retries.
@@ -48,13 +49,61 @@ const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 /// AL1F). Each turn ends with its call.
 pub const LOOKUPS_PER_EXECUTOR: usize = 64;
 
+/// Of those, lookups under one domain (its last two labels): one definition's hung names under
+/// `*.evil.test` held all 64, and every other definition of the executor waited (review AL3).
+pub const LOOKUPS_PER_DOMAIN: usize = 16;
+
+/// The turns of one executor's asynchronous lookups: its own, and each domain's within them.
+pub struct Turns {
+    all: Arc<Semaphore>,
+    /// Each domain with lookups in flight (an entry goes once its last turn is given back).
+    domains: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Semaphore>>>,
+}
+
+impl Turns {
+    fn new() -> Arc<Turns> {
+        Arc::new(Turns { all: Arc::new(Semaphore::new(LOOKUPS_PER_EXECUTOR)), domains: Default::default() })
+    }
+
+    /// Waits for a turn of `host`'s domain, then one of the executor's.
+    async fn take(&self, host: &str) -> Result<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit), BoxError> {
+        let domain = {
+            let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+            let key = domain_of(host);
+            match domains.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(d) => d,
+                None => {
+                    // At most as many entries as lookups waiting or in flight.
+                    domains.retain(|_, d| d.strong_count() > 0);
+                    let d = Arc::new(Semaphore::new(LOOKUPS_PER_DOMAIN));
+                    domains.insert(key, Arc::downgrade(&d));
+                    d
+                }
+            }
+        };
+        let domain = domain.acquire_owned().await?;
+        let all = self.all.clone().acquire_owned().await?;
+        Ok((domain, all))
+    }
+}
+
+/// The domain `host` is under, for its turns: its last two labels.
+fn domain_of(host: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
+    match (dots.next(), dots.next()) {
+        (Some(_), Some(i)) => host[i + 1..].to_string(),
+        _ => host,
+    }
+}
+
 static PROCESS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(LOOKUPS_PER_PROCESS)));
 
 /// How one executor's network looks names up.
 #[derive(Clone)]
 pub enum Lookups {
     /// As futures, with the system's configuration, in turn.
-    Async(TokioResolver, Arc<Semaphore>),
+    Async(TokioResolver, Arc<Turns>),
     /// With `getaddrinfo` on blocking threads, taking turns: at most `LOOKUPS_PER_NETWORK` here.
     Threads(Arc<Semaphore>),
 }
@@ -71,7 +120,7 @@ impl Lookups {
             return Lookups::threads();
         }
         let config = hickory_resolver::config::ResolverConfig::from_parts(config.domain().cloned(), config.search().to_vec(), udp);
-        Lookups::Async(Self::resolver(config, options), Arc::new(Semaphore::new(LOOKUPS_PER_EXECUTOR)))
+        Lookups::Async(Self::resolver(config, options), Turns::new())
     }
 
     /// The asynchronous resolver with `config` and the system's `options`, bounded as above.
@@ -112,7 +161,7 @@ impl Lookups {
             Lookups::Async(resolver, turns) => match hosts::lookup(host).await {
                 Some(found) => Ok(found.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect()),
                 None => {
-                    let _turn = turns.acquire().await?;
+                    let _turn = turns.take(host).await?;
                     Self::ask(resolver, host).await
                 }
             },
@@ -257,7 +306,7 @@ mod tests {
         let mut options = hickory_resolver::config::ResolverOpts::default();
         options.timeout = Duration::from_secs(30);
         options.attempts = 5;
-        Lookups::Async(Lookups::resolver(config, options), Arc::new(Semaphore::new(LOOKUPS_PER_EXECUTOR)))
+        Lookups::Async(Lookups::resolver(config, options), Turns::new())
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -311,17 +360,19 @@ mod tests {
     async fn hung_lookups_hold_only_their_executors_turns_until_their_calls_end() {
         let (server, queries) = fake_dns().await;
         let (attacked, other) = (resolver_at(server), resolver_at(server));
-        // 100 lookups of hung names: only the executor's turns reach the server.
+        assert_eq!(domain_of("hang-1.Evil.test."), "evil.test");
+        assert_eq!(domain_of("localhost"), "localhost");
+        // 100 lookups of hung names under 10 domains: only the executor's turns reach the server.
         let hung: Vec<_> = (0..100)
             .map(|i| {
                 let l = attacked.clone();
-                tokio::spawn(async move { l.addresses(&format!("hang-{i}.evil.co.uk")).await.is_ok() })
+                tokio::spawn(async move { l.addresses(&format!("hang-{i}.evil{}.test", i % 10)).await.is_ok() })
             })
             .collect();
         while queries.load(Ordering::SeqCst) < 2 * LOOKUPS_PER_EXECUTOR {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // Another executor's names, under the same public suffix, are answered meanwhile.
+        // Another executor's names are answered meanwhile.
         let got = other.addresses("api.bank.co.uk").await.expect("answered");
         assert_eq!(got, vec![SocketAddr::from(([44, 1, 1, 1], 0))]);
         // A and AAAA are asked at once: each hung lookup sent two queries, and no more went out.
@@ -339,5 +390,28 @@ mod tests {
             h.abort();
         }
         assert_eq!(waiting.await.expect("joins").expect("answered"), vec![SocketAddr::from(([44, 1, 1, 1], 0))]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hung_names_under_one_domain_hold_only_that_domains_turns_of_the_executor() {
+        let (server, queries) = fake_dns().await;
+        let lookups = resolver_at(server);
+        let hung: Vec<_> = (0..100)
+            .map(|i| {
+                let l = lookups.clone();
+                tokio::spawn(async move { l.addresses(&format!("hang-{i}.evil.test")).await.is_ok() })
+            })
+            .collect();
+        while queries.load(Ordering::SeqCst) < 2 * LOOKUPS_PER_DOMAIN {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The executor's other names are answered meanwhile; no more of evil.test's went out.
+        let got = lookups.addresses("api.good.test").await.expect("answered");
+        assert_eq!(got, vec![SocketAddr::from(([44, 1, 1, 1], 0))]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(queries.load(Ordering::SeqCst), 2 * LOOKUPS_PER_DOMAIN + 2);
+        for h in &hung {
+            h.abort();
+        }
     }
 }

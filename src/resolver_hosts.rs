@@ -24,19 +24,29 @@ fn stamp(path: &str) -> Option<Stamp> {
 
 type Names = Arc<HashMap<String, Vec<IpAddr>>>;
 
-/// One reading of the file: its names once read (`None` while it runs).
-type Reading = tokio::sync::watch::Receiver<Option<Names>>;
+/// What one reading found: the stamp it read at, the names, whether the read failed.
+type Found = (Option<Stamp>, Names, bool);
 
 /// A hosts file and its names as last read.
 pub struct HostsFile {
     path: String,
-    /// The stamp of the last reading, and the reading (a failed read is read again next time).
-    read: std::sync::Mutex<Option<(Option<Stamp>, Reading, Arc<std::sync::atomic::AtomicBool>)>>,
+    /// At least this long between the starts of two readings, while one is complete.
+    interval: std::time::Duration,
+    state: std::sync::Mutex<State>,
     /// Readings started.
     readings: std::sync::atomic::AtomicUsize,
 }
 
-static SYSTEM: LazyLock<HostsFile> = LazyLock::new(|| HostsFile::new("/etc/hosts"));
+#[derive(Default)]
+struct State {
+    /// The last complete reading.
+    done: Option<Found>,
+    /// The reading under way (at most one), and when it started.
+    reading: Option<tokio::sync::watch::Receiver<Option<Found>>>,
+    started: Option<std::time::Instant>,
+}
+
+static SYSTEM: LazyLock<HostsFile> = LazyLock::new(|| HostsFile::new("/etc/hosts", std::time::Duration::from_secs(1)));
 
 /// The addresses the system's hosts file gives `host`, if it names it.
 pub async fn lookup(host: &str) -> Option<Vec<IpAddr>> {
@@ -44,8 +54,8 @@ pub async fn lookup(host: &str) -> Option<Vec<IpAddr>> {
 }
 
 impl HostsFile {
-    pub fn new(path: &str) -> HostsFile {
-        HostsFile { path: path.to_string(), read: std::sync::Mutex::new(None), readings: Default::default() }
+    pub fn new(path: &str, interval: std::time::Duration) -> HostsFile {
+        HostsFile { path: path.to_string(), interval, state: Default::default(), readings: Default::default() }
     }
 
     /// The addresses the file gives `host` (any case, no trailing dot), if it names it.
@@ -53,41 +63,48 @@ impl HostsFile {
         self.names().await.get(&host.to_ascii_lowercase()).cloned()
     }
 
-    /// The names of the file as it is now. A reading runs on its own, one at a time per stamp: a
-    /// lookup that ends while it runs does not end it, and the lookups after wait for it (with
-    /// each call ending a reading that then started again, 60 calls cut short re-read a 6 MB
-    /// file at once: 1 GB and 8 s of CPU, review AL1F).
+    /// The names of the file. A reading runs on its own, one at a time: a lookup that ends while
+    /// it runs does not end it (60 calls cut short re-read a 6 MB file at once: 1 GB and 8 s of
+    /// CPU, review AL1F), and a file that keeps changing is read again at most once per
+    /// `interval`, the last complete reading answering meanwhile (a reading per change piled up
+    /// 1.2 GB and 72 threads, review AL3). A lookup waits only for the first reading, or for one
+    /// it started because the file changed.
     async fn names(&self) -> Names {
         let now = stamp(&self.path);
         let mut reading = {
-            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-            match read.as_ref() {
-                Some((at, reading, failed)) if *at == now && !failed.load(std::sync::atomic::Ordering::Acquire) => reading.clone(),
-                _ => {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // A reading that finished while no lookup waited becomes the complete one.
+            let finished = st.reading.as_ref().and_then(|r| r.borrow().clone());
+            if finished.is_some() {
+                st.done = finished;
+                st.reading = None;
+            }
+            let recent = st.started.is_some_and(|t| t.elapsed() < self.interval);
+            match (&st.done, &st.reading) {
+                (Some((at, names, false)), _) if *at == now => return names.clone(),
+                (Some((_, names, _)), Some(_)) => return names.clone(),
+                (Some((_, names, _)), None) if recent => return names.clone(),
+                (None, Some(r)) => r.clone(),
+                (_, None) => {
                     let (tx, rx) = tokio::sync::watch::channel(None);
                     self.readings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let (path, failure) = (self.path.clone(), failed.clone());
+                    let path = self.path.clone();
                     tokio::task::spawn_blocking(move || {
-                        let names = match std::fs::read(&path) {
-                            Ok(bytes) => parse(&bytes),
-                            Err(e) => {
-                                // Gone is nothing named; any other failure is read again next time.
-                                if e.kind() != std::io::ErrorKind::NotFound {
-                                    failure.store(true, std::sync::atomic::Ordering::Release);
-                                }
-                                HashMap::new()
-                            }
+                        let found = match std::fs::read(&path) {
+                            Ok(bytes) => (now, Arc::new(parse(&bytes)), false),
+                            // Gone is nothing named; any other failure is read again next time.
+                            Err(e) => (now, Names::default(), e.kind() != std::io::ErrorKind::NotFound),
                         };
-                        let _ = tx.send(Some(Arc::new(names)));
+                        let _ = tx.send(Some(found));
                     });
-                    *read = Some((now, rx.clone(), failed));
+                    st.reading = Some(rx.clone());
+                    st.started = Some(std::time::Instant::now());
                     rx
                 }
             }
         };
         let names = match reading.wait_for(Option::is_some).await {
-            Ok(names) => names.clone().unwrap_or_default(),
+            Ok(found) => found.as_ref().map(|f| f.1.clone()).unwrap_or_default(),
             Err(_) => Names::default(),
         };
         names
@@ -135,7 +152,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("hosts");
         std::fs::write(&path, "44.1.1.1 api.example\n").expect("writes");
-        let file = HostsFile::new(path.to_str().expect("utf-8"));
+        let file = HostsFile::new(path.to_str().expect("utf-8"), std::time::Duration::ZERO);
         assert_eq!(file.lookup("API.example").await, Some(vec!["44.1.1.1".parse().expect("ip")]));
         assert_eq!(file.lookup("other.example").await, None);
         // An edit (here a new file renamed over it, as editors do) is seen by the next lookup.
@@ -157,7 +174,7 @@ mod tests {
         let path = dir.join("hosts");
         let text: String = (0..200_000).map(|i| format!("0.0.0.0 ads-{i}.example.com\n")).collect();
         std::fs::write(&path, text + "44.1.1.1 api.example\n").expect("writes");
-        let file = Arc::new(HostsFile::new(path.to_str().expect("utf-8")));
+        let file = Arc::new(HostsFile::new(path.to_str().expect("utf-8"), std::time::Duration::ZERO));
         // 20 lookups, each ended by its call a moment after it started.
         for _ in 0..20 {
             let f = file.clone();
@@ -165,6 +182,21 @@ mod tests {
         }
         assert_eq!(file.lookup("api.example").await, Some(vec!["44.1.1.1".parse().expect("ip")]));
         assert_eq!(file.readings.load(std::sync::atomic::Ordering::Relaxed), 1, "one reading, whatever became of the lookups");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_that_keeps_changing_is_read_at_most_once_per_interval() {
+        let dir = std::env::temp_dir().join(format!("loom-hosts-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("hosts");
+        let file = HostsFile::new(path.to_str().expect("utf-8"), std::time::Duration::from_secs(3600));
+        for n in 0..20u8 {
+            std::fs::write(&path, format!("44.1.1.{} api.example\n{}", n + 1, "#".repeat(n as usize))).expect("writes");
+            // The first reading answers until the interval has passed.
+            assert_eq!(file.lookup("api.example").await, Some(vec!["44.1.1.1".parse().expect("ip")]));
+        }
+        assert_eq!(file.readings.load(std::sync::atomic::Ordering::Relaxed), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
