@@ -369,6 +369,7 @@ impl Executor {
             making_image: false,
             arg_cost: Default::default(),
             started: Some(Instant::now()),
+            in_call: true,
         };
         let had_state = held.as_ref().is_some_and(|h| h.guard.instance.is_some());
         let had_shadow = held.as_ref().is_some_and(|h| h.guard.shadow.is_some()) || p.transactional || p.durable.is_some();

@@ -157,3 +157,64 @@ async fn a_collection_spends_the_calls_fuel_and_counts_in_it() {
     assert_eq!(e.code(), "OUT_OF_FUEL");
     assert!(matches!(e, ExecError::ActorReset(_)), "{e:?}");
 }
+
+/// Answers every host function with `1`, counting the calls.
+#[derive(Default)]
+struct Counted(std::sync::atomic::AtomicUsize);
+
+impl crate::host_functions::HostFunctions for Counted {
+    fn names(&self) -> Vec<String> {
+        vec!["crm.lookup".into()]
+    }
+    fn call(&self, _: crate::host_functions::HostRequest) -> crate::store::BoxFuture<'static, Result<String, crate::host_functions::HostFailure>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok("1".to_string()) })
+    }
+}
+
+/// An actor of the AssemblyScript ABI (written out: the prelude's import would come after its
+/// definitions) that imports `crm.lookup`, fills 10 of its 16 pages on its first call, and whose
+/// `__collect` calls `crm.lookup`.
+fn counter_whose_collect_calls_the_host() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (import "crm" "lookup" (func $lookup (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (global $count (mut i32) (i32.const 0))
+          (func $new (export "__new") (param $size i32) (param $id i32) (result i32)
+            (i32.store (i32.const 4092) (local.get $size))
+            (i32.const 4096))
+          (func (export "__pin") (param i32) (result i32) (local.get 0))
+          (func (export "__unpin") (param i32))
+          ;; "{}" in the AssemblyScript layout (its byte length at ptr-4).
+          (data (i32.const 60) "\04\00\00\00{\00}\00")
+          (func (export "__collect") (drop (call $lookup (i32.const 64))))
+          (func (export "execute") (param $in i32) (result i32)
+            (if (i32.lt_u (memory.size) (i32.const 10)) (then (drop (memory.grow (i32.const 9)))))
+            (global.set $count (i32.add (global.get $count) (i32.const 1)))
+            (i32.store (i32.const 8188) (i32.const 2))
+            (i32.store16 (i32.const 8192) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+            (i32.const 8192)))"#,
+    )
+    .expect("test guest parses")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_that_calls_a_host_function_is_refused_as_outside_the_call_not_as_ungranted() {
+    // Review AL2's note: refused for the definition's grants, which grant the function.
+    let source = Arc::new(MemorySource::new());
+    source.put("host-gc.wasm", counter_whose_collect_calls_the_host());
+    let lines = Arc::new(Lines::default());
+    let host = Arc::new(Counted::default());
+    let opts = ExecutorOptions { log: Some(lines.clone()), host_functions: Some(host.clone()), ..Default::default() };
+    let ex = Arc::new(Executor::new(source, opts).expect("executor"));
+    let mut d = Definition { name: "host-gc".into(), version: "1.0.0".into(), wasm_blob_path: "host-gc.wasm".into(), ..Default::default() };
+    d.limits.max_memory_mb = Some(1.0);
+    d.capabilities.host_functions = vec!["crm.lookup".into()];
+    assert_eq!(call(&ex, &d, "{}", false).await.expect("the call itself finished").output, "1");
+    assert_eq!(host.0.load(std::sync::atomic::Ordering::SeqCst), 0, "the host function never ran");
+    let warned = lines.0.lock().expect("lines").clone();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].1.contains("CAPABILITY_DENIED") && warned[0].1.contains("after its call had returned"), "{}", warned[0].1);
+    assert!(!warned[0].1.contains("does not name"), "{}", warned[0].1);
+}

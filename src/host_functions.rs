@@ -159,6 +159,9 @@ pub struct HostAccess {
     /// and when the call started (none: no share of its time adds to the budget).
     pub arg_cost: Arc<std::sync::atomic::AtomicU64>,
     pub started: Option<Instant>,
+    /// Set for a call's guest code; the access a Store keeps once its call returned
+    /// (`Default`) has it unset.
+    pub in_call: bool,
 }
 
 impl HostAccess {
@@ -166,6 +169,18 @@ impl HostAccess {
     pub fn fail_call(&self, e: ExecError) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(e);
+    }
+
+    /// Guest code that runs after its call's host access ended: the runtime's collection
+    /// (`__collect`, run on the call's Store once the guest has returned). Its calls of host
+    /// functions and requests are refused as such: the refusal named the definition's grants,
+    /// which grant them (review AL2).
+    fn outside_call(&self, what: &str) -> Option<ExecError> {
+        (!self.in_call && !self.making_image).then(|| {
+            ExecError::CapabilityDenied(format!(
+                "the guest reached {what} after its call had returned (in its runtime's collection, __collect): host functions and the network are reachable only while the call runs"
+            ))
+        })
     }
 
     /// The error the call must fail with, if any.
@@ -191,6 +206,9 @@ impl HostAccess {
             return Err(ExecError::CapabilityDenied(format!(
                 "the module's start function calls host function {shown}: its state cannot be snapshotted (actorStore, snapshotActor and restoreActor need a start function that calls none)"
             )));
+        }
+        if let Some(e) = self.outside_call(&format!("host function {shown}")) {
+            return Err(e);
         }
         if input.len() as u64 > MAX_HOST_ARG_BYTES {
             return Err(ExecError::InvalidOutput {
@@ -266,6 +284,9 @@ impl HostAccess {
     /// under `maxRequestsPerCall`, and the URL passes the grant's rules (DNS is checked when
     /// connecting). Counted here, before anything of the request is read.
     pub fn admit_request(&self, url: &str) -> Result<Arc<NetworkCall>, ExecError> {
+        if let Some(e) = self.outside_call("an HTTP request") {
+            return Err(e);
+        }
         let Some(net) = &self.network else {
             return Err(ExecError::CapabilityDenied(
                 "the guest made an HTTP request without the network capability (capabilities.network and options.network)".into(),
@@ -575,6 +596,7 @@ mod tests {
             functions: Some(Arc::new(Echo)),
             granted: Arc::new(vec!["crm.lookup".into()]),
             max_result_bytes: 16 << 20,
+            in_call: true,
             ..Default::default()
         };
         // Review AI: 16 MiB of `[{},{},...]` passed again and again (1.6 s of JSON.parse each).
