@@ -336,7 +336,9 @@ impl Executor {
         }
         let budget = Budget::starting_now(&p.limits);
         // An actor made while its module tiered up moves to the optimized code (on the call's
-        // budget, ended by its cancel; a move that cannot be made leaves it as it was).
+        // budget, ended by its cancel; a move that cannot be made leaves it as it was). Its time
+        // counts in the call's `durationMs`, as its fuel does.
+        let moving = Instant::now();
         if let Some(h) = held.as_mut() {
             // Out of the call's budget in the move: the actor is as it was (not reset), and the
             // call ends.
@@ -384,6 +386,7 @@ impl Executor {
                 _ => e,
             }
         };
+        let moved_for = moving.elapsed();
         // The guest's future is the bulk of a call's state: boxed once, so the call's own future
         // stays small (each move of a future copies all of it).
         let mut guest = Box::pin(run(held, &module, &p, budget, &cancel, log.clone(), &input));
@@ -399,7 +402,10 @@ impl Executor {
                 return Err(with_progress(ExecError::ActorReset(Box::new(e))))
             }
             Err(e) => return Err(with_progress(e)),
-            Ok(out) => out,
+            Ok(mut out) => {
+                out.duration += moved_for;
+                out
+            }
         };
         crate::output::check_depth(&out.output, p.limits.max_output_depth)?;
         Ok(out)

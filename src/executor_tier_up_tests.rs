@@ -475,9 +475,14 @@ async fn a_moves_start_function_spends_the_calls_fuel() {
     let start = first.fuel_consumed.expect("metered");
     assert!(start > 300_000, "the start function's rounds count in the first call: {start}");
     until_tiered_up(&ex).await;
+    let began = Instant::now();
     let moved = call(&ex, &d, "m", false).await;
+    let wall = began.elapsed();
     assert_eq!((moved.output.as_str(), moved.actor_created), ("2", false));
     assert_eq!(ex.actors.instance_kind(&key), Some(EngineKind::Metered), "it moved");
+    // Its time counts too (durationMs left the move out: microseconds for a call that was
+    // mostly the move).
+    assert!(moved.duration * 2 >= wall, "{:?} of the call's {wall:?}", moved.duration);
     let then = call(&ex, &d, "m", false).await;
     assert_eq!(then.output, "3");
     let (moved, then) = (moved.fuel_consumed.expect("metered"), then.fuel_consumed.expect("metered"));
