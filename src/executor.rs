@@ -452,6 +452,10 @@ mod collect_tests;
 mod restore_tests;
 
 #[cfg(test)]
+#[path = "executor_persist_tests.rs"]
+mod persist_tests;
+
+#[cfg(test)]
 #[path = "executor_unpooled_tests.rs"]
 mod unpooled_tests;
 
