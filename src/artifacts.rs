@@ -123,6 +123,26 @@ pub struct ArtifactCache {
     /// The compile limits of the executor: its artifacts are of modules these limits allowed,
     /// and are named for them (`name_for`).
     pub limits: crate::shape::CompileLimits,
+    /// The longest a lookup in `remote` may take, its body read included (`loadTimeoutMs`);
+    /// none: the store's own timeouts only.
+    pub fetch_timeout: Option<std::time::Duration>,
+    /// Until when lookups skip `remote`, after one took longer than `fetch_timeout`.
+    pub remote_stalled: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// How long lookups skip an artifact store after one of them took longer than `loadTimeoutMs`:
+/// a store that stalls costs a cold call the compile it would cost without the store, not
+/// `loadTimeoutMs` on top (review AM1: 60 s for a call whose compile took milliseconds).
+pub const REMOTE_STALL_SKIP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes to artifact stores in flight in the process, each holding its sealed artifact, after
+/// the calls that compiled them went on; past it, a compile's artifact is not written to the
+/// store (a later compile writes it).
+const REMOTE_PUTS: usize = 4;
+
+fn remote_puts() -> &'static Arc<tokio::sync::Semaphore> {
+    static PUTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    PUTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)))
 }
 
 impl ArtifactCache {
@@ -289,8 +309,21 @@ impl ArtifactCache {
             }
         }
         let remote = self.remote.as_ref()?;
+        if self.remote_stalled.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| std::time::Instant::now() < until) {
+            return None;
+        }
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
-        let bytes = remote.get_at_most(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES).await.ok()?;
+        let get = remote.get_at_most(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES);
+        let bytes = match self.fetch_timeout {
+            Some(limit) => match tokio::time::timeout(limit, get).await {
+                Ok(got) => got.ok()?,
+                Err(_) => {
+                    *self.remote_stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now() + REMOTE_STALL_SKIP);
+                    return None;
+                }
+            },
+            None => get.await.ok()?,
+        };
         // Taken over without a copy where the download is the bytes' only owner.
         let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
         if let Some(dir) = &self.dir {
@@ -325,8 +358,20 @@ impl ArtifactCache {
     }
 
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
-    /// written only costs a compile later).
+    /// written only costs a compile later). The artifact store is written in the background (a
+    /// write that stalled held the call that compiled for the store's timeout, review AM1), at
+    /// most `REMOTE_PUTS` at once in the process.
     pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+        self.save_to(digest, engine, code, facts, false).await
+    }
+
+    /// `save`, the artifact store's write waited for (`precompile`: a process that precompiles
+    /// and exits would not see a background write land).
+    pub async fn save_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+        self.save_to(digest, engine, code, facts, true).await
+    }
+
+    async fn save_to(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, wait: bool) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = self.name(digest, engine);
         let flags = flags_of(facts, code.is_component());
@@ -336,8 +381,21 @@ impl ArtifactCache {
         if let Some(dir) = &self.dir {
             self.write_to_dir(dir, name.clone(), Arc::new(sealed.clone())).await?;
         }
-        if let Some(remote) = &self.remote {
-            remote.put(&name, Bytes::from(sealed)).await?;
+        let Some(remote) = self.remote.clone() else { return Ok(()) };
+        let background = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !wait => Some(runtime),
+            _ => None,
+        };
+        match background {
+            Some(runtime) => {
+                if let Ok(permit) = remote_puts().clone().try_acquire_owned() {
+                    drop(runtime.spawn(async move {
+                        let _ = remote.put(&name, Bytes::from(sealed)).await;
+                        drop(permit);
+                    }));
+                }
+            }
+            None => remote.put(&name, Bytes::from(sealed)).await?,
         }
         Ok(())
     }
@@ -358,6 +416,24 @@ impl ArtifactCache {
             return Ok(());
         }
         self.save(digest, engine, code, facts).await
+    }
+
+    /// Writes the artifact to the tiers that lack it, waiting for the store's write
+    /// (`precompile`, whose process may exit next).
+    pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let name = self.name(digest, engine);
+        let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
+        let in_remote = match &self.remote {
+            Some(remote) => remote.exists(&name).await.unwrap_or(false),
+            None => true,
+        };
+        if in_dir && in_remote {
+            return Ok(());
+        }
+        self.save_now(digest, engine, code, facts).await
     }
 }
 

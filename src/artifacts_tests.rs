@@ -129,7 +129,7 @@ async fn saved_remotely(
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
     let name = ArtifactCache::name_for(digest, e, &Default::default());
     let facts = crate::compiled_module::Facts { has_start, ..module.facts() };
-    cache.save(digest, e, &module.code, facts).await.expect("saved");
+    cache.save_now(digest, e, &module.code, facts).await.expect("saved");
     let stored = store.get(&name).await.expect("stored").to_vec();
     (cache, module, name, stored)
 }
@@ -155,7 +155,7 @@ async fn a_downloaded_artifact_loads_into_the_twin_from_its_checked_bytes_not_a_
     assert!(cache.load_sealed(&digest, e).await.is_none());
     // Nor is one sealed under another key.
     let other = ArtifactCache { remote: Some(store.clone()), key: Some(vec![6u8; 32].into()), ..Default::default() }.open().expect("opens");
-    other.save(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true, instance_bytes: 0 }).await.expect("saved");
+    other.save_now(&digest, e, &module.code, Facts { has_start: true, state_in_memory: true, instance_bytes: 0 }).await.expect("saved");
     assert!(cache.load_sealed(&digest, e).await.is_none());
 }
 
@@ -169,7 +169,7 @@ async fn a_downloaded_artifact_is_written_to_the_directory_as_it_was_checked() {
     let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
     let e = engine(EngineKind::Plain).expect("engine");
     let worker =
-        ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), max_dir_bytes: None, limits: Default::default() }.open().expect("opens");
+        ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(key), ..Default::default() }.open().expect("opens");
     assert!(matches!(worker.load_sealed(&digest, e).await, Some((Compiled::Core(_), Checked::Bytes(_)))));
     assert_eq!(std::fs::read(dir.join(&name)).expect("written"), stored, "the file is the artifact, byte for byte");
     // The store loses it: the directory's copy loads (in place).
@@ -359,4 +359,65 @@ async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_noth
     assert!(path.exists());
     assert!(cache.load_guess(&digest, e, go()).await.is_some());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server on loopback that takes connections and never answers; counts them.
+fn silent_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_not_at_all() {
+    // Review AM1: a store whose GETs stalled held a cold call 60 s (its timeoutMs, twice) under a
+    // loadTimeoutMs of 1 s, and one whose PUTs stalled held the call that compiled 5 s.
+    let (port, accepted) = silent_server();
+    // An S3 store over plain http, only here (`open` refuses it for artifacts: no `open`).
+    let options: Vec<(String, String)> = [
+        ("endpoint", format!("http://127.0.0.1:{port}")),
+        ("allow_http", "true".into()),
+        ("access_key_id", "k".into()),
+        ("secret_access_key", "s".into()),
+        ("region", "us-east-1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let store = Arc::new(ObjectSource::open("s3://bucket/artifacts", &options).expect("store"));
+    let cache = ArtifactCache {
+        remote: Some(store),
+        key: Some(vec![3u8; 32].into()),
+        fetch_timeout: Some(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let e = engine(EngineKind::Plain).expect("engine");
+    let digest = [17u8; 32];
+    let looked = tokio::time::timeout(std::time::Duration::from_secs(10), cache.load_sealed(&digest, e)).await;
+    assert!(matches!(looked, Ok(None)), "given up after loadTimeoutMs, not the store's 30 s");
+    let asked = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked >= 1, "the store was asked");
+    // The next lookups skip the store for a while.
+    for _ in 0..3 {
+        assert!(cache.load_sealed(&digest, e).await.is_none());
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), asked, "not asked again");
+    // A compile's save leaves the store's write in the background.
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let saved = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save(&digest, e, &module.code, module.facts())).await;
+    assert!(matches!(saved, Ok(Ok(()))), "not held by the stalled write");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == asked && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > asked, "the write went to the store");
 }

@@ -140,7 +140,14 @@ impl Executor {
         opts.artifacts.watch_dir();
         Ok(Executor {
             source: Arc::new(RoutedSource::new(source, allowed)),
-            modules: ModuleCache::new(opts.max_cached_modules, opts.max_cache_bytes, opts.artifacts.clone(), opts.load, opts.tier_up, opts.share_code),
+            modules: ModuleCache::new(
+                opts.max_cached_modules,
+                opts.max_cache_bytes,
+                crate::artifacts::ArtifactCache { fetch_timeout: Some(opts.load.load_timeout), ..opts.artifacts.clone() },
+                opts.load,
+                opts.tier_up,
+                opts.share_code,
+            ),
             actors: Actors::new(opts.max_actors.get(), opts.max_actor_memory_bytes),
             permits: Arc::new(Semaphore::new(opts.max_concurrency.get())),
             opts,
