@@ -1,5 +1,6 @@
 //! The bound on `cacheDir`'s size (`maxCacheDirBytes`): past it, the artifacts and hints used
-//! least recently go, oldest first, until what is left fits.
+//! least recently go, oldest first, until what is left fits. Hints take at most a sixteenth of
+//! the bound, their least recently used going first past it.
 //!
 //! Without a bound the directory only grew: every module ever compiled left its artifacts (one per
 //! tier; the 12 MB JavaScript component's is 37 MB), every definition ever loaded its hint, and a
@@ -56,6 +57,9 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(600);
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
 /// Directories whose bookkeeping is kept; past it, that of idle ones is forgotten.
 const MAX_DIRS: usize = 1024;
+/// Hints take at most this share of the bound (a sixteenth: 64 MiB, some 16,000 hints, of the
+/// default 1 GiB); past it the least recently used go before any artifact.
+const HINT_SHARE: u64 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -152,13 +156,33 @@ pub fn prune(dir: &Path, max_bytes: u64, keep: Option<&str>) -> Pruned {
         let dead = e.kind == Kind::Temporary && now.duration_since(e.used).is_ok_and(|age| age > STALE_TEMPORARY);
         !(dead && remove(e, &mut done))
     });
+    // `keep` is kept only if it fits the bound by itself (an artifact over it is never written,
+    // so one found there is not kept either).
+    let kept = |e: &Entry| Some(e.name.as_str()) == keep && e.bytes <= max_bytes;
+    // Hints first, down to their share of the bound: one is written for every definition loaded,
+    // and whoever names new definitions (600 names for one module) flushed every artifact out of
+    // the directory with hints (review AM1).
+    let hint_room = max_bytes / HINT_SHARE;
+    let mut hints: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::Hint).collect();
+    let mut hint_total: u64 = hints.iter().fold(0, |t, e| t.saturating_add(e.bytes));
+    let mut gone = std::collections::HashSet::new();
+    if hint_total > hint_room {
+        hints.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.name.cmp(&b.name)));
+        for e in hints.into_iter().filter(|e| !kept(e)) {
+            if hint_total <= hint_room {
+                break;
+            }
+            if remove(e, &mut done) {
+                hint_total -= e.bytes;
+                gone.insert(e.name.clone());
+            }
+        }
+    }
+    entries.retain(|e| !gone.contains(&e.name));
     // Saturating: sizes are a writer's to choose (a sparse file's length), and a sum that wrapped
     // would stop pruning.
     let mut total: u64 = entries.iter().fold(0, |t, e| t.saturating_add(e.bytes));
     if total > max_bytes {
-        // `keep` is kept only if it fits the bound by itself (an artifact over it is never written,
-        // so one found there is not kept either).
-        let kept = |e: &Entry| Some(e.name.as_str()) == keep && e.bytes <= max_bytes;
         let mut candidates: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Temporary && !kept(e)).collect();
         candidates.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.name.cmp(&b.name)));
         for e in candidates {

@@ -239,3 +239,27 @@ fn settle_does_not_wait_out_an_open_scan_s_delay() {
     handle.block_on(settle(d.to_path_buf(), 100 << 10, None));
     assert!(!d.join(artifact(0)).exists() && d.join(artifact(1)).exists());
 }
+
+#[test]
+fn hints_past_their_share_go_before_any_artifact() {
+    // Review AM1: 600 definitions named for one module left hints that pushed every artifact out.
+    let dir = Dir::new("hints");
+    let d = dir.path();
+    for i in 0..3u8 {
+        file(d, &artifact(i), 100 << 10, 1000 + u64::from(i));
+    }
+    // 200 hints (a block each on disk), all used after every artifact; hint(i) older for lower i.
+    let hint = |i: u8| format!("{}.hint", format!("{i:02x}").repeat(32));
+    for i in 0..200u8 {
+        file(d, &hint(i), 64, 500 - u64::from(i));
+    }
+    let bound = 512 << 10;
+    prune(d, bound, None);
+    for i in 0..3u8 {
+        assert!(d.join(artifact(i)).exists(), "artifact {i} went");
+    }
+    let left: Vec<u8> = (0..200u8).filter(|i| d.join(hint(*i)).exists()).collect();
+    let block = std::fs::metadata(d.join(hint(199))).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).expect("kept");
+    assert!(!left.is_empty() && left.len() as u64 * block <= bound / 16, "{} hints of {block} bytes left", left.len());
+    assert!(left.iter().all(|i| *i >= 200 - left.len() as u8), "the most recently used stay: {left:?}");
+}
