@@ -1,7 +1,7 @@
 // The loom-wasm CLI, end to end: the real binary spawned, its output, errors and exit statuses.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -196,8 +196,20 @@ describe('loom-wasm inspect and precompile', () => {
     utimesSync(other, new Date(Date.now() - 3600_000), new Date(Date.now() - 3600_000))
     const refused = cli(['precompile', wasm('mortgage'), '--cache-dir', small, '--max-cache-dir-bytes', String(mortgageBytes - 4096)])
     expect(refused.status).toBe(2)
+    expect(refused.stderr).toContain('INVALID_ARGUMENT: the artifact')
     expect(refused.stderr).toContain('was not written')
     expect(artifacts(small)).toEqual([`${digest}-0123456789abcdef.cwasm`])
+    // A directory planted under the artifact's name: the directory given cannot take it, a usage
+    // error (review AM1: reported as INTERNAL, "a bug in the executor", status 1).
+    const planted = mkdtempSync(join(tmpdir(), 'loom-cli-planted-'))
+    expect(cli(['precompile', wasm('mortgage'), '--cache-dir', planted]).status).toBe(0)
+    const [name] = artifacts(planted)
+    rmSync(join(planted, name))
+    mkdirSync(join(planted, name))
+    writeFileSync(join(planted, name, 'x'), 'x')
+    const blocked = cli(['precompile', wasm('mortgage'), '--cache-dir', planted])
+    expect([blocked.status, blocked.stderr]).toEqual([2, expect.stringContaining('INVALID_ARGUMENT: the artifact')])
+    expect(blocked.stderr).toContain('could not be written')
     // Bad values and a bound without a directory are usage errors.
     for (const bad of ['0', '-1', '1.5', 'many', '1e16']) {
       const b = cli(['precompile', wasm('echo'), '--cache-dir', small, '--max-cache-dir-bytes', bad])

@@ -280,7 +280,9 @@ async function main(argv) {
     if (!written) {
       const why = options.maxCacheDirBytes !== undefined ? `larger than --max-cache-dir-bytes ${options.maxCacheDirBytes}, or ` : ''
       const err = new Error(`the artifact of ${digest} was not written to ${dir} (${why}the directory could not be written)`)
-      err.code = options.maxCacheDirBytes !== undefined ? 'USAGE' : 'INTERNAL'
+      // The directory given cannot take it: a usage error, not the executor's (review AM1: a
+      // directory planted under the artifact's name was reported as INTERNAL).
+      err.code = 'INVALID_ARGUMENT'
       throw err
     }
     await print(digest)
