@@ -488,9 +488,19 @@ async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &
             Convention::AsString => crate::http_client::TextUnits::Utf16,
             Convention::ExtismHandle => crate::http_client::TextUnits::Utf8,
         };
-        let max_bytes = caller.data().limiter.max_bytes();
-        let response = access.http(request, max_bytes).await.map_err(wasmtime::Error::new)?;
-        response.to_json_within(max_bytes, units).map_err(wasmtime::Error::new)?
+        // What the guest has room for, not its whole cap: a response past the room could not be
+        // handed over, and was read (and its text made) up to the cap, host memory outside it.
+        // Refused, it is told against the cap, with what the guest holds already.
+        let (cap, used) = (caller.data().limiter.max_bytes(), caller.data().limiter.total_bytes());
+        let room = cap.saturating_sub(used);
+        let against_cap = |e: ExecError| match e {
+            ExecError::OutOfMemory { requested_bytes, .. } => {
+                ExecError::OutOfMemory { limit_bytes: cap, requested_bytes: used.saturating_add(requested_bytes) }
+            }
+            e => e,
+        };
+        let response = access.http(request, room).await.map_err(|e| wasmtime::Error::new(against_cap(e)))?;
+        response.to_json_within(room, units).map_err(|e| wasmtime::Error::new(against_cap(e)))?
     } else {
         access.call(&imp.key, input).await.map_err(wasmtime::Error::new)?
     };
