@@ -372,8 +372,16 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
         let mut fresh = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
         // The start function's fuel is the call's too (`rearm` gives the call what is left).
         fresh.fuel_spent = fresh.fuel_consumed(&p.limits).unwrap_or(0);
+        // Its steps are checked against the call's deadline: a GiB's copy took a 100 ms call to
+        // 0.7 s and succeeded (review AM2F).
+        let in_time = || match Instant::now() >= budget.deadline {
+            true => Err(budget.timeout_in(MOVING)),
+            false => Ok(()),
+        };
+        in_time()?;
         let old = held.guard.instance.as_mut().ok_or_else(|| ExecError::internal("the actor's instance went"))?;
         fresh.take_state_of(old).await?;
+        in_time()?;
         fresh.watch_stack();
         Ok::<_, ExecError>(fresh)
     })
@@ -400,6 +408,10 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     }
     Ok(())
 }
+
+/// What a call was doing when its deadline passed in a move.
+const MOVING: &str = " while moving the actor to optimized code (its state copied into a new instance in one step; \
+     it stays on its baseline code, and is not moved again)";
 
 /// Whether the pooled engine has room for one more actor beside the one moving, without
 /// evicting (see `instantiate`).

@@ -357,6 +357,11 @@ pub(crate) async fn delete_dropped(d: &Durable) -> Result<Dropped, ExecError> {
     Ok(if gone { Dropped::Deleted } else { Dropped::Superseded })
 }
 
+/// What a durable call was doing when its deadline passed in its write.
+const WRITING_STATE: &str = " while storing the actor's state (its snapshot holds every page changed since the module \
+     started, compared, copied, compressed and checksummed within the call's time: raise maxExecutionMs for an actor \
+     this large; it keeps its last stored state)";
+
 /// After a successful call: stores the actor's new state if it changed, then keeps the instance.
 /// A conflict (another worker advanced the actor) or a store failure undoes the call here (the
 /// instance goes; the last stored state stays, or is reloaded after a conflict).
@@ -370,29 +375,28 @@ pub(crate) async fn persist(
     cancel: &CancelFlag,
     log: Option<Arc<dyn LogSink>>,
 ) -> Result<(), ExecError> {
-    // The state's copy and encoding are the call's work, within its deadline and ended by its
-    // cancel, checked between their steps and every few MiB of the encoding (a 200 MiB memory
-    // took a 100 ms call to 1.3 s, review AM2). Stopped, the call fails before anything is
-    // stored, and the actor goes back to its last good state.
+    // The state's comparison, copy and encoding are the call's work, within its deadline and
+    // ended by its cancel, checked every few MiB of each (a 200 MiB memory took a 100 ms call to
+    // 1.3 s, review AM2). Stopped, the call fails before anything is stored, and the actor goes
+    // back to its last good state.
     let mut go_on = || -> Result<(), ExecError> {
         if cancel.is_cancelled() {
             return Err(ExecError::Cancelled);
         }
         if Instant::now() >= budget.deadline {
-            return Err(budget.timeout());
+            return Err(budget.timeout_in(WRITING_STATE));
         }
         Ok(())
     };
     let changed = match &held.guard.shadow {
-        Some((_, s)) => instance.differs(s)?,
+        Some((_, s)) => instance.differs_within(s, &mut go_on)?,
         None => true,
     };
     if !changed && held.guard.persisted.is_some() {
         held.guard.instance = Some(instance);
         return Ok(());
     }
-    go_on()?;
-    let state = instance.capture()?;
+    let state = instance.capture_within(&mut go_on)?;
     go_on()?;
     // An image pushed out since the load is made again within the call's deadline (it had one of
     // its own: a start function spinning there made a 1 s call succeed after 1.6 s, review AL2F).

@@ -52,8 +52,8 @@ pub enum ExecError {
     #[error("trap ({kind}): {message}")]
     Trap { kind: String, message: String },
     /// The call ran past `limits.maxExecutionMs`.
-    #[error("timeout: the call ran past its time limit of {limit_ms} ms")]
-    Timeout { limit_ms: u64 },
+    #[error("timeout: the call ran past its time limit of {limit_ms} ms{during}")]
+    Timeout { limit_ms: u64, during: &'static str },
     /// The guest tried to grow its memories and tables past the cap.
     #[error("out of memory: the limit of {limit_bytes} bytes would be exceeded (requested {requested_bytes} bytes)")]
     OutOfMemory { limit_bytes: u64, requested_bytes: u64 },
@@ -211,7 +211,7 @@ impl ExecError {
                 d
             }
             ExecError::NetworkDenied { host, .. } | ExecError::NetworkError { host, .. } => vec![("host", Str(host.clone()))],
-            ExecError::Timeout { limit_ms } => vec![("limitMs", Num(*limit_ms as f64))],
+            ExecError::Timeout { limit_ms, .. } => vec![("limitMs", Num(*limit_ms as f64))],
             ExecError::OutOfMemory { limit_bytes, requested_bytes } => vec![
                 ("limitBytes", Num(*limit_bytes as f64)),
                 ("requestedBytes", Num(*requested_bytes as f64)),
@@ -261,7 +261,7 @@ mod tests {
             ExecError::CapabilityDenied(String::new()),
             ExecError::GuestAbort { message: String::new(), file: String::new(), line: 0, column: 0 },
             ExecError::Trap { kind: String::new(), message: String::new() },
-            ExecError::Timeout { limit_ms: 1 },
+            ExecError::Timeout { limit_ms: 1, during: "" },
             ExecError::OutOfMemory { limit_bytes: 1, requested_bytes: 2 },
             ExecError::OutOfFuel { limit: 1 },
             ExecError::Cancelled,
@@ -297,12 +297,12 @@ mod tests {
 
     #[test]
     fn actor_reset_keeps_the_cause() {
-        let e = ExecError::ActorReset(Box::new(ExecError::Timeout { limit_ms: 5 }));
+        let e = ExecError::ActorReset(Box::new(ExecError::Timeout { limit_ms: 5, during: "" }));
         assert_eq!(e.code(), "TIMEOUT");
         assert!(e.retryable());
         assert!(e.to_string().starts_with("timeout: "));
         assert!(e.details().contains(&("actorReset", Detail::Bool(true))));
-        assert_eq!(e.root(), &ExecError::Timeout { limit_ms: 5 });
+        assert_eq!(e.root(), &ExecError::Timeout { limit_ms: 5, during: "" });
     }
 
     #[test]

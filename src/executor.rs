@@ -459,8 +459,8 @@ mod collect_tests;
 mod restore_tests;
 
 #[cfg(test)]
-#[path = "executor_persist_tests.rs"]
-mod persist_tests;
+#[path = "executor_state_deadline_tests.rs"]
+mod state_deadline_tests;
 
 #[cfg(test)]
 #[path = "executor_unpooled_tests.rs"]

@@ -158,7 +158,7 @@ async fn time_limit_interrupts_a_spinning_guest() {
     let mut d = def("spin");
     d.limits.max_execution_ms = Some(100.0);
     let started = Instant::now();
-    assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100 }));
+    assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100, during: "" }));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(100), "{took:?}");
 }
@@ -296,7 +296,7 @@ async fn baseline_code_keeps_time_and_fuel_limits() {
     let (ex, _) = setup(&[("big.wasm", bytes)]);
     let mut d = def("big");
     d.limits.max_execution_ms = Some(100.0);
-    assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100 }));
+    assert_eq!(run(&ex, &d, "1").await, Err(ExecError::Timeout { limit_ms: 100, during: "" }));
     d.limits.max_fuel = Some(1_000_000.0);
     d.limits.max_execution_ms = Some(20_000.0);
     assert_eq!(run(&ex, &d, "1").await, Err(ExecError::OutOfFuel { limit: 1_000_000 }));
@@ -347,7 +347,7 @@ async fn short_calls_finish_inline_and_long_ones_move_to_a_guest_thread() {
     };
     assert!(matches!(ex.start(&d, "1".into(), CallOptions::default(), make_done), Attempt::Started));
     assert!(started.elapsed() < Duration::from_millis(100), "the caller's thread was held for {:?}", started.elapsed());
-    assert_eq!(rx.await.expect("done called"), Err(ExecError::Timeout { limit_ms: 300 }));
+    assert_eq!(rx.await.expect("done called"), Err(ExecError::Timeout { limit_ms: 300, during: "" }));
 }
 
 /// Runs one call started here: whether it finished inline, and its result.

@@ -97,7 +97,7 @@ async fn unpooled_code_keeps_the_time_and_memory_limits() {
     let mut spin = def("spin");
     spin.limits.max_execution_ms = Some(100.0);
     let e = ex.execute(&spin, "1".into(), CallOptions::default()).await.expect_err("spins");
-    assert_eq!(e, ExecError::Timeout { limit_ms: 100 });
+    assert_eq!(e, ExecError::Timeout { limit_ms: 100, during: "" });
     let mut bomb = def("bomb");
     bomb.limits.max_memory_mb = Some(4.0);
     let e = ex.execute(&bomb, "1".into(), CallOptions::default()).await.expect_err("grows");
@@ -106,7 +106,7 @@ async fn unpooled_code_keeps_the_time_and_memory_limits() {
     until_pooled(&ex, 2).await;
     assert_eq!(ex.stats().cache.compiles, 0);
     // And the same again on the pooled copies.
-    assert_eq!(ex.execute(&spin, "1".into(), CallOptions::default()).await.expect_err("spins"), ExecError::Timeout { limit_ms: 100 });
+    assert_eq!(ex.execute(&spin, "1".into(), CallOptions::default()).await.expect_err("spins"), ExecError::Timeout { limit_ms: 100, during: "" });
     assert_eq!(ex.execute(&bomb, "1".into(), CallOptions::default()).await.expect_err("grows").code(), "OUT_OF_MEMORY");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -341,7 +341,12 @@ impl Budget {
     }
 
     pub fn timeout(&self) -> ExecError {
-        ExecError::Timeout { limit_ms: self.limit_ms }
+        ExecError::Timeout { limit_ms: self.limit_ms, during: "" }
+    }
+
+    /// `timeout`, its message saying what the call was doing (`during` follows "... ms").
+    pub fn timeout_in(&self, during: &'static str) -> ExecError {
+        ExecError::Timeout { limit_ms: self.limit_ms, during }
     }
 }
 

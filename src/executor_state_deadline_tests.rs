@@ -1,5 +1,6 @@
-//! The executor's tests of a durable actor's write: the state's copy and encoding are the call's
-//! work, within its deadline.
+//! The executor's tests of host work on an actor's state after or before its guest runs (a
+//! durable actor's write: its comparison, copy and encoding; a move to optimized code): the
+//! call's work, within its deadline.
 use super::*;
 use crate::actor_store;
 use crate::durable::Persist;
@@ -51,7 +52,7 @@ async fn a_durable_write_that_outlasts_the_calls_deadline_fails_it_and_keeps_the
         let store = actor_store::open(Arc::new(ObjectSource::open(&url, &[]).expect("store"))).expect("conditional");
         let source = Arc::new(MemorySource::new());
         source.put("noisy.wasm", noisy_counter());
-        let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store), persist, ..Default::default() }).expect("executor"));
+        let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store), persist, tier_up: false, ..Default::default() }).expect("executor"));
         let mut d = Definition { name: "noisy".into(), version: "1".into(), wasm_blob_path: "noisy.wasm".into(), ..Default::default() };
         d.limits.max_memory_mb = Some(128.0);
         d.limits.max_execution_ms = Some(30_000.0);
@@ -60,11 +61,42 @@ async fn a_durable_write_that_outlasts_the_calls_deadline_fails_it_and_keeps_the
         // again (a copy, LZ4, sha256) does not.
         let mut short = d.clone();
         short.limits.max_execution_ms = Some(10.0);
+        // (No tier-up: the move to optimized code is the next test's.)
         let e = call(&ex, &short, "{}").await.expect_err("the write's encoding runs past the deadline");
         assert_eq!(e.code(), "TIMEOUT", "{persist:?}: {e}");
+        assert!(e.to_string().contains("while storing the actor's state"), "{e}");
         assert!(!matches!(e, ExecError::ActorReset(_)), "{e:?}");
         let next = call(&ex, &d, "{}").await.expect("goes on from the last stored state");
         assert_eq!((next.output.as_str(), next.actor_created), ("2", false), "{persist:?}");
         ex.close();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_to_optimized_code_that_outlasts_the_calls_deadline_fails_it_and_leaves_the_actor_as_it_was() {
+    // Review AM2F: a 1 GiB actor's move (its memory copied into a new instance) took a call of
+    // 100 ms to 0.7 s, and it succeeded.
+    let source = Arc::new(MemorySource::new());
+    source.put("noisy-move.wasm", g::unique(noisy_counter(), b"noisy-move"));
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let mut d = Definition { name: "noisy-move".into(), version: "1".into(), wasm_blob_path: "noisy-move.wasm".into(), ..Default::default() };
+    d.limits.max_memory_mb = Some(128.0);
+    let key = crate::actors::ActorKey { def: d.key(), actor_id: "a".into() };
+    assert_eq!(call(&ex, &d, "[]").await.expect("fills, on baseline code").output, "1");
+    assert_eq!(ex.actors.instance_kind(&key), Some(crate::engine::EngineKind::Baseline));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ex.stats().cache.tier_ups == 0 {
+        assert!(std::time::Instant::now() < until, "no tier-up in 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Copying 64 MiB of noise into the new instance does not fit 2 ms.
+    let mut short = d.clone();
+    short.limits.max_execution_ms = Some(2.0);
+    let e = call(&ex, &short, "{}").await.expect_err("the move runs past the deadline");
+    assert!(e.to_string().contains("while moving the actor to optimized code"), "{e}");
+    assert!(!matches!(e, ExecError::ActorReset(_)), "{e:?}");
+    // It stays on its baseline code, with its state, and is not moved again.
+    let next = call(&ex, &d, "{}").await.expect("runs");
+    assert_eq!((next.output.as_str(), next.actor_created), ("2", false));
+    assert_eq!(ex.actors.instance_kind(&key), Some(crate::engine::EngineKind::Baseline));
 }
