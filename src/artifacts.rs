@@ -126,23 +126,49 @@ pub struct ArtifactCache {
     /// The longest a lookup in `remote` may take, its body read included (`loadTimeoutMs`);
     /// none: the store's own timeouts only.
     pub fetch_timeout: Option<std::time::Duration>,
-    /// Until when lookups skip `remote`, after one took longer than `fetch_timeout`.
-    pub remote_stalled: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// This cache's use of `remote`: whether it stalls, its writes in flight.
+    pub remote_state: RemoteState,
 }
 
-/// How long lookups skip an artifact store after one of them took longer than `loadTimeoutMs`:
-/// a store that stalls costs a cold call the compile it would cost without the store, not
-/// `loadTimeoutMs` on top (review AM1: 60 s for a call whose compile took milliseconds).
+/// How long lookups skip an artifact store after it did not answer one within
+/// `REMOTE_ANSWER_WAIT`: a store that stalls costs a cold call the compile it would cost without
+/// the store, not `loadTimeoutMs` on top (review AM1: 60 s for a call whose compile took
+/// milliseconds). A store that answers but sends a large artifact slowly is not skipped (a
+/// tenant's own large module would otherwise turn the store off for everyone's: review AM1F).
 pub const REMOTE_STALL_SKIP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Writes to artifact stores in flight in the process, each holding its sealed artifact, after
-/// the calls that compiled them went on; past it, a compile's artifact is not written to the
-/// store (a later compile writes it).
+/// The longest a store may take to answer a lookup or an ask (its response's head), unless
+/// `loadTimeoutMs` is shorter: past it, it stalls.
+pub const REMOTE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes to the artifact store in flight for one executor, each holding its sealed artifact,
+/// after the calls that compiled them went on; past it, a compile's artifact is not written to
+/// the store (a later compile writes it). Per executor: one whose store stalls does not stop
+/// another's writes (review AM1F).
 const REMOTE_PUTS: usize = 4;
 
-fn remote_puts() -> &'static Arc<tokio::sync::Semaphore> {
-    static PUTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
-    PUTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)))
+/// An executor's use of its artifact store, shared by the clones of its `ArtifactCache`.
+#[derive(Clone)]
+pub struct RemoteState {
+    /// Until when lookups skip the store.
+    stalled: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    puts: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for RemoteState {
+    fn default() -> Self {
+        RemoteState { stalled: Default::default(), puts: Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)) }
+    }
+}
+
+impl RemoteState {
+    fn skipping(&self) -> bool {
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    fn stalls(&self) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now() + REMOTE_STALL_SKIP);
+    }
 }
 
 impl ArtifactCache {
@@ -309,20 +335,34 @@ impl ArtifactCache {
             }
         }
         let remote = self.remote.as_ref()?;
-        if self.remote_stalled.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| std::time::Instant::now() < until) {
+        if self.remote_state.skipping() {
             return None;
         }
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
-        let get = remote.get_at_most(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES);
-        let bytes = match self.fetch_timeout {
-            Some(limit) => match tokio::time::timeout(limit, get).await {
-                Ok(got) => got.ok()?,
-                Err(_) => {
-                    *self.remote_stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now() + REMOTE_STALL_SKIP);
-                    return None;
+        let answered = std::sync::atomic::AtomicBool::new(false);
+        let get = remote.get_at_most_noting(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &answered);
+        let limit = self.fetch_timeout.unwrap_or(remote.timeout());
+        let until = tokio::time::Instant::now() + limit;
+        let answer = async {
+            // Not answered within `answer_wait`: the store stalls.
+            tokio::pin!(get);
+            tokio::select! {
+                got = &mut get => return Some(got),
+                () = tokio::time::sleep(self.answer_wait()) => {}
+            }
+            if !answered.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            tokio::time::timeout_at(until, get).await.ok()
+        };
+        let bytes = match answer.await {
+            Some(got) => got.ok()?,
+            None => {
+                if !answered.load(std::sync::atomic::Ordering::Acquire) {
+                    self.remote_state.stalls();
                 }
-            },
-            None => get.await.ok()?,
+                return None;
+            }
         };
         // Taken over without a copy where the download is the bytes' only owner.
         let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
@@ -360,7 +400,7 @@ impl ArtifactCache {
     /// Saves a freshly compiled module to every tier (best effort: a cache that cannot be
     /// written only costs a compile later). The artifact store is written in the background (a
     /// write that stalled held the call that compiled for the store's timeout, review AM1), at
-    /// most `REMOTE_PUTS` at once in the process.
+    /// most `REMOTE_PUTS` at once for this executor.
     pub async fn save(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         self.save_to(digest, engine, code, facts, false).await
     }
@@ -388,7 +428,7 @@ impl ArtifactCache {
         };
         match background {
             Some(runtime) => {
-                if let Ok(permit) = remote_puts().clone().try_acquire_owned() {
+                if let Ok(permit) = self.remote_state.puts.clone().try_acquire_owned() {
                     drop(runtime.spawn(async move {
                         let _ = remote.put(&name, Bytes::from(sealed)).await;
                         drop(permit);
@@ -401,25 +441,47 @@ impl ArtifactCache {
     }
 
     /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
-    /// written only to the tiers that lack its artifact.
+    /// written only to the tiers that lack its artifact. Whether the store has it is asked
+    /// within `REMOTE_ANSWER_WAIT` (an ask that stalled held the call 30 s, review AM1F), not at
+    /// all while lookups skip the store.
     pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+        match self.missing(digest, engine).await? {
+            true => self.save(digest, engine, code, facts).await,
+            false => Ok(()),
+        }
+    }
+
+    /// The longest the store may take to answer: `REMOTE_ANSWER_WAIT`, or `loadTimeoutMs` if
+    /// shorter.
+    fn answer_wait(&self) -> std::time::Duration {
+        self.fetch_timeout.map_or(REMOTE_ANSWER_WAIT, |t| t.min(REMOTE_ANSWER_WAIT))
+    }
+
+    /// Whether a tier lacks the artifact (a store that does not say in time, or is skipped,
+    /// counts as having it). An error: the store could not say.
+    async fn missing(&self, digest: &Digest, engine: &Engine) -> Result<bool, ExecError> {
         if !self.is_enabled() {
-            return Ok(());
+            return Ok(false);
         }
         let name = self.name(digest, engine);
         let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
         let in_remote = match &self.remote {
-            Some(remote) => remote.exists(&name).await.unwrap_or(false),
+            Some(_) if self.remote_state.skipping() => true,
+            Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.exists(&name)).await {
+                Ok(Ok(there)) => there,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    self.remote_state.stalls();
+                    true
+                }
+            },
             None => true,
         };
-        if in_dir && in_remote {
-            return Ok(());
-        }
-        self.save(digest, engine, code, facts).await
+        Ok(!(in_dir && in_remote))
     }
 
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
-    /// (`precompile`, whose process may exit next).
+    /// (`precompile`, whose process may exit next): an error if the store cannot take it.
     pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         if !self.is_enabled() {
             return Ok(());
@@ -427,7 +489,15 @@ impl ArtifactCache {
         let name = self.name(digest, engine);
         let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
         let in_remote = match &self.remote {
-            Some(remote) => remote.exists(&name).await.unwrap_or(false),
+            Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.exists(&name)).await {
+                Ok(there) => there.unwrap_or(false),
+                Err(_) => {
+                    return Err(ExecError::BlobUnavailable {
+                        path: name,
+                        message: format!("the artifact store did not answer within {} ms", self.answer_wait().as_millis()),
+                    })
+                }
+            },
             None => true,
         };
         if in_dir && in_remote {

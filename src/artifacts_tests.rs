@@ -361,28 +361,39 @@ async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_noth
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A server on loopback that takes connections and never answers; counts them.
-fn silent_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// A server on loopback that takes connections and answers each with `head` (nothing: it never
+/// answers), then nothing more; counts them.
+fn server_answering(head: &'static str) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     let port = listener.local_addr().expect("address").port();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = accepted.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
+        for mut conn in listener.incoming().flatten() {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !head.is_empty() {
+                // After the request's head.
+                let mut seen = Vec::new();
+                let mut byte = [0u8; 1];
+                while !seen.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut conn, &mut byte).is_ok_and(|n| n == 1) {
+                    seen.push(byte[0]);
+                }
+                let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
+            }
             held.push(conn);
         }
     });
     (port, accepted)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_not_at_all() {
-    // Review AM1: a store whose GETs stalled held a cold call 60 s (its timeoutMs, twice) under a
-    // loadTimeoutMs of 1 s, and one whose PUTs stalled held the call that compiled 5 s.
-    let (port, accepted) = silent_server();
-    // An S3 store over plain http, only here (`open` refuses it for artifacts: no `open`).
+fn silent_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    server_answering("")
+}
+
+/// An S3 store over plain http at `port` (`open` refuses it for artifacts: caches here are made
+/// without `open`).
+fn s3_at(port: u16) -> Arc<ObjectSource> {
     let options: Vec<(String, String)> = [
         ("endpoint", format!("http://127.0.0.1:{port}")),
         ("allow_http", "true".into()),
@@ -393,13 +404,31 @@ async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_n
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let store = Arc::new(ObjectSource::open("s3://bucket/artifacts", &options).expect("store"));
-    let cache = ArtifactCache {
-        remote: Some(store),
-        key: Some(vec![3u8; 32].into()),
-        fetch_timeout: Some(std::time::Duration::from_millis(300)),
-        ..Default::default()
-    };
+    Arc::new(ObjectSource::open("s3://bucket/artifacts", &options).expect("store"))
+}
+
+fn cache_on(store: Arc<ObjectSource>) -> ArtifactCache {
+    ArtifactCache { remote: Some(store), key: Some(vec![3u8; 32].into()), fetch_timeout: Some(std::time::Duration::from_millis(300)), ..Default::default() }
+}
+
+fn count(n: &std::sync::atomic::AtomicUsize) -> usize {
+    n.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+async fn until_more_than(n: &std::sync::atomic::AtomicUsize, was: usize) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(n) == was && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    count(n) > was
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_not_at_all() {
+    // Review AM1: a store whose GETs stalled held a cold call 60 s (its timeoutMs, twice) under a
+    // loadTimeoutMs of 1 s, and one whose PUTs stalled held the call that compiled 5 s.
+    let (port, accepted) = silent_server();
+    let cache = cache_on(s3_at(port));
     let e = engine(EngineKind::Plain).expect("engine");
     let digest = [17u8; 32];
     let looked = tokio::time::timeout(std::time::Duration::from_secs(10), cache.load_sealed(&digest, e)).await;
@@ -415,9 +444,51 @@ async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_n
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
     let saved = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save(&digest, e, &module.code, module.facts())).await;
     assert!(matches!(saved, Ok(Ok(()))), "not held by the stalled write");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while accepted.load(std::sync::atomic::Ordering::SeqCst) == asked && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert!(until_more_than(&accepted, asked).await, "the write went to the store");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_answers_but_sends_slowly_is_not_skipped() {
+    // Review AM1F: any lookup past loadTimeoutMs turned the store off for a minute, so a tenant's
+    // large module on a slow store cost everyone's artifacts.
+    let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
+    let (port, accepted) = server_answering(head);
+    let cache = cache_on(s3_at(port));
+    let e = engine(EngineKind::Plain).expect("engine");
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body never comes");
+    let asked = count(&accepted);
+    assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
+    assert!(count(&accepted) > asked, "the store is asked again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asking_a_stalled_store_for_shared_code_holds_nothing_and_precompiles_write_is_an_error() {
+    // Review AM1F: code taken from another executor asked the store whether it had it, and a
+    // store that stalled held that call 30 s; precompile resolved though nothing was stored.
+    let (port, _) = silent_server();
+    let cache = cache_on(s3_at(port));
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let digest = [20u8; 32];
+    let asked = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing(&digest, e, &module.code, module.facts())).await;
+    assert!(matches!(asked, Ok(Ok(()))), "given up on after the store's answer wait");
+    assert!(cache.remote_state.skipping(), "and the store skipped since");
+    let now = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;
+    assert_eq!(now.expect("bounded").map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_executors_stalled_writes_leave_anothers_alone() {
+    // Review AM1F: four writes to one executor's stalled store took the process's every place,
+    // and 20 of another executor's artifacts were never written.
+    let (stalled, _) = silent_server();
+    let (healthy, written) = silent_server();
+    let (x, y) = (cache_on(s3_at(stalled)), cache_on(s3_at(healthy)));
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    for i in 0..6u8 {
+        x.save(&[30 + i; 32], e, &module.code, module.facts()).await.expect("saved");
     }
-    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > asked, "the write went to the store");
+    y.save(&[40u8; 32], e, &module.code, module.facts()).await.expect("saved");
+    assert!(until_more_than(&written, 0).await, "the other executor's write went to its store");
 }

@@ -107,10 +107,12 @@ impl Executor {
         // With a `cacheDir`, it is left within its bound, this module's artifact kept: a process
         // that precompiles and exits (the CLI) would not see a background scan.
         let engine = crate::engine::engine(module.kind)?;
-        // And in the artifact store, its write waited for (a compile's goes on in the background).
+        // And in the artifact store, its write waited for (a compile's goes on in the background):
+        // one that fails fails the precompile (it resolved, and a fresh process compiled again:
+        // review AM1F).
         if self.modules.artifacts.remote.is_some() {
             let save = self.modules.artifacts.save_missing_now(&module.digest, engine, &module.code, module.facts());
-            let _ = cancel.guard(save).await?;
+            cancel.guard(save).await??;
         }
         cancel.guard(self.modules.artifacts.settle_dir(&module.digest, engine)).await?;
         Ok(hex(&module.digest))

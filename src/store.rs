@@ -313,11 +313,20 @@ impl ObjectSource {
 
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
+        self.get_at_most_noting(path, max_bytes, &std::sync::atomic::AtomicBool::new(false)).await
+    }
+
+    /// `get_at_most`, setting `answered` once the store has answered (its response's head came;
+    /// a `file://` store at once): a slow body is told from a store that does not answer.
+    pub async fn get_at_most_noting(&self, path: &str, max_bytes: u64, answered: &std::sync::atomic::AtomicBool) -> Result<Bytes, ExecError> {
         let key = self.key(path)?;
         if self.local.is_some() {
+            answered.store(true, std::sync::atomic::Ordering::Release);
             return self.read_local(path, &key, max_bytes).await;
         }
-        let result = self.timed(path, self.store.get(&key)).await?;
+        let result = self.timed(path, self.store.get(&key)).await;
+        answered.store(true, std::sync::atomic::Ordering::Release);
+        let result = result?;
         if result.meta.size > max_bytes {
             return Err(ExecError::CompileLimit(format!(
                 "the module's size in bytes is {}, over the limit of {max_bytes} (maxModuleBytes)",
