@@ -215,6 +215,6 @@ async fn a_collection_that_calls_a_host_function_is_refused_as_outside_the_call_
     assert_eq!(host.0.load(std::sync::atomic::Ordering::SeqCst), 0, "the host function never ran");
     let warned = lines.0.lock().expect("lines").clone();
     assert_eq!(warned.len(), 1, "{warned:?}");
-    assert!(warned[0].1.contains("CAPABILITY_DENIED") && warned[0].1.contains("after its call had returned"), "{}", warned[0].1);
+    assert!(warned[0].1.contains("CAPABILITY_DENIED") && warned[0].1.contains("after the call returned"), "{}", warned[0].1);
     assert!(!warned[0].1.contains("does not name"), "{}", warned[0].1);
 }

@@ -171,14 +171,14 @@ impl HostAccess {
         f.get_or_insert(e);
     }
 
-    /// Guest code that runs after its call's host access ended: the runtime's collection
-    /// (`__collect`, run on the call's Store once the guest has returned). Its calls of host
-    /// functions and requests are refused as such: the refusal named the definition's grants,
-    /// which grant them (review AL2).
+    /// Guest code that runs outside a call's host access: the runtime's collection (`__collect`,
+    /// run on the call's Store once the guest has returned), a start function run to move or
+    /// restore an actor's state. Its calls of host functions and requests are refused as such:
+    /// the refusal named the definition's grants, which grant them (review AL2).
     fn outside_call(&self, what: &str) -> Option<ExecError> {
         (!self.in_call && !self.making_image).then(|| {
             ExecError::CapabilityDenied(format!(
-                "the guest reached {what} after its call had returned (in its runtime's collection, __collect): host functions and the network are reachable only while the call runs"
+                "the guest reached {what} outside a call's own code (its runtime's collection, __collect, after the call returned, or a start function run to move or restore an actor): host functions and the network are reachable only from the call's own code"
             ))
         })
     }
