@@ -12,6 +12,7 @@
 //! are refused. The fingerprint covers the wasmtime version and every engine setting that
 //! changes code, so a stale or foreign artifact is never even looked up.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,15 +131,15 @@ pub struct ArtifactCache {
     pub remote_state: RemoteState,
 }
 
-/// How long lookups skip an artifact store after it did not answer one within
-/// `REMOTE_ANSWER_WAIT`: a store that stalls costs a cold call the compile it would cost without
-/// the store, not `loadTimeoutMs` on top (review AM1: 60 s for a call whose compile took
-/// milliseconds). A store that answers but sends a large artifact slowly is not skipped (a
-/// tenant's own large module would otherwise turn the store off for everyone's: review AM1F).
+/// How long lookups skip an artifact store after it neither answered one nor sent a byte of it
+/// for `REMOTE_ANSWER_WAIT`: a store that stalls costs a cold call the compile it would cost
+/// without the store, not `loadTimeoutMs` on top (review AM1: 60 s for a call whose compile took
+/// milliseconds). A store that sends a large artifact slowly is not skipped (a tenant's own
+/// large module would otherwise turn the store off for everyone's: review AM1F).
 pub const REMOTE_STALL_SKIP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The longest a store may take to answer a lookup or an ask (its response's head), unless
-/// `loadTimeoutMs` is shorter: past it, it stalls.
+/// The longest a store may go without answering a lookup or an ask (its response's head) or
+/// sending a byte of its body, unless half of `loadTimeoutMs` is shorter: past it, it stalls.
 pub const REMOTE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Writes to the artifact store in flight for one executor, each holding its sealed artifact,
@@ -152,14 +153,29 @@ const REMOTE_PUTS: usize = 4;
 pub struct RemoteState {
     /// Until when lookups skip the store.
     stalled: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Modules whose lookup ran out of time while the store was sending (a large artifact on a
+    /// slow store), and until when their lookups skip it: the next calls of that module compile,
+    /// others' still look (review AMF2: each cold call paid two lookups' time, every time).
+    slow: Arc<std::sync::Mutex<HashMap<Digest, std::time::Instant>>>,
     puts: Arc<tokio::sync::Semaphore>,
+    /// The background writes under way, by artifact name: whether each landed, once it ended
+    /// (`precompile` waits for its module's rather than writing it again).
+    writing: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>>>,
 }
 
 impl Default for RemoteState {
     fn default() -> Self {
-        RemoteState { stalled: Default::default(), puts: Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)) }
+        RemoteState {
+            stalled: Default::default(),
+            slow: Default::default(),
+            puts: Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)),
+            writing: Default::default(),
+        }
     }
 }
+
+/// Modules remembered as slow to look up, at most (past it, the oldest marks go).
+const MAX_SLOW: usize = 256;
 
 impl RemoteState {
     fn skipping(&self) -> bool {
@@ -168,6 +184,23 @@ impl RemoteState {
 
     fn stalls(&self) {
         *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now() + REMOTE_STALL_SKIP);
+    }
+
+    fn skipping_module(&self, digest: &Digest) -> bool {
+        let now = std::time::Instant::now();
+        let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        slow.retain(|_, until| *until > now);
+        slow.contains_key(digest)
+    }
+
+    fn slow_module(&self, digest: &Digest) {
+        let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        if slow.len() >= MAX_SLOW {
+            if let Some(oldest) = slow.iter().min_by_key(|(_, until)| **until).map(|(d, _)| *d) {
+                slow.remove(&oldest);
+            }
+        }
+        slow.insert(*digest, std::time::Instant::now() + REMOTE_STALL_SKIP);
     }
 }
 
@@ -335,32 +368,49 @@ impl ArtifactCache {
             }
         }
         let remote = self.remote.as_ref()?;
-        if self.remote_state.skipping() {
+        if self.remote_state.skipping() || self.remote_state.skipping_module(digest) {
             return None;
         }
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
-        let answered = std::sync::atomic::AtomicBool::new(false);
-        let get = remote.get_at_most_noting(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &answered);
-        let limit = self.fetch_timeout.unwrap_or(remote.timeout());
-        let until = tokio::time::Instant::now() + limit;
+        let progress = std::sync::atomic::AtomicU64::new(0);
+        let get = remote.get_at_most_noting(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &progress);
+        let until = tokio::time::Instant::now() + self.fetch_timeout.unwrap_or(remote.timeout());
+        let wait = self.answer_wait();
         let answer = async {
-            // Not answered within `answer_wait`: the store stalls.
+            // A store that neither answers nor sends a byte for `wait` has stopped; one that is
+            // sending takes until `until` (review AM1F: a store whose bodies stalled held every
+            // cold call twice loadTimeoutMs, 120 s by default).
             tokio::pin!(get);
-            tokio::select! {
-                got = &mut get => return Some(got),
-                () = tokio::time::sleep(self.answer_wait()) => {}
+            let (mut seen, mut since) = (0, tokio::time::Instant::now());
+            loop {
+                let tick = (tokio::time::Instant::now() + wait / 4).min(until);
+                tokio::select! {
+                    got = &mut get => return Ok(got),
+                    () = tokio::time::sleep_until(tick) => {}
+                }
+                let now = progress.load(std::sync::atomic::Ordering::Acquire);
+                if now != seen {
+                    (seen, since) = (now, tokio::time::Instant::now());
+                } else if tokio::time::Instant::now() >= since + wait {
+                    return Err(true);
+                }
+                if tokio::time::Instant::now() >= until {
+                    return Err(false);
+                }
             }
-            if !answered.load(std::sync::atomic::Ordering::Acquire) {
-                return None;
-            }
-            tokio::time::timeout_at(until, get).await.ok()
         };
         let bytes = match answer.await {
-            Some(got) => got.ok()?,
-            None => {
-                if !answered.load(std::sync::atomic::Ordering::Acquire) {
-                    self.remote_state.stalls();
-                }
+            Ok(Ok(bytes)) => bytes,
+            // Not there (or too large to be an artifact): compiled.
+            Ok(Err(ExecError::BlobNotFound { .. } | ExecError::CompileLimit(_))) => return None,
+            // A store that fails (500s, each retried by the client: a second of every cold call,
+            // review AMF2) is skipped as one that stalls.
+            Ok(Err(_)) | Err(true) => {
+                self.remote_state.stalls();
+                return None;
+            }
+            Err(false) => {
+                self.remote_state.slow_module(digest);
                 return None;
             }
         };
@@ -429,8 +479,13 @@ impl ArtifactCache {
         match background {
             Some(runtime) => {
                 if let Ok(permit) = self.remote_state.puts.clone().try_acquire_owned() {
+                    let (landed, watch) = tokio::sync::watch::channel(None);
+                    let writing = self.remote_state.writing.clone();
+                    writing.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), watch);
                     drop(runtime.spawn(async move {
-                        let _ = remote.put(&name, Bytes::from(sealed)).await;
+                        let put = remote.put(&name, Bytes::from(sealed)).await;
+                        writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                        let _ = landed.send(Some(put.is_ok()));
                         drop(permit);
                     }));
                 }
@@ -451,10 +506,10 @@ impl ArtifactCache {
         }
     }
 
-    /// The longest the store may take to answer: `REMOTE_ANSWER_WAIT`, or `loadTimeoutMs` if
-    /// shorter.
+    /// The longest the store may take to answer or go without sending: `REMOTE_ANSWER_WAIT`, or
+    /// half of `loadTimeoutMs` if shorter.
     fn answer_wait(&self) -> std::time::Duration {
-        self.fetch_timeout.map_or(REMOTE_ANSWER_WAIT, |t| t.min(REMOTE_ANSWER_WAIT))
+        self.fetch_timeout.map_or(REMOTE_ANSWER_WAIT, |t| (t / 2).min(REMOTE_ANSWER_WAIT))
     }
 
     /// Whether a tier lacks the artifact (a store that does not say in time, or is skipped,
@@ -487,6 +542,17 @@ impl ArtifactCache {
             return Ok(());
         }
         let name = self.name(digest, engine);
+        // This executor's compile is writing it already: its outcome is this one's (it was
+        // written twice, and a store slow to answer failed a precompile whose write landed:
+        // review AMF2).
+        let under_way = self.remote_state.writing.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned();
+        if let Some(mut landed) = under_way {
+            if let Ok(outcome) = landed.wait_for(Option::is_some).await {
+                if *outcome == Some(true) && self.dir.as_ref().is_none_or(|d| d.join(&name).exists()) {
+                    return Ok(());
+                }
+            }
+        }
         let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
         let in_remote = match &self.remote {
             Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.exists(&name)).await {

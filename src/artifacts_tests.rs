@@ -361,34 +361,64 @@ async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_noth
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A server on loopback that takes connections and answers each with `head` (nothing: it never
-/// answers), then nothing more; counts them.
-fn server_answering(head: &'static str) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// What a test server does with each connection.
+#[derive(Clone, Copy)]
+enum Serve {
+    /// Never answers.
+    Silent,
+    /// Answers the request's head with `HEAD_100K`, then sends nothing.
+    HeadOnly,
+    /// Answers with `HEAD_100K`, then a byte every 20 ms.
+    Trickle,
+    /// Answers 500.
+    Fails,
+}
+
+const HEAD_100K: &str =
+    "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
+
+/// A server on loopback serving each connection as `serve` says; counts them.
+fn server(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     let port = listener.local_addr().expect("address").port();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = accepted.clone();
     std::thread::spawn(move || {
-        let mut held = Vec::new();
         for mut conn in listener.incoming().flatten() {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if !head.is_empty() {
-                // After the request's head.
-                let mut seen = Vec::new();
-                let mut byte = [0u8; 1];
-                while !seen.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut conn, &mut byte).is_ok_and(|n| n == 1) {
-                    seen.push(byte[0]);
+            std::thread::spawn(move || {
+                if !matches!(serve, Serve::Silent) {
+                    // After the request's head.
+                    let mut seen = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !seen.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut conn, &mut byte).is_ok_and(|n| n == 1) {
+                        seen.push(byte[0]);
+                    }
+                    let head = match serve {
+                        Serve::Fails => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        _ => HEAD_100K,
+                    };
+                    let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
+                    if matches!(serve, Serve::Fails) {
+                        return;
+                    }
                 }
-                let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
-            }
-            held.push(conn);
+                if matches!(serve, Serve::Trickle) {
+                    while std::io::Write::write_all(&mut conn, b"x").is_ok() {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                }
+                // Held open until the client lets go.
+                let mut sink = [0u8; 64];
+                while std::io::Read::read(&mut conn, &mut sink).is_ok_and(|n| n > 0) {}
+            });
         }
     });
     (port, accepted)
 }
 
 fn silent_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
-    server_answering("")
+    server(Serve::Silent)
 }
 
 /// An S3 store over plain http at `port` (`open` refuses it for artifacts: caches here are made
@@ -448,17 +478,36 @@ async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_n
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_that_answers_but_sends_slowly_is_not_skipped() {
+async fn a_store_that_sends_slowly_is_not_skipped_and_one_whose_body_stops_is() {
     // Review AM1F: any lookup past loadTimeoutMs turned the store off for a minute, so a tenant's
-    // large module on a slow store cost everyone's artifacts.
-    let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
-    let (port, accepted) = server_answering(head);
-    let cache = cache_on(s3_at(port));
+    // large module on a slow store cost everyone's artifacts. Review AMF2: a store that answered
+    // at once and then sent no body held every cold call twice loadTimeoutMs (120 s by default).
     let e = engine(EngineKind::Plain).expect("engine");
-    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body never comes");
+    let (port, accepted) = server(Serve::Trickle);
+    let cache = cache_on(s3_at(port));
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body is not done by loadTimeoutMs");
     let asked = count(&accepted);
     assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
     assert!(count(&accepted) > asked, "the store is asked again");
+    // For another module: the one that ran out of time is not looked up again for a while.
+    let asked = count(&accepted);
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none());
+    assert_eq!(count(&accepted), asked, "that module's lookups skip the store");
+    let (port, accepted) = server(Serve::HeadOnly);
+    let cache = cache_on(s3_at(port));
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body never comes");
+    let asked = count(&accepted);
+    assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
+    assert_eq!(count(&accepted), asked, "skipped since");
+    // A store that fails (500) is skipped as one that stalls (each lookup was retried by the
+    // client: a second of every cold call).
+    let (port, accepted) = server(Serve::Fails);
+    let cache = cache_on(s3_at(port));
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none());
+    let asked = count(&accepted);
+    assert!(asked >= 1);
+    assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
+    assert_eq!(count(&accepted), asked, "skipped since");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -313,27 +313,42 @@ impl ObjectSource {
 
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
-        self.get_at_most_noting(path, max_bytes, &std::sync::atomic::AtomicBool::new(false)).await
+        self.get_at_most_noting(path, max_bytes, &std::sync::atomic::AtomicU64::new(0)).await
     }
 
-    /// `get_at_most`, setting `answered` once the store has answered (its response's head came;
-    /// a `file://` store at once): a slow body is told from a store that does not answer.
-    pub async fn get_at_most_noting(&self, path: &str, max_bytes: u64, answered: &std::sync::atomic::AtomicBool) -> Result<Bytes, ExecError> {
+    /// `get_at_most`, adding to `progress` as the store answers (once its response's head came;
+    /// a `file://` store at once) and as each part of the body comes: a store that sends slowly
+    /// is told from one that stopped.
+    pub async fn get_at_most_noting(&self, path: &str, max_bytes: u64, progress: &std::sync::atomic::AtomicU64) -> Result<Bytes, ExecError> {
+        use std::sync::atomic::Ordering;
         let key = self.key(path)?;
         if self.local.is_some() {
-            answered.store(true, std::sync::atomic::Ordering::Release);
+            progress.fetch_add(1, Ordering::Release);
             return self.read_local(path, &key, max_bytes).await;
         }
         let result = self.timed(path, self.store.get(&key)).await;
-        answered.store(true, std::sync::atomic::Ordering::Release);
+        progress.fetch_add(1, Ordering::Release);
         let result = result?;
-        if result.meta.size > max_bytes {
+        let size = result.meta.size;
+        if size > max_bytes {
             return Err(ExecError::CompileLimit(format!(
-                "the module's size in bytes is {}, over the limit of {max_bytes} (maxModuleBytes)",
-                result.meta.size
+                "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"
             )));
         }
-        self.timed(path, result.bytes()).await
+        let mut parts = result.into_stream();
+        let body = async {
+            let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            while let Some(part) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(parts.as_mut(), cx)).await {
+                let part = part?;
+                progress.fetch_add(part.len() as u64 + 1, Ordering::Release);
+                if (body.len() + part.len()) as u64 > size {
+                    return Err(object_store::Error::Generic { store: "object store", source: "more bytes than the object's size".into() });
+                }
+                body.extend_from_slice(&part);
+            }
+            Ok(Bytes::from(body))
+        };
+        self.timed(path, body).await
     }
 
 /// A `file://` object's bytes, read here rather than by object_store, whose read of a FIFO
