@@ -438,14 +438,19 @@ impl ModuleCache {
         if let (true, Some(bytes)) = (shared.kind != kind, tier_bytes) {
             self.tier_up_later(bytes.clone(), *digest, kind, generation, &shared);
         }
-        if let (Ok(engine), Ok(runtime)) = (engine(shared.kind), tokio::runtime::Handle::try_current()) {
+        if let Ok(engine) = engine(shared.kind) {
             // Best effort, as after a compile: a cache that cannot be written costs a compile
-            // later. In the background: asking the store held the call (30 s for a store that
-            // stalls, review AM1F).
-            let (artifacts, digest, module) = (self.artifacts.clone(), *digest, shared.clone());
-            drop(runtime.spawn(async move {
-                let _ = artifacts.save_missing(&digest, engine, &module.code, module.facts()).await;
-            }));
+            // later. The directory now; the store in the background (asking it held the call:
+            // 30 s for a store that stalls, review AM1F).
+            let dir = ArtifactCache { remote: None, ..self.artifacts.clone() };
+            let _ = dir.save_missing(digest, engine, &shared.code, shared.facts()).await;
+            if let (Some(_), Ok(runtime)) = (&self.artifacts.remote, tokio::runtime::Handle::try_current()) {
+                let store = ArtifactCache { dir: None, ..self.artifacts.clone() };
+                let (digest, module) = (*digest, shared.clone());
+                drop(runtime.spawn(async move {
+                    let _ = store.save_missing(&digest, engine, &module.code, module.facts()).await;
+                }));
+            }
         }
         Some(shared)
     }
