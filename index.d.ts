@@ -386,7 +386,8 @@ export declare class WasmActivityExecutor {
    * Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
    * of traffic, filling every cache tier. Resolves to the module's sha256; with a `cacheDir`,
    * after pruning it to `maxCacheDirBytes` (the module's artifact kept) when something was
-   * written to it since its last scan (waiting at most 10 s).
+   * written to it since its last scan (waiting at most 10 s); with an `artifactStore`, after its
+   * write there (rejects with the store's error, `BLOB_UNAVAILABLE`, when the store does not take it).
    */
   precompile(definition: ActivityDefinition): Promise<string>
   /**

@@ -334,7 +334,8 @@ impl WasmActivityExecutor {
     /// Downloads and compiles (or loads from a compiled artifact) the definition's module ahead
     /// of traffic, filling every cache tier. Resolves to the module's sha256; with a `cacheDir`,
     /// after pruning it to `maxCacheDirBytes` (the module's artifact kept) when something was
-    /// written to it since its last scan (waiting at most 10 s).
+    /// written to it since its last scan (waiting at most 10 s); with an `artifactStore`, after its
+    /// write there (rejects with the store's error, `BLOB_UNAVAILABLE`, when the store does not take it).
     #[napi(ts_args_type = "definition: ActivityDefinition", ts_return_type = "Promise<string>")]
     pub fn precompile<'env>(&self, env: &'env Env, definition: Unknown<'env>) -> napi::Result<PromiseRaw<'env, String>> {
         let def = args::definition(definition);
