@@ -176,6 +176,9 @@ impl Default for RemoteState {
 
 /// Modules remembered as slow to look up, at most (past it, the oldest marks go).
 const MAX_SLOW: usize = 256;
+/// Bytes a second below which a store sending an artifact counts as stalled: at this pace a
+/// 4 MiB artifact takes a minute.
+const MIN_SENDING_RATE: u64 = 64 * 1024;
 
 impl RemoteState {
     fn skipping(&self) -> bool {
@@ -374,7 +377,8 @@ impl ArtifactCache {
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
         let progress = std::sync::atomic::AtomicU64::new(0);
         let get = remote.get_at_most_noting(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &progress);
-        let until = tokio::time::Instant::now() + self.fetch_timeout.unwrap_or(remote.timeout());
+        let started = tokio::time::Instant::now();
+        let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
         let wait = self.answer_wait();
         let answer = async {
             // A store that neither answers nor sends a byte for `wait` has stopped; one that is
@@ -409,8 +413,17 @@ impl ArtifactCache {
                 self.remote_state.stalls();
                 return None;
             }
+            // Out of time while the store was sending: a large artifact (that module's lookups
+            // skip the store for a while), unless it came slower than `MIN_SENDING_RATE`, which
+            // is a store that has all but stopped (review AN1: a byte every few seconds held
+            // every new module's cold call loadTimeoutMs).
             Err(false) => {
-                self.remote_state.slow_module(digest);
+                let sent = progress.load(std::sync::atomic::Ordering::Acquire);
+                if (sent as f64) < MIN_SENDING_RATE as f64 * started.elapsed().as_secs_f64() {
+                    self.remote_state.stalls();
+                } else {
+                    self.remote_state.slow_module(digest);
+                }
                 return None;
             }
         };
@@ -547,10 +560,18 @@ impl ArtifactCache {
         // review AMF2).
         let under_way = self.remote_state.writing.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned();
         if let Some(mut landed) = under_way {
-            if let Ok(outcome) = landed.wait_for(Option::is_some).await {
-                if *outcome == Some(true) && self.dir.as_ref().is_none_or(|d| d.join(&name).exists()) {
-                    return Ok(());
+            let outcome = landed.wait_for(Option::is_some).await.map(|o| *o).ok().flatten();
+            match outcome {
+                Some(true) if self.dir.as_ref().is_none_or(|d| d.join(&name).exists()) => return Ok(()),
+                // Not written again: a second write would wait as long again (review AN1: a
+                // store whose writes stalled held precompile twice its timeoutMs, written twice).
+                Some(false) => {
+                    return Err(ExecError::BlobUnavailable {
+                        path: name,
+                        message: "the artifact store did not take the artifact (its write failed or ran past the store's timeoutMs)".into(),
+                    })
                 }
+                _ => {}
             }
         }
         let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());

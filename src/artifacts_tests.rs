@@ -370,9 +370,16 @@ enum Serve {
     HeadOnly,
     /// Answers with `HEAD_100K`, then a byte every 20 ms.
     Trickle,
+    /// Answers with a 100 MB head, then sends 64 KiB every 2 ms (32 MB/s: a large artifact).
+    Large,
     /// Answers 500.
     Fails,
+    /// Answers 404 to all but PUTs, which it never answers.
+    StallsPuts,
 }
+
+const HEAD_100M: &str =
+    "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
 
 const HEAD_100K: &str =
     "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
@@ -394,13 +401,24 @@ fn server(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                     while !seen.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut conn, &mut byte).is_ok_and(|n| n == 1) {
                         seen.push(byte[0]);
                     }
+                    let stalls = matches!(serve, Serve::StallsPuts) && seen.starts_with(b"PUT");
                     let head = match serve {
                         Serve::Fails => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        Serve::StallsPuts => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        Serve::Large => HEAD_100M,
                         _ => HEAD_100K,
                     };
-                    let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
-                    if matches!(serve, Serve::Fails) {
-                        return;
+                    if !stalls {
+                        let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
+                        if matches!(serve, Serve::Fails | Serve::StallsPuts) {
+                            return;
+                        }
+                    }
+                }
+                if matches!(serve, Serve::Large) {
+                    let part = vec![b'x'; 64 * 1024];
+                    while std::io::Write::write_all(&mut conn, &part).is_ok() {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
                     }
                 }
                 if matches!(serve, Serve::Trickle) {
@@ -424,7 +442,12 @@ fn silent_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
 /// An S3 store over plain http at `port` (`open` refuses it for artifacts: caches here are made
 /// without `open`).
 fn s3_at(port: u16) -> Arc<ObjectSource> {
-    let options: Vec<(String, String)> = [
+    s3_timing_out(port, None)
+}
+
+/// `s3_at`, its operations bounded by `timeout_ms` (the store's `timeoutMs`).
+fn s3_timing_out(port: u16, timeout_ms: Option<&str>) -> Arc<ObjectSource> {
+    let mut options: Vec<(String, String)> = [
         ("endpoint", format!("http://127.0.0.1:{port}")),
         ("allow_http", "true".into()),
         ("access_key_id", "k".into()),
@@ -434,6 +457,9 @@ fn s3_at(port: u16) -> Arc<ObjectSource> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if let Some(ms) = timeout_ms {
+        options.push(("timeoutMs".into(), ms.into()));
+    }
     Arc::new(ObjectSource::open("s3://bucket/artifacts", &options).expect("store"))
 }
 
@@ -478,12 +504,14 @@ async fn a_stalled_artifact_store_holds_a_lookup_loadtimeoutms_once_and_a_save_n
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_that_sends_slowly_is_not_skipped_and_one_whose_body_stops_is() {
+async fn a_store_sending_a_large_artifact_is_not_skipped_and_one_whose_body_stops_or_trickles_is() {
     // Review AM1F: any lookup past loadTimeoutMs turned the store off for a minute, so a tenant's
     // large module on a slow store cost everyone's artifacts. Review AMF2: a store that answered
     // at once and then sent no body held every cold call twice loadTimeoutMs (120 s by default).
+    // Review AN1: one that sent a byte every few seconds was never skipped, and every new
+    // module's cold call waited loadTimeoutMs.
     let e = engine(EngineKind::Plain).expect("engine");
-    let (port, accepted) = server(Serve::Trickle);
+    let (port, accepted) = server(Serve::Large);
     let cache = cache_on(s3_at(port));
     assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body is not done by loadTimeoutMs");
     let asked = count(&accepted);
@@ -493,6 +521,13 @@ async fn a_store_that_sends_slowly_is_not_skipped_and_one_whose_body_stops_is() 
     let asked = count(&accepted);
     assert!(cache.load_sealed(&[18u8; 32], e).await.is_none());
     assert_eq!(count(&accepted), asked, "that module's lookups skip the store");
+    let (port, accepted) = server(Serve::Trickle);
+    let cache = cache_on(s3_at(port));
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "50 bytes a second: all but stopped");
+    let asked = count(&accepted);
+    assert!(asked >= 1);
+    assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
+    assert_eq!(count(&accepted), asked, "skipped since, for every module");
     let (port, accepted) = server(Serve::HeadOnly);
     let cache = cache_on(s3_at(port));
     assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body never comes");
@@ -524,6 +559,21 @@ async fn asking_a_stalled_store_for_shared_code_holds_nothing_and_precompiles_wr
     assert!(cache.remote_state.skipping(), "and the store skipped since");
     let now = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;
     assert_eq!(now.expect("bounded").map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_precompile_whose_write_is_under_way_and_fails_is_refused_without_a_second_write() {
+    // Review AN1: the write of the compile (in the background) ran out of the store's timeoutMs,
+    // then precompile asked the store and wrote again: twice timeoutMs, two PUTs.
+    let (port, accepted) = server(Serve::StallsPuts);
+    let cache = cache_on(s3_timing_out(port, Some("500")));
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let digest = [21u8; 32];
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("its write goes on in the background");
+    let now = tokio::time::timeout(std::time::Duration::from_secs(20), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;
+    assert_eq!(now.expect("bounded").map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+    assert_eq!(count(&accepted), 1, "one write, nothing asked or written after it");
 }
 
 #[tokio::test(flavor = "multi_thread")]
