@@ -488,10 +488,16 @@ async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &
             Convention::AsString => crate::http_client::TextUnits::Utf16,
             Convention::ExtismHandle => crate::http_client::TextUnits::Utf8,
         };
-        // What the guest has room for, not its whole cap: a response past the room could not be
-        // handed over, and was read (and its text made) up to the cap, host memory outside it.
-        // Refused, it is told against the cap, with what the guest holds already.
-        let (cap, used) = (caller.data().limiter.max_bytes(), caller.data().limiter.total_bytes());
+        // What the guest could have room for. An Extism guest's response becomes a variable held
+        // by the host, counted with what it holds already: the cap less that. An AssemblyScript
+        // guest's text goes to its own heap, whose free space the host cannot see (a memory at its
+        // cap may be mostly free: review AN1F had every response refused, 10 bytes too): its whole
+        // cap. Refused, it is told against the cap (an Extism guest's with what it holds already).
+        let cap = caller.data().limiter.max_bytes();
+        let used = match convention {
+            Convention::ExtismHandle => caller.data().limiter.total_bytes(),
+            Convention::AsString => 0,
+        };
         let room = cap.saturating_sub(used);
         let against_cap = |e: ExecError| match e {
             ExecError::OutOfMemory { requested_bytes, .. } => {
