@@ -176,8 +176,9 @@ impl Default for RemoteState {
 
 /// Modules remembered as slow to look up, at most (past it, the oldest marks go).
 const MAX_SLOW: usize = 256;
-/// Bytes a second below which a store sending an artifact counts as stalled: at this pace a
-/// 4 MiB artifact takes a minute.
+/// Bytes a second below which a store counts as stalled, over each `answer_wait` of a lookup
+/// (review AN1: a byte every few seconds kept a store "sending"): at this pace a 4 MiB artifact
+/// takes a minute.
 const MIN_SENDING_RATE: u64 = 64 * 1024;
 
 impl RemoteState {
@@ -381,24 +382,30 @@ impl ArtifactCache {
         let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
         let wait = self.answer_wait();
         let answer = async {
-            // A store that neither answers nor sends a byte for `wait` has stopped; one that is
-            // sending takes until `until` (review AM1F: a store whose bodies stalled held every
-            // cold call twice loadTimeoutMs, 120 s by default).
+            // A store that neither answers nor sends `MIN_SENDING_RATE` for `wait` has all but
+            // stopped; one that is sending takes until `until` (review AM1F: a store whose bodies
+            // stalled held every cold call twice loadTimeoutMs, 120 s by default; review AN1F: one
+            // that sent fast, then a byte every few seconds, passed for sending).
             tokio::pin!(get);
-            let (mut seen, mut since) = (0, tokio::time::Instant::now());
+            let (mut seen, mut since) = (0, started);
             loop {
                 let tick = (tokio::time::Instant::now() + wait / 4).min(until);
                 tokio::select! {
                     got = &mut get => return Ok(got),
                     () = tokio::time::sleep_until(tick) => {}
                 }
-                let now = progress.load(std::sync::atomic::Ordering::Acquire);
-                if now != seen {
-                    (seen, since) = (now, tokio::time::Instant::now());
-                } else if tokio::time::Instant::now() >= since + wait {
-                    return Err(true);
+                let now = tokio::time::Instant::now();
+                let out_of_time = now >= until;
+                // Each `wait`, and the last part of one when the time is up (a part too short to
+                // judge a store sending in large parts is not judged).
+                if now >= since + wait || (out_of_time && now >= since + wait / 4) {
+                    let sent = progress.load(std::sync::atomic::Ordering::Acquire) - seen;
+                    if (sent as f64) < MIN_SENDING_RATE as f64 * (now - since).as_secs_f64() {
+                        return Err(true);
+                    }
+                    (seen, since) = (seen + sent, now);
                 }
-                if tokio::time::Instant::now() >= until {
+                if out_of_time {
                     return Err(false);
                 }
             }
@@ -413,17 +420,10 @@ impl ArtifactCache {
                 self.remote_state.stalls();
                 return None;
             }
-            // Out of time while the store was sending: a large artifact (that module's lookups
-            // skip the store for a while), unless it came slower than `MIN_SENDING_RATE`, which
-            // is a store that has all but stopped (review AN1: a byte every few seconds held
-            // every new module's cold call loadTimeoutMs).
+            // Out of time while the store kept sending: a large artifact (that module's lookups
+            // skip the store for a while).
             Err(false) => {
-                let sent = progress.load(std::sync::atomic::Ordering::Acquire);
-                if (sent as f64) < MIN_SENDING_RATE as f64 * started.elapsed().as_secs_f64() {
-                    self.remote_state.stalls();
-                } else {
-                    self.remote_state.slow_module(digest);
-                }
+                self.remote_state.slow_module(digest);
                 return None;
             }
         };
@@ -481,10 +481,14 @@ impl ArtifactCache {
         let body = code.serialize().map_err(ExecError::internal)?;
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
-        if let Some(dir) = &self.dir {
-            self.write_to_dir(dir, name.clone(), Arc::new(sealed.clone())).await?;
-        }
-        let Some(remote) = self.remote.clone() else { return Ok(()) };
+        // A directory that cannot be written (removed, full) does not keep the artifact from the
+        // store (review AN1F: a worker whose cacheDir went stopped sharing with its fleet); its
+        // error is the save's, after that.
+        let in_dir = match &self.dir {
+            Some(dir) => self.write_to_dir(dir, name.clone(), Arc::new(sealed.clone())).await,
+            None => Ok(()),
+        };
+        let Some(remote) = self.remote.clone() else { return in_dir };
         let background = match tokio::runtime::Handle::try_current() {
             Ok(runtime) if !wait => Some(runtime),
             _ => None,
@@ -505,7 +509,7 @@ impl ArtifactCache {
             }
             None => remote.put(&name, Bytes::from(sealed)).await?,
         }
-        Ok(())
+        in_dir
     }
 
     /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
@@ -774,6 +778,7 @@ async fn deserialize(engine: &Engine, key: Arc<[u8]>, name: String, bytes: Vec<u
 
 /// Writes a file whole or not at all: a temporary file in the same directory, then a rename.
 pub(crate) async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<(), ExecError> {
+    let target = dir.join(&name).display().to_string();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         // Unique per write: two saves of one artifact in a process (a tier-up's and a
@@ -798,7 +803,8 @@ pub(crate) async fn write_atomic(dir: PathBuf, name: String, bytes: Arc<dyn AsRe
     })
     .await
     .map_err(ExecError::internal)?
-    .map_err(|e| ExecError::internal(format!("cannot write artifact: {e}")))
+    // Not the executor's fault: the directory was removed, filled or made unwritable under it.
+    .map_err(|e| ExecError::BlobUnavailable { path: target, message: format!("cannot write the compiled artifact to cacheDir: {e}") })
 }
 
 #[cfg(test)]

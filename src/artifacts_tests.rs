@@ -372,6 +372,8 @@ enum Serve {
     Trickle,
     /// Answers with a 100 MB head, then sends 64 KiB every 2 ms (32 MB/s: a large artifact).
     Large,
+    /// Answers with a 100 MB head, sends 1 MiB at once, then a byte every 20 ms.
+    FastThenTrickle,
     /// Answers 500.
     Fails,
     /// Answers 404 to all but PUTs, which it never answers.
@@ -405,7 +407,7 @@ fn server(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                     let head = match serve {
                         Serve::Fails => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                         Serve::StallsPuts => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        Serve::Large => HEAD_100M,
+                        Serve::Large | Serve::FastThenTrickle => HEAD_100M,
                         _ => HEAD_100K,
                     };
                     if !stalls {
@@ -421,7 +423,10 @@ fn server(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                         std::thread::sleep(std::time::Duration::from_millis(2));
                     }
                 }
-                if matches!(serve, Serve::Trickle) {
+                if matches!(serve, Serve::FastThenTrickle) && std::io::Write::write_all(&mut conn, &vec![b'x'; 1 << 20]).is_err() {
+                    return;
+                }
+                if matches!(serve, Serve::Trickle | Serve::FastThenTrickle) {
                     while std::io::Write::write_all(&mut conn, b"x").is_ok() {
                         std::thread::sleep(std::time::Duration::from_millis(20));
                     }
@@ -528,6 +533,15 @@ async fn a_store_sending_a_large_artifact_is_not_skipped_and_one_whose_body_stop
     assert!(asked >= 1);
     assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
     assert_eq!(count(&accepted), asked, "skipped since, for every module");
+    // Judged as it goes, not on average (review AN1F: a store that sent fast, then a byte every
+    // few seconds, held every new module's cold call loadTimeoutMs).
+    let (port, accepted) = server(Serve::FastThenTrickle);
+    let cache = cache_on(s3_at(port));
+    assert!(cache.load_sealed(&[18u8; 32], e).await.is_none());
+    let asked = count(&accepted);
+    assert!(asked >= 1);
+    assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
+    assert_eq!(count(&accepted), asked, "skipped since, for every module");
     let (port, accepted) = server(Serve::HeadOnly);
     let cache = cache_on(s3_at(port));
     assert!(cache.load_sealed(&[18u8; 32], e).await.is_none(), "its body never comes");
@@ -574,6 +588,25 @@ async fn a_precompile_whose_write_is_under_way_and_fails_is_refused_without_a_se
     let now = tokio::time::timeout(std::time::Duration::from_secs(20), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;
     assert_eq!(now.expect("bounded").map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
     assert_eq!(count(&accepted), 1, "one write, nothing asked or written after it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_dir_that_cannot_be_written_fails_the_save_coded_and_the_store_still_gets_the_artifact() {
+    // Review AN1F: with its cacheDir removed, precompile failed INTERNAL and nothing reached the
+    // store: the worker stopped sharing with its fleet.
+    let dir = temp("removed-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Arc::new(ObjectSource::open("memory://artifacts-removed-dir", &[]).expect("store"));
+    let cache = ArtifactCache { dir: Some(dir.clone()), remote: Some(store.clone()), key: Some(vec![6u8; 32].into()), ..Default::default() }
+        .open()
+        .expect("opens");
+    std::fs::remove_dir_all(&dir).expect("removed under it");
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let digest = [22u8; 32];
+    let saved = cache.save_now(&digest, e, &module.code, module.facts()).await;
+    assert_eq!(saved.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+    assert!(store.exists(&cache.name(&digest, e)).await.expect("asks"), "the store has it");
 }
 
 #[tokio::test(flavor = "multi_thread")]
