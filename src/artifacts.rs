@@ -158,6 +158,10 @@ pub struct RemoteState {
     /// others' still look (review AMF2: each cold call paid two lookups' time, every time).
     slow: Arc<std::sync::Mutex<HashMap<Digest, std::time::Instant>>>,
     puts: Arc<tokio::sync::Semaphore>,
+    /// What this executor's lookups have received from the store, all together: a store is
+    /// judged on that, not on each lookup's share of it (review AN2: six lookups sharing a
+    /// 300 KB/s link each fell under the bound, and a working store was turned off).
+    received: Arc<std::sync::atomic::AtomicU64>,
     /// The background writes under way, by artifact name: whether each landed, once it ended
     /// (`precompile` waits for its module's rather than writing it again).
     writing: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>>>,
@@ -169,6 +173,7 @@ impl Default for RemoteState {
             stalled: Default::default(),
             slow: Default::default(),
             puts: Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)),
+            received: Default::default(),
             writing: Default::default(),
         }
     }
@@ -176,9 +181,9 @@ impl Default for RemoteState {
 
 /// Modules remembered as slow to look up, at most (past it, the oldest marks go).
 const MAX_SLOW: usize = 256;
-/// Bytes a second below which a store counts as stalled, over each `answer_wait` of a lookup
-/// (review AN1: a byte every few seconds kept a store "sending"): at this pace a 4 MiB artifact
-/// takes a minute.
+/// Bytes a second below which a store counts as stalled, over each `answer_wait` of a lookup,
+/// all of the executor's lookups together (review AN1: a byte every few seconds kept a store
+/// "sending"): at this pace a 4 MiB artifact takes a minute.
 const MIN_SENDING_RATE: u64 = 64 * 1024;
 
 impl RemoteState {
@@ -376,8 +381,9 @@ impl ArtifactCache {
             return None;
         }
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
-        let progress = std::sync::atomic::AtomicU64::new(0);
+        let progress = crate::store::Progress::default();
         let get = remote.get_at_most_noting(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &progress);
+        let store_received = self.remote_state.received.clone();
         let started = tokio::time::Instant::now();
         let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
         let wait = self.answer_wait();
@@ -386,24 +392,42 @@ impl ArtifactCache {
             // stopped; one that is sending takes until `until` (review AM1F: a store whose bodies
             // stalled held every cold call twice loadTimeoutMs, 120 s by default; review AN1F: one
             // that sent fast, then a byte every few seconds, passed for sending).
+            use std::sync::atomic::Ordering;
             tokio::pin!(get);
-            let (mut seen, mut since) = (0, started);
+            // This lookup's bytes told to the executor's count so far; that count at the window's start.
+            let (mut told, mut since) = (0, started);
+            let mut seen = store_received.load(Ordering::Acquire);
             loop {
                 let tick = (tokio::time::Instant::now() + wait / 4).min(until);
                 tokio::select! {
-                    got = &mut get => return Ok(got),
+                    got = &mut get => {
+                        store_received.fetch_add(progress.received.load(Ordering::Acquire) - told, Ordering::AcqRel);
+                        return Ok(got);
+                    }
                     () = tokio::time::sleep_until(tick) => {}
                 }
+                let mine = progress.received.load(Ordering::Acquire);
+                store_received.fetch_add(mine - told, Ordering::AcqRel);
+                told = mine;
                 let now = tokio::time::Instant::now();
                 let out_of_time = now >= until;
                 // Each `wait`, and the last part of one when the time is up (a part too short to
                 // judge a store sending in large parts is not judged).
                 if now >= since + wait || (out_of_time && now >= since + wait / 4) {
-                    let sent = progress.load(std::sync::atomic::Ordering::Acquire) - seen;
+                    let total = store_received.load(Ordering::Acquire);
+                    let sent = total.saturating_sub(seen);
                     if (sent as f64) < MIN_SENDING_RATE as f64 * (now - since).as_secs_f64() {
                         return Err(true);
                     }
-                    (seen, since) = (seen + sent, now);
+                    (seen, since) = (total, now);
+                    // At the pace this lookup has had, its artifact cannot all come in time: given
+                    // up on now, as a large artifact, not at the deadline (review AN2: a store
+                    // sending just over the bound held every new module's cold call loadTimeoutMs).
+                    let size = progress.size.load(Ordering::Acquire);
+                    let pace = mine as f64 / (now - started).as_secs_f64().max(f64::EPSILON);
+                    if size > mine && pace > 0.0 && (size - mine) as f64 / pace > (until - now).as_secs_f64() {
+                        return Err(false);
+                    }
                 }
                 if out_of_time {
                     return Err(false);

@@ -372,13 +372,18 @@ enum Serve {
     Trickle,
     /// Answers with a 100 MB head, then sends 64 KiB every 2 ms (32 MB/s: a large artifact).
     Large,
-    /// Answers with a 100 MB head, sends 1 MiB at once, then a byte every 20 ms.
+    /// Answers with a 1.2 MB head, sends 1 MiB at once, then a byte every 20 ms.
     FastThenTrickle,
+    /// Answers with a 100 MB head, then sends this many bytes every 50 ms.
+    Paced(usize),
     /// Answers 500.
     Fails,
     /// Answers 404 to all but PUTs, which it never answers.
     StallsPuts,
 }
+
+const HEAD_1200K: &str =
+    "HTTP/1.1 200 OK\r\nContent-Length: 1200000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
 
 const HEAD_100M: &str =
     "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n";
@@ -407,7 +412,8 @@ fn server(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                     let head = match serve {
                         Serve::Fails => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                         Serve::StallsPuts => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        Serve::Large | Serve::FastThenTrickle => HEAD_100M,
+                        Serve::Large | Serve::Paced(_) => HEAD_100M,
+                        Serve::FastThenTrickle => HEAD_1200K,
                         _ => HEAD_100K,
                     };
                     if !stalls {
@@ -421,6 +427,12 @@ fn server(serve: Serve) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                     let part = vec![b'x'; 64 * 1024];
                     while std::io::Write::write_all(&mut conn, &part).is_ok() {
                         std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+                if let Serve::Paced(n) = serve {
+                    let part = vec![b'x'; n];
+                    while std::io::Write::write_all(&mut conn, &part).is_ok() {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
                     }
                 }
                 if matches!(serve, Serve::FastThenTrickle) && std::io::Write::write_all(&mut conn, &vec![b'x'; 1 << 20]).is_err() {
@@ -534,7 +546,8 @@ async fn a_store_sending_a_large_artifact_is_not_skipped_and_one_whose_body_stop
     assert!(cache.load_sealed(&[19u8; 32], e).await.is_none());
     assert_eq!(count(&accepted), asked, "skipped since, for every module");
     // Judged as it goes, not on average (review AN1F: a store that sent fast, then a byte every
-    // few seconds, held every new module's cold call loadTimeoutMs).
+    // few seconds, held every new module's cold call loadTimeoutMs): here the artifact could have
+    // come in time at its first pace.
     let (port, accepted) = server(Serve::FastThenTrickle);
     let cache = cache_on(s3_at(port));
     assert!(cache.load_sealed(&[18u8; 32], e).await.is_none());
@@ -573,6 +586,36 @@ async fn asking_a_stalled_store_for_shared_code_holds_nothing_and_precompiles_wr
     assert!(cache.remote_state.skipping(), "and the store skipped since");
     let now = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;
     assert_eq!(now.expect("bounded").map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_is_judged_on_what_all_lookups_receive_and_a_lookup_that_cannot_finish_in_time_stops_early() {
+    // Review AN2: six lookups sharing a link, each under the bound alone, turned a working store
+    // off; and a store sending just over the bound held each new module's lookup to its deadline.
+    let e = engine(EngineKind::Plain).expect("engine");
+    // 40 KiB/s a lookup, under the bound alone; six together well over it.
+    let (port, accepted) = server(Serve::Paced(2048));
+    let cache = Arc::new(cache_on(s3_at(port)));
+    let lookups: Vec<_> = (0..6u8)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.load_sealed(&[50 + i; 32], engine(EngineKind::Plain).expect("engine")).await.is_none() })
+        })
+        .collect();
+    for l in lookups {
+        assert!(l.await.expect("ran"), "none done by loadTimeoutMs");
+    }
+    let asked = count(&accepted);
+    assert!(cache.load_sealed(&[60u8; 32], e).await.is_none());
+    assert!(count(&accepted) > asked, "the store is still asked");
+    // 100 KiB/s, over the bound, 100 MB to send: given up on after the first answer wait (half
+    // of loadTimeoutMs here), not at loadTimeoutMs.
+    let (port, _) = server(Serve::Paced(5120));
+    let cache = ArtifactCache { fetch_timeout: Some(std::time::Duration::from_secs(4)), ..cache_on(s3_at(port)) };
+    let started = std::time::Instant::now();
+    assert!(cache.load_sealed(&[61u8; 32], e).await.is_none());
+    assert!(started.elapsed() < std::time::Duration::from_millis(3500), "{:?}", started.elapsed());
+    assert!(!cache.remote_state.skipping(), "a store that sends is not skipped");
 }
 
 #[tokio::test(flavor = "multi_thread")]

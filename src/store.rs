@@ -85,6 +85,14 @@ impl Drop for StopOnDrop {
 /// How long one store operation may take, unless the options say `timeoutMs`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a read is going (`get_at_most_noting`): what came so far (bytes, and 1 for the answer's
+/// head), and the object's size once the head said it (0 before).
+#[derive(Default)]
+pub struct Progress {
+    pub received: std::sync::atomic::AtomicU64,
+    pub size: std::sync::atomic::AtomicU64,
+}
+
 /// A store on `object_store`, rooted at the URL's prefix. Paths are relative to it and may not
 /// leave it.
 pub struct ObjectSource {
@@ -313,23 +321,24 @@ impl ObjectSource {
 
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
-        self.get_at_most_noting(path, max_bytes, &std::sync::atomic::AtomicU64::new(0)).await
+        self.get_at_most_noting(path, max_bytes, &Default::default()).await
     }
 
     /// `get_at_most`, adding to `progress` as the store answers (once its response's head came;
     /// a `file://` store at once) and as each part of the body comes: a store that sends slowly
-    /// is told from one that stopped.
-    pub async fn get_at_most_noting(&self, path: &str, max_bytes: u64, progress: &std::sync::atomic::AtomicU64) -> Result<Bytes, ExecError> {
+    /// is told from one that stopped, and one that cannot send the object in time.
+    pub async fn get_at_most_noting(&self, path: &str, max_bytes: u64, progress: &Progress) -> Result<Bytes, ExecError> {
         use std::sync::atomic::Ordering;
         let key = self.key(path)?;
         if self.local.is_some() {
-            progress.fetch_add(1, Ordering::Release);
+            progress.received.fetch_add(1, Ordering::Release);
             return self.read_local(path, &key, max_bytes).await;
         }
         let result = self.timed(path, self.store.get(&key)).await;
-        progress.fetch_add(1, Ordering::Release);
+        progress.received.fetch_add(1, Ordering::Release);
         let result = result?;
         let size = result.meta.size;
+        progress.size.store(size, Ordering::Release);
         if size > max_bytes {
             return Err(ExecError::CompileLimit(format!(
                 "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"
@@ -340,7 +349,7 @@ impl ObjectSource {
             let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             while let Some(part) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(parts.as_mut(), cx)).await {
                 let part = part?;
-                progress.fetch_add(part.len() as u64 + 1, Ordering::Release);
+                progress.received.fetch_add(part.len() as u64 + 1, Ordering::Release);
                 if (body.len() + part.len()) as u64 > size {
                     return Err(object_store::Error::Generic { store: "object store", source: "more bytes than the object's size".into() });
                 }
