@@ -352,20 +352,21 @@ mod tests {
     #[test]
     fn waiting_jobs_hold_no_thread() {
         // 500 jobs each wait 50 ms on a timer: they finish together, on a handful of threads.
+        // The pool is shared with the tests running beside this one (a test holding eager + 4
+        // threads at once leaves them idle for 30 s), so the pool's size says nothing here: count
+        // the threads that ran these jobs. Jobs that held their thread while waiting ran on 116.
         let (tx, rx) = mpsc::channel();
         let started = Instant::now();
         for _ in 0..500 {
             let tx = tx.clone();
             spawn(async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                tx.send(()).expect("receiver alive");
+                tx.send(std::thread::current().id()).expect("receiver alive");
             })
             .expect("spawned");
         }
-        for _ in 0..500 {
-            rx.recv().expect("job finished");
-        }
+        let ran: std::collections::HashSet<_> = (0..500).map(|_| rx.recv().expect("job finished")).collect();
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-        assert!(thread_count() <= eager_threads() + 8, "{} threads for 500 waiting jobs", thread_count());
+        assert!(ran.len() <= 64, "500 waiting jobs ran on {} threads", ran.len());
     }
 }
