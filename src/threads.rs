@@ -275,11 +275,6 @@ pub fn spawn(job: impl Future<Output = ()> + Send + 'static) -> Result<(), ExecE
     Ok(())
 }
 
-/// Guest threads alive now (for tests and stats).
-pub fn thread_count() -> usize {
-    lock(pool()).threads
-}
-
 /// Polls a future once on this thread with a waker that does nothing (a future left pending is
 /// then handed to `spawn`, whose first poll registers the real waker). A panic is `Err`.
 pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Result<Poll<F::Output>, ()> {
