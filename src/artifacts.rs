@@ -129,6 +129,8 @@ pub struct ArtifactCache {
     pub fetch_timeout: Option<std::time::Duration>,
     /// This cache's use of `remote`: whether it stalls, its writes in flight.
     pub remote_state: RemoteState,
+    /// What artifact reads may hold before their tags are checked (the process's budget).
+    pub unchecked: crate::unchecked_artifacts::UncheckedBytes,
 }
 
 /// How long lookups skip an artifact store after it neither answered one nor sent a byte of it
@@ -350,7 +352,7 @@ impl ArtifactCache {
         let name = self.name(digest, engine);
         if let Some(dir) = &self.dir {
             let path = dir.join(&name);
-            match in_place(engine, key.clone(), name.clone(), path.clone()).await {
+            match in_place(engine, key.clone(), name.clone(), path.clone(), self.unchecked.clone()).await {
                 InPlace::Loaded(c, sealed) => {
                     // Used now: the last to go when the directory is pruned.
                     crate::cache_dir_bound::touch_later(path);
@@ -361,8 +363,10 @@ impl ArtifactCache {
                 }
                 InPlace::Missing => {}
                 InPlace::NotHere => {
-                    if let Some(bytes) = read_bounded(path.clone()).await {
-                        match deserialize(engine, key.clone(), name.clone(), bytes).await {
+                    if let Some((bytes, admitted)) = read_bounded(path.clone(), self.unchecked.clone()).await {
+                        let loaded = deserialize(engine, key.clone(), name.clone(), bytes).await;
+                        drop(admitted);
+                        match loaded {
                             Some((c, checked)) => {
                                 crate::cache_dir_bound::touch_later(path);
                                 return Some((c, Checked::Bytes(checked)));
@@ -380,9 +384,11 @@ impl ArtifactCache {
         if self.remote_state.skipping() || self.remote_state.skipping_module(digest) {
             return None;
         }
-        // Bounded: a planted giant (a sparse file in a file:// store) is no artifact.
+        // Bounded: a planted giant (a sparse file in a file:// store) is no artifact; and its
+        // body is read only if the process's unchecked bytes have room for it.
         let progress = crate::store::Progress::default();
-        let get = remote.get_at_most_noting(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &progress);
+        let unchecked = self.unchecked.clone();
+        let get = remote.get_admitted(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &progress, move |n| unchecked.take(n));
         let store_received = self.remote_state.received.clone();
         let started = tokio::time::Instant::now();
         let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
@@ -434,8 +440,10 @@ impl ArtifactCache {
                 }
             }
         };
-        let bytes = match answer.await {
-            Ok(Ok(bytes)) => bytes,
+        let (bytes, admitted) = match answer.await {
+            Ok(Ok(Some(read))) => read,
+            // No room to read it now: compiled, the store not judged for it.
+            Ok(Ok(None)) => return None,
             // Not there (or too large to be an artifact): compiled.
             Ok(Err(ExecError::BlobNotFound { .. } | ExecError::CompileLimit(_))) => return None,
             // A store that fails (500s, each retried by the client: a second of every cold call,
@@ -453,6 +461,7 @@ impl ArtifactCache {
         };
         // Taken over without a copy where the download is the bytes' only owner.
         let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
+        drop(admitted);
         if let Some(dir) = &self.dir {
             // The bytes just checked: no second copy of the download.
             let _ = self.write_to_dir(dir, name, checked.clone()).await;
@@ -474,7 +483,9 @@ impl ArtifactCache {
         let path = self.dir.as_ref()?.join(&name);
         let engine = engine.clone();
         let at = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &at, (*stop).as_ref())).await;
+        let unchecked = self.unchecked.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || crate::sealed_copy::in_place_unless(&engine, &key, &name, &at, (*stop).as_ref(), &unchecked)).await;
         match loaded {
             Ok(InPlace::Loaded(c, sealed)) => {
                 crate::cache_dir_bound::touch_later(path);
@@ -768,8 +779,9 @@ impl Checked {
 }
 
 /// An artifact file's bytes, for the plain path: a regular file (not followed through a link,
-/// not a FIFO that blocks) of at most `MAX_ARTIFACT_BYTES`.
-async fn read_bounded(path: PathBuf) -> Option<Vec<u8>> {
+/// not a FIFO that blocks) of at most `MAX_ARTIFACT_BYTES`, read if `unchecked` has room for it
+/// (held until its tag is checked).
+async fn read_bounded(path: PathBuf, unchecked: crate::unchecked_artifacts::UncheckedBytes) -> Option<(Vec<u8>, crate::unchecked_artifacts::Admitted)> {
     use std::io::Read;
     tokio::task::spawn_blocking(move || {
         let file = crate::untrusted_dir::open_regular(&path, std::fs::OpenOptions::new().read(true)).ok()?;
@@ -778,9 +790,11 @@ async fn read_bounded(path: PathBuf) -> Option<Vec<u8>> {
         if !crate::sealed_copy::one_name(&meta) || len > crate::sealed_copy::MAX_ARTIFACT_BYTES || crate::untrusted_dir::holes_over(&file, len, crate::sealed_copy::MAX_ARTIFACT_HOLES) {
             return None;
         }
+        let admitted = unchecked.take(len)?;
         let mut bytes = Vec::new();
-        file.take(crate::sealed_copy::MAX_ARTIFACT_BYTES).read_to_end(&mut bytes).ok()?;
-        Some(bytes)
+        // No more than was admitted, if it grew meanwhile (cut short, its tag fails).
+        file.take(len).read_to_end(&mut bytes).ok()?;
+        Some((bytes, admitted))
     })
     .await
     .ok()

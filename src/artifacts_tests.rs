@@ -325,16 +325,19 @@ fn threads_racing_for_a_new_directory_key_all_get_the_winners() {
     }
 }
 
+/// A guess's stop flag.
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl AsRef<std::sync::atomic::AtomicBool> for Flag {
+    fn as_ref(&self) -> &std::sync::atomic::AtomicBool {
+        &self.0
+    }
+}
+
 /// Review H: a guess (`artifact_hints`) never removes what it finds; a stopped one loads nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_nothing() {
     use std::sync::atomic::AtomicBool;
-    struct Flag(AtomicBool);
-    impl AsRef<AtomicBool> for Flag {
-        fn as_ref(&self) -> &AtomicBool {
-            &self.0
-        }
-    }
     let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("guess");
     let digest = [9u8; 32];
     cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
@@ -666,4 +669,91 @@ async fn one_executors_stalled_writes_leave_anothers_alone() {
     }
     y.save(&[40u8; 32], e, &module.code, module.facts()).await.expect("saved");
     assert!(until_more_than(&written, 0).await, "the other executor's write went to its store");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifact_reads_hold_at_most_the_unchecked_budget_and_one_without_room_is_not_made() {
+    // Whoever writes the artifact store can plant a large object under an artifact's name: each
+    // lookup read it whole before its tag refused it (up to 2 GiB for each module loading at
+    // once). A 100 MB answer, 1.3 MB/s, under a budget of 150 MB.
+    let e = engine(EngineKind::Plain).expect("engine");
+    let (port, _) = server(Serve::Paced(64 * 1024));
+    let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(150_000_000);
+    let cache = Arc::new(ArtifactCache {
+        fetch_timeout: Some(std::time::Duration::from_secs(2)),
+        unchecked: budget.clone(),
+        ..cache_on(s3_at(port))
+    });
+    let first = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.load_sealed(&[70u8; 32], engine(EngineKind::Plain).expect("engine")).await.is_none() })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while budget.held() == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(budget.held(), 100_000_000, "the first read holds its size from the answer's head");
+    // A second module's lookup meanwhile: no room, so its body is not read (it would take the
+    // lookup's 2 s), and the store is not judged for it.
+    let started = std::time::Instant::now();
+    assert!(cache.load_sealed(&[71u8; 32], e).await.is_none());
+    assert!(started.elapsed() < std::time::Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(!cache.remote_state.skipping() && !cache.remote_state.skipping_module(&[71u8; 32]));
+    assert!(first.await.expect("ran"));
+    assert_eq!((budget.held(), budget.peak()), (0, 100_000_000));
+    // An object larger than the whole budget is never read.
+    let (port, _) = server(Serve::Large);
+    let small = crate::unchecked_artifacts::UncheckedBytes::with_max(64 << 20);
+    let cache = ArtifactCache { unchecked: small.clone(), ..cache_on(s3_at(port)) };
+    assert!(cache.load_sealed(&[72u8; 32], e).await.is_none());
+    assert_eq!(small.peak(), 0);
+    assert!(!cache.remote_state.skipping());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tier_reads_an_artifact_only_with_room_for_it_and_gives_the_room_back() {
+    let e = engine(EngineKind::Plain).expect("engine");
+    let key: Arc<[u8]> = vec![12u8; 32].into();
+    let digest = [73u8; 32];
+    let name = ArtifactCache::name_for(&digest, e, &Default::default());
+    let tight = |size: u64| crate::unchecked_artifacts::UncheckedBytes::with_max(size - 1);
+    // A file:// store: an honest artifact needs room for its size; a planted sparse giant (4 KiB
+    // of disk) is not read, where it was read whole.
+    let root = temp("unchecked-store");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("store dir");
+    let store = Arc::new(ObjectSource::open(&format!("file://{}", root.display()), &[]).expect("store"));
+    let (_, module, _, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
+    let size = stored.len() as u64;
+    let on_store = |unchecked| ArtifactCache { remote: Some(store.clone()), key: Some(key.clone()), unchecked, ..Default::default() };
+    let budget = tight(size);
+    assert!(on_store(budget.clone()).load_sealed(&digest, e).await.is_none(), "no room");
+    assert_eq!(budget.peak(), 0);
+    let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(size);
+    assert!(on_store(budget.clone()).load_sealed(&digest, e).await.is_some());
+    assert_eq!((budget.held(), budget.peak()), (0, size));
+    let giant = std::fs::OpenOptions::new().write(true).open(root.join(&name)).expect("the artifact's file");
+    giant.set_len(1 << 30).expect("sparse");
+    let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(512 << 20);
+    assert!(on_store(budget.clone()).load_sealed(&digest, e).await.is_none());
+    assert_eq!(budget.peak(), 0, "not read");
+    // cacheDir, through a sealed copy and the plain read alike.
+    let (dir, cache, e, _) = echo_and_a_fresh_disk_tier("unchecked-dir");
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
+    let size = std::fs::metadata(dir.join(&name)).expect("written").len();
+    let budget = tight(size);
+    let on_dir = ArtifactCache { unchecked: budget.clone(), ..cache.clone() };
+    assert!(on_dir.load_sealed(&digest, e).await.is_none(), "no room");
+    assert!(dir.join(&name).exists(), "an artifact without room is not taken for a forged one");
+    assert!(on_dir.load_guess(&digest, e, Arc::new(Flag(Default::default()))).await.is_none());
+    let path = dir.join(&name);
+    assert!(read_bounded(path.clone(), budget.clone()).await.is_none());
+    assert_eq!(budget.peak(), 0);
+    let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(size);
+    let on_dir = ArtifactCache { unchecked: budget.clone(), ..cache.clone() };
+    assert!(matches!(on_dir.load_sealed(&digest, e).await, Some((_, Checked::Sealed(_)))));
+    assert!(read_bounded(path, budget.clone()).await.is_some_and(|(bytes, _)| bytes.len() as u64 == size));
+    assert_eq!((budget.held(), budget.peak()), (0, size));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&root);
 }

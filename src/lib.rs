@@ -65,6 +65,7 @@ pub mod tier_up;
 pub mod trap_text;
 pub mod unpooled_first;
 pub mod unpooled_slots;
+pub mod unchecked_artifacts;
 pub mod untrusted_dir;
 pub mod wasi_http;
 pub mod wasi_listing;

@@ -10,6 +10,7 @@ use wasmtime::{Engine, Module};
 use crate::artifacts::{COMPONENT, MAGIC, TRAILER};
 use crate::digest::same;
 use crate::modules::Compiled;
+use crate::unchecked_artifacts::UncheckedBytes;
 
 /// What loading an artifact file through a sealed copy came to.
 pub(crate) enum InPlace {
@@ -41,7 +42,7 @@ impl SealedCopy {
     /// fingerprint, say: wasmtime checks its own version and settings header).
     pub(crate) fn load(&self, engine: &Engine) -> Option<Compiled> {
         use std::os::unix::io::AsRawFd;
-        // SAFETY: the memfd holds the bytes whose tag `in_place_blocking` checked (see
+        // SAFETY: the memfd holds the bytes whose tag `in_place_unless` checked (see
         // `artifacts::deserialize` for what the tag proves), sealed before this value was made,
         // so they cannot change while wasmtime maps them; wasmtime ignores the trailer after
         // its image.
@@ -125,22 +126,33 @@ impl Drop for ReadOnlyMap {
 /// the second copy inside `deserialize` and their page faults: for a 37 MB component artifact
 /// that is two 37 MB copies fewer. The original file may change at any moment without effect:
 /// what is checked is what runs.
-pub(crate) async fn in_place(engine: &Engine, key: Arc<[u8]>, name: String, path: PathBuf) -> InPlace {
+/// The copy is made only if `unchecked` has room for the file (`NotHere` if not), and holds that
+/// room until its tag is checked.
+pub(crate) async fn in_place(engine: &Engine, key: Arc<[u8]>, name: String, path: PathBuf, unchecked: UncheckedBytes) -> InPlace {
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || in_place_blocking(&engine, &key, &name, &path))
+    let never = std::sync::atomic::AtomicBool::new(false);
+    tokio::task::spawn_blocking(move || in_place_unless(&engine, &key, &name, &path, &never, &unchecked))
         .await
         .unwrap_or(InPlace::NotHere)
 }
 
-#[cfg(target_os = "linux")]
+/// `in_place`, blocking, on the process's budget of unchecked bytes (tests).
+#[cfg(all(test, target_os = "linux"))]
 pub(crate) fn in_place_blocking(engine: &Engine, key: &[u8], name: &str, path: &Path) -> InPlace {
-    in_place_unless(engine, key, name, path, &std::sync::atomic::AtomicBool::new(false))
+    in_place_unless(engine, key, name, path, &std::sync::atomic::AtomicBool::new(false), &UncheckedBytes::default())
 }
 
-/// `in_place_blocking`, given up (`NotHere`) once `stop` is set: checked before the copy starts
+/// `in_place`, blocking, given up (`NotHere`) once `stop` is set: checked before the copy starts
 /// and at each chunk, so a load nobody waits for any more stops within one chunk.
 #[cfg(target_os = "linux")]
-pub(crate) fn in_place_unless(engine: &Engine, key: &[u8], name: &str, path: &Path, stop: &std::sync::atomic::AtomicBool) -> InPlace {
+pub(crate) fn in_place_unless(
+    engine: &Engine,
+    key: &[u8],
+    name: &str,
+    path: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+    unchecked: &UncheckedBytes,
+) -> InPlace {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::os::unix::io::{AsRawFd, FromRawFd};
     if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -166,6 +178,8 @@ pub(crate) fn in_place_unless(engine: &Engine, key: &[u8], name: &str, path: &Pa
         return InPlace::Invalid;
     }
     let Some(body_len) = len.checked_sub(TRAILER as u64) else { return InPlace::Invalid };
+    // Held until this returns, past the tag's check.
+    let Some(_admitted) = unchecked.take(len) else { return InPlace::NotHere };
     // The trailer first (the tag covers the flags before the body); the copy gets these very
     // bytes, so what is checked and what is mapped agree even if the file changes meanwhile.
     let mut trailer = [0u8; TRAILER];
@@ -277,13 +291,13 @@ pub(crate) fn in_place_unless(engine: &Engine, key: &[u8], name: &str, path: &Pa
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(test, not(target_os = "linux")))]
 pub(crate) fn in_place_blocking(_: &Engine, _: &[u8], _: &str, _: &Path) -> InPlace {
     InPlace::NotHere
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn in_place_unless(_: &Engine, _: &[u8], _: &str, _: &Path, _: &std::sync::atomic::AtomicBool) -> InPlace {
+pub(crate) fn in_place_unless(_: &Engine, _: &[u8], _: &str, _: &Path, _: &std::sync::atomic::AtomicBool, _: &UncheckedBytes) -> InPlace {
     InPlace::NotHere
 }
 

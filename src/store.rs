@@ -20,7 +20,7 @@ use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, 
 use url::Url;
 
 use crate::error::ExecError;
-use crate::untrusted_dir::{read_regular, LocalRead};
+use crate::untrusted_dir::{read_regular_admitted, LocalRead};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -85,7 +85,7 @@ impl Drop for StopOnDrop {
 /// How long one store operation may take, unless the options say `timeoutMs`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How a read is going (`get_at_most_noting`): what came so far (bytes, and 1 for the answer's
+/// How a read is going (`get_admitted`): what came so far (bytes, and 1 for the answer's
 /// head), and the object's size once the head said it (0 before).
 #[derive(Default)]
 pub struct Progress {
@@ -321,18 +321,31 @@ impl ObjectSource {
 
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
-        self.get_at_most_noting(path, max_bytes, &Default::default()).await
+        match self.get_admitted(path, max_bytes, &Default::default(), |_| Some(())).await? {
+            Some((bytes, ())) => Ok(bytes),
+            None => Err(ExecError::internal("a read that admits every size was not admitted")),
+        }
     }
 
     /// `get_at_most`, adding to `progress` as the store answers (once its response's head came;
     /// a `file://` store at once) and as each part of the body comes: a store that sends slowly
-    /// is told from one that stopped, and one that cannot send the object in time.
-    pub async fn get_at_most_noting(&self, path: &str, max_bytes: u64, progress: &Progress) -> Result<Bytes, ExecError> {
+    /// is told from one that stopped, and one that cannot send the object in time. The body is
+    /// read only once `admit` took the object's size (known from the head); `None` if it did not.
+    pub async fn get_admitted<T>(
+        &self,
+        path: &str,
+        max_bytes: u64,
+        progress: &Progress,
+        admit: impl FnOnce(u64) -> Option<T> + Send + 'static,
+    ) -> Result<Option<(Bytes, T)>, ExecError>
+    where
+        T: Send + 'static,
+    {
         use std::sync::atomic::Ordering;
         let key = self.key(path)?;
         if self.local.is_some() {
             progress.received.fetch_add(1, Ordering::Release);
-            return self.read_local(path, &key, max_bytes).await;
+            return self.read_local(path, &key, max_bytes, admit).await;
         }
         let result = self.timed(path, self.store.get(&key)).await;
         progress.received.fetch_add(1, Ordering::Release);
@@ -344,6 +357,7 @@ impl ObjectSource {
                 "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"
             )));
         }
+        let Some(admitted) = admit(size) else { return Ok(None) };
         let mut parts = result.into_stream();
         let body = async {
             let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -357,20 +371,27 @@ impl ObjectSource {
             }
             Ok(Bytes::from(body))
         };
-        self.timed(path, body).await
+        Ok(Some((self.timed(path, body).await?, admitted)))
     }
 
-/// A `file://` object's bytes, read here rather than by object_store, whose read of a FIFO
+    /// A `file://` object's bytes, read here rather than by object_store, whose read of a FIFO
     /// planted under the name blocks a thread for good (one per call, each past its
     /// `loadTimeoutMs`): the file is opened without blocking (links are followed, as
     /// object_store does) and must be a regular file.
-    async fn read_local(&self, path: &str, key: &ObjPath, max_bytes: u64) -> Result<Bytes, ExecError> {
+    async fn read_local<T: Send + 'static>(
+        &self,
+        path: &str,
+        key: &ObjPath,
+        max_bytes: u64,
+        admit: impl FnOnce(u64) -> Option<T> + Send + 'static,
+    ) -> Result<Option<(Bytes, T)>, ExecError> {
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reading = gone.clone();
         // Set however this future ends (done, timed out, dropped): the read stops at its next chunk.
         let _stop = StopOnDrop(gone);
-        match self.on_local_file(path, key, move |file| read_regular(&file, max_bytes, &reading)).await? {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
+        match self.on_local_file(path, key, move |file| read_regular_admitted(&file, max_bytes, &reading, admit)).await? {
+            Ok((bytes, admitted)) => Ok(Some((Bytes::from(bytes), admitted))),
+            Err(LocalRead::NotAdmitted) => Ok(None),
             Err(LocalRead::NotFound(message)) => Err(ExecError::BlobNotFound { path: path.to_string(), message }),
             Err(LocalRead::TooLarge(size)) => Err(ExecError::CompileLimit(format!(
                 "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"

@@ -114,6 +114,8 @@ pub enum LocalRead {
     NotFound(String),
     TooLarge(u64),
     Unavailable(String),
+    /// Its size was not admitted (`read_regular_admitted`): nothing read.
+    NotAdmitted,
 }
 
 /// Whether a regular file is at `path` (links followed), from its metadata: a FIFO is never
@@ -133,6 +135,17 @@ pub fn is_regular_file(path: &Path) -> io::Result<bool> {
 /// It gives up (`Unavailable`) between chunks once `gone` is set: a caller that stopped waiting
 /// (a timeout) does not leave a thread reading a giant on its behalf.
 pub fn read_regular(file: &Path, max_bytes: u64, gone: &std::sync::atomic::AtomicBool) -> Result<Vec<u8>, LocalRead> {
+    read_regular_admitted(file, max_bytes, gone, |_| Some(())).map(|(bytes, ())| bytes)
+}
+
+/// `read_regular`, once `admit` took the file's size (`NotAdmitted` if it did not), with what it
+/// gave for that size.
+pub fn read_regular_admitted<T>(
+    file: &Path,
+    max_bytes: u64,
+    gone: &std::sync::atomic::AtomicBool,
+    admit: impl FnOnce(u64) -> Option<T>,
+) -> Result<(Vec<u8>, T), LocalRead> {
     use std::io::Read;
     let not_regular = |meta: &std::fs::Metadata| {
         if meta.is_dir() {
@@ -160,6 +173,7 @@ pub fn read_regular(file: &Path, max_bytes: u64, gone: &std::sync::atomic::Atomi
     if meta.len() > max_bytes {
         return Err(LocalRead::TooLarge(meta.len()));
     }
+    let admitted = admit(meta.len()).ok_or(LocalRead::NotAdmitted)?;
     let mut bytes = Vec::new();
     // A sparse giant must not abort the process on an allocation it cannot have.
     let len = usize::try_from(meta.len()).map_err(|_| LocalRead::Unavailable("too large to hold".into()))?;
@@ -178,7 +192,7 @@ pub fn read_regular(file: &Path, max_bytes: u64, gone: &std::sync::atomic::Atomi
     if bytes.len() as u64 != meta.len() {
         return Err(LocalRead::Unavailable(format!("changed while being read ({} bytes, then {})", meta.len(), bytes.len())));
     }
-    Ok(bytes)
+    Ok((bytes, admitted))
 }
 
 #[cfg(test)]

@@ -1,0 +1,94 @@
+//! Artifact bytes read into memory and not yet authenticated, held by the whole process at once.
+//!
+//! An artifact's tag can only be checked once all of it is read, so whoever can write to
+//! `cacheDir` or the artifact store can plant a large object under an artifact's name and have it
+//! read whole before it is refused: up to `MAX_ARTIFACT_BYTES` (2 GiB) for each module loading at
+//! once, unbounded together. Every read of an artifact therefore first takes its size (known
+//! before its body: the file's length, the answer's head) from one budget; a read the budget
+//! cannot take now is not made, and the module is compiled as if no tier had its artifact.
+//! Nothing waits for the budget: a lookup that waited while the store sent nothing would be
+//! judged a stalled store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// What the process's artifact reads may hold before their tags are checked. An artifact is its
+/// code (at most `maxCodeBytes`, 256 MiB by default, and the largest compile measured made
+/// 21.5 MB) and its memory image; the 12 MB JavaScript component's is 37 MB.
+pub const MAX_UNCHECKED_BYTES: u64 = 1 << 30;
+
+struct Budget {
+    max: u64,
+    held: AtomicU64,
+    /// The most `held` has been (tests).
+    peak: AtomicU64,
+}
+
+/// A handle on a budget of unchecked artifact bytes: the process's one unless a test made its own.
+#[derive(Clone)]
+pub struct UncheckedBytes(Arc<Budget>);
+
+impl Default for UncheckedBytes {
+    fn default() -> Self {
+        static PROCESS: OnceLock<UncheckedBytes> = OnceLock::new();
+        PROCESS.get_or_init(|| UncheckedBytes::with_max(MAX_UNCHECKED_BYTES)).clone()
+    }
+}
+
+impl UncheckedBytes {
+    /// A budget of its own of `max` bytes.
+    pub fn with_max(max: u64) -> Self {
+        UncheckedBytes(Arc::new(Budget { max, held: AtomicU64::new(0), peak: AtomicU64::new(0) }))
+    }
+
+    /// `n` bytes of the budget until the result is dropped, if it has them now.
+    pub fn take(&self, n: u64) -> Option<Admitted> {
+        let b = &self.0;
+        let was = b.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(n).filter(|&t| t <= b.max)).ok()?;
+        b.peak.fetch_max(was + n, Ordering::AcqRel);
+        Some(Admitted { budget: self.0.clone(), n })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.0.held.load(Ordering::Acquire)
+    }
+
+    /// The most ever held at once.
+    pub fn peak(&self) -> u64 {
+        self.0.peak.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes taken from a budget, given back when dropped (once the artifact's tag was checked, or
+/// the read failed).
+pub struct Admitted {
+    budget: Arc<Budget>,
+    n: u64,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_up_to_its_max_and_gives_back_what_is_dropped() {
+        let b = UncheckedBytes::with_max(100);
+        let first = b.take(60).expect("room");
+        assert!(b.take(41).is_none(), "over the max");
+        assert!(b.take(u64::MAX).is_none(), "no overflow");
+        let second = b.take(40).expect("exactly the rest");
+        assert_eq!(b.held(), 100);
+        drop(first);
+        assert_eq!(b.held(), 40);
+        assert!(b.take(60).is_some());
+        drop(second);
+        assert_eq!((b.held(), b.peak()), (0, 100));
+    }
+}
