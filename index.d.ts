@@ -388,6 +388,8 @@ export declare class WasmActivityExecutor {
    * after pruning it to `maxCacheDirBytes` (the module's artifact kept) when something was
    * written to it since its last scan (waiting at most 10 s); with an `artifactStore`, after its
    * write there (rejects with the store's error, `BLOB_UNAVAILABLE`, when the store does not take it).
+   * Rejects `BLOB_UNAVAILABLE` when the `cacheDir` cannot be written, and `INVALID_ARGUMENT`
+   * when no tier holds the artifact after (a `cacheDir` alone whose `maxCacheDirBytes` is under it).
    */
   precompile(definition: ActivityDefinition): Promise<string>
   /**

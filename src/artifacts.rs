@@ -588,7 +588,9 @@ impl ArtifactCache {
     }
 
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
-    /// (`precompile`, whose process may exit next): an error if the store cannot take it.
+    /// (`precompile`, whose process may exit next): an error if a tier cannot take it
+    /// (`BLOB_UNAVAILABLE`), or if none holds it after (`INVALID_ARGUMENT`: a `cacheDir` alone,
+    /// whose bound is under the artifact).
     pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         if !self.is_enabled() {
             return Ok(());
@@ -629,7 +631,18 @@ impl ArtifactCache {
         if in_dir && in_remote {
             return Ok(());
         }
-        self.save_now(digest, engine, code, facts).await
+        self.save_now(digest, engine, code, facts).await?;
+        // An artifact over the directory's whole bound is not written there: with no store, no
+        // tier holds it, and the next process compiles again (noticed in review AN2: precompile
+        // resolved).
+        match &self.dir {
+            Some(dir) if self.remote.is_none() && !dir.join(&name).exists() => Err(ExecError::InvalidArgument(format!(
+                "the module's artifact is larger than maxCacheDirBytes ({} bytes): it was not written to {}",
+                self.dir_bound(),
+                dir.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 

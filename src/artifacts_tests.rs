@@ -757,3 +757,30 @@ async fn every_tier_reads_an_artifact_only_with_room_for_it_and_gives_the_room_b
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn precompiles_save_fails_when_no_tier_holds_the_artifact() {
+    // Noticed in review AN2: with no artifact store, precompile resolved though its cacheDir had
+    // been removed, or its artifact was over maxCacheDirBytes: nothing was written anywhere.
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("precompile-dir-alone");
+    let digest = [23u8; 32];
+    let name = cache.name(&digest, e);
+    std::fs::remove_dir_all(&dir).expect("removed under it");
+    let saved = cache.save_missing_now(&digest, e, &module.code, module.facts()).await;
+    assert_eq!(saved.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+    std::fs::create_dir_all(&dir).expect("back");
+    let tight = ArtifactCache { max_dir_bytes: Some(4096), ..cache.clone() };
+    let refused = tight.save_missing_now(&digest, e, &module.code, module.facts()).await.expect_err("over the bound");
+    assert_eq!(refused.code(), "INVALID_ARGUMENT");
+    assert!(refused.to_string().contains("was not written") && refused.to_string().contains("4096"), "{refused}");
+    assert!(!dir.join(&name).exists());
+    // A store that takes it is a tier that holds it.
+    let store = Arc::new(ObjectSource::open("memory://artifacts-over-dir-bound", &[]).expect("store"));
+    let both = ArtifactCache { remote: Some(store.clone()), ..tight.clone() };
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("the store holds it");
+    assert!(store.exists(&name).await.expect("asks"));
+    // Within the bound, the directory does.
+    cache.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert!(dir.join(&name).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -532,3 +532,19 @@ async fn new_modules_run_on_baseline_code_until_optimized_code_takes_over() {
     assert_eq!(plain.stats().cache.tier_ups, 0);
 }
 
+
+#[tokio::test(flavor = "multi_thread")]
+async fn precompile_with_a_cache_dir_alone_fails_when_its_artifact_is_not_written() {
+    // Noticed in review AN2: it resolved, and the next process compiled again.
+    let dir = std::env::temp_dir().join(format!("loom-precompile-dir-alone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let source = Arc::new(MemorySource::new());
+    source.put("echo.wasm", g::echo());
+    let opts = |bound| ExecutorOptions { artifacts: ArtifactCache { dir: Some(dir.clone()), max_dir_bytes: Some(bound), ..Default::default() }, ..Default::default() };
+    let ex = Executor::new(source.clone(), opts(4096)).expect("executor");
+    assert_eq!(ex.precompile(&def("echo")).await.map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+    let ex = Executor::new(source, opts(64 << 20)).expect("executor");
+    let digest = ex.precompile(&def("echo")).await.expect("written");
+    assert!(std::fs::read_dir(&dir).expect("dir").flatten().any(|f| f.file_name().to_string_lossy().starts_with(&digest)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

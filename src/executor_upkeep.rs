@@ -109,8 +109,8 @@ impl Executor {
         let engine = crate::engine::engine(module.kind)?;
         // And in the artifact store, its write waited for (a compile's goes on in the background):
         // one that fails fails the precompile (it resolved, and a fresh process compiled again:
-        // review AM1F).
-        if self.modules.artifacts.remote.is_some() {
+        // review AM1F). So does a `cacheDir` that did not take it, with or without a store.
+        if self.modules.artifacts.is_enabled() {
             let save = self.modules.artifacts.save_missing_now(&module.digest, engine, &module.code, module.facts());
             cancel.guard(save).await??;
         }
