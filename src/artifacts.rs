@@ -129,7 +129,8 @@ pub struct ArtifactCache {
     pub fetch_timeout: Option<std::time::Duration>,
     /// This cache's use of `remote`: whether it stalls, its writes in flight.
     pub remote_state: RemoteState,
-    /// What artifact reads may hold before their tags are checked (the process's budget).
+    /// What reads of `dir` may hold before their artifacts' tags are checked (the process's
+    /// budget; the store's lookups have the executor's own, in `remote_state`).
     pub unchecked: crate::unchecked_artifacts::UncheckedBytes,
 }
 
@@ -167,6 +168,15 @@ pub struct RemoteState {
     /// The background writes under way, by artifact name: whether each landed, once it ended
     /// (`precompile` waits for its module's rather than writing it again).
     writing: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>>>,
+    /// What this executor's lookups may hold before their artifacts' tags are checked: its own
+    /// (review AO1: with one budget for the process, a store that held it made every other
+    /// executor's `cacheDir` loads compile instead; planting junk under this executor's names,
+    /// which its store's writer can do anyway, costs what holding this costs).
+    unchecked: crate::unchecked_artifacts::UncheckedBytes,
+    /// Artifacts the store has (it answered) that a lookup did not read, for want of room: the
+    /// compile that follows does not write them again (review AO1: each refused read cost the
+    /// store a second upload of what it held).
+    unread: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Default for RemoteState {
@@ -177,6 +187,8 @@ impl Default for RemoteState {
             puts: Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)),
             received: Default::default(),
             writing: Default::default(),
+            unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(crate::unchecked_artifacts::MAX_UNCHECKED_BYTES),
+            unread: Default::default(),
         }
     }
 }
@@ -212,6 +224,19 @@ impl RemoteState {
             }
         }
         slow.insert(*digest, std::time::Instant::now() + REMOTE_STALL_SKIP);
+    }
+
+    fn unread(&self, name: &str) {
+        let mut unread = self.unread.lock().unwrap_or_else(|p| p.into_inner());
+        if unread.len() >= MAX_SLOW {
+            unread.clear();
+        }
+        unread.insert(name.to_string());
+    }
+
+    /// Whether the store has this artifact unread (and so needs no write of it), forgotten now.
+    fn take_unread(&self, name: &str) -> bool {
+        self.unread.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
     }
 }
 
@@ -385,10 +410,11 @@ impl ArtifactCache {
             return None;
         }
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact; and its
-        // body is read only if the process's unchecked bytes have room for it.
+        // body is read only if this executor's unchecked bytes have room for it.
         let progress = crate::store::Progress::default();
-        let unchecked = self.unchecked.clone();
-        let get = remote.get_admitted(&name, crate::sealed_copy::MAX_ARTIFACT_BYTES, &progress, move |n| unchecked.take(n));
+        let unchecked = self.remote_state.unchecked.clone();
+        let bounds = crate::store::Bounds { max_bytes: crate::sealed_copy::MAX_ARTIFACT_BYTES, max_holes: Some(crate::sealed_copy::MAX_ARTIFACT_HOLES) };
+        let get = remote.get_admitted(&name, bounds, &progress, move |n| unchecked.take(n));
         let store_received = self.remote_state.received.clone();
         let started = tokio::time::Instant::now();
         let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
@@ -442,8 +468,11 @@ impl ArtifactCache {
         };
         let (bytes, admitted) = match answer.await {
             Ok(Ok(Some(read))) => read,
-            // No room to read it now: compiled, the store not judged for it.
-            Ok(Ok(None)) => return None,
+            // No room to read it now: compiled, the store not judged for it, nor written again.
+            Ok(Ok(None)) => {
+                self.remote_state.unread(&name);
+                return None;
+            }
             // Not there (or too large to be an artifact): compiled.
             Ok(Err(ExecError::BlobNotFound { .. } | ExecError::CompileLimit(_))) => return None,
             // A store that fails (500s, each retried by the client: a second of every cold call,
@@ -524,6 +553,9 @@ impl ArtifactCache {
             None => Ok(()),
         };
         let Some(remote) = self.remote.clone() else { return in_dir };
+        if self.remote_state.take_unread(&name) {
+            return in_dir;
+        }
         let background = match tokio::runtime::Handle::try_current() {
             Ok(runtime) if !wait => Some(runtime),
             _ => None,

@@ -681,7 +681,7 @@ async fn artifact_reads_hold_at_most_the_unchecked_budget_and_one_without_room_i
     let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(150_000_000);
     let cache = Arc::new(ArtifactCache {
         fetch_timeout: Some(std::time::Duration::from_secs(2)),
-        unchecked: budget.clone(),
+        remote_state: RemoteState { unchecked: budget.clone(), ..Default::default() },
         ..cache_on(s3_at(port))
     });
     let first = {
@@ -704,7 +704,7 @@ async fn artifact_reads_hold_at_most_the_unchecked_budget_and_one_without_room_i
     // An object larger than the whole budget is never read.
     let (port, _) = server(Serve::Large);
     let small = crate::unchecked_artifacts::UncheckedBytes::with_max(64 << 20);
-    let cache = ArtifactCache { unchecked: small.clone(), ..cache_on(s3_at(port)) };
+    let cache = ArtifactCache { remote_state: RemoteState { unchecked: small.clone(), ..Default::default() }, ..cache_on(s3_at(port)) };
     assert!(cache.load_sealed(&[72u8; 32], e).await.is_none());
     assert_eq!(small.peak(), 0);
     assert!(!cache.remote_state.skipping());
@@ -725,7 +725,12 @@ async fn every_tier_reads_an_artifact_only_with_room_for_it_and_gives_the_room_b
     let store = Arc::new(ObjectSource::open(&format!("file://{}", root.display()), &[]).expect("store"));
     let (_, module, _, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
     let size = stored.len() as u64;
-    let on_store = |unchecked| ArtifactCache { remote: Some(store.clone()), key: Some(key.clone()), unchecked, ..Default::default() };
+    let on_store = |unchecked| ArtifactCache {
+        remote: Some(store.clone()),
+        key: Some(key.clone()),
+        remote_state: RemoteState { unchecked, ..Default::default() },
+        ..Default::default()
+    };
     let budget = tight(size);
     assert!(on_store(budget.clone()).load_sealed(&digest, e).await.is_none(), "no room");
     assert_eq!(budget.peak(), 0);
@@ -734,9 +739,9 @@ async fn every_tier_reads_an_artifact_only_with_room_for_it_and_gives_the_room_b
     assert_eq!((budget.held(), budget.peak()), (0, size));
     let giant = std::fs::OpenOptions::new().write(true).open(root.join(&name)).expect("the artifact's file");
     giant.set_len(1 << 30).expect("sparse");
-    let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(512 << 20);
+    let budget = crate::unchecked_artifacts::UncheckedBytes::with_max(2 << 30);
     assert!(on_store(budget.clone()).load_sealed(&digest, e).await.is_none());
-    assert_eq!(budget.peak(), 0, "not read");
+    assert_eq!(budget.peak(), 0, "not read: mostly holes");
     // cacheDir, through a sealed copy and the plain read alike.
     let (dir, cache, e, _) = echo_and_a_fresh_disk_tier("unchecked-dir");
     cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
@@ -782,5 +787,54 @@ async fn precompiles_save_fails_when_no_tier_holds_the_artifact() {
     // Within the bound, the directory does.
     cache.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
     assert!(dir.join(&name).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stores_lookups_take_no_room_from_cache_dir_reads_and_an_artifact_left_unread_is_not_written_again() {
+    // Review AO1: with one budget for the process, a store answering a 1 GiB head made every
+    // executor's cacheDir loads compile while its lookup ran; and each read refused for want of
+    // room was followed by a second upload of what the store held.
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("unchecked-apart");
+    let digest = [74u8; 32];
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("saved");
+    let size = std::fs::metadata(dir.join(cache.name(&digest, e))).expect("written").len();
+    // Room for the store's 100 MB answer or the artifact, not both.
+    let dir_budget = crate::unchecked_artifacts::UncheckedBytes::with_max(100_000_000 + size - 1);
+    let on_dir = ArtifactCache { unchecked: dir_budget.clone(), ..cache.clone() };
+    let (port, _) = server(Serve::Paced(64 * 1024));
+    let on_store = Arc::new(ArtifactCache {
+        fetch_timeout: Some(std::time::Duration::from_secs(2)),
+        unchecked: dir_budget.clone(),
+        ..cache_on(s3_at(port))
+    });
+    let held = {
+        let on_store = on_store.clone();
+        tokio::spawn(async move { on_store.load_sealed(&[75u8; 32], engine(EngineKind::Plain).expect("engine")).await })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while on_store.remote_state.unchecked.held() == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(on_store.remote_state.unchecked.held(), 100_000_000);
+    assert!(on_dir.load_sealed(&digest, e).await.is_some(), "the directory's read has its room");
+    assert!(held.await.expect("ran").is_none());
+    // Read refused for want of room: the store has it, and the compile after does not write it.
+    let store = Arc::new(ObjectSource::open("memory://artifacts-unread", &[]).expect("store"));
+    let key: Arc<[u8]> = vec![14u8; 32].into();
+    let (_, _, name, _) = saved_remotely(&store, key.clone(), &digest, false).await;
+    let tight = ArtifactCache {
+        remote: Some(store.clone()),
+        key: Some(key),
+        remote_state: RemoteState { unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(1), ..Default::default() },
+        ..Default::default()
+    };
+    assert!(tight.load_sealed(&digest, e).await.is_none());
+    store.put(&name, Bytes::from_static(b"as the store had it")).await.expect("marked");
+    tight.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
+    assert_eq!(&store.get(&name).await.expect("there")[..], b"as the store had it", "not written again");
+    // Once: a later compile's save writes it.
+    tight.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
+    assert_ne!(&store.get(&name).await.expect("there")[..], b"as the store had it");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -85,6 +85,14 @@ impl Drop for StopOnDrop {
 /// How long one store operation may take, unless the options say `timeoutMs`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a read takes at most: its bytes, and (a `file://` store's) holes in them, bytes not
+/// on disk that a sparse file shows as zeros.
+#[derive(Clone, Copy)]
+pub struct Bounds {
+    pub max_bytes: u64,
+    pub max_holes: Option<u64>,
+}
+
 /// How a read is going (`get_admitted`): what came so far (bytes, and 1 for the answer's
 /// head), and the object's size once the head said it (0 before).
 #[derive(Default)]
@@ -321,7 +329,7 @@ impl ObjectSource {
 
     /// The object's bytes, refused (`COMPILE_LIMIT`) before reading if it is over `max_bytes`.
     pub async fn get_at_most(&self, path: &str, max_bytes: u64) -> Result<Bytes, ExecError> {
-        match self.get_admitted(path, max_bytes, &Default::default(), |_| Some(())).await? {
+        match self.get_admitted(path, Bounds { max_bytes, max_holes: None }, &Default::default(), |_| Some(())).await? {
             Some((bytes, ())) => Ok(bytes),
             None => Err(ExecError::internal("a read that admits every size was not admitted")),
         }
@@ -334,7 +342,7 @@ impl ObjectSource {
     pub async fn get_admitted<T>(
         &self,
         path: &str,
-        max_bytes: u64,
+        bounds: Bounds,
         progress: &Progress,
         admit: impl FnOnce(u64) -> Option<T> + Send + 'static,
     ) -> Result<Option<(Bytes, T)>, ExecError>
@@ -343,9 +351,10 @@ impl ObjectSource {
     {
         use std::sync::atomic::Ordering;
         let key = self.key(path)?;
+        let max_bytes = bounds.max_bytes;
         if self.local.is_some() {
             progress.received.fetch_add(1, Ordering::Release);
-            return self.read_local(path, &key, max_bytes, admit).await;
+            return self.read_local(path, &key, bounds, admit).await;
         }
         let result = self.timed(path, self.store.get(&key)).await;
         progress.received.fetch_add(1, Ordering::Release);
@@ -382,20 +391,24 @@ impl ObjectSource {
         &self,
         path: &str,
         key: &ObjPath,
-        max_bytes: u64,
+        bounds: Bounds,
         admit: impl FnOnce(u64) -> Option<T> + Send + 'static,
     ) -> Result<Option<(Bytes, T)>, ExecError> {
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reading = gone.clone();
         // Set however this future ends (done, timed out, dropped): the read stops at its next chunk.
         let _stop = StopOnDrop(gone);
-        match self.on_local_file(path, key, move |file| read_regular_admitted(&file, max_bytes, &reading, admit)).await? {
+        let max_bytes = bounds.max_bytes;
+        match self.on_local_file(path, key, move |file| read_regular_admitted(&file, bounds.max_bytes, bounds.max_holes, &reading, admit)).await? {
             Ok((bytes, admitted)) => Ok(Some((Bytes::from(bytes), admitted))),
             Err(LocalRead::NotAdmitted) => Ok(None),
             Err(LocalRead::NotFound(message)) => Err(ExecError::BlobNotFound { path: path.to_string(), message }),
             Err(LocalRead::TooLarge(size)) => Err(ExecError::CompileLimit(format!(
                 "the module's size in bytes is {size}, over the limit of {max_bytes} (maxModuleBytes)"
             ))),
+            Err(LocalRead::Sparse(size)) => {
+                Err(ExecError::CompileLimit(format!("the file of {size} bytes is mostly holes (a sparse file), not read")))
+            }
             Err(LocalRead::Unavailable(message)) => Err(ExecError::BlobUnavailable { path: path.to_string(), message }),
         }
     }

@@ -1,10 +1,12 @@
-//! Artifact bytes read into memory and not yet authenticated, held by the whole process at once.
+//! Artifact bytes read into memory and not yet authenticated, held at once: by the whole
+//! process's `cacheDir` reads, and by each executor's artifact store lookups (review AO1: one
+//! budget for both let a store that held it keep every executor's `cacheDir` loads from loading).
 //!
 //! An artifact's tag can only be checked once all of it is read, so whoever can write to
 //! `cacheDir` or the artifact store can plant a large object under an artifact's name and have it
 //! read whole before it is refused: up to `MAX_ARTIFACT_BYTES` (2 GiB) for each module loading at
 //! once, unbounded together. Every read of an artifact therefore first takes its size (known
-//! before its body: the file's length, the answer's head) from one budget; a read the budget
+//! before its body: the file's length, the answer's head) from a budget; a read the budget
 //! cannot take now is not made, and the module is compiled as if no tier had its artifact.
 //! Nothing waits for the budget: a lookup that waited while the store sent nothing would be
 //! judged a stalled store.
@@ -24,7 +26,7 @@ struct Budget {
     peak: AtomicU64,
 }
 
-/// A handle on a budget of unchecked artifact bytes: the process's one unless a test made its own.
+/// A handle on a budget of unchecked artifact bytes: by default the process's one (`cacheDir`).
 #[derive(Clone)]
 pub struct UncheckedBytes(Arc<Budget>);
 

@@ -116,6 +116,8 @@ pub enum LocalRead {
     Unavailable(String),
     /// Its size was not admitted (`read_regular_admitted`): nothing read.
     NotAdmitted,
+    /// More of its size is holes than allowed (`read_regular_admitted`): nothing read.
+    Sparse(u64),
 }
 
 /// Whether a regular file is at `path` (links followed), from its metadata: a FIFO is never
@@ -135,14 +137,15 @@ pub fn is_regular_file(path: &Path) -> io::Result<bool> {
 /// It gives up (`Unavailable`) between chunks once `gone` is set: a caller that stopped waiting
 /// (a timeout) does not leave a thread reading a giant on its behalf.
 pub fn read_regular(file: &Path, max_bytes: u64, gone: &std::sync::atomic::AtomicBool) -> Result<Vec<u8>, LocalRead> {
-    read_regular_admitted(file, max_bytes, gone, |_| Some(())).map(|(bytes, ())| bytes)
+    read_regular_admitted(file, max_bytes, None, gone, |_| Some(())).map(|(bytes, ())| bytes)
 }
 
 /// `read_regular`, once `admit` took the file's size (`NotAdmitted` if it did not), with what it
-/// gave for that size.
+/// gave for that size; a file with more than `max_holes` bytes of holes is `Sparse`, not read.
 pub fn read_regular_admitted<T>(
     file: &Path,
     max_bytes: u64,
+    max_holes: Option<u64>,
     gone: &std::sync::atomic::AtomicBool,
     admit: impl FnOnce(u64) -> Option<T>,
 ) -> Result<(Vec<u8>, T), LocalRead> {
@@ -172,6 +175,9 @@ pub fn read_regular_admitted<T>(
     let f = blocking_regular(f).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
     if meta.len() > max_bytes {
         return Err(LocalRead::TooLarge(meta.len()));
+    }
+    if max_holes.is_some_and(|max| holes_over(&f, meta.len(), max)) {
+        return Err(LocalRead::Sparse(meta.len()));
     }
     let admitted = admit(meta.len()).ok_or(LocalRead::NotAdmitted)?;
     let mut bytes = Vec::new();
