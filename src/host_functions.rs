@@ -483,30 +483,14 @@ async fn dispatch(mut caller: Caller<'_, HostState>, imp: &HostImport, params: &
     };
     let access = caller.data().access.clone();
     let output = if imp.is_http() {
+        // `authorize` admits the network import as `(i32) -> i32` only (an Extism plugin reaches
+        // the network through the kernel's `http_request`): its text goes to the guest's own
+        // heap, whose free space the host cannot see (a memory at its cap may be mostly free:
+        // review AN1F had every response refused, 10 bytes too), so it may take the whole cap.
         let request = HttpRequest::from_json(&input).map_err(wasmtime::Error::new)?;
-        let units = match convention {
-            Convention::AsString => crate::http_client::TextUnits::Utf16,
-            Convention::ExtismHandle => crate::http_client::TextUnits::Utf8,
-        };
-        // What the guest could have room for. An Extism guest's response becomes a variable held
-        // by the host, counted with what it holds already: the cap less that. An AssemblyScript
-        // guest's text goes to its own heap, whose free space the host cannot see (a memory at its
-        // cap may be mostly free: review AN1F had every response refused, 10 bytes too): its whole
-        // cap. Refused, it is told against the cap (an Extism guest's with what it holds already).
         let cap = caller.data().limiter.max_bytes();
-        let used = match convention {
-            Convention::ExtismHandle => caller.data().limiter.total_bytes(),
-            Convention::AsString => 0,
-        };
-        let room = cap.saturating_sub(used);
-        let against_cap = |e: ExecError| match e {
-            ExecError::OutOfMemory { requested_bytes, .. } => {
-                ExecError::OutOfMemory { limit_bytes: cap, requested_bytes: used.saturating_add(requested_bytes) }
-            }
-            e => e,
-        };
-        let response = access.http(request, room).await.map_err(|e| wasmtime::Error::new(against_cap(e)))?;
-        response.to_json_within(room, units).map_err(|e| wasmtime::Error::new(against_cap(e)))?
+        let response = access.http(request, cap).await.map_err(wasmtime::Error::new)?;
+        response.to_json_within(cap, crate::http_client::TextUnits::Utf16).map_err(wasmtime::Error::new)?
     } else {
         access.call(&imp.key, input).await.map_err(wasmtime::Error::new)?
     };
