@@ -173,6 +173,8 @@ pub struct RemoteState {
     /// executor's `cacheDir` loads compile instead; planting junk under this executor's names,
     /// which its store's writer can do anyway, costs what holding this costs).
     unchecked: crate::unchecked_artifacts::UncheckedBytes,
+    /// What all executors' lookups may hold together (`unchecked_artifacts::store_reads`).
+    all_stores: crate::unchecked_artifacts::UncheckedBytes,
     /// Artifacts the store has (it answered) that a lookup did not read, for want of room: the
     /// compile that follows does not write them again (review AO1: each refused read cost the
     /// store a second upload of what it held).
@@ -188,6 +190,7 @@ impl Default for RemoteState {
             received: Default::default(),
             writing: Default::default(),
             unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(crate::unchecked_artifacts::MAX_UNCHECKED_BYTES),
+            all_stores: crate::unchecked_artifacts::store_reads().clone(),
             unread: Default::default(),
         }
     }
@@ -410,11 +413,13 @@ impl ArtifactCache {
             return None;
         }
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact; and its
-        // body is read only if this executor's unchecked bytes have room for it.
+        // body is read only if this executor's unchecked bytes have room for it, and the
+        // process's for all stores.
         let progress = crate::store::Progress::default();
-        let unchecked = self.remote_state.unchecked.clone();
+        let (unchecked, all_stores) = (self.remote_state.unchecked.clone(), self.remote_state.all_stores.clone());
+        let admit = move |n| Some((unchecked.take(n)?, all_stores.take(n)?));
         let bounds = crate::store::Bounds { max_bytes: crate::sealed_copy::MAX_ARTIFACT_BYTES, max_holes: Some(crate::sealed_copy::MAX_ARTIFACT_HOLES) };
-        let get = remote.get_admitted(&name, bounds, &progress, move |n| unchecked.take(n));
+        let get = remote.get_admitted(&name, bounds, &progress, admit);
         let store_received = self.remote_state.received.clone();
         let started = tokio::time::Instant::now();
         let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
@@ -468,9 +473,13 @@ impl ArtifactCache {
         };
         let (bytes, admitted) = match answer.await {
             Ok(Ok(Some(read))) => read,
-            // No room to read it now: compiled, the store not judged for it, nor written again.
+            // No room to read it now: compiled, the store not judged for it, nor written again
+            // if room would come (review AO1F: marked whatever its size, an object larger than
+            // the whole budget, planted once, kept the compiles from ever writing the artifact).
             Ok(Ok(None)) => {
-                self.remote_state.unread(&name);
+                if progress.size.load(std::sync::atomic::Ordering::Acquire) <= self.remote_state.unchecked.max() {
+                    self.remote_state.unread(&name);
+                }
                 return None;
             }
             // Not there (or too large to be an artifact): compiled.

@@ -819,22 +819,67 @@ async fn a_stores_lookups_take_no_room_from_cache_dir_reads_and_an_artifact_left
     assert_eq!(on_store.remote_state.unchecked.held(), 100_000_000);
     assert!(on_dir.load_sealed(&digest, e).await.is_some(), "the directory's read has its room");
     assert!(held.await.expect("ran").is_none());
-    // Read refused for want of room: the store has it, and the compile after does not write it.
+    // Read refused for want of room (its budget has room for it, not now): the store has it, and
+    // the compile after does not write it.
     let store = Arc::new(ObjectSource::open("memory://artifacts-unread", &[]).expect("store"));
     let key: Arc<[u8]> = vec![14u8; 32].into();
-    let (_, _, name, _) = saved_remotely(&store, key.clone(), &digest, false).await;
-    let tight = ArtifactCache {
+    let (_, _, name, stored) = saved_remotely(&store, key.clone(), &digest, false).await;
+    let on = |max: u64| ArtifactCache {
         remote: Some(store.clone()),
-        key: Some(key),
-        remote_state: RemoteState { unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(1), ..Default::default() },
+        key: Some(key.clone()),
+        remote_state: RemoteState { unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(max), ..Default::default() },
         ..Default::default()
     };
+    let tight = on(stored.len() as u64);
+    let taken = tight.remote_state.unchecked.take(1).expect("a byte");
     assert!(tight.load_sealed(&digest, e).await.is_none());
-    store.put(&name, Bytes::from_static(b"as the store had it")).await.expect("marked");
+    drop(taken);
+    let planted = || async { store.put(&name, Bytes::from_static(b"as the store had it")).await.expect("planted") };
+    let kept = || async { &store.get(&name).await.expect("there")[..] == b"as the store had it" };
+    planted().await;
     tight.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
-    assert_eq!(&store.get(&name).await.expect("there")[..], b"as the store had it", "not written again");
+    assert!(kept().await, "not written again");
     // Once: a later compile's save writes it.
     tight.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
-    assert_ne!(&store.get(&name).await.expect("there")[..], b"as the store had it");
+    assert!(!kept().await);
+    // Review AO1F: an object larger than the whole budget (planted once: it can never be read)
+    // is written over by the compile after, as a forged one is.
+    let smaller = on(stored.len() as u64 - 1);
+    assert!(smaller.load_sealed(&digest, e).await.is_none());
+    planted().await;
+    smaller.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
+    assert!(!kept().await, "written over");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_executors_store_lookups_together_hold_at_most_the_process_budget() {
+    // Review AO1F: with a budget per executor only, three executors on a store sending 1 GiB
+    // bodies took the process to 3 GiB.
+    let e = engine(EngineKind::Plain).expect("engine");
+    let (port, _) = server(Serve::Paced(64 * 1024));
+    let all = crate::unchecked_artifacts::UncheckedBytes::with_max(150_000_000);
+    let executor = || {
+        Arc::new(ArtifactCache {
+            fetch_timeout: Some(std::time::Duration::from_secs(2)),
+            remote_state: RemoteState { all_stores: all.clone(), ..Default::default() },
+            ..cache_on(s3_at(port))
+        })
+    };
+    let (first, second) = (executor(), executor());
+    let held = {
+        let first = first.clone();
+        tokio::spawn(async move { first.load_sealed(&[76u8; 32], engine(EngineKind::Plain).expect("engine")).await.is_none() })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while all.held() == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!((all.held(), first.remote_state.unchecked.held()), (100_000_000, 100_000_000));
+    let started = std::time::Instant::now();
+    assert!(second.load_sealed(&[77u8; 32], e).await.is_none());
+    assert!(started.elapsed() < std::time::Duration::from_millis(900), "not read: {:?}", started.elapsed());
+    assert_eq!(second.remote_state.unchecked.held(), 0, "its own budget given back");
+    assert!(held.await.expect("ran"));
+    assert_eq!((all.held(), all.peak()), (0, 100_000_000));
 }

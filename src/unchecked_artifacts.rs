@@ -19,6 +19,17 @@ use std::sync::{Arc, OnceLock};
 /// 21.5 MB) and its memory image; the 12 MB JavaScript component's is 37 MB.
 pub const MAX_UNCHECKED_BYTES: u64 = 1 << 30;
 
+/// What all executors' artifact store lookups may hold together, each executor's within its own
+/// `MAX_UNCHECKED_BYTES` (review AO1F: three executors on a store sending 1 GiB bodies took the
+/// process to 3 GiB): a store that fills its executor's budget leaves the others at least as much.
+pub const MAX_STORE_UNCHECKED_BYTES: u64 = 2 << 30;
+
+/// The process's budget for artifact store lookups, all executors together.
+pub fn store_reads() -> &'static UncheckedBytes {
+    static STORE: OnceLock<UncheckedBytes> = OnceLock::new();
+    STORE.get_or_init(|| UncheckedBytes::with_max(MAX_STORE_UNCHECKED_BYTES))
+}
+
 struct Budget {
     max: u64,
     held: AtomicU64,
@@ -49,6 +60,11 @@ impl UncheckedBytes {
         let was = b.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(n).filter(|&t| t <= b.max)).ok()?;
         b.peak.fetch_max(was + n, Ordering::AcqRel);
         Some(Admitted { budget: self.0.clone(), n })
+    }
+
+    /// What it holds at most.
+    pub fn max(&self) -> u64 {
+        self.0.max
     }
 
     /// Bytes held now.
