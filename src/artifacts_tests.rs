@@ -491,6 +491,14 @@ fn count(n: &std::sync::atomic::AtomicUsize) -> usize {
     n.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Waits (at most 10 s) until a budget holds something.
+async fn until_holding(budget: &crate::unchecked_artifacts::UncheckedBytes) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while budget.held() == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 async fn until_more_than(n: &std::sync::atomic::AtomicUsize, was: usize) -> bool {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while count(n) == was && std::time::Instant::now() < until {
@@ -688,10 +696,7 @@ async fn artifact_reads_hold_at_most_the_unchecked_budget_and_one_without_room_i
         let cache = cache.clone();
         tokio::spawn(async move { cache.load_sealed(&[70u8; 32], engine(EngineKind::Plain).expect("engine")).await.is_none() })
     };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while budget.held() == 0 && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    until_holding(&budget).await;
     assert_eq!(budget.held(), 100_000_000, "the first read holds its size from the answer's head");
     // A second module's lookup meanwhile: no room, so its body is not read (it would take the
     // lookup's 2 s), and the store is not judged for it.
@@ -812,10 +817,7 @@ async fn a_stores_lookups_take_no_room_from_cache_dir_reads_and_an_artifact_left
         let on_store = on_store.clone();
         tokio::spawn(async move { on_store.load_sealed(&[75u8; 32], engine(EngineKind::Plain).expect("engine")).await })
     };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while on_store.remote_state.unchecked.held() == 0 && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    until_holding(&on_store.remote_state.unchecked).await;
     assert_eq!(on_store.remote_state.unchecked.held(), 100_000_000);
     assert!(on_dir.load_sealed(&digest, e).await.is_some(), "the directory's read has its room");
     assert!(held.await.expect("ran").is_none());
@@ -871,10 +873,7 @@ async fn all_executors_store_lookups_together_hold_at_most_the_process_budget() 
         let first = first.clone();
         tokio::spawn(async move { first.load_sealed(&[76u8; 32], engine(EngineKind::Plain).expect("engine")).await.is_none() })
     };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while all.held() == 0 && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    until_holding(&all).await;
     assert_eq!((all.held(), first.remote_state.unchecked.held()), (100_000_000, 100_000_000));
     let started = std::time::Instant::now();
     assert!(second.load_sealed(&[77u8; 32], e).await.is_none());
