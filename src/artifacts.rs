@@ -173,8 +173,10 @@ pub struct RemoteState {
     /// executor's `cacheDir` loads compile instead; planting junk under this executor's names,
     /// which its store's writer can do anyway, costs what holding this costs).
     unchecked: crate::unchecked_artifacts::UncheckedBytes,
-    /// What all executors' lookups may hold together (`unchecked_artifacts::store_reads`).
+    /// What all executors' lookups may hold together (`unchecked_artifacts::store_reads`), and
+    /// this executor counted among them (by `open`, with a store).
     all_stores: crate::unchecked_artifacts::UncheckedBytes,
+    sharing: Option<Arc<crate::unchecked_artifacts::Registered>>,
     /// Artifacts the store has (it answered) that a lookup did not read, for want of room: the
     /// compile that follows does not write them again (review AO1: each refused read cost the
     /// store a second upload of what it held).
@@ -191,6 +193,7 @@ impl Default for RemoteState {
             writing: Default::default(),
             unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(crate::unchecked_artifacts::MAX_UNCHECKED_BYTES),
             all_stores: crate::unchecked_artifacts::store_reads().clone(),
+            sharing: None,
             unread: Default::default(),
         }
     }
@@ -266,6 +269,9 @@ impl ArtifactCache {
                 return Err(ExecError::InvalidArgument(
                     "options.artifactStore needs options.artifactKey (a secret shared by the fleet) to authenticate compiled code".into(),
                 ));
+            }
+            if self.remote_state.sharing.is_none() {
+                self.remote_state.sharing = Some(Arc::new(self.remote_state.all_stores.register()));
             }
         }
         if let Some(dir) = &self.dir {
@@ -417,7 +423,18 @@ impl ArtifactCache {
         // process's for all stores.
         let progress = crate::store::Progress::default();
         let (unchecked, all_stores) = (self.remote_state.unchecked.clone(), self.remote_state.all_stores.clone());
-        let admit = move |n| Some((unchecked.take(n)?, all_stores.take(n)?));
+        // The size asked for (a `file://` store's is not in `progress`: review AO2).
+        let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let asking = asked.clone();
+        let admit = move |n| {
+            asking.store(n, std::sync::atomic::Ordering::Release);
+            let mine = unchecked.take(n)?;
+            // Within this executor's share of what all hold (taken first: it counts this read).
+            if unchecked.held() > all_stores.share() {
+                return None;
+            }
+            Some((mine, all_stores.take(n)?))
+        };
         let bounds = crate::store::Bounds { max_bytes: crate::sealed_copy::MAX_ARTIFACT_BYTES, max_holes: Some(crate::sealed_copy::MAX_ARTIFACT_HOLES) };
         let get = remote.get_admitted(&name, bounds, &progress, admit);
         let store_received = self.remote_state.received.clone();
@@ -477,7 +494,7 @@ impl ArtifactCache {
             // if room would come (review AO1F: marked whatever its size, an object larger than
             // the whole budget, planted once, kept the compiles from ever writing the artifact).
             Ok(Ok(None)) => {
-                if progress.size.load(std::sync::atomic::Ordering::Acquire) <= self.remote_state.unchecked.max() {
+                if asked.load(std::sync::atomic::Ordering::Acquire) <= self.remote_state.unchecked.max() {
                     self.remote_state.unread(&name);
                 }
                 return None;

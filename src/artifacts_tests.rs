@@ -851,7 +851,19 @@ async fn a_stores_lookups_take_no_room_from_cache_dir_reads_and_an_artifact_left
     planted().await;
     smaller.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert!(!kept().await, "written over");
+    // So with a `file://` store, whose reads tell no size on the way (review AO2).
+    let root = temp("unread-file-store");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("store dir");
+    let files = Arc::new(ObjectSource::open(&format!("file://{}", root.display()), &[]).expect("store"));
+    let (_, _, _, stored) = saved_remotely(&files, key.clone(), &digest, false).await;
+    let smaller = ArtifactCache { remote: Some(files.clone()), ..on(stored.len() as u64 - 1) };
+    assert!(smaller.load_sealed(&digest, e).await.is_none());
+    files.put(&name, Bytes::from_static(b"as the store had it")).await.expect("planted");
+    smaller.save_now(&digest, e, &module.code, module.facts()).await.expect("saved");
+    assert_eq!(files.get(&name).await.expect("there").len(), stored.len(), "written over");
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -881,4 +893,13 @@ async fn all_executors_store_lookups_together_hold_at_most_the_process_budget() 
     assert_eq!(second.remote_state.unchecked.held(), 0, "its own budget given back");
     assert!(held.await.expect("ran"));
     assert_eq!((all.held(), all.peak()), (0, 100_000_000));
+    // Review AO2: two executors whose stores held 1 GiB each of the process's 2 GiB kept every
+    // other executor's lookups from loading. Each holds at most its share now: with two sharing
+    // 150 MB, a 100 MB answer is not read though all of it is free.
+    let users = (all.register(), all.register());
+    let started = std::time::Instant::now();
+    assert!(first.load_sealed(&[78u8; 32], e).await.is_none());
+    assert!(started.elapsed() < std::time::Duration::from_millis(900), "not read: {:?}", started.elapsed());
+    assert_eq!((all.peak(), first.remote_state.unchecked.held()), (100_000_000, 0));
+    drop(users);
 }

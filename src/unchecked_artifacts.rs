@@ -21,8 +21,12 @@ pub const MAX_UNCHECKED_BYTES: u64 = 1 << 30;
 
 /// What all executors' artifact store lookups may hold together, each executor's within its own
 /// `MAX_UNCHECKED_BYTES` (review AO1F: three executors on a store sending 1 GiB bodies took the
-/// process to 3 GiB): a store that fills its executor's budget leaves the others at least as much.
+/// process to 3 GiB) and within its share of this (`UncheckedBytes::share`).
 pub const MAX_STORE_UNCHECKED_BYTES: u64 = 2 << 30;
+
+/// The least share of a budget an executor may hold, however many share it: 64 MiB, above an
+/// honest artifact's usual size (the 12 MB JavaScript component's is 37 MB).
+pub const MIN_SHARE: u64 = 64 << 20;
 
 /// The process's budget for artifact store lookups, all executors together.
 pub fn store_reads() -> &'static UncheckedBytes {
@@ -33,6 +37,8 @@ pub fn store_reads() -> &'static UncheckedBytes {
 struct Budget {
     max: u64,
     held: AtomicU64,
+    /// Executors sharing it (`register`).
+    users: std::sync::atomic::AtomicUsize,
     /// The most `held` has been (tests).
     peak: AtomicU64,
 }
@@ -51,7 +57,7 @@ impl Default for UncheckedBytes {
 impl UncheckedBytes {
     /// A budget of its own of `max` bytes.
     pub fn with_max(max: u64) -> Self {
-        UncheckedBytes(Arc::new(Budget { max, held: AtomicU64::new(0), peak: AtomicU64::new(0) }))
+        UncheckedBytes(Arc::new(Budget { max, held: AtomicU64::new(0), users: Default::default(), peak: AtomicU64::new(0) }))
     }
 
     /// `n` bytes of the budget until the result is dropped, if it has them now.
@@ -67,6 +73,20 @@ impl UncheckedBytes {
         self.0.max
     }
 
+    /// Counts an executor among those sharing this budget until the result is dropped.
+    pub fn register(&self) -> Registered {
+        self.0.users.fetch_add(1, Ordering::AcqRel);
+        Registered(self.0.clone())
+    }
+
+    /// What one of the executors sharing it may hold: an equal share, at least `MIN_SHARE`
+    /// (review AO2: two executors whose stores each held 1 GiB of the process's 2 GiB kept every
+    /// other executor's lookups from loading). Stores of a few executors holding their shares
+    /// leave the others theirs (up to `max / MIN_SHARE` executors).
+    pub fn share(&self) -> u64 {
+        (self.0.max / self.0.users.load(Ordering::Acquire).max(1) as u64).max(MIN_SHARE).min(self.0.max)
+    }
+
     /// Bytes held now.
     pub fn held(&self) -> u64 {
         self.0.held.load(Ordering::Acquire)
@@ -75,6 +95,15 @@ impl UncheckedBytes {
     /// The most ever held at once.
     pub fn peak(&self) -> u64 {
         self.0.peak.load(Ordering::Acquire)
+    }
+}
+
+/// An executor counted among a budget's users (`UncheckedBytes::register`), until dropped.
+pub struct Registered(Arc<Budget>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -108,5 +137,18 @@ mod tests {
         assert!(b.take(60).is_some());
         drop(second);
         assert_eq!((b.held(), b.peak()), (0, 100));
+    }
+
+    #[test]
+    fn a_share_is_the_budget_over_its_users_but_never_under_min_share() {
+        let b = UncheckedBytes::with_max(MIN_SHARE * 3);
+        assert_eq!(b.share(), MIN_SHARE * 3);
+        let users: Vec<_> = (0..3).map(|_| b.register()).collect();
+        assert_eq!(b.share(), MIN_SHARE);
+        let more = b.register();
+        assert_eq!(b.share(), MIN_SHARE);
+        drop((users, more));
+        assert_eq!(b.share(), MIN_SHARE * 3);
+        assert_eq!(UncheckedBytes::with_max(10).share(), 10, "never over the budget");
     }
 }
