@@ -266,13 +266,20 @@ async function main(argv) {
     const { store, def } = target(opts._[0])
     const options = cacheOptions(opts)
     const executor = new WasmActivityExecutor(store, options)
-    const digest = await executor.precompile(def)
+    const dir = opts['cache-dir']
+    // The directory given cannot take the artifact (a directory planted under its name, say): a
+    // usage error, as the check below makes it (review AM1: reported as INTERNAL).
+    const digest = await executor.precompile(def).catch((e) => {
+      if (e && e.code === 'BLOB_UNAVAILABLE' && String(e.message).includes('artifact to cacheDir')) {
+        throw Object.assign(new Error(`the artifact was not written to ${dir} (the directory could not be written: ${e.message})`), { code: 'INVALID_ARGUMENT' })
+      }
+      throw e
+    })
     // An artifact larger than the bound is not written (the executor's rule): say so, rather than
     // print a digest whose artifact no later run finds. Checked as a later run would find it: a
     // fresh executor (not sharing this one's code) loading the pinned module with no download,
     // which only this engine's optimized artifact in DIR allows (an older engine's, or the
     // baseline code's, does not count).
-    const dir = opts['cache-dir']
     const refuse = { download: async () => Promise.reject(Object.assign(new Error('not in the cache'), { code: 'BLOB_NOT_FOUND' })) }
     const check = new WasmActivityExecutor(refuse, { ...options, shareCode: false })
     const written = await check.precompile({ ...def, sha256: digest }).then(() => check.cacheStats().artifactHits === 1, () => false)

@@ -382,6 +382,23 @@ impl ArtifactCache {
     /// The same, with the artifact as checked (its sealed copy, or its authenticated bytes), which
     /// another engine of its fingerprint may load without reading, downloading or checking it again.
     pub(crate) async fn load_sealed(&self, digest: &Digest, engine: &Engine) -> Option<(Compiled, Checked)> {
+        self.load_sealed_within(digest, engine, &mut self.lookup_time()).await
+    }
+
+    /// The time a cold call's artifact store lookups may take together (`loadTimeoutMs`, or the
+    /// store's own timeout): a call looks up its engine's artifact and its baseline twin's, and
+    /// each took up to that before (review AO1: a store holding junk under both names, sent at
+    /// the pace that just passes, held a cold call twice `loadTimeoutMs`).
+    pub(crate) fn lookup_time(&self) -> std::time::Duration {
+        match &self.remote {
+            Some(remote) => self.fetch_timeout.unwrap_or(remote.timeout()),
+            None => std::time::Duration::ZERO,
+        }
+    }
+
+    /// `load_sealed`, its store lookup within `left` of the call's lookup time, which it takes
+    /// what it spends from (none left: the store is not asked).
+    pub(crate) async fn load_sealed_within(&self, digest: &Digest, engine: &Engine, left: &mut std::time::Duration) -> Option<(Compiled, Checked)> {
         let key = self.key.clone()?;
         let name = self.name(digest, engine);
         if let Some(dir) = &self.dir {
@@ -414,10 +431,18 @@ impl ArtifactCache {
                 }
             }
         }
-        let remote = self.remote.as_ref()?;
-        if self.remote_state.skipping() || self.remote_state.skipping_module(digest) {
+        if self.remote.is_none() || left.is_zero() || self.remote_state.skipping() || self.remote_state.skipping_module(digest) {
             return None;
         }
+        let started = tokio::time::Instant::now();
+        let found = self.from_store(digest, engine, key, name, started + *left).await;
+        *left = left.saturating_sub(started.elapsed());
+        found
+    }
+
+    /// The artifact `name` from the store, its lookup given up at `until` at the latest.
+    async fn from_store(&self, digest: &Digest, engine: &Engine, key: Arc<[u8]>, name: String, until: tokio::time::Instant) -> Option<(Compiled, Checked)> {
+        let remote = self.remote.as_ref()?;
         // Bounded: a planted giant (a sparse file in a file:// store) is no artifact; and its
         // body is read only if this executor's unchecked bytes have room for it, and the
         // process's for all stores.
@@ -439,7 +464,6 @@ impl ArtifactCache {
         let get = remote.get_admitted(&name, bounds, &progress, admit);
         let store_received = self.remote_state.received.clone();
         let started = tokio::time::Instant::now();
-        let until = started + self.fetch_timeout.unwrap_or(remote.timeout());
         let wait = self.answer_wait();
         let answer = async {
             // A store that neither answers nor sends `MIN_SENDING_RATE` for `wait` has all but
@@ -565,20 +589,40 @@ impl ArtifactCache {
     }
 
     async fn save_to(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, wait: bool) -> Result<(), ExecError> {
-        let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
+        match self.sealed(digest, engine, code, facts).await? {
+            Some((name, sealed)) => self.write_sealed(name, sealed, wait).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The artifact of `code` under its name, sealed with the key (none: the cache is off).
+    async fn sealed(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<Option<(String, Vec<u8>)>, ExecError> {
+        let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(None) };
         let name = self.name(digest, engine);
         let flags = flags_of(facts, code.is_component());
         let body = code.serialize().map_err(ExecError::internal)?;
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
+        Ok(Some((name, sealed)))
+    }
+
+    /// Whether a lookup of this tier could ever read an artifact of `len` bytes: one larger
+    /// than the most its reads may hold unchecked (`unchecked_artifacts`) is never loaded, so
+    /// not written (review AO1: every compile uploaded such an artifact again).
+    fn readable(budget: &crate::unchecked_artifacts::UncheckedBytes, len: usize) -> bool {
+        len as u64 <= budget.max()
+    }
+
+    /// Writes a sealed artifact to the tiers (the store's write in the background unless `wait`).
+    async fn write_sealed(&self, name: String, sealed: Vec<u8>, wait: bool) -> Result<(), ExecError> {
         // A directory that cannot be written (removed, full) does not keep the artifact from the
         // store (review AN1F: a worker whose cacheDir went stopped sharing with its fleet); its
         // error is the save's, after that.
         let in_dir = match &self.dir {
-            Some(dir) => self.write_to_dir(dir, name.clone(), Arc::new(sealed.clone())).await,
-            None => Ok(()),
+            Some(dir) if Self::readable(&self.unchecked, sealed.len()) => self.write_to_dir(dir, name.clone(), Arc::new(sealed.clone())).await,
+            _ => Ok(()),
         };
-        let Some(remote) = self.remote.clone() else { return in_dir };
+        let Some(remote) = self.remote.clone().filter(|_| Self::readable(&self.remote_state.unchecked, sealed.len())) else { return in_dir };
         if self.remote_state.take_unread(&name) {
             return in_dir;
         }
@@ -648,12 +692,13 @@ impl ArtifactCache {
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
     /// (`precompile`, whose process may exit next): an error if a tier cannot take it
     /// (`BLOB_UNAVAILABLE`), or if none holds it after (`INVALID_ARGUMENT`: a `cacheDir` alone,
-    /// whose bound is under the artifact).
+    /// whose bound is under the artifact; an artifact larger than any lookup reads). A tier
+    /// holds it when what it has under its name has its size (review AO1F: a directory planted
+    /// under the name passed for the artifact, and the next process compiled again).
     pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
-        if !self.is_enabled() {
-            return Ok(());
-        }
-        let name = self.name(digest, engine);
+        let Some((name, sealed)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+        let len = sealed.len() as u64;
+        let in_dir = |name: &str| self.dir.as_ref().is_none_or(|d| std::fs::symlink_metadata(d.join(name)).is_ok_and(|m| m.is_file() && m.len() == len));
         // This executor's compile is writing it already: its outcome is this one's (it was
         // written twice, and a store slow to answer failed a precompile whose write landed:
         // review AMF2).
@@ -661,7 +706,7 @@ impl ArtifactCache {
         if let Some(mut landed) = under_way {
             let outcome = landed.wait_for(Option::is_some).await.map(|o| *o).ok().flatten();
             match outcome {
-                Some(true) if self.dir.as_ref().is_none_or(|d| d.join(&name).exists()) => return Ok(()),
+                Some(true) if in_dir(&name) => return Ok(()),
                 // Not written again: a second write would wait as long again (review AN1: a
                 // store whose writes stalled held precompile twice its timeoutMs, written twice).
                 Some(false) => {
@@ -673,10 +718,9 @@ impl ArtifactCache {
                 _ => {}
             }
         }
-        let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
         let in_remote = match &self.remote {
-            Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.exists(&name)).await {
-                Ok(there) => there.unwrap_or(false),
+            Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.size(&name)).await {
+                Ok(there) => there.ok().flatten() == Some(len),
                 Err(_) => {
                     return Err(ExecError::BlobUnavailable {
                         path: name,
@@ -686,20 +730,31 @@ impl ArtifactCache {
             },
             None => true,
         };
-        if in_dir && in_remote {
+        if in_dir(&name) && in_remote {
             return Ok(());
         }
-        self.save_now(digest, engine, code, facts).await?;
-        // An artifact over the directory's whole bound is not written there: with no store, no
-        // tier holds it, and the next process compiles again (noticed in review AN2: precompile
-        // resolved).
+        self.write_sealed(name.clone(), sealed, true).await?;
+        let dir_reads = Self::readable(&self.unchecked, len as usize);
+        let stored = self.remote.is_some() && Self::readable(&self.remote_state.unchecked, len as usize);
+        if stored || (self.dir.is_some() && dir_reads && in_dir(&name)) {
+            return Ok(());
+        }
         match &self.dir {
-            Some(dir) if self.remote.is_none() && !dir.join(&name).exists() => Err(ExecError::InvalidArgument(format!(
+            // An artifact over the directory's whole bound is not written there: with no store, no
+            // tier holds it, and the next process compiles again (noticed in review AN2: precompile
+            // resolved).
+            Some(dir) if dir_reads => Err(ExecError::InvalidArgument(format!(
                 "the module's artifact is larger than maxCacheDirBytes ({} bytes): it was not written to {}",
                 self.dir_bound(),
                 dir.display()
             ))),
-            _ => Ok(()),
+            _ => {
+                let tiers = [self.dir.as_ref().map(|_| self.unchecked.max()), self.remote.as_ref().map(|_| self.remote_state.unchecked.max())];
+                Err(ExecError::InvalidArgument(format!(
+                    "the module's artifact ({len} bytes) is larger than the {} bytes a lookup may read before checking it: it was not written",
+                    tiers.into_iter().flatten().max().unwrap_or_default()
+                )))
+            }
         }
     }
 }

@@ -17,11 +17,12 @@ async fn artifact_module(
     digest: Digest,
     kind: EngineKind,
     guess: Option<&Arc<Place>>,
+    left: &mut std::time::Duration,
 ) -> Option<(Result<CompiledModule, ExecError>, Checked)> {
     let engine = engine(kind).ok()?;
     let (compiled, checked) = match guess {
         Some(stop) => artifacts.load_guess(&digest, engine, stop.clone()).await?,
-        None => artifacts.load_sealed(&digest, engine).await?,
+        None => artifacts.load_sealed_within(&digest, engine, left).await?,
     };
     let facts = checked.facts();
     let prepared = tokio::task::spawn_blocking(move || prepare(compiled, digest, kind, facts)).await.ok()?;
@@ -37,21 +38,24 @@ pub(crate) async fn from_artifact(
     kind: EngineKind,
     tried: bool,
     guess: Option<&Arc<Place>>,
+    left: &mut std::time::Duration,
 ) -> Option<(Arc<CompiledModule>, Checked)> {
     let kinds = [kind, kind.with_baseline(true)];
     let end = if kinds[1] == kind { 1 } else { 2 };
-    load_artifact(artifacts, pool_ready, digest, kinds.get(usize::from(tried)..end).unwrap_or(&[]), guess).await
+    load_artifact(artifacts, pool_ready, digest, kinds.get(usize::from(tried)..end).unwrap_or(&[]), guess, left).await
 }
 
 /// The first of these engines' artifacts of a module that loads (and the artifact as it was
 /// checked). A `Plain` one loads on the unpooled twin while the pool is not built yet
-/// (`pool_ready`; the caller then calls `pool_later`).
+/// (`pool_ready`; the caller then calls `pool_later`). Their store lookups take at most `left`
+/// together (`ArtifactCache::lookup_time`), less what they took.
 pub(crate) async fn load_artifact(
     artifacts: &ArtifactCache,
     pool_ready: fn() -> bool,
     digest: Digest,
     kinds: &[EngineKind],
     guess: Option<&Arc<Place>>,
+    left: &mut std::time::Duration,
 ) -> Option<(Arc<CompiledModule>, Checked)> {
     if !artifacts.is_enabled() {
         return None;
@@ -61,7 +65,7 @@ pub(crate) async fn load_artifact(
         if guess.is_some_and(|place| place.stop.load(Ordering::Relaxed)) {
             return None;
         }
-        if let Some((m, checked)) = artifact_module(artifacts, digest, k, guess).await {
+        if let Some((m, checked)) = artifact_module(artifacts, digest, k, guess, left).await {
             return m.ok().map(|m| (Arc::new(m), checked));
         }
     }
@@ -119,7 +123,11 @@ impl Guess {
         GUESSES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_GUESSES).then_some(n + 1)).ok()?;
         let place = Arc::new(Place { stop: AtomicBool::new(false) });
         let (artifacts, held) = (artifacts.clone(), place.clone());
-        let loading = tokio::spawn(async move { from_artifact(&artifacts, pool_ready, digest, kind, false, Some(&held)).await });
+        let loading = tokio::spawn(async move {
+            // A guess reads `cacheDir` only: no store lookup to time.
+            let mut left = std::time::Duration::ZERO;
+            from_artifact(&artifacts, pool_ready, digest, kind, false, Some(&held), &mut left).await
+        });
         Some(Guess { loading, done: None, place })
     }
 

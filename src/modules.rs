@@ -276,12 +276,14 @@ impl ModuleCache {
             st.stats.misses += 1;
             st.generation
         };
+        // The artifact store lookups of this load, all together, take at most `loadTimeoutMs`.
+        let mut lookups = self.artifacts.lookup_time();
         // Pinned and compiled already: no download. The pin names the code, and an artifact under
         // that digest (authenticated by the artifact key) is that code compiled, so what runs
         // is what the pin allows, whatever the blob store holds now. Only an artifact for this
         // very engine: a baseline one would need the bytes to tier up.
         if let Some(&digest) = pinned {
-            if let Some((compiled, checked)) = self.load_artifact(digest, &[kind]).await {
+            if let Some((compiled, checked)) = self.load_artifact(digest, &[kind], &mut lookups).await {
                 let mut st = self.state();
                 st.stats.artifact_hits += 1;
                 // By digest only: the blob store was not asked what the name holds, so unpinned
@@ -369,7 +371,7 @@ impl ModuleCache {
                     self.state().stats.hinted += 1;
                     Some(found)
                 }
-                None => self.from_artifact(digest, kind, pinned.is_some()).await,
+                None => self.from_artifact(digest, kind, pinned.is_some(), &mut lookups).await,
             } {
                 Some((m, checked)) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
@@ -457,13 +459,13 @@ impl ModuleCache {
 
     /// A module from the artifact tiers, for the engine (unless `tried` already) or its baseline
     /// twin; each looked for once, also when the engine is its own twin.
-    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool) -> Option<(Arc<CompiledModule>, Checked)> {
-        module_artifacts::from_artifact(&self.artifacts, self.pool_ready, digest, kind, tried, None).await
+    async fn from_artifact(&self, digest: Digest, kind: EngineKind, tried: bool, left: &mut std::time::Duration) -> Option<(Arc<CompiledModule>, Checked)> {
+        module_artifacts::from_artifact(&self.artifacts, self.pool_ready, digest, kind, tried, None, left).await
     }
 
     /// The first of these engines' artifacts of a module that loads (`module_artifacts::load_artifact`).
-    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind]) -> Option<(Arc<CompiledModule>, Checked)> {
-        module_artifacts::load_artifact(&self.artifacts, self.pool_ready, digest, kinds, None).await
+    async fn load_artifact(&self, digest: Digest, kinds: &[EngineKind], left: &mut std::time::Duration) -> Option<(Arc<CompiledModule>, Checked)> {
+        module_artifacts::load_artifact(&self.artifacts, self.pool_ready, digest, kinds, None, left).await
     }
 
     /// The digest `key`'s bytes had last time (`artifact_hints`, in `cacheDir`) and, unless that

@@ -440,17 +440,23 @@ impl ObjectSource {
     }
 
     pub async fn exists(&self, path: &str) -> Result<bool, ExecError> {
+        Ok(self.size(path).await?.is_some())
+    }
+
+    /// The size of the object at `path` as the store tells it, without reading it; none if
+    /// there is none (in a `file://` store: no regular file).
+    pub async fn size(&self, path: &str) -> Result<Option<u64>, ExecError> {
         let key = self.key(path)?;
         if self.local.is_some() {
             // From metadata: object_store's head opens the file, and would block on a FIFO.
             return self
-                .on_local_file(path, &key, |file| crate::untrusted_dir::is_regular_file(&file))
+                .on_local_file(path, &key, |file| crate::untrusted_dir::regular_file_len(&file))
                 .await?
                 .map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() });
         }
         match self.timed(path, self.store.head(&key)).await {
-            Ok(_) => Ok(true),
-            Err(ExecError::BlobNotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(ExecError::BlobNotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
