@@ -165,9 +165,9 @@ pub struct RemoteState {
     /// judged on that, not on each lookup's share of it (review AN2: six lookups sharing a
     /// 300 KB/s link each fell under the bound, and a working store was turned off).
     received: Arc<std::sync::atomic::AtomicU64>,
-    /// The background writes under way, by artifact name: whether each landed, once it ended
-    /// (`precompile` waits for its module's rather than writing it again).
-    writing: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<bool>>>>>,
+    /// The background writes under way, by artifact name: whether each landed (or the store's
+    /// error), once it ended (`precompile` waits for its module's rather than writing it again).
+    writing: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<Result<(), String>>>>>>,
     /// What this executor's lookups may hold before their artifacts' tags are checked: its own
     /// (review AO1: with one budget for the process, a store that held it made every other
     /// executor's `cacheDir` loads compile instead; planting junk under this executor's names,
@@ -639,7 +639,7 @@ impl ArtifactCache {
                     drop(runtime.spawn(async move {
                         let put = remote.put(&name, Bytes::from(sealed)).await;
                         writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
-                        let _ = landed.send(Some(put.is_ok()));
+                        let _ = landed.send(Some(put.map_err(|e| e.to_string())));
                         drop(permit);
                     }));
                 }
@@ -704,16 +704,14 @@ impl ArtifactCache {
         // review AMF2).
         let under_way = self.remote_state.writing.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned();
         if let Some(mut landed) = under_way {
-            let outcome = landed.wait_for(Option::is_some).await.map(|o| *o).ok().flatten();
+            let outcome = landed.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
             match outcome {
-                Some(true) if in_dir(&name) => return Ok(()),
+                Some(Ok(())) if in_dir(&name) => return Ok(()),
                 // Not written again: a second write would wait as long again (review AN1: a
                 // store whose writes stalled held precompile twice its timeoutMs, written twice).
-                Some(false) => {
-                    return Err(ExecError::BlobUnavailable {
-                        path: name,
-                        message: "the artifact store did not take the artifact (its write failed or ran past the store's timeoutMs)".into(),
-                    })
+                // With the store's own words (they were lost: noticed in review AN1).
+                Some(Err(why)) => {
+                    return Err(ExecError::BlobUnavailable { path: name, message: format!("the artifact store did not take the artifact: {why}") })
                 }
                 _ => {}
             }
