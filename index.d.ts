@@ -391,7 +391,8 @@ export declare class WasmActivityExecutor {
    * Rejects `BLOB_UNAVAILABLE` when the `cacheDir` cannot be written, and `INVALID_ARGUMENT`
    * when no tier holds the artifact after (a `cacheDir` alone whose `maxCacheDirBytes` is under it,
    * or an artifact over the 1 GiB a lookup reads before checking it). What a tier holds under
-   * the artifact's name counts only with the artifact's size; anything else is written over.
+   * the artifact's name counts only if it is the artifact (`cacheDir`: byte for byte; the
+   * store: of its size); anything else is written over.
    */
   precompile(definition: ActivityDefinition): Promise<string>
   /**

@@ -606,13 +606,36 @@ async fn precompile_writes_over_what_is_not_the_artifact_and_no_tier_takes_an_ar
     let on_store = ArtifactCache { remote: Some(store.clone()), key: cache.key.clone(), ..Default::default() };
     assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
     // What both tiers hold is the artifact: nothing is written again.
-    let modified = std::fs::metadata(dir.join(&name)).and_then(|m| m.modified()).expect("written");
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Each write renames a new file into place: the same inode is the same write.
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(&name)).expect("there"));
+    let written = inode();
     both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("held already");
-    assert_eq!(std::fs::metadata(dir.join(&name)).and_then(|m| m.modified()).expect("there"), modified);
+    assert_eq!(inode(), written);
+    // A module loaded from the directory's artifact is saved as the same bytes (review AP1: the
+    // artifact's trailer came along, 41 bytes more each time, and every precompile rewrote it).
+    let Some((loaded, Checked::Sealed(copy))) = cache.load_sealed(&digest, e).await else { panic!("loads from the directory") };
+    let loaded = crate::compiled_module::prepare(loaded, digest, EngineKind::Plain, copy.facts()).expect("links");
+    assert_eq!(loaded.code.serialize().expect("serializes"), module.code.serialize().expect("serializes"));
+    both.save_missing_now(&digest, e, &loaded.code, loaded.facts()).await.expect("held already");
+    assert_eq!(inode(), written, "not written again");
+    // Junk of the artifact's very size (an artifact of another key, after a rotation) is no
+    // artifact either (review AP1).
+    let junk = vec![7u8; std::fs::metadata(dir.join(&name)).expect("there").len() as usize];
+    std::fs::write(dir.join(&name), &junk).expect("same-size junk");
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written over");
+    assert!(matches!(cache.load_sealed(&digest, e).await, Some((_, Checked::Sealed(_)))), "the directory's copy loads");
     // The directory holds it, the store junk: the store's is written over.
     store.put(&name, Bytes::from_static(b"planted again")).await.expect("planted object");
     both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written over");
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    // Junk there too large to read now marks the name unread (the compile after does not write
+    // it again); precompile writes it all the same (review AP1: the mark made its write a no-op).
+    let tight = ArtifactCache { remote_state: RemoteState { unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(1 << 20), ..Default::default() }, ..on_store.clone() };
+    let taken = tight.remote_state.unchecked.take(1).expect("a byte");
+    store.put(&name, Bytes::from(vec![0u8; 1 << 20])).await.expect("planted");
+    assert!(tight.load_sealed(&digest, e).await.is_none(), "no room");
+    drop(taken);
+    tight.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
     assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
     let _ = std::fs::remove_dir_all(&dir);
 

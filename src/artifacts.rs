@@ -692,13 +692,13 @@ impl ArtifactCache {
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
     /// (`precompile`, whose process may exit next): an error if a tier cannot take it
     /// (`BLOB_UNAVAILABLE`), or if none holds it after (`INVALID_ARGUMENT`: a `cacheDir` alone,
-    /// whose bound is under the artifact; an artifact larger than any lookup reads). A tier
-    /// holds it when what it has under its name has its size (review AO1F: a directory planted
-    /// under the name passed for the artifact, and the next process compiled again).
+    /// whose bound is under the artifact; an artifact larger than any lookup reads). `dir`
+    /// holds it when its file is the artifact byte for byte, the store when its object has the
+    /// artifact's size (review AO1F: a directory planted under the name passed for the
+    /// artifact, and the next process compiled again).
     pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         let Some((name, sealed)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
         let len = sealed.len() as u64;
-        let in_dir = |name: &str| self.dir.as_ref().is_none_or(|d| std::fs::symlink_metadata(d.join(name)).is_ok_and(|m| m.is_file() && m.len() == len));
         // This executor's compile is writing it already: its outcome is this one's (it was
         // written twice, and a store slow to answer failed a precompile whose write landed:
         // review AMF2).
@@ -706,7 +706,7 @@ impl ArtifactCache {
         if let Some(mut landed) = under_way {
             let outcome = landed.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
             match outcome {
-                Some(Ok(())) if in_dir(&name) => return Ok(()),
+                Some(Ok(())) if self.dir.as_ref().is_none_or(|d| is_file_of(&d.join(&name), len)) => return Ok(()),
                 // Not written again: a second write would wait as long again (review AN1: a
                 // store whose writes stalled held precompile twice its timeoutMs, written twice).
                 // With the store's own words (they were lost: noticed in review AN1).
@@ -728,13 +728,27 @@ impl ArtifactCache {
             },
             None => true,
         };
-        if in_dir(&name) && in_remote {
+        // The directory holds these very bytes (an artifact of another key, after a rotation,
+        // has the same size: review AP1).
+        let (sealed, in_dir) = match self.dir.as_ref().map(|d| d.join(&name)) {
+            Some(path) => tokio::task::spawn_blocking(move || {
+                let held = holds(&path, &sealed);
+                (sealed, held)
+            })
+            .await
+            .map_err(ExecError::internal)?,
+            None => (sealed, true),
+        };
+        if in_dir && in_remote {
             return Ok(());
         }
+        // The store lacks it, whatever a lookup's refused read marked (review AP1: the mark made
+        // this write a no-op, and precompile resolved with junk in the store).
+        self.remote_state.take_unread(&name);
         self.write_sealed(name.clone(), sealed, true).await?;
         let dir_reads = Self::readable(&self.unchecked, len as usize);
         let stored = self.remote.is_some() && Self::readable(&self.remote_state.unchecked, len as usize);
-        if stored || (self.dir.is_some() && dir_reads && in_dir(&name)) {
+        if stored || self.dir.as_ref().is_some_and(|d| dir_reads && is_file_of(&d.join(&name), len)) {
             return Ok(());
         }
         match &self.dir {
@@ -755,6 +769,22 @@ impl ArtifactCache {
             }
         }
     }
+}
+
+/// Whether `path` is a regular file (not a link) of `len` bytes.
+fn is_file_of(path: &Path, len: u64) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == len)
+}
+
+/// Whether the regular file at `path` (no link followed, no FIFO waited on) holds exactly `bytes`.
+fn holds(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(file) = crate::untrusted_dir::open_regular(path, std::fs::OpenOptions::new().read(true)) else { return false };
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64) {
+        return false;
+    }
+    let mut there = Vec::with_capacity(bytes.len());
+    file.take(bytes.len() as u64 + 1).read_to_end(&mut there).is_ok() && there == bytes
 }
 
 /// Creates `dir` (0700) if missing; refuses one that anybody may write to.

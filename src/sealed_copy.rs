@@ -278,6 +278,12 @@ pub(crate) fn in_place_unless(
         return InPlace::Invalid;
     }
     drop(view);
+    // The trailer off: wasmtime maps (and `serialize` hands back) the whole file, and a module
+    // loaded from here, saved again, was sealed with the old trailer in its body: 41 bytes more
+    // each time, so `precompile` never found its tiers holding it (review AP1).
+    if copy.set_len(body_len).is_err() {
+        return InPlace::NotHere;
+    }
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
     // SAFETY: fcntl on a descriptor this function owns.
     if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
