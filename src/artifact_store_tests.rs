@@ -628,6 +628,22 @@ async fn precompile_writes_over_what_is_not_the_artifact_and_no_tier_takes_an_ar
     store.put(&name, Bytes::from_static(b"planted again")).await.expect("planted object");
     both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written over");
     assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    // An artifact of another key (after a rotation), of the same size: once a lookup found it
+    // forged, precompile, and code taken from another executor, write the store over (review
+    // AP1: they took it for the artifact, and the next workers compiled again).
+    let (_, _, _, other_key) = saved_remotely(&store, vec![99u8; 32].into(), &digest, false).await;
+    assert_eq!(store.size(&name).await.expect("asks"), Some(other_key.len() as u64));
+    assert!(on_store.load_sealed(&digest, e).await.is_none(), "another key's");
+    on_store.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    store.put(&name, Bytes::from(other_key)).await.expect("planted again");
+    assert!(on_store.load_sealed(&digest, e).await.is_none(), "another key's");
+    on_store.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while on_store.load_sealed(&digest, e).await.is_none() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads: written in the background");
     // Junk there too large to read now marks the name unread (the compile after does not write
     // it again); precompile writes it all the same (review AP1: the mark made its write a no-op).
     let tight = ArtifactCache { remote_state: RemoteState { unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(1 << 20), ..Default::default() }, ..on_store.clone() };

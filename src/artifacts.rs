@@ -181,6 +181,10 @@ pub struct RemoteState {
     /// compile that follows does not write them again (review AO1: each refused read cost the
     /// store a second upload of what it held).
     unread: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Artifacts whose lookup found no valid tag: the store lacks them, whatever it says it has
+    /// (review AP1: after a key rotation, precompile and code taken from another executor took
+    /// the old key's artifact, of the same size, for it, and wrote nothing).
+    forged: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Default for RemoteState {
@@ -195,6 +199,7 @@ impl Default for RemoteState {
             all_stores: crate::unchecked_artifacts::store_reads().clone(),
             sharing: None,
             unread: Default::default(),
+            forged: Default::default(),
         }
     }
 }
@@ -243,6 +248,20 @@ impl RemoteState {
     /// Whether the store has this artifact unread (and so needs no write of it), forgotten now.
     fn take_unread(&self, name: &str) -> bool {
         self.unread.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
+    }
+
+    fn forged(&self, name: &str) {
+        let mut forged = self.forged.lock().unwrap_or_else(|p| p.into_inner());
+        if forged.len() >= MAX_SLOW {
+            forged.clear();
+        }
+        forged.insert(name.to_string());
+    }
+
+    /// Whether a lookup found what the store has under this name no artifact (forged, or of
+    /// another key), forgotten now.
+    fn take_forged(&self, name: &str) -> bool {
+        self.forged.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
     }
 }
 
@@ -539,7 +558,10 @@ impl ArtifactCache {
             }
         };
         // Taken over without a copy where the download is the bytes' only owner.
-        let (c, checked) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await?;
+        let Some((c, checked)) = deserialize(engine, key, name.clone(), Vec::from(bytes)).await else {
+            self.remote_state.forged(&name);
+            return None;
+        };
         drop(admitted);
         if let Some(dir) = &self.dir {
             // The bytes just checked: no second copy of the download.
@@ -626,6 +648,8 @@ impl ArtifactCache {
         if self.remote_state.take_unread(&name) {
             return in_dir;
         }
+        // Written over now: no longer what a lookup found forged.
+        self.remote_state.take_forged(&name);
         let background = match tokio::runtime::Handle::try_current() {
             Ok(runtime) if !wait => Some(runtime),
             _ => None,
@@ -675,6 +699,7 @@ impl ArtifactCache {
         let name = self.name(digest, engine);
         let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
         let in_remote = match &self.remote {
+            Some(_) if self.remote_state.take_forged(&name) => false,
             Some(_) if self.remote_state.skipping() => true,
             Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.exists(&name)).await {
                 Ok(Ok(there)) => there,
@@ -717,6 +742,7 @@ impl ArtifactCache {
             }
         }
         let in_remote = match &self.remote {
+            Some(_) if self.remote_state.take_forged(&name) => false,
             Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.size(&name)).await {
                 Ok(there) => there.ok().flatten() == Some(len),
                 Err(_) => {
