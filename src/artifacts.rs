@@ -238,30 +238,22 @@ impl RemoteState {
     }
 
     fn unread(&self, name: &str) {
-        let mut unread = self.unread.lock().unwrap_or_else(|p| p.into_inner());
-        if unread.len() >= MAX_SLOW {
-            unread.clear();
-        }
-        unread.insert(name.to_string());
+        mark(&self.unread, name);
     }
 
     /// Whether the store has this artifact unread (and so needs no write of it), forgotten now.
     fn take_unread(&self, name: &str) -> bool {
-        self.unread.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
+        take_mark(&self.unread, name)
     }
 
     fn forged(&self, name: &str) {
-        let mut forged = self.forged.lock().unwrap_or_else(|p| p.into_inner());
-        if forged.len() >= MAX_SLOW {
-            forged.clear();
-        }
-        forged.insert(name.to_string());
+        mark(&self.forged, name);
     }
 
     /// Whether a lookup found what the store has under this name no artifact (forged, or of
     /// another key), forgotten now.
     fn take_forged(&self, name: &str) -> bool {
-        self.forged.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
+        take_mark(&self.forged, name)
     }
 }
 
@@ -795,6 +787,21 @@ impl ArtifactCache {
             }
         }
     }
+}
+
+/// Adds `name` to a set of marked artifact names (at most `MAX_SLOW` of them: past that the set
+/// starts over, and a mark forgotten costs a write or a lookup at most).
+fn mark(set: &std::sync::Mutex<std::collections::HashSet<String>>, name: &str) {
+    let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
+    if set.len() >= MAX_SLOW {
+        set.clear();
+    }
+    set.insert(name.to_string());
+}
+
+/// Whether `name` was marked in the set, forgotten now.
+fn take_mark(set: &std::sync::Mutex<std::collections::HashSet<String>>, name: &str) -> bool {
+    set.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
 }
 
 /// Whether `path` is a regular file (not a link) of `len` bytes.
