@@ -674,3 +674,92 @@ async fn precompile_writes_over_what_is_not_the_artifact_and_no_tier_takes_an_ar
     assert!(dir.join(&name).exists() && !store.exists(&name).await.expect("asks"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server on loopback that tells every object's size as `len` (`HEAD`) and has none of them
+/// (`GET`: 404), and takes every `PUT`; the request lines it saw.
+fn sizes_but_no_bytes_server(len: usize) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let port = listener.local_addr().expect("address").port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn);
+                loop {
+                    let mut head = Vec::new();
+                    let mut line = String::new();
+                    while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        head.push(std::mem::take(&mut line));
+                    }
+                    let Some(request) = head.first().cloned() else { return };
+                    log.lock().expect("log").push(request.trim().to_string());
+                    let body_len = head
+                        .iter()
+                        .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<u64>().unwrap_or(0)))
+                        .unwrap_or(0);
+                    let _ = std::io::copy(&mut std::io::Read::take(&mut reader, body_len), &mut std::io::sink());
+                    let answer = if request.starts_with("HEAD") {
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n")
+                    } else if request.starts_with("PUT") {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"y\"\r\n\r\n".to_string()
+                    } else {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+                    };
+                    if std::io::Write::write_all(reader.get_mut(), answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_holds_an_artifact_for_precompile_and_shared_code_only_if_its_object_ends_in_the_artifacts_trailer() {
+    // Review AP1F: the store was judged by the object's size. An artifact of the previous key
+    // (after a rotation) has the artifact's size: in a store this executor never looked it up
+    // in, precompile resolved with nothing written and the next process compiled again, and
+    // code taken from another executor was not written either (only "is something there?").
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let key: Arc<[u8]> = vec![3u8; 32].into();
+    let root = temp("rotated-file-store");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("store's directory");
+    for url in ["memory://artifacts-rotated".to_string(), format!("file://{}", root.display())] {
+        let store = Arc::new(ObjectSource::open(&url, &[]).expect("store"));
+        let digest = [95u8; 32];
+        let (_, _, name, other_key) = saved_remotely(&store, vec![99u8; 32].into(), &digest, false).await;
+        let fresh = || ArtifactCache { remote: Some(store.clone()), key: Some(key.clone()), ..Default::default() };
+        let version = || async { object_store::ObjectStoreExt::head(store.object_store().as_ref(), &store.path(&name).expect("path")).await.expect("there").e_tag };
+        fresh().save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+        assert_eq!(store.size(&name).await.expect("asks"), Some(other_key.len() as u64), "{url}: the same size");
+        assert!(fresh().load_sealed(&digest, e).await.is_some(), "{url}: precompile wrote the artifact over another key's");
+        // Held now: not written again, by precompile or by shared code.
+        let written = version().await;
+        fresh().save_missing_now(&digest, e, &module.code, module.facts()).await.expect("held");
+        fresh().save_missing(&digest, e, &module.code, module.facts()).await.expect("held");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(version().await, written, "{url}: written again");
+        // Code taken from another executor, another key's artifact under its name.
+        store.put(&name, Bytes::from(other_key.clone())).await.expect("planted");
+        fresh().save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fresh().load_sealed(&digest, e).await.is_none() && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(fresh().load_sealed(&digest, e).await.is_some(), "{url}: shared code wrote the artifact over another key's");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+
+    // A store that tells the artifact's size and then has no such object (`HEAD` 200, `GET` 404).
+    let sealed_len = module.code.serialize().expect("serializes").len() + TRAILER;
+    let (port, seen) = sizes_but_no_bytes_server(sealed_len);
+    let cache = ArtifactCache { key: Some(key.clone()), ..cache_on(s3_at(port)) };
+    cache.save_missing_now(&[96u8; 32], e, &module.code, module.facts()).await.expect("written");
+    let seen = seen.lock().expect("log").clone();
+    assert!(seen.iter().any(|r| r.starts_with("HEAD")) && seen.iter().any(|r| r.starts_with("PUT")), "asked, then written: {seen:?}");
+}

@@ -666,13 +666,58 @@ impl ArtifactCache {
     }
 
     /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
-    /// written only to the tiers that lack its artifact. Whether the store has it is asked
-    /// within `REMOTE_ANSWER_WAIT` (an ask that stalled held the call 30 s, review AM1F), not at
-    /// all while lookups skip the store.
+    /// written to both tiers if either lacks its artifact. The directory lacks it when nothing is
+    /// under its name; the store when it does not hold these very bytes as far as `store_holds`
+    /// can tell (review AP1F: junk or another key's artifact there, never looked up by this
+    /// executor, kept the code from being written), asked within `REMOTE_ANSWER_WAIT` (an ask
+    /// that stalled held the call 30 s, review AM1F), not at all while lookups skip the store.
     pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
-        match self.missing(digest, engine).await? {
-            true => self.save(digest, engine, code, facts).await,
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let name = self.name(digest, engine);
+        let dir_lacks = self.dir.as_ref().is_some_and(|d| !d.join(&name).exists());
+        let store_may_lack = self.remote.is_some() && !self.remote_state.skipping();
+        if !dir_lacks && !store_may_lack {
+            return Ok(());
+        }
+        let Some((name, sealed)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+        let store_lacks = match &self.remote {
+            Some(remote) if store_may_lack => match self.store_holds(remote, &name, &sealed).await {
+                Some(held) => !held,
+                None => {
+                    self.remote_state.stalls();
+                    false
+                }
+            },
+            _ => false,
+        };
+        match dir_lacks || store_lacks {
+            true => self.write_sealed(name, sealed, false).await,
             false => Ok(()),
+        }
+    }
+
+    /// Whether the store holds the sealed artifact `sealed`, as far as asking tells without
+    /// reading it: no lookup of this executor found its object forged, and the object has the
+    /// artifact's size and ends in its trailer (flags, tag, magic: review AP1F, an artifact of the
+    /// previous key, after a rotation, has the same size and another tag), read alone. None: the
+    /// store did not answer within `answer_wait`. A store that answers with an error lacks it.
+    async fn store_holds(&self, remote: &ObjectSource, name: &str, sealed: &[u8]) -> Option<bool> {
+        if self.remote_state.take_forged(name) {
+            return Some(false);
+        }
+        let len = sealed.len() as u64;
+        let trailer = &sealed[sealed.len().saturating_sub(TRAILER)..];
+        let ask = async {
+            match remote.size(name).await? {
+                Some(size) if size == len => Ok(remote.tail(name, len, trailer.len()).await?.is_some_and(|tail| tail == trailer)),
+                _ => Ok::<bool, ExecError>(false),
+            }
+        };
+        match tokio::time::timeout(self.answer_wait(), ask).await {
+            Ok(held) => Some(held.unwrap_or(false)),
+            Err(_) => None,
         }
     }
 
@@ -682,37 +727,13 @@ impl ArtifactCache {
         self.fetch_timeout.map_or(REMOTE_ANSWER_WAIT, |t| (t / 2).min(REMOTE_ANSWER_WAIT))
     }
 
-    /// Whether a tier lacks the artifact (a store that does not say in time, or is skipped,
-    /// counts as having it). An error: the store could not say.
-    async fn missing(&self, digest: &Digest, engine: &Engine) -> Result<bool, ExecError> {
-        if !self.is_enabled() {
-            return Ok(false);
-        }
-        let name = self.name(digest, engine);
-        let in_dir = self.dir.as_ref().is_none_or(|d| d.join(&name).exists());
-        let in_remote = match &self.remote {
-            Some(_) if self.remote_state.take_forged(&name) => false,
-            Some(_) if self.remote_state.skipping() => true,
-            Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.exists(&name)).await {
-                Ok(Ok(there)) => there,
-                Ok(Err(_)) => false,
-                Err(_) => {
-                    self.remote_state.stalls();
-                    true
-                }
-            },
-            None => true,
-        };
-        Ok(!(in_dir && in_remote))
-    }
-
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
     /// (`precompile`, whose process may exit next): an error if a tier cannot take it
     /// (`BLOB_UNAVAILABLE`), or if none holds it after (`INVALID_ARGUMENT`: a `cacheDir` alone,
     /// whose bound is under the artifact; an artifact larger than any lookup reads). `dir`
     /// holds it when its file is the artifact byte for byte, the store when its object has the
-    /// artifact's size (review AO1F: a directory planted under the name passed for the
-    /// artifact, and the next process compiled again).
+    /// artifact's size and trailer (`store_holds`; review AO1F: a directory planted under the
+    /// name passed for the artifact, and the next process compiled again).
     pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         let Some((name, sealed)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
         let len = sealed.len() as u64;
@@ -734,10 +755,9 @@ impl ArtifactCache {
             }
         }
         let in_remote = match &self.remote {
-            Some(_) if self.remote_state.take_forged(&name) => false,
-            Some(remote) => match tokio::time::timeout(self.answer_wait(), remote.size(&name)).await {
-                Ok(there) => there.ok().flatten() == Some(len),
-                Err(_) => {
+            Some(remote) => match self.store_holds(remote, &name, &sealed).await {
+                Some(held) => held,
+                None => {
                     return Err(ExecError::BlobUnavailable {
                         path: name,
                         message: format!("the artifact store did not answer within {} ms", self.answer_wait().as_millis()),

@@ -461,6 +461,45 @@ impl ObjectSource {
         }
     }
 
+    /// The last `n` bytes of the object at `path` if the store says it has `len` bytes, read
+    /// alone (a range of the object); none if there is none, or it has another size. At most `n`
+    /// bytes are taken, whatever the store sends.
+    pub async fn tail(&self, path: &str, len: u64, n: usize) -> Result<Option<Vec<u8>>, ExecError> {
+        let key = self.key(path)?;
+        if (n as u64) > len || n == 0 {
+            return Ok(None);
+        }
+        if self.local.is_some() {
+            return self
+                .on_local_file(path, &key, move |file| crate::untrusted_dir::regular_file_tail(&file, len, n))
+                .await?
+                .map_err(|e| ExecError::BlobUnavailable { path: path.to_string(), message: e.to_string() });
+        }
+        let range = len - n as u64..len;
+        let options = object_store::GetOptions::new().with_range(Some(range.clone()));
+        let got = match self.timed(path, self.store.get_opts(&key, options)).await {
+            Ok(got) => got,
+            Err(ExecError::BlobNotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if got.meta.size != len || got.range != range {
+            return Ok(None);
+        }
+        let mut parts = got.into_stream();
+        let body = async {
+            let mut tail = Vec::with_capacity(n);
+            while let Some(part) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(parts.as_mut(), cx)).await {
+                let part = part?;
+                if tail.len() + part.len() > n {
+                    return Err(object_store::Error::Generic { store: "object store", source: "more bytes than the range asked".into() });
+                }
+                tail.extend_from_slice(&part);
+            }
+            Ok(tail)
+        };
+        Ok(Some(self.timed(path, body).await?))
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ExecError> {
         if !self.writable {
             return Err(ExecError::InvalidArgument(format!("{} is read-only", self.url)));

@@ -147,6 +147,29 @@ pub fn regular_file_len(path: &Path) -> io::Result<Option<u64>> {
     }
 }
 
+/// The last `n` bytes of the regular file at `path` (links followed, as `regular_file_len`;
+/// opened without blocking on a FIFO) if it is `len` bytes long; none if there is no regular
+/// file of that length there.
+pub fn regular_file_tail(path: &Path, len: u64, n: usize) -> io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek};
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut file = blocking_regular(file)?;
+    if file.metadata()?.len() != len || (n as u64) > len {
+        return Ok(None);
+    }
+    file.seek(io::SeekFrom::Start(len - n as u64))?;
+    let mut tail = Vec::with_capacity(n);
+    file.take(n as u64).read_to_end(&mut tail)?;
+    Ok(Some(tail))
+}
+
 /// A regular file's bytes, if it has at most `max_bytes` (blocking). Links are followed (a blob
 /// store's layout may use them), but what is not a regular file is refused from its metadata
 /// before it is opened (a device's open may act) and again once open (a swap meanwhile), without
