@@ -1,5 +1,7 @@
 //! Tests of `artifacts`: the artifact tiers, their keys and what they refuse.
 use super::*;
+use crate::artifact_seal::{unseal, HAS_START};
+use sha2::{Digest as _, Sha256};
 use crate::sealed_copy::{in_place_blocking, MAX_ARTIFACT_BYTES, MAX_ARTIFACT_HOLES};
 use crate::engine::{engine, EngineKind};
 use std::os::unix::fs::PermissionsExt;
@@ -366,3 +368,9 @@ async fn a_guess_leaves_an_artifact_it_cannot_check_and_a_stopped_one_loads_noth
 
 #[path = "artifact_store_tests.rs"]
 mod store;
+
+#[path = "artifact_test_stores.rs"]
+mod test_stores;
+
+#[path = "artifact_precompile_tests.rs"]
+mod precompile;

@@ -1,0 +1,188 @@
+//! Tests of `precompile`'s save (`save_missing_now`) and of shared code's
+//! (`save_missing`): what each tier counts as holding the artifact, and what is written over.
+use super::test_stores::*;
+use super::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_precompile_whose_write_is_under_way_and_fails_is_refused_without_a_second_write() {
+    // Review AN1: the write of the compile (in the background) ran out of the store's timeoutMs,
+    // then precompile asked the store and wrote again: twice timeoutMs, two PUTs.
+    let (port, accepted) = server(Serve::StallsPuts);
+    let cache = cache_on(s3_timing_out(port, Some("500")));
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let digest = [21u8; 32];
+    cache.save(&digest, e, &module.code, module.facts()).await.expect("its write goes on in the background");
+    let now = tokio::time::timeout(std::time::Duration::from_secs(20), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;
+    let refused = now.expect("bounded").expect_err("the store did not take it");
+    assert_eq!(refused.code(), "BLOB_UNAVAILABLE");
+    // The store's own words, not only that it failed.
+    assert!(refused.to_string().contains("timed out after 500 ms"), "{refused}");
+    assert_eq!(count(&accepted), 1, "one write, nothing asked or written after it");
+}
+
+
+#[tokio::test(flavor = "multi_thread")]
+async fn precompiles_save_fails_when_no_tier_holds_the_artifact() {
+    // Noticed in review AN2: with no artifact store, precompile resolved though its cacheDir had
+    // been removed, or its artifact was over maxCacheDirBytes: nothing was written anywhere.
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("precompile-dir-alone");
+    let digest = [23u8; 32];
+    let name = cache.name(&digest, e);
+    std::fs::remove_dir_all(&dir).expect("removed under it");
+    let saved = cache.save_missing_now(&digest, e, &module.code, module.facts()).await;
+    assert_eq!(saved.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+    std::fs::create_dir_all(&dir).expect("back");
+    let tight = ArtifactCache { max_dir_bytes: Some(4096), ..cache.clone() };
+    let refused = tight.save_missing_now(&digest, e, &module.code, module.facts()).await.expect_err("over the bound");
+    assert_eq!(refused.code(), "INVALID_ARGUMENT");
+    assert!(refused.to_string().contains("was not written") && refused.to_string().contains("4096"), "{refused}");
+    assert!(!dir.join(&name).exists());
+    // A store that takes it is a tier that holds it.
+    let store = Arc::new(ObjectSource::open("memory://artifacts-over-dir-bound", &[]).expect("store"));
+    let both = ArtifactCache { remote: Some(store.clone()), ..tight.clone() };
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("the store holds it");
+    assert!(store.exists(&name).await.expect("asks"));
+    // Within the bound, the directory does.
+    cache.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert!(dir.join(&name).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+
+#[tokio::test(flavor = "multi_thread")]
+async fn precompile_writes_over_what_is_not_the_artifact_and_no_tier_takes_an_artifact_no_lookup_could_read() {
+    // Review AO1F: a directory planted under the artifact's name made precompile resolve (the
+    // tier "had" it), and the next process compiled again; junk planted in the store did too.
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("precompile-planted");
+    let store = Arc::new(ObjectSource::open("memory://artifacts-precompile-planted", &[]).expect("store"));
+    let both = ArtifactCache { remote: Some(store.clone()), ..cache.clone() };
+    let digest = [92u8; 32];
+    let name = cache.name(&digest, e);
+    std::fs::create_dir_all(dir.join(&name)).expect("planted directory");
+    store.put(&name, Bytes::from_static(b"planted")).await.expect("planted object");
+    let refused = both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect_err("a directory is no artifact");
+    assert_eq!(refused.code(), "BLOB_UNAVAILABLE", "{refused}");
+    assert!(store.size(&name).await.expect("asks").is_some_and(|n| n > 7), "the store's junk was written over all the same");
+    std::fs::remove_dir(dir.join(&name)).expect("directory removed");
+    std::fs::write(dir.join(&name), b"planted").expect("planted file");
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written over");
+    assert!(matches!(cache.load_sealed(&digest, e).await, Some((_, Checked::Sealed(_)))), "the directory's copy loads");
+    let on_store = ArtifactCache { remote: Some(store.clone()), key: cache.key.clone(), ..Default::default() };
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    // What both tiers hold is the artifact: nothing is written again.
+    // Each write renames a new file into place: the same inode is the same write.
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(&name)).expect("there"));
+    let written = inode();
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("held already");
+    assert_eq!(inode(), written);
+    // A module loaded from the directory's artifact is saved as the same bytes (review AP1: the
+    // artifact's trailer came along, 41 bytes more each time, and every precompile rewrote it).
+    let Some((loaded, Checked::Sealed(copy))) = cache.load_sealed(&digest, e).await else { panic!("loads from the directory") };
+    let loaded = crate::compiled_module::prepare(loaded, digest, EngineKind::Plain, copy.facts()).expect("links");
+    assert_eq!(loaded.code.serialize().expect("serializes"), module.code.serialize().expect("serializes"));
+    both.save_missing_now(&digest, e, &loaded.code, loaded.facts()).await.expect("held already");
+    assert_eq!(inode(), written, "not written again");
+    // Junk of the artifact's very size (an artifact of another key, after a rotation) is no
+    // artifact either (review AP1).
+    let junk = vec![7u8; std::fs::metadata(dir.join(&name)).expect("there").len() as usize];
+    std::fs::write(dir.join(&name), &junk).expect("same-size junk");
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written over");
+    assert!(matches!(cache.load_sealed(&digest, e).await, Some((_, Checked::Sealed(_)))), "the directory's copy loads");
+    // The directory holds it, the store junk: the store's is written over.
+    store.put(&name, Bytes::from_static(b"planted again")).await.expect("planted object");
+    both.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written over");
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    // An artifact of another key (after a rotation), of the same size: once a lookup found it
+    // forged, precompile, and code taken from another executor, write the store over (review
+    // AP1: they took it for the artifact, and the next workers compiled again).
+    let (_, _, _, other_key) = saved_remotely(&store, vec![99u8; 32].into(), &digest, false).await;
+    assert_eq!(store.size(&name).await.expect("asks"), Some(other_key.len() as u64));
+    assert!(on_store.load_sealed(&digest, e).await.is_none(), "another key's");
+    on_store.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    store.put(&name, Bytes::from(other_key)).await.expect("planted again");
+    assert!(on_store.load_sealed(&digest, e).await.is_none(), "another key's");
+    on_store.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while on_store.load_sealed(&digest, e).await.is_none() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads: written in the background");
+    // Junk there too large to read now marks the name unread (the compile after does not write
+    // it again); precompile writes it all the same (review AP1: the mark made its write a no-op).
+    let tight = ArtifactCache { remote_state: RemoteState { unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(1 << 20), ..Default::default() }, ..on_store.clone() };
+    let taken = tight.remote_state.unchecked.take(1).expect("a byte");
+    store.put(&name, Bytes::from(vec![0u8; 1 << 20])).await.expect("planted");
+    assert!(tight.load_sealed(&digest, e).await.is_none(), "no room");
+    drop(taken);
+    tight.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Review AO1: an artifact larger than a tier's lookups may read unchecked can never load
+    // from it, and every compile wrote it there again.
+    let (dir, cache, e, module) = echo_and_a_fresh_disk_tier("precompile-unreadable");
+    let store = Arc::new(ObjectSource::open("memory://artifacts-precompile-unreadable", &[]).expect("store"));
+    let tiny = || crate::unchecked_artifacts::UncheckedBytes::with_max(4096);
+    let small = ArtifactCache { remote: Some(store.clone()), unchecked: tiny(), remote_state: RemoteState { unchecked: tiny(), ..Default::default() }, ..cache.clone() };
+    let digest = [93u8; 32];
+    let name = cache.name(&digest, e);
+    small.save_now(&digest, e, &module.code, module.facts()).await.expect("nothing to write is no error");
+    assert!(!dir.join(&name).exists() && !store.exists(&name).await.expect("asks"), "written where it cannot be read");
+    let refused = small.save_missing_now(&digest, e, &module.code, module.facts()).await.expect_err("no tier can hold it");
+    assert_eq!(refused.code(), "INVALID_ARGUMENT");
+    assert!(refused.to_string().contains("4096 bytes a lookup may read"), "{refused}");
+    // One tier that can read it holds it.
+    let dir_reads = ArtifactCache { unchecked: crate::unchecked_artifacts::UncheckedBytes::default(), ..small.clone() };
+    dir_reads.save_missing_now(&digest, e, &module.code, module.facts()).await.expect("the directory holds it");
+    assert!(dir.join(&name).exists() && !store.exists(&name).await.expect("asks"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_holds_an_artifact_for_precompile_and_shared_code_only_if_its_object_ends_in_the_artifacts_trailer() {
+    // Review AP1F: the store was judged by the object's size. An artifact of the previous key
+    // (after a rotation) has the artifact's size: in a store this executor never looked it up
+    // in, precompile resolved with nothing written and the next process compiled again, and
+    // code taken from another executor was not written either (only "is something there?").
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let key: Arc<[u8]> = vec![3u8; 32].into();
+    let root = temp("rotated-file-store");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("store's directory");
+    for url in ["memory://artifacts-rotated".to_string(), format!("file://{}", root.display())] {
+        let store = Arc::new(ObjectSource::open(&url, &[]).expect("store"));
+        let digest = [95u8; 32];
+        let (_, _, name, other_key) = saved_remotely(&store, vec![99u8; 32].into(), &digest, false).await;
+        let fresh = || ArtifactCache { remote: Some(store.clone()), key: Some(key.clone()), ..Default::default() };
+        let version = || async { object_store::ObjectStoreExt::head(store.object_store().as_ref(), &store.path(&name).expect("path")).await.expect("there").e_tag };
+        fresh().save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+        assert_eq!(store.size(&name).await.expect("asks"), Some(other_key.len() as u64), "{url}: the same size");
+        assert!(fresh().load_sealed(&digest, e).await.is_some(), "{url}: precompile wrote the artifact over another key's");
+        // Held now: not written again, by precompile or by shared code.
+        let written = version().await;
+        fresh().save_missing_now(&digest, e, &module.code, module.facts()).await.expect("held");
+        fresh().save_missing(&digest, e, &module.code, module.facts()).await.expect("held");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(version().await, written, "{url}: written again");
+        // Code taken from another executor, another key's artifact under its name.
+        store.put(&name, Bytes::from(other_key.clone())).await.expect("planted");
+        fresh().save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fresh().load_sealed(&digest, e).await.is_none() && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(fresh().load_sealed(&digest, e).await.is_some(), "{url}: shared code wrote the artifact over another key's");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+
+    // A store that tells the artifact's size and then has no such object (`HEAD` 200, `GET` 404).
+    let sealed_len = module.code.serialize().expect("serializes").len() + TRAILER;
+    let (port, seen) = sizes_but_no_bytes_server(sealed_len);
+    let cache = ArtifactCache { key: Some(key.clone()), ..cache_on(s3_at(port)) };
+    cache.save_missing_now(&[96u8; 32], e, &module.code, module.facts()).await.expect("written");
+    let seen = seen.lock().expect("log").clone();
+    assert!(seen.iter().any(|r| r.starts_with("HEAD")) && seen.iter().any(|r| r.starts_with("PUT")), "asked, then written: {seen:?}");
+}
