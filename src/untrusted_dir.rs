@@ -147,11 +147,15 @@ pub fn regular_file_len(path: &Path) -> io::Result<Option<u64>> {
     }
 }
 
-/// The last `n` bytes of the regular file at `path` (links followed, as `regular_file_len`;
-/// opened without blocking on a FIFO) if it is `len` bytes long; none if there is no regular
-/// file of that length there.
+/// The last `n` bytes of the regular file at `path` (links followed, as `regular_file_len`) if
+/// it is `len` bytes long; none if there is no regular file of that length there. As
+/// `read_regular`: what is not a regular file is refused from its metadata before it is opened
+/// (a device's open may act) and again once open, without blocking on a FIFO.
 pub fn regular_file_tail(path: &Path, len: u64, n: usize) -> io::Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek};
+    if regular_file_len(path)? != Some(len) {
+        return Ok(None);
+    }
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -314,6 +318,19 @@ mod tests {
         assert!(refused(&e), "{e}");
         // No reader: a write open fails at once rather than wait for one.
         assert!(open_regular(&fifo, OpenOptions::new().write(true)).is_err());
+        // A file's tail: read through a link (a store's layout may use them), of a regular file
+        // of the length asked only; a FIFO, a device or a directory is not opened or waited on.
+        assert_eq!(regular_file_tail(&victim, 8, 3).expect("read"), Some(b"ous".to_vec()));
+        std::os::unix::fs::symlink(&victim, dir.join("to-victim")).expect("link");
+        assert_eq!(regular_file_tail(&dir.join("to-victim"), 8, 8).expect("read"), Some(b"precious".to_vec()));
+        assert_eq!(regular_file_tail(&victim, 9, 3).expect("asked"), None, "another length");
+        assert_eq!(regular_file_tail(&victim, 8, 9).expect("asked"), None, "more than the file");
+        assert_eq!(regular_file_tail(&dir.join("none"), 8, 3).expect("asked"), None);
+        std::os::unix::fs::symlink(&fifo, dir.join("to-fifo")).expect("link");
+        std::os::unix::fs::symlink("/dev/zero", dir.join("to-zero")).expect("link");
+        for not_a_file in [fifo.clone(), dir.join("to-fifo"), dir.join("to-zero"), dir.clone()] {
+            assert_eq!(regular_file_tail(&not_a_file, 0, 0).ok().flatten(), None, "{}", not_a_file.display());
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
