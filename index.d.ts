@@ -392,7 +392,8 @@ export declare class WasmActivityExecutor {
    * when no tier holds the artifact after (a `cacheDir` alone whose `maxCacheDirBytes` is under it,
    * or an artifact over the 1 GiB a lookup reads before checking it). What a tier holds under
    * the artifact's name counts only if it is the artifact (`cacheDir`: byte for byte; the
-   * store: of its size); anything else is written over.
+   * store: of its size, ending in its trailer, which carries its tag, asked with one ranged GET);
+   * anything else is written over.
    */
   precompile(definition: ActivityDefinition): Promise<string>
   /**

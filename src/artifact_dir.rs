@@ -24,6 +24,18 @@ pub(crate) fn holds(path: &Path, bytes: &[u8]) -> bool {
     file.take(bytes.len() as u64 + 1).read_to_end(&mut there).is_ok() && there == bytes
 }
 
+/// Whether the regular file at `path` (no link followed, no FIFO waited on) is `len` bytes long
+/// and ends in `trailer` (blocking: a stat and one small read).
+pub(crate) fn ends_in(path: &Path, len: u64, trailer: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = crate::untrusted_dir::open_regular(path, std::fs::OpenOptions::new().read(true)) else { return false };
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == len) || trailer.len() as u64 > len {
+        return false;
+    }
+    let mut tail = vec![0u8; trailer.len()];
+    file.read_exact_at(&mut tail, len - trailer.len() as u64).is_ok() && tail == trailer
+}
+
 /// Creates `dir` (0700) if missing; refuses one that anybody may write to.
 pub(crate) fn secure_dir(dir: &Path) -> Result<(), ExecError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::Engine;
 
-use crate::artifact_seal::{deserialize, Checked, TRAILER};
+use crate::artifact_seal::{deserialize, Checked};
 use crate::artifacts::ArtifactCache;
 use crate::digest::Digest;
 use crate::error::ExecError;
@@ -249,25 +249,19 @@ impl ArtifactCache {
         Some((c, Checked::Bytes(checked)))
     }
 
-    /// Whether the store holds the sealed artifact `sealed`, as far as asking tells without
-    /// reading it: no lookup of this executor found its object forged, and the object has the
-    /// artifact's size and ends in its trailer (flags, tag, magic: review AP1F, an artifact of the
-    /// previous key, after a rotation, has the same size and another tag), read alone. None: the
-    /// store did not answer within `answer_wait`. A store that answers with an error lacks it.
-    pub(crate) async fn store_holds(&self, remote: &ObjectSource, name: &str, sealed: &[u8]) -> Option<bool> {
+    /// Whether the store holds the artifact of `len` bytes ending in `trailer`, as far as asking
+    /// tells without reading it: no lookup of this executor found its object forged, and the
+    /// object's last bytes are that trailer (flags, tag, magic: review AP1F, an artifact of the
+    /// previous key, after a rotation, has the same size and another tag), read alone with one
+    /// ranged request whose answer also tells the object's size (review AQ1: a `HEAD` first made
+    /// two round trips within `answer_wait`). None: the store did not answer within
+    /// `answer_wait`. A store that answers with an error, or ignores the range, lacks it.
+    pub(crate) async fn store_holds(&self, remote: &ObjectSource, name: &str, len: u64, trailer: &[u8]) -> Option<bool> {
         if self.remote_state.take_forged(name) {
             return Some(false);
         }
-        let len = sealed.len() as u64;
-        let trailer = &sealed[sealed.len().saturating_sub(TRAILER)..];
-        let ask = async {
-            match remote.size(name).await? {
-                Some(size) if size == len => Ok(remote.tail(name, len, trailer.len()).await?.is_some_and(|tail| tail == trailer)),
-                _ => Ok::<bool, ExecError>(false),
-            }
-        };
-        match tokio::time::timeout(self.answer_wait(), ask).await {
-            Ok(held) => Some(held.unwrap_or(false)),
+        match tokio::time::timeout(self.answer_wait(), remote.tail(name, len, trailer.len())).await {
+            Ok(tail) => Some(tail.ok().flatten().is_some_and(|tail| tail == trailer)),
             Err(_) => None,
         }
     }

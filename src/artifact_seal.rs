@@ -84,6 +84,11 @@ pub(crate) fn seal(key: &[u8], name: &str, mut bytes: Vec<u8>, flags: u8) -> Vec
     bytes
 }
 
+/// A sealed artifact's trailer (its flags, tag and magic).
+pub(crate) fn trailer_of(sealed: &[u8]) -> &[u8] {
+    &sealed[sealed.len().saturating_sub(TRAILER)..]
+}
+
 /// The serialized bytes and their flags, if the tag holds.
 pub(crate) fn unseal<'a>(key: &[u8], name: &str, bytes: &'a [u8]) -> Option<(&'a [u8], u8)> {
     let body_len = bytes.len().checked_sub(TRAILER)?;
@@ -122,6 +127,7 @@ impl CheckedBytes {
     /// Checks `sealed` (an artifact named `name`); None if its tag does not hold.
     pub(crate) fn check(key: &[u8], name: &str, sealed: Vec<u8>) -> Option<CheckedBytes> {
         let (_, flags) = unseal(key, name, &sealed)?;
+        crate::artifact_trailers::note_sealed(key, name, &sealed);
         Some(CheckedBytes { sealed, flags })
     }
 

@@ -21,11 +21,11 @@ use wasmtime::Engine;
 use crate::compiled_module::Facts;
 use crate::modules::{Code, Compiled};
 
-use crate::artifact_dir::{dir_key, holds, is_file_of, read_bounded, secure_dir};
+use crate::artifact_dir::{dir_key, ends_in, holds, is_file_of, read_bounded, secure_dir};
 pub(crate) use crate::artifact_dir::write_atomic;
 pub use crate::artifact_remote::{RemoteState, REMOTE_ANSWER_WAIT, REMOTE_STALL_SKIP};
 pub use crate::artifact_seal::fingerprint;
-pub(crate) use crate::artifact_seal::{deserialize, facts_of, flags_of, seal, Checked, COMPONENT, MAGIC, TRAILER};
+pub(crate) use crate::artifact_seal::{deserialize, facts_of, flags_of, seal, trailer_of, Checked, COMPONENT, MAGIC, TRAILER};
 use crate::digest::{hex, Digest};
 use crate::error::ExecError;
 use crate::sealed_copy::{in_place, InPlace};
@@ -307,7 +307,13 @@ impl ArtifactCache {
         let flags = flags_of(facts, code.is_component());
         let body = code.serialize().map_err(ExecError::internal)?;
         let n = name.clone();
-        let sealed = tokio::task::spawn_blocking(move || seal(&key, &n, body, flags)).await.map_err(ExecError::internal)?;
+        let sealed = tokio::task::spawn_blocking(move || {
+            let sealed = seal(&key, &n, body, flags);
+            crate::artifact_trailers::note_sealed(&key, &n, &sealed);
+            sealed
+        })
+        .await
+        .map_err(ExecError::internal)?;
         Ok(Some((name, sealed)))
     }
 
@@ -357,38 +363,60 @@ impl ArtifactCache {
     }
 
     /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
-    /// written to both tiers if either lacks its artifact. The directory lacks it when nothing is
-    /// under its name; the store when it does not hold these very bytes as far as `store_holds`
-    /// can tell (review AP1F: junk or another key's artifact there, never looked up by this
-    /// executor, kept the code from being written), asked within `REMOTE_ANSWER_WAIT` (an ask
-    /// that stalled held the call 30 s, review AM1F), not at all while lookups skip the store.
+    /// written to both tiers if either lacks its artifact, told from the length and trailer of
+    /// what is under its name (`artifact_trailers`, or the module sealed now if this process
+    /// noted none: review AQ1, sealing each time cost the 12 MB component 0.6 s of CPU per
+    /// executor). The directory lacks it when its file is not of the artifact's length and
+    /// trailer (review AQ1: a file of the previous key, after a rotation, was kept), or, with
+    /// nothing noted, when there is no file (sealing would hold the call). The store lacks it
+    /// when `store_holds` says so (review AP1F: junk or another key's artifact there, never looked
+    /// up by this executor, kept the code from being written), asked within `REMOTE_ANSWER_WAIT`
+    /// (an ask that stalled held the call 30 s, review AM1F), not at all while lookups skip it.
     pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
-        if !self.is_enabled() {
-            return Ok(());
-        }
+        let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = self.name(digest, engine);
-        let dir_lacks = self.dir.as_ref().is_some_and(|d| !d.join(&name).exists());
-        let store_may_lack = self.remote.is_some() && !self.remote_state.skipping();
-        if !dir_lacks && !store_may_lack {
-            return Ok(());
-        }
-        let Some((name, sealed)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+        let mut known = crate::artifact_trailers::noted(&key, &name);
+        let dir_lacks = match (&self.dir, known) {
+            (Some(dir), Some((len, trailer))) => {
+                let path = dir.join(&name);
+                !tokio::task::spawn_blocking(move || ends_in(&path, len, &trailer)).await.unwrap_or(false)
+            }
+            (Some(dir), None) => !dir.join(&name).exists(),
+            (None, _) => false,
+        };
+        let mut sealed = None;
         let store_lacks = match &self.remote {
-            Some(remote) if store_may_lack => match self.store_holds(remote, &name, &sealed).await {
-                Some(held) => !held,
-                None => {
-                    self.remote_state.stalls();
-                    false
+            Some(remote) if !self.remote_state.skipping() => {
+                if known.is_none() {
+                    let Some((_, bytes)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+                    known = crate::artifact_trailers::noted(&key, &name);
+                    sealed = Some(bytes);
                 }
-            },
+                match known {
+                    Some((len, trailer)) => match self.store_holds(remote, &name, len, &trailer).await {
+                        Some(held) => !held,
+                        None => {
+                            self.remote_state.stalls();
+                            false
+                        }
+                    },
+                    None => true,
+                }
+            }
             _ => false,
         };
-        match dir_lacks || store_lacks {
-            true => self.write_sealed(name, sealed, false).await,
-            false => Ok(()),
+        if !dir_lacks && !store_lacks {
+            return Ok(());
         }
+        let sealed = match sealed {
+            Some(sealed) => sealed,
+            None => match self.sealed(digest, engine, code, facts).await? {
+                Some((_, sealed)) => sealed,
+                None => return Ok(()),
+            },
+        };
+        self.write_sealed(name, sealed, false).await
     }
-
 
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
     /// (`precompile`, whose process may exit next): an error if a tier cannot take it
@@ -418,7 +446,7 @@ impl ArtifactCache {
             }
         }
         let in_remote = match &self.remote {
-            Some(remote) => match self.store_holds(remote, &name, &sealed).await {
+            Some(remote) => match self.store_holds(remote, &name, len, trailer_of(&sealed)).await {
                 Some(held) => held,
                 None => {
                     return Err(ExecError::BlobUnavailable {

@@ -277,6 +277,7 @@ pub(crate) fn in_place_unless(
     if view.bytes(body_len as usize, len as usize) != trailer || !same(&h.finish(), mac) {
         return InPlace::Invalid;
     }
+    crate::artifact_trailers::note(key, name, len, &trailer);
     drop(view);
     // The trailer off: wasmtime maps (and `serialize` hands back) the whole file, and a module
     // loaded from here, saved again, was sealed with the old trailer in its body: 41 bytes more

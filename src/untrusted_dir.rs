@@ -147,24 +147,44 @@ pub fn regular_file_len(path: &Path) -> io::Result<Option<u64>> {
     }
 }
 
-/// The last `n` bytes of the regular file at `path` (links followed, as `regular_file_len`) if
-/// it is `len` bytes long; none if there is no regular file of that length there. As
-/// `read_regular`: what is not a regular file is refused from its metadata before it is opened
-/// (a device's open may act) and again once open, without blocking on a FIFO.
-pub fn regular_file_tail(path: &Path, len: u64, n: usize) -> io::Result<Option<Vec<u8>>> {
-    use std::io::{Read, Seek};
-    if regular_file_len(path)? != Some(len) {
-        return Ok(None);
+/// Opens for reading the regular file `path` names, links followed, and nothing else, however the
+/// name is swapped meanwhile (review AQ1: a name switched between a file and a link to a FIFO
+/// had the FIFO opened hundreds of times): the name is resolved once to an `O_PATH` handle,
+/// which opens nothing (no device's open acts, no FIFO is waited on), the handle's file is
+/// checked, and that very file is opened through it (`/proc/self/fd`; without `/proc`, by name
+/// again, refused unless it is the same file). `InvalidData`: not a regular file.
+pub fn open_followed_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
+    let handle = OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path)?;
+    let checked = handle.metadata()?;
+    if !checked.is_file() {
+        return Err(not_regular());
     }
-    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+    let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = match OpenOptions::new().read(true).custom_flags(flags).open(format!("/proc/self/fd/{}", handle.as_raw_fd())) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new().read(true).custom_flags(flags).open(path)?,
         Err(e) => return Err(e),
     };
-    if !file.metadata()?.is_file() {
-        return Ok(None);
+    let opened = file.metadata()?;
+    if !opened.is_file() || (opened.dev(), opened.ino()) != (checked.dev(), checked.ino()) {
+        return Err(not_regular());
     }
-    let mut file = blocking_regular(file)?;
+    blocking_regular(file)
+}
+
+/// The last `n` bytes of the regular file at `path` (links followed, as `regular_file_len`;
+/// opened as `open_followed_regular` opens) if it is `len` bytes long; none if there is no
+/// regular file of that length there.
+pub fn regular_file_tail(path: &Path, len: u64, n: usize) -> io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek};
+    let mut file = match open_followed_regular(path) {
+        Ok(file) => file,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidData) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     if file.metadata()?.len() != len || (n as u64) > len {
         return Ok(None);
     }
@@ -207,16 +227,12 @@ pub fn read_regular_admitted<T>(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LocalRead::NotFound(e.to_string())),
         Err(e) => return Err(LocalRead::Unavailable(e.to_string())),
     }
-    let f = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file) {
+    let f = match open_followed_regular(file) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LocalRead::NotFound(e.to_string())),
         Err(e) => return Err(LocalRead::Unavailable(e.to_string())),
     };
     let meta = f.metadata().map_err(|e| LocalRead::Unavailable(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(not_regular(&meta));
-    }
-    let f = blocking_regular(f).map_err(|e| LocalRead::Unavailable(e.to_string()))?;
     if meta.len() > max_bytes {
         return Err(LocalRead::TooLarge(meta.len()));
     }
@@ -332,5 +348,60 @@ mod tests {
             assert_eq!(regular_file_tail(&not_a_file, 0, 0).ok().flatten(), None, "{}", not_a_file.display());
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_name_swapped_between_a_file_and_a_link_to_a_fifo_never_has_the_fifo_opened() {
+        // Review AQ1: the check before the open and the open were apart, and a name switched
+        // between a file and a link to a FIFO had the FIFO opened hundreds of times.
+        let dir = std::env::temp_dir().join(format!("loom-untrusted-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A writer whose open returns only once a reader opens the FIFO.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opened_early = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (fifo, done, opened_early) = (fifo.clone(), done.clone(), opened_early.clone());
+            std::thread::spawn(move || {
+                let _w = OpenOptions::new().write(true).open(&fifo);
+                opened_early.store(!done.load(std::sync::atomic::Ordering::SeqCst), std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let (file, link, name) = (dir.join("file"), dir.join("link"), dir.join("name"));
+        std::fs::write(&file, b"0123456789").expect("file");
+        std::os::unix::fs::symlink(&fifo, &link).expect("link");
+        let swapper = {
+            let (file, link, name, done) = (file.clone(), link.clone(), name.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = std::fs::hard_link(&file, dir_tmp(&name)).and_then(|()| std::fs::rename(dir_tmp(&name), &name));
+                    let _ = std::os::unix::fs::symlink(std::fs::read_link(&link).unwrap_or_default(), dir_tmp(&name))
+                        .and_then(|()| std::fs::rename(dir_tmp(&name), &name));
+                }
+            })
+        };
+        let mut read = 0;
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            if regular_file_tail(&name, 10, 4).ok().flatten().is_some() {
+                read += 1;
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        swapper.join().expect("swapper");
+        // Let the writer go, if it is still waiting.
+        let _r = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+        writer.join().expect("writer");
+        assert!(!opened_early.load(std::sync::atomic::Ordering::SeqCst), "the FIFO was opened ({read} tails read)");
+        assert!(read > 0, "the file was read");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn dir_tmp(name: &Path) -> std::path::PathBuf {
+        name.with_extension("swap")
     }
 }

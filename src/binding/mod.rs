@@ -340,7 +340,8 @@ impl WasmActivityExecutor {
     /// when no tier holds the artifact after (a `cacheDir` alone whose `maxCacheDirBytes` is under it,
     /// or an artifact over the 1 GiB a lookup reads before checking it). What a tier holds under
     /// the artifact's name counts only if it is the artifact (`cacheDir`: byte for byte; the
-    /// store: of its size); anything else is written over.
+    /// store: of its size, ending in its trailer, which carries its tag, asked with one ranged GET);
+    /// anything else is written over.
     #[napi(ts_args_type = "definition: ActivityDefinition", ts_return_type = "Promise<string>")]
     pub fn precompile<'env>(&self, env: &'env Env, definition: Unknown<'env>) -> napi::Result<PromiseRaw<'env, String>> {
         let def = args::definition(definition);
