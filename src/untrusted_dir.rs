@@ -312,9 +312,7 @@ mod tests {
 
     #[test]
     fn links_and_fifos_are_neither_followed_nor_waited_on_and_writes_stay_here() {
-        let dir = std::env::temp_dir().join(format!("loom-untrusted-dir-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = fresh_dir("dir");
         let victim = dir.join("victim");
         std::fs::write(&victim, b"precious").expect("victim");
         let planted = dir.join("planted");
@@ -326,10 +324,7 @@ mod tests {
         create_fresh(&planted, 0o600).and_then(|mut f| f.write_all(b"ours")).expect("created");
         assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
         assert_eq!(std::fs::read(&planted).expect("ours"), b"ours");
-        let fifo = dir.join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let fifo = fifo_in(&dir);
         let e = open_regular(&fifo, OpenOptions::new().read(true)).expect_err("a FIFO");
         assert!(refused(&e), "{e}");
         // No reader: a write open fails at once rather than wait for one.
@@ -354,13 +349,8 @@ mod tests {
     fn a_name_swapped_between_a_file_and_a_link_to_a_fifo_never_has_the_fifo_opened() {
         // Review AQ1: the check before the open and the open were apart, and a name switched
         // between a file and a link to a FIFO had the FIFO opened hundreds of times.
-        let dir = std::env::temp_dir().join(format!("loom-untrusted-swap-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let fifo = dir.join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let dir = fresh_dir("swap");
+        let fifo = fifo_in(&dir);
         // A writer whose open returns only once a reader opens the FIFO.
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let opened_early = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -399,6 +389,23 @@ mod tests {
         assert!(!opened_early.load(std::sync::atomic::Ordering::SeqCst), "the FIFO was opened ({read} tails read)");
         assert!(read > 0, "the file was read");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An empty directory of this process's for the test `tag`.
+    fn fresh_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("loom-untrusted-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    /// A FIFO made in `dir`.
+    fn fifo_in(dir: &Path) -> std::path::PathBuf {
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        fifo
     }
 
     fn dir_tmp(name: &Path) -> std::path::PathBuf {
