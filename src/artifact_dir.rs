@@ -17,7 +17,7 @@ pub(crate) fn is_file_of(path: &Path, len: u64) -> bool {
 pub(crate) fn holds(path: &Path, bytes: &[u8]) -> bool {
     use std::io::Read;
     let Ok(file) = crate::untrusted_dir::open_regular(path, std::fs::OpenOptions::new().read(true)) else { return false };
-    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64) {
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64 && crate::sealed_copy::one_name(&m)) {
         return false;
     }
     let mut there = Vec::with_capacity(bytes.len());
@@ -25,11 +25,12 @@ pub(crate) fn holds(path: &Path, bytes: &[u8]) -> bool {
 }
 
 /// Whether the regular file at `path` (no link followed, no FIFO waited on) is `len` bytes long
-/// and ends in `trailer` (blocking: a stat and one small read).
+/// and ends in `trailer`, of one name (blocking: a stat and one small read).
 pub(crate) fn ends_in(path: &Path, len: u64, trailer: &[u8]) -> bool {
     use std::os::unix::fs::FileExt;
     let Ok(file) = crate::untrusted_dir::open_regular(path, std::fs::OpenOptions::new().read(true)) else { return false };
-    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == len) || trailer.len() as u64 > len {
+    // Of one name, as lookups take (`sealed_copy::one_name`: review AQ1, a hard link was held).
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == len && crate::sealed_copy::one_name(&m)) || trailer.len() as u64 > len {
         return false;
     }
     let mut tail = vec![0u8; trailer.len()];

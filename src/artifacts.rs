@@ -364,18 +364,26 @@ impl ArtifactCache {
 
     /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
     /// written to both tiers if either lacks its artifact, told from the length and trailer of
-    /// what is under its name (`artifact_trailers`, or the module sealed now if this process
-    /// noted none: review AQ1, sealing each time cost the 12 MB component 0.6 s of CPU per
-    /// executor). The directory lacks it when its file is not of the artifact's length and
-    /// trailer (review AQ1: a file of the previous key, after a rotation, was kept), or, with
-    /// nothing noted, when there is no file (sealing would hold the call). The store lacks it
-    /// when `store_holds` says so (review AP1F: junk or another key's artifact there, never looked
-    /// up by this executor, kept the code from being written), asked within `REMOTE_ANSWER_WAIT`
-    /// (an ask that stalled held the call 30 s, review AM1F), not at all while lookups skip it.
-    pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+    /// what is under its name (`artifact_trailers`: review AQ1, sealing the module each time to
+    /// learn them cost the 12 MB component 0.6 s of CPU per executor). With none noted, the
+    /// module is sealed first if `seal_unknown` (off the call's path); if not, the directory
+    /// lacks it only when no file is there, and the store always. The directory lacks it when its
+    /// file is not of the artifact's length and trailer, or has other names (review AQ1: a file
+    /// of the previous key, after a rotation, was kept); the store when `store_holds` says so
+    /// (review AP1F: junk or another key's artifact there, never looked up by this executor,
+    /// kept the code from being written), asked within `REMOTE_ANSWER_WAIT` (an ask that stalled
+    /// held the call 30 s, review AM1F), not at all while lookups skip it.
+    pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, seal_unknown: bool) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = self.name(digest, engine);
+        let asks_store = self.remote.is_some() && !self.remote_state.skipping();
         let mut known = crate::artifact_trailers::noted(&key, &name);
+        let mut sealed = None;
+        if known.is_none() && seal_unknown && (self.dir.is_some() || asks_store) {
+            let Some((_, bytes)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+            known = Some((bytes.len() as u64, trailer_of(&bytes).try_into().map_err(ExecError::internal)?));
+            sealed = Some(bytes);
+        }
         let dir_lacks = match (&self.dir, known) {
             (Some(dir), Some((len, trailer))) => {
                 let path = dir.join(&name);
@@ -384,25 +392,15 @@ impl ArtifactCache {
             (Some(dir), None) => !dir.join(&name).exists(),
             (None, _) => false,
         };
-        let mut sealed = None;
-        let store_lacks = match &self.remote {
-            Some(remote) if !self.remote_state.skipping() => {
-                if known.is_none() {
-                    let Some((_, bytes)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
-                    known = crate::artifact_trailers::noted(&key, &name);
-                    sealed = Some(bytes);
+        let store_lacks = match (&self.remote, known) {
+            (Some(remote), Some((len, trailer))) if asks_store => match self.store_holds(remote, &name, len, &trailer).await {
+                Some(held) => !held,
+                None => {
+                    self.remote_state.stalls();
+                    false
                 }
-                match known {
-                    Some((len, trailer)) => match self.store_holds(remote, &name, len, &trailer).await {
-                        Some(held) => !held,
-                        None => {
-                            self.remote_state.stalls();
-                            false
-                        }
-                    },
-                    None => true,
-                }
-            }
+            },
+            (Some(_), None) => asks_store,
             _ => false,
         };
         if !dir_lacks && !store_lacks {

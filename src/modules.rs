@@ -444,13 +444,16 @@ impl ModuleCache {
             // Best effort, as after a compile: a cache that cannot be written costs a compile
             // later. The directory now; the store in the background (asking it held the call:
             // 30 s for a store that stalls, review AM1F).
+            // The directory as far as the process knows the artifact's trailer, without sealing
+            // it; then both tiers in the background, the module sealed if nothing is known of it
+            // (review AQ1: a directory holding the previous key's artifact was kept).
             let dir = ArtifactCache { remote: None, ..self.artifacts.clone() };
-            let _ = dir.save_missing(digest, engine, &shared.code, shared.facts()).await;
-            if let (Some(_), Ok(runtime)) = (&self.artifacts.remote, tokio::runtime::Handle::try_current()) {
-                let store = ArtifactCache { dir: None, ..self.artifacts.clone() };
+            let _ = dir.save_missing(digest, engine, &shared.code, shared.facts(), false).await;
+            if let (true, Ok(runtime)) = (self.artifacts.is_enabled(), tokio::runtime::Handle::try_current()) {
+                let both = self.artifacts.clone();
                 let (digest, module) = (*digest, shared.clone());
                 drop(runtime.spawn(async move {
-                    let _ = store.save_missing(&digest, engine, &module.code, module.facts()).await;
+                    let _ = both.save_missing(&digest, engine, &module.code, module.facts(), true).await;
                 }));
             }
         }

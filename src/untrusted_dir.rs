@@ -159,7 +159,7 @@ pub fn open_followed_regular(path: &Path) -> io::Result<File> {
     let not_regular = || io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
     let handle = OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path)?;
     let checked = handle.metadata()?;
-    if !checked.is_file() {
+    if !checked.is_file() || on_pseudo_filesystem(&handle)? {
         return Err(not_regular());
     }
     let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
@@ -173,6 +173,27 @@ pub fn open_followed_regular(path: &Path) -> io::Result<File> {
         return Err(not_regular());
     }
     blocking_regular(file)
+}
+
+/// Filesystems whose "regular files" are the kernel's handlers, not stored bytes (`statfs`
+/// magic numbers): proc, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, configfs, bpf,
+/// efivarfs, pstore, fusectl, binfmt_misc, selinuxfs, smackfs. A read of one may block for good
+/// (review AQ1F: a link to `/proc/kmsg` in a `file://` store held a thread per call) or act.
+const PSEUDO_FILESYSTEMS: [u32; 15] = [
+    0x9fa0, 0x6265_6572, 0x6462_6720, 0x7472_6163, 0x7363_6673, 0x0027_e0eb, 0x6367_7270, 0x6265_6570, 0xcafe_4a11, 0xde5e_81e4,
+    0x6165_676c, 0x6573_5543, 0x4249_4e4d, 0xf97c_ff8c, 0x4341_5d53,
+];
+
+/// Whether `file` (an `O_PATH` handle will do) is on one of `PSEUDO_FILESYSTEMS`.
+fn on_pseudo_filesystem(file: &File) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a zeroed statfs is a valid out-parameter, and fstatfs writes only into it.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a descriptor `file` owns, into a struct of the right type.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PSEUDO_FILESYSTEMS.contains(&(fs.f_type as u32)))
 }
 
 /// The last `n` bytes of the regular file at `path` (links followed, as `regular_file_len`;
@@ -339,7 +360,14 @@ mod tests {
         assert_eq!(regular_file_tail(&dir.join("none"), 8, 3).expect("asked"), None);
         std::os::unix::fs::symlink(&fifo, dir.join("to-fifo")).expect("link");
         std::os::unix::fs::symlink("/dev/zero", dir.join("to-zero")).expect("link");
-        for not_a_file in [fifo.clone(), dir.join("to-fifo"), dir.join("to-zero"), dir.clone()] {
+        std::os::unix::fs::symlink("/proc/self/status", dir.join("to-proc")).expect("link");
+        for pseudo in [dir.join("to-proc"), "/sys/kernel/mm/transparent_hugepage/enabled".into()] {
+            if std::fs::metadata(&pseudo).is_ok_and(|m| m.is_file()) {
+                let e = open_followed_regular(&pseudo).expect_err("a pseudo filesystem's file");
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{}", pseudo.display());
+            }
+        }
+        for not_a_file in [fifo.clone(), dir.join("to-fifo"), dir.join("to-zero"), dir.clone(), dir.join("to-proc")] {
             assert_eq!(regular_file_tail(&not_a_file, 0, 0).ok().flatten(), None, "{}", not_a_file.display());
         }
         let _ = std::fs::remove_dir_all(&dir);
