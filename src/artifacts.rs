@@ -305,14 +305,15 @@ impl ArtifactCache {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(None) };
         let name = self.name(digest, engine);
         let flags = flags_of(facts, code.is_component());
-        let body = code.serialize().map_err(ExecError::internal)?;
+        let serialize = code.serializer();
         let n = name.clone();
         let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = seal(&key, &n, body, flags);
+            let sealed = seal(&key, &n, serialize()?, flags);
             crate::artifact_trailers::note_sealed(&key, &n, &sealed);
-            sealed
+            Ok::<_, wasmtime::Error>(sealed)
         })
         .await
+        .map_err(ExecError::internal)?
         .map_err(ExecError::internal)?;
         Ok(Some((name, sealed)))
     }
