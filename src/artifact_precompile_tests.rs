@@ -103,7 +103,7 @@ async fn precompile_writes_over_what_is_not_the_artifact_and_no_tier_takes_an_ar
     assert!(on_store.load_sealed(&digest, e).await.is_some(), "the store's copy loads");
     store.put(&name, Bytes::from(other_key)).await.expect("planted again");
     assert!(on_store.load_sealed(&digest, e).await.is_none(), "another key's");
-    on_store.save_missing(&digest, e, &module.code, module.facts(), true).await.expect("saved");
+    on_store.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while on_store.load_sealed(&digest, e).await.is_none() && std::time::Instant::now() < until {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -164,12 +164,12 @@ async fn the_store_holds_an_artifact_for_precompile_and_shared_code_only_if_its_
         // Held now: not written again, by precompile or by shared code.
         let written = version().await;
         fresh().save_missing_now(&digest, e, &module.code, module.facts()).await.expect("held");
-        fresh().save_missing(&digest, e, &module.code, module.facts(), true).await.expect("held");
+        fresh().save_missing(&digest, e, &module.code, module.facts()).await.expect("held");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert_eq!(version().await, written, "{url}: written again");
         // Code taken from another executor, another key's artifact under its name.
         store.put(&name, Bytes::from(other_key.clone())).await.expect("planted");
-        fresh().save_missing(&digest, e, &module.code, module.facts(), true).await.expect("saved");
+        fresh().save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while fresh().load_sealed(&digest, e).await.is_none() && std::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -207,25 +207,23 @@ async fn shared_code_writes_over_a_cache_dir_file_of_another_key_told_by_its_tra
     assert_eq!(std::fs::metadata(dir.join(&name)).expect("there").len(), other_key.len() as u64, "the same length");
     assert!(cache.load_sealed(&digest, e).await.is_none(), "not this key's");
     std::fs::write(dir.join(&name), &other_key).expect("the previous key's artifact again");
-    cache.save_missing(&digest, e, &module.code, module.facts(), false).await.expect("saved");
+    cache.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert!(matches!(cache.load_sealed(&digest, e).await, Some((_, Checked::Sealed(_)))), "written over with this key's");
     // This key's artifact there: kept (the same file).
     let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(&name)).expect("there"));
     let written = inode();
-    cache.save_missing(&digest, e, &module.code, module.facts(), false).await.expect("saved");
+    cache.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert_eq!(inode(), written, "not written again");
     // Another name for it (lookups refuse a file of more than one): written over.
     std::fs::hard_link(dir.join(&name), dir.join("other-name")).expect("linked");
-    cache.save_missing(&digest, e, &module.code, module.facts(), false).await.expect("saved");
+    cache.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert_ne!(inode(), written, "a hard link is written over");
     let written = inode();
-    // A key the process has noted nothing for: off the call's path the module is sealed to learn
-    // its trailer, and the previous key's file is written over (review AQ1F).
+    // A key the process has noted nothing for: the module is sealed to learn its trailer, and
+    // the previous key's file is written over (review AQ1F).
     let fresh_key = ArtifactCache { key: Some(vec![61u8; 32].into()), ..cache.clone() };
     std::fs::write(dir.join(&name), &other_key).expect("the previous key's artifact");
-    fresh_key.save_missing(&digest, e, &module.code, module.facts(), false).await.expect("saved");
-    assert_eq!(std::fs::read(dir.join(&name)).expect("there"), other_key, "on the call's path, a file is there: kept");
-    fresh_key.save_missing(&digest, e, &module.code, module.facts(), true).await.expect("saved");
+    fresh_key.save_missing(&digest, e, &module.code, module.facts()).await.expect("saved");
     assert!(matches!(fresh_key.load_sealed(&digest, e).await, Some((_, Checked::Sealed(_)))), "written over with the fresh key's");
     assert_ne!(inode(), written);
     let _ = std::fs::remove_dir_all(&dir);

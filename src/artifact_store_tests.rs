@@ -89,7 +89,7 @@ async fn asking_a_stalled_store_for_shared_code_holds_nothing_and_precompiles_wr
     let e = engine(EngineKind::Plain).expect("engine");
     let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
     let digest = [20u8; 32];
-    let asked = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing(&digest, e, &module.code, module.facts(), true)).await;
+    let asked = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing(&digest, e, &module.code, module.facts())).await;
     assert!(matches!(asked, Ok(Ok(()))), "given up on after the store's answer wait");
     assert!(cache.remote_state.skipping(), "and the store skipped since");
     let now = tokio::time::timeout(std::time::Duration::from_secs(10), cache.save_missing_now(&digest, e, &module.code, module.facts())).await;

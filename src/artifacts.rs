@@ -25,7 +25,9 @@ use crate::artifact_dir::{dir_key, ends_in, holds, is_file_of, read_bounded, sec
 pub(crate) use crate::artifact_dir::write_atomic;
 pub use crate::artifact_remote::{RemoteState, REMOTE_ANSWER_WAIT, REMOTE_STALL_SKIP};
 pub use crate::artifact_seal::fingerprint;
-pub(crate) use crate::artifact_seal::{deserialize, facts_of, flags_of, seal, trailer_of, Checked, COMPONENT, MAGIC, TRAILER};
+pub(crate) use crate::artifact_seal::{deserialize, facts_of, flags_of, trailer_of, Checked, COMPONENT, MAGIC, TRAILER};
+#[cfg(test)]
+pub(crate) use crate::artifact_seal::seal;
 use crate::digest::{hex, Digest};
 use crate::error::ExecError;
 use crate::sealed_copy::{in_place, InPlace};
@@ -300,21 +302,13 @@ impl ArtifactCache {
         }
     }
 
-    /// The artifact of `code` under its name, sealed with the key (none: the cache is off).
-    async fn sealed(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<Option<(String, Vec<u8>)>, ExecError> {
+    /// The artifact of `code` under its name, sealed with the key (none: the cache is off): one
+    /// seal for the executors that want it at once (`artifact_sealing`).
+    async fn sealed(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<Option<(String, Bytes)>, ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(None) };
         let name = self.name(digest, engine);
         let flags = flags_of(facts, code.is_component());
-        let serialize = code.serializer();
-        let n = name.clone();
-        let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = seal(&key, &n, serialize()?, flags);
-            crate::artifact_trailers::note_sealed(&key, &n, &sealed);
-            Ok::<_, wasmtime::Error>(sealed)
-        })
-        .await
-        .map_err(ExecError::internal)?
-        .map_err(ExecError::internal)?;
+        let sealed = crate::artifact_sealing::sealed(key, &name, flags, code.serializer()).await?;
         Ok(Some((name, sealed)))
     }
 
@@ -326,7 +320,7 @@ impl ArtifactCache {
     }
 
     /// Writes a sealed artifact to the tiers (the store's write in the background unless `wait`).
-    async fn write_sealed(&self, name: String, sealed: Vec<u8>, wait: bool) -> Result<(), ExecError> {
+    async fn write_sealed(&self, name: String, sealed: Bytes, wait: bool) -> Result<(), ExecError> {
         // A directory that cannot be written (removed, full) does not keep the artifact from the
         // store (review AN1F: a worker whose cacheDir went stopped sharing with its fleet); its
         // error is the save's, after that.
@@ -351,14 +345,14 @@ impl ArtifactCache {
                     let writing = self.remote_state.writing.clone();
                     writing.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), watch);
                     drop(runtime.spawn(async move {
-                        let put = remote.put(&name, Bytes::from(sealed)).await;
+                        let put = remote.put(&name, sealed).await;
                         writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
                         let _ = landed.send(Some(put.map_err(|e| e.to_string())));
                         drop(permit);
                     }));
                 }
             }
-            None => remote.put(&name, Bytes::from(sealed)).await?,
+            None => remote.put(&name, sealed).await?,
         }
         in_dir
     }
@@ -366,42 +360,42 @@ impl ArtifactCache {
     /// `save`, for code this executor did not make (taken from another executor: `shared_code`):
     /// written to both tiers if either lacks its artifact, told from the length and trailer of
     /// what is under its name (`artifact_trailers`: review AQ1, sealing the module each time to
-    /// learn them cost the 12 MB component 0.6 s of CPU per executor). With none noted, the
-    /// module is sealed first if `seal_unknown` (off the call's path); if not, the directory
-    /// lacks it only when no file is there, and the store always. The directory lacks it when its
+    /// learn them cost the 12 MB component 0.6 s of CPU per executor); with none noted, the
+    /// module is sealed first (off the call's path: `modules`). The directory lacks it when its
     /// file is not of the artifact's length and trailer, or has other names (review AQ1: a file
     /// of the previous key, after a rotation, was kept); the store when `store_holds` says so
     /// (review AP1F: junk or another key's artifact there, never looked up by this executor,
     /// kept the code from being written), asked within `REMOTE_ANSWER_WAIT` (an ask that stalled
     /// held the call 30 s, review AM1F), not at all while lookups skip it.
-    pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, seal_unknown: bool) -> Result<(), ExecError> {
+    pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = self.name(digest, engine);
         let asks_store = self.remote.is_some() && !self.remote_state.skipping();
-        let mut known = crate::artifact_trailers::noted(&key, &name);
-        let mut sealed = None;
-        if known.is_none() && seal_unknown && (self.dir.is_some() || asks_store) {
-            let Some((_, bytes)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
-            known = Some((bytes.len() as u64, trailer_of(&bytes).try_into().map_err(ExecError::internal)?));
-            sealed = Some(bytes);
+        if self.dir.is_none() && !asks_store {
+            return Ok(());
         }
-        let dir_lacks = match (&self.dir, known) {
-            (Some(dir), Some((len, trailer))) => {
+        let (len, trailer, sealed) = match crate::artifact_trailers::noted(&key, &name) {
+            Some((len, trailer)) => (len, trailer, None),
+            None => {
+                let Some((_, bytes)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+                (bytes.len() as u64, trailer_of(&bytes).try_into().map_err(ExecError::internal)?, Some(bytes))
+            }
+        };
+        let dir_lacks = match &self.dir {
+            Some(dir) => {
                 let path = dir.join(&name);
                 !tokio::task::spawn_blocking(move || ends_in(&path, len, &trailer)).await.unwrap_or(false)
             }
-            (Some(dir), None) => !dir.join(&name).exists(),
-            (None, _) => false,
+            None => false,
         };
-        let store_lacks = match (&self.remote, known) {
-            (Some(remote), Some((len, trailer))) if asks_store => match self.store_holds(remote, &name, len, &trailer).await {
+        let store_lacks = match &self.remote {
+            Some(remote) if asks_store => match self.store_holds(remote, &name, len, &trailer).await {
                 Some(held) => !held,
                 None => {
                     self.remote_state.stalls();
                     false
                 }
             },
-            (Some(_), None) => asks_store,
             _ => false,
         };
         if !dir_lacks && !store_lacks {

@@ -13,6 +13,7 @@ pub mod artifact_dir;
 pub mod artifact_hints;
 pub mod artifact_remote;
 pub mod artifact_seal;
+pub mod artifact_sealing;
 pub mod artifact_trailers;
 pub mod artifacts;
 pub mod call;

@@ -440,22 +440,18 @@ impl ModuleCache {
         if let (true, Some(bytes)) = (shared.kind != kind, tier_bytes) {
             self.tier_up_later(bytes.clone(), *digest, kind, generation, &shared);
         }
-        if let Ok(engine) = engine(shared.kind) {
-            // Best effort, as after a compile: a cache that cannot be written costs a compile
-            // later. The directory now; the store in the background (asking it held the call:
-            // 30 s for a store that stalls, review AM1F).
-            // The directory as far as the process knows the artifact's trailer, without sealing
-            // it; then both tiers in the background, the module sealed if nothing is known of it
-            // (review AQ1: a directory holding the previous key's artifact was kept).
-            let dir = ArtifactCache { remote: None, ..self.artifacts.clone() };
-            let _ = dir.save_missing(digest, engine, &shared.code, shared.facts(), false).await;
-            if let (true, Ok(runtime)) = (self.artifacts.is_enabled(), tokio::runtime::Handle::try_current()) {
-                let both = self.artifacts.clone();
-                let (digest, module) = (*digest, shared.clone());
-                drop(runtime.spawn(async move {
-                    let _ = both.save_missing(&digest, engine, &module.code, module.facts(), true).await;
-                }));
-            }
+        // Best effort, as after a compile: a cache that cannot be written costs a compile later.
+        // Both tiers in the background, the module sealed if nothing is known of it (review AQ1:
+        // a directory holding the previous key's artifact was kept). Not on the call's path:
+        // asking the store held the call (30 s for a store that stalls, review AM1F), and sealing
+        // the 12 MB component for the directory held it 0.1 s, 1.5 s with sixteen executors
+        // taking it at once.
+        if let (Ok(engine), true, Ok(runtime)) = (engine(shared.kind), self.artifacts.is_enabled(), tokio::runtime::Handle::try_current()) {
+            let both = self.artifacts.clone();
+            let (digest, module) = (*digest, shared.clone());
+            drop(runtime.spawn(async move {
+                let _ = both.save_missing(&digest, engine, &module.code, module.facts()).await;
+            }));
         }
         Some(shared)
     }

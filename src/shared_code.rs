@@ -221,12 +221,19 @@ mod tests {
                 let opts = ExecutorOptions { share_code, tier_up: false, artifacts, ..Default::default() };
                 Arc::new(Executor::new(source, opts).expect("executor"))
             };
-            // Takes the holder's code, and writes its artifact as a compile would have.
+            // Takes the holder's code, and writes its artifact as a compile would have: off the
+            // call's path (sealing the 12 MB component held a call 0.1 s).
             let taker = with_dir(true);
             echo(&taker, &def("e", "e.wasm")).await;
             assert_eq!((taker.stats().cache.compiles, taker.stats().cache.shared_hits), (0, 1));
-            let artifacts = std::fs::read_dir(&dir).expect("cache dir").filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "cwasm")).count();
-            assert_eq!(artifacts, 1);
+            let artifacts = || std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "cwasm")).count();
+            for _ in 0..200 {
+                if artifacts() > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            assert_eq!(artifacts(), 1);
             // So an executor that does not share loads it from there.
             let reader = with_dir(false);
             echo(&reader, &def("e", "e.wasm")).await;
