@@ -436,8 +436,10 @@ export declare class WasmActivityExecutor {
   /**
    * Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
    * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
-   * flight have ended and the actor store's writes under way (`persist: 'async'`,
-   * `dropActor`'s first attempt) are done, and then lets go of the blob store's `download`,
+   * flight have ended, the actor store's writes under way (`persist: 'async'`,
+   * `dropActor`'s first attempt) are done, and so are the `cacheDir` writes of code taken
+   * from another executor or optimized in the background (none begins after; the artifact
+   * store's writes go on in the background), and then lets go of the blob store's `download`,
    * `onLog` (log lines queued before may still arrive) and the host functions; stops the
    * retries of failed deletes. Also
    * `await using executor = ...` (`Symbol.asyncDispose`).

@@ -228,3 +228,32 @@ async fn shared_code_writes_over_a_cache_dir_file_of_another_key_told_by_its_tra
     assert_ne!(inode(), written);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn executors_writing_one_artifact_to_one_store_at_once_write_it_once() {
+    // Review AQ1F: executors taking one module at once each found the store without its artifact
+    // and each wrote it (four 50 MB uploads of the 12 MB component's).
+    let e = engine(EngineKind::Plain).expect("engine");
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    let sealed_len = module.code.serialize().expect("serializes").len() + TRAILER;
+    let (port, seen) = sizes_but_no_bytes_server_putting_in(sealed_len, std::time::Duration::from_millis(300));
+    let puts = || seen.lock().expect("log").iter().filter(|r| r.starts_with("PUT")).count();
+    let digest = [93u8; 32];
+    // Each its own store, opened from the same URL and options: one store.
+    let on = |key: u8| ArtifactCache { key: Some(vec![key; 32].into()), ..cache_on(s3_at(port)) };
+    for c in [on(4), on(4), on(4)] {
+        c.save(&digest, e, &module.code, module.facts()).await.expect("saved");
+    }
+    // Precompile's write waits for theirs, as it did for its own executor's (review AMF2).
+    on(4).save_missing_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert_eq!(puts(), 1, "one write for four executors: {:?}", seen.lock().expect("log"));
+    // Another key's artifact (other bytes) is a write of its own.
+    on(5).save_now(&digest, e, &module.code, module.facts()).await.expect("written");
+    assert_eq!(puts(), 2);
+    // A write that failed is made again by the next that wants it.
+    let (failing, _) = server(Serve::Fails);
+    let (c1, c2) = (cache_on(s3_at(failing)), cache_on(s3_at(failing)));
+    let failed = c1.save_now(&digest, e, &module.code, module.facts()).await;
+    assert_eq!(failed.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+    assert!(c2.save_now(&digest, e, &module.code, module.facts()).await.is_err(), "written (and failed) again, not taken from the failure");
+}

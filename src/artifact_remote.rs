@@ -45,9 +45,6 @@ pub struct RemoteState {
     /// judged on that, not on each lookup's share of it (review AN2: six lookups sharing a
     /// 300 KB/s link each fell under the bound, and a working store was turned off).
     pub(crate) received: Arc<std::sync::atomic::AtomicU64>,
-    /// The background writes under way, by artifact name: whether each landed (or the store's
-    /// error), once it ended (`precompile` waits for its module's rather than writing it again).
-    pub(crate) writing: Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<Result<(), String>>>>>>,
     /// What this executor's lookups may hold before their artifacts' tags are checked: its own
     /// (review AO1: with one budget for the process, a store that held it made every other
     /// executor's `cacheDir` loads compile instead; planting junk under this executor's names,
@@ -74,7 +71,6 @@ impl Default for RemoteState {
             slow: Default::default(),
             puts: Arc::new(tokio::sync::Semaphore::new(REMOTE_PUTS)),
             received: Default::default(),
-            writing: Default::default(),
             unchecked: crate::unchecked_artifacts::UncheckedBytes::with_max(crate::unchecked_artifacts::MAX_UNCHECKED_BYTES),
             all_stores: crate::unchecked_artifacts::store_reads().clone(),
             sharing: None,

@@ -162,6 +162,11 @@ pub(super) async fn until_more_than(n: &std::sync::atomic::AtomicUsize, was: usi
 /// A server on loopback that tells every object's size as `len` (`HEAD`) and has none of them
 /// (`GET`: 404), and takes every `PUT`; the request lines it saw.
 pub(super) fn sizes_but_no_bytes_server(len: usize) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    sizes_but_no_bytes_server_putting_in(len, std::time::Duration::ZERO)
+}
+
+/// `sizes_but_no_bytes_server`, each `PUT` answered after `put_takes`.
+pub(super) fn sizes_but_no_bytes_server_putting_in(len: usize, put_takes: std::time::Duration) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     let port = listener.local_addr().expect("address").port();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -187,6 +192,7 @@ pub(super) fn sizes_but_no_bytes_server(len: usize) -> (u16, Arc<std::sync::Mute
                     let answer = if request.starts_with("HEAD") {
                         format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nLast-Modified: Sun, 06 Dec 2026 00:00:00 GMT\r\nETag: \"x\"\r\n\r\n")
                     } else if request.starts_with("PUT") {
+                        std::thread::sleep(put_takes);
                         "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"y\"\r\n\r\n".to_string()
                     } else {
                         "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()

@@ -59,6 +59,8 @@ pub struct ArtifactCache {
     /// What reads of `dir` may hold before their artifacts' tags are checked (the process's
     /// budget; the store's lookups have the executor's own, in `remote_state`).
     pub unchecked: crate::unchecked_artifacts::UncheckedBytes,
+    /// Its `dir` writes off calls' paths, which `close()` waits for.
+    pub dir_writes: crate::artifact_dir_writes::DirWrites,
 }
 
 impl ArtifactCache {
@@ -296,19 +298,20 @@ impl ArtifactCache {
     }
 
     async fn save_to(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, wait: bool) -> Result<(), ExecError> {
-        match self.sealed(digest, engine, code, facts).await? {
+        match self.sealed(digest, engine, code, facts, true).await? {
             Some((name, sealed)) => self.write_sealed(name, sealed, wait).await,
             None => Ok(()),
         }
     }
 
     /// The artifact of `code` under its name, sealed with the key (none: the cache is off): one
-    /// seal for the executors that want it at once (`artifact_sealing`).
-    async fn sealed(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<Option<(String, Bytes)>, ExecError> {
+    /// seal for the executors that want it at once (`artifact_sealing`), `urgent` when a call or
+    /// `precompile` waits for it.
+    async fn sealed(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, urgent: bool) -> Result<Option<(String, Bytes)>, ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(None) };
         let name = self.name(digest, engine);
         let flags = flags_of(facts, code.is_component());
-        let sealed = crate::artifact_sealing::sealed(key, &name, flags, code.serializer()).await?;
+        let sealed = crate::artifact_sealing::sealed(key, &name, flags, urgent, code.serializer()).await?;
         Ok(Some((name, sealed)))
     }
 
@@ -338,21 +341,23 @@ impl ArtifactCache {
             Ok(runtime) if !wait => Some(runtime),
             _ => None,
         };
+        let trailer: crate::artifact_trailers::Trailer = trailer_of(&sealed).try_into().map_err(ExecError::internal)?;
+        // A write of these very bytes to this store under way (another executor's, of the same
+        // module and key) is waited for, not made again (`artifact_puts`).
         match background {
             Some(runtime) => {
                 if let Ok(permit) = self.remote_state.puts.clone().try_acquire_owned() {
-                    let (landed, watch) = tokio::sync::watch::channel(None);
-                    let writing = self.remote_state.writing.clone();
-                    writing.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), watch);
+                    let turn = crate::artifact_puts::turn(&remote, &name, &trailer);
                     drop(runtime.spawn(async move {
-                        let put = remote.put(&name, sealed).await;
-                        writing.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
-                        let _ = landed.send(Some(put.map_err(|e| e.to_string())));
+                        let _ = crate::artifact_puts::put(&remote, &name, &trailer, sealed, turn).await;
                         drop(permit);
                     }));
                 }
             }
-            None => remote.put(&name, sealed).await?,
+            None => {
+                let turn = crate::artifact_puts::turn(&remote, &name, &trailer);
+                crate::artifact_puts::put(&remote, &name, &trailer, sealed, turn).await?
+            }
         }
         in_dir
     }
@@ -377,7 +382,7 @@ impl ArtifactCache {
         let (len, trailer, sealed) = match crate::artifact_trailers::noted(&key, &name) {
             Some((len, trailer)) => (len, trailer, None),
             None => {
-                let Some((_, bytes)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+                let Some((_, bytes)) = self.sealed(digest, engine, code, facts, false).await? else { return Ok(()) };
                 (bytes.len() as u64, trailer_of(&bytes).try_into().map_err(ExecError::internal)?, Some(bytes))
             }
         };
@@ -403,12 +408,36 @@ impl ArtifactCache {
         }
         let sealed = match sealed {
             Some(sealed) => sealed,
-            None => match self.sealed(digest, engine, code, facts).await? {
+            None => match self.sealed(digest, engine, code, facts, false).await? {
                 Some((_, sealed)) => sealed,
                 None => return Ok(()),
             },
         };
         self.write_sealed(name, sealed, false).await
+    }
+
+    /// `save_missing` off the call's path, for code a call did not compile (taken from another
+    /// executor, a tier-up's): the directory's part counted among the writes `close()` waits
+    /// for (none begins after it), the store's not (bounded by the store's own waits).
+    pub fn save_missing_later(&self, digest: Digest, engine: &'static Engine, module: Arc<crate::compiled_module::CompiledModule>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if !self.is_enabled() {
+            return;
+        }
+        if let Some(begun) = self.dir.as_ref().and_then(|_| self.dir_writes.begin()) {
+            let dir = ArtifactCache { remote: None, ..self.clone() };
+            let module = module.clone();
+            drop(runtime.spawn(async move {
+                let _ = dir.save_missing(&digest, engine, &module.code, module.facts()).await;
+                drop(begun);
+            }));
+        }
+        if self.remote.is_some() {
+            let store = ArtifactCache { dir: None, ..self.clone() };
+            drop(runtime.spawn(async move {
+                let _ = store.save_missing(&digest, engine, &module.code, module.facts()).await;
+            }));
+        }
     }
 
     /// Writes the artifact to the tiers that lack it, waiting for the store's write
@@ -419,15 +448,15 @@ impl ArtifactCache {
     /// artifact's size and trailer (`store_holds`; review AO1F: a directory planted under the
     /// name passed for the artifact, and the next process compiled again).
     pub async fn save_missing_now(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
-        let Some((name, sealed)) = self.sealed(digest, engine, code, facts).await? else { return Ok(()) };
+        let Some((name, sealed)) = self.sealed(digest, engine, code, facts, true).await? else { return Ok(()) };
         let len = sealed.len() as u64;
-        // This executor's compile is writing it already: its outcome is this one's (it was
-        // written twice, and a store slow to answer failed a precompile whose write landed:
-        // review AMF2).
-        let under_way = self.remote_state.writing.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned();
-        if let Some(mut landed) = under_way {
-            let outcome = landed.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
-            match outcome {
+        // A compile of this executor's (or another's, of the same key) is writing it to this
+        // store already: its outcome is this one's (it was written twice, and a store slow to
+        // answer failed a precompile whose write landed: review AMF2).
+        let trailer: crate::artifact_trailers::Trailer = trailer_of(&sealed).try_into().map_err(ExecError::internal)?;
+        let under_way = self.remote.as_ref().and_then(|remote| crate::artifact_puts::under_way(remote, &name, &trailer));
+        if let Some(landed) = under_way {
+            match crate::artifact_puts::outcome(landed).await {
                 Some(Ok(())) if self.dir.as_ref().is_none_or(|d| is_file_of(&d.join(&name), len)) => return Ok(()),
                 // Not written again: a second write would wait as long again (review AN1: a
                 // store whose writes stalled held precompile twice its timeoutMs, written twice).

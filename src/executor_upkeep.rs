@@ -238,6 +238,7 @@ impl Executor {
             f.cancel();
         }
         self.actors.clear();
+        self.modules.artifacts.dir_writes.close();
         self.modules.clear(None);
         if let Some(network) = &self.opts.network {
             network.close();
@@ -245,7 +246,7 @@ impl Executor {
     }
 
     /// Resolves once no call is in flight and no actor-store write is under way (nor one a call
-    /// that ended left running).
+    /// that ended left running), nor a `cacheDir` write off calls' paths (`DirWrites`).
     pub async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
@@ -255,6 +256,7 @@ impl Executor {
             notified.await;
         }
         self.pending.idle().await;
+        self.modules.artifacts.dir_writes.idle().await;
         if let Some(store) = &self.opts.actor_store {
             store.settled().await;
         }

@@ -446,12 +446,8 @@ impl ModuleCache {
         // asking the store held the call (30 s for a store that stalls, review AM1F), and sealing
         // the 12 MB component for the directory held it 0.1 s, 1.5 s with sixteen executors
         // taking it at once.
-        if let (Ok(engine), true, Ok(runtime)) = (engine(shared.kind), self.artifacts.is_enabled(), tokio::runtime::Handle::try_current()) {
-            let both = self.artifacts.clone();
-            let (digest, module) = (*digest, shared.clone());
-            drop(runtime.spawn(async move {
-                let _ = both.save_missing(&digest, engine, &module.code, module.facts()).await;
-            }));
+        if let Ok(engine) = engine(shared.kind) {
+            self.artifacts.save_missing_later(*digest, engine, shared.clone());
         }
         Some(shared)
     }

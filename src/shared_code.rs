@@ -222,18 +222,24 @@ mod tests {
                 Arc::new(Executor::new(source, opts).expect("executor"))
             };
             // Takes the holder's code, and writes its artifact as a compile would have: off the
-            // call's path (sealing the 12 MB component held a call 0.1 s).
+            // call's path (sealing the 12 MB component held a call 0.1 s), its seal waiting here
+            // for a slot; `close()` resolves once it is written (review AR1: a process that took
+            // shared code and exited after `await close()` lost it).
+            let slots = crate::artifact_sealing::all_slots().await;
             let taker = with_dir(true);
             echo(&taker, &def("e", "e.wasm")).await;
             assert_eq!((taker.stats().cache.compiles, taker.stats().cache.shared_hits), (0, 1));
             let artifacts = || std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "cwasm")).count();
-            for _ in 0..200 {
-                if artifacts() > 0 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
-            assert_eq!(artifacts(), 1);
+            taker.close();
+            let closed = tokio::spawn({
+                let taker = taker.clone();
+                async move { taker.drained().await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(!closed.is_finished() && artifacts() == 0, "waits for the write");
+            drop(slots);
+            tokio::time::timeout(std::time::Duration::from_secs(10), closed).await.expect("drained").expect("not cancelled");
+            assert_eq!(artifacts(), 1, "written when close resolves");
             // So an executor that does not share loads it from there.
             let reader = with_dir(false);
             echo(&reader, &def("e", "e.wasm")).await;

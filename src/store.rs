@@ -119,6 +119,8 @@ pub struct ObjectSource {
     local: Option<Arc<LocalFileSystem>>,
     /// Its scheme is `http` (as the URL parser reads it: any case, blanks around it trimmed).
     plain_http: bool,
+    /// What it writes to: its URL and options, or for `memory://` this very store.
+    identity: crate::digest::Digest,
 }
 
 fn bad_url(url: &str, why: impl std::fmt::Display) -> ExecError {
@@ -217,11 +219,33 @@ impl ObjectSource {
         let max_segment = if parsed.scheme() == "file" { MAX_FILE_SEGMENT_BYTES } else { MAX_KEY_BYTES };
         let option_keys = opts.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
         let plain_http = parsed.scheme() == "http";
-        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir, local, plain_http })
+        let identity = Self::identity_of(&parsed, &opts);
+        Ok(ObjectSource { store, prefix, url: url.to_string(), writable, timeout, max_segment, option_keys, local_dir, local, plain_http, identity })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// What a store writes to, as far as its opening tells: stores of one identity hold the same
+    /// objects (`artifact_puts`). Its URL and options (their digest: credentials among them);
+    /// each `memory://` store is one of its own.
+    pub fn identity(&self) -> crate::digest::Digest {
+        self.identity
+    }
+
+    fn identity_of(parsed: &Url, opts: &[(String, String)]) -> crate::digest::Digest {
+        static MEMORY_STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut text = parsed.as_str().to_string();
+        if parsed.scheme() == "memory" {
+            text.push_str(&format!("\0#{}", MEMORY_STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        }
+        let mut opts: Vec<_> = opts.iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        opts.sort();
+        for (k, v) in opts {
+            text.push_str(&format!("\0{}:{}{}:{}", k.len(), k, v.len(), v));
+        }
+        crate::digest::sha256(text.as_bytes())
     }
 
     /// Whether it talks plain (unencrypted) HTTP: its scheme as the URL parser read it, not its

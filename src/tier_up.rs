@@ -78,8 +78,10 @@ impl ModuleCache {
                 Err(_) => return,
             };
             let Some(Ok(optimized)) = done else { return };
+            // To the tiers that lack it: executors that joined one tier-up each get its code, and
+            // each wrote it (review AQ2 H4: the store's copy again, about one run in three).
             if let Ok(engine) = engine(optimized.kind) {
-                let _ = artifacts.save(&digest, engine, &optimized.code, optimized.facts()).await;
+                artifacts.save_missing_later(digest, engine, optimized.clone());
             }
             let Some(state) = state.upgrade() else { return };
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,7 +110,7 @@ impl ModuleCache {
         match done {
             Some(Ok(optimized)) => {
                 if let Ok(engine) = engine(optimized.kind) {
-                    let _ = self.artifacts.save(&optimized.digest, engine, &optimized.code, optimized.facts()).await;
+                    let _ = self.artifacts.save_missing(&optimized.digest, engine, &optimized.code, optimized.facts()).await;
                 }
                 optimized
             }

@@ -1,0 +1,83 @@
+//! An executor's `cacheDir` writes off its calls' paths (code taken from another executor, a
+//! tier-up's optimized code): `close()` resolves after those under way end, and none begins
+//! after it (review AR1: a process that took shared code and exited after `await close()` lost
+//! its `cacheDir` write, and the next process compiled again; the file landed after `close()`
+//! resolved, racing whoever removed the directory next).
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+#[derive(Clone, Default)]
+pub struct DirWrites(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    /// (writes under way, closed)
+    state: Mutex<(usize, bool)>,
+    idle: Notify,
+}
+
+/// A write under way; it ends when this is dropped.
+pub struct Begun(DirWrites);
+
+impl DirWrites {
+    /// A write begun, unless closed.
+    pub fn begin(&self) -> Option<Begun> {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.1 {
+            return None;
+        }
+        state.0 += 1;
+        Some(Begun(self.clone()))
+    }
+
+    /// No write begins from now on.
+    pub fn close(&self) {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+    }
+
+    /// Resolves once no write is under way.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            if self.0.state.lock().unwrap_or_else(|p| p.into_inner()).0 == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        let mut state = self.0 .0.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 -= 1;
+        if state.0 == 0 {
+            self.0 .0.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_waits_for_the_writes_under_way_and_none_begins_once_closed() {
+        let writes = DirWrites::default();
+        writes.idle().await;
+        let (a, b) = (writes.begin().expect("open"), writes.begin().expect("open"));
+        writes.close();
+        assert!(writes.begin().is_none(), "closed");
+        let waiting = tokio::spawn({
+            let writes = writes.clone();
+            async move { writes.idle().await }
+        });
+        drop(a);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "one still under way");
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("idle").expect("not cancelled");
+    }
+}
