@@ -16,6 +16,7 @@ struct Inner {
     /// (writes under way, closed)
     state: Mutex<(usize, bool)>,
     idle: Notify,
+    closing: Notify,
 }
 
 /// A write under way; it ends when this is dropped.
@@ -35,6 +36,18 @@ impl DirWrites {
     /// No write begins from now on.
     pub fn close(&self) {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.0.closing.notify_waiters();
+    }
+
+    /// Resolves once closed.
+    async fn closed(&self) {
+        loop {
+            let notified = self.0.closing.notified();
+            if self.0.state.lock().unwrap_or_else(|p| p.into_inner()).1 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves once no write is under way.
@@ -46,6 +59,13 @@ impl DirWrites {
             }
             notified.await;
         }
+    }
+}
+
+impl Begun {
+    /// Resolves once `close()` waits for this write.
+    pub async fn closed(&self) {
+        self.0.closed().await
     }
 }
 
@@ -68,7 +88,15 @@ mod tests {
         let writes = DirWrites::default();
         writes.idle().await;
         let (a, b) = (writes.begin().expect("open"), writes.begin().expect("open"));
+        let told = tokio::spawn({
+            let writes = writes.clone();
+            async move { writes.closed().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!told.is_finished(), "open");
         writes.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), a.closed()).await.expect("a write is told");
+        tokio::time::timeout(std::time::Duration::from_secs(5), told).await.expect("told").expect("not cancelled");
         assert!(writes.begin().is_none(), "closed");
         let waiting = tokio::spawn({
             let writes = writes.clone();

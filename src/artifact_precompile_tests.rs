@@ -256,4 +256,28 @@ async fn executors_writing_one_artifact_to_one_store_at_once_write_it_once() {
     let failed = c1.save_now(&digest, e, &module.code, module.facts()).await;
     assert_eq!(failed.map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
     assert!(c2.save_now(&digest, e, &module.code, module.facts()).await.is_err(), "written (and failed) again, not taken from the failure");
+    // Another executor's write that failed before this store's timeoutMs (closed midway, other
+    // credentials): this one writes (review AR1F: it failed with the other's error).
+    let (port2, seen2) = sizes_but_no_bytes_server(sealed_len);
+    let (other, mine) = (s3_at(port2), ArtifactCache { key: Some(vec![4u8; 32].into()), ..cache_on(s3_at(port2)) });
+    let name = mine.name(&digest, e);
+    let sealed = seal(mine.key.as_deref().expect("key"), &name, module.code.serialize().expect("serializes"), flags_of(module.facts(), false));
+    let trailer: crate::artifact_trailers::Trailer = trailer_of(&sealed).try_into().expect("a trailer");
+    let crate::artifact_puts::Turn::Write(theirs) = crate::artifact_puts::turn(&other, &name, &trailer) else { panic!("nothing under way") };
+    let precompile = tokio::spawn(async move { mine.save_missing_now(&digest, e, &module.code, module.facts()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!precompile.is_finished(), "waits for the write under way");
+    drop(theirs);
+    precompile.await.expect("not cancelled").expect("written by this one");
+    assert_eq!(seen2.lock().expect("log").iter().filter(|r| r.starts_with("PUT")).count(), 1);
+    let module = crate::modules::compile(&crate::test_guests::echo(), EngineKind::Plain, &Default::default()).expect("compiles");
+    // Another executor's write that stalls holds this one's precompile for this store's
+    // timeoutMs at most, not for the other's.
+    let (stalls, _) = server(Serve::StallsPuts);
+    let (patient, hasty) = (cache_on(s3_timing_out(stalls, Some("20000"))), cache_on(s3_timing_out(stalls, Some("300"))));
+    patient.save(&digest, e, &module.code, module.facts()).await.expect("its write goes on in the background");
+    let started = std::time::Instant::now();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), hasty.save_missing_now(&digest, e, &module.code, module.facts())).await;
+    assert_eq!(waited.expect("within its own timeoutMs").map_err(|e| e.code()), Err("BLOB_UNAVAILABLE"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
 }

@@ -84,9 +84,22 @@ impl Drop for Writing {
     }
 }
 
-/// The outcome of a write waited for (`None`: it never ended).
-pub(crate) async fn outcome(mut rx: watch::Receiver<Outcome>) -> Outcome {
-    rx.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten()
+/// What a write waited for may take past `store`'s `timeoutMs` (a write of the same timeout
+/// tells its own error first).
+const OUTCOME_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The outcome of a write waited for, at most `store`'s `timeoutMs` and `OUTCOME_GRACE` (`None`:
+/// it did not end by then). Another executor's write may be bounded by a longer one.
+pub(crate) async fn outcome(store: &ObjectSource, mut rx: watch::Receiver<Outcome>) -> Outcome {
+    tokio::time::timeout(store.timeout() + OUTCOME_GRACE, rx.wait_for(Option::is_some)).await.ok()?.map(|o| o.clone()).ok().flatten()
+}
+
+fn failed(store: &ObjectSource, name: &str, outcome: Outcome) -> ExecError {
+    let message = match outcome {
+        Some(Err(why)) => why,
+        _ => format!("the artifact store did not take the artifact within {} ms", store.timeout().as_millis()),
+    };
+    ExecError::BlobUnavailable { path: name.to_string(), message }
 }
 
 /// Writes `bytes`, the artifact `name` ending in `trailer`, to `store` on this turn: waits for
@@ -94,16 +107,16 @@ pub(crate) async fn outcome(mut rx: watch::Receiver<Outcome>) -> Outcome {
 pub(crate) async fn put(store: &ObjectSource, name: &str, trailer: &Trailer, bytes: Bytes, turn: Turn) -> Result<(), ExecError> {
     let writing = match turn {
         Turn::Write(writing) => writing,
-        Turn::Wait(rx) => match outcome(rx).await {
+        Turn::Wait(rx) => match outcome(store, rx).await {
             Some(Ok(())) => return Ok(()),
             _ => match self::turn(store, name, trailer) {
                 Turn::Write(writing) => writing,
-                // Yet another began since: its outcome is this one's.
+                // Yet another began since (or the one waited for still goes on): its outcome is
+                // this one's.
                 Turn::Wait(rx) => {
-                    return match outcome(rx).await {
+                    return match outcome(store, rx).await {
                         Some(Ok(())) => Ok(()),
-                        Some(Err(why)) => Err(ExecError::BlobUnavailable { path: name.to_string(), message: why }),
-                        None => Err(ExecError::BlobUnavailable { path: name.to_string(), message: "the write was dropped".to_string() }),
+                        other => Err(failed(store, name, other)),
                     };
                 }
             },
@@ -149,6 +162,11 @@ mod tests {
         drop(third);
         assert!(matches!(&*on_third.borrow(), Some(Err(_))), "a write dropped is a failure to its waiters");
         assert!(under_way(&a, "puts-test", &t2).is_none());
+        // Options as given, in order: a builder takes the last of two spellings of a key.
+        let opts = |a: &str, b: &str| -> Vec<(String, String)> { vec![("endpoint".into(), a.into()), ("ENDPOINT".into(), b.into())] };
+        let (x, y) = (opts("http://127.0.0.1:1", "http://127.0.0.1:2"), opts("http://127.0.0.1:2", "http://127.0.0.1:1"));
+        let (x, y) = (ObjectSource::open("s3://bucket/artifacts", &x).expect("store"), ObjectSource::open("s3://bucket/artifacts", &y).expect("store"));
+        assert_ne!(x.identity(), y.identity());
         // Memory stores of one URL are stores of their own.
         let (m1, m2) = (ObjectSource::open("memory://puts", &[]).expect("store"), ObjectSource::open("memory://puts", &[]).expect("store"));
         let _held = turn(&m1, "puts-test", &t1);

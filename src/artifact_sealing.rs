@@ -34,12 +34,20 @@ struct UnderWay {
 static UNDER_WAY: LazyLock<Mutex<HashMap<Id, UnderWay>>> = LazyLock::new(Default::default);
 static RUNNING: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(SEALS_AT_ONCE)));
 
+/// Seals calls or `precompile`s wait for, running at once in the process, at most: slots of their
+/// own, so they never queue behind seals off calls' paths, but bounded too (review AR1F: 32
+/// precompiles at once sealed the 37 MB artifact 32 times together, +1.4 GB).
+pub(crate) const URGENT_SEALS_AT_ONCE: usize = 2;
+
+static URGENT: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(URGENT_SEALS_AT_ONCE)));
+
 /// The artifact `name` of the code `serialize` serializes, sealed with `key` and `flags`: the
 /// bytes of a seal of it under way if there is one, else of a seal begun now. A seal runs in a
 /// task of its own, to its end whoever still waits (review AR1: a caller dropped midway let
 /// its slot go while its seal ran on, and the next caller sealed again), on a blocking thread
-/// that holds its slot; `urgent` (a call or `precompile` waits for it) takes no slot, and hurries
-/// a seal under way that waits for one. The seal is noted (`artifact_trailers`).
+/// that holds its slot; `urgent` (a call or `precompile` waits for it) takes an urgent slot,
+/// and moves a seal under way that waits for a slot to those. The seal is noted
+/// (`artifact_trailers`).
 pub(crate) async fn sealed<F>(key: Arc<[u8]>, name: &str, flags: u8, urgent: bool, serialize: F) -> Result<Bytes, ExecError>
 where
     F: FnOnce() -> wasmtime::Result<Vec<u8>> + Send + 'static,
@@ -61,10 +69,10 @@ where
                 let name = name.to_string();
                 drop(tokio::spawn(async move {
                     let slot = match urgent {
-                        true => None,
+                        true => URGENT.clone().acquire_owned().await.ok(),
                         false => tokio::select! {
                             slot = RUNNING.clone().acquire_owned() => slot.ok(),
-                            _ = hurry.notified() => None,
+                            _ = hurry.notified() => URGENT.clone().acquire_owned().await.ok(),
                         },
                     };
                     let sealed = tokio::task::spawn_blocking(move || {
@@ -166,6 +174,18 @@ mod tests {
         // (Other tests' seals may hold slots too: at most, not exactly.)
         assert!(most.load(Ordering::SeqCst) <= SEALS_AT_ONCE, "at most SEALS_AT_ONCE at once: {}", most.load(Ordering::SeqCst));
         assert!(!under_way(&key, "sealing-test-same", 1) && !under_way(&other, "sealing-test-same", 1), "nothing left under way");
+        // Calls' seals have slots of their own, bounded too (review AR1F).
+        most.store(0, Ordering::SeqCst);
+        let mut urgent = Vec::new();
+        for i in 0..5u8 {
+            let serialize = counted(&calls, &running, &most, vec![i]);
+            let (k, name) = (key.clone(), format!("sealing-test-urgent-{i}"));
+            urgent.push(tokio::spawn(async move { sealed(k, &name, 1, true, serialize).await }));
+        }
+        for s in urgent {
+            s.await.expect("not cancelled").expect("sealed");
+        }
+        assert!(most.load(Ordering::SeqCst) <= URGENT_SEALS_AT_ONCE, "at most URGENT_SEALS_AT_ONCE at once: {}", most.load(Ordering::SeqCst));
         // A seal done is not reused: the next is a seal of its own.
         calls.store(0, Ordering::SeqCst);
         sealed(key.clone(), "sealing-test-same", 1, false, counted(&calls, &running, &most, vec![9])).await.expect("sealed");
@@ -188,7 +208,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         first.abort();
         assert!(first.await.is_err_and(|e| e.is_cancelled()));
-        // A call's seal takes no slot (review AR1: a small module's first call waited behind
+        // A call's seal takes a slot of another kind (review AR1: a small module's first call waited behind
         // every background seal); one it waits for that was waiting for a slot runs now.
         let urgent = tokio::time::timeout(std::time::Duration::from_secs(5), sealed(key.clone(), "sealing-test-urgent", 1, true, || Ok(vec![3])));
         assert_eq!(urgent.await.expect("not queued").expect("sealed")[0], 3);

@@ -373,6 +373,11 @@ impl ArtifactCache {
     /// kept the code from being written), asked within `REMOTE_ANSWER_WAIT` (an ask that stalled
     /// held the call 30 s, review AM1F), not at all while lookups skip it.
     pub async fn save_missing(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts) -> Result<(), ExecError> {
+        self.save_missing_as(digest, engine, code, facts, false).await
+    }
+
+    /// `save_missing`, its seal `urgent` or not (`artifact_sealing`).
+    async fn save_missing_as(&self, digest: &Digest, engine: &Engine, code: &Code, facts: Facts, urgent: bool) -> Result<(), ExecError> {
         let Some(key) = self.key.clone().filter(|_| self.is_enabled()) else { return Ok(()) };
         let name = self.name(digest, engine);
         let asks_store = self.remote.is_some() && !self.remote_state.skipping();
@@ -382,7 +387,7 @@ impl ArtifactCache {
         let (len, trailer, sealed) = match crate::artifact_trailers::noted(&key, &name) {
             Some((len, trailer)) => (len, trailer, None),
             None => {
-                let Some((_, bytes)) = self.sealed(digest, engine, code, facts, false).await? else { return Ok(()) };
+                let Some((_, bytes)) = self.sealed(digest, engine, code, facts, urgent).await? else { return Ok(()) };
                 (bytes.len() as u64, trailer_of(&bytes).try_into().map_err(ExecError::internal)?, Some(bytes))
             }
         };
@@ -408,7 +413,7 @@ impl ArtifactCache {
         }
         let sealed = match sealed {
             Some(sealed) => sealed,
-            None => match self.sealed(digest, engine, code, facts, false).await? {
+            None => match self.sealed(digest, engine, code, facts, urgent).await? {
                 Some((_, sealed)) => sealed,
                 None => return Ok(()),
             },
@@ -428,7 +433,15 @@ impl ArtifactCache {
             let dir = ArtifactCache { remote: None, ..self.clone() };
             let module = module.clone();
             drop(runtime.spawn(async move {
-                let _ = dir.save_missing(&digest, engine, &module.code, module.facts()).await;
+                let (code, facts) = (&module.code, module.facts());
+                // Once `close()` waits for it, its seal is urgent (review AR1F: close() waited
+                // 3.9 s behind 32 other executors' background seals).
+                tokio::select! {
+                    _ = dir.save_missing_as(&digest, engine, code, facts, false) => {}
+                    _ = begun.closed() => {
+                        let _ = dir.save_missing_as(&digest, engine, code, facts, true).await;
+                    }
+                }
                 drop(begun);
             }));
         }
@@ -454,15 +467,27 @@ impl ArtifactCache {
         // store already: its outcome is this one's (it was written twice, and a store slow to
         // answer failed a precompile whose write landed: review AMF2).
         let trailer: crate::artifact_trailers::Trailer = trailer_of(&sealed).try_into().map_err(ExecError::internal)?;
-        let under_way = self.remote.as_ref().and_then(|remote| crate::artifact_puts::under_way(remote, &name, &trailer));
-        if let Some(landed) = under_way {
-            match crate::artifact_puts::outcome(landed).await {
+        let under_way = self.remote.as_ref().and_then(|remote| Some((remote, crate::artifact_puts::under_way(remote, &name, &trailer)?)));
+        if let Some((remote, landed)) = under_way {
+            // Within this store's timeoutMs: another executor's may be longer.
+            let waited = std::time::Instant::now();
+            match crate::artifact_puts::outcome(remote, landed).await {
                 Some(Ok(())) if self.dir.as_ref().is_none_or(|d| is_file_of(&d.join(&name), len)) => return Ok(()),
-                // Not written again: a second write would wait as long again (review AN1: a
-                // store whose writes stalled held precompile twice its timeoutMs, written twice).
-                // With the store's own words (they were lost: noticed in review AN1).
-                Some(Err(why)) => {
+                // Not written again after a wait of this store's timeoutMs: a second write would
+                // wait as long again (review AN1: a store whose writes stalled held precompile
+                // twice its timeoutMs, written twice). With the store's own words.
+                Some(Err(why)) if waited.elapsed() >= remote.timeout() => {
                     return Err(ExecError::BlobUnavailable { path: name, message: format!("the artifact store did not take the artifact: {why}") })
+                }
+                // One that failed sooner may have been another executor's (other credentials,
+                // or closed midway): this one writes (review AR1F: its precompile failed with
+                // the other's error while its own write landed).
+                Some(Err(_)) => {}
+                None => {
+                    return Err(ExecError::BlobUnavailable {
+                        path: name,
+                        message: format!("the artifact store did not take the artifact within {} ms", remote.timeout().as_millis()),
+                    })
                 }
                 _ => {}
             }

@@ -234,16 +234,29 @@ impl ObjectSource {
         self.identity
     }
 
+    /// The URL, the options as given (in order: a builder takes the last of two spellings of
+    /// one key, review AR1F), and the environment the builders read (`AWS_*`, `AZURE_*`,
+    /// `GOOGLE_*`: review AR1F, two stores of one URL opened under different `AWS_ENDPOINT`s
+    /// were taken for one, and one never got its artifact). Different texts for one store only
+    /// miss a write saved.
     fn identity_of(parsed: &Url, opts: &[(String, String)]) -> crate::digest::Digest {
         static MEMORY_STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut text = parsed.as_str().to_string();
         if parsed.scheme() == "memory" {
             text.push_str(&format!("\0#{}", MEMORY_STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         }
-        let mut opts: Vec<_> = opts.iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-        opts.sort();
+        let mut add = |k: &str, v: &str| text.push_str(&format!("\0{}:{}{}:{}", k.len(), k, v.len(), v));
         for (k, v) in opts {
-            text.push_str(&format!("\0{}:{}{}:{}", k.len(), k, v.len(), v));
+            add(k, v);
+        }
+        let mut env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| k.to_ascii_uppercase().starts_with(p)))
+            .collect();
+        env.sort();
+        add("\0env", "");
+        for (k, v) in &env {
+            add(k, v);
         }
         crate::digest::sha256(text.as_bytes())
     }

@@ -107,13 +107,10 @@ impl ModuleCache {
             Ok(r) => r.clone(),
             Err(_) => return module,
         };
+        // Its caller (`precompile`) writes it to the tiers next, waiting (review AR1F: a write
+        // here sealed it off the call's path, behind every background seal of the process).
         match done {
-            Some(Ok(optimized)) => {
-                if let Ok(engine) = engine(optimized.kind) {
-                    let _ = self.artifacts.save_missing(&optimized.digest, engine, &optimized.code, optimized.facts()).await;
-                }
-                optimized
-            }
+            Some(Ok(optimized)) => optimized,
             _ => module,
         }
     }
