@@ -438,8 +438,8 @@ export declare class WasmActivityExecutor {
    * modules released, and later calls rejected with `CLOSED`. Resolves once the calls in
    * flight have ended, the actor store's writes under way (`persist: 'async'`,
    * `dropActor`'s first attempt) are done, and so are the `cacheDir` writes of code taken
-   * from another executor or optimized in the background (none begins after; the artifact
-   * store's writes go on in the background), and then lets go of the blob store's `download`,
+   * from another executor or optimized in the background (none begins after; at most 30 s;
+   * the artifact store's writes go on in the background), and then lets go of the blob store's `download`,
    * `onLog` (log lines queued before may still arrive) and the host functions; stops the
    * retries of failed deletes. Also
    * `await using executor = ...` (`Symbol.asyncDispose`).

@@ -50,6 +50,13 @@ impl DirWrites {
         }
     }
 
+    /// Resolves once no write is under way, or after `most` (a `cacheDir` on a filesystem that
+    /// stops answering would hold `close()` for ever; the write goes on in the background).
+    /// Whether none is under way.
+    pub async fn idle_within(&self, most: std::time::Duration) -> bool {
+        tokio::time::timeout(most, self.idle()).await.is_ok()
+    }
+
     /// Resolves once no write is under way.
     pub async fn idle(&self) {
         loop {
@@ -107,5 +114,23 @@ mod tests {
         assert!(!waiting.is_finished(), "one still under way");
         drop(b);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("idle").expect("not cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_never_ends_holds_the_wait_only_so_long() {
+        let writes = DirWrites::default();
+        assert!(writes.idle_within(std::time::Duration::from_millis(1)).await, "none under way");
+        let stuck = writes.begin().expect("open");
+        writes.close();
+        let start = std::time::Instant::now();
+        assert!(!writes.idle_within(std::time::Duration::from_millis(50)).await, "one under way");
+        assert!(start.elapsed() >= std::time::Duration::from_millis(50), "waited its time");
+        let waiting = tokio::spawn({
+            let writes = writes.clone();
+            async move { writes.idle_within(std::time::Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(stuck);
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("ends").expect("not cancelled"));
     }
 }

@@ -7,6 +7,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use super::{Executor, ExecutorStats};
+
+/// How long `close()` waits for `cacheDir` writes off calls' paths: an artifact's write takes
+/// milliseconds; one on a filesystem that stopped answering goes on in the background.
+const DIR_WRITES_WAIT: Duration = Duration::from_secs(30);
 use crate::actors::{ActorKey, WeakActors};
 use crate::digest::hex;
 use crate::durable::Durable;
@@ -246,7 +250,8 @@ impl Executor {
     }
 
     /// Resolves once no call is in flight and no actor-store write is under way (nor one a call
-    /// that ended left running), nor a `cacheDir` write off calls' paths (`DirWrites`).
+    /// that ended left running), nor a `cacheDir` write off calls' paths (`DirWrites`, waited for
+    /// at most `DIR_WRITES_WAIT`).
     pub async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
@@ -256,7 +261,7 @@ impl Executor {
             notified.await;
         }
         self.pending.idle().await;
-        self.modules.artifacts.dir_writes.idle().await;
+        self.modules.artifacts.dir_writes.idle_within(DIR_WRITES_WAIT).await;
         if let Some(store) = &self.opts.actor_store {
             store.settled().await;
         }

@@ -42,5 +42,10 @@ fn build(env: &Env, e: &ExecError) -> napi::Result<napi::Error> {
             },
         }
     }
-    Ok(napi::Error::from(value))
+    // Not `napi::Error::from`, which reads the value's `message` and `cause` through Node-API
+    // and, when a read throws, describes that throw the same way, without end: near the stack's
+    // limit every read throws (V8's "Maximum call stack size exceeded"), and a definition getter
+    // that re-entered the executor until then had Node die of a real stack overflow (review AS1).
+    // This one reads own data properties only, follows at most 8 causes and clears what throws.
+    Ok(napi::Error::from_unknown_without_coercion(value))
 }
