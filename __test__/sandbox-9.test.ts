@@ -1,8 +1,12 @@
 // Hostile review round AS (the JS API under hostile values, WASI commands, components): each test
 // reproduces a way through that a reviewer found, and failed on the code from before its fix.
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure } from './helpers'
+import { wat } from './wat'
 
 const root = join(__dirname, '..')
 
@@ -37,10 +41,86 @@ describe('a definition or an option that re-enters the executor until the JS sta
         levels[mode] = n
       }
       ex.close().then(() => console.log(JSON.stringify(levels)))`
-    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 120_000 }))
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] }))
     for (const mode of ['dropActor', 'actor', 'getter', 'toJSON', 'options', 'signal']) {
       // Each went deep enough to reach the stack's limit (hundreds of levels), and came back.
       expect(out[mode], mode).toBeGreaterThan(8 * 50)
     }
+  })
+})
+
+/** A WASI command writing `first` then `second` bytes of 99-character lines to stderr, printing the
+ * two writes' errnos as `[a,b]` on stdout, then exiting with `exit` (after writing "THE END"). */
+function stderrWriter(first: number, second: number, exit = 0): Promise<Buffer> {
+  return wat(`(module
+    (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+    (memory (export "memory") 8)
+    (data (i32.const 300) "[,]0123456789THE END\\n")
+    (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
+      (i32.store (i32.const 0) (local.get $ptr)) (i32.store (i32.const 4) (local.get $len))
+      (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (func $digit (param $n i32) (drop (call $write (i32.const 1) (i32.add (i32.const 303) (local.get $n)) (i32.const 1))))
+    (func (export "_start") (local $i i32) (local $a i32) (local $b i32)
+      (memory.fill (i32.const 65536) (i32.const 120) (i32.const 300000))
+      (loop $l
+        (i32.store8 (i32.add (i32.const 65535) (local.get $i)) (i32.const 10))
+        (local.set $i (i32.add (local.get $i) (i32.const 100)))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const 300000))))
+      (local.set $a (call $write (i32.const 2) (i32.const 65536) (i32.const ${first})))
+      (local.set $b (call $write (i32.const 2) (i32.const 65536) (i32.const ${second})))
+      (drop (call $write (i32.const 1) (i32.const 300) (i32.const 1)))
+      (call $digit (i32.rem_u (local.get $a) (i32.const 10)))
+      (drop (call $write (i32.const 1) (i32.const 301) (i32.const 1)))
+      (call $digit (i32.rem_u (local.get $b) (i32.const 10)))
+      (drop (call $write (i32.const 1) (i32.const 302) (i32.const 1)))
+      (if (i32.ne (i32.const ${exit}) (i32.const 0)) (then
+        (drop (call $write (i32.const 2) (i32.const 313) (i32.const 8)))
+        (call $proc_exit (i32.const ${exit}))))))`)
+}
+
+describe("a WASI command's stdio", () => {
+  it('stdout past maxOutputBytes is OUTPUT_TOO_LARGE whatever the program makes of the failed write', async () => {
+    // Before: the write failed with EIO, the Rust program's `expect` panicked: a TRAP
+    // (unreachable), not the output's limit.
+    const blobs: Record<string, Buffer> = {
+      'rust.wasm': readFileSync(join(root, 'guests/rust/prebuilt/command.wasm')),
+      'c.wasm': readFileSync(join(root, 'guests/c/prebuilt/command.wasm')),
+    }
+    const ex = new WasmActivityExecutor({ download: async (p: string) => blobs[p] }, { maxOutputBytes: 64 * 1024 })
+    for (const lang of ['rust', 'c']) {
+      const small = await ex.execute(def(lang), { message: 'fits' })
+      expect(small).toMatchObject({ result: 'fits' })
+      const e = await failure(ex.execute(def(lang), { message: 'x'.repeat(200_000) }))
+      expect(e.code, lang).toBe('OUTPUT_TOO_LARGE')
+      expect(e.message).toContain('over the limit of 65536')
+    }
+    await ex.close()
+  })
+
+  it("stderr takes every write: the first 64 KiB go to onLog, the rest is counted, and a failed run's error ends with stderr's end", async () => {
+    // Before: a write past 64 KiB failed (EIO, 29): a program that checked its writes failed for
+    // its logging; a failed run's error quoted stderr's first bytes, its end dropped.
+    const blobs: Record<string, Buffer> = {
+      'small.wasm': await stderrWriter(1000, 1000),
+      'big.wasm': await stderrWriter(100_000, 100),
+      'exits.wasm': await stderrWriter(100_000, 100, 3),
+    }
+    let logged = 0
+    const notes: string[] = []
+    const ex = new WasmActivityExecutor(
+      { download: async (p: string) => blobs[p] },
+      { onLog: (_level: string, line: string) => { logged += line.length + 1; if (line.startsWith('(')) notes.push(line) } },
+    )
+    expect(await ex.execute(def('small'), null)).toEqual([0, 0])
+    expect(await ex.execute(def('big'), null)).toEqual([0, 0])
+    await new Promise((r) => setTimeout(r, 300))
+    expect(notes).toEqual(['(34564 more bytes of stderr not logged)'])
+    expect(logged).toBeGreaterThan(2000 + 60_000)
+    const e = await failure(ex.execute(def('exits'), null))
+    expect(e.code).toBe('GUEST_ERROR')
+    expect(e.exitCode).toBe(3)
+    expect(e.message).toMatch(/THE END$/)
+    await ex.close()
   })
 })

@@ -111,8 +111,8 @@ impl Grants {
         &self,
         det: Option<&crate::replay::Determinism>,
         stdin: wasmtime_wasi::p2::pipe::MemoryInputPipe,
-        stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
-        stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+        stdout: impl wasmtime_wasi::cli::StdoutStream + 'static,
+        stderr: impl wasmtime_wasi::cli::StdoutStream + 'static,
     ) -> Result<WasiP1Ctx, ExecError> {
         let mut b = self.wasi_builder(det)?;
         b.stdin(stdin).stdout(stdout).stderr(stderr);

@@ -154,6 +154,22 @@ pub fn execute_of(instance: &Instance, store: &mut Store<HostState>) -> Result<E
     })
 }
 
+/// What a guest may hand the host in one call: wasmtime's default, or, past it, what a result
+/// of `max_output_bytes` (UTF-16) takes in UTF-8, so that any result the limit allows is read.
+fn result_fuel(max_output_bytes: u64) -> usize {
+    const DEFAULT: usize = 128 << 20;
+    let result = max_output_bytes.saturating_mul(3) / 2 + 64;
+    DEFAULT.max(usize::try_from(result).unwrap_or(usize::MAX))
+}
+
+/// Whether the call failed reading its result: out of hostcall fuel with no guest code on the
+/// stack (an import's arguments run out of it inside the guest, with its frames; wasmtime's
+/// error type for it is private, so its text tells it).
+fn result_out_of_fuel(e: &wasmtime::Error) -> bool {
+    let in_guest = e.downcast_ref::<wasmtime::WasmBacktrace>().is_some_and(|b| !b.frames().is_empty());
+    !in_guest && e.chain().any(|c| c.to_string().contains("fuel allocated for hostcalls"))
+}
+
 /// Runs `execute(input)`.
 pub async fn call(
     store: &mut Store<HostState>,
@@ -162,7 +178,18 @@ pub async fn call(
     max_output_bytes: u64,
     classify: impl Fn(wasmtime::Error) -> ExecError,
 ) -> Result<String, ExecError> {
-    let called = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(&classify);
+    // wasmtime copies what a guest hands the host (its result too) on "hostcall fuel", 128 MiB by
+    // default: a result the limit allows must not run out of it (review AS3: a 144 MiB result
+    // under a 1 GiB `maxOutputBytes` was a `TRAP`), and one that runs out of it is over the limit.
+    let fuel = result_fuel(max_output_bytes);
+    store.set_hostcall_fuel(fuel);
+    let called = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(|e| {
+        if result_out_of_fuel(&e) {
+            // More bytes than `fuel`, in UTF-8 at most three halves of its UTF-16.
+            return ExecError::OutputTooLarge { size: (fuel as u64).saturating_mul(2) / 3 + 1, limit: max_output_bytes };
+        }
+        classify(e)
+    });
     // A request the grant refused fails the call, whatever the guest made of its rejection.
     if let Some(e) = store.data().access.take_failure() {
         return Err(e);
@@ -224,6 +251,66 @@ mod tests {
         assert!(err.to_string().contains("host function xxx,"), "{err}");
         assert_eq!(*beats.0.lock().expect("beats"), vec!["xxx".to_string()]);
         assert_eq!(lines.0.lock().expect("lines").last().map(String::as_str), Some("xxx"));
+    }
+
+    /// A component whose `execute` returns a JSON string of `"x"`s, as many MiB as its input's
+    /// first digit times 16, less two.
+    fn big_result_component() -> Vec<u8> {
+        wat::parse_str(
+            r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at (global.get $bump))
+      (global.set $bump (i32.add (local.get $at) (i32.add (local.get $size) (i32.const 16))))
+      (local.get $at))
+    (func (export "execute") (param $p i32) (param $l i32) (result i32)
+      (local $n i32) (local $at i32)
+      (local.set $n (i32.mul (i32.sub (i32.load8_u (i32.add (local.get $p) (i32.const 1))) (i32.const 48)) (i32.const 16777216)))
+      (if (i32.eq (memory.grow (i32.add (i32.div_u (local.get $n) (i32.const 65536)) (i32.const 2))) (i32.const -1)) (then unreachable))
+      (local.set $at (i32.const 65536))
+      (memory.fill (local.get $at) (i32.const 120) (local.get $n))
+      (i32.store8 (local.get $at) (i32.const 34))
+      (i32.store8 (i32.add (local.get $at) (i32.sub (local.get $n) (i32.const 1))) (i32.const 34))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (local.get $at)) (i32.store (i32.const 72) (local.get $n))
+      (i32.const 64)))
+  (core instance $i (instantiate $m))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $i "execute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))"#,
+        )
+        .expect("parses")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_result_the_output_limit_allows_is_read_whatever_its_size_and_one_past_it_is_output_too_large() {
+        // Review AS3: past wasmtime's 128 MiB of hostcall fuel, a result was a TRAP under any
+        // `maxOutputBytes`.
+        let source = Arc::new(MemorySource::new());
+        source.put("big.wasm", big_result_component());
+        let def = Definition {
+            name: "big".into(),
+            version: "1".into(),
+            wasm_blob_path: "big.wasm".into(),
+            limits: crate::limits::LimitOverrides { max_memory_mb: Some(400.0), ..Default::default() },
+            ..Default::default()
+        };
+        let mut wide = ExecutorOptions::default();
+        wide.defaults.max_output_bytes = 1_073_741_776;
+        let ex = Arc::new(Executor::new(source.clone(), wide).expect("executor"));
+        let out = ex.execute(&def, "\"9\"".into(), CallOptions::default()).await.expect("144 MiB within the limit");
+        assert_eq!(out.output.len(), 9 << 24);
+        drop(out);
+        ex.close();
+        let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+        // 16 MiB (32 MiB of UTF-16: over the default 16 MiB) and 144 MiB (past the default fuel).
+        for n in ["1", "9"] {
+            let err = ex.execute(&def, format!("\"{n}\""), CallOptions::default()).await.expect_err("over 16 MiB");
+            assert_eq!(err.code(), "OUTPUT_TOO_LARGE", "{n}: {err}");
+        }
+        ex.close();
     }
 
     fn component(wat: &str) -> Component {

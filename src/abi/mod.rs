@@ -13,6 +13,7 @@ pub mod assemblyscript;
 pub mod component;
 pub mod extism;
 pub mod wasi_command;
+pub mod wasi_command_stdio;
 
 use wasmtime::{ExternType, Module, ValType};
 
