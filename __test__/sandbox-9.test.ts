@@ -124,3 +124,61 @@ describe("a WASI command's stdio", () => {
     await ex.close()
   })
 })
+
+describe("an actor's state across the errors its guest returns", () => {
+  it('a GUEST_ERROR the guest returned keeps a plain actor: an Extism error_set and a component err', async () => {
+    // Before: every error but a budget's reset the actor, so any bad input lost its state.
+    const blobs: Record<string, Buffer> = {
+      'plugin.wasm': readFileSync(join(root, 'build/c/plugin.wasm')),
+      'echo.wasm': readFileSync(join(root, 'build/js/echo.wasm')),
+    }
+    const ex = new WasmActivityExecutor({ download: async (p: string) => blobs[p] })
+    const count = def('plugin', { entrypoint: 'count' })
+    const a = { actorId: 'a' }
+    for (const n of [1, 2, 3]) expect(await ex.execute(count, { action: 'increment' }, a)).toMatchObject({ count: n })
+    const bogus = await failure(ex.execute(count, { action: 'bogus' }, a))
+    expect([bogus.code, bogus.actorReset]).toEqual(['GUEST_ERROR', undefined])
+    const after = await ex.executeDetailed(count, { action: 'get' }, a)
+    expect([after.output, after.actorCreated]).toEqual([{ count: 3, action: 'get' }, false])
+    const echo = def('echo', { limits: { maxExecutionMs: 20_000 } })
+    for (const n of [1, 2]) expect(await ex.execute(echo, { count: true }, a)).toMatchObject({ calls: n })
+    const err = await failure(ex.execute(echo, { fail: 'bad input' }, a))
+    expect([err.code, err.actorReset]).toEqual(['GUEST_ERROR', undefined])
+    const next = await ex.executeDetailed(echo, { count: true }, a)
+    expect([next.output.calls, next.actorCreated]).toEqual([4, false])
+    await ex.close()
+  }, 60_000)
+
+  it("a call asking for another ABI than the actor's is refused and leaves it as it was", async () => {
+    // A module that is both an Extism plugin (`count`, a var) and an AssemblyScript guest.
+    // Before: the call ran the kept instance's Extism entry, failed, and reset the actor.
+    const both = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (memory (export "memory") 1)
+      (global $n (mut i32) (i32.const 48))
+      (func (export "count") (result i32) (local $b i64)
+        (global.set $n (i32.add (global.get $n) (i32.const 1)))
+        (local.set $b (call $alloc (i64.const 1)))
+        (call $store (local.get $b) (global.get $n))
+        (call $out (local.get $b) (i64.const 1))
+        (i32.const 0))
+      (func (export "__new") (param i32 i32) (result i32) (i32.const 1024))
+      (func (export "execute") (param i32) (result i32) (i32.const 44))
+      (data (i32.const 40) "\\02\\00\\00\\00\\37\\00"))`)
+    const ex = new WasmActivityExecutor({ download: async () => both })
+    const extism = def('both', { abi: 'extism', entrypoint: 'count' })
+    const a = { actorId: 'a' }
+    expect(await ex.execute(extism, null, a)).toBe(1)
+    expect(await ex.execute(extism, null, a)).toBe(2)
+    const e = await failure(ex.execute(def('both', { abi: 'assemblyscript' }), null, a))
+    expect([e.code, e.actorReset]).toEqual(['INVALID_ARGUMENT', undefined])
+    expect(e.message).toContain('extism ABI since its first call')
+    const kept = await ex.executeDetailed(extism, null, a)
+    expect([kept.output, kept.actorCreated]).toEqual([3, false])
+    // A fresh instance of the same bytes runs under the ABI asked for.
+    expect(await ex.execute(def('both', { abi: 'assemblyscript' }), null)).toBe(7)
+    await ex.close()
+  })
+})

@@ -201,7 +201,19 @@ pub(crate) async fn run(
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
-            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
+            // Under the ABI it was made with: a call forcing another (`definition.abi`) ran on the
+            // kept instance's old entry, failed and reset the actor (review AT3).
+            let abi = match module.abi_for(p.ctx.abi) {
+                Ok(abi) if abi == i.abi() => Ok(()),
+                Ok(abi) => Err(ExecError::InvalidArgument(format!(
+                    "actor of {:?} runs with the {} ABI since its first call; a call with the {} ABI cannot run on it (dropActor to change)",
+                    p.key.name,
+                    i.abi().name(),
+                    abi.name(),
+                ))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = abi.and_then(|()| i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx)) {
                 held.guard.instance = Some(i);
                 return Err(e);
             }

@@ -398,8 +398,26 @@ impl GuestInstance {
     /// when the guest itself finished normally (its output was rejected) or never started (its
     /// input was refused). The same kinds raised by a host function while the guest waited on
     /// it stopped the guest midway: its state may be torn.
+    /// A `GUEST_ERROR` the guest returned (an Extism plugin's non-zero return or `error_set`, a
+    /// component's `err`) leaves it whole too: its state is what it made it (review AT3: such a
+    /// call reset the actor, a plain actor's state lost to any bad input). One from a WASI exit
+    /// stopped it midway.
     pub fn is_reusable_after(&self, err: &ExecError) -> bool {
-        !self.stopped_midway && matches!(err, ExecError::InvalidOutput { .. } | ExecError::OutputTooLarge { .. } | ExecError::InputTooLarge { .. })
+        !self.stopped_midway
+            && matches!(
+                err,
+                ExecError::InvalidOutput { .. } | ExecError::OutputTooLarge { .. } | ExecError::InputTooLarge { .. } | ExecError::GuestError { .. }
+            )
+    }
+
+    /// The ABI it runs under, fixed when it was made.
+    pub fn abi(&self) -> Abi {
+        match self.entry {
+            Entry::AssemblyScript(_) => Abi::AssemblyScript,
+            Entry::Extism => Abi::Extism,
+            Entry::WasiCommand => Abi::WasiCommand,
+            Entry::Component(_) => Abi::Component,
+        }
     }
 }
 

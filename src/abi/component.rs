@@ -184,11 +184,14 @@ pub async fn call(
     let fuel = result_fuel(max_output_bytes);
     store.set_hostcall_fuel(fuel);
     let called = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(|e| {
-        if result_out_of_fuel(&e) {
+        let out_of_fuel = result_out_of_fuel(&e);
+        // Classified either way: the instance, whose call failed inside wasmtime, is not kept.
+        let classified = classify(e);
+        match out_of_fuel {
             // More bytes than `fuel`, in UTF-8 at most three halves of its UTF-16.
-            return ExecError::OutputTooLarge { size: (fuel as u64).saturating_mul(2) / 3 + 1, limit: max_output_bytes };
+            true => ExecError::OutputTooLarge { size: (fuel as u64).saturating_mul(2) / 3 + 1, limit: max_output_bytes },
+            false => classified,
         }
-        classify(e)
     });
     // A request the grant refused fails the call, whatever the guest made of its rejection.
     if let Some(e) = store.data().access.take_failure() {
