@@ -14,6 +14,7 @@ use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Module;
 
 use crate::abi;
+use crate::compile_turns::{Owner, Turn, Turns};
 use crate::digest::{sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
@@ -142,13 +143,22 @@ pub(crate) enum Urgency {
 /// waited behind the tier-ups of the modules before).
 const BACKGROUND_SLOTS: u32 = 1;
 
-fn compile_slots(urgency: Urgency) -> &'static Arc<Semaphore> {
-    static NOW: OnceLock<Arc<Semaphore>> = OnceLock::new();
+/// The background compiles' slot.
+fn background_slots() -> &'static Arc<Semaphore> {
     static BACKGROUND: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    match urgency {
-        Urgency::Now => NOW.get_or_init(|| Arc::new(Semaphore::new(crate::threads::cpus()))),
-        Urgency::Background => BACKGROUND.get_or_init(|| Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize))),
-    }
+    BACKGROUND.get_or_init(|| Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize)))
+}
+
+/// The calls' compile slots, one per core, taken in turns by executor (`compile_turns`).
+fn call_turns() -> &'static Turns {
+    static NOW: OnceLock<Turns> = OnceLock::new();
+    NOW.get_or_init(|| Turns::new(crate::threads::cpus()))
+}
+
+/// A compile's slot: a call's (in turns) or the background one.
+enum Slot {
+    Call(#[allow(dead_code)] Turn),
+    Background(#[allow(dead_code)] OwnedSemaphorePermit),
 }
 
 /// The nice value of the background compiles' threads: below the calls' compiles and guest
@@ -220,19 +230,19 @@ fn give_back_memory() {
 
 /// A compile slot for a job: a call's, or, for a background job, the background one, unless a
 /// call comes to wait for the job before that is free.
-async fn slot(urgency: Urgency, hurried: &Hurried) -> Result<OwnedSemaphorePermit, AcquireError> {
+async fn slot(urgency: Urgency, owner: Owner, hurried: &Hurried) -> Result<Slot, AcquireError> {
     if urgency == Urgency::Now {
-        return compile_slots(Urgency::Now).clone().acquire_owned().await;
+        return Ok(Slot::Call(call_turns().take(owner).await));
     }
     loop {
         let hurry = hurried.notify.notified();
         tokio::pin!(hurry);
         hurry.as_mut().enable();
         if hurried.yes.load(Ordering::SeqCst) {
-            return compile_slots(Urgency::Now).clone().acquire_owned().await;
+            return Ok(Slot::Call(call_turns().take(owner).await));
         }
         tokio::select! {
-            permit = compile_slots(Urgency::Background).clone().acquire_owned() => return permit,
+            permit = background_slots().clone().acquire_owned() => return permit.map(Slot::Background),
             _ = &mut hurry => {}
         }
     }
@@ -240,16 +250,19 @@ async fn slot(urgency: Urgency, hurried: &Hurried) -> Result<OwnedSemaphorePermi
 
 /// Holds every call compile slot until dropped (tests: compiles a call waits for queue).
 #[cfg(test)]
-pub(crate) async fn hold_call_slots() -> OwnedSemaphorePermit {
-    let slots = compile_slots(Urgency::Now);
-    slots.clone().acquire_many_owned(crate::threads::cpus() as u32).await.expect("slots open")
+pub(crate) async fn hold_call_slots() -> Vec<Turn> {
+    let mut held = Vec::new();
+    for _ in 0..crate::threads::cpus() {
+        held.push(call_turns().take(0).await);
+    }
+    held
 }
 
 /// Holds every background compile slot until dropped (tests: background compiles wait). All
 /// the semaphore has, should it ever be the calls' one again.
 #[cfg(test)]
 pub(crate) async fn hold_background_slots() -> OwnedSemaphorePermit {
-    let slots = compile_slots(Urgency::Background);
+    let slots = background_slots();
     let n = (slots.available_permits() as u32).max(BACKGROUND_SLOTS);
     slots.clone().acquire_many_owned(n).await.expect("slots open")
 }
@@ -277,7 +290,7 @@ fn run_compile(
     digest: Digest,
     kind: EngineKind,
     limits: CompileLimits,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
     background: bool,
 ) -> impl std::future::Future<Output = Loaded> {
     let compiling = tokio::task::spawn_blocking(move || {
@@ -344,6 +357,7 @@ async fn unless_hurried(
     digest: Digest,
     kind: EngineKind,
     limits: CompileLimits,
+    owner: Owner,
     hurried: &Hurried,
 ) -> Loaded {
     tokio::pin!(running);
@@ -358,9 +372,8 @@ async fn unless_hurried(
     }
     let permit = tokio::select! {
         done = &mut running => return done,
-        permit = compile_slots(Urgency::Now).clone().acquire_owned() => permit,
+        turn = call_turns().take(owner) => turn,
     };
-    let Ok(permit) = permit else { return running.await };
     let now = run_compile(bytes, digest, kind, limits, None, false);
     tokio::pin!(now);
     let mut permit = Some(permit);
@@ -381,7 +394,17 @@ async fn unless_hurried(
     done
 }
 
-pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limits: CompileLimits, urgency: Urgency, wanted: Option<Wanted>) -> watch::Receiver<Option<Loaded>> {
+/// `owner`: the executor whose slot turn the compile takes (`compile_turns`); one that joins
+/// another's compile waits for that one's turn.
+pub(crate) fn compile_job(
+    bytes: Vec<u8>,
+    digest: Digest,
+    kind: EngineKind,
+    limits: CompileLimits,
+    urgency: Urgency,
+    owner: Owner,
+    wanted: Option<Wanted>,
+) -> watch::Receiver<Option<Loaded>> {
     let key = (digest, kind, limits);
     // Refused before: refused again, without a compile.
     if let Some(e) = refused_compiles::refused().get(&key) {
@@ -408,7 +431,7 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
         return rx;
     };
     rt.spawn(async move {
-        let result = match slot(urgency, &hurried).await {
+        let result = match slot(urgency, owner, &hurried).await {
             Ok(_) if dropped_unwanted(key, urgency, &tx, &hurried) => {
                 // Out of the map already: a caller from now on starts a compile of its own.
                 let _ = tx.send(Some(Err(ExecError::Cancelled)));
@@ -418,7 +441,7 @@ pub(crate) fn compile_job(bytes: Vec<u8>, digest: Digest, kind: EngineKind, limi
                 let bytes = Arc::new(bytes);
                 if urgency == Urgency::Background && !hurried.yes.load(Ordering::SeqCst) {
                     let running = run_compile(bytes.clone(), digest, kind, limits, Some(permit), true);
-                    unless_hurried(running, bytes, digest, kind, limits, &hurried).await
+                    unless_hurried(running, bytes, digest, kind, limits, owner, &hurried).await
                 } else {
                     run_compile(bytes, digest, kind, limits, Some(permit), false).await
                 }
@@ -489,7 +512,7 @@ mod tests {
         let hurried = Hurried::default();
         hurried.yes.store(true, Ordering::SeqCst);
         let digest = sha256(&bytes);
-        unless_hurried(running, Arc::new(bytes), digest, EngineKind::Plain, Default::default(), &hurried).await
+        unless_hurried(running, Arc::new(bytes), digest, EngineKind::Plain, Default::default(), 0, &hurried).await
     }
 
     #[test]

@@ -157,6 +157,9 @@ pub struct HostState {
     pub paths: Option<crate::wasi_open::PathLock>,
     /// Which fiber stack the Store's guest code runs on (recorded for actors only).
     pub stack: crate::fiber_stacks::StackProbe,
+    /// A component's "hostcall fuel" for its result (see `component::on_call_hook`); its
+    /// imports' arguments keep wasmtime's default.
+    pub result_fuel: Option<usize>,
     /// The host is calling into the guest (its `__new`, for a host function's result): a host
     /// function called from there is refused (each nested call would take another fiber stack).
     pub in_guest_for_host: bool,
@@ -177,6 +180,7 @@ impl HostState {
             component: None,
             paths: None,
             stack: Default::default(),
+            result_fuel: None,
             in_guest_for_host: false,
             progress_state: ProgressState::default(),
         }

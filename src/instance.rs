@@ -98,6 +98,23 @@ pub struct GuestInstance {
     _unpooled: Option<crate::unpooled_slots::UnpooledSlot>,
 }
 
+/// The Store's hook on entering and leaving guest code: the stack it runs on (`watch_stack`),
+/// and a component's hostcall fuel: its result's (`HostState::result_fuel`) as its guest code
+/// returns to the host, wasmtime's default as it calls an import (review AT1: raised for the
+/// whole call, an import's `list<list<u8>>` of entries all naming one 1 MiB block had the host
+/// copy 900 MB before it ran).
+fn on_call_hook(mut store: wasmtime::StoreContextMut<'_, HostState>, hook: wasmtime::CallHook) -> wasmtime::Result<()> {
+    store.data_mut().stack.on_hook(hook);
+    if let Some(fuel) = store.data().result_fuel {
+        match hook {
+            wasmtime::CallHook::CallingHost => store.set_hostcall_fuel(component::IMPORT_FUEL),
+            wasmtime::CallHook::ReturningFromWasm => store.set_hostcall_fuel(fuel),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Turns what wasmtime reports into our error: our own errors raised in host code or limits
 /// come back as they were; traps get their kind; a full pool is `BUSY`.
 pub fn classify(err: wasmtime::Error, limits: &Limits) -> ExecError {
@@ -202,6 +219,7 @@ impl GuestInstance {
                 store.data_mut().component = Some(Box::new(crate::wasi_http::ComponentWasi::new(grants.wasi_p2_context(ctx.det.as_ref())?)));
                 store.data_mut().paths = grants.path_lock();
                 let instance = pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limits, module))?;
+                store.call_hook(on_call_hook);
                 (None, Entry::Component(component::execute_of(&instance, &mut store)?))
             }
         };
@@ -375,10 +393,7 @@ impl GuestInstance {
     pub fn watch_stack(&mut self) {
         let pooled = self.store.engine().pooling_allocator_metrics().is_some();
         self.store.data_mut().stack = crate::fiber_stacks::StackProbe::new(pooled);
-        self.store.call_hook(|mut store, hook| {
-            store.data_mut().stack.on_hook(hook);
-            Ok(())
-        });
+        self.store.call_hook(on_call_hook);
     }
 
     /// Whether the instance has recorded which stack it runs on (`watch_stack`, then a call).

@@ -25,6 +25,7 @@ pub mod body_walk;
 pub mod capabilities;
 pub mod code_estimate;
 pub mod compile;
+pub mod compile_turns;
 pub mod compiled_module;
 pub mod component_types;
 pub mod digest;

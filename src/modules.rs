@@ -130,6 +130,8 @@ pub struct ModuleCache {
     /// Whether the instance pool is built (else a `Plain` artifact loads unpooled first; tests
     /// replace this to take that path in a process whose pool exists).
     pub(crate) pool_ready: fn() -> bool,
+    /// Whose turn its compiles take (`compile_turns`).
+    pub(crate) compile_owner: crate::compile_turns::Owner,
 }
 
 impl ModuleCache {
@@ -143,6 +145,7 @@ impl ModuleCache {
             limits,
             tier_up,
             pool_ready: || crate::engine::built(EngineKind::Plain),
+            compile_owner: crate::compile_turns::new_owner(),
         }
     }
 
@@ -492,7 +495,7 @@ impl ModuleCache {
         kind: EngineKind,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Now, None);
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Now, self.compile_owner, None);
         let wait = rx.wait_for(|r| r.is_some());
         let compiled = match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(r)) => r.clone().unwrap_or_else(|| Err(ExecError::internal("compile finished without a result")))?,

@@ -70,7 +70,7 @@ impl ModuleCache {
                     })
             }
         };
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, Some(Arc::new(waits)));
+        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, self.compile_owner, Some(Arc::new(waits)));
         let artifacts = self.artifacts.clone();
         rt.spawn(async move {
             let done = match rx.wait_for(|r| r.is_some()).await {

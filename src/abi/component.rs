@@ -157,10 +157,12 @@ pub fn execute_of(instance: &Instance, store: &mut Store<HostState>) -> Result<E
 /// What a guest may hand the host in one call: wasmtime's default, or, past it, what a result
 /// of `max_output_bytes` (UTF-16) takes in UTF-8, so that any result the limit allows is read.
 fn result_fuel(max_output_bytes: u64) -> usize {
-    const DEFAULT: usize = 128 << 20;
     let result = max_output_bytes.saturating_mul(3) / 2 + 64;
-    DEFAULT.max(usize::try_from(result).unwrap_or(usize::MAX))
+    IMPORT_FUEL.max(usize::try_from(result).unwrap_or(usize::MAX))
 }
+
+/// What a guest may hand the host in one import call: wasmtime's default.
+pub const IMPORT_FUEL: usize = 128 << 20;
 
 /// Whether the call failed reading its result: out of hostcall fuel with no guest code on the
 /// stack (an import's arguments run out of it inside the guest, with its frames; wasmtime's
@@ -181,8 +183,11 @@ pub async fn call(
     // wasmtime copies what a guest hands the host (its result too) on "hostcall fuel", 128 MiB by
     // default: a result the limit allows must not run out of it (review AS3: a 144 MiB result
     // under a 1 GiB `maxOutputBytes` was a `TRAP`), and one that runs out of it is over the limit.
+    // The result's fuel is set as the guest returns, an import's as it is called
+    // (`instance::on_call_hook`).
     let fuel = result_fuel(max_output_bytes);
-    store.set_hostcall_fuel(fuel);
+    store.data_mut().result_fuel = Some(fuel);
+    store.set_hostcall_fuel(IMPORT_FUEL);
     let called = execute.call_async(&mut *store, (input.to_string(),)).await.map_err(|e| {
         let out_of_fuel = result_out_of_fuel(&e);
         // Classified either way: the instance, whose call failed inside wasmtime, is not kept.
@@ -313,6 +318,46 @@ mod tests {
             let err = ex.execute(&def, format!("\"{n}\""), CallOptions::default()).await.expect_err("over 16 MiB");
             assert_eq!(err.code(), "OUTPUT_TOO_LARGE", "{n}: {err}");
         }
+        ex.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_imports_arguments_keep_the_default_fuel_whatever_the_results() {
+        // Review AT1: with the result's fuel raised for the whole call (1.5 GiB under a 1 GiB
+        // `maxOutputBytes`), an import's arguments could have the host copy that much too.
+        let logs_144_mib = wat::parse_str(
+            r#"(component
+  (import "loom:activity/host" (instance $h (export "log" (func (param "level" string) (param "message" string)))))
+  (core module $libc
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024)))
+  (core instance $libc (instantiate $libc))
+  (core func $log (canon lower (func $h "log") (memory (core memory $libc "memory"))))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "log" (func $log (param i32 i32 i32 i32)))
+    (data (i32.const 64) "info")
+    (data (i32.const 80) "\00\00\00\00\60\00\00\00\01\00\00\00")
+    (data (i32.const 96) "1")
+    (func (export "execute") (param i32 i32) (result i32)
+      (if (i32.eq (memory.grow (i32.const 2320)) (i32.const -1)) (then unreachable))
+      (memory.fill (i32.const 65536) (i32.const 120) (i32.const 150994944))
+      (call $log (i32.const 64) (i32.const 4) (i32.const 65536) (i32.const 150994944))
+      (i32.const 80)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc)) (with "host" (instance (export "log" (func $log))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc")))))"#,
+        )
+        .expect("parses");
+        let source = Arc::new(MemorySource::new());
+        source.put("log.wasm", logs_144_mib);
+        let def = Definition { name: "log".into(), version: "1".into(), wasm_blob_path: "log.wasm".into(), ..Default::default() };
+        let mut wide = ExecutorOptions::default();
+        wide.defaults.max_output_bytes = 1_073_741_776;
+        let ex = Arc::new(Executor::new(source, wide).expect("executor"));
+        let err = ex.execute(&def, "1".into(), CallOptions::default()).await.expect_err("144 MiB into an import");
+        assert_eq!(err.code(), "TRAP", "{err}");
+        assert!(err.to_string().contains("hostcall"), "{err}");
         ex.close();
     }
 
