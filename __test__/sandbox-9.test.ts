@@ -164,6 +164,7 @@ describe("an actor's state across the errors its guest returns", () => {
         (call $store (local.get $b) (global.get $n))
         (call $out (local.get $b) (i64.const 1))
         (i32.const 0))
+      (func (export "boom") (result i32) (global.set $n (i32.const 90)) unreachable)
       (func (export "__new") (param i32 i32) (result i32) (i32.const 1024))
       (func (export "execute") (param i32) (result i32) (i32.const 44))
       (data (i32.const 40) "\\02\\00\\00\\00\\37\\00"))`)
@@ -180,5 +181,54 @@ describe("an actor's state across the errors its guest returns", () => {
     // A fresh instance of the same bytes runs under the ABI asked for.
     expect(await ex.execute(def('both', { abi: 'assemblyscript' }), null)).toBe(7)
     await ex.close()
+    // Review AU1: restored from its last good state after a failed transactional call, it ran
+    // under the ABI the next call asked for.
+    const tx = new WasmActivityExecutor({ download: async () => both }, { transactional: true })
+    expect(await tx.execute(extism, null, a)).toBe(1)
+    expect((await failure(tx.execute(def('both', { abi: 'extism', entrypoint: 'boom' }), null, a))).code).toBe('TRAP')
+    const refused = await failure(tx.execute(def('both', { abi: 'assemblyscript' }), null, a))
+    expect([refused.code, refused.actorReset]).toEqual(['INVALID_ARGUMENT', undefined])
+    expect(await tx.execute(extism, null, a)).toBe(2)
+    await tx.close()
+  })
+
+  it("a plugin's proc_exit(0) midway through an actor's call fails it, and the actor goes back to a state it can trust", async () => {
+    // Review AU1: the exit was a success and the instance was kept, its state torn (here the
+    // second global, left at 1); a durable actor's stored.
+    const exits = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (import "extism:host/env" "input_length" (func $len (result i64)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (global $n (mut i32) (i32.const 0))
+      (global $inside (mut i32) (i32.const 0))
+      (func (export "step") (result i32) (local $b i64)
+        (global.set $n (i32.add (global.get $n) (i32.const 1)))
+        (local.set $b (call $alloc (i64.const 2)))
+        (call $store (local.get $b) (i32.add (i32.const 48) (global.get $n)))
+        (call $store (i64.add (local.get $b) (i64.const 1)) (i32.add (i32.const 48) (global.get $inside)))
+        (call $out (local.get $b) (i64.const 2))
+        (global.set $inside (i32.const 1))
+        (if (i64.gt_u (call $len) (i64.const 1)) (then (call $exit (i32.const 0))))
+        (global.set $inside (i32.const 0))
+        (i32.const 0)))`)
+    const ex = new WasmActivityExecutor({ download: async () => exits }, { env: { X: '1' } })
+    const step = def('exits', { entrypoint: 'step', capabilities: { env: ['X'] } })
+    // Stateless, as Extism's runtime takes it: a success.
+    expect(await ex.execute(step, 11)).toBe(10)
+    const a = { actorId: 'a' }
+    expect(await ex.execute(step, 1, a)).toBe(10)
+    const e = await failure(ex.execute(step, 11, a))
+    expect([e.code, e.exitCode, e.actorReset]).toEqual(['GUEST_ERROR', 0, true])
+    const next = await ex.executeDetailed(step, 1, a)
+    expect([next.output, next.actorCreated]).toEqual([10, true])
+    await ex.close()
+    const tx = new WasmActivityExecutor({ download: async () => exits }, { env: { X: '1' }, transactional: true })
+    expect(await tx.execute(step, 1, a)).toBe(10)
+    expect((await failure(tx.execute(step, 11, a))).code).toBe('GUEST_ERROR')
+    expect(await tx.execute(step, 1, a)).toBe(20)
+    await tx.close()
   })
 })

@@ -53,6 +53,8 @@ pub struct ActorState {
     pub pristine: bool,
     /// What its executor's actor memory (`maxActorMemoryMB`) counts for it now.
     charged: u64,
+    /// The ABI its state is of: that of the instance last made for it.
+    pub abi: Option<crate::abi::Abi>,
 }
 
 impl ActorState {
@@ -74,6 +76,20 @@ impl ActorState {
     /// The module its state is of, if it holds any (its live instance, else its shadow).
     pub fn state_digest(&self) -> Option<crate::digest::Digest> {
         self.instance.as_ref().map(|i| i.digest).or_else(|| self.shadow.as_ref().map(|(d, _)| *d))
+    }
+
+    /// `INVALID_ARGUMENT` if it holds state made under another ABI than `abi` (its state is
+    /// kept): a call forcing another ran the kept instance's old entry and reset the actor, or,
+    /// restored from its last good state, ran it under the other ABI (review AT3, AU1).
+    pub fn check_abi(&self, abi: crate::abi::Abi, name: &str) -> Result<(), crate::error::ExecError> {
+        match self.abi.filter(|a| *a != abi && (self.instance.is_some() || self.shadow.is_some())) {
+            Some(made) => Err(crate::error::ExecError::InvalidArgument(format!(
+                "actor of {name:?} runs with the {} ABI since its first call; a call with the {} ABI cannot run on it (dropActor to change)",
+                made.name(),
+                abi.name(),
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// `SNAPSHOT_MISMATCH` if it holds state of another module than `digest` (its state is kept).

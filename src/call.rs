@@ -192,6 +192,9 @@ pub(crate) async fn run(
     // a snapshot of another module is; never a silent fresh start (which a durable actor would
     // then store over its state).
     held.guard.check_module(&module.digest)?;
+    // And to the ABI it was made under (`definition.abi` may force another on bytes that fit
+    // both): a call asking for another is refused, its state kept.
+    held.guard.check_abi(module.abi_for(p.ctx.abi)?, &p.key.name)?;
     // Moved to optimized code before this call: the instance it left, as it was, goes back if
     // the call runs out of its time or fuel, or is cancelled (the move took part of them: a
     // start function costing most of the budget turned a call that fit into a reset, review
@@ -201,19 +204,7 @@ pub(crate) async fn run(
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
-            // Under the ABI it was made with: a call forcing another (`definition.abi`) ran on the
-            // kept instance's old entry, failed and reset the actor (review AT3).
-            let abi = match module.abi_for(p.ctx.abi) {
-                Ok(abi) if abi == i.abi() => Ok(()),
-                Ok(abi) => Err(ExecError::InvalidArgument(format!(
-                    "actor of {:?} runs with the {} ABI since its first call; a call with the {} ABI cannot run on it (dropActor to change)",
-                    p.key.name,
-                    i.abi().name(),
-                    abi.name(),
-                ))),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = abi.and_then(|()| i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx)) {
+            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
                 held.guard.instance = Some(i);
                 return Err(e);
             }
@@ -267,11 +258,22 @@ pub(crate) async fn run(
             }
         }
     };
+    held.guard.abi = Some(instance.abi());
     if keep_shadow && held.guard.shadow.is_none() {
         held.guard.shadow = Some((module.digest, instance.capture()?));
         held.guard.pristine = created;
     }
     let mut result = instance.call(input, &p.limits, started, &p.ctx).await;
+    // A plugin that ended with WASI's `proc_exit(0)` returned as a success, but its code stopped
+    // midway (its stack pointer, its runtime's state): an actor's state may be torn, so the
+    // call fails as one that exited with another code does (review AU1: the torn state was kept,
+    // a durable actor's stored).
+    if result.is_ok() && instance.stopped_midway() {
+        result = Err(ExecError::GuestError {
+            message: "the plugin ended with proc_exit(0) midway through an actor's call: its state may be torn".into(),
+            exit_code: Some(0),
+        });
+    }
     let budget_error = |e: &ExecError| matches!(e, ExecError::Timeout { .. } | ExecError::OutOfFuel { .. } | ExecError::Cancelled);
     let mut move_back = |held: &mut Held, e: ExecError| match moved_from.take() {
         Some(mut old) if budget_error(&e) => {

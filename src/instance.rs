@@ -416,13 +416,18 @@ impl GuestInstance {
     /// A `GUEST_ERROR` the guest returned (an Extism plugin's non-zero return or `error_set`, a
     /// component's `err`) leaves it whole too: its state is what it made it (review AT3: such a
     /// call reset the actor, a plain actor's state lost to any bad input). One from a WASI exit
-    /// stopped it midway.
+    /// stopped it midway (whatever its code: see `call::run`).
     pub fn is_reusable_after(&self, err: &ExecError) -> bool {
         !self.stopped_midway
             && matches!(
                 err,
                 ExecError::InvalidOutput { .. } | ExecError::OutputTooLarge { .. } | ExecError::InputTooLarge { .. } | ExecError::GuestError { .. }
             )
+    }
+
+    /// Whether its last call's guest code stopped midway (a trap, a WASI exit).
+    pub fn stopped_midway(&self) -> bool {
+        self.stopped_midway
     }
 
     /// The ABI it runs under, fixed when it was made.

@@ -256,10 +256,17 @@ pub async fn call(
     }
     // A plugin built for WASI may end with `proc_exit(n)`: its return code n, as Extism's own
     // runtime takes it (0 a success), not a trap.
-    let rc = f.call_async(&mut *store, ()).await.or_else(|e| match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        Some(exit) => Ok(exit.0),
-        None => Err(e),
-    });
+    // Classified all the same: its code stopped midway, and an actor's instance is not kept.
+    let rc = match f.call_async(&mut *store, ()).await {
+        Ok(rc) => Ok(rc),
+        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|exit| exit.0) {
+            Some(code) => {
+                let _ = classify(e);
+                Ok(code)
+            }
+            None => Err(e),
+        },
+    };
     let out = match rc {
         Ok(rc) => outcome(&store.data().extism, rc, max_output_bytes, &classify),
         Err(e) => Err(classify(e)),
