@@ -192,6 +192,57 @@ describe("an actor's state across the errors its guest returns", () => {
     await tx.close()
   })
 
+  it('an actor stays under its ABI across a tier-up, a restore and a reload from its store', async () => {
+    // A module both an Extism plugin (`bump`) and an AssemblyScript guest (`execute`), each
+    // adding one to a global and returning it. Review AV1: a tier-up moved an actor made with
+    // `abi: 'assemblyscript'` to a plugin's instance (its next call MISSING_EXPORT, its state
+    // lost); a restore left the actor's ABI as it was; a durable actor reloaded from its store ran
+    // under the ABI the call asked for.
+    const both = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $store (param i64 i32)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (memory (export "memory") 1)
+      (global $g (mut i32) (i32.const 0))
+      (func (export "bump") (result i32) (local $b i64)
+        (global.set $g (i32.add (global.get $g) (i32.const 1)))
+        (local.set $b (call $alloc (i64.const 1)))
+        (call $store (local.get $b) (i32.add (i32.const 48) (global.get $g)))
+        (call $out (local.get $b) (i64.const 1))
+        (i32.const 0))
+      (func (export "__new") (param i32 i32) (result i32) (i32.const 1024))
+      (func (export "execute") (param i32) (result i32)
+        (global.set $g (i32.add (global.get $g) (i32.const 1)))
+        (i32.store8 (i32.const 44) (i32.add (i32.const 48) (global.get $g)))
+        (i32.const 44))
+      (data (i32.const 40) "\\02\\00\\00\\00\\30\\00"))`)
+    const as = def('both', { abi: 'assemblyscript' })
+    const extism = def('both', { abi: 'extism', entrypoint: 'bump' })
+    const ex = new WasmActivityExecutor({ download: async () => both }, { tierUp: true })
+    expect(await ex.execute(as, null, { actorId: 'a' })).toBe(1)
+    expect(await ex.execute(as, null, { actorId: 'a' })).toBe(2)
+    for (let waited = 0; ex.cacheStats().tierUps === 0 && waited < 20_000; waited += 50) await new Promise((r) => setTimeout(r, 50))
+    expect(ex.cacheStats().tierUps).toBeGreaterThan(0)
+    const moved = await ex.executeDetailed(as, null, { actorId: 'a' })
+    expect([moved.output, moved.actorCreated]).toEqual([3, false])
+    // A snapshot restores under its own ABI only, and the actor is then of that ABI.
+    const snapshot = await ex.snapshotActor(as, 'a')
+    expect((await failure(ex.restoreActor(extism, 'e', snapshot))).code).toBe('SNAPSHOT_INVALID')
+    expect(await ex.execute(extism, null, { actorId: 'c' })).toBe(1)
+    await ex.restoreActor(as, 'c', snapshot)
+    expect(await ex.execute(as, null, { actorId: 'c' })).toBe(4)
+    expect((await failure(ex.execute(extism, null, { actorId: 'c' }))).code).toBe('INVALID_ARGUMENT')
+    await ex.close()
+    // Evicted, then reloaded from its store under the other ABI: refused, its state kept.
+    const durable = new WasmActivityExecutor({ download: async () => both }, { actorStore: 'memory://abi-test', maxActors: 1 })
+    expect(await durable.execute(as, null, { actorId: 'x' })).toBe(1)
+    expect(await durable.execute(as, null, { actorId: 'y' })).toBe(1)
+    expect((await failure(durable.execute(extism, null, { actorId: 'x' }))).code).toBe('SNAPSHOT_INVALID')
+    const reloaded = await durable.executeDetailed(as, null, { actorId: 'x' })
+    expect([reloaded.output, reloaded.actorCreated]).toEqual([2, false])
+    await durable.close()
+  }, 60_000)
+
   it("a plugin's proc_exit(0) midway through an actor's call fails it, and the actor goes back to a state it can trust", async () => {
     // Review AU1: the exit was a success and the instance was kept, its state torn (here the
     // second global, left at 1); a durable actor's stored.

@@ -204,7 +204,12 @@ pub(crate) async fn run(
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
-            if let Err(e) = i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx) {
+            // `check_abi` held the actor to its ABI; its instance runs under it too.
+            let abi = match module.abi_for(p.ctx.abi).is_ok_and(|a| a == i.abi()) {
+                true => Ok(()),
+                false => Err(ExecError::internal("an actor's instance runs under another ABI than the actor's")),
+            };
+            if let Err(e) = abi.and_then(|()| i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx)) {
                 held.guard.instance = Some(i);
                 return Err(e);
             }
@@ -379,7 +384,10 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     if cancel.is_cancelled() {
         return Ok(());
     }
-    let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), ..Default::default() };
+    // Under the ABI the actor was made with, not the one detected (review AV1: an actor made with
+    // `abi: 'assemblyscript'` on bytes that are a plugin too moved to a plugin's instance).
+    let abi = held.guard.instance.as_ref().map(|i| i.abi());
+    let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), abi, ..Default::default() };
     // The old instance stays in the actor's place until the new one is complete. (Boxed: the
     // move is rare, and its state would otherwise enlarge every call's future.)
     let moved = Box::pin(async {

@@ -609,6 +609,9 @@ impl Executor {
             };
             held.guard.persisted = Some(version);
         }
+        // The actor's state is the snapshot's now, under the ABI it was restored with (review AV1:
+        // kept from before, a call under that ABI was refused and one under the old ran on it).
+        held.guard.abi = Some(fresh.abi());
         held.guard.instance = Some(fresh);
         held.guard.shadow = (p.transactional || p.durable.is_some()).then_some((module.digest, state));
         held.guard.pristine = false;

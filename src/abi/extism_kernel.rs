@@ -217,8 +217,11 @@ impl Kernel {
     pub fn decode_vars(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, ExecError> {
         let bad = || ExecError::SnapshotInvalid("the Extism vars of the snapshot are malformed".into());
         let mut vars = BTreeMap::new();
+        // A plugin's state always has its vars' count: none at all is state of another ABI (an
+        // AssemblyScript actor's durable snapshot, reloaded under `abi: 'extism'`, ran as a plugin:
+        // review AV1).
         if bytes.is_empty() {
-            return Ok(vars);
+            return Err(ExecError::SnapshotInvalid("the snapshot has no Extism vars: it is of another ABI".into()));
         }
         let mut at = 0usize;
         let mut take = |n: usize| -> Result<&[u8], ExecError> {

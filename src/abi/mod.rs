@@ -167,6 +167,9 @@ mod tests {
             assert!(extism::Kernel::decode_vars(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(extism::Kernel::decode_vars(&[255, 255, 255, 255]).is_err());
+        // A plugin's state always has its count: none at all is another ABI's.
+        assert_eq!(extism::Kernel::decode_vars(&[]).map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
+        assert_eq!(extism::Kernel::decode_vars(&extism::Kernel::default().encode_vars()).map(|v| v.len()), Ok(0));
         // Trailing bytes, and more than var_set allows.
         assert!(extism::Kernel::decode_vars(&[bytes.as_slice(), &[0]].concat()).is_err());
         let mut big = extism::Kernel::default();
