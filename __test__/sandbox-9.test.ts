@@ -182,7 +182,7 @@ describe("an actor's state across the errors its guest returns", () => {
     expect(await ex.execute(extism, null, a)).toBe(2)
     const e = await failure(ex.execute(def('both', { abi: 'assemblyscript' }), null, a))
     expect([e.code, e.actorReset]).toEqual(['INVALID_ARGUMENT', undefined])
-    expect(e.message).toContain('extism ABI since its first call')
+    expect(e.message).toContain('holds state of the extism ABI')
     const kept = await ex.executeDetailed(extism, null, a)
     expect([kept.output, kept.actorCreated]).toEqual([3, false])
     // A fresh instance of the same bytes runs under the ABI asked for.
@@ -222,7 +222,26 @@ describe("an actor's state across the errors its guest returns", () => {
     await ex.restoreActor(as, 'c', snapshot)
     expect(await ex.execute(as, null, { actorId: 'c' })).toBe(4)
     expect((await failure(ex.execute(extism, null, { actorId: 'c' }))).code).toBe('INVALID_ARGUMENT')
+    // Review AW1: nor is its state a snapshot under another ABI.
+    expect((await failure(ex.snapshotActor(extism, 'c'))).code).toBe('INVALID_ARGUMENT')
     await ex.close()
+    // Review AW1: restored under `abi: 'wasi-command'`, an actor no call could run on.
+    const command = await wat(`(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start"))
+      (func (export "__new") (param i32 i32) (result i32) (i32.const 1024))
+      (func (export "execute") (param i32) (result i32) (i32.const 44))
+      (data (i32.const 40) "\\02\\00\\00\\00\\35\\00"))`)
+    const grant = { capabilities: { env: ['X'] } }
+    const three = new WasmActivityExecutor({ download: async () => command }, { env: { X: '1' } })
+    const asCommand = def('three', { abi: 'assemblyscript', ...grant })
+    expect(await three.execute(asCommand, null, { actorId: 'w' })).toBe(5)
+    const taken = await three.snapshotActor(asCommand, 'w')
+    const refusedRestore = await failure(three.restoreActor(def('three', { abi: 'wasi-command', ...grant }), 'w', taken))
+    expect([refusedRestore.code, refusedRestore.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('no actors to restore')])
+    expect(await three.execute(asCommand, null, { actorId: 'w' })).toBe(5)
+    await three.close()
     // Evicted, then reloaded from its store under the other ABI: refused, its state kept.
     const durable = new WasmActivityExecutor({ download: async () => both }, { actorStore: 'memory://abi-test', maxActors: 1 })
     expect(await durable.execute(as, null, { actorId: 'x' })).toBe(1)

@@ -84,7 +84,7 @@ impl ActorState {
     pub fn check_abi(&self, abi: crate::abi::Abi, name: &str) -> Result<(), crate::error::ExecError> {
         match self.abi.filter(|a| *a != abi && (self.instance.is_some() || self.shadow.is_some())) {
             Some(made) => Err(crate::error::ExecError::InvalidArgument(format!(
-                "actor of {name:?} runs with the {} ABI since its first call; a call with the {} ABI cannot run on it (dropActor to change)",
+                "actor of {name:?} holds state of the {} ABI (made or restored under it); the {} ABI cannot run on it (dropActor to change)",
                 made.name(),
                 abi.name(),
             ))),

@@ -510,8 +510,11 @@ impl Executor {
     async fn snapshot_in_line(self: &Arc<Self>, def: &Definition, actor_id: &str, lined: Lined) -> Result<Vec<u8>, ExecError> {
         let (_in_flight, cancel, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
-        // State of other bytes than the definition's now is no snapshot of this module.
+        // State of other bytes than the definition's now is no snapshot of this module, nor
+        // state of another ABI than the definition's a snapshot under it (review AW1: it could
+        // not be restored under the definition it was taken with).
         held.guard.check_module(&module.digest)?;
+        held.guard.check_abi(module.abi_for(p.ctx.abi)?, &p.key.name)?;
         if let Some(instance) = held.guard.instance.as_mut() {
             if instance.digest == module.digest {
                 let state = instance.capture()?;
@@ -562,6 +565,13 @@ impl Executor {
     async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
         let (_in_flight, cancel, p, module, mut held) = self.hold(lined).await?;
         module.check_state_capturable()?;
+        // An actor of a WASI command could take no call (review AW1: the restore was taken, and
+        // every call then refused).
+        if module.abi_for(p.ctx.abi)? == crate::abi::Abi::WasiCommand {
+            return Err(ExecError::InvalidArgument(
+                "a WASI command module is a one-shot program with no state between runs: it has no actors to restore".into(),
+            ));
+        }
         let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?, p.limits.max_memory_bytes, module.state.globals.len())?;
         let budget = Budget::starting_now(&p.limits);
         let mut fresh = instantiate(&module, &p, budget, &cancel, None, true).await?;
