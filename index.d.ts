@@ -399,13 +399,16 @@ export declare class WasmActivityExecutor {
   /**
    * The actor's state as a snapshot (a Buffer): its memory (what differs from the module's
    * initial image, compressed), its globals and the ABI's host-side state, with the module's
-   * sha256. Waits for the actor's running and queued calls.
+   * sha256. Waits for the actor's running and queued calls. `INVALID_ARGUMENT` when the
+   * definition asks for another ABI than the one the actor's state is of.
    */
   snapshotActor(definition: ActivityDefinition, actorId: string): Promise<Buffer>
   /**
    * Makes `snapshot` the actor's state (in line after its calls), checked whole first:
-   * `SNAPSHOT_INVALID` (corrupt, truncated, another format) or `SNAPSHOT_MISMATCH` (another
-   * module) leave the actor as it was. With an actor store, the state is stored too.
+   * `SNAPSHOT_INVALID` (corrupt, truncated, another format, another ABI's state) or
+   * `SNAPSHOT_MISMATCH` (another module) leave the actor as it was. The actor is then of the
+   * definition's ABI; under `abi: 'wasi-command'` (no actors) it is `INVALID_ARGUMENT`. With an
+   * actor store, the state is stored too.
    */
   restoreActor(definition: ActivityDefinition, actorId: string, snapshot: Uint8Array): Promise<void>
   /** `await using executor = new WasmActivityExecutor(...)`: the same as `close()`. */

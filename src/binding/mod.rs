@@ -351,7 +351,8 @@ impl WasmActivityExecutor {
 
     /// The actor's state as a snapshot (a Buffer): its memory (what differs from the module's
     /// initial image, compressed), its globals and the ABI's host-side state, with the module's
-    /// sha256. Waits for the actor's running and queued calls.
+    /// sha256. Waits for the actor's running and queued calls. `INVALID_ARGUMENT` when the
+    /// definition asks for another ABI than the one the actor's state is of.
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string", ts_return_type = "Promise<Buffer>")]
     pub fn snapshot_actor<'env>(&self, env: &'env Env, definition: Unknown<'env>, actor_id: Unknown<'env>) -> napi::Result<PromiseRaw<'env, napi::bindgen_prelude::Buffer>> {
         let read = || -> Result<_, ExecError> { Ok((args::definition(definition)?, args::string(actor_id, "actorId")?)) };
@@ -361,8 +362,10 @@ impl WasmActivityExecutor {
     }
 
     /// Makes `snapshot` the actor's state (in line after its calls), checked whole first:
-    /// `SNAPSHOT_INVALID` (corrupt, truncated, another format) or `SNAPSHOT_MISMATCH` (another
-    /// module) leave the actor as it was. With an actor store, the state is stored too.
+    /// `SNAPSHOT_INVALID` (corrupt, truncated, another format, another ABI's state) or
+    /// `SNAPSHOT_MISMATCH` (another module) leave the actor as it was. The actor is then of the
+    /// definition's ABI; under `abi: 'wasi-command'` (no actors) it is `INVALID_ARGUMENT`. With an
+    /// actor store, the state is stored too.
     #[napi(ts_args_type = "definition: ActivityDefinition, actorId: string, snapshot: Uint8Array", ts_return_type = "Promise<void>")]
     pub fn restore_actor<'env>(&self, env: &'env Env, definition: Unknown<'env>, actor_id: Unknown<'env>, snapshot: Unknown<'env>) -> napi::Result<PromiseRaw<'env, ()>> {
         let read = || -> Result<_, ExecError> {
