@@ -194,7 +194,8 @@ pub(crate) async fn run(
     held.guard.check_module(&module.digest)?;
     // And to the ABI it was made under (`definition.abi` may force another on bytes that fit
     // both): a call asking for another is refused, its state kept.
-    held.guard.check_abi(module.abi_for(p.ctx.abi)?, &p.key.name)?;
+    let abi = module.abi_for(p.ctx.abi)?;
+    held.guard.check_abi(abi, &p.key.name)?;
     // Moved to optimized code before this call: the instance it left, as it was, goes back if
     // the call runs out of its time or fuel, or is cancelled (the move took part of them: a
     // start function costing most of the budget turned a call that fit into a reset, review
@@ -205,11 +206,11 @@ pub(crate) async fn run(
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
             // `check_abi` held the actor to its ABI; its instance runs under it too.
-            let abi = match module.abi_for(p.ctx.abi).is_ok_and(|a| a == i.abi()) {
+            let same = match i.abi() == abi {
                 true => Ok(()),
                 false => Err(ExecError::internal("an actor's instance runs under another ABI than the actor's")),
             };
-            if let Err(e) = abi.and_then(|()| i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx)) {
+            if let Err(e) = same.and_then(|()| i.rearm(&p.limits, budget, cancel, &p.grants, &p.ctx)) {
                 held.guard.instance = Some(i);
                 return Err(e);
             }
