@@ -120,6 +120,24 @@ describe('HTTP from AssemblyScript (loom.http: JSON request in, JSON response ou
     expect([last.headers.host, last.headers['x-ok']]).toEqual([`127.0.0.1:${port}`, '1'])
   })
 
+  it('the body\'s framing and the connection are the host\'s: a guest\'s Content-Length, Transfer-Encoding, Connection, Upgrade... are dropped (review AX3)', async () => {
+    const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
+    const smuggled = 'abcGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n'
+    const hop = { Connection: 'close', 'Keep-Alive': 'timeout=1', 'Proxy-Connection': 'close', TE: 'trailers', Trailer: 'x-t', Upgrade: 'websocket' }
+    const [short, long, chunked] = await requests(ex, [
+      // Before, the server read 3 bytes and the call succeeded; 40 had the request wait for its timeout.
+      { method: 'POST', url: `${base}/json`, headers: { 'Content-Length': '3', ...hop, 'x-n': 'short' }, body: smuggled },
+      { method: 'POST', url: `${base}/json`, headers: { 'content-length': '40', 'x-n': 'long' }, body: 'abc' },
+      { method: 'PUT', url: `${base}/json`, headers: { 'Transfer-Encoding': 'chunked', 'x-n': 'chunked' }, body: 'whole' },
+    ], { limits: { maxExecutionMs: 5000 } })
+    expect([short.json.body, long.json.body, chunked.json.body]).toEqual([smuggled, 'abc', 'whole'])
+    const got = (n: string) => seen.find((s) => s.headers['x-n'] === n)!.headers
+    expect(got('short')['content-length']).toBe(String(smuggled.length))
+    expect([got('long')['content-length'], got('chunked')['content-length'], got('chunked')['transfer-encoding']]).toEqual(['3', '5', undefined])
+    for (const name of ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade']) expect(got('short')[name]).toBeUndefined()
+    expect(seen.some((s) => s.url === '/smuggled')).toBe(false)
+  })
+
   it('a redirect to an allowed host is followed', async () => {
     const ex = await executorWith({ allowedHosts: [`127.0.0.1:${port}`] })
     const [r] = await requests(ex, [{ url: `${base}/redirect?to=${encodeURIComponent(`${base}/json`)}` }])

@@ -85,6 +85,19 @@ impl HttpRequest {
     }
 }
 
+/// Request headers the guest's are dropped for: the URL names the host, and the client frames the
+/// body and keeps the connection. A guest's `Content-Length: 3` on a 39-byte body had the server
+/// read 3 bytes and the call succeed, and `Content-Length: 40` on 3 bytes had the request wait
+/// until its timeout (review AX3); `Transfer-Encoding`, `Connection`, `Upgrade` and the rest are
+/// hop-by-hop: they speak for a connection the guest does not hold.
+pub const HOST_OWNED_HEADERS: [&str; 9] =
+    ["host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// Whether a guest's request header `name` is one the host sets (`HOST_OWNED_HEADERS`).
+pub fn is_host_owned(name: &str) -> bool {
+    HOST_OWNED_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// The most entries a request's `headers` object may have (a request carries at most 100 headers
 /// out, `maxHeaderBytes` of them; read into a map first, 6 million keys took 911 MB of host memory
 /// and 18 s past a 1 s deadline: review AK's follow-up).
@@ -333,8 +346,9 @@ impl Network {
         }
         let mut headers = reqwest::header::HeaderMap::new();
         // `Host` is the URL's: a guest-chosen one could reach other virtual hosts behind an allowed
-        // address (a shared ingress, a CDN).
-        for (k, v) in req.headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("host")) {
+        // address (a shared ingress, a CDN). The message's framing and the connection are the
+        // client's (`HOST_OWNED_HEADERS`).
+        for (k, v) in req.headers.iter().filter(|(k, _)| !is_host_owned(k)) {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| denied(&host, format!("{:?} is not a header name", preview(k))))?;
             let value = reqwest::header::HeaderValue::from_str(v)

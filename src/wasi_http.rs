@@ -264,7 +264,7 @@ impl WasiHttpHooks for HostAccess {
                 .headers
                 .iter()
                 .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .filter(|(k, _)| k != "host")
+                .filter(|(k, _)| !crate::http_client::is_host_owned(k))
                 .collect();
             let req = HttpRequest { method: parts.method.to_string(), url: parts.uri.to_string(), headers, body };
             // What the guest's budget has room for when it is this request's turn: a body past it
