@@ -179,6 +179,26 @@ describe('sizes and concurrency', () => {
     expect(out.code).toBe('OUTPUT_TOO_LARGE')
   })
 
+  it('maxInputBytes counts UTF-8 bytes on every path; a text longer than it is measured, not copied, and refused in its turn (review AX2)', async () => {
+    const ex = await executor({ maxInputBytes: 1000 })
+    // {"message":"éé..."}: 1,000 bytes of JSON as 507 characters: taken.
+    expect((await ex.execute(def('echo'), { message: 'é'.repeat(493) })).result).toBe('é'.repeat(493))
+    // 1,002 bytes as 508 characters (within the limit counted as characters), 4,014 as 2,014 and as 1,014.
+    for (const [message, size] of [['é'.repeat(494), 1002], ['é'.repeat(2000), 4014], ['😀'.repeat(1000), 4014]] as const) {
+      const calls = [
+        ex.execute(def('echo'), { message }),
+        ex.executeDetailed(def('echo'), { message }),
+        ex.actor(def('echo'), 'a').execute({ message }),
+      ]
+      for (const call of calls) expect(await failure(call)).toMatchObject({ code: 'INPUT_TOO_LARGE', size, limit: 1000 })
+    }
+    // The definition's errors still come first, and a closed executor's.
+    const bad = await failure(ex.execute({ ...def('echo'), name: 5 } as any, 'x'.repeat(5000)))
+    expect(bad.code).toBe('INVALID_ARGUMENT')
+    await ex.close()
+    expect((await failure(ex.execute(def('echo'), 'x'.repeat(5000)))).code).toBe('CLOSED')
+  })
+
   it('maxConcurrency queues calls beyond it; all complete', async () => {
     const ex = await executor({ maxConcurrency: 1 })
     const t0 = performance.now()

@@ -160,6 +160,12 @@ impl Executor {
         })
     }
 
+    /// The largest input a call takes, in UTF-8 bytes (`maxInputBytes`): a caller holding a longer
+    /// text may leave it uncopied (`CallOptions::input_bytes`).
+    pub fn max_input_bytes(&self) -> u64 {
+        self.opts.defaults.max_input_bytes
+    }
+
     fn prepare(&self, def: &Definition, input: &str, call: &CallOptions) -> Result<Prepared, ExecError> {
         let cancel = &call.cancel;
         if self.closed.load(Ordering::Acquire) {
@@ -170,8 +176,9 @@ impl Executor {
             crate::options::check_length("actorId", id)?;
         }
         let limits = self.opts.defaults.with_overrides(&def.limits)?;
-        if input.len() as u64 > limits.max_input_bytes {
-            return Err(ExecError::InputTooLarge { size: input.len() as u64, limit: limits.max_input_bytes });
+        let size = call.input_bytes.unwrap_or(input.len() as u64);
+        if size > limits.max_input_bytes {
+            return Err(ExecError::InputTooLarge { size, limit: limits.max_input_bytes });
         }
         if cancel.is_cancelled() {
             return Err(ExecError::Cancelled);

@@ -192,6 +192,10 @@ pub struct CallOptions {
     pub seed: Option<f64>,
     /// Where the call's heartbeats (`loom.progress`) go.
     pub progress: Option<Arc<dyn crate::host::ProgressSink>>,
+    /// The input's size in UTF-8 bytes when the caller did not copy it, being over
+    /// `maxInputBytes` (`Executor::max_input_bytes`): the input text is then empty, and the call
+    /// is refused with `INPUT_TOO_LARGE` in its turn.
+    pub input_bytes: Option<u64>,
 }
 
 /// `maxActorMemoryMB` unless set: half the machine's physical memory.

@@ -46,7 +46,7 @@ impl WasmActor {
     /// the call finished on the spot, else the call's promise. Taken off the prototype by
     /// `fast_paths.js` (only its `execute` calls it).
     #[napi(js_name = "__executeJson", skip_typescript)]
-    pub fn execute_json<'env>(&self, env: &'env Env, json: String, options: Option<Unknown<'env>>) -> napi::Result<Unknown<'env>> {
+    pub fn execute_json<'env>(&self, env: &'env Env, json: Unknown<'env>, options: Option<Unknown<'env>>) -> napi::Result<Unknown<'env>> {
         start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Json(json), Options::Value(options), Settle::TextNow)
     }
 

@@ -20,11 +20,12 @@ struct SendHook(Option<abort::AbortHook>);
 // resolver, which runs on the JS thread.
 unsafe impl Send for SendHook {}
 
-/// A call's input: a JS value (stringified here), or its JSON text (from `fast_paths.js`, which
-/// called `JSON.stringify` in JS).
+/// A call's input: a JS value (stringified here), or its JSON text, a JS string (from
+/// `fast_paths.js`, which called `JSON.stringify` in JS), copied only if it may be within
+/// `maxInputBytes`.
 pub(crate) enum Input<'env> {
     Value(Unknown<'env>),
-    Json(String),
+    Json(Unknown<'env>),
 }
 
 /// A call's options: the object, read here, or its fields as `fast_paths.js` read them
@@ -168,10 +169,17 @@ pub(crate) fn start_call<'env>(
                 hook = abort::attach(env, &signal, &call.cancel)?;
             }
         }
-        let json = match input {
-            Input::Value(v) => stringify_input(env, v)?,
-            Input::Json(text) => text,
+        let max = inner.max_input_bytes();
+        let text = match input {
+            Input::Value(v) => stringify_input(env, v, max)?,
+            Input::Json(text) => js::input_text(env.raw(), text.raw(), max)
+                .map_err(|()| ExecError::InvalidInput("the input's JSON text could not be read".into()))?,
         };
+        // Over `maxInputBytes`: refused by the core in its turn (after the definition's checks).
+        let json = text.unwrap_or_else(|size| {
+            call.input_bytes = Some(size);
+            String::new()
+        });
         Ok((def, json))
     };
     let prepared = prepare();

@@ -69,8 +69,7 @@ impl WasmActivityExecutor {
             args::KeyCheck::Found(unknown.as_deref()),
         );
         let input = match input.get_type() {
-            // SAFETY: a string (checked), in this call's scope.
-            Ok(ValueType::String) => Input::Json(unsafe { String::from_napi_value(env.raw(), input.raw()) }?),
+            Ok(ValueType::String) => Input::Json(input),
             _ => Input::Value(input),
         };
         let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal], threw, unknown);

@@ -173,7 +173,8 @@ fn actor_store(env: &Env, options: Option<&Object>) -> Result<Option<Arc<dyn cra
 
 /// `JSON.stringify(input)`; a throw (BigInt, a cycle, a throwing `toJSON` or getter) is
 /// `INVALID_INPUT`, with the exception cleared.
-pub(crate) fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecError> {
+/// `JSON.stringify(input)`'s text, or its size when over `max` (see `js::input_text`).
+pub(crate) fn stringify_input(env: &Env, input: Unknown, max: u64) -> Result<Result<String, u64>, ExecError> {
     let raw = env.raw();
     let f = js::json_fns(raw)?;
     let text = js::call(raw, f.json, f.stringify, &[input.raw()])
@@ -182,10 +183,10 @@ pub(crate) fn stringify_input(env: &Env, input: Unknown) -> Result<String, ExecE
     unsafe { napi::sys::napi_typeof(raw, text, &mut t) };
     if t != napi::sys::ValueType::napi_string {
         // `undefined`, a function or a symbol: JSON has no such value; send null as Loom would.
-        return Ok("null".to_string());
+        return Ok(Ok("null".to_string()));
     }
     // JSON.stringify escapes lone surrogates, so its text is always well-formed.
-    js::read_string(raw, text).map_err(|_| ExecError::InvalidInput("input stringified to malformed text".into()))
+    js::input_text(raw, text, max).map_err(|()| ExecError::InvalidInput("input stringified to malformed text".into()))
 }
 
 /// `JSON.parse(text)` for a detail: `None` if it does not parse (the exception cleared).
