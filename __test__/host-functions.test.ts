@@ -127,6 +127,26 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     expect([late.code, n]).toEqual(['HOST_FUNCTION_ERROR', 3000])
   })
 
+  it('guests calling a sync host function in a loop leave the event loop its turns: calls are handed over a turn\'s budget at a time (review AX1)', async () => {
+    let calls = 0
+    const busy = (ms: number) => {
+      const end = performance.now() + ms
+      while (performance.now() < end);
+    }
+    const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': () => (busy(1), ++calls) }, maxConcurrency: 2 })
+    const d = def('lookup', grant('crm.lookup'))
+    const running = [0, 1].map(() => ex.execute(d, { times: 600, arg: 1 }))
+    // How many host calls ran between two turns of the loop. Before, each wake-up ran every call
+    // queued meanwhile, up to 1,000: two guests looping held the loop 1.1-1.3 s at a time.
+    const seen: number[] = []
+    const timer = setInterval(() => seen.push(calls), 5)
+    const results = await Promise.all(running)
+    clearInterval(timer)
+    expect(results.map((r: any) => r.calls)).toEqual([600, 600])
+    const between = seen.map((n, i) => n - (seen[i - 1] ?? 0))
+    expect(Math.max(...between)).toBeLessThan(300)
+  })
+
   it('only granted imports link: CAPABILITY_DENIED names an import the definition or the executor does not grant', async () => {
     const ex = await executorWith({ lookup: lookup() }, { hostFunctions: { 'crm.lookup': () => 1, 'crm.other': () => 2 } })
     const called: string[] = []

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::turns::{Nudges, FROM_GUESTS};
 use crate::host::{LogSink, ProgressSink};
 
 /// Lines queued for `onLog` at most, and their bytes: past either, lines are dropped (and
@@ -32,34 +33,11 @@ const TIME_PER_TURN: Duration = Duration::from_millis(2);
 /// while a tenant's guests logged long lines).
 const BYTES_PER_TURN: usize = 64 * 1024;
 
-/// What wakes the JS thread to deliver lines: the payload says which of the two woke it.
-type Nudge = ThreadsafeFunction<u32, (), u32, Status, false, true>;
-const FROM_GUESTS: u32 = 0;
-const FROM_LAST_TURN: u32 = 1;
-
 /// `onLog`, until its executor is closed (`release`). Guest threads queue lines and nudge the
 /// JS thread when nothing was waiting; there, lines are delivered a turn's budget at a time.
 pub struct JsLogSink {
     queue: Arc<LogQueue>,
     nudges: Arc<Mutex<Option<Nudges>>>,
-}
-
-/// Two thread-safe functions over one delivering function: a turn that runs out of its budget
-/// wakes the other one. (Node runs a thread-safe function's calls queued during its own
-/// callback in the same turn; libuv wakes each handle once per turn.)
-struct Nudges {
-    from_guests: Nudge,
-    from_last_turn: Nudge,
-}
-
-impl Nudges {
-    fn send(&self, which: u32) -> bool {
-        let f = match which {
-            FROM_GUESTS => &self.from_guests,
-            _ => &self.from_last_turn,
-        };
-        f.call_with_return_value(which, ThreadsafeFunctionCallMode::NonBlocking, |_, _| Ok(())) == Status::Ok
-    }
 }
 
 /// The lines waiting for the JS thread, what was dropped since the last line queued, and whether
@@ -169,15 +147,14 @@ impl JsLogSink {
             deliver.turn(ctx.env, ctx.get::<u32>(0).unwrap_or(FROM_GUESTS));
             Ok(())
         })?;
-        let nudge = || f.build_threadsafe_function::<u32>().callee_handled::<false>().weak::<true>().build();
-        *nudges.lock().unwrap_or_else(|p| p.into_inner()) = Some(Nudges { from_guests: nudge()?, from_last_turn: nudge()? });
+        *nudges.lock().unwrap_or_else(|p| p.into_inner()) = Some(Nudges::new(&f)?);
         Ok(JsLogSink { queue, nudges })
     }
 
     fn line(&self, level: &str, message: &str, host: bool) {
         let nudges = self.nudges.lock().unwrap_or_else(|p| p.into_inner());
         let Some(nudges) = nudges.as_ref() else { return };
-        if self.queue.push(level, message, host) && !nudges.send(FROM_GUESTS) {
+        if self.queue.push(level, message, host) && !nudges.wake() {
             self.queue.not_woken();
         }
     }
@@ -215,13 +192,9 @@ impl Delivery {
                 if !self.queue.waiting() {
                     return;
                 }
-                let other = match woken_by {
-                    FROM_GUESTS => FROM_LAST_TURN,
-                    _ => FROM_GUESTS,
-                };
                 let nudges = self.nudges.upgrade();
                 let nudges = nudges.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
-                if nudges.as_ref().and_then(|n| n.as_ref()).is_some_and(|n| n.send(other)) {
+                if nudges.as_ref().and_then(|n| n.as_ref()).is_some_and(|n| n.next_turn(woken_by)) {
                     return;
                 }
                 budget = false;

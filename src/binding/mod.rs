@@ -14,6 +14,7 @@ mod inspect;
 mod js;
 mod js_error;
 mod js_log;
+mod turns;
 mod js_store;
 mod js_host;
 mod loop_watch;
