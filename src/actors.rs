@@ -113,7 +113,8 @@ pub struct ActorSlot {
     state: Arc<tokio::sync::Mutex<ActorState>>,
     /// Its executor's count of the memory its actors hold (`maxActorMemoryMB`).
     memory: Arc<AtomicU64>,
-    /// Set by `dropActor` while a call holds the slot: its instance goes when the call ends.
+    /// Set by `dropActor` on a busy actor: its instance goes when the call holding the slot
+    /// ends, or, set after that call let the slot go, as the next call takes it (`Held::reset_before`).
     reset: AtomicBool,
     /// When a call last finished on it (ms since the process's epoch), for LRU eviction.
     last_used: AtomicU64,
@@ -150,19 +151,26 @@ pub struct Held {
     /// The executor's actors, to evict down to `maxActors` when this call ends (only when more
     /// were held than that, which a burst of calls on new actors leaves).
     shared: Weak<Shared>,
+    /// A `dropActor` came after the last holder let the slot go and before this call took it:
+    /// the call starts fresh. One that comes while this call holds the slot applies when it ends
+    /// (`Drop`): taken at the start of the call, it had the call start fresh and keep its state,
+    /// the drop undone (review AY2: 38 rounds of 500 saw a call made before the drop survive it).
+    reset_before: bool,
 }
 
 impl Held {
-    /// Whether `dropActor` asked for this actor to start over; clears the request.
-    pub fn take_reset(&self) -> bool {
-        self.slot.reset.swap(false, Ordering::AcqRel)
+    /// Whether a `dropActor` made before this call took its place asked the actor to start over;
+    /// clears the request.
+    pub fn take_reset(&mut self) -> bool {
+        std::mem::take(&mut self.reset_before)
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.slot.last_used.store(now_ms(), Ordering::Relaxed);
-        if self.slot.reset.swap(false, Ordering::AcqRel) {
+        // A drop before this call (not taken: the call failed before it ran), or during it.
+        if std::mem::take(&mut self.reset_before) | self.slot.reset.swap(false, Ordering::AcqRel) {
             // `persisted` stays: the stored version that `dropActor`'s delete, next in line,
             // removes alone (a call next in line loads the actor again, which sets it).
             self.guard.instance = None;
@@ -387,7 +395,8 @@ impl Actors {
             let mut in_line = in_line;
             let guard = state.lock_owned().await;
             in_line.armed = false;
-            Held { guard: std::mem::ManuallyDrop::new(guard), slot: in_line.slot.clone(), shared: in_line.shared.clone() }
+            let reset_before = in_line.slot.reset.swap(false, Ordering::AcqRel);
+            Held { guard: std::mem::ManuallyDrop::new(guard), slot: in_line.slot.clone(), shared: in_line.shared.clone(), reset_before }
         })
     }
 
@@ -413,7 +422,11 @@ impl Actors {
     pub fn remove(&self, key: &ActorKey) -> (bool, Option<crate::actor_store::Version>) {
         let mut lru = self.shared.lru();
         let Some(slot) = lru.peek(key).cloned() else { return (false, None) };
+        // Set before the look: a holder that lets the slot go in between leaves it to the next
+        // call to take (as it takes the slot), never to the end of that call.
+        slot.reset.store(true, Ordering::Release);
         let idle = slot.state.try_lock().map(|mut st| {
+            slot.reset.store(false, Ordering::Release);
             st.shadow = None;
             let had = st.instance.take().is_some();
             slot.uncharge(&mut st);
@@ -424,10 +437,7 @@ impl Actors {
                 self.shared.pop(&mut lru, key);
                 removed
             }
-            Err(_) => {
-                slot.reset.store(true, Ordering::Release);
-                (true, None)
-            }
+            Err(_) => (true, None),
         }
     }
 

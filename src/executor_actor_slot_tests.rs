@@ -81,3 +81,35 @@ async fn overlapping_and_transactional_first_calls_that_fail_evict_no_live_actor
         assert_eq!(out.output, "2", "real-{i} kept its state");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drop_made_while_a_call_holds_the_actors_place_applies_after_that_call() {
+    // Review AY2: the call holding the actor's place, still waiting for a concurrency slot when
+    // `dropActor` came, took the drop as its own start: it ran fresh, its state was kept, and a
+    // call made after the drop saw it.
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    source.put("spin.wasm", g::spin());
+    let options = ExecutorOptions { max_concurrency: NonZeroUsize::new(1).expect("1"), ..Default::default() };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    assert_eq!(ex.execute(&def("counter"), "1".into(), actor("a")).await.expect("counts").output, "1");
+    let mut spin = def("spin");
+    spin.limits.max_execution_ms = Some(500.0);
+    let busy = tokio::spawn({
+        let ex = ex.clone();
+        async move { ex.execute(&spin, "1".into(), CallOptions::default()).await.map(|_| ()).map_err(|e| e.code()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Holds the actor's place, and waits for the one concurrency slot.
+    let before = tokio::spawn({
+        let ex = ex.clone();
+        async move { ex.execute(&def("counter"), "1".into(), actor("a")).await.map(|o| o.output) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!before.is_finished(), "waits behind the spinning call");
+    assert!(ex.drop_actor(&def("counter"), "a"));
+    let after = ex.execute(&def("counter"), "1".into(), actor("a")).await.expect("counts").output;
+    assert_eq!(busy.await.expect("ran"), Err("TIMEOUT"));
+    assert_eq!(before.await.expect("ran").expect("counts"), "2", "the call made before the drop sees the state");
+    assert_eq!(after, "1", "the call made after the drop starts fresh");
+}
