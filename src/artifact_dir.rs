@@ -95,7 +95,14 @@ pub(crate) fn dir_key(dir: &Path) -> Result<Vec<u8>, ExecError> {
                     Err(e) => return Err(bad(e.to_string())),
                 }
             };
-            f.write_all(&key).map_err(|e| bad(e.to_string()))?;
+            // Written and on disk before it is linked: a crash after the link left an empty key
+            // file, which every later constructor refuses. A write that fails (a full disk) takes
+            // its file with it: none was left per constructor, which pruning never removes.
+            if let Err(e) = f.write_all(&key).and_then(|()| f.sync_all()) {
+                drop(f);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(bad(e.to_string()));
+            }
             drop(f);
             // Two processes racing: the first link wins and both read what it wrote. Any other
             // failure (a filesystem without hard links) is reported: read again, it would fail

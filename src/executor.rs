@@ -247,7 +247,7 @@ impl Executor {
         let cancel = CancelFlag::new();
         let inflight = self.enter_flight(&cancel)?;
         let held = cancel.guard(ticket).await?;
-        let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
+        let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), &self.source)).await??;
         Ok((inflight, cancel, p, module, held))
     }
 
@@ -329,7 +329,7 @@ impl Executor {
             None => None,
         };
         let module =
-            cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref())).await??;
+            cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), &self.source)).await??;
         let abi = module.abi_for(p.ctx.abi)?;
         authorize(&module.wasi_imports, &p.capabilities, abi)?;
         if abi == crate::abi::Abi::Component && (p.transactional || p.durable.is_some()) {
@@ -456,6 +456,10 @@ mod stack_tests;
 #[cfg(test)]
 #[path = "executor_tier_up_tests.rs"]
 mod tier_up_tests;
+
+#[cfg(test)]
+#[path = "executor_baseline_artifact_tests.rs"]
+mod baseline_artifact_tests;
 
 #[cfg(test)]
 #[path = "executor_collect_tests.rs"]

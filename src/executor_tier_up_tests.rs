@@ -11,7 +11,7 @@ use crate::engine::EngineKind;
 use crate::store::MemorySource;
 use crate::test_guests as g;
 
-fn def(name: &str) -> Definition {
+pub(super) fn def(name: &str) -> Definition {
     Definition { name: name.into(), version: "1.0.0".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() }
 }
 
@@ -27,7 +27,7 @@ async fn call(ex: &Arc<Executor>, d: &Definition, id: &str, transactional: bool)
     ex.execute(d, "{}".into(), opts).await.expect("actor call")
 }
 
-async fn until_tiered_up(ex: &Arc<Executor>) {
+pub(super) async fn until_tiered_up(ex: &Arc<Executor>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while ex.stats().cache.tier_ups == 0 {
         assert!(Instant::now() < deadline, "no tier-up in 30 s");
@@ -305,7 +305,7 @@ async fn a_call_that_waits_for_a_running_tier_up_gets_a_compile_at_its_own_prior
 }
 
 /// The artifacts (one per compiled tier) in `dir`.
-fn artifacts_in(dir: &std::path::Path) -> usize {
+pub(super) fn artifacts_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))).count())
 }
 
@@ -412,38 +412,6 @@ async fn a_clear_of_another_activity_does_not_stop_a_tier_up() {
     ex.clear_cache(Some("another-activity"));
     until_tiered_up(&ex).await;
     assert_eq!(ex.stats().cache.modules, 1);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn precompile_from_a_baseline_artifact_waits_for_the_optimized_code_and_stores_it() {
-    // Review: with only a module's baseline artifact in `cacheDir` (its process ended before the
-    // tier-up landed), `precompile` took the baseline code and stopped there, writing no optimized
-    // artifact.
-    let dir = std::env::temp_dir().join(format!("loom-baseline-only-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let bytes = g::unique(g::counter(), b"baseline-only");
-    let digest = crate::digest::sha256(&bytes);
-    let source = Arc::new(MemorySource::new());
-    source.put("base.wasm", bytes);
-    let opts = || ExecutorOptions { artifacts: ArtifactCache { dir: Some(dir.clone()), ..Default::default() }, ..Default::default() };
-    {
-        let held = crate::compile::hold_background_slots().await;
-        let first = Arc::new(Executor::new(source.clone(), opts()).expect("executor"));
-        assert_eq!(first.execute(&def("base"), "{}".into(), CallOptions::default()).await.expect("counts").output, "1");
-        first.close();
-        drop(held);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while crate::compile::compiles().lock().expect("lock").contains_key(&(digest, EngineKind::Plain, crate::shape::CompileLimits::default())) {
-        assert!(Instant::now() < deadline, "the background compile never ended");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(artifacts_in(&dir), 1, "only the baseline code's artifact");
-    let second = Arc::new(Executor::new(source.clone(), opts()).expect("executor"));
-    second.precompile(&def("base")).await.expect("precompiles");
-    assert_eq!(artifacts_in(&dir), 2, "no optimized artifact was stored");
-    assert_eq!(second.stats().cache.artifact_hits, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A counter whose start function runs 300,000 rounds of a loop (fuel the call pays).

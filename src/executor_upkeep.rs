@@ -105,7 +105,7 @@ impl Executor {
         let _inflight = self.enter_flight(&cancel)?;
         // Ahead of traffic: the optimized code, stored in the artifact tiers (a module whose
         // baseline code runs already waits for its optimized code).
-        let load = self.modules.get_or_load_tiered(&p.key, p.kind, p.pinned.as_ref(), self.source.as_ref(), false);
+        let load = self.modules.get_or_load_tiered(&p.key, p.kind, p.pinned.as_ref(), &self.source, false);
         let module = cancel.guard(load).await??;
         let module = cancel.guard(self.modules.optimized(module, p.kind)).await?;
         // With a `cacheDir`, it is left within its bound, this module's artifact kept: a process

@@ -191,7 +191,7 @@ impl ModuleCache {
         key: &DefKey,
         kind: EngineKind,
         pinned: Option<&Digest>,
-        source: &dyn BlobSource,
+        source: &Arc<dyn BlobSource>,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         self.get_or_load_tiered(key, kind, pinned, source, self.tier_up).await
     }
@@ -202,7 +202,7 @@ impl ModuleCache {
         key: &DefKey,
         kind: EngineKind,
         pinned: Option<&Digest>,
-        source: &dyn BlobSource,
+        source: &Arc<dyn BlobSource>,
         tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         let module = match self.peek(key, kind, pinned) {
@@ -230,7 +230,7 @@ impl ModuleCache {
         key: &DefKey,
         kind: EngineKind,
         pinned: Option<&Digest>,
-        source: &dyn BlobSource,
+        source: &Arc<dyn BlobSource>,
         tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         let flight = (key.clone(), kind, pinned.copied());
@@ -271,7 +271,7 @@ impl ModuleCache {
         key: &DefKey,
         kind: EngineKind,
         pinned: Option<&Digest>,
-        source: &dyn BlobSource,
+        source: &Arc<dyn BlobSource>,
         tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         let generation = {
@@ -283,10 +283,15 @@ impl ModuleCache {
         let mut lookups = self.artifacts.lookup_time();
         // Pinned and compiled already: no download. The pin names the code, and an artifact under
         // that digest (authenticated by the artifact key) is that code compiled, so what runs
-        // is what the pin allows, whatever the blob store holds now. Only an artifact for this
-        // very engine: a baseline one would need the bytes to tier up.
+        // is what the pin allows, whatever the blob store holds now. With tier-up, a baseline
+        // artifact too (the process that compiled the module ended before its optimized code
+        // was stored, as short-lived workers and test files do): the bytes its tier-up needs
+        // are fetched in the background (review AY1: the call downloaded first, and failed with
+        // a store that was down). `precompile` (no tier-up) wants the optimized code, compiled.
+        let baseline = kind.with_baseline(true);
+        let probed: &[EngineKind] = if tier_up && baseline != kind { &[kind, baseline] } else { &[kind] };
         if let Some(&digest) = pinned {
-            if let Some((compiled, checked)) = self.load_artifact(digest, &[kind], &mut lookups).await {
+            if let Some((compiled, checked)) = self.load_artifact(digest, probed, &mut lookups).await {
                 let mut st = self.state();
                 st.stats.artifact_hits += 1;
                 // By digest only: the blob store was not asked what the name holds, so unpinned
@@ -297,6 +302,9 @@ impl ModuleCache {
                     drop(st);
                     if compiled.kind == EngineKind::PlainUnpooled {
                         self.pool_later(digest, &compiled, checked);
+                    }
+                    if compiled.kind.baseline() && compiled.kind != kind {
+                        self.tier_up_fetching(source.clone(), key.path.clone(), digest, kind, generation, &compiled);
                     }
                 }
                 return Ok(compiled);
@@ -367,13 +375,14 @@ impl ModuleCache {
         }
         let (compiled, from_artifact, checked) = match cached {
             Some(m) => (m, None, None),
-            // The pinned probe above already looked for this engine's artifact (an artifactStore
-            // lookup is a network round trip): only its baseline twin is left to try.
+            // The pinned probe above already looked for the artifacts in `probed` (an
+            // artifactStore lookup is a network round trip): only the others are left to try.
             None => match match guessed {
                 Some(found) => {
                     self.state().stats.hinted += 1;
                     Some(found)
                 }
+                None if pinned.is_some() && probed.len() == 2 => None,
                 None => self.from_artifact(digest, kind, pinned.is_some(), &mut lookups).await,
             } {
                 Some((m, checked)) => {

@@ -59,6 +59,10 @@ impl crate::store::BlobSource for Never {
     }
 }
 
+fn never() -> std::sync::Arc<dyn crate::store::BlobSource> {
+    std::sync::Arc::new(Never)
+}
+
 fn key(name: String) -> DefKey {
     DefKey { name, version: "1".into(), path: "p.wasm".into() }
 }
@@ -69,9 +73,10 @@ fn key(name: String) -> DefKey {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_load_dropped_midway_leaves_no_flight_behind() {
     let cache = cache(1 << 30);
+    let source = never();
     for i in 0..50 {
         let k = key(format!("never-{i}"));
-        let load = cache.get_or_load(&k, EngineKind::Plain, None, &Never);
+        let load = cache.get_or_load(&k, EngineKind::Plain, None, &source);
         assert!(tokio::time::timeout(std::time::Duration::from_millis(2), load).await.is_err(), "never answers");
     }
     assert_eq!(cache.loading.lock().unwrap_or_else(|p| p.into_inner()).len(), 0);
@@ -80,12 +85,12 @@ async fn a_load_dropped_midway_leaves_no_flight_behind() {
     // started a download and a compile of its own); the last to leave takes it out.
     let k = key("shared".into());
     let flights = || cache.loading.lock().unwrap_or_else(|p| p.into_inner()).len();
-    let (mut first, mut second) = (Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &Never)), Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &Never)));
+    let (mut first, mut second) = (Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &source)), Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &source)));
     assert!(futures_poll(&mut first).is_none() && futures_poll(&mut second).is_none());
     assert_eq!(flights(), 1);
     drop(first);
     assert_eq!(flights(), 1, "the other caller still waits on it");
-    let mut third = Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &Never));
+    let mut third = Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &source));
     assert!(futures_poll(&mut third).is_none());
     assert_eq!(flights(), 1, "joined, not a second flight");
     drop(second);

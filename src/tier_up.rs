@@ -1,13 +1,17 @@
 //! Tier-up: a module compiled for the first time runs on baseline code (Winch) while optimized
 //! code (Cranelift) compiles in the background and then takes its cache slot.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
+use crate::artifacts::ArtifactCache;
+use crate::cache_state::State;
 use crate::compile::{compile_job, compiles, Urgency};
-use crate::digest::Digest;
+use crate::digest::{sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
 use crate::modules::{CompiledModule, ModuleCache};
+use crate::shape::CompileLimits;
+use crate::store::BlobSource;
 
 impl ModuleCache {
     /// Tier-up: a core module the optimizing compiler would take a while over is compiled by the
@@ -51,45 +55,45 @@ impl ModuleCache {
     /// kind) may have moved it to other code, and the optimized copy of the old must not take it
     /// back.
     pub(crate) fn tier_up_later(&self, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
+        self.tier_up_parts().start(bytes, digest, kind, generation, placeholder);
+    }
+
+    /// `tier_up_later` for a pinned module loaded from its baseline artifact with no download
+    /// (the optimized one was not stored yet: the process that compiled it ended first): its
+    /// bytes are fetched from `path` in the background and, if they are the pinned module, tier
+    /// up. A store that is down, or holds other bytes under the name now, leaves it on baseline
+    /// code. Before, the call downloaded first and failed with the store (review AY1).
+    pub(crate) fn tier_up_fetching(
+        &self,
+        source: Arc<dyn BlobSource>,
+        path: String,
+        digest: Digest,
+        kind: EngineKind,
+        generation: u64,
+        placeholder: &Arc<CompiledModule>,
+    ) {
         let Some(rt) = crate::runtime::handle() else { return };
-        let slot = (digest, kind);
-        // Held weakly: a dropped executor's tier-ups are not kept for it.
-        let state = Arc::downgrade(&self.state);
+        let parts = self.tier_up_parts();
         let placeholder = Arc::downgrade(placeholder);
-        // Still of use: the cache not cleared since and the baseline code still held somewhere (in
-        // its slot, or by the load that is about to put it there: the job may get its slot before
-        // that); not once it was evicted and dropped, the cache cleared or the executor dropped.
-        let waits = {
-            let (state, placeholder) = (state.clone(), placeholder.clone());
-            move || {
-                placeholder.strong_count() > 0
-                    && state.upgrade().is_some_and(|s| {
-                        let st = s.lock().unwrap_or_else(|p| p.into_inner());
-                        // A clear since that left the module in its slot (another activity's).
-                        st.generation == generation || st.holds(&slot, &placeholder)
-                    })
-            }
-        };
-        let mut rx = compile_job(bytes, digest, kind, self.limits.compile, Urgency::Background, self.compile_owner, Some(Arc::new(waits)));
-        let artifacts = self.artifacts.clone();
+        let (timeout, max) = (self.limits.load_timeout, self.limits.compile.max_module_bytes);
         rt.spawn(async move {
-            let done = match rx.wait_for(|r| r.is_some()).await {
-                Ok(r) => r.clone(),
-                Err(_) => return,
-            };
-            let Some(Ok(optimized)) = done else { return };
-            // To the tiers that lack it: executors that joined one tier-up each get its code, and
-            // each wrote it (review AQ2 H4: the store's copy again, about one run in three).
-            if let Ok(engine) = engine(optimized.kind) {
-                artifacts.save_missing_later(digest, engine, optimized.clone());
+            let Ok(Ok(bytes)) = tokio::time::timeout(timeout, source.fetch(&path, max)).await else { return };
+            if bytes.len() as u64 > max || sha256(&bytes) != digest {
+                return;
             }
-            let Some(state) = state.upgrade() else { return };
-            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            // A clear that dropped the module took it from its slot: `swap` refuses then.
-            if st.swap(&slot, &placeholder, optimized) {
-                st.stats.tier_ups += 1;
-            }
+            // Evicted meanwhile, the cache cleared or the executor dropped: no longer of use.
+            let Some(placeholder) = placeholder.upgrade() else { return };
+            parts.start(bytes, digest, kind, generation, &placeholder);
         });
+    }
+
+    fn tier_up_parts(&self) -> TierUp {
+        TierUp {
+            state: Arc::downgrade(&self.state),
+            compile: self.limits.compile,
+            owner: self.compile_owner,
+            artifacts: self.artifacts.clone(),
+        }
     }
 
     /// The optimized code of a module whose baseline code runs while it compiles (tier-up),
@@ -113,5 +117,59 @@ impl ModuleCache {
             Some(Ok(optimized)) => optimized,
             _ => module,
         }
+    }
+}
+
+/// What a tier-up needs of its module cache, held apart from it: the cache's state weakly (a
+/// dropped executor's tier-ups are not kept for it).
+struct TierUp {
+    state: Weak<Mutex<State>>,
+    compile: CompileLimits,
+    owner: crate::compile_turns::Owner,
+    artifacts: ArtifactCache,
+}
+
+impl TierUp {
+    /// Compiles `bytes` for `kind` in the background and, once done, puts it in the slot where
+    /// `placeholder` is (see `ModuleCache::tier_up_later`).
+    fn start(self, bytes: Vec<u8>, digest: Digest, kind: EngineKind, generation: u64, placeholder: &Arc<CompiledModule>) {
+        let Some(rt) = crate::runtime::handle() else { return };
+        let slot = (digest, kind);
+        let state = self.state;
+        let placeholder = Arc::downgrade(placeholder);
+        // Still of use: the cache not cleared since and the baseline code still held somewhere (in
+        // its slot, or by the load that is about to put it there: the job may get its slot before
+        // that); not once it was evicted and dropped, the cache cleared or the executor dropped.
+        let waits = {
+            let (state, placeholder) = (state.clone(), placeholder.clone());
+            move || {
+                placeholder.strong_count() > 0
+                    && state.upgrade().is_some_and(|s| {
+                        let st = s.lock().unwrap_or_else(|p| p.into_inner());
+                        // A clear since that left the module in its slot (another activity's).
+                        st.generation == generation || st.holds(&slot, &placeholder)
+                    })
+            }
+        };
+        let mut rx = compile_job(bytes, digest, kind, self.compile, Urgency::Background, self.owner, Some(Arc::new(waits)));
+        let artifacts = self.artifacts;
+        rt.spawn(async move {
+            let done = match rx.wait_for(|r| r.is_some()).await {
+                Ok(r) => r.clone(),
+                Err(_) => return,
+            };
+            let Some(Ok(optimized)) = done else { return };
+            // To the tiers that lack it: executors that joined one tier-up each get its code, and
+            // each wrote it (review AQ2 H4: the store's copy again, about one run in three).
+            if let Ok(engine) = engine(optimized.kind) {
+                artifacts.save_missing_later(digest, engine, optimized.clone());
+            }
+            let Some(state) = state.upgrade() else { return };
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            // A clear that dropped the module took it from its slot: `swap` refuses then.
+            if st.swap(&slot, &placeholder, optimized) {
+                st.stats.tier_ups += 1;
+            }
+        });
     }
 }
