@@ -165,23 +165,12 @@ impl Delivery {
     fn turn(&self, env: &Env, woken_by: u32) {
         let f = self.call.borrow_back(env).ok().map(|f| f.raw());
         let started = Instant::now();
-        let mut budget = true;
-        for n in 0.. {
-            if budget && (n == CALLS_PER_TURN || started.elapsed() >= TIME_PER_TURN) {
-                if !self.queue.waiting() {
-                    return;
-                }
-                let nudges = self.nudges.upgrade();
-                let nudges = nudges.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
-                if nudges.as_ref().and_then(|n| n.as_ref()).is_some_and(|n| n.next_turn(woken_by)) {
-                    return;
-                }
-                // Never woken again: every call now.
-                budget = false;
-            }
-            let Some(call) = self.queue.next() else { return };
+        let spent = |n| n == CALLS_PER_TURN || started.elapsed() >= TIME_PER_TURN;
+        super::turns::turn(&self.nudges, woken_by, || self.queue.waiting(), spent, || {
+            let Some(call) = self.queue.next() else { return false };
             dispatch(env.raw(), f, &call, &self.pending);
-        }
+            true
+        });
     }
 }
 

@@ -185,27 +185,17 @@ impl Delivery {
     fn deliver(&self, env: &Env, woken_by: u32) {
         let Ok(on_log) = self.on_log.borrow_back(env) else { return };
         let started = Instant::now();
-        let mut budget = true;
-        let mut bytes = 0;
-        for n in 0.. {
-            if budget && (n == LINES_PER_TURN || bytes >= BYTES_PER_TURN || started.elapsed() >= TIME_PER_TURN) {
-                if !self.queue.waiting() {
-                    return;
-                }
-                let nudges = self.nudges.upgrade();
-                let nudges = nudges.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
-                if nudges.as_ref().and_then(|n| n.as_ref()).is_some_and(|n| n.next_turn(woken_by)) {
-                    return;
-                }
-                budget = false;
-            }
-            let Some((level, message)) = self.queue.next() else { return };
-            bytes += level.len() + message.len();
+        let bytes = std::cell::Cell::new(0);
+        let spent = |n| n == LINES_PER_TURN || bytes.get() >= BYTES_PER_TURN || started.elapsed() >= TIME_PER_TURN;
+        super::turns::turn(&self.nudges, woken_by, || self.queue.waiting(), spent, || {
+            let Some((level, message)) = self.queue.next() else { return false };
+            bytes.set(bytes.get() + level.len() + message.len());
             // A throwing callback is the caller's bug: swallowed, never pending.
             if on_log.call(FnArgs { data: (level, message) }).is_err() {
                 crate::binding::js::take_exception(env.raw());
             }
-        }
+            true
+        });
     }
 }
 

@@ -7,6 +7,8 @@
 //! (Node runs a thread-safe function's calls queued during its own callback in the same turn;
 //! libuv wakes each handle once per turn).
 
+use std::sync::{Mutex, Weak};
+
 use napi::bindgen_prelude::Function;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
@@ -43,5 +45,35 @@ impl Nudges {
     fn send(&self, which: u32) -> bool {
         let f = if which == FROM_GUESTS { &self.from_guests } else { &self.from_last_turn };
         f.call_with_return_value(which, ThreadsafeFunctionCallMode::NonBlocking, |_, _| Ok(())) == Status::Ok
+    }
+}
+
+/// One turn's work on the JS thread, woken by `woken_by`: `next` does one piece (false when none
+/// is left) until `spent(pieces done)` says the turn's budget is spent; then, if `waiting` says
+/// work is left, the JS thread is woken for its next turn (or, should it not be woken again, the
+/// rest is done now).
+pub fn turn(
+    nudges: &Weak<Mutex<Option<Nudges>>>,
+    woken_by: u32,
+    waiting: impl Fn() -> bool,
+    mut spent: impl FnMut(usize) -> bool,
+    mut next: impl FnMut() -> bool,
+) {
+    let mut budget = true;
+    for n in 0.. {
+        if budget && spent(n) {
+            if !waiting() {
+                return;
+            }
+            let nudges = nudges.upgrade();
+            let nudges = nudges.as_ref().map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
+            if nudges.as_ref().and_then(|n| n.as_ref()).is_some_and(|n| n.next_turn(woken_by)) {
+                return;
+            }
+            budget = false;
+        }
+        if !next() {
+            return;
+        }
     }
 }
