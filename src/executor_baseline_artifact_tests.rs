@@ -93,3 +93,51 @@ async fn a_pinned_module_with_only_baseline_code_in_cache_dir_needs_no_store_and
     assert_eq!(ex.stats().cache.compiles, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store that never answers, counting the fetches under way (each until its future is dropped).
+struct Hangs(Arc<std::sync::atomic::AtomicUsize>);
+
+struct Fetching(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::store::BlobSource for Hangs {
+    fn fetch<'a>(&'a self, _path: &'a str, _max_bytes: u64) -> crate::store::BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let fetching = Fetching(self.0.clone());
+        Box::pin(async move {
+            let _fetching = fetching;
+            std::future::pending().await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_modules_background_fetches_do_not_pile_up_and_end_with_a_clear_or_close() {
+    // Review AZ1: each load from the baseline artifact started a fetch of its own; clearing the
+    // cache between calls of a store that never answers had 20,000 under way at once, each until
+    // `loadTimeoutMs`, after `close()` too.
+    let bytes = g::unique(g::counter(), b"pinned-fetches");
+    let (dir, opts) = baseline_only("pinned-fetches", &bytes, "pinned.wasm").await;
+    let pinned = Definition { sha256: Some(hex(&sha256(&bytes))), ..def("pinned") };
+    let under_way = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ex = Arc::new(Executor::new(Arc::new(Hangs(under_way.clone())), opts()).expect("executor"));
+    let count = || under_way.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..50 {
+        ex.clear_cache(None);
+        assert_eq!(ex.execute(&pinned, "{}".into(), CallOptions::default()).await.expect("runs").output, "1");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(count() <= 1, "{} fetches under way", count());
+    }
+    ex.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() > 0 {
+        assert!(Instant::now() < deadline, "{} fetches outlived close()", count());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

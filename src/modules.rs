@@ -132,6 +132,9 @@ pub struct ModuleCache {
     pub(crate) pool_ready: fn() -> bool,
     /// Whose turn its compiles take (`compile_turns`).
     pub(crate) compile_owner: crate::compile_turns::Owner,
+    /// The background fetches of pinned modules' bytes for their tier-up (`tier_up_fetching`),
+    /// at most one per module and engine, stopped when the whole cache is cleared or closed.
+    pub(crate) fetches: Mutex<HashMap<(Digest, EngineKind), tokio::task::AbortHandle>>,
 }
 
 impl ModuleCache {
@@ -146,6 +149,7 @@ impl ModuleCache {
             tier_up,
             pool_ready: || crate::engine::built(EngineKind::Plain),
             compile_owner: crate::compile_turns::new_owner(),
+            fetches: Mutex::new(HashMap::new()),
         }
     }
 
@@ -532,6 +536,13 @@ impl ModuleCache {
         match name {
             None => st.clear_all(),
             Some(name) => st.clear_name(name),
+        }
+        drop(st);
+        // A clear of one name leaves them: a module dropped from its slot is tiered up no more.
+        if name.is_none() {
+            for (_, fetch) in self.fetches.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+                fetch.abort();
+            }
         }
     }
 

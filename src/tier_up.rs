@@ -62,7 +62,10 @@ impl ModuleCache {
     /// (the optimized one was not stored yet: the process that compiled it ended first): its
     /// bytes are fetched from `path` in the background and, if they are the pinned module, tier
     /// up. A store that is down, or holds other bytes under the name now, leaves it on baseline
-    /// code. Before, the call downloaded first and failed with the store (review AY1).
+    /// code. Before, the call downloaded first and failed with the store (review AY1). One fetch
+    /// per module and engine at a time, stopped by a clear of the whole cache and by `close()`
+    /// (review AZ1: a caller clearing the cache between calls had 20,000 fetches of a store that
+    /// never answered under way at once, each until `loadTimeoutMs`, after `close()` too).
     pub(crate) fn tier_up_fetching(
         &self,
         source: Arc<dyn BlobSource>,
@@ -73,10 +76,15 @@ impl ModuleCache {
         placeholder: &Arc<CompiledModule>,
     ) {
         let Some(rt) = crate::runtime::handle() else { return };
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        fetches.retain(|_, fetch| !fetch.is_finished());
+        if fetches.contains_key(&(digest, kind)) {
+            return;
+        }
         let parts = self.tier_up_parts();
         let placeholder = Arc::downgrade(placeholder);
         let (timeout, max) = (self.limits.load_timeout, self.limits.compile.max_module_bytes);
-        rt.spawn(async move {
+        let fetch = rt.spawn(async move {
             let Ok(Ok(bytes)) = tokio::time::timeout(timeout, source.fetch(&path, max)).await else { return };
             if bytes.len() as u64 > max || sha256(&bytes) != digest {
                 return;
@@ -85,6 +93,7 @@ impl ModuleCache {
             let Some(placeholder) = placeholder.upgrade() else { return };
             parts.start(bytes, digest, kind, generation, &placeholder);
         });
+        fetches.insert((digest, kind), fetch.abort_handle());
     }
 
     fn tier_up_parts(&self) -> TierUp {
