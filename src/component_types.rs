@@ -22,6 +22,15 @@ use wasmparser::{
 /// Past any real size (sums stay far from overflowing).
 const SATURATED: u64 = 1 << 48;
 
+/// The deepest nesting of component and instance types in one type, and of component
+/// definitions in one another, taken (later wasmparsers refuse types past 100 levels). The
+/// wasmparser wasmtime 48 uses reads nested types recursively, with no bound: 1,200 levels of
+/// component types, a 3 KB module, overflowed a compile thread's stack and killed the process,
+/// from `execute` and `inspectModule` alike; and nested component definitions cost its validator
+/// time and memory by the square of their depth (10,000 levels, 118 KB: 2 GB; 30,000: 17.8 GB in
+/// 21 s). Review AZ2.
+pub const MAX_NESTING: usize = 100;
+
 #[derive(Default)]
 pub struct ComponentTypes {
     /// What the binary being read is nested in, innermost last (components and core modules).
@@ -51,6 +60,9 @@ pub struct ComponentTypes {
     /// Some component instantiates one whose cost is not known before compiling (one it
     /// imports, or takes from an instance's exports).
     pub unknown_instantiated: bool,
+    /// Nesting past `MAX_NESTING` (of types, or of component definitions), found before it was
+    /// read any deeper: what, and how deep (the rest of the binary is not read).
+    pub too_deep: Option<(&'static str, usize)>,
 }
 
 /// What one instance of a component makes once flattened.
@@ -93,16 +105,29 @@ struct Frame {
 }
 impl ComponentTypes {
     /// Takes in one payload of the binary (the core modules' are ignored).
-    pub fn read(&mut self, payload: &Payload) -> wasmparser::Result<()> {
+    /// `bytes`: the whole binary, whose offsets the payloads' ranges are.
+    pub fn read(&mut self, payload: &Payload, bytes: &[u8]) -> wasmparser::Result<()> {
+        if self.too_deep.is_some() {
+            return Ok(());
+        }
         match payload {
             Payload::Version { encoding, .. } => {
                 self.open.push(*encoding);
                 if *encoding == Encoding::Component {
                     self.scopes.push(Frame::default());
+                    if self.scopes.len() > MAX_NESTING {
+                        self.too_deep = Some(("component definitions", self.scopes.len()));
+                    }
                 }
             }
             Payload::End(_) => self.close(),
             Payload::ComponentTypeSection(r) => {
+                let range = r.range();
+                let section = bytes.get(range.clone()).unwrap_or(&[]);
+                if let Some(depth) = type_nesting(section, range.start)?.filter(|d| *d > MAX_NESTING) {
+                    self.too_deep = Some(("component and instance types", depth));
+                    return Ok(());
+                }
                 for ty in r.clone() {
                     let ty = ty?;
                     let size = self.type_size(&ty, None);
@@ -337,6 +362,74 @@ impl ComponentTypes {
     }
 }
 
+/// The deepest nesting of component and instance types in a type section (`section`, at
+/// `offset` in the binary), read without recursion, up to one level past `MAX_NESTING`; `None`
+/// for bytes that do not read as a type section (wasmparser then refuses them where this stopped,
+/// having read no deeper).
+fn type_nesting(section: &[u8], offset: usize) -> wasmparser::Result<Option<usize>> {
+    use wasmparser::{BinaryReader, ComponentImport, CoreType};
+    let mut r = BinaryReader::new(section, offset);
+    // The count of types, then the types (errors are wasmparser's to report, where it reads).
+    let mut types_left = r.read_var_u32()?;
+    // The declarations left to read at each open level, and whether it is a component type's
+    // (which may import).
+    let mut open: Vec<(u32, bool)> = Vec::new();
+    let mut deepest = 0;
+    loop {
+        match open.last_mut() {
+            Some((0, _)) => {
+                open.pop();
+                continue;
+            }
+            Some((left, component)) => {
+                *left -= 1;
+                let component = *component;
+                // A declaration: only a type (0x01) may nest further.
+                match r.read_u8()? {
+                    0x01 => {}
+                    0x00 => {
+                        r.read::<CoreType>()?;
+                        continue;
+                    }
+                    0x02 => {
+                        r.read::<ComponentAlias>()?;
+                        continue;
+                    }
+                    // An import, or an export: a name and a type reference both.
+                    0x03 if component => {
+                        r.read::<ComponentImport>()?;
+                        continue;
+                    }
+                    0x04 => {
+                        r.read::<ComponentImport>()?;
+                        continue;
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            None if types_left == 0 => return Ok(Some(deepest)),
+            None => types_left -= 1,
+        }
+        // A type.
+        let mut probe = r.clone();
+        match probe.read_u8()? {
+            kind @ (0x41 | 0x42) => {
+                r = probe;
+                let decls = r.read_var_u32()?;
+                open.push((decls, kind == 0x41));
+                deepest = deepest.max(open.len());
+                if deepest > MAX_NESTING {
+                    return Ok(Some(deepest));
+                }
+            }
+            // Any other type holds no type: read whole, as wasmparser reads it.
+            _ => {
+                r.read::<ComponentType>()?;
+            }
+        }
+    }
+}
+
 /// What a declaration in a component or instance type adds to its type index space.
 enum Decl<'d> {
     Type(&'d ComponentType<'d>),
@@ -364,7 +457,7 @@ mod tests {
         let bytes = wat::parse_str(wat).expect("parses");
         let mut types = ComponentTypes::default();
         for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-            types.read(&payload.expect("payload")).expect("reads");
+            types.read(&payload.expect("payload"), &bytes).expect("reads");
         }
         types.adapter_units
     }
@@ -431,9 +524,75 @@ mod tests {
         let bytes = wat::parse_str(format!("(component {middle} {})", instances("middle", 3))).expect("parses");
         let mut types = ComponentTypes::default();
         for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-            types.read(&payload.expect("payload")).expect("reads");
+            types.read(&payload.expect("payload"), &bytes).expect("reads");
         }
         assert_eq!(types.component_instances, 3 * (1 + 3));
+    }
+
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn section(id: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![id];
+        leb(content.len(), &mut out);
+        out.extend_from_slice(content);
+        out
+    }
+
+    const HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+    /// A component with one type: `depth` component types (or instance types, `kind` 0x42)
+    /// nested in one another.
+    fn nested_types(depth: usize, kind: u8) -> Vec<u8> {
+        let mut ty = vec![0x01];
+        for _ in 1..depth {
+            ty.extend_from_slice(&[kind, 0x01, 0x01]);
+        }
+        ty.extend_from_slice(&[kind, 0x00]);
+        let mut bytes = HEADER.to_vec();
+        bytes.extend(section(7, &ty));
+        bytes
+    }
+
+    /// `depth` components, each defined in the one around it.
+    fn nested_components(depth: usize) -> Vec<u8> {
+        let mut bytes = HEADER.to_vec();
+        for _ in 1..depth {
+            let mut outer = HEADER.to_vec();
+            outer.extend(section(4, &bytes));
+            bytes = outer;
+        }
+        bytes
+    }
+
+    #[test]
+    fn nesting_past_a_hundred_levels_is_refused_before_it_is_read() {
+        // Review AZ2: 1,200 levels of component types (3 KB) overflowed a compile thread's stack
+        // in wasmparser's reader and killed the process; 10,000 nested components (118 KB) took
+        // 2 GB. This test's own thread would overflow the same way.
+        let limits = crate::shape::CompileLimits::default();
+        for kind in [0x41, 0x42] {
+            let fits = crate::shape::check(&nested_types(MAX_NESTING, kind), &limits);
+            assert!(!fits.as_ref().is_err_and(|e| e.to_string().contains("nest")), "{fits:?}");
+            for depth in [MAX_NESTING + 1, 2_000, 100_000] {
+                let refused = crate::shape::check(&nested_types(depth, kind), &limits).expect_err("too deep");
+                assert_eq!(refused.code(), "COMPILE_LIMIT");
+                assert!(refused.to_string().contains(&format!("types nest {} levels deep", MAX_NESTING + 1)), "{refused}");
+            }
+        }
+        assert!(crate::shape::check(&nested_components(MAX_NESTING), &limits).is_ok());
+        for depth in [MAX_NESTING + 1, 30_000] {
+            let refused = crate::shape::check(&nested_components(depth), &limits).expect_err("too deep");
+            assert!(refused.to_string().contains(&format!("component definitions nest {} levels deep", MAX_NESTING + 1)), "{refused}");
+        }
     }
 
     #[test]

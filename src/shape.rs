@@ -230,6 +230,15 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
     let mut metadata = crate::instance_metadata::Metadata::default();
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(invalid)?;
+        // First: past its depth, nesting is not read any further, by anything (the readers below
+        // would recurse through it).
+        component.read(&payload, bytes).map_err(invalid)?;
+        if let Some((what, depth)) = component.too_deep {
+            return Err(ExecError::CompileLimit(format!(
+                "its {what} nest {depth} levels deep, past the {} taken",
+                crate::component_types::MAX_NESTING
+            )));
+        }
         if let Payload::Version { encoding: wasmparser::Encoding::Module, .. } = payload {
             shape.add_init(init.items, limits)?;
             shape.table_elements = shape.table_elements.saturating_add(init.table_elements);
@@ -244,7 +253,6 @@ fn read(bytes: &[u8], limits: &CompileLimits, walk: bool) -> Result<Shape, ExecE
             sigs.note_escaping(&payload).map_err(invalid)?;
         }
         shape.add_init_checked(init.items, limits)?;
-        component.read(&payload).map_err(invalid)?;
         if component.component_instances > MAX_COMPONENT_INSTANCES {
             return Err(ExecError::CompileLimit(format!(
                 "its nested components make {} component instances once flattened, over the limit of {MAX_COMPONENT_INSTANCES}",
