@@ -288,6 +288,29 @@ describe('components (JavaScript, built with componentize-js against wit/activit
     component = built('js/echo.wasm')
   })
 
+  it("a component actor's environment is read at each call; its filesystem grant is fixed for its life (review AZ2)", async () => {
+    const name = `LOOM_AZ2_${process.pid}`
+    const dir = mkdtempSync(join(tmpdir(), 'loom-az2-'))
+    const { ex } = await executorWith({ js: component }, { env: [name], filesystem: { hostDir: dir } })
+    const withEnv = def('js', { capabilities: { env: [name] } })
+    const counted: unknown[] = []
+    try {
+      // Before, a variable of the process that changed, or went, had every later call refused.
+      for (const value of ['one', 'two', undefined, 'three']) {
+        if (value === undefined) delete process.env[name]
+        else process.env[name] = value
+        counted.push(await ex.execute(withEnv, { count: true }, { actorId: 'a' }))
+      }
+    } finally {
+      delete process.env[name]
+    }
+    expect(counted).toEqual([1, 2, 3, 4].map((calls) => ({ calls })))
+    // A directory granted or taken back is still refused: its handles could not be taken back.
+    const granted = await failure(ex.execute(def('js', { capabilities: { env: [name], filesystem: true } }), { count: true }, { actorId: 'a' }))
+    expect([granted.code, granted.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('filesystem grant')])
+    expect(await ex.execute(withEnv, { count: true }, { actorId: 'a' })).toEqual({ calls: 5 })
+  })
+
   it('run the echo contract; err(message) is GUEST_ERROR; log reaches onLog; an actor keeps its instance', async () => {
     const { ex, logs } = await executorWith({ js: component, echo: guest('echo') })
     for (const input of echoInputs) expect(await ex.execute(def('js'), input)).toEqual(await ex.execute(def('echo'), input))

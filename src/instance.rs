@@ -258,11 +258,13 @@ impl GuestInstance {
         }
         // A component's open descriptors live in its resource table beside everything else it
         // holds: a revoked directory cannot be taken back from it (review O: a kept handle read and
-        // wrote the directory after the definition dropped `filesystem`). Its grants are fixed for
-        // its life, as its engine is.
-        if self.store.data().component.is_some() && self.grants != *grants {
+        // wrote the directory after the definition dropped `filesystem`). Its filesystem grant is
+        // fixed for its life, as its engine is; its environment is rebuilt below as anyone's (a
+        // variable of the process that changed between calls had every later call refused:
+        // review AZ2).
+        if self.store.data().component.is_some() && self.grants.filesystem != grants.filesystem {
             return Err(ExecError::InvalidArgument(
-                "a component actor runs under the capabilities of its first call: they cannot change while it lives (dropActor to change them)".into(),
+                "a component actor runs under the filesystem grant of its first call: it cannot change while the actor lives (dropActor to change it)".into(),
             ));
         }
         // A deterministic call gets a WASI context of its own (its clocks and randomness), and so
