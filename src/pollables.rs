@@ -143,11 +143,19 @@ fn shadow_all(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::
     streams.func_wrap("[method]output-stream.subscribe", |mut store, (stream,): (Resource<DynOutputStream>,)| {
         Ok((made(&mut store, 1, |s| wasmtime_wasi::p2::subscribe(&mut s.ctx().table, stream))?,))
     })?;
+    // A deterministic call's clock stands still at `now`, and its deadlines pass at once: they
+    // were set on real time, and a guest counting its polls of one until it was ready read real
+    // time from them (review AZ2: five runs of the same call, five results). Virtual time jumps
+    // to each deadline (a deadline at or before `now` is ready).
     let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
     clock.func_wrap("subscribe-instant", |mut store, (when,): (u64,)| {
+        let when = if store.data().det.is_some() { 0 } else { when };
         Ok((made(&mut store, 2, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s).subscribe_instant(when))?,))
     })?;
     clock.func_wrap("subscribe-duration", |mut store, (duration,): (u64,)| {
+        if store.data().det.is_some() {
+            return Ok((made(&mut store, 2, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s).subscribe_instant(0))?,));
+        }
         Ok((made(&mut store, 2, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s).subscribe_duration(duration))?,))
     })?;
     let mut http = linker.instance("wasi:http/types@0.2.12")?;
@@ -256,6 +264,78 @@ mod tests {
       (post-return (core func $m "cabi_post_execute")))))"#,
         )
         .expect("test component parses")
+    }
+
+    /// A component that subscribes to a duration of 50 ms, then counts its `ready` checks of it
+    /// until it is ready, and answers the count.
+    fn ready_counter() -> Vec<u8> {
+        wat::parse_str(
+            r#"(component $C
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (export "[method]pollable.ready" (func (param "self" (borrow $p)) (result bool)))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer $C $pollable (type $p))
+    (export "pollable" (type $pe (eq $p)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $pe))))))
+  (core module $libc
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096)))
+  (core instance $libc (instantiate $libc))
+  (core func $sub (canon lower (func $clock "subscribe-duration")))
+  (core func $ready (canon lower (func $poll "[method]pollable.ready")))
+  (core module $main
+    (import "libc" "memory" (memory 1))
+    (import "host" "sub" (func $sub (param i64) (result i32)))
+    (import "host" "ready" (func $ready (param i32) (result i32)))
+    (func (export "execute") (param i32 i32) (result i32) (local $n i64) (local $h i32) (local $at i32)
+      (local.set $h (call $sub (i64.const 50000000)))
+      (block $d (loop $l
+        (local.set $n (i64.add (local.get $n) (i64.const 1)))
+        (br_if $d (call $ready (local.get $h)))
+        (br $l)))
+      ;; The count in decimal, ending at 2000.
+      (local.set $at (i32.const 2000))
+      (loop $w
+        (local.set $at (i32.sub (local.get $at) (i32.const 1)))
+        (i32.store8 (local.get $at) (i32.add (i32.const 48) (i32.wrap_i64 (i64.rem_u (local.get $n) (i64.const 10)))))
+        (local.set $n (i64.div_u (local.get $n) (i64.const 10)))
+        (br_if $w (i64.ne (local.get $n) (i64.const 0))))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (local.get $at))
+      (i32.store (i32.const 72) (i32.sub (i32.const 2000) (local.get $at)))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc))
+    (with "host" (instance (export "sub" (func $sub)) (export "ready" (func $ready))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#,
+        )
+        .expect("test component parses")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_deterministic_calls_clock_deadlines_pass_at_once() {
+        // Review AZ2: its deadlines were set on real time; counting its polls of one read real
+        // time (five runs of the same call, five counts).
+        let source = Arc::new(MemorySource::new());
+        source.put("ready.wasm", ready_counter());
+        let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+        let mut def = Definition { name: "ready".into(), version: "1".into(), wasm_blob_path: "ready.wasm".into(), ..Default::default() };
+        def.deterministic = true;
+        let det = || CallOptions { now: Some(1000.0), seed: Some(1.0), ..Default::default() };
+        let mut counts = Vec::new();
+        for _ in 0..5 {
+            counts.push(ex.execute(&def, "{}".into(), det()).await.expect("runs").output);
+        }
+        // wasmtime-wasi's past deadline yields once before it is ready: the second check.
+        assert_eq!(counts, vec!["2"; 5]);
+        // Not deterministic: 50 ms of real time, checked many times.
+        def.deterministic = false;
+        let real: u64 = ex.execute(&def, "{}".into(), CallOptions::default()).await.expect("runs").output.parse().expect("a count");
+        assert!(real > 2, "{real}");
     }
 
     fn executor() -> (Arc<Executor>, Definition) {
