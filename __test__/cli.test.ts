@@ -49,6 +49,14 @@ describe('loom-wasm run', () => {
     const flood = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), 'run', wasm('echo')], { cwd: root, stdio: [zero, 'pipe', 'pipe'], encoding: 'utf8', timeout: 60_000 })
     closeSync(zero)
     expect([flood.status, flood.stderr]).toEqual([4, expect.stringContaining('INPUT_TOO_LARGE')])
+    // Input (stdin, @file) is at most the executor's maxInputBytes, refused before it is parsed
+    // (review AZ2: 250 MB of [{},...] was parsed first, and V8 ran out of heap after 7 minutes).
+    const objects = '[' + '{},'.repeat(6 * 1024 * 1024) + '{}]'
+    writeFileSync(join(dir, 'big.json'), objects)
+    const big = cli(['run', wasm('echo'), '--input', `@${join(dir, 'big.json')}`])
+    expect([big.status, big.stderr]).toEqual([4, expect.stringContaining(`big.json: over ${16 * 1024 * 1024} bytes`)])
+    const piped = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), 'run', wasm('echo')], { cwd: root, input: objects, encoding: 'utf8', timeout: 60_000 })
+    expect([piped.status, piped.stderr]).toEqual([4, expect.stringContaining(`INPUT_TOO_LARGE: stdin: over ${16 * 1024 * 1024} bytes`)])
     // A URL that does not parse is the user's mistake (exit 2), not an internal error (1).
     const bad = cli(['run', 'http://exa mple.com/x.wasm'])
     expect([bad.status, bad.stderr]).toEqual([2, expect.stringContaining('USAGE')])

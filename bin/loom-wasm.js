@@ -111,11 +111,15 @@ function count(opts, key) {
 
 /** The most bytes a named file is read for: the executor's default maxModuleBytes. */
 const MAX_NAMED_BYTES = 256 * 1024 * 1024
+/** The most bytes of input (--input, its file, stdin): the executor's default maxInputBytes, checked
+ * before the text is parsed (250 MB of `[{},...]` parsed to 85 million objects, and V8 ran out of
+ * heap after 7 minutes: review AZ2). */
+const MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 /** A file the user named: its bytes, or the failure a missing module is (`BLOB_NOT_FOUND`). Only a
  * regular file is read, and at most MAX_NAMED_BYTES of it (a FIFO waited forever, opened and read
  * on this thread; /dev/zero filled memory until the system killed the process). */
-function readNamed(path, what) {
+function readNamed(path, what, max = MAX_NAMED_BYTES) {
   let fd
   try {
     // Non-blocking: opening a FIFO with no writer waits otherwise (it is refused just after).
@@ -125,12 +129,12 @@ function readNamed(path, what) {
     // Read to its end, whatever size it states (a /proc file states 0).
     const chunks = []
     let n = 0
-    for (let got = -1; got !== 0 && n <= MAX_NAMED_BYTES; n += got) {
+    for (let got = -1; got !== 0 && n <= max; n += got) {
       const chunk = Buffer.allocUnsafe(1 << 20)
       got = readSync(fd, chunk, 0, chunk.length, null)
       chunks.push(chunk.subarray(0, got))
     }
-    if (n > MAX_NAMED_BYTES) throw tooLarge(what, path)
+    if (n > max) throw tooLarge(what, path, max)
     return Buffer.concat(chunks, n)
   } catch (e) {
     if (e.code === 'COMPILE_LIMIT' || e.code === 'INPUT_TOO_LARGE') throw e
@@ -142,9 +146,9 @@ function readNamed(path, what) {
   }
 }
 
-/** The error for a named file or stdin over MAX_NAMED_BYTES. */
-function tooLarge(what, path) {
-  const err = new Error(`${what}${path === undefined ? '' : ` ${path}`}: over ${MAX_NAMED_BYTES} bytes`)
+/** The error for a named file or stdin over `max` bytes. */
+function tooLarge(what, path, max) {
+  const err = new Error(`${what}${path === undefined ? '' : ` ${path}`}: over ${max} bytes`)
   err.code = what === 'module' ? 'COMPILE_LIMIT' : 'INPUT_TOO_LARGE'
   return err
 }
@@ -198,7 +202,9 @@ function target(spec, extra = {}) {
 
 async function readInput(opts) {
   if (opts.input !== undefined) {
-    const text = opts.input.startsWith('@') ? readNamed(opts.input.slice(1), '--input').toString('utf8') : opts.input
+    const named = opts.input.startsWith('@')
+    if (!named && Buffer.byteLength(opts.input) > MAX_INPUT_BYTES) throw tooLarge('--input', undefined, MAX_INPUT_BYTES)
+    const text = named ? readNamed(opts.input.slice(1), '--input', MAX_INPUT_BYTES).toString('utf8') : opts.input
     try {
       return JSON.parse(text)
     } catch (e) {
@@ -211,7 +217,7 @@ async function readInput(opts) {
   for await (const c of process.stdin) {
     n += c.length
     // Bounded as a named file is (`< /dev/zero` filled memory).
-    if (n > MAX_NAMED_BYTES) throw tooLarge('stdin')
+    if (n > MAX_INPUT_BYTES) throw tooLarge('stdin', undefined, MAX_INPUT_BYTES)
     chunks.push(c)
   }
   const text = Buffer.concat(chunks).toString('utf8').trim()
