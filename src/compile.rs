@@ -249,6 +249,20 @@ async fn slot(urgency: Urgency, owner: Owner, hurried: &Hurried) -> Result<Slot,
 }
 
 /// Holds every call compile slot until dropped (tests: compiles a call waits for queue).
+
+/// The error a compile (or an inspection) that panicked ends in: `INTERNAL`, save where the
+/// panic was wasmparser 0.254's on the bytes. Its validator counts a type's depth through the
+/// types it names (an import of a component type of a component type...) and asserts it is at
+/// most 127, where later wasmparsers refuse the module: 128 component types each importing the
+/// one before, 2.7 KB, ended every call in `INTERNAL` (review BA1). What nests in the bytes is
+/// refused before (`component_types::MAX_NESTING`).
+pub fn panicked(what: &str, panic: &str) -> ExecError {
+    if panic.contains("depth <= Self::MAX_DEPTH") {
+        return ExecError::CompileLimit("its types reach past the 127 levels of nesting wasmtime's parser takes, through the types they name".into());
+    }
+    ExecError::internal(format!("{what} panicked: {panic}"))
+}
+
 #[cfg(test)]
 pub(crate) async fn hold_call_slots() -> Vec<Turn> {
     let mut held = Vec::new();
@@ -330,7 +344,7 @@ fn run_compile(
         }
     });
     async move {
-        let (loaded, heavy) = compiling.await.unwrap_or_else(|e| (Err(ExecError::internal(format!("the compile panicked: {e}"))), false));
+        let (loaded, heavy) = compiling.await.unwrap_or_else(|e| (Err(panicked("the compile", &e.to_string())), false));
         if heavy {
             // After a call's compile, once the call has most likely instantiated and run.
             let later = if background { Duration::ZERO } else { TRIM_AFTER };

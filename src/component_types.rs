@@ -573,6 +573,48 @@ mod tests {
         bytes
     }
 
+    /// `n` component types (or instance types, `kind` 0x42), each importing (exporting) a
+    /// component of the one before: one level each in the bytes, `n` through the types they name.
+    fn named_chain(n: usize, kind: u8) -> Vec<u8> {
+        let mut types = vec![kind, 0x00];
+        for k in 1..n {
+            // (alias outer 1 k-1 (type)), then (import "a" (component (type 0))) or the export.
+            types.extend_from_slice(&[kind, 0x02, 0x02, 0x03, 0x02, 0x01]);
+            leb(k - 1, &mut types);
+            // A component (0x04) of a component type, an instance (0x05) of an instance type.
+            types.extend_from_slice(&[if kind == 0x41 { 0x03 } else { 0x04 }, 0x00, 0x01, b'a', if kind == 0x41 { 0x04 } else { 0x05 }, 0x00]);
+        }
+        let mut content = Vec::new();
+        leb(n, &mut content);
+        content.extend(types);
+        let mut bytes = HEADER.to_vec();
+        bytes.extend(section(7, &content));
+        bytes
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn types_that_reach_past_wasmparsers_depth_through_the_types_they_name_are_a_compile_limit() {
+        // Review BA1: wasmparser 0.254's validator asserts such depth is at most 127; the panic
+        // ended every call in INTERNAL.
+        use crate::executor::{CallOptions, Executor};
+        let source = std::sync::Arc::new(crate::store::MemorySource::new());
+        for kind in [0x41, 0x42] {
+            source.put(&format!("chain-{kind}.wasm"), named_chain(200, kind));
+        }
+        let ex = std::sync::Arc::new(Executor::new(source, Default::default()).expect("executor"));
+        for kind in [0x41, 0x42] {
+            let def = crate::options::Definition {
+                name: format!("chain-{kind}"),
+                version: "1".into(),
+                wasm_blob_path: format!("chain-{kind}.wasm"),
+                ..Default::default()
+            };
+            let e = ex.execute(&def, "{}".into(), CallOptions::default()).await.expect_err("refused");
+            assert_eq!(e.code(), "COMPILE_LIMIT", "{e}");
+            assert!(e.to_string().contains("127 levels"), "{e}");
+        }
+    }
+
     #[test]
     fn nesting_past_a_hundred_levels_is_refused_before_it_is_read() {
         // Review AZ2: 1,200 levels of component types (3 KB) overflowed a compile thread's stack

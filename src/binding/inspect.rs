@@ -47,7 +47,7 @@ pub fn inspect_module<'env>(env: &'env Env, bytes: Unknown<'env>) -> napi::Resul
         let _permit = crate::inspect::permits().acquire().await.map_err(ExecError::internal)?;
         tokio::task::spawn_blocking(move || crate::inspect::inspect(&bytes))
             .await
-            .map_err(|e| ExecError::internal(format!("inspect failed: {e}")))?
+            .map_err(|e| crate::compile::panicked("inspect", &e.to_string()))?
     };
     settle(env, work, |_, i| {
         Ok(ModuleInfo {
