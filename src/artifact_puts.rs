@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -22,9 +23,9 @@ pub(crate) type Outcome = Option<Result<(), String>>;
 
 type Id = (Digest, String);
 
-/// (the store's identity, the artifact's name) -> the trailer of what is being written, and its
-/// outcome to come.
-static UNDER_WAY: LazyLock<Mutex<HashMap<Id, (Trailer, watch::Receiver<Outcome>)>>> = LazyLock::new(Default::default);
+/// (the store's identity, the artifact's name) -> the trailer of what is being written, its
+/// outcome to come, and when it started.
+static UNDER_WAY: LazyLock<Mutex<HashMap<Id, (Trailer, watch::Receiver<Outcome>, Instant)>>> = LazyLock::new(Default::default);
 
 /// Whose turn it is to write an artifact to a store.
 pub(crate) enum Turn {
@@ -46,20 +47,23 @@ pub(crate) struct Writing {
 pub(crate) fn turn(store: &ObjectSource, name: &str, trailer: &Trailer) -> Turn {
     let id = (store.identity(), name.to_string());
     let mut under_way = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((t, rx)) = under_way.get(&id) {
+    if let Some((t, rx, _)) = under_way.get(&id) {
         if t == trailer && rx.borrow().is_none() {
             return Turn::Wait(rx.clone());
         }
     }
     let (sender, rx) = watch::channel(None);
-    under_way.insert(id.clone(), (*trailer, rx));
+    under_way.insert(id.clone(), (*trailer, rx, Instant::now()));
     Turn::Write(Writing { id, sender })
 }
 
-/// The write under way of `trailer`'s artifact `name` to `store`, if any.
-pub(crate) fn under_way(store: &ObjectSource, name: &str, trailer: &Trailer) -> Option<watch::Receiver<Outcome>> {
+/// The write under way of `trailer`'s artifact `name` to `store`, if any, and when it started.
+pub(crate) fn under_way(store: &ObjectSource, name: &str, trailer: &Trailer) -> Option<(watch::Receiver<Outcome>, Instant)> {
     let under_way = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
-    under_way.get(&(store.identity(), name.to_string())).filter(|(t, rx)| t == trailer && rx.borrow().is_none()).map(|(_, rx)| rx.clone())
+    under_way
+        .get(&(store.identity(), name.to_string()))
+        .filter(|(t, rx, _)| t == trailer && rx.borrow().is_none())
+        .map(|(_, rx, started)| (rx.clone(), *started))
 }
 
 impl Writing {
@@ -78,7 +82,7 @@ impl Drop for Writing {
             unsent
         });
         let mut under_way = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
-        if under_way.get(&self.id).is_some_and(|(_, rx)| rx.same_channel(&self.sender.subscribe())) {
+        if under_way.get(&self.id).is_some_and(|(_, rx, _)| rx.same_channel(&self.sender.subscribe())) {
             under_way.remove(&self.id);
         }
     }

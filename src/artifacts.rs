@@ -468,15 +468,16 @@ impl ArtifactCache {
         // answer failed a precompile whose write landed: review AMF2).
         let trailer: crate::artifact_trailers::Trailer = trailer_of(&sealed).try_into().map_err(ExecError::internal)?;
         let under_way = self.remote.as_ref().and_then(|remote| Some((remote, crate::artifact_puts::under_way(remote, &name, &trailer)?)));
-        if let Some((remote, landed)) = under_way {
+        if let Some((remote, (landed, started))) = under_way {
             // Within this store's timeoutMs: another executor's may be longer.
-            let waited = std::time::Instant::now();
             match crate::artifact_puts::outcome(remote, landed).await {
                 Some(Ok(())) if self.dir.as_ref().is_none_or(|d| is_file_of(&d.join(&name), len)) => return Ok(()),
-                // Not written again after a wait of this store's timeoutMs: a second write would
-                // wait as long again (review AN1: a store whose writes stalled held precompile
-                // twice its timeoutMs, written twice). With the store's own words.
-                Some(Err(why)) if waited.elapsed() >= remote.timeout() => {
+                // Not written again after a write that ran this store's timeoutMs: a second write
+                // would wait as long again (review AN1: a store whose writes stalled held
+                // precompile twice its timeoutMs, written twice). With the store's own words.
+                // Counted from the write's start, not from when this joined it: joined late (its
+                // seal took a while on a loaded machine), it wrote again.
+                Some(Err(why)) if started.elapsed() >= remote.timeout() => {
                     return Err(ExecError::BlobUnavailable { path: name, message: format!("the artifact store did not take the artifact: {why}") })
                 }
                 // One that failed sooner may have been another executor's (other credentials,
