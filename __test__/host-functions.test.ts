@@ -309,9 +309,12 @@ describe('host functions from AssemblyScript (@external("crm", "lookup"), JSON t
     const elapsed = performance.now() - t0
     clearInterval(timer)
     expect(results.map((r: any) => r.result)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1))
-    // Behaviour, not speed: most host Promises were pending together (serialized on two slots
-    // they could never be more than 2), and the event loop kept turning meanwhile.
-    expect(most).toBeGreaterThanOrEqual(500)
+    // Behaviour, not speed: host Promises were pending together far past the two slots (holding
+    // them, they could never be more than 2), and the event loop kept turning meanwhile. Not all
+    // 1,000 at once: calls are handed to the JS thread a turn's budget at a time (review AX1), so
+    // on a loaded machine the first settle before the last start (967-999 here idle, 464 in a CI
+    // run beside a build).
+    expect(most).toBeGreaterThanOrEqual(100)
     expect(ticks).toBeGreaterThan(0)
     console.log(`1000 calls x 50 ms host Promise, maxConcurrency 2: ${elapsed.toFixed(0)} ms, ${most} pending at once`)
   })
