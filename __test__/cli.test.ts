@@ -102,6 +102,14 @@ describe('loom-wasm run', () => {
     expect(cli(['run'])).toMatchObject({ status: 2 })
     expect(cli(['frobnicate'])).toMatchObject({ status: 2 })
     expect(cli(['run', wasm('echo'), '--timeout', '-1']).status).toBe(2)
+    // Limits are written in decimal: `Number` read `0x10` as 16 and `5e-324` as a cap of 0 bytes (review AZ2);
+    // fuel is a whole number.
+    for (const [flag, value] of [['--fuel', '0x10'], ['--memory', '5e-324'], ['--timeout', '1e3'], ['--fuel', '1.5'], ['--memory', ' 8']]) {
+      const refused = cli(['run', wasm('echo'), flag, value, '--input', '{}'])
+      expect(refused.status, `${flag} ${value}`).toBe(2)
+      expect(refused.stderr).toContain(flag)
+    }
+    expect(cli(['run', wasm('echo'), '--fuel', '100000000', '--memory', '8.5', '--timeout', '5000', '--input', '{"a":1}'])).toMatchObject({ status: 0 })
   })
 
   it("a guest's text reaches the terminal with its control characters escaped (review V)", async () => {

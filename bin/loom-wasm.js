@@ -96,10 +96,15 @@ function cacheOptions(opts) {
   return bound === undefined ? { cacheDir: opts['cache-dir'] } : { cacheDir: opts['cache-dir'], maxCacheDirBytes: bound }
 }
 
+/** A positive number written in decimal (`Number` also reads `0x10`, `1e3` and `5e-324`: the last was a
+ * cap of 0 bytes). */
 function number(opts, key) {
   if (opts[key] === undefined) return undefined
-  const n = Number(opts[key])
-  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${key} must be a positive number`)
+  const text = opts[key]
+  const n = Number(text)
+  if (!/^[0-9]+(\.[0-9]+)?$/.test(text) || !Number.isFinite(n) || n <= 0) {
+    throw new UsageError(`--${key} must be a positive decimal number`)
+  }
   return n
 }
 
@@ -250,7 +255,7 @@ async function main(argv) {
   }
   const { WasmActivityExecutor, inspectModule } = require('..')
   if (command === 'run') {
-    const limits = { maxExecutionMs: number(opts, 'timeout'), maxMemoryMB: number(opts, 'memory'), maxFuel: number(opts, 'fuel') }
+    const limits = { maxExecutionMs: number(opts, 'timeout'), maxMemoryMB: number(opts, 'memory'), maxFuel: count(opts, 'fuel') }
     const repeat = count(opts, 'repeat') ?? 1
     if (repeat > 1 && opts.actor === undefined) throw new UsageError('--repeat needs --actor (without it every run starts fresh)')
     const { store, def } = target(opts._[0], { limits })
