@@ -161,8 +161,20 @@ pub struct Held {
 impl Held {
     /// Whether a `dropActor` made before this call took its place asked the actor to start over;
     /// clears the request.
-    pub fn take_reset(&mut self) -> bool {
+    fn take_reset(&mut self) -> bool {
         std::mem::take(&mut self.reset_before)
+    }
+
+    /// Applies a `dropActor` made before this holder took the slot: the actor starts over (its
+    /// stored version read again). Every holder does so before it looks at the state: a
+    /// `snapshotActor` had taken the dropped state, and a `restoreActor`'s instance had gone when
+    /// it let the slot go, the restore lost though it succeeded (review AZ1).
+    pub fn apply_reset(&mut self) {
+        if self.take_reset() {
+            self.guard.instance = None;
+            self.guard.shadow = None;
+            self.guard.persisted = None;
+        }
     }
 }
 
@@ -406,6 +418,14 @@ impl Actors {
         let lru = self.shared.lru();
         let st = lru.peek(key)?.state.try_lock().ok()?;
         st.instance.as_ref().map(|i| i.stack_watched())
+    }
+
+    /// A `dropActor` landing between two holders: the slot is let go and not yet taken.
+    #[cfg(test)]
+    pub fn mark_reset(&self, key: &ActorKey) {
+        if let Some(slot) = self.shared.lru().peek(key) {
+            slot.reset.store(true, Ordering::Release);
+        }
     }
 
     /// The engine an idle actor's instance runs on (none: busy, or no instance).

@@ -175,11 +175,7 @@ pub(crate) async fn run(
         }
         return out;
     };
-    if held.take_reset() {
-        held.guard.instance = None;
-        held.guard.shadow = None;
-        held.guard.persisted = None;
-    }
+    held.apply_reset();
     let keep_shadow = p.transactional || p.durable.is_some();
     if keep_shadow {
         module.check_state_capturable()?;

@@ -246,7 +246,8 @@ impl Executor {
     pub(crate) async fn hold(self: &Arc<Self>, (p, ticket): Lined) -> Result<(Inflight<'_>, CancelFlag, Prepared, Arc<CompiledModule>, Held), ExecError> {
         let cancel = CancelFlag::new();
         let inflight = self.enter_flight(&cancel)?;
-        let held = cancel.guard(ticket).await?;
+        let mut held = cancel.guard(ticket).await?;
+        held.apply_reset();
         let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), &self.source)).await??;
         Ok((inflight, cancel, p, module, held))
     }

@@ -113,3 +113,26 @@ async fn a_drop_made_while_a_call_holds_the_actors_place_applies_after_that_call
     assert_eq!(before.await.expect("ran").expect("counts"), "2", "the call made before the drop sees the state");
     assert_eq!(after, "1", "the call made after the drop starts fresh");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drop_landing_between_two_holders_applies_before_a_snapshot_or_restore_as_before_a_call() {
+    // Review AZ1: a `dropActor` that finds the slot let go and not yet taken leaves its reset to
+    // the next holder. A call started fresh; a snapshot took the dropped state, and a restore's
+    // instance went when it let the slot go, lost though the restore had succeeded.
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let counter = def("counter");
+    let key = crate::actors::ActorKey { def: counter.key(), actor_id: "a".into() };
+    for _ in 0..3 {
+        ex.execute(&counter, "1".into(), actor("a")).await.expect("counts");
+    }
+    let three = ex.snapshot_actor(&counter, "a").await.expect("a snapshot at 3");
+    ex.actors.mark_reset(&key);
+    let dropped = ex.snapshot_actor(&counter, "a").await.map(|_| ()).map_err(|e| e.code());
+    assert_eq!(dropped, Err("INVALID_ARGUMENT"), "the dropped state is not snapshotted");
+    assert_eq!(ex.execute(&counter, "1".into(), actor("a")).await.expect("counts").output, "1", "starts fresh");
+    ex.actors.mark_reset(&key);
+    ex.restore_actor(&counter, "a", &three).await.expect("restored");
+    assert_eq!(ex.execute(&counter, "1".into(), actor("a")).await.expect("counts").output, "4", "the restore stands");
+}
