@@ -3,7 +3,7 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def, failure, guest, MemoryBlobStore } from './helpers'
@@ -114,6 +114,27 @@ describe('filesystem', () => {
     }
   })
 
+  it("a guest's own symlinks cannot point out of its grant, for whatever on the host reads the directory later", async () => {
+    // Review BB3: `up -> ../secret.txt` was made (only absolute targets were refused); the guest could
+    // not follow it, but the host code reading its output did.
+    const base = mkdtempSync(join(tmpdir(), 'loom-fs-links-'))
+    const here = join(base, 'granted')
+    mkdirSync(join(here, 'sub'), { recursive: true })
+    writeFileSync(join(base, 'secret.txt'), 'TOP SECRET')
+    writeFileSync(join(here, 'file.txt'), 'mine')
+    const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here, writable: true } })
+    const links: [string, string][] = [['up', '../secret.txt'], ['sub/up', '../../secret.txt'], ['through', 'sub/../../secret.txt'], ['abs', '/etc/passwd'], ['dotdot', '..']]
+    for (const [path, to] of links) {
+      expect(await ex.execute(fsDef, { op: 'symlink', path, to }), `${path} -> ${to}`).toEqual({ errno: 63 })
+      expect(existsSync(join(here, path)) || readdirSync(dirname(join(here, path))).includes(basename(path)), path).toBe(false)
+    }
+    // Links that lead down from where they are still work.
+    expect(await ex.execute(fsDef, { op: 'symlink', path: 'link.txt', to: 'file.txt' })).toEqual({ done: true })
+    expect(await ex.execute(fsDef, { op: 'symlink', path: 'sub/x', to: './y..z' })).toEqual({ done: true })
+    expect(await ex.execute(fsDef, { path: 'link.txt', follow: true })).toEqual({ content: 'mine' })
+    expect(readFileSync(join(here, 'link.txt'), 'utf8')).toBe('mine')
+  })
+
   it('is read-only unless the executor options say otherwise', async () => {
     const ro = new WasmActivityExecutor(await store(), { filesystem: { hostDir: dir } })
     expect((await ro.execute(fsDef, { path: 'new.txt', write: 'x' })).errno).toBeGreaterThan(0)
@@ -187,6 +208,41 @@ describe('filesystem', () => {
       expect(flips).toEqual({ done: true })
       // The open finds nothing, or the FIFO (refused): never a wait.
       expect([JSON.stringify({ done: true }), JSON.stringify({ errno: 58 })]).toContain(JSON.stringify(opens))
+    }
+    expect(inOpen()).toBe(0)
+  })
+
+  it("another executor granted the directory under another spelling, or its parent, cannot slip a FIFO under a name either", async () => {
+    // Review BB3: the lock of looks and renames was keyed by how hostDir was spelled. A tenant granted
+    // a symlink to the directory, `x/../dir` or the parent renamed a FIFO in under the name another
+    // tenant opened: about one round in two left a thread stuck in open() for good.
+    const base = mkdtempSync(join(tmpdir(), 'loom-fs-alias-'))
+    const here = join(base, 'tenant')
+    mkdirSync(here)
+    execFileSync('mkfifo', [join(here, 'pipe')])
+    symlinkSync(here, join(base, 'alias'))
+    const opener = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here } })
+    const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 5000 } })
+    const inOpen = () =>
+      readdirSync('/proc/self/task').filter((t) => {
+        try {
+          return /^(257|437) /.test(readFileSync(`/proc/self/task/${t}/syscall`, 'utf8'))
+        } catch {
+          return false
+        }
+      }).length
+    const spellings: [string, string][] = [[join(base, 'alias'), ''], [join(here, '..', 'tenant'), ''], [base, 'tenant/']]
+    for (const [hostDir, prefix] of spellings) {
+      const flipper = new WasmActivityExecutor(await store(), { filesystem: { hostDir, writable: true } })
+      for (let round = 0; round < 3; round++) {
+        const [flips, opens] = await Promise.all([
+          flipper.execute(slow, { op: 'flip', path: `${prefix}pipe`, to: `${prefix}x`, times: 2000 }),
+          opener.execute(slow, { op: 'open-loop', path: 'x', times: 2000 }),
+        ])
+        expect(flips, hostDir).toEqual({ done: true })
+        expect([JSON.stringify({ done: true }), JSON.stringify({ errno: 58 })], hostDir).toContain(JSON.stringify(opens))
+      }
+      flipper.close()
     }
     expect(inOpen()).toBe(0)
   })

@@ -53,6 +53,7 @@ pub mod modules;
 pub mod name_section;
 pub mod network;
 pub mod open_files;
+pub mod path_locks;
 pub mod pollables;
 pub mod options;
 pub mod output;

@@ -17,17 +17,13 @@
 //!
 //! The look and the open are one step for guests: per granted directory, they hold its lock
 //! (`PathLock`) for reading, and the WASI functions that can put a FIFO under another name
-//! (rename, link, symlink) take it for writing, so a guest renaming a FIFO back and forth cannot
-//! slip it under a name another call has just looked at. Another process doing so at that very
-//! instant still can. A writer waits without queueing ahead of readers (it tries every
+//! (rename, link, symlink) take for writing the locks of every granted directory overlapping theirs
+//! (`path_locks`), so a guest renaming a FIFO back and forth cannot slip it under a name another
+//! call has just looked at. Another process doing so at that very instant still can. A writer waits without queueing ahead of readers (it tries every
 //! millisecond): an open that blocks anyway (a lease another process holds, a network filesystem)
 //! delays only renames in that directory, until its call ends.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
-
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{OwnedRwLockWriteGuard, RwLockReadGuard};
 use wasmtime::component::{Linker as ComponentLinker, LinkerInstance, Resource};
 use wasmtime::{AsContextMut, Caller, Extern, Linker, StoreContextMut};
 use wasmtime_wasi::filesystem::WasiFilesystemView as _;
@@ -44,23 +40,7 @@ use wiggle::{GuestMemory, GuestPtr};
 use crate::host::{HostState, WASI_P1 as P1};
 use crate::open_files::{self, Refusal};
 
-/// A granted directory's lock: held for reading from a path's look to its open, for writing by
-/// renames, links and symlinks.
-pub type PathLock = Arc<RwLock<()>>;
-
-/// The lock of the directory `dir` (as the executor's options name it), shared by every call
-/// granted it in the process.
-pub fn path_lock(dir: &Path) -> PathLock {
-    static LOCKS: Mutex<Vec<(PathBuf, Weak<RwLock<()>>)>> = Mutex::new(Vec::new());
-    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(lock) = locks.iter().find(|(d, _)| d == dir).and_then(|(_, w)| w.upgrade()) {
-        return lock;
-    }
-    locks.retain(|(_, w)| w.strong_count() > 0);
-    let lock = Arc::new(RwLock::new(()));
-    locks.push((dir.to_path_buf(), Arc::downgrade(&lock)));
-    lock
-}
+pub use crate::path_locks::{path_lock, PathLock};
 
 /// The read side, for a look and its open (nothing without a granted directory: no path opens).
 async fn read(lock: &Option<PathLock>) -> Option<RwLockReadGuard<'_, ()>> {
@@ -70,15 +50,21 @@ async fn read(lock: &Option<PathLock>) -> Option<RwLockReadGuard<'_, ()>> {
     }
 }
 
-/// The write side, taken without queueing ahead of readers: tried every millisecond until free.
-async fn write(lock: &Option<PathLock>) -> Option<RwLockWriteGuard<'_, ()>> {
-    let lock = lock.as_ref()?;
-    loop {
-        if let Ok(guard) = lock.try_write() {
-            return Some(guard);
-        }
-        crate::runtime::enter(|| tokio::time::sleep(Duration::from_millis(1))).await;
+/// The write side, of every granted directory overlapping this one (`path_locks`).
+async fn write(lock: &Option<PathLock>) -> Option<Vec<OwnedRwLockWriteGuard<()>>> {
+    match lock {
+        Some(lock) => Some(lock.write().await),
+        None => None,
     }
+}
+
+/// Whether a guest's symlink target names a parent directory (`..`). wasmtime-wasi refuses
+/// absolute targets; relative ones that climbed out of the grant were made, and whatever on the
+/// host read the granted directory later followed them (review BB3: `up -> ../secret` read a file
+/// beside the grant). Without `..`, a link the guest makes leads down from where it is, through
+/// links that do the same, so never out.
+fn climbs(target: &str) -> bool {
+    target.split('/').any(|part| part == "..")
 }
 
 /// Whether a path of this type may be opened.
@@ -92,7 +78,7 @@ fn openable_p2(t: DescriptorType) -> bool {
 
 /// The guest's memory and WASI context, with the store's host-call fuel set (as wasmtime-wasi's
 /// own wrappers do before each call).
-fn parts<'a>(caller: &'a mut Caller<'_, HostState>) -> wasmtime::Result<(&'a mut WasiP1Ctx, GuestMemory<'a>)> {
+pub(crate) fn parts<'a>(caller: &'a mut Caller<'_, HostState>) -> wasmtime::Result<(&'a mut WasiP1Ctx, GuestMemory<'a>)> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         wasmtime::bail!("missing required memory export");
     };
@@ -227,6 +213,10 @@ fn shadow_p1_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let lock = caller.data().paths.clone();
                 let _paths = write(&lock).await;
                 let (ctx, mut mem) = parts(&mut caller)?;
+                let target = mem.as_cow_str(GuestPtr::<str>::new((old as u32, old_len as u32)));
+                if target.is_ok_and(|t| climbs(&t)) {
+                    return Ok(Errno::Perm as i32);
+                }
                 p1::path_symlink(ctx, &mut mem, old, old_len, fd, new, new_len).await
             })
         },
@@ -343,6 +333,9 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
         "[method]descriptor.symlink-at",
         |mut store: StoreContextMut<'_, HostState>, (dir, old, new): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
+                if climbs(&old) {
+                    return Ok((Err(ErrorCode::NotPermitted),));
+                }
                 let lock = store.data().paths.clone();
                 let _paths = write(&lock).await;
                 let mut view = store.data_mut().filesystem();

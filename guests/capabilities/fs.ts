@@ -2,9 +2,9 @@
 // Input {"path": "...", "write"?: "...", "follow"?: true (follow a final symlink)}; output
 // {"content": "..."}, {"written": n} or {"errno": n}. Other operations, with "op":
 // "touch" sets the path's times to now; "open-loop" opens (and closes) it "times" times;
-// "flip" renames "path" to "to" and back "times" times. Each gives {"errno": n} of its first
-// failure, or {"done": true}.
-import { fd_close, fd_read, fd_write, path_filestat_set_times, path_open, path_rename } from './wasi'
+// "flip" renames "path" to "to" and back "times" times; "symlink" makes "path" a link to "to". Each
+// gives {"errno": n} of its first failure, or {"done": true}.
+import { fd_close, fd_read, fd_write, path_filestat_set_times, path_open, path_rename, path_symlink } from './wasi'
 import { parse, quote } from '../assemblyscript/lib/json'
 
 const PREOPEN: u32 = 3
@@ -47,6 +47,11 @@ function other(op: string, pathBytes: ArrayBuffer, follow: u32, to: string | nul
       if (e != 0) return errno(e)
     }
     return '{"done":true}'
+  }
+  if (op == 'symlink' && to != null) {
+    const target = String.UTF8.encode(to!)
+    const e = path_symlink(changetype<usize>(target), target.byteLength, PREOPEN, p, n)
+    return e != 0 ? errno(e) : '{"done":true}'
   }
   return '{"error":"unknown op"}'
 }

@@ -18,6 +18,9 @@ export declare function fd_close(fd: u32): u16
 export declare function path_filestat_set_times(
   dirfd: u32, flags: u32, path: usize, pathLen: usize, atim: u64, mtim: u64, fstFlags: u16,
 ): u16
+@external("wasi_snapshot_preview1", "path_symlink")
+export declare function path_symlink(oldPath: usize, oldLen: usize, dirfd: u32, newPath: usize, newLen: usize): u16
+
 @external("wasi_snapshot_preview1", "path_rename")
 export declare function path_rename(
   dirfd: u32, oldPath: usize, oldLen: usize, newDirfd: u32, newPath: usize, newLen: usize,

@@ -1,0 +1,117 @@
+//! The locks of granted directories (see `wasi_open`): a path's look and its open hold their
+//! directory's lock for reading; a rename, link or symlink takes for writing the lock of every
+//! granted directory that overlaps its own (the same directory, one inside it or one it is in).
+//!
+//! A directory is known by its canonical path, so a grant spelled through a symlink or with `..`
+//! shares the lock of the grant spelled plainly, and a grant of a parent directory waits for the
+//! opens under way in a subdirectory granted to another executor (review BB3: keyed by the
+//! spelling of `hostDir`, one tenant renaming a FIFO back and forth in a parent or an alias of
+//! another's granted directory slipped it under a name that one had just looked at; each such open
+//! blocked a thread for good, and 64 of them stopped every file operation in the process). What
+//! canonical paths cannot tell, a directory mounted twice (a bind mount), still gets two locks.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{OwnedRwLockWriteGuard, RwLock, RwLockReadGuard};
+
+struct Granted {
+    /// Canonical (as given when it cannot be resolved: then its open fails anyway).
+    dir: PathBuf,
+    lock: Arc<RwLock<()>>,
+}
+
+/// A granted directory's lock, shared by every call granted that directory in the process.
+#[derive(Clone)]
+pub struct PathLock(Arc<Granted>);
+
+/// The granted directories of the calls and actors that live now.
+fn registry() -> MutexGuard<'static, Vec<Weak<Granted>>> {
+    static LOCKS: Mutex<Vec<Weak<Granted>>> = Mutex::new(Vec::new());
+    LOCKS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The lock of the directory `dir` (as the executor's options name it).
+pub fn path_lock(dir: &Path) -> PathLock {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut locks = registry();
+    if let Some(granted) = locks.iter().filter_map(Weak::upgrade).find(|g| g.dir == dir) {
+        return PathLock(granted);
+    }
+    locks.retain(|w| w.strong_count() > 0);
+    let granted = Arc::new(Granted { dir, lock: Arc::new(RwLock::new(())) });
+    locks.push(Arc::downgrade(&granted));
+    PathLock(granted)
+}
+
+impl PathLock {
+    /// The read side, for a look and its open.
+    pub async fn read(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.lock.read().await
+    }
+
+    /// The write side of every granted directory that overlaps this one, taken without queueing
+    /// ahead of readers: all of them tried at once every millisecond until all are free (so two
+    /// writers never hold one each and wait for the other).
+    pub async fn write(&self) -> Vec<OwnedRwLockWriteGuard<()>> {
+        loop {
+            let overlapping: Vec<Arc<RwLock<()>>> = registry()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|g| g.dir.starts_with(&self.0.dir) || self.0.dir.starts_with(&g.dir))
+                .map(|g| g.lock.clone())
+                .collect();
+            let all: Option<Vec<_>> = overlapping.into_iter().map(|lock| lock.try_write_owned().ok()).collect();
+            if let Some(guards) = all {
+                return guards;
+            }
+            crate::runtime::enter(|| tokio::time::sleep(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::path_lock;
+
+    /// Whether `writer`'s write side is taken within 50 ms.
+    async fn writes(writer: &super::PathLock) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), writer.write()).await.is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_directory_has_one_lock_however_it_is_spelled_and_renames_wait_for_opens_in_overlapping_grants() {
+        let root = std::env::temp_dir().join(format!("loom-path-locks-{}", std::process::id()));
+        let (shared, sub, sibling) = (root.join("shared"), root.join("shared/tenant"), root.join("other"));
+        for d in [&sub, &sibling] {
+            std::fs::create_dir_all(d).expect("dir");
+        }
+        let alias = root.join("alias");
+        let _ = std::fs::remove_file(&alias);
+        std::os::unix::fs::symlink(&shared, &alias).expect("symlink");
+
+        let opener = path_lock(&shared);
+        for spelling in [alias.clone(), root.join("other/../shared"), root.join("./shared/")] {
+            let other = path_lock(&spelling);
+            let reading = opener.read().await;
+            assert!(!writes(&other).await, "{spelling:?} waits for an open in the same directory");
+            drop(reading);
+            assert!(writes(&other).await, "{spelling:?} writes once the open is done");
+        }
+        // A grant of the parent waits for opens in the subdirectory, and the subdirectory's renames
+        // for opens in the parent; a sibling waits for neither.
+        let (parent, child, apart) = (path_lock(&shared), path_lock(&sub), path_lock(&sibling));
+        let reading = child.read().await;
+        assert!(!writes(&parent).await, "the parent's rename waits for the subdirectory's open");
+        assert!(writes(&apart).await, "a sibling does not wait");
+        drop(reading);
+        let reading = parent.read().await;
+        assert!(!writes(&child).await, "the subdirectory's rename waits for the parent's open");
+        drop(reading);
+        assert!(writes(&parent).await && writes(&child).await);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
