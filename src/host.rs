@@ -337,6 +337,7 @@ fn build_linker(kind: EngineKind) -> Result<Linker<HostState>, String> {
     p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut **s.wasi.get_or_insert_with(|| Box::new(WasiCtxBuilder::new().build_p1())))
         .map_err(|e| format!("{e:#}"))?;
     crate::wasi_open::shadow_p1(&mut linker).map_err(|e| format!("{e:#}"))?;
+    crate::wasi_poll::shadow_p1(&mut linker).map_err(|e| format!("{e:#}"))?;
     // wasmtime-wasi refuses exit codes past 125 (a host error: `TRAP`); any code a guest exits
     // with is its answer (`GUEST_ERROR` with `exitCode`, 0 a success), as its C `exit(255)` means.
     linker.allow_shadowing(true);

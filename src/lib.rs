@@ -79,6 +79,7 @@ pub mod untrusted_dir;
 pub mod wasi_http;
 pub mod wasi_listing;
 pub mod wasi_open;
+pub mod wasi_poll;
 pub mod warm_up;
 
 #[cfg(test)]
