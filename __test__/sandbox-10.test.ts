@@ -41,4 +41,30 @@ describe('host memory a guest makes the host hold', () => {
     expect(await exitOf(4097)).toBe(280000)
     expect(await exitOf(490_000)).toBe(280000)
   })
+
+  it("an Extism actor's vars count in maxActorMemoryMB", async () => {
+    // Review BB1: only the plugin's memory was counted, so 2,000 actors of a 0-page plugin each
+    // keeping 1 MiB of vars held 2 GiB under maxActorMemoryMB: 1.
+    const plugin = await wat(`(module
+      (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+      (import "extism:host/env" "store_u8" (func $s8 (param i64 i32)))
+      (import "extism:host/env" "var_set" (func $vset (param i64 i64)))
+      (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+      (memory (export "memory") 0)
+      (func (export "execute") (result i32) (local $k i64) (local $o i64)
+        (local.set $k (call $alloc (i64.const 1)))
+        (call $s8 (local.get $k) (i32.const 107))
+        (call $vset (local.get $k) (call $alloc (i64.const 1000000)))
+        (local.set $o (call $alloc (i64.const 1)))
+        (call $s8 (local.get $o) (i32.const 49))
+        (call $out (local.get $o) (i64.const 1))
+        (i32.const 0)))`)
+    const ex = new WasmActivityExecutor(blobs(plugin), { maxActorMemoryMB: 4 })
+    const d = def('vars', { abi: 'extism' })
+    for (let i = 0; i < 20; i++) expect(await ex.execute(d, {}, { actorId: `a${i}` })).toBe(1)
+    const live = ex.cacheStats().actors
+    expect(live).toBeGreaterThan(0)
+    expect(live).toBeLessThanOrEqual(4)
+    await ex.close()
+  })
 })

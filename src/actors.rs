@@ -64,10 +64,12 @@ impl ActorState {
         self.instance.is_none() && self.persisted.is_none() && (self.shadow.is_none() || self.pristine)
     }
 
-    /// What it holds in memory: its instance's memories and tables and its shadow.
+    /// What it holds in memory: its instance's (`Instance::held_bytes`) and its shadow.
     fn held_bytes(&self) -> u64 {
-        let instance = self.instance.as_ref().map_or(0, |i| i.memory_bytes());
-        let shadow = self.shadow.as_ref().map_or(0, |(_, s)| (s.memory.len() + s.globals.len() * std::mem::size_of::<crate::snapshot::GlobalValue>()) as u64);
+        let instance = self.instance.as_ref().map_or(0, |i| i.held_bytes());
+        let shadow = self.shadow.as_ref().map_or(0, |(_, s)| {
+            (s.memory.len() + s.globals.len() * std::mem::size_of::<crate::snapshot::GlobalValue>() + s.host.len()) as u64
+        });
         instance.saturating_add(shadow)
     }
 }

@@ -378,8 +378,7 @@ impl GuestInstance {
     /// `open_files`).
     pub fn discard(self) {
         let pooled = self.kind == EngineKind::Plain && self._unpooled.is_none();
-        let host = self.store.data().component.as_ref().map_or(0, |c| c.held.now());
-        let bytes = self.memory_bytes().saturating_add(host);
+        let bytes = self.held_bytes();
         if pooled && (DROP_LATER_BYTES..=DROP_HERE_BYTES).contains(&bytes) && self.grants.filesystem.is_none() {
             crate::reaper::drop_later(self);
         }
@@ -388,6 +387,16 @@ impl GuestInstance {
     /// Memory (all memories and tables) the instance holds now.
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.total_bytes()
+    }
+
+    /// What it holds in all: its memories and tables, what a component holds in the host
+    /// (`wasi:http` bodies, pollables) and an Extism plugin's vars (review BB1: 1 MiB of vars per
+    /// actor went uncounted in `maxActorMemoryMB`, 2,000 actors of a 0-page plugin held 2 GiB
+    /// under a 1 MiB bound).
+    pub fn held_bytes(&self) -> u64 {
+        let data = self.store.data();
+        let component = data.component.as_ref().map_or(0, |c| c.held.now());
+        self.memory_bytes().saturating_add(component).saturating_add(data.extism.vars_bytes())
     }
 
     /// Records which fiber stack the instance's guest code runs on, so that `release_stack` can

@@ -202,6 +202,11 @@ impl Kernel {
         Ok(s)
     }
 
+    /// What the vars hold, as `var_set` counts them against `MAX_VAR_BYTES`.
+    pub fn vars_bytes(&self) -> u64 {
+        self.vars.iter().map(|(n, v)| (n.len() + v.len() + crate::abi::extism::VAR_OVERHEAD) as u64).sum()
+    }
+
     /// The vars as bytes (for snapshots): count, then (key length, key, value length, value).
     pub fn encode_vars(&self) -> Vec<u8> {
         let mut out = (self.vars.len() as u32).to_le_bytes().to_vec();
