@@ -1,9 +1,13 @@
 // Hostile review round BB (host-side memory a guest controls): each test reproduces a way through
 // that a reviewer found, and failed on the code from before its fix.
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
 import { def, failure } from './helpers'
-import { wat } from './wat'
+import { guestWat, wat } from './wat'
+
+const root = join(__dirname, '..')
 
 const blobs = (bytes: Buffer) => ({ download: async () => bytes })
 
@@ -67,4 +71,44 @@ describe('host memory a guest makes the host hold', () => {
     expect(live).toBeLessThanOrEqual(4)
     await ex.close()
   })
+})
+
+describe('descriptors the process needs', () => {
+  it('compiled modules hold at most a quarter of RLIMIT_NOFILE: under ulimit -n 256, 300 modules leave Node its files and sockets', async () => {
+    // Review BB2: each module with data keeps a memfd for its memory image. Under `ulimit -n 1024`,
+    // twelve executors' default caches took every descriptor: Node's own opens and sockets failed
+    // with EMFILE, and calls with INVALID_MODULE ("cannot create a memfd").
+    const modules = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => guestWat(`(func (export "execute") (param i32) (result i32) (i32.const 36)) (func (export "m${i}"))`)),
+    )
+    const script = `
+      const { openSync, closeSync } = require('node:fs')
+      const net = require('node:net')
+      const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+      const modules = JSON.parse(require('node:fs').readFileSync(0, 'utf8')).map((b) => Buffer.from(b, 'base64'))
+      ;(async () => {
+        const ex = new WasmActivityExecutor({ download: async (p) => modules[Number(p)] }, { maxCachedModules: 1000 })
+        const codes = {}
+        for (let i = 0; i < modules.length; i++) {
+          const def = { name: 'm' + i, version: '1', wasmBlobPath: String(i) }
+          const code = await ex.execute(def, null).then((out) => 'ok:' + out, (e) => e.code)
+          codes[code] = (codes[code] || 0) + 1
+        }
+        let file = 'ok'
+        try { closeSync(openSync('/etc/hostname', 'r')) } catch (e) { file = e.code }
+        const socket = await new Promise((resolve) => {
+          const server = net.createServer().on('error', (e) => resolve(e.code)).listen(0, '127.0.0.1', () => server.close(() => resolve('ok')))
+        })
+        console.log(JSON.stringify({ codes, file, socket, cached: ex.cacheStats().modules }))
+        await ex.close()
+      })()`
+    const out = execFileSync('bash', ['-c', 'ulimit -n 256 && exec node -e "$0"', script], {
+      input: JSON.stringify(modules.map((m) => m.toString('base64'))),
+      encoding: 'utf8',
+    })
+    const result = JSON.parse(out.trim().split('\n').pop()!)
+    expect(result.codes).toEqual({ 'ok:1': 300 })
+    expect([result.file, result.socket]).toEqual(['ok', 'ok'])
+    expect(result.cached).toBeLessThanOrEqual(64)
+  }, 120_000)
 })

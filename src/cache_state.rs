@@ -156,13 +156,13 @@ impl State {
     }
 
     /// Past a bound, evicts the least recently used (but never the last module). One bound is the
-    /// process's: at `MAX_LIVE_MODULES` compiled modules, each insert evicts this cache's least
+    /// process's: near `max_live_modules` compiled modules (`crowded`), each insert evicts this cache's least
     /// recently used, so that the next load finds room unless other executors (or calls) hold
     /// them all.
     fn evict_over_bounds(&mut self) {
         let mut gone = Vec::new();
         // One for the process's bound (what goes may still be held elsewhere: no more for it).
-        let mut for_process = crate::compiled_module::live_modules() >= crate::compiled_module::MAX_LIVE_MODULES;
+        let mut for_process = crate::compiled_module::crowded();
         while (self.stats.code_bytes > self.max_bytes || self.lru.len() > self.capacity || for_process) && self.lru.len() > 1 {
             for_process = false;
             match self.lru.pop_lru() {

@@ -20,7 +20,29 @@ use crate::inline;
 /// instances outside it (`engine::MAPPINGS_BUDGET`), under the limit.
 pub const MAX_LIVE_MODULES: usize = 2000;
 
+/// The most compiled modules the process holds now: `MAX_LIVE_MODULES`, and no more than a
+/// quarter of its descriptors' soft limit (`open_files::soft_limit`). A module with data keeps a
+/// memfd open for its memory image (copy-on-write instantiation): review BB2, under `ulimit -n
+/// 1024`, twelve executors' default caches (1,536 modules) took every descriptor, and Node's own
+/// opens and sockets failed with `EMFILE`. A quarter leaves the top quarter to the process
+/// (`open_files`' reserve) and half to guests' files and sockets.
+pub fn max_live_modules() -> usize {
+    match crate::open_files::soft_limit() {
+        Some(soft) => MAX_LIVE_MODULES.min((soft / 4).max(1) as usize),
+        None => MAX_LIVE_MODULES,
+    }
+}
+
 static LIVE_MODULES: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether caches should let a module go as they take one: the process holds all but an eighth
+/// of `max_live_modules` (at most 64), which is left for compiles under way, a tier-up's
+/// optimized module beside its baseline one above all (at the bound itself, one executor
+/// loading new modules one after another met `BUSY` while its tier-ups held the last places).
+pub fn crowded() -> bool {
+    let max = max_live_modules();
+    live_modules() + (max / 8).clamp(1, 64) >= max
+}
 
 /// Compiled modules alive in the process now.
 pub fn live_modules() -> usize {
@@ -32,15 +54,16 @@ pub fn live_modules() -> usize {
 pub struct LiveModule(());
 
 impl LiveModule {
-    /// A place for one more compiled module, or `BUSY` when the process holds `MAX_LIVE_MODULES`
+    /// A place for one more compiled module, or `BUSY` when the process holds `max_live_modules`
     /// (caches evict their least recently used as they pass it: see `cache_state`).
     pub fn take() -> Result<LiveModule, ExecError> {
+        let max = max_live_modules();
         LIVE_MODULES
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_LIVE_MODULES).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map(|_| LiveModule(()))
             .map_err(|_| {
                 ExecError::Busy(format!(
-                    "the process holds {MAX_LIVE_MODULES} compiled modules, the most it may (each maps memory); retry when executors have let some go (maxCachedModules, clearCache, close)"
+                    "the process holds {max} compiled modules, the most it may (each maps memory and may hold a descriptor: at most {MAX_LIVE_MODULES}, and a quarter of RLIMIT_NOFILE); retry when executors have let some go (maxCachedModules, clearCache, close)"
                 ))
             })
     }

@@ -156,6 +156,11 @@ fn trap_kind(trap: &Trap) -> String {
 /// does not fit (the module can never instantiate), not a guest fault.
 fn instantiate_error(e: wasmtime::Error, limits: &Limits, module: &CompiledModule) -> ExecError {
     let is_trap = e.downcast_ref::<Trap>().is_some_and(|t| *t != Trap::OutOfFuel && *t != Trap::Interrupt);
+    // The OS refused something (a memfd for the module's memory image, out of descriptors): the
+    // process's trouble, for now, not the module's (review BB2: `INVALID_MODULE`, not retryable).
+    if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) {
+        return ExecError::Busy(format!("cannot instantiate now: {}; retry later", crate::trap_text::describe(&e)));
+    }
     if is_trap && !module.has_start {
         return ExecError::InvalidModule(format!("cannot instantiate: {}", crate::trap_text::describe(&e)));
     }

@@ -39,14 +39,19 @@ pub fn admit(held: usize) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The first descriptor number of the reserve, from the soft limit now.
-fn reserve_start() -> u64 {
+/// The process's `RLIMIT_NOFILE` soft limit now (`None`: unlimited or unknown).
+pub fn soft_limit() -> Option<u64> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `getrlimit` writes the limit into the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
-        return u64::MAX;
+        return None;
     }
-    let soft = lim.rlim_cur;
+    Some(lim.rlim_cur)
+}
+
+/// The first descriptor number of the reserve, from the soft limit now.
+fn reserve_start() -> u64 {
+    let Some(soft) = soft_limit() else { return u64::MAX };
     soft.saturating_sub((soft / 4).max(MIN_RESERVE))
 }
 
