@@ -112,3 +112,28 @@ describe('descriptors the process needs', () => {
     expect(result.cached).toBeLessThanOrEqual(64)
   }, 120_000)
 })
+
+describe('replay across code tiers', () => {
+  it("a deterministic definition's calls run on optimized code from the first: the NaN of min(NaN, NaN) does not hang on whether the module tiered up", async () => {
+    // Review BB4: baseline code gives the first operand's NaN, optimized code the second's, so one
+    // deterministic step gave two outputs and two next snapshots depending on a worker's cache.
+    const guest = await guestWat(`
+      (data (i32.const 48) "\\02\\00\\00\\00\\32\\00")
+      (data (i32.const 64) "\\34\\12\\c0\\7f\\78\\56\\c0\\ff")
+      (func (export "execute") (param i32) (result i32)
+        (select (i32.const 36) (i32.const 52)
+          (i32.eq (i32.reinterpret_f32 (f32.min (f32.load (i32.const 64)) (f32.load (i32.const 68)))) (i32.const 0xffc05678))))`)
+    const first = async (options: Record<string, unknown>, deterministic: boolean) => {
+      const ex = new WasmActivityExecutor(blobs(guest), { shareCode: false, ...options })
+      try {
+        return await ex.execute(def('nan', { deterministic }), null, { now: 1, seed: 1 })
+      } finally {
+        await ex.close()
+      }
+    }
+    const optimized = await first({ tierUp: false }, false)
+    // The premise: a first call on baseline code answers otherwise.
+    expect(await first({}, false)).not.toBe(optimized)
+    expect(await first({}, true)).toBe(optimized)
+  })
+})

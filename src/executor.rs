@@ -248,7 +248,8 @@ impl Executor {
         let inflight = self.enter_flight(&cancel)?;
         let mut held = cancel.guard(ticket).await?;
         held.apply_reset();
-        let module = cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), &self.source)).await??;
+        let load = self.modules.get_or_load_for(&p.key, p.kind, p.pinned.as_ref(), &self.source, p.ctx.det.is_some());
+        let module = cancel.guard(load).await??;
         Ok((inflight, cancel, p, module, held))
     }
 
@@ -329,8 +330,8 @@ impl Executor {
             Some(t) => Some(cancel.guard(t).await?),
             None => None,
         };
-        let module =
-            cancel.guard(self.modules.get_or_load(&p.key, p.kind, p.pinned.as_ref(), &self.source)).await??;
+        let load = self.modules.get_or_load_for(&p.key, p.kind, p.pinned.as_ref(), &self.source, p.ctx.det.is_some());
+        let module = cancel.guard(load).await??;
         let abi = module.abi_for(p.ctx.abi)?;
         authorize(&module.wasi_imports, &p.capabilities, abi)?;
         if abi == crate::abi::Abi::Component && (p.transactional || p.durable.is_some()) {

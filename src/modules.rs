@@ -85,7 +85,9 @@ impl Default for LoadLimits {
 }
 
 pub(crate) use crate::cache_state::State;
-type Flight = (DefKey, EngineKind, Option<Digest>);
+/// A load in flight: its definition, engine, pin and whether baseline code will do (a load
+/// wanting optimized code must not join one that gives baseline code).
+type Flight = (DefKey, EngineKind, Option<Digest>, bool);
 pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
 type Loading = Arc<OnceCell<Loaded>>;
 
@@ -170,6 +172,11 @@ impl ModuleCache {
         st.lru.get(&(digest, kind)).cloned()
     }
 
+    /// `peek`, and without tier-up only optimized code (the cache may hold baseline code).
+    fn peek_tier(&self, key: &DefKey, kind: EngineKind, pinned: Option<&Digest>, tier_up: bool) -> Option<Arc<CompiledModule>> {
+        self.peek(key, kind, pinned).filter(|m| tier_up || !m.kind.baseline())
+    }
+
     /// Counts a hit; with a `cacheDir`, every `REFRESH_EVERY` also marks the artifacts of the
     /// modules held here, and the hints of the definitions that name them, used
     /// (`cache_dir_bound`): a module served from memory for days would otherwise see its artifact
@@ -200,7 +207,23 @@ impl ModuleCache {
         self.get_or_load_tiered(key, kind, pinned, source, self.tier_up).await
     }
 
-    /// The same, with tier-up or without (`precompile`: optimized code only).
+    /// The same for a call: a deterministic definition's run on optimized code only (review BB4:
+    /// baseline and optimized code differ where WebAssembly lets them, the NaN scalar min/max
+    /// return of two NaNs and the depth a stack overflows at, so a replay's result hung on whether
+    /// a worker's module had tiered up).
+    pub async fn get_or_load_for(
+        &self,
+        key: &DefKey,
+        kind: EngineKind,
+        pinned: Option<&Digest>,
+        source: &Arc<dyn BlobSource>,
+        deterministic: bool,
+    ) -> Result<Arc<CompiledModule>, ExecError> {
+        self.get_or_load_tiered(key, kind, pinned, source, self.tier_up && !deterministic).await
+    }
+
+    /// The same, with tier-up or without (`precompile`, deterministic calls: optimized code only,
+    /// also where the cache holds the baseline code of a tier-up under way).
     pub async fn get_or_load_tiered(
         &self,
         key: &DefKey,
@@ -209,7 +232,7 @@ impl ModuleCache {
         source: &Arc<dyn BlobSource>,
         tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        let module = match self.peek(key, kind, pinned) {
+        let module = match self.peek_tier(key, kind, pinned, tier_up) {
             Some(m) => {
                 self.count_hit();
                 m
@@ -237,7 +260,7 @@ impl ModuleCache {
         source: &Arc<dyn BlobSource>,
         tier_up: bool,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        let flight = (key.clone(), kind, pinned.copied());
+        let flight = (key.clone(), kind, pinned.copied(), tier_up);
         let cell = {
             let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
             loading.entry(flight.clone()).or_default().clone()
@@ -255,7 +278,7 @@ impl ModuleCache {
                 async move {
                     // A load that finished between this caller's look in the cache and here (it
                     // left no flight to join): no second load.
-                    if let Some(m) = self.peek(key, kind, pinned) {
+                    if let Some(m) = self.peek_tier(key, kind, pinned, tier_up) {
                         self.count_hit();
                         return Ok(m);
                     }
@@ -532,7 +555,7 @@ impl ModuleCache {
     pub fn clear(&self, name: Option<&str>) {
         let mut st = self.state();
         st.note_clear(name);
-        self.loading.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _, _), _| name.is_some_and(|n| k.name != n));
+        self.loading.lock().unwrap_or_else(|p| p.into_inner()).retain(|(k, _, _, _), _| name.is_some_and(|n| k.name != n));
         match name {
             None => st.clear_all(),
             Some(name) => st.clear_name(name),
