@@ -51,18 +51,31 @@ impl PathLock {
         self.0.lock.read().await
     }
 
-    /// The write side of every granted directory that overlaps this one, taken without queueing
-    /// ahead of readers: all of them tried at once every millisecond until all are free (so two
-    /// writers never hold one each and wait for the other).
+    /// The write side of every granted directory that overlaps this one. First tried without
+    /// queueing ahead of readers, all at once every millisecond (an open that blocks anyway, on a
+    /// leased file, then holds up only renames); after `QUEUE_AFTER`, queued in line, one lock after
+    /// another in the order of their paths (so two writers never each hold one the other waits
+    /// for): opens that come later wait for the writer. Polling alone never got all the locks of
+    /// a directory whose parent another executor opened in a loop (review BC1: four readers of
+    /// the parent held a subdirectory's two renames off to their 5 s deadline).
     pub async fn write(&self) -> Vec<OwnedRwLockWriteGuard<()>> {
+        let started = std::time::Instant::now();
         loop {
-            let overlapping: Vec<Arc<RwLock<()>>> = registry()
+            let mut overlapping: Vec<(PathBuf, Arc<RwLock<()>>)> = registry()
                 .iter()
                 .filter_map(Weak::upgrade)
                 .filter(|g| g.dir.starts_with(&self.0.dir) || self.0.dir.starts_with(&g.dir))
-                .map(|g| g.lock.clone())
+                .map(|g| (g.dir.clone(), g.lock.clone()))
                 .collect();
-            let all: Option<Vec<_>> = overlapping.into_iter().map(|lock| lock.try_write_owned().ok()).collect();
+            if started.elapsed() >= QUEUE_AFTER {
+                overlapping.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut guards = Vec::with_capacity(overlapping.len());
+                for (_, lock) in overlapping {
+                    guards.push(lock.write_owned().await);
+                }
+                return guards;
+            }
+            let all: Option<Vec<_>> = overlapping.into_iter().map(|(_, lock)| lock.try_write_owned().ok()).collect();
             if let Some(guards) = all {
                 return guards;
             }
@@ -70,6 +83,9 @@ impl PathLock {
         }
     }
 }
+
+/// How long a writer polls before it queues (see `PathLock::write`).
+const QUEUE_AFTER: Duration = Duration::from_millis(20);
 
 #[cfg(test)]
 mod tests {
@@ -112,6 +128,45 @@ mod tests {
         assert!(!writes(&child).await, "the subdirectory's rename waits for the parent's open");
         drop(reading);
         assert!(writes(&parent).await && writes(&child).await);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rename_gets_through_readers_of_an_overlapping_grant_that_never_stop() {
+        // Review BC1: readers of the parent, one always holding the lock, kept a subdirectory's
+        // renames polling until their deadline.
+        let root = std::env::temp_dir().join(format!("loom-path-locks-busy-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("sub")).expect("dirs");
+        let (parent, child) = (path_lock(&root), path_lock(&root.join("sub")));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|i| {
+                let (parent, stop) = (parent.clone(), stop.clone());
+                tokio::spawn(async move {
+                    // Overlapping holds of 300 us, the second reader 150 us behind the first: one
+                    // of the two always has the lock.
+                    let hold = |us: u64| async move {
+                        let until = std::time::Instant::now() + Duration::from_micros(us);
+                        while std::time::Instant::now() < until {
+                            tokio::task::yield_now().await;
+                        }
+                    };
+                    hold(150 * i).await;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let held = parent.read().await;
+                        hold(300).await;
+                        drop(held);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let taken = tokio::time::timeout(Duration::from_secs(2), child.write()).await.is_ok();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.await.expect("reader");
+        }
+        assert!(taken, "the rename got its locks");
         let _ = std::fs::remove_dir_all(&root);
     }
 }
