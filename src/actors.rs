@@ -430,6 +430,14 @@ impl Actors {
         }
     }
 
+    /// The last heartbeat an idle actor's instance holds (none: busy, or no instance).
+    #[cfg(test)]
+    pub fn idle_heartbeat(&self, key: &ActorKey) -> Option<Option<String>> {
+        let lru = self.shared.lru();
+        let st = lru.peek(key)?.state.try_lock().ok()?;
+        st.instance.as_ref().map(|i| i.last_heartbeat())
+    }
+
     /// The engine an idle actor's instance runs on (none: busy, or no instance).
     #[cfg(test)]
     pub fn instance_kind(&self, key: &ActorKey) -> Option<crate::engine::EngineKind> {

@@ -136,3 +136,23 @@ async fn a_drop_landing_between_two_holders_applies_before_a_snapshot_or_restore
     ex.restore_actor(&counter, "a", &three).await.expect("restored");
     assert_eq!(ex.execute(&counter, "1".into(), actor("a")).await.expect("counts").output, "4", "the restore stands");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_actor_holds_no_heartbeat_of_its_last_call() {
+    // Review BC1: an idle actor kept its last call's heartbeat (up to 384 KiB, with or without
+    // onProgress), not counted in maxActorMemoryMB: 533 actors held 3x their bound.
+    let source = Arc::new(MemorySource::new());
+    let guest = g::with_imports(
+        r#"(import "loom" "progress" (func $progress (param i32)))"#,
+        r#"(data (i32.const 200) "\04\00\00\00\31\00\32\00")
+        (func (export "execute") (param $in i32) (result i32)
+          (call $progress (i32.const 204))
+          (local.get $in))"#,
+    );
+    source.put("beat.wasm", guest);
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let beat = def("beat");
+    assert_eq!(ex.execute(&beat, "1".into(), actor("a")).await.expect("runs").output, "1");
+    let key = crate::actors::ActorKey { def: beat.key(), actor_id: "a".into() };
+    assert_eq!(ex.actors.idle_heartbeat(&key), Some(None), "an instance, holding no heartbeat");
+}

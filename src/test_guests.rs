@@ -45,6 +45,11 @@ pub fn with_prelude(body: &str) -> Vec<u8> {
     module(body)
 }
 
+/// A guest of `imports`, the prelude and `body`.
+pub fn with_imports(imports: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {imports} {PRELUDE} {body})")).expect("test guest parses")
+}
+
 /// Returns its input unchanged.
 pub fn echo() -> Vec<u8> {
     module(r#"(func (export "execute") (param $in i32) (result i32) (local.get $in))"#)

@@ -153,6 +153,9 @@ impl Kernel {
         self.input = (0, 0);
         self.output = None;
         self.error = None;
+        // An idle actor keeps no response headers (review BC1: up to twice maxHeaderBytes each).
+        self.http_status = 0;
+        self.http_headers = None;
     }
 
     /// A block's bytes as text (a host function's input), refused past `max` bytes.
