@@ -41,7 +41,7 @@ async fn baseline_only(name: &str, bytes: &[u8], path: &str) -> (std::path::Path
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn precompile_from_a_baseline_artifact_waits_for_the_optimized_code_and_stores_it() {
+async fn precompile_from_a_baseline_artifact_compiles_the_optimized_code_and_stores_it() {
     // Review: with only a module's baseline artifact in `cacheDir` (its process ended before the
     // tier-up landed), `precompile` took the baseline code and stopped there, writing no optimized
     // artifact.
@@ -52,7 +52,8 @@ async fn precompile_from_a_baseline_artifact_waits_for_the_optimized_code_and_st
     let second = Arc::new(Executor::new(source, opts()).expect("executor"));
     second.precompile(&def("base")).await.expect("precompiles");
     assert_eq!(artifacts_in(&dir), 2, "no optimized artifact was stored");
-    assert_eq!(second.stats().cache.artifact_hits, 1);
+    // The optimized code is compiled at once: baseline code will not do for it (review BD1).
+    assert_eq!((second.stats().cache.artifact_hits, second.stats().cache.compiles), (0, 1));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -140,4 +141,50 @@ async fn a_pinned_modules_background_fetches_do_not_pile_up_and_end_with_a_clear
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Answers "1" on baseline code and "2" on optimized code: the NaN `f32.min` gives for two NaNs
+/// is the first's on one, the second's on the other (review BB4).
+fn nan_min() -> Vec<u8> {
+    g::with_prelude(
+        r#"(data (i32.const 200) "\02\00\00\00\31\00")
+        (data (i32.const 208) "\02\00\00\00\32\00")
+        (data (i32.const 216) "\34\12\c0\7f\78\56\c0\ff")
+        (func (export "execute") (param i32) (result i32)
+          (select (i32.const 204) (i32.const 212)
+            (i32.eq (i32.reinterpret_f32 (f32.min (f32.load (i32.const 216)) (f32.load (i32.const 220)))) (i32.const 0x7fc01234))))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deterministic_call_runs_no_baseline_code_from_the_cache_or_cache_dir() {
+    // Review BD1: a deterministic call took the baseline code a tier-up under way left in the
+    // cache, and a baseline-only artifact from `cacheDir` (by the definition's hint, by digest,
+    // and pinned).
+    let bytes = nan_min();
+    let digest = sha256(&bytes);
+    let deterministic = |name: &str| Definition { wasm_blob_path: "nan.wasm".into(), deterministic: true, ..def(name) };
+    // `first` is the name `baseline_only` ran: its hint names this module; `other` finds the
+    // artifact by digest.
+    for (name, pinned) in [("first", None), ("other", None), ("other", Some(hex(&digest)))] {
+        let (dir, opts) = baseline_only("det-baseline", &bytes, "nan.wasm").await;
+        let source = Arc::new(MemorySource::new());
+        source.put("nan.wasm", bytes.clone());
+        let ex = Arc::new(Executor::new(source, opts()).expect("executor"));
+        let d = Definition { sha256: pinned.clone(), ..deterministic(name) };
+        assert_eq!(ex.execute(&d, "{}".into(), CallOptions::default()).await.expect("runs").output, "2", "{name} {pinned:?}");
+        ex.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // In memory: a call of the module without `deterministic` runs its baseline code while its
+    // tier-up cannot land.
+    let source = Arc::new(MemorySource::new());
+    source.put("nan.wasm", bytes);
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let held = crate::compile::hold_background_slots().await;
+    let plain = Definition { wasm_blob_path: "nan.wasm".into(), ..def("plain") };
+    assert_eq!(ex.execute(&plain, "{}".into(), CallOptions::default()).await.expect("runs").output, "1", "baseline code");
+    assert_eq!(ex.execute(&deterministic("det"), "{}".into(), CallOptions::default()).await.expect("runs").output, "2");
+    drop(held);
+    ex.close();
 }

@@ -393,8 +393,13 @@ impl ModuleCache {
             Some(guess) => guess.finish().await,
             None => None,
         };
+        // Without tier-up (`precompile`, a deterministic call), baseline code will not do, from
+        // wherever it comes: the cache (a tier-up under way), the hint, the artifact tiers (a
+        // baseline artifact only) or the slot re-read below (review BD1: each gave a
+        // deterministic call baseline code).
+        let wanted = |m: &Arc<CompiledModule>| tier_up || !m.kind.baseline();
         // The same bytes under another name (or a cleared index entry) need no compile.
-        let cached = self.state().lru.get(&(digest, kind)).cloned();
+        let cached = self.state().lru.get(&(digest, kind)).filter(|m| wanted(m)).cloned();
         if cached.is_none() {
             if let Some(shared) = self.take_shared(&digest, kind, Some(key), generation, tier_up.then_some(&bytes)).await {
                 return Ok(shared);
@@ -404,20 +409,21 @@ impl ModuleCache {
             Some(m) => (m, None, None),
             // The pinned probe above already looked for the artifacts in `probed` (an
             // artifactStore lookup is a network round trip): only the others are left to try.
-            None => match match guessed {
+            None => match match guessed.filter(|(m, _)| wanted(m)) {
                 Some(found) => {
                     self.state().stats.hinted += 1;
                     Some(found)
                 }
                 None if pinned.is_some() && probed.len() == 2 => None,
-                None => self.from_artifact(digest, kind, pinned.is_some(), &mut lookups).await,
+                None => self.from_artifact(digest, kind, pinned.is_some(), &mut lookups).await.filter(|(m, _)| wanted(m)),
             } {
                 Some((m, checked)) => {
                     // A baseline artifact of a tier-up (the optimized one was not stored yet):
                     // optimize in the background again (refused there for a shape that needs
-                    // the baseline compiler), also where no tier-up was asked for: `precompile`
-                    // waits for it (review: it stopped at the baseline code, and wrote no
-                    // optimized artifact), and `tierUp: false` would run baseline code for good.
+                    // the baseline compiler). Only with tier-up: without, baseline code was not
+                    // wanted above, and is compiled here now (`precompile` had stopped at the
+                    // baseline code and written no optimized artifact; `tierUp: false` would
+                    // run it for good).
                     if m.kind.baseline() && m.kind != kind {
                         self.tier_up_later(bytes, digest, kind, generation, &m);
                     }
@@ -437,7 +443,7 @@ impl ModuleCache {
         // Found cached, it may have given its slot to newer code since (a tier-up, a pooled
         // copy): the newer code stays, and is what this call runs.
         let compiled = match (from_artifact, st.lru.peek(&slot)) {
-            (None, Some(now)) => now.clone(),
+            (None, Some(now)) if wanted(now) => now.clone(),
             _ => compiled,
         };
         if st.unchanged_for(generation, Some(&key.name)) {
