@@ -1,6 +1,6 @@
 // Hostile review round BB (host-side memory a guest controls): each test reproduces a way through
 // that a reviewer found, and failed on the code from before its fix.
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { WasmActivityExecutor } from '../index'
@@ -135,5 +135,42 @@ describe('replay across code tiers', () => {
     // The premise: a first call on baseline code answers otherwise.
     expect(await first({}, false)).not.toBe(optimized)
     expect(await first({}, true)).toBe(optimized)
+  })
+})
+
+describe("a dependency's known panic", () => {
+  it("wasmparser's depth assertion is COMPILE_LIMIT and leaves nothing on the process's stderr", () => {
+    // Review BA1: 200 component types each importing a component of the one before (2.7 KB) made
+    // wasmparser assert; the panic is refused as COMPILE_LIMIT, but Rust's hook printed it to
+    // stderr, once per module, for any module's author to write there.
+    const leb = (n: number) => {
+      const out: number[] = []
+      do {
+        const b = n & 0x7f
+        n >>>= 7
+        out.push(n ? b | 0x80 : b)
+      } while (n)
+      return out
+    }
+    const types = [0x41, 0x00]
+    for (let k = 1; k < 200; k++) types.push(0x41, 0x02, 0x02, 0x03, 0x02, 0x01, ...leb(k - 1), 0x03, 0x00, 0x01, 0x61, 0x04, 0x00)
+    const content = [...leb(200), ...types]
+    const chain = Buffer.from([0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0x07, ...leb(content.length), ...content])
+    const script = `
+      const { WasmActivityExecutor, inspectModule } = require(${JSON.stringify(root)})
+      const chain = Buffer.from(${JSON.stringify(chain.toString('base64'))}, 'base64')
+      ;(async () => {
+        const codes = []
+        for (let i = 0; i < 3; i++) {
+          const ex = new WasmActivityExecutor({ download: async () => chain })
+          codes.push(await ex.execute({ name: 'c' + i, version: '1', wasmBlobPath: 'c' }, {}).then(() => 'ok', (e) => e.code))
+          await ex.close()
+        }
+        codes.push(await inspectModule(chain).then(() => 'ok', (e) => e.code))
+        console.log(JSON.stringify(codes))
+      })()`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect(JSON.parse(run.stdout.trim())).toEqual(['COMPILE_LIMIT', 'COMPILE_LIMIT', 'COMPILE_LIMIT', 'COMPILE_LIMIT'])
+    expect(run.stderr).not.toContain('panicked')
   })
 })

@@ -128,6 +128,7 @@ async fn leave_caller_thread() {
 
 impl Executor {
     pub fn new(source: Arc<dyn BlobSource>, mut opts: ExecutorOptions) -> Result<Self, ExecError> {
+        crate::compile::quiet_known_panics();
         opts.artifacts.limits = opts.load.compile;
         opts.artifacts = opts.artifacts.clone().open()?;
         let allowed = allowed_prefixes(&opts.allowed_blob_urls)?;

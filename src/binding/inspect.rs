@@ -42,6 +42,7 @@ pub struct ModuleInfo {
 pub fn inspect_module<'env>(env: &'env Env, bytes: Unknown<'env>) -> napi::Result<PromiseRaw<'env, ModuleInfo>> {
     // Anything but bytes rejects with INVALID_ARGUMENT, as every other refusal does.
     let bytes = args::bytes(bytes, "bytes");
+    crate::compile::quiet_known_panics();
     let work = async move {
         let bytes = bytes?;
         let _permit = crate::inspect::permits().acquire().await.map_err(ExecError::internal)?;
