@@ -154,11 +154,15 @@ pub fn execute_of(instance: &Instance, store: &mut Store<HostState>) -> Result<E
     })
 }
 
-/// What a guest may hand the host in one call: wasmtime's default, or, past it, what a result
-/// of `max_output_bytes` (UTF-16) takes in UTF-8, so that any result the limit allows is read.
+/// What a guest may hand the host as its result: what a result of `max_output_bytes` (UTF-16)
+/// takes in UTF-8, so that any result the limit allows is read, and no more. wasmtime counts a
+/// string's bytes against it before it copies them: one longer is `OUTPUT_TOO_LARGE` uncopied.
+/// (It was at least wasmtime's default of 128 MiB: under the default 16 MiB limit, a 127 MiB
+/// result was copied into the host, outside `maxMemoryMB` and past the call's deadline, before
+/// it was found too large; review BD3.)
 fn result_fuel(max_output_bytes: u64) -> usize {
     let result = max_output_bytes.saturating_mul(3) / 2 + 64;
-    IMPORT_FUEL.max(usize::try_from(result).unwrap_or(usize::MAX))
+    usize::try_from(result).unwrap_or(usize::MAX)
 }
 
 /// What a guest may hand the host in one import call: wasmtime's default.
@@ -317,6 +321,12 @@ mod tests {
         for n in ["1", "9"] {
             let err = ex.execute(&def, format!("\"{n}\""), CallOptions::default()).await.expect_err("over 16 MiB");
             assert_eq!(err.code(), "OUTPUT_TOO_LARGE", "{n}: {err}");
+        }
+        // Review BD3: 32 MiB is refused by its length, before it is copied (the fuel was never
+        // below 128 MiB: it was copied, then measured, 64 MiB of UTF-16).
+        match ex.execute(&def, "\"2\"".into(), CallOptions::default()).await {
+            Err(ExecError::OutputTooLarge { size, .. }) => assert!(size < 2 << 24, "counted before it was copied: {size}"),
+            other => panic!("OUTPUT_TOO_LARGE, not {:?}", other.map(|o| o.output.len())),
         }
         ex.close();
     }
