@@ -116,6 +116,16 @@ describe('http(s):// (a local server)', () => {
       if (req.url === '/mods/echo.wasm') return res.end(echoBytes)
       if (req.url === '/mods/broken.wasm') return res.writeHead(500).end('boom')
       if (req.url === '/mods/hang.wasm') return // never answers
+      if (req.url === '/mods/flood.wasm') {
+        // 404 with an endless body, as fast as the socket takes it.
+        res.writeHead(404)
+        const chunk = Buffer.alloc(64 * 1024, 'x')
+        const more = () => {
+          while (!res.destroyed && res.write(chunk));
+          if (!res.destroyed) res.once('drain', more)
+        }
+        return more()
+      }
       res.writeHead(404).end()
     })
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
@@ -142,6 +152,16 @@ describe('http(s):// (a local server)', () => {
     expect(e.code).toBe('BLOB_UNAVAILABLE')
     expect(e.message).toContain('timed out')
   })
+
+  it("an error answer's body is read to 64 KiB at most: an endless one is BLOB_NOT_FOUND at once, not memory until timeoutMs", async () => {
+    // Review BD2: object_store read an error's body whole into its message; an endless 404 body took
+    // the process to 5 GB in 6 s, and the call failed only at the store's timeoutMs.
+    const ex = new WasmActivityExecutor(new ObjectBlobStore(base, { timeoutMs: 60_000 }), { loadTimeoutMs: 60_000 })
+    const e = await failure(ex.execute(def('flood', { wasmBlobPath: 'mods/flood.wasm' }), {}))
+    expect(e.code).toBe('BLOB_NOT_FOUND')
+    expect(await ex.execute(def('echo', { wasmBlobPath: 'mods/echo.wasm' }), { message: 'after' })).toMatchObject({ result: 'after' })
+    await ex.close()
+  }, 90_000)
 
   it('is read-only', async () => {
     expect((await failure(new ObjectBlobStore(base).upload('x', Buffer.from('y')))).code).toBe('INVALID_ARGUMENT')

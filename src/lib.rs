@@ -68,6 +68,7 @@ pub mod shared_code;
 pub mod shape;
 pub mod snapshot;
 pub mod store;
+pub mod store_http;
 pub mod text;
 pub mod threads;
 pub mod tier_up;

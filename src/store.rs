@@ -190,17 +190,17 @@ impl ObjectSource {
                 (fs, String::new(), true)
             }
             "s3" | "s3a" => {
-                let b = AmazonS3Builder::from_env().with_url(url_text.clone()).with_retry(retry);
+                let b = AmazonS3Builder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(crate::store_http::Connector);
                 let b = configure(url, b, &opts, |b: AmazonS3Builder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
             }
             "az" | "abfs" | "abfss" => {
-                let b = MicrosoftAzureBuilder::from_env().with_url(url_text.clone()).with_retry(retry);
+                let b = MicrosoftAzureBuilder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(crate::store_http::Connector);
                 let b = configure(url, b, &opts, |b: MicrosoftAzureBuilder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
             }
             "gs" => {
-                let b = GoogleCloudStorageBuilder::from_env().with_url(url_text.clone()).with_retry(retry);
+                let b = GoogleCloudStorageBuilder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(crate::store_http::Connector);
                 let b = configure(url, b, &opts, |b: GoogleCloudStorageBuilder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
             }
@@ -209,6 +209,7 @@ impl ObjectSource {
                 let b = HttpBuilder::new()
                     .with_url(origin)
                     .with_retry(retry)
+                    .with_http_connector(crate::store_http::Connector)
                     .with_config(ClientConfigKey::AllowHttp, (parsed.scheme() == "http").to_string());
                 let b = configure(url, b, &opts, |b: HttpBuilder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, false)
@@ -335,7 +336,17 @@ impl ObjectSource {
         path: &str,
         op: impl Future<Output = Result<T, object_store::Error>>,
     ) -> Result<T, ExecError> {
-        match tokio::time::timeout(self.timeout, op).await {
+        self.timed_for(path, self.timeout, op).await
+    }
+
+    /// `timed`, with `left` of the store's `timeoutMs` (the rest of an operation of two steps).
+    async fn timed_for<T>(
+        &self,
+        path: &str,
+        left: std::time::Duration,
+        op: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, ExecError> {
+        match tokio::time::timeout(left, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(object_store::Error::NotFound { source, .. })) => {
                 Err(ExecError::BlobNotFound { path: path.to_string(), message: source.to_string() })
@@ -393,6 +404,7 @@ impl ObjectSource {
             progress.received.fetch_add(1, Ordering::Release);
             return self.read_local(path, &key, bounds, admit).await;
         }
+        let started = std::time::Instant::now();
         let result = self.timed(path, self.store.get(&key)).await;
         progress.received.fetch_add(1, Ordering::Release);
         let result = result?;
@@ -417,7 +429,9 @@ impl ObjectSource {
             }
             Ok(Bytes::from(body))
         };
-        Ok(Some((self.timed(path, body).await?, admitted)))
+        // The request and its body together take at most `timeoutMs` (review BD2: each had a
+        // whole one, and a store answering after 1 s, then a byte a second, held a 3 s download 4 s).
+        Ok(Some((self.timed_for(path, self.timeout.saturating_sub(started.elapsed()), body).await?, admitted)))
     }
 
     /// A `file://` object's bytes, read here rather than by object_store, whose read of a FIFO
