@@ -47,6 +47,8 @@ pub struct ExecutorStats {
 }
 
 pub struct Executor {
+    /// Its granted directory's lock, held for its life (`path_locks`).
+    _paths: Option<crate::path_locks::PathLock>,
     source: Arc<dyn BlobSource>,
     modules: ModuleCache,
     actors: Actors,
@@ -129,6 +131,7 @@ async fn leave_caller_thread() {
 impl Executor {
     pub fn new(source: Arc<dyn BlobSource>, mut opts: ExecutorOptions) -> Result<Self, ExecError> {
         crate::compile::quiet_known_panics();
+        let paths = opts.filesystem.as_ref().map(|fs| crate::path_locks::register(&fs.host_dir));
         opts.artifacts.limits = opts.load.compile;
         opts.artifacts = opts.artifacts.clone().open()?;
         let allowed = allowed_prefixes(&opts.allowed_blob_urls)?;
@@ -140,6 +143,7 @@ impl Executor {
         // Nothing fails past here: a constructor that throws leaves the directory as it was.
         opts.artifacts.watch_dir();
         Ok(Executor {
+            _paths: paths,
             source: Arc::new(RoutedSource::new(source, allowed)),
             modules: ModuleCache::new(
                 opts.max_cached_modules,

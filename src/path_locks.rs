@@ -26,7 +26,11 @@ struct Granted {
 #[derive(Clone)]
 pub struct PathLock(Arc<Granted>);
 
-/// The granted directories of the calls and actors that live now.
+/// The directories granted by the executors (and calls) that live now. An executor holds its
+/// directory's lock from when it is made (`register`) to when it goes: a lock let go with the
+/// last call using it was made anew by the next, and a rename whose set of locks was taken in
+/// between renamed while that call looked and opened (a FIFO slipped in under load, in the test
+/// of review BB3's fix).
 fn registry() -> MutexGuard<'static, Vec<Weak<Granted>>> {
     static LOCKS: Mutex<Vec<Weak<Granted>>> = Mutex::new(Vec::new());
     LOCKS.lock().unwrap_or_else(|p| p.into_inner())
@@ -45,6 +49,12 @@ pub fn path_lock(dir: &Path) -> PathLock {
     PathLock(granted)
 }
 
+/// The lock an executor granting `dir` holds for its life, taken as it is made (before any of its
+/// calls).
+pub fn register(dir: &Path) -> PathLock {
+    path_lock(dir)
+}
+
 impl PathLock {
     /// The read side, for a look and its open.
     pub async fn read(&self) -> RwLockReadGuard<'_, ()> {
@@ -61,26 +71,40 @@ impl PathLock {
     pub async fn write(&self) -> Vec<OwnedRwLockWriteGuard<()>> {
         let started = std::time::Instant::now();
         loop {
-            let mut overlapping: Vec<(PathBuf, Arc<RwLock<()>>)> = registry()
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|g| g.dir.starts_with(&self.0.dir) || self.0.dir.starts_with(&g.dir))
-                .map(|g| (g.dir.clone(), g.lock.clone()))
-                .collect();
-            if started.elapsed() >= QUEUE_AFTER {
-                overlapping.sort_by(|a, b| a.0.cmp(&b.0));
+            let overlapping = self.overlapping();
+            let taken = if started.elapsed() >= QUEUE_AFTER {
                 let mut guards = Vec::with_capacity(overlapping.len());
-                for (_, lock) in overlapping {
-                    guards.push(lock.write_owned().await);
+                for (_, lock) in &overlapping {
+                    guards.push(lock.clone().write_owned().await);
                 }
-                return guards;
-            }
-            let all: Option<Vec<_>> = overlapping.into_iter().map(|(_, lock)| lock.try_write_owned().ok()).collect();
-            if let Some(guards) = all {
+                Some(guards)
+            } else {
+                overlapping.iter().map(|(_, lock)| lock.clone().try_write_owned().ok()).collect()
+            };
+            // A directory granted meanwhile (an executor made while this waited) is waited for
+            // too: all taken again with it.
+            let now = self.overlapping();
+            let same = now.len() == overlapping.len() && now.iter().zip(&overlapping).all(|(a, b)| Arc::ptr_eq(&a.1, &b.1));
+            if let Some(guards) = taken.filter(|_| same) {
                 return guards;
             }
             crate::runtime::enter(|| tokio::time::sleep(Duration::from_millis(1))).await;
         }
+    }
+}
+
+impl PathLock {
+    /// The locks of the granted directories overlapping this one (itself among them), in the
+    /// order of their paths.
+    fn overlapping(&self) -> Vec<(PathBuf, Arc<RwLock<()>>)> {
+        let mut overlapping: Vec<(PathBuf, Arc<RwLock<()>>)> = registry()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|g| g.dir.starts_with(&self.0.dir) || self.0.dir.starts_with(&g.dir))
+            .map(|g| (g.dir.clone(), g.lock.clone()))
+            .collect();
+        overlapping.sort_by(|a, b| a.0.cmp(&b.0));
+        overlapping
     }
 }
 
@@ -129,6 +153,23 @@ mod tests {
         drop(reading);
         assert!(writes(&parent).await && writes(&child).await);
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_executors_directory_keeps_one_lock_between_its_calls() {
+        // A lock let go with the last call using it was made anew by the next: a rename whose set
+        // was taken in between did not wait for that call's opens.
+        let dir = std::env::temp_dir().join(format!("loom-path-locks-kept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let executor = super::register(&dir);
+        let call = path_lock(&dir);
+        let first = std::sync::Arc::as_ptr(&call.0);
+        drop(call);
+        assert_eq!(std::sync::Arc::as_ptr(&path_lock(&dir).0), first, "the same lock for the next call");
+        drop(executor);
+        let canonical = std::fs::canonicalize(&dir).expect("canonical");
+        assert!(super::registry().iter().filter_map(std::sync::Weak::upgrade).all(|g| g.dir != canonical), "gone with its executor");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread")]
