@@ -21,8 +21,9 @@ pub const MODULE: &str = "extism:host/env";
 /// Vars a plugin may keep, in bytes (keys and values, and `VAR_OVERHEAD` per var).
 pub const MAX_VAR_BYTES: usize = 1024 * 1024;
 /// What a var costs the host besides its key and value bytes (its map entry and their headers),
-/// counted against `MAX_VAR_BYTES`: 400,000 vars of 3 bytes held 54 MiB where 1.2 MB was counted.
-pub const VAR_OVERHEAD: usize = 64;
+/// counted against `MAX_VAR_BYTES`: 400,000 vars of 3 bytes held 54 MiB where 1.2 MB was counted;
+/// review BE2 measured about 110 bytes each (a B-tree entry, a key of at least 32), where 64 were.
+pub const VAR_OVERHEAD: usize = 128;
 
 /// The kernel functions this host implements, with their types (i64 pointers).
 const I: ValType = ValType::I32;
@@ -195,16 +196,23 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // request the grant refuses fails the call (NETWORK_DENIED).
     linker.func_wrap_async(MODULE, "http_request", |mut c: C, (req, body): (i64, i64)| {
         Box::new(async move {
-            let (json, body) = {
-                let k = &c.data().extism;
-                let json = k.read_text_capped(req as u64, crate::host_functions::MAX_HOST_ARG_BYTES)?;
-                (json, if body == 0 { Vec::new() } else { k.block(body as u64)?.to_vec() })
-            };
+            let json = c.data().extism.read_text_capped(req as u64, crate::host_functions::MAX_HOST_ARG_BYTES)?;
             let mut request = crate::network::HttpRequest::from_json(&json).map_err(wasmtime::Error::new)?;
-            request.body = body;
+            // Granted and within maxRequestBytes before its body is copied (review BE2: a 512 MiB
+            // body block was copied whole, then the request denied).
             let access = c.data().access.clone();
+            let net = access.admit_request(&request.url).map_err(wasmtime::Error::new)?;
+            if body != 0 {
+                let block = c.data().extism.block(body as u64)?;
+                let max = net.network.config().max_request_bytes;
+                if block.len() as u64 > max {
+                    let message = format!("the request's body is {} bytes, over maxRequestBytes {max}", block.len());
+                    return Err(wasmtime::Error::new(ExecError::NetworkDenied { host: url::Url::parse(&request.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default(), message }));
+                }
+                request.body = block.to_vec();
+            }
             let max_bytes = c.data().limiter.max_bytes();
-            let resp = access.http(request, max_bytes).await.map_err(wasmtime::Error::new)?;
+            let resp = access.send_admitted(&net, request, || max_bytes, |r| r).await.map_err(wasmtime::Error::new)?;
             let d = c.data_mut();
             d.extism.http_status = resp.status;
             d.extism.http_headers = Some(resp.headers_json());

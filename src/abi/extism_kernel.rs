@@ -68,8 +68,10 @@ impl Kernel {
     pub fn begin(&mut self, input: &[u8], limiter: &mut crate::limits::MemoryLimiter) -> Result<(), ExecError> {
         limiter.release_host(self.reserved);
         self.reserved = 0;
-        self.mem.clear();
-        self.mem.push(0); // offset 0 is "none"
+        // Anew, as `end` leaves it: what a start function or `__collect` allocated since is not
+        // kept past its count (review BE2: a start function's 200 MiB stayed resident, uncounted,
+        // through the call).
+        self.mem = vec![0]; // offset 0 is "none"
         self.blocks.clear();
         self.freed.clear();
         self.freed_by_size.clear();
@@ -167,7 +169,14 @@ impl Kernel {
                 preview: String::new(),
             }));
         }
-        self.text(off)
+        // Invalid UTF-8 decodes to up to three times its bytes (U+FFFD for each): at most `max`
+        // bytes of text come of it (review BE2: 64 MiB of 0xFF made 192 MiB in the host, before
+        // the request it was meant to be was refused).
+        let block = self.block(off)?;
+        match std::str::from_utf8(block) {
+            Ok(text) => Ok(text.to_owned()),
+            Err(_) => Ok(String::from_utf8_lossy(&block[..block.len().min(usize::try_from(max / 3).unwrap_or(usize::MAX))]).into_owned()),
+        }
     }
 
     /// Copies bytes into a new block (a host function's output); its offset.

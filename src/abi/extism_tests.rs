@@ -84,3 +84,33 @@ fn one_free_gives_back_a_bounded_number_of_blocks_and_later_frees_the_rest() {
     assert!(k.freed.is_empty(), "{} left", k.freed.len());
     assert_eq!((lim.total_bytes(), k.mem.len()), (base, 1));
 }
+
+#[test]
+fn a_new_calls_kernel_memory_keeps_nothing_allocated_before_it_began() {
+    // Review BE2: `begin` cleared the block memory but kept its pages, so 200 MiB a start function
+    // allocated stayed resident, uncounted once `begin` released their count, through the call.
+    let mut lim = MemoryLimiter::new(64 << 20);
+    let mut k = Kernel::default();
+    let before_start = k.alloc(16 << 20, &mut lim).expect("a start function's alloc");
+    k.mem[before_start as usize..].fill(0xff);
+    k.begin(b"{}", &mut lim).expect("begin");
+    let pages = resident_pages(k.mem.as_ptr(), k.mem.capacity());
+    assert!(pages <= 2, "{pages} pages of the start function's 16 MiB stay resident");
+    assert!(lim.total_bytes() < 1 << 20, "counted: {}", lim.total_bytes());
+}
+
+#[test]
+fn text_a_host_reads_from_invalid_utf8_is_no_longer_than_its_limit() {
+    // Review BE2: each invalid byte became U+FFFD (3 bytes): 64 MiB of 0xFF made 192 MiB of text
+    // before the request it was meant to be was refused.
+    let mut lim = MemoryLimiter::new(64 << 20);
+    let mut k = Kernel::default();
+    k.begin(b"{}", &mut lim).expect("begin");
+    let block = k.alloc(3000, &mut lim).expect("alloc");
+    k.mem[block as usize..block as usize + 3000].fill(0xff);
+    let text = k.read_text_capped(block, 3000).expect("read");
+    assert!(text.len() <= 3000, "{} bytes of text", text.len());
+    assert!(text.chars().all(|c| c == '\u{fffd}'));
+    let valid = k.write_bytes("é".repeat(1000).as_bytes(), &mut lim).expect("write");
+    assert_eq!(k.read_text_capped(valid, 2000).expect("read"), "é".repeat(1000), "valid text whole");
+}
