@@ -111,6 +111,9 @@ pub fn linker(kind: EngineKind) -> Result<&'static Linker<HostState>, ExecError>
 /// (review Q: a component granted nothing held 1.25 GB of `fields` at `maxMemoryMB: 1`).
 pub const HTTP_PACKAGE: &str = "wasi:http/";
 
+/// The WASI preview 2 packages the host serves (sockets are refused apart).
+const WASI_PACKAGES: [&str; 6] = ["wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/", "wasi:filesystem/", HTTP_PACKAGE];
+
 /// Whether a component fits the world: it exports `execute` of the right type and imports
 /// `loom:activity/host` and WASI preview 2 interfaces only (not sockets: network access goes
 /// through wasi:http under the grant). Returns its HTTP import, if any.
@@ -127,7 +130,9 @@ pub fn check(component: &Component, engine: &Engine) -> Result<Option<String>, E
                 "the component imports {name}; components reach the network only through wasi:http (or loom:activity/host.http) under the network grant"
             )));
         }
-        if !bare.starts_with("wasi:") {
+        // Only the WASI packages the host serves: another `wasi:` name (an empty instance under
+        // it linked, review BD3) is refused as any other import is.
+        if !WASI_PACKAGES.iter().any(|p| bare.starts_with(p)) {
             return Err(ExecError::CapabilityDenied(format!(
                 "the component imports {name}; components get {HOST_INTERFACE} and WASI preview 2 (see wit/activity.wit)"
             )));
@@ -384,6 +389,9 @@ mod tests {
         assert!(err.to_string().contains("wasi:sockets/tcp"), "{err}");
         let other = component(r#"(component (import "acme:db/query" (instance)))"#);
         assert_eq!(check(&other, e).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
+        // Review BD3: an empty instance under a `wasi:` name the host does not serve linked.
+        let unknown = component(r#"(component (import "wasi:nope/thing@0.2.0" (instance)))"#);
+        assert_eq!(check(&unknown, e).map_err(|e| e.code()), Err("CAPABILITY_DENIED"));
         let http = component(r#"(component (import "wasi:http/outgoing-handler@0.2.3" (instance)))"#);
         // Imports fine (the network import is named), but no `execute`.
         assert_eq!(check(&http, e).map_err(|e| e.code()), Err("MISSING_EXPORT"));
