@@ -16,6 +16,17 @@ async function store() {
   return s
 }
 
+/** Threads of this process inside open() (openat, openat2): none once a test's calls are done. */
+function threadsInOpen(): number {
+  return readdirSync('/proc/self/task').filter((t) => {
+    try {
+      return /^(257|437) /.test(readFileSync(`/proc/self/task/${t}/syscall`, 'utf8'))
+    } catch {
+      return false
+    }
+  }).length
+}
+
 /** Another process holding a read lease on `path` for `seconds` (an open for writing waits until
  * it is given up; the holder ignores the kernel's signal to give it up). */
 function leaseHolder(path: string, seconds: number) {
@@ -191,15 +202,6 @@ describe('filesystem', () => {
     execFileSync('mkfifo', [join(here, 'pipe')])
     const ex = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here, writable: true } })
     const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 10000 } })
-    // Threads of this process inside open() (openat, openat2): none once the calls are done.
-    const inOpen = () =>
-      readdirSync('/proc/self/task').filter((t) => {
-        try {
-          return /^(257|437) /.test(readFileSync(`/proc/self/task/${t}/syscall`, 'utf8'))
-        } catch {
-          return false
-        }
-      }).length
     for (let round = 0; round < 3; round++) {
       const [flips, opens] = await Promise.all([
         ex.execute(slow, { op: 'flip', path: 'pipe', to: 'x', times: 2000 }),
@@ -209,7 +211,7 @@ describe('filesystem', () => {
       // The open finds nothing, or the FIFO (refused): never a wait.
       expect([JSON.stringify({ done: true }), JSON.stringify({ errno: 58 })]).toContain(JSON.stringify(opens))
     }
-    expect(inOpen()).toBe(0)
+    expect(threadsInOpen()).toBe(0)
   })
 
   it("another executor granted the directory under another spelling, or its parent, cannot slip a FIFO under a name either", async () => {
@@ -223,14 +225,6 @@ describe('filesystem', () => {
     symlinkSync(here, join(base, 'alias'))
     const opener = new WasmActivityExecutor(await store(), { filesystem: { hostDir: here } })
     const slow = def('fs', { capabilities: { filesystem: true }, limits: { maxExecutionMs: 5000 } })
-    const inOpen = () =>
-      readdirSync('/proc/self/task').filter((t) => {
-        try {
-          return /^(257|437) /.test(readFileSync(`/proc/self/task/${t}/syscall`, 'utf8'))
-        } catch {
-          return false
-        }
-      }).length
     const spellings: [string, string][] = [[join(base, 'alias'), ''], [join(here, '..', 'tenant'), ''], [base, 'tenant/']]
     for (const [hostDir, prefix] of spellings) {
       const flipper = new WasmActivityExecutor(await store(), { filesystem: { hostDir, writable: true } })
@@ -244,7 +238,7 @@ describe('filesystem', () => {
       }
       flipper.close()
     }
-    expect(inOpen()).toBe(0)
+    expect(threadsInOpen()).toBe(0)
   })
 
   it('an open that blocks anyway (a file leased by another process) holds up nothing but renames in its directory, until its call ends', async () => {
