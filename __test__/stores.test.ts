@@ -110,10 +110,25 @@ describe('http(s):// (a local server)', () => {
   let server: Server
   let base: string
   let requests = 0
+  // Another host (port) that a redirect may lead to.
+  let other: Server
+  let otherBase: string
+  let otherRequests = 0
   beforeAll(async () => {
+    other = createServer((req, res) => {
+      otherRequests++
+      if (req.url === '/echo.wasm') return res.end(echoBytes)
+      res.writeHead(404).end('the other host page')
+    })
+    await new Promise<void>((r) => other.listen(0, '127.0.0.1', r))
+    otherBase = `http://127.0.0.1:${(other.address() as any).port}`
     server = createServer((req, res) => {
       requests++
       if (req.url === '/mods/echo.wasm') return res.end(echoBytes)
+      if (req.url === '/mods/away.wasm') return res.writeHead(302, { location: `${otherBase}/echo.wasm` }).end()
+      if (req.url === '/mods/away-missing.wasm') return res.writeHead(302, { location: `${otherBase}/secret` }).end()
+      if (req.url === '/mods/inside.wasm') return res.writeHead(307, { location: `${base}/mods/echo.wasm` }).end()
+      if (req.url === '/mods/loop.wasm') return res.writeHead(302, { location: `${base}/mods/loop.wasm` }).end()
       if (req.url === '/mods/broken.wasm') return res.writeHead(500).end('boom')
       if (req.url === '/mods/hang.wasm') return // never answers
       if (req.url === '/mods/flood.wasm') {
@@ -134,6 +149,8 @@ describe('http(s):// (a local server)', () => {
   afterAll(() => {
     server.closeAllConnections()
     server.close()
+    other.closeAllConnections()
+    other.close()
   })
 
   it('downloads and runs a module; 404 is BLOB_NOT_FOUND, 500 is BLOB_UNAVAILABLE; the executor goes on', async () => {
@@ -172,6 +189,29 @@ describe('http(s):// (a local server)', () => {
     expect(await ex.execute(def('echo', { wasmBlobPath: `${base}/mods/echo.wasm` }), { message: 'abs' })).toMatchObject({
       result: 'abs',
     })
+  })
+
+  it('a store opened for an allowed URL follows a redirect only to a URL under an allowed prefix (review BD2)', async () => {
+    // Before: object_store's client followed any redirect (up to 10, to any host), so a prefix on a
+    // host with an open redirect reached every host the process could, error pages included.
+    const ex = new WasmActivityExecutor({ download: async () => Buffer.alloc(0) }, { allowedBlobUrls: [`${base}/mods/`] })
+    const before = otherRequests
+    for (const name of ['away', 'away-missing']) {
+      const e = await failure(ex.execute(def(name, { wasmBlobPath: `${base}/mods/${name}.wasm` }), {}))
+      expect(e.code).toBe('BLOB_UNAVAILABLE')
+      expect(e.message).toContain('under no allowedBlobUrls prefix')
+      expect(e.message).not.toContain('the other host page')
+    }
+    expect(otherRequests - before).toBe(0)
+    // Within the prefix it is followed, at most 5 times.
+    expect(await ex.execute(def('inside', { wasmBlobPath: `${base}/mods/inside.wasm` }), { message: 'in' })).toMatchObject({ result: 'in' })
+    const loop = await failure(ex.execute(def('loop', { wasmBlobPath: `${base}/mods/loop.wasm` }), {}))
+    expect(loop.code).toBe('BLOB_UNAVAILABLE')
+    expect(loop.message).toContain('more than 5 redirects')
+    // The operator's own store follows redirects as before.
+    const own = new WasmActivityExecutor(new ObjectBlobStore(base))
+    expect(await own.execute(def('away', { wasmBlobPath: 'mods/away.wasm' }), { message: 'own' })).toMatchObject({ result: 'own' })
+    expect(otherRequests - before).toBeGreaterThan(0)
   })
 
   it('by default an absolute URL is only a path for the executor store (no host fetch)', async () => {

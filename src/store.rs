@@ -146,6 +146,11 @@ impl ObjectSource {
     /// endpoint, region, `allow_http`, ...); `timeoutMs` bounds each operation. Cloud builders
     /// also read the usual environment variables (AWS_*, AZURE_*, GOOGLE_*).
     pub fn open(url: &str, options: &[(String, String)]) -> Result<ObjectSource, ExecError> {
+        Self::open_with(url, options, crate::store_http::Connector::default())
+    }
+
+    /// `open`, its HTTP clients built by `connector` (which redirects they follow).
+    pub fn open_with(url: &str, options: &[(String, String)], connector: crate::store_http::Connector) -> Result<ObjectSource, ExecError> {
         let mut timeout = DEFAULT_STORE_TIMEOUT;
         let mut opts = Vec::new();
         for (k, v) in options {
@@ -190,17 +195,17 @@ impl ObjectSource {
                 (fs, String::new(), true)
             }
             "s3" | "s3a" => {
-                let b = AmazonS3Builder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(crate::store_http::Connector);
+                let b = AmazonS3Builder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(connector.clone());
                 let b = configure(url, b, &opts, |b: AmazonS3Builder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
             }
             "az" | "abfs" | "abfss" => {
-                let b = MicrosoftAzureBuilder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(crate::store_http::Connector);
+                let b = MicrosoftAzureBuilder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(connector.clone());
                 let b = configure(url, b, &opts, |b: MicrosoftAzureBuilder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
             }
             "gs" => {
-                let b = GoogleCloudStorageBuilder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(crate::store_http::Connector);
+                let b = GoogleCloudStorageBuilder::from_env().with_url(url_text.clone()).with_retry(retry).with_http_connector(connector.clone());
                 let b = configure(url, b, &opts, |b: GoogleCloudStorageBuilder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, true)
             }
@@ -209,7 +214,7 @@ impl ObjectSource {
                 let b = HttpBuilder::new()
                     .with_url(origin)
                     .with_retry(retry)
-                    .with_http_connector(crate::store_http::Connector)
+                    .with_http_connector(connector.clone())
                     .with_config(ClientConfigKey::AllowHttp, (parsed.scheme() == "http").to_string());
                 let b = configure(url, b, &opts, |b: HttpBuilder, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(build_err)?), path_prefix, false)
@@ -624,7 +629,8 @@ impl RoutedSource {
         let source = match map.get(&origin) {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(ObjectSource::open(&origin, &[])?);
+                let connector = crate::store_http::Connector::within(self.allowed.clone().into());
+                let s = Arc::new(ObjectSource::open_with(&origin, &[], connector)?);
                 map.insert(origin, s.clone());
                 s
             }

@@ -12,6 +12,7 @@
 use async_trait::async_trait;
 use object_store::client::{HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpResponseBody, HttpService, ReqwestConnector};
 use object_store::ClientOptions;
+use std::sync::Arc;
 
 /// The most bytes of an error answer's body read (the rest is not: the connection is dropped).
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -22,14 +23,120 @@ pub const MAX_UNSTATED_BODY: u64 = 16 << 20;
 /// The most bytes of the answer to any other method (a bulk delete's, a token's), whatever it states.
 pub const MAX_OTHER_BODY: u64 = 1 << 20;
 
-/// Builds the stores' clients (`with_http_connector`).
-#[derive(Debug, Default)]
-pub struct Connector;
+/// The most redirects a store opened for a definition's URL follows (each under a prefix).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Builds the stores' clients (`with_http_connector`). The executor's own stores (blob, artifact,
+/// actor), which the operator names, follow redirects as reqwest does (up to 10, anywhere). A store
+/// opened for a definition's absolute URL (`allowedBlobUrls`) follows one only to a URL under one
+/// of those prefixes, at most `MAX_REDIRECTS`; any other is an error, not a request: with
+/// reqwest's default a prefix on a host with an open redirect reached every host the process
+/// could, and the first 64 KiB of an error page there came back in the error's message (review BD2).
+#[derive(Debug, Default, Clone)]
+pub struct Connector {
+    within: Option<Arc<[String]>>,
+}
+
+impl Connector {
+    /// A connector whose clients follow redirects only to URLs starting with one of `prefixes`.
+    pub fn within(prefixes: Arc<[String]>) -> Self {
+        Connector { within: Some(prefixes) }
+    }
+}
 
 impl HttpConnector for Connector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        Ok(HttpClient::new(Capped(ReqwestConnector::default().connect(options)?)))
+        let inner = match &self.within {
+            None => ReqwestConnector::default().connect(options)?,
+            Some(prefixes) => HttpClient::new(client(options, redirects_within(prefixes.clone()))?),
+        };
+        Ok(HttpClient::new(Capped(inner)))
     }
+}
+
+fn redirects_within(prefixes: Arc<[String]>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let to = attempt.url().as_str();
+        if attempt.previous().len() > MAX_REDIRECTS {
+            let why = format!("more than {MAX_REDIRECTS} redirects");
+            return attempt.error(why);
+        }
+        if prefixes.iter().any(|p| to.starts_with(p.as_str())) {
+            return attempt.follow();
+        }
+        let shown: String = to.chars().take(200).collect();
+        let why = format!("a redirect to {shown:?}, which is under no allowedBlobUrls prefix");
+        attempt.error(why)
+    })
+}
+
+/// The client object_store builds from `options` (`ClientOptions::client`, which is not public),
+/// read back through `get_config_value`, with `redirect` as its policy. What is not a config key
+/// (root certificates, default headers) the builders never set from a URL or the environment,
+/// which is all a store opened for a definition's URL has. `randomize_addresses` is ignored.
+fn client(options: &ClientOptions, redirect: reqwest::redirect::Policy) -> object_store::Result<reqwest::Client> {
+    use object_store::ClientConfigKey as K;
+    let bad = |what: String| object_store::Error::Generic { store: "HTTP", source: what.into() };
+    let get = |k: K| options.get_config_value(&k);
+    let flag = |k: K| -> object_store::Result<bool> {
+        match get(k).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("0" | "false" | "off" | "no" | "n") => Ok(false),
+            Some("1" | "true" | "on" | "yes" | "y") => Ok(true),
+            Some(v) => Err(bad(format!("failed to parse {v:?} as boolean"))),
+        }
+    };
+    let duration = |k: K| -> object_store::Result<Option<std::time::Duration>> {
+        get(k).map(|v| humantime::parse_duration(&v).map_err(|_| bad(format!("failed to parse {v:?} as a duration")))).transpose()
+    };
+    let built = |e: reqwest::Error| bad(e.to_string());
+    let user_agent = get(K::UserAgent).unwrap_or_else(|| concat!("object_store/", "0.13").to_string());
+    let mut b = reqwest::Client::builder().user_agent(user_agent).redirect(redirect);
+    if let Some(proxy) = get(K::ProxyUrl) {
+        let mut proxy = reqwest::Proxy::all(proxy).map_err(built)?;
+        if let Some(pem) = get(K::ProxyCaCertificate) {
+            b = b.add_root_certificate(reqwest::tls::Certificate::from_pem(pem.as_bytes()).map_err(built)?);
+        }
+        if let Some(excludes) = get(K::ProxyExcludes) {
+            proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&excludes));
+        }
+        b = b.proxy(proxy);
+    }
+    if let Some(t) = duration(K::Timeout)? {
+        b = b.timeout(t);
+    }
+    if let Some(t) = duration(K::ConnectTimeout)? {
+        b = b.connect_timeout(t);
+    }
+    if let Some(t) = duration(K::PoolIdleTimeout)? {
+        b = b.pool_idle_timeout(t);
+    }
+    if let Some(n) = get(K::PoolMaxIdlePerHost) {
+        b = b.pool_max_idle_per_host(n.parse().map_err(|_| bad(format!("failed to parse {n:?} as a number")))?);
+    }
+    if let Some(t) = duration(K::Http2KeepAliveInterval)? {
+        b = b.http2_keep_alive_interval(t);
+    }
+    if let Some(t) = duration(K::Http2KeepAliveTimeout)? {
+        b = b.http2_keep_alive_timeout(t);
+    }
+    if flag(K::Http2KeepAliveWhileIdle)? {
+        b = b.http2_keep_alive_while_idle(true);
+    }
+    if let Some(n) = get(K::Http2MaxFrameSize) {
+        b = b.http2_max_frame_size(Some(n.parse().map_err(|_| bad(format!("failed to parse {n:?} as a number")))?));
+    }
+    if flag(K::Http1Only)? {
+        b = b.http1_only();
+    }
+    if flag(K::Http2Only)? {
+        b = b.http2_prior_knowledge();
+    }
+    if flag(K::AllowInvalidCertificates)? {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    // As object_store: no compression, which would hide the stated length.
+    b = b.no_gzip().no_brotli().no_zstd().no_deflate();
+    b.https_only(!flag(K::AllowHttp)?).build().map_err(built)
 }
 
 #[derive(Debug)]
@@ -39,7 +146,7 @@ struct Capped(HttpClient);
 impl HttpService for Capped {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let get = req.method() == http::Method::GET;
-        let response = self.0.execute(req).await?;
+        let response = self.0.execute(req).await.map_err(with_reason)?;
         if response.status().is_success() {
             let stated = response
                 .headers()
@@ -65,6 +172,23 @@ impl HttpService for Capped {
             }
         }
         Ok(HttpResponse::from_parts(parts, HttpResponseBody::from(bytes::Bytes::from(kept))))
+    }
+}
+
+/// reqwest's "error following redirect" keeps why (the policy's own message) in its sources,
+/// which object_store's message does not show: put it in.
+fn with_reason(e: HttpError) -> HttpError {
+    let mut reasons = Vec::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reasons.push(s.to_string());
+        source = s.source();
+    }
+    match reasons.last() {
+        Some(why) if reasons.iter().any(|r| r.contains("error following redirect")) => {
+            HttpError::new(e.kind(), std::io::Error::other(format!("error following redirect: {why}")))
+        }
+        _ => e,
     }
 }
 
