@@ -178,7 +178,7 @@ impl GuestInstance {
             return Err(ExecError::SnapshotInvalid("the state has a memory, the module none".into()));
         }
         if matches!(self.entry, Entry::Extism) {
-            self.store.data_mut().extism.vars = extism::Kernel::decode_vars(state_host)?;
+            self.store.data_mut().extism.replace_vars(extism::Kernel::decode_vars(state_host)?);
         } else if !state_host.is_empty() {
             // Only Extism keeps host-side state: bytes for another ABI are a forgery, which a
             // transactional or durable actor's shadow would otherwise keep, uncounted (review AA:

@@ -204,7 +204,7 @@ impl ModuleCache {
         pinned: Option<&Digest>,
         source: &Arc<dyn BlobSource>,
     ) -> Result<Arc<CompiledModule>, ExecError> {
-        self.get_or_load_tiered(key, kind, pinned, source, self.tier_up).await
+        self.get_or_load_for(key, kind, pinned, source, false).await
     }
 
     /// The same for a call: a deterministic definition's run on optimized code only (review BB4:

@@ -167,16 +167,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         }
         let name = k.text(key as u64)?;
         if value == 0 {
-            k.vars.remove(&name);
+            k.remove_var(&name);
             return Ok(());
         }
-        let total: usize = k.vars.iter().filter(|(n, _)| **n != name).map(|(n, v)| n.len() + v.len() + VAR_OVERHEAD).sum();
-        let requested = total.saturating_add(name.len() + value_len + VAR_OVERHEAD);
+        let requested = k.vars_bytes_with(&name, value_len) as usize;
         if requested > MAX_VAR_BYTES {
             return Err(over(requested));
         }
         let bytes = k.block(value as u64)?.to_vec();
-        k.vars.insert(name, bytes);
+        k.set_var(name, bytes);
         Ok(())
     })?;
     for (name, level) in [("log_trace", "trace"), ("log_debug", "debug"), ("log_info", "info"), ("log_warn", "warn"), ("log_error", "error")] {

@@ -159,8 +159,8 @@ mod tests {
     #[test]
     fn extism_vars_round_trip_and_garbage_is_refused() {
         let mut k = extism::Kernel::default();
-        k.vars.insert("count".into(), vec![1, 2, 3]);
-        k.vars.insert("é".into(), Vec::new());
+        k.set_var("count".into(), vec![1, 2, 3]);
+        k.set_var("é".into(), Vec::new());
         let bytes = k.encode_vars();
         assert_eq!(extism::Kernel::decode_vars(&bytes).expect("decodes"), k.vars);
         for cut in 1..bytes.len() {
@@ -173,9 +173,31 @@ mod tests {
         // Trailing bytes, and more than var_set allows.
         assert!(extism::Kernel::decode_vars(&[bytes.as_slice(), &[0]].concat()).is_err());
         let mut big = extism::Kernel::default();
-        big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES]);
+        big.set_var("a".into(), vec![0; extism::MAX_VAR_BYTES]);
         assert_eq!(extism::Kernel::decode_vars(&big.encode_vars()).map_err(|e| e.code()), Err("SNAPSHOT_INVALID"));
-        big.vars.insert("a".into(), vec![0; extism::MAX_VAR_BYTES - 1 - extism::VAR_OVERHEAD]);
+        big.set_var("a".into(), vec![0; extism::MAX_VAR_BYTES - 1 - extism::VAR_OVERHEAD]);
         assert_eq!(extism::Kernel::decode_vars(&big.encode_vars()).map(|v| v.len()), Ok(1));
+    }
+
+    #[test]
+    fn the_vars_count_is_kept_as_they_change() {
+        // Review BE2: var_set summed every var anew; the count is kept instead, and must match.
+        let sum = |k: &extism::Kernel| k.vars.iter().map(|(n, v)| (n.len() + v.len() + extism::VAR_OVERHEAD) as u64).sum::<u64>();
+        let mut k = extism::Kernel::default();
+        assert_eq!(k.vars_bytes(), 0);
+        k.set_var("a".into(), vec![1; 10]);
+        k.set_var("bb".into(), vec![2; 3]);
+        assert_eq!(k.vars_bytes(), sum(&k));
+        assert_eq!(k.vars_bytes_with("a", 1), sum(&k) - 10 + 1, "a var set anew replaces its old size");
+        assert_eq!(k.vars_bytes_with("c", 5), sum(&k) + 1 + 5 + extism::VAR_OVERHEAD as u64);
+        k.set_var("a".into(), vec![]);
+        assert_eq!(k.vars_bytes(), sum(&k));
+        k.remove_var("bb");
+        k.remove_var("never set");
+        assert_eq!(k.vars_bytes(), sum(&k));
+        let mut other = extism::Kernel::default();
+        other.set_var("x".into(), vec![0; 100]);
+        k.replace_vars(extism::Kernel::decode_vars(&other.encode_vars()).expect("decodes"));
+        assert_eq!((k.vars_bytes(), sum(&k)), (sum(&other), sum(&other)));
     }
 }
