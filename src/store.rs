@@ -598,10 +598,38 @@ pub fn allowed_prefixes(prefixes: &[String]) -> Result<Vec<String>, ExecError> {
             if !URL_SCHEMES.contains(&scheme) || rest.is_empty() {
                 return Err(bad("is not a URL of a supported scheme (file, s3, az, gs, http, https)"));
             }
-            Url::parse(p).map_err(|e| bad(&e.to_string()))?;
-            Ok(if p.ends_with('/') { p.clone() } else { format!("{p}/") })
+            let parsed = Url::parse(p).map_err(|e| bad(&e.to_string()))?;
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(bad("has a query or fragment (a prefix is a path)"));
+            }
+            // Kept as the URL parser writes it, as definitions' URLs are compared (review BF1:
+            // `http://LOCALHOST/mods/` or `/./mods/` matched nothing, silently).
+            let p = parsed.as_str();
+            Ok(if p.ends_with('/') { p.to_string() } else { format!("{p}/") })
         })
         .collect()
+}
+
+/// The key of an allowed URL's object in its origin's store: its path, each segment
+/// percent-decoded (review BF1: the path was passed on still encoded and encoded again, so
+/// `a%20b.wasm` asked for `a%252520b.wasm`, and a file URL read a file of that name). A query or
+/// fragment is refused, not dropped (`x.wasm?v=2` read `x.wasm`), as is an escaped `/` or `\`
+/// (a segment that would name two).
+fn object_key(path: &str, parsed: &Url) -> Result<String, ExecError> {
+    let bad = |why: &str| ExecError::InvalidArgument(format!("wasmBlobPath {path:?}: {why}"));
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("a URL under allowedBlobUrls names an object by its path; its query or fragment would not be sent"));
+    }
+    let mut key = String::new();
+    for segment in parsed.path_segments().into_iter().flatten() {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().map_err(|_| bad("a segment of its path is not UTF-8 once decoded"))?;
+        if decoded.contains(['/', '\\']) {
+            return Err(bad("a segment of its path has an escaped / or \\"));
+        }
+        key.push('/');
+        key.push_str(&decoded);
+    }
+    Ok(key)
 }
 
 impl RoutedSource {
@@ -635,7 +663,7 @@ impl RoutedSource {
                 s
             }
         };
-        Ok(Some((source, parsed.path().to_string())))
+        Ok(Some((source, object_key(path, &parsed)?)))
     }
 }
 

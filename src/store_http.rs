@@ -61,6 +61,13 @@ fn redirects_within(prefixes: Arc<[String]>) -> reqwest::redirect::Policy {
             let why = format!("more than {MAX_REDIRECTS} redirects");
             return attempt.error(why);
         }
+        // An escaped `/` or `\\` is one segment to this check and may be two to the server (review
+        // BF1: nginx decodes `%2F` before it resolves `..`).
+        let escaped = attempt.url().path().to_ascii_lowercase();
+        if escaped.contains("%2f") || escaped.contains("%5c") {
+            let shown: String = to.chars().take(200).collect();
+            return attempt.error(format!("a redirect to {shown:?}, whose path has an escaped / or \\"));
+        }
         if prefixes.iter().any(|p| to.starts_with(p.as_str())) {
             return attempt.follow();
         }

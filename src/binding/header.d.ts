@@ -159,7 +159,9 @@ export interface ExecutorOptions {
   maxCodeBytes?: number
   /**
    * URL prefixes a definition's `wasmBlobPath` may name directly (e.g. `['s3://bucket/activities/']`),
-   * bypassing the blob store. None by default: every path goes to the store as it is.
+   * bypassing the blob store. None by default: every path goes to the store as it is. Such a URL's
+   * path is percent-decoded into its object's key (a query or fragment is `INVALID_ARGUMENT`), and
+   * its store follows a redirect only to a URL under one of these prefixes (at most 5).
    */
   allowedBlobUrls?: string[]
   /** Actor calls are transactional unless a call says otherwise (default false). */
