@@ -73,10 +73,49 @@ const WRITES: &str = "loomwrites";
 /// writes have landed on top of it by the time it is checked.
 const KEPT_WRITES: usize = 16;
 
+/// The snapshot bytes an executor's loads from its actor store may hold at once while they are
+/// read and checked: its `maxActorMemoryMB`, the memory its live actors may hold together (review
+/// BF2: whoever could write the store planted sparse files of the largest size a definition's
+/// `maxMemoryMB` allows, valid headers and junk after them, and ten loads at once held 3.3 GiB
+/// under a `maxActorMemoryMB` of 64 before each was refused). A load takes the size its object
+/// states before it reads any of it, and waits while other loads hold the rest; one larger than
+/// the whole waits for all others, then goes alone.
+#[derive(Clone, Default)]
+pub struct Loading(Option<(Arc<tokio::sync::Semaphore>, u32)>);
+
+/// `Loading` counts in units of this many bytes (a semaphore's permits are counted in `u32`).
+const LOADING_UNIT: u64 = 64 << 10;
+
+impl Loading {
+    /// A gate of `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        let units = (max_bytes / LOADING_UNIT).clamp(1, u32::MAX as u64 / 2) as u32;
+        Loading(Some((Arc::new(tokio::sync::Semaphore::new(units as usize)), units)))
+    }
+
+    /// Room for a load of `bytes`, held until the result is dropped (none for an ungated store).
+    pub async fn admit(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let (slots, units) = self.0.as_ref()?;
+        let n = bytes.div_ceil(LOADING_UNIT).min(*units as u64) as u32;
+        slots.clone().acquire_many_owned(n).await.ok()
+    }
+
+    /// Bytes of its room not held now (tests).
+    pub fn free(&self) -> u64 {
+        self.0.as_ref().map_or(u64::MAX, |(s, _)| s.available_permits() as u64 * LOADING_UNIT)
+    }
+}
+
 pub trait ActorStore: Send + Sync {
     /// The stored snapshot and its version, if there is one; `SNAPSHOT_INVALID` without reading it
     /// if it is over `max_bytes` (what the actor's memory limit allows: `snapshot::max_encoded_len`).
-    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>>;
+    /// Its bytes are read only once `loading` has room for them.
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>>;
+    /// `load_gated` without a gate.
+    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        static NONE: Loading = Loading(None);
+        self.load_gated(key, max_bytes, &NONE)
+    }
     /// Stores `bytes` if the stored version is still `expected` (`None`: only if there is none).
     /// `ACTOR_CONFLICT` otherwise; what it did on success.
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>>;
@@ -248,7 +287,7 @@ impl ObjectActorStore {
 }
 
 impl ActorStore for ObjectActorStore {
-    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         Box::pin(async move {
             self.ensure_conditional().await?;
             let path = self.source.path(key)?;
@@ -257,6 +296,8 @@ impl ActorStore for ObjectActorStore {
                 if r.meta.size > max_bytes {
                     return Ok(Err(too_large(key, r.meta.size, max_bytes)));
                 }
+                // Held until the body is read (its check is the caller's, right after).
+                let _room = loading.admit(r.meta.size).await;
                 let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) };
                 // Read as a stream, to the size it stated and no further (review BD2: a store
                 // stating 100 bytes and sending endless chunks filled memory, 2.65 GB in 3 s).
@@ -405,6 +446,20 @@ pub fn open(source: Arc<ObjectSource>) -> Result<Arc<dyn ActorStore>, ExecError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_object_stores_load_reads_its_body_only_once_there_is_room_for_it() {
+        // Review BF2 (see `Loading`), for an object store.
+        let store = open(Arc::new(ObjectSource::open("memory://actors-loading", &[]).expect("memory"))).expect("store");
+        let key = "actors/t/l.snap";
+        store.save(key, vec![7u8; 600 << 10], None).await.expect("saved");
+        let loading = Loading::new(1 << 20);
+        let held = loading.admit(600 << 10).await;
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(300), store.load_gated(key, 1 << 20, &loading)).await.is_err(), "read while the room was held");
+        drop(held);
+        assert_eq!(store.load_gated(key, 1 << 20, &loading).await.expect("load").map(|(b, _)| b.len()), Some(600 << 10));
+        assert_eq!(loading.free(), 1 << 20, "the room is given back");
+    }
 
     async fn exercise(store: &dyn ActorStore) {
         let key = "actors/t/abc.snap";

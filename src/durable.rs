@@ -247,11 +247,13 @@ pub struct Durable {
     pub persist: Persist,
     /// The executor's writes under way (see `Pending`).
     pub pending: Arc<Pending>,
+    /// The executor's room for snapshots being loaded.
+    pub loading: crate::actor_store::Loading,
 }
 
 impl Durable {
-    pub fn new(store: Arc<dyn ActorStore>, key: &ActorKey, persist: Persist, pending: Arc<Pending>) -> Durable {
-        Durable { store, key: actor_key(&key.def, &key.actor_id), persist, pending }
+    pub fn new(store: Arc<dyn ActorStore>, key: &ActorKey, persist: Persist, pending: Arc<Pending>, loading: crate::actor_store::Loading) -> Durable {
+        Durable { store, key: actor_key(&key.def, &key.actor_id), persist, pending, loading }
     }
 }
 
@@ -309,7 +311,7 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
         held.guard.persisted = None;
         return Ok(());
     }
-    let Some((bytes, version)) = off_slot(p, d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes))).await? else {
+    let Some((bytes, version)) = off_slot(p, d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading)).await? else {
         held.guard.persisted = None;
         return Ok(());
     };
@@ -527,7 +529,7 @@ impl Executor {
             }
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
-            if let Some((bytes, _)) = d.store.load(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes)).await? {
+            if let Some((bytes, _)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? {
                 // What the store holds is not trusted: checked (format, checksum, module) as a
                 // call's load would check it.
                 let named = snapshot::module_of(&bytes)?;

@@ -62,6 +62,8 @@ pub struct Executor {
     drained: tokio::sync::Notify,
     /// Actor-store writes under way after their calls (`close` waits for them too).
     pending: Arc<crate::durable::Pending>,
+    /// Room for actor snapshots being loaded: `maxActorMemoryMB` (`actor_store::Loading`).
+    loading: crate::actor_store::Loading,
     /// What `options.hostFunctions` offers.
     host_function_names: Vec<String>,
 }
@@ -135,6 +137,7 @@ impl Executor {
         opts.artifacts.limits = opts.load.compile;
         opts.artifacts = opts.artifacts.clone().open()?;
         let allowed = allowed_prefixes(&opts.allowed_blob_urls)?;
+        let loading = crate::actor_store::Loading::new(opts.max_actor_memory_bytes);
         // Size the process's instance pool for this executor's actors and calls (the first
         // executor of a process decides; the rest share it).
         engine::reserve_pool(engine::pool_for(opts.max_actors.get() as u64, opts.max_concurrency.get() as u64));
@@ -161,6 +164,7 @@ impl Executor {
             next_call: AtomicU64::new(0),
             drained: tokio::sync::Notify::new(),
             pending: Default::default(),
+            loading,
             host_function_names,
         })
     }
@@ -195,7 +199,7 @@ impl Executor {
         let key = def.key();
         let durable = match (&call.actor_id, &self.opts.actor_store) {
             (Some(id), Some(store)) => {
-                Some(Durable::new(store.clone(), &ActorKey { def: key.clone(), actor_id: id.clone() }, self.opts.persist, self.pending.clone()))
+                Some(Durable::new(store.clone(), &ActorKey { def: key.clone(), actor_id: id.clone() }, self.opts.persist, self.pending.clone(), self.loading.clone()))
             }
             _ => None,
         };

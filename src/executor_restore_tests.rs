@@ -3,7 +3,7 @@
 //! the next call, never lost silently; while it stores a durable actor's new state, the next call
 //! takes whatever the store holds, never a spurious `ACTOR_CONFLICT`.
 use super::*;
-use crate::actor_store::{self, ActorStore, Saved, Version};
+use crate::actor_store::{self, ActorStore, Loading, Saved, Version};
 use crate::store::{BoxFuture, MemorySource, ObjectSource};
 use crate::test_guests as g;
 use std::sync::atomic::AtomicBool;
@@ -91,8 +91,8 @@ impl HangsOnce {
 }
 
 impl ActorStore for HangsOnce {
-    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
-        self.inner.load(key, max_bytes)
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        self.inner.load_gated(key, max_bytes, loading)
     }
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
         self.inner.version(key)
@@ -202,8 +202,8 @@ impl DeleteFails {
 }
 
 impl ActorStore for DeleteFails {
-    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
-        self.inner.load(key, max_bytes)
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+        self.inner.load_gated(key, max_bytes, loading)
     }
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
         if self.versions_fail.load(Ordering::SeqCst) {

@@ -146,7 +146,7 @@ impl Executor {
             return had;
         }
         let Some(store) = &self.opts.actor_store else { return had };
-        let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone());
+        let d = Durable::new(store.clone(), &key, self.opts.persist, self.pending.clone(), self.loading.clone());
         let write = self.pending.start();
         let (mut ticket, superseded) = self.actors.drop_ticket(key.clone());
         // Polled here, so the deletion takes its place in line before any later call.

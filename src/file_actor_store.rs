@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Saved, Version};
+use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Loading, Saved, Version};
 use crate::error::ExecError;
 use crate::store::BoxFuture;
 use crate::untrusted_dir::{create_fresh, open_regular, refused};
@@ -209,22 +209,28 @@ impl FileActorStore {
         }
     }
 
-    fn read(path: &Path, key: &str, max_bytes: u64) -> Result<Option<(Vec<u8>, u64)>, ExecError> {
+    /// The stored file, opened, and its size (refused past `max_bytes` and the header).
+    fn open_sized(path: &Path, key: &str, max_bytes: u64) -> Result<Option<(std::fs::File, u64)>, ExecError> {
         let Some(file) = FileActorStore::open_stored(path, key)? else { return Ok(None) };
         let size = file.metadata().map_err(|e| unavailable(key, e))?.len();
-        let max_file = max_bytes.saturating_add(16);
-        if size > max_file {
+        if size > max_bytes.saturating_add(16) {
             return Err(too_large(key, size, max_bytes));
         }
+        Ok(Some((file, size)))
+    }
+
+    /// Reads an opened file of `size` bytes (a file that grew since is refused: it is read to
+    /// what was stated, and `Loading` admitted).
+    fn read(file: std::fs::File, size: u64, key: &str, max_bytes: u64) -> Result<(Vec<u8>, u64), ExecError> {
         let mut all = Vec::new();
         // Bounded whatever the file does meanwhile (it may grow).
-        file.take(max_file.saturating_add(1)).read_to_end(&mut all).map_err(|e| unavailable(key, e))?;
-        if all.len() as u64 > max_file {
+        file.take(size.saturating_add(1)).read_to_end(&mut all).map_err(|e| unavailable(key, e))?;
+        if all.len() as u64 > size {
             return Err(too_large(key, all.len() as u64, max_bytes));
         }
         let version = FileActorStore::header(&all, key)?;
         all.drain(..16);
-        Ok(Some((all, version)))
+        Ok((all, version))
     }
 }
 
@@ -237,13 +243,24 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl ActorStore for FileActorStore {
-    fn load<'a>(&'a self, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
         let this = self.clone();
         Box::pin(async move {
             let k = key.to_string();
             // Its checks stat the directories: off the runtime, as the read.
-            let read = self.off_runtime(move |_| FileActorStore::read(&this.checked_path(&k)?, &k, max_bytes)).await?;
-            Ok(read.map(|(bytes, v)| (bytes, Version { version: Some(v.to_string()), ..Default::default() })))
+            let Some((file, size)) = self.off_runtime(move |_| FileActorStore::open_sized(&this.checked_path(&k)?, &k, max_bytes)).await? else {
+                return Ok(None);
+            };
+            let room = loading.admit(size).await;
+            let k = key.to_string();
+            // The room goes with the read, which runs on should this call end first.
+            let (bytes, v) = self
+                .off_runtime(move |_| {
+                    let _room = room;
+                    FileActorStore::read(file, size, &k, max_bytes)
+                })
+                .await?;
+            Ok(Some((bytes, Version { version: Some(v.to_string()), ..Default::default() })))
         })
     }
 
@@ -483,6 +500,30 @@ mod tests {
         assert!(!ran.load(Ordering::Relaxed));
         assert!(store.locked_within(key, &stay, Duration::from_millis(150), |_| Ok(true)).expect("free now"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_load_reads_only_once_the_executors_loading_room_has_its_size() {
+        // Review BF2: planted files of the largest size a definition allowed, loaded at once,
+        // held 3.3 GiB under a maxActorMemoryMB of 64 before each was refused.
+        let (_dir, store) = scratch("loading");
+        let key = "actors/t/l.snap";
+        store.save(key, vec![7u8; 600 << 10], None).await.expect("saved");
+        let loading = Loading::new(1 << 20);
+        // Another load holds most of the room: this one waits, reading nothing.
+        let held = loading.admit(600 << 10).await;
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), store.load_gated(key, 1 << 20, &loading)).await;
+        assert!(waiting.is_err(), "read while the room was held");
+        drop(held);
+        let (bytes, _) = store.load_gated(key, 1 << 20, &loading).await.expect("load").expect("stored");
+        assert_eq!(bytes.len(), 600 << 10);
+        assert_eq!(loading.free(), 1 << 20, "the room is given back");
+        // One larger than the whole room goes alone, once nothing else holds any.
+        store.save(key, vec![7u8; 1536 << 10], Some(&store.version(key).await.expect("v").expect("some"))).await.expect("saved");
+        let small = loading.admit(1).await;
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(300), store.load_gated(key, 2 << 20, &loading)).await.is_err());
+        drop(small);
+        assert_eq!(store.load_gated(key, 2 << 20, &loading).await.expect("load").map(|(b, _)| b.len()), Some(1536 << 10));
     }
 
     #[tokio::test(flavor = "multi_thread")]
