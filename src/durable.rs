@@ -311,7 +311,8 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
         held.guard.persisted = None;
         return Ok(());
     }
-    let Some((bytes, version)) = off_slot(p, d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading)).await? else {
+    // The room its bytes take is held until they are decoded into the shadow (or refused).
+    let Some((bytes, version, _room)) = off_slot(p, d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading)).await? else {
         held.guard.persisted = None;
         return Ok(());
     };
@@ -529,7 +530,7 @@ impl Executor {
             }
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
-            if let Some((bytes, _)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? {
+            if let Some((bytes, _, _room)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? {
                 // What the store holds is not trusted: checked (format, checksum, module) as a
                 // call's load would check it.
                 let named = snapshot::module_of(&bytes)?;

@@ -91,7 +91,7 @@ impl HangsOnce {
 }
 
 impl ActorStore for HangsOnce {
-    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<actor_store::Loaded>, ExecError>> {
         self.inner.load_gated(key, max_bytes, loading)
     }
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
@@ -202,7 +202,7 @@ impl DeleteFails {
 }
 
 impl ActorStore for DeleteFails {
-    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<actor_store::Loaded>, ExecError>> {
         self.inner.load_gated(key, max_bytes, loading)
     }
     fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Loading, Saved, Version};
+use crate::actor_store::{conflict, fresh_version, too_large, unavailable, ActorStore, Loaded, Loading, Saved, Version};
 use crate::error::ExecError;
 use crate::store::BoxFuture;
 use crate::untrusted_dir::{create_fresh, open_regular, refused};
@@ -243,7 +243,7 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl ActorStore for FileActorStore {
-    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<(Vec<u8>, Version)>, ExecError>> {
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<Loaded>, ExecError>> {
         let this = self.clone();
         Box::pin(async move {
             let k = key.to_string();
@@ -253,14 +253,10 @@ impl ActorStore for FileActorStore {
             };
             let room = loading.admit(size).await;
             let k = key.to_string();
-            // The room goes with the read, which runs on should this call end first.
-            let (bytes, v) = self
-                .off_runtime(move |_| {
-                    let _room = room;
-                    FileActorStore::read(file, size, &k, max_bytes)
-                })
-                .await?;
-            Ok(Some((bytes, Version { version: Some(v.to_string()), ..Default::default() })))
+            // The room goes with the read, which runs on should this call end first, and comes
+            // back with its bytes (see `Room`).
+            let (bytes, v, room) = self.off_runtime(move |_| FileActorStore::read(file, size, &k, max_bytes).map(|(b, v)| (b, v, room))).await?;
+            Ok(Some((bytes, Version { version: Some(v.to_string()), ..Default::default() }, room)))
         })
     }
 
@@ -515,7 +511,10 @@ mod tests {
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), store.load_gated(key, 1 << 20, &loading)).await;
         assert!(waiting.is_err(), "read while the room was held");
         drop(held);
-        let (bytes, _) = store.load_gated(key, 1 << 20, &loading).await.expect("load").expect("stored");
+        let (bytes, _, room) = store.load_gated(key, 1 << 20, &loading).await.expect("load").expect("stored");
+        // Its room is held until its bytes are checked and kept or dropped (review BG1).
+        assert_eq!(loading.free(), (1 << 20) - (640 << 10), "held with the bytes");
+        drop(room);
         assert_eq!(bytes.len(), 600 << 10);
         assert_eq!(loading.free(), 1 << 20, "the room is given back");
         // One larger than the whole room goes alone, once nothing else holds any.
@@ -523,7 +522,7 @@ mod tests {
         let small = loading.admit(1).await;
         assert!(tokio::time::timeout(std::time::Duration::from_millis(300), store.load_gated(key, 2 << 20, &loading)).await.is_err());
         drop(small);
-        assert_eq!(store.load_gated(key, 2 << 20, &loading).await.expect("load").map(|(b, _)| b.len()), Some(1536 << 10));
+        assert_eq!(store.load_gated(key, 2 << 20, &loading).await.expect("load").map(|(b, _, _)| b.len()), Some(1536 << 10));
     }
 
     #[tokio::test(flavor = "multi_thread")]
