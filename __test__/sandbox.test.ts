@@ -491,6 +491,36 @@ describe('13. teardown', () => {
     expect((used.user + used.system) / 1000).toBeLessThan(300)
   })
 
+  it("a worker terminated with inspectModule calls queued drops them (review BG2: they ran on, 38 s of CPU)", async () => {
+    // A module that takes a while to compile: 5,000 functions of 20 nested multiply-adds.
+    let body = ''
+    for (let i = 0; i < 5000; i++) {
+      let e = '(local.get 0)'
+      for (let j = 0; j < 20; j++) e = `(i32.add (i32.mul ${e} (i32.const ${j + 3})) (local.get 0))`
+      body += `(func (param i32) (result i32) ${e})\n`
+    }
+    const file = join(mkdtempSync(join(tmpdir(), 'loom-inspect-')), 'big.wasm')
+    writeFileSync(file, await wat(`(module ${body})`))
+    const code = `
+      const { parentPort } = require('node:worker_threads')
+      const { inspectModule } = require(${JSON.stringify(join(root, 'index.js'))})
+      const big = require('node:fs').readFileSync(${JSON.stringify(file)})
+      for (let i = 0; i < 60; i++) inspectModule(big).catch(() => {})
+      parentPort.postMessage('queued')
+    `
+    const w = new Worker(code, { eval: true })
+    await new Promise((r) => w.once('message', r))
+    await w.terminate()
+    await sleep(200)
+    const before = process.cpuUsage()
+    await sleep(500)
+    const used = process.cpuUsage(before)
+    // Sixty queued inspects would keep both cores busy (~1 s of CPU in 500 ms) for seconds.
+    expect((used.user + used.system) / 1000).toBeLessThan(300)
+    // And the process's inspects are not queued behind them.
+    expect((await inspectModule(guest('echo'))).abi).toBe('assemblyscript')
+  })
+
   it('executors share the guest threads: 300 executors do not add threads', async () => {
     const threads = () => Number(/Threads:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1])
     const { ex } = await executorWith({ echo: guest('echo') })

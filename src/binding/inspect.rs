@@ -43,9 +43,17 @@ pub fn inspect_module<'env>(env: &'env Env, bytes: Unknown<'env>) -> napi::Resul
     // Anything but bytes rejects with INVALID_ARGUMENT, as every other refusal does.
     let bytes = args::bytes(bytes, "bytes");
     crate::compile::quiet_known_panics();
+    let gone = super::env_gone(env);
     let work = async move {
         let bytes = bytes?;
-        let _permit = crate::inspect::permits().acquire().await.map_err(ExecError::internal)?;
+        // A worker that ends drops its inspects still queued, and their bytes (`EnvGone`).
+        let _permit = tokio::select! {
+            permit = crate::inspect::permits().acquire() => permit.map_err(ExecError::internal)?,
+            () = gone.wait() => return Err(ExecError::Cancelled),
+        };
+        if gone.is_gone() {
+            return Err(ExecError::Cancelled);
+        }
         tokio::task::spawn_blocking(move || crate::inspect::inspect(&bytes))
             .await
             .map_err(|e| crate::compile::panicked("inspect", &e.to_string()))?
