@@ -300,17 +300,27 @@ impl ActorStore for ObjectActorStore {
         Box::pin(async move {
             self.ensure_conditional().await?;
             let path = self.source.path(key)?;
-            let read = self.within(async {
-                let r = self.source.object_store().get(&path).await?;
-                if r.meta.size > max_bytes {
-                    return Ok(Err(too_large(key, r.meta.size, max_bytes)));
-                }
-                // Held by the caller until it has checked the bytes (see `Room`).
-                let room = loading.admit(r.meta.size).await;
-                let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) };
-                // Read as a stream, to the size it stated and no further (review BD2: a store
-                // stating 100 bytes and sending endless chunks filled memory, 2.65 GB in 3 s).
-                let size = r.meta.size;
+            let started = std::time::Instant::now();
+            let r = match self.within(self.source.object_store().get(&path)).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(unavailable(key, e)),
+            };
+            if r.meta.size > max_bytes {
+                return Err(too_large(key, r.meta.size, max_bytes));
+            }
+            // Held by the caller until it has checked the bytes (see `Room`). The wait for it is
+            // the call's (its deadline, close()), not the store's `timeoutMs`: a healthy store
+            // was reported unavailable when other loads held the room (review BH1).
+            let waited = std::time::Instant::now();
+            let room = loading.admit(r.meta.size).await;
+            let version = Version { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone(), writes: writes_of(&r.attributes) };
+            // Read as a stream, to the size it stated and no further (review BD2: a store
+            // stating 100 bytes and sending endless chunks filled memory, 2.65 GB in 3 s), within
+            // what the request left of `timeoutMs`.
+            let size = r.meta.size;
+            let left = self.source.timeout().saturating_sub(waited.duration_since(started));
+            let body = async {
                 let mut parts = r.into_stream();
                 let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                 while let Some(part) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(parts.as_mut(), cx)).await {
@@ -320,13 +330,16 @@ impl ActorStore for ObjectActorStore {
                     }
                     body.extend_from_slice(&part);
                 }
-                Ok(Ok((body, version, room)))
-            });
-            match read.await {
-                Ok(read) => read.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(unavailable(key, e)),
-            }
+                Ok(body)
+            };
+            let body = match tokio::time::timeout(left, body).await {
+                Ok(read) => read.map_err(|e| unavailable(key, e))?,
+                Err(_) => {
+                    let e = object_store::Error::Generic { store: "actor store", source: format!("timed out after {} ms", self.source.timeout().as_millis()).into() };
+                    return Err(unavailable(key, e));
+                }
+            };
+            Ok(Some((body, version, room)))
         })
     }
 
@@ -468,6 +481,25 @@ mod tests {
         drop(held);
         assert_eq!(store.load_gated(key, 1 << 20, &loading).await.expect("load").map(|(b, _, _)| b.len()), Some(600 << 10));
         assert_eq!(loading.free(), 1 << 20, "the room is given back");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_wait_for_room_is_not_the_stores_timeout() {
+        // Review BH1: the wait counted against timeoutMs, and a healthy store's load failed
+        // BLOB_UNAVAILABLE while other loads held the room.
+        let source = ObjectSource::open("memory://actors-room-wait", &[("timeoutMs".into(), "100".into())]).expect("memory");
+        let store = open(Arc::new(source)).expect("store");
+        let key = "actors/t/w.snap";
+        store.save(key, vec![7u8; 600 << 10], None).await.expect("saved");
+        let loading = Loading::new(1 << 20);
+        let held = loading.admit(600 << 10).await;
+        let load = store.load_gated(key, 1 << 20, &loading);
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            drop(held);
+        };
+        let (loaded, ()) = tokio::join!(load, release);
+        assert_eq!(loaded.expect("not timed out").map(|(b, _, _)| b.len()), Some(600 << 10));
     }
 
     async fn exercise(store: &dyn ActorStore) {

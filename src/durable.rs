@@ -311,12 +311,22 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
         held.guard.persisted = None;
         return Ok(());
     }
-    // The room its bytes take is held until they are decoded into the shadow (or refused).
-    let Some((bytes, version, _room)) = off_slot(p, d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading)).await? else {
+    // Read and decoded without the call's concurrency slot, the room its bytes take held until
+    // they are decoded into the shadow (or refused), and not while the call waits for its slot
+    // again (review BH1: held then, another actor's load waited for room behind other tenants'
+    // long calls until its store's timeoutMs, and failed BLOB_UNAVAILABLE from a healthy store).
+    let loaded = off_slot(p, async {
+        let Some((bytes, version, _room)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? else {
+            return Ok(None);
+        };
+        let state = snapshot::decode(&bytes, &module.digest, &image, p.limits.max_memory_bytes, module.state.globals.len())?;
+        Ok::<_, ExecError>(Some((state, version)))
+    })
+    .await?;
+    let Some((state, version)) = loaded else {
         held.guard.persisted = None;
         return Ok(());
     };
-    let state = snapshot::decode(&bytes, &module.digest, &image, p.limits.max_memory_bytes, module.state.globals.len())?;
     held.guard.shadow = Some((module.digest, state));
     held.guard.pristine = false;
     held.guard.persisted = Some(version);
@@ -530,7 +540,10 @@ impl Executor {
             }
         }
         if let Some(d) = p.durable.as_ref().filter(|d| !d.pending.is_undeleted(&d.key)) {
-            if let Some((bytes, _, _room)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? {
+            // Ended by close() as a call's load is (review BH1: a stalled read held close() to the
+            // store's timeoutMs).
+            let loaded = cancel.guard(d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading)).await??;
+            if let Some((bytes, _, _room)) = loaded {
                 // What the store holds is not trusted: checked (format, checksum, module) as a
                 // call's load would check it.
                 let named = snapshot::module_of(&bytes)?;

@@ -648,3 +648,56 @@ async fn a_module_keeps_a_bounded_number_of_initial_images() {
     assert_eq!(out.output, "2", "the restored count (1) went on");
     assert_eq!(module.initial_images.len(), MAX_INITIAL_IMAGES);
 }
+
+/// An actor store whose loads never answer once armed.
+struct LoadHangs {
+    inner: Arc<dyn ActorStore>,
+    armed: AtomicBool,
+}
+
+impl ActorStore for LoadHangs {
+    fn load_gated<'a>(&'a self, key: &'a str, max_bytes: u64, loading: &'a Loading) -> BoxFuture<'a, Result<Option<actor_store::Loaded>, ExecError>> {
+        if self.armed.load(Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        self.inner.load_gated(key, max_bytes, loading)
+    }
+    fn version<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Version>, ExecError>> {
+        self.inner.version(key)
+    }
+    fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
+        self.inner.save(key, bytes, expected)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        self.inner.delete(key)
+    }
+    fn describe(&self) -> String {
+        "load-hangs".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_ends_a_snapshot_whose_store_read_hangs() {
+    // Review BH1: snapshotActor's read of the store (an actor not in memory) ignored close(),
+    // which then waited for it to the store's timeoutMs.
+    let inner = actor_store::open(Arc::new(ObjectSource::open("memory://load-hangs", &[]).expect("store"))).expect("conditional");
+    let store = Arc::new(LoadHangs { inner, armed: AtomicBool::new(false) });
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let d = Definition { name: "counter".into(), version: "1".into(), wasm_blob_path: "counter.wasm".into(), ..Default::default() };
+    // Stored by one executor, snapshotted by another that never held the actor.
+    let first = Arc::new(Executor::new(source.clone(), ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    first.execute(&d, "{}".into(), call_options("a", false, CancelFlag::new())).await.expect("counts");
+    first.close();
+    let ex = Arc::new(Executor::new(source, ExecutorOptions { actor_store: Some(store.clone()), ..Default::default() }).expect("executor"));
+    store.armed.store(true, Ordering::SeqCst);
+    let snap = tokio::spawn({
+        let (ex, d) = (ex.clone(), d.clone());
+        async move { ex.snapshot_actor(&d, "a").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!snap.is_finished(), "the read hangs");
+    ex.close();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), snap).await.expect("ended by close()").expect("joined");
+    assert_eq!(ended.map(|_| ()).map_err(|e| e.code()), Err("CANCELLED"));
+}
