@@ -45,10 +45,20 @@
   // elsewhere in the process: `Object.prototype.capabilities = ...`) is no field: obeyed, it
   // would be a grant nobody made. The caller's own prototypes (a class's getters,
   // `Object.create(base)`) count. `inherited` is inherited.js's, which the native reads use too.
+  // An object of this realm whose prototype is its Object.prototype (the usual literal) can only
+  // have this realm's pollution under it: checked here, cheaply. Any other (another realm's: a
+  // `vm` context, Jest's or vitest's VM pools; a class's instance; a Proxy) takes the whole walk,
+  // which stops at any realm's Object.prototype (review BH2: a vm context's
+  // `Object.prototype.capabilities` was obeyed, its `limits` lifted the executor's).
   const objectPrototype = Object.prototype
   const hasOwn = Object.hasOwn
+  const prototypeOf = Object.getPrototypeOf
   const inherited = typeof inheritedFrom === 'function' ? inheritedFrom : () => false
-  const clean = (o, k, v) => (v === undefined || v === null || !hasOwn(objectPrototype, k) || !inherited(o, k) ? v : undefined)
+  const clean = (o, k, v) => {
+    if (v === undefined || v === null) return v
+    if (prototypeOf(o) === objectPrototype) return !hasOwn(objectPrototype, k) || hasOwn(o, k) ? v : undefined
+    return inherited(o, k) ? undefined : v
+  }
   // The keys `limits`, `capabilities` and the options take (args::LIMIT_FIELDS, ...): the first
   // own enumerable key of one that it does not take is handed over (a misspelt limit or actorId
   // is INVALID_ARGUMENT there). `Object.keys` (taken now) lists the own enumerable string keys, as

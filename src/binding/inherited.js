@@ -3,16 +3,22 @@
 // of a definition and no option. The walk is JS's own (Object.getPrototypeOf, Object.hasOwn,
 // taken when the addon loads): through Node-API, a Proxy's prototype reads as null, and any
 // Proxy passed what the pollution put there. A Proxy's traps run as they would for the read.
+// Another realm's Object.prototype (a `vm` context, Jest's or vitest's VM pools) is not this
+// one: the last prototype of any chain, the one whose own prototype is null, counts as an
+// Object.prototype (review BH2: a vm context's `Object.prototype.capabilities` was obeyed).
 (function makeInherited() {
   'use strict'
   const objectPrototype = Object.prototype
   const hasOwn = Object.hasOwn
   const prototypeOf = Object.getPrototypeOf
   return function inherited(o, k) {
-    for (let p = o, n = 0; p !== null; p = prototypeOf(p), n++) {
+    for (let p = o, n = 0; p !== null; n++) {
       if (p === objectPrototype) return true
+      const next = prototypeOf(p)
+      if (next === null && p !== o) return true
       if (hasOwn(p, k)) return false
       if (n === 10000) throw new TypeError('its prototype chain does not end')
+      p = next
     }
     return false
   }

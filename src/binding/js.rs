@@ -30,6 +30,11 @@ pub fn take_exception(env: sys::napi_env) -> Option<String> {
 /// the event loop to read, to be cut to 64 KiB after).
 pub const MAX_READ_TEXT_UNITS: usize = 1 << 20;
 
+/// The longest string argument read (a definition's field, an option, a config value, a name):
+/// UTF-16 units, measured before any is copied. A call's input is bounded by `maxInputBytes`
+/// instead (`input_text`).
+pub const MAX_ARGUMENT_UNITS: usize = 1 << 20;
+
 /// `text` as `read_string` reads it, or, past `MAX_READ_TEXT_UNITS`, a note of its length.
 pub fn read_text(env: sys::napi_env, value: sys::napi_value) -> Result<String, ()> {
     let mut len = 0usize;
@@ -136,6 +141,19 @@ pub fn strict_string(env: sys::napi_env, value: sys::napi_value, what: &str) -> 
     unsafe { sys::napi_typeof(env, value, &mut t) };
     if t != sys::ValueType::napi_string {
         return Err(ExecError::InvalidArgument(format!("{what} must be a string")));
+    }
+    // Measured before it is copied: a string `repeat` made costs its maker nothing, and its copy
+    // (flattened, UTF-16 then UTF-8) cost 2 GB and 1.3-4.7 s of the event loop before an 8 KiB
+    // field refused it (review BH2).
+    let mut units = 0usize;
+    // SAFETY: a length query (no buffer) on a value of this env.
+    if unsafe { sys::napi_get_value_string_utf16(env, value, ptr::null_mut(), 0, &mut units) } != sys::Status::napi_ok {
+        return Err(ExecError::InvalidArgument(format!("{what} must be a string")));
+    }
+    if units > MAX_ARGUMENT_UNITS {
+        return Err(ExecError::InvalidArgument(format!(
+            "{what} is {units} characters long; a string argument may be at most {MAX_ARGUMENT_UNITS}"
+        )));
     }
     read_string(env, value).map_err(|_| {
         ExecError::InvalidArgument(format!(
@@ -252,11 +270,22 @@ pub fn inherited_from_object(
     what: impl Fn() -> String,
 ) -> Result<bool, ExecError> {
     let object_prototype = cached(env, 3)?;
-    let mut polluted = false;
-    if unsafe { sys::napi_has_named_property(env, object_prototype, key.as_ptr(), &mut polluted) } != sys::Status::napi_ok || !polluted {
-        take_exception(env);
-        return Ok(false);
+    // The cheap answer holds for an object whose prototype is this realm's Object.prototype: only
+    // this realm's pollution is under it. Any other object (another realm's, a class's instance, a
+    // Proxy, whose prototype reads as null here) takes inherited.js's walk (review BH2).
+    let mut prototype = ptr::null_mut();
+    let mut plain = false;
+    if unsafe { sys::napi_get_prototype(env, obj, &mut prototype) } == sys::Status::napi_ok
+        && unsafe { sys::napi_strict_equals(env, prototype, object_prototype, &mut plain) } == sys::Status::napi_ok
+        && plain
+    {
+        let mut polluted = false;
+        if unsafe { sys::napi_has_named_property(env, object_prototype, key.as_ptr(), &mut polluted) } != sys::Status::napi_ok || !polluted {
+            take_exception(env);
+            return Ok(false);
+        }
     }
+    take_exception(env);
     let mut key_value = ptr::null_mut();
     if unsafe { sys::napi_create_string_utf8(env, key.as_ptr(), key.to_bytes().len() as isize, &mut key_value) } != sys::Status::napi_ok {
         return Err(ExecError::internal("cannot make a property name"));

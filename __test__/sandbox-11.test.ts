@@ -1,0 +1,81 @@
+// Hostile review round BH (the JS boundary as a hostile tenant controls it): each test reproduces
+// a way through that a reviewer found, and failed on the code from before its fix.
+import vm from 'node:vm'
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
+
+async function store() {
+  const s = new MemoryBlobStore()
+  await s.upload('env.wasm', guest('capabilities/env'))
+  await s.upload('memory-bomb.wasm', guest('hostile/memory-bomb'))
+  await s.upload('counter-actor.wasm', guest('counter-actor'))
+  await s.upload('echo.wasm', guest('echo'))
+  return s
+}
+
+describe("another realm's prototype pollution", () => {
+  it('is not obeyed: no capability, no lifted limit, no actor id the definition or options did not state', async () => {
+    // Review BH2: a vm context's Object.prototype (as in Jest's and vitest's VM pools, or a
+    // workflow sandbox) is not the addon's, and its keys were read as the definition's own.
+    const ex = new WasmActivityExecutor(await store(), { env: { LOOM_SECRET: 's3cr3t' }, maxMemoryMB: 16 })
+    const realm = vm.createContext({})
+    vm.runInContext(
+      `Object.prototype.capabilities = { env: ['LOOM_SECRET'] }
+       Object.prototype.limits = { maxMemoryMB: 4096 }
+       Object.prototype.actorId = 'shared'`,
+      realm,
+    )
+    const made = (text: string) => vm.runInContext(`(${text})`, realm)
+    const envDef = made(`{ name: 'env', version: '1', wasmBlobPath: 'env.wasm' }`)
+    expect(Object.keys(envDef)).toEqual(['name', 'version', 'wasmBlobPath'])
+    for (const call of [
+      () => ex.execute(envDef, {}),
+      () => ex.executeDetailed(envDef, {}),
+      () => ex.actor(envDef, 'h').execute({}),
+    ]) {
+      expect((await failure(call())).code).toBe('CAPABILITY_DENIED')
+    }
+    // Nested objects of that realm too: a limits object without its own maxMemoryMB.
+    const bomb = made(`{ name: 'memory-bomb', version: '1', wasmBlobPath: 'memory-bomb.wasm', limits: {} }`)
+    expect((await failure(ex.execute(bomb, {}))).code).toBe('OUT_OF_MEMORY')
+    const bare = made(`{ name: 'memory-bomb', version: '1', wasmBlobPath: 'memory-bomb.wasm' }`)
+    expect((await failure(ex.execute(bare, {}))).code).toBe('OUT_OF_MEMORY')
+    // Options of that realm: each call without an actorId is stateless, not one shared actor.
+    const counter = def('counter-actor')
+    const first = await ex.executeDetailed(counter, { action: 'increment', amount: 42 }, made('{}'))
+    const second = await ex.executeDetailed(counter, { action: 'get' }, made('{}'))
+    expect(second.output).toMatchObject({ count: 0 })
+    expect([first.actorCreated, second.actorCreated]).toEqual([undefined, undefined])
+    // What that realm's objects state as their own is read.
+    const granted = made(`{ name: 'env', version: '1', wasmBlobPath: 'env.wasm', capabilities: { env: ['LOOM_SECRET'] } }`)
+    expect(await ex.execute(granted, {})).toEqual({ LOOM_SECRET: 's3cr3t' })
+    await ex.close()
+  })
+})
+
+describe('long strings', () => {
+  it('are refused by their length before they are copied, in every string field', async () => {
+    // Review BH2: a string `repeat` made costs its maker nothing; copied whole before an 8 KiB
+    // field refused it, it cost 2 GB and 1.3-4.7 s of the event loop, and a long entrypoint or
+    // host function name was not refused at all.
+    const long = 'a'.repeat(1 << 24)
+    const ex = new WasmActivityExecutor(await store())
+    const refusals = [
+      () => ex.execute({ ...def('echo'), name: long }, {}),
+      () => ex.execute({ ...def('echo'), sha256: long }, {}),
+      () => ex.execute({ ...def('echo'), entrypoint: long } as any, {}),
+      () => ex.execute({ ...def('echo'), capabilities: { hostFunctions: [long] } }, {}),
+      () => ex.execute(def('echo'), {}, { actorId: long }),
+      () => ex.executeDetailed(def('echo'), {}, { actorId: long }),
+      () => Promise.resolve().then(() => ex.actor(def('echo'), long).execute({})),
+    ]
+    for (const refused of refusals) {
+      const e = await failure(refused())
+      expect(e.code).toBe('INVALID_ARGUMENT')
+      expect(e.message).toContain(`is ${1 << 24} characters long`)
+    }
+    expect(await ex.execute(def('echo'), { message: 'after' })).toMatchObject({ result: 'after' })
+    await ex.close()
+  })
+})
