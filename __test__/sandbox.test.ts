@@ -469,6 +469,19 @@ describe('12. errors tell retry policies what they are', () => {
   })
 })
 
+/** Runs `code` in a worker until it posts a message, terminates it, and returns the milliseconds
+ * of CPU this process uses over the 500 ms that start 200 ms later. */
+async function cpuAfterTerminating(code: string): Promise<number> {
+  const w = new Worker(code, { eval: true })
+  await new Promise((r) => w.once('message', r))
+  await w.terminate()
+  await sleep(200)
+  const before = process.cpuUsage()
+  await sleep(500)
+  const used = process.cpuUsage(before)
+  return (used.user + used.system) / 1000
+}
+
 describe('13. teardown', () => {
   it('a worker terminated with calls in flight cancels them (no guest keeps spinning)', async () => {
     const code = `
@@ -480,15 +493,8 @@ describe('13. teardown', () => {
       for (let i = 0; i < 2; i++) ex.execute({ name: 'spin', version: '1', wasmBlobPath: 's', limits: { maxExecutionMs: 20000 } }, {}).catch(() => {})
       setTimeout(() => parentPort.postMessage('running'), 300)
     `
-    const w = new Worker(code, { eval: true })
-    await new Promise((r) => w.once('message', r))
-    await w.terminate()
-    await sleep(200)
-    const before = process.cpuUsage()
-    await sleep(500)
-    const used = process.cpuUsage(before)
     // Two spinning guests would burn ~1 s of CPU in 500 ms.
-    expect((used.user + used.system) / 1000).toBeLessThan(300)
+    expect(await cpuAfterTerminating(code)).toBeLessThan(300)
   })
 
   it("a worker terminated with inspectModule calls queued drops them (review BG2: they ran on, 38 s of CPU)", async () => {
@@ -508,15 +514,8 @@ describe('13. teardown', () => {
       for (let i = 0; i < 60; i++) inspectModule(big).catch(() => {})
       parentPort.postMessage('queued')
     `
-    const w = new Worker(code, { eval: true })
-    await new Promise((r) => w.once('message', r))
-    await w.terminate()
-    await sleep(200)
-    const before = process.cpuUsage()
-    await sleep(500)
-    const used = process.cpuUsage(before)
     // Sixty queued inspects would keep both cores busy (~1 s of CPU in 500 ms) for seconds.
-    expect((used.user + used.system) / 1000).toBeLessThan(300)
+    expect(await cpuAfterTerminating(code)).toBeLessThan(300)
     // And the process's inspects are not queued behind them.
     expect((await inspectModule(guest('echo'))).abi).toBe('assemblyscript')
   })
