@@ -316,10 +316,18 @@ pub(crate) async fn load(held: &mut Held, module: &CompiledModule, p: &Prepared,
     // again (review BH1: held then, another actor's load waited for room behind other tenants'
     // long calls until its store's timeoutMs, and failed BLOB_UNAVAILABLE from a healthy store).
     let loaded = off_slot(p, async {
-        let Some((bytes, version, _room)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? else {
+        let Some((bytes, version, room)) = d.store.load_gated(&d.key, snapshot::max_encoded_len(p.limits.max_memory_bytes), &d.loading).await? else {
             return Ok(None);
         };
-        let state = snapshot::decode(&bytes, &module.digest, &image, p.limits.max_memory_bytes, module.state.globals.len())?;
+        // Off the runtime's threads: a checksum of up to hundreds of MiB (review BG1: another
+        // executor's calls waited up to 316 ms behind one), with the room, which goes when the
+        // bytes do whether or not this call still waits.
+        let (digest, max, globals, image) = (module.digest, p.limits.max_memory_bytes, module.state.globals.len(), image.clone());
+        let decode = move || {
+            let _room = room;
+            snapshot::decode(&bytes, &digest, &image, max, globals)
+        };
+        let state = tokio::task::spawn_blocking(decode).await.map_err(|e| crate::compile::panicked("decoding a snapshot", &e.to_string()))??;
         Ok::<_, ExecError>(Some((state, version)))
     })
     .await?;
