@@ -79,3 +79,43 @@ describe('long strings', () => {
     await ex.close()
   })
 })
+
+describe('objects that list a key per element', () => {
+  it('are refused where a plain object is expected, before their keys are listed', async () => {
+    // Review BI1: a `new Uint8Array(1.3e8)` as `limits` or `config` listed 130 million keys (5.4 GB,
+    // the event loop held for minutes); a String object of a `repeat()` string lists one key per
+    // character and costs its maker nothing.
+    const views = () => [new Uint8Array(1 << 20), new String('x'.repeat(1 << 20)), Array.from({ length: 3 }, () => 'x')]
+    const ex = new WasmActivityExecutor(await store())
+    for (const v of views()) {
+      const e = await failure(ex.execute({ ...def('echo'), limits: v as any }, {}))
+      expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('limits.length')])
+      const c = await failure(ex.execute({ ...def('echo'), config: v as any }, {}))
+      expect([c.code, c.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('a plain object')])
+      let thrown: any
+      try {
+        new WasmActivityExecutor(await store(), v as any)
+      } catch (err) {
+        thrown = err
+      }
+      expect([thrown?.code, thrown?.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('a plain object')])
+    }
+    expect(await ex.execute(def('echo'), { message: 'after' })).toMatchObject({ result: 'after' })
+    await ex.close()
+  })
+
+  it("Function.prototype's pollution does not reach a definition that is a function", async () => {
+    // Review BI1: the walk stopped only at Object.prototype (and a chain's last prototype).
+    const ex = new WasmActivityExecutor(await store(), { env: { LOOM_SECRET: 's3cr3t' } })
+    const fn: any = function definition() {}
+    Object.defineProperty(fn, 'name', { value: 'env' })
+    Object.assign(fn, { version: '1', wasmBlobPath: 'env.wasm' })
+    ;(Function.prototype as any).capabilities = { env: ['LOOM_SECRET'] }
+    try {
+      expect((await failure(ex.execute(fn, {}))).code).toBe('CAPABILITY_DENIED')
+    } finally {
+      delete (Function.prototype as any).capabilities
+    }
+    await ex.close()
+  })
+})

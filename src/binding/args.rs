@@ -110,6 +110,9 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
 /// `INVALID_ARGUMENT`, with the exception cleared.
 pub fn keys(obj: &Object, what: &str) -> Result<Vec<String>, ExecError> {
     let env = env_of(obj);
+    if indexed(env, obj.value().value, what)? {
+        return Err(bad(what, "a plain object (not an array, typed array, or String object)"));
+    }
     let mut names = std::ptr::null_mut();
     // SAFETY: a plain Node-API call on a live object of this env; `names` is written on success.
     let status = unsafe {
@@ -131,6 +134,31 @@ pub fn keys(obj: &Object, what: &str) -> Result<Vec<String>, ExecError> {
     // SAFETY: `names` is the array Node-API just returned for this env.
     let names = unsafe { Unknown::from_napi_value(env, names) }.map_err(ExecError::internal)?;
     string_list(names, what)
+}
+
+/// Whether `value` lists a key per element (an array, a typed array or other view, an
+/// ArrayBuffer, a String object, anything with a numeric own `length`): refused where a plain
+/// object is expected, before its keys are listed (review BI1: a `new Uint8Array(1.3e8)` as
+/// `config` or the executor's options listed 130 million keys, 5.4 GB and minutes of the event
+/// loop; a String object of a `repeat()` string, free to make, one per character).
+fn indexed(env: sys::napi_env, value: sys::napi_value, what: &str) -> Result<bool, ExecError> {
+    let mut yes = false;
+    // SAFETY: type queries on a live value of this env.
+    unsafe {
+        for check in [sys::napi_is_array, sys::napi_is_typedarray, sys::napi_is_dataview, sys::napi_is_arraybuffer] {
+            if check(env, value, &mut yes) == sys::Status::napi_ok && yes {
+                return Ok(true);
+            }
+        }
+    }
+    if !js::has_own(env, value, "length", || format!("{what}.length"))? {
+        return Ok(false);
+    }
+    let length = js::get(env, value, "length", &format!("{what}.length"))?;
+    let mut t = 0;
+    // SAFETY: a type query on the value just read.
+    unsafe { sys::napi_typeof(env, length, &mut t) };
+    Ok(t == sys::ValueType::napi_number)
 }
 
 /// An object of string values (`{ key: 'value' }`).

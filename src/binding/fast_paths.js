@@ -65,7 +65,15 @@
   // the native side does; here it costs tens of nanoseconds, through Node-API a microsecond or more.
   const known = parse(knownJson)
   const ownKeys = Object.keys
+  const isView = ArrayBuffer.isView
+  const ownDescriptor = Object.getOwnPropertyDescriptor
   const firstUnknown = (obj, keys) => {
+    // One that lists a key per element (an array, a typed array, a String object: anything with a
+    // numeric own `length`) is refused before its keys are listed (review BI1: a
+    // `new Uint8Array(1.3e8)` as `limits` held the event loop for minutes; a String object of a
+    // `repeat()` string, free to make, lists one key per character).
+    const length = ownDescriptor(obj, 'length')
+    if (isView(obj) || (length !== undefined && typeof length.value === 'number')) return 'length'
     const have = ownKeys(obj)
     for (let j = 0; j < have.length; j++) {
       let takes = false

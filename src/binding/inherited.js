@@ -11,11 +11,15 @@
   const objectPrototype = Object.prototype
   const hasOwn = Object.hasOwn
   const prototypeOf = Object.getPrototypeOf
+  const isArray = Array.isArray
   return function inherited(o, k) {
     for (let p = o, n = 0; p !== null; n++) {
       if (p === objectPrototype) return true
       const next = prototypeOf(p)
       if (next === null && p !== o) return true
+      // Any realm's Function.prototype (a function) or Array.prototype (an array), under a
+      // definition or options that are a function or an array (review BI1).
+      if (p !== o && (typeof p === 'function' || isArray(p))) return true
       if (hasOwn(p, k)) return false
       if (n === 10000) throw new TypeError('its prototype chain does not end')
       p = next
