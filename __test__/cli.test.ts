@@ -1,7 +1,7 @@
 // The loom-wasm CLI, end to end: the real binary spawned, its output, errors and exit statuses.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -26,9 +26,10 @@ describe('loom-wasm run', () => {
     const fifo = join(dir, 'fifo')
     spawnSync('mkfifo', [fifo])
     // Before: a FIFO waited forever; /dev/zero filled memory until the process was killed.
-    // A module `run` loads through its blob store fails to load (5); the others are usage errors.
+    // All usage errors: `run` reads its module before it makes the executor (review BI2: read by the
+    // store's download, a refusal there was a load error, 5, and a module too large BLOB_NOT_FOUND).
     const cases: [string[], number][] = [
-      [['run', fifo], 5],
+      [['run', fifo], 2],
       [['inspect', fifo], 2],
       [['run', wasm('echo'), '--input', `@${fifo}`], 2],
       [['inspect', '/dev/zero'], 2],
@@ -274,5 +275,47 @@ describe('review M: output into a pipe, odd arguments', () => {
       const r = cli([command, '--help'])
       expect([r.status, r.stderr], command).toEqual([2, expect.stringContaining('unknown command')])
     }
+  })
+
+  it('review BI2: an argument it does not take, a second module, an empty or repeated value, a fractional count are usage errors; stdin that cannot be read is too; a failed write is said', () => {
+    // Before: each was dropped silently (or `--repeat 1.0` taken as 1), `< /` ran with input null,
+    // and `> /dev/full` exited 1 with nothing on stderr.
+    const echo = wasm('echo')
+    const refused: string[][] = [
+      ['run', echo, echo],
+      ['inspect', echo, '--fuel', '5'],
+      ['precompile', echo, '--timeout', '5', '--cache-dir', tmpdir()],
+      ['run', echo, '--cache-dir', ''],
+      ['run', echo, '--timeout', '5', '--timeout', '6'],
+      ['run', wasm('counter-actor'), '--actor', 'a', '--repeat', '2.0'],
+    ]
+    for (const args of refused) {
+      const r = cli(args)
+      expect([r.status, r.stderr], args.join(' ')).toEqual([2, expect.stringContaining('USAGE')])
+    }
+    // `--` ends the options.
+    expect(cli(['run', '--', echo], '{"message":"dashed"}').stdout).toContain('dashed')
+    const dir = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), 'run', echo], { cwd: root, stdio: [openSync('/', 'r'), 'pipe', 'pipe'], encoding: 'utf8' })
+    expect([dir.status, dir.stderr]).toEqual([2, expect.stringContaining('stdin is a directory')])
+    const full = spawnSync(process.execPath, [join(root, 'bin', 'loom-wasm.js'), 'run', echo, '--input', '{"message":"x"}'], { cwd: root, stdio: ['pipe', openSync('/dev/full', 'w'), 'pipe'], encoding: 'utf8' })
+    expect([full.status, full.stderr]).toEqual([1, expect.stringContaining('stdout cannot be written')])
+  })
+
+  it('review BI2: a file over the module bound is COMPILE_LIMIT for run, inspect and a file URL alike, read no further', () => {
+    const big = join(mkdtempSync(join(tmpdir(), 'loom-cli-bi2-')), 'big.wasm')
+    writeFileSync(big, '')
+    truncateSync(big, 300 * 1024 * 1024)
+    for (const args of [['run', big], ['inspect', big], ['inspect', `file://${big}`]]) {
+      const r = cli(args)
+      expect([r.status, r.stderr], args.join(' ')).toEqual([4, expect.stringContaining('COMPILE_LIMIT')])
+    }
+  })
+
+  it('review BI2: invisible and bidirectional characters from a guest are escaped on the terminal', async () => {
+    const marks = '\u061c\u00ad\u2060\ufeff\u{e0041}'
+    const r = cli(['run', wasm('echo'), '--input', JSON.stringify({ message: `a${marks}b` })])
+    expect(r.status).toBe(0)
+    expect(r.stdout).toContain('a\\u061c\\u00ad\\u2060\\ufeff\\udb40\\udc41b')
+    for (const c of ['\u061c', '\u00ad', '\u2060', '\ufeff', '\u{e0041}']) expect(r.stdout).not.toContain(c)
   })
 })

@@ -67,21 +67,36 @@ class UsageError extends Error {
   }
 }
 
+/** The options each command takes. */
+const TAKES = {
+  run: ['input', 'timeout', 'memory', 'fuel', 'actor', 'repeat', 'cache-dir', 'max-cache-dir-bytes'],
+  inspect: [],
+  precompile: ['cache-dir', 'max-cache-dir-bytes'],
+}
+
+/** Options and the one module a command takes; anything else is a usage error, not ignored
+ * (review BI2: a second module, an option of another command, a repeated or empty value, were
+ * silently dropped). `--` ends the options (a module path starting with `--`). */
 function parse(argv) {
   const [command, ...rest] = argv
   const opts = { _: [] }
+  const takes = Object.hasOwn(TAKES, command) ? TAKES[command] : []
+  let ended = false
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i]
-    if (a === '--help' || a === '-h') opts.help = true
-    else if (a.startsWith('--')) {
+    if (!ended && a === '--') ended = true
+    else if (!ended && (a === '--help' || a === '-h')) opts.help = true
+    else if (!ended && a.startsWith('--')) {
       const key = a.slice(2)
-      if (!['input', 'timeout', 'memory', 'fuel', 'actor', 'repeat', 'cache-dir', 'max-cache-dir-bytes'].includes(key)) {
-        throw new UsageError(`unknown option ${a}`)
-      }
+      if (!takes.includes(key)) throw new UsageError(`unknown option ${a}${Object.hasOwn(TAKES, command) ? ` for ${command}` : ''}`)
       if (i + 1 >= rest.length) throw new UsageError(`${a} needs a value`)
-      opts[key] = rest[++i]
+      if (Object.hasOwn(opts, key)) throw new UsageError(`${a} is given twice`)
+      const value = rest[++i]
+      if (value === '') throw new UsageError(`${a} needs a value (it is empty)`)
+      opts[key] = value
     } else opts._.push(a)
   }
+  if (opts._.length > 1) throw new UsageError(`one module at a time (given: ${opts._.length})`)
   return { command, opts }
 }
 
@@ -110,7 +125,7 @@ function number(opts, key) {
 
 function count(opts, key) {
   const n = number(opts, key)
-  if (n !== undefined && !Number.isSafeInteger(n)) throw new UsageError(`--${key} must be a whole number`)
+  if (n !== undefined && (!/^[0-9]+$/.test(opts[key]) || !Number.isSafeInteger(n))) throw new UsageError(`--${key} must be a whole number`)
   return n
 }
 
@@ -130,7 +145,11 @@ function readNamed(path, what, max = MAX_NAMED_BYTES) {
     // Non-blocking: opening a FIFO with no writer waits otherwise (it is refused just after).
     fd = openSync(resolve(path), constants.O_RDONLY | (constants.O_NONBLOCK ?? 0))
     // Not a pipe either (stdin is read when no --input is given).
-    if (!fstatSync(fd).isFile()) throw Object.assign(new Error('not a regular file (pipe it to stdin instead)'), { code: 'NOT_A_FILE' })
+    if (!fstatSync(fd).isFile()) {
+      // Stdin is read for the input only (review BI2: a module was told to be piped there).
+      const hint = what === 'module' ? '' : ' (pipe it to stdin instead)'
+      throw Object.assign(new Error(`not a regular file${hint}`), { code: 'NOT_A_FILE' })
+    }
     // Read to its end, whatever size it states (a /proc file states 0).
     const chunks = []
     let n = 0
@@ -168,19 +187,23 @@ function parseUrl(spec) {
   }
 }
 
-// Characters a terminal acts on or that disguise text: DEL, C1 controls (U+009B is a CSI),
-// zero-width and bidirectional marks and overrides, line and paragraph separators.
-const DISGUISING = '\\u007f-\\u009f\\u200b-\\u200f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069'
-const escape = (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`
+// Characters a terminal acts on or that disguise text: DEL, C1 controls (U+009B is a CSI), the soft
+// hyphen, the Arabic letter mark, zero-width and bidirectional marks and overrides, line and
+// paragraph separators, invisible operators, the byte-order mark, Hangul fillers and tag characters
+// (review BI2: U+061C, U+00AD, U+2060-2064, U+FEFF and the tags passed through).
+const DISGUISING =
+  '\\u007f-\\u009f\\u00ad\\u034f\\u061c\\u115f\\u1160\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\u3164\\ufeff\\uffa0\\u{e0000}-\\u{e007f}'
+// Each UTF-16 unit as `\uXXXX` (a tag character is two), as JSON writes escapes.
+const escape = (c) => c.split('').map((u) => `\\u${u.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')
 
 /** Text for a terminal: C0 controls and `DISGUISING` written as `\uXXXX`, so that a guest's message
  * (an abort's, a trap's) cannot retitle the window, clear the screen, move the cursor to overwrite a
  * line or forge one of its own. */
-const printable = (text) => String(text).replace(new RegExp(`[\\u0000-\\u001f${DISGUISING}]`, 'g'), escape)
+const printable = (text) => String(text).replace(new RegExp(`[\\u0000-\\u001f${DISGUISING}]`, 'gu'), escape)
 
 /** JSON for a terminal: `JSON.stringify` escapes C0 controls but not `DISGUISING`, which can only
  * be inside its strings, where an escape is the same text. */
-const json = (value, indent) => JSON.stringify(value, null, indent).replace(new RegExp(`[${DISGUISING}]`, 'g'), escape)
+const json = (value, indent) => JSON.stringify(value, null, indent).replace(new RegExp(`[${DISGUISING}]`, 'gu'), escape)
 
 /** Writes a line to stdout, waiting while the pipe is full (a guest's output may be megabytes). */
 function print(text) {
@@ -201,7 +224,10 @@ function target(spec, extra = {}) {
     const store = new ObjectBlobStore(origin)
     return { store, def: { name: spec, version: 'cli', wasmBlobPath: key, ...extra } }
   }
-  const store = { download: async () => readNamed(spec, 'module') }
+  // Read now: a refusal thrown from the store's download would be BLOB_NOT_FOUND (review BI2: a
+  // file over 256 MiB was, where `inspect` and a file:// URL said COMPILE_LIMIT).
+  const bytes = readNamed(spec, 'module')
+  const store = { download: async () => bytes }
   return { store, def: { name: spec, version: 'cli', wasmBlobPath: 'module.wasm', ...extra } }
 }
 
@@ -217,13 +243,27 @@ async function readInput(opts) {
     }
   }
   if (process.stdin.isTTY) return null
+  // A directory, or a descriptor that is not open for reading, is a usage error, not an empty input
+  // or an uncoded one (review BI2: `< /` ran with input null, `0>file` failed with EBADF).
+  let kind
+  try {
+    kind = fstatSync(0)
+  } catch (e) {
+    throw new UsageError(`stdin cannot be read: ${e.message}`)
+  }
+  if (kind.isDirectory()) throw new UsageError('stdin is a directory')
   const chunks = []
   let n = 0
-  for await (const c of process.stdin) {
-    n += c.length
-    // Bounded as a named file is (`< /dev/zero` filled memory).
-    if (n > MAX_INPUT_BYTES) throw tooLarge('stdin', undefined, MAX_INPUT_BYTES)
-    chunks.push(c)
+  try {
+    for await (const c of process.stdin) {
+      n += c.length
+      // Bounded as a named file is (`< /dev/zero` filled memory).
+      if (n > MAX_INPUT_BYTES) throw tooLarge('stdin', undefined, MAX_INPUT_BYTES)
+      chunks.push(c)
+    }
+  } catch (e) {
+    if (e.code === 'INPUT_TOO_LARGE') throw e
+    throw new UsageError(`stdin cannot be read: ${e.message}`)
   }
   const text = Buffer.concat(chunks).toString('utf8').trim()
   if (!text) return null
@@ -237,6 +277,17 @@ async function readInput(opts) {
 async function bytesOf(spec) {
   if (!spec) throw new UsageError('missing <module.wasm | url>')
   if (!isUrl(spec)) return readNamed(spec, 'module')
+  // A file URL is read as its file is: at most 256 MiB (review BI2: through a store, up to 1 GiB was
+  // read, 2.1 GB of memory, before the module's bound refused it).
+  if (/^file:/i.test(spec)) {
+    let path
+    try {
+      path = require('node:url').fileURLToPath(spec)
+    } catch (e) {
+      throw new UsageError(`${spec} is not a file URL: ${e.message}`)
+    }
+    return readNamed(path, 'module')
+  }
   const { ObjectBlobStore } = require('..')
   const { origin, key } = parseUrl(spec)
   return new ObjectBlobStore(origin).download(key)
@@ -248,7 +299,7 @@ async function main(argv) {
     await print(HELP.main)
     return command ? EXIT.ok : EXIT.usage
   }
-  if (!Object.hasOwn(HELP, command) || command === 'main') throw new UsageError(`unknown command ${command}\n\n${HELP.main}`)
+  if (!Object.hasOwn(HELP, command) || command === 'main') throw new UsageError(`unknown command ${command} (see loom-wasm --help)`)
   if (opts.help) {
     await print(HELP[command])
     return EXIT.ok
@@ -319,8 +370,15 @@ function exit(status) {
   process.stderr.write('', done)
 }
 
-// A reader that closed early (`| head`) wants no more: not a failure of ours.
-process.stdout.on('error', (e) => process.exit(e && e.code === 'EPIPE' ? EXIT.ok : EXIT.internal))
+// A reader that closed early (`| head`) wants no more: not a failure of ours. Any other failure to
+// write is said on stderr (review BI2: `> /dev/full` exited 1 with nothing said).
+process.stdout.on('error', (e) => {
+  if (e && e.code === 'EPIPE') process.exit(EXIT.ok)
+  try {
+    require('node:fs').writeSync(2, `loom-wasm: INTERNAL: stdout cannot be written: ${printable(e && e.message ? e.message : String(e))}\n`)
+  } catch {}
+  process.exit(EXIT.internal)
+})
 
 
 main(process.argv.slice(2)).then(exit, (err) => {
