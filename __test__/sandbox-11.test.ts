@@ -119,3 +119,46 @@ describe('objects that list a key per element', () => {
     await ex.close()
   })
 })
+
+describe('review BJ1', () => {
+  it('a Proxy around a typed array, and hostFunctions, are refused before their keys are listed', async () => {
+    // Before: a Proxy has no own length and is no view, so Object.keys listed 1e7 indices (24-29 s of
+    // the event loop); options.hostFunctions was listed with no check at all (1e8: 81 s, 4.8 GB).
+    const proxied = () => new Proxy(new Uint8Array(1 << 20), {})
+    const ex = new WasmActivityExecutor(await store())
+    const limits = await failure(ex.execute({ ...def('echo'), limits: proxied() as any }, {}))
+    expect([limits.code, limits.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('limits.length')])
+    const config = await failure(ex.execute({ ...def('echo'), config: proxied() as any }, {}))
+    expect([config.code, config.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('a plain object')])
+    for (const options of [proxied(), { hostFunctions: new Uint8Array(1 << 20) }, { hostFunctions: proxied() }]) {
+      let thrown: any
+      try {
+        new WasmActivityExecutor(await store(), options as any)
+      } catch (err) {
+        thrown = err
+      }
+      expect([thrown?.code, thrown?.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('plain object')])
+    }
+    await ex.close()
+  })
+
+  it("a class's static fields inherited from a base class of the caller's own are read", async () => {
+    // Before (BI1's fix): every function in the chain counted as Function.prototype, and a base
+    // class's static limits or version were dropped silently.
+    class Base {
+      static version = '1'
+      static limits = { maxMemoryMB: 1 }
+    }
+    class echo extends Base {
+      static wasmBlobPath = 'echo.wasm'
+    }
+    const ex = new WasmActivityExecutor(await store())
+    expect(await ex.execute(echo as any, { message: 'static' })).toMatchObject({ result: 'static' })
+    class bomb extends Base {
+      static wasmBlobPath = 'memory-bomb.wasm'
+    }
+    const e = await failure(ex.execute(bomb as any, {}))
+    expect([e.code, e.message]).toEqual(['OUT_OF_MEMORY', expect.stringContaining(`${1 << 20}`)])
+    await ex.close()
+  })
+})

@@ -151,6 +151,11 @@ fn indexed(env: sys::napi_env, value: sys::napi_value, what: &str) -> Result<boo
             }
         }
     }
+    // A Proxy around one is none of those, and its `length` is not its own: its element 0 shows
+    // through (review BJ1). An object with a key "0" is refused too.
+    if js::has_own(env, value, "0", || format!("{what}[0]"))? {
+        return Ok(true);
+    }
     if !js::has_own(env, value, "length", || format!("{what}.length"))? {
         return Ok(false);
     }

@@ -72,8 +72,9 @@
     // numeric own `length`) is refused before its keys are listed (review BI1: a
     // `new Uint8Array(1.3e8)` as `limits` held the event loop for minutes; a String object of a
     // `repeat()` string, free to make, lists one key per character).
+    // A Proxy around a typed array has neither (review BJ1): its element 0 shows through.
     const length = ownDescriptor(obj, 'length')
-    if (isView(obj) || (length !== undefined && typeof length.value === 'number')) return 'length'
+    if (isView(obj) || (length !== undefined && typeof length.value === 'number') || ownDescriptor(obj, '0') !== undefined) return 'length'
     const have = ownKeys(obj)
     for (let j = 0; j < have.length; j++) {
       let takes = false

@@ -10,6 +10,13 @@
 (function makeHostDispatcher(fns, done, wanted) {
   'use strict'
   const table = new Map()
+  // One that lists a key per element (an array, a typed array, a String object, a Proxy around
+  // one) is refused before its keys are listed (review BJ1: a Uint8Array(1e8) held the
+  // constructor 81 s and 4.8 GB).
+  const length = Object.getOwnPropertyDescriptor(fns, 'length')
+  if (ArrayBuffer.isView(fns) || (length !== undefined && typeof length.value === 'number') || Object.getOwnPropertyDescriptor(fns, '0') !== undefined) {
+    throw new TypeError('options.hostFunctions must be a plain object (not an array, typed array, or String object)')
+  }
   for (const key of Object.keys(fns)) {
     const f = fns[key]
     if (typeof f !== 'function') {

@@ -17,9 +17,13 @@
       if (p === objectPrototype) return true
       const next = prototypeOf(p)
       if (next === null && p !== o) return true
-      // Any realm's Function.prototype (a function) or Array.prototype (an array), under a
-      // definition or options that are a function or an array (review BI1).
-      if (p !== o && (typeof p === 'function' || isArray(p))) return true
+      // Any realm's Function.prototype or Array.prototype (right under that realm's
+      // Object.prototype; Function.prototype has no own `prototype`), under a definition or options
+      // that are a function or an array (review BI1); a class or array of the caller's own counts
+      // (review BJ1: a base class's static limits were dropped).
+      if (p !== o && next !== null && prototypeOf(next) === null) {
+        if ((typeof p === 'function' && !hasOwn(p, 'prototype')) || isArray(p)) return true
+      }
       if (hasOwn(p, k)) return false
       if (n === 10000) throw new TypeError('its prototype chain does not end')
       p = next
