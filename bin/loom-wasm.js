@@ -151,12 +151,14 @@ function readNamed(path, what, max = MAX_NAMED_BYTES) {
       throw Object.assign(new Error(`not a regular file${hint}`), { code: 'NOT_A_FILE' })
     }
     // Read to its end, whatever size it states (a /proc file states 0).
+    // One buffer to read into, each read's bytes copied out: a filesystem that answers in short
+    // reads (FUSE, NFS) kept a 1 MiB buffer per read, far past the bound (review BI2, from the code).
     const chunks = []
+    const into = Buffer.allocUnsafe(1 << 20)
     let n = 0
     for (let got = -1; got !== 0 && n <= max; n += got) {
-      const chunk = Buffer.allocUnsafe(1 << 20)
-      got = readSync(fd, chunk, 0, chunk.length, null)
-      chunks.push(chunk.subarray(0, got))
+      got = readSync(fd, into, 0, into.length, null)
+      if (got > 0) chunks.push(Buffer.from(into.subarray(0, got)))
     }
     if (n > max) throw tooLarge(what, path, max)
     return Buffer.concat(chunks, n)
