@@ -318,4 +318,16 @@ describe('review M: output into a pipe, odd arguments', () => {
     expect(r.stdout).toContain('a\\u061c\\u00ad\\u2060\\ufeff\\udb40\\udc41b')
     for (const c of ['\u061c', '\u00ad', '\u2060', '\ufeff', '\u{e0041}']) expect(r.stdout).not.toContain(c)
   })
+
+  it('review BI2: stdin that does not end within --timeout is TIMEOUT (a trickling pipe held the CLI for ever)', () => {
+    // The writer sends a byte every 100 ms for 20 s; before, the CLI waited for all of it.
+    const started = Date.now()
+    const r = sh(`(for i in $(seq 200); do printf ' '; sleep 0.1; done) | "${process.execPath}" "${bin}" run ${wasm('echo')} --timeout 700; echo "status \${PIPESTATUS[1]}" >&2`)
+    expect(r.stderr).toContain('TIMEOUT: stdin did not end within 700 ms')
+    expect(r.stderr).toContain('status 4')
+    expect(Date.now() - started).toBeLessThan(15_000)
+    // Input that ends in time still runs.
+    const ok = sh(`(printf '{"message":'; sleep 0.3; printf '"late"}') | "${process.execPath}" "${bin}" run ${wasm('echo')} --timeout 5000`)
+    expect([ok.status, ok.stdout]).toEqual([0, expect.stringContaining('late')])
+  })
 })

@@ -38,7 +38,7 @@ Options:
   --input '<json>'     the input (JSON text)
   --input @file.json   the input, from a file
                        (without --input, the input is read from stdin when it is not a terminal, else null)
-  --timeout MS         time limit (default 30000)
+  --timeout MS         time limit of the guest, and of reading stdin (default 30000)
   --memory MB          linear-memory cap (default 256)
   --fuel N             instruction budget
   --actor ID           run on one kept instance (guest state persists across --repeat)
@@ -135,6 +135,8 @@ const MAX_NAMED_BYTES = 256 * 1024 * 1024
  * before the text is parsed (250 MB of `[{},...]` parsed to 85 million objects, and V8 ran out of
  * heap after 7 minutes: review AZ2). */
 const MAX_INPUT_BYTES = 16 * 1024 * 1024
+/** --timeout's default, the executor's maxExecutionMs default; reading stdin is held to it too. */
+const DEFAULT_TIMEOUT_MS = 30000
 
 /** A file the user named: its bytes, or the failure a missing module is (`BLOB_NOT_FOUND`). Only a
  * regular file is read, and at most MAX_NAMED_BYTES of it (a FIFO waited forever, opened and read
@@ -256,6 +258,14 @@ async function readInput(opts) {
   if (kind.isDirectory()) throw new UsageError('stdin is a directory')
   const chunks = []
   let n = 0
+  // Stdin must end within the run's time limit (review BI2: a pipe that trickled a byte now and then,
+  // or never closed, held the CLI for ever; --timeout bounded only the guest).
+  const ms = number(opts, 'timeout') ?? DEFAULT_TIMEOUT_MS
+  let late = false
+  const timer = setTimeout(() => {
+    late = true
+    process.stdin.destroy()
+  }, ms)
   try {
     for await (const c of process.stdin) {
       n += c.length
@@ -265,7 +275,13 @@ async function readInput(opts) {
     }
   } catch (e) {
     if (e.code === 'INPUT_TOO_LARGE') throw e
-    throw new UsageError(`stdin cannot be read: ${e.message}`)
+    if (!late) throw new UsageError(`stdin cannot be read: ${e.message}`)
+  } finally {
+    clearTimeout(timer)
+  }
+  if (late) {
+    process.stdin.destroy()
+    throw Object.assign(new Error(`stdin did not end within ${ms} ms (--timeout)`), { code: 'TIMEOUT' })
   }
   const text = Buffer.concat(chunks).toString('utf8').trim()
   if (!text) return null
