@@ -155,10 +155,26 @@ fn call_turns() -> &'static Turns {
     NOW.get_or_init(|| Turns::new(crate::threads::cpus()))
 }
 
-/// A compile's slot: a call's (in turns) or the background one.
+/// The call slots compiles of large modules (over `LARGE_MODULE_BYTES`) may hold at once: all but
+/// one, so that one is always left to small modules (review BG2: a `precompile` and a call of one
+/// 2.5 MB module took both cores' slots, and another executor's 16 KB first call waited 0.5-1.0 s
+/// behind them). Taken in turns by executor too, before a call slot.
+fn large_turns() -> &'static Turns {
+    static LARGE: OnceLock<Turns> = OnceLock::new();
+    LARGE.get_or_init(|| Turns::new(crate::threads::cpus().saturating_sub(1).max(1)))
+}
+
+/// A compile's slot: a call's (in turns; a large module's with its large turn) or the background
+/// one.
 enum Slot {
-    Call(#[allow(dead_code)] Turn),
+    Call(#[allow(dead_code)] Turn, #[allow(dead_code)] Option<Turn>),
     Background(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+/// A call's slot for `owner`: a large module's takes its large turn first (`large_turns`).
+async fn call_slot(owner: Owner, large: bool) -> Slot {
+    let large = if large { Some(large_turns().take(owner).await) } else { None };
+    Slot::Call(call_turns().take(owner).await, large)
 }
 
 /// The nice value of the background compiles' threads: below the calls' compiles and guest
@@ -230,16 +246,16 @@ fn give_back_memory() {
 
 /// A compile slot for a job: a call's, or, for a background job, the background one, unless a
 /// call comes to wait for the job before that is free.
-async fn slot(urgency: Urgency, owner: Owner, hurried: &Hurried) -> Result<Slot, AcquireError> {
+async fn slot(urgency: Urgency, owner: Owner, large: bool, hurried: &Hurried) -> Result<Slot, AcquireError> {
     if urgency == Urgency::Now {
-        return Ok(Slot::Call(call_turns().take(owner).await));
+        return Ok(call_slot(owner, large).await);
     }
     loop {
         let hurry = hurried.notify.notified();
         tokio::pin!(hurry);
         hurry.as_mut().enable();
         if hurried.yes.load(Ordering::SeqCst) {
-            return Ok(Slot::Call(call_turns().take(owner).await));
+            return Ok(call_slot(owner, large).await);
         }
         tokio::select! {
             permit = background_slots().clone().acquire_owned() => return permit.map(Slot::Background),
@@ -408,7 +424,7 @@ async fn unless_hurried(
     }
     let permit = tokio::select! {
         done = &mut running => return done,
-        turn = call_turns().take(owner) => turn,
+        slot = call_slot(owner, bytes.len() > LARGE_MODULE_BYTES) => slot,
     };
     let now = run_compile(bytes, digest, kind, limits, None, false);
     tokio::pin!(now);
@@ -467,7 +483,8 @@ pub(crate) fn compile_job(
         return rx;
     };
     rt.spawn(async move {
-        let result = match slot(urgency, owner, &hurried).await {
+        let large = bytes.len() > LARGE_MODULE_BYTES;
+        let result = match slot(urgency, owner, large, &hurried).await {
             Ok(_) if dropped_unwanted(key, urgency, &tx, &hurried) => {
                 // Out of the map already: a caller from now on starts a compile of its own.
                 let _ = tx.send(Some(Err(ExecError::Cancelled)));

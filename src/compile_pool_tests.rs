@@ -120,3 +120,36 @@ async fn a_module_the_host_refused_is_refused_again_without_a_compile() {
     }
     assert_eq!(runs().lock().expect("runs").get(&sha256(&fine)), Some(&2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_modules_compiles_leave_a_call_slot_to_small_ones() {
+    // Review BG2: a precompile and a call of one 2.5 MB module held both cores' call slots, and
+    // another executor's 16 KB first call waited 0.5-1.0 s behind them.
+    let cpus = crate::threads::cpus();
+    if cpus < 2 {
+        return; // One slot: large and small modules share it.
+    }
+    // The large modules' threads held, as long compiles hold them.
+    let gate = Arc::new(RwLock::new(()));
+    let held = gate.write().expect("gate");
+    let g = gate.clone();
+    large_pool().expect("the pool starts").spawn_broadcast(move |_| drop(g.read()));
+    // As many large compiles as there are call slots, of distinct modules and executors.
+    let mut large = Vec::new();
+    for i in 0..cpus {
+        let mut bytes = with_data(LARGE_MODULE_BYTES + 4096 + i);
+        bytes.extend_from_slice(&[0, 4, 1, b'x', 0, 0]); // a custom section: distinct bytes
+        let digest = sha256(&bytes);
+        large.push(compile_job(bytes, digest, EngineKind::Baseline, CompileLimits::default(), Urgency::Now, 3000 + i as Owner, None));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let small = wat::parse_str(r#"(module (func (export "bg2-small")))"#).expect("parses");
+    let mut rx = compile_job(small.clone(), sha256(&small), EngineKind::Baseline, CompileLimits::default(), Urgency::Now, 3999, None);
+    let done = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|r| r.is_some())).await;
+    let small_done = done.is_ok();
+    drop(held);
+    for mut rx in large {
+        rx.wait_for(|r| r.is_some()).await.expect("a result").clone().expect("sent").expect("compiles");
+    }
+    assert!(small_done, "the small module waited for a call slot the large ones held");
+}
