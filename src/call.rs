@@ -245,6 +245,7 @@ pub(crate) async fn run(
                         }
                         r => r?,
                     }
+                    fresh.refuel(&p.limits)?;
                     true
                 }
                 _ => false,

@@ -276,8 +276,14 @@ pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared, budget:
     let cell = images.cell(&p.grants);
     let image = cell
         .get_or_try_init(|| async {
-            // The initial image is the module's own: no call's determinism or heartbeats.
-            let mut ctx = crate::instance::CallContext::default();
+            // The initial image is the module's own: no call's heartbeats, and the same in every
+            // process, its start function's clocks at 0 and its randomness seeded with 0.
+            // Snapshots leave out the pages equal to it and restores fill them from it, so an
+            // image made on real time and randomness differed between workers, and so did one
+            // snapshot's restored memory (review BK1: eight workers restoring one snapshot of a
+            // deterministic actor, whose start function kept a `Math.random()` bit, answered 0
+            // five times and 1 three times; one that kept `Date.now()` answered by the minute).
+            let mut ctx = crate::instance::CallContext { det: Some(crate::replay::Determinism { now_ms: 0.0, seed: 0 }), ..Default::default() };
             ctx.access.making_image = true;
             let mut i = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
             Ok::<_, ExecError>(images.image(without_zero_tail(i.capture()?.memory)))

@@ -499,3 +499,6 @@ mod actor_slot_tests;
 #[cfg(test)]
 #[path = "executor_refused_output_tests.rs"]
 mod refused_output_tests;
+#[cfg(test)]
+#[path = "executor_replay_tests.rs"]
+mod replay_tests;

@@ -375,6 +375,18 @@ impl GuestInstance {
         r
     }
 
+    /// Gives the call its whole `maxFuel` again: an instance made to take an actor's state
+    /// (reloaded, rolled back) runs its start function on fuel of its own, so that a step's
+    /// outcome does not hang on whether the worker still held the actor (review BK1: a step that
+    /// succeeded on the live actor was `OUT_OF_FUEL` on every worker that reloaded it, its start
+    /// function's fuel taken out of the step's). The call's deadline stays as it was.
+    pub fn refuel(&mut self, limits: &Limits) -> Result<(), ExecError> {
+        if let (true, Some(max)) = (self.kind.metered(), limits.max_fuel) {
+            self.store.set_fuel(max).map_err(ExecError::internal)?;
+        }
+        Ok(())
+    }
+
     /// The fuel the call armed by the last `rearm` (or instantiation) has used so far, when
     /// metered.
     pub fn fuel_consumed(&self, limits: &Limits) -> Option<u64> {
