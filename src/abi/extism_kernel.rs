@@ -34,6 +34,9 @@ pub struct Kernel {
     pub(super) http_headers: Option<String>,
 }
 
+/// Past this many block records, the memory they took is given back once they go (`trim`).
+const TRIM_PAST_BLOCKS: usize = 1 << 18;
+
 /// What one block costs the host beside its bytes (its entry in `blocks`), counted against the cap.
 pub(super) const BLOCK_OVERHEAD: u64 = 64;
 
@@ -153,9 +156,14 @@ impl Kernel {
         limiter.release_host(self.reserved);
         self.reserved = 0;
         self.mem = vec![0];
+        let many = self.blocks.len() + self.freed.len() > TRIM_PAST_BLOCKS;
         self.blocks = BTreeMap::new();
         self.freed = BTreeMap::new();
         self.freed_by_size = Default::default();
+        // Their records are small allocations the allocator keeps once freed (`trim`).
+        if many {
+            crate::trim::soon();
+        }
         self.input = (0, 0);
         self.output = None;
         self.error = None;
