@@ -35,7 +35,8 @@ use crate::instance::{CallContext, CallOutput};
 use crate::replay::Determinism;
 use crate::limits::{self, Budget, CancelFlag, INLINE_MEMORY_BYTES};
 use crate::modules::{CacheStats, CompiledModule, ModuleCache};
-use crate::store::{allowed_prefixes, BlobSource, RoutedSource};
+use crate::routed_source::{allowed_prefixes, RoutedSource};
+use crate::store::BlobSource;
 use crate::threads;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -55,6 +55,7 @@ pub mod network;
 pub mod open_files;
 pub mod path_locks;
 pub mod pollables;
+pub mod routed_source;
 pub mod trim;
 pub mod options;
 pub mod output;
