@@ -51,29 +51,49 @@ fn init() {
     }
 }
 
-/// The executors of each Node environment (the main thread, each worker), closed when that
-/// environment goes away (a worker terminated with calls in flight cancels them).
-fn register(env: &Env, executor: &Arc<Executor>) {
-    static ENVS: OnceLock<Mutex<HashMap<usize, Vec<Weak<Executor>>>>> = OnceLock::new();
-    let envs = ENVS.get_or_init(Default::default);
+/// What the addon holds of each Node environment (the main thread, each worker): its executors,
+/// closed when it goes away (a worker terminated with calls in flight cancels them), and its
+/// `EnvGone`, set then. One record and one cleanup hook per environment.
+#[derive(Default)]
+struct EnvRecord {
+    executors: Vec<Weak<Executor>>,
+    gone: Arc<EnvGone>,
+}
+
+fn envs() -> &'static Mutex<HashMap<usize, EnvRecord>> {
+    static ENVS: OnceLock<Mutex<HashMap<usize, EnvRecord>>> = OnceLock::new();
+    ENVS.get_or_init(Default::default)
+}
+
+/// `f` on `env`'s record, made (and its cleanup hook added) if it has none.
+fn with_record<T>(env: &Env, f: impl FnOnce(&mut EnvRecord) -> T) -> T {
     let key = env.raw() as usize;
-    let mut map = envs.lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = envs().lock().unwrap_or_else(|p| p.into_inner());
     let first = !map.contains_key(&key);
-    let list = map.entry(key).or_default();
-    list.retain(|w| w.strong_count() > 0);
-    list.push(Arc::downgrade(executor));
+    let out = f(map.entry(key).or_default());
     drop(map);
     if first {
-        let hooked = env.add_env_cleanup_hook(key, move |key| {
-            let list = envs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key).unwrap_or_default();
-            for ex in list.iter().filter_map(Weak::upgrade) {
+        let hooked = env.add_env_cleanup_hook(key, |key| {
+            let Some(record) = envs().lock().unwrap_or_else(|p| p.into_inner()).remove(&key) else { return };
+            record.gone.gone.store(true, std::sync::atomic::Ordering::Release);
+            record.gone.notify.notify_waiters();
+            for ex in record.executors.iter().filter_map(Weak::upgrade) {
                 ex.close();
             }
         });
         if hooked.is_err() {
-            envs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            envs().lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         }
     }
+    out
+}
+
+/// Closes `executor` when `env` goes away.
+fn register(env: &Env, executor: &Arc<Executor>) {
+    with_record(env, |record| {
+        record.executors.retain(|w| w.strong_count() > 0);
+        record.executors.push(Arc::downgrade(executor));
+    });
 }
 
 /// Set when a Node environment goes away (a worker ends), for work of that environment that no
@@ -107,26 +127,7 @@ impl EnvGone {
 
 /// The `EnvGone` of `env` (one per environment, set by its cleanup hook).
 pub(crate) fn env_gone(env: &Env) -> Arc<EnvGone> {
-    static ENVS: OnceLock<Mutex<HashMap<usize, Arc<EnvGone>>>> = OnceLock::new();
-    let envs = ENVS.get_or_init(Default::default);
-    let key = env.raw() as usize;
-    let mut map = envs.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(g) = map.get(&key) {
-        return g.clone();
-    }
-    let g = Arc::new(EnvGone::default());
-    map.insert(key, g.clone());
-    drop(map);
-    let hooked = env.add_env_cleanup_hook(key, move |key| {
-        if let Some(g) = envs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
-            g.gone.store(true, std::sync::atomic::Ordering::Release);
-            g.notify.notify_waiters();
-        }
-    });
-    if hooked.is_err() {
-        envs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-    }
-    g
+    with_record(env, |record| record.gone.clone())
 }
 
 /// `executor.moduleCache`: kept for Loom's tests, which read `moduleCache.size`.
