@@ -137,6 +137,16 @@ const MAX_NAMED_BYTES = 256 * 1024 * 1024
 const MAX_INPUT_BYTES = 16 * 1024 * 1024
 /** --timeout's default, the executor's maxExecutionMs default; reading stdin is held to it too. */
 const DEFAULT_TIMEOUT_MS = 30000
+/** The longest --timeout: the executor's bound on maxExecutionMs. */
+const MAX_TIMEOUT_MS = 86400000
+
+/** --timeout, checked before stdin is read under it (review BL1: a value past 2^31 - 1 ms, or
+ * under 1, set Node's timer to 1 ms, and stdin that came at once was TIMEOUT). */
+function timeoutMs(opts) {
+  const ms = count(opts, 'timeout') ?? DEFAULT_TIMEOUT_MS
+  if (ms > MAX_TIMEOUT_MS) throw new UsageError(`--timeout must be at most ${MAX_TIMEOUT_MS} ms`)
+  return ms
+}
 
 /** A file the user named: its bytes, or the failure a missing module is (`BLOB_NOT_FOUND`). Only a
  * regular file is read, and at most MAX_NAMED_BYTES of it (a FIFO waited forever, opened and read
@@ -260,7 +270,7 @@ async function readInput(opts) {
   let n = 0
   // Stdin must end within the run's time limit (review BI2: a pipe that trickled a byte now and then,
   // or never closed, held the CLI for ever; --timeout bounded only the guest).
-  const ms = number(opts, 'timeout') ?? DEFAULT_TIMEOUT_MS
+  const ms = timeoutMs(opts)
   let late = false
   const timer = setTimeout(() => {
     late = true
@@ -324,7 +334,7 @@ async function main(argv) {
   }
   const { WasmActivityExecutor, inspectModule } = require('..')
   if (command === 'run') {
-    const limits = { maxExecutionMs: number(opts, 'timeout'), maxMemoryMB: number(opts, 'memory'), maxFuel: count(opts, 'fuel') }
+    const limits = { maxExecutionMs: opts.timeout === undefined ? undefined : timeoutMs(opts), maxMemoryMB: number(opts, 'memory'), maxFuel: count(opts, 'fuel') }
     const repeat = count(opts, 'repeat') ?? 1
     if (repeat > 1 && opts.actor === undefined) throw new UsageError('--repeat needs --actor (without it every run starts fresh)')
     const { store, def } = target(opts._[0], { limits })
