@@ -208,6 +208,33 @@ fn compile_pool(name: &'static str, start: fn()) -> Option<rayon::ThreadPool> {
 const LARGE_MODULE_BYTES: usize = 1 << 20;
 const LARGE_CODE_ESTIMATE: u64 = 16 << 20;
 
+/// Modules of more functions than this are estimated past `LARGE_CODE_ESTIMATE` by their
+/// functions alone (`code_estimate`: 1.5 KiB each at least).
+const LARGE_FUNCTIONS: u64 = LARGE_CODE_ESTIMATE / 1536;
+
+/// Whether a call's compile of `bytes` takes a large module's slot (`large_turns`): over
+/// `LARGE_MODULE_BYTES`, or declaring more than `LARGE_FUNCTIONS` functions (read from the
+/// function sections' counts, before the module is weighed): review BL1 had two 600 KB modules of
+/// 150,000 empty functions hold both call slots, and a 1 KB module's first call waited 4.3-5.6 s.
+fn takes_large_slot(bytes: &[u8]) -> bool {
+    if bytes.len() > LARGE_MODULE_BYTES {
+        return true;
+    }
+    let mut functions = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::FunctionSection(r)) => functions += u64::from(r.count()),
+            Ok(_) => {}
+            // Refused when it is compiled.
+            Err(_) => break,
+        }
+        if functions > LARGE_FUNCTIONS {
+            return true;
+        }
+    }
+    false
+}
+
 /// `f` on `pool`'s threads (its parallel parts on them), or on the process's shared pool.
 fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
     match pool {
@@ -424,7 +451,7 @@ async fn unless_hurried(
     }
     let permit = tokio::select! {
         done = &mut running => return done,
-        slot = call_slot(owner, bytes.len() > LARGE_MODULE_BYTES) => slot,
+        slot = call_slot(owner, takes_large_slot(&bytes)) => slot,
     };
     let now = run_compile(bytes, digest, kind, limits, None, false);
     tokio::pin!(now);
@@ -483,7 +510,7 @@ pub(crate) fn compile_job(
         return rx;
     };
     rt.spawn(async move {
-        let large = bytes.len() > LARGE_MODULE_BYTES;
+        let large = takes_large_slot(&bytes);
         let result = match slot(urgency, owner, large, &hurried).await {
             Ok(_) if dropped_unwanted(key, urgency, &tx, &hurried) => {
                 // Out of the map already: a caller from now on starts a compile of its own.

@@ -153,3 +153,14 @@ async fn large_modules_compiles_leave_a_call_slot_to_small_ones() {
     }
     assert!(small_done, "the small module waited for a call slot the large ones held");
 }
+
+#[test]
+fn a_module_of_many_functions_takes_a_large_modules_slot_whatever_its_size() {
+    // Review BL1: two 600 KB modules of 150,000 empty functions held both call slots (the slot
+    // went by bytes only), and a 1 KB module's first call waited 4.3-5.6 s.
+    let many = wat::parse_str(format!("(module {})", "(func)".repeat(LARGE_FUNCTIONS as usize + 1))).expect("parses");
+    assert!(many.len() < LARGE_MODULE_BYTES);
+    assert!(takes_large_slot(&many));
+    assert!(!takes_large_slot(&crate::test_guests::echo()));
+    assert!(takes_large_slot(&with_data(LARGE_MODULE_BYTES + 1)));
+}
