@@ -46,20 +46,26 @@ const EVENT: usize = 32;
 /// do (`pollables`), and each subscription's event is written in order. On real time, the
 /// events one poll returned hung on scheduling (review BK1: 40 polls of a 1 ms and a 2 ms
 /// deadline returned two events 1 to 5 times, run to run), and each poll slept. `None` when a
-/// subscription is a descriptor's: that poll waits on the descriptors as any call's does.
+/// subscription is a descriptor's: that poll waits on the descriptors as any call's does. Its
+/// arguments are checked as wasmtime-wasi checks them (review BL1: a misaligned or out-of-bounds
+/// pointer, which traps there, and unknown clock flags, `EINVAL` there, were taken): the same
+/// guest fails alike in a deterministic call and in any other.
 fn virtual_clocks(caller: &mut Caller<'_, HostState>, subs: u32, events: u32, n: u32, out: u32) -> wasmtime::Result<Option<i32>> {
     if n == 0 {
         return Ok(Some(Errno::Inval as i32));
     }
     let Some(wasmtime::Extern::Memory(memory)) = caller.get_export("memory") else { return Ok(None) };
-    let fault = Ok(Some(Errno::Fault as i32));
     let (subs, events, n, out) = (subs as usize, events as usize, n as usize, out as usize);
-    let data = memory.data_mut(&mut *caller);
-    let (Some(subs_end), Some(events_end)) = (subs.checked_add(n * SUBSCRIPTION), events.checked_add(n * EVENT)) else { return fault };
-    if subs_end > data.len() || events_end > data.len() || out.saturating_add(4) > data.len() {
-        return fault;
+    for (at, align) in [(subs, 8), (events, 8), (out, 4)] {
+        if at % align != 0 {
+            return Err(wasmtime::Error::msg(format!("Pointer not aligned to {align}: {at:#x}")));
+        }
     }
-    let mut userdata = Vec::with_capacity(n);
+    let data = memory.data_mut(&mut *caller);
+    let fits = |at: usize, len: usize| at.checked_add(len).is_some_and(|end| end <= data.len());
+    if !fits(subs, n * SUBSCRIPTION) || !fits(events, n * EVENT) || !fits(out, 4) {
+        return Err(wasmtime::Error::msg("Pointer out of bounds"));
+    }
     for i in 0..n {
         let sub = &data[subs + i * SUBSCRIPTION..][..SUBSCRIPTION];
         // The tag: 0 a clock, 1 and 2 a descriptor's read and write.
@@ -68,18 +74,24 @@ fn virtual_clocks(caller: &mut Caller<'_, HostState>, subs: u32, events: u32, n:
             1 | 2 => return Ok(None),
             _ => return Ok(Some(Errno::Inval as i32)),
         }
-        // Realtime and monotonic only, as wasmtime-wasi takes.
+        // Realtime and monotonic only, as wasmtime-wasi takes, and the one flag there is
+        // (`subscription_clock_abstime`).
         let clock = u32::from_le_bytes([sub[16], sub[17], sub[18], sub[19]]);
-        if clock > 1 {
+        let flags = u16::from_le_bytes([sub[40], sub[41]]);
+        if clock > 1 || flags & !1 != 0 {
             return Ok(Some(Errno::Inval as i32));
         }
-        userdata.push(<[u8; 8]>::try_from(&sub[..8]).map_err(wasmtime::Error::msg)?);
     }
-    for (i, user) in userdata.iter().enumerate() {
+    // Each subscription read as its event is written, as wasmtime-wasi does (an event buffer
+    // that overlaps the subscriptions reads what the events before wrote).
+    for i in 0..n {
+        let mut userdata = [0u8; 8];
+        userdata.copy_from_slice(&data[subs + i * SUBSCRIPTION..][..8]);
         let event = &mut data[events + i * EVENT..][..EVENT];
-        event.fill(0);
-        event[..8].copy_from_slice(user);
-        // error 0 (success), type 0 (clock), nbytes 0, flags 0.
+        event[..8].copy_from_slice(&userdata);
+        // error 0 (success), type 0 (clock), nbytes 0, flags 0; the padding as it was.
+        event[8..11].fill(0);
+        event[16..26].fill(0);
     }
     data[out..out + 4].copy_from_slice(&(n as u32).to_le_bytes());
     Ok(Some(Errno::Success as i32))
