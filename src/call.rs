@@ -101,7 +101,15 @@ pub(crate) async fn instantiate(
         actors::evict_idle_anywhere(16, true);
     }
     let pooled = module.kind == EngineKind::Plain;
-    let new = || GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, &p.ctx);
+    // A deterministic actor's start function runs as the initial image's does, whatever the call
+    // (`Determinism::START`), so that an actor made, rebuilt from its state or restored on any
+    // worker is the same instance: run under each call's clock, a start function that grew its
+    // memory by `Date.now() & 1` pages made every rebuild at an odd `now` refuse the state
+    // (`SNAPSHOT_INVALID`) that the live actor went on from (review BL1). The call's own
+    // determinism takes its place once the instance is made.
+    let start = (for_actor && p.ctx.det.is_some()).then(|| CallContext { det: Some(crate::replay::Determinism::START), ..p.ctx.clone() });
+    let ctx = start.as_ref().unwrap_or(&p.ctx);
+    let new = || GuestInstance::new(module, &p.limits, budget, cancel, log.clone(), &p.grants, ctx);
     let mut made = new().await;
     // The pool, or the process's room for instances outside it (`unpooled_slots`), is full:
     // spent instances the reaper's thread has yet to drop give back their slots first (tried
@@ -115,6 +123,9 @@ pub(crate) async fn instantiate(
         made = new().await;
     }
     let mut instance = made?;
+    if start.is_some() {
+        instance.take_call_det(&p.grants, &p.ctx)?;
+    }
     if for_actor {
         // An actor's instance lives between calls: its fiber stack's pages go back while it idles.
         instance.watch_stack();
@@ -368,12 +379,12 @@ fn moves_to(instance: &GuestInstance, module: &CompiledModule) -> bool {
 /// Moves an actor made on baseline code to a fresh instance of `module`, its optimized code,
 /// before its call and apart from it: its memory, globals and the ABI's host-side state are
 /// copied across (as a transactional call's last good state is restored). The new instance is
-/// made on the call's budget (its deadline; the fuel its start function spends is the call's),
+/// made within the call's deadline (its start function's fuel is its own),
 /// with no host access, no log and no eviction (only into room the pool has to spare), and takes
 /// the old one's place only once complete: a move that fails, or is dropped midway, leaves the
 /// actor as it was (and one that failed is not tried again). The call's `cancel` ends it as it
-/// ends the call (its signal, `close()`). On a budget of its own, a start function spinning
-/// there made a 2 s call succeed after 3.4 s and spend twice its maxFuel (review AL2F).
+/// ends the call (its signal, `close()`). On a deadline of its own, a start function spinning
+/// there made a 2 s call succeed after 3.4 s (review AL2F); its fuel is its own (see below).
 pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Prepared, budget: Budget, cancel: &CancelFlag) -> Result<(), ExecError> {
     match held.guard.instance.as_ref() {
         Some(old) if moves_to(old, module) && pool_has_room(module) => {}
@@ -385,13 +396,18 @@ pub(crate) async fn move_actor(held: &mut Held, module: &CompiledModule, p: &Pre
     // Under the ABI the actor was made with, not the one detected (review AV1: an actor made with
     // `abi: 'assemblyscript'` on bytes that are a plugin too moved to a plugin's instance).
     let abi = held.guard.instance.as_ref().map(|i| i.abi());
-    let ctx = CallContext { det: p.ctx.det, config: p.ctx.config.clone(), abi, ..Default::default() };
+    // A deterministic actor's start function as `instantiate` runs it; the call's `rearm` puts the
+    // call's determinism in place.
+    let det = p.ctx.det.map(|_| crate::replay::Determinism::START);
+    let ctx = CallContext { det, config: p.ctx.config.clone(), abi, ..Default::default() };
     // The old instance stays in the actor's place until the new one is complete. (Boxed: the
     // move is rare, and its state would otherwise enlarge every call's future.)
     let moved = Box::pin(async {
+        // Its start function runs on fuel of its own, as a rebuilt actor's does (`refuel`): the
+        // step then has its whole `maxFuel` whether or not a tier-up moved the actor first
+        // (review BL1: one step was `OUT_OF_FUEL` or not by when the tier-up landed). The
+        // call's deadline bounds it.
         let mut fresh = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
-        // The start function's fuel is the call's too (`rearm` gives the call what is left).
-        fresh.fuel_spent = fresh.fuel_consumed(&p.limits).unwrap_or(0);
         // Its steps are checked against the call's deadline: a GiB's copy took a 100 ms call to
         // 0.7 s and succeeded (review AM2F).
         let in_time = || match Instant::now() >= budget.deadline {

@@ -283,7 +283,7 @@ pub(crate) async fn initial_image(module: &CompiledModule, p: &Prepared, budget:
             // snapshot's restored memory (review BK1: eight workers restoring one snapshot of a
             // deterministic actor, whose start function kept a `Math.random()` bit, answered 0
             // five times and 1 three times; one that kept `Date.now()` answered by the minute).
-            let mut ctx = crate::instance::CallContext { det: Some(crate::replay::Determinism { now_ms: 0.0, seed: 0 }), ..Default::default() };
+            let mut ctx = crate::instance::CallContext { det: Some(crate::replay::Determinism::START), ..Default::default() };
             ctx.access.making_image = true;
             let mut i = GuestInstance::new(module, &p.limits, budget, cancel, None, &p.grants, &ctx).await?;
             Ok::<_, ExecError>(images.image(without_zero_tail(i.capture()?.memory)))

@@ -369,12 +369,8 @@ impl Executor {
             // Out of the call's budget in the move: the actor is as it was (not reset), and the
             // call ends.
             crate::call::move_actor(h, &module, &p, budget, &cancel).await?;
-            // Cancelled during the move: likewise (the fuel a finished move spent is not the
-            // next call's).
+            // Cancelled during the move: likewise.
             if cancel.is_cancelled() {
-                if let Some(i) = h.guard.instance.as_mut() {
-                    i.fuel_spent = 0;
-                }
                 return Err(ExecError::Cancelled);
             }
         }

@@ -156,3 +156,26 @@ async fn an_idle_actor_holds_no_heartbeat_of_its_last_call() {
     let key = crate::actors::ActorKey { def: beat.key(), actor_id: "a".into() };
     assert_eq!(ex.actors.idle_heartbeat(&key), Some(None), "an instance, holding no heartbeat");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_headers_a_component_actor_keeps_count_in_max_actor_memory() {
+    // Review BL2: wasi:http `fields` a component actor kept (up to 128 KiB each, 2,048 of them)
+    // were counted nowhere: 12 actors held 3.1 GB under a maxActorMemoryMB of 64, none evicted.
+    use crate::capabilities::Capabilities;
+    use crate::http_client::Network;
+    use crate::network::{HostRule, NetworkConfig};
+    let source = Arc::new(MemorySource::new());
+    source.put("fields.wasm", g::valued_fields_component());
+    let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
+    let options = ExecutorOptions { network: Some(Network::new(config).expect("network")), max_actor_memory_bytes: 16 << 20, ..Default::default() };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let d = Definition { capabilities: Capabilities { network: true, ..Default::default() }, ..def("fields") };
+    // 100 headers of 64 KiB: 6.4 MB in the host, beside a 128 KiB memory.
+    ex.execute(&d, "100".into(), actor("a")).await.expect("keeps them");
+    assert!(ex.actors.held_memory() > 100 * 65536, "held {}", ex.actors.held_memory());
+    // Two more such actors are past the executor's 16 MiB: the idle ones go first.
+    ex.execute(&d, "100".into(), actor("b")).await.expect("keeps them");
+    ex.execute(&d, "100".into(), actor("c")).await.expect("keeps them");
+    assert!(ex.stats().actors < 3, "{} actors live", ex.stats().actors);
+    assert!(ex.actors.held_memory() <= 16 << 20, "held {}", ex.actors.held_memory());
+}

@@ -156,3 +156,41 @@ async fn a_deterministic_calls_clock_deadlines_pass_at_once_in_preview_1() {
         assert_eq!(out.output, "1", "every poll returned both deadlines' events");
     }
 }
+
+/// A counter whose start function grows its memory by `Date.now() & 1` pages; an input starting
+/// `"` traps.
+fn clock_sized() -> Vec<u8> {
+    g::with_imports(
+        r#"(import "env" "Date.now" (func $now (result f64)))"#,
+        r#"(global $count (mut i32) (i32.const 0))
+        (func $start (drop (memory.grow (i32.and (i32.trunc_f64_u (call $now)) (i32.const 1)))))
+        (start $start)
+        (func (export "execute") (param $in i32) (result i32) (local $out i32)
+          (if (i32.eq (i32.load16_u (local.get $in)) (i32.const 0x22)) (then unreachable))
+          (global.set $count (i32.add (global.get $count) (i32.const 1)))
+          (local.set $out (call $new (i32.const 2) (i32.const 2)))
+          (i32.store16 (local.get $out) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+          (local.get $out))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deterministic_actor_is_rebuilt_as_it_was_made_whatever_the_calls_clock() {
+    // Review BL1: the rebuilt instance's start function ran under the call's `now`, and one that
+    // sized its memory by it made every rebuild at an odd `now` refuse the state the live actor
+    // went on from (SNAPSHOT_INVALID).
+    let source = Arc::new(MemorySource::new());
+    source.put("sized.wasm", clock_sized());
+    let ex = executor(&source);
+    let d = def("sized", "sized.wasm");
+    let at = |now: f64| CallOptions { actor_id: Some("s".into()), transactional: Some(true), now: Some(now), ..Default::default() };
+    assert_eq!(ex.execute(&d, "{}".into(), at(0.0)).await.expect("made").output, "1");
+    assert_eq!(ex.execute(&d, "{}".into(), at(1.0)).await.expect("a step").output, "2");
+    assert_eq!(ex.execute(&d, "\"trap\"".into(), at(1.0)).await.expect_err("traps").code(), "TRAP");
+    assert_eq!(ex.execute(&d, "{}".into(), at(1.0)).await.expect("rebuilt from its last good state").output, "3");
+    // Restored on another worker, at an odd `now` too.
+    let snapshot = ex.snapshot_actor(&d, "s").await.expect("a snapshot");
+    let other = executor(&source);
+    other.restore_actor(&d, "s", &snapshot).await.expect("restored");
+    assert_eq!(other.execute(&d, "{}".into(), at(3.0)).await.expect("a step").output, "4");
+}

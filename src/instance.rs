@@ -87,9 +87,6 @@ pub struct GuestInstance {
     stopped_midway: bool,
     /// A move of this actor instance to optimized code failed: it is not tried again.
     pub stays_put: bool,
-    /// Fuel spent for the next call before it was armed (a move's start function): the next
-    /// `rearm` gives the call what is left.
-    pub fuel_spent: u64,
     /// The instance this one was moved from before the next call (`call::move_actor`), kept
     /// untouched until that call has counted.
     pub moved_from: Option<Box<GuestInstance>>,
@@ -240,7 +237,6 @@ impl GuestInstance {
             state_names: module.state.clone(),
             stopped_midway: false,
             stays_put: false,
-            fuel_spent: 0,
             moved_from: None,
             _unpooled: unpooled,
         })
@@ -297,10 +293,6 @@ impl GuestInstance {
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
         arm(&mut self.store, limits, budget, cancel, self.kind.metered())?;
-        let spent = std::mem::take(&mut self.fuel_spent);
-        if let (true, Some(max), true) = (self.kind.metered(), limits.max_fuel, spent > 0) {
-            self.store.set_fuel(max.saturating_sub(spent)).map_err(ExecError::internal)?;
-        }
         Ok(())
     }
 
@@ -339,6 +331,10 @@ impl GuestInstance {
             // a component left in flight are refused from now on.
             data.access.end();
             data.access = Default::default();
+            // What a component keeps in its table, for an actor's count (`held_bytes`).
+            if let Some(component) = data.component.as_mut() {
+                component.measure_kept();
+            }
             r?
         };
         let fuel_consumed = if self.kind.metered() {
@@ -373,6 +369,22 @@ impl GuestInstance {
         // BD1: 440 KB per actor, uncounted, after the call's own had been let go).
         self.store.data_mut().set_progress(Default::default());
         r
+    }
+
+    /// Puts the call's determinism (its clocks, randomness, WASI contexts) in place of the one
+    /// the instance was made under: a deterministic actor's start function runs under
+    /// `Determinism::START` (`call::instantiate`).
+    pub fn take_call_det(&mut self, grants: &Grants, ctx: &CallContext) -> Result<(), ExecError> {
+        let data = self.store.data_mut();
+        if data.wasi.is_some() {
+            data.wasi = Some(Box::new(grants.wasi_context(ctx.det.as_ref())?));
+        }
+        if let Some(component) = data.component.as_mut() {
+            component.ctx = grants.wasi_p2_context(ctx.det.as_ref())?;
+        }
+        data.det = ctx.det;
+        self.wasi_det = ctx.det.is_some();
+        Ok(())
     }
 
     /// Gives the call its whole `maxFuel` again: an instance made to take an actor's state
@@ -425,7 +437,7 @@ impl GuestInstance {
     /// under a 1 MiB bound).
     pub fn held_bytes(&self) -> u64 {
         let data = self.store.data();
-        let component = data.component.as_ref().map_or(0, |c| c.held.now());
+        let component = data.component.as_ref().map_or(0, |c| c.held.now().saturating_add(c.kept));
         self.memory_bytes().saturating_add(component).saturating_add(data.extism.vars_bytes())
     }
 

@@ -17,6 +17,10 @@ pub struct Determinism {
 }
 
 impl Determinism {
+    /// What an actor's start function and a module's initial image run under in a deterministic
+    /// definition: clocks at 0, randomness seeded with 0, on every worker (review BK1, BL1).
+    pub const START: Determinism = Determinism { now_ms: 0.0, seed: 0 };
+
     /// `env.seed`: a double derived from the seed (AssemblyScript seeds `Math.random` with it).
     pub fn seed_value(&self) -> f64 {
         (splitmix64(self.seed) >> 11) as f64

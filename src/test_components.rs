@@ -433,6 +433,52 @@ pub fn fields_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
+/// A component that makes as many wasi:http `fields` as its input says, each holding one 64 KiB
+/// header value, and keeps them; answers "1".
+pub fn valued_fields_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:http/types@0.2.0" (instance $t
+    (export "fields" (type $f (sub resource)))
+    (type $he (variant (case "invalid-syntax") (case "forbidden") (case "immutable")))
+    (export "header-error" (type $hee (eq $he)))
+    (type $r (result (error $hee)))
+    (export "[constructor]fields" (func (result (own $f))))
+    (export "[method]fields.append" (func (param "self" (borrow $f)) (param "name" string) (param "value" (list u8)) (result $r)))))
+  (core module $libc
+    (memory (export "memory") 2)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096)))
+  (core instance $libc (instantiate $libc))
+  (core func $fnew (canon lower (func $t "[constructor]fields")))
+  (core func $fappend (canon lower (func $t "[method]fields.append") (memory (core memory $libc "memory"))))
+  (core module $main
+    (import "libc" "memory" (memory 2))
+    (import "host" "fnew" (func $fnew (result i32)))
+    (import "host" "fappend" (func $fappend (param i32 i32 i32 i32 i32 i32)))
+    (data (i32.const 200) "x-a")
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      READ_N
+      (memory.fill (i32.const 65536) (i32.const 97) (i32.const 65536))
+      (local.set $i (i32.const 0))
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+        (call $fappend (call $fnew) (i32.const 200) (i32.const 3) (i32.const 65536) (i32.const 65536) (i32.const 128))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (i32.store8 (i32.const 1039) (i32.const 49))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc))
+    (with "host" (instance (export "fnew" (func $fnew)) (export "fappend" (func $fappend))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#
+            .replace("READ_N", READ_N),
+    )
+    .expect("test component parses")
+}
+
 /// A component that asks wasi:random for as many bytes as its input says, once; answers "1".
 pub fn random_component() -> Vec<u8> {
     wat::parse_str(
