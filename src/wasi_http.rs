@@ -121,6 +121,20 @@ pub struct ComponentWasi {
     pub kept: u64,
 }
 
+/// Past this much kept in its table, a component's memory is given back to the system once its
+/// table goes (`trim`): the allocator kept an evicted actor's 255 MB of headers (review BL2).
+const TRIM_PAST_BYTES: u64 = 16 << 20;
+
+impl Drop for ComponentWasi {
+    fn drop(&mut self) {
+        if self.kept > TRIM_PAST_BYTES {
+            // The table first, then the trim (the rest of the fields go after this body).
+            drop(std::mem::replace(&mut self.table, ResourceTable::new()));
+            crate::trim::soon();
+        }
+    }
+}
+
 /// What a resource in the table costs the host beside its contents (its entry, its box).
 const RESOURCE_BYTES: u64 = 128;
 /// What a header costs beside its name and value (its entry in the map).
