@@ -155,7 +155,7 @@ fn call_turns() -> &'static Turns {
     NOW.get_or_init(|| Turns::new(crate::threads::cpus()))
 }
 
-/// The call slots compiles of large modules (over `LARGE_MODULE_BYTES`) may hold at once: all but
+/// The call slots compiles of large modules (`takes_large_slot`) may hold at once: all but
 /// one, so that one is always left to small modules (review BG2: a `precompile` and a call of one
 /// 2.5 MB module took both cores' slots, and another executor's 16 KB first call waited 0.5-1.0 s
 /// behind them). Taken in turns by executor too, before a call slot.
@@ -212,12 +212,19 @@ const LARGE_CODE_ESTIMATE: u64 = 16 << 20;
 /// functions alone (`code_estimate`: 1.5 KiB each at least).
 const LARGE_FUNCTIONS: u64 = LARGE_CODE_ESTIMATE / 1536;
 
-/// Whether a call's compile of `bytes` takes a large module's slot (`large_turns`): over
-/// `LARGE_MODULE_BYTES`, or declaring more than `LARGE_FUNCTIONS` functions (read from the
-/// function sections' counts, before the module is weighed): review BL1 had two 600 KB modules of
-/// 150,000 empty functions hold both call slots, and a 1 KB module's first call waited 4.3-5.6 s.
+/// Modules past this many bytes take a large module's slot (`takes_large_slot`): the optimizing
+/// compiler takes about 1.7 s of a core per MB of small functions (review BM1: two modules of
+/// 981 KB, 10,900 functions of 90 bytes, compiled at once for deterministic definitions, held
+/// both call slots and a 1 KB module's first call waited 3.5 s).
+const LARGE_SLOT_BYTES: usize = 256 << 10;
+
+/// Whether a call's compile of `bytes` takes a large module's slot (`large_turns`) and threads
+/// (`large_pool`): over `LARGE_SLOT_BYTES`, or declaring more than `LARGE_FUNCTIONS` functions
+/// (read from the function sections' counts, before the module is weighed): review BL1 had two
+/// 600 KB modules of 150,000 empty functions hold both call slots, and a 1 KB module's first
+/// call waited 4.3-5.6 s.
 fn takes_large_slot(bytes: &[u8]) -> bool {
-    if bytes.len() > LARGE_MODULE_BYTES {
+    if bytes.len() > LARGE_SLOT_BYTES {
         return true;
     }
     let mut functions = 0u64;
@@ -380,7 +387,8 @@ fn run_compile(
         if background {
             running_held::wait_while_held(&digest);
         }
-        let heavy = |shape: &Shape| bytes.len() > LARGE_MODULE_BYTES || shape.code_estimate > LARGE_CODE_ESTIMATE;
+        let large = takes_large_slot(&bytes);
+        let heavy = |shape: &Shape| large || shape.code_estimate > LARGE_CODE_ESTIMATE;
         // Checked and compiled on `pool`'s threads (the walk of a large module's instructions
         // too): the result, and whether the compile was a heavy one (its memory is given back
         // after it, failed or not).

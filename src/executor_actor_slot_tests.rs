@@ -166,6 +166,7 @@ async fn the_headers_a_component_actor_keeps_count_in_max_actor_memory() {
     use crate::network::{HostRule, NetworkConfig};
     let source = Arc::new(MemorySource::new());
     source.put("fields.wasm", g::valued_fields_component());
+    source.put("bodies.wasm", g::body_writes_component());
     let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
     let options = ExecutorOptions { network: Some(Network::new(config).expect("network")), max_actor_memory_bytes: 16 << 20, ..Default::default() };
     let ex = Arc::new(Executor::new(source, options).expect("executor"));
@@ -173,6 +174,13 @@ async fn the_headers_a_component_actor_keeps_count_in_max_actor_memory() {
     // 100 headers of 64 KiB: 6.4 MB in the host, beside a 128 KiB memory.
     ex.execute(&d, "100".into(), actor("a")).await.expect("keeps them");
     assert!(ex.actors.held_memory() > 100 * 65536, "held {}", ex.actors.held_memory());
+    // Review BM1: requests kept after 128 KiB were written to each one's body (and the body and
+    // its stream dropped) held the bytes written, uncounted.
+    let bodies = Definition { name: "bodies".into(), wasm_blob_path: "bodies.wasm".into(), ..d.clone() };
+    let before = ex.actors.held_memory();
+    assert_eq!(ex.execute(&bodies, "40".into(), actor("w")).await.expect("keeps them").output, "1");
+    assert!(ex.actors.held_memory() - before > 40 * 2 * 65536, "held {} more", ex.actors.held_memory() - before);
+    assert!(ex.drop_actor(&bodies, "w"));
     // Two more such actors are past the executor's 16 MiB: the idle ones go first.
     ex.execute(&d, "100".into(), actor("b")).await.expect("keeps them");
     ex.execute(&d, "100".into(), actor("c")).await.expect("keeps them");

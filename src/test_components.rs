@@ -479,6 +479,88 @@ pub fn valued_fields_component() -> Vec<u8> {
     .expect("test component parses")
 }
 
+/// A component that makes as many wasi:http outgoing requests as its input says, writes 2 x 64 KiB
+/// into each one's body, drops the body and its stream, and keeps the requests; answers "1" (or
+/// "0" if a write was refused).
+pub fn body_writes_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component $C
+  (import "wasi:io/error@0.2.0" (instance $err (export "error" (type (sub resource)))))
+  (alias export $err "error" (type $error))
+  (import "wasi:io/streams@0.2.0" (instance $streams
+    (alias outer $C $error (type $e)) (export "error" (type $ee (eq $e)))
+    (export "output-stream" (type $os (sub resource)))
+    (type $se (variant (case "last-operation-failed" (own $ee)) (case "closed")))
+    (export "stream-error" (type $see (eq $se)))
+    (export "[method]output-stream.write" (func (param "self" (borrow $os)) (param "contents" (list u8)) (result (result (error $see)))))))
+  (alias export $streams "output-stream" (type $ostream))
+  (import "wasi:http/types@0.2.0" (instance $t
+    (alias outer $C $ostream (type $os)) (export "output-stream" (type $ose (eq $os)))
+    (export "fields" (type $f (sub resource)))
+    (export "outgoing-request" (type $req (sub resource)))
+    (export "outgoing-body" (type $body (sub resource)))
+    (export "[constructor]fields" (func (result (own $f))))
+    (export "[constructor]outgoing-request" (func (param "headers" (own $f)) (result (own $req))))
+    (export "[method]outgoing-request.body" (func (param "self" (borrow $req)) (result (result (own $body)))))
+    (export "[method]outgoing-body.write" (func (param "self" (borrow $body)) (result (result (own $ose)))))))
+  (alias export $t "outgoing-body" (type $bodyt))
+  (core module $libc
+    (memory (export "memory") 3)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096)))
+  (core instance $libc (instantiate $libc))
+  (core func $fnew (canon lower (func $t "[constructor]fields")))
+  (core func $rnew (canon lower (func $t "[constructor]outgoing-request")))
+  (core func $rbody (canon lower (func $t "[method]outgoing-request.body") (memory (core memory $libc "memory"))))
+  (core func $bwrite (canon lower (func $t "[method]outgoing-body.write") (memory (core memory $libc "memory"))))
+  (core func $sw (canon lower (func $streams "[method]output-stream.write") (memory (core memory $libc "memory"))))
+  (core func $dstream (canon resource.drop $ostream))
+  (core func $dbody (canon resource.drop $bodyt))
+  (core module $main
+    (import "libc" "memory" (memory 3))
+    (import "host" "fnew" (func $fnew (result i32)))
+    (import "host" "rnew" (func $rnew (param i32) (result i32)))
+    (import "host" "rbody" (func $rbody (param i32 i32)))
+    (import "host" "bwrite" (func $bwrite (param i32 i32)))
+    (import "host" "sw" (func $sw (param i32 i32 i32 i32)))
+    (import "host" "dstream" (func $dstream (param i32)))
+    (import "host" "dbody" (func $dbody (param i32)))
+    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+      (local $req i32) (local $body i32) (local $s i32) (local $k i32) (local $ok i32)
+      READ_N
+      (local.set $ok (i32.const 49))
+      (memory.fill (i32.const 65536) (i32.const 97) (i32.const 65536))
+      (local.set $i (i32.const 0))
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $req (call $rnew (call $fnew)))
+        (call $rbody (local.get $req) (i32.const 128))
+        (local.set $body (i32.load (i32.const 132)))
+        (call $bwrite (local.get $body) (i32.const 128))
+        (local.set $s (i32.load (i32.const 132)))
+        (local.set $k (i32.const 0))
+        (block $wd (loop $wl (br_if $wd (i32.ge_u (local.get $k) (i32.const 2)))
+          (call $sw (local.get $s) (i32.const 65536) (i32.const 65536) (i32.const 176))
+          (if (i32.load8_u (i32.const 176)) (then (local.set $ok (i32.const 48)) (br $d)))
+          (local.set $k (i32.add (local.get $k) (i32.const 1))) (br $wl)))
+        (call $dstream (local.get $s))
+        (call $dbody (local.get $body))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (i32.store8 (i32.const 1039) (local.get $ok))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64))
+    (func (export "cabi_post_execute") (param i32)))
+  (core instance $m (instantiate $main (with "libc" (instance $libc)) (with "host" (instance
+    (export "fnew" (func $fnew)) (export "rnew" (func $rnew)) (export "rbody" (func $rbody)) (export "bwrite" (func $bwrite))
+    (export "sw" (func $sw)) (export "dstream" (func $dstream)) (export "dbody" (func $dbody))))))
+  (func (export "execute") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+      (post-return (core func $m "cabi_post_execute")))))"#
+            .replace("READ_N", READ_N),
+    )
+    .expect("test component parses")
+}
+
 /// A component that asks wasi:random for as many bytes as its input says, once; answers "1".
 pub fn random_component() -> Vec<u8> {
     wat::parse_str(

@@ -137,6 +137,10 @@ impl Drop for ComponentWasi {
 
 /// What a resource in the table costs the host beside its contents (its entry, its box).
 const RESOURCE_BYTES: u64 = 128;
+/// What an outgoing body's buffer may hold written and not sent: its channel's chunks (wasmtime-wasi-http's
+/// one buffered, one in the channel's slot) of `BODY_CHUNK_BYTES` each.
+const BODY_BUFFER_BYTES: u64 = 2 * BODY_CHUNK_BYTES as u64;
+
 /// What a header costs beside its name and value (its entry in the map).
 const HEADER_BYTES: u64 = 64;
 
@@ -159,20 +163,32 @@ impl ComponentWasi {
     /// hold in the host, for an actor's count (`GuestInstance::held_bytes`): up to 128 KiB each
     /// and 2,048 of them, they were counted nowhere, and component actors each keeping 255 MB of
     /// them went past `maxActorMemoryMB` unevicted (review BL2: 12 actors held 3.1 GB under 64 MB).
+    /// A request's or response's body holds what was written to it and not sent, up to its
+    /// buffer's chunks (review BM1: requests kept after 128 KiB written to each held 3.1 GB over
+    /// 12 actors). A header map shared by several resources (a clone, a response's headers)
+    /// counts once.
     pub fn measure_kept(&mut self) -> u64 {
+        use wasmtime_wasi_http::p2::body::HostOutgoingBody;
         use wasmtime_wasi_http::p2::types::{HostIncomingResponse, HostOutgoingRequest, HostOutgoingResponse};
+        let mut seen = std::collections::HashSet::new();
         let mut total = 0u64;
+        let mut fields = |f: &wasmtime_wasi_http::FieldMap| -> u64 {
+            let map: &http::HeaderMap = f;
+            if seen.insert(map as *const http::HeaderMap as usize) { fields_bytes(f) } else { 0 }
+        };
         for entry in self.table.iter_mut() {
             let entry: &(dyn std::any::Any + Send) = entry;
             let bytes = if let Some(f) = entry.downcast_ref::<wasmtime_wasi_http::FieldMap>() {
-                fields_bytes(f)
+                fields(f)
             } else if let Some(r) = entry.downcast_ref::<HostOutgoingRequest>() {
                 let text = r.path_with_query.as_ref().map_or(0, String::len) + r.authority.as_ref().map_or(0, String::len);
-                fields_bytes(&r.headers) + text as u64
+                fields(&r.headers) + text as u64 + if r.body.is_some() { BODY_BUFFER_BYTES } else { 0 }
             } else if let Some(r) = entry.downcast_ref::<HostOutgoingResponse>() {
-                fields_bytes(&r.headers)
+                fields(&r.headers) + if r.body.is_some() { BODY_BUFFER_BYTES } else { 0 }
             } else if let Some(r) = entry.downcast_ref::<HostIncomingResponse>() {
-                fields_bytes(&r.headers)
+                fields(&r.headers)
+            } else if entry.downcast_ref::<HostOutgoingBody>().is_some() {
+                BODY_BUFFER_BYTES
             } else {
                 continue;
             };
