@@ -88,6 +88,8 @@ pub mod warm_up;
 #[cfg(test)]
 mod test_components;
 #[cfg(test)]
+mod test_http_components;
+#[cfg(test)]
 mod test_guests;
 #[cfg(test)]
 mod test_pages;

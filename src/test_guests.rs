@@ -3,6 +3,7 @@
 //! components are in `test_components`.
 
 pub use crate::test_components::*;
+pub use crate::test_http_components::*;
 
 /// The shared part: memory, a bump allocator `__new` that grows memory as needed, `abort`.
 const PRELUDE: &str = r#"
