@@ -335,6 +335,16 @@ pub fn quiet_known_panics() {
     });
 }
 
+/// Holds every large module's slot turn until dropped (tests).
+#[cfg(test)]
+pub(crate) async fn hold_large_slots() -> Vec<Turn> {
+    let mut held = Vec::new();
+    for _ in 0..crate::threads::cpus().saturating_sub(1).max(1) {
+        held.push(large_turns().take(0).await);
+    }
+    held
+}
+
 #[cfg(test)]
 pub(crate) async fn hold_call_slots() -> Vec<Turn> {
     let mut held = Vec::new();
@@ -459,7 +469,7 @@ async fn unless_hurried(
     }
     let permit = tokio::select! {
         done = &mut running => return done,
-        slot = call_slot(owner, takes_large_slot(&bytes)) => slot,
+        slot = call_slot(owner, takes_large_slot(&bytes) || !kind.baseline()) => slot,
     };
     let now = run_compile(bytes, digest, kind, limits, None, false);
     tokio::pin!(now);
@@ -518,7 +528,13 @@ pub(crate) fn compile_job(
         return rx;
     };
     rt.spawn(async move {
-        let large = takes_large_slot(&bytes);
+        // An optimizing compile in a call's slot (a deterministic definition's, `tierUp: false`,
+        // `precompile`, a hurried tier-up) takes a large module's slot too: its time is not
+        // bounded by the module's size (review BN1: an 84 KB module of one function with 12,000
+        // values live across 4,000 blocks took Cranelift 9 s; two of them held both slots, and
+        // another executor's 1 KB first call waited 8.5-8.9 s). A baseline compile always has a
+        // slot left.
+        let large = takes_large_slot(&bytes) || !kind.baseline();
         let result = match slot(urgency, owner, large, &hurried).await {
             Ok(_) if dropped_unwanted(key, urgency, &tx, &hurried) => {
                 // Out of the map already: a caller from now on starts a compile of its own.

@@ -166,3 +166,19 @@ fn a_module_of_many_functions_takes_a_large_modules_slot_whatever_its_size() {
     // Review BM1: 981 KB of 10,900 small functions took Cranelift 3.5 s.
     assert!(takes_large_slot(&with_data(LARGE_SLOT_BYTES + 1)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_optimizing_compile_in_a_calls_slot_leaves_one_to_baseline_compiles() {
+    // Review BN1: an 84 KB module whose one function keeps 12,000 values live across 4,000 blocks
+    // took Cranelift 9 s; compiled for deterministic definitions, two held both call slots.
+    let held = hold_large_slots().await;
+    let module = |tag: &str| wat::parse_str(format!(r#"(module (func (export "bn1-{tag}")))"#)).expect("parses");
+    let optimized = module("optimized");
+    let mut waiting = compile_job(optimized.clone(), sha256(&optimized), EngineKind::Plain, CompileLimits::default(), Urgency::Now, 4001, None);
+    let baseline = module("baseline");
+    let mut done = compile_job(baseline.clone(), sha256(&baseline), EngineKind::Baseline, CompileLimits::default(), Urgency::Now, 4002, None);
+    tokio::time::timeout(Duration::from_secs(60), done.wait_for(|r| r.is_some())).await.expect("the baseline compile has its slot").expect("a result");
+    assert!(waiting.borrow().is_none(), "the optimizing compile waits for a large module's slot");
+    drop(held);
+    waiting.wait_for(|r| r.is_some()).await.expect("a result").clone().expect("sent").expect("compiles");
+}

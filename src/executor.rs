@@ -363,7 +363,7 @@ impl Executor {
         let budget = Budget::starting_now(&p.limits);
         // An actor made while its module tiered up moves to the optimized code (on the call's
         // budget, ended by its cancel; a move that cannot be made leaves it as it was). Its time
-        // counts in the call's `durationMs`, as its fuel does.
+        // counts in the call's `durationMs`; its start function's fuel is its own.
         let moving = Instant::now();
         if let Some(h) = held.as_mut() {
             // Out of the call's budget in the move: the actor is as it was (not reset), and the
