@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, AcquireError, Notify};
 use wasmtime::Module;
 
 use crate::abi;
-use crate::compile_turns::{Owner, Turn, Turns};
+use crate::compile_turns::Owner;
+pub use crate::compile_panics::{panicked, quiet_known_panics};
+#[cfg(test)]
+pub(crate) use crate::compile_slots::{hold_background_slots, hold_call_slots, hold_large_slots};
+use crate::compile_slots::{background_slots, call_slot, takes_large_slot, Slot};
 use crate::digest::{sha256, Digest};
 use crate::engine::{engine, EngineKind};
 use crate::error::ExecError;
@@ -137,46 +141,6 @@ pub(crate) enum Urgency {
     Background,
 }
 
-/// Compiles running at once in the process; more wait, and one whose callers all left by its
-/// turn is dropped without compiling. Background compiles have a slot of their own: they never
-/// hold one a call waits for (a worker's first calls of new modules, one after another, each
-/// waited behind the tier-ups of the modules before).
-const BACKGROUND_SLOTS: u32 = 1;
-
-/// The background compiles' slot.
-fn background_slots() -> &'static Arc<Semaphore> {
-    static BACKGROUND: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    BACKGROUND.get_or_init(|| Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize)))
-}
-
-/// The calls' compile slots, one per core, taken in turns by executor (`compile_turns`).
-fn call_turns() -> &'static Turns {
-    static NOW: OnceLock<Turns> = OnceLock::new();
-    NOW.get_or_init(|| Turns::new(crate::threads::cpus()))
-}
-
-/// The call slots compiles of large modules (`takes_large_slot`) may hold at once: all but
-/// one, so that one is always left to small modules (review BG2: a `precompile` and a call of one
-/// 2.5 MB module took both cores' slots, and another executor's 16 KB first call waited 0.5-1.0 s
-/// behind them). Taken in turns by executor too, before a call slot.
-fn large_turns() -> &'static Turns {
-    static LARGE: OnceLock<Turns> = OnceLock::new();
-    LARGE.get_or_init(|| Turns::new(crate::threads::cpus().saturating_sub(1).max(1)))
-}
-
-/// A compile's slot: a call's (in turns; a large module's with its large turn) or the background
-/// one.
-enum Slot {
-    Call(#[allow(dead_code)] Turn, #[allow(dead_code)] Option<Turn>),
-    Background(#[allow(dead_code)] OwnedSemaphorePermit),
-}
-
-/// A call's slot for `owner`: a large module's takes its large turn first (`large_turns`).
-async fn call_slot(owner: Owner, large: bool) -> Slot {
-    let large = if large { Some(large_turns().take(owner).await) } else { None };
-    Slot::Call(call_turns().take(owner).await, large)
-}
-
 /// The nice value of the background compiles' threads: below the calls' compiles and guest
 /// threads (`threads::NICE`, 10), which are below the event loop (0). Where a call's compile or a
 /// guest waits for the CPU, a background compile gets about a quarter of it (the kernel's
@@ -206,41 +170,7 @@ fn compile_pool(name: &'static str, start: fn()) -> Option<rayon::ThreadPool> {
 /// Modules past this many bytes, or whose code is estimated past this, compile on a pool of
 /// their own (`large_pool`).
 const LARGE_MODULE_BYTES: usize = 1 << 20;
-const LARGE_CODE_ESTIMATE: u64 = 16 << 20;
-
-/// Modules of more functions than this are estimated past `LARGE_CODE_ESTIMATE` by their
-/// functions alone (`code_estimate`: 1.5 KiB each at least).
-const LARGE_FUNCTIONS: u64 = LARGE_CODE_ESTIMATE / 1536;
-
-/// Modules past this many bytes take a large module's slot (`takes_large_slot`): the optimizing
-/// compiler takes about 1.7 s of a core per MB of small functions (review BM1: two modules of
-/// 981 KB, 10,900 functions of 90 bytes, compiled at once for deterministic definitions, held
-/// both call slots and a 1 KB module's first call waited 3.5 s).
-const LARGE_SLOT_BYTES: usize = 256 << 10;
-
-/// Whether a call's compile of `bytes` takes a large module's slot (`large_turns`) and threads
-/// (`large_pool`): over `LARGE_SLOT_BYTES`, or declaring more than `LARGE_FUNCTIONS` functions
-/// (read from the function sections' counts, before the module is weighed): review BL1 had two
-/// 600 KB modules of 150,000 empty functions hold both call slots, and a 1 KB module's first
-/// call waited 4.3-5.6 s.
-fn takes_large_slot(bytes: &[u8]) -> bool {
-    if bytes.len() > LARGE_SLOT_BYTES {
-        return true;
-    }
-    let mut functions = 0u64;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload {
-            Ok(wasmparser::Payload::FunctionSection(r)) => functions += u64::from(r.count()),
-            Ok(_) => {}
-            // Refused when it is compiled.
-            Err(_) => break,
-        }
-        if functions > LARGE_FUNCTIONS {
-            return true;
-        }
-    }
-    false
-}
+pub(crate) const LARGE_CODE_ESTIMATE: u64 = 16 << 20;
 
 /// `f` on `pool`'s threads (its parallel parts on them), or on the process's shared pool.
 fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
@@ -296,71 +226,6 @@ async fn slot(urgency: Urgency, owner: Owner, large: bool, hurried: &Hurried) ->
             _ = &mut hurry => {}
         }
     }
-}
-
-/// Holds every call compile slot until dropped (tests: compiles a call waits for queue).
-
-/// The error a compile (or an inspection) that panicked ends in: `INTERNAL`, save where the
-/// panic was wasmparser 0.254's on the bytes. Its validator counts a type's depth through the
-/// types it names (an import of a component type of a component type...) and asserts it is at
-/// most 127, where later wasmparsers refuse the module: 128 component types each importing the
-/// one before, 2.7 KB, ended every call in `INTERNAL` (review BA1). What nests in the bytes is
-/// refused before (`component_types::MAX_NESTING`).
-pub fn panicked(what: &str, panic: &str) -> ExecError {
-    if panic.contains(DEPTH_PANIC) {
-        return ExecError::CompileLimit("its types reach past the 127 levels of nesting wasmtime's parser takes, through the types they name".into());
-    }
-    ExecError::internal(format!("{what} panicked: {panic}"))
-}
-
-/// What wasmparser's depth assertion says (see `panicked`).
-const DEPTH_PANIC: &str = "depth <= Self::MAX_DEPTH";
-
-/// Keeps wasmparser's depth assertion (a refusal: `panicked`) off the process's stderr, where
-/// Rust's panic hook printed it with its location and a backtrace note, once per module: any
-/// module's author could write there at will (review BA1). Other panics are printed as before,
-/// by the hook that was set. Set once, when an executor or an inspection first needs it.
-pub fn quiet_known_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let text = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-            if text.is_some_and(|t| t.contains(DEPTH_PANIC)) {
-                return;
-            }
-            previous(info)
-        }));
-    });
-}
-
-/// Holds every large module's slot turn until dropped (tests).
-#[cfg(test)]
-pub(crate) async fn hold_large_slots() -> Vec<Turn> {
-    let mut held = Vec::new();
-    for _ in 0..crate::threads::cpus().saturating_sub(1).max(1) {
-        held.push(large_turns().take(0).await);
-    }
-    held
-}
-
-#[cfg(test)]
-pub(crate) async fn hold_call_slots() -> Vec<Turn> {
-    let mut held = Vec::new();
-    for _ in 0..crate::threads::cpus() {
-        held.push(call_turns().take(0).await);
-    }
-    held
-}
-
-/// Holds every background compile slot until dropped (tests: background compiles wait). All
-/// the semaphore has, should it ever be the calls' one again.
-#[cfg(test)]
-pub(crate) async fn hold_background_slots() -> OwnedSemaphorePermit {
-    let slots = background_slots();
-    let n = (slots.available_permits() as u32).max(BACKGROUND_SLOTS);
-    slots.clone().acquire_many_owned(n).await.expect("slots open")
 }
 
 /// The compile of `bytes` for `kind`: joined if one is in flight (whatever its urgency), else

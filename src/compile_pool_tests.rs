@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::*;
+use crate::compile_slots::{call_turns, LARGE_FUNCTIONS, LARGE_SLOT_BYTES};
 
 /// A valid module of `data` bytes of data: little code, many bytes.
 fn with_data(data: usize) -> Vec<u8> {

@@ -25,6 +25,8 @@ pub mod body_walk;
 pub mod capabilities;
 pub mod code_estimate;
 pub mod compile;
+pub mod compile_panics;
+pub mod compile_slots;
 pub mod compile_turns;
 pub mod compiled_module;
 pub mod component_types;
