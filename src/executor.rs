@@ -499,3 +499,7 @@ mod refused_output_tests;
 #[cfg(test)]
 #[path = "executor_replay_tests.rs"]
 mod replay_tests;
+
+#[cfg(test)]
+#[path = "executor_slot_wait_tests.rs"]
+mod slot_wait_tests;

@@ -189,10 +189,7 @@ impl HostAccess {
     }
     /// Waits for `fut` with the call's concurrency slot given back.
     async fn without_slot<F: std::future::Future>(&self, fut: F) -> F::Output {
-        match &self.permit {
-            Some(p) => p.without(fut).await,
-            None => fut.await,
-        }
+        crate::permit::without_slot(self.permit.as_deref(), fut).await
     }
 
     /// Calls host function `name` with JSON text `input`.
