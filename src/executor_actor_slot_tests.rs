@@ -187,3 +187,28 @@ async fn the_headers_a_component_actor_keeps_count_in_max_actor_memory() {
     assert!(ex.stats().actors < 3, "{} actors live", ex.stats().actors);
     assert!(ex.actors.held_memory() <= 16 << 20, "held {}", ex.actors.held_memory());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_small_header_values_count_as_the_host_holds_them() {
+    // Review BO2: each value cost the host about 101 bytes beside its own (its map entry, its heap
+    // block), counted as 64: an actor's 2,000 `fields` of 3,000 one-byte values held 607 MB,
+    // counted as 390 MB. And each call walked all 6 million values, 22 ms past a 2 ms deadline:
+    // past `MEASURED_VALUES`, maps count as full unread.
+    use crate::capabilities::Capabilities;
+    use crate::http_client::Network;
+    use crate::network::{HostRule, NetworkConfig};
+    let source = Arc::new(MemorySource::new());
+    source.put("many.wasm", g::many_values_fields_component());
+    let config = NetworkConfig { allowed_hosts: vec![HostRule::parse("127.0.0.1").expect("rule")], ..Default::default() };
+    let options = ExecutorOptions { network: Some(Network::new(config).expect("network")), ..Default::default() };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let d = Definition { capabilities: Capabilities { network: true, ..Default::default() }, ..def("many") };
+    // 10 maps of 3,000 values: all read (under `MEASURED_VALUES`), at least 101 bytes a value.
+    ex.execute(&d, "10".into(), actor("a")).await.expect("keeps them");
+    let read = ex.actors.held_memory();
+    assert!(read > 10 * 3000 * 101, "held {read}");
+    // 100 more, past what one measure reads: the maps not read count as full, so no fewer bytes.
+    ex.execute(&d, "100".into(), actor("a")).await.expect("keeps them");
+    let held = ex.actors.held_memory();
+    assert!(held > 110 * 3000 * 101, "held {held}");
+}

@@ -110,6 +110,17 @@ LIFT_EXECUTE"#
 /// A component that makes as many wasi:http `fields` as its input says, each holding one 64 KiB
 /// header value, and keeps them; answers "1".
 pub fn valued_fields_component() -> Vec<u8> {
+    valued_fields_component_with(
+        r#"(local.set $i (i32.const 0))
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+        (call $fappend (call $fnew) (i32.const 200) (i32.const 3) (i32.const 65536) (i32.const 65536) (i32.const 128))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))"#,
+    )
+}
+
+/// The `fields` component whose `execute` reads its input's number into `$n` and then runs
+/// `make` (with `$fnew`, `$fappend`, a name "x-a" at 200 and 64 KiB of "a" at 65536).
+fn valued_fields_component_with(make: &str) -> Vec<u8> {
     wat::parse_str(
         r#"(component $C
   (import "wasi:http/types@0.2.0" (instance $t
@@ -130,13 +141,10 @@ pub fn valued_fields_component() -> Vec<u8> {
     (import "host" "fnew" (func $fnew (result i32)))
     (import "host" "fappend" (func $fappend (param i32 i32 i32 i32 i32 i32)))
     (data (i32.const 200) "x-a")
-    (func (export "execute") (param $p i32) (param $len i32) (result i32)
+    (func (export "execute") (param $p i32) (param $len i32) (result i32) (local $f i32) (local $j i32)
       READ_N
       (memory.fill (i32.const 65536) (i32.const 97) (i32.const 65536))
-      (local.set $i (i32.const 0))
-      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
-        (call $fappend (call $fnew) (i32.const 200) (i32.const 3) (i32.const 65536) (i32.const 65536) (i32.const 128))
-        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      MAKE_FIELDS
       (i32.store8 (i32.const 1039) (i32.const 49))
       (i32.store8 (i32.const 64) (i32.const 0))
       (i32.store (i32.const 68) (i32.const 1039))
@@ -146,9 +154,24 @@ pub fn valued_fields_component() -> Vec<u8> {
   (core instance $m (instantiate $main (with "libc" (instance $libc))
     (with "host" (instance (export "fnew" (func $fnew)) (export "fappend" (func $fappend))))))
 LIFT_EXECUTE"#
-            .replace("READ_N", READ_N).replace("LIFT_EXECUTE", LIFT_EXECUTE),
+            .replace("READ_N", READ_N).replace("MAKE_FIELDS", make).replace("LIFT_EXECUTE", LIFT_EXECUTE),
     )
     .expect("test component parses")
+}
+
+/// A component that makes as many wasi:http `fields` as its input says, each holding 3,000
+/// one-byte values under one name, and keeps them; answers "1".
+pub fn many_values_fields_component() -> Vec<u8> {
+    valued_fields_component_with(
+        r#"(local.set $i (i32.const 0))
+      (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $f (call $fnew))
+        (local.set $j (i32.const 0))
+        (block $e (loop $k (br_if $e (i32.ge_u (local.get $j) (i32.const 3000)))
+          (call $fappend (local.get $f) (i32.const 200) (i32.const 3) (i32.const 65536) (i32.const 1) (i32.const 128))
+          (local.set $j (i32.add (local.get $j) (i32.const 1))) (br $k)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))"#,
+    )
 }
 
 /// A component that makes as many wasi:http outgoing requests as its input says, writes 2 x 64 KiB

@@ -135,67 +135,12 @@ impl Drop for ComponentWasi {
     }
 }
 
-/// What a resource in the table costs the host beside its contents (its entry, its box).
-const RESOURCE_BYTES: u64 = 128;
-/// What an outgoing body's buffer may hold written and not sent: its channel's chunks (wasmtime-wasi-http's
-/// one buffered, one in the channel's slot) of `BODY_CHUNK_BYTES` each.
-const BODY_BUFFER_BYTES: u64 = 2 * BODY_CHUNK_BYTES as u64;
-
-/// What a header costs beside its name and value (its entry in the map).
-const HEADER_BYTES: u64 = 64;
-
-/// What a header map holds.
-fn fields_bytes(fields: &wasmtime_wasi_http::FieldMap) -> u64 {
-    let names: usize = fields.keys().map(|k| k.as_str().len()).sum();
-    let values: usize = fields.values().map(|v| v.len()).sum();
-    (names + values) as u64 + fields.len() as u64 * HEADER_BYTES
-}
-
 impl ComponentWasi {
     pub fn new(ctx: WasiCtx) -> Self {
         // Resources a guest may hold at once (streams, requests, pollables): bounded.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         ComponentWasi { ctx, table, http: WasiHttpCtx::new(), held: Default::default(), pollables: Default::default(), kept: 0 }
-    }
-
-    /// Measures what the headers (`fields`), requests and responses the guest keeps in its table
-    /// hold in the host, for an actor's count (`GuestInstance::held_bytes`): up to 128 KiB each
-    /// and 2,048 of them, they were counted nowhere, and component actors each keeping 255 MB of
-    /// them went past `maxActorMemoryMB` unevicted (review BL2: 12 actors held 3.1 GB under 64 MB).
-    /// A request's or response's body holds what was written to it and not sent, up to its
-    /// buffer's chunks (review BM1: requests kept after 128 KiB written to each held 3.1 GB over
-    /// 12 actors). A header map shared by several resources (a clone, a response's headers)
-    /// counts once.
-    pub fn measure_kept(&mut self) -> u64 {
-        use wasmtime_wasi_http::p2::body::HostOutgoingBody;
-        use wasmtime_wasi_http::p2::types::{HostIncomingResponse, HostOutgoingRequest, HostOutgoingResponse};
-        let mut seen = std::collections::HashSet::new();
-        let mut total = 0u64;
-        let mut fields = |f: &wasmtime_wasi_http::FieldMap| -> u64 {
-            let map: &http::HeaderMap = f;
-            if seen.insert(map as *const http::HeaderMap as usize) { fields_bytes(f) } else { 0 }
-        };
-        for entry in self.table.iter_mut() {
-            let entry: &(dyn std::any::Any + Send) = entry;
-            let bytes = if let Some(f) = entry.downcast_ref::<wasmtime_wasi_http::FieldMap>() {
-                fields(f)
-            } else if let Some(r) = entry.downcast_ref::<HostOutgoingRequest>() {
-                let text = r.path_with_query.as_ref().map_or(0, String::len) + r.authority.as_ref().map_or(0, String::len);
-                fields(&r.headers) + text as u64 + if r.body.is_some() { BODY_BUFFER_BYTES } else { 0 }
-            } else if let Some(r) = entry.downcast_ref::<HostOutgoingResponse>() {
-                fields(&r.headers) + if r.body.is_some() { BODY_BUFFER_BYTES } else { 0 }
-            } else if let Some(r) = entry.downcast_ref::<HostIncomingResponse>() {
-                fields(&r.headers)
-            } else if entry.downcast_ref::<HostOutgoingBody>().is_some() {
-                BODY_BUFFER_BYTES
-            } else {
-                continue;
-            };
-            total = total.saturating_add(bytes + RESOURCE_BYTES);
-        }
-        self.kept = total;
-        total
     }
 }
 
@@ -227,7 +172,7 @@ type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(),
 /// What one write to an outgoing body's stream may hold in the host until the request is sent
 /// (wasmtime-wasi-http buffers one such write per body; 1 MiB by default: review Q held 2 MiB
 /// per unsent body, 6.7 GB from one call).
-const BODY_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const BODY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The longest method name a request may have (wasmtime-wasi-http takes any token: review Q
 /// stored 16 MiB per request, 4.9 GB in 10 s).
