@@ -228,9 +228,6 @@ async fn slot(urgency: Urgency, owner: Owner, large: bool, hurried: &Hurried) ->
     }
 }
 
-/// The compile of `bytes` for `kind`: joined if one is in flight (whatever its urgency), else
-/// started. A background one (`wanted` says whether its result is still of use) is dropped
-/// when its slot comes if nobody wants it any more.
 /// Whether a job whose slot came is of no use any more, and if so takes it out of the map. Only
 /// the map's own receiver left (nobody waits), or a tier-up of modules that all left their caches
 /// meanwhile. Decided under the map's lock: a caller joining meanwhile either made it wanted (its
@@ -356,6 +353,10 @@ async fn unless_hurried(
     done
 }
 
+/// The compile of `bytes` for `kind`: joined if one is in flight (whatever its urgency), else
+/// started. A background one (`wanted` says whether its result is still of use) is dropped
+/// when its slot comes if nobody wants it any more.
+///
 /// `owner`: the executor whose slot turn the compile takes (`compile_turns`); one that joins
 /// another's compile waits for that one's turn.
 pub(crate) fn compile_job(
