@@ -32,6 +32,7 @@ pub mod compiled_module;
 pub mod component_types;
 pub mod digest;
 pub mod durable;
+pub mod durable_pending;
 pub mod engine;
 pub mod error;
 pub mod executor;
