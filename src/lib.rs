@@ -83,7 +83,7 @@ pub mod unpooled_slots;
 pub mod unchecked_artifacts;
 pub mod untrusted_dir;
 pub mod wasi_http;
-mod wasi_http_kept;
+pub mod wasi_http_kept;
 pub mod wasi_listing;
 pub mod wasi_open;
 pub mod wasi_poll;

@@ -119,15 +119,22 @@ pub struct ComponentWasi {
     pub pollables: crate::pollables::PollableSlots,
     /// What the headers and requests the table holds took when last measured (`measure_kept`).
     pub kept: u64,
+    /// What the header maps rebuilt smaller gave back (`wasi_http_kept::compact`).
+    pub shrunk: u64,
+    /// The most values each header map (by its table index) held since it was last rebuilt, as
+    /// seen by a `delete` or `set` (`wasi_http_kept::compact`).
+    pub map_peaks: std::collections::HashMap<u32, usize>,
 }
 
-/// Past this much kept in its table, a component's memory is given back to the system once its
-/// table goes (`trim`): the allocator kept an evicted actor's 255 MB of headers (review BL2).
+/// Past this much kept in its table (or given back by its header maps rebuilt smaller), a
+/// component's memory is given back to the system once its table goes (`trim`): the allocator
+/// kept an evicted actor's 255 MB of headers (review BL2), and 1 GB after maps emptied by
+/// `delete` (review BP1).
 const TRIM_PAST_BYTES: u64 = 16 << 20;
 
 impl Drop for ComponentWasi {
     fn drop(&mut self) {
-        if self.kept > TRIM_PAST_BYTES {
+        if self.kept.saturating_add(self.shrunk) > TRIM_PAST_BYTES {
             // The table first, then the trim (the rest of the fields go after this body).
             drop(std::mem::replace(&mut self.table, ResourceTable::new()));
             crate::trim::soon();
@@ -140,7 +147,7 @@ impl ComponentWasi {
         // Resources a guest may hold at once (streams, requests, pollables): bounded.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
-        ComponentWasi { ctx, table, http: WasiHttpCtx::new(), held: Default::default(), pollables: Default::default(), kept: 0 }
+        ComponentWasi { ctx, table, http: WasiHttpCtx::new(), held: Default::default(), pollables: Default::default(), kept: 0, shrunk: 0, map_peaks: Default::default() }
     }
 }
 

@@ -2,7 +2,13 @@
 //! (`ComponentWasi::measure_kept`): headers, requests, responses and bodies, counted in an actor's
 //! `maxActorMemoryMB` (`GuestInstance::held_bytes`).
 
-use crate::wasi_http::{ComponentWasi, BODY_CHUNK_BYTES};
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::p2::bindings::http::types::{HeaderError, HostFields};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::FieldMap;
+
+use crate::host::HostState;
+use crate::wasi_http::{component_wasi, ComponentWasi, BODY_CHUNK_BYTES};
 
 /// What a resource in the table costs the host beside its contents (its entry, its box).
 const RESOURCE_BYTES: u64 = 128;
@@ -90,6 +96,89 @@ impl ComponentWasi {
     }
 }
 
+/// A map of more values than this that a `delete` or `set` made smaller is rebuilt to its size.
+const COMPACT_PAST_VALUES: usize = 64;
+
+/// The limit of a guest's own `fields` (wasmtime-wasi-http's default, which the executor keeps).
+const FIELD_SIZE_LIMIT: usize = 128 * 1024;
+
+/// Shadows `[method]fields.delete` and `[method]fields.set` in a component `linker` (after
+/// wasmtime-wasi-http's): a map they make smaller is rebuilt to what it holds. A header map never
+/// gives back its room (the `http` crate's maps do not shrink): an actor's 2,000 `fields` filled
+/// with 3,000 values each, then emptied by `delete`, held 480 MB counted as nothing, and 1 GB
+/// stayed resident after `close()` (review BP1).
+pub fn shadow(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let r = linker.instance("wasi:http/types@0.2.12").and_then(|mut types| {
+        types.func_wrap(
+            "[method]fields.delete",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>, (fields, name): (Resource<FieldMap>, String)| {
+                let (rep, before) = (fields.rep(), values(store.data_mut(), fields.rep())?);
+                let done = HostFields::delete(&mut store.data_mut().http(), fields, name);
+                compact(store.data_mut(), rep, before)?;
+                Ok((answer(done)?,))
+            },
+        )?;
+        types.func_wrap(
+            "[method]fields.set",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>, (fields, name, value): (Resource<FieldMap>, String, Vec<Vec<u8>>)| {
+                let (rep, before) = (fields.rep(), values(store.data_mut(), fields.rep())?);
+                let done = HostFields::set(&mut store.data_mut().http(), fields, name, value);
+                compact(store.data_mut(), rep, before)?;
+                Ok((answer(done)?,))
+            },
+        )
+    });
+    linker.allow_shadowing(false);
+    r
+}
+
+/// A header operation's answer to the guest: its header error, or the trap it is.
+fn answer(done: wasmtime_wasi_http::p2::HeaderResult<()>) -> wasmtime::Result<Result<(), HeaderError>> {
+    match done {
+        Ok(()) => Ok(Ok(())),
+        Err(e) => Ok(Err(e.downcast()?)),
+    }
+}
+
+/// How many values the map `rep` holds.
+fn values(state: &mut HostState, rep: u32) -> wasmtime::Result<usize> {
+    let c = component_wasi(&mut state.component);
+    Ok(c.table.get(&Resource::<FieldMap>::new_borrow(rep))?.len())
+}
+
+/// Rebuilds the map `rep` to what it holds once that is under half the most it held since it
+/// was last rebuilt (`before` the operation, or earlier), if that was more than
+/// `COMPACT_PAST_VALUES`. Halving, not any removal: a guest deleting a map's 1,500 names one by
+/// one had it rebuilt 1,500 times, a minute of host CPU for 2,000 maps (its call's deadline).
+fn compact(state: &mut HostState, rep: u32, before: usize) -> wasmtime::Result<()> {
+    let HostState { component, access, .. } = state;
+    let c = component_wasi(component);
+    let map = c.table.get_mut(&Resource::<FieldMap>::new_borrow(rep))?;
+    let peak = c.map_peaks.entry(rep).or_insert(0);
+    *peak = (*peak).max(before);
+    if *peak <= COMPACT_PAST_VALUES || map.len() * 2 >= *peak {
+        return Ok(());
+    }
+    let peak = std::mem::replace(peak, map.len());
+    let old = http::HeaderMap::from(std::mem::take(map));
+    let mut fresh = http::HeaderMap::with_capacity(old.keys_len());
+    let mut name = None;
+    for (key, value) in old {
+        if let Some(key) = key {
+            name = Some(key);
+        }
+        if let Some(name) = &name {
+            fresh.append(name.clone(), value);
+        }
+    }
+    let mut rebuilt = FieldMap::new_immutable(access, fresh);
+    rebuilt.set_mutable(FIELD_SIZE_LIMIT);
+    *map = rebuilt;
+    c.shrunk = c.shrunk.saturating_add(peak as u64 * HEADER_BYTES);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +190,39 @@ mod tests {
             m.append_raw(http::HeaderName::from_static("x-a"), http::HeaderValue::from_static("a")).expect("appends");
         }
         m
+    }
+
+    #[test]
+    fn a_map_made_smaller_is_rebuilt_to_its_size_and_stays_the_guests() {
+        // Review BP1: emptied maps kept their room (480 MB an actor), counted as nothing.
+        let mut state = HostState::new(1 << 20, None);
+        let c = component_wasi(&mut state.component);
+        let mut m = FieldMap::new_mutable(FIELD_SIZE_LIMIT);
+        for i in 0..1000 {
+            m.append_raw(http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).expect("name"), http::HeaderValue::from_static("a")).expect("appends");
+        }
+        let rep = c.table.push(m).expect("pushed").rep();
+        let map = |state: &mut HostState| -> http::HeaderMap { (**component_wasi(&mut state.component).table.get(&Resource::<FieldMap>::new_borrow(rep)).expect("there")).clone() };
+        let grown = map(&mut state).capacity();
+        for i in 0..990 {
+            let c = component_wasi(&mut state.component);
+            let m = c.table.get_mut(&Resource::<FieldMap>::new_borrow(rep)).expect("there");
+            m.remove_all(&mut state.access, format!("x-{i}")).expect("removes");
+        }
+        assert_eq!(component_wasi(&mut state.component).table.get(&Resource::<FieldMap>::new_borrow(rep)).expect("there").capacity(), grown, "the map kept its room");
+        compact(&mut state, rep, 1000).expect("rebuilt");
+        let rebuilt = map(&mut state);
+        assert_eq!(rebuilt.len(), 10);
+        assert!(rebuilt.capacity() < 64, "{} of {grown}", rebuilt.capacity());
+        assert_eq!(rebuilt.get("x-995").map(|v| v.as_bytes()), Some(&b"a"[..]));
+        // Still the guest's to change, within its limit.
+        let c = component_wasi(&mut state.component);
+        let m = c.table.get_mut(&Resource::<FieldMap>::new_borrow(rep)).expect("there");
+        m.append(&mut state.access, "x-new".into(), b"b".to_vec()).expect("mutable");
+        assert!(m.append(&mut state.access, "x-big".into(), vec![b'c'; FIELD_SIZE_LIMIT]).is_err(), "within its limit");
+        // Not made smaller, or small: left as it is.
+        compact(&mut state, rep, 5).expect("left");
+        assert_eq!(map(&mut state).len(), 11);
     }
 
     #[test]

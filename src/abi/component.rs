@@ -29,6 +29,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     crate::wasi_open::shadow_p2(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::wasi_http::shadow(&mut linker)?;
+    crate::wasi_http_kept::shadow(&mut linker)?;
     crate::pollables::shadow(&mut linker)?;
     let mut host = linker.instance(HOST_INTERFACE)?;
     // The strings are read in place in the guest's memory: only what is kept is copied (taken as
