@@ -276,19 +276,24 @@ impl HostAccess {
         Ok(out)
     }
 
+    /// The call's network, if this guest code may make a request at all (checked before the
+    /// request is read: an Extism plugin without the grant had a malformed or 200 MB request
+    /// refused as such, not as the capability it lacks, review BP2).
+    pub fn may_request(&self) -> Result<&Arc<NetworkCall>, ExecError> {
+        if let Some(e) = self.outside_call("an HTTP request") {
+            return Err(e);
+        }
+        self.network.as_ref().ok_or_else(|| {
+            ExecError::CapabilityDenied("the guest made an HTTP request without the network capability (capabilities.network and options.network)".into())
+        })
+    }
+
     /// Admits one HTTP request of this call to `url`: the network is granted, the call is still
     /// running and has not been denied a request already (a guest cannot go on probing), it is
     /// under `maxRequestsPerCall`, and the URL passes the grant's rules (DNS is checked when
     /// connecting). Counted here, before anything of the request is read.
     pub fn admit_request(&self, url: &str) -> Result<Arc<NetworkCall>, ExecError> {
-        if let Some(e) = self.outside_call("an HTTP request") {
-            return Err(e);
-        }
-        let Some(net) = &self.network else {
-            return Err(ExecError::CapabilityDenied(
-                "the guest made an HTTP request without the network capability (capabilities.network and options.network)".into(),
-            ));
-        };
+        let net = self.may_request()?;
         let host = || reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
         if net.ended.load(Ordering::Acquire) {
             return Err(ExecError::NetworkDenied { host: host(), message: format!("{}: the call that made this request has ended", host()) });

@@ -189,7 +189,7 @@ impl GuestInstance {
         }
         host.det = ctx.det;
         host.set_progress(ctx.progress.clone());
-        host.extism.config = ctx.config.clone();
+        host.extism.set_config(ctx.config.clone());
         host.access = ctx.access.clone();
         let abi = module.abi_for(ctx.abi)?;
         let unpooled = match engine.pooling_allocator_metrics() {
@@ -288,7 +288,7 @@ impl GuestInstance {
         let data = self.store.data_mut();
         data.det = ctx.det;
         data.set_progress(ctx.progress.clone());
-        data.extism.config = ctx.config.clone();
+        data.extism.set_config(ctx.config.clone());
         data.access = ctx.access.clone();
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
@@ -432,13 +432,13 @@ impl GuestInstance {
     }
 
     /// What it holds in all: its memories and tables, what a component holds in the host
-    /// (`wasi:http` bodies, pollables) and an Extism plugin's vars (review BB1: 1 MiB of vars per
+    /// (`wasi:http` bodies, pollables), an Extism plugin's vars (review BB1: 1 MiB of vars per
     /// actor went uncounted in `maxActorMemoryMB`, 2,000 actors of a 0-page plugin held 2 GiB
-    /// under a 1 MiB bound).
+    /// under a 1 MiB bound) and the call's `definition.config` it keeps (review BP2).
     pub fn held_bytes(&self) -> u64 {
         let data = self.store.data();
         let component = data.component.as_ref().map_or(0, |c| c.held.now().saturating_add(c.kept));
-        self.memory_bytes().saturating_add(component).saturating_add(data.extism.vars_bytes())
+        self.memory_bytes().saturating_add(component).saturating_add(data.extism.vars_bytes()).saturating_add(data.extism.config_bytes())
     }
 
     /// Records which fiber stack the instance's guest code runs on, so that `release_stack` can

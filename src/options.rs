@@ -47,7 +47,7 @@ impl Definition {
             }
             check_length(&format!("definition.{field}"), v)?;
         }
-        let config: usize = self.config.iter().map(|(k, v)| k.len() + v.len() + CONFIG_ENTRY_BYTES).sum();
+        let config = config_bytes(&self.config);
         if config > MAX_CONFIG_BYTES {
             return Err(ExecError::InvalidArgument(format!(
                 "definition.config takes {config} bytes (its keys and values, and {CONFIG_ENTRY_BYTES} for each of its {} entries), over the limit of {MAX_CONFIG_BYTES}",
@@ -56,6 +56,11 @@ impl Definition {
         }
         Ok(())
     }
+}
+
+/// What `config` counts: its keys and values, and `CONFIG_ENTRY_BYTES` for each entry.
+pub fn config_bytes(config: &std::collections::BTreeMap<String, String>) -> usize {
+    config.iter().map(|(k, v)| k.len() + v.len() + CONFIG_ENTRY_BYTES).sum()
 }
 
 /// The most bytes of keys and values `definition.config` may hold. Each actor keeps its call's

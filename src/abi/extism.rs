@@ -137,7 +137,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         if d.extism.block(off as u64)?.len() > longest {
             return Ok(0);
         }
-        let key = d.extism.text(off as u64)?;
+        let key = d.extism.key(off as u64)?;
         let Some(value) = d.extism.config.get(&key).cloned() else { return Ok(0) };
         let at = d.extism.alloc(value.len() as u64, &mut d.limiter)?;
         d.extism.mem[at as usize..at as usize + value.len()].copy_from_slice(value.as_bytes());
@@ -148,7 +148,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         if d.extism.block(off as u64)?.len() > MAX_VAR_BYTES {
             return Ok(0);
         }
-        let key = d.extism.text(off as u64)?;
+        let key = d.extism.key(off as u64)?;
         let Some(value) = d.extism.vars.get(&key).cloned() else { return Ok(0) };
         let at = d.extism.alloc(value.len() as u64, &mut d.limiter)?;
         d.extism.mem[at as usize..at as usize + value.len()].copy_from_slice(&value);
@@ -165,7 +165,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         if key_len > MAX_VAR_BYTES {
             return if value == 0 { Ok(()) } else { Err(over(key_len + value_len)) };
         }
-        let name = k.text(key as u64)?;
+        let name = k.key(key as u64)?;
         if value == 0 {
             k.remove_var(&name);
             return Ok(());
@@ -195,6 +195,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // request the grant refuses fails the call (NETWORK_DENIED).
     linker.func_wrap_async(MODULE, "http_request", |mut c: C, (req, body): (i64, i64)| {
         Box::new(async move {
+            c.data().access.may_request().map_err(wasmtime::Error::new)?;
             let json = c.data().extism.read_text_capped(req as u64, crate::host_functions::MAX_HOST_ARG_BYTES)?;
             let mut request = crate::network::HttpRequest::from_json(&json).map_err(wasmtime::Error::new)?;
             // Granted and within maxRequestBytes before its body is copied (review BE2: a 512 MiB

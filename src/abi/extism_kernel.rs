@@ -28,7 +28,10 @@ pub struct Kernel {
     /// What `vars` hold, as `vars_bytes` counts them (kept as they change: summed anew on each
     /// `var_set`, filling 1 MiB with tiny vars took 0.6-0.8 s of CPU, review BE2).
     vars_held: u64,
-    pub config: Arc<BTreeMap<String, String>>,
+    /// `definition.config` of the call (`set_config`), kept by an actor until its next call.
+    pub(super) config: Arc<BTreeMap<String, String>>,
+    /// What `config` counts (`options::config_bytes`).
+    config_held: u64,
     /// The status and headers (JSON) of the call's last HTTP response.
     pub(super) http_status: u16,
     pub(super) http_headers: Option<String>,
@@ -211,8 +214,14 @@ impl Kernel {
         Ok(&self.mem[self.range(off, len)?])
     }
 
-    pub(super) fn text(&self, off: u64) -> wasmtime::Result<String> {
-        Ok(String::from_utf8_lossy(self.block(off)?).into_owned())
+    /// A block holding a var's or config's key: text, or a trap, as Extism's own kernel
+    /// (`memory_str`) has it. Read lossily, two keys of bytes that are not UTF-8 were one var
+    /// (review BP2: 8-byte counters past 0x7f overwrote each other).
+    pub(super) fn key(&self, off: u64) -> wasmtime::Result<String> {
+        match std::str::from_utf8(self.block(off)?) {
+            Ok(key) => Ok(key.to_string()),
+            Err(e) => Err(wasmtime::Error::new(ExecError::Trap { kind: "extism_invalid_key".into(), message: format!("a var's or config's key is not UTF-8 text ({e})") })),
+        }
     }
 
     /// A block's first `max` bytes as text (a cut character shows as U+FFFD), with `…` when
@@ -224,6 +233,19 @@ impl Kernel {
             s.push('…');
         }
         Ok(s)
+    }
+
+    /// Takes the call's `definition.config`. An actor keeps it until its next call, and counts
+    /// it in `maxActorMemoryMB` (review BP2: 3,000 actors of a 64 KB config held 250 MB more
+    /// than counted under a bound of 1 MiB, none evicted).
+    pub fn set_config(&mut self, config: Arc<BTreeMap<String, String>>) {
+        self.config_held = crate::options::config_bytes(&config) as u64;
+        self.config = config;
+    }
+
+    /// What the call's config counts.
+    pub fn config_bytes(&self) -> u64 {
+        self.config_held
     }
 
     /// What the vars hold, as `var_set` counts them against `MAX_VAR_BYTES`.
