@@ -13,6 +13,9 @@ const KERNEL = `
   (import "extism:host/env" "var_set" (func $vset (param i64 i64)))
   (import "extism:host/env" "http_request" (func $http (param i64 i64) (result i64)))
   (import "extism:host/env" "output_set" (func $out (param i64 i64)))
+  (import "extism:host/env" "free" (func $free (param i64)))
+  (import "extism:host/env" "error_set" (func $eset (param i64)))
+  (import "extism:host/env" "log_info" (func $log (param i64)))
   (memory (export "memory") 0)
   ;; A block of one byte, \`b\`.
   (func $byte (param $b i32) (result i64) (local $k i64)
@@ -48,6 +51,35 @@ describe('Extism plugins, round 2', () => {
     const e = await failure(ex.execute(def('keys', { abi: 'extism' } as any), {}, { actorId: 'k' }))
     expect(e.code).toBe('TRAP')
     expect(e.message).toContain('not UTF-8')
+    await ex.close()
+  })
+
+  it('a log call with a bad handle traps whether or not the executor has an onLog', async () => {
+    // Review BP2: the handle was checked only when the line was kept: a plugin passed in
+    // development (no onLog) and trapped in production.
+    const plugin = await wat(`(module ${KERNEL}
+      (func (export "execute") (result i32)
+        (call $log (i64.const 12345))
+        (call $one)))`)
+    for (const options of [{}, { onLog: () => {} }]) {
+      const ex = new WasmActivityExecutor(blobs(plugin), options)
+      const e = await failure(ex.execute(def('log', { abi: 'extism' } as any), {}))
+      expect(e.code).toBe('TRAP')
+      await ex.close()
+    }
+  })
+
+  it('an error message freed after error_set still fails the call as the guest error it is', async () => {
+    // Review BP2: it trapped (TRAP resets an actor; GUEST_ERROR keeps it).
+    const plugin = await wat(`(module ${KERNEL}
+      (func (export "execute") (result i32) (local $e i64)
+        (local.set $e (call $byte (i32.const 120)))
+        (call $eset (local.get $e))
+        (call $free (local.get $e))
+        (i32.const 1)))`)
+    const ex = new WasmActivityExecutor(blobs(plugin))
+    const e = await failure(ex.execute(def('err', { abi: 'extism' } as any), {}, { actorId: 'e' }))
+    expect(e.code).toBe('GUEST_ERROR')
     await ex.close()
   })
 

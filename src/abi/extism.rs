@@ -180,6 +180,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     for (name, level) in [("log_trace", "trace"), ("log_debug", "debug"), ("log_info", "info"), ("log_warn", "warn"), ("log_error", "error")] {
         linker.func_wrap(MODULE, name, move |mut c: C, off: i64| -> wasmtime::Result<()> {
+            // The handle is checked whether or not the line is kept: a bad one trapped only with
+            // an `onLog` (review BP2: a plugin passed without one and trapped with one).
+            c.data().extism.block(off as u64)?;
             if c.data().log.is_none() || c.data().log_budget == 0 {
                 return Ok(());
             }
@@ -290,7 +293,9 @@ pub async fn call(
 fn outcome(k: &Kernel, rc: i32, max_output_bytes: u64, classify: &impl Fn(wasmtime::Error) -> ExecError) -> Result<String, ExecError> {
     if let Some(err) = k.error {
         // Cut as log lines are: a 560 MiB error was longer than any JS string (Node exited).
-        let mut message = k.text_prefix(err, crate::host::MAX_LOG_CHARS * 4 + 4).map_err(classify)?;
+        // A block freed after `error_set` is a message gone, not a fault of the call's own: it
+        // still failed as the plugin said (review BP2: it trapped, which resets an actor).
+        let mut message = k.text_prefix(err, crate::host::MAX_LOG_CHARS * 4 + 4).unwrap_or_else(|_| "(the plugin freed its error message)".into());
         crate::host::truncate_chars(&mut message, crate::host::MAX_LOG_CHARS);
         return Err(ExecError::GuestError { message, exit_code: Some(rc) });
     }
