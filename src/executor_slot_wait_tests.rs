@@ -61,17 +61,13 @@ fn p2_sleeper() -> Vec<u8> {
         (else
           (i32.store (i32.const 512) (local.get $h))
           (call $poll (i32.const 512) (i32.const 1) (i32.const 520))))
-      (i32.store8 (i32.const 1039) (i32.const 49))
-      (i32.store8 (i32.const 64) (i32.const 0))
-      (i32.store (i32.const 68) (i32.const 1039))
-      (i32.store (i32.const 72) (i32.const 1))
-      (i32.const 64))
+      ANSWER_ONE)
     (func (export "cabi_post_execute") (param i32)))
   (core instance $m (instantiate $main (with "libc" (instance $libc))
     (with "host" (instance (export "sub" (func $sub)) (export "block" (func $block)) (export "poll" (func $polls))))))
-  (func (export "execute") (param "input" string) (result (result string (error string)))
-    (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
-      (post-return (core func $m "cabi_post_execute")))))"#,
+LIFT_EXECUTE"#
+            .replace("ANSWER_ONE", crate::test_http_components::ANSWER_ONE)
+            .replace("LIFT_EXECUTE", crate::test_http_components::LIFT_EXECUTE),
     )
     .expect("test component parses")
 }

@@ -4,7 +4,16 @@
 use crate::test_components::READ_N;
 
 /// The last lines of each: `execute` lifted from the core instance `$m`, its strings in `$libc`.
-const LIFT_EXECUTE: &str = r#"  (func (export "execute") (param "input" string) (result (result string (error string)))
+/// The answer "1" (the `execute` export's result record at 64), as the last instructions of a
+/// core `execute` whose memory is `$libc`'s.
+pub(crate) const ANSWER_ONE: &str = r#"(i32.store8 (i32.const 1039) (i32.const 49))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 1039))
+      (i32.store (i32.const 72) (i32.const 1))
+      (i32.const 64)"#;
+
+/// The component's `execute`, lifted from `$m`'s with `$libc`'s memory and realloc.
+pub(crate) const LIFT_EXECUTE: &str = r#"  (func (export "execute") (param "input" string) (result (result string (error string)))
     (canon lift (core func $m "execute") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
       (post-return (core func $m "cabi_post_execute")))))"#;
 
