@@ -438,7 +438,7 @@ impl GuestInstance {
     pub fn held_bytes(&self) -> u64 {
         let data = self.store.data();
         let component = data.component.as_ref().map_or(0, |c| c.held.now().saturating_add(c.kept));
-        self.memory_bytes().saturating_add(component).saturating_add(data.extism.vars_bytes()).saturating_add(data.extism.config_bytes())
+        self.memory_bytes().saturating_add(component).saturating_add(data.extism.vars_held_bytes()).saturating_add(data.extism.config_bytes())
     }
 
     /// Records which fiber stack the instance's guest code runs on, so that `release_stack` can
