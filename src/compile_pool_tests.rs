@@ -68,21 +68,24 @@ async fn an_executor_with_many_compiles_waiting_holds_another_ones_for_one_turn_
     // 28.7 s.
     let module = |tag: &str| wat::parse_str(format!(r#"(module (func (export "turns-{tag}")))"#)).expect("parses");
     let held = hold_call_slots().await;
-    let before = call_turns().waiting();
+    // Owners of their own: the test binary's executors take owners from 1 up, and a fixed 1001
+    // came to be another test's executor.
+    let (owner_a, owner_b) = (crate::compile_turns::new_owner(), crate::compile_turns::new_owner());
     let mut jobs = Vec::new();
     let mut a = Vec::new();
     for i in 0..5 {
         let bytes = module(&format!("a{i}"));
         a.push(sha256(&bytes));
-        jobs.push(compile_job(bytes.clone(), sha256(&bytes), EngineKind::Baseline, CompileLimits::default(), Urgency::Now, 1001, None));
+        jobs.push(compile_job(bytes.clone(), sha256(&bytes), EngineKind::Baseline, CompileLimits::default(), Urgency::Now, owner_a, None));
     }
-    while call_turns().waiting() < before + 5 {
+    // Counted by owner: other tests' compiles wait beside these while every slot is held.
+    while call_turns().waiting_of(owner_a) < 5 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let bytes = module("b");
     let b = sha256(&bytes);
-    jobs.push(compile_job(bytes.clone(), b, EngineKind::Baseline, CompileLimits::default(), Urgency::Now, 1002, None));
-    while call_turns().waiting() < before + 6 {
+    jobs.push(compile_job(bytes.clone(), b, EngineKind::Baseline, CompileLimits::default(), Urgency::Now, owner_b, None));
+    while call_turns().waiting_of(owner_b) < 1 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     drop(held);

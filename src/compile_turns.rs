@@ -103,6 +103,12 @@ impl Turns {
     pub fn waiting(&self) -> usize {
         self.lock().waiting.values().map(VecDeque::len).sum()
     }
+
+    /// Compiles of `owner` waiting (tests: other tests' compiles wait beside them).
+    #[cfg(test)]
+    pub fn waiting_of(&self, owner: Owner) -> usize {
+        self.lock().waiting.get(&owner).map_or(0, VecDeque::len)
+    }
 }
 
 #[cfg(test)]
