@@ -20,27 +20,59 @@ impl Shared {
     /// holding `kept`) may be over the cap by itself (review AA: twelve idle actors of 80 MiB
     /// under a cap of 64 MiB all stayed, 944 MiB, since no other could cover the excess its own
     /// share made).
+    /// Idle actors' counted fiber stacks are given back first, least recently used first: that
+    /// costs them nothing but a few page faults on their next call (see `stacks`).
     pub(super) fn trim_memory(&self, keep: &Arc<ActorSlot>, kept: u64) {
         let mut lru = self.lru();
-        let excess = self.memory.load(Ordering::Acquire).saturating_sub(self.max_memory);
+        let mut excess = self.memory.load(Ordering::Acquire).saturating_sub(self.max_memory);
         if excess == 0 {
             return;
+        }
+        // First the idle actors' counted stacks. Those not checked against the process's maps
+        // yet are left to the sweep, which reads them holding no lock, soon.
+        let mut sweep = crate::fiber_stacks::Sweep::default();
+        let mut sweep_soon = false;
+        for (_, s) in lru.iter().rev() {
+            if excess == 0 {
+                break;
+            }
+            if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 || s.stack_counted() == 0 {
+                continue;
+            }
+            let Ok(mut st) = s.state.try_lock() else { continue };
+            match st.instance.as_mut().and_then(|i| i.release_stack(&mut sweep)) {
+                Some(true) => excess = excess.saturating_sub(s.stack_released(&mut st)),
+                None if s.stack_counted() > super::stacks::DEEP => {
+                    excess = excess.saturating_sub(s.stack_counted());
+                    sweep_soon = true;
+                }
+                None | Some(false) => {}
+            }
         }
         let mut chosen = Vec::new();
         let mut covered = 0u64;
         for (k, s) in lru.iter().rev() {
+            if excess == 0 {
+                break;
+            }
             if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 {
                 continue;
             }
             let Ok(st) = s.state.try_lock() else { continue };
-            if st.charged == 0 {
+            // What its eviction gives back beyond a stack the sweep is to give back anyway.
+            let pending = s.stack_counted() > super::stacks::DEEP && sweep_soon;
+            let rest = if pending { st.charged.saturating_sub(s.stack_counted()) } else { st.charged };
+            if rest == 0 {
                 continue;
             }
-            covered = covered.saturating_add(st.charged);
+            covered = covered.saturating_add(rest);
             chosen.push(k.clone());
             if covered >= excess {
                 break;
             }
+        }
+        if sweep_soon {
+            crate::fiber_stacks::sweep_soon();
         }
         if covered < excess {
             // Every idle actor was looked at: the rest is held by `keep` and busy actors.

@@ -1,11 +1,100 @@
-//! The sweep of idle actors' fiber stacks: every actor in the process idle for a while gives its
-//! stack's pages back (see `fiber_stacks`), one actor at a time under its executor's LRU lock, so
-//! a call taking its ticket meanwhile waits for the release and one holding the actor is skipped.
+//! Actors' fiber stacks: counted in `maxActorMemoryMB` when they may take it past the cap, and
+//! given back by a sweep.
+//!
+//! - A call ends with the pages it touched on its actor's stack still resident: up to a whole
+//!   stack (2 MiB) after deep recursion (review BR2: 900 actors recursing 25,000 deep, called
+//!   round-robin, held 700 MB under a cap of 64 MB). Measuring them (`mincore`, about 2 us) on
+//!   every call would cost a quarter of an actor call, so a call measures only when its
+//!   executor's actors are near the cap: when their counted memory and a whole stack for each
+//!   actor whose stack is unmeasured (this one too) would pass it. Its measured bytes are then
+//!   part of its charge, and past the cap the idle actors' counted stacks are given back before
+//!   any actor is evicted (`Shared::trim_memory`). Unmeasured stacks stay within the room the
+//!   cap left when they were marked, so an executor's actors and their stacks hold at most
+//!   about twice the cap, whatever the guests do (busy actors aside).
+//! - A sweep (its own low-priority thread) gives back the stacks of actors idle for a while,
+//!   and of actors whose stacks are counted past `DEEP`, one actor at a time under its
+//!   executor's LRU lock, so a call taking its ticket meanwhile waits for the release and one
+//!   holding the actor is skipped.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use super::{now_ms, registry, ActorKey, Shared};
+use super::{now_ms, registry, ActorKey, ActorSlot, ActorState, Shared};
+use crate::fiber_stacks::STACK_MAX_RESIDENT;
+
+/// `ActorSlot::stack` of an actor whose stack pages are not measured since its last call.
+pub(super) const UNMEASURED: u64 = u64::MAX;
+/// A counted stack holding more than this is given back by the next sweep, idle or not.
+pub(super) const DEEP: u64 = 64 * 1024;
+
+impl Shared {
+    /// Whether its actors' counted memory, with a whole stack for each unmeasured one and for
+    /// one more, would pass `maxActorMemoryMB`.
+    fn stacks_pressed(&self) -> bool {
+        let unmeasured = self.unmeasured.load(Ordering::Acquire).saturating_add(1);
+        self.memory.load(Ordering::Acquire).saturating_add(unmeasured.saturating_mul(STACK_MAX_RESIDENT)) > self.max_memory
+    }
+}
+
+impl ActorSlot {
+    /// Settles its stack's count as a call on it ends (under its lock; `st` its state): the
+    /// bytes its charge counts for its stack now.
+    pub(super) fn stack_after_call(&self, st: &ActorState, shared: Option<&Shared>) -> u64 {
+        let Some(instance) = st.instance.as_ref() else {
+            self.stack_gone();
+            return 0;
+        };
+        if shared.is_some_and(Shared::stacks_pressed) {
+            let bytes = instance.stack_resident_bytes();
+            if self.stack.swap(bytes, Ordering::AcqRel) == UNMEASURED {
+                decrement(&self.unmeasured);
+            }
+            bytes
+        } else {
+            if self.stack.swap(UNMEASURED, Ordering::AcqRel) != UNMEASURED {
+                self.unmeasured.fetch_add(1, Ordering::AcqRel);
+            }
+            0
+        }
+    }
+
+    /// Its stack went with its instance, or gave its pages back: nothing counts for it. Returns
+    /// the bytes its charge counted for it.
+    pub(super) fn stack_gone(&self) -> u64 {
+        match self.stack.swap(0, Ordering::AcqRel) {
+            UNMEASURED => {
+                decrement(&self.unmeasured);
+                0
+            }
+            bytes => bytes,
+        }
+    }
+
+    /// Its stack gave its pages back (under its lock): its charge loses what it counted for them.
+    pub(super) fn stack_released(&self, st: &mut ActorState) -> u64 {
+        let bytes = self.stack_gone().min(st.charged);
+        st.charged -= bytes;
+        self.memory.fetch_sub(bytes, Ordering::AcqRel);
+        bytes
+    }
+
+    /// Bytes counted for its stack (none while unmeasured).
+    pub(super) fn stack_counted(&self) -> u64 {
+        match self.stack.load(Ordering::Acquire) {
+            UNMEASURED => 0,
+            bytes => bytes,
+        }
+    }
+
+    /// Whether a sweep gives its stack back now: idle for `idle_ms`, or counted past `DEEP`.
+    fn stack_due(&self, now: u64, idle_ms: u64) -> bool {
+        now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= idle_ms || self.stack_counted() > DEEP
+    }
+}
+
+fn decrement(count: &std::sync::atomic::AtomicU64) {
+    let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+}
 
 /// What a sweep of idle actors' stacks left.
 pub struct Swept {
@@ -31,8 +120,7 @@ pub fn release_idle_stacks(idle_for: std::time::Duration) -> Swept {
         let due: Vec<ActorKey> = {
             let lru = ex.lru();
             let resident = lru.iter().filter(|(_, s)| s.stack_resident.load(Ordering::Acquire));
-            let (due, recent): (Vec<_>, Vec<_>) =
-                resident.partition(|(_, s)| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) >= idle_ms);
+            let (due, recent): (Vec<_>, Vec<_>) = resident.partition(|(_, s)| s.stack_due(now, idle_ms));
             holding += recent.len();
             for (_, s) in recent {
                 let due_in = idle_ms.saturating_sub(now.saturating_sub(s.last_used.load(Ordering::Relaxed)));
@@ -85,16 +173,38 @@ fn release_if_idle(ex: &Shared, key: &ActorKey, idle_ms: u64, sweep: &mut crate:
     if !slot.stack_resident.load(Ordering::Acquire) {
         return Released::Done;
     }
-    if now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle_ms {
+    if !slot.stack_due(now_ms(), idle_ms) {
         return Released::Busy;
     }
     // Released or not (no /proc, a stack not surely its own), it is not looked at again until
-    // its next call.
+    // its next call; a stack not released keeps its count.
     if let Some(instance) = st.instance.as_mut() {
-        if instance.release_stack(sweep).is_none() {
-            return Released::NeedsMaps;
+        match instance.release_stack(sweep) {
+            None => return Released::NeedsMaps,
+            Some(true) => {
+                slot.stack_released(&mut st);
+            }
+            Some(false) => {}
         }
     }
     slot.stack_resident.store(false, Ordering::Release);
     Released::Done
+}
+
+#[cfg(test)]
+impl super::Actors {
+    /// The resident bytes of its idle actors' stacks now, and how many idle actors have an
+    /// instance.
+    pub fn stacks_resident(&self) -> (u64, usize) {
+        let lru = self.shared.lru();
+        let mut total = (0, 0);
+        for (_, slot) in lru.iter() {
+            if let Ok(st) = slot.state.try_lock() {
+                if let Some(i) = st.instance.as_ref() {
+                    total = (total.0 + i.stack_resident_bytes(), total.1 + 1);
+                }
+            }
+        }
+        total
+    }
 }

@@ -122,6 +122,11 @@ pub struct ActorSlot {
     last_used: AtomicU64,
     /// A call has ended on it since its fiber stack's pages were last given back.
     stack_resident: AtomicBool,
+    /// Its fiber stack's resident bytes as counted in its charge (measured as its last call
+    /// ended), or `stacks::UNMEASURED` (see `stacks`). Changed under the actor's lock.
+    stack: AtomicU64,
+    /// Its executor's count of actors whose stacks are unmeasured (`Shared::unmeasured`).
+    unmeasured: Arc<AtomicU64>,
     /// Set while the last place taken in its line is a `dropActor`'s: that drop's flag, which the
     /// next drop sets if it comes right behind (see `drop_ticket`).
     last_drop: std::sync::Mutex<Option<Arc<AtomicBool>>>,
@@ -138,6 +143,7 @@ impl ActorSlot {
     fn forget_state(&self, st: &mut ActorState) {
         st.instance = None;
         st.shadow = None;
+        self.stack_gone();
         self.uncharge(st);
     }
 }
@@ -190,8 +196,11 @@ impl Drop for Held {
             self.guard.instance = None;
             self.guard.shadow = None;
         }
-        // What the actor holds now counts against its executor's `maxActorMemoryMB`.
-        let now = self.guard.held_bytes();
+        let shared = self.shared.upgrade();
+        // What the actor holds now counts against its executor's `maxActorMemoryMB`: with its
+        // fiber stack's pages when they are measured (`stacks`).
+        let stack = self.slot.stack_after_call(&self.guard, shared.as_deref());
+        let now = self.guard.held_bytes().saturating_add(stack);
         let before = std::mem::replace(&mut self.guard.charged, now);
         let total = if now >= before {
             self.slot.memory.fetch_add(now - before, Ordering::AcqRel) + (now - before)
@@ -203,7 +212,6 @@ impl Drop for Held {
             crate::fiber_stacks::wake_sweeper();
         }
         let empty = self.guard.is_empty();
-        let shared = self.shared.upgrade();
         if let Some(shared) = &shared {
             shared.count(&self.slot, !empty);
             if total > shared.max_memory {
@@ -255,6 +263,8 @@ struct Shared {
     /// in their first call, and those whose first call failed, hold nothing and do not count:
     /// they had evicted actors with state (review AB).
     holding: std::sync::atomic::AtomicUsize,
+    /// How many of its actors' fiber stacks are unmeasured: each may hold a whole stack.
+    unmeasured: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -341,6 +351,7 @@ impl Actors {
             holding: Default::default(),
             memory: Arc::new(AtomicU64::new(0)),
             max_memory,
+            unmeasured: Default::default(),
         });
         let mut reg = registry();
         reg.retain(|w| w.strong_count() > 0);
@@ -384,6 +395,8 @@ impl Actors {
                         reset: AtomicBool::new(false),
                         last_used: AtomicU64::new(now_ms()),
                         stack_resident: AtomicBool::new(false),
+                        stack: AtomicU64::new(0),
+                        unmeasured: self.shared.unmeasured.clone(),
                         last_drop: Default::default(),
                     });
                     lru.put(key, slot.clone());
@@ -459,6 +472,7 @@ impl Actors {
             slot.reset.store(false, Ordering::Release);
             st.shadow = None;
             let had = st.instance.take().is_some();
+            slot.stack_gone();
             slot.uncharge(&mut st);
             (had, st.persisted.take())
         });

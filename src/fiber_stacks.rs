@@ -94,6 +94,42 @@ impl StackProbe {
     }
 }
 
+/// The most of a fiber stack a call can leave resident: the whole stack.
+pub const STACK_MAX_RESIDENT: u64 = ASYNC_STACK_BYTES as u64;
+
+/// How much of the stack `probe` recorded is resident now (`mincore` over the part below its
+/// recorded address: about 2 us). The Store must be out of wasm. A Store whose stack is not
+/// surely known (`mixed`) counts the most any stack holds; one that never entered wasm, none.
+/// Only a query: a wrong address can make the figure wrong, never touch memory.
+pub fn resident_bytes(probe: &StackProbe) -> u64 {
+    let Some(at) = probe.address() else {
+        return if probe.mixed { STACK_MAX_RESIDENT } else { 0 };
+    };
+    const PAGE: usize = 4096;
+    // The page holding `at` and those below it, down to the stack's bottom at the lowest:
+    // the stack's top is at most NEAR_TOP above `at`.
+    let hi = (at | (PAGE - 1)) + 1;
+    let lo = hi.saturating_sub((ASYNC_STACK_BYTES - NEAR_TOP) & !(PAGE - 1));
+    let mut pages = [0u8; (ASYNC_STACK_BYTES - NEAR_TOP) / PAGE];
+    if !cfg!(target_os = "linux") || page_size() != Some(PAGE) {
+        return STACK_MAX_RESIDENT;
+    }
+    // SAFETY: `mincore` only reads the page tables of the range and writes one byte per page
+    // into `pages`, which has a byte for each.
+    let ok = unsafe { libc::mincore(lo as *mut libc::c_void, hi - lo, pages.as_mut_ptr()) } == 0;
+    if !ok {
+        // Part of the range is not mapped: not the stack recorded. Counted as a whole one.
+        return STACK_MAX_RESIDENT;
+    }
+    (pages.iter().filter(|b| **b & 1 == 1).count() * PAGE) as u64
+}
+
+fn page_size() -> Option<usize> {
+    static PAGE: OnceLock<Option<usize>> = OnceLock::new();
+    // SAFETY: a plain query.
+    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|p| *p > 0))
+}
+
 /// One line of /proc/self/maps: its range and whether it is readable and writable.
 #[derive(Debug, Clone, Copy)]
 struct Vma {
@@ -231,21 +267,36 @@ impl Sweep {
 }
 
 struct Sweeper {
-    /// Some actor has ended a call since the last sweep.
-    pending: Mutex<bool>,
+    /// Some actor has ended a call since the last sweep, and whether a stack is to be given back
+    /// at once (`sweep_soon`).
+    pending: Mutex<(bool, bool)>,
     wake: Condvar,
 }
 
 fn sweeper() -> &'static Sweeper {
     static SWEEPER: OnceLock<Sweeper> = OnceLock::new();
-    SWEEPER.get_or_init(|| Sweeper { pending: Mutex::new(false), wake: Condvar::new() })
+    SWEEPER.get_or_init(|| Sweeper { pending: Mutex::new((false, false)), wake: Condvar::new() })
 }
 
 /// Tells the sweeper that an actor holds resident stack pages (starting it on first use).
 pub fn wake_sweeper() {
+    poke(false);
+}
+
+/// Asks the sweeper for a sweep now: a counted stack past an executor's cap waits for it (one not
+/// checked against the process's maps yet, which a call's end cannot read).
+pub fn sweep_soon() {
+    poke(true);
+}
+
+fn poke(urgent: bool) {
     static STARTED: OnceLock<bool> = OnceLock::new();
     let s = sweeper();
-    *s.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    {
+        let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.0 = true;
+        pending.1 |= urgent;
+    }
     s.wake.notify_one();
     STARTED.get_or_init(|| std::thread::Builder::new().name("loom-wasm-stacks".into()).spawn(sweep_loop).is_ok());
 }
@@ -256,16 +307,21 @@ fn sweep_loop() {
     loop {
         {
             let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
-            while !*pending {
+            while !pending.0 {
                 pending = s.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
             }
-            *pending = false;
+            pending.0 = false;
         }
         // While some actor holds its stack: sweep again when the first idle one is due, or
-        // after PERIOD while one is busy (when its call ends is not known).
+        // after PERIOD while one is busy (when its call ends is not known); at once when asked.
         let mut wait = PERIOD;
         loop {
-            std::thread::sleep(wait);
+            {
+                let pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let (mut pending, _) =
+                    s.wake.wait_timeout_while(pending, wait, |p| !p.1).unwrap_or_else(|p| p.into_inner());
+                pending.1 = false;
+            }
             let swept = crate::actors::release_idle_stacks(IDLE);
             if swept.holding == 0 {
                 break;

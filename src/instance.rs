@@ -455,6 +455,11 @@ impl GuestInstance {
         self.store.data().stack.address().is_some()
     }
 
+    /// How much of the instance's fiber stack is resident now (`fiber_stacks::resident_bytes`).
+    pub fn stack_resident_bytes(&self) -> u64 {
+        crate::fiber_stacks::resident_bytes(&self.store.data().stack)
+    }
+
     /// Gives back the resident pages of the instance's fiber stack. Only while no call runs on
     /// the instance (the caller holds it: `&mut self`, and no fiber of its Store is suspended).
     /// `None`: the sweep must read the maps first (`Sweep::release`).
