@@ -161,21 +161,28 @@ fn compact(state: &mut HostState, rep: u32, before: usize) -> wasmtime::Result<(
     }
     let peak = std::mem::replace(peak, map.len());
     let old = http::HeaderMap::from(std::mem::take(map));
-    let mut fresh = http::HeaderMap::with_capacity(old.keys_len());
-    let mut name = None;
-    for (key, value) in old {
-        if let Some(key) = key {
-            name = Some(key);
-        }
-        if let Some(name) = &name {
-            fresh.append(name.clone(), value);
-        }
+    // A map the `http` crate cannot make (past its 32,768 entries; a guest's map holds at most
+    // 3,276 values within its 128 KiB) stays as it was.
+    let (fresh, rebuilt) = match rebuilt_to_size(&old) {
+        Some(fresh) => (fresh, true),
+        None => (old, false),
+    };
+    let mut kept = FieldMap::new_immutable(access, fresh);
+    kept.set_mutable(FIELD_SIZE_LIMIT);
+    *map = kept;
+    if rebuilt {
+        c.shrunk = c.shrunk.saturating_add(peak as u64 * HEADER_BYTES);
     }
-    let mut rebuilt = FieldMap::new_immutable(access, fresh);
-    rebuilt.set_mutable(FIELD_SIZE_LIMIT);
-    *map = rebuilt;
-    c.shrunk = c.shrunk.saturating_add(peak as u64 * HEADER_BYTES);
     Ok(())
+}
+
+/// `old`'s values, in order, in a map of its size (`None`: the map cannot be made).
+fn rebuilt_to_size(old: &http::HeaderMap) -> Option<http::HeaderMap> {
+    let mut fresh = http::HeaderMap::try_with_capacity(old.keys_len()).ok()?;
+    for (name, value) in old {
+        fresh.try_append(name.clone(), value.clone()).ok()?;
+    }
+    Some(fresh)
 }
 
 #[cfg(test)]
