@@ -32,14 +32,23 @@ impl Shared {
         // yet are left to the sweep, which reads them holding no lock, soon.
         let mut sweep = crate::fiber_stacks::Sweep::default();
         let mut sweep_soon = false;
+        // Busy actors' counted stacks: each gives its pages back as its call ends, when past the
+        // cap (`release_own_stack`), so no idle actor is evicted for them.
+        let mut busy_stacks = 0u64;
         for (_, s) in lru.iter().rev() {
             if excess == 0 {
                 break;
             }
-            if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 || s.stack_counted() == 0 {
+            if Arc::ptr_eq(s, keep) || s.stack_counted() == 0 {
                 continue;
             }
-            let Ok(mut st) = s.state.try_lock() else { continue };
+            let idle = if Arc::strong_count(s) == 1 { s.state.try_lock().ok() } else { None };
+            let Some(mut st) = idle else {
+                if s.stack_counted() > super::stacks::DEEP {
+                    busy_stacks = busy_stacks.saturating_add(s.stack_counted());
+                }
+                continue;
+            };
             match st.instance.as_mut().and_then(|i| i.release_stack(&mut sweep)) {
                 Some(true) => excess = excess.saturating_sub(s.stack_released(&mut st)),
                 None if s.stack_counted() > super::stacks::DEEP => {
@@ -49,6 +58,7 @@ impl Shared {
                 None | Some(false) => {}
             }
         }
+        excess = excess.saturating_sub(busy_stacks);
         let mut chosen = Vec::new();
         let mut covered = 0u64;
         for (k, s) in lru.iter().rev() {

@@ -25,6 +25,9 @@ pub use stacks::{release_idle_stacks, Swept};
 mod stacks;
 #[path = "actor_eviction.rs"]
 mod eviction;
+#[cfg(test)]
+#[path = "actor_inspect.rs"]
+mod inspect;
 pub use eviction::evict_idle_anywhere;
 use eviction::{evict_if_idle, registry};
 use crate::instance::GuestInstance;
@@ -202,11 +205,15 @@ impl Drop for Held {
         let stack = self.slot.stack_after_call(&self.guard, shared.as_deref());
         let now = self.guard.held_bytes().saturating_add(stack);
         let before = std::mem::replace(&mut self.guard.charged, now);
-        let total = if now >= before {
+        let mut total = if now >= before {
             self.slot.memory.fetch_add(now - before, Ordering::AcqRel) + (now - before)
         } else {
             self.slot.memory.fetch_sub(before - now, Ordering::AcqRel) - (before - now)
         };
+        if shared.as_ref().is_some_and(|s| total > s.max_memory) {
+            total -= self.slot.release_own_stack(&mut self.guard).min(total);
+        }
+        let now = self.guard.charged;
         // Still under the actor's lock: the sweeper clears the flag under it too.
         if self.guard.instance.is_some() && !self.slot.stack_resident.swap(true, Ordering::AcqRel) {
             crate::fiber_stacks::wake_sweeper();
@@ -427,38 +434,6 @@ impl Actors {
         })
     }
 
-    /// Whether an idle actor's instance records its fiber stack (none: busy, or no instance).
-    #[cfg(test)]
-    pub fn stack_watched(&self, key: &ActorKey) -> Option<bool> {
-        let lru = self.shared.lru();
-        let st = lru.peek(key)?.state.try_lock().ok()?;
-        st.instance.as_ref().map(|i| i.stack_watched())
-    }
-
-    /// A `dropActor` landing between two holders: the slot is let go and not yet taken.
-    #[cfg(test)]
-    pub fn mark_reset(&self, key: &ActorKey) {
-        if let Some(slot) = self.shared.lru().peek(key) {
-            slot.reset.store(true, Ordering::Release);
-        }
-    }
-
-    /// The last heartbeat an idle actor's instance holds (none: busy, or no instance).
-    #[cfg(test)]
-    pub fn idle_heartbeat(&self, key: &ActorKey) -> Option<Option<String>> {
-        let lru = self.shared.lru();
-        let st = lru.peek(key)?.state.try_lock().ok()?;
-        st.instance.as_ref().map(|i| i.last_heartbeat())
-    }
-
-    /// The engine an idle actor's instance runs on (none: busy, or no instance).
-    #[cfg(test)]
-    pub fn instance_kind(&self, key: &ActorKey) -> Option<crate::engine::EngineKind> {
-        let lru = self.shared.lru();
-        let st = lru.peek(key)?.state.try_lock().ok()?;
-        st.instance.as_ref().map(|i| i.kind)
-    }
-
     /// Forgets an actor and its state; true if it had an instance or a call, and an idle actor's
     /// stored version (`persisted`). A busy actor's running call finishes first, and the calls
     /// queued behind it start fresh (its `persisted` stays for the one next in line).
@@ -502,12 +477,6 @@ impl Actors {
 
     pub fn len(&self) -> usize {
         self.shared.lru().len()
-    }
-
-    /// What its actors' memory counts now (`maxActorMemoryMB`).
-    #[cfg(test)]
-    pub fn held_memory(&self) -> u64 {
-        self.shared.memory.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {

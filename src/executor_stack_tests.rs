@@ -191,3 +191,44 @@ async fn deep_recursing_actors_count_their_stacks_in_the_actor_memory_cap() {
     let memory = 65536;
     assert!(small.actors.held_memory() >= memory + stack / 2, "counted {} with a stack of {stack}", small.actors.held_memory());
 }
+
+/// Hostile (review BS1): actors recursing deep with a second call waiting in each one's line. A
+/// waiting call takes the actor's lock as the first ends, so no sweep could give its counted
+/// stack back, and idle actors were evicted for it (60 such actors had 21 of 500 idle ones lose
+/// their state; 2,000 held 1.5 GB under a cap of 64 MB). Past the cap, a call's own deep stack
+/// goes as it ends, and busy actors' counted stacks evict no one.
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_actors_with_calls_waiting_evict_no_idle_actor_for_their_stacks() {
+    let source = Arc::new(MemorySource::new());
+    source.put("deep.wasm", deep_counter_of(15_000));
+    source.put("shallow.wasm", deep_counter_of(0));
+    let cap: u64 = 16 << 20;
+    let opts = ExecutorOptions { tier_up: false, max_actor_memory_bytes: cap, ..Default::default() };
+    let ex = Arc::new(Executor::new(source, opts).expect("executor"));
+    let (deep, shallow) = (def("deep"), def("shallow"));
+    let actor = |id: String| CallOptions { actor_id: Some(id), ..Default::default() };
+    for i in 0..100 {
+        assert_eq!(ex.execute(&shallow, "{}".into(), actor(format!("v{i}"))).await.expect("a victim's call").output, "1");
+    }
+    for burst in 0..3 {
+        let mut calls = Vec::new();
+        for i in 0..40 {
+            for _ in 0..2 {
+                let (ex, deep) = (ex.clone(), deep.clone());
+                calls.push(tokio::spawn(async move { ex.execute(&deep, "{}".into(), actor(format!("d{i}"))).await }));
+            }
+        }
+        for c in calls {
+            c.await.expect("joined").unwrap_or_else(|e| panic!("burst {burst}: {e}"));
+        }
+        let (resident, _) = ex.actors.stacks_resident();
+        assert!(resident <= 2 * cap, "burst {burst}: idle actors' stacks hold {resident} bytes under a cap of {cap}");
+    }
+    for i in 0..100 {
+        let out = ex.execute(&shallow, "{}".into(), actor(format!("v{i}"))).await.expect("a victim's call");
+        assert_eq!(out.output, "2", "victim {i} kept its count (actorCreated: {})", out.actor_created);
+    }
+    for i in 0..40 {
+        assert_eq!(ex.execute(&deep, "{}".into(), actor(format!("d{i}"))).await.expect("a deep call").output, "7", "d{i} kept its count");
+    }
+}

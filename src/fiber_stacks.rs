@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use wasmtime::CallHook;
@@ -60,6 +60,46 @@ pub struct StackProbe {
     epoch: u64,
     /// The Store's engine allocates from a pool: its stacks are mapped once, for good.
     pooled: bool,
+    /// The stack `at` is on, once checked against the process's maps: the Store holds it, mapped,
+    /// for its whole life (an on-demand stack's maps need not be read again). The sweeper fills
+    /// it in for a probe that asked (`ask_check`) through a weak reference: it lives and dies with
+    /// the Store.
+    checked: Arc<Checked>,
+}
+
+#[derive(Debug, Default)]
+struct Checked {
+    range: OnceLock<(usize, usize)>,
+    asked: std::sync::atomic::AtomicBool,
+}
+
+/// Stacks whose Stores asked to have them checked against the process's maps (at the address
+/// and epoch they recorded), for the sweeper's next read of them.
+fn to_check() -> std::sync::MutexGuard<'static, Vec<(usize, u64, Weak<Checked>)>> {
+    static TO_CHECK: OnceLock<Mutex<Vec<(usize, u64, Weak<Checked>)>>> = OnceLock::new();
+    TO_CHECK.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Asks the sweeper to check the stack `probe` recorded against the process's maps, soon, off
+/// the calls' path (a read takes milliseconds), so that the Store's next call end can give its
+/// pages back at once (`Sweep::release` then needs no read). Once per Store.
+pub fn ask_check(probe: &StackProbe) {
+    let Some(at) = probe.address() else { return };
+    if probe.checked.range.get().is_some() || probe.checked.asked.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if can_query() || (probe.pooled && known_pool_stack(at).is_some()) {
+        // Checked where it is released, by a query.
+        probe.checked.asked.store(false, Ordering::Release);
+        return;
+    }
+    to_check().push((at, probe.epoch, Arc::downgrade(&probe.checked)));
+    sweep_soon();
+}
+
+fn known_pool_stack(addr: usize) -> Option<Range<usize>> {
+    let pool = pool_stacks();
+    pool.range(..=addr).next_back().map(|(lo, hi)| *lo..*hi).filter(|r| r.contains(&addr) && r.end - addr <= NEAR_TOP)
 }
 
 impl StackProbe {
@@ -192,10 +232,43 @@ impl Maps {
             return None;
         }
         let v = self.containing(addr)?;
-        let len = ASYNC_STACK_BYTES.next_multiple_of(self.page);
-        let guarded = v.lo >= self.page && self.containing(v.lo - self.page).is_some_and(|g| !g.rw);
-        (v.rw && v.hi - v.lo == len && guarded && v.hi - addr <= NEAR_TOP).then_some(v.lo..v.hi)
+        let guard = v.lo.checked_sub(self.page).and_then(|g| self.containing(g)).map(|g| g.rw);
+        is_stack(addr, (v.lo, v.hi, v.rw), guard, self.page).then_some(v.lo..v.hi)
     }
+}
+
+/// Whether the mapping `(lo, hi, rw)` holding `addr`, above a page mapped writable or not
+/// (`guard`; `None`: nothing mapped there), is a whole fiber stack with `addr` near its top.
+fn is_stack(addr: usize, (lo, hi, rw): (usize, usize, bool), guard: Option<bool>, page: usize) -> bool {
+    rw && hi - lo == ASYNC_STACK_BYTES.next_multiple_of(page) && guard == Some(false) && hi - addr <= NEAR_TOP
+}
+
+/// Whether the kernel can be asked for one mapping (`vma_query`) on this thread.
+fn can_query() -> bool {
+    #[cfg(test)]
+    if tests::NO_QUERY.with(|c| c.get()) {
+        return false;
+    }
+    crate::vma_query::supported()
+}
+
+/// `Maps::stack_of` from two queries of the kernel (`vma_query`) instead of a read of all the
+/// maps: `None` when the kernel cannot answer them.
+fn query_stack_of(addr: usize, recorded: u64) -> Option<Option<Range<usize>>> {
+    if !can_query() {
+        return None;
+    }
+    let page = page_size()?;
+    let epoch = MAPS_EPOCH.fetch_add(1, Ordering::SeqCst);
+    if recorded == 0 || recorded > epoch {
+        return Some(None);
+    }
+    let Some(v) = crate::vma_query::query(addr).ok()? else { return Some(None) };
+    let guard = match v.lo.checked_sub(page) {
+        Some(g) => crate::vma_query::query(g).ok()?.map(|g| g.rw),
+        None => None,
+    };
+    Some(is_stack(addr, (v.lo, v.hi, v.rw), guard, page).then_some(v.lo..v.hi))
 }
 
 static RELEASED: AtomicU64 = AtomicU64::new(0);
@@ -212,11 +285,12 @@ fn pool_stacks() -> std::sync::MutexGuard<'static, BTreeMap<usize, usize>> {
     POOL.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One sweep's releases: the process's maps are read at most once, and only for a stack not
-/// checked before (a pool stack is checked once for the life of the process). `release` never
-/// reads them itself: its caller may hold locks a call waits on, and a read takes milliseconds
-/// (22 ms with 7,000 actors). It asks for them (`None`); the caller lets go of its locks, calls
-/// `read_maps`, and asks again.
+/// One sweep's releases: a stack not checked before (a pool stack is checked once for the life
+/// of the process, an on-demand one once for its Store's) is looked up in the kernel
+/// (`vma_query`), or, where it cannot answer, in the process's maps, read at most once a sweep.
+/// `release` never reads them itself: its caller may hold locks a call waits on, and a read takes
+/// milliseconds (22 ms with 7,000 actors). It asks for them (`None`); the caller lets go of its
+/// locks, calls `read_maps`, and asks again.
 #[derive(Default)]
 pub struct Sweep {
     maps: Option<Option<Maps>>,
@@ -226,24 +300,30 @@ impl Sweep {
     /// Releases the resident pages of the stack `probe` recorded. The caller guarantees that the
     /// probe's Store is idle (out of wasm, no fiber of it running or suspended): its stack holds
     /// nothing live, and its next fiber writes its own first frame. `None`: the stack must be
-    /// checked against the maps first (`read_maps`); after that read it is never `None`.
-    pub fn release(&mut self, probe: &StackProbe) -> Option<bool> {
+    /// checked against the maps first (`read_maps`; only where the kernel cannot be queried);
+    /// after that read it is never `None`.
+    pub fn release(&mut self, probe: &mut StackProbe) -> Option<bool> {
         let Some(addr) = probe.address() else { return Some(false) };
-        let known = probe.pooled.then(|| {
-            let pool = pool_stacks();
-            pool.range(..=addr).next_back().map(|(lo, hi)| *lo..*hi).filter(|r| r.contains(&addr) && r.end - addr <= NEAR_TOP)
-        });
-        let stack = match known.flatten() {
+        let known = match probe.checked.range.get() {
+            Some(&(lo, hi)) => Some(lo..hi),
+            None if probe.pooled => known_pool_stack(addr),
+            None => None,
+        };
+        let stack = match known {
             Some(stack) => stack,
             None => {
-                let Some(maps) = self.maps.as_ref()? else { return Some(false) };
-                let Some(stack) = maps.stack_of(addr, probe.epoch) else { return Some(false) };
+                let found = match query_stack_of(addr, probe.epoch) {
+                    Some(found) => found,
+                    None => self.maps.as_ref()?.as_ref().and_then(|maps| maps.stack_of(addr, probe.epoch)),
+                };
+                let Some(stack) = found else { return Some(false) };
                 if probe.pooled {
                     pool_stacks().insert(stack.start, stack.end);
                 }
                 stack
             }
         };
+        let _ = probe.checked.range.set((stack.start, stack.end));
         // SAFETY: the range is exactly one fiber stack mapping (checked against the process's
         // maps), held by an idle Store: no frame on it is live. MADV_DONTNEED on private anonymous
         // memory leaves it mapped; its pages read as zero when next touched.
@@ -257,6 +337,24 @@ impl Sweep {
     /// Reads the process's maps for this sweep's later releases (once; holding no lock).
     pub fn read_maps(&mut self) {
         self.maps.get_or_insert_with(Maps::read);
+    }
+
+    /// Checks the stacks asked for (`ask_check`) against the process's maps, reading them if
+    /// any was asked for (holding no lock). A Store gone since has nobody to tell.
+    pub fn check_asked(&mut self) {
+        let asked = std::mem::take(&mut *to_check());
+        if asked.is_empty() {
+            return;
+        }
+        self.read_maps();
+        let Some(Some(maps)) = self.maps.as_ref() else { return };
+        for (at, epoch, checked) in asked {
+            let Some(checked) = checked.upgrade() else { continue };
+            // The Store lives: it has held the stack it recorded since (see `Maps::stack_of`).
+            if let Some(stack) = maps.stack_of(at, epoch) {
+                let _ = checked.range.set((stack.start, stack.end));
+            }
+        }
     }
 
     /// Whether this sweep has read the maps.
@@ -335,179 +433,5 @@ fn sweep_loop() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PAGE: usize = 4096;
-
-    /// A sweep's release as the sweeper makes it: asked again after reading the maps.
-    fn release(probe: &StackProbe) -> bool {
-        let mut sweep = Sweep::default();
-        sweep.release(probe).unwrap_or_else(|| {
-            sweep.read_maps();
-            sweep.release(probe).expect("checked against the maps")
-        })
-    }
-    const LEN: usize = ASYNC_STACK_BYTES;
-
-    /// Maps text for `n` stacks from `base` (a guard page, then `LEN` bytes each), between
-    /// unrelated neighbours.
-    fn pool(base: usize, n: usize) -> String {
-        let mut s = format!("{:x}-{:x} rw-p 00000000 00:00 0\n", base - 3 * PAGE, base - 2 * PAGE);
-        for i in 0..n {
-            let g = base + i * (LEN + PAGE);
-            s += &format!("{:x}-{:x} ---p 00000000 00:00 0\n", g, g + PAGE);
-            s += &format!("{:x}-{:x} rw-p 00000000 00:00 0\n", g + PAGE, g + PAGE + LEN);
-        }
-        let end = base + n * (LEN + PAGE);
-        s += &format!("{:x}-{:x} rw-p 00000000 08:01 12 /usr/lib/x\n", end, end + 2 * PAGE);
-        s
-    }
-
-    fn maps(text: &str, epoch: u64) -> Maps {
-        Maps { vmas: parse_maps(text), epoch, page: PAGE }
-    }
-
-    const BASE: usize = 0x7f00_0000_0000;
-
-    #[test]
-    fn names_each_stack_from_an_address_near_its_top() {
-        let m = maps(&pool(BASE, 5), 7);
-        for i in 0..5 {
-            let top = BASE + (i + 1) * (LEN + PAGE);
-            assert_eq!(m.stack_of(top - 0x80d, 7), Some(top - LEN..top));
-            assert_eq!(m.stack_of(top - NEAR_TOP, 3), Some(top - LEN..top));
-        }
-    }
-
-    #[test]
-    fn anything_else_is_refused() {
-        let m = maps(&pool(BASE, 5), 7);
-        let top = BASE + 2 * (LEN + PAGE);
-        // Recorded after the read (its mapping may be newer than the read), or never.
-        assert_eq!(m.stack_of(top - 8, 8), None);
-        assert_eq!(m.stack_of(top - 8, 0), None);
-        // Deep in a stack: not where a top-level entry is recorded.
-        assert_eq!(m.stack_of(top - NEAR_TOP - 1, 7), None);
-        // In a guard page, in a neighbour, in nothing mapped.
-        assert_eq!(m.stack_of(BASE + 8, 7), None);
-        assert_eq!(m.stack_of(BASE - 3 * PAGE + 8, 7), None);
-        assert_eq!(m.stack_of(BASE - PAGE, 7), None);
-        assert_eq!(m.stack_of(BASE + 5 * (LEN + PAGE) + 8, 7), None);
-        // A mapping of another size (merged with a neighbour), or without its guard below.
-        let merged = pool(BASE, 1).replace(&format!("{:x}-{:x} rw-p", BASE + PAGE, BASE + PAGE + LEN), &format!("{:x}-{:x} rw-p", BASE + PAGE, BASE + PAGE + LEN + PAGE));
-        assert_eq!(maps(&merged, 7).stack_of(BASE + PAGE + LEN - 8, 7), None);
-        let unguarded = pool(BASE, 2).replacen("---p", "rw-p", 1);
-        assert_eq!(maps(&unguarded, 7).stack_of(BASE + LEN + PAGE - 8, 7), None);
-        assert!(maps(&unguarded, 7).stack_of(BASE + 2 * (LEN + PAGE) - 8, 7).is_some());
-        assert_eq!(maps("", 7).stack_of(top - 8, 7), None);
-    }
-
-    #[test]
-    fn the_probe_records_the_first_top_level_entry_only() {
-        let mut p = StackProbe::default();
-        assert_eq!(p.address(), None);
-        p.on_hook(CallHook::CallingWasm);
-        assert_eq!(p.address(), None, "in wasm: the stack is in use");
-        p.on_hook(CallHook::CallingHost);
-        p.on_hook(CallHook::ReturningFromHost);
-        p.on_hook(CallHook::ReturningFromWasm);
-        let at = p.address().expect("recorded");
-        assert!(p.epoch > 0);
-        // A nested entry (from a host call) is not recorded.
-        p.on_hook(CallHook::CallingWasm);
-        p.on_hook(CallHook::CallingWasm);
-        p.on_hook(CallHook::ReturningFromWasm);
-        p.on_hook(CallHook::ReturningFromWasm);
-        assert_eq!(p.address(), Some(at));
-        // A top-level entry far away: the Store ran elsewhere, so its stack is no longer sure.
-        std::thread::Builder::new()
-            .spawn(move || {
-                p.on_hook(CallHook::CallingWasm);
-                p.on_hook(CallHook::ReturningFromWasm);
-                assert_eq!(p.address(), None);
-            })
-            .expect("thread")
-            .join()
-            .expect("joined");
-    }
-
-    /// Pages of `range` resident now.
-    fn resident(range: &Range<usize>) -> usize {
-        let mut vec = vec![0u8; range.len() / PAGE];
-        // SAFETY: the range is mapped (the caller's own mapping); `vec` has a byte per page.
-        assert_eq!(unsafe { libc::mincore(range.start as *mut libc::c_void, range.len(), vec.as_mut_ptr()) }, 0);
-        vec.iter().filter(|b| *b & 1 == 1).count()
-    }
-
-    #[test]
-    fn a_real_stack_shaped_mapping_is_released_and_a_pool_stack_is_checked_once() {
-        let len = ASYNC_STACK_BYTES;
-        // SAFETY: a fresh private mapping of our own: a guard page, the "stack", and a page above
-        // it that no writable neighbour can merge into.
-        let base = unsafe {
-            let p = libc::mmap(std::ptr::null_mut(), len + 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-            assert_ne!(p, libc::MAP_FAILED);
-            assert_eq!(libc::mprotect(p, PAGE, libc::PROT_NONE), 0);
-            assert_eq!(libc::mprotect(p.cast::<u8>().add(PAGE + len).cast(), PAGE, libc::PROT_NONE), 0);
-            p as usize
-        };
-        let stack = base + PAGE..base + PAGE + len;
-        let touch = || {
-            for page in 1..=3 {
-                // SAFETY: inside the writable part of our mapping.
-                unsafe { ((stack.end - page * PAGE) as *mut u8).write_volatile(1) };
-            }
-        };
-        touch();
-        assert_eq!(resident(&stack), 3);
-        let probe = |pooled, epoch| StackProbe { depth: 0, at: stack.end - 100, mixed: false, epoch, pooled };
-
-        // A stack not known yet is never checked by `release` itself: it asks for the maps.
-        let mut sweep = Sweep::default();
-        assert_eq!(sweep.release(&probe(true, 0)), None);
-        assert_eq!(sweep.release(&probe(false, 0)), None);
-        assert!(!sweep.has_read_maps());
-        assert_eq!(resident(&stack), 3);
-        // Recorded after any read of the maps (epoch beyond): neither kind is released unchecked.
-        assert!(!release(&probe(false, u64::MAX)));
-        assert!(!release(&probe(true, u64::MAX)));
-        assert_eq!(resident(&stack), 3);
-        // Recorded before: released, and, for a pool stack, remembered.
-        let before = MAPS_EPOCH.load(Ordering::SeqCst);
-        assert!(release(&probe(true, before)));
-        assert_eq!(resident(&stack), 0);
-        // SAFETY: as above; the page reads as zero after the release.
-        assert_eq!(unsafe { ((stack.end - PAGE) as *const u8).read_volatile() }, 0);
-        touch();
-        // Now a pool stack needs no read of the maps (an epoch that would fail the check);
-        // an on-demand one still does.
-        assert!(!release(&probe(false, u64::MAX)));
-        let mut sweep = Sweep::default();
-        assert_eq!(sweep.release(&probe(true, u64::MAX)), Some(true));
-        assert!(!sweep.has_read_maps());
-        assert_eq!(resident(&stack), 0);
-        // Not a top-level entry's address, or still in wasm: nothing.
-        touch();
-        let deep = StackProbe { at: stack.start + 100, ..probe(true, before) };
-        assert!(!release(&deep));
-        let running = StackProbe { depth: 1, ..probe(true, before) };
-        assert!(!release(&running));
-        assert_eq!(resident(&stack), 3);
-
-        // Forget it before unmapping: the address range may be mapped again by anything.
-        pool_stacks().remove(&stack.start);
-        // SAFETY: our own mapping, no longer used.
-        unsafe { libc::munmap(base as *mut libc::c_void, len + 2 * PAGE) };
-    }
-
-    #[test]
-    fn this_process_has_its_maps_read() {
-        let m = Maps::read().expect("Linux has /proc/self/maps");
-        let local = 0u8;
-        // The test thread's own stack is mapped, but is no fiber stack of ours.
-        let here = std::hint::black_box(&local) as *const u8 as usize;
-        assert!(m.containing(here).is_some_and(|v| v.rw));
-        assert!(MAPS_EPOCH.load(Ordering::SeqCst) > m.epoch);
-    }
-}
+#[path = "fiber_stacks_tests.rs"]
+mod tests;

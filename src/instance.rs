@@ -455,6 +455,12 @@ impl GuestInstance {
         self.store.data().stack.address().is_some()
     }
 
+    /// Asks the sweeper to check the instance's fiber stack against the process's maps, so that
+    /// `release_stack` needs no read of them (`fiber_stacks::ask_check`).
+    pub fn ask_stack_check(&self) {
+        crate::fiber_stacks::ask_check(&self.store.data().stack);
+    }
+
     /// How much of the instance's fiber stack is resident now (`fiber_stacks::resident_bytes`).
     pub fn stack_resident_bytes(&self) -> u64 {
         crate::fiber_stacks::resident_bytes(&self.store.data().stack)
@@ -464,7 +470,7 @@ impl GuestInstance {
     /// the instance (the caller holds it: `&mut self`, and no fiber of its Store is suspended).
     /// `None`: the sweep must read the maps first (`Sweep::release`).
     pub fn release_stack(&mut self, sweep: &mut crate::fiber_stacks::Sweep) -> Option<bool> {
-        sweep.release(&self.store.data().stack)
+        sweep.release(&mut self.store.data_mut().stack)
     }
 
     /// Whether the instance can serve another call after its last call failed with `err`: only

@@ -38,6 +38,7 @@ pub mod error;
 pub mod executor;
 pub mod file_actor_store;
 pub mod fiber_stacks;
+pub mod vma_query;
 pub mod held_dir;
 pub mod host;
 pub mod host_functions;
