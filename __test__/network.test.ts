@@ -498,6 +498,20 @@ describe('HTTP from a JavaScript component: componentize-js\'s own fetch() over 
     expect(performance.now() - t0).toBeGreaterThanOrEqual(290)
   })
 
+  it("a body that disagrees with the Content-Length the component set is the guest's own failure, not a broken grant: not sent, and fetch() rejects (review BS2)", async () => {
+    const ex = await executorWith({ allowedHosts: ['127.0.0.1'], maxRequestBytes: 1 << 20 }, { fetch: built('js/fetch.wasm') })
+    const d = def('fetch', NET)
+    const before = seen.length
+    const out = (await ex.execute(d, { url: `${base}/json`, method: 'POST', body: 'abc', headers: { 'Content-Length': '100' } })) as any
+    expect(typeof out.fetchError).toBe('string')
+    expect(seen.length).toBe(before)
+    // A body over maxRequestBytes still breaks the grant.
+    const small = await executorWith({ allowedHosts: ['127.0.0.1'], maxRequestBytes: 10 }, { fetch: built('js/fetch.wasm') })
+    const e = await failure(small.execute(d, { url: `${base}/json`, method: 'POST', body: 'y'.repeat(100) }))
+    expect([e.code, e.message]).toEqual(['NETWORK_DENIED', expect.stringContaining('maxRequestBytes 10')])
+    expect(seen.length).toBe(before)
+  })
+
   it("bodies a component holds in the host count against its maxMemoryMB: responses kept unread across calls, requests sent at once", async () => {
     // Unbudgeted, an actor keeping its responses held 500 MiB more per call (3 GiB after 6 calls,
     // its guest memory 9 MiB), and 100 requests of 10 MiB at once held 2 GiB.

@@ -269,12 +269,17 @@ impl WasiHttpHooks for HostAccess {
             while let Some(frame) = body.frame().await {
                 let data = match frame {
                     Ok(frame) => frame.into_data().unwrap_or_default(),
-                    Err(_) => {
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                         let host = parts.uri.host().unwrap_or("").to_string();
-                        let message = format!("{host}: the request's body is over maxRequestBytes {max} (or failed)");
+                        let message = format!("{host}: the request's body is over maxRequestBytes {max}");
                         access.fail_call(ExecError::NetworkDenied { host, message });
                         return Err(HttpError::HttpRequestBodySize(None));
                     }
+                    // The guest's own body failed (what it wrote disagrees with the
+                    // Content-Length it set): the request is not sent and the guest is told
+                    // why, as wasmtime tells it; no rule of the grant was broken (review BS2:
+                    // such a request failed the call with NETWORK_DENIED, "over maxRequestBytes").
+                    Err(e) => return Err(e.downcast::<HttpError>().map_or(HttpError::HttpRequestBodySize(None), |e| *e)),
                 };
                 if let Err(e) = charge.add(data.len() as u64) {
                     access.fail_call(e);
