@@ -60,7 +60,10 @@ pub fn query(addr: usize) -> Result<Option<Mapping>, ()> {
     if SUPPORTED.load(Ordering::Relaxed) == 2 {
         return Err(());
     }
-    let file = maps_file().ok_or(())?;
+    let Some(file) = maps_file() else {
+        SUPPORTED.store(2, Ordering::Relaxed);
+        return Err(());
+    };
     let mut q = ProcmapQuery { size: std::mem::size_of::<ProcmapQuery>() as u64, query_addr: addr as u64, ..Default::default() };
     // SAFETY: the request reads and writes `q`, a `procmap_query` of the size it states; no name
     // or build id is asked for (their sizes are 0).
