@@ -44,18 +44,16 @@ impl Shared {
             }
             let idle = if Arc::strong_count(s) == 1 { s.state.try_lock().ok() } else { None };
             let Some(mut st) = idle else {
-                if s.stack_counted() > super::stacks::DEEP {
-                    busy_stacks = busy_stacks.saturating_add(s.stack_counted());
-                }
+                busy_stacks = busy_stacks.saturating_add(s.stack_counted());
                 continue;
             };
             match st.instance.as_mut().and_then(|i| i.release_stack(&mut sweep)) {
                 Some(true) => excess = excess.saturating_sub(s.stack_released(&mut st)),
-                None if s.stack_counted() > super::stacks::DEEP => {
+                None => {
                     excess = excess.saturating_sub(s.stack_counted());
                     sweep_soon = true;
                 }
-                None | Some(false) => {}
+                Some(false) => {}
             }
         }
         excess = excess.saturating_sub(busy_stacks);
@@ -70,7 +68,7 @@ impl Shared {
             }
             let Ok(st) = s.state.try_lock() else { continue };
             // What its eviction gives back beyond a stack the sweep is to give back anyway.
-            let pending = s.stack_counted() > super::stacks::DEEP && sweep_soon;
+            let pending = s.stack_counted() > 0 && sweep_soon;
             let rest = if pending { st.charged.saturating_sub(s.stack_counted()) } else { st.charged };
             if rest == 0 {
                 continue;

@@ -7,7 +7,10 @@
 //!   every call would cost a quarter of an actor call, so a call measures only when its
 //!   executor's actors are near the cap: when their counted memory and a whole stack for each
 //!   actor whose stack is unmeasured (this one too) would pass it. Its measured bytes are then
-//!   part of its charge. Past the cap, the call's own stack (past `DEEP`) goes as it ends, then
+//!   part of its charge, past its first `DEEP` bytes: those are an actor's own overhead, not
+//!   counted, as an instance's metadata under 64 KiB is not (counted, an idle actor's few pages
+//!   took actors that filled their cap exactly past it, and one was evicted).
+//!   Past the cap, the call's own counted stack goes as it ends, then
 //!   idle actors' counted stacks, before any actor is evicted (`Shared::trim_memory`); busy
 //!   actors' counted stacks evict nobody (each goes as its call ends). Unmeasured stacks stay
 //!   within the room the cap left when they were marked, so an executor's actors and their
@@ -16,7 +19,7 @@
 //!   of the kernel where it answers (Linux 6.11+), else by the sweeper's read of the maps,
 //!   asked for as the stack is measured.
 //! - A sweep (its own low-priority thread) gives back the stacks of actors idle for a while,
-//!   and of actors whose stacks are counted past `DEEP`, one actor at a time under its
+//!   and of actors whose stacks are counted, one actor at a time under its
 //!   executor's LRU lock, so a call taking its ticket meanwhile waits for the release and one
 //!   holding the actor is skipped.
 
@@ -28,7 +31,8 @@ use crate::fiber_stacks::STACK_MAX_RESIDENT;
 
 /// `ActorSlot::stack` of an actor whose stack pages are not measured since its last call.
 pub(super) const UNMEASURED: u64 = u64::MAX;
-/// A counted stack holding more than this is given back by the next sweep, idle or not.
+/// What of each stack is not counted: past it, a stack counts, and is given back by the next
+/// sweep, idle or not.
 pub(super) const DEEP: u64 = 64 * 1024;
 
 impl Shared {
@@ -49,8 +53,8 @@ impl ActorSlot {
             return 0;
         };
         if shared.is_some_and(Shared::stacks_pressed) {
-            let bytes = instance.stack_resident_bytes();
-            if bytes > DEEP {
+            let bytes = instance.stack_resident_bytes().saturating_sub(DEEP);
+            if bytes > 0 {
                 instance.ask_stack_check();
             }
             if self.stack.swap(bytes, Ordering::AcqRel) == UNMEASURED {
@@ -85,7 +89,7 @@ impl ActorSlot {
         bytes
     }
 
-    /// Past the cap, its own stack counted past `DEEP` gives its pages back as its call ends (the
+    /// Past the cap, its own counted stack gives its pages back as its call ends (the
     /// caller holds its lock, so the stack is idle), before any other actor is evicted: a call
     /// waiting in its line takes the lock next and keeps it from every sweep (review BS1: 60
     /// actors of two calls each, recursing deep, had 21 of 500 idle actors evicted for their
@@ -94,7 +98,7 @@ impl ActorSlot {
     /// measured): a read on the call's path took 10 ms, once per stack. Returns the bytes no
     /// longer counted.
     pub(super) fn release_own_stack(&self, st: &mut ActorState) -> u64 {
-        if self.stack_counted() <= DEEP {
+        if self.stack_counted() == 0 {
             return 0;
         }
         let Some(instance) = st.instance.as_mut() else { return 0 };
@@ -113,9 +117,9 @@ impl ActorSlot {
         }
     }
 
-    /// Whether a sweep gives its stack back now: idle for `idle_ms`, or counted past `DEEP`.
+    /// Whether a sweep gives its stack back now: idle for `idle_ms`, or counted.
     fn stack_due(&self, now: u64, idle_ms: u64) -> bool {
-        now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= idle_ms || self.stack_counted() > DEEP
+        now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= idle_ms || self.stack_counted() > 0
     }
 }
 
