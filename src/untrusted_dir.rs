@@ -112,11 +112,27 @@ pub fn no_links_below(root: &Path, path: &Path) -> io::Result<()> {
 /// planted link) is removed first, and the file is created exclusively (`O_EXCL`, which never
 /// follows a link), so bytes written to it cannot land in a file elsewhere.
 pub fn create_fresh(path: &Path, mode: u32) -> io::Result<File> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    let _ = remove_entry(path)?;
     OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// Removes whatever is at `path`, if anything: a file, a link (not what it points to), a FIFO, or
+/// a directory planted there, with all it holds (links in it removed, never followed:
+/// `remove_dir_all`). A name of ours that only a file of ours should have (review BU1: a
+/// directory planted as an actor's temporary file or snapshot failed every call on the actor with
+/// a retryable `EISDIR`, and `dropActor` could not clear it).
+/// Whether there was anything.
+pub fn remove_entry(path: &Path) -> io::Result<bool> {
+    let gone = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match gone {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a local read gave nothing.
