@@ -566,11 +566,11 @@ mod tests {
 
     #[test]
     fn keys_are_store_safe_and_distinct() {
-        let d = DefKey { name: "my activity/ü".into(), version: "1".into(), path: "a.wasm".into() };
+        let d = DefKey::new("my activity/ü".into(), "1".into(), "a.wasm".into());
         let a = actor_key(&d, "user-1");
         assert!(a.starts_with("actors/my_activity__/"), "{a}");
         assert_ne!(a, actor_key(&d, "user-2"));
-        assert_ne!(actor_key(&d, "ab"), actor_key(&DefKey { name: "my activity/ü".into(), version: "1a".into(), path: "a.wasm".into() }, "b"));
+        assert_ne!(actor_key(&d, "ab"), actor_key(&DefKey::new("my activity/ü".into(), "1a".into(), "a.wasm".into()), "b"));
         assert!(actor_key(&d, &"x".repeat(10_000)).len() < 200);
     }
 }

@@ -22,7 +22,7 @@ use crate::actors::{ActorKey, Actors, Held, Ticket};
 use crate::call::{run, watched, Prepared};
 use crate::durable::Durable;
 pub use crate::capabilities::Capabilities;
-pub use crate::options::{ranges, CallOptions, Definition, ExecutorOptions};
+pub use crate::options::{ranges, CallOptions, CheckedDefinition, Definition, ExecutorOptions};
 use crate::capabilities::{authorize, Grants};
 use crate::digest::parse_digest;
 use crate::engine::{self, EngineKind};
@@ -181,7 +181,13 @@ impl Executor {
         if self.closed.load(Ordering::Acquire) {
             return Err(ExecError::Closed);
         }
-        def.validate()?;
+        let (key, config) = match &call.checked {
+            Some(c) => (c.key.clone(), c.config.clone()),
+            None => {
+                def.validate()?;
+                (def.key(), Arc::new(def.config.clone()))
+            }
+        };
         if let Some(id) = &call.actor_id {
             crate::options::check_length("actorId", id)?;
         }
@@ -197,7 +203,6 @@ impl Executor {
         let max_depth = limits.max_output_depth;
         let grants = Grants::resolve(&def.capabilities, self.opts.filesystem.as_ref(), &self.opts.env)?;
         let pinned = def.sha256.as_deref().map(parse_digest).transpose()?;
-        let key = def.key();
         let durable = match (&call.actor_id, &self.opts.actor_store) {
             (Some(id), Some(store)) => {
                 Some(Durable::new(store.clone(), &ActorKey { def: key.clone(), actor_id: id.clone() }, self.opts.persist, self.pending.clone(), self.loading.clone()))
@@ -221,7 +226,7 @@ impl Executor {
                 }),
                 progress: Progress { sink: call.progress.clone(), last: Default::default(), max_depth },
                 entrypoint: def.entrypoint.clone().unwrap_or_else(|| "execute".into()),
-                config: Arc::new(def.config.clone()),
+                config,
                 abi: def.abi,
                 access: HostAccess::default(),
             },
@@ -378,7 +383,7 @@ impl Executor {
         p.ctx.access = HostAccess {
             functions: self.opts.host_functions.clone(),
             granted: Arc::new(p.capabilities.host_functions.clone()),
-            activity: p.key.name.clone(),
+            activity: Some(p.key.clone()),
             actor_id: p.actor_id.clone(),
             permit: Some(PermitSlot::new(self.permits.clone(), permit)),
             network: match (&self.opts.network, p.capabilities.network) {

@@ -212,3 +212,25 @@ async fn many_small_header_values_count_as_the_host_holds_them() {
     let held = ex.actors.held_memory();
     assert!(held > 110 * 3000 * 101, "held {held}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_definition_checked_once_runs_its_calls_on_the_same_actor_and_module() {
+    // An actor handle's calls pass its definition as checked when the handle was made: not
+    // validated again, its key and config not copied again. They must land where a call with
+    // the definition itself lands.
+    let source = Arc::new(MemorySource::new());
+    source.put("counter.wasm", g::counter());
+    let ex = Arc::new(Executor::new(source, ExecutorOptions::default()).expect("executor"));
+    let d = def("counter");
+    let checked = d.checked().expect("valid");
+    for n in 1..=4 {
+        let call = CallOptions { checked: (n % 2 == 0).then(|| checked.clone()), ..actor("a") };
+        assert_eq!(ex.execute(&d, "1".into(), call).await.expect("counts").output, n.to_string());
+    }
+    assert_eq!((ex.stats().actors, ex.stats().cache.modules), (1, 1));
+    // Refused as the call would refuse it.
+    assert_eq!(Definition { name: String::new(), ..def("counter") }.checked().map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+    let long = Definition { version: "v".repeat(crate::options::MAX_KEY_BYTES + 1), ..def("counter") };
+    assert_eq!(long.checked().map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+    assert_eq!(ex.execute(&long, "1".into(), actor("b")).await.map(|_| ()).map_err(|e| e.code()), Err("INVALID_ARGUMENT"));
+}

@@ -135,7 +135,8 @@ pub struct HostAccess {
     pub functions: Option<Arc<dyn HostFunctions>>,
     /// `capabilities.hostFunctions` of the definition.
     pub granted: Arc<Vec<String>>,
-    pub activity: String,
+    /// The call's activity (its name is what a host function is told).
+    pub activity: Option<crate::modules::DefKey>,
     pub actor_id: Option<String>,
     /// The call's concurrency slot, given back while it waits.
     pub permit: Option<Arc<PermitSlot>>,
@@ -256,7 +257,7 @@ impl HostAccess {
         let req = HostRequest {
             name: name.to_string(),
             input,
-            activity: self.activity.clone(),
+            activity: self.activity.as_ref().map(|k| k.name.clone()).unwrap_or_default(),
             actor_id: self.actor_id.clone(),
             call: CallLife { deadline: self.deadline, cancel: self.cancel.clone() },
             max_result_bytes: self.max_result_bytes,

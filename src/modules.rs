@@ -30,12 +30,31 @@ use crate::compile::{compile_job, Urgency};
 pub(crate) use crate::compiled_module::prepare;
 pub use crate::compiled_module::{Code, Compiled, CompiledModule};
 
-/// What identifies an activity's module before its bytes are known.
+/// What identifies an activity's module before its bytes are known. Shared: a call's key is
+/// cloned into its actor's place in line, its module lookup and its host calls, and an actor
+/// handle makes its key once (each clone of three strings was three allocations per call).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DefKey {
+pub struct DefKey(Arc<DefKeyParts>);
+
+/// The parts of a `DefKey` (read through it: `key.name`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct DefKeyParts {
     pub name: String,
     pub version: String,
     pub path: String,
+}
+
+impl DefKey {
+    pub fn new(name: String, version: String, path: String) -> DefKey {
+        DefKey(Arc::new(DefKeyParts { name, version, path }))
+    }
+}
+
+impl std::ops::Deref for DefKey {
+    type Target = DefKeyParts;
+    fn deref(&self) -> &DefKeyParts {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

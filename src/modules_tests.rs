@@ -64,7 +64,7 @@ fn never() -> std::sync::Arc<dyn crate::store::BlobSource> {
 }
 
 fn key(name: String) -> DefKey {
-    DefKey { name, version: "1".into(), path: "p.wasm".into() }
+    DefKey::new(name, "1".into(), "p.wasm".into())
 }
 
 /// A load dropped midway (its call cancelled, or past its deadline) takes its flight out of the

@@ -37,7 +37,14 @@ pub struct Definition {
 
 impl Definition {
     pub(crate) fn key(&self) -> DefKey {
-        DefKey { name: self.name.clone(), version: self.version.clone(), path: self.wasm_blob_path.clone() }
+        DefKey::new(self.name.clone(), self.version.clone(), self.wasm_blob_path.clone())
+    }
+
+    /// Validated, with its key and config made once for the calls that pass the result in
+    /// `CallOptions::checked` (with this same definition).
+    pub fn checked(&self) -> Result<CheckedDefinition, ExecError> {
+        self.validate()?;
+        Ok(CheckedDefinition { key: self.key(), config: Arc::new(self.config.clone()) })
     }
 
     pub(crate) fn validate(&self) -> Result<(), ExecError> {
@@ -45,7 +52,10 @@ impl Definition {
             if v.is_empty() {
                 return Err(ExecError::InvalidArgument(format!("definition.{field} must be a non-empty string")));
             }
-            check_length(&format!("definition.{field}"), v)?;
+            // The field's path made only for the refusal (three allocations per call otherwise).
+            if v.len() > MAX_KEY_BYTES {
+                check_length(&format!("definition.{field}"), v)?;
+            }
         }
         let config = config_bytes(&self.config);
         if config > MAX_CONFIG_BYTES {
@@ -201,6 +211,17 @@ pub struct CallOptions {
     /// `maxInputBytes` (`Executor::max_input_bytes`): the input text is then empty, and the call
     /// is refused with `INPUT_TOO_LARGE` in its turn.
     pub input_bytes: Option<u64>,
+    /// The call's definition as `Definition::checked` made it (an actor handle's, once): not
+    /// validated again, its key and config not copied again.
+    pub checked: Option<CheckedDefinition>,
+}
+
+/// A definition validated once, and the parts of it each call takes, made once: for the calls of
+/// an actor handle, whose definition does not change (`Definition::checked`).
+#[derive(Clone)]
+pub struct CheckedDefinition {
+    pub(crate) key: DefKey,
+    pub(crate) config: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// `maxActorMemoryMB` unless set: half the machine's physical memory.

@@ -9,13 +9,15 @@ use napi::Env;
 use napi_derive::napi;
 
 use super::call::{start_call, Input, Options, Settle};
-use crate::executor::{Definition, Executor};
+use crate::executor::{CheckedDefinition, Definition, Executor};
 
 /// One actor of one activity (from `WasmActivityExecutor.actor`).
 #[napi]
 pub struct WasmActor {
     pub(crate) inner: Arc<Executor>,
     pub(crate) def: Definition,
+    /// `def`, validated when the handle was made, its key and config made once for its calls.
+    pub(crate) checked: CheckedDefinition,
     pub(crate) actor_id: String,
 }
 
@@ -39,7 +41,7 @@ impl WasmActor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Unknown<'env>> {
-        start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Value(input), Options::Value(options), Settle::Output)
+        start_call(&self.inner, env, Ok(&self.def), Some((&self.actor_id, &self.checked)), Input::Value(input), Options::Value(options), Settle::Output)
     }
 
     /// `execute` for `fast_paths.js`, which stringified the input: the output's JSON text when
@@ -47,7 +49,7 @@ impl WasmActor {
     /// `fast_paths.js` (only its `execute` calls it).
     #[napi(js_name = "__executeJson", skip_typescript)]
     pub fn execute_json<'env>(&self, env: &'env Env, json: Unknown<'env>, options: Option<Unknown<'env>>) -> napi::Result<Unknown<'env>> {
-        start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Json(json), Options::Value(options), Settle::TextNow)
+        start_call(&self.inner, env, Ok(&self.def), Some((&self.actor_id, &self.checked)), Input::Json(json), Options::Value(options), Settle::TextNow)
     }
 
     /// Like `execute`, and also reports what the call cost.
@@ -62,7 +64,7 @@ impl WasmActor {
         input: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<Unknown<'env>> {
-        start_call(&self.inner, env, Ok(&self.def), Some(&self.actor_id), Input::Value(input), Options::Value(options), Settle::Details)
+        start_call(&self.inner, env, Ok(&self.def), Some((&self.actor_id, &self.checked)), Input::Value(input), Options::Value(options), Settle::Details)
     }
 
     /// Drops the actor's instance and state (as `executor.dropActor`); true if there was one. The

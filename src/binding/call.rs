@@ -11,7 +11,7 @@ use super::{
     abort, args, details, js, js_log, loop_watch, parse_output, stringify_input, Raw,
 };
 use crate::error::ExecError;
-use crate::executor::{Attempt, CallOptions, Definition, Done, Executor};
+use crate::executor::{Attempt, CallOptions, CheckedDefinition, Definition, Done, Executor};
 use crate::instance::CallOutput;
 
 /// The abort listener travels with the call's result to the JS thread, where alone it is touched.
@@ -83,12 +83,13 @@ pub(crate) enum Settle {
 
 /// Starts a call: reads its options on this thread, then hands it to the core, which polls it
 /// once here (most finish on the spot: a promise settled at once) or goes on on a guest thread.
-/// `fixed_actor`: the call of an actor handle (its actor; `options.actorId` is refused).
+/// `fixed_actor`: the call of an actor handle (its actor, and its definition as checked when the
+/// handle was made; `options.actorId` is refused).
 pub(crate) fn start_call<'env>(
     inner: &Arc<Executor>,
     env: &'env Env,
     definition: Result<&Definition, ExecError>,
-    fixed_actor: Option<&str>,
+    fixed_actor: Option<(&str, &CheckedDefinition)>,
     input: Input<'env>,
     options: Options<'env>,
     settle: Settle,
@@ -100,7 +101,10 @@ pub(crate) fn start_call<'env>(
     // Everything that reads JS happens here, on the JS thread; errors reject the promise.
     let prepare = || -> Result<_, ExecError> {
         let def = definition?;
-        call.actor_id = fixed_actor.map(str::to_string);
+        if let Some((id, checked)) = fixed_actor {
+            call.actor_id = Some(id.to_string());
+            call.checked = Some(checked.clone());
+        }
         let source = match options {
             Options::Value(v) => args::options_object(v)?.map(Source::Object),
             Options::Fields(f, threw, unknown) => Some(Source::Fields(f, threw, unknown)),

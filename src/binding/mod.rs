@@ -463,13 +463,13 @@ impl WasmActivityExecutor {
     pub fn actor(&self, env: Env, definition: Unknown, actor_id: Unknown) -> napi::Result<WasmActor> {
         let read = || -> Result<_, ExecError> {
             let def = args::definition(definition)?;
-            def.validate()?;
+            let checked = def.checked()?;
             let actor_id = args::string(actor_id, "actorId")?;
             crate::options::check_length("actorId", &actor_id)?;
-            Ok((def, actor_id))
+            Ok((def, checked, actor_id))
         };
-        let (def, actor_id) = read().map_err(|e| to_napi(&env, &e))?;
-        Ok(WasmActor { inner: self.inner.clone(), def, actor_id })
+        let (def, checked, actor_id) = read().map_err(|e| to_napi(&env, &e))?;
+        Ok(WasmActor { inner: self.inner.clone(), def, checked, actor_id })
     }
 
     /// Releases an actor's instance (and its state). Returns whether there was one (always true
