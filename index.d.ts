@@ -86,8 +86,9 @@ export interface ExecuteOptions {
   now?: number
   /** For a `deterministic` definition: the seed of the guest's randomness (a whole number, default 0). */
   seed?: number
-  /** The guest's heartbeats (`loom.progress(json)`), parsed; at most every 100 ms, the last one always. */
-  onProgress?: (detail: any) => void
+  /** The guest's heartbeats (`loom.progress(json)`), parsed; at most every 100 ms, the last one always. What it throws,
+   * or a promise it returns rejects with, is dropped (its value is not waited for). */
+  onProgress?: (detail: any) => void | Promise<void>
 }
 
 /** Every numeric option is a whole number in the range given; outside it, `INVALID_ARGUMENT`. A key that is none of these (or, in `filesystem` and `network`, none of theirs) is `INVALID_ARGUMENT` too. */

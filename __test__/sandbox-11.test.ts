@@ -99,7 +99,7 @@ describe('objects that list a key per element', () => {
     const ex = new WasmActivityExecutor(await store())
     for (const v of views()) {
       const e = await failure(ex.execute({ ...def('echo'), limits: v as any }, {}))
-      expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('limits.length')])
+      expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('definition.limits must be a plain object (not an array, typed array, or String object)')])
       const c = await failure(ex.execute({ ...def('echo'), config: v as any }, {}))
       expect([c.code, c.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('a plain object')])
       const thrown = await madeWith(v)
@@ -132,7 +132,7 @@ describe('review BJ1', () => {
     const proxied = () => new Proxy(new Uint8Array(1 << 20), {})
     const ex = new WasmActivityExecutor(await store())
     const limits = await failure(ex.execute({ ...def('echo'), limits: proxied() as any }, {}))
-    expect([limits.code, limits.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('limits.length')])
+    expect([limits.code, limits.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('definition.limits must be a plain object (not an array, typed array, or String object)')])
     const config = await failure(ex.execute({ ...def('echo'), config: proxied() as any }, {}))
     expect([config.code, config.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('a plain object')])
     for (const options of [proxied(), { hostFunctions: new Uint8Array(1 << 20) }, { hostFunctions: proxied() }]) {
@@ -159,6 +159,19 @@ describe('review BJ1', () => {
     }
     const e = await failure(ex.execute(bomb as any, {}))
     expect([e.code, e.message]).toEqual(['OUT_OF_MEMORY', expect.stringContaining(`${1 << 20}`)])
+    await ex.close()
+  })
+})
+
+describe('review BS2', () => {
+  it('an object of more host functions than the executor takes is refused in its own words', async () => {
+    // Before: "options.hostFunctions must be an array of at most 10000 strings" (the wording of
+    // the names list the dispatcher hands over), for an option that is an object of functions.
+    const fns = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`ns.f${i}`, () => i]))
+    const thrown = await madeWith({ hostFunctions: fns(10001) })
+    expect([thrown?.code, thrown?.message]).toEqual(['INVALID_ARGUMENT', 'invalid argument: options.hostFunctions takes at most 10000 functions, got 10001'])
+    const ex = new WasmActivityExecutor(await store(), { hostFunctions: fns(10000) })
+    expect(await ex.execute(def('echo'), { message: 'taken' })).toMatchObject({ result: 'taken' })
     await ex.close()
   })
 })

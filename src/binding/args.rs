@@ -86,6 +86,54 @@ pub(super) fn required_string(v: Option<Unknown>, what: &str, key: &str) -> Resu
 }
 
 pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
+    string_list_within(v, what, &mut Room::new(what, MAX_LIST_UNITS))
+}
+
+/// The most characters (UTF-16 units) the strings of one list or object read from JS hold
+/// together: as many as one string argument. Each string is measured before it is copied and
+/// refused once the list's strings would pass it (review BU2: one 1 Mi-character string, free to
+/// make with `repeat`, named 1,000 times in `capabilities.hostFunctions` was copied 1,000 times:
+/// 3.1 GB and 3 s of the event loop, the copies held by the actor after).
+pub const MAX_LIST_UNITS: usize = js::MAX_ARGUMENT_UNITS;
+
+/// What is left of a list's (or object's) characters, `MAX_LIST_UNITS` or less.
+pub(super) struct Room<'a> {
+    left: usize,
+    max: usize,
+    what: &'a str,
+}
+
+impl<'a> Room<'a> {
+    pub(super) fn new(what: &'a str, max: usize) -> Room<'a> {
+        Room { left: max, max, what }
+    }
+
+    /// Takes `units` of the room, or refuses the whole list.
+    fn take(&mut self, units: usize) -> Result<(), ExecError> {
+        match self.left.checked_sub(units) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(ExecError::InvalidArgument(format!(
+                "{}: its strings hold more than {} characters together, over the limit",
+                self.what, self.max
+            ))),
+        }
+    }
+
+    /// `string(v, what)`, its length taken from the room before it is copied (a string too long
+    /// on its own is refused as `string` refuses it).
+    fn string(&mut self, v: Unknown, what: &str) -> Result<String, ExecError> {
+        match js::string_units(env_of(&v), v.raw()) {
+            Some(units) if units <= js::MAX_ARGUMENT_UNITS => self.take(units)?,
+            _ => {}
+        }
+        string(v, what)
+    }
+}
+
+fn string_list_within(v: Unknown, what: &str, room: &mut Room) -> Result<Vec<String>, ExecError> {
     let arr = object(v, what)?;
     if !arr.is_array().map_err(ExecError::internal)? {
         return Err(bad(what, "an array of strings"));
@@ -100,7 +148,7 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
             let item = prop(&arr, &key, what)?;
             let own = item.is_some() && js::has_own(env_of(&arr), arr.raw(), &key, || format!("{what}[{i}]"))?;
             let item = item.filter(|_| own).ok_or_else(|| bad(&format!("{what}[{i}]"), "a string (a hole is none, whatever Array.prototype holds)"))?;
-            string(item, &format!("{what}[{i}]"))
+            room.string(item, &format!("{what}[{i}]"))
         })
         .collect()
 }
@@ -109,9 +157,13 @@ pub fn string_list(v: Unknown, what: &str) -> Result<Vec<String>, ExecError> {
 /// `Object.prototype` is no option); a throw (a Proxy's `ownKeys` trap, a revoked Proxy) is
 /// `INVALID_ARGUMENT`, with the exception cleared.
 pub fn keys(obj: &Object, what: &str) -> Result<Vec<String>, ExecError> {
+    keys_within(obj, what, &mut Room::new(what, MAX_LIST_UNITS))
+}
+
+fn keys_within(obj: &Object, what: &str, room: &mut Room) -> Result<Vec<String>, ExecError> {
     let env = env_of(obj);
     if indexed(env, obj.value().value, what)? {
-        return Err(bad(what, "a plain object (not an array, typed array, or String object)"));
+        return Err(not_plain(what));
     }
     let mut names = std::ptr::null_mut();
     // SAFETY: a plain Node-API call on a live object of this env; `names` is written on success.
@@ -133,7 +185,12 @@ pub fn keys(obj: &Object, what: &str) -> Result<Vec<String>, ExecError> {
     }
     // SAFETY: `names` is the array Node-API just returned for this env.
     let names = unsafe { Unknown::from_napi_value(env, names) }.map_err(ExecError::internal)?;
-    string_list(names, what)
+    string_list_within(names, what, room)
+}
+
+/// The refusal of an object that lists a key per element where a plain object is expected.
+fn not_plain(what: &str) -> ExecError {
+    bad(what, "a plain object (not an array, typed array, or String object)")
 }
 
 /// Whether `value` lists a key per element (an array, a typed array or other view, an
@@ -167,8 +224,13 @@ fn indexed(env: sys::napi_env, value: sys::napi_value, what: &str) -> Result<boo
 }
 
 /// An object of string values (`{ key: 'value' }`).
+/// Its keys and values hold at most `MAX_LIST_UNITS` characters together (`room`).
 pub(super) fn string_map(obj: &Object, what: &str) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
-    let keys = keys(obj, what)?;
+    string_map_within(obj, what, &mut Room::new(what, MAX_LIST_UNITS))
+}
+
+pub(super) fn string_map_within(obj: &Object, what: &str, room: &mut Room) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
+    let keys = keys_within(obj, what, room)?;
     if keys.len() > 10_000 {
         return Err(bad(what, "an object of at most 10000 entries"));
     }
@@ -176,7 +238,7 @@ pub(super) fn string_map(obj: &Object, what: &str) -> Result<std::collections::B
     for k in keys {
         let path = format!("{what}.{k}");
         let v = prop(obj, &k, what)?.ok_or_else(|| bad(&path, "a string"))?;
-        map.insert(k, string(v, &path)?);
+        map.insert(k, room.string(v, &path)?);
     }
     Ok(map)
 }
@@ -209,6 +271,8 @@ impl KeyCheck<'_> {
         match (self, obj) {
             (KeyCheck::List, Some(obj)) => only_known(obj, what, known),
             (KeyCheck::List, None) => Ok(()),
+            // The object's own path: it lists a key per element (`indexed`).
+            (KeyCheck::Found(Some(found)), _) if *found == what => Err(not_plain(what)),
             (KeyCheck::Found(found), _) => match found.and_then(|p| p.strip_prefix(what)).and_then(|k| k.strip_prefix('.')) {
                 Some(key) => Err(unknown_key(what, key.to_string(), known)),
                 None => Ok(()),
@@ -234,9 +298,14 @@ impl Threw {
     pub fn new(env: sys::napi_env, at: String, thrown: sys::napi_value) -> Threw {
         // `keys of {path}`: listing the object's keys threw (a Proxy's `ownKeys`), worded as
         // `keys` words it, and refused at that object.
-        let (at, error) = match at.strip_prefix("keys of ") {
-            Some(path) => (path.to_string(), format!("listing the keys of {path} threw: {}", js::describe(env, thrown))),
-            None => (at.clone(), format!("reading {at} threw: {}", js::describe(env, thrown))),
+        // `index {path}[0]` (or `.length`): a read of `indexed`'s on the object at `path` threw.
+        let (at, error) = match (at.strip_prefix("keys of "), at.strip_prefix("index ")) {
+            (Some(path), _) => (path.to_string(), format!("listing the keys of {path} threw: {}", js::describe(env, thrown))),
+            (_, Some(read)) => {
+                let path = read.strip_suffix("[0]").or_else(|| read.strip_suffix(".length")).unwrap_or(read);
+                (path.to_string(), format!("reading {read} threw: {}", js::describe(env, thrown)))
+            }
+            _ => (at.clone(), format!("reading {at} threw: {}", js::describe(env, thrown))),
         };
         Threw { at, error: ExecError::InvalidArgument(error) }
     }
@@ -295,7 +364,9 @@ pub fn definition_from<'e>(
         def.abi = Some(crate::abi::Abi::parse(&abi)?);
     }
     if let Some(config) = as_field(field("config")?, W, "config", object)? {
-        def.config = string_map(&config, "definition.config")?;
+        // Refused by its characters before they are all copied: each is a byte or more, and
+        // `Definition::validate` counts its bytes exactly after.
+        def.config = string_map_within(&config, "definition.config", &mut Room::new("definition.config", crate::options::MAX_CONFIG_BYTES))?;
     }
     if let Some(l) = as_field(field("limits")?, W, "limits", object)? {
         let w = "definition.limits";

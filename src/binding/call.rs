@@ -300,8 +300,9 @@ struct Progress {
 }
 
 impl Progress {
-    /// Calls the user's function with a heartbeat (parsed, else the text); a throw is the caller's
-    /// bug: swallowed, never pending.
+    /// Calls the user's function with a heartbeat (parsed, else the text); a throw, or a rejection
+    /// of a promise it returns (an `async` function's), is the caller's bug: swallowed, never
+    /// pending, never an unhandled rejection (`call_quietly.js`).
     fn deliver(&self, env: &Env, detail: &str) -> napi::Result<()> {
         let f = self.user.borrow_back(env)?;
         // One JS string, parsed, or itself if it is not JSON.
@@ -309,10 +310,10 @@ impl Progress {
         let json = js::json_fns(raw).map_err(|e| napi::Error::from_reason(e.to_string()))?;
         let text = js::new_string(raw, detail).map_err(|e| napi::Error::from_reason(e.to_string()))?;
         let value = js::call(raw, json.json, json.parse, &[text]).unwrap_or(text);
-        // SAFETY: a value napi just made in this scope.
-        let value = unsafe { <Unknown as napi::bindgen_prelude::FromNapiValue>::from_napi_value(raw, value) }?;
-        if f.call(value).is_err() {
-            js::take_exception(env.raw());
+        let mut undefined = std::ptr::null_mut();
+        unsafe { napi::sys::napi_get_undefined(raw, &mut undefined) };
+        if js::call(raw, undefined, json.call_quietly, &[f.raw(), value]).is_err() {
+            js::take_exception(raw);
         }
         Ok(())
     }

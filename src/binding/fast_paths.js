@@ -67,21 +67,34 @@
   const ownKeys = Object.keys
   const isView = ArrayBuffer.isView
   const ownDescriptor = Object.getOwnPropertyDescriptor
-  const firstUnknown = (obj, keys) => {
-    // One that lists a key per element (an array, a typed array, a String object: anything with a
-    // numeric own `length`) is refused before its keys are listed (review BI1: a
+  // The read of `firstUnknown`'s that threw (its path, as `args::Threw` takes it), set as the
+  // throw leaves it: nothing runs before the caller's `catch` reads it.
+  let stepThrew
+  const firstUnknown = (obj, keys, path) => {
+    // One that lists a key per element (an array, a typed array, a String object: anything with
+    // an element 0 or a numeric own `length`) is refused before its keys are listed (review BI1: a
     // `new Uint8Array(1.3e8)` as `limits` held the event loop for minutes; a String object of a
-    // `repeat()` string, free to make, lists one key per character).
-    // A Proxy around a typed array has neither (review BJ1): its element 0 shows through.
-    const length = ownDescriptor(obj, 'length')
-    if (isView(obj) || (length !== undefined && typeof length.value === 'number') || ownDescriptor(obj, '0') !== undefined) return 'length'
-    const have = ownKeys(obj)
-    for (let j = 0; j < have.length; j++) {
-      let takes = false
-      for (let i = 0; i < keys.length; i++) if (keys[i] === have[j]) takes = true
-      if (!takes) return have[j]
+    // `repeat()` string, free to make, lists one key per character). A Proxy around a typed array
+    // is no view (review BJ1): its element 0 shows through. The reads are `args::indexed`'s, in
+    // its order, so a refusal (the object's own path: "must be a plain object") or a throw is
+    // worded as the native read words it (review BU2).
+    let step = 0
+    try {
+      if (isView(obj) || ownDescriptor(obj, '0') !== undefined) return path
+      step = 1
+      if (hasOwn(obj, 'length') && typeof obj.length === 'number') return path
+      step = 2
+      const have = ownKeys(obj)
+      for (let j = 0; j < have.length; j++) {
+        let takes = false
+        for (let i = 0; i < keys.length; i++) if (keys[i] === have[j]) takes = true
+        if (!takes) return `${path}.${have[j]}`
+      }
+      return undefined
+    } catch (e) {
+      stepThrew = step === 0 ? `index ${path}[0]` : step === 1 ? `index ${path}.length` : `keys of ${path}`
+      throw e
     }
-    return undefined
   }
   // As napi defines methods: writable, configurable, enumerable.
   const define = (proto, execute) =>
@@ -107,7 +120,6 @@
       let threwAt
       let thrown
       let unknown
-      let k
       try {
         name = clean(d, 'name', d.name)
         at = 'definition.version'
@@ -126,17 +138,14 @@
         config = clean(d, 'config', d.config)
         at = 'definition.limits'
         limits = clean(d, 'limits', d.limits)
-        at = 'keys of definition.limits'
-        if (isObject(limits) && (k = firstUnknown(limits, known.limits)) !== undefined) unknown = `definition.limits.${k}`
+        at = undefined
+        if (isObject(limits)) unknown = firstUnknown(limits, known.limits, 'definition.limits')
         at = 'definition.capabilities'
         capabilities = clean(d, 'capabilities', d.capabilities)
-        at = 'keys of definition.capabilities'
-        if (unknown === undefined && isObject(capabilities) && (k = firstUnknown(capabilities, known.capabilities)) !== undefined) {
-          unknown = `definition.capabilities.${k}`
-        }
+        at = undefined
+        if (unknown === undefined && isObject(capabilities)) unknown = firstUnknown(capabilities, known.capabilities, 'definition.capabilities')
         if (!noOptions) {
-          at = 'keys of options'
-          if (unknown === undefined && (k = firstUnknown(o, known.options)) !== undefined) unknown = `options.${k}`
+          if (unknown === undefined) unknown = firstUnknown(o, known.options, 'options')
           at = 'options.actorId'
           actorId = clean(o, 'actorId', o.actorId)
           at = 'options.transactional'
@@ -152,7 +161,8 @@
         }
       } catch (e) {
         // The call is refused at this field, or at a bad one before it: its input is not read.
-        threwAt = at
+        threwAt = at === undefined ? stepThrew : at
+        stepThrew = undefined
         thrown = e
       }
       let text = 'null'

@@ -17,7 +17,12 @@
   if (ArrayBuffer.isView(fns) || (length !== undefined && typeof length.value === 'number') || Object.getOwnPropertyDescriptor(fns, '0') !== undefined) {
     throw new TypeError('options.hostFunctions must be a plain object (not an array, typed array, or String object)')
   }
-  for (const key of Object.keys(fns)) {
+  const keys = Object.keys(fns)
+  // As many as the native side takes (the names cross as a list of at most 10,000).
+  if (keys.length > 10000) {
+    throw new TypeError(`options.hostFunctions takes at most 10000 functions, got ${keys.length}`)
+  }
+  for (const key of keys) {
     const f = fns[key]
     if (typeof f !== 'function') {
       throw new TypeError(`options.hostFunctions[${JSON.stringify(key)}] must be a function`)

@@ -136,6 +136,19 @@ pub fn input_text(env: sys::napi_env, value: sys::napi_value, max: u64) -> Resul
 
 /// A string argument or property, strictly: `INVALID_ARGUMENT` for a non-string or a string
 /// with lone surrogates.
+/// The length of a JS string in UTF-16 units, measured without copying it; `None` for a value
+/// that is no string.
+pub fn string_units(env: sys::napi_env, value: sys::napi_value) -> Option<usize> {
+    let mut t = 0;
+    unsafe { sys::napi_typeof(env, value, &mut t) };
+    if t != sys::ValueType::napi_string {
+        return None;
+    }
+    let mut units = 0usize;
+    // SAFETY: a length query (no buffer) on a value of this env.
+    (unsafe { sys::napi_get_value_string_utf16(env, value, ptr::null_mut(), 0, &mut units) } == sys::Status::napi_ok).then_some(units)
+}
+
 pub fn strict_string(env: sys::napi_env, value: sys::napi_value, what: &str) -> Result<String, ExecError> {
     let mut t = 0;
     unsafe { sys::napi_typeof(env, value, &mut t) };
@@ -239,6 +252,8 @@ pub struct JsonFns {
     pub object_prototype: sys::napi_value,
     /// `inherited.js`'s `inherited(o, k)`.
     pub inherited: sys::napi_value,
+    /// `call_quietly.js`'s `callQuietly(f, value)`.
+    pub call_quietly: sys::napi_value,
 }
 
 thread_local! {
@@ -247,7 +262,7 @@ thread_local! {
     /// torn down). Usually one; each
     /// further load of the addon into a Node environment (a module registry reset, a VM
     /// context) registers the module again with a new `napi_env`, used alongside the first.
-    static JSON_REFS: RefCell<Vec<(usize, [usize; 5])>> = const { RefCell::new(Vec::new()) };
+    static JSON_REFS: RefCell<Vec<(usize, [usize; 6])>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Its argument is the `napi_env` the references were made in, so each registration is unique:
@@ -307,7 +322,7 @@ fn cached(env: sys::napi_env, index: usize) -> Result<sys::napi_value, ExecError
         Some(r) if unsafe { sys::napi_get_reference_value(env, r as sys::napi_ref, &mut v) } == sys::Status::napi_ok && !v.is_null() => Ok(v),
         _ => {
             let fns = json_fns(env)?;
-            Ok([fns.json, fns.stringify, fns.parse, fns.object_prototype, fns.inherited][index])
+            Ok([fns.json, fns.stringify, fns.parse, fns.object_prototype, fns.inherited, fns.call_quietly][index])
         }
     }
 }
@@ -315,14 +330,14 @@ fn cached(env: sys::napi_env, index: usize) -> Result<sys::napi_value, ExecError
 pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| *refs));
     if let Some(refs) = cached {
-        let mut vals = [ptr::null_mut(); 5];
+        let mut vals = [ptr::null_mut(); 6];
         for (r, v) in refs.iter().zip(vals.iter_mut()) {
             let status = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, v) };
             if status != sys::Status::napi_ok || v.is_null() {
                 return Err(ExecError::internal("the cached JSON functions are gone"));
             }
         }
-        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3], inherited: vals[4] });
+        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3], inherited: vals[4], call_quietly: vals[5] });
     }
     let mut global = ptr::null_mut();
     unsafe { sys::napi_get_global(env, &mut global) };
@@ -332,12 +347,13 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let object = get(env, global, "Object", "Object").map_err(ExecError::internal)?;
     let object_prototype = get(env, object, "prototype", "Object.prototype").map_err(ExecError::internal)?;
     let inherited = run_script(env, INHERITED)?;
+    let call_quietly = run_script(env, CALL_QUIETLY)?;
     // Cached only when all five references and the cleanup hook are had; otherwise the
     // references made are deleted at once (never one leaked per call) and this call still has
     // what it needs.
-    let mut refs = [0usize; 5];
+    let mut refs = [0usize; 6];
     let mut made = 0;
-    for (v, r) in [json, stringify, parse, object_prototype, inherited].iter().zip(refs.iter_mut()) {
+    for (v, r) in [json, stringify, parse, object_prototype, inherited, call_quietly].iter().zip(refs.iter_mut()) {
         let mut reference = ptr::null_mut();
         if unsafe { sys::napi_create_reference(env, *v, 1, &mut reference) } != sys::Status::napi_ok {
             break;
@@ -354,10 +370,11 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
             unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
         }
     }
-    Ok(JsonFns { json, stringify, parse, object_prototype, inherited })
+    Ok(JsonFns { json, stringify, parse, object_prototype, inherited, call_quietly })
 }
 
 const INHERITED: &str = include_str!("inherited.js");
+const CALL_QUIETLY: &str = include_str!("call_quietly.js");
 
 /// The value of a script's text (the addon's own scripts).
 fn run_script(env: sys::napi_env, text: &str) -> Result<sys::napi_value, ExecError> {

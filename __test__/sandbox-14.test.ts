@@ -1,0 +1,139 @@
+// Hostile review round BU (the JS API under hostile values, round 2): each test reproduces a way
+// through that a reviewer found, and failed on the code from before its fix.
+import { describe, expect, it } from 'vitest'
+import { WasmActivityExecutor } from '../index'
+import { def, failure, guest, MemoryBlobStore } from './helpers'
+
+async function store() {
+  const s = new MemoryBlobStore()
+  await s.upload('echo.wasm', guest('echo'))
+  await s.upload('counter-actor.wasm', guest('counter-actor'))
+  await s.upload('progress.wasm', guest('capabilities/progress'))
+  return s
+}
+
+/** How `executor.actor(definition, id)` fails (undefined if it does not). */
+function handleFails(ex: WasmActivityExecutor, definition: unknown): any {
+  try {
+    ex.actor(definition as any, 'a')
+  } catch (e) {
+    return e
+  }
+  return undefined
+}
+
+describe('one long string named many times in a list or an object', () => {
+  it('is refused by the characters of the whole list before they are all copied', async () => {
+    // Review BU2: a 1 Mi-character string (free to make with `repeat`) named 1,000 times in
+    // `capabilities.hostFunctions` was copied 1,000 times (3.1 GB, 3 s of the event loop) and the
+    // call ran; in `capabilities.env` or `config` it was refused only after all was copied.
+    const long = 'A'.repeat(1 << 20)
+    const many = Array.from({ length: 1000 }, () => long)
+    const ex = new WasmActivityExecutor(await store())
+    const cases: [any, string][] = [
+      [{ capabilities: { hostFunctions: many } }, 'definition.capabilities.hostFunctions: its strings hold more than 1048576 characters together'],
+      [{ capabilities: { env: many } }, 'definition.capabilities.env: its strings hold more than 1048576 characters together'],
+      [{ config: Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`k${i}`, long])) }, 'definition.config: its strings hold more than 65536 characters together'],
+    ]
+    for (const [extra, message] of cases) {
+      for (const call of [() => ex.execute(def('echo', extra), {}), () => ex.executeDetailed(def('echo', extra), {})]) {
+        const e = await failure(call())
+        expect([e.code, e.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining(message)])
+      }
+      const thrown = handleFails(ex, def('echo', extra))
+      expect([thrown?.code, thrown?.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining(message)])
+    }
+    // Within the bound: names of a module that imports none are taken as before.
+    const names = Array.from({ length: 1000 }, (_, i) => `ns.f${i}`.padEnd(1000, 'x'))
+    expect(await ex.execute(def('echo', { capabilities: { hostFunctions: names } }), { message: 'kept' })).toMatchObject({ result: 'kept' })
+    await ex.close()
+  })
+})
+
+describe('objects that list a key per element, and Proxies whose listing throws', () => {
+  it('are refused in the same words by execute and executeDetailed', async () => {
+    // Review BU2: `execute` (its fields read in JS) said "definition.limits.length is not a field
+    // of definition.limits" and `executeDetailed` "definition.limits must be a plain object"; a
+    // revoked Proxy "listing the keys of ... threw" against "reading ...[0] threw".
+    const ex = new WasmActivityExecutor(await store())
+    const revoked = () => {
+      const { proxy, revoke } = Proxy.revocable({}, {})
+      revoke()
+      return proxy
+    }
+    const cases: [any, any][] = [
+      [{ limits: { 0: 1 } }, undefined],
+      [{ limits: new Uint8Array(4) }, undefined],
+      [{ limits: [] }, undefined],
+      [{ limits: new String('ab') }, undefined],
+      [{ capabilities: [1] }, undefined],
+      [{ limits: { length: 3 } }, undefined],
+      [{ limits: revoked() }, undefined],
+      [{ capabilities: revoked() }, undefined],
+      [{}, { 0: 1 }],
+      [{}, revoked()],
+    ]
+    for (const [extra, options] of cases) {
+      const fast = await failure(ex.execute(def('echo', extra), {}, options))
+      const native = await failure(ex.executeDetailed(def('echo', extra), {}, options))
+      expect([fast.code, fast.message]).toEqual(['INVALID_ARGUMENT', native.message])
+    }
+    const e = await failure(ex.execute(def('echo', { limits: { 0: 1 } as any }), {}))
+    expect(e.message).toBe('invalid argument: definition.limits must be a plain object (not an array, typed array, or String object)')
+    const r = await failure(ex.execute(def('echo', { limits: revoked() }), {}))
+    expect(r.message).toContain('reading definition.limits[0] threw')
+    await ex.close()
+  })
+})
+
+describe('a Proxy that answers reads with a get trap alone', () => {
+  it('is seen through as JS sees it: its limits hold', async () => {
+    // Review BU2: `new Proxy({}, { get })` read `maxFuel` 5 in JS, but having no own key it was
+    // taken for Object.prototype's, and the limit was dropped (the call ran with no fuel limit).
+    const ex = new WasmActivityExecutor(await store())
+    const limits = new Proxy({}, { get: (_t, k) => (k === 'maxFuel' ? 5 : undefined) })
+    expect((limits as any).maxFuel).toBe(5)
+    for (const call of [() => ex.execute(def('echo', { limits }), { message: 'x' }), () => ex.executeDetailed(def('echo', { limits }), { message: 'x' })]) {
+      expect((await failure(call())).code).toBe('OUT_OF_FUEL')
+    }
+    const handle = ex.actor(def('counter-actor', { limits }), 'fuel')
+    expect((await failure(handle.execute({ action: 'increment' }))).code).toBe('OUT_OF_FUEL')
+    // A key Object.prototype holds is still no field, whoever answers it.
+    ;(Object.prototype as any).maxFuel = 5
+    try {
+      expect(await ex.execute(def('echo'), { message: 'clean' })).toMatchObject({ result: 'clean' })
+    } finally {
+      delete (Object.prototype as any).maxFuel
+    }
+    await ex.close()
+  })
+})
+
+describe('an onProgress that returns a promise which rejects', () => {
+  it('is the caller\'s bug, dropped: no unhandled rejection, the call settles', async () => {
+    // Review BU2: `async onProgress() { throw ... }` ended the process (an unhandled rejection);
+    // a synchronous throw was already swallowed.
+    const ex = new WasmActivityExecutor(await store())
+    const unhandled: unknown[] = []
+    const listener = (reason: unknown) => unhandled.push(reason)
+    process.on('unhandledRejection', listener)
+    try {
+      let calls = 0
+      const thenable = { then: (_ok: unknown, fail: (e: unknown) => void) => fail(new Error('thenable')) }
+      const out = await ex.execute(def('progress'), { steps: 3, every: 1 }, {
+        onProgress: async () => {
+          calls++
+          throw new Error('db write failed')
+        },
+      })
+      expect(out).toBeDefined()
+      expect(calls).toBeGreaterThan(0)
+      await ex.execute(def('progress'), { steps: 3, every: 1 }, { onProgress: () => thenable })
+      await new Promise((r) => setTimeout(r, 50))
+      expect(unhandled).toEqual([])
+    } finally {
+      process.off('unhandledRejection', listener)
+    }
+    await ex.close()
+  })
+})
