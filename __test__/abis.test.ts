@@ -157,6 +157,19 @@ describe('Extism plugins (C, built with zig cc)', () => {
     }
   })
 
+  it('output_set of no bytes is no output wherever it points, as in Extism\'s kernel (it trapped at offset 0)', async () => {
+    const at = (offset: string) => kernelPlugin(`(call $one) (call $out (i64.const ${offset}) (i64.const 0))`)
+    for (const offset of ['0', '99999999']) {
+      const { ex } = await executorWith({ empty: await at(offset) })
+      const e = await failure(ex.execute(def('empty'), {}))
+      // The same as a plugin that never set an output: no JSON.
+      expect([offset, e.code, e.message]).toEqual([offset, 'INVALID_OUTPUT', expect.stringContaining('Unexpected end of JSON input')])
+    }
+    // An output set again after it is the output.
+    const { ex } = await executorWith({ again: await kernelPlugin('(call $out (i64.const 0) (i64.const 0)) (call $one)') })
+    expect(await ex.execute(def('again'), {})).toBe(1)
+  })
+
   it('a flood of tiny blocks meets maxMemoryMB (each block costs its bookkeeping); a huge log line is cut', async () => {
     // alloc(1) n times, then the output "1". A 1-byte block was counted as 1 byte while the
     // host kept an entry for it: 1.2 GiB of host memory past a 32 MiB cap.

@@ -116,6 +116,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap(MODULE, "output_set", |mut c: C, off: i64, len: i64| -> wasmtime::Result<()> {
         let k = &mut c.data_mut().extism;
+        // No bytes is no output, wherever: Extism's kernel reads none, and `output_set(0, 0)`
+        // (a plugin's "nothing to say") had trapped here as out of bounds.
+        if len == 0 {
+            k.output = None;
+            return Ok(());
+        }
         k.range(off as u64, len as u64)?;
         k.output = Some((off as u64, len as u64));
         Ok(())
