@@ -117,6 +117,10 @@ impl HostRule {
         };
         let pattern = if let Ok(ip) = host.parse::<IpAddr>() {
             Pattern::Ip(ip)
+        } else if let Some(ip) = ipv4_in_another_form(&host) {
+            // A URL's host in that form is the address (`http://2130706433/` is 127.0.0.1), but as
+            // a name it would match nothing, and `010.0.0.1` is 8.0.0.1, not 10.0.0.1 (review BS2).
+            return bad(&format!("it reads as the IPv4 address {ip} in a URL (write {ip} if that is the host meant)"));
         } else if let Some(suffix) = host.strip_prefix("*.") {
             if !is_name(suffix) {
                 return bad("after *. must come a domain name");
@@ -140,6 +144,15 @@ impl HostRule {
             (Pattern::Ip(a), Host::Ip(b)) => a == b || same_address(*a) == same_address(*b),
             _ => false,
         }
+    }
+}
+
+/// The IPv4 address a URL's host of this text is (`2130706433`, `0x7f.1`, `0177.0.0.1`), when it
+/// is one written other than as four decimal numbers.
+fn ipv4_in_another_form(host: &str) -> Option<Ipv4Addr> {
+    match url::Host::parse(host) {
+        Ok(url::Host::Ipv4(ip)) => Some(ip),
+        _ => None,
     }
 }
 
@@ -346,7 +359,10 @@ mod tests {
         assert!(check(&c, "http://user:pw@api.example.com/").unwrap_err().contains("credentials"));
         assert!(check(&c, "http://2130706433:8080/").is_ok(), "127.0.0.1 in decimal is that IP");
         assert!(check(&c, "http://2130706434:8080/").is_err());
-        for bad in ["", "http://x.com", "a/b", "*", "*.", "a.*.com", "x.com:0", "x.com:99999", "[::1", "ex ample.com"] {
+        // Written other than as four decimal numbers, an address is refused, naming what it is.
+        assert!(HostRule::parse("010.0.0.1").unwrap_err().contains("8.0.0.1"));
+        assert!(HostRule::parse("1.2.3.4.example.com").is_ok(), "a name that starts with numbers");
+        for bad in ["", "http://x.com", "a/b", "*", "*.", "a.*.com", "x.com:0", "x.com:99999", "[::1", "ex ample.com", "2130706433", "0177.0.0.1:80", "0x7f.1", "010.0.0.1"] {
             assert!(HostRule::parse(bad).is_err(), "{bad:?}");
         }
     }
