@@ -1,7 +1,7 @@
 // Hostile review round BU (the JS API under hostile values, round 2): each test reproduces a way
 // through that a reviewer found, and failed on the code from before its fix.
 import { describe, expect, it } from 'vitest'
-import { WasmActivityExecutor } from '../index'
+import { ObjectBlobStore, WasmActivityExecutor } from '../index'
 import { def, failure, guest, MemoryBlobStore } from './helpers'
 
 async function store() {
@@ -133,6 +133,79 @@ describe('an onProgress that returns a promise which rejects', () => {
       expect(unhandled).toEqual([])
     } finally {
       process.off('unhandledRejection', listener)
+    }
+    await ex.close()
+  })
+})
+
+describe('review BV1', () => {
+  it('an onProgress promise whose constructor or species throws is still given its handler', async () => {
+    // `then` asks the promise for its constructor and species first: a throw there left the
+    // promise without a handler, and its rejection ended the process.
+    class Hostile extends Promise<unknown> {
+      static get [Symbol.species](): any {
+        throw new Error('no species')
+      }
+    }
+    const returns: Array<() => unknown> = [
+      () => Hostile.reject(new Error('species')),
+      () => {
+        const p = Promise.reject(new Error('constructor'))
+        Object.defineProperty(p, 'constructor', { get() { throw new Error('no constructor') }, configurable: true })
+        return p
+      },
+    ]
+    const ex = new WasmActivityExecutor(await store())
+    const unhandled: unknown[] = []
+    const listener = (reason: unknown) => unhandled.push(reason)
+    process.on('unhandledRejection', listener)
+    try {
+      for (const onProgress of returns) {
+        await ex.execute(def('progress'), { steps: 3, every: 1 }, { onProgress })
+      }
+      await new Promise((r) => setTimeout(r, 50))
+      expect(unhandled).toEqual([])
+    } finally {
+      process.off('unhandledRejection', listener)
+    }
+    await ex.close()
+  })
+
+  it("a store's options are bounded by their characters together before they are copied", () => {
+    // 1,000 keys each holding one 1 Mi-character string were all copied (2.1 GB, 2 s of the event
+    // loop) before the first key was found to be no option.
+    const long = 'A'.repeat(1 << 20)
+    const options = Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`K${i}`, long]))
+    let thrown: any
+    try {
+      new ObjectBlobStore('memory://bv1', options)
+    } catch (e) {
+      thrown = e
+    }
+    expect([thrown?.code, thrown?.message]).toEqual(['INVALID_ARGUMENT', expect.stringContaining('options: its strings hold more than 1048576 characters together')])
+  })
+
+  it('execute refuses what executeDetailed refuses, in the same words: long keys, many keys, ArrayBuffers, Proxies whose descriptors throw', async () => {
+    const ex = new WasmActivityExecutor(await store())
+    const longKey = { ['k'.repeat((1 << 20) + 1)]: 1 }
+    const manyKeys = Object.fromEntries(Array.from({ length: 10001 }, (_, i) => [`k${i}`, 1]))
+    const twoHalves = { ['a'.repeat(600000)]: 1, ['b'.repeat(600000)]: 1 }
+    const throwing = new Proxy(def('echo'), { getOwnPropertyDescriptor: () => { throw new Error('no descriptor') } })
+    const cases: Array<[unknown, unknown, string]> = [
+      [def('echo', { limits: longKey as any }), undefined, 'definition.limits[0] is 1048577 characters long'],
+      [def('echo', { capabilities: manyKeys as any }), undefined, 'definition.capabilities must be an object of at most 10000 entries'],
+      [def('echo', { limits: twoHalves as any }), undefined, 'definition.limits: its strings hold more than 1048576 characters together'],
+      [def('echo'), longKey, 'options[0] is 1048577 characters long'],
+      [def('echo', { limits: new ArrayBuffer(8) as any }), undefined, 'definition.limits must be a plain object'],
+      [def('echo', { capabilities: new ArrayBuffer(8) as any }), undefined, 'definition.capabilities must be a plain object'],
+      [def('echo'), new ArrayBuffer(8), 'options must be a plain object'],
+      [throwing, undefined, 'reading definition.name threw: no descriptor'],
+    ]
+    for (const [definition, options, message] of cases) {
+      const fast = await failure(ex.execute(definition as any, {}, options as any))
+      const native = await failure(ex.executeDetailed(definition as any, {}, options as any))
+      expect([fast.code, fast.message]).toEqual(['INVALID_ARGUMENT', native.message])
+      expect(fast.message).toContain(message)
     }
     await ex.close()
   })

@@ -33,8 +33,9 @@ pub(crate) enum Input<'env> {
 pub(crate) enum Options<'env> {
     Value(Option<Unknown<'env>>),
     /// The fields, the getter that threw if one did, and the path of the first key of the
-    /// definition's objects or the options that none takes, if any (`fast_paths.js` listed them).
-    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>, Option<String>),
+    /// definition's objects or the options that none takes, if any (`fast_paths.js` listed them);
+    /// with the options object itself (for what only the native side can tell of it).
+    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>, Option<String>, Option<Object<'env>>),
 }
 
 /// The options a call reads, in order.
@@ -42,14 +43,14 @@ pub(crate) const OPTION_FIELDS: [&str; 6] = ["actorId", "transactional", "now", 
 
 enum Source<'env> {
     Object(Object<'env>),
-    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>, Option<String>),
+    Fields([Unknown<'env>; 6], Option<Box<args::Threw>>, Option<String>, Option<Object<'env>>),
 }
 
 impl<'env> Source<'env> {
     fn get(&self, key: &str) -> Result<Option<Unknown<'env>>, ExecError> {
         match self {
             Source::Object(o) => args::prop(o, key, "options"),
-            Source::Fields(f, threw, _) => {
+            Source::Fields(f, threw, _, _) => {
                 args::Threw::check(threw.as_deref(), "options", key)?;
                 args::field_of(f, &OPTION_FIELDS, key)
             }
@@ -61,9 +62,9 @@ impl<'env> Source<'env> {
     fn only_known(&self) -> Result<(), ExecError> {
         match self {
             Source::Object(o) => args::KeyCheck::List.check(Some(o), "options", &OPTION_FIELDS),
-            Source::Fields(_, threw, unknown) => {
+            Source::Fields(_, threw, unknown, obj) => {
                 args::Threw::check_whole(threw.as_deref(), "options")?;
-                args::KeyCheck::Found(unknown.as_deref()).check(None, "options", &OPTION_FIELDS)
+                args::KeyCheck::Found(unknown.as_deref()).check(obj.as_ref(), "options", &OPTION_FIELDS)
             }
         }
     }
@@ -107,7 +108,7 @@ pub(crate) fn start_call<'env>(
         }
         let source = match options {
             Options::Value(v) => args::options_object(v)?.map(Source::Object),
-            Options::Fields(f, threw, unknown) => Some(Source::Fields(f, threw, unknown)),
+            Options::Fields(f, threw, unknown, obj) => Some(Source::Fields(f, threw, unknown, obj)),
         };
         if let Some(o) = source {
             o.only_known()?;

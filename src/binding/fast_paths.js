@@ -44,19 +44,17 @@
   // A field that comes from Object.prototype (a key someone added there, a prototype pollution
   // elsewhere in the process: `Object.prototype.capabilities = ...`) is no field: obeyed, it
   // would be a grant nobody made. The caller's own prototypes (a class's getters,
-  // `Object.create(base)`) count. `inherited` is inherited.js's, which the native reads use too.
-  // An object of this realm whose prototype is its Object.prototype (the usual literal) can only
-  // have this realm's pollution under it: checked here, cheaply. Any other (another realm's: a
-  // `vm` context, Jest's or vitest's VM pools; a class's instance; a Proxy) takes the whole walk,
-  // which stops at any realm's Object.prototype (review BH2: a vm context's
+  // `Object.create(base)`) count. `inherited` is inherited.js's, which the native reads use too:
+  // its walk stops at any realm's Object.prototype (review BH2: a vm context's
   // `Object.prototype.capabilities` was obeyed, its `limits` lifted the executor's).
-  const objectPrototype = Object.prototype
   const hasOwn = Object.hasOwn
-  const prototypeOf = Object.getPrototypeOf
   const inherited = typeof inheritedFrom === 'function' ? inheritedFrom : () => false
+  // Always the whole walk, as the native read takes it for anything but a plain object: a
+  // cheaper look at a plain-looking object ran no trap of a Proxy's where the native read runs
+  // them (review BV1: a definition Proxy whose getOwnPropertyDescriptor throws ran here and was
+  // refused there). For a plain object the walk is as cheap: its first step finds the key own.
   const clean = (o, k, v) => {
     if (v === undefined || v === null) return v
-    if (prototypeOf(o) === objectPrototype) return !hasOwn(objectPrototype, k) || hasOwn(o, k) ? v : undefined
     return inherited(o, k) ? undefined : v
   }
   // The keys `limits`, `capabilities` and the options take (args::LIMIT_FIELDS, ...): the first
@@ -85,6 +83,17 @@
       if (hasOwn(obj, 'length') && typeof obj.length === 'number') return path
       step = 2
       const have = ownKeys(obj)
+      // As `args::keys` refuses them, in its order: too many keys, a key too long, too many
+      // characters in all (`args::found_refusal` words each); a key's text is handed over only
+      // once it is short (review BV1: one of 500 million characters was copied whole).
+      if (have.length > 10000) return `many ${path}`
+      let units = 0
+      for (let j = 0; j < have.length; j++) {
+        const n = have[j].length
+        if (n > 1048576) return `long ${path}[${j}] ${n}`
+        units += n
+        if (units > 1048576) return `together ${path}`
+      }
       for (let j = 0; j < have.length; j++) {
         let takes = false
         for (let i = 0; i < keys.length; i++) if (keys[i] === have[j]) takes = true
@@ -177,7 +186,7 @@
       let r
       try {
         r = apply(flat, this, [text, threwAt, thrown, unknown, name, version, wasmBlobPath, sha256, deterministic, entrypoint, abi,
-          config, limits, capabilities, actorId, transactional, now, seed, onProgress, signal])
+          config, limits, capabilities, actorId, transactional, now, seed, onProgress, signal, o])
       } catch (e) {
         throw coded(e, 'WasmActivityExecutor.prototype.execute')
       }

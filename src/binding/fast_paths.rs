@@ -49,6 +49,7 @@ impl WasmActivityExecutor {
         seed: Unknown<'env>,
         on_progress: Unknown<'env>,
         signal: Unknown<'env>,
+        options: Unknown<'env>,
     ) -> napi::Result<Unknown<'env>> {
         let threw = match threw_at.get_type() {
             // SAFETY: a string (checked), in this call's scope.
@@ -72,7 +73,12 @@ impl WasmActivityExecutor {
             Ok(ValueType::String) => Input::Json(input),
             _ => Input::Value(input),
         };
-        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal], threw, unknown);
+        // SAFETY: an object (checked), in this call's scope.
+        let options_object = match options.get_type() {
+            Ok(ValueType::Object | ValueType::Function) => Some(unsafe { options.cast::<Object>() }?),
+            _ => None,
+        };
+        let options = Options::Fields([actor_id, transactional, now, seed, on_progress, signal], threw, unknown, options_object);
         start_call(&self.inner, env, def.as_ref().map_err(Clone::clone), None, input, options, Settle::TextNow)
     }
 }

@@ -136,6 +136,13 @@ pub fn input_text(env: sys::napi_env, value: sys::napi_value, max: u64) -> Resul
 
 /// A string argument or property, strictly: `INVALID_ARGUMENT` for a non-string or a string
 /// with lone surrogates.
+/// Whether `value` is an ArrayBuffer (asked of V8: no code of the value's runs).
+pub fn is_arraybuffer(env: sys::napi_env, value: sys::napi_value) -> bool {
+    let mut yes = false;
+    // SAFETY: a type query on a live value of this env.
+    unsafe { sys::napi_is_arraybuffer(env, value, &mut yes) == sys::Status::napi_ok && yes }
+}
+
 /// The length of a JS string in UTF-16 units, measured without copying it; `None` for a value
 /// that is no string.
 pub fn string_units(env: sys::napi_env, value: sys::napi_value) -> Option<usize> {
@@ -347,7 +354,7 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let object = get(env, global, "Object", "Object").map_err(ExecError::internal)?;
     let object_prototype = get(env, object, "prototype", "Object.prototype").map_err(ExecError::internal)?;
     let inherited = run_script(env, INHERITED)?;
-    let call_quietly = run_script(env, CALL_QUIETLY)?;
+    let call_quietly = call_quietly(env)?;
     // Cached only when all five references and the cleanup hook are had; otherwise the
     // references made are deleted at once (never one leaked per call) and this call still has
     // what it needs.
@@ -375,6 +382,36 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
 
 const INHERITED: &str = include_str!("inherited.js");
 const CALL_QUIETLY: &str = include_str!("call_quietly.js");
+
+/// `call_quietly.js`'s `callQuietly`, made with V8's own promise test.
+fn call_quietly(env: sys::napi_env) -> Result<sys::napi_value, ExecError> {
+    let make = run_script(env, CALL_QUIETLY)?;
+    let mut test = ptr::null_mut();
+    let name = "isPromise";
+    // SAFETY: a function of this env whose callback only reads its argument.
+    if unsafe { sys::napi_create_function(env, name.as_ptr().cast(), name.len() as isize, Some(is_promise), ptr::null_mut(), &mut test) } != sys::Status::napi_ok {
+        return Err(ExecError::internal("cannot make a function"));
+    }
+    let mut undefined = ptr::null_mut();
+    unsafe { sys::napi_get_undefined(env, &mut undefined) };
+    call(env, undefined, make, &[test]).map_err(|msg| ExecError::internal(format!("an addon script does not run: {msg}")))
+}
+
+/// `isPromise(value)`: whether V8 holds `value` a promise (a Proxy or thenable is none); no code
+/// of the value's runs.
+unsafe extern "C" fn is_promise(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    let mut argc = 1usize;
+    let mut argv = [ptr::null_mut(); 1];
+    let mut yes = false;
+    if sys::napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut()) == sys::Status::napi_ok && argc >= 1 {
+        if sys::napi_is_promise(env, argv[0], &mut yes) != sys::Status::napi_ok {
+            yes = false;
+        }
+    }
+    let mut out = ptr::null_mut();
+    sys::napi_get_boolean(env, yes, &mut out);
+    out
+}
 
 /// The value of a script's text (the addon's own scripts).
 fn run_script(env: sys::napi_env, text: &str) -> Result<sys::napi_value, ExecError> {
