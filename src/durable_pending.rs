@@ -34,6 +34,20 @@ pub struct Pending {
     /// Set when the executor closes or goes: background retries of failed deletes stop.
     stopped: std::sync::atomic::AtomicBool,
     stopping: tokio::sync::Notify,
+    /// Told as writes start and end (Node's binding holds its event loop alive meanwhile).
+    watch: std::sync::OnceLock<Arc<dyn WritesWatch>>,
+}
+
+/// Told when an executor's store writes under way go from none to some and back. What runs the
+/// executor (Node's event loop) stays alive meanwhile, as `close()` waits for them: a process whose
+/// main thread ended on its own once its calls resolved lost `persist: 'async'` steps they had
+/// acknowledged (review BV2: 2 of 8 stores under load).
+pub trait WritesWatch: Send + Sync {
+    /// Writes went from none to some, or back to none (told from any thread): look again.
+    fn changed(&self);
+    /// Called on the thread calls settle on, while writes are under way (after a call settled
+    /// there, a drop returned there): hold now, before that thread's own code goes on.
+    fn hold_here(&self);
 }
 
 /// Dropped actors whose delete failed, by store key, and those being retried in the background.
@@ -79,8 +93,31 @@ pub struct PendingWrite(Arc<Pending>);
 
 impl Pending {
     pub fn start(self: &Arc<Self>) -> PendingWrite {
-        self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            if let Some(w) = self.watch.get() {
+                w.changed();
+            }
+        }
         PendingWrite(self.clone())
+    }
+
+    /// Who is told as writes start and end (once; later ones are ignored).
+    pub fn watch(&self, watch: Arc<dyn WritesWatch>) {
+        let _ = self.watch.set(watch);
+    }
+
+    /// Whether any write is under way.
+    pub fn writing(&self) -> bool {
+        self.writes.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// On the thread calls settle on: the watch holds now if writes are under way.
+    pub fn hold_here(&self) {
+        if self.writing() {
+            if let Some(w) = self.watch.get() {
+                w.hold_here();
+            }
+        }
     }
 
     /// Records a dropped actor's stored state as not deleted (`Some(version it had)`), or as
@@ -217,7 +254,11 @@ impl Pending {
 
 impl Drop for PendingWrite {
     fn drop(&mut self) {
-        self.0.writes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if self.0.writes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            if let Some(w) = self.0.watch.get() {
+                w.changed();
+            }
+        }
         self.0.done.notify_waiters();
     }
 }

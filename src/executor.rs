@@ -170,6 +170,23 @@ impl Executor {
         })
     }
 
+    /// Who is told as store writes under way after their calls (`persist: 'async'`, drops) start
+    /// and end (`durable::WritesWatch`).
+    pub fn watch_writes(&self, watch: Arc<dyn crate::durable_pending::WritesWatch>) {
+        self.pending.watch(watch);
+    }
+
+    /// Whether store writes are under way after their calls.
+    pub fn writing(&self) -> bool {
+        self.pending.writing()
+    }
+
+    /// On the thread calls settle on, after one settled there or a drop returned: the writes'
+    /// watch holds now if writes are under way.
+    pub fn hold_for_writes(&self) {
+        self.pending.hold_here();
+    }
+
     /// The largest input a call takes, in UTF-8 bytes (`maxInputBytes`): a caller holding a longer
     /// text may leave it uncopied (`CallOptions::input_bytes`).
     pub fn max_input_bytes(&self) -> u64 {

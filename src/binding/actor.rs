@@ -74,6 +74,8 @@ impl WasmActor {
         if self.inner.is_closed() {
             return Err(super::js_error::to_napi(&env, &crate::error::ExecError::Closed));
         }
-        Ok(self.inner.drop_actor(&self.def, &self.actor_id))
+        let had = self.inner.drop_actor(&self.def, &self.actor_id);
+        self.inner.hold_for_writes();
+        Ok(had)
     }
 }

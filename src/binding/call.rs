@@ -200,8 +200,11 @@ pub(crate) fn start_call<'env>(
         promise = Some(p);
         let hook = hook.take();
         let progress = progress.clone();
+        let executor = inner.clone();
         Ok(Box::new(move |result: Result<CallOutput, ExecError>| {
             deferred.resolve(move |env: Env| {
+                // A write the call left under way (`persist: 'async'`) keeps the process alive.
+                executor.hold_for_writes();
                 if let Some(SendHook(Some(h))) = hook {
                     h.detach(&env);
                 }
@@ -222,6 +225,7 @@ pub(crate) fn start_call<'env>(
     match (attempt, promise) {
         (Attempt::Started, Some(p)) => Ok(p.to_unknown()),
         (Attempt::Finished(result), _) => {
+            inner.hold_for_writes();
             // Settled now, on this thread: no hand-off at all.
             if let Some(SendHook(Some(h))) = hook.take() {
                 h.detach(env);

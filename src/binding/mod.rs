@@ -17,6 +17,7 @@ mod js_log;
 mod turns;
 mod js_store;
 mod js_host;
+mod keep_alive;
 mod loop_watch;
 mod object_store;
 
@@ -345,7 +346,11 @@ impl WasmActivityExecutor {
                         })?;
                     Arc::new(JsBlobSource::new(tsfn))
                 };
+            let stored = opts.actor_store.is_some();
             let inner = Arc::new(Executor::new(source, opts)?);
+            if stored {
+                keep_alive::watch(&env, &inner).map_err(|e| ExecError::internal(e.reason))?;
+            }
             register(&env, &inner);
             Ok(WasmActivityExecutor { inner })
         };
@@ -485,7 +490,10 @@ impl WasmActivityExecutor {
         if self.inner.is_closed() {
             return Err(to_napi(&env, &ExecError::Closed));
         }
-        Ok(self.inner.drop_actor(&def, &id))
+        let had = self.inner.drop_actor(&def, &id);
+        // Its store delete is under way: the process stays until it is done.
+        self.inner.hold_for_writes();
+        Ok(had)
     }
 
     /// Closes the executor: calls in flight are cancelled (`CANCELLED`), actors and cached
