@@ -179,14 +179,7 @@ describe('an actor store on a local directory (file://)', () => {
   it("close() waits for persist: 'async' writes and dropActor's deletes: a worker that exits right after keeps every step", () => {
     // Both were detached jobs close() did not wait for: 7 of 10 acknowledged steps were lost.
     const dir = mkdtempSync(join(tmpdir(), 'loom-actors-'))
-    const worker = (script: string) =>
-      execFileSync(process.execPath, ['-e', `
-        const { ObjectBlobStore, WasmActivityExecutor } = require(${JSON.stringify(root)})
-        const bytes = require('node:fs').readFileSync(${JSON.stringify(join(root, 'build', 'counter-actor.wasm'))})
-        const ex = new WasmActivityExecutor({ download: async () => bytes }, { actorStore: ${JSON.stringify(`file://${dir}`)}, persist: 'async' })
-        const def = { name: 'counter', version: '1', wasmBlobPath: 'counter.wasm' }
-        ;(async () => { ${script}; await ex.close(); process.exit(0) })().catch((e) => { console.error(e); process.exit(2) })
-      `], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    const worker = (script: string) => asyncWriter(dir, `${script}; await ex.close(); process.exit(0)`)
     const counts = []
     for (let i = 0; i < 5; i++) {
       counts.push(JSON.parse(worker(`console.log(JSON.stringify((await ex.execute(def, { action: 'increment', amount: 1 }, { actorId: 'n' })).count))`)))
@@ -202,15 +195,7 @@ describe('an actor store on a local directory (file://)', () => {
     // Review BV2: the writes under way did not hold Node's event loop; once the calls had
     // resolved the process exited and 2 of 8 stores under load lost acknowledged steps.
     const dir = mkdtempSync(join(tmpdir(), 'loom-actors-'))
-    const run = (script: string) =>
-      execFileSync(process.execPath, ['-e', `
-        const { WasmActivityExecutor } = require(${JSON.stringify(root)})
-        const bytes = require('node:fs').readFileSync(${JSON.stringify(join(root, 'build', 'counter-actor.wasm'))})
-        const ex = new WasmActivityExecutor({ download: async () => bytes }, { actorStore: ${JSON.stringify(`file://${dir}`)}, persist: 'async' })
-        const def = { name: 'counter', version: '1', wasmBlobPath: 'counter.wasm' }
-        const ids = Array.from({ length: 100 }, (_, i) => 'a' + i)
-        ;(async () => { ${script} })().catch((e) => { console.error(e); process.exitCode = 2 })
-      `], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    const run = (script: string) => asyncWriter(dir, `const ids = Array.from({ length: 100 }, (_, i) => 'a' + i); ${script}`)
     const read = () => JSON.parse(run(`console.log(JSON.stringify(await Promise.all(ids.map(async (id) => (await ex.execute(def, { action: 'get' }, { actorId: id })).count)))); await ex.close()`))
     for (const round of [1, 2]) {
       run(`await Promise.all(ids.map((id) => ex.execute(def, { action: 'increment', amount: 1 }, { actorId: id })))`)
@@ -220,6 +205,19 @@ describe('an actor store on a local directory (file://)', () => {
     expect(JSON.parse(run(`console.log(JSON.stringify((await ex.execute(def, { action: 'get' }, { actorId: 'd' })).count)); await ex.close()`))).toBe(0)
   })
 })
+
+/** Runs `script` (an async function's body, given `ex`, an executor on the `file://` actor store
+ * `dir` with `persist: 'async'`, and `def`, the counter's definition) in a process of its own, which
+ * ends when its event loop does (or as `script` ends it); its standard output. */
+function asyncWriter(dir: string, script: string): string {
+  return execFileSync(process.execPath, ['-e', `
+    const { WasmActivityExecutor } = require(${JSON.stringify(root)})
+    const bytes = require('node:fs').readFileSync(${JSON.stringify(join(root, 'build', 'counter-actor.wasm'))})
+    const ex = new WasmActivityExecutor({ download: async () => bytes }, { actorStore: ${JSON.stringify(`file://${dir}`)}, persist: 'async' })
+    const def = { name: 'counter', version: '1', wasmBlobPath: 'counter.wasm' }
+    ;(async () => { ${script} })().catch((e) => { console.error(e); process.exit(2) })
+  `], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+}
 
 /** Every file under `dir` whose name ends with `ext`. */
 function filesUnder(dir: string, ext: string): string[] {
