@@ -22,6 +22,20 @@ function handleFails(ex: WasmActivityExecutor, definition: unknown): any {
   return undefined
 }
 
+/** The unhandled rejections seen while `run` ran, and 50 ms after. */
+async function unhandledDuring(run: () => Promise<void>): Promise<unknown[]> {
+  const unhandled: unknown[] = []
+  const listener = (reason: unknown) => unhandled.push(reason)
+  process.on('unhandledRejection', listener)
+  try {
+    await run()
+    await new Promise((r) => setTimeout(r, 50))
+  } finally {
+    process.off('unhandledRejection', listener)
+  }
+  return unhandled
+}
+
 describe('one long string named many times in a list or an object', () => {
   it('is refused by the characters of the whole list before they are all copied', async () => {
     // Review BU2: a 1 Mi-character string (free to make with `repeat`) named 1,000 times in
@@ -114,10 +128,7 @@ describe('an onProgress that returns a promise which rejects', () => {
     // Review BU2: `async onProgress() { throw ... }` ended the process (an unhandled rejection);
     // a synchronous throw was already swallowed.
     const ex = new WasmActivityExecutor(await store())
-    const unhandled: unknown[] = []
-    const listener = (reason: unknown) => unhandled.push(reason)
-    process.on('unhandledRejection', listener)
-    try {
+    const unhandled = await unhandledDuring(async () => {
       let calls = 0
       const thenable = { then: (_ok: unknown, fail: (e: unknown) => void) => fail(new Error('thenable')) }
       const out = await ex.execute(def('progress'), { steps: 3, every: 1 }, {
@@ -129,11 +140,8 @@ describe('an onProgress that returns a promise which rejects', () => {
       expect(out).toBeDefined()
       expect(calls).toBeGreaterThan(0)
       await ex.execute(def('progress'), { steps: 3, every: 1 }, { onProgress: () => thenable })
-      await new Promise((r) => setTimeout(r, 50))
-      expect(unhandled).toEqual([])
-    } finally {
-      process.off('unhandledRejection', listener)
-    }
+    })
+    expect(unhandled).toEqual([])
     await ex.close()
   })
 })
@@ -156,18 +164,10 @@ describe('review BV1', () => {
       },
     ]
     const ex = new WasmActivityExecutor(await store())
-    const unhandled: unknown[] = []
-    const listener = (reason: unknown) => unhandled.push(reason)
-    process.on('unhandledRejection', listener)
-    try {
-      for (const onProgress of returns) {
-        await ex.execute(def('progress'), { steps: 3, every: 1 }, { onProgress })
-      }
-      await new Promise((r) => setTimeout(r, 50))
-      expect(unhandled).toEqual([])
-    } finally {
-      process.off('unhandledRejection', listener)
-    }
+    const unhandled = await unhandledDuring(async () => {
+      for (const onProgress of returns) await ex.execute(def('progress'), { steps: 3, every: 1 }, { onProgress })
+    })
+    expect(unhandled).toEqual([])
     await ex.close()
   })
 
