@@ -118,21 +118,75 @@ impl FileActorStore {
     }
 }
 
-impl FileActorStore {
-    /// Runs `f` holding an exclusive lock on the key's lock file (blocking: call off the runtime).
-    fn locked<T>(&self, key: &str, gone: &AtomicBool, f: impl FnOnce(&Path) -> Result<T, ExecError>) -> Result<T, ExecError> {
-        self.locked_within(key, gone, LOCK_WAIT, f)
-    }
+/// At most this many threads of the process wait for actor locks that other processes hold,
+/// sleeping between tries; more waits queue without a thread, within the same `LOCK_WAIT` (review
+/// BW1: 1,200 actors whose locks a stopped worker held took all 512 blocking threads that
+/// compiles and other executors' stores share: another executor's first call waited 58 s, a
+/// durable call on a healthy store timed out, and the process exited 90 s after its last call).
+const MAX_LOCK_WAITERS: usize = 16;
+static LOCK_WAITERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOCK_WAITERS);
 
-    /// `locked`, waiting at most `limit` for the lock, and not at all once `gone` is set: the lock
-    /// is tried without blocking, between sleeps of up to 20 ms.
-    fn locked_within<T>(
+impl FileActorStore {
+    /// Runs `op` holding an exclusive lock on the key's lock file, off the runtime. The lock is
+    /// tried at once; held by another process, it is waited for on one of `MAX_LOCK_WAITERS`
+    /// threads (asynchronously for one of them first), `LOCK_WAIT` at most in all, and not at all
+    /// once the call has gone (`op` is told, `gone`, as it runs).
+    async fn under_lock<T: Send + 'static>(
         &self,
         key: &str,
-        gone: &AtomicBool,
-        limit: Duration,
-        f: impl FnOnce(&Path) -> Result<T, ExecError>,
+        op: impl FnOnce(&Path, &AtomicBool) -> Result<T, ExecError> + Send + 'static,
     ) -> Result<T, ExecError> {
+        let started = Instant::now();
+        let (this, k) = (self.clone(), key.to_string());
+        let tried = self
+            .off_runtime(move |gone| match this.lock_within(&k, gone, Duration::ZERO)? {
+                Some((lock, path)) => {
+                    let out = op(&path, gone);
+                    drop(lock);
+                    Ok(Ok(out))
+                }
+                None => Ok(Err(op)),
+            })
+            .await?;
+        let op = match tried {
+            Ok(out) => return out,
+            Err(op) => op,
+        };
+        let waiter = tokio::time::timeout(LOCK_WAIT.saturating_sub(started.elapsed()), LOCK_WAITERS.acquire()).await;
+        let Ok(Ok(waiter)) = waiter else { return Err(held_too_long(key)) };
+        let (this, k) = (self.clone(), key.to_string());
+        let left = LOCK_WAIT.saturating_sub(started.elapsed());
+        self.off_runtime(move |gone| {
+            let _waiter = waiter;
+            match this.lock_within(&k, gone, left)? {
+                Some((lock, path)) => {
+                    let out = op(&path, gone);
+                    drop(lock);
+                    out
+                }
+                None => Err(held_too_long(&k)),
+            }
+        })
+        .await
+    }
+
+    /// `op` under the key's lock, waiting at most `limit` for it on this thread (blocking).
+    #[cfg(test)]
+    fn locked_within<T>(&self, key: &str, gone: &AtomicBool, limit: Duration, op: impl FnOnce(&Path) -> Result<T, ExecError>) -> Result<T, ExecError> {
+        match self.lock_within(key, gone, limit)? {
+            Some((lock, path)) => {
+                let out = op(&path);
+                drop(lock);
+                out
+            }
+            None => Err(unavailable(key, format!("another process held the actor's lock for {} ms; nothing was written", limit.as_millis()))),
+        }
+    }
+
+    /// The key's lock, taken (and its checked path), or `None` if another process still held it
+    /// after `limit` (blocking: call off the runtime); not waited for once `gone` is set. The lock
+    /// is tried without blocking, between sleeps of up to 20 ms.
+    fn lock_within(&self, key: &str, gone: &AtomicBool, limit: Duration) -> Result<Option<(std::fs::File, PathBuf)>, ExecError> {
         let path = self.checked_path(key)?;
         if let Some(parent) = path.parent().filter(|p| !p.is_dir()) {
             std::fs::create_dir_all(parent).map_err(|e| unavailable(key, e))?;
@@ -160,7 +214,7 @@ impl FileActorStore {
                 // Checked again now: whoever held the lock may have put a link in a directory's
                 // place meanwhile.
                 self.checked_path(key)?;
-                break;
+                return Ok(Some((lock, path)));
             }
             let err = std::io::Error::last_os_error();
             match err.raw_os_error() {
@@ -171,16 +225,22 @@ impl FileActorStore {
                 return Err(left());
             }
             if started.elapsed() >= limit {
-                return Err(unavailable(key, format!("another process held the actor's lock for {} ms; nothing was written", limit.as_millis())));
+                return Ok(None);
             }
+            #[cfg(test)]
+            let _waiting = tests::Waiting::new();
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        let out = f(&path);
-        drop(lock);
-        out
     }
+}
 
+/// A write that did not get its actor's lock within `LOCK_WAIT`.
+fn held_too_long(key: &str) -> ExecError {
+    unavailable(key, format!("another process held the actor's lock for {} ms; nothing was written", LOCK_WAIT.as_millis()))
+}
+
+impl FileActorStore {
     /// The key's file, if there is one: a regular file (anything else is `SNAPSHOT_INVALID`).
     fn open_stored(path: &Path, key: &str) -> Result<Option<std::fs::File>, ExecError> {
         match open_regular(path, std::fs::OpenOptions::new().read(true)) {
@@ -262,11 +322,11 @@ impl ActorStore for FileActorStore {
 
     fn save<'a>(&'a self, key: &'a str, bytes: Vec<u8>, expected: Option<&'a Version>) -> BoxFuture<'a, Result<Saved, ExecError>> {
         let expected: Option<u64> = expected.and_then(|v| v.version.as_deref()).and_then(|v| v.parse().ok());
-        let this = self.clone();
         let key = key.to_string();
         Box::pin(async move {
-            self.off_runtime(move |gone| {
-                this.locked(&key, gone, |path| {
+            let k = key.clone();
+            self.under_lock(&k, move |path, gone| {
+                {
                     let current = FileActorStore::stored_version(path, &key)?;
                     if current != expected {
                         return Err(conflict(&key, format!("stored version {current:?}, expected {expected:?}")));
@@ -298,18 +358,18 @@ impl ActorStore for FileActorStore {
                     // could bring back the previous snapshot after this call was acknowledged.
                     sync_dir(path).map_err(|e| unavailable(&key, e))?;
                     Ok(Saved::Current(Version { version: Some(next.to_string()), ..Default::default() }))
-                })
+                }
             })
             .await
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
-        let this = self.clone();
         let key = key.to_string();
         Box::pin(async move {
-            self.off_runtime(move |gone| {
-                this.locked(&key, gone, |path| {
+            let k = key.clone();
+            self.under_lock(&k, move |path, _| {
+                {
                     // A killed writer's leftover goes with the actor; so does anything planted
                     // (a link, a FIFO, a directory).
                     let _ = remove_entry(&path.with_extension("tmp"));
@@ -319,7 +379,7 @@ impl ActorStore for FileActorStore {
                         Ok(true) => sync_dir(path).map_err(|e| unavailable(&key, e)),
                         Ok(false) => Ok(()),
                     }
-                })
+                }
             })
             .await
         })
@@ -327,12 +387,12 @@ impl ActorStore for FileActorStore {
 
     fn delete_if<'a>(&'a self, key: &'a str, version: &'a Version) -> BoxFuture<'a, Result<bool, ExecError>> {
         let expected: Option<u64> = version.version.as_deref().and_then(|v| v.parse().ok());
-        let this = self.clone();
         let key = key.to_string();
         Box::pin(async move {
-            self.off_runtime(move |gone| {
-                // Compared and deleted under the actor's lock: no write lands between the two.
-                this.locked(&key, gone, |path| match FileActorStore::stored_version(path, &key)? {
+            let k = key.clone();
+            // Compared and deleted under the actor's lock: no write lands between the two.
+            self.under_lock(&k, move |path, _| {
+                match FileActorStore::stored_version(path, &key)? {
                     None => Ok(true),
                     Some(now) if Some(now) == expected => {
                         let _ = std::fs::remove_file(path.with_extension("tmp"));
@@ -343,7 +403,7 @@ impl ActorStore for FileActorStore {
                         }
                     }
                     Some(_) => Ok(false),
-                })
+                }
             })
             .await
         })
