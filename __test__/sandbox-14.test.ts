@@ -210,3 +210,33 @@ describe('review BV1', () => {
     await ex.close()
   })
 })
+
+describe('review BX2: directories named relative to the working directory', () => {
+  it('a relative cacheDir and hostDir stay the directories checked at construction after process.chdir', async () => {
+    const { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } = await import('node:fs')
+    const { tmpdir } = await import('node:os')
+    const { join } = await import('node:path')
+    const top = mkdtempSync(join(tmpdir(), 'loom-bx2-'))
+    for (const d of ['a/data', 'b/data', 'b/cache']) mkdirSync(join(top, d), { recursive: true })
+    // The directory a later working directory would name instead: world-writable, never checked.
+    chmodSync(join(top, 'b', 'cache'), 0o777)
+    const s = await store()
+    await s.upload('fs.wasm', guest('capabilities/fs'))
+    const was = process.cwd()
+    try {
+      process.chdir(join(top, 'a'))
+      const ex = new WasmActivityExecutor(s, { cacheDir: 'cache', filesystem: { hostDir: 'data', writable: true } })
+      process.chdir(join(top, 'b'))
+      await ex.precompile(def('echo'))
+      const written = await ex.execute(def('fs', { capabilities: { filesystem: true } }), { path: 'f.txt', write: 'here' })
+      expect(written).toEqual({ written: 4 })
+      await ex.close()
+      expect(readdirSync(join(top, 'a', 'cache')).some((n) => n.endsWith('.cwasm'))).toBe(true)
+      expect(readdirSync(join(top, 'b', 'cache'))).toEqual([])
+      expect(readFileSync(join(top, 'a', 'data', 'f.txt'), 'utf8')).toBe('here')
+      expect(readdirSync(join(top, 'b', 'data'))).toEqual([])
+    } finally {
+      process.chdir(was)
+    }
+  })
+})

@@ -37,6 +37,12 @@ pub(crate) fn ends_in(path: &Path, len: u64, trailer: &[u8]) -> bool {
     file.read_exact_at(&mut tail, len - trailer.len() as u64).is_ok() && tail == trailer
 }
 
+/// `path` made absolute against the working directory now (links are not resolved: a directory
+/// reached through one stays reached through it).
+pub(crate) fn absolute(path: &Path, option: &str) -> Result<std::path::PathBuf, ExecError> {
+    std::path::absolute(path).map_err(|e| ExecError::InvalidArgument(format!("{option} {}: {e}", path.display())))
+}
+
 /// Creates `dir` (0700) if missing; refuses one that anybody may write to.
 pub(crate) fn secure_dir(dir: &Path) -> Result<(), ExecError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};

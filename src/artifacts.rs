@@ -91,6 +91,12 @@ impl ArtifactCache {
                 self.remote_state.sharing = Some(Arc::new(self.remote_state.all_stores.register()));
             }
         }
+        if let Some(dir) = self.dir.take() {
+            // Checked and used as the directory it names now: a relative one resolved later (after
+            // a `process.chdir`) was another directory, never checked, world-writable perhaps,
+            // where artifacts and hints went and the bound pruned (review BX2).
+            self.dir = Some(crate::artifact_dir::absolute(&dir, "options.cacheDir")?);
+        }
         if let Some(dir) = &self.dir {
             secure_dir(dir)?;
             if self.key.is_none() {

@@ -134,6 +134,11 @@ async fn leave_caller_thread() {
 impl Executor {
     pub fn new(source: Arc<dyn BlobSource>, mut opts: ExecutorOptions) -> Result<Self, ExecError> {
         crate::compile::quiet_known_panics();
+        // A relative `hostDir` means the directory it names now, not after a `process.chdir`
+        // (review BX2: one relative `cacheDir` was checked here and written elsewhere later).
+        if let Some(fs) = opts.filesystem.as_mut() {
+            fs.host_dir = crate::artifact_dir::absolute(&fs.host_dir, "options.filesystem.hostDir")?;
+        }
         let paths = opts.filesystem.as_ref().map(|fs| crate::path_locks::register(&fs.host_dir));
         opts.artifacts.limits = opts.load.compile;
         opts.artifacts = opts.artifacts.clone().open()?;
