@@ -41,13 +41,15 @@ pub(crate) struct Prepared {
 /// A guest still running when it leaves the caller's thread counts against its module's inline
 /// gate. A guest granted a directory runs with the file runtime current (`runtime::files`), so
 /// its file operations use that runtime's threads.
+/// `Ok` holds what the guest's future returned (it settled the actor's instance itself); `Err`
+/// is a guest cut off from outside, whose future the caller then drops, instance and all.
 pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
     mut guest: Pin<&mut F>,
     budget: Budget,
     cancel: &CancelFlag,
     module: &CompiledModule,
     files: bool,
-) -> Result<CallOutput, ExecError> {
+) -> Result<Result<CallOutput, ExecError>, ExecError> {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     poll_fn(|cx| {
@@ -58,7 +60,7 @@ pub(crate) async fn watched<F: Future<Output = Result<CallOutput, ExecError>>>(
             if limits::in_inline_window() {
                 module.inline.finished_inline();
             }
-            return Poll::Ready(r);
+            return Poll::Ready(Ok(r));
         }
         if limits::in_inline_window() {
             // Waiting for a host call the caller's thread runs next is no overrun.

@@ -446,12 +446,13 @@ impl Executor {
         drop(guest);
         let out = match ended {
             // Ended from outside mid-call (deadline or cancel while in a host call): an actor's
-            // instance went with the call (unless it keeps a last good state to restore).
-            Err(e) if had_state && !had_shadow && matches!(e, ExecError::Timeout { .. } | ExecError::Cancelled) => {
-                return Err(with_progress(ExecError::ActorReset(Box::new(e))))
-            }
-            Err(e) => return Err(with_progress(e)),
-            Ok(mut out) => {
+            // instance went with the call (unless it keeps a last good state to restore). One
+            // the guest's own run ended has said what became of the instance: a call a tier-up's
+            // move left short put the actor back as it was, and said no reset (review BX1: it
+            // was said reset, and kept).
+            Err(e) if had_state && !had_shadow => return Err(with_progress(ExecError::ActorReset(Box::new(e)))),
+            Err(e) | Ok(Err(e)) => return Err(with_progress(e)),
+            Ok(Ok(mut out)) => {
                 out.duration += moved_for;
                 out
             }
@@ -491,6 +492,10 @@ mod stack_tests;
 #[cfg(test)]
 #[path = "executor_tier_up_tests.rs"]
 mod tier_up_tests;
+
+#[cfg(test)]
+#[path = "executor_tier_up_move_tests.rs"]
+mod tier_up_move_tests;
 
 #[cfg(test)]
 #[path = "executor_baseline_artifact_tests.rs"]
