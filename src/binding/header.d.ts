@@ -100,7 +100,7 @@ export interface ExecutorOptions {
   /**
    * Directory of compiled artifacts (`<sha256>-<engine>.cwasm`) that survive restarts. Created
    * 0700 if missing; refused if world-writable. Without `artifactKey`, a key is created in it
-   * (`.loom-artifact-key`, mode 0600).
+   * (`.loom-artifact-key`, mode 0600). A relative path is resolved once, when the executor is made.
    */
   cacheDir?: string
   /**
@@ -208,6 +208,7 @@ export interface ExecutorOptions {
   network?: NetworkOptions
   /** The directory granted to definitions with `capabilities.filesystem` (none by default). */
   filesystem?: {
+    /** The host directory (a relative path is resolved once, when the executor is made). */
     hostDir: string
     /** The guest's name for it (default '/data'). */
     guestDir?: string
