@@ -167,8 +167,42 @@ describe('cancellation', () => {
     ;(ac.signal as any).addEventListener = (...args: any[]) => (added++, (add as any)(...args))
     ;(ac.signal as any).removeEventListener = (...args: any[]) => (removed++, (remove as any)(...args))
     for (let i = 0; i < 20; i++) await ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal })
-    expect(added).toBe(20)
-    expect(removed).toBe(20)
+    // One listener for the signal, whatever the calls; none added or removed per call (review BV2).
+    expect(added).toBe(1)
+    expect(removed).toBe(0)
+  })
+
+  it('one signal shared by many calls at once has one listener, and its abort cancels them all (review BV2)', async () => {
+    const { getEventListeners } = await import('node:events')
+    const ex = await executor({ maxConcurrency: 2 })
+    await ex.precompile(spin(20_000))
+    const warnings: string[] = []
+    const onWarning = (w: Error) => warnings.push(w.name)
+    process.on('warning', onWarning)
+    try {
+      const ac = new AbortController()
+      // Two running, the rest queued: more than Node's 10 listeners per event.
+      const calls = Array.from({ length: 40 }, () => failure(ex.execute(spin(20_000), {}, { signal: ac.signal })))
+      calls.push(...Array.from({ length: 5 }, () => failure(ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal }))))
+      await new Promise((r) => setTimeout(r, 100))
+      expect(getEventListeners(ac.signal, 'abort')).toHaveLength(1)
+      ac.abort()
+      expect(new Set((await Promise.all(calls)).map((e) => e.code))).toEqual(new Set(['CANCELLED']))
+      // Aborted already: the next call is cancelled at once; still one listener.
+      expect((await failure(ex.execute(def('echo'), { message: 'x' }, { signal: ac.signal }))).code).toBe('CANCELLED')
+      expect(getEventListeners(ac.signal, 'abort')).toHaveLength(1)
+      // A signal whose calls settled: a later call on it still gets cancelled by it.
+      const later = new AbortController()
+      expect(await ex.execute(def('echo'), { message: 'y' }, { signal: later.signal })).toMatchObject({ result: 'y' })
+      const late = failure(ex.execute(spin(20_000), {}, { signal: later.signal }))
+      setTimeout(() => later.abort(), 100)
+      expect((await late).code).toBe('CANCELLED')
+      await new Promise((r) => setImmediate(r))
+      expect(warnings).not.toContain('MaxListenersExceededWarning')
+    } finally {
+      process.off('warning', onWarning)
+    }
+    await ex.close()
   })
 })
 

@@ -14,11 +14,8 @@ use crate::error::ExecError;
 use crate::executor::{Attempt, CallOptions, CheckedDefinition, Definition, Done, Executor};
 use crate::instance::CallOutput;
 
-/// The abort listener travels with the call's result to the JS thread, where alone it is touched.
+/// The call's place in its signal's hub travels with the call's result, and leaves as it settles.
 struct SendHook(Option<abort::AbortHook>);
-// SAFETY: the hook holds napi references; it is only read and dropped inside the deferred's
-// resolver, which runs on the JS thread.
-unsafe impl Send for SendHook {}
 
 /// A call's input: a JS value (stringified here), or its JSON text, a JS string (from
 /// `fast_paths.js`, which called `JSON.stringify` in JS), copied only if it may be within

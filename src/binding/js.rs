@@ -261,6 +261,8 @@ pub struct JsonFns {
     pub inherited: sys::napi_value,
     /// `call_quietly.js`'s `callQuietly(f, value)`.
     pub call_quietly: sys::napi_value,
+    /// `abort_hubs.js`'s `hubs(signal[, hub])`.
+    pub abort_hubs: sys::napi_value,
 }
 
 thread_local! {
@@ -269,7 +271,7 @@ thread_local! {
     /// torn down). Usually one; each
     /// further load of the addon into a Node environment (a module registry reset, a VM
     /// context) registers the module again with a new `napi_env`, used alongside the first.
-    static JSON_REFS: RefCell<Vec<(usize, [usize; 6])>> = const { RefCell::new(Vec::new()) };
+    static JSON_REFS: RefCell<Vec<(usize, [usize; 7])>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Its argument is the `napi_env` the references were made in, so each registration is unique:
@@ -322,14 +324,14 @@ pub fn inherited_from_object(
 }
 
 /// One of `json_fns`' values (by its index there), read alone: one Node-API call.
-fn cached(env: sys::napi_env, index: usize) -> Result<sys::napi_value, ExecError> {
+pub fn cached(env: sys::napi_env, index: usize) -> Result<sys::napi_value, ExecError> {
     let r = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| refs[index]));
     let mut v = ptr::null_mut();
     match r {
         Some(r) if unsafe { sys::napi_get_reference_value(env, r as sys::napi_ref, &mut v) } == sys::Status::napi_ok && !v.is_null() => Ok(v),
         _ => {
             let fns = json_fns(env)?;
-            Ok([fns.json, fns.stringify, fns.parse, fns.object_prototype, fns.inherited, fns.call_quietly][index])
+            Ok([fns.json, fns.stringify, fns.parse, fns.object_prototype, fns.inherited, fns.call_quietly, fns.abort_hubs][index])
         }
     }
 }
@@ -337,14 +339,14 @@ fn cached(env: sys::napi_env, index: usize) -> Result<sys::napi_value, ExecError
 pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let cached = JSON_REFS.with(|r| r.borrow().iter().find(|(e, _)| *e == env as usize).map(|(_, refs)| *refs));
     if let Some(refs) = cached {
-        let mut vals = [ptr::null_mut(); 6];
+        let mut vals = [ptr::null_mut(); 7];
         for (r, v) in refs.iter().zip(vals.iter_mut()) {
             let status = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, v) };
             if status != sys::Status::napi_ok || v.is_null() {
                 return Err(ExecError::internal("the cached JSON functions are gone"));
             }
         }
-        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3], inherited: vals[4], call_quietly: vals[5] });
+        return Ok(JsonFns { json: vals[0], stringify: vals[1], parse: vals[2], object_prototype: vals[3], inherited: vals[4], call_quietly: vals[5], abort_hubs: vals[6] });
     }
     let mut global = ptr::null_mut();
     unsafe { sys::napi_get_global(env, &mut global) };
@@ -355,12 +357,13 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
     let object_prototype = get(env, object, "prototype", "Object.prototype").map_err(ExecError::internal)?;
     let inherited = run_script(env, INHERITED)?;
     let call_quietly = call_quietly(env)?;
+    let abort_hubs = run_script(env, ABORT_HUBS)?;
     // Cached only when all five references and the cleanup hook are had; otherwise the
     // references made are deleted at once (never one leaked per call) and this call still has
     // what it needs.
-    let mut refs = [0usize; 6];
+    let mut refs = [0usize; 7];
     let mut made = 0;
-    for (v, r) in [json, stringify, parse, object_prototype, inherited, call_quietly].iter().zip(refs.iter_mut()) {
+    for (v, r) in [json, stringify, parse, object_prototype, inherited, call_quietly, abort_hubs].iter().zip(refs.iter_mut()) {
         let mut reference = ptr::null_mut();
         if unsafe { sys::napi_create_reference(env, *v, 1, &mut reference) } != sys::Status::napi_ok {
             break;
@@ -377,11 +380,12 @@ pub fn json_fns(env: sys::napi_env) -> Result<JsonFns, ExecError> {
             unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
         }
     }
-    Ok(JsonFns { json, stringify, parse, object_prototype, inherited, call_quietly })
+    Ok(JsonFns { json, stringify, parse, object_prototype, inherited, call_quietly, abort_hubs })
 }
 
 const INHERITED: &str = include_str!("inherited.js");
 const CALL_QUIETLY: &str = include_str!("call_quietly.js");
+const ABORT_HUBS: &str = include_str!("abort_hubs.js");
 
 /// `call_quietly.js`'s `callQuietly`, made with V8's own promise test.
 fn call_quietly(env: sys::napi_env) -> Result<sys::napi_value, ExecError> {
