@@ -170,6 +170,26 @@ describe('Extism plugins (C, built with zig cc)', () => {
     expect(await ex.execute(def('again'), {})).toBe(1)
   })
 
+  it('a big alloc and free run off the JS thread, and an alloc stops at its call\'s deadline (review BZ1)', async () => {
+    // One alloc(1 GiB) was zeroed on the JS thread when the call ran there (inline): the event
+    // loop held 600-740 ms; and in one host call, 0.6-0.9 s past a 50 ms maxExecutionMs.
+    const big = await kernelPlugin(`(local $b i64) (local.set $b (call $alloc (i64.const 536870912))) (call $free (local.get $b)) (call $one)`,
+      '(import "extism:host/env" "free" (func $free (param i64)))')
+    const { ex } = await executorWith({ big: await big, small: await kernelPlugin('(call $one)') }, { maxMemoryMB: 600 })
+    // Warm: the module's calls run inline on this thread while they fit its inline gate.
+    for (let i = 0; i < 5; i++) expect(await ex.execute(def('small'), {})).toBe(1)
+    await ex.precompile(def('big'))
+    const started = performance.now()
+    const call = ex.execute(def('big'), {})
+    // What execute() itself took on this thread: the guest's first slice at most, not the alloc.
+    const onThisThread = performance.now() - started
+    expect(await call).toBe(1)
+    expect(onThisThread).toBeLessThan(100)
+    const e = await failure(ex.execute(def('big', { limits: { maxExecutionMs: 5 } }), {}))
+    expect(e.code).toBe('TIMEOUT')
+    await ex.close()
+  })
+
   it('a flood of tiny blocks meets maxMemoryMB (each block costs its bookkeeping); a huge log line is cut', async () => {
     // alloc(1) n times, then the output "1". A 1-byte block was counted as 1 byte while the
     // host kept an entry for it: 1.2 GiB of host memory past a 32 MiB cap.

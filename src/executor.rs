@@ -118,7 +118,7 @@ impl Drop for Inflight<'_> {
 }
 
 /// Resolves after returning `Pending` once: the call leaves the caller's thread.
-async fn leave_caller_thread() {
+pub(crate) async fn leave_caller_thread() {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {
@@ -413,6 +413,7 @@ impl Executor {
                 _ => None,
             },
             deadline: Some(budget.deadline),
+            limit_ms: budget.limit_ms,
             cancel: Some(cancel.clone()),
             max_result_bytes: p.limits.max_input_bytes,
             failure: Default::default(),

@@ -142,8 +142,9 @@ pub struct HostAccess {
     pub permit: Option<Arc<PermitSlot>>,
     /// Present when the definition asked for the network and the executor grants it.
     pub network: Option<Arc<NetworkCall>>,
-    /// The call's deadline (a request's timeout ends by it).
+    /// The call's deadline (a request's timeout ends by it), and its `maxExecutionMs`.
     pub deadline: Option<Instant>,
+    pub limit_ms: u64,
     /// The call's cancellation (host functions run later than asked check it).
     pub cancel: Option<CancelFlag>,
     /// The call's `maxInputBytes`: the most JSON a host function is handed or may return.
@@ -166,6 +167,15 @@ pub struct HostAccess {
 }
 
 impl HostAccess {
+    /// How the call ended, if it has (cancelled, or past its deadline): for host work done in
+    /// steps, which stops there with the call's own error.
+    pub fn ended(&self) -> Option<ExecError> {
+        if self.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Some(ExecError::Cancelled);
+        }
+        self.deadline.is_some_and(|d| Instant::now() >= d).then_some(ExecError::Timeout { limit_ms: self.limit_ms, during: "" })
+    }
+
     /// Makes the call fail with `e` when the guest returns (the first such error is kept).
     pub fn fail_call(&self, e: ExecError) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());

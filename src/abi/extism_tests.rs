@@ -114,3 +114,36 @@ fn text_a_host_reads_from_invalid_utf8_is_no_longer_than_its_limit() {
     let valid = k.write_bytes("é".repeat(1000).as_bytes(), &mut lim).expect("write");
     assert_eq!(k.read_text_capped(valid, 2000).expect("read"), "é".repeat(1000), "valid text whole");
 }
+
+#[test]
+fn an_alloc_stops_zeroing_when_its_call_ends_and_leaves_the_kernel_as_it_was() {
+    // Review BZ1: one alloc(1 GiB) zeroed it in one host call, 0.7-0.9 s past a 50 ms deadline.
+    use std::cell::Cell;
+    let mut lim = MemoryLimiter::new(2 << 30);
+    let mut k = Kernel::default();
+    k.begin(b"{}", &mut lim).expect("begin");
+    let (base, base_len) = (lim.total_bytes(), k.mem.len());
+    // The call ends after its second look: two steps zeroed, then nothing more.
+    let looks = Cell::new(0);
+    let ended = || {
+        looks.set(looks.get() + 1);
+        (looks.get() >= 2).then_some(ExecError::Timeout { limit_ms: 50, during: "" })
+    };
+    let e = k.alloc_within(1 << 30, &mut lim, &ended).expect_err("the call ended");
+    assert_eq!(e.downcast_ref::<ExecError>().map(ExecError::code), Some("TIMEOUT"));
+    assert_eq!(looks.get(), 2);
+    assert_eq!((lim.total_bytes(), k.mem.len()), (base, base_len));
+    // A freed block handed out again is zeroed in steps too, and stays free if the call ends.
+    let big = k.alloc(3 * kernel::ZERO_STEP, &mut lim).expect("big");
+    k.mem[big as usize..].fill(0xff);
+    // A block after it keeps it inside the memory when freed (reused, not given back).
+    let _after = k.alloc(1, &mut lim).expect("after");
+    k.free(big, &mut lim);
+    let held = lim.total_bytes();
+    looks.set(0);
+    assert!(k.alloc_within(3 * kernel::ZERO_STEP, &mut lim, &ended).is_err());
+    assert_eq!(lim.total_bytes(), held);
+    let again = k.alloc_within(3 * kernel::ZERO_STEP, &mut lim, &|| None).expect("whole");
+    assert_eq!(again, big);
+    assert!(k.mem[again as usize..(again + 3 * kernel::ZERO_STEP) as usize].iter().all(|&b| b == 0));
+}
