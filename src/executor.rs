@@ -511,6 +511,10 @@ mod collect_tests;
 mod restore_tests;
 
 #[cfg(test)]
+#[path = "executor_drop_retry_tests.rs"]
+mod drop_retry_tests;
+
+#[cfg(test)]
 #[path = "executor_state_deadline_tests.rs"]
 mod state_deadline_tests;
 
