@@ -477,6 +477,12 @@ impl Executor {
             && module.inline.admit()
             && inline::admit()
     }
+
+    /// What its actors' memory counts now (`maxActorMemoryMB`), for tests outside this module.
+    #[cfg(test)]
+    pub(crate) fn actors_held_memory(&self) -> u64 {
+        self.actors.held_memory()
+    }
 }
 
 #[path = "executor_upkeep.rs"]

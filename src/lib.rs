@@ -85,6 +85,7 @@ pub mod unchecked_artifacts;
 pub mod untrusted_dir;
 pub mod wasi_http;
 pub mod wasi_http_kept;
+pub mod wasi_file_streams;
 pub mod wasi_listing;
 pub mod wasi_open;
 pub mod wasi_poll;

@@ -51,7 +51,7 @@ impl HeldBytes {
 }
 
 /// Bytes charged to `HeldBytes`, given back when dropped.
-struct Charge {
+pub(crate) struct Charge {
     held: Option<Arc<HeldBytes>>,
     n: u64,
 }
@@ -59,6 +59,15 @@ struct Charge {
 impl Charge {
     fn new(held: Option<Arc<HeldBytes>>) -> Self {
         Charge { held, n: 0 }
+    }
+
+    /// `n` bytes charged to `held`, its budget set to the instance's cap (`limiter`) first;
+    /// `OUT_OF_MEMORY` past it (nothing charged then).
+    pub(crate) fn of(held: &Arc<HeldBytes>, limiter: &crate::limits::MemoryLimiter, n: u64) -> Result<Charge, ExecError> {
+        held.cap.store(limiter.max_bytes(), Ordering::Relaxed);
+        let mut charge = Charge::new(Some(held.clone()));
+        charge.add(n)?;
+        Ok(charge)
     }
 
     /// Charges `n` more bytes; `OUT_OF_MEMORY` past the budget (nothing charged then).

@@ -254,7 +254,8 @@ pub fn shadow_p2(linker: &mut ComponentLinker<HostState>) -> wasmtime::Result<()
     linker.allow_shadowing(true);
     let r = linker.instance(P2_TYPES).and_then(|mut types| {
         shadow_p2_functions(&mut types)?;
-        crate::wasi_listing::shadow(&mut types)
+        crate::wasi_listing::shadow(&mut types)?;
+        crate::wasi_file_streams::shadow(&mut types)
     });
     linker.allow_shadowing(false);
     r
@@ -348,7 +349,7 @@ fn shadow_p2_functions(types: &mut LinkerInstance<'_, HostState>) -> wasmtime::R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -421,7 +422,7 @@ mod tests {
     }
 
     /// A fresh directory for a test, holding `file` with `text`.
-    fn scratch_dir(tag: &str, file: &str, text: &str) -> std::path::PathBuf {
+    pub(crate) fn scratch_dir(tag: &str, file: &str, text: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("loom-wasi-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -430,7 +431,7 @@ mod tests {
     }
 
     /// An executor granting `dir` to definitions that ask, and a definition of `component` that asks.
-    fn fs_executor(dir: &std::path::Path, component: Vec<u8>, writable: bool) -> (Arc<Executor>, Definition) {
+    pub(crate) fn fs_executor(dir: &std::path::Path, component: Vec<u8>, writable: bool) -> (Arc<Executor>, Definition) {
         let source = Arc::new(MemorySource::new());
         source.put("fs.wasm", component);
         let options = ExecutorOptions {
