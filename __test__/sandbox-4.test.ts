@@ -143,24 +143,37 @@ describe('review P: memory held by idle actors', () => {
     const big = await guestWat(`(func (export "execute") (param i32) (result i32)
       (if (i32.lt_u (memory.size) (i32.const 256)) (then (drop (memory.grow (i32.const 255)))))
       (drop (call $wait (i32.const 36))) (i32.const 36))`, `(import "h" "wait" (func $wait (param i32) (result i32)))`)
-    let hold = false
-    let release!: () => void
-    const released = new Promise<void>((r) => (release = r))
+    let gate = Promise.resolve()
+    let open = () => {}
+    const close = () => { gate = new Promise<void>((r) => (open = r)) }
     const blobs = new Map([['m.wasm', wasm], ['big.wasm', big]])
     const both = new WasmActivityExecutor(
       { download: async (path: string) => blobs.get(path)! },
-      { maxActorMemoryMB: 8, hostFunctions: { 'h.wait': async () => { if (hold) await released; return 1 } } },
+      { maxActorMemoryMB: 8, hostFunctions: { 'h.wait': async () => { await gate; return 1 } } },
     )
     const bigDef = def('big', { capabilities: { hostFunctions: ['h.wait'] } })
-    await both.execute(bigDef, {}, { actorId: 'h' }) // 16 MiB, over the 8 on its own
-    hold = true
-    const busy = both.execute(bigDef, {}, { actorId: 'h' })
+    // t0 and t1 idle while h grows past the cap on its own and waits (busy): calls on them evict
+    // nothing, and they stay.
     for (let i = 0; i < 2; i++) await both.execute(d, {}, { actorId: `t${i}` })
+    close()
+    let busy = both.execute(bigDef, {}, { actorId: 'h' }) // 16 MiB, over the 8 on its own
+    await new Promise((r) => setTimeout(r, 50))
     const tiny = []
     for (let i = 0; i < 2; i++) tiny.push((await both.executeDetailed(d, {}, { actorId: `t${i}` })).actorCreated)
     expect(tiny).toEqual([false, false])
-    release()
+    open()
     await busy
+    // Review CA1: busy actors are never evicted (an actor is busy while a call waits in its line),
+    // so while h holds more than the cap, busy, no other actor may grow: a new one is BUSY
+    // (retryable), and is made once h is idle (h is then evicted for it).
+    close()
+    busy = both.execute(bigDef, {}, { actorId: 'h' })
+    await new Promise((r) => setTimeout(r, 50))
+    await expect(both.execute(d, {}, { actorId: 't2' })).rejects.toMatchObject({ code: 'BUSY', retryable: true })
+    open()
+    await busy
+    expect((await both.executeDetailed(d, {}, { actorId: 't2' })).actorCreated).toBe(true)
+    expect((await both.executeDetailed(bigDef, {}, { actorId: 'h' })).actorCreated).toBe(true)
     await both.close()
     await ex.close()
     await kept.close()

@@ -96,6 +96,21 @@ impl Shared {
         }
     }
 
+    /// What the idle actors other than `keep` count now: what evicting them all would give back.
+    pub(super) fn idle_memory(&self, keep: &Arc<ActorSlot>) -> u64 {
+        let lru = self.lru();
+        let mut idle = 0u64;
+        for (_, s) in lru.iter() {
+            if Arc::ptr_eq(s, keep) || Arc::strong_count(s) != 1 {
+                continue;
+            }
+            if let Ok(st) = s.state.try_lock() {
+                idle = idle.saturating_add(st.charged);
+            }
+        }
+        idle
+    }
+
     /// Evicts the least recently used idle actors holding state (never `keep`) until at most
     /// `capacity` hold state; idle ones holding nothing met on the way go too.
     pub(super) fn trim_locked(&self, lru: &mut LruCache<ActorKey, Arc<ActorSlot>>, keep: &Arc<ActorSlot>) {

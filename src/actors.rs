@@ -25,6 +25,9 @@ pub use stacks::{release_idle_stacks, Swept};
 mod stacks;
 #[path = "actor_eviction.rs"]
 mod eviction;
+#[path = "actor_memory_cap.rs"]
+mod memory_cap;
+pub use memory_cap::MemoryCap;
 #[cfg(test)]
 #[path = "actor_inspect.rs"]
 mod inspect;

@@ -210,6 +210,9 @@ pub(crate) async fn run(
     // start function costing most of the budget turned a call that fit into a reset, review
     // AL3).
     let mut moved_from = held.guard.instance.as_mut().and_then(|i| i.moved_from.take());
+    // What a kept instance holds now: the call's growth is what it holds past this, checked
+    // against the executor's actors' cap (`actors::MemoryCap`); an instance made now grew from 0.
+    let mut kept_bytes = None;
     let (mut instance, created) = match held.guard.instance.take() {
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
@@ -223,6 +226,7 @@ pub(crate) async fn run(
                 held.guard.instance = Some(i);
                 return Err(e);
             }
+            kept_bytes = Some(i.memory_bytes());
             (i, false)
         }
         Some(i) if i.digest == module.digest => {
@@ -263,6 +267,9 @@ pub(crate) async fn run(
                 }
                 _ => false,
             };
+            // Made or restored for this call, it counts in full: refused, with the state it was
+            // restored from kept for the next call, if the actors would pass their cap.
+            crate::limits::SharedCap::admit(&*held.memory_cap(0), fresh.memory_bytes())?;
             if !restored || !keep_shadow {
                 held.guard.shadow = None;
             }
@@ -274,12 +281,14 @@ pub(crate) async fn run(
             }
         }
     };
+    instance.set_shared_cap(Some(held.memory_cap(kept_bytes.unwrap_or(0))));
     held.guard.abi = Some(instance.abi());
     if keep_shadow && held.guard.shadow.is_none() {
         held.guard.shadow = Some((module.digest, instance.capture()?));
         held.guard.pristine = created;
     }
     let mut result = instance.call(input, &p.limits, started, &p.ctx).await;
+    instance.set_shared_cap(None);
     // A plugin that ended with WASI's `proc_exit(0)` returned as a success, but its code stopped
     // midway (its stack pointer, its runtime's state): an actor's state may be torn, so the
     // call fails as one that exited with another code does (review AU1: the torn state was kept,

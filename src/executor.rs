@@ -521,6 +521,10 @@ mod restore_tests;
 mod drop_retry_tests;
 
 #[cfg(test)]
+#[path = "executor_actor_memory_cap_tests.rs"]
+mod actor_memory_cap_tests;
+
+#[cfg(test)]
 #[path = "executor_state_deadline_tests.rs"]
 mod state_deadline_tests;
 

@@ -427,6 +427,12 @@ impl GuestInstance {
     }
 
     /// Memory (all memories and tables) the instance holds now.
+    /// Sets what its growth is also checked against (an actor's call's `actors::MemoryCap`), or
+    /// clears it.
+    pub fn set_shared_cap(&mut self, cap: Option<Arc<dyn crate::limits::SharedCap>>) {
+        self.store.data_mut().limiter.shared_cap.0 = cap;
+    }
+
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.total_bytes()
     }

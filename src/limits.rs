@@ -146,6 +146,23 @@ impl std::future::Future for YieldOnce {
     }
 }
 
+/// A cap beyond the instance's own, asked as its memories and tables grow past what they held:
+/// an actor's call's share of its executor's `maxActorMemoryMB` (`actors::MemoryCap`).
+pub trait SharedCap: Send + Sync {
+    /// Whether the instance may hold `total` bytes (its memories and tables together).
+    fn admit(&self, total: u64) -> Result<(), ExecError>;
+}
+
+/// The `SharedCap` a Store's limiter asks, if any.
+#[derive(Default)]
+pub struct SharedCapSlot(pub Option<std::sync::Arc<dyn SharedCap>>);
+
+impl std::fmt::Debug for SharedCapSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "SharedCap" } else { "None" })
+    }
+}
+
 /// Caps all linear memories and tables of one Store together (what a module declares, what it
 /// grows, across every memory and table), and remembers the peak it allowed.
 #[derive(Debug)]
@@ -160,6 +177,8 @@ pub struct MemoryLimiter {
     /// What the last approved growth added, taken back if the growth then failed.
     last_memory_growth: u64,
     last_table_growth: u64,
+    /// Asked too, past the instance's own cap: set for an actor's call.
+    pub shared_cap: SharedCapSlot,
 }
 
 impl MemoryLimiter {
@@ -172,6 +191,7 @@ impl MemoryLimiter {
             peak_bytes: 0,
             last_memory_growth: 0,
             last_table_growth: 0,
+            shared_cap: SharedCapSlot(None),
         }
     }
 
@@ -223,6 +243,9 @@ impl MemoryLimiter {
                 limit_bytes: self.max_bytes,
                 requested_bytes: new_total,
             }));
+        }
+        if let Some(cap) = &self.shared_cap.0 {
+            cap.admit(new_total).map_err(wasmtime::Error::new)?;
         }
         self.peak_bytes = self.peak_bytes.max(new_total);
         Ok(())

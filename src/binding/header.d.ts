@@ -120,7 +120,9 @@ export interface ExecutorOptions {
    * Memory this executor's live actors may hold together, in MiB: their instances' memories and the
    * shadows transactional and durable actors keep, and, near the cap, their fiber stacks' resident
    * pages (default: half the machine's memory; 1..1e9). Past it, counted stacks are given back first,
-   * then idle actors are evicted, least recently used first (their state goes unless durable).
+   * then idle actors are evicted, least recently used first (their state goes unless durable). Busy
+   * actors (a call running or waiting in their line) are never evicted: a call's growth that would
+   * pass the cap while other busy actors hold the rest fails with `BUSY` (retryable).
    */
   maxActorMemoryMB?: number
   /** Calls running guest code at once; others queue (default: number of CPUs; 1..1024). */
