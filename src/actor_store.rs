@@ -100,6 +100,13 @@ impl Loading {
         slots.clone().acquire_many_owned(n).await.ok()
     }
 
+    /// Room for `bytes` now, or `None` if it has not that much free (`Some(None)`: ungated).
+    pub fn try_admit(&self, bytes: u64) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        let Some((slots, units)) = self.0.as_ref() else { return Some(None) };
+        let n = bytes.div_ceil(LOADING_UNIT).min(*units as u64) as u32;
+        slots.clone().try_acquire_many_owned(n).ok().map(Some)
+    }
+
     /// Bytes of its room not held now (tests).
     pub fn free(&self) -> u64 {
         self.0.as_ref().map_or(u64::MAX, |(s, _)| s.available_permits() as u64 * LOADING_UNIT)

@@ -386,16 +386,29 @@ impl Executor {
         // restore stored 90 MiB that every later load refused).
         let lined = self.line_up(def, actor_id).and_then(|lined| {
             let max = snapshot::max_encoded_len(lined.0.limits.max_memory_bytes);
-            match bytes.len() as u64 > max {
-                true => Err(ExecError::SnapshotInvalid(format!(
+            if bytes.len() as u64 > max {
+                return Err(ExecError::SnapshotInvalid(format!(
                     "the snapshot is {} bytes, more than one of an actor of this definition's memory limit can be ({max})",
                     bytes.len()
-                ))),
-                false => Ok(lined),
+                )));
+            }
+            // Its copy, then the memory it decodes to, take room among the executor's loads and
+            // restores (`maxActorMemoryMB`, as a durable actor's load does) from now until it is
+            // done; `BUSY` if they hold it (review CB1: 40 restores of a 63 MB snapshot made at
+            // once held 2.5 GB of copies waiting in their lines under a cap of 128 MiB).
+            let stated = snapshot::stated_memory(bytes).unwrap_or(0).min(lined.0.limits.max_memory_bytes);
+            match self.loading.try_admit(stated.max(bytes.len() as u64)) {
+                Some(room) => Ok((lined, room)),
+                None => Err(ExecError::Busy(
+                    "restores and actor loads under way hold this executor's room for snapshots (maxActorMemoryMB): retry once they are done".into(),
+                )),
             }
         });
         let (this, bytes) = (self.clone(), if lined.is_ok() { bytes.to_vec() } else { Vec::new() });
-        async move { this.restore_in_line(&bytes, lined?).await }
+        async move {
+            let (lined, _room) = lined?;
+            this.restore_in_line(&bytes, lined).await
+        }
     }
 
     async fn restore_in_line(self: &Arc<Self>, bytes: &[u8], lined: Lined) -> Result<(), ExecError> {
@@ -408,6 +421,14 @@ impl Executor {
                 "a WASI command module is a one-shot program with no state between runs: it has no actors to restore".into(),
             ));
         }
+        // What the actor will hold (the memory the snapshot states, and the shadow a transactional
+        // or durable actor keeps of it) counts against the actors' cap as a call's growth does:
+        // refused `BUSY`, the actor as it was, while busy actors hold the rest. Review CB1:
+        // restores are not calls (no concurrency slot), and 40 restores of 60 MiB, each actor
+        // with a call waiting behind it, held 2.5 GB under a cap of 128 MiB.
+        let stated = snapshot::stated_memory(bytes).unwrap_or(0).min(p.limits.max_memory_bytes);
+        let copies = if p.transactional || p.durable.is_some() { 2 } else { 1 };
+        crate::limits::SharedCap::admit(&*held.memory_cap(0), stated.saturating_mul(copies))?;
         let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?, p.limits.max_memory_bytes, module.state.globals.len())?;
         let budget = Budget::starting_now(&p.limits);
         let mut fresh = instantiate(&module, &p, budget, &cancel, None, true).await?;

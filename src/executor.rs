@@ -63,8 +63,8 @@ pub struct Executor {
     drained: tokio::sync::Notify,
     /// Actor-store writes under way after their calls (`close` waits for them too).
     pending: Arc<crate::durable::Pending>,
-    /// Room for actor snapshots being loaded: `maxActorMemoryMB` (`actor_store::Loading`).
-    loading: crate::actor_store::Loading,
+    /// Room for actor snapshots being loaded or restored: `maxActorMemoryMB` (`actor_store::Loading`).
+    pub(crate) loading: crate::actor_store::Loading,
     /// What `options.hostFunctions` offers.
     host_function_names: Vec<String>,
 }

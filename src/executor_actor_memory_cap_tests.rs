@@ -66,3 +66,39 @@ async fn an_actor_alone_may_pass_the_cap() {
     assert_eq!(grow(&ex, &d, "solo").await, Ok("1".into()));
     assert_eq!(grow(&ex, &d, "solo").await, Ok("2".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_cannot_take_the_actors_past_their_cap_while_busy_ones_hold_it() {
+    // Review CB1: restoreActor made its instance unchecked; 40 restores of 60 MiB, each actor
+    // with a call waiting behind it, held 2.5 GB under a cap of 128 MiB.
+    let (ex, d) = setup(24);
+    assert_eq!(grow(&ex, &d, "a").await, Ok("1".into()));
+    assert_eq!(grow(&ex, &d, "b").await, Ok("1".into()));
+    let snapshot = ex.snapshot_actor(&d, "a").await.expect("snapshot");
+    let key = |id: &str| ActorKey { def: d.key(), actor_id: id.into() };
+    let (held_a, held_b) = (ex.actors.ticket(key("a")).await, ex.actors.ticket(key("b")).await);
+    assert_eq!(ex.restore_actor(&d, "c", &snapshot).await.map_err(|e| e.code()), Err("BUSY"));
+    drop((held_a, held_b));
+    ex.restore_actor(&d, "c", &snapshot).await.expect("restores once a and b are idle");
+    let options = CallOptions { actor_id: Some("c".into()), ..Default::default() };
+    let out = ex.execute(&d, "1".into(), options).await.expect("counts");
+    assert_eq!((out.output.as_str(), out.actor_created), ("2", false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restores_made_at_once_hold_at_most_the_cap_in_snapshots() {
+    // Review CB1: each restore copied its snapshot as it was made and held it in the actor's line;
+    // 40 of a 63 MB snapshot made at once held 2.5 GB under a cap of 128 MiB.
+    let (ex, d) = setup(24);
+    assert_eq!(grow(&ex, &d, "a").await, Ok("1".into()));
+    let snapshot = ex.snapshot_actor(&d, "a").await.expect("snapshot");
+    // Each takes room for the 10 MiB its snapshot decodes to when it is made.
+    let restores: Vec<_> = (0..3).map(|i| ex.restore_actor(&d, &format!("r{i}"), &snapshot)).collect();
+    let mut codes = Vec::new();
+    for r in restores {
+        codes.push(r.await.map_err(|e| e.code()));
+    }
+    assert_eq!(codes, vec![Ok(()), Ok(()), Err("BUSY")]);
+    // Their room is given back as they end.
+    ex.restore_actor(&d, "r2", &snapshot).await.expect("restores now");
+}

@@ -252,6 +252,12 @@ pub fn module_of(bytes: &[u8]) -> Result<Digest, ExecError> {
     r.take(32)?.try_into().map_err(invalid)
 }
 
+/// The memory size a snapshot states (unchecked: `decode` checks it), or None if it has no header.
+pub fn stated_memory(bytes: &[u8]) -> Option<u64> {
+    let at = 8 + 4 + 32;
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// Decodes a snapshot of the module `digest` over `initial`, refusing one larger than
 /// `max_memory` bytes of memory.
 pub fn decode(bytes: &[u8], digest: &Digest, initial: &[u8], max_memory: u64, globals: usize) -> Result<State, ExecError> {
