@@ -16,7 +16,6 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
 use crate::artifacts::ArtifactCache;
 use crate::artifacts::Checked;
 use crate::digest::{hex, sha256, Digest};
@@ -108,7 +107,11 @@ pub(crate) use crate::cache_state::State;
 /// wanting optimized code must not join one that gives baseline code).
 type Flight = (DefKey, EngineKind, Option<Digest>, bool);
 pub(crate) type Loaded = Result<Arc<CompiledModule>, ExecError>;
-type Loading = Arc<OnceCell<Loaded>>;
+type Loading = Arc<InFlight>;
+
+#[path = "modules_flight.rs"]
+mod flight;
+use flight::InFlight;
 
 /// A caller's hold on a load's flight: the only reference to its cell the caller has. The last
 /// caller to leave (finished, or dropped midway) takes the flight out of the map, unless a later
@@ -292,6 +295,7 @@ impl ModuleCache {
         let Some(cell) = leave.cell.as_ref() else { return Err(ExecError::internal("a load without its flight")) };
         let mut led = false;
         let result = cell
+            .cell
             .get_or_init(|| {
                 led = true;
                 async move {
@@ -301,7 +305,7 @@ impl ModuleCache {
                         self.count_hit();
                         return Ok(m);
                     }
-                    self.load(key, kind, pinned, source, tier_up).await
+                    self.load(key, kind, pinned, source, tier_up, cell).await
                 }
             })
             .await
@@ -319,6 +323,7 @@ impl ModuleCache {
         pinned: Option<&Digest>,
         source: &Arc<dyn BlobSource>,
         tier_up: bool,
+        flight: &InFlight,
     ) -> Result<Arc<CompiledModule>, ExecError> {
         let generation = {
             let mut st = self.state();
@@ -360,14 +365,8 @@ impl ModuleCache {
         // while the download and its sha256 run; it is kept only if the bytes are that module.
         let (hint, mut guess) = if pinned.is_none() { self.speculate(key, kind).await } else { (None, None) };
         let max = self.limits.compile.max_module_bytes;
-        let fetch = tokio::time::timeout(self.limits.load_timeout, source.fetch(&key.path, max));
-        let fetched = match module_artifacts::beside(fetch, &mut guess).await {
-            Ok(r) => r,
-            Err(_) => Err(ExecError::BlobUnavailable {
-                path: key.path.clone(),
-                message: format!("the download took longer than {} ms (loadTimeoutMs)", self.limits.load_timeout.as_millis()),
-            }),
-        };
+        let fetch = flight.download(source, &key.path, max, self.limits.load_timeout);
+        let fetched = module_artifacts::beside(fetch, &mut guess).await;
         let bytes = {
             let mut unfetched = self.unfetched.lock().unwrap_or_else(|p| p.into_inner());
             match fetched {

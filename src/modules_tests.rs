@@ -99,6 +99,69 @@ async fn a_load_dropped_midway_leaves_no_flight_behind() {
     assert_eq!(flights(), 0);
 }
 
+/// A download of the echo guest that takes 200 ms, counting the downloads started and those
+/// dropped before they ended.
+#[derive(Default)]
+struct Slow {
+    started: std::sync::atomic::AtomicUsize,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct CountDrop(std::sync::Arc<std::sync::atomic::AtomicUsize>, bool);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl crate::store::BlobSource for Slow {
+    fn fetch<'a>(&'a self, _path: &'a str, _max_bytes: u64) -> crate::store::BoxFuture<'a, Result<Vec<u8>, ExecError>> {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let guard = CountDrop(self.dropped.clone(), false);
+        Box::pin(async move {
+            let mut guard = guard;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            guard.1 = true;
+            Ok(crate::test_guests::echo())
+        })
+    }
+}
+
+/// The caller leading a load, dropped midway, leaves its download to the callers still waiting
+/// (review CB2: each leader cancelled by its signal dropped the download and the next started
+/// another; calls cancelled after 500 ms on an 800 ms download never loaded the module); the
+/// last caller to leave stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_outlives_its_leader_and_stops_with_its_last_caller() {
+    let cache = cache(1 << 30);
+    let slow = std::sync::Arc::new(Slow::default());
+    let source: std::sync::Arc<dyn crate::store::BlobSource> = slow.clone();
+    let k = key("slow".into());
+    let mut first = Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &source));
+    assert!(futures_poll(&mut first).is_none());
+    let second = cache.get_or_load(&k, EngineKind::Plain, None, &source);
+    let dropped_first = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(first);
+    };
+    let (loaded, ()) = tokio::join!(second, dropped_first);
+    assert!(loaded.is_ok());
+    assert_eq!(slow.started.load(std::sync::atomic::Ordering::SeqCst), 1, "one download");
+    assert_eq!(slow.dropped.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Every caller gone midway: the download stops.
+    let k = key("slow-gone".into());
+    let mut only = Box::pin(cache.get_or_load(&k, EngineKind::Plain, None, &source));
+    assert!(futures_poll(&mut only).is_none());
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(only);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(slow.started.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(slow.dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "stopped with its last caller");
+}
+
 /// Polls a future once; `None` while it is pending.
 fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
     let waker = std::task::Waker::noop();
