@@ -415,8 +415,8 @@ export declare class WasmActivityExecutor {
    * `SNAPSHOT_INVALID` (corrupt, truncated, another format, another ABI's state) or
    * `SNAPSHOT_MISMATCH` (another module) leave the actor as it was. The actor is then of the
    * definition's ABI; under `abi: 'wasi-command'` (no actors) it is `INVALID_ARGUMENT`. With an
-   * actor store, the state is stored too. `BUSY` (retryable) when restores and loads under way
-   * hold the executor's room for snapshots, or busy actors its `maxActorMemoryMB`.
+   * actor store, the state is stored too. `BUSY` (retryable) when restores under way hold the
+   * executor's room for restored snapshots, or busy actors its `maxActorMemoryMB`.
    */
   restoreActor(definition: ActivityDefinition, actorId: string, snapshot: Uint8Array): Promise<void>
   /** `await using executor = new WasmActivityExecutor(...)`: the same as `close()`. */

@@ -8,11 +8,15 @@
 //! growth (its instance made, or its memories and tables grown) is refused with `BUSY` (retryable)
 //! when it would take the actors past the cap even once every idle actor is evicted, unless no
 //! other actor is busy holding memory (an actor over the cap by itself stays, as before). The
-//! eviction itself still happens as the call ends. Calls growing at the same moment see each
-//! other's memory as it was when their last calls ended: the actors can pass the cap by what the
-//! running calls (at most `maxConcurrency`) grow at once.
+//! eviction itself still happens as the call ends.
+//!
+//! A call's growth counts in `Shared::growing` from when it is admitted until the call ends and
+//! the actor's memory is counted as it is (`Held`'s drop): calls waiting in a host function (or
+//! for the network, or an actor store) give their concurrency slot back, and when the check saw
+//! only what ended calls held, any number of them grew one after the other (review CC1: 20 calls
+//! each grown to 56 MiB and waiting in a host function held 1.2 GB under a cap of 64 MiB).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::{ActorSlot, Held, Shared};
@@ -28,34 +32,70 @@ pub struct MemoryCap {
     base: u64,
     /// What the actor counted in the executor's actor memory as its last call ended.
     own: u64,
+    /// Its growth admitted so far, counted in `Shared::growing` until `release`.
+    counted: AtomicU64,
 }
 
 impl Held {
-    /// The cap for this call's instance, which held `base` bytes as the call started.
-    pub fn memory_cap(&self, base: u64) -> Arc<MemoryCap> {
-        Arc::new(MemoryCap { shared: self.shared.clone(), slot: Arc::downgrade(&self.slot), base, own: self.guard.charged })
+    /// The cap for this call's instance, which held `base` bytes as the call started. What it
+    /// admits counts until this holder lets the actor go (its memory then counted as it is).
+    pub fn memory_cap(&mut self, base: u64) -> Arc<MemoryCap> {
+        let cap = Arc::new(MemoryCap {
+            shared: self.shared.clone(),
+            slot: Arc::downgrade(&self.slot),
+            base,
+            own: self.guard.charged,
+            counted: AtomicU64::new(0),
+        });
+        if let Some(before) = self.caps.replace(cap.clone()) {
+            before.release();
+        }
+        cap
+    }
+}
+
+impl MemoryCap {
+    /// Its growth no longer counts apart (the actor's memory is counted as it is now).
+    pub(super) fn release(&self) {
+        let counted = self.counted.swap(0, Ordering::AcqRel);
+        if let (true, Some(shared)) = (counted > 0, self.shared.upgrade()) {
+            shared.growing.fetch_sub(counted, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
 impl SharedCap for MemoryCap {
     fn admit(&self, total: u64) -> Result<(), ExecError> {
         let grown = total.saturating_sub(self.base);
-        let Some(shared) = self.shared.upgrade().filter(|_| grown > 0) else { return Ok(()) };
+        let before = self.counted.load(Ordering::Acquire);
+        let Some(shared) = self.shared.upgrade().filter(|_| grown > before) else { return Ok(()) };
+        // Counted first, then checked: calls growing at once each see the others' growth.
+        let delta = grown - before;
+        let growing = shared.growing.fetch_add(delta, Ordering::AcqRel).saturating_add(delta);
         let held = shared.memory.load(Ordering::Acquire);
-        let projected = held.saturating_add(grown);
-        if projected <= shared.max_memory {
-            return Ok(());
-        }
-        let Some(slot) = self.slot.upgrade() else { return Ok(()) };
-        let idle = shared.idle_memory(&slot);
-        let busy_others = held.saturating_sub(self.own).saturating_sub(idle);
+        let projected = held.saturating_add(growing);
+        // Past the cap, evicting every idle actor must bring it back under, unless no other busy
+        // actor holds memory (one over the cap by itself stays).
+        let idle = match self.slot.upgrade() {
+            Some(slot) if projected > shared.max_memory => shared.idle_memory(&slot),
+            _ => 0,
+        };
+        let busy_others = held.saturating_sub(self.own).saturating_sub(idle).saturating_add(growing.saturating_sub(grown));
         let after_evictions = projected.saturating_sub(idle);
-        if busy_others == 0 || after_evictions <= shared.max_memory {
+        if after_evictions <= shared.max_memory || busy_others == 0 || self.slot.strong_count() == 0 {
+            self.counted.fetch_add(delta, Ordering::AcqRel);
             return Ok(());
         }
+        shared.growing.fetch_sub(delta, Ordering::AcqRel);
         Err(ExecError::Busy(format!(
             "this call would take the executor's actors to {after_evictions} bytes, past maxActorMemoryMB ({} bytes), while \
-             other busy actors (a call running or waiting in their lines) hold {busy_others} of them: retry once they are done",
+             other busy actors (a call running, waiting in a host function or in their lines) hold the rest: retry once they are done",
             shared.max_memory
         )))
     }

@@ -170,6 +170,9 @@ pub struct Held {
     /// (`Drop`): taken at the start of the call, it had the call start fresh and keep its state,
     /// the drop undone (review AY2: 38 rounds of 500 saw a call made before the drop survive it).
     reset_before: bool,
+    /// The cap its call's instance asks as it grows (`memory_cap`): what it admitted counts until
+    /// the actor's memory is counted as this holder lets it go.
+    caps: Option<Arc<MemoryCap>>,
 }
 
 impl Held {
@@ -203,6 +206,10 @@ impl Drop for Held {
             self.guard.shadow = None;
         }
         let shared = self.shared.upgrade();
+        // Its call's growth counted apart goes, as what it holds is counted (right below).
+        if let Some(cap) = self.caps.take() {
+            cap.release();
+        }
         // What the actor holds now counts against its executor's `maxActorMemoryMB`: with its
         // fiber stack's pages when they are measured (`stacks`).
         let stack = self.slot.stack_after_call(&self.guard, shared.as_deref());
@@ -269,6 +276,9 @@ struct Shared {
     /// The memory its actors hold together (`ActorState::charged`), and its cap.
     memory: Arc<AtomicU64>,
     max_memory: u64,
+    /// What calls under way have grown their actors by (admitted by `MemoryCap`), not yet in
+    /// `memory`: counted in as each call ends.
+    growing: AtomicU64,
     /// How many of its actors hold state (`ActorSlot::holds`): what `capacity` bounds. Actors
     /// in their first call, and those whose first call failed, hold nothing and do not count:
     /// they had evicted actors with state (review AB).
@@ -361,6 +371,7 @@ impl Actors {
             holding: Default::default(),
             memory: Arc::new(AtomicU64::new(0)),
             max_memory,
+            growing: AtomicU64::new(0),
             unmeasured: Default::default(),
         });
         let mut reg = registry();
@@ -433,7 +444,7 @@ impl Actors {
             let guard = state.lock_owned().await;
             in_line.armed = false;
             let reset_before = in_line.slot.reset.swap(false, Ordering::AcqRel);
-            Held { guard: std::mem::ManuallyDrop::new(guard), slot: in_line.slot.clone(), shared: in_line.shared.clone(), reset_before }
+            Held { guard: std::mem::ManuallyDrop::new(guard), slot: in_line.slot.clone(), shared: in_line.shared.clone(), reset_before, caps: None }
         })
     }
 

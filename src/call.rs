@@ -213,6 +213,7 @@ pub(crate) async fn run(
     // What a kept instance holds now: the call's growth is what it holds past this, checked
     // against the executor's actors' cap (`actors::MemoryCap`); an instance made now grew from 0.
     let mut kept_bytes = None;
+    let mut fresh_cap = None;
     let (mut instance, created) = match held.guard.instance.take() {
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
@@ -269,7 +270,9 @@ pub(crate) async fn run(
             };
             // Made or restored for this call, it counts in full: refused, with the state it was
             // restored from kept for the next call, if the actors would pass their cap.
-            crate::limits::SharedCap::admit(&*held.memory_cap(0), fresh.memory_bytes())?;
+            let cap = held.memory_cap(0);
+            crate::limits::SharedCap::admit(&*cap, fresh.memory_bytes())?;
+            fresh_cap = Some(cap);
             if !restored || !keep_shadow {
                 held.guard.shadow = None;
             }
@@ -281,7 +284,11 @@ pub(crate) async fn run(
             }
         }
     };
-    instance.set_shared_cap(Some(held.memory_cap(kept_bytes.unwrap_or(0))));
+    let cap = match fresh_cap {
+        Some(cap) => cap,
+        None => held.memory_cap(kept_bytes.unwrap_or(0)),
+    };
+    instance.set_shared_cap(Some(cap));
     held.guard.abi = Some(instance.abi());
     if keep_shadow && held.guard.shadow.is_none() {
         held.guard.shadow = Some((module.digest, instance.capture()?));

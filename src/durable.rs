@@ -392,15 +392,16 @@ impl Executor {
                     bytes.len()
                 )));
             }
-            // Its copy, then the memory it decodes to, take room among the executor's loads and
-            // restores (`maxActorMemoryMB`, as a durable actor's load does) from now until it is
-            // done; `BUSY` if they hold it (review CB1: 40 restores of a 63 MB snapshot made at
-            // once held 2.5 GB of copies waiting in their lines under a cap of 128 MiB).
+            // Its copy, then the memory it decodes to, take room among the executor's restores
+            // (`maxActorMemoryMB`) from now until it is done; `BUSY` if they hold it (review CB1:
+            // 40 restores of a 63 MB snapshot made at once held 2.5 GB of copies waiting in their
+            // lines under a cap of 128 MiB). Not the room of loads: the call ahead of it in its
+            // line may wait for a load's, which it would hold (review CC1).
             let stated = snapshot::stated_memory(bytes).unwrap_or(0).min(lined.0.limits.max_memory_bytes);
-            match self.loading.try_admit(stated.max(bytes.len() as u64)) {
+            match self.restoring.try_admit(stated.max(bytes.len() as u64)) {
                 Some(room) => Ok((lined, room)),
                 None => Err(ExecError::Busy(
-                    "restores and actor loads under way hold this executor's room for snapshots (maxActorMemoryMB): retry once they are done".into(),
+                    "restores under way hold this executor's room for restored snapshots (maxActorMemoryMB): retry once they are done".into(),
                 )),
             }
         });
@@ -428,6 +429,7 @@ impl Executor {
         // with a call waiting behind it, held 2.5 GB under a cap of 128 MiB.
         let stated = snapshot::stated_memory(bytes).unwrap_or(0).min(p.limits.max_memory_bytes);
         let copies = if p.transactional || p.durable.is_some() { 2 } else { 1 };
+        // Counted from now until the actor's memory is, as `held` lets it go.
         crate::limits::SharedCap::admit(&*held.memory_cap(0), stated.saturating_mul(copies))?;
         let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?, p.limits.max_memory_bytes, module.state.globals.len())?;
         let budget = Budget::starting_now(&p.limits);

@@ -63,8 +63,14 @@ pub struct Executor {
     drained: tokio::sync::Notify,
     /// Actor-store writes under way after their calls (`close` waits for them too).
     pending: Arc<crate::durable::Pending>,
-    /// Room for actor snapshots being loaded or restored: `maxActorMemoryMB` (`actor_store::Loading`).
+    /// Room for actor snapshots being loaded: `maxActorMemoryMB` (`actor_store::Loading`).
     pub(crate) loading: crate::actor_store::Loading,
+    /// Room for the snapshots of `restoreActor`s made and not done, `maxActorMemoryMB` too: a
+    /// gate of their own, since a restore holds its room while it waits in its actor's line, and
+    /// the call ahead of it there may need a load's (review CC1: sharing one gate, a restore made
+    /// right after a durable actor's first call held the room that call's load waited for, and
+    /// the call failed `TIMEOUT` at its deadline).
+    pub(crate) restoring: crate::actor_store::Loading,
     /// What `options.hostFunctions` offers.
     host_function_names: Vec<String>,
 }
@@ -144,6 +150,7 @@ impl Executor {
         opts.artifacts = opts.artifacts.clone().open()?;
         let allowed = allowed_prefixes(&opts.allowed_blob_urls)?;
         let loading = crate::actor_store::Loading::new(opts.max_actor_memory_bytes);
+        let restoring = crate::actor_store::Loading::new(opts.max_actor_memory_bytes);
         // Size the process's instance pool for this executor's actors and calls (the first
         // executor of a process decides; the rest share it).
         engine::reserve_pool(engine::pool_for(opts.max_actors.get() as u64, opts.max_concurrency.get() as u64));
@@ -171,6 +178,7 @@ impl Executor {
             drained: tokio::sync::Notify::new(),
             pending: Default::default(),
             loading,
+            restoring,
             host_function_names,
         })
     }

@@ -102,3 +102,176 @@ async fn restores_made_at_once_hold_at_most_the_cap_in_snapshots() {
     // Their room is given back as they end.
     ex.restore_actor(&d, "r2", &snapshot).await.expect("restores now");
 }
+
+/// Lets a call through `crm.wait` once a permit is added, counting the calls that came.
+struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    came: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate { permits: Arc::new(tokio::sync::Semaphore::new(0)), came: Default::default() }
+    }
+}
+
+impl crate::host_functions::HostFunctions for Gate {
+    fn names(&self) -> Vec<String> {
+        vec!["crm.wait".into()]
+    }
+    fn call(&self, _: crate::host_functions::HostRequest) -> crate::store::BoxFuture<'static, Result<String, crate::host_functions::HostFailure>> {
+        self.came.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let permits = self.permits.clone();
+        Box::pin(async move {
+            let _ = permits.acquire().await.map(|p| p.forget());
+            Ok("1".to_string())
+        })
+    }
+}
+
+/// A counter of the AssemblyScript ABI (written out: the prelude's import would come after its
+/// definitions) that grows its memory to 10 MiB, then calls `crm.wait`.
+fn counter_that_grows_then_waits() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (import "crm" "wait" (func $wait (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (global $count (mut i32) (i32.const 0))
+          (func $new (export "__new") (param $size i32) (param $id i32) (result i32)
+            (i32.store (i32.const 4092) (local.get $size))
+            (i32.const 4096))
+          (func (export "__pin") (param i32) (result i32) (local.get 0))
+          (func (export "__unpin") (param i32))
+          (func (export "__collect"))
+          ;; "{}" in the AssemblyScript layout (its byte length at ptr-4).
+          (data (i32.const 60) "\04\00\00\00{\00}\00")
+          (func (export "execute") (param $in i32) (result i32)
+            (if (i32.lt_u (memory.size) (i32.const 160)) (then (drop (memory.grow (i32.sub (i32.const 160) (memory.size))))))
+            (drop (call $wait (i32.const 64)))
+            (global.set $count (i32.add (global.get $count) (i32.const 1)))
+            (i32.store (i32.const 8188) (i32.const 2))
+            (i32.store16 (i32.const 8192) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
+            (i32.const 8192)))"#,
+    )
+    .expect("test guest parses")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_waiting_in_a_host_function_hold_their_growth_in_the_cap() {
+    // Review CC1: the check counted an actor's memory only as its call ended. A call waiting in a
+    // host function gives its concurrency slot back, so any number of calls grew one after the
+    // other and waited: 20 of 56 MiB held 1.2 GB under a cap of 64 MiB, maxConcurrency 2.
+    let source = Arc::new(MemorySource::new());
+    source.put("wait.wasm", counter_that_grows_then_waits());
+    let gate = Arc::new(Gate::default());
+    let options = ExecutorOptions {
+        max_actor_memory_bytes: 24 << 20,
+        max_concurrency: std::num::NonZeroUsize::MIN,
+        host_functions: Some(gate.clone()),
+        ..Default::default()
+    };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let mut d = Definition { name: "wait".into(), version: "1".into(), wasm_blob_path: "wait.wasm".into(), ..Default::default() };
+    d.capabilities.host_functions = vec!["crm.wait".into()];
+    let call = |actor: &str| {
+        let (ex, d) = (ex.clone(), d.clone());
+        let options = CallOptions { actor_id: Some(actor.into()), ..Default::default() };
+        async move { ex.execute(&d, "{}".into(), options).await.map(|o| o.output).map_err(|e| e.code()) }
+    };
+    let came = |n: usize| {
+        let came = gate.came.clone();
+        async move {
+            while came.load(std::sync::atomic::Ordering::SeqCst) < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // a and b grow to 10 MiB each and wait in the host function, their slot given back.
+    let a = tokio::spawn(call("a"));
+    came(1).await;
+    let b = tokio::spawn(call("b"));
+    came(2).await;
+    // c's growth would take the actors to 30 MiB, past 24, while a and b hold 20 of them.
+    let c = tokio::time::timeout(std::time::Duration::from_secs(5), call("c")).await;
+    assert_eq!(c, Ok(Err("BUSY")), "refused, not let through to wait beside them");
+    gate.permits.add_permits(2);
+    assert_eq!(a.await.expect("joins"), Ok("1".into()));
+    assert_eq!(b.await.expect("joins"), Ok("1".into()));
+    // Idle now, a (the least recently used) is evicted for c as its call ends.
+    gate.permits.add_permits(1);
+    assert_eq!(call("c").await, Ok("1".into()));
+    assert!(ex.actors.held_memory() <= 24 << 20, "held {}", ex.actors.held_memory());
+}
+
+/// An actor store whose loads take a while before they ask for room: a call's load comes after
+/// whatever is made right behind the call.
+struct SlowLoads(Arc<dyn crate::actor_store::ActorStore>);
+
+impl crate::actor_store::ActorStore for SlowLoads {
+    fn load_gated<'a>(
+        &'a self,
+        key: &'a str,
+        max_bytes: u64,
+        loading: &'a crate::actor_store::Loading,
+    ) -> crate::store::BoxFuture<'a, Result<Option<crate::actor_store::Loaded>, ExecError>> {
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            self.0.load_gated(key, max_bytes, loading).await
+        })
+    }
+    fn version<'a>(&'a self, key: &'a str) -> crate::store::BoxFuture<'a, Result<Option<crate::actor_store::Version>, ExecError>> {
+        self.0.version(key)
+    }
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        expected: Option<&'a crate::actor_store::Version>,
+    ) -> crate::store::BoxFuture<'a, Result<crate::actor_store::Saved, ExecError>> {
+        self.0.save(key, bytes, expected)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> crate::store::BoxFuture<'a, Result<(), ExecError>> {
+        self.0.delete(key)
+    }
+    fn describe(&self) -> String {
+        "slow-loads".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_made_behind_a_durable_actor_s_first_call_leaves_room_for_its_load() {
+    // Review CC1: the restore took room for its 10 MiB among the executor's loads as it was made,
+    // then waited in its line behind the actor's first call in this executor, whose load of the
+    // stored 10 MiB waited for that room: the call failed TIMEOUT at its deadline.
+    let source = Arc::new(MemorySource::new());
+    source.put("big.wasm", big_counter());
+    let url = "memory://cc1-restore-behind-a-load";
+    let inner = crate::actor_store::open(Arc::new(crate::store::ObjectSource::open(url, &[]).expect("store"))).expect("conditional");
+    let store: Arc<dyn crate::actor_store::ActorStore> = Arc::new(SlowLoads(inner));
+    // The restore's room is all of the cap (its snapshot decodes to 10 MiB); the load's, the
+    // snapshot's few KiB.
+    let options = || ExecutorOptions { max_actor_memory_bytes: 10 << 20, actor_store: Some(store.clone()), ..Default::default() };
+    let mut d = Definition { name: "big".into(), version: "1".into(), wasm_blob_path: "big.wasm".into(), ..Default::default() };
+    d.limits.max_execution_ms = Some(3_000.0);
+    let first = Arc::new(Executor::new(source.clone(), options()).expect("executor"));
+    assert_eq!(grow(&first, &d, "a").await, Ok("1".into()));
+    let snapshot = first.snapshot_actor(&d, "a").await.expect("snapshot");
+    first.close();
+    first.drained().await;
+    // Another worker: its first call on the actor loads it; a restore is made right behind it.
+    let ex = Arc::new(Executor::new(source, options()).expect("executor"));
+    let (sent, got) = tokio::sync::oneshot::channel();
+    let options = CallOptions { actor_id: Some("a".into()), ..Default::default() };
+    let attempt = ex.start(&d, "1".into(), options, move || {
+        Ok(Box::new(move |r| {
+            let _ = sent.send(r);
+        }))
+    });
+    assert!(matches!(attempt, Attempt::Started), "the call waits for its load");
+    let restored = ex.restore_actor(&d, "a", &snapshot);
+    let out = got.await.expect("a result").map_err(|e| e.code());
+    assert_eq!(out.map(|o| (o.output, o.actor_created)), Ok(("2".to_string(), false)), "loaded, counted");
+    restored.await.expect("restores after it");
+    let options = CallOptions { actor_id: Some("a".into()), ..Default::default() };
+    assert_eq!(ex.execute(&d, "1".into(), options).await.expect("counts").output, "2", "from the restored 1");
+}
