@@ -33,6 +33,11 @@ impl Actors {
         st.instance.as_ref().map(|i| i.kind)
     }
 
+    /// What calls under way have grown their actors by, not yet in `held_memory`.
+    pub fn growing_memory(&self) -> u64 {
+        self.shared.growing.load(Ordering::Acquire)
+    }
+
     /// What its actors' memory counts now (`maxActorMemoryMB`).
     pub fn held_memory(&self) -> u64 {
         self.shared.memory.load(Ordering::Acquire)

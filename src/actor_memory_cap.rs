@@ -27,9 +27,17 @@ use crate::limits::SharedCap;
 pub struct MemoryCap {
     shared: Weak<Shared>,
     slot: Weak<ActorSlot>,
-    /// What the instance held when the call started (0 for one made for the call): its growth
-    /// is what it holds past this.
+    /// What the instance held when the call started: its growth is what it holds past this, times
+    /// `copies`, plus `fixed`.
     base: u64,
+    /// 2 for an actor that keeps a shadow of its state (transactional, durable): the shadow grows
+    /// with the instance as the call ends (review CD1: counted once, 20 transactional actors of
+    /// 30 MiB let through under a cap of 128 MiB held 240 MiB).
+    copies: u64,
+    /// What the call holds besides the instance's growth: an instance made for it (and the shadow
+    /// taken of it), or the old instance a move to optimized code keeps until the call has counted
+    /// (review CD1: uncounted, 4 moved actors of 30 MiB held 240 MiB under a cap of 128).
+    fixed: u64,
     /// What the actor counted in the executor's actor memory as its last call ended.
     own: u64,
     /// Its growth admitted so far, counted in `Shared::growing` until `release`.
@@ -37,13 +45,16 @@ pub struct MemoryCap {
 }
 
 impl Held {
-    /// The cap for this call's instance, which held `base` bytes as the call started. What it
-    /// admits counts until this holder lets the actor go (its memory then counted as it is).
-    pub fn memory_cap(&mut self, base: u64) -> Arc<MemoryCap> {
+    /// The cap for this call's instance, which holds `base` bytes now; what the call holds past
+    /// it is `(total - base) * copies + fixed` (see `MemoryCap`). What it admits counts until this
+    /// holder lets the actor go (its memory then counted as it is).
+    pub fn memory_cap(&mut self, base: u64, copies: u64, fixed: u64) -> Arc<MemoryCap> {
         let cap = Arc::new(MemoryCap {
             shared: self.shared.clone(),
             slot: Arc::downgrade(&self.slot),
             base,
+            copies,
+            fixed,
             own: self.guard.charged,
             counted: AtomicU64::new(0),
         });
@@ -55,6 +66,11 @@ impl Held {
 }
 
 impl MemoryCap {
+    /// What the call holds past what the actor counted, with its instance at `total` bytes.
+    fn grown(&self, total: u64) -> u64 {
+        total.saturating_sub(self.base).saturating_mul(self.copies).saturating_add(self.fixed)
+    }
+
     /// Its growth no longer counts apart (the actor's memory is counted as it is now).
     pub(super) fn release(&self) {
         let counted = self.counted.swap(0, Ordering::AcqRel);
@@ -71,8 +87,17 @@ impl Drop for MemoryCap {
 }
 
 impl SharedCap for MemoryCap {
+    fn took_back(&self, total: u64) {
+        let grown = self.grown(total);
+        let before = self.counted.fetch_min(grown, Ordering::AcqRel);
+        if let (true, Some(shared)) = (before > grown, self.shared.upgrade()) {
+            shared.growing.fetch_sub(before - grown, Ordering::AcqRel);
+        }
+    }
+
+
     fn admit(&self, total: u64) -> Result<(), ExecError> {
-        let grown = total.saturating_sub(self.base);
+        let grown = self.grown(total);
         let before = self.counted.load(Ordering::Acquire);
         let Some(shared) = self.shared.upgrade().filter(|_| grown > before) else { return Ok(()) };
         // Counted first, then checked: calls growing at once each see the others' growth.

@@ -214,10 +214,25 @@ pub(crate) async fn run(
     // against the executor's actors' cap (`actors::MemoryCap`); an instance made now grew from 0.
     let mut kept_bytes = None;
     let mut fresh_cap = None;
+    // A transactional or durable actor's shadow grows with its instance as the call ends.
+    let copies = if keep_shadow { 2 } else { 1 };
     let (mut instance, created) = match held.guard.instance.take() {
         // Same bytes, same metering: the actor's state lives on, under the call's current
         // limits and grants.
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
+            let kept = i.memory_bytes();
+            kept_bytes = Some(kept);
+            if moved_from.is_some() {
+                // Moved to optimized code for this call: the old instance stays until the call
+                // has counted, and the new one counts beside it (review CD1). Refused before the
+                // instance is armed for the call (armed, it holds the call's concurrency slot).
+                let cap = held.memory_cap(kept, copies, kept);
+                if let Err(e) = crate::limits::SharedCap::admit(&*cap, kept) {
+                    held.guard.instance = Some(i);
+                    return Err(e);
+                }
+                fresh_cap = Some(cap);
+            }
             // `check_abi` held the actor to its ABI; its instance runs under it too.
             let same = match i.abi() == abi {
                 true => Ok(()),
@@ -227,7 +242,6 @@ pub(crate) async fn run(
                 held.guard.instance = Some(i);
                 return Err(e);
             }
-            kept_bytes = Some(i.memory_bytes());
             (i, false)
         }
         Some(i) if i.digest == module.digest => {
@@ -268,10 +282,13 @@ pub(crate) async fn run(
                 }
                 _ => false,
             };
-            // Made or restored for this call, it counts in full: refused, with the state it was
-            // restored from kept for the next call, if the actors would pass their cap.
-            let cap = held.memory_cap(0);
-            crate::limits::SharedCap::admit(&*cap, fresh.memory_bytes())?;
+            // Made or restored for this call, it counts in full, with the shadow taken of it
+            // unless that is the shadow the actor kept (and counted): refused, with the state it
+            // was restored from kept for the next call, if the actors would pass their cap.
+            let bytes = fresh.memory_bytes();
+            let fixed = if keep_shadow && !(restored && !loaded) { bytes.saturating_mul(2) } else { bytes };
+            let cap = held.memory_cap(bytes, copies, fixed);
+            crate::limits::SharedCap::admit(&*cap, bytes)?;
             fresh_cap = Some(cap);
             if !restored || !keep_shadow {
                 held.guard.shadow = None;
@@ -286,7 +303,7 @@ pub(crate) async fn run(
     };
     let cap = match fresh_cap {
         Some(cap) => cap,
-        None => held.memory_cap(kept_bytes.unwrap_or(0)),
+        None => held.memory_cap(kept_bytes.unwrap_or(0), copies, 0),
     };
     instance.set_shared_cap(Some(cap));
     held.guard.abi = Some(instance.abi());

@@ -430,7 +430,7 @@ impl Executor {
         let stated = snapshot::stated_memory(bytes).unwrap_or(0).min(p.limits.max_memory_bytes);
         let copies = if p.transactional || p.durable.is_some() { 2 } else { 1 };
         // Counted from now until the actor's memory is, as `held` lets it go.
-        crate::limits::SharedCap::admit(&*held.memory_cap(0), stated.saturating_mul(copies))?;
+        crate::limits::SharedCap::admit(&*held.memory_cap(0, copies, 0), stated)?;
         let state = snapshot::decode(bytes, &module.digest, &initial_image(&module, &p, Budget::starting_now(&p.limits), &cancel).await?, p.limits.max_memory_bytes, module.state.globals.len())?;
         let budget = Budget::starting_now(&p.limits);
         let mut fresh = instantiate(&module, &p, budget, &cancel, None, true).await?;

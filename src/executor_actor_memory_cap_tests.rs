@@ -54,6 +54,7 @@ async fn a_call_cannot_grow_the_actors_past_their_cap_while_busy_ones_hold_it() 
     assert_eq!(ex.stats().actors, 2);
     // b stayed, and its state with it.
     assert_eq!(grow(&ex, &d, "b").await, Ok("2".into()));
+    assert_eq!(ex.actors.growing_memory(), 0, "no growth counted apart once the calls are done");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -83,6 +84,7 @@ async fn a_restore_cannot_take_the_actors_past_their_cap_while_busy_ones_hold_it
     let options = CallOptions { actor_id: Some("c".into()), ..Default::default() };
     let out = ex.execute(&d, "1".into(), options).await.expect("counts");
     assert_eq!((out.output.as_str(), out.actor_created), ("2", false));
+    assert_eq!(ex.actors.growing_memory(), 0, "no growth counted apart once the calls are done");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,6 +203,7 @@ async fn calls_waiting_in_a_host_function_hold_their_growth_in_the_cap() {
     gate.permits.add_permits(1);
     assert_eq!(call("c").await, Ok("1".into()));
     assert!(ex.actors.held_memory() <= 24 << 20, "held {}", ex.actors.held_memory());
+    assert_eq!(ex.actors.growing_memory(), 0, "no growth counted apart once the calls are done");
 }
 
 /// An actor store whose loads take a while before they ask for room: a call's load comes after
@@ -274,4 +277,136 @@ async fn a_restore_made_behind_a_durable_actor_s_first_call_leaves_room_for_its_
     restored.await.expect("restores after it");
     let options = CallOptions { actor_id: Some("a".into()), ..Default::default() };
     assert_eq!(ex.execute(&d, "1".into(), options).await.expect("counts").output, "2", "from the restored 1");
+    assert_eq!(ex.actors.growing_memory(), 0, "no growth counted apart once the calls are done");
+}
+
+/// An executor of the growing-then-waiting counter under a cap of `cap_mib`, and its gate.
+fn waiting(cap_mib: u64, bytes: Vec<u8>) -> (Arc<Executor>, Definition, Arc<Gate>) {
+    let source = Arc::new(MemorySource::new());
+    source.put("wait.wasm", bytes);
+    let gate = Arc::new(Gate::default());
+    let options = ExecutorOptions {
+        max_actor_memory_bytes: cap_mib << 20,
+        max_concurrency: std::num::NonZeroUsize::MIN,
+        host_functions: Some(gate.clone()),
+        ..Default::default()
+    };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let mut d = Definition { name: "wait".into(), version: "1".into(), wasm_blob_path: "wait.wasm".into(), ..Default::default() };
+    d.capabilities.host_functions = vec!["crm.wait".into()];
+    (ex, d, gate)
+}
+
+fn start(ex: &Arc<Executor>, d: &Definition, actor: &str, transactional: bool) -> tokio::task::JoinHandle<Result<String, &'static str>> {
+    let (ex, d) = (ex.clone(), d.clone());
+    let options = CallOptions { actor_id: Some(actor.into()), transactional: Some(transactional), ..Default::default() };
+    tokio::spawn(async move { ex.execute(&d, "{}".into(), options).await.map(|o| o.output).map_err(|e| e.code()) })
+}
+
+async fn came(gate: &Gate, n: usize) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gate.came.load(std::sync::atomic::Ordering::SeqCst) < n {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// A counter whose memory may grow to 100 pages that asks for 3000 more, then waits in
+/// `crm.wait` and answers `1` if the growth failed (`-1`), `0` if not.
+fn grows_past_its_maximum() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (import "crm" "wait" (func $wait (param i32) (result i32)))
+          (memory (export "memory") 1 100)
+          (func $new (export "__new") (param $size i32) (param $id i32) (result i32)
+            (i32.store (i32.const 4092) (local.get $size))
+            (i32.const 4096))
+          (func (export "__pin") (param i32) (result i32) (local.get 0))
+          (func (export "__unpin") (param i32))
+          (func (export "__collect"))
+          (data (i32.const 60) "\04\00\00\00{\00}\00")
+          (func (export "execute") (param $in i32) (result i32) (local $grew i32)
+            (local.set $grew (memory.grow (i32.const 3000)))
+            (drop (call $wait (i32.const 64)))
+            (i32.store (i32.const 8188) (i32.const 2))
+            (i32.store16 (i32.const 8192) (select (i32.const 49) (i32.const 48) (i32.eq (local.get $grew) (i32.const -1))))
+            (i32.const 8192)))"#,
+    )
+    .expect("test guest parses")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_growth_past_the_memory_s_own_maximum_fails_in_the_guest_and_counts_nothing() {
+    // Review CD1: the cap was asked before the memory's maximum, and counted the 187 MiB that
+    // never came: other actors' growth was refused BUSY while the call lasted, and with another
+    // actor busy the growth itself failed BUSY instead of handing the guest -1.
+    let source = Arc::new(MemorySource::new());
+    source.put("wait.wasm", counter_that_grows_then_waits());
+    source.put("maxed.wasm", grows_past_its_maximum());
+    let gate = Arc::new(Gate::default());
+    let options = ExecutorOptions {
+        max_actor_memory_bytes: 24 << 20,
+        max_concurrency: std::num::NonZeroUsize::MIN,
+        host_functions: Some(gate.clone()),
+        ..Default::default()
+    };
+    let ex = Arc::new(Executor::new(source, options).expect("executor"));
+    let def = |name: &str| {
+        let mut d = Definition { name: name.into(), version: "1".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() };
+        d.capabilities.host_functions = vec!["crm.wait".into()];
+        d
+    };
+    // b grows to 10 MiB and waits; then a's growth past its maximum fails while b is busy.
+    let b = start(&ex, &def("wait"), "b", false);
+    assert!(came(&gate, 1).await);
+    let a = start(&ex, &def("maxed"), "a", false);
+    assert!(came(&gate, 2).await, "a's call went on to wait");
+    // c grows to 10 MiB: 20 with b's, under 24.
+    let c = start(&ex, &def("wait"), "c", false);
+    assert!(came(&gate, 3).await, "c's growth was let through");
+    gate.permits.add_permits(3);
+    assert_eq!(a.await.expect("joins"), Ok("1".into()), "the guest got -1");
+    assert_eq!(b.await.expect("joins"), Ok("1".into()));
+    assert_eq!(c.await.expect("joins"), Ok("1".into()));
+    assert_eq!(ex.actors.growing_memory(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transactional_actor_s_growth_counts_its_shadow_too() {
+    // Review CD1: the shadow grows with the instance as the call ends; counted once, busy
+    // transactional actors held twice what the cap let through.
+    let (ex, d, gate) = waiting(24, counter_that_grows_then_waits());
+    let a = start(&ex, &d, "a", true);
+    assert!(came(&gate, 1).await);
+    // a holds 10 MiB and will keep 10 more in its shadow: b's 20 would take the actors to 40.
+    let b = tokio::time::timeout(std::time::Duration::from_secs(5), start(&ex, &d, "b", true)).await;
+    assert_eq!(b.map(|b| b.expect("joins")), Ok(Err("BUSY")));
+    gate.permits.add_permits(1);
+    assert_eq!(a.await.expect("joins"), Ok("1".into()));
+    assert_eq!(ex.actors.growing_memory(), 0);
+    assert!(ex.actors.held_memory() >= 20 << 20, "a's instance and shadow count: {}", ex.actors.held_memory());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actor_moved_to_optimized_code_counts_the_instance_it_keeps_until_the_call_ends() {
+    // Review CD1: the old instance stays through the call (for a call that runs out of time);
+    // uncounted, 4 moved actors of 30 MiB held 240 MiB under a cap of 128.
+    let (ex, d, gate) = waiting(24, g::unique(counter_that_grows_then_waits(), b"moves under the cap"));
+    gate.permits.add_permits(2);
+    // Made on baseline code: 10 MiB each, 20 in all.
+    assert_eq!(start(&ex, &d, "a", false).await.expect("joins"), Ok("1".into()));
+    assert_eq!(start(&ex, &d, "b", false).await.expect("joins"), Ok("1".into()));
+    super::tier_up_tests::until_tiered_up(&ex).await;
+    // a moves (b idle, evictable) and waits; b's move would take the actors to 40 with a busy.
+    let a = start(&ex, &d, "a", false);
+    assert!(came(&gate, 3).await);
+    let b = tokio::time::timeout(std::time::Duration::from_secs(5), start(&ex, &d, "b", false)).await;
+    assert_eq!(b.map(|b| b.expect("joins")), Ok(Err("BUSY")));
+    gate.permits.add_permits(2);
+    assert_eq!(a.await.expect("joins"), Ok("2".into()));
+    assert_eq!(start(&ex, &d, "b", false).await.expect("joins"), Ok("2".into()), "b's state stayed");
+    assert_eq!(ex.actors.growing_memory(), 0);
 }

@@ -237,7 +237,12 @@ impl GuestInstance {
         data.access = ctx.access.clone();
         data.limiter.set_max(limits.max_memory_bytes);
         data.log_budget = crate::host::LOG_LINES_PER_CALL;
-        arm(&mut self.store, limits, budget, cancel, self.kind.metered())?;
+        if let Err(e) = arm(&mut self.store, limits, budget, cancel, self.kind.metered()) {
+            // Kept by its actor, an instance armed for a call that never ran would hold the
+            // call's concurrency slot until its next call.
+            self.store.data_mut().access = Default::default();
+            return Err(e);
+        }
         Ok(())
     }
 

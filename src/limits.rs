@@ -151,6 +151,8 @@ impl std::future::Future for YieldOnce {
 pub trait SharedCap: Send + Sync {
     /// Whether the instance may hold `total` bytes (its memories and tables together).
     fn admit(&self, total: u64) -> Result<(), ExecError>;
+    /// A growth admitted failed: the instance holds `total` bytes.
+    fn took_back(&self, total: u64);
 }
 
 /// The `SharedCap` a Store's limiter asks, if any.
@@ -251,6 +253,14 @@ impl MemoryLimiter {
         Ok(())
     }
 
+    /// A growth it admitted failed: the shared cap no longer counts it (review CD1: it counted
+    /// until the call ended, and other actors' growth was refused `BUSY` meanwhile).
+    fn took_back(&self) {
+        if let Some(cap) = &self.shared_cap.0 {
+            cap.took_back(self.total_bytes());
+        }
+    }
+
     /// Inline, growth past `INLINE_MEMORY_BYTES` first moves the call off the caller's thread.
     async fn leave_inline_if_large(new_total: u64) {
         if new_total > INLINE_MEMORY_BYTES && in_inline_window() {
@@ -261,7 +271,12 @@ impl MemoryLimiter {
 
 #[async_trait::async_trait]
 impl ResourceLimiterAsync for MemoryLimiter {
-    async fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    async fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum the growth fails (`-1` to the guest) whatever the caps:
+        // asked first, a cap refused it (`OUT_OF_MEMORY`, or `BUSY` for an actor: review CD1).
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let growth = (desired as u64).saturating_sub(current as u64);
         let new_total = self.total_bytes().saturating_add(growth);
         self.admit(new_total)?;
@@ -273,10 +288,14 @@ impl ResourceLimiterAsync for MemoryLimiter {
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
         self.memory_bytes = self.memory_bytes.saturating_sub(std::mem::take(&mut self.last_memory_growth));
+        self.took_back();
         Ok(())
     }
 
-    async fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    async fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let growth = (desired as u64).saturating_sub(current as u64);
         let elements = self.table_elements.saturating_add(growth);
         if elements > MAX_TABLE_ELEMENTS {
@@ -293,6 +312,7 @@ impl ResourceLimiterAsync for MemoryLimiter {
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
         self.table_elements = self.table_elements.saturating_sub(std::mem::take(&mut self.last_table_growth));
+        self.took_back();
         Ok(())
     }
 
