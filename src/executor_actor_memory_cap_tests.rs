@@ -131,13 +131,14 @@ impl crate::host_functions::HostFunctions for Gate {
     }
 }
 
-/// A counter of the AssemblyScript ABI (written out: the prelude's import would come after its
-/// definitions) that grows its memory to 10 MiB, then calls `crm.wait`.
-fn counter_that_grows_then_waits() -> Vec<u8> {
-    wat::parse_str(
+/// An actor of the AssemblyScript ABI (written out: the prelude's import would come after its
+/// definitions) importing `crm.wait` (to be called with 64, its input), of `memory` (its
+/// declaration) and `execute`'s `body`, which leaves the result's one UTF-16 unit at 8192.
+fn waiting_guest(memory: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
         r#"(module
           (import "crm" "wait" (func $wait (param i32) (result i32)))
-          (memory (export "memory") 1)
+          (memory (export "memory") {memory})
           (global $count (mut i32) (i32.const 0))
           (func $new (export "__new") (param $size i32) (param $id i32) (result i32)
             (i32.store (i32.const 4092) (local.get $size))
@@ -145,17 +146,77 @@ fn counter_that_grows_then_waits() -> Vec<u8> {
           (func (export "__pin") (param i32) (result i32) (local.get 0))
           (func (export "__unpin") (param i32))
           (func (export "__collect"))
-          ;; "{}" in the AssemblyScript layout (its byte length at ptr-4).
-          (data (i32.const 60) "\04\00\00\00{\00}\00")
-          (func (export "execute") (param $in i32) (result i32)
-            (if (i32.lt_u (memory.size) (i32.const 160)) (then (drop (memory.grow (i32.sub (i32.const 160) (memory.size))))))
+          ;; "{{}}", the host function's input, in the AssemblyScript layout (its byte length at 60).
+          (data (i32.const 60) "\04\00\00\00{{\00}}\00")
+          (func (export "execute") (param $in i32) (result i32) (local $grew i32)
+            {body}
+            (i32.store (i32.const 8188) (i32.const 2))
+            (i32.const 8192)))"#
+    ))
+    .expect("test guest parses")
+}
+
+/// A counter that grows its memory to 10 MiB, then calls `crm.wait`.
+fn counter_that_grows_then_waits() -> Vec<u8> {
+    waiting_guest(
+        "1",
+        r#"(if (i32.lt_u (memory.size) (i32.const 160)) (then (drop (memory.grow (i32.sub (i32.const 160) (memory.size))))))
             (drop (call $wait (i32.const 64)))
             (global.set $count (i32.add (global.get $count) (i32.const 1)))
-            (i32.store (i32.const 8188) (i32.const 2))
-            (i32.store16 (i32.const 8192) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))
-            (i32.const 8192)))"#,
+            (i32.store16 (i32.const 8192) (i32.add (i32.const 48) (i32.rem_u (global.get $count) (i32.const 10))))"#,
     )
-    .expect("test guest parses")
+}
+
+/// A guest whose memory may grow to 100 pages that asks for 3000 more, then calls `crm.wait`,
+/// and answers `1` if the growth failed (`-1`), `0` if not.
+fn grows_past_its_maximum() -> Vec<u8> {
+    waiting_guest(
+        "1 100",
+        r#"(local.set $grew (memory.grow (i32.const 3000)))
+            (drop (call $wait (i32.const 64)))
+            (i32.store16 (i32.const 8192) (select (i32.const 49) (i32.const 48) (i32.eq (local.get $grew) (i32.const -1))))"#,
+    )
+}
+
+/// An executor of `modules` (the growing and waiting guests) under a cap of `cap_mib`, one call
+/// at a time, and the gate of their `crm.wait`.
+fn waiting_executor(cap_mib: u64, modules: &[(&str, Vec<u8>)]) -> (Arc<Executor>, Arc<Gate>) {
+    let source = Arc::new(MemorySource::new());
+    for (name, bytes) in modules {
+        source.put(&format!("{name}.wasm"), bytes.clone());
+    }
+    let gate = Arc::new(Gate::default());
+    let options = ExecutorOptions {
+        max_actor_memory_bytes: cap_mib << 20,
+        max_concurrency: std::num::NonZeroUsize::MIN,
+        host_functions: Some(gate.clone()),
+        ..Default::default()
+    };
+    (Arc::new(Executor::new(source, options).expect("executor")), gate)
+}
+
+fn wait_def(name: &str) -> Definition {
+    let mut d = Definition { name: name.into(), version: "1".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() };
+    d.capabilities.host_functions = vec!["crm.wait".into()];
+    d
+}
+
+fn start(ex: &Arc<Executor>, d: &Definition, actor: &str, transactional: bool) -> tokio::task::JoinHandle<Result<String, &'static str>> {
+    let (ex, d) = (ex.clone(), d.clone());
+    let options = CallOptions { actor_id: Some(actor.into()), transactional: Some(transactional), ..Default::default() };
+    tokio::spawn(async move { ex.execute(&d, "{}".into(), options).await.map(|o| o.output).map_err(|e| e.code()) })
+}
+
+/// Whether `n` calls came to the gate within 5 s.
+async fn came(gate: &Gate, n: usize) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gate.came.load(std::sync::atomic::Ordering::SeqCst) < n {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,45 +224,22 @@ async fn calls_waiting_in_a_host_function_hold_their_growth_in_the_cap() {
     // Review CC1: the check counted an actor's memory only as its call ended. A call waiting in a
     // host function gives its concurrency slot back, so any number of calls grew one after the
     // other and waited: 20 of 56 MiB held 1.2 GB under a cap of 64 MiB, maxConcurrency 2.
-    let source = Arc::new(MemorySource::new());
-    source.put("wait.wasm", counter_that_grows_then_waits());
-    let gate = Arc::new(Gate::default());
-    let options = ExecutorOptions {
-        max_actor_memory_bytes: 24 << 20,
-        max_concurrency: std::num::NonZeroUsize::MIN,
-        host_functions: Some(gate.clone()),
-        ..Default::default()
-    };
-    let ex = Arc::new(Executor::new(source, options).expect("executor"));
-    let mut d = Definition { name: "wait".into(), version: "1".into(), wasm_blob_path: "wait.wasm".into(), ..Default::default() };
-    d.capabilities.host_functions = vec!["crm.wait".into()];
-    let call = |actor: &str| {
-        let (ex, d) = (ex.clone(), d.clone());
-        let options = CallOptions { actor_id: Some(actor.into()), ..Default::default() };
-        async move { ex.execute(&d, "{}".into(), options).await.map(|o| o.output).map_err(|e| e.code()) }
-    };
-    let came = |n: usize| {
-        let came = gate.came.clone();
-        async move {
-            while came.load(std::sync::atomic::Ordering::SeqCst) < n {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        }
-    };
+    let (ex, gate) = waiting_executor(24, &[("wait", counter_that_grows_then_waits())]);
+    let d = wait_def("wait");
     // a and b grow to 10 MiB each and wait in the host function, their slot given back.
-    let a = tokio::spawn(call("a"));
-    came(1).await;
-    let b = tokio::spawn(call("b"));
-    came(2).await;
+    let a = start(&ex, &d, "a", false);
+    assert!(came(&gate, 1).await);
+    let b = start(&ex, &d, "b", false);
+    assert!(came(&gate, 2).await);
     // c's growth would take the actors to 30 MiB, past 24, while a and b hold 20 of them.
-    let c = tokio::time::timeout(std::time::Duration::from_secs(5), call("c")).await;
-    assert_eq!(c, Ok(Err("BUSY")), "refused, not let through to wait beside them");
+    let c = tokio::time::timeout(std::time::Duration::from_secs(5), start(&ex, &d, "c", false)).await;
+    assert_eq!(c.map(|c| c.expect("joins")), Ok(Err("BUSY")), "refused, not let through to wait beside them");
     gate.permits.add_permits(2);
     assert_eq!(a.await.expect("joins"), Ok("1".into()));
     assert_eq!(b.await.expect("joins"), Ok("1".into()));
     // Idle now, a (the least recently used) is evicted for c as its call ends.
     gate.permits.add_permits(1);
-    assert_eq!(call("c").await, Ok("1".into()));
+    assert_eq!(start(&ex, &d, "c", false).await.expect("joins"), Ok("1".into()));
     assert!(ex.actors.held_memory() <= 24 << 20, "held {}", ex.actors.held_memory());
     assert_eq!(ex.actors.growing_memory(), 0, "no growth counted apart once the calls are done");
 }
@@ -280,85 +318,13 @@ async fn a_restore_made_behind_a_durable_actor_s_first_call_leaves_room_for_its_
     assert_eq!(ex.actors.growing_memory(), 0, "no growth counted apart once the calls are done");
 }
 
-/// An executor of the growing-then-waiting counter under a cap of `cap_mib`, and its gate.
-fn waiting(cap_mib: u64, bytes: Vec<u8>) -> (Arc<Executor>, Definition, Arc<Gate>) {
-    let source = Arc::new(MemorySource::new());
-    source.put("wait.wasm", bytes);
-    let gate = Arc::new(Gate::default());
-    let options = ExecutorOptions {
-        max_actor_memory_bytes: cap_mib << 20,
-        max_concurrency: std::num::NonZeroUsize::MIN,
-        host_functions: Some(gate.clone()),
-        ..Default::default()
-    };
-    let ex = Arc::new(Executor::new(source, options).expect("executor"));
-    let mut d = Definition { name: "wait".into(), version: "1".into(), wasm_blob_path: "wait.wasm".into(), ..Default::default() };
-    d.capabilities.host_functions = vec!["crm.wait".into()];
-    (ex, d, gate)
-}
-
-fn start(ex: &Arc<Executor>, d: &Definition, actor: &str, transactional: bool) -> tokio::task::JoinHandle<Result<String, &'static str>> {
-    let (ex, d) = (ex.clone(), d.clone());
-    let options = CallOptions { actor_id: Some(actor.into()), transactional: Some(transactional), ..Default::default() };
-    tokio::spawn(async move { ex.execute(&d, "{}".into(), options).await.map(|o| o.output).map_err(|e| e.code()) })
-}
-
-async fn came(gate: &Gate, n: usize) -> bool {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while gate.came.load(std::sync::atomic::Ordering::SeqCst) < n {
-        if std::time::Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    true
-}
-
-/// A counter whose memory may grow to 100 pages that asks for 3000 more, then waits in
-/// `crm.wait` and answers `1` if the growth failed (`-1`), `0` if not.
-fn grows_past_its_maximum() -> Vec<u8> {
-    wat::parse_str(
-        r#"(module
-          (import "crm" "wait" (func $wait (param i32) (result i32)))
-          (memory (export "memory") 1 100)
-          (func $new (export "__new") (param $size i32) (param $id i32) (result i32)
-            (i32.store (i32.const 4092) (local.get $size))
-            (i32.const 4096))
-          (func (export "__pin") (param i32) (result i32) (local.get 0))
-          (func (export "__unpin") (param i32))
-          (func (export "__collect"))
-          (data (i32.const 60) "\04\00\00\00{\00}\00")
-          (func (export "execute") (param $in i32) (result i32) (local $grew i32)
-            (local.set $grew (memory.grow (i32.const 3000)))
-            (drop (call $wait (i32.const 64)))
-            (i32.store (i32.const 8188) (i32.const 2))
-            (i32.store16 (i32.const 8192) (select (i32.const 49) (i32.const 48) (i32.eq (local.get $grew) (i32.const -1))))
-            (i32.const 8192)))"#,
-    )
-    .expect("test guest parses")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_growth_past_the_memory_s_own_maximum_fails_in_the_guest_and_counts_nothing() {
     // Review CD1: the cap was asked before the memory's maximum, and counted the 187 MiB that
     // never came: other actors' growth was refused BUSY while the call lasted, and with another
     // actor busy the growth itself failed BUSY instead of handing the guest -1.
-    let source = Arc::new(MemorySource::new());
-    source.put("wait.wasm", counter_that_grows_then_waits());
-    source.put("maxed.wasm", grows_past_its_maximum());
-    let gate = Arc::new(Gate::default());
-    let options = ExecutorOptions {
-        max_actor_memory_bytes: 24 << 20,
-        max_concurrency: std::num::NonZeroUsize::MIN,
-        host_functions: Some(gate.clone()),
-        ..Default::default()
-    };
-    let ex = Arc::new(Executor::new(source, options).expect("executor"));
-    let def = |name: &str| {
-        let mut d = Definition { name: name.into(), version: "1".into(), wasm_blob_path: format!("{name}.wasm"), ..Default::default() };
-        d.capabilities.host_functions = vec!["crm.wait".into()];
-        d
-    };
+    let (ex, gate) = waiting_executor(24, &[("wait", counter_that_grows_then_waits()), ("maxed", grows_past_its_maximum())]);
+    let def = wait_def;
     // b grows to 10 MiB and waits; then a's growth past its maximum fails while b is busy.
     let b = start(&ex, &def("wait"), "b", false);
     assert!(came(&gate, 1).await);
@@ -378,7 +344,8 @@ async fn a_growth_past_the_memory_s_own_maximum_fails_in_the_guest_and_counts_no
 async fn a_transactional_actor_s_growth_counts_its_shadow_too() {
     // Review CD1: the shadow grows with the instance as the call ends; counted once, busy
     // transactional actors held twice what the cap let through.
-    let (ex, d, gate) = waiting(24, counter_that_grows_then_waits());
+    let (ex, gate) = waiting_executor(24, &[("wait", counter_that_grows_then_waits())]);
+    let d = wait_def("wait");
     let a = start(&ex, &d, "a", true);
     assert!(came(&gate, 1).await);
     // a holds 10 MiB and will keep 10 more in its shadow: b's 20 would take the actors to 40.
@@ -394,7 +361,8 @@ async fn a_transactional_actor_s_growth_counts_its_shadow_too() {
 async fn an_actor_moved_to_optimized_code_counts_the_instance_it_keeps_until_the_call_ends() {
     // Review CD1: the old instance stays through the call (for a call that runs out of time);
     // uncounted, 4 moved actors of 30 MiB held 240 MiB under a cap of 128.
-    let (ex, d, gate) = waiting(24, g::unique(counter_that_grows_then_waits(), b"moves under the cap"));
+    let (ex, gate) = waiting_executor(24, &[("wait", g::unique(counter_that_grows_then_waits(), b"moves under the cap"))]);
+    let d = wait_def("wait");
     gate.permits.add_permits(2);
     // Made on baseline code: 10 MiB each, 20 in all.
     assert_eq!(start(&ex, &d, "a", false).await.expect("joins"), Ok("1".into()));
