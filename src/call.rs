@@ -222,12 +222,25 @@ pub(crate) async fn run(
         Some(mut i) if i.digest == module.digest && i.kind.metered() == module.kind.metered() => {
             let kept = i.memory_bytes();
             kept_bytes = Some(kept);
-            if moved_from.is_some() {
-                // Moved to optimized code for this call: the old instance stays until the call
-                // has counted, and the new one counts beside it (review CD1). Refused before the
-                // instance is armed for the call (armed, it holds the call's concurrency slot).
-                let cap = held.memory_cap(kept, copies, kept);
-                if let Err(e) = crate::limits::SharedCap::admit(&*cap, kept) {
+            // A call that takes the actor's first shadow (its first transactional call) holds a
+            // copy of its memory from now on (review CE1: uncounted, 4 actors of 30 MiB held 240
+            // under a cap of 128 while their calls ran).
+            let shadow = if keep_shadow && held.guard.shadow.is_none() { kept } else { 0 };
+            if moved_from.is_some() || shadow > 0 {
+                // Moved to optimized code for this call, the old instance stays until the call has
+                // counted, and the new one counts beside it (review CD1); where that would pass
+                // the cap, the old one goes now (it is only there to move back to after a budget
+                // error: review CE1 had such calls refused BUSY, the old instance dropped anyway).
+                // Refused before the instance is armed (armed, it holds the call's slot).
+                let moved = if moved_from.is_some() { kept } else { 0 };
+                let mut cap = held.memory_cap(kept, copies, shadow + moved);
+                let mut admitted = crate::limits::SharedCap::admit(&*cap, kept);
+                if admitted.is_err() && moved > 0 {
+                    moved_from = None;
+                    cap = held.memory_cap(kept, copies, shadow);
+                    admitted = crate::limits::SharedCap::admit(&*cap, kept);
+                }
+                if let Err(e) = admitted {
                     held.guard.instance = Some(i);
                     return Err(e);
                 }

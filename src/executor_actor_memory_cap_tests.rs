@@ -360,7 +360,8 @@ async fn a_transactional_actor_s_growth_counts_its_shadow_too() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_actor_moved_to_optimized_code_counts_the_instance_it_keeps_until_the_call_ends() {
     // Review CD1: the old instance stays through the call (for a call that runs out of time);
-    // uncounted, 4 moved actors of 30 MiB held 240 MiB under a cap of 128.
+    // uncounted, 4 moved actors of 30 MiB held 240 MiB under a cap of 128. Review CE1: where it
+    // would pass the cap, the call was refused BUSY, though the old instance was dropped anyway.
     let (ex, gate) = waiting_executor(24, &[("wait", g::unique(counter_that_grows_then_waits(), b"moves under the cap"))]);
     let d = wait_def("wait");
     gate.permits.add_permits(2);
@@ -368,13 +369,33 @@ async fn an_actor_moved_to_optimized_code_counts_the_instance_it_keeps_until_the
     assert_eq!(start(&ex, &d, "a", false).await.expect("joins"), Ok("1".into()));
     assert_eq!(start(&ex, &d, "b", false).await.expect("joins"), Ok("1".into()));
     super::tier_up_tests::until_tiered_up(&ex).await;
-    // a moves (b idle, evictable) and waits; b's move would take the actors to 40 with a busy.
+    // a moves (b idle, evictable) and waits, its old instance counted.
     let a = start(&ex, &d, "a", false);
     assert!(came(&gate, 3).await);
-    let b = tokio::time::timeout(std::time::Duration::from_secs(5), start(&ex, &d, "b", false)).await;
-    assert_eq!(b.map(|b| b.expect("joins")), Ok(Err("BUSY")));
+    assert!(ex.actors.growing_memory() >= 10 << 20, "counted: {}", ex.actors.growing_memory());
+    // b's move would take the actors to 40 with a busy: its old instance goes at once, and the
+    // call runs.
+    let b = start(&ex, &d, "b", false);
+    assert!(came(&gate, 4).await, "b's call went on");
     gate.permits.add_permits(2);
     assert_eq!(a.await.expect("joins"), Ok("2".into()));
-    assert_eq!(start(&ex, &d, "b", false).await.expect("joins"), Ok("2".into()), "b's state stayed");
+    assert_eq!(b.await.expect("joins"), Ok("2".into()));
+    assert_eq!(ex.actors.growing_memory(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_actor_s_first_transactional_call_counts_the_shadow_it_takes() {
+    // Review CE1: the shadow taken of a kept instance was counted only as the call ended.
+    let (ex, gate) = waiting_executor(24, &[("wait", counter_that_grows_then_waits())]);
+    let d = wait_def("wait");
+    gate.permits.add_permits(1);
+    assert_eq!(start(&ex, &d, "a", false).await.expect("joins"), Ok("1".into()));
+    // a's 10 MiB and, from its transactional call on, their copy: b's 10 would take them to 30.
+    let a = start(&ex, &d, "a", true);
+    assert!(came(&gate, 2).await);
+    let b = tokio::time::timeout(std::time::Duration::from_secs(5), start(&ex, &d, "b", false)).await;
+    assert_eq!(b.map(|b| b.expect("joins")), Ok(Err("BUSY")));
+    gate.permits.add_permits(1);
+    assert_eq!(a.await.expect("joins"), Ok("2".into()));
     assert_eq!(ex.actors.growing_memory(), 0);
 }
